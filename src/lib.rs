@@ -1,0 +1,7 @@
+//! vpan: an ISO 8583 authorization switch plug-in for controlled virtual card numbers.
+//!
+//! A message's way through vpan, by module:
+//!
+//! - [`pan`]: the one type that holds a card number and never prints it in full.
+
+pub mod pan;

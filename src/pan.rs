@@ -1,0 +1,232 @@
+//! Card numbers, real or virtual: one type that never prints in full.
+//!
+//! Every place that holds a primary account number (PAN) holds a [`Pan`]. Its `Debug` and
+//! `Display` show only the first six and last four digits, so a PAN that slips into a log
+//! line, an error or a panic message is already masked. The digits are wiped from memory
+//! when the value is dropped. [`Masked`] does the same for a PAN that is still a slice of a
+//! received message (DE 2, or the PAN part of track 2 in DE 35).
+
+use std::fmt;
+
+use zeroize::Zeroize;
+
+/// Shortest PAN ISO/IEC 7812 allows.
+pub const MIN_PAN_LEN: usize = 12;
+/// Longest PAN ISO/IEC 7812 allows (and the LLVAR maximum of DE 2).
+pub const MAX_PAN_LEN: usize = 19;
+
+/// Why a string of bytes is not a card number. Never carries the digits themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PanError {
+    /// Fewer than 12 or more than 19 characters.
+    #[error("a card number has 12 to 19 digits, this one has {0}")]
+    Length(usize),
+    /// A character that is not an ASCII digit, at this position (0-based).
+    #[error("a card number has only digits; position {0} is not one")]
+    NotDigit(usize),
+    /// The last digit does not match the Luhn (mod 10) check digit of the others.
+    #[error("the card number fails the Luhn check")]
+    Luhn,
+}
+
+/// A primary account number: 12 to 19 ASCII digits, masked when printed, wiped on drop.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Pan {
+    /// The digits as ASCII, left-aligned; bytes past `len` are zero.
+    digits: [u8; MAX_PAN_LEN],
+    /// How many of `digits` are used.
+    len: u8,
+}
+
+impl Pan {
+    /// Parses a PAN of 12 to 19 ASCII digits. Does not check Luhn: a network may carry
+    /// PANs that fail it, and the switch must still pass them through.
+    pub fn from_digits(ascii: &[u8]) -> Result<Pan, PanError> {
+        if !(MIN_PAN_LEN..=MAX_PAN_LEN).contains(&ascii.len()) {
+            return Err(PanError::Length(ascii.len()));
+        }
+        if let Some(at) = ascii.iter().position(|b| !b.is_ascii_digit()) {
+            return Err(PanError::NotDigit(at));
+        }
+        let mut digits = [0u8; MAX_PAN_LEN];
+        digits[..ascii.len()].copy_from_slice(ascii);
+        Ok(Pan {
+            digits,
+            len: ascii.len() as u8,
+        })
+    }
+
+    /// Parses a PAN and also requires a valid Luhn check digit (what an issuer accepts
+    /// for a real card it is asked to virtualise).
+    pub fn from_digits_checked(ascii: &[u8]) -> Result<Pan, PanError> {
+        let pan = Pan::from_digits(ascii)?;
+        if luhn_valid(pan.as_bytes()) {
+            Ok(pan)
+        } else {
+            Err(PanError::Luhn)
+        }
+    }
+
+    /// The digits as ASCII bytes. Handle with care: this is the full number.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.digits[..self.len as usize]
+    }
+
+    /// The full number as text, for the wire and for encryption only.
+    pub fn expose(&self) -> &str {
+        // Only ASCII digits are ever stored, so this cannot fail.
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
+
+    /// Number of digits.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Never true: a PAN has at least 12 digits. Here for clippy's `len_without_is_empty`.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The first `n` digits (the BIN / IIN when `n` is 6 or 8).
+    pub fn prefix(&self, n: usize) -> &[u8] {
+        &self.as_bytes()[..n.min(self.len())]
+    }
+
+    /// The masked form, first 6 and last 4 digits.
+    pub fn masked(&self) -> Masked<'_> {
+        Masked(self.as_bytes())
+    }
+}
+
+impl Drop for Pan {
+    fn drop(&mut self) {
+        self.digits.zeroize();
+    }
+}
+
+impl fmt::Debug for Pan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Pan({})", self.masked())
+    }
+}
+
+impl fmt::Display for Pan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.masked(), f)
+    }
+}
+
+/// A card number (or any field that may hold one) shown as first 6, `*` for the middle,
+/// last 4. Anything of 10 characters or fewer is shown as `*` only, since there would be
+/// nothing left to hide.
+#[derive(Clone, Copy)]
+pub struct Masked<'a>(pub &'a [u8]);
+
+impl fmt::Display for Masked<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        if b.len() <= 10 {
+            for _ in 0..b.len() {
+                f.write_str("*")?;
+            }
+            return Ok(());
+        }
+        for &c in &b[..6] {
+            fmt::Write::write_char(f, printable(c))?;
+        }
+        for _ in 6..b.len() - 4 {
+            f.write_str("*")?;
+        }
+        for &c in &b[b.len() - 4..] {
+            fmt::Write::write_char(f, printable(c))?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Masked<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+fn printable(c: u8) -> char {
+    if c.is_ascii_graphic() { c as char } else { '?' }
+}
+
+/// The Luhn check digit (as a number 0..=9) that completes `payload` (ASCII digits).
+pub fn luhn_check_digit(payload: &[u8]) -> u8 {
+    // Walking from the right, the digit next to the check digit is doubled first.
+    let mut sum = 0u32;
+    for (i, &c) in payload.iter().rev().enumerate() {
+        let mut d = u32::from(c.wrapping_sub(b'0'));
+        if i % 2 == 0 {
+            d *= 2;
+            if d > 9 {
+                d -= 9;
+            }
+        }
+        sum += d;
+    }
+    ((10 - sum % 10) % 10) as u8
+}
+
+/// True when the ASCII digits end in their own Luhn check digit.
+pub fn luhn_valid(digits: &[u8]) -> bool {
+    match digits.split_last() {
+        Some((&last, payload)) if digits.iter().all(u8::is_ascii_digit) => {
+            last - b'0' == luhn_check_digit(payload)
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pan_prints_only_its_first_six_and_last_four_digits() {
+        let pan = Pan::from_digits(b"4970101234567893").unwrap();
+        assert_eq!(pan.to_string(), "497010******7893");
+        assert_eq!(format!("{pan:?}"), "Pan(497010******7893)");
+    }
+
+    #[test]
+    fn a_nineteen_digit_pan_is_masked_in_the_middle() {
+        let pan = Pan::from_digits(b"4970101234567890127").unwrap();
+        assert_eq!(pan.to_string(), "497010*********0127");
+    }
+
+    #[test]
+    fn a_short_field_is_masked_whole() {
+        assert_eq!(Masked(b"1234567890").to_string(), "**********");
+    }
+
+    #[test]
+    fn luhn_accepts_valid_numbers_and_refuses_one_changed_digit() {
+        assert!(luhn_valid(b"4970101234567893"));
+        assert!(luhn_valid(b"4970101234567890127"));
+        assert!(!luhn_valid(b"4970101234567894"));
+        assert!(!luhn_valid(b""));
+        assert_eq!(luhn_check_digit(b"497010123456789"), 3);
+    }
+
+    #[test]
+    fn a_pan_refuses_letters_and_wrong_lengths_without_echoing_them() {
+        assert_eq!(
+            Pan::from_digits(b"49701012345A7893"),
+            Err(PanError::NotDigit(11))
+        );
+        assert_eq!(Pan::from_digits(b"12345"), Err(PanError::Length(5)));
+        assert_eq!(
+            Pan::from_digits_checked(b"4970101234567894"),
+            Err(PanError::Luhn)
+        );
+        let msg = Pan::from_digits(b"49701012345A7893")
+            .unwrap_err()
+            .to_string();
+        assert!(!msg.contains("4970101"));
+    }
+}
