@@ -1,0 +1,630 @@
+//! The configuration: one typed struct, read from a TOML file, overridden by environment
+//! variables, validated once at start with messages that name the key.
+//!
+//! Every key has a default, so `vpan serve` runs with no file at all. Unknown keys are an
+//! error that names them (a typo in a production config must not be silently ignored).
+//! `VPAN_<SECTION>_<KEY>` overrides `[section] key`; the value is read as the type of the
+//! key it overrides (a list takes TOML array syntax or comma-separated items).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Why the configuration cannot be used. Each variant names the key or file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file named by `--config`.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed, a key is unknown, or a value has the wrong type.
+    #[error("config {origin}: {message}")]
+    Parse {
+        /// The file, or "environment" for overrides.
+        origin: String,
+        /// The TOML/serde message, which names the key.
+        message: String,
+    },
+    /// An environment variable names a key that does not exist or holds a bad value.
+    #[error("environment variable {var}: {message}")]
+    Env {
+        /// The variable's name.
+        var: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A value parsed but is not usable.
+    #[error("config key {key}: {message}")]
+    Invalid {
+        /// `section.key`.
+        key: &'static str,
+        /// What is wrong and what is expected.
+        message: String,
+    },
+}
+
+/// The whole configuration of `vpan serve`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The card network / acquirer side of the link.
+    pub network: NetworkConfig,
+    /// The issuer's authorization host, to which vpan is a client.
+    pub issuer: IssuerConfig,
+    /// How virtual cards are numbered.
+    pub cards: CardsConfig,
+    /// The HTTPS issuance API.
+    pub api: ApiConfig,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsConfig,
+    /// Where decisions are made durable.
+    pub store: StoreConfig,
+}
+
+/// `[network]`: the card network / acquirer side.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// Address vpan listens on when it is the server side of the link.
+    pub listen: String,
+    /// When set, vpan dials this address instead of listening, and redials on loss.
+    pub connect: String,
+    /// Length header: `len2`, `len2-inclusive`, `len4-ascii` or `len2-bcd`.
+    pub framing: String,
+    /// Fixed header after the length (e.g. a TPDU), as hex; counted in the length, echoed.
+    pub header_hex: String,
+    /// `iso87ascii`, `iso87binary` or the path of a jPOS GenericPackager XML file.
+    pub spec: String,
+    /// Connections accepted at once; the next one is refused.
+    pub max_connections: usize,
+    /// A frame longer than this closes its connection.
+    pub max_frame_bytes: usize,
+    /// Requests in flight on one connection before vpan stops reading from it.
+    pub max_in_flight: usize,
+    /// A connection with no frame for this long is closed (0: never). Networks send echoes.
+    pub idle_timeout_ms: u64,
+    /// A frame whose first byte arrived must be complete within this delay.
+    pub read_timeout_ms: u64,
+    /// On shutdown, how long requests in flight get to be answered before vpan exits.
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            listen: "127.0.0.1:8583".into(),
+            connect: String::new(),
+            framing: "len2".into(),
+            header_hex: String::new(),
+            spec: "iso87ascii".into(),
+            max_connections: 256,
+            max_frame_bytes: 8192,
+            max_in_flight: 1024,
+            idle_timeout_ms: 300_000,
+            read_timeout_ms: 10_000,
+            drain_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// `[issuer]`: the issuer's authorization host.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IssuerConfig {
+    /// The host's address.
+    pub connect: String,
+    /// Length header on this link.
+    pub framing: String,
+    /// Fixed header on this link, as hex.
+    pub header_hex: String,
+    /// Message layout on this link.
+    pub spec: String,
+    /// After this delay the network gets 91 and a late approval is reversed.
+    pub timeout_ms: u64,
+    /// Persistent connections kept open to the host.
+    pub connections: usize,
+    /// An idle connection sends an 0800 echo this often.
+    pub echo_interval_ms: u64,
+    /// Longest wait between two reconnection attempts (the backoff doubles up to it).
+    pub reconnect_max_ms: u64,
+    /// Send an 0800 sign-on (DE 70 = 001) on each new connection.
+    pub sign_on: bool,
+}
+
+impl Default for IssuerConfig {
+    fn default() -> Self {
+        IssuerConfig {
+            connect: "127.0.0.1:9100".into(),
+            framing: "len2".into(),
+            header_hex: String::new(),
+            spec: "iso87ascii".into(),
+            timeout_ms: 1500,
+            connections: 2,
+            echo_interval_ms: 30_000,
+            reconnect_max_ms: 5_000,
+            sign_on: true,
+        }
+    }
+}
+
+/// `[cards]`: how virtual card numbers are made.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CardsConfig {
+    /// PAN prefixes reserved for vPANs; an unknown PAN there is answered 14.
+    pub virtual_ranges: Vec<String>,
+    /// Digits kept from the real card: 6 or 8.
+    pub bin_length: usize,
+}
+
+impl Default for CardsConfig {
+    fn default() -> Self {
+        CardsConfig {
+            virtual_ranges: Vec::new(),
+            bin_length: 6,
+        }
+    }
+}
+
+/// `[api]`: the HTTPS issuance API.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// HTTPS listen address.
+    pub listen: String,
+    /// PEM certificate chain; empty: a self-signed pair is made in the data dir.
+    pub tls_cert: String,
+    /// PEM private key, with `tls_cert`.
+    pub tls_key: String,
+    /// Bearer token; empty: one is made at first start in the data dir (mode 0600).
+    pub token: Secret,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: "127.0.0.1:8443".into(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            token: Secret::default(),
+        }
+    }
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Plain HTTP listen address of `GET /metrics`.
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: "127.0.0.1:9583".into(),
+        }
+    }
+}
+
+/// `[store]`: the journal and snapshots.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Directory of the journal, snapshots, generated key, certificate and token.
+    pub data_dir: PathBuf,
+    /// 32-byte key encrypting real PANs at rest; empty: made at first start (mode 0600).
+    pub key_file: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            data_dir: PathBuf::from("./vpan-data"),
+            key_file: PathBuf::new(),
+        }
+    }
+}
+
+/// A secret string (the API token): never printed by `Debug`.
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The value, for comparison and for writing it to its 0600 file only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// True when no secret was configured.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
+    }
+}
+
+const FRAMINGS: [&str; 4] = ["len2", "len2-inclusive", "len4-ascii", "len2-bcd"];
+
+impl Config {
+    /// Reads `path` (or only the defaults when `None`), applies the `VPAN_*` variables of
+    /// `env`, and validates the result.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let (text, origin) = match path {
+            Some(p) => (
+                std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_owned(),
+                    source,
+                })?,
+                p.display().to_string(),
+            ),
+            None => (String::new(), "defaults".to_string()),
+        };
+        let mut table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            origin: origin.clone(),
+            message: e.to_string(),
+        })?;
+        // Deserialize once first so that a bad file is reported against the file, not
+        // against an environment variable that happens to be set too.
+        toml::Value::Table(table.clone())
+            .try_into::<Config>()
+            .map_err(|e| ConfigError::Parse {
+                origin: origin.clone(),
+                message: e.to_string(),
+            })?;
+        apply_env(&mut table, env)?;
+        let config = toml::Value::Table(table)
+            .try_into::<Config>()
+            .map_err(|e| ConfigError::Parse {
+                origin: format!("{origin} with environment overrides"),
+                message: e.to_string(),
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot: addresses, names, ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: String| Err(ConfigError::Invalid { key, message });
+        if self.network.connect.is_empty() {
+            check_addr("network.listen", &self.network.listen)?;
+        } else {
+            check_host_port("network.connect", &self.network.connect)?;
+        }
+        check_host_port("issuer.connect", &self.issuer.connect)?;
+        check_addr("api.listen", &self.api.listen)?;
+        check_addr("metrics.listen", &self.metrics.listen)?;
+        for (key, framing) in [
+            ("network.framing", &self.network.framing),
+            ("issuer.framing", &self.issuer.framing),
+        ] {
+            if !FRAMINGS.contains(&framing.as_str()) {
+                return invalid(
+                    key,
+                    format!("{framing:?} is not one of {}", FRAMINGS.join(", ")),
+                );
+            }
+        }
+        for (key, hex) in [
+            ("network.header_hex", &self.network.header_hex),
+            ("issuer.header_hex", &self.issuer.header_hex),
+        ] {
+            if decode_hex(hex).is_none() {
+                return invalid(key, "must be an even number of hex digits".into());
+            }
+        }
+        if self.network.max_connections == 0 {
+            return invalid("network.max_connections", "must be at least 1".into());
+        }
+        if !(64..=65_535).contains(&self.network.max_frame_bytes) {
+            return invalid(
+                "network.max_frame_bytes",
+                "must be between 64 and 65535".into(),
+            );
+        }
+        if self.network.max_in_flight == 0 {
+            return invalid("network.max_in_flight", "must be at least 1".into());
+        }
+        if self.issuer.timeout_ms == 0 {
+            return invalid("issuer.timeout_ms", "must be at least 1".into());
+        }
+        if self.issuer.connections == 0 {
+            return invalid("issuer.connections", "must be at least 1".into());
+        }
+        if ![6, 8].contains(&self.cards.bin_length) {
+            return invalid("cards.bin_length", "must be 6 or 8".into());
+        }
+        for range in &self.cards.virtual_ranges {
+            if range.is_empty() || range.len() > 18 || !range.bytes().all(|b| b.is_ascii_digit()) {
+                return invalid(
+                    "cards.virtual_ranges",
+                    format!("{range:?} is not a PAN prefix of 1 to 18 digits"),
+                );
+            }
+        }
+        if self.api.tls_cert.is_empty() != self.api.tls_key.is_empty() {
+            return invalid(
+                "api.tls_cert",
+                "api.tls_cert and api.tls_key go together: set both or neither".into(),
+            );
+        }
+        if self.store.data_dir.as_os_str().is_empty() {
+            return invalid("store.data_dir", "must not be empty".into());
+        }
+        Ok(())
+    }
+
+    /// The key file in force: `store.key_file`, or `pan.key` in the data dir.
+    pub fn key_file(&self) -> PathBuf {
+        if self.store.key_file.as_os_str().is_empty() {
+            self.store.data_dir.join("pan.key")
+        } else {
+            self.store.key_file.clone()
+        }
+    }
+}
+
+/// Parses hex such as a TPDU header; `None` when it is not whole bytes of hex.
+pub fn decode_hex(hex: &str) -> Option<Vec<u8>> {
+    let hex = hex.as_bytes();
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    hex.chunks(2)
+        .map(|pair| {
+            let hi = (pair[0] as char).to_digit(16)?;
+            let lo = (pair[1] as char).to_digit(16)?;
+            Some((hi * 16 + lo) as u8)
+        })
+        .collect()
+}
+
+fn check_addr(key: &'static str, value: &str) -> Result<(), ConfigError> {
+    value
+        .parse::<SocketAddr>()
+        .map(|_| ())
+        .map_err(|_| ConfigError::Invalid {
+            key,
+            message: format!("{value:?} is not an IP:port address (port 0 picks a free port)"),
+        })
+}
+
+fn check_host_port(key: &'static str, value: &str) -> Result<(), ConfigError> {
+    match value.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(ConfigError::Invalid {
+            key,
+            message: format!("{value:?} is not a host:port address"),
+        }),
+    }
+}
+
+/// Applies `VPAN_<SECTION>_<KEY>` variables to the parsed file. Variables whose section is
+/// not a config section (such as `VPAN_TOKEN` of the `vpan card` client) are not ours.
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let defaults = toml::Table::try_from(Config::default()).map_err(|e| ConfigError::Parse {
+        origin: "defaults".into(),
+        message: e.to_string(),
+    })?;
+    let mut vars: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("VPAN_"))
+        .collect();
+    vars.sort();
+    for (var, raw) in vars {
+        let rest = var["VPAN_".len()..].to_ascii_lowercase();
+        let Some((section, key)) = rest.split_once('_') else {
+            continue;
+        };
+        let Some(toml::Value::Table(section_defaults)) = defaults.get(section) else {
+            continue;
+        };
+        let env_error = |message: String| ConfigError::Env {
+            var: var.clone(),
+            message,
+        };
+        let Some(default) = section_defaults.get(key) else {
+            return Err(env_error(format!("[{section}] has no key {key:?}")));
+        };
+        let value = env_value(default, &raw).map_err(env_error)?;
+        let slot = table
+            .entry(section.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if let toml::Value::Table(t) = slot {
+            t.insert(key.to_string(), value);
+        }
+    }
+    Ok(())
+}
+
+/// Reads an environment value as the type of the key's default.
+fn env_value(default: &toml::Value, raw: &str) -> Result<toml::Value, String> {
+    Ok(match default {
+        toml::Value::String(_) => toml::Value::String(raw.to_string()),
+        toml::Value::Integer(_) => toml::Value::Integer(
+            raw.trim()
+                .parse()
+                .map_err(|_| format!("{raw:?} is not a whole number"))?,
+        ),
+        toml::Value::Boolean(_) => toml::Value::Boolean(
+            raw.trim()
+                .parse()
+                .map_err(|_| format!("{raw:?} is not true or false"))?,
+        ),
+        toml::Value::Array(_) => {
+            let raw = raw.trim();
+            if raw.starts_with('[') {
+                let parsed: toml::Table = toml::from_str(&format!("v = {raw}"))
+                    .map_err(|e| format!("not a TOML array: {}", e.message()))?;
+                parsed
+                    .get("v")
+                    .cloned()
+                    .unwrap_or(toml::Value::Array(vec![]))
+            } else {
+                toml::Value::Array(
+                    raw.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| toml::Value::String(s.to_string()))
+                        .collect(),
+                )
+            }
+        }
+        other => return Err(format!("cannot be set from the environment ({other})")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vpan.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(
+            Some(&path),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn no_file_gives_the_contract_defaults() {
+        let c = Config::load(None, []).unwrap();
+        assert_eq!(c.network.listen, "127.0.0.1:8583");
+        assert_eq!(c.network.framing, "len2");
+        assert_eq!(c.network.spec, "iso87ascii");
+        assert_eq!(c.network.max_connections, 256);
+        assert_eq!(c.network.max_frame_bytes, 8192);
+        assert_eq!(c.issuer.connect, "127.0.0.1:9100");
+        assert_eq!(c.issuer.timeout_ms, 1500);
+        assert_eq!(c.issuer.connections, 2);
+        assert_eq!(c.cards.bin_length, 6);
+        assert!(c.cards.virtual_ranges.is_empty());
+        assert_eq!(c.api.listen, "127.0.0.1:8443");
+        assert_eq!(c.metrics.listen, "127.0.0.1:9583");
+        assert_eq!(c.store.data_dir, PathBuf::from("./vpan-data"));
+        assert_eq!(c.key_file(), PathBuf::from("./vpan-data/pan.key"));
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_by_name() {
+        let err = load(
+            "[network]\nlisten = \"127.0.0.1:0\"\nmax_conections = 3\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("max_conections"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_section_is_refused_by_name() {
+        let err = load("[netwrok]\nlisten = \"x\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("netwrok"), "{err}");
+    }
+
+    #[test]
+    fn environment_variables_override_the_file_with_the_keys_type() {
+        let c = load(
+            "[network]\nmax_connections = 3\n",
+            &[
+                ("VPAN_NETWORK_MAX_CONNECTIONS", "7"),
+                ("VPAN_CARDS_VIRTUAL_RANGES", "4970109, 4970108"),
+                ("VPAN_API_TOKEN", "12345"),
+                ("VPAN_ISSUER_SIGN_ON", "false"),
+                ("VPAN_TOKEN", "not a config key, ignored"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.network.max_connections, 7);
+        assert_eq!(c.cards.virtual_ranges, vec!["4970109", "4970108"]);
+        assert_eq!(c.api.token.expose(), "12345");
+        assert!(!c.issuer.sign_on);
+    }
+
+    #[test]
+    fn an_environment_variable_for_an_unknown_key_is_refused_by_name() {
+        let err = load("", &[("VPAN_NETWORK_LISTN", "127.0.0.1:0")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("VPAN_NETWORK_LISTN"), "{err}");
+    }
+
+    #[test]
+    fn an_environment_value_of_the_wrong_type_is_refused_by_name() {
+        let err = load("", &[("VPAN_ISSUER_TIMEOUT_MS", "soon")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("VPAN_ISSUER_TIMEOUT_MS"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        let cases = [
+            ("[network]\nframing = \"len3\"\n", "network.framing"),
+            ("[network]\nlisten = \"localhost\"\n", "network.listen"),
+            ("[network]\nheader_hex = \"60000\"\n", "network.header_hex"),
+            ("[cards]\nbin_length = 7\n", "cards.bin_length"),
+            (
+                "[cards]\nvirtual_ranges = [\"49x\"]\n",
+                "cards.virtual_ranges",
+            ),
+            ("[issuer]\ntimeout_ms = 0\n", "issuer.timeout_ms"),
+            ("[api]\ntls_cert = \"cert.pem\"\n", "api.tls_cert"),
+        ];
+        for (text, key) in cases {
+            let err = load(text, &[]).unwrap_err().to_string();
+            assert!(err.contains(key), "{text:?} gave {err}");
+        }
+    }
+
+    #[test]
+    fn port_zero_is_accepted_everywhere() {
+        let c = load(
+            "[network]\nlisten = \"127.0.0.1:0\"\n[api]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.api.listen, "127.0.0.1:0");
+    }
+
+    #[test]
+    fn the_token_never_prints() {
+        let mut c = Config::default();
+        c.api.token = Secret::new("s3cr3t-token");
+        assert!(!format!("{c:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn hex_headers_decode_or_are_refused() {
+        assert_eq!(decode_hex("6000010000"), Some(vec![0x60, 0, 1, 0, 0]));
+        assert_eq!(decode_hex(""), Some(vec![]));
+        assert_eq!(decode_hex("6g"), None);
+        assert_eq!(decode_hex("600"), None);
+    }
+}

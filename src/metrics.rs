@@ -1,0 +1,163 @@
+//! Metrics: the contract's names in one place, each described once, and the `/metrics`
+//! endpoint on its own listener.
+//!
+//! The names, types and labels are part of the external contract (dashboards and alert
+//! rules depend on them), so they are constants here and nowhere else. Labels take values
+//! from small fixed sets only (MTI, response code, `switch`/`issuer`, a reject reason,
+//! a card status): never a card number.
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+
+/// Counter of answered requests, by `mti`, `response_code` and `decided_by`.
+pub const REQUESTS_TOTAL: &str = "vpan_requests_total";
+/// Histogram of frame-in to response-out time, by `mti`.
+pub const REQUEST_DURATION: &str = "vpan_request_duration_seconds";
+/// Histogram of the issuer host's answer time.
+pub const ISSUER_REQUEST_DURATION: &str = "vpan_issuer_request_duration_seconds";
+/// Counter of requests the issuer did not answer within `issuer.timeout_ms`.
+pub const ISSUER_TIMEOUTS_TOTAL: &str = "vpan_issuer_timeouts_total";
+/// Gauge of open connections to the issuer host.
+pub const ISSUER_CONNECTED: &str = "vpan_issuer_connected";
+/// Gauge of open network-side connections.
+pub const NETWORK_CONNECTIONS: &str = "vpan_network_connections";
+/// Counter of frames refused, by `reason`.
+pub const FRAMES_REJECTED_TOTAL: &str = "vpan_frames_rejected_total";
+/// Gauge of cards, by `status`.
+pub const CARDS: &str = "vpan_cards";
+/// Histogram of one journal group commit (write + fdatasync).
+pub const STORE_COMMIT_DURATION: &str = "vpan_store_commit_duration_seconds";
+
+/// Every metric name of the contract, for tests that check dashboards and alert rules.
+pub const ALL: [&str; 9] = [
+    REQUESTS_TOTAL,
+    REQUEST_DURATION,
+    ISSUER_REQUEST_DURATION,
+    ISSUER_TIMEOUTS_TOTAL,
+    ISSUER_CONNECTED,
+    NETWORK_CONNECTIONS,
+    FRAMES_REJECTED_TOTAL,
+    CARDS,
+    STORE_COMMIT_DURATION,
+];
+
+/// Latency buckets in seconds, from 10 µs (the switch's own work) to 5 s (past any
+/// issuer timeout), so both vpan's microseconds and the issuer's milliseconds resolve.
+const LATENCY_BUCKETS: [f64; 20] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.5, 5.0, 10.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder (once; later calls return the same
+/// handle, so several `App`s in one test process share it) and describes every metric.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            // Fails only when another recorder is already global (an embedding program
+            // chose its own); vpan then renders an empty page rather than refusing to run.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_counter!(
+        REQUESTS_TOTAL,
+        "Requests answered, by request MTI, DE 39 and who decided"
+    );
+    describe_histogram!(
+        REQUEST_DURATION,
+        Unit::Seconds,
+        "From a request frame read to its response written, by request MTI"
+    );
+    describe_histogram!(
+        ISSUER_REQUEST_DURATION,
+        Unit::Seconds,
+        "From a request sent to the issuer host to its answer"
+    );
+    describe_counter!(
+        ISSUER_TIMEOUTS_TOTAL,
+        "Requests the issuer host did not answer within issuer.timeout_ms"
+    );
+    describe_gauge!(ISSUER_CONNECTED, "Open connections to the issuer host");
+    describe_gauge!(NETWORK_CONNECTIONS, "Open network-side connections");
+    describe_counter!(
+        FRAMES_REJECTED_TOTAL,
+        "Frames refused on the network side, by reason"
+    );
+    describe_gauge!(CARDS, "Virtual cards, by status");
+    describe_histogram!(
+        STORE_COMMIT_DURATION,
+        Unit::Seconds,
+        "One journal group commit: write and fdatasync"
+    );
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    handle: PrometheusHandle,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let handle = handle.clone();
+            async move {
+                handle.run_upkeep();
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    handle.render(),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Binds the metrics listener (port 0 allowed) and returns it with its bound address.
+pub async fn bind(addr: &str) -> std::io::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_metrics_render_as_histograms_with_their_descriptions() {
+        let handle = install();
+        metrics::histogram!(REQUEST_DURATION, "mti" => "0100").record(0.000_2);
+        metrics::counter!(REQUESTS_TOTAL, "mti" => "0100", "response_code" => "00", "decided_by" => "issuer").increment(1);
+        let page = handle.render();
+        assert!(
+            page.contains("# TYPE vpan_request_duration_seconds histogram"),
+            "{page}"
+        );
+        assert!(
+            page.contains("vpan_request_duration_seconds_bucket{mti=\"0100\",le=\"0.00025\"} 1")
+        );
+        assert!(page.contains("# HELP vpan_requests_total"));
+        assert!(page.contains("# TYPE vpan_requests_total counter"));
+    }
+}
