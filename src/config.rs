@@ -614,6 +614,24 @@ mod tests {
     }
 
     #[test]
+    fn the_example_production_config_is_valid_and_shows_every_key() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/vpan.example.toml");
+        let c = Config::load(Some(&path), []).unwrap();
+        assert_eq!(c.network.listen, "0.0.0.0:8583");
+        let example: toml::Table =
+            toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let defaults = toml::Table::try_from(Config::default()).unwrap();
+        for (section, keys) in &defaults {
+            for key in keys.as_table().unwrap().keys() {
+                assert!(
+                    example.get(section).and_then(|t| t.get(key)).is_some(),
+                    "deploy/vpan.example.toml lacks [{section}] {key}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn the_token_never_prints() {
         let mut c = Config::default();
         c.api.token = Secret::new("s3cr3t-token");
