@@ -1,0 +1,28 @@
+//! Log output: human-readable lines by default, one JSON object per line with `--log-json`.
+//!
+//! The level comes from `RUST_LOG` (default `info`). Nothing here masks card numbers:
+//! every place that logs one holds it as a `Pan` or `Masked`, whose `Display` is masked.
+
+use tracing_subscriber::EnvFilter;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One readable line per event, for a terminal.
+    Human,
+    /// One JSON object per line, for a log shipper.
+    Json,
+}
+
+/// Installs the process-wide subscriber, writing to stderr. A second call does nothing
+/// (tests start several apps in one process).
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
