@@ -2,6 +2,9 @@
 //!
 //! A message's way through vpan, by module:
 //!
+//! - [`iso8583`]: the wire: framing, the dialect as data (built in or from jPOS XML), parse
+//!   and pack of messages with zero-copy fields and cheap edits.
 //! - [`pan`]: the one type that holds a card number and never prints it in full.
 
+pub mod iso8583;
 pub mod pan;
