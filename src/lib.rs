@@ -2,12 +2,15 @@
 //!
 //! A message's way through vpan, by module:
 //!
+//! - [`iso8583`]: the wire: framing, the dialect as data (built in or from jPOS XML), parse
+//!   and pack of messages with zero-copy fields and cheap edits.
+//! - [`pan`]: the one type that holds a card number and never prints it in full.
 //! - [`config`]: the typed configuration, file + environment, validated at start.
 //! - [`logging`]: human or JSON log lines on stderr.
 //! - [`metrics`]: the contract's metric names, described once, and the `/metrics` endpoint.
-//! - [`pan`]: the one type that holds a card number and never prints it in full.
 
 pub mod config;
+pub mod iso8583;
 pub mod logging;
 pub mod metrics;
 pub mod pan;

@@ -1,0 +1,445 @@
+//! jPOS GenericPackager XML to [`Spec`].
+//!
+//! ISO 8583 shops keep their links' dialects as jPOS GenericPackager files, so vpan reads
+//! them instead of asking for a new format. Each `isofield` names a jPOS field class; the
+//! class says the encoding and the length prefix, which map onto [`FieldSpec`] (table in
+//! [`field_from_class`]). `isofieldpackager` elements (nested subfields) keep the outer
+//! field's class for parsing and packing, and their subfields are loaded into a
+//! [`SubSpec`] that [`super::Message::subfields`] decodes on demand. The DOCTYPE is ignored
+//! (nothing is fetched). A class vpan does not implement is an error that names the field
+//! id and the class, so a bad file fails at start-up, not on the first message.
+
+use std::sync::Arc;
+
+use quick_xml::Reader;
+use quick_xml::events::{BytesStart, Event};
+
+use super::spec::{
+    BitmapEncoding, Encoding, FieldSpec, Kind, MAX_FIELD, Pad, PrefixEncoding, Spec, SpecError,
+    SubSpec,
+};
+
+/// Loads a GenericPackager file.
+pub fn load_file(path: &str) -> Result<Spec, SpecError> {
+    let xml = std::fs::read_to_string(path).map_err(|source| SpecError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    from_xml(path, &xml)
+}
+
+/// What one `isofield` / `isofieldpackager` element says.
+#[derive(Debug, Default)]
+struct Element {
+    id: String,
+    length: String,
+    class: String,
+    name: String,
+    pad: bool,
+    children: Vec<Element>,
+}
+
+/// Reads a GenericPackager document. `name` becomes [`Spec::name`].
+pub fn from_xml(name: &str, xml: &str) -> Result<Spec, SpecError> {
+    let top = read_elements(xml)?;
+    let mut mti: Option<FieldSpec> = None;
+    let mut bitmap: Option<(BitmapEncoding, u32)> = None;
+    let mut fields: Vec<(usize, Element)> = Vec::new();
+    for e in top {
+        let id: usize = e.id.trim().parse().map_err(|_| SpecError::BadField {
+            field: e.id.clone(),
+            reason: "id is not a number".into(),
+        })?;
+        match id {
+            0 => {
+                let f = field_from_class(&e, &e.id)?;
+                if f.wire_len(4) == 0 || f.max_len != 4 {
+                    return Err(bad(&e.id, "the MTI must be 4 digits"));
+                }
+                mti = Some(f);
+            }
+            1 => bitmap = Some(bitmap_from_class(&e, &e.id)?),
+            n if n <= MAX_FIELD => fields.push((n, e)),
+            _ => return Err(bad(&e.id, "field numbers go up to 192")),
+        }
+    }
+    let mti = mti.ok_or_else(|| bad("0", "the file defines no MTI (field 0)"))?;
+    let (bm_enc, bm_bytes) =
+        bitmap.ok_or_else(|| bad("1", "the file defines no bitmap (field 1)"))?;
+    let max_field = match bm_bytes {
+        0..=8 => 64,
+        9..=16 => 128,
+        _ => 192,
+    };
+    let mut spec = Spec::empty(name, mti, bm_enc, max_field);
+    for (n, e) in fields {
+        let f = field_from_class(&e, &e.id)?;
+        if !e.children.is_empty() {
+            let sub = subspec(&e)?;
+            if let Some(slot) = spec.subfields.get_mut(n) {
+                *slot = Some(Arc::new(sub));
+            }
+        }
+        spec.set_field(n, &e.name, f);
+    }
+    Ok(spec)
+}
+
+fn bad(field: &str, reason: &str) -> SpecError {
+    SpecError::BadField {
+        field: field.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+/// The nested layout of an `isofieldpackager`.
+fn subspec(e: &Element) -> Result<SubSpec, SpecError> {
+    let mut sub = SubSpec {
+        fields: Vec::new(),
+        bitmap: None,
+        names: Vec::new(),
+    };
+    for c in &e.children {
+        let path = format!("{}.{}", e.id.trim(), c.id.trim());
+        let id: usize =
+            c.id.trim()
+                .parse()
+                .map_err(|_| bad(&path, "id is not a number"))?;
+        if id > MAX_FIELD {
+            return Err(bad(&path, "subfield numbers go up to 192"));
+        }
+        if sub.fields.len() <= id {
+            sub.fields.resize(id + 1, None);
+            sub.names.resize(id + 1, String::new());
+        }
+        if short_class(&c.class).contains("BITMAP") {
+            let (enc, bytes) = bitmap_from_class(c, &path)?;
+            sub.bitmap = Some((id, enc, bytes));
+        } else if let Some(slot) = sub.fields.get_mut(id) {
+            *slot = Some(field_from_class(c, &path)?);
+        }
+        if let Some(nm) = sub.names.get_mut(id) {
+            nm.clone_from(&c.name);
+        }
+    }
+    Ok(sub)
+}
+
+/// The class name without its Java package.
+fn short_class(class: &str) -> &str {
+    let c = class.trim();
+    c.rsplit('.').next().unwrap_or(c)
+}
+
+/// A bitmap class: its encoding and its length in bytes.
+fn bitmap_from_class(e: &Element, path: &str) -> Result<(BitmapEncoding, u32), SpecError> {
+    let len: u32 = e
+        .length
+        .trim()
+        .parse()
+        .map_err(|_| bad(path, "length is not a number"))?;
+    match short_class(&e.class) {
+        "IFA_BITMAP" => Ok((BitmapEncoding::HexAscii, len)),
+        "IFB_BITMAP" | "Base1_BITMAP126" => Ok((BitmapEncoding::Binary, len)),
+        other => Err(SpecError::UnsupportedClass {
+            field: path.to_owned(),
+            class: other.to_owned(),
+        }),
+    }
+}
+
+/// Maps a jPOS field class onto a [`FieldSpec`].
+///
+/// | family | content | length prefix |
+/// |---|---|---|
+/// | `IFA_NUMERIC`, `IFA_LL..NUM` | ASCII digits | ASCII decimal |
+/// | `IF_CHAR`, `IFA_LL..CHAR` | ASCII text | ASCII decimal |
+/// | `IFA_AMOUNT` | `C`/`D` and ASCII digits | none |
+/// | `IFA_BINARY`, `IFA_LL..BINARY` | bytes as hex ASCII (length counts bytes) | ASCII decimal |
+/// | `IFB_NUMERIC`, `IFB_LL..NUM` | BCD, `pad="true"` left, else right with 0 | BCD |
+/// | `IFB_LLHNUM` | BCD, `pad="true"` left 0, else right `F` | 1 binary byte |
+/// | `IFB_LL..CHAR`, `IFB_LLHCHAR` | ASCII text | BCD / 1 binary byte |
+/// | `IFB_LLHECHAR` | EBCDIC text | 1 binary byte |
+/// | `IFB_BINARY`, `IFB_LL..BINARY`, `IFB_LLHBINARY` | bytes | none / BCD / 1 binary byte |
+/// | `IFB_AMOUNT` | `C`/`D` (ASCII) then BCD digits | none |
+/// | `IFE_CHAR`, `IFE_NUMERIC`, `IFE_LL..CHAR`, `IFE_LL..NUM` | EBCDIC | EBCDIC decimal |
+///
+/// Numeric classes on fields 35 and 36 (track data) get kind `z`, since they carry the
+/// `=` separator (BCD nibble `D`) that jPOS passes through unchecked.
+fn field_from_class(e: &Element, path: &str) -> Result<FieldSpec, SpecError> {
+    let class = short_class(&e.class);
+    let len: u32 = e
+        .length
+        .trim()
+        .parse()
+        .map_err(|_| bad(path, "length is not a number"))?;
+    let unsupported = || SpecError::UnsupportedClass {
+        field: path.to_owned(),
+        class: class.to_owned(),
+    };
+    let (family, rest) = class.split_once('_').ok_or_else(unsupported)?;
+    let l_count = rest.bytes().take_while(|&b| b == b'L').count();
+    let after_l = rest.get(l_count..).unwrap_or_default();
+    let (binary_prefix, base) = match after_l.strip_prefix('H') {
+        Some(b) if l_count > 0 => (true, b),
+        _ => (false, after_l),
+    };
+    let pad_left = e.pad;
+    let track = matches!(path, "35" | "36");
+    let num_kind = if track { Kind::Z } else { Kind::N };
+    let (kind, encoding, prefix) = match (family, base) {
+        ("IFA", "NUMERIC" | "NUM") => (num_kind, Encoding::Ascii, PrefixEncoding::Ascii),
+        ("IF", "CHAR") | ("IFA", "CHAR") => (Kind::Ans, Encoding::Ascii, PrefixEncoding::Ascii),
+        ("IFA", "AMOUNT") => (Kind::Xn, Encoding::Ascii, PrefixEncoding::Ascii),
+        ("IFA", "BINARY") => (Kind::B, Encoding::HexAscii, PrefixEncoding::Ascii),
+        ("IFB", "NUMERIC" | "NUM") => {
+            let pad = match (pad_left, binary_prefix) {
+                (true, _) => Pad::Left0,
+                (false, true) => Pad::RightF,
+                (false, false) => Pad::Right0,
+            };
+            let prefix = if binary_prefix {
+                PrefixEncoding::Binary
+            } else {
+                PrefixEncoding::Bcd
+            };
+            (num_kind, Encoding::Bcd(pad), prefix)
+        }
+        ("IFB", "CHAR") => (
+            Kind::Ans,
+            Encoding::Ascii,
+            if binary_prefix {
+                PrefixEncoding::Binary
+            } else {
+                PrefixEncoding::Bcd
+            },
+        ),
+        ("IFB", "ECHAR") if binary_prefix => (Kind::Ans, Encoding::Ebcdic, PrefixEncoding::Binary),
+        ("IFB", "BINARY") => (
+            Kind::B,
+            Encoding::Binary,
+            if binary_prefix {
+                PrefixEncoding::Binary
+            } else {
+                PrefixEncoding::Bcd
+            },
+        ),
+        ("IFB", "AMOUNT") => {
+            let pad = if pad_left { Pad::Left0 } else { Pad::Right0 };
+            (Kind::Xn, Encoding::Bcd(pad), PrefixEncoding::Bcd)
+        }
+        ("IFE", "CHAR") => (Kind::Ans, Encoding::Ebcdic, PrefixEncoding::Ebcdic),
+        ("IFE", "NUMERIC" | "NUM") => (num_kind, Encoding::Ebcdic, PrefixEncoding::Ebcdic),
+        _ => return Err(unsupported()),
+    };
+    // Fixed classes have no L's (IF_CHAR, IFx_NUMERIC, IFx_BINARY, IFx_AMOUNT); a
+    // variable class needs 2 to 6.
+    let f = if l_count == 0 {
+        if binary_prefix || matches!(base, "NUM") {
+            return Err(unsupported());
+        }
+        FieldSpec::fixed(kind, encoding, len)
+    } else {
+        if !(2..=6).contains(&l_count) || matches!(base, "NUMERIC" | "AMOUNT") {
+            return Err(unsupported());
+        }
+        FieldSpec::var(kind, encoding, l_count as u8, prefix, len)
+    };
+    if len > f.prefix_capacity() {
+        return Err(bad(
+            path,
+            &format!("length {len} does not fit the prefix of {class}"),
+        ));
+    }
+    Ok(f)
+}
+
+/// Reads the `isofield` / `isofieldpackager` elements of the document, nested ones as
+/// children.
+fn read_elements(xml: &str) -> Result<Vec<Element>, SpecError> {
+    let mut reader = Reader::from_str(xml);
+    reader.config_mut().trim_text(true);
+    let mut stack: Vec<Element> = Vec::new();
+    let mut top: Vec<Element> = Vec::new();
+    let mut saw_root = false;
+    loop {
+        let ev = reader
+            .read_event()
+            .map_err(|e| SpecError::Xml(format!("at byte {}: {e}", reader.buffer_position())))?;
+        match ev {
+            Event::Start(s) => match s.local_name().as_ref() {
+                b"isopackager" => saw_root = true,
+                b"isofield" | b"isofieldpackager" => stack.push(element(&s)?),
+                _ => {}
+            },
+            Event::Empty(s) => match s.local_name().as_ref() {
+                b"isopackager" => saw_root = true,
+                b"isofield" | b"isofieldpackager" => {
+                    let e = element(&s)?;
+                    match stack.last_mut() {
+                        Some(parent) => parent.children.push(e),
+                        None => top.push(e),
+                    }
+                }
+                _ => {}
+            },
+            Event::End(s) => {
+                if matches!(s.local_name().as_ref(), b"isofield" | b"isofieldpackager")
+                    && let Some(e) = stack.pop()
+                {
+                    match stack.last_mut() {
+                        Some(parent) => parent.children.push(e),
+                        None => top.push(e),
+                    }
+                }
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    if !saw_root {
+        return Err(SpecError::Xml("no <isopackager> element".into()));
+    }
+    if !stack.is_empty() {
+        return Err(SpecError::Xml("unclosed <isofieldpackager>".into()));
+    }
+    Ok(top)
+}
+
+fn element(s: &BytesStart<'_>) -> Result<Element, SpecError> {
+    let mut e = Element::default();
+    for a in s.attributes() {
+        let a = a.map_err(|err| SpecError::Xml(err.to_string()))?;
+        let v = a
+            .unescape_value()
+            .map_err(|err| SpecError::Xml(err.to_string()))?
+            .into_owned();
+        match a.key.local_name().as_ref() {
+            b"id" => e.id = v,
+            b"length" => e.length = v,
+            b"class" => e.class = v,
+            b"name" => e.name = v,
+            b"pad" => e.pad = v.trim().eq_ignore_ascii_case("true"),
+            _ => {}
+        }
+    }
+    if e.id.is_empty() {
+        return Err(bad("?", "an isofield has no id"));
+    }
+    Ok(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn el(id: &str, length: &str, class: &str, pad: bool) -> Element {
+        Element {
+            id: id.into(),
+            length: length.into(),
+            class: class.into(),
+            name: String::new(),
+            pad,
+            children: vec![],
+        }
+    }
+
+    #[test]
+    fn jpos_classes_map_to_encoding_and_prefix() {
+        use Encoding::*;
+        let cases: &[(&str, bool, Kind, Encoding, Option<(u8, PrefixEncoding)>)] = &[
+            ("org.jpos.iso.IFA_NUMERIC", false, Kind::N, Ascii, None),
+            (
+                "org.jpos.iso.IFA_LLNUM",
+                false,
+                Kind::N,
+                Ascii,
+                Some((2, PrefixEncoding::Ascii)),
+            ),
+            ("org.jpos.iso.IF_CHAR", false, Kind::Ans, Ascii, None),
+            (
+                "org.jpos.iso.IFA_LLLLLLBINARY",
+                false,
+                Kind::B,
+                HexAscii,
+                Some((6, PrefixEncoding::Ascii)),
+            ),
+            (
+                "org.jpos.iso.IFB_NUMERIC",
+                true,
+                Kind::N,
+                Bcd(Pad::Left0),
+                None,
+            ),
+            (
+                "org.jpos.iso.IFB_LLNUM",
+                false,
+                Kind::N,
+                Bcd(Pad::Right0),
+                Some((2, PrefixEncoding::Bcd)),
+            ),
+            (
+                "org.jpos.iso.IFB_LLHNUM",
+                false,
+                Kind::N,
+                Bcd(Pad::RightF),
+                Some((2, PrefixEncoding::Binary)),
+            ),
+            (
+                "org.jpos.iso.IFB_LLHECHAR",
+                false,
+                Kind::Ans,
+                Ebcdic,
+                Some((2, PrefixEncoding::Binary)),
+            ),
+            (
+                "org.jpos.iso.IFB_LLLBINARY",
+                false,
+                Kind::B,
+                Binary,
+                Some((3, PrefixEncoding::Bcd)),
+            ),
+            (
+                "org.jpos.iso.IFB_AMOUNT",
+                true,
+                Kind::Xn,
+                Bcd(Pad::Left0),
+                None,
+            ),
+            ("org.jpos.iso.IFE_CHAR", false, Kind::Ans, Ebcdic, None),
+            ("org.jpos.iso.IFB_BINARY ", false, Kind::B, Binary, None),
+        ];
+        for &(class, pad, kind, encoding, var) in cases {
+            let f = field_from_class(&el("48", "99", class, pad), "48").unwrap();
+            assert_eq!((f.kind, f.encoding), (kind, encoding), "{class}");
+            match var {
+                None => assert_eq!(f.length, super::super::spec::Length::Fixed, "{class}"),
+                Some((digits, encoding)) => assert_eq!(
+                    f.length,
+                    super::super::spec::Length::Var { digits, encoding },
+                    "{class}"
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn an_unknown_class_is_refused_naming_field_and_class() {
+        let err = field_from_class(&el("48", "99", "org.jpos.iso.IFX_FANCY", false), "48")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("48") && err.contains("IFX_FANCY"), "{err}");
+    }
+
+    #[test]
+    fn a_length_beyond_the_prefix_is_refused() {
+        assert!(field_from_class(&el("2", "100", "org.jpos.iso.IFA_LLNUM", false), "2").is_err());
+    }
+
+    #[test]
+    fn a_document_without_mti_or_bitmap_is_refused() {
+        let xml = r#"<isopackager><isofield id="2" length="19" class="org.jpos.iso.IFA_LLNUM"/></isopackager>"#;
+        assert!(from_xml("t", xml).is_err());
+        assert!(from_xml("t", "not xml <").is_err());
+    }
+}

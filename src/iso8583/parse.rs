@@ -1,0 +1,516 @@
+//! Bytes to [`Message`]: a pure function of the frame and the spec.
+//!
+//! Everything the spec says is checked while the bytes are in cache: MTI digits, bitmap
+//! characters, every length prefix against its field's maximum, digits in numeric fields,
+//! no trailing bytes. Failures name the field and the byte offset, never the field's bytes
+//! (one of them is a card number). Nothing here indexes input without a bounds check, so
+//! hostile frames give errors, not panics. The primitives are nom parsers over `&[u8]`;
+//! the field loop walks the bitmap bits.
+//!
+//! When a frame does not parse, [`recover_header`] still tries to read its MTI and DE 11,
+//! because the switch answers such frames with DE 39 = 30 when it can say to what.
+
+use bytes::Bytes;
+use nom::Parser;
+
+use super::encoding::{
+    all_ascii_digits, all_bcd_digits, all_hex, ascii_decimal, bcd_decimal, ebcdic_decimal,
+    hex16_to_u64,
+};
+use super::message::{FieldText, Layout, Message, bit, decode};
+use super::spec::{
+    BitmapEncoding, Encoding, FieldSpec, Kind, Length, MAX_FIELD, Pad, PrefixEncoding, Spec,
+    SubSpec,
+};
+
+/// Where a parse error is: the MTI, the bitmap, a field, or the message as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorLocation {
+    /// The message type indicator.
+    Mti,
+    /// A primary, secondary or tertiary bitmap.
+    Bitmap,
+    /// This data element.
+    Field(u16),
+    /// The message as a whole (e.g. bytes after the last field).
+    Message,
+}
+
+/// Why a frame is not a valid message of its spec. Carries positions, never field bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// Longer than the 65535 bytes offsets are kept in.
+    #[error("message of {len} bytes is longer than 65535")]
+    TooLong {
+        /// Its length.
+        len: usize,
+    },
+    /// The frame ends inside the MTI.
+    #[error("message ends inside the MTI at byte {offset}")]
+    MtiTruncated {
+        /// Where the MTI starts.
+        offset: usize,
+    },
+    /// The MTI is not four digits.
+    #[error("MTI at byte {offset} is not four digits")]
+    MtiInvalid {
+        /// Where the MTI starts.
+        offset: usize,
+    },
+    /// The frame ends inside a bitmap.
+    #[error("message ends inside a bitmap at byte {offset}")]
+    BitmapTruncated {
+        /// Where that bitmap starts.
+        offset: usize,
+    },
+    /// A bitmap character is not hex, or a bitmap names more fields than the spec has.
+    #[error("bitmap at byte {offset} is malformed")]
+    BitmapInvalid {
+        /// Where that bitmap starts.
+        offset: usize,
+    },
+    /// The bitmap names a field the spec does not define.
+    #[error("field {field} at byte {offset} is not defined by the spec")]
+    UndefinedField {
+        /// Field number.
+        field: u16,
+        /// Where it would start.
+        offset: usize,
+    },
+    /// The frame ends inside the field (its prefix or its content).
+    #[error("field {field} at byte {offset} is cut short")]
+    FieldTruncated {
+        /// Field number.
+        field: u16,
+        /// Where the field starts.
+        offset: usize,
+    },
+    /// The length prefix is not a number in its encoding.
+    #[error("field {field}: length prefix at byte {offset} is not a number")]
+    BadLengthPrefix {
+        /// Field number.
+        field: u16,
+        /// Where the prefix starts.
+        offset: usize,
+    },
+    /// The length prefix says more than the field's maximum.
+    #[error("field {field}: length {len} at byte {offset} is over the maximum {max}")]
+    LengthOverMax {
+        /// Field number.
+        field: u16,
+        /// Where the prefix starts.
+        offset: usize,
+        /// The length read.
+        len: u32,
+        /// The spec's maximum.
+        max: u32,
+    },
+    /// Content that the field's type does not allow (e.g. a letter in a numeric field).
+    #[error("field {field}: content at byte {offset} does not match its type")]
+    BadContent {
+        /// Field number.
+        field: u16,
+        /// Where the content starts.
+        offset: usize,
+    },
+    /// Bytes after the last field the bitmap names.
+    #[error("{count} bytes after the last field, at byte {offset}")]
+    TrailingBytes {
+        /// Where they start.
+        offset: usize,
+        /// How many.
+        count: usize,
+    },
+}
+
+impl ParseError {
+    /// Where the error is, as the vectors' `error_field` names it.
+    pub fn location(&self) -> ErrorLocation {
+        match *self {
+            ParseError::MtiTruncated { .. } | ParseError::MtiInvalid { .. } => ErrorLocation::Mti,
+            ParseError::BitmapTruncated { .. } | ParseError::BitmapInvalid { .. } => {
+                ErrorLocation::Bitmap
+            }
+            ParseError::UndefinedField { field, .. }
+            | ParseError::FieldTruncated { field, .. }
+            | ParseError::BadLengthPrefix { field, .. }
+            | ParseError::LengthOverMax { field, .. }
+            | ParseError::BadContent { field, .. } => ErrorLocation::Field(field),
+            ParseError::TooLong { .. } | ParseError::TrailingBytes { .. } => ErrorLocation::Message,
+        }
+    }
+
+    /// The field number, when the error is in a field.
+    pub fn field(&self) -> Option<u16> {
+        match self.location() {
+            ErrorLocation::Field(n) => Some(n),
+            _ => None,
+        }
+    }
+}
+
+/// Parses a whole frame (without its framing header) with full validation.
+pub fn parse(spec: &'static Spec, frame: Bytes) -> Result<Message, ParseError> {
+    let mut layout = Layout::new();
+    parse_layout::<true>(spec, &frame, &mut layout)?;
+    Ok(Message::from_parts(spec, frame, layout))
+}
+
+impl Message {
+    /// Parses a frame; see [`parse`].
+    pub fn parse(spec: &'static Spec, frame: Bytes) -> Result<Message, ParseError> {
+        parse(spec, frame)
+    }
+}
+
+/// What could be read from a frame that does not parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecoveredHeader {
+    /// The MTI, when its four digits are there.
+    pub mti: Option<[u8; 4]>,
+    /// DE 11, when the fields before it could be walked and it is six digits.
+    pub stan: Option<[u8; 6]>,
+}
+
+/// Reads the MTI and DE 11 from a frame that may be malformed. Content checks are skipped,
+/// only structure is followed, so a bad amount in DE 4 still leaves DE 11 readable.
+pub fn recover_header(spec: &'static Spec, frame: &[u8]) -> RecoveredHeader {
+    let mut layout = Layout::new();
+    let res = parse_layout::<false>(spec, frame, &mut layout);
+    let mti_ok = !matches!(
+        res,
+        Err(ParseError::MtiInvalid { .. } | ParseError::MtiTruncated { .. })
+    ) && layout.mti.iter().all(u8::is_ascii_digit);
+    let mut stan = None;
+    let (w, m) = bit(11);
+    if layout.mask[w] & m != 0 {
+        let r = super::message::rank(&layout.mask, 11);
+        if let (Some(&a), Some(&b), Some(f)) = (
+            layout.starts.get(r),
+            layout.starts.get(r + 1),
+            spec.field(11),
+        ) && let Some(wire) = frame.get(usize::from(a)..usize::from(b))
+        {
+            let t = decode(f, wire);
+            stan = <[u8; 6]>::try_from(t.as_bytes())
+                .ok()
+                .filter(|s| s.iter().all(u8::is_ascii_digit));
+        }
+    }
+    RecoveredHeader {
+        mti: mti_ok.then_some(layout.mti),
+        stan,
+    }
+}
+
+/// `n` bytes off the front of `input`, as a nom parser: `(rest, taken)`.
+#[inline(always)]
+fn take(input: &[u8], n: usize) -> Option<(&[u8], &[u8])> {
+    nom::bytes::complete::take::<usize, &[u8], ()>(n)
+        .parse(input)
+        .ok()
+}
+
+/// The number a length prefix holds, `None` when it is not one in its encoding.
+#[inline]
+pub(crate) fn prefix_value(p: &[u8], enc: PrefixEncoding) -> Option<u32> {
+    match enc {
+        PrefixEncoding::Ascii => ascii_decimal(p),
+        PrefixEncoding::Bcd => bcd_decimal(p),
+        PrefixEncoding::Ebcdic => ebcdic_decimal(p),
+        PrefixEncoding::Binary => Some(p.iter().fold(0u32, |a, &b| (a << 8) | u32::from(b))),
+    }
+}
+
+/// Reads one bitmap word.
+#[inline]
+fn bitmap_word<'a>(
+    input: &'a [u8],
+    enc: BitmapEncoding,
+    offset: usize,
+) -> Result<(&'a [u8], u64), ParseError> {
+    match enc {
+        BitmapEncoding::Binary => {
+            let (rest, b) = take(input, 8).ok_or(ParseError::BitmapTruncated { offset })?;
+            let mut w = [0u8; 8];
+            w.copy_from_slice(b);
+            Ok((rest, u64::from_be_bytes(w)))
+        }
+        BitmapEncoding::HexAscii => {
+            let (rest, b) = take(input, 16).ok_or(ParseError::BitmapTruncated { offset })?;
+            let mut w = [0u8; 16];
+            w.copy_from_slice(b);
+            let x = hex16_to_u64(&w).ok_or(ParseError::BitmapInvalid { offset })?;
+            Ok((rest, x))
+        }
+    }
+}
+
+/// Decodes a 4-digit MTI.
+fn mti(spec: &Spec, input: &[u8]) -> Result<(usize, [u8; 4]), ParseError> {
+    let f = &spec.mti;
+    let wl = f.wire_len(4);
+    let (_, raw) = take(input, wl).ok_or(ParseError::MtiTruncated { offset: 0 })?;
+    let t = decode(f, raw);
+    let out =
+        <[u8; 4]>::try_from(t.as_bytes()).map_err(|_| ParseError::MtiInvalid { offset: 0 })?;
+    if !all_ascii_digits(&out) {
+        return Err(ParseError::MtiInvalid { offset: 0 });
+    }
+    Ok((wl, out))
+}
+
+/// The parser proper. `STRICT` adds content checks; without it only structure is followed
+/// (used by [`recover_header`]). On error, `layout` holds the fields completed before it.
+#[inline]
+pub(crate) fn parse_layout<const STRICT: bool>(
+    spec: &Spec,
+    buf: &[u8],
+    layout: &mut Layout,
+) -> Result<(), ParseError> {
+    if buf.len() > usize::from(u16::MAX) {
+        return Err(ParseError::TooLong { len: buf.len() });
+    }
+    let total = buf.len();
+    let (mti_len, mti) = mti(spec, buf)?;
+    layout.mti = mti;
+    let mut input = buf.get(mti_len..).unwrap_or_default();
+
+    // Bitmaps: bit 1 announces the secondary, bit 65 the tertiary (only in 192-field specs).
+    let mut words = [0u64; 3];
+    let (rest, w0) = bitmap_word(input, spec.bitmap, total - input.len())?;
+    let bm_offset = total - input.len();
+    input = rest;
+    words[0] = w0;
+    if w0 >> 63 == 1 {
+        if spec.max_field < 128 {
+            return Err(ParseError::BitmapInvalid { offset: bm_offset });
+        }
+        let (rest, w1) = bitmap_word(input, spec.bitmap, total - input.len())?;
+        input = rest;
+        words[1] = w1;
+        if spec.max_field > 128 && w1 >> 63 == 1 {
+            let (rest, w2) = bitmap_word(input, spec.bitmap, total - input.len())?;
+            input = rest;
+            words[2] = w2;
+        }
+    }
+    words[0] &= !(1 << 63);
+    if spec.max_field > 128 {
+        words[1] &= !(1 << 63);
+    }
+
+    let mut count = 0usize;
+    for (wi, &word) in words.iter().enumerate() {
+        let mut bits = word;
+        while bits != 0 {
+            let lz = bits.leading_zeros() as usize;
+            bits &= !(1u64 << (63 - lz));
+            let n = wi * 64 + lz + 1;
+            let offset = total - input.len();
+            let field = n as u16;
+            let f = spec
+                .field(n)
+                .ok_or(ParseError::UndefinedField { field, offset })?;
+            let units = match f.length {
+                Length::Fixed => f.max_len as usize,
+                Length::Var { encoding, .. } => {
+                    let (rest, p) = take(input, f.prefix_bytes())
+                        .ok_or(ParseError::FieldTruncated { field, offset })?;
+                    let len = prefix_value(p, encoding)
+                        .ok_or(ParseError::BadLengthPrefix { field, offset })?;
+                    if len > f.max_len {
+                        return Err(ParseError::LengthOverMax {
+                            field,
+                            offset,
+                            len,
+                            max: f.max_len,
+                        });
+                    }
+                    input = rest;
+                    len as usize
+                }
+            };
+            let (rest, v) = take(input, f.wire_len(units))
+                .ok_or(ParseError::FieldTruncated { field, offset })?;
+            if STRICT && !content_ok(f, v, units) {
+                return Err(ParseError::BadContent {
+                    field,
+                    offset: total - input.len(),
+                });
+            }
+            input = rest;
+            if let Some(s) = layout.starts.get_mut(count) {
+                *s = offset as u16;
+            }
+            count += 1;
+            if let Some(s) = layout.starts.get_mut(count) {
+                *s = (total - input.len()) as u16;
+            }
+            let (w, m) = bit(n);
+            layout.mask[w] |= m;
+            layout.count = count;
+        }
+    }
+    if !input.is_empty() {
+        return Err(ParseError::TrailingBytes {
+            offset: total - input.len(),
+            count: input.len(),
+        });
+    }
+    Ok(())
+}
+
+/// True when a field's content matches its kind in its encoding.
+#[inline]
+pub(crate) fn content_ok(f: &FieldSpec, v: &[u8], units: usize) -> bool {
+    match (f.encoding, f.kind) {
+        (Encoding::HexAscii, _) => all_hex(v),
+        (Encoding::Ascii, Kind::N) => all_ascii_digits(v),
+        (Encoding::Ascii, Kind::Z) => v
+            .iter()
+            .all(|&b| b.is_ascii_digit() || b == b'=' || b == b'D'),
+        (Encoding::Ascii, Kind::Xn) => match v.split_first() {
+            Some((s, d)) => (*s == b'C' || *s == b'D') && all_ascii_digits(d),
+            None => true,
+        },
+        (Encoding::Ebcdic, Kind::N) => v.iter().all(|b| (0xF0..=0xF9).contains(b)),
+        (Encoding::Ebcdic, Kind::Z) => v
+            .iter()
+            .all(|b| (0xF0..=0xF9).contains(b) || *b == 0x7E || *b == 0xC4),
+        (Encoding::Ebcdic, Kind::Xn) => match v.split_first() {
+            Some((s, d)) => {
+                (*s == 0xC3 || *s == 0xC4) && d.iter().all(|b| (0xF0..=0xF9).contains(b))
+            }
+            None => true,
+        },
+        (Encoding::Bcd(pad), Kind::N) => bcd_ok(v, units, pad, false),
+        (Encoding::Bcd(pad), Kind::Z) => bcd_ok(v, units, pad, true),
+        (Encoding::Bcd(pad), Kind::Xn) => match v.split_first() {
+            Some((s, d)) => {
+                (*s == b'C' || *s == b'D') && bcd_ok(d, units.saturating_sub(1), pad, false)
+            }
+            None => true,
+        },
+        _ => true,
+    }
+}
+
+/// Checks packed digits: every digit nibble 0..=9 (or `D` for track data) and, for an odd
+/// count, the pad nibble is the spec's pad.
+#[inline]
+fn bcd_ok(v: &[u8], digits: usize, pad: Pad, track: bool) -> bool {
+    let odd = digits % 2 == 1;
+    if !track && (!odd || matches!(pad, Pad::Left0 | Pad::Right0)) {
+        let pad_ok = if odd {
+            match pad {
+                Pad::Left0 => v.first().is_none_or(|b| b >> 4 == 0),
+                _ => v.last().is_none_or(|b| b & 0x0F == 0),
+            }
+        } else {
+            true
+        };
+        return pad_ok && all_bcd_digits(v);
+    }
+    let total = v.len() * 2;
+    let (skip, pad_nibble) = match pad {
+        Pad::Left0 => (0, 0x0),
+        Pad::LeftF => (0, 0xF),
+        Pad::Right0 => (total.wrapping_sub(1), 0x0),
+        Pad::RightF => (total.wrapping_sub(1), 0xF),
+    };
+    let mut ok = true;
+    for (i, &b) in v.iter().enumerate() {
+        for (j, nib) in [b >> 4, b & 0x0F].into_iter().enumerate() {
+            let pos = i * 2 + j;
+            if odd && pos == skip {
+                ok &= nib == pad_nibble;
+            } else {
+                ok &= nib <= 9 || (track && nib == 0xD);
+            }
+        }
+    }
+    ok
+}
+
+/// Decodes the subfields of one field's content with a nested layout (jPOS
+/// `isofieldpackager`). With a bitmap subfield, later subfields follow it; without, every
+/// subfield follows in order until the bytes run out. Errors name the outer field and the
+/// offset inside it.
+pub fn parse_subfields<'a>(
+    sub: &SubSpec,
+    outer: usize,
+    content: &'a [u8],
+) -> Result<Vec<(usize, FieldText<'a>)>, ParseError> {
+    let field = outer as u16;
+    let mut out = Vec::new();
+    let mut input = content;
+    let total = content.len();
+    let mut present: Option<[u64; 3]> = None;
+    let mut idx = 0usize;
+    while idx < sub.fields.len() && !input.is_empty() {
+        let offset = total - input.len();
+        if let Some((bm_id, enc, bytes)) = sub.bitmap
+            && bm_id == idx
+        {
+            let mut words = [0u64; 3];
+            let (rest, w0) = bitmap_word(input, enc, offset)
+                .map_err(|_| ParseError::FieldTruncated { field, offset })?;
+            input = rest;
+            words[0] = w0;
+            if bytes > 8 && w0 >> 63 == 1 {
+                let (rest, w1) = bitmap_word(input, enc, offset)
+                    .map_err(|_| ParseError::FieldTruncated { field, offset })?;
+                input = rest;
+                words[1] = w1;
+            }
+            present = Some(words);
+            idx += 1;
+            continue;
+        }
+        if let Some(words) = present {
+            // Bit k of the sub-bitmap names subfield (bitmap id + k).
+            let k = idx - sub.bitmap.map_or(0, |b| b.0);
+            if k == 0 || k > MAX_FIELD {
+                idx += 1;
+                continue;
+            }
+            let (w, m) = bit(k);
+            if words[w] & m == 0 {
+                idx += 1;
+                continue;
+            }
+        }
+        let Some(f) = sub.fields.get(idx).and_then(Option::as_ref) else {
+            idx += 1;
+            continue;
+        };
+        let units = match f.length {
+            Length::Fixed => f.max_len as usize,
+            Length::Var { encoding, .. } => {
+                let (_, p) = take(input, f.prefix_bytes())
+                    .ok_or(ParseError::FieldTruncated { field, offset })?;
+                let len = prefix_value(p, encoding)
+                    .ok_or(ParseError::BadLengthPrefix { field, offset })?;
+                if len > f.max_len {
+                    return Err(ParseError::LengthOverMax {
+                        field,
+                        offset,
+                        len,
+                        max: f.max_len,
+                    });
+                }
+                len as usize
+            }
+        };
+        let wl = f.prefix_bytes() + f.wire_len(units);
+        let (rest, wire) = take(input, wl).ok_or(ParseError::FieldTruncated { field, offset })?;
+        if !content_ok(f, wire.get(f.prefix_bytes()..).unwrap_or_default(), units) {
+            return Err(ParseError::BadContent { field, offset });
+        }
+        out.push((idx, decode(f, wire)));
+        input = rest;
+        idx += 1;
+    }
+    Ok(out)
+}
