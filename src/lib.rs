@@ -3,5 +3,7 @@
 //! A message's way through vpan, by module:
 //!
 //! - [`pan`]: the one type that holds a card number and never prints it in full.
+//! - [`store`]: durability: the group-commit journal, snapshots, real PANs encrypted at rest.
 
 pub mod pan;
+pub mod store;
