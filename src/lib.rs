@@ -5,12 +5,17 @@
 //! - [`iso8583`]: the wire: framing, the dialect as data (built in or from jPOS XML), parse
 //!   and pack of messages with zero-copy fields and cheap edits.
 //! - [`pan`]: the one type that holds a card number and never prints it in full.
+//! - [`cards`]: virtual cards: model, vPAN generation, in-memory index, the pure limits
+//!   decision, holds, reversals and repeats, behind the [`cards::Cards`] facade.
+//! - [`store`]: durability: the group-commit journal, snapshots, real PANs encrypted at rest.
 //! - [`config`]: the typed configuration, file + environment, validated at start.
 //! - [`logging`]: human or JSON log lines on stderr.
 //! - [`metrics`]: the contract's metric names, described once, and the `/metrics` endpoint.
 
+pub mod cards;
 pub mod config;
 pub mod iso8583;
 pub mod logging;
 pub mod metrics;
 pub mod pan;
+pub mod store;

@@ -1,0 +1,95 @@
+//! The index: every vPAN ever issued, in memory, behind short synchronous closures.
+//!
+//! A `DashMap` sharded by key, with a compact 8-byte [`CardKey`] (not a `String`) and a boxed
+//! [`Card`] as value, so a table slot is 16 bytes and hashbrown's power-of-two capacity
+//! rounding costs little (a card inline would double ~130 bytes per empty slot). Closed cards
+//! stay forever: a vPAN is never issued twice.
+//!
+//! The API hands out no guard. Callers pass a synchronous closure that runs under the
+//! shard's lock and returns an owned value, so no lock can be held across an `.await` (a
+//! DashMap guard held across `.await` deadlocks the runtime), and the decision plus the
+//! hold of an authorization happen atomically under the card's (shard's) write lock.
+
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+
+use super::card::{Card, CardKey, Status};
+
+/// The map of all cards.
+pub struct CardIndex {
+    /// vPAN key → card.
+    map: DashMap<CardKey, Box<Card>>,
+}
+
+impl CardIndex {
+    /// An empty index sized for `capacity` cards (pre-sizing avoids rehashing pauses).
+    pub fn with_capacity(capacity: usize) -> CardIndex {
+        CardIndex {
+            map: DashMap::with_capacity(capacity),
+        }
+    }
+
+    /// Inserts `card` under `key` unless the key is taken; true when inserted.
+    pub fn insert_new(&self, key: CardKey, card: impl FnOnce() -> Card) -> bool {
+        match self.map.entry(key) {
+            Entry::Occupied(_) => false,
+            Entry::Vacant(v) => {
+                v.insert(Box::new(card()));
+                true
+            }
+        }
+    }
+
+    /// Inserts or replaces (used by recovery).
+    pub fn put(&self, key: CardKey, card: Card) {
+        self.map.insert(key, Box::new(card));
+    }
+
+    /// Removes a card (only for an issuance whose journal write failed: never acknowledged).
+    pub(crate) fn remove(&self, key: CardKey) {
+        self.map.remove(&key);
+    }
+
+    /// Runs `f` on the card under a read lock; `None` when the key is unknown.
+    pub fn read<R>(&self, key: CardKey, f: impl FnOnce(&Card) -> R) -> Option<R> {
+        self.map.get(&key).map(|c| f(&c))
+    }
+
+    /// Runs `f` on the card under the write lock; `None` when the key is unknown.
+    pub fn update<R>(&self, key: CardKey, f: impl FnOnce(&mut Card) -> R) -> Option<R> {
+        self.map.get_mut(&key).map(|mut c| f(&mut c))
+    }
+
+    /// True when the key was ever issued.
+    pub fn contains(&self, key: CardKey) -> bool {
+        self.map.contains_key(&key)
+    }
+
+    /// Number of cards.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True when no card was ever issued.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Every key (a copy, so that walking all cards holds each lock only briefly).
+    pub fn keys(&self) -> Vec<CardKey> {
+        self.map.iter().map(|e| *e.key()).collect()
+    }
+
+    /// Cards by effective status: active, paused, closed.
+    pub fn counts_by_status(&self) -> [(Status, u64); 3] {
+        let mut n = [0u64; 3];
+        for e in self.map.iter() {
+            n[usize::from(e.status().to_u8())] += 1;
+        }
+        [
+            (Status::Active, n[0]),
+            (Status::Paused, n[1]),
+            (Status::Closed, n[2]),
+        ]
+    }
+}

@@ -1,0 +1,258 @@
+//! The ledger: every recent transaction by its key, for holds, reversals and repeats.
+//!
+//! An approval's amount is *held* on the card until the issuer answers; the entry here
+//! remembers how much, so that the answer turns it into spent (and a use) or releases it,
+//! exactly once. Reversals find their original here by DE 90 (or by the transaction key)
+//! and give back what it still holds, once: a reversal sets what *remains* of the original
+//! (zero for a full reversal, DE 95 for a partial one), so a repeat finds nothing more to
+//! give. A request whose key is here already is a repeat: same content, the first answer
+//! is replayed; other content, 94.
+//!
+//! Entries are keyed by what DE 90 can name (MTI class, DE 11, DE 7, DE 32) with DE 41 in
+//! the content fingerprint: ISO 8583 itself identifies an original by those fields, so two
+//! transactions sharing them cannot both be reversed unambiguously anyway.
+//!
+//! The ledger is bounded: entries older than [`LedgerConfig::retention_secs`] or beyond
+//! [`LedgerConfig::capacity`] (oldest first) are forgotten. A forgotten transaction can no
+//! longer be reversed through vpan (its amount stays spent: the safe side) and a repeat of
+//! it is decided afresh. Entries still waiting for the issuer are never forgotten.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use dashmap::DashMap;
+
+use super::card::{AcceptorId, CardKey, UnixSeconds};
+use super::request::{OriginalData, ResponseCode};
+
+/// Bounds of the ledger.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LedgerConfig {
+    /// Most transactions remembered (about 250 bytes each).
+    pub capacity: usize,
+    /// How long a transaction can be reversed or repeated, seconds.
+    pub retention_secs: u64,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> LedgerConfig {
+        LedgerConfig {
+            capacity: 1_000_000,
+            retention_secs: 7 * 86_400,
+        }
+    }
+}
+
+/// Where a transaction stands.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum TxState {
+    /// Approved by vpan, amount held, waiting for the issuer.
+    Held,
+    /// Approved by the issuer (or reported by an advice): the amount is spent.
+    Approved,
+    /// Declined by the issuer, timed out or failed: the hold was released.
+    Released,
+    /// Declined by vpan itself (kept only in memory, for replays).
+    Declined,
+}
+
+impl TxState {
+    pub(crate) fn to_u8(self) -> u8 {
+        self as u8
+    }
+
+    pub(crate) fn from_u8(v: u8) -> Option<TxState> {
+        [
+            TxState::Held,
+            TxState::Approved,
+            TxState::Released,
+            TxState::Declined,
+        ]
+        .get(usize::from(v))
+        .copied()
+    }
+}
+
+/// One remembered transaction.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct TxEntry {
+    /// The card it is on.
+    pub card: CardKey,
+    /// What it asked (see `AuthRequest::fingerprint`), to tell repeats from conflicts.
+    pub fingerprint: u64,
+    /// Where it stands.
+    pub state: TxState,
+    /// The answer given (issuer's or vpan's), for replays.
+    pub code: ResponseCode,
+    /// Amount charged at approval, card currency.
+    pub charged: u64,
+    /// What it still holds or spends now (after partial reversals), card currency.
+    pub amount: u64,
+    /// DE 4 of the original, for proportional partial reversals and the history.
+    pub original_amount: u64,
+    /// Whether its approval counts (or counted) a use.
+    pub counts_use: bool,
+    /// Whether a use is counted on the card now.
+    pub use_counted: bool,
+    /// Whether its hold bound a first-use merchant lock.
+    pub binds_merchant: bool,
+    /// When it was decided.
+    pub at: UnixSeconds,
+    /// Journal sequence number of its last change (replay skips older records).
+    pub lsn: u64,
+    /// The request's MTI.
+    pub mti: [u8; 4],
+    /// DE 42.
+    pub acceptor: Option<AcceptorId>,
+}
+
+/// The transactions, with their retention queue.
+pub struct Ledger {
+    /// Key → transaction.
+    pub(crate) entries: DashMap<OriginalData, TxEntry>,
+    /// Insertion order, for retention.
+    order: Mutex<VecDeque<(UnixSeconds, OriginalData)>>,
+    /// Bounds.
+    config: LedgerConfig,
+}
+
+impl Ledger {
+    /// An empty ledger.
+    pub fn new(config: LedgerConfig) -> Ledger {
+        Ledger {
+            entries: DashMap::new(),
+            order: Mutex::new(VecDeque::new()),
+            config,
+        }
+    }
+
+    /// A copy of the entry under `key`.
+    pub fn get(&self, key: &OriginalData) -> Option<TxEntry> {
+        self.entries.get(key).map(|e| *e)
+    }
+
+    /// Number of transactions remembered.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when none is.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Notes a new entry for retention, and forgets what falls out of the bounds.
+    /// Never call with an entry guard of this ledger held.
+    pub fn remember(&self, key: OriginalData, at: UnixSeconds, now: UnixSeconds) {
+        let Ok(mut order) = self.order.lock() else {
+            return;
+        };
+        order.push_back((at, key));
+        let horizon = now.saturating_sub(self.config.retention_secs);
+        let mut requeued = 0;
+        while let Some(&(at, key)) = order.front() {
+            let too_many = order.len() > self.config.capacity;
+            if !too_many && at >= horizon {
+                break;
+            }
+            order.pop_front();
+            let removed = self
+                .entries
+                .remove_if(&key, |_, e| e.at <= at && e.state != TxState::Held);
+            if removed.is_none()
+                && self
+                    .entries
+                    .get(&key)
+                    .is_some_and(|e| e.state == TxState::Held)
+            {
+                // Still waiting for the issuer: keep it, look again later.
+                order.push_back((now, key));
+                requeued += 1;
+                if requeued > 16 {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Every key (a copy, for snapshots).
+    pub(crate) fn keys(&self) -> Vec<OriginalData> {
+        self.entries.iter().map(|e| *e.key()).collect()
+    }
+
+    /// Rebuilds the retention queue after recovery, oldest first.
+    pub(crate) fn rebuild_order(&self) {
+        let mut all: Vec<(UnixSeconds, OriginalData)> =
+            self.entries.iter().map(|e| (e.at, *e.key())).collect();
+        all.sort_unstable_by_key(|(at, _)| *at);
+        if let Ok(mut order) = self.order.lock() {
+            *order = all.into();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(stan: u32) -> OriginalData {
+        OriginalData {
+            class: 1,
+            stan,
+            transmitted: 1,
+            acquirer: 1,
+        }
+    }
+
+    fn entry(at: u64, state: TxState) -> TxEntry {
+        TxEntry {
+            card: CardKey::from_digits(b"4970100000000001").unwrap(),
+            fingerprint: 0,
+            state,
+            code: ResponseCode::APPROVED,
+            charged: 1,
+            amount: 1,
+            original_amount: 1,
+            counts_use: true,
+            use_counted: false,
+            binds_merchant: false,
+            at,
+            lsn: 0,
+            mti: *b"0100",
+            acceptor: None,
+        }
+    }
+
+    #[test]
+    fn the_ledger_forgets_the_oldest_beyond_its_capacity_but_not_open_holds() {
+        let l = Ledger::new(LedgerConfig {
+            capacity: 3,
+            retention_secs: 1_000,
+        });
+        l.entries.insert(key(0), entry(10, TxState::Held));
+        l.remember(key(0), 10, 10);
+        for s in 1..=4 {
+            l.entries
+                .insert(key(s), entry(10 + u64::from(s), TxState::Approved));
+            l.remember(key(s), 10 + u64::from(s), 10 + u64::from(s));
+        }
+        assert!(l.get(&key(0)).is_some(), "an open hold is kept");
+        assert!(l.get(&key(1)).is_none());
+        assert!(l.get(&key(4)).is_some());
+        assert!(l.len() <= 4);
+    }
+
+    #[test]
+    fn the_ledger_forgets_what_is_older_than_its_retention() {
+        let l = Ledger::new(LedgerConfig {
+            capacity: 100,
+            retention_secs: 60,
+        });
+        l.entries.insert(key(1), entry(0, TxState::Approved));
+        l.remember(key(1), 0, 0);
+        l.entries.insert(key(2), entry(100, TxState::Approved));
+        l.remember(key(2), 100, 100);
+        assert!(l.get(&key(1)).is_none());
+        assert!(l.get(&key(2)).is_some());
+    }
+}

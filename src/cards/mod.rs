@@ -1,0 +1,36 @@
+//! Virtual cards: the model, vPAN generation, the index, the limits and the ledger.
+//!
+//! An authorization on a vPAN goes through these files in this order:
+//!
+//! - [`request`]: the plain structs the switch fills from the ISO 8583 message;
+//! - [`vault`]: the facade ([`Cards`]) the switch and the API call; it looks the card up in
+//! - [`index`]: every vPAN ever issued, a `DashMap` of compact keys to boxed [`Card`]s
+//!   ([`card`]), behind closures that cannot hold a lock across `.await`;
+//! - [`limits`]: the pure decision (approve and hold, or decline with DE 39);
+//! - [`ledger`]: holds, issuer answers, reversals and repeats, by transaction key;
+//! - [`event`]: every change as a journal record, applied the same way live and on replay;
+//! - [`history`]: each card's last decisions, for the API.
+//!
+//! Cards are made by [`vpan`] (generation in the real card's BIN) through
+//! [`Cards::issue`]. Durability lives in [`crate::store`].
+
+pub mod card;
+pub mod event;
+pub mod history;
+pub mod index;
+pub mod ledger;
+pub mod limits;
+pub mod request;
+pub mod vault;
+pub mod vpan;
+
+pub use card::{
+    AcceptorId, Card, CardKey, CardSpec, Controls, Expiry, MerchantLock, Status, UnixSeconds,
+};
+pub use history::{DecidedBy, RecentTx};
+pub use ledger::LedgerConfig;
+pub use request::{Amounts, AuthRequest, Kind, OriginalData, ResponseCode, ReversalRequest, TxKey};
+pub use vault::{
+    AdviceOutcome, Approval, CardError, CardView, Cards, CardsConfig, Decision, Hold, IssueError,
+    IssuerOutcome, OpenError, Recovered, Replay, ReversalOutcome, SnapshotReport,
+};

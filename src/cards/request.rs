@@ -1,0 +1,317 @@
+//! What the switch tells the cards about a message: plain structs filled from ISO 8583 fields.
+//!
+//! The cards never see the wire. The switch reads the few fields the controls need (DE 3,
+//! 4, 6, 7, 11, 14, 18, 32, 41, 42, 49, 51, 90, 95) into these structs, so the limits engine
+//! and the ledger stay pure and testable without a codec. The transaction key (MTI class +
+//! DE 11 + DE 7 + DE 32 + DE 41) is packed into 32 bytes.
+
+use std::fmt;
+
+use super::card::{AcceptorId, Expiry};
+
+/// A DE 39 response code.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ResponseCode(pub [u8; 2]);
+
+impl ResponseCode {
+    /// 00: approved.
+    pub const APPROVED: ResponseCode = ResponseCode(*b"00");
+    /// 14: invalid card number (a vPAN that was never issued).
+    pub const UNKNOWN_CARD: ResponseCode = ResponseCode(*b"14");
+    /// 30: format error.
+    pub const FORMAT_ERROR: ResponseCode = ResponseCode(*b"30");
+    /// 46: closed account.
+    pub const CLOSED: ResponseCode = ResponseCode(*b"46");
+    /// 54: expired card.
+    pub const EXPIRED: ResponseCode = ResponseCode(*b"54");
+    /// 57: transaction not permitted to cardholder.
+    pub const NOT_PERMITTED: ResponseCode = ResponseCode(*b"57");
+    /// 61: exceeds withdrawal amount limit.
+    pub const OVER_LIMIT: ResponseCode = ResponseCode(*b"61");
+    /// 62: restricted card.
+    pub const RESTRICTED: ResponseCode = ResponseCode(*b"62");
+    /// 91: issuer unavailable.
+    pub const ISSUER_UNAVAILABLE: ResponseCode = ResponseCode(*b"91");
+    /// 94: duplicate transmission.
+    pub const DUPLICATE: ResponseCode = ResponseCode(*b"94");
+    /// 96: system malfunction (vpan could not record the decision durably).
+    pub const SYSTEM_ERROR: ResponseCode = ResponseCode(*b"96");
+
+    /// The two characters.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or("??")
+    }
+}
+
+impl fmt::Debug for ResponseCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ResponseCode({})", self.as_str())
+    }
+}
+
+impl fmt::Display for ResponseCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a request does to a card, from DE 3 and the amount.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Kind {
+    /// Goods, services, cash: counts against the limits.
+    Purchase,
+    /// DE 3 starting with "20": never declined by the limits, never raises the cap.
+    Refund,
+    /// A zero-amount account verification: checked, but uses nothing up.
+    Verification,
+}
+
+impl Kind {
+    /// Classifies by processing code (DE 3) and transaction amount (DE 4).
+    pub fn classify(processing_code: &[u8], amount: u64) -> Kind {
+        if processing_code.starts_with(b"20") {
+            Kind::Refund
+        } else if amount == 0 {
+            Kind::Verification
+        } else {
+            Kind::Purchase
+        }
+    }
+}
+
+/// The amounts of a request, minor units.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Amounts {
+    /// DE 4.
+    pub transaction: u64,
+    /// DE 49, ISO 4217 numeric.
+    pub transaction_currency: u16,
+    /// DE 6 and DE 51, when both are present.
+    pub billing: Option<(u64, u16)>,
+}
+
+impl Amounts {
+    /// The amount in `currency`: DE 6 when DE 51 is it, else DE 4 when DE 49 is, else `None`
+    /// (which the limits decline with 57).
+    pub fn in_currency(&self, currency: u16) -> Option<u64> {
+        match self.billing {
+            Some((amount, c)) if c == currency => Some(amount),
+            _ if self.transaction_currency == currency => Some(self.transaction),
+            _ => None,
+        }
+    }
+}
+
+/// Packs a numeric field's value, ignoring leading zeros (DE 90 zero-fills what DE 32
+/// carries as a variable-length field).
+fn numeric(ascii: &[u8]) -> Option<u64> {
+    if ascii.len() > 19 || !ascii.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(
+        ascii
+            .iter()
+            .fold(0u64, |v, &c| v * 10 + u64::from(c - b'0')),
+    )
+}
+
+/// The transaction key: MTI class (second MTI digit) + DE 11 + DE 7 + DE 32 + DE 41.
+/// The same key twice is the same transaction: replayed, or 94 if its content differs.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct TxKey {
+    /// Second digit of the MTI: 1 authorization, 2 financial, 4 reversal.
+    pub class: u8,
+    /// DE 11, systems trace audit number.
+    pub stan: u32,
+    /// DE 7, transmission date and time MMDDhhmmss.
+    pub transmitted: u32,
+    /// DE 32, acquiring institution ID, as a number.
+    pub acquirer: u64,
+    /// DE 41, card acceptor terminal ID, space padded.
+    pub terminal: [u8; 8],
+}
+
+impl TxKey {
+    /// Builds the key from the raw fields; `None` when a numeric one is not numeric.
+    pub fn new(
+        mti: &[u8],
+        stan: &[u8],
+        transmitted: &[u8],
+        acquirer: &[u8],
+        terminal: &[u8],
+    ) -> Option<TxKey> {
+        let class = mti.get(1).filter(|c| c.is_ascii_digit())? - b'0';
+        let mut t = [b' '; 8];
+        if terminal.len() > 8 {
+            return None;
+        }
+        t[..terminal.len()].copy_from_slice(terminal);
+        Some(TxKey {
+            class,
+            stan: u32::try_from(numeric(stan)?).ok()?,
+            transmitted: u32::try_from(numeric(transmitted)?).ok()?,
+            acquirer: numeric(acquirer)?,
+            terminal: t,
+        })
+    }
+
+    /// The same key with another MTI class (a reversal looking for its original).
+    pub fn with_class(self, class: u8) -> TxKey {
+        TxKey { class, ..self }
+    }
+
+    /// The part DE 90 can name (everything but the terminal).
+    pub fn original(&self) -> OriginalData {
+        OriginalData {
+            class: self.class,
+            stan: self.stan,
+            transmitted: self.transmitted,
+            acquirer: self.acquirer,
+        }
+    }
+}
+
+/// DE 90, original data elements: what a reversal says about the message it reverses.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct OriginalData {
+    /// Second digit of the original MTI.
+    pub class: u8,
+    /// Original DE 11.
+    pub stan: u32,
+    /// Original DE 7.
+    pub transmitted: u32,
+    /// Original DE 32, as a number.
+    pub acquirer: u64,
+}
+
+impl OriginalData {
+    /// Parses DE 90: original MTI (4), STAN (6), DE 7 (10), acquirer (11), forwarding
+    /// institution (11); 42 digits.
+    pub fn parse(de90: &[u8]) -> Option<OriginalData> {
+        if de90.len() != 42 {
+            return None;
+        }
+        let class = de90[1].is_ascii_digit().then(|| de90[1] - b'0')?;
+        Some(OriginalData {
+            class,
+            stan: u32::try_from(numeric(&de90[4..10])?).ok()?,
+            transmitted: u32::try_from(numeric(&de90[10..20])?).ok()?,
+            acquirer: numeric(&de90[20..31])?,
+        })
+    }
+}
+
+/// An authorization, financial request or advice (0100, 0200, 0120, 0220 and repeats).
+#[derive(Clone, Debug)]
+pub struct AuthRequest {
+    /// The MTI as received.
+    pub mti: [u8; 4],
+    /// Purchase, refund or verification (see [`Kind::classify`]).
+    pub kind: Kind,
+    /// DE 4, 49, 6, 51.
+    pub amounts: Amounts,
+    /// DE 14, when present: must equal the virtual expiry.
+    pub expiry: Option<Expiry>,
+    /// DE 18, merchant category code.
+    pub mcc: Option<u16>,
+    /// DE 42, card acceptor identification code.
+    pub acceptor: Option<AcceptorId>,
+    /// The transaction key.
+    pub key: TxKey,
+}
+
+impl AuthRequest {
+    /// A fingerprint of what the request asks (not its MTI, so a repeat or an advice of the
+    /// same transaction matches): the same key with another fingerprint is answered 94.
+    /// Stable across versions and restarts (FNV-1a), since it is journaled.
+    pub fn fingerprint(&self, card: u64) -> u64 {
+        let mut h = Fnv::new();
+        h.u64(card);
+        h.u64(self.kind as u64);
+        h.u64(self.amounts.transaction);
+        h.u64(u64::from(self.amounts.transaction_currency));
+        if let Some((a, c)) = self.amounts.billing {
+            h.u64(a);
+            h.u64(u64::from(c));
+        }
+        h.bytes(&self.expiry.map_or([0; 4], |e| e.0));
+        h.u64(u64::from(self.mcc.unwrap_or(u16::MAX)));
+        h.bytes(&self.acceptor.map_or([0; 15], |a| a.0));
+        h.finish()
+    }
+
+    /// True for 0120/0220 (and their repeats): an advice, which cannot be declined.
+    pub fn is_advice(&self) -> bool {
+        self.mti[2] == b'2'
+    }
+}
+
+/// A reversal (0400, 0420 and repeats).
+#[derive(Clone, Debug)]
+pub struct ReversalRequest {
+    /// The MTI as received.
+    pub mti: [u8; 4],
+    /// The reversal's own transaction key.
+    pub key: TxKey,
+    /// DE 90, when present; else the original is looked up by `key` with class 1 then 2.
+    pub original: Option<OriginalData>,
+    /// DE 95's actual transaction amount: what remains after a partial reversal, in the
+    /// original's DE 4 currency. `None` (or no DE 95): full reversal.
+    pub remaining: Option<u64>,
+}
+
+/// 64-bit FNV-1a: tiny, stable, good enough to tell two requests apart.
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn bytes(&mut self, b: &[u8]) {
+        for &x in b {
+            self.0 ^= u64::from(x);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn u64(&mut self, v: u64) {
+        self.bytes(&v.to_le_bytes());
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_card_currency_comes_from_billing_first_then_transaction() {
+        let a = Amounts {
+            transaction: 1000,
+            transaction_currency: 840,
+            billing: Some((930, 978)),
+        };
+        assert_eq!(a.in_currency(978), Some(930));
+        assert_eq!(a.in_currency(840), Some(1000));
+        assert_eq!(a.in_currency(826), None);
+    }
+
+    #[test]
+    fn de90_names_the_same_transaction_as_its_key() {
+        let key = TxKey::new(b"0200", b"000123", b"1126153000", b"12345", b"TERM01").unwrap();
+        let de90 = b"020000012311261530000000001234500000000000";
+        assert_eq!(OriginalData::parse(de90), Some(key.original()));
+        assert_eq!(OriginalData::parse(b"0200"), None);
+    }
+
+    #[test]
+    fn a_processing_code_starting_with_20_is_a_refund() {
+        assert_eq!(Kind::classify(b"200000", 500), Kind::Refund);
+        assert_eq!(Kind::classify(b"000000", 0), Kind::Verification);
+        assert_eq!(Kind::classify(b"000000", 1), Kind::Purchase);
+    }
+}

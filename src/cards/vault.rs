@@ -1,0 +1,960 @@
+//! The facade the switch and the API call: index + ledger + journal behind one type.
+//!
+//! [`Cards`] owns the in-memory state and the store handle. Every method that changes a
+//! card does it under that card's lock, in three steps that cannot interleave with another
+//! change of the same card: decide, apply the event in memory, queue the event to the
+//! journal. Methods are synchronous and return owned values (and, for changes, a
+//! [`Durable`] future to await before acknowledging), so no lock ever crosses an `.await`.
+//!
+//! Durability design the switch relies on: `authorize` returns the approval together with
+//! the durable-hold future; the switch forwards to the issuer and awaits that future in
+//! parallel, and answers the network only when both are done (a failed future means 96 and
+//! `complete(hold, Failed)`). The issuer's answer is then journaled by `complete`. On
+//! recovery, a durable hold with no answer counts as spent and a use: no approved amount is
+//! lost, and no card goes over its cap.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use super::card::{Card, CardKey, CardSpec, Controls, Expiry, LockKind, Status, UnixSeconds};
+use super::event::{self, Event, Issued, TxEvent};
+use super::history::{self, DecidedBy, RecentTx};
+use super::index::CardIndex;
+use super::ledger::{Ledger, LedgerConfig, TxEntry, TxState};
+use super::limits::{self, Verdict};
+use super::request::{AuthRequest, Kind, OriginalData, ResponseCode, ReversalRequest};
+use super::vpan::{GenerateError, RangeConfigError, VpanGenerator};
+use crate::pan::{Pan, luhn_valid};
+use crate::store::crypto::PanCipher;
+use crate::store::journal::{self, Durable, Journal, list_segments, read_records, segment_path};
+use crate::store::snapshot::{self, SnapshotWriter};
+use crate::store::{StoreConfig, StoreError};
+
+/// The `[cards]` section of the configuration.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CardsConfig {
+    /// PAN prefixes reserved for vPANs: an unknown PAN there is declined 14.
+    pub virtual_ranges: Vec<String>,
+    /// Digits kept from the real card: 6 or 8.
+    pub bin_length: u8,
+}
+
+impl Default for CardsConfig {
+    fn default() -> CardsConfig {
+        CardsConfig {
+            virtual_ranges: Vec::new(),
+            bin_length: 6,
+        }
+    }
+}
+
+/// Why the cards could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// A `cards.*` setting is wrong.
+    #[error(transparent)]
+    Config(#[from] RangeConfigError),
+    /// The data directory, key, snapshot or journal could not be used.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why an issuance was refused (the API's 422 and 503).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IssueError {
+    /// A field is invalid; the message names it.
+    #[error("{0}")]
+    Invalid(&'static str),
+    /// No vPAN is left in the card's range.
+    #[error(transparent)]
+    Generate(#[from] GenerateError),
+    /// The issuance could not be made durable.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why a status change was refused (the API's 404, 409 and 503).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CardError {
+    /// No such vPAN.
+    #[error("no such card")]
+    NotFound,
+    /// A closed card cannot be paused or resumed.
+    #[error("the card is closed")]
+    Closed,
+    /// The change could not be made durable.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A card as the API shows it: never the real PAN, only its masked form.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CardView {
+    /// The vPAN (the cardholder's number; `Display` masks it, `expose()` for the API).
+    pub vpan: Pan,
+    /// The real PAN, masked (first 6, last 4).
+    pub real_pan_masked: String,
+    /// The virtual expiry, YYMM (the month of `valid_until`).
+    pub expiry: Expiry,
+    /// Effective status.
+    pub status: Status,
+    /// The controls as issued (a first-use lock stays `FirstUse` once bound).
+    pub controls: Controls,
+    /// Spent, minor units.
+    pub spent: u64,
+    /// Held by approvals waiting for the issuer.
+    pub held: u64,
+    /// Still available under the cap.
+    pub available: u64,
+    /// Uses counted.
+    pub uses: u32,
+    /// When issued.
+    pub created_at: UnixSeconds,
+}
+
+impl CardView {
+    fn of(key: CardKey, c: &Card) -> CardView {
+        CardView {
+            vpan: key.pan(),
+            real_pan_masked: c.real_pan.masked().to_string(),
+            expiry: c.virtual_expiry(),
+            status: c.status(),
+            controls: c.controls(),
+            spent: c.spent,
+            held: c.held,
+            available: c.available(),
+            uses: c.uses,
+            created_at: c.created_at,
+        }
+    }
+}
+
+/// Names an approval's hold, to complete it when the issuer answers.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Hold {
+    /// The card.
+    pub card: CardKey,
+    /// The transaction.
+    pub tx: OriginalData,
+}
+
+/// An approval by vpan: forward to the issuer with the real card.
+#[derive(Debug)]
+pub struct Approval {
+    /// Complete it with [`Cards::complete`] when the issuer answers.
+    pub hold: Hold,
+    /// The real PAN for DE 2 (and track 2) towards the issuer.
+    pub real_pan: Pan,
+    /// The real expiry for DE 14 towards the issuer.
+    pub real_expiry: Expiry,
+    /// The virtual expiry to put back into the answer.
+    pub virtual_expiry: Expiry,
+    /// Amount held, card currency.
+    pub amount: u64,
+    /// Resolves when the hold is durable; await it before answering the network, and on
+    /// error answer 96 and call `complete(hold, IssuerOutcome::Failed)`.
+    pub durable: Durable,
+}
+
+/// The first answer to a transaction key seen again with the same content.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Replay {
+    /// The first answer's DE 39; `None` while the first is still with the issuer (the
+    /// switch answers the repeat when the first completes, or drops it).
+    pub code: Option<ResponseCode>,
+    /// Who gave the first answer.
+    pub decided_by: DecidedBy,
+}
+
+/// What `authorize` decided.
+#[derive(Debug)]
+pub enum Decision {
+    /// Approved by vpan and held: forward to the issuer.
+    Approve(Approval),
+    /// Declined by vpan with this DE 39 (46, 54, 57, 61, 62, or 94 for a conflicting repeat).
+    Decline(ResponseCode),
+    /// A repeat: replay the first answer, count nothing.
+    Replay(Replay),
+    /// No card has this vPAN: 14 inside `virtual_ranges`, else pass through.
+    Unknown,
+}
+
+/// What the issuer did with a forwarded approval.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum IssuerOutcome {
+    /// Approved with this DE 39: the hold becomes spent, and a use.
+    Approved(ResponseCode),
+    /// Declined with this DE 39: the hold is released.
+    Declined(ResponseCode),
+    /// No answer in `issuer.timeout_ms` (the network got 91): released.
+    TimedOut,
+    /// vpan could not make the hold durable (the network got 96): released.
+    Failed,
+}
+
+/// What a reversal did.
+#[derive(Debug)]
+pub enum ReversalOutcome {
+    /// Gave back `returned` (card currency) of the original.
+    Reversed {
+        /// Amount given back.
+        returned: u64,
+        /// Resolves when the reversal is durable (losing it in a crash only keeps the
+        /// amount spent: the safe side).
+        durable: Durable,
+    },
+    /// The original was found but has nothing more to give back (a repeat, or it was
+    /// declined or already reversed that far).
+    NothingLeft,
+    /// No original on this card within the ledger's retention.
+    NotFound,
+}
+
+/// What an advice did.
+#[derive(Debug)]
+pub enum AdviceOutcome {
+    /// Recorded (spent, even over the cap: an advice cannot be declined).
+    Recorded(Durable),
+    /// The same advice (or the approval it reports) was recorded already.
+    Repeat,
+    /// The key is known with other content: nothing recorded.
+    Conflict,
+    /// No card has this vPAN.
+    Unknown,
+}
+
+/// What `open` found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Whether a snapshot was loaded.
+    pub snapshot: bool,
+    /// Cards in memory.
+    pub cards: usize,
+    /// Journal records replayed.
+    pub records: u64,
+    /// Bytes of torn or corrupt journal tail cut.
+    pub bytes_cut: u64,
+    /// Durable holds without an answer, counted as spent.
+    pub holds_counted_as_spent: u64,
+    /// Time taken.
+    pub elapsed_ms: u64,
+}
+
+/// What a snapshot wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotReport {
+    /// Cards written.
+    pub cards: u64,
+    /// Ledger entries written.
+    pub transactions: u64,
+    /// Journal segments deleted.
+    pub segments_deleted: usize,
+}
+
+/// Snapshot format version.
+const SNAPSHOT_VERSION: u8 = 1;
+
+/// The virtual cards: index, ledger, journal. Share it behind an `Arc`.
+pub struct Cards {
+    /// All cards.
+    index: CardIndex,
+    /// Recent transactions.
+    ledger: Ledger,
+    /// vPAN generation.
+    generator: VpanGenerator,
+    /// The journal writer.
+    journal: Journal<Event>,
+    /// Real PAN encryption.
+    cipher: PanCipher,
+    /// Next log sequence number.
+    next_lsn: AtomicU64,
+    /// The data directory.
+    dir: PathBuf,
+    /// One snapshot at a time.
+    snapshot_lock: Mutex<()>,
+}
+
+impl Cards {
+    /// Opens the data directory: loads the key (made at first start), the snapshot, replays
+    /// the journal (cutting a torn tail), counts unanswered durable holds as spent, and
+    /// starts a new journal segment. Blocking; call it before serving.
+    pub fn open(
+        cards: &CardsConfig,
+        store: &StoreConfig,
+        ledger: LedgerConfig,
+    ) -> Result<(Cards, Recovered), OpenError> {
+        let started = Instant::now();
+        let generator = VpanGenerator::new(cards.bin_length, &cards.virtual_ranges)?;
+        let dir = store.data_dir.clone();
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .create(&dir)
+            .map_err(StoreError::io("creating the data directory"))?;
+        let cipher = PanCipher::load_or_create(&store.key_path())?;
+        let mut recovered = Recovered::default();
+
+        // The snapshot, if any.
+        let mut index = None;
+        let ledger = Ledger::new(ledger);
+        let mut from_segment = 0u64;
+        let mut next_lsn = 1u64;
+        recovered.snapshot = snapshot::read(&dir, |payload| {
+            let mut g = event::Get(payload);
+            match g.u8() {
+                Some(event::TAG_SNAP_HEADER) => {
+                    let bad = || StoreError::Corrupt("snapshot header");
+                    if g.u8().ok_or_else(bad)? != SNAPSHOT_VERSION {
+                        return Err(StoreError::Corrupt("snapshot version"));
+                    }
+                    from_segment = g.u64().ok_or_else(bad)?;
+                    next_lsn = g.u64().ok_or_else(bad)?;
+                    let n = g.u64().ok_or_else(bad)?;
+                    index = Some(CardIndex::with_capacity(n as usize));
+                }
+                Some(event::TAG_SNAP_CARD) => {
+                    let (key, card) = event::decode_snap_card(&mut g, |k, sealed| {
+                        cipher.open(sealed, &k.raw().to_le_bytes())
+                    })?;
+                    index
+                        .get_or_insert_with(|| CardIndex::with_capacity(0))
+                        .put(key, card);
+                }
+                Some(event::TAG_SNAP_TX) => {
+                    let (k, e) =
+                        event::decode_snap_tx(&mut g).ok_or(StoreError::Corrupt("snapshot tx"))?;
+                    ledger.entries.insert(k, e);
+                }
+                _ => return Err(StoreError::Corrupt("snapshot record")),
+            }
+            Ok(())
+        })?;
+        let index = index.unwrap_or_else(|| CardIndex::with_capacity(0));
+
+        // The journal since.
+        let segments = list_segments(&dir).map_err(StoreError::io("listing the journal"))?;
+        let mut last_segment = from_segment;
+        for &n in &segments {
+            let path = segment_path(&dir, n);
+            if n < from_segment {
+                // Already in the snapshot: a crash came between its rename and this delete.
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            last_segment = last_segment.max(n);
+            let report = read_records(&path, |payload| {
+                let ev = Event::decode(payload)?;
+                next_lsn = next_lsn.max(ev.lsn() + 1);
+                replay(&index, &ledger, &cipher, &ev)
+            })?;
+            recovered.records += report.records;
+            if report.bad_bytes > 0 {
+                tracing::warn!(
+                    segment = n,
+                    bytes = report.bad_bytes,
+                    "cutting a torn or corrupt journal tail"
+                );
+                journal::truncate(&path, report.good_bytes)?;
+                recovered.bytes_cut += report.bad_bytes;
+            }
+        }
+
+        // Durable holds the issuer never answered (as far as the journal knows): spent.
+        let open_holds: Vec<(OriginalData, TxEntry)> = ledger
+            .entries
+            .iter()
+            .filter(|e| e.state == TxState::Held)
+            .map(|e| (*e.key(), *e.value()))
+            .collect();
+        for (k, e) in open_holds {
+            index.update(e.card, |c| {
+                c.held = c.held.saturating_sub(e.amount);
+                c.spent = c.spent.saturating_add(e.amount);
+                if e.counts_use {
+                    c.uses = c.uses.saturating_add(1);
+                }
+            });
+            if let Some(mut entry) = ledger.entries.get_mut(&k) {
+                entry.state = TxState::Approved;
+                entry.use_counted = entry.counts_use;
+            }
+            recovered.holds_counted_as_spent += 1;
+        }
+        ledger.rebuild_order();
+
+        let journal = Journal::start(&dir, last_segment + 1)?;
+        recovered.cards = index.len();
+        recovered.elapsed_ms = started.elapsed().as_millis() as u64;
+        Ok((
+            Cards {
+                index,
+                ledger,
+                generator,
+                journal,
+                cipher,
+                next_lsn: AtomicU64::new(next_lsn),
+                dir,
+                snapshot_lock: Mutex::new(()),
+            },
+            recovered,
+        ))
+    }
+
+    fn lsn(&self) -> u64 {
+        self.next_lsn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Issues a card: draws its vPAN, puts it in the index and queues the journal record.
+    /// Acknowledge only after the returned future resolves (see [`Cards::issue_durable`]).
+    pub fn issue(
+        &self,
+        spec: &CardSpec,
+        now: UnixSeconds,
+    ) -> Result<(CardView, Durable), IssueError> {
+        validate(spec, now)?;
+        let lsn = self.lsn();
+        let mut card = Card::new(spec, now);
+        card.lsn = lsn;
+        let vpan = self.generator.generate(&spec.pan, |candidate| {
+            self.index
+                .insert_new(CardKey::of(candidate), || card.clone())
+        })?;
+        let key = CardKey::of(&vpan);
+        let event = Event::Issued(Box::new(Issued {
+            lsn,
+            key,
+            sealed_pan: self.cipher.seal(&spec.pan, &key.raw().to_le_bytes()),
+            real_expiry: spec.pan_expiry,
+            controls: card.controls(),
+            created_at: now,
+        }));
+        let durable = self.journal.append(event);
+        Ok((CardView::of(key, &card), durable))
+    }
+
+    /// Issues a card and waits until it is durable. On a store error the card is removed
+    /// (its number was never given out) and the error returned (the API answers 503).
+    pub async fn issue_durable(
+        &self,
+        spec: &CardSpec,
+        now: UnixSeconds,
+    ) -> Result<CardView, IssueError> {
+        let (view, durable) = self.issue(spec, now)?;
+        if let Err(e) = durable.await {
+            self.index.remove(CardKey::of(&view.vpan));
+            return Err(e.into());
+        }
+        Ok(view)
+    }
+
+    /// The card as the API shows it.
+    pub fn get(&self, vpan: CardKey) -> Option<CardView> {
+        self.index.read(vpan, |c| CardView::of(vpan, c))
+    }
+
+    /// The card's recent decisions, newest first.
+    pub fn recent(&self, vpan: CardKey) -> Option<Vec<RecentTx>> {
+        self.index.read(vpan, |c| {
+            c.history
+                .as_ref()
+                .map_or_else(Vec::new, |h| h.newest_first())
+        })
+    }
+
+    /// Cards by effective status, for the `vpan_cards{status}` gauge.
+    pub fn counts_by_status(&self) -> [(Status, u64); 3] {
+        self.index.counts_by_status()
+    }
+
+    /// Number of cards ever issued.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// True when no card was ever issued.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// True when `pan` is inside `cards.virtual_ranges` (unknown there: 14).
+    pub fn in_virtual_range(&self, pan: &[u8]) -> bool {
+        self.generator.in_virtual_range(pan)
+    }
+
+    /// True once the journal failed: `/healthz` reports the store down.
+    pub fn store_failed(&self) -> bool {
+        self.journal.is_failed()
+    }
+
+    /// Bytes in the current journal segment (to decide when to snapshot).
+    pub fn journal_bytes(&self) -> u64 {
+        self.journal.stats().segment_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Changes the holder's status. Pausing or resuming a closed card is refused; closing a
+    /// closed card, pausing a paused one or resuming an active one changes nothing.
+    pub fn set_status(
+        &self,
+        vpan: CardKey,
+        status: Status,
+    ) -> Result<(CardView, Durable), CardError> {
+        self.index
+            .update(vpan, |card| {
+                let current = card.status();
+                if current == Status::Closed && status != Status::Closed {
+                    return Err(CardError::Closed);
+                }
+                if card.set_status == status {
+                    return Ok((CardView::of(vpan, card), Durable::ready(Ok(()))));
+                }
+                let event = Event::Status {
+                    lsn: self.lsn(),
+                    key: vpan,
+                    status,
+                };
+                event::apply_card(card, &event);
+                let durable = self.journal.append(event);
+                Ok((CardView::of(vpan, card), durable))
+            })
+            .unwrap_or(Err(CardError::NotFound))
+    }
+
+    async fn set_status_durable(
+        &self,
+        vpan: CardKey,
+        status: Status,
+    ) -> Result<CardView, CardError> {
+        let (view, durable) = self.set_status(vpan, status)?;
+        durable.await?;
+        Ok(view)
+    }
+
+    /// Pauses the card (62 until resumed), durably.
+    pub async fn pause(&self, vpan: CardKey) -> Result<CardView, CardError> {
+        self.set_status_durable(vpan, Status::Paused).await
+    }
+
+    /// Resumes a paused card, durably.
+    pub async fn resume(&self, vpan: CardKey) -> Result<CardView, CardError> {
+        self.set_status_durable(vpan, Status::Active).await
+    }
+
+    /// Closes the card for good (46), durably.
+    pub async fn close(&self, vpan: CardKey) -> Result<CardView, CardError> {
+        self.set_status_durable(vpan, Status::Closed).await
+    }
+
+    /// Decides an authorization or financial request (0100/0200 and repeats) on a vPAN.
+    /// Synchronous: the lookup, the repeat check, the limits and the hold happen atomically
+    /// under the card's lock, so racing requests never together exceed the cap.
+    pub fn authorize(&self, card_key: CardKey, req: &AuthRequest, now: UnixSeconds) -> Decision {
+        let fingerprint = req.fingerprint(card_key.raw());
+        let tx = req.key.original();
+        let mut fresh = false;
+        let decision = self.index.update(card_key, |card| {
+            let slot = match self.ledger.entries.entry(tx) {
+                dashmap::Entry::Occupied(e) => return replay_of(e.get(), fingerprint),
+                dashmap::Entry::Vacant(v) => v,
+            };
+            fresh = true;
+            match limits::decide(card, req, now) {
+                Verdict::Decline(reason) => {
+                    let code = reason.code();
+                    let t = tx_event(0, card_key, tx, fingerprint, 0, false, false, req, now);
+                    let mut entry = event::entry_of(&t, TxState::Declined, code);
+                    entry.counts_use = false;
+                    slot.insert(entry);
+                    history::record(
+                        &mut card.history,
+                        RecentTx {
+                            at: now,
+                            mti: req.mti,
+                            amount: req.amounts.transaction,
+                            code,
+                            decided_by: DecidedBy::Switch,
+                            merchant: req.acceptor,
+                        },
+                    );
+                    Decision::Decline(code)
+                }
+                Verdict::Approve(terms) => {
+                    let t = tx_event(
+                        self.lsn(),
+                        card_key,
+                        tx,
+                        fingerprint,
+                        terms.amount,
+                        terms.counts_use,
+                        terms.binds_merchant,
+                        req,
+                        now,
+                    );
+                    slot.insert(event::entry_of(&t, TxState::Held, ResponseCode::APPROVED));
+                    let event = Event::Held(t);
+                    event::apply_card(card, &event);
+                    let durable = self.journal.append(event);
+                    Decision::Approve(Approval {
+                        hold: Hold { card: card_key, tx },
+                        real_pan: card.real_pan.clone(),
+                        real_expiry: card.real_expiry,
+                        virtual_expiry: card.virtual_expiry(),
+                        amount: terms.amount,
+                        durable,
+                    })
+                }
+            }
+        });
+        if fresh {
+            self.ledger.remember(tx, now, now);
+        }
+        decision.unwrap_or(Decision::Unknown)
+    }
+
+    /// Records the issuer's answer to an approval: spent (and a use) or released. Answering
+    /// a hold twice changes nothing the second time.
+    pub fn complete(&self, hold: &Hold, outcome: IssuerOutcome, now: UnixSeconds) -> Durable {
+        self.index
+            .update(hold.card, |card| {
+                let Some(e) = self.ledger.get(&hold.tx) else {
+                    return Durable::ready(Ok(()));
+                };
+                if e.state != TxState::Held || e.card != hold.card {
+                    return Durable::ready(Ok(()));
+                }
+                let (approved, code) = match outcome {
+                    IssuerOutcome::Approved(c) => (true, c),
+                    IssuerOutcome::Declined(c) => (false, c),
+                    IssuerOutcome::TimedOut => (false, ResponseCode::ISSUER_UNAVAILABLE),
+                    IssuerOutcome::Failed => (false, ResponseCode::SYSTEM_ERROR),
+                };
+                let event = Event::Outcome {
+                    hold: TxEvent {
+                        lsn: self.lsn(),
+                        key: hold.card,
+                        tx: hold.tx,
+                        fingerprint: e.fingerprint,
+                        amount: e.amount,
+                        original_amount: e.original_amount,
+                        counts_use: e.counts_use,
+                        binds_merchant: e.binds_merchant,
+                        acceptor: e.acceptor,
+                        mti: e.mti,
+                        at: now,
+                    },
+                    approved,
+                    code,
+                };
+                event::apply_card(card, &event);
+                event::apply_ledger(&self.ledger, &event, false);
+                self.journal.append(event)
+            })
+            .unwrap_or_else(|| Durable::ready(Ok(())))
+    }
+
+    /// Applies a reversal (0400/0420 and repeats): finds the original by DE 90, else by the
+    /// reversal's own key with MTI class 1 then 2, and gives back what it holds beyond the
+    /// remaining amount (DE 95; none: everything), once.
+    pub fn reverse(
+        &self,
+        card_key: CardKey,
+        req: &ReversalRequest,
+        now: UnixSeconds,
+    ) -> ReversalOutcome {
+        let candidates = match req.original {
+            Some(o) => [Some(o), None],
+            None => [
+                Some(req.key.with_class(1).original()),
+                Some(req.key.with_class(2).original()),
+            ],
+        };
+        let Some(tx) = candidates
+            .into_iter()
+            .flatten()
+            .find(|k| self.ledger.get(k).is_some_and(|e| e.card == card_key))
+        else {
+            return ReversalOutcome::NotFound;
+        };
+        self.index
+            .update(card_key, |card| {
+                let Some(e) = self.ledger.get(&tx) else {
+                    return ReversalOutcome::NotFound;
+                };
+                if !matches!(e.state, TxState::Held | TxState::Approved) {
+                    return ReversalOutcome::NothingLeft;
+                }
+                let remaining = match req.remaining {
+                    None => 0,
+                    Some(_) if e.original_amount == 0 => 0,
+                    Some(r) => {
+                        // Proportional in the card's currency, rounded up: never gives back
+                        // more than the reversal says.
+                        let num = u128::from(e.charged) * u128::from(r);
+                        let den = u128::from(e.original_amount);
+                        u64::try_from(num.div_ceil(den))
+                            .unwrap_or(u64::MAX)
+                            .min(e.amount)
+                    }
+                };
+                if remaining >= e.amount {
+                    return ReversalOutcome::NothingLeft;
+                }
+                let returned = e.amount - remaining;
+                let event = Event::Reversed {
+                    lsn: self.lsn(),
+                    key: card_key,
+                    tx,
+                    was_held: e.state == TxState::Held,
+                    returned,
+                    remaining,
+                    use_returned: remaining == 0 && e.use_counted,
+                    mti: req.mti,
+                    at: now,
+                };
+                event::apply_card(card, &event);
+                event::apply_ledger(&self.ledger, &event, false);
+                ReversalOutcome::Reversed {
+                    returned,
+                    durable: self.journal.append(event),
+                }
+            })
+            .unwrap_or(ReversalOutcome::NotFound)
+    }
+
+    /// Records an advice (0120/0220 and repeats): the approval it reports is spent, even
+    /// over the cap. An advice for a transaction vpan holds completes that hold instead.
+    /// Amounts in neither the billing nor the transaction currency of the card cannot be
+    /// counted and are recorded with 0 (and a warning).
+    pub fn advice(&self, card_key: CardKey, req: &AuthRequest, now: UnixSeconds) -> AdviceOutcome {
+        let fingerprint = req.fingerprint(card_key.raw());
+        let tx = req.key.original();
+        if let Some(e) = self.ledger.get(&tx)
+            && e.card == card_key
+            && e.fingerprint == fingerprint
+            && e.state == TxState::Held
+        {
+            let durable = self.complete(
+                &Hold { card: card_key, tx },
+                IssuerOutcome::Approved(ResponseCode::APPROVED),
+                now,
+            );
+            return AdviceOutcome::Recorded(durable);
+        }
+        let mut fresh = false;
+        let outcome = self.index.update(card_key, |card| {
+            if let Some(e) = self.ledger.get(&tx) {
+                if e.fingerprint != fingerprint {
+                    return AdviceOutcome::Conflict;
+                }
+                if matches!(e.state, TxState::Approved | TxState::Held) {
+                    return AdviceOutcome::Repeat;
+                }
+            }
+            let amount = if req.kind == Kind::Refund {
+                0
+            } else {
+                req.amounts.in_currency(card.currency).unwrap_or_else(|| {
+                    tracing::warn!(card = ?card_key, "advice in a currency the card cannot count; recorded with 0");
+                    0
+                })
+            };
+            let binds = card.lock == LockKind::FirstUseUnbound && req.acceptor.is_some();
+            let event = Event::Advised(tx_event(
+                self.lsn(),
+                card_key,
+                tx,
+                fingerprint,
+                amount,
+                amount > 0,
+                binds,
+                req,
+                now,
+            ));
+            event::apply_card(card, &event);
+            fresh = event::apply_ledger(&self.ledger, &event, false).is_some();
+            AdviceOutcome::Recorded(self.journal.append(event))
+        });
+        if fresh {
+            self.ledger.remember(tx, now, now);
+        }
+        outcome.unwrap_or(AdviceOutcome::Unknown)
+    }
+
+    /// Writes a snapshot of every card and remembered transaction, then deletes the
+    /// journal segments it covers. Blocking (seconds at a million cards): run it on a
+    /// blocking thread. Serves on meanwhile: the journal rotates first, and replay skips
+    /// what the snapshot already holds by LSN.
+    pub fn snapshot(&self) -> Result<SnapshotReport, StoreError> {
+        let _one = self.snapshot_lock.lock();
+        let from_segment = self.journal.rotate()?;
+        let keys = self.index.keys();
+        let mut w = SnapshotWriter::create(&self.dir)?;
+        w.write(&event::SnapHeader {
+            version: SNAPSHOT_VERSION,
+            from_segment,
+            next_lsn: self.next_lsn.load(Ordering::Relaxed),
+            cards: keys.len() as u64,
+        })?;
+        let mut cards = 0;
+        let mut payload = Vec::with_capacity(512);
+        for key in keys {
+            payload.clear();
+            let found = self.index.read(key, |card| {
+                let sealed = self.cipher.seal(&card.real_pan, &key.raw().to_le_bytes());
+                journal::Encode::encode(
+                    &event::SnapCard {
+                        key,
+                        sealed_pan: &sealed,
+                        card,
+                    },
+                    &mut payload,
+                );
+            });
+            if found.is_some() {
+                w.write(&RawPayload(&payload))?;
+                cards += 1;
+            }
+        }
+        let mut transactions = 0;
+        for k in self.ledger.keys() {
+            if let Some(e) = self.ledger.get(&k) {
+                w.write(&event::SnapTx(k, e))?;
+                transactions += 1;
+            }
+        }
+        w.commit()?;
+        let mut segments_deleted = 0;
+        for n in list_segments(&self.dir).map_err(StoreError::io("listing the journal"))? {
+            if n < from_segment && std::fs::remove_file(segment_path(&self.dir, n)).is_ok() {
+                segments_deleted += 1;
+            }
+        }
+        Ok(SnapshotReport {
+            cards,
+            transactions,
+            segments_deleted,
+        })
+    }
+}
+
+/// An already encoded payload.
+struct RawPayload<'a>(&'a [u8]);
+
+impl journal::Encode for RawPayload<'_> {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.0);
+    }
+}
+
+/// What a repeat gets: the first answer, or 94 when the content differs.
+fn replay_of(e: &TxEntry, fingerprint: u64) -> Decision {
+    if e.fingerprint != fingerprint {
+        return Decision::Decline(ResponseCode::DUPLICATE);
+    }
+    Decision::Replay(match e.state {
+        TxState::Held => Replay {
+            code: None,
+            decided_by: DecidedBy::Issuer,
+        },
+        TxState::Approved | TxState::Released => Replay {
+            code: Some(e.code),
+            decided_by: DecidedBy::Issuer,
+        },
+        TxState::Declined => Replay {
+            code: Some(e.code),
+            decided_by: DecidedBy::Switch,
+        },
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn tx_event(
+    lsn: u64,
+    key: CardKey,
+    tx: OriginalData,
+    fingerprint: u64,
+    amount: u64,
+    counts_use: bool,
+    binds_merchant: bool,
+    req: &AuthRequest,
+    now: UnixSeconds,
+) -> TxEvent {
+    TxEvent {
+        lsn,
+        key,
+        tx,
+        fingerprint,
+        amount,
+        original_amount: req.amounts.transaction,
+        counts_use,
+        binds_merchant,
+        acceptor: req.acceptor,
+        mti: req.mti,
+        at: now,
+    }
+}
+
+/// Applies one journal event during recovery, skipping what the snapshot already holds.
+fn replay(
+    index: &CardIndex,
+    ledger: &Ledger,
+    cipher: &PanCipher,
+    ev: &Event,
+) -> Result<(), StoreError> {
+    let lsn = ev.lsn();
+    if let Event::Issued(i) = ev {
+        if !index.contains(i.key) {
+            let pan = cipher.open(&i.sealed_pan, &i.key.raw().to_le_bytes())?;
+            let spec = CardSpec {
+                pan,
+                pan_expiry: i.real_expiry,
+                controls: i.controls.clone(),
+            };
+            let mut card = Card::new(&spec, i.created_at);
+            card.lsn = lsn;
+            index.put(i.key, card);
+        }
+        return Ok(());
+    }
+    index.update(ev.key(), |c| {
+        if c.lsn < lsn {
+            event::apply_card(c, ev);
+        }
+    });
+    if let Some((k, at)) = event::apply_ledger(ledger, ev, true) {
+        ledger.remember(k, at, at);
+    }
+    Ok(())
+}
+
+/// Checks an issuance request; the message names the field.
+fn validate(spec: &CardSpec, now: UnixSeconds) -> Result<(), IssueError> {
+    let c = &spec.controls;
+    if !luhn_valid(spec.pan.as_bytes()) {
+        return Err(IssueError::Invalid("pan fails the Luhn check"));
+    }
+    if Expiry::parse(&spec.pan_expiry.0).is_none() {
+        return Err(IssueError::Invalid("pan_expiry must be YYMM"));
+    }
+    if !(1..=999).contains(&c.currency) {
+        return Err(IssueError::Invalid(
+            "currency must be an ISO 4217 numeric code",
+        ));
+    }
+    if c.amount_limit == 0 {
+        return Err(IssueError::Invalid("amount_limit must be positive"));
+    }
+    if c.valid_until <= now {
+        return Err(IssueError::Invalid("valid_until must be in the future"));
+    }
+    if c.mcc_allow.len() > 1000 || c.mcc_block.len() > 1000 {
+        return Err(IssueError::Invalid(
+            "mcc_allow and mcc_block take at most 1000 codes",
+        ));
+    }
+    if c.mcc_allow.iter().chain(&c.mcc_block).any(|&m| m > 9999) {
+        return Err(IssueError::Invalid("an MCC has four digits"));
+    }
+    Ok(())
+}

@@ -1,0 +1,548 @@
+//! The append-only journal, with group commit.
+//!
+//! Every change to a card is a record appended here before it is acknowledged. Records are
+//! framed as `[len: u32 LE][crc32 of payload: u32 LE][payload]`, so a torn or corrupted
+//! tail after a crash is recognised and cut at the last good record, never misread.
+//!
+//! Durability costs one `fdatasync` (about 80 µs here), far too much per record at 100,000
+//! approvals a second. So appenders never write: they send their record to one dedicated
+//! writer thread over a channel and get a [`Durable`] future. The writer takes everything
+//! waiting in the channel, writes the batch with one `write`, calls `fdatasync` once, and
+//! only then resolves every future of that batch. The more appenders wait, the larger the
+//! batch: throughput grows with concurrency while each record still waits for at most two
+//! syncs. When a write or a sync fails, that batch's futures and every later append resolve
+//! to an error, and the caller must fail closed (DE 96): after a failed `fsync` the kernel
+//! may have dropped the dirty pages, so nothing written since can be trusted.
+//!
+//! The journal is a series of segments `journal-NNNNNNNNNN.log` in the data directory. Each
+//! start opens a fresh segment (no appending after a cut tail), and a snapshot rotates to a
+//! new one so that older segments can be deleted once the snapshot is durable.
+
+use std::fs::{File, OpenOptions};
+use std::future::Future;
+use std::io::{self, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::task::{Context, Poll};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+use super::StoreError;
+
+/// Largest record accepted when reading back; anything claiming more is corruption.
+pub const MAX_RECORD_BYTES: usize = 1 << 20;
+
+/// Most records the writer takes into one batch (bounds the write buffer, not the rate).
+const MAX_BATCH: usize = 16_384;
+
+/// Something that can be written into the journal (or a snapshot).
+pub trait Encode {
+    /// Appends the record's bytes (the payload, without framing) to `out`.
+    fn encode(&self, out: &mut Vec<u8>);
+}
+
+/// What appenders send to the writer thread.
+enum Command<R> {
+    /// Write this record; tell the waiter once it is durable (or failed).
+    Append(R, Option<oneshot::Sender<Result<(), StoreError>>>),
+    /// Close the current segment and start the next; answer with the new segment number.
+    Rotate(mpsc::SyncSender<Result<u64, StoreError>>),
+}
+
+/// Resolves once a record is durable, or with the error that means "fail closed".
+#[must_use = "an approval may only be acknowledged once its record is durable"]
+pub struct Durable(DurableState);
+
+enum DurableState {
+    Waiting(oneshot::Receiver<Result<(), StoreError>>),
+    Done(Option<Result<(), StoreError>>),
+}
+
+impl Durable {
+    /// A `Durable` that is already resolved (e.g. nothing needed writing).
+    pub fn ready(result: Result<(), StoreError>) -> Durable {
+        Durable(DurableState::Done(Some(result)))
+    }
+
+    /// Blocks the current thread until durable. For threads outside an async runtime
+    /// (tests, tools); async code awaits instead.
+    pub fn wait(self) -> Result<(), StoreError> {
+        match self.0 {
+            DurableState::Waiting(rx) => rx.blocking_recv().unwrap_or(Err(StoreError::Closed)),
+            DurableState::Done(r) => r.unwrap_or(Err(StoreError::Closed)),
+        }
+    }
+}
+
+impl Future for Durable {
+    type Output = Result<(), StoreError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.0 {
+            DurableState::Waiting(rx) => match Pin::new(rx).poll(cx) {
+                Poll::Ready(r) => Poll::Ready(r.unwrap_or(Err(StoreError::Closed))),
+                Poll::Pending => Poll::Pending,
+            },
+            DurableState::Done(r) => Poll::Ready(r.take().unwrap_or(Err(StoreError::Closed))),
+        }
+    }
+}
+
+impl std::fmt::Debug for Durable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Durable")
+    }
+}
+
+/// Counters about the journal, for tests, benchmarks and metrics.
+#[derive(Debug, Default)]
+pub struct JournalStats {
+    /// Records written.
+    pub records: AtomicU64,
+    /// Batches written (one `fdatasync` each).
+    pub batches: AtomicU64,
+    /// Bytes written to the current segment.
+    pub segment_bytes: AtomicU64,
+}
+
+/// The journal: a handle to its writer thread. Cheap to share behind an `Arc`.
+pub struct Journal<R: Encode + Send + 'static> {
+    /// Where records go to the writer.
+    tx: mpsc::Sender<Command<R>>,
+    /// Set once a write or sync failed: every later append fails at once.
+    failed: Arc<AtomicBool>,
+    /// Counters.
+    stats: Arc<JournalStats>,
+    /// The writer thread, joined on drop after the channel closes.
+    thread: Option<JoinHandle<()>>,
+}
+
+/// The file name of segment `n`.
+pub fn segment_path(dir: &Path, n: u64) -> PathBuf {
+    dir.join(format!("journal-{n:010}.log"))
+}
+
+/// The segment numbers present in `dir`, ascending.
+pub fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(n) = name
+            .strip_prefix("journal-")
+            .and_then(|s| s.strip_suffix(".log"))
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            out.push(n);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Makes a directory entry (a new or renamed file) durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn open_segment(dir: &Path, n: u64) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(segment_path(dir, n))?;
+    sync_dir(dir)?;
+    Ok(file)
+}
+
+impl<R: Encode + Send + 'static> Journal<R> {
+    /// Starts a writer on a new segment `segment` in `dir` (which must exist).
+    pub fn start(dir: &Path, segment: u64) -> Result<Journal<R>, StoreError> {
+        let file = open_segment(dir, segment).map_err(StoreError::io("opening the journal"))?;
+        let (tx, rx) = mpsc::channel();
+        let failed = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(JournalStats::default());
+        let writer = Writer {
+            dir: dir.to_path_buf(),
+            segment,
+            file,
+            rx,
+            failed: failed.clone(),
+            stats: stats.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("vpan-journal".into())
+            .spawn(move || writer.run())
+            .map_err(StoreError::io("starting the journal writer"))?;
+        Ok(Journal {
+            tx,
+            failed,
+            stats,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues `record`; the returned future resolves once it is on disk (`fdatasync`ed).
+    pub fn append(&self, record: R) -> Durable {
+        if self.failed.load(Ordering::Acquire) {
+            return Durable::ready(Err(StoreError::Failed));
+        }
+        let (done, rx) = oneshot::channel();
+        match self.tx.send(Command::Append(record, Some(done))) {
+            Ok(()) => Durable(DurableState::Waiting(rx)),
+            Err(_) => Durable::ready(Err(StoreError::Closed)),
+        }
+    }
+
+    /// Queues `record` without a way to wait for it (it is still written in order, in the
+    /// next batch). For records whose loss in a crash is covered by recovery's rules.
+    pub fn append_detached(&self, record: R) {
+        if !self.failed.load(Ordering::Acquire) {
+            let _ = self.tx.send(Command::Append(record, None));
+        }
+    }
+
+    /// Closes the current segment (everything queued before is written and synced) and
+    /// starts the next. Returns the new segment's number. Blocks the calling thread.
+    pub fn rotate(&self) -> Result<u64, StoreError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.tx
+            .send(Command::Rotate(tx))
+            .map_err(|_| StoreError::Closed)?;
+        rx.recv().unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// True once a write or sync failed: the store must be treated as down.
+    pub fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &JournalStats {
+        &self.stats
+    }
+}
+
+impl<R: Encode + Send + 'static> Drop for Journal<R> {
+    fn drop(&mut self) {
+        // Closing the channel lets the writer finish what is queued and stop.
+        let (tx, _) = mpsc::channel();
+        drop(std::mem::replace(&mut self.tx, tx));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The writer thread's state.
+struct Writer<R> {
+    /// Data directory, for rotation.
+    dir: PathBuf,
+    /// Current segment number.
+    segment: u64,
+    /// Current segment, opened for append.
+    file: File,
+    /// Commands from appenders.
+    rx: mpsc::Receiver<Command<R>>,
+    /// Shared failure flag.
+    failed: Arc<AtomicBool>,
+    /// Shared counters.
+    stats: Arc<JournalStats>,
+}
+
+impl<R: Encode + Send + 'static> Writer<R> {
+    fn run(mut self) {
+        let mut buf = Vec::with_capacity(1 << 20);
+        let mut waiters = Vec::with_capacity(1024);
+        let mut count = 0u64;
+        while let Ok(first) = self.rx.recv() {
+            let mut next = Some(first);
+            while let Some(cmd) = next.take() {
+                match cmd {
+                    Command::Append(record, waiter) => {
+                        frame(&record, &mut buf);
+                        count += 1;
+                        waiters.extend(waiter);
+                    }
+                    Command::Rotate(reply) => {
+                        self.flush(&mut buf, &mut waiters, &mut count);
+                        let _ = reply.send(self.rotate());
+                    }
+                }
+                if count < MAX_BATCH as u64 {
+                    next = self.rx.try_recv().ok();
+                }
+            }
+            self.flush(&mut buf, &mut waiters, &mut count);
+        }
+        self.flush(&mut buf, &mut waiters, &mut count);
+    }
+
+    /// Writes and syncs the batch, then resolves its waiters.
+    fn flush(
+        &mut self,
+        buf: &mut Vec<u8>,
+        waiters: &mut Vec<oneshot::Sender<Result<(), StoreError>>>,
+        count: &mut u64,
+    ) {
+        if buf.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let result = if self.failed.load(Ordering::Acquire) {
+            Err(StoreError::Failed)
+        } else {
+            self.file
+                .write_all(buf)
+                .and_then(|()| self.file.sync_data())
+                .map_err(|e| {
+                    tracing::error!(error = %e, "journal write failed: the store fails closed");
+                    self.failed.store(true, Ordering::Release);
+                    StoreError::Failed
+                })
+        };
+        metrics::histogram!("vpan_store_commit_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        self.stats.records.fetch_add(*count, Ordering::Relaxed);
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .segment_bytes
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        for w in waiters.drain(..) {
+            let _ = w.send(result.clone());
+        }
+        buf.clear();
+        if buf.capacity() > 8 << 20 {
+            buf.shrink_to(1 << 20);
+        }
+        *count = 0;
+    }
+
+    fn rotate(&mut self) -> Result<u64, StoreError> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(StoreError::Failed);
+        }
+        let next = self.segment + 1;
+        let file = open_segment(&self.dir, next).map_err(|e| {
+            self.failed.store(true, Ordering::Release);
+            StoreError::io("rotating the journal")(e)
+        })?;
+        self.file = file;
+        self.segment = next;
+        self.stats.segment_bytes.store(0, Ordering::Relaxed);
+        Ok(next)
+    }
+}
+
+/// Appends one framed record to `out`.
+pub fn frame<R: Encode + ?Sized>(record: &R, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0; 8]);
+    record.encode(out);
+    let len = (out.len() - start - 8) as u32;
+    let crc = crc32fast::hash(&out[start + 8..]);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// What reading a file of framed records found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadReport {
+    /// Good records read.
+    pub records: u64,
+    /// Bytes up to the end of the last good record.
+    pub good_bytes: u64,
+    /// Bytes after it that were torn or corrupt (0 for a clean file).
+    pub bad_bytes: u64,
+}
+
+/// Reads framed records from `path`, handing each payload to `f`, and stops at the first
+/// torn or corrupt one. Nothing after that point is read.
+pub fn read_records(
+    path: &Path,
+    mut f: impl FnMut(&[u8]) -> Result<(), StoreError>,
+) -> Result<ReadReport, StoreError> {
+    let file = File::open(path).map_err(StoreError::io("opening a journal segment"))?;
+    let total = file
+        .metadata()
+        .map_err(StoreError::io("reading a journal segment"))?
+        .len();
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut payload = Vec::with_capacity(256);
+    let mut report = ReadReport {
+        records: 0,
+        good_bytes: 0,
+        bad_bytes: 0,
+    };
+    loop {
+        let mut head = [0u8; 8];
+        match read_full(&mut reader, &mut head) {
+            Ok(0) => break,
+            Ok(8) => {}
+            Ok(_) => break, // torn header
+            Err(e) => return Err(StoreError::io("reading a journal segment")(e)),
+        }
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        if len == 0 || len > MAX_RECORD_BYTES {
+            break;
+        }
+        payload.resize(len, 0);
+        match read_full(&mut reader, &mut payload) {
+            Ok(n) if n == len => {}
+            Ok(_) => break, // torn payload
+            Err(e) => return Err(StoreError::io("reading a journal segment")(e)),
+        }
+        if crc32fast::hash(&payload) != crc {
+            break;
+        }
+        f(&payload)?;
+        report.records += 1;
+        report.good_bytes += 8 + len as u64;
+    }
+    report.bad_bytes = total - report.good_bytes;
+    Ok(report)
+}
+
+/// Reads until `buf` is full or the end of the file; returns how much was read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Cuts a segment after its last good record (the recovery of a torn or corrupt tail).
+pub fn truncate(path: &Path, good_bytes: u64) -> Result<(), StoreError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(StoreError::io("cutting a torn journal tail"))?;
+    file.set_len(good_bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(StoreError::io("cutting a torn journal tail"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Bytes(Vec<u8>);
+
+    impl Encode for Bytes {
+        fn encode(&self, out: &mut Vec<u8>) {
+            out.extend_from_slice(&self.0);
+        }
+    }
+
+    fn read_all(path: &Path) -> (Vec<Vec<u8>>, ReadReport) {
+        let mut got = Vec::new();
+        let report = read_records(path, |p| {
+            got.push(p.to_vec());
+            Ok(())
+        })
+        .unwrap();
+        (got, report)
+    }
+
+    fn write_three(dir: &Path) -> PathBuf {
+        let j = Journal::<Bytes>::start(dir, 1).unwrap();
+        for i in 1..=3u8 {
+            j.append(Bytes(vec![i; 10 * i as usize])).wait().unwrap();
+        }
+        drop(j);
+        segment_path(dir, 1)
+    }
+
+    #[test]
+    fn appended_records_read_back_in_order_once_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_three(dir.path());
+        let (got, report) = read_all(&path);
+        assert_eq!(got, vec![vec![1; 10], vec![2; 20], vec![3; 30]]);
+        assert_eq!(report.bad_bytes, 0);
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_at_the_last_good_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_three(dir.path());
+        let len = std::fs::metadata(&path).unwrap().len();
+        for cut in [1, 7, 8, 20] {
+            let copy = dir.path().join("copy.log");
+            std::fs::copy(&path, &copy).unwrap();
+            truncate(&copy, len - cut).unwrap();
+            let (got, report) = read_all(&copy);
+            assert_eq!(got.len(), 2, "cut {cut}");
+            assert_eq!(report.good_bytes, 8 + 10 + 8 + 20);
+            truncate(&copy, report.good_bytes).unwrap();
+            assert_eq!(read_all(&copy).1.bad_bytes, 0);
+        }
+    }
+
+    #[test]
+    fn a_corrupted_record_is_cut_not_misread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_three(dir.path());
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[8 + 10 + 8 + 5] ^= 0x01; // one bit of the second payload
+        std::fs::write(&path, &bytes).unwrap();
+        let (got, report) = read_all(&path);
+        assert_eq!(got, vec![vec![1; 10]]);
+        assert_eq!(report.good_bytes, 18);
+        assert_eq!(report.bad_bytes, bytes.len() as u64 - 18);
+    }
+
+    #[test]
+    fn a_zero_filled_tail_is_not_a_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_three(dir.path());
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(&[0; 4096]);
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(read_all(&path).0.len(), 3);
+    }
+
+    #[test]
+    fn rotation_moves_later_records_to_the_next_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::<Bytes>::start(dir.path(), 5).unwrap();
+        j.append(Bytes(vec![1])).wait().unwrap();
+        assert_eq!(j.rotate().unwrap(), 6);
+        j.append(Bytes(vec![2])).wait().unwrap();
+        drop(j);
+        assert_eq!(list_segments(dir.path()).unwrap(), vec![5, 6]);
+        assert_eq!(read_all(&segment_path(dir.path(), 6)).0, vec![vec![2]]);
+    }
+
+    #[test]
+    fn many_concurrent_appenders_share_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Arc::new(Journal::<Bytes>::start(dir.path(), 1).unwrap());
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let j = j.clone();
+                std::thread::spawn(move || {
+                    for i in 0..50u8 {
+                        j.append(Bytes(vec![t, i])).wait().unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(j.stats().records.load(Ordering::Relaxed), 400);
+        assert!(j.stats().batches.load(Ordering::Relaxed) <= 400);
+    }
+}

@@ -1,0 +1,97 @@
+//! Durable state: the journal, snapshots and the encryption of real PANs at rest.
+//!
+//! The cards keep everything in memory and write every change here first. This module
+//! knows files, bytes and keys, not card rules:
+//!
+//! - [`journal`]: append-only records with group commit (one `fdatasync` per batch) and
+//!   torn-tail detection;
+//! - [`snapshot`]: all state in one file, written atomically, so restarts do not replay
+//!   the journal from the beginning of time;
+//! - [`crypto`]: AES-256-GCM for real PANs, under a key file made at first start.
+//!
+//! Data directory layout (`store.data_dir`):
+//!
+//! ```text
+//! pan.key                    32-byte AES key (0600), unless store.key_file points elsewhere
+//! snapshot.bin               the last complete snapshot (replaced atomically by rename)
+//! snapshot.tmp               a snapshot being written (ignored and overwritten at start)
+//! journal-0000000007.log     journal segments not yet covered by the snapshot
+//! ```
+
+pub mod crypto;
+pub mod journal;
+pub mod snapshot;
+
+use std::path::PathBuf;
+
+/// The `[store]` section of the configuration.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Directory for the journal, snapshots and (by default) the key.
+    pub data_dir: PathBuf,
+    /// The 32-byte key encrypting real PANs; empty: `<data_dir>/pan.key`, made at first start.
+    pub key_file: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> StoreConfig {
+        StoreConfig {
+            data_dir: PathBuf::from("./vpan-data"),
+            key_file: PathBuf::new(),
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The key file actually used.
+    pub fn key_path(&self) -> PathBuf {
+        if self.key_file.as_os_str().is_empty() {
+            self.data_dir.join("pan.key")
+        } else {
+            self.key_file.clone()
+        }
+    }
+}
+
+/// Why the store could not do something. Cloneable, since one failed batch answers many
+/// waiters. Never carries record contents.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// A file operation failed.
+    #[error("{what}: {message}")]
+    Io {
+        /// What the store was doing.
+        what: &'static str,
+        /// The operating system's error kind.
+        kind: std::io::ErrorKind,
+        /// The operating system's message.
+        message: String,
+    },
+    /// An earlier write or sync failed; the store accepts nothing until restarted.
+    #[error("the journal failed earlier and accepts no more records (fail closed)")]
+    Failed,
+    /// The journal writer is gone (shutting down).
+    #[error("the journal is closed")]
+    Closed,
+    /// The key file is not a 32-byte key.
+    #[error("the key file {0} must hold exactly 32 bytes")]
+    BadKey(PathBuf),
+    /// A real PAN could not be decrypted: wrong key or tampered data.
+    #[error("a real card number could not be decrypted (wrong key file or damaged data)")]
+    Decrypt,
+    /// A record or snapshot that passed its checksum does not decode.
+    #[error("{0}: a record does not decode")]
+    Corrupt(&'static str),
+}
+
+impl StoreError {
+    /// Wraps an I/O error with what the store was doing (for `map_err`).
+    pub fn io(what: &'static str) -> impl Fn(std::io::Error) -> StoreError {
+        move |e| StoreError::Io {
+            what,
+            kind: e.kind(),
+            message: e.to_string(),
+        }
+    }
+}

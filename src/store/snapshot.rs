@@ -1,0 +1,154 @@
+//! Snapshots: all state in one file, so a restart replays only the journal written since.
+//!
+//! A snapshot is written to `snapshot.tmp`, synced, renamed over `snapshot.bin` and the
+//! directory synced: a crash at any point leaves either the old or the new snapshot, never
+//! half of one. Records use the journal's framing (length, CRC-32, payload); unlike the
+//! journal, a snapshot with a bad record is refused as a whole, since it was complete and
+//! synced before it was renamed into place and damage there is not a crash artefact.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use super::StoreError;
+use super::journal::{Encode, frame, read_records, sync_dir};
+
+/// The snapshot in force.
+pub const SNAPSHOT_FILE: &str = "snapshot.bin";
+/// A snapshot being written.
+const TEMP_FILE: &str = "snapshot.tmp";
+
+/// Writes a snapshot record by record; nothing is visible until [`SnapshotWriter::commit`].
+pub struct SnapshotWriter {
+    /// The temporary file, buffered.
+    out: BufWriter<File>,
+    /// Reused framing buffer.
+    buf: Vec<u8>,
+    /// The data directory.
+    dir: PathBuf,
+    /// Records written.
+    records: u64,
+}
+
+impl SnapshotWriter {
+    /// Starts a new snapshot in `dir` (replacing any leftover temporary file).
+    pub fn create(dir: &Path) -> Result<SnapshotWriter, StoreError> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.join(TEMP_FILE))
+            .map_err(StoreError::io("creating a snapshot"))?;
+        Ok(SnapshotWriter {
+            out: BufWriter::with_capacity(1 << 20, file),
+            buf: Vec::with_capacity(512),
+            dir: dir.to_path_buf(),
+            records: 0,
+        })
+    }
+
+    /// Adds one record.
+    pub fn write<R: Encode + ?Sized>(&mut self, record: &R) -> Result<(), StoreError> {
+        self.buf.clear();
+        frame(record, &mut self.buf);
+        self.records += 1;
+        self.out
+            .write_all(&self.buf)
+            .map_err(StoreError::io("writing a snapshot"))
+    }
+
+    /// Syncs the file, renames it into place and syncs the directory. Returns the number
+    /// of records.
+    pub fn commit(self) -> Result<u64, StoreError> {
+        let file = self
+            .out
+            .into_inner()
+            .map_err(|e| StoreError::io("writing a snapshot")(e.into_error()))?;
+        file.sync_all()
+            .map_err(StoreError::io("syncing a snapshot"))?;
+        drop(file);
+        std::fs::rename(self.dir.join(TEMP_FILE), self.dir.join(SNAPSHOT_FILE))
+            .map_err(StoreError::io("renaming a snapshot into place"))?;
+        sync_dir(&self.dir).map_err(StoreError::io("syncing the data directory"))?;
+        Ok(self.records)
+    }
+}
+
+/// Reads the snapshot in `dir`, handing each record's payload to `f`. `Ok(false)` when
+/// there is none; an error when it is damaged.
+pub fn read(
+    dir: &Path,
+    f: impl FnMut(&[u8]) -> Result<(), StoreError>,
+) -> Result<bool, StoreError> {
+    let path = dir.join(SNAPSHOT_FILE);
+    if !path.exists() {
+        return Ok(false);
+    }
+    let report = read_records(&path, f)?;
+    if report.bad_bytes > 0 {
+        return Err(StoreError::Corrupt("snapshot.bin"));
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Rec(u8);
+
+    impl Encode for Rec {
+        fn encode(&self, out: &mut Vec<u8>) {
+            out.push(self.0);
+        }
+    }
+
+    fn read_all(dir: &Path) -> Result<Vec<u8>, StoreError> {
+        let mut got = Vec::new();
+        read(dir, |p| {
+            got.extend_from_slice(p);
+            Ok(())
+        })?;
+        Ok(got)
+    }
+
+    #[test]
+    fn a_committed_snapshot_replaces_the_old_one_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        for round in 0..2u8 {
+            let mut w = SnapshotWriter::create(dir.path()).unwrap();
+            for i in 0..3 {
+                w.write(&Rec(round * 10 + i)).unwrap();
+            }
+            assert_eq!(w.commit().unwrap(), 3);
+        }
+        assert_eq!(read_all(dir.path()).unwrap(), vec![10, 11, 12]);
+    }
+
+    #[test]
+    fn an_uncommitted_snapshot_is_invisible() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = SnapshotWriter::create(dir.path()).unwrap();
+        w.write(&Rec(1)).unwrap();
+        drop(w);
+        assert_eq!(read_all(dir.path()).unwrap(), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn a_damaged_snapshot_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = SnapshotWriter::create(dir.path()).unwrap();
+        w.write(&Rec(1)).unwrap();
+        w.write(&Rec(2)).unwrap();
+        w.commit().unwrap();
+        let path = dir.path().join(SNAPSHOT_FILE);
+        let mut b = std::fs::read(&path).unwrap();
+        let last = b.len() - 1;
+        b[last] ^= 1;
+        std::fs::write(&path, b).unwrap();
+        assert_eq!(
+            read_all(dir.path()),
+            Err(StoreError::Corrupt("snapshot.bin"))
+        );
+    }
+}

@@ -1,0 +1,616 @@
+//! The cards facade on real files: issuance, authorization, holds, reversals, repeats,
+//! advices, status changes, restarts and races.
+
+#![allow(clippy::unwrap_used)] // helpers outside #[test] fns panic on purpose
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use common::*;
+use vpan::cards::{
+    AcceptorId, AdviceOutcome, Approval, CardError, CardKey, Cards, DecidedBy, Decision,
+    IssuerOutcome, Kind, MerchantLock, OriginalData, ResponseCode, ReversalOutcome,
+    ReversalRequest, Status,
+};
+
+fn approve(cards: &Cards, key: CardKey, amount: u64, stan: u32) -> Approval {
+    match cards.authorize(key, &purchase(amount, stan), NOW) {
+        Decision::Approve(a) => a,
+        other => panic!("expected an approval, got {other:?}"),
+    }
+}
+
+fn approved(cards: &Cards, key: CardKey, amount: u64, stan: u32) {
+    let a = match cards.authorize(key, &purchase(amount, stan), NOW) {
+        Decision::Approve(a) => a,
+        other => panic!("expected an approval, got {other:?}"),
+    };
+    a.durable.wait().unwrap();
+    cards
+        .complete(
+            &a.hold,
+            IssuerOutcome::Approved(ResponseCode::APPROVED),
+            NOW,
+        )
+        .wait()
+        .unwrap();
+}
+
+fn code(d: &Decision) -> &'static str {
+    match d {
+        Decision::Approve(_) => "00",
+        Decision::Decline(c) => match *c {
+            ResponseCode::CLOSED => "46",
+            ResponseCode::EXPIRED => "54",
+            ResponseCode::NOT_PERMITTED => "57",
+            ResponseCode::OVER_LIMIT => "61",
+            ResponseCode::RESTRICTED => "62",
+            ResponseCode::DUPLICATE => "94",
+            _ => "??",
+        },
+        Decision::Replay(_) => "replay",
+        Decision::Unknown => "14",
+    }
+}
+
+fn reversal(stan: u32, remaining: Option<u64>) -> ReversalRequest {
+    let orig = purchase(0, stan).key;
+    ReversalRequest {
+        mti: *b"0400",
+        key: vpan::cards::TxKey::new(b"0400", b"999999", b"1126160000", b"12345", b"TERM0001")
+            .unwrap(),
+        original: Some(OriginalData {
+            class: 1,
+            ..orig.original()
+        }),
+        remaining,
+    }
+}
+
+#[test]
+fn an_issued_card_keeps_the_bin_shows_only_the_masked_real_pan_and_expires_with_its_validity() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let s = spec(10_000);
+    let (view, durable) = cards.issue(&s, NOW).unwrap();
+    durable.wait().unwrap();
+    assert_eq!(view.vpan.prefix(6), b"497010");
+    assert_eq!(view.vpan.len(), s.pan.len());
+    assert_ne!(view.vpan, s.pan);
+    assert_eq!(view.real_pan_masked, s.pan.masked().to_string());
+    assert_eq!(view.expiry.as_str(), "2611");
+    assert_eq!(view.status, Status::Active);
+    assert_eq!(view.available, 10_000);
+    let shown = format!("{view:?}");
+    assert!(!shown.contains(s.pan.expose()));
+    assert!(!shown.contains(view.vpan.expose()));
+}
+
+#[test]
+fn an_unknown_vpan_is_left_to_the_caller() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = CardKey::of(&test_pan());
+    assert!(matches!(
+        cards.authorize(key, &purchase(1, 1), NOW),
+        Decision::Unknown
+    ));
+}
+
+#[test]
+fn a_hold_becomes_spent_and_a_use_when_the_issuer_approves() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &spec(10_000));
+    let a = approve(&cards, key, 3_000, 1);
+    assert_eq!(a.amount, 3_000);
+    assert_eq!(a.real_expiry.as_str(), "2912");
+    let v = cards.get(key).unwrap();
+    assert_eq!((v.spent, v.held, v.uses), (0, 3_000, 0));
+    cards
+        .complete(
+            &a.hold,
+            IssuerOutcome::Approved(ResponseCode::APPROVED),
+            NOW,
+        )
+        .wait()
+        .unwrap();
+    let v = cards.get(key).unwrap();
+    assert_eq!((v.spent, v.held, v.uses, v.available), (3_000, 0, 1, 7_000));
+}
+
+#[test]
+fn a_hold_is_released_when_the_issuer_declines_or_times_out_and_only_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &spec(10_000));
+    let a = approve(&cards, key, 3_000, 1);
+    let b = approve(&cards, key, 2_000, 2);
+    cards
+        .complete(&a.hold, IssuerOutcome::Declined(ResponseCode(*b"51")), NOW)
+        .wait()
+        .unwrap();
+    cards
+        .complete(&b.hold, IssuerOutcome::TimedOut, NOW)
+        .wait()
+        .unwrap();
+    cards
+        .complete(
+            &b.hold,
+            IssuerOutcome::Approved(ResponseCode::APPROVED),
+            NOW,
+        )
+        .wait()
+        .unwrap();
+    let v = cards.get(key).unwrap();
+    assert_eq!((v.spent, v.held, v.uses), (0, 0, 0));
+}
+
+#[test]
+fn a_single_use_card_is_closed_after_its_use_but_not_by_a_verification() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &single_use(10_000));
+    let v = match cards.authorize(key, &purchase(0, 1), NOW) {
+        Decision::Approve(a) => a,
+        other => panic!("{other:?}"),
+    };
+    cards
+        .complete(
+            &v.hold,
+            IssuerOutcome::Approved(ResponseCode::APPROVED),
+            NOW,
+        )
+        .wait()
+        .unwrap();
+    assert_eq!(cards.get(key).unwrap().uses, 0);
+    approved(&cards, key, 500, 2);
+    assert_eq!(cards.get(key).unwrap().status, Status::Closed);
+    assert_eq!(code(&cards.authorize(key, &purchase(100, 3), NOW)), "46");
+}
+
+#[test]
+fn the_same_key_again_replays_and_other_content_gets_94() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &spec(10_000));
+    let a = approve(&cards, key, 3_000, 1);
+    // While the issuer is asked: a repeat waits for the first answer.
+    let mut repeat = purchase(3_000, 1);
+    repeat.mti = *b"0101";
+    assert!(matches!(
+        cards.authorize(key, &repeat, NOW),
+        Decision::Replay(r) if r.code.is_none()
+    ));
+    cards
+        .complete(
+            &a.hold,
+            IssuerOutcome::Approved(ResponseCode::APPROVED),
+            NOW,
+        )
+        .wait()
+        .unwrap();
+    match cards.authorize(key, &repeat, NOW) {
+        Decision::Replay(r) => {
+            assert_eq!(r.code, Some(ResponseCode::APPROVED));
+            assert_eq!(r.decided_by, DecidedBy::Issuer);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(code(&cards.authorize(key, &purchase(3_001, 1), NOW)), "94");
+    let v = cards.get(key).unwrap();
+    assert_eq!((v.spent, v.held, v.uses), (3_000, 0, 1));
+    // A local decline is replayed as well, and decided by the switch.
+    assert_eq!(code(&cards.authorize(key, &purchase(9_000, 2), NOW)), "61");
+    assert!(matches!(
+        cards.authorize(key, &purchase(9_000, 2), NOW),
+        Decision::Replay(r) if r.code == Some(ResponseCode::OVER_LIMIT) && r.decided_by == DecidedBy::Switch
+    ));
+}
+
+#[test]
+fn a_full_reversal_gives_the_amount_and_the_use_back_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &single_use(10_000));
+    approved(&cards, key, 4_000, 7);
+    assert_eq!(cards.get(key).unwrap().status, Status::Closed);
+    match cards.reverse(key, &reversal(7, None), NOW) {
+        ReversalOutcome::Reversed { returned, durable } => {
+            assert_eq!(returned, 4_000);
+            durable.wait().unwrap();
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        cards.reverse(key, &reversal(7, None), NOW),
+        ReversalOutcome::NothingLeft
+    ));
+    let v = cards.get(key).unwrap();
+    assert_eq!((v.spent, v.uses, v.status), (0, 0, Status::Active));
+}
+
+#[test]
+fn a_partial_reversal_leaves_what_de95_says_remains() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &spec(10_000));
+    approved(&cards, key, 4_000, 7);
+    assert!(matches!(
+        cards.reverse(key, &reversal(7, Some(2_500)), NOW),
+        ReversalOutcome::Reversed {
+            returned: 1_500,
+            ..
+        }
+    ));
+    assert!(matches!(
+        cards.reverse(key, &reversal(7, Some(2_500)), NOW),
+        ReversalOutcome::NothingLeft
+    ));
+    let v = cards.get(key).unwrap();
+    assert_eq!((v.spent, v.uses), (2_500, 1));
+    // The rest, by the transaction key when there is no DE 90.
+    let mut by_key = reversal(7, None);
+    by_key.original = None;
+    by_key.key = purchase(0, 7).key.with_class(4);
+    assert!(matches!(
+        cards.reverse(key, &by_key, NOW),
+        ReversalOutcome::Reversed {
+            returned: 2_500,
+            ..
+        }
+    ));
+    assert_eq!(cards.get(key).unwrap().spent, 0);
+}
+
+#[test]
+fn a_reversal_of_an_unknown_original_gives_nothing_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &spec(10_000));
+    approved(&cards, key, 4_000, 7);
+    assert!(matches!(
+        cards.reverse(key, &reversal(8, None), NOW),
+        ReversalOutcome::NotFound
+    ));
+    assert_eq!(cards.get(key).unwrap().spent, 4_000);
+}
+
+#[test]
+fn an_advice_is_recorded_even_over_the_cap_and_only_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &spec(1_000));
+    let advice = request(*b"0120", 5_000, 3, "SHOP-A");
+    match cards.advice(key, &advice, NOW) {
+        AdviceOutcome::Recorded(d) => d.wait().unwrap(),
+        other => panic!("{other:?}"),
+    }
+    let mut repeat = advice.clone();
+    repeat.mti = *b"0121";
+    assert!(matches!(
+        cards.advice(key, &repeat, NOW),
+        AdviceOutcome::Repeat
+    ));
+    let v = cards.get(key).unwrap();
+    assert_eq!((v.spent, v.uses, v.available), (5_000, 1, 0));
+}
+
+#[test]
+fn an_advice_for_a_held_approval_completes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &spec(10_000));
+    let _a = approve(&cards, key, 3_000, 4);
+    let advice = request(*b"0120", 3_000, 4, "SHOP-A");
+    assert!(matches!(
+        cards.advice(key, &advice, NOW),
+        AdviceOutcome::Recorded(_)
+    ));
+    let v = cards.get(key).unwrap();
+    assert_eq!((v.spent, v.held, v.uses), (3_000, 0, 1));
+}
+
+#[test]
+fn a_refund_passes_on_a_closed_card_and_does_not_raise_the_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &spec(10_000));
+    approved(&cards, key, 4_000, 1);
+    futures_close(&cards, key);
+    let mut refund = purchase(4_000, 2);
+    refund.kind = Kind::Refund;
+    let a = match cards.authorize(key, &refund, NOW) {
+        Decision::Approve(a) => a,
+        other => panic!("{other:?}"),
+    };
+    cards
+        .complete(
+            &a.hold,
+            IssuerOutcome::Approved(ResponseCode::APPROVED),
+            NOW,
+        )
+        .wait()
+        .unwrap();
+    let v = cards.get(key).unwrap();
+    assert_eq!((v.spent, v.uses, v.status), (4_000, 1, Status::Closed));
+}
+
+fn futures_close(cards: &Cards, key: CardKey) {
+    let (_, d) = cards.set_status(key, Status::Closed).unwrap();
+    d.wait().unwrap();
+}
+
+#[test]
+fn pause_resume_and_close_change_the_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &spec(10_000));
+    cards
+        .set_status(key, Status::Paused)
+        .unwrap()
+        .1
+        .wait()
+        .unwrap();
+    assert_eq!(code(&cards.authorize(key, &purchase(100, 1), NOW)), "62");
+    cards
+        .set_status(key, Status::Active)
+        .unwrap()
+        .1
+        .wait()
+        .unwrap();
+    assert_eq!(code(&cards.authorize(key, &purchase(100, 2), NOW)), "00");
+    futures_close(&cards, key);
+    assert_eq!(code(&cards.authorize(key, &purchase(100, 3), NOW)), "46");
+    assert!(matches!(
+        cards.set_status(key, Status::Active),
+        Err(CardError::Closed)
+    ));
+    assert!(matches!(
+        cards.set_status(CardKey::of(&test_pan()), Status::Paused),
+        Err(CardError::NotFound)
+    ));
+    let counts = cards.counts_by_status();
+    assert_eq!(counts[2], (Status::Closed, 1));
+}
+
+#[test]
+fn a_first_use_lock_binds_to_the_first_approved_merchant() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let mut s = spec(10_000);
+    s.controls.merchant_lock = MerchantLock::FirstUse;
+    let key = issue(&cards, &s);
+    // The issuer declines the first try: the lock is free again.
+    let first = match cards.authorize(key, &request(*b"0100", 100, 1, "SHOP-B"), NOW) {
+        Decision::Approve(a) => a,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        code(&cards.authorize(key, &request(*b"0100", 100, 2, "SHOP-A"), NOW)),
+        "57"
+    );
+    cards
+        .complete(
+            &first.hold,
+            IssuerOutcome::Declined(ResponseCode(*b"05")),
+            NOW,
+        )
+        .wait()
+        .unwrap();
+    let a = match cards.authorize(key, &request(*b"0100", 100, 3, "SHOP-A"), NOW) {
+        Decision::Approve(a) => a,
+        other => panic!("{other:?}"),
+    };
+    cards
+        .complete(
+            &a.hold,
+            IssuerOutcome::Approved(ResponseCode::APPROVED),
+            NOW,
+        )
+        .wait()
+        .unwrap();
+    assert_eq!(
+        code(&cards.authorize(key, &request(*b"0100", 100, 4, "SHOP-B"), NOW)),
+        "57"
+    );
+    assert_eq!(
+        code(&cards.authorize(key, &request(*b"0100", 100, 5, "SHOP-A"), NOW)),
+        "00"
+    );
+}
+
+#[test]
+fn recent_decisions_are_listed_newest_first_with_who_decided() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &spec(1_000));
+    approved(&cards, key, 400, 1);
+    let _ = cards.authorize(key, &purchase(5_000, 2), NOW + 1);
+    let list = cards.recent(key).unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0].code, ResponseCode::OVER_LIMIT);
+    assert_eq!(list[0].decided_by, DecidedBy::Switch);
+    assert_eq!(list[1].code, ResponseCode::APPROVED);
+    assert_eq!(list[1].decided_by, DecidedBy::Issuer);
+    assert_eq!(list[1].merchant, AcceptorId::new(b"SHOP-A"));
+}
+
+#[test]
+fn a_restart_restores_cards_counters_and_the_ledger_from_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, paused) = {
+        let (cards, _) = open(dir.path());
+        let key = issue(&cards, &spec(10_000));
+        let paused = issue(&cards, &spec(10_000));
+        approved(&cards, key, 1_000, 1);
+        approved(&cards, key, 2_000, 2);
+        assert!(matches!(
+            cards.reverse(key, &reversal(2, Some(500)), NOW),
+            ReversalOutcome::Reversed {
+                returned: 1_500,
+                ..
+            }
+        ));
+        // Durable hold, no answer before the "crash".
+        let a = approve(&cards, key, 700, 3);
+        a.durable.wait().unwrap();
+        cards
+            .set_status(paused, Status::Paused)
+            .unwrap()
+            .1
+            .wait()
+            .unwrap();
+        (key, paused)
+    };
+    let (cards, rec) = open(dir.path());
+    assert_eq!(rec.cards, 2);
+    assert_eq!(rec.holds_counted_as_spent, 1);
+    let v = cards.get(key).unwrap();
+    assert_eq!((v.spent, v.held, v.uses), (1_000 + 500 + 700, 0, 3));
+    assert_eq!(cards.get(paused).unwrap().status, Status::Paused);
+    // The ledger came back too: the same reversal again gives nothing.
+    assert!(matches!(
+        cards.reverse(key, &reversal(2, Some(500)), NOW),
+        ReversalOutcome::NothingLeft
+    ));
+    // Two answers and a reversal; the hold counted at recovery had no answer to show.
+    assert_eq!(cards.recent(key).unwrap().len(), 3);
+}
+
+#[test]
+fn a_snapshot_plus_the_journal_after_it_restore_the_same_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys: Vec<CardKey>;
+    let before: Vec<(u64, u64, u32)>;
+    {
+        let (cards, _) = open(dir.path());
+        keys = (0..20).map(|_| issue(&cards, &spec(10_000))).collect();
+        for (i, &k) in keys.iter().enumerate() {
+            approved(&cards, k, 100 + i as u64, i as u32);
+        }
+        let report = cards.snapshot().unwrap();
+        assert_eq!(report.cards, 20);
+        assert!(report.segments_deleted >= 1);
+        for (i, &k) in keys.iter().enumerate().take(10) {
+            approved(&cards, k, 10, 1_000 + i as u32);
+        }
+        assert!(matches!(
+            cards.reverse(keys[0], &reversal(0, None), NOW),
+            ReversalOutcome::Reversed { returned: 100, .. }
+        ));
+        before = keys
+            .iter()
+            .map(|&k| {
+                let v = cards.get(k).unwrap();
+                (v.spent, v.held, v.uses)
+            })
+            .collect();
+    }
+    let (cards, rec) = open(dir.path());
+    assert!(rec.snapshot);
+    let after: Vec<_> = keys
+        .iter()
+        .map(|&k| {
+            let v = cards.get(k).unwrap();
+            (v.spent, v.held, v.uses)
+        })
+        .collect();
+    assert_eq!(before, after);
+    // And a second snapshot and restart changes nothing either.
+    cards.snapshot().unwrap();
+    drop(cards);
+    let (cards, _) = open(dir.path());
+    let again: Vec<_> = keys
+        .iter()
+        .map(|&k| {
+            let v = cards.get(k).unwrap();
+            (v.spent, v.held, v.uses)
+        })
+        .collect();
+    assert_eq!(before, again);
+}
+
+#[test]
+fn racing_authorizations_on_one_card_never_exceed_its_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let cards = Arc::new(cards);
+    // Cap 100,000; 8 threads x 50 requests of 1,000 + (i % 7) * 100: far more than fits.
+    let key = issue(&cards, &spec(100_000));
+    let approved_total = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = (0..8u32)
+        .map(|t| {
+            let cards = cards.clone();
+            let total = approved_total.clone();
+            std::thread::spawn(move || {
+                let mut mine = Vec::new();
+                for i in 0..50u32 {
+                    let amount = 1_000 + u64::from(i % 7) * 100;
+                    let stan = t * 1_000 + i;
+                    if let Decision::Approve(a) = cards.authorize(key, &purchase(amount, stan), NOW)
+                    {
+                        total.fetch_add(amount, Ordering::Relaxed);
+                        mine.push(a);
+                    }
+                }
+                for a in mine {
+                    a.durable.wait().unwrap();
+                    cards
+                        .complete(
+                            &a.hold,
+                            IssuerOutcome::Approved(ResponseCode::APPROVED),
+                            NOW,
+                        )
+                        .wait()
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let v = cards.get(key).unwrap();
+    let total = approved_total.load(Ordering::Relaxed);
+    assert!(total <= 100_000, "approved {total} over the cap");
+    assert_eq!(v.spent, total);
+    assert_eq!(v.held, 0);
+    // Exactly the amounts that fit: what is left is less than the smallest request.
+    assert!(v.available < 1_000, "{} left unapproved", v.available);
+}
+
+#[test]
+fn no_file_in_the_data_dir_holds_a_real_pan_in_plain_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let specs: Vec<_> = (0..50).map(|_| spec(10_000)).collect();
+    {
+        let (cards, _) = open(dir.path());
+        for (i, s) in specs.iter().enumerate() {
+            let key = issue(&cards, s);
+            approved(&cards, key, 100, i as u32);
+        }
+        cards.snapshot().unwrap();
+        for s in specs.iter().take(5) {
+            issue(&cards, s);
+        }
+    }
+    let mut files = 0;
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        files += 1;
+        for s in &specs {
+            let digits = s.pan.as_bytes();
+            assert!(
+                !bytes.windows(digits.len()).any(|w| w == digits),
+                "{} holds a real PAN ({}) in plain text",
+                path.display(),
+                s.pan
+            );
+        }
+    }
+    assert!(files >= 3, "key, snapshot and journal expected");
+}

@@ -1,0 +1,106 @@
+//! Shared helpers for the integration tests: generated test PANs, specs and requests.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::num::{NonZeroU32, NonZeroU64};
+use std::path::Path;
+
+use rand::RngExt;
+use vpan::cards::{
+    AcceptorId, Amounts, AuthRequest, CardKey, CardSpec, Cards, CardsConfig, Controls, Expiry,
+    Kind, LedgerConfig, MerchantLock, Recovered, TxKey,
+};
+use vpan::pan::{Pan, luhn_check_digit};
+use vpan::store::StoreConfig;
+
+/// 2026-11-26T15:29:42Z.
+pub const NOW: u64 = 1_795_706_982;
+/// Euro.
+pub const EUR: u16 = 978;
+
+/// A random Luhn-valid test PAN in test BIN 497010.
+pub fn test_pan() -> Pan {
+    let mut digits = b"497010".to_vec();
+    let mut rng = rand::rng();
+    for _ in 0..9 {
+        digits.push(b'0' + rng.random_range(0..10u8));
+    }
+    let check = luhn_check_digit(&digits);
+    digits.push(b'0' + check);
+    Pan::from_digits_checked(&digits).unwrap()
+}
+
+/// A card spec with a cap and a per-transaction limit, valid for a day.
+pub fn spec(amount_limit: u64) -> CardSpec {
+    CardSpec {
+        pan: test_pan(),
+        pan_expiry: Expiry(*b"2912"),
+        controls: Controls {
+            currency: EUR,
+            amount_limit,
+            per_transaction_limit: None,
+            max_uses: None,
+            valid_until: NOW + 86_400,
+            merchant_lock: MerchantLock::None,
+            mcc_allow: vec![],
+            mcc_block: vec![],
+        },
+    }
+}
+
+/// The same, single use.
+pub fn single_use(amount_limit: u64) -> CardSpec {
+    let mut s = spec(amount_limit);
+    s.controls.max_uses = NonZeroU32::new(1);
+    s
+}
+
+/// With a per-transaction limit.
+pub fn with_per_tx(amount_limit: u64, per_tx: u64) -> CardSpec {
+    let mut s = spec(amount_limit);
+    s.controls.per_transaction_limit = NonZeroU64::new(per_tx);
+    s
+}
+
+/// Opens the cards in `dir` with default settings.
+pub fn open(dir: &Path) -> (Cards, Recovered) {
+    open_with(dir, LedgerConfig::default())
+}
+
+/// Opens the cards in `dir` with this ledger.
+pub fn open_with(dir: &Path, ledger: LedgerConfig) -> (Cards, Recovered) {
+    let store = StoreConfig {
+        data_dir: dir.to_path_buf(),
+        key_file: Default::default(),
+    };
+    Cards::open(&CardsConfig::default(), &store, ledger).unwrap()
+}
+
+/// Issues a card and waits until it is durable; returns its key.
+pub fn issue(cards: &Cards, spec: &CardSpec) -> CardKey {
+    let (view, durable) = cards.issue(spec, NOW).unwrap();
+    durable.wait().unwrap();
+    CardKey::of(&view.vpan)
+}
+
+/// A purchase of `amount` EUR cents with STAN `stan`, at merchant SHOP-A.
+pub fn purchase(amount: u64, stan: u32) -> AuthRequest {
+    request(*b"0100", amount, stan, "SHOP-A")
+}
+
+/// A request with this MTI, amount, STAN and merchant.
+pub fn request(mti: [u8; 4], amount: u64, stan: u32, shop: &str) -> AuthRequest {
+    let stan = format!("{stan:06}");
+    AuthRequest {
+        mti,
+        kind: Kind::classify(b"000000", amount),
+        amounts: Amounts {
+            transaction: amount,
+            transaction_currency: EUR,
+            billing: None,
+        },
+        expiry: None,
+        mcc: Some(5411),
+        acceptor: AcceptorId::new(shop.as_bytes()),
+        key: TxKey::new(&mti, stan.as_bytes(), b"1126152942", b"12345", b"TERM0001").unwrap(),
+    }
+}
