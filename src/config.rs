@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::cards::CardsConfig;
+pub use crate::store::StoreConfig;
+
 /// Why the configuration cannot be used. Each variant names the key or file at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -153,25 +156,6 @@ impl Default for IssuerConfig {
     }
 }
 
-/// `[cards]`: how virtual card numbers are made.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct CardsConfig {
-    /// PAN prefixes reserved for vPANs; an unknown PAN there is answered 14.
-    pub virtual_ranges: Vec<String>,
-    /// Digits kept from the real card: 6 or 8.
-    pub bin_length: usize,
-}
-
-impl Default for CardsConfig {
-    fn default() -> Self {
-        CardsConfig {
-            virtual_ranges: Vec::new(),
-            bin_length: 6,
-        }
-    }
-}
-
 /// `[api]`: the HTTPS issuance API.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -209,25 +193,6 @@ impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
             listen: "127.0.0.1:9583".into(),
-        }
-    }
-}
-
-/// `[store]`: the journal and snapshots.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct StoreConfig {
-    /// Directory of the journal, snapshots, generated key, certificate and token.
-    pub data_dir: PathBuf,
-    /// 32-byte key encrypting real PANs at rest; empty: made at first start (mode 0600).
-    pub key_file: PathBuf,
-}
-
-impl Default for StoreConfig {
-    fn default() -> Self {
-        StoreConfig {
-            data_dir: PathBuf::from("./vpan-data"),
-            key_file: PathBuf::new(),
         }
     }
 }
@@ -350,7 +315,7 @@ impl Config {
         if self.issuer.connections == 0 {
             return invalid("issuer.connections", "must be at least 1".into());
         }
-        if ![6, 8].contains(&self.cards.bin_length) {
+        if ![6u8, 8].contains(&self.cards.bin_length) {
             return invalid("cards.bin_length", "must be 6 or 8".into());
         }
         for range in &self.cards.virtual_ranges {
@@ -371,15 +336,6 @@ impl Config {
             return invalid("store.data_dir", "must not be empty".into());
         }
         Ok(())
-    }
-
-    /// The key file in force: `store.key_file`, or `pan.key` in the data dir.
-    pub fn key_file(&self) -> PathBuf {
-        if self.store.key_file.as_os_str().is_empty() {
-            self.store.data_dir.join("pan.key")
-        } else {
-            self.store.key_file.clone()
-        }
     }
 }
 
@@ -526,7 +482,7 @@ mod tests {
         assert_eq!(c.api.listen, "127.0.0.1:8443");
         assert_eq!(c.metrics.listen, "127.0.0.1:9583");
         assert_eq!(c.store.data_dir, PathBuf::from("./vpan-data"));
-        assert_eq!(c.key_file(), PathBuf::from("./vpan-data/pan.key"));
+        assert_eq!(c.store.key_path(), PathBuf::from("./vpan-data/pan.key"));
     }
 
     #[test]

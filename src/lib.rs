@@ -8,10 +8,13 @@
 //! - [`cards`]: virtual cards: model, vPAN generation, in-memory index, the pure limits
 //!   decision, holds, reversals and repeats, behind the [`cards::Cards`] facade.
 //! - [`store`]: durability: the group-commit journal, snapshots, real PANs encrypted at rest.
+//! - [`switch`]: the link itself: network connections, the authorization flow, the issuer link.
+//! - [`app`]: the running switch: build (bind, recover), addresses, run until shutdown.
 //! - [`config`]: the typed configuration, file + environment, validated at start.
 //! - [`logging`]: human or JSON log lines on stderr.
 //! - [`metrics`]: the contract's metric names, described once, and the `/metrics` endpoint.
 
+pub mod app;
 pub mod cards;
 pub mod config;
 pub mod iso8583;
@@ -19,3 +22,4 @@ pub mod logging;
 pub mod metrics;
 pub mod pan;
 pub mod store;
+pub mod switch;

@@ -3,9 +3,13 @@
 //! Exit status: 0 on success, 2 on a usage error (clap's own), 1 on any other error, with
 //! one line on stderr that says what to fix.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use vpan::app::App;
+use vpan::config::Config;
+use vpan::logging::{self, LogFormat};
 
 /// vpan: ISO 8583 authorization switch for controlled virtual card numbers.
 #[derive(Parser)]
@@ -16,16 +20,76 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// The switch: network listener, issuer link, HTTPS issuance API, metrics.
+    Serve(ServeArgs),
+}
+
+/// Options of `vpan serve`.
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML configuration file; without it the built-in defaults are used. Any key can be
+    /// overridden by VPAN_<SECTION>_<KEY>.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log one JSON object per line instead of human-readable lines.
+    #[arg(long)]
+    log_json: bool,
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result: Result<(), String> = match cli.command {};
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("vpan: {message}");
             ExitCode::from(1)
         }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+fn serve(args: ServeArgs) -> Result<(), String> {
+    logging::init(if args.log_json {
+        LogFormat::Json
+    } else {
+        LogFormat::Human
+    });
+    let config =
+        Config::load(args.config.as_deref(), std::env::vars()).map_err(|e| e.to_string())?;
+    runtime()?.block_on(async {
+        let app = App::build(config).await.map_err(|e| e.to_string())?;
+        app.run(shutdown_signal()).await.map_err(|e| e.to_string())
+    })
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
     }
 }

@@ -277,6 +277,22 @@ pub struct Cards {
     snapshot_lock: Mutex<()>,
 }
 
+/// Lookups the switch needs besides the decisions.
+impl Cards {
+    /// True when `vpan` was ever issued (closed cards too).
+    pub fn contains(&self, vpan: CardKey) -> bool {
+        self.index.contains(vpan)
+    }
+
+    /// The real card behind `vpan`: its PAN, its expiry, and the virtual expiry, for
+    /// forwarding a message that is not decided here (advice, reversal).
+    pub fn real_card(&self, vpan: CardKey) -> Option<(Pan, Expiry, Expiry)> {
+        self.index.read(vpan, |c| {
+            (c.real_pan.clone(), c.real_expiry, c.virtual_expiry())
+        })
+    }
+}
+
 impl Cards {
     /// Opens the data directory: loads the key (made at first start), the snapshot, replays
     /// the journal (cutting a torn tail), counts unanswered durable holds as spent, and

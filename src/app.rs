@@ -1,0 +1,315 @@
+//! The running switch as one value: [`App::build`] opens the store and binds every
+//! listener (port 0 allowed), [`App::addresses`] says where they are, [`App::run`] serves
+//! until the shutdown future resolves, then drains and flushes.
+//!
+//! Tests start it on port 0 in-process; `vpan serve` and `vpan demo` start it the same way.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::cards::{Cards, LedgerConfig, OpenError, Recovered};
+use crate::config::{Config, decode_hex};
+use crate::iso8583::{FrameCodec, Framing, Spec, SpecError};
+use crate::metrics as m;
+use crate::switch::{ConnectionLimits, Flow, IssuerLink, IssuerSettings, server};
+
+/// Why the switch could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {key} = {addr}: {source}")]
+    Bind {
+        /// The config key.
+        key: &'static str,
+        /// Its value.
+        addr: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// A spec could not be loaded.
+    #[error("{key}: {source}")]
+    Spec {
+        /// The config key.
+        key: &'static str,
+        /// Why.
+        source: SpecError,
+    },
+    /// A config value is not usable.
+    #[error("{key}: {message}")]
+    Config {
+        /// The config key.
+        key: &'static str,
+        /// Why.
+        message: String,
+    },
+    /// The data directory could not be opened or recovered.
+    #[error("store: {0}")]
+    Store(#[from] OpenError),
+}
+
+/// Where the switch's listeners are bound.
+#[derive(Debug, Clone, Copy)]
+pub struct Addresses {
+    /// The network listener (`None` when vpan dials the network).
+    pub network: Option<SocketAddr>,
+    /// The Prometheus endpoint.
+    pub metrics: SocketAddr,
+}
+
+/// The network side: a bound listener, or the address to dial.
+enum NetworkSide {
+    Listen(TcpListener),
+    Dial(String),
+}
+
+/// A built, not yet running, switch.
+pub struct App {
+    /// The virtual cards, shared with the flow (and the API).
+    cards: Arc<Cards>,
+    /// What recovery found at start.
+    recovered: Recovered,
+    /// The network side.
+    network: NetworkSide,
+    /// The network side's layout.
+    network_spec: &'static Spec,
+    /// Per-connection limits of the network side.
+    limits: ConnectionLimits,
+    /// `network.max_connections`.
+    max_connections: usize,
+    /// The metrics listener.
+    metrics: TcpListener,
+    /// Where everything is bound.
+    addresses: Addresses,
+    /// Cancels every task at shutdown.
+    shutdown: CancellationToken,
+    /// The issuer link (already dialling).
+    issuer: IssuerLink,
+}
+
+impl App {
+    /// Opens the store (recovering it), binds the listeners, starts dialling the issuer.
+    pub async fn build(config: Config) -> Result<App, AppError> {
+        let network_spec = load_spec("network.spec", &config.network.spec)?;
+        let issuer_spec = load_spec("issuer.spec", &config.issuer.spec)?;
+        let network_codec = codec(
+            "network.framing",
+            &config.network.framing,
+            &config.network.header_hex,
+            config.network.max_frame_bytes,
+        )?;
+        let issuer_codec = codec(
+            "issuer.framing",
+            &config.issuer.framing,
+            &config.issuer.header_hex,
+            config.network.max_frame_bytes,
+        )?;
+
+        let (cards, store) = (config.cards.clone(), config.store.clone());
+        let (cards, recovered) = tokio::task::spawn_blocking(move || {
+            Cards::open(&cards, &store, LedgerConfig::default())
+        })
+        .await
+        .map_err(|e| AppError::Config {
+            key: "store.data_dir",
+            message: format!("recovery did not finish: {e}"),
+        })??;
+        tracing::info!(
+            cards = recovered.cards,
+            records = recovered.records,
+            bytes_cut = recovered.bytes_cut,
+            holds_counted_as_spent = recovered.holds_counted_as_spent,
+            elapsed_ms = recovered.elapsed_ms,
+            data_dir = %config.store.data_dir.display(),
+            "store recovered"
+        );
+
+        let network = if config.network.connect.is_empty() {
+            let listener = bind("network.listen", &config.network.listen).await?;
+            NetworkSide::Listen(listener)
+        } else {
+            NetworkSide::Dial(config.network.connect.clone())
+        };
+        let metrics = bind("metrics.listen", &config.metrics.listen).await?;
+        let addresses = Addresses {
+            network: match &network {
+                NetworkSide::Listen(l) => l.local_addr().ok(),
+                NetworkSide::Dial(_) => None,
+            },
+            metrics: metrics.local_addr().map_err(|source| AppError::Bind {
+                key: "metrics.listen",
+                addr: config.metrics.listen.clone(),
+                source,
+            })?,
+        };
+        let shutdown = CancellationToken::new();
+        m::install();
+        let issuer = IssuerLink::start(
+            IssuerSettings {
+                connect: config.issuer.connect.clone(),
+                codec: issuer_codec,
+                header: Bytes::from(decode_hex(&config.issuer.header_hex).unwrap_or_default()),
+                spec: issuer_spec,
+                timeout: Duration::from_millis(config.issuer.timeout_ms),
+                connections: config.issuer.connections,
+                echo_interval: Duration::from_millis(config.issuer.echo_interval_ms.max(1)),
+                reconnect_max: Duration::from_millis(config.issuer.reconnect_max_ms.max(1)),
+                sign_on: config.issuer.sign_on,
+            },
+            shutdown.child_token(),
+        );
+        let limits = ConnectionLimits {
+            codec: network_codec,
+            max_in_flight: config.network.max_in_flight,
+            idle_timeout: (config.network.idle_timeout_ms > 0)
+                .then(|| Duration::from_millis(config.network.idle_timeout_ms)),
+            read_timeout: Duration::from_millis(config.network.read_timeout_ms.max(1)),
+            drain_timeout: Duration::from_millis(config.network.drain_timeout_ms),
+        };
+        let app = App {
+            cards: Arc::new(cards),
+            recovered,
+            network,
+            network_spec,
+            limits,
+            max_connections: config.network.max_connections,
+            metrics,
+            addresses,
+            shutdown,
+            issuer,
+        };
+        app.log_addresses();
+        Ok(app)
+    }
+
+    fn log_addresses(&self) {
+        match (&self.network, self.addresses.network) {
+            (NetworkSide::Listen(_), Some(addr)) => {
+                tracing::info!(%addr, "network listener bound (ISO 8583)")
+            }
+            (NetworkSide::Dial(addr), _) => tracing::info!(%addr, "will dial the network"),
+            _ => {}
+        }
+        tracing::info!(addr = %self.addresses.metrics, "metrics listener bound (GET /metrics)");
+    }
+
+    /// Where the listeners are bound.
+    pub fn addresses(&self) -> Addresses {
+        self.addresses
+    }
+
+    /// The virtual cards (for the issuance API, the demo and tests).
+    pub fn cards(&self) -> Arc<Cards> {
+        self.cards.clone()
+    }
+
+    /// What recovery found at start.
+    pub fn recovered(&self) -> &Recovered {
+        &self.recovered
+    }
+
+    /// Serves until `shutdown` resolves; then stops accepting, gives requests in flight
+    /// `network.drain_timeout_ms`, and flushes the journal.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
+        let App {
+            cards,
+            network,
+            network_spec,
+            limits,
+            max_connections,
+            metrics,
+            shutdown: token,
+            issuer,
+            ..
+        } = self;
+        let flow = Arc::new(Flow {
+            cards: cards.clone(),
+            issuer: issuer.clone(),
+            network_spec,
+        });
+
+        let metrics_task = tokio::spawn(m::serve(metrics, m::install(), {
+            let t = token.clone();
+            async move { t.cancelled().await }
+        }));
+        let gauges_task = tokio::spawn(publish_card_gauges(cards.clone(), token.clone()));
+        let network_task = match network {
+            NetworkSide::Listen(listener) => tokio::spawn(server::listen(
+                listener,
+                flow.clone(),
+                limits,
+                max_connections,
+                token.clone(),
+            )),
+            NetworkSide::Dial(addr) => {
+                tokio::spawn(server::dial(addr, flow.clone(), limits, token.clone()))
+            }
+        };
+
+        shutdown.await;
+        tracing::info!("shutting down: no new connections, draining requests in flight");
+        token.cancel();
+        let _ = network_task.await;
+        let _ = gauges_task.await;
+        let _ = metrics_task.await;
+        drop(flow);
+        drop(issuer);
+        // The last handle on the cards: dropping it flushes and closes the journal.
+        match Arc::try_unwrap(cards) {
+            Ok(cards) => tokio::task::spawn_blocking(move || drop(cards))
+                .await
+                .unwrap_or(()),
+            Err(_) => {
+                tracing::warn!("cards still shared at shutdown; the journal closes with them")
+            }
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Keeps `vpan_cards{status}` current.
+async fn publish_card_gauges(cards: Arc<Cards>, shutdown: CancellationToken) {
+    loop {
+        for (status, count) in cards.counts_by_status() {
+            metrics::gauge!(m::CARDS, "status" => status.as_str()).set(count as f64);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+async fn bind(key: &'static str, addr: &str) -> Result<TcpListener, AppError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::Bind {
+            key,
+            addr: addr.to_string(),
+            source,
+        })
+}
+
+fn load_spec(key: &'static str, name: &str) -> Result<&'static Spec, AppError> {
+    Spec::by_name(name).map_err(|source| AppError::Spec { key, source })
+}
+
+fn codec(
+    key: &'static str,
+    framing: &str,
+    header_hex: &str,
+    max_frame: usize,
+) -> Result<FrameCodec, AppError> {
+    let framing: Framing = framing.parse().map_err(|_| AppError::Config {
+        key,
+        message: format!("unknown framing {framing:?}"),
+    })?;
+    let header_len = decode_hex(header_hex).map_or(0, |h| h.len());
+    Ok(FrameCodec::new(framing, header_len, max_frame))
+}

@@ -1,0 +1,657 @@
+//! The issuer link: vpan as the client of the issuer's authorization host.
+//!
+//! `issuer.connections` persistent connections, each redialled with a doubling backoff,
+//! signed on (0800, DE 70 = 001) when configured, and kept alive by an 0800 echo (DE 70 =
+//! 301) when idle. Requests from every network connection share them, so two network
+//! connections may send the same STAN at the same moment: the link re-stamps DE 11 with its
+//! own counter toward the issuer, matches the answer by that stamp, and puts the network's
+//! STAN back before returning it (jPOS's MUX matches by MTI class + STAN for the same reason).
+//!
+//! An answer that does not come within `issuer.timeout_ms` is an error for the caller (the
+//! network gets 91 and the hold is released), but the request stays remembered: if the
+//! issuer approves it late, or never answers, or the connection dies under it, the link
+//! sends a 0400 reversal for it so the real account is not left charged for a purchase
+//! the network was told was not approved.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use dashmap::DashMap;
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+
+use crate::iso8583::{Frame, FrameCodec, Message, Spec};
+use crate::metrics as m;
+
+/// How the link is set up: the `[issuer]` section, resolved.
+#[derive(Debug, Clone)]
+pub struct IssuerSettings {
+    /// `host:port` of the issuer host.
+    pub connect: String,
+    /// Framing of the link (spec, length header, fixed header).
+    pub codec: FrameCodec,
+    /// The fixed header sent before each message (e.g. a TPDU); empty for none.
+    pub header: Bytes,
+    /// The message layout of the link.
+    pub spec: &'static Spec,
+    /// How long a request may wait for its answer.
+    pub timeout: Duration,
+    /// Connections kept open.
+    pub connections: usize,
+    /// Idle time after which a connection sends an 0800 echo.
+    pub echo_interval: Duration,
+    /// Longest wait between two dial attempts.
+    pub reconnect_max: Duration,
+    /// Sign on with an 0800 (DE 70 = 001) on each new connection.
+    pub sign_on: bool,
+}
+
+/// Why a request got no answer from the issuer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum IssuerError {
+    /// No connection to the issuer is up: answered at once, never a hang.
+    #[error("no connection to the issuer host is up")]
+    Unavailable,
+    /// No answer within `issuer.timeout_ms`.
+    #[error("the issuer host did not answer in time")]
+    Timeout,
+    /// The connection carrying the request was lost before the answer came.
+    #[error("the connection to the issuer host was lost before its answer")]
+    ConnectionLost,
+    /// The request could not be written in this link's layout (a field the issuer's spec
+    /// does not hold, or a frame over its size).
+    #[error("the request does not fit the issuer link's layout")]
+    Encode,
+}
+
+/// A request waiting for the issuer's answer.
+struct Pending {
+    /// Where the answer goes; dropped when the caller gave up (timeout).
+    reply: oneshot::Sender<Message>,
+    /// The request as sent (with vpan's stamp), to build a reversal from if needed.
+    request: Message,
+    /// When it was written, for the issuer latency histogram and the sweep.
+    sent_at: Instant,
+    /// The connection it went out on, so a lost connection fails only its own requests.
+    conn: usize,
+}
+
+/// One connection slot: the writer's queue while connected.
+struct Slot {
+    /// Messages to write; `None` while disconnected.
+    tx: parking_lot::RwLock<Option<mpsc::Sender<Message>>>,
+    /// Up (connected and signed on).
+    up: AtomicBool,
+}
+
+struct Inner {
+    /// The settings.
+    settings: IssuerSettings,
+    /// One per connection.
+    slots: Vec<Slot>,
+    /// Round-robin cursor over the slots.
+    next_slot: AtomicUsize,
+    /// vpan's own STAN counter toward the issuer.
+    next_stan: AtomicU32,
+    /// Requests sent and not yet answered (or given up on), by vpan's stamp.
+    pending: DashMap<[u8; 6], Pending>,
+    /// Stops the connection tasks.
+    shutdown: CancellationToken,
+}
+
+/// A handle on the issuer link; cheap to clone.
+#[derive(Clone)]
+pub struct IssuerLink {
+    inner: Arc<Inner>,
+}
+
+/// Messages queued for one connection's writer before callers see back-pressure.
+const WRITE_QUEUE: usize = 4096;
+/// A reversal for an unknown outcome is tried this many times.
+const REVERSAL_ATTEMPTS: u32 = 5;
+
+impl IssuerLink {
+    /// Starts the connection tasks (they dial in the background; a request made before any
+    /// connection is up is answered `Unavailable` at once).
+    pub fn start(settings: IssuerSettings, shutdown: CancellationToken) -> IssuerLink {
+        let slots = (0..settings.connections)
+            .map(|_| Slot {
+                tx: parking_lot::RwLock::new(None),
+                up: AtomicBool::new(false),
+            })
+            .collect();
+        let link = IssuerLink {
+            inner: Arc::new(Inner {
+                settings,
+                slots,
+                next_slot: AtomicUsize::new(0),
+                next_stan: AtomicU32::new(rand::random::<u32>() % 999_999),
+                pending: DashMap::new(),
+                shutdown,
+            }),
+        };
+        for i in 0..link.inner.slots.len() {
+            tokio::spawn(link.clone().run_slot(i));
+        }
+        tokio::spawn(link.clone().sweep());
+        link
+    }
+
+    /// The issuer's layout, for building messages toward it.
+    pub fn spec(&self) -> &'static Spec {
+        self.inner.settings.spec
+    }
+
+    /// Connections up now.
+    pub fn connected(&self) -> usize {
+        self.inner
+            .slots
+            .iter()
+            .filter(|s| s.up.load(Ordering::Relaxed))
+            .count()
+    }
+
+    /// Sends `request` and waits for its answer, within `issuer.timeout_ms`. The answer
+    /// carries the request's own DE 11 back, whatever stamp went on the wire.
+    pub async fn send(&self, request: Message) -> Result<Message, IssuerError> {
+        self.send_via(request, None).await
+    }
+
+    /// [`IssuerLink::send`] on connection `only` when given (sign-on and echo test their
+    /// own connection), else on the next connection that is up.
+    async fn send_via(
+        &self,
+        request: Message,
+        only: Option<usize>,
+    ) -> Result<Message, IssuerError> {
+        let network_stan = request.stan();
+        let (rx, stamp) = self.dispatch(request, only)?;
+        match tokio::time::timeout(self.inner.settings.timeout, rx).await {
+            Ok(Ok(mut answer)) => {
+                if let Some(stan) = network_stan {
+                    answer.set(11, &stan).map_err(|_| IssuerError::Encode)?;
+                }
+                Ok(answer)
+            }
+            Ok(Err(_)) => Err(IssuerError::ConnectionLost),
+            Err(_) => {
+                metrics::counter!(m::ISSUER_TIMEOUTS_TOTAL).increment(1);
+                tracing::debug!(stan = %String::from_utf8_lossy(&stamp), "issuer answer late");
+                Err(IssuerError::Timeout)
+            }
+        }
+    }
+
+    /// Stamps, registers and queues a request; returns where its answer will arrive.
+    fn dispatch(
+        &self,
+        mut request: Message,
+        only: Option<usize>,
+    ) -> Result<(oneshot::Receiver<Message>, [u8; 6]), IssuerError> {
+        let inner = &self.inner;
+        let n = inner.slots.len();
+        let (conn, tx) = match only {
+            Some(i) => inner.slots[i].tx.read().clone().map(|tx| (i, tx)),
+            None => {
+                let start = inner.next_slot.fetch_add(1, Ordering::Relaxed);
+                (0..n).map(|k| (start + k) % n).find_map(|i| {
+                    let slot = &inner.slots[i];
+                    if !slot.up.load(Ordering::Relaxed) {
+                        return None;
+                    }
+                    slot.tx.read().clone().map(|tx| (i, tx))
+                })
+            }
+        }
+        .ok_or(IssuerError::Unavailable)?;
+        let stamp = self.next_stamp();
+        request.set(11, &stamp).map_err(|_| IssuerError::Encode)?;
+        let (reply, rx) = oneshot::channel();
+        inner.pending.insert(
+            stamp,
+            Pending {
+                reply,
+                request: request.clone(),
+                sent_at: Instant::now(),
+                conn,
+            },
+        );
+        if tx.try_send(request).is_err() {
+            // The writer is gone or hopelessly behind: nothing was sent, nothing to reverse.
+            inner.pending.remove(&stamp);
+            return Err(IssuerError::Unavailable);
+        }
+        Ok((rx, stamp))
+    }
+
+    fn next_stamp(&self) -> [u8; 6] {
+        let n = self.inner.next_stan.fetch_add(1, Ordering::Relaxed) % 999_999 + 1;
+        let mut out = [b'0'; 6];
+        let mut v = n;
+        for d in out.iter_mut().rev() {
+            *d = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+        out
+    }
+
+    /// Keeps slot `i` connected until shutdown.
+    async fn run_slot(self, i: usize) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            if self.inner.shutdown.is_cancelled() {
+                return;
+            }
+            let dial = tokio::select! {
+                r = TcpStream::connect(&self.inner.settings.connect) => r,
+                () = self.inner.shutdown.cancelled() => return,
+            };
+            match dial {
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    backoff = Duration::from_millis(50);
+                    self.run_connection(i, stream).await;
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        issuer = %self.inner.settings.connect,
+                        error = %e,
+                        "issuer host unreachable; retrying in {} ms",
+                        backoff.as_millis()
+                    );
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = self.inner.shutdown.cancelled() => return,
+            }
+            backoff = (backoff * 2).min(self.inner.settings.reconnect_max);
+        }
+    }
+
+    /// Serves one open connection until it fails or vpan shuts down.
+    async fn run_connection(&self, i: usize, stream: TcpStream) {
+        let settings = &self.inner.settings;
+        let (read_half, mut write_half) = stream.into_split();
+        let (tx, mut rx) = mpsc::channel::<Message>(WRITE_QUEUE);
+        *self.inner.slots[i].tx.write() = Some(tx);
+        let conn_token = self.inner.shutdown.child_token();
+
+        // The writer: drains the queue in batches, one write per batch.
+        let writer = {
+            let codec = settings.codec.clone();
+            let header = settings.header.clone();
+            let token = conn_token.clone();
+            tokio::spawn(async move {
+                let mut buf = BytesMut::with_capacity(16 * 1024);
+                let mut batch = Vec::with_capacity(64);
+                loop {
+                    let got = tokio::select! {
+                        n = rx.recv_many(&mut batch, 64) => n,
+                        () = token.cancelled() => 0,
+                    };
+                    if got == 0 {
+                        return;
+                    }
+                    for msg in batch.drain(..) {
+                        if let Err(e) = codec.encode_message(&header, &msg, &mut buf) {
+                            tracing::warn!(error = %e, "message to the issuer not sent");
+                        }
+                    }
+                    if write_half.write_all_buf(&mut buf).await.is_err() {
+                        token.cancel();
+                        return;
+                    }
+                }
+            })
+        };
+
+        // Sign on before taking traffic, so the issuer sees a signed-on link.
+        let mut frames = FramedRead::new(read_half, settings.codec.clone());
+        let signed_on = !settings.sign_on || self.sign_on(i, &mut frames).await;
+        if signed_on {
+            self.inner.slots[i].up.store(true, Ordering::Relaxed);
+            self.publish_connected();
+            tracing::info!(issuer = %settings.connect, connection = i, "issuer link up");
+            let mut last_seen = Instant::now();
+            loop {
+                let idle_at = last_seen + settings.echo_interval;
+                tokio::select! {
+                    frame = frames.next() => match frame {
+                        Some(Ok(Frame::Message { body, .. })) => {
+                            last_seen = Instant::now();
+                            self.on_answer(body);
+                        }
+                        Some(Ok(Frame::KeepAlive)) => last_seen = Instant::now(),
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "issuer link framing error; reconnecting");
+                            break;
+                        }
+                        None => {
+                            tracing::warn!(issuer = %settings.connect, "issuer host closed the connection");
+                            break;
+                        }
+                    },
+                    () = tokio::time::sleep_until(idle_at.into()) => {
+                        last_seen = Instant::now();
+                        let link = self.clone();
+                        let token = conn_token.clone();
+                        // The echo's answer arrives through this very loop, so it runs beside it.
+                        tokio::spawn(async move {
+                            if !link.network_management(i, b"301").await {
+                                tracing::warn!(connection = i, "issuer echo unanswered; reconnecting");
+                                token.cancel();
+                            }
+                        });
+                    },
+                    () = conn_token.cancelled() => break,
+                }
+            }
+        } else {
+            tracing::warn!(issuer = %settings.connect, "issuer sign-on refused or unanswered");
+        }
+        self.inner.slots[i].up.store(false, Ordering::Relaxed);
+        *self.inner.slots[i].tx.write() = None;
+        conn_token.cancel();
+        let _ = writer.await;
+        self.publish_connected();
+        self.fail_connection(i);
+    }
+
+    /// Signs on over connection `i` before it takes traffic: the 0800 goes out, and this
+    /// reads frames itself until the 0810 comes back (the connection's read loop has not
+    /// started yet).
+    async fn sign_on(
+        &self,
+        i: usize,
+        frames: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>,
+    ) -> bool {
+        let Ok(msg) = network_management_request(self.spec(), b"001") else {
+            return false;
+        };
+        let answer = self.send_via(msg, Some(i));
+        tokio::pin!(answer);
+        loop {
+            tokio::select! {
+                result = &mut answer => {
+                    return matches!(result, Ok(a) if a.response_code() == Some(*b"00"));
+                }
+                frame = frames.next() => match frame {
+                    Some(Ok(Frame::Message { body, .. })) => self.on_answer(body),
+                    Some(Ok(Frame::KeepAlive)) => {}
+                    Some(Err(_)) | None => return false,
+                },
+            }
+        }
+    }
+
+    /// Sends an 0800 with DE 70 = `code` on connection `i` and waits for a 0810 00.
+    async fn network_management(&self, i: usize, code: &[u8; 3]) -> bool {
+        let Ok(msg) = network_management_request(self.spec(), code) else {
+            return false;
+        };
+        match self.send_via(msg, Some(i)).await {
+            Ok(answer) => answer.response_code() == Some(*b"00"),
+            Err(_) => false,
+        }
+    }
+
+    /// An answer from the issuer: hands it to its waiter, or reverses a late approval.
+    fn on_answer(&self, body: Bytes) {
+        let answer = match Message::parse(self.spec(), body) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable answer from the issuer dropped");
+                return;
+            }
+        };
+        let Some(stamp) = answer.stan() else {
+            tracing::warn!("answer from the issuer without DE 11 dropped");
+            return;
+        };
+        let Some((_, pending)) = self.inner.pending.remove(&stamp) else {
+            tracing::debug!("answer from the issuer matches no request (already swept)");
+            return;
+        };
+        metrics::histogram!(m::ISSUER_REQUEST_DURATION)
+            .record(pending.sent_at.elapsed().as_secs_f64());
+        if let Err(late) = pending.reply.send(answer)
+            && is_approval(&late)
+            && needs_reversal(&pending.request)
+        {
+            tracing::warn!("late approval from the issuer; reversing it");
+            self.reverse(pending.request);
+        }
+    }
+
+    /// Fails every request in flight on connection `i`: their callers see the loss at
+    /// once, and since the issuer may have approved them, each is reversed.
+    fn fail_connection(&self, i: usize) {
+        let lost: Vec<[u8; 6]> = self
+            .inner
+            .pending
+            .iter()
+            .filter(|p| p.conn == i)
+            .map(|p| *p.key())
+            .collect();
+        for stamp in lost {
+            if let Some((_, p)) = self.inner.pending.remove(&stamp)
+                && needs_reversal(&p.request)
+            {
+                self.reverse(p.request);
+            }
+        }
+    }
+
+    /// Forgets requests that were never answered (long after their timeout), reversing
+    /// them since their outcome at the issuer is unknown.
+    async fn sweep(self) {
+        let horizon = (self.inner.settings.timeout * 4).max(Duration::from_secs(10));
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = self.inner.shutdown.cancelled() => return,
+            }
+            let now = Instant::now();
+            let stale: Vec<[u8; 6]> = self
+                .inner
+                .pending
+                .iter()
+                .filter(|p| now.duration_since(p.sent_at) > horizon)
+                .map(|p| *p.key())
+                .collect();
+            for stamp in stale {
+                if let Some((_, p)) = self.inner.pending.remove(&stamp)
+                    && needs_reversal(&p.request)
+                {
+                    self.reverse(p.request);
+                }
+            }
+        }
+    }
+
+    /// Sends a 0400 for `original` in the background, retrying with backoff until the
+    /// issuer answers it.
+    pub fn reverse(&self, original: Message) {
+        let Ok(reversal) = reversal_for(&original) else {
+            tracing::error!("cannot build the reversal of a request; the issuer must reconcile");
+            return;
+        };
+        let link = self.clone();
+        tokio::spawn(async move {
+            let mut wait = Duration::from_millis(100);
+            for attempt in 1..=REVERSAL_ATTEMPTS {
+                match link.send(reversal.clone()).await {
+                    Ok(_) => return,
+                    Err(e) => {
+                        tracing::warn!(attempt, error = %e, "reversal toward the issuer not answered");
+                    }
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = link.inner.shutdown.cancelled() => break,
+                }
+                wait *= 2;
+            }
+            tracing::error!("reversal toward the issuer failed; the issuer must reconcile");
+        });
+    }
+
+    fn publish_connected(&self) {
+        metrics::gauge!(m::ISSUER_CONNECTED).set(self.connected() as f64);
+    }
+}
+
+/// True for an answer that approves (DE 39 00, 08, 10 or 11).
+pub fn is_approval(answer: &Message) -> bool {
+    matches!(
+        answer.response_code().as_ref().map(|c| &c[..]),
+        Some(b"00" | b"08" | b"10" | b"11")
+    )
+}
+
+/// Authorization and financial requests move money at the issuer; nothing else needs a
+/// reversal when its outcome is unknown.
+fn needs_reversal(request: &Message) -> bool {
+    let mti = request.mti();
+    matches!(mti[1], b'1' | b'2') && mti[2] == b'0'
+}
+
+/// An 0800 network management request with DE 70 = `code`.
+pub fn network_management_request(
+    spec: &'static Spec,
+    code: &[u8; 3],
+) -> Result<Message, IssuerError> {
+    let mut msg = Message::new(spec, b"0800").map_err(|_| IssuerError::Encode)?;
+    msg.set(7, &transmission_time())
+        .map_err(|_| IssuerError::Encode)?;
+    msg.set(11, b"000000").map_err(|_| IssuerError::Encode)?;
+    msg.set(70, code).map_err(|_| IssuerError::Encode)?;
+    Ok(msg)
+}
+
+/// A 0400 reversing `original` in full: its identifying fields, and DE 90 naming it.
+pub fn reversal_for(original: &Message) -> Result<Message, IssuerError> {
+    let mut rev = original.clone();
+    rev.set_mti(b"0400").map_err(|_| IssuerError::Encode)?;
+    let mut de90 = [b'0'; 42];
+    de90[..4].copy_from_slice(&original.mti());
+    if let Some(stan) = original.stan() {
+        de90[4..10].copy_from_slice(&stan);
+    }
+    if let Some(t) = original.transmission_time() {
+        de90[10..20].copy_from_slice(&t);
+    }
+    if let Some(acq) = original.acquirer() {
+        let acq = acq.as_bytes();
+        if acq.len() <= 11 {
+            de90[31 - acq.len()..31].copy_from_slice(acq);
+        }
+    }
+    // A reversal carries no card-verification data.
+    for n in [35, 45, 52, 55] {
+        rev.remove(n);
+    }
+    rev.set(7, &transmission_time())
+        .map_err(|_| IssuerError::Encode)?;
+    rev.set(90, &de90).map_err(|_| IssuerError::Encode)?;
+    Ok(rev)
+}
+
+/// DE 7 for now, MMDDhhmmss in UTC.
+pub fn transmission_time() -> [u8; 10] {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (_, month, day) = civil_from_days(days as i64);
+    let digits = [
+        month / 10,
+        month % 10,
+        day / 10,
+        day % 10,
+        (rem / 36_000) as u32,
+        (rem / 3600 % 10) as u32,
+        (rem % 3600 / 600) as u32,
+        (rem % 3600 / 60 % 10) as u32,
+        (rem % 60 / 10) as u32,
+        (rem % 10) as u32,
+    ];
+    let mut out = [b'0'; 10];
+    for (o, d) in out.iter_mut().zip(digits) {
+        *o = b'0' + d as u8;
+    }
+    out
+}
+
+/// Days since 1970-01-01 to (year, month, day), Howard Hinnant's algorithm.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates_come_out_right() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_783), (2026, 11, 26));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    #[test]
+    fn a_reversal_names_its_original_in_de90_and_drops_card_data() {
+        let spec = Spec::iso87ascii();
+        let mut orig = Message::new(spec, b"0100").unwrap();
+        orig.set(2, b"4970101234567893").unwrap();
+        orig.set(4, b"000000001000").unwrap();
+        orig.set(7, b"1126143015").unwrap();
+        orig.set(11, b"000042").unwrap();
+        orig.set(32, b"12345").unwrap();
+        orig.set(35, b"4970101234567893=28121010000012300000")
+            .unwrap();
+        let orig = Message::parse(spec, orig.pack()).unwrap();
+        let rev = reversal_for(&orig).unwrap();
+        assert_eq!(rev.mti(), *b"0400");
+        let de90 = rev.text(90).unwrap();
+        assert_eq!(
+            de90.as_bytes(),
+            b"010000004211261430150000001234500000000000"
+        );
+        assert!(!rev.has(35));
+        assert_eq!(rev.raw(4), Some(&b"000000001000"[..]));
+    }
+
+    #[test]
+    fn only_auth_and_financial_requests_need_reversing() {
+        let spec = Spec::iso87ascii();
+        for (mti, expected) in [
+            (b"0100", true),
+            (b"0200", true),
+            (b"0120", false),
+            (b"0400", false),
+            (b"0800", false),
+        ] {
+            let m = Message::new(spec, mti).unwrap();
+            assert_eq!(needs_reversal(&m), expected, "{mti:?}");
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! The network side's sockets: listen and accept, or dial out and redial.
+//!
+//! Listening is the common case (vpan is the server of the link). Some networks want the
+//! issuer side to dial them instead (`network.connect`): vpan then keeps one connection up,
+//! redialling with a doubling backoff. Either way each connection is served by
+//! [`connection::serve`](super::connection::serve). `max_connections` is a semaphore:
+//! a connection past it is accepted and closed at once, and counted.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics as m;
+
+use super::connection::{self, ConnectionLimits};
+use super::flow::Flow;
+
+/// Accepts network connections until `shutdown`, then waits for each to drain.
+pub async fn listen(
+    listener: TcpListener,
+    flow: Arc<Flow>,
+    limits: ConnectionLimits,
+    max_connections: usize,
+    shutdown: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(max_connections));
+    let mut connections = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = shutdown.cancelled() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and the like: back off a little rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            metrics::counter!(m::FRAMES_REJECTED_TOTAL, "reason" => "max_connections").increment(1);
+            tracing::warn!(%peer, max_connections, "connection refused: network.max_connections reached");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        tracing::info!(%peer, "network connection accepted");
+        let flow = flow.clone();
+        let limits = limits.clone();
+        let token = shutdown.clone();
+        connections.spawn(async move {
+            metrics::gauge!(m::NETWORK_CONNECTIONS).increment(1.0);
+            connection::serve(stream, flow, limits, token).await;
+            metrics::gauge!(m::NETWORK_CONNECTIONS).decrement(1.0);
+            drop(permit);
+        });
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+}
+
+/// Dials the network at `addr` and keeps one connection up until `shutdown`.
+pub async fn dial(
+    addr: String,
+    flow: Arc<Flow>,
+    limits: ConnectionLimits,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    let max_backoff = Duration::from_secs(5);
+    loop {
+        let dialled = tokio::select! {
+            r = TcpStream::connect(&addr) => r,
+            () = shutdown.cancelled() => return,
+        };
+        match dialled {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                tracing::info!(network = %addr, "connected to the network");
+                backoff = Duration::from_millis(100);
+                metrics::gauge!(m::NETWORK_CONNECTIONS).increment(1.0);
+                connection::serve(stream, flow.clone(), limits.clone(), shutdown.clone()).await;
+                metrics::gauge!(m::NETWORK_CONNECTIONS).decrement(1.0);
+                tracing::warn!(network = %addr, "network connection lost; redialling");
+            }
+            Err(e) => {
+                tracing::warn!(network = %addr, error = %e, "network unreachable; redialling")
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = shutdown.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(max_backoff);
+    }
+}
