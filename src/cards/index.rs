@@ -80,6 +80,26 @@ impl CardIndex {
         self.map.iter().map(|e| *e.key()).collect()
     }
 
+    /// Up to `limit` keys greater than `after`, in key order: one page of a listing. One
+    /// pass over the map with a bounded heap, so a page costs O(n log limit) time and
+    /// O(limit) memory, and each shard lock is held only while it is walked.
+    pub fn page(&self, after: Option<CardKey>, limit: usize) -> Vec<CardKey> {
+        let mut smallest = std::collections::BinaryHeap::with_capacity(limit.saturating_add(1));
+        for e in self.map.iter() {
+            let key = *e.key();
+            if after.is_some_and(|a| key <= a) {
+                continue;
+            }
+            if smallest.len() < limit {
+                smallest.push(key);
+            } else if smallest.peek().is_some_and(|&top| key < top) {
+                smallest.pop();
+                smallest.push(key);
+            }
+        }
+        smallest.into_sorted_vec()
+    }
+
     /// Cards by effective status: active, paused, closed.
     pub fn counts_by_status(&self) -> [(Status, u64); 3] {
         let mut n = [0u64; 3];

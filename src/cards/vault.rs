@@ -509,6 +509,15 @@ impl Cards {
         self.journal.stats().segment_bytes.load(Ordering::Relaxed)
     }
 
+    /// A page of cards in vPAN order: up to `limit` after `after` (for `GET /v1/cards`).
+    pub fn list(&self, after: Option<CardKey>, limit: usize) -> Vec<CardView> {
+        self.index
+            .page(after, limit)
+            .into_iter()
+            .filter_map(|key| self.get(key))
+            .collect()
+    }
+
     /// Changes the holder's status. Pausing or resuming a closed card is refused; closing a
     /// closed card, pausing a paused one or resuming an active one changes nothing.
     pub fn set_status(
