@@ -7,12 +7,14 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::{ApiServer, ApiSetupError, Health};
 use crate::cards::{Cards, LedgerConfig, OpenError, Recovered};
 use crate::config::{Config, decode_hex};
 use crate::iso8583::{FrameCodec, Framing, Spec, SpecError};
@@ -51,6 +53,9 @@ pub enum AppError {
     /// The data directory could not be opened or recovered.
     #[error("store: {0}")]
     Store(#[from] OpenError),
+    /// The API's certificate or token could not be loaded or made.
+    #[error(transparent)]
+    Api(#[from] ApiSetupError),
 }
 
 /// Where the switch's listeners are bound.
@@ -60,6 +65,8 @@ pub struct Addresses {
     pub network: Option<SocketAddr>,
     /// The Prometheus endpoint.
     pub metrics: SocketAddr,
+    /// The HTTPS issuance API.
+    pub api: SocketAddr,
 }
 
 /// The network side: a bound listener, or the address to dial.
@@ -84,6 +91,8 @@ pub struct App {
     max_connections: usize,
     /// The metrics listener.
     metrics: TcpListener,
+    /// The issuance API, bound, certificate and token ready.
+    api: ApiServer,
     /// Where everything is bound.
     addresses: Addresses,
     /// Cancels every task at shutdown.
@@ -136,6 +145,11 @@ impl App {
             NetworkSide::Dial(config.network.connect.clone())
         };
         let metrics = bind("metrics.listen", &config.metrics.listen).await?;
+        let api = ApiServer::new(
+            bind("api.listen", &config.api.listen).await?,
+            &config.api,
+            &config.store.data_dir,
+        )?;
         let addresses = Addresses {
             network: match &network {
                 NetworkSide::Listen(l) => l.local_addr().ok(),
@@ -144,6 +158,11 @@ impl App {
             metrics: metrics.local_addr().map_err(|source| AppError::Bind {
                 key: "metrics.listen",
                 addr: config.metrics.listen.clone(),
+                source,
+            })?,
+            api: api.local_addr().map_err(|source| AppError::Bind {
+                key: "api.listen",
+                addr: config.api.listen.clone(),
                 source,
             })?,
         };
@@ -179,6 +198,7 @@ impl App {
             limits,
             max_connections: config.network.max_connections,
             metrics,
+            api,
             addresses,
             shutdown,
             issuer,
@@ -196,6 +216,7 @@ impl App {
             _ => {}
         }
         tracing::info!(addr = %self.addresses.metrics, "metrics listener bound (GET /metrics)");
+        tracing::info!(addr = %self.addresses.api, cert = %self.api.cert_file().display(), "API listener bound (HTTPS)");
     }
 
     /// Where the listeners are bound.
@@ -223,6 +244,7 @@ impl App {
             limits,
             max_connections,
             metrics,
+            api,
             shutdown: token,
             issuer,
             ..
@@ -238,23 +260,46 @@ impl App {
             async move { t.cancelled().await }
         }));
         let gauges_task = tokio::spawn(publish_card_gauges(cards.clone(), token.clone()));
+        let network_up = Arc::new(AtomicBool::new(true));
         let network_task = match network {
-            NetworkSide::Listen(listener) => tokio::spawn(server::listen(
-                listener,
-                flow.clone(),
-                limits,
-                max_connections,
-                token.clone(),
+            NetworkSide::Listen(listener) => tokio::spawn(up_while(
+                network_up.clone(),
+                server::listen(
+                    listener,
+                    flow.clone(),
+                    limits,
+                    max_connections,
+                    token.clone(),
+                ),
             )),
-            NetworkSide::Dial(addr) => {
-                tokio::spawn(server::dial(addr, flow.clone(), limits, token.clone()))
-            }
+            NetworkSide::Dial(addr) => tokio::spawn(up_while(
+                network_up.clone(),
+                server::dial(addr, flow.clone(), limits, token.clone()),
+            )),
         };
+        let health = Health::new()
+            .check("network", move || network_up.load(Ordering::Relaxed))
+            .check("store", {
+                let cards = cards.clone();
+                move || !cards.store_failed()
+            })
+            .check("issuer", {
+                let issuer = issuer.clone();
+                move || issuer.connected() > 0
+            });
+        let api_task = tokio::spawn(api.serve(cards.clone(), health, token.clone()));
 
         shutdown.await;
         tracing::info!("shutting down: no new connections, draining requests in flight");
         token.cancel();
         let _ = network_task.await;
+        // The API lets calls in flight finish; a client that never ends its call is cut.
+        if tokio::time::timeout(Duration::from_secs(10), api_task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("API calls still open at shutdown were cut");
+        }
         let _ = gauges_task.await;
         let _ = metrics_task.await;
         drop(flow);
@@ -271,6 +316,13 @@ impl App {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Runs `task`, with `up` true until it ends (the network check of `/healthz`).
+async fn up_while(up: Arc<AtomicBool>, task: impl Future<Output = ()>) {
+    up.store(true, Ordering::Relaxed);
+    task.await;
+    up.store(false, Ordering::Relaxed);
 }
 
 /// Keeps `vpan_cards{status}` current.

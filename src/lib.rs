@@ -9,11 +9,13 @@
 //!   decision, holds, reversals and repeats, behind the [`cards::Cards`] facade.
 //! - [`store`]: durability: the group-commit journal, snapshots, real PANs encrypted at rest.
 //! - [`switch`]: the link itself: network connections, the authorization flow, the issuer link.
+//! - [`api`]: the HTTPS issuance API (axum over rustls) and its client, `vpan card`.
 //! - [`app`]: the running switch: build (bind, recover), addresses, run until shutdown.
 //! - [`config`]: the typed configuration, file + environment, validated at start.
 //! - [`logging`]: human or JSON log lines on stderr.
 //! - [`metrics`]: the contract's metric names, described once, and the `/metrics` endpoint.
 
+pub mod api;
 pub mod app;
 pub mod cards;
 pub mod config;

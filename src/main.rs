@@ -23,6 +23,8 @@ struct Cli {
 enum Command {
     /// The switch: network listener, issuer link, HTTPS issuance API, metrics.
     Serve(ServeArgs),
+    /// A client of the HTTPS issuance API: create, show, pause, resume, close, list.
+    Card(Box<vpan::api::client::CardArgs>),
 }
 
 /// Options of `vpan serve`.
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Card(args) => return vpan::api::client::main(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

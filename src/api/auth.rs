@@ -1,0 +1,144 @@
+//! Who may call the API: one bearer token, compared in constant time.
+//!
+//! The token comes from `api.token`, or, when that is empty, from `<data_dir>/api-token`,
+//! made at first start (32 random bytes as hex, mode 0600) and reused after, so an operator
+//! reads it from a file that only vpan's user can open. The log says where the file is,
+//! never what it holds. Every call but `/healthz` and the OpenAPI document needs it.
+
+use std::fs::OpenOptions;
+use std::io::{Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use rand::RngExt;
+use subtle::ConstantTimeEq;
+
+use super::error::ApiError;
+use crate::config::Secret;
+
+/// File name of the generated token inside the data directory.
+pub const TOKEN_FILE: &str = "api-token";
+
+/// The token a caller must present, kept as bytes for the constant-time compare.
+#[derive(Clone)]
+pub struct Token(Arc<Secret>);
+
+impl Token {
+    /// Wraps the configured or generated secret.
+    pub fn new(secret: Secret) -> Token {
+        Token(Arc::new(secret))
+    }
+
+    /// True when `presented` is the token. Constant time in the token's content (the
+    /// length may show, and a generated token's length is public anyway).
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        let expected = self.0.expose().as_bytes();
+        !expected.is_empty() && bool::from(expected.ct_eq(presented))
+    }
+}
+
+/// Uses `configured` when set; otherwise reads `<data_dir>/api-token`, creating it (0600)
+/// at first start. Returns the secret and the file it came from, if any.
+pub fn load_or_create(
+    configured: &Secret,
+    data_dir: &Path,
+) -> std::io::Result<(Secret, Option<PathBuf>)> {
+    if !configured.is_empty() {
+        return Ok((configured.clone(), None));
+    }
+    std::fs::create_dir_all(data_dir)?;
+    let path = data_dir.join(TOKEN_FILE);
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+    {
+        Ok(mut file) => {
+            let mut raw = [0u8; 32];
+            rand::rng().fill(&mut raw[..]);
+            let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+            file.write_all(token.as_bytes())?;
+            file.write_all(b"\n")?;
+            file.sync_all()?;
+            tracing::info!(path = %path.display(), "created the API token file");
+            Ok((Secret::new(token), Some(path)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let mut file = OpenOptions::new().read(true).open(&path)?;
+            if file.metadata()?.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(path = %path.display(), "the API token file is readable by group or others; it should be 0600");
+            }
+            let mut text = String::new();
+            file.read_to_string(&mut text)?;
+            let token = text.trim();
+            if token.is_empty() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{} is empty; delete it to make a new token", path.display()),
+                ));
+            }
+            tracing::info!(path = %path.display(), "API token read from file");
+            Ok((Secret::new(token), Some(path)))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Middleware: lets the request through only with `Authorization: Bearer <token>`.
+pub async fn require_token(State(token): State<Token>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .map(<[u8]>::trim_ascii);
+    match presented {
+        Some(p) if token.matches(p) => next.run(request).await,
+        _ => ApiError::unauthorized().into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_exact_token_matches() {
+        let t = Token::new(Secret::new("abc123"));
+        assert!(t.matches(b"abc123"));
+        assert!(!t.matches(b"abc124"));
+        assert!(!t.matches(b"abc12"));
+        assert!(!t.matches(b""));
+    }
+
+    #[test]
+    fn an_empty_token_matches_nothing() {
+        assert!(!Token::new(Secret::default()).matches(b""));
+    }
+
+    #[test]
+    fn a_generated_token_is_made_once_with_mode_0600_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, path) = load_or_create(&Secret::default(), dir.path()).unwrap();
+        let path = path.unwrap();
+        assert_eq!(first.expose().len(), 64);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let (second, _) = load_or_create(&Secret::default(), dir.path()).unwrap();
+        assert_eq!(first, second);
+    }
+
+    #[test]
+    fn a_configured_token_is_used_and_no_file_is_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let (t, path) = load_or_create(&Secret::new("configured"), dir.path()).unwrap();
+        assert_eq!(t.expose(), "configured");
+        assert!(path.is_none());
+        assert!(!dir.path().join(TOKEN_FILE).exists());
+    }
+}

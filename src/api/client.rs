@@ -1,0 +1,593 @@
+//! `vpan card`: the operators' client of the issuance API.
+//!
+//! It speaks only HTTPS to a running `vpan serve` (never to the data directory), so it
+//! works the same on the switch's host and from an operator's desk. It trusts the PEM given
+//! by `--ca` (the self-signed `tls-cert.pem` of the data dir works), and reads the token
+//! from `--token`/`VPAN_TOKEN` or a file, so the token need not sit in the shell history.
+//! When neither is given, `./vpan-data/tls-cert.pem` and `./vpan-data/api-token` are used
+//! if they exist: on the switch's own host, in its working directory, it just works.
+//!
+//! Exit status: 0 on success; 1 on an API or connection error, with one line naming the
+//! API's error code and message; 2 on a usage error (clap's, or no token at all).
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+/// `vpan card ...`: create, show, pause, resume, close, list.
+#[derive(Args, Debug)]
+pub struct CardArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: CardCommand,
+    /// Base URL of the API.
+    #[arg(
+        long,
+        env = "VPAN_URL",
+        default_value = "https://127.0.0.1:8443",
+        global = true
+    )]
+    pub url: String,
+    /// Bearer token (default: the content of ./vpan-data/api-token).
+    #[arg(long, env = "VPAN_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// Read the bearer token from this file (e.g. <data_dir>/api-token).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+    /// PEM certificate to trust (default: ./vpan-data/tls-cert.pem when it exists).
+    #[arg(long, env = "VPAN_CA", value_name = "PEM", global = true)]
+    pub ca: Option<PathBuf>,
+    /// Print the API's JSON instead of readable text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// The `vpan card` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum CardCommand {
+    /// Issue a virtual card for a real card; prints the new vPAN.
+    Create(CreateArgs),
+    /// Show a card: status, remaining amount, uses, controls.
+    Show {
+        /// The vPAN.
+        vpan: String,
+        /// Show the card's recent decisions instead, newest first.
+        #[arg(long)]
+        transactions: bool,
+    },
+    /// Pause a card: authorizations are declined (62) until it is resumed.
+    Pause {
+        /// The vPAN.
+        vpan: String,
+    },
+    /// Resume a paused card.
+    Resume {
+        /// The vPAN.
+        vpan: String,
+    },
+    /// Close a card for good: authorizations are declined (46).
+    Close {
+        /// The vPAN.
+        vpan: String,
+    },
+    /// List cards in vPAN order, one page at a time.
+    List {
+        /// Cards per page (1 to 1000).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Start after this vPAN (the "next" hint of the previous page).
+        #[arg(long)]
+        after: Option<String>,
+        /// Follow every page to the end.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+/// The controls of a new card.
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    /// The real card number ("-" reads it from standard input, out of the shell history).
+    #[arg(long)]
+    pub pan: String,
+    /// The real card's expiry, YYMM.
+    #[arg(long, value_name = "YYMM")]
+    pub pan_expiry: String,
+    /// ISO 4217 numeric currency of the limits, e.g. 978.
+    #[arg(long)]
+    pub currency: String,
+    /// Cumulative cap, minor units.
+    #[arg(long, value_name = "MINOR_UNITS")]
+    pub amount_limit: i64,
+    /// Largest single purchase, minor units.
+    #[arg(long, value_name = "MINOR_UNITS")]
+    pub per_transaction_limit: Option<i64>,
+    /// Approved purchases allowed (1: single use).
+    #[arg(long)]
+    pub max_uses: Option<i64>,
+    /// Validity from now: 90s, 30m, 2h, 30d or 2w.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, conflicts_with = "valid_until")]
+    pub valid_for: Option<u64>,
+    /// End of validity, RFC 3339 (e.g. 2026-12-31T23:59:59Z).
+    #[arg(long, value_name = "TIME")]
+    pub valid_until: Option<String>,
+    /// none, first-use, or a merchant's acceptor ID (DE 42).
+    #[arg(
+        long,
+        value_name = "none|first-use|ACCEPTOR_ID",
+        default_value = "none"
+    )]
+    pub merchant_lock: String,
+    /// Only these MCCs, comma-separated.
+    #[arg(long, value_name = "MCC,...", value_delimiter = ',')]
+    pub mcc_allow: Vec<String>,
+    /// Never these MCCs, comma-separated.
+    #[arg(long, value_name = "MCC,...", value_delimiter = ',')]
+    pub mcc_block: Vec<String>,
+}
+
+/// Reads `90s`, `30m`, `2h`, `30d`, `2w` (or plain seconds) as seconds.
+pub fn parse_duration(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 30d or 2h"))?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return Err(format!("{text:?}: the unit is one of s, m, h, d, w")),
+    };
+    match n.checked_mul(scale) {
+        Some(0) | None => Err(format!("{text:?} must be above zero and not absurdly long")),
+        Some(secs) => Ok(secs),
+    }
+}
+
+/// How a command failed.
+enum Failure {
+    /// The command line cannot work as given (exit 2).
+    Usage(String),
+    /// The API or the connection said no (exit 1).
+    Failed(String),
+}
+
+/// Runs `vpan card ...`; prints the result or one error line, returns the exit status.
+pub fn main(args: CardArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vpan: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(m)) => {
+            eprintln!("vpan: {m}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Failed(m)) => {
+            eprintln!("vpan: {m}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// A connection to the API.
+struct Api {
+    /// HTTPS client trusting only `--ca` (or the data dir's certificate).
+    http: reqwest::Client,
+    /// Base URL without a trailing slash.
+    base: String,
+    /// The bearer token.
+    token: String,
+}
+
+async fn run(args: CardArgs) -> Result<(), Failure> {
+    let api = connect(&args)?;
+    let json_out = args.json;
+    match args.command {
+        CardCommand::Create(c) => {
+            let body = create_body(c)?;
+            let card = api
+                .call(reqwest::Method::POST, "/v1/cards", Some(body))
+                .await?;
+            print_card(&card, json_out);
+        }
+        CardCommand::Show { vpan, transactions } => {
+            if transactions {
+                let list = api
+                    .call(
+                        reqwest::Method::GET,
+                        &format!("/v1/cards/{}/transactions", path(&vpan)),
+                        None,
+                    )
+                    .await?;
+                print_transactions(&list, json_out);
+            } else {
+                let card = api
+                    .call(
+                        reqwest::Method::GET,
+                        &format!("/v1/cards/{}", path(&vpan)),
+                        None,
+                    )
+                    .await?;
+                print_card(&card, json_out);
+            }
+        }
+        CardCommand::Pause { vpan } => status(&api, &vpan, "pause", json_out).await?,
+        CardCommand::Resume { vpan } => status(&api, &vpan, "resume", json_out).await?,
+        CardCommand::Close { vpan } => status(&api, &vpan, "close", json_out).await?,
+        CardCommand::List { limit, after, all } => {
+            let mut after = after;
+            let mut header = !json_out;
+            loop {
+                let mut url = format!("/v1/cards?limit={limit}");
+                if let Some(a) = &after {
+                    url.push_str(&format!("&after={}", path(a)));
+                }
+                let page = api.call(reqwest::Method::GET, &url, None).await?;
+                print_page(&page, json_out, header);
+                header = false;
+                after = page["next_after"].as_str().map(str::to_string);
+                match (&after, all) {
+                    (Some(_), true) => continue,
+                    (Some(next), false) if !json_out => {
+                        eprintln!("more: vpan card list --after {next}");
+                    }
+                    _ => {}
+                }
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn status(api: &Api, vpan: &str, verb: &str, json_out: bool) -> Result<(), Failure> {
+    let card = api
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/cards/{}/{verb}", path(vpan)),
+            None,
+        )
+        .await?;
+    print_card(&card, json_out);
+    Ok(())
+}
+
+/// Keeps a path segment to digits, so nothing typed can change the path.
+fn path(vpan: &str) -> String {
+    vpan.chars().filter(char::is_ascii_alphanumeric).collect()
+}
+
+fn connect(args: &CardArgs) -> Result<Api, Failure> {
+    let default_dir = Path::new("vpan-data");
+    let token = match (&args.token_file, &args.token) {
+        (Some(file), _) => read_token(file)?,
+        (None, Some(t)) => t.trim().to_string(),
+        (None, None) if default_dir.join("api-token").exists() => {
+            read_token(&default_dir.join("api-token"))?
+        }
+        (None, None) => {
+            return Err(Failure::Usage(
+                "no API token: pass --token-file <data_dir>/api-token, --token or VPAN_TOKEN"
+                    .into(),
+            ));
+        }
+    };
+    let ca = args
+        .ca
+        .clone()
+        .or_else(|| Some(default_dir.join("tls-cert.pem")).filter(|p| p.exists()));
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .timeout(Duration::from_secs(30))
+        .connect_timeout(Duration::from_secs(5));
+    if let Some(ca) = ca {
+        let pem = std::fs::read(&ca)
+            .map_err(|e| Failure::Usage(format!("--ca {}: {e}", ca.display())))?;
+        let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
+            Failure::Usage(format!("--ca {}: not a PEM certificate: {e}", ca.display()))
+        })?;
+        builder = builder.add_root_certificate(cert);
+    }
+    let http = builder
+        .build()
+        .map_err(|e| Failure::Failed(format!("cannot set up HTTPS: {}", chain(&e))))?;
+    Ok(Api {
+        http,
+        base: args.url.trim_end_matches('/').to_string(),
+        token,
+    })
+}
+
+fn read_token(file: &Path) -> Result<String, Failure> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| Failure::Usage(format!("--token-file {}: {e}", file.display())))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(Failure::Usage(format!(
+            "--token-file {} is empty",
+            file.display()
+        )));
+    }
+    Ok(token.to_string())
+}
+
+impl Api {
+    /// One call; the JSON answer on success, the API's error as one line otherwise.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, Failure> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.http.request(method, &url).bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.map_err(|e| {
+            let mut m = format!("cannot reach {}: {}", self.base, chain(&e));
+            if m.contains("certificate") {
+                m.push_str(" (pass --ca with the API's certificate, e.g. vpan-data/tls-cert.pem)");
+            }
+            Failure::Failed(m)
+        })?;
+        let status = response.status();
+        let text = response
+            .text()
+            .await
+            .map_err(|e| Failure::Failed(format!("reading the answer: {}", chain(&e))))?;
+        let value: Option<Value> = serde_json::from_str(&text).ok();
+        if status.is_success() {
+            return value
+                .ok_or_else(|| Failure::Failed(format!("the answer to {path} is not JSON")));
+        }
+        let error = value.as_ref().map(|v| &v["error"]);
+        match error.and_then(|e| Some((e["code"].as_str()?, e["message"].as_str()?))) {
+            Some((code, message)) => Err(Failure::Failed(format!(
+                "{code}: {message} (HTTP {})",
+                status.as_u16()
+            ))),
+            None => Err(Failure::Failed(format!("HTTP {status} from {path}"))),
+        }
+    }
+}
+
+/// An error with its sources, on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn create_body(c: CreateArgs) -> Result<Value, Failure> {
+    let pan = if c.pan == "-" {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| Failure::Usage(format!("--pan -: cannot read standard input: {e}")))?;
+        line.trim().to_string()
+    } else {
+        c.pan
+    };
+    let mut body = json!({
+        "pan": pan,
+        "pan_expiry": c.pan_expiry,
+        "currency": c.currency,
+        "amount_limit": c.amount_limit,
+        "merchant_lock": match c.merchant_lock.as_str() {
+            "none" => json!("none"),
+            "first-use" | "first_use" => json!("first_use"),
+            id => json!({"acceptor_id": id}),
+        },
+        "mcc_allow": c.mcc_allow,
+        "mcc_block": c.mcc_block,
+    });
+    let fields = [
+        (
+            "per_transaction_limit",
+            c.per_transaction_limit.map(Value::from),
+        ),
+        ("max_uses", c.max_uses.map(Value::from)),
+        ("valid_for_seconds", c.valid_for.map(Value::from)),
+        ("valid_until", c.valid_until.map(Value::from)),
+    ];
+    if let Some(map) = body.as_object_mut() {
+        for (key, value) in fields {
+            if let Some(v) = value {
+                map.insert(key.to_string(), v);
+            }
+        }
+    }
+    Ok(body)
+}
+
+fn print_json(v: &Value) {
+    let text = serde_json::to_string_pretty(v).unwrap_or_default();
+    let _ = writeln!(std::io::stdout(), "{text}");
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn print_card(card: &Value, json_out: bool) {
+    if json_out {
+        return print_json(card);
+    }
+    let uses = match &card["max_uses"] {
+        Value::Null => format!("{} (no limit)", s(&card["uses"])),
+        max => format!("{} of {}", s(&card["uses"]), s(max)),
+    };
+    let lock = match &card["merchant_lock"] {
+        Value::Object(m) => format!(
+            "merchant {}",
+            m.get("acceptor_id").map(s).unwrap_or_default()
+        ),
+        other => s(other),
+    };
+    let list = |v: &Value| {
+        v.as_array()
+            .filter(|a| !a.is_empty())
+            .map_or("-".to_string(), |a| {
+                a.iter().map(s).collect::<Vec<_>>().join(", ")
+            })
+    };
+    let lines = [
+        ("vPAN", s(&card["vpan"])),
+        ("expiry", s(&card["expiry"])),
+        ("status", s(&card["status"])),
+        (
+            "remaining",
+            format!(
+                "{} of {} (minor units, currency {})",
+                s(&card["available"]),
+                s(&card["amount_limit"]),
+                s(&card["currency"])
+            ),
+        ),
+        (
+            "spent / held",
+            format!("{} / {}", s(&card["spent"]), s(&card["held"])),
+        ),
+        ("per purchase", s(&card["per_transaction_limit"])),
+        ("uses", uses),
+        ("valid until", s(&card["valid_until"])),
+        ("merchant lock", lock),
+        ("MCC allow", list(&card["mcc_allow"])),
+        ("MCC block", list(&card["mcc_block"])),
+        ("real card", s(&card["pan_masked"])),
+        ("created", s(&card["created_at"])),
+    ];
+    let mut out = std::io::stdout().lock();
+    for (name, value) in lines {
+        let _ = writeln!(out, "{name:<14} {value}");
+    }
+}
+
+fn print_page(page: &Value, json_out: bool, header: bool) {
+    if json_out {
+        return print_json(page);
+    }
+    let mut out = std::io::stdout().lock();
+    if header {
+        let _ = writeln!(
+            out,
+            "{:<19}  {:<6}  {:<6}  {:>12}  {:>12}  {:<3}  REAL CARD",
+            "VPAN", "EXPIRY", "STATUS", "AVAILABLE", "LIMIT", "CUR"
+        );
+    }
+    for c in page["cards"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "{:<19}  {:<6}  {:<6}  {:>12}  {:>12}  {:<3}  {}",
+            s(&c["vpan"]),
+            s(&c["expiry"]),
+            s(&c["status"]),
+            s(&c["available"]),
+            s(&c["amount_limit"]),
+            s(&c["currency"]),
+            s(&c["pan_masked"])
+        );
+    }
+}
+
+fn print_transactions(list: &Value, json_out: bool) {
+    if json_out {
+        return print_json(list);
+    }
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "{:<20}  {:<4}  {:>12}  {:<2}  {:<7}  MERCHANT",
+        "TIME", "MTI", "AMOUNT", "RC", "BY"
+    );
+    for t in list["transactions"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "{:<20}  {:<4}  {:>12}  {:<2}  {:<7}  {}",
+            s(&t["time"]),
+            s(&t["mti"]),
+            s(&t["amount"]),
+            s(&t["response_code"]),
+            s(&t["decided_by"]),
+            s(&t["merchant"])
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_their_unit() {
+        assert_eq!(parse_duration("90s"), Ok(90));
+        assert_eq!(parse_duration("30m"), Ok(1800));
+        assert_eq!(parse_duration("2h"), Ok(7200));
+        assert_eq!(parse_duration("30d"), Ok(2_592_000));
+        assert_eq!(parse_duration("2w"), Ok(1_209_600));
+        assert_eq!(parse_duration("45"), Ok(45));
+        assert!(parse_duration("0d").is_err());
+        assert!(parse_duration("3x").is_err());
+        assert!(parse_duration("d").is_err());
+    }
+
+    #[test]
+    fn a_path_segment_keeps_only_letters_and_digits() {
+        assert_eq!(path("4970/../10"), "497010");
+    }
+
+    #[test]
+    fn a_merchant_lock_flag_becomes_the_api_value() {
+        let args = |lock: &str| CreateArgs {
+            pan: "4970101234567893".into(),
+            pan_expiry: "2912".into(),
+            currency: "978".into(),
+            amount_limit: 100,
+            per_transaction_limit: None,
+            max_uses: Some(1),
+            valid_for: Some(60),
+            valid_until: None,
+            merchant_lock: lock.into(),
+            mcc_allow: vec![],
+            mcc_block: vec![],
+        };
+        let body = |lock: &str| create_body(args(lock)).ok().unwrap();
+        assert_eq!(body("first-use")["merchant_lock"], json!("first_use"));
+        assert_eq!(body("none")["merchant_lock"], json!("none"));
+        assert_eq!(
+            body("SHOP1")["merchant_lock"],
+            json!({"acceptor_id": "SHOP1"})
+        );
+        assert_eq!(body("none")["valid_for_seconds"], json!(60));
+        assert!(body("none").get("valid_until").is_none());
+    }
+}

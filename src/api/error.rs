@@ -1,0 +1,149 @@
+//! The contract's error shape, `{"error": {"code": "...", "message": "..."}}`, for every
+//! answer that is not a success: validation, auth, unknown cards, conflicts, overload, and
+//! axum's own rejections (malformed JSON, a body over the limit), so a client never has to
+//! parse two kinds of error.
+//!
+//! Messages name the field at fault and never carry a card number: any run of 12 or more
+//! digits in a message (serde echoes the value it could not read) is masked on the way out.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::pan::Masked;
+
+/// An API error: the HTTP status, a stable machine-readable code, a message for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// Stable code clients can branch on (`invalid_value`, `not_found`, ...).
+    pub code: &'static str,
+    /// What went wrong and what to fix; names the field for validation errors.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error with this status, code and message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: mask_card_numbers(&message.into()),
+        }
+    }
+
+    /// 400: the request could not be read (malformed JSON, an unknown key, a wrong type).
+    pub fn malformed(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "malformed", message)
+    }
+
+    /// 401: the bearer token is missing or wrong.
+    pub fn unauthorized() -> ApiError {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required: Authorization: Bearer <api token>",
+        )
+    }
+
+    /// 404: no card with this number.
+    pub fn card_not_found() -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", "no card with this vPAN")
+    }
+
+    /// 409: the change is not possible in the card's state.
+    pub fn conflict(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, "conflict", message)
+    }
+
+    /// 422: a value is invalid; `message` starts with the field's name.
+    pub fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", message)
+    }
+
+    /// 503: vpan cannot do it now (the store failed, too many requests at once).
+    pub fn unavailable(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+    }
+}
+
+/// The JSON body of an error.
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Inner<'a>,
+}
+
+#[derive(Serialize)]
+struct Inner<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Body {
+            error: Inner {
+                code: self.code,
+                message: &self.message,
+            },
+        };
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        response
+    }
+}
+
+/// Masks every run of 12 or more digits (a card number, real or virtual) as first 6 and
+/// last 4, so that no error message can carry one.
+pub fn mask_card_numbers(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let run = bytes[i..].iter().take_while(|b| b.is_ascii_digit()).count();
+        if run >= 12 {
+            out.push_str(&Masked(&bytes[i..i + run]).to_string());
+            i += run;
+        } else if run > 0 {
+            out.push_str(&text[i..i + run]);
+            i += run;
+        } else {
+            // Copy one whole character (the text may hold non-ASCII).
+            let len = text[i..].chars().next().map_or(1, char::len_utf8);
+            out.push_str(&text[i..i + len]);
+            i += len;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn card_numbers_in_a_message_are_masked_and_short_numbers_kept() {
+        assert_eq!(
+            mask_card_numbers("invalid type: integer `4970101234567893`, expected a string"),
+            "invalid type: integer `497010******7893`, expected a string"
+        );
+        assert_eq!(
+            mask_card_numbers("line 1 column 42: 978 €"),
+            "line 1 column 42: 978 €"
+        );
+    }
+
+    #[test]
+    fn an_error_carries_its_status_code_and_message() {
+        let e = ApiError::invalid("pan: fails the Luhn check");
+        assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(e.code, "invalid_value");
+        assert!(e.message.starts_with("pan"));
+    }
+}

@@ -1,0 +1,215 @@
+//! The HTTPS issuance API (contract section 5): issuers create and steer virtual cards.
+//!
+//! A call goes through these files in this order:
+//!
+//! - [`tls`]: the certificate (configured, or self-signed at first start) and the listener
+//!   that hands axum finished TLS handshakes, with a connection cap;
+//! - this module: the layers every call passes: a cap on calls in flight (503 beyond it),
+//!   the body size limit (413), and [`auth`]'s bearer token check (401);
+//! - [`routes`]: one handler per endpoint over the [`Cards`] facade; the router is built
+//!   from one table that the OpenAPI document is tested against;
+//! - [`model`]: the request and answer bodies and the checks that name the field at fault;
+//! - [`error`]: the contract's error shape for everything that is not a success.
+//!
+//! [`client`] is the other end: `vpan card`, a small client for operators.
+//!
+//! The API never holds a card lock across an `.await`, never returns or logs a real PAN
+//! (only masked), and answers an issuance only once it is durable.
+
+pub mod auth;
+pub mod client;
+pub mod error;
+pub mod model;
+pub mod routes;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::cards::Cards;
+use crate::config::ApiConfig;
+use error::ApiError;
+
+/// Largest request body accepted (a card request is well under 1 KiB).
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// Calls served at once; one more is answered 503 at once rather than queued.
+pub const MAX_IN_FLIGHT: usize = 512;
+
+/// One health probe: true while its part is up. Cheap, synchronous, never blocks.
+pub type Probe = Box<dyn Fn() -> bool + Send + Sync>;
+
+/// What `/healthz` asks: named checks, each a cheap closure the [`App`](crate::app::App)
+/// provides, so the API knows nothing of the switch's internals.
+#[derive(Default)]
+pub struct Health {
+    /// Name and probe of each check, in report order.
+    checks: Vec<(&'static str, Probe)>,
+}
+
+impl Health {
+    /// No checks yet (healthy).
+    pub fn new() -> Health {
+        Health::default()
+    }
+
+    /// Adds a check: `probe` returns true while `name` is up.
+    pub fn check(
+        mut self,
+        name: &'static str,
+        probe: impl Fn() -> bool + Send + Sync + 'static,
+    ) -> Health {
+        self.checks.push((name, Box::new(probe)));
+        self
+    }
+
+    /// Runs every check.
+    pub fn run(&self) -> Vec<(&'static str, bool)> {
+        self.checks.iter().map(|(n, f)| (*n, f())).collect()
+    }
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The virtual cards.
+    pub cards: Arc<Cards>,
+    /// The probes of `/healthz`.
+    pub health: Arc<Health>,
+}
+
+/// Why the API could not start; names the file or setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiSetupError {
+    /// The certificate or key.
+    #[error("api TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    /// The token file.
+    #[error("api token file {path}: {source}")]
+    Token {
+        /// `<data_dir>/api-token`.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+}
+
+/// The API, bound and set up (certificate and token ready), not yet serving.
+pub struct ApiServer {
+    /// The bound TCP listener.
+    listener: TcpListener,
+    /// Certificate and key.
+    tls: Arc<rustls::ServerConfig>,
+    /// The bearer token.
+    token: auth::Token,
+    /// Where the certificate is (to tell operators what to trust).
+    files: tls::TlsFiles,
+}
+
+impl ApiServer {
+    /// Loads or makes the certificate and the token (in `data_dir` when not configured)
+    /// for a bound listener. Logs where the files are, never the token.
+    pub fn new(
+        listener: TcpListener,
+        config: &ApiConfig,
+        data_dir: &Path,
+    ) -> Result<ApiServer, ApiSetupError> {
+        let files = tls::files(&config.tls_cert, &config.tls_key, data_dir)?;
+        let tls = tls::server_config(&files)?;
+        if files.generated {
+            tracing::info!(cert = %files.cert.display(), key = %files.key.display(), "made a self-signed API certificate for localhost and 127.0.0.1; clients trust the cert file");
+        }
+        let (secret, token_file) =
+            auth::load_or_create(&config.token, data_dir).map_err(|source| {
+                ApiSetupError::Token {
+                    path: data_dir.join(auth::TOKEN_FILE),
+                    source,
+                }
+            })?;
+        match token_file {
+            Some(path) => {
+                tracing::info!(path = %path.display(), "API bearer token is in this file")
+            }
+            None => tracing::info!("API bearer token from api.token"),
+        }
+        Ok(ApiServer {
+            listener,
+            tls,
+            token: auth::Token::new(secret),
+            files,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The certificate file served (trust it when self-signed).
+    pub fn cert_file(&self) -> &Path {
+        &self.files.cert
+    }
+
+    /// Serves until `shutdown`, then lets calls in flight finish.
+    pub async fn serve(
+        self,
+        cards: Arc<Cards>,
+        health: Health,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<()> {
+        let listener = tls::TlsListener::start(self.listener, self.tls, shutdown.clone())?;
+        let state = ApiState {
+            cards,
+            health: Arc::new(health),
+        };
+        axum::serve(listener, router(state, self.token))
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+    }
+}
+
+/// The whole API as a router: the route table, the token on the calls that need it, the
+/// body limit, and the cap on calls in flight around everything.
+pub fn router(state: ApiState, token: auth::Token) -> Router {
+    let mut open = Router::new();
+    let mut guarded = Router::new();
+    for r in routes::table() {
+        if r.auth {
+            guarded = guarded.route(r.path, r.handler);
+        } else {
+            open = open.route(r.path, r.handler);
+        }
+    }
+    let guarded = guarded.layer(middleware::from_fn_with_state(token, auth::require_token));
+    open.merge(guarded)
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(
+            Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            limit_in_flight,
+        ))
+        .with_state(state)
+}
+
+/// Answers 503 at once when [`MAX_IN_FLIGHT`] calls are already being served, so a flood
+/// gets a quick "try again" and never an unbounded queue.
+async fn limit_in_flight(
+    State(permits): State<Arc<Semaphore>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match permits.try_acquire() {
+        Ok(_permit) => next.run(request).await,
+        Err(_) => ApiError::unavailable("overloaded", "too many calls in flight; retry shortly")
+            .into_response(),
+    }
+}

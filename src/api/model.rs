@@ -1,0 +1,527 @@
+//! The API's bodies: what a caller sends and gets back, and the checks that turn a request
+//! into a [`CardSpec`]. Pure functions of the body and the clock, tested here as tables.
+//!
+//! Reading is strict (unknown keys are a 400, so a typo such as `max_use` is never silently
+//! dropped); values are then checked one by one, and each refusal (a 422) starts with the
+//! field's name. Amounts are read as signed numbers so that `-5` is a clear "must be
+//! positive" rather than a type error. Answers show the real card only masked.
+
+use std::num::{NonZeroU32, NonZeroU64};
+
+use serde::{Deserialize, Serialize};
+
+use super::error::ApiError;
+use crate::cards::card::{format_rfc3339, parse_rfc3339};
+use crate::cards::{
+    AcceptorId, CardSpec, CardView, Controls, Expiry, MerchantLock, RecentTx, UnixSeconds,
+};
+use crate::pan::Pan;
+
+/// A code given as a JSON string (`"978"`) or number (`978`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum Code {
+    /// As text: exactly the digits, leading zeros kept.
+    Text(String),
+    /// As a number.
+    Number(i64),
+}
+
+/// `merchant_lock` as sent: `"none"`, `"first_use"` or `{"acceptor_id": "..."}`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum LockBody {
+    /// `"none"` or `"first_use"`.
+    Name(String),
+    /// A fixed merchant (DE 42).
+    Acceptor {
+        /// The card acceptor ID, 1 to 15 printable characters.
+        acceptor_id: String,
+    },
+}
+
+/// `POST /v1/cards`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCard {
+    /// The real card number (Luhn-valid).
+    pub pan: String,
+    /// The real card's expiry, YYMM.
+    pub pan_expiry: String,
+    /// ISO 4217 numeric currency of the limits.
+    pub currency: Code,
+    /// Cumulative cap, minor units.
+    pub amount_limit: i64,
+    /// Largest single purchase, minor units.
+    #[serde(default)]
+    pub per_transaction_limit: Option<i64>,
+    /// Approved purchases allowed (1: single use).
+    #[serde(default)]
+    pub max_uses: Option<i64>,
+    /// End of validity, RFC 3339.
+    #[serde(default)]
+    pub valid_until: Option<String>,
+    /// Validity from now, in seconds (instead of `valid_until`).
+    #[serde(default)]
+    pub valid_for_seconds: Option<i64>,
+    /// Where the card may be used; default `"none"`.
+    #[serde(default)]
+    pub merchant_lock: Option<LockBody>,
+    /// MCCs allowed (empty: all).
+    #[serde(default)]
+    pub mcc_allow: Vec<Code>,
+    /// MCCs refused.
+    #[serde(default)]
+    pub mcc_block: Vec<Code>,
+}
+
+impl CreateCard {
+    /// Checks every value and builds the spec; the error names the first bad field.
+    pub fn into_spec(self, now: UnixSeconds) -> Result<CardSpec, ApiError> {
+        let pan = Pan::from_digits_checked(self.pan.as_bytes())
+            .map_err(|e| ApiError::invalid(format!("pan: {e}")))?;
+        let pan_expiry = Expiry::parse(self.pan_expiry.as_bytes()).ok_or_else(|| {
+            ApiError::invalid("pan_expiry: must be the real card's expiry as YYMM, e.g. \"2912\"")
+        })?;
+        if pan_expiry.as_str() < Expiry::of_time(now).as_str() {
+            return Err(ApiError::invalid(format!(
+                "pan_expiry: the real card expired at the end of {} (YYMM)",
+                pan_expiry.as_str()
+            )));
+        }
+        let currency = code(&self.currency, 3).ok_or_else(|| {
+            ApiError::invalid(
+                "currency: must be an ISO 4217 numeric code of 3 digits, e.g. \"978\"",
+            )
+        })?;
+        if currency == 0 {
+            return Err(ApiError::invalid("currency: 000 is not a currency"));
+        }
+        let amount_limit = positive("amount_limit", self.amount_limit)?;
+        let per_transaction_limit = match self.per_transaction_limit {
+            None => None,
+            Some(v) => {
+                let v = positive("per_transaction_limit", v)?;
+                if v > amount_limit {
+                    return Err(ApiError::invalid(format!(
+                        "per_transaction_limit: {v} is over amount_limit {amount_limit}"
+                    )));
+                }
+                NonZeroU64::new(v)
+            }
+        };
+        let max_uses = match self.max_uses {
+            None => None,
+            Some(v) => Some(
+                u32::try_from(v)
+                    .ok()
+                    .and_then(NonZeroU32::new)
+                    .ok_or_else(|| ApiError::invalid("max_uses: must be at least 1"))?,
+            ),
+        };
+        let valid_until = match (self.valid_until, self.valid_for_seconds) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::invalid(
+                    "valid_until: give valid_until or valid_for_seconds, not both",
+                ));
+            }
+            (Some(text), None) => {
+                let t = parse_rfc3339(&text).ok_or_else(|| {
+                    ApiError::invalid(
+                        "valid_until: must be an RFC 3339 time, e.g. \"2026-12-31T23:59:59Z\"",
+                    )
+                })?;
+                if t <= now {
+                    return Err(ApiError::invalid("valid_until: is in the past"));
+                }
+                t
+            }
+            (None, Some(secs)) => {
+                let secs = positive("valid_for_seconds", secs)?;
+                now.saturating_add(secs)
+            }
+            (None, None) => end_of_month(pan_expiry),
+        };
+        let merchant_lock = match self.merchant_lock {
+            None => MerchantLock::None,
+            Some(LockBody::Name(n)) if n == "none" => MerchantLock::None,
+            Some(LockBody::Name(n)) if n == "first_use" => MerchantLock::FirstUse,
+            Some(LockBody::Acceptor { acceptor_id }) => {
+                let id = acceptor_id.trim_end();
+                if id.is_empty() {
+                    return Err(ApiError::invalid(
+                        "merchant_lock.acceptor_id: must not be empty",
+                    ));
+                }
+                MerchantLock::Acceptor(AcceptorId::new(id.as_bytes()).ok_or_else(|| {
+                    ApiError::invalid(
+                        "merchant_lock.acceptor_id: must be 1 to 15 printable ASCII characters",
+                    )
+                })?)
+            }
+            Some(LockBody::Name(_)) => {
+                return Err(ApiError::invalid(
+                    "merchant_lock: must be \"none\", \"first_use\" or {\"acceptor_id\": \"...\"}",
+                ));
+            }
+        };
+        let mcc_allow = mccs("mcc_allow", &self.mcc_allow)?;
+        let mcc_block = mccs("mcc_block", &self.mcc_block)?;
+        Ok(CardSpec {
+            pan,
+            pan_expiry,
+            controls: Controls {
+                currency,
+                amount_limit,
+                per_transaction_limit,
+                max_uses,
+                valid_until,
+                merchant_lock,
+                mcc_allow,
+                mcc_block,
+            },
+        })
+    }
+}
+
+/// The most MCCs one list may hold.
+pub const MAX_MCCS: usize = 1000;
+
+fn positive(field: &str, v: i64) -> Result<u64, ApiError> {
+    u64::try_from(v)
+        .ok()
+        .filter(|&v| v > 0)
+        .ok_or_else(|| ApiError::invalid(format!("{field}: must be a positive amount")))
+}
+
+/// A numeric code of exactly `digits` digits (as text) or in range (as a number).
+fn code(c: &Code, digits: u32) -> Option<u16> {
+    match c {
+        Code::Text(t) if t.len() == digits as usize && t.bytes().all(|b| b.is_ascii_digit()) => {
+            t.parse().ok()
+        }
+        Code::Number(n) if (0..10i64.pow(digits)).contains(n) => u16::try_from(*n).ok(),
+        _ => None,
+    }
+}
+
+fn mccs(field: &str, list: &[Code]) -> Result<Vec<u16>, ApiError> {
+    if list.len() > MAX_MCCS {
+        return Err(ApiError::invalid(format!(
+            "{field}: at most {MAX_MCCS} codes"
+        )));
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, c)| {
+            code(c, 4).ok_or_else(|| {
+                ApiError::invalid(format!("{field}[{i}]: an MCC is 4 digits, e.g. \"5411\""))
+            })
+        })
+        .collect()
+}
+
+/// The last second of the month YYMM (a card is valid through its expiry month).
+fn end_of_month(e: Expiry) -> UnixSeconds {
+    let yy = u32::from(e.0[0] - b'0') * 10 + u32::from(e.0[1] - b'0');
+    let mm = u32::from(e.0[2] - b'0') * 10 + u32::from(e.0[3] - b'0');
+    let (y, m) = if mm == 12 { (yy + 1, 1) } else { (yy, mm + 1) };
+    let next = format!("{:04}-{m:02}-01T00:00:00Z", 2000 + y);
+    parse_rfc3339(&next).map_or(UnixSeconds::MAX, |t| t - 1)
+}
+
+/// `merchant_lock` as answered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum LockOut {
+    /// `"none"` or `"first_use"`.
+    Name(&'static str),
+    /// A fixed merchant.
+    Acceptor {
+        /// The card acceptor ID.
+        acceptor_id: String,
+    },
+}
+
+/// A card as answered by every card endpoint: status, counters and the controls. The vPAN
+/// in full (the caller is authorized and needs it), the real PAN only masked.
+#[derive(Clone, Debug, Serialize)]
+pub struct CardBody {
+    /// The virtual card number.
+    pub vpan: String,
+    /// The virtual expiry, YYMM.
+    pub expiry: String,
+    /// `active`, `paused` or `closed`.
+    pub status: &'static str,
+    /// The real card, first 6 and last 4 digits.
+    pub pan_masked: String,
+    /// ISO 4217 numeric, 3 digits.
+    pub currency: String,
+    /// Cumulative cap, minor units.
+    pub amount_limit: u64,
+    /// Per-purchase cap, minor units.
+    pub per_transaction_limit: Option<u64>,
+    /// Uses allowed.
+    pub max_uses: Option<u32>,
+    /// End of validity, RFC 3339 UTC.
+    pub valid_until: String,
+    /// Where the card may be used.
+    pub merchant_lock: LockOut,
+    /// MCCs allowed (empty: all), 4 digits each.
+    pub mcc_allow: Vec<String>,
+    /// MCCs refused.
+    pub mcc_block: Vec<String>,
+    /// Spent so far, minor units.
+    pub spent: u64,
+    /// Held by approvals waiting for the issuer.
+    pub held: u64,
+    /// Still available under the cap.
+    pub available: u64,
+    /// Uses counted.
+    pub uses: u32,
+    /// When issued, RFC 3339 UTC.
+    pub created_at: String,
+}
+
+impl From<&CardView> for CardBody {
+    fn from(v: &CardView) -> CardBody {
+        let c = &v.controls;
+        CardBody {
+            vpan: v.vpan.expose().to_string(),
+            expiry: v.expiry.as_str().to_string(),
+            status: v.status.as_str(),
+            pan_masked: v.real_pan_masked.clone(),
+            currency: format!("{:03}", c.currency),
+            amount_limit: c.amount_limit,
+            per_transaction_limit: c.per_transaction_limit.map(NonZeroU64::get),
+            max_uses: c.max_uses.map(NonZeroU32::get),
+            valid_until: format_rfc3339(c.valid_until),
+            merchant_lock: match c.merchant_lock {
+                MerchantLock::None => LockOut::Name("none"),
+                MerchantLock::FirstUse => LockOut::Name("first_use"),
+                MerchantLock::Acceptor(id) => LockOut::Acceptor {
+                    acceptor_id: id.as_str().to_string(),
+                },
+            },
+            mcc_allow: c.mcc_allow.iter().map(|m| format!("{m:04}")).collect(),
+            mcc_block: c.mcc_block.iter().map(|m| format!("{m:04}")).collect(),
+            spent: v.spent,
+            held: v.held,
+            available: v.available,
+            uses: v.uses,
+            created_at: format_rfc3339(v.created_at),
+        }
+    }
+}
+
+/// One decision on a card, as `GET /v1/cards/{vpan}/transactions` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct TransactionBody {
+    /// When it was decided, RFC 3339 UTC.
+    pub time: String,
+    /// The request's MTI.
+    pub mti: String,
+    /// Amount, minor units.
+    pub amount: u64,
+    /// DE 39 of the answer.
+    pub response_code: String,
+    /// `switch` or `issuer`.
+    pub decided_by: &'static str,
+    /// DE 42, when the request had one.
+    pub merchant: Option<String>,
+}
+
+impl From<&RecentTx> for TransactionBody {
+    fn from(t: &RecentTx) -> TransactionBody {
+        TransactionBody {
+            time: format_rfc3339(t.at),
+            mti: String::from_utf8_lossy(&t.mti).into_owned(),
+            amount: t.amount,
+            response_code: t.code.as_str().to_string(),
+            decided_by: t.decided_by.as_str(),
+            merchant: t.merchant.map(|m| m.as_str().to_string()),
+        }
+    }
+}
+
+/// `GET /v1/cards/{vpan}/transactions`.
+#[derive(Clone, Debug, Serialize)]
+pub struct TransactionList {
+    /// Newest first.
+    pub transactions: Vec<TransactionBody>,
+}
+
+/// `GET /v1/cards` query: `limit` (1 to [`MAX_PAGE`], default [`DEFAULT_PAGE`]) and
+/// `after` (the last vPAN of the previous page).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Page size.
+    pub limit: Option<String>,
+    /// Cards after this vPAN.
+    pub after: Option<String>,
+}
+
+/// Cards per page by default.
+pub const DEFAULT_PAGE: usize = 50;
+/// Cards per page at most.
+pub const MAX_PAGE: usize = 1000;
+
+/// `GET /v1/cards`.
+#[derive(Clone, Debug, Serialize)]
+pub struct CardList {
+    /// Cards in vPAN order.
+    pub cards: Vec<CardBody>,
+    /// Pass as `after` for the next page; `null` on the last page.
+    pub next_after: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 2026-11-26T15:29:42Z.
+    const NOW: u64 = 1_795_706_982;
+
+    fn body(extra: serde_json::Value) -> serde_json::Value {
+        let mut b = serde_json::json!({
+            "pan": "4970101234567893",
+            "pan_expiry": "2912",
+            "currency": "978",
+            "amount_limit": 10000
+        });
+        if let (Some(b), Some(extra)) = (b.as_object_mut(), extra.as_object()) {
+            for (k, v) in extra {
+                b.insert(k.clone(), v.clone());
+            }
+        }
+        b
+    }
+
+    fn check(extra: serde_json::Value) -> Result<CardSpec, ApiError> {
+        serde_json::from_value::<CreateCard>(body(extra))
+            .unwrap()
+            .into_spec(NOW)
+    }
+
+    #[test]
+    fn a_minimal_request_gives_a_card_valid_until_the_real_card_expires() {
+        let spec = check(serde_json::json!({})).unwrap();
+        assert_eq!(spec.controls.currency, 978);
+        assert_eq!(spec.controls.amount_limit, 10_000);
+        assert_eq!(
+            format_rfc3339(spec.controls.valid_until),
+            "2029-12-31T23:59:59Z"
+        );
+        assert_eq!(spec.controls.merchant_lock, MerchantLock::None);
+    }
+
+    #[test]
+    fn every_control_is_read() {
+        let spec = check(serde_json::json!({
+            "currency": 36,
+            "per_transaction_limit": 2500,
+            "max_uses": 3,
+            "valid_for_seconds": 3600,
+            "merchant_lock": {"acceptor_id": "SHOP0001"},
+            "mcc_allow": ["5411", 742],
+            "mcc_block": ["7995"]
+        }))
+        .unwrap();
+        let c = spec.controls;
+        assert_eq!(c.currency, 36);
+        assert_eq!(c.per_transaction_limit.map(NonZeroU64::get), Some(2500));
+        assert_eq!(c.max_uses.map(NonZeroU32::get), Some(3));
+        assert_eq!(c.valid_until, NOW + 3600);
+        assert_eq!(
+            c.merchant_lock,
+            MerchantLock::Acceptor(AcceptorId::new(b"SHOP0001").unwrap())
+        );
+        assert_eq!(c.mcc_allow, vec![5411, 742]);
+        assert_eq!(c.mcc_block, vec![7995]);
+    }
+
+    #[test]
+    fn each_invalid_value_is_refused_naming_its_field() {
+        let cases = [
+            (serde_json::json!({"pan": "4970101234567894"}), "pan"),
+            (serde_json::json!({"pan": "49701012"}), "pan"),
+            (serde_json::json!({"pan_expiry": "2913"}), "pan_expiry"),
+            (serde_json::json!({"pan_expiry": "12/29"}), "pan_expiry"),
+            (serde_json::json!({"pan_expiry": "2001"}), "pan_expiry"),
+            (serde_json::json!({"currency": "97"}), "currency"),
+            (serde_json::json!({"currency": "EUR"}), "currency"),
+            (serde_json::json!({"currency": 1000}), "currency"),
+            (serde_json::json!({"amount_limit": 0}), "amount_limit"),
+            (serde_json::json!({"amount_limit": -5}), "amount_limit"),
+            (
+                serde_json::json!({"per_transaction_limit": 0}),
+                "per_transaction_limit",
+            ),
+            (
+                serde_json::json!({"per_transaction_limit": 10001}),
+                "per_transaction_limit",
+            ),
+            (serde_json::json!({"max_uses": 0}), "max_uses"),
+            (
+                serde_json::json!({"valid_until": "2020-01-01T00:00:00Z"}),
+                "valid_until",
+            ),
+            (
+                serde_json::json!({"valid_until": "tomorrow"}),
+                "valid_until",
+            ),
+            (
+                serde_json::json!({"valid_until": "2030-01-01T00:00:00Z", "valid_for_seconds": 60}),
+                "valid_until",
+            ),
+            (
+                serde_json::json!({"valid_for_seconds": 0}),
+                "valid_for_seconds",
+            ),
+            (
+                serde_json::json!({"merchant_lock": "sometimes"}),
+                "merchant_lock",
+            ),
+            (
+                serde_json::json!({"merchant_lock": {"acceptor_id": "A MERCHANT ID TOO LONG"}}),
+                "merchant_lock.acceptor_id",
+            ),
+            (serde_json::json!({"mcc_allow": ["541"]}), "mcc_allow[0]"),
+            (
+                serde_json::json!({"mcc_block": ["5411", "54111"]}),
+                "mcc_block[1]",
+            ),
+        ];
+        for (extra, field) in cases {
+            let err = check(extra.clone()).unwrap_err();
+            assert_eq!(err.code, "invalid_value", "{extra}");
+            assert!(
+                err.message.starts_with(&format!("{field}:")),
+                "{extra} gave {:?}",
+                err.message
+            );
+            assert!(!err.message.contains("4970101234567894"));
+        }
+    }
+
+    #[test]
+    fn an_unknown_key_is_not_read() {
+        let err = serde_json::from_value::<CreateCard>(body(serde_json::json!({"max_use": 1})))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_use"), "{err}");
+    }
+
+    #[test]
+    fn the_end_of_a_month_is_its_last_second() {
+        assert_eq!(
+            format_rfc3339(end_of_month(Expiry(*b"2602"))),
+            "2026-02-28T23:59:59Z"
+        );
+        assert_eq!(
+            format_rfc3339(end_of_month(Expiry(*b"2812"))),
+            "2028-12-31T23:59:59Z"
+        );
+    }
+}

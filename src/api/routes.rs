@@ -1,0 +1,382 @@
+//! The endpoints: one small handler per call of the contract, over the [`Cards`] facade.
+//!
+//! The router is built from one table ([`table`]), which also says which calls need the
+//! token; the OpenAPI document is checked against that same table by a test, so the two
+//! cannot drift apart. Every handler answers either its body or an [`ApiError`]: nothing
+//! here panics on input, and the lock on a card is never held across an `.await` (the
+//! facade returns owned views).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get, post};
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+use super::model::{
+    CardBody, CardList, CreateCard, DEFAULT_PAGE, ListQuery, MAX_PAGE, TransactionBody,
+    TransactionList,
+};
+use super::{ApiState, Health};
+use crate::cards::{CardError, CardKey, CardView, IssueError, UnixSeconds};
+
+/// The OpenAPI 3 document of this API, served at `GET /v1/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// One call of the API.
+pub struct Route {
+    /// The HTTP method.
+    pub method: Method,
+    /// The path, with `{vpan}` for the card number.
+    pub path: &'static str,
+    /// Whether the bearer token is required.
+    pub auth: bool,
+    /// The handler.
+    pub handler: MethodRouter<ApiState>,
+}
+
+fn route(method: Method, path: &'static str, auth: bool, h: MethodRouter<ApiState>) -> Route {
+    Route {
+        method,
+        path,
+        auth,
+        handler: h,
+    }
+}
+
+/// Every call of the API: the router is built from this table and nothing else.
+pub fn table() -> Vec<Route> {
+    vec![
+        route(Method::POST, "/v1/cards", true, post(create_card)),
+        route(Method::GET, "/v1/cards", true, get(list_cards)),
+        route(Method::GET, "/v1/cards/{vpan}", true, get(show_card)),
+        route(
+            Method::POST,
+            "/v1/cards/{vpan}/pause",
+            true,
+            post(pause_card),
+        ),
+        route(
+            Method::POST,
+            "/v1/cards/{vpan}/resume",
+            true,
+            post(resume_card),
+        ),
+        route(
+            Method::POST,
+            "/v1/cards/{vpan}/close",
+            true,
+            post(close_card),
+        ),
+        route(
+            Method::GET,
+            "/v1/cards/{vpan}/transactions",
+            true,
+            get(transactions),
+        ),
+        route(Method::GET, "/healthz", false, get(healthz)),
+        route(Method::GET, "/v1/openapi.json", false, get(openapi)),
+    ]
+}
+
+/// A JSON body read strictly, with axum's rejections turned into the contract's errors:
+/// 400 for malformed JSON or an unknown key, 413 for a body over the limit, 415 without a
+/// JSON content type.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(JsonBody(v)),
+            Err(rejection) => Err(json_rejection(&rejection)),
+        }
+    }
+}
+
+fn json_rejection(r: &JsonRejection) -> ApiError {
+    match r.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is over {} bytes", super::MAX_BODY_BYTES),
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as JSON with Content-Type: application/json",
+        ),
+        _ => ApiError::malformed(r.body_text()),
+    }
+}
+
+fn now() -> UnixSeconds {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The card key of a path segment; anything that is not a card number is simply unknown.
+fn key(vpan: &str) -> Result<CardKey, ApiError> {
+    CardKey::from_digits(vpan.as_bytes()).ok_or_else(ApiError::card_not_found)
+}
+
+fn card_error(e: CardError) -> ApiError {
+    match e {
+        CardError::NotFound => ApiError::card_not_found(),
+        CardError::Closed => {
+            ApiError::conflict("the card is closed: it cannot be paused or resumed")
+        }
+        CardError::Store(e) => {
+            tracing::error!(error = %e, "card change not durable");
+            ApiError::unavailable(
+                "store_unavailable",
+                "the change could not be recorded durably; nothing changed",
+            )
+        }
+    }
+}
+
+fn card(view: &CardView) -> Json<CardBody> {
+    Json(CardBody::from(view))
+}
+
+/// `POST /v1/cards`: validates, issues, waits until the card is durable, answers 201.
+async fn create_card(
+    State(state): State<ApiState>,
+    JsonBody(request): JsonBody<CreateCard>,
+) -> Result<Response, ApiError> {
+    let now = now();
+    let spec = request.into_spec(now)?;
+    match state.cards.issue_durable(&spec, now).await {
+        Ok(view) => {
+            tracing::info!(vpan = %view.vpan, pan = %spec.pan, "card issued");
+            Ok((StatusCode::CREATED, card(&view)).into_response())
+        }
+        Err(IssueError::Invalid(message)) => Err(ApiError::invalid(message)),
+        Err(IssueError::Generate(e)) => {
+            tracing::error!(pan = %spec.pan, error = %e, "no vPAN could be drawn");
+            Err(ApiError::unavailable("no_vpan_available", e.to_string()))
+        }
+        Err(IssueError::Store(e)) => {
+            tracing::error!(error = %e, "issuance not durable");
+            Err(ApiError::unavailable(
+                "store_unavailable",
+                "the card could not be recorded durably; no card was issued",
+            ))
+        }
+    }
+}
+
+/// `GET /v1/cards/{vpan}`.
+async fn show_card(
+    State(state): State<ApiState>,
+    Path(vpan): Path<String>,
+) -> Result<Json<CardBody>, ApiError> {
+    let view = state
+        .cards
+        .get(key(&vpan)?)
+        .ok_or_else(ApiError::card_not_found)?;
+    Ok(card(&view))
+}
+
+/// `POST /v1/cards/{vpan}/pause`.
+async fn pause_card(
+    State(state): State<ApiState>,
+    Path(vpan): Path<String>,
+) -> Result<Json<CardBody>, ApiError> {
+    let view = state.cards.pause(key(&vpan)?).await.map_err(card_error)?;
+    tracing::info!(vpan = %view.vpan, "card paused");
+    Ok(card(&view))
+}
+
+/// `POST /v1/cards/{vpan}/resume`.
+async fn resume_card(
+    State(state): State<ApiState>,
+    Path(vpan): Path<String>,
+) -> Result<Json<CardBody>, ApiError> {
+    let view = state.cards.resume(key(&vpan)?).await.map_err(card_error)?;
+    tracing::info!(vpan = %view.vpan, "card resumed");
+    Ok(card(&view))
+}
+
+/// `POST /v1/cards/{vpan}/close`.
+async fn close_card(
+    State(state): State<ApiState>,
+    Path(vpan): Path<String>,
+) -> Result<Json<CardBody>, ApiError> {
+    let view = state.cards.close(key(&vpan)?).await.map_err(card_error)?;
+    tracing::info!(vpan = %view.vpan, "card closed");
+    Ok(card(&view))
+}
+
+/// `GET /v1/cards/{vpan}/transactions`: newest first.
+async fn transactions(
+    State(state): State<ApiState>,
+    Path(vpan): Path<String>,
+) -> Result<Json<TransactionList>, ApiError> {
+    let recent = state
+        .cards
+        .recent(key(&vpan)?)
+        .ok_or_else(ApiError::card_not_found)?;
+    Ok(Json(TransactionList {
+        transactions: recent.iter().map(TransactionBody::from).collect(),
+    }))
+}
+
+/// `GET /v1/cards?limit=&after=`: a page of cards in vPAN order.
+async fn list_cards(
+    State(state): State<ApiState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<CardList>, ApiError> {
+    let Query(q) = query.map_err(|r| ApiError::malformed(r.body_text()))?;
+    let limit = match q.limit.as_deref() {
+        None => DEFAULT_PAGE,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or_else(|| ApiError::invalid(format!("limit: must be 1 to {MAX_PAGE}")))?,
+    };
+    let after = match q.after.as_deref() {
+        None | Some("") => None,
+        Some(text) => Some(CardKey::from_digits(text.as_bytes()).ok_or_else(|| {
+            ApiError::invalid("after: must be a vPAN (12 to 19 digits) from the previous page")
+        })?),
+    };
+    let views = state.cards.list(after, limit);
+    let next_after = (views.len() == limit)
+        .then(|| views.last().map(|v| v.vpan.expose().to_string()))
+        .flatten();
+    Ok(Json(CardList {
+        cards: views.iter().map(CardBody::from).collect(),
+        next_after,
+    }))
+}
+
+/// `GET /healthz`: 200 when every check is up, else 503 naming the ones down.
+async fn healthz(State(state): State<ApiState>) -> Response {
+    health_response(&state.health)
+}
+
+fn health_response(health: &Health) -> Response {
+    let results = health.run();
+    let down: Vec<&str> = results
+        .iter()
+        .filter(|(_, up)| !up)
+        .map(|(n, _)| *n)
+        .collect();
+    let checks: serde_json::Map<String, serde_json::Value> = results
+        .iter()
+        .map(|(n, up)| (n.to_string(), (if *up { "up" } else { "down" }).into()))
+        .collect();
+    if down.is_empty() {
+        let body = serde_json::json!({"status": "ok", "checks": checks});
+        (StatusCode::OK, Json(body)).into_response()
+    } else {
+        let body = serde_json::json!({
+            "status": "unavailable",
+            "checks": checks,
+            "error": {"code": "unhealthy", "message": format!("down: {}", down.join(", "))},
+        });
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
+}
+
+/// `GET /v1/openapi.json`: the document, no token needed.
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+/// Unknown paths.
+pub async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint; see GET /v1/openapi.json",
+    )
+}
+
+/// A known path with a method it does not take.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take this method; see GET /v1/openapi.json",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    fn doc() -> serde_json::Value {
+        serde_json::from_str(OPENAPI).expect("openapi.json is JSON")
+    }
+
+    #[test]
+    fn every_route_is_in_the_openapi_document_and_every_documented_route_is_routed() {
+        let routed: BTreeSet<(String, String)> = table()
+            .iter()
+            .map(|r| (r.method.as_str().to_lowercase(), r.path.to_string()))
+            .collect();
+        let doc = doc();
+        let mut documented = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for method in item.as_object().expect("path item").keys() {
+                if ["get", "post", "put", "patch", "delete"].contains(&method.as_str()) {
+                    documented.insert((method.clone(), path.clone()));
+                }
+            }
+        }
+        assert_eq!(routed, documented);
+    }
+
+    #[test]
+    fn the_documented_security_matches_which_routes_need_the_token() {
+        let doc = doc();
+        for r in table() {
+            let op = &doc["paths"][r.path][r.method.as_str().to_lowercase()];
+            let open = op["security"].as_array().is_some_and(Vec::is_empty);
+            assert_eq!(!open, r.auth, "{} {}", r.method, r.path);
+        }
+    }
+
+    #[test]
+    fn the_documented_request_examples_are_valid_requests() {
+        let doc = doc();
+        let content =
+            &doc["paths"]["/v1/cards"]["post"]["requestBody"]["content"]["application/json"];
+        let examples = content["examples"].as_object().expect("examples");
+        assert!(examples.len() >= 3);
+        // 2026-11-26T15:29:42Z: before every example's validity ends.
+        let now = 1_795_706_982;
+        for (name, example) in examples {
+            let body: CreateCard = serde_json::from_value(example["value"].clone())
+                .unwrap_or_else(|e| panic!("example {name}: {e}"));
+            body.into_spec(now)
+                .unwrap_or_else(|e| panic!("example {name}: {}", e.message));
+        }
+    }
+
+    #[test]
+    fn every_operation_documents_its_error_answers() {
+        let doc = doc();
+        for r in table().iter().filter(|r| r.auth) {
+            let op = &doc["paths"][r.path][r.method.as_str().to_lowercase()];
+            assert!(
+                op["responses"]["401"].is_object(),
+                "{} {}",
+                r.method,
+                r.path
+            );
+        }
+    }
+}

@@ -1,0 +1,745 @@
+//! The issuance API over real HTTPS: a running `App` on port 0 with a temp data dir, a
+//! reqwest client that trusts only the generated self-signed certificate, and every answer
+//! body checked for the real PAN.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use vpan::app::{Addresses, App};
+use vpan::cards::{CardKey, Decision};
+use vpan::config::Config;
+
+/// A running switch, an HTTPS client for its API, and every answer body seen.
+struct Running {
+    addrs: Addresses,
+    data_dir: PathBuf,
+    http: reqwest::Client,
+    token: String,
+    cards: std::sync::Arc<vpan::cards::Cards>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+    /// Every response body, to check that no real PAN was ever answered.
+    bodies: Mutex<Vec<String>>,
+    /// The stand-in issuer host (accepts and holds connections).
+    issuer: JoinHandle<()>,
+}
+
+/// An issuer host that accepts connections and never answers: enough for the link to be up
+/// when sign-on is off.
+async fn silent_issuer() -> (String, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    (addr, task)
+}
+
+fn config(data_dir: &Path, issuer: &str) -> Config {
+    let mut c = Config::default();
+    c.network.listen = "127.0.0.1:0".into();
+    c.api.listen = "127.0.0.1:0".into();
+    c.metrics.listen = "127.0.0.1:0".into();
+    c.issuer.connect = issuer.into();
+    c.issuer.sign_on = false;
+    c.issuer.echo_interval_ms = 3_600_000;
+    c.store.data_dir = data_dir.to_path_buf();
+    c
+}
+
+fn https_client(cert: &Path) -> reqwest::Client {
+    let pem = std::fs::read(cert).unwrap();
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .build()
+        .unwrap()
+}
+
+impl Running {
+    async fn start(data_dir: &Path) -> Running {
+        let (issuer_addr, issuer) = silent_issuer().await;
+        let app = App::build(config(data_dir, &issuer_addr)).await.unwrap();
+        let addrs = app.addresses();
+        let cards = app.cards();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            app.run(async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        let token = std::fs::read_to_string(data_dir.join("api-token"))
+            .unwrap()
+            .trim()
+            .to_string();
+        Running {
+            addrs,
+            data_dir: data_dir.to_path_buf(),
+            http: https_client(&data_dir.join("tls-cert.pem")),
+            token,
+            cards,
+            stop: Some(stop),
+            task: Some(task),
+            bodies: Mutex::new(Vec::new()),
+            issuer,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.addrs.api.port())
+    }
+
+    /// A call with the token; the status and the JSON body.
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        self.call_with(method, path, body, Some(&self.token.clone()))
+            .await
+    }
+
+    async fn call_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        token: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.http.request(method, self.url(path));
+        if let Some(t) = token {
+            request = request.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            request = request.json(&b);
+        }
+        self.send(request).await
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        self.bodies.lock().unwrap().push(text.clone());
+        let value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("answer {status} is not JSON ({e}): {text}"));
+        (status, value)
+    }
+
+    async fn create(&self, body: Value) -> Value {
+        let (status, card) = self.call(Method::POST, "/v1/cards", Some(body)).await;
+        assert_eq!(status, StatusCode::CREATED, "{card}");
+        card
+    }
+
+    /// Asserts that no answer so far held any of these real PANs.
+    fn assert_never_answered(&self, pans: &[String]) {
+        let bodies = self.bodies.lock().unwrap();
+        assert!(!bodies.is_empty());
+        for body in bodies.iter() {
+            for pan in pans {
+                assert!(
+                    !body.contains(pan.as_str()),
+                    "an answer held a real PAN: {body}"
+                );
+            }
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        drop(self.cards);
+        if let Some(t) = self.task.take() {
+            t.await.unwrap();
+        }
+        self.issuer.abort();
+    }
+}
+
+/// A Luhn-valid test PAN (BIN 497010), as text.
+fn pan() -> String {
+    common::test_pan().expose().to_string()
+}
+
+fn card_request(pan: &str) -> Value {
+    json!({
+        "pan": pan,
+        "pan_expiry": "2912",
+        "currency": "978",
+        "amount_limit": 10_000,
+        "per_transaction_limit": 2_500,
+        "max_uses": 3,
+        "valid_for_seconds": 86_400,
+        "merchant_lock": "first_use",
+        "mcc_allow": ["5411"],
+        "mcc_block": ["7995"]
+    })
+}
+
+fn error_of(body: &Value) -> (&str, &str) {
+    (
+        body["error"]["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error code: {body}")),
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error message: {body}")),
+    )
+}
+
+#[tokio::test]
+async fn a_card_is_issued_shown_paused_resumed_and_closed_and_each_change_shows_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = Running::start(dir.path()).await;
+    let real = pan();
+    let card = api.create(card_request(&real)).await;
+
+    let vpan = card["vpan"].as_str().unwrap().to_string();
+    assert_eq!(vpan.len(), 16);
+    assert_eq!(&vpan[..6], &real[..6], "the vPAN keeps the real card's BIN");
+    assert_ne!(vpan, real);
+    assert!(vpan::pan::luhn_valid(vpan.as_bytes()));
+    assert_eq!(card["status"], "active");
+    assert_eq!(
+        card["pan_masked"],
+        format!("{}******{}", &real[..6], &real[12..])
+    );
+    assert_eq!(card["currency"], "978");
+    assert_eq!(card["amount_limit"], 10_000);
+    assert_eq!(card["per_transaction_limit"], 2_500);
+    assert_eq!(card["max_uses"], 3);
+    assert_eq!(card["merchant_lock"], "first_use");
+    assert_eq!(card["mcc_allow"], json!(["5411"]));
+    assert_eq!(card["mcc_block"], json!(["7995"]));
+    assert_eq!(card["available"], 10_000);
+    assert_eq!(card["spent"], 0);
+    assert_eq!(card["held"], 0);
+    assert_eq!(card["uses"], 0);
+    assert_eq!(card["expiry"].as_str().unwrap().len(), 4);
+    assert!(card["created_at"].as_str().unwrap().ends_with('Z'));
+    assert!(card["valid_until"].as_str().unwrap().ends_with('Z'));
+
+    let (status, shown) = api
+        .call(Method::GET, &format!("/v1/cards/{vpan}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(shown["vpan"], vpan);
+    assert_eq!(shown["status"], "active");
+
+    for (verb, after) in [
+        ("pause", "paused"),
+        ("resume", "active"),
+        ("pause", "paused"),
+        ("close", "closed"),
+    ] {
+        let (status, changed) = api
+            .call(Method::POST, &format!("/v1/cards/{vpan}/{verb}"), None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{verb}: {changed}");
+        assert_eq!(changed["status"], after, "{verb}");
+        let (_, shown) = api
+            .call(Method::GET, &format!("/v1/cards/{vpan}"), None)
+            .await;
+        assert_eq!(shown["status"], after, "GET right after {verb}");
+    }
+
+    for verb in ["resume", "pause"] {
+        let (status, body) = api
+            .call(Method::POST, &format!("/v1/cards/{vpan}/{verb}"), None)
+            .await;
+        assert_eq!(status, StatusCode::CONFLICT, "{verb} a closed card");
+        assert_eq!(error_of(&body).0, "conflict");
+    }
+    let (status, _) = api
+        .call(Method::POST, &format!("/v1/cards/{vpan}/close"), None)
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "closing a closed card changes nothing"
+    );
+
+    api.assert_never_answered(&[real]);
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn each_invalid_value_is_refused_with_422_naming_its_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = Running::start(dir.path()).await;
+    let real = pan();
+    let mut bad_luhn = real.clone().into_bytes();
+    bad_luhn[15] = b'0' + (bad_luhn[15] - b'0' + 1) % 10;
+    let bad_luhn = String::from_utf8(bad_luhn).unwrap();
+    let cases = [
+        (json!({"pan": bad_luhn}), "pan"),
+        (json!({"pan_expiry": "2913"}), "pan_expiry"),
+        (json!({"pan_expiry": "0112"}), "pan_expiry"),
+        (json!({"currency": "97"}), "currency"),
+        (json!({"currency": "EUR"}), "currency"),
+        (json!({"amount_limit": 0}), "amount_limit"),
+        (json!({"amount_limit": -100}), "amount_limit"),
+        (json!({"per_transaction_limit": 0}), "per_transaction_limit"),
+        (
+            json!({"per_transaction_limit": 20_000}),
+            "per_transaction_limit",
+        ),
+        (json!({"max_uses": 0}), "max_uses"),
+        (
+            json!({"valid_for_seconds": null, "valid_until": "2001-01-01T00:00:00Z"}),
+            "valid_until",
+        ),
+        (json!({"valid_for_seconds": 0}), "valid_for_seconds"),
+        (json!({"merchant_lock": "always"}), "merchant_lock"),
+        (json!({"mcc_allow": ["541"]}), "mcc_allow[0]"),
+        (json!({"mcc_block": ["ABCD"]}), "mcc_block[0]"),
+    ];
+    for (change, field) in cases {
+        let mut body = card_request(&real);
+        for (k, v) in change.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (status, answer) = api.call(Method::POST, "/v1/cards", Some(body)).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{change}: {answer}"
+        );
+        let (code, message) = error_of(&answer);
+        assert_eq!(code, "invalid_value");
+        assert!(
+            message.starts_with(&format!("{field}:")),
+            "{change}: {message}"
+        );
+    }
+    api.assert_never_answered(&[real, bad_luhn]);
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_json_unknown_keys_and_wrong_types_are_refused_with_400_without_echoing_a_pan() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = Running::start(dir.path()).await;
+    let real = pan();
+
+    let request = api
+        .http
+        .post(api.url("/v1/cards"))
+        .bearer_auth(&api.token)
+        .header("content-type", "application/json")
+        .body("{\"pan\": ");
+    let (status, body) = api.send(request).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error_of(&body).0, "malformed");
+
+    let mut unknown = card_request(&real);
+    unknown["max_use"] = json!(1);
+    let (status, body) = api.call(Method::POST, "/v1/cards", Some(unknown)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error_of(&body).1.contains("max_use"), "{body}");
+
+    // A PAN sent as a number: serde would echo the value; the answer masks it.
+    let mut number = card_request(&real);
+    number["pan"] = json!(real.parse::<u64>().unwrap());
+    let (status, body) = api.call(Method::POST, "/v1/cards", Some(number)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error_of(&body).1.contains("pan"), "{body}");
+
+    let mut missing = card_request(&real);
+    missing.as_object_mut().unwrap().remove("amount_limit");
+    let (status, body) = api.call(Method::POST, "/v1/cards", Some(missing)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error_of(&body).1.contains("amount_limit"), "{body}");
+
+    api.assert_never_answered(&[real]);
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn a_missing_or_wrong_token_is_refused_with_401_on_every_card_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = Running::start(dir.path()).await;
+    let card = api.create(card_request(&pan())).await;
+    let vpan = card["vpan"].as_str().unwrap();
+    let calls = [
+        (
+            Method::POST,
+            "/v1/cards".to_string(),
+            Some(card_request(&pan())),
+        ),
+        (Method::GET, "/v1/cards".to_string(), None),
+        (Method::GET, format!("/v1/cards/{vpan}"), None),
+        (Method::POST, format!("/v1/cards/{vpan}/pause"), None),
+        (Method::POST, format!("/v1/cards/{vpan}/resume"), None),
+        (Method::POST, format!("/v1/cards/{vpan}/close"), None),
+        (Method::GET, format!("/v1/cards/{vpan}/transactions"), None),
+    ];
+    let wrong = format!("{}x", api.token);
+    for (method, path, body) in calls {
+        for token in [None, Some(wrong.as_str()), Some("")] {
+            let (status, answer) = api
+                .call_with(method.clone(), &path, body.clone(), token)
+                .await;
+            assert_eq!(
+                status,
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} with {token:?}"
+            );
+            assert_eq!(error_of(&answer).0, "unauthorized");
+        }
+    }
+    let (_, shown) = api
+        .call(Method::GET, &format!("/v1/cards/{vpan}"), None)
+        .await;
+    assert_eq!(shown["status"], "active", "refused calls changed nothing");
+    let (_, list) = api.call(Method::GET, "/v1/cards", None).await;
+    assert_eq!(
+        list["cards"].as_array().unwrap().len(),
+        1,
+        "refused creations made nothing"
+    );
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn an_unknown_card_is_404_on_every_card_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = Running::start(dir.path()).await;
+    for vpan in [pan().as_str(), "12345", "not-a-card"] {
+        for (method, suffix) in [
+            (Method::GET, ""),
+            (Method::POST, "/pause"),
+            (Method::POST, "/resume"),
+            (Method::POST, "/close"),
+            (Method::GET, "/transactions"),
+        ] {
+            let (status, body) = api
+                .call(method.clone(), &format!("/v1/cards/{vpan}{suffix}"), None)
+                .await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{method} {vpan}{suffix}");
+            assert_eq!(error_of(&body).0, "not_found");
+        }
+    }
+    let (status, body) = api.call(Method::GET, "/v1/nothing-here", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(error_of(&body).0, "not_found");
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn a_one_mebibyte_body_is_refused_with_413_and_the_api_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = Running::start(dir.path()).await;
+    let huge = format!("{{\"pan\": \"{}\"}}", "9".repeat(1024 * 1024));
+    let request = api
+        .http
+        .post(api.url("/v1/cards"))
+        .bearer_auth(&api.token)
+        .header("content-type", "application/json")
+        .body(huge);
+    let (status, body) = api.send(request).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(error_of(&body).0, "payload_too_large");
+    api.create(card_request(&pan())).await;
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn cards_are_listed_in_pages_in_vpan_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = Running::start(dir.path()).await;
+    let mut issued = Vec::new();
+    for _ in 0..5 {
+        let card = api.create(card_request(&pan())).await;
+        issued.push(card["vpan"].as_str().unwrap().to_string());
+    }
+    issued.sort();
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..10 {
+        let path = match &after {
+            Some(a) => format!("/v1/cards?limit=2&after={a}"),
+            None => "/v1/cards?limit=2".to_string(),
+        };
+        let (status, page) = api.call(Method::GET, &path, None).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let cards = page["cards"].as_array().unwrap();
+        assert!(cards.len() <= 2);
+        seen.extend(
+            cards
+                .iter()
+                .map(|c| c["vpan"].as_str().unwrap().to_string()),
+        );
+        match page["next_after"].as_str() {
+            Some(next) => after = Some(next.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, issued);
+
+    for bad in ["limit=0", "limit=5000", "limit=x", "after=12"] {
+        let (status, body) = api
+            .call(Method::GET, &format!("/v1/cards?{bad}"), None)
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {body}");
+        let field = bad.split('=').next().unwrap();
+        assert!(error_of(&body).1.starts_with(field), "{bad}: {body}");
+    }
+    api.stop().await;
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[tokio::test]
+async fn the_transactions_of_a_card_are_its_decisions_newest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = Running::start(dir.path()).await;
+    let card = api.create(card_request(&pan())).await;
+    let vpan = card["vpan"].as_str().unwrap();
+    let (status, list) = api
+        .call(Method::GET, &format!("/v1/cards/{vpan}/transactions"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["transactions"], json!([]));
+
+    // Two declines by the switch: over the per-purchase limit, then paused.
+    let key = CardKey::from_digits(vpan.as_bytes()).unwrap();
+    let over = api
+        .cards
+        .authorize(key, &common::purchase(3_000, 1), unix_now());
+    assert!(matches!(over, Decision::Decline(_)), "{over:?}");
+    api.call(Method::POST, &format!("/v1/cards/{vpan}/pause"), None)
+        .await;
+    let paused = api
+        .cards
+        .authorize(key, &common::purchase(100, 2), unix_now());
+    assert!(matches!(paused, Decision::Decline(_)), "{paused:?}");
+
+    let (_, list) = api
+        .call(Method::GET, &format!("/v1/cards/{vpan}/transactions"), None)
+        .await;
+    let txs = list["transactions"].as_array().unwrap();
+    assert_eq!(txs.len(), 2, "{list}");
+    assert_eq!(txs[0]["response_code"], "62");
+    assert_eq!(txs[0]["amount"], 100);
+    assert_eq!(txs[1]["response_code"], "61");
+    assert_eq!(txs[1]["amount"], 3_000);
+    for t in txs {
+        assert_eq!(t["mti"], "0100");
+        assert_eq!(t["decided_by"], "switch");
+        assert_eq!(t["merchant"], "SHOP-A");
+        assert!(t["time"].as_str().unwrap().ends_with('Z'));
+    }
+    api.stop().await;
+}
+
+/// Polls `/healthz` until its status is `want` (bounded), and returns the last body.
+async fn health_until(api: &Running, want: StatusCode) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = api.call_with(Method::GET, "/healthz", None, None).await;
+        if status == want || Instant::now() > deadline {
+            assert_eq!(status, want, "{body}");
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn health_is_ok_without_a_token_when_all_is_up_and_names_the_issuer_link_when_it_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = Running::start(dir.path()).await;
+    let up = health_until(&api, StatusCode::OK).await;
+    assert_eq!(up["status"], "ok");
+    assert_eq!(
+        up["checks"],
+        json!({"network": "up", "store": "up", "issuer": "up"})
+    );
+
+    api.issuer.abort();
+    let down = health_until(&api, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(down["status"], "unavailable");
+    assert_eq!(down["checks"]["issuer"], "down");
+    assert_eq!(down["checks"]["store"], "up");
+    assert_eq!(error_of(&down).1, "down: issuer");
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn the_openapi_document_is_served_without_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = Running::start(dir.path()).await;
+    let (status, doc) = api
+        .call_with(Method::GET, "/v1/openapi.json", None, None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    assert!(doc["paths"]["/v1/cards/{vpan}"].is_object());
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn the_token_and_key_files_are_0600_and_a_restart_reuses_them_and_keeps_the_cards() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = Running::start(dir.path()).await;
+    let card = api.create(card_request(&pan())).await;
+    let vpan = card["vpan"].as_str().unwrap().to_string();
+    let token = api.token.clone();
+    let cert = std::fs::read(dir.path().join("tls-cert.pem")).unwrap();
+    for file in ["api-token", "tls-key.pem"] {
+        let mode = std::fs::metadata(dir.path().join(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}");
+    }
+    api.stop().await;
+
+    let again = Running::start(dir.path()).await;
+    assert_eq!(again.token, token);
+    assert_eq!(
+        std::fs::read(dir.path().join("tls-cert.pem")).unwrap(),
+        cert
+    );
+    let (status, shown) = again
+        .call(Method::GET, &format!("/v1/cards/{vpan}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "an issued card survives a restart");
+    assert_eq!(shown["amount_limit"], 10_000);
+    again.stop().await;
+}
+
+/// Runs `vpan card ...` against `api`; exit code, stdout, stderr.
+fn vpan_card(api: &Running, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_vpan"))
+        .arg("card")
+        .args(args)
+        .env("VPAN_URL", api.url(""))
+        .env("VPAN_CA", api.data_dir.join("tls-cert.pem"))
+        .env_remove("VPAN_TOKEN")
+        .arg("--token-file")
+        .arg(api.data_dir.join("api-token"))
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_vpan_card_client_creates_shows_pauses_closes_and_lists_cards() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = Running::start(dir.path()).await;
+    let real = pan();
+    let create = [
+        "create",
+        "--pan",
+        &real,
+        "--pan-expiry",
+        "2912",
+        "--currency",
+        "978",
+        "--amount-limit",
+        "5000",
+        "--per-transaction-limit",
+        "2500",
+        "--max-uses",
+        "2",
+        "--valid-for",
+        "30d",
+        "--merchant-lock",
+        "SHOP-A",
+        "--mcc-allow",
+        "5411,5499",
+        "--json",
+    ];
+    let (code, out, err) = tokio::task::block_in_place(|| vpan_card(&api, &create));
+    assert_eq!(code, 0, "{err}");
+    let card: Value = serde_json::from_str(&out).unwrap();
+    let vpan = card["vpan"].as_str().unwrap().to_string();
+    assert_eq!(card["merchant_lock"], json!({"acceptor_id": "SHOP-A"}));
+    assert_eq!(card["mcc_allow"], json!(["5411", "5499"]));
+    assert!(!out.contains(&real));
+
+    let (code, out, _) = tokio::task::block_in_place(|| vpan_card(&api, &["show", &vpan]));
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(&vpan) && out.contains("active") && out.contains("5000 of 5000"),
+        "{out}"
+    );
+    assert!(!out.contains(&real));
+
+    let (code, out, _) = tokio::task::block_in_place(|| vpan_card(&api, &["pause", &vpan]));
+    assert_eq!(code, 0);
+    assert!(out.contains("paused"), "{out}");
+    let (code, out, _) = tokio::task::block_in_place(|| vpan_card(&api, &["close", &vpan]));
+    assert_eq!(code, 0);
+    assert!(out.contains("closed"), "{out}");
+
+    let (code, out, _) = tokio::task::block_in_place(|| vpan_card(&api, &["list"]));
+    assert_eq!(code, 0);
+    assert!(out.contains(&vpan) && out.contains("closed"), "{out}");
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vpan_card_exits_1_with_the_api_error_and_2_on_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = Running::start(dir.path()).await;
+    let (code, _, err) =
+        tokio::task::block_in_place(|| vpan_card(&api, &["resume", "4970100000000000"]));
+    assert_eq!(code, 1);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("not_found"), "{err}");
+
+    let (code, _, err) = tokio::task::block_in_place(|| {
+        vpan_card(
+            &api,
+            &[
+                "create",
+                "--pan",
+                "4970101234567894",
+                "--pan-expiry",
+                "2912",
+                "--currency",
+                "978",
+                "--amount-limit",
+                "100",
+            ],
+        )
+    });
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("invalid_value") && err.contains("pan:"),
+        "{err}"
+    );
+    assert!(!err.contains("4970101234567894"));
+
+    let (code, _, _) = tokio::task::block_in_place(|| {
+        vpan_card(&api, &["create", "--pan", "1", "--valid-for", "3x"])
+    });
+    assert_eq!(code, 2);
+    api.stop().await;
+}
