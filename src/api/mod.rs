@@ -179,6 +179,10 @@ impl ApiServer {
 /// The whole API as a router: the route table, the token on the calls that need it, the
 /// body limit, and the cap on calls in flight around everything.
 pub fn router(state: ApiState, token: auth::Token) -> Router {
+    router_with(state, token, MAX_IN_FLIGHT)
+}
+
+fn router_with(state: ApiState, token: auth::Token, max_in_flight: usize) -> Router {
     let mut open = Router::new();
     let mut guarded = Router::new();
     for r in routes::table() {
@@ -194,7 +198,7 @@ pub fn router(state: ApiState, token: auth::Token) -> Router {
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(
-            Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            Arc::new(Semaphore::new(max_in_flight)),
             limit_in_flight,
         ))
         .with_state(state)
@@ -211,5 +215,60 @@ async fn limit_in_flight(
         Ok(_permit) => next.run(request).await,
         Err(_) => ApiError::unavailable("overloaded", "too many calls in flight; retry shortly")
             .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::cards::{CardsConfig, LedgerConfig};
+    use crate::config::Secret;
+    use crate::store::StoreConfig;
+
+    fn state(dir: &Path) -> ApiState {
+        let store = StoreConfig {
+            data_dir: dir.to_path_buf(),
+            key_file: PathBuf::new(),
+        };
+        let (cards, _) =
+            Cards::open(&CardsConfig::default(), &store, LedgerConfig::default()).unwrap();
+        ApiState {
+            cards: Arc::new(cards),
+            health: Arc::new(Health::new().check("store", || true)),
+        }
+    }
+
+    async fn error_code(response: Response) -> String {
+        let bytes = axum::body::to_bytes(response.into_body(), MAX_BODY_BYTES)
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        v["error"]["code"].as_str().unwrap_or_default().to_string()
+    }
+
+    #[tokio::test]
+    async fn a_call_past_the_in_flight_cap_is_answered_503_at_once_with_the_error_shape() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = auth::Token::new(Secret::new("t"));
+        let app = router_with(state(dir.path()), token, 0);
+        let request = Request::get("/healthz").body(Body::empty()).unwrap();
+        let response = app.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(response.headers().contains_key("retry-after"));
+        assert_eq!(error_code(response).await, "overloaded");
+    }
+
+    #[tokio::test]
+    async fn under_the_cap_calls_go_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = auth::Token::new(Secret::new("t"));
+        let app = router_with(state(dir.path()), token, 1);
+        let request = Request::get("/healthz").body(Body::empty()).unwrap();
+        let response = app.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
     }
 }

@@ -11,6 +11,7 @@
 //! finished ones, so a client that stalls its handshake delays nobody else.
 
 use std::fs::OpenOptions;
+use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
@@ -38,6 +39,9 @@ pub const KEY_FILE: &str = "tls-key.pem";
 pub const MAX_CONNECTIONS: usize = 1024;
 /// A TLS handshake that takes longer is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection with no byte read or written for this long is closed (idle keep-alive
+/// connections, and clients that stall in the middle of a request).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why the TLS set-up failed; names the file.
 #[derive(Debug, thiserror::Error)]
@@ -173,12 +177,31 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(Arc::new(config))
 }
 
-/// A TLS connection that holds its connection-limit permit until it is dropped.
+/// A TLS connection that holds its connection-limit permit until it is dropped, and fails
+/// its reads once it has been idle for [`IDLE_TIMEOUT`] (hyper then closes it).
 pub struct TlsConnection {
     /// The encrypted stream.
     stream: TlsStream<TcpStream>,
+    /// Fires [`IDLE_TIMEOUT`] after the last byte read or written.
+    idle: Pin<Box<tokio::time::Sleep>>,
     /// Returned to the semaphore when the connection closes.
     _permit: OwnedSemaphorePermit,
+}
+
+impl TlsConnection {
+    fn new(stream: TlsStream<TcpStream>, permit: OwnedSemaphorePermit) -> TlsConnection {
+        TlsConnection {
+            stream,
+            idle: Box::pin(tokio::time::sleep(IDLE_TIMEOUT)),
+            _permit: permit,
+        }
+    }
+
+    fn active(&mut self) {
+        self.idle
+            .as_mut()
+            .reset(tokio::time::Instant::now() + IDLE_TIMEOUT);
+    }
 }
 
 impl AsyncRead for TlsConnection {
@@ -187,7 +210,19 @@ impl AsyncRead for TlsConnection {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        match Pin::new(&mut self.stream).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                self.active();
+                Poll::Ready(r)
+            }
+            Poll::Pending => match self.idle.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "API connection idle too long",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
     }
 }
 
@@ -197,7 +232,11 @@ impl AsyncWrite for TlsConnection {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let r = Pin::new(&mut self.stream).poll_write(cx, buf);
+        if r.is_ready() {
+            self.active();
+        }
+        r
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -278,11 +317,7 @@ async fn accept_loop(
         tokio::spawn(async move {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => {
-                    let conn = TlsConnection {
-                        stream,
-                        _permit: permit,
-                    };
-                    let _ = ready.send((conn, peer)).await;
+                    let _ = ready.send((TlsConnection::new(stream, permit), peer)).await;
                 }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "API TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "API TLS handshake timed out"),
