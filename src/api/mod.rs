@@ -170,9 +170,13 @@ impl ApiServer {
             cards,
             health: Arc::new(health),
         };
-        axum::serve(listener, router(state, self.token))
+        let served = axum::serve(listener, router(state, self.token))
             .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
+            .await;
+        if let Err(e) = &served {
+            tracing::error!(error = %e, "the API stopped serving");
+        }
+        served
     }
 }
 
