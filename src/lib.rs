@@ -8,9 +8,12 @@
 //! - [`config`]: the typed configuration, file + environment, validated at start.
 //! - [`logging`]: human or JSON log lines on stderr.
 //! - [`metrics`]: the contract's metric names, described once, and the `/metrics` endpoint.
+//! - [`tools`]: the issuer simulator, the traffic file and the load generator that test and
+//!   measure the switch over real TCP.
 
 pub mod config;
 pub mod iso8583;
 pub mod logging;
 pub mod metrics;
 pub mod pan;
+pub mod tools;

@@ -6,6 +6,8 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use vpan::logging::{self, LogFormat};
+use vpan::tools;
 
 /// vpan: ISO 8583 authorization switch for controlled virtual card numbers.
 #[derive(Parser)]
@@ -16,11 +18,31 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// An issuer authorization host with accounts and balances, to point the switch at.
+    IssuerSim(tools::issuer_sim::Args),
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result: Result<(), String> = match cli.command {};
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vpan: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result: Result<(), String> = runtime.block_on(async {
+        match cli.command {
+            Command::IssuerSim(args) => {
+                logging::init(LogFormat::Human);
+                tools::issuer_sim::run_cli(args).await
+            }
+        }
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
