@@ -22,21 +22,39 @@ async fn an_approval_goes_to_the_issuer_with_the_real_card_and_comes_back_with_t
 
     assert_eq!(answer.mti(), *b"0110");
     assert_eq!(code(&answer), "00");
-    assert_eq!(answer.pan().unwrap().unwrap(), card.vpan, "vPAN back in DE 2");
+    assert_eq!(
+        answer.pan().unwrap().unwrap(),
+        card.vpan,
+        "vPAN back in DE 2"
+    );
     assert_eq!(answer.stan(), req.stan(), "the network's own STAN back");
-    assert!(answer.auth_code().is_some(), "the issuer's DE 38 passes through");
+    assert!(
+        answer.auth_code().is_some(),
+        "the issuer's DE 38 passes through"
+    );
     if let Some(e) = answer.expiry() {
         assert_eq!(e, card.expiry.0, "virtual expiry back in DE 14");
     }
     let seen = rig.sim().recent(10);
     let at_issuer = seen.iter().find(|r| r.mti() == *b"0100").unwrap();
-    assert_eq!(at_issuer.pan().unwrap(), real, "the issuer saw the real PAN");
-    assert_eq!(at_issuer.message.expiry(), Some(*b"2912"), "and the real expiry");
+    assert_eq!(
+        at_issuer.pan().unwrap(),
+        real,
+        "the issuer saw the real PAN"
+    );
+    assert_eq!(
+        at_issuer.message.expiry(),
+        Some(*b"2912"),
+        "and the real expiry"
+    );
     assert_ne!(at_issuer.message.stan(), None);
 
     let view = rig.cards.get(CardKey::of(&card.vpan)).unwrap();
     assert_eq!((view.spent, view.held, view.uses), (2_500, 0, 1));
-    assert_eq!(rig.sim().balance(&real), Some(vpan::tools::issuer_sim::DEFAULT_BALANCE - 2_500));
+    assert_eq!(
+        rig.sim().balance(&real),
+        Some(vpan::tools::issuer_sim::DEFAULT_BALANCE - 2_500)
+    );
     rig.stop().await;
 }
 
@@ -47,7 +65,11 @@ async fn track_2_carries_the_real_card_to_the_issuer_and_is_not_echoed_back() {
     let mut net = Client::connect(rig.network).await;
     let req = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
     let mut with_track = req.clone();
-    let track = format!("{}={}1010000012300000", card.vpan.expose(), card.expiry.as_str());
+    let track = format!(
+        "{}={}1010000012300000",
+        card.vpan.expose(),
+        card.expiry.as_str()
+    );
     with_track.set(35, track.as_bytes()).unwrap();
     let with_track = Message::parse(Spec::iso87ascii(), with_track.pack()).unwrap();
     let answer = net.call(&with_track).await;
@@ -74,25 +96,84 @@ async fn every_local_decline_is_answered_by_the_switch_without_asking_the_issuer
     let (paused, _) = rig.issue(|_| {}).await;
     rig.cards.pause(CardKey::of(&paused.vpan)).await.unwrap();
     let (capped, _) = rig.issue(|c| c.amount_limit = 1_000).await;
-    let (per_tx, _) = rig.issue(|c| c.per_transaction_limit = std::num::NonZeroU64::new(500)).await;
+    let (per_tx, _) = rig
+        .issue(|c| c.per_transaction_limit = std::num::NonZeroU64::new(500))
+        .await;
     let (blocked_mcc, _) = rig.issue(|c| c.mcc_block = vec![5734]).await;
     let (dollars, _) = rig.issue(|c| c.currency = 840).await;
     let (locked, _) = rig
-        .issue(|c| c.merchant_lock = MerchantLock::Acceptor(vpan::cards::AcceptorId::new(b"OTHERSHOP").unwrap()))
+        .issue(|c| {
+            c.merchant_lock =
+                MerchantLock::Acceptor(vpan::cards::AcceptorId::new(b"OTHERSHOP").unwrap())
+        })
         .await;
     let (expiring, _) = rig.issue(|_| {}).await;
     let unknown_in_range = test_pan("4970109", 16);
 
     let cases: Vec<(&str, vpan::pan::Pan, [u8; 4], u64, &str)> = vec![
-        ("unknown vPAN in a virtual range", unknown_in_range, *b"2912", 100, "14"),
-        ("closed card", closed.vpan.clone(), closed.expiry.0, 100, "46"),
-        ("wrong expiry in DE 14", expiring.vpan.clone(), *b"2001", 100, "54"),
-        ("MCC blocked", blocked_mcc.vpan.clone(), blocked_mcc.expiry.0, 100, "57"),
-        ("card in another currency", dollars.vpan.clone(), dollars.expiry.0, 100, "57"),
-        ("merchant locked elsewhere", locked.vpan.clone(), locked.expiry.0, 100, "57"),
-        ("over the cumulative cap", capped.vpan.clone(), capped.expiry.0, 1_001, "61"),
-        ("over the per-transaction limit", per_tx.vpan.clone(), per_tx.expiry.0, 501, "61"),
-        ("paused card", paused.vpan.clone(), paused.expiry.0, 100, "62"),
+        (
+            "unknown vPAN in a virtual range",
+            unknown_in_range,
+            *b"2912",
+            100,
+            "14",
+        ),
+        (
+            "closed card",
+            closed.vpan.clone(),
+            closed.expiry.0,
+            100,
+            "46",
+        ),
+        (
+            "wrong expiry in DE 14",
+            expiring.vpan.clone(),
+            *b"2001",
+            100,
+            "54",
+        ),
+        (
+            "MCC blocked",
+            blocked_mcc.vpan.clone(),
+            blocked_mcc.expiry.0,
+            100,
+            "57",
+        ),
+        (
+            "card in another currency",
+            dollars.vpan.clone(),
+            dollars.expiry.0,
+            100,
+            "57",
+        ),
+        (
+            "merchant locked elsewhere",
+            locked.vpan.clone(),
+            locked.expiry.0,
+            100,
+            "57",
+        ),
+        (
+            "over the cumulative cap",
+            capped.vpan.clone(),
+            capped.expiry.0,
+            1_001,
+            "61",
+        ),
+        (
+            "over the per-transaction limit",
+            per_tx.vpan.clone(),
+            per_tx.expiry.0,
+            501,
+            "61",
+        ),
+        (
+            "paused card",
+            paused.vpan.clone(),
+            paused.expiry.0,
+            100,
+            "62",
+        ),
     ];
     let before = rig.sim().stats().requests;
     for (what, pan, expiry, amount, expected) in cases {
@@ -100,9 +181,17 @@ async fn every_local_decline_is_answered_by_the_switch_without_asking_the_issuer
         let answer = net.call(&req).await;
         assert_eq!(answer.mti(), *b"0110", "{what}");
         assert_eq!(code(&answer), expected, "{what}");
-        assert_eq!(answer.pan().unwrap().unwrap(), pan, "{what}: the PAN as sent");
+        assert_eq!(
+            answer.pan().unwrap().unwrap(),
+            pan,
+            "{what}: the PAN as sent"
+        );
     }
-    assert_eq!(rig.sim().stats().requests, before, "no decline reached the issuer");
+    assert_eq!(
+        rig.sim().stats().requests,
+        before,
+        "no decline reached the issuer"
+    );
     rig.stop().await;
 }
 
@@ -227,7 +316,10 @@ async fn the_same_stan_on_two_connections_at_once_gets_each_its_own_answer() {
     let req_b = Message::parse(Spec::iso87ascii(), req_b.pack()).unwrap();
     one.send(&req_a).await;
     two.send(&req_b).await;
-    let (ans_a, ans_b) = tokio::join!(one.answer(req_a.stan().unwrap()), two.answer(req_b.stan().unwrap()));
+    let (ans_a, ans_b) = tokio::join!(
+        one.answer(req_a.stan().unwrap()),
+        two.answer(req_b.stan().unwrap())
+    );
     assert_eq!(ans_a.pan().unwrap().unwrap(), a.vpan);
     assert_eq!(ans_a.raw(4), Some(&b"000000000111"[..]));
     assert_eq!(ans_b.pan().unwrap().unwrap(), b.vpan);
@@ -240,7 +332,10 @@ async fn the_same_stan_on_two_connections_at_once_gets_each_its_own_answer() {
 async fn answers_leave_as_soon_as_decided_whatever_the_order_requests_came_in() {
     let mut sim = SimConfig::default();
     sim.latency = Duration::from_millis(200);
-    let rig = rig(Some(sim), |c| c.cards.virtual_ranges = vec!["4970109".into()]).await;
+    let rig = rig(Some(sim), |c| {
+        c.cards.virtual_ranges = vec!["4970109".into()]
+    })
+    .await;
     let (card, _) = rig.issue(|_| {}).await;
     let mut net = Client::connect(rig.network).await;
     let slow = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);

@@ -89,7 +89,9 @@ pub async fn rig(sim: Option<SimConfig>, tweak: impl FnOnce(&mut Config)) -> Rig
     let stop = CancellationToken::new();
     let token = stop.clone();
     let task = tokio::spawn(async move {
-        app.run(async move { token.cancelled().await }).await.unwrap();
+        app.run(async move { token.cancelled().await })
+            .await
+            .unwrap();
     });
     if sim.is_some() {
         // The link dials in the background: wait until every connection is up.
@@ -240,7 +242,13 @@ impl Client {
 
 /// An e-commerce 0100 (or `mti`) for `amount` EUR cents on `pan`, merchant `acceptor`,
 /// with a fresh STAN and DE 14 `expiry`.
-pub fn purchase(client: &mut Client, mti: &[u8; 4], pan: &Pan, expiry: &[u8; 4], amount: u64) -> Message {
+pub fn purchase(
+    client: &mut Client,
+    mti: &[u8; 4],
+    pan: &Pan,
+    expiry: &[u8; 4],
+    amount: u64,
+) -> Message {
     let spec = Spec::iso87ascii();
     let mut m = Message::new(spec, mti).unwrap();
     m.set(2, pan.as_bytes()).unwrap();
@@ -257,7 +265,8 @@ pub fn purchase(client: &mut Client, mti: &[u8; 4], pan: &Pan, expiry: &[u8; 4],
     m.set(37, b"633014000123").unwrap();
     m.set(41, b"TERM0001").unwrap();
     m.set(42, b"SHOP00000000001").unwrap();
-    m.set(43, b"EXAMPLE SHOP             PARIS        FR").unwrap();
+    m.set(43, b"EXAMPLE SHOP             PARIS        FR")
+        .unwrap();
     m.set(49, b"978").unwrap();
     // Re-parse so the message is exactly what the wire carries.
     Message::parse(spec, m.pack()).unwrap()
@@ -273,7 +282,9 @@ pub fn reversal_of(client: &mut Client, original: &Message) -> Message {
     de90.extend_from_slice(&original.mti());
     de90.extend_from_slice(&original.stan().unwrap());
     de90.extend_from_slice(&original.transmission_time().unwrap());
-    de90.extend_from_slice(format!("{:0>11}", original.acquirer().unwrap().as_str().unwrap()).as_bytes());
+    de90.extend_from_slice(
+        format!("{:0>11}", original.acquirer().unwrap().as_str().unwrap()).as_bytes(),
+    );
     de90.extend_from_slice(b"00000000000");
     m.set(90, &de90).unwrap();
     Message::parse(spec, m.pack()).unwrap()
