@@ -170,10 +170,11 @@ impl IssuerLink {
         &self,
         request: Message,
         only: Option<usize>,
+        timeout: Duration,
     ) -> Result<Message, IssuerError> {
         let network_stan = request.stan();
         let (rx, stamp) = self.dispatch(request, only)?;
-        match tokio::time::timeout(self.inner.settings.timeout, rx).await {
+        match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(mut answer)) => {
                 if let Some(stan) = network_stan {
                     answer.set(11, &stan).map_err(|_| IssuerError::Encode)?;
