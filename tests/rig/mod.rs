@@ -202,27 +202,31 @@ impl Client {
 
     /// Waits (at most 5 s) for the answer with DE 11 = `stan`.
     pub async fn answer(&mut self, stan: [u8; 6]) -> Message {
+        tokio::time::timeout(Duration::from_secs(5), self.try_answer(stan))
+            .await
+            .expect("an answer within 5 s")
+            .expect("the connection ended while waiting for an answer")
+    }
+
+    /// The answer with DE 11 = `stan`, or `None` when the connection ends first.
+    pub async fn try_answer(&mut self, stan: [u8; 6]) -> Option<Message> {
         if let Some(m) = self.early.remove(&stan) {
-            return m;
+            return Some(m);
         }
-        tokio::time::timeout(Duration::from_secs(5), async {
-            loop {
-                match self.framed.next().await {
-                    Some(Ok(Frame::Message { body, .. })) => {
-                        let m = Message::parse(Spec::iso87ascii(), body).unwrap();
-                        let s = m.stan().unwrap();
-                        if s == stan {
-                            return m;
-                        }
-                        self.early.insert(s, m);
+        loop {
+            match self.framed.next().await {
+                Some(Ok(Frame::Message { body, .. })) => {
+                    let m = Message::parse(Spec::iso87ascii(), body).unwrap();
+                    let s = m.stan().unwrap();
+                    if s == stan {
+                        return Some(m);
                     }
-                    Some(Ok(Frame::KeepAlive)) => {}
-                    other => panic!("connection ended while waiting: {other:?}"),
+                    self.early.insert(s, m);
                 }
+                Some(Ok(Frame::KeepAlive)) => {}
+                _ => return None,
             }
-        })
-        .await
-        .expect("an answer within 5 s")
+        }
     }
 
     /// Sends `msg` and waits for its answer.
