@@ -469,8 +469,8 @@ pub fn parse_subfields<'a>(
             continue;
         }
         if let Some(words) = present {
-            // Bit k of the sub-bitmap names subfield (bitmap id + k).
-            let k = idx - sub.bitmap.map_or(0, |b| b.0);
+            // Bit k of the sub-bitmap names subfield k, as in jPOS.
+            let k = idx;
             if k == 0 || k > MAX_FIELD {
                 idx += 1;
                 continue;
