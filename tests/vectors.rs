@@ -55,7 +55,12 @@ fn a_frame_that_fails_to_parse_still_yields_its_mti_and_stan_when_they_are_reada
         .into_iter()
         .map(|c| (c.name.clone(), c))
         .collect();
-    let expect: &[(&str, Option<&[u8; 4]>, Option<&[u8; 6]>)] = &[
+    type Case = (
+        &'static str,
+        Option<&'static [u8; 4]>,
+        Option<&'static [u8; 6]>,
+    );
+    let expect: &[Case] = &[
         ("empty", None, None),
         ("mti_only_3_chars", None, None),
         ("bitmap_not_hex", Some(b"0100"), None),

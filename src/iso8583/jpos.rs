@@ -439,7 +439,14 @@ mod tests {
     #[test]
     fn jpos_classes_map_to_encoding_and_prefix() {
         use Encoding::*;
-        let cases: &[(&str, bool, Kind, Encoding, Option<(u8, PrefixEncoding)>)] = &[
+        type Case = (
+            &'static str,
+            bool,
+            Kind,
+            Encoding,
+            Option<(u8, PrefixEncoding)>,
+        );
+        let cases: &[Case] = &[
             ("org.jpos.iso.IFA_NUMERIC", false, Kind::N, Ascii, None),
             (
                 "org.jpos.iso.IFA_LLNUM",

@@ -224,11 +224,11 @@ pub(crate) fn prefix_value(p: &[u8], enc: PrefixEncoding) -> Option<u32> {
 
 /// Reads one bitmap word.
 #[inline]
-fn bitmap_word<'a>(
-    input: &'a [u8],
+fn bitmap_word(
+    input: &[u8],
     enc: BitmapEncoding,
     offset: usize,
-) -> Result<(&'a [u8], u64), ParseError> {
+) -> Result<(&[u8], u64), ParseError> {
     match enc {
         BitmapEncoding::Binary => {
             let (rest, b) = take(input, 8).ok_or(ParseError::BitmapTruncated { offset })?;

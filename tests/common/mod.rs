@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests: the vectors and the check that a spec handles
 //! them exactly.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 
