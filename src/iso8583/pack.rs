@@ -113,26 +113,30 @@ pub(crate) fn encode_field(
             if let Some(s) = sign {
                 out.push(s);
             }
-            let mut nibbles = Vec::with_capacity(digits.len() + 1);
+            // Nibbles are paired as they come, so no buffer is needed.
+            let odd = digits.len() % 2 == 1;
+            let pad_nibble = match pad {
+                Pad::Left0 | Pad::Right0 => 0,
+                Pad::LeftF | Pad::RightF => 0xF,
+            };
+            let mut high: Option<u8> = None;
+            let mut put = |nib: u8, out: &mut Vec<u8>| match high.take() {
+                Some(h) => out.push((h << 4) | nib),
+                None => high = Some(nib),
+            };
+            if odd && matches!(pad, Pad::Left0 | Pad::LeftF) {
+                put(pad_nibble, out);
+            }
             for &c in digits {
-                nibbles.push(match c {
+                let nib = match c {
                     b'0'..=b'9' => c - b'0',
                     b'=' | b'D' | b'd' if matches!(f.kind, Kind::Z) => 0xD,
                     _ => return Err(EditError::BadValue { field }),
-                });
+                };
+                put(nib, out);
             }
-            if nibbles.len() % 2 == 1 {
-                match pad {
-                    Pad::Left0 => nibbles.insert(0, 0),
-                    Pad::LeftF => nibbles.insert(0, 0xF),
-                    Pad::Right0 => nibbles.push(0),
-                    Pad::RightF => nibbles.push(0xF),
-                }
-            }
-            for pair in nibbles.chunks_exact(2) {
-                if let [h, l] = pair {
-                    out.push((h << 4) | l);
-                }
+            if odd && matches!(pad, Pad::Right0 | Pad::RightF) {
+                put(pad_nibble, out);
             }
         }
     }

@@ -105,3 +105,13 @@ pub fn check_spec_against_vectors(spec: &'static Spec, file: &str) {
         );
     }
 }
+
+/// The decoded fields as bytes (field 0 for the MTI), for content that may not be UTF-8.
+pub fn field_bytes_of(m: &Message) -> BTreeMap<usize, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    out.insert(0, m.mti().to_vec());
+    for n in m.field_numbers() {
+        out.insert(n, m.text(n).unwrap().to_vec());
+    }
+    out
+}
