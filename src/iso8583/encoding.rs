@@ -48,20 +48,52 @@ fn word_is_digits(x: u64) -> bool {
     ((y | y.wrapping_add(ONES * 0x06)) & (ONES * 0xF0)) == 0
 }
 
+/// Eight bytes from `v` at `at`, little-endian; 0 (which fails every check) when out of
+/// range, which the callers' arithmetic never is.
+#[inline(always)]
+fn load8(v: &[u8], at: usize) -> u64 {
+    v.get(at..at + 8)
+        .and_then(|s| <[u8; 8]>::try_from(s).ok())
+        .map_or(0, u64::from_le_bytes)
+}
+
+/// Four bytes from `v` at `at`, little-endian, in the low half; 0 when out of range.
+#[inline(always)]
+fn load4(v: &[u8], at: usize) -> u64 {
+    v.get(at..at + 4)
+        .and_then(|s| <[u8; 4]>::try_from(s).ok())
+        .map_or(0, |b| u64::from(u32::from_le_bytes(b)))
+}
+
+/// Applies an eight-byte test to all of `v` without copying: whole words, then one last
+/// word overlapping the end; short inputs are padded with `fill` (which passes the test).
+#[inline(always)]
+fn all_words(v: &[u8], fill: u8, test: impl Fn(u64) -> bool) -> bool {
+    let n = v.len();
+    if n >= 8 {
+        let mut ok = true;
+        let mut i = 0;
+        while i + 8 <= n {
+            ok &= test(load8(v, i));
+            i += 8;
+        }
+        ok & test(load8(v, n - 8))
+    } else if n >= 4 {
+        let fill4 = u64::from(u32::from_le_bytes([fill; 4])) << 32;
+        test(load4(v, 0) | fill4) & test(load4(v, n - 4) | fill4)
+    } else {
+        let mut w = [fill; 8];
+        for (d, s) in w.iter_mut().zip(v) {
+            *d = *s;
+        }
+        test(u64::from_le_bytes(w))
+    }
+}
+
 /// True when every byte is an ASCII digit (`0`..=`9`). Empty input is all digits.
 #[inline]
 pub fn all_ascii_digits(v: &[u8]) -> bool {
-    let mut chunks = v.chunks_exact(8);
-    let mut ok = true;
-    for c in &mut chunks {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(c);
-        ok &= word_is_digits(u64::from_le_bytes(w));
-    }
-    let rest = chunks.remainder();
-    let mut w = [b'0'; 8];
-    w[..rest.len()].copy_from_slice(rest);
-    ok & word_is_digits(u64::from_le_bytes(w))
+    all_words(v, b'0', word_is_digits)
 }
 
 /// True when eight bytes hold sixteen nibbles that are all 0..=9.
@@ -75,34 +107,40 @@ fn word_is_bcd(x: u64) -> bool {
 /// True when every nibble of `v` is a decimal digit.
 #[inline]
 pub fn all_bcd_digits(v: &[u8]) -> bool {
-    let mut chunks = v.chunks_exact(8);
-    let mut ok = true;
-    for c in &mut chunks {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(c);
-        ok &= word_is_bcd(u64::from_le_bytes(w));
-    }
-    let rest = chunks.remainder();
-    let mut w = [0u8; 8];
-    w[..rest.len()].copy_from_slice(rest);
-    ok & word_is_bcd(u64::from_le_bytes(w))
+    all_words(v, 0, word_is_bcd)
 }
 
 /// True when every byte is a hex digit, either case.
 #[inline]
 pub fn all_hex(v: &[u8]) -> bool {
-    v.iter().fold(true, |ok, &b| ok & b.is_ascii_hexdigit())
+    v.iter()
+        .fold(0u8, |bad, &b| bad | HEX_VALUES[usize::from(b)])
+        & 0x80
+        == 0
 }
+
+/// Hex digit values; `0xFF` for bytes that are not hex digits.
+const HEX_VALUES: [u8; 256] = {
+    let mut t = [0xFFu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'A' as usize + i] = 10 + i as u8;
+        t[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
 
 /// The value of one hex digit, or `None`.
 #[inline(always)]
 pub fn hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        _ => None,
-    }
+    let v = HEX_VALUES[usize::from(b)];
+    (v != 0xFF).then_some(v)
 }
 
 /// Upper-case hex digit for a nibble (0..=15).
@@ -116,13 +154,14 @@ pub fn hex_digit(n: u8) -> u8 {
 #[inline]
 pub fn hex16_to_u64(v: &[u8; 16]) -> Option<u64> {
     let mut acc = 0u64;
-    let mut bad = false;
+    let mut bad = 0u8;
     for &b in v {
-        let d = hex_value(b);
-        bad |= d.is_none();
-        acc = (acc << 4) | u64::from(d.unwrap_or(0));
+        let d = HEX_VALUES[usize::from(b)];
+        bad |= d;
+        acc = (acc << 4) | u64::from(d & 0x0F);
     }
-    if bad { None } else { Some(acc) }
+    // Every valid value is below 16, so the high bit of `bad` is set only by 0xFF.
+    if bad & 0x80 != 0 { None } else { Some(acc) }
 }
 
 /// Writes eight bytes as sixteen upper-case hex characters.
