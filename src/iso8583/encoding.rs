@@ -150,27 +150,64 @@ pub fn hex_digit(n: u8) -> u8 {
     DIGITS[usize::from(n & 0x0F)]
 }
 
+/// Per byte, the high bit set where the byte (below 0x80) is greater than `k`.
+#[inline(always)]
+const fn gt(x: u64, k: u8) -> u64 {
+    x.wrapping_add(ONES * (127 - k as u64)) & (ONES * 0x80)
+}
+
+/// Eight hex characters (first character in the lowest byte) to their 32-bit value, without
+/// a branch or a table per character; `None` if one is not a hex digit.
+#[inline(always)]
+fn hex8_to_u32(x: u64) -> Option<u32> {
+    let high = ONES * 0x80;
+    let digit = gt(x, b'0' - 1) & !gt(x, b'9');
+    let upper = gt(x, b'A' - 1) & !gt(x, b'F');
+    let lower = gt(x, b'a' - 1) & !gt(x, b'f');
+    if x & high != 0 || (digit | upper | lower) != high {
+        return None;
+    }
+    // Letters have bit 6 set: their value is the low nibble plus 9.
+    let v = (x & (ONES * 0x0F)) + ((x >> 6) & ONES) * 9;
+    // First character most significant: reverse the bytes, then pack nibbles pairwise.
+    let v = v.swap_bytes();
+    let v = (v | (v >> 4)) & 0x00FF_00FF_00FF_00FF;
+    let v = (v | (v >> 8)) & 0x0000_FFFF_0000_FFFF;
+    let v = (v | (v >> 16)) & 0x0000_0000_FFFF_FFFF;
+    Some(v as u32)
+}
+
 /// Reads eight bytes written as sixteen hex characters; `None` if one is not hex.
 #[inline]
 pub fn hex16_to_u64(v: &[u8; 16]) -> Option<u64> {
-    let mut acc = 0u64;
-    let mut bad = 0u8;
-    for &b in v {
-        let d = HEX_VALUES[usize::from(b)];
-        bad |= d;
-        acc = (acc << 4) | u64::from(d & 0x0F);
-    }
-    // Every valid value is below 16, so the high bit of `bad` is set only by 0xFF.
-    if bad & 0x80 != 0 { None } else { Some(acc) }
+    let (a, b) = v.split_at(8);
+    let a = u64::from_le_bytes(<[u8; 8]>::try_from(a).ok()?);
+    let b = u64::from_le_bytes(<[u8; 8]>::try_from(b).ok()?);
+    Some((u64::from(hex8_to_u32(a)?) << 32) | u64::from(hex8_to_u32(b)?))
+}
+
+/// A 32-bit value as eight upper-case hex characters, first character in the lowest byte.
+#[inline(always)]
+fn u32_to_hex8(x: u32) -> u64 {
+    let v = u64::from(x);
+    let v = ((v & 0xFFFF_0000) << 16) | (v & 0xFFFF);
+    let v = ((v & 0x0000_FF00_0000_FF00) << 8) | (v & 0x0000_00FF_0000_00FF);
+    let v = ((v & 0x00F0_00F0_00F0_00F0) << 4) | (v & 0x000F_000F_000F_000F);
+    // One nibble per byte, least significant in the lowest byte: reverse for text order.
+    let v = v.swap_bytes();
+    let letters = ((v + ONES * 0x06) >> 4) & ONES;
+    v + ONES * b'0' as u64 + letters * 7
 }
 
 /// Writes eight bytes as sixteen upper-case hex characters.
 #[inline]
 pub fn u64_to_hex16(x: u64) -> [u8; 16] {
+    let hi = u32_to_hex8((x >> 32) as u32).to_le_bytes();
+    let lo = u32_to_hex8(x as u32).to_le_bytes();
     let mut out = [0u8; 16];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = hex_digit((x >> (60 - 4 * i)) as u8);
-    }
+    let (a, b) = out.split_at_mut(8);
+    a.copy_from_slice(&hi);
+    b.copy_from_slice(&lo);
     out
 }
 
@@ -272,6 +309,35 @@ mod tests {
         assert_eq!(&u64_to_hex16(x), b"723C448108E08000");
         assert_eq!(hex16_to_u64(b"723c448108e08000"), Some(x));
         assert_eq!(hex16_to_u64(b"ZZ3C448108E08000"), None);
+        // Every byte value at every position: only hex digits are accepted.
+        for pos in 0..16 {
+            for b in 0..=255u8 {
+                let mut v = *b"0123456789abcDEF";
+                v[pos] = b;
+                assert_eq!(
+                    hex16_to_u64(&v).is_some(),
+                    b.is_ascii_hexdigit(),
+                    "byte {b:#x} at {pos}"
+                );
+            }
+        }
+        assert_eq!(
+            hex16_to_u64(b"0123456789abcDEF"),
+            Some(0x0123_4567_89AB_CDEF)
+        );
+        assert_eq!(hex16_to_u64(b"FFFFFFFFFFFFFFFF"), Some(u64::MAX));
+        for x in [
+            0,
+            1,
+            0x9A,
+            0xFEDC_BA98_7654_3210,
+            u64::MAX,
+            0x8000_0000_0000_0001,
+        ] {
+            let text = u64_to_hex16(x);
+            assert_eq!(std::str::from_utf8(&text).unwrap(), format!("{x:016X}"));
+            assert_eq!(hex16_to_u64(&text), Some(x));
+        }
     }
 
     #[test]

@@ -226,7 +226,7 @@ pub(crate) fn prefix_value(p: &[u8], enc: PrefixEncoding) -> Option<u32> {
 }
 
 /// Reads one bitmap word.
-#[inline]
+#[inline(never)]
 fn bitmap_word(
     input: &[u8],
     enc: BitmapEncoding,
@@ -234,16 +234,16 @@ fn bitmap_word(
 ) -> Result<(&[u8], u64), ParseError> {
     match enc {
         BitmapEncoding::Binary => {
-            let (rest, b) = take(input, 8).ok_or(ParseError::BitmapTruncated { offset })?;
-            let mut w = [0u8; 8];
-            w.copy_from_slice(b);
-            Ok((rest, u64::from_be_bytes(w)))
+            let (b, rest) = input
+                .split_first_chunk::<8>()
+                .ok_or(ParseError::BitmapTruncated { offset })?;
+            Ok((rest, u64::from_be_bytes(*b)))
         }
         BitmapEncoding::HexAscii => {
-            let (rest, b) = take(input, 16).ok_or(ParseError::BitmapTruncated { offset })?;
-            let mut w = [0u8; 16];
-            w.copy_from_slice(b);
-            let x = hex16_to_u64(&w).ok_or(ParseError::BitmapInvalid { offset })?;
+            let (b, rest) = input
+                .split_first_chunk::<16>()
+                .ok_or(ParseError::BitmapTruncated { offset })?;
+            let x = hex16_to_u64(b).ok_or(ParseError::BitmapInvalid { offset })?;
             Ok((rest, x))
         }
     }
@@ -260,6 +260,16 @@ fn mti(spec: &Spec, input: &[u8]) -> Result<(usize, [u8; 4]), ParseError> {
             return Err(ParseError::MtiInvalid { offset: 0 });
         }
         return Ok((4, *head));
+    }
+    if matches!(f.encoding, Encoding::Bcd(_)) {
+        let [a, b] = *input
+            .first_chunk::<2>()
+            .ok_or(ParseError::MtiTruncated { offset: 0 })?;
+        let out = [a >> 4, a & 0x0F, b >> 4, b & 0x0F];
+        if out.iter().any(|&d| d > 9) {
+            return Err(ParseError::MtiInvalid { offset: 0 });
+        }
+        return Ok((2, out.map(|d| b'0' + d)));
     }
     let wl = f.wire_len(4);
     let (_, raw) = take(input, wl).ok_or(ParseError::MtiTruncated { offset: 0 })?;
@@ -315,12 +325,13 @@ pub(crate) fn parse_layout<const STRICT: bool>(
     let mut count = 0usize;
     let plans = &*spec.plans;
     for (wi, &word) in words.iter().enumerate() {
-        // Reversed, so the lowest set bit is the next field: `tzcnt` and `blsr`.
-        let mut bits = word.reverse_bits();
+        // Shifted left past each field found: `lzcnt` and two shifts per field.
+        let mut bits = word;
+        let mut n = wi * 64;
         while bits != 0 {
-            let tz = bits.trailing_zeros() as usize;
-            bits &= bits - 1;
-            let n = wi * 64 + tz + 1;
+            let lz = bits.leading_zeros();
+            bits = (bits << lz) << 1;
+            n += lz as usize + 1;
             let offset = total - input.len();
             let field = n as u16;
             // A byte-sized index into a 256-entry table: no bounds check, no panic path.
