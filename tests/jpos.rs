@@ -5,6 +5,8 @@
 //! `../shared/jpos-packagers` is there (CI clones the repo beside `shared/`): jPOS's own
 //! files, which are AGPL and therefore never copied into this repository.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // helpers outside #[test] fns
+
 mod common;
 
 use std::path::PathBuf;

@@ -4,6 +4,8 @@
 //! Counted with a process-wide instrumented allocator, which is why this is its own test
 //! binary with a single test (tests in one binary share the allocator and run in parallel).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // helpers outside #[test] fns
+
 mod common;
 
 use std::alloc::System;

@@ -2,6 +2,8 @@
 //! built-in specs, and random or corrupted bytes never make the parser or the frame
 //! decoder panic.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // helpers outside #[test] fns
+
 mod common;
 
 use std::collections::BTreeMap;

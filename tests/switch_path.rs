@@ -2,6 +2,8 @@
 //! read its fields, swap the virtual card for the real one toward the issuer, parse the
 //! issuer's answer, swap back toward the network; and answer locally from a request.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // helpers outside #[test] fns
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -2,6 +2,8 @@
 //! (`fixtures/vectors/`). Each message must parse to exactly its fields and pack back to
 //! exactly its bytes; each malformed input must be refused at the field the file names.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // helpers outside #[test] fns
+
 mod common;
 
 use std::collections::BTreeMap;
