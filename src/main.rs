@@ -21,6 +21,8 @@ struct Cli {
 enum Command {
     /// An issuer authorization host with accounts and balances, to point the switch at.
     IssuerSim(tools::issuer_sim::Args),
+    /// Replays a traffic file over many connections and reports throughput and latency.
+    Loadgen(tools::loadgen::Args),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +42,10 @@ fn main() -> ExitCode {
             Command::IssuerSim(args) => {
                 logging::init(LogFormat::Human);
                 tools::issuer_sim::run_cli(args).await
+            }
+            Command::Loadgen(args) => {
+                logging::init(LogFormat::Human);
+                tools::loadgen::run_cli(args).await
             }
         }
     });
