@@ -26,6 +26,8 @@ enum Command {
     Serve(ServeArgs),
     /// An issuer authorization host with accounts and balances, to point the switch at.
     IssuerSim(tools::issuer_sim::Args),
+    /// Replays a traffic file over many connections and reports throughput and latency.
+    Loadgen(tools::loadgen::Args),
 }
 
 /// Options of `vpan serve`.
@@ -47,6 +49,10 @@ fn main() -> ExitCode {
         Command::IssuerSim(args) => {
             logging::init(LogFormat::Human);
             runtime().and_then(|rt| rt.block_on(tools::issuer_sim::run_cli(args)))
+        }
+        Command::Loadgen(args) => {
+            logging::init(LogFormat::Human);
+            runtime().and_then(|rt| rt.block_on(tools::loadgen::run_cli(args)))
         }
     };
     match result {

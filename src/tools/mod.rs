@@ -10,4 +10,5 @@
 //!   rate, and reports throughput and latency percentiles (`vpan loadgen`).
 
 pub mod issuer_sim;
+pub mod loadgen;
 pub mod traffic;
