@@ -229,6 +229,11 @@ impl App {
         self.cards.clone()
     }
 
+    /// The issuer link (its [`IssuerLink::connected`] tells when it is up).
+    pub fn issuer(&self) -> IssuerLink {
+        self.issuer.clone()
+    }
+
     /// What recovery found at start.
     pub fn recovered(&self) -> &Recovered {
         &self.recovered

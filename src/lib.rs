@@ -14,6 +14,8 @@
 //! - [`config`]: the typed configuration, file + environment, validated at start.
 //! - [`logging`]: human or JSON log lines on stderr.
 //! - [`metrics`]: the contract's metric names, described once, and the `/metrics` endpoint.
+//! - [`tools`]: the issuer simulator, the traffic file and the load generator that test and
+//!   measure the switch over real TCP.
 
 pub mod api;
 pub mod app;
@@ -25,3 +27,4 @@ pub mod metrics;
 pub mod pan;
 pub mod store;
 pub mod switch;
+pub mod tools;

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use vpan::app::App;
 use vpan::config::Config;
 use vpan::logging::{self, LogFormat};
+use vpan::tools;
 
 /// vpan: ISO 8583 authorization switch for controlled virtual card numbers.
 #[derive(Parser)]
@@ -23,6 +24,10 @@ struct Cli {
 enum Command {
     /// The switch: network listener, issuer link, HTTPS issuance API, metrics.
     Serve(ServeArgs),
+    /// An issuer authorization host with accounts and balances, to point the switch at.
+    IssuerSim(tools::issuer_sim::Args),
+    /// Replays a traffic file over many connections and reports throughput and latency.
+    Loadgen(tools::loadgen::Args),
     /// A client of the HTTPS issuance API: create, show, pause, resume, close, list.
     Card(Box<vpan::api::client::CardArgs>),
 }
@@ -43,6 +48,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
+        Command::IssuerSim(args) => {
+            logging::init(LogFormat::Human);
+            runtime().and_then(|rt| rt.block_on(tools::issuer_sim::run_cli(args)))
+        }
+        Command::Loadgen(args) => {
+            logging::init(LogFormat::Human);
+            runtime().and_then(|rt| rt.block_on(tools::loadgen::run_cli(args)))
+        }
         Command::Card(args) => return vpan::api::client::main(*args),
     };
     match result {

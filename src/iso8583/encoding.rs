@@ -48,20 +48,52 @@ fn word_is_digits(x: u64) -> bool {
     ((y | y.wrapping_add(ONES * 0x06)) & (ONES * 0xF0)) == 0
 }
 
+/// Eight bytes from `v` at `at`, little-endian; 0 (which fails every check) when out of
+/// range, which the callers' arithmetic never is.
+#[inline(always)]
+fn load8(v: &[u8], at: usize) -> u64 {
+    v.get(at..at + 8)
+        .and_then(|s| <[u8; 8]>::try_from(s).ok())
+        .map_or(0, u64::from_le_bytes)
+}
+
+/// Four bytes from `v` at `at`, little-endian, in the low half; 0 when out of range.
+#[inline(always)]
+fn load4(v: &[u8], at: usize) -> u64 {
+    v.get(at..at + 4)
+        .and_then(|s| <[u8; 4]>::try_from(s).ok())
+        .map_or(0, |b| u64::from(u32::from_le_bytes(b)))
+}
+
+/// Applies an eight-byte test to all of `v` without copying: whole words, then one last
+/// word overlapping the end; short inputs are padded with `fill` (which passes the test).
+#[inline(always)]
+fn all_words(v: &[u8], fill: u8, test: impl Fn(u64) -> bool) -> bool {
+    let n = v.len();
+    if n >= 8 {
+        let mut ok = true;
+        let mut i = 0;
+        while i + 8 <= n {
+            ok &= test(load8(v, i));
+            i += 8;
+        }
+        ok & test(load8(v, n - 8))
+    } else if n >= 4 {
+        let fill4 = u64::from(u32::from_le_bytes([fill; 4])) << 32;
+        test(load4(v, 0) | fill4) & test(load4(v, n - 4) | fill4)
+    } else {
+        let mut w = [fill; 8];
+        for (d, s) in w.iter_mut().zip(v) {
+            *d = *s;
+        }
+        test(u64::from_le_bytes(w))
+    }
+}
+
 /// True when every byte is an ASCII digit (`0`..=`9`). Empty input is all digits.
 #[inline]
 pub fn all_ascii_digits(v: &[u8]) -> bool {
-    let mut chunks = v.chunks_exact(8);
-    let mut ok = true;
-    for c in &mut chunks {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(c);
-        ok &= word_is_digits(u64::from_le_bytes(w));
-    }
-    let rest = chunks.remainder();
-    let mut w = [b'0'; 8];
-    w[..rest.len()].copy_from_slice(rest);
-    ok & word_is_digits(u64::from_le_bytes(w))
+    all_words(v, b'0', word_is_digits)
 }
 
 /// True when eight bytes hold sixteen nibbles that are all 0..=9.
@@ -75,34 +107,40 @@ fn word_is_bcd(x: u64) -> bool {
 /// True when every nibble of `v` is a decimal digit.
 #[inline]
 pub fn all_bcd_digits(v: &[u8]) -> bool {
-    let mut chunks = v.chunks_exact(8);
-    let mut ok = true;
-    for c in &mut chunks {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(c);
-        ok &= word_is_bcd(u64::from_le_bytes(w));
-    }
-    let rest = chunks.remainder();
-    let mut w = [0u8; 8];
-    w[..rest.len()].copy_from_slice(rest);
-    ok & word_is_bcd(u64::from_le_bytes(w))
+    all_words(v, 0, word_is_bcd)
 }
 
 /// True when every byte is a hex digit, either case.
 #[inline]
 pub fn all_hex(v: &[u8]) -> bool {
-    v.iter().fold(true, |ok, &b| ok & b.is_ascii_hexdigit())
+    v.iter()
+        .fold(0u8, |bad, &b| bad | HEX_VALUES[usize::from(b)])
+        & 0x80
+        == 0
 }
+
+/// Hex digit values; `0xFF` for bytes that are not hex digits.
+const HEX_VALUES: [u8; 256] = {
+    let mut t = [0xFFu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'A' as usize + i] = 10 + i as u8;
+        t[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
 
 /// The value of one hex digit, or `None`.
 #[inline(always)]
 pub fn hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        _ => None,
-    }
+    let v = HEX_VALUES[usize::from(b)];
+    (v != 0xFF).then_some(v)
 }
 
 /// Upper-case hex digit for a nibble (0..=15).
@@ -112,26 +150,64 @@ pub fn hex_digit(n: u8) -> u8 {
     DIGITS[usize::from(n & 0x0F)]
 }
 
+/// Per byte, the high bit set where the byte (below 0x80) is greater than `k`.
+#[inline(always)]
+const fn gt(x: u64, k: u8) -> u64 {
+    x.wrapping_add(ONES * (127 - k as u64)) & (ONES * 0x80)
+}
+
+/// Eight hex characters (first character in the lowest byte) to their 32-bit value, without
+/// a branch or a table per character; `None` if one is not a hex digit.
+#[inline(always)]
+fn hex8_to_u32(x: u64) -> Option<u32> {
+    let high = ONES * 0x80;
+    let digit = gt(x, b'0' - 1) & !gt(x, b'9');
+    let upper = gt(x, b'A' - 1) & !gt(x, b'F');
+    let lower = gt(x, b'a' - 1) & !gt(x, b'f');
+    if x & high != 0 || (digit | upper | lower) != high {
+        return None;
+    }
+    // Letters have bit 6 set: their value is the low nibble plus 9.
+    let v = (x & (ONES * 0x0F)) + ((x >> 6) & ONES) * 9;
+    // First character most significant: reverse the bytes, then pack nibbles pairwise.
+    let v = v.swap_bytes();
+    let v = (v | (v >> 4)) & 0x00FF_00FF_00FF_00FF;
+    let v = (v | (v >> 8)) & 0x0000_FFFF_0000_FFFF;
+    let v = (v | (v >> 16)) & 0x0000_0000_FFFF_FFFF;
+    Some(v as u32)
+}
+
 /// Reads eight bytes written as sixteen hex characters; `None` if one is not hex.
 #[inline]
 pub fn hex16_to_u64(v: &[u8; 16]) -> Option<u64> {
-    let mut acc = 0u64;
-    let mut bad = false;
-    for &b in v {
-        let d = hex_value(b);
-        bad |= d.is_none();
-        acc = (acc << 4) | u64::from(d.unwrap_or(0));
-    }
-    if bad { None } else { Some(acc) }
+    let (a, b) = v.split_at(8);
+    let a = u64::from_le_bytes(<[u8; 8]>::try_from(a).ok()?);
+    let b = u64::from_le_bytes(<[u8; 8]>::try_from(b).ok()?);
+    Some((u64::from(hex8_to_u32(a)?) << 32) | u64::from(hex8_to_u32(b)?))
+}
+
+/// A 32-bit value as eight upper-case hex characters, first character in the lowest byte.
+#[inline(always)]
+fn u32_to_hex8(x: u32) -> u64 {
+    let v = u64::from(x);
+    let v = ((v & 0xFFFF_0000) << 16) | (v & 0xFFFF);
+    let v = ((v & 0x0000_FF00_0000_FF00) << 8) | (v & 0x0000_00FF_0000_00FF);
+    let v = ((v & 0x00F0_00F0_00F0_00F0) << 4) | (v & 0x000F_000F_000F_000F);
+    // One nibble per byte, least significant in the lowest byte: reverse for text order.
+    let v = v.swap_bytes();
+    let letters = ((v + ONES * 0x06) >> 4) & ONES;
+    v + ONES * b'0' as u64 + letters * 7
 }
 
 /// Writes eight bytes as sixteen upper-case hex characters.
 #[inline]
 pub fn u64_to_hex16(x: u64) -> [u8; 16] {
+    let hi = u32_to_hex8((x >> 32) as u32).to_le_bytes();
+    let lo = u32_to_hex8(x as u32).to_le_bytes();
     let mut out = [0u8; 16];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = hex_digit((x >> (60 - 4 * i)) as u8);
-    }
+    let (a, b) = out.split_at_mut(8);
+    a.copy_from_slice(&hi);
+    b.copy_from_slice(&lo);
     out
 }
 
@@ -233,6 +309,35 @@ mod tests {
         assert_eq!(&u64_to_hex16(x), b"723C448108E08000");
         assert_eq!(hex16_to_u64(b"723c448108e08000"), Some(x));
         assert_eq!(hex16_to_u64(b"ZZ3C448108E08000"), None);
+        // Every byte value at every position: only hex digits are accepted.
+        for pos in 0..16 {
+            for b in 0..=255u8 {
+                let mut v = *b"0123456789abcDEF";
+                v[pos] = b;
+                assert_eq!(
+                    hex16_to_u64(&v).is_some(),
+                    b.is_ascii_hexdigit(),
+                    "byte {b:#x} at {pos}"
+                );
+            }
+        }
+        assert_eq!(
+            hex16_to_u64(b"0123456789abcDEF"),
+            Some(0x0123_4567_89AB_CDEF)
+        );
+        assert_eq!(hex16_to_u64(b"FFFFFFFFFFFFFFFF"), Some(u64::MAX));
+        for x in [
+            0,
+            1,
+            0x9A,
+            0xFEDC_BA98_7654_3210,
+            u64::MAX,
+            0x8000_0000_0000_0001,
+        ] {
+            let text = u64_to_hex16(x);
+            assert_eq!(std::str::from_utf8(&text).unwrap(), format!("{x:016X}"));
+            assert_eq!(hex16_to_u64(&text), Some(x));
+        }
     }
 
     #[test]

@@ -155,9 +155,10 @@ fn bitmap_from_class(e: &Element, path: &str) -> Result<(BitmapEncoding, u32), S
 /// | `IFA_NUMERIC`, `IFA_LL..NUM` | ASCII digits | ASCII decimal |
 /// | `IF_CHAR`, `IFA_LL..CHAR` | ASCII text | ASCII decimal |
 /// | `IFA_AMOUNT` | `C`/`D` and ASCII digits | none |
-/// | `IFA_BINARY`, `IFA_LL..BINARY` | bytes as hex ASCII (length counts bytes) | ASCII decimal |
-/// | `IFB_NUMERIC`, `IFB_LL..NUM` | BCD, `pad="true"` left, else right with 0 | BCD |
-/// | `IFB_LLHNUM` | BCD, `pad="true"` left 0, else right `F` | 1 binary byte |
+/// | `IFA_BINARY` | bytes as hex ASCII (length counts bytes) | none |
+/// | `IFA_LL..BINARY` | raw bytes | ASCII decimal |
+/// | `IFB_NUMERIC`, `IFB_LL..NUM` | BCD, `pad="true"` left, else right, with 0 | BCD |
+/// | `IFB_LLHNUM` | BCD, padded as above | 1 binary byte (counts digits) |
 /// | `IFB_LL..CHAR`, `IFB_LLHCHAR` | ASCII text | BCD / 1 binary byte |
 /// | `IFB_LLHECHAR` | EBCDIC text | 1 binary byte |
 /// | `IFB_BINARY`, `IFB_LL..BINARY`, `IFB_LLHBINARY` | bytes | none / BCD / 1 binary byte |
@@ -191,13 +192,11 @@ fn field_from_class(e: &Element, path: &str) -> Result<FieldSpec, SpecError> {
         ("IFA", "NUMERIC" | "NUM") => (num_kind, Encoding::Ascii, PrefixEncoding::Ascii),
         ("IF", "CHAR") | ("IFA", "CHAR") => (Kind::Ans, Encoding::Ascii, PrefixEncoding::Ascii),
         ("IFA", "AMOUNT") => (Kind::Xn, Encoding::Ascii, PrefixEncoding::Ascii),
-        ("IFA", "BINARY") => (Kind::B, Encoding::HexAscii, PrefixEncoding::Ascii),
+        // Fixed IFA_BINARY is hex text; the variable IFA_LL..BINARY are raw bytes.
+        ("IFA", "BINARY") if l_count == 0 => (Kind::B, Encoding::HexAscii, PrefixEncoding::Ascii),
+        ("IFA", "BINARY") => (Kind::B, Encoding::Binary, PrefixEncoding::Ascii),
         ("IFB", "NUMERIC" | "NUM") => {
-            let pad = match (pad_left, binary_prefix) {
-                (true, _) => Pad::Left0,
-                (false, true) => Pad::RightF,
-                (false, false) => Pad::Right0,
-            };
+            let pad = if pad_left { Pad::Left0 } else { Pad::Right0 };
             let prefix = if binary_prefix {
                 PrefixEncoding::Binary
             } else {
@@ -329,6 +328,99 @@ fn element(s: &BytesStart<'_>) -> Result<Element, SpecError> {
     Ok(e)
 }
 
+/// The jPOS class that writes a field the way `f` says; `None` for the few layouts no
+/// stock class has (e.g. EBCDIC digits with a BCD prefix).
+pub fn class_for(f: &FieldSpec) -> Option<String> {
+    use super::spec::Length;
+    let ls = |d: u8| "L".repeat(usize::from(d));
+    let numeric = matches!(f.kind, Kind::N | Kind::Z);
+    Some(match (f.length, f.encoding) {
+        (Length::Fixed, Encoding::Ascii) => match f.kind {
+            Kind::Xn => "IFA_AMOUNT".into(),
+            _ if numeric => "IFA_NUMERIC".into(),
+            _ => "IF_CHAR".into(),
+        },
+        (Length::Fixed, Encoding::Bcd(_)) => match f.kind {
+            Kind::Xn => "IFB_AMOUNT".into(),
+            _ => "IFB_NUMERIC".into(),
+        },
+        (Length::Fixed, Encoding::HexAscii) => "IFA_BINARY".into(),
+        (Length::Fixed, Encoding::Binary) => "IFB_BINARY".into(),
+        (Length::Fixed, Encoding::Ebcdic) => {
+            if numeric {
+                "IFE_NUMERIC".into()
+            } else {
+                "IFE_CHAR".into()
+            }
+        }
+        (Length::Var { digits, encoding }, enc) => {
+            let base = match enc {
+                Encoding::Bcd(_) => "NUM",
+                Encoding::Binary | Encoding::HexAscii => "BINARY",
+                _ if numeric => "NUM",
+                _ => "CHAR",
+            };
+            match (encoding, enc) {
+                (PrefixEncoding::Ascii, Encoding::Ascii | Encoding::Binary) => {
+                    format!("IFA_{}{base}", ls(digits))
+                }
+                (PrefixEncoding::Bcd, Encoding::Ascii | Encoding::Binary | Encoding::Bcd(_)) => {
+                    format!("IFB_{}{base}", ls(digits))
+                }
+                (PrefixEncoding::Binary, Encoding::Ebcdic) if digits == 2 => "IFB_LLHECHAR".into(),
+                (PrefixEncoding::Binary, Encoding::Ascii | Encoding::Binary | Encoding::Bcd(_))
+                    if digits == 2 =>
+                {
+                    format!("IFB_LLH{base}")
+                }
+                (PrefixEncoding::Ebcdic, Encoding::Ebcdic) => format!("IFE_{}{base}", ls(digits)),
+                _ => return None,
+            }
+        }
+    })
+}
+
+/// Writes a spec as a GenericPackager document (subfield layouts are not written). Fields
+/// whose layout no stock jPOS class has are left out.
+pub fn to_xml(spec: &Spec) -> String {
+    let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    out.push_str(&format!(
+        "<!-- {} field layout, written by vpan -->\n<isopackager>\n",
+        spec.name
+    ));
+    let mut line = |id: usize, len: u32, name: &str, class: &str, pad: Option<bool>| {
+        let pad = pad.map_or(String::new(), |p| format!(" pad=\"{p}\""));
+        let name = name
+            .replace('&', "&amp;")
+            .replace('"', "&quot;")
+            .replace('<', "&lt;");
+        out.push_str(&format!(
+            "  <isofield id=\"{id}\" length=\"{len}\" name=\"{name}\" class=\"org.jpos.iso.{class}\"{pad}/>\n"
+        ));
+    };
+    let pad_of = |f: &FieldSpec| match f.encoding {
+        Encoding::Bcd(p) => Some(matches!(p, Pad::Left0 | Pad::LeftF)),
+        _ => None,
+    };
+    if let Some(c) = class_for(&spec.mti) {
+        line(0, 4, "message type indicator", &c, pad_of(&spec.mti));
+    }
+    let (bm, bytes) = match spec.bitmap {
+        BitmapEncoding::Binary => ("IFB_BITMAP", spec.max_field / 8),
+        BitmapEncoding::HexAscii => ("IFA_BITMAP", spec.max_field / 8),
+    };
+    line(1, bytes as u32, "bitmap", bm, None);
+    for n in 2..=spec.max_field {
+        if let Some(f) = spec.field(n)
+            && let Some(c) = class_for(f)
+        {
+            line(n, f.max_len, spec.field_name(n), &c, pad_of(f));
+        }
+    }
+    out.push_str("</isopackager>\n");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -347,7 +439,14 @@ mod tests {
     #[test]
     fn jpos_classes_map_to_encoding_and_prefix() {
         use Encoding::*;
-        let cases: &[(&str, bool, Kind, Encoding, Option<(u8, PrefixEncoding)>)] = &[
+        type Case = (
+            &'static str,
+            bool,
+            Kind,
+            Encoding,
+            Option<(u8, PrefixEncoding)>,
+        );
+        let cases: &[Case] = &[
             ("org.jpos.iso.IFA_NUMERIC", false, Kind::N, Ascii, None),
             (
                 "org.jpos.iso.IFA_LLNUM",
@@ -361,7 +460,7 @@ mod tests {
                 "org.jpos.iso.IFA_LLLLLLBINARY",
                 false,
                 Kind::B,
-                HexAscii,
+                Binary,
                 Some((6, PrefixEncoding::Ascii)),
             ),
             (
@@ -382,7 +481,7 @@ mod tests {
                 "org.jpos.iso.IFB_LLHNUM",
                 false,
                 Kind::N,
-                Bcd(Pad::RightF),
+                Bcd(Pad::Right0),
                 Some((2, PrefixEncoding::Binary)),
             ),
             (
@@ -434,6 +533,30 @@ mod tests {
     #[test]
     fn a_length_beyond_the_prefix_is_refused() {
         assert!(field_from_class(&el("2", "100", "org.jpos.iso.IFA_LLNUM", false), "2").is_err());
+    }
+
+    #[test]
+    fn the_built_in_specs_survive_a_trip_through_xml() {
+        for spec in [Spec::iso87ascii(), Spec::iso87binary()] {
+            let back = from_xml("back", &to_xml(spec)).unwrap();
+            assert_eq!(back.mti, spec.mti);
+            assert_eq!(back.bitmap, spec.bitmap);
+            assert_eq!(back.max_field, spec.max_field);
+            for n in 2..=128 {
+                let (a, b) = (spec.field(n).unwrap(), back.field(n).unwrap());
+                // jPOS has no `an` class: text comes back as `ans`, which checks the same.
+                let kind = if a.kind == Kind::An {
+                    Kind::Ans
+                } else {
+                    a.kind
+                };
+                assert_eq!(
+                    (kind, a.encoding, a.length, a.max_len),
+                    (b.kind, b.encoding, b.length, b.max_len),
+                    "field {n}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -432,30 +432,37 @@ impl Message {
         })
     }
 
-    /// Decodes the nested subfields of field `n` with the spec's subfield layout.
-    pub fn subfields(
-        &self,
-        n: usize,
-    ) -> Result<Vec<(usize, FieldText<'_>)>, super::parse::ParseError> {
-        let sub = self.spec.subfields.get(n).and_then(Option::as_ref).ok_or(
-            super::parse::ParseError::UndefinedField {
-                field: n as u16,
-                offset: 0,
-            },
-        )?;
-        let f = self
-            .spec
-            .field(n)
-            .ok_or(super::parse::ParseError::UndefinedField {
-                field: n as u16,
-                offset: 0,
-            })?;
-        let content = self.raw(n).unwrap_or_default();
-        let content = match f.encoding {
-            Encoding::HexAscii | Encoding::Binary => content,
-            _ => content,
+    /// Decodes the nested subfields of field `n` with the spec's subfield layout (jPOS
+    /// `isofieldpackager`): `(subfield id, decoded value)` in order. Not on the hot path:
+    /// it allocates.
+    pub fn subfields(&self, n: usize) -> Result<Vec<(usize, Vec<u8>)>, super::parse::ParseError> {
+        let undefined = super::parse::ParseError::UndefinedField {
+            field: n as u16,
+            offset: 0,
         };
-        super::parse::parse_subfields(sub, n, content)
+        let sub = self
+            .spec
+            .subfields
+            .get(n)
+            .and_then(Option::as_ref)
+            .ok_or(undefined)?;
+        let f = self.spec.field(n).ok_or(undefined)?;
+        let content = self.raw(n).unwrap_or_default();
+        // Hex text on the wire holds the subfields' bytes.
+        let bytes: Vec<u8> = if f.encoding == Encoding::HexAscii {
+            content
+                .chunks_exact(2)
+                .filter_map(|p| {
+                    let h = super::encoding::hex_value(*p.first()?)?;
+                    let l = super::encoding::hex_value(*p.get(1)?)?;
+                    Some((h << 4) | l)
+                })
+                .collect()
+        } else {
+            content.to_vec()
+        };
+        let subs = super::parse::parse_subfields(sub, n, &bytes)?;
+        Ok(subs.into_iter().map(|(i, t)| (i, t.to_vec())).collect())
     }
 }
 

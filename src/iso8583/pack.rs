@@ -9,7 +9,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::encoding::{LATIN1_TO_EBCDIC, hex_value, u64_to_hex16, write_ascii_decimal};
-use super::message::{Message, bit, rank};
+use super::message::Message;
 use super::parse::content_ok;
 use super::spec::{BitmapEncoding, Encoding, FieldSpec, Kind, Length, Pad, PrefixEncoding};
 
@@ -113,26 +113,30 @@ pub(crate) fn encode_field(
             if let Some(s) = sign {
                 out.push(s);
             }
-            let mut nibbles = Vec::with_capacity(digits.len() + 1);
+            // Nibbles are paired as they come, so no buffer is needed.
+            let odd = digits.len() % 2 == 1;
+            let pad_nibble = match pad {
+                Pad::Left0 | Pad::Right0 => 0,
+                Pad::LeftF | Pad::RightF => 0xF,
+            };
+            let mut high: Option<u8> = None;
+            let mut put = |nib: u8, out: &mut Vec<u8>| match high.take() {
+                Some(h) => out.push((h << 4) | nib),
+                None => high = Some(nib),
+            };
+            if odd && matches!(pad, Pad::Left0 | Pad::LeftF) {
+                put(pad_nibble, out);
+            }
             for &c in digits {
-                nibbles.push(match c {
+                let nib = match c {
                     b'0'..=b'9' => c - b'0',
                     b'=' | b'D' | b'd' if matches!(f.kind, Kind::Z) => 0xD,
                     _ => return Err(EditError::BadValue { field }),
-                });
+                };
+                put(nib, out);
             }
-            if nibbles.len() % 2 == 1 {
-                match pad {
-                    Pad::Left0 => nibbles.insert(0, 0),
-                    Pad::LeftF => nibbles.insert(0, 0xF),
-                    Pad::Right0 => nibbles.push(0),
-                    Pad::RightF => nibbles.push(0xF),
-                }
-            }
-            for pair in nibbles.chunks_exact(2) {
-                if let [h, l] = pair {
-                    out.push((h << 4) | l);
-                }
+            if odd && matches!(pad, Pad::Right0 | Pad::RightF) {
+                put(pad_nibble, out);
             }
         }
     }
@@ -234,43 +238,82 @@ impl Message {
             dst.put_slice(self.buf.get(a..b).unwrap_or_default());
             return;
         }
-        let mut run: Option<(usize, usize)> = None;
-        for n in 2..=spec.max_field {
-            let (w, m) = bit(n);
-            if self.present[w] & m == 0 || (tertiary && n == 65) {
-                continue;
+        // One pass over the edit records: which fields are edited. With few records their
+        // wire bytes are looked up again when needed; with many (a message built from
+        // scratch), a table of each field's last record avoids a quadratic walk.
+        let mut edited = [0u64; 3];
+        let mut records = 0usize;
+        let mut rest = self.edits.as_slice();
+        while let [f, l0, l1, tail @ ..] = rest {
+            let len = u16::from_le_bytes([*l0, *l1]);
+            let (w, m) = super::message::bit(usize::from(*f));
+            edited[w] |= m;
+            records += 1;
+            let take = if len == u16::MAX { 0 } else { usize::from(len) };
+            rest = tail.get(take..).unwrap_or_default();
+        }
+        let table = (records > 8).then(|| {
+            let mut last = [u32::MAX; 256];
+            let mut rest = self.edits.as_slice();
+            let mut at = 0usize;
+            while let [f, l0, l1, tail @ ..] = rest {
+                let len = u16::from_le_bytes([*l0, *l1]);
+                last[usize::from(*f)] = at as u32;
+                let take = if len == u16::MAX { 0 } else { usize::from(len) };
+                rest = tail.get(take..).unwrap_or_default();
+                at += 3 + take;
             }
-            let edited = if self.edits.is_empty() {
-                None
-            } else {
-                self.edit(n)
-            };
-            match edited {
-                Some(Some(wire)) => {
-                    if let Some((a, b)) = run.take() {
-                        dst.put_slice(self.buf.get(a..b).unwrap_or_default());
-                    }
+            last
+        });
+        // Only the changed fields are visited: everything received between two changes is
+        // contiguous in the frame and goes out as one copy.
+        let parsed = self.layout.mask;
+        let changed = [
+            edited[0] | (parsed[0] & !self.present[0]),
+            edited[1] | (parsed[1] & !self.present[1]),
+            edited[2] | (parsed[2] & !self.present[2]),
+        ];
+        let at = |r: usize| usize::from(starts.get(r).copied().unwrap_or(0));
+        let mut cursor = at(0);
+        for (wi, &word) in changed.iter().enumerate() {
+            let mut bits = word;
+            let mut n = wi * 64;
+            while bits != 0 {
+                let lz = bits.leading_zeros();
+                bits = (bits << lz) << 1;
+                n += lz as usize + 1;
+                let (w, m) = super::message::bit(n);
+                let r = super::message::rank(&parsed, n);
+                if count > 0 {
+                    dst.put_slice(self.buf.get(cursor..at(r)).unwrap_or_default());
+                    cursor = if parsed[w] & m != 0 { at(r + 1) } else { at(r) };
+                }
+                if self.present[w] & m != 0 && !(tertiary && n == 65) {
+                    let wire = match &table {
+                        Some(last) => self.record(last[n & 0xFF] as usize),
+                        None => self.edit(n).flatten().unwrap_or_default(),
+                    };
                     dst.put_slice(wire);
                 }
-                Some(None) => {}
-                None => {
-                    let r = rank(&self.layout.mask, n);
-                    let a = usize::from(starts.get(r).copied().unwrap_or(0));
-                    let b = usize::from(starts.get(r + 1).copied().unwrap_or(0));
-                    run = match run {
-                        Some((ra, rb)) if rb == a => Some((ra, b)),
-                        Some((ra, rb)) => {
-                            dst.put_slice(self.buf.get(ra..rb).unwrap_or_default());
-                            Some((a, b))
-                        }
-                        None => Some((a, b)),
-                    };
-                }
             }
         }
-        if let Some((a, b)) = run {
-            dst.put_slice(self.buf.get(a..b).unwrap_or_default());
+        if count > 0 {
+            dst.put_slice(self.buf.get(cursor..at(count)).unwrap_or_default());
         }
+    }
+
+    /// The wire bytes of the edit record at `at` (empty for a removal).
+    fn record(&self, at: usize) -> &[u8] {
+        let Some([_, l0, l1]) = self.edits.get(at..at + 3) else {
+            return &[];
+        };
+        let len = u16::from_le_bytes([*l0, *l1]);
+        if len == u16::MAX {
+            return &[];
+        }
+        self.edits
+            .get(at + 3..at + 3 + usize::from(len))
+            .unwrap_or_default()
     }
 
     /// The message's bytes in a new buffer (see [`Message::pack_into`]).

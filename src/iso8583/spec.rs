@@ -196,6 +196,140 @@ impl FieldSpec {
     }
 }
 
+/// What the parser checks in a field's content, decided once per field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Check {
+    /// Nothing (text, binary).
+    None,
+    /// ASCII digits.
+    AsciiDigits,
+    /// ASCII digits, `=` or `D`.
+    AsciiTrack,
+    /// `C`/`D` then ASCII digits.
+    AsciiSigned,
+    /// Hex characters.
+    Hex,
+    /// EBCDIC digits.
+    EbcdicDigits,
+    /// EBCDIC digits, `=` or `D`.
+    EbcdicTrack,
+    /// EBCDIC `C`/`D` then EBCDIC digits.
+    EbcdicSigned,
+    /// Packed digits with a 0 pad nibble where odd.
+    BcdDigits,
+    /// Packed digits and `D` (track data) with any pad; checked nibble by nibble.
+    BcdNibbles,
+    /// Packed digits with an `F` pad nibble where odd; checked nibble by nibble.
+    BcdPadded,
+    /// ASCII `C`/`D` then packed digits.
+    BcdSigned,
+}
+
+/// How content units turn into wire bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Width {
+    /// One byte per unit.
+    Same,
+    /// Two units per byte (BCD).
+    Half,
+    /// A sign byte then two units per byte (BCD amounts).
+    SignedHalf,
+    /// Two bytes per unit (hex text).
+    Double,
+}
+
+/// A field's layout, flattened for the parse loop.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Plan {
+    /// False where the spec defines no field.
+    pub defined: bool,
+    /// Content check.
+    pub check: Check,
+    /// Units to wire bytes.
+    pub width: Width,
+    /// BCD pad (for the checks that need it).
+    pub pad: Pad,
+    /// Prefix encoding, meaningful when `prefix_bytes > 0`.
+    pub prefix: PrefixEncoding,
+    /// Bytes of length prefix; 0 for a fixed field.
+    pub prefix_bytes: u8,
+    /// Wire bytes of a fixed field.
+    pub fixed_wire: u32,
+    /// Exact (fixed) or maximum (variable) units.
+    pub max: u32,
+}
+
+impl Plan {
+    pub(crate) const UNDEFINED: Plan = Plan {
+        defined: false,
+        check: Check::None,
+        width: Width::Same,
+        pad: Pad::Left0,
+        prefix: PrefixEncoding::Ascii,
+        prefix_bytes: 0,
+        fixed_wire: 0,
+        max: 0,
+    };
+
+    pub(crate) fn of(f: &FieldSpec) -> Plan {
+        let check = match (f.encoding, f.kind) {
+            (Encoding::HexAscii, _) => Check::Hex,
+            (Encoding::Ascii, Kind::N) => Check::AsciiDigits,
+            (Encoding::Ascii, Kind::Z) => Check::AsciiTrack,
+            (Encoding::Ascii, Kind::Xn) => Check::AsciiSigned,
+            (Encoding::Ebcdic, Kind::N) => Check::EbcdicDigits,
+            (Encoding::Ebcdic, Kind::Z) => Check::EbcdicTrack,
+            (Encoding::Ebcdic, Kind::Xn) => Check::EbcdicSigned,
+            (Encoding::Bcd(Pad::Left0 | Pad::Right0), Kind::N) => Check::BcdDigits,
+            (Encoding::Bcd(_), Kind::N) => Check::BcdPadded,
+            (Encoding::Bcd(_), Kind::Z) => Check::BcdNibbles,
+            (Encoding::Bcd(_), Kind::Xn) => Check::BcdSigned,
+            _ => Check::None,
+        };
+        let width = match (f.encoding, f.kind) {
+            (Encoding::HexAscii, _) => Width::Double,
+            (Encoding::Bcd(_), Kind::Xn) => Width::SignedHalf,
+            (Encoding::Bcd(_), _) => Width::Half,
+            _ => Width::Same,
+        };
+        let pad = match f.encoding {
+            Encoding::Bcd(p) => p,
+            _ => Pad::Left0,
+        };
+        let prefix = match f.length {
+            Length::Fixed => PrefixEncoding::Ascii,
+            Length::Var { encoding, .. } => encoding,
+        };
+        Plan {
+            defined: true,
+            check,
+            width,
+            pad,
+            prefix,
+            prefix_bytes: f.prefix_bytes() as u8,
+            fixed_wire: f.wire_len(f.max_len as usize) as u32,
+            max: f.max_len,
+        }
+    }
+
+    /// Wire bytes for `units` units of content.
+    #[inline(always)]
+    pub(crate) fn wire_len(&self, units: usize) -> usize {
+        match self.width {
+            Width::Same => units,
+            Width::Half => units.div_ceil(2),
+            Width::SignedHalf => {
+                if units == 0 {
+                    0
+                } else {
+                    1 + (units - 1).div_ceil(2)
+                }
+            }
+            Width::Double => units * 2,
+        }
+    }
+}
+
 /// How the bitmaps are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BitmapEncoding {
@@ -219,7 +353,7 @@ pub struct SubSpec {
 }
 
 /// A dialect: MTI and bitmap encoding plus a [`FieldSpec`] per field number.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Spec {
     /// Name shown in logs: `iso87ascii`, `iso87binary`, or the file it came from.
     pub name: String,
@@ -231,7 +365,11 @@ pub struct Spec {
     /// announced by bit 65 like the secondary is by bit 1).
     pub max_field: usize,
     /// Index = field number (0 and 1 unused); `None` where the dialect defines no field.
-    pub fields: Vec<Option<FieldSpec>>,
+    /// Private so that [`Spec::set_field`] keeps `plans` in step.
+    fields: Vec<Option<FieldSpec>>,
+    /// The parser's precomputed view of `fields`, indexed by field number masked to a byte
+    /// (so indexing needs no bounds check): what to check and how long each part is.
+    pub(crate) plans: Box<[Plan; 256]>,
     /// Field names, same index, for errors and tools.
     pub names: Vec<String>,
     /// Nested layouts, same index.
@@ -325,6 +463,7 @@ impl Spec {
             bitmap,
             max_field,
             fields: vec![None; MAX_FIELD + 1],
+            plans: Box::new([Plan::UNDEFINED; 256]),
             names: vec![String::new(); MAX_FIELD + 1],
             subfields: vec![None; MAX_FIELD + 1],
         }
@@ -343,9 +482,14 @@ impl Spec {
 
     /// Defines (or redefines) field `n`. Ignored for numbers above [`MAX_FIELD`].
     pub fn set_field(&mut self, n: usize, name: &str, spec: FieldSpec) {
-        if let (Some(f), Some(nm)) = (self.fields.get_mut(n), self.names.get_mut(n)) {
+        if let (Some(f), Some(nm), Some(p)) = (
+            self.fields.get_mut(n),
+            self.names.get_mut(n),
+            self.plans.get_mut(n),
+        ) {
             *f = Some(spec);
             *nm = name.to_owned();
+            *p = Plan::of(&spec);
         }
     }
 

@@ -137,7 +137,9 @@ impl Flow {
                 )
             }
             (Ok(()), Err(e)) => {
-                let _ = self.cards.complete(&hold, IssuerOutcome::TimedOut, now());
+                // A release need not be waited for: lost in a crash, the hold counts as
+                // spent, which is the safe side.
+                drop(self.cards.complete(&hold, IssuerOutcome::TimedOut, now()));
                 tracing::warn!(card = %vpan.pan, error = %e, "answered 91");
                 (
                     self.local_answer(&request, ResponseCode::ISSUER_UNAVAILABLE),
@@ -147,7 +149,7 @@ impl Flow {
             (Err(e), answer) => {
                 // Fail closed: not durable, not approved. The issuer may have approved:
                 // reverse it there so the real account is not charged.
-                let _ = self.cards.complete(&hold, IssuerOutcome::Failed, now());
+                drop(self.cards.complete(&hold, IssuerOutcome::Failed, now()));
                 tracing::error!(card = %vpan.pan, error = %e, "journal failed: answered 96");
                 if let Ok(answer) = answer
                     && is_approval(&answer)

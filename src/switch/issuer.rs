@@ -160,7 +160,8 @@ impl IssuerLink {
     /// Sends `request` and waits for its answer, within `issuer.timeout_ms`. The answer
     /// carries the request's own DE 11 back, whatever stamp went on the wire.
     pub async fn send(&self, request: Message) -> Result<Message, IssuerError> {
-        self.send_via(request, None).await
+        self.send_via(request, None, self.inner.settings.timeout)
+            .await
     }
 
     /// [`IssuerLink::send`] on connection `only` when given (sign-on and echo test their
@@ -169,10 +170,11 @@ impl IssuerLink {
         &self,
         request: Message,
         only: Option<usize>,
+        timeout: Duration,
     ) -> Result<Message, IssuerError> {
         let network_stan = request.stan();
         let (rx, stamp) = self.dispatch(request, only)?;
-        match tokio::time::timeout(self.inner.settings.timeout, rx).await {
+        match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(mut answer)) => {
                 if let Some(stan) = network_stan {
                     answer.set(11, &stan).map_err(|_| IssuerError::Encode)?;
@@ -375,7 +377,7 @@ impl IssuerLink {
         let Ok(msg) = network_management_request(self.spec(), b"001") else {
             return false;
         };
-        let answer = self.send_via(msg, Some(i));
+        let answer = self.send_via(msg, Some(i), self.management_timeout());
         tokio::pin!(answer);
         loop {
             tokio::select! {
@@ -396,7 +398,7 @@ impl IssuerLink {
         let Ok(msg) = network_management_request(self.spec(), code) else {
             return false;
         };
-        match self.send_via(msg, Some(i)).await {
+        match self.send_via(msg, Some(i), self.management_timeout()).await {
             Ok(answer) => answer.response_code() == Some(*b"00"),
             Err(_) => false,
         }
@@ -501,6 +503,12 @@ impl IssuerLink {
             }
             tracing::error!("reversal toward the issuer failed; the issuer must reconcile");
         });
+    }
+
+    /// Sign-on and echo are not on a cardholder's clock: a slow host gets some seconds
+    /// before its link is declared dead.
+    fn management_timeout(&self) -> Duration {
+        self.inner.settings.timeout.max(Duration::from_secs(5))
     }
 
     fn publish_connected(&self) {

@@ -1,0 +1,35 @@
+//! Any bytes, in either built-in spec: parse must not panic, whatever it accepts must pack
+//! to bytes that parse to the same fields, and header recovery must not panic either.
+//! The first byte picks the spec (seeds from `seed.sh` start with 0 for ascii, 1 for binary).
+#![no_main]
+
+use bytes::Bytes;
+use libfuzzer_sys::fuzz_target;
+use vpan::iso8583::{Message, Spec, recover_header};
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&which, frame)) = data.split_first() else {
+        return;
+    };
+    let spec = if which % 2 == 0 {
+        Spec::iso87ascii()
+    } else {
+        Spec::iso87binary()
+    };
+    let _ = recover_header(spec, frame);
+    if let Ok(m) = Message::parse(spec, Bytes::copy_from_slice(frame)) {
+        let again = match Message::parse(spec, m.pack()) {
+            Ok(a) => a,
+            Err(e) => panic!("packed message does not parse: {e}"),
+        };
+        for n in 2..=128 {
+            assert_eq!(
+                m.text(n).map(|t| t.to_vec()),
+                again.text(n).map(|t| t.to_vec()),
+                "field {n} changed in a round trip"
+            );
+        }
+        assert_eq!(m.mti(), again.mti());
+        let _ = (m.pan(), m.track2(), m.original_data(), m.replacement_amounts());
+    }
+});

@@ -1,0 +1,1314 @@
+//! `vpan issuer-sim`: a real issuer authorization host, for tests, demos and load.
+//!
+//! vpan's whole job is to stand in front of an issuer host, so its tests and its demo need
+//! one that behaves like the real thing on the wire: accounts with balances, approvals that
+//! debit and refunds that credit, reversals that find their original by DE 90 and give the
+//! money back exactly once, many requests in flight per connection answered as soon as each
+//! is ready, and on demand the faults a switch must survive (slow answers, lost answers,
+//! dropped connections).
+//!
+//! Two rooms, as everywhere in vpan: the [`Ledger`] holds the accounts and decides (no socket
+//! code, unit-tested below); the server is one task per connection that reads frames, asks
+//! the ledger, and writes every answer that is ready in one buffer per write. Delayed answers
+//! (`--latency-*`) wait in a per-connection queue, not in a task each: the delay is the same
+//! for every answer, so the queue is already in deadline order.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use dashmap::DashMap;
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::codec::Decoder;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::iso8583::codec::header_from_hex;
+use crate::iso8583::{Frame, FrameCodec, Framing, Message, Spec, recover_header};
+use crate::pan::{Masked, Pan, luhn_valid};
+
+/// Balance given to accounts made on the fly when no accounts file is loaded (minor units).
+pub const DEFAULT_BALANCE: i64 = 100_000_000;
+
+/// Financial messages remembered per account, for reversals and repeats to find.
+pub const HISTORY_PER_ACCOUNT: usize = 1024;
+
+/// Stop reading from a connection while this many answer bytes wait to be written.
+const WRITE_HIGH_WATER: usize = 256 * 1024;
+
+/// `vpan issuer-sim` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Address to listen on (port 0 picks a free port; the bound address is logged).
+    #[arg(long, default_value = "127.0.0.1:9100")]
+    pub listen: String,
+    /// Length header: len2, len2-inclusive, len4-ascii or len2-bcd.
+    #[arg(long, default_value = "len2")]
+    pub framing: String,
+    /// Message layout: iso87ascii, iso87binary or a jPOS GenericPackager XML file.
+    #[arg(long, default_value = "iso87ascii")]
+    pub spec: String,
+    /// Fixed header after the length (e.g. a TPDU), as hex; echoed in answers.
+    #[arg(long, default_value = "")]
+    pub header_hex: String,
+    /// Accounts file, JSON (`[{"pan": "...", "balance": 100000}]`) or CSV (`pan,balance`).
+    #[arg(long)]
+    pub accounts: Option<std::path::PathBuf>,
+    /// Balance (minor units) of accounts not in the file, made on first use. Without
+    /// `--accounts` every card exists with 100000000; with it, unknown cards get 14 unless
+    /// this is given.
+    #[arg(long)]
+    pub default_balance: Option<i64>,
+    /// Delay added to every answer, in milliseconds (other requests are not held up).
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Delay added to every answer, in microseconds (added to --latency-ms).
+    #[arg(long, default_value_t = 0)]
+    pub latency_us: u64,
+    /// Share of requests (0 to 1) booked but never answered, as when an answer is lost.
+    #[arg(long, default_value_t = 0.0)]
+    pub timeout_share: f64,
+    /// Share of requests (0 to 1) after which the connection is closed, unanswered.
+    #[arg(long, default_value_t = 0.0)]
+    pub drop_share: f64,
+    /// Seed for the fault draws and auth codes (random when not given).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+/// Everything the simulator needs to start.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Address to bind; port 0 for a free one.
+    pub listen: SocketAddr,
+    /// Length header form.
+    pub framing: Framing,
+    /// Message layout.
+    pub spec: &'static Spec,
+    /// Fixed header after the length, echoed back (empty for none).
+    pub header: Vec<u8>,
+    /// Accounts known at start, with their balances in minor units.
+    pub accounts: Vec<(Pan, i64)>,
+    /// Balance of accounts made on first use; `None`: unknown cards are declined with 14.
+    pub default_balance: Option<i64>,
+    /// Delay added to every answer.
+    pub latency: Duration,
+    /// Share of requests booked but never answered.
+    pub timeout_share: f64,
+    /// Share of requests after which the connection is closed.
+    pub drop_share: f64,
+    /// Seed for fault draws and auth codes; `None` for a random one.
+    pub seed: Option<u64>,
+    /// How many received requests the handle keeps for inspection (0: none).
+    pub keep_last: usize,
+    /// Largest frame accepted.
+    pub max_frame: usize,
+}
+
+impl Default for SimConfig {
+    /// On `127.0.0.1:0`, `len2`, `iso87ascii`, every card known with [`DEFAULT_BALANCE`],
+    /// no delay, no faults, the last 1000 requests kept.
+    fn default() -> SimConfig {
+        SimConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            framing: Framing::Len2,
+            spec: Spec::iso87ascii(),
+            header: Vec::new(),
+            accounts: Vec::new(),
+            default_balance: Some(DEFAULT_BALANCE),
+            latency: Duration::ZERO,
+            timeout_share: 0.0,
+            drop_share: 0.0,
+            seed: None,
+            keep_last: 1000,
+            max_frame: 8192,
+        }
+    }
+}
+
+/// Why the simulator cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// A flag value is wrong; the message names the flag.
+    #[error("{0}")]
+    Usage(String),
+    /// The accounts file cannot be read or has a bad line.
+    #[error("accounts file {path}: {message}")]
+    Accounts {
+        /// The file.
+        path: String,
+        /// What is wrong, with the line number; never the card number.
+        message: String,
+    },
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+}
+
+impl SimConfig {
+    /// Builds the configuration from the command line flags (reads the accounts file).
+    pub fn from_args(args: &Args) -> Result<SimConfig, SimError> {
+        let listen: SocketAddr = args.listen.parse().map_err(|_| {
+            SimError::Usage(format!(
+                "--listen {:?} is not an address like 127.0.0.1:9100",
+                args.listen
+            ))
+        })?;
+        let framing: Framing = args.framing.parse().map_err(|_| {
+            SimError::Usage("--framing: use len2, len2-inclusive, len4-ascii or len2-bcd".into())
+        })?;
+        let spec =
+            Spec::by_name(&args.spec).map_err(|e| SimError::Usage(format!("--spec: {e}")))?;
+        let header = header_from_hex(&args.header_hex)
+            .ok_or_else(|| SimError::Usage("--header-hex: pairs of hex digits".into()))?;
+        for (flag, v) in [
+            ("--timeout-share", args.timeout_share),
+            ("--drop-share", args.drop_share),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(SimError::Usage(format!("{flag}: a share from 0 to 1")));
+            }
+        }
+        let accounts = match &args.accounts {
+            Some(path) => load_accounts(path)?,
+            None => Vec::new(),
+        };
+        let default_balance = match (args.default_balance, &args.accounts) {
+            (Some(b), _) => Some(b),
+            (None, None) => Some(DEFAULT_BALANCE),
+            (None, Some(_)) => None,
+        };
+        Ok(SimConfig {
+            listen,
+            framing,
+            spec,
+            header,
+            accounts,
+            default_balance,
+            latency: Duration::from_millis(args.latency_ms)
+                + Duration::from_micros(args.latency_us),
+            timeout_share: args.timeout_share,
+            drop_share: args.drop_share,
+            seed: args.seed,
+            keep_last: 0,
+            max_frame: 8192,
+        })
+    }
+}
+
+/// One accounts-file entry as written in JSON.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccountLine {
+    pan: String,
+    balance: i64,
+}
+
+/// Reads an accounts file: JSON (an array of `{"pan", "balance"}`) or CSV (`pan,balance`
+/// per line, an optional header line, `#` comments). The form is told by the first
+/// character that is not blank: `[` for JSON.
+pub fn load_accounts(path: &Path) -> Result<Vec<(Pan, i64)>, SimError> {
+    let err = |message: String| SimError::Accounts {
+        path: path.display().to_string(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let mut out = Vec::new();
+    if text.trim_start().starts_with('[') {
+        let lines: Vec<AccountLine> = serde_json::from_str(&text).map_err(|e| {
+            err(format!(
+                "not a JSON array of {{\"pan\", \"balance\"}} (line {}, column {})",
+                e.line(),
+                e.column()
+            ))
+        })?;
+        for (i, l) in lines.into_iter().enumerate() {
+            let pan = Pan::from_digits(l.pan.as_bytes())
+                .map_err(|e| err(format!("entry {}: {e}", i + 1)))?;
+            out.push((pan, l.balance));
+        }
+    } else {
+        for (i, line) in text.lines().enumerate() {
+            let line_no = i + 1;
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (pan, balance) = line
+                .split_once(',')
+                .ok_or_else(|| err(format!("line {line_no}: expected pan,balance")))?;
+            let (pan, balance) = (pan.trim(), balance.trim());
+            if out.is_empty() && pan.eq_ignore_ascii_case("pan") {
+                continue;
+            }
+            let pan = Pan::from_digits(pan.as_bytes())
+                .map_err(|e| err(format!("line {line_no}: {e}")))?;
+            let balance = balance
+                .parse()
+                .map_err(|_| err(format!("line {line_no}: balance is not a whole number")))?;
+            out.push((pan, balance));
+        }
+    }
+    Ok(out)
+}
+
+/// The key that finds a financial message again: what DE 90 carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TxnKey {
+    /// The MTI with its last digit (origin / repeat) set to 0.
+    mti: [u8; 4],
+    /// DE 11.
+    stan: [u8; 6],
+    /// DE 7.
+    time: [u8; 10],
+    /// DE 32, zero-padded on the left to 11 digits.
+    acquirer: [u8; 11],
+}
+
+/// A booked financial message, kept for reversals and repeats.
+#[derive(Debug, Clone)]
+struct Booked {
+    /// How to find it.
+    key: TxnKey,
+    /// What it did to the balance (negative for a debit).
+    effect: i64,
+    /// The answer given, replayed for a repeat.
+    response_code: [u8; 2],
+    /// The auth code given, replayed for a repeat.
+    auth_code: Option<[u8; 6]>,
+    /// Set once reversed, so a second reversal gives nothing back.
+    reversed: bool,
+}
+
+/// An account at the simulated issuer.
+#[derive(Debug)]
+struct Account {
+    /// Minor units; may go below zero through advices, which cannot be declined.
+    balance: i64,
+    /// The last [`HISTORY_PER_ACCOUNT`] financial messages, oldest first.
+    history: VecDeque<Booked>,
+}
+
+/// What the ledger decided for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// The response MTI.
+    pub mti: [u8; 4],
+    /// DE 39.
+    pub response_code: [u8; 2],
+    /// DE 38, on approvals of authorizations and financial requests.
+    pub auth_code: Option<[u8; 6]>,
+}
+
+/// The issuer's books: accounts and their recent financial messages. Pure decisions on
+/// parsed messages; no socket code.
+pub struct Ledger {
+    /// Accounts by real PAN.
+    accounts: DashMap<Pan, Account>,
+    /// Balance of accounts made on first use; `None` declines unknown cards.
+    default_balance: Option<i64>,
+    /// Source of auth codes: a counter, so codes are unique and cheap.
+    auth_counter: AtomicU64,
+    /// Reversals whose original was not found (nothing given back).
+    unmatched_reversals: AtomicU64,
+}
+
+/// The fields a response carries over from its request (ISO 8583:1987 practice): amounts,
+/// dates, trace and retrieval numbers, acquirer and acceptor identification, currencies,
+/// original data and replacement amounts. Track data, PIN block, EMV data and the like are
+/// not echoed.
+const ECHOED: &[usize] = &[
+    2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 18, 19, 20, 21, 28, 32, 33, 37, 41, 42, 43,
+    49, 50, 51, 70, 90, 95, 100, 102, 103,
+];
+
+/// `ECHO_TABLE[n]`: field `n` is echoed.
+const ECHO_TABLE: [bool; 193] = {
+    let mut t = [false; 193];
+    let mut i = 0;
+    while i < ECHOED.len() {
+        t[ECHOED[i]] = true;
+        i += 1;
+    }
+    t
+};
+
+impl Ledger {
+    /// Books with these accounts; unknown cards get `default_balance`, or 14 when `None`.
+    pub fn new(accounts: &[(Pan, i64)], default_balance: Option<i64>, seed: u64) -> Ledger {
+        let map = DashMap::new();
+        for (pan, balance) in accounts {
+            map.insert(
+                pan.clone(),
+                Account {
+                    balance: *balance,
+                    history: VecDeque::new(),
+                },
+            );
+        }
+        Ledger {
+            accounts: map,
+            default_balance,
+            auth_counter: AtomicU64::new(seed % 1_000_000),
+            unmatched_reversals: AtomicU64::new(0),
+        }
+    }
+
+    /// The balance of an account, if it exists.
+    pub fn balance(&self, pan: &Pan) -> Option<i64> {
+        self.accounts.get(pan).map(|a| a.balance)
+    }
+
+    /// Reversals whose original was not found.
+    pub fn unmatched_reversals(&self) -> u64 {
+        self.unmatched_reversals.load(Ordering::Relaxed)
+    }
+
+    /// Decides on one request and books it. `None` for a message that is not a request
+    /// (a response class MTI): it gets no answer.
+    pub fn decide(&self, req: &Message) -> Option<Decision> {
+        let mti = req.mti();
+        let function = mti[2].wrapping_sub(b'0');
+        if function % 2 == 1 || function > 9 {
+            return None;
+        }
+        let resp_mti = [mti[0], mti[1], mti[2] + 1, b'0'];
+        let answer = |rc: &[u8; 2], auth: Option<[u8; 6]>| {
+            Some(Decision {
+                mti: resp_mti,
+                response_code: *rc,
+                auth_code: auth,
+            })
+        };
+        match (mti[1], mti[2]) {
+            (b'8', _) => answer(b"00", None),
+            (b'1' | b'2', b'0') => self.authorize(req, resp_mti),
+            (b'1' | b'2', b'2') => self.advise(req, resp_mti),
+            (b'4', b'0' | b'2') => self.reverse(req, resp_mti),
+            _ => answer(b"12", None),
+        }
+    }
+
+    /// 0100 / 0200: approve and debit (credit for a refund), or 51.
+    fn authorize(&self, req: &Message, resp_mti: [u8; 4]) -> Option<Decision> {
+        let decision = |rc: &[u8; 2], auth| {
+            Some(Decision {
+                mti: resp_mti,
+                response_code: *rc,
+                auth_code: auth,
+            })
+        };
+        let Some(Ok(pan)) = req.pan() else {
+            return decision(b"14", None);
+        };
+        if !luhn_valid(pan.as_bytes()) {
+            return decision(b"14", None);
+        }
+        let (Some(amount), Some(pcode)) = (req.amount_transaction(), req.processing_code()) else {
+            return decision(b"30", None);
+        };
+        let Ok(amount) = i64::try_from(amount) else {
+            return decision(b"13", None);
+        };
+        let refund = pcode.starts_with(b"20");
+        let key = txn_key(req);
+        let Some(mut account) = self.account(&pan) else {
+            return decision(b"14", None);
+        };
+        if req.mti()[3] == b'1'
+            && let Some(b) = account.history.iter().rev().find(|b| b.key == key)
+        {
+            return decision(&b.response_code, b.auth_code);
+        }
+        let (rc, effect) = if refund {
+            (*b"00", amount)
+        } else if account.balance >= amount {
+            (*b"00", -amount)
+        } else {
+            (*b"51", 0)
+        };
+        let auth = (rc == *b"00").then(|| self.auth_code());
+        account.balance += effect;
+        push_history(
+            &mut account.history,
+            Booked {
+                key,
+                effect,
+                response_code: rc,
+                auth_code: auth,
+                reversed: false,
+            },
+        );
+        decision(&rc, auth)
+    }
+
+    /// 0120 / 0220: what was approved elsewhere is booked, whatever the balance.
+    fn advise(&self, req: &Message, resp_mti: [u8; 4]) -> Option<Decision> {
+        let ack = Some(Decision {
+            mti: resp_mti,
+            response_code: *b"00",
+            auth_code: None,
+        });
+        let (Some(Ok(pan)), Some(amount)) = (req.pan(), req.amount_transaction()) else {
+            return ack;
+        };
+        let amount = i64::try_from(amount).unwrap_or(0);
+        let refund = req.processing_code().is_some_and(|p| p.starts_with(b"20"));
+        let key = txn_key(req);
+        if let Some(mut account) = self.account(&pan) {
+            if account.history.iter().any(|b| b.key == key) {
+                return ack;
+            }
+            let effect = if refund { amount } else { -amount };
+            account.balance += effect;
+            push_history(
+                &mut account.history,
+                Booked {
+                    key,
+                    effect,
+                    response_code: *b"00",
+                    auth_code: None,
+                    reversed: false,
+                },
+            );
+        }
+        ack
+    }
+
+    /// 0400 / 0420: give back what the original did, once. The original is found by DE 90;
+    /// without DE 90 the reversal's own DE 4 is given back, once per reversal key. DE 95
+    /// makes it partial. Always acknowledged with 00: a reversal cannot be refused.
+    fn reverse(&self, req: &Message, resp_mti: [u8; 4]) -> Option<Decision> {
+        let ack = Some(Decision {
+            mti: resp_mti,
+            response_code: *b"00",
+            auth_code: None,
+        });
+        let Some(Ok(pan)) = req.pan() else {
+            return ack;
+        };
+        let Some(mut account) = self.account(&pan) else {
+            return ack;
+        };
+        let account = &mut *account;
+        let keep = req.replacement_amounts().map(|r| r.transaction);
+        let partial = |effect: i64| -> i64 {
+            match keep.and_then(|k| i64::try_from(k).ok()) {
+                Some(k) => effect.signum() * (effect.abs() - k).max(0),
+                None => effect,
+            }
+        };
+        match req.original_data() {
+            Some(o) => {
+                let mut mti = o.mti;
+                mti[3] = b'0';
+                let key = TxnKey {
+                    mti,
+                    stan: o.stan,
+                    time: o.transmission_time,
+                    acquirer: o.acquirer,
+                };
+                match account.history.iter_mut().rev().find(|b| b.key == key) {
+                    Some(b) if !b.reversed => {
+                        b.reversed = true;
+                        account.balance -= partial(b.effect);
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.unmatched_reversals.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            None => {
+                let key = txn_key(req);
+                if !account.history.iter().any(|b| b.key == key) {
+                    let amount = req
+                        .amount_transaction()
+                        .and_then(|a| i64::try_from(a).ok())
+                        .unwrap_or(0);
+                    let refund = req.processing_code().is_some_and(|p| p.starts_with(b"20"));
+                    let given = partial(if refund { -amount } else { amount });
+                    account.balance += given;
+                    push_history(
+                        &mut account.history,
+                        Booked {
+                            key,
+                            effect: given,
+                            response_code: *b"00",
+                            auth_code: None,
+                            reversed: true,
+                        },
+                    );
+                }
+            }
+        }
+        ack
+    }
+
+    /// The account, made on first use when there is a default balance.
+    fn account(&self, pan: &Pan) -> Option<dashmap::mapref::one::RefMut<'_, Pan, Account>> {
+        if let Some(a) = self.accounts.get_mut(pan) {
+            return Some(a);
+        }
+        let balance = self.default_balance?;
+        Some(self.accounts.entry(pan.clone()).or_insert(Account {
+            balance,
+            history: VecDeque::new(),
+        }))
+    }
+
+    /// Six upper-case alphanumerics, unique for a million approvals.
+    fn auth_code(&self) -> [u8; 6] {
+        const ALPHABET: &[u8; 36] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+        let mut n = self
+            .auth_counter
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            >> 20;
+        let mut out = [b'0'; 6];
+        for c in out.iter_mut().rev() {
+            *c = ALPHABET[(n % 36) as usize];
+            n /= 36;
+        }
+        out
+    }
+}
+
+fn push_history(history: &mut VecDeque<Booked>, b: Booked) {
+    if history.len() >= HISTORY_PER_ACCOUNT {
+        history.pop_front();
+    }
+    history.push_back(b);
+}
+
+/// The key of a financial message as its reversal's DE 90 will name it.
+fn txn_key(m: &Message) -> TxnKey {
+    let mut mti = m.mti();
+    mti[3] = b'0';
+    let mut acquirer = [b'0'; 11];
+    if let Some(a) = m.acquirer() {
+        let a = a.get(a.len().saturating_sub(11)..).unwrap_or_default();
+        if let Some(dst) = acquirer.get_mut(11 - a.len()..) {
+            dst.copy_from_slice(a);
+        }
+    }
+    TxnKey {
+        mti,
+        stan: m.stan().unwrap_or([b'0'; 6]),
+        time: m.transmission_time().unwrap_or([b'0'; 10]),
+        acquirer,
+    }
+}
+
+/// The answer to `req`: its echoed fields, the response MTI, DE 39 and DE 38.
+pub fn response(req: &Message, d: &Decision) -> Message {
+    let mut r = req.clone();
+    r.retain(|n| ECHO_TABLE.get(n).copied().unwrap_or(false));
+    // The MTI and codes were made from digits and the fields exist in every iso87 dialect;
+    // a custom spec without DE 38/39 just goes without them.
+    let _ = r.set_mti(&d.mti);
+    let _ = r.set_response_code(&d.response_code);
+    if let Some(a) = &d.auth_code {
+        let _ = r.set(38, a);
+    }
+    r
+}
+
+/// One request as received, kept for tests to inspect.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// The parsed request (its `Debug` masks the PAN).
+    pub message: Message,
+    /// The DE 39 sent back; `None` when the request was left unanswered or dropped.
+    pub response_code: Option<[u8; 2]>,
+}
+
+impl Received {
+    /// The request's MTI.
+    pub fn mti(&self) -> [u8; 4] {
+        self.message.mti()
+    }
+
+    /// The PAN the simulator received in DE 2, if any.
+    pub fn pan(&self) -> Option<Pan> {
+        self.message.pan().and_then(Result::ok)
+    }
+}
+
+/// Counters the handle reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SimStats {
+    /// Connections accepted.
+    pub connections: u64,
+    /// Requests parsed.
+    pub requests: u64,
+    /// Answers written (including format-error answers).
+    pub answered: u64,
+    /// Requests booked but left unanswered (`timeout_share`).
+    pub unanswered: u64,
+    /// Connections closed on purpose (`drop_share`).
+    pub dropped: u64,
+    /// Frames that did not parse.
+    pub malformed: u64,
+    /// Reversals whose original was not found.
+    pub unmatched_reversals: u64,
+}
+
+/// State shared by the accept loop, the connections and the handle.
+struct Shared {
+    /// The books.
+    ledger: Ledger,
+    /// The configuration it was started with.
+    config: SimConfig,
+    /// Requests by MTI, indexed by the MTI's value (0..=9999).
+    by_mti: Box<[AtomicU64]>,
+    /// The last `keep_last` requests.
+    recent: Mutex<VecDeque<Received>>,
+    /// Running counters.
+    connections: AtomicU64,
+    requests: AtomicU64,
+    answered: AtomicU64,
+    unanswered: AtomicU64,
+    dropped: AtomicU64,
+    malformed: AtomicU64,
+    /// Wakes [`IssuerSimHandle::wait_for_requests`]; only poked while someone waits.
+    progress: Notify,
+    /// Number of tasks waiting on `progress`.
+    waiters: AtomicUsize,
+}
+
+impl Shared {
+    fn record(&self, message: &Message, response_code: Option<[u8; 2]>) {
+        let mti = message.mti();
+        let idx = mti.iter().fold(0usize, |a, &d| {
+            a * 10 + usize::from(d.wrapping_sub(b'0') % 10)
+        });
+        if let Some(c) = self.by_mti.get(idx) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if self.config.keep_last > 0
+            && let Ok(mut recent) = self.recent.lock()
+        {
+            if recent.len() >= self.config.keep_last {
+                recent.pop_front();
+            }
+            recent.push_back(Received {
+                message: message.clone(),
+                response_code,
+            });
+        }
+        if self.waiters.load(Ordering::Acquire) > 0 {
+            self.progress.notify_waiters();
+        }
+    }
+}
+
+/// The simulator as a library, for tests and the demo.
+pub struct IssuerSim;
+
+impl IssuerSim {
+    /// Binds the listen address and starts serving on the current tokio runtime. Logs the
+    /// bound address.
+    pub async fn start(config: SimConfig) -> Result<IssuerSimHandle, SimError> {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| SimError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| SimError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let seed = config.seed.unwrap_or_else(|| rand::rng().random());
+        let shared = Arc::new(Shared {
+            ledger: Ledger::new(&config.accounts, config.default_balance, seed),
+            by_mti: (0..10_000).map(|_| AtomicU64::new(0)).collect(),
+            recent: Mutex::new(VecDeque::new()),
+            connections: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            answered: AtomicU64::new(0),
+            unanswered: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            malformed: AtomicU64::new(0),
+            progress: Notify::new(),
+            waiters: AtomicUsize::new(0),
+            config,
+        });
+        info!(
+            accounts = shared.config.accounts.len(),
+            latency_us = shared.config.latency.as_micros() as u64,
+            "issuer simulator listening on {addr}"
+        );
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(accept_loop(listener, shared.clone(), cancel.clone(), seed));
+        Ok(IssuerSimHandle {
+            addr,
+            shared,
+            cancel,
+            task,
+        })
+    }
+}
+
+/// A running simulator: its address, its books and its counters.
+pub struct IssuerSimHandle {
+    /// The bound address.
+    addr: SocketAddr,
+    /// What the connections update.
+    shared: Arc<Shared>,
+    /// Stops the accept loop and every connection.
+    cancel: CancellationToken,
+    /// The accept loop.
+    task: JoinHandle<()>,
+}
+
+impl IssuerSimHandle {
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// An account's balance in minor units; `None` for an account that does not exist (yet).
+    pub fn balance(&self, pan: &Pan) -> Option<i64> {
+        self.shared.ledger.balance(pan)
+    }
+
+    /// Requests received with this MTI (four ASCII digits).
+    pub fn requests(&self, mti: &[u8; 4]) -> u64 {
+        let idx = mti.iter().fold(0usize, |a, &d| {
+            a * 10 + usize::from(d.wrapping_sub(b'0') % 10)
+        });
+        self.shared
+            .by_mti
+            .get(idx)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Requests received, by MTI, only those seen.
+    pub fn requests_by_mti(&self) -> BTreeMap<String, u64> {
+        self.shared
+            .by_mti
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let n = c.load(Ordering::Relaxed);
+                (n > 0).then(|| (format!("{i:04}"), n))
+            })
+            .collect()
+    }
+
+    /// The last `n` requests received (at most `keep_last`), oldest first.
+    pub fn recent(&self, n: usize) -> Vec<Received> {
+        match self.shared.recent.lock() {
+            Ok(r) => r.iter().skip(r.len().saturating_sub(n)).cloned().collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// The running counters.
+    pub fn stats(&self) -> SimStats {
+        let s = &self.shared;
+        SimStats {
+            connections: s.connections.load(Ordering::Relaxed),
+            requests: s.requests.load(Ordering::Relaxed),
+            answered: s.answered.load(Ordering::Relaxed),
+            unanswered: s.unanswered.load(Ordering::Relaxed),
+            dropped: s.dropped.load(Ordering::Relaxed),
+            malformed: s.malformed.load(Ordering::Relaxed),
+            unmatched_reversals: s.ledger.unmatched_reversals(),
+        }
+    }
+
+    /// Returns once at least `n` requests have been received (awaits, never polls).
+    pub async fn wait_for_requests(&self, n: u64) {
+        let s = &self.shared;
+        s.waiters.fetch_add(1, Ordering::AcqRel);
+        loop {
+            let notified = s.progress.notified();
+            if s.requests.load(Ordering::Acquire) >= n {
+                break;
+            }
+            notified.await;
+        }
+        s.waiters.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Stops accepting, closes every connection and waits for the accept loop to end.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        let _ = self.task.await;
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+    seed: u64,
+) {
+    let mut next_id = 0u64;
+    loop {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                next_id += 1;
+                shared.connections.fetch_add(1, Ordering::Relaxed);
+                let _ = stream.set_nodelay(true);
+                debug!(%peer, "connection accepted");
+                let rng = SmallRng::seed_from_u64(seed ^ next_id.wrapping_mul(0x9E37_79B9));
+                let conn = Connection::new(shared.clone(), rng);
+                let cancel = cancel.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = cancel.cancelled() => {}
+                        r = conn.run(stream) => if let Err(e) = r {
+                            debug!(%peer, error = %e, "connection closed");
+                        },
+                    }
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: log and go on.
+                warn!(error = %e, "accept failed");
+            }
+        }
+    }
+}
+
+/// What to do with the connection after a frame.
+enum Next {
+    /// Keep reading.
+    Continue,
+    /// Close it now (`drop_share`).
+    Drop,
+}
+
+/// One client connection: reads frames, answers, writes answers in batches.
+struct Connection {
+    /// Books and counters.
+    shared: Arc<Shared>,
+    /// Cuts frames and writes them.
+    codec: FrameCodec,
+    /// Fault draws.
+    rng: SmallRng,
+    /// Answers held back by `latency`, in deadline order: (due, framed bytes).
+    delayed: VecDeque<(Instant, Bytes)>,
+    /// Framed answers ready to write.
+    out: BytesMut,
+}
+
+impl Connection {
+    fn new(shared: Arc<Shared>, rng: SmallRng) -> Connection {
+        let codec = FrameCodec::new(
+            shared.config.framing,
+            shared.config.header.len(),
+            shared.config.max_frame,
+        );
+        Connection {
+            shared,
+            codec,
+            rng,
+            delayed: VecDeque::new(),
+            out: BytesMut::with_capacity(64 * 1024),
+        }
+    }
+
+    async fn run(mut self, mut stream: TcpStream) -> std::io::Result<()> {
+        let (mut rd, mut wr) = stream.split();
+        let mut inbuf = BytesMut::with_capacity(64 * 1024);
+        let mut open = true;
+        loop {
+            let due = self.delayed.front().map(|(t, _)| *t);
+            if !open && self.out.is_empty() && self.delayed.is_empty() {
+                return Ok(());
+            }
+            tokio::select! {
+                r = rd.read_buf(&mut inbuf), if open && self.out.len() < WRITE_HIGH_WATER => {
+                    if r? == 0 {
+                        open = false;
+                        // The peer closed; answers it can no longer read are not waited for.
+                        self.delayed.clear();
+                        continue;
+                    }
+                    loop {
+                        match self.codec.decode(&mut inbuf) {
+                            Ok(Some(frame)) => {
+                                if let Next::Drop = self.on_frame(frame) {
+                                    self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                                    wr.write_all(&self.out).await?;
+                                    return Ok(());
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                warn!(error = %e, "closing connection: frame cannot be read");
+                                wr.write_all(&self.out).await?;
+                                return Ok(());
+                            }
+                        }
+                    }
+                }
+                _ = sleep_until_opt(due) => {
+                    let now = Instant::now();
+                    while let Some((t, _)) = self.delayed.front() {
+                        if *t > now {
+                            break;
+                        }
+                        if let Some((_, b)) = self.delayed.pop_front() {
+                            self.out.extend_from_slice(&b);
+                        }
+                    }
+                }
+                w = wr.write(&self.out), if !self.out.is_empty() => {
+                    let n = w?;
+                    self.out.advance(n);
+                }
+            }
+        }
+    }
+
+    fn on_frame(&mut self, frame: Frame) -> Next {
+        let (header, body) = match frame {
+            Frame::KeepAlive => {
+                let _ = tokio_util::codec::Encoder::encode(
+                    &mut self.codec,
+                    Frame::KeepAlive,
+                    &mut self.out,
+                );
+                return Next::Continue;
+            }
+            Frame::Message { header, body } => (header, body),
+        };
+        let cfg = &self.shared.config;
+        let roll: f64 = if cfg.drop_share > 0.0 || cfg.timeout_share > 0.0 {
+            self.rng.random()
+        } else {
+            1.0
+        };
+        let msg = match Message::parse(cfg.spec, body.clone()) {
+            Ok(m) => m,
+            Err(e) => {
+                self.shared.malformed.fetch_add(1, Ordering::Relaxed);
+                let h = recover_header(cfg.spec, &body);
+                warn!(error = %e, "malformed request");
+                if let (Some(mti), Some(stan)) = (h.mti, h.stan)
+                    && mti[2].wrapping_sub(b'0') % 2 == 0
+                {
+                    let resp_mti = [mti[0], mti[1], mti[2] + 1, b'0'];
+                    if let Ok(mut r) = Message::new(cfg.spec, &resp_mti) {
+                        let _ = r.set(11, &stan);
+                        let _ = r.set_response_code(b"30");
+                        self.emit(&header, &r);
+                    }
+                }
+                return Next::Continue;
+            }
+        };
+        if roll < cfg.drop_share {
+            self.shared.record(&msg, None);
+            debug!(pan = %Masked(msg.text(2).as_deref().unwrap_or_default()), "dropping connection");
+            return Next::Drop;
+        }
+        let Some(decision) = self.shared.ledger.decide(&msg) else {
+            return Next::Continue;
+        };
+        if roll < cfg.drop_share + cfg.timeout_share {
+            self.shared.unanswered.fetch_add(1, Ordering::Relaxed);
+            self.shared.record(&msg, None);
+            return Next::Continue;
+        }
+        self.shared.record(&msg, Some(decision.response_code));
+        let resp = response(&msg, &decision);
+        self.emit(&header, &resp);
+        Next::Continue
+    }
+
+    /// Frames an answer into the write buffer, or into the delay queue.
+    fn emit(&mut self, header: &[u8], resp: &Message) {
+        let latency = self.shared.config.latency;
+        let result = if latency.is_zero() {
+            self.codec.encode_message(header, resp, &mut self.out)
+        } else {
+            let mut b = BytesMut::with_capacity(256);
+            let r = self.codec.encode_message(header, resp, &mut b);
+            self.delayed
+                .push_back((Instant::now() + latency, b.freeze()));
+            r
+        };
+        match result {
+            Ok(()) => {
+                self.shared.answered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => warn!(error = %e, "answer cannot be framed"),
+        }
+    }
+}
+
+/// Sleeps until `t`, or forever when there is nothing to wait for.
+async fn sleep_until_opt(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// `vpan issuer-sim`: starts the simulator and serves until Ctrl-C.
+pub async fn run_cli(args: Args) -> Result<(), String> {
+    let config = SimConfig::from_args(&args).map_err(|e| e.to_string())?;
+    let handle = IssuerSim::start(config).await.map_err(|e| e.to_string())?;
+    tokio::signal::ctrl_c()
+        .await
+        .map_err(|e| format!("cannot wait for Ctrl-C: {e}"))?;
+    let stats = handle.stats();
+    info!(
+        requests = stats.requests,
+        answered = stats.answered,
+        unanswered = stats.unanswered,
+        dropped = stats.dropped,
+        malformed = stats.malformed,
+        "issuer simulator stopping"
+    );
+    handle.shutdown().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAN: &[u8] = b"4970101234567893";
+
+    fn msg(fields: &[(usize, &str)], mti: &[u8; 4]) -> Message {
+        let mut m = Message::new(Spec::iso87ascii(), mti).unwrap();
+        for (n, v) in fields {
+            m.set(*n, v.as_bytes()).unwrap();
+        }
+        Message::parse(Spec::iso87ascii(), m.pack()).unwrap()
+    }
+
+    fn purchase(mti: &[u8; 4], stan: &str, amount: &str, pcode: &str) -> Message {
+        msg(
+            &[
+                (2, "4970101234567893"),
+                (3, pcode),
+                (4, amount),
+                (7, "1126143015"),
+                (11, stan),
+                (32, "123456"),
+            ],
+            mti,
+        )
+    }
+
+    fn ledger(balance: i64) -> (Ledger, Pan) {
+        let pan = Pan::from_digits(PAN).unwrap();
+        (Ledger::new(&[(pan.clone(), balance)], None, 7), pan)
+    }
+
+    fn reversal_of(orig: &Message, stan: &str) -> Message {
+        let de90 = super::super::traffic::original_data_elements(
+            &orig.mti(),
+            &orig.stan().unwrap(),
+            &orig.transmission_time().unwrap(),
+            &orig.acquirer().unwrap(),
+        );
+        msg(
+            &[
+                (2, "4970101234567893"),
+                (3, "000000"),
+                (4, &String::from_utf8_lossy(&orig.text(4).unwrap())),
+                (7, "1126143020"),
+                (11, stan),
+                (32, "123456"),
+                (90, std::str::from_utf8(&de90).unwrap()),
+            ],
+            b"0400",
+        )
+    }
+
+    #[test]
+    fn each_request_class_gets_its_response_mti_and_code() {
+        let (l, _) = ledger(1_000_000);
+        let cases: &[(&[u8; 4], &[u8; 4], &[u8; 2])] = &[
+            (b"0100", b"0110", b"00"),
+            (b"0200", b"0210", b"00"),
+            (b"0120", b"0130", b"00"),
+            (b"0220", b"0230", b"00"),
+            (b"0400", b"0410", b"00"),
+            (b"0420", b"0430", b"00"),
+            (b"0800", b"0810", b"00"),
+        ];
+        for (i, (req, resp, rc)) in cases.iter().enumerate() {
+            let m = purchase(req, &format!("{:06}", i + 1), "000000000100", "000000");
+            let d = l.decide(&m).unwrap();
+            assert_eq!(&d.mti, *resp);
+            assert_eq!(&d.response_code, *rc);
+        }
+        assert_eq!(
+            l.decide(&purchase(b"0110", "000009", "000000000100", "000000")),
+            None
+        );
+    }
+
+    #[test]
+    fn an_approval_debits_and_carries_an_auth_code_and_a_short_balance_gets_51() {
+        let (l, pan) = ledger(10_000);
+        let d = l
+            .decide(&purchase(b"0100", "000001", "000000007000", "000000"))
+            .unwrap();
+        assert_eq!(&d.response_code, b"00");
+        assert!(d.auth_code.unwrap().iter().all(u8::is_ascii_alphanumeric));
+        assert_eq!(l.balance(&pan), Some(3_000));
+        let d = l
+            .decide(&purchase(b"0200", "000002", "000000007000", "000000"))
+            .unwrap();
+        assert_eq!(&d.response_code, b"51");
+        assert_eq!(d.auth_code, None);
+        assert_eq!(l.balance(&pan), Some(3_000));
+    }
+
+    #[test]
+    fn a_refund_credits_the_account() {
+        let (l, pan) = ledger(0);
+        let d = l
+            .decide(&purchase(b"0200", "000001", "000000000500", "200000"))
+            .unwrap();
+        assert_eq!(&d.response_code, b"00");
+        assert_eq!(l.balance(&pan), Some(500));
+    }
+
+    #[test]
+    fn a_reversal_gives_the_amount_back_once_however_often_it_comes() {
+        let (l, pan) = ledger(10_000);
+        let orig = purchase(b"0100", "000001", "000000004000", "000000");
+        l.decide(&orig).unwrap();
+        assert_eq!(l.balance(&pan), Some(6_000));
+        for stan in ["000002", "000003"] {
+            let d = l.decide(&reversal_of(&orig, stan)).unwrap();
+            assert_eq!(&d.mti, b"0410");
+            assert_eq!(&d.response_code, b"00");
+            assert_eq!(l.balance(&pan), Some(10_000));
+        }
+        assert_eq!(l.unmatched_reversals(), 0);
+    }
+
+    #[test]
+    fn a_reversal_without_de90_gives_back_its_own_amount_once() {
+        let (l, pan) = ledger(10_000);
+        let rev = purchase(b"0420", "000005", "000000001000", "000000");
+        l.decide(&rev).unwrap();
+        l.decide(&rev).unwrap();
+        assert_eq!(l.balance(&pan), Some(11_000));
+    }
+
+    #[test]
+    fn an_advice_is_booked_even_past_the_balance() {
+        let (l, pan) = ledger(100);
+        let d = l
+            .decide(&purchase(b"0120", "000001", "000000000500", "000000"))
+            .unwrap();
+        assert_eq!(&d.response_code, b"00");
+        assert_eq!(l.balance(&pan), Some(-400));
+    }
+
+    #[test]
+    fn a_repeat_replays_the_first_answer_without_booking_again() {
+        let (l, pan) = ledger(10_000);
+        let first = l
+            .decide(&purchase(b"0100", "000001", "000000001000", "000000"))
+            .unwrap();
+        let again = l
+            .decide(&purchase(b"0101", "000001", "000000001000", "000000"))
+            .unwrap();
+        assert_eq!(first, again);
+        assert_eq!(l.balance(&pan), Some(9_000));
+    }
+
+    #[test]
+    fn unknown_cards_get_14_unless_there_is_a_default_balance() {
+        let (l, _) = ledger(0);
+        let other = msg(
+            &[(2, "4970100000000006"), (3, "000000"), (4, "000000000001")],
+            b"0100",
+        );
+        assert_eq!(&l.decide(&other).unwrap().response_code, b"14");
+        let l = Ledger::new(&[], Some(50), 1);
+        assert_eq!(&l.decide(&other).unwrap().response_code, b"00");
+        let bad_luhn = msg(
+            &[(2, "4970100000000007"), (3, "000000"), (4, "000000000001")],
+            b"0100",
+        );
+        assert_eq!(&l.decide(&bad_luhn).unwrap().response_code, b"14");
+    }
+
+    #[test]
+    fn a_response_echoes_the_matching_fields_and_drops_track_and_pin_data() {
+        let req = msg(
+            &[
+                (2, "4970101234567893"),
+                (3, "000000"),
+                (4, "000000000100"),
+                (11, "000042"),
+                (35, "4970101234567893=28121010000012300000"),
+                (52, "0123456789ABCDEF"),
+                (41, "TERM0001"),
+            ],
+            b"0100",
+        );
+        let d = Decision {
+            mti: *b"0110",
+            response_code: *b"00",
+            auth_code: Some(*b"A1B2C3"),
+        };
+        let r = Message::parse(Spec::iso87ascii(), response(&req, &d).pack()).unwrap();
+        assert_eq!(r.mti(), *b"0110");
+        assert_eq!(
+            r.field_numbers().collect::<Vec<_>>(),
+            vec![2, 3, 4, 11, 38, 39, 41]
+        );
+        assert_eq!(r.stan(), Some(*b"000042"));
+        assert_eq!(r.auth_code().unwrap().as_bytes(), b"A1B2C3");
+    }
+
+    #[test]
+    fn accounts_load_from_json_and_from_csv_with_a_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("a.json");
+        std::fs::write(&json, r#"[{"pan": "4970101234567893", "balance": 5000}]"#).unwrap();
+        let csv = dir.path().join("a.csv");
+        std::fs::write(&csv, "pan,balance\n# test card\n4970101234567893, 5000\n").unwrap();
+        for p in [json, csv] {
+            let a = load_accounts(&p).unwrap();
+            assert_eq!(a.len(), 1);
+            assert_eq!(a[0].0.as_bytes(), PAN);
+            assert_eq!(a[0].1, 5000);
+        }
+        let bad = dir.path().join("b.csv");
+        std::fs::write(&bad, "4970101234567893,lots\n").unwrap();
+        let e = load_accounts(&bad).unwrap_err().to_string();
+        assert!(
+            e.contains("line 1") && !e.contains("4970101234567893"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,14 @@
+//! The tools around the switch: what it talks to and what drives it, on the same wire.
+//!
+//! vpan is only as well tested as the peers it is tested against, so these are real
+//! programs, not mocks, and they are also subcommands of the `vpan` binary:
+//!
+//! - [`issuer_sim`]: an issuer authorization host with accounts and balances, the far side
+//!   of the switch (`vpan issuer-sim`).
+//! - [`traffic`]: the traffic file, JSON Lines in the codec vectors' field notation.
+//! - [`loadgen`]: replays a traffic file over many connections, closed loop or at a fixed
+//!   rate, and reports throughput and latency percentiles (`vpan loadgen`).
+
+pub mod issuer_sim;
+pub mod loadgen;
+pub mod traffic;

@@ -1,0 +1,300 @@
+//! Shared pieces of the end-to-end tests: a switch (`App` on port 0) in front of the real
+//! issuer simulator on another port, a temporary data dir, a network-side client over real
+//! TCP, and generated Luhn-valid test cards.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use vpan::app::App;
+use vpan::cards::{CardSpec, CardView, Cards, Controls, Expiry, MerchantLock};
+use vpan::config::Config;
+use vpan::iso8583::{Frame, FrameCodec, Framing, Message, Spec};
+use vpan::pan::{Pan, luhn_check_digit};
+use vpan::tools::issuer_sim::{IssuerSim, IssuerSimHandle, SimConfig};
+
+/// Seconds since the epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A random Luhn-valid test PAN of `len` digits starting with `bin`.
+pub fn test_pan(bin: &str, len: usize) -> Pan {
+    let mut digits: Vec<u8> = bin.bytes().collect();
+    while digits.len() < len - 1 {
+        digits.push(b'0' + rand::random_range(0..10u8));
+    }
+    let check = luhn_check_digit(&digits);
+    digits.push(b'0' + check);
+    Pan::from_digits_checked(&digits).unwrap()
+}
+
+/// A switch and its issuer simulator, torn down on drop of the token.
+pub struct Rig {
+    /// Where the network connects.
+    pub network: SocketAddr,
+    /// Metrics endpoint.
+    pub metrics: SocketAddr,
+    /// The issuer simulator, for checking what reached the issuer.
+    pub sim: Option<IssuerSimHandle>,
+    /// The switch's cards.
+    pub cards: Arc<Cards>,
+    /// Stops the switch.
+    pub stop: CancellationToken,
+    /// The switch task.
+    pub task: tokio::task::JoinHandle<()>,
+    /// The data dir, removed at the end.
+    pub dir: tempfile::TempDir,
+}
+
+/// Starts a simulator (unless `sim` is `None`) and a switch in front of it.
+pub async fn rig(sim: Option<SimConfig>, tweak: impl FnOnce(&mut Config)) -> Rig {
+    let sim = match sim {
+        Some(c) => Some(IssuerSim::start(c).await.unwrap()),
+        None => None,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.network.listen = "127.0.0.1:0".into();
+    config.metrics.listen = "127.0.0.1:0".into();
+    config.api.listen = "127.0.0.1:0".into();
+    config.store.data_dir = dir.path().join("data");
+    config.issuer.connect = match &sim {
+        Some(s) => s.local_addr().to_string(),
+        // Nothing listens there: a port taken and released at once.
+        None => {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().to_string()
+        }
+    };
+    config.issuer.timeout_ms = 1000;
+    tweak(&mut config);
+    let connections = config.issuer.connections;
+    let app = App::build(config).await.unwrap();
+    let addrs = app.addresses();
+    let cards = app.cards();
+    let issuer = app.issuer();
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    let task = tokio::spawn(async move {
+        app.run(async move { token.cancelled().await })
+            .await
+            .unwrap();
+    });
+    if sim.is_some() {
+        // The link dials in the background: wait until every connection is up.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while issuer.connected() < connections {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("issuer link up");
+    }
+    Rig {
+        network: addrs.network.unwrap(),
+        metrics: addrs.metrics,
+        sim,
+        cards,
+        stop,
+        task,
+        dir,
+    }
+}
+
+impl Rig {
+    /// Stops the switch and waits for it to drain.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+        if let Some(sim) = self.sim {
+            sim.shutdown().await;
+        }
+    }
+
+    /// The simulator.
+    pub fn sim(&self) -> &IssuerSimHandle {
+        self.sim.as_ref().unwrap()
+    }
+
+    /// Issues a card with `tweak`ed controls (default: EUR, 100.00 cap, 30 days).
+    pub async fn issue(&self, tweak: impl FnOnce(&mut Controls)) -> (CardView, Pan) {
+        let real = test_pan("497010", 16);
+        let mut controls = Controls {
+            currency: 978,
+            amount_limit: 10_000,
+            per_transaction_limit: None,
+            max_uses: None,
+            valid_until: now() + 30 * 86_400,
+            merchant_lock: MerchantLock::None,
+            mcc_allow: vec![],
+            mcc_block: vec![],
+        };
+        tweak(&mut controls);
+        let spec = CardSpec {
+            pan: real.clone(),
+            pan_expiry: Expiry(*b"2912"),
+            controls,
+        };
+        let view = self.cards.issue_durable(&spec, now()).await.unwrap();
+        (view, real)
+    }
+}
+
+/// Single-use controls.
+pub fn single_use(c: &mut Controls) {
+    c.max_uses = NonZeroU32::new(1);
+}
+
+/// A network-side client: sends requests, collects answers by STAN.
+pub struct Client {
+    framed: Framed<TcpStream, FrameCodec>,
+    stan: u32,
+    /// Answers read but not asked for yet.
+    early: HashMap<[u8; 6], Message>,
+}
+
+impl Client {
+    /// Connects with `len2` framing.
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        Client {
+            framed: Framed::new(stream, FrameCodec::new(Framing::Len2, 0, 8192)),
+            stan: rand::random_range(1..500_000),
+            early: HashMap::new(),
+        }
+    }
+
+    /// A fresh STAN.
+    pub fn next_stan(&mut self) -> [u8; 6] {
+        self.stan += 1;
+        let s = format!("{:06}", self.stan % 1_000_000);
+        s.as_bytes().try_into().unwrap()
+    }
+
+    /// Sends raw message bytes as one frame.
+    pub async fn send_raw(&mut self, body: Bytes) {
+        self.framed
+            .send(Frame::Message {
+                header: Bytes::new(),
+                body,
+            })
+            .await
+            .unwrap();
+    }
+
+    /// Sends `msg`.
+    pub async fn send(&mut self, msg: &Message) {
+        self.send_raw(msg.pack()).await;
+    }
+
+    /// Waits (at most 5 s) for the answer with DE 11 = `stan`.
+    pub async fn answer(&mut self, stan: [u8; 6]) -> Message {
+        tokio::time::timeout(Duration::from_secs(5), self.try_answer(stan))
+            .await
+            .expect("an answer within 5 s")
+            .expect("the connection ended while waiting for an answer")
+    }
+
+    /// The answer with DE 11 = `stan`, or `None` when the connection ends first.
+    pub async fn try_answer(&mut self, stan: [u8; 6]) -> Option<Message> {
+        if let Some(m) = self.early.remove(&stan) {
+            return Some(m);
+        }
+        loop {
+            match self.framed.next().await {
+                Some(Ok(Frame::Message { body, .. })) => {
+                    let m = Message::parse(Spec::iso87ascii(), body).unwrap();
+                    let s = m.stan().unwrap();
+                    if s == stan {
+                        return Some(m);
+                    }
+                    self.early.insert(s, m);
+                }
+                Some(Ok(Frame::KeepAlive)) => {}
+                _ => return None,
+            }
+        }
+    }
+
+    /// Sends `msg` and waits for its answer.
+    pub async fn call(&mut self, msg: &Message) -> Message {
+        self.send(msg).await;
+        self.answer(msg.stan().unwrap()).await
+    }
+
+    /// Reads the next frame (at most 5 s).
+    pub async fn next_frame(&mut self) -> Option<Frame> {
+        tokio::time::timeout(Duration::from_secs(5), self.framed.next())
+            .await
+            .expect("a frame within 5 s")
+            .map(|r| r.unwrap())
+    }
+}
+
+/// An e-commerce 0100 (or `mti`) for `amount` EUR cents on `pan`, merchant `acceptor`,
+/// with a fresh STAN and DE 14 `expiry`.
+pub fn purchase(
+    client: &mut Client,
+    mti: &[u8; 4],
+    pan: &Pan,
+    expiry: &[u8; 4],
+    amount: u64,
+) -> Message {
+    let spec = Spec::iso87ascii();
+    let mut m = Message::new(spec, mti).unwrap();
+    m.set(2, pan.as_bytes()).unwrap();
+    m.set(3, b"000000").unwrap();
+    m.set(4, format!("{amount:012}").as_bytes()).unwrap();
+    m.set(7, b"1126143015").unwrap();
+    m.set(11, &client.next_stan()).unwrap();
+    m.set(12, b"143015").unwrap();
+    m.set(13, b"1126").unwrap();
+    m.set(14, expiry).unwrap();
+    m.set(18, b"5734").unwrap();
+    m.set(22, b"812").unwrap();
+    m.set(32, b"12345678901").unwrap();
+    m.set(37, b"633014000123").unwrap();
+    m.set(41, b"TERM0001").unwrap();
+    m.set(42, b"SHOP00000000001").unwrap();
+    m.set(43, b"EXAMPLE SHOP             PARIS        FR")
+        .unwrap();
+    m.set(49, b"978").unwrap();
+    // Re-parse so the message is exactly what the wire carries.
+    Message::parse(spec, m.pack()).unwrap()
+}
+
+/// A 0400 reversing `original` in full, naming it in DE 90.
+pub fn reversal_of(client: &mut Client, original: &Message) -> Message {
+    let spec = Spec::iso87ascii();
+    let mut m = original.clone();
+    m.set_mti(b"0400").unwrap();
+    m.set(11, &client.next_stan()).unwrap();
+    let mut de90 = Vec::new();
+    de90.extend_from_slice(&original.mti());
+    de90.extend_from_slice(&original.stan().unwrap());
+    de90.extend_from_slice(&original.transmission_time().unwrap());
+    de90.extend_from_slice(
+        format!("{:0>11}", original.acquirer().unwrap().as_str().unwrap()).as_bytes(),
+    );
+    de90.extend_from_slice(b"00000000000");
+    m.set(90, &de90).unwrap();
+    Message::parse(spec, m.pack()).unwrap()
+}
+
+/// DE 39 of an answer as text.
+pub fn code(m: &Message) -> String {
+    String::from_utf8(m.response_code().unwrap().to_vec()).unwrap()
+}

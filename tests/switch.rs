@@ -1,0 +1,468 @@
+//! The switch end to end: `App` on port 0, the real issuer simulator on another port, real
+//! TCP on both sides, a real journal in a temporary data dir.
+
+mod rig;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use rig::*;
+use vpan::cards::{CardKey, MerchantLock};
+use vpan::iso8583::{Frame, Message, Spec};
+use vpan::tools::issuer_sim::SimConfig;
+
+#[tokio::test]
+async fn an_approval_goes_to_the_issuer_with_the_real_card_and_comes_back_with_the_virtual_one() {
+    let rig = rig(Some(SimConfig::default()), |_| {}).await;
+    let (card, real) = rig.issue(|_| {}).await;
+    let mut net = Client::connect(rig.network).await;
+
+    let req = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 2_500);
+    let answer = net.call(&req).await;
+
+    assert_eq!(answer.mti(), *b"0110");
+    assert_eq!(code(&answer), "00");
+    assert_eq!(
+        answer.pan().unwrap().unwrap(),
+        card.vpan,
+        "vPAN back in DE 2"
+    );
+    assert_eq!(answer.stan(), req.stan(), "the network's own STAN back");
+    assert!(
+        answer.auth_code().is_some(),
+        "the issuer's DE 38 passes through"
+    );
+    if let Some(e) = answer.expiry() {
+        assert_eq!(e, card.expiry.0, "virtual expiry back in DE 14");
+    }
+    let seen = rig.sim().recent(10);
+    let at_issuer = seen.iter().find(|r| r.mti() == *b"0100").unwrap();
+    assert_eq!(
+        at_issuer.pan().unwrap(),
+        real,
+        "the issuer saw the real PAN"
+    );
+    assert_eq!(
+        at_issuer.message.expiry(),
+        Some(*b"2912"),
+        "and the real expiry"
+    );
+    assert_ne!(at_issuer.message.stan(), None);
+
+    let view = rig.cards.get(CardKey::of(&card.vpan)).unwrap();
+    assert_eq!((view.spent, view.held, view.uses), (2_500, 0, 1));
+    assert_eq!(
+        rig.sim().balance(&real),
+        Some(vpan::tools::issuer_sim::DEFAULT_BALANCE - 2_500)
+    );
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn track_2_carries_the_real_card_to_the_issuer_and_is_not_echoed_back() {
+    let rig = rig(Some(SimConfig::default()), |_| {}).await;
+    let (card, real) = rig.issue(|_| {}).await;
+    let mut net = Client::connect(rig.network).await;
+    let req = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
+    let mut with_track = req.clone();
+    let track = format!(
+        "{}={}1010000012300000",
+        card.vpan.expose(),
+        card.expiry.as_str()
+    );
+    with_track.set(35, track.as_bytes()).unwrap();
+    let with_track = Message::parse(Spec::iso87ascii(), with_track.pack()).unwrap();
+    let answer = net.call(&with_track).await;
+    assert_eq!(code(&answer), "00");
+    assert!(!answer.has(35));
+    let seen = rig.sim().recent(10);
+    let at_issuer = seen.iter().find(|r| r.mti() == *b"0100").unwrap();
+    let t2 = at_issuer.message.track2().unwrap();
+    assert_eq!(t2.pan_digits(), real.as_bytes());
+    assert_eq!(t2.expiry(), Some(*b"2912"));
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn every_local_decline_is_answered_by_the_switch_without_asking_the_issuer() {
+    let rig = rig(Some(SimConfig::default()), |c| {
+        c.cards.virtual_ranges = vec!["4970109".into()];
+    })
+    .await;
+    let mut net = Client::connect(rig.network).await;
+
+    let (closed, _) = rig.issue(|_| {}).await;
+    rig.cards.close(CardKey::of(&closed.vpan)).await.unwrap();
+    let (paused, _) = rig.issue(|_| {}).await;
+    rig.cards.pause(CardKey::of(&paused.vpan)).await.unwrap();
+    let (capped, _) = rig.issue(|c| c.amount_limit = 1_000).await;
+    let (per_tx, _) = rig
+        .issue(|c| c.per_transaction_limit = std::num::NonZeroU64::new(500))
+        .await;
+    let (blocked_mcc, _) = rig.issue(|c| c.mcc_block = vec![5734]).await;
+    let (dollars, _) = rig.issue(|c| c.currency = 840).await;
+    let (locked, _) = rig
+        .issue(|c| {
+            c.merchant_lock =
+                MerchantLock::Acceptor(vpan::cards::AcceptorId::new(b"OTHERSHOP").unwrap())
+        })
+        .await;
+    let (expiring, _) = rig.issue(|_| {}).await;
+    let unknown_in_range = test_pan("4970109", 16);
+
+    let cases: Vec<(&str, vpan::pan::Pan, [u8; 4], u64, &str)> = vec![
+        (
+            "unknown vPAN in a virtual range",
+            unknown_in_range,
+            *b"2912",
+            100,
+            "14",
+        ),
+        (
+            "closed card",
+            closed.vpan.clone(),
+            closed.expiry.0,
+            100,
+            "46",
+        ),
+        (
+            "wrong expiry in DE 14",
+            expiring.vpan.clone(),
+            *b"2001",
+            100,
+            "54",
+        ),
+        (
+            "MCC blocked",
+            blocked_mcc.vpan.clone(),
+            blocked_mcc.expiry.0,
+            100,
+            "57",
+        ),
+        (
+            "card in another currency",
+            dollars.vpan.clone(),
+            dollars.expiry.0,
+            100,
+            "57",
+        ),
+        (
+            "merchant locked elsewhere",
+            locked.vpan.clone(),
+            locked.expiry.0,
+            100,
+            "57",
+        ),
+        (
+            "over the cumulative cap",
+            capped.vpan.clone(),
+            capped.expiry.0,
+            1_001,
+            "61",
+        ),
+        (
+            "over the per-transaction limit",
+            per_tx.vpan.clone(),
+            per_tx.expiry.0,
+            501,
+            "61",
+        ),
+        (
+            "paused card",
+            paused.vpan.clone(),
+            paused.expiry.0,
+            100,
+            "62",
+        ),
+    ];
+    let before = rig.sim().stats().requests;
+    for (what, pan, expiry, amount, expected) in cases {
+        let req = purchase(&mut net, b"0100", &pan, &expiry, amount);
+        let answer = net.call(&req).await;
+        assert_eq!(answer.mti(), *b"0110", "{what}");
+        assert_eq!(code(&answer), expected, "{what}");
+        assert_eq!(
+            answer.pan().unwrap().unwrap(),
+            pan,
+            "{what}: the PAN as sent"
+        );
+    }
+    assert_eq!(
+        rig.sim().stats().requests,
+        before,
+        "no decline reached the issuer"
+    );
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn a_reversal_gives_the_amount_back_and_the_card_can_be_used_again() {
+    let rig = rig(Some(SimConfig::default()), |_| {}).await;
+    let (card, real) = rig.issue(|c| c.amount_limit = 1_000).await;
+    let key = CardKey::of(&card.vpan);
+    let mut net = Client::connect(rig.network).await;
+
+    let first = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 1_000);
+    assert_eq!(code(&net.call(&first).await), "00");
+    let over = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 1);
+    assert_eq!(code(&net.call(&over).await), "61");
+
+    let rev = reversal_of(&mut net, &first);
+    let answer = net.call(&rev).await;
+    assert_eq!(answer.mti(), *b"0410");
+    assert_eq!(code(&answer), "00");
+    assert_eq!(answer.pan().unwrap().unwrap(), card.vpan);
+    assert_eq!(rig.cards.get(key).unwrap().spent, 0);
+    let reversal_at_issuer = rig
+        .sim()
+        .recent(10)
+        .into_iter()
+        .find(|r| r.mti() == *b"0400")
+        .unwrap();
+    assert_eq!(reversal_at_issuer.pan().unwrap(), real);
+
+    // The same reversal again (a repeat) gives nothing back twice.
+    let mut repeat = rev.clone();
+    repeat.set_mti(b"0401").unwrap();
+    let repeat = Message::parse(Spec::iso87ascii(), repeat.pack()).unwrap();
+    assert_eq!(net.call(&repeat).await.mti(), *b"0410");
+    assert_eq!(rig.cards.get(key).unwrap().spent, 0);
+
+    let again = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 1_000);
+    assert_eq!(code(&net.call(&again).await), "00");
+    assert_eq!(rig.cards.get(key).unwrap().spent, 1_000);
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn an_advice_is_recorded_even_over_the_cap_forwarded_and_answered() {
+    let rig = rig(Some(SimConfig::default()), |_| {}).await;
+    let (card, real) = rig.issue(|c| c.amount_limit = 1_000).await;
+    let mut net = Client::connect(rig.network).await;
+    let advice = purchase(&mut net, b"0120", &card.vpan, &card.expiry.0, 1_500);
+    let answer = net.call(&advice).await;
+    assert_eq!(answer.mti(), *b"0130");
+    assert_eq!(answer.pan().unwrap().unwrap(), card.vpan);
+    assert_eq!(rig.cards.get(CardKey::of(&card.vpan)).unwrap().spent, 1_500);
+    let at_issuer = rig
+        .sim()
+        .recent(10)
+        .into_iter()
+        .find(|r| r.mti() == *b"0120")
+        .unwrap();
+    assert_eq!(at_issuer.pan().unwrap(), real);
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn an_echo_is_answered_by_the_switch_and_a_keep_alive_is_echoed() {
+    let rig = rig(Some(SimConfig::default()), |_| {}).await;
+    let mut net = Client::connect(rig.network).await;
+    let spec = Spec::iso87ascii();
+    let mut echo = Message::new(spec, b"0800").unwrap();
+    echo.set(7, b"1126143015").unwrap();
+    echo.set(11, &net.next_stan()).unwrap();
+    echo.set(70, b"301").unwrap();
+    let echo = Message::parse(spec, echo.pack()).unwrap();
+    let before = rig.sim().requests(b"0800");
+    let answer = net.call(&echo).await;
+    assert_eq!(answer.mti(), *b"0810");
+    assert_eq!(code(&answer), "00");
+    assert_eq!(answer.network_management_code(), Some(*b"301"));
+    assert_eq!(rig.sim().requests(b"0800"), before, "answered locally");
+
+    net.send_raw(Bytes::new()).await;
+    assert_eq!(net.next_frame().await, Some(Frame::KeepAlive));
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn a_card_that_is_not_virtual_passes_through_untouched() {
+    let rig = rig(Some(SimConfig::default()), |_| {}).await;
+    let mut net = Client::connect(rig.network).await;
+    let plain = test_pan("497010", 16);
+    let req = purchase(&mut net, b"0200", &plain, b"2912", 700);
+    let answer = net.call(&req).await;
+    assert_eq!(answer.mti(), *b"0210");
+    assert_eq!(code(&answer), "00");
+    assert_eq!(answer.pan().unwrap().unwrap(), plain);
+    let at_issuer = rig
+        .sim()
+        .recent(10)
+        .into_iter()
+        .find(|r| r.mti() == *b"0200")
+        .unwrap();
+    assert_eq!(at_issuer.pan().unwrap(), plain);
+    for n in [3, 4, 12, 13, 14, 18, 22, 32, 37, 41, 42, 43, 49] {
+        assert_eq!(at_issuer.message.raw(n), req.raw(n), "DE {n} untouched");
+    }
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn the_same_stan_on_two_connections_at_once_gets_each_its_own_answer() {
+    let mut sim = SimConfig::default();
+    sim.latency = Duration::from_millis(30);
+    let rig = rig(Some(sim), |c| c.issuer.connections = 1).await;
+    let (a, _) = rig.issue(|_| {}).await;
+    let (b, _) = rig.issue(|_| {}).await;
+    let mut one = Client::connect(rig.network).await;
+    let mut two = Client::connect(rig.network).await;
+    let req_a = purchase(&mut one, b"0100", &a.vpan, &a.expiry.0, 111);
+    let mut req_b = purchase(&mut two, b"0100", &b.vpan, &b.expiry.0, 222);
+    // Another acquirer whose STAN counter happens to stand at the same value.
+    req_b.set(11, &req_a.stan().unwrap()).unwrap();
+    req_b.set(32, b"99999").unwrap();
+    let req_b = Message::parse(Spec::iso87ascii(), req_b.pack()).unwrap();
+    one.send(&req_a).await;
+    two.send(&req_b).await;
+    let (ans_a, ans_b) = tokio::join!(
+        one.answer(req_a.stan().unwrap()),
+        two.answer(req_b.stan().unwrap())
+    );
+    assert_eq!(ans_a.pan().unwrap().unwrap(), a.vpan);
+    assert_eq!(ans_a.raw(4), Some(&b"000000000111"[..]));
+    assert_eq!(ans_b.pan().unwrap().unwrap(), b.vpan);
+    assert_eq!(ans_b.raw(4), Some(&b"000000000222"[..]));
+    assert_eq!((code(&ans_a), code(&ans_b)), ("00".into(), "00".into()));
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn answers_leave_as_soon_as_decided_whatever_the_order_requests_came_in() {
+    let mut sim = SimConfig::default();
+    sim.latency = Duration::from_millis(200);
+    let rig = rig(Some(sim), |c| {
+        c.cards.virtual_ranges = vec!["4970109".into()]
+    })
+    .await;
+    let (card, _) = rig.issue(|_| {}).await;
+    let mut net = Client::connect(rig.network).await;
+    let slow = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
+    let fast = purchase(&mut net, b"0100", &test_pan("4970109", 16), b"2912", 100);
+    net.send(&slow).await;
+    net.send(&fast).await;
+    // The first frame back is the local decline, although it was sent second.
+    match net.next_frame().await {
+        Some(Frame::Message { body, .. }) => {
+            let first = Message::parse(Spec::iso87ascii(), body).unwrap();
+            assert_eq!(first.stan(), fast.stan());
+            assert_eq!(code(&first), "14");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(code(&net.answer(slow.stan().unwrap()).await), "00");
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn an_issuer_too_slow_gets_91_and_its_late_approval_is_reversed() {
+    let mut sim = SimConfig::default();
+    sim.latency = Duration::from_millis(600);
+    let rig = rig(Some(sim), |c| c.issuer.timeout_ms = 200).await;
+    let (card, real) = rig.issue(|c| c.amount_limit = 1_000).await;
+    let key = CardKey::of(&card.vpan);
+    let mut net = Client::connect(rig.network).await;
+    let req = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 1_000);
+    let answer = net.call(&req).await;
+    assert_eq!(code(&answer), "91");
+    let view = rig.cards.get(key).unwrap();
+    assert_eq!((view.spent, view.held), (0, 0), "hold released");
+
+    // The late approval comes in and vpan reverses it toward the issuer.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while rig.sim().requests(b"0400") == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("a reversal reached the issuer");
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while rig.sim().balance(&real) != Some(vpan::tools::issuer_sim::DEFAULT_BALANCE) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the real account is whole again");
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn an_issuer_that_is_down_gets_91_at_once() {
+    let rig = rig(None, |_| {}).await;
+    let (card, _) = rig.issue(|_| {}).await;
+    let mut net = Client::connect(rig.network).await;
+    let started = std::time::Instant::now();
+    let req = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
+    let answer = net.call(&req).await;
+    assert_eq!(code(&answer), "91");
+    // Not a hang until the issuer timeout: well under it (1 s in the rig).
+    assert!(started.elapsed() < Duration::from_millis(900));
+    let view = rig.cards.get(CardKey::of(&card.vpan)).unwrap();
+    assert_eq!((view.spent, view.held), (0, 0));
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn a_malformed_frame_amid_good_ones_is_answered_30_and_the_others_go_on() {
+    let rig = rig(Some(SimConfig::default()), |_| {}).await;
+    let (card, _) = rig.issue(|_| {}).await;
+    let mut net = Client::connect(rig.network).await;
+    let good1 = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
+    let bad = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
+    let good2 = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
+    // DE 4 with a letter: parse fails, MTI and DE 11 are still readable.
+    let mut bytes = bad.pack().to_vec();
+    let at = bytes
+        .windows(12)
+        .position(|w| w == b"000000000100")
+        .unwrap();
+    bytes[at + 3] = b'X';
+    net.send(&good1).await;
+    net.send_raw(Bytes::from(bytes)).await;
+    net.send_raw(Bytes::from_static(b"garbage")).await;
+    net.send(&good2).await;
+    assert_eq!(code(&net.answer(good1.stan().unwrap()).await), "00");
+    let answer = net.answer(bad.stan().unwrap()).await;
+    assert_eq!(answer.mti(), *b"0110");
+    assert_eq!(code(&answer), "30");
+    assert_eq!(code(&net.answer(good2.stan().unwrap()).await), "00");
+    assert_eq!(rig.cards.get(CardKey::of(&card.vpan)).unwrap().spent, 200);
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn racing_authorizations_over_the_wire_never_exceed_the_cap() {
+    let rig = rig(Some(SimConfig::default()), |_| {}).await;
+    let (card, _) = rig.issue(|c| c.amount_limit = 10_000).await;
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let addr = rig.network;
+        let vpan = card.vpan.clone();
+        let expiry = card.expiry.0;
+        tasks.push(tokio::spawn(async move {
+            let mut net = Client::connect(addr).await;
+            let reqs: Vec<Message> = (0..25)
+                .map(|_| purchase(&mut net, b"0100", &vpan, &expiry, 300))
+                .collect();
+            for r in &reqs {
+                net.send(r).await;
+            }
+            let mut approved = 0u64;
+            for r in &reqs {
+                if code(&net.answer(r.stan().unwrap()).await) == "00" {
+                    approved += 300;
+                }
+            }
+            approved
+        }));
+    }
+    let mut approved = 0;
+    for t in tasks {
+        approved += t.await.unwrap();
+    }
+    assert_eq!(approved, 9_900, "exactly the 33 purchases that fit");
+    let view = rig.cards.get(CardKey::of(&card.vpan)).unwrap();
+    assert_eq!(view.spent, 9_900);
+    rig.stop().await;
+}

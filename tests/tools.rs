@@ -1,0 +1,486 @@
+//! The issuer simulator and the load generator over real TCP: the `vpan` binary itself on
+//! port 0 (its bound address read from its log line), and the library API on port 0.
+//! Nothing here sleeps to wait or asserts on speed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio_util::codec::Decoder;
+use vpan::iso8583::{Frame, FrameCodec, Framing, Message, Spec};
+use vpan::pan::Pan;
+use vpan::tools::issuer_sim::{IssuerSim, IssuerSimHandle, SimConfig};
+use vpan::tools::loadgen::{self, LoadgenConfig, Summary};
+use vpan::tools::traffic::{Traffic, original_data_elements};
+
+const VPAN: &str = env!("CARGO_BIN_EXE_vpan");
+/// Plenty of money.
+const RICH: &str = "4970100000000014";
+/// 10.00 only.
+const POOR: &str = "4970100000000022";
+
+fn fixture(name: &str) -> String {
+    format!("{}/fixtures/traffic/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn pan(digits: &str) -> Pan {
+    Pan::from_digits(digits.as_bytes()).unwrap()
+}
+
+async fn sim_with(accounts: &[(&str, i64)], tweak: impl FnOnce(&mut SimConfig)) -> IssuerSimHandle {
+    let mut cfg = SimConfig {
+        accounts: accounts.iter().map(|(p, b)| (pan(p), *b)).collect(),
+        default_balance: None,
+        ..SimConfig::default()
+    };
+    tweak(&mut cfg);
+    IssuerSim::start(cfg).await.unwrap()
+}
+
+/// A request in the ASCII spec, parsed back as the simulator would see it.
+fn request(mti: &[u8; 4], fields: &[(usize, &str)]) -> Message {
+    let mut m = Message::new(Spec::iso87ascii(), mti).unwrap();
+    for (n, v) in fields {
+        m.set(*n, v.as_bytes()).unwrap();
+    }
+    Message::parse(Spec::iso87ascii(), m.pack()).unwrap()
+}
+
+fn financial(mti: &[u8; 4], card: &str, stan: &str, pcode: &str, amount: &str) -> Message {
+    request(
+        mti,
+        &[
+            (2, card),
+            (3, pcode),
+            (4, amount),
+            (7, "1126143015"),
+            (11, stan),
+            (32, "12345678901"),
+            (41, "TERM0001"),
+            (49, "978"),
+        ],
+    )
+}
+
+/// A raw client: sends framed messages, reads answers.
+struct Client {
+    stream: TcpStream,
+    codec: FrameCodec,
+    inbuf: BytesMut,
+}
+
+impl Client {
+    async fn connect(addr: std::net::SocketAddr) -> Client {
+        Client {
+            stream: TcpStream::connect(addr).await.unwrap(),
+            codec: FrameCodec::new(Framing::Len2, 0, 8192),
+            inbuf: BytesMut::new(),
+        }
+    }
+
+    async fn send(&mut self, msgs: &[&Message]) {
+        let mut out = BytesMut::new();
+        for m in msgs {
+            self.codec.encode_message(&[], m, &mut out).unwrap();
+        }
+        self.stream.write_all(&out).await.unwrap();
+    }
+
+    /// Reads `n` answers, keyed by STAN.
+    async fn answers(&mut self, n: usize) -> HashMap<[u8; 6], Message> {
+        let mut got = HashMap::new();
+        while got.len() < n {
+            while let Some(frame) = self.codec.decode(&mut self.inbuf).unwrap() {
+                if let Frame::Message { body, .. } = frame {
+                    let m = Message::parse(Spec::iso87ascii(), body).unwrap();
+                    got.insert(m.stan().unwrap(), m);
+                }
+            }
+            if got.len() < n {
+                let r = self.stream.read_buf(&mut self.inbuf).await.unwrap();
+                assert!(r > 0, "connection closed with {} of {n} answers", got.len());
+            }
+        }
+        got
+    }
+
+    async fn exchange(&mut self, m: &Message) -> Message {
+        self.send(&[m]).await;
+        self.answers(1).await.remove(&m.stan().unwrap()).unwrap()
+    }
+}
+
+fn reversal_of(mti: &[u8; 4], orig: &Message, stan: &str) -> Message {
+    let de90 = original_data_elements(
+        &orig.mti(),
+        &orig.stan().unwrap(),
+        &orig.transmission_time().unwrap(),
+        &orig.acquirer().unwrap(),
+    );
+    let amount = String::from_utf8(orig.text(4).unwrap().to_vec()).unwrap();
+    let card = String::from_utf8(orig.text(2).unwrap().to_vec()).unwrap();
+    request(
+        mti,
+        &[
+            (2, &card),
+            (3, "000000"),
+            (4, &amount),
+            (7, "1126143030"),
+            (11, stan),
+            (32, "12345678901"),
+            (90, std::str::from_utf8(&de90).unwrap()),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn the_issuer_sim_answers_each_request_class_with_its_response_mti_and_code() {
+    let sim = sim_with(&[(RICH, 1_000_000)], |_| {}).await;
+    let mut c = Client::connect(sim.local_addr()).await;
+    let auth = financial(b"0100", RICH, "000001", "000000", "000000001000");
+    let reqs = [
+        auth.clone(),
+        financial(b"0200", RICH, "000002", "000000", "000000002000"),
+        financial(b"0200", RICH, "000003", "200000", "000000000500"),
+        financial(b"0120", RICH, "000004", "000000", "000000000100"),
+        financial(b"0220", RICH, "000005", "000000", "000000000100"),
+        reversal_of(b"0400", &auth, "000006"),
+        financial(b"0420", RICH, "000007", "000000", "000000000100"),
+        request(b"0800", &[(7, "1126143015"), (11, "000008"), (70, "301")]),
+    ];
+    // All in flight at once on one connection.
+    c.send(&reqs.iter().collect::<Vec<_>>()).await;
+    let answers = c.answers(reqs.len()).await;
+    let want: [(&[u8; 4], bool); 8] = [
+        (b"0110", true),
+        (b"0210", true),
+        (b"0210", true),
+        (b"0130", false),
+        (b"0230", false),
+        (b"0410", false),
+        (b"0430", false),
+        (b"0810", false),
+    ];
+    for (req, (mti, auth_code)) in reqs.iter().zip(want) {
+        let a = &answers[&req.stan().unwrap()];
+        assert_eq!(&a.mti(), mti, "answer to {:?}", req.mti());
+        assert_eq!(a.response_code(), Some(*b"00"), "answer to {:?}", req.mti());
+        assert_eq!(a.auth_code().is_some(), auth_code, "DE 38 in {mti:?}");
+        if let Some(code) = a.auth_code() {
+            assert_eq!(code.len(), 6);
+        }
+        assert_eq!(a.text(2).as_deref(), req.text(2).as_deref(), "DE 2 echoed");
+        assert_eq!(a.text(4).as_deref(), req.text(4).as_deref(), "DE 4 echoed");
+    }
+    assert_eq!(sim.requests(b"0100"), 1);
+    assert_eq!(sim.requests(b"0200"), 2);
+    assert_eq!(sim.requests_by_mti().values().sum::<u64>(), 8);
+    // -1000 -2000 +500 -100 -100 +1000 (reversal of the 0100) +100 (0420 without DE 90)
+    assert_eq!(sim.balance(&pan(RICH)), Some(1_000_000 - 1_600));
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_balance_that_runs_out_gets_51_and_no_auth_code() {
+    let sim = sim_with(&[(POOR, 10_000)], |_| {}).await;
+    let mut c = Client::connect(sim.local_addr()).await;
+    let first = c
+        .exchange(&financial(
+            b"0100",
+            POOR,
+            "000001",
+            "000000",
+            "000000006000",
+        ))
+        .await;
+    assert_eq!(first.response_code(), Some(*b"00"));
+    let second = c
+        .exchange(&financial(
+            b"0100",
+            POOR,
+            "000002",
+            "000000",
+            "000000006000",
+        ))
+        .await;
+    assert_eq!(second.mti(), *b"0110");
+    assert_eq!(second.response_code(), Some(*b"51"));
+    assert!(second.auth_code().is_none());
+    assert_eq!(sim.balance(&pan(POOR)), Some(4_000));
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reversal_sent_twice_credits_back_once_and_the_sim_saw_the_real_pan() {
+    let sim = sim_with(&[(RICH, 10_000)], |_| {}).await;
+    let mut c = Client::connect(sim.local_addr()).await;
+    let orig = financial(b"0200", RICH, "000010", "000000", "000000004000");
+    assert_eq!(c.exchange(&orig).await.response_code(), Some(*b"00"));
+    assert_eq!(sim.balance(&pan(RICH)), Some(6_000));
+    for stan in ["000011", "000012"] {
+        let a = c.exchange(&reversal_of(b"0400", &orig, stan)).await;
+        assert_eq!(a.mti(), *b"0410");
+        assert_eq!(a.response_code(), Some(*b"00"));
+        assert_eq!(sim.balance(&pan(RICH)), Some(10_000));
+    }
+    assert_eq!(sim.stats().unmatched_reversals, 0);
+    let seen = sim.recent(3);
+    assert_eq!(seen.len(), 3);
+    assert!(seen.iter().all(|r| r.pan() == Some(pan(RICH))));
+    assert_eq!(
+        seen.iter().map(|r| r.mti()).collect::<Vec<_>>(),
+        vec![*b"0200", *b"0400", *b"0400"]
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unknown_card_gets_14_when_the_sim_has_no_default_balance() {
+    let sim = sim_with(&[(RICH, 10_000)], |_| {}).await;
+    let mut c = Client::connect(sim.local_addr()).await;
+    let a = c
+        .exchange(&financial(
+            b"0100",
+            "4970100000000048",
+            "000001",
+            "000000",
+            "000000000100",
+        ))
+        .await;
+    assert_eq!(a.response_code(), Some(*b"14"));
+    sim.shutdown().await;
+}
+
+/// Starts the real binary's issuer simulator on port 0 and reads its address from the log.
+async fn spawn_sim_binary(extra: &[&str]) -> (tokio::process::Child, String) {
+    let mut child = tokio::process::Command::new(VPAN)
+        .args(["issuer-sim", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines
+            .next_line()
+            .await
+            .unwrap()
+            .expect("issuer-sim exited before logging its address");
+        if let Some((_, rest)) = line.split_once("listening on ") {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    // Keep draining stderr so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr)
+}
+
+async fn loadgen_binary(args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(VPAN)
+        .arg("loadgen")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn loadgen_replays_the_sample_file_against_the_sim_binary_with_every_code_as_expected() {
+    let accounts = fixture("accounts.json");
+    let (mut sim, addr) = spawn_sim_binary(&["--accounts", &accounts]).await;
+    let traffic = fixture("sample.jsonl");
+    let out = loadgen_binary(&["--target", &addr, "--traffic", &traffic, "--json"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let n = Traffic::load(traffic.as_ref(), Spec::iso87ascii())
+        .unwrap()
+        .len() as u64;
+    assert_eq!(s["sent"], n);
+    assert_eq!(s["answered"], n);
+    assert_eq!(s["timeouts"], 0);
+    assert_eq!(s["errors"], 0);
+    assert_eq!(s["expect_matched"], n);
+    assert_eq!(s["expect_mismatched"], 0);
+    assert_eq!(s["response_codes"]["51"], 1);
+    for (req, resp) in [
+        ("0100", "0110"),
+        ("0200", "0210"),
+        ("0120", "0130"),
+        ("0400", "0410"),
+        ("0420", "0430"),
+        ("0800", "0810"),
+    ] {
+        assert_eq!(
+            s["requests_by_mti"][req], s["responses_by_mti"][resp],
+            "{req}"
+        );
+    }
+    sim.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_loops_the_file_over_several_connections_and_each_reversal_credits_once() {
+    let sim = sim_with(
+        &[
+            (RICH, 1_000_000_000_000),
+            (POOR, 1_000),
+            ("4970100000000030", 0),
+        ],
+        |c| c.latency = Duration::from_micros(200),
+    )
+    .await;
+    let traffic =
+        Arc::new(Traffic::load(fixture("sample.jsonl").as_ref(), Spec::iso87ascii()).unwrap());
+    let len = traffic.len() as u64;
+    let passes = 40;
+    let mut cfg = LoadgenConfig::new(sim.local_addr().to_string(), traffic);
+    cfg.connections = 3;
+    cfg.in_flight = 8;
+    cfg.count = Some(passes * len + 1);
+    let s: Summary = loadgen::run(cfg).await.unwrap();
+    assert_eq!(s.sent, passes * len + 1);
+    assert_eq!(s.answered, s.sent);
+    assert_eq!(s.expect_mismatched, 0, "{:?}", s.mismatches);
+    assert_eq!(s.errors, 0, "{:?}", s.errors_by_kind);
+    assert_eq!(sim.stats().unmatched_reversals, 0);
+    // Per pass the rich card loses only the 5.00 advice: both debits are reversed.
+    assert_eq!(
+        sim.balance(&pan(RICH)),
+        Some(1_000_000_000_000 - passes as i64 * 500)
+    );
+    assert_eq!(sim.balance(&pan(POOR)), Some(1_000));
+    assert!(s.latency_us.p50 > 0 && s.latency_us.max >= s.latency_us.p99);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unanswered_requests_are_counted_as_timeouts_and_loadgen_still_finishes() {
+    let sim = sim_with(&[], |c| {
+        c.default_balance = Some(1_000_000_000);
+        c.timeout_share = 0.3;
+        c.seed = Some(1);
+    })
+    .await;
+    let traffic =
+        Arc::new(Traffic::load(fixture("sample.jsonl").as_ref(), Spec::iso87ascii()).unwrap());
+    let mut cfg = LoadgenConfig::new(sim.local_addr().to_string(), traffic);
+    cfg.connections = 2;
+    cfg.count = Some(200);
+    cfg.timeout = Duration::from_millis(200);
+    let s = loadgen::run(cfg).await.unwrap();
+    assert_eq!(s.sent, 200);
+    assert!(s.timeouts > 0);
+    assert_eq!(s.timeouts, sim.stats().unanswered);
+    assert_eq!(s.answered + s.timeouts, s.sent);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_connections_count_their_requests_as_lost_and_loadgen_dials_again() {
+    let sim = sim_with(&[], |c| {
+        c.default_balance = Some(1_000_000_000);
+        c.drop_share = 0.05;
+        c.seed = Some(2);
+    })
+    .await;
+    let traffic =
+        Arc::new(Traffic::load(fixture("sample.jsonl").as_ref(), Spec::iso87ascii()).unwrap());
+    let mut cfg = LoadgenConfig::new(sim.local_addr().to_string(), traffic);
+    cfg.connections = 2;
+    cfg.in_flight = 4;
+    cfg.count = Some(300);
+    cfg.timeout = Duration::from_millis(500);
+    let s = loadgen::run(cfg).await.unwrap();
+    let lost = s
+        .errors_by_kind
+        .get("connection_lost")
+        .copied()
+        .unwrap_or(0);
+    assert!(lost > 0, "{s:?}");
+    assert!(sim.stats().dropped > 0);
+    assert!(sim.stats().connections > 2, "loadgen dialled again");
+    assert_eq!(s.answered + s.timeouts + lost, s.sent);
+    assert!(s.answered > 0);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn loadgen_exits_1_with_one_line_when_nothing_is_answered() {
+    let sim = sim_with(&[], |c| c.timeout_share = 1.0).await;
+    let out = loadgen_binary(&[
+        "--target",
+        &sim.local_addr().to_string(),
+        "--traffic",
+        &fixture("sample.jsonl"),
+        "--timeout-ms",
+        "100",
+        "--connections",
+        "1",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap();
+    assert!(last.starts_with("vpan: nothing was answered"), "{stderr}");
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_exit_2_for_usage_and_1_with_the_line_for_a_bad_traffic_file() {
+    let out = loadgen_binary(&["--target", "127.0.0.1:1"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "missing --traffic is a usage error"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "# fine\n{\"fields\": {\"t\": \"0100\", \"2\": \"4970100000000014\", \"4\": \"12X\"}}\n",
+    )
+    .unwrap();
+    let sim = sim_with(&[], |_| {}).await;
+    let out = loadgen_binary(&[
+        "--target",
+        &sim.local_addr().to_string(),
+        "--traffic",
+        bad.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("traffic line 2") && stderr.contains("field 4"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("4970100000000014"),
+        "no full PAN in errors"
+    );
+    sim.shutdown().await;
+
+    let out = tokio::process::Command::new(VPAN)
+        .args(["issuer-sim", "--listen", "127.0.0.1:0", "--drop-share", "2"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--drop-share"));
+}
