@@ -1,7 +1,7 @@
 //! A card issued through the HTTPS API is then authorized over ISO 8583 on the network
-//! port: the issuer host (a small stand-in built from vpan's own codec, answering 00 to
-//! every 0100 and checking it got the real PAN) sees the real card, the network gets the
-//! vPAN back, and the API shows the amount spent and the issuer's decision.
+//! port: the issuer simulator (with an account for the real card) sees the real PAN and
+//! debits it, the network gets the vPAN back, and the API shows the amount spent and the
+//! issuer's decision; once paused through the API, the switch declines with 62.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -12,12 +12,12 @@ use bytes::BytesMut;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 use vpan::app::App;
 use vpan::config::Config;
 use vpan::iso8583::{Frame, FrameCodec, Framing, Message, Spec};
+use vpan::tools::issuer_sim::{IssuerSim, SimConfig};
 
 fn spec() -> &'static Spec {
     Spec::by_name("iso87ascii").unwrap()
@@ -25,40 +25,6 @@ fn spec() -> &'static Spec {
 
 fn codec() -> FrameCodec {
     FrameCodec::new(Framing::Len2, 0, 8192)
-}
-
-/// An issuer host that approves every request and reports each PAN it was sent.
-async fn approving_issuer() -> (String, mpsc::UnboundedReceiver<String>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let (seen_tx, seen) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let seen_tx = seen_tx.clone();
-            tokio::spawn(async move {
-                let mut framed = Framed::new(stream, codec());
-                while let Some(Ok(frame)) = framed.next().await {
-                    let Frame::Message { body, .. } = frame else {
-                        continue;
-                    };
-                    let mut msg = Message::parse(spec(), body).unwrap();
-                    if let Some(Ok(pan)) = msg.pan() {
-                        let _ = seen_tx.send(pan.expose().to_string());
-                    }
-                    let mut mti = msg.mti();
-                    mti[2] += 1;
-                    msg.set_mti(&mti).unwrap();
-                    msg.set_response_code(b"00").unwrap();
-                    let mut out = BytesMut::new();
-                    codec().encode_message(&[], &msg, &mut out).unwrap();
-                    if framed.get_mut().write_all(&out).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (addr, seen)
 }
 
 /// A 0100 purchase of `amount` euro cents on `vpan`, at SHOP-A (MCC 5411).
@@ -86,13 +52,20 @@ fn purchase(vpan: &str, expiry: &str, amount: u64, stan: &str) -> Message {
 #[tokio::test]
 async fn a_card_issued_through_the_api_is_authorized_over_iso8583_and_the_api_shows_it() {
     let dir = tempfile::tempdir().unwrap();
-    let (issuer, mut seen) = approving_issuer().await;
+    let real_pan = common::test_pan();
+    let real = real_pan.expose().to_string();
+    let sim = IssuerSim::start(SimConfig {
+        accounts: vec![(real_pan.clone(), 100_000)],
+        default_balance: None,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
     let mut c = Config::default();
     c.network.listen = "127.0.0.1:0".into();
     c.api.listen = "127.0.0.1:0".into();
     c.metrics.listen = "127.0.0.1:0".into();
-    c.issuer.connect = issuer;
-    c.issuer.sign_on = false;
+    c.issuer.connect = sim.local_addr().to_string();
     c.store.data_dir = dir.path().to_path_buf();
     let app = App::build(c).await.unwrap();
     let addrs = app.addresses();
@@ -127,7 +100,6 @@ async fn a_card_issued_through_the_api_is_authorized_over_iso8583_and_the_api_sh
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    let real = common::test_pan().expose().to_string();
     let (status, text) = call(
         reqwest::Method::POST,
         "/v1/cards",
@@ -165,11 +137,17 @@ async fn a_card_issued_through_the_api_is_authorized_over_iso8583_and_the_api_sh
         vpan,
         "the network sees the vPAN"
     );
-    assert_eq!(
-        seen.recv().await.unwrap(),
-        real,
-        "the issuer sees the real PAN"
-    );
+    let at_issuer = sim.recent(10);
+    let forwarded = at_issuer
+        .iter()
+        .find(|r| &r.message.mti() == b"0100")
+        .expect("the 0100 reached the issuer")
+        .message
+        .pan()
+        .unwrap()
+        .unwrap();
+    assert_eq!(forwarded.expose(), real, "the issuer sees the real PAN");
+    assert_eq!(sim.balance(&real_pan), Some(100_000 - 2_500));
 
     let (status, text) = call(reqwest::Method::GET, &format!("/v1/cards/{vpan}"), None).await;
     assert_eq!(status, 200);
