@@ -181,12 +181,9 @@ fn kill_9_at_random_moments_loses_no_acknowledged_approval_and_breaks_no_cap() {
             let (Ok(idx), Ok(amount)) = (idx.parse::<usize>(), amount.parse::<u64>()) else {
                 continue;
             };
-            match kind {
-                "A" => {
-                    *acked.entry(idx).or_default() += amount;
-                    total_acks += 1;
-                }
-                _ => {}
+            if kind == "A" {
+                *acked.entry(idx).or_default() += amount;
+                total_acks += 1;
             }
         }
         let (cards, recovered) = open(&data);
