@@ -16,7 +16,7 @@ use std::num::{NonZeroU32, NonZeroU64};
 use super::card::{
     AcceptorId, Card, CardKey, Controls, Expiry, LockKind, MccRules, Status, UnixSeconds,
 };
-use super::history::{self, DecidedBy, HISTORY_LEN, RecentTx};
+use super::history::{self, DecidedBy, HISTORY_LEN, History, RecentTx};
 use super::ledger::{Ledger, TxEntry, TxState};
 use super::request::{OriginalData, ResponseCode};
 use crate::store::StoreError;
@@ -697,10 +697,9 @@ impl Encode for SnapCard<'_> {
             .map_or((&[][..], &[][..]), |m| (&m.allow[..], &m.block[..]));
         put_mccs(out, allow);
         put_mccs(out, block);
-        let hist = c.history.as_ref().map_or(&[][..], |h| h.ring.as_slices().0);
-        let hist2 = c.history.as_ref().map_or(&[][..], |h| h.ring.as_slices().1);
-        out.u8((hist.len() + hist2.len()) as u8);
-        for h in hist.iter().chain(hist2) {
+        let hist = &c.history.entries[..];
+        out.u8(hist.len() as u8);
+        for h in hist {
             out.u64(h.at);
             out.extend_from_slice(&h.mti);
             out.u64(h.amount);
@@ -739,7 +738,7 @@ pub(crate) fn decode_snap_card(
         let allow = get_mccs(g)?;
         let block = get_mccs(g)?;
         let n = usize::from(g.u8()?);
-        let mut history = None;
+        let mut history = History::default();
         for _ in 0..n.min(HISTORY_LEN) {
             let tx = RecentTx {
                 at: g.u64()?,

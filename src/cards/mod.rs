@@ -26,6 +26,7 @@ pub mod vpan;
 
 pub use card::{
     AcceptorId, Card, CardKey, CardSpec, Controls, Expiry, MerchantLock, Status, UnixSeconds,
+    unix_now,
 };
 pub use history::{DecidedBy, RecentTx};
 pub use ledger::LedgerConfig;

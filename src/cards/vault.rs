@@ -456,11 +456,7 @@ impl Cards {
 
     /// The card's recent decisions, newest first.
     pub fn recent(&self, vpan: CardKey) -> Option<Vec<RecentTx>> {
-        self.index.read(vpan, |c| {
-            c.history
-                .as_ref()
-                .map_or_else(Vec::new, |h| h.newest_first())
-        })
+        self.index.read(vpan, |c| c.history.newest_first())
     }
 
     /// Cards by effective status, for the `vpan_cards{status}` gauge.
