@@ -24,6 +24,7 @@ pub mod request;
 pub mod vault;
 pub mod vpan;
 
+pub use crate::store::journal::Durable;
 pub use card::{
     AcceptorId, Card, CardKey, CardSpec, Controls, Expiry, MerchantLock, Status, UnixSeconds,
     unix_now,

@@ -174,7 +174,8 @@ pub struct Replay {
 pub enum Decision {
     /// Approved by vpan and held: forward to the issuer.
     Approve(Approval),
-    /// Declined by vpan with this DE 39 (46, 54, 57, 61, 62, or 94 for a conflicting repeat).
+    /// Declined by vpan with this DE 39 (46, 54, 57, 61, 62; 94 for a conflicting repeat; 96
+    /// when the journal has failed and nothing can be made durable).
     Decline(ResponseCode),
     /// A repeat: replay the first answer, count nothing.
     Replay(Replay),
@@ -554,6 +555,10 @@ impl Cards {
                 dashmap::Entry::Occupied(e) => return replay_of(e.get(), fingerprint),
                 dashmap::Entry::Vacant(v) => v,
             };
+            if self.journal.is_failed() {
+                // Nothing can be made durable: fail closed before holding anything.
+                return Decision::Decline(ResponseCode::SYSTEM_ERROR);
+            }
             fresh = true;
             match limits::decide(card, req, now) {
                 Verdict::Decline(reason) => {
