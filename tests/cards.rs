@@ -614,3 +614,62 @@ fn no_file_in_the_data_dir_holds_a_real_pan_in_plain_text() {
     }
     assert!(files >= 3, "key, snapshot and journal expected");
 }
+
+#[test]
+fn an_invalid_issuance_names_the_field_and_issues_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let mut past = spec(1_000);
+    past.controls.valid_until = NOW;
+    let mut no_cap = spec(0);
+    no_cap.controls.amount_limit = 0;
+    let mut bad_currency = spec(1_000);
+    bad_currency.controls.currency = 1_000;
+    for (s, field) in [
+        (past, "valid_until"),
+        (no_cap, "amount_limit"),
+        (bad_currency, "currency"),
+    ] {
+        let err = cards.issue(&s, NOW).unwrap_err();
+        assert!(err.to_string().contains(field), "{err}");
+    }
+    assert!(cards.is_empty());
+}
+
+#[test]
+fn a_card_issued_in_a_virtual_range_is_found_and_a_stranger_there_is_unknown() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = vpan::store::StoreConfig {
+        data_dir: dir.path().to_path_buf(),
+        key_file: Default::default(),
+    };
+    let config = vpan::cards::CardsConfig {
+        virtual_ranges: vec!["4970109".into()],
+        bin_length: 6,
+    };
+    let (cards, _) = Cards::open(&config, &store, vpan::cards::LedgerConfig::default()).unwrap();
+    let key = issue(&cards, &spec(1_000));
+    let vpan = key.pan();
+    assert!(vpan.as_bytes().starts_with(b"4970109"));
+    assert!(cards.in_virtual_range(vpan.as_bytes()));
+    let stranger = CardKey::from_digits(b"4970109000000000").unwrap();
+    assert!(matches!(
+        cards.authorize(stranger, &purchase(1, 1), NOW),
+        Decision::Unknown
+    ));
+    assert!(cards.in_virtual_range(b"4970109000000000"));
+    assert!(
+        !cards.in_virtual_range(test_pan().as_bytes())
+            || test_pan().as_bytes().starts_with(b"4970109")
+    );
+}
+
+#[test]
+fn the_key_file_is_made_0600_in_the_data_dir_at_first_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    let meta = std::fs::metadata(dir.path().join("pan.key")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(meta.len(), 32);
+}
