@@ -670,3 +670,19 @@ fn the_key_file_is_made_0600_in_the_data_dir_at_first_start() {
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     assert_eq!(meta.len(), 32);
 }
+
+#[test]
+fn a_second_process_on_the_same_data_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_cards, _) = open(dir.path());
+    let store = vpan::store::StoreConfig {
+        data_dir: dir.path().to_path_buf(),
+        key_file: Default::default(),
+    };
+    let second = Cards::open(
+        &vpan::cards::CardsConfig::default(),
+        &store,
+        vpan::cards::LedgerConfig::default(),
+    );
+    assert!(second.is_err_and(|e| e.to_string().contains("in use")));
+}

@@ -276,6 +276,8 @@ pub struct Cards {
     dir: PathBuf,
     /// One snapshot at a time.
     snapshot_lock: Mutex<()>,
+    /// The data directory's lock, held while open (released by the kernel on any exit).
+    _dir_lock: std::fs::File,
 }
 
 impl Cards {
@@ -294,6 +296,20 @@ impl Cards {
             .recursive(true)
             .create(&dir)
             .map_err(StoreError::io("creating the data directory"))?;
+        // One process per data directory: a second one would interleave journals.
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("vpan.lock"))
+            .map_err(StoreError::io("opening the data directory lock"))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(StoreError::Locked.into()),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(StoreError::io("locking the data directory")(e).into());
+            }
+        }
         let cipher = PanCipher::load_or_create(&store.key_path())?;
         let mut recovered = Recovered::default();
 
@@ -398,6 +414,7 @@ impl Cards {
                 next_lsn: AtomicU64::new(next_lsn),
                 dir,
                 snapshot_lock: Mutex::new(()),
+                _dir_lock: lock,
             },
             recovered,
         ))
