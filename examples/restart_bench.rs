@@ -35,6 +35,16 @@ fn rss_mb() -> f64 {
         / 1024.0
 }
 
+/// CPU seconds used by this process so far (utime + stime from /proc, clock ticks of 10 ms).
+fn process_cpu_s() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn test_pan(rng: &mut impl rand::Rng) -> Pan {
     let mut d = b"497010".to_vec();
     for _ in 0..9 {
@@ -53,14 +63,35 @@ fn main() {
     let n_cards = args.first().copied().unwrap_or(1_000_000);
     let n_auths = args.get(1).copied().unwrap_or(5_000_000);
     let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
-    let dir = tempfile::tempdir_in(base).unwrap();
+    let temp = tempfile::tempdir_in(base).unwrap();
+    // VPAN_BENCH_DIR keeps the data between runs (set up once, then time restarts only).
+    let kept = std::env::var_os("VPAN_BENCH_DIR").map(std::path::PathBuf::from);
+    let data_dir = kept.clone().unwrap_or_else(|| temp.path().to_path_buf());
+    let reuse = data_dir.join("pan.key").exists();
     let store = StoreConfig {
-        data_dir: dir.path().to_path_buf(),
+        data_dir: data_dir.clone(),
         key_file: Default::default(),
     };
     let open = || Cards::open(&CardsConfig::default(), &store, LedgerConfig::default()).unwrap();
 
     let started = Instant::now();
+    if reuse {
+        let cpu = process_cpu_s();
+        let t = Instant::now();
+        let (cards, rec) = open();
+        println!(
+            "restart: {:.2} s wall, {:.2} s CPU ({rec:?}), RSS {:.0} MB",
+            t.elapsed().as_secs_f64(),
+            process_cpu_s() - cpu,
+            rss_mb()
+        );
+        if std::env::args().any(|a| a == "--snapshot") {
+            let t = Instant::now();
+            let report = cards.snapshot().unwrap();
+            eprintln!("snapshot: {report:?} in {:.2} s", t.elapsed().as_secs_f64());
+        }
+        return;
+    }
     let keys: Vec<CardKey> = {
         let (cards, _) = open();
         let keys: Vec<CardKey> = std::thread::scope(|s| {
@@ -158,19 +189,28 @@ fn main() {
         );
         keys
     };
-    let journal_bytes: u64 = std::fs::read_dir(dir.path())
+    let journal_bytes: u64 = std::fs::read_dir(&data_dir)
         .unwrap()
         .map(|e| e.unwrap().metadata().unwrap().len())
         .sum();
     eprintln!("data dir: {:.0} MB", journal_bytes as f64 / 1e6);
+    if kept.is_some() {
+        eprintln!(
+            "set up in {}; run again to time a restart",
+            data_dir.display()
+        );
+        return;
+    }
 
     let rss0 = rss_mb();
+    let cpu = process_cpu_s();
     let t = Instant::now();
     let (cards, rec) = open();
     let replay = t.elapsed();
     println!(
-        "restart from the journal alone: {:.2} s ({rec:?}), RSS {:.0} MB (+{:.0} MB)",
+        "restart from the journal alone: {:.2} s wall, {:.2} s CPU ({rec:?}), RSS {:.0} MB (+{:.0} MB)",
         replay.as_secs_f64(),
+        process_cpu_s() - cpu,
         rss_mb(),
         rss_mb() - rss0
     );
@@ -189,11 +229,13 @@ fn main() {
         t.elapsed().as_secs_f64()
     );
     drop(cards);
+    let cpu = process_cpu_s();
     let t = Instant::now();
     let (cards, rec) = open();
     println!(
-        "restart from the snapshot: {:.2} s ({rec:?}), RSS {:.0} MB",
+        "restart from the snapshot: {:.2} s wall, {:.2} s CPU ({rec:?}), RSS {:.0} MB",
         t.elapsed().as_secs_f64(),
+        process_cpu_s() - cpu,
         rss_mb()
     );
     drop(cards);

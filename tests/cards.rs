@@ -686,3 +686,31 @@ fn a_second_process_on_the_same_data_dir_is_refused() {
     );
     assert!(second.is_err_and(|e| e.to_string().contains("in use")));
 }
+
+#[test]
+fn the_snapshot_thread_snapshots_once_enough_records_were_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let cards = Arc::new(cards);
+    let key = issue(&cards, &spec(1_000_000));
+    for stan in 0..10 {
+        approved(&cards, key, 10, stan);
+    }
+    assert!(cards.records_since_snapshot() >= 20);
+    let thread = cards
+        .start_snapshots(vpan::cards::SnapshotPolicy {
+            every_records: 10,
+            check_every: std::time::Duration::from_millis(5),
+        })
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !dir.path().join("snapshot.bin").exists() {
+        assert!(std::time::Instant::now() < deadline, "no snapshot written");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    drop(cards);
+    thread.join().unwrap();
+    let (cards, rec) = open(dir.path());
+    assert!(rec.snapshot);
+    assert_eq!(cards.get(key).unwrap().spent, 100);
+}

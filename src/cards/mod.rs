@@ -34,5 +34,5 @@ pub use ledger::LedgerConfig;
 pub use request::{Amounts, AuthRequest, Kind, OriginalData, ResponseCode, ReversalRequest, TxKey};
 pub use vault::{
     AdviceOutcome, Approval, CardError, CardView, Cards, CardsConfig, Decision, Hold, IssueError,
-    IssuerOutcome, OpenError, Recovered, Replay, ReversalOutcome, SnapshotReport,
+    IssuerOutcome, OpenError, Recovered, Replay, ReversalOutcome, SnapshotPolicy, SnapshotReport,
 };

@@ -255,6 +255,25 @@ pub struct SnapshotReport {
     pub segments_deleted: usize,
 }
 
+/// When [`Cards::start_snapshots`] takes a snapshot on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotPolicy {
+    /// Snapshot once this many journal records were written since the last one: a restart
+    /// then replays at most about this many records on top of the snapshot.
+    pub every_records: u64,
+    /// How often to look.
+    pub check_every: std::time::Duration,
+}
+
+impl Default for SnapshotPolicy {
+    fn default() -> SnapshotPolicy {
+        SnapshotPolicy {
+            every_records: 2_000_000,
+            check_every: std::time::Duration::from_secs(1),
+        }
+    }
+}
+
 /// Snapshot format version.
 const SNAPSHOT_VERSION: u8 = 1;
 
@@ -278,6 +297,8 @@ pub struct Cards {
     snapshot_lock: Mutex<()>,
     /// The data directory's lock, held while open (released by the kernel on any exit).
     _dir_lock: std::fs::File,
+    /// Journal records written when the last snapshot rotated the journal.
+    records_at_snapshot: AtomicU64,
 }
 
 impl Cards {
@@ -415,6 +436,7 @@ impl Cards {
                 dir,
                 snapshot_lock: Mutex::new(()),
                 _dir_lock: lock,
+                records_at_snapshot: AtomicU64::new(0),
             },
             recovered,
         ))
@@ -805,7 +827,9 @@ impl Cards {
     /// what the snapshot already holds by LSN.
     pub fn snapshot(&self) -> Result<SnapshotReport, StoreError> {
         let _one = self.snapshot_lock.lock();
+        let records = self.journal.stats().records.load(Ordering::Relaxed);
         let from_segment = self.journal.rotate()?;
+        self.records_at_snapshot.store(records, Ordering::Relaxed);
         let keys = self.index.keys();
         let mut w = SnapshotWriter::create(&self.dir)?;
         w.write(&event::SnapHeader {
@@ -853,6 +877,48 @@ impl Cards {
             transactions,
             segments_deleted,
         })
+    }
+}
+
+impl Cards {
+    /// Journal records written since the last snapshot.
+    pub fn records_since_snapshot(&self) -> u64 {
+        self.journal
+            .stats()
+            .records
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.records_at_snapshot.load(Ordering::Relaxed))
+    }
+
+    /// Starts a thread that snapshots whenever the policy says so, so that a restart never
+    /// replays more than about `policy.every_records` records. It holds only a weak
+    /// reference and ends once the cards are dropped. Snapshot errors are logged and retried
+    /// at the next look (a failed journal shows in [`Cards::store_failed`]).
+    pub fn start_snapshots(
+        self: &std::sync::Arc<Self>,
+        policy: SnapshotPolicy,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let weak = std::sync::Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("vpan-snapshot".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(policy.check_every);
+                    let Some(cards) = weak.upgrade() else { break };
+                    if cards.records_since_snapshot() >= policy.every_records {
+                        let started = Instant::now();
+                        match cards.snapshot() {
+                            Ok(r) => tracing::info!(
+                                cards = r.cards,
+                                transactions = r.transactions,
+                                ms = started.elapsed().as_millis() as u64,
+                                "snapshot written"
+                            ),
+                            Err(e) => tracing::error!(error = %e, "snapshot failed"),
+                        }
+                    }
+                }
+            })
     }
 }
 
