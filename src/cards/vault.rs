@@ -334,44 +334,33 @@ impl Cards {
         let cipher = PanCipher::load_or_create(&store.key_path())?;
         let mut recovered = Recovered::default();
 
-        // The snapshot, if any.
-        let mut index = None;
+        // The snapshot, if any: its header first (to size the index), then its records on
+        // worker threads (cards and ledger entries are independent; decryption dominates).
         let ledger = Ledger::new(ledger);
         let mut from_segment = 0u64;
         let mut next_lsn = 1u64;
-        recovered.snapshot = snapshot::read(&dir, |payload| {
-            let mut g = event::Get(payload);
-            match g.u8() {
-                Some(event::TAG_SNAP_HEADER) => {
-                    let bad = || StoreError::Corrupt("snapshot header");
-                    if g.u8().ok_or_else(bad)? != SNAPSHOT_VERSION {
-                        return Err(StoreError::Corrupt("snapshot version"));
-                    }
-                    from_segment = g.u64().ok_or_else(bad)?;
-                    next_lsn = g.u64().ok_or_else(bad)?;
-                    let n = g.u64().ok_or_else(bad)?;
-                    index = Some(CardIndex::with_capacity(n as usize));
-                }
-                Some(event::TAG_SNAP_CARD) => {
-                    let (key, card) = event::decode_snap_card(&mut g, |k, sealed| {
-                        cipher.open(sealed, &k.raw().to_le_bytes())
-                    })?;
-                    index
-                        .get_or_insert_with(|| CardIndex::with_capacity(0))
-                        .put(key, card);
-                }
-                Some(event::TAG_SNAP_TX) => {
-                    let (k, e) =
-                        event::decode_snap_tx(&mut g).ok_or(StoreError::Corrupt("snapshot tx"))?;
-                    ledger.entries.insert(k, e);
-                }
-                _ => return Err(StoreError::Corrupt("snapshot record")),
+        let mut cards_in_snapshot = 0u64;
+        if let Some(first) = snapshot::first_record(&dir)? {
+            let mut g = event::Get(&first);
+            let bad = || StoreError::Corrupt("snapshot header");
+            if g.u8() != Some(event::TAG_SNAP_HEADER) {
+                return Err(bad().into());
             }
-            Ok(())
-        })?;
-        let index = index.unwrap_or_else(|| CardIndex::with_capacity(0));
+            if g.u8().ok_or_else(bad)? != SNAPSHOT_VERSION {
+                return Err(StoreError::Corrupt("snapshot version").into());
+            }
+            from_segment = g.u64().ok_or_else(bad)?;
+            next_lsn = g.u64().ok_or_else(bad)?;
+            cards_in_snapshot = g.u64().ok_or_else(bad)?;
+        }
+        let index = CardIndex::with_capacity(cards_in_snapshot as usize);
+        recovered.snapshot = parallel_replay(
+            |sink| snapshot::read(&dir, |payload| sink.push(0, payload)),
+            |payload| load_snapshot_record(&index, &ledger, &cipher, payload),
+        )?;
 
-        // The journal since.
+        // The journal since, on worker threads partitioned by card: each card's events
+        // stay in order on one thread (a transaction's entry belongs to its card too).
         let segments = list_segments(&dir).map_err(StoreError::io("listing the journal"))?;
         let mut last_segment = from_segment;
         for &n in &segments {
@@ -382,11 +371,16 @@ impl Cards {
                 continue;
             }
             last_segment = last_segment.max(n);
-            let report = read_records(&path, |payload| {
-                let ev = Event::decode(payload)?;
-                next_lsn = next_lsn.max(ev.lsn() + 1);
-                replay(&index, &ledger, &cipher, &ev)
-            })?;
+            let report = parallel_replay(
+                |sink| {
+                    read_records(&path, |payload| {
+                        let ev = Event::decode(payload)?;
+                        next_lsn = next_lsn.max(ev.lsn() + 1);
+                        sink.push(ev.key().raw(), payload)
+                    })
+                },
+                |payload| replay(&index, &ledger, &cipher, &Event::decode(payload)?),
+            )?;
             recovered.records += report.records;
             if report.bad_bytes > 0 {
                 tracing::warn!(
@@ -1039,6 +1033,122 @@ fn validate(spec: &CardSpec, now: UnixSeconds) -> Result<(), IssueError> {
     }
     if c.mcc_allow.iter().chain(&c.mcc_block).any(|&m| m > 9999) {
         return Err(IssueError::Invalid("an MCC has four digits"));
+    }
+    Ok(())
+}
+
+/// Threads that apply recovered records.
+const REPLAY_THREADS: usize = 2;
+/// Bytes of payloads handed to a worker at once.
+const REPLAY_BATCH_BYTES: usize = 256 << 10;
+
+/// Hands payloads from one reader to [`REPLAY_THREADS`] workers, in batches; payloads with
+/// the same partition key go to the same worker, in order.
+struct ReplaySink {
+    /// One channel per worker.
+    senders: Vec<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    /// One batch being filled per worker: `[len u32][payload]...`.
+    batches: Vec<Vec<u8>>,
+    /// Round robin for unkeyed payloads.
+    next: usize,
+}
+
+impl ReplaySink {
+    /// Queues `payload` for the worker of `partition` (0: any, round robin).
+    fn push(&mut self, partition: u64, payload: &[u8]) -> Result<(), StoreError> {
+        let w = if partition == 0 {
+            self.next = (self.next + 1) % self.senders.len();
+            self.next
+        } else {
+            // Keys are random digits: their low bits spread evenly.
+            (partition % self.senders.len() as u64) as usize
+        };
+        let batch = &mut self.batches[w];
+        batch.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        batch.extend_from_slice(payload);
+        if batch.len() >= REPLAY_BATCH_BYTES {
+            let full = std::mem::replace(batch, Vec::with_capacity(REPLAY_BATCH_BYTES + 4096));
+            self.senders[w]
+                .send(full)
+                .map_err(|_| StoreError::Corrupt("a replay worker stopped"))?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) {
+        for (w, batch) in self.batches.drain(..).enumerate() {
+            if !batch.is_empty() {
+                let _ = self.senders[w].send(batch);
+            }
+        }
+    }
+}
+
+/// Runs `read` (which feeds a [`ReplaySink`]) on this thread and `apply` on the workers.
+fn parallel_replay<T>(
+    read: impl FnOnce(&mut ReplaySink) -> Result<T, StoreError>,
+    apply: impl Fn(&[u8]) -> Result<(), StoreError> + Sync,
+) -> Result<T, StoreError> {
+    std::thread::scope(|s| {
+        let mut senders = Vec::with_capacity(REPLAY_THREADS);
+        let mut workers = Vec::with_capacity(REPLAY_THREADS);
+        for _ in 0..REPLAY_THREADS {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+            senders.push(tx);
+            let apply = &apply;
+            workers.push(s.spawn(move || -> Result<(), StoreError> {
+                for batch in rx {
+                    let mut rest = &batch[..];
+                    while rest.len() >= 4 {
+                        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+                        let (payload, tail) = rest[4..].split_at(len.min(rest.len() - 4));
+                        apply(payload)?;
+                        rest = tail;
+                    }
+                }
+                Ok(())
+            }));
+        }
+        let mut sink = ReplaySink {
+            senders,
+            batches: (0..REPLAY_THREADS)
+                .map(|_| Vec::with_capacity(REPLAY_BATCH_BYTES + 4096))
+                .collect(),
+            next: 0,
+        };
+        let result = read(&mut sink);
+        sink.finish();
+        for w in workers {
+            match w.join() {
+                Ok(r) => r?,
+                Err(_) => return Err(StoreError::Corrupt("a replay worker panicked")),
+            }
+        }
+        result
+    })
+}
+
+/// Loads one snapshot record (the header was read before).
+fn load_snapshot_record(
+    index: &CardIndex,
+    ledger: &Ledger,
+    cipher: &PanCipher,
+    payload: &[u8],
+) -> Result<(), StoreError> {
+    let mut g = event::Get(payload);
+    match g.u8() {
+        Some(event::TAG_SNAP_HEADER) => {}
+        Some(event::TAG_SNAP_CARD) => {
+            let (key, card) = event::decode_snap_card(&mut g, |k, sealed| {
+                cipher.open(sealed, &k.raw().to_le_bytes())
+            })?;
+            index.put(key, card);
+        }
+        Some(event::TAG_SNAP_TX) => {
+            let (k, e) = event::decode_snap_tx(&mut g).ok_or(StoreError::Corrupt("snapshot tx"))?;
+            ledger.entries.insert(k, e);
+        }
+        _ => return Err(StoreError::Corrupt("snapshot record")),
     }
     Ok(())
 }
