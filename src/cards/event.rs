@@ -738,8 +738,12 @@ pub(crate) fn decode_snap_card(
         let allow = get_mccs(g)?;
         let block = get_mccs(g)?;
         let n = usize::from(g.u8()?);
-        let mut history = History::default();
-        for _ in 0..n.min(HISTORY_LEN) {
+        if n > HISTORY_LEN {
+            return None;
+        }
+        // One allocation for the whole history, not one per entry.
+        let mut entries = Vec::with_capacity(n);
+        for _ in 0..n {
             let tx = RecentTx {
                 at: g.u64()?,
                 mti: g.array()?,
@@ -752,8 +756,9 @@ pub(crate) fn decode_snap_card(
                 },
                 merchant: get_acceptor(g)?,
             };
-            history::record(&mut history, tx);
+            entries.push(tx);
         }
+        let history = History::from_oldest_first(entries);
         let mcc = (!allow.is_empty() || !block.is_empty()).then(|| {
             Box::new(MccRules {
                 allow: allow.into(),

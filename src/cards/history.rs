@@ -74,6 +74,16 @@ impl History {
         }
     }
 
+    /// A history from its entries, oldest first (at most `HISTORY_LEN` are kept, the newest).
+    pub fn from_oldest_first(mut entries: Vec<RecentTx>) -> History {
+        if entries.len() > HISTORY_LEN {
+            entries.drain(..entries.len() - HISTORY_LEN);
+        }
+        History {
+            entries: entries.into_boxed_slice(),
+        }
+    }
+
     /// Newest first.
     pub fn newest_first(&self) -> Vec<RecentTx> {
         self.entries.iter().rev().copied().collect()
