@@ -298,14 +298,7 @@ pub fn apply_ledger(
             if let Some(mut e) = ledger.entries.get_mut(&hold.tx)
                 && newer(&e)
             {
-                e.state = if *approved {
-                    TxState::Approved
-                } else {
-                    TxState::Released
-                };
-                e.code = *code;
-                e.use_counted = *approved && e.counts_use;
-                e.lsn = lsn;
+                mark_outcome(&mut e, *approved, *code, lsn);
             }
             None
         }
@@ -323,6 +316,18 @@ pub fn apply_ledger(
             None
         }
     }
+}
+
+/// The ledger side of an issuer's answer (shared by the live path and replay).
+pub(crate) fn mark_outcome(e: &mut TxEntry, approved: bool, code: ResponseCode, lsn: u64) {
+    e.state = if approved {
+        TxState::Approved
+    } else {
+        TxState::Released
+    };
+    e.code = code;
+    e.use_counted = approved && e.counts_use;
+    e.lsn = lsn;
 }
 
 // ---- encoding ----

@@ -651,7 +651,8 @@ impl Cards {
     pub fn complete(&self, hold: &Hold, outcome: IssuerOutcome, now: UnixSeconds) -> Durable {
         self.index
             .update(hold.card, |card| {
-                let Some(e) = self.ledger.get(&hold.tx) else {
+                // One lookup of the entry, updated in place (card lock, then ledger shard).
+                let Some(mut e) = self.ledger.entries.get_mut(&hold.tx) else {
                     return Durable::ready(Ok(()));
                 };
                 if e.state != TxState::Held || e.card != hold.card {
@@ -680,8 +681,9 @@ impl Cards {
                     approved,
                     code,
                 };
+                event::mark_outcome(&mut e, approved, code, event.lsn());
+                drop(e);
                 event::apply_card(card, &event);
-                event::apply_ledger(&self.ledger, &event, false);
                 self.journal.append(event)
             })
             .unwrap_or_else(|| Durable::ready(Ok(())))
