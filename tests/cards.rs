@@ -714,3 +714,42 @@ fn the_snapshot_thread_snapshots_once_enough_records_were_written() {
     assert!(rec.snapshot);
     assert_eq!(cards.get(key).unwrap().spent, 100);
 }
+
+#[test]
+fn racing_equal_authorizations_approve_exactly_as_many_as_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let cards = Arc::new(cards);
+    // Cap 100,000 and 400 racing requests of 1,000 (some completed, some still held):
+    // exactly 100 fit, and exactly 100 must be approved.
+    let key = issue(&cards, &spec(100_000));
+    let approvals = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = (0..8u32)
+        .map(|t| {
+            let (cards, approvals) = (cards.clone(), approvals.clone());
+            std::thread::spawn(move || {
+                for i in 0..50u32 {
+                    if let Decision::Approve(a) =
+                        cards.authorize(key, &purchase(1_000, t * 1_000 + i), NOW)
+                    {
+                        approvals.fetch_add(1, Ordering::Relaxed);
+                        if i % 2 == 0 {
+                            drop(cards.complete(
+                                &a.hold,
+                                IssuerOutcome::Approved(ResponseCode::APPROVED),
+                                NOW,
+                            ));
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(approvals.load(Ordering::Relaxed), 100);
+    let v = cards.get(key).unwrap();
+    assert_eq!(v.spent + v.held, 100_000);
+    assert_eq!(v.available, 0);
+}
