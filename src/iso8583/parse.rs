@@ -365,7 +365,14 @@ pub(crate) fn parse_layout<const STRICT: bool>(
             let (v, rest) = input
                 .split_at_checked(wire)
                 .ok_or(ParseError::FieldTruncated { field, offset })?;
-            if STRICT && !check(p, v, units) {
+            // The common case (ASCII digits) without the dispatch.
+            if STRICT
+                && !(if p.check == Check::AsciiDigits {
+                    all_ascii_digits(v)
+                } else {
+                    check(p, v, units)
+                })
+            {
                 return Err(ParseError::BadContent {
                     field,
                     offset: total - input.len(),
