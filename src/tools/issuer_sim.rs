@@ -471,7 +471,8 @@ impl Ledger {
         let refund = req.processing_code().is_some_and(|p| p.starts_with(b"20"));
         let key = txn_key(req);
         if let Some(mut account) = self.account(&pan) {
-            if account.history.iter().any(|b| b.key == key) {
+            // Only a repeat (0121 / 0221) can be a message already booked.
+            if req.mti()[3] == b'1' && account.history.iter().any(|b| b.key == key) {
                 return ack;
             }
             let effect = if refund { amount } else { -amount };
@@ -1229,6 +1230,15 @@ mod tests {
             .unwrap();
         assert_eq!(&d.response_code, b"00");
         assert_eq!(l.balance(&pan), Some(-400));
+        let repeat = l
+            .decide(&purchase(b"0121", "000001", "000000000500", "000000"))
+            .unwrap();
+        assert_eq!(&repeat.mti, b"0130");
+        assert_eq!(
+            l.balance(&pan),
+            Some(-400),
+            "a repeated advice is booked once"
+        );
     }
 
     #[test]
