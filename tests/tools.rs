@@ -484,3 +484,30 @@ async fn bad_input_gets_exit_2_for_usage_and_1_with_the_line_for_a_bad_traffic_f
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--drop-share"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_and_the_sim_agree_on_another_framing_with_a_tpdu_header_in_open_loop() {
+    let tpdu = vec![0x60, 0x00, 0x01, 0x00, 0x00];
+    let sim = sim_with(&[], |c| {
+        c.default_balance = Some(1_000_000_000);
+        c.framing = Framing::Len4Ascii;
+        c.header = tpdu.clone();
+    })
+    .await;
+    let traffic =
+        Arc::new(Traffic::load(fixture("sample.jsonl").as_ref(), Spec::iso87ascii()).unwrap());
+    let mut cfg = LoadgenConfig::new(sim.local_addr().to_string(), traffic);
+    cfg.framing = Framing::Len4Ascii;
+    cfg.header = tpdu;
+    cfg.connections = 2;
+    cfg.rate = Some(2_000.0);
+    cfg.count = Some(90);
+    let s = loadgen::run(cfg).await.unwrap();
+    assert_eq!(s.mode, "open");
+    assert_eq!(s.answered, 90, "{s:?}");
+    assert_eq!(s.errors, 0, "{:?}", s.errors_by_kind);
+    // Without an accounts file every card exists, so the 51 line is approved here.
+    assert_eq!(s.expect_mismatched, 10);
+    assert_eq!(s.mismatches.len(), 1);
+    sim.shutdown().await;
+}

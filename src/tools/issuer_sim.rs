@@ -680,12 +680,17 @@ struct Shared {
     by_mti: Box<[AtomicU64]>,
     /// The last `keep_last` requests.
     recent: Mutex<VecDeque<Received>>,
-    /// Running counters.
+    /// Running counters, as in [`SimStats`].
     connections: AtomicU64,
+    /// See [`SimStats::requests`].
     requests: AtomicU64,
+    /// See [`SimStats::answered`].
     answered: AtomicU64,
+    /// See [`SimStats::unanswered`].
     unanswered: AtomicU64,
+    /// See [`SimStats::dropped`].
     dropped: AtomicU64,
+    /// See [`SimStats::malformed`].
     malformed: AtomicU64,
     /// Wakes [`IssuerSimHandle::wait_for_requests`]; only poked while someone waits.
     progress: Notify,

@@ -334,9 +334,13 @@ struct Shared {
     deadline: Option<Instant>,
     /// Set when no more runs can be handed out.
     exhausted: AtomicBool,
+    /// Requests sent so far, for the progress line.
     sent: AtomicU64,
+    /// Answers matched so far, for the progress line.
     answered: AtomicU64,
+    /// Timeouts so far, for the progress line.
     timeouts: AtomicU64,
+    /// Errors so far, for the progress line.
     errors: AtomicU64,
 }
 
@@ -393,34 +397,53 @@ struct Pending {
 
 /// One connection's state; survives reconnects.
 struct Conn {
+    /// Settings, run hand-out, STANs and progress counters.
     shared: Arc<Shared>,
+    /// Frames requests and cuts answers out of the stream.
     codec: FrameCodec,
+    /// Passes over the file this connection owns, oldest first.
     runs: VecDeque<Run>,
+    /// Requests in flight by STAN: how answers find their request.
     pending: HashMap<u32, Pending, StanHash>,
     /// (deadline, STAN, serial) in send order: deadlines only grow.
     deadlines: VecDeque<(Instant, u32, u64)>,
+    /// Last serial given to a request.
     serial: u64,
     /// Open loop: when the next request is due, and the gap between two.
     next_due: Option<Instant>,
     interval: Duration,
     /// DE 7 of the current second, cached.
     de7: (u64, [u8; 10]),
+    /// Framed requests not yet written.
     out: BytesMut,
+    /// What this connection measured.
     stats: Stats,
 }
 
 /// What one connection measured.
+/// Merged into the [`Summary`] at the end; see its fields.
 struct Stats {
+    /// Latency in microseconds.
     hist: Histogram<u64>,
+    /// Answers by DE 39 (`--` when absent).
     codes: BTreeMap<[u8; 2], u64>,
+    /// Requests sent by MTI.
     requests_by_mti: BTreeMap<[u8; 4], u64>,
+    /// Answers by MTI.
     responses_by_mti: BTreeMap<[u8; 4], u64>,
+    /// Answers with the expected DE 39.
     expect_matched: u64,
+    /// Answers with another DE 39.
     expect_mismatched: u64,
+    /// Mismatches by file line, then by the code received.
     mismatches: BTreeMap<usize, BTreeMap<[u8; 2], u64>>,
+    /// Errors by kind.
     errors: BTreeMap<&'static str, u64>,
+    /// Requests sent.
     sent: u64,
+    /// Answers matched.
     answered: u64,
+    /// Requests timed out.
     timeouts: u64,
 }
 
