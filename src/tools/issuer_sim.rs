@@ -1078,13 +1078,31 @@ async fn sleep_until_opt(t: Option<Instant>) {
     }
 }
 
-/// `vpan issuer-sim`: starts the simulator and serves until Ctrl-C.
+/// Resolves on Ctrl-C, or on SIGTERM (how systemd and container runtimes stop a process).
+async fn shutdown_signal() -> Result<(), String> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term =
+            signal(SignalKind::terminate()).map_err(|e| format!("cannot wait for SIGTERM: {e}"))?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.map_err(|e| format!("cannot wait for Ctrl-C: {e}")),
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c()
+            .await
+            .map_err(|e| format!("cannot wait for Ctrl-C: {e}"))
+    }
+}
+
+/// `vpan issuer-sim`: starts the simulator and serves until Ctrl-C or SIGTERM.
 pub async fn run_cli(args: Args) -> Result<(), String> {
     let config = SimConfig::from_args(&args).map_err(|e| e.to_string())?;
     let handle = IssuerSim::start(config).await.map_err(|e| e.to_string())?;
-    tokio::signal::ctrl_c()
-        .await
-        .map_err(|e| format!("cannot wait for Ctrl-C: {e}"))?;
+    shutdown_signal().await?;
     let stats = handle.stats();
     info!(
         requests = stats.requests,

@@ -33,10 +33,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::codec::Decoder;
+use tokio_util::sync::CancellationToken;
 
 use super::traffic::{Traffic, original_data_elements};
 use crate::iso8583::codec::header_from_hex;
 use crate::iso8583::{Frame, FrameCodec, Framing, Message, Spec};
+
+/// Most requests in flight on one connection: far below the million six-digit STANs, so a
+/// fresh one is always found at once.
+pub const MAX_IN_FLIGHT: usize = 100_000;
 
 /// Longest latency the histogram holds, in microseconds (longer ones are clamped).
 const MAX_LATENCY_US: u64 = 60_000_000;
@@ -133,6 +138,8 @@ pub struct LoadgenConfig {
     pub progress: bool,
     /// Largest frame accepted.
     pub max_frame: usize,
+    /// Cancelled: stop sending now, wait for what is in flight, and summarize (Ctrl-C).
+    pub stop: Option<CancellationToken>,
 }
 
 impl LoadgenConfig {
@@ -153,6 +160,7 @@ impl LoadgenConfig {
             timeout: Duration::from_secs(5),
             progress: false,
             max_frame: 8192,
+            stop: None,
         }
     }
 
@@ -167,6 +175,11 @@ impl LoadgenConfig {
             header_from_hex(&args.header_hex).ok_or("--header-hex: pairs of hex digits")?;
         if args.connections == 0 || args.in_flight == 0 {
             return Err("--connections and --in-flight must be at least 1".into());
+        }
+        if args.in_flight > MAX_IN_FLIGHT {
+            return Err(format!(
+                "--in-flight: at most {MAX_IN_FLIGHT} (STANs are six digits)"
+            ));
         }
         if let Some(r) = args.rate
             && !(r.is_finite() && r > 0.0)
@@ -188,6 +201,7 @@ impl LoadgenConfig {
             timeout: Duration::from_millis(args.timeout_ms.max(1)),
             progress: true,
             max_frame: 8192,
+            stop: None,
         })
     }
 }
@@ -365,6 +379,7 @@ impl Shared {
 
     fn sending_over(&self, now: Instant) -> bool {
         self.deadline.is_some_and(|d| now >= d)
+            || self.cfg.stop.as_ref().is_some_and(|s| s.is_cancelled())
     }
 }
 
@@ -838,10 +853,10 @@ pub async fn run(mut cfg: LoadgenConfig) -> Result<Summary, LoadgenError> {
     if cfg.count.is_none() && cfg.duration.is_none() {
         cfg.count = Some(cfg.traffic.len() as u64);
     }
-    if cfg.connections == 0 || cfg.in_flight == 0 {
-        return Err(LoadgenError::Config(
-            "connections and in_flight must be at least 1".into(),
-        ));
+    if cfg.connections == 0 || cfg.in_flight == 0 || cfg.in_flight > MAX_IN_FLIGHT {
+        return Err(LoadgenError::Config(format!(
+            "connections must be at least 1, in_flight from 1 to {MAX_IN_FLIGHT}"
+        )));
     }
     let mut streams = Vec::with_capacity(cfg.connections);
     for _ in 0..cfg.connections {
@@ -993,8 +1008,21 @@ fn summarize(cfg: &LoadgenConfig, elapsed: Duration, all: Vec<Stats>) -> Summary
 
 /// `vpan loadgen`: runs, prints the summary on stdout; fails when nothing was answered.
 pub async fn run_cli(args: Args) -> Result<(), String> {
-    let cfg = LoadgenConfig::from_args(&args)?;
-    let summary = run(cfg).await.map_err(|e| e.to_string())?;
+    let mut cfg = LoadgenConfig::from_args(&args)?;
+    let stop = CancellationToken::new();
+    cfg.stop = Some(stop.clone());
+    let on_ctrl_c = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("stopping: waiting for the requests in flight (Ctrl-C again to abort)");
+            stop.cancel();
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    });
+    let summary = run(cfg).await.map_err(|e| e.to_string());
+    on_ctrl_c.abort();
+    let summary = summary?;
     if args.json {
         let json = serde_json::to_string(&summary).map_err(|e| e.to_string())?;
         println!("{json}");
