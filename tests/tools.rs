@@ -188,7 +188,8 @@ async fn the_issuer_sim_answers_each_request_class_with_its_response_mti_and_cod
 
 #[tokio::test]
 async fn a_balance_that_runs_out_gets_51_and_no_auth_code() {
-    let sim = sim_with(&[(POOR, 10_000)], |_| {}).await;
+    let sim = sim_with(&[], |_| {}).await;
+    sim.set_balance(&pan(POOR), 10_000);
     let mut c = Client::connect(sim.local_addr()).await;
     let first = c
         .exchange(&financial(

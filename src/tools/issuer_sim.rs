@@ -374,6 +374,17 @@ impl Ledger {
         self.accounts.get(pan).map(|a| a.balance)
     }
 
+    /// Opens an account, or sets the balance of an existing one (its history is kept).
+    pub fn set_balance(&self, pan: &Pan, balance: i64) {
+        self.accounts
+            .entry(pan.clone())
+            .and_modify(|a| a.balance = balance)
+            .or_insert(Account {
+                balance,
+                history: VecDeque::new(),
+            });
+    }
+
     /// Reversals whose original was not found.
     pub fn unmatched_reversals(&self) -> u64 {
         self.unmatched_reversals.load(Ordering::Relaxed)
@@ -794,6 +805,12 @@ impl IssuerSimHandle {
     /// An account's balance in minor units; `None` for an account that does not exist (yet).
     pub fn balance(&self, pan: &Pan) -> Option<i64> {
         self.shared.ledger.balance(pan)
+    }
+
+    /// Opens an account or sets its balance while running (e.g. for a card a test just
+    /// issued against a real PAN).
+    pub fn set_balance(&self, pan: &Pan, balance: i64) {
+        self.shared.ledger.set_balance(pan, balance);
     }
 
     /// Requests received with this MTI (four ASCII digits).
