@@ -512,3 +512,33 @@ async fn loadgen_and_the_sim_agree_on_another_framing_with_a_tpdu_header_in_open
     assert_eq!(s.mismatches.len(), 1);
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_frame_that_does_not_parse_gets_30_under_its_stan_and_the_connection_goes_on() {
+    let sim = sim_with(&[(RICH, 10_000)], |_| {}).await;
+    let mut c = Client::connect(sim.local_addr()).await;
+    let good = financial(b"0100", RICH, "000021", "000000", "000000000100");
+    let mut bad = good.pack().to_vec();
+    // MTI (4) + bitmap (16) + DE 2 (2 + 16) + DE 3 (6): DE 4 starts at byte 44.
+    bad[44] = b'X';
+    let mut frame = (bad.len() as u16).to_be_bytes().to_vec();
+    frame.extend_from_slice(&bad);
+    c.stream.write_all(&frame).await.unwrap();
+    let answer = c.answers(1).await.remove(b"000021").unwrap();
+    assert_eq!(answer.mti(), *b"0110");
+    assert_eq!(answer.response_code(), Some(*b"30"));
+    assert_eq!(sim.stats().malformed, 1);
+    assert_eq!(sim.balance(&pan(RICH)), Some(10_000));
+    let ok = c
+        .exchange(&financial(
+            b"0100",
+            RICH,
+            "000022",
+            "000000",
+            "000000000100",
+        ))
+        .await;
+    assert_eq!(ok.response_code(), Some(*b"00"));
+    sim.wait_for_requests(1).await;
+    sim.shutdown().await;
+}
