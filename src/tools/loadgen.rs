@@ -426,6 +426,9 @@ struct Conn {
     serial: u64,
     /// Open loop: when the next request is due, and the gap between two.
     next_due: Option<Instant>,
+    /// Open loop: nothing could be sent at the last due time (the rest of the file waits
+    /// for answers, or it is used up); set back by the next answer or timeout.
+    starved: bool,
     interval: Duration,
     /// DE 7 of the current second, cached.
     de7: (u64, [u8; 10]),
@@ -625,10 +628,17 @@ impl Conn {
             }
             Some(_) => {
                 while let Some(due) = self.next_due {
-                    if due > now || self.pending.len() >= cap || self.shared.sending_over(due) {
+                    if self.shared.sending_over(due) {
+                        self.next_due = None;
+                        break;
+                    }
+                    if due > now || self.pending.len() >= cap {
                         break;
                     }
                     if !self.send_one(due, now, de7) {
+                        // Nothing sendable until an answer comes: do not wake for the
+                        // schedule meanwhile (the slot stays due, latency counts from it).
+                        self.starved = true;
                         break;
                     }
                     self.next_due = Some(due + self.interval);
@@ -639,6 +649,7 @@ impl Conn {
 
     /// A request is over (answered, timed out or lost): its run may move on.
     fn settle(&mut self, p: &Pending) {
+        self.starved = false;
         if let Some(pos) = self.runs.iter().position(|r| r.id == p.run) {
             if let Some(run) = self.runs.get_mut(pos) {
                 run.outstanding = run.outstanding.saturating_sub(1);
@@ -763,7 +774,7 @@ impl Conn {
                     return Exit::Done;
                 }
             }
-            let due = if self.pending.len() < self.shared.cfg.in_flight {
+            let due = if self.pending.len() < self.shared.cfg.in_flight && !self.starved {
                 self.next_due
             } else {
                 None
@@ -898,6 +909,7 @@ pub async fn run(mut cfg: LoadgenConfig) -> Result<Summary, LoadgenError> {
                 .rate
                 .map(|_| start + interval.mul_f64(i as f64 / cfg.connections as f64)),
             interval,
+            starved: false,
             de7: (0, [b'0'; 10]),
             out: BytesMut::with_capacity(64 * 1024),
             stats: Stats::new()?,
