@@ -10,6 +10,9 @@
 //! `cargo bench --bench e2e` (release build); `E2E_SECONDS` (default 10) sets each run's
 //! length, `E2E_RATE` (default 10000) the open-loop rate.
 
+// A benchmark harness: any failure should stop it loudly, with the reason.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

@@ -57,7 +57,7 @@ pub(crate) fn encode_field(
     let field = n as u16;
     let is_bytes = matches!(f.encoding, Encoding::Binary | Encoding::HexAscii);
     let units = if is_bytes {
-        if value.len() % 2 != 0 {
+        if !value.len().is_multiple_of(2) {
             return Err(EditError::BadValue { field });
         }
         value.len() / 2

@@ -557,6 +557,11 @@ pub fn parse_subfields<'a>(
                 len as usize
             }
         };
+        if units == 0 && f.length == Length::Fixed {
+            // A zero-length placeholder (Postilion's subfield 0) holds nothing to report.
+            idx += 1;
+            continue;
+        }
         let wl = f.prefix_bytes() + f.wire_len(units);
         let (rest, wire) = take(input, wl).ok_or(ParseError::FieldTruncated { field, offset })?;
         if !content_ok(f, wire.get(f.prefix_bytes()..).unwrap_or_default(), units) {

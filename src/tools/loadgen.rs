@@ -650,15 +650,15 @@ impl Conn {
     /// A request is over (answered, timed out or lost): its run may move on.
     fn settle(&mut self, p: &Pending) {
         self.starved = false;
-        if let Some(pos) = self.runs.iter().position(|r| r.id == p.run) {
-            if let Some(run) = self.runs.get_mut(pos) {
-                run.outstanding = run.outstanding.saturating_sub(1);
-                if let Some(o) = run.originals.get_mut(&p.entry) {
-                    o.1 = true;
-                }
-                if run.outstanding == 0 && run.next >= run.end {
-                    self.runs.remove(pos);
-                }
+        if let Some(pos) = self.runs.iter().position(|r| r.id == p.run)
+            && let Some(run) = self.runs.get_mut(pos)
+        {
+            run.outstanding = run.outstanding.saturating_sub(1);
+            if let Some(o) = run.originals.get_mut(&p.entry) {
+                o.1 = true;
+            }
+            if run.outstanding == 0 && run.next >= run.end {
+                self.runs.remove(pos);
             }
         }
     }
