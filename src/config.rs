@@ -342,7 +342,7 @@ impl Config {
 /// Parses hex such as a TPDU header; `None` when it is not whole bytes of hex.
 pub fn decode_hex(hex: &str) -> Option<Vec<u8>> {
     let hex = hex.as_bytes();
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return None;
     }
     hex.chunks(2)

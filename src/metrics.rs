@@ -68,6 +68,7 @@ pub fn install() -> PrometheusHandle {
             // chose its own); vpan then renders an empty page rather than refusing to run.
             let _ = metrics::set_global_recorder(recorder);
             describe();
+            zero();
             handle
         })
         .clone()
@@ -104,6 +105,14 @@ fn describe() {
         Unit::Seconds,
         "One journal group commit: write and fdatasync"
     );
+}
+
+/// Publishes the unlabelled series at zero from the start, so a scrape (and an alert on
+/// `rate()`) sees them before the first event rather than a missing series.
+fn zero() {
+    metrics::counter!(ISSUER_TIMEOUTS_TOTAL).absolute(0);
+    metrics::gauge!(ISSUER_CONNECTED).set(0.0);
+    metrics::gauge!(NETWORK_CONNECTIONS).set(0.0);
 }
 
 /// Serves `GET /metrics` on `listener` until `shutdown` resolves.

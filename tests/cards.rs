@@ -614,3 +614,142 @@ fn no_file_in_the_data_dir_holds_a_real_pan_in_plain_text() {
     }
     assert!(files >= 3, "key, snapshot and journal expected");
 }
+
+#[test]
+fn an_invalid_issuance_names_the_field_and_issues_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let mut past = spec(1_000);
+    past.controls.valid_until = NOW;
+    let mut no_cap = spec(0);
+    no_cap.controls.amount_limit = 0;
+    let mut bad_currency = spec(1_000);
+    bad_currency.controls.currency = 1_000;
+    for (s, field) in [
+        (past, "valid_until"),
+        (no_cap, "amount_limit"),
+        (bad_currency, "currency"),
+    ] {
+        let err = cards.issue(&s, NOW).unwrap_err();
+        assert!(err.to_string().contains(field), "{err}");
+    }
+    assert!(cards.is_empty());
+}
+
+#[test]
+fn a_card_issued_in_a_virtual_range_is_found_and_a_stranger_there_is_unknown() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = vpan::store::StoreConfig {
+        data_dir: dir.path().to_path_buf(),
+        key_file: Default::default(),
+    };
+    let config = vpan::cards::CardsConfig {
+        virtual_ranges: vec!["4970109".into()],
+        bin_length: 6,
+    };
+    let (cards, _) = Cards::open(&config, &store, vpan::cards::LedgerConfig::default()).unwrap();
+    let key = issue(&cards, &spec(1_000));
+    let vpan = key.pan();
+    assert!(vpan.as_bytes().starts_with(b"4970109"));
+    assert!(cards.in_virtual_range(vpan.as_bytes()));
+    let stranger = CardKey::from_digits(b"4970109000000000").unwrap();
+    assert!(matches!(
+        cards.authorize(stranger, &purchase(1, 1), NOW),
+        Decision::Unknown
+    ));
+    assert!(cards.in_virtual_range(b"4970109000000000"));
+    assert!(!cards.in_virtual_range(b"4111111111111111"));
+}
+
+#[test]
+fn the_key_file_is_made_0600_in_the_data_dir_at_first_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    let meta = std::fs::metadata(dir.path().join("pan.key")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(meta.len(), 32);
+}
+
+#[test]
+fn a_second_process_on_the_same_data_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_cards, _) = open(dir.path());
+    let store = vpan::store::StoreConfig {
+        data_dir: dir.path().to_path_buf(),
+        key_file: Default::default(),
+    };
+    let second = Cards::open(
+        &vpan::cards::CardsConfig::default(),
+        &store,
+        vpan::cards::LedgerConfig::default(),
+    );
+    assert!(second.is_err_and(|e| e.to_string().contains("in use")));
+}
+
+#[test]
+fn the_snapshot_thread_snapshots_once_enough_records_were_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let cards = Arc::new(cards);
+    let key = issue(&cards, &spec(1_000_000));
+    for stan in 0..10 {
+        approved(&cards, key, 10, stan);
+    }
+    assert!(cards.records_since_snapshot() >= 20);
+    let thread = cards
+        .start_snapshots(vpan::cards::SnapshotPolicy {
+            every_records: 10,
+            check_every: std::time::Duration::from_millis(5),
+        })
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !dir.path().join("snapshot.bin").exists() {
+        assert!(std::time::Instant::now() < deadline, "no snapshot written");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    drop(cards);
+    thread.join().unwrap();
+    let (cards, rec) = open(dir.path());
+    assert!(rec.snapshot);
+    assert_eq!(cards.get(key).unwrap().spent, 100);
+}
+
+#[test]
+fn racing_equal_authorizations_approve_exactly_as_many_as_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let cards = Arc::new(cards);
+    // Cap 100,000 and 400 racing requests of 1,000 (some completed, some still held):
+    // exactly 100 fit, and exactly 100 must be approved.
+    let key = issue(&cards, &spec(100_000));
+    let approvals = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = (0..8u32)
+        .map(|t| {
+            let (cards, approvals) = (cards.clone(), approvals.clone());
+            std::thread::spawn(move || {
+                for i in 0..50u32 {
+                    if let Decision::Approve(a) =
+                        cards.authorize(key, &purchase(1_000, t * 1_000 + i), NOW)
+                    {
+                        approvals.fetch_add(1, Ordering::Relaxed);
+                        if i % 2 == 0 {
+                            drop(cards.complete(
+                                &a.hold,
+                                IssuerOutcome::Approved(ResponseCode::APPROVED),
+                                NOW,
+                            ));
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(approvals.load(Ordering::Relaxed), 100);
+    let v = cards.get(key).unwrap();
+    assert_eq!(v.spent + v.held, 100_000);
+    assert_eq!(v.available, 0);
+}

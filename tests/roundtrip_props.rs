@@ -54,7 +54,7 @@ fn values(spec: &Spec, fields: &[usize], e: &mut Entropy) -> BTreeMap<usize, Str
             Kind::Xn => (0..units)
                 .map(|i| {
                     if i == 0 {
-                        if e.next() % 2 == 0 { 'C' } else { 'D' }
+                        if e.next().is_multiple_of(2) { 'C' } else { 'D' }
                     } else {
                         char::from(b'0' + e.next() % 10)
                     }

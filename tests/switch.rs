@@ -301,8 +301,10 @@ async fn a_card_that_is_not_virtual_passes_through_untouched() {
 
 #[tokio::test]
 async fn the_same_stan_on_two_connections_at_once_gets_each_its_own_answer() {
-    let mut sim = SimConfig::default();
-    sim.latency = Duration::from_millis(30);
+    let sim = SimConfig {
+        latency: Duration::from_millis(30),
+        ..SimConfig::default()
+    };
     let rig = rig(Some(sim), |c| c.issuer.connections = 1).await;
     let (a, _) = rig.issue(|_| {}).await;
     let (b, _) = rig.issue(|_| {}).await;
@@ -330,8 +332,10 @@ async fn the_same_stan_on_two_connections_at_once_gets_each_its_own_answer() {
 
 #[tokio::test]
 async fn answers_leave_as_soon_as_decided_whatever_the_order_requests_came_in() {
-    let mut sim = SimConfig::default();
-    sim.latency = Duration::from_millis(200);
+    let sim = SimConfig {
+        latency: Duration::from_millis(200),
+        ..SimConfig::default()
+    };
     let rig = rig(Some(sim), |c| {
         c.cards.virtual_ranges = vec!["4970109".into()]
     })
@@ -357,8 +361,10 @@ async fn answers_leave_as_soon_as_decided_whatever_the_order_requests_came_in() 
 
 #[tokio::test]
 async fn an_issuer_too_slow_gets_91_and_its_late_approval_is_reversed() {
-    let mut sim = SimConfig::default();
-    sim.latency = Duration::from_millis(600);
+    let sim = SimConfig {
+        latency: Duration::from_millis(600),
+        ..SimConfig::default()
+    };
     let rig = rig(Some(sim), |c| c.issuer.timeout_ms = 200).await;
     let (card, real) = rig.issue(|c| c.amount_limit = 1_000).await;
     let key = CardKey::of(&card.vpan);

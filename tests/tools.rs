@@ -188,7 +188,8 @@ async fn the_issuer_sim_answers_each_request_class_with_its_response_mti_and_cod
 
 #[tokio::test]
 async fn a_balance_that_runs_out_gets_51_and_no_auth_code() {
-    let sim = sim_with(&[(POOR, 10_000)], |_| {}).await;
+    let sim = sim_with(&[], |_| {}).await;
+    sim.set_balance(&pan(POOR), 10_000);
     let mut c = Client::connect(sim.local_addr()).await;
     let first = c
         .exchange(&financial(
@@ -483,4 +484,61 @@ async fn bad_input_gets_exit_2_for_usage_and_1_with_the_line_for_a_bad_traffic_f
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--drop-share"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_and_the_sim_agree_on_another_framing_with_a_tpdu_header_in_open_loop() {
+    let tpdu = vec![0x60, 0x00, 0x01, 0x00, 0x00];
+    let sim = sim_with(&[], |c| {
+        c.default_balance = Some(1_000_000_000);
+        c.framing = Framing::Len4Ascii;
+        c.header = tpdu.clone();
+    })
+    .await;
+    let traffic =
+        Arc::new(Traffic::load(fixture("sample.jsonl").as_ref(), Spec::iso87ascii()).unwrap());
+    let mut cfg = LoadgenConfig::new(sim.local_addr().to_string(), traffic);
+    cfg.framing = Framing::Len4Ascii;
+    cfg.header = tpdu;
+    cfg.connections = 2;
+    cfg.rate = Some(2_000.0);
+    cfg.count = Some(90);
+    let s = loadgen::run(cfg).await.unwrap();
+    assert_eq!(s.mode, "open");
+    assert_eq!(s.answered, 90, "{s:?}");
+    assert_eq!(s.errors, 0, "{:?}", s.errors_by_kind);
+    // Without an accounts file every card exists, so the 51 line is approved here.
+    assert_eq!(s.expect_mismatched, 10);
+    assert_eq!(s.mismatches.len(), 1);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_frame_that_does_not_parse_gets_30_under_its_stan_and_the_connection_goes_on() {
+    let sim = sim_with(&[(RICH, 10_000)], |_| {}).await;
+    let mut c = Client::connect(sim.local_addr()).await;
+    let good = financial(b"0100", RICH, "000021", "000000", "000000000100");
+    let mut bad = good.pack().to_vec();
+    // MTI (4) + bitmap (16) + DE 2 (2 + 16) + DE 3 (6): DE 4 starts at byte 44.
+    bad[44] = b'X';
+    let mut frame = (bad.len() as u16).to_be_bytes().to_vec();
+    frame.extend_from_slice(&bad);
+    c.stream.write_all(&frame).await.unwrap();
+    let answer = c.answers(1).await.remove(b"000021").unwrap();
+    assert_eq!(answer.mti(), *b"0110");
+    assert_eq!(answer.response_code(), Some(*b"30"));
+    assert_eq!(sim.stats().malformed, 1);
+    assert_eq!(sim.balance(&pan(RICH)), Some(10_000));
+    let ok = c
+        .exchange(&financial(
+            b"0100",
+            RICH,
+            "000022",
+            "000000",
+            "000000000100",
+        ))
+        .await;
+    assert_eq!(ok.response_code(), Some(*b"00"));
+    sim.wait_for_requests(1).await;
+    sim.shutdown().await;
 }

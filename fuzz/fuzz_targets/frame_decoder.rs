@@ -2,10 +2,18 @@
 //! or stop. The first byte picks framing, fixed header length and maximum frame size.
 #![no_main]
 
+// vpan's codec, compiled from its sources (see fuzz/Cargo.toml for why).
+#[path = "../../src/pan.rs"]
+#[allow(dead_code, unused_imports)]
+mod pan;
+#[path = "../../src/iso8583/mod.rs"]
+#[allow(dead_code, unused_imports)]
+mod iso8583;
+
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use tokio_util::codec::{Decoder, Encoder};
-use vpan::iso8583::{Frame, FrameCodec, Framing};
+use crate::iso8583::{Frame, FrameCodec, Framing};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&cfg, stream)) = data.split_first() else {

@@ -3,9 +3,17 @@
 //! The first byte picks the spec (seeds from `seed.sh` start with 0 for ascii, 1 for binary).
 #![no_main]
 
+// vpan's codec, compiled from its sources (see fuzz/Cargo.toml for why).
+#[path = "../../src/pan.rs"]
+#[allow(dead_code, unused_imports)]
+mod pan;
+#[path = "../../src/iso8583/mod.rs"]
+#[allow(dead_code, unused_imports)]
+mod iso8583;
+
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use vpan::iso8583::{Message, Spec, recover_header};
+use crate::iso8583::{Message, Spec, recover_header};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&which, frame)) = data.split_first() else {

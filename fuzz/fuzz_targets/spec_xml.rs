@@ -2,8 +2,16 @@
 //! accepts must survive a trip through vpan's own XML writer.
 #![no_main]
 
+// vpan's codec, compiled from its sources (see fuzz/Cargo.toml for why).
+#[path = "../../src/pan.rs"]
+#[allow(dead_code, unused_imports)]
+mod pan;
+#[path = "../../src/iso8583/mod.rs"]
+#[allow(dead_code, unused_imports)]
+mod iso8583;
+
 use libfuzzer_sys::fuzz_target;
-use vpan::iso8583::jpos;
+use crate::iso8583::jpos;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(xml) = std::str::from_utf8(data) else {

@@ -15,6 +15,14 @@ use crate::pan::{MAX_PAN_LEN, MIN_PAN_LEN, Pan};
 /// Seconds since the Unix epoch, UTC. Every time in the cards and the store is one.
 pub type UnixSeconds = u64;
 
+/// The current time from the system clock. Everything else takes `now` as a parameter, so
+/// tests pass fixed instants and never sleep.
+pub fn unix_now() -> UnixSeconds {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// A string of up to 19 decimal digits packed into one `u64`, leading zeros kept.
 ///
 /// Digit strings of length `L` are mapped to `(10^L - 1) / 9 + value`, so strings of
@@ -381,7 +389,7 @@ pub struct Card {
     /// MCC lists, when the card has any.
     pub mcc: Option<Box<MccRules>>,
     /// Recent decisions, allocated on the first one (cold, bounded).
-    pub history: Option<Box<History>>,
+    pub history: History,
 }
 
 /// The merchant lock without its acceptor (which sits in [`Card::acceptor`]).
@@ -454,7 +462,7 @@ impl Card {
             created_at,
             lsn: 0,
             mcc,
-            history: None,
+            history: History::default(),
         }
     }
 

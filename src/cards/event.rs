@@ -16,7 +16,7 @@ use std::num::{NonZeroU32, NonZeroU64};
 use super::card::{
     AcceptorId, Card, CardKey, Controls, Expiry, LockKind, MccRules, Status, UnixSeconds,
 };
-use super::history::{self, DecidedBy, HISTORY_LEN, RecentTx};
+use super::history::{self, DecidedBy, HISTORY_LEN, History, RecentTx};
 use super::ledger::{Ledger, TxEntry, TxState};
 use super::request::{OriginalData, ResponseCode};
 use crate::store::StoreError;
@@ -298,14 +298,7 @@ pub fn apply_ledger(
             if let Some(mut e) = ledger.entries.get_mut(&hold.tx)
                 && newer(&e)
             {
-                e.state = if *approved {
-                    TxState::Approved
-                } else {
-                    TxState::Released
-                };
-                e.code = *code;
-                e.use_counted = *approved && e.counts_use;
-                e.lsn = lsn;
+                mark_outcome(&mut e, *approved, *code, lsn);
             }
             None
         }
@@ -323,6 +316,18 @@ pub fn apply_ledger(
             None
         }
     }
+}
+
+/// The ledger side of an issuer's answer (shared by the live path and replay).
+pub(crate) fn mark_outcome(e: &mut TxEntry, approved: bool, code: ResponseCode, lsn: u64) {
+    e.state = if approved {
+        TxState::Approved
+    } else {
+        TxState::Released
+    };
+    e.code = code;
+    e.use_counted = approved && e.counts_use;
+    e.lsn = lsn;
 }
 
 // ---- encoding ----
@@ -697,10 +702,9 @@ impl Encode for SnapCard<'_> {
             .map_or((&[][..], &[][..]), |m| (&m.allow[..], &m.block[..]));
         put_mccs(out, allow);
         put_mccs(out, block);
-        let hist = c.history.as_ref().map_or(&[][..], |h| h.ring.as_slices().0);
-        let hist2 = c.history.as_ref().map_or(&[][..], |h| h.ring.as_slices().1);
-        out.u8((hist.len() + hist2.len()) as u8);
-        for h in hist.iter().chain(hist2) {
+        let hist = &c.history.entries[..];
+        out.u8(hist.len() as u8);
+        for h in hist {
             out.u64(h.at);
             out.extend_from_slice(&h.mti);
             out.u64(h.amount);
@@ -739,8 +743,12 @@ pub(crate) fn decode_snap_card(
         let allow = get_mccs(g)?;
         let block = get_mccs(g)?;
         let n = usize::from(g.u8()?);
-        let mut history = None;
-        for _ in 0..n.min(HISTORY_LEN) {
+        if n > HISTORY_LEN {
+            return None;
+        }
+        // One allocation for the whole history, not one per entry.
+        let mut entries = Vec::with_capacity(n);
+        for _ in 0..n {
             let tx = RecentTx {
                 at: g.u64()?,
                 mti: g.array()?,
@@ -753,8 +761,9 @@ pub(crate) fn decode_snap_card(
                 },
                 merchant: get_acceptor(g)?,
             };
-            history::record(&mut history, tx);
+            entries.push(tx);
         }
+        let history = History::from_oldest_first(entries);
         let mcc = (!allow.is_empty() || !block.is_empty()).then(|| {
             Box::new(MccRules {
                 allow: allow.into(),

@@ -1,12 +1,12 @@
 //! Recent decisions per card, for `GET /v1/cards/{vpan}/transactions`: bounded and cold.
 //!
-//! Each card keeps its last [`HISTORY_LEN`] decisions behind one optional box, allocated on
-//! its first decision, so the hot part of the card stays small and a busy card never grows.
+//! Each card keeps its last [`HISTORY_LEN`] decisions in one boxed slice, allocated on its
+//! first decision and sized to what it holds (40 bytes a decision), so the hot part of the
+//! card stays small (16 bytes for the pointer) and a busy card never grows past
+//! `HISTORY_LEN`.
 //! Declines made by the switch are kept in memory only (they change nothing and are not
 //! journaled); approvals, issuer answers, advices and reversals are rebuilt from the journal
 //! and kept in snapshots.
-
-use std::collections::VecDeque;
 
 use super::card::{AcceptorId, UnixSeconds};
 use super::request::ResponseCode;
@@ -50,37 +50,54 @@ pub struct RecentTx {
     pub merchant: Option<AcceptorId>,
 }
 
-/// The last decisions of one card, oldest first.
+/// The last decisions of one card, oldest first, in a slice sized exactly to what it holds
+/// (a card with two decisions pays for two, not for [`HISTORY_LEN`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct History {
-    /// At most `HISTORY_LEN` entries.
-    pub(crate) ring: VecDeque<RecentTx>,
+    /// At most `HISTORY_LEN` entries, oldest first.
+    pub(crate) entries: Box<[RecentTx]>,
 }
 
 impl History {
     /// Adds a decision, dropping the oldest when full.
     pub fn push(&mut self, tx: RecentTx) {
-        if self.ring.len() == HISTORY_LEN {
-            self.ring.pop_front();
+        if self.entries.len() < HISTORY_LEN {
+            let mut v = Vec::with_capacity(self.entries.len() + 1);
+            v.extend_from_slice(&self.entries);
+            v.push(tx);
+            self.entries = v.into_boxed_slice();
+        } else {
+            self.entries.rotate_left(1);
+            if let Some(last) = self.entries.last_mut() {
+                *last = tx;
+            }
         }
-        self.ring.push_back(tx);
+    }
+
+    /// A history from its entries, oldest first (at most `HISTORY_LEN` are kept, the newest).
+    pub fn from_oldest_first(mut entries: Vec<RecentTx>) -> History {
+        if entries.len() > HISTORY_LEN {
+            entries.drain(..entries.len() - HISTORY_LEN);
+        }
+        History {
+            entries: entries.into_boxed_slice(),
+        }
     }
 
     /// Newest first.
     pub fn newest_first(&self) -> Vec<RecentTx> {
-        self.ring.iter().rev().copied().collect()
+        self.entries.iter().rev().copied().collect()
+    }
+
+    /// Oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &RecentTx> {
+        self.entries.iter()
     }
 }
 
-/// Adds `tx` to the card's history, allocating it on first use.
-pub fn record(history: &mut Option<Box<History>>, tx: RecentTx) {
-    history
-        .get_or_insert_with(|| {
-            Box::new(History {
-                ring: VecDeque::with_capacity(HISTORY_LEN),
-            })
-        })
-        .push(tx);
+/// Adds `tx` to the card's history.
+pub fn record(history: &mut History, tx: RecentTx) {
+    history.push(tx);
 }
 
 #[cfg(test)]
@@ -100,11 +117,11 @@ mod tests {
 
     #[test]
     fn history_is_newest_first_and_bounded() {
-        let mut h = None;
+        let mut h = History::default();
         for at in 0..25 {
             record(&mut h, tx(at));
         }
-        let list = h.unwrap().newest_first();
+        let list = h.newest_first();
         assert_eq!(list.len(), HISTORY_LEN);
         assert_eq!(list[0].at, 24);
         assert_eq!(list[HISTORY_LEN - 1].at, 15);

@@ -24,13 +24,15 @@ pub mod request;
 pub mod vault;
 pub mod vpan;
 
+pub use crate::store::journal::Durable;
 pub use card::{
     AcceptorId, Card, CardKey, CardSpec, Controls, Expiry, MerchantLock, Status, UnixSeconds,
+    unix_now,
 };
 pub use history::{DecidedBy, RecentTx};
 pub use ledger::LedgerConfig;
 pub use request::{Amounts, AuthRequest, Kind, OriginalData, ResponseCode, ReversalRequest, TxKey};
 pub use vault::{
     AdviceOutcome, Approval, CardError, CardView, Cards, CardsConfig, Decision, Hold, IssueError,
-    IssuerOutcome, OpenError, Recovered, Replay, ReversalOutcome, SnapshotReport,
+    IssuerOutcome, OpenError, Recovered, Replay, ReversalOutcome, SnapshotPolicy, SnapshotReport,
 };

@@ -174,7 +174,8 @@ pub struct Replay {
 pub enum Decision {
     /// Approved by vpan and held: forward to the issuer.
     Approve(Approval),
-    /// Declined by vpan with this DE 39 (46, 54, 57, 61, 62, or 94 for a conflicting repeat).
+    /// Declined by vpan with this DE 39 (46, 54, 57, 61, 62; 94 for a conflicting repeat; 96
+    /// when the journal has failed and nothing can be made durable).
     Decline(ResponseCode),
     /// A repeat: replay the first answer, count nothing.
     Replay(Replay),
@@ -254,6 +255,25 @@ pub struct SnapshotReport {
     pub segments_deleted: usize,
 }
 
+/// When [`Cards::start_snapshots`] takes a snapshot on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotPolicy {
+    /// Snapshot once this many journal records were written since the last one: a restart
+    /// then replays at most about this many records on top of the snapshot.
+    pub every_records: u64,
+    /// How often to look.
+    pub check_every: std::time::Duration,
+}
+
+impl Default for SnapshotPolicy {
+    fn default() -> SnapshotPolicy {
+        SnapshotPolicy {
+            every_records: 2_000_000,
+            check_every: std::time::Duration::from_secs(1),
+        }
+    }
+}
+
 /// Snapshot format version.
 const SNAPSHOT_VERSION: u8 = 1;
 
@@ -275,6 +295,10 @@ pub struct Cards {
     dir: PathBuf,
     /// One snapshot at a time.
     snapshot_lock: Mutex<()>,
+    /// The data directory's lock, held while open (released by the kernel on any exit).
+    _dir_lock: std::fs::File,
+    /// Journal records written when the last snapshot rotated the journal.
+    records_at_snapshot: AtomicU64,
 }
 
 /// Lookups the switch needs besides the decisions.
@@ -309,47 +333,50 @@ impl Cards {
             .recursive(true)
             .create(&dir)
             .map_err(StoreError::io("creating the data directory"))?;
+        // One process per data directory: a second one would interleave journals.
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("vpan.lock"))
+            .map_err(StoreError::io("opening the data directory lock"))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(StoreError::Locked.into()),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(StoreError::io("locking the data directory")(e).into());
+            }
+        }
         let cipher = PanCipher::load_or_create(&store.key_path())?;
         let mut recovered = Recovered::default();
 
-        // The snapshot, if any.
-        let mut index = None;
+        // The snapshot, if any: its header first (to size the index), then its records on
+        // worker threads (cards and ledger entries are independent; decryption dominates).
         let ledger = Ledger::new(ledger);
         let mut from_segment = 0u64;
         let mut next_lsn = 1u64;
-        recovered.snapshot = snapshot::read(&dir, |payload| {
-            let mut g = event::Get(payload);
-            match g.u8() {
-                Some(event::TAG_SNAP_HEADER) => {
-                    let bad = || StoreError::Corrupt("snapshot header");
-                    if g.u8().ok_or_else(bad)? != SNAPSHOT_VERSION {
-                        return Err(StoreError::Corrupt("snapshot version"));
-                    }
-                    from_segment = g.u64().ok_or_else(bad)?;
-                    next_lsn = g.u64().ok_or_else(bad)?;
-                    let n = g.u64().ok_or_else(bad)?;
-                    index = Some(CardIndex::with_capacity(n as usize));
-                }
-                Some(event::TAG_SNAP_CARD) => {
-                    let (key, card) = event::decode_snap_card(&mut g, |k, sealed| {
-                        cipher.open(sealed, &k.raw().to_le_bytes())
-                    })?;
-                    index
-                        .get_or_insert_with(|| CardIndex::with_capacity(0))
-                        .put(key, card);
-                }
-                Some(event::TAG_SNAP_TX) => {
-                    let (k, e) =
-                        event::decode_snap_tx(&mut g).ok_or(StoreError::Corrupt("snapshot tx"))?;
-                    ledger.entries.insert(k, e);
-                }
-                _ => return Err(StoreError::Corrupt("snapshot record")),
+        let mut cards_in_snapshot = 0u64;
+        if let Some(first) = snapshot::first_record(&dir)? {
+            let mut g = event::Get(&first);
+            let bad = || StoreError::Corrupt("snapshot header");
+            if g.u8() != Some(event::TAG_SNAP_HEADER) {
+                return Err(bad().into());
             }
-            Ok(())
-        })?;
-        let index = index.unwrap_or_else(|| CardIndex::with_capacity(0));
+            if g.u8().ok_or_else(bad)? != SNAPSHOT_VERSION {
+                return Err(StoreError::Corrupt("snapshot version").into());
+            }
+            from_segment = g.u64().ok_or_else(bad)?;
+            next_lsn = g.u64().ok_or_else(bad)?;
+            cards_in_snapshot = g.u64().ok_or_else(bad)?;
+        }
+        let index = CardIndex::with_capacity(cards_in_snapshot as usize);
+        recovered.snapshot = parallel_replay(
+            |sink| snapshot::read(&dir, |payload| sink.push(0, payload)),
+            |payload| load_snapshot_record(&index, &ledger, &cipher, payload),
+        )?;
 
-        // The journal since.
+        // The journal since, on worker threads partitioned by card: each card's events
+        // stay in order on one thread (a transaction's entry belongs to its card too).
         let segments = list_segments(&dir).map_err(StoreError::io("listing the journal"))?;
         let mut last_segment = from_segment;
         for &n in &segments {
@@ -360,11 +387,16 @@ impl Cards {
                 continue;
             }
             last_segment = last_segment.max(n);
-            let report = read_records(&path, |payload| {
-                let ev = Event::decode(payload)?;
-                next_lsn = next_lsn.max(ev.lsn() + 1);
-                replay(&index, &ledger, &cipher, &ev)
-            })?;
+            let report = parallel_replay(
+                |sink| {
+                    read_records(&path, |payload| {
+                        let ev = Event::decode(payload)?;
+                        next_lsn = next_lsn.max(ev.lsn() + 1);
+                        sink.push(ev.key().raw(), payload)
+                    })
+                },
+                |payload| replay(&index, &ledger, &cipher, &Event::decode(payload)?),
+            )?;
             recovered.records += report.records;
             if report.bad_bytes > 0 {
                 tracing::warn!(
@@ -413,6 +445,8 @@ impl Cards {
                 next_lsn: AtomicU64::new(next_lsn),
                 dir,
                 snapshot_lock: Mutex::new(()),
+                _dir_lock: lock,
+                records_at_snapshot: AtomicU64::new(0),
             },
             recovered,
         ))
@@ -472,11 +506,7 @@ impl Cards {
 
     /// The card's recent decisions, newest first.
     pub fn recent(&self, vpan: CardKey) -> Option<Vec<RecentTx>> {
-        self.index.read(vpan, |c| {
-            c.history
-                .as_ref()
-                .map_or_else(Vec::new, |h| h.newest_first())
-        })
+        self.index.read(vpan, |c| c.history.newest_first())
     }
 
     /// Cards by effective status, for the `vpan_cards{status}` gauge.
@@ -583,6 +613,10 @@ impl Cards {
                 dashmap::Entry::Occupied(e) => return replay_of(e.get(), fingerprint),
                 dashmap::Entry::Vacant(v) => v,
             };
+            if self.journal.is_failed() {
+                // Nothing can be made durable: fail closed before holding anything.
+                return Decision::Decline(ResponseCode::SYSTEM_ERROR);
+            }
             fresh = true;
             match limits::decide(card, req, now) {
                 Verdict::Decline(reason) => {
@@ -642,7 +676,8 @@ impl Cards {
     pub fn complete(&self, hold: &Hold, outcome: IssuerOutcome, now: UnixSeconds) -> Durable {
         self.index
             .update(hold.card, |card| {
-                let Some(e) = self.ledger.get(&hold.tx) else {
+                // One lookup of the entry, updated in place (card lock, then ledger shard).
+                let Some(mut e) = self.ledger.entries.get_mut(&hold.tx) else {
                     return Durable::ready(Ok(()));
                 };
                 if e.state != TxState::Held || e.card != hold.card {
@@ -671,8 +706,9 @@ impl Cards {
                     approved,
                     code,
                 };
+                event::mark_outcome(&mut e, approved, code, event.lsn());
+                drop(e);
                 event::apply_card(card, &event);
-                event::apply_ledger(&self.ledger, &event, false);
                 self.journal.append(event)
             })
             .unwrap_or_else(|| Durable::ready(Ok(())))
@@ -812,7 +848,9 @@ impl Cards {
     /// what the snapshot already holds by LSN.
     pub fn snapshot(&self) -> Result<SnapshotReport, StoreError> {
         let _one = self.snapshot_lock.lock();
+        let records = self.journal.stats().records.load(Ordering::Relaxed);
         let from_segment = self.journal.rotate()?;
+        self.records_at_snapshot.store(records, Ordering::Relaxed);
         let keys = self.index.keys();
         let mut w = SnapshotWriter::create(&self.dir)?;
         w.write(&event::SnapHeader {
@@ -860,6 +898,48 @@ impl Cards {
             transactions,
             segments_deleted,
         })
+    }
+}
+
+impl Cards {
+    /// Journal records written since the last snapshot.
+    pub fn records_since_snapshot(&self) -> u64 {
+        self.journal
+            .stats()
+            .records
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.records_at_snapshot.load(Ordering::Relaxed))
+    }
+
+    /// Starts a thread that snapshots whenever the policy says so, so that a restart never
+    /// replays more than about `policy.every_records` records. It holds only a weak
+    /// reference and ends once the cards are dropped. Snapshot errors are logged and retried
+    /// at the next look (a failed journal shows in [`Cards::store_failed`]).
+    pub fn start_snapshots(
+        self: &std::sync::Arc<Self>,
+        policy: SnapshotPolicy,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let weak = std::sync::Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("vpan-snapshot".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(policy.check_every);
+                    let Some(cards) = weak.upgrade() else { break };
+                    if cards.records_since_snapshot() >= policy.every_records {
+                        let started = Instant::now();
+                        match cards.snapshot() {
+                            Ok(r) => tracing::info!(
+                                cards = r.cards,
+                                transactions = r.transactions,
+                                ms = started.elapsed().as_millis() as u64,
+                                "snapshot written"
+                            ),
+                            Err(e) => tracing::error!(error = %e, "snapshot failed"),
+                        }
+                    }
+                }
+            })
     }
 }
 
@@ -980,6 +1060,122 @@ fn validate(spec: &CardSpec, now: UnixSeconds) -> Result<(), IssueError> {
     }
     if c.mcc_allow.iter().chain(&c.mcc_block).any(|&m| m > 9999) {
         return Err(IssueError::Invalid("an MCC has four digits"));
+    }
+    Ok(())
+}
+
+/// Threads that apply recovered records.
+const REPLAY_THREADS: usize = 2;
+/// Bytes of payloads handed to a worker at once.
+const REPLAY_BATCH_BYTES: usize = 256 << 10;
+
+/// Hands payloads from one reader to [`REPLAY_THREADS`] workers, in batches; payloads with
+/// the same partition key go to the same worker, in order.
+struct ReplaySink {
+    /// One channel per worker.
+    senders: Vec<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    /// One batch being filled per worker: `[len u32][payload]...`.
+    batches: Vec<Vec<u8>>,
+    /// Round robin for unkeyed payloads.
+    next: usize,
+}
+
+impl ReplaySink {
+    /// Queues `payload` for the worker of `partition` (0: any, round robin).
+    fn push(&mut self, partition: u64, payload: &[u8]) -> Result<(), StoreError> {
+        let w = if partition == 0 {
+            self.next = (self.next + 1) % self.senders.len();
+            self.next
+        } else {
+            // Keys are random digits: their low bits spread evenly.
+            (partition % self.senders.len() as u64) as usize
+        };
+        let batch = &mut self.batches[w];
+        batch.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        batch.extend_from_slice(payload);
+        if batch.len() >= REPLAY_BATCH_BYTES {
+            let full = std::mem::replace(batch, Vec::with_capacity(REPLAY_BATCH_BYTES + 4096));
+            self.senders[w]
+                .send(full)
+                .map_err(|_| StoreError::Corrupt("a replay worker stopped"))?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) {
+        for (w, batch) in self.batches.drain(..).enumerate() {
+            if !batch.is_empty() {
+                let _ = self.senders[w].send(batch);
+            }
+        }
+    }
+}
+
+/// Runs `read` (which feeds a [`ReplaySink`]) on this thread and `apply` on the workers.
+fn parallel_replay<T>(
+    read: impl FnOnce(&mut ReplaySink) -> Result<T, StoreError>,
+    apply: impl Fn(&[u8]) -> Result<(), StoreError> + Sync,
+) -> Result<T, StoreError> {
+    std::thread::scope(|s| {
+        let mut senders = Vec::with_capacity(REPLAY_THREADS);
+        let mut workers = Vec::with_capacity(REPLAY_THREADS);
+        for _ in 0..REPLAY_THREADS {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+            senders.push(tx);
+            let apply = &apply;
+            workers.push(s.spawn(move || -> Result<(), StoreError> {
+                for batch in rx {
+                    let mut rest = &batch[..];
+                    while rest.len() >= 4 {
+                        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+                        let (payload, tail) = rest[4..].split_at(len.min(rest.len() - 4));
+                        apply(payload)?;
+                        rest = tail;
+                    }
+                }
+                Ok(())
+            }));
+        }
+        let mut sink = ReplaySink {
+            senders,
+            batches: (0..REPLAY_THREADS)
+                .map(|_| Vec::with_capacity(REPLAY_BATCH_BYTES + 4096))
+                .collect(),
+            next: 0,
+        };
+        let result = read(&mut sink);
+        sink.finish();
+        for w in workers {
+            match w.join() {
+                Ok(r) => r?,
+                Err(_) => return Err(StoreError::Corrupt("a replay worker panicked")),
+            }
+        }
+        result
+    })
+}
+
+/// Loads one snapshot record (the header was read before).
+fn load_snapshot_record(
+    index: &CardIndex,
+    ledger: &Ledger,
+    cipher: &PanCipher,
+    payload: &[u8],
+) -> Result<(), StoreError> {
+    let mut g = event::Get(payload);
+    match g.u8() {
+        Some(event::TAG_SNAP_HEADER) => {}
+        Some(event::TAG_SNAP_CARD) => {
+            let (key, card) = event::decode_snap_card(&mut g, |k, sealed| {
+                cipher.open(sealed, &k.raw().to_le_bytes())
+            })?;
+            index.put(key, card);
+        }
+        Some(event::TAG_SNAP_TX) => {
+            let (k, e) = event::decode_snap_tx(&mut g).ok_or(StoreError::Corrupt("snapshot tx"))?;
+            ledger.entries.insert(k, e);
+        }
+        _ => return Err(StoreError::Corrupt("snapshot record")),
     }
     Ok(())
 }

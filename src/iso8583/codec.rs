@@ -324,7 +324,7 @@ impl Encoder<Frame> for FrameCodec {
 /// Reads a `header_hex` config value (e.g. `"6000010000"` for a TPDU) into bytes.
 pub fn header_from_hex(s: &str) -> Option<Vec<u8>> {
     let b = s.as_bytes();
-    if b.len() % 2 != 0 {
+    if !b.len().is_multiple_of(2) {
         return None;
     }
     b.chunks_exact(2)

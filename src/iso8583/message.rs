@@ -228,7 +228,7 @@ impl Message {
             .ok_or(EditError::NoSuchField { field: n as u16 })?;
         let start = self.edits.len();
         if self.edits.is_empty() {
-            self.edits.reserve(128);
+            self.edits.reserve(256);
         }
         self.edits.extend_from_slice(&[n as u8, 0, 0]);
         match encode_field(f, n, value, &mut self.edits) {

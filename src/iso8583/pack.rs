@@ -57,7 +57,7 @@ pub(crate) fn encode_field(
     let field = n as u16;
     let is_bytes = matches!(f.encoding, Encoding::Binary | Encoding::HexAscii);
     let units = if is_bytes {
-        if value.len() % 2 != 0 {
+        if !value.len().is_multiple_of(2) {
             return Err(EditError::BadValue { field });
         }
         value.len() / 2
@@ -395,5 +395,43 @@ mod tests {
             &m.pack()[..],
             b"080080200000000000000400000000000000000001301"
         );
+    }
+
+    #[test]
+    fn a_tertiary_bitmap_is_written_and_read_when_a_spec_has_192_fields() {
+        use crate::iso8583::spec::{BitmapEncoding, PrefixEncoding};
+        let mut spec = Spec::empty(
+            "t",
+            FieldSpec::fixed(Kind::N, Encoding::Ascii, 4),
+            BitmapEncoding::HexAscii,
+            192,
+        );
+        spec.set_field(
+            2,
+            "pan",
+            FieldSpec::var(Kind::N, Encoding::Ascii, 2, PrefixEncoding::Ascii, 19),
+        );
+        spec.set_field(70, "nmic", FieldSpec::fixed(Kind::N, Encoding::Ascii, 3));
+        spec.set_field(150, "far", FieldSpec::fixed(Kind::Ans, Encoding::Ascii, 2));
+        let spec = spec.leak();
+        let mut m = Message::new(spec, b"0100").unwrap();
+        m.set(2, b"4970101234567893").unwrap();
+        m.set(150, b"OK").unwrap();
+        let wire = m.pack();
+        // Bit 1 (secondary), bit 65 (tertiary) and field 150 are all set.
+        assert_eq!(&wire[4..20], b"C000000000000000");
+        assert_eq!(&wire[20..36], b"8000000000000000");
+        assert_eq!(&wire[36..52], b"0000040000000000");
+        let parsed = Message::parse(spec, wire.clone()).unwrap();
+        assert_eq!(parsed.field_numbers().collect::<Vec<_>>(), vec![2, 150]);
+        assert_eq!(&*parsed.text(150).unwrap(), b"OK");
+        assert_eq!(parsed.pack(), wire);
+        assert_eq!(m.set(65, b"x"), Err(EditError::NoSuchField { field: 65 }));
+        // Without field 150 the tertiary bitmap goes away again.
+        let mut small = parsed.clone();
+        small.remove(150);
+        small.set(70, b"301").unwrap();
+        let back = Message::parse(spec, small.pack()).unwrap();
+        assert_eq!(back.field_numbers().collect::<Vec<_>>(), vec![2, 70]);
     }
 }

@@ -150,6 +150,7 @@ impl ParseError {
 }
 
 /// Parses a whole frame (without its framing header) with full validation.
+#[inline]
 pub fn parse(spec: &'static Spec, frame: Bytes) -> Result<Message, ParseError> {
     // Filled in place: the offset table is not copied after parsing.
     let mut m = Message::from_parts(spec, frame, Layout::new());
@@ -161,6 +162,7 @@ pub fn parse(spec: &'static Spec, frame: Bytes) -> Result<Message, ParseError> {
 
 impl Message {
     /// Parses a frame; see [`parse`].
+    #[inline]
     pub fn parse(spec: &'static Spec, frame: Bytes) -> Result<Message, ParseError> {
         parse(spec, frame)
     }
@@ -363,7 +365,14 @@ pub(crate) fn parse_layout<const STRICT: bool>(
             let (v, rest) = input
                 .split_at_checked(wire)
                 .ok_or(ParseError::FieldTruncated { field, offset })?;
-            if STRICT && !check(p, v, units) {
+            // The common case (ASCII digits) without the dispatch.
+            if STRICT
+                && !(if p.check == Check::AsciiDigits {
+                    all_ascii_digits(v)
+                } else {
+                    check(p, v, units)
+                })
+            {
                 return Err(ParseError::BadContent {
                     field,
                     offset: total - input.len(),
@@ -548,6 +557,11 @@ pub fn parse_subfields<'a>(
                 len as usize
             }
         };
+        if units == 0 && f.length == Length::Fixed {
+            // A zero-length placeholder (Postilion's subfield 0) holds nothing to report.
+            idx += 1;
+            continue;
+        }
         let wl = f.prefix_bytes() + f.wire_len(units);
         let (rest, wire) = take(input, wl).ok_or(ParseError::FieldTruncated { field, offset })?;
         if !content_ok(f, wire.get(f.prefix_bytes()..).unwrap_or_default(), units) {

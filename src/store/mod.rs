@@ -16,6 +16,7 @@
 //! snapshot.bin               the last complete snapshot (replaced atomically by rename)
 //! snapshot.tmp               a snapshot being written (ignored and overwritten at start)
 //! journal-0000000007.log     journal segments not yet covered by the snapshot
+//! vpan.lock                  held (flock) by the process that has the directory open
 //! ```
 
 pub mod crypto;
@@ -80,6 +81,9 @@ pub enum StoreError {
     /// A real PAN could not be decrypted: wrong key or tampered data.
     #[error("a real card number could not be decrypted (wrong key file or damaged data)")]
     Decrypt,
+    /// Another process has the data directory open.
+    #[error("the data directory is in use by another vpan process")]
+    Locked,
     /// A record or snapshot that passed its checksum does not decode.
     #[error("{0}: a record does not decode")]
     Corrupt(&'static str),

@@ -91,6 +91,31 @@ pub fn read(
     Ok(true)
 }
 
+/// The first record of the snapshot in `dir` (its header), or `None` when there is none.
+pub fn first_record(dir: &Path) -> Result<Option<Vec<u8>>, StoreError> {
+    let path = dir.join(SNAPSHOT_FILE);
+    let mut file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StoreError::io("opening the snapshot")(e)),
+    };
+    let mut head = [0u8; 8];
+    std::io::Read::read_exact(&mut file, &mut head)
+        .map_err(|_| StoreError::Corrupt("snapshot.bin"))?;
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+    if len == 0 || len > super::journal::MAX_RECORD_BYTES {
+        return Err(StoreError::Corrupt("snapshot.bin"));
+    }
+    let mut payload = vec![0u8; len];
+    std::io::Read::read_exact(&mut file, &mut payload)
+        .map_err(|_| StoreError::Corrupt("snapshot.bin"))?;
+    if crc32fast::hash(&payload) != crc {
+        return Err(StoreError::Corrupt("snapshot.bin"));
+    }
+    Ok(Some(payload))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

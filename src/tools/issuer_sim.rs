@@ -374,6 +374,17 @@ impl Ledger {
         self.accounts.get(pan).map(|a| a.balance)
     }
 
+    /// Opens an account, or sets the balance of an existing one (its history is kept).
+    pub fn set_balance(&self, pan: &Pan, balance: i64) {
+        self.accounts
+            .entry(pan.clone())
+            .and_modify(|a| a.balance = balance)
+            .or_insert(Account {
+                balance,
+                history: VecDeque::new(),
+            });
+    }
+
     /// Reversals whose original was not found.
     pub fn unmatched_reversals(&self) -> u64 {
         self.unmatched_reversals.load(Ordering::Relaxed)
@@ -471,7 +482,8 @@ impl Ledger {
         let refund = req.processing_code().is_some_and(|p| p.starts_with(b"20"));
         let key = txn_key(req);
         if let Some(mut account) = self.account(&pan) {
-            if account.history.iter().any(|b| b.key == key) {
+            // Only a repeat (0121 / 0221) can be a message already booked.
+            if req.mti()[3] == b'1' && account.history.iter().any(|b| b.key == key) {
                 return ack;
             }
             let effect = if refund { amount } else { -amount };
@@ -679,12 +691,17 @@ struct Shared {
     by_mti: Box<[AtomicU64]>,
     /// The last `keep_last` requests.
     recent: Mutex<VecDeque<Received>>,
-    /// Running counters.
+    /// Running counters, as in [`SimStats`].
     connections: AtomicU64,
+    /// See [`SimStats::requests`].
     requests: AtomicU64,
+    /// See [`SimStats::answered`].
     answered: AtomicU64,
+    /// See [`SimStats::unanswered`].
     unanswered: AtomicU64,
+    /// See [`SimStats::dropped`].
     dropped: AtomicU64,
+    /// See [`SimStats::malformed`].
     malformed: AtomicU64,
     /// Wakes [`IssuerSimHandle::wait_for_requests`]; only poked while someone waits.
     progress: Notify,
@@ -788,6 +805,12 @@ impl IssuerSimHandle {
     /// An account's balance in minor units; `None` for an account that does not exist (yet).
     pub fn balance(&self, pan: &Pan) -> Option<i64> {
         self.shared.ledger.balance(pan)
+    }
+
+    /// Opens an account or sets its balance while running (e.g. for a card a test just
+    /// issued against a real PAN).
+    pub fn set_balance(&self, pan: &Pan, balance: i64) {
+        self.shared.ledger.set_balance(pan, balance);
     }
 
     /// Requests received with this MTI (four ASCII digits).
@@ -1072,13 +1095,31 @@ async fn sleep_until_opt(t: Option<Instant>) {
     }
 }
 
-/// `vpan issuer-sim`: starts the simulator and serves until Ctrl-C.
+/// Resolves on Ctrl-C, or on SIGTERM (how systemd and container runtimes stop a process).
+async fn shutdown_signal() -> Result<(), String> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term =
+            signal(SignalKind::terminate()).map_err(|e| format!("cannot wait for SIGTERM: {e}"))?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.map_err(|e| format!("cannot wait for Ctrl-C: {e}")),
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c()
+            .await
+            .map_err(|e| format!("cannot wait for Ctrl-C: {e}"))
+    }
+}
+
+/// `vpan issuer-sim`: starts the simulator and serves until Ctrl-C or SIGTERM.
 pub async fn run_cli(args: Args) -> Result<(), String> {
     let config = SimConfig::from_args(&args).map_err(|e| e.to_string())?;
     let handle = IssuerSim::start(config).await.map_err(|e| e.to_string())?;
-    tokio::signal::ctrl_c()
-        .await
-        .map_err(|e| format!("cannot wait for Ctrl-C: {e}"))?;
+    shutdown_signal().await?;
     let stats = handle.stats();
     info!(
         requests = stats.requests,
@@ -1229,6 +1270,15 @@ mod tests {
             .unwrap();
         assert_eq!(&d.response_code, b"00");
         assert_eq!(l.balance(&pan), Some(-400));
+        let repeat = l
+            .decide(&purchase(b"0121", "000001", "000000000500", "000000"))
+            .unwrap();
+        assert_eq!(&repeat.mti, b"0130");
+        assert_eq!(
+            l.balance(&pan),
+            Some(-400),
+            "a repeated advice is booked once"
+        );
     }
 
     #[test]

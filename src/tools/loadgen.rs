@@ -33,10 +33,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::codec::Decoder;
+use tokio_util::sync::CancellationToken;
 
 use super::traffic::{Traffic, original_data_elements};
 use crate::iso8583::codec::header_from_hex;
 use crate::iso8583::{Frame, FrameCodec, Framing, Message, Spec};
+
+/// Most requests in flight on one connection: far below the million six-digit STANs, so a
+/// fresh one is always found at once.
+pub const MAX_IN_FLIGHT: usize = 100_000;
 
 /// Longest latency the histogram holds, in microseconds (longer ones are clamped).
 const MAX_LATENCY_US: u64 = 60_000_000;
@@ -133,6 +138,8 @@ pub struct LoadgenConfig {
     pub progress: bool,
     /// Largest frame accepted.
     pub max_frame: usize,
+    /// Cancelled: stop sending now, wait for what is in flight, and summarize (Ctrl-C).
+    pub stop: Option<CancellationToken>,
 }
 
 impl LoadgenConfig {
@@ -153,6 +160,7 @@ impl LoadgenConfig {
             timeout: Duration::from_secs(5),
             progress: false,
             max_frame: 8192,
+            stop: None,
         }
     }
 
@@ -167,6 +175,11 @@ impl LoadgenConfig {
             header_from_hex(&args.header_hex).ok_or("--header-hex: pairs of hex digits")?;
         if args.connections == 0 || args.in_flight == 0 {
             return Err("--connections and --in-flight must be at least 1".into());
+        }
+        if args.in_flight > MAX_IN_FLIGHT {
+            return Err(format!(
+                "--in-flight: at most {MAX_IN_FLIGHT} (STANs are six digits)"
+            ));
         }
         if let Some(r) = args.rate
             && !(r.is_finite() && r > 0.0)
@@ -188,6 +201,7 @@ impl LoadgenConfig {
             timeout: Duration::from_millis(args.timeout_ms.max(1)),
             progress: true,
             max_frame: 8192,
+            stop: None,
         })
     }
 }
@@ -334,9 +348,13 @@ struct Shared {
     deadline: Option<Instant>,
     /// Set when no more runs can be handed out.
     exhausted: AtomicBool,
+    /// Requests sent so far, for the progress line.
     sent: AtomicU64,
+    /// Answers matched so far, for the progress line.
     answered: AtomicU64,
+    /// Timeouts so far, for the progress line.
     timeouts: AtomicU64,
+    /// Errors so far, for the progress line.
     errors: AtomicU64,
 }
 
@@ -361,6 +379,7 @@ impl Shared {
 
     fn sending_over(&self, now: Instant) -> bool {
         self.deadline.is_some_and(|d| now >= d)
+            || self.cfg.stop.as_ref().is_some_and(|s| s.is_cancelled())
     }
 }
 
@@ -393,34 +412,56 @@ struct Pending {
 
 /// One connection's state; survives reconnects.
 struct Conn {
+    /// Settings, run hand-out, STANs and progress counters.
     shared: Arc<Shared>,
+    /// Frames requests and cuts answers out of the stream.
     codec: FrameCodec,
+    /// Passes over the file this connection owns, oldest first.
     runs: VecDeque<Run>,
-    pending: HashMap<u32, Pending>,
+    /// Requests in flight by STAN: how answers find their request.
+    pending: HashMap<u32, Pending, StanHash>,
     /// (deadline, STAN, serial) in send order: deadlines only grow.
     deadlines: VecDeque<(Instant, u32, u64)>,
+    /// Last serial given to a request.
     serial: u64,
     /// Open loop: when the next request is due, and the gap between two.
     next_due: Option<Instant>,
+    /// Open loop: nothing could be sent at the last due time (the rest of the file waits
+    /// for answers, or it is used up); set back by the next answer or timeout.
+    starved: bool,
     interval: Duration,
     /// DE 7 of the current second, cached.
     de7: (u64, [u8; 10]),
+    /// Framed requests not yet written.
     out: BytesMut,
+    /// What this connection measured.
     stats: Stats,
 }
 
 /// What one connection measured.
+/// Merged into the [`Summary`] at the end; see its fields.
 struct Stats {
+    /// Latency in microseconds.
     hist: Histogram<u64>,
+    /// Answers by DE 39 (`--` when absent).
     codes: BTreeMap<[u8; 2], u64>,
+    /// Requests sent by MTI.
     requests_by_mti: BTreeMap<[u8; 4], u64>,
+    /// Answers by MTI.
     responses_by_mti: BTreeMap<[u8; 4], u64>,
+    /// Answers with the expected DE 39.
     expect_matched: u64,
+    /// Answers with another DE 39.
     expect_mismatched: u64,
+    /// Mismatches by file line, then by the code received.
     mismatches: BTreeMap<usize, BTreeMap<[u8; 2], u64>>,
+    /// Errors by kind.
     errors: BTreeMap<&'static str, u64>,
+    /// Requests sent.
     sent: u64,
+    /// Answers matched.
     answered: u64,
+    /// Requests timed out.
     timeouts: u64,
 }
 
@@ -510,13 +551,12 @@ impl Conn {
     }
 
     /// Frames the next request into the write buffer. False when there is nothing to send.
-    fn send_one(&mut self, intended: Instant) -> bool {
+    fn send_one(&mut self, intended: Instant, now: Instant, de7: [u8; 10]) -> bool {
         let Some((ri, idx)) = self.next_sendable() else {
             return false;
         };
         let stan = self.fresh_stan();
         let stan_digits = six_digits(stan);
-        let de7 = self.de7();
         let traffic = self.shared.traffic_ref();
         let Some(entry) = traffic.entries().get(idx) else {
             return false;
@@ -565,7 +605,7 @@ impl Conn {
             },
         );
         self.deadlines
-            .push_back((Instant::now() + self.shared.cfg.timeout, stan, self.serial));
+            .push_back((now + self.shared.cfg.timeout, stan, self.serial));
         *self.stats.requests_by_mti.entry(m.mti()).or_insert(0) += 1;
         self.stats.sent += 1;
         self.shared.sent.fetch_add(1, Ordering::Relaxed);
@@ -575,21 +615,30 @@ impl Conn {
     /// Sends what the mode allows now.
     fn fill(&mut self) {
         let cap = self.shared.cfg.in_flight;
+        // One clock reading per batch: requests framed together leave together.
+        let now = Instant::now();
+        let de7 = self.de7();
         match self.next_due {
             None => {
-                while self.pending.len() < cap && !self.shared.sending_over(Instant::now()) {
-                    if !self.send_one(Instant::now()) {
+                while self.pending.len() < cap && !self.shared.sending_over(now) {
+                    if !self.send_one(now, now, de7) {
                         break;
                     }
                 }
             }
             Some(_) => {
-                let now = Instant::now();
                 while let Some(due) = self.next_due {
-                    if due > now || self.pending.len() >= cap || self.shared.sending_over(due) {
+                    if self.shared.sending_over(due) {
+                        self.next_due = None;
                         break;
                     }
-                    if !self.send_one(due) {
+                    if due > now || self.pending.len() >= cap {
+                        break;
+                    }
+                    if !self.send_one(due, now, de7) {
+                        // Nothing sendable until an answer comes: do not wake for the
+                        // schedule meanwhile (the slot stays due, latency counts from it).
+                        self.starved = true;
                         break;
                     }
                     self.next_due = Some(due + self.interval);
@@ -600,15 +649,16 @@ impl Conn {
 
     /// A request is over (answered, timed out or lost): its run may move on.
     fn settle(&mut self, p: &Pending) {
-        if let Some(pos) = self.runs.iter().position(|r| r.id == p.run) {
-            if let Some(run) = self.runs.get_mut(pos) {
-                run.outstanding = run.outstanding.saturating_sub(1);
-                if let Some(o) = run.originals.get_mut(&p.entry) {
-                    o.1 = true;
-                }
-                if run.outstanding == 0 && run.next >= run.end {
-                    self.runs.remove(pos);
-                }
+        self.starved = false;
+        if let Some(pos) = self.runs.iter().position(|r| r.id == p.run)
+            && let Some(run) = self.runs.get_mut(pos)
+        {
+            run.outstanding = run.outstanding.saturating_sub(1);
+            if let Some(o) = run.originals.get_mut(&p.entry) {
+                o.1 = true;
+            }
+            if run.outstanding == 0 && run.next >= run.end {
+                self.runs.remove(pos);
             }
         }
     }
@@ -724,7 +774,7 @@ impl Conn {
                     return Exit::Done;
                 }
             }
-            let due = if self.pending.len() < self.shared.cfg.in_flight {
+            let due = if self.pending.len() < self.shared.cfg.in_flight && !self.starved {
                 self.next_due
             } else {
                 None
@@ -814,10 +864,10 @@ pub async fn run(mut cfg: LoadgenConfig) -> Result<Summary, LoadgenError> {
     if cfg.count.is_none() && cfg.duration.is_none() {
         cfg.count = Some(cfg.traffic.len() as u64);
     }
-    if cfg.connections == 0 || cfg.in_flight == 0 {
-        return Err(LoadgenError::Config(
-            "connections and in_flight must be at least 1".into(),
-        ));
+    if cfg.connections == 0 || cfg.in_flight == 0 || cfg.in_flight > MAX_IN_FLIGHT {
+        return Err(LoadgenError::Config(format!(
+            "connections must be at least 1, in_flight from 1 to {MAX_IN_FLIGHT}"
+        )));
     }
     let mut streams = Vec::with_capacity(cfg.connections);
     for _ in 0..cfg.connections {
@@ -851,7 +901,7 @@ pub async fn run(mut cfg: LoadgenConfig) -> Result<Summary, LoadgenError> {
             shared: shared.clone(),
             codec: FrameCodec::new(cfg.framing, cfg.header.len(), cfg.max_frame),
             runs: VecDeque::new(),
-            pending: HashMap::new(),
+            pending: HashMap::with_hasher(StanHash),
             deadlines: VecDeque::new(),
             serial: 0,
             // Connections start their schedules spread over one interval.
@@ -859,6 +909,7 @@ pub async fn run(mut cfg: LoadgenConfig) -> Result<Summary, LoadgenError> {
                 .rate
                 .map(|_| start + interval.mul_f64(i as f64 / cfg.connections as f64)),
             interval,
+            starved: false,
             de7: (0, [b'0'; 10]),
             out: BytesMut::with_capacity(64 * 1024),
             stats: Stats::new()?,
@@ -969,8 +1020,21 @@ fn summarize(cfg: &LoadgenConfig, elapsed: Duration, all: Vec<Stats>) -> Summary
 
 /// `vpan loadgen`: runs, prints the summary on stdout; fails when nothing was answered.
 pub async fn run_cli(args: Args) -> Result<(), String> {
-    let cfg = LoadgenConfig::from_args(&args)?;
-    let summary = run(cfg).await.map_err(|e| e.to_string())?;
+    let mut cfg = LoadgenConfig::from_args(&args)?;
+    let stop = CancellationToken::new();
+    cfg.stop = Some(stop.clone());
+    let on_ctrl_c = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("stopping: waiting for the requests in flight (Ctrl-C again to abort)");
+            stop.cancel();
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    });
+    let summary = run(cfg).await.map_err(|e| e.to_string());
+    on_ctrl_c.abort();
+    let summary = summary?;
     if args.json {
         let json = serde_json::to_string(&summary).map_err(|e| e.to_string())?;
         println!("{json}");
@@ -991,6 +1055,35 @@ async fn sleep_until_opt(t: Option<Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Hashes a STAN for the map of requests in flight: STANs are already well spread
+/// counters, so one multiplication does (SipHash showed up in profiles).
+#[derive(Clone, Copy, Default)]
+struct StanHash;
+
+impl std::hash::BuildHasher for StanHash {
+    type Hasher = StanHasher;
+    fn build_hasher(&self) -> StanHasher {
+        StanHasher(0)
+    }
+}
+
+/// The hasher [`StanHash`] builds.
+struct StanHasher(u64);
+
+impl std::hash::Hasher for StanHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.0 = (u64::from(n) ^ self.0).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
 }
 

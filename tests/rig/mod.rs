@@ -2,7 +2,7 @@
 //! issuer simulator on another port, a temporary data dir, a network-side client over real
 //! TCP, and generated Luhn-valid test cards.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

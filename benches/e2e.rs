@@ -1,0 +1,274 @@
+//! The whole switch under load, side by side with the issuer host alone, in one run:
+//!
+//! 1. loadgen → issuer-sim directly (the floor: what the link costs without vpan);
+//! 2. loadgen → vpan serve → issuer-sim, on approvals of virtual cards (journal on);
+//!
+//! each first closed loop (throughput), then open loop at a fixed rate (latency), plus the
+//! journal disk's own fdatasync latency measured in the same data directory. Prints both
+//! and their ratios. All three processes share this machine's cores, as the issue asks.
+//!
+//! `cargo bench --bench e2e` (release build); `E2E_SECONDS` (default 10) sets each run's
+//! length, `E2E_RATE` (default 10000) the open-loop rate.
+
+// A benchmark harness: any failure should stop it loudly, with the reason.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vpan::cards::{CardSpec, Cards, CardsConfig, Controls, Expiry, LedgerConfig, MerchantLock};
+use vpan::pan::{Pan, luhn_check_digit};
+use vpan::store::StoreConfig;
+
+const CARDS: usize = 1000;
+const VPAN: &str = env!("CARGO_BIN_EXE_vpan");
+
+fn main() {
+    // `cargo bench` passes `--bench`; a plain `cargo test --benches` passes nothing and
+    // should not run a minute-long load test.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("e2e: skipped (run it with `cargo bench --bench e2e`)");
+        return;
+    }
+    let seconds: u64 = env_or("E2E_SECONDS", 10);
+    let rate: u64 = env_or("E2E_RATE", 10_000);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let traffic = dir.path().join("traffic.jsonl");
+    issue_cards_and_write_traffic(&data, &traffic);
+
+    let (mut sim, sim_addr) = spawn(
+        &["issuer-sim", "--listen", "127.0.0.1:0"],
+        &[],
+        "issuer simulator listening on ",
+    );
+    let (mut switch, switch_addr) = spawn(
+        &["serve"],
+        &[
+            ("VPAN_NETWORK_LISTEN", "127.0.0.1:0"),
+            ("VPAN_METRICS_LISTEN", "127.0.0.1:0"),
+            ("VPAN_API_LISTEN", "127.0.0.1:0"),
+            ("VPAN_ISSUER_CONNECT", &sim_addr),
+            ("VPAN_STORE_DATA_DIR", data.to_str().expect("utf-8 path")),
+            ("VPAN_NETWORK_MAX_IN_FLIGHT", "4096"),
+            ("RUST_LOG", "warn,vpan::app=info"),
+        ],
+        "network listener bound (ISO 8583) addr=",
+    );
+    std::thread::sleep(Duration::from_millis(500)); // the issuer link signs on
+
+    let secs = seconds.to_string();
+    let closed = [
+        "--connections",
+        "4",
+        "--in-flight",
+        "64",
+        "--duration",
+        &secs,
+    ];
+    let rate_s = rate.to_string();
+    let open = [
+        "--connections",
+        "4",
+        "--in-flight",
+        "512",
+        "--rate",
+        &rate_s,
+        "--duration",
+        &secs,
+    ];
+
+    println!(
+        "e2e: {CARDS} virtual cards, {seconds} s per run, 2 cores shared by all three processes"
+    );
+    let direct_closed = loadgen(&sim_addr, &traffic, &closed);
+    let vpan_closed = loadgen(&switch_addr, &traffic, &closed);
+    let direct_open = loadgen(&sim_addr, &traffic, &open);
+    let vpan_open = loadgen(&switch_addr, &traffic, &open);
+    let fsync = fdatasync_latency(&data, 2000);
+
+    let _ = switch.kill();
+    let _ = sim.kill();
+    let _ = switch.wait();
+    let _ = sim.wait();
+
+    println!();
+    println!("closed loop, 4 connections x 64 in flight:");
+    row("  loadgen -> issuer-sim", &direct_closed);
+    row("  loadgen -> vpan -> issuer-sim", &vpan_closed);
+    println!(
+        "  through vpan / direct throughput: {:.1}%",
+        100.0 * tput(&vpan_closed) / tput(&direct_closed)
+    );
+    println!();
+    println!("open loop at {rate}/s:");
+    row("  loadgen -> issuer-sim", &direct_open);
+    row("  loadgen -> vpan -> issuer-sim", &vpan_open);
+    let added = |q: &str| lat(&vpan_open, q) - lat(&direct_open, q);
+    println!(
+        "  vpan's added latency: p50 {:.0} us, p99 {:.0} us",
+        added("p50"),
+        added("p99")
+    );
+    println!(
+        "  journal fdatasync here: p50 {:.0} us, p99 {:.0} us (added p99 - fdatasync p99 = {:.0} us)",
+        fsync.0,
+        fsync.1,
+        added("p99") - fsync.1
+    );
+    let approved = vpan_closed["response_codes"]["00"].as_u64().unwrap_or(0);
+    let answered = vpan_closed["answered"].as_u64().unwrap_or(0);
+    println!("  approvals through vpan (closed loop): {approved} of {answered} answers");
+}
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn row(label: &str, s: &serde_json::Value) {
+    println!(
+        "{label:34} {:>9.0}/s  p50 {:>6.0} us  p90 {:>6.0} us  p99 {:>6.0} us  p99.9 {:>6.0} us  max {:>7.0} us  errors {} timeouts {}",
+        tput(s),
+        lat(s, "p50"),
+        lat(s, "p90"),
+        lat(s, "p99"),
+        lat(s, "p999"),
+        lat(s, "max"),
+        s["errors"],
+        s["timeouts"],
+    );
+}
+
+fn tput(s: &serde_json::Value) -> f64 {
+    s["throughput_per_s"].as_f64().unwrap_or(0.0)
+}
+
+fn lat(s: &serde_json::Value, q: &str) -> f64 {
+    s["latency_us"][q].as_f64().unwrap_or(f64::NAN)
+}
+
+/// Issues `CARDS` cards with caps that never bind, and one 1.00 EUR purchase per card.
+fn issue_cards_and_write_traffic(data: &Path, traffic: &Path) {
+    let store = StoreConfig {
+        data_dir: data.to_path_buf(),
+        key_file: Default::default(),
+    };
+    let (cards, _) = Cards::open(&CardsConfig::default(), &store, LedgerConfig::default())
+        .expect("open the data dir");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let mut out = std::fs::File::create(traffic).expect("traffic file");
+    writeln!(out, "# e2e bench: one purchase per virtual card").expect("write");
+    for i in 0..CARDS {
+        let spec = CardSpec {
+            pan: test_pan(i),
+            pan_expiry: Expiry(*b"2912"),
+            controls: Controls {
+                currency: 978,
+                amount_limit: 1_000_000_000_000,
+                per_transaction_limit: None,
+                max_uses: None,
+                valid_until: now + 365 * 86_400,
+                merchant_lock: MerchantLock::None,
+                mcc_allow: vec![],
+                mcc_block: vec![],
+            },
+        };
+        let (view, durable) = cards.issue(&spec, now).expect("issue");
+        durable.wait().expect("durable");
+        writeln!(
+            out,
+            r#"{{"fields": {{"t": "0100", "2": "{}", "3": "000000", "4": "000000000100", "12": "143015", "13": "1126", "14": "{}", "18": "5734", "22": "812", "25": "59", "32": "12345678901", "37": "633014000123", "41": "TERM0001", "42": "SHOP00000000001", "43": "EXAMPLE SHOP             PARIS        FR", "49": "978"}}, "expect": "00"}}"#,
+            view.vpan.expose(),
+            view.expiry.as_str()
+        )
+        .expect("write");
+    }
+}
+
+/// A generated Luhn-valid test PAN in BIN 497010.
+fn test_pan(i: usize) -> Pan {
+    let mut digits = format!("497010{:09}", i * 7919 % 1_000_000_000).into_bytes();
+    let check = luhn_check_digit(&digits);
+    digits.push(b'0' + check);
+    Pan::from_digits_checked(&digits).expect("test PAN")
+}
+
+/// Starts `vpan ARGS` and waits for the log line containing `marker` followed by an
+/// address; keeps draining its stderr afterwards.
+fn spawn(args: &[&str], env: &[(&str, &str)], marker: &str) -> (Child, String) {
+    let mut child = Command::new(VPAN)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start vpan");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let marker = marker.to_string();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut sent = false;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if !sent && let Some(at) = line.find(&marker) {
+                let rest = &line[at + marker.len()..];
+                let addr: String = rest
+                    .chars()
+                    .take_while(|c| !c.is_whitespace() && *c != '"')
+                    .collect();
+                let _ = tx.send(addr);
+                sent = true;
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the process logged its address");
+    (child, addr)
+}
+
+fn loadgen(target: &str, traffic: &Path, extra: &[&str]) -> serde_json::Value {
+    let out = Command::new(VPAN)
+        .args(["loadgen", "--target", target, "--traffic"])
+        .arg(traffic)
+        .args(extra)
+        .arg("--json")
+        .stderr(Stdio::null())
+        .output()
+        .expect("run loadgen");
+    serde_json::from_slice(&out.stdout).expect("loadgen --json summary")
+}
+
+/// p50 and p99 of a 4 KiB write + fdatasync in `dir`, in microseconds: the floor under any
+/// durable approval.
+fn fdatasync_latency(dir: &Path, n: usize) -> (f64, f64) {
+    let path = dir.join("fdatasync-probe");
+    let mut f = std::fs::File::create(&path).expect("probe file");
+    let block = [0u8; 4096];
+    let mut samples = Vec::with_capacity(n);
+    let started = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        f.write_all(&block).expect("write");
+        f.sync_data().expect("fdatasync");
+        samples.push(t.elapsed().as_secs_f64() * 1e6);
+        if started.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+    samples.sort_by(f64::total_cmp);
+    let q = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
+    (q(0.5), q(0.99))
+}

@@ -1,0 +1,322 @@
+//! `kill -9` at random moments: no acknowledged approval is lost, no card goes over its cap.
+//!
+//! The test re-executes its own binary as a child (`VPAN_CRASH_CHILD` set) that approves at
+//! full speed on several threads, with a simulated issuer that approves nine in ten, and
+//! prints each approval only once its hold is durable and the issuer approved, which is
+//! when the switch answers the network. Meanwhile it takes snapshots, so some
+//! kills land in the middle of one. The parent kills the child with SIGKILL after a random
+//! delay, reopens the data directory like a restarted switch, and checks every card: spent
+//! covers everything acknowledged on it, nothing is left held, and spent stays within the
+//! cap. Twenty rounds on the same directory.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test binary: panics are the verdict
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use rand::RngExt;
+use vpan::cards::{
+    AcceptorId, Amounts, AuthRequest, CardKey, Decision, IssuerOutcome, Kind, ResponseCode, TxKey,
+};
+use vpan::pan::Pan;
+
+const CARDS: usize = 16;
+const CAP: u64 = 2_000_000;
+const ROUNDS: u32 = 20;
+const PER_ROUND: u32 = 200_000;
+const THREADS: u32 = 16;
+
+fn keys_file(dir: &Path) -> PathBuf {
+    dir.join("vpans.txt")
+}
+
+fn read_keys(dir: &Path) -> Vec<CardKey> {
+    std::fs::read_to_string(keys_file(dir))
+        .unwrap()
+        .lines()
+        .map(|l| CardKey::from_digits(l.as_bytes()).unwrap())
+        .collect()
+}
+
+/// The child: approve until killed, print `A <card> <amount>` once each hold is durable.
+fn child(work: &Path, round: u32) {
+    let data = work.join("data");
+    let (cards, _) = open(&data);
+    let cards = std::sync::Arc::new(cards);
+    let keys = std::sync::Arc::new(read_keys(work));
+    let snapshots = {
+        let cards = cards.clone();
+        std::thread::spawn(move || {
+            for _ in 0..50 {
+                std::thread::sleep(Duration::from_millis(40));
+                let _ = cards.snapshot();
+            }
+        })
+    };
+    let workers: Vec<_> = (0..4u32)
+        .map(|t| {
+            let cards = cards.clone();
+            let keys = keys.clone();
+            std::thread::spawn(move || {
+                let mut rng = rand::rng();
+                let stdout = std::io::stdout();
+                for i in 0..PER_ROUND / THREADS {
+                    let idx = rng.random_range(0..keys.len());
+                    let amount = rng.random_range(1..=5_000u64);
+                    let stan = format!("{}", round * PER_ROUND + t * (PER_ROUND / THREADS) + i);
+                    let req = AuthRequest {
+                        mti: *b"0100",
+                        kind: Kind::Purchase,
+                        amounts: Amounts {
+                            transaction: amount,
+                            transaction_currency: EUR,
+                            billing: None,
+                        },
+                        expiry: None,
+                        mcc: Some(5411),
+                        acceptor: AcceptorId::new(b"SHOP-A"),
+                        key: TxKey::new(b"0100", stan.as_bytes(), b"1126152942", b"1", b"T1")
+                            .unwrap(),
+                    };
+                    if let Decision::Approve(a) = cards.authorize(keys[idx], &req, NOW) {
+                        // The issuer answers while the hold is made durable.
+                        let issuer_approves = rng.random_range(0..10) != 0;
+                        if a.durable.wait().is_err() {
+                            return;
+                        }
+                        if issuer_approves {
+                            // Hold durable and issuer approved: the switch answers the
+                            // network with the approval now.
+                            {
+                                use std::io::Write;
+                                writeln!(stdout.lock(), "A {idx} {amount}").unwrap();
+                            }
+                            drop(cards.complete(
+                                &a.hold,
+                                IssuerOutcome::Approved(ResponseCode::APPROVED),
+                                NOW,
+                            ));
+                        } else {
+                            drop(cards.complete(
+                                &a.hold,
+                                IssuerOutcome::Declined(ResponseCode(*b"05")),
+                                NOW,
+                            ));
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    snapshots.join().unwrap();
+}
+
+#[test]
+fn crash_child() {
+    // Runs only as the re-executed child.
+    if let (Ok(dir), Ok(round)) = (
+        std::env::var("VPAN_CRASH_CHILD"),
+        std::env::var("VPAN_CRASH_ROUND"),
+    ) {
+        child(Path::new(&dir), round.parse().unwrap());
+    }
+}
+
+#[test]
+fn kill_9_at_random_moments_loses_no_acknowledged_approval_and_breaks_no_cap() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    {
+        let (cards, _) = open(&data);
+        let mut text = String::new();
+        for _ in 0..CARDS {
+            let key = issue(&cards, &spec(CAP));
+            let pan: Pan = key.pan();
+            text.push_str(pan.expose());
+            text.push('\n');
+        }
+        std::fs::write(keys_file(work.path()), text).unwrap();
+    }
+    let keys = read_keys(work.path());
+    let mut acked: HashMap<usize, u64> = HashMap::new();
+    let mut total_acks = 0u64;
+    let mut rng = rand::rng();
+    let started = Instant::now();
+    for round in 0..ROUNDS {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
+            .env("VPAN_CRASH_CHILD", work.path())
+            .env("VPAN_CRASH_ROUND", round.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(rng.random_range(80..400)));
+        child.kill().unwrap(); // SIGKILL
+        let mut out = String::new();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        child.wait().unwrap();
+        // Only whole lines were acknowledged; a line cut by the kill was not.
+        let whole = out.rfind('\n').map_or("", |end| &out[..end]);
+        for line in whole.lines() {
+            let mut parts = line.split(' ');
+            let (Some(kind), Some(idx), Some(amount)) = (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let (Ok(idx), Ok(amount)) = (idx.parse::<usize>(), amount.parse::<u64>()) else {
+                continue;
+            };
+            if kind == "A" {
+                *acked.entry(idx).or_default() += amount;
+                total_acks += 1;
+            }
+        }
+        let (cards, recovered) = open(&data);
+        for (idx, &key) in keys.iter().enumerate() {
+            let v = cards.get(key).unwrap();
+            let want = acked.get(&idx).copied().unwrap_or(0);
+            if v.spent < want {
+                dump(&data, key);
+            }
+            assert!(
+                v.spent >= want,
+                "round {round}: card {idx} spent {} < acknowledged {want} ({recovered:?})",
+                v.spent
+            );
+            assert!(v.spent <= CAP, "round {round}: card {idx} over its cap");
+            assert_eq!(v.held, 0, "round {round}: a hold survived recovery");
+        }
+    }
+    assert!(
+        total_acks > 100,
+        "the child approved too little to test anything ({total_acks})"
+    );
+    eprintln!(
+        "{ROUNDS} kills, {total_acks} acknowledged approvals, {:?}",
+        started.elapsed()
+    );
+}
+
+/// On failure: the journal's events for the card, to see what was lost.
+fn dump(data: &Path, key: CardKey) {
+    use vpan::cards::event::Event;
+    let mut segs = vpan::store::journal::list_segments(data).unwrap();
+    segs.sort();
+    eprintln!("segments {segs:?}");
+    for n in segs {
+        let path = vpan::store::journal::segment_path(data, n);
+        let r = vpan::store::journal::read_records(&path, |p| {
+            let ev = Event::decode(p).unwrap();
+            if ev.key() == key {
+                match &ev {
+                    Event::Held(t) => {
+                        eprintln!("{n} H lsn {} amt {} stan {}", t.lsn, t.amount, t.tx.stan)
+                    }
+                    Event::Outcome { hold, approved, .. } => eprintln!(
+                        "{n} O lsn {} amt {} stan {} ok {approved}",
+                        hold.lsn, hold.amount, hold.tx.stan
+                    ),
+                    other => eprintln!("{n} {:?}", other.lsn()),
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+        eprintln!("segment {n}: {r:?}");
+    }
+}
+
+/// The newest journal segment with records in it.
+fn last_segment(data: &Path) -> PathBuf {
+    let mut segs = vpan::store::journal::list_segments(data).unwrap();
+    segs.reverse();
+    segs.into_iter()
+        .map(|n| vpan::store::journal::segment_path(data, n))
+        .find(|p| std::fs::metadata(p).unwrap().len() > 0)
+        .unwrap()
+}
+
+#[test]
+fn a_torn_journal_tail_is_cut_and_everything_before_it_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = {
+        let (cards, _) = open(dir.path());
+        let key = issue(&cards, &spec(100_000));
+        for stan in 0..3 {
+            let a = match cards.authorize(key, &purchase(1_000, stan), NOW) {
+                Decision::Approve(a) => a,
+                other => panic!("{other:?}"),
+            };
+            a.durable.wait().unwrap();
+            cards
+                .complete(
+                    &a.hold,
+                    IssuerOutcome::Approved(ResponseCode::APPROVED),
+                    NOW,
+                )
+                .wait()
+                .unwrap();
+        }
+        key
+    };
+    // Tear the last record (the third answer) in the middle, as a crash mid-write would.
+    let seg = last_segment(dir.path());
+    let len = std::fs::metadata(&seg).unwrap().len();
+    let file = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    file.set_len(len - 20).unwrap();
+    drop(file);
+    let (cards, rec) = open(dir.path());
+    assert!(rec.bytes_cut > 0, "{rec:?}");
+    // The third hold is durable but its answer was torn away: counted as spent, not lost.
+    let v = cards.get(key).unwrap();
+    assert_eq!((v.spent, v.held, v.uses), (3_000, 0, 3));
+    assert_eq!(rec.holds_counted_as_spent, 1);
+    drop(cards);
+    // The cut is for good: a second start finds a clean journal.
+    let (_, again) = open(dir.path());
+    assert_eq!(again.bytes_cut, 0);
+}
+
+#[test]
+fn a_corrupted_journal_record_is_cut_never_misread() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = {
+        let (cards, _) = open(dir.path());
+        let key = issue(&cards, &spec(100_000));
+        for stan in 0..3 {
+            let a = match cards.authorize(key, &purchase(1_000 * (u64::from(stan) + 1), stan), NOW)
+            {
+                Decision::Approve(a) => a,
+                other => panic!("{other:?}"),
+            };
+            a.durable.wait().unwrap();
+        }
+        key
+    };
+    // Flip one bit inside the last hold's amount: a misread would hold a different sum.
+    let seg = last_segment(dir.path());
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let at = bytes.len() - 40;
+    bytes[at] ^= 0x04;
+    std::fs::write(&seg, &bytes).unwrap();
+    let (cards, rec) = open(dir.path());
+    assert!(rec.bytes_cut > 0, "{rec:?}");
+    let v = cards.get(key).unwrap();
+    // The first two holds (1,000 and 2,000) survive, counted as spent; the third is cut whole.
+    assert_eq!((v.spent, v.held, v.uses), (3_000, 0, 2));
+}
