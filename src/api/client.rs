@@ -29,20 +29,33 @@ pub struct CardArgs {
         long,
         env = "VPAN_URL",
         default_value = "https://127.0.0.1:8443",
-        global = true
+        global = true,
+        help_heading = "Connection"
     )]
     pub url: String,
     /// Bearer token (default: the content of ./vpan-data/api-token).
-    #[arg(long, env = "VPAN_TOKEN", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "VPAN_TOKEN",
+        hide_env_values = true,
+        global = true,
+        help_heading = "Connection"
+    )]
     pub token: Option<String>,
     /// Read the bearer token from this file (e.g. <data_dir>/api-token).
-    #[arg(long, value_name = "FILE", global = true)]
+    #[arg(long, value_name = "FILE", global = true, help_heading = "Connection")]
     pub token_file: Option<PathBuf>,
     /// PEM certificate to trust (default: ./vpan-data/tls-cert.pem when it exists).
-    #[arg(long, env = "VPAN_CA", value_name = "PEM", global = true)]
+    #[arg(
+        long,
+        env = "VPAN_CA",
+        value_name = "PEM",
+        global = true,
+        help_heading = "Connection"
+    )]
     pub ca: Option<PathBuf>,
     /// Print the API's JSON instead of readable text.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Output")]
     pub json: bool,
 }
 
