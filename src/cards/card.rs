@@ -152,7 +152,7 @@ impl Expiry {
 
 /// Year, month (1..=12) and day of a count of days since 1970-01-01 (Howard Hinnant's
 /// `civil_from_days`, exact for the proleptic Gregorian calendar).
-fn civil_from_days(days: i64) -> (i64, u8, u8) {
+pub fn civil_from_days(days: i64) -> (i64, u8, u8) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);

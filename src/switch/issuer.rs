@@ -580,7 +580,8 @@ pub fn transmission_time() -> [u8; 10] {
         .unwrap_or(0);
     let days = secs / 86_400;
     let rem = secs % 86_400;
-    let (_, month, day) = civil_from_days(days as i64);
+    let (_, month, day) = crate::cards::card::civil_from_days(days as i64);
+    let (month, day) = (u32::from(month), u32::from(day));
     let digits = [
         month / 10,
         month % 10,
@@ -600,30 +601,9 @@ pub fn transmission_time() -> [u8; 10] {
     out
 }
 
-/// Days since 1970-01-01 to (year, month, day), Howard Hinnant's algorithm.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn civil_dates_come_out_right() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_783), (2026, 11, 26));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-    }
 
     #[test]
     fn a_reversal_names_its_original_in_de90_and_drops_card_data() {
