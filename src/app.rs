@@ -370,3 +370,25 @@ fn codec(
     let header_len = decode_hex(header_hex).map_or(0, |h| h.len());
     Ok(FrameCodec::new(framing, header_len, max_frame))
 }
+
+/// Resolves on Ctrl-C or SIGTERM (how systemd and container runtimes stop a process).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

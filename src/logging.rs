@@ -19,7 +19,18 @@ pub enum LogFormat {
 /// Installs the process-wide subscriber, writing to stderr. A second call does nothing
 /// (tests start several apps in one process).
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    init_at(format, "info");
+}
+
+/// Like [`init`], but only warnings and errors unless `RUST_LOG` says otherwise: for
+/// commands whose own output (a report) is what the reader came for.
+pub fn init_quiet(format: LogFormat) {
+    init_at(format, "warn");
+}
+
+fn init_at(format: LogFormat, default_level: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -28,6 +28,10 @@ enum Command {
     IssuerSim(tools::issuer_sim::Args),
     /// Replays a traffic file over many connections and reports throughput and latency.
     Loadgen(tools::loadgen::Args),
+    /// The whole system on this machine: issuer simulator, switch and API in one process,
+    /// cards issued over HTTPS, fixture traffic replayed, and a report (exit 1 if any
+    /// expectation failed).
+    Demo(tools::demo::Args),
     /// A client of the HTTPS issuance API: create, show, pause, resume, close, list.
     Card(Box<vpan::api::client::CardArgs>),
 }
@@ -55,6 +59,17 @@ fn main() -> ExitCode {
         Command::Loadgen(args) => {
             logging::init(LogFormat::Human);
             runtime().and_then(|rt| rt.block_on(tools::loadgen::run_cli(args)))
+        }
+        Command::Demo(args) => {
+            logging::init_quiet(LogFormat::Human);
+            return match runtime().and_then(|rt| rt.block_on(tools::demo::run_cli(args))) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(message) => {
+                    eprintln!("vpan: {message}");
+                    ExitCode::from(1)
+                }
+            };
         }
         Command::Card(args) => return vpan::api::client::main(*args),
     };
@@ -84,28 +99,8 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         Config::load(args.config.as_deref(), std::env::vars()).map_err(|e| e.to_string())?;
     runtime()?.block_on(async {
         let app = App::build(config).await.map_err(|e| e.to_string())?;
-        app.run(shutdown_signal()).await.map_err(|e| e.to_string())
+        app.run(vpan::app::shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())
     })
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
 }

@@ -27,6 +27,20 @@ pub const ISSUER_CONNECTED: &str = "vpan_issuer_connected";
 pub const NETWORK_CONNECTIONS: &str = "vpan_network_connections";
 /// Counter of frames refused, by `reason`.
 pub const FRAMES_REJECTED_TOTAL: &str = "vpan_frames_rejected_total";
+/// Every `reason` of [`FRAMES_REJECTED_TOTAL`]: a connection refused over
+/// `max_connections`, a length header over `max_frame_bytes` or unreadable, a socket
+/// error, a peer too slow to read its answers or to send a whole frame, a frame whose MTI
+/// or STAN cannot be read (dropped), a format error answered 30.
+pub const REJECT_REASONS: [&str; 8] = [
+    "max_connections",
+    "too_large",
+    "bad_length",
+    "io",
+    "write_stalled",
+    "read_timeout",
+    "unreadable",
+    "format_error",
+];
 /// Gauge of cards, by `status`.
 pub const CARDS: &str = "vpan_cards";
 /// Histogram of one journal group commit (write + fdatasync).
@@ -113,6 +127,9 @@ fn zero() {
     metrics::counter!(ISSUER_TIMEOUTS_TOTAL).absolute(0);
     metrics::gauge!(ISSUER_CONNECTED).set(0.0);
     metrics::gauge!(NETWORK_CONNECTIONS).set(0.0);
+    for reason in REJECT_REASONS {
+        metrics::counter!(FRAMES_REJECTED_TOTAL, "reason" => reason).absolute(0);
+    }
 }
 
 /// Serves `GET /metrics` on `listener` until `shutdown` resolves.

@@ -472,3 +472,28 @@ async fn racing_authorizations_over_the_wire_never_exceed_the_cap() {
     assert_eq!(view.spent, 9_900);
     rig.stop().await;
 }
+
+#[tokio::test]
+async fn the_same_stan_and_time_from_two_terminals_are_two_approvals_not_a_repeat() {
+    let rig = rig(Some(SimConfig::default()), |_| {}).await;
+    let (card, _) = rig.issue(|_| {}).await;
+    let mut net = Client::connect(rig.network).await;
+    let first = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 1_000);
+    // Many acquirers keep one STAN counter per terminal: the second terminal sends the
+    // same STAN in the same second, for another purchase.
+    let mut second = first.clone();
+    second.set(41, b"TERM0002").unwrap();
+    second.set(4, b"000000002000").unwrap();
+    let second = Message::parse(Spec::iso87ascii(), second.pack()).unwrap();
+    assert_eq!(code(&net.call(&first).await), "00");
+    assert_eq!(code(&net.call(&second).await), "00");
+    let view = rig.cards.get(CardKey::of(&card.vpan)).unwrap();
+    assert_eq!((view.spent, view.uses), (3_000, 2));
+
+    // A reversal from the second terminal reverses the second purchase only.
+    let reversal = reversal_of(&mut net, &second);
+    assert_eq!(code(&net.call(&reversal).await), "00");
+    let view = rig.cards.get(CardKey::of(&card.vpan)).unwrap();
+    assert_eq!((view.spent, view.uses), (1_000, 1));
+    rig.stop().await;
+}

@@ -175,6 +175,13 @@ enum Failure {
     Failed(String),
 }
 
+/// The API's or the connection's refusal, as [`ApiClient::call`] words it.
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure::Failed(message)
+    }
+}
+
 /// Runs `vpan card ...`; prints the result or one error line, returns the exit status.
 pub fn main(args: CardArgs) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -200,8 +207,8 @@ pub fn main(args: CardArgs) -> ExitCode {
     }
 }
 
-/// A connection to the API.
-struct Api {
+/// A connection to the API: `vpan card` and `vpan demo` speak through it.
+pub struct ApiClient {
     /// HTTPS client trusting only `--ca` (or the data dir's certificate).
     http: reqwest::Client,
     /// Base URL without a trailing slash.
@@ -271,7 +278,7 @@ async fn run(args: CardArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn status(api: &Api, vpan: &str, verb: &str, json_out: bool) -> Result<(), Failure> {
+async fn status(api: &ApiClient, vpan: &str, verb: &str, json_out: bool) -> Result<(), Failure> {
     let card = api
         .call(
             reqwest::Method::POST,
@@ -288,7 +295,7 @@ fn path(vpan: &str) -> String {
     vpan.chars().filter(char::is_ascii_alphanumeric).collect()
 }
 
-fn connect(args: &CardArgs) -> Result<Api, Failure> {
+fn connect(args: &CardArgs) -> Result<ApiClient, Failure> {
     let default_dir = Path::new("vpan-data");
     let token = match (&args.token_file, &args.token) {
         (Some(file), _) => read_token(file)?,
@@ -307,26 +314,7 @@ fn connect(args: &CardArgs) -> Result<Api, Failure> {
         .ca
         .clone()
         .or_else(|| Some(default_dir.join("tls-cert.pem")).filter(|p| p.exists()));
-    let mut builder = reqwest::Client::builder()
-        .use_rustls_tls()
-        .timeout(Duration::from_secs(30))
-        .connect_timeout(Duration::from_secs(5));
-    if let Some(ca) = ca {
-        let pem = std::fs::read(&ca)
-            .map_err(|e| Failure::Usage(format!("--ca {}: {e}", ca.display())))?;
-        let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
-            Failure::Usage(format!("--ca {}: not a PEM certificate: {e}", ca.display()))
-        })?;
-        builder = builder.add_root_certificate(cert);
-    }
-    let http = builder
-        .build()
-        .map_err(|e| Failure::Failed(format!("cannot set up HTTPS: {}", chain(&e))))?;
-    Ok(Api {
-        http,
-        base: args.url.trim_end_matches('/').to_string(),
-        token,
-    })
+    ApiClient::new(&args.url, token, ca.as_deref()).map_err(Failure::Usage)
 }
 
 fn read_token(file: &Path) -> Result<String, Failure> {
@@ -342,14 +330,37 @@ fn read_token(file: &Path) -> Result<String, Failure> {
     Ok(token.to_string())
 }
 
-impl Api {
+impl ApiClient {
+    /// A client of the API at `base` (e.g. `https://127.0.0.1:8443`), trusting the PEM
+    /// certificate `ca` (besides the system's roots); the error names the bad file.
+    pub fn new(base: &str, token: String, ca: Option<&Path>) -> Result<ApiClient, String> {
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .timeout(Duration::from_secs(30))
+            .connect_timeout(Duration::from_secs(5));
+        if let Some(ca) = ca {
+            let pem = std::fs::read(ca).map_err(|e| format!("--ca {}: {e}", ca.display()))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .map_err(|e| format!("--ca {}: not a PEM certificate: {e}", ca.display()))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| format!("cannot set up HTTPS: {}", chain(&e)))?;
+        Ok(ApiClient {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+            token,
+        })
+    }
+
     /// One call; the JSON answer on success, the API's error as one line otherwise.
-    async fn call(
+    pub async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<Value>,
-    ) -> Result<Value, Failure> {
+    ) -> Result<Value, String> {
         let url = format!("{}{path}", self.base);
         let mut request = self.http.request(method, &url).bearer_auth(&self.token);
         if let Some(body) = body {
@@ -360,25 +371,21 @@ impl Api {
             if m.contains("certificate") {
                 m.push_str(" (pass --ca with the API's certificate, e.g. vpan-data/tls-cert.pem)");
             }
-            Failure::Failed(m)
+            m
         })?;
         let status = response.status();
         let text = response
             .text()
             .await
-            .map_err(|e| Failure::Failed(format!("reading the answer: {}", chain(&e))))?;
+            .map_err(|e| format!("reading the answer: {}", chain(&e)))?;
         let value: Option<Value> = serde_json::from_str(&text).ok();
         if status.is_success() {
-            return value
-                .ok_or_else(|| Failure::Failed(format!("the answer to {path} is not JSON")));
+            return value.ok_or_else(|| format!("the answer to {path} is not JSON"));
         }
         let error = value.as_ref().map(|v| &v["error"]);
         match error.and_then(|e| Some((e["code"].as_str()?, e["message"].as_str()?))) {
-            Some((code, message)) => Err(Failure::Failed(format!(
-                "{code}: {message} (HTTP {})",
-                status.as_u16()
-            ))),
-            None => Err(Failure::Failed(format!("HTTP {status} from {path}"))),
+            Some((code, message)) => Err(format!("{code}: {message} (HTTP {})", status.as_u16())),
+            None => Err(format!("HTTP {status} from {path}")),
         }
     }
 }

@@ -419,6 +419,7 @@ pub(crate) fn put_tx(out: &mut Vec<u8>, tx: &OriginalData) {
     out.u32(tx.stan);
     out.u32(tx.transmitted);
     out.u64(tx.acquirer);
+    out.extend_from_slice(&tx.terminal);
 }
 
 pub(crate) fn get_tx(g: &mut Get<'_>) -> Option<OriginalData> {
@@ -427,6 +428,7 @@ pub(crate) fn get_tx(g: &mut Get<'_>) -> Option<OriginalData> {
         stan: g.u32()?,
         transmitted: g.u32()?,
         acquirer: g.u64()?,
+        terminal: g.array()?,
     })
 }
 
@@ -867,6 +869,7 @@ mod tests {
                 stan: 42,
                 transmitted: 1_126_152_942,
                 acquirer: 12_345,
+                terminal: *b"TERM0001",
             },
             fingerprint: 0xdead_beef,
             amount: 930,

@@ -201,6 +201,7 @@ mod tests {
             stan,
             transmitted: 1,
             acquirer: 1,
+            terminal: *b"T1      ",
         }
     }
 

@@ -160,18 +160,22 @@ impl TxKey {
         TxKey { class, ..self }
     }
 
-    /// The part DE 90 can name (everything but the terminal).
+    /// The key a later reversal finds this message by (the ledger's key).
     pub fn original(&self) -> OriginalData {
         OriginalData {
             class: self.class,
             stan: self.stan,
             transmitted: self.transmitted,
             acquirer: self.acquirer,
+            terminal: self.terminal,
         }
     }
 }
 
-/// DE 90, original data elements: what a reversal says about the message it reverses.
+/// What a reversal says about the message it reverses: DE 90 (original data elements),
+/// plus the terminal, which DE 90 does not carry but a reversal comes from (DE 41). The
+/// ledger is keyed by it: two terminals of one acquirer may use the same STAN in the same
+/// second (many keep a STAN counter each), and they are two transactions, not a repeat.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct OriginalData {
     /// Second digit of the original MTI.
@@ -182,12 +186,14 @@ pub struct OriginalData {
     pub transmitted: u32,
     /// Original DE 32, as a number.
     pub acquirer: u64,
+    /// DE 41 of the original (and of its reversal), space padded.
+    pub terminal: [u8; 8],
 }
 
 impl OriginalData {
     /// Parses DE 90: original MTI (4), STAN (6), DE 7 (10), acquirer (11), forwarding
-    /// institution (11); 42 digits.
-    pub fn parse(de90: &[u8]) -> Option<OriginalData> {
+    /// institution (11); 42 digits. `terminal` is the reversal's own DE 41 key part.
+    pub fn parse(de90: &[u8], terminal: [u8; 8]) -> Option<OriginalData> {
         if de90.len() != 42 {
             return None;
         }
@@ -197,6 +203,7 @@ impl OriginalData {
             stan: u32::try_from(numeric(&de90[4..10])?).ok()?,
             transmitted: u32::try_from(numeric(&de90[10..20])?).ok()?,
             acquirer: numeric(&de90[20..31])?,
+            terminal,
         })
     }
 }
@@ -304,8 +311,18 @@ mod tests {
     fn de90_names_the_same_transaction_as_its_key() {
         let key = TxKey::new(b"0200", b"000123", b"1126153000", b"12345", b"TERM01").unwrap();
         let de90 = b"020000012311261530000000001234500000000000";
-        assert_eq!(OriginalData::parse(de90), Some(key.original()));
-        assert_eq!(OriginalData::parse(b"0200"), None);
+        assert_eq!(
+            OriginalData::parse(de90, key.terminal),
+            Some(key.original())
+        );
+        assert_eq!(OriginalData::parse(b"0200", key.terminal), None);
+    }
+
+    #[test]
+    fn the_same_stan_and_time_at_two_terminals_are_two_transactions() {
+        let a = TxKey::new(b"0100", b"000123", b"1126153000", b"12345", b"TERM01").unwrap();
+        let b = TxKey::new(b"0100", b"000123", b"1126153000", b"12345", b"TERM02").unwrap();
+        assert_ne!(a.original(), b.original());
     }
 
     #[test]

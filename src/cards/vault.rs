@@ -275,7 +275,7 @@ impl Default for SnapshotPolicy {
 }
 
 /// Snapshot format version.
-const SNAPSHOT_VERSION: u8 = 1;
+const SNAPSHOT_VERSION: u8 = 2;
 
 /// The virtual cards: index, ledger, journal. Share it behind an `Arc`.
 pub struct Cards {

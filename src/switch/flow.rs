@@ -450,10 +450,13 @@ pub fn auth_request(msg: &Message) -> Option<AuthRequest> {
 
 /// The cards' view of a 0400/0420.
 pub fn reversal_request(msg: &Message) -> Option<ReversalRequest> {
+    let key = tx_key(msg)?;
     Some(ReversalRequest {
         mti: msg.mti(),
-        key: tx_key(msg)?,
-        original: msg.text(90).and_then(|t| OriginalData::parse(t.as_bytes())),
+        key,
+        original: msg
+            .text(90)
+            .and_then(|t| OriginalData::parse(t.as_bytes(), key.terminal)),
         remaining: msg.replacement_amounts().map(|r| r.transaction),
     })
 }

@@ -105,6 +105,11 @@ pub struct SimConfig {
     pub latency: Duration,
     /// Share of requests booked but never answered.
     pub timeout_share: f64,
+    /// Cards whose authorizations and purchases (0100, 0200) are booked but never
+    /// answered: a host that hangs on some accounts, for scenarios that need a timeout (91)
+    /// at a known place. Their reversals are answered, so the switch's reversal of the
+    /// timed-out request goes through.
+    pub silent: Vec<Pan>,
     /// Share of requests after which the connection is closed.
     pub drop_share: f64,
     /// Seed for fault draws and auth codes; `None` for a random one.
@@ -128,6 +133,7 @@ impl Default for SimConfig {
             default_balance: Some(DEFAULT_BALANCE),
             latency: Duration::ZERO,
             timeout_share: 0.0,
+            silent: Vec::new(),
             drop_share: 0.0,
             seed: None,
             keep_last: 1000,
@@ -203,6 +209,7 @@ impl SimConfig {
             latency: Duration::from_millis(args.latency_ms)
                 + Duration::from_micros(args.latency_us),
             timeout_share: args.timeout_share,
+            silent: Vec::new(),
             drop_share: args.drop_share,
             seed: args.seed,
             keep_last: 0,
@@ -1055,7 +1062,7 @@ impl Connection {
         let Some(decision) = self.shared.ledger.decide(&msg) else {
             return Next::Continue;
         };
-        if roll < cfg.drop_share + cfg.timeout_share {
+        if roll < cfg.drop_share + cfg.timeout_share || self.is_silent(&msg) {
             self.shared.unanswered.fetch_add(1, Ordering::Relaxed);
             self.shared.record(&msg, None);
             return Next::Continue;
@@ -1064,6 +1071,18 @@ impl Connection {
         let resp = response(&msg, &decision);
         self.emit(&header, &resp);
         Next::Continue
+    }
+
+    /// True when the request's card is one the host never answers for.
+    fn is_silent(&self, msg: &Message) -> bool {
+        let silent = &self.shared.config.silent;
+        let mti = msg.mti();
+        !silent.is_empty()
+            && matches!((mti[1], mti[2]), (b'1' | b'2', b'0'))
+            && msg
+                .pan()
+                .and_then(Result::ok)
+                .is_some_and(|p| silent.contains(&p))
     }
 
     /// Frames an answer into the write buffer, or into the delay queue.
@@ -1095,31 +1114,11 @@ async fn sleep_until_opt(t: Option<Instant>) {
     }
 }
 
-/// Resolves on Ctrl-C, or on SIGTERM (how systemd and container runtimes stop a process).
-async fn shutdown_signal() -> Result<(), String> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term =
-            signal(SignalKind::terminate()).map_err(|e| format!("cannot wait for SIGTERM: {e}"))?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.map_err(|e| format!("cannot wait for Ctrl-C: {e}")),
-            _ = term.recv() => Ok(()),
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c()
-            .await
-            .map_err(|e| format!("cannot wait for Ctrl-C: {e}"))
-    }
-}
-
 /// `vpan issuer-sim`: starts the simulator and serves until Ctrl-C or SIGTERM.
 pub async fn run_cli(args: Args) -> Result<(), String> {
     let config = SimConfig::from_args(&args).map_err(|e| e.to_string())?;
     let handle = IssuerSim::start(config).await.map_err(|e| e.to_string())?;
-    shutdown_signal().await?;
+    crate::app::shutdown_signal().await;
     let stats = handle.stats();
     info!(
         requests = stats.requests,

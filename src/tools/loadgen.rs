@@ -35,7 +35,7 @@ use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 
-use super::traffic::{Traffic, original_data_elements};
+use super::traffic::{Traffic, load_bindings, original_data_elements};
 use crate::iso8583::codec::header_from_hex;
 use crate::iso8583::{Frame, FrameCodec, Framing, Message, Spec};
 
@@ -55,6 +55,10 @@ pub struct Args {
     /// Traffic file (JSON Lines; see the README).
     #[arg(long)]
     pub traffic: PathBuf,
+    /// Cards file for the traffic's `${vpan.NAME}` / `${expiry.NAME}` placeholders
+    /// (JSON `{"NAME": {"vpan", "expiry"}}`, as `vpan demo` writes it).
+    #[arg(long, value_name = "FILE")]
+    pub cards: Option<PathBuf>,
     /// Connections to open.
     #[arg(long, default_value_t = 4)]
     pub connections: usize,
@@ -186,7 +190,11 @@ impl LoadgenConfig {
         {
             return Err("--rate must be a positive number of requests per second".into());
         }
-        let traffic = Traffic::load(&args.traffic, spec).map_err(|e| e.to_string())?;
+        let traffic = match &args.cards {
+            None => Traffic::load(&args.traffic, spec),
+            Some(file) => Traffic::load_bound(&args.traffic, spec, &load_bindings(file)?),
+        }
+        .map_err(|e| e.to_string())?;
         Ok(LoadgenConfig {
             target: args.target.clone(),
             traffic: Arc::new(traffic),
@@ -507,7 +515,7 @@ impl Conn {
                 continue;
             }
             let entry = traffic.entries().get(run.next)?;
-            let ready = match entry.reverses {
+            let ready = match entry.refers_to() {
                 Some(o) => run.originals.get(&o).is_none_or(|(_, settled)| *settled),
                 None => true,
             };
@@ -555,12 +563,21 @@ impl Conn {
         let Some((ri, idx)) = self.next_sendable() else {
             return false;
         };
-        let stan = self.fresh_stan();
-        let stan_digits = six_digits(stan);
         let traffic = self.shared.traffic_ref();
         let Some(entry) = traffic.entries().get(idx) else {
             return false;
         };
+        // A repeat reuses its first message's STAN and DE 7 (the transaction key), taken
+        // back out of that message's DE 90 as it was sent.
+        let first = entry
+            .repeats
+            .and_then(|o| self.runs.get(ri)?.originals.get(&o))
+            .map(|(de90, _)| *de90);
+        let (stan, de7) = match first.as_ref().and_then(repeated_key) {
+            Some((stan, time)) if !self.pending.contains_key(&stan) => (stan, time),
+            _ => (self.fresh_stan(), de7),
+        };
+        let stan_digits = six_digits(stan);
         let Some(run) = self.runs.get_mut(ri) else {
             return false;
         };
@@ -577,6 +594,7 @@ impl Conn {
             let de90 = original_data_elements(&m.mti(), &stan_digits, &de7, &acquirer);
             run.originals.insert(idx, (de90, false));
         }
+        let framed_from = self.out.len();
         if !ok
             || self
                 .codec
@@ -591,6 +609,12 @@ impl Conn {
                 o.1 = true;
             }
             return true;
+        }
+        if entry.malformed
+            && self.out.len() > framed_from
+            && let Some(last) = self.out.last_mut()
+        {
+            *last = 0xFF;
         }
         let run_id = run.id;
         run.outstanding += 1;
@@ -883,7 +907,9 @@ pub async fn run(mut cfg: LoadgenConfig) -> Result<Summary, LoadgenError> {
     let shared = Arc::new(Shared {
         deadline: cfg.duration.map(|d| start + d),
         next_run: AtomicU64::new(0),
-        stan: AtomicU32::new(0),
+        // A random start, as after a real acquirer's restart: two runs in the same second
+        // (a demo's story, then its load) must not reuse each other's transaction keys.
+        stan: AtomicU32::new(rand::random_range(0..999_999)),
         exhausted: AtomicBool::new(false),
         sent: AtomicU64::new(0),
         answered: AtomicU64::new(0),
@@ -1095,6 +1121,13 @@ fn six_digits(mut n: u32) -> [u8; 6] {
         n /= 10;
     }
     out
+}
+
+/// The STAN and DE 7 a DE 90 (as built by `original_data_elements`) describes.
+fn repeated_key(de90: &[u8; 42]) -> Option<(u32, [u8; 10])> {
+    let stan = digits_u32(de90.get(4..10)?)?;
+    let time = <[u8; 10]>::try_from(de90.get(10..20)?).ok()?;
+    Some((stan, time))
 }
 
 fn digits_u32(d: &[u8]) -> Option<u32> {

@@ -6,9 +6,12 @@
 //! - [`issuer_sim`]: an issuer authorization host with accounts and balances, the far side
 //!   of the switch (`vpan issuer-sim`).
 //! - [`traffic`]: the traffic file, JSON Lines in the codec vectors' field notation.
+//! - [`demo`]: the whole system in one process, driven from outside through the API and
+//!   the wire, with a report of what was expected and what came (`vpan demo`).
 //! - [`loadgen`]: replays a traffic file over many connections, closed loop or at a fixed
 //!   rate, and reports throughput and latency percentiles (`vpan loadgen`).
 
+pub mod demo;
 pub mod issuer_sim;
 pub mod loadgen;
 pub mod traffic;

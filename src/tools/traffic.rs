@@ -13,8 +13,16 @@
 //! Besides `fields`, a line may carry `expect` (the DE 39 the scenario expects; loadgen
 //! counts matches and mismatches), `reverses` (the 0-based index of an earlier *message* in
 //! the file, comments and blank lines not counted: DE 90 is filled at send time from that
-//! message as it was sent, and the reversal waits for its answer) and `name` (shown in
+//! message as it was sent, and the reversal waits for its answer), `repeats` (the same kind
+//! of index: the line goes out with that message's STAN and DE 7, so the switch sees the
+//! same transaction key again, after the first one's answer), `malformed` (`true`: the last
+//! byte of the packed message is overwritten with 0xFF, a format error the switch answers
+//! 30; the last field present must be a text or numeric one) and `name` (shown in
 //! reports). Lines starting with `#` and blank lines are skipped.
+//!
+//! Virtual cards exist only once issued, so a value may name one instead of holding a
+//! number: `${vpan.NAME}` and `${expiry.NAME}` are replaced at load time from a [`Bindings`]
+//! (the `cards.json` that `vpan demo` writes, or `vpan loadgen --cards FILE`).
 //!
 //! Every line is built into a [`Message`] at load time, so a bad value is refused with its
 //! line and field number before anything is sent, and sending is a clone and three edits.
@@ -93,9 +101,70 @@ pub enum TrafficError {
         /// The index given.
         index: usize,
     },
+    /// `repeats` does not name an earlier message of the same class.
+    #[error(
+        "traffic line {line}: \"repeats\": {index} must be the 0-based index of an earlier \
+         message of the same MTI class"
+    )]
+    Repeats {
+        /// File line, 1-based.
+        line: usize,
+        /// The index given.
+        index: usize,
+    },
+    /// `malformed` on a line whose last field is not numeric: 0xFF there would pass.
+    #[error(
+        "traffic line {line}: \"malformed\" breaks the last field, which must be numeric \
+         (field {field} is not)"
+    )]
+    Malformed {
+        /// File line, 1-based.
+        line: usize,
+        /// The last field of the message.
+        field: usize,
+    },
+    /// A `${...}` placeholder names no card of the bindings (or there are none).
+    #[error(
+        "traffic line {line}: {placeholder} names no issued card{hint}",
+        hint = if *.bound { "" } else { " (pass the cards file: vpan loadgen --cards FILE)" }
+    )]
+    Placeholder {
+        /// File line, 1-based.
+        line: usize,
+        /// The placeholder as written (a name, never a number).
+        placeholder: String,
+        /// Whether any bindings were given.
+        bound: bool,
+    },
     /// No message at all.
     #[error("traffic file has no message")]
     Empty,
+}
+
+/// A virtual card a traffic file names: what `${vpan.NAME}` and `${expiry.NAME}` become.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BoundCard {
+    /// The virtual card number.
+    pub vpan: String,
+    /// Its virtual expiry, YYMM.
+    pub expiry: String,
+}
+
+/// Card names to issued cards, as read from a `cards.json` (`{"NAME": {"vpan", "expiry"}}`).
+pub type Bindings = BTreeMap<String, BoundCard>;
+
+/// Reads a cards file for [`Traffic::parse_bound`].
+pub fn load_bindings(path: &Path) -> Result<Bindings, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read cards file {}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "cards file {}: not a JSON object of {{\"NAME\": {{\"vpan\", \"expiry\"}}}}: {}",
+            path.display(),
+            json_error(&e)
+        )
+    })
 }
 
 /// One line as written.
@@ -107,6 +176,10 @@ struct RawLine {
     expect: Option<String>,
     #[serde(default)]
     reverses: Option<usize>,
+    #[serde(default)]
+    repeats: Option<usize>,
+    #[serde(default)]
+    malformed: bool,
     #[serde(default)]
     name: Option<String>,
 }
@@ -124,6 +197,17 @@ pub struct Entry {
     pub expect: Option<[u8; 2]>,
     /// For a reversal: the index of the message it reverses.
     pub reverses: Option<usize>,
+    /// For a repeat: the index of the message whose STAN and DE 7 it reuses.
+    pub repeats: Option<usize>,
+    /// Sent with its last byte broken (a format error).
+    pub malformed: bool,
+}
+
+impl Entry {
+    /// The earlier message this one waits for (a reversal's original, a repeat's first).
+    pub fn refers_to(&self) -> Option<usize> {
+        self.reverses.or(self.repeats)
+    }
 }
 
 /// A loaded traffic file: the messages in order.
@@ -146,8 +230,38 @@ impl Traffic {
         Traffic::parse(&text, spec)
     }
 
-    /// Builds a traffic file from its text.
+    /// Reads and builds a traffic file whose `${...}` placeholders name these cards.
+    pub fn load_bound(
+        path: &Path,
+        spec: &'static Spec,
+        cards: &Bindings,
+    ) -> Result<Traffic, TrafficError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TrafficError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Traffic::parse_bound(&text, spec, cards)
+    }
+
+    /// Builds a traffic file from its text; a `${...}` placeholder is an error.
     pub fn parse(text: &str, spec: &'static Spec) -> Result<Traffic, TrafficError> {
+        Traffic::parse_with(text, spec, None)
+    }
+
+    /// Builds a traffic file from its text, filling `${vpan.NAME}` / `${expiry.NAME}`.
+    pub fn parse_bound(
+        text: &str,
+        spec: &'static Spec,
+        cards: &Bindings,
+    ) -> Result<Traffic, TrafficError> {
+        Traffic::parse_with(text, spec, Some(cards))
+    }
+
+    fn parse_with(
+        text: &str,
+        spec: &'static Spec,
+        cards: Option<&Bindings>,
+    ) -> Result<Traffic, TrafficError> {
         let mut entries: Vec<Entry> = Vec::new();
         for (i, raw) in text.lines().enumerate() {
             let line = i + 1;
@@ -159,7 +273,8 @@ impl Traffic {
                 line,
                 message: json_error(&e),
             })?;
-            let message = build(spec, &raw.fields, line)?;
+            let fields = bind(raw.fields, cards, line)?;
+            let message = build(spec, &fields, line)?;
             let expect = match raw.expect.as_deref() {
                 None => None,
                 Some(e) => Some(
@@ -175,12 +290,31 @@ impl Traffic {
                     return Err(TrafficError::Reverses { line, index });
                 }
             }
+            if raw.malformed {
+                let last = message.field_numbers().last().unwrap_or(0);
+                let numeric = spec
+                    .field(last)
+                    .is_some_and(|f| matches!(f.kind, crate::iso8583::Kind::N));
+                if !numeric {
+                    return Err(TrafficError::Malformed { line, field: last });
+                }
+            }
+            if let Some(index) = raw.repeats {
+                let same_class = entries
+                    .get(index)
+                    .is_some_and(|o| o.message.mti()[..3] == message.mti()[..3]);
+                if !same_class || raw.reverses.is_some() {
+                    return Err(TrafficError::Repeats { line, index });
+                }
+            }
             entries.push(Entry {
                 line,
                 name: raw.name,
                 message,
                 expect,
                 reverses: raw.reverses,
+                repeats: raw.repeats,
+                malformed: raw.malformed,
             });
         }
         if entries.is_empty() {
@@ -188,7 +322,7 @@ impl Traffic {
         }
         let mut referenced = vec![false; entries.len()];
         for e in &entries {
-            if let Some(slot) = e.reverses.and_then(|i| referenced.get_mut(i)) {
+            if let Some(slot) = e.refers_to().and_then(|i| referenced.get_mut(i)) {
                 *slot = true;
             }
         }
@@ -217,6 +351,32 @@ impl Traffic {
     pub fn is_referenced(&self, index: usize) -> bool {
         self.referenced.get(index).copied().unwrap_or(false)
     }
+}
+
+/// Replaces the `${vpan.NAME}` / `${expiry.NAME}` values by the named card's.
+fn bind(
+    mut fields: BTreeMap<String, String>,
+    cards: Option<&Bindings>,
+    line: usize,
+) -> Result<BTreeMap<String, String>, TrafficError> {
+    for value in fields.values_mut() {
+        let Some(inner) = value.strip_prefix("${").and_then(|v| v.strip_suffix('}')) else {
+            continue;
+        };
+        let unknown = || TrafficError::Placeholder {
+            line,
+            placeholder: format!("${{{}}}", inner.chars().take(40).collect::<String>()),
+            bound: cards.is_some(),
+        };
+        let (what, name) = inner.split_once('.').ok_or_else(unknown)?;
+        let card = cards.and_then(|c| c.get(name)).ok_or_else(unknown)?;
+        *value = match what {
+            "vpan" => card.vpan.clone(),
+            "expiry" => card.expiry.clone(),
+            _ => return Err(unknown()),
+        };
+    }
+    Ok(fields)
 }
 
 /// Builds one message from its fields and parses it back, so that the template is a
@@ -250,7 +410,8 @@ fn json_error(e: &serde_json::Error) -> String {
     let kind = match e.classify() {
         serde_json::error::Category::Syntax | serde_json::error::Category::Eof => "not valid JSON",
         serde_json::error::Category::Data => {
-            "not of the form {\"fields\": {...}, \"expect\"?, \"reverses\"?, \"name\"?}"
+            "not of the form {\"fields\": {...}, \"expect\"?, \"reverses\"?, \"repeats\"?, \
+             \"malformed\"?, \"name\"?}"
         }
         serde_json::error::Category::Io => "unreadable",
     };
@@ -343,6 +504,71 @@ mod tests {
             Traffic::parse("# nothing\n", Spec::iso87ascii()),
             Err(TrafficError::Empty)
         ));
+    }
+
+    /// A made-up Luhn-valid card number under the vectors' test BIN.
+    fn test_vpan() -> String {
+        let mut digits = b"497010555512345".to_vec();
+        digits.push(b'0' + crate::pan::luhn_check_digit(&digits));
+        String::from_utf8(digits).unwrap()
+    }
+
+    fn bindings() -> Bindings {
+        Bindings::from([(
+            "gift".to_string(),
+            BoundCard {
+                vpan: test_vpan(),
+                expiry: "2912".into(),
+            },
+        )])
+    }
+
+    #[test]
+    fn placeholders_become_the_named_card_and_an_unknown_name_is_refused() {
+        let line = r#"{"fields": {"t": "0100", "2": "${vpan.gift}", "4": "000000000100", "14": "${expiry.gift}"}}"#;
+        let t = Traffic::parse_bound(line, Spec::iso87ascii(), &bindings()).unwrap();
+        let m = &t.entries()[0].message;
+        assert_eq!(m.text(2).as_deref(), Some(test_vpan().as_bytes()));
+        assert_eq!(m.text(14).as_deref(), Some(&b"2912"[..]));
+
+        let err = Traffic::parse(line, Spec::iso87ascii())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(".gift} names no issued card"), "{err}");
+        assert!(err.contains("--cards FILE"), "{err}");
+        let other = line.replace("vpan.gift", "vpan.other");
+        let err = Traffic::parse_bound(&other, Spec::iso87ascii(), &bindings())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("traffic line 1: ${vpan.other} names no issued card"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_repeat_names_an_earlier_message_of_its_class() {
+        let repeat = r#"{"fields": {"t": "0101", "2": "4970101234567893", "3": "000000", "4": "000000012345"}, "repeats": 0}"#;
+        let t = Traffic::parse(&format!("{PURCHASE}\n{repeat}\n"), Spec::iso87ascii()).unwrap();
+        assert_eq!(t.entries()[1].refers_to(), Some(0));
+        assert!(t.is_referenced(0));
+        let wrong = repeat.replace("0101", "0201");
+        let err = Traffic::parse(&format!("{PURCHASE}\n{wrong}\n"), Spec::iso87ascii())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("traffic line 2: \"repeats\": 0"), "{err}");
+    }
+
+    #[test]
+    fn malformed_needs_a_numeric_last_field_to_break() {
+        let ok =
+            r#"{"fields": {"t": "0100", "3": "000000", "4": "000000000100"}, "malformed": true}"#;
+        assert!(Traffic::parse(ok, Spec::iso87ascii()).unwrap().entries()[0].malformed);
+        let text_last = r#"{"fields": {"t": "0100", "4": "000000000100", "41": "TERM0001"}, "malformed": true}"#;
+        let err = Traffic::parse(text_last, Spec::iso87ascii())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("field 41 is not"), "{err}");
     }
 
     #[test]

@@ -1,0 +1,97 @@
+//! `vpan demo` as an operator runs it: the real binary, its own simulator, switch and API
+//! in one process, real TCP and HTTPS. The built-in scenario must pass with exit 0, and a
+//! scenario whose expectation is wrong must fail with exit 1 and name the line, so the
+//! report is known to be a check and not a rubber stamp.
+
+#![allow(clippy::expect_used)] // the helper outside #[test] fns panics on purpose
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn demo(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vpan"))
+        .arg("demo")
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("vpan demo runs")
+}
+
+#[test]
+fn the_builtin_demo_passes_every_expectation_and_exits_0() {
+    // From an empty directory: the demo needs nothing beside the binary.
+    let dir = tempfile::tempdir().unwrap();
+    let out = demo(&["--duration", "1s", "--connections", "2"], dir.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "exit {:?}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for part in [
+        "story: each message sent alone",
+        "load: 2 connections",
+        "latency (µs): p50",
+        "91   issuer unavailable or too slow",
+        "94   same transaction key, other content",
+        "30   format error",
+        "ok    issuer host:",
+        "ok    metrics: all 9 metrics",
+    ] {
+        assert!(stdout.contains(part), "missing {part:?} in\n{stdout}");
+    }
+    assert!(
+        stdout.trim_end().ends_with("checks passed)"),
+        "last line:\n{stdout}"
+    );
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+    // The temporary data directory is gone: nothing of the run is left behind.
+    let leftover = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(Result::ok)
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("vpan-demo-{}-", std::process::id()))
+        });
+    assert!(!leftover);
+}
+
+#[test]
+fn a_wrong_expectation_fails_the_demo_with_exit_1_naming_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("scenario");
+    std::fs::create_dir(&scenario).unwrap();
+    std::fs::write(
+        scenario.join("cards.json"),
+        r#"[{"name": "gift", "controls": {"currency": "978", "amount_limit": 1000}, "expect": {"spent": 999}}]"#,
+    )
+    .unwrap();
+    // The purchase is over the cap: the switch answers 61, the file claims 00.
+    let story = r#"# a wrong claim
+{"fields": {"t": "0100", "2": "${vpan.gift}", "3": "000000", "4": "000000005000", "14": "${expiry.gift}", "32": "123456", "41": "TERM0001", "49": "978"}, "expect": "00"}
+"#;
+    std::fs::write(scenario.join("story.jsonl"), story).unwrap();
+    let out = demo(&["--scenario", scenario.to_str().unwrap()], dir.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("FAIL  story: every answer has the expected response code: 1 mismatched: line 2 got {\"61\": 1}"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("FAIL  card \"gift\" after the story: spent 999: got active, spent 0"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("2 of "), "{stdout}");
+}
+
+#[test]
+fn a_scenario_directory_without_cards_is_refused_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = demo(&["--scenario", dir.path().to_str().unwrap()], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no cards.json there"), "{stderr}");
+}

@@ -1,0 +1,184 @@
+//! What `deploy/` promises an operations team: the Grafana dashboard loads, and every
+//! metric its panels and the Prometheus alert rules query exists, with the labels they
+//! use, in a real scrape of a running switch that has seen some traffic.
+
+mod rig;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rig::*;
+use serde_json::Value;
+use vpan::tools::issuer_sim::SimConfig;
+
+const DASHBOARD: &str = include_str!("../deploy/grafana/vpan-dashboard.json");
+const ALERTS: &str = include_str!("../deploy/prometheus/vpan-alerts.yml");
+
+/// Every `expr` of the dashboard, with the title of the panel it belongs to.
+fn dashboard_queries(dashboard: &Value) -> Vec<(String, String)> {
+    fn walk(v: &Value, panel: &str, out: &mut Vec<(String, String)>) {
+        match v {
+            Value::Object(o) => {
+                let title = o.get("title").and_then(Value::as_str).unwrap_or(panel);
+                if let Some(e) = o.get("expr").and_then(Value::as_str) {
+                    out.push((title.to_string(), e.to_string()));
+                }
+                for child in o.values() {
+                    walk(child, title, out);
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|c| walk(c, panel, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(dashboard, "", &mut out);
+    out
+}
+
+/// The series names a PromQL expression reads (`vpan_...`), histogram suffixes kept.
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let bytes = expr.as_bytes();
+    let mut i = 0;
+    while let Some(at) = expr[i..].find("vpan_") {
+        let start = i + at;
+        let mut end = start;
+        while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_') {
+            end += 1;
+        }
+        names.insert(expr[start..end].to_string());
+        i = end;
+    }
+    names
+}
+
+/// The label names a PromQL expression groups or filters by (`by (a, b)`, `{a="..."}`).
+fn label_names(expr: &str) -> BTreeSet<String> {
+    let mut labels = BTreeSet::new();
+    for (open, close) in [("by (", ')'), ("{", '}')] {
+        for part in expr.split(open).skip(1) {
+            let inside = part.split(close).next().unwrap_or("");
+            for item in inside.split(',') {
+                let name: String = item
+                    .trim()
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if !name.is_empty() {
+                    labels.insert(name);
+                }
+            }
+        }
+    }
+    // `le` (histogram buckets), `instance` and `job` (the scrape target) are Prometheus's.
+    for ours_not in ["le", "instance", "job"] {
+        labels.remove(ours_not);
+    }
+    labels
+}
+
+/// Each exported sample's series name with the label names seen on it.
+fn scrape_series(page: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let mut series: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for line in page
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+        let entry = series.entry(line[..name_end].to_string()).or_default();
+        if let Some(rest) = line[name_end..].strip_prefix('{') {
+            for pair in rest.split('}').next().unwrap_or("").split(',') {
+                if let Some((k, _)) = pair.split_once('=') {
+                    entry.insert(k.to_string());
+                }
+            }
+        }
+    }
+    series
+}
+
+#[test]
+fn the_dashboard_is_grafana_json_with_a_query_in_every_panel() {
+    let dashboard: Value = serde_json::from_str(DASHBOARD).expect("the dashboard is JSON");
+    assert!(dashboard["title"].as_str().is_some_and(|t| !t.is_empty()));
+    assert!(dashboard["uid"].as_str().is_some());
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let mut with_queries = 0;
+    for p in panels {
+        if p["type"] == "row" {
+            continue;
+        }
+        let targets = p["targets"].as_array();
+        assert!(
+            targets.is_some_and(|t| t
+                .iter()
+                .all(|q| q["expr"].as_str().is_some_and(|e| !e.is_empty()))),
+            "panel {:?} has a target without a query",
+            p["title"]
+        );
+        with_queries += 1;
+    }
+    assert!(with_queries >= 6, "{with_queries} panels");
+}
+
+#[tokio::test]
+async fn every_metric_the_dashboard_and_alerts_query_is_in_a_real_scrape() {
+    let rig = rig(Some(SimConfig::default()), |_| {}).await;
+    // Traffic enough to make every series exist: an approval (issuer and store
+    // histograms), a local decline, a format error.
+    let (card, _) = rig.issue(|c| c.amount_limit = 5_000).await;
+    let mut net = Client::connect(rig.network).await;
+    let ok = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 1_000);
+    assert_eq!(code(&net.call(&ok).await), "00");
+    let over = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 9_000);
+    assert_eq!(code(&net.call(&over).await), "61");
+
+    let page = reqwest::get(format!("http://{}/metrics", rig.metrics))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = scrape_series(&page);
+
+    let dashboard: Value = serde_json::from_str(DASHBOARD).unwrap();
+    let mut queries = dashboard_queries(&dashboard);
+    for line in ALERTS.lines() {
+        if let Some(expr) = line.trim().strip_prefix("expr:") {
+            queries.push(("alert rule".into(), expr.trim().to_string()));
+        }
+    }
+    assert!(
+        queries.iter().any(|(p, _)| p == "alert rule"),
+        "alerts read"
+    );
+    let mut checked = BTreeSet::new();
+    for (panel, expr) in &queries {
+        let labels = label_names(expr);
+        for name in metric_names(expr) {
+            let seen = series
+                .get(&name)
+                .unwrap_or_else(|| panic!("{panel:?} queries {name}, absent from the scrape"));
+            // A label the query needs must be on the series (ignoring ones that belong
+            // to another metric of the same expression).
+            for label in &labels {
+                let on_some_metric = metric_names(expr)
+                    .iter()
+                    .any(|n| series.get(n).is_some_and(|s| s.contains(label)));
+                assert!(
+                    on_some_metric,
+                    "{panel:?}: label {label} is on no series of {expr}"
+                );
+            }
+            assert!(!seen.is_empty() || !name.ends_with("_bucket"));
+            checked.insert(name);
+        }
+    }
+    for m in vpan::metrics::ALL {
+        assert!(
+            checked.iter().any(|c| c.starts_with(m)),
+            "the contract's {m} is on no dashboard panel or alert"
+        );
+    }
+    rig.stop().await;
+}
