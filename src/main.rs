@@ -32,6 +32,9 @@ enum Command {
     /// cards issued over HTTPS, fixture traffic replayed, and a report (exit 1 if any
     /// expectation failed).
     Demo(tools::demo::Args),
+    /// Writes a scenario of any size (cards.json, load.jsonl) for `vpan demo --scenario`
+    /// and `vpan loadgen --cards`.
+    Traffic(tools::generate::Args),
     /// A client of the HTTPS issuance API: create, show, pause, resume, close, list.
     Card(Box<vpan::api::client::CardArgs>),
 }
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Command::Traffic(args) => tools::generate::run_cli(&args),
         Command::Card(args) => return vpan::api::client::main(*args),
     };
     match result {

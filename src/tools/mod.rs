@@ -8,10 +8,13 @@
 //! - [`traffic`]: the traffic file, JSON Lines in the codec vectors' field notation.
 //! - [`demo`]: the whole system in one process, driven from outside through the API and
 //!   the wire, with a report of what was expected and what came (`vpan demo`).
+//! - [`generate`]: writes scenarios of any size for the demo and the load generator
+//!   (`vpan traffic`).
 //! - [`loadgen`]: replays a traffic file over many connections, closed loop or at a fixed
 //!   rate, and reports throughput and latency percentiles (`vpan loadgen`).
 
 pub mod demo;
+pub mod generate;
 pub mod issuer_sim;
 pub mod loadgen;
 pub mod traffic;
