@@ -588,6 +588,38 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_configuration_table_lists_every_key_with_its_default() {
+        let readme =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+                .unwrap();
+        let defaults = toml::Table::try_from(Config::default()).unwrap();
+        let mut keys = 0;
+        for (section, table) in &defaults {
+            for (key, value) in table.as_table().unwrap() {
+                // The row as README.md writes it: key and default, as TOML would.
+                let row = format!("| `{section}.{key}` | `{value}` |");
+                assert!(
+                    readme.contains(&row),
+                    "README.md's configuration table lacks the row {row}"
+                );
+                keys += 1;
+            }
+        }
+        let rows = readme
+            .lines()
+            .filter(|l| {
+                defaults
+                    .keys()
+                    .any(|section| l.starts_with(&format!("| `{section}.")))
+            })
+            .count();
+        assert_eq!(
+            rows, keys,
+            "README.md lists a key the configuration does not have"
+        );
+    }
+
+    #[test]
     fn the_token_never_prints() {
         let mut c = Config::default();
         c.api.token = Secret::new("s3cr3t-token");
