@@ -7,6 +7,12 @@
 //! own counter toward the issuer, matches the answer by that stamp, and puts the network's
 //! STAN back before returning it (jPOS's MUX matches by MTI class + STAN for the same reason).
 //!
+//! The stamp is the network's own STAN whenever no request in flight uses it, so the
+//! issuer sees the transaction's identity (MTI, STAN, DE 7, DE 32) as the network sent
+//! it, and a later reversal's DE 90, which names the original by that identity, finds it
+//! at the issuer. Only when the STAN is taken is another one used; the link then remembers
+//! the change for a while and rewrites DE 90 of a reversal naming that original.
+//!
 //! An answer that does not come within `issuer.timeout_ms` is an error for the caller (the
 //! network gets 91 and the hold is released), but the request stays remembered: if the
 //! issuer approves it late, or never answers, or the connection dies under it, the link
@@ -101,6 +107,9 @@ struct Inner {
     next_stan: AtomicU32,
     /// Requests sent and not yet answered (or given up on), by vpan's stamp.
     pending: DashMap<[u8; 6], Pending>,
+    /// Originals that went out under another STAN than the network's: their network
+    /// identity (DE 90's first 20 digits: MTI, STAN, DE 7) to the stamp used, and when.
+    restamped: DashMap<[u8; 20], ([u8; 6], Instant)>,
     /// Stops the connection tasks.
     shutdown: CancellationToken,
 }
@@ -113,6 +122,9 @@ pub struct IssuerLink {
 
 /// Messages queued for one connection's writer before callers see back-pressure.
 const WRITE_QUEUE: usize = 4096;
+/// How long a changed STAN is remembered for rewriting a reversal's DE 90. Only requests
+/// whose STAN was in flight already are remembered, so this stays small.
+const RESTAMPED_KEPT: Duration = Duration::from_secs(3600);
 /// A reversal for an unknown outcome is tried this many times.
 const REVERSAL_ATTEMPTS: u32 = 5;
 
@@ -133,6 +145,7 @@ impl IssuerLink {
                 next_slot: AtomicUsize::new(0),
                 next_stan: AtomicU32::new(rand::random::<u32>() % 999_999),
                 pending: DashMap::new(),
+                restamped: DashMap::new(),
                 shutdown,
             }),
         };
@@ -212,24 +225,64 @@ impl IssuerLink {
             }
         }
         .ok_or(IssuerError::Unavailable)?;
-        let stamp = self.next_stamp();
-        request.set(11, &stamp).map_err(|_| IssuerError::Encode)?;
+        self.rewrite_original(&mut request)?;
+        let network_stan = request.stan();
         let (reply, rx) = oneshot::channel();
-        inner.pending.insert(
-            stamp,
-            Pending {
-                reply,
-                request: request.clone(),
-                sent_at: Instant::now(),
-                conn,
-            },
-        );
+        let mut pending = Pending {
+            reply,
+            request: request.clone(),
+            sent_at: Instant::now(),
+            conn,
+        };
+        // The network's STAN when free, else vpan's own counter; claimed atomically so two
+        // callers can never share a stamp.
+        let mut candidate = network_stan.unwrap_or_else(|| self.next_stamp());
+        let stamp = loop {
+            match inner.pending.entry(candidate) {
+                dashmap::Entry::Vacant(v) => {
+                    if Some(candidate) != network_stan {
+                        pending
+                            .request
+                            .set(11, &candidate)
+                            .map_err(|_| IssuerError::Encode)?;
+                    }
+                    request = pending.request.clone();
+                    v.insert(pending);
+                    break candidate;
+                }
+                dashmap::Entry::Occupied(_) => candidate = self.next_stamp(),
+            }
+        };
+        if let Some(stan) = network_stan
+            && stan != stamp
+            && let Some(identity) = identity(&request, &stan)
+        {
+            inner.restamped.insert(identity, (stamp, Instant::now()));
+        }
         if tx.try_send(request).is_err() {
             // The writer is gone or hopelessly behind: nothing was sent, nothing to reverse.
             inner.pending.remove(&stamp);
             return Err(IssuerError::Unavailable);
         }
         Ok((rx, stamp))
+    }
+
+    /// A reversal (or any message with DE 90) naming an original that went out under
+    /// another STAN: DE 90 gets that STAN, so the issuer finds the original it saw.
+    fn rewrite_original(&self, request: &mut Message) -> Result<(), IssuerError> {
+        let Some(de90) = request.text(90) else {
+            return Ok(());
+        };
+        let mut de90 = de90.as_bytes().to_vec();
+        let Some(key) = de90.get(..20).and_then(|k| <[u8; 20]>::try_from(k).ok()) else {
+            return Ok(());
+        };
+        if let Some(entry) = self.inner.restamped.get(&key) {
+            de90[4..10].copy_from_slice(&entry.0);
+            drop(entry);
+            request.set(90, &de90).map_err(|_| IssuerError::Encode)?;
+        }
+        Ok(())
     }
 
     fn next_stamp(&self) -> [u8; 6] {
@@ -461,6 +514,9 @@ impl IssuerLink {
                 () = self.inner.shutdown.cancelled() => return,
             }
             let now = Instant::now();
+            self.inner
+                .restamped
+                .retain(|_, (_, at)| now.duration_since(*at) < RESTAMPED_KEPT);
             let stale: Vec<[u8; 6]> = self
                 .inner
                 .pending
@@ -514,6 +570,15 @@ impl IssuerLink {
     fn publish_connected(&self) {
         metrics::gauge!(m::ISSUER_CONNECTED).set(self.connected() as f64);
     }
+}
+
+/// The network identity of `request` as DE 90 names it: MTI, its network STAN, DE 7.
+fn identity(request: &Message, network_stan: &[u8; 6]) -> Option<[u8; 20]> {
+    let mut key = [b'0'; 20];
+    key[..4].copy_from_slice(&request.mti());
+    key[4..10].copy_from_slice(network_stan);
+    key[10..20].copy_from_slice(&request.transmission_time()?);
+    Some(key)
 }
 
 /// True for an answer that approves (DE 39 00, 08, 10 or 11).
