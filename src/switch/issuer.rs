@@ -470,8 +470,24 @@ impl IssuerLink {
             tracing::warn!("answer from the issuer without DE 11 dropped");
             return;
         };
+        // An answer under a live stamp but of another message class (a 0810 or a 0410 for
+        // a 0100) is not this request's answer: taking it would approve or decline on a
+        // stranger's DE 39. It is dropped; the request times out and is reversed.
+        let answers_request = match self.inner.pending.get(&stamp) {
+            Some(p) => is_response_to(&p.request.mti(), &answer.mti()),
+            None => {
+                tracing::debug!("answer from the issuer matches no request (already swept)");
+                return;
+            }
+        };
+        if !answers_request {
+            tracing::warn!(
+                mti = %String::from_utf8_lossy(&answer.mti()),
+                "answer from the issuer of the wrong message class dropped"
+            );
+            return;
+        }
         let Some((_, pending)) = self.inner.pending.remove(&stamp) else {
-            tracing::debug!("answer from the issuer matches no request (already swept)");
             return;
         };
         metrics::histogram!(m::ISSUER_REQUEST_DURATION)
@@ -579,6 +595,11 @@ fn identity(request: &Message, network_stan: &[u8; 6]) -> Option<[u8; 20]> {
     key[4..10].copy_from_slice(network_stan);
     key[10..20].copy_from_slice(&request.transmission_time()?);
     Some(key)
+}
+
+/// True when `answer` is an MTI that answers `request` (0100 → 011x, 0401 → 041x, ...).
+fn is_response_to(request: &[u8; 4], answer: &[u8; 4]) -> bool {
+    request[..2] == answer[..2] && request[2].is_ascii_digit() && answer[2] == request[2] + 1
 }
 
 /// True for an answer that approves (DE 39 00, 08, 10 or 11).
@@ -691,6 +712,18 @@ mod tests {
         );
         assert!(!rev.has(35));
         assert_eq!(rev.raw(4), Some(&b"000000001000"[..]));
+    }
+
+    #[test]
+    fn only_an_answer_of_the_requests_class_answers_it() {
+        assert!(is_response_to(b"0100", b"0110"));
+        assert!(is_response_to(b"0101", b"0110"));
+        assert!(is_response_to(b"0400", b"0410"));
+        assert!(is_response_to(b"0800", b"0810"));
+        assert!(!is_response_to(b"0100", b"0410"));
+        assert!(!is_response_to(b"0100", b"0810"));
+        assert!(!is_response_to(b"0100", b"0100"));
+        assert!(!is_response_to(b"0200", b"0110"));
     }
 
     #[test]
