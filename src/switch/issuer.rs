@@ -125,8 +125,8 @@ const WRITE_QUEUE: usize = 4096;
 /// How long a changed STAN is remembered for rewriting a reversal's DE 90. Only requests
 /// whose STAN was in flight already are remembered, so this stays small.
 const RESTAMPED_KEPT: Duration = Duration::from_secs(3600);
-/// A reversal for an unknown outcome is tried this many times.
-const REVERSAL_ATTEMPTS: u32 = 5;
+/// Longest wait between two tries of a reversal toward an issuer that does not answer.
+const REVERSAL_RETRY_MAX: Duration = Duration::from_secs(5);
 
 impl IssuerLink {
     /// Starts the connection tasks (they dial in the background; a request made before any
@@ -550,8 +550,10 @@ impl IssuerLink {
         }
     }
 
-    /// Sends a 0400 for `original` in the background, retrying with backoff until the
-    /// issuer answers it.
+    /// Sends a 0400 for `original` in the background, retrying with backoff (up to
+    /// `REVERSAL_RETRY_MAX` apart) until the issuer answers it or vpan shuts down: an
+    /// issuer host down for longer than a few retries must still get the reversal when it
+    /// is back, or the real account stays charged for a purchase the network was refused.
     pub fn reverse(&self, original: Message) {
         let Ok(reversal) = reversal_for(&original) else {
             tracing::error!("cannot build the reversal of a request; the issuer must reconcile");
@@ -560,20 +562,24 @@ impl IssuerLink {
         let link = self.clone();
         tokio::spawn(async move {
             let mut wait = Duration::from_millis(100);
-            for attempt in 1..=REVERSAL_ATTEMPTS {
+            for attempt in 1u64.. {
                 match link.send(reversal.clone()).await {
                     Ok(_) => return,
-                    Err(e) => {
-                        tracing::warn!(attempt, error = %e, "reversal toward the issuer not answered");
+                    // Loud at first, then once a minute or so, while the host stays away.
+                    Err(e) if attempt <= 5 || attempt % 12 == 0 => {
+                        tracing::warn!(attempt, error = %e, "reversal toward the issuer not answered; retrying");
                     }
+                    Err(_) => {}
                 }
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
                     () = link.inner.shutdown.cancelled() => break,
                 }
-                wait *= 2;
+                wait = (wait * 2).min(REVERSAL_RETRY_MAX);
             }
-            tracing::error!("reversal toward the issuer failed; the issuer must reconcile");
+            tracing::error!(
+                "reversal toward the issuer not sent before shutdown; the issuer must reconcile"
+            );
         });
     }
 
