@@ -34,7 +34,8 @@ pub struct ConnectionLimits {
     pub idle_timeout: Option<Duration>,
     /// A started frame, or a blocked write, must progress within this.
     pub read_timeout: Duration,
-    /// Time given to requests in flight once shutdown starts.
+    /// Time given to requests in flight to be answered once shutdown starts; after it the
+    /// connection closes and they finish (hold outcomes recorded) unanswered.
     pub drain_timeout: Duration,
 }
 
@@ -50,6 +51,7 @@ enum End {
     WriteStalled,
     Frame(FrameError),
     Write(std::io::Error),
+    Read(std::io::Error),
     Shutdown,
 }
 
@@ -177,7 +179,7 @@ pub async fn serve<S>(
                 Err(e) => {
                     // A reset or the like: answers still pending cannot be delivered.
                     tracing::debug!(error = %e, "network read failed");
-                    break End::Write(e);
+                    break End::Read(e);
                 }
             },
             () = shutdown.cancelled(), if drain_deadline.is_none() => {
@@ -207,10 +209,23 @@ pub async fn serve<S>(
         }
     };
     let _ = write_half.shutdown().await;
+    // Requests still in flight are finished although their answers can no longer be
+    // delivered: each hold gets its outcome (approved: spent; otherwise released) rather
+    // than staying held until a restart counts it as spent, while the issuer has the
+    // approval reversed as late. Bounded by `issuer.timeout_ms`.
+    let unanswered = in_flight.len();
+    while in_flight.next().await.is_some() {}
+    if unanswered > 0 {
+        tracing::info!(
+            unanswered,
+            "requests of a closed network connection finished unanswered"
+        );
+    }
     match end {
         End::PeerClosed | End::Shutdown => tracing::debug!(?end, "network connection ended"),
         End::Frame(e) => tracing::info!(error = %e, "network connection closed: bad frame"),
-        End::Write(e) => tracing::info!(error = %e, "network connection closed: i/o failed"),
+        End::Write(e) => tracing::info!(error = %e, "network connection closed: write failed"),
+        End::Read(e) => tracing::info!(error = %e, "network connection closed: read failed"),
         End::Idle | End::ReadTimeout | End::WriteStalled => {
             tracing::info!(?end, "network connection closed")
         }
