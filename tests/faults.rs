@@ -562,3 +562,60 @@ async fn an_issuer_that_drops_connections_and_answers_at_random_loses_nothing() 
     );
     rig.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_peer_that_vanishes_with_requests_in_flight_leaves_no_hold() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let rig = switch(
+        Some(SimConfig {
+            latency: Duration::from_millis(200),
+            ..SimConfig::default()
+        }),
+        None,
+    )
+    .await;
+    let cards = cards(&rig, 2).await;
+    const N: usize = 10;
+    for reset in [false, true] {
+        let mut net = Net::connect(rig.network).await;
+        for i in 0..N {
+            net.purchase(&cards[i % cards.len()].0, 300).await;
+        }
+        // Every request is at the issuer; the network side goes away before the answers,
+        // with a FIN or with a reset.
+        let before = rig.sim().stats().requests;
+        let until = Instant::now() + SETTLE;
+        while rig.sim().stats().requests < before + N as u64 {
+            assert!(Instant::now() < until, "requests reached the issuer");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let stream = net.framed.into_inner();
+        if reset {
+            // SO_LINGER 0: the close sends a reset (and does not block, nothing is unsent).
+            #[allow(deprecated)]
+            stream.set_linger(Some(Duration::ZERO)).unwrap();
+        }
+        drop(stream);
+        // The issuer's answers come; nobody can be told, but each hold gets its outcome.
+        let until = Instant::now() + SETTLE;
+        loop {
+            let held: u64 = cards
+                .iter()
+                .map(|(c, _)| rig.cards.get(CardKey::of(&c.vpan)).unwrap().held)
+                .sum();
+            if held == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "{held} still held {SETTLE:?} after the peer left (reset: {reset})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        books_agree(&rig, &cards).await;
+        eprintln!(
+            "network peer gone (reset: {reset}) with {N} in flight: no hold left, books agree"
+        );
+    }
+    rig.stop().await;
+}
