@@ -260,6 +260,7 @@ impl App {
             issuer,
             ..
         } = self;
+        let drain_timeout = limits.drain_timeout;
         let flow = Arc::new(Flow {
             cards: cards.clone(),
             issuer: issuer.clone(),
@@ -305,7 +306,8 @@ impl App {
         token.cancel();
         let _ = network_task.await;
         // Every network connection has drained: the answers it waited for came over the
-        // issuer link, which can go now.
+        // issuer link. What the issuer never answered is reversed before the link goes.
+        issuer.quiesce(drain_timeout).await;
         issuer_stop.cancel();
         // The API lets calls in flight finish; a client that never ends its call is cut.
         if tokio::time::timeout(Duration::from_secs(10), api_task)

@@ -110,6 +110,8 @@ struct Inner {
     /// Originals that went out under another STAN than the network's: their network
     /// identity (DE 90's first 20 digits: MTI, STAN, DE 7) to the stamp used, and when.
     restamped: DashMap<[u8; 20], ([u8; 6], Instant)>,
+    /// Reversals being sent (or retried) in the background, for [`IssuerLink::quiesce`].
+    reversals: AtomicUsize,
     /// Stops the connection tasks.
     shutdown: CancellationToken,
 }
@@ -146,6 +148,7 @@ impl IssuerLink {
                 next_stan: AtomicU32::new(rand::random::<u32>() % 999_999),
                 pending: DashMap::new(),
                 restamped: DashMap::new(),
+                reversals: AtomicUsize::new(0),
                 shutdown,
             }),
         };
@@ -560,10 +563,15 @@ impl IssuerLink {
             return;
         };
         let link = self.clone();
+        link.inner.reversals.fetch_add(1, Ordering::AcqRel);
         tokio::spawn(async move {
+            let _done = ReversalDone(link.clone());
             let mut wait = Duration::from_millis(100);
             for attempt in 1u64.. {
-                match link.send(reversal.clone()).await {
+                // A reversal is not on a cardholder's clock: a slow host gets seconds to
+                // answer it before it is sent again.
+                let timeout = link.management_timeout();
+                match link.send_via(reversal.clone(), None, timeout).await {
                     Ok(_) => return,
                     // Loud at first, then once a minute or so, while the host stays away.
                     Err(e) if attempt <= 5 || attempt % 12 == 0 => {
@@ -583,6 +591,33 @@ impl IssuerLink {
         });
     }
 
+    /// Before the link stops at shutdown (the network side has drained, so every caller
+    /// has its answer or its 91): the requests the issuer has not answered are reversed
+    /// now rather than by the sweep, and this waits, at most `grace`, until every reversal
+    /// is answered. Otherwise an issuer that approves late, during a restart, keeps the
+    /// real account charged for a purchase the network was refused.
+    pub async fn quiesce(&self, grace: Duration) {
+        let orphans: Vec<[u8; 6]> = self.inner.pending.iter().map(|p| *p.key()).collect();
+        for stamp in orphans {
+            if let Some((_, p)) = self.inner.pending.remove(&stamp)
+                && needs_reversal(&p.request)
+            {
+                self.reverse(p.request);
+            }
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.inner.reversals.load(Ordering::Acquire) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    reversals = self.inner.reversals.load(Ordering::Acquire),
+                    "reversals still unanswered at shutdown; the issuer must reconcile"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Sign-on and echo are not on a cardholder's clock: a slow host gets some seconds
     /// before its link is declared dead.
     fn management_timeout(&self) -> Duration {
@@ -591,6 +626,15 @@ impl IssuerLink {
 
     fn publish_connected(&self) {
         metrics::gauge!(m::ISSUER_CONNECTED).set(self.connected() as f64);
+    }
+}
+
+/// Counts a background reversal as finished when its task ends, however it ends.
+struct ReversalDone(IssuerLink);
+
+impl Drop for ReversalDone {
+    fn drop(&mut self) {
+        self.0.inner.reversals.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
