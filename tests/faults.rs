@@ -619,3 +619,41 @@ async fn a_network_peer_that_vanishes_with_requests_in_flight_leaves_no_hold() {
     }
     rig.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_while_the_issuer_is_late_reverses_what_it_approved_after_the_91() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut rig = switch(
+        Some(SimConfig {
+            latency: Duration::from_millis(TIMEOUT_MS * 3),
+            ..SimConfig::default()
+        }),
+        None,
+    )
+    .await;
+    let cards = cards(&rig, 3).await;
+    let mut net = Net::connect(rig.network).await;
+    const N: usize = 12;
+    for i in 0..N {
+        net.purchase(&cards[i % cards.len()].0, 400).await;
+    }
+    net.answers().await;
+    assert_eq!(net.codes().get("91"), Some(&N), "{:?}", net.codes());
+    // The switch stops before the issuer's late approvals come back.
+    let sim = rig.sim.take().unwrap();
+    rig.stop().await;
+    for (card, real) in &cards {
+        let _ = card;
+        assert_eq!(
+            sim.balance(real),
+            Some(DEFAULT_BALANCE),
+            "the issuer still charges a card whose purchase was answered 91"
+        );
+    }
+    eprintln!(
+        "stop while the issuer is late: {N} answered 91, {} reversals reached the issuer before \
+         the switch exited",
+        sim.requests(b"0400")
+    );
+    sim.shutdown().await;
+}
