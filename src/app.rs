@@ -97,6 +97,9 @@ pub struct App {
     addresses: Addresses,
     /// Cancels every task at shutdown.
     shutdown: CancellationToken,
+    /// Stops the issuer link, only once the network side has drained: requests in flight
+    /// need it for their answers, and for the reversals of what the issuer approved.
+    issuer_stop: CancellationToken,
     /// The issuer link (already dialling).
     issuer: IssuerLink,
 }
@@ -167,6 +170,7 @@ impl App {
             })?,
         };
         let shutdown = CancellationToken::new();
+        let issuer_stop = CancellationToken::new();
         m::install();
         let issuer = IssuerLink::start(
             IssuerSettings {
@@ -180,7 +184,7 @@ impl App {
                 reconnect_max: Duration::from_millis(config.issuer.reconnect_max_ms.max(1)),
                 sign_on: config.issuer.sign_on,
             },
-            shutdown.child_token(),
+            issuer_stop.clone(),
         );
         let limits = ConnectionLimits {
             codec: network_codec,
@@ -201,6 +205,7 @@ impl App {
             api,
             addresses,
             shutdown,
+            issuer_stop,
             issuer,
         };
         app.log_addresses();
@@ -251,9 +256,11 @@ impl App {
             metrics,
             api,
             shutdown: token,
+            issuer_stop,
             issuer,
             ..
         } = self;
+        let drain_timeout = limits.drain_timeout;
         let flow = Arc::new(Flow {
             cards: cards.clone(),
             issuer: issuer.clone(),
@@ -298,6 +305,10 @@ impl App {
         tracing::info!("shutting down: no new connections, draining requests in flight");
         token.cancel();
         let _ = network_task.await;
+        // Every network connection has drained: the answers it waited for came over the
+        // issuer link. What the issuer never answered is reversed before the link goes.
+        issuer.quiesce(drain_timeout).await;
+        issuer_stop.cancel();
         // The API lets calls in flight finish; a client that never ends its call is cut.
         if tokio::time::timeout(Duration::from_secs(10), api_task)
             .await

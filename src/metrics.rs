@@ -29,13 +29,14 @@ pub const NETWORK_CONNECTIONS: &str = "vpan_network_connections";
 pub const FRAMES_REJECTED_TOTAL: &str = "vpan_frames_rejected_total";
 /// Every `reason` of [`FRAMES_REJECTED_TOTAL`]: a connection refused over
 /// `max_connections`, a length header over `max_frame_bytes` or unreadable, a socket
-/// error, a peer too slow to read its answers or to send a whole frame, a frame whose MTI
-/// or STAN cannot be read (dropped), a format error answered 30.
-pub const REJECT_REASONS: [&str; 8] = [
+/// error, a peer leaving mid-frame, a peer too slow to read its answers or to send a whole
+/// frame, a frame whose MTI or STAN cannot be read (dropped), a format error answered 30.
+pub const REJECT_REASONS: [&str; 9] = [
     "max_connections",
     "too_large",
     "bad_length",
     "io",
+    "truncated",
     "write_stalled",
     "read_timeout",
     "unreadable",

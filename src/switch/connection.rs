@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio_util::codec::{Encoder, FramedRead};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
 
 use crate::iso8583::{Frame, FrameCodec, FrameError, Message};
@@ -34,7 +34,8 @@ pub struct ConnectionLimits {
     pub idle_timeout: Option<Duration>,
     /// A started frame, or a blocked write, must progress within this.
     pub read_timeout: Duration,
-    /// Time given to requests in flight once shutdown starts.
+    /// Time given to requests in flight to be answered once shutdown starts; after it the
+    /// connection closes and they finish (hold outcomes recorded) unanswered.
     pub drain_timeout: Duration,
 }
 
@@ -50,10 +51,15 @@ enum End {
     WriteStalled,
     Frame(FrameError),
     Write(std::io::Error),
+    Read(std::io::Error),
     Shutdown,
 }
 
 /// Serves one connection until the peer leaves, it misbehaves, or shutdown drains it.
+///
+/// Reading is done here (not behind a `FramedRead`) so that every arrival of bytes wakes
+/// this loop: a frame's first byte starts its read timeout, and a peer that feeds a frame
+/// one byte at a time is closed when that timeout passes, not when the connection idles.
 pub async fn serve<S>(
     stream: S,
     flow: Arc<Flow>,
@@ -62,38 +68,85 @@ pub async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (read_half, mut write_half) = tokio::io::split(stream);
+    let (mut read_half, mut write_half) = tokio::io::split(stream);
+    let mut codec = limits.codec.clone();
     let mut encoder = limits.codec.clone();
-    let mut frames = FramedRead::new(read_half, limits.codec.clone());
+    let mut inbuf = BytesMut::with_capacity(8 * 1024);
     let flow = &*flow;
     let mut in_flight = FuturesUnordered::new();
     let mut out = BytesMut::with_capacity(8 * 1024);
     let mut reading = true;
-    let mut last_read = Instant::now();
+    let mut bad_frame: Option<FrameError> = None;
+    let mut last_frame = Instant::now();
+    // When the incomplete frame now in `inbuf` started, while vpan is reading it.
+    let mut frame_started: Option<Instant> = None;
     let mut last_write_progress = Instant::now();
     let mut drain_deadline: Option<tokio::time::Instant> = None;
 
     let end = loop {
-        let can_read = reading
-            && drain_deadline.is_none()
-            && in_flight.len() < limits.max_in_flight
-            && out.len() < WRITE_BACKLOG;
+        let room = |in_flight: usize, out: &BytesMut| {
+            in_flight < limits.max_in_flight && out.len() < WRITE_BACKLOG
+        };
+        // Cut every complete frame out of what was read, as far as the limits allow.
+        while reading && drain_deadline.is_none() && room(in_flight.len(), &out) {
+            match codec.decode(&mut inbuf) {
+                Ok(Some(frame)) => {
+                    last_frame = Instant::now();
+                    frame_started = None;
+                    if out.is_empty() {
+                        last_write_progress = last_frame;
+                    }
+                    match frame {
+                        Frame::Message { header, body } => {
+                            in_flight.push(answer_of(flow, header, body, last_frame));
+                        }
+                        Frame::KeepAlive => {
+                            let _ = encoder.encode(Frame::KeepAlive, &mut out);
+                        }
+                    }
+                }
+                Ok(None) => {
+                    if inbuf.is_empty() {
+                        frame_started = None;
+                    } else if frame_started.is_none() {
+                        frame_started = Some(Instant::now());
+                    }
+                    break;
+                }
+                Err(e) => {
+                    metrics::counter!(m::FRAMES_REJECTED_TOTAL, "reason" => frame_reason(&e))
+                        .increment(1);
+                    tracing::warn!(error = %e, "bad frame: closing the connection after answering what is in flight");
+                    reading = false;
+                    inbuf.clear();
+                    frame_started = None;
+                    bad_frame = Some(e);
+                }
+            }
+        }
+        let can_read = reading && drain_deadline.is_none() && room(in_flight.len(), &out);
+        if !can_read && frame_started.is_some() {
+            // vpan stopped reading (its own back-pressure): the peer is not late meanwhile.
+            frame_started = Some(Instant::now());
+        }
         if !reading && in_flight.is_empty() && out.is_empty() {
-            break End::PeerClosed;
+            break match bad_frame.take() {
+                Some(e) => End::Frame(e),
+                None => End::PeerClosed,
+            };
         }
         if drain_deadline.is_some() && in_flight.is_empty() && out.is_empty() {
             break End::Shutdown;
         }
-        // Whichever deadline applies now: a partial frame or a blocked write must make
+        // Whichever deadline applies now: a started frame or a blocked write must make
         // progress, a silent connection is closed when idle, a drain ends.
-        let partial = !frames.read_buffer().is_empty();
         let mut wake = drain_deadline;
-        if partial {
-            wake = min_deadline(wake, (last_read + limits.read_timeout).into());
+        if let Some(started) = frame_started {
+            wake = min_deadline(wake, (started + limits.read_timeout).into());
         } else if let Some(idle) = limits.idle_timeout
             && in_flight.is_empty()
         {
-            wake = min_deadline(wake, (last_read + idle).into());
+            wake = min_deadline(wake, (last_frame + idle).into());
         }
         if !out.is_empty() {
             wake = min_deadline(wake, (last_write_progress + limits.read_timeout).into());
@@ -111,50 +164,44 @@ pub async fn serve<S>(
                 Ok(_) => last_write_progress = Instant::now(),
                 Err(e) => break End::Write(e),
             },
-            frame = frames.next(), if can_read => {
-                last_read = Instant::now();
-                if out.is_empty() {
-                    last_write_progress = last_read;
+            read = read_half.read_buf(&mut inbuf), if can_read => match read {
+                Ok(0) => {
+                    reading = false;
+                    if !inbuf.is_empty() {
+                        // The peer left in the middle of a frame.
+                        metrics::counter!(m::FRAMES_REJECTED_TOTAL, "reason" => "truncated").increment(1);
+                        tracing::info!(bytes = inbuf.len(), "network peer closed in the middle of a frame");
+                        inbuf.clear();
+                        frame_started = None;
+                    }
                 }
-                match frame {
-                    Some(Ok(Frame::Message { header, body })) => {
-                        let received = Instant::now();
-                        in_flight.push(answer_of(flow, header, body, received));
-                    }
-                    Some(Ok(Frame::KeepAlive)) => {
-                        let _ = encoder.encode(Frame::KeepAlive, &mut out);
-                    }
-                    Some(Err(e)) => {
-                        metrics::counter!(m::FRAMES_REJECTED_TOTAL, "reason" => frame_reason(&e)).increment(1);
-                        tracing::warn!(error = %e, "bad frame: closing the connection after answering what is in flight");
-                        reading = false;
-                        if in_flight.is_empty() && out.is_empty() {
-                            break End::Frame(e);
-                        }
-                    }
-                    None => reading = false,
+                Ok(_) => {}
+                Err(e) => {
+                    // A reset or the like: answers still pending cannot be delivered.
+                    tracing::debug!(error = %e, "network read failed");
+                    break End::Read(e);
                 }
-            }
+            },
             () = shutdown.cancelled(), if drain_deadline.is_none() => {
                 drain_deadline = Some(tokio::time::Instant::now() + limits.drain_timeout);
             }
             () = tokio::time::sleep_until(sleep_until) => {
-                let now = tokio::time::Instant::now();
-                if drain_deadline.is_some_and(|d| now >= d) {
+                let now = Instant::now();
+                if drain_deadline.is_some_and(|d| tokio::time::Instant::from_std(now) >= d) {
                     break End::Shutdown;
                 }
-                if !out.is_empty() && now >= (last_write_progress + limits.read_timeout).into() {
+                if !out.is_empty() && now >= last_write_progress + limits.read_timeout {
                     metrics::counter!(m::FRAMES_REJECTED_TOTAL, "reason" => "write_stalled").increment(1);
                     break End::WriteStalled;
                 }
-                if partial && now >= (last_read + limits.read_timeout).into() {
+                if frame_started.is_some_and(|s| now >= s + limits.read_timeout) {
                     metrics::counter!(m::FRAMES_REJECTED_TOTAL, "reason" => "read_timeout").increment(1);
                     break End::ReadTimeout;
                 }
                 if let Some(idle) = limits.idle_timeout
                     && in_flight.is_empty()
-                    && !partial
-                    && now >= (last_read + idle).into()
+                    && frame_started.is_none()
+                    && now >= last_frame + idle
                 {
                     break End::Idle;
                 }
@@ -162,10 +209,23 @@ pub async fn serve<S>(
         }
     };
     let _ = write_half.shutdown().await;
+    // Requests still in flight are finished although their answers can no longer be
+    // delivered: each hold gets its outcome (approved: spent; otherwise released) rather
+    // than staying held until a restart counts it as spent, while the issuer has the
+    // approval reversed as late. Bounded by `issuer.timeout_ms`.
+    let unanswered = in_flight.len();
+    while in_flight.next().await.is_some() {}
+    if unanswered > 0 {
+        tracing::info!(
+            unanswered,
+            "requests of a closed network connection finished unanswered"
+        );
+    }
     match end {
         End::PeerClosed | End::Shutdown => tracing::debug!(?end, "network connection ended"),
         End::Frame(e) => tracing::info!(error = %e, "network connection closed: bad frame"),
         End::Write(e) => tracing::info!(error = %e, "network connection closed: write failed"),
+        End::Read(e) => tracing::info!(error = %e, "network connection closed: read failed"),
         End::Idle | End::ReadTimeout | End::WriteStalled => {
             tracing::info!(?end, "network connection closed")
         }

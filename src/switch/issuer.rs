@@ -7,6 +7,12 @@
 //! own counter toward the issuer, matches the answer by that stamp, and puts the network's
 //! STAN back before returning it (jPOS's MUX matches by MTI class + STAN for the same reason).
 //!
+//! The stamp is the network's own STAN whenever no request in flight uses it, so the
+//! issuer sees the transaction's identity (MTI, STAN, DE 7, DE 32) as the network sent
+//! it, and a later reversal's DE 90, which names the original by that identity, finds it
+//! at the issuer. Only when the STAN is taken is another one used; the link then remembers
+//! the change for a while and rewrites DE 90 of a reversal naming that original.
+//!
 //! An answer that does not come within `issuer.timeout_ms` is an error for the caller (the
 //! network gets 91 and the hold is released), but the request stays remembered: if the
 //! issuer approves it late, or never answers, or the connection dies under it, the link
@@ -101,6 +107,11 @@ struct Inner {
     next_stan: AtomicU32,
     /// Requests sent and not yet answered (or given up on), by vpan's stamp.
     pending: DashMap<[u8; 6], Pending>,
+    /// Originals that went out under another STAN than the network's: their network
+    /// identity (DE 90's first 20 digits: MTI, STAN, DE 7) to the stamp used, and when.
+    restamped: DashMap<[u8; 20], ([u8; 6], Instant)>,
+    /// Reversals being sent (or retried) in the background, for [`IssuerLink::quiesce`].
+    reversals: AtomicUsize,
     /// Stops the connection tasks.
     shutdown: CancellationToken,
 }
@@ -113,8 +124,11 @@ pub struct IssuerLink {
 
 /// Messages queued for one connection's writer before callers see back-pressure.
 const WRITE_QUEUE: usize = 4096;
-/// A reversal for an unknown outcome is tried this many times.
-const REVERSAL_ATTEMPTS: u32 = 5;
+/// How long a changed STAN is remembered for rewriting a reversal's DE 90. Only requests
+/// whose STAN was in flight already are remembered, so this stays small.
+const RESTAMPED_KEPT: Duration = Duration::from_secs(3600);
+/// Longest wait between two tries of a reversal toward an issuer that does not answer.
+const REVERSAL_RETRY_MAX: Duration = Duration::from_secs(5);
 
 impl IssuerLink {
     /// Starts the connection tasks (they dial in the background; a request made before any
@@ -133,6 +147,8 @@ impl IssuerLink {
                 next_slot: AtomicUsize::new(0),
                 next_stan: AtomicU32::new(rand::random::<u32>() % 999_999),
                 pending: DashMap::new(),
+                restamped: DashMap::new(),
+                reversals: AtomicUsize::new(0),
                 shutdown,
             }),
         };
@@ -212,24 +228,64 @@ impl IssuerLink {
             }
         }
         .ok_or(IssuerError::Unavailable)?;
-        let stamp = self.next_stamp();
-        request.set(11, &stamp).map_err(|_| IssuerError::Encode)?;
+        self.rewrite_original(&mut request)?;
+        let network_stan = request.stan();
         let (reply, rx) = oneshot::channel();
-        inner.pending.insert(
-            stamp,
-            Pending {
-                reply,
-                request: request.clone(),
-                sent_at: Instant::now(),
-                conn,
-            },
-        );
+        let mut pending = Pending {
+            reply,
+            request: request.clone(),
+            sent_at: Instant::now(),
+            conn,
+        };
+        // The network's STAN when free, else vpan's own counter; claimed atomically so two
+        // callers can never share a stamp.
+        let mut candidate = network_stan.unwrap_or_else(|| self.next_stamp());
+        let stamp = loop {
+            match inner.pending.entry(candidate) {
+                dashmap::Entry::Vacant(v) => {
+                    if Some(candidate) != network_stan {
+                        pending
+                            .request
+                            .set(11, &candidate)
+                            .map_err(|_| IssuerError::Encode)?;
+                    }
+                    request = pending.request.clone();
+                    v.insert(pending);
+                    break candidate;
+                }
+                dashmap::Entry::Occupied(_) => candidate = self.next_stamp(),
+            }
+        };
+        if let Some(stan) = network_stan
+            && stan != stamp
+            && let Some(identity) = identity(&request, &stan)
+        {
+            inner.restamped.insert(identity, (stamp, Instant::now()));
+        }
         if tx.try_send(request).is_err() {
             // The writer is gone or hopelessly behind: nothing was sent, nothing to reverse.
             inner.pending.remove(&stamp);
             return Err(IssuerError::Unavailable);
         }
         Ok((rx, stamp))
+    }
+
+    /// A reversal (or any message with DE 90) naming an original that went out under
+    /// another STAN: DE 90 gets that STAN, so the issuer finds the original it saw.
+    fn rewrite_original(&self, request: &mut Message) -> Result<(), IssuerError> {
+        let Some(de90) = request.text(90) else {
+            return Ok(());
+        };
+        let mut de90 = de90.as_bytes().to_vec();
+        let Some(key) = de90.get(..20).and_then(|k| <[u8; 20]>::try_from(k).ok()) else {
+            return Ok(());
+        };
+        if let Some(entry) = self.inner.restamped.get(&key) {
+            de90[4..10].copy_from_slice(&entry.0);
+            drop(entry);
+            request.set(90, &de90).map_err(|_| IssuerError::Encode)?;
+        }
+        Ok(())
     }
 
     fn next_stamp(&self) -> [u8; 6] {
@@ -417,8 +473,24 @@ impl IssuerLink {
             tracing::warn!("answer from the issuer without DE 11 dropped");
             return;
         };
+        // An answer under a live stamp but of another message class (a 0810 or a 0410 for
+        // a 0100) is not this request's answer: taking it would approve or decline on a
+        // stranger's DE 39. It is dropped; the request times out and is reversed.
+        let answers_request = match self.inner.pending.get(&stamp) {
+            Some(p) => is_response_to(&p.request.mti(), &answer.mti()),
+            None => {
+                tracing::debug!("answer from the issuer matches no request (already swept)");
+                return;
+            }
+        };
+        if !answers_request {
+            tracing::warn!(
+                mti = %String::from_utf8_lossy(&answer.mti()),
+                "answer from the issuer of the wrong message class dropped"
+            );
+            return;
+        }
         let Some((_, pending)) = self.inner.pending.remove(&stamp) else {
-            tracing::debug!("answer from the issuer matches no request (already swept)");
             return;
         };
         metrics::histogram!(m::ISSUER_REQUEST_DURATION)
@@ -461,6 +533,9 @@ impl IssuerLink {
                 () = self.inner.shutdown.cancelled() => return,
             }
             let now = Instant::now();
+            self.inner
+                .restamped
+                .retain(|_, (_, at)| now.duration_since(*at) < RESTAMPED_KEPT);
             let stale: Vec<[u8; 6]> = self
                 .inner
                 .pending
@@ -478,31 +553,69 @@ impl IssuerLink {
         }
     }
 
-    /// Sends a 0400 for `original` in the background, retrying with backoff until the
-    /// issuer answers it.
+    /// Sends a 0400 for `original` in the background, retrying with backoff (up to
+    /// `REVERSAL_RETRY_MAX` apart) until the issuer answers it or vpan shuts down: an
+    /// issuer host down for longer than a few retries must still get the reversal when it
+    /// is back, or the real account stays charged for a purchase the network was refused.
     pub fn reverse(&self, original: Message) {
         let Ok(reversal) = reversal_for(&original) else {
             tracing::error!("cannot build the reversal of a request; the issuer must reconcile");
             return;
         };
         let link = self.clone();
+        link.inner.reversals.fetch_add(1, Ordering::AcqRel);
         tokio::spawn(async move {
+            let _done = ReversalDone(link.clone());
             let mut wait = Duration::from_millis(100);
-            for attempt in 1..=REVERSAL_ATTEMPTS {
-                match link.send(reversal.clone()).await {
+            for attempt in 1u64.. {
+                // A reversal is not on a cardholder's clock: a slow host gets seconds to
+                // answer it before it is sent again.
+                let timeout = link.management_timeout();
+                match link.send_via(reversal.clone(), None, timeout).await {
                     Ok(_) => return,
-                    Err(e) => {
-                        tracing::warn!(attempt, error = %e, "reversal toward the issuer not answered");
+                    // Loud at first, then once a minute or so, while the host stays away.
+                    Err(e) if attempt <= 5 || attempt % 12 == 0 => {
+                        tracing::warn!(attempt, error = %e, "reversal toward the issuer not answered; retrying");
                     }
+                    Err(_) => {}
                 }
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
                     () = link.inner.shutdown.cancelled() => break,
                 }
-                wait *= 2;
+                wait = (wait * 2).min(REVERSAL_RETRY_MAX);
             }
-            tracing::error!("reversal toward the issuer failed; the issuer must reconcile");
+            tracing::error!(
+                "reversal toward the issuer not sent before shutdown; the issuer must reconcile"
+            );
         });
+    }
+
+    /// Before the link stops at shutdown (the network side has drained, so every caller
+    /// has its answer or its 91): the requests the issuer has not answered are reversed
+    /// now rather than by the sweep, and this waits, at most `grace`, until every reversal
+    /// is answered. Otherwise an issuer that approves late, during a restart, keeps the
+    /// real account charged for a purchase the network was refused.
+    pub async fn quiesce(&self, grace: Duration) {
+        let orphans: Vec<[u8; 6]> = self.inner.pending.iter().map(|p| *p.key()).collect();
+        for stamp in orphans {
+            if let Some((_, p)) = self.inner.pending.remove(&stamp)
+                && needs_reversal(&p.request)
+            {
+                self.reverse(p.request);
+            }
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.inner.reversals.load(Ordering::Acquire) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    reversals = self.inner.reversals.load(Ordering::Acquire),
+                    "reversals still unanswered at shutdown; the issuer must reconcile"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Sign-on and echo are not on a cardholder's clock: a slow host gets some seconds
@@ -514,6 +627,29 @@ impl IssuerLink {
     fn publish_connected(&self) {
         metrics::gauge!(m::ISSUER_CONNECTED).set(self.connected() as f64);
     }
+}
+
+/// Counts a background reversal as finished when its task ends, however it ends.
+struct ReversalDone(IssuerLink);
+
+impl Drop for ReversalDone {
+    fn drop(&mut self) {
+        self.0.inner.reversals.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The network identity of `request` as DE 90 names it: MTI, its network STAN, DE 7.
+fn identity(request: &Message, network_stan: &[u8; 6]) -> Option<[u8; 20]> {
+    let mut key = [b'0'; 20];
+    key[..4].copy_from_slice(&request.mti());
+    key[4..10].copy_from_slice(network_stan);
+    key[10..20].copy_from_slice(&request.transmission_time()?);
+    Some(key)
+}
+
+/// True when `answer` is an MTI that answers `request` (0100 → 011x, 0401 → 041x, ...).
+fn is_response_to(request: &[u8; 4], answer: &[u8; 4]) -> bool {
+    request[..2] == answer[..2] && request[2].is_ascii_digit() && answer[2] == request[2] + 1
 }
 
 /// True for an answer that approves (DE 39 00, 08, 10 or 11).
@@ -626,6 +762,18 @@ mod tests {
         );
         assert!(!rev.has(35));
         assert_eq!(rev.raw(4), Some(&b"000000001000"[..]));
+    }
+
+    #[test]
+    fn only_an_answer_of_the_requests_class_answers_it() {
+        assert!(is_response_to(b"0100", b"0110"));
+        assert!(is_response_to(b"0101", b"0110"));
+        assert!(is_response_to(b"0400", b"0410"));
+        assert!(is_response_to(b"0800", b"0810"));
+        assert!(!is_response_to(b"0100", b"0410"));
+        assert!(!is_response_to(b"0100", b"0810"));
+        assert!(!is_response_to(b"0100", b"0100"));
+        assert!(!is_response_to(b"0200", b"0110"));
     }
 
     #[test]

@@ -90,6 +90,11 @@ pub struct Args {
     /// Print the summary as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Write what the target answered, one JSON line per request settled (traffic line,
+    /// MTI, masked card, DE 4, outcome, DE 39), so a crash test can check the switch's
+    /// counters against what the network side received. Never a full card number.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
 }
 
 /// Reads `10s`, `500ms`, `250us`, `2m`, `1h`, or a plain number of seconds.
@@ -144,6 +149,8 @@ pub struct LoadgenConfig {
     pub max_frame: usize,
     /// Cancelled: stop sending now, wait for what is in flight, and summarize (Ctrl-C).
     pub stop: Option<CancellationToken>,
+    /// Where to write the record of every request's outcome (`--record`).
+    pub record: Option<PathBuf>,
 }
 
 impl LoadgenConfig {
@@ -165,6 +172,7 @@ impl LoadgenConfig {
             progress: false,
             max_frame: 8192,
             stop: None,
+            record: None,
         }
     }
 
@@ -210,6 +218,7 @@ impl LoadgenConfig {
             progress: true,
             max_frame: 8192,
             stop: None,
+            record: args.record.clone(),
         })
     }
 }
@@ -364,6 +373,8 @@ struct Shared {
     timeouts: AtomicU64,
     /// Errors so far, for the progress line.
     errors: AtomicU64,
+    /// The `--record` file, written in batches by each connection.
+    record: Option<std::sync::Mutex<std::fs::File>>,
 }
 
 impl Shared {
@@ -444,6 +455,8 @@ struct Conn {
     out: BytesMut,
     /// What this connection measured.
     stats: Stats,
+    /// `--record` lines not yet written to the file.
+    record: Vec<u8>,
 }
 
 /// What one connection measured.
@@ -699,6 +712,7 @@ impl Conn {
         let Some(p) = self.pending.remove(&stan) else {
             return self.error("unmatched", 1);
         };
+        self.note(&p, "answered", msg.response_code());
         let us = now.saturating_duration_since(p.intended).as_micros() as u64;
         self.stats
             .hist
@@ -746,6 +760,7 @@ impl Conn {
             }
             self.deadlines.pop_front();
             if let Some(p) = self.pending.remove(&stan) {
+                self.note(&p, "timeout", None);
                 self.stats.timeouts += 1;
                 self.shared.timeouts.fetch_add(1, Ordering::Relaxed);
                 self.settle(&p);
@@ -762,6 +777,7 @@ impl Conn {
             self.error("connection_lost", lost.len() as u64);
         }
         for p in &lost {
+            self.note(p, "lost", None);
             self.settle(p);
         }
         self.deadlines.clear();
@@ -834,6 +850,84 @@ impl Conn {
     }
 }
 
+/// `--record`: what the network side saw, request by request.
+impl Conn {
+    /// Notes how one request ended, when recording.
+    fn note(&mut self, p: &Pending, outcome: &str, code: Option<[u8; 2]>) {
+        if self.shared.record.is_none() {
+            return;
+        }
+        let traffic = self.shared.traffic_ref();
+        let Some(entry) = traffic.entries().get(p.entry) else {
+            return;
+        };
+        let m = &entry.message;
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let line = RecordLine {
+            line: entry.line,
+            mti: text(&m.mti()),
+            // Masked: first 6 and last 4 only, as everywhere else.
+            card: m.pan().and_then(Result::ok).map(|p| p.to_string()),
+            amount: m.amount_transaction(),
+            outcome,
+            code: code.map(|c| text(&c)),
+        };
+        if serde_json::to_writer(&mut self.record, &line).is_ok() {
+            self.record.push(b'\n');
+        }
+        if self.record.len() >= 64 * 1024 {
+            self.flush_record();
+        }
+    }
+
+    /// Appends the buffered record lines to the file.
+    fn flush_record(&mut self) {
+        use std::io::Write;
+        if self.record.is_empty() {
+            return;
+        }
+        let written = match &self.shared.record {
+            Some(file) => match file.lock() {
+                Ok(mut f) => f.write_all(&self.record).is_ok(),
+                Err(_) => false,
+            },
+            None => true,
+        };
+        if !written {
+            self.error("record", 1);
+        }
+        self.record.clear();
+    }
+}
+
+/// One line of the `--record` file.
+#[derive(Serialize)]
+struct RecordLine<'a> {
+    /// Line of the traffic file (1-based).
+    line: usize,
+    /// The request's MTI.
+    mti: String,
+    /// DE 2, masked.
+    card: Option<String>,
+    /// DE 4 in minor units.
+    amount: Option<u64>,
+    /// `answered`, `timeout` or `lost` (the connection dropped with it in flight).
+    outcome: &'a str,
+    /// DE 39 of the answer.
+    code: Option<String>,
+}
+
+fn open_record(
+    path: Option<&std::path::Path>,
+) -> Result<Option<std::sync::Mutex<std::fs::File>>, LoadgenError> {
+    path.map(|p| {
+        std::fs::File::create(p)
+            .map(std::sync::Mutex::new)
+            .map_err(|e| LoadgenError::Config(format!("--record {}: {e}", p.display())))
+    })
+    .transpose()
+}
+
 impl Shared {
     fn traffic_ref(&self) -> Arc<Traffic> {
         self.cfg.traffic.clone()
@@ -879,6 +973,7 @@ async fn connection(mut conn: Conn, first: TcpStream) -> Stats {
             }
         }
     }
+    conn.flush_record();
     conn.stats
 }
 
@@ -915,6 +1010,7 @@ pub async fn run(mut cfg: LoadgenConfig) -> Result<Summary, LoadgenError> {
         answered: AtomicU64::new(0),
         timeouts: AtomicU64::new(0),
         errors: AtomicU64::new(0),
+        record: open_record(cfg.record.as_deref())?,
         cfg: cfg.clone(),
     });
     let interval = match cfg.rate {
@@ -939,6 +1035,7 @@ pub async fn run(mut cfg: LoadgenConfig) -> Result<Summary, LoadgenError> {
             de7: (0, [b'0'; 10]),
             out: BytesMut::with_capacity(64 * 1024),
             stats: Stats::new()?,
+            record: Vec::new(),
         };
         tasks.push(tokio::spawn(connection(conn, s)));
     }

@@ -1,0 +1,659 @@
+//! Issuer faults: the switch (`App` on port 0) in front of the real issuer simulator,
+//! sometimes through a fault proxy on real TCP that refuses, cuts connections or turns the
+//! issuer's answers into garbage (unparseable, wrong MTI, unknown STAN).
+//!
+//! For each fault: every network request is answered exactly once, within
+//! `issuer.timeout_ms` plus a generous margin (a correctness bound, never a speed claim);
+//! holds are released (`held` back to 0); what the issuer approved without the network
+//! being told is reversed, so each real account ends charged exactly what its vPAN counts;
+//! and the link comes back by itself (`vpan_issuer_connected` back to the configured count).
+//!
+//! The tests run one at a time: `vpan_issuer_connected` is a process-wide gauge.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test binary: panics are the verdict
+
+mod procs;
+mod rig;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use rig::{Rig, rig};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use vpan::cards::{CardKey, CardView};
+use vpan::iso8583::{Frame, FrameCodec, Framing, Message, Spec};
+use vpan::pan::Pan;
+use vpan::tools::issuer_sim::{DEFAULT_BALANCE, IssuerSim, SimConfig};
+
+/// `issuer.timeout_ms` in these tests.
+const TIMEOUT_MS: u64 = 500;
+/// Added to the timeout for the answer bound: seconds, so a loaded machine never fails it.
+const MARGIN: Duration = Duration::from_secs(5);
+/// How long the books may take to settle (reversals retried, the sweep of answers that
+/// never came runs after 10 s).
+const SETTLE: Duration = Duration::from_secs(40);
+
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A switch with fast reconnection and a short timeout, toward `issuer`.
+async fn switch(sim: Option<SimConfig>, issuer: Option<SocketAddr>) -> Rig {
+    rig(sim, |c| {
+        c.issuer.timeout_ms = TIMEOUT_MS;
+        c.issuer.reconnect_max_ms = 200;
+        if let Some(a) = issuer {
+            c.issuer.connect = a.to_string();
+        }
+    })
+    .await
+}
+
+/// A free port on localhost (bound, then released).
+fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// What the fault proxy does to the link.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    /// Bytes pass both ways.
+    Pass,
+    /// New connections are accepted and closed at once (the host is down).
+    Refuse,
+    /// Every answer but an 0810 is garbled, in turn: not parseable, wrong MTI, unknown STAN.
+    Garbage,
+}
+
+/// A TCP proxy between the switch and the issuer simulator that injects faults.
+struct Proxy {
+    addr: SocketAddr,
+    mode: Arc<Mutex<Mode>>,
+    /// Cancelled to cut every open connection; replaced after.
+    cut: Arc<Mutex<CancellationToken>>,
+    garbled: Arc<Mutex<u64>>,
+}
+
+impl Proxy {
+    async fn start(upstream: SocketAddr, mode: Mode) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = Proxy {
+            addr: listener.local_addr().unwrap(),
+            mode: Arc::new(Mutex::new(mode)),
+            cut: Arc::new(Mutex::new(CancellationToken::new())),
+            garbled: Arc::new(Mutex::new(0)),
+        };
+        let (mode, cut, garbled) = (proxy.mode.clone(), proxy.cut.clone(), proxy.garbled.clone());
+        tokio::spawn(async move {
+            while let Ok((down, _)) = listener.accept().await {
+                if *mode.lock().unwrap() == Mode::Refuse {
+                    drop(down);
+                    continue;
+                }
+                let Ok(up) = TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let token = cut.lock().unwrap().clone();
+                tokio::spawn(pipe(down, up, mode.clone(), token, garbled.clone()));
+            }
+        });
+        proxy
+    }
+
+    fn set(&self, mode: Mode) {
+        *self.mode.lock().unwrap() = mode;
+    }
+
+    /// Closes every open connection through the proxy.
+    fn cut(&self) {
+        let mut t = self.cut.lock().unwrap();
+        t.cancel();
+        *t = CancellationToken::new();
+    }
+}
+
+/// One proxied connection: requests pass untouched, answers per the mode.
+async fn pipe(
+    down: TcpStream,
+    up: TcpStream,
+    mode: Arc<Mutex<Mode>>,
+    cut: CancellationToken,
+    garbled: Arc<Mutex<u64>>,
+) {
+    let codec = || FrameCodec::new(Framing::Len2, 0, 8192);
+    let (mut down_tx, mut down_rx) = Framed::new(down, codec()).split();
+    let (mut up_tx, mut up_rx) = Framed::new(up, codec()).split();
+    loop {
+        tokio::select! {
+            () = cut.cancelled() => return,
+            f = down_rx.next() => match f {
+                Some(Ok(f)) => if up_tx.send(f).await.is_err() { return },
+                _ => return,
+            },
+            f = up_rx.next() => match f {
+                Some(Ok(Frame::Message { header, body })) => {
+                    let m = *mode.lock().unwrap();
+                    let body = if m == Mode::Garbage && !body.starts_with(b"0810") {
+                        let mut n = garbled.lock().unwrap();
+                        *n += 1;
+                        garble(body, *n)
+                    } else {
+                        body
+                    };
+                    if down_tx.send(Frame::Message { header, body }).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(f)) => if down_tx.send(f).await.is_err() { return },
+                _ => return,
+            },
+        }
+    }
+}
+
+/// The `n`th garbled answer: in turn not parseable, of the wrong MTI, or under a STAN that
+/// matches nothing.
+fn garble(body: Bytes, n: u64) -> Bytes {
+    match n % 3 {
+        0 => Bytes::from_static(b"0110\xff\xfe not an ISO 8583 message"),
+        1 => {
+            let mut b = body.to_vec();
+            b[..4].copy_from_slice(b"0410");
+            Bytes::from(b)
+        }
+        _ => {
+            let mut m = Message::parse(Spec::iso87ascii(), body).unwrap();
+            m.set(11, b"999999").unwrap();
+            m.pack()
+        }
+    }
+}
+
+/// A network-side connection that counts every answer by STAN.
+struct Net {
+    framed: Framed<TcpStream, FrameCodec>,
+    stan: u32,
+    /// Answers per STAN (must end at exactly 1 each).
+    answers: HashMap<[u8; 6], (u32, String)>,
+    /// When each request went out.
+    sent: HashMap<[u8; 6], Instant>,
+    /// The slowest answer.
+    slowest: Duration,
+}
+
+impl Net {
+    async fn connect(addr: SocketAddr) -> Net {
+        Net {
+            framed: Framed::new(
+                TcpStream::connect(addr).await.unwrap(),
+                FrameCodec::new(Framing::Len2, 0, 8192),
+            ),
+            stan: rand::random_range(1..500_000),
+            answers: HashMap::new(),
+            sent: HashMap::new(),
+            slowest: Duration::ZERO,
+        }
+    }
+
+    /// Sends a purchase of `amount` on `card`.
+    async fn purchase(&mut self, card: &CardView, amount: u64) {
+        self.stan += 1;
+        let m = purchase_with_stan(card, amount, self.stan);
+        self.sent.insert(m.stan().unwrap(), Instant::now());
+        self.framed
+            .send(Frame::Message {
+                header: Bytes::new(),
+                body: m.pack(),
+            })
+            .await
+            .unwrap();
+    }
+
+    /// Reads answers until every request sent is answered; each must come within the
+    /// timeout plus the margin.
+    async fn answers(&mut self) {
+        let bound = Duration::from_millis(TIMEOUT_MS) + MARGIN;
+        while self.answers.len() < self.sent.len() {
+            let f = tokio::time::timeout(bound, self.framed.next())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "{} of {} requests answered within {bound:?}",
+                        self.answers.len(),
+                        self.sent.len()
+                    )
+                });
+            self.take(f);
+        }
+    }
+
+    fn take(&mut self, f: Option<Result<Frame, vpan::iso8583::FrameError>>) {
+        let Some(Ok(Frame::Message { body, .. })) = f else {
+            panic!("the network connection ended");
+        };
+        let m = Message::parse(Spec::iso87ascii(), body).unwrap();
+        let stan = m.stan().unwrap();
+        let took = self.sent[&stan].elapsed();
+        assert!(
+            took <= Duration::from_millis(TIMEOUT_MS) + MARGIN,
+            "answered after {took:?}"
+        );
+        self.slowest = self.slowest.max(took);
+        let e = self.answers.entry(stan).or_insert((0, String::new()));
+        e.0 += 1;
+        e.1 = rig::code(&m);
+        assert_eq!(e.0, 1, "a request answered twice");
+    }
+
+    /// No answer beyond one per request has arrived by now.
+    fn no_extra(&mut self) {
+        while let Some(f) = self.framed.next().now_or_never() {
+            self.take(f);
+        }
+    }
+
+    fn codes(&self) -> HashMap<String, usize> {
+        let mut out = HashMap::new();
+        for (_, c) in self.answers.values() {
+            *out.entry(c.clone()).or_insert(0) += 1;
+        }
+        out
+    }
+}
+
+fn purchase_with_stan(card: &CardView, amount: u64, stan: u32) -> Message {
+    let spec = Spec::iso87ascii();
+    let mut m = Message::new(spec, b"0100").unwrap();
+    m.set(2, card.vpan.as_bytes()).unwrap();
+    m.set(3, b"000000").unwrap();
+    m.set(4, format!("{amount:012}").as_bytes()).unwrap();
+    m.set(7, b"1126143015").unwrap();
+    m.set(11, format!("{:06}", stan % 1_000_000).as_bytes())
+        .unwrap();
+    m.set(14, &card.expiry.0).unwrap();
+    m.set(18, b"5734").unwrap();
+    m.set(22, b"812").unwrap();
+    m.set(32, b"12345678901").unwrap();
+    m.set(41, b"TERM0001").unwrap();
+    m.set(42, b"SHOP00000000001").unwrap();
+    m.set(49, b"978").unwrap();
+    Message::parse(spec, m.pack()).unwrap()
+}
+
+/// Waits until `vpan_issuer_connected` is `n`.
+async fn link_up(rig: &Rig, n: usize) {
+    let until = Instant::now() + SETTLE;
+    loop {
+        let page = procs::scrape(rig.metrics).await;
+        if procs::metric(&page, "vpan_issuer_connected", &[]) == n as f64 {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "vpan_issuer_connected back to {n} within {SETTLE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every card's hold is released.
+fn no_holds(rig: &Rig, cards: &[(CardView, Pan)]) {
+    for (card, _) in cards {
+        let v = rig.cards.get(CardKey::of(&card.vpan)).unwrap();
+        assert_eq!(v.held, 0, "a hold was left after the fault");
+    }
+}
+
+/// Waits until the issuer charged each real card exactly what its vPAN counts.
+async fn books_agree(rig: &Rig, cards: &[(CardView, Pan)]) {
+    let until = Instant::now() + SETTLE;
+    loop {
+        let off: Vec<(i64, i64)> = cards
+            .iter()
+            .map(|(card, real)| {
+                let spent = rig.cards.get(CardKey::of(&card.vpan)).unwrap().spent as i64;
+                let charged = DEFAULT_BALANCE - rig.sim().balance(real).unwrap_or(DEFAULT_BALANCE);
+                (charged, spent)
+            })
+            .filter(|(charged, spent)| charged != spent)
+            .collect();
+        if off.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "issuer charged vs card spent still differ after {SETTLE:?}: {off:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn cards(rig: &Rig, n: usize) -> Vec<(CardView, Pan)> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(rig.issue(|c| c.amount_limit = 10_000_000).await);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_down_at_start_gets_91_and_the_link_comes_up_by_itself_when_it_starts() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let addr = free_addr();
+    let mut rig = switch(None, Some(addr)).await;
+    let cards = cards(&rig, 3).await;
+    let mut net = Net::connect(rig.network).await;
+    for (card, _) in &cards {
+        net.purchase(card, 1_000).await;
+    }
+    net.answers().await;
+    assert_eq!(
+        net.codes().get("91"),
+        Some(&cards.len()),
+        "{:?}",
+        net.codes()
+    );
+    no_holds(&rig, &cards);
+
+    // The issuer comes up on the configured address: the link dials it by itself.
+    rig.sim = Some(
+        IssuerSim::start(SimConfig {
+            listen: addr,
+            ..SimConfig::default()
+        })
+        .await
+        .unwrap(),
+    );
+    link_up(&rig, 2).await;
+    for (card, _) in &cards {
+        net.purchase(card, 1_000).await;
+    }
+    net.answers().await;
+    assert_eq!(
+        net.codes().get("00"),
+        Some(&cards.len()),
+        "{:?}",
+        net.codes()
+    );
+    books_agree(&rig, &cards).await;
+    net.no_extra();
+    eprintln!(
+        "issuer down at start: {} requests, codes {:?}, slowest {:?}",
+        net.sent.len(),
+        net.codes(),
+        net.slowest
+    );
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_killed_mid_flight_and_back_seconds_later_gets_its_approvals_reversed() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let sim = IssuerSim::start(SimConfig {
+        latency: Duration::from_millis(300),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let proxy = Proxy::start(sim.local_addr(), Mode::Pass).await;
+    let mut rig = switch(None, Some(proxy.addr)).await;
+    rig.sim = Some(sim);
+    link_up(&rig, 2).await;
+    let cards = cards(&rig, 4).await;
+    let mut net = Net::connect(rig.network).await;
+    const N: usize = 20;
+    for i in 0..N {
+        net.purchase(&cards[i % cards.len()].0, 500 + i as u64)
+            .await;
+    }
+    // Every request is at the issuer (booked there, its answer held back by the latency):
+    // the host dies, and stays down for longer than the reversals' first retries.
+    rig.sim().wait_for_requests(N as u64 + 2).await;
+    proxy.set(Mode::Refuse);
+    proxy.cut();
+    net.answers().await;
+    assert_eq!(net.codes().get("91"), Some(&N), "{:?}", net.codes());
+    no_holds(&rig, &cards);
+    link_up(&rig, 0).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    proxy.set(Mode::Pass);
+    link_up(&rig, 2).await;
+    books_agree(&rig, &cards).await;
+    net.no_extra();
+    eprintln!(
+        "issuer killed mid-flight: {N} in flight, codes {:?}, slowest {:?}, reversals at the \
+         issuer {}",
+        net.codes(),
+        net.slowest,
+        rig.sim().requests(b"0400")
+    );
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_issuer_is_waited_for_and_a_late_one_gets_91_and_its_approvals_reversed() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    for (latency, code) in [(TIMEOUT_MS / 2, "00"), (TIMEOUT_MS * 3, "91")] {
+        let rig = switch(
+            Some(SimConfig {
+                latency: Duration::from_millis(latency),
+                ..SimConfig::default()
+            }),
+            None,
+        )
+        .await;
+        let cards = cards(&rig, 3).await;
+        let mut net = Net::connect(rig.network).await;
+        const N: usize = 15;
+        for i in 0..N {
+            net.purchase(&cards[i % cards.len()].0, 700).await;
+        }
+        net.answers().await;
+        assert_eq!(net.codes().get(code), Some(&N), "{:?}", net.codes());
+        no_holds(&rig, &cards);
+        books_agree(&rig, &cards).await;
+        link_up(&rig, 2).await;
+        net.no_extra();
+        eprintln!(
+            "issuer latency {latency} ms, timeout {TIMEOUT_MS} ms: codes {:?}, slowest {:?}, \
+             reversals at the issuer {}",
+            net.codes(),
+            net.slowest,
+            rig.sim().requests(b"0400")
+        );
+        if code == "91" {
+            assert_eq!(
+                rig.sim().requests(b"0400"),
+                N as u64,
+                "each late approval reversed"
+            );
+        }
+        rig.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_answers_from_the_issuer_get_91_and_whatever_it_approved_is_reversed() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let sim = IssuerSim::start(SimConfig::default()).await.unwrap();
+    let proxy = Proxy::start(sim.local_addr(), Mode::Garbage).await;
+    let mut rig = switch(None, Some(proxy.addr)).await;
+    rig.sim = Some(sim);
+    link_up(&rig, 2).await;
+    let cards = cards(&rig, 3).await;
+    let mut net = Net::connect(rig.network).await;
+    const N: usize = 12;
+    for i in 0..N {
+        net.purchase(&cards[i % cards.len()].0, 900).await;
+    }
+    net.answers().await;
+    assert_eq!(net.codes().get("91"), Some(&N), "{:?}", net.codes());
+    no_holds(&rig, &cards);
+    // The issuer approved all of them: the unanswered ones are reversed by the sweep.
+    proxy.set(Mode::Pass);
+    books_agree(&rig, &cards).await;
+    link_up(&rig, 2).await;
+    net.no_extra();
+    eprintln!(
+        "garbage answers: {} garbled (unparseable, wrong MTI, unknown STAN in turn), codes \
+         {:?}, slowest {:?}, reversals at the issuer {}",
+        proxy.garbled.lock().unwrap(),
+        net.codes(),
+        net.slowest,
+        rig.sim().requests(b"0400")
+    );
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_that_drops_connections_and_answers_at_random_loses_nothing() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let rig = switch(
+        Some(SimConfig {
+            drop_share: 0.03,
+            timeout_share: 0.03,
+            latency: Duration::from_millis(5),
+            ..SimConfig::default()
+        }),
+        None,
+    )
+    .await;
+    let cards = cards(&rig, 4).await;
+    let mut nets = Vec::new();
+    for _ in 0..4 {
+        nets.push(Net::connect(rig.network).await);
+    }
+    const ROUNDS: usize = 10;
+    const BATCH: usize = 10;
+    for _ in 0..ROUNDS {
+        for (k, net) in nets.iter_mut().enumerate() {
+            for _ in 0..BATCH {
+                net.purchase(&cards[k].0, rand::random_range(100..1_000))
+                    .await;
+            }
+        }
+        for net in &mut nets {
+            net.answers().await;
+        }
+    }
+    no_holds(&rig, &cards);
+    books_agree(&rig, &cards).await;
+    link_up(&rig, 2).await;
+    let mut codes: HashMap<String, usize> = HashMap::new();
+    for net in &mut nets {
+        net.no_extra();
+        for (c, n) in net.codes() {
+            *codes.entry(c).or_insert(0) += n;
+        }
+    }
+    let stats = rig.sim().stats();
+    eprintln!(
+        "random drops and lost answers: {} requests, each answered once, codes {codes:?}; the \
+         issuer dropped {} connections and left {} unanswered; reversals at the issuer {}",
+        ROUNDS * BATCH * nets.len(),
+        stats.dropped,
+        stats.unanswered,
+        rig.sim().requests(b"0400")
+    );
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_peer_that_vanishes_with_requests_in_flight_leaves_no_hold() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let rig = switch(
+        Some(SimConfig {
+            latency: Duration::from_millis(200),
+            ..SimConfig::default()
+        }),
+        None,
+    )
+    .await;
+    let cards = cards(&rig, 2).await;
+    const N: usize = 10;
+    for reset in [false, true] {
+        let mut net = Net::connect(rig.network).await;
+        for i in 0..N {
+            net.purchase(&cards[i % cards.len()].0, 300).await;
+        }
+        // Every request is at the issuer; the network side goes away before the answers,
+        // with a FIN or with a reset.
+        let before = rig.sim().stats().requests;
+        let until = Instant::now() + SETTLE;
+        while rig.sim().stats().requests < before + N as u64 {
+            assert!(Instant::now() < until, "requests reached the issuer");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let stream = net.framed.into_inner();
+        if reset {
+            // SO_LINGER 0: the close sends a reset (and does not block, nothing is unsent).
+            #[allow(deprecated)]
+            stream.set_linger(Some(Duration::ZERO)).unwrap();
+        }
+        drop(stream);
+        // The issuer's answers come; nobody can be told, but each hold gets its outcome.
+        let until = Instant::now() + SETTLE;
+        loop {
+            let held: u64 = cards
+                .iter()
+                .map(|(c, _)| rig.cards.get(CardKey::of(&c.vpan)).unwrap().held)
+                .sum();
+            if held == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "{held} still held {SETTLE:?} after the peer left (reset: {reset})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        books_agree(&rig, &cards).await;
+        eprintln!(
+            "network peer gone (reset: {reset}) with {N} in flight: no hold left, books agree"
+        );
+    }
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_while_the_issuer_is_late_reverses_what_it_approved_after_the_91() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut rig = switch(
+        Some(SimConfig {
+            latency: Duration::from_millis(TIMEOUT_MS * 3),
+            ..SimConfig::default()
+        }),
+        None,
+    )
+    .await;
+    let cards = cards(&rig, 3).await;
+    let mut net = Net::connect(rig.network).await;
+    const N: usize = 12;
+    for i in 0..N {
+        net.purchase(&cards[i % cards.len()].0, 400).await;
+    }
+    net.answers().await;
+    assert_eq!(net.codes().get("91"), Some(&N), "{:?}", net.codes());
+    // The switch stops before the issuer's late approvals come back.
+    let sim = rig.sim.take().unwrap();
+    rig.stop().await;
+    for (card, real) in &cards {
+        let _ = card;
+        assert_eq!(
+            sim.balance(real),
+            Some(DEFAULT_BALANCE),
+            "the issuer still charges a card whose purchase was answered 91"
+        );
+    }
+    eprintln!(
+        "stop while the issuer is late: {N} answered 91, {} reversals reached the issuer before \
+         the switch exited",
+        sim.requests(b"0400")
+    );
+    sim.shutdown().await;
+}
