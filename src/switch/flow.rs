@@ -475,37 +475,112 @@ fn tx_key(msg: &Message) -> Option<TxKey> {
 
 /// Counts an answer and its latency under labels from small fixed sets only.
 fn record(mti: &[u8; 4], answer: &Message, by: DecidedBy, received: Instant) {
-    let mti = mti_label(mti);
-    let code = code_label(answer.response_code());
-    metrics::counter!(m::REQUESTS_TOTAL, "mti" => mti, "response_code" => code, "decided_by" => by.as_str())
+    let mti = mti_index(mti);
+    let code = code_index(answer.response_code());
+    let by_index = match by {
+        DecidedBy::Switch => 0,
+        DecidedBy::Issuer => 1,
+    };
+    REQUEST_METRICS
+        .counter(mti, code, by_index, by)
         .increment(1);
-    metrics::histogram!(m::REQUEST_DURATION, "mti" => mti).record(received.elapsed().as_secs_f64());
+    REQUEST_METRICS
+        .duration(mti)
+        .record(received.elapsed().as_secs_f64());
 }
 
 /// The MTIs vpan handles by name; anything else is `other`, so a hostile peer cannot
 /// blow up the label space.
-fn mti_label(mti: &[u8; 4]) -> &'static str {
-    const KNOWN: [&str; 17] = [
-        "0100", "0101", "0120", "0121", "0200", "0201", "0220", "0221", "0400", "0401", "0420",
-        "0421", "0800", "0801", "0820", "0300", "0600",
-    ];
-    KNOWN
+const KNOWN_MTIS: [&str; 17] = [
+    "0100", "0101", "0120", "0121", "0200", "0201", "0220", "0221", "0400", "0401", "0420", "0421",
+    "0800", "0801", "0820", "0300", "0600",
+];
+
+/// Two-digit response codes as static labels (`code_index` 0 to 99; 100 is `other`).
+const CODES: &str = "00010203040506070809101112131415161718192021222324252627282930313233343536373839404142434445464748495051525354555657585960616263646566676869707172737475767778798081828384858687888990919293949596979899";
+
+/// Index of `mti` in [`KNOWN_MTIS`], or its length for `other`.
+fn mti_index(mti: &[u8; 4]) -> usize {
+    KNOWN_MTIS
         .iter()
-        .find(|k| k.as_bytes() == mti)
-        .copied()
-        .unwrap_or("other")
+        .position(|k| k.as_bytes() == mti)
+        .unwrap_or(KNOWN_MTIS.len())
 }
 
-/// Two-digit response codes as static labels; anything else is `other`.
-fn code_label(code: Option<[u8; 2]>) -> &'static str {
-    const ALL: &str = "00010203040506070809101112131415161718192021222324252627282930313233343536373839404142434445464748495051525354555657585960616263646566676869707172737475767778798081828384858687888990919293949596979899";
+/// 0 to 99 for a two-digit code, 100 for anything else.
+fn code_index(code: Option<[u8; 2]>) -> usize {
     match code {
         Some([a, b]) if a.is_ascii_digit() && b.is_ascii_digit() => {
-            let i = usize::from(a - b'0') * 10 + usize::from(b - b'0');
-            ALL.get(2 * i..2 * i + 2).unwrap_or("other")
+            usize::from(a - b'0') * 10 + usize::from(b - b'0')
         }
-        _ => "other",
+        _ => 100,
     }
+}
+
+fn mti_label(index: usize) -> &'static str {
+    KNOWN_MTIS.get(index).copied().unwrap_or("other")
+}
+
+fn code_label(index: usize) -> &'static str {
+    CODES.get(2 * index..2 * index + 2).unwrap_or("other")
+}
+
+/// The request metrics' handles, registered on first use and kept: `metrics::counter!`
+/// with labels builds and hashes its key on every call, a cost per request that a
+/// profile of the switch showed; the label sets are small and fixed, so each handle is
+/// looked up once.
+struct RequestMetrics {
+    /// By (MTI, code, decider): 18 × 101 × 2 slots.
+    counters: std::sync::OnceLock<Box<[std::sync::OnceLock<metrics::Counter>]>>,
+    /// By MTI.
+    durations: std::sync::OnceLock<Box<[std::sync::OnceLock<metrics::Histogram>]>>,
+}
+
+static REQUEST_METRICS: RequestMetrics = RequestMetrics {
+    counters: std::sync::OnceLock::new(),
+    durations: std::sync::OnceLock::new(),
+};
+
+impl RequestMetrics {
+    const MTIS: usize = KNOWN_MTIS.len() + 1;
+    const CODES: usize = 101;
+
+    fn counter(
+        &self,
+        mti: usize,
+        code: usize,
+        by_index: usize,
+        by: DecidedBy,
+    ) -> &metrics::Counter {
+        let slots = self.counters.get_or_init(|| {
+            (0..Self::MTIS * Self::CODES * 2)
+                .map(|_| std::sync::OnceLock::new())
+                .collect()
+        });
+        let i = (mti.min(Self::MTIS - 1) * Self::CODES + code.min(Self::CODES - 1)) * 2 + by_index;
+        // In range by construction; `get` keeps clippy's indexing rule and costs nothing.
+        let slot = slots.get(i).unwrap_or_else(|| unreachable_slot());
+        slot.get_or_init(|| {
+            metrics::counter!(m::REQUESTS_TOTAL, "mti" => mti_label(mti), "response_code" => code_label(code), "decided_by" => by.as_str())
+        })
+    }
+
+    fn duration(&self, mti: usize) -> &metrics::Histogram {
+        let slots = self.durations.get_or_init(|| {
+            (0..Self::MTIS)
+                .map(|_| std::sync::OnceLock::new())
+                .collect()
+        });
+        let slot = slots
+            .get(mti.min(Self::MTIS - 1))
+            .unwrap_or_else(|| unreachable_slot());
+        slot.get_or_init(|| metrics::histogram!(m::REQUEST_DURATION, "mti" => mti_label(mti)))
+    }
+}
+
+#[cold]
+fn unreachable_slot<T>() -> T {
+    unreachable!("metric slot index is clamped to the table")
 }
 
 #[cfg(test)]
@@ -529,11 +604,11 @@ mod tests {
 
     #[test]
     fn labels_come_from_small_fixed_sets() {
-        assert_eq!(code_label(Some(*b"05")), "05");
-        assert_eq!(code_label(Some(*b"99")), "99");
-        assert_eq!(code_label(Some(*b"Z1")), "other");
-        assert_eq!(code_label(None), "other");
-        assert_eq!(mti_label(b"0100"), "0100");
-        assert_eq!(mti_label(b"9999"), "other");
+        assert_eq!(code_label(code_index(Some(*b"05"))), "05");
+        assert_eq!(code_label(code_index(Some(*b"99"))), "99");
+        assert_eq!(code_label(code_index(Some(*b"Z1"))), "other");
+        assert_eq!(code_label(code_index(None)), "other");
+        assert_eq!(mti_label(mti_index(b"0100")), "0100");
+        assert_eq!(mti_label(mti_index(b"9999")), "other");
     }
 }
