@@ -559,7 +559,7 @@ impl RequestMetrics {
         });
         let i = (mti.min(Self::MTIS - 1) * Self::CODES + code.min(Self::CODES - 1)) * 2 + by_index;
         // In range by construction; `get` keeps clippy's indexing rule and costs nothing.
-        let slot = slots.get(i).unwrap_or_else(|| unreachable_slot());
+        let slot = slots.get(i).unwrap_or_else(unreachable_slot);
         slot.get_or_init(|| {
             metrics::counter!(m::REQUESTS_TOTAL, "mti" => mti_label(mti), "response_code" => code_label(code), "decided_by" => by.as_str())
         })
@@ -573,7 +573,7 @@ impl RequestMetrics {
         });
         let slot = slots
             .get(mti.min(Self::MTIS - 1))
-            .unwrap_or_else(|| unreachable_slot());
+            .unwrap_or_else(unreachable_slot);
         slot.get_or_init(|| metrics::histogram!(m::REQUEST_DURATION, "mti" => mti_label(mti)))
     }
 }
