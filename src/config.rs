@@ -257,7 +257,19 @@ impl Config {
             ),
             None => (String::new(), "defaults".to_string()),
         };
-        let mut table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        Config::from_toml(&text, &origin, env)
+    }
+
+    /// Reads `text` (the TOML of a config file; `origin` names it in errors), applies the
+    /// `VPAN_*` variables of `env`, and validates the result. [`Config::load`] without the
+    /// file, so the config fuzz target drives the same code.
+    pub fn from_toml(
+        text: &str,
+        origin: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let origin = origin.to_string();
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
             origin: origin.clone(),
             message: e.to_string(),
         })?;
