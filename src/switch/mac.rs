@@ -247,12 +247,10 @@ pub fn mac_field(msg: &Message) -> usize {
     highest.div_ceil(64).max(1) * 64
 }
 
-/// Checks that `spec` can carry a MAC: DE 64 and DE 128 (and DE 192 with a tertiary
-/// bitmap) are fixed 8-byte binary fields (raw bytes, or 16 hex characters). `key` is the
-/// config key named in the error.
+/// Checks that `spec` can carry a MAC: DE 64, and DE 128 with a secondary bitmap (DE 192
+/// with a tertiary one), are fixed 8-byte binary fields (raw bytes, or 16 hex characters).
 pub fn check_spec(spec: &Spec) -> Result<(), String> {
-    let last = if spec.max_field > 128 { 192 } else { 128 };
-    for n in (64..=last).step_by(64) {
+    for n in (64..=spec.max_field.max(64)).step_by(64) {
         let ok = spec.field(n).is_some_and(|f| {
             matches!(f.encoding, Encoding::Binary | Encoding::HexAscii)
                 && matches!(f.length, Length::Fixed)
@@ -416,6 +414,15 @@ mod tests {
     fn both_built_in_layouts_can_carry_a_mac() {
         check_spec(Spec::iso87ascii()).unwrap();
         check_spec(Spec::iso87binary()).unwrap();
+    }
+
+    #[test]
+    fn a_layout_whose_mac_field_is_not_eight_binary_bytes_is_refused() {
+        use crate::iso8583::{FieldSpec, Kind};
+        let mut spec = Spec::iso87ascii().clone();
+        spec.set_field(128, "mac", FieldSpec::fixed(Kind::Ans, Encoding::Ascii, 8));
+        let err = check_spec(&spec).unwrap_err();
+        assert!(err.contains("field 128"), "{err}");
     }
 
     #[test]
