@@ -60,6 +60,10 @@ fn signed(key: &MacKey, msg: &Message) -> Message {
     Message::parse(Spec::iso87ascii(), m.pack()).unwrap()
 }
 
+/// Held by the tests that count rejections: the recorder is process-wide, so two of them
+/// running at once would see each other's.
+static COUNTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// `vpan_frames_rejected_total{reason="bad_mac"}` now (the recorder is process-wide).
 fn bad_mac_count() -> u64 {
     let text = vpan::metrics::install().render();
@@ -109,6 +113,7 @@ async fn a_purchase_with_a_good_mac_is_approved_and_the_answer_carries_a_valid_m
 
 #[tokio::test]
 async fn a_bad_mac_is_answered_63_counted_and_leaves_the_card_untouched() {
+    let _counting = COUNTING.lock().await;
     let (rig, key, _keys) = mac_rig(Padding::Method1).await;
     let (card, _real) = rig.issue(|_| {}).await;
     let mut net = Client::connect(rig.network).await;
@@ -158,6 +163,7 @@ async fn a_bad_mac_is_answered_63_counted_and_leaves_the_card_untouched() {
 
 #[tokio::test]
 async fn a_missing_mac_is_answered_63_and_counted() {
+    let _counting = COUNTING.lock().await;
     let (rig, key, _keys) = mac_rig(Padding::Method2).await;
     let (card, _real) = rig.issue(|_| {}).await;
     let mut net = Client::connect(rig.network).await;
