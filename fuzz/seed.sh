@@ -3,10 +3,12 @@
 # corpus/parse:         0x00 + ascii vector bytes, 0x01 + binary vector bytes, malformed ones
 # corpus/frame_decoder: each framing byte + a len2 / len4-ascii framed vector
 # corpus/spec_xml:      fixtures/packagers/*.xml
+# corpus/api_body:      create-card bodies built on the cards of fixtures/traffic/accounts.json
+# corpus/config:        deploy/vpan.example.toml, and it again with environment overrides
 set -euo pipefail
 cd "$(dirname "$0")"
 root=..
-mkdir -p corpus/parse corpus/frame_decoder corpus/spec_xml
+mkdir -p corpus/parse corpus/frame_decoder corpus/spec_xml corpus/api_body corpus/config
 
 seed_vectors() { # file prefix-byte-hex
     jq -r '.[] | "\(.name) \(.hex)"' "$root/fixtures/vectors/$1" | while read -r name hex; do
@@ -23,4 +25,29 @@ seed_vectors iso87binary.json 01
 jq -r '.[] | "\(.name) \(.hex)"' "$root/fixtures/vectors/iso87ascii-malformed.json" |
     while read -r name hex; do printf '00%s' "$hex" | xxd -r -p > "corpus/parse/malformed-$name"; done
 cp "$root"/fixtures/packagers/*.xml corpus/spec_xml/
-echo "seeded: $(ls corpus/parse | wc -l) parse, $(ls corpus/frame_decoder | wc -l) frame_decoder, $(ls corpus/spec_xml | wc -l) spec_xml"
+
+# API bodies: one per fixture card, each with other optional keys, plus the usual mistakes.
+i=0
+for pan in $(jq -r '.[].pan' "$root/fixtures/traffic/accounts.json"); do
+    i=$((i + 1))
+    case $((i % 4)) in
+    0) extra='"max_uses": 1, "valid_for_seconds": 86400, "merchant_lock": "first_use"' ;;
+    1) extra='"per_transaction_limit": 2500, "valid_until": "2027-12-31T23:59:59Z", "merchant_lock": {"acceptor_id": "SHOP00000000001"}' ;;
+    2) extra='"mcc_allow": ["5411", 5499], "mcc_block": [], "merchant_lock": "none"' ;;
+    *) extra='"max_uses": 0, "amount_limit": -5' ;;
+    esac
+    printf '{"pan": "%s", "pan_expiry": "2912", "currency": "978", "amount_limit": 5000, %s}' \
+        "$pan" "$extra" > "corpus/api_body/card-$i.json"
+done
+pan=$(jq -r '.[0].pan' "$root/fixtures/traffic/accounts.json")
+printf '{"pan": "%s", "pan_expiry": "2912", "currency": 978, "amount_limit": 5000, "max_use": 1}' "$pan" > corpus/api_body/unknown-key.json
+printf '{"pan": "%s1", "pan_expiry": "1312", "currency": "97", "amount_limit": "5000"}' "$pan" > corpus/api_body/bad-values.json
+printf '{"pan": ' > corpus/api_body/truncated.json
+
+# Config: the example file alone, then with overrides after a NUL (see fuzz_targets/config.rs).
+cp "$root/deploy/vpan.example.toml" corpus/config/example.toml
+{ cat "$root/deploy/vpan.example.toml"; printf '\0VPAN_NETWORK_MAX_CONNECTIONS=7\nVPAN_CARDS_VIRTUAL_RANGES=4970109, 4970108\nVPAN_ISSUER_SIGN_ON=false\nVPAN_API_TOKEN=t\n'; } > corpus/config/example-env.toml
+printf '[network]\nlisten = "127.0.0.1:0"\n\0VPAN_CARDS_VIRTUAL_RANGES=["4970109"]\nVPAN_NETWORK_MAC=iso9797-1-alg3\n' > corpus/config/env-array.toml
+printf '' > corpus/config/empty.toml
+
+echo "seeded: $(ls corpus/parse | wc -l) parse, $(ls corpus/frame_decoder | wc -l) frame_decoder, $(ls corpus/spec_xml | wc -l) spec_xml, $(ls corpus/api_body | wc -l) api_body, $(ls corpus/config | wc -l) config"

@@ -19,6 +19,7 @@ use crate::cards::{Cards, LedgerConfig, OpenError, Recovered};
 use crate::config::{Config, decode_hex};
 use crate::iso8583::{FrameCodec, Framing, Spec, SpecError};
 use crate::metrics as m;
+use crate::switch::mac::{self, MacKey, Padding};
 use crate::switch::{ConnectionLimits, Flow, IssuerLink, IssuerSettings, server};
 
 /// Why the switch could not start or had to stop.
@@ -85,6 +86,8 @@ pub struct App {
     network: NetworkSide,
     /// The network side's layout.
     network_spec: &'static Spec,
+    /// The network link's MAC key, when `network.mac` is on.
+    network_mac: Option<MacKey>,
     /// Per-connection limits of the network side.
     limits: ConnectionLimits,
     /// `network.max_connections`.
@@ -115,6 +118,7 @@ impl App {
             &config.network.header_hex,
             config.network.max_frame_bytes,
         )?;
+        let network_mac = network_mac(&config, network_spec)?;
         let issuer_codec = codec(
             "issuer.framing",
             &config.issuer.framing,
@@ -199,6 +203,7 @@ impl App {
             recovered,
             network,
             network_spec,
+            network_mac,
             limits,
             max_connections: config.network.max_connections,
             metrics,
@@ -251,6 +256,7 @@ impl App {
             cards,
             network,
             network_spec,
+            network_mac,
             limits,
             max_connections,
             metrics,
@@ -265,6 +271,7 @@ impl App {
             cards: cards.clone(),
             issuer: issuer.clone(),
             network_spec,
+            network_mac,
         });
 
         let metrics_task = tokio::spawn(m::serve(metrics, m::install(), {
@@ -366,6 +373,38 @@ async fn bind(key: &'static str, addr: &str) -> Result<TcpListener, AppError> {
 
 fn load_spec(key: &'static str, name: &str) -> Result<&'static Spec, AppError> {
     Spec::by_name(name).map_err(|source| AppError::Spec { key, source })
+}
+
+/// The network link's MAC key when `network.mac` is on; refuses to start when the key
+/// file is missing or bad (the error names the key, never shows it) or when the layout
+/// has no 8-byte binary DE 64/128.
+fn network_mac(config: &Config, spec: &'static Spec) -> Result<Option<MacKey>, AppError> {
+    if config.network.mac == "none" {
+        return Ok(None);
+    }
+    mac::check_spec(spec).map_err(|message| AppError::Config {
+        key: "network.mac",
+        message,
+    })?;
+    let padding =
+        Padding::from_number(config.network.mac_padding).ok_or_else(|| AppError::Config {
+            key: "network.mac_padding",
+            message: "must be 1 or 2".into(),
+        })?;
+    let key =
+        MacKey::load(std::path::Path::new(&config.network.mac_key_file), padding).map_err(|e| {
+            AppError::Config {
+                key: "network.mac_key_file",
+                message: e.to_string(),
+            }
+        })?;
+    tracing::info!(
+        algorithm = %config.network.mac,
+        padding = config.network.mac_padding,
+        key_file = %config.network.mac_key_file,
+        "network link MAC on: every message in and out carries DE 64/128"
+    );
+    Ok(Some(key))
 }
 
 fn codec(

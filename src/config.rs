@@ -96,6 +96,13 @@ pub struct NetworkConfig {
     pub read_timeout_ms: u64,
     /// On shutdown, how long requests in flight get to be answered before vpan exits.
     pub drain_timeout_ms: u64,
+    /// Message authentication on this link: `none`, or `iso9797-1-alg3` for a MAC in
+    /// DE 64/128 on every message both ways (see `switch::mac`).
+    pub mac: String,
+    /// With `mac` on: the file holding the link's double-length DES key as 32 hex digits.
+    pub mac_key_file: String,
+    /// ISO/IEC 9797-1 padding method of the MAC: 1 (zeros, ANSI X9.19) or 2 (0x80, zeros).
+    pub mac_padding: u8,
 }
 
 impl Default for NetworkConfig {
@@ -112,6 +119,9 @@ impl Default for NetworkConfig {
             idle_timeout_ms: 300_000,
             read_timeout_ms: 10_000,
             drain_timeout_ms: 5_000,
+            mac: "none".into(),
+            mac_key_file: String::new(),
+            mac_padding: 1,
         }
     }
 }
@@ -227,6 +237,9 @@ impl fmt::Debug for Secret {
 
 const FRAMINGS: [&str; 4] = ["len2", "len2-inclusive", "len4-ascii", "len2-bcd"];
 
+/// `network.mac` values: no MAC, or ISO/IEC 9797-1 MAC algorithm 3 with DES.
+pub const MAC_ALGORITHMS: [&str; 2] = ["none", "iso9797-1-alg3"];
+
 impl Config {
     /// Reads `path` (or only the defaults when `None`), applies the `VPAN_*` variables of
     /// `env`, and validates the result.
@@ -244,7 +257,19 @@ impl Config {
             ),
             None => (String::new(), "defaults".to_string()),
         };
-        let mut table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        Config::from_toml(&text, &origin, env)
+    }
+
+    /// Reads `text` (the TOML of a config file; `origin` names it in errors), applies the
+    /// `VPAN_*` variables of `env`, and validates the result. [`Config::load`] without the
+    /// file, so the config fuzz target drives the same code.
+    pub fn from_toml(
+        text: &str,
+        origin: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let origin = origin.to_string();
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
             origin: origin.clone(),
             message: e.to_string(),
         })?;
@@ -308,6 +333,31 @@ impl Config {
         }
         if self.network.max_in_flight == 0 {
             return invalid("network.max_in_flight", "must be at least 1".into());
+        }
+        if !MAC_ALGORITHMS.contains(&self.network.mac.as_str()) {
+            return invalid(
+                "network.mac",
+                format!(
+                    "{:?} is not one of {}",
+                    self.network.mac,
+                    MAC_ALGORITHMS.join(", ")
+                ),
+            );
+        }
+        if self.network.mac != "none" && self.network.mac_key_file.is_empty() {
+            return invalid(
+                "network.mac_key_file",
+                format!(
+                    "network.mac = {:?} needs the file holding the MAC key (32 hex digits)",
+                    self.network.mac
+                ),
+            );
+        }
+        if ![1u8, 2].contains(&self.network.mac_padding) {
+            return invalid(
+                "network.mac_padding",
+                "must be 1 (zeros) or 2 (0x80, then zeros)".into(),
+            );
         }
         if self.issuer.timeout_ms == 0 {
             return invalid("issuer.timeout_ms", "must be at least 1".into());
@@ -552,6 +602,12 @@ mod tests {
             ),
             ("[issuer]\ntimeout_ms = 0\n", "issuer.timeout_ms"),
             ("[api]\ntls_cert = \"cert.pem\"\n", "api.tls_cert"),
+            ("[network]\nmac = \"x9.9\"\n", "network.mac"),
+            (
+                "[network]\nmac = \"iso9797-1-alg3\"\n",
+                "network.mac_key_file",
+            ),
+            ("[network]\nmac_padding = 3\n", "network.mac_padding"),
         ];
         for (text, key) in cases {
             let err = load(text, &[]).unwrap_err().to_string();

@@ -52,7 +52,10 @@ struct ServeArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::IssuerSim(args) => {
@@ -84,6 +87,19 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Prints clap's usage error (or help) and exits with its status. clap quotes what it could
+/// not place, which may be a card number typed where a flag was forgotten: masked, like
+/// every other error vpan prints.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    let text = vpan::pan::mask_card_numbers(&e.render().to_string());
+    if e.use_stderr() {
+        eprint!("{text}");
+    } else {
+        print!("{text}");
+    }
+    ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {

@@ -30,8 +30,9 @@ pub const FRAMES_REJECTED_TOTAL: &str = "vpan_frames_rejected_total";
 /// Every `reason` of [`FRAMES_REJECTED_TOTAL`]: a connection refused over
 /// `max_connections`, a length header over `max_frame_bytes` or unreadable, a socket
 /// error, a peer leaving mid-frame, a peer too slow to read its answers or to send a whole
-/// frame, a frame whose MTI or STAN cannot be read (dropped), a format error answered 30.
-pub const REJECT_REASONS: [&str; 9] = [
+/// frame, a frame whose MTI or STAN cannot be read (dropped), a format error answered 30,
+/// a wrong or missing MAC answered 63.
+pub const REJECT_REASONS: [&str; 10] = [
     "max_connections",
     "too_large",
     "bad_length",
@@ -41,6 +42,7 @@ pub const REJECT_REASONS: [&str; 9] = [
     "read_timeout",
     "unreadable",
     "format_error",
+    "bad_mac",
 ];
 /// Gauge of cards, by `status`.
 pub const CARDS: &str = "vpan_cards";

@@ -102,6 +102,11 @@ impl Pan {
 impl Drop for Pan {
     fn drop(&mut self) {
         self.digits.zeroize();
+        self.len.zeroize();
+        // Lets the unit test see the digits as `drop` leaves them (reading freed memory
+        // would take `unsafe`, which this crate forbids).
+        #[cfg(test)]
+        tests::AFTER_DROP.with(|d| d.borrow_mut().push((self.digits, self.len)));
     }
 }
 
@@ -155,6 +160,31 @@ fn printable(c: u8) -> char {
     if c.is_ascii_graphic() { c as char } else { '?' }
 }
 
+/// Masks every run of 12 or more digits (a card number, real or virtual, or one that
+/// fails Luhn) as first 6 and last 4, so that no message built from outside text (a serde
+/// or clap error quoting what it could not read, a log line) can carry one.
+pub fn mask_card_numbers(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let run = bytes[i..].iter().take_while(|b| b.is_ascii_digit()).count();
+        if run >= 12 {
+            out.push_str(&Masked(&bytes[i..i + run]).to_string());
+            i += run;
+        } else if run > 0 {
+            out.push_str(&text[i..i + run]);
+            i += run;
+        } else {
+            // Copy one whole character (the text may hold non-ASCII).
+            let len = text[i..].chars().next().map_or(1, char::len_utf8);
+            out.push_str(&text[i..i + len]);
+            i += len;
+        }
+    }
+    out
+}
+
 /// The Luhn check digit (as a number 0..=9) that completes `payload` (ASCII digits).
 pub fn luhn_check_digit(payload: &[u8]) -> u8 {
     // Walking from the right, the digit next to the check digit is doubled first.
@@ -185,6 +215,63 @@ pub fn luhn_valid(digits: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::RefCell;
+
+    thread_local! {
+        /// What each `Pan` dropped on this thread left in its digits.
+        pub(super) static AFTER_DROP: RefCell<Vec<([u8; MAX_PAN_LEN], u8)>> =
+            const { RefCell::new(Vec::new()) };
+    }
+
+    /// A random Luhn-valid number of `len` digits starting with `bin` (no literal cards).
+    fn generated(bin: &str, len: usize) -> Vec<u8> {
+        let mut digits: Vec<u8> = bin.bytes().collect();
+        while digits.len() < len - 1 {
+            digits.push(b'0' + rand::random_range(0..10u8));
+        }
+        digits.push(b'0' + luhn_check_digit(&digits));
+        digits
+    }
+
+    #[test]
+    fn a_dropped_pan_and_each_of_its_clones_leave_only_zeros_behind() {
+        AFTER_DROP.with(|d| d.borrow_mut().clear());
+        let pan = Pan::from_digits_checked(&generated("497010", 19)).unwrap();
+        let copy = pan.clone();
+        drop(pan);
+        drop(copy);
+        {
+            let _in_scope = Pan::from_digits_checked(&generated("541275", 16)).unwrap();
+        }
+        let seen = AFTER_DROP.with(|d| d.borrow().clone());
+        assert_eq!(seen.len(), 3);
+        assert!(
+            seen.iter()
+                .all(|(digits, len)| digits.iter().all(|&b| b == 0) && *len == 0)
+        );
+    }
+
+    #[test]
+    fn card_numbers_in_any_text_are_masked_whatever_surrounds_them() {
+        let card = String::from_utf8(generated("497010", 16)).unwrap();
+        let masked = format!("497010******{}", &card[12..]);
+        assert_eq!(
+            mask_card_numbers(&format!("unexpected argument '{card}' found")),
+            format!("unexpected argument '{masked}' found")
+        );
+        assert_eq!(
+            mask_card_numbers(&format!("é{card}é")),
+            format!("é{masked}é")
+        );
+        assert_eq!(
+            mask_card_numbers("amount 000000012345"),
+            "amount 000000**2345"
+        );
+        assert_eq!(
+            mask_card_numbers("stan 000123, 12345678901"),
+            "stan 000123, 12345678901"
+        );
+    }
 
     #[test]
     fn a_pan_prints_only_its_first_six_and_last_four_digits() {

@@ -10,8 +10,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::pan::Masked;
-
 /// An API error: the HTTP status, a stable machine-readable code, a message for people.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -99,29 +97,8 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Masks every run of 12 or more digits (a card number, real or virtual) as first 6 and
-/// last 4, so that no error message can carry one.
-pub fn mask_card_numbers(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = String::with_capacity(text.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let run = bytes[i..].iter().take_while(|b| b.is_ascii_digit()).count();
-        if run >= 12 {
-            out.push_str(&Masked(&bytes[i..i + run]).to_string());
-            i += run;
-        } else if run > 0 {
-            out.push_str(&text[i..i + run]);
-            i += run;
-        } else {
-            // Copy one whole character (the text may hold non-ASCII).
-            let len = text[i..].chars().next().map_or(1, char::len_utf8);
-            out.push_str(&text[i..i + len]);
-            i += len;
-        }
-    }
-    out
-}
+/// Masks every run of 12 or more digits; one function for the API, the CLI and the logs.
+pub use crate::pan::mask_card_numbers;
 
 #[cfg(test)]
 mod tests {

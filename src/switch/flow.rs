@@ -31,6 +31,7 @@ use crate::metrics as m;
 use crate::pan::Pan;
 
 use super::issuer::{IssuerError, IssuerLink, is_approval};
+use super::mac::{MAC_FAILURE_CODE, MacCheck, MacKey, mac_field};
 
 /// The flow's shared state: one per switch, used by every network connection.
 pub struct Flow {
@@ -40,6 +41,9 @@ pub struct Flow {
     pub issuer: IssuerLink,
     /// The network side's layout.
     pub network_spec: &'static Spec,
+    /// The network link's MAC key (`network.mac`): checked on every request before
+    /// anything else, put on every answer. `None`: no MAC on the link.
+    pub network_mac: Option<MacKey>,
 }
 
 /// Fields that carry card-verification data and never go back in an answer.
@@ -49,11 +53,44 @@ impl Flow {
     /// Handles one network request frame; `None` when nothing can be answered (a frame
     /// without a readable MTI and DE 11 is dropped, and counted).
     pub async fn handle(&self, body: Bytes, received: Instant) -> Option<Message> {
-        let request = match Message::parse(self.network_spec, body.clone()) {
+        let mut answer = self.answer(body, received).await;
+        if let (Some(key), Some(a)) = (&self.network_mac, answer.as_mut())
+            && let Err(e) = key.sign(a)
+        {
+            // Only a layout without room for the MAC gets here, and start-up refuses those.
+            tracing::error!(error = %e, "answer could not be MACed; dropped");
+            return None;
+        }
+        answer
+    }
+
+    /// The answer to one request, before the link's MAC is put on it.
+    async fn answer(&self, body: Bytes, received: Instant) -> Option<Message> {
+        let mut request = match Message::parse(self.network_spec, body.clone()) {
             Ok(r) => r,
             Err(e) => return self.format_error(&body, &e.to_string(), received),
         };
         let mti = request.mti();
+        // The MAC first: a message that is not authentic is not looked at any further.
+        if let Some(key) = &self.network_mac {
+            let check = key.check(&request);
+            if check != MacCheck::Valid {
+                metrics::counter!(m::FRAMES_REJECTED_TOTAL, "reason" => "bad_mac").increment(1);
+                tracing::warn!(
+                    mti = %String::from_utf8_lossy(&mti),
+                    stan = %request.stan().map(|s| String::from_utf8_lossy(&s).into_owned()).unwrap_or_default(),
+                    mac = ?check,
+                    "message failed its MAC check: answered 63"
+                );
+                let answer = self.local_answer(&request, ResponseCode(MAC_FAILURE_CODE));
+                if let Some(a) = &answer {
+                    record(&mti, a, DecidedBy::Switch, received);
+                }
+                return answer;
+            }
+            // The MAC belongs to this link: the issuer link does not get the network's.
+            request.remove(mac_field(&request));
+        }
         let (answer, by) = match (mti[1], mti[2]) {
             (b'8', b'0') => (
                 self.local_answer(&request, ResponseCode(*b"00")),

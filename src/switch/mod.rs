@@ -8,11 +8,14 @@
 //!   in whatever order they are decided;
 //! - [`flow`]: what each message type means: decide on the card, forward, answer;
 //! - [`issuer`]: the persistent connections to the issuer host, STAN re-stamping, timeouts
-//!   and the reversal of late approvals.
+//!   and the reversal of late approvals;
+//! - [`mac`]: the optional MAC (DE 64/128) on the network link, checked before anything
+//!   else is done with a message and put on every answer.
 
 pub mod connection;
 pub mod flow;
 pub mod issuer;
+pub mod mac;
 pub mod server;
 
 pub use connection::ConnectionLimits;
