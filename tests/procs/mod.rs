@@ -17,30 +17,15 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use vpan::cards::{CardSpec, CardView, Cards, CardsConfig, Controls, Expiry, LedgerConfig};
 use vpan::cards::{MerchantLock, Recovered};
-use vpan::pan::{Pan, luhn_check_digit};
+use vpan::pan::Pan;
 use vpan::store::StoreConfig;
 
 /// The binary under test.
 pub const VPAN: &str = env!("CARGO_BIN_EXE_vpan");
 
-/// Seconds since the epoch.
-pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-/// A random Luhn-valid test PAN of `len` digits starting with `bin`.
-pub fn test_pan(bin: &str, len: usize) -> Pan {
-    let mut digits: Vec<u8> = bin.bytes().collect();
-    while digits.len() < len - 1 {
-        digits.push(b'0' + rand::random_range(0..10u8));
-    }
-    let check = luhn_check_digit(&digits);
-    digits.push(b'0' + check);
-    Pan::from_digits_checked(&digits).unwrap()
-}
+// Every test crate that uses these helpers also declares `mod rig`: one copy of the
+// clock and of the test card generator.
+pub use crate::rig::{now, test_pan};
 
 /// A running `vpan serve`.
 pub struct Serve {
