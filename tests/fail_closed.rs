@@ -1,0 +1,126 @@
+//! The store failing under the switch: a data directory on a real filesystem that runs
+//! out of space. vpan must fail closed: an approval it cannot make durable is answered 96,
+//! never 00, the hold is released, and every later one is refused the same way.
+//!
+//! The full filesystem is a small tmpfs mounted for the test, which needs root (CI and the
+//! development machines run as root); without it the test says SKIPPED and passes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod rig;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use rig::*;
+use vpan::cards::CardKey;
+use vpan::tools::issuer_sim::SimConfig;
+
+/// A tmpfs of `size` mounted on a fresh directory, unmounted on drop.
+struct SmallDisk {
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| SmallDisk {
+            path: dir.path().to_path_buf(),
+            _dir: dir,
+        })
+    }
+
+    /// Writes zeros until the filesystem refuses.
+    fn fill(&self) {
+        let mut f = std::fs::File::create(self.path.join("filler")).unwrap();
+        let chunk = vec![0u8; 16 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        // Whatever is left is smaller than a chunk: take it byte by byte.
+        while f.write_all(&[0]).is_ok() {}
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+fn data_dir(disk: &Path) -> PathBuf {
+    disk.join("data")
+}
+
+#[tokio::test]
+async fn a_full_disk_turns_approvals_into_96_and_releases_their_holds() {
+    let Some(disk) = SmallDisk::mount("4m") else {
+        eprintln!("SKIPPED: cannot mount a small tmpfs here (needs root)");
+        return;
+    };
+    let dir = data_dir(&disk.path);
+    let rig = rig(Some(SimConfig::default()), |c| c.store.data_dir = dir).await;
+    let (card, real) = rig.issue(|_| {}).await;
+    let mut net = Client::connect(rig.network).await;
+    let before = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 1_000);
+    assert_eq!(
+        code(&net.call(&before).await),
+        "00",
+        "approved while there is room"
+    );
+
+    disk.fill();
+    // The journal's last page may still have room for a few records: purchases go on
+    // being approved (they are durable) until a write needs space, then 96 for good.
+    let mut codes = Vec::new();
+    for _ in 0..500 {
+        let req = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 1);
+        let answer = net.call(&req).await;
+        assert_eq!(answer.mti(), *b"0110");
+        codes.push(code(&answer));
+        if codes.len() > 3 && codes.iter().rev().take(3).all(|c| c == "96") {
+            break;
+        }
+    }
+    let first_refusal = codes
+        .iter()
+        .position(|c| c == "96")
+        .expect("a full disk must end in 96");
+    assert!(
+        codes[first_refusal..].iter().all(|c| c == "96"),
+        "fail closed for good once the store failed: {codes:?}"
+    );
+    assert!(codes[..first_refusal].iter().all(|c| c == "00"));
+
+    let view = rig.cards.get(CardKey::of(&card.vpan)).unwrap();
+    assert_eq!(view.held, 0, "the refused holds are released");
+    assert_eq!(
+        view.spent,
+        1_000 + first_refusal as u64,
+        "only the durable approvals count"
+    );
+    assert!(rig.cards.store_failed());
+    eprintln!(
+        "full disk: {first_refusal} approvals still fitted the journal's last page, then {} answered 96",
+        codes.len() - first_refusal
+    );
+
+    // The issuer approved the refused ones too: vpan reverses them there, so the real
+    // account ends charged exactly what the card counts.
+    let want = vpan::tools::issuer_sim::DEFAULT_BALANCE - view.spent as i64;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while rig.sim().balance(&real) != Some(want) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        rig.sim().balance(&real),
+        Some(want),
+        "the issuer charged only what vpan counts"
+    );
+    rig.stop().await;
+}
