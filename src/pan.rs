@@ -212,6 +212,28 @@ pub fn luhn_valid(digits: &[u8]) -> bool {
     }
 }
 
+/// A random Luhn-valid 16-digit test card number starting with `prefix`: unit tests use
+/// generated numbers, never a literal that could be someone's card.
+#[cfg(test)]
+pub(crate) fn test_pan(prefix: &str) -> String {
+    let mut digits: Vec<u8> = prefix.bytes().collect();
+    while digits.len() < 15 {
+        digits.push(b'0' + rand::random_range(0..10u8));
+    }
+    digits.push(b'0' + luhn_check_digit(&digits));
+    String::from_utf8(digits).unwrap_or_default()
+}
+
+/// The same card number with its check digit changed: fails Luhn.
+#[cfg(test)]
+pub(crate) fn bad_luhn(pan: &str) -> String {
+    let mut digits = pan.as_bytes().to_vec();
+    if let Some(last) = digits.last_mut() {
+        *last = b'0' + (*last - b'0' + 1) % 10;
+    }
+    String::from_utf8(digits).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

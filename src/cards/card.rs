@@ -546,11 +546,12 @@ mod tests {
 
     #[test]
     fn a_card_key_gives_back_its_pan() {
-        let pan = Pan::from_digits(b"4970101234567893").unwrap();
+        let digits = crate::pan::test_pan("497010");
+        let pan = Pan::from_digits(digits.as_bytes()).unwrap();
         assert_eq!(CardKey::of(&pan).pan(), pan);
         assert_eq!(
             format!("{:?}", CardKey::of(&pan)),
-            "CardKey(497010******7893)"
+            format!("CardKey(497010******{})", &digits[12..])
         );
     }
 

@@ -415,7 +415,7 @@ mod tests {
         spec.set_field(150, "far", FieldSpec::fixed(Kind::Ans, Encoding::Ascii, 2));
         let spec = spec.leak();
         let mut m = Message::new(spec, b"0100").unwrap();
-        m.set(2, b"4970101234567893").unwrap();
+        m.set(2, crate::pan::test_pan("497010").as_bytes()).unwrap();
         m.set(150, b"OK").unwrap();
         let wire = m.pack();
         // Bit 1 (secondary), bit 65 (tertiary) and field 150 are all set.

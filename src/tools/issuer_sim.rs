@@ -1136,7 +1136,11 @@ pub async fn run_cli(args: Args) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    const PAN: &[u8] = b"4970101234567893";
+    /// One made-up card for the module's tests.
+    fn pan_text() -> &'static str {
+        static PAN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        PAN.get_or_init(|| crate::pan::test_pan("497010"))
+    }
 
     fn msg(fields: &[(usize, &str)], mti: &[u8; 4]) -> Message {
         let mut m = Message::new(Spec::iso87ascii(), mti).unwrap();
@@ -1149,7 +1153,7 @@ mod tests {
     fn purchase(mti: &[u8; 4], stan: &str, amount: &str, pcode: &str) -> Message {
         msg(
             &[
-                (2, "4970101234567893"),
+                (2, pan_text()),
                 (3, pcode),
                 (4, amount),
                 (7, "1126143015"),
@@ -1161,7 +1165,7 @@ mod tests {
     }
 
     fn ledger(balance: i64) -> (Ledger, Pan) {
-        let pan = Pan::from_digits(PAN).unwrap();
+        let pan = Pan::from_digits(pan_text().as_bytes()).unwrap();
         (Ledger::new(&[(pan.clone(), balance)], None, 7), pan)
     }
 
@@ -1174,7 +1178,7 @@ mod tests {
         );
         msg(
             &[
-                (2, "4970101234567893"),
+                (2, pan_text()),
                 (3, "000000"),
                 (4, &String::from_utf8_lossy(&orig.text(4).unwrap())),
                 (7, "1126143020"),
@@ -1296,15 +1300,17 @@ mod tests {
     #[test]
     fn unknown_cards_get_14_unless_there_is_a_default_balance() {
         let (l, _) = ledger(0);
+        let stranger = crate::pan::test_pan("497010");
+        let bad = crate::pan::bad_luhn(&stranger);
         let other = msg(
-            &[(2, "4970100000000006"), (3, "000000"), (4, "000000000001")],
+            &[(2, stranger.as_str()), (3, "000000"), (4, "000000000001")],
             b"0100",
         );
         assert_eq!(&l.decide(&other).unwrap().response_code, b"14");
         let l = Ledger::new(&[], Some(50), 1);
         assert_eq!(&l.decide(&other).unwrap().response_code, b"00");
         let bad_luhn = msg(
-            &[(2, "4970100000000007"), (3, "000000"), (4, "000000000001")],
+            &[(2, bad.as_str()), (3, "000000"), (4, "000000000001")],
             b"0100",
         );
         assert_eq!(&l.decide(&bad_luhn).unwrap().response_code, b"14");
@@ -1314,11 +1320,11 @@ mod tests {
     fn a_response_echoes_the_matching_fields_and_drops_track_and_pin_data() {
         let req = msg(
             &[
-                (2, "4970101234567893"),
+                (2, pan_text()),
                 (3, "000000"),
                 (4, "000000000100"),
                 (11, "000042"),
-                (35, "4970101234567893=28121010000012300000"),
+                (35, &format!("{}=28121010000012300000", pan_text())),
                 (52, "0123456789ABCDEF"),
                 (41, "TERM0001"),
             ],
@@ -1343,21 +1349,26 @@ mod tests {
     fn accounts_load_from_json_and_from_csv_with_a_header() {
         let dir = tempfile::tempdir().unwrap();
         let json = dir.path().join("a.json");
-        std::fs::write(&json, r#"[{"pan": "4970101234567893", "balance": 5000}]"#).unwrap();
+        std::fs::write(
+            &json,
+            format!(r#"[{{"pan": "{}", "balance": 5000}}]"#, pan_text()),
+        )
+        .unwrap();
         let csv = dir.path().join("a.csv");
-        std::fs::write(&csv, "pan,balance\n# test card\n4970101234567893, 5000\n").unwrap();
+        std::fs::write(
+            &csv,
+            format!("pan,balance\n# test card\n{}, 5000\n", pan_text()),
+        )
+        .unwrap();
         for p in [json, csv] {
             let a = load_accounts(&p).unwrap();
             assert_eq!(a.len(), 1);
-            assert_eq!(a[0].0.as_bytes(), PAN);
+            assert_eq!(a[0].0.as_bytes(), pan_text().as_bytes());
             assert_eq!(a[0].1, 5000);
         }
         let bad = dir.path().join("b.csv");
-        std::fs::write(&bad, "4970101234567893,lots\n").unwrap();
+        std::fs::write(&bad, format!("{},lots\n", pan_text())).unwrap();
         let e = load_accounts(&bad).unwrap_err().to_string();
-        assert!(
-            e.contains("line 1") && !e.contains("4970101234567893"),
-            "{e}"
-        );
+        assert!(e.contains("line 1") && !e.contains(pan_text()), "{e}");
     }
 }

@@ -6,8 +6,8 @@
 //!
 //! ```text
 //! # a purchase, then its reversal
-//! {"fields": {"t": "0100", "2": "4970101234567893", "3": "000000", "4": "000000012345"}, "expect": "00"}
-//! {"fields": {"t": "0400", "2": "4970101234567893", "3": "000000", "4": "000000012345"}, "reverses": 0}
+//! {"fields": {"t": "0100", "2": "<card number>", "3": "000000", "4": "000000012345"}, "expect": "00"}
+//! {"fields": {"t": "0400", "2": "<card number>", "3": "000000", "4": "000000012345"}, "reverses": 0}
 //! ```
 //!
 //! Besides `fields`, a line may carry `expect` (the DE 39 the scenario expects; loadgen
@@ -444,11 +444,27 @@ pub fn original_data_elements(
 mod tests {
     use super::*;
 
-    const PURCHASE: &str = r#"{"fields": {"t": "0100", "2": "4970101234567893", "3": "000000", "4": "000000012345", "11": "000001", "32": "123456"}, "expect": "00"}"#;
+    /// One made-up card for the whole module's tests.
+    fn pan() -> &'static str {
+        static PAN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        PAN.get_or_init(|| crate::pan::test_pan("497010"))
+    }
+
+    /// A purchase line on [`pan`].
+    fn purchase() -> String {
+        line(
+            r#"{"fields": {"t": "0100", "2": "PAN", "3": "000000", "4": "000000012345", "11": "000001", "32": "123456"}, "expect": "00"}"#,
+        )
+    }
+
+    /// A traffic line with `PAN` replaced by the test card.
+    fn line(template: &str) -> String {
+        template.replace("PAN", pan())
+    }
 
     #[test]
     fn comments_and_blank_lines_are_skipped_and_lines_keep_their_file_numbers() {
-        let text = format!("# scenario\n\n{PURCHASE}\n# end\n");
+        let text = format!("# scenario\n\n{}\n# end\n", purchase());
         let t = Traffic::parse(&text, Spec::iso87ascii()).unwrap();
         assert_eq!(t.len(), 1);
         let e = &t.entries()[0];
@@ -460,8 +476,9 @@ mod tests {
 
     #[test]
     fn a_reversal_names_an_earlier_message_by_its_index() {
-        let rev = r#"{"fields": {"t": "0400", "2": "4970101234567893", "4": "000000012345"}, "reverses": 0}"#;
-        let t = Traffic::parse(&format!("{PURCHASE}\n{rev}\n"), Spec::iso87ascii()).unwrap();
+        let rev =
+            line(r#"{"fields": {"t": "0400", "2": "PAN", "4": "000000012345"}, "reverses": 0}"#);
+        let t = Traffic::parse(&format!("{}\n{rev}\n", purchase()), Spec::iso87ascii()).unwrap();
         assert_eq!(t.entries()[1].reverses, Some(0));
         assert!(t.is_referenced(0));
         assert!(!t.is_referenced(1));
@@ -477,7 +494,7 @@ mod tests {
                 "traffic line 1: field 4",
             ),
             (
-                r#"{"fields": {"t": "0100", "pan": "4970101234567893"}}"#,
+                r#"{"fields": {"t": "0100", "pan": "PAN"}}"#,
                 "is not a field number",
             ),
             (
@@ -494,11 +511,12 @@ mod tests {
             ),
         ];
         for (text, want) in cases {
+            let text = &line(text);
             let err = Traffic::parse(text, Spec::iso87ascii())
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(want), "{text}: {err}");
-            assert!(!err.contains("4970101234567893"), "{err}");
+            assert!(!err.contains(pan()), "{err}");
         }
         assert!(matches!(
             Traffic::parse("# nothing\n", Spec::iso87ascii()),
@@ -506,11 +524,9 @@ mod tests {
         ));
     }
 
-    /// A made-up Luhn-valid card number under the vectors' test BIN.
+    /// The virtual card the placeholder tests bind.
     fn test_vpan() -> String {
-        let mut digits = b"497010555512345".to_vec();
-        digits.push(b'0' + crate::pan::luhn_check_digit(&digits));
-        String::from_utf8(digits).unwrap()
+        pan().to_string()
     }
 
     fn bindings() -> Bindings {
@@ -548,12 +564,14 @@ mod tests {
 
     #[test]
     fn a_repeat_names_an_earlier_message_of_its_class() {
-        let repeat = r#"{"fields": {"t": "0101", "2": "4970101234567893", "3": "000000", "4": "000000012345"}, "repeats": 0}"#;
-        let t = Traffic::parse(&format!("{PURCHASE}\n{repeat}\n"), Spec::iso87ascii()).unwrap();
+        let repeat = line(
+            r#"{"fields": {"t": "0101", "2": "PAN", "3": "000000", "4": "000000012345"}, "repeats": 0}"#,
+        );
+        let t = Traffic::parse(&format!("{}\n{repeat}\n", purchase()), Spec::iso87ascii()).unwrap();
         assert_eq!(t.entries()[1].refers_to(), Some(0));
         assert!(t.is_referenced(0));
         let wrong = repeat.replace("0101", "0201");
-        let err = Traffic::parse(&format!("{PURCHASE}\n{wrong}\n"), Spec::iso87ascii())
+        let err = Traffic::parse(&format!("{}\n{wrong}\n", purchase()), Spec::iso87ascii())
             .unwrap_err()
             .to_string();
         assert!(err.contains("traffic line 2: \"repeats\": 0"), "{err}");
