@@ -14,8 +14,9 @@
 //! - [`config`]: the typed configuration, file + environment, validated at start.
 //! - [`logging`]: human or JSON log lines on stderr.
 //! - [`metrics`]: the contract's metric names, described once, and the `/metrics` endpoint.
-//! - [`tools`]: the issuer simulator, the traffic file and the load generator that test and
-//!   measure the switch over real TCP.
+//! - [`tools`]: the issuer simulator, the traffic file, its generator and the load
+//!   generator that test and measure the switch over real TCP, and `vpan demo`, which runs
+//!   them all against the switch and its API in one process.
 
 pub mod api;
 pub mod app;
