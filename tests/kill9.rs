@@ -104,7 +104,12 @@ async fn kill_9_under_load_loses_no_approval_and_restart_keeps_the_counters() {
         // Keep IN_FLIGHT purchases outstanding until the kill.
         while tokio::time::Instant::now() < deadline {
             while pending.len() < IN_FLIGHT {
-                let req = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, AMOUNT);
+                let mut req = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, AMOUNT);
+                // Each round its own DE 7: the client's STANs start at random each round,
+                // and the same STAN and DE 7 again would be the same transaction key, which
+                // vpan rightly answers as a repeat (the first answer, counted once).
+                req.set(7, format!("11261430{round:02}").as_bytes())
+                    .unwrap();
                 net.send(&req).await;
                 pending.push_back(req);
             }
