@@ -588,7 +588,7 @@ mod tests {
     #[test]
     fn a_merchant_lock_flag_becomes_the_api_value() {
         let args = |lock: &str| CreateArgs {
-            pan: "4970101234567893".into(),
+            pan: crate::pan::test_pan("497010"),
             pan_expiry: "2912".into(),
             currency: "978".into(),
             amount_limit: 100,

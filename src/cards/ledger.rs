@@ -207,7 +207,7 @@ mod tests {
 
     fn entry(at: u64, state: TxState) -> TxEntry {
         TxEntry {
-            card: CardKey::from_digits(b"4970100000000001").unwrap(),
+            card: CardKey::from_digits(crate::pan::test_pan("497010").as_bytes()).unwrap(),
             fingerprint: 0,
             state,
             code: ResponseCode::APPROVED,
