@@ -16,7 +16,7 @@
 //! - Any PAN that is not a vPAN: forwarded and answered untouched (14 inside
 //!   `cards.virtual_ranges`).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -513,17 +513,8 @@ fn tx_key(msg: &Message) -> Option<TxKey> {
 /// Counts an answer and its latency under labels from small fixed sets only.
 fn record(mti: &[u8; 4], answer: &Message, by: DecidedBy, received: Instant) {
     let mti = mti_index(mti);
-    let code = code_index(answer.response_code());
-    let by_index = match by {
-        DecidedBy::Switch => 0,
-        DecidedBy::Issuer => 1,
-    };
-    REQUEST_METRICS
-        .counter(mti, code, by_index, by)
-        .increment(1);
-    REQUEST_METRICS
-        .duration(mti)
-        .record(received.elapsed().as_secs_f64());
+    request_counter(mti, code_index(answer.response_code()), by).increment(1);
+    request_duration(mti).record(received.elapsed().as_secs_f64());
 }
 
 /// The MTIs vpan handles by name; anything else is `other`, so a hostile peer cannot
@@ -562,62 +553,31 @@ fn code_label(index: usize) -> &'static str {
     CODES.get(2 * index..2 * index + 2).unwrap_or("other")
 }
 
-/// The request metrics' handles, registered on first use and kept: `metrics::counter!`
-/// with labels builds and hashes its key on every call, a cost per request that a
-/// profile of the switch showed; the label sets are small and fixed, so each handle is
-/// looked up once.
-struct RequestMetrics {
-    /// By (MTI, code, decider): 18 × 101 × 2 slots.
-    counters: std::sync::OnceLock<Box<[std::sync::OnceLock<metrics::Counter>]>>,
-    /// By MTI.
-    durations: std::sync::OnceLock<Box<[std::sync::OnceLock<metrics::Histogram>]>>,
+// The request metrics' handles, registered on first use and kept: `metrics::counter!`
+// with labels builds and hashes its key on every call, a cost per request that a profile
+// of the switch showed; the label sets are small and fixed, so each handle is looked up
+// once. Indices are clamped by `mti_index` (at most `KNOWN_MTIS.len()`) and `code_index`
+// (at most 100).
+const MTI_SLOTS: usize = KNOWN_MTIS.len() + 1;
+const CODE_SLOTS: usize = 101;
+static REQUEST_COUNTERS: [OnceLock<metrics::Counter>; MTI_SLOTS * CODE_SLOTS * 2] =
+    [const { OnceLock::new() }; MTI_SLOTS * CODE_SLOTS * 2];
+static REQUEST_DURATIONS: [OnceLock<metrics::Histogram>; MTI_SLOTS] =
+    [const { OnceLock::new() }; MTI_SLOTS];
+
+fn request_counter(mti: usize, code: usize, by: DecidedBy) -> &'static metrics::Counter {
+    let by_index = match by {
+        DecidedBy::Switch => 0,
+        DecidedBy::Issuer => 1,
+    };
+    REQUEST_COUNTERS[(mti * CODE_SLOTS + code) * 2 + by_index].get_or_init(|| {
+        metrics::counter!(m::REQUESTS_TOTAL, "mti" => mti_label(mti), "response_code" => code_label(code), "decided_by" => by.as_str())
+    })
 }
 
-static REQUEST_METRICS: RequestMetrics = RequestMetrics {
-    counters: std::sync::OnceLock::new(),
-    durations: std::sync::OnceLock::new(),
-};
-
-impl RequestMetrics {
-    const MTIS: usize = KNOWN_MTIS.len() + 1;
-    const CODES: usize = 101;
-
-    fn counter(
-        &self,
-        mti: usize,
-        code: usize,
-        by_index: usize,
-        by: DecidedBy,
-    ) -> &metrics::Counter {
-        let slots = self.counters.get_or_init(|| {
-            (0..Self::MTIS * Self::CODES * 2)
-                .map(|_| std::sync::OnceLock::new())
-                .collect()
-        });
-        let i = (mti.min(Self::MTIS - 1) * Self::CODES + code.min(Self::CODES - 1)) * 2 + by_index;
-        // In range by construction; `get` keeps clippy's indexing rule and costs nothing.
-        let slot = slots.get(i).unwrap_or_else(unreachable_slot);
-        slot.get_or_init(|| {
-            metrics::counter!(m::REQUESTS_TOTAL, "mti" => mti_label(mti), "response_code" => code_label(code), "decided_by" => by.as_str())
-        })
-    }
-
-    fn duration(&self, mti: usize) -> &metrics::Histogram {
-        let slots = self.durations.get_or_init(|| {
-            (0..Self::MTIS)
-                .map(|_| std::sync::OnceLock::new())
-                .collect()
-        });
-        let slot = slots
-            .get(mti.min(Self::MTIS - 1))
-            .unwrap_or_else(unreachable_slot);
-        slot.get_or_init(|| metrics::histogram!(m::REQUEST_DURATION, "mti" => mti_label(mti)))
-    }
-}
-
-#[cold]
-fn unreachable_slot<T>() -> T {
-    unreachable!("metric slot index is clamped to the table")
+fn request_duration(mti: usize) -> &'static metrics::Histogram {
+    REQUEST_DURATIONS[mti]
+        .get_or_init(|| metrics::histogram!(m::REQUEST_DURATION, "mti" => mti_label(mti)))
 }
 
 #[cfg(test)]
