@@ -40,7 +40,7 @@ use crate::cards::Expiry;
 use crate::config::Config;
 use crate::iso8583::Spec;
 use crate::metrics as m;
-use crate::pan::{Pan, luhn_check_digit};
+use crate::pan::{Pan, random_luhn};
 
 /// `vpan demo` flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -196,14 +196,9 @@ impl Scenario {
         story: Option<String>,
         load: Option<String>,
     ) -> Result<Scenario, String> {
-        let cards: Vec<CardDef> = serde_json::from_str(cards).map_err(|e| {
-            format!(
-                "{source}: cards.json line {}: {}",
-                e.line(),
-                // serde names the key or type at fault; the file holds no card number.
-                e
-            )
-        })?;
+        // serde names the key or type at fault and the line; the file holds no card number.
+        let cards: Vec<CardDef> =
+            serde_json::from_str(cards).map_err(|e| format!("{source}: cards.json: {e}"))?;
         let mut names = std::collections::BTreeSet::new();
         for c in &cards {
             if !names.insert(c.name.as_str()) {
@@ -248,13 +243,22 @@ pub struct Check {
     pub failure: Option<String>,
 }
 
+/// One replay of a traffic file: what was sent and what came back.
+#[derive(Debug)]
+pub struct Phase {
+    /// The messages, as bound to the issued cards (their expectations by file line).
+    pub traffic: Arc<Traffic>,
+    /// What the load generator measured.
+    pub summary: Summary,
+}
+
 /// What a demo run found.
 #[derive(Debug)]
 pub struct Report {
     /// The story phase, when the scenario has one.
-    pub story: Option<Summary>,
+    pub story: Option<Phase>,
     /// The load phase, when the scenario has one.
-    pub load: Option<Summary>,
+    pub load: Option<Phase>,
     /// Every check, in the order made.
     pub checks: Vec<Check>,
 }
@@ -312,7 +316,7 @@ async fn run(args: &Args, scenario: &Scenario, data_dir: &Path) -> Result<bool, 
     let outcome = drive(args, scenario, &mut cards, &running).await;
     let passed = match outcome {
         Ok(report) => {
-            print_report(&report, scenario, &cards);
+            print_report(&report);
             report.passed()
         }
         Err(e) => {
@@ -472,21 +476,16 @@ async fn drive(
         &bindings_file,
         &serde_json::to_vec_pretty(&cast.bindings).map_err(|e| e.to_string())?,
     )?;
-    let spec = Spec::iso87ascii();
 
     let story = match &scenario.story {
         None => None,
         Some(text) => {
-            let traffic = Traffic::parse_bound(text, spec, &cast.bindings)
-                .map_err(|e| format!("story.jsonl: {e}"))?;
-            let mut cfg = LoadgenConfig::new(running.network.clone(), Arc::new(traffic));
             // One at a time and in order: each answer depends on the ones before.
-            cfg.in_flight = 1;
-            let summary = loadgen::run(cfg).await.map_err(|e| e.to_string())?;
-            phase_checks("story", &summary, &mut checks);
+            let story = replay("story.jsonl", text, cast, running, |cfg| cfg.in_flight = 1).await?;
+            phase_checks("story", &story.summary, &mut checks);
             card_checks(scenario, cast, running, &mut checks).await;
             issuer_view_check(cast, running, &mut checks);
-            Some(summary)
+            Some(story)
         }
     };
 
@@ -494,28 +493,49 @@ async fn drive(
         None => None,
         Some(text) => {
             write_private(&running.data_dir.join("load.jsonl"), text.as_bytes())?;
-            let traffic = Traffic::parse_bound(text, spec, &cast.bindings)
-                .map_err(|e| format!("load.jsonl: {e}"))?;
-            let mut cfg = LoadgenConfig::new(running.network.clone(), Arc::new(traffic));
-            cfg.connections = args.connections;
-            cfg.in_flight = args.in_flight;
-            cfg.rate = args.rate;
-            cfg.duration = Some(args.duration);
-            cfg.progress = true;
-            let summary = loadgen::run(cfg).await.map_err(|e| e.to_string())?;
-            phase_checks("load", &summary, &mut checks);
-            Some(summary)
+            let load = replay("load.jsonl", text, cast, running, |cfg| {
+                cfg.connections = args.connections;
+                cfg.in_flight = args.in_flight;
+                cfg.rate = args.rate;
+                cfg.duration = Some(args.duration);
+                cfg.progress = true;
+            })
+            .await?;
+            phase_checks("load", &load.summary, &mut checks);
+            Some(load)
         }
     };
 
-    let answered =
-        story.as_ref().map_or(0, |s| s.answered) + load.as_ref().map_or(0, |s| s.answered);
+    let answered = [&story, &load]
+        .into_iter()
+        .flatten()
+        .map(|p| p.summary.answered)
+        .sum();
     metrics_checks(running, answered, &mut checks).await;
     Ok(Report {
         story,
         load,
         checks,
     })
+}
+
+/// Binds `text` to the issued cards and sends it to the switch with loadgen's defaults
+/// as `tweak` changes them.
+async fn replay(
+    file: &str,
+    text: &str,
+    cast: &Cast,
+    running: &Running,
+    tweak: impl FnOnce(&mut LoadgenConfig),
+) -> Result<Phase, String> {
+    let traffic = Arc::new(
+        Traffic::parse_bound(text, Spec::iso87ascii(), &cast.bindings)
+            .map_err(|e| format!("{file}: {e}"))?,
+    );
+    let mut cfg = LoadgenConfig::new(running.network.clone(), traffic.clone());
+    tweak(&mut cfg);
+    let summary = loadgen::run(cfg).await.map_err(|e| e.to_string())?;
+    Ok(Phase { traffic, summary })
 }
 
 /// Issues every virtual card through the API, pauses or closes those that say so, and
@@ -759,7 +779,8 @@ fn expected_codes(s: &Summary, traffic_expect: &BTreeMap<usize, String>) -> BTre
     want
 }
 
-fn print_phase(title: &str, s: &Summary, text: &str, bindings: &Bindings) {
+fn print_phase(title: &str, phase: &Phase) {
+    let s = &phase.summary;
     println!();
     println!("{title}");
     println!(
@@ -771,17 +792,12 @@ fn print_phase(title: &str, s: &Summary, text: &str, bindings: &Bindings) {
         "  latency (µs): p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
         l.p50, l.p90, l.p99, l.p999, l.max
     );
-    let expect_by_line: BTreeMap<usize, String> =
-        Traffic::parse_bound(text, Spec::iso87ascii(), bindings)
-            .map(|t| {
-                t.entries()
-                    .iter()
-                    .filter_map(|e| {
-                        Some((e.line, String::from_utf8_lossy(&e.expect?).into_owned()))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+    let expect_by_line: BTreeMap<usize, String> = phase
+        .traffic
+        .entries()
+        .iter()
+        .filter_map(|e| Some((e.line, String::from_utf8_lossy(&e.expect?).into_owned())))
+        .collect();
     let expected = expected_codes(s, &expect_by_line);
     let mut codes: Vec<&String> = s.response_codes.keys().chain(expected.keys()).collect();
     codes.sort();
@@ -804,29 +820,24 @@ fn print_phase(title: &str, s: &Summary, text: &str, bindings: &Bindings) {
     }
 }
 
-fn print_report(report: &Report, scenario: &Scenario, cast: &Cast) {
-    if let (Some(s), Some(text)) = (&report.story, &scenario.story) {
+fn print_report(report: &Report) {
+    if let Some(story) = &report.story {
         print_phase(
             "story: each message sent alone, in order, and answered before the next",
-            s,
-            text,
-            &cast.bindings,
+            story,
         );
     }
-    if let (Some(s), Some(text)) = (&report.load, &scenario.load) {
+    if let Some(load) = &report.load {
+        let s = &load.summary;
         let mode = match s.rate {
             Some(r) => format!("open loop at {r} per second"),
             None => "closed loop".to_string(),
         };
-        print_phase(
-            &format!(
-                "load: {} connections x {} in flight, {mode}",
-                s.connections, s.in_flight
-            ),
-            s,
-            text,
-            &cast.bindings,
+        let title = format!(
+            "load: {} connections x {} in flight, {mode}",
+            s.connections, s.in_flight
         );
+        print_phase(&title, load);
     }
     println!();
     println!("checks");
@@ -878,12 +889,8 @@ fn print_keep_running(r: &Running) {
 
 /// A random Luhn-valid 16-digit number starting with `prefix`.
 fn random_pan(prefix: &str) -> Result<Pan, String> {
-    let mut digits: Vec<u8> = prefix.bytes().collect();
-    while digits.len() < 15 {
-        digits.push(b'0' + rand::random_range(0..10u8));
-    }
-    digits.push(b'0' + luhn_check_digit(&digits));
-    Pan::from_digits_checked(&digits).map_err(|e| format!("prefix {prefix}: {e}"))
+    Pan::from_digits_checked(random_luhn(prefix, 16).as_bytes())
+        .map_err(|e| format!("prefix {prefix}: {e}"))
 }
 
 /// A fresh directory under the system's temporary directory, for this run only.

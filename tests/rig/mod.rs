@@ -19,7 +19,7 @@ use vpan::app::App;
 use vpan::cards::{CardSpec, CardView, Cards, Controls, Expiry, MerchantLock};
 use vpan::config::Config;
 use vpan::iso8583::{Frame, FrameCodec, Framing, Message, Spec};
-use vpan::pan::{Pan, luhn_check_digit};
+use vpan::pan::{Pan, random_luhn};
 use vpan::tools::issuer_sim::{IssuerSim, IssuerSimHandle, SimConfig};
 
 /// Seconds since the epoch.
@@ -32,13 +32,7 @@ pub fn now() -> u64 {
 
 /// A random Luhn-valid test PAN of `len` digits starting with `bin`.
 pub fn test_pan(bin: &str, len: usize) -> Pan {
-    let mut digits: Vec<u8> = bin.bytes().collect();
-    while digits.len() < len - 1 {
-        digits.push(b'0' + rand::random_range(0..10u8));
-    }
-    let check = luhn_check_digit(&digits);
-    digits.push(b'0' + check);
-    Pan::from_digits_checked(&digits).unwrap()
+    Pan::from_digits_checked(random_luhn(bin, len).as_bytes()).unwrap()
 }
 
 /// A switch and its issuer simulator, torn down on drop of the token.
