@@ -3,64 +3,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod procs;
 mod rig;
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use rig::{Client, code, now, purchase, test_pan};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-use vpan::cards::{
-    CardKey, CardSpec, Cards, CardsConfig, Controls, Expiry, LedgerConfig, MerchantLock,
-};
+use procs::{issue_cards, open_cards, start_serve};
+use rig::{Client, code, purchase};
+use vpan::cards::CardKey;
 use vpan::iso8583::Message;
-use vpan::store::StoreConfig;
 use vpan::tools::issuer_sim::{IssuerSim, SimConfig};
-
-/// Starts `vpan serve` on `data_dir` toward `issuer`; returns it and its network address.
-async fn start_switch(data_dir: &std::path::Path, issuer: &str) -> (Child, std::net::SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vpan"))
-        .args(["serve", "--log-json"])
-        .env("VPAN_NETWORK_LISTEN", "127.0.0.1:0")
-        .env("VPAN_METRICS_LISTEN", "127.0.0.1:0")
-        .env("VPAN_API_LISTEN", "127.0.0.1:0")
-        .env("VPAN_ISSUER_CONNECT", issuer)
-        .env("VPAN_STORE_DATA_DIR", data_dir)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            if v["message"] == "network listener bound (ISO 8583)" {
-                return v["addr"].as_str().unwrap().parse().unwrap();
-            }
-        }
-        panic!("vpan serve exited before binding");
-    })
-    .await
-    .expect("vpan serve bound within 20 s");
-    // Keep reading its log so it never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr)
-}
-
-fn open_cards(data_dir: &std::path::Path) -> Cards {
-    let store = StoreConfig {
-        data_dir: data_dir.to_path_buf(),
-        key_file: Default::default(),
-    };
-    Cards::open(&CardsConfig::default(), &store, LedgerConfig::default())
-        .unwrap()
-        .0
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_loses_no_approval_and_restart_keeps_the_counters() {
@@ -72,32 +24,14 @@ async fn kill_9_under_load_loses_no_approval_and_restart_keeps_the_counters() {
     const AMOUNT: u64 = 100;
     const IN_FLIGHT: usize = 16;
 
-    let card = {
-        let cards = open_cards(&data_dir);
-        let spec = CardSpec {
-            pan: test_pan("497010", 16),
-            pan_expiry: Expiry(*b"2912"),
-            controls: Controls {
-                currency: 978,
-                amount_limit: CAP,
-                per_transaction_limit: None,
-                max_uses: None,
-                valid_until: now() + 86_400,
-                merchant_lock: MerchantLock::None,
-                mcc_allow: vec![],
-                mcc_block: vec![],
-            },
-        };
-        let card = cards.issue_durable(&spec, now()).await.unwrap();
-        drop(cards);
-        card
-    };
+    let (card, _) = issue_cards(&data_dir, 1, CAP).await.remove(0);
 
     let mut approved_total = 0u64;
     let mut rounds = 0;
     for round in 0..6 {
-        let (mut child, addr) = start_switch(&data_dir, &issuer).await;
-        let mut net = Client::connect(addr).await;
+        let serve = start_serve(&data_dir, &issuer, &[]).await;
+        let mut child = serve.child;
+        let mut net = Client::connect(serve.network).await;
         let kill_after = Duration::from_millis(rand::random_range(100..400));
         let deadline = tokio::time::Instant::now() + kill_after;
         let mut pending: std::collections::VecDeque<Message> = Default::default();
@@ -134,7 +68,7 @@ async fn kill_9_under_load_loses_no_approval_and_restart_keeps_the_counters() {
         let _ = child.wait().await;
         rounds = round + 1;
 
-        let cards = open_cards(&data_dir);
+        let (cards, _) = open_cards(&data_dir);
         let view = cards.get(CardKey::of(&card.vpan)).unwrap();
         assert!(
             view.spent >= approved_total,
@@ -160,11 +94,13 @@ async fn kill_9_under_load_loses_no_approval_and_restart_keeps_the_counters() {
 
     // And it serves again after the last kill, with the counters as they were.
     let before = open_cards(&data_dir)
+        .0
         .get(CardKey::of(&card.vpan))
         .unwrap()
         .spent;
-    let (mut child, addr) = start_switch(&data_dir, &issuer).await;
-    let mut net = Client::connect(addr).await;
+    let serve = start_serve(&data_dir, &issuer, &[]).await;
+    let mut child = serve.child;
+    let mut net = Client::connect(serve.network).await;
     let mut served = false;
     for _ in 0..50 {
         let req = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, AMOUNT);
