@@ -231,12 +231,6 @@ impl IssuerLink {
         self.rewrite_original(&mut request)?;
         let network_stan = request.stan();
         let (reply, rx) = oneshot::channel();
-        let mut pending = Pending {
-            reply,
-            request: request.clone(),
-            sent_at: Instant::now(),
-            conn,
-        };
         // The network's STAN when free, else vpan's own counter; claimed atomically so two
         // callers can never share a stamp.
         let mut candidate = network_stan.unwrap_or_else(|| self.next_stamp());
@@ -244,13 +238,16 @@ impl IssuerLink {
             match inner.pending.entry(candidate) {
                 dashmap::Entry::Vacant(v) => {
                     if Some(candidate) != network_stan {
-                        pending
-                            .request
+                        request
                             .set(11, &candidate)
                             .map_err(|_| IssuerError::Encode)?;
                     }
-                    request = pending.request.clone();
-                    v.insert(pending);
+                    v.insert(Pending {
+                        reply,
+                        request: request.clone(),
+                        sent_at: Instant::now(),
+                        conn,
+                    });
                     break candidate;
                 }
                 dashmap::Entry::Occupied(_) => candidate = self.next_stamp(),
@@ -273,19 +270,23 @@ impl IssuerLink {
     /// A reversal (or any message with DE 90) naming an original that went out under
     /// another STAN: DE 90 gets that STAN, so the issuer finds the original it saw.
     fn rewrite_original(&self, request: &mut Message) -> Result<(), IssuerError> {
-        let Some(de90) = request.text(90) else {
+        let Some(key) = request
+            .text(90)
+            .and_then(|d| <[u8; 20]>::try_from(d.as_bytes().get(..20)?).ok())
+        else {
             return Ok(());
         };
-        let mut de90 = de90.as_bytes().to_vec();
-        let Some(key) = de90.get(..20).and_then(|k| <[u8; 20]>::try_from(k).ok()) else {
+        let Some(stamp) = self.inner.restamped.get(&key).map(|e| e.0) else {
             return Ok(());
         };
-        if let Some(entry) = self.inner.restamped.get(&key) {
-            de90[4..10].copy_from_slice(&entry.0);
-            drop(entry);
-            request.set(90, &de90).map_err(|_| IssuerError::Encode)?;
+        let mut de90 = request
+            .text(90)
+            .map(|d| d.as_bytes().to_vec())
+            .unwrap_or_default();
+        if let Some(stan) = de90.get_mut(4..10) {
+            stan.copy_from_slice(&stamp);
         }
-        Ok(())
+        request.set(90, &de90).map_err(|_| IssuerError::Encode)
     }
 
     fn next_stamp(&self) -> [u8; 6] {
