@@ -8,11 +8,15 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+/// Runs `vpan demo` in `cwd`, with its temporary directory under `cwd/tmp`.
 fn demo(args: &[&str], cwd: &Path) -> Output {
+    let tmp = cwd.join("tmp");
+    std::fs::create_dir_all(&tmp).expect("a temporary directory for the demo");
     Command::new(env!("CARGO_BIN_EXE_vpan"))
         .arg("demo")
         .args(args)
         .current_dir(cwd)
+        .env("TMPDIR", &tmp)
         .output()
         .expect("vpan demo runs")
 }
@@ -47,15 +51,12 @@ fn the_builtin_demo_passes_every_expectation_and_exits_0() {
     );
     assert!(!stdout.contains("FAIL"), "{stdout}");
     // The temporary data directory is gone: nothing of the run is left behind.
-    let leftover = std::fs::read_dir(std::env::temp_dir())
+    let leftover: Vec<_> = std::fs::read_dir(dir.path().join("tmp"))
         .unwrap()
         .filter_map(Result::ok)
-        .any(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with(&format!("vpan-demo-{}-", std::process::id()))
-        });
-    assert!(!leftover);
+        .map(|e| e.file_name())
+        .collect();
+    assert!(leftover.is_empty(), "left behind: {leftover:?}");
 }
 
 #[test]
