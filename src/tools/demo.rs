@@ -360,16 +360,24 @@ impl Cast {
         };
         let mut numbers = BTreeMap::new();
         for c in &scenario.cards {
-            let pan = loop {
-                let p = match c.kind {
-                    Kind::Unissued => random_pan(&format!("{}9", c.bin))?,
-                    Kind::Virtual | Kind::Plain => random_pan(&c.bin)?,
-                };
-                // Real and plain numbers stay out of the virtual ranges, strangers in.
-                if in_range(&p) == (c.kind == Kind::Unissued) {
-                    break p;
-                }
+            let prefix = match c.kind {
+                Kind::Unissued => format!("{}9", c.bin),
+                Kind::Virtual | Kind::Plain => c.bin.clone(),
             };
+            // Real and plain numbers stay out of the virtual ranges, strangers in; a BIN
+            // that lies inside another card's range can never give a plain number.
+            let mut draws = (0..1000).map(|_| random_pan(&prefix));
+            let pan = draws
+                .find(|p| {
+                    p.as_ref()
+                        .map_or(true, |p| in_range(p) == (c.kind == Kind::Unissued))
+                })
+                .unwrap_or_else(|| {
+                    Err(format!(
+                        "card {:?}: bin {} lies inside a virtual range; give it another",
+                        c.name, c.bin
+                    ))
+                })?;
             numbers.insert(c.name.clone(), pan);
         }
         let pan_expiry = Expiry::of_time(unix_now() + 4 * 365 * 86_400)
@@ -951,6 +959,17 @@ mod tests {
                 .any(|r| pan.as_bytes().starts_with(r.as_bytes()));
             assert_eq!(inside, c.kind == Kind::Unissued, "{}", c.name);
         }
+    }
+
+    #[test]
+    fn a_plain_card_whose_bin_lies_inside_a_virtual_range_is_refused() {
+        let cards = r#"[{"name": "v"}, {"name": "p", "kind": "plain", "bin": "4970109"}]"#;
+        let s = Scenario::from_texts("t", cards, None, Some(String::new())).unwrap();
+        let err = Cast::draw(&s).err().unwrap();
+        assert!(
+            err.contains("\"p\": bin 4970109 lies inside a virtual range"),
+            "{err}"
+        );
     }
 
     #[test]
