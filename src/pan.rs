@@ -212,22 +212,11 @@ pub fn luhn_valid(digits: &[u8]) -> bool {
     }
 }
 
-/// A random Luhn-valid number of `len` digits starting with `prefix` (which must be
-/// digits, shorter than `len`): made-up card numbers for tests, demos and benchmarks.
-pub fn random_luhn(prefix: &str, len: usize) -> String {
-    let mut digits: Vec<u8> = prefix.bytes().collect();
-    while digits.len() + 1 < len {
-        digits.push(b'0' + rand::random_range(0..10u8));
-    }
-    digits.push(b'0' + luhn_check_digit(&digits));
-    String::from_utf8_lossy(&digits).into_owned()
-}
-
 /// A random Luhn-valid 16-digit test card number starting with `prefix`: unit tests use
 /// generated numbers, never a literal that could be someone's card.
 #[cfg(test)]
 pub(crate) fn test_pan(prefix: &str) -> String {
-    random_luhn(prefix, 16)
+    crate::cards::vpan::random_luhn(prefix, 16)
 }
 
 /// The same card number with its check digit changed: fails Luhn.

@@ -146,6 +146,17 @@ impl VpanGenerator {
     }
 }
 
+/// A random Luhn-valid number of `len` digits starting with `prefix` (which must be
+/// digits, shorter than `len`): made-up card numbers for tests, demos and benchmarks.
+pub fn random_luhn(prefix: &str, len: usize) -> String {
+    let mut digits: Vec<u8> = prefix.bytes().collect();
+    while digits.len() + 1 < len {
+        digits.push(b'0' + rand::random_range(0..10u8));
+    }
+    digits.push(b'0' + luhn_check_digit(&digits));
+    String::from_utf8_lossy(&digits).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;

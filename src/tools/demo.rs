@@ -37,10 +37,11 @@ use super::traffic::{Bindings, BoundCard, Traffic};
 use crate::api::client::ApiClient;
 use crate::app::App;
 use crate::cards::Expiry;
+use crate::cards::vpan::random_luhn;
 use crate::config::Config;
 use crate::iso8583::Spec;
 use crate::metrics as m;
-use crate::pan::{Pan, random_luhn};
+use crate::pan::Pan;
 
 /// `vpan demo` flags.
 #[derive(Debug, Clone, clap::Args)]

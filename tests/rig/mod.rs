@@ -16,10 +16,11 @@ use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use vpan::app::App;
+use vpan::cards::vpan::random_luhn;
 use vpan::cards::{CardSpec, CardView, Cards, Controls, Expiry, MerchantLock};
 use vpan::config::Config;
 use vpan::iso8583::{Frame, FrameCodec, Framing, Message, Spec};
-use vpan::pan::{Pan, random_luhn};
+use vpan::pan::Pan;
 use vpan::tools::issuer_sim::{IssuerSim, IssuerSimHandle, SimConfig};
 
 /// Seconds since the epoch.
