@@ -8,13 +8,15 @@
 //! and their ratios. All three processes share this machine's cores, as the issue asks.
 //!
 //! `cargo bench --bench e2e` (release build); `E2E_SECONDS` (default 10) sets each run's
-//! length, `E2E_RATE` (default 10000) the open-loop rate.
+//! length, `E2E_RATE` (default 10000) the open-loop rate. `E2E_COMPARE=/path/to/vpan`
+//! runs that binary as a second switch beside this build's, to compare two versions in
+//! one run (e.g. a copy of `target/release/vpan` built from main).
 
 // A benchmark harness: any failure should stop it loudly, with the reason.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -40,23 +42,22 @@ fn main() {
     issue_cards_and_write_traffic(&data, &traffic);
 
     let (mut sim, sim_addr) = spawn(
+        Path::new(VPAN),
         &["issuer-sim", "--listen", "127.0.0.1:0"],
         &[],
         "issuer simulator listening on ",
     );
-    let (mut switch, switch_addr) = spawn(
-        &["serve"],
-        &[
-            ("VPAN_NETWORK_LISTEN", "127.0.0.1:0"),
-            ("VPAN_METRICS_LISTEN", "127.0.0.1:0"),
-            ("VPAN_API_LISTEN", "127.0.0.1:0"),
-            ("VPAN_ISSUER_CONNECT", &sim_addr),
-            ("VPAN_STORE_DATA_DIR", data.to_str().expect("utf-8 path")),
-            ("VPAN_NETWORK_MAX_IN_FLIGHT", "4096"),
-            ("RUST_LOG", "warn,vpan::app=info"),
-        ],
-        "network listener bound (ISO 8583) addr=",
-    );
+    // With `E2E_COMPARE=/path/to/another/vpan`, that binary runs as a second switch on a
+    // copy of the same cards, and both are measured in this run, alternately.
+    let compare = std::env::var_os("E2E_COMPARE").map(PathBuf::from);
+    let data_b = dir.path().join("data-compare");
+    if compare.is_some() {
+        copy_dir(&data, &data_b);
+    }
+    let (mut switch, switch_addr) = start_switch(Path::new(VPAN), &data, &sim_addr);
+    let mut other = compare
+        .as_deref()
+        .map(|bin| start_switch(bin, &data_b, &sim_addr));
     std::thread::sleep(Duration::from_millis(500)); // the issuer link signs on
 
     let secs = seconds.to_string();
@@ -85,10 +86,20 @@ fn main() {
     );
     let direct_closed = loadgen(&sim_addr, &traffic, &closed);
     let vpan_closed = loadgen(&switch_addr, &traffic, &closed);
+    let other_closed = other
+        .as_ref()
+        .map(|(_, addr)| loadgen(addr, &traffic, &closed));
     let direct_open = loadgen(&sim_addr, &traffic, &open);
     let vpan_open = loadgen(&switch_addr, &traffic, &open);
+    let other_open = other
+        .as_ref()
+        .map(|(_, addr)| loadgen(addr, &traffic, &open));
     let fsync = fdatasync_latency(&data, 2000);
 
+    if let Some((mut child, _)) = other.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     let _ = switch.kill();
     let _ = sim.kill();
     let _ = switch.wait();
@@ -102,6 +113,14 @@ fn main() {
         "  through vpan / direct throughput: {:.1}%",
         100.0 * tput(&vpan_closed) / tput(&direct_closed)
     );
+    if let Some(o) = &other_closed {
+        row("  loadgen -> E2E_COMPARE -> issuer-sim", o);
+        println!(
+            "  E2E_COMPARE / direct throughput: {:.1}%; this build / E2E_COMPARE: {:.2}x",
+            100.0 * tput(o) / tput(&direct_closed),
+            tput(&vpan_closed) / tput(o)
+        );
+    }
     println!();
     println!("open loop at {rate}/s:");
     row("  loadgen -> issuer-sim", &direct_open);
@@ -112,6 +131,14 @@ fn main() {
         added("p50"),
         added("p99")
     );
+    if let Some(o) = &other_open {
+        row("  loadgen -> E2E_COMPARE -> issuer-sim", o);
+        println!(
+            "  E2E_COMPARE's added latency: p50 {:.0} us, p99 {:.0} us",
+            lat(o, "p50") - lat(&direct_open, "p50"),
+            lat(o, "p99") - lat(&direct_open, "p99")
+        );
+    }
     println!(
         "  journal fdatasync here: p50 {:.0} us, p99 {:.0} us (added p99 - fdatasync p99 = {:.0} us)",
         fsync.0,
@@ -201,10 +228,39 @@ fn test_pan(i: usize) -> Pan {
     Pan::from_digits_checked(&digits).expect("test PAN")
 }
 
-/// Starts `vpan ARGS` and waits for the log line containing `marker` followed by an
+/// Starts a switch (`bin serve`) on `data` toward the simulator; its network address.
+fn start_switch(bin: &Path, data: &Path, sim_addr: &str) -> (Child, String) {
+    spawn(
+        bin,
+        &["serve"],
+        &[
+            ("VPAN_NETWORK_LISTEN", "127.0.0.1:0"),
+            ("VPAN_METRICS_LISTEN", "127.0.0.1:0"),
+            ("VPAN_API_LISTEN", "127.0.0.1:0"),
+            ("VPAN_ISSUER_CONNECT", sim_addr),
+            ("VPAN_STORE_DATA_DIR", data.to_str().expect("utf-8 path")),
+            ("VPAN_NETWORK_MAX_IN_FLIGHT", "4096"),
+            ("RUST_LOG", "warn,vpan::app=info"),
+        ],
+        "network listener bound (ISO 8583) addr=",
+    )
+}
+
+/// Copies a data directory (flat: journal, snapshot, key, token, certificate).
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("compare data dir");
+    for entry in std::fs::read_dir(from).expect("data dir") {
+        let entry = entry.expect("entry");
+        if entry.file_type().expect("type").is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+        }
+    }
+}
+
+/// Starts `BIN ARGS` and waits for the log line containing `marker` followed by an
 /// address; keeps draining its stderr afterwards.
-fn spawn(args: &[&str], env: &[(&str, &str)], marker: &str) -> (Child, String) {
-    let mut child = Command::new(VPAN)
+fn spawn(bin: &Path, args: &[&str], env: &[(&str, &str)], marker: &str) -> (Child, String) {
+    let mut child = Command::new(bin)
         .args(args)
         .envs(env.iter().copied())
         .stdout(Stdio::null())
