@@ -238,14 +238,14 @@ async fn answer_of(
     header: Bytes,
     body: Bytes,
     received: Instant,
-) -> (Bytes, Option<Message>) {
+) -> (Bytes, Option<Box<Message>>) {
     (header, flow.handle(body, received).await)
 }
 
 /// Appends an answer, framed, to the write buffer.
 fn frame_answer(
     codec: &FrameCodec,
-    (header, answer): (Bytes, Option<Message>),
+    (header, answer): (Bytes, Option<Box<Message>>),
     out: &mut BytesMut,
 ) {
     if let Some(answer) = answer

@@ -79,9 +79,9 @@ pub enum IssuerError {
 /// A request waiting for the issuer's answer.
 struct Pending {
     /// Where the answer goes; dropped when the caller gave up (timeout).
-    reply: oneshot::Sender<Message>,
+    reply: oneshot::Sender<Box<Message>>,
     /// The request as sent (with vpan's stamp), to build a reversal from if needed.
-    request: Message,
+    request: Box<Message>,
     /// When it was written, for the issuer latency histogram and the sweep.
     sent_at: Instant,
     /// The connection it went out on, so a lost connection fails only its own requests.
@@ -91,7 +91,7 @@ struct Pending {
 /// One connection slot: the writer's queue while connected.
 struct Slot {
     /// Messages to write; `None` while disconnected.
-    tx: parking_lot::RwLock<Option<mpsc::Sender<Message>>>,
+    tx: parking_lot::RwLock<Option<mpsc::Sender<Box<Message>>>>,
     /// Up (connected and signed on).
     up: AtomicBool,
 }
@@ -175,7 +175,11 @@ impl IssuerLink {
 
     /// Sends `request` and waits for its answer, within `issuer.timeout_ms`. The answer
     /// carries the request's own DE 11 back, whatever stamp went on the wire.
-    pub async fn send(&self, request: Message) -> Result<Message, IssuerError> {
+    ///
+    /// Messages travel boxed through the link (and the flow): a `Message` is about 500
+    /// bytes, and every async layer it crosses by value copies it, which `perf` showed as
+    /// a sixth of the switch's CPU.
+    pub async fn send(&self, request: Box<Message>) -> Result<Box<Message>, IssuerError> {
         self.send_via(request, None, self.inner.settings.timeout)
             .await
     }
@@ -184,15 +188,17 @@ impl IssuerLink {
     /// own connection), else on the next connection that is up.
     async fn send_via(
         &self,
-        request: Message,
+        request: Box<Message>,
         only: Option<usize>,
         timeout: Duration,
-    ) -> Result<Message, IssuerError> {
+    ) -> Result<Box<Message>, IssuerError> {
         let network_stan = request.stan();
         let (rx, stamp) = self.dispatch(request, only)?;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(mut answer)) => {
-                if let Some(stan) = network_stan {
+                if let Some(stan) = network_stan
+                    && stan != stamp
+                {
                     answer.set(11, &stan).map_err(|_| IssuerError::Encode)?;
                 }
                 Ok(answer)
@@ -209,9 +215,9 @@ impl IssuerLink {
     /// Stamps, registers and queues a request; returns where its answer will arrive.
     fn dispatch(
         &self,
-        mut request: Message,
+        mut request: Box<Message>,
         only: Option<usize>,
-    ) -> Result<(oneshot::Receiver<Message>, [u8; 6]), IssuerError> {
+    ) -> Result<(oneshot::Receiver<Box<Message>>, [u8; 6]), IssuerError> {
         let inner = &self.inner;
         let n = inner.slots.len();
         let (conn, tx) = match only {
@@ -338,7 +344,7 @@ impl IssuerLink {
     async fn run_connection(&self, i: usize, stream: TcpStream) {
         let settings = &self.inner.settings;
         let (read_half, mut write_half) = stream.into_split();
-        let (tx, mut rx) = mpsc::channel::<Message>(WRITE_QUEUE);
+        let (tx, mut rx) = mpsc::channel::<Box<Message>>(WRITE_QUEUE);
         *self.inner.slots[i].tx.write() = Some(tx);
         let conn_token = self.inner.shutdown.child_token();
 
@@ -434,7 +440,7 @@ impl IssuerLink {
         let Ok(msg) = network_management_request(self.spec(), b"001") else {
             return false;
         };
-        let answer = self.send_via(msg, Some(i), self.management_timeout());
+        let answer = self.send_via(Box::new(msg), Some(i), self.management_timeout());
         tokio::pin!(answer);
         loop {
             tokio::select! {
@@ -455,7 +461,10 @@ impl IssuerLink {
         let Ok(msg) = network_management_request(self.spec(), code) else {
             return false;
         };
-        match self.send_via(msg, Some(i), self.management_timeout()).await {
+        match self
+            .send_via(Box::new(msg), Some(i), self.management_timeout())
+            .await
+        {
             Ok(answer) => answer.response_code() == Some(*b"00"),
             Err(_) => false,
         }
@@ -464,7 +473,7 @@ impl IssuerLink {
     /// An answer from the issuer: hands it to its waiter, or reverses a late approval.
     fn on_answer(&self, body: Bytes) {
         let answer = match Message::parse(self.spec(), body) {
-            Ok(a) => a,
+            Ok(a) => Box::new(a),
             Err(e) => {
                 tracing::warn!(error = %e, "unreadable answer from the issuer dropped");
                 return;
@@ -501,7 +510,7 @@ impl IssuerLink {
             && needs_reversal(&pending.request)
         {
             tracing::warn!("late approval from the issuer; reversing it");
-            self.reverse(pending.request);
+            self.reverse(&pending.request);
         }
     }
 
@@ -519,7 +528,7 @@ impl IssuerLink {
             if let Some((_, p)) = self.inner.pending.remove(&stamp)
                 && needs_reversal(&p.request)
             {
-                self.reverse(p.request);
+                self.reverse(&p.request);
             }
         }
     }
@@ -548,7 +557,7 @@ impl IssuerLink {
                 if let Some((_, p)) = self.inner.pending.remove(&stamp)
                     && needs_reversal(&p.request)
                 {
-                    self.reverse(p.request);
+                    self.reverse(&p.request);
                 }
             }
         }
@@ -558,8 +567,8 @@ impl IssuerLink {
     /// `REVERSAL_RETRY_MAX` apart) until the issuer answers it or vpan shuts down: an
     /// issuer host down for longer than a few retries must still get the reversal when it
     /// is back, or the real account stays charged for a purchase the network was refused.
-    pub fn reverse(&self, original: Message) {
-        let Ok(reversal) = reversal_for(&original) else {
+    pub fn reverse(&self, original: &Message) {
+        let Ok(reversal) = reversal_for(original).map(Box::new) else {
             tracing::error!("cannot build the reversal of a request; the issuer must reconcile");
             return;
         };
@@ -603,7 +612,7 @@ impl IssuerLink {
             if let Some((_, p)) = self.inner.pending.remove(&stamp)
                 && needs_reversal(&p.request)
             {
-                self.reverse(p.request);
+                self.reverse(&p.request);
             }
         }
         let deadline = tokio::time::Instant::now() + grace;
