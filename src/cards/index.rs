@@ -10,7 +10,7 @@
 //! DashMap guard held across `.await` deadlocks the runtime), and the decision plus the
 //! hold of an authorization happen atomically under the card's (shard's) write lock.
 
-use dashmap::DashMap;
+use crate::ConcurrentMap;
 use dashmap::mapref::entry::Entry;
 
 use super::card::{Card, CardKey, Status};
@@ -18,14 +18,20 @@ use super::card::{Card, CardKey, Status};
 /// The map of all cards.
 pub struct CardIndex {
     /// vPAN key → card.
-    map: DashMap<CardKey, Box<Card>>,
+    map: ConcurrentMap<CardKey, Box<Card>>,
 }
 
 impl CardIndex {
     /// An empty index sized for `capacity` cards (pre-sizing avoids rehashing pauses).
     pub fn with_capacity(capacity: usize) -> CardIndex {
         CardIndex {
-            map: DashMap::with_capacity(capacity),
+            // Many small shards: a shard is rehashed under its write lock when it grows,
+            // so the smaller each one, the shorter the stall of the lookups behind it.
+            map: ConcurrentMap::with_capacity_and_hasher_and_shard_amount(
+                capacity,
+                Default::default(),
+                128,
+            ),
         }
     }
 

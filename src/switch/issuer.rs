@@ -23,8 +23,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::ConcurrentMap;
 use bytes::{Bytes, BytesMut};
-use dashmap::DashMap;
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -106,10 +106,10 @@ struct Inner {
     /// vpan's own STAN counter toward the issuer.
     next_stan: AtomicU32,
     /// Requests sent and not yet answered (or given up on), by vpan's stamp.
-    pending: DashMap<[u8; 6], Pending>,
+    pending: ConcurrentMap<[u8; 6], Pending>,
     /// Originals that went out under another STAN than the network's: their network
     /// identity (DE 90's first 20 digits: MTI, STAN, DE 7) to the stamp used, and when.
-    restamped: DashMap<[u8; 20], ([u8; 6], Instant)>,
+    restamped: ConcurrentMap<[u8; 20], ([u8; 6], Instant)>,
     /// Reversals being sent (or retried) in the background, for [`IssuerLink::quiesce`].
     reversals: AtomicUsize,
     /// Stops the connection tasks.
@@ -146,8 +146,8 @@ impl IssuerLink {
                 slots,
                 next_slot: AtomicUsize::new(0),
                 next_stan: AtomicU32::new(rand::random::<u32>() % 999_999),
-                pending: DashMap::new(),
-                restamped: DashMap::new(),
+                pending: ConcurrentMap::default(),
+                restamped: ConcurrentMap::default(),
                 reversals: AtomicUsize::new(0),
                 shutdown,
             }),
