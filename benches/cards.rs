@@ -15,6 +15,10 @@ use criterion::measurement::{Measurement, ValueFormatter};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use rand::RngExt;
 use vpan::cards::index::CardIndex;
+
+/// The allocator of the `vpan` binary, so that cards sit in memory as they do in the switch.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use vpan::cards::limits::{self, Verdict};
 use vpan::cards::{
     AcceptorId, Amounts, AuthRequest, Card, CardKey, CardSpec, Cards, CardsConfig, Controls,

@@ -41,12 +41,13 @@ fn main() {
     let traffic = dir.path().join("traffic.jsonl");
     issue_cards_and_write_traffic(&data, &traffic);
 
-    let (mut sim, sim_addr) = spawn(
+    let (mut sim, mut sim_addr) = spawn(
         Path::new(VPAN),
         &["issuer-sim", "--listen", "127.0.0.1:0"],
         &[],
-        "issuer simulator listening on ",
+        &["issuer simulator listening on "],
     );
+    let sim_addr = sim_addr.remove(0);
     // With `E2E_COMPARE=/path/to/another/vpan`, that binary runs as a second switch on a
     // copy of the same cards, and both are measured in this run, alternately.
     let compare = std::env::var_os("E2E_COMPARE").map(PathBuf::from);
@@ -54,7 +55,7 @@ fn main() {
     if compare.is_some() {
         copy_dir(&data, &data_b);
     }
-    let (mut switch, switch_addr) = start_switch(Path::new(VPAN), &data, &sim_addr);
+    let switch = start_switch(Path::new(VPAN), &data, &sim_addr);
     let mut other = compare
         .as_deref()
         .map(|bin| start_switch(bin, &data_b, &sim_addr));
@@ -85,24 +86,28 @@ fn main() {
         "e2e: {CARDS} virtual cards, {seconds} s per run, 2 cores shared by all three processes"
     );
     let direct_closed = loadgen(&sim_addr, &traffic, &closed);
-    let vpan_closed = loadgen(&switch_addr, &traffic, &closed);
-    let other_closed = other
-        .as_ref()
-        .map(|(_, addr)| loadgen(addr, &traffic, &closed));
+    let vpan_closed = loadgen(&switch.addr, &traffic, &closed);
+    let other_closed = other.as_ref().map(|o| loadgen(&o.addr, &traffic, &closed));
     let direct_open = loadgen(&sim_addr, &traffic, &open);
-    let vpan_open = loadgen(&switch_addr, &traffic, &open);
-    let other_open = other
-        .as_ref()
-        .map(|(_, addr)| loadgen(addr, &traffic, &open));
+    // The journal's own group commits (write + fdatasync) during the open-loop run, from
+    // its histogram on /metrics: the fdatasync latency the approvals actually waited on.
+    // And vpan's own time per request (frame read to answer written), to tell its time
+    // from the kernel's and the processes' scheduling.
+    const COMMITS: &str = "vpan_store_commit_duration_seconds_bucket{";
+    const OWN: &str = "vpan_request_duration_seconds_bucket{mti=\"0100\",";
+    let commits_before = buckets(&switch.metrics, COMMITS);
+    let own_before = buckets(&switch.metrics, OWN);
+    let vpan_open = loadgen(&switch.addr, &traffic, &open);
+    let commits = diff(&buckets(&switch.metrics, COMMITS), &commits_before);
+    let own = diff(&buckets(&switch.metrics, OWN), &own_before);
+    let other_open = other.as_ref().map(|o| loadgen(&o.addr, &traffic, &open));
     let fsync = fdatasync_latency(&data, 2000);
 
-    if let Some((mut child, _)) = other.take() {
-        let _ = child.kill();
-        let _ = child.wait();
+    for mut s in other.take().into_iter().chain([switch]) {
+        let _ = s.child.kill();
+        let _ = s.child.wait();
     }
-    let _ = switch.kill();
     let _ = sim.kill();
-    let _ = switch.wait();
     let _ = sim.wait();
 
     println!();
@@ -140,7 +145,30 @@ fn main() {
         );
     }
     println!(
-        "  journal fdatasync here: p50 {:.0} us, p99 {:.0} us (added p99 - fdatasync p99 = {:.0} us)",
+        "  vpan's own time per request (read to written, /metrics buckets): p50 {:.0} us, p90 {:.0} us, p99 {:.0} us",
+        quantile(&own, 0.5),
+        quantile(&own, 0.9),
+        quantile(&own, 0.99)
+    );
+    let (commit_p50, commit_p99) = (quantile(&commits, 0.5), quantile(&commits, 0.99));
+    println!(
+        "  vpan's journal commits (write + fdatasync) during that run: {} commits, p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us (from /metrics buckets); added p99 - commit p99 = {:.0} us",
+        commits.last().map_or(0.0, |b| b.1),
+        commit_p50,
+        commit_p99,
+        quantile(&commits, 0.999),
+        added("p99") - commit_p99
+    );
+    // A commit's percentile counts commits, not requests: a 15 ms commit holds every
+    // approval that arrives meanwhile. The share of the run spent in slow commits is
+    // (about) the share of requests that waited behind one.
+    let slow = slow_commit_time_us(&commits, 5_000.0);
+    println!(
+        "  time spent in commits over 5 ms: at least {:.1}% of the run (so about that share of requests waited behind one)",
+        100.0 * slow / (seconds as f64 * 1e6)
+    );
+    println!(
+        "  fdatasync of this disk alone, after the runs: p50 {:.0} us, p99 {:.0} us (added p99 - fdatasync p99 = {:.0} us)",
         fsync.0,
         fsync.1,
         added("p99") - fsync.1
@@ -148,6 +176,84 @@ fn main() {
     let approved = vpan_closed["response_codes"]["00"].as_u64().unwrap_or(0);
     let answered = vpan_closed["answered"].as_u64().unwrap_or(0);
     println!("  approvals through vpan (closed loop): {approved} of {answered} answers");
+}
+
+/// The cumulative buckets `(le in µs, count)` of histogram series `series` (its name and
+/// labels up to `le`), read from the switch's `/metrics` with a plain HTTP/1.0 GET.
+fn buckets(metrics_addr: &str, series: &str) -> Vec<(f64, f64)> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(metrics_addr).expect("metrics listener");
+    write!(
+        stream,
+        "GET /metrics HTTP/1.0\r\nHost: {metrics_addr}\r\n\r\n"
+    )
+    .expect("request");
+    let mut page = String::new();
+    stream.read_to_string(&mut page).expect("metrics page");
+    let prefix = format!("{series}le=\"");
+    page.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(prefix.as_str())?;
+            let (le, count) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse::<f64>().ok()? * 1e6
+            };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Time (µs) spent in commits slower than `over_us`, counting each at its bucket's lower
+/// bound, so a floor.
+fn slow_commit_time_us(buckets: &[(f64, f64)], over_us: f64) -> f64 {
+    let mut time = 0.0;
+    let mut prev = (0.0, 0.0);
+    for &(le, n) in buckets {
+        if prev.0 >= over_us {
+            time += prev.0 * (n - prev.1);
+        }
+        prev = (le, n);
+    }
+    time
+}
+
+/// Bucket counts of `after` minus those of `before`.
+fn diff(after: &[(f64, f64)], before: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    after
+        .iter()
+        .map(|&(le, n)| {
+            let was = before.iter().find(|b| b.0 == le).map_or(0.0, |b| b.1);
+            (le, n - was)
+        })
+        .collect()
+}
+
+/// The `q` quantile of cumulative buckets, interpolated linearly inside its bucket as
+/// Prometheus's `histogram_quantile` does.
+fn quantile(buckets: &[(f64, f64)], q: f64) -> f64 {
+    let Some(&(_, total)) = buckets.last() else {
+        return f64::NAN;
+    };
+    let rank = q * total;
+    let mut prev = (0.0, 0.0);
+    for &(le, n) in buckets {
+        if n >= rank {
+            if le.is_infinite() {
+                return prev.0;
+            }
+            let inside = n - prev.1;
+            let share = if inside > 0.0 {
+                (rank - prev.1) / inside
+            } else {
+                1.0
+            };
+            return prev.0 + (le - prev.0) * share;
+        }
+        prev = (le, n);
+    }
+    f64::NAN
 }
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -228,9 +334,16 @@ fn test_pan(i: usize) -> Pan {
     Pan::from_digits_checked(&digits).expect("test PAN")
 }
 
-/// Starts a switch (`bin serve`) on `data` toward the simulator; its network address.
-fn start_switch(bin: &Path, data: &Path, sim_addr: &str) -> (Child, String) {
-    spawn(
+/// A switch under test: its process, network address and metrics address.
+struct Switch {
+    child: Child,
+    addr: String,
+    metrics: String,
+}
+
+/// Starts a switch (`bin serve`) on `data` toward the simulator.
+fn start_switch(bin: &Path, data: &Path, sim_addr: &str) -> Switch {
+    let (child, mut addrs) = spawn(
         bin,
         &["serve"],
         &[
@@ -242,8 +355,18 @@ fn start_switch(bin: &Path, data: &Path, sim_addr: &str) -> (Child, String) {
             ("VPAN_NETWORK_MAX_IN_FLIGHT", "4096"),
             ("RUST_LOG", "warn,vpan::app=info"),
         ],
-        "network listener bound (ISO 8583) addr=",
-    )
+        &[
+            "network listener bound (ISO 8583) addr=",
+            "metrics listener bound (GET /metrics) addr=",
+        ],
+    );
+    let metrics = addrs.pop().expect("metrics address");
+    let addr = addrs.pop().expect("network address");
+    Switch {
+        child,
+        addr,
+        metrics,
+    }
 }
 
 /// Copies a data directory (flat: journal, snapshot, key, token, certificate).
@@ -257,9 +380,14 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// Starts `BIN ARGS` and waits for the log line containing `marker` followed by an
-/// address; keeps draining its stderr afterwards.
-fn spawn(bin: &Path, args: &[&str], env: &[(&str, &str)], marker: &str) -> (Child, String) {
+/// Starts `BIN ARGS` and waits for a log line containing each of `markers` followed by an
+/// address (returned in the markers' order); keeps draining its stderr afterwards.
+fn spawn(
+    bin: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    markers: &[&str],
+) -> (Child, Vec<String>) {
     let mut child = Command::new(bin)
         .args(args)
         .envs(env.iter().copied())
@@ -269,29 +397,34 @@ fn spawn(bin: &Path, args: &[&str], env: &[(&str, &str)], marker: &str) -> (Chil
         .expect("start vpan");
     let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel();
-    let marker = marker.to_string();
+    let markers: Vec<String> = markers.iter().map(|m| m.to_string()).collect();
+    let wanted = markers.len();
     std::thread::spawn(move || {
         use std::io::BufRead;
-        let mut sent = false;
         for line in std::io::BufReader::new(stderr)
             .lines()
             .map_while(Result::ok)
         {
-            if !sent && let Some(at) = line.find(&marker) {
-                let rest = &line[at + marker.len()..];
-                let addr: String = rest
-                    .chars()
-                    .take_while(|c| !c.is_whitespace() && *c != '"')
-                    .collect();
-                let _ = tx.send(addr);
-                sent = true;
+            for (i, marker) in markers.iter().enumerate() {
+                if let Some(at) = line.find(marker.as_str()) {
+                    let rest = &line[at + marker.len()..];
+                    let addr: String = rest
+                        .chars()
+                        .take_while(|c| !c.is_whitespace() && *c != '"')
+                        .collect();
+                    let _ = tx.send((i, addr));
+                }
             }
         }
     });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the process logged its address");
-    (child, addr)
+    let mut addrs = vec![String::new(); wanted];
+    for _ in 0..wanted {
+        let (i, addr) = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the process logged its addresses");
+        addrs[i] = addr;
+    }
+    (child, addrs)
 }
 
 fn loadgen(target: &str, traffic: &Path, extra: &[&str]) -> serde_json::Value {
