@@ -8,7 +8,8 @@
 //! and their ratios. All three processes share this machine's cores, as the issue asks.
 //!
 //! `cargo bench --bench e2e` (release build); `E2E_SECONDS` (default 10) sets each run's
-//! length, `E2E_RATE` (default 10000) the open-loop rate. `E2E_COMPARE=/path/to/vpan`
+//! length, `E2E_RATE` (default 10000) the open-loop rate, `E2E_IN_FLIGHT` (default 64) the
+//! closed loop's requests in flight on each of its 4 connections. `E2E_COMPARE=/path/to/vpan`
 //! runs that binary as a second switch beside this build's, to compare two versions in
 //! one run (e.g. a copy of `target/release/vpan` built from main).
 
@@ -62,11 +63,12 @@ fn main() {
     std::thread::sleep(Duration::from_millis(500)); // the issuer link signs on
 
     let secs = seconds.to_string();
+    let in_flight = env_or("E2E_IN_FLIGHT", 64).to_string();
     let closed = [
         "--connections",
         "4",
         "--in-flight",
-        "64",
+        &in_flight,
         "--duration",
         &secs,
     ];
@@ -111,7 +113,7 @@ fn main() {
     let _ = sim.wait();
 
     println!();
-    println!("closed loop, 4 connections x 64 in flight:");
+    println!("closed loop, 4 connections x {in_flight} in flight:");
     row("  loadgen -> issuer-sim", &direct_closed);
     row("  loadgen -> vpan -> issuer-sim", &vpan_closed);
     println!(
