@@ -15,6 +15,10 @@
 use rand::RngExt;
 use vpan::cards::history::{DecidedBy, RecentTx};
 use vpan::cards::index::CardIndex;
+
+/// The allocator of the `vpan` binary, so that the figure is what the switch uses.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use vpan::cards::{
     AcceptorId, Card, CardKey, CardSpec, Controls, Expiry, MerchantLock, ResponseCode,
 };

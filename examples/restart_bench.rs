@@ -27,6 +27,10 @@ use vpan::cards::{
 use vpan::pan::{Pan, luhn_check_digit};
 use vpan::store::StoreConfig;
 
+/// The allocator of the `vpan` binary, so that restart time and memory are the switch's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const NOW: u64 = 1_795_706_982;
 
 fn rss_mb() -> f64 {
