@@ -25,6 +25,11 @@ use vpan::cards::{CardSpec, Cards, CardsConfig, Controls, Expiry, LedgerConfig, 
 use vpan::pan::{Pan, luhn_check_digit};
 use vpan::store::StoreConfig;
 
+#[path = "../tests/procs/mod.rs"]
+mod procs;
+#[path = "../tests/rig/mod.rs"]
+mod rig;
+
 const CARDS: usize = 1000;
 const VPAN: &str = env!("CARGO_BIN_EXE_vpan");
 
@@ -181,17 +186,15 @@ fn main() {
 }
 
 /// The cumulative buckets `(le in µs, count)` of histogram series `series` (its name and
-/// labels up to `le`), read from the switch's `/metrics` with a plain HTTP/1.0 GET.
+/// labels up to `le`), read from the switch's `/metrics` (scraped as the reliability
+/// tests do).
 fn buckets(metrics_addr: &str, series: &str) -> Vec<(f64, f64)> {
-    use std::io::Read;
-    let mut stream = std::net::TcpStream::connect(metrics_addr).expect("metrics listener");
-    write!(
-        stream,
-        "GET /metrics HTTP/1.0\r\nHost: {metrics_addr}\r\n\r\n"
-    )
-    .expect("request");
-    let mut page = String::new();
-    stream.read_to_string(&mut page).expect("metrics page");
+    let addr = metrics_addr.parse().expect("metrics address");
+    let page = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(procs::scrape(addr));
     let prefix = format!("{series}le=\"");
     page.lines()
         .filter_map(|l| {

@@ -189,6 +189,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_journal_commit_histogram_has_its_own_finer_buckets() {
+        let handle = install();
+        metrics::histogram!(STORE_COMMIT_DURATION).record(0.000_12);
+        let page = handle.render();
+        assert!(
+            page.contains("vpan_store_commit_duration_seconds_bucket{le=\"0.00015\"}"),
+            "{page}"
+        );
+        assert!(page.contains("vpan_store_commit_duration_seconds_bucket{le=\"0.0075\"}"));
+        // The other latency histograms keep the general buckets.
+        metrics::histogram!(REQUEST_DURATION, "mti" => "0200").record(0.000_2);
+        assert!(
+            !handle
+                .render()
+                .contains("vpan_request_duration_seconds_bucket{mti=\"0200\",le=\"0.00015\"}")
+        );
+    }
+
+    #[test]
     fn latency_metrics_render_as_histograms_with_their_descriptions() {
         let handle = install();
         metrics::histogram!(REQUEST_DURATION, "mti" => "0100").record(0.000_2);

@@ -310,10 +310,7 @@ impl Flow {
             );
         };
         match self.issuer.send(toward_issuer).await {
-            Ok(answer) => (
-                self.transcode(&answer, self.network_spec),
-                DecidedBy::Issuer,
-            ),
+            Ok(answer) => (self.in_layout(answer, self.network_spec), DecidedBy::Issuer),
             Err(e) => self.issuer_failed(&request, e),
         }
     }
@@ -385,12 +382,7 @@ impl Flow {
         let track2 = answer
             .track2()
             .map(|t| t.with_pan_and_expiry(&vpan.pan, expiry));
-        // Same layout on both links (the usual case): edited in place, no copy.
-        let mut out = if std::ptr::eq(answer.spec(), self.network_spec) {
-            answer
-        } else {
-            self.transcode(&answer, self.network_spec)?
-        };
+        let mut out = self.in_layout(answer, self.network_spec)?;
         if out.has(2) {
             out.set_pan(&vpan.pan).ok()?;
         }
@@ -403,7 +395,16 @@ impl Flow {
         Some(out)
     }
 
-    /// `msg` in layout `to`: a clone when it already is, else field by field.
+    /// `msg` in layout `to`, taken rather than copied: itself when both links share a
+    /// layout (the usual case), so an issuer's answer is edited in place.
+    fn in_layout(&self, msg: Msg, to: &'static Spec) -> Option<Msg> {
+        if std::ptr::eq(msg.spec(), to) {
+            return Some(msg);
+        }
+        self.transcode(&msg, to)
+    }
+
+    /// A copy of `msg` in layout `to`: a clone when it already is, else field by field.
     fn transcode(&self, msg: &Message, to: &'static Spec) -> Option<Msg> {
         if std::ptr::eq(msg.spec(), to) {
             return Some(Box::new(msg.clone()));
