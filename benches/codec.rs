@@ -15,6 +15,7 @@ use std::hint::black_box;
 use bytes::{Bytes, BytesMut};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde::Deserialize;
+use vpan::iso8583::parse::parse_field_by_field;
 use vpan::iso8583::{Encoding, Kind, Length, Message, Spec};
 use vpan::pan::Pan;
 
@@ -85,6 +86,14 @@ fn bench_spec(c: &mut Criterion, spec: &'static Spec, file: &str) {
         g.throughput(Throughput::Bytes(wire.len() as u64));
         g.bench_function(&v.name, |b| {
             b.iter(|| Message::parse(spec, black_box(frame.clone())))
+        });
+        g.finish();
+
+        // The same parse without the per-bitmap fast path, for the ratio in one run.
+        let mut g = c.benchmark_group(format!("parse_field_by_field/{}", spec.name));
+        g.throughput(Throughput::Bytes(wire.len() as u64));
+        g.bench_function(&v.name, |b| {
+            b.iter(|| parse_field_by_field(spec, black_box(frame.clone())))
         });
         g.finish();
 

@@ -1,6 +1,7 @@
 //! Properties of the codec on generated input: random valid messages round-trip in both
-//! built-in specs, and random or corrupted bytes never make the parser or the frame
-//! decoder panic.
+//! built-in specs, random or corrupted bytes never make the parser or the frame decoder
+//! panic, and the parser's per-bitmap fast path agrees with the field-by-field walk on all
+//! of it, accepted or refused.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // helpers outside #[test] fns
 
@@ -13,7 +14,10 @@ use bytes::{Bytes, BytesMut};
 use common::{field_bytes_of, unhex, vectors};
 use proptest::prelude::*;
 use tokio_util::codec::Decoder;
-use vpan::iso8583::{Encoding, FrameCodec, Framing, Kind, Length, Message, Spec, recover_header};
+use vpan::iso8583::parse::parse_field_by_field;
+use vpan::iso8583::{
+    Encoding, FrameCodec, Framing, Kind, Length, Message, ParseError, Spec, recover_header,
+};
 
 /// Reads bytes of entropy one by one (0 once exhausted).
 struct Entropy<'a>(&'a [u8], usize);
@@ -77,6 +81,7 @@ fn roundtrip(spec: &'static Spec, mti: [u8; 4], fields: &[usize], entropy: &[u8]
             .unwrap_or_else(|e| panic!("{n}={v}: {e}"));
     }
     let wire = m.pack();
+    both_paths_agree(spec, &wire).unwrap();
     let parsed = Message::parse(spec, wire.clone()).unwrap();
     assert_eq!(parsed.pack(), wire, "pack, parse, pack");
     let bcd_track = !matches!(spec.field(35).map(|f| f.encoding), Some(Encoding::Ascii));
@@ -93,6 +98,32 @@ fn roundtrip(spec: &'static Spec, mti: [u8; 4], fields: &[usize], entropy: &[u8]
         parsed.field_numbers().collect::<Vec<_>>(),
         vals.keys().copied().collect::<Vec<_>>()
     );
+}
+
+/// Where each field of a parse result sits in the frame (pointer and length), or the error.
+fn layout_of(r: &Result<Message, ParseError>) -> Result<Vec<(usize, usize, usize)>, ParseError> {
+    match r {
+        Ok(m) => Ok(m
+            .field_numbers()
+            .map(|n| {
+                let raw = m.raw(n).unwrap();
+                (n, raw.as_ptr() as usize, raw.len())
+            })
+            .collect()),
+        Err(e) => Err(*e),
+    }
+}
+
+/// The fast path (bitmap shapes cached per thread) and the field-by-field walk read `bytes`
+/// the same way: the same fields at the same offsets, or the same error. Parsed twice, so
+/// the second parse takes a shape made by the first.
+fn both_paths_agree(spec: &'static Spec, bytes: &[u8]) -> Result<(), TestCaseError> {
+    let frame = Bytes::copy_from_slice(bytes);
+    let reference = layout_of(&parse_field_by_field(spec, frame.clone()));
+    for _ in 0..2 {
+        prop_assert_eq!(&layout_of(&Message::parse(spec, frame.clone())), &reference);
+    }
+    Ok(())
 }
 
 fn mti() -> impl Strategy<Value = [u8; 4]> {
@@ -127,6 +158,7 @@ proptest! {
     #[test]
     fn random_bytes_never_panic_the_parser(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
         for spec in [Spec::iso87ascii(), Spec::iso87binary()] {
+            both_paths_agree(spec, &bytes)?;
             if let Ok(m) = Message::parse(spec, Bytes::from(bytes.clone())) {
                 // Anything accepted packs to something that parses to the same fields.
                 let again = Message::parse(spec, m.pack()).unwrap();
@@ -158,6 +190,7 @@ proptest! {
         if do_cut {
             bytes.truncate(cut.index(bytes.len() + 1));
         }
+        both_paths_agree(spec, &bytes)?;
         if let Ok(m) = Message::parse(spec, Bytes::from(bytes.clone())) {
             let again = Message::parse(spec, m.pack()).unwrap();
             prop_assert_eq!(field_bytes_of(&again), field_bytes_of(&m));

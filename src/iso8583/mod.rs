@@ -10,6 +10,8 @@
 //!   `iso87binary`, or [`jpos`] reads one from a jPOS GenericPackager XML file.
 //! - [`parse`]: frame bytes to a [`Message`], validating everything the spec says; errors
 //!   name field and offset. [`recover_header`] reads MTI and DE 11 from a bad frame.
+//! - `shape`: the parser's fast path, a bitmap's fields flattened once per thread into runs
+//!   whose offsets are constants and whose digit checks span many fields.
 //! - [`message`]: the parsed message: the frame's `Bytes` plus an offset table, typed
 //!   accessors (PAN, amounts, STAN, ...), and cheap edits for responses and PAN swaps.
 //! - [`pack`]: [`Message`] back to bytes; untouched fields are copied verbatim.
@@ -40,6 +42,7 @@ pub mod jpos;
 pub mod message;
 pub mod pack;
 pub mod parse;
+mod shape;
 pub mod spec;
 
 pub use codec::{Frame, FrameCodec, FrameError, Framing};

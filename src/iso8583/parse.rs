@@ -154,7 +154,18 @@ impl ParseError {
 pub fn parse(spec: &'static Spec, frame: Bytes) -> Result<Message, ParseError> {
     // Filled in place: the offset table is not copied after parsing.
     let mut m = Message::from_parts(spec, frame, Layout::new());
-    parse_layout::<true>(spec, &m.buf, &mut m.layout)?;
+    parse_layout::<true, true>(spec, &m.buf, &mut m.layout)?;
+    m.mti = m.layout.mti;
+    m.present = m.layout.mask;
+    Ok(m)
+}
+
+/// [`parse`] without the per-bitmap fast path: every field walked and checked one by one.
+/// The reference the fast path is tested and fuzzed against; same results, only slower.
+#[doc(hidden)]
+pub fn parse_field_by_field(spec: &'static Spec, frame: Bytes) -> Result<Message, ParseError> {
+    let mut m = Message::from_parts(spec, frame, Layout::new());
+    parse_layout::<true, false>(spec, &m.buf, &mut m.layout)?;
     m.mti = m.layout.mti;
     m.present = m.layout.mask;
     Ok(m)
@@ -181,7 +192,7 @@ pub struct RecoveredHeader {
 /// only structure is followed, so a bad amount in DE 4 still leaves DE 11 readable.
 pub fn recover_header(spec: &'static Spec, frame: &[u8]) -> RecoveredHeader {
     let mut layout = Layout::new();
-    let res = parse_layout::<false>(spec, frame, &mut layout);
+    let res = parse_layout::<false, false>(spec, frame, &mut layout);
     let mti_ok = !matches!(
         res,
         Err(ParseError::MtiInvalid { .. } | ParseError::MtiTruncated { .. })
@@ -228,7 +239,7 @@ pub(crate) fn prefix_value(p: &[u8], enc: PrefixEncoding) -> Option<u32> {
 }
 
 /// Reads one bitmap word.
-#[inline(never)]
+#[inline]
 fn bitmap_word(
     input: &[u8],
     enc: BitmapEncoding,
@@ -252,6 +263,7 @@ fn bitmap_word(
 }
 
 /// Decodes a 4-digit MTI.
+#[inline]
 fn mti(spec: &Spec, input: &[u8]) -> Result<(usize, [u8; 4]), ParseError> {
     let f = &spec.mti;
     if f.encoding == Encoding::Ascii {
@@ -285,9 +297,10 @@ fn mti(spec: &Spec, input: &[u8]) -> Result<(usize, [u8; 4]), ParseError> {
 }
 
 /// The parser proper. `STRICT` adds content checks; without it only structure is followed
-/// (used by [`recover_header`]). On error, `layout` holds the fields completed before it.
+/// (used by [`recover_header`]). `SHAPED` tries the bitmap's cached plan first (see
+/// [`super::shape`]). On error, `layout` holds the fields completed before it.
 #[inline]
-pub(crate) fn parse_layout<const STRICT: bool>(
+pub(crate) fn parse_layout<const STRICT: bool, const SHAPED: bool>(
     spec: &Spec,
     buf: &[u8],
     layout: &mut Layout,
@@ -322,6 +335,18 @@ pub(crate) fn parse_layout<const STRICT: bool>(
     words[0] &= !(1 << 63);
     if spec.max_field > 128 {
         words[1] &= !(1 << 63);
+    }
+
+    // The common case: a bitmap this thread has seen, checked run by run. Anything wrong
+    // falls through to the field-by-field walk below, which names it.
+    if STRICT
+        && SHAPED
+        && let Some(count) =
+            super::shape::parse_fields(spec, words, buf, total - input.len(), &mut layout.starts)
+    {
+        layout.mask = words;
+        layout.count = count;
+        return Ok(());
     }
 
     let mut count = 0usize;
@@ -417,7 +442,7 @@ pub(crate) fn content_ok(f: &FieldSpec, v: &[u8], units: usize) -> bool {
 
 /// The parser's content check, one `match` on a precomputed [`Check`].
 #[inline(always)]
-fn check(p: &Plan, v: &[u8], units: usize) -> bool {
+pub(super) fn check(p: &Plan, v: &[u8], units: usize) -> bool {
     let ebcdic_digit = |b: &u8| (0xF0..=0xF9).contains(b);
     match p.check {
         Check::None => true,

@@ -9,6 +9,7 @@
 
 use std::fmt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 
 /// Highest field number a spec can define (with a tertiary bitmap).
@@ -370,6 +371,10 @@ pub struct Spec {
     /// The parser's precomputed view of `fields`, indexed by field number masked to a byte
     /// (so indexing needs no bounds check): what to check and how long each part is.
     pub(crate) plans: Box<[Plan; 256]>,
+    /// A number no other field table had: new whenever `plans` change, so that the parse
+    /// plans each thread caches per bitmap ([`super::shape`]) never outlive the fields they
+    /// were made from.
+    pub(crate) plans_id: u64,
     /// Field names, same index, for errors and tools.
     pub names: Vec<String>,
     /// Nested layouts, same index.
@@ -420,6 +425,12 @@ pub enum SpecError {
     Unknown(String),
 }
 
+/// A fresh [`Spec::plans_id`]; 0 is never given out (an empty shape slot holds 0).
+fn next_plans_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 impl Spec {
     /// Resolves a config value: `iso87ascii`, `iso87binary`, or a path to a jPOS
     /// GenericPackager XML file.
@@ -464,6 +475,7 @@ impl Spec {
             max_field,
             fields: vec![None; MAX_FIELD + 1],
             plans: Box::new([Plan::UNDEFINED; 256]),
+            plans_id: next_plans_id(),
             names: vec![String::new(); MAX_FIELD + 1],
             subfields: vec![None; MAX_FIELD + 1],
         }
@@ -490,6 +502,7 @@ impl Spec {
             *f = Some(spec);
             *nm = name.to_owned();
             *p = Plan::of(&spec);
+            self.plans_id = next_plans_id();
         }
     }
 
