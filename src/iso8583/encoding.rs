@@ -91,9 +91,29 @@ fn all_words(v: &[u8], fill: u8, test: impl Fn(u64) -> bool) -> bool {
 }
 
 /// True when every byte is an ASCII digit (`0`..=`9`). Empty input is all digits.
+///
+/// From 16 bytes on, sixteen at a time: a fold with no early exit over a `[u8; 16]` is what
+/// LLVM turns into one SIMD subtract-compare-or per chunk (the eight-byte words below take
+/// about three times the instructions on the 57 digits of an authorization's fixed fields,
+/// by callgrind). Shorter input stays on the words.
 #[inline]
 pub fn all_ascii_digits(v: &[u8]) -> bool {
-    all_words(v, b'0', word_is_digits)
+    let Some(last) = v.last_chunk::<16>() else {
+        return all_words(v, b'0', word_is_digits);
+    };
+    let (chunks, _) = v.as_chunks::<16>();
+    // The last chunk overlaps the others when the length is not a multiple of 16.
+    let bad = chunks
+        .iter()
+        .fold(not_digits(last), |a, c| a | not_digits(c));
+    bad == 0
+}
+
+/// Non-zero when one of sixteen bytes is not an ASCII digit.
+#[inline(always)]
+fn not_digits(c: &[u8; 16]) -> u8 {
+    c.iter()
+        .fold(0u8, |a, &b| a | u8::from(b.wrapping_sub(b'0') > 9))
 }
 
 /// True when eight bytes hold sixteen nibbles that are all 0..=9.

@@ -25,6 +25,8 @@ use super::spec::{Check, Plan, Spec};
 
 /// Most fields a shape holds; messages with more take the field-by-field path.
 const SHAPE_FIELDS: usize = 64;
+/// Offsets a shape remembers: one per field and the end.
+const TEMPLATE: usize = SHAPE_FIELDS + 1;
 /// Shapes kept per thread: two ways in each of eight sets.
 const WAYS: usize = 2;
 const SETS: usize = 8;
@@ -72,6 +74,8 @@ struct Shape {
     segments: [Segment; SHAPE_FIELDS],
     /// Offset of each fixed field from the start of its run, in field order.
     rel: [u16; SHAPE_FIELDS],
+    /// The offsets of the last valid message read with this shape (see [`Shape::run`]).
+    template: [u16; TEMPLATE],
     checks: [RunCheck; SHAPE_FIELDS],
 }
 
@@ -90,6 +94,7 @@ impl Shape {
             checks_end: 0,
         }; SHAPE_FIELDS],
         rel: [0; SHAPE_FIELDS],
+        template: [0; TEMPLATE],
         checks: [RunCheck {
             from: 0,
             to: 0,
@@ -177,14 +182,21 @@ impl Shape {
 
     /// Checks the fields of `buf` from `pos` on and writes their offsets into `starts`;
     /// `None` at the first thing wrong. Returns the number of fields.
+    ///
+    /// The offsets start as a copy of the last valid message's with this bitmap (one
+    /// fixed-size copy); only the runs that moved, because a variable field before them
+    /// changed length, are rewritten. On a link where the PAN and acquirer lengths repeat,
+    /// that is none of them.
     #[inline]
     fn run(
-        &self,
+        &mut self,
         plans: &[Plan; 256],
         buf: &[u8],
         mut pos: usize,
         starts: &mut [u16],
     ) -> Option<usize> {
+        *starts.first_chunk_mut::<TEMPLATE>()? = self.template;
+        let mut moved = false;
         let mut k = 0usize;
         let mut rel = 0usize;
         let mut checks_from = 0usize;
@@ -226,18 +238,28 @@ impl Shape {
             }
             checks_from = checks_end;
             let fixed = usize::from(seg.fixed);
-            let out = starts.get_mut(k..k + fixed)?;
             // Offsets fit in u16 (frames over 65535 bytes are refused before this).
             let base = pos as u16;
-            for (s, r) in out.iter_mut().zip(self.rel.get(rel..rel + fixed)?) {
-                *s = base.wrapping_add(*r);
+            if fixed > 0 && self.template.get(k) != Some(&base) {
+                moved = true;
+                let out = starts.get_mut(k..k + fixed)?;
+                for (s, r) in out.iter_mut().zip(self.rel.get(rel..rel + fixed)?) {
+                    *s = base.wrapping_add(*r);
+                }
             }
             k += fixed;
             rel += fixed;
             pos += usize::from(seg.fixed_len);
         }
         *starts.get_mut(k)? = pos as u16;
-        (pos == buf.len()).then_some(k)
+        if pos != buf.len() {
+            return None;
+        }
+        // Only a valid message becomes the template.
+        if moved || self.template.get(k) != Some(&(pos as u16)) {
+            self.template = *starts.first_chunk::<TEMPLATE>()?;
+        }
+        Some(k)
     }
 }
 
