@@ -390,14 +390,7 @@ pub(crate) fn parse_layout<const STRICT: bool, const SHAPED: bool>(
             let (v, rest) = input
                 .split_at_checked(wire)
                 .ok_or(ParseError::FieldTruncated { field, offset })?;
-            // The common case (ASCII digits) without the dispatch.
-            if STRICT
-                && !(if p.check == Check::AsciiDigits {
-                    all_ascii_digits(v)
-                } else {
-                    check(p, v, units)
-                })
-            {
+            if STRICT && !content_valid(p, v, units) {
                 return Err(ParseError::BadContent {
                     field,
                     offset: total - input.len(),
@@ -440,9 +433,20 @@ pub(crate) fn content_ok(f: &FieldSpec, v: &[u8], units: usize) -> bool {
     check(&Plan::of(f), v, units)
 }
 
+/// The parser's content check, with the common case (ASCII digits) tested before the
+/// `match`, so that most fields skip the dispatch.
+#[inline(always)]
+pub(super) fn content_valid(p: &Plan, v: &[u8], units: usize) -> bool {
+    if p.check == Check::AsciiDigits {
+        all_ascii_digits(v)
+    } else {
+        check(p, v, units)
+    }
+}
+
 /// The parser's content check, one `match` on a precomputed [`Check`].
 #[inline(always)]
-pub(super) fn check(p: &Plan, v: &[u8], units: usize) -> bool {
+fn check(p: &Plan, v: &[u8], units: usize) -> bool {
     let ebcdic_digit = |b: &u8| (0xF0..=0xF9).contains(b);
     match p.check {
         Check::None => true,

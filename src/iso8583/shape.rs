@@ -19,8 +19,7 @@
 
 use std::cell::RefCell;
 
-use super::encoding::all_ascii_digits;
-use super::parse::{check, prefix_value};
+use super::parse::{content_valid, prefix_value};
 use super::spec::{Check, Plan, Spec};
 
 /// Most fields a shape holds; messages with more take the field-by-field path.
@@ -209,13 +208,7 @@ impl Shape {
                     return None;
                 }
                 let end = body + p.wire_len(len as usize);
-                let v = buf.get(body..end)?;
-                let ok = if p.check == Check::AsciiDigits {
-                    all_ascii_digits(v)
-                } else {
-                    check(p, v, len as usize)
-                };
-                if !ok {
+                if !content_valid(p, buf.get(body..end)?, len as usize) {
                     return None;
                 }
                 *starts.get_mut(k)? = pos as u16;
@@ -225,14 +218,12 @@ impl Shape {
             let run = buf.get(pos..pos + usize::from(seg.fixed_len))?;
             let checks_end = usize::from(seg.checks_end);
             for c in self.checks.get(checks_from..checks_end)? {
-                let v = run.get(usize::from(c.from)..usize::from(c.to))?;
                 let p = &plans[usize::from(c.field)];
-                let ok = if p.check == Check::AsciiDigits {
-                    all_ascii_digits(v)
-                } else {
-                    check(p, v, p.max as usize)
-                };
-                if !ok {
+                let v = run.get(usize::from(c.from)..usize::from(c.to))?;
+                // A merged run is checked with its first field's plan and units; the checks
+                // that merge ignore the units or, for packed digits, need them even, as all
+                // merged fields' are.
+                if !content_valid(p, v, p.max as usize) {
                     return None;
                 }
             }
