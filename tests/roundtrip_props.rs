@@ -16,7 +16,8 @@ use proptest::prelude::*;
 use tokio_util::codec::Decoder;
 use vpan::iso8583::parse::parse_field_by_field;
 use vpan::iso8583::{
-    Encoding, FrameCodec, Framing, Kind, Length, Message, ParseError, Spec, recover_header,
+    BitmapEncoding, Encoding, FieldSpec, FrameCodec, Framing, Kind, Length, Message, Pad,
+    ParseError, PrefixEncoding, Spec, recover_header,
 };
 
 /// Reads bytes of entropy one by one (0 once exhausted).
@@ -126,6 +127,74 @@ fn both_paths_agree(spec: &'static Spec, bytes: &[u8]) -> Result<(), TestCaseErr
     Ok(())
 }
 
+/// One of `items`, chosen by the next byte of entropy.
+fn pick<T: Copy>(e: &mut Entropy, items: &[T]) -> T {
+    items[usize::from(e.next()) % items.len()]
+}
+
+/// A dialect drawn from entropy: any MTI and bitmap encoding, a `max_field` that may be none
+/// of 64, 128 and 192, and up to 40 fields of any kind, encoding, pad, length and prefix,
+/// so the fast path meets EBCDIC, padded BCD, signed amounts and binary prefixes, which the
+/// built-in specs do not all have.
+fn random_spec(e: &mut Entropy) -> &'static Spec {
+    let mti = pick(
+        e,
+        &[
+            FieldSpec::fixed(Kind::N, Encoding::Ascii, 4),
+            FieldSpec::fixed(Kind::N, Encoding::Bcd(Pad::Left0), 4),
+            FieldSpec::fixed(Kind::N, Encoding::Ebcdic, 4),
+        ],
+    );
+    let bitmap = pick(e, &[BitmapEncoding::HexAscii, BitmapEncoding::Binary]);
+    let max_field = pick(e, &[64, 128, 192, 16, 100, 160]);
+    let mut spec = Spec::empty("random", mti, bitmap, max_field);
+    for _ in 0..2 + e.next() % 40 {
+        let n = 2 + usize::from(e.next()) % (max_field - 1);
+        let kind = pick(
+            e,
+            &[
+                Kind::N,
+                Kind::N,
+                Kind::An,
+                Kind::Ans,
+                Kind::B,
+                Kind::Z,
+                Kind::Xn,
+            ],
+        );
+        let pad = pick(e, &[Pad::Left0, Pad::LeftF, Pad::Right0, Pad::RightF]);
+        let encoding = pick(
+            e,
+            &[
+                Encoding::Ascii,
+                Encoding::Ascii,
+                Encoding::Ebcdic,
+                Encoding::Bcd(pad),
+                Encoding::Bcd(pad),
+                Encoding::Binary,
+                Encoding::HexAscii,
+            ],
+        );
+        let max = pick(e, &[0, 1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 17, 19]);
+        let field = if e.next().is_multiple_of(3) {
+            let prefix = pick(
+                e,
+                &[
+                    PrefixEncoding::Ascii,
+                    PrefixEncoding::Bcd,
+                    PrefixEncoding::Binary,
+                    PrefixEncoding::Ebcdic,
+                ],
+            );
+            FieldSpec::var(kind, encoding, 1 + e.next() % 3, prefix, max)
+        } else {
+            FieldSpec::fixed(kind, encoding, max)
+        };
+        spec.set_field(n, "random", field);
+    }
+    spec.leak()
+}
+
 fn mti() -> impl Strategy<Value = [u8; 4]> {
     prop::array::uniform4(0u8..10).prop_map(|d| d.map(|x| b'0' + x))
 }
@@ -200,6 +269,33 @@ proptest! {
             let _ = (m.pan(), m.track2(), m.original_data(), m.replacement_amounts());
         }
         let _ = recover_header(spec, &bytes);
+    }
+
+    #[test]
+    fn in_any_dialect_the_fast_path_reads_as_the_field_by_field_walk(
+        entropy in prop::collection::vec(any::<u8>(), 4096),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+    ) {
+        let mut e = Entropy(&entropy, 0);
+        let spec = random_spec(&mut e);
+        let defined: Vec<usize> = (2..=spec.max_field).filter(|&n| spec.field(n).is_some()).collect();
+        // Several messages per dialect, so bitmaps repeat with other lengths and contents.
+        for _ in 0..4 {
+            let fields: Vec<usize> = defined.iter().copied().filter(|_| e.next() % 2 == 0).collect();
+            let mut m = Message::new(spec, b"0100").unwrap();
+            for (n, v) in values(spec, &fields, &mut e) {
+                // A value this dialect refuses (say, letters in a packed field) is left out.
+                let _ = m.set(n, v.as_bytes());
+            }
+            let mut bytes = m.pack().to_vec();
+            for (i, b) in &flips {
+                if !bytes.is_empty() {
+                    let at = i.index(bytes.len());
+                    bytes[at] = *b;
+                }
+            }
+            both_paths_agree(spec, &bytes)?;
+        }
     }
 
     #[test]

@@ -298,7 +298,9 @@ fn mti(spec: &Spec, input: &[u8]) -> Result<(usize, [u8; 4]), ParseError> {
 
 /// The parser proper. `STRICT` adds content checks; without it only structure is followed
 /// (used by [`recover_header`]). `SHAPED` tries the bitmap's cached plan first (see
-/// [`super::shape`]). On error, `layout` holds the fields completed before it.
+/// [`super::shape`]). On error, `layout` holds the fields completed before it, and without
+/// `SHAPED` nothing more ([`recover_header`] relies on that; with it, a failed fast path may
+/// have left offsets past them, which [`parse`] discards with the layout).
 #[inline]
 pub(crate) fn parse_layout<const STRICT: bool, const SHAPED: bool>(
     spec: &Spec,
@@ -390,7 +392,7 @@ pub(crate) fn parse_layout<const STRICT: bool, const SHAPED: bool>(
             let (v, rest) = input
                 .split_at_checked(wire)
                 .ok_or(ParseError::FieldTruncated { field, offset })?;
-            if STRICT && !content_valid(p, v, units) {
+            if STRICT && !check(p, v, units) {
                 return Err(ParseError::BadContent {
                     field,
                     offset: total - input.len(),
@@ -433,20 +435,13 @@ pub(crate) fn content_ok(f: &FieldSpec, v: &[u8], units: usize) -> bool {
     check(&Plan::of(f), v, units)
 }
 
-/// The parser's content check, with the common case (ASCII digits) tested before the
-/// `match`, so that most fields skip the dispatch.
+/// The parser's content check, one `match` on a precomputed [`Check`], with the common case
+/// (ASCII digits) tested first so that most fields skip the dispatch.
 #[inline(always)]
-pub(super) fn content_valid(p: &Plan, v: &[u8], units: usize) -> bool {
+pub(super) fn check(p: &Plan, v: &[u8], units: usize) -> bool {
     if p.check == Check::AsciiDigits {
-        all_ascii_digits(v)
-    } else {
-        check(p, v, units)
+        return all_ascii_digits(v);
     }
-}
-
-/// The parser's content check, one `match` on a precomputed [`Check`].
-#[inline(always)]
-fn check(p: &Plan, v: &[u8], units: usize) -> bool {
     let ebcdic_digit = |b: &u8| (0xF0..=0xF9).contains(b);
     match p.check {
         Check::None => true,

@@ -10,7 +10,9 @@
 //! over 57 bytes, not ten checks of 2 to 12 bytes with a table lookup and a length dispatch
 //! each (callgrind counted about 80 instructions per field on the field-by-field path).
 //!
-//! A shape checks exactly what the field-by-field parser checks. It only answers "valid,
+//! A shape checks exactly what the field-by-field parser checks, and so [`Shape::build`] must
+//! list exactly the fields that walk reads: every bit set in the bitmap words, whatever the
+//! spec's `max_field` (which only decides how many words are read). It only answers "valid,
 //! with these offsets" or "not valid"; on "not valid" the field-by-field parser runs again to
 //! name the field and offset, so errors are the same either way and cost nothing here.
 //!
@@ -19,8 +21,8 @@
 
 use std::cell::RefCell;
 
-use super::parse::{content_valid, prefix_value};
-use super::spec::{Check, Plan, Spec};
+use super::parse::{check, prefix_value};
+use super::spec::{Check, MAX_FIELD, Plan, Spec};
 
 /// Most fields a shape holds; messages with more take the field-by-field path.
 const SHAPE_FIELDS: usize = 64;
@@ -49,8 +51,13 @@ struct Segment {
 /// `field`. Byte-wise checks of neighbouring fields of the same kind are one check.
 #[derive(Clone, Copy)]
 struct RunCheck {
+    /// Start, from the start of the run.
     from: u16,
+    /// End (exclusive), from the start of the run.
     to: u16,
+    /// The first field checked: its plan and unit count check the whole range, which is
+    /// sound because the checks that merge ignore the count or, for packed digits, need it
+    /// even, as every merged field's is (see [`merges`]).
     field: u8,
 }
 
@@ -68,12 +75,16 @@ struct Shape {
     count: u8,
     /// Used entries of `segments`.
     segments_len: u8,
-    /// Last use, for replacing the older way of a set.
-    used: u32,
+    /// Last use, for replacing the older way of a set. 64 bits so the clock never wraps:
+    /// after a wrap the older way would look newer and the hot one would be replaced.
+    used: u64,
     segments: [Segment; SHAPE_FIELDS],
     /// Offset of each fixed field from the start of its run, in field order.
     rel: [u16; SHAPE_FIELDS],
-    /// The offsets of the last valid message read with this shape (see [`Shape::run`]).
+    /// Offsets of a valid message read with this shape, refreshed whenever a run or the end
+    /// moved. Only the run starts are relied on: a run that starts where the template's
+    /// did has all its offsets where the template has them (they are constants from its
+    /// start). Variable fields' offsets are always written afresh (see [`Shape::read`]).
     template: [u16; TEMPLATE],
     checks: [RunCheck; SHAPE_FIELDS],
 }
@@ -104,7 +115,7 @@ impl Shape {
     /// The shape of `words` in `spec`, unusable when it cannot have one.
     fn of(spec: &Spec, words: [u64; 3]) -> Shape {
         Shape::build(spec, words).unwrap_or(Shape {
-            spec: spec_key(spec),
+            spec: spec.plans_id,
             words,
             ..Shape::EMPTY
         })
@@ -114,7 +125,7 @@ impl Shape {
     /// beyond what a shape holds.
     fn build(spec: &Spec, words: [u64; 3]) -> Option<Shape> {
         let mut s = Shape::EMPTY;
-        s.spec = spec_key(spec);
+        s.spec = spec.plans_id;
         s.words = words;
         s.usable = true;
         let mut fields = 0usize;
@@ -123,7 +134,10 @@ impl Shape {
         // The current segment, and where its checks start.
         let mut seg: Option<usize> = None;
         let mut seg_checks = 0usize;
-        for n in 2..=spec.max_field {
+        // Every bit the words can hold, as the field-by-field walk reads them: `max_field`
+        // only decided which bitmap words were read, and it is not in the cache key (a
+        // clone can change it and keep `plans_id`).
+        for n in 2..=MAX_FIELD {
             let (w, m) = super::message::bit(n);
             if words[w] & m == 0 {
                 continue;
@@ -157,14 +171,9 @@ impl Shape {
             fixed_fields += 1;
             if p.check != Check::None {
                 let merge = checks > seg_checks
-                    && s.checks.get(checks - 1).is_some_and(|last| {
-                        last.to == from
-                            && merges(p)
-                            && spec
-                                .plans
-                                .get(usize::from(last.field))
-                                .is_some_and(|q| merges(q) && q.check == p.check)
-                    });
+                    && s.checks
+                        .get(checks - 1)
+                        .is_some_and(|last| extends(last, from, p, &spec.plans));
                 if merge {
                     s.checks.get_mut(checks - 1)?.to = to;
                 } else {
@@ -187,7 +196,7 @@ impl Shape {
     /// changed length, are rewritten. On a link where the PAN and acquirer lengths repeat,
     /// that is none of them.
     #[inline]
-    fn run(
+    fn read(
         &mut self,
         plans: &[Plan; 256],
         buf: &[u8],
@@ -208,7 +217,7 @@ impl Shape {
                     return None;
                 }
                 let end = body + p.wire_len(len as usize);
-                if !content_valid(p, buf.get(body..end)?, len as usize) {
+                if !check(p, buf.get(body..end)?, len as usize) {
                     return None;
                 }
                 *starts.get_mut(k)? = pos as u16;
@@ -220,10 +229,7 @@ impl Shape {
             for c in self.checks.get(checks_from..checks_end)? {
                 let p = &plans[usize::from(c.field)];
                 let v = run.get(usize::from(c.from)..usize::from(c.to))?;
-                // A merged run is checked with its first field's plan and units; the checks
-                // that merge ignore the units or, for packed digits, need them even, as all
-                // merged fields' are.
-                if !content_valid(p, v, p.max as usize) {
+                if !check(p, v, p.max as usize) {
                     return None;
                 }
             }
@@ -254,6 +260,13 @@ impl Shape {
     }
 }
 
+/// True when fixed field `p`, starting at `from` in its run, can join the check `last` of
+/// the same run: it starts where `last` ends, and both have the same check, one that merges.
+fn extends(last: &RunCheck, from: u16, p: &Plan, plans: &[Plan; 256]) -> bool {
+    let first = &plans[usize::from(last.field)];
+    last.to == from && merges(p) && merges(first) && first.check == p.check
+}
+
 /// True for a fixed field whose check holds for a byte string exactly when it holds for
 /// each of its parts, so that neighbouring fields of the same check are checked as one.
 /// Packed digits qualify only when even in number: an odd count has a pad nibble that the
@@ -266,13 +279,9 @@ fn merges(p: &Plan) -> bool {
     }
 }
 
-fn spec_key(spec: &Spec) -> u64 {
-    spec.plans_id
-}
-
 thread_local! {
     /// This thread's shapes, with the use clock for replacement.
-    static SHAPES: RefCell<([Shape; WAYS * SETS], u32)> =
+    static SHAPES: RefCell<([Shape; WAYS * SETS], u64)> =
         const { RefCell::new(([Shape::EMPTY; WAYS * SETS], 0)) };
 }
 
@@ -288,7 +297,7 @@ pub(crate) fn parse_fields(
     pos: usize,
     starts: &mut [u16],
 ) -> Option<usize> {
-    let key = spec_key(spec);
+    let key = spec.plans_id;
     let set = set_of(key, words);
     SHAPES.with(|cell| {
         let mut cache = cell.try_borrow_mut().ok()?;
@@ -310,7 +319,7 @@ pub(crate) fn parse_fields(
         if !shape.usable {
             return None;
         }
-        shape.run(&spec.plans, buf, pos, starts)
+        shape.read(&spec.plans, buf, pos, starts)
     })
 }
 
@@ -442,6 +451,24 @@ mod tests {
             parse_field_by_field(new, frame.clone()).unwrap_err()
         );
         assert!(Message::parse(old, frame).is_ok());
+    }
+
+    #[test]
+    fn fields_above_max_field_are_read_as_the_field_by_field_walk_reads_them() {
+        let mut spec = Spec::empty(
+            "test",
+            FieldSpec::fixed(Kind::N, Encoding::Ascii, 4),
+            BitmapEncoding::HexAscii,
+            16,
+        );
+        spec.set_field(3, "x", FieldSpec::fixed(Kind::N, Encoding::Ascii, 1));
+        let spec = spec.leak();
+        // DE 3 and DE 20, which the spec does not define (and which is above max_field).
+        let frame = Bytes::from_static(b"010020001000000000005");
+        let slow = parse_field_by_field(spec, frame.clone()).unwrap_err();
+        for _ in 0..2 {
+            assert_eq!(Message::parse(spec, frame.clone()).unwrap_err(), slow);
+        }
     }
 
     #[test]
