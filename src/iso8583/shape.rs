@@ -425,14 +425,15 @@ mod tests {
         assert_eq!(err, parse_field_by_field(spec, bad).unwrap_err());
     }
 
+    /// An empty dialect with an ASCII MTI and hex bitmaps, naming up to `max_field` fields.
+    fn ascii_spec(max_field: usize) -> Spec {
+        let mti = FieldSpec::fixed(Kind::N, Encoding::Ascii, 4);
+        Spec::empty("test", mti, BitmapEncoding::HexAscii, max_field)
+    }
+
     #[test]
     fn a_spec_changed_after_a_clone_never_reads_with_the_original_s_shapes() {
-        let mut spec = Spec::empty(
-            "test",
-            FieldSpec::fixed(Kind::N, Encoding::Ascii, 4),
-            BitmapEncoding::HexAscii,
-            64,
-        );
+        let mut spec = ascii_spec(64);
         spec.set_field(
             3,
             "processing code",
@@ -455,12 +456,7 @@ mod tests {
 
     #[test]
     fn fields_above_max_field_are_read_as_the_field_by_field_walk_reads_them() {
-        let mut spec = Spec::empty(
-            "test",
-            FieldSpec::fixed(Kind::N, Encoding::Ascii, 4),
-            BitmapEncoding::HexAscii,
-            16,
-        );
+        let mut spec = ascii_spec(16);
         spec.set_field(3, "x", FieldSpec::fixed(Kind::N, Encoding::Ascii, 1));
         let spec = spec.leak();
         // DE 3 and DE 20, which the spec does not define (and which is above max_field).
