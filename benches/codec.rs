@@ -196,7 +196,50 @@ fn bench_competitor(c: &mut Criterion) {
     }
 }
 
+/// A mixed link: every vector of a file in turn (16 messages, mostly different bitmaps),
+/// so the per-thread shape cache (16 entries, two ways per set) meets collisions and
+/// evictions, beside the field-by-field walk on the same frames.
+fn bench_mix(c: &mut Criterion, spec: &'static Spec, file: &str) {
+    let frames: Vec<Bytes> = load(file)
+        .iter()
+        .map(|v| Bytes::from_static(Box::leak(unhex(&v.hex).into_boxed_slice())))
+        .filter(|f| Message::parse(spec, f.clone()).is_ok())
+        .collect();
+    let bytes: usize = frames.iter().map(Bytes::len).sum();
+    let mut g = c.benchmark_group(format!("parse_mix/{}", spec.name));
+    g.throughput(Throughput::Elements(frames.len() as u64));
+    g.bench_function(format!("shapes_{}_messages", frames.len()), |b| {
+        b.iter(|| {
+            for f in &frames {
+                black_box(Message::parse(spec, black_box(f.clone())).is_ok());
+            }
+        })
+    });
+    g.bench_function(format!("field_by_field_{}_messages", frames.len()), |b| {
+        b.iter(|| {
+            for f in &frames {
+                black_box(parse_field_by_field(spec, black_box(f.clone())).is_ok());
+            }
+        })
+    });
+    g.finish();
+    let distinct: std::collections::HashSet<_> = frames
+        .iter()
+        .filter_map(|f| Message::parse(spec, f.clone()).ok())
+        .map(|m| m.field_numbers().collect::<Vec<_>>())
+        .collect();
+    eprintln!(
+        "parse_mix/{}: {} messages, {} bytes, {} distinct bitmaps",
+        spec.name,
+        frames.len(),
+        bytes,
+        distinct.len()
+    );
+}
+
 fn benches(c: &mut Criterion) {
+    bench_mix(c, Spec::iso87ascii(), "iso87ascii.json");
+    bench_mix(c, Spec::iso87binary(), "iso87binary.json");
     bench_spec(c, Spec::iso87ascii(), "iso87ascii.json");
     bench_spec(c, Spec::iso87binary(), "iso87binary.json");
     bench_competitor(c);
