@@ -28,9 +28,10 @@ use super::spec::{Check, MAX_FIELD, Plan, Spec};
 const SHAPE_FIELDS: usize = 64;
 /// Offsets a shape remembers: one per field and the end.
 const TEMPLATE: usize = SHAPE_FIELDS + 1;
-/// Shapes kept per thread: four ways in each of eight sets.
-const WAYS: usize = 4;
-const SETS: usize = 8;
+/// Shapes kept per thread: two ways in each of sixteen sets (a power of two).
+const WAYS: usize = 2;
+const SETS: usize = 16;
+const _: () = assert!(SETS.is_power_of_two());
 
 /// A variable field and the fixed fields that follow it.
 #[derive(Clone, Copy)]
@@ -334,22 +335,7 @@ pub(crate) fn parse_fields(
         let ways = shapes.get_mut(set * WAYS..set * WAYS + WAYS)?;
         let way = match ways.iter().position(|s| s.spec == key && s.words == words) {
             Some(hit) => hit,
-            None => {
-                let seen = seen.get_mut(set)?;
-                let way = match ways.iter().position(|s| s.spec == 0) {
-                    Some(empty) => empty,
-                    None if *seen == (key, words) => {
-                        *seen = (0, [0; 3]);
-                        (0..WAYS).min_by_key(|&i| ways.get(i).map_or(0, |s| s.used))?
-                    }
-                    None => {
-                        *seen = (key, words);
-                        return None;
-                    }
-                };
-                *ways.get_mut(way)? = Shape::of(spec, words);
-                way
-            }
+            None => admit(spec, words, ways, seen.get_mut(set)?)?,
         };
         let shape = ways.get_mut(way)?;
         shape.used = *clock;
@@ -360,11 +346,39 @@ pub(crate) fn parse_fields(
     })
 }
 
+/// A miss: builds the shape of `words` into an empty way of its set, or into the least
+/// recently used one when `words` missed there last time too (see [`Cache::seen`]); `None`
+/// when it is left to the field-by-field walk. Kept out of line: the hit path is the hot one.
+#[cold]
+#[inline(never)]
+fn admit(
+    spec: &Spec,
+    words: [u64; 3],
+    ways: &mut [Shape],
+    seen: &mut (u64, [u64; 3]),
+) -> Option<usize> {
+    let key = spec.plans_id;
+    let way = match ways.iter().position(|s| s.spec == 0) {
+        Some(empty) => empty,
+        None if *seen == (key, words) => {
+            *seen = (0, [0; 3]);
+            (0..ways.len()).min_by_key(|&i| ways.get(i).map_or(0, |s| s.used))?
+        }
+        None => {
+            *seen = (key, words);
+            return None;
+        }
+    };
+    *ways.get_mut(way)? = Shape::of(spec, words);
+    Some(way)
+}
+
 /// The set a bitmap's shape lives in: a multiplicative hash of its words and spec.
 fn set_of(key: u64, words: [u64; 3]) -> usize {
     let h = (words[0] ^ words[1].rotate_left(21) ^ words[2].rotate_left(42) ^ key)
         .wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    (h >> 61) as usize % SETS
+    // The top bits of a multiplicative hash are its best mixed.
+    (h >> (64 - SETS.ilog2())) as usize
 }
 
 #[cfg(test)]
@@ -547,7 +561,7 @@ mod tests {
             }
         }
         // Without the second-miss filter, least-recently-used replacement would build a
-        // shape at every one of the 30 parses after the first round's misses.
+        // shape at every parse: the bitmaps come back in the order that evicts each next.
         let builds = BUILDS.with(Cell::get) - before;
         assert!(builds <= (WAYS + rounds) as u64, "{builds} shapes built");
     }
