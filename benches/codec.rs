@@ -196,9 +196,9 @@ fn bench_competitor(c: &mut Criterion) {
     }
 }
 
-/// A mixed link: every vector of a file in turn (16 messages, mostly different bitmaps),
-/// so the per-thread shape cache (16 entries, two ways per set) meets collisions and
-/// evictions, beside the field-by-field walk on the same frames.
+/// A mixed link: every vector of a file in turn (16 messages, 10 bitmaps), so the
+/// per-thread shape cache meets collisions and evictions, beside the field-by-field walk
+/// on the same frames.
 fn bench_mix(c: &mut Criterion, spec: &'static Spec, file: &str) {
     let frames: Vec<Bytes> = load(file)
         .iter()

@@ -93,9 +93,9 @@ fn all_words(v: &[u8], fill: u8, test: impl Fn(u64) -> bool) -> bool {
 /// True when every byte is an ASCII digit (`0`..=`9`). Empty input is all digits.
 ///
 /// From 16 bytes on, sixteen at a time: a fold with no early exit over a `[u8; 16]` is what
-/// LLVM turns into one SIMD subtract-compare-or per chunk (the eight-byte words below take
-/// about three times the instructions on the 57 digits of an authorization's fixed fields,
-/// by callgrind). Shorter input stays on the words.
+/// LLVM turns into one SIMD subtract-compare-or per chunk. On the e-commerce authorization,
+/// whose fixed numeric fields are one 57-byte check, that took parse from 1,234 to 1,192
+/// instructions (callgrind) against eight-byte words. Shorter input stays on the words.
 #[inline]
 pub fn all_ascii_digits(v: &[u8]) -> bool {
     let Some(last) = v.last_chunk::<16>() else {
