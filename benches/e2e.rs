@@ -93,8 +93,8 @@ fn main() {
         "e2e: {CARDS} virtual cards, {seconds} s per run, 2 cores shared by all three processes"
     );
     let direct_closed = loadgen(&sim_addr, &traffic, &closed);
-    let vpan_closed = loadgen(&switch.addr, &traffic, &closed);
-    let other_closed = other.as_ref().map(|o| loadgen(&o.addr, &traffic, &closed));
+    let vpan_closed = switch.loadgen(&traffic, &closed);
+    let other_closed = other.as_ref().map(|o| o.loadgen(&traffic, &closed));
     let direct_open = loadgen(&sim_addr, &traffic, &open);
     // The journal's own group commits (write + fdatasync) during the open-loop run, from
     // its histogram on /metrics: the fdatasync latency the approvals actually waited on.
@@ -104,10 +104,10 @@ fn main() {
     const OWN: &str = "vpan_request_duration_seconds_bucket{mti=\"0100\",";
     let commits_before = buckets(&switch.metrics, COMMITS);
     let own_before = buckets(&switch.metrics, OWN);
-    let vpan_open = loadgen(&switch.addr, &traffic, &open);
+    let vpan_open = switch.loadgen(&traffic, &open);
     let commits = diff(&buckets(&switch.metrics, COMMITS), &commits_before);
     let own = diff(&buckets(&switch.metrics, OWN), &own_before);
-    let other_open = other.as_ref().map(|o| loadgen(&o.addr, &traffic, &open));
+    let other_open = other.as_ref().map(|o| o.loadgen(&traffic, &open));
     let fsync = fdatasync_latency(&data, 2000);
 
     for mut s in other.take().into_iter().chain([switch]) {
@@ -125,8 +125,10 @@ fn main() {
         "  through vpan / direct throughput: {:.1}%",
         100.0 * tput(&vpan_closed) / tput(&direct_closed)
     );
+    cpu_row("  vpan's", &vpan_closed);
     if let Some(o) = &other_closed {
         row("  loadgen -> E2E_COMPARE -> issuer-sim", o);
+        cpu_row("  E2E_COMPARE's", o);
         println!(
             "  E2E_COMPARE / direct throughput: {:.1}%; this build / E2E_COMPARE: {:.2}x",
             100.0 * tput(o) / tput(&direct_closed),
@@ -143,8 +145,10 @@ fn main() {
         added("p50"),
         added("p99")
     );
+    cpu_row("  vpan's", &vpan_open);
     if let Some(o) = &other_open {
         row("  loadgen -> E2E_COMPARE -> issuer-sim", o);
+        cpu_row("  E2E_COMPARE's", o);
         println!(
             "  E2E_COMPARE's added latency: p50 {:.0} us, p99 {:.0} us",
             lat(o, "p50") - lat(&direct_open, "p50"),
@@ -282,6 +286,19 @@ fn row(label: &str, s: &serde_json::Value) {
     );
 }
 
+/// A switch's CPU time per answered request during one loadgen run, and how many cores
+/// that kept busy: the cost that decides how far the switch can go on shared cores.
+fn cpu_row(who: &str, s: &serde_json::Value) {
+    let cpu = s["switch_cpu_seconds"].as_f64().unwrap_or(f64::NAN);
+    let answered = s["answered"].as_f64().unwrap_or(f64::NAN);
+    let seconds = s["elapsed_s"].as_f64().unwrap_or(f64::NAN);
+    println!(
+        "{who} CPU: {:.1} us per request ({:.2} cores busy)",
+        cpu * 1e6 / answered,
+        cpu / seconds
+    );
+}
+
 fn tput(s: &serde_json::Value) -> f64 {
     s["throughput_per_s"].as_f64().unwrap_or(0.0)
 }
@@ -344,6 +361,29 @@ struct Switch {
     child: Child,
     addr: String,
     metrics: String,
+}
+
+impl Switch {
+    /// A loadgen run through this switch; its summary gains `switch_cpu_seconds`, the CPU
+    /// time the switch used meanwhile.
+    fn loadgen(&self, traffic: &Path, extra: &[&str]) -> serde_json::Value {
+        let before = cpu_seconds(self.child.id());
+        let mut summary = loadgen(&self.addr, traffic, extra);
+        summary["switch_cpu_seconds"] = (cpu_seconds(self.child.id()) - before).into();
+        summary
+    }
+}
+
+/// CPU time (user and system, every thread) process `pid` has used so far, in seconds:
+/// the sum of its threads' time on CPU from `/proc/<pid>/task/*/schedstat` (nanoseconds).
+/// The switch's threads live as long as it does, so none of its time is lost with one.
+fn cpu_seconds(pid: u32) -> f64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc (Linux only)");
+    let nanos: u64 = tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    nanos as f64 / 1e9
 }
 
 /// Starts a switch (`bin serve`) on `data` toward the simulator.

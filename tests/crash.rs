@@ -253,6 +253,30 @@ fn last_segment(data: &Path) -> PathBuf {
 
 #[test]
 fn a_torn_journal_tail_is_cut_and_everything_before_it_kept() {
+    // Tear the last record (the third answer) in the middle, as a crash mid-write would.
+    torn_tail_is_cut(|seg| {
+        let len = std::fs::metadata(seg).unwrap().len();
+        let file = std::fs::OpenOptions::new().write(true).open(seg).unwrap();
+        file.set_len(len - 20).unwrap();
+    });
+}
+
+#[test]
+fn a_record_torn_inside_the_zeros_written_ahead_is_cut_too() {
+    // A segment grows by zero-filled extents: a crash mid-write leaves the record's end
+    // as zeros, followed by the rest of the extent.
+    torn_tail_is_cut(|seg| {
+        let mut bytes = std::fs::read(seg).unwrap();
+        let len = bytes.len();
+        bytes[len - 20..].fill(0);
+        bytes.extend_from_slice(&[0; 64 * 1024]);
+        std::fs::write(seg, &bytes).unwrap();
+    });
+}
+
+/// Three approvals and their answers, then `tear` on the last segment: recovery keeps the
+/// first two answers and the third hold (counted as spent), and cuts the rest for good.
+fn torn_tail_is_cut(tear: impl FnOnce(&std::path::Path)) {
     let dir = tempfile::tempdir().unwrap();
     let key = {
         let (cards, _) = open(dir.path());
@@ -274,12 +298,7 @@ fn a_torn_journal_tail_is_cut_and_everything_before_it_kept() {
         }
         key
     };
-    // Tear the last record (the third answer) in the middle, as a crash mid-write would.
-    let seg = last_segment(dir.path());
-    let len = std::fs::metadata(&seg).unwrap().len();
-    let file = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
-    file.set_len(len - 20).unwrap();
-    drop(file);
+    tear(&last_segment(dir.path()));
     let (cards, rec) = open(dir.path());
     assert!(rec.bytes_cut > 0, "{rec:?}");
     // The third hold is durable but its answer was torn away: counted as spent, not lost.

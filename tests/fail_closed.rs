@@ -75,10 +75,11 @@ async fn a_full_disk_turns_approvals_into_96_and_releases_their_holds() {
     );
 
     disk.fill();
-    // The journal's last page may still have room for a few records: purchases go on
-    // being approved (they are durable) until a write needs space, then 96 for good.
+    // The journal's segment is zero-filled ahead of its records (up to one extent): the
+    // purchases that fit there go on being approved (they are durable), until a write
+    // needs space, then 96 for good. A purchase's records take well over 64 bytes.
     let mut codes = Vec::new();
-    for _ in 0..500 {
+    for _ in 0..vpan::store::journal::EXTENT_BYTES / 64 {
         let req = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 1);
         let answer = net.call(&req).await;
         assert_eq!(answer.mti(), *b"0110");
@@ -106,7 +107,7 @@ async fn a_full_disk_turns_approvals_into_96_and_releases_their_holds() {
     );
     assert!(rig.cards.store_failed());
     eprintln!(
-        "full disk: {first_refusal} approvals still fitted the journal's last page, then {} answered 96",
+        "full disk: {first_refusal} approvals still fitted the journal's zeros ahead, then {} answered 96",
         codes.len() - first_refusal
     );
 

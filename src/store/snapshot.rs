@@ -85,7 +85,9 @@ pub fn read(
         return Ok(false);
     }
     let report = read_records(&path, f)?;
-    if report.bad_bytes > 0 {
+    // A snapshot is written whole, with nothing after its records: any byte there, zero
+    // or not, is damage.
+    if report.bad_bytes > 0 || report.zeros > 0 {
         return Err(StoreError::Corrupt("snapshot.bin"));
     }
     Ok(true)
