@@ -12,6 +12,10 @@
 //! closed loop's requests in flight on each of its 4 connections. `E2E_COMPARE=/path/to/vpan`
 //! runs that binary as a second switch beside this build's, to compare two versions in
 //! one run (e.g. a copy of `target/release/vpan` built from main).
+//!
+//! The switch runs with `[runtime] worker_threads` = `E2E_WORKER_THREADS` (default 0: one
+//! per core, the shipped default), the compared one with `E2E_COMPARE_WORKER_THREADS`
+//! (default: the same), to weigh one thread against two side by side.
 
 // A benchmark harness: any failure should stop it loudly, with the reason.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -61,10 +65,12 @@ fn main() {
     if compare.is_some() {
         copy_dir(&data, &data_b);
     }
-    let switch = start_switch(Path::new(VPAN), &data, &sim_addr);
+    let threads = env_or("E2E_WORKER_THREADS", 0).to_string();
+    let compare_threads = std::env::var("E2E_COMPARE_WORKER_THREADS").unwrap_or(threads.clone());
+    let switch = start_switch(Path::new(VPAN), &data, &sim_addr, &threads);
     let mut other = compare
         .as_deref()
-        .map(|bin| start_switch(bin, &data_b, &sim_addr));
+        .map(|bin| start_switch(bin, &data_b, &sim_addr, &compare_threads));
     std::thread::sleep(Duration::from_millis(500)); // the issuer link signs on
 
     let secs = seconds.to_string();
@@ -90,7 +96,13 @@ fn main() {
     ];
 
     println!(
-        "e2e: {CARDS} virtual cards, {seconds} s per run, 2 cores shared by all three processes"
+        "e2e: {CARDS} virtual cards, {seconds} s per run, 2 cores shared by all three processes; \
+         switch worker threads: {threads}{} (0: one per core)",
+        if compare.is_some() {
+            format!(", E2E_COMPARE's: {compare_threads}")
+        } else {
+            String::new()
+        }
     );
     let direct_closed = loadgen(&sim_addr, &traffic, &closed);
     let vpan_closed = switch.loadgen(&traffic, &closed);
@@ -386,8 +398,8 @@ fn cpu_seconds(pid: u32) -> f64 {
     nanos as f64 / 1e9
 }
 
-/// Starts a switch (`bin serve`) on `data` toward the simulator.
-fn start_switch(bin: &Path, data: &Path, sim_addr: &str) -> Switch {
+/// Starts a switch (`bin serve`) on `data` toward the simulator, with `worker_threads`.
+fn start_switch(bin: &Path, data: &Path, sim_addr: &str, worker_threads: &str) -> Switch {
     let (child, mut addrs) = spawn(
         bin,
         &["serve"],
@@ -398,6 +410,7 @@ fn start_switch(bin: &Path, data: &Path, sim_addr: &str) -> Switch {
             ("VPAN_ISSUER_CONNECT", sim_addr),
             ("VPAN_STORE_DATA_DIR", data.to_str().expect("utf-8 path")),
             ("VPAN_NETWORK_MAX_IN_FLIGHT", "4096"),
+            ("VPAN_RUNTIME_WORKER_THREADS", worker_threads),
             ("RUST_LOG", "warn,vpan::app=info"),
         ],
         &[

@@ -109,7 +109,16 @@ fn usage_error(e: &clap::Error) -> ExitCode {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
-    tokio::runtime::Builder::new_multi_thread()
+    runtime_with(0)
+}
+
+/// The async runtime with `worker_threads` threads (0: one per core).
+fn runtime_with(worker_threads: usize) -> Result<tokio::runtime::Runtime, String> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if worker_threads > 0 {
+        builder.worker_threads(worker_threads);
+    }
+    builder
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))
@@ -123,7 +132,12 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     });
     let config =
         Config::load(args.config.as_deref(), std::env::vars()).map_err(|e| e.to_string())?;
-    runtime()?.block_on(async {
+    let runtime = runtime_with(config.runtime.worker_threads)?;
+    tracing::info!(
+        worker_threads = runtime.metrics().num_workers(),
+        "async runtime started"
+    );
+    runtime.block_on(async {
         let app = App::build(config).await.map_err(|e| e.to_string())?;
         app.run(vpan::app::shutdown_signal())
             .await

@@ -369,8 +369,23 @@ async fn sigterm_under_loadgen_answers_what_is_in_flight_and_the_restart_serves_
     );
 
     // Restart: time from spawning the process to the first approval the network receives.
+    // With one worker thread (`[runtime] worker_threads`, as on cores shared with other
+    // processes): every link and the API then run on it.
     let started = Instant::now();
-    let serve = start_serve(&data_dir, &sim.local_addr().to_string(), &[]).await;
+    let serve = start_serve(
+        &data_dir,
+        &sim.local_addr().to_string(),
+        &[("VPAN_RUNTIME_WORKER_THREADS", "1")],
+    )
+    .await;
+    let mut serve = serve;
+    let runtime = serve
+        .wait_log("async runtime started", 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        runtime["worker_threads"], 1,
+        "[runtime] worker_threads = 1 gives one worker thread: {runtime}"
+    );
     let (first, attempts) = first_approval(&serve, &s.cards[CAPPED].0).await;
     eprintln!(
         "restart after SIGTERM to first approval: {} ms (process start, recovery, bind, \
@@ -379,7 +394,6 @@ async fn sigterm_under_loadgen_answers_what_is_in_flight_and_the_restart_serves_
     );
     let _ = first;
     serve.signal("TERM");
-    let mut serve = serve;
     let _ = serve.child.wait().await;
     sim.shutdown().await;
 }

@@ -109,20 +109,31 @@ pub async fn start_serve(data_dir: &Path, issuer: &str, env: &[(&str, &str)]) ->
 }
 
 impl Serve {
-    /// Waits (at most `within`) until `count` log lines with this message have come.
-    pub async fn wait_log(&mut self, message: &str, count: usize, within: Duration) {
+    /// Waits (at most `within`) until `count` log lines with this message have come;
+    /// returns the last of them.
+    pub async fn wait_log(
+        &mut self,
+        message: &str,
+        count: usize,
+        within: Duration,
+    ) -> serde_json::Value {
         let mut seen = 0;
         tokio::time::timeout(within, async {
+            let mut last = serde_json::Value::Null;
             while seen < count {
                 match self.log.recv().await {
-                    Some(v) if v["message"] == message => seen += 1,
+                    Some(v) if v["message"] == message => {
+                        seen += 1;
+                        last = v;
+                    }
                     Some(_) => {}
                     None => panic!("vpan serve ended before logging {message:?}"),
                 }
             }
+            last
         })
         .await
-        .unwrap_or_else(|_| panic!("{message:?} logged {count} times within {within:?}"));
+        .unwrap_or_else(|_| panic!("{message:?} logged {count} times within {within:?}"))
     }
 
     /// Sends `signal` (e.g. `"KILL"`, `"TERM"`) to the process.
