@@ -15,7 +15,8 @@
 //!
 //! The switch runs with `[runtime] worker_threads` = `E2E_WORKER_THREADS` (default 0: one
 //! per core, the shipped default), the compared one with `E2E_COMPARE_WORKER_THREADS`
-//! (default: the same), to weigh one thread against two side by side.
+//! (default: the same), to weigh one thread against two side by side. A binary older than
+//! that setting ignores it and runs one thread per core, whatever the header says.
 
 // A benchmark harness: any failure should stop it loudly, with the reason.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -386,16 +387,32 @@ impl Switch {
     }
 }
 
-/// CPU time (user and system, every thread) process `pid` has used so far, in seconds:
-/// the sum of its threads' time on CPU from `/proc/<pid>/task/*/schedstat` (nanoseconds).
-/// The switch's threads live as long as it does, so none of its time is lost with one.
+/// CPU time (user and system) process `pid` has used so far, in seconds, from
+/// `/proc/<pid>/stat`: it counts every thread, those that have ended too.
 fn cpu_seconds(pid: u32) -> f64 {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc (Linux only)");
-    let nanos: u64 = tasks
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum();
-    nanos as f64 / 1e9
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc (Linux only)");
+    // Fields after the command name (in parentheses, which may hold spaces): utime and
+    // stime are the 14th and 15th of the line, the 12th and 13th after it.
+    let after_name = &stat[stat.rfind(')').expect("a /proc stat line") + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: u64 =
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    ticks as f64 / clock_ticks_per_second()
+}
+
+/// The kernel's clock ticks per second (`getconf CLK_TCK`), the unit of `/proc` CPU times.
+fn clock_ticks_per_second() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        let out = Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .expect("getconf");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("CLK_TCK")
+    })
 }
 
 /// Starts a switch (`bin serve`) on `data` toward the simulator, with `worker_threads`.
@@ -498,16 +515,22 @@ fn loadgen(target: &str, traffic: &Path, extra: &[&str]) -> serde_json::Value {
 }
 
 /// p50 and p99 of a 4 KiB write + fdatasync in `dir`, in microseconds: the floor under any
-/// durable approval.
+/// durable approval. The writes go over zeros written and synced first, as the journal's
+/// do (its segments grow by zero-filled extents), so that no sync changes the file's size.
 fn fdatasync_latency(dir: &Path, n: usize) -> (f64, f64) {
+    use std::os::unix::fs::FileExt;
     let path = dir.join("fdatasync-probe");
-    let mut f = std::fs::File::create(&path).expect("probe file");
+    let f = std::fs::File::create(&path).expect("probe file");
     let block = [0u8; 4096];
+    f.write_all_at(&vec![0u8; n * block.len()], 0)
+        .expect("zeros");
+    f.sync_all().expect("fsync");
     let mut samples = Vec::with_capacity(n);
     let started = Instant::now();
-    for _ in 0..n {
+    for i in 0..n {
         let t = Instant::now();
-        f.write_all(&block).expect("write");
+        f.write_all_at(&block, (i * block.len()) as u64)
+            .expect("write");
         f.sync_data().expect("fdatasync");
         samples.push(t.elapsed().as_secs_f64() * 1e6);
         if started.elapsed() > Duration::from_secs(10) {

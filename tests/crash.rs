@@ -274,6 +274,39 @@ fn a_record_torn_inside_the_zeros_written_ahead_is_cut_too() {
     });
 }
 
+#[test]
+fn zeros_left_after_the_records_by_a_crash_are_not_a_torn_tail() {
+    // A segment vpan was killed in ends with the rest of its zero-filled extent: nothing
+    // is cut and nothing is lost.
+    let dir = tempfile::tempdir().unwrap();
+    let key = {
+        let (cards, _) = open(dir.path());
+        let key = issue(&cards, &spec(100_000));
+        for stan in 0..3 {
+            let a = match cards.authorize(key, &purchase(1_000, stan), NOW) {
+                Decision::Approve(a) => a,
+                other => panic!("{other:?}"),
+            };
+            a.durable.wait().unwrap();
+            cards
+                .complete(&a.hold, IssuerOutcome::Declined(ResponseCode(*b"51")), NOW)
+                .wait()
+                .unwrap();
+        }
+        key
+    };
+    let seg = last_segment(dir.path());
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes.extend_from_slice(&[0; 64 * 1024]);
+    std::fs::write(&seg, &bytes).unwrap();
+    let (cards, rec) = open(dir.path());
+    assert_eq!(rec.bytes_cut, 0, "{rec:?}");
+    assert_eq!(rec.holds_counted_as_spent, 0);
+    // Every issuer decline was kept: all three holds released.
+    let v = cards.get(key).unwrap();
+    assert_eq!((v.spent, v.held, v.uses), (0, 0, 0));
+}
+
 /// Three approvals and their answers, then `tear` on the last segment: recovery keeps the
 /// first two answers and the third hold (counted as spent), and cuts the rest for good.
 fn torn_tail_is_cut(tear: impl FnOnce(&std::path::Path)) {

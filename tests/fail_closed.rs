@@ -65,7 +65,8 @@ async fn a_full_disk_turns_approvals_into_96_and_releases_their_holds() {
     };
     let dir = data_dir(&disk.path);
     let rig = rig(Some(SimConfig::default()), |c| c.store.data_dir = dir).await;
-    let (card, real) = rig.issue(|_| {}).await;
+    // A cap far above the purchases below: the disk, not the card, must end them.
+    let (card, real) = rig.issue(|c| c.amount_limit = 100_000_000).await;
     let mut net = Client::connect(rig.network).await;
     let before = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 1_000);
     assert_eq!(
@@ -76,10 +77,11 @@ async fn a_full_disk_turns_approvals_into_96_and_releases_their_holds() {
 
     disk.fill();
     // The journal's segment is zero-filled ahead of its records (up to one extent): the
-    // purchases that fit there go on being approved (they are durable), until a write
-    // needs space, then 96 for good. A purchase's records take well over 64 bytes.
+    // purchases whose records fit there go on being approved (they are durable), until a
+    // write needs space, then 96 for good. This bounds the loop by assuming a purchase's
+    // records (hold and outcome) take at least 64 bytes; they take about 180.
     let mut codes = Vec::new();
-    for _ in 0..vpan::store::journal::EXTENT_BYTES / 64 {
+    for _ in 0..vpan::store::segment::EXTENT_BYTES / 64 {
         let req = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 1);
         let answer = net.call(&req).await;
         assert_eq!(answer.mti(), *b"0110");

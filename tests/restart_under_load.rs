@@ -372,13 +372,12 @@ async fn sigterm_under_loadgen_answers_what_is_in_flight_and_the_restart_serves_
     // With one worker thread (`[runtime] worker_threads`, as on cores shared with other
     // processes): every link and the API then run on it.
     let started = Instant::now();
-    let serve = start_serve(
+    let mut serve = start_serve(
         &data_dir,
         &sim.local_addr().to_string(),
         &[("VPAN_RUNTIME_WORKER_THREADS", "1")],
     )
     .await;
-    let mut serve = serve;
     let runtime = serve
         .wait_log("async runtime started", 1, Duration::from_secs(10))
         .await;

@@ -398,6 +398,13 @@ impl Cards {
                 |payload| replay(&index, &ledger, &cipher, &Event::decode(payload)?),
             )?;
             recovered.records += report.records;
+            if report.zeros > 0 {
+                tracing::debug!(
+                    segment = n,
+                    bytes = report.zeros,
+                    "journal segment ends in zeros written ahead (not closed: vpan stopped without closing it)"
+                );
+            }
             if report.bad_bytes > 0 {
                 tracing::warn!(
                     segment = n,

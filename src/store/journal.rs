@@ -4,11 +4,12 @@
 //! framed as `[len: u32 LE][crc32 of payload: u32 LE][payload]`, so a torn or corrupted
 //! tail after a crash is recognised and cut at the last good record, never misread.
 //!
-//! Durability costs one `fdatasync` (about 80 µs here), far too much per record at 100,000
-//! approvals a second. So appenders never write: they push their record onto a queue read
-//! by one dedicated writer thread and get a [`Durable`] future. The writer takes everything
-//! queued at once (one swap of a vector under a lock), writes the batch with one `write`,
-//! calls `fdatasync` once, and only then resolves every future of that batch. An appender
+//! Durability costs one `fdatasync` (150–250 µs on this machine's disk), far too much per
+//! record at 100,000 approvals a second. So appenders never write: they push their record
+//! onto a queue read by one dedicated writer thread and get a [`Durable`] future. The
+//! writer takes everything queued at once (one swap of a vector under a lock), writes the
+//! batch with one positioned write (after an extent of zeros now and then), calls
+//! `fdatasync` once, and only then resolves every future of that batch. An appender
 //! wakes the writer only when it sleeps on an empty queue, so a busy journal costs no
 //! system call per record (a channel's per-message wake-ups cost a sixth of the switch's
 //! CPU in a profile of the demo). The more appenders wait, the larger the
@@ -20,19 +21,12 @@
 //! The journal is a series of segments `journal-NNNNNNNNNN.log` in the data directory. Each
 //! start opens a fresh segment (no appending after a cut tail), and a snapshot rotates to a
 //! new one so that older segments can be deleted once the snapshot is durable.
-//!
-//! A segment grows by zero-filled extents ([`EXTENT_BYTES`]) written ahead of the records,
-//! so that a batch overwrites blocks the file already has: its `fdatasync` then flushes the
-//! data alone, where an append that grows the file must also flush the file's size and
-//! block map. On this machine's disk that took a commit from 208–231 µs to 147–161 µs at
-//! p50, and its kernel CPU from 62 µs to 37–39 µs (3,000-byte commits). The zeros read
-//! back as the end of the records (a record's length is never zero), and a segment is cut
-//! to its records when it is closed.
+//! Each segment grows by zero-filled extents written ahead of its records
+//! ([`super::segment`]), so a commit's `fdatasync` flushes data only.
 
 use std::fs::{File, OpenOptions};
 use std::future::Future;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -47,15 +41,10 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 
 use super::StoreError;
+use super::segment::Segment;
 
 /// Largest record accepted when reading back; anything claiming more is corruption.
 pub const MAX_RECORD_BYTES: usize = 1 << 20;
-
-/// How far ahead of its records a segment is zero-filled, in one write made durable with
-/// the batch that needs it. That batch's commit pays for the extent (about 3.5 ms here for
-/// 1 MiB); smaller extents cost more syncs that change the file's size, larger ones longer
-/// stalls for the batch that meets them.
-pub const EXTENT_BYTES: u64 = 1 << 20;
 
 /// Something that can be written into the journal (or a snapshot).
 pub trait Encode {
@@ -220,76 +209,11 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Opens (creating) segment `n` for writing at its end, and returns it with that end.
-fn open_segment(dir: &Path, n: u64) -> io::Result<Segment> {
-    let file = OpenOptions::new()
-        .create(true)
-        .read(true)
-        .write(true)
-        .truncate(false)
-        .open(segment_path(dir, n))?;
-    sync_dir(dir)?;
-    let end = file.metadata()?.len();
-    Ok(Segment {
-        file,
-        end,
-        zeroed_to: end,
-    })
-}
-
-/// The segment being written: records up to `end`, durable zeros from there to
-/// `zeroed_to` (the file's length).
-struct Segment {
-    file: File,
-    end: u64,
-    zeroed_to: u64,
-}
-
-impl Segment {
-    /// Writes `batch` after the last record (zero-filling the next extent first when the
-    /// batch does not fit in the zeros ahead) and makes both durable with one
-    /// `fdatasync`.
-    fn commit(&mut self, batch: &[u8]) -> io::Result<()> {
-        let end = self.end + batch.len() as u64;
-        if end > self.zeroed_to {
-            let to = end.next_multiple_of(EXTENT_BYTES);
-            write_zeros(&self.file, self.zeroed_to, to)?;
-            self.zeroed_to = to;
-        }
-        self.file.write_all_at(batch, self.end)?;
-        self.file.sync_data()?;
-        self.end = end;
-        Ok(())
-    }
-
-    /// Cuts the zeros after the last record, once nothing more will be written here. Not
-    /// synced: zeros left by a crash read as the end of the records all the same.
-    fn close(&self) -> io::Result<()> {
-        if self.zeroed_to > self.end {
-            self.file.set_len(self.end)?;
-        }
-        Ok(())
-    }
-}
-
-/// Writes zeros over `[from, to)` of `file`: real blocks, not a hole, so that later
-/// records overwrite blocks the file already has.
-fn write_zeros(file: &File, from: u64, to: u64) -> io::Result<()> {
-    const CHUNK: usize = 64 * 1024;
-    static ZEROS: [u8; CHUNK] = [0; CHUNK];
-    let mut at = from;
-    while at < to {
-        let n = (to - at).min(CHUNK as u64) as usize;
-        file.write_all_at(&ZEROS[..n], at)?;
-        at += n as u64;
-    }
-    Ok(())
-}
-
 impl<R: Encode + Send + 'static> Journal<R> {
     /// Starts a writer on a new segment `segment` in `dir` (which must exist).
     pub fn start(dir: &Path, segment: u64) -> Result<Journal<R>, StoreError> {
-        let file = open_segment(dir, segment).map_err(StoreError::io("opening the journal"))?;
+        let segment =
+            Segment::create(dir, segment).map_err(StoreError::io("opening the journal"))?;
         let queue = Arc::new(Queue {
             state: Mutex::new(QueueState {
                 commands: Vec::with_capacity(1024),
@@ -303,7 +227,6 @@ impl<R: Encode + Send + 'static> Journal<R> {
         let writer = Writer {
             dir: dir.to_path_buf(),
             segment,
-            file,
             queue: queue.clone(),
             failed: failed.clone(),
             stats: stats.clone(),
@@ -376,10 +299,8 @@ impl<R: Encode + Send + 'static> Drop for Journal<R> {
 struct Writer<R> {
     /// Data directory, for rotation.
     dir: PathBuf,
-    /// Current segment number.
-    segment: u64,
-    /// Current segment.
-    file: Segment,
+    /// The segment being written.
+    segment: Segment,
     /// Commands from appenders.
     queue: Arc<Queue<R>>,
     /// Shared failure flag.
@@ -412,7 +333,7 @@ impl<R: Encode + Send + 'static> Writer<R> {
         }
         self.flush(&mut buf, &mut waiters, &mut count);
         if !self.failed.load(Ordering::Acquire) {
-            let _ = self.file.close();
+            self.segment.close();
         }
     }
 
@@ -430,7 +351,7 @@ impl<R: Encode + Send + 'static> Writer<R> {
         let result = if self.failed.load(Ordering::Acquire) {
             Err(StoreError::Failed)
         } else {
-            self.file.commit(buf).map_err(|e| {
+            self.segment.commit(buf).map_err(|e| {
                 tracing::error!(error = %e, "journal write failed: the store fails closed");
                 self.failed.store(true, Ordering::Release);
                 StoreError::Failed
@@ -457,14 +378,12 @@ impl<R: Encode + Send + 'static> Writer<R> {
         if self.failed.load(Ordering::Acquire) {
             return Err(StoreError::Failed);
         }
-        let next = self.segment + 1;
-        let file = open_segment(&self.dir, next).map_err(|e| {
+        let next = self.segment.number + 1;
+        let segment = Segment::create(&self.dir, next).map_err(|e| {
             self.failed.store(true, Ordering::Release);
             StoreError::io("rotating the journal")(e)
         })?;
-        let _ = self.file.close();
-        self.file = file;
-        self.segment = next;
+        std::mem::replace(&mut self.segment, segment).close();
         self.stats.segment_bytes.store(0, Ordering::Relaxed);
         Ok(next)
     }
@@ -476,6 +395,9 @@ pub fn frame<R: Encode + ?Sized>(record: &R, out: &mut Vec<u8>) {
     out.extend_from_slice(&[0; 8]);
     record.encode(out);
     let len = (out.len() - start - 8) as u32;
+    // A zero length marks the end of a segment's records (the zeros written ahead of
+    // them): a record must not look like it. Every record encodes a tag byte first.
+    debug_assert!(len > 0, "an empty journal record");
     let crc = crc32fast::hash(&out[start + 8..]);
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
@@ -594,6 +516,7 @@ pub fn truncate(path: &Path, good_bytes: u64) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::segment::EXTENT_BYTES;
 
     struct Bytes(Vec<u8>);
 
@@ -690,6 +613,24 @@ mod tests {
     }
 
     #[test]
+    fn zeros_with_a_later_page_written_are_damage_not_the_end() {
+        // A crash inside a batch can leave its first page unwritten (zeros) and a later
+        // one written: that batch was never acknowledged, and what follows is not zeros.
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_three(dir.path());
+        let mut bytes = std::fs::read(&path).unwrap();
+        let good = bytes.len() as u64;
+        bytes.extend_from_slice(&[0; 4096]);
+        bytes.extend_from_slice(&[7; 100]);
+        bytes.extend_from_slice(&[0; 4096]);
+        std::fs::write(&path, &bytes).unwrap();
+        let (got, report) = read_all(&path);
+        assert_eq!(got.len(), 3);
+        assert_eq!(report.good_bytes, good);
+        assert_eq!((report.bad_bytes, report.zeros), (8192 + 100, 0));
+    }
+
+    #[test]
     fn a_segment_is_written_over_zeros_ahead_and_cut_to_its_records_when_closed() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::<Bytes>::start(dir.path(), 1).unwrap();
@@ -720,6 +661,13 @@ mod tests {
         let j = Journal::<Bytes>::start(dir.path(), 5).unwrap();
         j.append(Bytes(vec![1])).wait().unwrap();
         assert_eq!(j.rotate().unwrap(), 6);
+        // The closed segment is cut to its one record (8 + 1 bytes), zeros ahead gone.
+        assert_eq!(
+            std::fs::metadata(segment_path(dir.path(), 5))
+                .unwrap()
+                .len(),
+            9
+        );
         j.append(Bytes(vec![2])).wait().unwrap();
         drop(j);
         assert_eq!(list_segments(dir.path()).unwrap(), vec![5, 6]);

@@ -4,7 +4,7 @@
 //! knows files, bytes and keys, not card rules:
 //!
 //! - [`journal`]: append-only records with group commit (one `fdatasync` per batch) and
-//!   torn-tail detection;
+//!   torn-tail detection, written to [`segment`] files that grow by zero-filled extents;
 //! - [`snapshot`]: all state in one file, written atomically, so restarts do not replay
 //!   the journal from the beginning of time;
 //! - [`crypto`]: AES-256-GCM for real PANs, under a key file made at first start.
@@ -21,6 +21,7 @@
 
 pub mod crypto;
 pub mod journal;
+pub mod segment;
 pub mod snapshot;
 
 use std::path::PathBuf;
