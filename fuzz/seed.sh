@@ -5,10 +5,11 @@
 # corpus/spec_xml:      fixtures/packagers/*.xml
 # corpus/api_body:      create-card bodies built on the cards of fixtures/traffic/accounts.json
 # corpus/config:        deploy/vpan.example.toml, and it again with environment overrides
+# corpus/journal:       small segments: raw bytes, and framed payloads with a zero tail
 set -euo pipefail
 cd "$(dirname "$0")"
 root=..
-mkdir -p corpus/parse corpus/frame_decoder corpus/spec_xml corpus/api_body corpus/config
+mkdir -p corpus/parse corpus/frame_decoder corpus/spec_xml corpus/api_body corpus/config corpus/journal
 
 seed_vectors() { # file prefix-byte-hex
     jq -r '.[] | "\(.name) \(.hex)"' "$root/fixtures/vectors/$1" | while read -r name hex; do
@@ -50,4 +51,10 @@ cp "$root/deploy/vpan.example.toml" corpus/config/example.toml
 printf '[network]\nlisten = "127.0.0.1:0"\n\0VPAN_CARDS_VIRTUAL_RANGES=["4970109"]\nVPAN_NETWORK_MAC=iso9797-1-alg3\n' > corpus/config/env-array.toml
 printf '' > corpus/config/empty.toml
 
-echo "seeded: $(ls corpus/parse | wc -l) parse, $(ls corpus/frame_decoder | wc -l) frame_decoder, $(ls corpus/spec_xml | wc -l) spec_xml, $(ls corpus/api_body | wc -l) api_body, $(ls corpus/config | wc -l) config"
+# Journal segments (see fuzz_targets/journal.rs for the mode byte): a raw torn record, a
+# raw record with a valid length and CRC (payload "A"), framed payloads with zeros after.
+printf '\x00\x05\x00\x00\x00\x01\x02' > corpus/journal/raw-torn
+printf '\x00\x01\x00\x00\x00\x8b\x9e\xd9\xd3A' > corpus/journal/raw-one
+printf '\x04\x01\x02\x03\xff\x02\x00\x00\x00\x00\x00\x00\x00\x01' > corpus/journal/framed
+
+echo "seeded: $(ls corpus/parse | wc -l) parse, $(ls corpus/frame_decoder | wc -l) frame_decoder, $(ls corpus/spec_xml | wc -l) spec_xml, $(ls corpus/api_body | wc -l) api_body, $(ls corpus/config | wc -l) config, $(ls corpus/journal | wc -l) journal"
