@@ -279,22 +279,7 @@ fn zeros_left_after_the_records_by_a_crash_are_not_a_torn_tail() {
     // A segment vpan was killed in ends with the rest of its zero-filled extent: nothing
     // is cut and nothing is lost.
     let dir = tempfile::tempdir().unwrap();
-    let key = {
-        let (cards, _) = open(dir.path());
-        let key = issue(&cards, &spec(100_000));
-        for stan in 0..3 {
-            let a = match cards.authorize(key, &purchase(1_000, stan), NOW) {
-                Decision::Approve(a) => a,
-                other => panic!("{other:?}"),
-            };
-            a.durable.wait().unwrap();
-            cards
-                .complete(&a.hold, IssuerOutcome::Declined(ResponseCode(*b"51")), NOW)
-                .wait()
-                .unwrap();
-        }
-        key
-    };
+    let key = three_answered_approvals(dir.path(), IssuerOutcome::Declined(ResponseCode(*b"51")));
     let seg = last_segment(dir.path());
     let mut bytes = std::fs::read(&seg).unwrap();
     bytes.extend_from_slice(&[0; 64 * 1024]);
@@ -307,30 +292,27 @@ fn zeros_left_after_the_records_by_a_crash_are_not_a_torn_tail() {
     assert_eq!((v.spent, v.held, v.uses), (0, 0, 0));
 }
 
+/// Issues a card in `data` and makes three durable 1,000 approvals on it, each answered
+/// `outcome` (durably); the cards are closed again. Returns the card.
+fn three_answered_approvals(data: &Path, outcome: IssuerOutcome) -> CardKey {
+    let (cards, _) = open(data);
+    let key = issue(&cards, &spec(100_000));
+    for stan in 0..3 {
+        let a = match cards.authorize(key, &purchase(1_000, stan), NOW) {
+            Decision::Approve(a) => a,
+            other => panic!("{other:?}"),
+        };
+        a.durable.wait().unwrap();
+        cards.complete(&a.hold, outcome, NOW).wait().unwrap();
+    }
+    key
+}
+
 /// Three approvals and their answers, then `tear` on the last segment: recovery keeps the
 /// first two answers and the third hold (counted as spent), and cuts the rest for good.
 fn torn_tail_is_cut(tear: impl FnOnce(&std::path::Path)) {
     let dir = tempfile::tempdir().unwrap();
-    let key = {
-        let (cards, _) = open(dir.path());
-        let key = issue(&cards, &spec(100_000));
-        for stan in 0..3 {
-            let a = match cards.authorize(key, &purchase(1_000, stan), NOW) {
-                Decision::Approve(a) => a,
-                other => panic!("{other:?}"),
-            };
-            a.durable.wait().unwrap();
-            cards
-                .complete(
-                    &a.hold,
-                    IssuerOutcome::Approved(ResponseCode::APPROVED),
-                    NOW,
-                )
-                .wait()
-                .unwrap();
-        }
-        key
-    };
+    let key = three_answered_approvals(dir.path(), IssuerOutcome::Approved(ResponseCode::APPROVED));
     tear(&last_segment(dir.path()));
     let (cards, rec) = open(dir.path());
     assert!(rec.bytes_cut > 0, "{rec:?}");

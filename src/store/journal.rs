@@ -545,6 +545,20 @@ mod tests {
         segment_path(dir, 1)
     }
 
+    /// Three records written (see `write_three`), then `tail` appended to the segment as
+    /// a crash could leave it, read back: the records, the report, and where the three end.
+    fn read_three_then(dir: &Path, tail: &[&[u8]]) -> (Vec<Vec<u8>>, ReadReport, u64) {
+        let path = write_three(dir);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let good = bytes.len() as u64;
+        for part in tail {
+            bytes.extend_from_slice(part);
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let (got, report) = read_all(&path);
+        (got, report, good)
+    }
+
     #[test]
     fn appended_records_read_back_in_order_once_durable() {
         let dir = tempfile::tempdir().unwrap();
@@ -587,11 +601,7 @@ mod tests {
     #[test]
     fn a_zero_filled_tail_is_not_a_record() {
         let dir = tempfile::tempdir().unwrap();
-        let path = write_three(dir.path());
-        let mut bytes = std::fs::read(&path).unwrap();
-        bytes.extend_from_slice(&[0; 4096]);
-        std::fs::write(&path, &bytes).unwrap();
-        let (got, report) = read_all(&path);
+        let (got, report, _) = read_three_then(dir.path(), &[&[0; 4096]]);
         assert_eq!(got.len(), 3);
         assert_eq!((report.bad_bytes, report.zeros), (0, 4096));
     }
@@ -599,14 +609,9 @@ mod tests {
     #[test]
     fn a_record_torn_inside_the_zeros_ahead_is_damage() {
         let dir = tempfile::tempdir().unwrap();
-        let path = write_three(dir.path());
-        let mut bytes = std::fs::read(&path).unwrap();
-        let good = bytes.len() as u64;
         // A fourth record whose header reached the disk and whose payload did not.
-        bytes.extend_from_slice(&[40, 0, 0, 0, 1, 2, 3, 4]);
-        bytes.extend_from_slice(&[0; 4096]);
-        std::fs::write(&path, &bytes).unwrap();
-        let (got, report) = read_all(&path);
+        let (got, report, good) =
+            read_three_then(dir.path(), &[&[40, 0, 0, 0, 1, 2, 3, 4], &[0; 4096]]);
         assert_eq!(got.len(), 3);
         assert_eq!(report.good_bytes, good);
         assert_eq!((report.bad_bytes, report.zeros), (8 + 4096, 0));
@@ -617,14 +622,7 @@ mod tests {
         // A crash inside a batch can leave its first page unwritten (zeros) and a later
         // one written: that batch was never acknowledged, and what follows is not zeros.
         let dir = tempfile::tempdir().unwrap();
-        let path = write_three(dir.path());
-        let mut bytes = std::fs::read(&path).unwrap();
-        let good = bytes.len() as u64;
-        bytes.extend_from_slice(&[0; 4096]);
-        bytes.extend_from_slice(&[7; 100]);
-        bytes.extend_from_slice(&[0; 4096]);
-        std::fs::write(&path, &bytes).unwrap();
-        let (got, report) = read_all(&path);
+        let (got, report, good) = read_three_then(dir.path(), &[&[0; 4096], &[7; 100], &[0; 4096]]);
         assert_eq!(got.len(), 3);
         assert_eq!(report.good_bytes, good);
         assert_eq!((report.bad_bytes, report.zeros), (8192 + 100, 0));
