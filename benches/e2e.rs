@@ -17,6 +17,9 @@
 //! per core, the shipped default), the compared one with `E2E_COMPARE_WORKER_THREADS`
 //! (default: the same), to weigh one thread against two side by side. A binary older than
 //! that setting ignores it and runs one thread per core, whatever the header says.
+//!
+//! `E2E_PREPARE_ONLY=DIR` only writes the cards' data directory (`DIR/data`) and the
+//! traffic (`DIR/traffic.jsonl`), for runs by hand under `perf` and the like.
 
 // A benchmark harness: any failure should stop it loudly, with the reason.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -51,6 +54,16 @@ fn main() {
     let data = dir.path().join("data");
     let traffic = dir.path().join("traffic.jsonl");
     issue_cards_and_write_traffic(&data, &traffic);
+    if let Some(keep) = std::env::var_os("E2E_PREPARE_ONLY").map(PathBuf::from) {
+        // For runs by hand (perf, strace): the cards' data directory and the traffic file.
+        copy_dir(&data, &keep.join("data"));
+        std::fs::copy(&traffic, keep.join("traffic.jsonl")).expect("copy the traffic");
+        println!(
+            "e2e: data directory and traffic.jsonl written in {}",
+            keep.display()
+        );
+        return;
+    }
 
     let (mut sim, mut sim_addr) = spawn(
         Path::new(VPAN),

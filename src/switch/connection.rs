@@ -42,6 +42,9 @@ pub struct ConnectionLimits {
 /// Unwritten answers past which vpan stops reading a peer that does not read.
 const WRITE_BACKLOG: usize = 256 * 1024;
 
+/// The timer's setting when no deadline applies.
+const FAR: Duration = Duration::from_secs(3600);
+
 /// Why a connection ended, for the log.
 #[derive(Debug)]
 enum End {
@@ -82,6 +85,12 @@ pub async fn serve<S>(
     let mut frame_started: Option<Instant> = None;
     let mut last_write_progress = Instant::now();
     let mut drain_deadline: Option<tokio::time::Instant> = None;
+    // One timer for all the deadlines below, moved only when a deadline comes earlier or
+    // it has fired: made anew on every turn of the loop, it cost two trips through the
+    // runtime's timer wheel per wake-up. Firing early is harmless: each deadline is
+    // checked against the clock when it does.
+    let timer = tokio::time::sleep(FAR);
+    tokio::pin!(timer);
 
     let end = loop {
         let room = |in_flight: usize, out: &BytesMut| {
@@ -151,8 +160,11 @@ pub async fn serve<S>(
         if !out.is_empty() {
             wake = min_deadline(wake, (last_write_progress + limits.read_timeout).into());
         }
-        let sleep_until =
-            wake.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        match wake {
+            Some(at) if at < timer.deadline() || timer.is_elapsed() => timer.as_mut().reset(at),
+            None if timer.is_elapsed() => timer.as_mut().reset(tokio::time::Instant::now() + FAR),
+            _ => {}
+        }
 
         tokio::select! {
             biased;
@@ -185,7 +197,7 @@ pub async fn serve<S>(
             () = shutdown.cancelled(), if drain_deadline.is_none() => {
                 drain_deadline = Some(tokio::time::Instant::now() + limits.drain_timeout);
             }
-            () = tokio::time::sleep_until(sleep_until) => {
+            () = &mut timer => {
                 let now = Instant::now();
                 if drain_deadline.is_some_and(|d| tokio::time::Instant::from_std(now) >= d) {
                     break End::Shutdown;

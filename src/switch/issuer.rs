@@ -29,7 +29,7 @@ use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::codec::FramedRead;
+use tokio_util::codec::{Encoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 
 use crate::iso8583::{Frame, FrameCodec, Message, Spec};
@@ -76,22 +76,31 @@ pub enum IssuerError {
     Encode,
 }
 
+/// What a caller of the link gets: the issuer's answer, or why there is none.
+type Reply = Result<Box<Message>, IssuerError>;
+
 /// A request waiting for the issuer's answer.
 struct Pending {
-    /// Where the answer goes; dropped when the caller gave up (timeout).
-    reply: oneshot::Sender<Box<Message>>,
-    /// The request as sent (with vpan's stamp), to build a reversal from if needed.
-    request: Box<Message>,
+    /// Where the answer goes; taken by the sweep when `deadline` passes (the caller then
+    /// has its timeout, and an answer arriving later is late).
+    reply: Option<oneshot::Sender<Reply>>,
+    /// The request as sent (with vpan's stamp), packed: a reversal is built from it if
+    /// needed, which is rare, so it is kept as bytes rather than as a second `Message`.
+    sent: Bytes,
+    /// Its MTI, to tell its answer from a stranger's under the same stamp.
+    mti: [u8; 4],
     /// When it was written, for the issuer latency histogram and the sweep.
     sent_at: Instant,
+    /// When its caller stops waiting.
+    deadline: Instant,
     /// The connection it went out on, so a lost connection fails only its own requests.
     conn: usize,
 }
 
 /// One connection slot: the writer's queue while connected.
 struct Slot {
-    /// Messages to write; `None` while disconnected.
-    tx: parking_lot::RwLock<Option<mpsc::Sender<Box<Message>>>>,
+    /// Packed messages to write; `None` while disconnected.
+    tx: parking_lot::RwLock<Option<mpsc::Sender<Bytes>>>,
     /// Up (connected and signed on).
     up: AtomicBool,
 }
@@ -129,6 +138,10 @@ const WRITE_QUEUE: usize = 4096;
 const RESTAMPED_KEPT: Duration = Duration::from_secs(3600);
 /// Longest wait between two tries of a reversal toward an issuer that does not answer.
 const REVERSAL_RETRY_MAX: Duration = Duration::from_secs(5);
+/// Bounds of the sweep's period, which is how late past `issuer.timeout_ms` a caller may
+/// get its timeout: a fortieth of the timeout, within these.
+const SWEEP_TICK_MIN: Duration = Duration::from_millis(2);
+const SWEEP_TICK_MAX: Duration = Duration::from_millis(25);
 
 impl IssuerLink {
     /// Starts the connection tasks (they dial in the background; a request made before any
@@ -186,6 +199,10 @@ impl IssuerLink {
 
     /// [`IssuerLink::send`] on connection `only` when given (sign-on and echo test their
     /// own connection), else on the next connection that is up.
+    ///
+    /// The timeout is enforced by the sweep, not by a timer per request: a timer costs two
+    /// trips through the runtime's timer wheel on every request, and the sweep one pass
+    /// over the requests in flight every few milliseconds.
     async fn send_via(
         &self,
         request: Box<Message>,
@@ -193,23 +210,15 @@ impl IssuerLink {
         timeout: Duration,
     ) -> Result<Box<Message>, IssuerError> {
         let network_stan = request.stan();
-        let (rx, stamp) = self.dispatch(request, only)?;
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(mut answer)) => {
-                if let Some(stan) = network_stan
-                    && stan != stamp
-                {
-                    answer.set(11, &stan).map_err(|_| IssuerError::Encode)?;
-                }
-                Ok(answer)
-            }
-            Ok(Err(_)) => Err(IssuerError::ConnectionLost),
-            Err(_) => {
-                metrics::counter!(m::ISSUER_TIMEOUTS_TOTAL).increment(1);
-                tracing::debug!(stan = %String::from_utf8_lossy(&stamp), "issuer answer late");
-                Err(IssuerError::Timeout)
-            }
+        let (rx, stamp) = self.dispatch(request, only, timeout)?;
+        // The sender dropped without a word: the connection was lost under the request.
+        let mut answer = rx.await.unwrap_or(Err(IssuerError::ConnectionLost))?;
+        if let Some(stan) = network_stan
+            && stan != stamp
+        {
+            answer.set(11, &stan).map_err(|_| IssuerError::Encode)?;
         }
+        Ok(answer)
     }
 
     /// Stamps, registers and queues a request; returns where its answer will arrive.
@@ -217,7 +226,8 @@ impl IssuerLink {
         &self,
         mut request: Box<Message>,
         only: Option<usize>,
-    ) -> Result<(oneshot::Receiver<Box<Message>>, [u8; 6]), IssuerError> {
+        timeout: Duration,
+    ) -> Result<(oneshot::Receiver<Reply>, [u8; 6]), IssuerError> {
         let inner = &self.inner;
         let n = inner.slots.len();
         let (conn, tx) = match only {
@@ -240,7 +250,8 @@ impl IssuerLink {
         // The network's STAN when free, else vpan's own counter; claimed atomically so two
         // callers can never share a stamp.
         let mut candidate = network_stan.unwrap_or_else(|| self.next_stamp());
-        let stamp = loop {
+        let mut reply = Some(reply);
+        let (stamp, sent) = loop {
             match inner.pending.entry(candidate) {
                 dashmap::Entry::Vacant(v) => {
                     if Some(candidate) != network_stan {
@@ -248,13 +259,17 @@ impl IssuerLink {
                             .set(11, &candidate)
                             .map_err(|_| IssuerError::Encode)?;
                     }
+                    let sent = request.pack();
+                    let sent_at = Instant::now();
                     v.insert(Pending {
-                        reply,
-                        request: request.clone(),
-                        sent_at: Instant::now(),
+                        reply: reply.take(),
+                        sent: sent.clone(),
+                        mti: request.mti(),
+                        sent_at,
+                        deadline: sent_at + timeout,
                         conn,
                     });
-                    break candidate;
+                    break (candidate, sent);
                 }
                 dashmap::Entry::Occupied(_) => candidate = self.next_stamp(),
             }
@@ -265,7 +280,7 @@ impl IssuerLink {
         {
             inner.restamped.insert(identity, (stamp, Instant::now()));
         }
-        if tx.try_send(request).is_err() {
+        if tx.try_send(sent).is_err() {
             // The writer is gone or hopelessly behind: nothing was sent, nothing to reverse.
             inner.pending.remove(&stamp);
             return Err(IssuerError::Unavailable);
@@ -344,13 +359,13 @@ impl IssuerLink {
     async fn run_connection(&self, i: usize, stream: TcpStream) {
         let settings = &self.inner.settings;
         let (read_half, mut write_half) = stream.into_split();
-        let (tx, mut rx) = mpsc::channel::<Box<Message>>(WRITE_QUEUE);
+        let (tx, mut rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
         *self.inner.slots[i].tx.write() = Some(tx);
         let conn_token = self.inner.shutdown.child_token();
 
         // The writer: drains the queue in batches, one write per batch.
         let writer = {
-            let codec = settings.codec.clone();
+            let mut codec = settings.codec.clone();
             let header = settings.header.clone();
             let token = conn_token.clone();
             tokio::spawn(async move {
@@ -364,8 +379,12 @@ impl IssuerLink {
                     if got == 0 {
                         return;
                     }
-                    for msg in batch.drain(..) {
-                        if let Err(e) = codec.encode_message(&header, &msg, &mut buf) {
+                    for body in batch.drain(..) {
+                        let frame = Frame::Message {
+                            header: header.clone(),
+                            body,
+                        };
+                        if let Err(e) = codec.encode(frame, &mut buf) {
                             tracing::warn!(error = %e, "message to the issuer not sent");
                         }
                     }
@@ -385,8 +404,11 @@ impl IssuerLink {
             self.publish_connected();
             tracing::info!(issuer = %settings.connect, connection = i, "issuer link up");
             let mut last_seen = Instant::now();
+            // One timer for the echo, moved on only when it fires: re-armed on every
+            // answer, it would cost two trips through the timer wheel per request.
+            let echo_due = tokio::time::sleep_until((last_seen + settings.echo_interval).into());
+            tokio::pin!(echo_due);
             loop {
-                let idle_at = last_seen + settings.echo_interval;
                 tokio::select! {
                     frame = frames.next() => match frame {
                         Some(Ok(Frame::Message { body, .. })) => {
@@ -403,8 +425,14 @@ impl IssuerLink {
                             break;
                         }
                     },
-                    () = tokio::time::sleep_until(idle_at.into()) => {
+                    () = &mut echo_due => {
+                        let idle_at = last_seen + settings.echo_interval;
+                        if Instant::now() < idle_at {
+                            echo_due.as_mut().reset(idle_at.into());
+                            continue;
+                        }
                         last_seen = Instant::now();
+                        echo_due.as_mut().reset((last_seen + settings.echo_interval).into());
                         let link = self.clone();
                         let token = conn_token.clone();
                         // The echo's answer arrives through this very loop, so it runs beside it.
@@ -486,31 +514,36 @@ impl IssuerLink {
         // An answer under a live stamp but of another message class (a 0810 or a 0410 for
         // a 0100) is not this request's answer: taking it would approve or decline on a
         // stranger's DE 39. It is dropped; the request times out and is reversed.
-        let answers_request = match self.inner.pending.get(&stamp) {
-            Some(p) => is_response_to(&p.request.mti(), &answer.mti()),
-            None => {
+        let answered = self
+            .inner
+            .pending
+            .remove_if(&stamp, |_, p| is_response_to(&p.mti, &answer.mti()));
+        let Some((_, pending)) = answered else {
+            if self.inner.pending.contains_key(&stamp) {
+                tracing::warn!(
+                    mti = %String::from_utf8_lossy(&answer.mti()),
+                    "answer from the issuer of the wrong message class dropped"
+                );
+            } else {
                 tracing::debug!("answer from the issuer matches no request (already swept)");
-                return;
             }
-        };
-        if !answers_request {
-            tracing::warn!(
-                mti = %String::from_utf8_lossy(&answer.mti()),
-                "answer from the issuer of the wrong message class dropped"
-            );
-            return;
-        }
-        let Some((_, pending)) = self.inner.pending.remove(&stamp) else {
             return;
         };
-        metrics::histogram!(m::ISSUER_REQUEST_DURATION)
-            .record(pending.sent_at.elapsed().as_secs_f64());
-        if let Err(late) = pending.reply.send(answer)
+        issuer_request_duration().record(pending.sent_at.elapsed().as_secs_f64());
+        let late = match pending.reply {
+            Some(reply) => match reply.send(Ok(answer)) {
+                Ok(()) => return,
+                Err(unsent) => unsent,
+            },
+            // The caller had its timeout already.
+            None => Ok(answer),
+        };
+        if let Ok(late) = late
             && is_approval(&late)
-            && needs_reversal(&pending.request)
+            && needs_reversal(&pending.mti)
         {
             tracing::warn!("late approval from the issuer; reversing it");
-            self.reverse(&pending.request);
+            self.reverse_sent(&pending.sent);
         }
     }
 
@@ -526,23 +559,41 @@ impl IssuerLink {
             .collect();
         for stamp in lost {
             if let Some((_, p)) = self.inner.pending.remove(&stamp)
-                && needs_reversal(&p.request)
+                && needs_reversal(&p.mti)
             {
-                self.reverse(&p.request);
+                self.reverse_sent(&p.sent);
             }
         }
     }
 
-    /// Forgets requests that were never answered (long after their timeout), reversing
-    /// them since their outcome at the issuer is unknown.
+    /// Gives callers whose deadline passed their timeout (every few milliseconds), and
+    /// forgets requests that were never answered (long after their timeout), reversing
+    /// them since their outcome at the issuer is unknown (every second).
     async fn sweep(self) {
         let horizon = (self.inner.settings.timeout * 4).max(Duration::from_secs(10));
+        let tick = (self.inner.settings.timeout / 40).clamp(SWEEP_TICK_MIN, SWEEP_TICK_MAX);
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_forget = Instant::now() + Duration::from_secs(1);
         loop {
             tokio::select! {
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = ticker.tick() => {}
                 () = self.inner.shutdown.cancelled() => return,
             }
             let now = Instant::now();
+            for mut p in self.inner.pending.iter_mut() {
+                if now >= p.deadline
+                    && let Some(reply) = p.reply.take()
+                {
+                    metrics::counter!(m::ISSUER_TIMEOUTS_TOTAL).increment(1);
+                    tracing::debug!(stan = %String::from_utf8_lossy(p.key()), "issuer answer late");
+                    let _ = reply.send(Err(IssuerError::Timeout));
+                }
+            }
+            if now < next_forget {
+                continue;
+            }
+            next_forget = now + Duration::from_secs(1);
             self.inner
                 .restamped
                 .retain(|_, (_, at)| now.duration_since(*at) < RESTAMPED_KEPT);
@@ -555,11 +606,24 @@ impl IssuerLink {
                 .collect();
             for stamp in stale {
                 if let Some((_, p)) = self.inner.pending.remove(&stamp)
-                    && needs_reversal(&p.request)
+                    && needs_reversal(&p.mti)
                 {
-                    self.reverse(&p.request);
+                    self.reverse_sent(&p.sent);
                 }
             }
+        }
+    }
+
+    /// [`IssuerLink::reverse`] of a request kept as the bytes that were sent.
+    fn reverse_sent(&self, sent: &Bytes) {
+        match Message::parse(self.spec(), sent.clone()) {
+            Ok(original) => self.reverse(&original),
+            // vpan packed it itself with this very spec, so this cannot happen; said loudly
+            // if it ever does, since the real account may stay charged.
+            Err(e) => tracing::error!(
+                error = %e,
+                "cannot read back a request sent to the issuer to reverse it; the issuer must reconcile"
+            ),
         }
     }
 
@@ -610,9 +674,9 @@ impl IssuerLink {
         let orphans: Vec<[u8; 6]> = self.inner.pending.iter().map(|p| *p.key()).collect();
         for stamp in orphans {
             if let Some((_, p)) = self.inner.pending.remove(&stamp)
-                && needs_reversal(&p.request)
+                && needs_reversal(&p.mti)
             {
-                self.reverse(&p.request);
+                self.reverse_sent(&p.sent);
             }
         }
         let deadline = tokio::time::Instant::now() + grace;
@@ -670,11 +734,17 @@ pub fn is_approval(answer: &Message) -> bool {
     )
 }
 
-/// Authorization and financial requests move money at the issuer; nothing else needs a
-/// reversal when its outcome is unknown.
-fn needs_reversal(request: &Message) -> bool {
-    let mti = request.mti();
+/// Authorization and financial requests (by MTI) move money at the issuer; nothing else
+/// needs a reversal when its outcome is unknown.
+fn needs_reversal(mti: &[u8; 4]) -> bool {
     matches!(mti[1], b'1' | b'2') && mti[2] == b'0'
+}
+
+/// The issuer latency histogram's handle, looked up once: `metrics::histogram!` builds and
+/// hashes its key on every call, once per request here.
+fn issuer_request_duration() -> &'static metrics::Histogram {
+    static HANDLE: std::sync::OnceLock<metrics::Histogram> = std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| metrics::histogram!(m::ISSUER_REQUEST_DURATION))
 }
 
 /// An 0800 network management request with DE 70 = `code`.
@@ -789,7 +859,6 @@ mod tests {
 
     #[test]
     fn only_auth_and_financial_requests_need_reversing() {
-        let spec = Spec::iso87ascii();
         for (mti, expected) in [
             (b"0100", true),
             (b"0200", true),
@@ -797,8 +866,7 @@ mod tests {
             (b"0400", false),
             (b"0800", false),
         ] {
-            let m = Message::new(spec, mti).unwrap();
-            assert_eq!(needs_reversal(&m), expected, "{mti:?}");
+            assert_eq!(needs_reversal(mti), expected, "{mti:?}");
         }
     }
 }
