@@ -660,6 +660,112 @@ mod tests {
         (got, report)
     }
 
+    /// A waker that counts its wakes.
+    struct Counter(AtomicU64);
+
+    impl std::task::Wake for Counter {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn waiting(mark: &Arc<Watermark>, seq: u64) -> Durable {
+        Durable(DurableState::Waiting {
+            seq,
+            mark: mark.clone(),
+            registered: None,
+        })
+    }
+
+    #[test]
+    fn a_record_resolves_when_the_watermark_passes_it_and_wakes_its_task_once() {
+        let mark = Arc::new(Watermark::default());
+        let counter = Arc::new(Counter(AtomicU64::new(0)));
+        let waker = Waker::from(counter.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut durable = waiting(&mark, 5);
+        // Polled again by the same task (as `join!` does): registered once.
+        assert!(Pin::new(&mut durable).poll(&mut cx).is_pending());
+        assert!(Pin::new(&mut durable).poll(&mut cx).is_pending());
+        assert_eq!(mark.waiters.lock().len(), 1);
+
+        let mut woken = Vec::new();
+        mark.raise(4, &mut woken);
+        assert_eq!(
+            counter.0.load(Ordering::SeqCst),
+            0,
+            "record 5 is not durable at 4"
+        );
+        assert!(Pin::new(&mut durable).poll(&mut cx).is_pending());
+        mark.raise(5, &mut woken);
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+        assert!(mark.waiters.lock().is_empty());
+        assert!(matches!(
+            Pin::new(&mut durable).poll(&mut cx),
+            Poll::Ready(Ok(()))
+        ));
+        // A record below the mark is durable at once, without registering.
+        let mut earlier = waiting(&mark, 3);
+        assert!(matches!(
+            Pin::new(&mut earlier).poll(&mut cx),
+            Poll::Ready(Ok(()))
+        ));
+    }
+
+    #[test]
+    fn a_failed_or_stopped_journal_resolves_every_waiter_above_the_mark_with_its_error() {
+        let mark = Arc::new(Watermark::default());
+        mark.raise(2, &mut Vec::new());
+        let counter = Arc::new(Counter(AtomicU64::new(0)));
+        let waker = Waker::from(counter.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut above = waiting(&mark, 3);
+        assert!(Pin::new(&mut above).poll(&mut cx).is_pending());
+        let blocked = std::thread::spawn({
+            let mark = mark.clone();
+            move || waiting(&mark, 4).wait()
+        });
+        mark.end(&mark.failed);
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+        assert!(matches!(
+            Pin::new(&mut above).poll(&mut cx),
+            Poll::Ready(Err(StoreError::Failed))
+        ));
+        assert!(matches!(blocked.join().unwrap(), Err(StoreError::Failed)));
+        // What was durable before the failure stays durable.
+        assert!(waiting(&mark, 2).wait().is_ok());
+
+        let stopped = Arc::new(Watermark::default());
+        stopped.end(&stopped.stopped);
+        assert!(matches!(
+            waiting(&stopped, 1).wait(),
+            Err(StoreError::Closed)
+        ));
+    }
+
+    #[test]
+    fn appends_from_many_threads_all_resolve_once_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Arc::new(Journal::<Bytes>::start(dir.path(), 1).unwrap());
+        let threads: Vec<_> = (0..4u8)
+            .map(|t| {
+                let j = j.clone();
+                std::thread::spawn(move || {
+                    for i in 0..50u8 {
+                        j.append(Bytes(vec![t, i])).wait().unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(j.stats().records.load(Ordering::Relaxed), 200);
+        drop(j);
+        let (records, _) = read_all(&segment_path(dir.path(), 1));
+        assert_eq!(records.len(), 200);
+    }
+
     fn write_three(dir: &Path) -> PathBuf {
         let j = Journal::<Bytes>::start(dir, 1).unwrap();
         for i in 1..=3u8 {
