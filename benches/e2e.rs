@@ -11,7 +11,9 @@
 //! length, `E2E_RATE` (default 10000) the open-loop rate, `E2E_IN_FLIGHT` (default 64) the
 //! closed loop's requests in flight on each of its 4 connections. `E2E_COMPARE=/path/to/vpan`
 //! runs that binary as a second switch beside this build's, to compare two versions in
-//! one run (e.g. a copy of `target/release/vpan` built from main).
+//! one run (e.g. a copy of `target/release/vpan` built from main); with it, `E2E_PAIRS=N`
+//! (default 1) runs N closed-loop pairs of the two, the order swapped every other pair, and
+//! prints each pair and the medians.
 //!
 //! The switch runs with `[runtime] worker_threads` = `E2E_WORKER_THREADS` (default 0: one
 //! per core, the shipped default), the compared one with `E2E_COMPARE_WORKER_THREADS`
@@ -121,6 +123,22 @@ fn main() {
     let direct_closed = loadgen(&sim_addr, &traffic, &closed);
     let vpan_closed = switch.loadgen(&traffic, &closed);
     let other_closed = other.as_ref().map(|o| o.loadgen(&traffic, &closed));
+    // More closed-loop pairs, the order swapped every other pair: this machine's speed
+    // drifts by tens of percent within minutes, so one pair can mislead.
+    let mut pairs = Vec::new();
+    if let (Some(o), Some(first)) = (&other, &other_closed) {
+        pairs.push((vpan_closed.clone(), first.clone()));
+        for i in 1..env_or("E2E_PAIRS", 1) {
+            let (a, b) = if i % 2 == 1 {
+                let b = o.loadgen(&traffic, &closed);
+                (switch.loadgen(&traffic, &closed), b)
+            } else {
+                let a = switch.loadgen(&traffic, &closed);
+                (a, o.loadgen(&traffic, &closed))
+            };
+            pairs.push((a, b));
+        }
+    }
     let direct_open = loadgen(&sim_addr, &traffic, &open);
     // The journal's own group commits (write + fdatasync) during the open-loop run, from
     // its histogram on /metrics: the fdatasync latency the approvals actually waited on.
@@ -159,6 +177,36 @@ fn main() {
             "  E2E_COMPARE / direct throughput: {:.1}%; this build / E2E_COMPARE: {:.2}x",
             100.0 * tput(o) / tput(&direct_closed),
             tput(&vpan_closed) / tput(o)
+        );
+    }
+    if pairs.len() > 1 {
+        println!(
+            "  {} pairs, alternating (throughput/s and CPU us per request, this build vs E2E_COMPARE):",
+            pairs.len()
+        );
+        for (a, b) in &pairs {
+            println!(
+                "    {:>7.0} vs {:>7.0}   {:>5.1} vs {:>5.1}",
+                tput(a),
+                tput(b),
+                cpu_per_request(a),
+                cpu_per_request(b)
+            );
+        }
+        let median = |f: &dyn Fn(&(serde_json::Value, serde_json::Value)) -> f64| {
+            let mut v: Vec<f64> = pairs.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            let n = v.len();
+            (v[(n - 1) / 2] + v[n / 2]) / 2.0
+        };
+        println!(
+            "  medians: throughput {:.0} vs {:.0}/s ({:.2}x), CPU {:.1} vs {:.1} us per request ({:.2}x)",
+            median(&|p| tput(&p.0)),
+            median(&|p| tput(&p.1)),
+            median(&|p| tput(&p.0)) / median(&|p| tput(&p.1)),
+            median(&|p| cpu_per_request(&p.0)),
+            median(&|p| cpu_per_request(&p.1)),
+            median(&|p| cpu_per_request(&p.0)) / median(&|p| cpu_per_request(&p.1)),
         );
     }
     println!();
@@ -316,13 +364,19 @@ fn row(label: &str, s: &serde_json::Value) {
 /// that kept busy: the cost that decides how far the switch can go on shared cores.
 fn cpu_row(who: &str, s: &serde_json::Value) {
     let cpu = s["switch_cpu_seconds"].as_f64().unwrap_or(f64::NAN);
-    let answered = s["answered"].as_f64().unwrap_or(f64::NAN);
     let seconds = s["elapsed_s"].as_f64().unwrap_or(f64::NAN);
     println!(
         "{who} CPU: {:.1} us per request ({:.2} cores busy)",
-        cpu * 1e6 / answered,
+        cpu_per_request(s),
         cpu / seconds
     );
+}
+
+/// The switch's CPU time per answered request in one loadgen run, microseconds.
+fn cpu_per_request(s: &serde_json::Value) -> f64 {
+    let cpu = s["switch_cpu_seconds"].as_f64().unwrap_or(f64::NAN);
+    let answered = s["answered"].as_f64().unwrap_or(f64::NAN);
+    cpu * 1e6 / answered
 }
 
 fn tput(s: &serde_json::Value) -> f64 {
