@@ -11,7 +11,8 @@
 //! batch with one positioned write (after an extent of zeros now and then), calls
 //! `fdatasync` once, and only then resolves every future of that batch: each record has a
 //! sequence number, and the writer raises one watermark ("durable up to") and wakes the
-//! tasks waiting below it, so a record costs no channel or allocation of its own. An appender
+//! tasks waiting at or below it, so a record needs no channel of its own (a waiting task
+//! registers its waker in one shared list, once). An appender
 //! wakes the writer only when it sleeps on an empty queue, so a busy journal costs no
 //! system call per record (a channel's per-message wake-ups cost a sixth of the switch's
 //! CPU in a profile of the demo). The more appenders wait, the larger the

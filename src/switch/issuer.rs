@@ -14,7 +14,9 @@
 //! the change for a while and rewrites DE 90 of a reversal naming that original.
 //!
 //! An answer that does not come within `issuer.timeout_ms` is an error for the caller (the
-//! network gets 91 and the hold is released), but the request stays remembered: if the
+//! network gets 91 and the hold is released; the sweep that keeps the time runs every
+//! fortieth of the timeout, 2 to 25 ms, so the 91 may come that much after it, and an
+//! answer arriving meanwhile is still delivered), but the request stays remembered: if the
 //! issuer approves it late, or never answers, or the connection dies under it, the link
 //! sends a 0400 reversal for it so the real account is not left charged for a purchase
 //! the network was told was not approved.
@@ -89,7 +91,7 @@ struct Pending {
     sent: Bytes,
     /// Its MTI, to tell its answer from a stranger's under the same stamp.
     mti: [u8; 4],
-    /// When it was written, for the issuer latency histogram and the sweep.
+    /// When it was queued for writing, for the issuer latency histogram and the sweep.
     sent_at: Instant,
     /// When its caller stops waiting.
     deadline: Instant,
@@ -211,7 +213,8 @@ impl IssuerLink {
     ) -> Result<Box<Message>, IssuerError> {
         let network_stan = request.stan();
         let (rx, stamp) = self.dispatch(request, only, timeout)?;
-        // The sender dropped without a word: the connection was lost under the request.
+        // The sender dropped without a word: the connection was lost under the request, or
+        // the link is stopping.
         let mut answer = rx.await.unwrap_or(Err(IssuerError::ConnectionLost))?;
         if let Some(stan) = network_stan
             && stan != stamp
@@ -398,7 +401,7 @@ impl IssuerLink {
 
         // Sign on before taking traffic, so the issuer sees a signed-on link.
         let mut frames = FramedRead::new(read_half, settings.codec.clone());
-        let signed_on = !settings.sign_on || self.sign_on(i, &mut frames).await;
+        let signed_on = !settings.sign_on || self.sign_on(i, &mut frames, &conn_token).await;
         if signed_on {
             self.inner.slots[i].up.store(true, Ordering::Relaxed);
             self.publish_connected();
@@ -460,10 +463,15 @@ impl IssuerLink {
     /// Signs on over connection `i` before it takes traffic: the 0800 goes out, and this
     /// reads frames itself until the 0810 comes back (the connection's read loop has not
     /// started yet).
+    ///
+    /// It ends with the connection (`conn_token`): at shutdown the sweep, which keeps every
+    /// request's timeout, stops first, and a host that neither answers nor closes would
+    /// otherwise hold this connection's task forever.
     async fn sign_on(
         &self,
         i: usize,
         frames: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>,
+        conn_token: &CancellationToken,
     ) -> bool {
         let Ok(msg) = network_management_request(self.spec(), b"001") else {
             return false;
@@ -480,6 +488,7 @@ impl IssuerLink {
                     Some(Ok(Frame::KeepAlive)) => {}
                     Some(Err(_)) | None => return false,
                 },
+                () = conn_token.cancelled() => return false,
             }
         }
     }
@@ -741,10 +750,14 @@ fn needs_reversal(mti: &[u8; 4]) -> bool {
 }
 
 /// The issuer latency histogram's handle, looked up once: `metrics::histogram!` builds and
-/// hashes its key on every call, once per request here.
+/// hashes its key on every call, once per request here. The recorder is installed first
+/// (a no-op when it is already), since a handle taken without one would count nowhere.
 fn issuer_request_duration() -> &'static metrics::Histogram {
     static HANDLE: std::sync::OnceLock<metrics::Histogram> = std::sync::OnceLock::new();
-    HANDLE.get_or_init(|| metrics::histogram!(m::ISSUER_REQUEST_DURATION))
+    HANDLE.get_or_init(|| {
+        m::install();
+        metrics::histogram!(m::ISSUER_REQUEST_DURATION)
+    })
 }
 
 /// An 0800 network management request with DE 70 = `code`.
