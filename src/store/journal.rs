@@ -474,15 +474,7 @@ impl<R: Encode + Send + 'static> Writer<R> {
             return;
         }
         let started = Instant::now();
-        if !self.is_failed() {
-            match self.segment.commit(buf) {
-                Ok(()) => self.mark.raise(self.written, woken),
-                Err(e) => {
-                    tracing::error!(error = %e, "journal write failed: the store fails closed");
-                    self.fail();
-                }
-            }
-        }
+        let committed = (!self.is_failed()).then(|| self.segment.commit(buf));
         // Looked up per commit, not cached: the journal starts before the switch installs
         // its metrics recorder, and a handle taken then would count nowhere.
         metrics::histogram!("vpan_store_commit_duration_seconds")
@@ -492,6 +484,16 @@ impl<R: Encode + Send + 'static> Writer<R> {
         self.stats
             .segment_bytes
             .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        // The counters first, then the waiters: a caller whose record is durable sees it
+        // counted.
+        match committed {
+            Some(Ok(())) => self.mark.raise(self.written, woken),
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "journal write failed: the store fails closed");
+                self.fail();
+            }
+            None => {}
+        }
         buf.clear();
         if buf.capacity() > 8 << 20 {
             buf.shrink_to(1 << 20);
