@@ -559,14 +559,21 @@ impl IssuerLink {
     /// Fails every request in flight on connection `i`: their callers see the loss at
     /// once, and since the issuer may have approved them, each is reversed.
     fn fail_connection(&self, i: usize) {
-        let lost: Vec<[u8; 6]> = self
+        self.abandon(|p| p.conn == i);
+    }
+
+    /// Forgets the requests in flight that `which` selects (their callers, if still
+    /// waiting, see the connection lost) and reverses those that may have moved money,
+    /// since whether the issuer approved them is unknown.
+    fn abandon(&self, which: impl Fn(&Pending) -> bool) {
+        let stamps: Vec<[u8; 6]> = self
             .inner
             .pending
             .iter()
-            .filter(|p| p.conn == i)
+            .filter(|p| which(p))
             .map(|p| *p.key())
             .collect();
-        for stamp in lost {
+        for stamp in stamps {
             if let Some((_, p)) = self.inner.pending.remove(&stamp)
                 && needs_reversal(&p.mti)
             {
@@ -606,20 +613,7 @@ impl IssuerLink {
             self.inner
                 .restamped
                 .retain(|_, (_, at)| now.duration_since(*at) < RESTAMPED_KEPT);
-            let stale: Vec<[u8; 6]> = self
-                .inner
-                .pending
-                .iter()
-                .filter(|p| now.duration_since(p.sent_at) > horizon)
-                .map(|p| *p.key())
-                .collect();
-            for stamp in stale {
-                if let Some((_, p)) = self.inner.pending.remove(&stamp)
-                    && needs_reversal(&p.mti)
-                {
-                    self.reverse_sent(&p.sent);
-                }
-            }
+            self.abandon(|p| now.duration_since(p.sent_at) > horizon);
         }
     }
 
@@ -680,14 +674,7 @@ impl IssuerLink {
     /// is answered. Otherwise an issuer that approves late, during a restart, keeps the
     /// real account charged for a purchase the network was refused.
     pub async fn quiesce(&self, grace: Duration) {
-        let orphans: Vec<[u8; 6]> = self.inner.pending.iter().map(|p| *p.key()).collect();
-        for stamp in orphans {
-            if let Some((_, p)) = self.inner.pending.remove(&stamp)
-                && needs_reversal(&p.mti)
-            {
-                self.reverse_sent(&p.sent);
-            }
-        }
+        self.abandon(|_| true);
         let deadline = tokio::time::Instant::now() + grace;
         while self.inner.reversals.load(Ordering::Acquire) > 0 {
             if tokio::time::Instant::now() >= deadline {
