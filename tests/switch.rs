@@ -175,7 +175,7 @@ async fn every_local_decline_is_answered_by_the_switch_without_asking_the_issuer
             "62",
         ),
     ];
-    let before = rig.sim().stats().requests;
+    let before = rig.sim().requests(b"0100");
     for (what, pan, expiry, amount, expected) in cases {
         let req = purchase(&mut net, b"0100", &pan, &expiry, amount);
         let answer = net.call(&req).await;
@@ -188,7 +188,7 @@ async fn every_local_decline_is_answered_by_the_switch_without_asking_the_issuer
         );
     }
     assert_eq!(
-        rig.sim().stats().requests,
+        rig.sim().requests(b"0100"),
         before,
         "no decline reached the issuer"
     );
