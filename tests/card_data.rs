@@ -259,7 +259,7 @@ async fn leak_hunt(json_logs: bool) {
         &config,
         format!(
             "[network]\nlisten = \"127.0.0.1:0\"\nmax_frame_bytes = 1024\n\
-             [issuer]\nconnect = \"{sim_addr}\"\ntimeout_ms = 300\nsign_on = false\n\
+             [issuer]\nconnect = \"{sim_addr}\"\ntimeout_ms = 2000\nsign_on = false\n\
              connections = 1\nreconnect_max_ms = 100\n\
              [cards]\nvirtual_ranges = [\"{VIRTUAL_RANGE}\"]\n\
              [api]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n\

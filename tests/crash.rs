@@ -29,6 +29,8 @@ use vpan::pan::Pan;
 const CARDS: usize = 16;
 const CAP: u64 = 2_000_000;
 const ROUNDS: u32 = 20;
+/// Approvals acknowledged over all rounds below which the test has proven nothing.
+const MIN_ACKS: u64 = 100;
 const PER_ROUND: u32 = 200_000;
 const THREADS: u32 = 16;
 
@@ -151,7 +153,12 @@ fn kill_9_at_random_moments_loses_no_acknowledged_approval_and_breaks_no_cap() {
     let mut total_acks = 0u64;
     let mut rng = rand::rng();
     let started = Instant::now();
-    for round in 0..ROUNDS {
+    // The kill's moment counts from the child's start, so it falls in recovery too. On a
+    // loaded machine recovery can take most of the window and rounds may approve nothing:
+    // more rounds then, until there are enough approvals to test anything.
+    let mut round = 0;
+    while round < ROUNDS || (total_acks <= MIN_ACKS && round < 3 * ROUNDS) {
+        round += 1;
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
             .env("VPAN_CRASH_CHILD", work.path())
@@ -203,11 +210,11 @@ fn kill_9_at_random_moments_loses_no_acknowledged_approval_and_breaks_no_cap() {
         }
     }
     assert!(
-        total_acks > 100,
-        "the child approved too little to test anything ({total_acks})"
+        total_acks > MIN_ACKS,
+        "the child approved too little to test anything ({total_acks} in {round} rounds)"
     );
     eprintln!(
-        "{ROUNDS} kills, {total_acks} acknowledged approvals, {:?}",
+        "{round} kills, {total_acks} acknowledged approvals, {:?}",
         started.elapsed()
     );
 }

@@ -29,7 +29,12 @@ async fn kill_9_under_load_loses_no_approval_and_restart_keeps_the_counters() {
     let mut approved_total = 0u64;
     let mut rounds = 0;
     for round in 0..6 {
-        let serve = start_serve(&data_dir, &issuer, &[]).await;
+        let mut serve = start_serve(&data_dir, &issuer, &[]).await;
+        // The kill's random moment counts from a link that is up, not from a start that a
+        // loaded machine may make slow.
+        serve
+            .wait_log("issuer link up", 2, Duration::from_secs(30))
+            .await;
         let mut child = serve.child;
         let mut net = Client::connect(serve.network).await;
         let kill_after = Duration::from_millis(rand::random_range(100..400));
@@ -98,7 +103,10 @@ async fn kill_9_under_load_loses_no_approval_and_restart_keeps_the_counters() {
         .get(CardKey::of(&card.vpan))
         .unwrap()
         .spent;
-    let serve = start_serve(&data_dir, &issuer, &[]).await;
+    let mut serve = start_serve(&data_dir, &issuer, &[]).await;
+    serve
+        .wait_log("issuer link up", 2, Duration::from_secs(30))
+        .await;
     let mut child = serve.child;
     let mut net = Client::connect(serve.network).await;
     let mut served = false;

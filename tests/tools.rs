@@ -386,7 +386,10 @@ async fn unanswered_requests_are_counted_as_timeouts_and_loadgen_still_finishes(
     let s = loadgen::run(cfg).await.unwrap();
     assert_eq!(s.sent, 200);
     assert!(s.timeouts > 0);
-    assert_eq!(s.timeouts, sim.stats().unanswered);
+    // At least those the simulator left unanswered: under load an answer sent a little
+    // after the 200 ms also counts as a timeout, and a request given up on may not yet be
+    // read (so not yet counted) by the simulator when the run ends.
+    assert!(s.timeouts >= sim.stats().unanswered);
     assert_eq!(s.answered + s.timeouts, s.sent);
     sim.shutdown().await;
 }

@@ -426,8 +426,9 @@ async fn start(scenario: &Scenario, cast: &Cast, data_dir: &Path) -> Result<Runn
     config.metrics.listen = "127.0.0.1:0".into();
     config.store.data_dir = data_dir.to_path_buf();
     config.issuer.connect = sim.local_addr().to_string();
-    // Short, so that the story's timeout does not keep the reader waiting.
-    config.issuer.timeout_ms = 500;
+    // Short, so that the story's timeout does not keep the reader waiting, but with room
+    // for a loaded machine: an approval a little late would be a 91 and a failed check.
+    config.issuer.timeout_ms = 2000;
     config.cards.virtual_ranges = scenario.virtual_ranges();
     let connections = config.issuer.connections;
     let app = App::build(config).await.map_err(|e| e.to_string())?;
