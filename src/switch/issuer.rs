@@ -188,6 +188,14 @@ impl IssuerLink {
             .count()
     }
 
+    /// True when connection `i` is signed on and carrying requests.
+    fn slot_up(&self, i: usize) -> bool {
+        self.inner
+            .slots
+            .get(i)
+            .is_some_and(|s| s.up.load(Ordering::Relaxed))
+    }
+
     /// Sends `request` and waits for its answer, within `issuer.timeout_ms`. The answer
     /// carries the request's own DE 11 back, whatever stamp went on the wire.
     ///
@@ -552,7 +560,8 @@ impl IssuerLink {
             && needs_reversal(&pending.mti)
         {
             tracing::warn!("late approval from the issuer; reversing it");
-            self.reverse_sent(&pending.sent);
+            // Answered: the original is behind the issuer already, any connection will do.
+            self.reverse_sent(&pending.sent, None);
         }
     }
 
@@ -577,7 +586,7 @@ impl IssuerLink {
             if let Some((_, p)) = self.inner.pending.remove(&stamp)
                 && needs_reversal(&p.mti)
             {
-                self.reverse_sent(&p.sent);
+                self.reverse_sent(&p.sent, Some(p.conn));
             }
         }
     }
@@ -617,10 +626,11 @@ impl IssuerLink {
         }
     }
 
-    /// [`IssuerLink::reverse`] of a request kept as the bytes that were sent.
-    fn reverse_sent(&self, sent: &Bytes) {
+    /// [`IssuerLink::reverse`] of a request kept as the bytes that were sent, first on
+    /// connection `original_conn` (the one the original went out on) while it is up.
+    fn reverse_sent(&self, sent: &Bytes, original_conn: Option<usize>) {
         match Message::parse(self.spec(), sent.clone()) {
-            Ok(original) => self.reverse(&original),
+            Ok(original) => self.reverse_on(&original, original_conn),
             // vpan packed it itself with this very spec, so this cannot happen; said loudly
             // if it ever does, since the real account may stay charged.
             Err(e) => tracing::error!(
@@ -635,6 +645,15 @@ impl IssuerLink {
     /// issuer host down for longer than a few retries must still get the reversal when it
     /// is back, or the real account stays charged for a purchase the network was refused.
     pub fn reverse(&self, original: &Message) {
+        self.reverse_on(original, None);
+    }
+
+    /// [`IssuerLink::reverse`], the first attempt on connection `original_conn` when it is
+    /// up. An original the issuer has not answered may still be unread in that
+    /// connection's stream; on another connection the reversal could overtake it, find
+    /// nothing to reverse, and leave the real account charged once the original is read.
+    /// Behind it on the same connection, it is read after it.
+    fn reverse_on(&self, original: &Message, original_conn: Option<usize>) {
         let Ok(reversal) = reversal_for(original).map(Box::new) else {
             tracing::error!("cannot build the reversal of a request; the issuer must reconcile");
             return;
@@ -644,11 +663,13 @@ impl IssuerLink {
         tokio::spawn(async move {
             let _done = ReversalDone(link.clone());
             let mut wait = Duration::from_millis(100);
+            let mut same_connection = original_conn.filter(|&i| link.slot_up(i));
             for attempt in 1u64.. {
                 // A reversal is not on a cardholder's clock: a slow host gets seconds to
                 // answer it before it is sent again.
                 let timeout = link.management_timeout();
-                match link.send_via(reversal.clone(), None, timeout).await {
+                let only = same_connection.take();
+                match link.send_via(reversal.clone(), only, timeout).await {
                     Ok(_) => return,
                     // Loud at first, then once a minute or so, while the host stays away.
                     Err(e) if attempt <= 5 || attempt % 12 == 0 => {

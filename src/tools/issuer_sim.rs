@@ -655,6 +655,8 @@ pub struct Received {
     pub message: Message,
     /// The DE 39 sent back; `None` when the request was left unanswered or dropped.
     pub response_code: Option<[u8; 2]>,
+    /// The connection it came on, numbered from 1 in the order they were accepted.
+    pub connection: u64,
 }
 
 impl Received {
@@ -717,7 +719,7 @@ struct Shared {
 }
 
 impl Shared {
-    fn record(&self, message: &Message, response_code: Option<[u8; 2]>) {
+    fn record(&self, message: &Message, response_code: Option<[u8; 2]>, connection: u64) {
         let mti = message.mti();
         let idx = mti.iter().fold(0usize, |a, &d| {
             a * 10 + usize::from(d.wrapping_sub(b'0') % 10)
@@ -735,6 +737,7 @@ impl Shared {
             recent.push_back(Received {
                 message: message.clone(),
                 response_code,
+                connection,
             });
         }
         if self.waiters.load(Ordering::Acquire) > 0 {
@@ -906,7 +909,7 @@ async fn accept_loop(
                 let _ = stream.set_nodelay(true);
                 debug!(%peer, "connection accepted");
                 let rng = SmallRng::seed_from_u64(seed ^ next_id.wrapping_mul(0x9E37_79B9));
-                let conn = Connection::new(shared.clone(), rng);
+                let conn = Connection::new(shared.clone(), rng, next_id);
                 let cancel = cancel.clone();
                 tokio::spawn(async move {
                     tokio::select! {
@@ -945,10 +948,12 @@ struct Connection {
     delayed: VecDeque<(Instant, Bytes)>,
     /// Framed answers ready to write.
     out: BytesMut,
+    /// Its number, from 1 in accept order (see [`Received::connection`]).
+    id: u64,
 }
 
 impl Connection {
-    fn new(shared: Arc<Shared>, rng: SmallRng) -> Connection {
+    fn new(shared: Arc<Shared>, rng: SmallRng, id: u64) -> Connection {
         let codec = FrameCodec::new(
             shared.config.framing,
             shared.config.header.len(),
@@ -960,6 +965,7 @@ impl Connection {
             rng,
             delayed: VecDeque::new(),
             out: BytesMut::with_capacity(64 * 1024),
+            id,
         }
     }
 
@@ -1055,7 +1061,7 @@ impl Connection {
             }
         };
         if roll < cfg.drop_share {
-            self.shared.record(&msg, None);
+            self.shared.record(&msg, None, self.id);
             debug!(pan = %Masked(msg.text(2).as_deref().unwrap_or_default()), "dropping connection");
             return Next::Drop;
         }
@@ -1064,10 +1070,11 @@ impl Connection {
         };
         if roll < cfg.drop_share + cfg.timeout_share || self.is_silent(&msg) {
             self.shared.unanswered.fetch_add(1, Ordering::Relaxed);
-            self.shared.record(&msg, None);
+            self.shared.record(&msg, None, self.id);
             return Next::Continue;
         }
-        self.shared.record(&msg, Some(decision.response_code));
+        self.shared
+            .record(&msg, Some(decision.response_code), self.id);
         let resp = response(&msg, &decision);
         self.emit(&header, &resp);
         Next::Continue
