@@ -192,6 +192,7 @@ fn durable_approvals(c: &mut Criterion) {
     let store = StoreConfig {
         data_dir: dir.path().to_path_buf(),
         key_file: Default::default(),
+        ..Default::default()
     };
     let (cards, _) = Cards::open(&CardsConfig::default(), &store, LedgerConfig::default()).unwrap();
     let cards = Arc::new(cards);

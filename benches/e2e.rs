@@ -392,6 +392,7 @@ fn issue_cards_and_write_traffic(data: &Path, traffic: &Path) {
     let store = StoreConfig {
         data_dir: data.to_path_buf(),
         key_file: Default::default(),
+        ..Default::default()
     };
     let (cards, _) = Cards::open(&CardsConfig::default(), &store, LedgerConfig::default())
         .expect("open the data dir");

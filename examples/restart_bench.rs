@@ -82,6 +82,7 @@ fn main() {
     let store = StoreConfig {
         data_dir: data_dir.clone(),
         key_file: Default::default(),
+        ..Default::default()
     };
     let open = || Cards::open(&CardsConfig::default(), &store, LedgerConfig::default()).unwrap();
 

@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiServer, ApiSetupError, Health};
-use crate::cards::{Cards, LedgerConfig, OpenError, Recovered};
+use crate::cards::{Cards, LedgerConfig, OpenError, Recovered, SnapshotPolicy};
 use crate::config::{Config, decode_hex};
 use crate::iso8583::{FrameCodec, Framing, Spec, SpecError};
 use crate::metrics as m;
@@ -80,6 +80,8 @@ enum NetworkSide {
 pub struct App {
     /// The virtual cards, shared with the flow (and the API).
     cards: Arc<Cards>,
+    /// `store.snapshot_every_records`.
+    snapshot_every_records: u64,
     /// What recovery found at start.
     recovered: Recovered,
     /// The network side.
@@ -200,6 +202,7 @@ impl App {
         };
         let app = App {
             cards: Arc::new(cards),
+            snapshot_every_records: config.store.snapshot_every_records,
             recovered,
             network,
             network_spec,
@@ -254,6 +257,7 @@ impl App {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
         let App {
             cards,
+            snapshot_every_records,
             network,
             network_spec,
             network_mac,
@@ -267,6 +271,18 @@ impl App {
             ..
         } = self;
         let drain_timeout = limits.drain_timeout;
+        // Snapshots bound the journal on disk and what a restart replays.
+        let snapshots = (snapshot_every_records > 0)
+            .then(|| {
+                let policy = SnapshotPolicy {
+                    every_records: snapshot_every_records,
+                    ..SnapshotPolicy::default()
+                };
+                cards.start_snapshots(policy).inspect_err(|e| {
+                    tracing::error!(error = %e, "snapshot thread not started: the journal grows until the next start");
+                })
+            })
+            .and_then(Result::ok);
         let flow = Arc::new(Flow {
             cards: cards.clone(),
             issuer: issuer.clone(),
@@ -327,6 +343,10 @@ impl App {
         let _ = metrics_task.await;
         drop(flow);
         drop(issuer);
+        // A snapshot being written finishes first; then no thread holds the cards.
+        if let Some(s) = snapshots {
+            let _ = tokio::task::spawn_blocking(move || s.stop()).await;
+        }
         // The last handle on the cards: dropping it flushes and closes the journal.
         match Arc::try_unwrap(cards) {
             Ok(cards) => tokio::task::spawn_blocking(move || drop(cards))

@@ -557,6 +557,7 @@ mod tests {
         assert_eq!(c.metrics.listen, "127.0.0.1:9583");
         assert_eq!(c.store.data_dir, PathBuf::from("./vpan-data"));
         assert_eq!(c.store.key_path(), PathBuf::from("./vpan-data/pan.key"));
+        assert_eq!(c.store.snapshot_every_records, 2_000_000);
     }
 
     #[test]

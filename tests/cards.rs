@@ -642,6 +642,7 @@ fn a_card_issued_in_a_virtual_range_is_found_and_a_stranger_there_is_unknown() {
     let store = vpan::store::StoreConfig {
         data_dir: dir.path().to_path_buf(),
         key_file: Default::default(),
+        ..Default::default()
     };
     let config = vpan::cards::CardsConfig {
         virtual_ranges: vec!["4970109".into()],
@@ -678,6 +679,7 @@ fn a_second_process_on_the_same_data_dir_is_refused() {
     let store = vpan::store::StoreConfig {
         data_dir: dir.path().to_path_buf(),
         key_file: Default::default(),
+        ..Default::default()
     };
     let second = Cards::open(
         &vpan::cards::CardsConfig::default(),
@@ -708,8 +710,8 @@ fn the_snapshot_thread_snapshots_once_enough_records_were_written() {
         assert!(std::time::Instant::now() < deadline, "no snapshot written");
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
+    thread.stop();
     drop(cards);
-    thread.join().unwrap();
     let (cards, rec) = open(dir.path());
     assert!(rec.snapshot);
     assert_eq!(cards.get(key).unwrap().spent, 100);

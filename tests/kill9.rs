@@ -125,3 +125,67 @@ async fn kill_9_under_load_loses_no_approval_and_restart_keeps_the_counters() {
     let _ = child.wait().await;
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_switch_snapshots_as_it_serves_and_a_kill_after_restarts_from_the_snapshot() {
+    let sim = IssuerSim::start(SimConfig::default()).await.unwrap();
+    let issuer = sim.local_addr().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    const AMOUNT: u64 = 100;
+    const PURCHASES: u64 = 150;
+    let (card, _) = issue_cards(&data_dir, 1, 1_000_000).await.remove(0);
+    let journal_segments = || {
+        std::fs::read_dir(&data_dir)
+            .unwrap()
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                name.to_string_lossy().starts_with("journal-")
+            })
+            .count()
+    };
+
+    // Two journal records per approval (the hold, the issuer's answer): 150 purchases
+    // pass 200 records, and the switch snapshots on its own.
+    let mut serve = start_serve(
+        &data_dir,
+        &issuer,
+        &[("VPAN_STORE_SNAPSHOT_EVERY_RECORDS", "200")],
+    )
+    .await;
+    serve
+        .wait_log("issuer link up", 2, Duration::from_secs(30))
+        .await;
+    let mut net = Client::connect(serve.network).await;
+    for _ in 0..PURCHASES {
+        let req = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, AMOUNT);
+        assert_eq!(code(&net.call(&req).await), "00");
+    }
+    // The snapshot is renamed into place, then the journal segments it covers (the
+    // issuance's and this start's) are deleted: one is left, the one written since.
+    let snapshot = data_dir.join("snapshot.bin");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !(snapshot.exists() && journal_segments() == 1) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "30 s after {} records: snapshot {}, {} journal segments",
+            2 * PURCHASES,
+            snapshot.exists(),
+            journal_segments()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut child = serve.child;
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
+    let (cards, recovered) = open_cards(&data_dir);
+    assert!(recovered.snapshot, "recovery starts from the snapshot");
+    let view = cards.get(CardKey::of(&card.vpan)).unwrap();
+    assert_eq!(
+        (view.spent, view.held, view.uses),
+        (PURCHASES * AMOUNT, 0, PURCHASES as u32),
+        "every approval counted once, from the snapshot and the journal after it"
+    );
+    sim.shutdown().await;
+}

@@ -237,6 +237,7 @@ mod tests {
         let store = StoreConfig {
             data_dir: dir.to_path_buf(),
             key_file: PathBuf::new(),
+            ..Default::default()
         };
         let (cards, _) =
             Cards::open(&CardsConfig::default(), &store, LedgerConfig::default()).unwrap();

@@ -920,18 +920,22 @@ impl Cards {
 
     /// Starts a thread that snapshots whenever the policy says so, so that a restart never
     /// replays more than about `policy.every_records` records. It holds only a weak
-    /// reference and ends once the cards are dropped. Snapshot errors are logged and retried
-    /// at the next look (a failed journal shows in [`Cards::store_failed`]).
+    /// reference (strong only while it looks or writes) and ends once the cards are dropped
+    /// or [`Snapshots::stop`] is called. Snapshot errors are logged and retried at the next
+    /// look (a failed journal shows in [`Cards::store_failed`]).
     pub fn start_snapshots(
         self: &std::sync::Arc<Self>,
         policy: SnapshotPolicy,
-    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+    ) -> std::io::Result<Snapshots> {
         let weak = std::sync::Arc::downgrade(self);
-        std::thread::Builder::new()
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
             .name("vpan-snapshot".into())
             .spawn(move || {
-                loop {
-                    std::thread::sleep(policy.check_every);
+                // Sleeps between looks; a stop (the sender dropped) ends the sleep at once.
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(policy.check_every)
+                {
                     let Some(cards) = weak.upgrade() else { break };
                     if cards.records_since_snapshot() >= policy.every_records {
                         let started = Instant::now();
@@ -946,7 +950,27 @@ impl Cards {
                         }
                     }
                 }
-            })
+            })?;
+        Ok(Snapshots { stop, thread })
+    }
+}
+
+/// The snapshot thread of [`Cards::start_snapshots`].
+pub struct Snapshots {
+    /// Dropped to stop the thread.
+    stop: std::sync::mpsc::Sender<()>,
+    /// The thread.
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Snapshots {
+    /// Stops the thread, after the snapshot it may be writing: it then holds no handle on
+    /// the cards.
+    pub fn stop(self) {
+        drop(self.stop);
+        if self.thread.join().is_err() {
+            tracing::error!("the snapshot thread panicked");
+        }
     }
 }
 

@@ -34,6 +34,11 @@ pub struct StoreConfig {
     pub data_dir: PathBuf,
     /// The 32-byte key encrypting real PANs; empty: `<data_dir>/pan.key`, made at first start.
     pub key_file: PathBuf,
+    /// `vpan serve` snapshots the cards and the ledger once this many journal records were
+    /// written since the last snapshot, then deletes the journal segments it covers: the
+    /// disk stays bounded and a restart replays at most about this many records. 0: never
+    /// (the journal grows without end; for tests and benchmarks only).
+    pub snapshot_every_records: u64,
 }
 
 impl Default for StoreConfig {
@@ -41,6 +46,7 @@ impl Default for StoreConfig {
         StoreConfig {
             data_dir: PathBuf::from("./vpan-data"),
             key_file: PathBuf::new(),
+            snapshot_every_records: 2_000_000,
         }
     }
 }

@@ -71,6 +71,7 @@ pub fn open_with(dir: &Path, ledger: LedgerConfig) -> (Cards, Recovered) {
     let store = StoreConfig {
         data_dir: dir.to_path_buf(),
         key_file: Default::default(),
+        ..Default::default()
     };
     Cards::open(&CardsConfig::default(), &store, ledger).unwrap()
 }

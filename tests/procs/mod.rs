@@ -212,6 +212,7 @@ pub fn open_cards(data_dir: &Path) -> (Cards, Recovered) {
     let store = StoreConfig {
         data_dir: data_dir.to_path_buf(),
         key_file: Default::default(),
+        ..Default::default()
     };
     Cards::open(&CardsConfig::default(), &store, LedgerConfig::default()).unwrap()
 }
