@@ -272,17 +272,21 @@ impl App {
         } = self;
         let drain_timeout = limits.drain_timeout;
         // Snapshots bound the journal on disk and what a restart replays.
-        let snapshots = (snapshot_every_records > 0)
-            .then(|| {
-                let policy = SnapshotPolicy {
-                    every_records: snapshot_every_records,
-                    ..SnapshotPolicy::default()
-                };
-                cards.start_snapshots(policy).inspect_err(|e| {
+        let policy = SnapshotPolicy {
+            every_records: snapshot_every_records,
+            ..SnapshotPolicy::default()
+        };
+        let snapshots = if snapshot_every_records == 0 {
+            None
+        } else {
+            match cards.start_snapshots(policy) {
+                Ok(s) => Some(s),
+                Err(e) => {
                     tracing::error!(error = %e, "snapshot thread not started: the journal grows until the next start");
-                })
-            })
-            .and_then(Result::ok);
+                    None
+                }
+            }
+        };
         let flow = Arc::new(Flow {
             cards: cards.clone(),
             issuer: issuer.clone(),

@@ -658,12 +658,15 @@ impl IssuerLink {
             tracing::error!("cannot build the reversal of a request; the issuer must reconcile");
             return;
         };
+        // Looked at now, not when the task first runs: a connection lost under the original
+        // is down already (its requests are abandoned after it is marked so), and a stream
+        // dialled again in that slot since would carry nothing of the original's.
+        let mut same_connection = original_conn.filter(|&i| self.slot_up(i));
         let link = self.clone();
         link.inner.reversals.fetch_add(1, Ordering::AcqRel);
         tokio::spawn(async move {
             let _done = ReversalDone(link.clone());
             let mut wait = Duration::from_millis(100);
-            let mut same_connection = original_conn.filter(|&i| link.slot_up(i));
             for attempt in 1u64.. {
                 // A reversal is not on a cardholder's clock: a slow host gets seconds to
                 // answer it before it is sent again.
