@@ -83,7 +83,7 @@ impl CardIndex {
 
     /// Every key (a copy, so that walking all cards holds each lock only briefly).
     pub fn keys(&self) -> Vec<CardKey> {
-        self.map.iter().map(|e| *e.key()).collect()
+        crate::copy_keys(&self.map)
     }
 
     /// Up to `limit` keys greater than `after`, in key order: one page of a listing. One

@@ -180,7 +180,7 @@ impl Ledger {
 
     /// Every key (a copy, for snapshots).
     pub(crate) fn keys(&self) -> Vec<OriginalData> {
-        self.entries.iter().map(|e| *e.key()).collect()
+        crate::copy_keys(&self.entries)
     }
 
     /// Rebuilds the retention queue after recovery, oldest first.
