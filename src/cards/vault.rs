@@ -29,6 +29,7 @@ use super::vpan::{GenerateError, RangeConfigError, VpanGenerator};
 use crate::pan::{Pan, luhn_valid};
 use crate::store::crypto::PanCipher;
 use crate::store::journal::{self, Durable, Journal, list_segments, read_records, segment_path};
+use crate::store::segment;
 use crate::store::snapshot::{self, SnapshotWriter};
 use crate::store::{StoreConfig, StoreError};
 
@@ -896,7 +897,7 @@ impl Cards {
         w.commit()?;
         let mut segments_deleted = 0;
         for n in list_segments(&self.dir).map_err(StoreError::io("listing the journal"))? {
-            if n < from_segment && std::fs::remove_file(segment_path(&self.dir, n)).is_ok() {
+            if n < from_segment && segment::remove(&self.dir, n).is_ok() {
                 segments_deleted += 1;
             }
         }
