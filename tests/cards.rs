@@ -755,3 +755,44 @@ fn racing_equal_authorizations_approve_exactly_as_many_as_fit() {
     assert_eq!(v.spent + v.held, 100_000);
     assert_eq!(v.available, 0);
 }
+
+#[test]
+fn a_covered_segment_left_half_cut_by_a_crash_is_deleted_unread_at_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = |dir: &std::path::Path| -> Vec<std::path::PathBuf> {
+        let mut found: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().ends_with(".log"))
+            .collect();
+        found.sort();
+        found
+    };
+    let key;
+    let (covered, bytes);
+    {
+        let (cards, _) = open(dir.path());
+        key = issue(&cards, &spec(10_000));
+        for stan in 0..20 {
+            approved(&cards, key, 100, stan);
+        }
+        covered = segments(dir.path()).pop().unwrap();
+        bytes = std::fs::read(&covered).unwrap();
+        cards.snapshot().unwrap();
+        assert!(
+            !covered.exists(),
+            "the snapshot deletes the segment it covers"
+        );
+        approved(&cards, key, 100, 20);
+    }
+    // A crash part way through its cuts: the first part of its records, ending mid-record
+    // (the zeros written ahead of the records would read as a clean end).
+    let records_end = bytes.iter().rposition(|&b| b != 0).unwrap() + 1;
+    std::fs::write(&covered, &bytes[..records_end / 2 + 3]).unwrap();
+    let (cards, rec) = open(dir.path());
+    assert!(rec.snapshot);
+    assert_eq!(rec.bytes_cut, 0, "the covered segment is not read: {rec:?}");
+    assert!(!covered.exists());
+    let v = cards.get(key).unwrap();
+    assert_eq!((v.spent, v.uses), (2_100, 21));
+}

@@ -383,7 +383,9 @@ impl Cards {
         for &n in &segments {
             let path = segment_path(&dir, n);
             if n < from_segment {
-                // Already in the snapshot: a crash came between its rename and this delete.
+                // Already in the snapshot: a crash came between its rename and this delete,
+                // or part way through cutting it. Deleted at once, not in cuts: nothing is
+                // served yet.
                 let _ = std::fs::remove_file(&path);
                 continue;
             }
@@ -897,8 +899,15 @@ impl Cards {
         w.commit()?;
         let mut segments_deleted = 0;
         for n in list_segments(&self.dir).map_err(StoreError::io("listing the journal"))? {
-            if n < from_segment && segment::remove(&self.dir, n).is_ok() {
-                segments_deleted += 1;
+            if n >= from_segment {
+                continue;
+            }
+            match segment::remove(&self.dir, n) {
+                Ok(()) => segments_deleted += 1,
+                // Covered all the same: the next snapshot, or the next start, deletes it.
+                Err(e) => {
+                    tracing::warn!(segment = n, error = %e, "could not delete a journal segment the snapshot covers")
+                }
             }
         }
         Ok(SnapshotReport {

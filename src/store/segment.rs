@@ -14,6 +14,9 @@
 //! about 180 bytes, so at 100,000 approvals a second about 17 such batches a second). On a
 //! copy-on-write or compressing filesystem (btrfs, ZFS) overwrites allocate anyway and
 //! zeros may be stored as holes, so there the extents buy nothing.
+//!
+//! A segment that a snapshot covers is deleted by [`remove`], in cuts, so that freeing its
+//! blocks does not hold up the journal's commits.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -93,10 +96,11 @@ const SHRINK_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Deletes segment `number` of `dir`, once a snapshot holds everything in it, without
 /// stalling the journal. One unlink of a 130 MB segment held a concurrent `fdatasync`
-/// (which every approval waits for) for 29–33 ms on this machine's ext4, as the filesystem
-/// freed all of its blocks in one go; cut 4 MiB at a time with a millisecond between cuts,
-/// the same `fdatasync` waited 1.3 ms at most (a `python3` probe, three runs each way).
-/// A crash part way leaves a shorter covered segment, which recovery deletes unread.
+/// (which every approval waits for) for up to 24–34 ms on this machine's ext4, as the
+/// filesystem freed all of its blocks in one go; cut 4 MiB at a time with a millisecond
+/// between cuts, for 1.7–2.5 ms at most (`benches/probes/fsync_beside_snapshot.py`, three
+/// rounds). A crash part way leaves a shorter covered segment, which recovery deletes
+/// unread.
 pub(crate) fn remove(dir: &Path, number: u64) -> io::Result<()> {
     let path = segment_path(dir, number);
     let file = OpenOptions::new().write(true).open(&path)?;
@@ -129,11 +133,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_covered_segment_is_removed_in_cuts_whatever_its_length() {
+    fn a_covered_segment_of_any_length_is_removed() {
         let dir = tempfile::tempdir().unwrap();
         for (number, len) in [(1, 0), (2, 5), (3, 3 * SHRINK_STEP + 7)] {
             let file = File::create(segment_path(dir.path(), number)).unwrap();
-            file.set_len(len).unwrap();
+            write_zeros(&file, 0, len).unwrap();
             remove(dir.path(), number).unwrap();
             assert!(!segment_path(dir.path(), number).exists());
         }
