@@ -1,6 +1,7 @@
 //! Issuer faults: the switch (`App` on port 0) in front of the real issuer simulator,
-//! sometimes through a fault proxy on real TCP that refuses, cuts connections or turns the
-//! issuer's answers into garbage (unparseable, wrong MTI, unknown STAN).
+//! sometimes through a fault proxy on real TCP that refuses, cuts connections, holds one
+//! connection's requests back from the issuer, or turns the issuer's answers into garbage
+//! (unparseable, wrong MTI, unknown STAN).
 //!
 //! For each fault: every network request is answered exactly once, within
 //! `issuer.timeout_ms` plus a generous margin (a correctness bound, never a speed claim);
@@ -70,6 +71,11 @@ enum Mode {
     Garbage,
     /// Every answer but an 0810 is swallowed (the host booked it, the switch never hears).
     Hold,
+    /// The first connection that carries a 0100 from now on carries nothing more toward
+    /// the issuer: the purchase and whatever follows it wait in the proxy (still unread in
+    /// their stream, as behind a slow host), and go, in order, once the mode changes.
+    /// Other connections pass.
+    StallPurchase,
 }
 
 /// A TCP proxy between the switch and the issuer simulator that injects faults.
@@ -79,6 +85,17 @@ struct Proxy {
     /// Cancelled to cut every open connection; replaced after.
     cut: Arc<Mutex<CancellationToken>>,
     garbled: Arc<Mutex<u64>>,
+    /// [`Mode::StallPurchase`]: the stalled connection, and the MTIs it holds back.
+    stall: Arc<Mutex<Stall>>,
+}
+
+/// The connection [`Mode::StallPurchase`] stalls.
+#[derive(Default)]
+struct Stall {
+    /// Its number among the proxy's connections, once a purchase chose it.
+    conn: Option<u64>,
+    /// What it holds back (MTIs), oldest first.
+    held: Vec<String>,
 }
 
 impl Proxy {
@@ -89,9 +106,12 @@ impl Proxy {
             mode: Arc::new(Mutex::new(mode)),
             cut: Arc::new(Mutex::new(CancellationToken::new())),
             garbled: Arc::new(Mutex::new(0)),
+            stall: Arc::default(),
         };
         let (mode, cut, garbled) = (proxy.mode.clone(), proxy.cut.clone(), proxy.garbled.clone());
+        let stall = proxy.stall.clone();
         tokio::spawn(async move {
+            let mut conns = 0u64;
             while let Ok((down, _)) = listener.accept().await {
                 if *mode.lock().unwrap() == Mode::Refuse {
                     drop(down);
@@ -101,7 +121,9 @@ impl Proxy {
                     continue;
                 };
                 let token = cut.lock().unwrap().clone();
-                tokio::spawn(pipe(down, up, mode.clone(), token, garbled.clone()));
+                conns += 1;
+                let stall = (conns, stall.clone());
+                tokio::spawn(pipe(down, up, mode.clone(), token, garbled.clone(), stall));
             }
         });
         proxy
@@ -109,6 +131,11 @@ impl Proxy {
 
     fn set(&self, mode: Mode) {
         *self.mode.lock().unwrap() = mode;
+    }
+
+    /// What [`Mode::StallPurchase`] holds back, by MTI.
+    fn held_back(&self) -> Vec<String> {
+        self.stall.lock().unwrap().held.clone()
     }
 
     /// Closes every open connection through the proxy.
@@ -119,22 +146,43 @@ impl Proxy {
     }
 }
 
-/// One proxied connection: requests pass untouched, answers per the mode.
+/// One proxied connection: requests pass untouched (or wait, see [`Mode::StallPurchase`]),
+/// answers per the mode.
 async fn pipe(
     down: TcpStream,
     up: TcpStream,
     mode: Arc<Mutex<Mode>>,
     cut: CancellationToken,
     garbled: Arc<Mutex<u64>>,
+    (conn, stall): (u64, Arc<Mutex<Stall>>),
 ) {
     let codec = || FrameCodec::new(Framing::Len2, 0, 8192);
     let (mut down_tx, mut down_rx) = Framed::new(down, codec()).split();
     let (mut up_tx, mut up_rx) = Framed::new(up, codec()).split();
+    let mut held = std::collections::VecDeque::new();
+    // Held requests go once the mode changes; this looks every few milliseconds.
+    let mut look = tokio::time::interval(Duration::from_millis(20));
     loop {
         tokio::select! {
             () = cut.cancelled() => return,
+            _ = look.tick() => {
+                if *mode.lock().unwrap() != Mode::StallPurchase {
+                    while let Some(f) = held.pop_front() {
+                        if up_tx.send(f).await.is_err() { return }
+                    }
+                }
+            },
             f = down_rx.next() => match f {
-                Some(Ok(f)) => if up_tx.send(f).await.is_err() { return },
+                Some(Ok(f)) => {
+                    if stalls(&f, conn, *mode.lock().unwrap(), &stall) {
+                        held.push_back(f);
+                        continue;
+                    }
+                    while let Some(h) = held.pop_front() {
+                        if up_tx.send(h).await.is_err() { return }
+                    }
+                    if up_tx.send(f).await.is_err() { return }
+                }
                 _ => return,
             },
             f = up_rx.next() => match f {
@@ -159,6 +207,27 @@ async fn pipe(
             },
         }
     }
+}
+
+/// Whether [`Mode::StallPurchase`] holds back frame `f` of connection `conn` (noting it).
+fn stalls(f: &Frame, conn: u64, mode: Mode, stall: &Mutex<Stall>) -> bool {
+    let Frame::Message { body, .. } = f else {
+        return false;
+    };
+    let mut stall = stall.lock().unwrap();
+    if mode != Mode::StallPurchase {
+        return false;
+    }
+    if stall.conn.is_none() && body.starts_with(b"0100") {
+        stall.conn = Some(conn);
+    }
+    if stall.conn != Some(conn) {
+        return false;
+    }
+    stall
+        .held
+        .push(String::from_utf8_lossy(&body[..4]).into_owned());
+    true
 }
 
 /// The `n`th garbled answer: in turn not parseable, of the wrong MTI, or under a STAN that
@@ -687,4 +756,57 @@ async fn a_stop_while_the_issuer_is_late_reverses_what_it_approved_after_the_91(
         sim.requests(b"0400")
     );
     sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reversal_never_overtakes_its_original_still_on_the_way_to_the_issuer() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let sim = IssuerSim::start(SimConfig::default()).await.unwrap();
+    let proxy = Proxy::start(sim.local_addr(), Mode::Pass).await;
+    let mut rig = switch(None, Some(proxy.addr)).await;
+    rig.sim = Some(sim);
+    link_up(&rig, 2).await;
+    let cards = cards(&rig, 1).await;
+    let mut net = Net::connect(rig.network).await;
+    // The purchase's connection stops short of the issuer: the 0100 stays unread in its
+    // stream, as behind a host that stopped reading, while the other connection passes.
+    proxy.set(Mode::StallPurchase);
+    net.purchase(&cards[0].0, 700).await;
+    net.answers().await;
+    assert_eq!(net.codes().get("91"), Some(&1), "{:?}", net.codes());
+    no_holds(&rig, &cards);
+    // Never answered, the original is given up after 10 s and reversed. Behind it on its
+    // own connection, the 0400 waits too; on the other one, it would reach the host first,
+    // find nothing to reverse, and the purchase read after it would stay charged.
+    let until = Instant::now() + SETTLE;
+    while !proxy.held_back().contains(&"0400".to_string()) && rig.sim().requests(b"0400") == 0 {
+        assert!(Instant::now() < until, "no reversal within {SETTLE:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        rig.sim().requests(b"0400"),
+        0,
+        "a reversal reached the issuer before its original (held back: {:?})",
+        proxy.held_back()
+    );
+    // An echo may wait there too, if the test ran slow enough for one to fall due.
+    let held: Vec<String> = proxy
+        .held_back()
+        .into_iter()
+        .filter(|m| m != "0800")
+        .collect();
+    assert_eq!(held, ["0100", "0400"]);
+    // The host reads again: the purchase, then its reversal.
+    proxy.set(Mode::Pass);
+    while rig.sim().requests(b"0400") == 0 {
+        assert!(
+            Instant::now() < until,
+            "the reversal not at the issuer within {SETTLE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(rig.sim().requests(b"0100"), 1);
+    books_agree(&rig, &cards).await;
+    net.no_extra();
+    rig.stop().await;
 }
