@@ -54,6 +54,26 @@ async fn switch(sim: Option<SimConfig>, issuer: Option<SocketAddr>) -> Rig {
     .await
 }
 
+/// The simulator, the fault proxy in `mode` in front of it, and the switch toward the
+/// proxy, with both issuer connections up.
+async fn behind_proxy(sim: SimConfig, mode: Mode) -> (Rig, Proxy) {
+    let sim = IssuerSim::start(sim).await.unwrap();
+    let proxy = Proxy::start(sim.local_addr(), mode).await;
+    let mut rig = switch(None, Some(proxy.addr)).await;
+    rig.sim = Some(sim);
+    link_up(&rig, 2).await;
+    (rig, proxy)
+}
+
+/// Waits, a few milliseconds at a time, until `done`; fails naming `what` after [`SETTLE`].
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let until = Instant::now() + SETTLE;
+    while !done() {
+        assert!(Instant::now() < until, "{what}: not within {SETTLE:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A free port on localhost (bound, then released).
 fn free_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -173,16 +193,12 @@ async fn pipe(
                 }
             },
             f = down_rx.next() => match f {
-                Some(Ok(f)) => {
-                    if stalls(&f, conn, *mode.lock().unwrap(), &stall) {
-                        held.push_back(f);
-                        continue;
-                    }
-                    while let Some(h) = held.pop_front() {
-                        if up_tx.send(h).await.is_err() { return }
-                    }
-                    if up_tx.send(f).await.is_err() { return }
-                }
+                // Behind held requests, a request waits its turn (the next look sends them).
+                Some(Ok(f)) => if stalls(&f, conn, *mode.lock().unwrap(), &stall) || !held.is_empty() {
+                    held.push_back(f);
+                } else if up_tx.send(f).await.is_err() {
+                    return;
+                },
                 _ => return,
             },
             f = up_rx.next() => match f {
@@ -211,13 +227,10 @@ async fn pipe(
 
 /// Whether [`Mode::StallPurchase`] holds back frame `f` of connection `conn` (noting it).
 fn stalls(f: &Frame, conn: u64, mode: Mode, stall: &Mutex<Stall>) -> bool {
-    let Frame::Message { body, .. } = f else {
+    let (Mode::StallPurchase, Frame::Message { body, .. }) = (mode, f) else {
         return false;
     };
     let mut stall = stall.lock().unwrap();
-    if mode != Mode::StallPurchase {
-        return false;
-    }
     if stall.conn.is_none() && body.starts_with(b"0100") {
         stall.conn = Some(conn);
     }
@@ -468,16 +481,11 @@ async fn an_issuer_down_at_start_gets_91_and_the_link_comes_up_by_itself_when_it
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_issuer_killed_mid_flight_and_back_seconds_later_gets_its_approvals_reversed() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let sim = IssuerSim::start(SimConfig {
+    let sim = SimConfig {
         latency: Duration::from_millis(300),
         ..SimConfig::default()
-    })
-    .await
-    .unwrap();
-    let proxy = Proxy::start(sim.local_addr(), Mode::Pass).await;
-    let mut rig = switch(None, Some(proxy.addr)).await;
-    rig.sim = Some(sim);
-    link_up(&rig, 2).await;
+    };
+    let (rig, proxy) = behind_proxy(sim, Mode::Pass).await;
     let cards = cards(&rig, 4).await;
     let mut net = Net::connect(rig.network).await;
     const N: usize = 20;
@@ -560,11 +568,7 @@ async fn a_slow_issuer_is_waited_for_and_a_late_one_gets_91_and_its_approvals_re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_answers_from_the_issuer_get_91_and_whatever_it_approved_is_reversed() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let sim = IssuerSim::start(SimConfig::default()).await.unwrap();
-    let proxy = Proxy::start(sim.local_addr(), Mode::Garbage).await;
-    let mut rig = switch(None, Some(proxy.addr)).await;
-    rig.sim = Some(sim);
-    link_up(&rig, 2).await;
+    let (rig, proxy) = behind_proxy(SimConfig::default(), Mode::Garbage).await;
     let cards = cards(&rig, 3).await;
     let mut net = Net::connect(rig.network).await;
     const N: usize = 12;
@@ -666,11 +670,10 @@ async fn a_network_peer_that_vanishes_with_requests_in_flight_leaves_no_hold() {
         }
         // Every request is at the issuer; the network side goes away before the answers,
         // with a FIN or with a reset.
-        let until = Instant::now() + SETTLE;
-        while rig.sim().requests(b"0100") < before + N as u64 {
-            assert!(Instant::now() < until, "requests reached the issuer");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        eventually("requests reached the issuer", || {
+            rig.sim().requests(b"0100") >= before + N as u64
+        })
+        .await;
         let stream = net.framed.into_inner();
         if reset {
             // SO_LINGER 0: the close sends a reset (and does not block, nothing is unsent).
@@ -761,11 +764,7 @@ async fn a_stop_while_the_issuer_is_late_reverses_what_it_approved_after_the_91(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reversal_never_overtakes_its_original_still_on_the_way_to_the_issuer() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let sim = IssuerSim::start(SimConfig::default()).await.unwrap();
-    let proxy = Proxy::start(sim.local_addr(), Mode::Pass).await;
-    let mut rig = switch(None, Some(proxy.addr)).await;
-    rig.sim = Some(sim);
-    link_up(&rig, 2).await;
+    let (rig, proxy) = behind_proxy(SimConfig::default(), Mode::Pass).await;
     let cards = cards(&rig, 1).await;
     let mut net = Net::connect(rig.network).await;
     // The purchase's connection stops short of the issuer: the 0100 stays unread in its
@@ -778,11 +777,10 @@ async fn a_reversal_never_overtakes_its_original_still_on_the_way_to_the_issuer(
     // Never answered, the original is given up after 10 s and reversed. Behind it on its
     // own connection, the 0400 waits too; on the other one, it would reach the host first,
     // find nothing to reverse, and the purchase read after it would stay charged.
-    let until = Instant::now() + SETTLE;
-    while !proxy.held_back().contains(&"0400".to_string()) && rig.sim().requests(b"0400") == 0 {
-        assert!(Instant::now() < until, "no reversal within {SETTLE:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("a reversal", || {
+        proxy.held_back().contains(&"0400".to_string()) || rig.sim().requests(b"0400") > 0
+    })
+    .await;
     assert_eq!(
         rig.sim().requests(b"0400"),
         0,
@@ -798,13 +796,10 @@ async fn a_reversal_never_overtakes_its_original_still_on_the_way_to_the_issuer(
     assert_eq!(held, ["0100", "0400"]);
     // The host reads again: the purchase, then its reversal.
     proxy.set(Mode::Pass);
-    while rig.sim().requests(b"0400") == 0 {
-        assert!(
-            Instant::now() < until,
-            "the reversal not at the issuer within {SETTLE:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the reversal at the issuer", || {
+        rig.sim().requests(b"0400") > 0
+    })
+    .await;
     assert_eq!(rig.sim().requests(b"0100"), 1);
     books_agree(&rig, &cards).await;
     net.no_extra();
