@@ -114,14 +114,9 @@ impl Flow {
 
     /// 0100/0200 (and repeats).
     async fn authorization(&self, request: Msg) -> (Option<Msg>, DecidedBy) {
-        let Some(vpan) = self.virtual_pan(&request) else {
-            return self.unknown_or_passthrough(request).await;
-        };
-        let Some(req) = auth_request(&request) else {
-            return (
-                self.local_answer(&request, ResponseCode::FORMAT_ERROR),
-                DecidedBy::Switch,
-            );
+        let (vpan, req) = match self.on_card(&request, auth_request) {
+            Ok(on_card) => on_card,
+            Err(not) => return self.not_on_card(request, not).await,
         };
         match self.cards.authorize(vpan.key, &req, now()) {
             Decision::Unknown => self.unknown_or_passthrough(request).await,
@@ -209,14 +204,9 @@ impl Flow {
 
     /// 0120/0220 (and repeats): recorded, forwarded, answered.
     async fn advice(&self, request: Msg) -> (Option<Msg>, DecidedBy) {
-        let Some(vpan) = self.virtual_pan(&request) else {
-            return self.unknown_or_passthrough(request).await;
-        };
-        let Some(req) = auth_request(&request) else {
-            return (
-                self.local_answer(&request, ResponseCode::FORMAT_ERROR),
-                DecidedBy::Switch,
-            );
+        let (vpan, req) = match self.on_card(&request, auth_request) {
+            Ok(on_card) => on_card,
+            Err(not) => return self.not_on_card(request, not).await,
         };
         match self.cards.advice(vpan.key, &req, now()) {
             AdviceOutcome::Unknown => return self.unknown_or_passthrough(request).await,
@@ -242,14 +232,9 @@ impl Flow {
 
     /// 0400/0420 (and repeats): the amount given back, forwarded, answered.
     async fn reversal(&self, request: Msg) -> (Option<Msg>, DecidedBy) {
-        let Some(vpan) = self.virtual_pan(&request) else {
-            return self.unknown_or_passthrough(request).await;
-        };
-        let Some(req) = reversal_request(&request) else {
-            return (
-                self.local_answer(&request, ResponseCode::FORMAT_ERROR),
-                DecidedBy::Switch,
-            );
+        let (vpan, req) = match self.on_card(&request, reversal_request) {
+            Ok(on_card) => on_card,
+            Err(not) => return self.not_on_card(request, not).await,
         };
         match self.cards.reverse(vpan.key, &req, now()) {
             ReversalOutcome::Reversed { durable, .. } => {
@@ -265,6 +250,29 @@ impl Flow {
             return self.unknown_or_passthrough(request).await;
         }
         self.forward_on_card(request, &vpan).await
+    }
+
+    /// The card a request is on (DE 2) and the cards' view of it (`fields`), or why the
+    /// cards cannot look at it.
+    fn on_card<R>(
+        &self,
+        request: &Message,
+        fields: fn(&Message) -> Option<R>,
+    ) -> Result<(VirtualPan, R), NotOnCard> {
+        let vpan = self.virtual_pan(request).ok_or(NotOnCard::NoPan)?;
+        let req = fields(request).ok_or(NotOnCard::Malformed)?;
+        Ok((vpan, req))
+    }
+
+    /// The answer to a request the cards cannot look at.
+    async fn not_on_card(&self, request: Msg, not: NotOnCard) -> (Option<Msg>, DecidedBy) {
+        match not {
+            NotOnCard::NoPan => self.unknown_or_passthrough(request).await,
+            NotOnCard::Malformed => (
+                self.local_answer(&request, ResponseCode::FORMAT_ERROR),
+                DecidedBy::Switch,
+            ),
+        }
     }
 
     /// Forwards a request on a known vPAN with the real card, answers with the vPAN back.
@@ -422,6 +430,15 @@ impl Flow {
         let key = CardKey::of(&pan);
         Some(VirtualPan { pan, key })
     }
+}
+
+/// Why the cards cannot look at a request.
+enum NotOnCard {
+    /// DE 2 is missing or not a PAN: not a virtual card's (14 in a virtual range, else
+    /// passed through).
+    NoPan,
+    /// A field the cards need (DE 11, DE 7) is missing: a format error (30).
+    Malformed,
 }
 
 /// DE 2 of the request, and its index key.

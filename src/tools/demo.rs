@@ -32,7 +32,7 @@ use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::issuer_sim::{IssuerSim, SimConfig};
-use super::loadgen::{self, LoadgenConfig, Summary, parse_duration};
+use super::loadgen::{self, LoadgenConfig, ShapeArgs, Summary, parse_duration};
 use super::traffic::{Bindings, BoundCard, Traffic};
 use crate::api::client::ApiClient;
 use crate::app::App;
@@ -53,15 +53,9 @@ pub struct Args {
     /// How long the load phase sends, e.g. 5s, 500ms, 1m.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub duration: Duration,
-    /// Connections of the load phase.
-    #[arg(long, default_value_t = 4)]
-    pub connections: usize,
-    /// Requests in flight per connection in the load phase.
-    #[arg(long, default_value_t = 16)]
-    pub in_flight: usize,
-    /// Open loop for the load phase: requests per second in all (default: closed loop).
-    #[arg(long)]
-    pub rate: Option<f64>,
+    /// How hard the load phase drives the switch.
+    #[command(flatten)]
+    pub load: ShapeArgs,
     /// Data directory to use and keep (default: a temporary one, removed at the end).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -289,9 +283,7 @@ pub async fn run_cli(args: Args) -> Result<bool, String> {
         Some(dir) => Scenario::load(dir)?,
         None => Scenario::builtin()?,
     };
-    if args.connections == 0 || args.in_flight == 0 {
-        return Err("--connections and --in-flight must be at least 1".into());
-    }
+    args.load.check()?;
     let (data_dir, temporary) = match &args.data_dir {
         Some(d) => (d.clone(), false),
         None => (temp_dir()?, true),
@@ -504,9 +496,9 @@ async fn drive(
         Some(text) => {
             write_private(&running.data_dir.join("load.jsonl"), text.as_bytes())?;
             let load = replay("load.jsonl", text, cast, running, |cfg| {
-                cfg.connections = args.connections;
-                cfg.in_flight = args.in_flight;
-                cfg.rate = args.rate;
+                cfg.connections = args.load.connections;
+                cfg.in_flight = args.load.in_flight;
+                cfg.rate = args.load.rate;
                 cfg.duration = Some(args.duration);
                 cfg.progress = true;
             })

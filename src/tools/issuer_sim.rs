@@ -33,7 +33,7 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::iso8583::codec::header_from_hex;
+use super::wire::WireArgs;
 use crate::iso8583::{Frame, FrameCodec, Framing, Message, Spec, recover_header};
 use crate::pan::{Masked, Pan, luhn_valid};
 
@@ -52,15 +52,9 @@ pub struct Args {
     /// Address to listen on (port 0 picks a free port; the bound address is logged).
     #[arg(long, default_value = "127.0.0.1:9100")]
     pub listen: String,
-    /// Length header: len2, len2-inclusive, len4-ascii or len2-bcd.
-    #[arg(long, default_value = "len2")]
-    pub framing: String,
-    /// Message layout: iso87ascii, iso87binary or a jPOS GenericPackager XML file.
-    #[arg(long, default_value = "iso87ascii")]
-    pub spec: String,
-    /// Fixed header after the length (e.g. a TPDU), as hex; echoed in answers.
-    #[arg(long, default_value = "")]
-    pub header_hex: String,
+    /// The link's framing, layout and fixed header.
+    #[command(flatten)]
+    pub wire: WireArgs,
     /// Accounts file, JSON (`[{"pan": "...", "balance": 100000}]`) or CSV (`pan,balance`).
     #[arg(long)]
     pub accounts: Option<std::path::PathBuf>,
@@ -175,13 +169,6 @@ impl SimConfig {
                 args.listen
             ))
         })?;
-        let framing: Framing = args.framing.parse().map_err(|_| {
-            SimError::Usage("--framing: use len2, len2-inclusive, len4-ascii or len2-bcd".into())
-        })?;
-        let spec =
-            Spec::by_name(&args.spec).map_err(|e| SimError::Usage(format!("--spec: {e}")))?;
-        let header = header_from_hex(&args.header_hex)
-            .ok_or_else(|| SimError::Usage("--header-hex: pairs of hex digits".into()))?;
         for (flag, v) in [
             ("--timeout-share", args.timeout_share),
             ("--drop-share", args.drop_share),
@@ -201,9 +188,9 @@ impl SimConfig {
         };
         Ok(SimConfig {
             listen,
-            framing,
-            spec,
-            header,
+            framing: args.wire.framing,
+            spec: args.wire.spec,
+            header: args.wire.header_hex.0.clone(),
             accounts,
             default_balance,
             latency: Duration::from_millis(args.latency_ms)

@@ -36,7 +36,7 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 
 use super::traffic::{Traffic, load_bindings, original_data_elements};
-use crate::iso8583::codec::header_from_hex;
+use super::wire::WireArgs;
 use crate::iso8583::{Frame, FrameCodec, Framing, Message, Spec};
 
 /// Most requests in flight on one connection: far below the million six-digit STANs, so a
@@ -59,15 +59,9 @@ pub struct Args {
     /// (JSON `{"NAME": {"vpan", "expiry"}}`, as `vpan demo` writes it).
     #[arg(long, value_name = "FILE")]
     pub cards: Option<PathBuf>,
-    /// Connections to open.
-    #[arg(long, default_value_t = 4)]
-    pub connections: usize,
-    /// Requests in flight per connection at most.
-    #[arg(long, default_value_t = 16)]
-    pub in_flight: usize,
-    /// Open loop: requests per second over all connections, on a fixed schedule.
-    #[arg(long)]
-    pub rate: Option<f64>,
+    /// How hard to drive the link.
+    #[command(flatten)]
+    pub shape: ShapeArgs,
     /// How long to send, e.g. 10s, 500ms, 2m.
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
@@ -75,15 +69,9 @@ pub struct Args {
     /// --duration the file is sent once.
     #[arg(long)]
     pub count: Option<u64>,
-    /// Length header: len2, len2-inclusive, len4-ascii or len2-bcd.
-    #[arg(long, default_value = "len2")]
-    pub framing: String,
-    /// Message layout: iso87ascii, iso87binary or a jPOS GenericPackager XML file.
-    #[arg(long, default_value = "iso87ascii")]
-    pub spec: String,
-    /// Fixed header after the length (e.g. a TPDU), as hex.
-    #[arg(long, default_value = "")]
-    pub header_hex: String,
+    /// The link's framing, layout and fixed header.
+    #[command(flatten)]
+    pub wire: WireArgs,
     /// A request unanswered this long counts as a timeout.
     #[arg(long, default_value_t = 5000)]
     pub timeout_ms: u64,
@@ -153,6 +141,42 @@ pub struct LoadgenConfig {
     pub record: Option<PathBuf>,
 }
 
+/// `--connections`, `--in-flight` and `--rate`: how hard a load drives a link, for `vpan
+/// loadgen` and the load phase of `vpan demo`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ShapeArgs {
+    /// Connections to open.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Requests in flight per connection at most.
+    #[arg(long, default_value_t = 16)]
+    pub in_flight: usize,
+    /// Open loop: requests per second over all connections, on a fixed schedule (default:
+    /// closed loop).
+    #[arg(long)]
+    pub rate: Option<f64>,
+}
+
+impl ShapeArgs {
+    /// Refuses what cannot drive a link, naming the flag.
+    pub fn check(&self) -> Result<(), String> {
+        if self.connections == 0 || self.in_flight == 0 {
+            return Err("--connections and --in-flight must be at least 1".into());
+        }
+        if self.in_flight > MAX_IN_FLIGHT {
+            return Err(format!(
+                "--in-flight: at most {MAX_IN_FLIGHT} (STANs are six digits)"
+            ));
+        }
+        if let Some(r) = self.rate
+            && !(r.is_finite() && r > 0.0)
+        {
+            return Err("--rate must be a positive number of requests per second".into());
+        }
+        Ok(())
+    }
+}
+
 impl LoadgenConfig {
     /// One pass over `traffic` to `target`: one connection, 16 in flight, closed loop,
     /// `len2`, `iso87ascii`, 5 s timeout, no progress line.
@@ -178,26 +202,8 @@ impl LoadgenConfig {
 
     /// Builds the configuration from the command line flags (loads the traffic file).
     pub fn from_args(args: &Args) -> Result<LoadgenConfig, String> {
-        let framing: Framing = args
-            .framing
-            .parse()
-            .map_err(|_| "--framing: use len2, len2-inclusive, len4-ascii or len2-bcd")?;
-        let spec = Spec::by_name(&args.spec).map_err(|e| format!("--spec: {e}"))?;
-        let header =
-            header_from_hex(&args.header_hex).ok_or("--header-hex: pairs of hex digits")?;
-        if args.connections == 0 || args.in_flight == 0 {
-            return Err("--connections and --in-flight must be at least 1".into());
-        }
-        if args.in_flight > MAX_IN_FLIGHT {
-            return Err(format!(
-                "--in-flight: at most {MAX_IN_FLIGHT} (STANs are six digits)"
-            ));
-        }
-        if let Some(r) = args.rate
-            && !(r.is_finite() && r > 0.0)
-        {
-            return Err("--rate must be a positive number of requests per second".into());
-        }
+        let spec = args.wire.spec;
+        args.shape.check()?;
         let traffic = match &args.cards {
             None => Traffic::load(&args.traffic, spec),
             Some(file) => Traffic::load_bound(&args.traffic, spec, &load_bindings(file)?),
@@ -206,14 +212,14 @@ impl LoadgenConfig {
         Ok(LoadgenConfig {
             target: args.target.clone(),
             traffic: Arc::new(traffic),
-            connections: args.connections,
-            in_flight: args.in_flight,
-            rate: args.rate,
+            connections: args.shape.connections,
+            in_flight: args.shape.in_flight,
+            rate: args.shape.rate,
             duration: args.duration,
             count: args.count,
-            framing,
+            framing: args.wire.framing,
             spec,
-            header,
+            header: args.wire.header_hex.0.clone(),
             timeout: Duration::from_millis(args.timeout_ms.max(1)),
             progress: true,
             max_frame: 8192,
@@ -1261,6 +1267,27 @@ pub fn transmission_time(unix_secs: u64) -> [u8; 10] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_load_that_cannot_drive_a_link_is_refused_naming_the_flag() {
+        let shape = |connections, in_flight, rate| ShapeArgs {
+            connections,
+            in_flight,
+            rate,
+        };
+        assert_eq!(shape(4, 16, None).check(), Ok(()));
+        assert_eq!(shape(1, MAX_IN_FLIGHT, Some(10_000.0)).check(), Ok(()));
+        for (bad, flag) in [
+            (shape(0, 16, None), "--connections"),
+            (shape(4, 0, None), "--in-flight"),
+            (shape(4, MAX_IN_FLIGHT + 1, None), "--in-flight"),
+            (shape(4, 16, Some(0.0)), "--rate"),
+            (shape(4, 16, Some(f64::NAN)), "--rate"),
+        ] {
+            let e = bad.check().unwrap_err();
+            assert!(e.contains(flag), "{e}");
+        }
+    }
 
     #[test]
     fn durations_read_with_their_units() {

@@ -18,3 +18,4 @@ pub mod generate;
 pub mod issuer_sim;
 pub mod loadgen;
 pub mod traffic;
+pub mod wire;
