@@ -9,15 +9,19 @@
 //! - `build/<spec>/<vector>`: a message made from decoded field values, then packed
 //!   (what `iso_8583_rs`'s `Builder` does in `pack/iso_8583_rs/...`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::hint::black_box;
 
 use bytes::{Bytes, BytesMut};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde::Deserialize;
 use vpan::iso8583::parse::parse_field_by_field;
-use vpan::iso8583::{Encoding, Kind, Length, Message, Spec};
+use vpan::iso8583::{Message, Spec};
 use vpan::pan::Pan;
+
+#[path = "common/competitor.rs"]
+mod competitor;
+use competitor::competitor_spec;
 
 #[derive(Deserialize)]
 struct Vector {
@@ -37,40 +41,6 @@ fn load(file: &str) -> Vec<Vector> {
     let path = format!("{}/fixtures/vectors/{file}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(path).unwrap_or_default();
     serde_json::from_str(&text).unwrap_or_default()
-}
-
-/// The same ISO 8583:1987 ASCII layout, as an `iso_8583_rs` spec.
-fn competitor_spec() -> Option<iso_8583_rs::CompiledSpec> {
-    use iso_8583_rs::specfile::{FieldDescription, Spec as YSpec};
-    let ours = Spec::iso87ascii();
-    let mut fields = HashMap::new();
-    for n in 2..=128usize {
-        let Some(f) = ours.field(n) else { continue };
-        let content_type = match (f.kind, f.encoding) {
-            (_, Encoding::HexAscii) => "b",
-            (Kind::N, _) => "n",
-            (Kind::An, _) => "an",
-            (Kind::Ans, _) => "ans",
-            _ => "b",
-        };
-        let (len_type, max_len) = match f.length {
-            Length::Fixed => ("fixed", f.wire_len(f.max_len as usize)),
-            Length::Var { digits: 2, .. } => ("llvar", f.max_len as usize),
-            Length::Var { digits: 3, .. } => ("lllvar", f.max_len as usize),
-            Length::Var { .. } => ("llllvar", f.max_len as usize),
-        };
-        fields.insert(
-            n as i64,
-            FieldDescription {
-                content_type: content_type.into(),
-                max_len,
-                min_len: 0,
-                len_type: len_type.into(),
-                label: String::new(),
-            },
-        );
-    }
-    iso_8583_rs::CompiledSpec::compile(&YSpec { fields }).ok()
 }
 
 fn bench_spec(c: &mut Criterion, spec: &'static Spec, file: &str) {

@@ -11,6 +11,10 @@ use bytes::{Bytes, BytesMut};
 use vpan::iso8583::{Message, Spec};
 use vpan::pan::Pan;
 
+#[path = "common/competitor.rs"]
+mod competitor;
+use competitor::competitor_spec;
+
 const ECOMMERCE: &str = "3031303037323343343438313038453038303030313634393730313031323334353637383933303030303030303030303030303132333435313132363134333031353030303132333134333031353131323632383132353733343831323539313131323334353637383930313633333031343030303132335445524D3030303153484F5030303030303030303030314558414D504C452053484F5020202020202020202020202020504152495320202020202020204652393738";
 
 fn main() {
@@ -64,39 +68,4 @@ fn main() {
         }
     }
     println!("{what} x{n}: {}", black_box(sink));
-}
-
-/// The iso87ascii layout as an `iso_8583_rs` spec (same mapping as `benches/codec.rs`).
-fn competitor_spec() -> Option<iso_8583_rs::CompiledSpec> {
-    use iso_8583_rs::specfile::{FieldDescription, Spec as YSpec};
-    use vpan::iso8583::{Encoding, Kind, Length};
-    let ours = Spec::iso87ascii();
-    let mut fields = std::collections::HashMap::new();
-    for n in 2..=128usize {
-        let Some(f) = ours.field(n) else { continue };
-        let content_type = match (f.kind, f.encoding) {
-            (_, Encoding::HexAscii) => "b",
-            (Kind::N, _) => "n",
-            (Kind::An, _) => "an",
-            (Kind::Ans, _) => "ans",
-            _ => "b",
-        };
-        let (len_type, max_len) = match f.length {
-            Length::Fixed => ("fixed", f.wire_len(f.max_len as usize)),
-            Length::Var { digits: 2, .. } => ("llvar", f.max_len as usize),
-            Length::Var { digits: 3, .. } => ("lllvar", f.max_len as usize),
-            Length::Var { .. } => ("llllvar", f.max_len as usize),
-        };
-        fields.insert(
-            n as i64,
-            FieldDescription {
-                content_type: content_type.into(),
-                max_len,
-                min_len: 0,
-                len_type: len_type.into(),
-                label: String::new(),
-            },
-        );
-    }
-    iso_8583_rs::CompiledSpec::compile(&YSpec { fields }).ok()
 }
