@@ -10,32 +10,40 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use common::*;
 use vpan::cards::{
-    AcceptorId, AdviceOutcome, Approval, CardError, CardKey, Cards, DecidedBy, Decision,
+    AcceptorId, AdviceOutcome, Approval, CardError, CardKey, Cards, DecidedBy, Decision, Hold,
     IssuerOutcome, Kind, MerchantLock, OriginalData, ResponseCode, ReversalOutcome,
     ReversalRequest, Status,
 };
 
 fn approve(cards: &Cards, key: CardKey, amount: u64, stan: u32) -> Approval {
-    match cards.authorize(key, &purchase(amount, stan), NOW) {
+    approval(cards.authorize(key, &purchase(amount, stan), NOW))
+}
+
+/// The approval `d` must be.
+fn approval(d: Decision) -> Approval {
+    match d {
         Decision::Approve(a) => a,
         other => panic!("expected an approval, got {other:?}"),
     }
 }
 
+/// The issuer's answer to a hold, recorded durably.
+fn settle(cards: &Cards, hold: &Hold, outcome: IssuerOutcome) {
+    cards.complete(hold, outcome, NOW).wait().unwrap();
+}
+
+fn set_status(cards: &Cards, key: CardKey, status: Status) {
+    cards.set_status(key, status).unwrap().1.wait().unwrap();
+}
+
 fn approved(cards: &Cards, key: CardKey, amount: u64, stan: u32) {
-    let a = match cards.authorize(key, &purchase(amount, stan), NOW) {
-        Decision::Approve(a) => a,
-        other => panic!("expected an approval, got {other:?}"),
-    };
+    let a = approve(cards, key, amount, stan);
     a.durable.wait().unwrap();
-    cards
-        .complete(
-            &a.hold,
-            IssuerOutcome::Approved(ResponseCode::APPROVED),
-            NOW,
-        )
-        .wait()
-        .unwrap();
+    settle(
+        cards,
+        &a.hold,
+        IssuerOutcome::Approved(ResponseCode::APPROVED),
+    );
 }
 
 fn code(d: &Decision) -> &'static str {
@@ -109,14 +117,11 @@ fn a_hold_becomes_spent_and_a_use_when_the_issuer_approves() {
     assert_eq!(a.real_expiry.as_str(), "2912");
     let v = cards.get(key).unwrap();
     assert_eq!((v.spent, v.held, v.uses), (0, 3_000, 0));
-    cards
-        .complete(
-            &a.hold,
-            IssuerOutcome::Approved(ResponseCode::APPROVED),
-            NOW,
-        )
-        .wait()
-        .unwrap();
+    settle(
+        &cards,
+        &a.hold,
+        IssuerOutcome::Approved(ResponseCode::APPROVED),
+    );
     let v = cards.get(key).unwrap();
     assert_eq!((v.spent, v.held, v.uses, v.available), (3_000, 0, 1, 7_000));
 }
@@ -136,14 +141,11 @@ fn a_hold_is_released_when_the_issuer_declines_or_times_out_and_only_once() {
         .complete(&b.hold, IssuerOutcome::TimedOut, NOW)
         .wait()
         .unwrap();
-    cards
-        .complete(
-            &b.hold,
-            IssuerOutcome::Approved(ResponseCode::APPROVED),
-            NOW,
-        )
-        .wait()
-        .unwrap();
+    settle(
+        &cards,
+        &b.hold,
+        IssuerOutcome::Approved(ResponseCode::APPROVED),
+    );
     let v = cards.get(key).unwrap();
     assert_eq!((v.spent, v.held, v.uses), (0, 0, 0));
 }
@@ -153,18 +155,12 @@ fn a_single_use_card_is_closed_after_its_use_but_not_by_a_verification() {
     let dir = tempfile::tempdir().unwrap();
     let (cards, _) = open(dir.path());
     let key = issue(&cards, &single_use(10_000));
-    let v = match cards.authorize(key, &purchase(0, 1), NOW) {
-        Decision::Approve(a) => a,
-        other => panic!("{other:?}"),
-    };
-    cards
-        .complete(
-            &v.hold,
-            IssuerOutcome::Approved(ResponseCode::APPROVED),
-            NOW,
-        )
-        .wait()
-        .unwrap();
+    let v = approval(cards.authorize(key, &purchase(0, 1), NOW));
+    settle(
+        &cards,
+        &v.hold,
+        IssuerOutcome::Approved(ResponseCode::APPROVED),
+    );
     assert_eq!(cards.get(key).unwrap().uses, 0);
     approved(&cards, key, 500, 2);
     assert_eq!(cards.get(key).unwrap().status, Status::Closed);
@@ -184,14 +180,11 @@ fn the_same_key_again_replays_and_other_content_gets_94() {
         cards.authorize(key, &repeat, NOW),
         Decision::Replay(r) if r.code.is_none()
     ));
-    cards
-        .complete(
-            &a.hold,
-            IssuerOutcome::Approved(ResponseCode::APPROVED),
-            NOW,
-        )
-        .wait()
-        .unwrap();
+    settle(
+        &cards,
+        &a.hold,
+        IssuerOutcome::Approved(ResponseCode::APPROVED),
+    );
     match cards.authorize(key, &repeat, NOW) {
         Decision::Replay(r) => {
             assert_eq!(r.code, Some(ResponseCode::APPROVED));
@@ -319,28 +312,17 @@ fn a_refund_passes_on_a_closed_card_and_does_not_raise_the_cap() {
     let (cards, _) = open(dir.path());
     let key = issue(&cards, &spec(10_000));
     approved(&cards, key, 4_000, 1);
-    futures_close(&cards, key);
+    set_status(&cards, key, Status::Closed);
     let mut refund = purchase(4_000, 2);
     refund.kind = Kind::Refund;
-    let a = match cards.authorize(key, &refund, NOW) {
-        Decision::Approve(a) => a,
-        other => panic!("{other:?}"),
-    };
-    cards
-        .complete(
-            &a.hold,
-            IssuerOutcome::Approved(ResponseCode::APPROVED),
-            NOW,
-        )
-        .wait()
-        .unwrap();
+    let a = approval(cards.authorize(key, &refund, NOW));
+    settle(
+        &cards,
+        &a.hold,
+        IssuerOutcome::Approved(ResponseCode::APPROVED),
+    );
     let v = cards.get(key).unwrap();
     assert_eq!((v.spent, v.uses, v.status), (4_000, 1, Status::Closed));
-}
-
-fn futures_close(cards: &Cards, key: CardKey) {
-    let (_, d) = cards.set_status(key, Status::Closed).unwrap();
-    d.wait().unwrap();
 }
 
 #[test]
@@ -348,21 +330,11 @@ fn pause_resume_and_close_change_the_answer() {
     let dir = tempfile::tempdir().unwrap();
     let (cards, _) = open(dir.path());
     let key = issue(&cards, &spec(10_000));
-    cards
-        .set_status(key, Status::Paused)
-        .unwrap()
-        .1
-        .wait()
-        .unwrap();
+    set_status(&cards, key, Status::Paused);
     assert_eq!(code(&cards.authorize(key, &purchase(100, 1), NOW)), "62");
-    cards
-        .set_status(key, Status::Active)
-        .unwrap()
-        .1
-        .wait()
-        .unwrap();
+    set_status(&cards, key, Status::Active);
     assert_eq!(code(&cards.authorize(key, &purchase(100, 2), NOW)), "00");
-    futures_close(&cards, key);
+    set_status(&cards, key, Status::Closed);
     assert_eq!(code(&cards.authorize(key, &purchase(100, 3), NOW)), "46");
     assert!(matches!(
         cards.set_status(key, Status::Active),
@@ -384,34 +356,22 @@ fn a_first_use_lock_binds_to_the_first_approved_merchant() {
     s.controls.merchant_lock = MerchantLock::FirstUse;
     let key = issue(&cards, &s);
     // The issuer declines the first try: the lock is free again.
-    let first = match cards.authorize(key, &request(*b"0100", 100, 1, "SHOP-B"), NOW) {
-        Decision::Approve(a) => a,
-        other => panic!("{other:?}"),
-    };
+    let first = approval(cards.authorize(key, &request(*b"0100", 100, 1, "SHOP-B"), NOW));
     assert_eq!(
         code(&cards.authorize(key, &request(*b"0100", 100, 2, "SHOP-A"), NOW)),
         "57"
     );
-    cards
-        .complete(
-            &first.hold,
-            IssuerOutcome::Declined(ResponseCode(*b"05")),
-            NOW,
-        )
-        .wait()
-        .unwrap();
-    let a = match cards.authorize(key, &request(*b"0100", 100, 3, "SHOP-A"), NOW) {
-        Decision::Approve(a) => a,
-        other => panic!("{other:?}"),
-    };
-    cards
-        .complete(
-            &a.hold,
-            IssuerOutcome::Approved(ResponseCode::APPROVED),
-            NOW,
-        )
-        .wait()
-        .unwrap();
+    settle(
+        &cards,
+        &first.hold,
+        IssuerOutcome::Declined(ResponseCode(*b"05")),
+    );
+    let a = approval(cards.authorize(key, &request(*b"0100", 100, 3, "SHOP-A"), NOW));
+    settle(
+        &cards,
+        &a.hold,
+        IssuerOutcome::Approved(ResponseCode::APPROVED),
+    );
     assert_eq!(
         code(&cards.authorize(key, &request(*b"0100", 100, 4, "SHOP-B"), NOW)),
         "57"
@@ -558,14 +518,11 @@ fn racing_authorizations_on_one_card_never_exceed_its_cap() {
                 }
                 for a in mine {
                     a.durable.wait().unwrap();
-                    cards
-                        .complete(
-                            &a.hold,
-                            IssuerOutcome::Approved(ResponseCode::APPROVED),
-                            NOW,
-                        )
-                        .wait()
-                        .unwrap();
+                    settle(
+                        &cards,
+                        &a.hold,
+                        IssuerOutcome::Approved(ResponseCode::APPROVED),
+                    );
                 }
             })
         })
