@@ -13,30 +13,25 @@ use std::time::{Duration, Instant};
 
 use criterion::measurement::{Measurement, ValueFormatter};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use rand::RngExt;
 use vpan::cards::index::CardIndex;
 
 /// The allocator of the `vpan` binary, so that cards sit in memory as they do in the switch.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use vpan::cards::limits::{self, Verdict};
+use vpan::cards::vpan::random_luhn;
 use vpan::cards::{
     AcceptorId, Amounts, AuthRequest, Card, CardKey, CardSpec, Cards, CardsConfig, Controls,
     Decision, Expiry, IssuerOutcome, Kind, LedgerConfig, MerchantLock, ResponseCode, TxKey,
 };
-use vpan::pan::{Pan, luhn_check_digit};
+use vpan::pan::Pan;
 use vpan::store::StoreConfig;
 
 const NOW: u64 = 1_795_706_982;
 
-fn test_pan(rng: &mut impl rand::Rng) -> Pan {
-    let mut d = b"497010".to_vec();
-    for _ in 0..9 {
-        d.push(b'0' + rng.random_range(0..10u8));
-    }
-    let c = luhn_check_digit(&d);
-    d.push(b'0' + c);
-    Pan::from_digits(&d).unwrap()
+/// A made-up Luhn-valid card number in BIN 497010.
+fn test_pan() -> Pan {
+    Pan::from_digits(random_luhn("497010", 16).as_bytes()).unwrap()
 }
 
 fn spec(pan: Pan) -> CardSpec {
@@ -160,12 +155,11 @@ fn lookup_and_decide<M: Measurement>(c: &mut Criterion<M>, name: &str, n: usize)
     let mut i = 0usize;
     g.bench_function(name, |b| {
         let (index, keys) = state.get_or_insert_with(|| {
-            let mut rng = rand::rng();
             let index = CardIndex::with_capacity(n);
             let mut keys = Vec::with_capacity(n);
             for _ in 0..n {
-                let key = CardKey::of(&test_pan(&mut rng));
-                if index.insert_new(key, || Card::new(&spec(test_pan(&mut rand::rng())), NOW)) {
+                let key = CardKey::of(&test_pan());
+                if index.insert_new(key, || Card::new(&spec(test_pan()), NOW)) {
                     keys.push(key);
                 }
             }
@@ -196,11 +190,10 @@ fn durable_approvals(c: &mut Criterion) {
     };
     let (cards, _) = Cards::open(&CardsConfig::default(), &store, LedgerConfig::default()).unwrap();
     let cards = Arc::new(cards);
-    let mut rng = rand::rng();
     let keys: Arc<Vec<CardKey>> = Arc::new(
         (0..10_000)
             .map(|_| {
-                let (v, d) = cards.issue(&spec(test_pan(&mut rng)), NOW).unwrap();
+                let (v, d) = cards.issue(&spec(test_pan()), NOW).unwrap();
                 drop(d);
                 CardKey::of(&v.vpan)
             })

@@ -12,17 +12,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a measurement tool: panics are fine
 
-use rand::RngExt;
 use vpan::cards::history::{DecidedBy, RecentTx};
 use vpan::cards::index::CardIndex;
 
 /// The allocator of the `vpan` binary, so that the figure is what the switch uses.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use vpan::cards::vpan::random_luhn;
 use vpan::cards::{
     AcceptorId, Card, CardKey, CardSpec, Controls, Expiry, MerchantLock, ResponseCode,
 };
-use vpan::pan::{Pan, luhn_check_digit};
+use vpan::pan::Pan;
 
 const NOW: u64 = 1_795_706_982;
 
@@ -36,14 +36,9 @@ fn rss_bytes() -> u64 {
         * 1024
 }
 
-fn test_pan(rng: &mut impl rand::Rng) -> Pan {
-    let mut d = b"497010".to_vec();
-    for _ in 0..9 {
-        d.push(b'0' + rng.random_range(0..10u8));
-    }
-    let c = luhn_check_digit(&d);
-    d.push(b'0' + c);
-    Pan::from_digits(&d).unwrap()
+/// A made-up Luhn-valid card number in BIN 497010.
+fn test_pan() -> Pan {
+    Pan::from_digits(random_luhn("497010", 16).as_bytes()).unwrap()
 }
 
 fn main() {
@@ -52,7 +47,6 @@ fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(1_000_000);
     let presize = !std::env::args().any(|a| a == "--no-presize");
-    let mut rng = rand::rng();
     println!(
         "size_of::<Card>() = {} bytes, key 8 bytes, slot {} bytes",
         std::mem::size_of::<Card>(),
@@ -63,9 +57,9 @@ fn main() {
     let mut keys = Vec::with_capacity(n);
     let keys_bytes = rss_bytes();
     while keys.len() < n {
-        let key = CardKey::of(&test_pan(&mut rng));
+        let key = CardKey::of(&test_pan());
         let spec = CardSpec {
-            pan: test_pan(&mut rng),
+            pan: test_pan(),
             pan_expiry: Expiry(*b"2912"),
             controls: Controls {
                 currency: 978,

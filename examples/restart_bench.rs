@@ -20,11 +20,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use rand::RngExt;
+use vpan::cards::vpan::random_luhn;
 use vpan::cards::{
     AcceptorId, Amounts, AuthRequest, CardKey, CardSpec, Cards, CardsConfig, Controls, Decision,
     Expiry, IssuerOutcome, Kind, LedgerConfig, MerchantLock, ResponseCode, TxKey,
 };
-use vpan::pan::{Pan, luhn_check_digit};
+use vpan::pan::Pan;
 use vpan::store::StoreConfig;
 
 /// The allocator of the `vpan` binary, so that restart time and memory are the switch's.
@@ -53,14 +54,9 @@ fn process_cpu_s() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-fn test_pan(rng: &mut impl rand::Rng) -> Pan {
-    let mut d = b"497010".to_vec();
-    for _ in 0..9 {
-        d.push(b'0' + rng.random_range(0..10u8));
-    }
-    let c = luhn_check_digit(&d);
-    d.push(b'0' + c);
-    Pan::from_digits(&d).unwrap()
+/// A made-up Luhn-valid card number in BIN 497010.
+fn test_pan() -> Pan {
+    Pan::from_digits(random_luhn("497010", 16).as_bytes()).unwrap()
 }
 
 fn main() {
@@ -112,13 +108,12 @@ fn main() {
                 .map(|t| {
                     let cards = &cards;
                     s.spawn(move || {
-                        let mut rng = rand::rng();
                         let mut keys = Vec::new();
                         let mut last = None;
                         let count = if t == 0 { per } else { n_cards - per };
                         for _ in 0..count {
                             let spec = CardSpec {
-                                pan: test_pan(&mut rng),
+                                pan: test_pan(),
                                 pan_expiry: Expiry(*b"2912"),
                                 controls: Controls {
                                     currency: 978,

@@ -4,12 +4,12 @@
 use std::num::{NonZeroU32, NonZeroU64};
 use std::path::Path;
 
-use rand::RngExt;
+use vpan::cards::vpan::random_luhn;
 use vpan::cards::{
     AcceptorId, Amounts, AuthRequest, CardKey, CardSpec, Cards, CardsConfig, Controls, Expiry,
     Kind, LedgerConfig, MerchantLock, Recovered, TxKey,
 };
-use vpan::pan::{Pan, luhn_check_digit};
+use vpan::pan::Pan;
 use vpan::store::StoreConfig;
 
 /// 2026-11-26T15:29:42Z.
@@ -19,14 +19,7 @@ pub const EUR: u16 = 978;
 
 /// A random Luhn-valid test PAN in test BIN 497010.
 pub fn test_pan() -> Pan {
-    let mut digits = b"497010".to_vec();
-    let mut rng = rand::rng();
-    for _ in 0..9 {
-        digits.push(b'0' + rng.random_range(0..10u8));
-    }
-    let check = luhn_check_digit(&digits);
-    digits.push(b'0' + check);
-    Pan::from_digits_checked(&digits).unwrap()
+    Pan::from_digits_checked(random_luhn("497010", 16).as_bytes()).unwrap()
 }
 
 /// A card spec with a cap and a per-transaction limit, valid for a day.
