@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use common::*;
 use vpan::cards::{
     AcceptorId, AdviceOutcome, Approval, CardError, CardKey, Cards, DecidedBy, Decision, Hold,
-    IssuerOutcome, Kind, MerchantLock, OriginalData, ResponseCode, ReversalOutcome,
+    IssuerOutcome, Kind, MerchantLock, OriginalData, Replay, ResponseCode, ReversalOutcome,
     ReversalRequest, Status,
 };
 
@@ -178,20 +178,20 @@ fn the_same_key_again_replays_and_other_content_gets_94() {
     repeat.mti = *b"0101";
     assert!(matches!(
         cards.authorize(key, &repeat, NOW),
-        Decision::Replay(r) if r.code.is_none()
+        Decision::Replay(Replay::Pending)
     ));
     settle(
         &cards,
         &a.hold,
         IssuerOutcome::Approved(ResponseCode::APPROVED),
     );
-    match cards.authorize(key, &repeat, NOW) {
-        Decision::Replay(r) => {
-            assert_eq!(r.code, Some(ResponseCode::APPROVED));
-            assert_eq!(r.decided_by, DecidedBy::Issuer);
-        }
-        other => panic!("{other:?}"),
-    }
+    assert!(matches!(
+        cards.authorize(key, &repeat, NOW),
+        Decision::Replay(Replay::Answer {
+            code: ResponseCode::APPROVED,
+            decided_by: DecidedBy::Issuer
+        })
+    ));
     assert_eq!(code(&cards.authorize(key, &purchase(3_001, 1), NOW)), "94");
     let v = cards.get(key).unwrap();
     assert_eq!((v.spent, v.held, v.uses), (3_000, 0, 1));
@@ -199,7 +199,10 @@ fn the_same_key_again_replays_and_other_content_gets_94() {
     assert_eq!(code(&cards.authorize(key, &purchase(9_000, 2), NOW)), "61");
     assert!(matches!(
         cards.authorize(key, &purchase(9_000, 2), NOW),
-        Decision::Replay(r) if r.code == Some(ResponseCode::OVER_LIMIT) && r.decided_by == DecidedBy::Switch
+        Decision::Replay(Replay::Answer {
+            code: ResponseCode::OVER_LIMIT,
+            decided_by: DecidedBy::Switch
+        })
     ));
 }
 
@@ -438,6 +441,132 @@ fn a_restart_restores_cards_counters_and_the_ledger_from_the_journal() {
     ));
     // Two answers and a reversal; the hold counted at recovery had no answer to show.
     assert_eq!(cards.recent(key).unwrap().len(), 3);
+}
+
+#[test]
+fn the_last_use_held_by_an_approval_still_with_the_issuer_is_not_given_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &single_use(10_000));
+    let first = approve(&cards, key, 1_000, 1);
+    // Racing the first while the issuer has it: the single use is taken.
+    assert_eq!(code(&cards.authorize(key, &purchase(1_000, 2), NOW)), "46");
+    // A zero-amount verification takes no use, and still passes.
+    assert_eq!(code(&cards.authorize(key, &purchase(0, 3), NOW)), "00");
+    // The issuer declines the first: the use is free again.
+    settle(
+        &cards,
+        &first.hold,
+        IssuerOutcome::Declined(ResponseCode(*b"05")),
+    );
+    let second = approve(&cards, key, 1_000, 4);
+    // A full reversal of a purchase still with the issuer frees its use as well.
+    assert!(matches!(
+        cards.reverse(key, &reversal(4, None), NOW),
+        ReversalOutcome::Reversed {
+            returned: 1_000,
+            ..
+        }
+    ));
+    let third = approve(&cards, key, 2_000, 5);
+    settle(
+        &cards,
+        &second.hold,
+        IssuerOutcome::Approved(ResponseCode::APPROVED),
+    );
+    settle(
+        &cards,
+        &third.hold,
+        IssuerOutcome::Approved(ResponseCode::APPROVED),
+    );
+    let v = cards.get(key).unwrap();
+    assert_eq!(
+        (v.spent, v.held, v.uses, v.status),
+        (2_000, 0, 1, Status::Closed)
+    );
+    assert_eq!(code(&cards.authorize(key, &purchase(1, 6), NOW)), "46");
+}
+
+#[test]
+fn a_hold_in_doubt_after_a_crash_is_asked_of_the_issuer_when_repeated_and_a_later_reversal_survives_the_next_restart()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let key = {
+        let (cards, _) = open(dir.path());
+        let key = issue(&cards, &single_use(10_000));
+        // Durable hold, no answer before the "crash".
+        approve(&cards, key, 700, 1).durable.wait().unwrap();
+        key
+    };
+    {
+        let (cards, rec) = open(dir.path());
+        assert_eq!(rec.holds_counted_as_spent, 1);
+        let v = cards.get(key).unwrap();
+        assert_eq!((v.spent, v.held, v.uses), (700, 0, 1));
+        // The network repeats it: vpan does not know the issuer's answer, so it does not
+        // make one up; the issuer is asked.
+        let mut repeat = purchase(700, 1);
+        repeat.mti = *b"0101";
+        assert!(matches!(
+            cards.authorize(key, &repeat, NOW),
+            Decision::Replay(Replay::AskIssuer)
+        ));
+        // The network reverses it (it never had an answer).
+        match cards.reverse(key, &reversal(1, None), NOW) {
+            ReversalOutcome::Reversed { returned, durable } => {
+                assert_eq!(returned, 700);
+                durable.wait().unwrap();
+            }
+            other => panic!("{other:?}"),
+        }
+        let v = cards.get(key).unwrap();
+        assert_eq!((v.spent, v.held, v.uses), (0, 0, 0));
+    }
+    // The next start replays the hold, the recovery's verdict on it and the reversal, and
+    // comes to the same counters (without the verdict in the journal, the reversal found
+    // the hold spent, and replayed onto a hold it left held for good).
+    let (cards, rec) = open(dir.path());
+    assert_eq!(rec.holds_counted_as_spent, 0);
+    let v = cards.get(key).unwrap();
+    assert_eq!((v.spent, v.held, v.uses), (0, 0, 0));
+    assert_eq!(code(&cards.authorize(key, &purchase(500, 2), NOW)), "00");
+}
+
+#[test]
+fn a_snapshot_header_claiming_more_cards_than_its_file_holds_asks_for_no_more_memory() {
+    use vpan::store::journal::{Encode, frame, read_records};
+    use vpan::store::snapshot::SNAPSHOT_FILE;
+    struct Raw(Vec<u8>);
+    impl Encode for Raw {
+        fn encode(&self, out: &mut Vec<u8>) {
+            out.extend_from_slice(&self.0);
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let key = {
+        let (cards, _) = open(dir.path());
+        let key = issue(&cards, &spec(10_000));
+        cards.snapshot().unwrap();
+        key
+    };
+    // The header (tag, version, first segment, next LSN, cards) says 2^62 cards, and its
+    // CRC is right: only the count is wrong.
+    let path = dir.path().join(SNAPSHOT_FILE);
+    let mut records = Vec::new();
+    read_records(&path, |p| {
+        records.push(p.to_vec());
+        Ok(())
+    })
+    .unwrap();
+    records[0][18..26].copy_from_slice(&(1u64 << 62).to_le_bytes());
+    let mut bytes = Vec::new();
+    for r in records {
+        frame(&Raw(r), &mut bytes);
+    }
+    std::fs::write(&path, bytes).unwrap();
+    let (cards, rec) = open(dir.path());
+    assert_eq!(rec.cards, 1);
+    assert_eq!(cards.get(key).unwrap().available, 10_000);
 }
 
 #[test]

@@ -296,6 +296,12 @@ async fn a_card_that_is_not_virtual_passes_through_untouched() {
     for n in [3, 4, 12, 13, 14, 18, 22, 32, 37, 41, 42, 43, 49] {
         assert_eq!(at_issuer.message.raw(n), req.raw(n), "DE {n} untouched");
     }
+    // The fields vpan needs on its own cards (DE 7 here) are not its to demand of others.
+    let mut without_de7 = purchase(&mut net, b"0100", &plain, b"2912", 300);
+    without_de7.remove(7);
+    let answer = net.call(&without_de7).await;
+    assert_eq!((answer.mti(), code(&answer)), (*b"0110", "00".into()));
+    assert_eq!(rig.sim().requests(b"0100"), 1, "forwarded to the issuer");
     rig.stop().await;
 }
 

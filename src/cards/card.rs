@@ -370,6 +370,10 @@ pub struct Card {
     pub acceptor: AcceptorId,
     /// Uses counted so far (approved non-zero purchases and advices, minus full reversals).
     pub uses: u32,
+    /// Approvals that will count a use if the issuer approves them, still waiting for its
+    /// answer: they take a use already, so that racing requests cannot together pass
+    /// `max_uses`. Not in snapshots: no hold stays open across a restart.
+    pub held_uses: u32,
     /// The use cap, when there is one.
     pub max_uses: Option<NonZeroU32>,
     /// Cumulative cap, minor units.
@@ -453,6 +457,7 @@ impl Card {
             lock,
             acceptor,
             uses: 0,
+            held_uses: 0,
             max_uses: c.max_uses,
             amount_limit: c.amount_limit,
             per_transaction_limit: c.per_transaction_limit,
@@ -474,6 +479,13 @@ impl Card {
     /// True when the use cap is reached (single use consumed, uses exhausted).
     pub fn uses_exhausted(&self) -> bool {
         self.max_uses.is_some_and(|m| self.uses >= m.get())
+    }
+
+    /// True when no use is left for one more approval: the counted uses and those held by
+    /// approvals still with the issuer reach the cap.
+    pub fn no_use_left(&self) -> bool {
+        self.max_uses
+            .is_some_and(|m| self.uses.saturating_add(self.held_uses) >= m.get())
     }
 
     /// The effective status: `Closed` also when the uses are exhausted.

@@ -105,7 +105,8 @@ pub enum Event {
         returned: u64,
         /// What remains of the original.
         remaining: u64,
-        /// A use is given back too (full reversal of a counted use).
+        /// A use is given back too: for a spent original, the use it counted; for a held
+        /// one, the use its hold took (full reversals only).
         use_returned: bool,
         /// The reversal's MTI.
         mti: [u8; 4],
@@ -114,6 +115,10 @@ pub enum Event {
     },
     /// An advice (0120/0220) reported an approval made elsewhere: spent at once.
     Advised(TxEvent),
+    /// A hold the issuer had when vpan stopped, found open at the next start: its answer
+    /// is unknown, so it counts as spent (the safe side for the cap), and a repeat of it is
+    /// asked of the issuer rather than answered here.
+    InDoubt(TxEvent),
 }
 
 impl Event {
@@ -122,7 +127,7 @@ impl Event {
         match self {
             Event::Issued(i) => i.lsn,
             Event::Status { lsn, .. } | Event::Reversed { lsn, .. } => *lsn,
-            Event::Held(t) | Event::Advised(t) => t.lsn,
+            Event::Held(t) | Event::Advised(t) | Event::InDoubt(t) => t.lsn,
             Event::Outcome { hold, .. } => hold.lsn,
         }
     }
@@ -132,7 +137,7 @@ impl Event {
         match self {
             Event::Issued(i) => i.key,
             Event::Status { key, .. } | Event::Reversed { key, .. } => *key,
-            Event::Held(t) | Event::Advised(t) => t.key,
+            Event::Held(t) | Event::Advised(t) | Event::InDoubt(t) => t.key,
             Event::Outcome { hold, .. } => hold.key,
         }
     }
@@ -145,6 +150,9 @@ pub fn apply_card(card: &mut Card, event: &Event) {
         Event::Status { status, .. } => card.set_status = *status,
         Event::Held(t) => {
             card.held = card.held.saturating_add(t.amount);
+            if t.counts_use {
+                card.held_uses = card.held_uses.saturating_add(1);
+            }
             if t.binds_merchant
                 && card.lock == LockKind::FirstUseUnbound
                 && let Some(a) = t.acceptor
@@ -153,25 +161,25 @@ pub fn apply_card(card: &mut Card, event: &Event) {
                 card.acceptor = a;
             }
         }
+        Event::InDoubt(hold) => spend_hold(card, hold),
         Event::Outcome {
             hold,
             approved,
             code,
         } => {
-            card.held = card.held.saturating_sub(hold.amount);
             if *approved {
-                card.spent = card.spent.saturating_add(hold.amount);
-                if hold.counts_use {
-                    card.uses = card.uses.saturating_add(1);
+                spend_hold(card, hold);
+            } else {
+                release_hold(card, hold);
+                if hold.binds_merchant
+                    && card.lock == LockKind::FirstUseBound
+                    && card.uses == 0
+                    && card.held == 0
+                    && card.spent == 0
+                {
+                    // The approval that bound the merchant did not happen after all.
+                    card.lock = LockKind::FirstUseUnbound;
                 }
-            } else if hold.binds_merchant
-                && card.lock == LockKind::FirstUseBound
-                && card.uses == 0
-                && card.held == 0
-                && card.spent == 0
-            {
-                // The approval that bound the merchant did not happen after all.
-                card.lock = LockKind::FirstUseUnbound;
             }
             history::record(
                 &mut card.history,
@@ -180,7 +188,7 @@ pub fn apply_card(card: &mut Card, event: &Event) {
                     mti: hold.mti,
                     amount: hold.original_amount,
                     code: *code,
-                    decided_by: DecidedBy::Issuer,
+                    decided_by: outcome_decided_by(*code),
                     merchant: hold.acceptor,
                 },
             );
@@ -195,11 +203,14 @@ pub fn apply_card(card: &mut Card, event: &Event) {
         } => {
             if *was_held {
                 card.held = card.held.saturating_sub(*returned);
+                if *use_returned {
+                    card.held_uses = card.held_uses.saturating_sub(1);
+                }
             } else {
                 card.spent = card.spent.saturating_sub(*returned);
-            }
-            if *use_returned {
-                card.uses = card.uses.saturating_sub(1);
+                if *use_returned {
+                    card.uses = card.uses.saturating_sub(1);
+                }
             }
             history::record(
                 &mut card.history,
@@ -239,6 +250,35 @@ pub fn apply_card(card: &mut Card, event: &Event) {
         }
     }
     card.lsn = event.lsn();
+}
+
+/// A hold leaves `held` for `spent`, and the use it took is counted.
+fn spend_hold(card: &mut Card, hold: &TxEvent) {
+    release_hold(card, hold);
+    card.spent = card.spent.saturating_add(hold.amount);
+    if hold.counts_use {
+        card.uses = card.uses.saturating_add(1);
+    }
+}
+
+/// A hold leaves `held`, and gives back the use it took.
+fn release_hold(card: &mut Card, hold: &TxEvent) {
+    card.held = card.held.saturating_sub(hold.amount);
+    if hold.counts_use {
+        // Saturating: after a restart, holds from before the snapshot were never counted
+        // in `held_uses` (see `Card::held_uses`).
+        card.held_uses = card.held_uses.saturating_sub(1);
+    }
+}
+
+/// Who answered the network for an issuer outcome: the issuer, unless the switch did for
+/// it (91 when it did not answer in time, 96 when the hold could not be made durable).
+fn outcome_decided_by(code: ResponseCode) -> DecidedBy {
+    if code == ResponseCode::ISSUER_UNAVAILABLE || code == ResponseCode::SYSTEM_ERROR {
+        DecidedBy::Switch
+    } else {
+        DecidedBy::Issuer
+    }
 }
 
 pub(crate) fn entry_of(t: &TxEvent, state: TxState, code: ResponseCode) -> TxEntry {
@@ -302,6 +342,16 @@ pub fn apply_ledger(
             }
             None
         }
+        Event::InDoubt(hold) => {
+            if let Some(mut e) = ledger.entries.get_mut(&hold.tx)
+                && newer(&e)
+            {
+                e.state = TxState::InDoubt;
+                e.use_counted = e.counts_use;
+                e.lsn = lsn;
+            }
+            None
+        }
         Event::Reversed { tx, remaining, .. } => {
             if let Some(mut e) = ledger.entries.get_mut(tx)
                 && newer(&e)
@@ -338,6 +388,7 @@ const TAG_HELD: u8 = 3;
 const TAG_OUTCOME: u8 = 4;
 const TAG_REVERSED: u8 = 5;
 const TAG_ADVISED: u8 = 6;
+const TAG_IN_DOUBT: u8 = 7;
 /// Snapshot records.
 pub(crate) const TAG_SNAP_HEADER: u8 = 10;
 pub(crate) const TAG_SNAP_CARD: u8 = 11;
@@ -591,6 +642,10 @@ impl Encode for Event {
                 out.u8(TAG_ADVISED);
                 put_txevent(out, t);
             }
+            Event::InDoubt(t) => {
+                out.u8(TAG_IN_DOUBT);
+                put_txevent(out, t);
+            }
         }
     }
 }
@@ -641,6 +696,7 @@ impl Event {
                 }
             }
             TAG_ADVISED => Event::Advised(get_txevent(&mut g)?),
+            TAG_IN_DOUBT => Event::InDoubt(get_txevent(&mut g)?),
             _ => return None,
         };
         g.0.is_empty().then_some(event)
@@ -780,6 +836,7 @@ pub(crate) fn decode_snap_card(
             lock,
             acceptor,
             uses,
+            held_uses: 0,
             max_uses,
             amount_limit,
             per_transaction_limit,

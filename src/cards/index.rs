@@ -66,6 +66,14 @@ impl CardIndex {
         self.map.get_mut(&key).map(|mut c| f(&mut c))
     }
 
+    /// Runs `f` on every card, each under its shard's write lock: for recovery, before
+    /// anything is served (it would stall authorizations on the shard it walks).
+    pub(crate) fn for_each_mut(&self, mut f: impl FnMut(&mut Card)) {
+        for mut c in self.map.iter_mut() {
+            f(&mut c);
+        }
+    }
+
     /// True when the key was ever issued.
     pub fn contains(&self, key: CardKey) -> bool {
         self.map.contains_key(&key)

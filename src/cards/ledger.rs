@@ -54,6 +54,9 @@ pub enum TxState {
     Released,
     /// Declined by vpan itself (kept only in memory, for replays).
     Declined,
+    /// Held when vpan stopped, its issuer answer lost: counted as spent, and a repeat of it
+    /// is asked of the issuer (see `Event::InDoubt`).
+    InDoubt,
 }
 
 impl TxState {
@@ -67,6 +70,7 @@ impl TxState {
             TxState::Approved,
             TxState::Released,
             TxState::Declined,
+            TxState::InDoubt,
         ]
         .get(usize::from(v))
         .copied()

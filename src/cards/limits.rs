@@ -140,9 +140,14 @@ pub fn decide(card: &Card, req: &AuthRequest, now: UnixSeconds) -> Verdict {
     if committed.saturating_add(amount) > card.amount_limit {
         return Verdict::Decline(Reason::OverCap);
     }
+    let counts_use = amount > 0;
+    if counts_use && card.no_use_left() {
+        // The last use is held by an approval still with the issuer.
+        return Verdict::Decline(Reason::UsesExhausted);
+    }
     Verdict::Approve(Terms {
         amount,
-        counts_use: amount > 0,
+        counts_use,
         binds_merchant,
     })
 }

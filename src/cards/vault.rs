@@ -160,14 +160,22 @@ pub struct Approval {
     pub durable: Durable,
 }
 
-/// The first answer to a transaction key seen again with the same content.
+/// What a transaction key seen again with the same content gets. Nothing is counted again.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct Replay {
-    /// The first answer's DE 39; `None` while the first is still with the issuer (the
-    /// switch answers the repeat when the first completes, or drops it).
-    pub code: Option<ResponseCode>,
-    /// Who gave the first answer.
-    pub decided_by: DecidedBy,
+pub enum Replay {
+    /// The first answer's DE 39, given again.
+    Answer {
+        /// DE 39.
+        code: ResponseCode,
+        /// Who gave the first answer.
+        decided_by: DecidedBy,
+    },
+    /// The first is still with the issuer: the repeat is dropped (the switch answers the
+    /// first when it completes, and the network repeats again if it missed it).
+    Pending,
+    /// The first was with the issuer when vpan stopped, and its answer is unknown here:
+    /// the repeat goes to the issuer, which knows what it answered.
+    AskIssuer,
 }
 
 /// What `authorize` decided.
@@ -239,7 +247,7 @@ pub struct Recovered {
     pub records: u64,
     /// Bytes of torn or corrupt journal tail cut.
     pub bytes_cut: u64,
-    /// Durable holds without an answer, counted as spent.
+    /// Durable holds without an answer, counted as spent (in doubt: see `Event::InDoubt`).
     pub holds_counted_as_spent: u64,
     /// Time taken.
     pub elapsed_ms: u64,
@@ -277,6 +285,9 @@ impl Default for SnapshotPolicy {
 
 /// Snapshot format version.
 const SNAPSHOT_VERSION: u8 = 2;
+/// Fewer bytes than any card takes in a snapshot (its frame, key, LSN and sealed PAN alone
+/// are more), to bound the index size a header may ask for.
+const MIN_SNAP_CARD_BYTES: u64 = 64;
 
 /// The virtual cards: index, ledger, journal. Share it behind an `Arc`.
 pub struct Cards {
@@ -370,7 +381,13 @@ impl Cards {
             next_lsn = g.u64().ok_or_else(bad)?;
             cards_in_snapshot = g.u64().ok_or_else(bad)?;
         }
-        let index = CardIndex::with_capacity(cards_in_snapshot as usize);
+        // The header's count only sizes the index; a damaged one that still passed its CRC
+        // must not ask for more than the file could hold.
+        let snapshot_bytes =
+            std::fs::metadata(dir.join(snapshot::SNAPSHOT_FILE)).map_or(0, |m| m.len());
+        let index = CardIndex::with_capacity(
+            cards_in_snapshot.min(snapshot_bytes / MIN_SNAP_CARD_BYTES) as usize,
+        );
         recovered.snapshot = parallel_replay(
             |sink| snapshot::read(&dir, |payload| sink.push(0, payload)),
             |payload| load_snapshot_record(&index, &ledger, &cipher, payload),
@@ -419,30 +436,51 @@ impl Cards {
             }
         }
 
-        // Durable holds the issuer never answered (as far as the journal knows): spent.
+        // Durable holds the issuer never answered (as far as the journal knows): in doubt,
+        // counted as spent. Journaled, so that what comes after (a reversal of one finding
+        // it spent) replays onto the same state at the next start.
         let open_holds: Vec<(OriginalData, TxEntry)> = ledger
             .entries
             .iter()
             .filter(|e| e.state == TxState::Held)
             .map(|e| (*e.key(), *e.value()))
             .collect();
-        for (k, e) in open_holds {
-            index.update(e.card, |c| {
-                c.held = c.held.saturating_sub(e.amount);
-                c.spent = c.spent.saturating_add(e.amount);
-                if e.counts_use {
-                    c.uses = c.uses.saturating_add(1);
-                }
+        let mut in_doubt = Vec::with_capacity(open_holds.len());
+        for (tx, e) in open_holds {
+            let event = Event::InDoubt(TxEvent {
+                lsn: next_lsn,
+                key: e.card,
+                tx,
+                fingerprint: e.fingerprint,
+                amount: e.amount,
+                original_amount: e.original_amount,
+                counts_use: e.counts_use,
+                binds_merchant: e.binds_merchant,
+                acceptor: e.acceptor,
+                mti: e.mti,
+                at: e.at,
             });
-            if let Some(mut entry) = ledger.entries.get_mut(&k) {
-                entry.state = TxState::Approved;
-                entry.use_counted = entry.counts_use;
-            }
+            next_lsn += 1;
+            index.update(e.card, |c| event::apply_card(c, &event));
+            event::apply_ledger(&ledger, &event, false);
+            in_doubt.push(event);
             recovered.holds_counted_as_spent += 1;
         }
+        // No hold is open now, so no use is held. (Counted from the journal since the
+        // snapshot, `held_uses` can only have come out too high, by holds a journal of an
+        // older vpan reversed in full.)
+        index.for_each_mut(|c| c.held_uses = 0);
         ledger.rebuild_order();
 
         let journal = Journal::start(&dir, last_segment + 1)?;
+        // Every verdict in order; the last one durable means all are.
+        let mut last = None;
+        for event in in_doubt {
+            last = Some(journal.append(event));
+        }
+        if let Some(last) = last {
+            last.wait()?;
+        }
         recovered.cards = index.len();
         recovered.elapsed_ms = started.elapsed().as_millis() as u64;
         Ok((
@@ -619,14 +657,15 @@ impl Cards {
         let tx = req.key.original();
         let mut fresh = false;
         let decision = self.index.update(card_key, |card| {
+            if self.journal.is_failed() {
+                // Nothing can be made durable: fail closed before holding anything, and
+                // before replaying an answer whose records may not have reached the disk.
+                return Decision::Decline(ResponseCode::SYSTEM_ERROR);
+            }
             let slot = match self.ledger.entries.entry(tx) {
                 dashmap::Entry::Occupied(e) => return replay_of(e.get(), fingerprint),
                 dashmap::Entry::Vacant(v) => v,
             };
-            if self.journal.is_failed() {
-                // Nothing can be made durable: fail closed before holding anything.
-                return Decision::Decline(ResponseCode::SYSTEM_ERROR);
-            }
             fresh = true;
             match limits::decide(card, req, now) {
                 Verdict::Decline(reason) => {
@@ -686,42 +725,53 @@ impl Cards {
     pub fn complete(&self, hold: &Hold, outcome: IssuerOutcome, now: UnixSeconds) -> Durable {
         self.index
             .update(hold.card, |card| {
-                // One lookup of the entry, updated in place (card lock, then ledger shard).
-                let Some(mut e) = self.ledger.entries.get_mut(&hold.tx) else {
-                    return Durable::ready(Ok(()));
-                };
-                if e.state != TxState::Held || e.card != hold.card {
-                    return Durable::ready(Ok(()));
-                }
-                let (approved, code) = match outcome {
-                    IssuerOutcome::Approved(c) => (true, c),
-                    IssuerOutcome::Declined(c) => (false, c),
-                    IssuerOutcome::TimedOut => (false, ResponseCode::ISSUER_UNAVAILABLE),
-                    IssuerOutcome::Failed => (false, ResponseCode::SYSTEM_ERROR),
-                };
-                let event = Event::Outcome {
-                    hold: TxEvent {
-                        lsn: self.lsn(),
-                        key: hold.card,
-                        tx: hold.tx,
-                        fingerprint: e.fingerprint,
-                        amount: e.amount,
-                        original_amount: e.original_amount,
-                        counts_use: e.counts_use,
-                        binds_merchant: e.binds_merchant,
-                        acceptor: e.acceptor,
-                        mti: e.mti,
-                        at: now,
-                    },
-                    approved,
-                    code,
-                };
-                event::mark_outcome(&mut e, approved, code, event.lsn());
-                drop(e);
-                event::apply_card(card, &event);
-                self.journal.append(event)
+                self.complete_locked(card, hold, outcome, now)
             })
+            .flatten()
             .unwrap_or_else(|| Durable::ready(Ok(())))
+    }
+
+    /// [`Cards::complete`] under the card's lock; `None` when the hold is not open (any
+    /// more).
+    fn complete_locked(
+        &self,
+        card: &mut Card,
+        hold: &Hold,
+        outcome: IssuerOutcome,
+        now: UnixSeconds,
+    ) -> Option<Durable> {
+        // One lookup of the entry, updated in place (card lock, then ledger shard).
+        let mut e = self.ledger.entries.get_mut(&hold.tx)?;
+        if e.state != TxState::Held || e.card != hold.card {
+            return None;
+        }
+        let (approved, code) = match outcome {
+            IssuerOutcome::Approved(c) => (true, c),
+            IssuerOutcome::Declined(c) => (false, c),
+            IssuerOutcome::TimedOut => (false, ResponseCode::ISSUER_UNAVAILABLE),
+            IssuerOutcome::Failed => (false, ResponseCode::SYSTEM_ERROR),
+        };
+        let event = Event::Outcome {
+            hold: TxEvent {
+                lsn: self.lsn(),
+                key: hold.card,
+                tx: hold.tx,
+                fingerprint: e.fingerprint,
+                amount: e.amount,
+                original_amount: e.original_amount,
+                counts_use: e.counts_use,
+                binds_merchant: e.binds_merchant,
+                acceptor: e.acceptor,
+                mti: e.mti,
+                at: now,
+            },
+            approved,
+            code,
+        };
+        event::mark_outcome(&mut e, approved, code, event.lsn());
+        drop(e);
+        event::apply_card(card, &event);
+        Some(self.journal.append(event))
     }
 
     /// Applies a reversal (0400/0420 and repeats): finds the original by DE 90, else by the
@@ -752,7 +802,10 @@ impl Cards {
                 let Some(e) = self.ledger.get(&tx) else {
                     return ReversalOutcome::NotFound;
                 };
-                if !matches!(e.state, TxState::Held | TxState::Approved) {
+                if !matches!(
+                    e.state,
+                    TxState::Held | TxState::Approved | TxState::InDoubt
+                ) {
                     return ReversalOutcome::NothingLeft;
                 }
                 let remaining = match req.remaining {
@@ -779,7 +832,12 @@ impl Cards {
                     was_held: e.state == TxState::Held,
                     returned,
                     remaining,
-                    use_returned: remaining == 0 && e.use_counted,
+                    use_returned: remaining == 0
+                        && if e.state == TxState::Held {
+                            e.counts_use
+                        } else {
+                            e.use_counted
+                        },
                     mti: req.mti,
                     at: now,
                 };
@@ -800,25 +858,30 @@ impl Cards {
     pub fn advice(&self, card_key: CardKey, req: &AuthRequest, now: UnixSeconds) -> AdviceOutcome {
         let fingerprint = req.fingerprint(card_key.raw());
         let tx = req.key.original();
-        if let Some(e) = self.ledger.get(&tx)
-            && e.card == card_key
-            && e.fingerprint == fingerprint
-            && e.state == TxState::Held
-        {
-            let durable = self.complete(
-                &Hold { card: card_key, tx },
-                IssuerOutcome::Approved(ResponseCode::APPROVED),
-                now,
-            );
-            return AdviceOutcome::Recorded(durable);
-        }
         let mut fresh = false;
         let outcome = self.index.update(card_key, |card| {
+            if self.journal.is_failed() {
+                // Nothing can be recorded: fail closed (96) before changing anything.
+                return AdviceOutcome::Recorded(Durable::ready(Err(StoreError::Failed)));
+            }
             if let Some(e) = self.ledger.get(&tx) {
                 if e.fingerprint != fingerprint {
                     return AdviceOutcome::Conflict;
                 }
-                if matches!(e.state, TxState::Approved | TxState::Held) {
+                if e.state == TxState::Held && e.card == card_key {
+                    // The advice reports the approval vpan holds: it completes the hold,
+                    // here under the card's lock, so an issuer answer racing it finds the
+                    // hold completed (or completes it first, and this is a repeat).
+                    let hold = Hold { card: card_key, tx };
+                    let approved = IssuerOutcome::Approved(ResponseCode::APPROVED);
+                    if let Some(durable) = self.complete_locked(card, &hold, approved, now) {
+                        return AdviceOutcome::Recorded(durable);
+                    }
+                }
+                if matches!(
+                    e.state,
+                    TxState::Approved | TxState::Held | TxState::InDoubt
+                ) {
                     return AdviceOutcome::Repeat;
                 }
             }
@@ -895,6 +958,14 @@ impl Cards {
                 w.write(&event::SnapTx(k, e))?;
                 transactions += 1;
             }
+        }
+        // The snapshot stands in for the journal segments it covers only if every change it
+        // read is durable there too: a change whose record failed, then found in memory by
+        // the walk above, would otherwise be restored without its journal record (a card's
+        // `held` counting a hold its ledger entry shows released).
+        self.journal.barrier().wait()?;
+        if self.journal.is_failed() {
+            return Err(StoreError::Failed);
         }
         w.commit()?;
         let mut segments_deleted = 0;
@@ -999,16 +1070,14 @@ fn replay_of(e: &TxEntry, fingerprint: u64) -> Decision {
         return Decision::Decline(ResponseCode::DUPLICATE);
     }
     Decision::Replay(match e.state {
-        TxState::Held => Replay {
-            code: None,
+        TxState::Held => Replay::Pending,
+        TxState::InDoubt => Replay::AskIssuer,
+        TxState::Approved | TxState::Released => Replay::Answer {
+            code: e.code,
             decided_by: DecidedBy::Issuer,
         },
-        TxState::Approved | TxState::Released => Replay {
-            code: Some(e.code),
-            decided_by: DecidedBy::Issuer,
-        },
-        TxState::Declined => Replay {
-            code: Some(e.code),
+        TxState::Declined => Replay::Answer {
+            code: e.code,
             decided_by: DecidedBy::Switch,
         },
     })

@@ -383,6 +383,17 @@ impl<R: Encode + Send + 'static> Journal<R> {
         rx.recv().unwrap_or(Err(StoreError::Closed))
     }
 
+    /// Resolves once every record queued so far is durable, or with the error that stops
+    /// the journal: for work that must not outlive the records it read (a snapshot).
+    pub fn barrier(&self) -> Durable {
+        let seq = self.queue.state.lock().appended;
+        Durable(DurableState::Waiting {
+            seq,
+            mark: self.mark.clone(),
+            registered: None,
+        })
+    }
+
     /// True once a write or sync failed: the store must be treated as down.
     pub fn is_failed(&self) -> bool {
         self.mark.failed.load(Ordering::Acquire)

@@ -23,8 +23,8 @@ use bytes::Bytes;
 
 use crate::cards::{
     AcceptorId, AdviceOutcome, Amounts, Approval, AuthRequest, CardKey, Cards, DecidedBy, Decision,
-    Expiry, IssuerOutcome, Kind, OriginalData, ResponseCode, ReversalOutcome, ReversalRequest,
-    TxKey, UnixSeconds,
+    Expiry, IssuerOutcome, Kind, OriginalData, Replay, ResponseCode, ReversalOutcome,
+    ReversalRequest, TxKey, UnixSeconds,
 };
 use crate::iso8583::{Message, Spec, recover_header};
 use crate::metrics as m;
@@ -121,11 +121,14 @@ impl Flow {
         match self.cards.authorize(vpan.key, &req, now()) {
             Decision::Unknown => self.unknown_or_passthrough(request).await,
             Decision::Decline(code) => (self.local_answer(&request, code), DecidedBy::Switch),
-            Decision::Replay(replay) => match replay.code {
-                Some(code) => (self.local_answer(&request, code), replay.decided_by),
-                // The first is still with the issuer; the network will repeat again.
-                None => (None, DecidedBy::Switch),
-            },
+            Decision::Replay(Replay::Answer { code, decided_by }) => {
+                (self.local_answer(&request, code), decided_by)
+            }
+            // The first is still with the issuer; the network will repeat again.
+            Decision::Replay(Replay::Pending) => (None, DecidedBy::Switch),
+            // Its answer was lost when vpan stopped; the issuer knows it. Nothing is
+            // counted again (it is counted as spent already).
+            Decision::Replay(Replay::AskIssuer) => self.forward_on_card(request, &vpan).await,
             Decision::Approve(approval) => self.forward_approval(request, &vpan, approval).await,
         }
     }
@@ -259,15 +262,19 @@ impl Flow {
         request: &Message,
         fields: fn(&Message) -> Option<R>,
     ) -> Result<(VirtualPan, R), NotOnCard> {
-        let vpan = self.virtual_pan(request).ok_or(NotOnCard::NoPan)?;
-        let req = fields(request).ok_or(NotOnCard::Malformed)?;
-        Ok((vpan, req))
+        let vpan = self.virtual_pan(request).ok_or(NotOnCard::NotIssued)?;
+        match fields(request) {
+            Some(req) => Ok((vpan, req)),
+            None if self.cards.contains(vpan.key) => Err(NotOnCard::Malformed),
+            // Not a card vpan issued: not vpan's to judge, whatever fields it lacks.
+            None => Err(NotOnCard::NotIssued),
+        }
     }
 
     /// The answer to a request the cards cannot look at.
     async fn not_on_card(&self, request: Msg, not: NotOnCard) -> (Option<Msg>, DecidedBy) {
         match not {
-            NotOnCard::NoPan => self.unknown_or_passthrough(request).await,
+            NotOnCard::NotIssued => self.unknown_or_passthrough(request).await,
             NotOnCard::Malformed => (
                 self.local_answer(&request, ResponseCode::FORMAT_ERROR),
                 DecidedBy::Switch,
@@ -434,10 +441,11 @@ impl Flow {
 
 /// Why the cards cannot look at a request.
 enum NotOnCard {
-    /// DE 2 is missing or not a PAN: not a virtual card's (14 in a virtual range, else
-    /// passed through).
-    NoPan,
-    /// A field the cards need (DE 11, DE 7) is missing: a format error (30).
+    /// DE 2 is missing, not a PAN, or not a card vpan issued (14 in a virtual range, else
+    /// passed through untouched).
+    NotIssued,
+    /// On a card vpan issued, a field the cards need (DE 11, DE 7) is missing or unusable:
+    /// a format error (30).
     Malformed,
 }
 
