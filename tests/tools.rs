@@ -485,8 +485,27 @@ async fn bad_input_gets_exit_2_for_usage_and_1_with_the_line_for_a_bad_traffic_f
         .output()
         .await
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a value out of range is a usage error"
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("--drop-share"));
+    let out = loadgen_binary(&[
+        "--target",
+        "127.0.0.1:1",
+        "--traffic",
+        "x",
+        "--in-flight",
+        "0",
+    ])
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a value out of range is a usage error"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--in-flight"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

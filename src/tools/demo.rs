@@ -283,7 +283,6 @@ pub async fn run_cli(args: Args) -> Result<bool, String> {
         Some(dir) => Scenario::load(dir)?,
         None => Scenario::builtin()?,
     };
-    args.load.check()?;
     let (data_dir, temporary) = match &args.data_dir {
         Some(d) => (d.clone(), false),
         None => (temp_dir()?, true),

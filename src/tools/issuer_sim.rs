@@ -33,6 +33,7 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::flags;
 use super::wire::WireArgs;
 use crate::iso8583::{Frame, FrameCodec, Framing, Message, Spec, recover_header};
 use crate::pan::{Masked, Pan, luhn_valid};
@@ -51,7 +52,7 @@ const WRITE_HIGH_WATER: usize = 256 * 1024;
 pub struct Args {
     /// Address to listen on (port 0 picks a free port; the bound address is logged).
     #[arg(long, default_value = "127.0.0.1:9100")]
-    pub listen: String,
+    pub listen: SocketAddr,
     /// The link's framing, layout and fixed header.
     #[command(flatten)]
     pub wire: WireArgs,
@@ -70,10 +71,10 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub latency_us: u64,
     /// Share of requests (0 to 1) booked but never answered, as when an answer is lost.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = flags::share)]
     pub timeout_share: f64,
     /// Share of requests (0 to 1) after which the connection is closed, unanswered.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = flags::share)]
     pub drop_share: f64,
     /// Seed for the fault draws and auth codes (random when not given).
     #[arg(long)]
@@ -139,9 +140,6 @@ impl Default for SimConfig {
 /// Why the simulator cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
-    /// A flag value is wrong; the message names the flag.
-    #[error("{0}")]
-    Usage(String),
     /// The accounts file cannot be read or has a bad line.
     #[error("accounts file {path}: {message}")]
     Accounts {
@@ -163,20 +161,6 @@ pub enum SimError {
 impl SimConfig {
     /// Builds the configuration from the command line flags (reads the accounts file).
     pub fn from_args(args: &Args) -> Result<SimConfig, SimError> {
-        let listen: SocketAddr = args.listen.parse().map_err(|_| {
-            SimError::Usage(format!(
-                "--listen {:?} is not an address like 127.0.0.1:9100",
-                args.listen
-            ))
-        })?;
-        for (flag, v) in [
-            ("--timeout-share", args.timeout_share),
-            ("--drop-share", args.drop_share),
-        ] {
-            if !(0.0..=1.0).contains(&v) {
-                return Err(SimError::Usage(format!("{flag}: a share from 0 to 1")));
-            }
-        }
         let accounts = match &args.accounts {
             Some(path) => load_accounts(path)?,
             None => Vec::new(),
@@ -187,7 +171,7 @@ impl SimConfig {
             (None, Some(_)) => None,
         };
         Ok(SimConfig {
-            listen,
+            listen: args.listen,
             framing: args.wire.framing,
             spec: args.wire.spec,
             header: args.wire.header_hex.0.clone(),
@@ -222,18 +206,24 @@ pub fn load_accounts(path: &Path) -> Result<Vec<(Pan, i64)>, SimError> {
         message,
     };
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    parse_accounts(&text).map_err(err)
+}
+
+/// [`load_accounts`] of a file's text; the error names the line or entry, never the card
+/// number.
+pub fn parse_accounts(text: &str) -> Result<Vec<(Pan, i64)>, String> {
     let mut out = Vec::new();
     if text.trim_start().starts_with('[') {
-        let lines: Vec<AccountLine> = serde_json::from_str(&text).map_err(|e| {
-            err(format!(
+        let lines: Vec<AccountLine> = serde_json::from_str(text).map_err(|e| {
+            format!(
                 "not a JSON array of {{\"pan\", \"balance\"}} (line {}, column {})",
                 e.line(),
                 e.column()
-            ))
+            )
         })?;
         for (i, l) in lines.into_iter().enumerate() {
-            let pan = Pan::from_digits(l.pan.as_bytes())
-                .map_err(|e| err(format!("entry {}: {e}", i + 1)))?;
+            let pan =
+                Pan::from_digits(l.pan.as_bytes()).map_err(|e| format!("entry {}: {e}", i + 1))?;
             out.push((pan, l.balance));
         }
     } else {
@@ -245,16 +235,16 @@ pub fn load_accounts(path: &Path) -> Result<Vec<(Pan, i64)>, SimError> {
             }
             let (pan, balance) = line
                 .split_once(',')
-                .ok_or_else(|| err(format!("line {line_no}: expected pan,balance")))?;
+                .ok_or_else(|| format!("line {line_no}: expected pan,balance"))?;
             let (pan, balance) = (pan.trim(), balance.trim());
             if out.is_empty() && pan.eq_ignore_ascii_case("pan") {
                 continue;
             }
-            let pan = Pan::from_digits(pan.as_bytes())
-                .map_err(|e| err(format!("line {line_no}: {e}")))?;
+            let pan =
+                Pan::from_digits(pan.as_bytes()).map_err(|e| format!("line {line_no}: {e}"))?;
             let balance = balance
                 .parse()
-                .map_err(|_| err(format!("line {line_no}: balance is not a whole number")))?;
+                .map_err(|_| format!("line {line_no}: balance is not a whole number"))?;
             out.push((pan, balance));
         }
     }

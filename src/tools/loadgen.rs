@@ -35,6 +35,7 @@ use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 
+use super::flags;
 use super::traffic::{Traffic, load_bindings, original_data_elements};
 use super::wire::WireArgs;
 use crate::iso8583::{Frame, FrameCodec, Framing, Message, Spec};
@@ -146,35 +147,15 @@ pub struct LoadgenConfig {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ShapeArgs {
     /// Connections to open.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = flags::count(u64::from(u32::MAX)))]
     pub connections: usize,
-    /// Requests in flight per connection at most.
-    #[arg(long, default_value_t = 16)]
+    /// Requests in flight per connection at most (up to 100,000: STANs are six digits).
+    #[arg(long, default_value_t = 16, value_parser = flags::count(MAX_IN_FLIGHT as u64))]
     pub in_flight: usize,
     /// Open loop: requests per second over all connections, on a fixed schedule (default:
     /// closed loop).
-    #[arg(long)]
+    #[arg(long, value_parser = flags::per_second)]
     pub rate: Option<f64>,
-}
-
-impl ShapeArgs {
-    /// Refuses what cannot drive a link, naming the flag.
-    pub fn check(&self) -> Result<(), String> {
-        if self.connections == 0 || self.in_flight == 0 {
-            return Err("--connections and --in-flight must be at least 1".into());
-        }
-        if self.in_flight > MAX_IN_FLIGHT {
-            return Err(format!(
-                "--in-flight: at most {MAX_IN_FLIGHT} (STANs are six digits)"
-            ));
-        }
-        if let Some(r) = self.rate
-            && !(r.is_finite() && r > 0.0)
-        {
-            return Err("--rate must be a positive number of requests per second".into());
-        }
-        Ok(())
-    }
 }
 
 impl LoadgenConfig {
@@ -203,7 +184,6 @@ impl LoadgenConfig {
     /// Builds the configuration from the command line flags (loads the traffic file).
     pub fn from_args(args: &Args) -> Result<LoadgenConfig, String> {
         let spec = args.wire.spec;
-        args.shape.check()?;
         let traffic = match &args.cards {
             None => Traffic::load(&args.traffic, spec),
             Some(file) => Traffic::load_bound(&args.traffic, spec, &load_bindings(file)?),
@@ -1269,23 +1249,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_load_that_cannot_drive_a_link_is_refused_naming_the_flag() {
-        let shape = |connections, in_flight, rate| ShapeArgs {
-            connections,
-            in_flight,
-            rate,
-        };
-        assert_eq!(shape(4, 16, None).check(), Ok(()));
-        assert_eq!(shape(1, MAX_IN_FLIGHT, Some(10_000.0)).check(), Ok(()));
-        for (bad, flag) in [
-            (shape(0, 16, None), "--connections"),
-            (shape(4, 0, None), "--in-flight"),
-            (shape(4, MAX_IN_FLIGHT + 1, None), "--in-flight"),
-            (shape(4, 16, Some(0.0)), "--rate"),
-            (shape(4, 16, Some(f64::NAN)), "--rate"),
+    fn a_load_that_cannot_drive_a_link_is_refused_by_clap_naming_the_flag() {
+        use clap::Parser;
+        #[derive(Debug, Parser)]
+        struct Tool {
+            #[command(flatten)]
+            shape: ShapeArgs,
+        }
+        let parse = |args: &[&str]| Tool::try_parse_from([&["tool"], args].concat());
+        let t = parse(&[]).unwrap();
+        assert_eq!(
+            (t.shape.connections, t.shape.in_flight, t.shape.rate),
+            (4, 16, None)
+        );
+        let t = parse(&["--in-flight", "100000", "--rate", "10000"]).unwrap();
+        assert_eq!(
+            (t.shape.in_flight, t.shape.rate),
+            (MAX_IN_FLIGHT, Some(10_000.0))
+        );
+        for (args, flag) in [
+            (&["--connections", "0"][..], "--connections"),
+            (&["--in-flight", "0"], "--in-flight"),
+            (&["--in-flight", "100001"], "--in-flight"),
+            (&["--rate", "0"], "--rate"),
+            (&["--rate", "NaN"], "--rate"),
         ] {
-            let e = bad.check().unwrap_err();
-            assert!(e.contains(flag), "{e}");
+            let e = parse(args).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "a usage error");
+            assert!(e.to_string().contains(flag), "{e}");
         }
     }
 

@@ -14,6 +14,7 @@
 //!   rate, and reports throughput and latency percentiles (`vpan loadgen`).
 
 pub mod demo;
+pub mod flags;
 pub mod generate;
 pub mod issuer_sim;
 pub mod loadgen;

@@ -1,0 +1,26 @@
+//! Value parsers the tools' flags share. A value out of range is refused by clap itself,
+//! which names the flag and exits with status 2, the contract's status for a usage error,
+//! before the tool starts.
+
+use clap::builder::RangedU64ValueParser;
+
+/// A count from 1 to `max`.
+pub fn count(max: u64) -> RangedU64ValueParser<usize> {
+    RangedU64ValueParser::<usize>::new().range(1..=max)
+}
+
+/// A share from 0 to 1.
+pub fn share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err("a share from 0 to 1, e.g. 0.05".into()),
+    }
+}
+
+/// A positive number of requests per second.
+pub fn per_second(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err("a positive number of requests per second, e.g. 10000".into()),
+    }
+}
