@@ -6,10 +6,12 @@
 # corpus/api_body:      create-card bodies built on the cards of fixtures/traffic/accounts.json
 # corpus/config:        deploy/vpan.example.toml, and it again with environment overrides
 # corpus/journal:       small segments: raw bytes, and framed payloads with a zero tail
+# corpus/recovery:      edits of a real data directory's records (see fuzz_targets/recovery.rs)
+# corpus/tool_files:    the sample traffic in both layouts, the demo's with its cards, accounts
 set -euo pipefail
 cd "$(dirname "$0")"
 root=..
-mkdir -p corpus/parse corpus/frame_decoder corpus/spec_xml corpus/api_body corpus/config corpus/journal
+mkdir -p corpus/parse corpus/frame_decoder corpus/spec_xml corpus/api_body corpus/config corpus/journal corpus/recovery corpus/tool_files
 
 seed_vectors() { # file prefix-byte-hex
     jq -r '.[] | "\(.name) \(.hex)"' "$root/fixtures/vectors/$1" | while read -r name hex; do
@@ -57,4 +59,21 @@ printf '\x00\x05\x00\x00\x00\x01\x02' > corpus/journal/raw-torn
 printf '\x00\x01\x00\x00\x00\x8b\x9e\xd9\xd3A' > corpus/journal/raw-one
 printf '\x04\x01\x02\x03\xff\x02\x00\x00\x00\x00\x00\x00\x00\x01' > corpus/journal/framed
 
-echo "seeded: $(ls corpus/parse | wc -l) parse, $(ls corpus/frame_decoder | wc -l) frame_decoder, $(ls corpus/spec_xml | wc -l) spec_xml, $(ls corpus/api_body | wc -l) api_body, $(ls corpus/config | wc -l) config, $(ls corpus/journal | wc -l) journal"
+# Recovery (see fuzz_targets/recovery.rs for the layout): the directory as made, a snapshot
+# header claiming a huge card count, a record cut short, a stray record in the journal.
+printf '\x00\x00\x00\x00\x00' > corpus/recovery/untouched
+printf '\x00\x00\x12\x00\x00\xff\xff\xff\xff\xff\xff\xff\x7f' > corpus/recovery/huge-count
+printf '\x00\x01\x09\x00\x01' > corpus/recovery/card-cut
+printf '\x01\x00\x00\x00\x02\x03\x01\x02\x03' > corpus/recovery/stray-record
+
+# Tool files (see fuzz_targets/tool_files.rs): selector byte 0/1 traffic in ascii/binary,
+# 2 accounts; the demo's traffic carries its cards file after a NUL.
+{ printf '\x00'; cat "$root/fixtures/traffic/sample.jsonl"; } > corpus/tool_files/sample-ascii
+{ printf '\x01'; cat "$root/fixtures/traffic/sample.jsonl"; } > corpus/tool_files/sample-binary
+{ printf '\x00'; cat "$root/fixtures/demo/story.jsonl"; printf '\0'
+  jq -c 'map({(.name): {vpan: "4970101234567894", expiry: "2612"}}) | add' "$root/fixtures/demo/cards.json"; } \
+    > corpus/tool_files/story-bound
+{ printf '\x02'; cat "$root/fixtures/traffic/accounts.json"; } > corpus/tool_files/accounts-json
+printf '\x02pan,balance\n4970101234567894,1000\n# a comment\n' > corpus/tool_files/accounts-csv
+
+echo "seeded: $(ls corpus/parse | wc -l) parse, $(ls corpus/frame_decoder | wc -l) frame_decoder, $(ls corpus/spec_xml | wc -l) spec_xml, $(ls corpus/api_body | wc -l) api_body, $(ls corpus/config | wc -l) config, $(ls corpus/journal | wc -l) journal, $(ls corpus/recovery | wc -l) recovery, $(ls corpus/tool_files | wc -l) tool_files"
