@@ -586,12 +586,21 @@ async fn health_is_ok_without_a_token_when_all_is_up_and_names_the_issuer_link_w
 }
 
 #[tokio::test]
-async fn the_openapi_document_is_served_without_a_token() {
+async fn every_call_but_healthz_needs_the_token_the_openapi_document_and_unknown_paths_too() {
     let dir = tempfile::tempdir().unwrap();
     let api = Running::start(dir.path()).await;
-    let (status, doc) = api
-        .call_with(Method::GET, "/v1/openapi.json", None, None)
-        .await;
+    for (method, path) in [
+        (Method::GET, "/v1/openapi.json"),
+        (Method::GET, "/v1/nothing-here"),
+        (Method::DELETE, "/v1/cards"),
+    ] {
+        let (status, body) = api.call_with(method.clone(), path, None, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}");
+        assert_eq!(error_of(&body).0, "unauthorized", "{method} {path}");
+    }
+    let (status, _) = api.call_with(Method::GET, "/healthz", None, None).await;
+    assert_ne!(status, StatusCode::UNAUTHORIZED);
+    let (status, doc) = api.call(Method::GET, "/v1/openapi.json", None).await;
     assert_eq!(status, StatusCode::OK);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     assert!(doc["paths"]["/v1/cards/{vpan}"].is_object());

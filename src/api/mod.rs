@@ -196,10 +196,13 @@ fn router_with(state: ApiState, token: auth::Token, max_in_flight: usize) -> Rou
             open = open.route(r.path, r.handler);
         }
     }
-    let guarded = guarded.layer(middleware::from_fn_with_state(token, auth::require_token));
-    open.merge(guarded)
+    // The token guards the fallbacks too: without it, every call but `/healthz` gets 401,
+    // a path that does not exist included, so nothing is learnt about the API without it.
+    let guarded = guarded
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(middleware::from_fn_with_state(token, auth::require_token));
+    open.merge(guarded)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(
             Arc::new(Semaphore::new(max_in_flight)),

@@ -79,7 +79,7 @@ pub fn table() -> Vec<Route> {
             get(transactions),
         ),
         route(Method::GET, "/healthz", false, get(healthz)),
-        route(Method::GET, "/v1/openapi.json", false, get(openapi)),
+        route(Method::GET, "/v1/openapi.json", true, get(openapi)),
     ]
 }
 
@@ -288,7 +288,7 @@ fn health_response(health: &Health) -> Response {
     }
 }
 
-/// `GET /v1/openapi.json`: the document, no token needed.
+/// `GET /v1/openapi.json`: the document.
 async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
