@@ -80,6 +80,31 @@ async fn track_2_carries_the_real_card_to_the_issuer_and_is_not_echoed_back() {
     let t2 = at_issuer.message.track2().unwrap();
     assert_eq!(t2.pan_digits(), real.as_bytes());
     assert_eq!(t2.expiry(), Some(*b"2912"));
+
+    // A card-present message may carry the card in track 2 alone: it is the same vPAN,
+    // with the same controls, and the real card goes out the same way (no DE 2 added).
+    let mut track_only = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 200);
+    track_only.set(35, track.as_bytes()).unwrap();
+    track_only.remove(2);
+    let answer = net.call(&track_only).await;
+    assert_eq!(code(&answer), "00");
+    let at_issuer = rig
+        .sim()
+        .recent(10)
+        .into_iter()
+        .find(|r| r.message.raw(4) == Some(&b"000000000200"[..]))
+        .unwrap();
+    assert!(!at_issuer.message.has(2));
+    assert_eq!(
+        at_issuer.message.track2().unwrap().pan_digits(),
+        real.as_bytes()
+    );
+    let v = rig.cards.get(CardKey::of(&card.vpan)).unwrap();
+    assert_eq!(v.spent, 300, "both purchases count on the card");
+    let mut over_cap = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 1_000_000);
+    over_cap.set(35, track.as_bytes()).unwrap();
+    over_cap.remove(2);
+    assert_eq!(code(&net.call(&over_cap).await), "61");
     rig.stop().await;
 }
 

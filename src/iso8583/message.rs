@@ -297,6 +297,15 @@ impl Message {
         Some(Pan::from_digits(&t))
     }
 
+    /// The card number: DE 2, or when there is none the account number of track 2 (DE 35),
+    /// as card-present messages may carry it only there. `Some(Err)` when malformed.
+    pub fn card_number(&self) -> Option<Result<Pan, PanError>> {
+        match self.pan() {
+            Some(pan) => Some(pan),
+            None => self.track2().map(|t| Pan::from_digits(t.pan_digits())),
+        }
+    }
+
     /// Sets DE 2 (e.g. swapping the virtual number for the real one).
     pub fn set_pan(&mut self, pan: &Pan) -> Result<(), EditError> {
         self.set(2, pan.as_bytes())

@@ -305,7 +305,7 @@ impl Flow {
 
     /// A PAN vpan does not know: 14 inside a virtual range, else forwarded untouched.
     async fn unknown_or_passthrough(&self, request: Msg) -> (Option<Msg>, DecidedBy) {
-        if let Some(Ok(pan)) = request.pan()
+        if let Some(Ok(pan)) = request.card_number()
             && self.cards.in_virtual_range(pan.as_bytes())
         {
             return (
@@ -369,7 +369,11 @@ impl Flow {
     /// The request in the issuer's layout with the real card in DE 2, 14 and 35.
     fn to_real(&self, request: &Message, pan: &Pan, expiry: &[u8; 4]) -> Option<Msg> {
         let mut out = self.transcode(request, self.issuer.spec())?;
-        out.set_pan(pan).ok()?;
+        // DE 2 where the network put one; a request that carried the card in track 2 only
+        // goes out the same way.
+        if out.has(2) {
+            out.set_pan(pan).ok()?;
+        }
         if out.has(14) {
             out.set_expiry(expiry).ok()?;
         }
@@ -431,9 +435,10 @@ impl Flow {
         Some(out)
     }
 
-    /// DE 2 as a vPAN key, when it is a well-formed PAN.
+    /// The card number as a vPAN key, when it is a well-formed PAN.
     fn virtual_pan(&self, request: &Message) -> Option<VirtualPan> {
-        let pan = request.pan()?.ok()?;
+        // DE 2, or track 2 alone: a vPAN there is as much a vPAN, and its controls apply.
+        let pan = request.card_number()?.ok()?;
         let key = CardKey::of(&pan);
         Some(VirtualPan { pan, key })
     }
@@ -449,7 +454,7 @@ enum NotOnCard {
     Malformed,
 }
 
-/// DE 2 of the request, and its index key.
+/// The request's card number, and its index key.
 struct VirtualPan {
     /// As received (masked when printed).
     pan: Pan,

@@ -408,7 +408,7 @@ impl Ledger {
                 auth_code: auth,
             })
         };
-        let Some(Ok(pan)) = req.pan() else {
+        let Some(Ok(pan)) = req.card_number() else {
             return decision(b"14", None);
         };
         if !luhn_valid(pan.as_bytes()) {
@@ -459,7 +459,7 @@ impl Ledger {
             response_code: *b"00",
             auth_code: None,
         });
-        let (Some(Ok(pan)), Some(amount)) = (req.pan(), req.amount_transaction()) else {
+        let (Some(Ok(pan)), Some(amount)) = (req.card_number(), req.amount_transaction()) else {
             return ack;
         };
         let amount = i64::try_from(amount).unwrap_or(0);
@@ -495,7 +495,7 @@ impl Ledger {
             response_code: *b"00",
             auth_code: None,
         });
-        let Some(Ok(pan)) = req.pan() else {
+        let Some(Ok(pan)) = req.card_number() else {
             return ack;
         };
         let Some(mut account) = self.account(&pan) else {
@@ -644,7 +644,7 @@ impl Received {
 
     /// The PAN the simulator received in DE 2, if any.
     pub fn pan(&self) -> Option<Pan> {
-        self.message.pan().and_then(Result::ok)
+        self.message.card_number().and_then(Result::ok)
     }
 }
 
@@ -1064,7 +1064,7 @@ impl Connection {
         !silent.is_empty()
             && matches!((mti[1], mti[2]), (b'1' | b'2', b'0'))
             && msg
-                .pan()
+                .card_number()
                 .and_then(Result::ok)
                 .is_some_and(|p| silent.contains(&p))
     }
