@@ -102,7 +102,7 @@ pub enum CardCommand {
 }
 
 /// The controls of a new card.
-#[derive(Args, Debug)]
+#[derive(Args)]
 pub struct CreateArgs {
     /// The real card number ("-" reads it from standard input, out of the shell history).
     #[arg(long)]
@@ -560,6 +560,18 @@ fn print_transactions(list: &Value, json_out: bool) {
             s(&t["decided_by"]),
             s(&t["merchant"])
         );
+    }
+}
+
+/// Masked: the real card number in full must never reach a log line, even through `{:?}`.
+impl std::fmt::Debug for CreateArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateArgs")
+            .field(
+                "pan",
+                &format_args!("{}", crate::pan::Masked(self.pan.as_bytes())),
+            )
+            .finish_non_exhaustive()
     }
 }
 

@@ -6,6 +6,7 @@
 //! field's name. Amounts are read as signed numbers so that `-5` is a clear "must be
 //! positive" rather than a type error. Answers show the real card only masked.
 
+use std::fmt;
 use std::num::{NonZeroU32, NonZeroU64};
 
 use serde::{Deserialize, Serialize};
@@ -15,7 +16,7 @@ use crate::cards::card::{format_rfc3339, parse_rfc3339};
 use crate::cards::{
     AcceptorId, CardSpec, CardView, Controls, Expiry, MerchantLock, RecentTx, UnixSeconds,
 };
-use crate::pan::Pan;
+use crate::pan::{Masked, Pan};
 
 /// A code given as a JSON string (`"978"`) or number (`978`).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -41,7 +42,7 @@ pub enum LockBody {
 }
 
 /// `POST /v1/cards`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCard {
     /// The real card number (Luhn-valid).
@@ -245,7 +246,7 @@ pub enum LockOut {
 
 /// A card as answered by every card endpoint: status, counters and the controls. The vPAN
 /// in full (the caller is authorized and needs it), the real PAN only masked.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Serialize)]
 pub struct CardBody {
     /// The virtual card number.
     pub vpan: String,
@@ -376,12 +377,39 @@ pub struct CardList {
     pub next_after: Option<String>,
 }
 
+/// Masked: the real card number in full must never reach a log line, even through `{:?}`.
+impl fmt::Debug for CreateCard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CreateCard")
+            .field("pan", &format_args!("{}", Masked(self.pan.as_bytes())))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Masked: the vPAN goes in full to the caller, never to a log line.
+impl fmt::Debug for CardBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CardBody")
+            .field("vpan", &format_args!("{}", Masked(self.vpan.as_bytes())))
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// 2026-11-26T15:29:42Z.
     const NOW: u64 = 1_795_706_982;
+
+    #[test]
+    fn card_numbers_are_masked_in_debug_output() {
+        let create: CreateCard = serde_json::from_value(body(serde_json::json!({}))).unwrap();
+        let shown = format!("{create:?}");
+        assert!(!shown.contains(&create.pan), "{shown}");
+        assert!(shown.contains(&create.pan[..6]), "{shown}");
+    }
 
     fn body(extra: serde_json::Value) -> serde_json::Value {
         let mut b = serde_json::json!({
