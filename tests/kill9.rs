@@ -189,3 +189,87 @@ async fn the_switch_snapshots_as_it_serves_and_a_kill_after_restarts_from_the_sn
     );
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purchase_the_issuer_had_at_a_kill_is_in_doubt_and_its_repeat_gets_the_issuers_first_answer()
+ {
+    // The issuer takes 3 s to answer: the kill comes while it has the purchase.
+    let sim = IssuerSim::start(SimConfig {
+        latency: Duration::from_secs(3),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let issuer = sim.local_addr().to_string();
+    let slow_issuer = [("VPAN_ISSUER_TIMEOUT_MS", "10000")];
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let (card, real) = issue_cards(&data_dir, 1, 10_000).await.remove(0);
+    let before = sim
+        .balance(&real)
+        .unwrap_or(vpan::tools::issuer_sim::DEFAULT_BALANCE);
+
+    let mut serve = start_serve(&data_dir, &issuer, &slow_issuer).await;
+    serve
+        .wait_log("issuer link up", 2, Duration::from_secs(30))
+        .await;
+    let mut child = serve.child;
+    let mut net = Client::connect(serve.network).await;
+    let request = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 700);
+    net.send(&request).await;
+    // Once the issuer has it, the hold's record (made durable while the issuer is asked)
+    // has had ample time to reach the disk.
+    for _ in 0..100 {
+        if sim.requests(b"0100") == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(sim.requests(b"0100"), 1, "the issuer has the purchase");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
+
+    let mut serve = start_serve(&data_dir, &issuer, &slow_issuer).await;
+    assert_eq!(serve.recovered["holds_counted_as_spent"], 1);
+    serve
+        .wait_log("issuer link up", 2, Duration::from_secs(30))
+        .await;
+    let mut child = serve.child;
+    let mut net = Client::connect(serve.network).await;
+    // The network never had an answer: it repeats. vpan does not know what the issuer
+    // answered, so it asks, as a repeat, and the issuer answers what it answered first.
+    let mut repeat = request.clone();
+    repeat.set_mti(b"0101").unwrap();
+    let repeat = Message::parse(vpan::iso8583::Spec::iso87ascii(), repeat.pack()).unwrap();
+    let answer = net.call(&repeat).await;
+    assert_eq!((answer.mti(), code(&answer)), (*b"0110", "00".to_string()));
+    assert_eq!(answer.pan().unwrap().unwrap(), card.vpan, "the vPAN back");
+    assert!(
+        answer.has(38),
+        "the issuer's own answer, with its auth code"
+    );
+    assert_eq!(sim.requests(b"0101"), 1, "asked of the issuer as a repeat");
+    // The same key again, sent as an original: still a repeat, and said so to the issuer,
+    // which would otherwise decide (and charge) it a second time.
+    let again = net.call(&request).await;
+    assert_eq!((again.mti(), code(&again)), (*b"0110", "00".to_string()));
+    assert_eq!(sim.requests(b"0101"), 2, "asked of the issuer as a repeat");
+    assert_eq!(
+        sim.balance(&real),
+        Some(before - 700),
+        "charged once at the issuer"
+    );
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
+    let view = open_cards(&data_dir)
+        .0
+        .get(CardKey::of(&card.vpan))
+        .unwrap();
+    assert_eq!(
+        (view.spent, view.held, view.uses),
+        (700, 0, 1),
+        "counted once, at the restart"
+    );
+    sim.shutdown().await;
+}

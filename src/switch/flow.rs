@@ -128,7 +128,9 @@ impl Flow {
             Decision::Replay(Replay::Pending) => (None, DecidedBy::Switch),
             // Its answer was lost when vpan stopped; the issuer knows it. Nothing is
             // counted again (it is counted as spent already).
-            Decision::Replay(Replay::AskIssuer) => self.forward_on_card(request, &vpan).await,
+            Decision::Replay(Replay::AskIssuer) => {
+                self.forward_on_card(as_repeat(request), &vpan).await
+            }
             Decision::Approve(approval) => self.forward_approval(request, &vpan, approval).await,
         }
     }
@@ -460,6 +462,19 @@ struct VirtualPan {
     pan: Pan,
     /// Its index key.
     key: CardKey,
+}
+
+/// The request marked as a repeat (0100 → 0101), as it goes to the issuer when vpan
+/// cannot answer it: the issuer then answers what it answered the first time rather than
+/// deciding (and charging) it again.
+fn as_repeat(mut request: Msg) -> Msg {
+    let mut mti = request.mti();
+    if mti[3] == b'0' {
+        mti[3] = b'1';
+        // The same layout and length: cannot fail on a message that parsed.
+        let _ = request.set_mti(&mti);
+    }
+    request
 }
 
 /// The response MTI: third digit + 1, repeats answered as originals (0101 → 0110).
