@@ -22,7 +22,7 @@ use vpan::cards::limits::{self, Verdict};
 use vpan::cards::vpan::random_luhn;
 use vpan::cards::{
     AcceptorId, Amounts, AuthRequest, Card, CardKey, CardSpec, Cards, CardsConfig, Controls,
-    Decision, Expiry, IssuerOutcome, Kind, LedgerConfig, MerchantLock, ResponseCode, TxKey,
+    Decision, Expiry, IssuerOutcome, Kind, LedgerConfig, MerchantLock, TxKey,
 };
 use vpan::pan::Pan;
 use vpan::store::StoreConfig;
@@ -229,7 +229,7 @@ fn durable_approvals(c: &mut Criterion) {
                                             a.durable.await.unwrap();
                                             drop(cards.complete(
                                                 &a.hold,
-                                                IssuerOutcome::Approved(ResponseCode::APPROVED),
+                                                IssuerOutcome::APPROVED,
                                                 NOW,
                                             ));
                                         }

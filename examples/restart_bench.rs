@@ -23,7 +23,7 @@ use rand::RngExt;
 use vpan::cards::vpan::random_luhn;
 use vpan::cards::{
     AcceptorId, Amounts, AuthRequest, CardKey, CardSpec, Cards, CardsConfig, Controls, Decision,
-    Expiry, IssuerOutcome, Kind, LedgerConfig, MerchantLock, ResponseCode, TxKey,
+    Expiry, IssuerOutcome, Kind, LedgerConfig, MerchantLock, TxKey,
 };
 use vpan::pan::Pan;
 use vpan::store::StoreConfig;
@@ -184,11 +184,7 @@ fn main() {
                         let key = keys[rng.random_range(0..keys.len())];
                         if let Decision::Approve(a) = cards.authorize(key, &req, NOW) {
                             drop(a.durable);
-                            last = Some(cards.complete(
-                                &a.hold,
-                                IssuerOutcome::Approved(ResponseCode::APPROVED),
-                                NOW,
-                            ));
+                            last = Some(cards.complete(&a.hold, IssuerOutcome::APPROVED, NOW));
                         }
                     }
                     if let Some(d) = last {

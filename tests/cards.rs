@@ -39,11 +39,7 @@ fn set_status(cards: &Cards, key: CardKey, status: Status) {
 fn approved(cards: &Cards, key: CardKey, amount: u64, stan: u32) {
     let a = approve(cards, key, amount, stan);
     a.durable.wait().unwrap();
-    settle(
-        cards,
-        &a.hold,
-        IssuerOutcome::Approved(ResponseCode::APPROVED),
-    );
+    settle(cards, &a.hold, IssuerOutcome::APPROVED);
 }
 
 fn code(d: &Decision) -> &'static str {
@@ -117,11 +113,7 @@ fn a_hold_becomes_spent_and_a_use_when_the_issuer_approves() {
     assert_eq!(a.real_expiry.as_str(), "2912");
     let v = cards.get(key).unwrap();
     assert_eq!((v.spent, v.held, v.uses), (0, 3_000, 0));
-    settle(
-        &cards,
-        &a.hold,
-        IssuerOutcome::Approved(ResponseCode::APPROVED),
-    );
+    settle(&cards, &a.hold, IssuerOutcome::APPROVED);
     let v = cards.get(key).unwrap();
     assert_eq!((v.spent, v.held, v.uses, v.available), (3_000, 0, 1, 7_000));
 }
@@ -141,11 +133,7 @@ fn a_hold_is_released_when_the_issuer_declines_or_times_out_and_only_once() {
         .complete(&b.hold, IssuerOutcome::TimedOut, NOW)
         .wait()
         .unwrap();
-    settle(
-        &cards,
-        &b.hold,
-        IssuerOutcome::Approved(ResponseCode::APPROVED),
-    );
+    settle(&cards, &b.hold, IssuerOutcome::APPROVED);
     let v = cards.get(key).unwrap();
     assert_eq!((v.spent, v.held, v.uses), (0, 0, 0));
 }
@@ -156,11 +144,7 @@ fn a_single_use_card_is_closed_after_its_use_but_not_by_a_verification() {
     let (cards, _) = open(dir.path());
     let key = issue(&cards, &single_use(10_000));
     let v = approval(cards.authorize(key, &purchase(0, 1), NOW));
-    settle(
-        &cards,
-        &v.hold,
-        IssuerOutcome::Approved(ResponseCode::APPROVED),
-    );
+    settle(&cards, &v.hold, IssuerOutcome::APPROVED);
     assert_eq!(cards.get(key).unwrap().uses, 0);
     approved(&cards, key, 500, 2);
     assert_eq!(cards.get(key).unwrap().status, Status::Closed);
@@ -183,15 +167,18 @@ fn the_same_key_again_replays_and_other_content_gets_94() {
     settle(
         &cards,
         &a.hold,
-        IssuerOutcome::Approved(ResponseCode::APPROVED),
+        IssuerOutcome::Approved(ResponseCode::APPROVED, Some(*b"A1B2C3")),
     );
-    assert!(matches!(
-        cards.authorize(key, &repeat, NOW),
-        Decision::Replay(Replay::Answer {
-            code: ResponseCode::APPROVED,
-            decided_by: DecidedBy::Issuer
-        })
-    ));
+    let first_answer = Decision::Replay(Replay::Answer {
+        code: ResponseCode::APPROVED,
+        auth: Some(*b"A1B2C3"),
+        decided_by: DecidedBy::Issuer,
+    });
+    assert_eq!(
+        format!("{:?}", cards.authorize(key, &repeat, NOW)),
+        format!("{first_answer:?}"),
+        "the issuer's DE 39 and DE 38"
+    );
     assert_eq!(code(&cards.authorize(key, &purchase(3_001, 1), NOW)), "94");
     let v = cards.get(key).unwrap();
     assert_eq!((v.spent, v.held, v.uses), (3_000, 0, 1));
@@ -201,9 +188,24 @@ fn the_same_key_again_replays_and_other_content_gets_94() {
         cards.authorize(key, &purchase(9_000, 2), NOW),
         Decision::Replay(Replay::Answer {
             code: ResponseCode::OVER_LIMIT,
+            auth: None,
             decided_by: DecidedBy::Switch
         })
     ));
+    // The first answer outlives a restart, from the journal, then from a snapshot.
+    drop(cards);
+    let (cards, _) = open(dir.path());
+    assert_eq!(
+        format!("{:?}", cards.authorize(key, &repeat, NOW)),
+        format!("{first_answer:?}")
+    );
+    cards.snapshot().unwrap();
+    drop(cards);
+    let (cards, _) = open(dir.path());
+    assert_eq!(
+        format!("{:?}", cards.authorize(key, &repeat, NOW)),
+        format!("{first_answer:?}")
+    );
 }
 
 #[test]
@@ -319,11 +321,7 @@ fn a_refund_passes_on_a_closed_card_and_does_not_raise_the_cap() {
     let mut refund = purchase(4_000, 2);
     refund.kind = Kind::Refund;
     let a = approval(cards.authorize(key, &refund, NOW));
-    settle(
-        &cards,
-        &a.hold,
-        IssuerOutcome::Approved(ResponseCode::APPROVED),
-    );
+    settle(&cards, &a.hold, IssuerOutcome::APPROVED);
     let v = cards.get(key).unwrap();
     assert_eq!((v.spent, v.uses, v.status), (4_000, 1, Status::Closed));
 }
@@ -370,11 +368,7 @@ fn a_first_use_lock_binds_to_the_first_approved_merchant() {
         IssuerOutcome::Declined(ResponseCode(*b"05")),
     );
     let a = approval(cards.authorize(key, &request(*b"0100", 100, 3, "SHOP-A"), NOW));
-    settle(
-        &cards,
-        &a.hold,
-        IssuerOutcome::Approved(ResponseCode::APPROVED),
-    );
+    settle(&cards, &a.hold, IssuerOutcome::APPROVED);
     assert_eq!(
         code(&cards.authorize(key, &request(*b"0100", 100, 4, "SHOP-B"), NOW)),
         "57"
@@ -469,16 +463,8 @@ fn the_last_use_held_by_an_approval_still_with_the_issuer_is_not_given_twice() {
         }
     ));
     let third = approve(&cards, key, 2_000, 5);
-    settle(
-        &cards,
-        &second.hold,
-        IssuerOutcome::Approved(ResponseCode::APPROVED),
-    );
-    settle(
-        &cards,
-        &third.hold,
-        IssuerOutcome::Approved(ResponseCode::APPROVED),
-    );
+    settle(&cards, &second.hold, IssuerOutcome::APPROVED);
+    settle(&cards, &third.hold, IssuerOutcome::APPROVED);
     let v = cards.get(key).unwrap();
     assert_eq!(
         (v.spent, v.held, v.uses, v.status),
@@ -647,11 +633,7 @@ fn racing_authorizations_on_one_card_never_exceed_its_cap() {
                 }
                 for a in mine {
                     a.durable.wait().unwrap();
-                    settle(
-                        &cards,
-                        &a.hold,
-                        IssuerOutcome::Approved(ResponseCode::APPROVED),
-                    );
+                    settle(&cards, &a.hold, IssuerOutcome::APPROVED);
                 }
             })
         })
@@ -822,11 +804,7 @@ fn racing_equal_authorizations_approve_exactly_as_many_as_fit() {
                     {
                         approvals.fetch_add(1, Ordering::Relaxed);
                         if i % 2 == 0 {
-                            drop(cards.complete(
-                                &a.hold,
-                                IssuerOutcome::Approved(ResponseCode::APPROVED),
-                                NOW,
-                            ));
+                            drop(cards.complete(&a.hold, IssuerOutcome::APPROVED, NOW));
                         }
                     }
                 }

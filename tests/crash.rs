@@ -99,11 +99,7 @@ fn child(work: &Path, round: u32) {
                                 use std::io::Write;
                                 writeln!(stdout.lock(), "A {idx} {amount}").unwrap();
                             }
-                            drop(cards.complete(
-                                &a.hold,
-                                IssuerOutcome::Approved(ResponseCode::APPROVED),
-                                NOW,
-                            ));
+                            drop(cards.complete(&a.hold, IssuerOutcome::APPROVED, NOW));
                         } else {
                             drop(cards.complete(
                                 &a.hold,
@@ -319,7 +315,7 @@ fn three_answered_approvals(data: &Path, outcome: IssuerOutcome) -> CardKey {
 /// first two answers and the third hold (counted as spent), and cuts the rest for good.
 fn torn_tail_is_cut(tear: impl FnOnce(&std::path::Path)) {
     let dir = tempfile::tempdir().unwrap();
-    let key = three_answered_approvals(dir.path(), IssuerOutcome::Approved(ResponseCode::APPROVED));
+    let key = three_answered_approvals(dir.path(), IssuerOutcome::APPROVED);
     tear(&last_segment(dir.path()));
     let (cards, rec) = open(dir.path());
     assert!(rec.bytes_cut > 0, "{rec:?}");

@@ -110,7 +110,7 @@ fn run(ops: &[Op]) {
                 if !pending.is_empty() {
                     let hold = pending.remove(which % pending.len());
                     let outcome = if approve {
-                        IssuerOutcome::Approved(ResponseCode::APPROVED)
+                        IssuerOutcome::APPROVED
                     } else {
                         IssuerOutcome::Declined(ResponseCode(*b"05"))
                     };
@@ -165,7 +165,7 @@ fn run(ops: &[Op]) {
         }
     }
     for hold in pending.drain(..) {
-        last = Some(cards.complete(&hold, IssuerOutcome::Approved(ResponseCode::APPROVED), NOW));
+        last = Some(cards.complete(&hold, IssuerOutcome::APPROVED, NOW));
     }
     if let Some(d) = last {
         d.wait().unwrap();

@@ -55,6 +55,22 @@ async fn an_approval_goes_to_the_issuer_with_the_real_card_and_comes_back_with_t
         rig.sim().balance(&real),
         Some(vpan::tools::issuer_sim::DEFAULT_BALANCE - 2_500)
     );
+
+    // The network repeats it (its answer was lost on the way): the first answer again,
+    // the issuer's DE 38 included, and nothing counted or asked twice.
+    let mut repeat = req.clone();
+    repeat.set_mti(b"0101").unwrap();
+    let repeat = Message::parse(Spec::iso87ascii(), repeat.pack()).unwrap();
+    let again = net.call(&repeat).await;
+    assert_eq!((again.mti(), code(&again)), (*b"0110", "00".into()));
+    assert_eq!(
+        again.auth_code().map(|a| a.to_vec()),
+        answer.auth_code().map(|a| a.to_vec()),
+        "the first answer's DE 38"
+    );
+    assert_eq!(rig.sim().requests(b"0101"), 0, "answered by vpan");
+    let view = rig.cards.get(CardKey::of(&card.vpan)).unwrap();
+    assert_eq!((view.spent, view.uses), (2_500, 1));
     rig.stop().await;
 }
 

@@ -17,7 +17,7 @@ use super::card::{
     AcceptorId, Card, CardKey, Controls, Expiry, LockKind, MccRules, Status, UnixSeconds,
 };
 use super::history::{self, DecidedBy, HISTORY_LEN, History, RecentTx};
-use super::ledger::{Ledger, TxEntry, TxState};
+use super::ledger::{AuthCode, Ledger, TxEntry, TxState};
 use super::request::{OriginalData, ResponseCode};
 use crate::store::StoreError;
 use crate::store::journal::Encode;
@@ -90,6 +90,8 @@ pub enum Event {
         approved: bool,
         /// DE 39 of the answer.
         code: ResponseCode,
+        /// DE 38 of an approval, when it has one (for replays).
+        auth: Option<AuthCode>,
     },
     /// A reversal gave (part of) a transaction back.
     Reversed {
@@ -166,6 +168,7 @@ pub fn apply_card(card: &mut Card, event: &Event) {
             hold,
             approved,
             code,
+            ..
         } => {
             if *approved {
                 spend_hold(card, hold);
@@ -297,6 +300,7 @@ pub(crate) fn entry_of(t: &TxEvent, state: TxState, code: ResponseCode) -> TxEnt
         lsn: t.lsn,
         mti: t.mti,
         acceptor: t.acceptor,
+        auth: None,
     }
 }
 
@@ -334,11 +338,12 @@ pub fn apply_ledger(
             hold,
             approved,
             code,
+            auth,
         } => {
             if let Some(mut e) = ledger.entries.get_mut(&hold.tx)
                 && newer(&e)
             {
-                mark_outcome(&mut e, *approved, *code, lsn);
+                mark_outcome(&mut e, *approved, *code, *auth, lsn);
             }
             None
         }
@@ -369,13 +374,20 @@ pub fn apply_ledger(
 }
 
 /// The ledger side of an issuer's answer (shared by the live path and replay).
-pub(crate) fn mark_outcome(e: &mut TxEntry, approved: bool, code: ResponseCode, lsn: u64) {
+pub(crate) fn mark_outcome(
+    e: &mut TxEntry,
+    approved: bool,
+    code: ResponseCode,
+    auth: Option<AuthCode>,
+    lsn: u64,
+) {
     e.state = if approved {
         TxState::Approved
     } else {
         TxState::Released
     };
     e.code = code;
+    e.auth = auth;
     e.use_counted = approved && e.counts_use;
     e.lsn = lsn;
 }
@@ -462,6 +474,14 @@ impl<'a> Get<'a> {
             1 => Some(true),
             _ => None,
         }
+    }
+    /// A field added at the end of a record after records without it were written:
+    /// `Some(None)` when nothing is left, `None` (damage) when something other than it is.
+    pub(crate) fn optional_tail<const N: usize>(&mut self) -> Option<Option<[u8; N]>> {
+        if self.0.is_empty() {
+            return Some(None);
+        }
+        self.array().map(Some)
     }
 }
 
@@ -611,11 +631,17 @@ impl Encode for Event {
                 hold,
                 approved,
                 code,
+                auth,
             } => {
                 out.u8(TAG_OUTCOME);
                 put_txevent(out, hold);
                 out.u8(u8::from(*approved));
                 out.extend_from_slice(&code.0);
+                // Last, and only when there is one: records written before DE 38 was kept
+                // end at the code, and read the same.
+                if let Some(auth) = auth {
+                    out.extend_from_slice(auth);
+                }
             }
             Event::Reversed {
                 lsn,
@@ -677,6 +703,7 @@ impl Event {
                 hold: get_txevent(&mut g)?,
                 approved: g.bool()?,
                 code: ResponseCode(g.array()?),
+                auth: g.optional_tail()?,
             },
             TAG_REVERSED => {
                 let lsn = g.u64()?;
@@ -875,6 +902,11 @@ impl Encode for SnapTx {
         out.u64(e.lsn);
         out.extend_from_slice(&e.mti);
         put_acceptor(out, e.acceptor);
+        // Last, and only when there is one, as in an outcome record: snapshots written
+        // before DE 38 was kept read the same.
+        if let Some(auth) = e.auth {
+            out.extend_from_slice(&auth);
+        }
     }
 }
 
@@ -905,6 +937,7 @@ pub(crate) fn decode_snap_tx(g: &mut Get<'_>) -> Option<(OriginalData, TxEntry)>
             lsn: g.u64()?,
             mti: g.array()?,
             acceptor: get_acceptor(g)?,
+            auth: g.optional_tail()?,
         },
     ))
 }
@@ -951,7 +984,15 @@ mod tests {
                 hold: tx_event(),
                 approved: true,
                 code: ResponseCode::APPROVED,
+                auth: Some(*b"A1B2C3"),
             },
+            Event::Outcome {
+                hold: tx_event(),
+                approved: false,
+                code: ResponseCode(*b"05"),
+                auth: None,
+            },
+            Event::InDoubt(tx_event()),
             Event::Reversed {
                 lsn: 9,
                 key: key(),
@@ -978,6 +1019,30 @@ mod tests {
             assert_eq!(buf, again);
             assert_eq!(back.lsn(), e.lsn());
         }
+    }
+
+    #[test]
+    fn an_outcome_written_before_de38_was_kept_reads_without_it_and_a_torn_one_is_refused() {
+        let outcome = |auth| Event::Outcome {
+            hold: tx_event(),
+            approved: true,
+            code: ResponseCode::APPROVED,
+            auth,
+        };
+        let mut old = Vec::new();
+        outcome(None).encode(&mut old);
+        let mut new = Vec::new();
+        outcome(Some(*b"A1B2C3")).encode(&mut new);
+        assert_eq!(
+            new.len(),
+            old.len() + 6,
+            "the code is only added at the end"
+        );
+        assert!(matches!(
+            Event::decode(&old).unwrap(),
+            Event::Outcome { auth: None, .. }
+        ));
+        assert!(Event::decode(&new[..old.len() + 3]).is_err());
     }
 
     #[test]

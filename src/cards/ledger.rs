@@ -108,7 +108,12 @@ pub struct TxEntry {
     pub mti: [u8; 4],
     /// DE 42.
     pub acceptor: Option<AcceptorId>,
+    /// DE 38 of the issuer's approval, given again with its DE 39 to a repeat.
+    pub auth: Option<AuthCode>,
 }
+
+/// DE 38, the issuer's authorization code: six characters.
+pub type AuthCode = [u8; 6];
 
 /// The transactions, with their retention queue.
 pub struct Ledger {
@@ -308,6 +313,7 @@ mod tests {
             lsn: 0,
             mti: *b"0100",
             acceptor: None,
+            auth: None,
         }
     }
 

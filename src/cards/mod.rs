@@ -30,7 +30,7 @@ pub use card::{
     unix_now,
 };
 pub use history::{DecidedBy, RecentTx};
-pub use ledger::LedgerConfig;
+pub use ledger::{AuthCode, LedgerConfig};
 pub use request::{Amounts, AuthRequest, Kind, OriginalData, ResponseCode, ReversalRequest, TxKey};
 pub use vault::{
     AdviceOutcome, Approval, CardError, CardView, Cards, CardsConfig, Decision, Hold, IssueError,

@@ -22,7 +22,7 @@ use super::card::{Card, CardKey, CardSpec, Controls, Expiry, LockKind, Status, U
 use super::event::{self, Event, Issued, TxEvent};
 use super::history::{self, DecidedBy, RecentTx};
 use super::index::CardIndex;
-use super::ledger::{Ledger, LedgerConfig, TxEntry, TxState};
+use super::ledger::{AuthCode, Ledger, LedgerConfig, TxEntry, TxState};
 use super::limits::{self, Verdict};
 use super::request::{AuthRequest, Kind, OriginalData, ResponseCode, ReversalRequest};
 use super::vpan::{GenerateError, RangeConfigError, VpanGenerator};
@@ -163,10 +163,12 @@ pub struct Approval {
 /// What a transaction key seen again with the same content gets. Nothing is counted again.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Replay {
-    /// The first answer's DE 39, given again.
+    /// The first answer's DE 39 (and DE 38), given again.
     Answer {
         /// DE 39.
         code: ResponseCode,
+        /// DE 38, when the issuer's approval had one.
+        auth: Option<AuthCode>,
         /// Who gave the first answer.
         decided_by: DecidedBy,
     },
@@ -195,14 +197,20 @@ pub enum Decision {
 /// What the issuer did with a forwarded approval.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum IssuerOutcome {
-    /// Approved with this DE 39: the hold becomes spent, and a use.
-    Approved(ResponseCode),
+    /// Approved with this DE 39 (and DE 38, when the answer has one): the hold becomes
+    /// spent, and a use.
+    Approved(ResponseCode, Option<AuthCode>),
     /// Declined with this DE 39: the hold is released.
     Declined(ResponseCode),
     /// No answer in `issuer.timeout_ms` (the network got 91): released.
     TimedOut,
     /// vpan could not make the hold durable (the network got 96): released.
     Failed,
+}
+
+impl IssuerOutcome {
+    /// Approved with 00 and no DE 38: what an advice reports, and what tests answer.
+    pub const APPROVED: IssuerOutcome = IssuerOutcome::Approved(ResponseCode::APPROVED, None);
 }
 
 /// What a reversal did.
@@ -745,11 +753,11 @@ impl Cards {
         if e.state != TxState::Held || e.card != hold.card {
             return None;
         }
-        let (approved, code) = match outcome {
-            IssuerOutcome::Approved(c) => (true, c),
-            IssuerOutcome::Declined(c) => (false, c),
-            IssuerOutcome::TimedOut => (false, ResponseCode::ISSUER_UNAVAILABLE),
-            IssuerOutcome::Failed => (false, ResponseCode::SYSTEM_ERROR),
+        let (approved, code, auth) = match outcome {
+            IssuerOutcome::Approved(c, auth) => (true, c, auth),
+            IssuerOutcome::Declined(c) => (false, c, None),
+            IssuerOutcome::TimedOut => (false, ResponseCode::ISSUER_UNAVAILABLE, None),
+            IssuerOutcome::Failed => (false, ResponseCode::SYSTEM_ERROR, None),
         };
         let event = Event::Outcome {
             hold: TxEvent {
@@ -767,8 +775,9 @@ impl Cards {
             },
             approved,
             code,
+            auth,
         };
-        event::mark_outcome(&mut e, approved, code, event.lsn());
+        event::mark_outcome(&mut e, approved, code, auth, event.lsn());
         drop(e);
         event::apply_card(card, &event);
         Some(self.journal.append(event))
@@ -873,7 +882,7 @@ impl Cards {
                     // here under the card's lock, so an issuer answer racing it finds the
                     // hold completed (or completes it first, and this is a repeat).
                     let hold = Hold { card: card_key, tx };
-                    let approved = IssuerOutcome::Approved(ResponseCode::APPROVED);
+                    let approved = IssuerOutcome::APPROVED;
                     if let Some(durable) = self.complete_locked(card, &hold, approved, now) {
                         return AdviceOutcome::Recorded(durable);
                     }
@@ -1074,10 +1083,12 @@ fn replay_of(e: &TxEntry, fingerprint: u64) -> Decision {
         TxState::InDoubt => Replay::AskIssuer,
         TxState::Approved | TxState::Released => Replay::Answer {
             code: e.code,
+            auth: e.auth,
             decided_by: DecidedBy::Issuer,
         },
         TxState::Declined => Replay::Answer {
             code: e.code,
+            auth: None,
             decided_by: DecidedBy::Switch,
         },
     })

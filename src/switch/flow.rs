@@ -22,8 +22,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use crate::cards::{
-    AcceptorId, AdviceOutcome, Amounts, Approval, AuthRequest, CardKey, Cards, DecidedBy, Decision,
-    Expiry, IssuerOutcome, Kind, OriginalData, Replay, ResponseCode, ReversalOutcome,
+    AcceptorId, AdviceOutcome, Amounts, Approval, AuthCode, AuthRequest, CardKey, Cards, DecidedBy,
+    Decision, Expiry, IssuerOutcome, Kind, OriginalData, Replay, ResponseCode, ReversalOutcome,
     ReversalRequest, TxKey, UnixSeconds,
 };
 use crate::iso8583::{Message, Spec, recover_header};
@@ -121,8 +121,17 @@ impl Flow {
         match self.cards.authorize(vpan.key, &req, now()) {
             Decision::Unknown => self.unknown_or_passthrough(request).await,
             Decision::Decline(code) => (self.local_answer(&request, code), DecidedBy::Switch),
-            Decision::Replay(Replay::Answer { code, decided_by }) => {
-                (self.local_answer(&request, code), decided_by)
+            Decision::Replay(Replay::Answer {
+                code,
+                auth,
+                decided_by,
+            }) => {
+                let mut answer = self.local_answer(&request, code);
+                if let (Some(a), Some(auth)) = (answer.as_mut(), auth) {
+                    // The field the first answer had; a layout without it cannot get it.
+                    let _ = a.set(38, &auth);
+                }
+                (answer, decided_by)
             }
             // The first is still with the issuer; the network will repeat again.
             Decision::Replay(Replay::Pending) => (None, DecidedBy::Switch),
@@ -166,7 +175,10 @@ impl Flow {
             (Ok(()), Ok(answer)) => {
                 let code = ResponseCode(answer.response_code().unwrap_or(*b"96"));
                 let outcome = if is_approval(&answer) {
-                    IssuerOutcome::Approved(code)
+                    let auth = answer
+                        .auth_code()
+                        .and_then(|a| <AuthCode>::try_from(a.as_bytes()).ok());
+                    IssuerOutcome::Approved(code, auth)
                 } else {
                     IssuerOutcome::Declined(code)
                 };
