@@ -109,7 +109,10 @@ fn make_template() -> Template {
             }
         }
     };
-    let approved = Some(IssuerOutcome::APPROVED);
+    let approved = Some(IssuerOutcome::Approved(
+        ResponseCode::APPROVED,
+        Some(*b"A1B2C3"),
+    ));
     let original = request(b"0100", 1_500, "000001", "SHOP-A");
     answer(keys[0], &original, approved);
     answer(keys[1], &request(b"0100", 700, "000002", "SHOP-B"), approved);
