@@ -393,6 +393,14 @@ fn recent_decisions_are_listed_newest_first_with_who_decided() {
     assert_eq!(list[1].code, ResponseCode::APPROVED);
     assert_eq!(list[1].decided_by, DecidedBy::Issuer);
     assert_eq!(list[1].merchant, AcceptorId::new(b"SHOP-A"));
+    // The issuer did not answer in time: the network's 91 came from the switch.
+    let late = approve(&cards, key, 100, 3);
+    settle(&cards, &late.hold, IssuerOutcome::TimedOut);
+    let list = cards.recent(key).unwrap();
+    assert_eq!(
+        (list[0].code, list[0].decided_by),
+        (ResponseCode::ISSUER_UNAVAILABLE, DecidedBy::Switch)
+    );
 }
 
 #[test]
