@@ -515,6 +515,16 @@ fn a_hold_in_doubt_after_a_crash_is_asked_of_the_issuer_when_repeated_and_a_late
         }
         let v = cards.get(key).unwrap();
         assert_eq!((v.spent, v.held, v.uses), (0, 0, 0));
+        // Reversed, it is no longer the issuer's to decide: a late repeat is not sent to
+        // an issuer that may never have had it, and would charge it afresh.
+        assert!(matches!(
+            cards.authorize(key, &repeat, NOW),
+            Decision::Replay(Replay::Answer {
+                code: ResponseCode::ISSUER_UNAVAILABLE,
+                decided_by: DecidedBy::Switch,
+                ..
+            })
+        ));
     }
     // The next start replays the hold, the recovery's verdict on it and the reversal, and
     // comes to the same counters (without the verdict in the journal, the reversal found

@@ -107,9 +107,12 @@ pub enum Event {
         returned: u64,
         /// What remains of the original.
         remaining: u64,
-        /// A use is given back too: for a spent original, the use it counted; for a held
-        /// one, the use its hold took (full reversals only).
+        /// A use is given back too (full reversal of a counted use).
         use_returned: bool,
+        /// The use a held original took is given back (full reversal of a hold that
+        /// counts a use). A flag of its own, in a bit an older vpan ignores: it keeps no
+        /// held uses, and reads `use_returned` as a counted use given back.
+        held_use_returned: bool,
         /// The reversal's MTI.
         mti: [u8; 4],
         /// When.
@@ -200,20 +203,21 @@ pub fn apply_card(card: &mut Card, event: &Event) {
             was_held,
             returned,
             use_returned,
+            held_use_returned,
             mti,
             at,
             ..
         } => {
             if *was_held {
                 card.held = card.held.saturating_sub(*returned);
-                if *use_returned {
-                    card.held_uses = card.held_uses.saturating_sub(1);
-                }
             } else {
                 card.spent = card.spent.saturating_sub(*returned);
-                if *use_returned {
-                    card.uses = card.uses.saturating_sub(1);
-                }
+            }
+            if *use_returned {
+                card.uses = card.uses.saturating_sub(1);
+            }
+            if *held_use_returned {
+                card.held_uses = card.held_uses.saturating_sub(1);
             }
             history::record(
                 &mut card.history,
@@ -276,7 +280,7 @@ fn release_hold(card: &mut Card, hold: &TxEvent) {
 
 /// Who answered the network for an issuer outcome: the issuer, unless the switch did for
 /// it (91 when it did not answer in time, 96 when the hold could not be made durable).
-fn outcome_decided_by(code: ResponseCode) -> DecidedBy {
+pub(crate) fn outcome_decided_by(code: ResponseCode) -> DecidedBy {
     if code == ResponseCode::ISSUER_UNAVAILABLE || code == ResponseCode::SYSTEM_ERROR {
         DecidedBy::Switch
     } else {
@@ -651,6 +655,7 @@ impl Encode for Event {
                 returned,
                 remaining,
                 use_returned,
+                held_use_returned,
                 mti,
                 at,
             } => {
@@ -658,7 +663,9 @@ impl Encode for Event {
                 out.u64(*lsn);
                 out.u64(key.raw());
                 put_tx(out, tx);
-                out.u8(u8::from(*was_held) | u8::from(*use_returned) << 1);
+                out.u8(u8::from(*was_held)
+                    | u8::from(*use_returned) << 1
+                    | u8::from(*held_use_returned) << 2);
                 out.u64(*returned);
                 out.u64(*remaining);
                 out.extend_from_slice(mti);
@@ -716,6 +723,7 @@ impl Event {
                     tx,
                     was_held: flags & 1 != 0,
                     use_returned: flags & 2 != 0,
+                    held_use_returned: flags & 4 != 0,
                     returned: g.u64()?,
                     remaining: g.u64()?,
                     mti: g.array()?,
@@ -1001,8 +1009,21 @@ mod tests {
                 returned: 500,
                 remaining: 430,
                 use_returned: true,
+                held_use_returned: false,
                 mti: *b"0400",
                 at: 5,
+            },
+            Event::Reversed {
+                lsn: 10,
+                key: key(),
+                tx: tx_event().tx,
+                was_held: true,
+                returned: 930,
+                remaining: 0,
+                use_returned: false,
+                held_use_returned: true,
+                mti: *b"0420",
+                at: 6,
             },
             Event::Status {
                 lsn: 3,

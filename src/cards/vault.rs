@@ -625,8 +625,8 @@ impl Cards {
                     key: vpan,
                     status,
                 };
+                let durable = self.journal.append(event.clone());
                 event::apply_card(card, &event);
-                let durable = self.journal.append(event);
                 Ok((CardView::of(vpan, card), durable))
             })
             .unwrap_or(Err(CardError::NotFound))
@@ -707,10 +707,12 @@ impl Cards {
                         req,
                         now,
                     );
-                    slot.insert(event::entry_of(&t, TxState::Held, ResponseCode::APPROVED));
                     let event = Event::Held(t);
+                    // Queued before the change is seen in memory (here and in every
+                    // change below): a snapshot that sees it then waits for its record.
+                    let durable = self.journal.append(event.clone());
+                    slot.insert(event::entry_of(&t, TxState::Held, ResponseCode::APPROVED));
                     event::apply_card(card, &event);
-                    let durable = self.journal.append(event);
                     Decision::Approve(Approval {
                         hold: Hold { card: card_key, tx },
                         real_pan: card.real_pan.clone(),
@@ -777,10 +779,11 @@ impl Cards {
             code,
             auth,
         };
+        let durable = self.journal.append(event.clone());
         event::mark_outcome(&mut e, approved, code, auth, event.lsn());
         drop(e);
         event::apply_card(card, &event);
-        Some(self.journal.append(event))
+        Some(durable)
     }
 
     /// Applies a reversal (0400/0420 and repeats): finds the original by DE 90, else by the
@@ -841,21 +844,15 @@ impl Cards {
                     was_held: e.state == TxState::Held,
                     returned,
                     remaining,
-                    use_returned: remaining == 0
-                        && if e.state == TxState::Held {
-                            e.counts_use
-                        } else {
-                            e.use_counted
-                        },
+                    use_returned: remaining == 0 && e.use_counted,
+                    held_use_returned: remaining == 0 && e.state == TxState::Held && e.counts_use,
                     mti: req.mti,
                     at: now,
                 };
+                let durable = self.journal.append(event.clone());
                 event::apply_card(card, &event);
                 event::apply_ledger(&self.ledger, &event, false);
-                ReversalOutcome::Reversed {
-                    returned,
-                    durable: self.journal.append(event),
-                }
+                ReversalOutcome::Reversed { returned, durable }
             })
             .unwrap_or(ReversalOutcome::NotFound)
     }
@@ -914,9 +911,10 @@ impl Cards {
                 req,
                 now,
             ));
+            let durable = self.journal.append(event.clone());
             event::apply_card(card, &event);
             fresh = event::apply_ledger(&self.ledger, &event, false).is_some();
-            AdviceOutcome::Recorded(self.journal.append(event))
+            AdviceOutcome::Recorded(durable)
         });
         if fresh {
             self.ledger.remember(tx, now, now);
@@ -971,7 +969,9 @@ impl Cards {
         // The snapshot stands in for the journal segments it covers only if every change it
         // read is durable there too: a change whose record failed, then found in memory by
         // the walk above, would otherwise be restored without its journal record (a card's
-        // `held` counting a hold its ledger entry shows released).
+        // `held` counting a hold its ledger entry shows released). Every change is queued in
+        // the journal before it shows in memory, so the records queued by now cover all the
+        // walk read.
         self.journal.barrier().wait()?;
         if self.journal.is_failed() {
             return Err(StoreError::Failed);
@@ -1080,11 +1080,18 @@ fn replay_of(e: &TxEntry, fingerprint: u64) -> Decision {
     }
     Decision::Replay(match e.state {
         TxState::Held => Replay::Pending,
+        // Reversed in full since: the network gave up on it, and the issuer, which may
+        // never have had it, is not asked now to decide it afresh.
+        TxState::InDoubt if e.charged > 0 && e.amount == 0 => Replay::Answer {
+            code: ResponseCode::ISSUER_UNAVAILABLE,
+            auth: None,
+            decided_by: DecidedBy::Switch,
+        },
         TxState::InDoubt => Replay::AskIssuer,
         TxState::Approved | TxState::Released => Replay::Answer {
             code: e.code,
             auth: e.auth,
-            decided_by: DecidedBy::Issuer,
+            decided_by: event::outcome_decided_by(e.code),
         },
         TxState::Declined => Replay::Answer {
             code: e.code,
@@ -1290,10 +1297,15 @@ fn load_snapshot_record(
             let (key, card) = event::decode_snap_card(&mut g, |k, sealed| {
                 cipher.open(sealed, &k.raw().to_le_bytes())
             })?;
+            if !g.0.is_empty() {
+                return Err(StoreError::Corrupt("snapshot card"));
+            }
             index.put(key, card);
         }
         Some(event::TAG_SNAP_TX) => {
-            let (k, e) = event::decode_snap_tx(&mut g).ok_or(StoreError::Corrupt("snapshot tx"))?;
+            let (k, e) = event::decode_snap_tx(&mut g)
+                .filter(|_| g.0.is_empty())
+                .ok_or(StoreError::Corrupt("snapshot tx"))?;
             ledger.entries.insert(k, e);
         }
         _ => return Err(StoreError::Corrupt("snapshot record")),
