@@ -288,6 +288,24 @@ pub(crate) fn outcome_decided_by(code: ResponseCode) -> DecidedBy {
     }
 }
 
+/// The hold a ledger entry stands for, as an event at `lsn` and `at` (its answer, or the
+/// verdict on it): the inverse of [`entry_of`].
+pub(crate) fn hold_of(tx: OriginalData, e: &TxEntry, lsn: u64, at: UnixSeconds) -> TxEvent {
+    TxEvent {
+        lsn,
+        key: e.card,
+        tx,
+        fingerprint: e.fingerprint,
+        amount: e.amount,
+        original_amount: e.original_amount,
+        counts_use: e.counts_use,
+        binds_merchant: e.binds_merchant,
+        acceptor: e.acceptor,
+        mti: e.mti,
+        at,
+    }
+}
+
 pub(crate) fn entry_of(t: &TxEvent, state: TxState, code: ResponseCode) -> TxEntry {
     TxEntry {
         card: t.key,

@@ -455,19 +455,7 @@ impl Cards {
             .collect();
         let mut in_doubt = Vec::with_capacity(open_holds.len());
         for (tx, e) in open_holds {
-            let event = Event::InDoubt(TxEvent {
-                lsn: next_lsn,
-                key: e.card,
-                tx,
-                fingerprint: e.fingerprint,
-                amount: e.amount,
-                original_amount: e.original_amount,
-                counts_use: e.counts_use,
-                binds_merchant: e.binds_merchant,
-                acceptor: e.acceptor,
-                mti: e.mti,
-                at: e.at,
-            });
+            let event = Event::InDoubt(event::hold_of(tx, &e, next_lsn, e.at));
             next_lsn += 1;
             index.update(e.card, |c| event::apply_card(c, &event));
             event::apply_ledger(&ledger, &event, false);
@@ -762,19 +750,7 @@ impl Cards {
             IssuerOutcome::Failed => (false, ResponseCode::SYSTEM_ERROR, None),
         };
         let event = Event::Outcome {
-            hold: TxEvent {
-                lsn: self.lsn(),
-                key: hold.card,
-                tx: hold.tx,
-                fingerprint: e.fingerprint,
-                amount: e.amount,
-                original_amount: e.original_amount,
-                counts_use: e.counts_use,
-                binds_merchant: e.binds_merchant,
-                acceptor: e.acceptor,
-                mti: e.mti,
-                at: now,
-            },
+            hold: event::hold_of(hold.tx, &e, self.lsn(), now),
             approved,
             code,
             auth,
