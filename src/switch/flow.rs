@@ -269,8 +269,8 @@ impl Flow {
         self.forward_on_card(request, &vpan).await
     }
 
-    /// The card a request is on (DE 2) and the cards' view of it (`fields`), or why the
-    /// cards cannot look at it.
+    /// The card a request is on (DE 2, or track 2) and the cards' view of it (`fields`), or
+    /// why the cards cannot look at it.
     fn on_card<R>(
         &self,
         request: &Message,
