@@ -318,6 +318,44 @@ async fn an_echo_is_answered_by_the_switch_and_a_keep_alive_is_echoed() {
 }
 
 #[tokio::test]
+async fn a_repeat_while_the_first_is_with_the_issuer_gets_the_first_answer_when_it_comes() {
+    let sim = SimConfig {
+        latency: Duration::from_millis(300),
+        ..SimConfig::default()
+    };
+    let rig = rig(Some(sim), |_| {}).await;
+    let (card, _) = rig.issue(|_| {}).await;
+    let mut first = Client::connect(rig.network).await;
+    let mut second = Client::connect(rig.network).await;
+    let request = purchase(&mut first, b"0100", &card.vpan, &card.expiry.0, 400);
+    let mut repeat = request.clone();
+    repeat.set_mti(b"0101").unwrap();
+    let repeat = Message::parse(Spec::iso87ascii(), repeat.pack()).unwrap();
+    first.send(&request).await;
+    // The network did not see the answer in time and repeats on another connection,
+    // while the issuer still has the first.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    second.send(&repeat).await;
+    let stan = request.stan().unwrap();
+    let (answer, again) = tokio::join!(first.answer(stan), second.answer(stan));
+    assert_eq!((code(&answer), code(&again)), ("00".into(), "00".into()));
+    assert_eq!(again.mti(), *b"0110");
+    assert_eq!(
+        again.auth_code().map(|a| a.to_vec()),
+        answer.auth_code().map(|a| a.to_vec()),
+        "the first answer, DE 38 included"
+    );
+    assert_eq!(
+        (rig.sim().requests(b"0100"), rig.sim().requests(b"0101")),
+        (1, 0),
+        "the issuer asked once"
+    );
+    let view = rig.cards.get(CardKey::of(&card.vpan)).unwrap();
+    assert_eq!((view.spent, view.held, view.uses), (400, 0, 1));
+    rig.stop().await;
+}
+
+#[tokio::test]
 async fn a_card_that_is_not_virtual_passes_through_untouched() {
     let rig = rig(Some(SimConfig::default()), |_| {}).await;
     let mut net = Client::connect(rig.network).await;

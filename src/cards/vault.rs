@@ -172,8 +172,8 @@ pub enum Replay {
         /// Who gave the first answer.
         decided_by: DecidedBy,
     },
-    /// The first is still with the issuer: the repeat is dropped (the switch answers the
-    /// first when it completes, and the network repeats again if it missed it).
+    /// The first is still with the issuer: ask again once it has answered (the switch
+    /// waits, up to the issuer's timeout, and then replays that answer).
     Pending,
     /// The first was with the issuer when vpan stopped, and its answer is unknown here:
     /// the repeat goes to the issuer, which knows what it answered.

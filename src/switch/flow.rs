@@ -17,7 +17,7 @@
 //!   `cards.virtual_ranges`).
 
 use std::sync::{Arc, OnceLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
@@ -50,6 +50,14 @@ pub struct Flow {
 /// async layer holding one by value made the per-request future 6.5 KB, copied at every
 /// layer (a sixth of the switch's CPU under load, measured with `perf`).
 type Msg = Box<Message>;
+
+/// First and longest pause between two looks at a repeat's first request still with the
+/// issuer.
+const REPEAT_POLL_FIRST: Duration = Duration::from_millis(1);
+const REPEAT_POLL_MAX: Duration = Duration::from_millis(50);
+/// How long past the issuer's timeout a repeat waits for its first request's answer: the
+/// sweep gives the timeout at most 25 ms late.
+const REPEAT_WAIT_SLACK: Duration = Duration::from_millis(100);
 
 /// Fields that carry card-verification data and never go back in an answer.
 const NOT_ECHOED: [usize; 4] = [35, 45, 52, 55];
@@ -118,7 +126,28 @@ impl Flow {
             Ok(on_card) => on_card,
             Err(not) => return self.not_on_card(request, not).await,
         };
-        match self.cards.authorize(vpan.key, &req, now()) {
+        // A repeat of a request still with the issuer waits for its answer, then gets it:
+        // at most until the issuer's timeout has released the hold (then 91), and the
+        // sweep's tick after that.
+        let mut waiting: Option<(Instant, Duration)> = None;
+        let decision = loop {
+            let decision = self.cards.authorize(vpan.key, &req, now());
+            if !matches!(decision, Decision::Replay(Replay::Pending)) {
+                break decision;
+            }
+            let (until, pause) = waiting.get_or_insert_with(|| {
+                let until = Instant::now() + self.issuer.timeout() + REPEAT_WAIT_SLACK;
+                (until, REPEAT_POLL_FIRST)
+            });
+            if Instant::now() >= *until {
+                break decision;
+            }
+            // Polled: repeats of a request in flight are rare, and a waiter list per
+            // transaction would cost every approval.
+            tokio::time::sleep(*pause).await;
+            *pause = (*pause * 2).min(REPEAT_POLL_MAX);
+        };
+        match decision {
             Decision::Unknown => self.unknown_or_passthrough(request).await,
             Decision::Decline(code) => (self.local_answer(&request, code), DecidedBy::Switch),
             Decision::Replay(Replay::Answer {
@@ -133,7 +162,8 @@ impl Flow {
                 }
                 (answer, decided_by)
             }
-            // The first is still with the issuer; the network will repeat again.
+            // Still with the issuer past its timeout (the sweep is late): dropped, and the
+            // network will repeat again.
             Decision::Replay(Replay::Pending) => (None, DecidedBy::Switch),
             // Its answer was lost when vpan stopped; the issuer knows it. Nothing is
             // counted again (it is counted as spent already).

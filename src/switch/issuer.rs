@@ -179,6 +179,12 @@ impl IssuerLink {
         self.inner.settings.spec
     }
 
+    /// How long a request waits for its answer (`issuer.timeout_ms`); the sweep may give
+    /// the timeout up to a fortieth of it later.
+    pub fn timeout(&self) -> Duration {
+        self.inner.settings.timeout
+    }
+
     /// Connections up now.
     pub fn connected(&self) -> usize {
         self.inner
