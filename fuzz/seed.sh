@@ -67,13 +67,14 @@ printf '\x00\x01\x09\x00\x01' > corpus/recovery/card-cut
 printf '\x01\x00\x00\x00\x02\x03\x01\x02\x03' > corpus/recovery/stray-record
 
 # Tool files (see fuzz_targets/tool_files.rs): selector byte 0/1 traffic in ascii/binary,
-# 2 accounts; the demo's traffic carries its cards file after a NUL.
+# 2 accounts; the demo's traffic carries its cards file after a NUL. Card numbers are the
+# fixtures' generated ones ($pan above), never written here.
 { printf '\x00'; cat "$root/fixtures/traffic/sample.jsonl"; } > corpus/tool_files/sample-ascii
 { printf '\x01'; cat "$root/fixtures/traffic/sample.jsonl"; } > corpus/tool_files/sample-binary
 { printf '\x00'; cat "$root/fixtures/demo/story.jsonl"; printf '\0'
-  jq -c 'map({(.name): {vpan: "4970101234567894", expiry: "2612"}}) | add' "$root/fixtures/demo/cards.json"; } \
+  jq -c --arg pan "$pan" 'map({(.name): {vpan: $pan, expiry: "2612"}}) | add' "$root/fixtures/demo/cards.json"; } \
     > corpus/tool_files/story-bound
 { printf '\x02'; cat "$root/fixtures/traffic/accounts.json"; } > corpus/tool_files/accounts-json
-printf '\x02pan,balance\n4970101234567894,1000\n# a comment\n' > corpus/tool_files/accounts-csv
+printf '\x02pan,balance\n%s,1000\n# a comment\n' "$pan" > corpus/tool_files/accounts-csv
 
 echo "seeded: $(ls corpus/parse | wc -l) parse, $(ls corpus/frame_decoder | wc -l) frame_decoder, $(ls corpus/spec_xml | wc -l) spec_xml, $(ls corpus/api_body | wc -l) api_body, $(ls corpus/config | wc -l) config, $(ls corpus/journal | wc -l) journal, $(ls corpus/recovery | wc -l) recovery, $(ls corpus/tool_files | wc -l) tool_files"

@@ -536,41 +536,77 @@ fn a_hold_in_doubt_after_a_crash_is_asked_of_the_issuer_when_repeated_and_a_late
     assert_eq!(code(&cards.authorize(key, &purchase(500, 2), NOW)), "00");
 }
 
-#[test]
-fn a_snapshot_header_claiming_more_cards_than_its_file_holds_asks_for_no_more_memory() {
+/// Rewrites the snapshot in `dir` record by record (`edit` gets their payloads), each
+/// framed again with a valid CRC: damage that a checksum does not catch.
+fn rewrite_snapshot(dir: &std::path::Path, edit: impl FnOnce(&mut Vec<Vec<u8>>)) {
     use vpan::store::journal::{Encode, frame, read_records};
-    use vpan::store::snapshot::SNAPSHOT_FILE;
     struct Raw(Vec<u8>);
     impl Encode for Raw {
         fn encode(&self, out: &mut Vec<u8>) {
             out.extend_from_slice(&self.0);
         }
     }
-    let dir = tempfile::tempdir().unwrap();
-    let key = {
-        let (cards, _) = open(dir.path());
-        let key = issue(&cards, &spec(10_000));
-        cards.snapshot().unwrap();
-        key
-    };
-    // The header (tag, version, first segment, next LSN, cards) says 2^62 cards, and its
-    // CRC is right: only the count is wrong.
-    let path = dir.path().join(SNAPSHOT_FILE);
+    let path = dir.join(vpan::store::snapshot::SNAPSHOT_FILE);
     let mut records = Vec::new();
     read_records(&path, |p| {
         records.push(p.to_vec());
         Ok(())
     })
     .unwrap();
-    records[0][18..26].copy_from_slice(&(1u64 << 62).to_le_bytes());
+    edit(&mut records);
     let mut bytes = Vec::new();
     for r in records {
         frame(&Raw(r), &mut bytes);
     }
     std::fs::write(&path, bytes).unwrap();
+}
+
+/// A data directory with one card, one approved purchase, and a snapshot of them.
+fn snapshot_of_one_card(dir: &std::path::Path) -> CardKey {
+    let (cards, _) = open(dir);
+    let key = issue(&cards, &spec(10_000));
+    approved(&cards, key, 1_000, 1);
+    cards.snapshot().unwrap();
+    key
+}
+
+#[test]
+fn a_snapshot_header_claiming_more_cards_than_its_file_holds_asks_for_no_more_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = snapshot_of_one_card(dir.path());
+    // The header (tag, version, first segment, next LSN, cards) says 2^62 cards, and its
+    // CRC is right: only the count is wrong.
+    rewrite_snapshot(dir.path(), |records| {
+        records[0][18..26].copy_from_slice(&(1u64 << 62).to_le_bytes());
+    });
     let (cards, rec) = open(dir.path());
     assert_eq!(rec.cards, 1);
-    assert_eq!(cards.get(key).unwrap().available, 10_000);
+    assert_eq!(cards.get(key).unwrap().available, 9_000);
+}
+
+#[test]
+fn a_snapshot_record_longer_than_its_fields_is_refused_not_half_read() {
+    for tag in [11u8, 12] {
+        let dir = tempfile::tempdir().unwrap();
+        snapshot_of_one_card(dir.path());
+        // Seven bytes more on the card (11) or the transaction (12): for a transaction,
+        // six of them would read as a DE 38.
+        rewrite_snapshot(dir.path(), |records| {
+            let r = records.iter_mut().find(|r| r[0] == tag).unwrap();
+            r.extend_from_slice(b"A1B2C3X");
+        });
+        let store = vpan::store::StoreConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..Default::default()
+        };
+        let refused = Cards::open(
+            &vpan::cards::CardsConfig::default(),
+            &store,
+            vpan::cards::LedgerConfig::default(),
+        );
+        let error = refused.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("snapshot"), "tag {tag}: {error:?}");
+    }
 }
 
 #[test]
