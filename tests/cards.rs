@@ -503,7 +503,7 @@ fn a_hold_in_doubt_after_a_crash_is_asked_of_the_issuer_when_repeated_and_a_late
         repeat.mti = *b"0101";
         assert!(matches!(
             cards.authorize(key, &repeat, NOW),
-            Decision::Replay(Replay::AskIssuer)
+            Decision::Replay(Replay::AskIssuer(_))
         ));
         // The network reverses it (it never had an answer).
         match cards.reverse(key, &reversal(1, None), NOW) {
@@ -534,6 +534,102 @@ fn a_hold_in_doubt_after_a_crash_is_asked_of_the_issuer_when_repeated_and_a_late
     let v = cards.get(key).unwrap();
     assert_eq!((v.spent, v.held, v.uses), (0, 0, 0));
     assert_eq!(code(&cards.authorize(key, &purchase(500, 2), NOW)), "00");
+}
+
+#[test]
+fn the_issuers_answer_to_the_repeat_of_a_hold_in_doubt_settles_it_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = {
+        let (cards, _) = open(dir.path());
+        let key = issue(&cards, &spec(10_000));
+        // Two durable holds, no answer to either before the "crash".
+        approve(&cards, key, 700, 1).durable.wait().unwrap();
+        approve(&cards, key, 300, 2).durable.wait().unwrap();
+        approve(&cards, key, 200, 3).durable.wait().unwrap();
+        key
+    };
+    let repeat = |stan| {
+        let mut r = purchase([0, 700, 300, 200][stan as usize], stan);
+        r.mti = *b"0101";
+        r
+    };
+    let replay = |cards: &Cards, stan| match cards.authorize(key, &repeat(stan), NOW) {
+        Decision::Replay(r) => r,
+        other => panic!("expected a replay, got {other:?}"),
+    };
+    let ask = |cards: &Cards, stan| match replay(cards, stan) {
+        Replay::AskIssuer(hold) => hold,
+        other => panic!("expected the issuer to be asked, got {other:?}"),
+    };
+    {
+        let (cards, rec) = open(dir.path());
+        assert_eq!(rec.holds_counted_as_spent, 3);
+        let v = cards.get(key).unwrap();
+        assert_eq!((v.spent, v.held, v.uses), (1_200, 0, 3));
+        // No answer from the issuer this time: still in doubt, still spent.
+        let first = ask(&cards, 1);
+        cards
+            .complete(&first, IssuerOutcome::TimedOut, NOW)
+            .wait()
+            .unwrap();
+        assert_eq!(ask(&cards, 1), first);
+        // The issuer approved the first: it stays spent, and keeps the issuer's DE 38.
+        settle(
+            &cards,
+            &first,
+            IssuerOutcome::Approved(ResponseCode::APPROVED, Some(*b"A1B2C3")),
+        );
+        // It declined the second: given back, and its use.
+        let second = ask(&cards, 2);
+        settle(
+            &cards,
+            &second,
+            IssuerOutcome::Declined(ResponseCode(*b"51")),
+        );
+        // The network's advice of the third reports it approved: it stays spent.
+        match cards.advice(key, &request(*b"0120", 200, 3, "SHOP-A"), NOW) {
+            AdviceOutcome::Recorded(durable) => durable.wait().unwrap(),
+            other => panic!("{other:?}"),
+        }
+        let v = cards.get(key).unwrap();
+        assert_eq!((v.spent, v.held, v.uses), (900, 0, 2));
+    }
+    // Settled across a restart and a snapshot alike: the next repeats are answered here.
+    let check = |cards: &Cards| {
+        let v = cards.get(key).unwrap();
+        assert_eq!((v.spent, v.held, v.uses), (900, 0, 2));
+        assert!(matches!(
+            replay(cards, 3),
+            Replay::Answer {
+                code: ResponseCode::APPROVED,
+                ..
+            }
+        ));
+        assert_eq!(
+            replay(cards, 1),
+            Replay::Answer {
+                code: ResponseCode::APPROVED,
+                auth: Some(*b"A1B2C3"),
+                decided_by: DecidedBy::Issuer,
+            }
+        );
+        assert_eq!(
+            replay(cards, 2),
+            Replay::Answer {
+                code: ResponseCode(*b"51"),
+                auth: None,
+                decided_by: DecidedBy::Issuer,
+            }
+        );
+    };
+    {
+        let (cards, rec) = open(dir.path());
+        assert_eq!(rec.holds_counted_as_spent, 0);
+        check(&cards);
+        cards.snapshot().unwrap();
+    }
+    let (cards, _) = open(dir.path());
+    check(&cards);
 }
 
 /// Rewrites the snapshot in `dir` record by record (`edit` gets their payloads), each

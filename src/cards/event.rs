@@ -88,6 +88,10 @@ pub enum Event {
         hold: TxEvent,
         /// Approved: the hold becomes spent; else it is released.
         approved: bool,
+        /// The hold was in doubt (see `InDoubt`), so counted as spent already: the
+        /// issuer's answer to its repeat keeps it spent, or gives back what is left of it
+        /// (`hold.amount`, and the use when `hold.counts_use`).
+        in_doubt: bool,
         /// DE 39 of the answer.
         code: ResponseCode,
         /// DE 38 of an approval, when it has one (for replays).
@@ -170,22 +174,25 @@ pub fn apply_card(card: &mut Card, event: &Event) {
         Event::Outcome {
             hold,
             approved,
+            in_doubt,
             code,
             ..
         } => {
-            if *approved {
-                spend_hold(card, hold);
-            } else {
-                release_hold(card, hold);
-                if hold.binds_merchant
-                    && card.lock == LockKind::FirstUseBound
-                    && card.uses == 0
-                    && card.held == 0
-                    && card.spent == 0
-                {
-                    // The approval that bound the merchant did not happen after all.
-                    card.lock = LockKind::FirstUseUnbound;
-                }
+            match (*in_doubt, *approved) {
+                (false, true) => spend_hold(card, hold),
+                (false, false) => release_hold(card, hold),
+                (true, true) => {}
+                (true, false) => unspend(card, hold),
+            }
+            if !*approved
+                && hold.binds_merchant
+                && card.lock == LockKind::FirstUseBound
+                && card.uses == 0
+                && card.held == 0
+                && card.spent == 0
+            {
+                // The approval that bound the merchant did not happen after all.
+                card.lock = LockKind::FirstUseUnbound;
             }
             history::record(
                 &mut card.history,
@@ -265,6 +272,14 @@ fn spend_hold(card: &mut Card, hold: &TxEvent) {
     card.spent = card.spent.saturating_add(hold.amount);
     if hold.counts_use {
         card.uses = card.uses.saturating_add(1);
+    }
+}
+
+/// What was counted as spent (a hold in doubt) is given back, and its use.
+fn unspend(card: &mut Card, hold: &TxEvent) {
+    card.spent = card.spent.saturating_sub(hold.amount);
+    if hold.counts_use {
+        card.uses = card.uses.saturating_sub(1);
     }
 }
 
@@ -361,6 +376,7 @@ pub fn apply_ledger(
             approved,
             code,
             auth,
+            ..
         } => {
             if let Some(mut e) = ledger.entries.get_mut(&hold.tx)
                 && newer(&e)
@@ -652,12 +668,14 @@ impl Encode for Event {
             Event::Outcome {
                 hold,
                 approved,
+                in_doubt,
                 code,
                 auth,
             } => {
                 out.u8(TAG_OUTCOME);
                 put_txevent(out, hold);
-                out.u8(u8::from(*approved));
+                // In a bit of its own: records from before it read as not in doubt.
+                out.u8(u8::from(*approved) | u8::from(*in_doubt) << 1);
                 out.extend_from_slice(&code.0);
                 // Last, and only when there is one: records written before DE 38 was kept
                 // end at the code, and read the same.
@@ -724,12 +742,20 @@ impl Event {
                 status: Status::from_u8(g.u8()?)?,
             },
             TAG_HELD => Event::Held(get_txevent(&mut g)?),
-            TAG_OUTCOME => Event::Outcome {
-                hold: get_txevent(&mut g)?,
-                approved: g.bool()?,
-                code: ResponseCode(g.array()?),
-                auth: g.optional_tail()?,
-            },
+            TAG_OUTCOME => {
+                let hold = get_txevent(&mut g)?;
+                let flags = g.u8()?;
+                if flags > 3 {
+                    return None;
+                }
+                Event::Outcome {
+                    hold,
+                    approved: flags & 1 != 0,
+                    in_doubt: flags & 2 != 0,
+                    code: ResponseCode(g.array()?),
+                    auth: g.optional_tail()?,
+                }
+            }
             TAG_REVERSED => {
                 let lsn = g.u64()?;
                 let key = g.key()?;
@@ -1009,13 +1035,22 @@ mod tests {
             Event::Outcome {
                 hold: tx_event(),
                 approved: true,
+                in_doubt: false,
                 code: ResponseCode::APPROVED,
                 auth: Some(*b"A1B2C3"),
             },
             Event::Outcome {
                 hold: tx_event(),
                 approved: false,
+                in_doubt: false,
                 code: ResponseCode(*b"05"),
+                auth: None,
+            },
+            Event::Outcome {
+                hold: tx_event(),
+                approved: false,
+                in_doubt: true,
+                code: ResponseCode(*b"51"),
                 auth: None,
             },
             Event::InDoubt(tx_event()),
@@ -1065,6 +1100,7 @@ mod tests {
         let outcome = |auth| Event::Outcome {
             hold: tx_event(),
             approved: true,
+            in_doubt: false,
             code: ResponseCode::APPROVED,
             auth,
         };
@@ -1092,5 +1128,19 @@ mod tests {
         buf.push(0);
         assert!(Event::decode(&buf).is_err());
         assert!(Event::decode(&[99]).is_err());
+        // An outcome's flags: approved, in doubt, and nothing else.
+        let mut outcome = Vec::new();
+        Event::Outcome {
+            hold: tx_event(),
+            approved: true,
+            in_doubt: true,
+            code: ResponseCode::APPROVED,
+            auth: None,
+        }
+        .encode(&mut outcome);
+        let flags = outcome.len() - 3;
+        assert_eq!(outcome[flags], 3);
+        outcome[flags] = 4;
+        assert!(Event::decode(&outcome).is_err());
     }
 }

@@ -176,8 +176,9 @@ pub enum Replay {
     /// waits, up to the issuer's timeout, and then replays that answer).
     Pending,
     /// The first was with the issuer when vpan stopped, and its answer is unknown here:
-    /// the repeat goes to the issuer, which knows what it answered.
-    AskIssuer,
+    /// the repeat goes to the issuer, which knows what it answered, and that answer goes to
+    /// `complete` with this hold (an approval keeps it spent, a decline gives it back).
+    AskIssuer(Hold),
 }
 
 /// What `authorize` decided.
@@ -659,7 +660,7 @@ impl Cards {
                 return Decision::Decline(ResponseCode::SYSTEM_ERROR);
             }
             let slot = match self.ledger.entries.entry(tx) {
-                dashmap::Entry::Occupied(e) => return replay_of(e.get(), fingerprint),
+                dashmap::Entry::Occupied(e) => return replay_of(tx, e.get(), fingerprint),
                 dashmap::Entry::Vacant(v) => v,
             };
             fresh = true;
@@ -719,7 +720,8 @@ impl Cards {
     }
 
     /// Records the issuer's answer to an approval: spent (and a use) or released. Answering
-    /// a hold twice changes nothing the second time.
+    /// a hold twice changes nothing the second time. A hold in doubt (`Replay::AskIssuer`)
+    /// takes only an answer: approved, it stays spent; declined, it is given back.
     pub fn complete(&self, hold: &Hold, outcome: IssuerOutcome, now: UnixSeconds) -> Durable {
         self.index
             .update(hold.card, |card| {
@@ -740,9 +742,15 @@ impl Cards {
     ) -> Option<Durable> {
         // One lookup of the entry, updated in place (card lock, then ledger shard).
         let mut e = self.ledger.entries.get_mut(&hold.tx)?;
-        if e.state != TxState::Held || e.card != hold.card {
+        if e.card != hold.card {
             return None;
         }
+        let in_doubt = match (e.state, outcome) {
+            (TxState::Held, _) => false,
+            (TxState::InDoubt, IssuerOutcome::Approved(..) | IssuerOutcome::Declined(_)) => true,
+            // No answer to a repeat of a hold in doubt: still in doubt, still spent.
+            _ => return None,
+        };
         let (approved, code, auth) = match outcome {
             IssuerOutcome::Approved(c, auth) => (true, c, auth),
             IssuerOutcome::Declined(c) => (false, c, None),
@@ -752,6 +760,7 @@ impl Cards {
         let event = Event::Outcome {
             hold: event::hold_of(hold.tx, &e, self.lsn(), now),
             approved,
+            in_doubt,
             code,
             auth,
         };
@@ -850,10 +859,11 @@ impl Cards {
                 if e.fingerprint != fingerprint {
                     return AdviceOutcome::Conflict;
                 }
-                if e.state == TxState::Held && e.card == card_key {
-                    // The advice reports the approval vpan holds: it completes the hold,
-                    // here under the card's lock, so an issuer answer racing it finds the
-                    // hold completed (or completes it first, and this is a repeat).
+                if matches!(e.state, TxState::Held | TxState::InDoubt) && e.card == card_key {
+                    // The advice reports the approval vpan holds (or holds in doubt): it
+                    // completes the hold, here under the card's lock, so an issuer answer
+                    // racing it finds the hold completed (or completes it first, and this
+                    // is a repeat).
                     let hold = Hold { card: card_key, tx };
                     let approved = IssuerOutcome::APPROVED;
                     if let Some(durable) = self.complete_locked(card, &hold, approved, now) {
@@ -1050,7 +1060,7 @@ impl journal::Encode for RawPayload<'_> {
 }
 
 /// What a repeat gets: the first answer, or 94 when the content differs.
-fn replay_of(e: &TxEntry, fingerprint: u64) -> Decision {
+fn replay_of(tx: OriginalData, e: &TxEntry, fingerprint: u64) -> Decision {
     if e.fingerprint != fingerprint {
         return Decision::Decline(ResponseCode::DUPLICATE);
     }
@@ -1063,7 +1073,7 @@ fn replay_of(e: &TxEntry, fingerprint: u64) -> Decision {
             auth: None,
             decided_by: DecidedBy::Switch,
         },
-        TxState::InDoubt => Replay::AskIssuer,
+        TxState::InDoubt => Replay::AskIssuer(Hold { card: e.card, tx }),
         TxState::Approved | TxState::Released => Replay::Answer {
             code: e.code,
             auth: e.auth,

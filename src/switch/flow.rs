@@ -166,9 +166,15 @@ impl Flow {
             // network will repeat again.
             Decision::Replay(Replay::Pending) => (None, DecidedBy::Switch),
             // Its answer was lost when vpan stopped; the issuer knows it. Nothing is
-            // counted again (it is counted as spent already).
-            Decision::Replay(Replay::AskIssuer) => {
-                self.forward_on_card(as_repeat(request), &vpan).await
+            // counted again (it is counted as spent already), and its answer settles it.
+            Decision::Replay(Replay::AskIssuer(hold)) => {
+                let (answer, decided_by) = self.forward_on_card(as_repeat(request), &vpan).await;
+                if let (Some(answer), DecidedBy::Issuer) = (&answer, decided_by) {
+                    // Not waited for: lost in a crash, the hold stays in doubt and spent,
+                    // and the next repeat asks again.
+                    drop(self.cards.complete(&hold, issuer_outcome(answer), now()));
+                }
+                (answer, decided_by)
             }
             Decision::Approve(approval) => self.forward_approval(request, &vpan, approval).await,
         }
@@ -203,15 +209,7 @@ impl Flow {
         let (stored, answer) = tokio::join!(durable, self.issuer.send(toward_issuer));
         match (stored, answer) {
             (Ok(()), Ok(answer)) => {
-                let code = ResponseCode(answer.response_code().unwrap_or(*b"96"));
-                let outcome = if is_approval(&answer) {
-                    let auth = answer
-                        .auth_code()
-                        .and_then(|a| <AuthCode>::try_from(a.as_bytes()).ok());
-                    IssuerOutcome::Approved(code, auth)
-                } else {
-                    IssuerOutcome::Declined(code)
-                };
+                let outcome = issuer_outcome(&answer);
                 // The hold is durable: were vpan to die now, recovery counts it as spent,
                 // so the outcome record need not be waited for.
                 let _outcome_durable = self.cards.complete(&hold, outcome, now());
@@ -504,6 +502,19 @@ struct VirtualPan {
     pan: Pan,
     /// Its index key.
     key: CardKey,
+}
+
+/// What the issuer's answer (0110/0210) did: approved with its DE 38, or declined.
+fn issuer_outcome(answer: &Message) -> IssuerOutcome {
+    let code = ResponseCode(answer.response_code().unwrap_or(*b"96"));
+    if is_approval(answer) {
+        let auth = answer
+            .auth_code()
+            .and_then(|a| <AuthCode>::try_from(a.as_bytes()).ok());
+        IssuerOutcome::Approved(code, auth)
+    } else {
+        IssuerOutcome::Declined(code)
+    }
 }
 
 /// The request marked as a repeat (0100 → 0101), as it goes to the issuer when vpan
