@@ -162,13 +162,7 @@ pub fn apply_card(card: &mut Card, event: &Event) {
             if t.counts_use {
                 card.held_uses = card.held_uses.saturating_add(1);
             }
-            if t.binds_merchant
-                && card.lock == LockKind::FirstUseUnbound
-                && let Some(a) = t.acceptor
-            {
-                card.lock = LockKind::FirstUseBound;
-                card.acceptor = a;
-            }
+            bind_merchant(card, t);
         }
         Event::InDoubt(hold) => spend_hold(card, hold),
         Event::Outcome {
@@ -243,13 +237,7 @@ pub fn apply_card(card: &mut Card, event: &Event) {
             if t.counts_use {
                 card.uses = card.uses.saturating_add(1);
             }
-            if t.binds_merchant
-                && card.lock == LockKind::FirstUseUnbound
-                && let Some(a) = t.acceptor
-            {
-                card.lock = LockKind::FirstUseBound;
-                card.acceptor = a;
-            }
+            bind_merchant(card, t);
             history::record(
                 &mut card.history,
                 RecentTx {
@@ -272,6 +260,17 @@ fn spend_hold(card: &mut Card, hold: &TxEvent) {
     card.spent = card.spent.saturating_add(hold.amount);
     if hold.counts_use {
         card.uses = card.uses.saturating_add(1);
+    }
+}
+
+/// A first-use lock binds to the merchant of the approval that asks it to.
+fn bind_merchant(card: &mut Card, t: &TxEvent) {
+    if t.binds_merchant
+        && card.lock == LockKind::FirstUseUnbound
+        && let Some(a) = t.acceptor
+    {
+        card.lock = LockKind::FirstUseBound;
+        card.acceptor = a;
     }
 }
 
