@@ -757,6 +757,25 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn a_barrier_resolves_only_once_every_record_queued_before_it_is_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::<Bytes>::start(dir.path(), 1).unwrap();
+        for i in 0..1_000u32 {
+            // Not waited for: only the barrier is.
+            drop(j.append(Bytes(i.to_le_bytes().to_vec())));
+        }
+        j.barrier().wait().unwrap();
+        assert!(j.mark.durable.load(Ordering::Acquire) >= 1_000);
+        let mut read = 0;
+        read_records(&segment_path(dir.path(), 1), |_| {
+            read += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(read, 1_000, "all on disk when the barrier resolved");
+    }
+
     fn write_three(dir: &Path) -> PathBuf {
         let j = Journal::<Bytes>::start(dir, 1).unwrap();
         for i in 1..=3u8 {
