@@ -566,26 +566,31 @@ fn the_issuers_answer_to_the_repeat_of_a_hold_in_doubt_settles_it_for_good() {
         assert_eq!(rec.holds_counted_as_spent, 3);
         let v = cards.get(key).unwrap();
         assert_eq!((v.spent, v.held, v.uses), (1_200, 0, 3));
-        // No answer from the issuer this time: still in doubt, still spent.
+        let in_doubt = |hold: &Hold, outcome| {
+            cards.settle_in_doubt(hold, outcome, NOW).wait().unwrap();
+        };
         let first = ask(&cards, 1);
-        cards
-            .complete(&first, IssuerOutcome::TimedOut, NOW)
-            .wait()
-            .unwrap();
-        assert_eq!(ask(&cards, 1), first);
-        // The issuer approved the first: it stays spent, and keeps the issuer's DE 38.
+        // Asked once at a time: another repeat meanwhile waits for that answer.
+        assert_eq!(replay(&cards, 1), Replay::Pending);
+        // An answer to an ordinary hold settles nothing in doubt.
         settle(
             &cards,
+            &first,
+            IssuerOutcome::Declined(ResponseCode(*b"05")),
+        );
+        // No answer from the issuer this time: still in doubt, still spent, and asked again.
+        in_doubt(&first, IssuerOutcome::TimedOut);
+        assert_eq!(ask(&cards, 1), first);
+        let v = cards.get(key).unwrap();
+        assert_eq!((v.spent, v.held, v.uses), (1_200, 0, 3));
+        // The issuer approved the first: it stays spent, and keeps the issuer's DE 38.
+        in_doubt(
             &first,
             IssuerOutcome::Approved(ResponseCode::APPROVED, Some(*b"A1B2C3")),
         );
         // It declined the second: given back, and its use.
         let second = ask(&cards, 2);
-        settle(
-            &cards,
-            &second,
-            IssuerOutcome::Declined(ResponseCode(*b"51")),
-        );
+        in_doubt(&second, IssuerOutcome::Declined(ResponseCode(*b"51")));
         // The network's advice of the third reports it approved: it stays spent.
         match cards.advice(key, &request(*b"0120", 200, 3, "SHOP-A"), NOW) {
             AdviceOutcome::Recorded(durable) => durable.wait().unwrap(),

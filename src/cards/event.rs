@@ -337,6 +337,7 @@ pub(crate) fn entry_of(t: &TxEvent, state: TxState, code: ResponseCode) -> TxEnt
         mti: t.mti,
         acceptor: t.acceptor,
         auth: None,
+        asking: false,
     }
 }
 
@@ -989,6 +990,7 @@ pub(crate) fn decode_snap_tx(g: &mut Get<'_>) -> Option<(OriginalData, TxEntry)>
             mti: g.array()?,
             acceptor: get_acceptor(g)?,
             auth: g.optional_tail()?,
+            asking: false,
         },
     ))
 }

@@ -110,6 +110,17 @@ pub struct TxEntry {
     pub acceptor: Option<AcceptorId>,
     /// DE 38 of the issuer's approval, given again with its DE 39 to a repeat.
     pub auth: Option<AuthCode>,
+    /// In doubt, and a repeat of it is with the issuer now: further repeats wait for that
+    /// answer rather than ask again (in memory only; a restart asks afresh).
+    pub asking: bool,
+}
+
+impl TxEntry {
+    /// Waiting for an issuer's answer (held, or in doubt and being asked): kept in the
+    /// ledger whatever its age, so that answer finds it.
+    pub fn awaits_issuer(&self) -> bool {
+        self.state == TxState::Held || (self.state == TxState::InDoubt && self.asking)
+    }
 }
 
 /// DE 38, the issuer's authorization code: six characters.
@@ -170,13 +181,8 @@ impl Ledger {
             order.pop_front();
             let removed = self
                 .entries
-                .remove_if(&key, |_, e| e.at <= at && e.state != TxState::Held);
-            if removed.is_none()
-                && self
-                    .entries
-                    .get(&key)
-                    .is_some_and(|e| e.state == TxState::Held)
-            {
+                .remove_if(&key, |_, e| e.at <= at && !e.awaits_issuer());
+            if removed.is_none() && self.entries.get(&key).is_some_and(|e| e.awaits_issuer()) {
                 // Still waiting for the issuer: keep it, look again later.
                 order.push_back((now, key));
                 requeued += 1;
@@ -314,6 +320,7 @@ mod tests {
             mti: *b"0100",
             acceptor: None,
             auth: None,
+            asking: false,
         }
     }
 
@@ -334,6 +341,26 @@ mod tests {
         assert!(l.get(&key(1)).is_none());
         assert!(l.get(&key(4)).is_some());
         assert!(l.len() <= 4);
+    }
+
+    #[test]
+    fn a_purchase_in_doubt_is_kept_while_the_issuer_is_asked_about_it() {
+        let l = Ledger::new(LedgerConfig {
+            capacity: 1,
+            retention_secs: 1_000,
+        });
+        let asked = TxEntry {
+            asking: true,
+            ..entry(10, TxState::InDoubt)
+        };
+        l.entries.insert(key(0), asked);
+        l.remember(key(0), 10, 10);
+        l.entries.insert(key(1), entry(10, TxState::InDoubt));
+        l.remember(key(1), 10, 10);
+        l.entries.insert(key(2), entry(11, TxState::Approved));
+        l.remember(key(2), 11, 11);
+        assert!(l.get(&key(0)).is_some(), "being asked: kept");
+        assert!(l.get(&key(1)).is_none(), "in doubt, not asked: forgotten");
     }
 
     #[test]

@@ -172,12 +172,14 @@ pub enum Replay {
         /// Who gave the first answer.
         decided_by: DecidedBy,
     },
-    /// The first is still with the issuer: ask again once it has answered (the switch
-    /// waits, up to the issuer's timeout, and then replays that answer).
+    /// The first (or, in doubt, a repeat of it) is still with the issuer: ask again once
+    /// it has answered (the switch waits, up to the issuer's timeout, and then replays that
+    /// answer).
     Pending,
     /// The first was with the issuer when vpan stopped, and its answer is unknown here:
-    /// the repeat goes to the issuer, which knows what it answered, and that answer goes to
-    /// `complete` with this hold (an approval keeps it spent, a decline gives it back).
+    /// the repeat goes to the issuer, which knows what it answered, and that answer (or
+    /// none) goes to `settle_in_doubt` with this hold. Until then, further repeats get
+    /// `Pending`.
     AskIssuer(Hold),
 }
 
@@ -660,7 +662,9 @@ impl Cards {
                 return Decision::Decline(ResponseCode::SYSTEM_ERROR);
             }
             let slot = match self.ledger.entries.entry(tx) {
-                dashmap::Entry::Occupied(e) => return replay_of(tx, e.get(), fingerprint),
+                dashmap::Entry::Occupied(mut e) => {
+                    return replay_of(tx, e.get_mut(), fingerprint);
+                }
                 dashmap::Entry::Vacant(v) => v,
             };
             fresh = true;
@@ -720,37 +724,60 @@ impl Cards {
     }
 
     /// Records the issuer's answer to an approval: spent (and a use) or released. Answering
-    /// a hold twice changes nothing the second time. A hold in doubt (`Replay::AskIssuer`)
-    /// takes only an answer: approved, it stays spent; declined, it is given back.
+    /// a hold twice changes nothing the second time.
     pub fn complete(&self, hold: &Hold, outcome: IssuerOutcome, now: UnixSeconds) -> Durable {
         self.index
             .update(hold.card, |card| {
-                self.complete_locked(card, hold, outcome, now)
+                self.complete_locked(card, hold, TxState::Held, outcome, now)
             })
             .flatten()
             .unwrap_or_else(|| Durable::ready(Ok(())))
     }
 
-    /// [`Cards::complete`] under the card's lock; `None` when the hold is not open (any
-    /// more).
+    /// Records what the issuer answered to the repeat of a purchase in doubt
+    /// (`Replay::AskIssuer`): approved, it stays spent and its answer is replayed from then
+    /// on; declined, its amount and use are given back. `TimedOut` or `Failed` (no answer,
+    /// or none that decides it) leave it in doubt and spent, for the next repeat to ask.
+    pub fn settle_in_doubt(
+        &self,
+        hold: &Hold,
+        outcome: IssuerOutcome,
+        now: UnixSeconds,
+    ) -> Durable {
+        self.index
+            .update(hold.card, |card| {
+                if let Some(mut e) = self.ledger.entries.get_mut(&hold.tx)
+                    && e.card == hold.card
+                {
+                    e.asking = false;
+                }
+                match outcome {
+                    IssuerOutcome::Approved(..) | IssuerOutcome::Declined(_) => {
+                        self.complete_locked(card, hold, TxState::InDoubt, outcome, now)
+                    }
+                    IssuerOutcome::TimedOut | IssuerOutcome::Failed => None,
+                }
+            })
+            .flatten()
+            .unwrap_or_else(|| Durable::ready(Ok(())))
+    }
+
+    /// [`Cards::complete`] (or [`Cards::settle_in_doubt`], `open` being `InDoubt`) under the
+    /// card's lock; `None` when the hold is not in state `open` (any more).
     fn complete_locked(
         &self,
         card: &mut Card,
         hold: &Hold,
+        open: TxState,
         outcome: IssuerOutcome,
         now: UnixSeconds,
     ) -> Option<Durable> {
         // One lookup of the entry, updated in place (card lock, then ledger shard).
         let mut e = self.ledger.entries.get_mut(&hold.tx)?;
-        if e.card != hold.card {
+        if e.card != hold.card || e.state != open {
             return None;
         }
-        let in_doubt = match (e.state, outcome) {
-            (TxState::Held, _) => false,
-            (TxState::InDoubt, IssuerOutcome::Approved(..) | IssuerOutcome::Declined(_)) => true,
-            // No answer to a repeat of a hold in doubt: still in doubt, still spent.
-            _ => return None,
-        };
+        let in_doubt = open == TxState::InDoubt;
         let (approved, code, auth) = match outcome {
             IssuerOutcome::Approved(c, auth) => (true, c, auth),
             IssuerOutcome::Declined(c) => (false, c, None),
@@ -866,7 +893,8 @@ impl Cards {
                     // is a repeat).
                     let hold = Hold { card: card_key, tx };
                     let approved = IssuerOutcome::APPROVED;
-                    if let Some(durable) = self.complete_locked(card, &hold, approved, now) {
+                    if let Some(durable) = self.complete_locked(card, &hold, e.state, approved, now)
+                    {
                         return AdviceOutcome::Recorded(durable);
                     }
                 }
@@ -1060,7 +1088,8 @@ impl journal::Encode for RawPayload<'_> {
 }
 
 /// What a repeat gets: the first answer, or 94 when the content differs.
-fn replay_of(tx: OriginalData, e: &TxEntry, fingerprint: u64) -> Decision {
+/// A repeat of a purchase in doubt is asked of the issuer once at a time (`asking`).
+fn replay_of(tx: OriginalData, e: &mut TxEntry, fingerprint: u64) -> Decision {
     if e.fingerprint != fingerprint {
         return Decision::Decline(ResponseCode::DUPLICATE);
     }
@@ -1073,7 +1102,11 @@ fn replay_of(tx: OriginalData, e: &TxEntry, fingerprint: u64) -> Decision {
             auth: None,
             decided_by: DecidedBy::Switch,
         },
-        TxState::InDoubt => Replay::AskIssuer(Hold { card: e.card, tx }),
+        TxState::InDoubt if e.asking => Replay::Pending,
+        TxState::InDoubt => {
+            e.asking = true;
+            Replay::AskIssuer(Hold { card: e.card, tx })
+        }
         TxState::Approved | TxState::Released => Replay::Answer {
             code: e.code,
             auth: e.auth,

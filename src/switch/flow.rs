@@ -23,8 +23,8 @@ use bytes::Bytes;
 
 use crate::cards::{
     AcceptorId, AdviceOutcome, Amounts, Approval, AuthCode, AuthRequest, CardKey, Cards, DecidedBy,
-    Decision, Expiry, IssuerOutcome, Kind, OriginalData, Replay, ResponseCode, ReversalOutcome,
-    ReversalRequest, TxKey, UnixSeconds,
+    Decision, Expiry, Hold, IssuerOutcome, Kind, OriginalData, Replay, ResponseCode,
+    ReversalOutcome, ReversalRequest, TxKey, UnixSeconds,
 };
 use crate::iso8583::{Message, Spec, recover_header};
 use crate::metrics as m;
@@ -168,12 +168,16 @@ impl Flow {
             // Its answer was lost when vpan stopped; the issuer knows it. Nothing is
             // counted again (it is counted as spent already), and its answer settles it.
             Decision::Replay(Replay::AskIssuer(hold)) => {
+                let mut asking = AskingIssuer {
+                    cards: &self.cards,
+                    hold,
+                    outcome: IssuerOutcome::TimedOut,
+                };
                 let (answer, decided_by) = self.forward_on_card(as_repeat(request), &vpan).await;
                 if let (Some(answer), DecidedBy::Issuer) = (&answer, decided_by) {
-                    // Not waited for: lost in a crash, the hold stays in doubt and spent,
-                    // and the next repeat asks again.
-                    drop(self.cards.complete(&hold, issuer_outcome(answer), now()));
+                    asking.outcome = in_doubt_outcome(answer);
                 }
+                drop(asking);
                 (answer, decided_by)
             }
             Decision::Approve(approval) => self.forward_approval(request, &vpan, approval).await,
@@ -517,6 +521,39 @@ fn issuer_outcome(answer: &Message) -> IssuerOutcome {
     }
 }
 
+/// What the issuer's answer to the repeat of a purchase in doubt says of it: approved,
+/// declined, or nothing (no DE 39, or 91, 96, 94 or 30: the issuer, or a host in front of
+/// it, did not decide; `TimedOut` leaves it in doubt).
+fn in_doubt_outcome(answer: &Message) -> IssuerOutcome {
+    match answer.response_code().map(ResponseCode) {
+        None => IssuerOutcome::TimedOut,
+        Some(
+            ResponseCode::ISSUER_UNAVAILABLE
+            | ResponseCode::SYSTEM_ERROR
+            | ResponseCode::DUPLICATE
+            | ResponseCode::FORMAT_ERROR,
+        ) => IssuerOutcome::TimedOut,
+        Some(_) => issuer_outcome(answer),
+    }
+}
+
+/// A purchase in doubt while a repeat of it is with the issuer: settled with `outcome`
+/// when dropped, also when the request's task is cancelled (then `TimedOut`: left in doubt
+/// for the next repeat to ask).
+struct AskingIssuer<'a> {
+    cards: &'a Cards,
+    hold: Hold,
+    outcome: IssuerOutcome,
+}
+
+impl Drop for AskingIssuer<'_> {
+    fn drop(&mut self) {
+        // Not waited for: lost in a crash, the purchase stays in doubt and spent, and the
+        // next repeat asks again.
+        drop(self.cards.settle_in_doubt(&self.hold, self.outcome, now()));
+    }
+}
+
 /// The request marked as a repeat (0100 → 0101), as it goes to the issuer when vpan
 /// cannot answer it: the issuer then answers what it answered the first time rather than
 /// deciding (and charging) it again.
@@ -714,5 +751,35 @@ mod tests {
         assert_eq!(code_label(code_index(None)), "other");
         assert_eq!(mti_label(mti_index(b"0100")), "0100");
         assert_eq!(mti_label(mti_index(b"9999")), "other");
+    }
+
+    #[test]
+    fn only_an_approval_or_a_real_decline_settles_a_purchase_in_doubt() {
+        let answer = |code: Option<&[u8; 2]>, auth: Option<&[u8]>| {
+            let mut m = Message::new(Spec::iso87ascii(), b"0110").unwrap();
+            m.set(11, b"000001").unwrap();
+            if let Some(c) = code {
+                m.set_response_code(c).unwrap();
+            }
+            if let Some(a) = auth {
+                m.set(38, a).unwrap();
+            }
+            m
+        };
+        assert_eq!(
+            in_doubt_outcome(&answer(Some(b"00"), Some(b"A1B2C3"))),
+            IssuerOutcome::Approved(ResponseCode::APPROVED, Some(*b"A1B2C3"))
+        );
+        assert_eq!(
+            in_doubt_outcome(&answer(Some(b"51"), None)),
+            IssuerOutcome::Declined(ResponseCode(*b"51"))
+        );
+        for undecided in [None, Some(b"91"), Some(b"96"), Some(b"94"), Some(b"30")] {
+            assert_eq!(
+                in_doubt_outcome(&answer(undecided, None)),
+                IssuerOutcome::TimedOut,
+                "{undecided:?}"
+            );
+        }
     }
 }
