@@ -5,7 +5,7 @@
 //!
 //! A real data directory is made once per process through the public API (cards of every
 //! kind, holds, an issuer decline, an advice, a reversal, a snapshot, then more journal
-//! records after it). Each input edits one record of its snapshot or of its journal, which
+//! records after it, and a restart's holds in doubt settled by the issuer). Each input edits one record of its snapshot or of its journal, which
 //! is then framed again with a valid CRC, so the decoders behind the CRC check see it:
 //!
 //! - byte 0: the file (even: `snapshot.bin`, odd: the journal segment after it);
@@ -145,6 +145,23 @@ fn make_template() -> Template {
         .wait()
         .expect("durable");
     let _ = cards.reverse(keys[0], &reversal, NOW);
+    // A hold open at a "crash": the restart journals both open ones as in doubt, and the
+    // issuer's answers to their repeats settle them.
+    let open_hold = request(b"0100", 50, "000008", "SHOP-A");
+    answer(keys[0], &open_hold, None);
+    drop(cards);
+    let cards = open(&dir).expect("the template reopens");
+    for (key, mut req, outcome) in [
+        (keys[0], open_hold, IssuerOutcome::Declined(ResponseCode(*b"51"))),
+        (keys[2], request(b"0200", 900, "000004", "SHOP-C"), IssuerOutcome::APPROVED),
+    ] {
+        req.mti[3] = b'1';
+        if let vpan::cards::Decision::Replay(vpan::cards::Replay::AskIssuer(hold)) =
+            cards.authorize(key, &req, NOW)
+        {
+            cards.settle_in_doubt(&hold, outcome, NOW).wait().expect("durable");
+        }
+    }
     drop(cards);
 
     let records = |path: &Path| {
@@ -156,16 +173,22 @@ fn make_template() -> Template {
         .expect("the template reads back");
         out
     };
-    let segment = *list_segments(&dir)
-        .expect("segments")
-        .last()
-        .expect("a segment after the snapshot");
+    // The segments after the snapshot (one per start), as one.
+    let segments = list_segments(&dir).expect("segments");
+    let segment = *segments.first().expect("a segment after the snapshot");
     let template = Template {
         key: std::fs::read(dir.join("pan.key")).expect("the key file"),
         snapshot: records(&dir.join(SNAPSHOT_FILE)),
         segment,
-        journal: records(&segment_path(&dir, segment)),
+        journal: segments
+            .iter()
+            .flat_map(|&s| records(&segment_path(&dir, s)))
+            .collect(),
     };
+    assert!(
+        template.journal.iter().any(|r| r.first() == Some(&7)),
+        "the template journal holds the restart's in-doubt records"
+    );
     let _ = std::fs::remove_dir_all(&dir);
     template
 }

@@ -525,7 +525,6 @@ pub(crate) fn units_of(f: &FieldSpec, wire: &[u8]) -> usize {
 
 /// Decodes a field's wire bytes (prefix included) into its text form.
 pub(crate) fn decode<'a>(f: &FieldSpec, wire: &'a [u8]) -> FieldText<'a> {
-    let units = units_of(f, wire);
     let v = wire.get(f.prefix_bytes()..).unwrap_or_default();
     match f.encoding {
         Encoding::Ascii | Encoding::HexAscii => FieldText::borrowed(v),
@@ -545,6 +544,8 @@ pub(crate) fn decode<'a>(f: &FieldSpec, wire: &'a [u8]) -> FieldText<'a> {
             out.finish()
         }
         Encoding::Bcd(pad) => {
+            // Only packed digits need the count from the prefix: half a byte may be padding.
+            let units = units_of(f, wire);
             let mut out = TextBuf::new();
             let (sign, digits) = if matches!(f.kind, Kind::Xn) {
                 match v.split_first() {
