@@ -542,7 +542,7 @@ fn the_issuers_answer_to_the_repeat_of_a_hold_in_doubt_settles_it_for_good() {
     let key = {
         let (cards, _) = open(dir.path());
         let key = issue(&cards, &spec(10_000));
-        // Two durable holds, no answer to either before the "crash".
+        // Three durable holds, no answer to any before the "crash".
         approve(&cards, key, 700, 1).durable.wait().unwrap();
         approve(&cards, key, 300, 2).durable.wait().unwrap();
         approve(&cards, key, 200, 3).durable.wait().unwrap();

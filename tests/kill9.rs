@@ -190,10 +190,22 @@ async fn the_switch_snapshots_as_it_serves_and_a_kill_after_restarts_from_the_sn
     sim.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_purchase_the_issuer_had_at_a_kill_is_in_doubt_and_its_repeat_gets_the_issuers_first_answer()
- {
-    // The issuer takes 3 s to answer: the kill comes while it has the purchase.
+/// A purchase the issuer (answering in 3 s) had when `vpan serve` was killed, and the
+/// switch started again with `restart_env`: the purchase is in doubt.
+struct InDoubtAfterKill {
+    sim: vpan::tools::issuer_sim::IssuerSimHandle,
+    _dir: tempfile::TempDir,
+    data_dir: std::path::PathBuf,
+    card: vpan::cards::CardView,
+    real: vpan::pan::Pan,
+    /// The real account's balance before the purchase.
+    before: i64,
+    request: Message,
+    child: tokio::process::Child,
+    net: Client,
+}
+
+async fn kill_while_the_issuer_has_a_purchase(restart_env: &[(&str, &str)]) -> InDoubtAfterKill {
     let sim = IssuerSim::start(SimConfig {
         latency: Duration::from_secs(3),
         ..SimConfig::default()
@@ -201,7 +213,6 @@ async fn a_purchase_the_issuer_had_at_a_kill_is_in_doubt_and_its_repeat_gets_the
     .await
     .unwrap();
     let issuer = sim.local_addr().to_string();
-    let slow_issuer = [("VPAN_ISSUER_TIMEOUT_MS", "10000")];
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     let (card, real) = issue_cards(&data_dir, 1, 10_000).await.remove(0);
@@ -209,6 +220,7 @@ async fn a_purchase_the_issuer_had_at_a_kill_is_in_doubt_and_its_repeat_gets_the
         .balance(&real)
         .unwrap_or(vpan::tools::issuer_sim::DEFAULT_BALANCE);
 
+    let slow_issuer = [("VPAN_ISSUER_TIMEOUT_MS", "10000")];
     let mut serve = start_serve(&data_dir, &issuer, &slow_issuer).await;
     serve
         .wait_log("issuer link up", 2, Duration::from_secs(30))
@@ -230,13 +242,39 @@ async fn a_purchase_the_issuer_had_at_a_kill_is_in_doubt_and_its_repeat_gets_the
     child.start_kill().unwrap();
     let _ = child.wait().await;
 
-    let mut serve = start_serve(&data_dir, &issuer, &slow_issuer).await;
+    let mut serve = start_serve(&data_dir, &issuer, restart_env).await;
     assert_eq!(serve.recovered["holds_counted_as_spent"], 1);
     serve
         .wait_log("issuer link up", 2, Duration::from_secs(30))
         .await;
-    let mut child = serve.child;
-    let mut net = Client::connect(serve.network).await;
+    let net = Client::connect(serve.network).await;
+    InDoubtAfterKill {
+        sim,
+        _dir: dir,
+        data_dir,
+        card,
+        real,
+        before,
+        request,
+        child: serve.child,
+        net,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purchase_the_issuer_had_at_a_kill_is_in_doubt_and_its_repeat_gets_the_issuers_first_answer()
+ {
+    let InDoubtAfterKill {
+        sim,
+        _dir,
+        data_dir,
+        card,
+        real,
+        before,
+        request,
+        mut child,
+        mut net,
+    } = kill_while_the_issuer_has_a_purchase(&[("VPAN_ISSUER_TIMEOUT_MS", "10000")]).await;
     // The network never had an answer: it sends the same key again (here as an original).
     // vpan does not know what the issuer answered, so it asks, marked as a repeat (else the
     // issuer would decide, and charge, it a second time), and the issuer answers what it
@@ -274,5 +312,54 @@ async fn a_purchase_the_issuer_had_at_a_kill_is_in_doubt_and_its_repeat_gets_the
         (700, 0, 1),
         "counted once"
     );
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_of_a_purchase_in_doubt_that_the_issuer_answers_too_late_gets_91_and_stands_nowhere()
+ {
+    // After the restart the issuer (3 s) is slower than the switch waits (1 s).
+    let InDoubtAfterKill {
+        sim,
+        _dir,
+        data_dir,
+        card,
+        real,
+        before,
+        request,
+        mut child,
+        mut net,
+    } = kill_while_the_issuer_has_a_purchase(&[("VPAN_ISSUER_TIMEOUT_MS", "1000")]).await;
+    let answer = net.call(&request).await;
+    assert_eq!(code(&answer), "91");
+    // The network was told it did not happen: vpan gives it back, and the issuer's late
+    // approval of the repeat (its first answer, 00) is reversed there.
+    for _ in 0..250 {
+        if sim.requests(b"0400") == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        sim.requests(b"0400"),
+        1,
+        "the late approval reversed at the issuer"
+    );
+    assert_eq!(
+        sim.balance(&real),
+        Some(before),
+        "the real account is not charged"
+    );
+    // A later repeat is answered by vpan as the network was answered, not asked again.
+    let again = net.call(&request).await;
+    assert_eq!(code(&again), "91");
+    assert_eq!(sim.requests(b"0101"), 1);
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
+    let view = open_cards(&data_dir)
+        .0
+        .get(CardKey::of(&card.vpan))
+        .unwrap();
+    assert_eq!((view.spent, view.held, view.uses), (0, 0, 0), "given back");
     sim.shutdown().await;
 }

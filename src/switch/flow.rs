@@ -173,12 +173,11 @@ impl Flow {
                     hold,
                     outcome: IssuerOutcome::TimedOut,
                 };
-                let (answer, decided_by) = self.forward_on_card(as_repeat(request), &vpan).await;
-                if let (Some(answer), DecidedBy::Issuer) = (&answer, decided_by) {
-                    asking.outcome = in_doubt_outcome(answer);
-                }
+                let request = as_repeat(request);
+                let sent = self.send_on_card(&request, &vpan).await;
+                asking.outcome = in_doubt_outcome(&sent);
                 drop(asking);
-                (answer, decided_by)
+                self.answer_on_card(request, sent).await
             }
             Decision::Approve(approval) => self.forward_approval(request, &vpan, approval).await,
         }
@@ -330,22 +329,36 @@ impl Flow {
 
     /// Forwards a request on a known vPAN with the real card, answers with the vPAN back.
     async fn forward_on_card(&self, request: Msg, vpan: &VirtualPan) -> (Option<Msg>, DecidedBy) {
+        let sent = self.send_on_card(&request, vpan).await;
+        self.answer_on_card(request, sent).await
+    }
+
+    /// The issuer's answer to `request` sent with the real card (the vPAN back in it; `None`
+    /// when it cannot be put back), or why there is none.
+    async fn send_on_card(&self, request: &Message, vpan: &VirtualPan) -> OnCard {
         let Some((real_pan, real_expiry, virtual_expiry)) = self.cards.real_card(vpan.key) else {
-            return self.unknown_or_passthrough(request).await;
+            return Err(NotSent::UnknownCard);
         };
-        let Some(toward_issuer) = self.to_real(&request, &real_pan, &real_expiry.0) else {
-            return (
-                self.local_answer(&request, ResponseCode::FORMAT_ERROR),
-                DecidedBy::Switch,
-            );
-        };
+        let toward_issuer = self
+            .to_real(request, &real_pan, &real_expiry.0)
+            .ok_or(NotSent::Format)?;
         drop(real_pan);
         match self.issuer.send(toward_issuer).await {
-            Ok(answer) => (
-                self.to_virtual(answer, vpan, &virtual_expiry.0),
-                DecidedBy::Issuer,
+            Ok(answer) => Ok(self.to_virtual(answer, vpan, &virtual_expiry.0)),
+            Err(e) => Err(NotSent::Issuer(e)),
+        }
+    }
+
+    /// The network's answer to `request` from what [`Flow::send_on_card`] came to.
+    async fn answer_on_card(&self, request: Msg, sent: OnCard) -> (Option<Msg>, DecidedBy) {
+        match sent {
+            Ok(answer) => (answer, DecidedBy::Issuer),
+            Err(NotSent::UnknownCard) => self.unknown_or_passthrough(request).await,
+            Err(NotSent::Format) => (
+                self.local_answer(&request, ResponseCode::FORMAT_ERROR),
+                DecidedBy::Switch,
             ),
-            Err(e) => self.issuer_failed(&request, e),
+            Err(NotSent::Issuer(e)) => self.issuer_failed(&request, e),
         }
     }
 
@@ -521,10 +534,36 @@ fn issuer_outcome(answer: &Message) -> IssuerOutcome {
     }
 }
 
-/// What the issuer's answer to the repeat of a purchase in doubt says of it: approved,
-/// declined, or nothing (no DE 39, or 91, 96, 94 or 30: the issuer, or a host in front of
-/// it, did not decide; `TimedOut` leaves it in doubt).
-fn in_doubt_outcome(answer: &Message) -> IssuerOutcome {
+/// What a request sent with the real card came to: the issuer's answer (`None` when the
+/// vPAN could not be put back in it), or why there is none.
+type OnCard = Result<Option<Msg>, NotSent>;
+
+/// Why a request on a known vPAN got no answer from the issuer.
+enum NotSent {
+    /// The card is not there (after all).
+    UnknownCard,
+    /// The request does not fit the issuer's layout with the real card.
+    Format,
+    /// The issuer link's error.
+    Issuer(IssuerError),
+}
+
+/// What the repeat of a purchase in doubt, sent to the issuer, says of it:
+///
+/// - the issuer approved or declined it: settled so;
+/// - sent, and no answer in time (or its connection lost): the network gets 91, and the
+///   issuer link reverses whatever the issuer does with it (a late approval, or the request
+///   once forgotten, as for any purchase that got 91), so it does not stand: given back;
+/// - not sent, or answered without a decision (no DE 39, or 91, 96, 94 or 30: the issuer,
+///   or a host in front of it, did not decide): left in doubt (`TimedOut`), and spent.
+fn in_doubt_outcome(sent: &OnCard) -> IssuerOutcome {
+    let answer = match sent {
+        Ok(Some(answer)) => answer,
+        Err(NotSent::Issuer(IssuerError::Timeout | IssuerError::ConnectionLost)) => {
+            return IssuerOutcome::Declined(ResponseCode::ISSUER_UNAVAILABLE);
+        }
+        _ => return IssuerOutcome::TimedOut,
+    };
     match answer.response_code().map(ResponseCode) {
         None => IssuerOutcome::TimedOut,
         Some(
@@ -766,20 +805,37 @@ mod tests {
             }
             m
         };
+        let answered = |code, auth| in_doubt_outcome(&Ok(Some(Box::new(answer(code, auth)))));
         assert_eq!(
-            in_doubt_outcome(&answer(Some(b"00"), Some(b"A1B2C3"))),
+            answered(Some(b"00"), Some(b"A1B2C3")),
             IssuerOutcome::Approved(ResponseCode::APPROVED, Some(*b"A1B2C3"))
         );
         assert_eq!(
-            in_doubt_outcome(&answer(Some(b"51"), None)),
+            answered(Some(b"51"), None),
             IssuerOutcome::Declined(ResponseCode(*b"51"))
         );
         for undecided in [None, Some(b"91"), Some(b"96"), Some(b"94"), Some(b"30")] {
             assert_eq!(
-                in_doubt_outcome(&answer(undecided, None)),
+                answered(undecided, None),
                 IssuerOutcome::TimedOut,
                 "{undecided:?}"
             );
+        }
+        // Sent and unanswered: the link reverses it at the issuer, so it does not stand.
+        for lost in [IssuerError::Timeout, IssuerError::ConnectionLost] {
+            assert_eq!(
+                in_doubt_outcome(&Err(NotSent::Issuer(lost))),
+                IssuerOutcome::Declined(ResponseCode::ISSUER_UNAVAILABLE)
+            );
+        }
+        // Never sent: whatever the issuer did with the first stands, so it stays in doubt.
+        for unsent in [
+            NotSent::Issuer(IssuerError::Unavailable),
+            NotSent::Issuer(IssuerError::Encode),
+            NotSent::Format,
+            NotSent::UnknownCard,
+        ] {
+            assert_eq!(in_doubt_outcome(&Err(unsent)), IssuerOutcome::TimedOut);
         }
     }
 }
