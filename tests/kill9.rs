@@ -261,105 +261,80 @@ async fn kill_while_the_issuer_has_a_purchase(restart_env: &[(&str, &str)]) -> I
     }
 }
 
+impl InDoubtAfterKill {
+    /// Kills the switch and reads the card's (spent, held, uses) off its data directory.
+    async fn counters_after_kill(mut self) -> (u64, u64, u32) {
+        self.child.start_kill().unwrap();
+        let _ = self.child.wait().await;
+        self.sim.shutdown().await;
+        let view = open_cards(&self.data_dir)
+            .0
+            .get(CardKey::of(&self.card.vpan))
+            .unwrap();
+        (view.spent, view.held, view.uses)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purchase_the_issuer_had_at_a_kill_is_in_doubt_and_its_repeat_gets_the_issuers_first_answer()
  {
-    let InDoubtAfterKill {
-        sim,
-        _dir,
-        data_dir,
-        card,
-        real,
-        before,
-        request,
-        mut child,
-        mut net,
-    } = kill_while_the_issuer_has_a_purchase(&[("VPAN_ISSUER_TIMEOUT_MS", "10000")]).await;
+    let mut t = kill_while_the_issuer_has_a_purchase(&[("VPAN_ISSUER_TIMEOUT_MS", "10000")]).await;
     // The network never had an answer: it sends the same key again (here as an original).
     // vpan does not know what the issuer answered, so it asks, marked as a repeat (else the
     // issuer would decide, and charge, it a second time), and the issuer answers what it
     // answered first.
-    let answer = net.call(&request).await;
+    let answer = t.net.call(&t.request).await;
     assert_eq!((answer.mti(), code(&answer)), (*b"0110", "00".to_string()));
-    assert_eq!(answer.pan().unwrap().unwrap(), card.vpan, "the vPAN back");
+    assert_eq!(answer.pan().unwrap().unwrap(), t.card.vpan, "the vPAN back");
     let auth = answer
         .auth_code()
         .expect("the issuer's own answer, with its auth code")
         .as_bytes()
         .to_vec();
-    assert_eq!(sim.requests(b"0101"), 1, "asked of the issuer as a repeat");
+    assert_eq!(
+        t.sim.requests(b"0101"),
+        1,
+        "asked of the issuer as a repeat"
+    );
     // That answer settled it: the next repeat is answered here, with the same DE 38.
-    let mut repeat = request.clone();
+    let mut repeat = t.request.clone();
     repeat.set_mti(b"0101").unwrap();
     let repeat = Message::parse(vpan::iso8583::Spec::iso87ascii(), repeat.pack()).unwrap();
-    let again = net.call(&repeat).await;
+    let again = t.net.call(&repeat).await;
     assert_eq!((again.mti(), code(&again)), (*b"0110", "00".to_string()));
     assert_eq!(again.auth_code().map(|a| a.as_bytes().to_vec()), Some(auth));
-    assert_eq!(sim.requests(b"0101"), 1, "not asked again");
+    assert_eq!(t.sim.requests(b"0101"), 1, "not asked again");
+    let charged = Some(t.before - 700);
     assert_eq!(
-        sim.balance(&real),
-        Some(before - 700),
+        t.sim.balance(&t.real),
+        charged,
         "charged once at the issuer"
     );
-    child.start_kill().unwrap();
-    let _ = child.wait().await;
-    let view = open_cards(&data_dir)
-        .0
-        .get(CardKey::of(&card.vpan))
-        .unwrap();
-    assert_eq!(
-        (view.spent, view.held, view.uses),
-        (700, 0, 1),
-        "counted once"
-    );
-    sim.shutdown().await;
+    assert_eq!(t.counters_after_kill().await, (700, 0, 1), "counted once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeat_of_a_purchase_in_doubt_that_the_issuer_answers_too_late_gets_91_and_stands_nowhere()
  {
     // After the restart the issuer (3 s) is slower than the switch waits (1 s).
-    let InDoubtAfterKill {
-        sim,
-        _dir,
-        data_dir,
-        card,
-        real,
-        before,
-        request,
-        mut child,
-        mut net,
-    } = kill_while_the_issuer_has_a_purchase(&[("VPAN_ISSUER_TIMEOUT_MS", "1000")]).await;
-    let answer = net.call(&request).await;
+    let mut t = kill_while_the_issuer_has_a_purchase(&[("VPAN_ISSUER_TIMEOUT_MS", "1000")]).await;
+    let answer = t.net.call(&t.request).await;
     assert_eq!(code(&answer), "91");
     // The network was told it did not happen: vpan gives it back, and the issuer's late
     // approval of the repeat (its first answer, 00) is reversed there.
     for _ in 0..250 {
-        if sim.requests(b"0400") == 1 {
+        if t.sim.requests(b"0400") == 1 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(
-        sim.requests(b"0400"),
-        1,
-        "the late approval reversed at the issuer"
-    );
-    assert_eq!(
-        sim.balance(&real),
-        Some(before),
-        "the real account is not charged"
-    );
+    let reversed = t.sim.requests(b"0400");
+    assert_eq!(reversed, 1, "the late approval reversed at the issuer");
+    let balance = t.sim.balance(&t.real);
+    assert_eq!(balance, Some(t.before), "the real account is not charged");
     // A later repeat is answered by vpan as the network was answered, not asked again.
-    let again = net.call(&request).await;
+    let again = t.net.call(&t.request).await;
     assert_eq!(code(&again), "91");
-    assert_eq!(sim.requests(b"0101"), 1);
-    child.start_kill().unwrap();
-    let _ = child.wait().await;
-    let view = open_cards(&data_dir)
-        .0
-        .get(CardKey::of(&card.vpan))
-        .unwrap();
-    assert_eq!((view.spent, view.held, view.uses), (0, 0, 0), "given back");
-    sim.shutdown().await;
+    assert_eq!(t.sim.requests(b"0101"), 1);
+    assert_eq!(t.counters_after_kill().await, (0, 0, 0), "given back");
 }
