@@ -637,6 +637,40 @@ fn the_issuers_answer_to_the_repeat_of_a_hold_in_doubt_settles_it_for_good() {
     check(&cards);
 }
 
+#[test]
+fn an_answer_to_an_ask_that_comes_after_the_purchase_was_settled_otherwise_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = {
+        let (cards, _) = open(dir.path());
+        let key = issue(&cards, &spec(10_000));
+        approve(&cards, key, 700, 1).durable.wait().unwrap();
+        key
+    };
+    let (cards, _) = open(dir.path());
+    let mut repeat = purchase(700, 1);
+    repeat.mti = *b"0101";
+    let Decision::Replay(Replay::AskIssuer(hold)) = cards.authorize(key, &repeat, NOW) else {
+        panic!("expected the issuer to be asked");
+    };
+    // While the issuer has the repeat, the network's advice reports the purchase approved.
+    match cards.advice(key, &request(*b"0120", 700, 1, "SHOP-A"), NOW) {
+        AdviceOutcome::Recorded(durable) => durable.wait().unwrap(),
+        other => panic!("{other:?}"),
+    }
+    // The ask's late decline finds it settled: nothing is given back.
+    let declined = IssuerOutcome::Declined(ResponseCode(*b"51"));
+    cards.settle_in_doubt(&hold, declined, NOW).wait().unwrap();
+    let v = cards.get(key).unwrap();
+    assert_eq!((v.spent, v.held, v.uses), (700, 0, 1));
+    assert!(matches!(
+        cards.authorize(key, &repeat, NOW),
+        Decision::Replay(Replay::Answer {
+            code: ResponseCode::APPROVED,
+            ..
+        })
+    ));
+}
+
 /// Rewrites the snapshot in `dir` record by record (`edit` gets their payloads), each
 /// framed again with a valid CRC: damage that a checksum does not catch.
 fn rewrite_snapshot(dir: &std::path::Path, edit: impl FnOnce(&mut Vec<Vec<u8>>)) {
