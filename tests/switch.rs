@@ -391,8 +391,14 @@ async fn the_same_stan_on_two_connections_at_once_gets_each_its_own_answer() {
         ..SimConfig::default()
     };
     let rig = rig(Some(sim), |c| c.issuer.connections = 1).await;
-    let (a, _) = rig.issue(|_| {}).await;
-    let (b, _) = rig.issue(|_| {}).await;
+    let (a, real_a) = rig.issue(|_| {}).await;
+    let (b, real_b) = rig.issue(|_| {}).await;
+    let balance = |real| {
+        rig.sim()
+            .balance(real)
+            .unwrap_or(vpan::tools::issuer_sim::DEFAULT_BALANCE)
+    };
+    let (before_a, before_b) = (balance(&real_a), balance(&real_b));
     let mut one = Client::connect(rig.network).await;
     let mut two = Client::connect(rig.network).await;
     let req_a = purchase(&mut one, b"0100", &a.vpan, &a.expiry.0, 111);
@@ -412,6 +418,19 @@ async fn the_same_stan_on_two_connections_at_once_gets_each_its_own_answer() {
     assert_eq!(ans_b.pan().unwrap().unwrap(), b.vpan);
     assert_eq!(ans_b.raw(4), Some(&b"000000000222"[..]));
     assert_eq!((code(&ans_a), code(&ans_b)), ("00".into(), "00".into()));
+    assert_eq!(balance(&real_a), before_a - 111);
+    assert_eq!(balance(&real_b), before_b - 222);
+    // One of the two went to the issuer under another STAN; each one's reversal names
+    // its own original there (the acquirer tells them apart), and credits its own account.
+    for (net, original) in [(&mut one, &req_a), (&mut two, &req_b)] {
+        let reversal = reversal_of(net, original);
+        assert_eq!(code(&net.call(&reversal).await), "00");
+    }
+    assert_eq!(
+        (balance(&real_a), balance(&real_b)),
+        (before_a, before_b),
+        "both credited"
+    );
     rig.stop().await;
 }
 

@@ -208,6 +208,28 @@ impl OriginalData {
     }
 }
 
+/// DE 90 (original data elements, n 42) for a message sent with this MTI, STAN, DE 7 and
+/// DE 32: the acquirer is zero-padded on the left to 11 digits, the forwarder left zero.
+pub fn original_data_elements(
+    mti: &[u8; 4],
+    stan: &[u8; 6],
+    transmission_time: &[u8; 10],
+    acquirer: &[u8],
+) -> [u8; 42] {
+    let mut out = [b'0'; 42];
+    out[0..4].copy_from_slice(mti);
+    out[4..10].copy_from_slice(stan);
+    out[10..20].copy_from_slice(transmission_time);
+    let acq = acquirer
+        .get(acquirer.len().saturating_sub(11)..)
+        .unwrap_or_default();
+    let start = 31 - acq.len();
+    if let Some(dst) = out.get_mut(start..31) {
+        dst.copy_from_slice(acq);
+    }
+    out
+}
+
 /// An authorization, financial request or advice (0100, 0200, 0120, 0220 and repeats).
 #[derive(Clone, Debug)]
 pub struct AuthRequest {

@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::ConcurrentMap;
+use crate::cards::request::original_data_elements;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
@@ -120,7 +121,7 @@ struct Inner {
     pending: ConcurrentMap<[u8; 6], Pending>,
     /// Originals that went out under another STAN than the network's: their network
     /// identity (DE 90's first 20 digits: MTI, STAN, DE 7) to the stamp used, and when.
-    restamped: ConcurrentMap<[u8; 20], ([u8; 6], Instant)>,
+    restamped: ConcurrentMap<[u8; ORIGINAL_KEY], ([u8; 6], Instant)>,
     /// Reversals being sent (or retried) in the background, for [`IssuerLink::quiesce`].
     reversals: AtomicUsize,
     /// Stops the connection tasks.
@@ -310,7 +311,7 @@ impl IssuerLink {
     fn rewrite_original(&self, request: &mut Message) -> Result<(), IssuerError> {
         let Some(key) = request
             .text(90)
-            .and_then(|d| <[u8; 20]>::try_from(d.as_bytes().get(..20)?).ok())
+            .and_then(|d| <[u8; ORIGINAL_KEY]>::try_from(d.as_bytes().get(..ORIGINAL_KEY)?).ok())
         else {
             return Ok(());
         };
@@ -738,13 +739,19 @@ impl Drop for ReversalDone {
     }
 }
 
-/// The network identity of `request` as DE 90 names it: MTI, its network STAN, DE 7.
-fn identity(request: &Message, network_stan: &[u8; 6]) -> Option<[u8; 20]> {
-    let mut key = [b'0'; 20];
-    key[..4].copy_from_slice(&request.mti());
-    key[4..10].copy_from_slice(network_stan);
-    key[10..20].copy_from_slice(&request.transmission_time()?);
-    Some(key)
+/// How much of DE 90 names the original: MTI, STAN, DE 7 and the acquirer (DE 32), which
+/// tells apart two acquirers whose STANs meet in the same second (the forwarder is left).
+const ORIGINAL_KEY: usize = 31;
+
+/// The network identity of `request` as DE 90 names it: MTI, its network STAN, DE 7, DE 32.
+fn identity(request: &Message, network_stan: &[u8; 6]) -> Option<[u8; ORIGINAL_KEY]> {
+    let de90 = original_data_elements(
+        &request.mti(),
+        network_stan,
+        &request.transmission_time()?,
+        request.acquirer().as_deref().unwrap_or_default(),
+    );
+    <[u8; ORIGINAL_KEY]>::try_from(&de90[..ORIGINAL_KEY]).ok()
 }
 
 /// True when `answer` is an MTI that answers `request` (0100 → 011x, 0401 → 041x, ...).
@@ -794,20 +801,12 @@ pub fn network_management_request(
 pub fn reversal_for(original: &Message) -> Result<Message, IssuerError> {
     let mut rev = original.clone();
     rev.set_mti(b"0400").map_err(|_| IssuerError::Encode)?;
-    let mut de90 = [b'0'; 42];
-    de90[..4].copy_from_slice(&original.mti());
-    if let Some(stan) = original.stan() {
-        de90[4..10].copy_from_slice(&stan);
-    }
-    if let Some(t) = original.transmission_time() {
-        de90[10..20].copy_from_slice(&t);
-    }
-    if let Some(acq) = original.acquirer() {
-        let acq = acq.as_bytes();
-        if acq.len() <= 11 {
-            de90[31 - acq.len()..31].copy_from_slice(acq);
-        }
-    }
+    let de90 = original_data_elements(
+        &original.mti(),
+        &original.stan().unwrap_or([b'0'; 6]),
+        &original.transmission_time().unwrap_or([b'0'; 10]),
+        original.acquirer().as_deref().unwrap_or_default(),
+    );
     // A reversal carries no card-verification data.
     for n in [35, 45, 52, 55] {
         rev.remove(n);

@@ -418,27 +418,7 @@ fn json_error(e: &serde_json::Error) -> String {
     format!("{kind} (column {})", e.column())
 }
 
-/// DE 90 (original data elements, n 42) for a message sent with this MTI, STAN, DE 7 and
-/// DE 32: the acquirer is zero-padded on the left to 11 digits, the forwarder left zero.
-pub fn original_data_elements(
-    mti: &[u8; 4],
-    stan: &[u8; 6],
-    transmission_time: &[u8; 10],
-    acquirer: &[u8],
-) -> [u8; 42] {
-    let mut out = [b'0'; 42];
-    out[0..4].copy_from_slice(mti);
-    out[4..10].copy_from_slice(stan);
-    out[10..20].copy_from_slice(transmission_time);
-    let acq = acquirer
-        .get(acquirer.len().saturating_sub(11)..)
-        .unwrap_or_default();
-    let start = 31 - acq.len();
-    if let Some(dst) = out.get_mut(start..31) {
-        dst.copy_from_slice(acq);
-    }
-    out
-}
+pub use crate::cards::request::original_data_elements;
 
 #[cfg(test)]
 mod tests {
