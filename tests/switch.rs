@@ -174,6 +174,13 @@ async fn every_local_decline_is_answered_by_the_switch_without_asking_the_issuer
             "54",
         ),
         (
+            "a DE 14 that is no date",
+            expiring.vpan.clone(),
+            *b"0000",
+            100,
+            "54",
+        ),
+        (
             "MCC blocked",
             blocked_mcc.vpan.clone(),
             blocked_mcc.expiry.0,
@@ -272,6 +279,32 @@ async fn a_reversal_gives_the_amount_back_and_the_card_can_be_used_again() {
     let again = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 1_000);
     assert_eq!(code(&net.call(&again).await), "00");
     assert_eq!(rig.cards.get(key).unwrap().spent, 1_000);
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn a_partial_reversal_reads_the_amount_left_in_de95_and_one_it_cannot_read_gets_30() {
+    let rig = rig(Some(SimConfig::default()), |_| {}).await;
+    let (card, _) = rig.issue(|_| {}).await;
+    let key = CardKey::of(&card.vpan);
+    let mut net = Client::connect(rig.network).await;
+    let first = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 1_000);
+    assert_eq!(code(&net.call(&first).await), "00");
+    let partial = |net: &mut Client, de95: &[u8]| {
+        let mut rev = reversal_of(net, &first);
+        rev.set(95, de95).unwrap();
+        Message::parse(Spec::iso87ascii(), rev.pack()).unwrap()
+    };
+    // Unreadable: answered 30, and nothing given back (not a full reversal).
+    let garbled = partial(&mut net, &[b'X'; 42]);
+    assert_eq!(code(&net.call(&garbled).await), "30");
+    assert_eq!(rig.cards.get(key).unwrap().spent, 1_000);
+    // 400 stays, with its fee parts unsigned as some networks send them: 600 given back.
+    let de95 = b"000000000400000000000400000000000000000000";
+    let rev = partial(&mut net, de95);
+    assert_eq!(code(&net.call(&rev).await), "00");
+    let v = rig.cards.get(key).unwrap();
+    assert_eq!((v.spent, v.uses), (400, 1));
     rig.stop().await;
 }
 

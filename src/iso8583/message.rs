@@ -430,6 +430,14 @@ impl Message {
         Some(o)
     }
 
+    /// DE 95's first part, the transaction amount a partial reversal leaves in place, read
+    /// on its own (its fee parts are often sent unsigned or blank): `Some(None)` when DE 95
+    /// is there but does not start with 12 digits.
+    pub fn replacement_transaction_amount(&self) -> Option<Option<u64>> {
+        let t = self.text(95)?;
+        Some(t.get(..12).and_then(digits_value))
+    }
+
     /// DE 95, replacement amounts (what a partial reversal leaves in place).
     pub fn replacement_amounts(&self) -> Option<ReplacementAmounts> {
         let t: [u8; 42] = self.fixed(95)?;

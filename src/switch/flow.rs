@@ -659,7 +659,8 @@ pub fn auth_request(msg: &Message) -> Option<AuthRequest> {
                 .unwrap_or(0),
             billing,
         },
-        expiry: msg.expiry().and_then(|e| Expiry::parse(&e)),
+        // As received: a DE 14 that is no date never equals the virtual expiry (54).
+        expiry: msg.expiry().map(Expiry),
         mcc: msg.mcc().and_then(|m| digits_u16(&m)),
         acceptor: msg
             .acceptor_id()
@@ -668,7 +669,8 @@ pub fn auth_request(msg: &Message) -> Option<AuthRequest> {
     })
 }
 
-/// The cards' view of a 0400/0420.
+/// The cards' view of a 0400/0420; `None` when DE 11 or DE 7 is missing, or DE 95 has no
+/// amount to read.
 pub fn reversal_request(msg: &Message) -> Option<ReversalRequest> {
     let key = tx_key(msg)?;
     Some(ReversalRequest {
@@ -677,7 +679,11 @@ pub fn reversal_request(msg: &Message) -> Option<ReversalRequest> {
         original: msg
             .text(90)
             .and_then(|t| OriginalData::parse(t.as_bytes(), key.terminal)),
-        remaining: msg.replacement_amounts().map(|r| r.transaction),
+        // A DE 95 whose amount cannot be read is a format error (30), never a full reversal.
+        remaining: match msg.replacement_transaction_amount() {
+            None => None,
+            Some(amount) => Some(amount?),
+        },
     })
 }
 
