@@ -299,7 +299,8 @@ impl App {
             async move { t.cancelled().await }
         }));
         let gauges_task = tokio::spawn(publish_card_gauges(cards.clone(), token.clone()));
-        let network_up = Arc::new(AtomicBool::new(true));
+        // Listening, the network side is up while it accepts; dialling, while connected.
+        let network_up = Arc::new(AtomicBool::new(matches!(network, NetworkSide::Listen(_))));
         let network_task = match network {
             NetworkSide::Listen(listener) => tokio::spawn(up_while(
                 network_up.clone(),
@@ -311,9 +312,12 @@ impl App {
                     token.clone(),
                 ),
             )),
-            NetworkSide::Dial(addr) => tokio::spawn(up_while(
+            NetworkSide::Dial(addr) => tokio::spawn(server::dial(
+                addr,
+                flow.clone(),
+                limits,
                 network_up.clone(),
-                server::dial(addr, flow.clone(), limits, token.clone()),
+                token.clone(),
             )),
         };
         let health = Health::new()

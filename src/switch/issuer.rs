@@ -353,8 +353,14 @@ impl IssuerLink {
             match dial {
                 Ok(stream) => {
                     let _ = stream.set_nodelay(true);
-                    backoff = Duration::from_millis(50);
+                    let since = Instant::now();
                     self.run_connection(i, stream).await;
+                    // A host that takes the connection, then refuses the sign-on or closes
+                    // at once, is not redialled every 50 ms: the backoff starts again only
+                    // after a connection that held.
+                    if since.elapsed() >= self.inner.settings.reconnect_max {
+                        backoff = Duration::from_millis(50);
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(
@@ -406,7 +412,14 @@ impl IssuerLink {
                             tracing::warn!(error = %e, "message to the issuer not sent");
                         }
                     }
-                    if write_half.write_all_buf(&mut buf).await.is_err() {
+                    // Raced with the connection's end: a host that stops reading (a hung
+                    // process with TCP still up) would hold this write, and the slot's
+                    // redial behind it, for good.
+                    let written = tokio::select! {
+                        r = write_half.write_all_buf(&mut buf) => r.is_ok(),
+                        () = token.cancelled() => false,
+                    };
+                    if !written {
                         token.cancel();
                         return;
                     }
@@ -431,7 +444,7 @@ impl IssuerLink {
                     frame = frames.next() => match frame {
                         Some(Ok(Frame::Message { body, .. })) => {
                             last_seen = Instant::now();
-                            self.on_answer(body);
+                            self.on_answer(i, body);
                         }
                         Some(Ok(Frame::KeepAlive)) => last_seen = Instant::now(),
                         Some(Err(e)) => {
@@ -499,7 +512,7 @@ impl IssuerLink {
                     return matches!(result, Ok(a) if a.response_code() == Some(*b"00"));
                 }
                 frame = frames.next() => match frame {
-                    Some(Ok(Frame::Message { body, .. })) => self.on_answer(body),
+                    Some(Ok(Frame::Message { body, .. })) => self.on_answer(i, body),
                     Some(Ok(Frame::KeepAlive)) => {}
                     Some(Err(_)) | None => return false,
                 },
@@ -523,7 +536,7 @@ impl IssuerLink {
     }
 
     /// An answer from the issuer: hands it to its waiter, or reverses a late approval.
-    fn on_answer(&self, body: Bytes) {
+    fn on_answer(&self, i: usize, body: Bytes) {
         let answer = match Message::parse(self.spec(), body) {
             Ok(a) => Box::new(a),
             Err(e) => {
@@ -531,6 +544,10 @@ impl IssuerLink {
                 return;
             }
         };
+        if is_management_request(&answer.mti()) {
+            self.answer_host(i, &answer);
+            return;
+        }
         let Some(stamp) = answer.stan() else {
             tracing::warn!("answer from the issuer without DE 11 dropped");
             return;
@@ -569,6 +586,30 @@ impl IssuerLink {
             tracing::warn!("late approval from the issuer; reversing it");
             // Answered: the original is behind the issuer already, any connection will do.
             self.reverse_sent(&pending.sent, None);
+        }
+    }
+
+    /// The host's own network management request (its echo test, its side's sign-on):
+    /// answered 00 on the connection it came on, as hosts that test their clients expect.
+    fn answer_host(&self, i: usize, request: &Message) {
+        let mut mti = request.mti();
+        mti[2] += 1;
+        mti[3] = b'0';
+        let mut reply = request.clone();
+        if reply.set_mti(&mti).is_err() || reply.set_response_code(b"00").is_err() {
+            tracing::warn!("network management request from the issuer not answerable");
+            return;
+        }
+        let sent = self.inner.slots[i]
+            .tx
+            .read()
+            .as_ref()
+            .is_some_and(|tx| tx.try_send(reply.pack()).is_ok());
+        if !sent {
+            tracing::warn!(
+                connection = i,
+                "answer to the issuer's network management not sent"
+            );
         }
     }
 
@@ -752,6 +793,11 @@ fn identity(request: &Message, network_stan: &[u8; 6]) -> Option<[u8; ORIGINAL_K
         request.acquirer().as_deref().unwrap_or_default(),
     );
     <[u8; ORIGINAL_KEY]>::try_from(&de90[..ORIGINAL_KEY]).ok()
+}
+
+/// True for a network management request (0800, 0820, and their repeats).
+fn is_management_request(mti: &[u8; 4]) -> bool {
+    mti[1] == b'8' && matches!(mti[2], b'0' | b'2')
 }
 
 /// True when `answer` is an MTI that answers `request` (0100 → 011x, 0401 → 041x, ...).

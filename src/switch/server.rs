@@ -7,6 +7,7 @@
 //! a connection past it is accepted and closed at once, and counted.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -66,11 +67,13 @@ pub async fn listen(
     while connections.join_next().await.is_some() {}
 }
 
-/// Dials the network at `addr` and keeps one connection up until `shutdown`.
+/// Dials the network at `addr` and keeps one connection up until `shutdown`; `connected`
+/// says whether it is up now (for `/healthz`).
 pub async fn dial(
     addr: String,
     flow: Arc<Flow>,
     limits: ConnectionLimits,
+    connected: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
@@ -84,11 +87,18 @@ pub async fn dial(
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
                 tracing::info!(network = %addr, "connected to the network");
-                backoff = Duration::from_millis(100);
+                let since = std::time::Instant::now();
+                connected.store(true, Ordering::Relaxed);
                 metrics::gauge!(m::NETWORK_CONNECTIONS).increment(1.0);
                 connection::serve(stream, flow.clone(), limits.clone(), shutdown.clone()).await;
                 metrics::gauge!(m::NETWORK_CONNECTIONS).decrement(1.0);
+                connected.store(false, Ordering::Relaxed);
                 tracing::warn!(network = %addr, "network connection lost; redialling");
+                // A peer that takes the connection and drops it at once is not redialled
+                // ever faster: the backoff starts again only after a connection that held.
+                if since.elapsed() >= max_backoff {
+                    backoff = Duration::from_millis(100);
+                }
             }
             Err(e) => {
                 tracing::warn!(network = %addr, error = %e, "network unreachable; redialling")
