@@ -165,7 +165,11 @@ pub struct Client {
 impl Client {
     /// Connects with `len2` framing.
     pub async fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).await.unwrap();
+        Client::over(TcpStream::connect(addr).await.unwrap())
+    }
+
+    /// The network side of a connection already open (one the switch dialled), `len2`.
+    pub fn over(stream: TcpStream) -> Client {
         Client {
             framed: Framed::new(stream, FrameCodec::new(Framing::Len2, 0, 8192)),
             stan: rand::random_range(1..500_000),

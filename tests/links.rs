@@ -1,6 +1,7 @@
-//! The issuer link (`App` on port 0) against a scripted issuer host on real TCP: what a
+//! The switch's links (`App` on port 0) against scripted peers on real TCP: what an issuer
 //! host does on its own (its network management requests, taking connections and dropping
-//! them), which the issuer simulator does not.
+//! them), which the issuer simulator does not; and a network that wants the issuer side to
+//! dial it (`network.connect`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test binary: panics are the verdict
 
@@ -12,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use rig::rig;
+use rig::{Client, code, purchase, rig, test_pan};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::Framed;
 use vpan::iso8583::{Frame, FrameCodec, Framing, Message, Spec};
@@ -104,4 +105,56 @@ async fn a_host_that_drops_every_connection_at_once_is_redialled_with_a_growing_
     assert!((1..=10).contains(&dials), "{dials} connections in 2 s");
     rig.stop().await;
     host.abort();
+}
+
+#[tokio::test]
+async fn with_network_connect_the_switch_dials_the_network_serves_it_and_redials_when_dropped() {
+    let network = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sim = vpan::tools::issuer_sim::IssuerSim::start(Default::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = vpan::config::Config::default();
+    config.network.connect = network.local_addr().unwrap().to_string();
+    config.metrics.listen = "127.0.0.1:0".into();
+    config.api.listen = "127.0.0.1:0".into();
+    config.store.data_dir = dir.path().join("data");
+    config.issuer.connect = sim.local_addr().to_string();
+    let app = vpan::app::App::build(config).await.unwrap();
+    assert_eq!(app.addresses().network, None, "no listener: it dials");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn({
+        let stop = stop.clone();
+        async move { app.run(async move { stop.cancelled().await }).await }
+    });
+    let accept = || async {
+        let (stream, _) = tokio::time::timeout(Duration::from_secs(10), network.accept())
+            .await
+            .expect("the switch dials the network")
+            .unwrap();
+        Client::over(stream)
+    };
+    // A card that is not virtual passes through to the issuer and back.
+    let card = test_pan("411111", 16);
+    for _ in 0..2 {
+        let mut net = accept().await;
+        let req = purchase(&mut net, b"0100", &card, b"2912", 100);
+        // The issuer link may still be signing on: 91 until it is up.
+        let mut answer = net.call(&req).await;
+        for _ in 0..100 {
+            if code(&answer) == "00" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let again = purchase(&mut net, b"0100", &card, b"2912", 100);
+            answer = net.call(&again).await;
+        }
+        assert_eq!(code(&answer), "00");
+        assert_eq!(answer.pan().unwrap().unwrap(), card);
+        // The network drops the connection: the switch dials again.
+        drop(net);
+    }
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    sim.shutdown().await;
 }
