@@ -325,6 +325,16 @@ async fn an_advice_is_recorded_even_over_the_cap_forwarded_and_answered() {
         .find(|r| r.mti() == *b"0120")
         .unwrap();
     assert_eq!(at_issuer.pan().unwrap(), real);
+    // A stand-in's advice of a decline (DE 39 05) is forwarded and answered, and counts
+    // nothing: no money moved.
+    let mut declined = purchase(&mut net, b"0120", &card.vpan, &card.expiry.0, 700);
+    declined.set_response_code(b"05").unwrap();
+    let declined = Message::parse(Spec::iso87ascii(), declined.pack()).unwrap();
+    assert_eq!(net.call(&declined).await.mti(), *b"0130");
+    let view = rig.cards.get(CardKey::of(&card.vpan)).unwrap();
+    assert_eq!((view.spent, view.uses), (1_500, 1));
+    let recent = rig.cards.recent(CardKey::of(&card.vpan)).unwrap();
+    assert_eq!(recent[0].code, vpan::cards::ResponseCode(*b"05"));
     rig.stop().await;
 }
 

@@ -936,6 +936,33 @@ impl Cards {
         outcome.unwrap_or(AdviceOutcome::Unknown)
     }
 
+    /// An advice that reports a decline (a stand-in's DE 39 that is no approval): it moved
+    /// no money, so nothing is counted, and it is kept among the card's recent decisions
+    /// (in memory, as vpan's own declines). False when no card has this vPAN.
+    pub fn advice_of_decline(
+        &self,
+        card_key: CardKey,
+        req: &AuthRequest,
+        code: ResponseCode,
+        now: UnixSeconds,
+    ) -> bool {
+        self.index
+            .update(card_key, |card| {
+                history::record(
+                    &mut card.history,
+                    RecentTx {
+                        at: now,
+                        mti: req.mti,
+                        amount: req.amounts.transaction,
+                        code,
+                        decided_by: DecidedBy::Issuer,
+                        merchant: req.acceptor,
+                    },
+                );
+            })
+            .is_some()
+    }
+
     /// Writes a snapshot of every card and remembered transaction, then deletes the
     /// journal segments it covers. Blocking (seconds at a million cards): run it on a
     /// blocking thread. Serves on meanwhile: the journal rotates first, and replay skips

@@ -250,12 +250,25 @@ impl Flow {
         }
     }
 
-    /// 0120/0220 (and repeats): recorded, forwarded, answered.
+    /// 0120/0220 (and repeats): recorded (spent, unless its DE 39 reports a decline),
+    /// forwarded, answered.
     async fn advice(&self, request: Msg) -> (Option<Msg>, DecidedBy) {
         let (vpan, req) = match self.on_card(&request, auth_request) {
             Ok(on_card) => on_card,
             Err(not) => return self.not_on_card(request, not).await,
         };
+        if let Some(code) = request.response_code()
+            && !is_approval(&request)
+        {
+            // A stand-in's advice of a decline: nothing was spent.
+            if !self
+                .cards
+                .advice_of_decline(vpan.key, &req, ResponseCode(code), now())
+            {
+                return self.unknown_or_passthrough(request).await;
+            }
+            return self.forward_on_card(request, &vpan).await;
+        }
         match self.cards.advice(vpan.key, &req, now()) {
             AdviceOutcome::Unknown => return self.unknown_or_passthrough(request).await,
             AdviceOutcome::Conflict => {
