@@ -22,6 +22,9 @@ use crate::metrics as m;
 use crate::switch::mac::{self, MacKey, Padding};
 use crate::switch::{ConnectionLimits, Flow, IssuerLink, IssuerSettings, server};
 
+/// The largest frame on the issuer link: what a two-byte length carries.
+const ISSUER_MAX_FRAME_BYTES: usize = 65_535;
+
 /// Why the switch could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -121,11 +124,14 @@ impl App {
             config.network.max_frame_bytes,
         )?;
         let network_mac = network_mac(&config, network_spec)?;
+        // The issuer host is trusted: its link takes any frame its framing can carry, and a
+        // tighter `network.max_frame_bytes` (against hostile network peers) does not cut
+        // the issuer's long answers.
         let issuer_codec = codec(
             "issuer.framing",
             &config.issuer.framing,
             &config.issuer.header_hex,
-            config.network.max_frame_bytes,
+            ISSUER_MAX_FRAME_BYTES,
         )?;
 
         let (cards, store) = (config.cards.clone(), config.store.clone());
