@@ -677,14 +677,7 @@ impl Cards {
                     slot.insert(entry);
                     history::record(
                         &mut card.history,
-                        RecentTx {
-                            at: now,
-                            mti: req.mti,
-                            amount: req.amounts.transaction,
-                            code,
-                            decided_by: DecidedBy::Switch,
-                            merchant: req.acceptor,
-                        },
+                        recent_of(req, code, DecidedBy::Switch, now),
                     );
                     Decision::Decline(code)
                 }
@@ -948,17 +941,8 @@ impl Cards {
     ) -> bool {
         self.index
             .update(card_key, |card| {
-                history::record(
-                    &mut card.history,
-                    RecentTx {
-                        at: now,
-                        mti: req.mti,
-                        amount: req.amounts.transaction,
-                        code,
-                        decided_by: DecidedBy::Issuer,
-                        merchant: req.acceptor,
-                    },
-                );
+                let recent = recent_of(req, code, DecidedBy::Issuer, now);
+                history::record(&mut card.history, recent);
             })
             .is_some()
     }
@@ -1111,6 +1095,23 @@ struct RawPayload<'a>(&'a [u8]);
 impl journal::Encode for RawPayload<'_> {
     fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(self.0);
+    }
+}
+
+/// A request's decision as the card's recent ones show it.
+fn recent_of(
+    req: &AuthRequest,
+    code: ResponseCode,
+    decided_by: DecidedBy,
+    now: UnixSeconds,
+) -> RecentTx {
+    RecentTx {
+        at: now,
+        mti: req.mti,
+        amount: req.amounts.transaction,
+        code,
+        decided_by,
+        merchant: req.acceptor,
     }
 }
 
