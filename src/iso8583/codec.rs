@@ -211,6 +211,12 @@ impl FrameCodec {
         }
     }
 
+    /// True when a message of `body_len` bytes fits in one frame of this codec, its fixed
+    /// header included (the maximum is already bounded by what the length header can say).
+    pub fn fits(&self, body_len: usize) -> bool {
+        self.header_len + body_len <= self.max_frame
+    }
+
     /// The framing in use.
     pub fn framing(&self) -> Framing {
         self.framing
@@ -354,6 +360,16 @@ pub fn header_from_hex(s: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_fits_within_the_maximum_and_what_the_length_header_can_say() {
+        let tpdu = FrameCodec::new(Framing::Len2, 5, 100);
+        assert!(tpdu.fits(95));
+        assert!(!tpdu.fits(96));
+        let ascii = FrameCodec::new(Framing::Len4Ascii, 0, 65_535);
+        assert!(ascii.fits(9_999));
+        assert!(!ascii.fits(10_000), "four digits say at most 9999");
+    }
 
     #[test]
     fn a_frame_shows_its_lengths_not_its_bytes() {

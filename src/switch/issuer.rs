@@ -278,6 +278,11 @@ impl IssuerLink {
                             .map_err(|_| IssuerError::Encode)?;
                     }
                     let sent = request.pack();
+                    if !inner.settings.codec.fits(sent.len()) {
+                        // The writer could not send it: failed now, not at its timeout (and
+                        // never reversed, since the issuer never saw it).
+                        return Err(IssuerError::Encode);
+                    }
                     let sent_at = Instant::now();
                     v.insert(Pending {
                         reply: reply.take(),
