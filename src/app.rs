@@ -134,6 +134,12 @@ impl App {
             ISSUER_MAX_FRAME_BYTES,
         )?;
 
+        if config.cards.virtual_ranges.is_empty() {
+            tracing::warn!(
+                "cards.virtual_ranges is empty: vPANs are drawn among the real cards' BINs, where \
+                 one may equal another cardholder's real card; reserve ranges in production"
+            );
+        }
         let (cards, store) = (config.cards.clone(), config.store.clone());
         let (cards, recovered) = tokio::task::spawn_blocking(move || {
             Cards::open(&cards, &store, LedgerConfig::default())

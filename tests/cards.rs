@@ -882,15 +882,32 @@ fn an_invalid_issuance_names_the_field_and_issues_nothing() {
     no_cap.controls.amount_limit = 0;
     let mut bad_currency = spec(1_000);
     bad_currency.controls.currency = 1_000;
+    // Valid after the real card expires (2912), or a century on, where YYMM would wrap.
+    let mut outlives = spec(1_000);
+    outlives.controls.valid_until =
+        vpan::cards::card::parse_rfc3339("2030-01-01T00:00:00Z").unwrap();
+    let mut century = spec(1_000);
+    century.controls.valid_until =
+        vpan::cards::card::parse_rfc3339("2126-01-01T00:00:00Z").unwrap();
     for (s, field) in [
         (past, "valid_until"),
         (no_cap, "amount_limit"),
         (bad_currency, "currency"),
+        (outlives, "valid_until"),
+        (century, "valid_until"),
     ] {
         let err = cards.issue(&s, NOW).unwrap_err();
         assert!(err.to_string().contains(field), "{err}");
     }
     assert!(cards.is_empty());
+    // A vPAN given as the real card: refused, or its authorizations would reach the issuer
+    // with a number it does not know, past the first card's controls.
+    let key = issue(&cards, &spec(1_000));
+    let mut behind_a_vpan = spec(1_000);
+    behind_a_vpan.pan = key.pan();
+    let err = cards.issue(&behind_a_vpan, NOW).unwrap_err();
+    assert!(err.to_string().contains("virtual card number"), "{err}");
+    assert_eq!(cards.len(), 1);
 }
 
 #[test]
@@ -917,6 +934,13 @@ fn a_card_issued_in_a_virtual_range_is_found_and_a_stranger_there_is_unknown() {
     ));
     assert!(cards.in_virtual_range(b"4970109000000000"));
     assert!(!cards.in_virtual_range(b"4111111111111111"));
+    // A real card inside a virtual range is refused: it could only be a vPAN.
+    let mut in_range = spec(1_000);
+    in_range.pan =
+        vpan::pan::Pan::from_digits(vpan::cards::vpan::random_luhn("4970109", 16).as_bytes())
+            .unwrap();
+    let err = cards.issue(&in_range, NOW).unwrap_err();
+    assert!(err.to_string().contains("virtual card number"), "{err}");
 }
 
 #[test]

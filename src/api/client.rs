@@ -18,6 +18,8 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
+use crate::pan::mask_card_numbers;
+
 /// `vpan card ...`: create, show, pause, resume, close, list.
 #[derive(Args, Debug)]
 pub struct CardArgs {
@@ -196,12 +198,13 @@ pub fn main(args: CardArgs) -> ExitCode {
     };
     match runtime.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
+        // Masked: an error may quote a URL or a path with a vPAN in it.
         Err(Failure::Usage(m)) => {
-            eprintln!("vpan: {m}");
+            eprintln!("vpan: {}", mask_card_numbers(&m));
             ExitCode::from(2)
         }
         Err(Failure::Failed(m)) => {
-            eprintln!("vpan: {m}");
+            eprintln!("vpan: {}", mask_card_numbers(&m));
             ExitCode::from(1)
         }
     }

@@ -18,7 +18,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use super::card::{Card, CardKey, CardSpec, Controls, Expiry, LockKind, Status, UnixSeconds};
+use super::card::{
+    Card, CardKey, CardSpec, Controls, Expiry, LockKind, Status, UnixSeconds, civil_from_days,
+};
 use super::event::{self, Event, Issued, TxEvent};
 use super::history::{self, DecidedBy, RecentTx};
 use super::index::CardIndex;
@@ -511,24 +513,38 @@ impl Cards {
         now: UnixSeconds,
     ) -> Result<(CardView, Durable), IssueError> {
         validate(spec, now)?;
+        if self.generator.in_virtual_range(spec.pan.as_bytes())
+            || self.index.contains(CardKey::of(&spec.pan))
+        {
+            // A vPAN behind a vPAN would reach the issuer with a number it does not know,
+            // past the first card's controls.
+            return Err(IssueError::Invalid(
+                "pan is a virtual card number: give the real card's",
+            ));
+        }
         let lsn = self.lsn();
         let mut card = Card::new(spec, now);
         card.lsn = lsn;
+        let mut durable = None;
         let vpan = self.generator.generate(&spec.pan, |candidate| {
-            self.index
-                .insert_new(CardKey::of(candidate), || card.clone())
+            let key = CardKey::of(candidate);
+            self.index.insert_new(key, || {
+                // Queued as the number is claimed, under its shard's lock, before the card
+                // can be seen: a snapshot that sees it waits for its record (as for every
+                // other change), and none holds a card whose issuance was never durable.
+                durable = Some(self.journal.append(Event::Issued(Box::new(Issued {
+                    lsn,
+                    key,
+                    sealed_pan: self.cipher.seal(&spec.pan, &key.raw().to_le_bytes()),
+                    real_expiry: spec.pan_expiry,
+                    controls: card.controls(),
+                    created_at: now,
+                }))));
+                card.clone()
+            })
         })?;
-        let key = CardKey::of(&vpan);
-        let event = Event::Issued(Box::new(Issued {
-            lsn,
-            key,
-            sealed_pan: self.cipher.seal(&spec.pan, &key.raw().to_le_bytes()),
-            real_expiry: spec.pan_expiry,
-            controls: card.controls(),
-            created_at: now,
-        }));
-        let durable = self.journal.append(event);
-        Ok((CardView::of(key, &card), durable))
+        let durable = durable.unwrap_or_else(|| Durable::ready(Err(StoreError::Failed)));
+        Ok((CardView::of(CardKey::of(&vpan), &card), durable))
     }
 
     /// Issues a card and waits until it is durable. On a store error the card is removed
@@ -1227,6 +1243,19 @@ fn validate(spec: &CardSpec, now: UnixSeconds) -> Result<(), IssueError> {
     }
     if c.valid_until <= now {
         return Err(IssueError::Invalid("valid_until must be in the future"));
+    }
+    // The virtual card cannot outlive the real one (whose expiry bounds what the issuer
+    // approves), and its YYMM cannot wrap past 2099.
+    let (year, month, _) = civil_from_days((c.valid_until / 86_400) as i64);
+    let e = spec.pan_expiry.0;
+    let real = (
+        2000 + i64::from((e[0] - b'0') * 10 + (e[1] - b'0')),
+        (e[2] - b'0') * 10 + (e[3] - b'0'),
+    );
+    if (year, month) > real {
+        return Err(IssueError::Invalid(
+            "valid_until is after the real card's expiry (pan_expiry)",
+        ));
     }
     if c.mcc_allow.len() > 1000 || c.mcc_block.len() > 1000 {
         return Err(IssueError::Invalid(

@@ -431,13 +431,19 @@ struct Writer<R> {
     stats: Arc<JournalStats>,
 }
 
-/// Tells every waiter when the writer thread ends, however it ends (a panic included),
-/// so that none waits forever for a record that will never be written.
+/// Tells every waiter when the writer thread ends, however it ends, so that none waits
+/// forever for a record that will never be written. A panic marks the journal failed:
+/// nothing queued after it will be written, so the store is down (`is_failed`, and the
+/// switch fails closed) rather than only stopped.
 struct Stopped(Arc<Watermark>);
 
 impl Drop for Stopped {
     fn drop(&mut self) {
-        self.0.end(&self.0.stopped);
+        if std::thread::panicking() {
+            self.0.end(&self.0.failed);
+        } else {
+            self.0.end(&self.0.stopped);
+        }
     }
 }
 
@@ -724,6 +730,26 @@ mod tests {
             Pin::new(&mut earlier).poll(&mut cx),
             Poll::Ready(Ok(()))
         ));
+    }
+
+    #[test]
+    fn a_writer_that_panics_leaves_the_journal_failed_not_only_stopped() {
+        let mark = Arc::new(Watermark::default());
+        let writer = std::thread::spawn({
+            let mark = mark.clone();
+            move || {
+                let _stopped = Stopped(mark);
+                panic!("the writer's bug");
+            }
+        });
+        assert!(writer.join().is_err());
+        assert!(mark.failed.load(Ordering::Acquire));
+        assert!(matches!(waiting(&mark, 1).wait(), Err(StoreError::Failed)));
+        // An orderly end is only stopped.
+        let closed = Arc::new(Watermark::default());
+        drop(Stopped(closed.clone()));
+        assert!(!closed.failed.load(Ordering::Acquire));
+        assert!(closed.stopped.load(Ordering::Acquire));
     }
 
     #[test]

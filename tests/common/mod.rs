@@ -19,7 +19,7 @@ pub const EUR: u16 = 978;
 
 /// A random Luhn-valid test PAN in test BIN 497010.
 pub fn test_pan() -> Pan {
-    Pan::from_digits_checked(random_luhn("497010", 16).as_bytes()).unwrap()
+    Pan::from_digits_checked(random_luhn("4970100", 16).as_bytes()).unwrap()
 }
 
 /// A card spec with a cap and a per-transaction limit, valid for a day.
