@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use common::*;
 use vpan::cards::{
-    AcceptorId, AdviceOutcome, Approval, CardError, CardKey, Cards, DecidedBy, Decision, Hold,
-    IssuerOutcome, Kind, MerchantLock, OriginalData, Replay, ResponseCode, ReversalOutcome,
+    AcceptorId, AdviceOutcome, Approval, CardError, CardKey, CardSpec, Cards, DecidedBy, Decision,
+    Hold, IssuerOutcome, Kind, MerchantLock, OriginalData, Replay, ResponseCode, ReversalOutcome,
     ReversalRequest, Status,
 };
 
@@ -481,17 +481,22 @@ fn the_last_use_held_by_an_approval_still_with_the_issuer_is_not_given_twice() {
     assert_eq!(code(&cards.authorize(key, &purchase(1, 6), NOW)), "46");
 }
 
+/// A card (`spec`) with durable holds of these `(amount, STAN)`, none answered before the
+/// "crash" that ends its process: the next start finds them in doubt.
+fn holds_at_a_crash(dir: &std::path::Path, spec: &CardSpec, holds: &[(u64, u32)]) -> CardKey {
+    let (cards, _) = open(dir);
+    let key = issue(&cards, spec);
+    for &(amount, stan) in holds {
+        approve(&cards, key, amount, stan).durable.wait().unwrap();
+    }
+    key
+}
+
 #[test]
 fn a_hold_in_doubt_after_a_crash_is_asked_of_the_issuer_when_repeated_and_a_later_reversal_survives_the_next_restart()
  {
     let dir = tempfile::tempdir().unwrap();
-    let key = {
-        let (cards, _) = open(dir.path());
-        let key = issue(&cards, &single_use(10_000));
-        // Durable hold, no answer before the "crash".
-        approve(&cards, key, 700, 1).durable.wait().unwrap();
-        key
-    };
+    let key = holds_at_a_crash(dir.path(), &single_use(10_000), &[(700, 1)]);
     {
         let (cards, rec) = open(dir.path());
         assert_eq!(rec.holds_counted_as_spent, 1);
@@ -539,15 +544,7 @@ fn a_hold_in_doubt_after_a_crash_is_asked_of_the_issuer_when_repeated_and_a_late
 #[test]
 fn the_issuers_answer_to_the_repeat_of_a_hold_in_doubt_settles_it_for_good() {
     let dir = tempfile::tempdir().unwrap();
-    let key = {
-        let (cards, _) = open(dir.path());
-        let key = issue(&cards, &spec(10_000));
-        // Three durable holds, no answer to any before the "crash".
-        approve(&cards, key, 700, 1).durable.wait().unwrap();
-        approve(&cards, key, 300, 2).durable.wait().unwrap();
-        approve(&cards, key, 200, 3).durable.wait().unwrap();
-        key
-    };
+    let key = holds_at_a_crash(dir.path(), &spec(10_000), &[(700, 1), (300, 2), (200, 3)]);
     let repeat = |stan| {
         let mut r = purchase([0, 700, 300, 200][stan as usize], stan);
         r.mti = *b"0101";
@@ -640,12 +637,7 @@ fn the_issuers_answer_to_the_repeat_of_a_hold_in_doubt_settles_it_for_good() {
 #[test]
 fn an_answer_to_an_ask_that_comes_after_the_purchase_was_settled_otherwise_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let key = {
-        let (cards, _) = open(dir.path());
-        let key = issue(&cards, &spec(10_000));
-        approve(&cards, key, 700, 1).durable.wait().unwrap();
-        key
-    };
+    let key = holds_at_a_crash(dir.path(), &spec(10_000), &[(700, 1)]);
     let (cards, _) = open(dir.path());
     let mut repeat = purchase(700, 1);
     repeat.mti = *b"0101";

@@ -132,6 +132,13 @@ impl Expiry {
         (1..=12).contains(&month).then_some(Expiry(b))
     }
 
+    /// The year (20YY) and month. Meaningful for an expiry made by [`Expiry::parse`] or
+    /// [`Expiry::of_time`].
+    pub fn year_month(&self) -> (i64, u8) {
+        let [y1, y2, m1, m2] = self.0.map(|d| d.wrapping_sub(b'0'));
+        (2000 + i64::from(y1 * 10 + y2), m1 * 10 + m2)
+    }
+
     /// The month that contains this instant, as YYMM (UTC).
     pub fn of_time(t: UnixSeconds) -> Expiry {
         let (year, month, _) = civil_from_days((t / 86_400) as i64);

@@ -1247,12 +1247,7 @@ fn validate(spec: &CardSpec, now: UnixSeconds) -> Result<(), IssueError> {
     // The virtual card cannot outlive the real one (whose expiry bounds what the issuer
     // approves), and its YYMM cannot wrap past 2099.
     let (year, month, _) = civil_from_days((c.valid_until / 86_400) as i64);
-    let e = spec.pan_expiry.0;
-    let real = (
-        2000 + i64::from((e[0] - b'0') * 10 + (e[1] - b'0')),
-        (e[2] - b'0') * 10 + (e[3] - b'0'),
-    );
-    if (year, month) > real {
+    if (year, month) > spec.pan_expiry.year_month() {
         return Err(IssueError::Invalid(
             "valid_until is after the real card's expiry (pan_expiry)",
         ));
