@@ -327,6 +327,30 @@ fn a_refund_passes_on_a_closed_card_and_does_not_raise_the_cap() {
 }
 
 #[test]
+fn a_status_already_set_is_acknowledged_only_once_the_change_that_set_it_is_durable() {
+    // Two pauses of one card in a row: the second writes nothing, but answering it before
+    // the first reached the disk would acknowledge a block a crash could still undo.
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &spec(10_000));
+    for round in 0..20 {
+        let status = if round % 2 == 0 {
+            Status::Paused
+        } else {
+            Status::Active
+        };
+        let (_, mut first) = cards.set_status(key, status).unwrap();
+        let (_, again) = cards.set_status(key, status).unwrap();
+        again.wait().unwrap();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(
+            std::pin::Pin::new(&mut first).poll(&mut cx).is_ready(),
+            "round {round}: the repeat was acknowledged before the change it repeats"
+        );
+    }
+}
+
+#[test]
 fn pause_resume_and_close_change_the_answer() {
     let dir = tempfile::tempdir().unwrap();
     let (cards, _) = open(dir.path());
@@ -666,26 +690,61 @@ fn an_answer_to_an_ask_that_comes_after_the_purchase_was_settled_otherwise_chang
 /// Rewrites the snapshot in `dir` record by record (`edit` gets their payloads), each
 /// framed again with a valid CRC: damage that a checksum does not catch.
 fn rewrite_snapshot(dir: &std::path::Path, edit: impl FnOnce(&mut Vec<Vec<u8>>)) {
-    use vpan::store::journal::{Encode, frame, read_records};
+    use vpan::store::journal::{Encode, frame};
     struct Raw(Vec<u8>);
     impl Encode for Raw {
         fn encode(&self, out: &mut Vec<u8>) {
             out.extend_from_slice(&self.0);
         }
     }
-    let path = dir.join(vpan::store::snapshot::SNAPSHOT_FILE);
-    let mut records = Vec::new();
-    read_records(&path, |p| {
-        records.push(p.to_vec());
-        Ok(())
-    })
-    .unwrap();
+    let mut records = snapshot_records(dir);
     edit(&mut records);
     let mut bytes = Vec::new();
     for r in records {
         frame(&Raw(r), &mut bytes);
     }
-    std::fs::write(&path, bytes).unwrap();
+    std::fs::write(dir.join(vpan::store::snapshot::SNAPSHOT_FILE), bytes).unwrap();
+}
+
+/// The payloads of the snapshot's records in `dir`, header first.
+fn snapshot_records(dir: &std::path::Path) -> Vec<Vec<u8>> {
+    let mut records = Vec::new();
+    vpan::store::journal::read_records(&dir.join(vpan::store::snapshot::SNAPSHOT_FILE), |p| {
+        records.push(p.to_vec());
+        Ok(())
+    })
+    .unwrap();
+    records
+}
+
+#[test]
+fn a_card_is_written_to_every_snapshot_with_the_same_sealed_pan_spending_no_fresh_nonce() {
+    // AES-GCM's bound on random nonces is per key: drawing one per card per snapshot
+    // would count cards times snapshots against it. A card unchanged between snapshots is
+    // written as the same bytes, sealed PAN included, whether it was last read back from
+    // the journal, kept in memory, or read back from a snapshot.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (cards, _) = open(dir.path());
+        for _ in 0..3 {
+            issue(&cards, &spec(10_000));
+        }
+    }
+    let cards_of = |records: Vec<Vec<u8>>| {
+        let mut cards: Vec<_> = records.into_iter().filter(|r| r[0] == 11).collect();
+        cards.sort();
+        cards
+    };
+    let (cards, _) = open(dir.path());
+    cards.snapshot().unwrap();
+    let from_the_journal = cards_of(snapshot_records(dir.path()));
+    assert_eq!(from_the_journal.len(), 3);
+    cards.snapshot().unwrap();
+    assert_eq!(cards_of(snapshot_records(dir.path())), from_the_journal);
+    drop(cards);
+    let (cards, _) = open(dir.path());
+    cards.snapshot().unwrap();
+    assert_eq!(cards_of(snapshot_records(dir.path())), from_the_journal);
 }
 
 /// A data directory with one card, one approved purchase, and a snapshot of them.
@@ -988,6 +1047,42 @@ fn the_snapshot_thread_snapshots_once_enough_records_were_written() {
     let (cards, rec) = open(dir.path());
     assert!(rec.snapshot);
     assert_eq!(cards.get(key).unwrap().spent, 100);
+}
+
+#[test]
+fn a_failed_snapshot_is_tried_again_without_waiting_for_more_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let cards = Arc::new(cards);
+    let key = issue(&cards, &spec(1_000_000));
+    for stan in 0..10 {
+        approved(&cards, key, 10, stan);
+    }
+    // A directory where the snapshot's temporary file goes: every try fails.
+    let blocker = dir.path().join("snapshot.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    let thread = cards
+        .start_snapshots(vpan::cards::SnapshotPolicy {
+            every_records: 10,
+            check_every: std::time::Duration::from_millis(5),
+        })
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(!dir.path().join("snapshot.bin").exists());
+    assert!(
+        cards.records_since_snapshot() >= 20,
+        "a failed snapshot does not count as taken"
+    );
+    // Once the cause is gone, the next try (within its backoff, well under a second
+    // here) writes it, with no new record to prompt it.
+    std::fs::remove_dir(&blocker).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !dir.path().join("snapshot.bin").exists() {
+        assert!(std::time::Instant::now() < deadline, "never tried again");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    thread.stop();
+    assert_eq!(cards.records_since_snapshot(), 0);
 }
 
 #[test]

@@ -22,9 +22,11 @@ use std::time::{Duration, Instant};
 use common::*;
 use rand::RngExt;
 use vpan::cards::{
-    AcceptorId, Amounts, AuthRequest, CardKey, Decision, IssuerOutcome, Kind, ResponseCode, TxKey,
+    AcceptorId, Amounts, AuthRequest, CardKey, Decision, IssuerOutcome, Kind, OpenError,
+    ResponseCode, TxKey,
 };
 use vpan::pan::Pan;
+use vpan::store::StoreError;
 
 const CARDS: usize = 16;
 const CAP: u64 = 2_000_000;
@@ -327,6 +329,63 @@ fn torn_tail_is_cut(tear: impl FnOnce(&std::path::Path)) {
     // The cut is for good: a second start finds a clean journal.
     let (_, again) = open(dir.path());
     assert_eq!(again.bytes_cut, 0);
+}
+
+#[test]
+fn a_damaged_segment_that_later_segments_follow_stops_the_start_and_says_how_to_go_on() {
+    // Only the last segment can end in a torn write; damage to an earlier one is damage to
+    // durable records, and cutting it would drop approvals that later records build on.
+    let dir = tempfile::tempdir().unwrap();
+    let key = three_answered_approvals(dir.path(), IssuerOutcome::APPROVED);
+    let first = last_segment(dir.path());
+    {
+        // A later run of the switch writes a later segment.
+        let (cards, _) = open(dir.path());
+        let a = match cards.authorize(key, &purchase(500, 99), NOW) {
+            Decision::Approve(a) => a,
+            other => panic!("{other:?}"),
+        };
+        a.durable.wait().unwrap();
+        cards
+            .complete(&a.hold, IssuerOutcome::APPROVED, NOW)
+            .wait()
+            .unwrap();
+    }
+    assert_ne!(last_segment(dir.path()), first);
+    let mut bytes = std::fs::read(&first).unwrap();
+    let len = bytes.len();
+    bytes[len / 2] ^= 0x10;
+    std::fs::write(&first, &bytes).unwrap();
+
+    let err = match try_open(dir.path(), Default::default()) {
+        Err(e) => e,
+        Ok((_, rec)) => panic!("started on a damaged middle segment: {rec:?}"),
+    };
+    let good = match &err {
+        OpenError::Store(StoreError::DamagedSegment {
+            path, good_bytes, ..
+        }) => {
+            assert_eq!(path, &first);
+            *good_bytes
+        }
+        other => panic!("{other}"),
+    };
+    let said = err.to_string();
+    assert!(said.contains(&first.display().to_string()), "{said}");
+    assert!(said.contains(&format!("truncate -s {good}")), "{said}");
+    assert_eq!(std::fs::read(&first).unwrap(), bytes, "nothing was cut");
+
+    // The way out the error names: cut the segment to its good part, and the start goes on
+    // with what is left (the later segment's approval among it).
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&first)
+        .unwrap()
+        .set_len(good)
+        .unwrap();
+    let (cards, rec) = open(dir.path());
+    assert_eq!(rec.bytes_cut, 0, "{rec:?}");
+    assert!(cards.get(key).unwrap().spent >= 500);
 }
 
 #[test]

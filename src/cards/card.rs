@@ -11,6 +11,7 @@ use std::num::{NonZeroU32, NonZeroU64};
 
 use super::history::History;
 use crate::pan::{MAX_PAN_LEN, MIN_PAN_LEN, Pan};
+use crate::store::crypto::NONCE_BYTES;
 
 /// Seconds since the Unix epoch, UTC. Every time in the cards and the store is one.
 pub type UnixSeconds = u64;
@@ -364,6 +365,12 @@ pub struct MccRules {
 pub struct Card {
     /// The real card number the issuer knows; goes out only towards the issuer.
     pub real_pan: Pan,
+    /// The nonce the real PAN was sealed with at issuance. A snapshot seals it again with
+    /// this one, which gives the issuance's bytes again, rather than drawing a fresh nonce
+    /// per card per snapshot: AES-GCM's bound on random nonces (2^32 per key) then counts
+    /// cards issued, not cards times snapshots. `None` for a card that was never sealed
+    /// (built in memory only), which a snapshot seals with a fresh nonce.
+    pub pan_nonce: Option<[u8; NONCE_BYTES]>,
     /// The real card's expiry, YYMM (DE 14 towards the issuer).
     pub real_expiry: Expiry,
     /// ISO 4217 numeric currency of the limits.
@@ -458,6 +465,7 @@ impl Card {
         };
         Card {
             real_pan: spec.pan.clone(),
+            pan_nonce: None,
             real_expiry: spec.pan_expiry,
             currency: c.currency,
             set_status: Status::Active,

@@ -909,6 +909,7 @@ pub(crate) fn decode_snap_card(
         });
         Some(Card {
             real_pan: real_pan.clone(),
+            pan_nonce: crate::store::crypto::nonce_of(sealed),
             real_expiry,
             currency,
             set_status,

@@ -29,7 +29,7 @@ use super::limits::{self, Verdict};
 use super::request::{AuthRequest, Kind, OriginalData, ResponseCode, ReversalRequest};
 use super::vpan::{GenerateError, RangeConfigError, VpanGenerator};
 use crate::pan::{Pan, luhn_valid};
-use crate::store::crypto::PanCipher;
+use crate::store::crypto::{self, PanCipher};
 use crate::store::journal::{self, Durable, Journal, list_segments, read_records, segment_path};
 use crate::store::segment;
 use crate::store::snapshot::{self, SnapshotWriter};
@@ -438,6 +438,14 @@ impl Cards {
                     "journal segment ends in zeros written ahead (not closed: vpan stopped without closing it)"
                 );
             }
+            if report.bad_bytes > 0 && Some(&n) != segments.last() {
+                return Err(StoreError::DamagedSegment {
+                    path,
+                    good_bytes: report.good_bytes,
+                    bad_bytes: report.bad_bytes,
+                }
+                .into());
+            }
             if report.bad_bytes > 0 {
                 tracing::warn!(
                     segment = n,
@@ -532,10 +540,12 @@ impl Cards {
                 // Queued as the number is claimed, under its shard's lock, before the card
                 // can be seen: a snapshot that sees it waits for its record (as for every
                 // other change), and none holds a card whose issuance was never durable.
+                let sealed_pan = self.cipher.seal(&spec.pan, &key.raw().to_le_bytes());
+                card.pan_nonce = crypto::nonce_of(&sealed_pan);
                 durable = Some(self.journal.append(Event::Issued(Box::new(Issued {
                     lsn,
                     key,
-                    sealed_pan: self.cipher.seal(&spec.pan, &key.raw().to_le_bytes()),
+                    sealed_pan,
                     real_expiry: spec.pan_expiry,
                     controls: card.controls(),
                     created_at: now,
@@ -625,7 +635,9 @@ impl Cards {
                     return Err(CardError::Closed);
                 }
                 if card.set_status == status {
-                    return Ok((CardView::of(vpan, card), Durable::ready(Ok(()))));
+                    // Nothing to write, but the change that set it may still be on its way
+                    // to the disk: acknowledge only once it is there.
+                    return Ok((CardView::of(vpan, card), self.journal.barrier()));
                 }
                 let event = Event::Status {
                     lsn: self.lsn(),
@@ -971,7 +983,6 @@ impl Cards {
         let _one = self.snapshot_lock.lock();
         let records = self.journal.stats().records.load(Ordering::Relaxed);
         let from_segment = self.journal.rotate()?;
-        self.records_at_snapshot.store(records, Ordering::Relaxed);
         let keys = self.index.keys();
         let mut w = SnapshotWriter::create(&self.dir)?;
         w.write(&event::SnapHeader {
@@ -985,7 +996,11 @@ impl Cards {
         for key in keys {
             payload.clear();
             let found = self.index.read(key, |card| {
-                let sealed = self.cipher.seal(&card.real_pan, &key.raw().to_le_bytes());
+                let context = key.raw().to_le_bytes();
+                let sealed = match &card.pan_nonce {
+                    Some(nonce) => self.cipher.reseal(&card.real_pan, &context, nonce),
+                    None => self.cipher.seal(&card.real_pan, &context),
+                };
                 journal::Encode::encode(
                     &event::SnapCard {
                         key,
@@ -1018,6 +1033,10 @@ impl Cards {
             return Err(StoreError::Failed);
         }
         w.commit()?;
+        // Counted from here only once it stands: a failed snapshot leaves the count as it
+        // was, so the next look tries again rather than waiting for another
+        // `every_records`.
+        self.records_at_snapshot.store(records, Ordering::Relaxed);
         let mut segments_deleted = 0;
         for n in list_segments(&self.dir).map_err(StoreError::io("listing the journal"))? {
             if n >= from_segment {
@@ -1052,8 +1071,8 @@ impl Cards {
     /// Starts a thread that snapshots whenever the policy says so, so that a restart never
     /// replays more than about `policy.every_records` records. It holds only a weak
     /// reference (strong only while it looks or writes) and ends once the cards are dropped
-    /// or [`Snapshots::stop`] is called. Snapshot errors are logged and retried at the next
-    /// look (a failed journal shows in [`Cards::store_failed`]).
+    /// or [`Snapshots::stop`] is called. Snapshot errors are logged and retried with a
+    /// backoff (a failed journal shows in [`Cards::store_failed`]).
     pub fn start_snapshots(
         self: &std::sync::Arc<Self>,
         policy: SnapshotPolicy,
@@ -1063,21 +1082,39 @@ impl Cards {
         let thread = std::thread::Builder::new()
             .name("vpan-snapshot".into())
             .spawn(move || {
+                // After a failure, the next try waits twice as long as the last (from one
+                // look up to `SNAPSHOT_RETRY_MAX`): each try starts a journal segment, and a
+                // full disk should not fill the directory with them.
+                let mut retry_in = policy.check_every;
+                let mut not_before = Instant::now();
                 // Sleeps between looks; a stop (the sender dropped) ends the sleep at once.
                 while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                     stopped.recv_timeout(policy.check_every)
                 {
                     let Some(cards) = weak.upgrade() else { break };
-                    if cards.records_since_snapshot() >= policy.every_records {
+                    if cards.records_since_snapshot() >= policy.every_records
+                        && Instant::now() >= not_before
+                    {
                         let started = Instant::now();
                         match cards.snapshot() {
-                            Ok(r) => tracing::info!(
-                                cards = r.cards,
-                                transactions = r.transactions,
-                                ms = started.elapsed().as_millis() as u64,
-                                "snapshot written"
-                            ),
-                            Err(e) => tracing::error!(error = %e, "snapshot failed"),
+                            Ok(r) => {
+                                retry_in = policy.check_every;
+                                tracing::info!(
+                                    cards = r.cards,
+                                    transactions = r.transactions,
+                                    ms = started.elapsed().as_millis() as u64,
+                                    "snapshot written"
+                                )
+                            }
+                            Err(e) => {
+                                not_before = Instant::now() + retry_in;
+                                tracing::error!(
+                                    error = %e,
+                                    retry_in_ms = retry_in.as_millis() as u64,
+                                    "snapshot failed"
+                                );
+                                retry_in = (retry_in * 2).min(SNAPSHOT_RETRY_MAX);
+                            }
                         }
                     }
                 }
@@ -1085,6 +1122,9 @@ impl Cards {
         Ok(Snapshots { stop, thread })
     }
 }
+
+/// The longest a failed snapshot waits before it is tried again.
+const SNAPSHOT_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The snapshot thread of [`Cards::start_snapshots`].
 pub struct Snapshots {
@@ -1209,6 +1249,7 @@ fn replay(
             };
             let mut card = Card::new(&spec, i.created_at);
             card.lsn = lsn;
+            card.pan_nonce = crypto::nonce_of(&i.sealed_pan);
             index.put(i.key, card);
         }
         return Ok(());

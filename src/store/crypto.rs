@@ -1,11 +1,14 @@
 //! Real PANs at rest: AES-256-GCM under a 32-byte key file.
 //!
 //! Only real PANs are secret enough to encrypt (vPANs are the public face of the card, and
-//! the journal needs them in the clear to key records). Each encryption draws a fresh
-//! random 96-bit nonce, stored in front of the ciphertext, so the same PAN never encrypts to
-//! the same bytes twice; at the journal's volume (one record per issued card, one per card
-//! per snapshot) random nonces stay far below the 2^32-messages-per-key bound. The vPAN is
-//! the associated data: a ciphertext copied onto another card's record fails to decrypt.
+//! the journal needs them in the clear to key records). Each issuance draws a fresh random
+//! 96-bit nonce, stored in front of the ciphertext, so two cards on one real PAN never share
+//! bytes. A snapshot writes each card's PAN again under the nonce of its issuance, which
+//! gives the same bytes (the message and its context are the same too), so fresh nonces
+//! are drawn once per issued card, not once per card per snapshot: a million cards
+//! snapshotted every few minutes would otherwise pass AES-GCM's bound of 2^32 random
+//! nonces per key within weeks. The vPAN is the associated data: a ciphertext copied onto
+//! another card's record fails to decrypt.
 //! The key file is created with mode 0600 at first start when absent.
 
 use std::fs::OpenOptions;
@@ -50,63 +53,54 @@ impl PanCipher {
     /// Reads the key file, or creates it (0600, 32 random bytes, synced) when absent.
     pub fn load_or_create(path: &Path) -> Result<PanCipher, StoreError> {
         let mut key = [0u8; 32];
-        match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-        {
-            Ok(mut file) => {
-                rand::rng().fill(&mut key[..]);
-                file.write_all(&key)
-                    .and_then(|()| file.sync_all())
-                    .map_err(StoreError::io("writing the new key file"))?;
-                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    super::journal::sync_dir(dir)
-                        .map_err(StoreError::io("writing the key file"))?;
-                }
-                tracing::info!(path = %path.display(), "created a new key for real card numbers");
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let mut file = OpenOptions::new()
-                    .read(true)
-                    .open(path)
-                    .map_err(StoreError::io("opening the key file"))?;
-                if let Ok(meta) = file.metadata()
-                    && meta.permissions().mode() & 0o077 != 0
-                {
-                    tracing::warn!(path = %path.display(), "the key file is readable by group or others; it should be 0600");
-                }
-                let mut bytes = Vec::with_capacity(33);
-                file.read_to_end(&mut bytes)
-                    .map_err(StoreError::io("reading the key file"))?;
-                if bytes.len() != 32 {
-                    bytes.zeroize();
-                    return Err(StoreError::BadKey(path.to_path_buf()));
-                }
-                key.copy_from_slice(&bytes);
-                bytes.zeroize();
-            }
-            Err(e) => return Err(StoreError::io("creating the key file")(e)),
+        if !path.exists() {
+            create_key_file(path)?;
         }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .open(path)
+            .map_err(StoreError::io("opening the key file"))?;
+        if let Ok(meta) = file.metadata()
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(path = %path.display(), "the key file is readable by group or others; it should be 0600");
+        }
+        let mut bytes = Vec::with_capacity(33);
+        file.read_to_end(&mut bytes)
+            .map_err(StoreError::io("reading the key file"))?;
+        if bytes.len() != 32 {
+            bytes.zeroize();
+            return Err(StoreError::BadKey(path.to_path_buf()));
+        }
+        key.copy_from_slice(&bytes);
+        bytes.zeroize();
         let cipher = PanCipher::from_key(&key);
         key.zeroize();
         Ok(cipher)
     }
 
-    /// Encrypts `pan`, bound to `context` (the vPAN key): nonce ‖ ciphertext ‖ tag.
+    /// Encrypts `pan`, bound to `context` (the vPAN key), under a fresh random nonce:
+    /// nonce ‖ ciphertext ‖ tag.
     pub fn seal(&self, pan: &Pan, context: &[u8]) -> Vec<u8> {
         let mut nonce = [0u8; NONCE_BYTES];
         rand::rng().fill(&mut nonce[..]);
+        self.reseal(pan, context, &nonce)
+    }
+
+    /// Encrypts `pan` again under `nonce`, which must be the nonce of an earlier
+    /// [`PanCipher::seal`] of this same `pan` and `context` (see [`nonce_of`]): the bytes
+    /// are then that sealing's bytes again, so the nonce never meets a second message, and
+    /// a snapshot spends no fresh nonce on a card it writes again.
+    pub fn reseal(&self, pan: &Pan, context: &[u8], nonce: &[u8; NONCE_BYTES]) -> Vec<u8> {
         let sealed = self.cipher.encrypt(
-            &Nonce::from(nonce),
+            &Nonce::from(*nonce),
             Payload {
                 msg: pan.as_bytes(),
                 aad: context,
             },
         );
         let mut out = Vec::with_capacity(NONCE_BYTES + pan.len() + 16);
-        out.extend_from_slice(&nonce);
+        out.extend_from_slice(nonce);
         // Encryption only fails for inputs longer than 64 GiB.
         out.extend_from_slice(&sealed.unwrap_or_default());
         out
@@ -133,6 +127,50 @@ impl PanCipher {
         plain.zeroize();
         pan
     }
+}
+
+/// The nonce a [`PanCipher::seal`] put in front of `sealed`, if it is long enough to hold
+/// one (whether it opens is [`PanCipher::open`]'s to say).
+pub fn nonce_of(sealed: &[u8]) -> Option<[u8; NONCE_BYTES]> {
+    sealed.get(..NONCE_BYTES)?.try_into().ok()
+}
+
+/// Makes a new key file at `path`, whole or not at all: the key is written and synced
+/// under a temporary name, then linked to `path`. A crash part way leaves no key file (or
+/// a stray temporary one), never an empty or short one that would stop every later start;
+/// and a link never replaces a key file that appeared meanwhile, whose key may already
+/// seal cards.
+fn create_key_file(path: &Path) -> Result<(), StoreError> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".new-{}", std::process::id()));
+    let temp = std::path::PathBuf::from(name);
+    let written = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temp)?;
+        let mut key = [0u8; 32];
+        rand::rng().fill(&mut key[..]);
+        let written = file.write_all(&key).and_then(|()| file.sync_all());
+        key.zeroize();
+        written
+    })();
+    let linked = written.and_then(|()| match std::fs::hard_link(&temp, path) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        other => other.map(|()| true),
+    });
+    // The temporary name goes either way; the key lives on under `path` if linked.
+    let _ = std::fs::remove_file(&temp);
+    let linked = linked.map_err(StoreError::io("writing the new key file"))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        super::journal::sync_dir(dir).map_err(StoreError::io("writing the key file"))?;
+    }
+    if linked {
+        tracing::info!(path = %path.display(), "created a new key for real card numbers");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -165,6 +203,15 @@ mod tests {
     }
 
     #[test]
+    fn resealing_under_the_first_sealings_nonce_gives_its_bytes_again() {
+        let c = PanCipher::from_key(&[1; 32]);
+        let sealed = c.seal(&pan(), b"card");
+        let nonce = nonce_of(&sealed).unwrap();
+        assert_eq!(c.reseal(&pan(), b"card", &nonce), sealed);
+        assert_eq!(nonce_of(&sealed[..5]), None);
+    }
+
+    #[test]
     fn the_key_file_is_made_0600_and_reused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pan.key");
@@ -172,6 +219,29 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(std::fs::read(&path).unwrap().len(), 32);
+        let c2 = PanCipher::load_or_create(&path).unwrap();
+        assert_eq!(c2.open(&c1.seal(&pan(), b"k"), b"k").unwrap(), pan());
+    }
+
+    #[test]
+    fn a_new_key_file_appears_whole_and_never_replaces_one_already_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pan.key");
+        let c1 = PanCipher::load_or_create(&path).unwrap();
+        let first = std::fs::read(&path).unwrap();
+        // Another start that finds no key at first and then loses the race links nothing
+        // over it: its temporary key is dropped and the one on disk is used.
+        create_key_file(&path).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), first);
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from("pan.key")],
+            "no temporary left"
+        );
         let c2 = PanCipher::load_or_create(&path).unwrap();
         assert_eq!(c2.open(&c1.seal(&pan(), b"k"), b"k").unwrap(), pan());
     }

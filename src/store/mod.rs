@@ -94,6 +94,23 @@ pub enum StoreError {
     /// A record or snapshot that passed its checksum does not decode.
     #[error("{0}: a record does not decode")]
     Corrupt(&'static str),
+    /// A journal segment other than the last is damaged. Only the last segment can end in
+    /// a torn write (each one is synced whole before the next is opened), so this is
+    /// damage to durable records, and the records after it would replay onto a state
+    /// that lacks them: refused rather than cut (fail closed).
+    #[error(
+        "journal segment {} is damaged after byte {good_bytes} ({bad_bytes} bytes unreadable) and later segments follow it, so durable records are lost; vpan will not start on it. Restore the data directory from a backup, or accept the loss by cutting the file to its good part (truncate -s {good_bytes} {})",
+        path.display(),
+        path.display()
+    )]
+    DamagedSegment {
+        /// The segment.
+        path: PathBuf,
+        /// Where its last good record ends.
+        good_bytes: u64,
+        /// What follows that cannot be read.
+        bad_bytes: u64,
+    },
 }
 
 impl StoreError {

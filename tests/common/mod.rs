@@ -7,7 +7,7 @@ use std::path::Path;
 use vpan::cards::vpan::random_luhn;
 use vpan::cards::{
     AcceptorId, Amounts, AuthRequest, CardKey, CardSpec, Cards, CardsConfig, Controls, Expiry,
-    Kind, LedgerConfig, MerchantLock, Recovered, TxKey,
+    Kind, LedgerConfig, MerchantLock, OpenError, Recovered, TxKey,
 };
 use vpan::pan::Pan;
 use vpan::store::StoreConfig;
@@ -61,12 +61,17 @@ pub fn open(dir: &Path) -> (Cards, Recovered) {
 
 /// Opens the cards in `dir` with this ledger.
 pub fn open_with(dir: &Path, ledger: LedgerConfig) -> (Cards, Recovered) {
+    try_open(dir, ledger).unwrap()
+}
+
+/// Opens the cards in `dir`, or says why they cannot be.
+pub fn try_open(dir: &Path, ledger: LedgerConfig) -> Result<(Cards, Recovered), OpenError> {
     let store = StoreConfig {
         data_dir: dir.to_path_buf(),
         key_file: Default::default(),
         ..Default::default()
     };
-    Cards::open(&CardsConfig::default(), &store, ledger).unwrap()
+    Cards::open(&CardsConfig::default(), &store, ledger)
 }
 
 /// Issues a card and waits until it is durable; returns its key.
