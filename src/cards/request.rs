@@ -16,6 +16,10 @@ pub struct ResponseCode(pub [u8; 2]);
 impl ResponseCode {
     /// 00: approved.
     pub const APPROVED: ResponseCode = ResponseCode(*b"00");
+    /// 06: error (the host could not process the message).
+    pub const ERROR: ResponseCode = ResponseCode(*b"06");
+    /// 12: invalid transaction (the host does not take this kind of message).
+    pub const INVALID_TRANSACTION: ResponseCode = ResponseCode(*b"12");
     /// 14: invalid card number (a vPAN that was never issued).
     pub const UNKNOWN_CARD: ResponseCode = ResponseCode(*b"14");
     /// 30: format error.

@@ -567,8 +567,10 @@ enum NotSent {
 /// - sent, and no answer in time (or its connection lost): the network gets 91, and the
 ///   issuer link reverses whatever the issuer does with it (a late approval, or the request
 ///   once forgotten, as for any purchase that got 91), so it does not stand: given back;
-/// - not sent, or answered without a decision (no DE 39, or 91, 96, 94 or 30: the issuer,
-///   or a host in front of it, did not decide): left in doubt (`TimedOut`), and spent.
+/// - not sent, or answered without a decision (no DE 39, or 91, 96, 94, 30, 06 or 12: the
+///   issuer, or a host in front of it, did not decide, or did not take a repeat at all):
+///   left in doubt (`TimedOut`), and spent. Giving it back on such an answer would let the
+///   card spend again what the issuer may well have charged the first time.
 fn in_doubt_outcome(sent: &OnCard) -> IssuerOutcome {
     let answer = match sent {
         Ok(Some(answer)) => answer,
@@ -583,7 +585,9 @@ fn in_doubt_outcome(sent: &OnCard) -> IssuerOutcome {
             ResponseCode::ISSUER_UNAVAILABLE
             | ResponseCode::SYSTEM_ERROR
             | ResponseCode::DUPLICATE
-            | ResponseCode::FORMAT_ERROR,
+            | ResponseCode::FORMAT_ERROR
+            | ResponseCode::ERROR
+            | ResponseCode::INVALID_TRANSACTION,
         ) => IssuerOutcome::TimedOut,
         Some(_) => issuer_outcome(answer),
     }
@@ -833,7 +837,15 @@ mod tests {
             answered(Some(b"51"), None),
             IssuerOutcome::Declined(ResponseCode(*b"51"))
         );
-        for undecided in [None, Some(b"91"), Some(b"96"), Some(b"94"), Some(b"30")] {
+        for undecided in [
+            None,
+            Some(b"91"),
+            Some(b"96"),
+            Some(b"94"),
+            Some(b"30"),
+            Some(b"06"),
+            Some(b"12"),
+        ] {
             assert_eq!(
                 answered(undecided, None),
                 IssuerOutcome::TimedOut,
