@@ -669,6 +669,22 @@ async fn leak_hunt(json_logs: bool) {
     let output = run_card(&wrong, None);
     assert!(!output.0);
     card_outputs.push(("vpan card with a wrong token".into(), output.1, false));
+    // No API where it points: the HTTP client's error quotes the URL, vPAN in its path.
+    let nowhere = [
+        "card",
+        "show",
+        &vpan_a,
+        "--url",
+        "https://127.0.0.1:1",
+        "--ca",
+        &cert_arg,
+        "--token-file",
+        &token_arg,
+    ];
+    let output = run_card(&nowhere, None);
+    assert!(!output.0);
+    assert!(output.1.contains("127.0.0.1:1"), "{}", output.1);
+    card_outputs.push(("vpan card with no API there".into(), output.1, false));
 
     // Metrics, then a graceful stop (its shutdown lines are searched too).
     let scrape = http_get(metrics, "/metrics").await;
