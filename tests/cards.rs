@@ -1021,27 +1021,43 @@ fn a_second_process_on_the_same_data_dir_is_refused() {
     assert!(second.is_err_and(|e| e.to_string().contains("in use")));
 }
 
-#[test]
-fn the_snapshot_thread_snapshots_once_enough_records_were_written() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cards, _) = open(dir.path());
+/// A card with ten approvals (over 20 records) in `dir`, and a snapshot thread that looks
+/// every 5 ms and snapshots past 10 records; `before` runs between the two.
+fn snapshot_thread_over_ten_approvals(
+    dir: &std::path::Path,
+    before: impl FnOnce(),
+) -> (Arc<Cards>, CardKey, vpan::cards::Snapshots) {
+    let (cards, _) = open(dir);
     let cards = Arc::new(cards);
     let key = issue(&cards, &spec(1_000_000));
     for stan in 0..10 {
         approved(&cards, key, 10, stan);
     }
     assert!(cards.records_since_snapshot() >= 20);
+    before();
     let thread = cards
         .start_snapshots(vpan::cards::SnapshotPolicy {
             every_records: 10,
             check_every: std::time::Duration::from_millis(5),
         })
         .unwrap();
+    (cards, key, thread)
+}
+
+/// Waits up to 10 s for a snapshot in `dir`; panics with `why` if none comes.
+fn wait_for_a_snapshot(dir: &std::path::Path, why: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !dir.path().join("snapshot.bin").exists() {
-        assert!(std::time::Instant::now() < deadline, "no snapshot written");
+    while !dir.join("snapshot.bin").exists() {
+        assert!(std::time::Instant::now() < deadline, "{why}");
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
+}
+
+#[test]
+fn the_snapshot_thread_snapshots_once_enough_records_were_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, key, thread) = snapshot_thread_over_ten_approvals(dir.path(), || {});
+    wait_for_a_snapshot(dir.path(), "no snapshot written");
     thread.stop();
     drop(cards);
     let (cards, rec) = open(dir.path());
@@ -1052,21 +1068,10 @@ fn the_snapshot_thread_snapshots_once_enough_records_were_written() {
 #[test]
 fn a_failed_snapshot_is_tried_again_without_waiting_for_more_records() {
     let dir = tempfile::tempdir().unwrap();
-    let (cards, _) = open(dir.path());
-    let cards = Arc::new(cards);
-    let key = issue(&cards, &spec(1_000_000));
-    for stan in 0..10 {
-        approved(&cards, key, 10, stan);
-    }
     // A directory where the snapshot's temporary file goes: every try fails.
     let blocker = dir.path().join("snapshot.tmp");
-    std::fs::create_dir(&blocker).unwrap();
-    let thread = cards
-        .start_snapshots(vpan::cards::SnapshotPolicy {
-            every_records: 10,
-            check_every: std::time::Duration::from_millis(5),
-        })
-        .unwrap();
+    let (cards, _, thread) =
+        snapshot_thread_over_ten_approvals(dir.path(), || std::fs::create_dir(&blocker).unwrap());
     std::thread::sleep(std::time::Duration::from_millis(200));
     assert!(!dir.path().join("snapshot.bin").exists());
     assert!(
@@ -1076,11 +1081,7 @@ fn a_failed_snapshot_is_tried_again_without_waiting_for_more_records() {
     // Once the cause is gone, the next try (within its backoff, well under a second
     // here) writes it, with no new record to prompt it.
     std::fs::remove_dir(&blocker).unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !dir.path().join("snapshot.bin").exists() {
-        assert!(std::time::Instant::now() < deadline, "never tried again");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    wait_for_a_snapshot(dir.path(), "never tried again");
     thread.stop();
     assert_eq!(cards.records_since_snapshot(), 0);
 }
