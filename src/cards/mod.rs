@@ -12,7 +12,9 @@
 //! - [`history`]: each card's last decisions, for the API.
 //!
 //! Cards are made by [`vpan`] (generation in the real card's BIN) through
-//! [`Cards::issue`]. Durability lives in [`crate::store`].
+//! [`Cards::issue`]. Durability lives in [`crate::store`]; the facade's two cold rooms
+//! are `vault::recovery` ([`Cards::open`]: snapshot, journal, holds left in doubt) and
+//! `vault::snapshots` ([`Cards::snapshot`] and the thread that takes them).
 
 pub mod card;
 pub mod event;

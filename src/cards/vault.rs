@@ -16,7 +16,6 @@
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
 use super::card::{
     Card, CardKey, CardSpec, Controls, Expiry, LockKind, Status, UnixSeconds, civil_from_days,
@@ -24,16 +23,20 @@ use super::card::{
 use super::event::{self, Event, Issued, TxEvent};
 use super::history::{self, DecidedBy, RecentTx};
 use super::index::CardIndex;
-use super::ledger::{AuthCode, Ledger, LedgerConfig, TxEntry, TxState};
+use super::ledger::{AuthCode, Ledger, TxEntry, TxState};
 use super::limits::{self, Verdict};
 use super::request::{AuthRequest, Kind, OriginalData, ResponseCode, ReversalRequest};
 use super::vpan::{GenerateError, RangeConfigError, VpanGenerator};
 use crate::pan::{Pan, luhn_valid};
+use crate::store::StoreError;
 use crate::store::crypto::{self, PanCipher};
-use crate::store::journal::{self, Durable, Journal, list_segments, read_records, segment_path};
-use crate::store::segment;
-use crate::store::snapshot::{self, SnapshotWriter};
-use crate::store::{StoreConfig, StoreError};
+use crate::store::journal::{Durable, Journal};
+
+mod recovery;
+mod snapshots;
+
+pub use recovery::Recovered;
+pub use snapshots::{SnapshotPolicy, SnapshotReport, Snapshots};
 
 /// The `[cards]` section of the configuration.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -249,59 +252,6 @@ pub enum AdviceOutcome {
     Unknown,
 }
 
-/// What `open` found.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Recovered {
-    /// Whether a snapshot was loaded.
-    pub snapshot: bool,
-    /// Cards in memory.
-    pub cards: usize,
-    /// Journal records replayed.
-    pub records: u64,
-    /// Bytes of torn or corrupt journal tail cut.
-    pub bytes_cut: u64,
-    /// Durable holds without an answer, counted as spent (in doubt: see `Event::InDoubt`).
-    pub holds_counted_as_spent: u64,
-    /// Time taken.
-    pub elapsed_ms: u64,
-}
-
-/// What a snapshot wrote.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SnapshotReport {
-    /// Cards written.
-    pub cards: u64,
-    /// Ledger entries written.
-    pub transactions: u64,
-    /// Journal segments deleted.
-    pub segments_deleted: usize,
-}
-
-/// When [`Cards::start_snapshots`] takes a snapshot on its own.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SnapshotPolicy {
-    /// Snapshot once this many journal records were written since the last one: a restart
-    /// then replays at most about this many records on top of the snapshot.
-    pub every_records: u64,
-    /// How often to look.
-    pub check_every: std::time::Duration,
-}
-
-impl Default for SnapshotPolicy {
-    fn default() -> SnapshotPolicy {
-        SnapshotPolicy {
-            every_records: 2_000_000,
-            check_every: std::time::Duration::from_secs(1),
-        }
-    }
-}
-
-/// Snapshot format version.
-const SNAPSHOT_VERSION: u8 = 2;
-/// Fewer bytes than any card takes in a snapshot (its frame, key, LSN and sealed PAN alone
-/// are more), to bound the index size a header may ask for.
-const MIN_SNAP_CARD_BYTES: u64 = 64;
-
 /// The virtual cards: index, ledger, journal. Share it behind an `Arc`.
 pub struct Cards {
     /// All cards.
@@ -343,172 +293,6 @@ impl Cards {
 }
 
 impl Cards {
-    /// Opens the data directory: loads the key (made at first start), the snapshot, replays
-    /// the journal (cutting a torn tail), counts unanswered durable holds as spent, and
-    /// starts a new journal segment. Blocking; call it before serving.
-    pub fn open(
-        cards: &CardsConfig,
-        store: &StoreConfig,
-        ledger: LedgerConfig,
-    ) -> Result<(Cards, Recovered), OpenError> {
-        let started = Instant::now();
-        let generator = VpanGenerator::new(cards.bin_length, &cards.virtual_ranges)?;
-        let dir = store.data_dir.clone();
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .create(&dir)
-            .map_err(StoreError::io("creating the data directory"))?;
-        // One process per data directory: a second one would interleave journals.
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join("vpan.lock"))
-            .map_err(StoreError::io("opening the data directory lock"))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Err(StoreError::Locked.into()),
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(StoreError::io("locking the data directory")(e).into());
-            }
-        }
-        let cipher = PanCipher::load_or_create(&store.key_path())?;
-        let mut recovered = Recovered::default();
-
-        // The snapshot, if any: its header first (to size the index), then its records on
-        // worker threads (cards and ledger entries are independent; decryption dominates).
-        let ledger = Ledger::new(ledger);
-        let mut from_segment = 0u64;
-        let mut next_lsn = 1u64;
-        let mut cards_in_snapshot = 0u64;
-        if let Some(first) = snapshot::first_record(&dir)? {
-            let mut g = event::Get(&first);
-            let bad = || StoreError::Corrupt("snapshot header");
-            if g.u8() != Some(event::TAG_SNAP_HEADER) {
-                return Err(bad().into());
-            }
-            if g.u8().ok_or_else(bad)? != SNAPSHOT_VERSION {
-                return Err(StoreError::Corrupt("snapshot version").into());
-            }
-            from_segment = g.u64().ok_or_else(bad)?;
-            next_lsn = g.u64().ok_or_else(bad)?;
-            cards_in_snapshot = g.u64().ok_or_else(bad)?;
-        }
-        // The header's count only sizes the index; a damaged one that still passed its CRC
-        // must not ask for more than the file could hold.
-        let snapshot_bytes =
-            std::fs::metadata(dir.join(snapshot::SNAPSHOT_FILE)).map_or(0, |m| m.len());
-        let index = CardIndex::with_capacity(
-            cards_in_snapshot.min(snapshot_bytes / MIN_SNAP_CARD_BYTES) as usize,
-        );
-        recovered.snapshot = parallel_replay(
-            |sink| snapshot::read(&dir, |payload| sink.push(0, payload)),
-            |payload| load_snapshot_record(&index, &ledger, &cipher, payload),
-        )?;
-
-        // The journal since, on worker threads partitioned by card: each card's events
-        // stay in order on one thread (a transaction's entry belongs to its card too).
-        let segments = list_segments(&dir).map_err(StoreError::io("listing the journal"))?;
-        let mut last_segment = from_segment;
-        for &n in &segments {
-            let path = segment_path(&dir, n);
-            if n < from_segment {
-                // Already in the snapshot: a crash came between its rename and this delete,
-                // or part way through cutting it. Deleted at once, not in cuts: nothing is
-                // served yet.
-                let _ = std::fs::remove_file(&path);
-                continue;
-            }
-            last_segment = last_segment.max(n);
-            let report = parallel_replay(
-                |sink| {
-                    read_records(&path, |payload| {
-                        let ev = Event::decode(payload)?;
-                        next_lsn = next_lsn.max(ev.lsn() + 1);
-                        sink.push(ev.key().raw(), payload)
-                    })
-                },
-                |payload| replay(&index, &ledger, &cipher, &Event::decode(payload)?),
-            )?;
-            recovered.records += report.records;
-            if report.zeros > 0 {
-                tracing::debug!(
-                    segment = n,
-                    bytes = report.zeros,
-                    "journal segment ends in zeros written ahead (not closed: vpan stopped without closing it)"
-                );
-            }
-            if report.bad_bytes > 0 && Some(&n) != segments.last() {
-                return Err(StoreError::DamagedSegment {
-                    path,
-                    good_bytes: report.good_bytes,
-                    bad_bytes: report.bad_bytes,
-                }
-                .into());
-            }
-            if report.bad_bytes > 0 {
-                tracing::warn!(
-                    segment = n,
-                    bytes = report.bad_bytes,
-                    "cutting a torn or corrupt journal tail"
-                );
-                journal::truncate(&path, report.good_bytes)?;
-                recovered.bytes_cut += report.bad_bytes;
-            }
-        }
-
-        // Durable holds the issuer never answered (as far as the journal knows): in doubt,
-        // counted as spent. Journaled, so that what comes after (a reversal of one finding
-        // it spent) replays onto the same state at the next start.
-        let open_holds: Vec<(OriginalData, TxEntry)> = ledger
-            .entries
-            .iter()
-            .filter(|e| e.state == TxState::Held)
-            .map(|e| (*e.key(), *e.value()))
-            .collect();
-        let mut in_doubt = Vec::with_capacity(open_holds.len());
-        for (tx, e) in open_holds {
-            let event = Event::InDoubt(event::hold_of(tx, &e, next_lsn, e.at));
-            next_lsn += 1;
-            index.update(e.card, |c| event::apply_card(c, &event));
-            event::apply_ledger(&ledger, &event, false);
-            in_doubt.push(event);
-            recovered.holds_counted_as_spent += 1;
-        }
-        // No hold is open now, so no use is held. (Counted from the journal since the
-        // snapshot, `held_uses` can only have come out too high, by holds a journal of an
-        // older vpan reversed in full.)
-        index.for_each_mut(|c| c.held_uses = 0);
-        ledger.rebuild_order();
-
-        let journal = Journal::start(&dir, last_segment + 1)?;
-        // Every verdict in order; the last one durable means all are.
-        let mut last = None;
-        for event in in_doubt {
-            last = Some(journal.append(event));
-        }
-        if let Some(last) = last {
-            last.wait()?;
-        }
-        recovered.cards = index.len();
-        recovered.elapsed_ms = started.elapsed().as_millis() as u64;
-        Ok((
-            Cards {
-                index,
-                ledger,
-                generator,
-                journal,
-                cipher,
-                next_lsn: AtomicU64::new(next_lsn),
-                dir,
-                snapshot_lock: Mutex::new(()),
-                _dir_lock: lock,
-                records_at_snapshot: AtomicU64::new(0),
-            },
-            recovered,
-        ))
-    }
-
     fn lsn(&self) -> u64 {
         self.next_lsn.fetch_add(1, Ordering::Relaxed)
     }
@@ -974,184 +758,6 @@ impl Cards {
             })
             .is_some()
     }
-
-    /// Writes a snapshot of every card and remembered transaction, then deletes the
-    /// journal segments it covers. Blocking (seconds at a million cards): run it on a
-    /// blocking thread. Serves on meanwhile: the journal rotates first, and replay skips
-    /// what the snapshot already holds by LSN.
-    pub fn snapshot(&self) -> Result<SnapshotReport, StoreError> {
-        let _one = self.snapshot_lock.lock();
-        let records = self.journal.stats().records.load(Ordering::Relaxed);
-        let from_segment = self.journal.rotate()?;
-        let keys = self.index.keys();
-        let mut w = SnapshotWriter::create(&self.dir)?;
-        w.write(&event::SnapHeader {
-            version: SNAPSHOT_VERSION,
-            from_segment,
-            next_lsn: self.next_lsn.load(Ordering::Relaxed),
-            cards: keys.len() as u64,
-        })?;
-        let mut cards = 0;
-        let mut payload = Vec::with_capacity(512);
-        for key in keys {
-            payload.clear();
-            let found = self.index.read(key, |card| {
-                let context = key.raw().to_le_bytes();
-                let sealed = match &card.pan_nonce {
-                    Some(nonce) => self.cipher.reseal(&card.real_pan, &context, nonce),
-                    None => self.cipher.seal(&card.real_pan, &context),
-                };
-                journal::Encode::encode(
-                    &event::SnapCard {
-                        key,
-                        sealed_pan: &sealed,
-                        card,
-                    },
-                    &mut payload,
-                );
-            });
-            if found.is_some() {
-                w.write(&RawPayload(&payload))?;
-                cards += 1;
-            }
-        }
-        let mut transactions = 0;
-        for k in self.ledger.keys() {
-            if let Some(e) = self.ledger.get(&k) {
-                w.write(&event::SnapTx(k, e))?;
-                transactions += 1;
-            }
-        }
-        // The snapshot stands in for the journal segments it covers only if every change it
-        // read is durable there too: a change whose record failed, then found in memory by
-        // the walk above, would otherwise be restored without its journal record (a card's
-        // `held` counting a hold its ledger entry shows released). Every change is queued in
-        // the journal before it shows in memory, so the records queued by now cover all the
-        // walk read.
-        self.journal.barrier().wait()?;
-        if self.journal.is_failed() {
-            return Err(StoreError::Failed);
-        }
-        w.commit()?;
-        // Counted from here only once it stands: a failed snapshot leaves the count as it
-        // was, so the next look tries again rather than waiting for another
-        // `every_records`.
-        self.records_at_snapshot.store(records, Ordering::Relaxed);
-        let mut segments_deleted = 0;
-        for n in list_segments(&self.dir).map_err(StoreError::io("listing the journal"))? {
-            if n >= from_segment {
-                continue;
-            }
-            match segment::remove(&self.dir, n) {
-                Ok(()) => segments_deleted += 1,
-                // Covered all the same: the next snapshot, or the next start, deletes it.
-                Err(e) => {
-                    tracing::warn!(segment = n, error = %e, "could not delete a journal segment the snapshot covers")
-                }
-            }
-        }
-        Ok(SnapshotReport {
-            cards,
-            transactions,
-            segments_deleted,
-        })
-    }
-}
-
-impl Cards {
-    /// Journal records written since the last snapshot.
-    pub fn records_since_snapshot(&self) -> u64 {
-        self.journal
-            .stats()
-            .records
-            .load(Ordering::Relaxed)
-            .saturating_sub(self.records_at_snapshot.load(Ordering::Relaxed))
-    }
-
-    /// Starts a thread that snapshots whenever the policy says so, so that a restart never
-    /// replays more than about `policy.every_records` records. It holds only a weak
-    /// reference (strong only while it looks or writes) and ends once the cards are dropped
-    /// or [`Snapshots::stop`] is called. Snapshot errors are logged and retried with a
-    /// backoff (a failed journal shows in [`Cards::store_failed`]).
-    pub fn start_snapshots(
-        self: &std::sync::Arc<Self>,
-        policy: SnapshotPolicy,
-    ) -> std::io::Result<Snapshots> {
-        let weak = std::sync::Arc::downgrade(self);
-        let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("vpan-snapshot".into())
-            .spawn(move || {
-                // After a failure, the next try waits twice as long as the last (from one
-                // look up to `SNAPSHOT_RETRY_MAX`): each try starts a journal segment, and a
-                // full disk should not fill the directory with them.
-                let mut retry_in = policy.check_every;
-                let mut not_before = Instant::now();
-                // Sleeps between looks; a stop (the sender dropped) ends the sleep at once.
-                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                    stopped.recv_timeout(policy.check_every)
-                {
-                    let Some(cards) = weak.upgrade() else { break };
-                    if cards.records_since_snapshot() >= policy.every_records
-                        && Instant::now() >= not_before
-                    {
-                        let started = Instant::now();
-                        match cards.snapshot() {
-                            Ok(r) => {
-                                retry_in = policy.check_every;
-                                tracing::info!(
-                                    cards = r.cards,
-                                    transactions = r.transactions,
-                                    ms = started.elapsed().as_millis() as u64,
-                                    "snapshot written"
-                                )
-                            }
-                            Err(e) => {
-                                not_before = Instant::now() + retry_in;
-                                tracing::error!(
-                                    error = %e,
-                                    retry_in_ms = retry_in.as_millis() as u64,
-                                    "snapshot failed"
-                                );
-                                retry_in = (retry_in * 2).min(SNAPSHOT_RETRY_MAX);
-                            }
-                        }
-                    }
-                }
-            })?;
-        Ok(Snapshots { stop, thread })
-    }
-}
-
-/// The longest a failed snapshot waits before it is tried again.
-const SNAPSHOT_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// The snapshot thread of [`Cards::start_snapshots`].
-pub struct Snapshots {
-    /// Dropped to stop the thread.
-    stop: std::sync::mpsc::Sender<()>,
-    /// The thread.
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl Snapshots {
-    /// Stops the thread, after the snapshot it may be writing: it then holds no handle on
-    /// the cards.
-    pub fn stop(self) {
-        drop(self.stop);
-        if self.thread.join().is_err() {
-            tracing::error!("the snapshot thread panicked");
-        }
-    }
-}
-
-/// An already encoded payload.
-struct RawPayload<'a>(&'a [u8]);
-
-impl journal::Encode for RawPayload<'_> {
-    fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(self.0);
-    }
 }
 
 /// A request's decision as the card's recent ones show it.
@@ -1231,40 +837,6 @@ fn tx_event(
     }
 }
 
-/// Applies one journal event during recovery, skipping what the snapshot already holds.
-fn replay(
-    index: &CardIndex,
-    ledger: &Ledger,
-    cipher: &PanCipher,
-    ev: &Event,
-) -> Result<(), StoreError> {
-    let lsn = ev.lsn();
-    if let Event::Issued(i) = ev {
-        if !index.contains(i.key) {
-            let pan = cipher.open(&i.sealed_pan, &i.key.raw().to_le_bytes())?;
-            let spec = CardSpec {
-                pan,
-                pan_expiry: i.real_expiry,
-                controls: i.controls.clone(),
-            };
-            let mut card = Card::new(&spec, i.created_at);
-            card.lsn = lsn;
-            card.pan_nonce = crypto::nonce_of(&i.sealed_pan);
-            index.put(i.key, card);
-        }
-        return Ok(());
-    }
-    index.update(ev.key(), |c| {
-        if c.lsn < lsn {
-            event::apply_card(c, ev);
-        }
-    });
-    if let Some((k, at)) = event::apply_ledger(ledger, ev, true) {
-        ledger.remember(k, at, at);
-    }
-    Ok(())
-}
-
 /// Checks an issuance request; the message names the field.
 fn validate(spec: &CardSpec, now: UnixSeconds) -> Result<(), IssueError> {
     let c = &spec.controls;
@@ -1300,127 +872,6 @@ fn validate(spec: &CardSpec, now: UnixSeconds) -> Result<(), IssueError> {
     }
     if c.mcc_allow.iter().chain(&c.mcc_block).any(|&m| m > 9999) {
         return Err(IssueError::Invalid("an MCC has four digits"));
-    }
-    Ok(())
-}
-
-/// Threads that apply recovered records.
-const REPLAY_THREADS: usize = 2;
-/// Bytes of payloads handed to a worker at once.
-const REPLAY_BATCH_BYTES: usize = 256 << 10;
-
-/// Hands payloads from one reader to [`REPLAY_THREADS`] workers, in batches; payloads with
-/// the same partition key go to the same worker, in order.
-struct ReplaySink {
-    /// One channel per worker.
-    senders: Vec<std::sync::mpsc::SyncSender<Vec<u8>>>,
-    /// One batch being filled per worker: `[len u32][payload]...`.
-    batches: Vec<Vec<u8>>,
-    /// Round robin for unkeyed payloads.
-    next: usize,
-}
-
-impl ReplaySink {
-    /// Queues `payload` for the worker of `partition` (0: any, round robin).
-    fn push(&mut self, partition: u64, payload: &[u8]) -> Result<(), StoreError> {
-        let w = if partition == 0 {
-            self.next = (self.next + 1) % self.senders.len();
-            self.next
-        } else {
-            // Keys are random digits: their low bits spread evenly.
-            (partition % self.senders.len() as u64) as usize
-        };
-        let batch = &mut self.batches[w];
-        batch.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        batch.extend_from_slice(payload);
-        if batch.len() >= REPLAY_BATCH_BYTES {
-            let full = std::mem::replace(batch, Vec::with_capacity(REPLAY_BATCH_BYTES + 4096));
-            self.senders[w]
-                .send(full)
-                .map_err(|_| StoreError::Corrupt("a replay worker stopped"))?;
-        }
-        Ok(())
-    }
-
-    fn finish(mut self) {
-        for (w, batch) in self.batches.drain(..).enumerate() {
-            if !batch.is_empty() {
-                let _ = self.senders[w].send(batch);
-            }
-        }
-    }
-}
-
-/// Runs `read` (which feeds a [`ReplaySink`]) on this thread and `apply` on the workers.
-fn parallel_replay<T>(
-    read: impl FnOnce(&mut ReplaySink) -> Result<T, StoreError>,
-    apply: impl Fn(&[u8]) -> Result<(), StoreError> + Sync,
-) -> Result<T, StoreError> {
-    std::thread::scope(|s| {
-        let mut senders = Vec::with_capacity(REPLAY_THREADS);
-        let mut workers = Vec::with_capacity(REPLAY_THREADS);
-        for _ in 0..REPLAY_THREADS {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
-            senders.push(tx);
-            let apply = &apply;
-            workers.push(s.spawn(move || -> Result<(), StoreError> {
-                for batch in rx {
-                    let mut rest = &batch[..];
-                    while rest.len() >= 4 {
-                        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-                        let (payload, tail) = rest[4..].split_at(len.min(rest.len() - 4));
-                        apply(payload)?;
-                        rest = tail;
-                    }
-                }
-                Ok(())
-            }));
-        }
-        let mut sink = ReplaySink {
-            senders,
-            batches: (0..REPLAY_THREADS)
-                .map(|_| Vec::with_capacity(REPLAY_BATCH_BYTES + 4096))
-                .collect(),
-            next: 0,
-        };
-        let result = read(&mut sink);
-        sink.finish();
-        for w in workers {
-            match w.join() {
-                Ok(r) => r?,
-                Err(_) => return Err(StoreError::Corrupt("a replay worker panicked")),
-            }
-        }
-        result
-    })
-}
-
-/// Loads one snapshot record (the header was read before).
-fn load_snapshot_record(
-    index: &CardIndex,
-    ledger: &Ledger,
-    cipher: &PanCipher,
-    payload: &[u8],
-) -> Result<(), StoreError> {
-    let mut g = event::Get(payload);
-    match g.u8() {
-        Some(event::TAG_SNAP_HEADER) => {}
-        Some(event::TAG_SNAP_CARD) => {
-            let (key, card) = event::decode_snap_card(&mut g, |k, sealed| {
-                cipher.open(sealed, &k.raw().to_le_bytes())
-            })?;
-            if !g.0.is_empty() {
-                return Err(StoreError::Corrupt("snapshot card"));
-            }
-            index.put(key, card);
-        }
-        Some(event::TAG_SNAP_TX) => {
-            let (k, e) = event::decode_snap_tx(&mut g)
-                .filter(|_| g.0.is_empty())
-                .ok_or(StoreError::Corrupt("snapshot tx"))?;
-            ledger.entries.insert(k, e);
-        }
-        _ => return Err(StoreError::Corrupt("snapshot record")),
     }
     Ok(())
 }
