@@ -41,8 +41,14 @@ use crate::pan::{Masked, Pan, luhn_valid};
 /// Balance given to accounts made on the fly when no accounts file is loaded (minor units).
 pub const DEFAULT_BALANCE: i64 = 100_000_000;
 
-/// Financial messages remembered per account, for reversals and repeats to find.
-pub const HISTORY_PER_ACCOUNT: usize = 1024;
+/// Financial messages an account keeps whatever their age, for reversals and repeats to
+/// find.
+pub const BOOKINGS_KEPT: usize = 1024;
+
+/// How long an account keeps every financial message, however many: longer than any
+/// timeout after which a reversal comes (the switch's 1.5 s, the load generator's 5 s),
+/// which on a busy card covers far more than [`BOOKINGS_KEPT`] messages.
+pub const BOOKINGS_KEPT_FOR: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Stop reading from a connection while this many answer bytes wait to be written.
 const WRITE_HIGH_WATER: usize = 256 * 1024;
@@ -252,7 +258,7 @@ pub fn parse_accounts(text: &str) -> Result<Vec<(Pan, i64)>, String> {
 }
 
 /// The key that finds a financial message again: what DE 90 carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct TxnKey {
     /// The MTI with its last digit (origin / repeat) set to 0.
     mti: [u8; 4],
@@ -277,6 +283,54 @@ struct Booked {
     auth_code: Option<[u8; 6]>,
     /// Set once reversed, so a second reversal gives nothing back.
     reversed: bool,
+    /// Its place in the account's bookings, so that dropping an old booking never drops
+    /// a later one under the same key.
+    seq: u64,
+}
+
+/// An account's booked financial messages, found by key. Kept for [`BOOKINGS_KEPT_FOR`],
+/// and the last [`BOOKINGS_KEPT`] whatever their age: a count alone lost the original of
+/// a reversal that came after a timeout on a busy card.
+#[derive(Debug, Default)]
+struct Bookings {
+    /// The latest booking under each key.
+    by_key: std::collections::HashMap<TxnKey, Booked, foldhash::fast::RandomState>,
+    /// When each was booked, oldest first, to drop them in that order.
+    order: VecDeque<(std::time::Instant, TxnKey, u64)>,
+    /// The next booking's `seq`.
+    next_seq: u64,
+}
+
+impl Bookings {
+    fn get(&self, key: &TxnKey) -> Option<&Booked> {
+        self.by_key.get(key)
+    }
+
+    fn get_mut(&mut self, key: &TxnKey) -> Option<&mut Booked> {
+        self.by_key.get_mut(key)
+    }
+
+    fn contains(&self, key: &TxnKey) -> bool {
+        self.by_key.contains_key(key)
+    }
+
+    /// Books `b` (its `seq` is set here), dropping bookings past both bounds.
+    fn book(&mut self, mut b: Booked) {
+        let now = std::time::Instant::now();
+        while self.order.len() >= BOOKINGS_KEPT
+            && let Some(&(at, key, seq)) = self.order.front()
+            && now.duration_since(at) > BOOKINGS_KEPT_FOR
+        {
+            self.order.pop_front();
+            if self.by_key.get(&key).is_some_and(|b| b.seq == seq) {
+                self.by_key.remove(&key);
+            }
+        }
+        b.seq = self.next_seq;
+        self.next_seq += 1;
+        self.order.push_back((now, b.key, b.seq));
+        self.by_key.insert(b.key, b);
+    }
 }
 
 /// An account at the simulated issuer.
@@ -284,8 +338,8 @@ struct Booked {
 struct Account {
     /// Minor units; may go below zero through advices, which cannot be declined.
     balance: i64,
-    /// The last [`HISTORY_PER_ACCOUNT`] financial messages, oldest first.
-    history: VecDeque<Booked>,
+    /// Its financial messages, for reversals and repeats.
+    history: Bookings,
 }
 
 /// What the ledger decided for one request.
@@ -341,7 +395,7 @@ impl Ledger {
                 pan.clone(),
                 Account {
                     balance: *balance,
-                    history: VecDeque::new(),
+                    history: Bookings::default(),
                 },
             );
         }
@@ -365,7 +419,7 @@ impl Ledger {
             .and_modify(|a| a.balance = balance)
             .or_insert(Account {
                 balance,
-                history: VecDeque::new(),
+                history: Bookings::default(),
             });
     }
 
@@ -426,29 +480,32 @@ impl Ledger {
             return decision(b"14", None);
         };
         if req.mti()[3] == b'1'
-            && let Some(b) = account.history.iter().rev().find(|b| b.key == key)
+            && let Some(b) = account.history.get(&key)
         {
             return decision(&b.response_code, b.auth_code);
         }
+        // A zero amount (a card check) is approved whatever the balance; a refund that
+        // would carry the balance past i64 is declined, not wrapped.
         let (rc, effect) = if refund {
-            (*b"00", amount)
-        } else if account.balance >= amount {
+            match account.balance.checked_add(amount) {
+                Some(_) => (*b"00", amount),
+                None => (*b"13", 0),
+            }
+        } else if amount == 0 || account.balance >= amount {
             (*b"00", -amount)
         } else {
             (*b"51", 0)
         };
         let auth = (rc == *b"00").then(|| self.auth_code());
         account.balance += effect;
-        push_history(
-            &mut account.history,
-            Booked {
-                key,
-                effect,
-                response_code: rc,
-                auth_code: auth,
-                reversed: false,
-            },
-        );
+        account.history.book(Booked {
+            key,
+            effect,
+            response_code: rc,
+            auth_code: auth,
+            reversed: false,
+            seq: 0,
+        });
         decision(&rc, auth)
     }
 
@@ -467,28 +524,29 @@ impl Ledger {
         let key = txn_key(req);
         if let Some(mut account) = self.account(&pan) {
             // Only a repeat (0121 / 0221) can be a message already booked.
-            if req.mti()[3] == b'1' && account.history.iter().any(|b| b.key == key) {
+            if req.mti()[3] == b'1' && account.history.contains(&key) {
                 return ack;
             }
             let effect = if refund { amount } else { -amount };
-            account.balance += effect;
-            push_history(
-                &mut account.history,
-                Booked {
-                    key,
-                    effect,
-                    response_code: *b"00",
-                    auth_code: None,
-                    reversed: false,
-                },
-            );
+            account.balance = account.balance.saturating_add(effect);
+            account.history.book(Booked {
+                key,
+                effect,
+                response_code: *b"00",
+                auth_code: None,
+                reversed: false,
+                seq: 0,
+            });
         }
         ack
     }
 
     /// 0400 / 0420: give back what the original did, once. The original is found by DE 90;
     /// without DE 90 the reversal's own DE 4 is given back, once per reversal key. DE 95
-    /// makes it partial. Always acknowledged with 00: a reversal cannot be refused.
+    /// makes it partial: its first 12 digits are what stays (its fee parts are often sent
+    /// unsigned or blank, and are not read). Acknowledged with 00, as a reversal cannot be
+    /// refused, but for a DE 95 without those digits: 30, and nothing given back (as the
+    /// switch does), rather than everything.
     fn reverse(&self, req: &Message, resp_mti: [u8; 4]) -> Option<Decision> {
         let ack = Some(Decision {
             mti: resp_mti,
@@ -502,7 +560,17 @@ impl Ledger {
             return ack;
         };
         let account = &mut *account;
-        let keep = req.replacement_amounts().map(|r| r.transaction);
+        let keep = match req.replacement_transaction_amount() {
+            None => None,
+            Some(Some(keep)) => Some(keep),
+            Some(None) => {
+                return Some(Decision {
+                    mti: resp_mti,
+                    response_code: *b"30",
+                    auth_code: None,
+                });
+            }
+        };
         let partial = |effect: i64| -> i64 {
             match keep.and_then(|k| i64::try_from(k).ok()) {
                 Some(k) => effect.signum() * (effect.abs() - k).max(0),
@@ -519,10 +587,10 @@ impl Ledger {
                     time: o.transmission_time,
                     acquirer: o.acquirer,
                 };
-                match account.history.iter_mut().rev().find(|b| b.key == key) {
+                match account.history.get_mut(&key) {
                     Some(b) if !b.reversed => {
                         b.reversed = true;
-                        account.balance -= partial(b.effect);
+                        account.balance = account.balance.saturating_sub(partial(b.effect));
                     }
                     Some(_) => {}
                     None => {
@@ -531,25 +599,26 @@ impl Ledger {
                 }
             }
             None => {
-                let key = txn_key(req);
-                if !account.history.iter().any(|b| b.key == key) {
+                // One key for the reversal and its advice form and repeats (0400, 0401,
+                // 0420, 0421): whichever comes first gives back, the others find it.
+                let mut key = txn_key(req);
+                key.mti[2] = b'0';
+                if !account.history.contains(&key) {
                     let amount = req
                         .amount_transaction()
                         .and_then(|a| i64::try_from(a).ok())
                         .unwrap_or(0);
                     let refund = req.processing_code().is_some_and(|p| p.starts_with(b"20"));
                     let given = partial(if refund { -amount } else { amount });
-                    account.balance += given;
-                    push_history(
-                        &mut account.history,
-                        Booked {
-                            key,
-                            effect: given,
-                            response_code: *b"00",
-                            auth_code: None,
-                            reversed: true,
-                        },
-                    );
+                    account.balance = account.balance.saturating_add(given);
+                    account.history.book(Booked {
+                        key,
+                        effect: given,
+                        response_code: *b"00",
+                        auth_code: None,
+                        reversed: true,
+                        seq: 0,
+                    });
                 }
             }
         }
@@ -564,7 +633,7 @@ impl Ledger {
         let balance = self.default_balance?;
         Some(self.accounts.entry(pan.clone()).or_insert(Account {
             balance,
-            history: VecDeque::new(),
+            history: Bookings::default(),
         }))
     }
 
@@ -583,13 +652,6 @@ impl Ledger {
         }
         out
     }
-}
-
-fn push_history(history: &mut VecDeque<Booked>, b: Booked) {
-    if history.len() >= HISTORY_PER_ACCOUNT {
-        history.pop_front();
-    }
-    history.push_back(b);
 }
 
 /// The key of a financial message as its reversal's DE 90 will name it.
@@ -1247,6 +1309,72 @@ mod tests {
         l.decide(&rev).unwrap();
         l.decide(&rev).unwrap();
         assert_eq!(l.balance(&pan), Some(11_000));
+        // Its other forms (request, repeats) are the same reversal.
+        for mti in [b"0400", b"0401", b"0421"] {
+            l.decide(&purchase(mti, "000005", "000000001000", "000000"))
+                .unwrap();
+        }
+        assert_eq!(l.balance(&pan), Some(11_000));
+    }
+
+    #[test]
+    fn a_reversal_finds_its_original_after_many_more_bookings_on_the_card() {
+        // A reversal comes after a timeout, by which time a busy card has booked far more
+        // than the bookings kept by count.
+        let (l, pan) = ledger(100_000_000);
+        let orig = purchase(b"0100", "000001", "000000004000", "000000");
+        l.decide(&orig).unwrap();
+        for stan in 2..(2 + 3 * BOOKINGS_KEPT as u32) {
+            let stan = format!("{stan:06}");
+            l.decide(&purchase(b"0100", &stan, "000000000001", "000000"))
+                .unwrap();
+        }
+        let before = l.balance(&pan).unwrap();
+        l.decide(&reversal_of(&orig, "999999")).unwrap();
+        assert_eq!(l.balance(&pan), Some(before + 4_000));
+        assert_eq!(l.unmatched_reversals(), 0);
+    }
+
+    #[test]
+    fn a_partial_reversal_keeps_de95s_amount_and_one_without_it_gets_30_and_nothing() {
+        let (l, pan) = ledger(10_000);
+        let orig = purchase(b"0100", "000001", "000000004000", "000000");
+        l.decide(&orig).unwrap();
+        // The fee parts unsigned, as many acquirers send them: only the first 12 digits
+        // count. 3,000 stays charged, 1,000 comes back.
+        let mut partial = reversal_of(&orig, "000002");
+        partial
+            .set(95, format!("{:012}{}", 3_000, "0".repeat(30)).as_bytes())
+            .unwrap();
+        let d = l.decide(&partial).unwrap();
+        assert_eq!(&d.response_code, b"00");
+        assert_eq!(l.balance(&pan), Some(7_000));
+
+        let other = purchase(b"0100", "000003", "000000002000", "000000");
+        l.decide(&other).unwrap();
+        let mut unreadable = reversal_of(&other, "000004");
+        unreadable
+            .set(95, format!("ABC{}", "0".repeat(39)).as_bytes())
+            .unwrap();
+        let d = l.decide(&unreadable).unwrap();
+        assert_eq!(&d.response_code, b"30");
+        assert_eq!(l.balance(&pan), Some(5_000), "nothing given back");
+    }
+
+    #[test]
+    fn a_zero_amount_check_is_approved_on_an_overdrawn_account_and_a_refund_never_wraps() {
+        let (l, pan) = ledger(-500);
+        let d = l
+            .decide(&purchase(b"0100", "000001", "000000000000", "000000"))
+            .unwrap();
+        assert_eq!(&d.response_code, b"00");
+        assert_eq!(l.balance(&pan), Some(-500));
+        l.set_balance(&pan, i64::MAX - 10);
+        let d = l
+            .decide(&purchase(b"0200", "000002", "000000000500", "200000"))
+            .unwrap();
+        assert_eq!(&d.response_code, b"13");
+        assert_eq!(l.balance(&pan), Some(i64::MAX - 10));
     }
 
     #[test]
