@@ -395,6 +395,27 @@ async fn unanswered_requests_are_counted_as_timeouts_and_loadgen_still_finishes(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_open_loop_a_request_never_answered_counts_in_the_latency_at_its_timeout() {
+    // A stall must show in the percentiles, not only as fewer answers.
+    let sim = sim_with(&[], |c| {
+        c.default_balance = Some(1_000_000_000);
+        c.timeout_share = 1.0;
+    })
+    .await;
+    let traffic =
+        Arc::new(Traffic::load(fixture("sample.jsonl").as_ref(), Spec::iso87ascii()).unwrap());
+    let mut cfg = LoadgenConfig::new(sim.local_addr().to_string(), traffic);
+    cfg.connections = 1;
+    cfg.rate = Some(200.0);
+    cfg.count = Some(10);
+    cfg.timeout = Duration::from_millis(200);
+    let s = loadgen::run(cfg).await.unwrap();
+    assert_eq!((s.answered, s.timeouts), (0, 10), "{s:?}");
+    assert!(s.latency_us.p50 >= 200_000, "{s:?}");
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_connections_count_their_requests_as_lost_and_loadgen_dials_again() {
     let sim = sim_with(&[], |c| {
         c.default_balance = Some(1_000_000_000);

@@ -20,7 +20,9 @@ pub fn share(s: &str) -> Result<f64, String> {
 /// A positive number of requests per second.
 pub fn per_second(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
-        _ => Err("a positive number of requests per second, e.g. 10000".into()),
+        // The floor keeps a connection's interval between two requests within what a
+        // clock can add.
+        Ok(v) if v.is_finite() && v >= 0.01 => Ok(v),
+        _ => Err("a number of requests per second of at least 0.01, e.g. 10000".into()),
     }
 }

@@ -104,7 +104,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => v * 3600.0,
         _ => return Err(format!("{s:?}: use s, ms, us, m or h")),
     };
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is out of range"))
+    /// Longer than any load run, and far within what a clock can add.
+    const LONGEST: Duration = Duration::from_secs(366 * 24 * 3600);
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| *d <= LONGEST)
+        .ok_or_else(|| format!("{s:?} is out of range (a year at most)"))
 }
 
 /// Everything a load run needs.
@@ -413,6 +418,9 @@ struct Pending {
     intended: Instant,
     /// Tells this request apart from a later one reusing the STAN.
     serial: u64,
+    /// The DE 7 it was sent with: an answer that echoes another one is a late answer to
+    /// an earlier request that had the same STAN, not this one's.
+    de7: [u8; 10],
 }
 
 /// One connection's state; survives reconnects.
@@ -470,6 +478,8 @@ struct Stats {
     answered: u64,
     /// Requests timed out.
     timeouts: u64,
+    /// When the last answer came.
+    last_answer: Option<Instant>,
 }
 
 impl Stats {
@@ -487,6 +497,7 @@ impl Stats {
             sent: 0,
             answered: 0,
             timeouts: 0,
+            last_answer: None,
         })
     }
 }
@@ -607,6 +618,9 @@ impl Conn {
             {
                 o.1 = true;
             }
+            // It may have been its run's last message: a run left in place would hold a
+            // slot for good, and enough of them would stop the connection's sending.
+            self.retire_if_done(ri);
             return true;
         }
         if entry.malformed
@@ -625,6 +639,7 @@ impl Conn {
                 entry: idx,
                 intended,
                 serial: self.serial,
+                de7,
             },
         );
         self.deadlines
@@ -680,9 +695,18 @@ impl Conn {
             if let Some(o) = run.originals.get_mut(&p.entry) {
                 o.1 = true;
             }
-            if run.outstanding == 0 && run.next >= run.end {
-                self.runs.remove(pos);
-            }
+            self.retire_if_done(pos);
+        }
+    }
+
+    /// Drops run `pos` once all of it was sent and nothing of it is in flight.
+    fn retire_if_done(&mut self, pos: usize) {
+        if self
+            .runs
+            .get(pos)
+            .is_some_and(|run| run.outstanding == 0 && run.next >= run.end)
+        {
+            self.runs.remove(pos);
         }
     }
 
@@ -695,9 +719,15 @@ impl Conn {
         let Some(stan) = msg.stan().and_then(|s| digits_u32(&s)) else {
             return self.error("unmatched", 1);
         };
-        let Some(p) = self.pending.remove(&stan) else {
+        let echoed = msg.transmission_time();
+        let ours = self
+            .pending
+            .get(&stan)
+            .is_some_and(|p| echoed.is_none_or(|t| t == p.de7));
+        let Some(p) = ours.then(|| self.pending.remove(&stan)).flatten() else {
             return self.error("unmatched", 1);
         };
+        self.stats.last_answer = Some(now);
         self.note(&p, "answered", msg.response_code());
         let us = now.saturating_duration_since(p.intended).as_micros() as u64;
         self.stats
@@ -746,6 +776,15 @@ impl Conn {
             }
             self.deadlines.pop_front();
             if let Some(p) = self.pending.remove(&stan) {
+                if self.shared.cfg.rate.is_some() {
+                    // Open loop: a request that never came back is the slowest of all,
+                    // and leaving it out would hide a stall from the percentiles. Its
+                    // latency is at least its time since due.
+                    let us = now.saturating_duration_since(p.intended).as_micros() as u64;
+                    self.stats
+                        .hist
+                        .saturating_record(us.clamp(1, MAX_LATENCY_US));
+                }
                 self.note(&p, "timeout", None);
                 self.stats.timeouts += 1;
                 self.shared.timeouts.fetch_add(1, Ordering::Relaxed);
@@ -805,7 +844,10 @@ impl Conn {
             } else {
                 None
             };
-            let wake = [timeout_at, due].into_iter().flatten().min();
+            // The end of `--duration` too: a connection with nothing to send must still
+            // see it pass.
+            let ends = self.shared.deadline.filter(|d| *d > now);
+            let wake = [timeout_at, due, ends].into_iter().flatten().min();
             tokio::select! {
                 r = rd.read_buf(&mut inbuf) => {
                     match r {
@@ -1038,7 +1080,7 @@ pub async fn run(mut cfg: LoadgenConfig) -> Result<Summary, LoadgenError> {
         p.abort();
     }
     let elapsed = start.elapsed();
-    Ok(summarize(&cfg, elapsed, all))
+    Ok(summarize(&cfg, start, elapsed, all))
 }
 
 /// One line on stderr per second: sent, answered, the answer rate over the last second,
@@ -1062,7 +1104,9 @@ async fn progress_lines(shared: Arc<Shared>, start: Instant) {
     }
 }
 
-fn summarize(cfg: &LoadgenConfig, elapsed: Duration, all: Vec<Stats>) -> Summary {
+/// Throughput is counted from `start` to the last answer, not to the end of a wait for
+/// answers that never came (timeouts at the end of a run).
+fn summarize(cfg: &LoadgenConfig, start: Instant, elapsed: Duration, all: Vec<Stats>) -> Summary {
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     let mut s = Summary {
         target: cfg.target.clone(),
@@ -1074,6 +1118,11 @@ fn summarize(cfg: &LoadgenConfig, elapsed: Duration, all: Vec<Stats>) -> Summary
         ..Summary::default()
     };
     let mut hist: Option<Histogram<u64>> = None;
+    let answering = all
+        .iter()
+        .filter_map(|st| st.last_answer)
+        .max()
+        .map_or(Duration::ZERO, |last| last.saturating_duration_since(start));
     for st in all {
         s.sent += st.sent;
         s.answered += st.answered;
@@ -1121,8 +1170,8 @@ fn summarize(cfg: &LoadgenConfig, elapsed: Duration, all: Vec<Stats>) -> Summary
             mean: h.mean(),
         };
     }
-    if s.elapsed_s > 0.0 {
-        s.throughput_per_s = s.answered as f64 / s.elapsed_s;
+    if !answering.is_zero() {
+        s.throughput_per_s = s.answered as f64 / answering.as_secs_f64();
     }
     s
 }
@@ -1273,11 +1322,34 @@ mod tests {
             (&["--in-flight", "100001"], "--in-flight"),
             (&["--rate", "0"], "--rate"),
             (&["--rate", "NaN"], "--rate"),
+            (&["--rate", "1e-20"], "--rate"),
         ] {
             let e = parse(args).unwrap_err();
             assert_eq!(e.exit_code(), 2, "a usage error");
             assert!(e.to_string().contains(flag), "{e}");
         }
+    }
+
+    #[test]
+    fn throughput_counts_up_to_the_last_answer_not_to_the_end_of_a_wait_for_timeouts() {
+        let start = Instant::now();
+        let traffic = Traffic::parse(
+            r#"{"fields": {"t": "0800", "70": "301"}}"#,
+            Spec::iso87ascii(),
+        )
+        .unwrap();
+        let cfg = LoadgenConfig::new("127.0.0.1:1", Arc::new(traffic));
+        let mut a = Stats::new().unwrap();
+        a.answered = 600;
+        a.last_answer = Some(start + Duration::from_secs(1));
+        let mut b = Stats::new().unwrap();
+        b.answered = 400;
+        b.last_answer = Some(start + Duration::from_millis(500));
+        // The run ended 5 s after its last answer, waiting out a timeout.
+        let s = summarize(&cfg, start, Duration::from_secs(6), vec![a, b]);
+        assert_eq!(s.answered, 1_000);
+        assert!((s.throughput_per_s - 1_000.0).abs() < 1e-6, "{s:?}");
+        assert!((s.elapsed_s - 6.0).abs() < 1e-6);
     }
 
     #[test]
@@ -1288,6 +1360,8 @@ mod tests {
         assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert!(parse_duration("10 parsecs").is_err());
+        // Past what a clock can add to now: refused, not a panic at the start of the run.
+        assert!(parse_duration("10000000000000000000").is_err());
         assert!(parse_duration("s").is_err());
     }
 
