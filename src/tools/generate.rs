@@ -127,6 +127,13 @@ pub fn generate(cards: usize, messages: usize, seed: u64) -> Generated {
                 hit
             })
             .map_or(Draw::Purchase, |(d, _)| *d);
+        // A message and its reversal that do not both fit in what is left: a purchase.
+        let pair = matches!(draw, Draw::ReversedPurchase | Draw::ReversedFinancialAdvice);
+        let draw = if pair && lines.count + 2 > messages {
+            Draw::Purchase
+        } else {
+            draw
+        };
         let card = format!("load{}", rng.random_range(0..cards));
         let amount = rng.random_range(100..=PER_TRANSACTION_LIMIT / 2);
         let terminal = rng.random_range(1..=50);
@@ -373,6 +380,21 @@ mod tests {
         let g = generate(20, 500, 1);
         assert_eq!(g.cards, include_str!("../../fixtures/generated/cards.json"));
         assert_eq!(g.load, include_str!("../../fixtures/generated/load.jsonl"));
+    }
+
+    #[test]
+    fn exactly_the_messages_asked_for_are_written() {
+        for seed in 0..200 {
+            for messages in [1, 2, 7] {
+                let g = generate(3, messages, seed);
+                let written = g
+                    .load
+                    .lines()
+                    .filter(|l| l.trim_start().starts_with('{'))
+                    .count();
+                assert_eq!(written, messages, "seed {seed}");
+            }
+        }
     }
 
     #[test]
