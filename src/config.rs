@@ -289,7 +289,7 @@ impl Config {
         let origin = origin.to_string();
         let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
             origin: origin.clone(),
-            message: e.to_string(),
+            message: one_line(&e, text),
         })?;
         // Deserialize once first so that a bad file is reported against the file, not
         // against an environment variable that happens to be set too.
@@ -297,14 +297,14 @@ impl Config {
             .try_into::<Config>()
             .map_err(|e| ConfigError::Parse {
                 origin: origin.clone(),
-                message: e.to_string(),
+                message: one_line(&e, text),
             })?;
         apply_env(&mut table, env)?;
         let config = toml::Value::Table(table)
             .try_into::<Config>()
             .map_err(|e| ConfigError::Parse {
                 origin: format!("{origin} with environment overrides"),
-                message: e.to_string(),
+                message: one_line(&e, ""),
             })?;
         config.validate()?;
         Ok(config)
@@ -385,6 +385,22 @@ impl Config {
         }
         if self.issuer.timeout_ms == 0 {
             return invalid("issuer.timeout_ms", "must be at least 1".into());
+        }
+        // Zero would not mean "off" here but a timer firing every millisecond.
+        if self.network.read_timeout_ms == 0 {
+            return invalid("network.read_timeout_ms", "must be at least 1".into());
+        }
+        if self.issuer.echo_interval_ms < 100 {
+            return invalid(
+                "issuer.echo_interval_ms",
+                "must be at least 100 (an 0800 every few milliseconds would flood the host)".into(),
+            );
+        }
+        if self.issuer.reconnect_max_ms < 50 {
+            return invalid(
+                "issuer.reconnect_max_ms",
+                "must be at least 50, the backoff's first step".into(),
+            );
         }
         if self.issuer.connections == 0 {
             return invalid("issuer.connections", "must be at least 1".into());
@@ -487,6 +503,71 @@ fn apply_env(
         }
     }
     Ok(())
+}
+
+/// The process's `VPAN_*` variables, to pass to [`Config::load`]. Read without
+/// `std::env::vars`, which panics on any variable that is not UTF-8, even one that has
+/// nothing to do with vpan; a `VPAN_*` one that is not UTF-8 is refused by name.
+pub fn vpan_env_vars() -> Result<Vec<(String, String)>, ConfigError> {
+    let mut vars = Vec::new();
+    for (name, value) in std::env::vars_os() {
+        let Some(name) = name.to_str().filter(|n| n.starts_with("VPAN_")) else {
+            continue;
+        };
+        let value = value.into_string().map_err(|_| ConfigError::Env {
+            var: name.to_string(),
+            message: "its value is not UTF-8".into(),
+        })?;
+        vars.push((name.to_string(), value));
+    }
+    Ok(vars)
+}
+
+/// The `VPAN_<SECTION>_<KEY>` variables whose section does not exist, which
+/// [`Config::load`] leaves alone (tools and test harnesses use the prefix for their own
+/// variables too), so that a misspelt section can be warned about rather than go unseen.
+pub fn env_vars_naming_no_section(env: &[(String, String)]) -> Vec<String> {
+    let Ok(defaults) = toml::Table::try_from(Config::default()) else {
+        return Vec::new();
+    };
+    env.iter()
+        .filter_map(|(var, _)| {
+            let rest = var.strip_prefix("VPAN_")?.to_ascii_lowercase();
+            let (section, _) = rest.split_once('_')?;
+            (!defaults.contains_key(section)).then(|| var.clone())
+        })
+        .collect()
+}
+
+/// A TOML error as one line: where (line and column, when the error has a place in
+/// `text`) and what, without the excerpt of the file that toml's own rendering adds over
+/// several lines (the excerpt may hold a secret, such as a token on the line it quotes).
+fn one_line(e: &toml::de::Error, text: &str) -> String {
+    let what = e
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    // Errors from typing a table (an unknown key, a wrong type) name the section in
+    // their rendering, not in their message.
+    let section = e
+        .to_string()
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("in `"))
+        .map(|l| format!(" ({l})"))
+        .unwrap_or_default();
+    match e.span().filter(|s| s.start <= text.len()) {
+        Some(span) => {
+            let before = &text.as_bytes()[..span.start];
+            let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+            let column = before.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+            format!("line {line}, column {column}: {what}{section}")
+        }
+        None => format!("{what}{section}"),
+    }
 }
 
 /// Reads an environment value as the type of the key's default.
@@ -620,6 +701,42 @@ mod tests {
     }
 
     #[test]
+    fn a_variable_naming_no_section_is_found_for_a_warning_and_leaves_the_config_alone() {
+        let env: Vec<(String, String)> = [
+            ("VPAN_NETWRK_LISTEN", "127.0.0.1:1"),
+            ("VPAN_NETWORK_LISTEN", "127.0.0.1:0"),
+            ("VPAN_TOKEN", "the card client's"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(env_vars_naming_no_section(&env), vec!["VPAN_NETWRK_LISTEN"]);
+        let c = Config::from_toml("", "test", env).unwrap();
+        assert_eq!(c.network.listen, "127.0.0.1:0");
+    }
+
+    #[test]
+    fn a_file_error_is_one_line_with_its_place_and_never_quotes_the_file() {
+        let secret = "s3cr3t-t0ken";
+        let cases = [
+            // A syntax error on the token's line (the string is not closed).
+            (format!("[api]\ntoken = \"{secret}\n"), "line 2"),
+            (
+                "[network]\nmax_conections = 3\n".to_string(),
+                "max_conections",
+            ),
+            ("[issuer]\ntimeout_ms = \"soon\"\n".to_string(), "issuer"),
+        ];
+        for (text, names) in cases {
+            let err = load(&text, &[]).unwrap_err().to_string();
+            assert_eq!(err.lines().count(), 1, "{err:?}");
+            assert!(!err.ends_with('\n'), "{err:?}");
+            assert!(err.contains(names), "{err}");
+            assert!(!err.contains(secret), "{err}");
+        }
+    }
+
+    #[test]
     fn an_environment_value_of_the_wrong_type_is_refused_by_name() {
         let err = load("", &[("VPAN_ISSUER_TIMEOUT_MS", "soon")])
             .unwrap_err()
@@ -646,6 +763,18 @@ mod tests {
                 "network.mac_key_file",
             ),
             ("[network]\nmac_padding = 3\n", "network.mac_padding"),
+            (
+                "[network]\nread_timeout_ms = 0\n",
+                "network.read_timeout_ms",
+            ),
+            (
+                "[issuer]\necho_interval_ms = 0\n",
+                "issuer.echo_interval_ms",
+            ),
+            (
+                "[issuer]\nreconnect_max_ms = 0\n",
+                "issuer.reconnect_max_ms",
+            ),
         ];
         for (text, key) in cases {
             let err = load(text, &[]).unwrap_err().to_string();

@@ -76,9 +76,12 @@ fn main() -> ExitCode {
             logging::init_quiet(LogFormat::Human);
             return match runtime().and_then(|rt| rt.block_on(tools::demo::run_cli(args))) {
                 Ok(true) => ExitCode::SUCCESS,
-                Ok(false) => ExitCode::from(1),
+                Ok(false) => {
+                    eprintln!("vpan: the demo ran, and some of its checks failed (see the report)");
+                    ExitCode::from(1)
+                }
                 Err(message) => {
-                    eprintln!("vpan: {message}");
+                    eprintln!("vpan: {}", vpan::pan::mask_card_numbers(&message));
                     ExitCode::from(1)
                 }
             };
@@ -88,8 +91,10 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // Masked: an error may quote a value from a file or a variable (a virtual range
+        // pasted in full, say).
         Err(message) => {
-            eprintln!("vpan: {message}");
+            eprintln!("vpan: {}", vpan::pan::mask_card_numbers(&message));
             ExitCode::from(1)
         }
     }
@@ -130,8 +135,14 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     } else {
         LogFormat::Human
     });
-    let config =
-        Config::load(args.config.as_deref(), std::env::vars()).map_err(|e| e.to_string())?;
+    let env = vpan::config::vpan_env_vars().map_err(|e| e.to_string())?;
+    for var in vpan::config::env_vars_naming_no_section(&env) {
+        tracing::warn!(
+            var,
+            "this VPAN_ variable names no configuration section; ignored"
+        );
+    }
+    let config = Config::load(args.config.as_deref(), env).map_err(|e| e.to_string())?;
     let runtime = runtime_with(config.runtime.worker_threads)?;
     tracing::info!(
         worker_threads = runtime.metrics().num_workers(),
