@@ -361,6 +361,47 @@ async fn an_echo_is_answered_by_the_switch_and_a_keep_alive_is_echoed() {
 }
 
 #[tokio::test]
+async fn a_frame_shorter_than_the_links_header_is_dropped_and_the_connection_goes_on() {
+    // A link with a 5-byte TPDU: a 3-byte frame cannot hold it, but its length is known,
+    // so it is one bad frame, not a broken stream.
+    let tpdu = [0x60, 0x00, 0x01, 0x00, 0x00];
+    let rig = rig(Some(SimConfig::default()), |c| {
+        c.network.header_hex = "6000010000".into();
+    })
+    .await;
+    let stream = tokio::net::TcpStream::connect(rig.network).await.unwrap();
+    let mut framed = tokio_util::codec::Framed::new(
+        stream,
+        vpan::iso8583::FrameCodec::new(vpan::iso8583::Framing::Len2, tpdu.len(), 8192),
+    );
+    let spec = Spec::iso87ascii();
+    let mut echo = Message::new(spec, b"0800").unwrap();
+    echo.set(7, b"1126143015").unwrap();
+    echo.set(11, b"000042").unwrap();
+    echo.set(70, b"301").unwrap();
+    use tokio::io::AsyncWriteExt;
+    let mut bytes = vec![0x00, 0x03, 1, 2, 3];
+    let body = echo.pack();
+    bytes.extend_from_slice(&((tpdu.len() + body.len()) as u16).to_be_bytes());
+    bytes.extend_from_slice(&tpdu);
+    bytes.extend_from_slice(&body);
+    framed.get_mut().write_all(&bytes).await.unwrap();
+    use futures_util::StreamExt;
+    let answer = tokio::time::timeout(Duration::from_secs(5), framed.next())
+        .await
+        .expect("the echo after the runt is answered")
+        .unwrap()
+        .unwrap();
+    let Frame::Message { header, body } = answer else {
+        panic!("{answer:?}");
+    };
+    assert_eq!(&header[..], &tpdu, "the header echoed");
+    let answer = Message::parse(spec, body).unwrap();
+    assert_eq!((answer.mti(), code(&answer)), (*b"0810", "00".to_string()));
+    rig.stop().await;
+}
+
+#[tokio::test]
 async fn a_repeat_while_the_first_is_with_the_issuer_gets_the_first_answer_when_it_comes() {
     let sim = SimConfig {
         latency: Duration::from_millis(300),

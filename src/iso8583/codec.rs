@@ -139,7 +139,8 @@ pub enum FrameError {
         /// Configured maximum.
         max: usize,
     },
-    /// A non-empty frame shorter than the fixed header.
+    /// A non-empty frame shorter than the fixed header. It has been taken off the stream
+    /// whole: see [`FrameError::frame_skipped`].
     #[error("frame of {len} bytes is shorter than the {header} byte header")]
     ShorterThanHeader {
         /// Announced length.
@@ -260,6 +261,15 @@ impl FrameCodec {
     }
 }
 
+impl FrameError {
+    /// True when the error is one bad frame that the codec took off the stream whole:
+    /// reading can go on with the next frame. Every other error leaves the stream where
+    /// no frame boundary can be found again.
+    pub fn frame_skipped(&self) -> bool {
+        matches!(self, FrameError::ShorterThanHeader { .. })
+    }
+}
+
 impl Decoder for FrameCodec {
     type Item = Frame;
     type Error = FrameError;
@@ -285,6 +295,12 @@ impl Decoder for FrameCodec {
             return Ok(Some(Frame::KeepAlive));
         }
         if len < self.header_len {
+            // Its length is known, so it is taken off the stream whole and the next frame
+            // can be read: one bad frame, not a broken stream (`FrameError::frame_skipped`).
+            if src.len() < hl + len {
+                return Ok(None);
+            }
+            src.advance(hl + len);
             return Err(FrameError::ShorterThanHeader {
                 len,
                 header: self.header_len,
@@ -487,10 +503,22 @@ mod tests {
             Err(FrameError::BadLength)
         ));
         let mut codec = FrameCodec::new(Framing::Len2, 5, 100);
+        // Shorter than the header: taken off whole (once all of it is there), and the
+        // next frame reads.
+        let mut src = BytesMut::from(&[0x00, 0x03, 1, 2][..]);
+        assert!(matches!(codec.decode(&mut src), Ok(None)));
+        src.extend_from_slice(&[3, 0x00, 0x06, 9, 9, 9, 9, 9, b'x']);
+        let e = codec.decode(&mut src).unwrap_err();
         assert!(matches!(
-            codec.decode(&mut BytesMut::from(&[0x00, 0x03, 1, 2, 3][..])),
-            Err(FrameError::ShorterThanHeader { len: 3, header: 5 })
+            e,
+            FrameError::ShorterThanHeader { len: 3, header: 5 }
         ));
+        assert!(e.frame_skipped());
+        assert!(matches!(
+            codec.decode(&mut src),
+            Ok(Some(Frame::Message { ref body, .. })) if &body[..] == b"x"
+        ));
+        assert!(!FrameError::BadLength.frame_skipped());
     }
 
     #[test]

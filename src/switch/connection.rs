@@ -122,6 +122,15 @@ pub async fn serve<S>(
                     }
                     break;
                 }
+                Err(e) if e.frame_skipped() => {
+                    // One frame that cannot be read, its length known: dropped and
+                    // counted, and the connection goes on.
+                    metrics::counter!(m::FRAMES_REJECTED_TOTAL, "reason" => "unreadable")
+                        .increment(1);
+                    tracing::warn!(error = %e, "unreadable frame dropped");
+                    last_frame = Instant::now();
+                    frame_started = None;
+                }
                 Err(e) => {
                     metrics::counter!(m::FRAMES_REJECTED_TOTAL, "reason" => frame_reason(&e))
                         .increment(1);
