@@ -46,6 +46,14 @@ pub enum EditError {
     },
 }
 
+/// A track-data character as a text layout writes it. Track 2 read from packed BCD has
+/// its separator as the nibble D, so it reads as `D`; a text layout's separator is `=`
+/// (jPOS's `bcd2str`, and what ASCII and EBCDIC hosts parse), so a message moved from a
+/// binary link to a text one must not carry the `D` across.
+fn track_text(b: u8) -> u8 {
+    if matches!(b, b'D' | b'd') { b'=' } else { b }
+}
+
 /// Encodes `value` (decoded form: digits, text, hex for binary) as field `n`'s wire bytes,
 /// length prefix included, appending to `out`. Validates like the parser does.
 pub(crate) fn encode_field(
@@ -86,6 +94,7 @@ pub(crate) fn encode_field(
     }
     let start = out.len();
     match f.encoding {
+        Encoding::Ascii if f.kind == Kind::Z => out.extend(value.iter().map(|&b| track_text(b))),
         Encoding::Ascii => out.extend_from_slice(value),
         Encoding::HexAscii => {
             if !value.iter().all(u8::is_ascii_hexdigit) {
@@ -93,7 +102,10 @@ pub(crate) fn encode_field(
             }
             out.extend_from_slice(value);
         }
-        Encoding::Ebcdic => out.extend(value.iter().map(|&b| LATIN1_TO_EBCDIC[usize::from(b)])),
+        Encoding::Ebcdic => out.extend(value.iter().map(|&b| {
+            let b = if f.kind == Kind::Z { track_text(b) } else { b };
+            LATIN1_TO_EBCDIC[usize::from(b)]
+        })),
         Encoding::Binary => {
             for pair in value.chunks_exact(2) {
                 let (Some(h), Some(l)) = (
@@ -327,7 +339,31 @@ impl Message {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::iso8583::Message;
     use crate::iso8583::spec::Spec;
+
+    #[test]
+    fn track_2_read_from_bcd_is_written_to_a_text_layout_with_its_equals_sign() {
+        // Passed through from a binary network link to an ASCII issuer: the `D` that BCD
+        // track data reads as becomes the `=` a text host parses.
+        let pan = crate::pan::test_pan("497010");
+        let track = format!("{pan}D29121011234");
+        let track = track.as_bytes();
+        let mut binary = Message::new(Spec::iso87binary(), b"0100").unwrap();
+        binary.set(35, track).unwrap();
+        let binary = Message::parse(Spec::iso87binary(), binary.pack()).unwrap();
+        let read = binary.text(35).unwrap().to_vec();
+        assert_eq!(read, track, "read from BCD as D");
+        let mut ascii = Message::new(Spec::iso87ascii(), b"0100").unwrap();
+        ascii.set(35, &read).unwrap();
+        let packed = ascii.pack();
+        let separator = pan.len();
+        let at = packed
+            .windows(pan.len())
+            .position(|w| w == pan.as_bytes())
+            .unwrap();
+        assert_eq!(packed[at + separator], b'=');
+    }
 
     #[test]
     fn prefixes_are_written_in_their_encoding() {
