@@ -481,34 +481,39 @@ pub(super) fn check(p: &Plan, v: &[u8], units: usize) -> bool {
 }
 
 /// Checks packed digits: every digit nibble 0..=9 (or `D` for track data) and, for an odd
-/// count, the pad nibble is the spec's pad.
+/// count, the pad nibble, on the spec's side, is 0 or F whichever the spec writes: the pad
+/// carries nothing, and jPOS reads either (a 15-digit card number padded with F by one
+/// peer is a card number all the same).
 #[inline]
 fn bcd_ok(v: &[u8], digits: usize, pad: Pad, track: bool) -> bool {
     let odd = digits % 2 == 1;
     if !track && (!odd || matches!(pad, Pad::Left0 | Pad::Right0)) {
-        let pad_ok = if odd {
+        let pad_nibble = if odd {
             match pad {
-                Pad::Left0 => v.first().is_none_or(|b| b >> 4 == 0),
-                _ => v.last().is_none_or(|b| b & 0x0F == 0),
+                Pad::Left0 => v.first().map(|b| b >> 4),
+                _ => v.last().map(|b| b & 0x0F),
             }
         } else {
-            true
+            None
         };
-        return pad_ok && all_bcd_digits(v);
+        match pad_nibble {
+            None | Some(0) => return all_bcd_digits(v),
+            // Another peer's F pad: checked nibble by nibble below.
+            Some(0xF) => {}
+            Some(_) => return false,
+        }
     }
     let total = v.len() * 2;
-    let (skip, pad_nibble) = match pad {
-        Pad::Left0 => (0, 0x0),
-        Pad::LeftF => (0, 0xF),
-        Pad::Right0 => (total.wrapping_sub(1), 0x0),
-        Pad::RightF => (total.wrapping_sub(1), 0xF),
+    let skip = match pad {
+        Pad::Left0 | Pad::LeftF => 0,
+        Pad::Right0 | Pad::RightF => total.wrapping_sub(1),
     };
     let mut ok = true;
     for (i, &b) in v.iter().enumerate() {
         for (j, nib) in [b >> 4, b & 0x0F].into_iter().enumerate() {
             let pos = i * 2 + j;
             if odd && pos == skip {
-                ok &= nib == pad_nibble;
+                ok &= nib == 0 || nib == 0xF;
             } else {
                 ok &= nib <= 9 || (track && nib == 0xD);
             }
@@ -602,4 +607,39 @@ pub fn parse_subfields<'a>(
         idx += 1;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::iso8583::{Message, Spec};
+
+    #[test]
+    fn an_odd_count_of_packed_digits_reads_with_an_f_pad_as_with_a_zero() {
+        // A 15-digit card number in iso87binary (LL BCD, left-padded with 0 by this spec),
+        // sent padded with F by another peer: the same card, as jPOS reads it.
+        let pan = crate::cards::vpan::random_luhn("497010", 15);
+        let mut m = Message::new(Spec::iso87binary(), b"0100").unwrap();
+        m.set(2, pan.as_bytes()).unwrap();
+        let packed = m.pack();
+        let zero_padded = Message::parse(Spec::iso87binary(), packed.clone()).unwrap();
+        assert_eq!(zero_padded.text(2).unwrap().to_vec(), pan.as_bytes());
+
+        // The MTI (2 bytes) and the bitmap (8) come first, then DE 2's prefix (0x15) and
+        // its 8 bytes, the pad nibble at one end.
+        let mut bytes = packed.to_vec();
+        assert_eq!(bytes[10], 0x15);
+        let (at, shift) = if bytes[11] >> 4 == 0 {
+            (11, 4)
+        } else {
+            (18, 0)
+        };
+        assert_eq!((bytes[at] >> shift) & 0x0F, 0, "the spec pads with 0");
+        bytes[at] |= 0x0F << shift;
+        let f_padded = Message::parse(Spec::iso87binary(), bytes.clone().into()).unwrap();
+        assert_eq!(f_padded.text(2).unwrap().to_vec(), pan.as_bytes());
+
+        // Any other pad nibble is not a digit count's pad: refused.
+        bytes[at] = (bytes[at] & !(0x0F << shift)) | (0x03 << shift);
+        assert!(Message::parse(Spec::iso87binary(), bytes.into()).is_err());
+    }
 }
