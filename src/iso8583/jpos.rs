@@ -15,9 +15,12 @@ use quick_xml::Reader;
 use quick_xml::events::{BytesStart, Event};
 
 use super::spec::{
-    BitmapEncoding, Encoding, FieldSpec, Kind, MAX_FIELD, Pad, PrefixEncoding, Spec, SpecError,
-    SubSpec,
+    BitmapEncoding, Encoding, FieldSpec, Kind, Length, MAX_FIELD, Pad, PrefixEncoding, Spec,
+    SpecError, SubSpec,
 };
+
+/// The most wire bytes a fixed field may take: as much as any frame holds.
+const MAX_FIELD_WIRE_BYTES: usize = 65_535;
 
 /// Loads a GenericPackager file.
 pub fn load_file(path: &str) -> Result<Spec, SpecError> {
@@ -53,8 +56,15 @@ pub fn from_xml(name: &str, xml: &str) -> Result<Spec, SpecError> {
         match id {
             0 => {
                 let f = field_from_class(&e, &e.id)?;
-                if f.wire_len(4) == 0 || f.max_len != 4 {
-                    return Err(bad(&e.id, "the MTI must be 4 digits"));
+                // Fixed, numeric, in characters or packed digits: the MTI is read at a
+                // fixed place, so an LL prefix or raw bytes there would make every
+                // frame unreadable at run time rather than the file refused now.
+                let digits = matches!(
+                    f.encoding,
+                    Encoding::Ascii | Encoding::Ebcdic | Encoding::Bcd(_)
+                );
+                if f.max_len != 4 || f.length != Length::Fixed || f.kind != Kind::N || !digits {
+                    return Err(bad(&e.id, "the MTI must be 4 fixed digits"));
                 }
                 mti = Some(f);
             }
@@ -248,6 +258,15 @@ fn field_from_class(e: &Element, path: &str) -> Result<FieldSpec, SpecError> {
         return Err(bad(
             path,
             &format!("length {len} does not fit the prefix of {class}"),
+        ));
+    }
+    // No frame holds more (every framing's length is 16 bits): a larger fixed length
+    // could only be a typo, and would not fit the codec's 32-bit wire sizes either. (A
+    // variable field's length is only a bound: jPOS files give LLLLLL fields 999999.)
+    if l_count == 0 && f.wire_len(len as usize) > MAX_FIELD_WIRE_BYTES {
+        return Err(bad(
+            path,
+            &format!("length {len} is more than a frame can hold ({MAX_FIELD_WIRE_BYTES} bytes)"),
         ));
     }
     Ok(f)
@@ -557,6 +576,26 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn an_mti_that_is_not_four_fixed_digits_and_a_field_longer_than_a_frame_are_refused() {
+        let doc = |mti_class: &str, field: &str| {
+            format!(
+                r#"<isopackager><isofield id="0" length="4" class="org.jpos.iso.{mti_class}"/><isofield id="1" length="16" class="org.jpos.iso.IFA_BITMAP"/>{field}</isopackager>"#
+            )
+        };
+        assert!(from_xml("t", &doc("IFA_NUMERIC", "")).is_ok());
+        assert!(from_xml("t", &doc("IFB_NUMERIC", "")).is_ok());
+        for class in ["IFA_LLNUM", "IFB_BINARY", "IFA_BINARY", "IF_CHAR"] {
+            let err = from_xml("t", &doc(class, "")).unwrap_err().to_string();
+            assert!(err.contains("MTI"), "{class}: {err}");
+        }
+        let huge = r#"<isofield id="48" length="2147483648" class="org.jpos.iso.IFA_BINARY"/>"#;
+        let err = from_xml("t", &doc("IFA_NUMERIC", huge))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("48"), "{err}");
     }
 
     #[test]
