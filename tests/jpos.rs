@@ -65,6 +65,33 @@ fn hex(b: &[u8]) -> String {
 }
 
 #[test]
+fn a_nested_field_the_layout_does_not_account_for_is_refused_not_read_out_of_step() {
+    let spec = load(&fixture("packagers/tpdu-ebcdic-subfields.xml"));
+    let with_63 = |sub63: &[u8]| {
+        let mut m = Message::new(spec, b"0100").unwrap();
+        m.set(11, b"000123").unwrap();
+        m.set(63, hex(sub63).as_bytes()).unwrap();
+        Message::parse(spec, m.pack()).unwrap()
+    };
+    let good = [
+        &[0xA0, 0, 0, 0, 0, 0, 0, 0][..],
+        &ebcdic("VISANET   "),
+        &[0x00, 0x42],
+    ]
+    .concat();
+    assert_eq!(with_63(&good).subfields(63).unwrap().len(), 2);
+    // The sub-bitmap names subfield 4, which the layout lacks (bits 1, 3 and 4).
+    let mut undefined = good.clone();
+    undefined[0] = 0xB0;
+    undefined.extend_from_slice(&[0x12, 0x34]);
+    assert!(with_63(&undefined).subfields(63).is_err());
+    // Bytes after the last subfield named.
+    let mut trailing = good.clone();
+    trailing.extend_from_slice(&[0x99, 0x99]);
+    assert!(with_63(&trailing).subfields(63).is_err());
+}
+
+#[test]
 fn a_binary_dialect_with_llh_prefixes_ebcdic_and_subfields_packs_and_parses_byte_exact() {
     let spec = load(&fixture("packagers/tpdu-ebcdic-subfields.xml"));
     let mut m = Message::new(spec, b"0100").unwrap();

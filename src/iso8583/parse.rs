@@ -571,6 +571,11 @@ pub fn parse_subfields<'a>(
             }
         }
         let Some(f) = sub.fields.get(idx).and_then(Option::as_ref) else {
+            if present.is_some() {
+                // The sub-bitmap names a subfield the layout lacks: its bytes cannot be
+                // stepped over, and every later subfield would be read out of step.
+                return Err(ParseError::UndefinedField { field, offset });
+            }
             idx += 1;
             continue;
         };
@@ -605,6 +610,14 @@ pub fn parse_subfields<'a>(
         out.push((idx, decode(f, wire)));
         input = rest;
         idx += 1;
+    }
+    // Bytes no subfield took: a layout that does not fit the content (or a sub-bitmap
+    // naming subfields past the layout's last).
+    if !input.is_empty() {
+        return Err(ParseError::BadContent {
+            field,
+            offset: total - input.len(),
+        });
     }
     Ok(out)
 }
