@@ -636,6 +636,8 @@ async fn an_issuer_that_drops_connections_and_answers_at_random_loses_nothing() 
         }
     }
     let stats = rig.sim().stats();
+    // The faults happened (3 % each of 400: none at all would be a 1-in-100,000 run).
+    assert!(stats.dropped > 0 && stats.unanswered > 0, "{stats:?}");
     eprintln!(
         "random drops and lost answers: {} requests, each answered once, codes {codes:?}; the \
          issuer dropped {} connections and left {} unanswered; reversals at the issuer {}",

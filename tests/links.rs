@@ -9,7 +9,6 @@ mod procs;
 mod rig;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -81,13 +80,13 @@ async fn a_network_management_request_from_the_issuer_host_is_answered_00() {
 async fn a_host_that_drops_every_connection_at_once_is_redialled_with_a_growing_backoff() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let host_addr = listener.local_addr().unwrap().to_string();
-    let accepted = Arc::new(AtomicUsize::new(0));
+    let accepted = Arc::new(std::sync::Mutex::new(Vec::<std::time::Instant>::new()));
     let host = tokio::spawn({
         let accepted = accepted.clone();
         async move {
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
-                accepted.fetch_add(1, Ordering::SeqCst);
+                accepted.lock().unwrap().push(std::time::Instant::now());
                 drop(stream);
             }
         }
@@ -97,12 +96,19 @@ async fn a_host_that_drops_every_connection_at_once_is_redialled_with_a_growing_
         c.issuer.connections = 1;
     })
     .await;
-    // Dials after 50, 100, 200, 400, 800, 1600 ms: six or seven in 2 s. Redialling every
-    // 50 ms after each connection, as the link did, is about forty. An upper bound only:
-    // a slow machine dials less often, never more.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let dials = accepted.load(Ordering::SeqCst);
-    assert!((1..=10).contains(&dials), "{dials} connections in 2 s");
+    // Dials after 50, 100, 200, 400, 800, 1600 ms: seven or so in 3 s. Redialling every
+    // 50 ms after each connection, as the link did, is about sixty.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let at = accepted.lock().unwrap().clone();
+    assert!(
+        (4..=12).contains(&at.len()),
+        "{} connections in 3 s",
+        at.len()
+    );
+    // And the waits grow: a fixed redial interval, however long, would keep them equal.
+    let gaps: Vec<Duration> = at.windows(2).map(|w| w[1] - w[0]).collect();
+    let (first, last) = (gaps[0], gaps[gaps.len() - 1]);
+    assert!(last >= first * 3, "gaps between dials {gaps:?}");
     rig.stop().await;
     host.abort();
 }

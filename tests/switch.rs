@@ -32,9 +32,11 @@ async fn an_approval_goes_to_the_issuer_with_the_real_card_and_comes_back_with_t
         answer.auth_code().is_some(),
         "the issuer's DE 38 passes through"
     );
-    if let Some(e) = answer.expiry() {
-        assert_eq!(e, card.expiry.0, "virtual expiry back in DE 14");
-    }
+    assert_eq!(
+        answer.expiry(),
+        Some(card.expiry.0),
+        "virtual expiry back in DE 14"
+    );
     let seen = rig.sim().recent(10);
     let at_issuer = seen.iter().find(|r| r.mti() == *b"0100").unwrap();
     assert_eq!(
@@ -418,7 +420,13 @@ async fn a_repeat_while_the_first_is_with_the_issuer_gets_the_first_answer_when_
     first.send(&request).await;
     // The network did not see the answer in time and repeats on another connection,
     // while the issuer still has the first.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    for _ in 0..250 {
+        if rig.sim().requests(b"0100") == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(rig.sim().requests(b"0100"), 1, "the issuer has the first");
     second.send(&repeat).await;
     let stan = request.stan().unwrap();
     let (answer, again) = tokio::join!(first.answer(stan), second.answer(stan));
