@@ -784,6 +784,40 @@ mod tests {
     }
 
     #[test]
+    fn a_record_is_durable_only_once_its_sync_returns_and_a_failed_sync_fails_the_journal() {
+        use crate::store::segment::sync_gate::{self, Gate};
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::<Bytes>::start(dir.path(), 1).unwrap();
+        j.append(Bytes(vec![1; 10])).wait().unwrap();
+        let held = sync_gate::set(dir.path(), Gate::Held);
+        let mut second = j.append(Bytes(vec![2; 10]));
+        // Written, its sync not returned: not durable.
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        let written = || {
+            let mut n = 0;
+            read_records(&segment_path(dir.path(), 1), |_| {
+                n += 1;
+                Ok(())
+            })
+            .unwrap();
+            n
+        };
+        while written() < 2 {
+            assert!(Instant::now() < deadline, "the batch was never written");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(Pin::new(&mut second).poll(&mut cx).is_pending());
+        drop(held);
+        second.wait().unwrap();
+
+        let _failing = sync_gate::set(dir.path(), Gate::Failing);
+        assert!(j.append(Bytes(vec![3; 10])).wait().is_err());
+        assert!(j.is_failed());
+    }
+
+    #[test]
     fn a_barrier_resolves_only_once_every_record_queued_before_it_is_on_disk() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::<Bytes>::start(dir.path(), 1).unwrap();

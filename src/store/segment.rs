@@ -40,6 +40,10 @@ pub(crate) struct Segment {
     end: u64,
     /// Where the durable zeros after the records end: the file's length.
     zeroed_to: u64,
+    /// The data directory, which the crate's tests can hold or fail the syncs of
+    /// ([`sync_gate`]).
+    #[cfg(test)]
+    dir: std::path::PathBuf,
 }
 
 impl Segment {
@@ -57,6 +61,8 @@ impl Segment {
             file,
             end: 0,
             zeroed_to: 0,
+            #[cfg(test)]
+            dir: dir.to_path_buf(),
         })
     }
 
@@ -72,6 +78,8 @@ impl Segment {
             self.zeroed_to = to;
         }
         self.file.write_all_at(batch, self.end)?;
+        #[cfg(test)]
+        sync_gate::pass(&self.dir)?;
         self.file.sync_data()?;
         self.end = end;
         Ok(())
@@ -145,5 +153,69 @@ mod tests {
             remove(dir.path(), 9).is_err(),
             "a missing segment is an error"
         );
+    }
+}
+
+/// Holds or fails the commits' syncs of chosen data directories, so that the crate's tests
+/// can see what waits for an `fdatasync` (an approval's answer must) and what a failed one
+/// does (fail closed), without root or a real disk fault.
+#[cfg(test)]
+pub(crate) mod sync_gate {
+    use std::io;
+    use std::path::{Path, PathBuf};
+
+    use parking_lot::{Condvar, Mutex};
+
+    /// What the syncs of a directory do.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub(crate) enum Gate {
+        /// Wait until the gate is lifted.
+        Held,
+        /// Fail, as a disk that lost the data would.
+        Failing,
+    }
+
+    /// The gated directories, by canonical path.
+    static GATES: Mutex<Vec<(PathBuf, Gate)>> = Mutex::new(Vec::new());
+    /// Signalled whenever a gate changes.
+    static CHANGED: Condvar = Condvar::new();
+
+    fn canonical(dir: &Path) -> PathBuf {
+        dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf())
+    }
+
+    /// Sets the gate of `dir` until the returned guard is dropped (also when the test
+    /// panics: a writer left waiting would hang the test's end).
+    #[must_use = "the gate is lifted when the guard is dropped"]
+    pub(crate) fn set(dir: &Path, gate: Gate) -> Lifted {
+        let dir = canonical(dir);
+        let mut gates = GATES.lock();
+        gates.retain(|(d, _)| *d != dir);
+        gates.push((dir.clone(), gate));
+        CHANGED.notify_all();
+        Lifted(dir)
+    }
+
+    /// Lifts its gate when dropped.
+    pub(crate) struct Lifted(PathBuf);
+
+    impl Drop for Lifted {
+        fn drop(&mut self) {
+            GATES.lock().retain(|(d, _)| *d != self.0);
+            CHANGED.notify_all();
+        }
+    }
+
+    /// Called before each commit's sync of a segment in `dir`.
+    pub(crate) fn pass(dir: &Path) -> io::Result<()> {
+        let dir = canonical(dir);
+        let mut gates = GATES.lock();
+        loop {
+            match gates.iter().find(|(d, _)| *d == dir).map(|(_, g)| *g) {
+                None => return Ok(()),
+                Some(Gate::Failing) => return Err(io::Error::other("sync failed (test gate)")),
+                Some(Gate::Held) => CHANGED.wait(&mut gates),
+            }
+        }
     }
 }

@@ -1,0 +1,159 @@
+//! The switch's promise that an approval reaches the network only once its hold is
+//! durable, seen from the network with the journal's syncs held or failed
+//! ([`crate::store::segment::sync_gate`]): a real `App` on port 0, the real issuer
+//! simulator, real TCP, a real data directory.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: panics are the verdict
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+
+use super::App;
+use crate::cards::{CardKey, CardSpec, Controls, Expiry, MerchantLock};
+use crate::config::Config;
+use crate::iso8583::{Frame, FrameCodec, Framing, Message, Spec};
+use crate::pan::Pan;
+use crate::store::segment::sync_gate::{self, Gate};
+use crate::tools::issuer_sim::{IssuerSim, SimConfig};
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A purchase of `amount` on `vpan` under `stan`, as the network sends it.
+fn purchase(vpan: &Pan, expiry: &[u8; 4], amount: u64, stan: &[u8; 6]) -> Message {
+    let spec = Spec::iso87ascii();
+    let mut m = Message::new(spec, b"0100").unwrap();
+    m.set(2, vpan.as_bytes()).unwrap();
+    m.set(3, b"000000").unwrap();
+    m.set(4, format!("{amount:012}").as_bytes()).unwrap();
+    m.set(7, b"1126143015").unwrap();
+    m.set(11, stan).unwrap();
+    m.set(14, expiry).unwrap();
+    m.set(32, b"12345678901").unwrap();
+    m.set(41, b"TERM0001").unwrap();
+    m.set(42, b"SHOP00000000001").unwrap();
+    m.set(49, b"978").unwrap();
+    m
+}
+
+async fn send(net: &mut Framed<TcpStream, FrameCodec>, m: &Message) {
+    net.send(Frame::Message {
+        header: bytes::Bytes::new(),
+        body: m.pack(),
+    })
+    .await
+    .unwrap();
+}
+
+/// The next answer, or `None` when none comes within `wait`.
+async fn answer(net: &mut Framed<TcpStream, FrameCodec>, wait: Duration) -> Option<Message> {
+    match tokio::time::timeout(wait, net.next()).await {
+        Ok(Some(Ok(Frame::Message { body, .. }))) => {
+            Some(Message::parse(Spec::iso87ascii(), body).unwrap())
+        }
+        Ok(other) => panic!("{other:?}"),
+        Err(_) => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_is_answered_only_once_its_hold_is_durable_and_a_failed_sync_gets_96() {
+    let sim = IssuerSim::start(SimConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut config = Config::default();
+    config.network.listen = "127.0.0.1:0".into();
+    config.metrics.listen = "127.0.0.1:0".into();
+    config.api.listen = "127.0.0.1:0".into();
+    config.store.data_dir = data.clone();
+    config.issuer.connect = sim.local_addr().to_string();
+    config.issuer.timeout_ms = 5_000;
+    let app = App::build(config).await.unwrap();
+    let network = app.addresses().network.unwrap();
+    let cards = app.cards();
+    let issuer = app.issuer();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn({
+        let stop = stop.clone();
+        async move { app.run(stop.cancelled_owned()).await.unwrap() }
+    });
+    while issuer.connected() < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let real = Pan::from_digits(crate::pan::test_pan("4970100").as_bytes()).unwrap();
+    let spec = CardSpec {
+        pan: real,
+        pan_expiry: Expiry(*b"2912"),
+        controls: Controls {
+            currency: 978,
+            amount_limit: 10_000,
+            per_transaction_limit: None,
+            max_uses: None,
+            valid_until: now() + 86_400,
+            merchant_lock: MerchantLock::None,
+            mcc_allow: vec![],
+            mcc_block: vec![],
+        },
+    };
+    let card = cards.issue_durable(&spec, now()).await.unwrap();
+    let key = CardKey::of(&card.vpan);
+    let mut net = Framed::new(
+        TcpStream::connect(network).await.unwrap(),
+        FrameCodec::new(Framing::Len2, 0, 8192),
+    );
+
+    // The disk does not finish the hold's sync: the issuer is asked meanwhile (and
+    // approves at once), but the network hears nothing.
+    let held = sync_gate::set(&data, Gate::Held);
+    send(
+        &mut net,
+        &purchase(&card.vpan, &card.expiry.0, 1_000, b"000001"),
+    )
+    .await;
+    for _ in 0..250 {
+        if sim.requests(b"0100") == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(sim.requests(b"0100"), 1, "the issuer is asked in parallel");
+    assert!(
+        answer(&mut net, Duration::from_millis(500)).await.is_none(),
+        "an approval answered before its hold was durable"
+    );
+    // The sync returns: the approval goes out.
+    drop(held);
+    let approved = answer(&mut net, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(approved.response_code(), Some(*b"00"));
+    assert_eq!(cards.get(key).unwrap().spent, 1_000);
+
+    // The disk fails: the switch fails closed, with 96, and counts nothing.
+    let failing = sync_gate::set(&data, Gate::Failing);
+    send(
+        &mut net,
+        &purchase(&card.vpan, &card.expiry.0, 2_000, b"000002"),
+    )
+    .await;
+    let refused = answer(&mut net, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(refused.response_code(), Some(*b"96"));
+    send(
+        &mut net,
+        &purchase(&card.vpan, &card.expiry.0, 500, b"000003"),
+    )
+    .await;
+    let after = answer(&mut net, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(after.response_code(), Some(*b"96"), "and stays closed");
+    assert_eq!(cards.get(key).unwrap().spent, 1_000);
+    drop(failing);
+
+    stop.cancel();
+    let _ = task.await;
+    sim.shutdown().await;
+}
