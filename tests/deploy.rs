@@ -35,6 +35,31 @@ fn dashboard_queries(dashboard: &Value) -> Vec<(String, String)> {
     out
 }
 
+/// Every alert rule's `expr`, one line or a `|` block (its lines more indented than the
+/// `expr:` key), joined into one line.
+fn alert_exprs(yaml: &str) -> Vec<String> {
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let lines: Vec<&str> = yaml.lines().collect();
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let Some(expr) = line.trim().strip_prefix("expr:") else {
+            continue;
+        };
+        let expr = expr.trim();
+        if expr != "|" {
+            out.push(expr.to_string());
+            continue;
+        }
+        let block: Vec<&str> = lines[i + 1..]
+            .iter()
+            .take_while(|l| l.trim().is_empty() || indent(l) > indent(line))
+            .map(|l| l.trim())
+            .collect();
+        out.push(block.join(" ").trim().to_string());
+    }
+    out
+}
+
 /// The series names a PromQL expression reads (`vpan_...`), histogram suffixes kept.
 fn metric_names(expr: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
@@ -143,15 +168,15 @@ async fn every_metric_the_dashboard_and_alerts_query_is_in_a_real_scrape() {
 
     let dashboard: Value = serde_json::from_str(DASHBOARD).unwrap();
     let mut queries = dashboard_queries(&dashboard);
-    for line in ALERTS.lines() {
-        if let Some(expr) = line.trim().strip_prefix("expr:") {
-            queries.push(("alert rule".into(), expr.trim().to_string()));
-        }
-    }
-    assert!(
-        queries.iter().any(|(p, _)| p == "alert rule"),
-        "alerts read"
+    let alerts = alert_exprs(ALERTS);
+    assert_eq!(
+        alerts.len(),
+        ALERTS.matches("- alert:").count(),
+        "every rule's expression read: {alerts:#?}"
     );
+    for expr in alerts {
+        queries.push(("alert rule".into(), expr));
+    }
     let mut checked = BTreeSet::new();
     for (panel, expr) in &queries {
         let labels = label_names(expr);
