@@ -397,6 +397,55 @@ async fn sigterm_under_loadgen_answers_what_is_in_flight_and_the_restart_serves_
     sim.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_answers_every_purchase_still_with_the_issuer_before_the_process_exits() {
+    // The issuer takes 400 ms: at the SIGTERM every purchase is still with it, and the
+    // drain (network.drain_timeout_ms, 5 s) must wait for each answer and pass it on.
+    let sim = IssuerSim::start(SimConfig {
+        latency: Duration::from_millis(400),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let cards = issue_cards(&data_dir, 1, 1_000_000).await;
+    let (card, _) = &cards[0];
+    let mut serve = start_serve(&data_dir, &sim.local_addr().to_string(), &[]).await;
+    first_approval(&serve, card).await;
+    let spent_before = PAIR_AMOUNT;
+    let at_issuer = sim.requests(b"0100");
+    const IN_FLIGHT: u64 = 20;
+    let mut net = rig::Client::connect(serve.network).await;
+    let mut stans = Vec::new();
+    for _ in 0..IN_FLIGHT {
+        let req = rig::purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
+        stans.push(req.stan().unwrap());
+        net.send(&req).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sim.requests(b"0100") < at_issuer + IN_FLIGHT {
+        assert!(Instant::now() < deadline, "the purchases reach the issuer");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    serve.signal("TERM");
+    for stan in stans {
+        let answer = net.answer(stan).await;
+        assert_eq!(
+            rig::code(&answer),
+            "00",
+            "in flight at the SIGTERM, answered"
+        );
+    }
+    let status = serve.child.wait().await.unwrap();
+    assert!(status.success(), "{status}");
+    let (cards, recovered) = open_cards(&data_dir);
+    assert_eq!(recovered.holds_counted_as_spent, 0, "no hold left open");
+    let view = cards.get(CardKey::of(&card.vpan)).unwrap();
+    assert_eq!(view.spent, spent_before + IN_FLIGHT * 100);
+    sim.shutdown().await;
+}
+
 /// Sends purchases on `card` until one is approved (91 while the issuer link signs on);
 /// returns the time that took from the call, and the attempts.
 async fn first_approval(serve: &Serve, card: &CardView) -> (Duration, u32) {
