@@ -111,6 +111,8 @@ struct Totals {
     approved_amount: u64,
     reversals_answered: u64,
     in_doubt: u64,
+    /// 61s on the capped cards: the cap was reached, so "never over it" was under test.
+    over_cap: u64,
 }
 
 /// Folds one loadgen record into each card's window.
@@ -136,7 +138,7 @@ fn fold(s: &Scenario, record: &[Recorded], told: &mut [Told], totals: &mut Total
                         totals.approved_amount += amount as u64;
                     }
                     // A local decline never held anything.
-                    (true, Some("61")) => {}
+                    (true, Some("61")) => totals.over_cap += 1,
                     // Declined after a hold (91, 96): the release is not waited for, so a
                     // kill right after may leave it counted as spent (the safe side).
                     // Not answered: unknown.
@@ -305,6 +307,10 @@ async fn kill_9_at_random_moments_under_loadgen_loses_no_approval_the_network_re
         found.1
     );
     assert!(totals.approvals > 0, "load reached the cards");
+    assert!(
+        totals.over_cap > 0,
+        "the capped cards reached their cap (61), so the cap was under test"
+    );
 
     let started = Instant::now();
     let mut serve = start_serve(&data_dir, &sim.local_addr().to_string(), &[]).await;
