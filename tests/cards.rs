@@ -133,9 +133,16 @@ fn a_hold_is_released_when_the_issuer_declines_or_times_out_and_only_once() {
         .complete(&b.hold, IssuerOutcome::TimedOut, NOW)
         .wait()
         .unwrap();
+    // Another hold stays open, so that a second release (which saturates at zero) would
+    // show in `held`.
+    let c = approve(&cards, key, 1_000, 3);
     settle(&cards, &b.hold, IssuerOutcome::APPROVED);
+    cards
+        .complete(&a.hold, IssuerOutcome::Declined(ResponseCode(*b"51")), NOW)
+        .wait()
+        .unwrap();
     let v = cards.get(key).unwrap();
-    assert_eq!((v.spent, v.held, v.uses), (0, 0, 0));
+    assert_eq!((v.spent, v.held, v.uses), (0, c.amount, 0));
 }
 
 #[test]
