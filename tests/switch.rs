@@ -347,6 +347,53 @@ async fn an_advice_is_recorded_even_over_the_cap_forwarded_and_answered() {
 }
 
 #[tokio::test]
+async fn a_financial_advice_and_its_reversal_advice_are_counted_forwarded_and_answered() {
+    let rig = rig(Some(SimConfig::default()), |_| {}).await;
+    let (card, real) = rig.issue(|c| c.amount_limit = 5_000).await;
+    let key = CardKey::of(&card.vpan);
+    let mut net = Client::connect(rig.network).await;
+    let start = vpan::tools::issuer_sim::DEFAULT_BALANCE;
+
+    // A stand-in approved a purchase (0220): counted, forwarded with the real card.
+    let advice = purchase(&mut net, b"0220", &card.vpan, &card.expiry.0, 1_200);
+    let answer = net.call(&advice).await;
+    assert_eq!((answer.mti(), code(&answer)), (*b"0230", "00".to_string()));
+    assert_eq!(answer.pan().unwrap().unwrap(), card.vpan);
+    let view = rig.cards.get(key).unwrap();
+    assert_eq!((view.spent, view.uses), (1_200, 1));
+    assert_eq!(rig.sim().balance(&real), Some(start - 1_200));
+
+    // Its reversal comes as an advice (0420): given back, forwarded, answered 0430.
+    let mut rev = reversal_of(&mut net, &advice);
+    rev.set_mti(b"0420").unwrap();
+    let rev = Message::parse(Spec::iso87ascii(), rev.pack()).unwrap();
+    let answer = net.call(&rev).await;
+    assert_eq!((answer.mti(), code(&answer)), (*b"0430", "00".to_string()));
+    assert_eq!(answer.pan().unwrap().unwrap(), card.vpan);
+    let view = rig.cards.get(key).unwrap();
+    assert_eq!((view.spent, view.uses), (0, 0));
+    assert_eq!(rig.sim().balance(&real), Some(start));
+    let at_issuer = rig
+        .sim()
+        .recent(10)
+        .into_iter()
+        .find(|r| r.mti() == *b"0420")
+        .unwrap();
+    assert_eq!(at_issuer.pan().unwrap(), real);
+
+    // The whole cap is free again; and the reversal's repeat (0421), with that purchase
+    // spent, gives nothing back twice (a second give-back would show).
+    let again = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 5_000);
+    assert_eq!(code(&net.call(&again).await), "00");
+    let mut repeat = rev.clone();
+    repeat.set_mti(b"0421").unwrap();
+    let repeat = Message::parse(Spec::iso87ascii(), repeat.pack()).unwrap();
+    assert_eq!(net.call(&repeat).await.mti(), *b"0430");
+    assert_eq!(rig.cards.get(key).unwrap().spent, 5_000);
+    rig.stop().await;
+}
+
+#[tokio::test]
 async fn an_echo_is_answered_by_the_switch_and_a_keep_alive_is_echoed() {
     let rig = rig(Some(SimConfig::default()), |_| {}).await;
     let mut net = Client::connect(rig.network).await;
