@@ -288,6 +288,15 @@ mod tests {
             mask_card_numbers("stan 000123, 12345678901"),
             "stan 000123, 12345678901"
         );
+        // The shortest card numbers too: first six and last four, the rest hidden.
+        for len in [12, 13] {
+            let short = String::from_utf8(generated("497010", len)).unwrap();
+            let hidden = "*".repeat(len - 10);
+            assert_eq!(
+                mask_card_numbers(&format!("card {short}.")),
+                format!("card 497010{hidden}{}.", &short[len - 4..])
+            );
+        }
     }
 
     #[test]

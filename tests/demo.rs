@@ -50,6 +50,18 @@ fn the_builtin_demo_passes_every_expectation_and_exits_0() {
         "last line:\n{stdout}"
     );
     assert!(!stdout.contains("FAIL"), "{stdout}");
+    // Its report and its logs name cards masked only (first 6, last 4): no run of 12
+    // digits or more, the shortest a card number has.
+    let everything = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let longest = everything
+        .split(|c: char| !c.is_ascii_digit())
+        .map(str::len)
+        .max()
+        .unwrap_or(0);
+    assert!(
+        longest < 12,
+        "a card-number-long digit run in:\n{everything}"
+    );
     // The temporary data directory is gone: nothing of the run is left behind.
     let leftover: Vec<_> = std::fs::read_dir(dir.path().join("tmp"))
         .unwrap()

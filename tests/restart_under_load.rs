@@ -122,6 +122,13 @@ fn fold(s: &Scenario, record: &[Recorded], told: &mut [Told], totals: &mut Total
     let mut pairs: HashMap<usize, [i64; 5]> = HashMap::new();
     for r in record {
         totals.requests += 1;
+        // The record names cards masked (first 6, last 4), never whole.
+        if let Some(card) = &r.card {
+            assert!(
+                card.contains('*') && card.bytes().filter(u8::is_ascii_digit).count() == 10,
+                "loadgen --record wrote a card unmasked: {card:?}"
+            );
+        }
         let answered = r.outcome == "answered";
         let code = r.code.as_deref();
         if !answered {
