@@ -636,8 +636,10 @@ async fn an_issuer_that_drops_connections_and_answers_at_random_loses_nothing() 
         }
     }
     let stats = rig.sim().stats();
-    // The faults happened (3 % each of 400: none at all would be a 1-in-100,000 run).
-    assert!(stats.dropped > 0 && stats.unanswered > 0, "{stats:?}");
+    // The faults happened, or the test proved nothing. About a hundred requests reach the
+    // issuer (the rest are answered 91 while a dropped link is redialled): no fault at all
+    // in them, at 6 % each, is about one run in 500.
+    assert!(stats.dropped + stats.unanswered > 0, "{stats:?}");
     eprintln!(
         "random drops and lost answers: {} requests, each answered once, codes {codes:?}; the \
          issuer dropped {} connections and left {} unanswered; reversals at the issuer {}",
