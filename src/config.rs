@@ -259,6 +259,19 @@ const FRAMINGS: [&str; 4] = ["len2", "len2-inclusive", "len4-ascii", "len2-bcd"]
 pub const MAC_ALGORITHMS: [&str; 2] = ["none", "iso9797-1-alg3"];
 
 impl Config {
+    /// A whole switch on this machine: every listener on 127.0.0.1 with a free port (each
+    /// bound address is logged and reported by `App::addresses`), the data in `data_dir`,
+    /// the issuer host at `issuer`; the rest as default. For the demo and tests.
+    pub fn local(data_dir: &Path, issuer: &str) -> Config {
+        let mut config = Config::default();
+        config.network.listen = "127.0.0.1:0".into();
+        config.api.listen = "127.0.0.1:0".into();
+        config.metrics.listen = "127.0.0.1:0".into();
+        config.store.data_dir = data_dir.to_path_buf();
+        config.issuer.connect = issuer.into();
+        config
+    }
+
     /// Reads `path` (or only the defaults when `None`), applies the `VPAN_*` variables of
     /// `env`, and validates the result.
     pub fn load(

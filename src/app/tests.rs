@@ -68,12 +68,7 @@ async fn an_approval_is_answered_only_once_its_hold_is_durable_and_a_failed_sync
     let sim = IssuerSim::start(SimConfig::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut config = Config::default();
-    config.network.listen = "127.0.0.1:0".into();
-    config.metrics.listen = "127.0.0.1:0".into();
-    config.api.listen = "127.0.0.1:0".into();
-    config.store.data_dir = data.clone();
-    config.issuer.connect = sim.local_addr().to_string();
+    let mut config = Config::local(&data, &sim.local_addr().to_string());
     config.issuer.timeout_ms = 5_000;
     let app = App::build(config).await.unwrap();
     let network = app.addresses().network.unwrap();

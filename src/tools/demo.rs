@@ -411,12 +411,7 @@ async fn start(scenario: &Scenario, cast: &Cast, data_dir: &Path) -> Result<Runn
     .await
     .map_err(|e| format!("issuer simulator: {e}"))?;
 
-    let mut config = Config::default();
-    config.network.listen = "127.0.0.1:0".into();
-    config.api.listen = "127.0.0.1:0".into();
-    config.metrics.listen = "127.0.0.1:0".into();
-    config.store.data_dir = data_dir.to_path_buf();
-    config.issuer.connect = sim.local_addr().to_string();
+    let mut config = Config::local(data_dir, &sim.local_addr().to_string());
     // Short, so that the story's timeout does not keep the reader waiting, but with room
     // for a loaded machine: an approval a little late would be a 91 and a failed check.
     config.issuer.timeout_ms = 2000;

@@ -61,12 +61,7 @@ pub async fn rig(sim: Option<SimConfig>, tweak: impl FnOnce(&mut Config)) -> Rig
         None => None,
     };
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::default();
-    config.network.listen = "127.0.0.1:0".into();
-    config.metrics.listen = "127.0.0.1:0".into();
-    config.api.listen = "127.0.0.1:0".into();
-    config.store.data_dir = dir.path().join("data");
-    config.issuer.connect = match &sim {
+    let issuer = match &sim {
         Some(s) => s.local_addr().to_string(),
         // Nothing listens there: a port taken and released at once.
         None => {
@@ -74,6 +69,7 @@ pub async fn rig(sim: Option<SimConfig>, tweak: impl FnOnce(&mut Config)) -> Rig
             l.local_addr().unwrap().to_string()
         }
     };
+    let mut config = Config::local(&dir.path().join("data"), &issuer);
     // Room for a loaded CI machine; tests that want a 91 from a timeout set their own.
     config.issuer.timeout_ms = 3000;
     tweak(&mut config);
