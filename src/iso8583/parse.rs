@@ -560,7 +560,10 @@ pub fn parse_subfields<'a>(
         if let Some(words) = present {
             // Bit k of the sub-bitmap names subfield k, as in jPOS.
             let k = idx;
-            if k == 0 || k > MAX_FIELD {
+            // Bit 1 of a sub-bitmap longer than 8 bytes flags its second word, as in a
+            // message's own bitmap: no subfield.
+            let second_word_flag = k == 1 && sub.bitmap.is_some_and(|(_, _, b)| b > 8);
+            if k == 0 || k > MAX_FIELD || second_word_flag {
                 idx += 1;
                 continue;
             }

@@ -142,13 +142,18 @@ pub fn nonce_of(sealed: &[u8]) -> Option<[u8; NONCE_BYTES]> {
 /// seal cards.
 fn create_key_file(path: &Path) -> Result<(), StoreError> {
     let mut name = path.as_os_str().to_owned();
-    name.push(format!(".new-{}", std::process::id()));
+    // Unique (a PID alone repeats across containers sharing the path), and opened with
+    // `create_new`, so no other start's temporary file is ever truncated.
+    name.push(format!(
+        ".new-{}-{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
     let temp = std::path::PathBuf::from(name);
     let written = (|| {
         let mut file = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
             .open(&temp)?;
         let mut key = [0u8; 32];

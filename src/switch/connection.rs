@@ -125,10 +125,11 @@ pub async fn serve<S>(
                 Err(e) if e.frame_skipped() => {
                     // One frame that cannot be read, its length known: dropped and
                     // counted, and the connection goes on.
+                    // Counted, not logged per frame, and not activity: a peer sending
+                    // nothing else is still closed at its idle timeout.
                     metrics::counter!(m::FRAMES_REJECTED_TOTAL, "reason" => "unreadable")
                         .increment(1);
-                    tracing::warn!(error = %e, "unreadable frame dropped");
-                    last_frame = Instant::now();
+                    tracing::debug!(error = %e, "unreadable frame dropped");
                     frame_started = None;
                 }
                 Err(e) => {
