@@ -536,6 +536,8 @@ async fn a_slow_issuer_is_waited_for_and_a_late_one_gets_91_and_its_approvals_re
         )
         .await;
         let cards = cards(&rig, 3).await;
+        let before = procs::scrape(rig.metrics).await;
+        let echoes_before = rig.sim().requests(b"0800");
         let mut net = Net::connect(rig.network).await;
         const N: usize = 15;
         for i in 0..N {
@@ -547,6 +549,32 @@ async fn a_slow_issuer_is_waited_for_and_a_late_one_gets_91_and_its_approvals_re
         books_agree(&rig, &cards).await;
         link_up(&rig, 2).await;
         net.no_extra();
+        // Each issuer request is counted once: timed by its answer, or counted as a
+        // timeout (a late answer is not timed as well). What was asked of the issuer in
+        // this round: the purchases, their reversals, the link's echoes. The reversals'
+        // answers come one issuer latency after the issuer applied them; the wait lets a
+        // late purchase answer timed as well show as one count too many.
+        tokio::time::sleep(Duration::from_millis(latency + 200)).await;
+        let until = Instant::now() + SETTLE;
+        let (timed, timeouts, asked) = loop {
+            let after = procs::scrape(rig.metrics).await;
+            let delta = |name| procs::metric(&after, name, &[]) - procs::metric(&before, name, &[]);
+            let timed = delta("vpan_issuer_request_duration_seconds_count") as u64;
+            let timeouts = delta("vpan_issuer_timeouts_total") as u64;
+            let asked = N as u64
+                + rig.sim().requests(b"0400")
+                + (rig.sim().requests(b"0800") - echoes_before);
+            if timed + timeouts >= asked || Instant::now() > until {
+                break (timed, timeouts, asked);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(
+            timed + timeouts,
+            asked,
+            "timed {timed} + timed out {timeouts} = requests to the issuer"
+        );
+        assert_eq!(timeouts as usize, if code == "91" { N } else { 0 });
         eprintln!(
             "issuer latency {latency} ms, timeout {TIMEOUT_MS} ms: codes {:?}, slowest {:?}, \
              reversals at the issuer {}",

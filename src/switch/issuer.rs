@@ -575,12 +575,17 @@ impl IssuerLink {
             }
             return;
         };
-        issuer_request_duration().record(pending.sent_at.elapsed().as_secs_f64());
         let late = match pending.reply {
-            Some(reply) => match reply.send(Ok(answer)) {
-                Ok(()) => return,
-                Err(unsent) => unsent,
-            },
+            Some(reply) => {
+                // Only answers in time are timed: a late one was counted once already,
+                // in `vpan_issuer_timeouts_total`, and the alerts' timeout share divides by
+                // the two together.
+                issuer_request_duration().record(pending.sent_at.elapsed().as_secs_f64());
+                match reply.send(Ok(answer)) {
+                    Ok(()) => return,
+                    Err(unsent) => unsent,
+                }
+            }
             // The caller had its timeout already.
             None => Ok(answer),
         };
