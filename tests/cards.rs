@@ -435,6 +435,51 @@ fn recent_decisions_are_listed_newest_first_with_who_decided() {
 }
 
 #[test]
+fn an_issuers_own_96_is_replayed_and_listed_as_the_issuers_after_restarts_and_a_switch_91_as_its_own()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &spec(10_000));
+    let by_issuer = approve(&cards, key, 100, 1);
+    settle(
+        &cards,
+        &by_issuer.hold,
+        IssuerOutcome::Declined(ResponseCode::SYSTEM_ERROR),
+    );
+    let by_switch = approve(&cards, key, 100, 2);
+    settle(&cards, &by_switch.hold, IssuerOutcome::TimedOut);
+    let answers = |cards: &Cards| {
+        let replay = |stan| match cards.authorize(key, &purchase(100, stan), NOW) {
+            Decision::Replay(Replay::Answer {
+                code, decided_by, ..
+            }) => (code, decided_by),
+            other => panic!("{other:?}"),
+        };
+        let recent = cards.recent(key).unwrap();
+        (
+            [replay(1), replay(2)],
+            [
+                (recent[1].code, recent[1].decided_by),
+                (recent[0].code, recent[0].decided_by),
+            ],
+        )
+    };
+    let expected = [
+        (ResponseCode::SYSTEM_ERROR, DecidedBy::Issuer),
+        (ResponseCode::ISSUER_UNAVAILABLE, DecidedBy::Switch),
+    ];
+    assert_eq!(answers(&cards), (expected, expected));
+    // From the journal, then from a snapshot.
+    drop(cards);
+    let (cards, _) = open(dir.path());
+    assert_eq!(answers(&cards), (expected, expected), "after a restart");
+    cards.snapshot().unwrap();
+    drop(cards);
+    let (cards, _) = open(dir.path());
+    assert_eq!(answers(&cards), (expected, expected), "after a snapshot");
+}
+
+#[test]
 fn a_restart_restores_cards_counters_and_the_ledger_from_the_journal() {
     let dir = tempfile::tempdir().unwrap();
     let (key, paused) = {

@@ -96,6 +96,9 @@ pub enum Event {
         code: ResponseCode,
         /// DE 38 of an approval, when it has one (for replays).
         auth: Option<AuthCode>,
+        /// Who gave the answer: the switch for its own 91 and 96 (no answer in time, the
+        /// store failing), else the issuer, whatever its code (an issuer's own 96 too).
+        decided_by: DecidedBy,
     },
     /// A reversal gave (part of) a transaction back.
     Reversed {
@@ -170,6 +173,7 @@ pub fn apply_card(card: &mut Card, event: &Event) {
             approved,
             in_doubt,
             code,
+            decided_by,
             ..
         } => {
             match (*in_doubt, *approved) {
@@ -195,7 +199,7 @@ pub fn apply_card(card: &mut Card, event: &Event) {
                     mti: hold.mti,
                     amount: hold.original_amount,
                     code: *code,
-                    decided_by: outcome_decided_by(*code),
+                    decided_by: *decided_by,
                     merchant: hold.acceptor,
                 },
             );
@@ -292,9 +296,10 @@ fn release_hold(card: &mut Card, hold: &TxEvent) {
     }
 }
 
-/// Who answered the network for an issuer outcome: the issuer, unless the switch did for
-/// it (91 when it did not answer in time, 96 when the hold could not be made durable).
-pub(crate) fn outcome_decided_by(code: ResponseCode) -> DecidedBy {
+/// Who answered an outcome recorded before the journal and snapshots said so: the issuer,
+/// unless the code is one the switch gives for it (91 when it did not answer in time, 96
+/// when the hold could not be made durable). An issuer's own 91 or 96 reads as the switch's.
+fn legacy_decided_by(code: ResponseCode) -> DecidedBy {
     if code == ResponseCode::ISSUER_UNAVAILABLE || code == ResponseCode::SYSTEM_ERROR {
         DecidedBy::Switch
     } else {
@@ -337,6 +342,11 @@ pub(crate) fn entry_of(t: &TxEvent, state: TxState, code: ResponseCode) -> TxEnt
         mti: t.mti,
         acceptor: t.acceptor,
         auth: None,
+        decided_by: if state == TxState::Declined {
+            DecidedBy::Switch
+        } else {
+            DecidedBy::Issuer
+        },
         asking: false,
     }
 }
@@ -376,12 +386,13 @@ pub fn apply_ledger(
             approved,
             code,
             auth,
+            decided_by,
             ..
         } => {
             if let Some(mut e) = ledger.entries.get_mut(&hold.tx)
                 && newer(&e)
             {
-                mark_outcome(&mut e, *approved, *code, *auth, lsn);
+                mark_outcome(&mut e, *approved, *code, *auth, *decided_by, lsn);
             }
             None
         }
@@ -417,6 +428,7 @@ pub(crate) fn mark_outcome(
     approved: bool,
     code: ResponseCode,
     auth: Option<AuthCode>,
+    decided_by: DecidedBy,
     lsn: u64,
 ) {
     e.state = if approved {
@@ -426,6 +438,7 @@ pub(crate) fn mark_outcome(
     };
     e.code = code;
     e.auth = auth;
+    e.decided_by = decided_by;
     e.use_counted = approved && e.counts_use;
     e.lsn = lsn;
 }
@@ -671,11 +684,17 @@ impl Encode for Event {
                 in_doubt,
                 code,
                 auth,
+                decided_by,
             } => {
                 out.u8(TAG_OUTCOME);
                 put_txevent(out, hold);
-                // In a bit of its own: records from before it read as not in doubt.
-                out.u8(u8::from(*approved) | u8::from(*in_doubt) << 1);
+                // Each in a bit of its own: records from before `in_doubt` read as not in
+                // doubt; those from before `decided_by` (no `DECIDED_BY_RECORDED`) read it
+                // from the code.
+                out.u8(u8::from(*approved)
+                    | u8::from(*in_doubt) << 1
+                    | u8::from(*decided_by == DecidedBy::Switch) << 2
+                    | OUTCOME_DECIDED_BY_RECORDED);
                 out.extend_from_slice(&code.0);
                 // Last, and only when there is one: records written before DE 38 was kept
                 // end at the code, and read the same.
@@ -745,15 +764,18 @@ impl Event {
             TAG_OUTCOME => {
                 let hold = get_txevent(&mut g)?;
                 let flags = g.u8()?;
-                if flags > 3 {
+                if flags > 15 {
                     return None;
                 }
+                let code = ResponseCode(g.array()?);
                 Event::Outcome {
                     hold,
                     approved: flags & 1 != 0,
                     in_doubt: flags & 2 != 0,
-                    code: ResponseCode(g.array()?),
+                    code,
                     auth: g.optional_tail()?,
+                    decided_by: recorded_decided_by(flags, 2, OUTCOME_DECIDED_BY_RECORDED)
+                        .unwrap_or_else(|| legacy_decided_by(code)),
                 }
             }
             TAG_REVERSED => {
@@ -950,7 +972,9 @@ impl Encode for SnapTx {
         out.u64(e.original_amount);
         out.u8(u8::from(e.counts_use)
             | u8::from(e.use_counted) << 1
-            | u8::from(e.binds_merchant) << 2);
+            | u8::from(e.binds_merchant) << 2
+            | u8::from(e.decided_by == DecidedBy::Switch) << 3
+            | SNAP_TX_DECIDED_BY_RECORDED);
         out.u64(e.at);
         out.u64(e.lsn);
         out.extend_from_slice(&e.mti);
@@ -991,9 +1015,30 @@ pub(crate) fn decode_snap_tx(g: &mut Get<'_>) -> Option<(OriginalData, TxEntry)>
             mti: g.array()?,
             acceptor: get_acceptor(g)?,
             auth: g.optional_tail()?,
+            decided_by: recorded_decided_by(flags, 3, SNAP_TX_DECIDED_BY_RECORDED).unwrap_or(
+                if state == TxState::Declined {
+                    DecidedBy::Switch
+                } else {
+                    legacy_decided_by(code)
+                },
+            ),
             asking: false,
         },
     ))
+}
+
+/// Set in an outcome record's flags (and a snapshot's ledger entry's) when the bit before
+/// it says who decided.
+const OUTCOME_DECIDED_BY_RECORDED: u8 = 1 << 3;
+const SNAP_TX_DECIDED_BY_RECORDED: u8 = 1 << 4;
+
+/// Who decided, from bit `bit` of `flags`, when `recorded` says the record has it.
+fn recorded_decided_by(flags: u8, bit: u8, recorded: u8) -> Option<DecidedBy> {
+    (flags & recorded != 0).then_some(if flags & (1 << bit) != 0 {
+        DecidedBy::Switch
+    } else {
+        DecidedBy::Issuer
+    })
 }
 
 #[cfg(test)]
@@ -1040,6 +1085,7 @@ mod tests {
                 in_doubt: false,
                 code: ResponseCode::APPROVED,
                 auth: Some(*b"A1B2C3"),
+                decided_by: DecidedBy::Issuer,
             },
             Event::Outcome {
                 hold: tx_event(),
@@ -1047,6 +1093,7 @@ mod tests {
                 in_doubt: false,
                 code: ResponseCode(*b"05"),
                 auth: None,
+                decided_by: DecidedBy::Issuer,
             },
             Event::Outcome {
                 hold: tx_event(),
@@ -1054,6 +1101,15 @@ mod tests {
                 in_doubt: true,
                 code: ResponseCode(*b"51"),
                 auth: None,
+                decided_by: DecidedBy::Issuer,
+            },
+            Event::Outcome {
+                hold: tx_event(),
+                approved: false,
+                in_doubt: false,
+                code: ResponseCode::ISSUER_UNAVAILABLE,
+                auth: None,
+                decided_by: DecidedBy::Switch,
             },
             Event::InDoubt(tx_event()),
             Event::Reversed {
@@ -1105,6 +1161,7 @@ mod tests {
             in_doubt: false,
             code: ResponseCode::APPROVED,
             auth,
+            decided_by: DecidedBy::Issuer,
         };
         let mut old = Vec::new();
         outcome(None).encode(&mut old);
@@ -1123,6 +1180,48 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshots_ledger_entry_keeps_who_decided_and_an_older_one_reads_it_from_the_code() {
+        let tx = tx_event();
+        for (state, code, by) in [
+            (
+                TxState::Released,
+                ResponseCode::SYSTEM_ERROR,
+                DecidedBy::Issuer,
+            ),
+            (
+                TxState::Released,
+                ResponseCode::ISSUER_UNAVAILABLE,
+                DecidedBy::Switch,
+            ),
+            (TxState::Declined, ResponseCode(*b"61"), DecidedBy::Switch),
+            (TxState::Approved, ResponseCode::APPROVED, DecidedBy::Issuer),
+        ] {
+            let mut entry = entry_of(&tx, state, code);
+            entry.decided_by = by;
+            let mut buf = Vec::new();
+            SnapTx(tx.tx, entry).encode(&mut buf);
+            let read = |buf: &[u8]| {
+                let mut g = Get(&buf[1..]);
+                let (_, e) = decode_snap_tx(&mut g).unwrap();
+                assert!(g.0.is_empty());
+                e.decided_by
+            };
+            assert_eq!(read(&buf), by, "{code:?}");
+            // As written before the flag: the tag, the key (25 bytes), card, fingerprint,
+            // state, code and three amounts, then the flags.
+            let flags = 1 + 25 + 8 + 8 + 1 + 2 + 3 * 8;
+            assert_ne!(buf[flags] & SNAP_TX_DECIDED_BY_RECORDED, 0);
+            buf[flags] &= 7;
+            let legacy = if code == ResponseCode::SYSTEM_ERROR || state == TxState::Declined {
+                DecidedBy::Switch
+            } else {
+                by
+            };
+            assert_eq!(read(&buf), legacy, "{code:?} before the flag");
+        }
+    }
+
+    #[test]
     fn a_truncated_or_padded_event_is_refused() {
         let mut buf = Vec::new();
         Event::Held(tx_event()).encode(&mut buf);
@@ -1138,11 +1237,47 @@ mod tests {
             in_doubt: true,
             code: ResponseCode::APPROVED,
             auth: None,
+            decided_by: DecidedBy::Issuer,
         }
         .encode(&mut outcome);
         let flags = outcome.len() - 3;
-        assert_eq!(outcome[flags], 3);
-        outcome[flags] = 4;
+        assert_eq!(outcome[flags], 3 | OUTCOME_DECIDED_BY_RECORDED);
+        outcome[flags] = 16;
         assert!(Event::decode(&outcome).is_err());
+    }
+
+    #[test]
+    fn an_issuers_own_96_stays_the_issuers_and_older_records_read_who_decided_from_the_code() {
+        let outcome = |code, decided_by| Event::Outcome {
+            hold: tx_event(),
+            approved: false,
+            in_doubt: false,
+            code,
+            auth: None,
+            decided_by,
+        };
+        let decided_by = |buf: &[u8]| match Event::decode(buf).unwrap() {
+            Event::Outcome { decided_by, .. } => decided_by,
+            other => panic!("{other:?}"),
+        };
+        for (code, by) in [
+            (ResponseCode::SYSTEM_ERROR, DecidedBy::Issuer),
+            (ResponseCode::SYSTEM_ERROR, DecidedBy::Switch),
+            (ResponseCode::ISSUER_UNAVAILABLE, DecidedBy::Issuer),
+            (ResponseCode(*b"05"), DecidedBy::Issuer),
+        ] {
+            let mut buf = Vec::new();
+            outcome(code, by).encode(&mut buf);
+            assert_eq!(decided_by(&buf), by, "{code:?}");
+            // As written before the flag: approved and in doubt only.
+            let flags = buf.len() - 3;
+            buf[flags] &= 3;
+            let legacy = if code == ResponseCode(*b"05") {
+                DecidedBy::Issuer
+            } else {
+                DecidedBy::Switch
+            };
+            assert_eq!(decided_by(&buf), legacy, "{code:?} before the flag");
+        }
     }
 }

@@ -23,6 +23,7 @@ use std::sync::Mutex;
 use crate::ConcurrentMap;
 
 use super::card::{AcceptorId, CardKey, UnixSeconds};
+use super::history::DecidedBy;
 use super::request::{OriginalData, ResponseCode};
 
 /// Bounds of the ledger.
@@ -110,6 +111,8 @@ pub struct TxEntry {
     pub acceptor: Option<AcceptorId>,
     /// DE 38 of the issuer's approval, given again with its DE 39 to a repeat.
     pub auth: Option<AuthCode>,
+    /// Who gave `code`, given again to a repeat (and its metric label).
+    pub decided_by: DecidedBy,
     /// In doubt, and a repeat of it is with the issuer now: further repeats wait for that
     /// answer rather than ask again (in memory only; a restart asks afresh).
     pub asking: bool,
@@ -320,6 +323,7 @@ mod tests {
             mti: *b"0100",
             acceptor: None,
             auth: None,
+            decided_by: DecidedBy::Issuer,
             asking: false,
         }
     }

@@ -583,11 +583,16 @@ impl Cards {
             return None;
         }
         let in_doubt = open == TxState::InDoubt;
-        let (approved, code, auth) = match outcome {
-            IssuerOutcome::Approved(c, auth) => (true, c, auth),
-            IssuerOutcome::Declined(c) => (false, c, None),
-            IssuerOutcome::TimedOut => (false, ResponseCode::ISSUER_UNAVAILABLE, None),
-            IssuerOutcome::Failed => (false, ResponseCode::SYSTEM_ERROR, None),
+        let (approved, code, auth, decided_by) = match outcome {
+            IssuerOutcome::Approved(c, auth) => (true, c, auth, DecidedBy::Issuer),
+            IssuerOutcome::Declined(c) => (false, c, None, DecidedBy::Issuer),
+            IssuerOutcome::TimedOut => (
+                false,
+                ResponseCode::ISSUER_UNAVAILABLE,
+                None,
+                DecidedBy::Switch,
+            ),
+            IssuerOutcome::Failed => (false, ResponseCode::SYSTEM_ERROR, None, DecidedBy::Switch),
         };
         let event = Event::Outcome {
             hold: event::hold_of(hold.tx, &e, self.lsn(), now),
@@ -595,9 +600,10 @@ impl Cards {
             in_doubt,
             code,
             auth,
+            decided_by,
         };
         let durable = self.journal.append(event.clone());
-        event::mark_outcome(&mut e, approved, code, auth, event.lsn());
+        event::mark_outcome(&mut e, approved, code, auth, decided_by, event.lsn());
         drop(e);
         event::apply_card(card, &event);
         Some(durable)
@@ -800,7 +806,7 @@ fn replay_of(tx: OriginalData, e: &mut TxEntry, fingerprint: u64) -> Decision {
         TxState::Approved | TxState::Released => Replay::Answer {
             code: e.code,
             auth: e.auth,
-            decided_by: event::outcome_decided_by(e.code),
+            decided_by: e.decided_by,
         },
         TxState::Declined => Replay::Answer {
             code: e.code,
