@@ -754,3 +754,133 @@ async fn the_same_stan_and_time_from_two_terminals_are_two_approvals_not_a_repea
     assert_eq!((view.spent, view.uses), (1_000, 1));
     rig.stop().await;
 }
+
+#[tokio::test]
+async fn a_repeat_of_a_request_still_with_the_issuer_waits_for_its_answer_and_is_not_charged_twice()
+{
+    let sim = SimConfig {
+        latency: Duration::from_millis(300),
+        ..SimConfig::default()
+    };
+    let rig = rig(Some(sim), |_| {}).await;
+    let plain = test_pan("497010", 16);
+    let mut first_link = Client::connect(rig.network).await;
+    let mut second_link = Client::connect(rig.network).await;
+    let first = purchase(&mut first_link, b"0100", &plain, b"2912", 700);
+    // The network heard nothing in time and repeats it, on its other link.
+    let mut repeat = first.clone();
+    repeat.set_mti(b"0101").unwrap();
+    let repeat = Message::parse(Spec::iso87ascii(), repeat.pack()).unwrap();
+    first_link.send(&first).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    second_link.send(&repeat).await;
+    let stan = first.stan().unwrap();
+    let (a, b) = tokio::join!(first_link.answer(stan), second_link.answer(stan));
+    assert_eq!((code(&a), code(&b)), ("00".into(), "00".into()));
+    assert_eq!(
+        a.auth_code().unwrap().as_bytes(),
+        b.auth_code().unwrap().as_bytes()
+    );
+    assert_eq!(
+        (rig.sim().requests(b"0100"), rig.sim().requests(b"0101")),
+        (1, 0),
+        "the repeat did not reach the issuer as another transaction"
+    );
+    assert_eq!(
+        rig.sim().balance(&plain),
+        Some(vpan::tools::issuer_sim::DEFAULT_BALANCE - 700),
+        "charged once"
+    );
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn the_same_stan_and_time_from_two_terminals_at_once_are_each_reversed_at_the_issuer() {
+    let sim = SimConfig {
+        latency: Duration::from_millis(100),
+        ..SimConfig::default()
+    };
+    let rig = rig(Some(sim), |c| c.issuer.connections = 1).await;
+    let (a, b) = (test_pan("497010", 16), test_pan("497010", 16));
+    let mut net = Client::connect(rig.network).await;
+    let mut other = Client::connect(rig.network).await;
+    let from_a = purchase(&mut net, b"0100", &a, b"2912", 300);
+    // Terminal 2 of the same acquirer, its own STAN counter at the same value, the same
+    // second: while the first is with the issuer, it goes out under another STAN.
+    let mut from_b = purchase(&mut other, b"0100", &b, b"2912", 500);
+    from_b.set(11, &from_a.stan().unwrap()).unwrap();
+    from_b.set(41, b"TERM0002").unwrap();
+    let from_b = Message::parse(Spec::iso87ascii(), from_b.pack()).unwrap();
+    net.send(&from_a).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    other.send(&from_b).await;
+    let stan = from_a.stan().unwrap();
+    let (x, y) = tokio::join!(net.answer(stan), other.answer(stan));
+    assert_eq!((code(&x), code(&y)), ("00".into(), "00".into()));
+    let full = vpan::tools::issuer_sim::DEFAULT_BALANCE;
+    assert_eq!(
+        (rig.sim().balance(&a), rig.sim().balance(&b)),
+        (Some(full - 300), Some(full - 500))
+    );
+    // Each reversal names its own purchase at the issuer, the terminal telling them apart.
+    for (link, original) in [(&mut net, &from_a), (&mut other, &from_b)] {
+        let reversal = reversal_of(link, original);
+        assert_eq!(code(&link.call(&reversal).await), "00");
+    }
+    assert_eq!(
+        (rig.sim().balance(&a), rig.sim().balance(&b)),
+        (Some(full), Some(full)),
+        "both accounts credited"
+    );
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn track_data_vpan_cannot_rewrite_never_reaches_the_issuer_and_a_repeat_gets_the_same_30() {
+    let rig = rig(Some(SimConfig::default()), |_| {}).await;
+    let (card, real) = rig.issue(|_| {}).await;
+    let mut net = Client::connect(rig.network).await;
+    // Track 2 without its separator: vpan cannot read the card number out of it, so
+    // cannot rewrite it, and it would carry the vPAN to the issuer.
+    let mut odd_track = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
+    let track = format!("{}{}101", card.vpan.expose(), card.expiry.as_str());
+    odd_track.set(35, track.as_bytes()).unwrap();
+    let odd_track = Message::parse(Spec::iso87ascii(), odd_track.pack()).unwrap();
+    assert_eq!(code(&net.call(&odd_track).await), "30");
+    let mut repeat = odd_track.clone();
+    repeat.set_mti(b"0101").unwrap();
+    let repeat = Message::parse(Spec::iso87ascii(), repeat.pack()).unwrap();
+    assert_eq!(
+        code(&net.call(&repeat).await),
+        "30",
+        "the first answer again"
+    );
+    assert_eq!(rig.sim().requests(b"0100") + rig.sim().requests(b"0101"), 0);
+    let view = rig.cards.get(CardKey::of(&card.vpan)).unwrap();
+    assert_eq!((view.spent, view.held), (0, 0));
+
+    // Track 1 is not rewritten: it stays with vpan, and the purchase goes on without it.
+    let mut with_track1 = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 200);
+    let track1 = format!(
+        "B{}^CARDHOLDER/A^{}101",
+        card.vpan.expose(),
+        card.expiry.as_str()
+    );
+    with_track1.set(45, track1.as_bytes()).unwrap();
+    let with_track1 = Message::parse(Spec::iso87ascii(), with_track1.pack()).unwrap();
+    let answer = net.call(&with_track1).await;
+    assert_eq!(code(&answer), "00");
+    assert!(!answer.has(45));
+    let at_issuer = rig
+        .sim()
+        .recent(10)
+        .into_iter()
+        .find(|r| r.mti() == *b"0100")
+        .unwrap();
+    assert!(
+        !at_issuer.message.has(45),
+        "no vPAN in track 1 at the issuer"
+    );
+    assert_eq!(at_issuer.pan().unwrap(), real);
+    rig.stop().await;
+}

@@ -214,6 +214,10 @@ pub enum IssuerOutcome {
     TimedOut,
     /// vpan could not make the hold durable (the network got 96): released.
     Failed,
+    /// vpan answered this DE 39 itself, the issuer not asked or not in time (a request that
+    /// does not fit the issuer's layout: 30; a repeat in doubt the issuer left unanswered:
+    /// 91): released, and, settling a hold in doubt, given back.
+    Refused(ResponseCode),
 }
 
 impl IssuerOutcome {
@@ -557,7 +561,9 @@ impl Cards {
                     e.asking = false;
                 }
                 match outcome {
-                    IssuerOutcome::Approved(..) | IssuerOutcome::Declined(_) => {
+                    IssuerOutcome::Approved(..)
+                    | IssuerOutcome::Declined(_)
+                    | IssuerOutcome::Refused(_) => {
                         self.complete_locked(card, hold, TxState::InDoubt, outcome, now)
                     }
                     IssuerOutcome::TimedOut | IssuerOutcome::Failed => None,
@@ -593,6 +599,7 @@ impl Cards {
                 DecidedBy::Switch,
             ),
             IssuerOutcome::Failed => (false, ResponseCode::SYSTEM_ERROR, None, DecidedBy::Switch),
+            IssuerOutcome::Refused(c) => (false, c, None, DecidedBy::Switch),
         };
         let event = Event::Outcome {
             hold: event::hold_of(hold.tx, &e, self.lsn(), now),

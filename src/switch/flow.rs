@@ -201,7 +201,12 @@ impl Flow {
         let toward_issuer = match self.to_real(&request, &real_pan, &real_expiry.0) {
             Some(m) => m,
             None => {
-                let _released = self.cards.complete(&hold, IssuerOutcome::Failed, now());
+                // Recorded as the 30 it is, so that a repeat is answered the same.
+                let _released = self.cards.complete(
+                    &hold,
+                    IssuerOutcome::Refused(ResponseCode::FORMAT_ERROR),
+                    now(),
+                );
                 return (
                     self.local_answer(&request, ResponseCode::FORMAT_ERROR),
                     DecidedBy::Switch,
@@ -449,10 +454,15 @@ impl Flow {
         if out.has(14) {
             out.set_expiry(expiry).ok()?;
         }
-        if let Some(track2) = request.track2() {
-            out.set_track2(&track2.with_pan_and_expiry(pan, expiry)?)
+        // Track 2 carries the card too: one that cannot be read, and so not rewritten,
+        // must not reach the issuer with the vPAN in it (the caller answers 30).
+        if request.has(35) {
+            out.set_track2(&request.track2()?.with_pan_and_expiry(pan, expiry)?)
                 .ok()?;
         }
+        // Track 1 is not rewritten: it goes no further than vpan, the issuer has the card
+        // in DE 2 and DE 35.
+        out.remove(45);
         Some(out)
     }
 
@@ -472,7 +482,7 @@ impl Flow {
     fn to_virtual(&self, answer: Msg, vpan: &VirtualPan, expiry: &[u8; 4]) -> Option<Msg> {
         let track2 = answer
             .track2()
-            .map(|t| t.with_pan_and_expiry(&vpan.pan, expiry));
+            .and_then(|t| t.with_pan_and_expiry(&vpan.pan, expiry));
         let mut out = self.in_layout(answer, self.network_spec)?;
         if out.has(2) {
             out.set_pan(&vpan.pan).ok()?;
@@ -480,9 +490,15 @@ impl Flow {
         if out.has(14) {
             out.set_expiry(expiry).ok()?;
         }
-        if let Some(track2) = track2 {
-            out.set_track2(&track2?).ok()?;
+        // A track 2 echoed back is rewritten; one that cannot be (it holds the real card
+        // in a form vpan does not read) is dropped, as are track 1 and a PIN block, rather
+        // than the answer: the network gets its answer, never the real card.
+        match track2 {
+            Some(track2) if out.has(35) => out.set_track2(&track2).ok()?,
+            _ => out.remove(35),
         }
+        out.remove(45);
+        out.remove(52);
         Some(out)
     }
 
@@ -575,7 +591,7 @@ fn in_doubt_outcome(sent: &OnCard) -> IssuerOutcome {
     let answer = match sent {
         Ok(Some(answer)) => answer,
         Err(NotSent::Issuer(IssuerError::Timeout | IssuerError::ConnectionLost)) => {
-            return IssuerOutcome::Declined(ResponseCode::ISSUER_UNAVAILABLE);
+            return IssuerOutcome::Refused(ResponseCode::ISSUER_UNAVAILABLE);
         }
         _ => return IssuerOutcome::TimedOut,
     };
@@ -856,7 +872,7 @@ mod tests {
         for lost in [IssuerError::Timeout, IssuerError::ConnectionLost] {
             assert_eq!(
                 in_doubt_outcome(&Err(NotSent::Issuer(lost))),
-                IssuerOutcome::Declined(ResponseCode::ISSUER_UNAVAILABLE)
+                IssuerOutcome::Refused(ResponseCode::ISSUER_UNAVAILABLE)
             );
         }
         // Never sent: whatever the issuer did with the first stands, so it stays in doubt.

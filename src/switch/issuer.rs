@@ -98,6 +98,10 @@ struct Pending {
     deadline: Instant,
     /// The connection it went out on, so a lost connection fails only its own requests.
     conn: usize,
+    /// Repeats of it (the same network identity) that came while it was waiting, each with
+    /// its own deadline: they get its answer rather than go out again under another
+    /// stamp, which the issuer would take for a new transaction and charge twice.
+    repeats: Vec<(oneshot::Sender<Reply>, Instant)>,
 }
 
 /// One connection slot: the writer's queue while connected.
@@ -120,8 +124,8 @@ struct Inner {
     /// Requests sent and not yet answered (or given up on), by vpan's stamp.
     pending: ConcurrentMap<[u8; 6], Pending>,
     /// Originals that went out under another STAN than the network's: their network
-    /// identity (DE 90's first 20 digits: MTI, STAN, DE 7) to the stamp used, and when.
-    restamped: ConcurrentMap<[u8; ORIGINAL_KEY], ([u8; 6], Instant)>,
+    /// identity (see [`Identity`]) to the stamp used, and when.
+    restamped: ConcurrentMap<Identity, ([u8; 6], Instant)>,
     /// Reversals being sent (or retried) in the background, for [`IssuerLink::quiesce`].
     reversals: AtomicUsize,
     /// Stops the connection tasks.
@@ -248,21 +252,32 @@ impl IssuerLink {
     ) -> Result<(oneshot::Receiver<Reply>, [u8; 6]), IssuerError> {
         let inner = &self.inner;
         let n = inner.slots.len();
-        let (conn, tx) = match only {
-            Some(i) => inner.slots[i].tx.read().clone().map(|tx| (i, tx)),
-            None => {
-                let start = inner.next_slot.fetch_add(1, Ordering::Relaxed);
-                (0..n).map(|k| (start + k) % n).find_map(|i| {
-                    let slot = &inner.slots[i];
-                    if !slot.up.load(Ordering::Relaxed) {
-                        return None;
-                    }
-                    slot.tx.read().clone().map(|tx| (i, tx))
-                })
-            }
-        }
-        .ok_or(IssuerError::Unavailable)?;
         self.rewrite_original(&mut request)?;
+        // A reversal whose original is still waiting goes out behind it, on its
+        // connection: on another one it could overtake it, find nothing to reverse, and
+        // leave the real account charged once the original is read.
+        let behind_original = only
+            .is_none()
+            .then(|| self.original_conn(&request))
+            .flatten();
+        let (conn, tx) = match only.or(behind_original) {
+            Some(i) => inner.slots[i].tx.read().clone().map(|tx| (i, tx)),
+            None => None,
+        }
+        .or_else(|| {
+            if only.is_some() {
+                return None;
+            }
+            let start = inner.next_slot.fetch_add(1, Ordering::Relaxed);
+            (0..n).map(|k| (start + k) % n).find_map(|i| {
+                let slot = &inner.slots[i];
+                if !slot.up.load(Ordering::Relaxed) {
+                    return None;
+                }
+                slot.tx.read().clone().map(|tx| (i, tx))
+            })
+        })
+        .ok_or(IssuerError::Unavailable)?;
         let network_stan = request.stan();
         let (reply, rx) = oneshot::channel();
         // The network's STAN when free, else vpan's own counter; claimed atomically so two
@@ -291,10 +306,38 @@ impl IssuerLink {
                         sent_at,
                         deadline: sent_at + timeout,
                         conn,
+                        repeats: Vec::new(),
                     });
                     break (candidate, sent);
                 }
-                dashmap::Entry::Occupied(_) => candidate = self.next_stamp(),
+                dashmap::Entry::Occupied(mut o) => {
+                    // Network management is the link's own, per connection (a sign-on on
+                    // each), and never a repeat of another connection's.
+                    if Some(candidate) == network_stan
+                        && only.is_none()
+                        && !is_management_request(&request.mti())
+                    {
+                        // A repeat of a request still waiting, under the network's STAN or
+                        // under the stamp it went out with: it waits for that answer.
+                        if is_same_transaction(self.spec(), &o.get().sent, &request, &candidate)
+                            && let Some(reply) = reply.take()
+                        {
+                            o.get_mut().repeats.push((reply, Instant::now() + timeout));
+                            return Ok((rx, candidate));
+                        }
+                        drop(o);
+                        if let Some(stamp) = identity(&request, &candidate)
+                            .and_then(|id| inner.restamped.get(&id).map(|e| e.0))
+                            && let Some(mut first) = inner.pending.get_mut(&stamp)
+                            && is_same_transaction(self.spec(), &first.sent, &request, &stamp)
+                            && let Some(reply) = reply.take()
+                        {
+                            first.repeats.push((reply, Instant::now() + timeout));
+                            return Ok((rx, stamp));
+                        }
+                    }
+                    candidate = self.next_stamp();
+                }
             }
         };
         if let Some(stan) = network_stan
@@ -316,7 +359,7 @@ impl IssuerLink {
     fn rewrite_original(&self, request: &mut Message) -> Result<(), IssuerError> {
         let Some(key) = request
             .text(90)
-            .and_then(|d| <[u8; ORIGINAL_KEY]>::try_from(d.as_bytes().get(..ORIGINAL_KEY)?).ok())
+            .and_then(|d| Identity::of(d.as_bytes(), request.terminal().as_deref()))
         else {
             return Ok(());
         };
@@ -331,6 +374,15 @@ impl IssuerLink {
             stan.copy_from_slice(&stamp);
         }
         request.set(90, &de90).map_err(|_| IssuerError::Encode)
+    }
+
+    /// The connection of the request still waiting that `request`'s DE 90 names (after
+    /// [`IssuerLink::rewrite_original`]), while it is up.
+    fn original_conn(&self, request: &Message) -> Option<usize> {
+        let de90 = request.text(90)?;
+        let stamp = <[u8; 6]>::try_from(de90.as_bytes().get(4..10)?).ok()?;
+        let conn = self.inner.pending.get(&stamp)?.conn;
+        self.slot_up(conn).then_some(conn)
     }
 
     fn next_stamp(&self) -> [u8; 6] {
@@ -575,12 +627,26 @@ impl IssuerLink {
             }
             return;
         };
-        let late = match pending.reply {
+        let Pending {
+            reply,
+            sent,
+            mti,
+            sent_at,
+            repeats,
+            ..
+        } = pending;
+        // Repeats waiting on it get the same answer; one still waiting for it means the
+        // network has this answer, so a late approval needs no reversal.
+        let mut repeat_answered = false;
+        for (waiter, _) in repeats {
+            repeat_answered |= waiter.send(Ok(answer.clone())).is_ok();
+        }
+        let late = match reply {
             Some(reply) => {
                 // Only answers in time are timed: a late one was counted once already,
                 // in `vpan_issuer_timeouts_total`, and the alerts' timeout share divides by
                 // the two together.
-                issuer_request_duration().record(pending.sent_at.elapsed().as_secs_f64());
+                issuer_request_duration().record(sent_at.elapsed().as_secs_f64());
                 match reply.send(Ok(answer)) {
                     Ok(()) => return,
                     Err(unsent) => unsent,
@@ -590,12 +656,13 @@ impl IssuerLink {
             None => Ok(answer),
         };
         if let Ok(late) = late
+            && !repeat_answered
             && is_approval(&late)
-            && needs_reversal(&pending.mti)
+            && needs_reversal(&mti)
         {
             tracing::warn!("late approval from the issuer; reversing it");
             // Answered: the original is behind the issuer already, any connection will do.
-            self.reverse_sent(&pending.sent, None);
+            self.reverse_sent(&sent, None);
         }
     }
 
@@ -672,6 +739,15 @@ impl IssuerLink {
                     tracing::debug!(stan = %String::from_utf8_lossy(p.key()), "issuer answer late");
                     let _ = reply.send(Err(IssuerError::Timeout));
                 }
+                if !p.repeats.is_empty() {
+                    let (late, waiting) = std::mem::take(&mut p.repeats)
+                        .into_iter()
+                        .partition(|(_, deadline)| now >= *deadline);
+                    p.repeats = waiting;
+                    for (waiter, _) in late {
+                        let _ = waiter.send(Err(IssuerError::Timeout));
+                    }
+                }
             }
             if now < next_forget {
                 continue;
@@ -730,10 +806,22 @@ impl IssuerLink {
                 // answer it before it is sent again.
                 let timeout = link.management_timeout();
                 let only = same_connection.take();
+                let loud = attempt <= 5 || attempt % 12 == 0;
                 match link.send_via(reversal.clone(), only, timeout).await {
-                    Ok(_) => return,
+                    // A front end answering for a host that is down (91), or a host that
+                    // failed (96), has not reversed anything: asked again.
+                    Ok(answer) if !reversal_undone(&answer) => return,
+                    Ok(answer) => {
+                        if loud {
+                            tracing::warn!(
+                                attempt,
+                                code = %String::from_utf8_lossy(&answer.response_code().unwrap_or(*b"--")),
+                                "reversal toward the issuer answered without being applied; retrying"
+                            );
+                        }
+                    }
                     // Loud at first, then once a minute or so, while the host stays away.
-                    Err(e) if attempt <= 5 || attempt % 12 == 0 => {
+                    Err(e) if loud => {
                         tracing::warn!(attempt, error = %e, "reversal toward the issuer not answered; retrying");
                     }
                     Err(_) => {}
@@ -794,15 +882,55 @@ impl Drop for ReversalDone {
 /// tells apart two acquirers whose STANs meet in the same second (the forwarder is left).
 const ORIGINAL_KEY: usize = 31;
 
-/// The network identity of `request` as DE 90 names it: MTI, its network STAN, DE 7, DE 32.
-fn identity(request: &Message, network_stan: &[u8; 6]) -> Option<[u8; ORIGINAL_KEY]> {
+/// A transaction's network identity: what DE 90 names (MTI, STAN, DE 7, DE 32), with the
+/// MTI's last digit as 0 (a repeat is the same transaction as its first), and the
+/// terminal (DE 41), which DE 90 does not carry: two terminals of one acquirer may send
+/// the same STAN in the same second, and a reversal comes from its original's terminal.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+struct Identity([u8; ORIGINAL_KEY], [u8; 8]);
+
+impl Identity {
+    /// From DE 90's text (or its first [`ORIGINAL_KEY`] bytes) and DE 41.
+    fn of(de90: &[u8], terminal: Option<&[u8]>) -> Option<Identity> {
+        let mut key = <[u8; ORIGINAL_KEY]>::try_from(de90.get(..ORIGINAL_KEY)?).ok()?;
+        key[3] = b'0';
+        let mut t = [b' '; 8];
+        let terminal = terminal.unwrap_or_default();
+        t.get_mut(..terminal.len())?.copy_from_slice(terminal);
+        Some(Identity(key, t))
+    }
+}
+
+/// The network identity of `request` sent under `network_stan`.
+fn identity(request: &Message, network_stan: &[u8; 6]) -> Option<Identity> {
     let de90 = original_data_elements(
         &request.mti(),
         network_stan,
         &request.transmission_time()?,
         request.acquirer().as_deref().unwrap_or_default(),
     );
-    <[u8; ORIGINAL_KEY]>::try_from(&de90[..ORIGINAL_KEY]).ok()
+    Identity::of(&de90, request.terminal().as_deref())
+}
+
+/// Whether `request` is the transaction (its first or a repeat) of the request packed in
+/// `sent`, both under `stan`. Only reached when two requests meet under one STAN, which
+/// is rare, so `sent` is read back here rather than its identity kept for every request.
+fn is_same_transaction(
+    spec: &'static Spec,
+    sent: &Bytes,
+    request: &Message,
+    stan: &[u8; 6],
+) -> bool {
+    let Ok(first) = Message::parse(spec, sent.clone()) else {
+        return false;
+    };
+    identity(request, stan).is_some_and(|id| identity(&first, stan) == Some(id))
+}
+
+/// An answer to a reversal that says it was not applied: the host (or a front end for
+/// it) is down or failed. Any other code is the issuer's verdict, and final.
+fn reversal_undone(answer: &Message) -> bool {
+    matches!(answer.response_code(), Some(code) if code == *b"91" || code == *b"96")
 }
 
 /// True for a network management request (0800, 0820, and their repeats).
@@ -857,8 +985,12 @@ pub fn network_management_request(
 pub fn reversal_for(original: &Message) -> Result<Message, IssuerError> {
     let mut rev = original.clone();
     rev.set_mti(b"0400").map_err(|_| IssuerError::Encode)?;
+    // The transaction as the issuer booked it: a repeat (0101, 0121) reverses its first
+    // (0100, 0120), which is the MTI an issuer matches DE 90 against.
+    let mut mti = original.mti();
+    mti[3] = b'0';
     let de90 = original_data_elements(
-        &original.mti(),
+        &mti,
         &original.stan().unwrap_or([b'0'; 6]),
         &original.transmission_time().unwrap_or([b'0'; 10]),
         original.acquirer().as_deref().unwrap_or_default(),
@@ -928,6 +1060,25 @@ mod tests {
         );
         assert!(!rev.has(35));
         assert_eq!(rev.raw(4), Some(&b"000000001000"[..]));
+        // A repeat's reversal names the transaction as the issuer booked it: its first.
+        let mut repeat = orig.clone();
+        repeat.set_mti(b"0101").unwrap();
+        let rev = reversal_for(&Message::parse(spec, repeat.pack()).unwrap()).unwrap();
+        assert_eq!(&rev.text(90).unwrap().as_bytes()[..4], b"0100");
+    }
+
+    #[test]
+    fn a_reversal_answered_91_or_96_is_not_done_and_any_other_answer_is_final() {
+        let answered = |code: &[u8; 2]| {
+            let mut m = Message::new(Spec::iso87ascii(), b"0410").unwrap();
+            m.set_response_code(code).unwrap();
+            m
+        };
+        assert!(reversal_undone(&answered(b"91")));
+        assert!(reversal_undone(&answered(b"96")));
+        for code in [b"00", b"25", b"12", b"30"] {
+            assert!(!reversal_undone(&answered(code)), "{code:?}");
+        }
     }
 
     #[test]
