@@ -365,8 +365,88 @@ async fn malformed_json_unknown_keys_and_wrong_types_are_refused_with_400_withou
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(error_of(&body).1.contains("amount_limit"), "{body}");
 
+    // A card number with spaces, where a number is due: the error names the field, and
+    // quotes none of the value.
+    let mut spaced = card_request(&real);
+    let with_spaces = format!(
+        "{} {} {} {}",
+        &real[..4],
+        &real[4..8],
+        &real[8..12],
+        &real[12..]
+    );
+    spaced["amount_limit"] = json!(with_spaces);
+    let (status, body) = api.call(Method::POST, "/v1/cards", Some(spaced)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error_of(&body).1.contains("amount_limit"), "{body}");
+    assert!(!body.to_string().contains(&with_spaces[5..]), "{body}");
+
     api.assert_never_answered(&[real]);
     api.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_trickling_its_headers_is_cut_off_and_a_bad_path_or_method_gets_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = Running::start(dir.path()).await;
+    // TLS by hand: one header byte a second, each restarting the connection's idle timer;
+    // the header deadline ends it all the same.
+    let pem = std::fs::read(dir.path().join("tls-cert.pem")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile_certs(&pem) {
+        roots.add(cert).unwrap();
+    }
+    let tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+    let tcp = tokio::net::TcpStream::connect(api.addrs.api).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut stream = connector.connect(name, tcp).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let closed = loop {
+        let mut buf = [0u8; 512];
+        // Anything read (an error answer, or the end) means the server gave up on it.
+        if tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf))
+            .await
+            .is_ok()
+        {
+            break started.elapsed();
+        }
+        if stream.write_all(b"X").await.is_err() {
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "still open after 30 s"
+        );
+    };
+    assert!(
+        closed >= vpan::api::HEADER_READ_TIMEOUT - Duration::from_secs(1),
+        "closed after {closed:?}, before the deadline"
+    );
+
+    // A path segment that does not decode, and a method /healthz does not take.
+    let (status, body) = api.call(Method::GET, "/v1/cards/%FF%FE", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(error_of(&body).0, "not_found");
+    let (status, body) = api.call(Method::POST, "/healthz", None).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(error_of(&body).0, "method_not_allowed");
+    api.stop().await;
+}
+
+/// The certificates of a PEM file.
+fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .map(|c| c.unwrap())
+        .collect()
 }
 
 #[tokio::test]
@@ -750,5 +830,17 @@ async fn vpan_card_exits_1_with_the_api_error_and_2_on_a_usage_error() {
         vpan_card(&api, &["create", "--pan", "1", "--valid-for", "3x"])
     });
     assert_eq!(code, 2);
+
+    // Plain HTTP: refused before any connection is made, so the token never leaves.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let plain = format!("http://{}", listener.local_addr().unwrap());
+    let (code, _, err) =
+        tokio::task::block_in_place(|| vpan_card(&api, &["--url", &plain, "list"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        listener.accept().is_err(),
+        "the client connected over plain HTTP: {err}"
+    );
     api.stop().await;
 }

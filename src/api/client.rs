@@ -339,6 +339,8 @@ impl ApiClient {
     pub fn new(base: &str, token: String, ca: Option<&Path>) -> Result<ApiClient, String> {
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
+            // The token and real card numbers never leave in clear, whatever --url says.
+            .https_only(true)
             .timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(5));
         if let Some(ca) = ca {

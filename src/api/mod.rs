@@ -31,6 +31,10 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -43,6 +47,8 @@ use error::ApiError;
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 /// Calls served at once; one more is answered 503 at once rather than queued.
 pub const MAX_IN_FLIGHT: usize = 512;
+/// A request's headers must arrive within this of its first byte.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One health probe: true while its part is up. Cheap, synchronous, never blocks.
 pub type Probe = Box<dyn Fn() -> bool + Send + Sync>;
@@ -165,18 +171,41 @@ impl ApiServer {
         health: Health,
         shutdown: CancellationToken,
     ) -> std::io::Result<()> {
-        let listener = tls::TlsListener::start(self.listener, self.tls, shutdown.clone())?;
+        let mut listener = tls::TlsListener::start(self.listener, self.tls, shutdown.clone())?;
         let state = ApiState {
             cards,
             health: Arc::new(health),
         };
-        let served = axum::serve(listener, router(state, self.token))
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
-        if let Err(e) = &served {
-            tracing::error!(error = %e, "the API stopped serving");
+        let app = router(state, self.token);
+        // hyper directly rather than `axum::serve`, for its timer: without one hyper has
+        // no header read deadline, and a client that trickles header bytes (each one
+        // restarting the connection's idle timer) holds a connection slot for ever.
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT);
+        let graceful = GracefulShutdown::new();
+        loop {
+            let (io, _) = tokio::select! {
+                accepted = axum::serve::Listener::accept(&mut listener) => accepted,
+                () = shutdown.cancelled() => break,
+            };
+            let service = TowerToHyperService::new(app.clone());
+            let connection = graceful.watch(http.serve_connection(TokioIo::new(io), service));
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "API connection ended with an error");
+                }
+            });
         }
-        served
+        // Calls in flight finish; idle keep-alive connections are closed now. Bounded: a
+        // client in the middle of sending its headers has at most their deadline.
+        if tokio::time::timeout(HEADER_READ_TIMEOUT, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("API connections still open at shutdown were dropped");
+        }
+        Ok(())
     }
 }
 

@@ -10,7 +10,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
@@ -22,6 +23,7 @@ use super::model::{
     TransactionList,
 };
 use super::{ApiState, Health};
+use crate::cards::vpan::GenerateError;
 use crate::cards::{CardError, CardKey, CardView, IssueError, UnixSeconds};
 
 /// The OpenAPI 3 document of this API, served at `GET /v1/openapi.json`.
@@ -78,7 +80,12 @@ pub fn table() -> Vec<Route> {
             true,
             get(transactions),
         ),
-        route(Method::GET, "/healthz", false, get(healthz)),
+        route(
+            Method::GET,
+            "/healthz",
+            false,
+            get(healthz).fallback(method_not_allowed),
+        ),
         route(Method::GET, "/v1/openapi.json", true, get(openapi)),
     ]
 }
@@ -111,7 +118,37 @@ fn json_rejection(r: &JsonRejection) -> ApiError {
             "unsupported_media_type",
             "send the body as JSON with Content-Type: application/json",
         ),
-        _ => ApiError::malformed(r.body_text()),
+        _ => ApiError::malformed(without_quoted_values(&r.body_text())),
+    }
+}
+
+/// A JSON error with the values it quotes left out (`invalid type: string "…"`): a card
+/// number written with spaces or dashes would otherwise come back whole, as the masking
+/// of digit runs does not see it. Field names (in backticks) stay.
+fn without_quoted_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for (i, part) in message.split('"').enumerate() {
+        if i % 2 == 0 {
+            out.push_str(part);
+        } else {
+            out.push_str("\"…\"");
+        }
+    }
+    out
+}
+
+/// A card number as a path segment. A segment axum cannot decode (bad percent-encoding)
+/// is no card number either: 404 in the contract's JSON, not axum's plain-text 400.
+pub struct CardPath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for CardPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(segment)) => Ok(CardPath(segment)),
+            Err(_) => Err(ApiError::card_not_found()),
+        }
     }
 }
 
@@ -159,6 +196,10 @@ async fn create_card(
             Ok((StatusCode::CREATED, card(&view)).into_response())
         }
         Err(IssueError::Invalid(message)) => Err(ApiError::invalid(message)),
+        // The card's range leaves no digit to draw: no retry will change that.
+        Err(IssueError::Generate(e @ GenerateError::NoRoom { .. })) => {
+            Err(ApiError::invalid(e.to_string()))
+        }
         Err(IssueError::Generate(e)) => {
             tracing::error!(pan = %spec.pan, error = %e, "no vPAN could be drawn");
             Err(ApiError::unavailable("no_vpan_available", e.to_string()))
@@ -176,7 +217,7 @@ async fn create_card(
 /// `GET /v1/cards/{vpan}`.
 async fn show_card(
     State(state): State<ApiState>,
-    Path(vpan): Path<String>,
+    CardPath(vpan): CardPath,
 ) -> Result<Json<CardBody>, ApiError> {
     let view = state
         .cards
@@ -188,7 +229,7 @@ async fn show_card(
 /// `POST /v1/cards/{vpan}/pause`.
 async fn pause_card(
     State(state): State<ApiState>,
-    Path(vpan): Path<String>,
+    CardPath(vpan): CardPath,
 ) -> Result<Json<CardBody>, ApiError> {
     let view = state.cards.pause(key(&vpan)?).await.map_err(card_error)?;
     tracing::info!(vpan = %view.vpan, "card paused");
@@ -198,7 +239,7 @@ async fn pause_card(
 /// `POST /v1/cards/{vpan}/resume`.
 async fn resume_card(
     State(state): State<ApiState>,
-    Path(vpan): Path<String>,
+    CardPath(vpan): CardPath,
 ) -> Result<Json<CardBody>, ApiError> {
     let view = state.cards.resume(key(&vpan)?).await.map_err(card_error)?;
     tracing::info!(vpan = %view.vpan, "card resumed");
@@ -208,7 +249,7 @@ async fn resume_card(
 /// `POST /v1/cards/{vpan}/close`.
 async fn close_card(
     State(state): State<ApiState>,
-    Path(vpan): Path<String>,
+    CardPath(vpan): CardPath,
 ) -> Result<Json<CardBody>, ApiError> {
     let view = state.cards.close(key(&vpan)?).await.map_err(card_error)?;
     tracing::info!(vpan = %view.vpan, "card closed");
@@ -218,7 +259,7 @@ async fn close_card(
 /// `GET /v1/cards/{vpan}/transactions`: newest first.
 async fn transactions(
     State(state): State<ApiState>,
-    Path(vpan): Path<String>,
+    CardPath(vpan): CardPath,
 ) -> Result<Json<TransactionList>, ApiError> {
     let recent = state
         .cards
