@@ -25,6 +25,7 @@ use super::model::{
 use super::{ApiState, Health};
 use crate::cards::vpan::GenerateError;
 use crate::cards::{CardError, CardKey, CardView, IssueError, UnixSeconds};
+use crate::store::StoreError;
 
 /// The OpenAPI 3 document of this API, served at `GET /v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -203,6 +204,15 @@ async fn create_card(
         Err(IssueError::Generate(e)) => {
             tracing::error!(pan = %spec.pan, error = %e, "no vPAN could be drawn");
             Err(ApiError::unavailable("no_vpan_available", e.to_string()))
+        }
+        // The disk stalled: the card's record may still reach it, so "no card" is not
+        // said.
+        Err(IssueError::Store(e @ StoreError::Stalled(_))) => {
+            tracing::error!(error = %e, "issuance not confirmed durable");
+            Err(ApiError::unavailable(
+                "store_unavailable",
+                "the card could not be confirmed durable in time (the disk is stalled); it may still be recorded: list the cards before issuing again",
+            ))
         }
         Err(IssueError::Store(e)) => {
             tracing::error!(error = %e, "issuance not durable");

@@ -129,6 +129,32 @@ async fn an_approval_is_answered_only_once_its_hold_is_durable_and_a_failed_sync
     assert_eq!(approved.response_code(), Some(*b"00"));
     assert_eq!(cards.get(key).unwrap().spent, 1_000);
 
+    // The disk stalls past the journal's limit: the network gets 96 rather than nothing,
+    // the issuer's approval is reversed there, and once the disk answers again the card
+    // counts nothing of it.
+    let stalled = sync_gate::set(&data, Gate::Held);
+    send(
+        &mut net,
+        &purchase(&card.vpan, &card.expiry.0, 700, b"000004"),
+    )
+    .await;
+    let limit = crate::store::journal::STALL_AFTER;
+    let refused = answer(&mut net, limit + Duration::from_secs(5))
+        .await
+        .expect("an answer while the disk is stalled");
+    assert_eq!(refused.response_code(), Some(*b"96"));
+    drop(stalled);
+    for _ in 0..250 {
+        let v = cards.get(key).unwrap();
+        if sim.requests(b"0400") == 1 && (v.spent, v.held) == (1_000, 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(sim.requests(b"0400"), 1, "the issuer's approval reversed");
+    let v = cards.get(key).unwrap();
+    assert_eq!((v.spent, v.held), (1_000, 0));
+
     // The disk fails: the switch fails closed, with 96, and counts nothing.
     let failing = sync_gate::set(&data, Gate::Failing);
     send(

@@ -39,7 +39,7 @@ use std::sync::mpsc;
 use parking_lot::{Condvar, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::StoreError;
 use super::segment::Segment;
@@ -78,6 +78,28 @@ struct Watermark {
     waiters: Mutex<Vec<(u64, Waker)>>,
     /// Threads blocked in [`Durable::wait`] (on the `waiters` lock).
     blocked: Condvar,
+    /// When the commit in progress started ([`monotonic_nanos`]), 0 between commits.
+    commit_started: AtomicU64,
+    /// The commit in progress has run past [`STALL_AFTER`]: records above `durable` are
+    /// answered [`StoreError::Stalled`] until it returns.
+    stalled: AtomicBool,
+}
+
+/// A commit running longer than this is a stalled disk: the records waiting for it, and
+/// those queued behind it, are answered [`StoreError::Stalled`] rather than waited for, so
+/// an approval gets its 96 and is never left unanswered. A healthy disk's slowest commits
+/// measured here took tens of milliseconds.
+pub const STALL_AFTER: Duration = Duration::from_secs(2);
+/// How often the watchdog looks at the commit in progress.
+const STALL_CHECK: Duration = Duration::from_millis(100);
+
+/// Nanoseconds since the first call, never 0: a commit's start, comparable across threads.
+fn monotonic_nanos() -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(epoch.elapsed().as_nanos())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 impl Watermark {
@@ -89,8 +111,39 @@ impl Watermark {
             Some(Err(StoreError::Failed))
         } else if self.stopped.load(Ordering::Acquire) {
             Some(Err(StoreError::Closed))
+        } else if self.stalled.load(Ordering::Acquire) {
+            Some(Err(StoreError::Stalled(STALL_AFTER)))
         } else {
             None
+        }
+    }
+
+    /// The watchdog's side, every [`STALL_CHECK`] until the writer ends: a commit running
+    /// past [`STALL_AFTER`] marks the journal stalled and answers every waiter. The writer
+    /// clears the mark when the commit returns; it is not a failure, since the disk may
+    /// come back, and records written meanwhile are as durable as any once it does.
+    fn watch(&self) {
+        loop {
+            std::thread::sleep(STALL_CHECK);
+            if self.failed.load(Ordering::Acquire) || self.stopped.load(Ordering::Acquire) {
+                return;
+            }
+            let started = self.commit_started.load(Ordering::Acquire);
+            let running = Duration::from_nanos(monotonic_nanos().saturating_sub(started));
+            if started != 0 && running > STALL_AFTER && !self.stalled.load(Ordering::Acquire) {
+                self.stalled.store(true, Ordering::Release);
+                // The commit may have returned between the look and the mark: then the
+                // writer's clearing came first, and the mark is taken back.
+                if self.commit_started.load(Ordering::Acquire) != started {
+                    self.stalled.store(false, Ordering::Release);
+                    continue;
+                }
+                tracing::error!(
+                    running_ms = running.as_millis() as u64,
+                    "journal commit stalled: failing closed until the disk returns"
+                );
+                self.wake(&mut Vec::new(), |_| true);
+            }
         }
     }
 
@@ -342,6 +395,11 @@ impl<R: Encode + Send + 'static> Journal<R> {
             .name("vpan-journal".into())
             .spawn(move || writer.run())
             .map_err(StoreError::io("starting the journal writer"))?;
+        let watched = mark.clone();
+        std::thread::Builder::new()
+            .name("vpan-journal-watch".into())
+            .spawn(move || watched.watch())
+            .map_err(StoreError::io("starting the journal watchdog"))?;
         Ok(Journal {
             queue,
             mark,
@@ -491,7 +549,17 @@ impl<R: Encode + Send + 'static> Writer<R> {
             return;
         }
         let started = Instant::now();
+        self.mark
+            .commit_started
+            .store(monotonic_nanos(), Ordering::Release);
         let committed = (!self.is_failed()).then(|| self.segment.commit(buf));
+        self.mark.commit_started.store(0, Ordering::Release);
+        if self.mark.stalled.swap(false, Ordering::AcqRel) {
+            tracing::warn!(
+                took_ms = started.elapsed().as_millis() as u64,
+                "journal commit returned after a stall: answering again"
+            );
+        }
         // Looked up per commit, not cached: the journal starts before the switch installs
         // its metrics recorder, and a handle taken then would count nowhere.
         metrics::histogram!("vpan_store_commit_duration_seconds")
@@ -815,6 +883,50 @@ mod tests {
         let _failing = sync_gate::set(dir.path(), Gate::Failing);
         assert!(j.append(Bytes(vec![3; 10])).wait().is_err());
         assert!(j.is_failed());
+    }
+
+    #[test]
+    fn a_commit_stalled_past_the_limit_answers_its_waiters_and_later_ones_until_it_returns() {
+        use crate::store::segment::sync_gate::{self, Gate};
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::<Bytes>::start(dir.path(), 1).unwrap();
+        j.append(Bytes(vec![1; 10])).wait().unwrap();
+        let held = sync_gate::set(dir.path(), Gate::Held);
+        let started = Instant::now();
+        let stuck = j.append(Bytes(vec![2; 10])).wait();
+        assert!(matches!(stuck, Err(StoreError::Stalled(_))), "{stuck:?}");
+        assert!(started.elapsed() >= STALL_AFTER);
+        // Queued behind the stalled commit: answered at once, not after another limit.
+        let queued = Instant::now();
+        assert!(matches!(
+            j.append(Bytes(vec![3; 10])).wait(),
+            Err(StoreError::Stalled(_))
+        ));
+        assert!(queued.elapsed() < STALL_AFTER);
+        // The disk answers again: not failed, and records are durable as before (once the
+        // stalled commit has returned; one queued just before that is still answered
+        // `Stalled`).
+        drop(held);
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        let mut appended = 3;
+        loop {
+            appended += 1;
+            match j.append(Bytes(vec![4; 10])).wait() {
+                Ok(()) => break,
+                Err(StoreError::Stalled(_)) if Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(!j.is_failed());
+        let mut read = 0;
+        read_records(&segment_path(dir.path(), 1), |_| {
+            read += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(read, appended, "the stalled records reached the disk too");
     }
 
     #[test]

@@ -82,6 +82,13 @@ pub enum StoreError {
     /// The journal writer is gone (shutting down).
     #[error("the journal is closed")]
     Closed,
+    /// The commit in progress has taken longer than the journal's stall limit (a disk that
+    /// stopped answering): records not yet durable are answered this rather than waited
+    /// for (fail closed), though they may still reach the disk once it answers again.
+    #[error(
+        "the journal's disk has not finished a commit for over {0:?}: failing closed until it does"
+    )]
+    Stalled(std::time::Duration),
     /// The key file is not a 32-byte key.
     #[error("the key file {0} must hold exactly 32 bytes")]
     BadKey(PathBuf),
