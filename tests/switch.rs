@@ -882,5 +882,24 @@ async fn track_data_vpan_cannot_rewrite_never_reaches_the_issuer_and_a_repeat_ge
         "no vPAN in track 1 at the issuer"
     );
     assert_eq!(at_issuer.pan().unwrap(), real);
+
+    // Its reversal carries the same unreadable track 2: the amount is given back on the
+    // card, so the reversal must reach the issuer all the same, without it.
+    let mut reversal = reversal_of(&mut net, &with_track1);
+    reversal.set(35, track.as_bytes()).unwrap();
+    let reversal = Message::parse(Spec::iso87ascii(), reversal.pack()).unwrap();
+    assert_eq!(code(&net.call(&reversal).await), "00");
+    let at_issuer = rig
+        .sim()
+        .recent(10)
+        .into_iter()
+        .find(|r| r.mti() == *b"0400")
+        .expect("the reversal reached the issuer");
+    assert!(!at_issuer.message.has(35));
+    assert_eq!(
+        rig.sim().balance(&real),
+        Some(vpan::tools::issuer_sim::DEFAULT_BALANCE),
+        "the real account credited back"
+    );
     rig.stop().await;
 }

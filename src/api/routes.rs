@@ -128,11 +128,35 @@ fn json_rejection(r: &JsonRejection) -> ApiError {
 /// of digit runs does not see it. Field names (in backticks) stay.
 fn without_quoted_values(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
-    for (i, part) in message.split('"').enumerate() {
-        if i % 2 == 0 {
-            out.push_str(part);
-        } else {
-            out.push_str("\"…\"");
+    let mut chars = message.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            // A value, as serde quotes it: escapes (`\"`) stay inside.
+            '"' => {
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => {
+                            chars.next();
+                        }
+                        '"' => break,
+                        _ => {}
+                    }
+                }
+                out.push_str("\"…\"");
+            }
+            // A key, as serde names it: kept (`max_use`) unless it holds a digit, as a card
+            // number sent as a key would.
+            '`' => {
+                let name: String = chars.by_ref().take_while(|&c| c != '`').collect();
+                if name.chars().any(|c| c.is_ascii_digit()) {
+                    out.push_str("`…`");
+                } else {
+                    out.push('`');
+                    out.push_str(&name);
+                    out.push('`');
+                }
+            }
+            c => out.push(c),
         }
     }
     out
@@ -370,6 +394,23 @@ mod tests {
 
     fn doc() -> serde_json::Value {
         serde_json::from_str(OPENAPI).expect("openapi.json is JSON")
+    }
+
+    #[test]
+    fn a_refused_value_is_never_quoted_back_escaped_quotes_and_numbered_keys_included() {
+        let card = "4970 1000 0000 0000";
+        for message in [
+            format!("amount_limit: invalid type: string \"{card}\", expected i64"),
+            format!("invalid type: string \"\\\"{card}\", expected u64"),
+            format!("unknown field `{card}`, expected one of `pan`, `currency`"),
+        ] {
+            let shown = without_quoted_values(&message);
+            assert!(!shown.contains("0000 0000"), "{message} -> {shown}");
+        }
+        assert_eq!(
+            without_quoted_values("unknown field `max_use`, expected `pan`"),
+            "unknown field `max_use`, expected `pan`"
+        );
     }
 
     #[test]

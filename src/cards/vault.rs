@@ -390,9 +390,10 @@ impl Cards {
         self.generator.in_virtual_range(pan)
     }
 
-    /// True once the journal failed: `/healthz` reports the store down.
+    /// True once the journal failed, or while its disk is stalled (every decision is
+    /// answered 96 then): `/healthz` reports the store down.
     pub fn store_failed(&self) -> bool {
-        self.journal.is_failed()
+        self.journal.is_failed() || self.journal.is_stalled()
     }
 
     /// Bytes in the current journal segment (to decide when to snapshot).

@@ -78,12 +78,16 @@ struct Watermark {
     waiters: Mutex<Vec<(u64, Waker)>>,
     /// Threads blocked in [`Durable::wait`] (on the `waiters` lock).
     blocked: Condvar,
-    /// When the commit in progress started ([`monotonic_nanos`]), 0 between commits.
-    commit_started: AtomicU64,
-    /// The commit in progress has run past [`STALL_AFTER`]: records above `durable` are
-    /// answered [`StoreError::Stalled`] until it returns.
-    stalled: AtomicBool,
+    /// When the commit in progress started ([`monotonic_nanos`]), 0 between commits, with
+    /// [`STALLED`] set once it has run past [`STALL_AFTER`]: records above `durable` are
+    /// then answered [`StoreError::Stalled`] until it returns. One word, so that the
+    /// watchdog marks exactly the commit it timed (`compare_exchange`) and the writer ends
+    /// it, mark included, in one `swap`: a mark can never outlive its commit.
+    commit: AtomicU64,
 }
+
+/// The stall mark in [`Watermark::commit`] (start times are far below it).
+const STALLED: u64 = 1 << 63;
 
 /// A commit running longer than this is a stalled disk: the records waiting for it, and
 /// those queued behind it, are answered [`StoreError::Stalled`] rather than waited for, so
@@ -111,7 +115,7 @@ impl Watermark {
             Some(Err(StoreError::Failed))
         } else if self.stopped.load(Ordering::Acquire) {
             Some(Err(StoreError::Closed))
-        } else if self.stalled.load(Ordering::Acquire) {
+        } else if self.commit.load(Ordering::Acquire) & STALLED != 0 {
             Some(Err(StoreError::Stalled(STALL_AFTER)))
         } else {
             None
@@ -128,16 +132,23 @@ impl Watermark {
             if self.failed.load(Ordering::Acquire) || self.stopped.load(Ordering::Acquire) {
                 return;
             }
-            let started = self.commit_started.load(Ordering::Acquire);
+            let started = self.commit.load(Ordering::Acquire);
             let running = Duration::from_nanos(monotonic_nanos().saturating_sub(started));
-            if started != 0 && running > STALL_AFTER && !self.stalled.load(Ordering::Acquire) {
-                self.stalled.store(true, Ordering::Release);
-                // The commit may have returned between the look and the mark: then the
-                // writer's clearing came first, and the mark is taken back.
-                if self.commit_started.load(Ordering::Acquire) != started {
-                    self.stalled.store(false, Ordering::Release);
-                    continue;
-                }
+            // Marked only if it is still the same commit: one that returned meanwhile (or
+            // a later one) fails the exchange.
+            if started != 0
+                && started & STALLED == 0
+                && running > STALL_AFTER
+                && self
+                    .commit
+                    .compare_exchange(
+                        started,
+                        started | STALLED,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    )
+                    .is_ok()
+            {
                 tracing::error!(
                     running_ms = running.as_millis() as u64,
                     "journal commit stalled: failing closed until the disk returns"
@@ -452,6 +463,12 @@ impl<R: Encode + Send + 'static> Journal<R> {
         })
     }
 
+    /// True while a commit has run past [`STALL_AFTER`] (records are answered
+    /// [`StoreError::Stalled`]); for health checks.
+    pub fn is_stalled(&self) -> bool {
+        self.mark.commit.load(Ordering::Acquire) & STALLED != 0
+    }
+
     /// True once a write or sync failed: the store must be treated as down.
     pub fn is_failed(&self) -> bool {
         self.mark.failed.load(Ordering::Acquire)
@@ -549,12 +566,9 @@ impl<R: Encode + Send + 'static> Writer<R> {
             return;
         }
         let started = Instant::now();
-        self.mark
-            .commit_started
-            .store(monotonic_nanos(), Ordering::Release);
+        self.mark.commit.store(monotonic_nanos(), Ordering::Release);
         let committed = (!self.is_failed()).then(|| self.segment.commit(buf));
-        self.mark.commit_started.store(0, Ordering::Release);
-        if self.mark.stalled.swap(false, Ordering::AcqRel) {
+        if self.mark.commit.swap(0, Ordering::AcqRel) & STALLED != 0 {
             tracing::warn!(
                 took_ms = started.elapsed().as_millis() as u64,
                 "journal commit returned after a stall: answering again"

@@ -455,10 +455,18 @@ impl Flow {
             out.set_expiry(expiry).ok()?;
         }
         // Track 2 carries the card too: one that cannot be read, and so not rewritten,
-        // must not reach the issuer with the vPAN in it (the caller answers 30).
+        // must not reach the issuer with the vPAN in it (the caller answers 30). A
+        // reversal has given the amount back already and must reach the issuer: it goes
+        // without track 2, which it does not need.
         if request.has(35) {
-            out.set_track2(&request.track2()?.with_pan_and_expiry(pan, expiry)?)
-                .ok()?;
+            match request
+                .track2()
+                .and_then(|t| t.with_pan_and_expiry(pan, expiry))
+            {
+                Some(track2) => out.set_track2(&track2).ok()?,
+                None if request.mti()[1] == b'4' => out.remove(35),
+                None => return None,
+            }
         }
         // Track 1 is not rewritten: it goes no further than vpan, the issuer has the card
         // in DE 2 and DE 35.

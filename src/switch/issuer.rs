@@ -79,6 +79,15 @@ pub enum IssuerError {
     Encode,
 }
 
+/// Whose request the link sends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// The network's, through the flow: a repeat of one still waiting joins it.
+    Network,
+    /// The link's own: sign-on, echo, reversals of what the issuer may have approved.
+    Link,
+}
+
 /// What a caller of the link gets: the issuer's answer, or why there is none.
 type Reply = Result<Box<Message>, IssuerError>;
 
@@ -214,7 +223,7 @@ impl IssuerLink {
     /// bytes, and every async layer it crosses by value copies it, which `perf` showed as
     /// a sixth of the switch's CPU.
     pub async fn send(&self, request: Box<Message>) -> Result<Box<Message>, IssuerError> {
-        self.send_via(request, None, self.inner.settings.timeout)
+        self.send_via(request, None, self.inner.settings.timeout, Origin::Network)
             .await
     }
 
@@ -229,9 +238,10 @@ impl IssuerLink {
         request: Box<Message>,
         only: Option<usize>,
         timeout: Duration,
+        from: Origin,
     ) -> Result<Box<Message>, IssuerError> {
         let network_stan = request.stan();
-        let (rx, stamp) = self.dispatch(request, only, timeout)?;
+        let (rx, stamp) = self.dispatch(request, only, timeout, from)?;
         // The sender dropped without a word: the connection was lost under the request, or
         // the link is stopping.
         let mut answer = rx.await.unwrap_or(Err(IssuerError::ConnectionLost))?;
@@ -249,6 +259,7 @@ impl IssuerLink {
         mut request: Box<Message>,
         only: Option<usize>,
         timeout: Duration,
+        from: Origin,
     ) -> Result<(oneshot::Receiver<Reply>, [u8; 6]), IssuerError> {
         let inner = &self.inner;
         let n = inner.slots.len();
@@ -311,10 +322,11 @@ impl IssuerLink {
                     break (candidate, sent);
                 }
                 dashmap::Entry::Occupied(mut o) => {
-                    // Network management is the link's own, per connection (a sign-on on
-                    // each), and never a repeat of another connection's.
+                    // Only the network's requests join a first one: network management
+                    // is the link's own, per connection (a sign-on on each), and a
+                    // reversal the link sends again after no answer must go out again.
                     if Some(candidate) == network_stan
-                        && only.is_none()
+                        && from == Origin::Network
                         && !is_management_request(&request.mti())
                     {
                         // A repeat of a request still waiting, under the network's STAN or
@@ -561,7 +573,12 @@ impl IssuerLink {
         let Ok(msg) = network_management_request(self.spec(), b"001") else {
             return false;
         };
-        let answer = self.send_via(Box::new(msg), Some(i), self.management_timeout());
+        let answer = self.send_via(
+            Box::new(msg),
+            Some(i),
+            self.management_timeout(),
+            Origin::Link,
+        );
         tokio::pin!(answer);
         loop {
             tokio::select! {
@@ -584,7 +601,12 @@ impl IssuerLink {
             return false;
         };
         match self
-            .send_via(Box::new(msg), Some(i), self.management_timeout())
+            .send_via(
+                Box::new(msg),
+                Some(i),
+                self.management_timeout(),
+                Origin::Link,
+            )
             .await
         {
             Ok(answer) => answer.response_code() == Some(*b"00"),
@@ -807,7 +829,10 @@ impl IssuerLink {
                 let timeout = link.management_timeout();
                 let only = same_connection.take();
                 let loud = attempt <= 5 || attempt % 12 == 0;
-                match link.send_via(reversal.clone(), only, timeout).await {
+                match link
+                    .send_via(reversal.clone(), only, timeout, Origin::Link)
+                    .await
+                {
                     // A front end answering for a host that is down (91), or a host that
                     // failed (96), has not reversed anything: asked again.
                     Ok(answer) if !reversal_undone(&answer) => return,
