@@ -934,13 +934,11 @@ mod tests {
             }
         }
         assert!(!j.is_failed());
-        let mut read = 0;
-        read_records(&segment_path(dir.path(), 1), |_| {
-            read += 1;
-            Ok(())
-        })
-        .unwrap();
-        assert_eq!(read, appended, "the stalled records reached the disk too");
+        assert_eq!(
+            read_all(&segment_path(dir.path(), 1)).0.len(),
+            appended,
+            "the stalled records reached the disk too"
+        );
     }
 
     #[test]

@@ -267,27 +267,20 @@ impl IssuerLink {
         // A reversal whose original is still waiting goes out behind it, on its
         // connection: on another one it could overtake it, find nothing to reverse, and
         // leave the real account charged once the original is read.
-        let behind_original = only
-            .is_none()
-            .then(|| self.original_conn(&request))
-            .flatten();
-        let (conn, tx) = match only.or(behind_original) {
-            Some(i) => inner.slots[i].tx.read().clone().map(|tx| (i, tx)),
-            None => None,
+        let writer_of = |i: usize| inner.slots[i].tx.read().clone().map(|tx| (i, tx));
+        let (conn, tx) = match only {
+            Some(i) => writer_of(i),
+            None => self
+                .original_conn(&request)
+                .and_then(writer_of)
+                .or_else(|| {
+                    let start = inner.next_slot.fetch_add(1, Ordering::Relaxed);
+                    (0..n)
+                        .map(|k| (start + k) % n)
+                        .filter(|&i| inner.slots[i].up.load(Ordering::Relaxed))
+                        .find_map(writer_of)
+                }),
         }
-        .or_else(|| {
-            if only.is_some() {
-                return None;
-            }
-            let start = inner.next_slot.fetch_add(1, Ordering::Relaxed);
-            (0..n).map(|k| (start + k) % n).find_map(|i| {
-                let slot = &inner.slots[i];
-                if !slot.up.load(Ordering::Relaxed) {
-                    return None;
-                }
-                slot.tx.read().clone().map(|tx| (i, tx))
-            })
-        })
         .ok_or(IssuerError::Unavailable)?;
         let network_stan = request.stan();
         let (reply, rx) = oneshot::channel();
