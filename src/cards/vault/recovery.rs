@@ -179,7 +179,11 @@ impl Cards {
         index.for_each_mut(|c| c.held_uses = 0);
         ledger.rebuild_order();
 
-        let journal = Journal::start(&dir, last_segment + 1)?;
+        // A damaged snapshot can name any segment, the last number there is included.
+        let next_segment = last_segment
+            .checked_add(1)
+            .ok_or(StoreError::Corrupt("snapshot: journal segment number"))?;
+        let journal = Journal::start(&dir, next_segment)?;
         // Every verdict in order; the last one durable means all are.
         let mut last = None;
         for event in in_doubt {
