@@ -795,6 +795,50 @@ async fn a_repeat_of_a_request_still_with_the_issuer_waits_for_its_answer_and_is
 }
 
 #[tokio::test]
+async fn a_repeat_of_a_request_answered_under_another_stan_goes_out_under_that_stan_again() {
+    let sim = SimConfig {
+        latency: Duration::from_millis(100),
+        ..SimConfig::default()
+    };
+    let rig = rig(Some(sim), |c| c.issuer.connections = 1).await;
+    let (a, b) = (test_pan("497010", 16), test_pan("497010", 16));
+    let mut net = Client::connect(rig.network).await;
+    let mut other = Client::connect(rig.network).await;
+    // Terminal 2's purchase takes the STAN at the issuer first; terminal 1's, under the
+    // same STAN while it waits, goes out under vpan's own.
+    let from_a = purchase(&mut net, b"0100", &a, b"2912", 300);
+    let mut from_b = purchase(&mut other, b"0100", &b, b"2912", 500);
+    from_b.set(11, &from_a.stan().unwrap()).unwrap();
+    from_b.set(41, b"TERM0002").unwrap();
+    let from_b = Message::parse(Spec::iso87ascii(), from_b.pack()).unwrap();
+    other.send(&from_b).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    net.send(&from_a).await;
+    let stan = from_a.stan().unwrap();
+    let (first, _) = tokio::join!(net.answer(stan), other.answer(stan));
+    assert_eq!(code(&first), "00");
+    // The network did not hear that answer and repeats it, the STAN free again by now:
+    // the issuer must see the repeat under the STAN it booked the purchase under.
+    let mut repeat = from_a.clone();
+    repeat.set_mti(b"0101").unwrap();
+    let repeat = Message::parse(Spec::iso87ascii(), repeat.pack()).unwrap();
+    let again = net.call(&repeat).await;
+    assert_eq!(code(&again), "00");
+    assert_eq!(again.stan(), Some(stan), "the network's STAN is given back");
+    assert_eq!(
+        again.auth_code().unwrap().as_bytes(),
+        first.auth_code().unwrap().as_bytes(),
+        "the issuer replayed its first answer"
+    );
+    assert_eq!(
+        rig.sim().balance(&a),
+        Some(vpan::tools::issuer_sim::DEFAULT_BALANCE - 300),
+        "charged once"
+    );
+    rig.stop().await;
+}
+
+#[tokio::test]
 async fn the_same_stan_and_time_from_two_terminals_at_once_are_each_reversed_at_the_issuer() {
     let sim = SimConfig {
         latency: Duration::from_millis(100),
