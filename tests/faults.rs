@@ -523,6 +523,39 @@ async fn an_issuer_killed_mid_flight_and_back_seconds_later_gets_its_approvals_r
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reversal_whose_answer_is_lost_is_repeated_as_0401_and_applied_once() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (rig, proxy) = behind_proxy(SimConfig::default(), Mode::Pass).await;
+    let cards = cards(&rig, 1).await;
+    let mut net = Net::connect(rig.network).await;
+    // The host books everything from here on, and the switch hears none of it: the
+    // purchase times out, and its reversal, applied at the host, goes unanswered.
+    proxy.set(Mode::Hold);
+    net.purchase(&cards[0].0, 700).await;
+    net.answers().await;
+    assert_eq!(net.codes().get("91"), Some(&1), "{:?}", net.codes());
+    let until = Instant::now() + SETTLE;
+    while rig.sim().requests(b"0401") == 0 {
+        assert!(Instant::now() < until, "{:?}", rig.sim().requests_by_mti());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The repeat's answer is lost too: its connection is cut rather than waited out.
+    proxy.set(Mode::Pass);
+    proxy.cut();
+    no_holds(&rig, &cards);
+    books_agree(&rig, &cards).await;
+    link_up(&rig, 2).await;
+    assert_eq!(
+        rig.sim().requests(b"0400"),
+        1,
+        "sent once as a first reversal, then as repeats: {:?}",
+        rig.sim().requests_by_mti()
+    );
+    net.no_extra();
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_issuer_is_waited_for_and_a_late_one_gets_91_and_its_approvals_reversed() {
     let _one = ONE_AT_A_TIME.lock().await;
     // The "00" round leaves 400 ms for the rest of the round trip, under CI's load too.

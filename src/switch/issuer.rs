@@ -797,7 +797,7 @@ impl IssuerLink {
     /// nothing to reverse, and leave the real account charged once the original is read.
     /// Behind it on the same connection, it is read after it.
     fn reverse_on(&self, original: &Message, original_conn: Option<usize>) {
-        let Ok(reversal) = reversal_for(original).map(Box::new) else {
+        let Ok(mut reversal) = reversal_for(original).map(Box::new) else {
             tracing::error!("cannot build the reversal of a request; the issuer must reconcile");
             return;
         };
@@ -816,10 +816,19 @@ impl IssuerLink {
                 let timeout = link.management_timeout();
                 let only = same_connection.take();
                 let loud = attempt <= 5 || attempt % 12 == 0;
-                match link
+                let sent = link
                     .send_via(reversal.clone(), only, timeout, Origin::Link)
-                    .await
-                {
+                    .await;
+                // Once one may have reached the host, the next goes as a repeat (0401), as
+                // ISO 8583 has it: a host that applied the first knows it for the same.
+                if matches!(
+                    sent,
+                    Ok(_) | Err(IssuerError::Timeout | IssuerError::ConnectionLost)
+                ) {
+                    // Four digits: never refused.
+                    let _ = reversal.set_mti(b"0401");
+                }
+                match sent {
                     // A front end answering for a host that is down (91), or a host that
                     // failed (96), has not reversed anything: asked again.
                     Ok(answer) if !reversal_undone(&answer) => return,
