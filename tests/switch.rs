@@ -812,7 +812,10 @@ async fn a_repeat_of_a_request_answered_under_another_stan_goes_out_under_that_s
     from_b.set(41, b"TERM0002").unwrap();
     let from_b = Message::parse(Spec::iso87ascii(), from_b.pack()).unwrap();
     other.send(&from_b).await;
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // At the issuer, so surely first (it waits there 100 ms).
+    while rig.sim().requests(b"0100") == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     net.send(&from_a).await;
     let stan = from_a.stan().unwrap();
     let (first, _) = tokio::join!(net.answer(stan), other.answer(stan));

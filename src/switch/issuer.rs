@@ -148,8 +148,9 @@ pub struct IssuerLink {
 
 /// Messages queued for one connection's writer before callers see back-pressure.
 const WRITE_QUEUE: usize = 4096;
-/// How long a changed STAN is remembered for rewriting a reversal's DE 90. Only requests
-/// whose STAN was in flight already are remembered, so this stays small.
+/// How long a changed STAN is remembered: for rewriting a reversal's DE 90, and for sending
+/// a repeat under it again. Only the network's requests whose STAN was in flight already
+/// are remembered, so this stays small.
 const RESTAMPED_KEPT: Duration = Duration::from_secs(3600);
 /// Longest wait between two tries of a reversal toward an issuer that does not answer.
 const REVERSAL_RETRY_MAX: Duration = Duration::from_secs(5);
@@ -313,6 +314,15 @@ impl IssuerLink {
                         // never reversed, since the issuer never saw it).
                         return Err(IssuerError::Encode);
                     }
+                    // Remembered before the request is visible in `pending`: a repeat
+                    // that finds it there finds its stamp too.
+                    if joinable
+                        && let Some(stan) = network_stan
+                        && stan != candidate
+                        && let Some(identity) = identity(&request, &stan)
+                    {
+                        inner.restamped.insert(identity, candidate);
+                    }
                     let sent_at = Instant::now();
                     v.insert(Pending {
                         reply: reply.take(),
@@ -341,12 +351,6 @@ impl IssuerLink {
                 }
             }
         };
-        if let Some(stan) = network_stan
-            && stan != stamp
-            && let Some(identity) = identity(&request, &stan)
-        {
-            inner.restamped.insert(identity, stamp);
-        }
         if tx.try_send(sent).is_err() {
             // The writer is gone or hopelessly behind: nothing was sent, nothing to reverse.
             inner.pending.remove(&stamp);
@@ -761,7 +765,8 @@ impl IssuerLink {
                 continue;
             }
             next_forget = now + Duration::from_secs(1);
-            // (No horizon yet in a process younger than that on a machine just booted.)
+            // None where the monotonic clock began less than that ago: nothing is old
+            // enough to forget.
             if let Some(horizon) = now.checked_sub(RESTAMPED_KEPT) {
                 self.inner.restamped.forget_before(horizon);
             }
@@ -943,8 +948,11 @@ impl Restamped {
     }
 
     fn insert(&self, identity: Identity, stamp: [u8; 6]) {
-        if self.map.insert(identity, (stamp, Instant::now())).is_none() {
-            self.len.fetch_add(1, Ordering::Release);
+        // Counted before it is in the map, so that `len` may count one too many for a
+        // moment but never too few.
+        self.len.fetch_add(1, Ordering::AcqRel);
+        if self.map.insert(identity, (stamp, Instant::now())).is_some() {
+            self.len.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
