@@ -194,11 +194,21 @@ fn card_error(e: CardError) -> ApiError {
         CardError::Closed => {
             ApiError::conflict("the card is closed: it cannot be paused or resumed")
         }
+        // The card takes the change in memory as its record is queued, so it holds now
+        // whatever the disk does; only whether it outlives a restart is unknown. Asking
+        // again is harmless: the same status waits for the disk, and writes nothing.
         CardError::Store(e) => {
-            tracing::error!(error = %e, "card change not durable");
+            tracing::error!(error = %e, "card change not confirmed durable");
+            let why = match e {
+                StoreError::Stalled(_) => "in time (the disk is stalled)",
+                _ => "(the store failed)",
+            };
             ApiError::unavailable(
                 "store_unavailable",
-                "the change could not be recorded durably; nothing changed",
+                format!(
+                    "the change could not be confirmed durable {why}: it holds now but may not \
+                     survive a restart; ask again once /healthz reports the store up"
+                ),
             )
         }
     }
@@ -394,6 +404,26 @@ mod tests {
 
     fn doc() -> serde_json::Value {
         serde_json::from_str(OPENAPI).expect("openapi.json is JSON")
+    }
+
+    #[test]
+    fn a_card_change_the_store_could_not_confirm_is_not_said_undone() {
+        for e in [
+            StoreError::Stalled(std::time::Duration::from_secs(2)),
+            StoreError::Failed,
+        ] {
+            let stalled = matches!(e, StoreError::Stalled(_));
+            let answer = card_error(CardError::Store(e));
+            assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+            assert!(
+                answer
+                    .message
+                    .contains("holds now but may not survive a restart"),
+                "{}",
+                answer.message
+            );
+            assert_eq!(answer.message.contains("stalled"), stalled);
+        }
     }
 
     #[test]
