@@ -9,6 +9,7 @@ use bytes::Bytes;
 use rig::*;
 use vpan::cards::{CardKey, MerchantLock};
 use vpan::iso8583::{Frame, Message, Spec};
+use vpan::pan::Pan;
 use vpan::tools::issuer_sim::SimConfig;
 
 #[tokio::test]
@@ -153,7 +154,7 @@ async fn every_local_decline_is_answered_by_the_switch_without_asking_the_issuer
     let (expiring, _) = rig.issue(|_| {}).await;
     let unknown_in_range = test_pan("4970109", 16);
 
-    let cases: Vec<(&str, vpan::pan::Pan, [u8; 4], u64, &str)> = vec![
+    let cases: Vec<(&str, Pan, [u8; 4], u64, &str)> = vec![
         (
             "unknown vPAN in a virtual range",
             unknown_in_range,
@@ -794,8 +795,21 @@ async fn a_repeat_of_a_request_still_with_the_issuer_waits_for_its_answer_and_is
     rig.stop().await;
 }
 
-#[tokio::test]
-async fn a_repeat_of_a_request_answered_under_another_stan_goes_out_under_that_stan_again() {
+/// Two network links, and a purchase on each from two terminals of one acquirer with the
+/// same STAN in the same second (each terminal counts its own STANs), on two plain cards.
+struct TwoTerminals {
+    net: Client,
+    other: Client,
+    a: Pan,
+    b: Pan,
+    /// 300 on `a`, from terminal 1 over `net`.
+    from_a: Message,
+    /// 500 on `b`, from terminal 2 over `other`, under `from_a`'s STAN.
+    from_b: Message,
+}
+
+/// [`TwoTerminals`] on a switch with one issuer connection, the issuer taking 100 ms.
+async fn two_terminals_one_stan() -> (Rig, TwoTerminals) {
     let sim = SimConfig {
         latency: Duration::from_millis(100),
         ..SimConfig::default()
@@ -804,13 +818,35 @@ async fn a_repeat_of_a_request_answered_under_another_stan_goes_out_under_that_s
     let (a, b) = (test_pan("497010", 16), test_pan("497010", 16));
     let mut net = Client::connect(rig.network).await;
     let mut other = Client::connect(rig.network).await;
-    // Terminal 2's purchase takes the STAN at the issuer first; terminal 1's, under the
-    // same STAN while it waits, goes out under vpan's own.
     let from_a = purchase(&mut net, b"0100", &a, b"2912", 300);
     let mut from_b = purchase(&mut other, b"0100", &b, b"2912", 500);
     from_b.set(11, &from_a.stan().unwrap()).unwrap();
     from_b.set(41, b"TERM0002").unwrap();
     let from_b = Message::parse(Spec::iso87ascii(), from_b.pack()).unwrap();
+    let terminals = TwoTerminals {
+        net,
+        other,
+        a,
+        b,
+        from_a,
+        from_b,
+    };
+    (rig, terminals)
+}
+
+#[tokio::test]
+async fn a_repeat_of_a_request_answered_under_another_stan_goes_out_under_that_stan_again() {
+    let (rig, t) = two_terminals_one_stan().await;
+    let TwoTerminals {
+        mut net,
+        mut other,
+        a,
+        from_a,
+        from_b,
+        ..
+    } = t;
+    // Terminal 2's purchase takes the STAN at the issuer first; terminal 1's, under the
+    // same STAN while it waits, goes out under vpan's own.
     other.send(&from_b).await;
     // At the issuer, so surely first (it waits there 100 ms).
     while rig.sim().requests(b"0100") == 0 {
@@ -843,21 +879,16 @@ async fn a_repeat_of_a_request_answered_under_another_stan_goes_out_under_that_s
 
 #[tokio::test]
 async fn the_same_stan_and_time_from_two_terminals_at_once_are_each_reversed_at_the_issuer() {
-    let sim = SimConfig {
-        latency: Duration::from_millis(100),
-        ..SimConfig::default()
-    };
-    let rig = rig(Some(sim), |c| c.issuer.connections = 1).await;
-    let (a, b) = (test_pan("497010", 16), test_pan("497010", 16));
-    let mut net = Client::connect(rig.network).await;
-    let mut other = Client::connect(rig.network).await;
-    let from_a = purchase(&mut net, b"0100", &a, b"2912", 300);
-    // Terminal 2 of the same acquirer, its own STAN counter at the same value, the same
-    // second: while the first is with the issuer, it goes out under another STAN.
-    let mut from_b = purchase(&mut other, b"0100", &b, b"2912", 500);
-    from_b.set(11, &from_a.stan().unwrap()).unwrap();
-    from_b.set(41, b"TERM0002").unwrap();
-    let from_b = Message::parse(Spec::iso87ascii(), from_b.pack()).unwrap();
+    let (rig, t) = two_terminals_one_stan().await;
+    let TwoTerminals {
+        mut net,
+        mut other,
+        a,
+        b,
+        from_a,
+        from_b,
+    } = t;
+    // While the first is with the issuer, the second goes out under another STAN.
     net.send(&from_a).await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     other.send(&from_b).await;
