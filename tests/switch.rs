@@ -809,6 +809,7 @@ struct TwoTerminals {
 }
 
 /// [`TwoTerminals`] on a switch with one issuer connection, the issuer taking 100 ms.
+#[allow(clippy::unwrap_used)] // a test's set-up: a failure should stop it loudly
 async fn two_terminals_one_stan() -> (Rig, TwoTerminals) {
     let sim = SimConfig {
         latency: Duration::from_millis(100),
