@@ -551,6 +551,19 @@ async fn a_reversal_whose_answer_is_lost_is_repeated_as_0401_and_applied_once() 
         "sent once as a first reversal, then as repeats: {:?}",
         rig.sim().requests_by_mti()
     );
+    // A repeat is the same message under the same DE 11 and DE 7, so the host can tell it.
+    let reversals: Vec<_> = rig
+        .sim()
+        .recent(1000)
+        .into_iter()
+        .filter(|r| r.mti()[..3] == *b"040")
+        .map(|r| (r.message.stan(), r.message.transmission_time()))
+        .collect();
+    assert!(reversals.len() >= 2, "{reversals:?}");
+    assert!(
+        reversals.iter().all(|r| *r == reversals[0]),
+        "{reversals:?}"
+    );
     net.no_extra();
     rig.stop().await;
 }

@@ -743,6 +743,7 @@ impl IssuerLink {
                 () = self.inner.shutdown.cancelled() => return,
             }
             let now = Instant::now();
+            let mut freed = Vec::new();
             for mut p in self.inner.pending.iter_mut() {
                 if now >= p.deadline
                     && let Some(reply) = p.reply.take()
@@ -750,6 +751,13 @@ impl IssuerLink {
                     metrics::counter!(m::ISSUER_TIMEOUTS_TOTAL).increment(1);
                     tracing::debug!(stan = %String::from_utf8_lossy(p.key()), "issuer answer late");
                     let _ = reply.send(Err(IssuerError::Timeout));
+                    // A late answer to it would change nothing (no approval to reverse:
+                    // a reversal, an advice, network management), so its stamp is freed
+                    // now: a reversal sent again goes out under the same DE 11, which is
+                    // how the host tells a repeat (0401) of the one it may have applied.
+                    if !needs_reversal(&p.mti) && p.repeats.is_empty() {
+                        freed.push(*p.key());
+                    }
                 }
                 if !p.repeats.is_empty() {
                     let (late, waiting) = std::mem::take(&mut p.repeats)
@@ -760,6 +768,11 @@ impl IssuerLink {
                         let _ = waiter.send(Err(IssuerError::Timeout));
                     }
                 }
+            }
+            for stamp in freed {
+                self.inner
+                    .pending
+                    .remove_if(&stamp, |_, p| p.reply.is_none() && p.repeats.is_empty());
             }
             if now < next_forget {
                 continue;
