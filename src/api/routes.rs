@@ -194,22 +194,24 @@ fn card_error(e: CardError) -> ApiError {
         CardError::Closed => {
             ApiError::conflict("the card is closed: it cannot be paused or resumed")
         }
-        // The card takes the change in memory as its record is queued, so it holds now
-        // whatever the disk does; only whether it outlives a restart is unknown. Asking
-        // again is harmless: the same status waits for the disk, and writes nothing.
+        // The card takes the change in memory as the journal is asked for its record, so
+        // it holds now whatever the disk does. A stalled disk may still take the record
+        // (asking again with the same status then only waits for it); a failed journal
+        // accepts nothing until a restart, which may not find the record.
         CardError::Store(e) => {
             tracing::error!(error = %e, "card change not confirmed durable");
-            let why = match e {
-                StoreError::Stalled(_) => "in time (the disk is stalled)",
-                _ => "(the store failed)",
+            let message = match e {
+                StoreError::Stalled(_) => {
+                    "the change could not be confirmed durable in time (the disk is stalled): \
+                     it holds now but may not survive a restart; ask again once /healthz \
+                     reports the store up"
+                }
+                _ => {
+                    "the change could not be recorded (the store failed): it holds until the \
+                     switch restarts, which may lose it; ask again after the restart"
+                }
             };
-            ApiError::unavailable(
-                "store_unavailable",
-                format!(
-                    "the change could not be confirmed durable {why}: it holds now but may not \
-                     survive a restart; ask again once /healthz reports the store up"
-                ),
-            )
+            ApiError::unavailable("store_unavailable", message)
         }
     }
 }
@@ -415,14 +417,12 @@ mod tests {
             let stalled = matches!(e, StoreError::Stalled(_));
             let answer = card_error(CardError::Store(e));
             assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
-            assert!(
-                answer
-                    .message
-                    .contains("holds now but may not survive a restart"),
-                "{}",
-                answer.message
-            );
-            assert_eq!(answer.message.contains("stalled"), stalled);
+            let says = if stalled {
+                "holds now but may not survive a restart"
+            } else {
+                "holds until the switch restarts, which may lose it"
+            };
+            assert!(answer.message.contains(says), "{}", answer.message);
         }
     }
 
