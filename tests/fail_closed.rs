@@ -15,7 +15,6 @@ use std::process::Command;
 
 use rig::*;
 use vpan::cards::CardKey;
-use vpan::iso8583::{Message, Spec};
 use vpan::tools::issuer_sim::SimConfig;
 
 /// A tmpfs of `size` mounted on a fresh directory, unmounted on drop.
@@ -117,9 +116,7 @@ async fn a_full_disk_turns_approvals_into_96_and_releases_their_holds() {
     // Nothing is answered from memory that may not be on disk: a repeat of the approval
     // made before gets 96, not its first answer, and an advice (which cannot be declined
     // for want of funds) is refused before it is counted.
-    let mut repeat = before.clone();
-    repeat.set_mti(b"0101").unwrap();
-    let repeat = Message::parse(Spec::iso87ascii(), repeat.pack()).unwrap();
+    let repeat = repeat_of(&before);
     assert_eq!(code(&net.call(&repeat).await), "96");
     let advice = purchase(&mut net, b"0120", &card.vpan, &card.expiry.0, 500);
     let answer = net.call(&advice).await;

@@ -9,7 +9,7 @@ mod rig;
 use std::time::Duration;
 
 use procs::{issue_cards, open_cards, start_serve};
-use rig::{Client, code, purchase};
+use rig::{Client, code, purchase, repeat_of};
 use vpan::cards::CardKey;
 use vpan::iso8583::Message;
 use vpan::tools::issuer_sim::{IssuerSim, SimConfig};
@@ -301,9 +301,7 @@ async fn a_purchase_the_issuer_had_at_a_kill_is_in_doubt_and_its_repeat_gets_the
         "asked of the issuer as a repeat"
     );
     // That answer settled it: the next repeat is answered here, with the same DE 38.
-    let mut repeat = t.request.clone();
-    repeat.set_mti(b"0101").unwrap();
-    let repeat = Message::parse(vpan::iso8583::Spec::iso87ascii(), repeat.pack()).unwrap();
+    let repeat = repeat_of(&t.request);
     let again = t.net.call(&repeat).await;
     assert_eq!((again.mti(), code(&again)), (*b"0110", "00".to_string()));
     assert_eq!(again.auth_code().map(|a| a.as_bytes().to_vec()), Some(auth));

@@ -61,9 +61,7 @@ async fn an_approval_goes_to_the_issuer_with_the_real_card_and_comes_back_with_t
 
     // The network repeats it (its answer was lost on the way): the first answer again,
     // the issuer's DE 38 included, and nothing counted or asked twice.
-    let mut repeat = req.clone();
-    repeat.set_mti(b"0101").unwrap();
-    let repeat = Message::parse(Spec::iso87ascii(), repeat.pack()).unwrap();
+    let repeat = repeat_of(&req);
     let again = net.call(&repeat).await;
     assert_eq!((again.mti(), code(&again)), (*b"0110", "00".into()));
     assert_eq!(
@@ -468,9 +466,7 @@ async fn a_repeat_while_the_first_is_with_the_issuer_gets_the_first_answer_when_
     let mut first = Client::connect(rig.network).await;
     let mut second = Client::connect(rig.network).await;
     let request = purchase(&mut first, b"0100", &card.vpan, &card.expiry.0, 400);
-    let mut repeat = request.clone();
-    repeat.set_mti(b"0101").unwrap();
-    let repeat = Message::parse(Spec::iso87ascii(), repeat.pack()).unwrap();
+    let repeat = repeat_of(&request);
     first.send(&request).await;
     // The network did not see the answer in time and repeats on another connection,
     // while the issuer still has the first.
@@ -769,9 +765,7 @@ async fn a_repeat_of_a_request_still_with_the_issuer_waits_for_its_answer_and_is
     let mut second_link = Client::connect(rig.network).await;
     let first = purchase(&mut first_link, b"0100", &plain, b"2912", 700);
     // The network heard nothing in time and repeats it, on its other link.
-    let mut repeat = first.clone();
-    repeat.set_mti(b"0101").unwrap();
-    let repeat = Message::parse(Spec::iso87ascii(), repeat.pack()).unwrap();
+    let repeat = repeat_of(&first);
     first_link.send(&first).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     second_link.send(&repeat).await;
@@ -837,31 +831,22 @@ async fn two_terminals_one_stan() -> (Rig, TwoTerminals) {
 
 #[tokio::test]
 async fn a_repeat_of_a_request_answered_under_another_stan_goes_out_under_that_stan_again() {
-    let (rig, t) = two_terminals_one_stan().await;
-    let TwoTerminals {
-        mut net,
-        mut other,
-        a,
-        from_a,
-        from_b,
-        ..
-    } = t;
+    let (rig, mut t) = two_terminals_one_stan().await;
+    let (net, from_a) = (&mut t.net, &t.from_a);
     // Terminal 2's purchase takes the STAN at the issuer first; terminal 1's, under the
     // same STAN while it waits, goes out under vpan's own.
-    other.send(&from_b).await;
+    t.other.send(&t.from_b).await;
     // At the issuer, so surely first (it waits there 100 ms).
     while rig.sim().requests(b"0100") == 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    net.send(&from_a).await;
+    net.send(from_a).await;
     let stan = from_a.stan().unwrap();
-    let (first, _) = tokio::join!(net.answer(stan), other.answer(stan));
+    let (first, _) = tokio::join!(net.answer(stan), t.other.answer(stan));
     assert_eq!(code(&first), "00");
     // The network did not hear that answer and repeats it, the STAN free again by now:
     // the issuer must see the repeat under the STAN it booked the purchase under.
-    let mut repeat = from_a.clone();
-    repeat.set_mti(b"0101").unwrap();
-    let repeat = Message::parse(Spec::iso87ascii(), repeat.pack()).unwrap();
+    let repeat = repeat_of(from_a);
     let again = net.call(&repeat).await;
     assert_eq!(code(&again), "00");
     assert_eq!(again.stan(), Some(stan), "the network's STAN is given back");
@@ -871,7 +856,7 @@ async fn a_repeat_of_a_request_answered_under_another_stan_goes_out_under_that_s
         "the issuer replayed its first answer"
     );
     assert_eq!(
-        rig.sim().balance(&a),
+        rig.sim().balance(&t.a),
         Some(vpan::tools::issuer_sim::DEFAULT_BALANCE - 300),
         "charged once"
     );
@@ -926,9 +911,7 @@ async fn track_data_vpan_cannot_rewrite_never_reaches_the_issuer_and_a_repeat_ge
     odd_track.set(35, track.as_bytes()).unwrap();
     let odd_track = Message::parse(Spec::iso87ascii(), odd_track.pack()).unwrap();
     assert_eq!(code(&net.call(&odd_track).await), "30");
-    let mut repeat = odd_track.clone();
-    repeat.set_mti(b"0101").unwrap();
-    let repeat = Message::parse(Spec::iso87ascii(), repeat.pack()).unwrap();
+    let repeat = repeat_of(&odd_track);
     assert_eq!(
         code(&net.call(&repeat).await),
         "30",

@@ -143,7 +143,7 @@ impl Ledger {
     /// An empty ledger.
     pub fn new(config: LedgerConfig) -> Ledger {
         Ledger {
-            // Sized for its capacity at start (about 290 MB resident for a million), which
+            // Sized for its capacity at start (about 300 MB resident for a million), which
             // it reaches anyway: a growing table rehashes under its shard's write lock
             // while the authorizations hashed to it wait, and each doubling faults in
             // fresh pages the kernel must zero. A fresh switch spent 10–20 % more CPU per

@@ -293,12 +293,11 @@ impl IssuerLink {
         let earlier_stamp = network_stan
             .filter(|_| joinable)
             .and_then(|stan| inner.restamped.stamp_of(|| identity(&request, &stan)));
+        let preferred = earlier_stamp.or(network_stan);
         let (reply, rx) = oneshot::channel();
         // The earlier stamp, or the network's STAN, when free; else vpan's own counter;
         // claimed atomically so two callers can never share a stamp.
-        let mut candidate = earlier_stamp
-            .or(network_stan)
-            .unwrap_or_else(|| self.next_stamp());
+        let mut candidate = preferred.unwrap_or_else(|| self.next_stamp());
         let mut reply = Some(reply);
         let (stamp, sent) = loop {
             match inner.pending.entry(candidate) {
@@ -338,9 +337,8 @@ impl IssuerLink {
                 dashmap::Entry::Occupied(mut o) => {
                     // A repeat of a request still waiting, under the stamp it went out
                     // with: it waits for that answer.
-                    let first_try = Some(candidate) == earlier_stamp.or(network_stan);
                     if joinable
-                        && first_try
+                        && Some(candidate) == preferred
                         && is_same_transaction(self.spec(), &o.get().sent, &request, &candidate)
                         && let Some(reply) = reply.take()
                     {

@@ -273,6 +273,16 @@ pub fn purchase(
     Message::parse(spec, m.pack()).unwrap()
 }
 
+/// `original` sent again by a network that heard no answer: the same message as a repeat
+/// (its MTI ending in 1).
+pub fn repeat_of(original: &Message) -> Message {
+    let mut m = original.clone();
+    let mut mti = original.mti();
+    mti[3] = b'1';
+    m.set_mti(&mti).unwrap();
+    Message::parse(Spec::iso87ascii(), m.pack()).unwrap()
+}
+
 /// A 0400 reversing `original` in full, naming it in DE 90.
 pub fn reversal_of(client: &mut Client, original: &Message) -> Message {
     let spec = Spec::iso87ascii();
