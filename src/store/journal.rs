@@ -153,8 +153,19 @@ impl Watermark {
                     running_ms = running.as_millis() as u64,
                     "journal commit stalled: failing closed until the disk returns"
                 );
-                self.wake(&mut Vec::new(), |_| true);
+                self.answer_stalled();
             }
+        }
+    }
+
+    /// Wakes every waiter to read its `Stalled`, leaving each registered. The stall may
+    /// end before a woken task polls: it then finds no outcome and, its waker registered
+    /// already, waits on; taken off the list here, no `raise` would ever wake it again.
+    fn answer_stalled(&self) {
+        let woken: Vec<Waker> = self.waiters.lock().iter().map(|(_, w)| w.clone()).collect();
+        self.blocked.notify_all();
+        for waker in woken {
+            waker.wake();
         }
     }
 
@@ -810,6 +821,33 @@ mod tests {
         let mut earlier = waiting(&mark, 3);
         assert!(matches!(
             Pin::new(&mut earlier).poll(&mut cx),
+            Poll::Ready(Ok(()))
+        ));
+    }
+
+    #[test]
+    fn a_task_woken_by_a_stall_that_ends_before_it_polls_is_woken_by_the_next_raise() {
+        let mark = Arc::new(Watermark::default());
+        let counter = Arc::new(Counter(AtomicU64::new(0)));
+        let waker = Waker::from(counter.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut durable = waiting(&mark, 1);
+        assert!(Pin::new(&mut durable).poll(&mut cx).is_pending());
+        // The watchdog marks the commit stalled and wakes the task...
+        mark.commit.store(1 | STALLED, Ordering::Release);
+        mark.answer_stalled();
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+        // ...but the commit returns before the task is polled: no outcome yet.
+        mark.commit.store(0, Ordering::Release);
+        assert!(Pin::new(&mut durable).poll(&mut cx).is_pending());
+        mark.raise(1, &mut Vec::new());
+        assert_eq!(
+            counter.0.load(Ordering::SeqCst),
+            2,
+            "the record's sync must wake the task"
+        );
+        assert!(matches!(
+            Pin::new(&mut durable).poll(&mut cx),
             Poll::Ready(Ok(()))
         ));
     }
