@@ -216,6 +216,66 @@ fn the_same_key_again_replays_and_other_content_gets_94() {
 }
 
 #[test]
+fn declines_are_listed_and_replayed_the_same_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = {
+        let (cards, _) = open(dir.path());
+        let key = issue(&cards, &spec(10_000));
+        cards
+            .set_status(key, Status::Paused)
+            .unwrap()
+            .1
+            .wait()
+            .unwrap();
+        assert_eq!(code(&cards.authorize(key, &purchase(1_000, 1), NOW)), "62");
+        // A stand-in's decline reported by an advice.
+        assert!(cards.advice_of_decline(
+            key,
+            &request(*b"0120", 2_000, 2, "SHOP-B"),
+            ResponseCode(*b"51"),
+            NOW
+        ));
+        // Resumed: the same request would now be approved.
+        cards
+            .set_status(key, Status::Active)
+            .unwrap()
+            .1
+            .wait()
+            .unwrap();
+        key
+    };
+    let listed = |cards: &Cards| {
+        cards
+            .recent(key)
+            .unwrap()
+            .iter()
+            .map(|t| (t.mti, t.amount, t.code, t.decided_by))
+            .collect::<Vec<_>>()
+    };
+    let expected = vec![
+        (*b"0120", 2_000, ResponseCode(*b"51"), DecidedBy::Issuer),
+        (*b"0100", 1_000, ResponseCode::RESTRICTED, DecidedBy::Switch),
+    ];
+    let (cards, _) = open(dir.path());
+    assert_eq!(listed(&cards), expected, "from the journal");
+    cards.snapshot().unwrap();
+    drop(cards);
+    let (cards, _) = open(dir.path());
+    assert_eq!(listed(&cards), expected, "from the snapshot");
+    // Its repeat still gets the first answer, not a new decision on the resumed card.
+    let repeat = request(*b"0101", 1_000, 1, "SHOP-A");
+    assert!(matches!(
+        cards.authorize(key, &repeat, NOW),
+        Decision::Replay(Replay::Answer {
+            code: ResponseCode::RESTRICTED,
+            decided_by: DecidedBy::Switch,
+            ..
+        })
+    ));
+    assert_eq!(cards.get(key).unwrap().held, 0);
+}
+
+#[test]
 fn a_full_reversal_gives_the_amount_and_the_use_back_once() {
     let dir = tempfile::tempdir().unwrap();
     let (cards, _) = open(dir.path());

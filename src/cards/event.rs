@@ -131,6 +131,18 @@ pub enum Event {
     /// is unknown, so it counts as spent (the safe side for the cap), and a repeat of it is
     /// asked of the issuer rather than answered here.
     InDoubt(TxEvent),
+    /// A decline that moved no money: vpan's own (kept in the ledger too, so a repeat gets
+    /// the same answer), or a stand-in's reported by an advice (the card's history only).
+    /// Journaled so that the card's recent decisions, and the replay of its repeats, are
+    /// the same after a restart; not waited for, since nothing was held.
+    Declined {
+        /// The request (`amount` 0: nothing held).
+        tx: TxEvent,
+        /// DE 39 of the answer.
+        code: ResponseCode,
+        /// The switch for its own declines, the issuer for a stand-in's.
+        decided_by: DecidedBy,
+    },
 }
 
 impl Event {
@@ -140,7 +152,7 @@ impl Event {
             Event::Issued(i) => i.lsn,
             Event::Status { lsn, .. } | Event::Reversed { lsn, .. } => *lsn,
             Event::Held(t) | Event::Advised(t) | Event::InDoubt(t) => t.lsn,
-            Event::Outcome { hold, .. } => hold.lsn,
+            Event::Outcome { hold, .. } | Event::Declined { tx: hold, .. } => hold.lsn,
         }
     }
 
@@ -150,7 +162,7 @@ impl Event {
             Event::Issued(i) => i.key,
             Event::Status { key, .. } | Event::Reversed { key, .. } => *key,
             Event::Held(t) | Event::Advised(t) | Event::InDoubt(t) => t.key,
-            Event::Outcome { hold, .. } => hold.key,
+            Event::Outcome { hold, .. } | Event::Declined { tx: hold, .. } => hold.key,
         }
     }
 }
@@ -254,6 +266,21 @@ pub fn apply_card(card: &mut Card, event: &Event) {
                 },
             );
         }
+        Event::Declined {
+            tx,
+            code,
+            decided_by,
+        } => history::record(
+            &mut card.history,
+            RecentTx {
+                at: tx.at,
+                mti: tx.mti,
+                amount: tx.original_amount,
+                code: *code,
+                decided_by: *decided_by,
+                merchant: tx.acceptor,
+            },
+        ),
     }
     card.lsn = event.lsn();
 }
@@ -396,6 +423,20 @@ pub fn apply_ledger(
             }
             None
         }
+        Event::Declined {
+            tx: t,
+            code,
+            decided_by: DecidedBy::Switch,
+        } => {
+            if replaying && ledger.entries.get(&t.tx).is_some_and(|e| e.lsn >= lsn) {
+                return None;
+            }
+            let entry = entry_of(t, TxState::Declined, *code);
+            let fresh = ledger.entries.insert(t.tx, entry).is_none();
+            fresh.then_some((t.tx, t.at))
+        }
+        // A stand-in's decline reported by an advice: in the card's history only.
+        Event::Declined { .. } => None,
         Event::InDoubt(hold) => {
             if let Some(mut e) = ledger.entries.get_mut(&hold.tx)
                 && newer(&e)
@@ -452,6 +493,7 @@ const TAG_OUTCOME: u8 = 4;
 const TAG_REVERSED: u8 = 5;
 const TAG_ADVISED: u8 = 6;
 const TAG_IN_DOUBT: u8 = 7;
+const TAG_DECLINED: u8 = 8;
 /// Snapshot records.
 pub(crate) const TAG_SNAP_HEADER: u8 = 10;
 pub(crate) const TAG_SNAP_CARD: u8 = 11;
@@ -734,6 +776,16 @@ impl Encode for Event {
                 out.u8(TAG_IN_DOUBT);
                 put_txevent(out, t);
             }
+            Event::Declined {
+                tx,
+                code,
+                decided_by,
+            } => {
+                out.u8(TAG_DECLINED);
+                put_txevent(out, tx);
+                out.u8(u8::from(*decided_by == DecidedBy::Switch));
+                out.extend_from_slice(&code.0);
+            }
         }
     }
 }
@@ -798,6 +850,19 @@ impl Event {
             }
             TAG_ADVISED => Event::Advised(get_txevent(&mut g)?),
             TAG_IN_DOUBT => Event::InDoubt(get_txevent(&mut g)?),
+            TAG_DECLINED => {
+                let tx = get_txevent(&mut g)?;
+                let decided_by = match g.u8()? {
+                    0 => DecidedBy::Issuer,
+                    1 => DecidedBy::Switch,
+                    _ => return None,
+                };
+                Event::Declined {
+                    tx,
+                    decided_by,
+                    code: ResponseCode(g.array()?),
+                }
+            }
             _ => return None,
         };
         g.0.is_empty().then_some(event)

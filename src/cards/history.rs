@@ -4,9 +4,8 @@
 //! first decision and sized to what it holds (40 bytes a decision), so the hot part of the
 //! card stays small (16 bytes for the pointer) and a busy card never grows past
 //! `HISTORY_LEN`.
-//! Declines made by the switch are kept in memory only (they change nothing and are not
-//! journaled); approvals, issuer answers, advices and reversals are rebuilt from the journal
-//! and kept in snapshots.
+//! Every decision is rebuilt from the journal and kept in snapshots; declines (which move
+//! no money) are journaled without being waited for, so a crash may lose the last few.
 
 use super::card::{AcceptorId, UnixSeconds};
 use super::request::ResponseCode;

@@ -53,7 +53,7 @@ pub enum TxState {
     Approved,
     /// Declined by the issuer, timed out or failed: the hold was released.
     Released,
-    /// Declined by vpan itself (kept only in memory, for replays).
+    /// Declined by vpan itself (kept for replays; its record is not waited for).
     Declined,
     /// Held when vpan stopped, its issuer answer lost: counted as spent, and a repeat of it
     /// is asked of the issuer (see `Event::InDoubt`).

@@ -21,7 +21,7 @@ use super::card::{
     Card, CardKey, CardSpec, Controls, Expiry, LockKind, Status, UnixSeconds, civil_from_days,
 };
 use super::event::{self, Event, Issued, TxEvent};
-use super::history::{self, DecidedBy, RecentTx};
+use super::history::{DecidedBy, RecentTx};
 use super::index::CardIndex;
 use super::ledger::{AuthCode, Ledger, TxEntry, TxState};
 use super::limits::{self, Verdict};
@@ -488,14 +488,28 @@ impl Cards {
             match limits::decide(card, req, now) {
                 Verdict::Decline(reason) => {
                     let code = reason.code();
-                    let t = tx_event(0, card_key, tx, fingerprint, 0, false, false, req, now);
-                    let mut entry = event::entry_of(&t, TxState::Declined, code);
-                    entry.counts_use = false;
-                    slot.insert(entry);
-                    history::record(
-                        &mut card.history,
-                        recent_of(req, code, DecidedBy::Switch, now),
+                    let t = tx_event(
+                        self.lsn(),
+                        card_key,
+                        tx,
+                        fingerprint,
+                        0,
+                        false,
+                        false,
+                        req,
+                        now,
                     );
+                    let event = Event::Declined {
+                        tx: t,
+                        code,
+                        decided_by: DecidedBy::Switch,
+                    };
+                    // Not waited for: nothing is held, so the decline is answered at once.
+                    // A crash before its batch is written loses only this history entry
+                    // and the replay of its repeats (a repeat is then decided afresh).
+                    self.journal.append_detached(event.clone());
+                    slot.insert(event::entry_of(&t, TxState::Declined, code));
+                    event::apply_card(card, &event);
                     Decision::Decline(code)
                 }
                 Verdict::Approve(terms) => {
@@ -757,7 +771,8 @@ impl Cards {
 
     /// An advice that reports a decline (a stand-in's DE 39 that is no approval): it moved
     /// no money, so nothing is counted, and it is kept among the card's recent decisions
-    /// (in memory, as vpan's own declines). False when no card has this vPAN.
+    /// (journaled, not waited for, as vpan's own declines). False when no card has this
+    /// vPAN.
     pub fn advice_of_decline(
         &self,
         card_key: CardKey,
@@ -765,29 +780,30 @@ impl Cards {
         code: ResponseCode,
         now: UnixSeconds,
     ) -> bool {
+        let fingerprint = req.fingerprint(card_key.raw());
+        let tx = req.key.original();
         self.index
             .update(card_key, |card| {
-                let recent = recent_of(req, code, DecidedBy::Issuer, now);
-                history::record(&mut card.history, recent);
+                let t = tx_event(
+                    self.lsn(),
+                    card_key,
+                    tx,
+                    fingerprint,
+                    0,
+                    false,
+                    false,
+                    req,
+                    now,
+                );
+                let event = Event::Declined {
+                    tx: t,
+                    code,
+                    decided_by: DecidedBy::Issuer,
+                };
+                self.journal.append_detached(event.clone());
+                event::apply_card(card, &event);
             })
             .is_some()
-    }
-}
-
-/// A request's decision as the card's recent ones show it.
-fn recent_of(
-    req: &AuthRequest,
-    code: ResponseCode,
-    decided_by: DecidedBy,
-    now: UnixSeconds,
-) -> RecentTx {
-    RecentTx {
-        at: now,
-        mti: req.mti,
-        amount: req.amounts.transaction,
-        code,
-        decided_by,
-        merchant: req.acceptor,
     }
 }
 
