@@ -63,46 +63,98 @@ async fn answer(net: &mut Framed<TcpStream, FrameCodec>, wait: Duration) -> Opti
     }
 }
 
+/// A running switch (`App` on port 0, journal in a temporary directory, issuer timeout
+/// 5 s) before the real issuer simulator, with one card of 10,000 and a network connection.
+struct Running {
+    sim: crate::tools::issuer_sim::IssuerSimHandle,
+    data: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+    cards: std::sync::Arc<crate::cards::Cards>,
+    card: crate::cards::CardView,
+    key: CardKey,
+    net: Framed<TcpStream, FrameCodec>,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn start() -> Running {
+        let sim = IssuerSim::start(SimConfig::default()).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let mut config = Config::local(&data, &sim.local_addr().to_string());
+        config.issuer.timeout_ms = 5_000;
+        let app = App::build(config).await.unwrap();
+        let network = app.addresses().network.unwrap();
+        let cards = app.cards();
+        let issuer = app.issuer();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move { app.run(stop.cancelled_owned()).await.unwrap() }
+        });
+        while issuer.connected() < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let real = Pan::from_digits(crate::pan::test_pan("4970100").as_bytes()).unwrap();
+        let spec = CardSpec {
+            pan: real,
+            pan_expiry: Expiry(*b"2912"),
+            controls: Controls {
+                currency: 978,
+                amount_limit: 10_000,
+                per_transaction_limit: None,
+                max_uses: None,
+                valid_until: now() + 86_400,
+                merchant_lock: MerchantLock::None,
+                mcc_allow: vec![],
+                mcc_block: vec![],
+            },
+        };
+        let card = cards.issue_durable(&spec, now()).await.unwrap();
+        let key = CardKey::of(&card.vpan);
+        let net = Framed::new(
+            TcpStream::connect(network).await.unwrap(),
+            FrameCodec::new(Framing::Len2, 0, 8192),
+        );
+        Running {
+            sim,
+            data,
+            _dir: dir,
+            cards,
+            card,
+            key,
+            net,
+            stop,
+            task,
+        }
+    }
+
+    /// A purchase on the card.
+    fn purchase(&self, amount: u64, stan: &[u8; 6]) -> Message {
+        purchase(&self.card.vpan, &self.card.expiry.0, amount, stan)
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+        self.sim.shutdown().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approval_is_answered_only_once_its_hold_is_durable_and_a_failed_sync_gets_96() {
-    let sim = IssuerSim::start(SimConfig::default()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let mut config = Config::local(&data, &sim.local_addr().to_string());
-    config.issuer.timeout_ms = 5_000;
-    let app = App::build(config).await.unwrap();
-    let network = app.addresses().network.unwrap();
-    let cards = app.cards();
-    let issuer = app.issuer();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn({
-        let stop = stop.clone();
-        async move { app.run(stop.cancelled_owned()).await.unwrap() }
-    });
-    while issuer.connected() < 2 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let real = Pan::from_digits(crate::pan::test_pan("4970100").as_bytes()).unwrap();
-    let spec = CardSpec {
-        pan: real,
-        pan_expiry: Expiry(*b"2912"),
-        controls: Controls {
-            currency: 978,
-            amount_limit: 10_000,
-            per_transaction_limit: None,
-            max_uses: None,
-            valid_until: now() + 86_400,
-            merchant_lock: MerchantLock::None,
-            mcc_allow: vec![],
-            mcc_block: vec![],
-        },
-    };
-    let card = cards.issue_durable(&spec, now()).await.unwrap();
-    let key = CardKey::of(&card.vpan);
-    let mut net = Framed::new(
-        TcpStream::connect(network).await.unwrap(),
-        FrameCodec::new(Framing::Len2, 0, 8192),
-    );
+    let Running {
+        sim,
+        data,
+        _dir,
+        cards,
+        card,
+        key,
+        mut net,
+        stop,
+        task,
+    } = Running::start().await;
 
     // The disk does not finish the hold's sync: the issuer is asked meanwhile (and
     // approves at once), but the network hears nothing.
@@ -177,4 +229,60 @@ async fn an_approval_is_answered_only_once_its_hold_is_durable_and_a_failed_sync
     stop.cancel();
     let _ = task.await;
     sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_advice_waits_for_the_first_ones_record_and_an_unrecorded_reversal_gets_96() {
+    let mut r = Running::start().await;
+    let bought = r.purchase(1_000, b"000001");
+    send(&mut r.net, &bought).await;
+    let approved = answer(&mut r.net, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(approved.response_code(), Some(*b"00"));
+
+    // An advice and its repeat while the disk has not finished the advice's sync: the
+    // repeat finds the advice counted in memory, but must not be acknowledged before it is
+    // on disk (a crash would take back what the network was told twice).
+    let held = sync_gate::set(&r.data, Gate::Held);
+    let mut advice = r.purchase(500, b"000002");
+    advice.set_mti(b"0120").unwrap();
+    let mut repeat = advice.clone();
+    repeat.set_mti(b"0121").unwrap();
+    send(&mut r.net, &advice).await;
+    send(&mut r.net, &repeat).await;
+    assert!(
+        answer(&mut r.net, Duration::from_millis(500))
+            .await
+            .is_none(),
+        "an advice acknowledged before it was durable"
+    );
+    drop(held);
+    for _ in 0..2 {
+        let acknowledged = answer(&mut r.net, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(
+            (acknowledged.mti(), acknowledged.response_code()),
+            (*b"0130", Some(*b"00"))
+        );
+    }
+    assert_eq!(r.cards.get(r.key).unwrap().spent, 1_500, "counted once");
+
+    // The disk fails: a reversal given back in memory but not recorded is answered 96 and
+    // kept from the issuer, so the network sends it again once vpan can record it.
+    let failing = sync_gate::set(&r.data, Gate::Failing);
+    let mut reversal = bought.clone();
+    reversal.set_mti(b"0400").unwrap();
+    reversal.set(11, b"000003").unwrap();
+    // DE 90: the original's MTI, DE 11, DE 7 and DE 32, then no forwarding institution.
+    reversal
+        .set(90, b"010000000111261430151234567890100000000000")
+        .unwrap();
+    let reversals_before = r.sim.requests(b"0400");
+    send(&mut r.net, &reversal).await;
+    let refused = answer(&mut r.net, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        (refused.mti(), refused.response_code()),
+        (*b"0410", Some(*b"96"))
+    );
+    assert_eq!(r.sim.requests(b"0400"), reversals_before, "not forwarded");
+    drop(failing);
+    r.stop().await;
 }

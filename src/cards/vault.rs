@@ -287,6 +287,14 @@ impl Cards {
         self.index.contains(vpan)
     }
 
+    /// Resolves once every record queued so far is durable (or with the error that fails
+    /// closed). A repeat answered from memory waits on it: the record behind the first
+    /// answer (an advice's, say) may still be queued, and the network must not hear an
+    /// answer twice that a crash could take back.
+    pub fn recorded_so_far(&self) -> Durable {
+        self.journal.barrier()
+    }
+
     /// The real card behind `vpan`: its PAN, its expiry, and the virtual expiry, for
     /// forwarding a message that is not decided here (advice, reversal).
     pub fn real_card(&self, vpan: CardKey) -> Option<(Pan, Expiry, Expiry)> {

@@ -29,6 +29,7 @@ use crate::cards::{
 use crate::iso8583::{Message, Spec, recover_header};
 use crate::metrics as m;
 use crate::pan::Pan;
+use crate::store::StoreError;
 
 use super::issuer::{IssuerError, IssuerLink, is_approval};
 use super::mac::{MAC_FAILURE_CODE, MacCheck, MacKey, mac_field};
@@ -155,6 +156,9 @@ impl Flow {
                 auth,
                 decided_by,
             }) => {
+                if let Err(e) = self.cards.recorded_so_far().await {
+                    return self.fail_closed(&request, &vpan, &e, "repeat");
+                }
                 let mut answer = self.local_answer(&request, code);
                 if let (Some(a), Some(auth)) = (answer.as_mut(), auth) {
                     // The field the first answer had; a layout without it cannot get it.
@@ -284,16 +288,33 @@ impl Flow {
             }
             AdviceOutcome::Recorded(durable) => {
                 if let Err(e) = durable.await {
-                    tracing::error!(card = %vpan.pan, error = %e, "journal failed: advice answered 96");
-                    return (
-                        self.local_answer(&request, ResponseCode::SYSTEM_ERROR),
-                        DecidedBy::Switch,
-                    );
+                    return self.fail_closed(&request, &vpan, &e, "advice");
                 }
             }
-            AdviceOutcome::Repeat => {}
+            AdviceOutcome::Repeat => {
+                // Acknowledged twice and then lost in a crash, an advice would leave its
+                // amount uncounted for good: the network would not send it again.
+                if let Err(e) = self.cards.recorded_so_far().await {
+                    return self.fail_closed(&request, &vpan, &e, "advice repeat");
+                }
+            }
         }
         self.forward_on_card(request, &vpan).await
+    }
+
+    /// The 96 of a request whose records could not be made durable (fail closed), logged.
+    fn fail_closed(
+        &self,
+        request: &Message,
+        vpan: &VirtualPan,
+        e: &StoreError,
+        what: &'static str,
+    ) -> (Option<Msg>, DecidedBy) {
+        tracing::error!(card = %vpan.pan, error = %e, request = what, "journal failed: answered 96");
+        (
+            self.local_answer(request, ResponseCode::SYSTEM_ERROR),
+            DecidedBy::Switch,
+        )
     }
 
     /// 0400/0420 (and repeats): the amount given back, forwarded, answered.
@@ -305,9 +326,11 @@ impl Flow {
         match self.cards.reverse(vpan.key, &req, now()) {
             ReversalOutcome::Reversed { durable, .. } => {
                 if let Err(e) = durable.await {
-                    // The amount stays spent after a crash: the safe side. The issuer
-                    // still gets the reversal, so the real account is credited.
-                    tracing::error!(card = %vpan.pan, error = %e, "reversal not durable");
+                    // Fail closed: not forwarded, answered 96, so the network sends it
+                    // again. Given back in memory already, the repeat then finds nothing
+                    // left and goes to the issuer; after a restart that lost the record,
+                    // it finds the original and gives it back then.
+                    return self.fail_closed(&request, &vpan, &e, "reversal");
                 }
             }
             ReversalOutcome::NothingLeft | ReversalOutcome::NotFound => {}
