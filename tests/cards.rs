@@ -364,6 +364,25 @@ fn an_advice_is_recorded_even_over_the_cap_and_only_once() {
 }
 
 #[test]
+fn an_advice_in_a_currency_the_card_cannot_count_takes_what_was_left_and_a_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &single_use(10_000));
+    approve(&cards, key, 3_000, 1).durable.wait().unwrap();
+    // Dollars, with no billing amount in the card's euros.
+    let mut advice = request(*b"0120", 5_000, 2, "SHOP-A");
+    advice.amounts.transaction_currency = 840;
+    match cards.advice(key, &advice, NOW) {
+        AdviceOutcome::Recorded(d) => d.wait().unwrap(),
+        other => panic!("{other:?}"),
+    }
+    let v = cards.get(key).unwrap();
+    assert_eq!((v.spent, v.held, v.uses, v.available), (7_000, 3_000, 1, 0));
+    // Its single use is spent: closed (46), whatever the amount.
+    assert_eq!(code(&cards.authorize(key, &purchase(1, 3), NOW)), "46");
+}
+
+#[test]
 fn an_advice_for_a_held_approval_completes_it() {
     let dir = tempfile::tempdir().unwrap();
     let (cards, _) = open(dir.path());

@@ -746,13 +746,15 @@ impl Cards {
                     return AdviceOutcome::Repeat;
                 }
             }
-            let amount = if req.kind == Kind::Refund {
-                0
+            let (amount, counts_use) = if req.kind == Kind::Refund {
+                (0, false)
+            } else if let Some(amount) = req.amounts.in_currency(card.currency) {
+                (amount, amount > 0)
             } else {
-                req.amounts.in_currency(card.currency).unwrap_or_else(|| {
-                    tracing::warn!(card = ?card_key, "advice in a currency the card cannot count; recorded with 0");
-                    0
-                })
+                // Money moved, of a size the card's currency cannot tell, perhaps past the
+                // cap: counted as all the card had left, and a use (the safe side).
+                tracing::warn!(card = ?card_key, "advice in a currency the card cannot count; recorded as what was left of its cap");
+                (card.available(), req.amounts.transaction > 0)
             };
             let binds = card.lock == LockKind::FirstUseUnbound && req.acceptor.is_some();
             let event = Event::Advised(tx_event(
@@ -761,7 +763,7 @@ impl Cards {
                 tx,
                 fingerprint,
                 amount,
-                amount > 0,
+                counts_use,
                 binds,
                 req,
                 now,
