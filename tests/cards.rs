@@ -331,16 +331,44 @@ fn a_partial_reversal_leaves_what_de95_says_remains() {
 }
 
 #[test]
-fn a_reversal_of_an_unknown_original_gives_nothing_back() {
+fn a_reversal_before_its_original_gives_nothing_back_and_the_late_original_is_refused() {
     let dir = tempfile::tempdir().unwrap();
+    let key = {
+        let (cards, _) = open(dir.path());
+        let key = issue(&cards, &spec(10_000));
+        approved(&cards, key, 4_000, 7);
+        match cards.reverse(key, &reversal(8, None), NOW) {
+            ReversalOutcome::Voided { durable } => durable.wait().unwrap(),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(cards.get(key).unwrap().spent, 4_000);
+        // Its repeat finds the void: nothing to give back, nothing recorded again.
+        assert!(matches!(
+            cards.reverse(key, &reversal(8, None), NOW),
+            ReversalOutcome::NothingLeft
+        ));
+        // A reversal without DE 90 names nothing to void.
+        let mut unnamed = reversal(9, None);
+        unnamed.original = None;
+        assert!(matches!(
+            cards.reverse(key, &unnamed, NOW),
+            ReversalOutcome::NotFound
+        ));
+        key
+    };
+    // The original arrives after its reversal (and after a restart, then a snapshot):
+    // refused, never held.
+    for snapshot in [false, true] {
+        let (cards, _) = open(dir.path());
+        assert_eq!(code(&cards.authorize(key, &purchase(1_000, 8), NOW)), "94");
+        let v = cards.get(key).unwrap();
+        assert_eq!((v.spent, v.held), (4_000, 0));
+        if snapshot {
+            cards.snapshot().unwrap();
+        }
+    }
     let (cards, _) = open(dir.path());
-    let key = issue(&cards, &spec(10_000));
-    approved(&cards, key, 4_000, 7);
-    assert!(matches!(
-        cards.reverse(key, &reversal(8, None), NOW),
-        ReversalOutcome::NotFound
-    ));
-    assert_eq!(cards.get(key).unwrap().spent, 4_000);
+    assert_eq!(code(&cards.authorize(key, &purchase(1_000, 8), NOW)), "94");
 }
 
 #[test]

@@ -290,6 +290,25 @@ async fn a_reversal_gives_the_amount_back_and_the_card_can_be_used_again() {
 }
 
 #[tokio::test]
+async fn an_original_arriving_after_its_reversal_is_declined_94_and_never_reaches_the_issuer() {
+    let rig = rig(Some(SimConfig::default()), |_| {}).await;
+    let (card, _) = rig.issue(|_| {}).await;
+    let key = CardKey::of(&card.vpan);
+    let mut net = Client::connect(rig.network).await;
+    // The acquirer gave up on this purchase and reversed it; the purchase itself was held
+    // up (on another connection, say) and arrives after its reversal.
+    let late = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 1_000);
+    let rev = reversal_of(&mut net, &late);
+    assert_eq!(net.call(&rev).await.mti(), *b"0410");
+    let answer = net.call(&late).await;
+    assert_eq!((answer.mti(), code(&answer)), (*b"0110", "94".to_string()));
+    assert_eq!(rig.sim().requests(b"0100"), 0, "the issuer never had it");
+    let v = rig.cards.get(key).unwrap();
+    assert_eq!((v.spent, v.held), (0, 0));
+    rig.stop().await;
+}
+
+#[tokio::test]
 async fn a_partial_reversal_reads_the_amount_left_in_de95_and_one_it_cannot_read_gets_30() {
     let rig = rig(Some(SimConfig::default()), |_| {}).await;
     let (card, _) = rig.issue(|_| {}).await;

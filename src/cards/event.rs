@@ -143,6 +143,21 @@ pub enum Event {
         /// The switch for its own declines, the issuer for a stand-in's.
         decided_by: DecidedBy,
     },
+    /// A reversal named (in DE 90) an original this card has not seen: the network has
+    /// given up on it, so should it arrive late (from another connection, say) it is
+    /// declined (94) rather than approved and charged after its own reversal.
+    Voided {
+        /// Sequence number.
+        lsn: u64,
+        /// The card.
+        key: CardKey,
+        /// The original the reversal named.
+        tx: OriginalData,
+        /// The reversal's MTI.
+        mti: [u8; 4],
+        /// When.
+        at: UnixSeconds,
+    },
 }
 
 impl Event {
@@ -150,7 +165,9 @@ impl Event {
     pub fn lsn(&self) -> u64 {
         match self {
             Event::Issued(i) => i.lsn,
-            Event::Status { lsn, .. } | Event::Reversed { lsn, .. } => *lsn,
+            Event::Status { lsn, .. } | Event::Reversed { lsn, .. } | Event::Voided { lsn, .. } => {
+                *lsn
+            }
             Event::Held(t) | Event::Advised(t) | Event::InDoubt(t) => t.lsn,
             Event::Outcome { hold, .. } | Event::Declined { tx: hold, .. } => hold.lsn,
         }
@@ -160,7 +177,9 @@ impl Event {
     pub fn key(&self) -> CardKey {
         match self {
             Event::Issued(i) => i.key,
-            Event::Status { key, .. } | Event::Reversed { key, .. } => *key,
+            Event::Status { key, .. } | Event::Reversed { key, .. } | Event::Voided { key, .. } => {
+                *key
+            }
             Event::Held(t) | Event::Advised(t) | Event::InDoubt(t) => t.key,
             Event::Outcome { hold, .. } | Event::Declined { tx: hold, .. } => hold.key,
         }
@@ -170,7 +189,8 @@ impl Event {
 /// Applies an event's effect on its card (not `Issued`, which makes the card).
 pub fn apply_card(card: &mut Card, event: &Event) {
     match event {
-        Event::Issued(_) => {}
+        // A voided original changes only the ledger.
+        Event::Issued(_) | Event::Voided { .. } => {}
         Event::Status { status, .. } => card.set_status = *status,
         Event::Held(t) => {
             card.held = card.held.saturating_add(t.amount);
@@ -437,6 +457,16 @@ pub fn apply_ledger(
         }
         // A stand-in's decline reported by an advice: in the card's history only.
         Event::Declined { .. } => None,
+        Event::Voided {
+            key, tx, mti, at, ..
+        } => {
+            let dashmap::Entry::Vacant(v) = ledger.entries.entry(*tx) else {
+                // The original came after all (or, replaying, a later record has it).
+                return None;
+            };
+            v.insert(voided_entry(*key, *tx, *mti, *at, lsn));
+            Some((*tx, *at))
+        }
         Event::InDoubt(hold) => {
             if let Some(mut e) = ledger.entries.get_mut(&hold.tx)
                 && newer(&e)
@@ -462,6 +492,36 @@ pub fn apply_ledger(
         }
     }
 }
+
+/// The ledger entry that stands for a voided original: a decline (94) whose fingerprint
+/// no request has, so the original, whatever its content, is refused as a conflicting
+/// repeat, and a repeat of the reversal finds it with nothing left to give back.
+pub(crate) fn voided_entry(
+    key: CardKey,
+    tx: OriginalData,
+    mti: [u8; 4],
+    at: UnixSeconds,
+    lsn: u64,
+) -> TxEntry {
+    let t = TxEvent {
+        lsn,
+        key,
+        tx,
+        fingerprint: VOIDED_FINGERPRINT,
+        amount: 0,
+        original_amount: 0,
+        counts_use: false,
+        binds_merchant: false,
+        acceptor: None,
+        mti,
+        at,
+    };
+    entry_of(&t, TxState::Declined, ResponseCode::DUPLICATE)
+}
+
+/// The fingerprint of a voided original's entry. A request's is a hash: one equal to
+/// this by chance would be replayed the same 94.
+const VOIDED_FINGERPRINT: u64 = 0;
 
 /// The ledger side of an issuer's answer (shared by the live path and replay).
 pub(crate) fn mark_outcome(
@@ -494,6 +554,7 @@ const TAG_REVERSED: u8 = 5;
 const TAG_ADVISED: u8 = 6;
 const TAG_IN_DOUBT: u8 = 7;
 const TAG_DECLINED: u8 = 8;
+const TAG_VOIDED: u8 = 9;
 /// Snapshot records.
 pub(crate) const TAG_SNAP_HEADER: u8 = 10;
 pub(crate) const TAG_SNAP_CARD: u8 = 11;
@@ -776,6 +837,20 @@ impl Encode for Event {
                 out.u8(TAG_IN_DOUBT);
                 put_txevent(out, t);
             }
+            Event::Voided {
+                lsn,
+                key,
+                tx,
+                mti,
+                at,
+            } => {
+                out.u8(TAG_VOIDED);
+                out.u64(*lsn);
+                out.u64(key.raw());
+                put_tx(out, tx);
+                out.extend_from_slice(mti);
+                out.u64(*at);
+            }
             Event::Declined {
                 tx,
                 code,
@@ -850,6 +925,13 @@ impl Event {
             }
             TAG_ADVISED => Event::Advised(get_txevent(&mut g)?),
             TAG_IN_DOUBT => Event::InDoubt(get_txevent(&mut g)?),
+            TAG_VOIDED => Event::Voided {
+                lsn: g.u64()?,
+                key: g.key()?,
+                tx: get_tx(&mut g)?,
+                mti: g.array()?,
+                at: g.u64()?,
+            },
             TAG_DECLINED => {
                 let tx = get_txevent(&mut g)?;
                 let decided_by = match g.u8()? {

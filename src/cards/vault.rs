@@ -239,8 +239,14 @@ pub enum ReversalOutcome {
     /// The original was found but has nothing more to give back (a repeat, or it was
     /// declined or already reversed that far).
     NothingLeft,
-    /// No original on this card within the ledger's retention.
+    /// No original on this card within the ledger's retention, and none named in DE 90.
     NotFound,
+    /// No original on this card, but DE 90 names one: it is voided (recorded as declined,
+    /// 94), so that if it arrives after its reversal it is not approved.
+    Voided {
+        /// Resolves when the void is durable.
+        durable: Durable,
+    },
 }
 
 /// What an advice did.
@@ -660,7 +666,10 @@ impl Cards {
             .flatten()
             .find(|k| self.ledger.get(k).is_some_and(|e| e.card == card_key))
         else {
-            return ReversalOutcome::NotFound;
+            return match req.original {
+                Some(original) => self.void(card_key, original, req, now),
+                None => ReversalOutcome::NotFound,
+            };
         };
         self.index
             .update(card_key, |card| {
@@ -708,6 +717,61 @@ impl Cards {
                 ReversalOutcome::Reversed { returned, durable }
             })
             .unwrap_or(ReversalOutcome::NotFound)
+    }
+
+    /// Voids `original`, which a reversal named before this card saw it (see
+    /// [`Event::Voided`]).
+    fn void(
+        &self,
+        card_key: CardKey,
+        original: OriginalData,
+        req: &ReversalRequest,
+        now: UnixSeconds,
+    ) -> ReversalOutcome {
+        let mut inserted = false;
+        let voided = self.index.update(card_key, |_| {
+            if self.journal.is_failed() {
+                return Some(Durable::ready(Err(StoreError::Failed)));
+            }
+            let dashmap::Entry::Vacant(slot) = self.ledger.entries.entry(original) else {
+                // The original arrived meanwhile: reversed as usual, below.
+                return None;
+            };
+            let event = Event::Voided {
+                lsn: self.lsn(),
+                key: card_key,
+                tx: original,
+                mti: req.mti,
+                at: now,
+            };
+            let durable = self.journal.append(event.clone());
+            slot.insert(event::voided_entry(
+                card_key,
+                original,
+                req.mti,
+                now,
+                event.lsn(),
+            ));
+            inserted = true;
+            Some(durable)
+        });
+        if inserted {
+            self.ledger.remember(original, now, now);
+        }
+        match voided {
+            None => ReversalOutcome::NotFound,
+            Some(Some(durable)) => ReversalOutcome::Voided { durable },
+            // Once: the entry is there now, so this finds it, or it is another card's.
+            Some(None)
+                if self
+                    .ledger
+                    .get(&original)
+                    .is_some_and(|e| e.card == card_key) =>
+            {
+                self.reverse(card_key, req, now)
+            }
+            Some(None) => ReversalOutcome::NotFound,
+        }
     }
 
     /// Records an advice (0120/0220 and repeats): the approval it reports is spent, even

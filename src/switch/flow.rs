@@ -324,7 +324,7 @@ impl Flow {
             Err(not) => return self.not_on_card(request, not).await,
         };
         match self.cards.reverse(vpan.key, &req, now()) {
-            ReversalOutcome::Reversed { durable, .. } => {
+            ReversalOutcome::Reversed { durable, .. } | ReversalOutcome::Voided { durable } => {
                 if let Err(e) = durable.await {
                     // Fail closed: not forwarded, answered 96, so the network sends it
                     // again. Given back in memory already, the repeat then finds nothing
