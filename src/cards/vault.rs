@@ -502,28 +502,8 @@ impl Cards {
             match limits::decide(card, req, now) {
                 Verdict::Decline(reason) => {
                     let code = reason.code();
-                    let t = tx_event(
-                        self.lsn(),
-                        card_key,
-                        tx,
-                        fingerprint,
-                        0,
-                        false,
-                        false,
-                        req,
-                        now,
-                    );
-                    let event = Event::Declined {
-                        tx: t,
-                        code,
-                        decided_by: DecidedBy::Switch,
-                    };
-                    // Not waited for: nothing is held, so the decline is answered at once.
-                    // A crash before its batch is written loses only this history entry
-                    // and the replay of its repeats (a repeat is then decided afresh).
-                    self.journal.append_detached(event.clone());
+                    let t = self.record_decline(card, card_key, req, code, DecidedBy::Switch, now);
                     slot.insert(event::entry_of(&t, TxState::Declined, code));
-                    event::apply_card(card, &event);
                     Decision::Decline(code)
                 }
                 Verdict::Approve(terms) => {
@@ -854,30 +834,47 @@ impl Cards {
         code: ResponseCode,
         now: UnixSeconds,
     ) -> bool {
-        let fingerprint = req.fingerprint(card_key.raw());
-        let tx = req.key.original();
         self.index
             .update(card_key, |card| {
-                let t = tx_event(
-                    self.lsn(),
-                    card_key,
-                    tx,
-                    fingerprint,
-                    0,
-                    false,
-                    false,
-                    req,
-                    now,
-                );
-                let event = Event::Declined {
-                    tx: t,
-                    code,
-                    decided_by: DecidedBy::Issuer,
-                };
-                self.journal.append_detached(event.clone());
-                event::apply_card(card, &event);
+                self.record_decline(card, card_key, req, code, DecidedBy::Issuer, now);
             })
             .is_some()
+    }
+
+    /// Journals a decline that moved no money and adds it to the card's history, under the
+    /// card's lock. Not waited for: nothing is held, so it is answered at once; a crash
+    /// before its batch is written loses only this history entry and the replay of its
+    /// repeats (a repeat is then decided afresh).
+    fn record_decline(
+        &self,
+        card: &mut Card,
+        card_key: CardKey,
+        req: &AuthRequest,
+        code: ResponseCode,
+        decided_by: DecidedBy,
+        now: UnixSeconds,
+    ) -> TxEvent {
+        let fingerprint = req.fingerprint(card_key.raw());
+        let tx = req.key.original();
+        let t = tx_event(
+            self.lsn(),
+            card_key,
+            tx,
+            fingerprint,
+            0,
+            false,
+            false,
+            req,
+            now,
+        );
+        let event = Event::Declined {
+            tx: t,
+            code,
+            decided_by,
+        };
+        self.journal.append_detached(event.clone());
+        event::apply_card(card, &event);
+        t
     }
 }
 
