@@ -347,13 +347,19 @@ fn a_reversal_before_its_original_gives_nothing_back_and_the_late_original_is_re
             cards.reverse(key, &reversal(8, None), NOW),
             ReversalOutcome::NothingLeft
         ));
-        // A reversal without DE 90 names nothing to void.
+        // A reversal without DE 90 names nothing to void, and a partial one says its
+        // original happened in part: neither voids it, and it is approved when it comes.
         let mut unnamed = reversal(9, None);
         unnamed.original = None;
         assert!(matches!(
             cards.reverse(key, &unnamed, NOW),
             ReversalOutcome::NotFound
         ));
+        assert!(matches!(
+            cards.reverse(key, &reversal(10, Some(500)), NOW),
+            ReversalOutcome::NotFound
+        ));
+        approve(&cards, key, 1_000, 10).durable.wait().unwrap();
         key
     };
     // The original arrives after its reversal (and after a restart, then a snapshot):
@@ -362,7 +368,8 @@ fn a_reversal_before_its_original_gives_nothing_back_and_the_late_original_is_re
         let (cards, _) = open(dir.path());
         assert_eq!(code(&cards.authorize(key, &purchase(1_000, 8), NOW)), "94");
         let v = cards.get(key).unwrap();
-        assert_eq!((v.spent, v.held), (4_000, 0));
+        // The partial reversal's original, held at the "crash", counts as spent.
+        assert_eq!((v.spent, v.held), (5_000, 0));
         if snapshot {
             cards.snapshot().unwrap();
         }
@@ -396,7 +403,7 @@ fn an_advice_in_a_currency_the_card_cannot_count_takes_what_was_left_and_a_use()
     let dir = tempfile::tempdir().unwrap();
     let (cards, _) = open(dir.path());
     let key = issue(&cards, &single_use(10_000));
-    approve(&cards, key, 3_000, 1).durable.wait().unwrap();
+    let held = approve(&cards, key, 3_000, 1);
     // Dollars, with no billing amount in the card's euros.
     let mut advice = request(*b"0120", 5_000, 2, "SHOP-A");
     advice.amounts.transaction_currency = 840;
@@ -405,9 +412,19 @@ fn an_advice_in_a_currency_the_card_cannot_count_takes_what_was_left_and_a_use()
         other => panic!("{other:?}"),
     }
     let v = cards.get(key).unwrap();
-    assert_eq!((v.spent, v.held, v.uses, v.available), (7_000, 3_000, 1, 0));
+    assert_eq!(
+        (v.spent, v.held, v.uses, v.available),
+        (10_000, 3_000, 1, 0)
+    );
     // Its single use is spent: closed (46), whatever the amount.
     assert_eq!(code(&cards.authorize(key, &purchase(1, 3), NOW)), "46");
+    // The hold released leaves no room either: the advice took the whole cap.
+    settle(
+        &cards,
+        &held.hold,
+        IssuerOutcome::Declined(ResponseCode(*b"05")),
+    );
+    assert_eq!(cards.get(key).unwrap().available, 0);
 }
 
 #[test]

@@ -283,6 +283,28 @@ async fn a_repeated_advice_waits_for_the_first_ones_record_and_an_unrecorded_rev
         (*b"0410", Some(*b"96"))
     );
     assert_eq!(r.sim.requests(b"0400"), reversals_before, "not forwarded");
+    // Given back in memory (its record was the one that failed), but its repeat is not a
+    // "nothing left" to acknowledge: 96 again.
+    let mut repeat = reversal.clone();
+    repeat.set_mti(b"0401").unwrap();
+    send(&mut r.net, &repeat).await;
+    let refused = answer(&mut r.net, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(refused.response_code(), Some(*b"96"));
+    // Once the store has failed, a reversal is refused before anything is given back.
+    let mut advice_reversal = reversal.clone();
+    advice_reversal.set(11, b"000004").unwrap();
+    advice_reversal
+        .set(90, b"012000000211261430151234567890100000000000")
+        .unwrap();
+    send(&mut r.net, &advice_reversal).await;
+    let refused = answer(&mut r.net, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(refused.response_code(), Some(*b"96"));
+    assert_eq!(
+        r.cards.get(r.key).unwrap().spent,
+        500,
+        "the advice still counted"
+    );
+    assert_eq!(r.sim.requests(b"0400"), reversals_before, "none forwarded");
     drop(failing);
     r.stop().await;
 }

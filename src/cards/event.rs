@@ -460,11 +460,18 @@ pub fn apply_ledger(
         Event::Voided {
             key, tx, mti, at, ..
         } => {
-            let dashmap::Entry::Vacant(v) = ledger.entries.entry(*tx) else {
-                // The original came after all (or, replaying, a later record has it).
+            // Live, the original came after all. Replaying, an entry from before the void
+            // (in the snapshot, then dropped for room before the void) gives way to it.
+            if ledger
+                .entries
+                .get(tx)
+                .is_some_and(|e| !replaying || e.lsn >= lsn)
+            {
                 return None;
-            };
-            v.insert(voided_entry(*key, *tx, *mti, *at, lsn));
+            }
+            ledger
+                .entries
+                .insert(*tx, voided_entry(*key, *tx, *mti, *at, lsn));
             Some((*tx, *at))
         }
         Event::InDoubt(hold) => {

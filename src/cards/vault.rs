@@ -241,12 +241,15 @@ pub enum ReversalOutcome {
     NothingLeft,
     /// No original on this card within the ledger's retention, and none named in DE 90.
     NotFound,
-    /// No original on this card, but DE 90 names one: it is voided (recorded as declined,
-    /// 94), so that if it arrives after its reversal it is not approved.
+    /// No original on this card, but DE 90 names one and the reversal is a full one: it
+    /// is voided (recorded as declined, 94), so that if it arrives after its reversal it is
+    /// not approved.
     Voided {
         /// Resolves when the void is durable.
         durable: Durable,
     },
+    /// The store has failed: nothing was given back or recorded (answer 96).
+    NotRecorded(StoreError),
 }
 
 /// What an advice did.
@@ -646,13 +649,22 @@ impl Cards {
             .flatten()
             .find(|k| self.ledger.get(k).is_some_and(|e| e.card == card_key))
         else {
+            // A partial one says the original happened, in part: it may yet come as an
+            // advice from a stand-in, which must then be counted, not refused.
             return match req.original {
-                Some(original) => self.void(card_key, original, req, now),
-                None => ReversalOutcome::NotFound,
+                Some(original) if req.remaining.unwrap_or(0) == 0 => {
+                    self.void(card_key, original, req, now)
+                }
+                _ => ReversalOutcome::NotFound,
             };
         };
         self.index
             .update(card_key, |card| {
+                if self.journal.is_failed() {
+                    // Given back in memory only, a repeat would find nothing left and be
+                    // acknowledged, and a restart would count the amount spent for good.
+                    return ReversalOutcome::NotRecorded(StoreError::Failed);
+                }
                 let Some(e) = self.ledger.get(&tx) else {
                     return ReversalOutcome::NotFound;
                 };
@@ -711,7 +723,7 @@ impl Cards {
         let mut inserted = false;
         let voided = self.index.update(card_key, |_| {
             if self.journal.is_failed() {
-                return Some(Durable::ready(Err(StoreError::Failed)));
+                return Some(Err(StoreError::Failed));
             }
             let dashmap::Entry::Vacant(slot) = self.ledger.entries.entry(original) else {
                 // The original arrived meanwhile: reversed as usual, below.
@@ -733,14 +745,15 @@ impl Cards {
                 event.lsn(),
             ));
             inserted = true;
-            Some(durable)
+            Some(Ok(durable))
         });
         if inserted {
             self.ledger.remember(original, now, now);
         }
         match voided {
             None => ReversalOutcome::NotFound,
-            Some(Some(durable)) => ReversalOutcome::Voided { durable },
+            Some(Some(Ok(durable))) => ReversalOutcome::Voided { durable },
+            Some(Some(Err(e))) => ReversalOutcome::NotRecorded(e),
             // Once: the entry is there now, so this finds it, or it is another card's.
             Some(None)
                 if self
@@ -798,7 +811,9 @@ impl Cards {
                 // Money moved, of a size the card's currency cannot tell, perhaps past the
                 // cap: counted as all the card had left, and a use (the safe side).
                 tracing::warn!(card = ?card_key, "advice in a currency the card cannot count; recorded as what was left of its cap");
-                (card.available(), req.amounts.transaction > 0)
+                // Not `available()`: holds released later must not make room again.
+                let left = card.amount_limit.saturating_sub(card.spent);
+                (left, req.amounts.transaction > 0)
             };
             let binds = card.lock == LockKind::FirstUseUnbound && req.acceptor.is_some();
             let event = Event::Advised(tx_event(

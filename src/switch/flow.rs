@@ -328,12 +328,22 @@ impl Flow {
                 if let Err(e) = durable.await {
                     // Fail closed: not forwarded, answered 96, so the network sends it
                     // again. Given back in memory already, the repeat then finds nothing
-                    // left and goes to the issuer; after a restart that lost the record,
-                    // it finds the original and gives it back then.
+                    // left and goes to the issuer once the record is on disk; after a
+                    // restart that lost it, it finds the original and gives it back then.
                     return self.fail_closed(&request, &vpan, &e, "reversal");
                 }
             }
-            ReversalOutcome::NothingLeft | ReversalOutcome::NotFound => {}
+            ReversalOutcome::NotRecorded(e) => {
+                return self.fail_closed(&request, &vpan, &e, "reversal");
+            }
+            ReversalOutcome::NothingLeft => {
+                // A repeat: what the first gave back (or voided) may not be on disk yet,
+                // and acknowledged now, it would never be sent again.
+                if let Err(e) = self.cards.recorded_so_far().await {
+                    return self.fail_closed(&request, &vpan, &e, "reversal repeat");
+                }
+            }
+            ReversalOutcome::NotFound => {}
         }
         if !self.cards.contains(vpan.key) {
             return self.unknown_or_passthrough(request).await;
