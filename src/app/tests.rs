@@ -265,6 +265,39 @@ async fn a_repeated_advice_waits_for_the_first_ones_record_and_an_unrecorded_rev
     }
     assert_eq!(r.cards.get(r.key).unwrap().spent, 1_500, "counted once");
 
+    // The same for a reversal's repeat: it finds nothing left to give back, but is not
+    // acknowledged before what the first gave back is on disk.
+    let second = r.purchase(200, b"000005");
+    send(&mut r.net, &second).await;
+    let approved = answer(&mut r.net, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(approved.response_code(), Some(*b"00"));
+    let held = sync_gate::set(&r.data, Gate::Held);
+    let mut reversal = second.clone();
+    reversal.set_mti(b"0400").unwrap();
+    reversal.set(11, b"000006").unwrap();
+    reversal
+        .set(90, b"010000000511261430151234567890100000000000")
+        .unwrap();
+    let mut repeat = reversal.clone();
+    repeat.set_mti(b"0401").unwrap();
+    send(&mut r.net, &reversal).await;
+    send(&mut r.net, &repeat).await;
+    assert!(
+        answer(&mut r.net, Duration::from_millis(500))
+            .await
+            .is_none(),
+        "a reversal acknowledged before it was durable"
+    );
+    drop(held);
+    for _ in 0..2 {
+        let acknowledged = answer(&mut r.net, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(
+            (acknowledged.mti(), acknowledged.response_code()),
+            (*b"0410", Some(*b"00"))
+        );
+    }
+    assert_eq!(r.cards.get(r.key).unwrap().spent, 1_500, "given back once");
+
     // The disk fails: a reversal given back in memory but not recorded is answered 96 and
     // kept from the issuer, so the network sends it again once vpan can record it.
     let failing = sync_gate::set(&r.data, Gate::Failing);
