@@ -52,6 +52,21 @@ async fn send(net: &mut Framed<TcpStream, FrameCodec>, m: &Message) {
     .unwrap();
 }
 
+/// A full reversal of `original` under `stan`, naming it in DE 90 (its MTI, DE 11, DE 7
+/// and DE 32, then no forwarding institution).
+fn reversal_of(original: &Message, stan: &[u8; 6]) -> Message {
+    let mut reversal = original.clone();
+    reversal.set_mti(b"0400").unwrap();
+    reversal.set(11, stan).unwrap();
+    let mut de90 = original.mti().to_vec();
+    de90.extend_from_slice(&original.stan().unwrap());
+    de90.extend_from_slice(&original.transmission_time().unwrap());
+    de90.extend_from_slice(original.acquirer().unwrap().as_bytes());
+    de90.extend_from_slice(b"00000000000");
+    reversal.set(90, &de90).unwrap();
+    reversal
+}
+
 /// The next answer, or `None` when none comes within `wait`.
 async fn answer(net: &mut Framed<TcpStream, FrameCodec>, wait: Duration) -> Option<Message> {
     match tokio::time::timeout(wait, net.next()).await {
@@ -133,6 +148,42 @@ impl Running {
     /// A purchase on the card.
     fn purchase(&self, amount: u64, stan: &[u8; 6]) -> Message {
         purchase(&self.card.vpan, &self.card.expiry.0, amount, stan)
+    }
+
+    /// A purchase on the card, sent and approved.
+    async fn approved(&mut self, amount: u64, stan: &[u8; 6]) -> Message {
+        let bought = self.purchase(amount, stan);
+        send(&mut self.net, &bought).await;
+        let approved = answer(&mut self.net, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(approved.response_code(), Some(*b"00"));
+        bought
+    }
+
+    /// Sends `first` and its repeat (MTI ending in 1) while the disk holds the syncs: no
+    /// answer may come before the syncs return, then both get `answer_mti` with 00.
+    async fn repeat_answered_only_once_synced(&mut self, first: &Message, answer_mti: &[u8; 4]) {
+        let held = sync_gate::set(&self.data, Gate::Held);
+        let mut repeat = first.clone();
+        let mut mti = first.mti();
+        mti[3] = b'1';
+        repeat.set_mti(&mti).unwrap();
+        send(&mut self.net, first).await;
+        send(&mut self.net, &repeat).await;
+        assert!(
+            answer(&mut self.net, Duration::from_millis(500))
+                .await
+                .is_none(),
+            "{} acknowledged before it was durable",
+            String::from_utf8_lossy(&mti)
+        );
+        drop(held);
+        for _ in 0..2 {
+            let acknowledged = answer(&mut self.net, Duration::from_secs(5)).await.unwrap();
+            assert_eq!(
+                (acknowledged.mti(), acknowledged.response_code()),
+                (*answer_mti, Some(*b"00"))
+            );
+        }
     }
 
     async fn stop(self) {
@@ -234,80 +285,27 @@ async fn an_approval_is_answered_only_once_its_hold_is_durable_and_a_failed_sync
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_advice_waits_for_the_first_ones_record_and_an_unrecorded_reversal_gets_96() {
     let mut r = Running::start().await;
-    let bought = r.purchase(1_000, b"000001");
-    send(&mut r.net, &bought).await;
-    let approved = answer(&mut r.net, Duration::from_secs(5)).await.unwrap();
-    assert_eq!(approved.response_code(), Some(*b"00"));
+    let bought = r.approved(1_000, b"000001").await;
 
     // An advice and its repeat while the disk has not finished the advice's sync: the
     // repeat finds the advice counted in memory, but must not be acknowledged before it is
     // on disk (a crash would take back what the network was told twice).
-    let held = sync_gate::set(&r.data, Gate::Held);
     let mut advice = r.purchase(500, b"000002");
     advice.set_mti(b"0120").unwrap();
-    let mut repeat = advice.clone();
-    repeat.set_mti(b"0121").unwrap();
-    send(&mut r.net, &advice).await;
-    send(&mut r.net, &repeat).await;
-    assert!(
-        answer(&mut r.net, Duration::from_millis(500))
-            .await
-            .is_none(),
-        "an advice acknowledged before it was durable"
-    );
-    drop(held);
-    for _ in 0..2 {
-        let acknowledged = answer(&mut r.net, Duration::from_secs(5)).await.unwrap();
-        assert_eq!(
-            (acknowledged.mti(), acknowledged.response_code()),
-            (*b"0130", Some(*b"00"))
-        );
-    }
+    r.repeat_answered_only_once_synced(&advice, b"0130").await;
     assert_eq!(r.cards.get(r.key).unwrap().spent, 1_500, "counted once");
 
     // The same for a reversal's repeat: it finds nothing left to give back, but is not
     // acknowledged before what the first gave back is on disk.
-    let second = r.purchase(200, b"000005");
-    send(&mut r.net, &second).await;
-    let approved = answer(&mut r.net, Duration::from_secs(5)).await.unwrap();
-    assert_eq!(approved.response_code(), Some(*b"00"));
-    let held = sync_gate::set(&r.data, Gate::Held);
-    let mut reversal = second.clone();
-    reversal.set_mti(b"0400").unwrap();
-    reversal.set(11, b"000006").unwrap();
-    reversal
-        .set(90, b"010000000511261430151234567890100000000000")
-        .unwrap();
-    let mut repeat = reversal.clone();
-    repeat.set_mti(b"0401").unwrap();
-    send(&mut r.net, &reversal).await;
-    send(&mut r.net, &repeat).await;
-    assert!(
-        answer(&mut r.net, Duration::from_millis(500))
-            .await
-            .is_none(),
-        "a reversal acknowledged before it was durable"
-    );
-    drop(held);
-    for _ in 0..2 {
-        let acknowledged = answer(&mut r.net, Duration::from_secs(5)).await.unwrap();
-        assert_eq!(
-            (acknowledged.mti(), acknowledged.response_code()),
-            (*b"0410", Some(*b"00"))
-        );
-    }
+    let second = r.approved(200, b"000005").await;
+    r.repeat_answered_only_once_synced(&reversal_of(&second, b"000006"), b"0410")
+        .await;
     assert_eq!(r.cards.get(r.key).unwrap().spent, 1_500, "given back once");
 
     // The disk fails: a reversal given back in memory but not recorded is answered 96 and
     // kept from the issuer, so the network sends it again once vpan can record it.
     let failing = sync_gate::set(&r.data, Gate::Failing);
-    let mut reversal = bought.clone();
-    reversal.set_mti(b"0400").unwrap();
-    reversal.set(11, b"000003").unwrap();
-    // DE 90: the original's MTI, DE 11, DE 7 and DE 32, then no forwarding institution.
-    reversal
-        .set(90, b"010000000111261430151234567890100000000000")
-        .unwrap();
+    let reversal = reversal_of(&bought, b"000003");
     let reversals_before = r.sim.requests(b"0400");
     send(&mut r.net, &reversal).await;
     let refused = answer(&mut r.net, Duration::from_secs(5)).await.unwrap();
@@ -324,12 +322,7 @@ async fn a_repeated_advice_waits_for_the_first_ones_record_and_an_unrecorded_rev
     let refused = answer(&mut r.net, Duration::from_secs(5)).await.unwrap();
     assert_eq!(refused.response_code(), Some(*b"96"));
     // Once the store has failed, a reversal is refused before anything is given back.
-    let mut advice_reversal = reversal.clone();
-    advice_reversal.set(11, b"000004").unwrap();
-    advice_reversal
-        .set(90, b"012000000211261430151234567890100000000000")
-        .unwrap();
-    send(&mut r.net, &advice_reversal).await;
+    send(&mut r.net, &reversal_of(&advice, b"000004")).await;
     let refused = answer(&mut r.net, Duration::from_secs(5)).await.unwrap();
     assert_eq!(refused.response_code(), Some(*b"96"));
     assert_eq!(

@@ -327,9 +327,9 @@ impl Flow {
             ReversalOutcome::Reversed { durable, .. } | ReversalOutcome::Voided { durable } => {
                 if let Err(e) = durable.await {
                     // Fail closed: not forwarded, answered 96, so the network sends it
-                    // again. Given back in memory already, the repeat then finds nothing
-                    // left and goes to the issuer once the record is on disk; after a
-                    // restart that lost it, it finds the original and gives it back then.
+                    // again. Given back (or voided) in memory already, the repeat then
+                    // finds nothing left and goes to the issuer once the record is on disk;
+                    // after a restart that lost it, it is applied afresh then.
                     return self.fail_closed(&request, &vpan, &e, "reversal");
                 }
             }
