@@ -919,6 +919,90 @@ async fn the_same_stan_and_time_from_two_terminals_at_once_are_each_reversed_at_
 }
 
 #[tokio::test]
+async fn a_purchase_that_only_looks_like_one_waiting_at_the_issuer_gets_its_own_answer() {
+    let sim = SimConfig {
+        latency: Duration::from_millis(100),
+        ..SimConfig::default()
+    };
+    let rig = rig(Some(sim), |c| c.issuer.connections = 1).await;
+    let (card, real) = rig.issue(|_| {}).await;
+    let plain = test_pan("497010", 16);
+    let mut net = Client::connect(rig.network).await;
+    let mut other = Client::connect(rig.network).await;
+    // A purchase on the vPAN, and one on a card vpan did not issue that shares its STAN,
+    // DE 7, acquirer and terminal (a broken terminal, or a forged request): not a repeat.
+    let on_vpan = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 300);
+    let mut on_plain = purchase(&mut other, b"0100", &plain, b"2912", 500);
+    on_plain.set(11, &on_vpan.stan().unwrap()).unwrap();
+    let on_plain = Message::parse(Spec::iso87ascii(), on_plain.pack()).unwrap();
+    net.send(&on_vpan).await;
+    while rig.sim().requests(b"0100") == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    other.send(&on_plain).await;
+    let stan = on_vpan.stan().unwrap();
+    let (ans_vpan, ans_plain) = tokio::join!(net.answer(stan), other.answer(stan));
+    assert_eq!(
+        ans_plain.pan().unwrap().unwrap(),
+        plain,
+        "its own card back, never the real card behind the vPAN"
+    );
+    assert_eq!(ans_plain.raw(4), Some(&b"000000000500"[..]));
+    assert_eq!(ans_vpan.pan().unwrap().unwrap(), card.vpan);
+    assert_eq!(
+        (code(&ans_vpan), code(&ans_plain)),
+        ("00".into(), "00".into())
+    );
+    assert_eq!(rig.sim().requests(b"0100"), 2, "each went to the issuer");
+    let full = vpan::tools::issuer_sim::DEFAULT_BALANCE;
+    assert_eq!(rig.sim().balance(&plain), Some(full - 500));
+    assert_eq!(rig.sim().balance(&real), Some(full - 300));
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_whose_stan_is_the_stamp_of_another_waiting_one_is_not_taken_for_its_repeat() {
+    let (rig, mut t) = two_terminals_one_stan().await;
+    // Terminal 2's purchase takes the STAN at the issuer; terminal 1's, under the same
+    // STAN while it waits, goes out under a stamp of vpan's own.
+    t.other.send(&t.from_b).await;
+    while rig.sim().requests(b"0100") == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    t.net.send(&t.from_a).await;
+    while rig.sim().requests(b"0100") < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let stamp = rig
+        .sim()
+        .recent(10)
+        .into_iter()
+        .find(|r| r.message.raw(41) == Some(&b"TERM0001"[..]))
+        .and_then(|r| r.message.stan())
+        .unwrap();
+    assert_ne!(Some(stamp), t.from_a.stan(), "restamped");
+    // While it still waits, terminal 1 sends another purchase whose own STAN happens to
+    // be that stamp, in the same second: another transaction, on another card.
+    let c = test_pan("497010", 16);
+    let mut third = purchase(&mut t.net, b"0100", &c, b"2912", 700);
+    third.set(11, &stamp).unwrap();
+    let third = Message::parse(Spec::iso87ascii(), third.pack()).unwrap();
+    t.net.send(&third).await;
+    let stan = t.from_a.stan().unwrap();
+    let first = t.net.answer(stan).await;
+    let answer = t.net.answer(stamp).await;
+    assert_eq!(code(&t.other.answer(stan).await), "00");
+    assert_eq!(first.pan().unwrap().unwrap(), t.a);
+    assert_eq!(answer.pan().unwrap().unwrap(), c, "its own answer");
+    assert_eq!(answer.raw(4), Some(&b"000000000700"[..]));
+    assert_eq!(rig.sim().requests(b"0100"), 3, "each went to the issuer");
+    let full = vpan::tools::issuer_sim::DEFAULT_BALANCE;
+    assert_eq!(rig.sim().balance(&c), Some(full - 700));
+    assert_eq!(rig.sim().balance(&t.b), Some(full - 500));
+    rig.stop().await;
+}
+
+#[tokio::test]
 async fn track_data_vpan_cannot_rewrite_never_reaches_the_issuer_and_a_repeat_gets_the_same_30() {
     let rig = rig(Some(SimConfig::default()), |_| {}).await;
     let (card, real) = rig.issue(|_| {}).await;

@@ -101,6 +101,9 @@ struct Pending {
     sent: Bytes,
     /// Its MTI, to tell its answer from a stranger's under the same stamp.
     mti: [u8; 4],
+    /// The STAN the network sent it with (`sent` carries the stamp): a request that
+    /// meets it under its stamp is its repeat only if it has this STAN too.
+    network_stan: Option<[u8; 6]>,
     /// When it was queued for writing, for the issuer latency histogram and the sweep.
     sent_at: Instant,
     /// When its caller stops waiting.
@@ -327,6 +330,7 @@ impl IssuerLink {
                         reply: reply.take(),
                         sent: sent.clone(),
                         mti: request.mti(),
+                        network_stan,
                         sent_at,
                         deadline: sent_at + timeout,
                         conn,
@@ -339,7 +343,8 @@ impl IssuerLink {
                     // with: it waits for that answer.
                     if joinable
                         && Some(candidate) == preferred
-                        && is_same_transaction(self.spec(), &o.get().sent, &request, &candidate)
+                        && let Some(stan) = network_stan
+                        && is_same_transaction(self.spec(), o.get(), &request, &stan)
                         && let Some(reply) = reply.take()
                     {
                         o.get_mut().repeats.push((reply, Instant::now() + timeout));
@@ -990,19 +995,31 @@ fn identity(request: &Message, network_stan: &[u8; 6]) -> Option<Identity> {
     Identity::of(&de90, request.terminal().as_deref())
 }
 
-/// Whether `request` is the transaction (its first or a repeat) of the request packed in
-/// `sent`, both under `stan`. Only reached when two requests meet under one STAN, which
-/// is rare, so `sent` is read back here rather than its identity kept for every request.
+/// Whether `request`, sent by the network under `network_stan`, is the transaction (its
+/// first or a repeat) of `first`, the request waiting under the stamp `request` would
+/// take. Both must have come with the same network STAN and the same identity (MTI class,
+/// DE 7, DE 32, DE 41), and be for the same card, processing code and amount: a request
+/// that only looks alike (another one given `first`'s stamp as its own STAN, or a purchase
+/// on another card that shares its identity) must go to the issuer itself, never be
+/// handed `first`'s answer, which carries `first`'s real card number. Only reached when
+/// two requests meet under one stamp, which is rare, so `first.sent` is read back here
+/// rather than its identity kept for every request.
 fn is_same_transaction(
     spec: &'static Spec,
-    sent: &Bytes,
+    first: &Pending,
     request: &Message,
-    stan: &[u8; 6],
+    network_stan: &[u8; 6],
 ) -> bool {
-    let Ok(first) = Message::parse(spec, sent.clone()) else {
+    if first.network_stan != Some(*network_stan) {
+        return false;
+    }
+    let Ok(sent) = Message::parse(spec, first.sent.clone()) else {
         return false;
     };
-    identity(request, stan).is_some_and(|id| identity(&first, stan) == Some(id))
+    let same_fields = [2, 3, 4].iter().all(|&n| sent.raw(n) == request.raw(n));
+    same_fields
+        && identity(request, network_stan)
+            .is_some_and(|id| identity(&sent, network_stan) == Some(id))
 }
 
 /// An answer to a reversal that says it was not applied: the host (or a front end for
