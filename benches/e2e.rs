@@ -2,6 +2,8 @@
 //!
 //! 1. loadgen → issuer-sim directly (the floor: what the link costs without vpan);
 //! 2. loadgen → vpan serve → issuer-sim, on approvals of virtual cards (journal on);
+//! 3. the same purchases on card numbers of a BIN without virtual cards, which vpan passes
+//!    through untouched: its forwarding path alone, closed loop only;
 //!
 //! each first closed loop (throughput), then open loop at a fixed rate (latency), plus the
 //! journal disk's own fdatasync latency measured in the same data directory. Prints both
@@ -21,7 +23,8 @@
 //! that setting ignores it and runs one thread per core, whatever the header says.
 //!
 //! `E2E_PREPARE_ONLY=DIR` only writes the cards' data directory (`DIR/data`) and the
-//! traffic (`DIR/traffic.jsonl`), for runs by hand under `perf` and the like.
+//! traffic (`DIR/traffic.jsonl`, and `DIR/passthrough.jsonl`), for runs by hand under
+//! `perf` and the like.
 
 // A benchmark harness: any failure should stop it loudly, with the reason.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -55,13 +58,15 @@ fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path().join("data");
     let traffic = dir.path().join("traffic.jsonl");
-    issue_cards_and_write_traffic(&data, &traffic);
+    let passthrough = dir.path().join("passthrough.jsonl");
+    issue_cards_and_write_traffic(&data, &traffic, &passthrough);
     if let Some(keep) = std::env::var_os("E2E_PREPARE_ONLY").map(PathBuf::from) {
         // For runs by hand (perf, strace): the cards' data directory and the traffic file.
         copy_dir(&data, &keep.join("data"));
         std::fs::copy(&traffic, keep.join("traffic.jsonl")).expect("copy the traffic");
+        std::fs::copy(&passthrough, keep.join("passthrough.jsonl")).expect("copy the traffic");
         println!(
-            "e2e: data directory and traffic.jsonl written in {}",
+            "e2e: data directory, traffic.jsonl and passthrough.jsonl written in {}",
             keep.display()
         );
         return;
@@ -122,6 +127,8 @@ fn main() {
     );
     let direct_closed = loadgen(&sim_addr, &traffic, &closed);
     let vpan_closed = switch.loadgen(&traffic, &closed);
+    // The same purchases on cards vpan did not issue: the forwarding path alone.
+    let pass_closed = switch.loadgen(&passthrough, &closed);
     let other_closed = other.as_ref().map(|o| o.loadgen(&traffic, &closed));
     // More closed-loop pairs, the order swapped every other pair: this machine's speed
     // drifts by tens of percent within minutes, so one pair can mislead.
@@ -170,6 +177,12 @@ fn main() {
         100.0 * tput(&vpan_closed) / tput(&direct_closed)
     );
     cpu_row("  vpan's", &vpan_closed);
+    row("  passthrough (no card, no journal)", &pass_closed);
+    println!(
+        "  passthrough through vpan / direct throughput: {:.1}%",
+        100.0 * tput(&pass_closed) / tput(&direct_closed)
+    );
+    cpu_row("  vpan's passthrough", &pass_closed);
     if let Some(o) = &other_closed {
         row("  loadgen -> E2E_COMPARE -> issuer-sim", o);
         cpu_row("  E2E_COMPARE's", o);
@@ -387,8 +400,10 @@ fn lat(s: &serde_json::Value, q: &str) -> f64 {
     s["latency_us"][q].as_f64().unwrap_or(f64::NAN)
 }
 
-/// Issues `CARDS` cards with caps that never bind, and one 1.00 EUR purchase per card.
-fn issue_cards_and_write_traffic(data: &Path, traffic: &Path) {
+/// Issues `CARDS` cards with caps that never bind, and writes one 1.00 EUR purchase per
+/// card to `traffic`; and to `passthrough`, the same purchases on card numbers of another
+/// BIN, where no card is issued: the switch forwards those untouched (no card, no journal).
+fn issue_cards_and_write_traffic(data: &Path, traffic: &Path, passthrough: &Path) {
     let store = StoreConfig {
         data_dir: data.to_path_buf(),
         key_file: Default::default(),
@@ -401,10 +416,16 @@ fn issue_cards_and_write_traffic(data: &Path, traffic: &Path) {
         .expect("clock")
         .as_secs();
     let mut out = std::fs::File::create(traffic).expect("traffic file");
+    let mut pass = std::fs::File::create(passthrough).expect("passthrough traffic file");
     writeln!(out, "# e2e bench: one purchase per virtual card").expect("write");
+    writeln!(
+        pass,
+        "# e2e bench: one purchase per card of a BIN without virtual cards"
+    )
+    .expect("write");
     for i in 0..CARDS {
         let spec = CardSpec {
-            pan: test_pan(i),
+            pan: test_pan(VIRTUAL_BIN, i),
             pan_expiry: Expiry(*b"2912"),
             controls: Controls {
                 currency: 978,
@@ -419,19 +440,28 @@ fn issue_cards_and_write_traffic(data: &Path, traffic: &Path) {
         };
         let (view, durable) = cards.issue(&spec, now).expect("issue");
         durable.wait().expect("durable");
-        writeln!(
-            out,
-            r#"{{"fields": {{"t": "0100", "2": "{}", "3": "000000", "4": "000000000100", "12": "143015", "13": "1126", "14": "{}", "18": "5734", "22": "812", "25": "59", "32": "12345678901", "37": "633014000123", "41": "TERM0001", "42": "SHOP00000000001", "43": "EXAMPLE SHOP             PARIS        FR", "49": "978"}}, "expect": "00"}}"#,
-            view.vpan.expose(),
-            view.expiry.as_str()
-        )
-        .expect("write");
+        write_purchase(&mut out, view.vpan.expose(), view.expiry.as_str());
+        write_purchase(&mut pass, test_pan(PASSTHROUGH_BIN, i).expose(), "2912");
     }
 }
 
-/// A generated Luhn-valid test PAN in BIN 497010.
-fn test_pan(i: usize) -> Pan {
-    let mut digits = format!("497010{:09}", i * 7919 % 1_000_000_000).into_bytes();
+/// The cards' BIN (their real card numbers', so their vPANs' too).
+const VIRTUAL_BIN: &str = "497010";
+/// A BIN where no card is issued: its card numbers are not vPANs.
+const PASSTHROUGH_BIN: &str = "497011";
+
+/// One traffic line: a 1.00 EUR purchase on `pan`, expiring `expiry` (YYMM).
+fn write_purchase(out: &mut std::fs::File, pan: &str, expiry: &str) {
+    writeln!(
+        out,
+        r#"{{"fields": {{"t": "0100", "2": "{pan}", "3": "000000", "4": "000000000100", "12": "143015", "13": "1126", "14": "{expiry}", "18": "5734", "22": "812", "25": "59", "32": "12345678901", "37": "633014000123", "41": "TERM0001", "42": "SHOP00000000001", "43": "EXAMPLE SHOP             PARIS        FR", "49": "978"}}, "expect": "00"}}"#
+    )
+    .expect("write");
+}
+
+/// A generated Luhn-valid test PAN in `bin`.
+fn test_pan(bin: &str, i: usize) -> Pan {
+    let mut digits = format!("{bin}{:09}", i * 7919 % 1_000_000_000).into_bytes();
     let check = luhn_check_digit(&digits);
     digits.push(b'0' + check);
     Pan::from_digits_checked(&digits).expect("test PAN")

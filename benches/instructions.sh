@@ -13,12 +13,15 @@
 #   E2E_PREPARE_ONLY=/tmp/e2e-hand cargo bench --bench e2e     # once: cards and traffic
 #   benches/instructions.sh 30000 target/release/vpan [/tmp/other-build/vpan ...]
 #
-# PREP (default /tmp/e2e-hand) is where the cards and traffic are. Needs valgrind. About
+# PREP (default /tmp/e2e-hand) is where the cards and traffic are; TRAFFIC (default
+# $PREP/traffic.jsonl) the traffic: TRAFFIC=$PREP/passthrough.jsonl counts the forwarding
+# path alone (every answer is still an approval, from the issuer). Needs valgrind. About
 # 20 s per binary at COUNT 30000.
 set -euo pipefail
 COUNT=$1; shift
 PREP=${PREP:-/tmp/e2e-hand}
-[ -f "$PREP/traffic.jsonl" ] || { echo "no $PREP/traffic.jsonl: run E2E_PREPARE_ONLY=$PREP cargo bench --bench e2e first" >&2; exit 2; }
+TRAFFIC=${TRAFFIC:-$PREP/traffic.jsonl}
+[ -f "$TRAFFIC" ] || { echo "no $TRAFFIC: run E2E_PREPARE_ONLY=$PREP cargo bench --bench e2e first" >&2; exit 2; }
 
 # Instructions the switch ran in a life with N approvals.
 count() {
@@ -34,7 +37,7 @@ count() {
     valgrind --tool=callgrind --callgrind-out-file="$d/cg.out" "$bin" serve 2> "$d/serve.log" & sw=$!
   for _ in $(seq 600); do grep -q 'issuer link up' "$d/serve.log" && break; sleep 0.1; done
   addr=$(grep 'network listener bound' "$d/serve.log" | grep -o 'addr=[0-9.:]*' | cut -d= -f2)
-  "$bin" loadgen --target "$addr" --traffic "$PREP/traffic.jsonl" --connections 4 \
+  "$bin" loadgen --target "$addr" --traffic "$TRAFFIC" --connections 4 \
     --in-flight 64 --count "$n" --timeout-ms 60000 --json 2>/dev/null > "$d/load.json"
   kill -INT $sw; wait $sw || true
   kill $sim; wait $sim 2>/dev/null || true
