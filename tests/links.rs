@@ -164,3 +164,57 @@ async fn with_network_connect_the_switch_dials_the_network_serves_it_and_redials
     task.await.unwrap().unwrap();
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_late_answer_is_not_handed_to_another_acquirers_request_that_took_its_stan_since() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host_addr = listener.local_addr().unwrap().to_string();
+    let rig = rig(None, |c| {
+        c.issuer.connect = host_addr;
+        c.issuer.connections = 1;
+        c.issuer.timeout_ms = 300;
+    })
+    .await;
+    let (stream, _) = listener.accept().await.unwrap();
+    let mut host = Framed::new(stream, FrameCodec::new(Framing::Len2, 0, 8192));
+    let mut accepted = next_message(&mut host).await;
+    accepted.set_mti(b"0810").unwrap();
+    accepted.set_response_code(b"00").unwrap();
+    send(&mut host, &accepted).await;
+
+    // Acquirer A's reversal of a purchase on a card vpan did not issue: the host is slow,
+    // the network gets its 91, and its STAN is free again.
+    let mut net = Client::connect(rig.network).await;
+    let mut other = Client::connect(rig.network).await;
+    let card = test_pan("497010", 16);
+    let original = purchase(&mut net, b"0100", &card, b"2912", 300);
+    let from_a = rig::reversal_of(&mut net, &original);
+    net.send(&from_a).await;
+    let at_host_a = next_message(&mut host).await;
+    let stan = from_a.stan().unwrap();
+    assert_eq!(code(&net.answer(stan).await), "91");
+    // Acquirer B's reversal under the same STAN goes out under it.
+    let original_b = purchase(&mut other, b"0100", &card, b"2912", 500);
+    let mut from_b = rig::reversal_of(&mut other, &original_b);
+    from_b.set(11, &stan).unwrap();
+    from_b.set(32, b"99999").unwrap();
+    let from_b = Message::parse(Spec::iso87ascii(), from_b.pack()).unwrap();
+    other.send(&from_b).await;
+    let at_host_b = next_message(&mut host).await;
+    assert_eq!(
+        at_host_b.stan(),
+        at_host_a.stan(),
+        "the same DE 11 at the host"
+    );
+    // The host answers A at last (applied), then B (not found): B's network gets B's.
+    for (request, verdict) in [(&at_host_a, b"00"), (&at_host_b, b"25")] {
+        let mut answer = request.clone();
+        answer.set_mti(b"0410").unwrap();
+        answer.set_response_code(verdict).unwrap();
+        send(&mut host, &answer).await;
+    }
+    let answer = other.answer(stan).await;
+    assert_eq!(answer.raw(32), Some(&b"99999"[..]));
+    assert_eq!(code(&answer), "25", "its own answer, not A's late one");
+    rig.stop().await;
+}

@@ -233,8 +233,11 @@ pub async fn serve<S>(
     let _ = write_half.shutdown().await;
     // Requests still in flight are finished although their answers can no longer be
     // delivered: each hold gets its outcome (approved: spent; otherwise released) rather
-    // than staying held until a restart counts it as spent, while the issuer has the
-    // approval reversed as late. Bounded by `issuer.timeout_ms`.
+    // than staying held until a restart counts it as spent. An approval that comes in time
+    // stands, at vpan and at the issuer, until the acquirer, which never heard it, sends
+    // its timeout reversal, as acquirers do for a request left unanswered; vpan does not
+    // reverse it on its own, which the acquirer's reversal would then repeat. Bounded by
+    // `issuer.timeout_ms`.
     let unanswered = in_flight.len();
     while in_flight.next().await.is_some() {}
     if unanswered > 0 {

@@ -104,6 +104,8 @@ struct Pending {
     /// The STAN the network sent it with (`sent` carries the stamp): a request that
     /// meets it under its stamp is its repeat only if it has this STAN too.
     network_stan: Option<[u8; 6]>,
+    /// Its acquirer and terminal, which its answer echoes.
+    echoed: Echoed,
     /// When it was queued for writing, for the issuer latency histogram and the sweep.
     sent_at: Instant,
     /// When its caller stops waiting.
@@ -331,6 +333,7 @@ impl IssuerLink {
                         sent: sent.clone(),
                         mti: request.mti(),
                         network_stan,
+                        echoed: Echoed::of(&request),
                         sent_at,
                         deadline: sent_at + timeout,
                         conn,
@@ -625,17 +628,19 @@ impl IssuerLink {
             return;
         };
         // An answer under a live stamp but of another message class (a 0810 or a 0410 for
-        // a 0100) is not this request's answer: taking it would approve or decline on a
-        // stranger's DE 39. It is dropped; the request times out and is reversed.
-        let answered = self
-            .inner
-            .pending
-            .remove_if(&stamp, |_, p| is_response_to(&p.mti, &answer.mti()));
+        // a 0100), or for another acquirer or terminal (the late answer to a request whose
+        // stamp was freed at its timeout and taken since), is not this request's answer:
+        // taking it would approve or decline on a stranger's DE 39. It is dropped; the
+        // request gets its own answer, or times out (and is reversed if it can move money).
+        let echoed = Echoed::of(&answer);
+        let answered = self.inner.pending.remove_if(&stamp, |_, p| {
+            is_response_to(&p.mti, &answer.mti()) && p.echoed.answered_by(&echoed)
+        });
         let Some((_, pending)) = answered else {
             if self.inner.pending.contains_key(&stamp) {
                 tracing::warn!(
                     mti = %String::from_utf8_lossy(&answer.mti()),
-                    "answer from the issuer of the wrong message class dropped"
+                    "answer from the issuer of another message class, acquirer or terminal than its request's dropped"
                 );
             } else {
                 tracing::debug!("answer from the issuer matches no request (already swept)");
@@ -853,6 +858,15 @@ impl IssuerLink {
                     // A front end answering for a host that is down (91), or a host that
                     // failed (96), has not reversed anything: asked again.
                     Ok(answer) if !reversal_undone(&answer) => return,
+                    // It does not fit the link's layout (the original was near
+                    // `max_frame_bytes`, and DE 90 made it longer): it never will, so it is
+                    // not tried every few seconds until shutdown.
+                    Err(IssuerError::Encode) => {
+                        tracing::error!(
+                            "the reversal of a request does not fit the issuer link's layout; the issuer must reconcile"
+                        );
+                        return;
+                    }
                     Ok(answer) => {
                         if loud {
                             tracing::warn!(
@@ -1020,6 +1034,32 @@ fn is_same_transaction(
     same_fields
         && identity(request, network_stan)
             .is_some_and(|id| identity(&sent, network_stan) == Some(id))
+}
+
+/// DE 32 (acquirer) and DE 41 (terminal) of a message, as checksums: an answer echoes its
+/// request's, so one that carries another value answers another request. Hosts that leave
+/// them out of answers are not checked on them; DE 7 and DE 37 are not compared at all,
+/// since some hosts put their own values there.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Echoed {
+    acquirer: Option<u32>,
+    terminal: Option<u32>,
+}
+
+impl Echoed {
+    fn of(m: &Message) -> Echoed {
+        Echoed {
+            acquirer: m.acquirer().map(|f| crc32fast::hash(&f)),
+            terminal: m.terminal().map(|f| crc32fast::hash(&f)),
+        }
+    }
+
+    /// Whether an answer that echoes `answer` may be this request's: every field both
+    /// carry is the same.
+    fn answered_by(&self, answer: &Echoed) -> bool {
+        let agree = |a: Option<u32>, b: Option<u32>| a.zip(b).is_none_or(|(a, b)| a == b);
+        agree(self.acquirer, answer.acquirer) && agree(self.terminal, answer.terminal)
+    }
 }
 
 /// An answer to a reversal that says it was not applied: the host (or a front end for
