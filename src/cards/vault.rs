@@ -363,7 +363,8 @@ impl Cards {
     }
 
     /// Issues a card and waits until it is durable. On a store error the card is removed
-    /// (its number was never given out) and the error returned (the API answers 503).
+    /// (its number was never given out) and the error returned (the API answers 503); on a
+    /// stall, which may yet end with the record on disk, it is kept.
     pub async fn issue_durable(
         &self,
         spec: &CardSpec,
@@ -371,7 +372,13 @@ impl Cards {
     ) -> Result<CardView, IssueError> {
         let (view, durable) = self.issue(spec, now)?;
         if let Err(e) = durable.await {
-            self.index.remove(CardKey::of(&view.vpan));
+            // A stalled disk may still take the record: the card stays, so that its
+            // number is never drawn for another card (a restart would then find two cards
+            // under one number and keep the first), and the listing the caller is sent to
+            // shows it. A failed store takes no record after the failure.
+            if !matches!(e, StoreError::Stalled(_)) {
+                self.index.remove(CardKey::of(&view.vpan));
+            }
             return Err(e.into());
         }
         Ok(view)
@@ -990,4 +997,68 @@ fn validate(spec: &CardSpec, now: UnixSeconds) -> Result<(), IssueError> {
         return Err(IssueError::Invalid("an MCC has four digits"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cards::LedgerConfig;
+    use crate::store::StoreConfig;
+    use crate::store::segment::sync_gate::{self, Gate};
+
+    #[tokio::test]
+    async fn an_issuance_a_stalled_disk_may_still_take_keeps_its_number_and_is_listed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = StoreConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..Default::default()
+        };
+        let open = || {
+            Cards::open(&CardsConfig::default(), &store, LedgerConfig::default())
+                .map(|(cards, _)| cards)
+                .expect("open")
+        };
+        let cards = open();
+        let now = 1_800_000_000;
+        let spec = CardSpec {
+            pan: Pan::from_digits_checked(crate::cards::vpan::random_luhn("497010", 16).as_bytes())
+                .expect("test PAN"),
+            pan_expiry: Expiry(*b"2912"),
+            controls: Controls {
+                currency: 978,
+                amount_limit: 10_000,
+                per_transaction_limit: None,
+                max_uses: None,
+                valid_until: now + 86_400,
+                merchant_lock: super::super::card::MerchantLock::None,
+                mcc_allow: vec![],
+                mcc_block: vec![],
+            },
+        };
+        let held = sync_gate::set(dir.path(), Gate::Held);
+        let refused = cards.issue_durable(&spec, now).await;
+        assert!(
+            matches!(refused, Err(IssueError::Store(StoreError::Stalled(_)))),
+            "{refused:?}"
+        );
+        let listed = cards.list(None, 10);
+        assert_eq!(
+            listed.len(),
+            1,
+            "kept, and listed, while its record may land"
+        );
+        let vpan = listed[0].vpan.clone();
+        // The disk answers again: the record lands, and a restart finds the same card.
+        drop(held);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while let Err(e) = cards.recorded_so_far().await {
+            assert!(std::time::Instant::now() < deadline, "still {e:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        drop(cards);
+        let reopened = open();
+        let listed = reopened.list(None, 10);
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].vpan, vpan);
+    }
 }
