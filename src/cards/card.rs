@@ -196,6 +196,16 @@ pub fn format_rfc3339(t: UnixSeconds) -> String {
     )
 }
 
+/// Days in `month` (1 to 12) of `year`, in the proleptic Gregorian calendar.
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
 /// Parses RFC 3339 (`2026-11-26T15:04:05Z`, `...05.123+01:00`; fractions are dropped).
 /// `None` for anything else or a time before 1970.
 pub fn parse_rfc3339(text: &str) -> Option<UnixSeconds> {
@@ -214,7 +224,11 @@ pub fn parse_rfc3339(text: &str) -> Option<UnixSeconds> {
     };
     let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
+    if !(1..=12).contains(&month) || hour > 23 || minute > 59 {
+        return None;
+    }
+    // 2026-02-31 is no day: refused, not taken for 3 March.
+    if day < 1 || day > days_in_month(year, month) {
         return None;
     }
     if second > 60 {
@@ -237,6 +251,9 @@ pub fn parse_rfc3339(text: &str) -> Option<UnixSeconds> {
             }
             let h = i64::from((h1 - b'0') * 10 + (h2 - b'0'));
             let m = i64::from((m1 - b'0') * 10 + (m2 - b'0'));
+            if h > 23 || m > 59 {
+                return None;
+            }
             let o = h * 3600 + m * 60;
             if *sign == b'+' { o } else { -o }
         }
@@ -601,6 +618,16 @@ mod tests {
             Some(1_795_706_982)
         );
         assert_eq!(parse_rfc3339("2026-13-26T15:29:42Z"), None);
+        // Days the month does not have, and offsets no zone has, are refused, not shifted.
+        assert_eq!(parse_rfc3339("2026-02-31T00:00:00Z"), None);
+        assert_eq!(parse_rfc3339("2026-02-29T00:00:00Z"), None);
+        assert_eq!(parse_rfc3339("2026-04-31T00:00:00Z"), None);
+        assert_eq!(parse_rfc3339("2026-12-01T00:00:00+99:00"), None);
+        assert_eq!(parse_rfc3339("2026-12-01T00:00:00+01:60"), None);
+        assert!(parse_rfc3339("2028-02-29T00:00:00Z").is_some());
+        assert!(parse_rfc3339("2000-02-29T00:00:00Z").is_some());
+        assert_eq!(parse_rfc3339("2100-02-29T00:00:00Z"), None);
+        assert!(parse_rfc3339("2026-12-31T23:59:59-23:59").is_some());
         assert_eq!(parse_rfc3339("yesterday"), None);
     }
 
