@@ -162,19 +162,33 @@ fn printable(c: u8) -> char {
 
 /// Masks every run of 12 or more digits (a card number, real or virtual, or one that
 /// fails Luhn) as first 6 and last 4, so that no message built from outside text (a serde
-/// or clap error quoting what it could not read, a log line) can carry one.
+/// or clap error quoting what it could not read, a log line) can carry one. Digits in
+/// groups joined by single spaces or dashes (`4970 1012 3456 7890`) count as one run, as a
+/// card number is often written so.
 pub fn mask_card_numbers(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = String::with_capacity(text.len());
+    let mut digits = Vec::with_capacity(24);
     let mut i = 0;
     while i < bytes.len() {
-        let run = bytes[i..].iter().take_while(|b| b.is_ascii_digit()).count();
-        if run >= 12 {
-            out.push_str(&Masked(&bytes[i..i + run]).to_string());
-            i += run;
-        } else if run > 0 {
-            out.push_str(&text[i..i + run]);
-            i += run;
+        digits.clear();
+        let mut end = i;
+        while end < bytes.len() && bytes[end].is_ascii_digit() {
+            digits.push(bytes[end]);
+            end += 1;
+            let joined = end + 1 < bytes.len()
+                && matches!(bytes[end], b' ' | b'-')
+                && bytes[end + 1].is_ascii_digit();
+            if joined {
+                end += 1;
+            }
+        }
+        if digits.len() >= 12 {
+            out.push_str(&Masked(&digits).to_string());
+            i = end;
+        } else if end > i {
+            out.push_str(&text[i..end]);
+            i = end;
         } else {
             // Copy one whole character (the text may hold non-ASCII).
             let len = text[i..].chars().next().map_or(1, char::len_utf8);
@@ -287,6 +301,18 @@ mod tests {
         assert_eq!(
             mask_card_numbers("stan 000123, 12345678901"),
             "stan 000123, 12345678901"
+        );
+        // Written in groups, with spaces or dashes: one card number all the same.
+        let grouped = |sep: &str| [&card[..4], &card[4..8], &card[8..12], &card[12..]].join(sep);
+        for sep in [" ", "-"] {
+            assert_eq!(
+                mask_card_numbers(&format!("{}: unknown field", grouped(sep))),
+                format!("{masked}: unknown field")
+            );
+        }
+        assert_eq!(
+            mask_card_numbers("on 2026-12-03 10:00"),
+            "on 2026-12-03 10:00"
         );
         // The shortest card numbers too: first six and last four, the rest hidden.
         for len in [12, 13] {

@@ -381,6 +381,15 @@ async fn malformed_json_unknown_keys_and_wrong_types_are_refused_with_400_withou
     assert!(error_of(&body).1.contains("amount_limit"), "{body}");
     assert!(!body.to_string().contains(&with_spaces[5..]), "{body}");
 
+    // The same card number, with dashes, as an unknown key of the list's query.
+    let with_dashes = with_spaces.replace(' ', "-");
+    let (status, body) = api
+        .call(Method::GET, &format!("/v1/cards?{with_dashes}=1"), None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error_of(&body).0, "malformed");
+    assert!(!body.to_string().contains(&with_dashes[5..]), "{body}");
+
     api.assert_never_answered(&[real]);
     api.stop().await;
 }

@@ -321,7 +321,8 @@ async fn list_cards(
     State(state): State<ApiState>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<CardList>, ApiError> {
-    let Query(q) = query.map_err(|r| ApiError::malformed(r.body_text()))?;
+    // Without the values it quotes: an unknown key may be a card number with dashes.
+    let Query(q) = query.map_err(|r| ApiError::malformed(without_quoted_values(&r.body_text())))?;
     let limit = match q.limit.as_deref() {
         None => DEFAULT_PAGE,
         Some(text) => text
