@@ -104,8 +104,10 @@ struct Pending {
     /// The STAN the network sent it with (`sent` carries the stamp): a request that
     /// meets it under its stamp is its repeat only if it has this STAN too.
     network_stan: Option<[u8; 6]>,
-    /// Its acquirer and terminal, which its answer echoes.
-    echoed: Echoed,
+    /// Its acquirer and terminal, which its answer must echo, when its stamp was another
+    /// request's not long ago (that one's late answer may still come); `None` otherwise,
+    /// which is almost always, so that the common answer costs no check.
+    echoed: Option<Echoed>,
     /// When it was queued for writing, for the issuer latency histogram and the sweep.
     sent_at: Instant,
     /// When its caller stops waiting.
@@ -139,6 +141,9 @@ struct Inner {
     pending: ConcurrentMap<[u8; 6], Pending>,
     /// Originals that went out under another STAN than the network's.
     restamped: Restamped,
+    /// Stamps given up on without an answer (timed out, or forgotten), whose late answer
+    /// may still come, for a while.
+    freed: Freed,
     /// Reversals being sent (or retried) in the background, for [`IssuerLink::quiesce`].
     reversals: AtomicUsize,
     /// Stops the connection tasks.
@@ -182,6 +187,7 @@ impl IssuerLink {
                 next_stan: AtomicU32::new(rand::random::<u32>() % 999_999),
                 pending: ConcurrentMap::default(),
                 restamped: Restamped::default(),
+                freed: Freed::default(),
                 reversals: AtomicUsize::new(0),
                 shutdown,
             }),
@@ -297,7 +303,7 @@ impl IssuerLink {
         // to the issuer, which would book it a second time.
         let earlier_stamp = network_stan
             .filter(|_| joinable)
-            .and_then(|stan| inner.restamped.stamp_of(|| identity(&request, &stan)));
+            .and_then(|stan| inner.restamped.get(|| identity(&request, &stan)));
         let preferred = earlier_stamp.or(network_stan);
         let (reply, rx) = oneshot::channel();
         // The earlier stamp, or the network's STAN, when free; else vpan's own counter;
@@ -333,7 +339,10 @@ impl IssuerLink {
                         sent: sent.clone(),
                         mti: request.mti(),
                         network_stan,
-                        echoed: Echoed::of(&request),
+                        echoed: inner
+                            .freed
+                            .contains(&candidate)
+                            .then(|| Echoed::of(&request)),
                         sent_at,
                         deadline: sent_at + timeout,
                         conn,
@@ -368,7 +377,7 @@ impl IssuerLink {
     /// A reversal (or any message with DE 90) naming an original that went out under
     /// another STAN: DE 90 gets that STAN, so the issuer finds the original it saw.
     fn rewrite_original(&self, request: &mut Message) -> Result<(), IssuerError> {
-        let Some(stamp) = self.inner.restamped.stamp_of(|| {
+        let Some(stamp) = self.inner.restamped.get(|| {
             let de90 = request.text(90)?;
             Identity::of(de90.as_bytes(), request.terminal().as_deref())
         }) else {
@@ -632,9 +641,9 @@ impl IssuerLink {
         // stamp was freed at its timeout and taken since), is not this request's answer:
         // taking it would approve or decline on a stranger's DE 39. It is dropped; the
         // request gets its own answer, or times out (and is reversed if it can move money).
-        let echoed = Echoed::of(&answer);
         let answered = self.inner.pending.remove_if(&stamp, |_, p| {
-            is_response_to(&p.mti, &answer.mti()) && p.echoed.answered_by(&echoed)
+            is_response_to(&p.mti, &answer.mti())
+                && p.echoed.is_none_or(|e| e.answered_by(&Echoed::of(&answer)))
         });
         let Some((_, pending)) = answered else {
             if self.inner.pending.contains_key(&stamp) {
@@ -728,10 +737,11 @@ impl IssuerLink {
             .map(|p| *p.key())
             .collect();
         for stamp in stamps {
-            if let Some((_, p)) = self.inner.pending.remove(&stamp)
-                && needs_reversal(&p.mti)
-            {
-                self.reverse_sent(&p.sent, Some(p.conn));
+            if let Some((_, p)) = self.inner.pending.remove(&stamp) {
+                self.inner.freed.insert(stamp, ());
+                if needs_reversal(&p.mti) {
+                    self.reverse_sent(&p.sent, Some(p.conn));
+                }
             }
         }
     }
@@ -778,9 +788,13 @@ impl IssuerLink {
                 }
             }
             for stamp in freed {
-                self.inner
+                let removed = self
+                    .inner
                     .pending
                     .remove_if(&stamp, |_, p| p.reply.is_none() && p.repeats.is_empty());
+                if removed.is_some() {
+                    self.inner.freed.insert(stamp, ());
+                }
             }
             if now < next_forget {
                 continue;
@@ -790,6 +804,11 @@ impl IssuerLink {
             // enough to forget.
             if let Some(horizon) = now.checked_sub(RESTAMPED_KEPT) {
                 self.inner.restamped.forget_before(horizon);
+            }
+            // A late answer comes within seconds if at all: kept as long as a request
+            // without an answer is.
+            if let Some(before) = now.checked_sub(horizon) {
+                self.inner.freed.forget_before(before);
             }
             self.abandon(|p| now.duration_since(p.sent_at) > horizon);
         }
@@ -958,35 +977,54 @@ impl Identity {
 }
 
 /// Network identities (see [`Identity`]) of originals that went out under another STAN
-/// than the network's, to the stamp used and when.
-#[derive(Default)]
-struct Restamped {
-    map: ConcurrentMap<Identity, ([u8; 6], Instant)>,
+/// than the network's, to the stamp used.
+type Restamped = Remembered<Identity, [u8; 6]>;
+
+/// Stamps given up on without an answer.
+type Freed = Remembered<[u8; 6], ()>;
+
+/// What the link remembers for a while, by key, with when: rare entries, looked for on
+/// every request, so an empty map costs one atomic read.
+struct Remembered<K, V> {
+    map: ConcurrentMap<K, (V, Instant)>,
     /// Entries in `map`, read before every lookup: the map is almost always empty, and a
-    /// lookup (the identity's fields, then its hash) cost 3 % of an approval's
-    /// instructions.
+    /// lookup (the key's fields, then its hash) cost 3 % of an approval's instructions.
     len: AtomicUsize,
 }
 
-impl Restamped {
-    /// The stamp the transaction `identity` gives went out under, if it was restamped.
-    fn stamp_of(&self, identity: impl FnOnce() -> Option<Identity>) -> Option<[u8; 6]> {
+impl<K: Eq + std::hash::Hash, V> Default for Remembered<K, V> {
+    fn default() -> Self {
+        Remembered {
+            map: ConcurrentMap::default(),
+            len: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl<K: Eq + std::hash::Hash, V: Copy> Remembered<K, V> {
+    /// The value remembered under the key `key` gives, if any (`key` is only worked out
+    /// when something is remembered at all).
+    fn get(&self, key: impl FnOnce() -> Option<K>) -> Option<V> {
         if self.len.load(Ordering::Acquire) == 0 {
             return None;
         }
-        self.map.get(&identity()?).map(|e| e.0)
+        self.map.get(&key()?).map(|e| e.0)
     }
 
-    fn insert(&self, identity: Identity, stamp: [u8; 6]) {
+    fn contains(&self, key: &K) -> bool {
+        self.len.load(Ordering::Acquire) > 0 && self.map.contains_key(key)
+    }
+
+    fn insert(&self, key: K, value: V) {
         // Counted before it is in the map, so that `len` may count one too many for a
         // moment but never too few.
         self.len.fetch_add(1, Ordering::AcqRel);
-        if self.map.insert(identity, (stamp, Instant::now())).is_some() {
+        if self.map.insert(key, (value, Instant::now())).is_some() {
             self.len.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
-    /// Forgets what was restamped before `horizon`.
+    /// Forgets what was remembered before `horizon`.
     fn forget_before(&self, horizon: Instant) {
         let mut forgotten = 0;
         self.map.retain(|_, (_, at)| {
