@@ -1337,3 +1337,65 @@ fn a_covered_segment_left_half_cut_by_a_crash_is_deleted_unread_at_restart() {
     let v = cards.get(key).unwrap();
     assert_eq!((v.spent, v.uses), (2_100, 21));
 }
+
+#[test]
+fn no_vpan_is_ever_the_number_of_a_real_card_behind_another_card_also_after_a_restart() {
+    use std::collections::HashSet;
+    // 12-digit cards in one BIN: 100,000 numbers, so real cards and vPANs would meet
+    // often (about 125 times over the first 5,000 issuances) if nothing kept them apart.
+    let dir = tempfile::tempdir().unwrap();
+    let mut reals = HashSet::new();
+    let mut vpans = HashSet::new();
+    let mut issue_many = |cards: &Cards, n: usize| {
+        let mut last = None;
+        for _ in 0..n {
+            let mut s = spec(1_000);
+            s.pan = vpan::pan::Pan::from_digits_checked(
+                vpan::cards::vpan::random_luhn("497010", 12).as_bytes(),
+            )
+            .unwrap();
+            // A real card number that is a vPAN already is refused, as it should be.
+            if let Ok((view, durable)) = cards.issue(&s, NOW) {
+                reals.insert(s.pan.expose().to_owned());
+                vpans.insert(view.vpan.expose().to_owned());
+                last = Some(durable);
+            }
+        }
+        last.unwrap().wait().unwrap();
+    };
+    let (cards, _) = open(dir.path());
+    issue_many(&cards, 5_000);
+    drop(cards);
+    // After a restart the real cards are known again, from the journal.
+    let (cards, _) = open(dir.path());
+    issue_many(&cards, 2_000);
+    let clashes = vpans.intersection(&reals).count();
+    assert_eq!(clashes, 0, "vPANs equal to real cards behind other cards");
+}
+
+#[test]
+fn with_an_eight_digit_bin_a_real_card_under_16_digits_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = vpan::store::StoreConfig {
+        data_dir: dir.path().to_path_buf(),
+        key_file: Default::default(),
+        ..Default::default()
+    };
+    let config = vpan::cards::CardsConfig {
+        virtual_ranges: vec![],
+        bin_length: 8,
+    };
+    let (cards, _) = Cards::open(&config, &store, vpan::cards::LedgerConfig::default()).unwrap();
+    // Its first 8 digits in the vPAN and its last 4 in its masked form would leave 3
+    // digits of 15 hidden, one of them the check digit.
+    let mut short = spec(1_000);
+    short.pan = vpan::pan::Pan::from_digits_checked(
+        vpan::cards::vpan::random_luhn("49701012", 15).as_bytes(),
+    )
+    .unwrap();
+    let err = cards.issue(&short, NOW).unwrap_err();
+    assert!(err.to_string().contains("16 digits"), "{err}");
+    assert_eq!(cards.len(), 0);
+    let key = issue(&cards, &spec(1_000));
+    assert!(key.pan().as_bytes().starts_with(b"49701"));
+}

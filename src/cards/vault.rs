@@ -27,6 +27,7 @@ use super::ledger::{AuthCode, Ledger, TxEntry, TxState};
 use super::limits::{self, Verdict};
 use super::request::{AuthRequest, Kind, OriginalData, ResponseCode, ReversalRequest};
 use super::vpan::{GenerateError, RangeConfigError, VpanGenerator};
+use crate::ConcurrentMap;
 use crate::pan::{Pan, luhn_valid};
 use crate::store::StoreError;
 use crate::store::crypto::{self, PanCipher};
@@ -275,6 +276,10 @@ pub struct Cards {
     generator: VpanGenerator,
     /// The journal writer.
     journal: Journal<Event>,
+    /// The real card numbers behind the cards (as keys): no vPAN is drawn equal to one,
+    /// or purchases on that real card would be taken for the virtual one's. Only added
+    /// to: a number left here by a card whose issuance failed costs one draw, no more.
+    real_keys: ConcurrentMap<CardKey, ()>,
     /// Real PAN encryption.
     cipher: PanCipher,
     /// Next log sequence number.
@@ -326,6 +331,13 @@ impl Cards {
         now: UnixSeconds,
     ) -> Result<(CardView, Durable), IssueError> {
         validate(spec, now)?;
+        self.generator
+            .check_real(&spec.pan)
+            .map_err(IssueError::Invalid)?;
+        // Known as a real card before it is looked up among the vPANs: a draw for another
+        // card from then on cannot take this number (only one already made, in the same
+        // microseconds, of this very number out of 10^9, could).
+        self.real_keys.insert(CardKey::of(&spec.pan), ());
         if self.generator.in_virtual_range(spec.pan.as_bytes())
             || self.index.contains(CardKey::of(&spec.pan))
         {
@@ -341,22 +353,23 @@ impl Cards {
         let mut durable = None;
         let vpan = self.generator.generate(&spec.pan, |candidate| {
             let key = CardKey::of(candidate);
-            self.index.insert_new(key, || {
-                // Queued as the number is claimed, under its shard's lock, before the card
-                // can be seen: a snapshot that sees it waits for its record (as for every
-                // other change), and none holds a card whose issuance was never durable.
-                let sealed_pan = self.cipher.seal(&spec.pan, &key.raw().to_le_bytes());
-                card.pan_nonce = crypto::nonce_of(&sealed_pan);
-                durable = Some(self.journal.append(Event::Issued(Box::new(Issued {
-                    lsn,
-                    key,
-                    sealed_pan,
-                    real_expiry: spec.pan_expiry,
-                    controls: card.controls(),
-                    created_at: now,
-                }))));
-                card.clone()
-            })
+            !self.real_keys.contains_key(&key)
+                && self.index.insert_new(key, || {
+                    // Queued as the number is claimed, under its shard's lock, before the card
+                    // can be seen: a snapshot that sees it waits for its record (as for every
+                    // other change), and none holds a card whose issuance was never durable.
+                    let sealed_pan = self.cipher.seal(&spec.pan, &key.raw().to_le_bytes());
+                    card.pan_nonce = crypto::nonce_of(&sealed_pan);
+                    durable = Some(self.journal.append(Event::Issued(Box::new(Issued {
+                        lsn,
+                        key,
+                        sealed_pan,
+                        real_expiry: spec.pan_expiry,
+                        controls: card.controls(),
+                        created_at: now,
+                    }))));
+                    card.clone()
+                })
         })?;
         let durable = durable.unwrap_or_else(|| Durable::ready(Err(StoreError::Failed)));
         Ok((CardView::of(CardKey::of(&vpan), &card), durable))

@@ -99,6 +99,19 @@ impl VpanGenerator {
         10u64.saturating_pow(random as u32)
     }
 
+    /// Refuses a real card whose vPANs would give it away: with an 8-digit BIN kept, a
+    /// card number under 16 digits would show all but a few of its digits between its
+    /// vPAN (its first 8) and its masked form (its last 4), which is why masking rules
+    /// allow the first 8 digits only on card numbers of 16 digits or more.
+    pub fn check_real(&self, real: &Pan) -> Result<(), &'static str> {
+        if self.bin_length == 8 && real.len() < 16 {
+            return Err(
+                "pan: with cards.bin_length = 8, a card number must have 16 digits or more (its vPAN and its masked form together would show too much of a shorter one)",
+            );
+        }
+        Ok(())
+    }
+
     /// True when `pan` (ASCII digits) falls in a configured virtual range: an unknown
     /// number there is declined with 14 instead of being passed through.
     pub fn in_virtual_range(&self, pan: &[u8]) -> bool {

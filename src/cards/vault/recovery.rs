@@ -8,7 +8,8 @@ use std::time::Instant;
 
 use super::snapshots::SNAPSHOT_VERSION;
 use super::{Cards, CardsConfig, OpenError};
-use crate::cards::card::{Card, CardSpec};
+use crate::ConcurrentMap;
+use crate::cards::card::{Card, CardKey, CardSpec};
 use crate::cards::event::{self, Event};
 use crate::cards::index::CardIndex;
 use crate::cards::ledger::{Ledger, LedgerConfig, TxEntry, TxState};
@@ -177,6 +178,10 @@ impl Cards {
         // snapshot, `held_uses` can only have come out too high, by holds a journal of an
         // older vpan reversed in full.)
         index.for_each_mut(|c| c.held_uses = 0);
+        let real_keys = ConcurrentMap::default();
+        index.for_each_mut(|c| {
+            real_keys.insert(CardKey::of(&c.real_pan), ());
+        });
         ledger.rebuild_order();
 
         // A damaged snapshot can name any segment, the last number there is included.
@@ -200,6 +205,7 @@ impl Cards {
                 ledger,
                 generator,
                 journal,
+                real_keys,
                 cipher,
                 next_lsn: AtomicU64::new(next_lsn),
                 dir,
