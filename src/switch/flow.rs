@@ -232,13 +232,16 @@ impl Flow {
             }
             (Ok(()), Err(e)) => {
                 // A release need not be waited for: lost in a crash, the hold counts as
-                // spent, which is the safe side.
-                drop(self.cards.complete(&hold, IssuerOutcome::TimedOut, now()));
-                tracing::warn!(card = %vpan.pan, error = %e, "answered 91");
-                (
-                    self.local_answer(&request, ResponseCode::ISSUER_UNAVAILABLE),
-                    DecidedBy::Switch,
-                )
+                // spent, which is the safe side. A clash was never sent, and is answered
+                // so again if repeated.
+                let code = unanswered_code(e);
+                let outcome = match e {
+                    IssuerError::Clash => IssuerOutcome::Refused(code),
+                    _ => IssuerOutcome::TimedOut,
+                };
+                drop(self.cards.complete(&hold, outcome, now()));
+                tracing::warn!(card = %vpan.pan, error = %e, code = %code, "issuer did not answer");
+                (self.local_answer(&request, code), DecidedBy::Switch)
             }
             (Err(e), answer) => {
                 // Fail closed: not durable, not approved. The issuer may have approved:
@@ -440,12 +443,12 @@ impl Flow {
         }
     }
 
+    /// The answer to a request the issuer did not answer: 94 for one refused because
+    /// another transaction under its key is waiting, else 91.
     fn issuer_failed(&self, request: &Message, e: IssuerError) -> (Option<Msg>, DecidedBy) {
-        tracing::debug!(error = %e, "issuer failed: answered 91");
-        (
-            self.local_answer(request, ResponseCode::ISSUER_UNAVAILABLE),
-            DecidedBy::Switch,
-        )
+        let code = unanswered_code(e);
+        tracing::debug!(error = %e, code = %code, "issuer did not answer");
+        (self.local_answer(request, code), DecidedBy::Switch)
     }
 
     /// A frame that does not parse: 30 when its MTI and DE 11 can be read, else dropped.
@@ -601,6 +604,14 @@ fn issuer_outcome(answer: &Message) -> IssuerOutcome {
         IssuerOutcome::Approved(code, auth)
     } else {
         IssuerOutcome::Declined(code)
+    }
+}
+
+/// What the network hears for a request the issuer link could not get answered.
+fn unanswered_code(e: IssuerError) -> ResponseCode {
+    match e {
+        IssuerError::Clash => ResponseCode::DUPLICATE,
+        _ => ResponseCode::ISSUER_UNAVAILABLE,
     }
 }
 
@@ -920,6 +931,7 @@ mod tests {
         for unsent in [
             NotSent::Issuer(IssuerError::Unavailable),
             NotSent::Issuer(IssuerError::Encode),
+            NotSent::Issuer(IssuerError::Clash),
             NotSent::Format,
             NotSent::UnknownCard,
         ] {

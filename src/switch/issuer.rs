@@ -77,6 +77,11 @@ pub enum IssuerError {
     /// does not hold, or a frame over its size).
     #[error("the request does not fit the issuer link's layout")]
     Encode,
+    /// Another transaction under the same key (MTI class, STAN, DE 7, DE 32, DE 41) but
+    /// another card, processing code or amount is waiting for the issuer: not sent, since
+    /// the issuer could not tell the two apart, nor could a reversal naming either (94).
+    #[error("another transaction under the same key is waiting for the issuer")]
+    Clash,
 }
 
 /// Whose request the link sends.
@@ -351,16 +356,22 @@ impl IssuerLink {
                     break (candidate, sent);
                 }
                 dashmap::Entry::Occupied(mut o) => {
-                    // A repeat of a request still waiting, under the stamp it went out
-                    // with: it waits for that answer.
                     if joinable
                         && Some(candidate) == preferred
                         && let Some(stan) = network_stan
-                        && is_same_transaction(self.spec(), o.get(), &request, &stan)
-                        && let Some(reply) = reply.take()
                     {
-                        o.get_mut().repeats.push((reply, Instant::now() + timeout));
-                        return Ok((rx, candidate));
+                        match meeting(self.spec(), o.get(), &request, &stan) {
+                            // A repeat of a request still waiting, under the stamp it went
+                            // out with: it waits for that answer.
+                            Meeting::Repeat => {
+                                if let Some(reply) = reply.take() {
+                                    o.get_mut().repeats.push((reply, Instant::now() + timeout));
+                                    return Ok((rx, candidate));
+                                }
+                            }
+                            Meeting::Clash => return Err(IssuerError::Clash),
+                            Meeting::Stranger => {}
+                        }
                     }
                     candidate = self.next_stamp();
                 }
@@ -737,11 +748,11 @@ impl IssuerLink {
             .map(|p| *p.key())
             .collect();
         for stamp in stamps {
-            if let Some((_, p)) = self.inner.pending.remove(&stamp) {
-                self.inner.freed.insert(stamp, ());
-                if needs_reversal(&p.mti) {
-                    self.reverse_sent(&p.sent, Some(p.conn));
-                }
+            self.inner.freed.insert(stamp, ());
+            if let Some((_, p)) = self.inner.pending.remove(&stamp)
+                && needs_reversal(&p.mti)
+            {
+                self.reverse_sent(&p.sent, Some(p.conn));
             }
         }
     }
@@ -788,13 +799,12 @@ impl IssuerLink {
                 }
             }
             for stamp in freed {
-                let removed = self
-                    .inner
+                // Known as freed before it is: a request that takes the stamp the moment
+                // it is free must find it so, to have its answer checked.
+                self.inner.freed.insert(stamp, ());
+                self.inner
                     .pending
                     .remove_if(&stamp, |_, p| p.reply.is_none() && p.repeats.is_empty());
-                if removed.is_some() {
-                    self.inner.freed.insert(stamp, ());
-                }
             }
             if now < next_forget {
                 continue;
@@ -1047,31 +1057,52 @@ fn identity(request: &Message, network_stan: &[u8; 6]) -> Option<Identity> {
     Identity::of(&de90, request.terminal().as_deref())
 }
 
-/// Whether `request`, sent by the network under `network_stan`, is the transaction (its
-/// first or a repeat) of `first`, the request waiting under the stamp `request` would
-/// take. Both must have come with the same network STAN and the same identity (MTI class,
-/// DE 7, DE 32, DE 41), and be for the same card, processing code and amount: a request
-/// that only looks alike (another one given `first`'s stamp as its own STAN, or a purchase
-/// on another card that shares its identity) must go to the issuer itself, never be
-/// handed `first`'s answer, which carries `first`'s real card number. Only reached when
-/// two requests meet under one stamp, which is rare, so `first.sent` is read back here
-/// rather than its identity kept for every request.
-fn is_same_transaction(
+/// How a request meets the one waiting under the stamp it would take.
+#[derive(Debug, PartialEq, Eq)]
+enum Meeting {
+    /// The same transaction (its first, or a repeat): it waits for that answer.
+    Repeat,
+    /// The same key, but another card, processing code or amount: refused (94). Sent
+    /// under another stamp, it would be a second transaction under one key at the issuer,
+    /// and a reversal naming either could reverse the other.
+    Clash,
+    /// Another transaction that happens to want the same stamp (another acquirer or
+    /// terminal under the same STAN, or a STAN that is another request's stamp): it goes
+    /// out under a stamp of its own.
+    Stranger,
+}
+
+/// How `request`, sent by the network under `network_stan`, meets `first`, the request
+/// waiting under the stamp `request` would take. Their keys are compared under each one's
+/// own network STAN, and for the same key, their card (DE 2, or track 2), processing code
+/// and amount. Only reached when two requests meet under one stamp, which is rare, so
+/// `first.sent` is read back here rather than its identity kept for every request.
+fn meeting(
     spec: &'static Spec,
     first: &Pending,
     request: &Message,
     network_stan: &[u8; 6],
-) -> bool {
+) -> Meeting {
     if first.network_stan != Some(*network_stan) {
-        return false;
+        return Meeting::Stranger;
     }
     let Ok(sent) = Message::parse(spec, first.sent.clone()) else {
-        return false;
+        return Meeting::Stranger;
     };
-    let same_fields = [2, 3, 4].iter().all(|&n| sent.raw(n) == request.raw(n));
-    same_fields
-        && identity(request, network_stan)
-            .is_some_and(|id| identity(&sent, network_stan) == Some(id))
+    let same_key =
+        identity(request, network_stan).is_some_and(|id| identity(&sent, network_stan) == Some(id));
+    if !same_key {
+        return Meeting::Stranger;
+    }
+    let card = |m: &Message| m.card_number().and_then(Result::ok);
+    let same_content = card(&sent) == card(request)
+        && sent.raw(3) == request.raw(3)
+        && sent.raw(4) == request.raw(4);
+    if same_content {
+        Meeting::Repeat
+    } else {
+        Meeting::Clash
+    }
 }
 
 /// DE 32 (acquirer) and DE 41 (terminal) of a message, as checksums: an answer echoes its

@@ -174,12 +174,13 @@ impl Cards {
             in_doubt.push(event);
             recovered.holds_counted_as_spent += 1;
         }
-        // No hold is open now, so no use is held. (Counted from the journal since the
-        // snapshot, `held_uses` can only have come out too high, by holds a journal of an
-        // older vpan reversed in full.)
-        index.for_each_mut(|c| c.held_uses = 0);
-        let real_keys = ConcurrentMap::default();
+        // One pass over the cards. No hold is open now, so no use is held (counted from
+        // the journal since the snapshot, `held_uses` can only have come out too high, by
+        // holds a journal of an older vpan reversed in full). And the real card behind
+        // each is noted, so that no vPAN is drawn equal to one.
+        let real_keys = ConcurrentMap::with_capacity_and_hasher(index.len(), Default::default());
         index.for_each_mut(|c| {
+            c.held_uses = 0;
             real_keys.insert(CardKey::of(&c.real_pan), ());
         });
         ledger.rebuild_order();
