@@ -352,15 +352,12 @@ impl App {
         // issuer link. What the issuer never answered is reversed before the link goes.
         issuer.quiesce(drain_timeout).await;
         issuer_stop.cancel();
-        // The API lets calls in flight finish; a client that never ends its call is cut.
-        if tokio::time::timeout(Duration::from_secs(10), api_task)
-            .await
-            .is_err()
-        {
-            tracing::warn!("API calls still open at shutdown were cut");
-        }
+        // The API and /metrics let calls in flight finish; a client that never ends its
+        // call (a stalled scraper, a request half sent) is cut rather than left to keep
+        // the store from closing.
+        finish_within(api_task, SIDE_SERVER_GRACE, "API").await;
         let _ = gauges_task.await;
-        let _ = metrics_task.await;
+        finish_within(metrics_task, SIDE_SERVER_GRACE, "metrics").await;
         drop(flow);
         drop(issuer);
         // A snapshot being written finishes first; then no thread holds the cards.
@@ -480,6 +477,19 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = term => {}
+    }
+}
+
+/// How long the API and the metrics server get, at shutdown, to finish the calls in
+/// flight: longer than the API's own header deadline, so that it cuts its slow clients
+/// first.
+const SIDE_SERVER_GRACE: Duration = Duration::from_secs(12);
+
+/// Waits for a side server's task to end, at most `limit`, then aborts it.
+async fn finish_within<T>(mut task: tokio::task::JoinHandle<T>, limit: Duration, what: &str) {
+    if tokio::time::timeout(limit, &mut task).await.is_err() {
+        task.abort();
+        tracing::warn!(server = what, "calls still open at shutdown were cut");
     }
 }
 

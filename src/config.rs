@@ -224,6 +224,10 @@ pub struct RuntimeConfig {
 
 /// Most worker threads accepted: a typo guard, far above any core count vpan runs on.
 const MAX_WORKER_THREADS: usize = 1024;
+/// Most network connections at once (`network.max_connections`).
+const MAX_NETWORK_CONNECTIONS: usize = 1_000_000;
+/// Most persistent connections to the issuer host (`issuer.connections`).
+const MAX_ISSUER_CONNECTIONS: usize = 1024;
 
 /// A secret string (the API token): never printed by `Debug`.
 #[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -353,8 +357,12 @@ impl Config {
                 return invalid(key, "must be an even number of hex digits".into());
             }
         }
-        if self.network.max_connections == 0 {
-            return invalid("network.max_connections", "must be at least 1".into());
+        // Bounded above too: a semaphore of more permits than tokio allows panics.
+        if !(1..=MAX_NETWORK_CONNECTIONS).contains(&self.network.max_connections) {
+            return invalid(
+                "network.max_connections",
+                format!("must be between 1 and {MAX_NETWORK_CONNECTIONS}"),
+            );
         }
         if !(64..=65_535).contains(&self.network.max_frame_bytes) {
             return invalid(
@@ -415,8 +423,11 @@ impl Config {
                 "must be at least 50, the backoff's first step".into(),
             );
         }
-        if self.issuer.connections == 0 {
-            return invalid("issuer.connections", "must be at least 1".into());
+        if !(1..=MAX_ISSUER_CONNECTIONS).contains(&self.issuer.connections) {
+            return invalid(
+                "issuer.connections",
+                format!("must be between 1 and {MAX_ISSUER_CONNECTIONS}"),
+            );
         }
         if ![6u8, 8].contains(&self.cards.bin_length) {
             return invalid("cards.bin_length", "must be 6 or 8".into());
@@ -788,6 +799,11 @@ mod tests {
                 "[issuer]\nreconnect_max_ms = 0\n",
                 "issuer.reconnect_max_ms",
             ),
+            (
+                "[network]\nmax_connections = 9000000000000000000\n",
+                "network.max_connections",
+            ),
+            ("[issuer]\nconnections = 100000\n", "issuer.connections"),
         ];
         for (text, key) in cases {
             let err = load(text, &[]).unwrap_err().to_string();
