@@ -416,6 +416,23 @@ async fn in_open_loop_a_request_never_answered_counts_in_the_latency_at_its_time
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_loop_for_a_duration_sends_at_its_rate_to_the_end() {
+    let sim = sim_with(&[], |c| c.default_balance = Some(1_000_000_000)).await;
+    let traffic =
+        Arc::new(Traffic::load(fixture("sample.jsonl").as_ref(), Spec::iso87ascii()).unwrap());
+    let mut cfg = LoadgenConfig::new(sim.local_addr().to_string(), traffic);
+    cfg.connections = 4;
+    cfg.rate = Some(20.0);
+    cfg.duration = Some(Duration::from_secs(2));
+    let s = loadgen::run(cfg).await.unwrap();
+    // 20 a second for 2 s: 40, give or take one per connection at either end. The last
+    // interval before the deadline is part of the schedule too, not a closed loop.
+    assert!((36..=44).contains(&s.sent), "{} sent: {s:?}", s.sent);
+    assert_eq!(s.answered, s.sent);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_connections_count_their_requests_as_lost_and_loadgen_dials_again() {
     let sim = sim_with(&[], |c| {
         c.default_balance = Some(1_000_000_000);

@@ -656,7 +656,11 @@ impl Conn {
         // One clock reading per batch: requests framed together leave together.
         let now = Instant::now();
         let de7 = self.de7();
-        match self.next_due {
+        // Open or closed loop by the run's settings, not by `next_due`: it is `None` too
+        // once an open loop's schedule is over, which must send nothing more (taken for a
+        // closed loop, it filled the last interval before the deadline as fast as answers
+        // came).
+        match self.shared.cfg.rate {
             None => {
                 while self.pending.len() < cap && !self.shared.sending_over(now) {
                     if !self.send_one(now, now, de7) {
