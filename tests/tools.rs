@@ -230,13 +230,20 @@ async fn a_reversal_sent_twice_credits_back_once_and_the_sim_saw_the_real_pan() 
         assert_eq!(a.response_code(), Some(*b"00"));
         assert_eq!(sim.balance(&pan(RICH)), Some(10_000));
     }
+    // A repeat of the reversal that does not carry DE 90 (only its own STAN and DE 7)
+    // finds the reversal it repeats, and gives nothing back again.
+    let mut repeat = reversal_of(b"0401", &orig, "000011");
+    repeat.remove(90);
+    let a = c.exchange(&repeat).await;
+    assert_eq!(a.response_code(), Some(*b"00"));
+    assert_eq!(sim.balance(&pan(RICH)), Some(10_000), "credited once");
     assert_eq!(sim.stats().unmatched_reversals, 0);
     let seen = sim.recent(3);
     assert_eq!(seen.len(), 3);
     assert!(seen.iter().all(|r| r.pan() == Some(pan(RICH))));
     assert_eq!(
         seen.iter().map(|r| r.mti()).collect::<Vec<_>>(),
-        vec![*b"0200", *b"0400", *b"0400"]
+        vec![*b"0400", *b"0400", *b"0401"]
     );
     sim.shutdown().await;
 }

@@ -626,6 +626,21 @@ impl Ledger {
                         self.unmatched_reversals.fetch_add(1, Ordering::Relaxed);
                     }
                 }
+                // The reversal is booked under its own key too (giving nothing back): a
+                // repeat of it without DE 90 finds it below, rather than giving back its
+                // amount a second time.
+                let mut own = txn_key(req);
+                own.mti[2] = b'0';
+                if !account.history.contains(&own) {
+                    account.history.book(Booked {
+                        key: own,
+                        effect: 0,
+                        response_code: *b"00",
+                        auth_code: None,
+                        reversed: true,
+                        unanswered: false,
+                    });
+                }
             }
             None => {
                 // One key for the reversal and its advice form and repeats (0400, 0401,
