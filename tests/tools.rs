@@ -423,6 +423,35 @@ async fn in_open_loop_a_request_never_answered_counts_in_the_latency_at_its_time
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_sends_a_reversals_repeat_with_the_same_de_90_and_it_credits_once() {
+    let sim = sim_with(&[(RICH, 10_000)], |_| {}).await;
+    let line = |t: &str, extra: &str| {
+        format!(
+            r#"{{"fields": {{"t": "{t}", "2": "{RICH}", "3": "000000", "4": "000000004000", "32": "12345678901", "41": "TERM0001"}}, "expect": "00"{extra}}}"#
+        )
+    };
+    let text = [
+        line("0200", ""),
+        line("0400", r#", "reverses": 0"#),
+        line("0401", r#", "repeats": 1"#),
+    ]
+    .join("\n");
+    let traffic = Arc::new(Traffic::parse(&text, Spec::iso87ascii()).unwrap());
+    let mut cfg = LoadgenConfig::new(sim.local_addr().to_string(), traffic);
+    cfg.connections = 1;
+    cfg.count = Some(3);
+    let s = loadgen::run(cfg).await.unwrap();
+    assert_eq!((s.sent, s.answered), (3, 3), "{s:?}");
+    let seen = sim.recent(3);
+    let de90 = |i: usize| seen[i].message.raw(90).map(<[u8]>::to_vec);
+    assert_eq!(seen[2].mti(), *b"0401");
+    assert!(de90(1).is_some());
+    assert_eq!(de90(2), de90(1), "the repeat names the same original");
+    assert_eq!(sim.balance(&pan(RICH)), Some(10_000), "credited once");
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_loop_for_a_duration_sends_at_its_rate_to_the_end() {
     let sim = sim_with(&[], |c| c.default_balance = Some(1_000_000_000)).await;
     let traffic =

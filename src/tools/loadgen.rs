@@ -594,7 +594,13 @@ impl Conn {
         run.next += 1;
         let mut m = entry.message.clone();
         let mut ok = m.set(11, &stan_digits).is_ok() && m.set(7, &de7).is_ok();
-        if let Some(o) = entry.reverses
+        // A repeat of a reversal names the same original in DE 90 as its first did.
+        let reverses = entry.reverses.or_else(|| {
+            entry
+                .repeats
+                .and_then(|o| traffic.entries().get(o)?.reverses)
+        });
+        if let Some(o) = reverses
             && let Some((de90, _)) = run.originals.get(&o)
         {
             ok &= m.set(90, de90).is_ok();
