@@ -112,10 +112,11 @@ pub enum TrafficError {
         /// The index given.
         index: usize,
     },
-    /// `malformed` on a line whose last field is not numeric: 0xFF there would pass.
+    /// `malformed` on a line whose last field as sent is not numeric (0xFF there would
+    /// pass), or is DE 11 (broken, the STAN could not be read back, and no 30 would come).
     #[error(
-        "traffic line {line}: \"malformed\" breaks the last field, which must be numeric \
-         (field {field} is not)"
+        "traffic line {line}: \"malformed\" breaks the last field as sent, which must be \
+         numeric and come after DE 11, the STAN the answer needs (field {field} is not)"
     )]
     Malformed {
         /// File line, 1-based.
@@ -291,11 +292,14 @@ impl Traffic {
                 }
             }
             if raw.malformed {
-                let last = message.field_numbers().last().unwrap_or(0);
+                // The last field as sent: DE 7 and DE 11 (and DE 90 of a reversal) are set
+                // at send time.
+                let set_at_send = if raw.reverses.is_some() { 90 } else { 11 };
+                let last = message.field_numbers().last().unwrap_or(0).max(set_at_send);
                 let numeric = spec
                     .field(last)
                     .is_some_and(|f| matches!(f.kind, crate::iso8583::Kind::N));
-                if !numeric {
+                if !numeric || last == 11 {
                     return Err(TrafficError::Malformed { line, field: last });
                 }
             }
@@ -559,9 +563,15 @@ mod tests {
 
     #[test]
     fn malformed_needs_a_numeric_last_field_to_break() {
-        let ok =
-            r#"{"fields": {"t": "0100", "3": "000000", "4": "000000000100"}, "malformed": true}"#;
+        let ok = r#"{"fields": {"t": "0100", "3": "000000", "4": "000000000100", "32": "123456"}, "malformed": true}"#;
         assert!(Traffic::parse(ok, Spec::iso87ascii()).unwrap().entries()[0].malformed);
+        // Without a field after DE 11, the STAN set at send time would be what breaks.
+        let stan_last =
+            r#"{"fields": {"t": "0100", "3": "000000", "4": "000000000100"}, "malformed": true}"#;
+        let err = Traffic::parse(stan_last, Spec::iso87ascii())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("field 11 is not"), "{err}");
         let text_last = r#"{"fields": {"t": "0100", "4": "000000000100", "41": "TERM0001"}, "malformed": true}"#;
         let err = Traffic::parse(text_last, Spec::iso87ascii())
             .unwrap_err()
