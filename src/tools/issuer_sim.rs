@@ -681,14 +681,16 @@ impl Ledger {
         }))
     }
 
-    /// Six upper-case alphanumerics, unique for a million approvals.
+    /// Six upper-case alphanumerics, unique over 36^6 (2.1 billion) approvals: the
+    /// counter times a number prime to 36^6, modulo 36^6, is a permutation of it, so
+    /// codes look scattered yet never repeat.
     fn auth_code(&self) -> [u8; 6] {
         const ALPHABET: &[u8; 36] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
-        let mut n = self
-            .auth_counter
-            .fetch_add(1, Ordering::Relaxed)
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            >> 20;
+        const CODES: u64 = 36u64.pow(6);
+        // Prime, and neither 2 nor 3: prime to 36^6.
+        const SCATTER: u64 = 1_000_000_007;
+        let counter = self.auth_counter.fetch_add(1, Ordering::Relaxed) % CODES;
+        let mut n = counter * SCATTER % CODES;
         let mut out = [b'0'; 6];
         for c in out.iter_mut().rev() {
             *c = ALPHABET[(n % 36) as usize];
@@ -1254,6 +1256,14 @@ mod tests {
             ],
             mti,
         )
+    }
+
+    #[test]
+    fn auth_codes_do_not_repeat() {
+        let (l, _) = ledger(0);
+        let codes: std::collections::HashSet<[u8; 6]> =
+            (0..1_000_000).map(|_| l.auth_code()).collect();
+        assert_eq!(codes.len(), 1_000_000);
     }
 
     fn ledger(balance: i64) -> (Ledger, Pan) {
