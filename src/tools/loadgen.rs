@@ -775,6 +775,14 @@ impl Conn {
 
     /// Times out what is overdue; returns the next deadline.
     fn expire(&mut self, now: Instant) -> Option<Instant> {
+        // Entries of answered requests leave only from the front; behind one old request
+        // still waiting (a peer that never answers it), they would pile up at the rate
+        // times the timeout. Swept out whole when they outnumber the live ones.
+        if self.deadlines.len() > 2 * self.pending.len() + 1024 {
+            let pending = &self.pending;
+            self.deadlines
+                .retain(|(_, stan, serial)| pending.get(stan).is_some_and(|p| p.serial == *serial));
+        }
         while let Some(&(due, stan, serial)) = self.deadlines.front() {
             let live = self.pending.get(&stan).is_some_and(|p| p.serial == serial);
             if !live {
