@@ -1140,16 +1140,11 @@ fn an_invalid_issuance_names_the_field_and_issues_nothing() {
 #[test]
 fn a_card_issued_in_a_virtual_range_is_found_and_a_stranger_there_is_unknown() {
     let dir = tempfile::tempdir().unwrap();
-    let store = vpan::store::StoreConfig {
-        data_dir: dir.path().to_path_buf(),
-        key_file: Default::default(),
-        ..Default::default()
-    };
     let config = vpan::cards::CardsConfig {
         virtual_ranges: vec!["4970109".into()],
         bin_length: 6,
     };
-    let (cards, _) = Cards::open(&config, &store, vpan::cards::LedgerConfig::default()).unwrap();
+    let cards = open_configured(dir.path(), &config);
     let key = issue(&cards, &spec(1_000));
     let vpan = key.pan();
     assert!(vpan.as_bytes().starts_with(b"4970109"));
@@ -1376,16 +1371,11 @@ fn no_vpan_is_ever_the_number_of_a_real_card_behind_another_card_also_after_a_re
 #[test]
 fn with_an_eight_digit_bin_a_real_card_under_16_digits_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let store = vpan::store::StoreConfig {
-        data_dir: dir.path().to_path_buf(),
-        key_file: Default::default(),
-        ..Default::default()
-    };
     let config = vpan::cards::CardsConfig {
         virtual_ranges: vec![],
         bin_length: 8,
     };
-    let (cards, _) = Cards::open(&config, &store, vpan::cards::LedgerConfig::default()).unwrap();
+    let cards = open_configured(dir.path(), &config);
     // Its first 8 digits in the vPAN and its last 4 in its masked form would leave 3
     // digits of 15 hidden, one of them the check digit.
     let mut short = spec(1_000);

@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
 use super::App;
-use crate::cards::{CardKey, CardSpec, Controls, Expiry, MerchantLock};
+use crate::cards::CardKey;
 use crate::config::Config;
 use crate::iso8583::{Frame, FrameCodec, Framing, Message, Spec};
 use crate::pan::Pan;
@@ -112,20 +112,7 @@ impl Running {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let real = Pan::from_digits(crate::pan::test_pan("4970100").as_bytes()).unwrap();
-        let spec = CardSpec {
-            pan: real,
-            pan_expiry: Expiry(*b"2912"),
-            controls: Controls {
-                currency: 978,
-                amount_limit: 10_000,
-                per_transaction_limit: None,
-                max_uses: None,
-                valid_until: now() + 86_400,
-                merchant_lock: MerchantLock::None,
-                mcc_allow: vec![],
-                mcc_block: vec![],
-            },
-        };
+        let spec = crate::cards::card::test_spec(real, 10_000, now() + 86_400);
         let card = cards.issue_durable(&spec, now()).await.unwrap();
         let key = CardKey::of(&card.vpan);
         let net = Framed::new(

@@ -196,6 +196,30 @@ pub fn format_rfc3339(t: UnixSeconds) -> String {
     )
 }
 
+/// A card for unit tests: `amount_limit` in EUR cents, no other limit, valid until
+/// `valid_until`, on the real card `pan` expiring December 2029.
+#[cfg(test)]
+pub(crate) fn test_spec(
+    pan: crate::pan::Pan,
+    amount_limit: u64,
+    valid_until: UnixSeconds,
+) -> CardSpec {
+    CardSpec {
+        pan,
+        pan_expiry: Expiry(*b"2912"),
+        controls: Controls {
+            currency: 978,
+            amount_limit,
+            per_transaction_limit: None,
+            max_uses: None,
+            valid_until,
+            merchant_lock: MerchantLock::None,
+            mcc_allow: vec![],
+            mcc_block: vec![],
+        },
+    }
+}
+
 /// Days in `month` (1 to 12) of `year`, in the proleptic Gregorian calendar.
 fn days_in_month(year: i64, month: i64) -> i64 {
     match month {

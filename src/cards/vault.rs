@@ -1033,21 +1033,10 @@ mod tests {
         };
         let cards = open();
         let now = 1_800_000_000;
-        let spec = CardSpec {
-            pan: Pan::from_digits_checked(crate::cards::vpan::random_luhn("497010", 16).as_bytes())
-                .expect("test PAN"),
-            pan_expiry: Expiry(*b"2912"),
-            controls: Controls {
-                currency: 978,
-                amount_limit: 10_000,
-                per_transaction_limit: None,
-                max_uses: None,
-                valid_until: now + 86_400,
-                merchant_lock: super::super::card::MerchantLock::None,
-                mcc_allow: vec![],
-                mcc_block: vec![],
-            },
-        };
+        let real =
+            Pan::from_digits_checked(crate::cards::vpan::random_luhn("497010", 16).as_bytes())
+                .expect("test PAN");
+        let spec = super::super::card::test_spec(real, 10_000, now + 86_400);
         let held = sync_gate::set(dir.path(), Gate::Held);
         let refused = cards.issue_durable(&spec, now).await;
         assert!(

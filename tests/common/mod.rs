@@ -66,12 +66,28 @@ pub fn open_with(dir: &Path, ledger: LedgerConfig) -> (Cards, Recovered) {
 
 /// Opens the cards in `dir`, or says why they cannot be.
 pub fn try_open(dir: &Path, ledger: LedgerConfig) -> Result<(Cards, Recovered), OpenError> {
+    try_open_configured(dir, &CardsConfig::default(), ledger)
+}
+
+/// Opens the cards in `dir` with these `cards.*` settings.
+#[allow(dead_code)] // not every test binary that shares this module uses it
+pub fn open_configured(dir: &Path, config: &CardsConfig) -> Cards {
+    try_open_configured(dir, config, LedgerConfig::default())
+        .unwrap()
+        .0
+}
+
+fn try_open_configured(
+    dir: &Path,
+    config: &CardsConfig,
+    ledger: LedgerConfig,
+) -> Result<(Cards, Recovered), OpenError> {
     let store = StoreConfig {
         data_dir: dir.to_path_buf(),
         key_file: Default::default(),
         ..Default::default()
     };
-    Cards::open(&CardsConfig::default(), &store, ledger)
+    Cards::open(config, &store, ledger)
 }
 
 /// Issues a card and waits until it is durable; returns its key.
