@@ -306,7 +306,10 @@ impl App {
             network_mac,
         });
 
-        let metrics_task = tokio::spawn(m::serve(metrics, m::install(), {
+        // Counted once before /metrics answers: its first scrape lists the cards too.
+        let handle = m::install();
+        publish_card_counts(&cards);
+        let metrics_task = tokio::spawn(m::serve(metrics, handle, {
             let t = token.clone();
             async move { t.cancelled().await }
         }));
@@ -386,11 +389,16 @@ async fn up_while(up: Arc<AtomicBool>, task: impl Future<Output = ()>) {
 }
 
 /// Keeps `vpan_cards{status}` current.
+/// Sets `vpan_cards{status}` from the cards.
+fn publish_card_counts(cards: &Cards) {
+    for (status, count) in cards.counts_by_status() {
+        metrics::gauge!(m::CARDS, "status" => status.as_str()).set(count as f64);
+    }
+}
+
 async fn publish_card_gauges(cards: Arc<Cards>, shutdown: CancellationToken) {
     loop {
-        for (status, count) in cards.counts_by_status() {
-            metrics::gauge!(m::CARDS, "status" => status.as_str()).set(count as f64);
-        }
+        publish_card_counts(&cards);
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs(2)) => {}
             () = shutdown.cancelled() => return,
