@@ -388,7 +388,6 @@ async fn up_while(up: Arc<AtomicBool>, task: impl Future<Output = ()>) {
     up.store(false, Ordering::Relaxed);
 }
 
-/// Keeps `vpan_cards{status}` current.
 /// Sets `vpan_cards{status}` from the cards.
 fn publish_card_counts(cards: &Cards) {
     for (status, count) in cards.counts_by_status() {
@@ -396,6 +395,7 @@ fn publish_card_counts(cards: &Cards) {
     }
 }
 
+/// Keeps `vpan_cards{status}` current.
 async fn publish_card_gauges(cards: Arc<Cards>, shutdown: CancellationToken) {
     loop {
         publish_card_counts(&cards);

@@ -245,6 +245,17 @@ async fn a_reversal_sent_twice_credits_back_once_and_the_sim_saw_the_real_pan() 
         seen.iter().map(|r| r.mti()).collect::<Vec<_>>(),
         vec![*b"0400", *b"0400", *b"0401"]
     );
+    // And the other way round: a reversal without DE 90 (given back by its DE 4), then its
+    // repeat naming the original in DE 90, which finds the reversal and gives nothing.
+    let second = financial(b"0200", RICH, "000020", "000000", "000000001000");
+    assert_eq!(c.exchange(&second).await.response_code(), Some(*b"00"));
+    let mut without = reversal_of(b"0400", &second, "000021");
+    without.remove(90);
+    c.exchange(&without).await;
+    assert_eq!(sim.balance(&pan(RICH)), Some(10_000));
+    c.exchange(&reversal_of(b"0401", &second, "000021")).await;
+    assert_eq!(sim.balance(&pan(RICH)), Some(10_000), "credited once");
+
     sim.shutdown().await;
 }
 

@@ -337,10 +337,9 @@ impl Cards {
         // Known as a real card before it is looked up among the vPANs: a draw for another
         // card from then on cannot take this number (only one already made, in the same
         // microseconds, of this very number out of 10^9, could).
-        self.real_keys.insert(CardKey::of(&spec.pan), ());
-        if self.generator.in_virtual_range(spec.pan.as_bytes())
-            || self.index.contains(CardKey::of(&spec.pan))
-        {
+        let real_key = CardKey::of(&spec.pan);
+        self.real_keys.insert(real_key, ());
+        if self.generator.in_virtual_range(spec.pan.as_bytes()) || self.index.contains(real_key) {
             // A vPAN behind a vPAN would reach the issuer with a number it does not know,
             // past the first card's controls.
             return Err(IssueError::Invalid(
@@ -1036,7 +1035,7 @@ mod tests {
         let real =
             Pan::from_digits_checked(crate::cards::vpan::random_luhn("497010", 16).as_bytes())
                 .expect("test PAN");
-        let spec = super::super::card::test_spec(real, 10_000, now + 86_400);
+        let spec = crate::cards::card::test_spec(real, 10_000, now + 86_400);
         let held = sync_gate::set(dir.path(), Gate::Held);
         let refused = cards.issue_durable(&spec, now).await;
         assert!(

@@ -606,7 +606,15 @@ impl Ledger {
                 None => effect,
             }
         };
-        match req.original_data() {
+        // One key for the reversal and its advice form and repeats (0400, 0401, 0420,
+        // 0421), with or without DE 90: whichever comes first gives back, the others find
+        // it and give nothing.
+        let mut own = txn_key(req);
+        own.mti[2] = b'0';
+        if account.history.contains(&own) {
+            return ack;
+        }
+        let given = match req.original_data() {
             Some(o) => {
                 let mut mti = o.mti;
                 mti[3] = b'0';
@@ -626,46 +634,28 @@ impl Ledger {
                         self.unmatched_reversals.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                // The reversal is booked under its own key too (giving nothing back): a
-                // repeat of it without DE 90 finds it below, rather than giving back its
-                // amount a second time.
-                let mut own = txn_key(req);
-                own.mti[2] = b'0';
-                if !account.history.contains(&own) {
-                    account.history.book(Booked {
-                        key: own,
-                        effect: 0,
-                        response_code: *b"00",
-                        auth_code: None,
-                        reversed: true,
-                        unanswered: false,
-                    });
-                }
+                // Given back on the original's booking, which now says so.
+                0
             }
             None => {
-                // One key for the reversal and its advice form and repeats (0400, 0401,
-                // 0420, 0421): whichever comes first gives back, the others find it.
-                let mut key = txn_key(req);
-                key.mti[2] = b'0';
-                if !account.history.contains(&key) {
-                    let amount = req
-                        .amount_transaction()
-                        .and_then(|a| i64::try_from(a).ok())
-                        .unwrap_or(0);
-                    let refund = req.processing_code().is_some_and(|p| p.starts_with(b"20"));
-                    let given = partial(if refund { -amount } else { amount });
-                    account.balance = account.balance.saturating_add(given);
-                    account.history.book(Booked {
-                        key,
-                        effect: given,
-                        response_code: *b"00",
-                        auth_code: None,
-                        reversed: true,
-                        unanswered: false,
-                    });
-                }
+                let amount = req
+                    .amount_transaction()
+                    .and_then(|a| i64::try_from(a).ok())
+                    .unwrap_or(0);
+                let refund = req.processing_code().is_some_and(|p| p.starts_with(b"20"));
+                let given = partial(if refund { -amount } else { amount });
+                account.balance = account.balance.saturating_add(given);
+                given
             }
-        }
+        };
+        account.history.book(Booked {
+            key: own,
+            effect: given,
+            response_code: *b"00",
+            auth_code: None,
+            reversed: true,
+            unanswered: false,
+        });
         ack
     }
 
