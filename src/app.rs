@@ -19,6 +19,8 @@ use crate::cards::{Cards, LedgerConfig, OpenError, Recovered, SnapshotPolicy};
 use crate::config::{Config, decode_hex};
 use crate::iso8583::{FrameCodec, Framing, Spec, SpecError};
 use crate::metrics as m;
+use crate::store::crypto::PanCipher;
+use crate::store::owed::OwedReversals;
 use crate::switch::mac::{self, MacKey, Padding};
 use crate::switch::{ConnectionLimits, Flow, IssuerLink, IssuerSettings, server};
 
@@ -141,8 +143,12 @@ impl App {
             );
         }
         let (cards, store) = (config.cards.clone(), config.store.clone());
-        let (cards, recovered) = tokio::task::spawn_blocking(move || {
-            Cards::open(&cards, &store, LedgerConfig::default())
+        let (cards, recovered, (owed, debts)) = tokio::task::spawn_blocking(move || {
+            let (cards, recovered) = Cards::open(&cards, &store, LedgerConfig::default())?;
+            // After the cards: they hold the data directory's lock, and made the key.
+            let cipher = PanCipher::load_or_create(&store.key_path())?;
+            let owed = OwedReversals::open(&store.data_dir, cipher)?;
+            Ok::<_, OpenError>((cards, recovered, owed))
         })
         .await
         .map_err(|e| AppError::Config {
@@ -155,6 +161,7 @@ impl App {
             bytes_cut = recovered.bytes_cut,
             holds_counted_as_spent = recovered.holds_counted_as_spent,
             elapsed_ms = recovered.elapsed_ms,
+            reversals_owed = debts.len(),
             data_dir = %config.store.data_dir.display(),
             "store recovered"
         );
@@ -202,6 +209,8 @@ impl App {
                 reconnect_max: Duration::from_millis(config.issuer.reconnect_max_ms.max(1)),
                 sign_on: config.issuer.sign_on,
             },
+            Arc::new(owed),
+            debts,
             issuer_stop.clone(),
         );
         let limits = ConnectionLimits {

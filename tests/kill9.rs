@@ -1,5 +1,6 @@
 //! `kill -9` of the real `vpan serve` binary under load, then restart: every approval the
-//! network received is still counted, and no card goes over its cap.
+//! network received is still counted, and no card goes over its cap; and a reversal owed
+//! to an issuer that did not answer is sent at the next start.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -8,10 +9,14 @@ mod rig;
 
 use std::time::Duration;
 
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::Framed;
+
 use procs::{issue_cards, open_cards, start_serve};
 use rig::{Client, code, purchase, repeat_of};
 use vpan::cards::CardKey;
-use vpan::iso8583::Message;
+use vpan::iso8583::{Frame, FrameCodec, Framing, Message, Spec};
 use vpan::tools::issuer_sim::{IssuerSim, SimConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -339,4 +344,127 @@ async fn a_repeat_of_a_purchase_in_doubt_that_the_issuer_answers_too_late_gets_9
     assert_eq!(code(&again), "91");
     assert_eq!(t.sim.requests(b"0101"), 1);
     assert_eq!(t.counters_after_kill().await, (0, 0, 0), "given back");
+}
+
+/// A scripted issuer host's side of one connection from the switch.
+type HostSide = Framed<TcpStream, FrameCodec>;
+
+/// The switch's next connection to the scripted host, its sign-on answered.
+async fn host_connection(listener: &TcpListener) -> HostSide {
+    let (stream, _) = tokio::time::timeout(Duration::from_secs(30), listener.accept())
+        .await
+        .expect("the switch dials the issuer host")
+        .unwrap();
+    let mut host = Framed::new(stream, FrameCodec::new(Framing::Len2, 0, 8192));
+    let sign_on = host_message(&mut host, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(&sign_on.mti(), b"0800");
+    host_answer(&mut host, &sign_on, b"0810", b"00").await;
+    host
+}
+
+/// The next message the switch sends the host other than an echo, if one comes within
+/// `within`.
+async fn host_message(host: &mut HostSide, within: Duration) -> Option<Message> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, host.next()).await {
+            Err(_) => return None,
+            Ok(Some(Ok(Frame::Message { body, .. }))) => {
+                let m = Message::parse(Spec::iso87ascii(), body).unwrap();
+                if m.network_management_code() != Some(*b"301") {
+                    return Some(m);
+                }
+                host_answer(host, &m, b"0810", b"00").await;
+            }
+            Ok(Some(Ok(Frame::KeepAlive))) => {}
+            other => panic!("expected a message from the switch, got {other:?}"),
+        }
+    }
+}
+
+async fn host_answer(host: &mut HostSide, request: &Message, mti: &[u8; 4], code: &[u8; 2]) {
+    let mut answer = request.clone();
+    answer.set_mti(mti).unwrap();
+    answer.set_response_code(code).unwrap();
+    host.send(Frame::Message {
+        header: bytes::Bytes::new(),
+        body: answer.pack(),
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reversal_owed_to_a_silent_issuer_outlives_a_kill_9_and_goes_out_at_the_next_start() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host_addr = listener.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let (card, real) = issue_cards(&data_dir, 1, 1_000_000).await.remove(0);
+    let env = [
+        ("VPAN_ISSUER_TIMEOUT_MS", "300"),
+        ("VPAN_ISSUER_CONNECTIONS", "1"),
+    ];
+
+    // The host takes the purchase and says nothing: the network gets 91, and the switch
+    // is killed the moment it does.
+    let mut serve = start_serve(&data_dir, &host_addr, &env).await;
+    let mut host = host_connection(&listener).await;
+    serve
+        .wait_log("issuer link up", 1, Duration::from_secs(10))
+        .await;
+    let mut net = Client::connect(serve.network).await;
+    let request = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 500);
+    net.send(&request).await;
+    let original = host_message(&mut host, Duration::from_secs(10))
+        .await
+        .expect("the purchase reaches the host");
+    assert_eq!(original.pan(), Some(Ok(real.clone())));
+    assert_eq!(code(&net.answer(request.stan().unwrap()).await), "91");
+    let mut child = serve.child;
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
+    drop(host);
+    let on_disk = std::fs::read(data_dir.join("reversals.log")).unwrap();
+    assert!(
+        !on_disk.windows(real.len()).any(|w| w == real.as_bytes()),
+        "the real card number is sealed in the book of reversals owed"
+    );
+
+    // The next start sends the reversal, as a repeat, naming the purchase as the host
+    // saw it, with the real card number.
+    let mut serve = start_serve(&data_dir, &host_addr, &env).await;
+    assert_eq!(serve.recovered["reversals_owed"], 1, "{}", serve.recovered);
+    let mut host = host_connection(&listener).await;
+    let reversal = host_message(&mut host, Duration::from_secs(15))
+        .await
+        .expect("the reversal owed goes out at the next start");
+    assert_eq!(&reversal.mti(), b"0401");
+    assert_eq!(reversal.pan(), Some(Ok(real.clone())));
+    assert_eq!(reversal.amount_transaction(), original.amount_transaction());
+    let de90 = reversal.raw(90).unwrap();
+    assert_eq!(&de90[..4], b"0100");
+    assert_eq!(&de90[4..10], &original.stan().unwrap());
+    assert_eq!(&de90[10..20], original.raw(7).unwrap());
+    host_answer(&mut host, &reversal, b"0410", b"00").await;
+    // Paid once answered: a later start owes nothing. The book's write is in the
+    // background; a graceful stop waits for it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    serve.signal("TERM");
+    let _ = serve.child.wait().await;
+    drop(host);
+    let serve = start_serve(&data_dir, &host_addr, &env).await;
+    assert_eq!(serve.recovered["reversals_owed"], 0, "{}", serve.recovered);
+    let mut host = host_connection(&listener).await;
+    assert!(
+        host_message(&mut host, Duration::from_secs(2))
+            .await
+            .is_none(),
+        "nothing is sent again once the reversal was answered"
+    );
+    let mut child = serve.child;
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
 }

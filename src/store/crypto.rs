@@ -92,14 +92,27 @@ impl PanCipher {
     /// are then that sealing's bytes again, so the nonce never meets a second message, and
     /// a snapshot spends no fresh nonce on a card it writes again.
     pub fn reseal(&self, pan: &Pan, context: &[u8], nonce: &[u8; NONCE_BYTES]) -> Vec<u8> {
+        self.encrypt(pan.as_bytes(), context, nonce)
+    }
+
+    /// Encrypts bytes that carry a real PAN among others (a message toward the issuer that
+    /// must wait on disk), bound to `context`, under a fresh random nonce.
+    pub fn seal_bytes(&self, plain: &[u8], context: &[u8]) -> Vec<u8> {
+        let mut nonce = [0u8; NONCE_BYTES];
+        rand::rng().fill(&mut nonce[..]);
+        self.encrypt(plain, context, &nonce)
+    }
+
+    /// nonce ‖ ciphertext ‖ tag.
+    fn encrypt(&self, plain: &[u8], context: &[u8], nonce: &[u8; NONCE_BYTES]) -> Vec<u8> {
         let sealed = self.cipher.encrypt(
             &Nonce::from(*nonce),
             Payload {
-                msg: pan.as_bytes(),
+                msg: plain,
                 aad: context,
             },
         );
-        let mut out = Vec::with_capacity(NONCE_BYTES + pan.len() + 16);
+        let mut out = Vec::with_capacity(NONCE_BYTES + plain.len() + 16);
         out.extend_from_slice(nonce);
         // Encryption only fails for inputs longer than 64 GiB.
         out.extend_from_slice(&sealed.unwrap_or_default());
@@ -108,13 +121,21 @@ impl PanCipher {
 
     /// Decrypts what [`PanCipher::seal`] made with the same `context`.
     pub fn open(&self, sealed: &[u8], context: &[u8]) -> Result<Pan, StoreError> {
+        let mut plain = self.open_bytes(sealed, context)?;
+        let pan = Pan::from_digits(&plain).map_err(|_| StoreError::Decrypt);
+        plain.zeroize();
+        pan
+    }
+
+    /// Decrypts what [`PanCipher::seal_bytes`] made with the same `context`. The caller
+    /// zeroizes the bytes once done with them.
+    pub fn open_bytes(&self, sealed: &[u8], context: &[u8]) -> Result<Vec<u8>, StoreError> {
         if sealed.len() < NONCE_BYTES + 16 {
             return Err(StoreError::Decrypt);
         }
         let (nonce, ct) = sealed.split_at(NONCE_BYTES);
         let nonce: [u8; NONCE_BYTES] = nonce.try_into().map_err(|_| StoreError::Decrypt)?;
-        let mut plain = self
-            .cipher
+        self.cipher
             .decrypt(
                 &Nonce::from(nonce),
                 Payload {
@@ -122,10 +143,7 @@ impl PanCipher {
                     aad: context,
                 },
             )
-            .map_err(|_| StoreError::Decrypt)?;
-        let pan = Pan::from_digits(&plain).map_err(|_| StoreError::Decrypt);
-        plain.zeroize();
-        pan
+            .map_err(|_| StoreError::Decrypt)
     }
 }
 

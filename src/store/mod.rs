@@ -7,7 +7,8 @@
 //!   torn-tail detection, written to [`segment`] files that grow by zero-filled extents;
 //! - [`snapshot`]: all state in one file, written atomically, so restarts do not replay
 //!   the journal from the beginning of time;
-//! - [`crypto`]: AES-256-GCM for real PANs, under a key file made at first start.
+//! - [`crypto`]: AES-256-GCM for real PANs, under a key file made at first start;
+//! - [`owed`]: the reversals owed to the issuer, until it has answered them.
 //!
 //! Data directory layout (`store.data_dir`):
 //!
@@ -16,11 +17,13 @@
 //! snapshot.bin               the last complete snapshot (replaced atomically by rename)
 //! snapshot.tmp               a snapshot being written (ignored and overwritten at start)
 //! journal-0000000007.log     journal segments not yet covered by the snapshot
+//! reversals.log              reversals owed to the issuer (real PANs sealed), until answered
 //! vpan.lock                  held (flock) by the process that has the directory open
 //! ```
 
 pub mod crypto;
 pub mod journal;
+pub mod owed;
 pub mod segment;
 pub mod snapshot;
 

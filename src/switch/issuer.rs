@@ -19,7 +19,10 @@
 //! answer arriving meanwhile is still delivered), but the request stays remembered: if the
 //! issuer approves it late, or never answers, or the connection dies under it, the link
 //! sends a 0400 reversal for it so the real account is not left charged for a purchase
-//! the network was told was not approved.
+//! the network was told was not approved. That debt is written to disk
+//! ([`OwedReversals`]) before the network hears its 91, and marked paid once the issuer
+//! has answered the reversal: a crash or a restart does not forget it, and the link sends
+//! what is still owed when it starts.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -37,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::iso8583::{Frame, FrameCodec, Message, Spec};
 use crate::metrics as m;
+use crate::store::owed::{Debt, OwedReversals};
 
 /// How the link is set up: the `[issuer]` section, resolved.
 #[derive(Debug, Clone)]
@@ -123,6 +127,10 @@ struct Pending {
     /// its own deadline: they get its answer rather than go out again under another
     /// stamp, which the issuer would take for a new transaction and charge twice.
     repeats: Vec<(oneshot::Sender<Reply>, Instant)>,
+    /// Its number in the book of reversals owed, from the moment its caller was refused an
+    /// answer (timed out, or the connection lost) while its outcome at the issuer was
+    /// unknown.
+    debt: Option<u64>,
 }
 
 /// One connection slot: the writer's queue while connected.
@@ -151,6 +159,8 @@ struct Inner {
     freed: Freed,
     /// Reversals being sent (or retried) in the background, for [`IssuerLink::quiesce`].
     reversals: AtomicUsize,
+    /// The reversals owed, on disk until the issuer answers them.
+    owed: Arc<OwedReversals>,
     /// Stops the connection tasks.
     shutdown: CancellationToken,
 }
@@ -176,8 +186,14 @@ const SWEEP_TICK_MAX: Duration = Duration::from_millis(25);
 
 impl IssuerLink {
     /// Starts the connection tasks (they dial in the background; a request made before any
-    /// connection is up is answered `Unavailable` at once).
-    pub fn start(settings: IssuerSettings, shutdown: CancellationToken) -> IssuerLink {
+    /// connection is up is answered `Unavailable` at once), and the reversals of `debts`,
+    /// owed since an earlier run (`owed` is the book they were read from).
+    pub fn start(
+        settings: IssuerSettings,
+        owed: Arc<OwedReversals>,
+        debts: Vec<Debt>,
+        shutdown: CancellationToken,
+    ) -> IssuerLink {
         let slots = (0..settings.connections)
             .map(|_| Slot {
                 tx: parking_lot::RwLock::new(None),
@@ -194,6 +210,7 @@ impl IssuerLink {
                 restamped: Restamped::default(),
                 freed: Freed::default(),
                 reversals: AtomicUsize::new(0),
+                owed,
                 shutdown,
             }),
         };
@@ -201,7 +218,35 @@ impl IssuerLink {
             tokio::spawn(link.clone().run_slot(i));
         }
         tokio::spawn(link.clone().sweep());
+        link.pay_earlier_debts(debts);
         link
+    }
+
+    /// Sends again the reversals an earlier run owed and did not see answered. Each goes
+    /// as a repeat (0401): it may have reached the host before.
+    fn pay_earlier_debts(&self, debts: Vec<Debt>) {
+        if !debts.is_empty() {
+            tracing::warn!(
+                count = debts.len(),
+                "reversals owed to the issuer since an earlier run; sending them"
+            );
+        }
+        for Debt { id, reversal } in debts {
+            match Message::parse(self.spec(), reversal) {
+                Ok(mut reversal) => {
+                    // Four digits: never refused.
+                    let _ = reversal.set_mti(b"0401");
+                    self.send_reversal(Box::new(reversal), None, Some(id));
+                }
+                // Written by vpan in the issuer link's layout of the time; the layout was
+                // changed since. Kept, and said at every start, until someone reconciles.
+                Err(e) => tracing::error!(
+                    debt = id,
+                    error = %e,
+                    "a reversal owed since an earlier run does not read in the issuer link's layout; the issuer must reconcile"
+                ),
+            }
+        }
     }
 
     /// The issuer's layout, for building messages toward it.
@@ -352,6 +397,7 @@ impl IssuerLink {
                         deadline: sent_at + timeout,
                         conn,
                         repeats: Vec::new(),
+                        debt: None,
                     });
                     break (candidate, sent);
                 }
@@ -673,6 +719,7 @@ impl IssuerLink {
             mti,
             sent_at,
             repeats,
+            debt,
             ..
         } = pending;
         // Repeats waiting on it get the same answer; one still waiting for it means the
@@ -702,7 +749,11 @@ impl IssuerLink {
         {
             tracing::warn!("late approval from the issuer; reversing it");
             // Answered: the original is behind the issuer already, any connection will do.
-            self.reverse_sent(&sent, None);
+            self.reverse_sent(&sent, None, debt);
+        } else if let Some(id) = debt {
+            // Declined, or its approval reached the network through a repeat: nothing to
+            // reverse after all.
+            self.pay(id);
         }
     }
 
@@ -747,14 +798,29 @@ impl IssuerLink {
             .filter(|p| which(p))
             .map(|p| *p.key())
             .collect();
+        let mut refused = Refused::default();
         for stamp in stamps {
             self.inner.freed.insert(stamp, ());
-            if let Some((_, p)) = self.inner.pending.remove(&stamp)
-                && needs_reversal(&p.mti)
-            {
-                self.reverse_sent(&p.sent, Some(p.conn));
+            let Some((_, mut p)) = self.inner.pending.remove(&stamp) else {
+                continue;
+            };
+            // A caller left without a reversal hears of the loss at once (its reply drops).
+            if !needs_reversal(&p.mti) {
+                continue;
             }
+            let Some(reversal) = self.reversal_of_sent(&p.sent) else {
+                continue;
+            };
+            // A caller still waiting hears of the loss only once the reversal it is owed
+            // is on disk; numbered now, the reversal can go out at once.
+            let debt = match (p.debt, p.reply.take()) {
+                (Some(id), _) => Some(id),
+                (None, Some(reply)) => Some(refused.owe(self, &reversal, reply)),
+                (None, None) => None,
+            };
+            self.send_reversal(Box::new(reversal), Some(p.conn), debt);
         }
+        self.write_debts(refused, IssuerError::ConnectionLost);
     }
 
     /// Gives callers whose deadline passed their timeout (every few milliseconds), and
@@ -773,13 +839,25 @@ impl IssuerLink {
             }
             let now = Instant::now();
             let mut freed = Vec::new();
+            let mut refused = Refused::default();
             for mut p in self.inner.pending.iter_mut() {
                 if now >= p.deadline
                     && let Some(reply) = p.reply.take()
                 {
                     metrics::counter!(m::ISSUER_TIMEOUTS_TOTAL).increment(1);
                     tracing::debug!(stan = %String::from_utf8_lossy(p.key()), "issuer answer late");
-                    let _ = reply.send(Err(IssuerError::Timeout));
+                    // The issuer may approve it yet: a reversal is owed unless its answer
+                    // says otherwise, and the caller hears its timeout once that debt is
+                    // on disk.
+                    match needs_reversal(&p.mti)
+                        .then(|| self.reversal_of_sent(&p.sent))
+                        .flatten()
+                    {
+                        Some(reversal) => p.debt = Some(refused.owe(&self, &reversal, reply)),
+                        None => {
+                            let _ = reply.send(Err(IssuerError::Timeout));
+                        }
+                    }
                     // A late answer to it would change nothing (no approval to reverse:
                     // a reversal, an advice, network management), so its stamp is freed
                     // now: a reversal sent again goes out under the same DE 11, which is
@@ -798,6 +876,7 @@ impl IssuerLink {
                     }
                 }
             }
+            self.write_debts(refused, IssuerError::Timeout);
             for stamp in freed {
                 // Known as freed before it is: a request that takes the stamp the moment
                 // it is free must find it so, to have its answer checked.
@@ -824,17 +903,28 @@ impl IssuerLink {
         }
     }
 
-    /// [`IssuerLink::reverse`] of a request kept as the bytes that were sent, first on
-    /// connection `original_conn` (the one the original went out on) while it is up.
-    fn reverse_sent(&self, sent: &Bytes, original_conn: Option<usize>) {
+    /// The reversal of a request kept as the bytes that were sent; `None`, said loudly,
+    /// if it cannot be built (the real account may then stay charged).
+    fn reversal_of_sent(&self, sent: &Bytes) -> Option<Message> {
         match Message::parse(self.spec(), sent.clone()) {
-            Ok(original) => self.reverse_on(&original, original_conn),
-            // vpan packed it itself with this very spec, so this cannot happen; said loudly
-            // if it ever does, since the real account may stay charged.
-            Err(e) => tracing::error!(
-                error = %e,
-                "cannot read back a request sent to the issuer to reverse it; the issuer must reconcile"
-            ),
+            Ok(original) => reversal_or_log(&original),
+            // vpan packed it itself with this very spec, so this cannot happen.
+            Err(e) => {
+                tracing::error!(
+                    error = %e,
+                    "cannot read back a request sent to the issuer to reverse it; the issuer must reconcile"
+                );
+                None
+            }
+        }
+    }
+
+    /// [`IssuerLink::reverse`] of a request kept as the bytes that were sent, first on
+    /// connection `original_conn` (the one the original went out on) while it is up, and
+    /// paying `debt` once answered.
+    fn reverse_sent(&self, sent: &Bytes, original_conn: Option<usize>, debt: Option<u64>) {
+        if let Some(reversal) = self.reversal_of_sent(sent) {
+            self.send_reversal(Box::new(reversal), original_conn, debt);
         }
     }
 
@@ -842,20 +932,26 @@ impl IssuerLink {
     /// `REVERSAL_RETRY_MAX` apart) until the issuer answers it or vpan shuts down: an
     /// issuer host down for longer than a few retries must still get the reversal when it
     /// is back, or the real account stays charged for a purchase the network was refused.
+    /// Kept in memory only: the caller's own record (the journal, which failed) is what
+    /// would have told this one apart after a restart.
     pub fn reverse(&self, original: &Message) {
-        self.reverse_on(original, None);
+        if let Some(reversal) = reversal_or_log(original) {
+            self.send_reversal(Box::new(reversal), None, None);
+        }
     }
 
-    /// [`IssuerLink::reverse`], the first attempt on connection `original_conn` when it is
-    /// up. An original the issuer has not answered may still be unread in that
+    /// Sends `reversal` in the background until answered ([`IssuerLink::reverse`]), the
+    /// first attempt on connection `original_conn` when it is up, and then marks `debt`
+    /// paid. An original the issuer has not answered may still be unread in that
     /// connection's stream; on another connection the reversal could overtake it, find
     /// nothing to reverse, and leave the real account charged once the original is read.
     /// Behind it on the same connection, it is read after it.
-    fn reverse_on(&self, original: &Message, original_conn: Option<usize>) {
-        let Ok(mut reversal) = reversal_for(original).map(Box::new) else {
-            tracing::error!("cannot build the reversal of a request; the issuer must reconcile");
-            return;
-        };
+    fn send_reversal(
+        &self,
+        mut reversal: Box<Message>,
+        original_conn: Option<usize>,
+        debt: Option<u64>,
+    ) {
         // Looked at now, not when the task first runs: a connection lost under the original
         // is down already (its requests are abandoned after it is marked so), and a stream
         // dialled again in that slot since would carry nothing of the original's.
@@ -886,14 +982,22 @@ impl IssuerLink {
                 match sent {
                     // A front end answering for a host that is down (91), or a host that
                     // failed (96), has not reversed anything: asked again.
-                    Ok(answer) if !reversal_undone(&answer) => return,
+                    Ok(answer) if !reversal_undone(&answer) => {
+                        if let Some(id) = debt {
+                            link.pay(id);
+                        }
+                        return;
+                    }
                     // It does not fit the link's layout (the original was near
                     // `max_frame_bytes`, and DE 90 made it longer): it never will, so it is
-                    // not tried every few seconds until shutdown.
+                    // not tried every few seconds until shutdown, nor at every start.
                     Err(IssuerError::Encode) => {
                         tracing::error!(
                             "the reversal of a request does not fit the issuer link's layout; the issuer must reconcile"
                         );
+                        if let Some(id) = debt {
+                            link.pay(id);
+                        }
                         return;
                     }
                     Ok(answer) => {
@@ -917,17 +1021,64 @@ impl IssuerLink {
                 }
                 wait = (wait * 2).min(REVERSAL_RETRY_MAX);
             }
-            tracing::error!(
-                "reversal toward the issuer not sent before shutdown; the issuer must reconcile"
-            );
+            match debt {
+                Some(_) => tracing::warn!(
+                    "reversal toward the issuer not answered before shutdown; it is sent again at the next start"
+                ),
+                None => tracing::error!(
+                    "reversal toward the issuer not answered before shutdown; the issuer must reconcile"
+                ),
+            }
+        });
+    }
+
+    /// Marks debt `id` paid, in the background.
+    fn pay(&self, id: u64) {
+        let owed = self.inner.owed.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = owed.paid(id) {
+                // Harmless but for the log: the reversal goes again at the next start, and
+                // the host takes it for a repeat of the one it applied.
+                tracing::warn!(debt = id, error = %e, "a reversal answered could not be marked paid");
+            }
+        });
+    }
+
+    /// Writes the debts of `refused` in one sync, then gives each of its callers `error`
+    /// (their 91): a caller is refused only once the reversal it is owed would outlive a
+    /// crash. If the disk fails, the reversals still go out from memory, and the callers
+    /// are refused all the same (an answer to the network is not held back for a disk).
+    fn write_debts(&self, refused: Refused, error: IssuerError) {
+        if refused.callers.is_empty() {
+            return;
+        }
+        let owed = self.inner.owed.clone();
+        tokio::spawn(async move {
+            let Refused { debts, callers } = refused;
+            if !debts.is_empty() {
+                let count = debts.len();
+                let written = tokio::task::spawn_blocking(move || owed.owe(&debts)).await;
+                match written {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::error!(
+                        count,
+                        error = %e,
+                        "reversals owed to the issuer could not be written; they are sent, but a restart would forget them"
+                    ),
+                    Err(e) => tracing::error!(count, error = %e, "writing reversals owed failed"),
+                }
+            }
+            for caller in callers {
+                let _ = caller.send(Err(error));
+            }
         });
     }
 
     /// Before the link stops at shutdown (the network side has drained, so every caller
     /// has its answer or its 91): the requests the issuer has not answered are reversed
     /// now rather than by the sweep, and this waits, at most `grace`, until every reversal
-    /// is answered. Otherwise an issuer that approves late, during a restart, keeps the
-    /// real account charged for a purchase the network was refused.
+    /// is answered. Those it leaves unanswered are in the book of reversals owed, and go
+    /// out again when vpan next starts.
     pub async fn quiesce(&self, grace: Duration) {
         self.abandon(|_| true);
         let deadline = tokio::time::Instant::now() + grace;
@@ -935,7 +1086,7 @@ impl IssuerLink {
             if tokio::time::Instant::now() >= deadline {
                 tracing::warn!(
                     reversals = self.inner.reversals.load(Ordering::Acquire),
-                    "reversals still unanswered at shutdown; the issuer must reconcile"
+                    "reversals still unanswered at shutdown; they are sent again at the next start"
                 );
                 return;
             }
@@ -952,6 +1103,41 @@ impl IssuerLink {
     fn publish_connected(&self) {
         metrics::gauge!(m::ISSUER_CONNECTED).set(self.connected() as f64);
     }
+}
+
+/// Callers refused their answer in one pass (timed out, or their connection lost) whose
+/// requests may have moved money at the issuer. Their debts are written together, in one
+/// sync, before any of them hears its refusal ([`IssuerLink::write_debts`]).
+#[derive(Default)]
+struct Refused {
+    /// Each debt's number and reversal, packed.
+    debts: Vec<(u64, Bytes)>,
+    /// Who waits for the refusal.
+    callers: Vec<oneshot::Sender<Reply>>,
+}
+
+impl Refused {
+    /// Numbers the debt of `reversal`, and queues `caller`'s refusal behind its writing.
+    fn owe(
+        &mut self,
+        link: &IssuerLink,
+        reversal: &Message,
+        caller: oneshot::Sender<Reply>,
+    ) -> u64 {
+        let id = link.inner.owed.next_id();
+        self.debts.push((id, reversal.pack()));
+        self.callers.push(caller);
+        id
+    }
+}
+
+/// [`reversal_for`], said loudly when it cannot be built.
+fn reversal_or_log(original: &Message) -> Option<Message> {
+    reversal_for(original)
+        .inspect_err(|_| {
+            tracing::error!("cannot build the reversal of a request; the issuer must reconcile")
+        })
+        .ok()
 }
 
 /// Counts a background reversal as finished when its task ends, however it ends.
