@@ -449,6 +449,17 @@ async fn a_reversal_owed_to_a_silent_issuer_outlives_a_kill_9_and_goes_out_at_th
     assert_eq!(&de90[4..10], &original.stan().unwrap());
     assert_eq!(&de90[10..20], original.raw(7).unwrap());
     host_answer(&mut host, &reversal, b"0410", b"00").await;
+    // The purchase was released (91) on disk before its debt was: its repeat gets the same
+    // 91 from the switch, and is not asked of the issuer, which has the reversal.
+    let mut net = Client::connect(serve.network).await;
+    let repeat = repeat_of(&request);
+    assert_eq!(code(&net.call(&repeat).await), "91");
+    assert!(
+        host_message(&mut host, Duration::from_millis(800))
+            .await
+            .is_none(),
+        "the reversal goes once when answered, and the repeat does not go"
+    );
     // Paid once answered: a later start owes nothing. The book's write is in the
     // background; a graceful stop waits for it.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -463,6 +474,54 @@ async fn a_reversal_owed_to_a_silent_issuer_outlives_a_kill_9_and_goes_out_at_th
             .await
             .is_none(),
         "nothing is sent again once the reversal was answered"
+    );
+    let mut child = serve.child;
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purchase_the_issuer_declines_after_its_91_owes_nothing_at_the_next_start() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host_addr = listener.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let (card, _) = issue_cards(&data_dir, 1, 1_000_000).await.remove(0);
+    let env = [
+        ("VPAN_ISSUER_TIMEOUT_MS", "300"),
+        ("VPAN_ISSUER_CONNECTIONS", "1"),
+    ];
+    let mut serve = start_serve(&data_dir, &host_addr, &env).await;
+    let mut host = host_connection(&listener).await;
+    serve
+        .wait_log("issuer link up", 1, Duration::from_secs(10))
+        .await;
+    let mut net = Client::connect(serve.network).await;
+    let request = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 500);
+    net.send(&request).await;
+    let original = host_message(&mut host, Duration::from_secs(10))
+        .await
+        .expect("the purchase reaches the host");
+    assert_eq!(code(&net.answer(request.stan().unwrap()).await), "91");
+    // The host declines it, late: nothing to reverse, and nothing is.
+    host_answer(&mut host, &original, b"0110", b"05").await;
+    assert!(
+        host_message(&mut host, Duration::from_millis(800))
+            .await
+            .is_none(),
+        "a late decline is not reversed"
+    );
+    serve.signal("TERM");
+    let _ = serve.child.wait().await;
+    drop(host);
+    let serve = start_serve(&data_dir, &host_addr, &env).await;
+    assert_eq!(serve.recovered["reversals_owed"], 0, "{}", serve.recovered);
+    let mut host = host_connection(&listener).await;
+    assert!(
+        host_message(&mut host, Duration::from_secs(2))
+            .await
+            .is_none(),
+        "nothing is owed for a purchase the issuer declined"
     );
     let mut child = serve.child;
     child.start_kill().unwrap();

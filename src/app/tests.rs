@@ -321,3 +321,76 @@ async fn a_repeated_advice_waits_for_the_first_ones_record_and_an_unrecorded_rev
     drop(failing);
     r.stop().await;
 }
+
+/// The length of the book of reversals owed (empty at start: no debts).
+fn book_len(data: &std::path::Path) -> u64 {
+    std::fs::metadata(data.join(crate::store::owed::FILE))
+        .unwrap()
+        .len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_purchase_records_its_reversal_owed_after_its_release_and_before_its_91() {
+    let real = Pan::from_digits(crate::pan::test_pan("4970100").as_bytes()).unwrap();
+    // The issuer takes the purchases and never answers them.
+    let sim = IssuerSim::start(SimConfig {
+        silent: vec![real.clone()],
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut config = Config::local(&data, &sim.local_addr().to_string());
+    config.issuer.timeout_ms = 300;
+    let app = App::build(config).await.unwrap();
+    let network = app.addresses().network.unwrap();
+    let (cards, issuer) = (app.cards(), app.issuer());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn({
+        let stop = stop.clone();
+        async move { app.run(stop.cancelled_owned()).await.unwrap() }
+    });
+    while issuer.connected() < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let spec = crate::cards::card::test_spec(real, 10_000, now() + 86_400);
+    let card = cards.issue_durable(&spec, now()).await.unwrap();
+    let mut net = Framed::new(
+        TcpStream::connect(network).await.unwrap(),
+        FrameCodec::new(Framing::Len2, 0, 8192),
+    );
+    assert_eq!(book_len(&data), 0);
+
+    // The hold is on disk, then the disk stops finishing syncs: at the timeout, the
+    // release waits for it, and so do the debt and the 91.
+    send(&mut net, &purchase(&card.vpan, &card.expiry.0, 500, b"000001")).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let held = sync_gate::set(&data, Gate::Held);
+    assert!(
+        answer(&mut net, Duration::from_millis(900)).await.is_none(),
+        "91 before the purchase's release was on disk"
+    );
+    assert_eq!(
+        book_len(&data),
+        0,
+        "the debt was written before the purchase's release"
+    );
+    drop(held);
+    let refused = answer(&mut net, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(refused.response_code(), Some(*b"91"));
+    let with_debt = book_len(&data);
+    assert!(with_debt > 0, "the debt is on disk once the network has its 91");
+
+    // A release that fails: no debt beside a purchase a restart would take for in doubt.
+    send(&mut net, &purchase(&card.vpan, &card.expiry.0, 700, b"000002")).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let failing = sync_gate::set(&data, Gate::Failing);
+    let refused = answer(&mut net, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(refused.response_code(), Some(*b"91"));
+    assert_eq!(book_len(&data), with_debt, "a debt written beside a failed release");
+    drop(failing);
+    stop.cancel();
+    let _ = task.await;
+    sim.shutdown().await;
+}

@@ -30,8 +30,9 @@ use crate::iso8583::{Message, Spec, recover_header};
 use crate::metrics as m;
 use crate::pan::Pan;
 use crate::store::StoreError;
+use crate::store::journal::Durable;
 
-use super::issuer::{IssuerError, IssuerLink, is_approval};
+use super::issuer::{IssuerError, IssuerLink, Owed, Unanswered, is_approval};
 use super::mac::{MAC_FAILURE_CODE, MacCheck, MacKey, mac_field};
 
 /// The flow's shared state: one per switch, used by every network connection.
@@ -176,11 +177,17 @@ impl Flow {
                     cards: &self.cards,
                     hold,
                     outcome: IssuerOutcome::TimedOut,
+                    settled: false,
                 };
                 let request = as_repeat(request);
-                let sent = self.send_on_card(&request, &vpan).await;
+                let mut sent = self.send_on_card(&request, &vpan).await;
                 asking.outcome = in_doubt_outcome(&sent);
-                drop(asking);
+                let settled = asking.settle();
+                let owed = match &mut sent {
+                    Err(NotSent::Issuer(unanswered)) => unanswered.owed.take(),
+                    _ => None,
+                };
+                record_owed_after(owed, settled).await;
                 self.answer_on_card(request, sent).await
             }
             Decision::Approve(approval) => self.forward_approval(request, &vpan, approval).await,
@@ -230,29 +237,37 @@ impl Flow {
                     DecidedBy::Issuer,
                 )
             }
-            (Ok(()), Err(e)) => {
+            (Ok(()), Err(unanswered)) => {
                 // A release need not be waited for: lost in a crash, the hold counts as
                 // spent, which is the safe side. A clash was never sent, and is answered
                 // so again if repeated.
+                let e = unanswered.error;
                 let code = unanswered_code(e);
                 let outcome = match e {
                     IssuerError::Clash => IssuerOutcome::Refused(code),
                     _ => IssuerOutcome::TimedOut,
                 };
-                drop(self.cards.complete(&hold, outcome, now()));
+                // Except when a reversal is owed: see `record_owed_after`.
+                let released = self.cards.complete(&hold, outcome, now());
+                record_owed_after(unanswered.owed, released).await;
                 tracing::warn!(card = %vpan.pan, error = %e, code = %code, "issuer did not answer");
                 (self.local_answer(&request, code), DecidedBy::Switch)
             }
             (Err(e), answer) => {
                 // Fail closed: not durable, not approved. The issuer may have approved:
                 // reverse it there so the real account is not charged.
-                drop(self.cards.complete(&hold, IssuerOutcome::Failed, now()));
+                let failed = self.cards.complete(&hold, IssuerOutcome::Failed, now());
                 tracing::error!(card = %vpan.pan, error = %e, "journal failed: answered 96");
-                if let Ok(answer) = answer
-                    && is_approval(&answer)
-                    && let Some(sent) = self.to_real_again(&request, &answer)
-                {
-                    self.issuer.reverse(&sent);
+                match answer {
+                    Ok(answer) => {
+                        drop(failed);
+                        if is_approval(&answer)
+                            && let Some(sent) = self.to_real_again(&request, &answer)
+                        {
+                            self.issuer.reverse(&sent);
+                        }
+                    }
+                    Err(unanswered) => record_owed_after(unanswered.owed, failed).await,
                 }
                 (
                     self.local_answer(&request, ResponseCode::SYSTEM_ERROR),
@@ -415,7 +430,7 @@ impl Flow {
                 self.local_answer(&request, ResponseCode::FORMAT_ERROR),
                 DecidedBy::Switch,
             ),
-            Err(NotSent::Issuer(e)) => self.issuer_failed(&request, e),
+            Err(NotSent::Issuer(e)) => self.issuer_failed(&request, e).await,
         }
     }
 
@@ -442,13 +457,18 @@ impl Flow {
         };
         match self.issuer.send(toward_issuer).await {
             Ok(answer) => (self.in_layout(answer, self.network_spec), DecidedBy::Issuer),
-            Err(e) => self.issuer_failed(&request, e),
+            Err(e) => self.issuer_failed(&request, e).await,
         }
     }
 
     /// The answer to a request the issuer did not answer: 94 for one refused because
-    /// another transaction under its key is waiting, else 91.
-    fn issuer_failed(&self, request: &Message, e: IssuerError) -> (Option<Msg>, DecidedBy) {
+    /// another transaction under its key is waiting, else 91; given once the reversal the
+    /// link owes for it, if any, is on disk.
+    async fn issuer_failed(&self, request: &Message, e: Unanswered) -> (Option<Msg>, DecidedBy) {
+        if let Some(owed) = e.owed {
+            owed.record().await;
+        }
+        let e = e.error;
         let code = unanswered_code(e);
         tracing::debug!(error = %e, code = %code, "issuer did not answer");
         (self.local_answer(request, code), DecidedBy::Switch)
@@ -629,7 +649,25 @@ enum NotSent {
     /// The request does not fit the issuer's layout with the real card.
     Format,
     /// The issuer link's error.
-    Issuer(IssuerError),
+    Issuer(Unanswered),
+}
+
+/// Records the reversal the issuer link owes for a request (if it owes one) once `own`,
+/// this side's record of the request's outcome (its hold released, or settled), is on
+/// disk; then the network may hear its 91. A crash between the two leaves the purchase
+/// released (its repeats get 91 here) without the debt, as before there was a book of
+/// debts; the other order could leave a debt on a purchase that a restart takes for in
+/// doubt, whose repeat it then asks the issuer about while the reversal goes out. If the
+/// release failed (the journal is down), the debt is not written either: the reversal goes
+/// out from memory only.
+async fn record_owed_after(owed: Option<Box<Owed>>, own: Durable) {
+    let Some(mut owed) = owed else {
+        return;
+    };
+    match own.await {
+        Ok(()) => owed.record().await,
+        Err(e) => owed.forget(&e),
+    }
 }
 
 /// What the repeat of a purchase in doubt, sent to the issuer, says of it:
@@ -645,7 +683,9 @@ enum NotSent {
 fn in_doubt_outcome(sent: &OnCard) -> IssuerOutcome {
     let answer = match sent {
         Ok(Some(answer)) => answer,
-        Err(NotSent::Issuer(IssuerError::Timeout | IssuerError::ConnectionLost)) => {
+        Err(NotSent::Issuer(u))
+            if matches!(u.error, IssuerError::Timeout | IssuerError::ConnectionLost) =>
+        {
             return IssuerOutcome::Refused(ResponseCode::ISSUER_UNAVAILABLE);
         }
         _ => return IssuerOutcome::TimedOut,
@@ -671,13 +711,25 @@ struct AskingIssuer<'a> {
     cards: &'a Cards,
     hold: Hold,
     outcome: IssuerOutcome,
+    settled: bool,
+}
+
+impl AskingIssuer<'_> {
+    /// Settles it now with `outcome`; the record's durability, to wait for when the
+    /// caller must.
+    fn settle(mut self) -> Durable {
+        self.settled = true;
+        self.cards.settle_in_doubt(&self.hold, self.outcome, now())
+    }
 }
 
 impl Drop for AskingIssuer<'_> {
     fn drop(&mut self) {
         // Not waited for: lost in a crash, the purchase stays in doubt and spent, and the
         // next repeat asks again.
-        drop(self.cards.settle_in_doubt(&self.hold, self.outcome, now()));
+        if !self.settled {
+            drop(self.cards.settle_in_doubt(&self.hold, self.outcome, now()));
+        }
     }
 }
 
@@ -926,15 +978,15 @@ mod tests {
         // Sent and unanswered: the link reverses it at the issuer, so it does not stand.
         for lost in [IssuerError::Timeout, IssuerError::ConnectionLost] {
             assert_eq!(
-                in_doubt_outcome(&Err(NotSent::Issuer(lost))),
+                in_doubt_outcome(&Err(NotSent::Issuer(lost.into()))),
                 IssuerOutcome::Refused(ResponseCode::ISSUER_UNAVAILABLE)
             );
         }
         // Never sent: whatever the issuer did with the first stands, so it stays in doubt.
         for unsent in [
-            NotSent::Issuer(IssuerError::Unavailable),
-            NotSent::Issuer(IssuerError::Encode),
-            NotSent::Issuer(IssuerError::Clash),
+            NotSent::Issuer(IssuerError::Unavailable.into()),
+            NotSent::Issuer(IssuerError::Encode.into()),
+            NotSent::Issuer(IssuerError::Clash.into()),
             NotSent::Format,
             NotSent::UnknownCard,
         ] {

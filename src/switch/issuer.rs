@@ -19,10 +19,11 @@
 //! answer arriving meanwhile is still delivered), but the request stays remembered: if the
 //! issuer approves it late, or never answers, or the connection dies under it, the link
 //! sends a 0400 reversal for it so the real account is not left charged for a purchase
-//! the network was told was not approved. That debt is written to disk
-//! ([`OwedReversals`]) before the network hears its 91, and marked paid once the issuer
-//! has answered the reversal: a crash or a restart does not forget it, and the link sends
-//! what is still owed when it starts.
+//! the network was told was not approved. That debt ([`Owed`]) goes to its caller with
+//! the error, to be written to disk ([`OwedReversals`]) once the caller's own record of the
+//! request is, and before the network hears its 91; it is marked paid once the issuer has
+//! answered the reversal. A crash or a restart does not forget it: the link sends what is
+//! still owed when it starts.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -98,7 +99,85 @@ enum Origin {
 }
 
 /// What a caller of the link gets: the issuer's answer, or why there is none.
-type Reply = Result<Box<Message>, IssuerError>;
+type Reply = Result<Box<Message>, Unanswered>;
+
+/// Why the issuer gave a caller no answer; for a request that may have moved money there
+/// (sent, and then no answer in time, or its connection lost), with the reversal the link
+/// now owes the issuer.
+#[derive(Debug)]
+pub struct Unanswered {
+    /// Why.
+    pub error: IssuerError,
+    /// The debt, for the caller to record ([`Owed::record`]) once its own outcome of the
+    /// request is on disk, and before the network hears of it.
+    pub owed: Option<Box<Owed>>,
+}
+
+impl From<IssuerError> for Unanswered {
+    fn from(error: IssuerError) -> Unanswered {
+        Unanswered { error, owed: None }
+    }
+}
+
+/// A reversal the link owes the issuer, which it sends (and retries) on its own; this is
+/// its record in the book of reversals owed, so that a restart still sends it. Dropped
+/// unrecorded (its caller gone), it is recorded there and then.
+pub struct Owed {
+    book: Arc<OwedReversals>,
+    id: u64,
+    /// The reversal as packed toward the issuer (it carries the real card number).
+    reversal: Bytes,
+    recorded: bool,
+}
+
+impl std::fmt::Debug for Owed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Owed")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Owed {
+    /// Writes the debt; returns once it is on disk, or the disk failed (said loudly: the
+    /// reversal still goes out, but a restart would forget it).
+    pub async fn record(mut self: Box<Self>) {
+        self.recorded = true;
+        if let Err(e) = self.book.owe(self.id, &self.reversal).await {
+            tracing::error!(
+                debt = self.id,
+                error = %e,
+                "a reversal owed to the issuer could not be written; it is sent, but a restart would forget it"
+            );
+        }
+    }
+}
+
+impl Owed {
+    /// Leaves the debt unrecorded, because its caller's own record of the request failed
+    /// (`why`): on disk alone, it would sit beside a purchase a restart takes for in doubt.
+    /// The reversal still goes out, from memory.
+    pub fn forget(&mut self, why: &crate::store::StoreError) {
+        self.recorded = true;
+        tracing::error!(
+            debt = self.id,
+            error = %why,
+            "a reversal owed to the issuer is not recorded, since the journal failed; it is sent from memory only"
+        );
+    }
+}
+
+impl Drop for Owed {
+    fn drop(&mut self) {
+        // Rare (a caller that went away, a runtime that is stopping): written here and now,
+        // blocking, rather than by a task that a stopping runtime might never run.
+        if !self.recorded
+            && let Err(e) = self.book.owe_blocking(self.id, &self.reversal)
+        {
+            tracing::error!(debt = self.id, error = %e, "a reversal owed to the issuer could not be written");
+        }
+    }
+}
 
 /// A request waiting for the issuer's answer.
 struct Pending {
@@ -283,7 +362,7 @@ impl IssuerLink {
     /// Messages travel boxed through the link (and the flow): a `Message` is about 500
     /// bytes, and every async layer it crosses by value copies it, which `perf` showed as
     /// a sixth of the switch's CPU.
-    pub async fn send(&self, request: Box<Message>) -> Result<Box<Message>, IssuerError> {
+    pub async fn send(&self, request: Box<Message>) -> Result<Box<Message>, Unanswered> {
         self.send_via(request, None, self.inner.settings.timeout, Origin::Network)
             .await
     }
@@ -300,12 +379,14 @@ impl IssuerLink {
         only: Option<usize>,
         timeout: Duration,
         from: Origin,
-    ) -> Result<Box<Message>, IssuerError> {
+    ) -> Result<Box<Message>, Unanswered> {
         let network_stan = request.stan();
         let (rx, stamp) = self.dispatch(request, only, timeout, from)?;
         // The sender dropped without a word: the connection was lost under the request, or
         // the link is stopping.
-        let mut answer = rx.await.unwrap_or(Err(IssuerError::ConnectionLost))?;
+        let mut answer = rx
+            .await
+            .unwrap_or_else(|_| Err(IssuerError::ConnectionLost.into()))?;
         if let Some(stan) = network_stan
             && stan != stamp
         {
@@ -723,10 +804,19 @@ impl IssuerLink {
             ..
         } = pending;
         // Repeats waiting on it get the same answer; one still waiting for it means the
-        // network has this answer, so a late approval needs no reversal.
+        // network has this answer, so a late approval needs no reversal. Unless its caller
+        // was refused already, and a reversal is owed: the network heard 91 for it, its
+        // repeats hear so too, and the approval is reversed (rather than the debt marked
+        // paid, which a crash could lose after the repeats' approval went out).
+        let owed_approval = debt.is_some() && is_approval(&answer) && needs_reversal(&mti);
         let mut repeat_answered = false;
         for (waiter, _) in repeats {
-            repeat_answered |= waiter.send(Ok(answer.clone())).is_ok();
+            let to_repeat = if owed_approval {
+                Err(IssuerError::Timeout.into())
+            } else {
+                Ok(answer.clone())
+            };
+            repeat_answered |= waiter.send(to_repeat).is_ok() && !owed_approval;
         }
         let late = match reply {
             Some(reply) => {
@@ -751,8 +841,8 @@ impl IssuerLink {
             // Answered: the original is behind the issuer already, any connection will do.
             self.reverse_sent(&sent, None, debt);
         } else if let Some(id) = debt {
-            // Declined, or its approval reached the network through a repeat: nothing to
-            // reverse after all.
+            // Declined late: nothing to reverse after all. (An approval that reached the
+            // network through a repeat had no debt: its caller was still waiting.)
             self.pay(id);
         }
     }
@@ -798,7 +888,6 @@ impl IssuerLink {
             .filter(|p| which(p))
             .map(|p| *p.key())
             .collect();
-        let mut refused = Refused::default();
         for stamp in stamps {
             self.inner.freed.insert(stamp, ());
             let Some((_, mut p)) = self.inner.pending.remove(&stamp) else {
@@ -811,16 +900,34 @@ impl IssuerLink {
             let Some(reversal) = self.reversal_of_sent(&p.sent) else {
                 continue;
             };
-            // A caller still waiting hears of the loss only once the reversal it is owed
-            // is on disk; numbered now, the reversal can go out at once.
+            // A caller still waiting gets the debt to record; numbered now, the reversal
+            // can go out at once (paid before it is recorded, it is still paid).
             let debt = match (p.debt, p.reply.take()) {
                 (Some(id), _) => Some(id),
-                (None, Some(reply)) => Some(refused.owe(self, &reversal, reply)),
+                (None, Some(reply)) => {
+                    let (id, owed) = self.owe(&reversal);
+                    let _ = reply.send(Err(Unanswered {
+                        error: IssuerError::ConnectionLost,
+                        owed: Some(owed),
+                    }));
+                    Some(id)
+                }
                 (None, None) => None,
             };
             self.send_reversal(Box::new(reversal), Some(p.conn), debt);
         }
-        self.write_debts(refused, IssuerError::ConnectionLost);
+    }
+
+    /// A new debt for `reversal`: its number, and its record for the caller to write.
+    fn owe(&self, reversal: &Message) -> (u64, Box<Owed>) {
+        let id = self.inner.owed.next_id();
+        let owed = Owed {
+            book: self.inner.owed.clone(),
+            id,
+            reversal: reversal.pack(),
+            recorded: false,
+        };
+        (id, Box::new(owed))
     }
 
     /// Gives callers whose deadline passed their timeout (every few milliseconds), and
@@ -839,7 +946,6 @@ impl IssuerLink {
             }
             let now = Instant::now();
             let mut freed = Vec::new();
-            let mut refused = Refused::default();
             for mut p in self.inner.pending.iter_mut() {
                 if now >= p.deadline
                     && let Some(reply) = p.reply.take()
@@ -847,17 +953,20 @@ impl IssuerLink {
                     metrics::counter!(m::ISSUER_TIMEOUTS_TOTAL).increment(1);
                     tracing::debug!(stan = %String::from_utf8_lossy(p.key()), "issuer answer late");
                     // The issuer may approve it yet: a reversal is owed unless its answer
-                    // says otherwise, and the caller hears its timeout once that debt is
-                    // on disk.
-                    match needs_reversal(&p.mti)
+                    // says otherwise. Built here, under the map's lock (a rare path), so
+                    // that the request has a debt only if it has a reversal.
+                    let owed = needs_reversal(&p.mti)
                         .then(|| self.reversal_of_sent(&p.sent))
                         .flatten()
-                    {
-                        Some(reversal) => p.debt = Some(refused.owe(&self, &reversal, reply)),
-                        None => {
-                            let _ = reply.send(Err(IssuerError::Timeout));
-                        }
-                    }
+                        .map(|reversal| {
+                            let (id, owed) = self.owe(&reversal);
+                            p.debt = Some(id);
+                            owed
+                        });
+                    let _ = reply.send(Err(Unanswered {
+                        error: IssuerError::Timeout,
+                        owed,
+                    }));
                     // A late answer to it would change nothing (no approval to reverse:
                     // a reversal, an advice, network management), so its stamp is freed
                     // now: a reversal sent again goes out under the same DE 11, which is
@@ -872,11 +981,10 @@ impl IssuerLink {
                         .partition(|(_, deadline)| now >= *deadline);
                     p.repeats = waiting;
                     for (waiter, _) in late {
-                        let _ = waiter.send(Err(IssuerError::Timeout));
+                        let _ = waiter.send(Err(IssuerError::Timeout.into()));
                     }
                 }
             }
-            self.write_debts(refused, IssuerError::Timeout);
             for stamp in freed {
                 // Known as freed before it is: a request that takes the stamp the moment
                 // it is free must find it so, to have its answer checked.
@@ -969,7 +1077,8 @@ impl IssuerLink {
                 let loud = attempt <= 5 || attempt % 12 == 0;
                 let sent = link
                     .send_via(reversal.clone(), only, timeout, Origin::Link)
-                    .await;
+                    .await
+                    .map_err(|u| u.error);
                 // Once one may have reached the host, the next goes as a repeat (0401), as
                 // ISO 8583 has it: a host that applied the first knows it for the same.
                 if matches!(
@@ -1034,42 +1143,12 @@ impl IssuerLink {
 
     /// Marks debt `id` paid, in the background.
     fn pay(&self, id: u64) {
-        let owed = self.inner.owed.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = owed.paid(id) {
-                // Harmless but for the log: the reversal goes again at the next start, and
-                // the host takes it for a repeat of the one it applied.
-                tracing::warn!(debt = id, error = %e, "a reversal answered could not be marked paid");
-            }
-        });
-    }
-
-    /// Writes the debts of `refused` in one sync, then gives each of its callers `error`
-    /// (their 91): a caller is refused only once the reversal it is owed would outlive a
-    /// crash. If the disk fails, the reversals still go out from memory, and the callers
-    /// are refused all the same (an answer to the network is not held back for a disk).
-    fn write_debts(&self, refused: Refused, error: IssuerError) {
-        if refused.callers.is_empty() {
-            return;
-        }
-        let owed = self.inner.owed.clone();
+        let book = self.inner.owed.clone();
         tokio::spawn(async move {
-            let Refused { debts, callers } = refused;
-            if !debts.is_empty() {
-                let count = debts.len();
-                let written = tokio::task::spawn_blocking(move || owed.owe(&debts)).await;
-                match written {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::error!(
-                        count,
-                        error = %e,
-                        "reversals owed to the issuer could not be written; they are sent, but a restart would forget them"
-                    ),
-                    Err(e) => tracing::error!(count, error = %e, "writing reversals owed failed"),
-                }
-            }
-            for caller in callers {
-                let _ = caller.send(Err(error));
+            if let Err(e) = book.paid(id).await {
+                // The reversal goes again at the next start, and the host takes it for a
+                // repeat of the one it applied (or, for a late decline, finds nothing).
+                tracing::warn!(debt = id, error = %e, "a reversal owed could not be marked paid");
             }
         });
     }
@@ -1102,32 +1181,6 @@ impl IssuerLink {
 
     fn publish_connected(&self) {
         metrics::gauge!(m::ISSUER_CONNECTED).set(self.connected() as f64);
-    }
-}
-
-/// Callers refused their answer in one pass (timed out, or their connection lost) whose
-/// requests may have moved money at the issuer. Their debts are written together, in one
-/// sync, before any of them hears its refusal ([`IssuerLink::write_debts`]).
-#[derive(Default)]
-struct Refused {
-    /// Each debt's number and reversal, packed.
-    debts: Vec<(u64, Bytes)>,
-    /// Who waits for the refusal.
-    callers: Vec<oneshot::Sender<Reply>>,
-}
-
-impl Refused {
-    /// Numbers the debt of `reversal`, and queues `caller`'s refusal behind its writing.
-    fn owe(
-        &mut self,
-        link: &IssuerLink,
-        reversal: &Message,
-        caller: oneshot::Sender<Reply>,
-    ) -> u64 {
-        let id = link.inner.owed.next_id();
-        self.debts.push((id, reversal.pack()));
-        self.callers.push(caller);
-        id
     }
 }
 
