@@ -143,11 +143,17 @@ impl App {
             );
         }
         let (cards, store) = (config.cards.clone(), config.store.clone());
-        let (cards, recovered, (owed, debts)) = tokio::task::spawn_blocking(move || {
+        let (cards, recovered, (owed, debts, stamps)) = tokio::task::spawn_blocking(move || {
             let (cards, recovered) = Cards::open(&cards, &store, LedgerConfig::default())?;
             // After the cards: they hold the data directory's lock, and made the key.
             let cipher = PanCipher::load_or_create(&store.key_path())?;
-            let owed = OwedReversals::open(&store.data_dir, cipher)?;
+            // The STANs the issuer link changed within the hour it remembers them (and a
+            // minute ahead, for a clock set back a little; later ones are dropped rather
+            // than kept for ever).
+            let now = crate::switch::issuer::unix_now();
+            let kept = crate::switch::issuer::RESTAMPED_KEPT.as_secs();
+            let stamps_within = now.saturating_sub(kept)..=now + 60;
+            let owed = OwedReversals::open(&store.data_dir, cipher, stamps_within)?;
             Ok::<_, OpenError>((cards, recovered, owed))
         })
         .await
@@ -211,6 +217,7 @@ impl App {
             },
             Arc::new(owed),
             debts,
+            stamps,
             issuer_stop.clone(),
         );
         let limits = ConnectionLimits {

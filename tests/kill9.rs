@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::Framed;
 
 use procs::{issue_cards, open_cards, start_serve};
-use rig::{Client, code, purchase, repeat_of};
+use rig::{Client, code, purchase, repeat_of, reversal_of, test_pan};
 use vpan::cards::CardKey;
 use vpan::iso8583::{Frame, FrameCodec, Framing, Message, Spec};
 use vpan::tools::issuer_sim::{IssuerSim, SimConfig};
@@ -396,33 +396,59 @@ async fn host_answer(host: &mut HostSide, request: &Message, mti: &[u8; 4], code
     .unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reversal_owed_to_a_silent_issuer_outlives_a_kill_9_and_goes_out_at_the_next_start() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let host_addr = listener.local_addr().unwrap().to_string();
-    let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().join("data");
-    let (card, real) = issue_cards(&data_dir, 1, 1_000_000).await.remove(0);
-    let env = [
-        ("VPAN_ISSUER_TIMEOUT_MS", "300"),
+/// The issuer settings of the scripted-host tests: one connection, and `timeout_ms`.
+fn one_connection(timeout_ms: &'static str) -> [(&'static str, &'static str); 2] {
+    [
+        ("VPAN_ISSUER_TIMEOUT_MS", timeout_ms),
         ("VPAN_ISSUER_CONNECTIONS", "1"),
-    ];
+    ]
+}
 
-    // The host takes the purchase and says nothing: the network gets 91, and the switch
-    // is killed the moment it does.
-    let mut serve = start_serve(&data_dir, &host_addr, &env).await;
-    let mut host = host_connection(&listener).await;
+/// The real switch on `data_dir` before the scripted host at `listener`, its link up.
+async fn serve_before_host(
+    data_dir: &std::path::Path,
+    listener: &TcpListener,
+    env: &[(&str, &str)],
+) -> (procs::Serve, HostSide) {
+    let host_addr = listener.local_addr().unwrap().to_string();
+    let mut serve = start_serve(data_dir, &host_addr, env).await;
+    let host = host_connection(listener).await;
     serve
         .wait_log("issuer link up", 1, Duration::from_secs(10))
         .await;
+    (serve, host)
+}
+
+/// A purchase on `card` that reaches the host, which says nothing: the network gets 91.
+/// Returns the purchase as the network sent it and as the host got it.
+async fn refused_by_a_silent_host(
+    serve: &procs::Serve,
+    host: &mut HostSide,
+    card: &vpan::cards::CardView,
+) -> (Message, Message) {
     let mut net = Client::connect(serve.network).await;
     let request = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 500);
     net.send(&request).await;
-    let original = host_message(&mut host, Duration::from_secs(10))
+    let at_host = host_message(host, Duration::from_secs(10))
         .await
         .expect("the purchase reaches the host");
-    assert_eq!(original.pan(), Some(Ok(real.clone())));
     assert_eq!(code(&net.answer(request.stan().unwrap()).await), "91");
+    (request, at_host)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reversal_owed_to_a_silent_issuer_outlives_a_kill_9_and_goes_out_at_the_next_start() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let (card, real) = issue_cards(&data_dir, 1, 1_000_000).await.remove(0);
+    let env = one_connection("300");
+
+    // The host takes the purchase and says nothing: the network gets 91, and the switch
+    // is killed the moment it does.
+    let (serve, mut host) = serve_before_host(&data_dir, &listener, &env).await;
+    let (request, original) = refused_by_a_silent_host(&serve, &mut host, &card).await;
+    assert_eq!(original.pan(), Some(Ok(real.clone())));
     let mut child = serve.child;
     child.start_kill().unwrap();
     let _ = child.wait().await;
@@ -435,9 +461,8 @@ async fn a_reversal_owed_to_a_silent_issuer_outlives_a_kill_9_and_goes_out_at_th
 
     // The next start sends the reversal, as a repeat, naming the purchase as the host
     // saw it, with the real card number.
-    let mut serve = start_serve(&data_dir, &host_addr, &env).await;
+    let (mut serve, mut host) = serve_before_host(&data_dir, &listener, &env).await;
     assert_eq!(serve.recovered["reversals_owed"], 1, "{}", serve.recovered);
-    let mut host = host_connection(&listener).await;
     let reversal = host_message(&mut host, Duration::from_secs(15))
         .await
         .expect("the reversal owed goes out at the next start");
@@ -460,20 +485,27 @@ async fn a_reversal_owed_to_a_silent_issuer_outlives_a_kill_9_and_goes_out_at_th
             .is_none(),
         "the reversal goes once when answered, and the repeat does not go"
     );
-    // Paid once answered: a later start owes nothing. The book's write is in the
-    // background; a graceful stop waits for it.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Paid once answered (the mark is written in the background, within the wait above):
+    // a later start owes nothing.
     serve.signal("TERM");
     let _ = serve.child.wait().await;
     drop(host);
-    let serve = start_serve(&data_dir, &host_addr, &env).await;
+    nothing_owed_at_the_next_start(&data_dir, &listener, &env).await;
+}
+
+/// A start on `data_dir` that owes the issuer nothing, and sends it nothing.
+async fn nothing_owed_at_the_next_start(
+    data_dir: &std::path::Path,
+    listener: &TcpListener,
+    env: &[(&str, &str)],
+) {
+    let (serve, mut host) = serve_before_host(data_dir, listener, env).await;
     assert_eq!(serve.recovered["reversals_owed"], 0, "{}", serve.recovered);
-    let mut host = host_connection(&listener).await;
     assert!(
         host_message(&mut host, Duration::from_secs(2))
             .await
             .is_none(),
-        "nothing is sent again once the reversal was answered"
+        "nothing is sent at start"
     );
     let mut child = serve.child;
     child.start_kill().unwrap();
@@ -483,26 +515,12 @@ async fn a_reversal_owed_to_a_silent_issuer_outlives_a_kill_9_and_goes_out_at_th
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purchase_the_issuer_declines_after_its_91_owes_nothing_at_the_next_start() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let host_addr = listener.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     let (card, _) = issue_cards(&data_dir, 1, 1_000_000).await.remove(0);
-    let env = [
-        ("VPAN_ISSUER_TIMEOUT_MS", "300"),
-        ("VPAN_ISSUER_CONNECTIONS", "1"),
-    ];
-    let mut serve = start_serve(&data_dir, &host_addr, &env).await;
-    let mut host = host_connection(&listener).await;
-    serve
-        .wait_log("issuer link up", 1, Duration::from_secs(10))
-        .await;
-    let mut net = Client::connect(serve.network).await;
-    let request = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 500);
-    net.send(&request).await;
-    let original = host_message(&mut host, Duration::from_secs(10))
-        .await
-        .expect("the purchase reaches the host");
-    assert_eq!(code(&net.answer(request.stan().unwrap()).await), "91");
+    let env = one_connection("300");
+    let (mut serve, mut host) = serve_before_host(&data_dir, &listener, &env).await;
+    let (_, original) = refused_by_a_silent_host(&serve, &mut host, &card).await;
     // The host declines it, late: nothing to reverse, and nothing is.
     host_answer(&mut host, &original, b"0110", b"05").await;
     assert!(
@@ -514,15 +532,79 @@ async fn a_purchase_the_issuer_declines_after_its_91_owes_nothing_at_the_next_st
     serve.signal("TERM");
     let _ = serve.child.wait().await;
     drop(host);
-    let serve = start_serve(&data_dir, &host_addr, &env).await;
-    assert_eq!(serve.recovered["reversals_owed"], 0, "{}", serve.recovered);
-    let mut host = host_connection(&listener).await;
-    assert!(
-        host_message(&mut host, Duration::from_secs(2))
-            .await
-            .is_none(),
-        "nothing is owed for a purchase the issuer declined"
+    nothing_owed_at_the_next_start(&data_dir, &listener, &env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stan_changed_toward_the_issuer_outlives_a_kill_9_and_a_later_reversal_names_it() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let env = one_connection("5000");
+    let (serve, mut host) = serve_before_host(&data_dir, &listener, &env).await;
+
+    // Two terminals of one acquirer send the same STAN in the same second, on cards vpan
+    // did not issue: the second goes to the issuer under another STAN.
+    let mut a = Client::connect(serve.network).await;
+    let mut b = Client::connect(serve.network).await;
+    let first = purchase(&mut a, b"0100", &test_pan("497010", 16), b"2912", 300);
+    let mut second = purchase(&mut b, b"0100", &test_pan("497010", 16), b"2912", 500);
+    second.set(11, &first.stan().unwrap()).unwrap();
+    second.set(41, b"TERM0002").unwrap();
+    let second = Message::parse(Spec::iso87ascii(), second.pack()).unwrap();
+    a.send(&first).await;
+    let first_at_host = host_message(&mut host, Duration::from_secs(10))
+        .await
+        .unwrap();
+    b.send(&second).await;
+    let second_at_host = host_message(&mut host, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(first_at_host.stan(), first.stan());
+    let stamp = second_at_host.stan().unwrap();
+    assert_ne!(
+        Some(stamp),
+        second.stan(),
+        "the second went under another STAN"
     );
+    for request in [&first_at_host, &second_at_host] {
+        host_answer(&mut host, request, b"0110", b"00").await;
+    }
+    assert_eq!(code(&a.answer(first.stan().unwrap()).await), "00");
+    assert_eq!(code(&b.answer(second.stan().unwrap()).await), "00");
+    // Killed the moment the second's approval is out.
+    let mut child = serve.child;
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
+    drop(host);
+
+    // After the restart, the second terminal reverses its purchase, naming it by the
+    // network's STAN: the issuer gets it named by the STAN it knows.
+    let (serve, mut host) = serve_before_host(&data_dir, &listener, &env).await;
+    let mut b = Client::connect(serve.network).await;
+    let reversal = reversal_of(&mut b, &second);
+    b.send(&reversal).await;
+    let at_host = host_message(&mut host, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(&at_host.mti(), b"0400");
+    let de90 = at_host.raw(90).unwrap();
+    assert_eq!(
+        &de90[4..10],
+        &stamp,
+        "DE 90 names the purchase as the issuer knows it"
+    );
+    host_answer(&mut host, &at_host, b"0410", b"00").await;
+    assert_eq!(code(&b.answer(reversal.stan().unwrap()).await), "00");
+    // The first terminal's reversal names its purchase by the STAN it went under: its own.
+    let mut a = Client::connect(serve.network).await;
+    let reversal = reversal_of(&mut a, &first);
+    a.send(&reversal).await;
+    let at_host = host_message(&mut host, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(&at_host.raw(90).unwrap()[4..10], &first.stan().unwrap());
     let mut child = serve.child;
     child.start_kill().unwrap();
     let _ = child.wait().await;

@@ -88,17 +88,26 @@ struct Running {
     card: crate::cards::CardView,
     key: CardKey,
     net: Framed<TcpStream, FrameCodec>,
+    /// Where the network connects.
+    network: std::net::SocketAddr,
     stop: tokio_util::sync::CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
     async fn start() -> Running {
-        let sim = IssuerSim::start(SimConfig::default()).await.unwrap();
+        let real = Pan::from_digits(crate::pan::test_pan("4970100").as_bytes()).unwrap();
+        Running::start_with(real, SimConfig::default(), 5_000).await
+    }
+
+    /// [`Running::start`] with the card on `real`, the simulator as `sim` says, and the
+    /// issuer timeout `timeout_ms`.
+    async fn start_with(real: Pan, sim: SimConfig, timeout_ms: u64) -> Running {
+        let sim = IssuerSim::start(sim).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let mut config = Config::local(&data, &sim.local_addr().to_string());
-        config.issuer.timeout_ms = 5_000;
+        config.issuer.timeout_ms = timeout_ms;
         let app = App::build(config).await.unwrap();
         let network = app.addresses().network.unwrap();
         let cards = app.cards();
@@ -111,7 +120,6 @@ impl Running {
         while issuer.connected() < 2 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let real = Pan::from_digits(crate::pan::test_pan("4970100").as_bytes()).unwrap();
         let spec = crate::cards::card::test_spec(real, 10_000, now() + 86_400);
         let card = cards.issue_durable(&spec, now()).await.unwrap();
         let key = CardKey::of(&card.vpan);
@@ -127,6 +135,7 @@ impl Running {
             card,
             key,
             net,
+            network,
             stop,
             task,
         }
@@ -192,6 +201,7 @@ async fn an_approval_is_answered_only_once_its_hold_is_durable_and_a_failed_sync
         mut net,
         stop,
         task,
+        ..
     } = Running::start().await;
 
     // The disk does not finish the hold's sync: the issuer is asked meanwhile (and
@@ -333,38 +343,29 @@ fn book_len(data: &std::path::Path) -> u64 {
 async fn a_timed_out_purchase_records_its_reversal_owed_after_its_release_and_before_its_91() {
     let real = Pan::from_digits(crate::pan::test_pan("4970100").as_bytes()).unwrap();
     // The issuer takes the purchases and never answers them.
-    let sim = IssuerSim::start(SimConfig {
+    let silent = SimConfig {
         silent: vec![real.clone()],
         ..SimConfig::default()
-    })
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let mut config = Config::local(&data, &sim.local_addr().to_string());
-    config.issuer.timeout_ms = 300;
-    let app = App::build(config).await.unwrap();
-    let network = app.addresses().network.unwrap();
-    let (cards, issuer) = (app.cards(), app.issuer());
-    let stop = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn({
-        let stop = stop.clone();
-        async move { app.run(stop.cancelled_owned()).await.unwrap() }
-    });
-    while issuer.connected() < 2 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let spec = crate::cards::card::test_spec(real, 10_000, now() + 86_400);
-    let card = cards.issue_durable(&spec, now()).await.unwrap();
-    let mut net = Framed::new(
-        TcpStream::connect(network).await.unwrap(),
-        FrameCodec::new(Framing::Len2, 0, 8192),
-    );
+    };
+    let Running {
+        sim,
+        data,
+        _dir,
+        card,
+        mut net,
+        stop,
+        task,
+        ..
+    } = Running::start_with(real, silent, 300).await;
     assert_eq!(book_len(&data), 0);
 
     // The hold is on disk, then the disk stops finishing syncs: at the timeout, the
     // release waits for it, and so do the debt and the 91.
-    send(&mut net, &purchase(&card.vpan, &card.expiry.0, 500, b"000001")).await;
+    send(
+        &mut net,
+        &purchase(&card.vpan, &card.expiry.0, 500, b"000001"),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let held = sync_gate::set(&data, Gate::Held);
     assert!(
@@ -380,16 +381,78 @@ async fn a_timed_out_purchase_records_its_reversal_owed_after_its_release_and_be
     let refused = answer(&mut net, Duration::from_secs(5)).await.unwrap();
     assert_eq!(refused.response_code(), Some(*b"91"));
     let with_debt = book_len(&data);
-    assert!(with_debt > 0, "the debt is on disk once the network has its 91");
+    assert!(
+        with_debt > 0,
+        "the debt is on disk once the network has its 91"
+    );
 
     // A release that fails: no debt beside a purchase a restart would take for in doubt.
-    send(&mut net, &purchase(&card.vpan, &card.expiry.0, 700, b"000002")).await;
+    send(
+        &mut net,
+        &purchase(&card.vpan, &card.expiry.0, 700, b"000002"),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let failing = sync_gate::set(&data, Gate::Failing);
     let refused = answer(&mut net, Duration::from_secs(5)).await.unwrap();
     assert_eq!(refused.response_code(), Some(*b"91"));
-    assert_eq!(book_len(&data), with_debt, "a debt written beside a failed release");
+    assert_eq!(
+        book_len(&data),
+        with_debt,
+        "a debt written beside a failed release"
+    );
     drop(failing);
+    stop.cancel();
+    let _ = task.await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_under_a_changed_stan_waits_until_the_change_is_on_disk() {
+    let real = Pan::from_digits(crate::pan::test_pan("4970100").as_bytes()).unwrap();
+    // A slow issuer: two purchases under one STAN are in flight at once (a second apart
+    // at most, on a loaded machine).
+    let slow = SimConfig {
+        latency: Duration::from_millis(1_000),
+        ..SimConfig::default()
+    };
+    let Running {
+        sim,
+        data,
+        _dir,
+        mut net,
+        network,
+        stop,
+        task,
+        ..
+    } = Running::start_with(real, slow, 5_000).await;
+    let mut other = Framed::new(
+        TcpStream::connect(network).await.unwrap(),
+        FrameCodec::new(Framing::Len2, 0, 8192),
+    );
+    // Cards vpan did not issue, two terminals of one acquirer, the same STAN and DE 7.
+    let card = |_| Pan::from_digits(crate::pan::test_pan("497010").as_bytes()).unwrap();
+    let first = purchase(&card(1), b"2912", 300, b"000777");
+    let mut second = purchase(&card(2), b"2912", 500, b"000777");
+    second.set(41, b"TERM0002").unwrap();
+    let held = sync_gate::set(&data.join(crate::store::owed::FILE), Gate::Held);
+    send(&mut net, &first).await;
+    // The first is with the issuer (for a second) before the second comes, which then
+    // goes under a STAN of the switch's.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    send(&mut other, &second).await;
+    let answered = answer(&mut net, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(answered.response_code(), Some(*b"00"));
+    assert!(
+        answer(&mut other, Duration::from_millis(700))
+            .await
+            .is_none(),
+        "answered under a changed STAN before the change was on disk"
+    );
+    drop(held);
+    let answered = answer(&mut other, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(answered.response_code(), Some(*b"00"));
+    assert_eq!(answered.stan(), Some(*b"000777"), "the network's STAN back");
     stop.cancel();
     let _ = task.await;
     sim.shutdown().await;

@@ -15,6 +15,13 @@
 //! next, so an issuer that stops answering at thousands of requests a second costs a few
 //! hundred syncs a second here, not one per request.
 //!
+//! The book keeps one more thing the issuer link must not forget in a restart: the STANs
+//! it changed. A request whose STAN another request in flight already carries goes to the
+//! issuer under another one (the issuer knows the transaction by it); a reversal naming
+//! it in DE 90, which the network writes with its own STAN, is rewritten to name it as the
+//! issuer knows it. That change is written here, and synced, before the request's answer
+//! goes back to the network, and kept for as long as the link remembers it (an hour).
+//!
 //! `reversals.log` in the data directory holds records framed as the journal's
 //! ([`super::journal::frame`]): a tag, the debt's number, and for a debt the reversal as
 //! packed toward the issuer, sealed (AES-256-GCM under the card key, the number as
@@ -42,6 +49,7 @@ const TEMP_FILE: &str = "reversals.tmp";
 
 const TAG_OWED: u8 = 1;
 const TAG_PAID: u8 = 2;
+const TAG_STAMP: u8 = 3;
 
 /// A reversal owed to the issuer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,7 +60,18 @@ pub struct Debt {
     pub reversal: Bytes,
 }
 
-/// The book of reversals owed.
+/// A STAN the issuer link changed toward the issuer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamp {
+    /// The transaction's network identity, as the link keys it.
+    pub key: Vec<u8>,
+    /// The STAN it went to the issuer under.
+    pub stamp: [u8; 6],
+    /// When, in seconds since the Unix epoch.
+    pub at: u64,
+}
+
+/// The book of reversals owed (and of STANs changed).
 pub struct OwedReversals {
     /// Records waiting for the next commit, and whether a commit is running.
     queue: parking_lot::Mutex<Queue>,
@@ -61,6 +80,9 @@ pub struct OwedReversals {
     file: parking_lot::Mutex<(File, u64)>,
     cipher: PanCipher,
     next_id: AtomicU64,
+    /// The file's path: the tests' [`super::segment::sync_gate`] holds or fails its syncs.
+    #[cfg(test)]
+    path: PathBuf,
 }
 
 /// Owns a commit run: one that ends other than by finishing the queue (never run, or a
@@ -103,8 +125,18 @@ impl std::fmt::Debug for OwedReversals {
 
 /// One record of the file.
 enum Record<'a> {
-    Owed { id: u64, sealed: &'a [u8] },
-    Paid { id: u64 },
+    Owed {
+        id: u64,
+        sealed: &'a [u8],
+    },
+    Paid {
+        id: u64,
+    },
+    Stamp {
+        at: u64,
+        stamp: [u8; 6],
+        key: &'a [u8],
+    },
 }
 
 impl Encode for Record<'_> {
@@ -119,6 +151,12 @@ impl Encode for Record<'_> {
                 out.push(TAG_PAID);
                 out.extend_from_slice(&id.to_le_bytes());
             }
+            Record::Stamp { at, stamp, key } => {
+                out.push(TAG_STAMP);
+                out.extend_from_slice(&at.to_le_bytes());
+                out.extend_from_slice(stamp);
+                out.extend_from_slice(key);
+            }
         }
     }
 }
@@ -126,11 +164,23 @@ impl Encode for Record<'_> {
 fn decode(payload: &[u8]) -> Result<Record<'_>, StoreError> {
     let bad = || StoreError::Corrupt("reversals owed");
     let (&tag, rest) = payload.split_first().ok_or_else(bad)?;
-    let (id, rest) = rest.split_first_chunk::<8>().ok_or_else(bad)?;
-    let id = u64::from_le_bytes(*id);
+    // A debt's number, or a stamp's time.
+    let (n, rest) = rest.split_first_chunk::<8>().ok_or_else(bad)?;
+    let n = u64::from_le_bytes(*n);
     match tag {
-        TAG_OWED => Ok(Record::Owed { id, sealed: rest }),
-        TAG_PAID if rest.is_empty() => Ok(Record::Paid { id }),
+        TAG_OWED => Ok(Record::Owed {
+            id: n,
+            sealed: rest,
+        }),
+        TAG_PAID if rest.is_empty() => Ok(Record::Paid { id: n }),
+        TAG_STAMP => {
+            let (stamp, key) = rest.split_first_chunk::<6>().ok_or_else(bad)?;
+            Ok(Record::Stamp {
+                at: n,
+                stamp: *stamp,
+                key,
+            })
+        }
         _ => Err(bad()),
     }
 }
@@ -146,12 +196,19 @@ fn context(id: u64) -> [u8; 17] {
 
 impl OwedReversals {
     /// Opens the book in `dir` (made empty when absent) and returns the debts still owed,
-    /// oldest first. The file is rewritten with those alone, so it never grows past the
-    /// debts of one run. A torn last record (a crash while writing it) is dropped: its
+    /// oldest first. The file is rewritten with those alone (and the recent stamps), so it
+    /// holds no more than one run's debts and stamps. A torn last record (a crash while writing it) is dropped: its
     /// network answer had not gone out.
-    pub fn open(dir: &Path, cipher: PanCipher) -> Result<(OwedReversals, Vec<Debt>), StoreError> {
+    /// The STANs changed within `stamps_within` (Unix seconds: the last hour, give or take
+    /// a clock set back a little) come back too, and are kept; the others are dropped.
+    pub fn open(
+        dir: &Path,
+        cipher: PanCipher,
+        stamps_within: std::ops::RangeInclusive<u64>,
+    ) -> Result<(OwedReversals, Vec<Debt>, Vec<Stamp>), StoreError> {
         let path = dir.join(FILE);
         let mut owed: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut stamps = Vec::new();
         let mut paid = std::collections::HashSet::new();
         let mut last_id = 0;
         if path.exists() {
@@ -164,6 +221,15 @@ impl OwedReversals {
                     // Paid may come before owed: the two are written by different tasks.
                     Record::Paid { id } => {
                         paid.insert(id);
+                    }
+                    Record::Stamp { at, stamp, key } => {
+                        if stamps_within.contains(&at) {
+                            stamps.push(Stamp {
+                                key: key.to_vec(),
+                                stamp,
+                                at,
+                            });
+                        }
                     }
                 }
                 Ok(())
@@ -203,15 +269,18 @@ impl OwedReversals {
             });
             plain.zeroize();
         }
-        let (file, len) = rewrite(dir, &path, &owed)?;
+        let (file, len) = rewrite(dir, &path, &owed, &stamps)?;
         Ok((
             OwedReversals {
                 queue: parking_lot::Mutex::new(Queue::default()),
                 file: parking_lot::Mutex::new((file, len)),
                 cipher,
                 next_id: AtomicU64::new(last_id + 1),
+                #[cfg(test)]
+                path,
             },
             debts,
+            stamps,
         ))
     }
 
@@ -244,6 +313,17 @@ impl OwedReversals {
             &mut bytes,
         );
         self.append(&bytes)
+    }
+
+    /// Writes that the transaction keyed `key` went to the issuer under `stamp`, at `at`
+    /// (Unix seconds); resolves once it is on disk.
+    pub async fn changed_stamp(
+        self: &Arc<Self>,
+        key: &[u8],
+        stamp: [u8; 6],
+        at: u64,
+    ) -> Result<(), StoreError> {
+        self.commit(&Record::Stamp { at, stamp, key }).await
     }
 
     /// Marks debt `id` paid: the issuer answered its reversal, or it turned out not to be
@@ -310,7 +390,13 @@ impl OwedReversals {
     fn append(&self, bytes: &[u8]) -> Result<(), StoreError> {
         let mut guard = self.file.lock();
         let (file, good) = &mut *guard;
-        match file.write_all(bytes).and_then(|()| file.sync_data()) {
+        let written = (|| {
+            file.write_all(bytes)?;
+            #[cfg(test)]
+            super::segment::sync_gate::pass(&self.path)?;
+            file.sync_data()
+        })();
+        match written {
             Ok(()) => {
                 *good += bytes.len() as u64;
                 Ok(())
@@ -327,13 +413,26 @@ impl OwedReversals {
     }
 }
 
-/// Writes the debts still `owed` as the whole new file (synced, renamed into place, the
+/// Writes the debts still `owed`, and the `stamps` still kept, as the whole new file (synced, renamed into place, the
 /// directory synced), and opens it for appending.
-fn rewrite(dir: &Path, path: &PathBuf, owed: &[(u64, Vec<u8>)]) -> Result<(File, u64), StoreError> {
+fn rewrite(
+    dir: &Path,
+    path: &PathBuf,
+    owed: &[(u64, Vec<u8>)],
+    stamps: &[Stamp],
+) -> Result<(File, u64), StoreError> {
     let what = "rewriting the reversals owed";
     let mut buf = Vec::new();
     for (id, sealed) in owed {
         frame(&Record::Owed { id: *id, sealed }, &mut buf);
+    }
+    for s in stamps {
+        let record = Record::Stamp {
+            at: s.at,
+            stamp: s.stamp,
+            key: &s.key,
+        };
+        frame(&record, &mut buf);
     }
     let temp = dir.join(TEMP_FILE);
     let mut file = OpenOptions::new()
@@ -364,7 +463,7 @@ mod tests {
     }
 
     fn reopen(dir: &Path) -> (Arc<OwedReversals>, Vec<Debt>) {
-        let (book, debts) = OwedReversals::open(dir, cipher()).unwrap();
+        let (book, debts, _) = OwedReversals::open(dir, cipher(), 0..=u64::MAX).unwrap();
         (Arc::new(book), debts)
     }
 
@@ -462,8 +561,36 @@ mod tests {
         );
         std::fs::write(&path, buf).unwrap();
         assert_eq!(
-            OwedReversals::open(dir.path(), cipher()).unwrap_err(),
+            OwedReversals::open(dir.path(), cipher(), 0..=u64::MAX).unwrap_err(),
             StoreError::Decrypt
         );
+    }
+
+    #[tokio::test]
+    async fn changed_stamps_come_back_while_recent_and_survive_the_rewrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let (book, _) = reopen(dir.path());
+        book.changed_stamp(b"old transaction", *b"000042", 1_000)
+            .await
+            .unwrap();
+        book.changed_stamp(b"recent transaction", *b"000043", 5_000)
+            .await
+            .unwrap();
+        // Dated ahead of the clock (one set back since): not kept for ever.
+        book.changed_stamp(b"future transaction", *b"000044", 9_000)
+            .await
+            .unwrap();
+        drop(book);
+        for _ in 0..2 {
+            let (_, _, stamps) = OwedReversals::open(dir.path(), cipher(), 4_000..=6_000).unwrap();
+            assert_eq!(
+                stamps,
+                vec![Stamp {
+                    key: b"recent transaction".to_vec(),
+                    stamp: *b"000043",
+                    at: 5_000
+                }]
+            );
+        }
     }
 }

@@ -35,13 +35,13 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::codec::{Encoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 
 use crate::iso8583::{Frame, FrameCodec, Message, Spec};
 use crate::metrics as m;
-use crate::store::owed::{Debt, OwedReversals};
+use crate::store::owed::{Debt, OwedReversals, Stamp};
 
 /// How the link is set up: the `[issuer]` section, resolved.
 #[derive(Debug, Clone)]
@@ -100,6 +100,20 @@ enum Origin {
 
 /// What a caller of the link gets: the issuer's answer, or why there is none.
 type Reply = Result<Box<Message>, Unanswered>;
+
+/// A request queued: where its answer arrives, its stamp, and what its answer waits for.
+type Dispatched = (oneshot::Receiver<Reply>, [u8; 6], StampKept);
+
+/// Whether a request's answer must wait until the change of its STAN is on disk.
+enum StampKept {
+    /// Its STAN is the network's, or its change was written before.
+    Already,
+    /// Its STAN was changed now: this caller writes the change (its network identity), and
+    /// tells its repeats when done.
+    Write(Identity, watch::Sender<bool>),
+    /// A repeat of a request whose change is being written: waits for it.
+    Wait(watch::Receiver<bool>),
+}
 
 /// Why the issuer gave a caller no answer; for a request that may have moved money there
 /// (sent, and then no answer in time, or its connection lost), with the reversal the link
@@ -206,6 +220,9 @@ struct Pending {
     /// its own deadline: they get its answer rather than go out again under another
     /// stamp, which the issuer would take for a new transaction and charge twice.
     repeats: Vec<(oneshot::Sender<Reply>, Instant)>,
+    /// For a request whose STAN was changed: true once the change is on disk, which a
+    /// repeat that joins it waits for before it takes the answer.
+    stamp_kept: Option<watch::Receiver<bool>>,
     /// Its number in the book of reversals owed, from the moment its caller was refused an
     /// answer (timed out, or the connection lost) while its outcome at the issuer was
     /// unknown.
@@ -255,7 +272,7 @@ const WRITE_QUEUE: usize = 4096;
 /// How long a changed STAN is remembered: for rewriting a reversal's DE 90, and for sending
 /// a repeat under it again. Only the network's requests whose STAN was in flight already
 /// are remembered, so this stays small.
-const RESTAMPED_KEPT: Duration = Duration::from_secs(3600);
+pub const RESTAMPED_KEPT: Duration = Duration::from_secs(3600);
 /// Longest wait between two tries of a reversal toward an issuer that does not answer.
 const REVERSAL_RETRY_MAX: Duration = Duration::from_secs(5);
 /// Bounds of the sweep's period, which is how late past `issuer.timeout_ms` a caller may
@@ -271,6 +288,7 @@ impl IssuerLink {
         settings: IssuerSettings,
         owed: Arc<OwedReversals>,
         debts: Vec<Debt>,
+        stamps: Vec<Stamp>,
         shutdown: CancellationToken,
     ) -> IssuerLink {
         let slots = (0..settings.connections)
@@ -297,8 +315,23 @@ impl IssuerLink {
             tokio::spawn(link.clone().run_slot(i));
         }
         tokio::spawn(link.clone().sweep());
+        link.remember_earlier_stamps(stamps);
         link.pay_earlier_debts(debts);
         link
+    }
+
+    /// Takes back the STANs an earlier run changed within the last [`RESTAMPED_KEPT`], each
+    /// remembered for what is left of that time.
+    fn remember_earlier_stamps(&self, stamps: Vec<Stamp>) {
+        let (now, unix) = (Instant::now(), unix_now());
+        for Stamp { key, stamp, at } in stamps {
+            let age = Duration::from_secs(unix.saturating_sub(at));
+            if let Some(identity) = Identity::from_key(&key)
+                && let Some(at) = now.checked_sub(age)
+            {
+                self.inner.restamped.insert_at(identity, stamp, at);
+            }
+        }
     }
 
     /// Sends again the reversals an earlier run owed and did not see answered. Each goes
@@ -381,12 +414,36 @@ impl IssuerLink {
         from: Origin,
     ) -> Result<Box<Message>, Unanswered> {
         let network_stan = request.stan();
-        let (rx, stamp) = self.dispatch(request, only, timeout, from)?;
+        let (rx, stamp, kept) = self.dispatch(request, only, timeout, from)?;
+        // A STAN changed toward the issuer (rare) is on disk before the answer goes back,
+        // to this caller or to a repeat: a reversal after a restart must still name the
+        // transaction as the issuer knows it. A disk that fails or stalls past the
+        // timeout is said loudly, and the answer goes all the same.
+        let answer = match kept {
+            StampKept::Already => rx.await,
+            StampKept::Write(identity, done) => {
+                let key = identity.key();
+                let write = self.inner.owed.changed_stamp(&key, stamp, unix_now());
+                let (answer, written) = tokio::join!(rx, tokio::time::timeout(timeout, write));
+                if !matches!(written, Ok(Ok(()))) {
+                    tracing::error!(
+                        error = ?written,
+                        "a changed STAN could not be written in time; a reversal after a restart would name the original by the network's STAN"
+                    );
+                }
+                let _ = done.send(true);
+                answer
+            }
+            StampKept::Wait(mut written) => {
+                let answer = rx.await;
+                // Err: its writer is gone (it went on regardless).
+                let _ = written.wait_for(|w| *w).await;
+                answer
+            }
+        };
         // The sender dropped without a word: the connection was lost under the request, or
         // the link is stopping.
-        let mut answer = rx
-            .await
-            .unwrap_or_else(|_| Err(IssuerError::ConnectionLost.into()))?;
+        let mut answer = answer.unwrap_or_else(|_| Err(IssuerError::ConnectionLost.into()))?;
         if let Some(stan) = network_stan
             && stan != stamp
         {
@@ -395,14 +452,15 @@ impl IssuerLink {
         Ok(answer)
     }
 
-    /// Stamps, registers and queues a request; returns where its answer will arrive.
+    /// Stamps, registers and queues a request; returns where its answer will arrive, its
+    /// stamp, and its network identity when the stamp is a new change of its STAN.
     fn dispatch(
         &self,
         mut request: Box<Message>,
         only: Option<usize>,
         timeout: Duration,
         from: Origin,
-    ) -> Result<(oneshot::Receiver<Reply>, [u8; 6]), IssuerError> {
+    ) -> Result<Dispatched, IssuerError> {
         let inner = &self.inner;
         let n = inner.slots.len();
         self.rewrite_original(&mut request)?;
@@ -441,6 +499,7 @@ impl IssuerLink {
         // claimed atomically so two callers can never share a stamp.
         let mut candidate = preferred.unwrap_or_else(|| self.next_stamp());
         let mut reply = Some(reply);
+        let mut kept = StampKept::Already;
         let (stamp, sent) = loop {
             match inner.pending.entry(candidate) {
                 dashmap::Entry::Vacant(v) => {
@@ -457,12 +516,16 @@ impl IssuerLink {
                     }
                     // Remembered before the request is visible in `pending`: a repeat
                     // that finds it there finds its stamp too.
+                    let mut stamp_kept = None;
                     if joinable
                         && let Some(stan) = network_stan
                         && stan != candidate
                         && let Some(identity) = identity(&request, &stan)
                     {
                         inner.restamped.insert(identity, candidate);
+                        let (done, written) = watch::channel(false);
+                        kept = StampKept::Write(identity, done);
+                        stamp_kept = Some(written);
                     }
                     let sent_at = Instant::now();
                     v.insert(Pending {
@@ -478,6 +541,7 @@ impl IssuerLink {
                         deadline: sent_at + timeout,
                         conn,
                         repeats: Vec::new(),
+                        stamp_kept,
                         debt: None,
                     });
                     break (candidate, sent);
@@ -493,7 +557,11 @@ impl IssuerLink {
                             Meeting::Repeat => {
                                 if let Some(reply) = reply.take() {
                                     o.get_mut().repeats.push((reply, Instant::now() + timeout));
-                                    return Ok((rx, candidate));
+                                    let kept = match &o.get().stamp_kept {
+                                        Some(written) => StampKept::Wait(written.clone()),
+                                        None => StampKept::Already,
+                                    };
+                                    return Ok((rx, candidate, kept));
                                 }
                             }
                             Meeting::Clash => return Err(IssuerError::Clash),
@@ -509,7 +577,7 @@ impl IssuerLink {
             inner.pending.remove(&stamp);
             return Err(IssuerError::Unavailable);
         }
-        Ok((rx, stamp))
+        Ok((rx, stamp, kept))
     }
 
     /// A reversal (or any message with DE 90) naming an original that went out under
@@ -1223,7 +1291,24 @@ impl Identity {
         t.get_mut(..terminal.len())?.copy_from_slice(terminal);
         Some(Identity(key, t))
     }
+
+    /// Its bytes, for the book ([`Stamp::key`]).
+    fn key(&self) -> [u8; IDENTITY_BYTES] {
+        let mut out = [0u8; IDENTITY_BYTES];
+        out[..ORIGINAL_KEY].copy_from_slice(&self.0);
+        out[ORIGINAL_KEY..].copy_from_slice(&self.1);
+        out
+    }
+
+    /// From [`Identity::key`]'s bytes.
+    fn from_key(key: &[u8]) -> Option<Identity> {
+        let (original, terminal) = key.split_first_chunk::<ORIGINAL_KEY>()?;
+        Some(Identity(*original, terminal.try_into().ok()?))
+    }
 }
+
+/// An [`Identity`]'s bytes.
+const IDENTITY_BYTES: usize = ORIGINAL_KEY + 8;
 
 /// Network identities (see [`Identity`]) of originals that went out under another STAN
 /// than the network's, to the stamp used.
@@ -1265,10 +1350,15 @@ impl<K: Eq + std::hash::Hash, V: Copy> Remembered<K, V> {
     }
 
     fn insert(&self, key: K, value: V) {
+        self.insert_at(key, value, Instant::now());
+    }
+
+    /// [`Remembered::insert`], as of `at`.
+    fn insert_at(&self, key: K, value: V, at: Instant) {
         // Counted before it is in the map, so that `len` may count one too many for a
         // moment but never too few.
         self.len.fetch_add(1, Ordering::AcqRel);
-        if self.map.insert(key, (value, Instant::now())).is_some() {
+        if self.map.insert(key, (value, at)).is_some() {
             self.len.fetch_sub(1, Ordering::AcqRel);
         }
     }
@@ -1446,6 +1536,14 @@ pub fn reversal_for(original: &Message) -> Result<Message, IssuerError> {
         .map_err(|_| IssuerError::Encode)?;
     rev.set(90, &de90).map_err(|_| IssuerError::Encode)?;
     Ok(rev)
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
 }
 
 /// DE 7 for now, MMDDhhmmss in UTC.
