@@ -609,3 +609,52 @@ async fn a_stan_changed_toward_the_issuer_outlives_a_kill_9_and_a_later_reversal
     child.start_kill().unwrap();
     let _ = child.wait().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purchase_whose_issuer_connection_drops_owes_its_reversal_across_a_kill_9() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let (card, _) = issue_cards(&data_dir, 1, 1_000_000).await.remove(0);
+    let env = one_connection("5000");
+    let (serve, mut host) = serve_before_host(&data_dir, &listener, &env).await;
+
+    // The host takes the purchase and drops the connection under it: the network gets 91,
+    // and the switch owes the host a reversal (it may have approved).
+    let mut net = Client::connect(serve.network).await;
+    let request = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 500);
+    net.send(&request).await;
+    let original = host_message(&mut host, Duration::from_secs(10))
+        .await
+        .expect("the purchase reaches the host");
+    drop(host);
+    assert_eq!(code(&net.answer(request.stan().unwrap()).await), "91");
+    let names_original = |reversal: &Message| {
+        let de90 = reversal.raw(90).unwrap();
+        assert_eq!(&de90[..4], b"0100");
+        assert_eq!(&de90[4..10], &original.stan().unwrap());
+    };
+    // The switch dials again and sends it; the host takes it and says nothing; killed.
+    let mut host = host_connection(&listener).await;
+    let reversal = host_message(&mut host, Duration::from_secs(15))
+        .await
+        .expect("the reversal goes out once the link is back");
+    assert_eq!(&reversal.mti()[..3], b"040");
+    names_original(&reversal);
+    let mut child = serve.child;
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
+    drop(host);
+
+    // Still owed at the next start, and sent again.
+    let (serve, mut host) = serve_before_host(&data_dir, &listener, &env).await;
+    assert_eq!(serve.recovered["reversals_owed"], 1, "{}", serve.recovered);
+    let again = host_message(&mut host, Duration::from_secs(15))
+        .await
+        .expect("the reversal owed goes out at the next start");
+    assert_eq!(&again.mti(), b"0401");
+    names_original(&again);
+    let mut child = serve.child;
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
+}
