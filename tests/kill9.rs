@@ -449,9 +449,7 @@ async fn a_reversal_owed_to_a_silent_issuer_outlives_a_kill_9_and_goes_out_at_th
     let (serve, mut host) = serve_before_host(&data_dir, &listener, &env).await;
     let (request, original) = refused_by_a_silent_host(&serve, &mut host, &card).await;
     assert_eq!(original.pan(), Some(Ok(real.clone())));
-    let mut child = serve.child;
-    child.start_kill().unwrap();
-    let _ = child.wait().await;
+    serve.stop("KILL").await;
     drop(host);
     let on_disk = std::fs::read(data_dir.join("reversals.log")).unwrap();
     assert!(
@@ -461,7 +459,7 @@ async fn a_reversal_owed_to_a_silent_issuer_outlives_a_kill_9_and_goes_out_at_th
 
     // The next start sends the reversal, as a repeat, naming the purchase as the host
     // saw it, with the real card number.
-    let (mut serve, mut host) = serve_before_host(&data_dir, &listener, &env).await;
+    let (serve, mut host) = serve_before_host(&data_dir, &listener, &env).await;
     assert_eq!(serve.recovered["reversals_owed"], 1, "{}", serve.recovered);
     let reversal = host_message(&mut host, Duration::from_secs(15))
         .await
@@ -487,8 +485,7 @@ async fn a_reversal_owed_to_a_silent_issuer_outlives_a_kill_9_and_goes_out_at_th
     );
     // Paid once answered (the mark is written in the background, within the wait above):
     // a later start owes nothing.
-    serve.signal("TERM");
-    let _ = serve.child.wait().await;
+    serve.stop("TERM").await;
     drop(host);
     nothing_owed_at_the_next_start(&data_dir, &listener, &env).await;
 }
@@ -507,9 +504,7 @@ async fn nothing_owed_at_the_next_start(
             .is_none(),
         "nothing is sent at start"
     );
-    let mut child = serve.child;
-    child.start_kill().unwrap();
-    let _ = child.wait().await;
+    serve.stop("KILL").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -519,7 +514,7 @@ async fn a_purchase_the_issuer_declines_after_its_91_owes_nothing_at_the_next_st
     let data_dir = dir.path().join("data");
     let (card, _) = issue_cards(&data_dir, 1, 1_000_000).await.remove(0);
     let env = one_connection("300");
-    let (mut serve, mut host) = serve_before_host(&data_dir, &listener, &env).await;
+    let (serve, mut host) = serve_before_host(&data_dir, &listener, &env).await;
     let (_, original) = refused_by_a_silent_host(&serve, &mut host, &card).await;
     // The host declines it, late: nothing to reverse, and nothing is.
     host_answer(&mut host, &original, b"0110", b"05").await;
@@ -529,8 +524,7 @@ async fn a_purchase_the_issuer_declines_after_its_91_owes_nothing_at_the_next_st
             .is_none(),
         "a late decline is not reversed"
     );
-    serve.signal("TERM");
-    let _ = serve.child.wait().await;
+    serve.stop("TERM").await;
     drop(host);
     nothing_owed_at_the_next_start(&data_dir, &listener, &env).await;
 }
@@ -574,9 +568,7 @@ async fn a_stan_changed_toward_the_issuer_outlives_a_kill_9_and_a_later_reversal
     assert_eq!(code(&a.answer(first.stan().unwrap()).await), "00");
     assert_eq!(code(&b.answer(second.stan().unwrap()).await), "00");
     // Killed the moment the second's approval is out.
-    let mut child = serve.child;
-    child.start_kill().unwrap();
-    let _ = child.wait().await;
+    serve.stop("KILL").await;
     drop(host);
 
     // After the restart, the second terminal reverses its purchase, naming it by the
@@ -605,9 +597,7 @@ async fn a_stan_changed_toward_the_issuer_outlives_a_kill_9_and_a_later_reversal
         .await
         .unwrap();
     assert_eq!(&at_host.raw(90).unwrap()[4..10], &first.stan().unwrap());
-    let mut child = serve.child;
-    child.start_kill().unwrap();
-    let _ = child.wait().await;
+    serve.stop("KILL").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -641,9 +631,7 @@ async fn a_purchase_whose_issuer_connection_drops_owes_its_reversal_across_a_kil
         .expect("the reversal goes out once the link is back");
     assert_eq!(&reversal.mti()[..3], b"040");
     names_original(&reversal);
-    let mut child = serve.child;
-    child.start_kill().unwrap();
-    let _ = child.wait().await;
+    serve.stop("KILL").await;
     drop(host);
 
     // Still owed at the next start, and sent again.
@@ -654,7 +642,5 @@ async fn a_purchase_whose_issuer_connection_drops_owes_its_reversal_across_a_kil
         .expect("the reversal owed goes out at the next start");
     assert_eq!(&again.mti(), b"0401");
     names_original(&again);
-    let mut child = serve.child;
-    child.start_kill().unwrap();
-    let _ = child.wait().await;
+    serve.stop("KILL").await;
 }

@@ -6,8 +6,6 @@
 //! here panics on input, and the lock on a card is never held across an `.await` (the
 //! facade returns owned views).
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
@@ -23,8 +21,9 @@ use super::model::{
     TransactionList,
 };
 use super::{ApiState, Health};
+use crate::cards::card::unix_now as now;
 use crate::cards::vpan::GenerateError;
-use crate::cards::{CardError, CardKey, CardView, IssueError, UnixSeconds};
+use crate::cards::{CardError, CardKey, CardView, IssueError};
 use crate::store::StoreError;
 
 /// The OpenAPI 3 document of this API, served at `GET /v1/openapi.json`.
@@ -175,12 +174,6 @@ impl<S: Send + Sync> FromRequestParts<S> for CardPath {
             Err(_) => Err(ApiError::card_not_found()),
         }
     }
-}
-
-fn now() -> UnixSeconds {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// The card key of a path segment; anything that is not a card number is simply unknown.

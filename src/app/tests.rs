@@ -347,64 +347,49 @@ async fn a_timed_out_purchase_records_its_reversal_owed_after_its_release_and_be
         silent: vec![real.clone()],
         ..SimConfig::default()
     };
-    let Running {
-        sim,
-        data,
-        _dir,
-        card,
-        mut net,
-        stop,
-        task,
-        ..
-    } = Running::start_with(real, silent, 300).await;
-    assert_eq!(book_len(&data), 0);
+    let mut r = Running::start_with(real, silent, 300).await;
+    assert_eq!(book_len(&r.data), 0);
 
     // The hold is on disk, then the disk stops finishing syncs: at the timeout, the
     // release waits for it, and so do the debt and the 91.
-    send(
-        &mut net,
-        &purchase(&card.vpan, &card.expiry.0, 500, b"000001"),
-    )
-    .await;
+    let bought = r.purchase(500, b"000001");
+    send(&mut r.net, &bought).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let held = sync_gate::set(&data, Gate::Held);
+    let held = sync_gate::set(&r.data, Gate::Held);
     assert!(
-        answer(&mut net, Duration::from_millis(900)).await.is_none(),
+        answer(&mut r.net, Duration::from_millis(900))
+            .await
+            .is_none(),
         "91 before the purchase's release was on disk"
     );
     assert_eq!(
-        book_len(&data),
+        book_len(&r.data),
         0,
         "the debt was written before the purchase's release"
     );
     drop(held);
-    let refused = answer(&mut net, Duration::from_secs(5)).await.unwrap();
+    let refused = answer(&mut r.net, Duration::from_secs(5)).await.unwrap();
     assert_eq!(refused.response_code(), Some(*b"91"));
-    let with_debt = book_len(&data);
+    let with_debt = book_len(&r.data);
     assert!(
         with_debt > 0,
         "the debt is on disk once the network has its 91"
     );
 
     // A release that fails: no debt beside a purchase a restart would take for in doubt.
-    send(
-        &mut net,
-        &purchase(&card.vpan, &card.expiry.0, 700, b"000002"),
-    )
-    .await;
+    let bought = r.purchase(700, b"000002");
+    send(&mut r.net, &bought).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let failing = sync_gate::set(&data, Gate::Failing);
-    let refused = answer(&mut net, Duration::from_secs(5)).await.unwrap();
+    let failing = sync_gate::set(&r.data, Gate::Failing);
+    let refused = answer(&mut r.net, Duration::from_secs(5)).await.unwrap();
     assert_eq!(refused.response_code(), Some(*b"91"));
     assert_eq!(
-        book_len(&data),
+        book_len(&r.data),
         with_debt,
         "a debt written beside a failed release"
     );
     drop(failing);
-    stop.cancel();
-    let _ = task.await;
-    sim.shutdown().await;
+    r.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -416,32 +401,23 @@ async fn an_answer_under_a_changed_stan_waits_until_the_change_is_on_disk() {
         latency: Duration::from_millis(1_000),
         ..SimConfig::default()
     };
-    let Running {
-        sim,
-        data,
-        _dir,
-        mut net,
-        network,
-        stop,
-        task,
-        ..
-    } = Running::start_with(real, slow, 5_000).await;
+    let mut r = Running::start_with(real, slow, 5_000).await;
     let mut other = Framed::new(
-        TcpStream::connect(network).await.unwrap(),
+        TcpStream::connect(r.network).await.unwrap(),
         FrameCodec::new(Framing::Len2, 0, 8192),
     );
     // Cards vpan did not issue, two terminals of one acquirer, the same STAN and DE 7.
-    let card = |_| Pan::from_digits(crate::pan::test_pan("497010").as_bytes()).unwrap();
-    let first = purchase(&card(1), b"2912", 300, b"000777");
-    let mut second = purchase(&card(2), b"2912", 500, b"000777");
+    let plain = || Pan::from_digits(crate::pan::test_pan("497010").as_bytes()).unwrap();
+    let first = purchase(&plain(), b"2912", 300, b"000777");
+    let mut second = purchase(&plain(), b"2912", 500, b"000777");
     second.set(41, b"TERM0002").unwrap();
-    let held = sync_gate::set(&data.join(crate::store::owed::FILE), Gate::Held);
-    send(&mut net, &first).await;
+    let held = sync_gate::set(&r.data.join(crate::store::owed::FILE), Gate::Held);
+    send(&mut r.net, &first).await;
     // The first is with the issuer (for a second) before the second comes, which then
     // goes under a STAN of the switch's.
     tokio::time::sleep(Duration::from_millis(100)).await;
     send(&mut other, &second).await;
-    let answered = answer(&mut net, Duration::from_secs(5)).await.unwrap();
+    let answered = answer(&mut r.net, Duration::from_secs(5)).await.unwrap();
     assert_eq!(answered.response_code(), Some(*b"00"));
     assert!(
         answer(&mut other, Duration::from_millis(700))
@@ -453,7 +429,5 @@ async fn an_answer_under_a_changed_stan_waits_until_the_change_is_on_disk() {
     let answered = answer(&mut other, Duration::from_secs(5)).await.unwrap();
     assert_eq!(answered.response_code(), Some(*b"00"));
     assert_eq!(answered.stan(), Some(*b"000777"), "the network's STAN back");
-    stop.cancel();
-    let _ = task.await;
-    sim.shutdown().await;
+    r.stop().await;
 }

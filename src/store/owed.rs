@@ -196,11 +196,10 @@ fn context(id: u64) -> [u8; 17] {
 
 impl OwedReversals {
     /// Opens the book in `dir` (made empty when absent) and returns the debts still owed,
-    /// oldest first. The file is rewritten with those alone (and the recent stamps), so it
-    /// holds no more than one run's debts and stamps. A torn last record (a crash while writing it) is dropped: its
-    /// network answer had not gone out.
-    /// The STANs changed within `stamps_within` (Unix seconds: the last hour, give or take
-    /// a clock set back a little) come back too, and are kept; the others are dropped.
+    /// oldest first, and the STANs changed within `stamps_within` (Unix seconds: the last
+    /// hour, and a minute ahead for a clock set back a little). The file is rewritten with
+    /// those alone, so it holds no more than one run's debts and stamps. Bytes at its end
+    /// that do not read (a write torn by a crash) are dropped, the file kept aside first.
     pub fn open(
         dir: &Path,
         cipher: PanCipher,
@@ -413,8 +412,8 @@ impl OwedReversals {
     }
 }
 
-/// Writes the debts still `owed`, and the `stamps` still kept, as the whole new file (synced, renamed into place, the
-/// directory synced), and opens it for appending.
+/// Writes the debts still `owed`, and the `stamps` still kept, as the whole new file
+/// (synced, renamed into place, the directory synced), and opens it for appending.
 fn rewrite(
     dir: &Path,
     path: &PathBuf,

@@ -17,14 +17,15 @@
 //!   `cards.virtual_ranges`).
 
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::cards::card::unix_now as now;
 use crate::cards::{
     AcceptorId, AdviceOutcome, Amounts, Approval, AuthCode, AuthRequest, CardKey, Cards, DecidedBy,
     Decision, Expiry, Hold, IssuerOutcome, Kind, OriginalData, Replay, ResponseCode,
-    ReversalOutcome, ReversalRequest, TxKey, UnixSeconds,
+    ReversalOutcome, ReversalRequest, TxKey,
 };
 use crate::iso8583::{Message, Spec, recover_header};
 use crate::metrics as m;
@@ -756,14 +757,6 @@ pub fn response_mti(mti: [u8; 4]) -> [u8; 4] {
     };
     out[3] = b'0';
     out
-}
-
-/// Seconds since the epoch, the cards' clock.
-fn now() -> UnixSeconds {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn digits_u16(ascii: &[u8]) -> Option<u16> {

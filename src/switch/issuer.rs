@@ -39,6 +39,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::codec::{Encoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 
+use crate::cards::card::unix_now;
 use crate::iso8583::{Frame, FrameCodec, Message, Spec};
 use crate::metrics as m;
 use crate::store::owed::{Debt, OwedReversals, Stamp};
@@ -165,9 +166,7 @@ impl Owed {
             );
         }
     }
-}
 
-impl Owed {
     /// Leaves the debt unrecorded, because its caller's own record of the request failed
     /// (`why`): on disk alone, it would sit beside a purchase a restart takes for in doubt.
     /// The reversal still goes out, from memory.
@@ -1233,7 +1232,7 @@ impl IssuerLink {
             if tokio::time::Instant::now() >= deadline {
                 tracing::warn!(
                     reversals = self.inner.reversals.load(Ordering::Acquire),
-                    "reversals still unanswered at shutdown; they are sent again at the next start"
+                    "reversals still unanswered at shutdown; those owed are sent again at the next start"
                 );
                 return;
             }
@@ -1536,14 +1535,6 @@ pub fn reversal_for(original: &Message) -> Result<Message, IssuerError> {
         .map_err(|_| IssuerError::Encode)?;
     rev.set(90, &de90).map_err(|_| IssuerError::Encode)?;
     Ok(rev)
-}
-
-/// Seconds since the Unix epoch, now.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
 }
 
 /// DE 7 for now, MMDDhhmmss in UTC.

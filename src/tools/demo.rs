@@ -25,7 +25,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -37,6 +37,7 @@ use super::traffic::{Bindings, BoundCard, Traffic};
 use crate::api::client::ApiClient;
 use crate::app::App;
 use crate::cards::Expiry;
+use crate::cards::card::unix_now;
 use crate::cards::vpan::random_luhn;
 use crate::config::Config;
 use crate::iso8583::Spec;
@@ -914,12 +915,6 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
         .open(path)
         .and_then(|mut f| f.write_all(bytes))
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

@@ -145,6 +145,12 @@ impl Serve {
         assert!(status.success(), "kill -{signal} {}", self.pid);
     }
 
+    /// Sends `signal` and waits for the process to end.
+    pub async fn stop(mut self, signal: &str) {
+        self.signal(signal);
+        let _ = self.child.wait().await;
+    }
+
     /// Resident memory of the process in KiB (`VmRSS`).
     pub fn rss_kib(&self) -> u64 {
         rss_kib(self.pid)
