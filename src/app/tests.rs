@@ -431,3 +431,40 @@ async fn an_answer_under_a_changed_stan_waits_until_the_change_is_on_disk() {
     assert_eq!(answered.stan(), Some(*b"000777"), "the network's STAN back");
     r.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_refused_with_the_purchase_it_joined_waits_until_the_reversal_owed_is_on_disk() {
+    // A card vpan did not issue (passthrough: no hold, so the debt is the only record),
+    // which the issuer takes and never answers.
+    let plain = Pan::from_digits(crate::pan::test_pan("497010").as_bytes()).unwrap();
+    let silent = SimConfig {
+        silent: vec![plain.clone()],
+        ..SimConfig::default()
+    };
+    let real = Pan::from_digits(crate::pan::test_pan("4970100").as_bytes()).unwrap();
+    let mut r = Running::start_with(real, silent, 300).await;
+    let held = sync_gate::set(&r.data.join(crate::store::owed::FILE), Gate::Held);
+
+    // The purchase, and its repeat soon after: the repeat joins it at the issuer link, and
+    // both are refused at their timeouts while the debt waits for the disk.
+    let bought = purchase(&plain, b"2912", 400, b"000031");
+    let mut repeat = bought.clone();
+    repeat.set_mti(b"0101").unwrap();
+    send(&mut r.net, &bought).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    send(&mut r.net, &repeat).await;
+    assert!(
+        answer(&mut r.net, Duration::from_millis(900))
+            .await
+            .is_none(),
+        "a 91 before the reversal owed was on disk"
+    );
+    drop(held);
+    for _ in 0..2 {
+        let refused = answer(&mut r.net, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(refused.response_code(), Some(*b"91"));
+    }
+    assert!(book_len(&r.data) > 0, "the debt is on disk");
+    assert_eq!(r.sim.requests(b"0100"), 1, "the repeat was not sent again");
+    r.stop().await;
+}

@@ -126,11 +126,29 @@ pub struct Unanswered {
     /// The debt, for the caller to record ([`Owed::record`]) once its own outcome of the
     /// request is on disk, and before the network hears of it.
     pub owed: Option<Box<Owed>>,
+    /// For a repeat refused with the request it joined, when that one owes a reversal:
+    /// the debt's record, which its first caller writes and the repeat's 91 waits for
+    /// (within the link, before the caller sees the refusal), as the first's 91 does.
+    debt_written: Option<watch::Receiver<bool>>,
 }
 
 impl From<IssuerError> for Unanswered {
     fn from(error: IssuerError) -> Unanswered {
-        Unanswered { error, owed: None }
+        Unanswered {
+            error,
+            owed: None,
+            debt_written: None,
+        }
+    }
+}
+
+impl Unanswered {
+    /// The refusal of a repeat that joined a request owing `debt` (if any).
+    fn of_repeat(error: IssuerError, debt: Option<&DebtHeld>) -> Unanswered {
+        Unanswered {
+            debt_written: debt.map(|d| d.written.clone()),
+            ..error.into()
+        }
     }
 }
 
@@ -143,6 +161,16 @@ pub struct Owed {
     /// The reversal as packed toward the issuer (it carries the real card number).
     reversal: Bytes,
     recorded: bool,
+    /// Set once the record is written, failed, or given up on (when this is dropped):
+    /// the repeats of the request wait for it before their 91.
+    written: watch::Sender<bool>,
+}
+
+/// The debt of a request in flight: its number in the book, and whether its record is
+/// written yet.
+struct DebtHeld {
+    id: u64,
+    written: watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for Owed {
@@ -189,6 +217,7 @@ impl Drop for Owed {
         {
             tracing::error!(debt = self.id, error = %e, "a reversal owed to the issuer could not be written");
         }
+        self.written.send_replace(true);
     }
 }
 
@@ -222,10 +251,10 @@ struct Pending {
     /// For a request whose STAN was changed: true once the change is on disk, which a
     /// repeat that joins it waits for before it takes the answer.
     stamp_kept: Option<watch::Receiver<bool>>,
-    /// Its number in the book of reversals owed, from the moment its caller was refused an
+    /// Its debt in the book of reversals owed, from the moment its caller was refused an
     /// answer (timed out, or the connection lost) while its outcome at the issuer was
     /// unknown.
-    debt: Option<u64>,
+    debt: Option<DebtHeld>,
 }
 
 /// One connection slot: the writer's queue while connected.
@@ -442,7 +471,16 @@ impl IssuerLink {
         };
         // The sender dropped without a word: the connection was lost under the request, or
         // the link is stopping.
-        let mut answer = answer.unwrap_or_else(|_| Err(IssuerError::ConnectionLost.into()))?;
+        let mut answer = answer.unwrap_or_else(|_| Err(IssuerError::ConnectionLost.into()));
+        if let Err(Unanswered {
+            debt_written: Some(written),
+            ..
+        }) = &mut answer
+        {
+            // Err: the debt's record is gone without a word (it was written then).
+            let _ = written.wait_for(|w| *w).await;
+        }
+        let mut answer = answer?;
         if let Some(stan) = network_stan
             && stan != stamp
         {
@@ -879,7 +917,7 @@ impl IssuerLink {
         let mut repeat_answered = false;
         for (waiter, _) in repeats {
             let to_repeat = if owed_approval {
-                Err(IssuerError::Timeout.into())
+                Err(Unanswered::of_repeat(IssuerError::Timeout, debt.as_ref()))
             } else {
                 Ok(answer.clone())
             };
@@ -906,8 +944,8 @@ impl IssuerLink {
         {
             tracing::warn!("late approval from the issuer; reversing it");
             // Answered: the original is behind the issuer already, any connection will do.
-            self.reverse_sent(&sent, None, debt);
-        } else if let Some(id) = debt {
+            self.reverse_sent(&sent, None, debt.map(|d| d.id));
+        } else if let Some(DebtHeld { id, .. }) = debt {
             // Declined late: nothing to reverse after all. (An approval that reached the
             // network through a repeat had no debt: its caller was still waiting.)
             self.pay(id);
@@ -970,31 +1008,42 @@ impl IssuerLink {
             // A caller still waiting gets the debt to record; numbered now, the reversal
             // can go out at once (paid before it is recorded, it is still paid).
             let debt = match (p.debt, p.reply.take()) {
-                (Some(id), _) => Some(id),
+                (Some(debt), _) => Some(debt),
                 (None, Some(reply)) => {
-                    let (id, owed) = self.owe(&reversal);
+                    let (debt, owed) = self.owe(&reversal);
                     let _ = reply.send(Err(Unanswered {
-                        error: IssuerError::ConnectionLost,
                         owed: Some(owed),
+                        ..IssuerError::ConnectionLost.into()
                     }));
-                    Some(id)
+                    Some(debt)
                 }
                 (None, None) => None,
             };
-            self.send_reversal(Box::new(reversal), Some(p.conn), debt);
+            for (waiter, _) in p.repeats {
+                let refused = Unanswered::of_repeat(IssuerError::ConnectionLost, debt.as_ref());
+                let _ = waiter.send(Err(refused));
+            }
+            self.send_reversal(Box::new(reversal), Some(p.conn), debt.map(|d| d.id));
         }
     }
 
-    /// A new debt for `reversal`: its number, and its record for the caller to write.
-    fn owe(&self, reversal: &Message) -> (u64, Box<Owed>) {
+    /// A new debt for `reversal`: the request's hold on it, and its record for the caller
+    /// to write.
+    fn owe(&self, reversal: &Message) -> (DebtHeld, Box<Owed>) {
         let id = self.inner.owed.next_id();
+        let (written, written_rx) = watch::channel(false);
         let owed = Owed {
             book: self.inner.owed.clone(),
             id,
             reversal: reversal.pack(),
             recorded: false,
+            written,
         };
-        (id, Box::new(owed))
+        let held = DebtHeld {
+            id,
+            written: written_rx,
+        };
+        (held, Box::new(owed))
     }
 
     /// Gives callers whose deadline passed their timeout (every few milliseconds), and
@@ -1026,13 +1075,13 @@ impl IssuerLink {
                         .then(|| self.reversal_of_sent(&p.sent))
                         .flatten()
                         .map(|reversal| {
-                            let (id, owed) = self.owe(&reversal);
-                            p.debt = Some(id);
+                            let (debt, owed) = self.owe(&reversal);
+                            p.debt = Some(debt);
                             owed
                         });
                     let _ = reply.send(Err(Unanswered {
-                        error: IssuerError::Timeout,
                         owed,
+                        ..IssuerError::Timeout.into()
                     }));
                     // A late answer to it would change nothing (no approval to reverse:
                     // a reversal, an advice, network management), so its stamp is freed
@@ -1048,7 +1097,8 @@ impl IssuerLink {
                         .partition(|(_, deadline)| now >= *deadline);
                     p.repeats = waiting;
                     for (waiter, _) in late {
-                        let _ = waiter.send(Err(IssuerError::Timeout.into()));
+                        let refused = Unanswered::of_repeat(IssuerError::Timeout, p.debt.as_ref());
+                        let _ = waiter.send(Err(refused));
                     }
                 }
             }
