@@ -548,6 +548,35 @@ async fn a_one_mebibyte_body_is_refused_with_413_and_the_api_goes_on() {
 }
 
 #[tokio::test]
+async fn a_json_body_is_read_as_json_whatever_its_content_type_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = Running::start(dir.path()).await;
+    // None (a bare client), and a form's, which is what `curl -d` sends by default.
+    for content_type in [None, Some("application/x-www-form-urlencoded")] {
+        let mut request = api
+            .http
+            .post(api.url("/v1/cards"))
+            .bearer_auth(&api.token)
+            .body(card_request(&pan()).to_string());
+        if let Some(t) = content_type {
+            request = request.header("content-type", t);
+        }
+        let (status, card) = api.send(request).await;
+        assert_eq!(status, StatusCode::CREATED, "{content_type:?}: {card}");
+    }
+    // Not JSON under any type is still malformed.
+    let request = api
+        .http
+        .post(api.url("/v1/cards"))
+        .bearer_auth(&api.token)
+        .body("pan=1");
+    let (status, body) = api.send(request).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error_of(&body).0, "malformed");
+    api.stop().await;
+}
+
+#[tokio::test]
 async fn cards_are_listed_in_pages_in_vpan_order() {
     let dir = tempfile::tempdir().unwrap();
     let api = Running::start(dir.path()).await;
