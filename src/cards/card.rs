@@ -173,6 +173,21 @@ pub fn civil_from_days(days: i64) -> (i64, u8, u8) {
     (year, month, day)
 }
 
+/// DE 7 of ISO 8583, the transmission date and time (`MMDDhhmmss`, UTC), of `t`.
+pub fn transmission_time(t: UnixSeconds) -> [u8; 10] {
+    let (_, month, day) = civil_from_days((t / 86_400) as i64);
+    let s = t % 86_400;
+    let mut out = [b'0'; 10];
+    for (pair, v) in out
+        .chunks_exact_mut(2)
+        .zip([u64::from(month), u64::from(day), s / 3600, s / 60 % 60, s % 60])
+    {
+        pair[0] = b'0' + (v / 10) as u8;
+        pair[1] = b'0' + (v % 10) as u8;
+    }
+    out
+}
+
 /// Days since 1970-01-01 of a civil date (inverse of `civil_from_days`).
 fn days_from_civil(year: i64, month: u8, day: u8) -> i64 {
     let y = if month <= 2 { year - 1 } else { year };
@@ -591,6 +606,15 @@ impl Card {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transmission_time_is_month_day_hour_minute_second_in_utc() {
+        // 2026-11-26T14:30:15Z
+        assert_eq!(&transmission_time(1_795_703_415), b"1126143015");
+        assert_eq!(&transmission_time(0), b"0101000000");
+        // 2024-02-29T23:59:59Z, a leap day.
+        assert_eq!(&transmission_time(1_709_251_199), b"0229235959");
+    }
 
     #[test]
     fn digit_keys_round_trip_and_keep_leading_zeros_apart() {

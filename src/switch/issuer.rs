@@ -39,7 +39,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::codec::{Encoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 
-use crate::cards::card::unix_now;
+use crate::cards::card::{transmission_time, unix_now};
 use crate::iso8583::{Frame, FrameCodec, Message, Spec};
 use crate::metrics as m;
 use crate::store::owed::{Debt, OwedReversals, Stamp};
@@ -1556,7 +1556,7 @@ pub fn network_management_request(
     code: &[u8; 3],
 ) -> Result<Message, IssuerError> {
     let mut msg = Message::new(spec, b"0800").map_err(|_| IssuerError::Encode)?;
-    msg.set(7, &transmission_time())
+    msg.set(7, &transmission_time(unix_now()))
         .map_err(|_| IssuerError::Encode)?;
     msg.set(11, b"000000").map_err(|_| IssuerError::Encode)?;
     msg.set(70, code).map_err(|_| IssuerError::Encode)?;
@@ -1581,39 +1581,10 @@ pub fn reversal_for(original: &Message) -> Result<Message, IssuerError> {
     for n in [35, 45, 52, 55] {
         rev.remove(n);
     }
-    rev.set(7, &transmission_time())
+    rev.set(7, &transmission_time(unix_now()))
         .map_err(|_| IssuerError::Encode)?;
     rev.set(90, &de90).map_err(|_| IssuerError::Encode)?;
     Ok(rev)
-}
-
-/// DE 7 for now, MMDDhhmmss in UTC.
-pub fn transmission_time() -> [u8; 10] {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let (_, month, day) = crate::cards::card::civil_from_days(days as i64);
-    let (month, day) = (u32::from(month), u32::from(day));
-    let digits = [
-        month / 10,
-        month % 10,
-        day / 10,
-        day % 10,
-        (rem / 36_000) as u32,
-        (rem / 3600 % 10) as u32,
-        (rem % 3600 / 600) as u32,
-        (rem % 3600 / 60 % 10) as u32,
-        (rem % 60 / 10) as u32,
-        (rem % 10) as u32,
-    ];
-    let mut out = [b'0'; 10];
-    for (o, d) in out.iter_mut().zip(digits) {
-        *o = b'0' + d as u8;
-    }
-    out
 }
 
 #[cfg(test)]

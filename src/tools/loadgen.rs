@@ -38,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use super::flags;
 use super::traffic::{Traffic, load_bindings, original_data_elements};
 use super::wire::WireArgs;
+use crate::cards::card::transmission_time;
 use crate::iso8583::{Frame, FrameCodec, Framing, Message, Spec};
 
 /// Most requests in flight on one connection: far below the million six-digit STANs, so a
@@ -1287,30 +1288,6 @@ fn digits_u32(d: &[u8]) -> Option<u32> {
     })
 }
 
-/// DE 7 (`MMDDhhmmss`, UTC) for a Unix time in seconds.
-pub fn transmission_time(unix_secs: u64) -> [u8; 10] {
-    let days = (unix_secs / 86_400) as i64;
-    let rem = unix_secs % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u64;
-    let month = (if mp < 10 { mp + 3 } else { mp - 9 }) as u64;
-    let mut out = [b'0'; 10];
-    for (i, v) in [month, day, rem / 3600, rem / 60 % 60, rem % 60]
-        .into_iter()
-        .enumerate()
-    {
-        out[2 * i] = b'0' + (v / 10) as u8;
-        out[2 * i + 1] = b'0' + (v % 10) as u8;
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1381,15 +1358,6 @@ mod tests {
         // Past what a clock can add to now: refused, not a panic at the start of the run.
         assert!(parse_duration("10000000000000000000").is_err());
         assert!(parse_duration("s").is_err());
-    }
-
-    #[test]
-    fn transmission_time_is_month_day_hour_minute_second_in_utc() {
-        // 2026-11-26T14:30:15Z
-        assert_eq!(&transmission_time(1_795_703_415), b"1126143015");
-        assert_eq!(&transmission_time(0), b"0101000000");
-        // 2024-02-29T23:59:59Z, a leap day.
-        assert_eq!(&transmission_time(1_709_251_199), b"0229235959");
     }
 
     #[test]
