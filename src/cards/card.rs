@@ -178,10 +178,13 @@ pub fn transmission_time(t: UnixSeconds) -> [u8; 10] {
     let (_, month, day) = civil_from_days((t / 86_400) as i64);
     let s = t % 86_400;
     let mut out = [b'0'; 10];
-    for (pair, v) in out
-        .chunks_exact_mut(2)
-        .zip([u64::from(month), u64::from(day), s / 3600, s / 60 % 60, s % 60])
-    {
+    for (pair, v) in out.chunks_exact_mut(2).zip([
+        u64::from(month),
+        u64::from(day),
+        s / 3600,
+        s / 60 % 60,
+        s % 60,
+    ]) {
         pair[0] = b'0' + (v / 10) as u8;
         pair[1] = b'0' + (v % 10) as u8;
     }

@@ -1,0 +1,267 @@
+//! One connection to the issuer host: dialled and redialled with backoff, signed on, kept
+//! alive by an echo when idle; a writer task that sends queued requests in batches, and a
+//! read loop that hands each answer to the link.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::{Encoder, FramedRead};
+use tokio_util::sync::CancellationToken;
+
+use crate::cards::card::{transmission_time, unix_now};
+use crate::iso8583::{Frame, FrameCodec, Message, Spec};
+
+use super::{IssuerError, IssuerLink, Origin};
+
+/// Messages queued for one connection's writer before callers see back-pressure.
+const WRITE_QUEUE: usize = 4096;
+
+impl IssuerLink {
+    /// Keeps slot `i` connected until shutdown.
+    pub(super) async fn run_slot(self, i: usize) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            if self.inner.shutdown.is_cancelled() {
+                return;
+            }
+            let dial = tokio::select! {
+                r = TcpStream::connect(&self.inner.settings.connect) => r,
+                () = self.inner.shutdown.cancelled() => return,
+            };
+            match dial {
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    let since = Instant::now();
+                    self.run_connection(i, stream).await;
+                    // A host that takes the connection, then refuses the sign-on or closes
+                    // at once, is not redialled every 50 ms: the backoff starts again only
+                    // after a connection that held.
+                    if since.elapsed() >= self.inner.settings.reconnect_max {
+                        backoff = Duration::from_millis(50);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        issuer = %self.inner.settings.connect,
+                        error = %e,
+                        "issuer host unreachable; retrying in {} ms",
+                        backoff.as_millis()
+                    );
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = self.inner.shutdown.cancelled() => return,
+            }
+            backoff = (backoff * 2).min(self.inner.settings.reconnect_max);
+        }
+    }
+
+    /// Serves one open connection until it fails or vpan shuts down.
+    pub(super) async fn run_connection(&self, i: usize, stream: TcpStream) {
+        let settings = &self.inner.settings;
+        let (read_half, mut write_half) = stream.into_split();
+        let (tx, mut rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
+        *self.inner.slots[i].tx.write() = Some(tx);
+        let conn_token = self.inner.shutdown.child_token();
+
+        // The writer: drains the queue in batches, one write per batch.
+        let writer = {
+            let mut codec = settings.codec.clone();
+            let header = settings.header.clone();
+            let token = conn_token.clone();
+            tokio::spawn(async move {
+                let mut buf = BytesMut::with_capacity(16 * 1024);
+                let mut batch = Vec::with_capacity(64);
+                loop {
+                    let got = tokio::select! {
+                        n = rx.recv_many(&mut batch, 64) => n,
+                        () = token.cancelled() => 0,
+                    };
+                    if got == 0 {
+                        return;
+                    }
+                    for body in batch.drain(..) {
+                        let frame = Frame::Message {
+                            header: header.clone(),
+                            body,
+                        };
+                        if let Err(e) = codec.encode(frame, &mut buf) {
+                            tracing::warn!(error = %e, "message to the issuer not sent");
+                        }
+                    }
+                    // Raced with the connection's end: a host that stops reading (a hung
+                    // process with TCP still up) would hold this write, and the slot's
+                    // redial behind it, for good.
+                    let written = tokio::select! {
+                        r = write_half.write_all_buf(&mut buf) => r.is_ok(),
+                        () = token.cancelled() => false,
+                    };
+                    if !written {
+                        token.cancel();
+                        return;
+                    }
+                }
+            })
+        };
+
+        // Sign on before taking traffic, so the issuer sees a signed-on link.
+        let mut frames = FramedRead::new(read_half, settings.codec.clone());
+        let signed_on = !settings.sign_on || self.sign_on(i, &mut frames, &conn_token).await;
+        if signed_on {
+            self.inner.slots[i].up.store(true, Ordering::Relaxed);
+            self.publish_connected();
+            tracing::info!(issuer = %settings.connect, connection = i, "issuer link up");
+            let mut last_seen = Instant::now();
+            // One timer for the echo, moved on only when it fires: re-armed on every
+            // answer, it would cost two trips through the timer wheel per request.
+            let echo_due = tokio::time::sleep_until((last_seen + settings.echo_interval).into());
+            tokio::pin!(echo_due);
+            loop {
+                tokio::select! {
+                    frame = frames.next() => match frame {
+                        Some(Ok(Frame::Message { body, .. })) => {
+                            last_seen = Instant::now();
+                            self.on_answer(i, body);
+                        }
+                        Some(Ok(Frame::KeepAlive)) => last_seen = Instant::now(),
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "issuer link framing error; reconnecting");
+                            break;
+                        }
+                        None => {
+                            tracing::warn!(issuer = %settings.connect, "issuer host closed the connection");
+                            break;
+                        }
+                    },
+                    () = &mut echo_due => {
+                        let idle_at = last_seen + settings.echo_interval;
+                        if Instant::now() < idle_at {
+                            echo_due.as_mut().reset(idle_at.into());
+                            continue;
+                        }
+                        last_seen = Instant::now();
+                        echo_due.as_mut().reset((last_seen + settings.echo_interval).into());
+                        let link = self.clone();
+                        let token = conn_token.clone();
+                        // The echo's answer arrives through this very loop, so it runs beside it.
+                        tokio::spawn(async move {
+                            if !link.network_management(i, b"301").await {
+                                tracing::warn!(connection = i, "issuer echo unanswered; reconnecting");
+                                token.cancel();
+                            }
+                        });
+                    },
+                    () = conn_token.cancelled() => break,
+                }
+            }
+        } else {
+            tracing::warn!(issuer = %settings.connect, "issuer sign-on refused or unanswered");
+        }
+        self.inner.slots[i].up.store(false, Ordering::Relaxed);
+        *self.inner.slots[i].tx.write() = None;
+        conn_token.cancel();
+        let _ = writer.await;
+        self.publish_connected();
+        self.fail_connection(i);
+    }
+
+    /// Signs on over connection `i` before it takes traffic: the 0800 goes out, and this
+    /// reads frames itself until the 0810 comes back (the connection's read loop has not
+    /// started yet).
+    ///
+    /// It ends with the connection (`conn_token`): at shutdown the sweep, which keeps every
+    /// request's timeout, stops first, and a host that neither answers nor closes would
+    /// otherwise hold this connection's task forever.
+    pub(super) async fn sign_on(
+        &self,
+        i: usize,
+        frames: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>,
+        conn_token: &CancellationToken,
+    ) -> bool {
+        let Ok(msg) = network_management_request(self.spec(), b"001") else {
+            return false;
+        };
+        let answer = self.send_via(
+            Box::new(msg),
+            Some(i),
+            self.management_timeout(),
+            Origin::Link,
+        );
+        tokio::pin!(answer);
+        loop {
+            tokio::select! {
+                result = &mut answer => {
+                    return matches!(result, Ok(a) if a.response_code() == Some(*b"00"));
+                }
+                frame = frames.next() => match frame {
+                    Some(Ok(Frame::Message { body, .. })) => self.on_answer(i, body),
+                    Some(Ok(Frame::KeepAlive)) => {}
+                    Some(Err(_)) | None => return false,
+                },
+                () = conn_token.cancelled() => return false,
+            }
+        }
+    }
+
+    /// Sends an 0800 with DE 70 = `code` on connection `i` and waits for a 0810 00.
+    pub(super) async fn network_management(&self, i: usize, code: &[u8; 3]) -> bool {
+        let Ok(msg) = network_management_request(self.spec(), code) else {
+            return false;
+        };
+        match self
+            .send_via(
+                Box::new(msg),
+                Some(i),
+                self.management_timeout(),
+                Origin::Link,
+            )
+            .await
+        {
+            Ok(answer) => answer.response_code() == Some(*b"00"),
+            Err(_) => false,
+        }
+    }
+
+    /// The host's own network management request (its echo test, its side's sign-on):
+    /// answered 00 on the connection it came on, as hosts that test their clients expect.
+    pub(super) fn answer_host(&self, i: usize, request: &Message) {
+        let mut mti = request.mti();
+        mti[2] += 1;
+        mti[3] = b'0';
+        let mut reply = request.clone();
+        if reply.set_mti(&mti).is_err() || reply.set_response_code(b"00").is_err() {
+            tracing::warn!("network management request from the issuer not answerable");
+            return;
+        }
+        let sent = self.inner.slots[i]
+            .tx
+            .read()
+            .as_ref()
+            .is_some_and(|tx| tx.try_send(reply.pack()).is_ok());
+        if !sent {
+            tracing::warn!(
+                connection = i,
+                "answer to the issuer's network management not sent"
+            );
+        }
+    }
+}
+
+/// An 0800 network management request with DE 70 = `code`.
+pub fn network_management_request(
+    spec: &'static Spec,
+    code: &[u8; 3],
+) -> Result<Message, IssuerError> {
+    let mut msg = Message::new(spec, b"0800").map_err(|_| IssuerError::Encode)?;
+    msg.set(7, &transmission_time(unix_now()))
+        .map_err(|_| IssuerError::Encode)?;
+    msg.set(11, b"000000").map_err(|_| IssuerError::Encode)?;
+    msg.set(70, code).map_err(|_| IssuerError::Encode)?;
+    Ok(msg)
+}

@@ -1,0 +1,686 @@
+//! The issuer link: vpan as the client of the issuer's authorization host.
+//!
+//! `issuer.connections` persistent connections, each redialled with a doubling backoff,
+//! signed on (0800, DE 70 = 001) when configured, and kept alive by an 0800 echo (DE 70 =
+//! 301) when idle. Requests from every network connection share them, so two network
+//! connections may send the same STAN at the same moment: the link re-stamps DE 11 with its
+//! own counter toward the issuer, matches the answer by that stamp, and puts the network's
+//! STAN back before returning it (jPOS's MUX matches by MTI class + STAN for the same reason).
+//!
+//! The stamp is the network's own STAN whenever no request in flight uses it, so the
+//! issuer sees the transaction's identity (MTI, STAN, DE 7, DE 32) as the network sent
+//! it, and a later reversal's DE 90, which names the original by that identity, finds it
+//! at the issuer. Only when the STAN is taken is another one used; the link then remembers
+//! the change for a while and rewrites DE 90 of a reversal naming that original.
+//!
+//! An answer that does not come within `issuer.timeout_ms` is an error for the caller (the
+//! network gets 91 and the hold is released; the sweep that keeps the time runs every
+//! fortieth of the timeout, 2 to 25 ms, so the 91 may come that much after it, and an
+//! answer arriving meanwhile is still delivered), but the request stays remembered: if the
+//! issuer approves it late, or never answers, or the connection dies under it, the link
+//! sends a 0400 reversal for it so the real account is not left charged for a purchase
+//! the network was told was not approved. That debt ([`Owed`]) goes to its caller with
+//! the error, to be written to disk ([`OwedReversals`]) once the caller's own record of the
+//! request is, and before the network hears its 91; it is marked paid once the issuer has
+//! answered the reversal. A crash or a restart does not forget it: the link sends what is
+//! still owed when it starts.
+//!
+//! Here: the link's state, sending a request and matching its answer. Beside it:
+//!
+//! - `connection.rs`: one connection to the host (dial, sign-on, echo, writer, reader);
+//! - `stamps.rs`: which request is whose (stamps, network identities, repeats, the STANs
+//!   changed toward the issuer);
+//! - `sweep.rs`: timeouts, and the requests given up on;
+//! - `reversals.rs`: the reversals owed, on disk until the issuer answers them.
+
+mod connection;
+mod reversals;
+mod stamps;
+mod sweep;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::ConcurrentMap;
+use crate::cards::card::unix_now;
+use crate::iso8583::{FrameCodec, Message, Spec};
+use crate::metrics as m;
+use crate::store::owed::{Debt, OwedReversals, Stamp};
+
+pub use connection::network_management_request;
+pub use reversals::{Owed, reversal_for};
+pub use stamps::RESTAMPED_KEPT;
+
+use reversals::{DebtHeld, needs_reversal};
+use stamps::{Echoed, Freed, Identity, Meeting, Restamped, identity, meeting};
+
+/// How the link is set up: the `[issuer]` section, resolved.
+#[derive(Debug, Clone)]
+pub struct IssuerSettings {
+    /// `host:port` of the issuer host.
+    pub connect: String,
+    /// Framing of the link (spec, length header, fixed header).
+    pub codec: FrameCodec,
+    /// The fixed header sent before each message (e.g. a TPDU); empty for none.
+    pub header: Bytes,
+    /// The message layout of the link.
+    pub spec: &'static Spec,
+    /// How long a request may wait for its answer.
+    pub timeout: Duration,
+    /// Connections kept open.
+    pub connections: usize,
+    /// Idle time after which a connection sends an 0800 echo.
+    pub echo_interval: Duration,
+    /// Longest wait between two dial attempts.
+    pub reconnect_max: Duration,
+    /// Sign on with an 0800 (DE 70 = 001) on each new connection.
+    pub sign_on: bool,
+}
+
+/// Why a request got no answer from the issuer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum IssuerError {
+    /// No connection to the issuer is up: answered at once, never a hang.
+    #[error("no connection to the issuer host is up")]
+    Unavailable,
+    /// No answer within `issuer.timeout_ms`.
+    #[error("the issuer host did not answer in time")]
+    Timeout,
+    /// The connection carrying the request was lost before the answer came.
+    #[error("the connection to the issuer host was lost before its answer")]
+    ConnectionLost,
+    /// The request could not be written in this link's layout (a field the issuer's spec
+    /// does not hold, or a frame over its size).
+    #[error("the request does not fit the issuer link's layout")]
+    Encode,
+    /// Another transaction under the same key (MTI class, STAN, DE 7, DE 32, DE 41) but
+    /// another card, processing code or amount is waiting for the issuer: not sent, since
+    /// the issuer could not tell the two apart, nor could a reversal naming either (94).
+    #[error("another transaction under the same key is waiting for the issuer")]
+    Clash,
+}
+
+/// Whose request the link sends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// The network's, through the flow: a repeat of one still waiting joins it.
+    Network,
+    /// The link's own: sign-on, echo, reversals of what the issuer may have approved.
+    Link,
+}
+
+/// What a caller of the link gets: the issuer's answer, or why there is none.
+type Reply = Result<Box<Message>, Unanswered>;
+
+/// A request queued: where its answer arrives, its stamp, and what its answer waits for.
+type Dispatched = (oneshot::Receiver<Reply>, [u8; 6], StampKept);
+
+/// Whether a request's answer must wait until the change of its STAN is on disk.
+enum StampKept {
+    /// Its STAN is the network's, or its change was written before.
+    Already,
+    /// Its STAN was changed now: this caller writes the change (its network identity), and
+    /// tells its repeats when done.
+    Write(Identity, watch::Sender<bool>),
+    /// A repeat of a request whose change is being written: waits for it.
+    Wait(watch::Receiver<bool>),
+}
+
+/// Why the issuer gave a caller no answer; for a request that may have moved money there
+/// (sent, and then no answer in time, or its connection lost), with the reversal the link
+/// now owes the issuer.
+#[derive(Debug)]
+pub struct Unanswered {
+    /// Why.
+    pub error: IssuerError,
+    /// The debt, for the caller to record ([`Owed::record`]) once its own outcome of the
+    /// request is on disk, and before the network hears of it.
+    pub owed: Option<Box<Owed>>,
+    /// For a repeat refused with the request it joined, when that one owes a reversal:
+    /// the debt's record, which its first caller writes and the repeat's 91 waits for
+    /// (within the link, before the caller sees the refusal), as the first's 91 does.
+    debt_written: Option<watch::Receiver<bool>>,
+}
+
+impl From<IssuerError> for Unanswered {
+    fn from(error: IssuerError) -> Unanswered {
+        Unanswered {
+            error,
+            owed: None,
+            debt_written: None,
+        }
+    }
+}
+
+impl Unanswered {
+    /// The refusal of a repeat that joined a request owing `debt` (if any).
+    fn of_repeat(error: IssuerError, debt: Option<&DebtHeld>) -> Unanswered {
+        Unanswered {
+            debt_written: debt.map(|d| d.written.clone()),
+            ..error.into()
+        }
+    }
+}
+
+/// A request waiting for the issuer's answer.
+struct Pending {
+    /// Where the answer goes; taken by the sweep when `deadline` passes (the caller then
+    /// has its timeout, and an answer arriving later is late).
+    reply: Option<oneshot::Sender<Reply>>,
+    /// The request as sent (with vpan's stamp), packed: a reversal is built from it if
+    /// needed, which is rare, so it is kept as bytes rather than as a second `Message`.
+    sent: Bytes,
+    /// Its MTI, to tell its answer from a stranger's under the same stamp.
+    mti: [u8; 4],
+    /// The STAN the network sent it with (`sent` carries the stamp): a request that
+    /// meets it under its stamp is its repeat only if it has this STAN too.
+    network_stan: Option<[u8; 6]>,
+    /// Its acquirer and terminal, which its answer must echo, when its stamp was another
+    /// request's not long ago (that one's late answer may still come); `None` otherwise,
+    /// which is almost always, so that the common answer costs no check.
+    echoed: Option<Echoed>,
+    /// When it was queued for writing, for the issuer latency histogram and the sweep.
+    sent_at: Instant,
+    /// When its caller stops waiting.
+    deadline: Instant,
+    /// The connection it went out on, so a lost connection fails only its own requests.
+    conn: usize,
+    /// Repeats of it (the same network identity) that came while it was waiting, each with
+    /// its own deadline: they get its answer rather than go out again under another
+    /// stamp, which the issuer would take for a new transaction and charge twice.
+    repeats: Vec<(oneshot::Sender<Reply>, Instant)>,
+    /// For a request whose STAN was changed: true once the change is on disk, which a
+    /// repeat that joins it waits for before it takes the answer.
+    stamp_kept: Option<watch::Receiver<bool>>,
+    /// Its debt in the book of reversals owed, from the moment its caller was refused an
+    /// answer (timed out, or the connection lost) while its outcome at the issuer was
+    /// unknown.
+    debt: Option<DebtHeld>,
+}
+
+/// One connection slot: the writer's queue while connected.
+struct Slot {
+    /// Packed messages to write; `None` while disconnected.
+    tx: parking_lot::RwLock<Option<mpsc::Sender<Bytes>>>,
+    /// Up (connected and signed on).
+    up: AtomicBool,
+}
+
+struct Inner {
+    /// The settings.
+    settings: IssuerSettings,
+    /// One per connection.
+    slots: Vec<Slot>,
+    /// Round-robin cursor over the slots.
+    next_slot: AtomicUsize,
+    /// vpan's own STAN counter toward the issuer.
+    next_stan: AtomicU32,
+    /// Requests sent and not yet answered (or given up on), by vpan's stamp.
+    pending: ConcurrentMap<[u8; 6], Pending>,
+    /// Originals that went out under another STAN than the network's.
+    restamped: Restamped,
+    /// Stamps given up on without an answer (timed out, or forgotten), whose late answer
+    /// may still come, for a while.
+    freed: Freed,
+    /// Reversals being sent (or retried) in the background, for [`IssuerLink::quiesce`].
+    reversals: AtomicUsize,
+    /// The reversals owed, on disk until the issuer answers them.
+    owed: Arc<OwedReversals>,
+    /// Stops the connection tasks.
+    shutdown: CancellationToken,
+}
+
+/// A handle on the issuer link; cheap to clone.
+#[derive(Clone)]
+pub struct IssuerLink {
+    inner: Arc<Inner>,
+}
+
+impl IssuerLink {
+    /// Starts the connection tasks (they dial in the background; a request made before any
+    /// connection is up is answered `Unavailable` at once), and the reversals of `debts`,
+    /// owed since an earlier run (`owed` is the book they were read from).
+    pub fn start(
+        settings: IssuerSettings,
+        owed: Arc<OwedReversals>,
+        debts: Vec<Debt>,
+        stamps: Vec<Stamp>,
+        shutdown: CancellationToken,
+    ) -> IssuerLink {
+        let slots = (0..settings.connections)
+            .map(|_| Slot {
+                tx: parking_lot::RwLock::new(None),
+                up: AtomicBool::new(false),
+            })
+            .collect();
+        let link = IssuerLink {
+            inner: Arc::new(Inner {
+                settings,
+                slots,
+                next_slot: AtomicUsize::new(0),
+                next_stan: AtomicU32::new(rand::random::<u32>() % 999_999),
+                pending: ConcurrentMap::default(),
+                restamped: Restamped::default(),
+                freed: Freed::default(),
+                reversals: AtomicUsize::new(0),
+                owed,
+                shutdown,
+            }),
+        };
+        for i in 0..link.inner.slots.len() {
+            tokio::spawn(link.clone().run_slot(i));
+        }
+        tokio::spawn(link.clone().sweep());
+        link.remember_earlier_stamps(stamps);
+        link.pay_earlier_debts(debts);
+        link
+    }
+
+    /// The issuer's layout, for building messages toward it.
+    pub fn spec(&self) -> &'static Spec {
+        self.inner.settings.spec
+    }
+
+    /// How long a request waits for its answer (`issuer.timeout_ms`); the sweep may give
+    /// the timeout up to a fortieth of it later.
+    pub fn timeout(&self) -> Duration {
+        self.inner.settings.timeout
+    }
+
+    /// Connections up now.
+    pub fn connected(&self) -> usize {
+        self.inner
+            .slots
+            .iter()
+            .filter(|s| s.up.load(Ordering::Relaxed))
+            .count()
+    }
+
+    /// True when connection `i` is signed on and carrying requests.
+    fn slot_up(&self, i: usize) -> bool {
+        self.inner
+            .slots
+            .get(i)
+            .is_some_and(|s| s.up.load(Ordering::Relaxed))
+    }
+
+    /// Sends `request` and waits for its answer, within `issuer.timeout_ms`. The answer
+    /// carries the request's own DE 11 back, whatever stamp went on the wire.
+    ///
+    /// Messages travel boxed through the link (and the flow): a `Message` is about 500
+    /// bytes, and every async layer it crosses by value copies it, which `perf` showed as
+    /// a sixth of the switch's CPU.
+    pub async fn send(&self, request: Box<Message>) -> Result<Box<Message>, Unanswered> {
+        self.send_via(request, None, self.inner.settings.timeout, Origin::Network)
+            .await
+    }
+
+    /// [`IssuerLink::send`] on connection `only` when given (sign-on and echo test their
+    /// own connection), else on the next connection that is up.
+    ///
+    /// The timeout is enforced by the sweep, not by a timer per request: a timer costs two
+    /// trips through the runtime's timer wheel on every request, and the sweep one pass
+    /// over the requests in flight every few milliseconds.
+    async fn send_via(
+        &self,
+        request: Box<Message>,
+        only: Option<usize>,
+        timeout: Duration,
+        from: Origin,
+    ) -> Result<Box<Message>, Unanswered> {
+        let network_stan = request.stan();
+        let (rx, stamp, kept) = self.dispatch(request, only, timeout, from)?;
+        // A STAN changed toward the issuer (rare) is on disk before the answer goes back,
+        // to this caller or to a repeat: a reversal after a restart must still name the
+        // transaction as the issuer knows it. A disk that fails or stalls past the
+        // timeout is said loudly, and the answer goes all the same.
+        let answer = match kept {
+            StampKept::Already => rx.await,
+            StampKept::Write(identity, done) => {
+                let key = identity.key();
+                let write = self.inner.owed.changed_stamp(&key, stamp, unix_now());
+                let (answer, written) = tokio::join!(rx, tokio::time::timeout(timeout, write));
+                if !matches!(written, Ok(Ok(()))) {
+                    tracing::error!(
+                        error = ?written,
+                        "a changed STAN could not be written in time; a reversal after a restart would name the original by the network's STAN"
+                    );
+                }
+                let _ = done.send(true);
+                answer
+            }
+            StampKept::Wait(mut written) => {
+                let answer = rx.await;
+                // Err: its writer is gone (it went on regardless).
+                let _ = written.wait_for(|w| *w).await;
+                answer
+            }
+        };
+        // The sender dropped without a word: the connection was lost under the request, or
+        // the link is stopping.
+        let mut answer = answer.unwrap_or_else(|_| Err(IssuerError::ConnectionLost.into()));
+        if let Err(Unanswered {
+            debt_written: Some(written),
+            ..
+        }) = &mut answer
+        {
+            // Err: the debt's record is gone without a word (it was written then).
+            let _ = written.wait_for(|w| *w).await;
+        }
+        let mut answer = answer?;
+        if let Some(stan) = network_stan
+            && stan != stamp
+        {
+            answer.set(11, &stan).map_err(|_| IssuerError::Encode)?;
+        }
+        Ok(answer)
+    }
+
+    /// Stamps, registers and queues a request; returns where its answer will arrive, its
+    /// stamp, and its network identity when the stamp is a new change of its STAN.
+    fn dispatch(
+        &self,
+        mut request: Box<Message>,
+        only: Option<usize>,
+        timeout: Duration,
+        from: Origin,
+    ) -> Result<Dispatched, IssuerError> {
+        let inner = &self.inner;
+        let n = inner.slots.len();
+        self.rewrite_original(&mut request)?;
+        // A reversal whose original is still waiting goes out behind it, on its
+        // connection: on another one it could overtake it, find nothing to reverse, and
+        // leave the real account charged once the original is read.
+        let writer_of = |i: usize| inner.slots[i].tx.read().clone().map(|tx| (i, tx));
+        let (conn, tx) = match only {
+            Some(i) => writer_of(i),
+            None => self
+                .original_conn(&request)
+                .and_then(writer_of)
+                .or_else(|| {
+                    let start = inner.next_slot.fetch_add(1, Ordering::Relaxed);
+                    (0..n)
+                        .map(|k| (start + k) % n)
+                        .filter(|&i| inner.slots[i].up.load(Ordering::Relaxed))
+                        .find_map(writer_of)
+                }),
+        }
+        .ok_or(IssuerError::Unavailable)?;
+        let network_stan = request.stan();
+        // Only the network's requests can be a transaction seen before: network management
+        // is the link's own, per connection (a sign-on on each), and a reversal the link
+        // sends again after no answer must go out again.
+        let joinable = from == Origin::Network && !is_management_request(&request.mti());
+        // A transaction that went out under vpan's stamp before (its STAN was taken then)
+        // goes out under that stamp again: a repeat under the network's STAN would be news
+        // to the issuer, which would book it a second time.
+        let earlier_stamp = network_stan
+            .filter(|_| joinable)
+            .and_then(|stan| inner.restamped.get(|| identity(&request, &stan)));
+        let preferred = earlier_stamp.or(network_stan);
+        let (reply, rx) = oneshot::channel();
+        // The earlier stamp, or the network's STAN, when free; else vpan's own counter;
+        // claimed atomically so two callers can never share a stamp.
+        let mut candidate = preferred.unwrap_or_else(|| self.next_stamp());
+        let mut reply = Some(reply);
+        let mut kept = StampKept::Already;
+        let (stamp, sent) = loop {
+            match inner.pending.entry(candidate) {
+                dashmap::Entry::Vacant(v) => {
+                    if Some(candidate) != network_stan {
+                        request
+                            .set(11, &candidate)
+                            .map_err(|_| IssuerError::Encode)?;
+                    }
+                    let sent = request.pack();
+                    if !inner.settings.codec.fits(sent.len()) {
+                        // The writer could not send it: failed now, not at its timeout (and
+                        // never reversed, since the issuer never saw it).
+                        return Err(IssuerError::Encode);
+                    }
+                    // Remembered before the request is visible in `pending`: a repeat
+                    // that finds it there finds its stamp too.
+                    let mut stamp_kept = None;
+                    if joinable
+                        && let Some(stan) = network_stan
+                        && stan != candidate
+                        && let Some(identity) = identity(&request, &stan)
+                    {
+                        inner.restamped.insert(identity, candidate);
+                        let (done, written) = watch::channel(false);
+                        kept = StampKept::Write(identity, done);
+                        stamp_kept = Some(written);
+                    }
+                    let sent_at = Instant::now();
+                    v.insert(Pending {
+                        reply: reply.take(),
+                        sent: sent.clone(),
+                        mti: request.mti(),
+                        network_stan,
+                        echoed: inner
+                            .freed
+                            .contains(&candidate)
+                            .then(|| Echoed::of(&request)),
+                        sent_at,
+                        deadline: sent_at + timeout,
+                        conn,
+                        repeats: Vec::new(),
+                        stamp_kept,
+                        debt: None,
+                    });
+                    break (candidate, sent);
+                }
+                dashmap::Entry::Occupied(mut o) => {
+                    if joinable
+                        && Some(candidate) == preferred
+                        && let Some(stan) = network_stan
+                    {
+                        match meeting(self.spec(), o.get(), &request, &stan) {
+                            // A repeat of a request still waiting, under the stamp it went
+                            // out with: it waits for that answer.
+                            Meeting::Repeat => {
+                                if let Some(reply) = reply.take() {
+                                    o.get_mut().repeats.push((reply, Instant::now() + timeout));
+                                    let kept = match &o.get().stamp_kept {
+                                        Some(written) => StampKept::Wait(written.clone()),
+                                        None => StampKept::Already,
+                                    };
+                                    return Ok((rx, candidate, kept));
+                                }
+                            }
+                            Meeting::Clash => return Err(IssuerError::Clash),
+                            Meeting::Stranger => {}
+                        }
+                    }
+                    candidate = self.next_stamp();
+                }
+            }
+        };
+        if tx.try_send(sent).is_err() {
+            // The writer is gone or hopelessly behind: nothing was sent, nothing to reverse.
+            inner.pending.remove(&stamp);
+            return Err(IssuerError::Unavailable);
+        }
+        Ok((rx, stamp, kept))
+    }
+
+    /// The connection of the request still waiting that `request`'s DE 90 names (after
+    /// [`IssuerLink::rewrite_original`]), while it is up.
+    fn original_conn(&self, request: &Message) -> Option<usize> {
+        let de90 = request.text(90)?;
+        let stamp = <[u8; 6]>::try_from(de90.as_bytes().get(4..10)?).ok()?;
+        let conn = self.inner.pending.get(&stamp)?.conn;
+        self.slot_up(conn).then_some(conn)
+    }
+
+    /// An answer from the issuer: hands it to its waiter, or reverses a late approval.
+    fn on_answer(&self, i: usize, body: Bytes) {
+        let answer = match Message::parse(self.spec(), body) {
+            Ok(a) => Box::new(a),
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable answer from the issuer dropped");
+                return;
+            }
+        };
+        if is_management_request(&answer.mti()) {
+            self.answer_host(i, &answer);
+            return;
+        }
+        let Some(stamp) = answer.stan() else {
+            tracing::warn!("answer from the issuer without DE 11 dropped");
+            return;
+        };
+        // An answer under a live stamp but of another message class (a 0810 or a 0410 for
+        // a 0100), or for another acquirer or terminal (the late answer to a request whose
+        // stamp was freed at its timeout and taken since), is not this request's answer:
+        // taking it would approve or decline on a stranger's DE 39. It is dropped; the
+        // request gets its own answer, or times out (and is reversed if it can move money).
+        let answered = self.inner.pending.remove_if(&stamp, |_, p| {
+            is_response_to(&p.mti, &answer.mti())
+                && p.echoed.is_none_or(|e| e.answered_by(&Echoed::of(&answer)))
+        });
+        let Some((_, pending)) = answered else {
+            if self.inner.pending.contains_key(&stamp) {
+                tracing::warn!(
+                    mti = %String::from_utf8_lossy(&answer.mti()),
+                    "answer from the issuer of another message class, acquirer or terminal than its request's dropped"
+                );
+            } else {
+                tracing::debug!("answer from the issuer matches no request (already swept)");
+            }
+            return;
+        };
+        let Pending {
+            reply,
+            sent,
+            mti,
+            sent_at,
+            repeats,
+            debt,
+            ..
+        } = pending;
+        // Repeats waiting on it get the same answer; one still waiting for it means the
+        // network has this answer, so a late approval needs no reversal. Unless its caller
+        // was refused already, and a reversal is owed: the network heard 91 for it, its
+        // repeats hear so too, and the approval is reversed (rather than the debt marked
+        // paid, which a crash could lose after the repeats' approval went out).
+        let owed_approval = debt.is_some() && is_approval(&answer) && needs_reversal(&mti);
+        let mut repeat_answered = false;
+        for (waiter, _) in repeats {
+            let to_repeat = if owed_approval {
+                Err(Unanswered::of_repeat(IssuerError::Timeout, debt.as_ref()))
+            } else {
+                Ok(answer.clone())
+            };
+            repeat_answered |= waiter.send(to_repeat).is_ok() && !owed_approval;
+        }
+        let late = match reply {
+            Some(reply) => {
+                // Only answers in time are timed: a late one was counted once already,
+                // in `vpan_issuer_timeouts_total`, and the alerts' timeout share divides by
+                // the two together.
+                issuer_request_duration().record(sent_at.elapsed().as_secs_f64());
+                match reply.send(Ok(answer)) {
+                    Ok(()) => return,
+                    Err(unsent) => unsent,
+                }
+            }
+            // The caller had its timeout already.
+            None => Ok(answer),
+        };
+        if let Ok(late) = late
+            && !repeat_answered
+            && is_approval(&late)
+            && needs_reversal(&mti)
+        {
+            tracing::warn!("late approval from the issuer; reversing it");
+            // Answered: the original is behind the issuer already, any connection will do.
+            self.reverse_sent(&sent, None, debt.map(|d| d.id));
+        } else if let Some(DebtHeld { id, .. }) = debt {
+            // Declined late: nothing to reverse after all. (An approval that reached the
+            // network through a repeat had no debt: its caller was still waiting.)
+            self.pay(id);
+        }
+    }
+
+    /// Before the link stops at shutdown (the network side has drained, so every caller
+    /// has its answer or its 91): the requests the issuer has not answered are reversed
+    /// now rather than by the sweep, and this waits, at most `grace`, until every reversal
+    /// is answered. Those it leaves unanswered are in the book of reversals owed, and go
+    /// out again when vpan next starts.
+    pub async fn quiesce(&self, grace: Duration) {
+        self.abandon(|_| true);
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.inner.reversals.load(Ordering::Acquire) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    reversals = self.inner.reversals.load(Ordering::Acquire),
+                    "reversals still unanswered at shutdown; those owed are sent again at the next start"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Sign-on and echo are not on a cardholder's clock: a slow host gets some seconds
+    /// before its link is declared dead.
+    fn management_timeout(&self) -> Duration {
+        self.inner.settings.timeout.max(Duration::from_secs(5))
+    }
+
+    fn publish_connected(&self) {
+        metrics::gauge!(m::ISSUER_CONNECTED).set(self.connected() as f64);
+    }
+}
+
+/// True for a network management request (0800, 0820, and their repeats).
+fn is_management_request(mti: &[u8; 4]) -> bool {
+    mti[1] == b'8' && matches!(mti[2], b'0' | b'2')
+}
+
+/// True when `answer` is an MTI that answers `request` (0100 → 011x, 0401 → 041x, ...).
+fn is_response_to(request: &[u8; 4], answer: &[u8; 4]) -> bool {
+    request[..2] == answer[..2] && request[2].is_ascii_digit() && answer[2] == request[2] + 1
+}
+
+/// True for an answer that approves (DE 39 00, 08, 10 or 11).
+pub fn is_approval(answer: &Message) -> bool {
+    matches!(
+        answer.response_code().as_ref().map(|c| &c[..]),
+        Some(b"00" | b"08" | b"10" | b"11")
+    )
+}
+
+/// The issuer latency histogram's handle, looked up once: `metrics::histogram!` builds and
+/// hashes its key on every call, once per request here. The recorder is installed first
+/// (a no-op when it is already), since a handle taken without one would count nowhere.
+fn issuer_request_duration() -> &'static metrics::Histogram {
+    static HANDLE: std::sync::OnceLock<metrics::Histogram> = std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        m::install();
+        metrics::histogram!(m::ISSUER_REQUEST_DURATION)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_answer_of_the_requests_class_answers_it() {
+        assert!(is_response_to(b"0100", b"0110"));
+        assert!(is_response_to(b"0101", b"0110"));
+        assert!(is_response_to(b"0400", b"0410"));
+        assert!(is_response_to(b"0800", b"0810"));
+        assert!(!is_response_to(b"0100", b"0410"));
+        assert!(!is_response_to(b"0100", b"0810"));
+        assert!(!is_response_to(b"0100", b"0100"));
+        assert!(!is_response_to(b"0200", b"0110"));
+    }
+}

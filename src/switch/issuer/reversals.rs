@@ -1,0 +1,404 @@
+//! The reversals the link owes the issuer, and how it pays them.
+//!
+//! A request that may have moved money at the issuer (sent, then no answer in time, or its
+//! connection lost) is reversed with a 0400 unless its answer says it was not approved.
+//! Its debt ([`Owed`]) is written to the book of reversals owed before the network hears
+//! its 91, so a restart still sends it; the reversal is retried with backoff until the
+//! issuer answers it, and the debt is then marked paid.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use crate::cards::card::{transmission_time, unix_now};
+use crate::cards::request::original_data_elements;
+use crate::iso8583::Message;
+use crate::store::owed::{Debt, OwedReversals};
+
+use super::{IssuerError, IssuerLink, Origin};
+
+/// Longest wait between two tries of a reversal toward an issuer that does not answer.
+const REVERSAL_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// A reversal the link owes the issuer, which it sends (and retries) on its own; this is
+/// its record in the book of reversals owed, so that a restart still sends it. Dropped
+/// unrecorded (its caller gone), it is recorded there and then.
+pub struct Owed {
+    book: Arc<OwedReversals>,
+    id: u64,
+    /// The reversal as packed toward the issuer (it carries the real card number).
+    reversal: Bytes,
+    recorded: bool,
+    /// Set once the record is written, failed, or given up on (when this is dropped):
+    /// the repeats of the request wait for it before their 91.
+    written: watch::Sender<bool>,
+}
+
+/// The debt of a request in flight: its number in the book, and whether its record is
+/// written yet.
+pub(super) struct DebtHeld {
+    pub(super) id: u64,
+    pub(super) written: watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for Owed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Owed")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Owed {
+    /// Writes the debt; returns once it is on disk, or the disk failed (said loudly: the
+    /// reversal still goes out, but a restart would forget it).
+    pub async fn record(mut self: Box<Self>) {
+        self.recorded = true;
+        if let Err(e) = self.book.owe(self.id, &self.reversal).await {
+            tracing::error!(
+                debt = self.id,
+                error = %e,
+                "a reversal owed to the issuer could not be written; it is sent, but a restart would forget it"
+            );
+        }
+    }
+
+    /// Leaves the debt unrecorded, because its caller's own record of the request failed
+    /// (`why`): on disk alone, it would sit beside a purchase a restart takes for in doubt.
+    /// The reversal still goes out, from memory.
+    pub fn forget(&mut self, why: &crate::store::StoreError) {
+        self.recorded = true;
+        tracing::error!(
+            debt = self.id,
+            error = %why,
+            "a reversal owed to the issuer is not recorded, since the journal failed; it is sent from memory only"
+        );
+    }
+}
+
+impl Drop for Owed {
+    fn drop(&mut self) {
+        // Rare (a caller that went away, a runtime that is stopping): written here and now,
+        // blocking, rather than by a task that a stopping runtime might never run.
+        if !self.recorded
+            && let Err(e) = self.book.owe_blocking(self.id, &self.reversal)
+        {
+            tracing::error!(debt = self.id, error = %e, "a reversal owed to the issuer could not be written");
+        }
+        self.written.send_replace(true);
+    }
+}
+
+impl IssuerLink {
+    /// Sends again the reversals an earlier run owed and did not see answered. Each goes
+    /// as a repeat (0401): it may have reached the host before.
+    pub(super) fn pay_earlier_debts(&self, debts: Vec<Debt>) {
+        if !debts.is_empty() {
+            tracing::warn!(
+                count = debts.len(),
+                "reversals owed to the issuer since an earlier run; sending them"
+            );
+        }
+        for Debt { id, reversal } in debts {
+            match Message::parse(self.spec(), reversal) {
+                Ok(mut reversal) => {
+                    // Four digits: never refused.
+                    let _ = reversal.set_mti(b"0401");
+                    self.send_reversal(Box::new(reversal), None, Some(id));
+                }
+                // Written by vpan in the issuer link's layout of the time; the layout was
+                // changed since. Kept, and said at every start, until someone reconciles.
+                Err(e) => tracing::error!(
+                    debt = id,
+                    error = %e,
+                    "a reversal owed since an earlier run does not read in the issuer link's layout; the issuer must reconcile"
+                ),
+            }
+        }
+    }
+
+    /// A new debt for `reversal`: the request's hold on it, and its record for the caller
+    /// to write.
+    pub(super) fn owe(&self, reversal: &Message) -> (DebtHeld, Box<Owed>) {
+        let id = self.inner.owed.next_id();
+        let (written, written_rx) = watch::channel(false);
+        let owed = Owed {
+            book: self.inner.owed.clone(),
+            id,
+            reversal: reversal.pack(),
+            recorded: false,
+            written,
+        };
+        let held = DebtHeld {
+            id,
+            written: written_rx,
+        };
+        (held, Box::new(owed))
+    }
+
+    /// The reversal of a request kept as the bytes that were sent; `None`, said loudly,
+    /// if it cannot be built (the real account may then stay charged).
+    pub(super) fn reversal_of_sent(&self, sent: &Bytes) -> Option<Message> {
+        match Message::parse(self.spec(), sent.clone()) {
+            Ok(original) => reversal_or_log(&original),
+            // vpan packed it itself with this very spec, so this cannot happen.
+            Err(e) => {
+                tracing::error!(
+                    error = %e,
+                    "cannot read back a request sent to the issuer to reverse it; the issuer must reconcile"
+                );
+                None
+            }
+        }
+    }
+
+    /// [`IssuerLink::reverse`] of a request kept as the bytes that were sent, first on
+    /// connection `original_conn` (the one the original went out on) while it is up, and
+    /// paying `debt` once answered.
+    pub(super) fn reverse_sent(
+        &self,
+        sent: &Bytes,
+        original_conn: Option<usize>,
+        debt: Option<u64>,
+    ) {
+        if let Some(reversal) = self.reversal_of_sent(sent) {
+            self.send_reversal(Box::new(reversal), original_conn, debt);
+        }
+    }
+
+    /// Sends a 0400 for `original` in the background, retrying with backoff (up to
+    /// `REVERSAL_RETRY_MAX` apart) until the issuer answers it or vpan shuts down: an
+    /// issuer host down for longer than a few retries must still get the reversal when it
+    /// is back, or the real account stays charged for a purchase the network was refused.
+    /// Kept in memory only: the caller's own record (the journal, which failed) is what
+    /// would have told this one apart after a restart.
+    pub fn reverse(&self, original: &Message) {
+        if let Some(reversal) = reversal_or_log(original) {
+            self.send_reversal(Box::new(reversal), None, None);
+        }
+    }
+
+    /// Sends `reversal` in the background until answered ([`IssuerLink::reverse`]), the
+    /// first attempt on connection `original_conn` when it is up, and then marks `debt`
+    /// paid. An original the issuer has not answered may still be unread in that
+    /// connection's stream; on another connection the reversal could overtake it, find
+    /// nothing to reverse, and leave the real account charged once the original is read.
+    /// Behind it on the same connection, it is read after it.
+    pub(super) fn send_reversal(
+        &self,
+        mut reversal: Box<Message>,
+        original_conn: Option<usize>,
+        debt: Option<u64>,
+    ) {
+        // Looked at now, not when the task first runs: a connection lost under the original
+        // is down already (its requests are abandoned after it is marked so), and a stream
+        // dialled again in that slot since would carry nothing of the original's.
+        let mut same_connection = original_conn.filter(|&i| self.slot_up(i));
+        let link = self.clone();
+        link.inner.reversals.fetch_add(1, Ordering::AcqRel);
+        tokio::spawn(async move {
+            let _done = ReversalDone(link.clone());
+            let mut wait = Duration::from_millis(100);
+            for attempt in 1u64.. {
+                // A reversal is not on a cardholder's clock: a slow host gets seconds to
+                // answer it before it is sent again.
+                let timeout = link.management_timeout();
+                let only = same_connection.take();
+                let loud = attempt <= 5 || attempt % 12 == 0;
+                let sent = link
+                    .send_via(reversal.clone(), only, timeout, Origin::Link)
+                    .await
+                    .map_err(|u| u.error);
+                // Once one may have reached the host, the next goes as a repeat (0401), as
+                // ISO 8583 has it: a host that applied the first knows it for the same.
+                if matches!(
+                    sent,
+                    Ok(_) | Err(IssuerError::Timeout | IssuerError::ConnectionLost)
+                ) {
+                    // Four digits: never refused.
+                    let _ = reversal.set_mti(b"0401");
+                }
+                match sent {
+                    // A front end answering for a host that is down (91), or a host that
+                    // failed (96), has not reversed anything: asked again.
+                    Ok(answer) if !reversal_undone(&answer) => {
+                        if let Some(id) = debt {
+                            link.pay(id);
+                        }
+                        return;
+                    }
+                    // It does not fit the link's layout (the original was near
+                    // `max_frame_bytes`, and DE 90 made it longer): it never will, so it is
+                    // not tried every few seconds until shutdown, nor at every start.
+                    Err(IssuerError::Encode) => {
+                        tracing::error!(
+                            "the reversal of a request does not fit the issuer link's layout; the issuer must reconcile"
+                        );
+                        if let Some(id) = debt {
+                            link.pay(id);
+                        }
+                        return;
+                    }
+                    Ok(answer) => {
+                        if loud {
+                            tracing::warn!(
+                                attempt,
+                                code = %String::from_utf8_lossy(&answer.response_code().unwrap_or(*b"--")),
+                                "reversal toward the issuer answered without being applied; retrying"
+                            );
+                        }
+                    }
+                    // Loud at first, then once a minute or so, while the host stays away.
+                    Err(e) if loud => {
+                        tracing::warn!(attempt, error = %e, "reversal toward the issuer not answered; retrying");
+                    }
+                    Err(_) => {}
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = link.inner.shutdown.cancelled() => break,
+                }
+                wait = (wait * 2).min(REVERSAL_RETRY_MAX);
+            }
+            match debt {
+                Some(_) => tracing::warn!(
+                    "reversal toward the issuer not answered before shutdown; it is sent again at the next start"
+                ),
+                None => tracing::error!(
+                    "reversal toward the issuer not answered before shutdown; the issuer must reconcile"
+                ),
+            }
+        });
+    }
+
+    /// Marks debt `id` paid, in the background.
+    pub(super) fn pay(&self, id: u64) {
+        let book = self.inner.owed.clone();
+        tokio::spawn(async move {
+            if let Err(e) = book.paid(id).await {
+                // The reversal goes again at the next start, and the host takes it for a
+                // repeat of the one it applied (or, for a late decline, finds nothing).
+                tracing::warn!(debt = id, error = %e, "a reversal owed could not be marked paid");
+            }
+        });
+    }
+}
+
+/// [`reversal_for`], said loudly when it cannot be built.
+pub(super) fn reversal_or_log(original: &Message) -> Option<Message> {
+    reversal_for(original)
+        .inspect_err(|_| {
+            tracing::error!("cannot build the reversal of a request; the issuer must reconcile")
+        })
+        .ok()
+}
+
+/// Counts a background reversal as finished when its task ends, however it ends.
+pub(super) struct ReversalDone(IssuerLink);
+
+impl Drop for ReversalDone {
+    fn drop(&mut self) {
+        self.0.inner.reversals.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// An answer to a reversal that says it was not applied: the host (or a front end for
+/// it) is down or failed. Any other code is the issuer's verdict, and final.
+pub(super) fn reversal_undone(answer: &Message) -> bool {
+    matches!(answer.response_code(), Some(code) if code == *b"91" || code == *b"96")
+}
+
+/// Authorization and financial requests (by MTI) move money at the issuer; nothing else
+/// needs a reversal when its outcome is unknown.
+pub(super) fn needs_reversal(mti: &[u8; 4]) -> bool {
+    matches!(mti[1], b'1' | b'2') && mti[2] == b'0'
+}
+
+/// A 0400 reversing `original` in full: its identifying fields, and DE 90 naming it.
+pub fn reversal_for(original: &Message) -> Result<Message, IssuerError> {
+    let mut rev = original.clone();
+    rev.set_mti(b"0400").map_err(|_| IssuerError::Encode)?;
+    // The transaction as the issuer booked it: a repeat (0101, 0121) reverses its first
+    // (0100, 0120), which is the MTI an issuer matches DE 90 against.
+    let mut mti = original.mti();
+    mti[3] = b'0';
+    let de90 = original_data_elements(
+        &mti,
+        &original.stan().unwrap_or([b'0'; 6]),
+        &original.transmission_time().unwrap_or([b'0'; 10]),
+        original.acquirer().as_deref().unwrap_or_default(),
+    );
+    // A reversal carries no card-verification data.
+    for n in [35, 45, 52, 55] {
+        rev.remove(n);
+    }
+    rev.set(7, &transmission_time(unix_now()))
+        .map_err(|_| IssuerError::Encode)?;
+    rev.set(90, &de90).map_err(|_| IssuerError::Encode)?;
+    Ok(rev)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::iso8583::Spec;
+
+    #[test]
+    fn a_reversal_names_its_original_in_de90_and_drops_card_data() {
+        let spec = Spec::iso87ascii();
+        let mut orig = Message::new(spec, b"0100").unwrap();
+        let card = crate::pan::test_pan("497010");
+        orig.set(2, card.as_bytes()).unwrap();
+        orig.set(4, b"000000001000").unwrap();
+        orig.set(7, b"1126143015").unwrap();
+        orig.set(11, b"000042").unwrap();
+        orig.set(32, b"12345").unwrap();
+        orig.set(35, format!("{card}=28121010000012300000").as_bytes())
+            .unwrap();
+        let orig = Message::parse(spec, orig.pack()).unwrap();
+        let rev = reversal_for(&orig).unwrap();
+        assert_eq!(rev.mti(), *b"0400");
+        let de90 = rev.text(90).unwrap();
+        assert_eq!(
+            de90.as_bytes(),
+            b"010000004211261430150000001234500000000000"
+        );
+        assert!(!rev.has(35));
+        assert_eq!(rev.raw(4), Some(&b"000000001000"[..]));
+        // A repeat's reversal names the transaction as the issuer booked it: its first.
+        let mut repeat = orig.clone();
+        repeat.set_mti(b"0101").unwrap();
+        let rev = reversal_for(&Message::parse(spec, repeat.pack()).unwrap()).unwrap();
+        assert_eq!(&rev.text(90).unwrap().as_bytes()[..4], b"0100");
+    }
+
+    #[test]
+    fn a_reversal_answered_91_or_96_is_not_done_and_any_other_answer_is_final() {
+        let answered = |code: &[u8; 2]| {
+            let mut m = Message::new(Spec::iso87ascii(), b"0410").unwrap();
+            m.set_response_code(code).unwrap();
+            m
+        };
+        assert!(reversal_undone(&answered(b"91")));
+        assert!(reversal_undone(&answered(b"96")));
+        for code in [b"00", b"25", b"12", b"30"] {
+            assert!(!reversal_undone(&answered(code)), "{code:?}");
+        }
+    }
+
+    #[test]
+    fn only_auth_and_financial_requests_need_reversing() {
+        for (mti, expected) in [
+            (b"0100", true),
+            (b"0200", true),
+            (b"0120", false),
+            (b"0400", false),
+            (b"0800", false),
+        ] {
+            assert_eq!(needs_reversal(mti), expected, "{mti:?}");
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! Which request is whose: the stamp (DE 11) each request goes out under, the network
+//! identity of a transaction (what DE 90 names, and the terminal), how a request meets
+//! another waiting under the stamp it wants (its repeat, a clash, or a stranger), and the
+//! STANs changed toward the issuer, remembered for a while (and across restarts) so that a
+//! reversal names its original as the issuer knows it.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::ConcurrentMap;
+use crate::cards::card::unix_now;
+use crate::cards::request::original_data_elements;
+use crate::iso8583::{Message, Spec};
+use crate::store::owed::Stamp;
+
+use super::{IssuerError, IssuerLink, Pending};
+
+/// How long a changed STAN is remembered: for rewriting a reversal's DE 90, and for sending
+/// a repeat under it again. Only the network's requests whose STAN was in flight already
+/// are remembered, so this stays small.
+pub const RESTAMPED_KEPT: Duration = Duration::from_secs(3600);
+
+impl IssuerLink {
+    /// Takes back the STANs an earlier run changed within the last [`RESTAMPED_KEPT`], each
+    /// remembered for what is left of that time.
+    pub(super) fn remember_earlier_stamps(&self, stamps: Vec<Stamp>) {
+        let (now, unix) = (Instant::now(), unix_now());
+        for Stamp { key, stamp, at } in stamps {
+            let age = Duration::from_secs(unix.saturating_sub(at));
+            if let Some(identity) = Identity::from_key(&key)
+                && let Some(at) = now.checked_sub(age)
+            {
+                self.inner.restamped.insert_at(identity, stamp, at);
+            }
+        }
+    }
+
+    /// A reversal (or any message with DE 90) naming an original that went out under
+    /// another STAN: DE 90 gets that STAN, so the issuer finds the original it saw.
+    pub(super) fn rewrite_original(&self, request: &mut Message) -> Result<(), IssuerError> {
+        let Some(stamp) = self.inner.restamped.get(|| {
+            let de90 = request.text(90)?;
+            Identity::of(de90.as_bytes(), request.terminal().as_deref())
+        }) else {
+            return Ok(());
+        };
+        let mut de90 = request
+            .text(90)
+            .map(|d| d.as_bytes().to_vec())
+            .unwrap_or_default();
+        if let Some(stan) = de90.get_mut(4..10) {
+            stan.copy_from_slice(&stamp);
+        }
+        request.set(90, &de90).map_err(|_| IssuerError::Encode)
+    }
+
+    pub(super) fn next_stamp(&self) -> [u8; 6] {
+        let n = self.inner.next_stan.fetch_add(1, Ordering::Relaxed) % 999_999 + 1;
+        let mut out = [b'0'; 6];
+        let mut v = n;
+        for d in out.iter_mut().rev() {
+            *d = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+        out
+    }
+}
+
+/// How much of DE 90 names the original: MTI, STAN, DE 7 and the acquirer (DE 32), which
+/// tells apart two acquirers whose STANs meet in the same second (the forwarder is left).
+pub(super) const ORIGINAL_KEY: usize = 31;
+
+/// A transaction's network identity: what DE 90 names (MTI, STAN, DE 7, DE 32), with the
+/// MTI's last digit as 0 (a repeat is the same transaction as its first), and the
+/// terminal (DE 41), which DE 90 does not carry: two terminals of one acquirer may send
+/// the same STAN in the same second, and a reversal comes from its original's terminal.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub(super) struct Identity([u8; ORIGINAL_KEY], [u8; 8]);
+
+impl Identity {
+    /// From DE 90's text (or its first [`ORIGINAL_KEY`] bytes) and DE 41.
+    pub(super) fn of(de90: &[u8], terminal: Option<&[u8]>) -> Option<Identity> {
+        let mut key = <[u8; ORIGINAL_KEY]>::try_from(de90.get(..ORIGINAL_KEY)?).ok()?;
+        key[3] = b'0';
+        let mut t = [b' '; 8];
+        let terminal = terminal.unwrap_or_default();
+        t.get_mut(..terminal.len())?.copy_from_slice(terminal);
+        Some(Identity(key, t))
+    }
+
+    /// Its bytes, for the book ([`Stamp::key`]).
+    pub(super) fn key(&self) -> [u8; IDENTITY_BYTES] {
+        let mut out = [0u8; IDENTITY_BYTES];
+        out[..ORIGINAL_KEY].copy_from_slice(&self.0);
+        out[ORIGINAL_KEY..].copy_from_slice(&self.1);
+        out
+    }
+
+    /// From [`Identity::key`]'s bytes.
+    pub(super) fn from_key(key: &[u8]) -> Option<Identity> {
+        let (original, terminal) = key.split_first_chunk::<ORIGINAL_KEY>()?;
+        Some(Identity(*original, terminal.try_into().ok()?))
+    }
+}
+
+/// An [`Identity`]'s bytes.
+pub(super) const IDENTITY_BYTES: usize = ORIGINAL_KEY + 8;
+
+/// Network identities (see [`Identity`]) of originals that went out under another STAN
+/// than the network's, to the stamp used.
+pub(super) type Restamped = Remembered<Identity, [u8; 6]>;
+
+/// Stamps given up on without an answer.
+pub(super) type Freed = Remembered<[u8; 6], ()>;
+
+/// What the link remembers for a while, by key, with when: rare entries, looked for on
+/// every request, so an empty map costs one atomic read.
+pub(super) struct Remembered<K, V> {
+    map: ConcurrentMap<K, (V, Instant)>,
+    /// Entries in `map`, read before every lookup: the map is almost always empty, and a
+    /// lookup (the key's fields, then its hash) cost 3 % of an approval's instructions.
+    len: AtomicUsize,
+}
+
+impl<K: Eq + std::hash::Hash, V> Default for Remembered<K, V> {
+    fn default() -> Self {
+        Remembered {
+            map: ConcurrentMap::default(),
+            len: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl<K: Eq + std::hash::Hash, V: Copy> Remembered<K, V> {
+    /// The value remembered under the key `key` gives, if any (`key` is only worked out
+    /// when something is remembered at all).
+    pub(super) fn get(&self, key: impl FnOnce() -> Option<K>) -> Option<V> {
+        if self.len.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        self.map.get(&key()?).map(|e| e.0)
+    }
+
+    pub(super) fn contains(&self, key: &K) -> bool {
+        self.len.load(Ordering::Acquire) > 0 && self.map.contains_key(key)
+    }
+
+    pub(super) fn insert(&self, key: K, value: V) {
+        self.insert_at(key, value, Instant::now());
+    }
+
+    /// [`Remembered::insert`], as of `at`.
+    pub(super) fn insert_at(&self, key: K, value: V, at: Instant) {
+        // Counted before it is in the map, so that `len` may count one too many for a
+        // moment but never too few.
+        self.len.fetch_add(1, Ordering::AcqRel);
+        if self.map.insert(key, (value, at)).is_some() {
+            self.len.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Forgets what was remembered before `horizon`.
+    pub(super) fn forget_before(&self, horizon: Instant) {
+        let mut forgotten = 0;
+        self.map.retain(|_, (_, at)| {
+            let keep = *at >= horizon;
+            forgotten += usize::from(!keep);
+            keep
+        });
+        self.len.fetch_sub(forgotten, Ordering::Release);
+    }
+}
+
+/// The network identity of `request` sent under `network_stan`.
+pub(super) fn identity(request: &Message, network_stan: &[u8; 6]) -> Option<Identity> {
+    let de90 = original_data_elements(
+        &request.mti(),
+        network_stan,
+        &request.transmission_time()?,
+        request.acquirer().as_deref().unwrap_or_default(),
+    );
+    Identity::of(&de90, request.terminal().as_deref())
+}
+
+/// How a request meets the one waiting under the stamp it would take.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Meeting {
+    /// The same transaction (its first, or a repeat): it waits for that answer.
+    Repeat,
+    /// The same key, but another card, processing code or amount: refused (94). Sent
+    /// under another stamp, it would be a second transaction under one key at the issuer,
+    /// and a reversal naming either could reverse the other.
+    Clash,
+    /// Another transaction that happens to want the same stamp (another acquirer or
+    /// terminal under the same STAN, or a STAN that is another request's stamp): it goes
+    /// out under a stamp of its own.
+    Stranger,
+}
+
+/// How `request`, sent by the network under `network_stan`, meets `first`, the request
+/// waiting under the stamp `request` would take. Their keys are compared under each one's
+/// own network STAN, and for the same key, their card (DE 2, or track 2), processing code
+/// and amount. Only reached when two requests meet under one stamp, which is rare, so
+/// `first.sent` is read back here rather than its identity kept for every request.
+pub(super) fn meeting(
+    spec: &'static Spec,
+    first: &Pending,
+    request: &Message,
+    network_stan: &[u8; 6],
+) -> Meeting {
+    if first.network_stan != Some(*network_stan) {
+        return Meeting::Stranger;
+    }
+    let Ok(sent) = Message::parse(spec, first.sent.clone()) else {
+        return Meeting::Stranger;
+    };
+    let same_key =
+        identity(request, network_stan).is_some_and(|id| identity(&sent, network_stan) == Some(id));
+    if !same_key {
+        return Meeting::Stranger;
+    }
+    let card = |m: &Message| m.card_number().and_then(Result::ok);
+    let same_content = card(&sent) == card(request)
+        && sent.raw(3) == request.raw(3)
+        && sent.raw(4) == request.raw(4);
+    if same_content {
+        Meeting::Repeat
+    } else {
+        Meeting::Clash
+    }
+}
+
+/// DE 32 (acquirer) and DE 41 (terminal) of a message, as checksums: an answer echoes its
+/// request's, so one that carries another value answers another request. Hosts that leave
+/// them out of answers are not checked on them; DE 7 and DE 37 are not compared at all,
+/// since some hosts put their own values there.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) struct Echoed {
+    acquirer: Option<u32>,
+    terminal: Option<u32>,
+}
+
+impl Echoed {
+    pub(super) fn of(m: &Message) -> Echoed {
+        Echoed {
+            acquirer: m.acquirer().map(|f| crc32fast::hash(&f)),
+            terminal: m.terminal().map(|f| crc32fast::hash(&f)),
+        }
+    }
+
+    /// Whether an answer that echoes `answer` may be this request's: every field both
+    /// carry is the same.
+    pub(super) fn answered_by(&self, answer: &Echoed) -> bool {
+        let agree = |a: Option<u32>, b: Option<u32>| a.zip(b).is_none_or(|(a, b)| a == b);
+        agree(self.acquirer, answer.acquirer) && agree(self.terminal, answer.terminal)
+    }
+}
