@@ -1,0 +1,673 @@
+//! The byte layout of journal records: a tag byte, then little-endian fields; every read
+//! is checked, and a short, padded or unknown record is refused, never guessed at.
+
+use std::num::{NonZeroU32, NonZeroU64};
+
+use crate::cards::card::{AcceptorId, CardKey, Controls, Expiry, Status};
+use crate::cards::history::DecidedBy;
+use crate::cards::request::{OriginalData, ResponseCode};
+use crate::store::StoreError;
+use crate::store::journal::Encode;
+
+use super::{Event, Issued, TxEvent, legacy_decided_by};
+
+const TAG_ISSUED: u8 = 1;
+const TAG_STATUS: u8 = 2;
+const TAG_HELD: u8 = 3;
+const TAG_OUTCOME: u8 = 4;
+const TAG_REVERSED: u8 = 5;
+const TAG_ADVISED: u8 = 6;
+const TAG_IN_DOUBT: u8 = 7;
+const TAG_DECLINED: u8 = 8;
+const TAG_VOIDED: u8 = 9;
+/// Snapshot records.
+pub(crate) const TAG_SNAP_HEADER: u8 = 10;
+pub(crate) const TAG_SNAP_CARD: u8 = 11;
+pub(crate) const TAG_SNAP_TX: u8 = 12;
+
+/// Little-endian writer helpers.
+pub(crate) trait Put {
+    fn u8(&mut self, v: u8);
+    fn u16(&mut self, v: u16);
+    fn u32(&mut self, v: u32);
+    fn u64(&mut self, v: u64);
+    fn bytes(&mut self, v: &[u8]);
+}
+
+impl Put for Vec<u8> {
+    fn u8(&mut self, v: u8) {
+        self.push(v);
+    }
+    fn u16(&mut self, v: u16) {
+        self.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u32(&mut self, v: u32) {
+        self.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.extend_from_slice(&v.to_le_bytes());
+    }
+    fn bytes(&mut self, v: &[u8]) {
+        self.u16(v.len() as u16);
+        self.extend_from_slice(v);
+    }
+}
+
+/// Little-endian reader: every read is checked, a short record is `None`.
+pub(crate) struct Get<'a>(pub &'a [u8]);
+
+impl<'a> Get<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a)
+    }
+    pub(crate) fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+    pub(crate) fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
+    }
+    pub(crate) fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    pub(crate) fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    pub(crate) fn bytes(&mut self) -> Option<&'a [u8]> {
+        let n = usize::from(self.u16()?);
+        self.take(n)
+    }
+    pub(crate) fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+        self.take(N)?.try_into().ok()
+    }
+    pub(crate) fn key(&mut self) -> Option<CardKey> {
+        CardKey::from_raw(self.u64()?)
+    }
+    pub(crate) fn bool(&mut self) -> Option<bool> {
+        match self.u8()? {
+            0 => Some(false),
+            1 => Some(true),
+            _ => None,
+        }
+    }
+    /// A field added at the end of a record after records without it were written:
+    /// `Some(None)` when nothing is left, `None` (damage) when something other than it is.
+    pub(crate) fn optional_tail<const N: usize>(&mut self) -> Option<Option<[u8; N]>> {
+        if self.0.is_empty() {
+            return Some(None);
+        }
+        self.array().map(Some)
+    }
+}
+
+pub(crate) fn put_tx(out: &mut Vec<u8>, tx: &OriginalData) {
+    out.u8(tx.class);
+    out.u32(tx.stan);
+    out.u32(tx.transmitted);
+    out.u64(tx.acquirer);
+    out.extend_from_slice(&tx.terminal);
+}
+
+pub(crate) fn get_tx(g: &mut Get<'_>) -> Option<OriginalData> {
+    Some(OriginalData {
+        class: g.u8()?,
+        stan: g.u32()?,
+        transmitted: g.u32()?,
+        acquirer: g.u64()?,
+        terminal: g.array()?,
+    })
+}
+
+pub(crate) fn put_acceptor(out: &mut Vec<u8>, a: Option<AcceptorId>) {
+    match a {
+        Some(a) => {
+            out.u8(1);
+            out.extend_from_slice(&a.0);
+        }
+        None => out.u8(0),
+    }
+}
+
+pub(crate) fn get_acceptor(g: &mut Get<'_>) -> Option<Option<AcceptorId>> {
+    Some(match g.u8()? {
+        0 => None,
+        1 => Some(AcceptorId(g.array()?)),
+        _ => return None,
+    })
+}
+
+fn put_txevent(out: &mut Vec<u8>, t: &TxEvent) {
+    out.u64(t.lsn);
+    out.u64(t.key.raw());
+    put_tx(out, &t.tx);
+    out.u64(t.fingerprint);
+    out.u64(t.amount);
+    out.u64(t.original_amount);
+    out.u8(u8::from(t.counts_use) | u8::from(t.binds_merchant) << 1);
+    put_acceptor(out, t.acceptor);
+    out.extend_from_slice(&t.mti);
+    out.u64(t.at);
+}
+
+fn get_txevent(g: &mut Get<'_>) -> Option<TxEvent> {
+    let lsn = g.u64()?;
+    let key = g.key()?;
+    let tx = get_tx(g)?;
+    let fingerprint = g.u64()?;
+    let amount = g.u64()?;
+    let original_amount = g.u64()?;
+    let flags = g.u8()?;
+    Some(TxEvent {
+        lsn,
+        key,
+        tx,
+        fingerprint,
+        amount,
+        original_amount,
+        counts_use: flags & 1 != 0,
+        binds_merchant: flags & 2 != 0,
+        acceptor: get_acceptor(g)?,
+        mti: g.array()?,
+        at: g.u64()?,
+    })
+}
+
+pub(crate) fn put_controls(out: &mut Vec<u8>, c: &Controls) {
+    out.u16(c.currency);
+    out.u64(c.amount_limit);
+    out.u64(c.per_transaction_limit.map_or(0, NonZeroU64::get));
+    out.u32(c.max_uses.map_or(0, NonZeroU32::get));
+    out.u64(c.valid_until);
+    match c.merchant_lock {
+        crate::cards::card::MerchantLock::None => out.u8(0),
+        crate::cards::card::MerchantLock::FirstUse => out.u8(1),
+        crate::cards::card::MerchantLock::Acceptor(a) => {
+            out.u8(2);
+            out.extend_from_slice(&a.0);
+        }
+    }
+    put_mccs(out, &c.mcc_allow);
+    put_mccs(out, &c.mcc_block);
+}
+
+pub(crate) fn get_controls(g: &mut Get<'_>) -> Option<Controls> {
+    Some(Controls {
+        currency: g.u16()?,
+        amount_limit: g.u64()?,
+        per_transaction_limit: NonZeroU64::new(g.u64()?),
+        max_uses: NonZeroU32::new(g.u32()?),
+        valid_until: g.u64()?,
+        merchant_lock: match g.u8()? {
+            0 => crate::cards::card::MerchantLock::None,
+            1 => crate::cards::card::MerchantLock::FirstUse,
+            2 => crate::cards::card::MerchantLock::Acceptor(AcceptorId(g.array()?)),
+            _ => return None,
+        },
+        mcc_allow: get_mccs(g)?,
+        mcc_block: get_mccs(g)?,
+    })
+}
+
+pub(super) fn put_mccs(out: &mut Vec<u8>, list: &[u16]) {
+    out.u16(list.len() as u16);
+    for &m in list {
+        out.u16(m);
+    }
+}
+
+pub(super) fn get_mccs(g: &mut Get<'_>) -> Option<Vec<u16>> {
+    let n = usize::from(g.u16()?);
+    (0..n).map(|_| g.u16()).collect()
+}
+
+impl Encode for Event {
+    fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Event::Issued(i) => {
+                out.u8(TAG_ISSUED);
+                out.u64(i.lsn);
+                out.u64(i.key.raw());
+                out.bytes(&i.sealed_pan);
+                out.extend_from_slice(&i.real_expiry.0);
+                put_controls(out, &i.controls);
+                out.u64(i.created_at);
+            }
+            Event::Status { lsn, key, status } => {
+                out.u8(TAG_STATUS);
+                out.u64(*lsn);
+                out.u64(key.raw());
+                out.u8(status.to_u8());
+            }
+            Event::Held(t) => {
+                out.u8(TAG_HELD);
+                put_txevent(out, t);
+            }
+            Event::Outcome {
+                hold,
+                approved,
+                in_doubt,
+                code,
+                auth,
+                decided_by,
+            } => {
+                out.u8(TAG_OUTCOME);
+                put_txevent(out, hold);
+                // Each in a bit of its own: records from before `in_doubt` read as not in
+                // doubt; those from before `decided_by` (no `DECIDED_BY_RECORDED`) read it
+                // from the code.
+                out.u8(u8::from(*approved)
+                    | u8::from(*in_doubt) << 1
+                    | u8::from(*decided_by == DecidedBy::Switch) << 2
+                    | OUTCOME_DECIDED_BY_RECORDED);
+                out.extend_from_slice(&code.0);
+                // Last, and only when there is one: records written before DE 38 was kept
+                // end at the code, and read the same.
+                if let Some(auth) = auth {
+                    out.extend_from_slice(auth);
+                }
+            }
+            Event::Reversed {
+                lsn,
+                key,
+                tx,
+                was_held,
+                returned,
+                remaining,
+                use_returned,
+                held_use_returned,
+                mti,
+                at,
+            } => {
+                out.u8(TAG_REVERSED);
+                out.u64(*lsn);
+                out.u64(key.raw());
+                put_tx(out, tx);
+                out.u8(u8::from(*was_held)
+                    | u8::from(*use_returned) << 1
+                    | u8::from(*held_use_returned) << 2);
+                out.u64(*returned);
+                out.u64(*remaining);
+                out.extend_from_slice(mti);
+                out.u64(*at);
+            }
+            Event::Advised(t) => {
+                out.u8(TAG_ADVISED);
+                put_txevent(out, t);
+            }
+            Event::InDoubt(t) => {
+                out.u8(TAG_IN_DOUBT);
+                put_txevent(out, t);
+            }
+            Event::Voided {
+                lsn,
+                key,
+                tx,
+                mti,
+                at,
+            } => {
+                out.u8(TAG_VOIDED);
+                out.u64(*lsn);
+                out.u64(key.raw());
+                put_tx(out, tx);
+                out.extend_from_slice(mti);
+                out.u64(*at);
+            }
+            Event::Declined {
+                tx,
+                code,
+                decided_by,
+            } => {
+                out.u8(TAG_DECLINED);
+                put_txevent(out, tx);
+                out.u8(u8::from(*decided_by == DecidedBy::Switch));
+                out.extend_from_slice(&code.0);
+            }
+        }
+    }
+}
+
+impl Event {
+    /// Decodes one journal record.
+    pub fn decode(payload: &[u8]) -> Result<Event, StoreError> {
+        Event::try_decode(payload).ok_or(StoreError::Corrupt("journal"))
+    }
+
+    fn try_decode(payload: &[u8]) -> Option<Event> {
+        let mut g = Get(payload);
+        let event = match g.u8()? {
+            TAG_ISSUED => Event::Issued(Box::new(Issued {
+                lsn: g.u64()?,
+                key: g.key()?,
+                sealed_pan: g.bytes()?.to_vec(),
+                real_expiry: Expiry(g.array()?),
+                controls: get_controls(&mut g)?,
+                created_at: g.u64()?,
+            })),
+            TAG_STATUS => Event::Status {
+                lsn: g.u64()?,
+                key: g.key()?,
+                status: Status::from_u8(g.u8()?)?,
+            },
+            TAG_HELD => Event::Held(get_txevent(&mut g)?),
+            TAG_OUTCOME => {
+                let hold = get_txevent(&mut g)?;
+                let flags = g.u8()?;
+                if flags > 15 {
+                    return None;
+                }
+                let code = ResponseCode(g.array()?);
+                Event::Outcome {
+                    hold,
+                    approved: flags & 1 != 0,
+                    in_doubt: flags & 2 != 0,
+                    code,
+                    auth: g.optional_tail()?,
+                    decided_by: recorded_decided_by(flags, 2, OUTCOME_DECIDED_BY_RECORDED)
+                        .unwrap_or_else(|| legacy_decided_by(code)),
+                }
+            }
+            TAG_REVERSED => {
+                let lsn = g.u64()?;
+                let key = g.key()?;
+                let tx = get_tx(&mut g)?;
+                let flags = g.u8()?;
+                Event::Reversed {
+                    lsn,
+                    key,
+                    tx,
+                    was_held: flags & 1 != 0,
+                    use_returned: flags & 2 != 0,
+                    held_use_returned: flags & 4 != 0,
+                    returned: g.u64()?,
+                    remaining: g.u64()?,
+                    mti: g.array()?,
+                    at: g.u64()?,
+                }
+            }
+            TAG_ADVISED => Event::Advised(get_txevent(&mut g)?),
+            TAG_IN_DOUBT => Event::InDoubt(get_txevent(&mut g)?),
+            TAG_VOIDED => Event::Voided {
+                lsn: g.u64()?,
+                key: g.key()?,
+                tx: get_tx(&mut g)?,
+                mti: g.array()?,
+                at: g.u64()?,
+            },
+            TAG_DECLINED => {
+                let tx = get_txevent(&mut g)?;
+                let decided_by = match g.u8()? {
+                    0 => DecidedBy::Issuer,
+                    1 => DecidedBy::Switch,
+                    _ => return None,
+                };
+                Event::Declined {
+                    tx,
+                    decided_by,
+                    code: ResponseCode(g.array()?),
+                }
+            }
+            _ => return None,
+        };
+        g.0.is_empty().then_some(event)
+    }
+}
+
+/// Set in an outcome record's flags when the bit before it says who decided.
+const OUTCOME_DECIDED_BY_RECORDED: u8 = 1 << 3;
+
+/// Who decided, from bit `bit` of `flags`, when `recorded` says the record has it.
+pub(super) fn recorded_decided_by(flags: u8, bit: u8, recorded: u8) -> Option<DecidedBy> {
+    (flags & recorded != 0).then_some(if flags & (1 << bit) != 0 {
+        DecidedBy::Switch
+    } else {
+        DecidedBy::Issuer
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cards::event::entry_of;
+    use crate::cards::event::snapshot::{SNAP_TX_DECIDED_BY_RECORDED, SnapTx, decode_snap_tx};
+    use crate::cards::ledger::TxState;
+
+    /// One made-up card for the module's tests.
+    fn key() -> CardKey {
+        static DIGITS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let digits = DIGITS.get_or_init(|| crate::pan::test_pan("497010"));
+        CardKey::from_digits(digits.as_bytes()).unwrap()
+    }
+
+    fn tx_event() -> TxEvent {
+        TxEvent {
+            lsn: 7,
+            key: key(),
+            tx: OriginalData {
+                class: 1,
+                stan: 42,
+                transmitted: 1_126_152_942,
+                acquirer: 12_345,
+                terminal: *b"TERM0001",
+            },
+            fingerprint: 0xdead_beef,
+            amount: 930,
+            original_amount: 1_000,
+            counts_use: true,
+            binds_merchant: true,
+            acceptor: AcceptorId::new(b"SHOP-A"),
+            mti: *b"0100",
+            at: 1_795_706_982,
+        }
+    }
+
+    #[test]
+    fn every_event_decodes_to_what_was_encoded() {
+        let events = vec![
+            Event::Held(tx_event()),
+            Event::Advised(tx_event()),
+            Event::Outcome {
+                hold: tx_event(),
+                approved: true,
+                in_doubt: false,
+                code: ResponseCode::APPROVED,
+                auth: Some(*b"A1B2C3"),
+                decided_by: DecidedBy::Issuer,
+            },
+            Event::Outcome {
+                hold: tx_event(),
+                approved: false,
+                in_doubt: false,
+                code: ResponseCode(*b"05"),
+                auth: None,
+                decided_by: DecidedBy::Issuer,
+            },
+            Event::Outcome {
+                hold: tx_event(),
+                approved: false,
+                in_doubt: true,
+                code: ResponseCode(*b"51"),
+                auth: None,
+                decided_by: DecidedBy::Issuer,
+            },
+            Event::Outcome {
+                hold: tx_event(),
+                approved: false,
+                in_doubt: false,
+                code: ResponseCode::ISSUER_UNAVAILABLE,
+                auth: None,
+                decided_by: DecidedBy::Switch,
+            },
+            Event::InDoubt(tx_event()),
+            Event::Reversed {
+                lsn: 9,
+                key: key(),
+                tx: tx_event().tx,
+                was_held: false,
+                returned: 500,
+                remaining: 430,
+                use_returned: true,
+                held_use_returned: false,
+                mti: *b"0400",
+                at: 5,
+            },
+            Event::Reversed {
+                lsn: 10,
+                key: key(),
+                tx: tx_event().tx,
+                was_held: true,
+                returned: 930,
+                remaining: 0,
+                use_returned: false,
+                held_use_returned: true,
+                mti: *b"0420",
+                at: 6,
+            },
+            Event::Status {
+                lsn: 3,
+                key: key(),
+                status: Status::Paused,
+            },
+        ];
+        for e in events {
+            let mut buf = Vec::new();
+            e.encode(&mut buf);
+            let back = Event::decode(&buf).unwrap();
+            let mut again = Vec::new();
+            back.encode(&mut again);
+            assert_eq!(buf, again);
+            assert_eq!(back.lsn(), e.lsn());
+        }
+    }
+
+    #[test]
+    fn an_outcome_written_before_de38_was_kept_reads_without_it_and_a_torn_one_is_refused() {
+        let outcome = |auth| Event::Outcome {
+            hold: tx_event(),
+            approved: true,
+            in_doubt: false,
+            code: ResponseCode::APPROVED,
+            auth,
+            decided_by: DecidedBy::Issuer,
+        };
+        let mut old = Vec::new();
+        outcome(None).encode(&mut old);
+        let mut new = Vec::new();
+        outcome(Some(*b"A1B2C3")).encode(&mut new);
+        assert_eq!(
+            new.len(),
+            old.len() + 6,
+            "the code is only added at the end"
+        );
+        assert!(matches!(
+            Event::decode(&old).unwrap(),
+            Event::Outcome { auth: None, .. }
+        ));
+        assert!(Event::decode(&new[..old.len() + 3]).is_err());
+    }
+
+    #[test]
+    fn a_snapshots_ledger_entry_keeps_who_decided_and_an_older_one_reads_it_from_the_code() {
+        let tx = tx_event();
+        for (state, code, by) in [
+            (
+                TxState::Released,
+                ResponseCode::SYSTEM_ERROR,
+                DecidedBy::Issuer,
+            ),
+            (
+                TxState::Released,
+                ResponseCode::ISSUER_UNAVAILABLE,
+                DecidedBy::Switch,
+            ),
+            (TxState::Declined, ResponseCode(*b"61"), DecidedBy::Switch),
+            (TxState::Approved, ResponseCode::APPROVED, DecidedBy::Issuer),
+        ] {
+            let mut entry = entry_of(&tx, state, code);
+            entry.decided_by = by;
+            let mut buf = Vec::new();
+            SnapTx(tx.tx, entry).encode(&mut buf);
+            let read = |buf: &[u8]| {
+                let mut g = Get(&buf[1..]);
+                let (_, e) = decode_snap_tx(&mut g).unwrap();
+                assert!(g.0.is_empty());
+                e.decided_by
+            };
+            assert_eq!(read(&buf), by, "{code:?}");
+            // As written before the flag: the tag, the key (25 bytes), card, fingerprint,
+            // state, code and three amounts, then the flags.
+            let flags = 1 + 25 + 8 + 8 + 1 + 2 + 3 * 8;
+            assert_ne!(buf[flags] & SNAP_TX_DECIDED_BY_RECORDED, 0);
+            buf[flags] &= 7;
+            let legacy = if code == ResponseCode::SYSTEM_ERROR || state == TxState::Declined {
+                DecidedBy::Switch
+            } else {
+                by
+            };
+            assert_eq!(read(&buf), legacy, "{code:?} before the flag");
+        }
+    }
+
+    #[test]
+    fn a_truncated_or_padded_event_is_refused() {
+        let mut buf = Vec::new();
+        Event::Held(tx_event()).encode(&mut buf);
+        assert!(Event::decode(&buf[..buf.len() - 1]).is_err());
+        buf.push(0);
+        assert!(Event::decode(&buf).is_err());
+        assert!(Event::decode(&[99]).is_err());
+        // An outcome's flags: approved, in doubt, and nothing else.
+        let mut outcome = Vec::new();
+        Event::Outcome {
+            hold: tx_event(),
+            approved: true,
+            in_doubt: true,
+            code: ResponseCode::APPROVED,
+            auth: None,
+            decided_by: DecidedBy::Issuer,
+        }
+        .encode(&mut outcome);
+        let flags = outcome.len() - 3;
+        assert_eq!(outcome[flags], 3 | OUTCOME_DECIDED_BY_RECORDED);
+        outcome[flags] = 16;
+        assert!(Event::decode(&outcome).is_err());
+    }
+
+    #[test]
+    fn an_issuers_own_96_stays_the_issuers_and_older_records_read_who_decided_from_the_code() {
+        let outcome = |code, decided_by| Event::Outcome {
+            hold: tx_event(),
+            approved: false,
+            in_doubt: false,
+            code,
+            auth: None,
+            decided_by,
+        };
+        let decided_by = |buf: &[u8]| match Event::decode(buf).unwrap() {
+            Event::Outcome { decided_by, .. } => decided_by,
+            other => panic!("{other:?}"),
+        };
+        for (code, by) in [
+            (ResponseCode::SYSTEM_ERROR, DecidedBy::Issuer),
+            (ResponseCode::SYSTEM_ERROR, DecidedBy::Switch),
+            (ResponseCode::ISSUER_UNAVAILABLE, DecidedBy::Issuer),
+            (ResponseCode(*b"05"), DecidedBy::Issuer),
+        ] {
+            let mut buf = Vec::new();
+            outcome(code, by).encode(&mut buf);
+            assert_eq!(decided_by(&buf), by, "{code:?}");
+            // As written before the flag: approved and in doubt only.
+            let flags = buf.len() - 3;
+            buf[flags] &= 3;
+            let legacy = if code == ResponseCode(*b"05") {
+                DecidedBy::Issuer
+            } else {
+                DecidedBy::Switch
+            };
+            assert_eq!(decided_by(&buf), legacy, "{code:?} before the flag");
+        }
+    }
+}
