@@ -442,29 +442,69 @@ async fn a_repeat_refused_with_the_purchase_it_joined_waits_until_the_reversal_o
         ..SimConfig::default()
     };
     let real = Pan::from_digits(crate::pan::test_pan("4970100").as_bytes()).unwrap();
-    let mut r = Running::start_with(real, silent, 300).await;
-    let held = sync_gate::set(&r.data.join(crate::store::owed::FILE), Gate::Held);
+    let Running {
+        sim,
+        data,
+        mut net,
+        stop,
+        task,
+        ..
+    } = Running::start_with(real, silent, 300).await;
+    let book = data.join(crate::store::owed::FILE);
+    // A purchase and its repeat soon after, which joins it at the issuer link.
+    let both = async |net: &mut Framed<TcpStream, FrameCodec>, stan: &[u8; 6]| {
+        let bought = purchase(&plain, b"2912", 400, stan);
+        let mut repeat = bought.clone();
+        repeat.set_mti(b"0101").unwrap();
+        send(net, &bought).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        send(net, &repeat).await;
+    };
 
-    // The purchase, and its repeat soon after: the repeat joins it at the issuer link, and
-    // both are refused at their timeouts while the debt waits for the disk.
-    let bought = purchase(&plain, b"2912", 400, b"000031");
-    let mut repeat = bought.clone();
-    repeat.set_mti(b"0101").unwrap();
-    send(&mut r.net, &bought).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    send(&mut r.net, &repeat).await;
+    // Both time out while the debt waits for the disk: no 91 until it is written.
+    let held = sync_gate::set(&book, Gate::Held);
+    both(&mut net, b"000031").await;
     assert!(
-        answer(&mut r.net, Duration::from_millis(900))
-            .await
-            .is_none(),
+        answer(&mut net, Duration::from_millis(900)).await.is_none(),
         "a 91 before the reversal owed was on disk"
     );
     drop(held);
     for _ in 0..2 {
-        let refused = answer(&mut r.net, Duration::from_secs(5)).await.unwrap();
+        let refused = answer(&mut net, Duration::from_secs(5)).await.unwrap();
         assert_eq!(refused.response_code(), Some(*b"91"));
     }
-    assert!(book_len(&r.data) > 0, "the debt is on disk");
-    assert_eq!(r.sim.requests(b"0100"), 1, "the repeat was not sent again");
-    r.stop().await;
+    assert_eq!(
+        (sim.requests(b"0100"), sim.requests(b"0101")),
+        (1, 0),
+        "the repeat joined its first rather than go out again"
+    );
+
+    // A disk that does not return holds neither past the stall limit.
+    let held = sync_gate::set(&book, Gate::Held);
+    both(&mut net, b"000032").await;
+    let limit = crate::store::journal::STALL_AFTER;
+    for _ in 0..2 {
+        let refused = answer(&mut net, limit + Duration::from_secs(3))
+            .await
+            .expect("a 91 within the stall limit");
+        assert_eq!(refused.response_code(), Some(*b"91"));
+    }
+    drop(held);
+
+    // The issuer's connection lost under both: the same rule.
+    let held = sync_gate::set(&book, Gate::Held);
+    both(&mut net, b"000033").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    sim.shutdown().await;
+    assert!(
+        answer(&mut net, Duration::from_millis(900)).await.is_none(),
+        "a 91 for a lost connection before the reversal owed was on disk"
+    );
+    drop(held);
+    for _ in 0..2 {
+        let refused = answer(&mut net, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(refused.response_code(), Some(*b"91"));
+    }
+    stop.cancel();
+    let _ = task.await;
 }

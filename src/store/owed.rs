@@ -209,12 +209,17 @@ impl OwedReversals {
         let mut owed: Vec<(u64, Vec<u8>)> = Vec::new();
         let mut stamps = Vec::new();
         let mut paid = std::collections::HashSet::new();
+        let mut owed_ids = std::collections::HashSet::new();
         let mut last_id = 0;
         if path.exists() {
             let report = read_records(&path, |payload| {
                 match decode(payload)? {
+                    // Written twice when its first write was cut short by a stop (then
+                    // written again, blocking): kept once.
                     Record::Owed { id, sealed } => {
-                        owed.push((id, sealed.to_vec()));
+                        if owed_ids.insert(id) {
+                            owed.push((id, sealed.to_vec()));
+                        }
                         last_id = last_id.max(id);
                     }
                     // Paid may come before owed: the two are written by different tasks.
@@ -507,6 +512,25 @@ mod tests {
         let (_, again) = reopen(dir.path());
         assert_eq!(again.len(), 1);
         assert!(std::fs::metadata(dir.path().join(FILE)).unwrap().len() < on_disk.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn a_debt_written_twice_comes_back_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (book, _) = reopen(dir.path());
+        let id = book.next_id();
+        // Its first write cut short by a stop, then written again on the way out.
+        book.owe(id, b"twice").await.unwrap();
+        book.owe_blocking(id, b"twice").unwrap();
+        drop(book);
+        let (_, debts) = reopen(dir.path());
+        assert_eq!(
+            debts,
+            vec![Debt {
+                id,
+                reversal: Bytes::from_static(b"twice")
+            }]
+        );
     }
 
     #[tokio::test]

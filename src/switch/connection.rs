@@ -237,7 +237,7 @@ pub async fn serve<S>(
     // stands, at vpan and at the issuer, until the acquirer, which never heard it, sends
     // its timeout reversal, as acquirers do for a request left unanswered; vpan does not
     // reverse it on its own, which the acquirer's reversal would then repeat. Bounded by
-    // `issuer.timeout_ms`.
+    // `issuer.timeout_ms`, and the journal's stall limit for the records a 91 waits for.
     let unanswered = in_flight.len();
     while in_flight.next().await.is_some() {}
     if unanswered > 0 {

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use crate::cards::card::{transmission_time, unix_now};
 use crate::cards::request::original_data_elements;
 use crate::iso8583::Message;
+use crate::store::journal::STALL_AFTER;
 use crate::store::owed::{Debt, OwedReversals};
 
 use super::{IssuerError, IssuerLink, Origin};
@@ -38,7 +39,8 @@ pub struct Owed {
 }
 
 /// The debt of a request in flight: its number in the book, and whether its record is
-/// written yet.
+/// done yet (written, failed, stalled, or skipped because the journal failed): a repeat
+/// refused along with the request waits for that before its 91, as the request does.
 pub(super) struct DebtHeld {
     pub(super) id: u64,
     pub(super) written: watch::Receiver<bool>,
@@ -53,17 +55,29 @@ impl std::fmt::Debug for Owed {
 }
 
 impl Owed {
-    /// Writes the debt; returns once it is on disk, or the disk failed (said loudly: the
-    /// reversal still goes out, but a restart would forget it).
+    /// Writes the debt; returns once it is on disk, or the disk failed, or it stalled
+    /// past [`STALL_AFTER`] (each said loudly: the reversal still goes out, but a restart
+    /// before the write lands would forget it). Bounded, so that neither the network's 91
+    /// nor the repeats that wait for this record (see [`DebtHeld`]) hang on a disk that
+    /// does not return; the write stays queued and lands when it does.
     pub async fn record(mut self: Box<Self>) {
-        self.recorded = true;
-        if let Err(e) = self.book.owe(self.id, &self.reversal).await {
-            tracing::error!(
+        let write = self.book.owe(self.id, &self.reversal);
+        match tokio::time::timeout(STALL_AFTER, write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(
                 debt = self.id,
                 error = %e,
                 "a reversal owed to the issuer could not be written; it is sent, but a restart would forget it"
-            );
+            ),
+            Err(_) => tracing::error!(
+                debt = self.id,
+                "a reversal owed to the issuer is not on disk after {} s; it is sent, and written when the disk returns, but a crash before then would forget it",
+                STALL_AFTER.as_secs()
+            ),
         }
+        // Only now: a record cancelled mid-write (a runtime stopping) is written again by
+        // `drop`, blocking, before its repeats are let go (the book keeps one of the two).
+        self.recorded = true;
     }
 
     /// Leaves the debt unrecorded, because its caller's own record of the request failed
