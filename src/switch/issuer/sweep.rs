@@ -83,6 +83,7 @@ impl IssuerLink {
             }
             let now = Instant::now();
             let mut freed = Vec::new();
+            let mut orphaned = Vec::new();
             for mut p in self.inner.pending.iter_mut() {
                 if now >= p.deadline
                     && let Some(reply) = p.reply.take()
@@ -100,10 +101,15 @@ impl IssuerLink {
                             p.debt = Some(debt);
                             owed
                         });
-                    let _ = reply.send(Err(Unanswered {
+                    let refused = Unanswered {
                         owed,
                         ..IssuerError::Timeout.into()
-                    }));
+                    };
+                    // A caller gone (a runtime stopping) leaves its debt to be written
+                    // on the spot, blocking: after the map's lock is let go.
+                    if let Err(unsent) = reply.send(Err(refused)) {
+                        orphaned.push(unsent);
+                    }
                     // A late answer to it would change nothing (no approval to reverse:
                     // a reversal, an advice, network management), so its stamp is freed
                     // now: a reversal sent again goes out under the same DE 11, which is
@@ -123,6 +129,7 @@ impl IssuerLink {
                     }
                 }
             }
+            drop(orphaned);
             for stamp in freed {
                 // Known as freed before it is: a request that takes the stamp the moment
                 // it is free must find it so, to have its answer checked.
