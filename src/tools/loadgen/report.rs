@@ -1,0 +1,282 @@
+//! What a run measured: each connection's [`Stats`], merged at the end into the
+//! [`Summary`] printed (or given as JSON).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::{LoadgenConfig, LoadgenError, MAX_LATENCY_US};
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Latency {
+    /// Median.
+    pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+    /// Largest seen.
+    pub max: u64,
+    /// Mean.
+    pub mean: f64,
+}
+
+/// What a run did; printed as text or as one JSON object.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    /// Where it sent.
+    pub target: String,
+    /// Connections used.
+    pub connections: usize,
+    /// In flight per connection at most.
+    pub in_flight: usize,
+    /// `"closed"` or `"open"`.
+    pub mode: &'static str,
+    /// Target rate in open loop.
+    pub rate: Option<f64>,
+    /// From the first send to the last answer or timeout, in seconds.
+    pub elapsed_s: f64,
+    /// Requests sent.
+    pub sent: u64,
+    /// Answers matched to a request.
+    pub answered: u64,
+    /// Requests unanswered within the timeout.
+    pub timeouts: u64,
+    /// Everything else that went wrong (see `errors_by_kind`).
+    pub errors: u64,
+    /// Answers per second.
+    pub throughput_per_s: f64,
+    /// Send (or due, in open loop) to answer, in microseconds.
+    pub latency_us: Latency,
+    /// Answers by DE 39 (`"none"` when absent).
+    pub response_codes: BTreeMap<String, u64>,
+    /// Requests sent by MTI.
+    pub requests_by_mti: BTreeMap<String, u64>,
+    /// Answers by MTI.
+    pub responses_by_mti: BTreeMap<String, u64>,
+    /// Answers whose DE 39 was what the traffic line expected.
+    pub expect_matched: u64,
+    /// Answers whose DE 39 was not; see `mismatches`.
+    pub expect_mismatched: u64,
+    /// Mismatches by traffic file line, then by the code received.
+    pub mismatches: BTreeMap<usize, BTreeMap<String, u64>>,
+    /// `connection_lost` (requests out when a connection dropped), `unmatched` (answers
+    /// with no request in flight under their STAN, e.g. after a timeout), `unparseable`,
+    /// `wrong_mti`, `connect`.
+    pub errors_by_kind: BTreeMap<String, u64>,
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mode = match self.rate {
+            Some(r) => format!("open loop at {r}/s"),
+            None => "closed loop".to_owned(),
+        };
+        writeln!(
+            f,
+            "target {}: {} connections x {} in flight, {mode}, {:.2} s",
+            self.target, self.connections, self.in_flight, self.elapsed_s
+        )?;
+        writeln!(
+            f,
+            "sent {}  answered {}  timeouts {}  errors {}",
+            self.sent, self.answered, self.timeouts, self.errors
+        )?;
+        writeln!(f, "throughput {:.0} answers/s", self.throughput_per_s)?;
+        let l = &self.latency_us;
+        let ms = |us: u64| us as f64 / 1000.0;
+        writeln!(
+            f,
+            "latency ms  p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+            ms(l.p50),
+            ms(l.p90),
+            ms(l.p99),
+            ms(l.p999),
+            ms(l.max)
+        )?;
+        let list = |m: &BTreeMap<String, u64>| {
+            m.iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        writeln!(f, "response codes: {}", list(&self.response_codes))?;
+        writeln!(f, "requests by MTI: {}", list(&self.requests_by_mti))?;
+        writeln!(f, "responses by MTI: {}", list(&self.responses_by_mti))?;
+        writeln!(
+            f,
+            "expectations: {} matched, {} mismatched",
+            self.expect_matched, self.expect_mismatched
+        )?;
+        for (line, got) in &self.mismatches {
+            writeln!(f, "  line {line}: got {}", list(got))?;
+        }
+        if !self.errors_by_kind.is_empty() {
+            writeln!(f, "errors: {}", list(&self.errors_by_kind))?;
+        }
+        Ok(())
+    }
+}
+
+/// What one connection measured.
+/// Merged into the [`Summary`] at the end; see its fields.
+pub(super) struct Stats {
+    /// Latency in microseconds.
+    pub(super) hist: Histogram<u64>,
+    /// Answers by DE 39 (`--` when absent).
+    pub(super) codes: BTreeMap<[u8; 2], u64>,
+    /// Requests sent by MTI.
+    pub(super) requests_by_mti: BTreeMap<[u8; 4], u64>,
+    /// Answers by MTI.
+    pub(super) responses_by_mti: BTreeMap<[u8; 4], u64>,
+    /// Answers with the expected DE 39.
+    pub(super) expect_matched: u64,
+    /// Answers with another DE 39.
+    pub(super) expect_mismatched: u64,
+    /// Mismatches by file line, then by the code received.
+    pub(super) mismatches: BTreeMap<usize, BTreeMap<[u8; 2], u64>>,
+    /// Errors by kind.
+    pub(super) errors: BTreeMap<&'static str, u64>,
+    /// Requests sent.
+    pub(super) sent: u64,
+    /// Answers matched.
+    pub(super) answered: u64,
+    /// Requests timed out.
+    pub(super) timeouts: u64,
+    /// When the last answer came.
+    pub(super) last_answer: Option<Instant>,
+}
+
+impl Stats {
+    pub(super) fn new() -> Result<Stats, LoadgenError> {
+        Ok(Stats {
+            hist: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
+                .map_err(|e| LoadgenError::Config(format!("histogram: {e}")))?,
+            codes: BTreeMap::new(),
+            requests_by_mti: BTreeMap::new(),
+            responses_by_mti: BTreeMap::new(),
+            expect_matched: 0,
+            expect_mismatched: 0,
+            mismatches: BTreeMap::new(),
+            errors: BTreeMap::new(),
+            sent: 0,
+            answered: 0,
+            timeouts: 0,
+            last_answer: None,
+        })
+    }
+}
+
+/// Throughput is counted from `start` to the last answer, not to the end of a wait for
+/// answers that never came (timeouts at the end of a run).
+pub(super) fn summarize(
+    cfg: &LoadgenConfig,
+    start: Instant,
+    elapsed: Duration,
+    all: Vec<Stats>,
+) -> Summary {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let mut s = Summary {
+        target: cfg.target.clone(),
+        connections: cfg.connections,
+        in_flight: cfg.in_flight,
+        mode: if cfg.rate.is_some() { "open" } else { "closed" },
+        rate: cfg.rate,
+        elapsed_s: elapsed.as_secs_f64(),
+        ..Summary::default()
+    };
+    let mut hist: Option<Histogram<u64>> = None;
+    let answering = all
+        .iter()
+        .filter_map(|st| st.last_answer)
+        .max()
+        .map_or(Duration::ZERO, |last| last.saturating_duration_since(start));
+    for st in all {
+        s.sent += st.sent;
+        s.answered += st.answered;
+        s.timeouts += st.timeouts;
+        s.expect_matched += st.expect_matched;
+        s.expect_mismatched += st.expect_mismatched;
+        for (k, v) in st.codes {
+            let key = if k == *b"--" {
+                "none".to_owned()
+            } else {
+                text(&k)
+            };
+            *s.response_codes.entry(key).or_insert(0) += v;
+        }
+        for (k, v) in st.requests_by_mti {
+            *s.requests_by_mti.entry(text(&k)).or_insert(0) += v;
+        }
+        for (k, v) in st.responses_by_mti {
+            *s.responses_by_mti.entry(text(&k)).or_insert(0) += v;
+        }
+        for (line, got) in st.mismatches {
+            let e = s.mismatches.entry(line).or_default();
+            for (k, v) in got {
+                *e.entry(text(&k)).or_insert(0) += v;
+            }
+        }
+        for (k, v) in st.errors {
+            s.errors += v;
+            *s.errors_by_kind.entry(k.to_owned()).or_insert(0) += v;
+        }
+        match &mut hist {
+            None => hist = Some(st.hist),
+            Some(h) => {
+                let _ = h.add(&st.hist);
+            }
+        }
+    }
+    if let Some(h) = hist.filter(|h| !h.is_empty()) {
+        s.latency_us = Latency {
+            p50: h.value_at_quantile(0.50),
+            p90: h.value_at_quantile(0.90),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+            mean: h.mean(),
+        };
+    }
+    if !answering.is_zero() {
+        s.throughput_per_s = s.answered as f64 / answering.as_secs_f64();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::iso8583::Spec;
+    use crate::tools::traffic::Traffic;
+    use std::sync::Arc;
+
+    #[test]
+    fn throughput_counts_up_to_the_last_answer_not_to_the_end_of_a_wait_for_timeouts() {
+        let start = Instant::now();
+        let traffic = Traffic::parse(
+            r#"{"fields": {"t": "0800", "70": "301"}}"#,
+            Spec::iso87ascii(),
+        )
+        .unwrap();
+        let cfg = LoadgenConfig::new("127.0.0.1:1", Arc::new(traffic));
+        let mut a = Stats::new().unwrap();
+        a.answered = 600;
+        a.last_answer = Some(start + Duration::from_secs(1));
+        let mut b = Stats::new().unwrap();
+        b.answered = 400;
+        b.last_answer = Some(start + Duration::from_millis(500));
+        // The run ended 5 s after its last answer, waiting out a timeout.
+        let s = summarize(&cfg, start, Duration::from_secs(6), vec![a, b]);
+        assert_eq!(s.answered, 1_000);
+        assert!((s.throughput_per_s - 1_000.0).abs() < 1e-6, "{s:?}");
+        assert!((s.elapsed_s - 6.0).abs() < 1e-6);
+    }
+}
