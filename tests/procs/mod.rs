@@ -16,9 +16,9 @@ use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use vpan::cards::{CardSpec, CardView, Cards, CardsConfig, Controls, Expiry, LedgerConfig};
-use vpan::cards::{MerchantLock, Recovered};
+use vpan::cards::{MerchantLock, OpenError, Recovered};
 use vpan::pan::Pan;
-use vpan::store::StoreConfig;
+use vpan::store::{StoreConfig, StoreError};
 
 /// The binary under test.
 pub const VPAN: &str = env!("CARGO_BIN_EXE_vpan");
@@ -220,7 +220,20 @@ pub fn open_cards(data_dir: &Path) -> (Cards, Recovered) {
         key_file: Default::default(),
         ..Default::default()
     };
-    Cards::open(&CardsConfig::default(), &store, LedgerConfig::default()).unwrap()
+    // A child another test of this binary is starting holds, until its exec, a copy of
+    // every descriptor of this process (fork shares them; close-on-exec closes them only
+    // at the exec), and a flock belongs to the open file, not the descriptor: for that
+    // instant the directory reads as locked although its last holder here is gone (seen
+    // once in `restart_under_load`, reopening right after the cards were issued).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match Cards::open(&CardsConfig::default(), &store, LedgerConfig::default()) {
+            Err(OpenError::Store(StoreError::Locked)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            opened => return opened.unwrap(),
+        }
+    }
 }
 
 /// Issues `n` cards capped at `cap` (EUR) in `data_dir`, before any switch runs there;
