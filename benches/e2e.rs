@@ -4,6 +4,8 @@
 //! 2. loadgen → vpan serve → issuer-sim, on approvals of virtual cards (journal on);
 //! 3. the same purchases on card numbers of a BIN without virtual cards, which vpan passes
 //!    through untouched: its forwarding path alone, closed loop only;
+//! 4. loadgen → a do-nothing framing proxy → issuer-sim (`common/framing_proxy.rs`): what
+//!    any process on the link costs at the least on this machine, closed loop only;
 //!
 //! each first closed loop (throughput), then open loop at a fixed rate (latency), plus the
 //! journal disk's own fdatasync latency measured in the same data directory. Prints both
@@ -38,6 +40,8 @@ use vpan::cards::{CardSpec, Cards, CardsConfig, Controls, Expiry, LedgerConfig, 
 use vpan::pan::{Pan, luhn_check_digit};
 use vpan::store::StoreConfig;
 
+#[path = "common/framing_proxy.rs"]
+mod framing_proxy;
 #[path = "../tests/procs/mod.rs"]
 mod procs;
 #[path = "../tests/rig/mod.rs"]
@@ -47,6 +51,11 @@ const CARDS: usize = 1000;
 const VPAN: &str = env!("CARGO_BIN_EXE_vpan");
 
 fn main() {
+    // This binary started again by itself as the framing proxy (below).
+    if let Ok(upstream) = std::env::var("E2E_PROXY_UPSTREAM") {
+        framing_proxy::run(&upstream);
+        return;
+    }
     // `cargo bench` passes `--bench`; a plain `cargo test --benches` passes nothing and
     // should not run a minute-long load test.
     if !std::env::args().any(|a| a == "--bench") {
@@ -89,6 +98,7 @@ fn main() {
     let threads = env_or("E2E_WORKER_THREADS", 0).to_string();
     let compare_threads = std::env::var("E2E_COMPARE_WORKER_THREADS").unwrap_or(threads.clone());
     let switch = start_switch(Path::new(VPAN), &data, &sim_addr, &threads);
+    let proxy = start_framing_proxy(&sim_addr);
     let mut other = compare
         .as_deref()
         .map(|bin| start_switch(bin, &data_b, &sim_addr, &compare_threads));
@@ -126,6 +136,7 @@ fn main() {
         }
     );
     let direct_closed = loadgen(&sim_addr, &traffic, &closed);
+    let proxy_closed = proxy.loadgen(&traffic, &closed);
     let vpan_closed = switch.loadgen(&traffic, &closed);
     // The same purchases on cards vpan did not issue: the forwarding path alone.
     let pass_closed = switch.loadgen(&passthrough, &closed);
@@ -161,7 +172,7 @@ fn main() {
     let other_open = other.as_ref().map(|o| o.loadgen(&traffic, &open));
     let fsync = fdatasync_latency(&data, 2000);
 
-    for mut s in other.take().into_iter().chain([switch]) {
+    for mut s in other.take().into_iter().chain([switch, proxy]) {
         let _ = s.child.kill();
         let _ = s.child.wait();
     }
@@ -171,10 +182,17 @@ fn main() {
     println!();
     println!("closed loop, 4 connections x {in_flight} in flight:");
     row("  loadgen -> issuer-sim", &direct_closed);
+    row("  loadgen -> framing proxy -> sim", &proxy_closed);
+    println!(
+        "  a do-nothing framing proxy / direct throughput: {:.1}% (the most any switch gets here)",
+        100.0 * tput(&proxy_closed) / tput(&direct_closed)
+    );
+    cpu_row("  the proxy's", &proxy_closed);
     row("  loadgen -> vpan -> issuer-sim", &vpan_closed);
     println!(
-        "  through vpan / direct throughput: {:.1}%",
-        100.0 * tput(&vpan_closed) / tput(&direct_closed)
+        "  through vpan / direct throughput: {:.1}%; through vpan / through the proxy: {:.1}%",
+        100.0 * tput(&vpan_closed) / tput(&direct_closed),
+        100.0 * tput(&vpan_closed) / tput(&proxy_closed)
     );
     cpu_row("  vpan's", &vpan_closed);
     row("  passthrough (no card, no journal)", &pass_closed);
@@ -467,7 +485,8 @@ fn test_pan(bin: &str, i: usize) -> Pan {
     Pan::from_digits_checked(&digits).expect("test PAN")
 }
 
-/// A switch under test: its process, network address and metrics address.
+/// A process on the link under test (a switch, or the framing proxy, which has no metrics
+/// address): its process, network address and metrics address.
 struct Switch {
     child: Child,
     addr: String,
@@ -539,6 +558,22 @@ fn start_switch(bin: &Path, data: &Path, sim_addr: &str, worker_threads: &str) -
         child,
         addr,
         metrics,
+    }
+}
+
+/// Starts this binary again as the do-nothing framing proxy toward the simulator.
+fn start_framing_proxy(sim_addr: &str) -> Switch {
+    let me = std::env::current_exe().expect("the bench's own binary");
+    let (child, mut addrs) = spawn(
+        &me,
+        &[],
+        &[("E2E_PROXY_UPSTREAM", sim_addr)],
+        &["framing proxy listening on "],
+    );
+    Switch {
+        child,
+        addr: addrs.remove(0),
+        metrics: String::new(),
     }
 }
 
