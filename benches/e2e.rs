@@ -5,7 +5,7 @@
 //! 3. the same purchases on card numbers of a BIN without virtual cards, which vpan passes
 //!    through untouched: its forwarding path alone, closed loop only;
 //! 4. loadgen → a do-nothing framing proxy → issuer-sim (`common/framing_proxy.rs`): what
-//!    any process on the link costs at the least on this machine, closed loop only;
+//!    any process on the link costs at the least on this machine;
 //!
 //! each first closed loop (throughput), then open loop at a fixed rate (latency), plus the
 //! journal disk's own fdatasync latency measured in the same data directory. Prints both
@@ -158,6 +158,7 @@ fn main() {
         }
     }
     let direct_open = loadgen(&sim_addr, &traffic, &open);
+    let proxy_open = proxy.loadgen(&traffic, &open);
     // The journal's own group commits (write + fdatasync) during the open-loop run, from
     // its histogram on /metrics: the fdatasync latency the approvals actually waited on.
     // And vpan's own time per request (frame read to answer written), to tell its time
@@ -243,6 +244,12 @@ fn main() {
     println!();
     println!("open loop at {rate}/s:");
     row("  loadgen -> issuer-sim", &direct_open);
+    row("  loadgen -> framing proxy -> sim", &proxy_open);
+    println!(
+        "  the do-nothing proxy's added latency: p50 {:.0} us, p99 {:.0} us",
+        lat(&proxy_open, "p50") - lat(&direct_open, "p50"),
+        lat(&proxy_open, "p99") - lat(&direct_open, "p99")
+    );
     row("  loadgen -> vpan -> issuer-sim", &vpan_open);
     let added = |q: &str| lat(&vpan_open, q) - lat(&direct_open, q);
     println!(
