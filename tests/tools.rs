@@ -509,6 +509,38 @@ async fn dropped_connections_count_their_requests_as_lost_and_loadgen_dials_agai
 }
 
 #[tokio::test]
+async fn a_connection_that_cannot_be_dialled_again_gives_up_and_says_so_in_the_summary() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = listener.local_addr().unwrap().to_string();
+    // A host that takes the connection, then goes away for good: the redials are refused.
+    let host = tokio::spawn(async move {
+        let (socket, _) = listener.accept().await.unwrap();
+        drop(listener);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(socket);
+    });
+    let traffic =
+        Arc::new(Traffic::load(fixture("sample.jsonl").as_ref(), Spec::iso87ascii()).unwrap());
+    let mut cfg = LoadgenConfig::new(target, traffic);
+    cfg.connections = 1;
+    cfg.count = Some(1_000);
+    cfg.timeout = Duration::from_millis(200);
+    let s = tokio::time::timeout(Duration::from_secs(30), loadgen::run(cfg))
+        .await
+        .expect("loadgen ends when its only connection gives up")
+        .unwrap();
+    host.await.unwrap();
+    assert_eq!(s.errors_by_kind.get("gave_up"), Some(&1), "{s:?}");
+    assert!(
+        s.errors_by_kind.get("connect").is_some_and(|&n| n > 0),
+        "{s:?}"
+    );
+    assert!(s.sent < 1_000, "{s:?}");
+    assert_eq!(s.answered, 0);
+    assert!(s.to_string().contains("gave_up"), "{s}");
+}
+
+#[tokio::test]
 async fn loadgen_exits_1_with_one_line_when_nothing_is_answered() {
     let sim = sim_with(&[], |c| c.timeout_share = 1.0).await;
     let out = loadgen_binary(&[

@@ -632,7 +632,12 @@ pub(super) async fn connection(mut conn: Conn, first: TcpStream) -> Stats {
                 }
                 match dialled {
                     Some(s) => s,
-                    None => break,
+                    None => {
+                        // Said in the summary: the rest of this connection's share of the
+                        // traffic is not sent, and a run that ends short must say why.
+                        conn.error("gave_up", 1);
+                        break;
+                    }
                 }
             }
         };

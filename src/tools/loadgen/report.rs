@@ -69,7 +69,8 @@ pub struct Summary {
     pub mismatches: BTreeMap<usize, BTreeMap<String, u64>>,
     /// `connection_lost` (requests out when a connection dropped), `unmatched` (answers
     /// with no request in flight under their STAN, e.g. after a timeout), `unparseable`,
-    /// `wrong_mti`, `connect`.
+    /// `wrong_mti`, `connect` (a failed redial), `gave_up` (a connection that could not be
+    /// dialled again within the timeout, at least 1 s: what it had left is not sent).
     pub errors_by_kind: BTreeMap<String, u64>,
 }
 
