@@ -53,9 +53,17 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf) {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
-        while let Ok(Some(frame)) = codec.decode(&mut inbuf) {
-            if codec.encode(frame, &mut out).is_err() {
-                return;
+        // A frame that does not decode ends the pair: left in the buffer, it would stall
+        // every frame behind it while the buffer grew.
+        loop {
+            match codec.decode(&mut inbuf) {
+                Ok(Some(frame)) => {
+                    if codec.encode(frame, &mut out).is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => return,
             }
         }
         if to.write_all_buf(&mut out).await.is_err() {
