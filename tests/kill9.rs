@@ -396,27 +396,65 @@ async fn host_answer(host: &mut HostSide, request: &Message, mti: &[u8; 4], code
     .unwrap();
 }
 
-/// The issuer settings of the scripted-host tests: one connection, and `timeout_ms`.
-fn one_connection(timeout_ms: &'static str) -> [(&'static str, &'static str); 2] {
-    [
-        ("VPAN_ISSUER_TIMEOUT_MS", timeout_ms),
-        ("VPAN_ISSUER_CONNECTIONS", "1"),
-    ]
+/// A switch on its own data directory in front of a scripted issuer host (this test
+/// answers as the host): one issuer connection, and the given issuer timeout.
+struct ScriptedHost {
+    /// Where the switch dials the host.
+    listener: TcpListener,
+    /// The switch's data directory.
+    data_dir: std::path::PathBuf,
+    /// The switch's environment: one connection, the timeout.
+    env: [(&'static str, &'static str); 2],
+    /// Deleted with the rig.
+    _dir: tempfile::TempDir,
 }
 
-/// The real switch on `data_dir` before the scripted host at `listener`, its link up.
-async fn serve_before_host(
-    data_dir: &std::path::Path,
-    listener: &TcpListener,
-    env: &[(&str, &str)],
-) -> (procs::Serve, HostSide) {
-    let host_addr = listener.local_addr().unwrap().to_string();
-    let mut serve = start_serve(data_dir, &host_addr, env).await;
-    let host = host_connection(listener).await;
-    serve
-        .wait_log("issuer link up", 1, Duration::from_secs(10))
-        .await;
-    (serve, host)
+impl ScriptedHost {
+    /// A fresh data directory and host address, the switch not yet started.
+    async fn new(timeout_ms: &'static str) -> ScriptedHost {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        std::fs::create_dir_all(&data_dir).unwrap();
+        ScriptedHost {
+            listener: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            data_dir,
+            env: [
+                ("VPAN_ISSUER_TIMEOUT_MS", timeout_ms),
+                ("VPAN_ISSUER_CONNECTIONS", "1"),
+            ],
+            _dir: dir,
+        }
+    }
+
+    /// The real switch on the data directory, before the scripted host, its link up.
+    async fn start(&self) -> (procs::Serve, HostSide) {
+        let host_addr = self.listener.local_addr().unwrap().to_string();
+        let mut serve = start_serve(&self.data_dir, &host_addr, &self.env).await;
+        let host = host_connection(&self.listener).await;
+        serve
+            .wait_log("issuer link up", 1, Duration::from_secs(10))
+            .await;
+        (serve, host)
+    }
+
+    /// Stops `serve` (SIGTERM), then checks that the next start owes the issuer nothing
+    /// and sends it nothing.
+    async fn stopped_then_owing_nothing(&self, serve: procs::Serve, host: HostSide) {
+        serve.stop("TERM").await;
+        drop(host);
+        let (serve, mut host) = self.start().await;
+        assert_eq!(serve.recovered["reversals_owed"], 0, "{}", serve.recovered);
+        assert!(
+            hears_nothing(&mut host, Duration::from_secs(2)).await,
+            "nothing is sent at start"
+        );
+        serve.stop("KILL").await;
+    }
+}
+
+/// True when the host gets no message `within`.
+async fn hears_nothing(host: &mut HostSide, within: Duration) -> bool {
+    host_message(host, within).await.is_none()
 }
 
 /// A purchase on `card` that reaches the host, which says nothing: the network gets 91.
@@ -438,20 +476,17 @@ async fn refused_by_a_silent_host(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reversal_owed_to_a_silent_issuer_outlives_a_kill_9_and_goes_out_at_the_next_start() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().join("data");
-    let (card, real) = issue_cards(&data_dir, 1, 1_000_000).await.remove(0);
-    let env = one_connection("300");
+    let rig = ScriptedHost::new("300").await;
+    let (card, real) = issue_cards(&rig.data_dir, 1, 1_000_000).await.remove(0);
 
     // The host takes the purchase and says nothing: the network gets 91, and the switch
     // is killed the moment it does.
-    let (serve, mut host) = serve_before_host(&data_dir, &listener, &env).await;
+    let (serve, mut host) = rig.start().await;
     let (request, original) = refused_by_a_silent_host(&serve, &mut host, &card).await;
     assert_eq!(original.pan(), Some(Ok(real.clone())));
     serve.stop("KILL").await;
     drop(host);
-    let on_disk = std::fs::read(data_dir.join("reversals.log")).unwrap();
+    let on_disk = std::fs::read(rig.data_dir.join("reversals.log")).unwrap();
     assert!(
         !on_disk.windows(real.len()).any(|w| w == real.as_bytes()),
         "the real card number is sealed in the book of reversals owed"
@@ -459,7 +494,7 @@ async fn a_reversal_owed_to_a_silent_issuer_outlives_a_kill_9_and_goes_out_at_th
 
     // The next start sends the reversal, as a repeat, naming the purchase as the host
     // saw it, with the real card number.
-    let (serve, mut host) = serve_before_host(&data_dir, &listener, &env).await;
+    let (serve, mut host) = rig.start().await;
     assert_eq!(serve.recovered["reversals_owed"], 1, "{}", serve.recovered);
     let reversal = host_message(&mut host, Duration::from_secs(15))
         .await
@@ -478,65 +513,33 @@ async fn a_reversal_owed_to_a_silent_issuer_outlives_a_kill_9_and_goes_out_at_th
     let repeat = repeat_of(&request);
     assert_eq!(code(&net.call(&repeat).await), "91");
     assert!(
-        host_message(&mut host, Duration::from_millis(800))
-            .await
-            .is_none(),
+        hears_nothing(&mut host, Duration::from_millis(800)).await,
         "the reversal goes once when answered, and the repeat does not go"
     );
     // Paid once answered (the mark is written in the background, within the wait above):
     // a later start owes nothing.
-    serve.stop("TERM").await;
-    drop(host);
-    nothing_owed_at_the_next_start(&data_dir, &listener, &env).await;
-}
-
-/// A start on `data_dir` that owes the issuer nothing, and sends it nothing.
-async fn nothing_owed_at_the_next_start(
-    data_dir: &std::path::Path,
-    listener: &TcpListener,
-    env: &[(&str, &str)],
-) {
-    let (serve, mut host) = serve_before_host(data_dir, listener, env).await;
-    assert_eq!(serve.recovered["reversals_owed"], 0, "{}", serve.recovered);
-    assert!(
-        host_message(&mut host, Duration::from_secs(2))
-            .await
-            .is_none(),
-        "nothing is sent at start"
-    );
-    serve.stop("KILL").await;
+    rig.stopped_then_owing_nothing(serve, host).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purchase_the_issuer_declines_after_its_91_owes_nothing_at_the_next_start() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().join("data");
-    let (card, _) = issue_cards(&data_dir, 1, 1_000_000).await.remove(0);
-    let env = one_connection("300");
-    let (serve, mut host) = serve_before_host(&data_dir, &listener, &env).await;
+    let rig = ScriptedHost::new("300").await;
+    let (card, _) = issue_cards(&rig.data_dir, 1, 1_000_000).await.remove(0);
+    let (serve, mut host) = rig.start().await;
     let (_, original) = refused_by_a_silent_host(&serve, &mut host, &card).await;
     // The host declines it, late: nothing to reverse, and nothing is.
     host_answer(&mut host, &original, b"0110", b"05").await;
     assert!(
-        host_message(&mut host, Duration::from_millis(800))
-            .await
-            .is_none(),
+        hears_nothing(&mut host, Duration::from_millis(800)).await,
         "a late decline is not reversed"
     );
-    serve.stop("TERM").await;
-    drop(host);
-    nothing_owed_at_the_next_start(&data_dir, &listener, &env).await;
+    rig.stopped_then_owing_nothing(serve, host).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stan_changed_toward_the_issuer_outlives_a_kill_9_and_a_later_reversal_names_it() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().join("data");
-    std::fs::create_dir_all(&data_dir).unwrap();
-    let env = one_connection("5000");
-    let (serve, mut host) = serve_before_host(&data_dir, &listener, &env).await;
+    let rig = ScriptedHost::new("5000").await;
+    let (serve, mut host) = rig.start().await;
 
     // Two terminals of one acquirer send the same STAN in the same second, on cards vpan
     // did not issue: the second goes to the issuer under another STAN.
@@ -573,7 +576,7 @@ async fn a_stan_changed_toward_the_issuer_outlives_a_kill_9_and_a_later_reversal
 
     // After the restart, the second terminal reverses its purchase, naming it by the
     // network's STAN: the issuer gets it named by the STAN it knows.
-    let (serve, mut host) = serve_before_host(&data_dir, &listener, &env).await;
+    let (serve, mut host) = rig.start().await;
     let mut b = Client::connect(serve.network).await;
     let reversal = reversal_of(&mut b, &second);
     b.send(&reversal).await;
@@ -602,12 +605,9 @@ async fn a_stan_changed_toward_the_issuer_outlives_a_kill_9_and_a_later_reversal
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purchase_whose_issuer_connection_drops_owes_its_reversal_across_a_kill_9() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().join("data");
-    let (card, _) = issue_cards(&data_dir, 1, 1_000_000).await.remove(0);
-    let env = one_connection("5000");
-    let (serve, mut host) = serve_before_host(&data_dir, &listener, &env).await;
+    let rig = ScriptedHost::new("5000").await;
+    let (card, _) = issue_cards(&rig.data_dir, 1, 1_000_000).await.remove(0);
+    let (serve, mut host) = rig.start().await;
 
     // The host takes the purchase and drops the connection under it: the network gets 91,
     // and the switch owes the host a reversal (it may have approved).
@@ -625,7 +625,7 @@ async fn a_purchase_whose_issuer_connection_drops_owes_its_reversal_across_a_kil
         assert_eq!(&de90[4..10], &original.stan().unwrap());
     };
     // The switch dials again and sends it; the host takes it and says nothing; killed.
-    let mut host = host_connection(&listener).await;
+    let mut host = host_connection(&rig.listener).await;
     let reversal = host_message(&mut host, Duration::from_secs(15))
         .await
         .expect("the reversal goes out once the link is back");
@@ -635,7 +635,7 @@ async fn a_purchase_whose_issuer_connection_drops_owes_its_reversal_across_a_kil
     drop(host);
 
     // Still owed at the next start, and sent again.
-    let (serve, mut host) = serve_before_host(&data_dir, &listener, &env).await;
+    let (serve, mut host) = rig.start().await;
     assert_eq!(serve.recovered["reversals_owed"], 1, "{}", serve.recovered);
     let again = host_message(&mut host, Duration::from_secs(15))
         .await
