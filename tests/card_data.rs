@@ -569,43 +569,9 @@ async fn leak_hunt(json_logs: bool) {
     let conn = ["--url", &url, "--ca", &cert_arg, "--token-file", &token_arg];
     let card_runs: Vec<(Vec<String>, Option<&str>, bool)> = vec![
         // Fails Luhn (422).
-        (
-            vec![
-                "create",
-                "--pan",
-                &bad_luhn,
-                "--pan-expiry",
-                "2912",
-                "--currency",
-                "978",
-                "--amount-limit",
-                "100",
-            ]
-            .into_iter()
-            .map(String::from)
-            .collect(),
-            None,
-            false,
-        ),
+        (create_args(&bad_luhn, "978"), None, false),
         // From stdin, with a bad currency (422).
-        (
-            vec![
-                "create",
-                "--pan",
-                "-",
-                "--pan-expiry",
-                "2912",
-                "--currency",
-                "97",
-                "--amount-limit",
-                "100",
-            ]
-            .into_iter()
-            .map(String::from)
-            .collect(),
-            Some(real_a.expose()),
-            false,
-        ),
+        (create_args("-", "97"), Some(real_a.expose()), false),
         // Unknown card (404).
         (
             vec!["show".to_string(), never.expose().to_string()],
@@ -745,6 +711,23 @@ async fn leak_hunt(json_logs: bool) {
 }
 
 /// Runs `vpan ...` with `stdin`; (exit status 0, stdout + stderr).
+/// The arguments of a `vpan card create` of 100 minor units on `pan` in `currency`.
+fn create_args(pan: &str, currency: &str) -> Vec<String> {
+    [
+        "create",
+        "--pan",
+        pan,
+        "--pan-expiry",
+        "2912",
+        "--currency",
+        currency,
+        "--amount-limit",
+        "100",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 fn run_card(args: &[&str], stdin: Option<&str>) -> (bool, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_vpan"))
         .args(args)
