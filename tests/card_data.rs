@@ -20,6 +20,7 @@ mod rig;
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -692,8 +693,19 @@ async fn leak_hunt(json_logs: bool) {
     }
     numbers.assert_clean(&place("/metrics"), scrape.as_bytes(), false);
     let mut files = 0;
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        mode(&data_dir),
+        0o700,
+        "the data directory is vpan's user's alone"
+    );
     for path in walk(&data_dir) {
         files += 1;
+        // The certificate is public; every other file (journal, snapshots, reversals owed,
+        // keys, token, lock) is for vpan's user alone, whatever the umask.
+        if path.file_name() != Some("tls-cert.pem".as_ref()) {
+            assert_eq!(mode(&path) & 0o077, 0, "{} is private", path.display());
+        }
         numbers.assert_clean(
             &place(&format!("data dir file {}", path.display())),
             &std::fs::read(&path).unwrap(),

@@ -51,7 +51,7 @@ pub fn load_or_create(
     if !configured.is_empty() {
         return Ok((configured.clone(), None));
     }
-    std::fs::create_dir_all(data_dir)?;
+    crate::store::create_private_dir(data_dir)?;
     let path = data_dir.join(TOKEN_FILE);
     match OpenOptions::new()
         .write(true)

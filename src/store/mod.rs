@@ -27,7 +27,23 @@ pub mod owed;
 pub mod segment;
 pub mod snapshot;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// The mode of the files the store creates (the journal, snapshots, the book of reversals
+/// owed): real PANs in them are sealed, but the vPANs are not (they are written as
+/// numbers), and a vPAN is a card number a merchant takes, so only vpan's own user may
+/// read them, whatever the umask says.
+pub(crate) const PRIVATE_FILE_MODE: u32 = 0o600;
+
+/// Creates `dir` and any missing parent, each only for vpan's own user (0700), as the data
+/// directory is: a directory that exists already keeps its mode.
+pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
 
 /// The `[store]` section of the configuration.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]

@@ -30,6 +30,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -443,6 +444,7 @@ fn rewrite(
         .write(true)
         .create(true)
         .truncate(true)
+        .mode(super::PRIVATE_FILE_MODE)
         .open(&temp)
         .map_err(StoreError::io(what))?;
     file.write_all(&buf)

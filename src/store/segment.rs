@@ -20,7 +20,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 use super::journal::{segment_path, sync_dir};
@@ -52,6 +52,7 @@ impl Segment {
     pub(crate) fn create(dir: &Path, number: u64) -> io::Result<Segment> {
         let file = OpenOptions::new()
             .create_new(true)
+            .mode(super::PRIVATE_FILE_MODE)
             .read(true)
             .write(true)
             .open(segment_path(dir, number))?;

@@ -8,6 +8,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::StoreError;
@@ -47,6 +48,7 @@ impl SnapshotWriter {
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(super::PRIVATE_FILE_MODE)
             .open(dir.join(TEMP_FILE))
             .map_err(StoreError::io("creating a snapshot"))?;
         Ok(SnapshotWriter {

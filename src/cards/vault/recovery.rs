@@ -2,6 +2,7 @@
 //! open (durable holds the issuer never answered, counted as spent and journaled as in
 //! doubt). Records are applied on worker threads, each card's in order on one of them.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
@@ -53,15 +54,14 @@ impl Cards {
         let started = Instant::now();
         let generator = VpanGenerator::new(cards.bin_length, &cards.virtual_ranges)?;
         let dir = store.data_dir.clone();
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .create(&dir)
+        crate::store::create_private_dir(&dir)
             .map_err(StoreError::io("creating the data directory"))?;
         // One process per data directory: a second one would interleave journals.
         let lock = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(crate::store::PRIVATE_FILE_MODE)
             .open(dir.join("vpan.lock"))
             .map_err(StoreError::io("opening the data directory lock"))?;
         match lock.try_lock() {
