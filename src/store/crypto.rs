@@ -59,7 +59,7 @@ impl PanCipher {
         let mut file = OpenOptions::new()
             .read(true)
             .open(path)
-            .map_err(StoreError::io("opening the key file"))?;
+            .map_err(key_file_error(path, "opening it"))?;
         if let Ok(meta) = file.metadata()
             && meta.permissions().mode() & 0o077 != 0
         {
@@ -67,7 +67,7 @@ impl PanCipher {
         }
         let mut bytes = Vec::with_capacity(33);
         file.read_to_end(&mut bytes)
-            .map_err(StoreError::io("reading the key file"))?;
+            .map_err(key_file_error(path, "reading it"))?;
         if bytes.len() != 32 {
             bytes.zeroize();
             return Err(StoreError::BadKey(path.to_path_buf()));
@@ -186,14 +186,24 @@ fn create_key_file(path: &Path) -> Result<(), StoreError> {
     });
     // The temporary name goes either way; the key lives on under `path` if linked.
     let _ = std::fs::remove_file(&temp);
-    let linked = linked.map_err(StoreError::io("writing the new key file"))?;
+    let linked = linked.map_err(key_file_error(path, "writing a new one"))?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        super::journal::sync_dir(dir).map_err(StoreError::io("writing the key file"))?;
+        super::journal::sync_dir(dir).map_err(key_file_error(path, "syncing its directory"))?;
     }
     if linked {
         tracing::info!(path = %path.display(), "created a new key for real card numbers");
     }
     Ok(())
+}
+
+/// A failed file operation on the key file, naming it: a start that cannot make or read
+/// it says which file, and which setting points there.
+fn key_file_error(path: &Path, what: &'static str) -> impl Fn(std::io::Error) -> StoreError {
+    move |e| StoreError::KeyFile {
+        path: path.to_path_buf(),
+        what,
+        message: e.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -217,6 +227,20 @@ mod tests {
         let other = PanCipher::from_key(&[7; 32]);
         assert_eq!(other.open(&sealed, b"ctx"), Err(StoreError::Decrypt));
         assert!(!sealed.windows(16).any(|w| w == pan().as_bytes()));
+    }
+
+    #[test]
+    fn a_key_file_that_cannot_be_made_is_named_with_its_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing").join("pan.key");
+        let e = match PanCipher::load_or_create(&path) {
+            Err(e) => e,
+            Ok(_) => panic!("a key file in a missing directory cannot be made"),
+        };
+        let text = e.to_string();
+        assert!(matches!(e, StoreError::KeyFile { .. }), "{text}");
+        assert!(text.contains(&path.display().to_string()), "{text}");
+        assert!(text.contains("store.key_file"), "{text}");
     }
 
     #[test]

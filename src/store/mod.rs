@@ -108,6 +108,16 @@ pub enum StoreError {
         "the journal's disk has not finished a commit for over {0:?}: failing closed until it does"
     )]
     Stalled(std::time::Duration),
+    /// The key file for real card numbers could not be opened, read or made.
+    #[error("the key file {} (store.key_file): {what}: {message}", path.display())]
+    KeyFile {
+        /// The key file.
+        path: PathBuf,
+        /// What was being done with it.
+        what: &'static str,
+        /// The operating system's message.
+        message: String,
+    },
     /// The key file is not a 32-byte key.
     #[error("the key file {0} must hold exactly 32 bytes")]
     BadKey(PathBuf),
