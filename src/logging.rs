@@ -4,6 +4,9 @@
 //! every place that logs one holds it as a `Pan` or `Masked`, whose `Display` is masked.
 
 use std::io::IsTerminal;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use tracing_subscriber::EnvFilter;
 
@@ -40,4 +43,87 @@ fn init_at(format: LogFormat, default_level: &str) {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// One log line a second at most from one place in the code, for events a peer or an
+/// outage can raise on every request (a flood of malformed frames, an issuer that is down,
+/// a failed disk): at 100,000 requests a second, a line each would bury the log and cost
+/// more than the requests. The lines held back are counted in the next one that goes
+/// (`suppressed`); every such event is counted in the metrics as well.
+pub struct Throttle {
+    /// Milliseconds since the process's first throttled event at which a line may go next.
+    next_ms: AtomicU64,
+    /// Lines held back since the last one that went.
+    held_back: AtomicU64,
+}
+
+impl Throttle {
+    /// A throttle that lets the first line through.
+    pub const fn new() -> Throttle {
+        Throttle {
+            next_ms: AtomicU64::new(0),
+            held_back: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(lines held back since the last one)` when a line may go now.
+    pub fn admit(&self) -> Option<u64> {
+        static START: OnceLock<Instant> = OnceLock::new();
+        let now = START.get_or_init(Instant::now).elapsed().as_millis();
+        self.admit_at(u64::try_from(now).unwrap_or(u64::MAX))
+    }
+
+    fn admit_at(&self, now_ms: u64) -> Option<u64> {
+        let next = self.next_ms.load(Ordering::Relaxed);
+        // One caller wins the second; the others count themselves held back.
+        if now_ms >= next
+            && self
+                .next_ms
+                .compare_exchange(next, now_ms + 1000, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(self.held_back.swap(0, Ordering::Relaxed));
+        }
+        self.held_back.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
+impl Default for Throttle {
+    fn default() -> Throttle {
+        Throttle::new()
+    }
+}
+
+/// A `tracing` event at `level`, through a [`Throttle`] of its own call site, with the
+/// count of lines held back since the last as the field `suppressed`:
+/// `throttled!(warn, error = %e, "issuer did not answer")`.
+#[macro_export]
+macro_rules! throttled {
+    ($level:ident, $($rest:tt)+) => {{
+        static THROTTLE: $crate::logging::Throttle = $crate::logging::Throttle::new();
+        if let Some(suppressed) = THROTTLE.admit() {
+            tracing::$level!(suppressed, $($rest)+);
+        }
+    }};
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_throttle_lets_one_line_a_second_through_and_counts_the_rest() {
+        let t = Throttle::new();
+        assert_eq!(t.admit_at(5), Some(0));
+        assert_eq!(t.admit_at(6), None);
+        assert_eq!(t.admit_at(1004), None);
+        assert_eq!(
+            t.admit_at(1005),
+            Some(2),
+            "two held back since the last line"
+        );
+        assert_eq!(t.admit_at(1006), None);
+        assert_eq!(t.admit_at(9000), Some(1));
+    }
 }

@@ -875,7 +875,11 @@ async fn vpan_card_exits_1_with_the_api_error_and_2_on_a_usage_error() {
     let plain = format!("http://{}", listener.local_addr().unwrap());
     let (code, _, err) =
         tokio::task::block_in_place(|| vpan_card(&api, &["--url", &plain, "list"]));
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(
+        code, 2,
+        "a --url that is not https:// is a usage error: {err}"
+    );
+    assert!(err.contains("must be https://"), "{err}");
     assert!(
         listener.accept().is_err(),
         "the client connected over plain HTTP: {err}"

@@ -337,6 +337,12 @@ impl ApiClient {
     /// A client of the API at `base` (e.g. `https://127.0.0.1:8443`), trusting the PEM
     /// certificate `ca` (besides the system's roots); the error names the bad file.
     pub fn new(base: &str, token: String, ca: Option<&Path>) -> Result<ApiClient, String> {
+        // Said plainly here; the client's own refusal below reads as a builder error.
+        if !base.starts_with("https://") {
+            return Err(format!(
+                "--url {base}: must be https:// (the token and real card numbers never leave in clear)"
+            ));
+        }
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
             // The token and real card numbers never leave in clear, whatever --url says.
