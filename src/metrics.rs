@@ -139,12 +139,11 @@ fn describe() {
     );
 }
 
-/// Publishes the unlabelled series at zero from the start, so a scrape (and an alert on
-/// `rate()`) sees them before the first event rather than a missing series.
+/// Publishes the series known in advance at zero from the start, so a scrape (and an
+/// alert on `rate()`) sees them before the first event rather than a missing series.
 fn zero() {
     // Registered at start, so that a scrape of a switch that has served nothing yet lists
-    // them (empty) as it lists the counters; those labelled by MTI and code appear with
-    // their first request.
+    // them (empty) as it lists the counters.
     let _ = metrics::histogram!(ISSUER_REQUEST_DURATION);
     let _ = metrics::histogram!(STORE_COMMIT_DURATION);
     metrics::counter!(ISSUER_TIMEOUTS_TOTAL).absolute(0);
@@ -153,7 +152,28 @@ fn zero() {
     for reason in REJECT_REASONS {
         metrics::counter!(FRAMES_REJECTED_TOTAL, "reason" => reason).absolute(0);
     }
+    // Labelled series appear with their first event, unless made at zero beforehand (as
+    // Prometheus advises for label sets known in advance): so that a scrape of a switch
+    // that has served nothing lists every metric of the contract, each request type vpan
+    // answers starts with its usual answer at zero and an empty latency histogram.
+    for (mti, decided_by) in STARTING_REQUEST_SERIES {
+        metrics::counter!(REQUESTS_TOTAL, "mti" => mti, "response_code" => "00", "decided_by" => decided_by)
+            .absolute(0);
+        let _ = metrics::histogram!(REQUEST_DURATION, "mti" => mti);
+    }
 }
+
+/// The request types vpan answers, with who usually decides them: the series made at zero
+/// at start.
+const STARTING_REQUEST_SERIES: [(&str, &str); 7] = [
+    ("0100", "issuer"),
+    ("0120", "issuer"),
+    ("0200", "issuer"),
+    ("0220", "issuer"),
+    ("0400", "issuer"),
+    ("0420", "issuer"),
+    ("0800", "switch"),
+];
 
 /// Serves `GET /metrics` on `listener` until `shutdown` resolves.
 pub async fn serve(
