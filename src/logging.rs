@@ -49,7 +49,8 @@ fn init_at(format: LogFormat, default_level: &str) {
 /// outage can raise on every request (a flood of malformed frames, an issuer that is down,
 /// a failed disk): at 100,000 requests a second, a line each would bury the log and cost
 /// more than the requests. The lines held back are counted in the next one that goes
-/// (`suppressed`); every such event is counted in the metrics as well.
+/// (`suppressed`); those after the last line of a burst are not reported, so counts are
+/// for the metrics.
 pub struct Throttle {
     /// Milliseconds since the process's first throttled event at which a line may go next.
     next_ms: AtomicU64,
@@ -98,7 +99,6 @@ impl Default for Throttle {
 /// A `tracing` event at `level`, through a [`Throttle`] of its own call site, with the
 /// count of lines held back since the last as the field `suppressed`:
 /// `throttled!(warn, error = %e, "issuer did not answer")`.
-#[macro_export]
 macro_rules! throttled {
     ($level:ident, $($rest:tt)+) => {{
         static THROTTLE: $crate::logging::Throttle = $crate::logging::Throttle::new();
@@ -107,6 +107,7 @@ macro_rules! throttled {
         }
     }};
 }
+pub(crate) use throttled;
 
 #[cfg(test)]
 mod tests {

@@ -338,7 +338,10 @@ impl ApiClient {
     /// certificate `ca` (besides the system's roots); the error names the bad file.
     pub fn new(base: &str, token: String, ca: Option<&Path>) -> Result<ApiClient, String> {
         // Said plainly here; the client's own refusal below reads as a builder error.
-        if !base.starts_with("https://") {
+        if !base
+            .get(..8)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+        {
             return Err(format!(
                 "--url {base}: must be https:// (the token and real card numbers never leave in clear)"
             ));

@@ -53,7 +53,12 @@ impl PanCipher {
     /// Reads the key file, or creates it (0600, 32 random bytes, synced) when absent.
     pub fn load_or_create(path: &Path) -> Result<PanCipher, StoreError> {
         let mut key = [0u8; 32];
-        if !path.exists() {
+        // `try_exists`: a key there that cannot be reached (a directory vpan may not
+        // enter) is that error, not a cue to make a new key.
+        if !path
+            .try_exists()
+            .map_err(key_file_error(path, "looking for it"))?
+        {
             create_key_file(path)?;
         }
         let mut file = OpenOptions::new()

@@ -35,6 +35,22 @@ use std::path::{Path, PathBuf};
 /// read them, whatever the umask says.
 pub(crate) const PRIVATE_FILE_MODE: u32 = 0o600;
 
+/// Creates `path` afresh, [`PRIVATE_FILE_MODE`], for writing: a leftover file of that name
+/// (a temporary file a stop left behind, perhaps made by an older vpan with a wider mode)
+/// is removed first rather than truncated, since truncating keeps its mode.
+pub(crate) fn create_private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(PRIVATE_FILE_MODE)
+        .open(path)
+}
+
 /// Creates `dir` and any missing parent, each only for vpan's own user (0700), as the data
 /// directory is: a directory that exists already keeps its mode.
 pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
@@ -109,7 +125,10 @@ pub enum StoreError {
     )]
     Stalled(std::time::Duration),
     /// The key file for real card numbers could not be opened, read or made.
-    #[error("the key file {} (store.key_file): {what}: {message}", path.display())]
+    #[error(
+        "the key file {} (store.key_file; when empty, pan.key in store.data_dir): {what}: {message}",
+        path.display()
+    )]
     KeyFile {
         /// The key file.
         path: PathBuf,
@@ -157,5 +176,32 @@ impl StoreError {
             kind: e.kind(),
             message: e.to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn a_leftover_file_is_replaced_by_a_private_one_and_a_new_directory_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("a").join("data");
+        create_private_dir(&data).unwrap();
+        assert_eq!(mode(&data), 0o700);
+        assert_eq!(mode(&dir.path().join("a")), 0o700, "parents made too");
+        // A temporary file an older vpan left readable by all.
+        let leftover = data.join("snapshot.tmp");
+        std::fs::write(&leftover, b"old").unwrap();
+        std::fs::set_permissions(&leftover, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(create_private_file(&leftover).unwrap());
+        assert_eq!(mode(&leftover), PRIVATE_FILE_MODE);
+        assert_eq!(std::fs::metadata(&leftover).unwrap().len(), 0);
     }
 }

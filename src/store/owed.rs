@@ -30,7 +30,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -440,13 +439,7 @@ fn rewrite(
         frame(&record, &mut buf);
     }
     let temp = dir.join(TEMP_FILE);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(super::PRIVATE_FILE_MODE)
-        .open(&temp)
-        .map_err(StoreError::io(what))?;
+    let mut file = super::create_private_file(&temp).map_err(StoreError::io(what))?;
     file.write_all(&buf)
         .and_then(|()| file.sync_all())
         .map_err(StoreError::io(what))?;

@@ -6,9 +6,8 @@
 //! journal, a snapshot with a bad record is refused as a whole, since it was complete and
 //! synced before it was renamed into place and damage there is not a crash artefact.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::StoreError;
@@ -44,12 +43,7 @@ pub struct SnapshotWriter {
 impl SnapshotWriter {
     /// Starts a new snapshot in `dir` (replacing any leftover temporary file).
     pub fn create(dir: &Path) -> Result<SnapshotWriter, StoreError> {
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(super::PRIVATE_FILE_MODE)
-            .open(dir.join(TEMP_FILE))
+        let file = super::create_private_file(&dir.join(TEMP_FILE))
             .map_err(StoreError::io("creating a snapshot"))?;
         Ok(SnapshotWriter {
             out: BufWriter::with_capacity(1 << 20, file),

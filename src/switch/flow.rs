@@ -92,7 +92,7 @@ impl Flow {
             let check = key.check(&request);
             if check != MacCheck::Valid {
                 metrics::counter!(m::FRAMES_REJECTED_TOTAL, "reason" => "bad_mac").increment(1);
-                crate::throttled!(warn,
+                crate::logging::throttled!(warn,
                     mti = %String::from_utf8_lossy(&mti),
                     stan = %request.stan().map(|s| String::from_utf8_lossy(&s).into_owned()).unwrap_or_default(),
                     mac = ?check,
@@ -251,14 +251,14 @@ impl Flow {
                 // Except when a reversal is owed: see `record_owed_after`.
                 let released = self.cards.complete(&hold, outcome, now());
                 record_owed_after(unanswered.owed, released).await;
-                crate::throttled!(warn, card = %vpan.pan, error = %e, code = %code, "issuer did not answer");
+                crate::logging::throttled!(warn, card = %vpan.pan, error = %e, code = %code, "issuer did not answer");
                 (self.local_answer(&request, code), DecidedBy::Switch)
             }
             (Err(e), answer) => {
                 // Fail closed: not durable, not approved. The issuer may have approved:
                 // reverse it there so the real account is not charged.
                 let failed = self.cards.complete(&hold, IssuerOutcome::Failed, now());
-                crate::throttled!(error, card = %vpan.pan, error = %e, "journal failed: answered 96");
+                crate::logging::throttled!(error, card = %vpan.pan, error = %e, "journal failed: answered 96");
                 match answer {
                     Ok(answer) => {
                         drop(failed);
@@ -329,7 +329,7 @@ impl Flow {
         e: &StoreError,
         what: &'static str,
     ) -> (Option<Msg>, DecidedBy) {
-        crate::throttled!(error, card = %vpan.pan, error = %e, request = what, "journal failed: answered 96");
+        crate::logging::throttled!(error, card = %vpan.pan, error = %e, request = what, "journal failed: answered 96");
         (
             self.local_answer(request, ResponseCode::SYSTEM_ERROR),
             DecidedBy::Switch,
@@ -480,11 +480,11 @@ impl Flow {
         let header = recover_header(self.network_spec, body);
         let (Some(mti), Some(stan)) = (header.mti, header.stan) else {
             metrics::counter!(m::FRAMES_REJECTED_TOTAL, "reason" => "unreadable").increment(1);
-            crate::throttled!(warn, error = why, "unreadable frame dropped");
+            crate::logging::throttled!(warn, error = why, "unreadable frame dropped");
             return None;
         };
         metrics::counter!(m::FRAMES_REJECTED_TOTAL, "reason" => "format_error").increment(1);
-        crate::throttled!(warn, error = why, "malformed request answered 30");
+        crate::logging::throttled!(warn, error = why, "malformed request answered 30");
         let mut answer = Box::new(Message::new(self.network_spec, &response_mti(mti)).ok()?);
         answer.set(11, &stan).ok()?;
         answer.set_response_code(b"30").ok()?;

@@ -47,7 +47,7 @@ pub async fn listen(
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             metrics::counter!(m::FRAMES_REJECTED_TOTAL, "reason" => "max_connections").increment(1);
-            tracing::warn!(%peer, max_connections, "connection refused: network.max_connections reached");
+            crate::logging::throttled!(warn, %peer, max_connections, "connection refused: network.max_connections reached");
             drop(stream);
             continue;
         };

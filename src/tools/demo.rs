@@ -897,7 +897,7 @@ fn temp_dir() -> Result<PathBuf, String> {
         std::process::id(),
         rand::random::<u32>()
     ));
-    std::fs::create_dir_all(&dir)
+    crate::store::create_private_dir(&dir)
         .map_err(|e| format!("cannot make a data directory {}: {e}", dir.display()))?;
     Ok(dir)
 }

@@ -92,7 +92,7 @@ impl IssuerLink {
                             body,
                         };
                         if let Err(e) = codec.encode(frame, &mut buf) {
-                            tracing::warn!(error = %e, "message to the issuer not sent");
+                            crate::logging::throttled!(warn, error = %e, "message to the issuer not sent");
                         }
                     }
                     // Raced with the connection's end: a host that stops reading (a hung

@@ -523,7 +523,7 @@ impl IssuerLink {
         let answer = match Message::parse(self.spec(), body) {
             Ok(a) => Box::new(a),
             Err(e) => {
-                crate::throttled!(warn, error = %e, "unreadable answer from the issuer dropped");
+                crate::logging::throttled!(warn, error = %e, "unreadable answer from the issuer dropped");
                 return;
             }
         };
@@ -532,7 +532,7 @@ impl IssuerLink {
             return;
         }
         let Some(stamp) = answer.stan() else {
-            crate::throttled!(warn, "answer from the issuer without DE 11 dropped");
+            crate::logging::throttled!(warn, "answer from the issuer without DE 11 dropped");
             return;
         };
         // An answer under a live stamp but of another message class (a 0810 or a 0410 for
@@ -546,7 +546,7 @@ impl IssuerLink {
         });
         let Some((_, pending)) = answered else {
             if self.inner.pending.contains_key(&stamp) {
-                crate::throttled!(warn,
+                crate::logging::throttled!(warn,
                     mti = %String::from_utf8_lossy(&answer.mti()),
                     "answer from the issuer of another message class, acquirer or terminal than its request's dropped"
                 );
@@ -598,7 +598,7 @@ impl IssuerLink {
             && is_approval(&late)
             && needs_reversal(&mti)
         {
-            crate::throttled!(warn, "late approval from the issuer; reversing it");
+            crate::logging::throttled!(warn, "late approval from the issuer; reversing it");
             // Answered: the original is behind the issuer already, any connection will do.
             self.reverse_sent(&sent, None, debt.map(|d| d.id));
         } else if let Some(DebtHeld { id, .. }) = debt {

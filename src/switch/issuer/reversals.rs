@@ -85,7 +85,8 @@ impl Owed {
     /// The reversal still goes out, from memory.
     pub fn forget(&mut self, why: &crate::store::StoreError) {
         self.recorded = true;
-        tracing::error!(
+        crate::logging::throttled!(
+            error,
             debt = self.id,
             error = %why,
             "a reversal owed to the issuer is not recorded, since the journal failed; it is sent from memory only"
@@ -258,7 +259,8 @@ impl IssuerLink {
                     }
                     Ok(answer) => {
                         if loud {
-                            tracing::warn!(
+                            crate::logging::throttled!(
+                                warn,
                                 attempt,
                                 code = %String::from_utf8_lossy(&answer.response_code().unwrap_or(*b"--")),
                                 "reversal toward the issuer answered without being applied; retrying"
@@ -267,7 +269,7 @@ impl IssuerLink {
                     }
                     // Loud at first, then once a minute or so, while the host stays away.
                     Err(e) if loud => {
-                        tracing::warn!(attempt, error = %e, "reversal toward the issuer not answered; retrying");
+                        crate::logging::throttled!(warn, attempt, error = %e, "reversal toward the issuer not answered; retrying");
                     }
                     Err(_) => {}
                 }
@@ -278,10 +280,12 @@ impl IssuerLink {
                 wait = (wait * 2).min(REVERSAL_RETRY_MAX);
             }
             match debt {
-                Some(_) => tracing::warn!(
+                Some(_) => crate::logging::throttled!(
+                    warn,
                     "reversal toward the issuer not answered before shutdown; it is sent again at the next start"
                 ),
-                None => tracing::error!(
+                None => crate::logging::throttled!(
+                    error,
                     "reversal toward the issuer not answered before shutdown; the issuer must reconcile"
                 ),
             }
