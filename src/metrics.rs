@@ -114,7 +114,7 @@ fn describe() {
     describe_histogram!(
         REQUEST_DURATION,
         Unit::Seconds,
-        "From a request frame read to its response written, by request MTI"
+        "From a request frame read to its response framed for writing, by request MTI"
     );
     describe_histogram!(
         ISSUER_REQUEST_DURATION,

@@ -18,10 +18,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
 
-use crate::iso8583::{Frame, FrameCodec, FrameError, Message};
+use crate::iso8583::{Frame, FrameCodec, FrameError};
 use crate::metrics as m;
 
-use super::flow::Flow;
+use super::flow::{Answer, Flow};
 
 /// Per-connection limits, from `[network]`.
 #[derive(Debug, Clone)]
@@ -263,20 +263,18 @@ async fn answer_of(
     header: Bytes,
     body: Bytes,
     received: Instant,
-) -> (Bytes, Option<Box<Message>>) {
+) -> (Bytes, Option<Answer>) {
     (header, flow.handle(body, received).await)
 }
 
-/// Appends an answer, framed, to the write buffer.
-fn frame_answer(
-    codec: &FrameCodec,
-    (header, answer): (Bytes, Option<Box<Message>>),
-    out: &mut BytesMut,
-) {
-    if let Some(answer) = answer
-        && let Err(e) = codec.encode_message(&header, &answer, out)
-    {
-        tracing::warn!(error = %e, "answer could not be framed; dropped");
+/// Appends an answer, framed, to the write buffer, and counts it.
+fn frame_answer(codec: &FrameCodec, (header, answer): (Bytes, Option<Answer>), out: &mut BytesMut) {
+    let Some(answer) = answer else {
+        return;
+    };
+    match codec.encode_message(&header, &answer.message, out) {
+        Ok(()) => answer.counted(),
+        Err(e) => tracing::warn!(error = %e, "answer could not be framed; dropped"),
     }
 }
 
