@@ -62,6 +62,22 @@ fn the_builtin_demo_passes_every_expectation_and_exits_0() {
         longest < 12,
         "a card-number-long digit run in:\n{everything}"
     );
+    // The load's malformed requests (hundreds a second) are logged at most once a second.
+    let malformed_answered: u64 = stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with("30   format error"))
+        .filter_map(|l| l.split_whitespace().nth(3)?.parse().ok())
+        .max()
+        .unwrap_or(0);
+    let malformed_lines = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| l.contains("malformed request answered 30"))
+        .count();
+    assert!(malformed_answered >= 20, "{stdout}");
+    assert!(
+        (1..=5).contains(&malformed_lines),
+        "{malformed_lines} log lines for {malformed_answered} malformed requests"
+    );
     // The temporary data directory is gone: nothing of the run is left behind.
     let leftover: Vec<_> = std::fs::read_dir(dir.path().join("tmp"))
         .unwrap()
