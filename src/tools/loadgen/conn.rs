@@ -18,6 +18,7 @@ use crate::cards::card::transmission_time;
 use crate::iso8583::{Frame, FrameCodec, Message};
 use crate::tools::traffic::{Traffic, original_data_elements};
 
+use super::pacer::PacerSlot;
 use super::report::Stats;
 use super::{LoadgenConfig, LoadgenError, MAX_LATENCY_US};
 
@@ -120,6 +121,8 @@ pub(super) struct Conn {
     /// for answers, or it is used up); set back by the next answer or timeout.
     pub(super) starved: bool,
     pub(super) interval: Duration,
+    /// Open loop: the clock that wakes this connection when its next request is due.
+    pub(super) pacer: Option<PacerSlot>,
     /// DE 7 of the current second, cached.
     pub(super) de7: (u64, [u8; 10]),
     /// Framed requests not yet written.
@@ -493,7 +496,10 @@ impl Conn {
             // The end of `--duration` too: a connection with nothing to send must still
             // see it pass.
             let ends = self.shared.deadline.filter(|d| *d > now);
-            let wake = [timeout_at, due, ends].into_iter().flatten().min();
+            // Timeouts and the end of the run are kept by tokio's timer (to the
+            // millisecond); the schedule by the pacer, to tens of microseconds.
+            let wake = [timeout_at, ends].into_iter().flatten().min();
+            let paced = due.zip(self.pacer.as_ref());
             tokio::select! {
                 r = rd.read_buf(&mut inbuf) => {
                     match r {
@@ -519,6 +525,7 @@ impl Conn {
                     }
                 }
                 _ = sleep_until_opt(wake) => {}
+                _ = pace(paced) => {}
             }
         }
     }
@@ -660,6 +667,14 @@ pub(super) async fn connection(mut conn: Conn, first: TcpStream) -> Stats {
 pub(super) async fn sleep_until_opt(t: Option<Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits until a request is due, on the pacer; forever when none is.
+async fn pace(due: Option<(Instant, &PacerSlot)>) {
+    match due {
+        Some((t, pacer)) => pacer.sleep_until(t.into_std()).await,
         None => std::future::pending().await,
     }
 }

@@ -20,9 +20,11 @@
 //! HdrHistogram (no lock on the hot path); the histograms are merged at the end.
 //!
 //! Here: the flags, the configuration and the run; `conn.rs`: one connection's engine;
-//! `report.rs`: what each connection measures, and the summary they are merged into.
+//! `pacer.rs`: the open loop's clock, finer than tokio's millisecond timer; `report.rs`:
+//! what each connection measures, and the summary they are merged into.
 
 mod conn;
+mod pacer;
 mod report;
 
 use std::collections::{HashMap, VecDeque};
@@ -234,6 +236,9 @@ pub enum LoadgenError {
     /// A configuration value is out of range.
     #[error("{0}")]
     Config(String),
+    /// The open loop's clock thread could not be started.
+    #[error("cannot start the open loop's pacer thread: {0}")]
+    Pacer(std::io::Error),
 }
 
 /// Runs a load as configured and returns what it measured. Fails only when the first
@@ -276,6 +281,11 @@ pub async fn run(mut cfg: LoadgenConfig) -> Result<Summary, LoadgenError> {
         Some(r) => Duration::from_secs_f64(cfg.connections as f64 / r),
         None => Duration::ZERO,
     };
+    // Stopped when the run returns, after every connection's task.
+    let pacer = match cfg.rate {
+        Some(_) => Some(pacer::Pacer::start(cfg.connections).map_err(LoadgenError::Pacer)?),
+        None => None,
+    };
     let mut tasks = Vec::with_capacity(cfg.connections);
     for (i, s) in streams.into_iter().enumerate() {
         let conn = Conn {
@@ -290,6 +300,7 @@ pub async fn run(mut cfg: LoadgenConfig) -> Result<Summary, LoadgenError> {
                 .rate
                 .map(|_| start + interval.mul_f64(i as f64 / cfg.connections as f64)),
             interval,
+            pacer: pacer.as_ref().map(|p| p.slot(i)),
             starved: false,
             de7: (0, [b'0'; 10]),
             out: BytesMut::with_capacity(64 * 1024),
