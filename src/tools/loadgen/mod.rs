@@ -286,7 +286,9 @@ pub async fn run(mut cfg: LoadgenConfig) -> Result<Summary, LoadgenError> {
         Some(_) => Some(pacer::Pacer::start(cfg.connections).map_err(LoadgenError::Pacer)?),
         None => None,
     };
-    let mut tasks = Vec::with_capacity(cfg.connections);
+    // Every connection's state is made before any task starts: one that cannot be made
+    // returns the error with no task left running detached on a stopped pacer.
+    let mut conns = Vec::with_capacity(cfg.connections);
     for (i, s) in streams.into_iter().enumerate() {
         let conn = Conn {
             shared: shared.clone(),
@@ -307,8 +309,12 @@ pub async fn run(mut cfg: LoadgenConfig) -> Result<Summary, LoadgenError> {
             stats: Stats::new()?,
             record: Vec::new(),
         };
-        tasks.push(tokio::spawn(connection(conn, s)));
+        conns.push((conn, s));
     }
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .map(|(conn, s)| tokio::spawn(connection(conn, s)))
+        .collect();
     let progress = cfg
         .progress
         .then(|| tokio::spawn(progress_lines(shared.clone(), start)));
