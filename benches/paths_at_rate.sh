@@ -7,8 +7,8 @@
 # the simulator (direct), through the switch on cards it does not hold (passthrough: no
 # card, no journal), and through the switch on virtual-card approvals (journal on). Each
 # line gives loadgen's latency and the share of one core the switch, the simulator and
-# loadgen used (user and system time; the machine's own idle counters lag too much to read
-# over a few seconds).
+# loadgen each used over the run's SECONDS (user and system time; the machine's own idle
+# counters lag too much to read over a few seconds).
 #
 #   E2E_PREPARE_ONLY=/tmp/e2e-hand cargo bench --bench e2e     # once: cards and traffic
 #   benches/paths_at_rate.sh target/release/vpan 10000 4 2 /tmp [/tmp/e2e-hand]
@@ -18,7 +18,9 @@
 set -euo pipefail
 BIN=$(realpath "$1"); RATE=$2; SECS=$3; ROUNDS=$4; PARENT=${5:-/tmp}; PREP=${6:-/tmp/e2e-hand}
 D=$(mktemp -d -p "$PARENT" vpan-paths.XXXX)
-trap 'kill $SW $SIM 2>/dev/null; rm -rf "$D"' EXIT
+SW= SIM=
+# The switch is stopped and waited for before its data directory goes.
+trap 'kill $SW $SIM 2>/dev/null; wait $SW $SIM 2>/dev/null; rm -rf "$D"' EXIT
 cp -r "$PREP/data" "$D/data"
 "$BIN" issuer-sim --listen 127.0.0.1:18610 > "$D/sim.log" 2>&1 & SIM=$!
 sleep 0.5
@@ -26,20 +28,25 @@ VPAN_NETWORK_LISTEN=127.0.0.1:18611 VPAN_METRICS_LISTEN=127.0.0.1:18612 \
 VPAN_API_LISTEN=127.0.0.1:18613 VPAN_ISSUER_CONNECT=127.0.0.1:18610 \
 VPAN_STORE_DATA_DIR="$D/data" VPAN_NETWORK_MAX_IN_FLIGHT=4096 "$BIN" serve > "$D/serve.log" 2>&1 & SW=$!
 for _ in $(seq 100); do grep -q "issuer link up" "$D/serve.log" && break; sleep 0.2; done
+grep -q "issuer link up" "$D/serve.log" || { echo "the switch did not come up:" >&2; cat "$D/serve.log" >&2; exit 1; }
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # user + system, in clock ticks
 run() { # name port traffic
     sw0=$(ticks $SW); sim0=$(ticks $SIM)
-    /usr/bin/time -f "%P" -o "$D/loadgen.cpu" "$BIN" loadgen --target "127.0.0.1:$2" \
+    if ! /usr/bin/time -f "%U %S" -o "$D/loadgen.cpu" "$BIN" loadgen --target "127.0.0.1:$2" \
         --traffic "$3" --connections 4 --in-flight 64 --rate "$RATE" --duration "${SECS}s" \
-        --json > "$D/run.json" 2>/dev/null
+        --json > "$D/run.json" 2> "$D/loadgen.log"; then
+        echo "loadgen failed on $1:" >&2; tail -5 "$D/loadgen.log" >&2; exit 1
+    fi
     sw1=$(ticks $SW); sim1=$(ticks $SIM)
     python3 - "$D/run.json" "$1" \
         "$(( (sw1 - sw0) * 100 / $(getconf CLK_TCK) / SECS ))" \
-        "$(( (sim1 - sim0) * 100 / $(getconf CLK_TCK) / SECS ))" "$(cat "$D/loadgen.cpu")" <<'PY'
+        "$(( (sim1 - sim0) * 100 / $(getconf CLK_TCK) / SECS ))" "$(tail -1 "$D/loadgen.cpu")" \
+        "$SECS" <<'PY'
 import json, sys
 o = json.load(open(sys.argv[1])); l = o["latency_us"]
-name, switch, sim, loadgen = sys.argv[2:]
+name, switch, sim, loadgen_times, secs = sys.argv[2:]
+loadgen = f"{100 * sum(map(float, loadgen_times.split())) / float(secs):.0f}%"
 print(f"{name:<12} p50 {l['p50']:>6} us  p90 {l['p90']:>6} us  p99 {l['p99']:>6} us  "
       f"| of one core: switch {switch:>3}%  sim {sim:>3}%  loadgen {loadgen:>4}")
 PY
