@@ -173,67 +173,71 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    type Task = tokio::task::JoinHandle<()>;
+
     /// Far more than any wait here: a lost wake-up fails the test instead of hanging it.
     const GUARD: Duration = Duration::from_secs(20);
 
-    /// Waits on `slot` for each instant of `schedule` (offsets from `start`) in turn, and
-    /// checks that none ends before its instant.
-    async fn follow(slot: &PacerSlot, start: Instant, schedule: &[Duration]) {
-        for offset in schedule {
-            let due = start + *offset;
-            slot.sleep_until(due).await;
-            let woke = Instant::now();
-            assert!(woke >= due, "woken {:?} early", due - woke);
-        }
+    /// Waits on `slot` for each instant of `schedule` (offsets from `start`) in turn, in a
+    /// task of its own, and checks that none ends before its instant.
+    fn follow(slot: PacerSlot, start: Instant, schedule: Vec<Duration>) -> Task {
+        tokio::spawn(async move {
+            for offset in schedule {
+                let due = start + offset;
+                slot.sleep_until(due).await;
+                let woke = Instant::now();
+                assert!(woke >= due, "woken {:?} early", due - woke);
+            }
+        })
+    }
+
+    /// Waits for `task` up to [`GUARD`]. Only the pacer can wake the task: the guard's
+    /// timer polls the handle, never the task's waits, which would find their instants
+    /// long past and end, hiding a lost wake-up.
+    async fn within_guard(task: Task, what: &str) {
+        tokio::time::timeout(GUARD, task)
+            .await
+            .unwrap_or_else(|_| panic!("{what} was never woken"))
+            .unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn connections_on_interleaved_schedules_are_each_woken_for_every_wait_never_before_it() {
         let pacer = Pacer::start(3).unwrap();
-        let slots: Vec<_> = (0..3).map(|i| pacer.slot(i)).collect();
         let start = Instant::now() + Duration::from_millis(5);
         // Three connections of an open loop at 7,500/s: each every 400 µs, a third apart.
-        let schedule = |phase: u64| -> Vec<Duration> {
-            (0..200)
-                .map(|k| Duration::from_micros(400 * k + phase))
-                .collect()
-        };
-        let (a, b, c) = (schedule(0), schedule(133), schedule(267));
-        let all = async {
-            tokio::join!(
-                follow(&slots[0], start, &a),
-                follow(&slots[1], start, &b),
-                follow(&slots[2], start, &c),
-            )
-        };
-        tokio::time::timeout(GUARD, all)
-            .await
-            .expect("a wait was never woken");
+        let tasks: Vec<_> = [0, 133, 267]
+            .into_iter()
+            .enumerate()
+            .map(|(i, phase)| {
+                let schedule = (0..200)
+                    .map(|k| Duration::from_micros(400 * k + phase))
+                    .collect();
+                follow(pacer.slot(i), start, schedule)
+            })
+            .collect();
+        for task in tasks {
+            within_guard(task, "a connection's wait").await;
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_wait_earlier_than_the_threads_plan_is_woken_at_its_own_instant() {
         let pacer = Pacer::start(2).unwrap();
-        let (far, near) = (pacer.slot(0), pacer.slot(1));
         let start = Instant::now();
-        let far_due = start + Duration::from_secs(2);
-        let near_due = start + Duration::from_millis(50);
-        let far_wait = tokio::spawn(async move { far.sleep_until(far_due).await });
-        // Let the thread plan its sleep until `far_due` before the nearer wait arrives.
+        let far_due = Duration::from_secs(2);
+        let far = follow(pacer.slot(0), start, vec![far_due]);
+        // Let the thread plan its sleep until the far instant before the nearer wait arrives.
         tokio::time::sleep(Duration::from_millis(20)).await;
-        tokio::time::timeout(GUARD, near.sleep_until(near_due))
-            .await
-            .expect("the nearer wait was never woken");
+        let near = follow(pacer.slot(1), start, vec![Duration::from_millis(50)]);
+        within_guard(near, "the nearer wait").await;
         // Not a speed bound: had the thread slept on its old plan, the nearer wait would
         // have ended only with the far one, 1.95 s after its own instant.
         assert!(
-            Instant::now() < far_due,
+            Instant::now() < start + far_due,
             "the nearer wait ended only when the far one was due"
         );
-        tokio::time::timeout(GUARD, far_wait)
-            .await
-            .expect("the far wait was never woken")
-            .unwrap();
+        within_guard(far, "the far wait").await;
     }
 
     #[test]
