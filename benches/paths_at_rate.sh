@@ -18,17 +18,9 @@
 set -euo pipefail
 BIN=$(realpath "$1"); RATE=$2; SECS=$3; ROUNDS=$4; PARENT=${5:-/tmp}; PREP=${6:-/tmp/e2e-hand}
 D=$(mktemp -d -p "$PARENT" vpan-paths.XXXX)
-SW= SIM=
-# The switch is stopped and waited for before its data directory goes.
-trap 'kill $SW $SIM 2>/dev/null; wait $SW $SIM 2>/dev/null; rm -rf "$D"' EXIT
-cp -r "$PREP/data" "$D/data"
-"$BIN" issuer-sim --listen 127.0.0.1:18610 > "$D/sim.log" 2>&1 & SIM=$!
-sleep 0.5
-VPAN_NETWORK_LISTEN=127.0.0.1:18611 VPAN_METRICS_LISTEN=127.0.0.1:18612 \
-VPAN_API_LISTEN=127.0.0.1:18613 VPAN_ISSUER_CONNECT=127.0.0.1:18610 \
-VPAN_STORE_DATA_DIR="$D/data" VPAN_NETWORK_MAX_IN_FLIGHT=4096 "$BIN" serve > "$D/serve.log" 2>&1 & SW=$!
-for _ in $(seq 100); do grep -q "issuer link up" "$D/serve.log" && break; sleep 0.2; done
-grep -q "issuer link up" "$D/serve.log" || { echo "the switch did not come up:" >&2; cat "$D/serve.log" >&2; exit 1; }
+source "$(dirname "$0")/common/rig.sh"
+trap 'stop_rig; rm -rf "$D"' EXIT
+start_rig "$BIN" "$PREP" "$D" 18610
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # user + system, in clock ticks
 run() { # name port traffic

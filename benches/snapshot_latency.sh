@@ -15,15 +15,9 @@
 set -euo pipefail
 BIN=$(realpath "$1"); SNAP=$2; PARENT=${3:-/tmp}; PREP=${4:-/tmp/e2e-hand}
 D=$(mktemp -d -p "$PARENT" vpan-snaplat.XXXX)
-trap 'kill $SW $SIM 2>/dev/null; rm -rf "$D"' EXIT
-cp -r "$PREP/data" "$D/data"
-"$BIN" issuer-sim --listen 127.0.0.1:18600 > "$D/sim.log" 2>&1 & SIM=$!
-sleep 0.5
-VPAN_NETWORK_LISTEN=127.0.0.1:18601 VPAN_METRICS_LISTEN=127.0.0.1:18602 \
-VPAN_API_LISTEN=127.0.0.1:18603 VPAN_ISSUER_CONNECT=127.0.0.1:18600 \
-VPAN_STORE_DATA_DIR="$D/data" VPAN_NETWORK_MAX_IN_FLIGHT=4096 \
-VPAN_STORE_SNAPSHOT_EVERY_RECORDS="$SNAP" "$BIN" serve > "$D/serve.log" 2>&1 & SW=$!
-for _ in $(seq 100); do grep -q "issuer link up" "$D/serve.log" && break; sleep 0.2; done
+source "$(dirname "$0")/common/rig.sh"
+trap 'stop_rig; rm -rf "$D"' EXIT
+VPAN_STORE_SNAPSHOT_EVERY_RECORDS="$SNAP" start_rig "$BIN" "$PREP" "$D" 18600
 load() { "$BIN" loadgen --target 127.0.0.1:18601 --traffic "$PREP/traffic.jsonl" --json "$@" 2>/dev/null; }
 load --connections 4 --in-flight 64 --count 600000 > /dev/null
 load --connections 4 --in-flight 512 --rate 10000 --duration 10s > "$D/open.json"
