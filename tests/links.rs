@@ -218,3 +218,55 @@ async fn a_late_answer_is_not_handed_to_another_acquirers_request_that_took_its_
     assert_eq!(code(&answer), "25", "its own answer, not A's late one");
     rig.stop().await;
 }
+
+#[tokio::test]
+async fn an_issuer_answer_whose_code_is_not_a_known_decline_keeps_the_amount_spent() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host_addr = listener.local_addr().unwrap().to_string();
+    let rig = rig(None, |c| {
+        c.issuer.connect = host_addr;
+        c.issuer.connections = 1;
+    })
+    .await;
+    let (stream, _) = listener.accept().await.unwrap();
+    let mut host = Framed::new(stream, FrameCodec::new(Framing::Len2, 0, 8192));
+    let mut accepted = next_message(&mut host).await;
+    accepted.set_mti(b"0810").unwrap();
+    accepted.set_response_code(b"00").unwrap();
+    send(&mut host, &accepted).await;
+
+    let mut net = Client::connect(rig.network).await;
+    // 16 (approved, update track 3), a host's own code, no DE 39 at all: the network hears
+    // what the issuer said, and may take it for an approval, so the card counts it spent.
+    // 51 is a decline: its hold is given back.
+    for (code_at_host, spent) in [
+        (Some(b"16"), 4_000),
+        (Some(b"N7"), 4_000),
+        (None, 4_000),
+        (Some(b"51"), 0),
+    ] {
+        let (card, _) = rig.issue(|c| c.amount_limit = 4_000).await;
+        let request = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 4_000);
+        net.send(&request).await;
+        let at_host = next_message(&mut host).await;
+        let mut answer = at_host.clone();
+        answer.set_mti(b"0110").unwrap();
+        if let Some(c) = code_at_host {
+            answer.set_response_code(c).unwrap();
+        }
+        send(&mut host, &answer).await;
+        let heard = net.answer(request.stan().unwrap()).await;
+        assert_eq!(
+            heard.response_code(),
+            code_at_host.copied(),
+            "passed on as sent"
+        );
+        let view = rig.cards.get(vpan::cards::CardKey::of(&card.vpan)).unwrap();
+        assert_eq!(
+            (view.spent, view.held),
+            (spent, 0),
+            "after DE 39 {code_at_host:?}"
+        );
+    }
+    rig.stop().await;
+}

@@ -361,6 +361,15 @@ async fn an_advice_is_recorded_even_over_the_cap_forwarded_and_answered() {
     assert_eq!((view.spent, view.uses), (1_500, 1));
     let recent = rig.cards.recent(CardKey::of(&card.vpan)).unwrap();
     assert_eq!(recent[0].code, vpan::cards::ResponseCode(*b"05"));
+    // An offline approval (EMV's Y1), or a code vpan does not know, is money moved.
+    for (de39, spent) in [(b"Y1", 1_800), (b"Q5", 2_100)] {
+        let mut offline = purchase(&mut net, b"0120", &card.vpan, &card.expiry.0, 300);
+        offline.set_response_code(de39).unwrap();
+        let offline = Message::parse(Spec::iso87ascii(), offline.pack()).unwrap();
+        assert_eq!(net.call(&offline).await.mti(), *b"0130");
+        let view = rig.cards.get(CardKey::of(&card.vpan)).unwrap();
+        assert_eq!(view.spent, spent, "after an advice with DE 39 {de39:?}");
+    }
     rig.stop().await;
 }
 

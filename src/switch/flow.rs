@@ -33,7 +33,7 @@ use crate::pan::Pan;
 use crate::store::StoreError;
 use crate::store::journal::Durable;
 
-use super::issuer::{IssuerError, IssuerLink, Owed, Unanswered, is_approval};
+use super::issuer::{IssuerError, IssuerLink, Owed, Unanswered, is_known_decline, may_approve};
 use super::mac::{MAC_FAILURE_CODE, MacCheck, MacKey, mac_field};
 
 /// The flow's shared state: one per switch, used by every network connection.
@@ -288,7 +288,7 @@ impl Flow {
                 match answer {
                     Ok(answer) => {
                         drop(failed);
-                        if is_approval(&answer)
+                        if may_approve(&answer)
                             && let Some(sent) = self.to_real_again(&request, &answer)
                         {
                             self.issuer.reverse(&sent);
@@ -312,9 +312,10 @@ impl Flow {
             Err(not) => return self.not_on_card(request, not).await,
         };
         if let Some(code) = request.response_code()
-            && !is_approval(&request)
+            && is_known_decline(code)
         {
-            // A stand-in's advice of a decline: nothing was spent.
+            // A stand-in's advice of a decline: nothing was spent. Any other DE 39 (an
+            // offline approval such as Y1, a code vpan does not know) counts as spent.
             if !self
                 .cards
                 .advice_of_decline(vpan.key, &req, ResponseCode(code), now())
@@ -643,10 +644,12 @@ struct VirtualPan {
     key: CardKey,
 }
 
-/// What the issuer's answer (0110/0210) did: approved with its DE 38, or declined.
+/// What the issuer's answer (0110/0210) did: approved with its DE 38, or declined. Only a
+/// code known to decline releases the hold ([`may_approve`]): any other, none included (then
+/// recorded as 96), leaves it spent.
 fn issuer_outcome(answer: &Message) -> IssuerOutcome {
     let code = ResponseCode(answer.response_code().unwrap_or(*b"96"));
-    if is_approval(answer) {
+    if may_approve(answer) {
         let auth = answer
             .auth_code()
             .and_then(|a| <AuthCode>::try_from(a.as_bytes()).ok());

@@ -569,7 +569,7 @@ impl IssuerLink {
         // was refused already, and a reversal is owed: the network heard 91 for it, its
         // repeats hear so too, and the approval is reversed (rather than the debt marked
         // paid, which a crash could lose after the repeats' approval went out).
-        let owed_approval = debt.is_some() && is_approval(&answer) && needs_reversal(&mti);
+        let owed_approval = debt.is_some() && may_approve(&answer) && needs_reversal(&mti);
         let mut repeat_answered = false;
         for (waiter, _) in repeats {
             let to_repeat = if owed_approval {
@@ -595,7 +595,7 @@ impl IssuerLink {
         };
         if let Ok(late) = late
             && !repeat_answered
-            && is_approval(&late)
+            && may_approve(&late)
             && needs_reversal(&mti)
         {
             crate::logging::throttled!(warn, "late approval from the issuer; reversing it");
@@ -649,12 +649,32 @@ fn is_response_to(request: &[u8; 4], answer: &[u8; 4]) -> bool {
     request[..2] == answer[..2] && request[2].is_ascii_digit() && answer[2] == request[2] + 1
 }
 
-/// True for an answer that approves (DE 39 00, 08, 10 or 11).
-pub fn is_approval(answer: &Message) -> bool {
-    matches!(
-        answer.response_code().as_ref().map(|c| &c[..]),
-        Some(b"00" | b"08" | b"10" | b"11")
-    )
+/// True for an answer that may have approved: any DE 39 but a code known to decline (see
+/// [`is_known_decline`]), none included.
+///
+/// Fails closed. A code vpan does not know (a host's own, an approval outside the list, or
+/// none at all) goes to the network as the issuer sent it, and the network may well take
+/// it for an approval: counted as a decline, the hold would be given back and the card
+/// could spend past its cap. So it counts as money moved, a late one is reversed at the
+/// issuer, and only a known decline frees anything.
+pub fn may_approve(answer: &Message) -> bool {
+    answer
+        .response_code()
+        .is_none_or(|code| !is_known_decline(code))
+}
+
+/// DE 39 codes that approve: ISO 8583:1987's 00, 08 (honour with identification), 10
+/// (partial), 11 (VIP), 16 (approved, update track 3) and 85 (no reason to decline), and
+/// EMV's offline approvals Y1 and Y3, which links carry in advices.
+const APPROVALS: [[u8; 2]; 8] = [
+    *b"00", *b"08", *b"10", *b"11", *b"16", *b"85", *b"Y1", *b"Y3",
+];
+
+/// True for a DE 39 known to decline: ISO 8583:1987's numeric codes but the approvals, and
+/// EMV's offline declines Z1 and Z3. Anything else is unknown, and not a decline.
+pub fn is_known_decline(code: [u8; 2]) -> bool {
+    !APPROVALS.contains(&code)
+        && (code.iter().all(u8::is_ascii_digit) || matches!(&code, b"Z1" | b"Z3"))
 }
 
 /// The issuer latency histogram's handle, looked up once: `metrics::histogram!` builds and
@@ -682,5 +702,41 @@ mod tests {
         assert!(!is_response_to(b"0100", b"0810"));
         assert!(!is_response_to(b"0100", b"0100"));
         assert!(!is_response_to(b"0200", b"0110"));
+    }
+
+    #[test]
+    fn only_a_code_known_to_decline_is_a_decline() {
+        for approval in [b"00", b"08", b"10", b"11", b"16", b"85", b"Y1", b"Y3"] {
+            assert!(!is_known_decline(*approval), "{approval:?}");
+        }
+        for decline in [
+            b"05", b"14", b"51", b"54", b"61", b"91", b"96", b"Z1", b"Z3",
+        ] {
+            assert!(is_known_decline(*decline), "{decline:?}");
+        }
+        // A host's own code is unknown: not a decline.
+        for unknown in [b"Y9", b"N7", b"1A", b"  "] {
+            assert!(!is_known_decline(*unknown), "{unknown:?}");
+        }
+    }
+
+    #[test]
+    fn an_answer_may_approve_unless_its_code_is_known_to_decline() {
+        let answer = |code: Option<&[u8; 2]>| {
+            let mut m = Message::new(Spec::iso87ascii(), b"0110").unwrap();
+            m.set(11, b"000001").unwrap();
+            if let Some(code) = code {
+                m.set_response_code(code).unwrap();
+            }
+            Message::parse(Spec::iso87ascii(), m.pack()).unwrap()
+        };
+        assert!(may_approve(&answer(Some(b"00"))));
+        assert!(may_approve(&answer(Some(b"16"))));
+        assert!(
+            may_approve(&answer(Some(b"N7"))),
+            "unknown: money may have moved"
+        );
+        assert!(may_approve(&answer(None)), "no DE 39: money may have moved");
+        assert!(!may_approve(&answer(Some(b"51"))));
     }
 }
