@@ -52,7 +52,7 @@ const TAG_PAID: u8 = 2;
 const TAG_STAMP: u8 = 3;
 
 /// A reversal owed to the issuer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Debt {
     /// Its number in the book, to mark it paid.
     pub id: u64,
@@ -115,6 +115,16 @@ struct Queue {
     waiters: Vec<oneshot::Sender<Result<(), StoreError>>>,
     /// A commit is running on a blocking thread, and takes what is queued after it.
     committing: bool,
+}
+
+/// The reversal carries the real card number in the clear: printed, it shows only its size.
+impl std::fmt::Debug for Debt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Debt")
+            .field("id", &self.id)
+            .field("reversal_bytes", &self.reversal.len())
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for OwedReversals {
@@ -507,6 +517,17 @@ mod tests {
         let (_, again) = reopen(dir.path());
         assert_eq!(again.len(), 1);
         assert!(std::fs::metadata(dir.path().join(FILE)).unwrap().len() < on_disk.len() as u64);
+    }
+
+    #[test]
+    fn a_printed_debt_shows_no_card_number() {
+        let debt = Debt {
+            id: 7,
+            reversal: Bytes::from_static(b"0400...4970101234567893...."),
+        };
+        let printed = format!("{debt:?}");
+        assert!(!printed.contains("4970101234567893"), "{printed}");
+        assert!(printed.contains("id: 7"), "{printed}");
     }
 
     #[tokio::test]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -80,7 +80,7 @@ pub async fn dial(
     let max_backoff = Duration::from_secs(5);
     loop {
         let dialled = tokio::select! {
-            r = TcpStream::connect(&addr) => r,
+            r = super::dial(&addr) => r,
             () = shutdown.cancelled() => return,
         };
         match dialled {

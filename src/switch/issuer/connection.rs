@@ -30,7 +30,7 @@ impl IssuerLink {
                 return;
             }
             let dial = tokio::select! {
-                r = TcpStream::connect(&self.inner.settings.connect) => r,
+                r = crate::switch::dial(&self.inner.settings.connect) => r,
                 () = self.inner.shutdown.cancelled() => return,
             };
             match dial {

@@ -614,7 +614,10 @@ impl IssuerLink {
     /// is answered. Those it leaves unanswered are in the book of reversals owed, and go
     /// out again when vpan next starts.
     pub async fn quiesce(&self, grace: Duration) {
-        self.abandon(|_| true);
+        // Only what may have moved money: the link's own requests (its echo, its sign-on,
+        // the reversals it is sending) stay, or their loss would tear down the very
+        // connections the last reversals go out on.
+        self.abandon(|p| needs_reversal(&p.mti));
         let deadline = tokio::time::Instant::now() + grace;
         while self.inner.reversals.load(Ordering::Acquire) > 0 {
             if tokio::time::Instant::now() >= deadline {

@@ -35,7 +35,9 @@ impl IssuerLink {
             .collect();
         for stamp in stamps {
             self.inner.freed.insert(stamp, ());
-            let Some((_, mut p)) = self.inner.pending.remove(&stamp) else {
+            // Checked again: between the listing and here the stamp may have been answered
+            // and taken by another request, which is not to be abandoned in its place.
+            let Some((_, mut p)) = self.inner.pending.remove_if(&stamp, |_, p| which(p)) else {
                 continue;
             };
             // A caller left without a reversal hears of the loss at once (its reply drops).
