@@ -883,3 +883,31 @@ async fn a_reversal_never_overtakes_its_original_still_on_the_way_to_the_issuer(
     net.no_extra();
     rig.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_whose_host_stopped_reading_gets_no_new_requests_after_one_timeout() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (rig, proxy) = behind_proxy(SimConfig::default(), Mode::Pass).await;
+    let cards = cards(&rig, 1).await;
+    let mut net = Net::connect(rig.network).await;
+    // The host stops reading the connection the first purchase goes out on (TCP up, as
+    // behind a hung thread): that purchase times out, 91.
+    proxy.set(Mode::StallPurchase);
+    net.purchase(&cards[0].0, 700).await;
+    net.answers().await;
+    assert_eq!(net.codes().get("91"), Some(&1), "{:?}", net.codes());
+    // Long before its echo could notice (30 s idle), every new purchase goes to the other
+    // connection and is approved; in turn, half would wait there for their 91.
+    for _ in 0..20 {
+        net.purchase(&cards[0].0, 100).await;
+    }
+    net.answers().await;
+    assert_eq!(net.codes().get("00"), Some(&20), "{:?}", net.codes());
+    let held: Vec<String> = proxy.held_back();
+    assert_eq!(held.iter().filter(|m| *m == "0100").count(), 1, "{held:?}");
+    // The host reads again: the purchase, then its reversal.
+    proxy.set(Mode::Pass);
+    books_agree(&rig, &cards).await;
+    net.no_extra();
+    rig.stop().await;
+}

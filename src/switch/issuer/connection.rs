@@ -67,6 +67,7 @@ impl IssuerLink {
         let settings = &self.inner.settings;
         let (read_half, mut write_half) = stream.into_split();
         let (tx, mut rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
+        self.slot_reset(i);
         *self.inner.slots[i].tx.write() = Some(tx);
         let conn_token = self.inner.shutdown.child_token();
 
@@ -127,9 +128,13 @@ impl IssuerLink {
                     frame = frames.next() => match frame {
                         Some(Ok(Frame::Message { body, .. })) => {
                             last_seen = Instant::now();
+                            self.slot_read(i, last_seen);
                             self.on_answer(i, body);
                         }
-                        Some(Ok(Frame::KeepAlive)) => last_seen = Instant::now(),
+                        Some(Ok(Frame::KeepAlive)) => {
+                            last_seen = Instant::now();
+                            self.slot_read(i, last_seen);
+                        }
                         Some(Err(e)) => {
                             tracing::warn!(error = %e, "issuer link framing error; reconnecting");
                             break;

@@ -39,7 +39,7 @@ mod stamps;
 mod sweep;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -209,6 +209,13 @@ struct Slot {
     tx: parking_lot::RwLock<Option<mpsc::Sender<Bytes>>>,
     /// Up (connected and signed on).
     up: AtomicBool,
+    /// When this connection last read a frame from the host, in microseconds since the
+    /// link started (0: not since it connected).
+    last_read_us: AtomicU64,
+    /// When the latest request on this connection that timed out was sent, same clock. Later
+    /// than `last_read_us`: the host has read nothing here for a whole timeout (see
+    /// [`IssuerLink::slot_stalled`]).
+    timed_out_sent_us: AtomicU64,
 }
 
 struct Inner {
@@ -216,6 +223,8 @@ struct Inner {
     settings: IssuerSettings,
     /// One per connection.
     slots: Vec<Slot>,
+    /// The origin of the slots' clocks.
+    started: Instant,
     /// Round-robin cursor over the slots.
     next_slot: AtomicUsize,
     /// vpan's own STAN counter toward the issuer.
@@ -256,12 +265,15 @@ impl IssuerLink {
             .map(|_| Slot {
                 tx: parking_lot::RwLock::new(None),
                 up: AtomicBool::new(false),
+                last_read_us: AtomicU64::new(0),
+                timed_out_sent_us: AtomicU64::new(0),
             })
             .collect();
         let link = IssuerLink {
             inner: Arc::new(Inner {
                 settings,
                 slots,
+                started: Instant::now(),
                 next_slot: AtomicUsize::new(0),
                 next_stan: AtomicU32::new(rand::random::<u32>() % 999_999),
                 pending: ConcurrentMap::default(),
@@ -299,6 +311,53 @@ impl IssuerLink {
             .iter()
             .filter(|s| s.up.load(Ordering::Relaxed))
             .count()
+    }
+
+    /// `at` on the slots' clock, in microseconds since the link started.
+    fn micros(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.inner.started).as_micros())
+            .unwrap_or(u64::MAX)
+    }
+
+    /// True when the host has read nothing on connection `i` for a whole timeout: a
+    /// request sent after its last frame timed out. A host that stopped reading one
+    /// connection (a hung thread, TCP still up) is noticed by its echo only once the
+    /// connection has been idle `echo_interval_ms`; until then new requests go to the other
+    /// connections, and return to it as soon as it reads anything.
+    fn slot_stalled(&self, i: usize) -> bool {
+        let slot = &self.inner.slots[i];
+        slot.timed_out_sent_us.load(Ordering::Relaxed) > slot.last_read_us.load(Ordering::Relaxed)
+    }
+
+    /// Connection `i` read a frame at `at`.
+    fn slot_read(&self, i: usize, at: Instant) {
+        self.inner.slots[i]
+            .last_read_us
+            .store(self.micros(at), Ordering::Relaxed);
+    }
+
+    /// A request sent on connection `i` at `sent_at` timed out.
+    fn slot_timed_out(&self, i: usize, sent_at: Instant) {
+        let Some(slot) = self.inner.slots.get(i) else {
+            return;
+        };
+        let was_stalled = self.slot_stalled(i);
+        slot.timed_out_sent_us
+            .fetch_max(self.micros(sent_at), Ordering::Relaxed);
+        if !was_stalled && self.slot_stalled(i) {
+            crate::logging::throttled!(
+                warn,
+                connection = i,
+                "issuer host has read nothing on this connection for a whole timeout; new requests go to the others"
+            );
+        }
+    }
+
+    /// Connection `i` is new: nothing read, nothing timed out yet.
+    fn slot_reset(&self, i: usize) {
+        let slot = &self.inner.slots[i];
+        slot.last_read_us.store(0, Ordering::Relaxed);
+        slot.timed_out_sent_us.store(0, Ordering::Relaxed);
     }
 
     /// True when connection `i` is signed on and carrying requests.
@@ -404,10 +463,16 @@ impl IssuerLink {
                 .and_then(writer_of)
                 .or_else(|| {
                     let start = inner.next_slot.fetch_add(1, Ordering::Relaxed);
-                    (0..n)
+                    let live = (0..n)
                         .map(|k| (start + k) % n)
-                        .filter(|&i| inner.slots[i].up.load(Ordering::Relaxed))
-                        .find_map(writer_of)
+                        .filter(|&i| inner.slots[i].up.load(Ordering::Relaxed));
+                    // In turn, skipping a connection whose host reads nothing or whose
+                    // queue is full while another will do; else any that is up.
+                    live.clone()
+                        .filter(|&i| !self.slot_stalled(i))
+                        .filter_map(writer_of)
+                        .find(|(_, tx)| tx.capacity() > 0)
+                        .or_else(|| live.into_iter().find_map(writer_of))
                 }),
         }
         .ok_or(IssuerError::Unavailable)?;

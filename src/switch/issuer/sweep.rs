@@ -91,6 +91,7 @@ impl IssuerLink {
                     && let Some(reply) = p.reply.take()
                 {
                     metrics::counter!(m::ISSUER_TIMEOUTS_TOTAL).increment(1);
+                    self.slot_timed_out(p.conn, p.sent_at);
                     tracing::debug!(stan = %String::from_utf8_lossy(p.key()), "issuer answer late");
                     // The issuer may approve it yet: a reversal is owed unless its answer
                     // says otherwise. Built here, under the map's lock (a rare path), so
