@@ -428,6 +428,35 @@ fn an_advice_in_a_currency_the_card_cannot_count_takes_what_was_left_and_a_use()
 }
 
 #[test]
+fn a_stand_in_advice_that_restates_a_timed_out_purchase_is_counted_and_one_for_another_amount_is_not()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &spec(10_000));
+    // vpan saw the purchase with DE 14; the issuer was too slow, the network got 91 ...
+    let mut sent = purchase(3_000, 8);
+    sent.expiry = Some(cards.get(key).unwrap().expiry);
+    let held = approval(cards.authorize(key, &sent, NOW));
+    held.durable.wait().unwrap();
+    settle(&cards, &held.hold, IssuerOutcome::TimedOut);
+    assert_eq!(cards.get(key).unwrap().spent, 0);
+    // ... and stood in: its advice, under the same key, leaves DE 14 out. Money moved.
+    let advice = request(*b"0120", 3_000, 8, "SHOP-A");
+    match cards.advice(key, &advice, NOW) {
+        AdviceOutcome::Recorded(d) => d.wait().unwrap(),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(cards.get(key).unwrap().spent, 3_000);
+    // Under that key, another amount is another transaction: 94, nothing counted.
+    let other = request(*b"0120", 4_000, 8, "SHOP-A");
+    assert!(matches!(
+        cards.advice(key, &other, NOW),
+        AdviceOutcome::Conflict
+    ));
+    assert_eq!(cards.get(key).unwrap().spent, 3_000);
+}
+
+#[test]
 fn an_advice_for_a_held_approval_completes_it() {
     let dir = tempfile::tempdir().unwrap();
     let (cards, _) = open(dir.path());

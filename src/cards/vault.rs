@@ -260,7 +260,7 @@ pub enum AdviceOutcome {
     Recorded(Durable),
     /// The same advice (or the approval it reports) was recorded already.
     Repeat,
-    /// The key is known with other content: nothing recorded.
+    /// The key is known on another card or for another amount: nothing recorded.
     Conflict,
     /// No card has this vPAN.
     Unknown,
@@ -800,7 +800,12 @@ impl Cards {
                 return AdviceOutcome::Recorded(Durable::ready(Err(StoreError::Failed)));
             }
             if let Some(e) = self.ledger.get(&tx) {
-                if e.fingerprint != fingerprint {
+                // An advice tells of money that moved: the request vpan saw under its key
+                // may have carried what the advice leaves out or restates (DE 14, DE 18,
+                // DE 42, DE 6 at another rate), and a 94 would leave it uncounted. Only
+                // another card or amount makes it another transaction.
+                let same_money = e.card == card_key && e.original_amount == req.amounts.transaction;
+                if e.fingerprint != fingerprint && !same_money {
                     return AdviceOutcome::Conflict;
                 }
                 if matches!(e.state, TxState::Held | TxState::InDoubt) && e.card == card_key {
