@@ -403,8 +403,8 @@ struct ScriptedHost {
     listener: TcpListener,
     /// The switch's data directory.
     data_dir: std::path::PathBuf,
-    /// The switch's environment: one connection, the timeout, a drain longer than it.
-    env: [(&'static str, &'static str); 3],
+    /// The switch's environment: one connection, the timeout.
+    env: [(&'static str, &'static str); 2],
     /// Deleted with the rig.
     _dir: tempfile::TempDir,
 }
@@ -421,7 +421,6 @@ impl ScriptedHost {
             env: [
                 ("VPAN_ISSUER_TIMEOUT_MS", timeout_ms),
                 ("VPAN_ISSUER_CONNECTIONS", "1"),
-                ("VPAN_NETWORK_DRAIN_TIMEOUT_MS", "10000"),
             ],
             _dir: dir,
         }
