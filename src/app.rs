@@ -226,7 +226,7 @@ impl App {
             idle_timeout: (config.network.idle_timeout_ms > 0)
                 .then(|| Duration::from_millis(config.network.idle_timeout_ms)),
             read_timeout: Duration::from_millis(config.network.read_timeout_ms.max(1)),
-            drain_timeout: Duration::from_millis(config.network.drain_timeout_ms),
+            drain_timeout: drain_timeout(&config),
         };
         let app = App {
             cards: Arc::new(cards),
@@ -398,6 +398,22 @@ impl App {
 }
 
 /// Runs `task`, with `up` true until it ends (the network check of `/healthz`).
+/// How long shutdown waits for the requests in flight: `network.drain_timeout_ms`, raised
+/// (with a warning) to `issuer.timeout_ms` plus one turn of the issuer link's sweep and
+/// some slack, since a request still with the issuer at shutdown could otherwise be
+/// approved there, counted, and never answered to the network.
+fn drain_timeout(config: &Config) -> Duration {
+    let at_least = config.issuer.timeout_ms + 100;
+    if config.network.drain_timeout_ms < at_least {
+        tracing::warn!(
+            network_drain_timeout_ms = config.network.drain_timeout_ms,
+            issuer_timeout_ms = config.issuer.timeout_ms,
+            "network.drain_timeout_ms is shorter than issuer.timeout_ms + 100: shutdown waits {at_least} ms"
+        );
+    }
+    Duration::from_millis(config.network.drain_timeout_ms.max(at_least))
+}
+
 async fn up_while(up: Arc<AtomicBool>, task: impl Future<Output = ()>) {
     up.store(true, Ordering::Relaxed);
     task.await;

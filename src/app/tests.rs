@@ -508,3 +508,13 @@ async fn a_repeat_refused_with_the_purchase_it_joined_waits_until_the_reversal_o
     stop.cancel();
     let _ = task.await;
 }
+
+#[test]
+fn the_drain_is_never_shorter_than_the_issuer_timeout_and_a_sweep() {
+    let mut config = Config::default();
+    config.issuer.timeout_ms = 10_000;
+    config.network.drain_timeout_ms = 5_000;
+    assert_eq!(super::drain_timeout(&config), Duration::from_millis(10_100));
+    config.network.drain_timeout_ms = 20_000;
+    assert_eq!(super::drain_timeout(&config), Duration::from_millis(20_000));
+}
