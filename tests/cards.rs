@@ -1192,6 +1192,15 @@ fn a_card_issued_in_a_virtual_range_is_found_and_a_stranger_there_is_unknown() {
             .unwrap();
     let err = cards.issue(&in_range, NOW).unwrap_err();
     assert!(err.to_string().contains("virtual card number"), "{err}");
+    // A real card of a BIN no range is for gets no vPAN: drawn from its BIN, the vPAN
+    // could be another cardholder's real card number.
+    let mut other_bin = spec(1_000);
+    other_bin.pan =
+        vpan::pan::Pan::from_digits(vpan::cards::vpan::random_luhn("411111", 16).as_bytes())
+            .unwrap();
+    let err = cards.issue(&other_bin, NOW).unwrap_err();
+    assert!(err.to_string().contains("BIN 411111"), "{err}");
+    assert_eq!(cards.len(), 1, "nothing issued");
 }
 
 #[test]

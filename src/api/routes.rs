@@ -225,10 +225,11 @@ async fn create_card(
             Ok((StatusCode::CREATED, card(&view)).into_response())
         }
         Err(IssueError::Invalid(message)) => Err(ApiError::invalid(message)),
-        // The card's range leaves no digit to draw: no retry will change that.
-        Err(IssueError::Generate(e @ GenerateError::NoRoom { .. })) => {
-            Err(ApiError::invalid(e.to_string()))
-        }
+        // The card's range leaves no digit to draw, or there is none for its BIN: no retry
+        // will change that.
+        Err(IssueError::Generate(
+            e @ (GenerateError::NoRoom { .. } | GenerateError::NoRange { .. }),
+        )) => Err(ApiError::invalid(format!("pan: {e}"))),
         Err(IssueError::Generate(e)) => {
             tracing::error!(pan = %spec.pan, error = %e, "no vPAN could be drawn");
             Err(ApiError::unavailable("no_vpan_available", e.to_string()))

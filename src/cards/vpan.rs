@@ -5,7 +5,9 @@
 //! check digit. The digits in between come from the thread-local CSPRNG (ChaCha12 seeded
 //! from the OS). When a `cards.virtual_ranges` prefix starts with the BIN, the longest such
 //! prefix is kept instead, so that vPANs stay inside the range reserved for them (where an
-//! unknown number is declined with 14 rather than passed through).
+//! unknown number is declined with 14 rather than passed through). Once ranges are
+//! configured, a BIN none of them is for gets no vPAN ([`GenerateError::NoRange`]): its
+//! numbers outside the ranges belong to real cards vpan does not know.
 //!
 //! Capacity: a prefix of `p` digits on a PAN of `n` digits leaves `n - p - 1` random digits,
 //! so `10^(n - p - 1)` vPANs (a 16-digit card in a 6-digit BIN: 10^9). Candidates are drawn
@@ -39,6 +41,15 @@ pub enum GenerateError {
     NoRoom {
         /// Length of the real card number.
         pan_len: usize,
+    },
+    /// Virtual ranges are configured, and none is for this card's BIN: drawn from the BIN
+    /// itself, its vPAN could be another cardholder's real card number.
+    #[error(
+        "no cards.virtual_ranges entry starts with this card's BIN {bin} (and leaves a digit to draw): its vPANs would be drawn among real card numbers"
+    )]
+    NoRange {
+        /// The card's BIN (the digits a vPAN shows anyway).
+        bin: String,
     },
 }
 
@@ -83,19 +94,31 @@ impl VpanGenerator {
     }
 
     /// The digits every vPAN of this real card starts with: the longest virtual range that
-    /// starts with the card's BIN, else the BIN.
-    pub fn prefix_for<'a>(&'a self, real: &'a Pan) -> &'a [u8] {
+    /// starts with the card's BIN; with no ranges configured at all, the BIN (`vpan serve`
+    /// warns of that at start). With ranges, a BIN none of them is for is refused rather
+    /// than drawn from: the issuer reserved numbers for vPANs, and these are not among them.
+    pub fn prefix_for<'a>(&'a self, real: &'a Pan) -> Result<&'a [u8], GenerateError> {
         let bin = real.prefix(self.bin_length);
+        if self.ranges.is_empty() {
+            return Ok(bin);
+        }
         self.ranges
             .iter()
             .filter(|r| r.starts_with(bin) && r.len() < real.len())
             .max_by_key(|r| r.len())
-            .map_or(bin, Vec::as_slice)
+            .map(Vec::as_slice)
+            .ok_or_else(|| GenerateError::NoRange {
+                bin: String::from_utf8_lossy(bin).into_owned(),
+            })
     }
 
-    /// How many distinct vPANs this real card's prefix and length allow.
+    /// How many distinct vPANs this real card's prefix and length allow (none without a
+    /// prefix).
     pub fn capacity_for(&self, real: &Pan) -> u64 {
-        let random = real.len().saturating_sub(self.prefix_for(real).len() + 1);
+        let Ok(prefix) = self.prefix_for(real) else {
+            return 0;
+        };
+        let random = real.len().saturating_sub(prefix.len() + 1);
         10u64.saturating_pow(random as u32)
     }
 
@@ -126,7 +149,7 @@ impl VpanGenerator {
         real: &Pan,
         mut claim: impl FnMut(&Pan) -> bool,
     ) -> Result<Pan, GenerateError> {
-        let prefix = self.prefix_for(real);
+        let prefix = self.prefix_for(real)?;
         let len = real.len();
         let random_digits = len
             .checked_sub(prefix.len() + 1)
@@ -206,13 +229,23 @@ mod tests {
         let ranges = ["4970109".to_string(), "49701095".into(), "5".into()];
         let g = VpanGenerator::new(6, &ranges).unwrap();
         let r = real("497010", 16);
-        assert_eq!(g.prefix_for(&r), b"49701095");
+        assert_eq!(g.prefix_for(&r).unwrap(), b"49701095");
         let v = g.generate(&r, |_| true).unwrap();
         assert!(v.as_bytes().starts_with(b"49701095"));
         assert!(g.in_virtual_range(v.as_bytes()));
         assert!(!g.in_virtual_range(crate::pan::test_pan("400000").as_bytes()));
+        // A BIN no range is for: refused, not drawn among its real card numbers.
         let other = real("411111", 16);
-        assert_eq!(g.prefix_for(&other), b"411111");
+        assert_eq!(
+            g.generate(&other, |_| true),
+            Err(GenerateError::NoRange {
+                bin: "411111".into()
+            })
+        );
+        assert_eq!(g.capacity_for(&other), 0);
+        // With no ranges at all, the BIN is the prefix.
+        let open = VpanGenerator::new(6, &[]).unwrap();
+        assert_eq!(open.prefix_for(&other).unwrap(), b"411111");
     }
 
     #[test]
