@@ -4,7 +4,7 @@
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Mutex;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use super::snapshots::SNAPSHOT_VERSION;
@@ -100,10 +100,16 @@ impl Cards {
         let index = CardIndex::with_capacity(
             cards_in_snapshot.min(snapshot_bytes / MIN_SNAP_CARD_BYTES) as usize,
         );
+        let highest_in_snapshot = AtomicU64::new(0);
         recovered.snapshot = parallel_replay(
             |sink| snapshot::read(&dir, |payload| sink.push(0, payload)),
-            |payload| load_snapshot_record(&index, &ledger, &cipher, payload),
+            |payload| load_snapshot_record(&index, &ledger, &cipher, &highest_in_snapshot, payload),
         )?;
+        // The snapshot walks the cards while they change, so a card in it may carry a
+        // sequence number past its header's (its record is in the journal after it). Should
+        // that record be lost, numbering must still go on past it: a later event under a
+        // lower number would be skipped at the next replay from this snapshot.
+        next_lsn = next_lsn.max(lsn_after(highest_in_snapshot.into_inner())?);
 
         // The journal since, on worker threads partitioned by card: each card's events
         // stay in order on one thread (a transaction's entry belongs to its card too).
@@ -123,7 +129,7 @@ impl Cards {
                 |sink| {
                     read_records(&path, |payload| {
                         let ev = Event::decode(payload)?;
-                        next_lsn = next_lsn.max(ev.lsn() + 1);
+                        next_lsn = next_lsn.max(lsn_after(ev.lsn())?);
                         sink.push(ev.key().raw(), payload)
                     })
                 },
@@ -345,10 +351,18 @@ fn parallel_replay<T>(
 }
 
 /// Loads one snapshot record (the header was read before).
+/// The sequence number after `lsn`; a record claiming the last one is damage (numbering
+/// would wrap, and every later event of its card would be skipped at replay).
+fn lsn_after(lsn: u64) -> Result<u64, StoreError> {
+    lsn.checked_add(1)
+        .ok_or(StoreError::Corrupt("record sequence number"))
+}
+
 fn load_snapshot_record(
     index: &CardIndex,
     ledger: &Ledger,
     cipher: &PanCipher,
+    highest_lsn: &AtomicU64,
     payload: &[u8],
 ) -> Result<(), StoreError> {
     let mut g = event::Get(payload);
@@ -361,12 +375,14 @@ fn load_snapshot_record(
             if !g.0.is_empty() {
                 return Err(StoreError::Corrupt("snapshot card"));
             }
+            highest_lsn.fetch_max(card.lsn, Ordering::Relaxed);
             index.put(key, card);
         }
         Some(event::TAG_SNAP_TX) => {
             let (k, e) = event::decode_snap_tx(&mut g)
                 .filter(|_| g.0.is_empty())
                 .ok_or(StoreError::Corrupt("snapshot tx"))?;
+            highest_lsn.fetch_max(e.lsn, Ordering::Relaxed);
             ledger.entries.insert(k, e);
         }
         _ => return Err(StoreError::Corrupt("snapshot record")),
