@@ -165,6 +165,7 @@ impl App {
             cards = recovered.cards,
             records = recovered.records,
             bytes_cut = recovered.bytes_cut,
+            intact_records_cut = recovered.intact_records_cut,
             holds_counted_as_spent = recovered.holds_counted_as_spent,
             elapsed_ms = recovered.elapsed_ms,
             reversals_owed = debts.len(),

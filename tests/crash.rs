@@ -331,6 +331,15 @@ fn torn_tail_is_cut(tear: impl FnOnce(&std::path::Path)) {
     tear(&last_segment(dir.path()));
     let (cards, rec) = open(dir.path());
     assert!(rec.bytes_cut > 0, "{rec:?}");
+    assert_eq!(
+        rec.intact_records_cut, 0,
+        "a torn write, not damage: {rec:?}"
+    );
+    assert_eq!(
+        kept_aside(dir.path()),
+        vec![rec.bytes_cut],
+        "the cut bytes kept aside"
+    );
     // The third hold is durable but its answer was torn away: counted as spent, not lost.
     let v = cards.get(key).unwrap();
     assert_eq!((v.spent, v.held, v.uses), (3_000, 0, 3));
@@ -339,6 +348,34 @@ fn torn_tail_is_cut(tear: impl FnOnce(&std::path::Path)) {
     // The cut is for good: a second start finds a clean journal.
     let (_, again) = open(dir.path());
     assert_eq!(again.bytes_cut, 0);
+}
+
+/// The sizes of the cut journal tails kept aside in `data`.
+fn kept_aside(data: &Path) -> Vec<u64> {
+    std::fs::read_dir(data)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains(".log.damaged-"))
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .collect()
+}
+
+#[test]
+fn damage_in_the_middle_of_the_last_segment_is_told_from_a_torn_write_and_kept_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    three_answered_approvals(dir.path(), IssuerOutcome::APPROVED);
+    let seg = last_segment(dir.path());
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x10;
+    std::fs::write(&seg, &bytes).unwrap();
+    let (_, rec) = open(dir.path());
+    assert!(rec.bytes_cut > 0, "{rec:?}");
+    // Records that read whole follow the bad one: no crash tears a write that way.
+    assert!(rec.intact_records_cut > 0, "{rec:?}");
+    // They are cut from the journal, but not destroyed.
+    let kept = kept_aside(dir.path());
+    assert_eq!(kept, vec![rec.bytes_cut]);
 }
 
 #[test]

@@ -739,6 +739,65 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
+/// How much of a cut tail is searched for intact records (see [`keep_tail_aside`]).
+const TAIL_SCAN_BYTES: u64 = 64 << 20;
+
+/// Copies what follows the last good record of `path` (from `good_bytes`) to a file beside
+/// it (`<segment>.damaged-<nanoseconds>`), synced, before it is cut; returns that file and
+/// how many intact records it holds past the first bad one (searched in its first 64 MiB).
+///
+/// A crash tears only the last batch, whose records were never acknowledged; intact records
+/// after a bad one point to damage instead (a bad sector, a flipped bit), and they may have
+/// been. Either way nothing is destroyed: the bytes stay on disk for the operators.
+pub fn keep_tail_aside(path: &Path, good_bytes: u64) -> Result<(PathBuf, u64), StoreError> {
+    let what = "keeping a cut journal tail aside";
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let mut kept_name = path.as_os_str().to_owned();
+    kept_name.push(format!(".damaged-{nanos}"));
+    let kept = PathBuf::from(kept_name);
+    let mut from = File::open(path).map_err(StoreError::io(what))?;
+    from.seek(SeekFrom::Start(good_bytes))
+        .map_err(StoreError::io(what))?;
+    let mut to = File::create(&kept).map_err(StoreError::io(what))?;
+    io::copy(&mut from, &mut to)
+        .and_then(|_| to.sync_all())
+        .map_err(StoreError::io(what))?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir).map_err(StoreError::io(what))?;
+    }
+    let mut head = Vec::new();
+    File::open(&kept)
+        .and_then(|f| f.take(TAIL_SCAN_BYTES).read_to_end(&mut head))
+        .map_err(StoreError::io(what))?;
+    Ok((kept, intact_records_after_the_first(&head)))
+}
+
+/// Intact framed records in `bytes` past its first one, found at any offset.
+fn intact_records_after_the_first(bytes: &[u8]) -> u64 {
+    let mut found = 0;
+    let mut at = 1;
+    while at + 8 <= bytes.len() {
+        let word =
+            |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+        let (len, crc) = (word(at) as usize, word(at + 4));
+        let end = at + 8 + len;
+        if len > 0
+            && len <= MAX_RECORD_BYTES
+            && end <= bytes.len()
+            && crc32fast::hash(&bytes[at + 8..end]) == crc
+        {
+            found += 1;
+            at = end;
+        } else {
+            at += 1;
+        }
+    }
+    found
+}
+
 /// Cuts a segment after its last good record (the recovery of a torn or corrupt tail).
 pub fn truncate(path: &Path, good_bytes: u64) -> Result<(), StoreError> {
     let file = OpenOptions::new()

@@ -30,8 +30,11 @@ pub struct Recovered {
     pub cards: usize,
     /// Journal records replayed.
     pub records: u64,
-    /// Bytes of torn or corrupt journal tail cut.
+    /// Bytes of torn or corrupt journal tail cut (kept aside first, beside the segment).
     pub bytes_cut: u64,
+    /// Intact records found after the first bad one in what was cut: damage, not a torn
+    /// write (see [`journal::keep_tail_aside`]).
+    pub intact_records_cut: u64,
     /// Durable holds without an answer, counted as spent (in doubt: see `Event::InDoubt`).
     pub holds_counted_as_spent: u64,
     /// Time taken.
@@ -152,13 +155,26 @@ impl Cards {
                 .into());
             }
             if report.bad_bytes > 0 {
-                tracing::warn!(
-                    segment = n,
-                    bytes = report.bad_bytes,
-                    "cutting a torn or corrupt journal tail"
-                );
+                let (kept, intact) = journal::keep_tail_aside(&path, report.good_bytes)?;
+                if intact > 0 {
+                    tracing::error!(
+                        segment = n,
+                        bytes = report.bad_bytes,
+                        intact_records_after = intact,
+                        kept = %kept.display(),
+                        "cutting a damaged journal tail: intact records follow the bad one, so this is damage to the disk, not a write torn by a crash, and they may have been acknowledged; kept aside"
+                    );
+                } else {
+                    tracing::warn!(
+                        segment = n,
+                        bytes = report.bad_bytes,
+                        kept = %kept.display(),
+                        "cutting a torn journal tail (a write a crash interrupted: never acknowledged); kept aside"
+                    );
+                }
                 journal::truncate(&path, report.good_bytes)?;
                 recovered.bytes_cut += report.bad_bytes;
+                recovered.intact_records_cut += intact;
             }
         }
 
