@@ -373,9 +373,17 @@ fn damage_in_the_middle_of_the_last_segment_is_told_from_a_torn_write_and_kept_a
     assert!(rec.bytes_cut > 0, "{rec:?}");
     // Records that read whole follow the bad one: no crash tears a write that way.
     assert!(rec.intact_records_cut > 0, "{rec:?}");
-    // They are cut from the journal, but not destroyed.
+    // They are cut from the journal, but not destroyed, and kept as private as it.
     let kept = kept_aside(dir.path());
     assert_eq!(kept, vec![rec.bytes_cut]);
+    for e in std::fs::read_dir(dir.path()).unwrap() {
+        let path = e.unwrap().path();
+        if path.to_string_lossy().contains(".damaged-") {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{path:?} readable by others");
+        }
+    }
 }
 
 #[test]

@@ -761,7 +761,7 @@ pub fn keep_tail_aside(path: &Path, good_bytes: u64) -> Result<(PathBuf, u64), S
     let mut from = File::open(path).map_err(StoreError::io(what))?;
     from.seek(SeekFrom::Start(good_bytes))
         .map_err(StoreError::io(what))?;
-    let mut to = File::create(&kept).map_err(StoreError::io(what))?;
+    let mut to = super::create_private_file(&kept).map_err(StoreError::io(what))?;
     io::copy(&mut from, &mut to)
         .and_then(|_| to.sync_all())
         .map_err(StoreError::io(what))?;
