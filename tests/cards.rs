@@ -1214,6 +1214,28 @@ fn the_key_file_is_made_0600_in_the_data_dir_at_first_start() {
 }
 
 #[test]
+fn a_missing_key_file_is_not_made_anew_over_card_numbers_sealed_under_the_old_one() {
+    let dir = tempfile::tempdir().unwrap();
+    // Started once with nothing issued: a lost key loses nothing, and is made again.
+    drop(open(dir.path()));
+    std::fs::remove_file(dir.path().join("pan.key")).unwrap();
+    let (cards, _) = open(dir.path());
+    issue(&cards, &spec(1_000));
+    drop(cards);
+    // A card is sealed under it now: its loss (a mount missing, a typo) stops the start.
+    std::fs::remove_file(dir.path().join("pan.key")).unwrap();
+    let err = try_open(dir.path(), vpan::cards::LedgerConfig::default())
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("pan.key") && err.contains("missing"), "{err}");
+    assert!(
+        !dir.path().join("pan.key").exists(),
+        "no key made in its place"
+    );
+}
+
+#[test]
 fn a_second_process_on_the_same_data_dir_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (_cards, _) = open(dir.path());

@@ -74,7 +74,16 @@ impl Cards {
                 return Err(StoreError::io("locking the data directory")(e).into());
             }
         }
-        let cipher = PanCipher::load_or_create(&store.key_path())?;
+        let key_path = store.key_path();
+        if !key_path.exists() && holds_sealed_card_numbers(&dir)? {
+            return Err(StoreError::KeyFile {
+                path: key_path,
+                what: "looking for it",
+                message: "it is missing, but the data directory holds card numbers sealed under it: restore it, or point store.key_file at it (a new key would not open them)".into(),
+            }
+            .into());
+        }
+        let cipher = PanCipher::load_or_create(&key_path)?;
         let mut recovered = Recovered::default();
 
         // The snapshot, if any: its header first (to size the index), then its records on
@@ -367,6 +376,27 @@ fn parallel_replay<T>(
 }
 
 /// Loads one snapshot record (the header was read before).
+/// True when `dir` holds anything sealed under the key file: a snapshot, a journal segment
+/// with a record in it, or reversals owed. A key made anew then would open none of it.
+fn holds_sealed_card_numbers(dir: &std::path::Path) -> Result<bool, StoreError> {
+    let io = StoreError::io("looking for sealed card numbers in the data directory");
+    if dir.join(snapshot::SNAPSHOT_FILE).exists()
+        || std::fs::metadata(dir.join(crate::store::owed::FILE)).is_ok_and(|m| m.len() > 0)
+    {
+        return Ok(true);
+    }
+    for n in list_segments(dir).map_err(&io)? {
+        // A segment with no record starts with the zeros written ahead of them.
+        let mut first = [0u8; 4];
+        let read = std::fs::File::open(segment_path(dir, n))
+            .and_then(|mut f| std::io::Read::read(&mut f, &mut first));
+        if read.map_err(&io)? > 0 && first != [0; 4] {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// The sequence number after `lsn`; a record claiming the last one is damage (numbering
 /// would wrap, and every later event of its card would be skipped at replay).
 fn lsn_after(lsn: u64) -> Result<u64, StoreError> {
