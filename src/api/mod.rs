@@ -90,6 +90,9 @@ pub struct ApiState {
     pub cards: Arc<Cards>,
     /// The probes of `/healthz`.
     pub health: Arc<Health>,
+    /// One listing of the cards at a time: each page walks every card (see
+    /// `routes::list_cards`).
+    pub listing: Arc<tokio::sync::Semaphore>,
 }
 
 /// Why the API could not start; names the file or setting.
@@ -175,6 +178,7 @@ impl ApiServer {
         let state = ApiState {
             cards,
             health: Arc::new(health),
+            listing: Arc::new(tokio::sync::Semaphore::new(1)),
         };
         let app = router(state, self.token);
         // hyper directly rather than `axum::serve`, for its timer: without one hyper has
@@ -276,6 +280,7 @@ mod tests {
         ApiState {
             cards: Arc::new(cards),
             health: Arc::new(Health::new().check("store", || true)),
+            listing: Arc::new(tokio::sync::Semaphore::new(1)),
         }
     }
 

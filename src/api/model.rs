@@ -244,6 +244,17 @@ pub enum LockOut {
     },
 }
 
+/// An MCC, answered as its 4 digits: written straight into the JSON, so that a page of
+/// cards with long MCC lists does not make a string of each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mcc(pub u16);
+
+impl Serialize for Mcc {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{:04}", self.0))
+    }
+}
+
 /// A card as answered by every card endpoint: status, counters and the controls. The vPAN
 /// in full (the caller is authorized and needs it), the real PAN only masked.
 #[derive(Clone, Serialize)]
@@ -269,9 +280,9 @@ pub struct CardBody {
     /// Where the card may be used.
     pub merchant_lock: LockOut,
     /// MCCs allowed (empty: all), 4 digits each.
-    pub mcc_allow: Vec<String>,
+    pub mcc_allow: Vec<Mcc>,
     /// MCCs refused.
-    pub mcc_block: Vec<String>,
+    pub mcc_block: Vec<Mcc>,
     /// Spent so far, minor units.
     pub spent: u64,
     /// Held by approvals waiting for the issuer.
@@ -304,8 +315,8 @@ impl From<&CardView> for CardBody {
                     acceptor_id: id.as_str().to_string(),
                 },
             },
-            mcc_allow: c.mcc_allow.iter().map(|m| format!("{m:04}")).collect(),
-            mcc_block: c.mcc_block.iter().map(|m| format!("{m:04}")).collect(),
+            mcc_allow: c.mcc_allow.iter().copied().map(Mcc).collect(),
+            mcc_block: c.mcc_block.iter().copied().map(Mcc).collect(),
             spent: v.spent,
             held: v.held,
             available: v.available,
@@ -399,6 +410,12 @@ impl fmt::Debug for CardBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_mcc_is_answered_as_its_four_digits() {
+        let json = serde_json::to_string(&[Mcc(742), Mcc(5411), Mcc(0)]).unwrap();
+        assert_eq!(json, r#"["0742","5411","0000"]"#);
+    }
 
     /// 2026-11-26T15:29:42Z.
     const NOW: u64 = 1_795_706_982;

@@ -330,14 +330,28 @@ async fn list_cards(
             ApiError::invalid("after: must be a vPAN (12 to 19 digits) from the previous page")
         })?),
     };
-    let views = state.cards.list(after, limit);
-    let next_after = (views.len() == limit)
-        .then(|| views.last().map(|v| v.vpan.expose().to_string()))
-        .flatten();
-    Ok(Json(CardList {
-        cards: views.iter().map(CardBody::from).collect(),
-        next_after,
-    }))
+    // A page walks every card: off the runtime's threads, which the switch's connections
+    // share, and one listing at a time, so that listings never hold up authorizations
+    // nor fill the memory with pages at once.
+    let _one = state
+        .listing
+        .acquire()
+        .await
+        .map_err(|_| ApiError::unavailable("overloaded", "the API is stopping"))?;
+    let cards = state.cards.clone();
+    let page = tokio::task::spawn_blocking(move || {
+        let views = cards.list(after, limit);
+        let next_after = (views.len() == limit)
+            .then(|| views.last().map(|v| v.vpan.expose().to_string()))
+            .flatten();
+        CardList {
+            cards: views.iter().map(CardBody::from).collect(),
+            next_after,
+        }
+    })
+    .await
+    .map_err(|_| ApiError::unavailable("overloaded", "the listing did not finish"))?;
+    Ok(Json(page))
 }
 
 /// `GET /healthz`: 200 when every check is up, else 503 naming the ones down.
