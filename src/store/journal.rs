@@ -577,14 +577,7 @@ impl<R: Encode + Send + 'static> Writer<R> {
             return;
         }
         let started = Instant::now();
-        self.mark.commit.store(monotonic_nanos(), Ordering::Release);
-        let committed = (!self.is_failed()).then(|| self.segment.commit(buf));
-        if self.mark.commit.swap(0, Ordering::AcqRel) & STALLED != 0 {
-            tracing::warn!(
-                took_ms = started.elapsed().as_millis() as u64,
-                "journal commit returned after a stall: answering again"
-            );
-        }
+        let committed = self.watched(|w| (!w.is_failed()).then(|| w.segment.commit(buf)));
         // Looked up per commit, not cached: the journal starts before the switch installs
         // its metrics recorder, and a handle taken then would count nowhere.
         metrics::histogram!("vpan_store_commit_duration_seconds")
@@ -611,15 +604,33 @@ impl<R: Encode + Send + 'static> Writer<R> {
         *count = 0;
     }
 
+    /// Runs `io` (a commit, or a new segment's creation) under the stall watchdog: past
+    /// [`STALL_AFTER`], the records waiting behind it are answered `Stalled` rather than
+    /// left waiting on a disk that does not answer.
+    fn watched<T>(&mut self, io: impl FnOnce(&mut Self) -> T) -> T {
+        let started = Instant::now();
+        self.mark.commit.store(monotonic_nanos(), Ordering::Release);
+        let out = io(self);
+        if self.mark.commit.swap(0, Ordering::AcqRel) & STALLED != 0 {
+            tracing::warn!(
+                took_ms = started.elapsed().as_millis() as u64,
+                "journal write returned after a stall: answering again"
+            );
+        }
+        out
+    }
+
     fn rotate(&mut self) -> Result<u64, StoreError> {
         if self.is_failed() {
             return Err(StoreError::Failed);
         }
         let next = self.segment.number + 1;
-        let segment = Segment::create(&self.dir, next).map_err(|e| {
-            self.fail();
-            StoreError::io("rotating the journal")(e)
-        })?;
+        let segment = self
+            .watched(|w| Segment::create(&w.dir, next))
+            .map_err(|e| {
+                self.fail();
+                StoreError::io("rotating the journal")(e)
+            })?;
         std::mem::replace(&mut self.segment, segment).close();
         self.stats.segment_bytes.store(0, Ordering::Relaxed);
         Ok(next)
@@ -1036,6 +1047,43 @@ mod tests {
             appended,
             "the stalled records reached the disk too"
         );
+    }
+
+    #[test]
+    fn a_new_segment_that_the_disk_does_not_create_in_time_is_a_stall_too() {
+        use crate::store::segment::sync_gate::{self, Gate};
+        let dir = tempfile::tempdir().unwrap();
+        let j = Arc::new(Journal::<Bytes>::start(dir.path(), 1).unwrap());
+        j.append(Bytes(vec![1; 10])).wait().unwrap();
+        let held = sync_gate::set(dir.path(), Gate::Held);
+        let rotating = std::thread::spawn({
+            let j = j.clone();
+            move || j.rotate()
+        });
+        // Let the writer reach the gate in the new segment's creation first (a record
+        // queued before the rotation would meet the gate in its own commit instead).
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        // Behind the rotation the disk does not finish: answered `Stalled`, not left waiting.
+        let (answered, answer) = mpsc::channel();
+        let waiting = j.append(Bytes(vec![2; 10]));
+        std::thread::spawn(move || answered.send(waiting.wait()));
+        let behind = answer
+            .recv_timeout(STALL_AFTER * 5)
+            .expect("an append behind a rotation the disk does not finish is answered");
+        assert!(matches!(behind, Err(StoreError::Stalled(_))), "{behind:?}");
+        drop(held);
+        assert_eq!(rotating.join().unwrap().unwrap(), 2);
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match j.append(Bytes(vec![3; 10])).wait() {
+                Ok(()) => break,
+                Err(StoreError::Stalled(_)) if Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(!j.is_failed());
     }
 
     #[test]

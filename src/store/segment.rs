@@ -56,6 +56,8 @@ impl Segment {
             .read(true)
             .write(true)
             .open(segment_path(dir, number))?;
+        #[cfg(test)]
+        sync_gate::pass(dir)?;
         sync_dir(dir)?;
         Ok(Segment {
             number,
