@@ -302,13 +302,14 @@ async fn accept_loop(
         let (tcp, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
-                tracing::warn!(error = %e, "API accept failed");
+                crate::logging::throttled!(warn, error = %e, "API accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, MAX_CONNECTIONS, "API connection refused: too many open");
+            // Throttled: a client flooding the API must not flood the log too.
+            crate::logging::throttled!(warn, %peer, MAX_CONNECTIONS, "API connection refused: too many open");
             continue;
         };
         let _ = tcp.set_nodelay(true);
