@@ -76,8 +76,10 @@ pub struct OwedReversals {
     /// Records waiting for the next commit, and whether a commit is running.
     queue: parking_lot::Mutex<Queue>,
     /// The file, and where its last good record ends: a write that fails part way is cut
-    /// back to it, so the records after it are not hidden behind a torn one.
-    file: parking_lot::Mutex<(File, u64)>,
+    /// back to it, so the records after it are not hidden behind a torn one. `None` once a
+    /// cut back failed: records written after unreadable bytes would be dropped at the next
+    /// start, so none is written (and acknowledged) any more.
+    file: parking_lot::Mutex<(File, Option<u64>)>,
     cipher: PanCipher,
     next_id: AtomicU64,
     /// The file's path: the tests' [`super::segment::sync_gate`] holds or fails its syncs.
@@ -287,7 +289,7 @@ impl OwedReversals {
         Ok((
             OwedReversals {
                 queue: parking_lot::Mutex::new(Queue::default()),
-                file: parking_lot::Mutex::new((file, len)),
+                file: parking_lot::Mutex::new((file, Some(len))),
                 cipher,
                 next_id: AtomicU64::new(last_id + 1),
                 #[cfg(test)]
@@ -404,6 +406,9 @@ impl OwedReversals {
     fn append(&self, bytes: &[u8]) -> Result<(), StoreError> {
         let mut guard = self.file.lock();
         let (file, good) = &mut *guard;
+        let Some(end) = *good else {
+            return Err(StoreError::Failed);
+        };
         let written = (|| {
             file.write_all(bytes)?;
             #[cfg(test)]
@@ -412,14 +417,20 @@ impl OwedReversals {
         })();
         match written {
             Ok(()) => {
-                *good += bytes.len() as u64;
+                *good = Some(end + bytes.len() as u64);
                 Ok(())
             }
             Err(e) => {
                 // Appends go to the end of the file whatever its length: once cut back,
                 // the next write follows the last good record.
-                if let Err(cut) = file.set_len(*good) {
-                    tracing::error!(error = %cut, "a failed write to the book of reversals owed could not be cut back");
+                let cut = (|| {
+                    #[cfg(test)]
+                    super::segment::sync_gate::pass(&self.path)?;
+                    file.set_len(end)
+                })();
+                if let Err(cut) = cut {
+                    tracing::error!(error = %cut, "a failed write to the book of reversals owed could not be cut back: it takes no more records until vpan restarts (reversals are still sent, from memory)");
+                    *good = None;
                 }
                 Err(StoreError::io("writing the reversals owed")(e))
             }
@@ -528,6 +539,33 @@ mod tests {
         let printed = format!("{debt:?}");
         assert!(!printed.contains("4970101234567893"), "{printed}");
         assert!(printed.contains("id: 7"), "{printed}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_that_cannot_be_cut_back_stops_the_book() {
+        use crate::store::segment::sync_gate::{self, Gate};
+        let dir = tempfile::tempdir().unwrap();
+        let (book, _) = reopen(dir.path());
+        let first = book.next_id();
+        book.owe(first, b"first").await.unwrap();
+        // The write fails, and so does cutting it back: its bytes stay in the file.
+        let failing = sync_gate::set(&dir.path().join(FILE), Gate::Failing);
+        let second = book.next_id();
+        assert!(book.owe(second, b"second").await.is_err());
+        drop(failing);
+        // A debt written after them would be dropped with them at the next start: refused
+        // now rather than acknowledged.
+        let third = book.next_id();
+        assert!(matches!(
+            book.owe(third, b"third").await,
+            Err(StoreError::Failed)
+        ));
+        drop(book);
+        // (The second's bytes, whole here since only their sync failed, may come back: its
+        // reversal goes out again, which the issuer takes as the repeat it is.)
+        let (_, debts) = reopen(dir.path());
+        let ids: Vec<u64> = debts.iter().map(|d| d.id).collect();
+        assert!(ids.contains(&first) && !ids.contains(&third), "{ids:?}");
     }
 
     #[tokio::test]
