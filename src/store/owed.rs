@@ -403,6 +403,13 @@ impl OwedReversals {
         }
     }
 
+    /// Cuts the file back to `end` (which the tests' gate fails as it fails the write).
+    fn cut_back(&self, file: &File, end: u64) -> std::io::Result<()> {
+        #[cfg(test)]
+        super::segment::sync_gate::pass(&self.path)?;
+        file.set_len(end)
+    }
+
     fn append(&self, bytes: &[u8]) -> Result<(), StoreError> {
         let mut guard = self.file.lock();
         let (file, good) = &mut *guard;
@@ -423,12 +430,7 @@ impl OwedReversals {
             Err(e) => {
                 // Appends go to the end of the file whatever its length: once cut back,
                 // the next write follows the last good record.
-                let cut = (|| {
-                    #[cfg(test)]
-                    super::segment::sync_gate::pass(&self.path)?;
-                    file.set_len(end)
-                })();
-                if let Err(cut) = cut {
+                if let Err(cut) = self.cut_back(file, end) {
                     tracing::error!(error = %cut, "a failed write to the book of reversals owed could not be cut back: it takes no more records until vpan restarts (reversals are still sent, from memory)");
                     *good = None;
                 }
