@@ -236,12 +236,12 @@ async fn an_issuer_answer_whose_code_is_not_a_known_decline_keeps_the_amount_spe
     send(&mut host, &accepted).await;
 
     let mut net = Client::connect(rig.network).await;
-    // 16 (approved, update track 3), a host's own code, no DE 39 at all: the network hears
-    // what the issuer said, and may take it for an approval, so the card counts it spent.
-    // 51 is a decline: its hold is given back.
+    // 16 (approved, update track 3), 87 (private use in ISO 8583, an approval at
+    // Mastercard), no DE 39 at all: the network hears what the issuer said, and may take it
+    // for an approval, so the card counts it spent. 51 is a decline: its hold is given back.
     for (code_at_host, spent) in [
         (Some(b"16"), 4_000),
-        (Some(b"N7"), 4_000),
+        (Some(b"87"), 4_000),
         (None, 4_000),
         (Some(b"51"), 0),
     ] {

@@ -731,18 +731,24 @@ pub fn may_approve(answer: &Message) -> bool {
         .is_none_or(|code| !is_known_decline(code))
 }
 
-/// DE 39 codes that approve: ISO 8583:1987's 00, 08 (honour with identification), 10
-/// (partial), 11 (VIP), 16 (approved, update track 3) and 85 (no reason to decline), and
-/// EMV's offline approvals Y1 and Y3, which links carry in advices.
-const APPROVALS: [[u8; 2]; 8] = [
-    *b"00", *b"08", *b"10", *b"11", *b"16", *b"85", *b"Y1", *b"Y3",
-];
-
-/// True for a DE 39 known to decline: ISO 8583:1987's numeric codes but the approvals, and
-/// EMV's offline declines Z1 and Z3. Anything else is unknown, and not a decline.
+/// DE 39 codes that decline, as their standards define them; any other, an approval or
+/// not, may have moved money (see [`may_approve`]). ISO 8583:1987's refusals and errors:
+/// 01–07, 12–15, 17–31, 33–44, 51–68, 75 and 90–96 (not 09 "in progress" nor 32
+/// "completed partially", nor the ranges it leaves to national and private use, where a
+/// host's own approvals live, such as Mastercard's 87 "purchase only, no cash back");
+/// Visa's N3, N4, N7 (CVV2), Q1, R0, R1, R3 (stop payment orders) and 1A (more
+/// authentication needed); EMV's offline declines Z1 and Z3.
 pub fn is_known_decline(code: [u8; 2]) -> bool {
-    !APPROVALS.contains(&code)
-        && (code.iter().all(u8::is_ascii_digit) || matches!(&code, b"Z1" | b"Z3"))
+    match code {
+        [a @ b'0'..=b'9', b @ b'0'..=b'9'] => matches!(
+            (a - b'0') * 10 + (b - b'0'),
+            1..=7 | 12..=15 | 17..=31 | 33..=44 | 51..=68 | 75 | 90..=96
+        ),
+        _ => matches!(
+            &code,
+            b"N3" | b"N4" | b"N7" | b"Q1" | b"R0" | b"R1" | b"R3" | b"1A" | b"Z1" | b"Z3"
+        ),
+    }
 }
 
 /// The issuer latency histogram's handle, looked up once: `metrics::histogram!` builds and
@@ -778,12 +784,14 @@ mod tests {
             assert!(!is_known_decline(*approval), "{approval:?}");
         }
         for decline in [
-            b"05", b"14", b"51", b"54", b"61", b"91", b"96", b"Z1", b"Z3",
+            b"01", b"05", b"14", b"51", b"54", b"61", b"68", b"75", b"91", b"96", b"N7", b"R0",
+            b"1A", b"Z1", b"Z3",
         ] {
             assert!(is_known_decline(*decline), "{decline:?}");
         }
-        // A host's own code is unknown: not a decline.
-        for unknown in [b"Y9", b"N7", b"1A", b"  "] {
+        // Not declines: in progress, completed partially, the reserved and private ranges
+        // (Mastercard's 87 approves), and codes no standard here defines.
+        for unknown in [b"09", b"32", b"45", b"76", b"87", b"97", b"Y9", b"  "] {
             assert!(!is_known_decline(*unknown), "{unknown:?}");
         }
     }
@@ -801,7 +809,7 @@ mod tests {
         assert!(may_approve(&answer(Some(b"00"))));
         assert!(may_approve(&answer(Some(b"16"))));
         assert!(
-            may_approve(&answer(Some(b"N7"))),
+            may_approve(&answer(Some(b"87"))),
             "unknown: money may have moved"
         );
         assert!(may_approve(&answer(None)), "no DE 39: money may have moved");
