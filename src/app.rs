@@ -398,23 +398,28 @@ impl App {
     }
 }
 
-/// Runs `task`, with `up` true until it ends (the network check of `/healthz`).
 /// How long shutdown waits for the requests in flight: `network.drain_timeout_ms`, raised
-/// (with a warning) to `issuer.timeout_ms` plus one turn of the issuer link's sweep and
-/// some slack, since a request still with the issuer at shutdown could otherwise be
-/// approved there, counted, and never answered to the network.
+/// (with a warning) to the longest a request can take to be answered, plus slack for the
+/// issuer link's sweep: the issuer's timeout, or the journal's stall limit for a hold the
+/// disk does not make durable (the two run side by side). Shorter, a request still with
+/// the issuer at shutdown could be approved there, counted, and never answered.
 fn drain_timeout(config: &Config) -> Duration {
-    let at_least = config.issuer.timeout_ms + 100;
+    let longest = config
+        .issuer
+        .timeout_ms
+        .max(crate::store::journal::STALL_AFTER.as_millis() as u64);
+    let at_least = longest.saturating_add(100);
     if config.network.drain_timeout_ms < at_least {
         tracing::warn!(
             network_drain_timeout_ms = config.network.drain_timeout_ms,
             issuer_timeout_ms = config.issuer.timeout_ms,
-            "network.drain_timeout_ms is shorter than issuer.timeout_ms + 100: shutdown waits {at_least} ms"
+            "network.drain_timeout_ms is shorter than a request can take to be answered: shutdown waits {at_least} ms"
         );
     }
     Duration::from_millis(config.network.drain_timeout_ms.max(at_least))
 }
 
+/// Runs `task`, with `up` true until it ends (the network check of `/healthz`).
 async fn up_while(up: Arc<AtomicBool>, task: impl Future<Output = ()>) {
     up.store(true, Ordering::Relaxed);
     task.await;

@@ -371,7 +371,7 @@ fn damage_in_the_middle_of_the_last_segment_is_told_from_a_torn_write_and_kept_a
     std::fs::write(&seg, &bytes).unwrap();
     let (_, rec) = open(dir.path());
     assert!(rec.bytes_cut > 0, "{rec:?}");
-    // Records that read whole follow the bad one: no crash tears a write that way.
+    // Records that read whole follow the bad one: a killed process never tears a write so.
     assert!(rec.intact_records_cut > 0, "{rec:?}");
     // They are cut from the journal, but not destroyed, and kept as private as it.
     let kept = kept_aside(dir.path());

@@ -333,13 +333,17 @@ async fn list_cards(
     // A page walks every card: off the runtime's threads, which the switch's connections
     // share, and one listing at a time, so that listings never hold up authorizations
     // nor fill the memory with pages at once.
-    let _one = state
+    // The permit goes with the walk: a caller that leaves does not end it, nor let another
+    // one start beside it.
+    let one = state
         .listing
-        .acquire()
+        .clone()
+        .acquire_owned()
         .await
         .map_err(|_| ApiError::unavailable("overloaded", "the API is stopping"))?;
     let cards = state.cards.clone();
     let page = tokio::task::spawn_blocking(move || {
+        let _one = one;
         let views = cards.list(after, limit);
         let next_after = (views.len() == limit)
             .then(|| views.last().map(|v| v.vpan.expose().to_string()))

@@ -510,11 +510,20 @@ async fn a_repeat_refused_with_the_purchase_it_joined_waits_until_the_reversal_o
 }
 
 #[test]
-fn the_drain_is_never_shorter_than_the_issuer_timeout_and_a_sweep() {
+fn the_drain_is_never_shorter_than_the_longest_a_request_can_take_to_be_answered() {
     let mut config = Config::default();
     config.issuer.timeout_ms = 10_000;
     config.network.drain_timeout_ms = 5_000;
     assert_eq!(super::drain_timeout(&config), Duration::from_millis(10_100));
     config.network.drain_timeout_ms = 20_000;
     assert_eq!(super::drain_timeout(&config), Duration::from_millis(20_000));
+    // A short issuer timeout: a hold the disk holds up is answered after the stall limit.
+    config.issuer.timeout_ms = 500;
+    config.network.drain_timeout_ms = 0;
+    assert_eq!(super::drain_timeout(&config), Duration::from_millis(2_100));
+    config.issuer.timeout_ms = u64::MAX;
+    assert_eq!(
+        super::drain_timeout(&config),
+        Duration::from_millis(u64::MAX)
+    );
 }

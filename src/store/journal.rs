@@ -757,9 +757,11 @@ const TAIL_SCAN_BYTES: u64 = 64 << 20;
 /// it (`<segment>.damaged-<nanoseconds>`), synced, before it is cut; returns that file and
 /// how many intact records it holds past the first bad one (searched in its first 64 MiB).
 ///
-/// A crash tears only the last batch, whose records were never acknowledged; intact records
-/// after a bad one point to damage instead (a bad sector, a flipped bit), and they may have
-/// been. Either way nothing is destroyed: the bytes stay on disk for the operators.
+/// A killed process tears only the last batch, at its end, and its records were never
+/// acknowledged. Intact records after a bad one point to damage instead (a bad sector, a
+/// flipped bit), and they may have been; or to a power loss that wrote the pages of the
+/// last batch out of order, and they were not: vpan cannot tell which, so it says so.
+/// Either way nothing is destroyed: the bytes stay on disk for the operators.
 pub fn keep_tail_aside(path: &Path, good_bytes: u64) -> Result<(PathBuf, u64), StoreError> {
     let what = "keeping a cut journal tail aside";
     let nanos = std::time::SystemTime::now()
@@ -1060,9 +1062,9 @@ mod tests {
             let j = j.clone();
             move || j.rotate()
         });
-        // Let the writer reach the gate in the new segment's creation first (a record
-        // queued before the rotation would meet the gate in its own commit instead).
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        // The writer at the gate in the new segment's creation first (a record queued
+        // before the rotation would meet the gate in its own commit instead).
+        sync_gate::wait_until_one_is_held(dir.path());
         // Behind the rotation the disk does not finish: answered `Stalled`, not left waiting.
         let (answered, answer) = mpsc::channel();
         let waiting = j.append(Bytes(vec![2; 10]));

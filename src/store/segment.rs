@@ -178,10 +178,20 @@ pub(crate) mod sync_gate {
         Failing,
     }
 
-    /// The gated directories, by canonical path.
-    static GATES: Mutex<Vec<(PathBuf, Gate)>> = Mutex::new(Vec::new());
-    /// Signalled whenever a gate changes.
+    /// The gated directories, by canonical path, and the syncs held at them now.
+    static GATES: Mutex<Gates> = Mutex::new(Gates {
+        set: Vec::new(),
+        held: Vec::new(),
+    });
+    /// Signalled whenever a gate changes, or a sync arrives at a held one.
     static CHANGED: Condvar = Condvar::new();
+
+    struct Gates {
+        /// The gates, by canonical path.
+        set: Vec<(PathBuf, Gate)>,
+        /// One entry per sync waiting at a held gate, by its directory.
+        held: Vec<PathBuf>,
+    }
 
     fn canonical(dir: &Path) -> PathBuf {
         dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf())
@@ -193,8 +203,8 @@ pub(crate) mod sync_gate {
     pub(crate) fn set(dir: &Path, gate: Gate) -> Lifted {
         let dir = canonical(dir);
         let mut gates = GATES.lock();
-        gates.retain(|(d, _)| *d != dir);
-        gates.push((dir.clone(), gate));
+        gates.set.retain(|(d, _)| *d != dir);
+        gates.set.push((dir.clone(), gate));
         CHANGED.notify_all();
         Lifted(dir)
     }
@@ -204,7 +214,7 @@ pub(crate) mod sync_gate {
 
     impl Drop for Lifted {
         fn drop(&mut self) {
-            GATES.lock().retain(|(d, _)| *d != self.0);
+            GATES.lock().set.retain(|(d, _)| *d != self.0);
             CHANGED.notify_all();
         }
     }
@@ -213,12 +223,33 @@ pub(crate) mod sync_gate {
     pub(crate) fn pass(dir: &Path) -> io::Result<()> {
         let dir = canonical(dir);
         let mut gates = GATES.lock();
-        loop {
-            match gates.iter().find(|(d, _)| *d == dir).map(|(_, g)| *g) {
-                None => return Ok(()),
-                Some(Gate::Failing) => return Err(io::Error::other("sync failed (test gate)")),
-                Some(Gate::Held) => CHANGED.wait(&mut gates),
+        let mut counted = false;
+        let passed = loop {
+            match gates.set.iter().find(|(d, _)| *d == dir).map(|(_, g)| *g) {
+                None => break Ok(()),
+                Some(Gate::Failing) => break Err(io::Error::other("sync failed (test gate)")),
+                Some(Gate::Held) => {
+                    if !counted {
+                        gates.held.push(dir.clone());
+                        counted = true;
+                        CHANGED.notify_all();
+                    }
+                    CHANGED.wait(&mut gates);
+                }
             }
+        };
+        if counted && let Some(i) = gates.held.iter().position(|d| *d == dir) {
+            gates.held.swap_remove(i);
+        }
+        passed
+    }
+
+    /// Returns once a sync is waiting at the held gate of `dir`.
+    pub(crate) fn wait_until_one_is_held(dir: &Path) {
+        let dir = canonical(dir);
+        let mut gates = GATES.lock();
+        while !gates.held.contains(&dir) {
+            CHANGED.wait(&mut gates);
         }
     }
 }

@@ -171,7 +171,7 @@ impl Cards {
                         bytes = report.bad_bytes,
                         intact_records_after = intact,
                         kept = %kept.display(),
-                        "cutting a damaged journal tail: intact records follow the bad one, so this is damage to the disk, not a write torn by a crash, and they may have been acknowledged; kept aside"
+                        "cutting a damaged journal tail: intact records follow the bad one, which a killed process never leaves (damage to the disk, and they may have been acknowledged; or a power loss that wrote a batch's pages out of order, and they were not); kept aside"
                     );
                 } else {
                     tracing::warn!(
@@ -375,7 +375,6 @@ fn parallel_replay<T>(
     })
 }
 
-/// Loads one snapshot record (the header was read before).
 /// True when `dir` holds anything sealed under the key file: a snapshot, a journal segment
 /// with a record in it, or reversals owed. A key made anew then would open none of it.
 fn holds_sealed_card_numbers(dir: &std::path::Path) -> Result<bool, StoreError> {
@@ -404,6 +403,8 @@ fn lsn_after(lsn: u64) -> Result<u64, StoreError> {
         .ok_or(StoreError::Corrupt("record sequence number"))
 }
 
+/// Loads one snapshot record (the header was read before), noting the highest sequence
+/// number met in `highest_lsn`.
 fn load_snapshot_record(
     index: &CardIndex,
     ledger: &Ledger,
