@@ -372,6 +372,28 @@ fn purchase_with_stan(card: &CardView, amount: u64, stan: u32) -> Message {
     Message::parse(spec, m.pack()).unwrap()
 }
 
+/// Takes the tests' turn (held while the returned guard lives), then one card, and one
+/// purchase of 700 on it that gets its 91 with the fault proxy in `mode`.
+async fn one_purchase_timed_out(
+    mode: Mode,
+) -> (
+    tokio::sync::MutexGuard<'static, ()>,
+    Rig,
+    Proxy,
+    Vec<(CardView, Pan)>,
+    Net,
+) {
+    let one = ONE_AT_A_TIME.lock().await;
+    let (rig, proxy) = behind_proxy(SimConfig::default(), Mode::Pass).await;
+    let cards = cards(&rig, 1).await;
+    let mut net = Net::connect(rig.network).await;
+    proxy.set(mode);
+    net.purchase(&cards[0].0, 700).await;
+    net.answers().await;
+    assert_eq!(net.codes().get("91"), Some(&1), "{:?}", net.codes());
+    (one, rig, proxy, cards, net)
+}
+
 /// Waits until `vpan_issuer_connected` is `n`.
 async fn link_up(rig: &Rig, n: usize) {
     let until = Instant::now() + SETTLE;
@@ -524,16 +546,9 @@ async fn an_issuer_killed_mid_flight_and_back_seconds_later_gets_its_approvals_r
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reversal_whose_answer_is_lost_is_repeated_as_0401_and_applied_once() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let (rig, proxy) = behind_proxy(SimConfig::default(), Mode::Pass).await;
-    let cards = cards(&rig, 1).await;
-    let mut net = Net::connect(rig.network).await;
     // The host books everything from here on, and the switch hears none of it: the
     // purchase times out, and its reversal, applied at the host, goes unanswered.
-    proxy.set(Mode::Hold);
-    net.purchase(&cards[0].0, 700).await;
-    net.answers().await;
-    assert_eq!(net.codes().get("91"), Some(&1), "{:?}", net.codes());
+    let (_one, rig, proxy, cards, mut net) = one_purchase_timed_out(Mode::Hold).await;
     let until = Instant::now() + SETTLE;
     while rig.sim().requests(b"0401") == 0 {
         assert!(Instant::now() < until, "{:?}", rig.sim().requests_by_mti());
@@ -841,16 +856,9 @@ async fn a_stop_while_the_issuer_is_late_reverses_what_it_approved_after_the_91(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reversal_never_overtakes_its_original_still_on_the_way_to_the_issuer() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let (rig, proxy) = behind_proxy(SimConfig::default(), Mode::Pass).await;
-    let cards = cards(&rig, 1).await;
-    let mut net = Net::connect(rig.network).await;
     // The purchase's connection stops short of the issuer: the 0100 stays unread in its
     // stream, as behind a host that stopped reading, while the other connection passes.
-    proxy.set(Mode::StallPurchase);
-    net.purchase(&cards[0].0, 700).await;
-    net.answers().await;
-    assert_eq!(net.codes().get("91"), Some(&1), "{:?}", net.codes());
+    let (_one, rig, proxy, cards, mut net) = one_purchase_timed_out(Mode::StallPurchase).await;
     no_holds(&rig, &cards);
     // Never answered, the original is given up after 10 s and reversed. Behind it on its
     // own connection, the 0400 waits too; on the other one, it would reach the host first,
@@ -886,16 +894,9 @@ async fn a_reversal_never_overtakes_its_original_still_on_the_way_to_the_issuer(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_whose_host_stopped_reading_gets_no_new_requests_after_one_timeout() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let (rig, proxy) = behind_proxy(SimConfig::default(), Mode::Pass).await;
-    let cards = cards(&rig, 1).await;
-    let mut net = Net::connect(rig.network).await;
     // The host stops reading the connection the first purchase goes out on (TCP up, as
     // behind a hung thread): that purchase times out, 91.
-    proxy.set(Mode::StallPurchase);
-    net.purchase(&cards[0].0, 700).await;
-    net.answers().await;
-    assert_eq!(net.codes().get("91"), Some(&1), "{:?}", net.codes());
+    let (_one, rig, proxy, cards, mut net) = one_purchase_timed_out(Mode::StallPurchase).await;
     // Long before its echo could notice (30 s idle), every new purchase goes to the other
     // connection and is approved; in turn, half would wait there for their 91.
     for _ in 0..20 {

@@ -41,6 +41,27 @@ async fn send(host: &mut HostSide, m: &Message) {
     .unwrap();
 }
 
+/// The switch (`App` on port 0, one issuer connection, `timeout_ms`) in front of a scripted
+/// host that has taken its connection and accepted its sign-on.
+async fn signed_on_host(timeout_ms: u64) -> (rig::Rig, HostSide) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host_addr = listener.local_addr().unwrap().to_string();
+    let rig = rig(None, |c| {
+        c.issuer.connect = host_addr;
+        c.issuer.connections = 1;
+        c.issuer.timeout_ms = timeout_ms;
+    })
+    .await;
+    let (stream, _) = listener.accept().await.unwrap();
+    let mut host = Framed::new(stream, FrameCodec::new(Framing::Len2, 0, 8192));
+    let mut accepted = next_message(&mut host).await;
+    assert_eq!(accepted.mti(), *b"0800", "the sign-on first");
+    accepted.set_mti(b"0810").unwrap();
+    accepted.set_response_code(b"00").unwrap();
+    send(&mut host, &accepted).await;
+    (rig, host)
+}
+
 #[tokio::test]
 async fn a_network_management_request_from_the_issuer_host_is_answered_00() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -167,20 +188,7 @@ async fn with_network_connect_the_switch_dials_the_network_serves_it_and_redials
 
 #[tokio::test]
 async fn a_late_answer_is_not_handed_to_another_acquirers_request_that_took_its_stan_since() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let host_addr = listener.local_addr().unwrap().to_string();
-    let rig = rig(None, |c| {
-        c.issuer.connect = host_addr;
-        c.issuer.connections = 1;
-        c.issuer.timeout_ms = 300;
-    })
-    .await;
-    let (stream, _) = listener.accept().await.unwrap();
-    let mut host = Framed::new(stream, FrameCodec::new(Framing::Len2, 0, 8192));
-    let mut accepted = next_message(&mut host).await;
-    accepted.set_mti(b"0810").unwrap();
-    accepted.set_response_code(b"00").unwrap();
-    send(&mut host, &accepted).await;
+    let (rig, mut host) = signed_on_host(300).await;
 
     // Acquirer A's reversal of a purchase on a card vpan did not issue: the host is slow,
     // the network gets its 91, and its STAN is free again.
@@ -221,19 +229,7 @@ async fn a_late_answer_is_not_handed_to_another_acquirers_request_that_took_its_
 
 #[tokio::test]
 async fn an_issuer_answer_whose_code_is_not_a_known_decline_keeps_the_amount_spent() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let host_addr = listener.local_addr().unwrap().to_string();
-    let rig = rig(None, |c| {
-        c.issuer.connect = host_addr;
-        c.issuer.connections = 1;
-    })
-    .await;
-    let (stream, _) = listener.accept().await.unwrap();
-    let mut host = Framed::new(stream, FrameCodec::new(Framing::Len2, 0, 8192));
-    let mut accepted = next_message(&mut host).await;
-    accepted.set_mti(b"0810").unwrap();
-    accepted.set_response_code(b"00").unwrap();
-    send(&mut host, &accepted).await;
+    let (rig, mut host) = signed_on_host(1_500).await;
 
     let mut net = Client::connect(rig.network).await;
     // 16 (approved, update track 3), 87 (private use in ISO 8583, an approval at

@@ -1023,24 +1023,32 @@ mod tests {
     use crate::store::StoreConfig;
     use crate::store::segment::sync_gate::{self, Gate};
 
-    #[tokio::test]
-    async fn an_issuance_a_stalled_disk_may_still_take_keeps_its_number_and_is_listed() {
-        let dir = tempfile::tempdir().expect("temp dir");
+    /// The cards of data directory `dir`, opened with the defaults.
+    fn open_in(dir: &std::path::Path) -> Cards {
         let store = StoreConfig {
-            data_dir: dir.path().to_path_buf(),
+            data_dir: dir.to_path_buf(),
             ..Default::default()
         };
-        let open = || {
-            Cards::open(&CardsConfig::default(), &store, LedgerConfig::default())
-                .map(|(cards, _)| cards)
-                .expect("open")
-        };
-        let cards = open();
-        let now = 1_800_000_000;
+        Cards::open(&CardsConfig::default(), &store, LedgerConfig::default())
+            .map(|(cards, _)| cards)
+            .expect("open")
+    }
+
+    /// A card on a fresh real card number, 100.00 cap, valid a day from `now`.
+    fn a_card_spec(now: UnixSeconds) -> CardSpec {
         let real =
             Pan::from_digits_checked(crate::cards::vpan::random_luhn("497010", 16).as_bytes())
                 .expect("test PAN");
-        let spec = crate::cards::card::test_spec(real, 10_000, now + 86_400);
+        crate::cards::card::test_spec(real, 10_000, now + 86_400)
+    }
+
+    #[tokio::test]
+    async fn an_issuance_a_stalled_disk_may_still_take_keeps_its_number_and_is_listed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let open = || open_in(dir.path());
+        let cards = open();
+        let now = 1_800_000_000;
+        let spec = a_card_spec(now);
         let held = sync_gate::set(dir.path(), Gate::Held);
         let refused = cards.issue_durable(&spec, now).await;
         assert!(
@@ -1080,20 +1088,9 @@ mod tests {
     #[test]
     fn numbering_goes_on_past_the_snapshots_cards_even_when_its_header_is_behind_them() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = StoreConfig {
-            data_dir: dir.path().to_path_buf(),
-            ..Default::default()
-        };
-        let open = || {
-            Cards::open(&CardsConfig::default(), &store, LedgerConfig::default())
-                .map(|(cards, _)| cards)
-                .expect("open")
-        };
+        let open = || open_in(dir.path());
         let now = 1_800_000_000;
-        let real =
-            Pan::from_digits_checked(crate::cards::vpan::random_luhn("497010", 16).as_bytes())
-                .expect("test PAN");
-        let spec = crate::cards::card::test_spec(real, 10_000, now + 86_400);
+        let spec = a_card_spec(now);
         let cards = open();
         let (view, durable) = cards.issue(&spec, now).expect("issued");
         durable.wait().expect("durable");
