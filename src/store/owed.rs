@@ -534,12 +534,13 @@ mod tests {
 
     #[test]
     fn a_printed_debt_shows_no_card_number() {
+        let pan = crate::pan::test_pan("497010");
         let debt = Debt {
             id: 7,
-            reversal: Bytes::from_static(b"0400...4970101234567893...."),
+            reversal: Bytes::from(format!("0400...{pan}....")),
         };
         let printed = format!("{debt:?}");
-        assert!(!printed.contains("4970101234567893"), "{printed}");
+        assert!(!printed.contains(&pan), "{printed}");
         assert!(printed.contains("id: 7"), "{printed}");
     }
 
