@@ -764,13 +764,7 @@ const TAIL_SCAN_BYTES: u64 = 64 << 20;
 /// Either way nothing is destroyed: the bytes stay on disk for the operators.
 pub fn keep_tail_aside(path: &Path, good_bytes: u64) -> Result<(PathBuf, u64), StoreError> {
     let what = "keeping a cut journal tail aside";
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    let mut kept_name = path.as_os_str().to_owned();
-    kept_name.push(format!(".damaged-{nanos}"));
-    let kept = PathBuf::from(kept_name);
+    let kept = super::aside_path(path);
     let mut from = File::open(path).map_err(StoreError::io(what))?;
     from.seek(SeekFrom::Start(good_bytes))
         .map_err(StoreError::io(what))?;
@@ -1031,18 +1025,7 @@ mod tests {
         // stalled commit has returned; one queued just before that is still answered
         // `Stalled`).
         drop(held);
-        let deadline = Instant::now() + std::time::Duration::from_secs(5);
-        let mut appended = 3;
-        loop {
-            appended += 1;
-            match j.append(Bytes(vec![4; 10])).wait() {
-                Ok(()) => break,
-                Err(StoreError::Stalled(_)) if Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                Err(e) => panic!("{e}"),
-            }
-        }
+        let appended = 3 + appends_until_durable_again(&j);
         assert!(!j.is_failed());
         assert_eq!(
             read_all(&segment_path(dir.path(), 1)).0.len(),
@@ -1075,17 +1058,25 @@ mod tests {
         assert!(matches!(behind, Err(StoreError::Stalled(_))), "{behind:?}");
         drop(held);
         assert_eq!(rotating.join().unwrap().unwrap(), 2);
+        appends_until_durable_again(&j);
+        assert!(!j.is_failed());
+    }
+
+    /// After a stall: appends until one is durable (those answered `Stalled` meanwhile
+    /// are written too, once the stalled commit returns); how many it took. Fails after 5 s.
+    fn appends_until_durable_again(j: &Journal<Bytes>) -> usize {
         let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        let mut appended = 0;
         loop {
-            match j.append(Bytes(vec![3; 10])).wait() {
-                Ok(()) => break,
+            appended += 1;
+            match j.append(Bytes(vec![4; 10])).wait() {
+                Ok(()) => return appended,
                 Err(StoreError::Stalled(_)) if Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
                 Err(e) => panic!("{e}"),
             }
         }
-        assert!(!j.is_failed());
     }
 
     #[test]

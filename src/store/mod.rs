@@ -51,6 +51,19 @@ pub(crate) fn create_private_file(path: &Path) -> std::io::Result<std::fs::File>
         .open(path)
 }
 
+/// Where damaged bytes of `path` are kept for the operators before vpan cuts or rewrites
+/// it: beside it, `<name>.damaged-<nanoseconds since the epoch>`, so that two starts never
+/// write over each other's copy.
+pub(crate) fn aside_path(path: &Path) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".damaged-{nanos}"));
+    PathBuf::from(name)
+}
+
 /// Creates `dir` and any missing parent, each only for vpan's own user (0700), as the data
 /// directory is: a directory that exists already keeps its mode.
 pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {

@@ -255,13 +255,7 @@ impl OwedReversals {
                 // once); damage elsewhere would hide the debts after it. The two look
                 // alike from here, so the file is kept aside, whole and synced, before the
                 // rewrite drops what could not be read; no copy, no start.
-                let kept = dir.join(format!(
-                    "{FILE}.damaged-{}",
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_nanos())
-                        .unwrap_or_default()
-                ));
+                let kept = super::aside_path(&path);
                 std::fs::copy(&path, &kept)
                     .and_then(|_| File::open(&kept)?.sync_all())
                     .map_err(StoreError::io(

@@ -32,8 +32,9 @@ pub struct Recovered {
     pub records: u64,
     /// Bytes of torn or corrupt journal tail cut (kept aside first, beside the segment).
     pub bytes_cut: u64,
-    /// Intact records found after the first bad one in what was cut: damage, not a torn
-    /// write (see [`journal::keep_tail_aside`]).
+    /// Intact records found after the first bad one in what was cut, which a killed
+    /// process never leaves: damage, or a power loss's reordered batch (see
+    /// [`journal::keep_tail_aside`]).
     pub intact_records_cut: u64,
     /// Durable holds without an answer, counted as spent (in doubt: see `Event::InDoubt`).
     pub holds_counted_as_spent: u64,

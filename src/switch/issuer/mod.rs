@@ -463,7 +463,7 @@ impl IssuerLink {
                 .and_then(writer_of)
                 .or_else(|| {
                     let start = inner.next_slot.fetch_add(1, Ordering::Relaxed);
-                    let live = (0..n)
+                    let mut live = (0..n)
                         .map(|k| (start + k) % n)
                         .filter(|&i| inner.slots[i].up.load(Ordering::Relaxed));
                     // In turn, skipping a connection whose host reads nothing or whose
@@ -472,7 +472,7 @@ impl IssuerLink {
                         .filter(|&i| !self.slot_stalled(i))
                         .filter_map(writer_of)
                         .find(|(_, tx)| tx.capacity() > 0)
-                        .or_else(|| live.into_iter().find_map(writer_of))
+                        .or_else(|| live.find_map(writer_of))
                 }),
         }
         .ok_or(IssuerError::Unavailable)?;
