@@ -1,6 +1,8 @@
 //! What `deploy/` promises an operations team: the Grafana dashboard loads, and every
 //! metric its panels and the Prometheus alert rules query exists, with the labels they
-//! use, in a real scrape of a running switch that has seen some traffic.
+//! use, in a real scrape of a running switch that has seen some traffic; and the image's build stage copies
+//! every target the manifest declares.
+#![allow(clippy::expect_used)]
 
 mod procs;
 mod rig;
@@ -230,4 +232,83 @@ async fn a_switch_that_has_served_nothing_lists_every_metric_of_the_contract() {
         "{page}"
     );
     drop(serve);
+}
+
+const DOCKERFILE: &str = include_str!("../deploy/Dockerfile");
+const MANIFEST: &str = include_str!("../Cargo.toml");
+
+/// The top directories the Dockerfile's build stage copies into its context.
+fn copied_by_build_stage(dockerfile: &str) -> BTreeSet<String> {
+    dockerfile
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| !l.starts_with("FROM "))
+        .skip(1)
+        .take_while(|l| !l.starts_with("FROM "))
+        .filter_map(|l| l.strip_prefix("COPY "))
+        .filter(|args| !args.starts_with("--from"))
+        .flat_map(|args| {
+            let words: Vec<&str> = args.split_whitespace().collect();
+            // The last word is the destination.
+            let sources = &words[..words.len().saturating_sub(1)];
+            sources
+                .iter()
+                .map(|s| s.trim_start_matches("./").trim_end_matches('/').to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Where each target the manifest declares lives: its `path`, or Cargo's default for it.
+fn declared_target_paths(manifest: &str) -> Vec<String> {
+    let manifest: toml::Table = toml::from_str(manifest).expect("Cargo.toml parses");
+    let mut paths = Vec::new();
+    for (kind, default_dir) in [
+        ("test", "tests"),
+        ("bench", "benches"),
+        ("example", "examples"),
+        ("bin", "src/bin"),
+    ] {
+        let Some(targets) = manifest.get(kind).and_then(toml::Value::as_array) else {
+            continue;
+        };
+        for target in targets {
+            let path = match (target.get("path"), target.get("name")) {
+                (Some(path), _) => path.as_str().expect("a target's path").to_string(),
+                (None, Some(name)) => {
+                    format!(
+                        "{default_dir}/{}.rs",
+                        name.as_str().expect("a target's name")
+                    )
+                }
+                (None, None) => panic!("a [[{kind}]] with neither name nor path"),
+            };
+            paths.push(path);
+        }
+    }
+    paths
+}
+
+/// `docker build -f deploy/Dockerfile .` failed at manifest parse ("can't find `no_alloc`
+/// test at `tests/no_alloc.rs`") while the build stage did not copy `tests/`: Cargo looks
+/// for every declared target, even when it builds only `--bin vpan`. CI has no Docker, so
+/// this holds the Dockerfile to the manifest instead.
+#[test]
+fn the_image_build_copies_every_target_the_manifest_declares() {
+    let copied = copied_by_build_stage(DOCKERFILE);
+    for needed in ["Cargo.toml", "Cargo.lock", "src"] {
+        assert!(
+            copied.contains(needed),
+            "the build stage does not copy {needed}: {copied:?}"
+        );
+    }
+    let paths = declared_target_paths(MANIFEST);
+    assert!(!paths.is_empty(), "Cargo.toml declares targets");
+    for path in paths {
+        let top = path.split('/').next().unwrap_or_default();
+        assert!(
+            copied.contains(top),
+            "Cargo.toml declares {path}, which deploy/Dockerfile's build stage does not copy (it copies {copied:?})"
+        );
+    }
 }
