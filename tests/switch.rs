@@ -122,6 +122,30 @@ async fn track_2_carries_the_real_card_to_the_issuer_and_is_not_echoed_back() {
     over_cap.set(35, track.as_bytes()).unwrap();
     over_cap.remove(2);
     assert_eq!(code(&net.call(&over_cap).await), "61");
+
+    // The track's expiry is checked as DE 14's would be: a wrong one alone, or one that
+    // disagrees with a right DE 14, is declined 54 by the switch, never swapped for the
+    // real expiry and sent on.
+    let asked = rig.sim().requests(b"0100");
+    let wrong_track = format!("{}=00011010000012300000", card.vpan.expose());
+    let mut wrong_alone = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
+    wrong_alone.set(35, wrong_track.as_bytes()).unwrap();
+    wrong_alone.remove(2);
+    wrong_alone.remove(14);
+    assert_eq!(code(&net.call(&wrong_alone).await), "54");
+    let mut disagreeing = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
+    disagreeing.set(35, wrong_track.as_bytes()).unwrap();
+    assert_eq!(code(&net.call(&disagreeing).await), "54");
+    let mut right_alone = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
+    right_alone.set(35, track.as_bytes()).unwrap();
+    right_alone.remove(2);
+    right_alone.remove(14);
+    assert_eq!(code(&net.call(&right_alone).await), "00");
+    assert_eq!(
+        rig.sim().requests(b"0100"),
+        asked + 1,
+        "only the right one was sent"
+    );
     rig.stop().await;
 }
 

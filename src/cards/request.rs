@@ -243,7 +243,8 @@ pub struct AuthRequest {
     pub kind: Kind,
     /// DE 4, 49, 6, 51.
     pub amounts: Amounts,
-    /// DE 14, when present: must equal the virtual expiry.
+    /// The expiry presented (DE 14, else track 2's), when there is one: must equal the
+    /// virtual expiry.
     pub expiry: Option<Expiry>,
     /// DE 18, merchant category code.
     pub mcc: Option<u16>,

@@ -820,14 +820,27 @@ pub fn auth_request(msg: &Message) -> Option<AuthRequest> {
                 .unwrap_or(0),
             billing,
         },
-        // As received: a DE 14 that is no date never equals the virtual expiry (54).
-        expiry: msg.expiry().map(Expiry),
+        expiry: presented_expiry(msg),
         mcc: msg.mcc().and_then(|m| digits_u16(&m)),
         acceptor: msg
             .acceptor_id()
             .and_then(|a| AcceptorId::new(a.as_bytes())),
         key: tx_key(msg)?,
     })
+}
+
+/// The expiry a request presents, which must be the virtual one (54 otherwise): DE 14,
+/// else track 2's, since a card-present request may carry the card in DE 35 alone (and
+/// its expiry would otherwise go unchecked, then be replaced by the real one on its way to
+/// the issuer). Kept as received: one that is no date never equals the virtual expiry.
+fn presented_expiry(msg: &Message) -> Option<Expiry> {
+    /// No date: stands for a DE 14 and a track 2 that disagree, which cannot both be the
+    /// virtual expiry.
+    const DISAGREEING: Expiry = Expiry(*b"----");
+    match (msg.expiry(), msg.track2().and_then(|t| t.expiry())) {
+        (Some(de14), Some(track)) if de14 != track => Some(DISAGREEING),
+        (de14, track) => de14.or(track).map(Expiry),
+    }
 }
 
 /// The cards' view of a 0400/0420; `None` when DE 11 or DE 7 is missing, or DE 95 has no
