@@ -31,8 +31,9 @@ pub const FRAMES_REJECTED_TOTAL: &str = "vpan_frames_rejected_total";
 /// `max_connections`, a length header over `max_frame_bytes` or unreadable, a socket
 /// error, a peer leaving mid-frame, a peer too slow to read its answers or to send a whole
 /// frame, a frame whose MTI or STAN cannot be read (dropped), a format error answered 30,
-/// a wrong or missing MAC answered 63.
-pub const REJECT_REASONS: [&str; 10] = [
+/// a wrong or missing MAC answered 63, an answer longer than the link's length header can
+/// say (dropped).
+pub const REJECT_REASONS: [&str; 11] = [
     "max_connections",
     "too_large",
     "bad_length",
@@ -43,6 +44,7 @@ pub const REJECT_REASONS: [&str; 10] = [
     "unreadable",
     "format_error",
     "bad_mac",
+    "answer_too_large",
 ];
 /// Gauge of cards, by `status`.
 pub const CARDS: &str = "vpan_cards";

@@ -1127,3 +1127,50 @@ async fn track_data_vpan_cannot_rewrite_never_reaches_the_issuer_and_a_repeat_ge
     );
     rig.stop().await;
 }
+
+#[tokio::test]
+async fn an_advice_whose_track_2_cannot_be_rewritten_still_reaches_the_issuer_without_it() {
+    // An advice cannot be declined: it is counted first, so the issuer must hear of it too,
+    // as of a reversal. Its unreadable track goes no further than vpan.
+    let rig = rig(Some(SimConfig::default()), |_| {}).await;
+    let (card, _real) = rig.issue(|_| {}).await;
+    let mut net = Client::connect(rig.network).await;
+    let mut advice = purchase(&mut net, b"0120", &card.vpan, &card.expiry.0, 300);
+    let track = format!("{}{}101", card.vpan.expose(), card.expiry.as_str());
+    advice.set(35, track.as_bytes()).unwrap();
+    let advice = Message::parse(Spec::iso87ascii(), advice.pack()).unwrap();
+    let answer = net.call(&advice).await;
+    assert_eq!((answer.mti(), code(&answer)), (*b"0130", "00".into()));
+    assert_eq!(rig.sim().requests(b"0120"), 1, "forwarded");
+    let at_issuer = rig
+        .sim()
+        .recent(10)
+        .into_iter()
+        .find(|r| r.mti() == *b"0120")
+        .unwrap();
+    assert!(!at_issuer.message.has(35), "without the track");
+    let view = rig.cards.get(CardKey::of(&card.vpan)).unwrap();
+    assert_eq!((view.spent, view.uses), (300, 1));
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn an_answer_longer_than_max_frame_bytes_still_goes_out() {
+    // `max_frame_bytes` guards what vpan reads. An echo of exactly the limit is read; its
+    // answer adds DE 39 and goes over it, and must still be answered.
+    let rig = rig(Some(SimConfig::default()), |c| {
+        c.network.max_frame_bytes = 64
+    })
+    .await;
+    let mut net = Client::connect(rig.network).await;
+    let spec = Spec::iso87ascii();
+    let mut echo = Message::new(spec, b"0800").unwrap();
+    echo.set(7, b"1126143015").unwrap();
+    echo.set(11, &net.next_stan()).unwrap();
+    echo.set(48, &[b'x'; 25]).unwrap();
+    let echo = Message::parse(spec, echo.pack()).unwrap();
+    assert_eq!(echo.pack().len(), 64, "a request of exactly the limit");
+    let answer = net.call(&echo).await;
+    assert_eq!((answer.mti(), code(&answer)), (*b"0810", "00".into()));
+    rig.stop().await;
+}

@@ -197,7 +197,10 @@ pub struct FrameCodec {
     framing: Framing,
     /// Fixed header bytes after the length (e.g. 5 for a TPDU).
     header_len: usize,
-    /// Largest frame accepted (fixed header plus message).
+    /// Largest frame read (fixed header plus message), a guard against a peer's lengths.
+    /// Frames written are bounded only by what the length header can say: an answer is
+    /// longer than its request (DE 38, DE 39, an issuer's private data), and refusing it
+    /// here would drop an answer whose money has already moved.
     max_frame: usize,
 }
 
@@ -244,7 +247,7 @@ impl FrameCodec {
         msg.pack_into(dst);
         let len = dst.len() - at - hl;
         match self.framing.write(len) {
-            Some(h) if len <= self.max_frame => {
+            Some(h) => {
                 if let Some(slot) = dst.get_mut(at..at + hl) {
                     slot.copy_from_slice(h.get(..hl).unwrap_or_default());
                 }
@@ -254,7 +257,7 @@ impl FrameCodec {
                 dst.truncate(at);
                 Err(FrameError::TooLarge {
                     len,
-                    max: self.max_frame,
+                    max: self.framing.max_len(),
                 })
             }
         }
@@ -338,15 +341,9 @@ impl Encoder<Frame> for FrameCodec {
                     });
                 }
                 let len = header.len() + body.len();
-                if len > self.max_frame {
-                    return Err(FrameError::TooLarge {
-                        len,
-                        max: self.max_frame,
-                    });
-                }
                 let h = self.framing.write(len).ok_or(FrameError::TooLarge {
                     len,
-                    max: self.max_frame,
+                    max: self.framing.max_len(),
                 })?;
                 dst.reserve(4 + len);
                 dst.put_slice(h.get(..self.framing.header_len()).unwrap_or_default());

@@ -274,7 +274,12 @@ fn frame_answer(codec: &FrameCodec, (header, answer): (Bytes, Option<Answer>), o
     };
     match codec.encode_message(&header, &answer.message, out) {
         Ok(()) => answer.counted(),
-        Err(e) => tracing::warn!(error = %e, "answer could not be framed; dropped"),
+        Err(e) => {
+            // Longer than the link's length header can say (its decision stands).
+            metrics::counter!(m::FRAMES_REJECTED_TOTAL, "reason" => "answer_too_large")
+                .increment(1);
+            crate::logging::throttled!(warn, error = %e, "answer could not be framed; dropped");
+        }
     }
 }
 

@@ -484,7 +484,7 @@ impl Flow {
             );
         };
         match self.issuer.send(toward_issuer).await {
-            Ok(answer) => (self.in_layout(answer, self.network_spec), DecidedBy::Issuer),
+            Ok(answer) => (self.answer_in_network_layout(answer), DecidedBy::Issuer),
             Err(e) => self.issuer_failed(&request, e).await,
         }
     }
@@ -542,15 +542,17 @@ impl Flow {
         }
         // Track 2 carries the card too: one that cannot be read, and so not rewritten,
         // must not reach the issuer with the vPAN in it (the caller answers 30). A
-        // reversal has given the amount back already and must reach the issuer: it goes
-        // without track 2, which it does not need.
+        // reversal has given the amount back already, and an advice has been counted: both
+        // must reach the issuer, and go without track 2, which they do not need.
         if request.has(35) {
+            let mti = request.mti();
+            let recorded_already = mti[1] == b'4' || mti[2] == b'2';
             match request
                 .track2()
                 .and_then(|t| t.with_pan_and_expiry(pan, expiry))
             {
                 Some(track2) => out.set_track2(&track2).ok()?,
-                None if request.mti()[1] == b'4' => out.remove(35),
+                None if recorded_already => out.remove(35),
                 None => return None,
             }
         }
@@ -577,7 +579,7 @@ impl Flow {
         let track2 = answer
             .track2()
             .and_then(|t| t.with_pan_and_expiry(&vpan.pan, expiry));
-        let mut out = self.in_layout(answer, self.network_spec)?;
+        let mut out = self.answer_in_network_layout(answer)?;
         if out.has(2) {
             out.set_pan(&vpan.pan).ok()?;
         }
@@ -594,6 +596,20 @@ impl Flow {
         out.remove(45);
         out.remove(52);
         Some(out)
+    }
+
+    /// The issuer's answer in the network's layout; `None`, said loudly, when a field of it
+    /// has no place there (the two links' specs differ): the network then hears nothing
+    /// and repeats or times out, while the decision stands.
+    fn answer_in_network_layout(&self, answer: Msg) -> Option<Msg> {
+        let out = self.in_layout(answer, self.network_spec);
+        if out.is_none() {
+            crate::logging::throttled!(
+                error,
+                "an issuer's answer does not fit network.spec; not answered (the two links' specs differ)"
+            );
+        }
+        out
     }
 
     /// `msg` in layout `to`, taken rather than copied: itself when both links share a
