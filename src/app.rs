@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiServer, ApiSetupError, Health};
-use crate::cards::{Cards, LedgerConfig, OpenError, Recovered, SnapshotPolicy};
+use crate::cards::{Cards, OpenError, Recovered, SnapshotPolicy};
 use crate::config::{Config, decode_hex};
 use crate::iso8583::{FrameCodec, Framing, Spec, SpecError};
 use crate::metrics as m;
@@ -144,7 +144,7 @@ impl App {
         }
         let (cards, store) = (config.cards.clone(), config.store.clone());
         let (cards, recovered, (owed, debts, stamps)) = tokio::task::spawn_blocking(move || {
-            let (cards, recovered) = Cards::open(&cards, &store, LedgerConfig::default())?;
+            let (cards, recovered) = Cards::open(&cards, &store, cards.ledger())?;
             // After the cards: they hold the data directory's lock, and made the key.
             let cipher = PanCipher::load_or_create(&store.key_path())?;
             // The STANs the issuer link changed within the hour it remembers them (and a

@@ -432,6 +432,18 @@ impl Config {
         if ![6u8, 8].contains(&self.cards.bin_length) {
             return invalid("cards.bin_length", "must be 6 or 8".into());
         }
+        if !(1_000..=100_000_000).contains(&self.cards.ledger_capacity) {
+            return invalid(
+                "cards.ledger_capacity",
+                "must be between 1,000 and 100,000,000 transactions".into(),
+            );
+        }
+        if !(1..=8_760).contains(&self.cards.ledger_retention_hours) {
+            return invalid(
+                "cards.ledger_retention_hours",
+                "must be between 1 and 8,760 (a year)".into(),
+            );
+        }
         for range in &self.cards.virtual_ranges {
             if range.is_empty() || range.len() > 18 || !range.bytes().all(|b| b.is_ascii_digit()) {
                 return invalid(
@@ -775,6 +787,11 @@ mod tests {
             ("[network]\nlisten = \"localhost\"\n", "network.listen"),
             ("[network]\nheader_hex = \"60000\"\n", "network.header_hex"),
             ("[cards]\nbin_length = 7\n", "cards.bin_length"),
+            ("[cards]\nledger_capacity = 10\n", "cards.ledger_capacity"),
+            (
+                "[cards]\nledger_retention_hours = 0\n",
+                "cards.ledger_retention_hours",
+            ),
             (
                 "[cards]\nvirtual_ranges = [\"49x\"]\n",
                 "cards.virtual_ranges",

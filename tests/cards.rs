@@ -1171,7 +1171,7 @@ fn a_card_issued_in_a_virtual_range_is_found_and_a_stranger_there_is_unknown() {
     let dir = tempfile::tempdir().unwrap();
     let config = vpan::cards::CardsConfig {
         virtual_ranges: vec!["4970109".into()],
-        bin_length: 6,
+        ..Default::default()
     };
     let cards = open_configured(dir.path(), &config);
     let key = issue(&cards, &spec(1_000));
@@ -1432,8 +1432,8 @@ fn no_vpan_is_ever_the_number_of_a_real_card_behind_another_card_also_after_a_re
 fn with_an_eight_digit_bin_a_real_card_under_16_digits_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let config = vpan::cards::CardsConfig {
-        virtual_ranges: vec![],
         bin_length: 8,
+        ..Default::default()
     };
     let cards = open_configured(dir.path(), &config);
     // Its first 8 digits in the vPAN and its last 4 in its masked form would leave 3

@@ -15,7 +15,10 @@
 //! The ledger is bounded: entries older than [`LedgerConfig::retention_secs`] or beyond
 //! [`LedgerConfig::capacity`] (oldest first) are forgotten. A forgotten transaction can no
 //! longer be reversed through vpan (its amount stays spent: the safe side) and a repeat of
-//! it is decided afresh. Entries still waiting for the issuer are never forgotten.
+//! it is decided afresh. Entries still waiting for the issuer are never forgotten. vpan's
+//! own declines move no money and are kept apart, within a quarter of the capacity of their
+//! own: a flood of them (card testing) would otherwise push out the approvals that
+//! reversals and repeats must still find.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -26,10 +29,11 @@ use super::card::{AcceptorId, CardKey, UnixSeconds};
 use super::history::DecidedBy;
 use super::request::{OriginalData, ResponseCode};
 
-/// Bounds of the ledger.
+/// Bounds of the ledger (`cards.ledger_capacity`, `cards.ledger_retention_hours`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LedgerConfig {
-    /// Most transactions remembered (about 250 bytes each).
+    /// Most transactions that moved money remembered (about 250 bytes each); vpan's own
+    /// declines have a quarter of this again, apart.
     pub capacity: usize,
     /// How long a transaction can be reversed or repeated, seconds.
     pub retention_secs: u64,
@@ -41,6 +45,13 @@ impl Default for LedgerConfig {
             capacity: 1_000_000,
             retention_secs: 7 * 86_400,
         }
+    }
+}
+
+impl LedgerConfig {
+    /// Most of vpan's own declines remembered, apart from the rest.
+    pub fn decline_capacity(&self) -> usize {
+        self.capacity / 4
     }
 }
 
@@ -133,8 +144,10 @@ pub type AuthCode = [u8; 6];
 pub struct Ledger {
     /// Key → transaction.
     pub(crate) entries: ConcurrentMap<OriginalData, TxEntry>,
-    /// Insertion order, for retention.
+    /// Insertion order, for retention: transactions that move (or may move) money.
     order: Mutex<Fifo<(UnixSeconds, OriginalData)>>,
+    /// The same for vpan's own declines, bounded apart.
+    declines: Mutex<Fifo<(UnixSeconds, OriginalData)>>,
     /// Bounds.
     config: LedgerConfig,
 }
@@ -150,11 +163,12 @@ impl Ledger {
             // approval while its ledger grew (README, "Capacity"). Many small shards, so
             // that the one lock an approval takes is rarely contended.
             entries: ConcurrentMap::with_capacity_and_hasher_and_shard_amount(
-                config.capacity,
+                config.capacity + config.decline_capacity(),
                 Default::default(),
                 SHARDS,
             ),
             order: Mutex::new(Fifo::default()),
+            declines: Mutex::new(Fifo::default()),
             config,
         }
     }
@@ -177,16 +191,39 @@ impl Ledger {
     /// Notes a new entry for retention, and forgets what falls out of the bounds.
     /// Never call with an entry guard of this ledger held.
     pub fn remember(&self, key: OriginalData, at: UnixSeconds, now: UnixSeconds) {
-        let Ok(mut order) = self.order.lock() else {
+        self.keep(&self.order, self.config.capacity, key, at, now);
+    }
+
+    /// [`Ledger::remember`] for one of vpan's own declines, bounded apart.
+    pub fn remember_decline(&self, key: OriginalData, at: UnixSeconds, now: UnixSeconds) {
+        self.keep(&self.declines, self.config.decline_capacity(), key, at, now);
+    }
+
+    fn keep(
+        &self,
+        order: &Mutex<Fifo<(UnixSeconds, OriginalData)>>,
+        capacity: usize,
+        key: OriginalData,
+        at: UnixSeconds,
+        now: UnixSeconds,
+    ) {
+        let Ok(mut order) = order.lock() else {
             return;
         };
         order.push_back((at, key));
         let horizon = now.saturating_sub(self.config.retention_secs);
         let mut requeued = 0;
         while let Some(&(at, key)) = order.front() {
-            let too_many = order.len() > self.config.capacity;
+            let too_many = order.len() > capacity;
             if !too_many && at >= horizon {
                 break;
+            }
+            if at >= horizon {
+                crate::logging::throttled!(
+                    warn,
+                    capacity,
+                    "the ledger is full: transactions younger than cards.ledger_retention_hours are forgotten, and can no longer be reversed or repeated through vpan; raise cards.ledger_capacity"
+                );
             }
             order.pop_front();
             let removed = self
@@ -208,15 +245,24 @@ impl Ledger {
         crate::copy_keys(&self.entries)
     }
 
-    /// Rebuilds the retention queue after recovery, oldest first.
+    /// Rebuilds the retention queues after recovery, oldest first.
     pub(crate) fn rebuild_order(&self) {
-        let mut all: Vec<(UnixSeconds, OriginalData)> =
-            self.entries.iter().map(|e| (e.at, *e.key())).collect();
-        all.sort_unstable_by_key(|(at, _)| *at);
-        if let Ok(mut order) = self.order.lock() {
-            *order = Fifo::default();
-            for e in all {
-                order.push_back(e);
+        let mut all: Vec<(UnixSeconds, OriginalData, bool)> = self
+            .entries
+            .iter()
+            .map(|e| (e.at, *e.key(), e.state == TxState::Declined))
+            .collect();
+        all.sort_unstable_by_key(|(at, _, _)| *at);
+        let (Ok(mut order), Ok(mut declines)) = (self.order.lock(), self.declines.lock()) else {
+            return;
+        };
+        *order = Fifo::default();
+        *declines = Fifo::default();
+        for (at, key, declined) in all {
+            if declined {
+                declines.push_back((at, key));
+            } else {
+                order.push_back((at, key));
             }
         }
     }
@@ -352,6 +398,37 @@ mod tests {
         assert!(l.get(&key(1)).is_none());
         assert!(l.get(&key(4)).is_some());
         assert!(l.len() <= 4);
+    }
+
+    #[test]
+    fn a_flood_of_declines_does_not_push_out_the_approvals() {
+        let l = Ledger::new(LedgerConfig {
+            capacity: 8,
+            retention_secs: 1_000,
+        });
+        l.entries.insert(key(0), entry(10, TxState::Approved));
+        l.remember(key(0), 10, 10);
+        for s in 1..=100 {
+            l.entries.insert(key(s), entry(10, TxState::Declined));
+            l.remember_decline(key(s), 10, 10);
+        }
+        assert!(
+            l.get(&key(0)).is_some(),
+            "the approval is still there to reverse"
+        );
+        assert!(l.get(&key(100)).is_some(), "the latest decline is kept");
+        assert!(
+            l.get(&key(1)).is_none(),
+            "the oldest declines are forgotten"
+        );
+        assert_eq!(l.len(), 1 + 2, "declines within a quarter of the capacity");
+        // Rebuilt after a restart, the two kinds stay apart.
+        l.rebuild_order();
+        for s in 101..=110 {
+            l.entries.insert(key(s), entry(11, TxState::Declined));
+            l.remember_decline(key(s), 11, 11);
+        }
+        assert!(l.get(&key(0)).is_some(), "after a rebuild too");
     }
 
     #[test]

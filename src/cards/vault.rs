@@ -23,7 +23,7 @@ use super::card::{
 use super::event::{self, Event, Issued, TxEvent};
 use super::history::{DecidedBy, RecentTx};
 use super::index::CardIndex;
-use super::ledger::{AuthCode, Ledger, TxEntry, TxState};
+use super::ledger::{AuthCode, Ledger, LedgerConfig, TxEntry, TxState};
 use super::limits::{self, Verdict};
 use super::request::{AuthRequest, Kind, OriginalData, ResponseCode, ReversalRequest};
 use super::vpan::{GenerateError, RangeConfigError, VpanGenerator};
@@ -47,13 +47,31 @@ pub struct CardsConfig {
     pub virtual_ranges: Vec<String>,
     /// Digits kept from the real card: 6 or 8.
     pub bin_length: u8,
+    /// Transactions that moved money remembered for reversals and repeats, at most (vpan's
+    /// own declines get a quarter of this again): about 250 bytes each, allocated at start.
+    pub ledger_capacity: usize,
+    /// How long a transaction can still be reversed or repeated through vpan, hours.
+    pub ledger_retention_hours: u64,
 }
 
 impl Default for CardsConfig {
     fn default() -> CardsConfig {
+        let ledger = LedgerConfig::default();
         CardsConfig {
             virtual_ranges: Vec::new(),
             bin_length: 6,
+            ledger_capacity: ledger.capacity,
+            ledger_retention_hours: ledger.retention_secs / 3_600,
+        }
+    }
+}
+
+impl CardsConfig {
+    /// The ledger's bounds these settings give.
+    pub fn ledger(&self) -> LedgerConfig {
+        LedgerConfig {
+            capacity: self.ledger_capacity,
+            retention_secs: self.ledger_retention_hours.saturating_mul(3_600),
         }
     }
 }
@@ -508,6 +526,7 @@ impl Cards {
         let fingerprint = req.fingerprint(card_key.raw());
         let tx = req.key.original();
         let mut fresh = false;
+        let mut declined = false;
         let decision = self.index.update(card_key, |card| {
             if self.journal.is_failed() {
                 // Nothing can be made durable: fail closed before holding anything, and
@@ -526,6 +545,7 @@ impl Cards {
                     let code = reason.code();
                     let t = self.record_decline(card, card_key, req, code, DecidedBy::Switch, now);
                     slot.insert(event::entry_of(&t, TxState::Declined, code));
+                    declined = true;
                     Decision::Decline(code)
                 }
                 Verdict::Approve(terms) => {
@@ -557,8 +577,10 @@ impl Cards {
                 }
             }
         });
-        if fresh {
-            self.ledger.remember(tx, now, now);
+        match (fresh, declined) {
+            (true, true) => self.ledger.remember_decline(tx, now, now),
+            (true, false) => self.ledger.remember(tx, now, now),
+            (false, _) => {}
         }
         decision.unwrap_or(Decision::Unknown)
     }
