@@ -433,10 +433,14 @@ fn publish_card_counts(cards: &Cards) {
     }
 }
 
-/// Keeps `vpan_cards{status}` current.
+/// Keeps `vpan_cards{status}` current. Each count walks every card, so it runs on the
+/// blocking pool, as the card listing does: on a runtime thread it would hold up the
+/// switch's connections sharing that thread for the whole walk (all of them with
+/// `runtime.worker_threads = 1`).
 async fn publish_card_gauges(cards: Arc<Cards>, shutdown: CancellationToken) {
     loop {
-        publish_card_counts(&cards);
+        let walked = Arc::clone(&cards);
+        let _ = tokio::task::spawn_blocking(move || publish_card_counts(&walked)).await;
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs(2)) => {}
             () = shutdown.cancelled() => return,
