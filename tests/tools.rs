@@ -480,6 +480,34 @@ async fn an_open_loop_for_a_duration_sends_at_its_rate_to_the_end() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_loop_sends_every_request_due_before_the_deadline_even_when_held_back() {
+    // A peer slower than the schedule: 50 fall due in the second, and at most 5 in flight
+    // with a 200 ms answer let only about 25 go by then. The rest still go, late, and
+    // their lateness is in the latency (else the slowest requests would vanish from the
+    // percentiles, the coordinated omission an open loop is there to avoid).
+    let sim = sim_with(&[], |c| {
+        c.default_balance = Some(1_000_000_000);
+        c.latency = Duration::from_millis(200);
+    })
+    .await;
+    let traffic =
+        Arc::new(Traffic::load(fixture("sample.jsonl").as_ref(), Spec::iso87ascii()).unwrap());
+    let mut cfg = LoadgenConfig::new(sim.local_addr().to_string(), traffic);
+    cfg.connections = 1;
+    cfg.in_flight = 5;
+    cfg.rate = Some(50.0);
+    cfg.duration = Some(Duration::from_secs(1));
+    let s = loadgen::run(cfg).await.unwrap();
+    assert!((49..=51).contains(&s.sent), "{} sent: {s:?}", s.sent);
+    assert_eq!(s.answered, s.sent, "{s:?}");
+    assert!(
+        s.latency_us.max >= 700_000,
+        "the last ones went late: {s:?}"
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_connections_count_their_requests_as_lost_and_loadgen_dials_again() {
     let sim = sim_with(&[], |c| {
         c.default_balance = Some(1_000_000_000);

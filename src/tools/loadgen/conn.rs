@@ -47,9 +47,12 @@ pub(super) struct Shared {
 }
 
 impl Shared {
-    /// Hands out the next pass over the file: its id and how many of its messages to send.
-    pub(super) fn claim_run(&self) -> Option<(u64, usize)> {
-        if self.exhausted.load(Ordering::Relaxed) || self.sending_over(Instant::now()) {
+    /// Hands out the next pass over the file, for a request meant to go at `intended`: its
+    /// id and how many of its messages to send. By the time the request was meant for, not
+    /// the clock: an open loop's request due before `--duration` ends but held back by the
+    /// in-flight cap still goes, late, whichever pass it falls in.
+    pub(super) fn claim_run(&self, intended: Instant) -> Option<(u64, usize)> {
+        if self.exhausted.load(Ordering::Relaxed) || self.sending_over(intended) {
             return None;
         }
         let len = self.cfg.traffic.len() as u64;
@@ -149,7 +152,7 @@ impl Conn {
 
     /// The run and message to send next, claiming a new run when every active one is
     /// finished or waits for an original's answer.
-    pub(super) fn next_sendable(&mut self) -> Option<(usize, usize)> {
+    pub(super) fn next_sendable(&mut self, intended: Instant) -> Option<(usize, usize)> {
         let traffic = &self.shared.traffic_ref();
         for (ri, run) in self.runs.iter().enumerate() {
             if run.next >= run.end {
@@ -167,7 +170,7 @@ impl Conn {
         if self.runs.len() > self.shared.cfg.in_flight {
             return None;
         }
-        let (id, end) = self.shared.claim_run()?;
+        let (id, end) = self.shared.claim_run(intended)?;
         self.runs.push_back(Run {
             id,
             next: 0,
@@ -201,7 +204,7 @@ impl Conn {
 
     /// Frames the next request into the write buffer. False when there is nothing to send.
     pub(super) fn send_one(&mut self, intended: Instant, now: Instant, de7: [u8; 10]) -> bool {
-        let Some((ri, idx)) = self.next_sendable() else {
+        let Some((ri, idx)) = self.next_sendable(intended) else {
             return false;
         };
         let traffic = self.shared.traffic_ref();
@@ -463,7 +466,12 @@ impl Conn {
         if !self.pending.is_empty() || !self.out.is_empty() {
             return false;
         }
-        if self.shared.sending_over(Instant::now()) {
+        // An open loop still owes what fell due before the deadline (`fill` drops the
+        // schedule once it passes the deadline).
+        let owes_due = self
+            .next_due
+            .is_some_and(|due| !self.shared.sending_over(due));
+        if self.shared.sending_over(Instant::now()) && !owes_due {
             return true;
         }
         let all_runs_sent = self.runs.iter().all(|r| r.next >= r.end);
