@@ -614,16 +614,26 @@ impl Ledger {
         if account.history.contains(&own) {
             return ack;
         }
-        let given = match req.original_data() {
+        // The original: named by DE 90, or else under the reversal's own DE 11, DE 7 and
+        // DE 32 (as the network sends a reversal without DE 90), an authorization first.
+        let original = match req.original_data() {
             Some(o) => {
                 let mut mti = o.mti;
                 mti[3] = b'0';
-                let key = TxnKey {
+                Some(TxnKey {
                     mti,
                     stan: o.stan,
                     time: o.transmission_time,
                     acquirer: o.acquirer,
-                };
+                })
+            }
+            None => [*b"0100", *b"0200"]
+                .into_iter()
+                .map(|mti| TxnKey { mti, ..own })
+                .find(|key| account.history.contains(key)),
+        };
+        let given = match original {
+            Some(key) => {
                 match account.history.get_mut(&key) {
                     Some(b) if !b.reversed => {
                         b.reversed = true;
@@ -638,6 +648,8 @@ impl Ledger {
                 0
             }
             None => {
+                // No original here (booked before a restart, or elsewhere): its own DE 4.
+                self.unmatched_reversals.fetch_add(1, Ordering::Relaxed);
                 let amount = req
                     .amount_transaction()
                     .and_then(|a| i64::try_from(a).ok())
@@ -1280,6 +1292,26 @@ mod tests {
             ],
             b"0400",
         )
+    }
+
+    #[test]
+    fn a_reversal_without_de_90_finds_its_original_by_its_own_key() {
+        let (l, pan) = ledger(10_000);
+        // The network's reversal of a declined purchase gives nothing back.
+        let declined = purchase(b"0100", "000001", "000000050000", "000000");
+        assert_eq!(&l.decide(&declined).unwrap().response_code, b"51");
+        l.decide(&purchase(b"0400", "000001", "000000050000", "000000"))
+            .unwrap();
+        assert_eq!(l.balance(&pan), Some(10_000), "no money made");
+        // Reversed without DE 90, then again by the switch naming it in DE 90: once.
+        let ok = purchase(b"0100", "000002", "000000004000", "000000");
+        assert_eq!(&l.decide(&ok).unwrap().response_code, b"00");
+        assert_eq!(l.balance(&pan), Some(6_000));
+        l.decide(&purchase(b"0400", "000002", "000000004000", "000000"))
+            .unwrap();
+        assert_eq!(l.balance(&pan), Some(10_000));
+        l.decide(&reversal_of(&ok, "000003")).unwrap();
+        assert_eq!(l.balance(&pan), Some(10_000), "given back once");
     }
 
     #[test]
