@@ -140,6 +140,27 @@ fn reversal_of(mti: &[u8; 4], orig: &Message, stan: &str) -> Message {
 }
 
 #[tokio::test]
+async fn the_issuer_sim_answers_a_peer_that_has_half_closed_after_its_latency() {
+    // A client that sends and then shuts its sending side still reads: the answers the
+    // simulator holds back for its latency reach it, as they were booked.
+    let sim = sim_with(&[(RICH, 10_000)], |c| c.latency = Duration::from_millis(20)).await;
+    let mut c = Client::connect(sim.local_addr()).await;
+    c.send(&[&financial(
+        b"0100",
+        RICH,
+        "000001",
+        "000000",
+        "000000001000",
+    )])
+    .await;
+    c.stream.shutdown().await.unwrap();
+    let answers = c.answers(1).await;
+    assert_eq!(answers.len(), 1);
+    assert_eq!(sim.balance(&pan(RICH)), Some(9_000));
+    sim.shutdown().await;
+}
+
+#[tokio::test]
 async fn the_issuer_sim_answers_each_request_class_with_its_response_mti_and_code() {
     let sim = sim_with(&[(RICH, 1_000_000)], |_| {}).await;
     let mut c = Client::connect(sim.local_addr()).await;
@@ -651,6 +672,12 @@ async fn bad_input_gets_exit_2_for_usage_and_1_with_the_line_for_a_bad_traffic_f
         "a value out of range is a usage error"
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("--in-flight"));
+    // A run of nothing, or of no time, is refused the same way, not run and failed.
+    for (flag, value) in [("--count", "0"), ("--duration", "0s")] {
+        let out = loadgen_binary(&["--target", "127.0.0.1:1", "--traffic", "x", flag, value]).await;
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(flag));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

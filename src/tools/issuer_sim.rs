@@ -671,10 +671,14 @@ impl Ledger {
         ack
     }
 
-    /// The account, made on first use when there is a default balance.
+    /// The account, made on first use when there is a default balance (never for a card
+    /// number that fails Luhn, which no issuer holds).
     fn account(&self, pan: &Pan) -> Option<dashmap::mapref::one::RefMut<'_, Pan, Account>> {
         if let Some(a) = self.accounts.get_mut(pan) {
             return Some(a);
+        }
+        if !crate::pan::luhn_valid(pan.as_bytes()) {
+            return None;
         }
         let balance = self.default_balance?;
         Some(self.accounts.entry(pan.clone()).or_insert(Account {
@@ -1068,9 +1072,10 @@ impl Connection {
             tokio::select! {
                 r = rd.read_buf(&mut inbuf), if open && self.out.len() < WRITE_HIGH_WATER => {
                     if r? == 0 {
+                        // The peer is done sending, not necessarily reading (a half-close):
+                        // the answers still delayed go out, and a write error says when it
+                        // has really gone.
                         open = false;
-                        // The peer closed; answers it can no longer read are not waited for.
-                        self.delayed.clear();
                         continue;
                     }
                     loop {
@@ -1505,6 +1510,14 @@ mod tests {
             b"0100",
         );
         assert_eq!(&l.decide(&bad_luhn).unwrap().response_code, b"14");
+        // An advice cannot be refused: acknowledged, and no account is made for a card
+        // number that fails Luhn.
+        let advice = msg(
+            &[(2, bad.as_str()), (3, "000000"), (4, "000000000010")],
+            b"0120",
+        );
+        assert_eq!(&l.decide(&advice).unwrap().response_code, b"00");
+        assert_eq!(l.balance(&Pan::from_digits(bad.as_bytes()).unwrap()), None);
     }
 
     #[test]

@@ -286,6 +286,7 @@ impl Conn {
             .push_back((now + self.shared.cfg.timeout, stan, self.serial));
         *self.stats.requests_by_mti.entry(m.mti()).or_insert(0) += 1;
         self.stats.sent += 1;
+        self.stats.last_sent = Some(now);
         self.shared.sent.fetch_add(1, Ordering::Relaxed);
         true
     }

@@ -76,7 +76,7 @@ pub struct Args {
     pub duration: Option<Duration>,
     /// How many requests to send, looping over the file as needed. Without --count and
     /// --duration the file is sent once.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
     /// The link's framing, layout and fixed header.
     #[command(flatten)]
@@ -94,7 +94,8 @@ pub struct Args {
     pub record: Option<PathBuf>,
 }
 
-/// Reads `10s`, `500ms`, `250us`, `2m`, `1h`, or a plain number of seconds.
+/// Reads `10s`, `500ms`, `250us`, `2m`, `1h`, or a plain number of seconds; more than
+/// zero, and a year at most.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
@@ -116,8 +117,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     const LONGEST: Duration = Duration::from_secs(366 * 24 * 3600);
     Duration::try_from_secs_f64(secs)
         .ok()
-        .filter(|d| *d <= LONGEST)
-        .ok_or_else(|| format!("{s:?} is out of range (a year at most)"))
+        .filter(|d| !d.is_zero() && *d <= LONGEST)
+        .ok_or_else(|| format!("{s:?} is out of range (more than zero, a year at most)"))
 }
 
 /// Everything a load run needs.
@@ -432,5 +433,10 @@ mod tests {
         // Past what a clock can add to now: refused, not a panic at the start of the run.
         assert!(parse_duration("10000000000000000000").is_err());
         assert!(parse_duration("s").is_err());
+        assert!(
+            parse_duration("0s").is_err(),
+            "a run of no time sends nothing"
+        );
+        assert!(parse_duration("0").is_err());
     }
 }

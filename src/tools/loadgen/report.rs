@@ -153,6 +153,8 @@ pub(super) struct Stats {
     pub(super) timeouts: u64,
     /// When the last answer came.
     pub(super) last_answer: Option<Instant>,
+    /// When the last request was sent.
+    pub(super) last_sent: Option<Instant>,
 }
 
 impl Stats {
@@ -171,12 +173,15 @@ impl Stats {
             answered: 0,
             timeouts: 0,
             last_answer: None,
+            last_sent: None,
         })
     }
 }
 
-/// Throughput is counted from `start` to the last answer, not to the end of a wait for
-/// answers that never came (timeouts at the end of a run).
+/// Throughput is counted from `start` to the last answer or the last request sent,
+/// whichever is later: not to the end of a wait for answers that never came (timeouts at
+/// the end of a run), but over every second spent sending, so a peer that stops answering
+/// part way through shows in it.
 pub(super) fn summarize(
     cfg: &LoadgenConfig,
     start: Instant,
@@ -196,7 +201,8 @@ pub(super) fn summarize(
     let mut hist: Option<Histogram<u64>> = None;
     let answering = all
         .iter()
-        .filter_map(|st| st.last_answer)
+        .flat_map(|st| [st.last_answer, st.last_sent])
+        .flatten()
         .max()
         .map_or(Duration::ZERO, |last| last.saturating_duration_since(start));
     for st in all {
@@ -279,5 +285,23 @@ mod tests {
         assert_eq!(s.answered, 1_000);
         assert!((s.throughput_per_s - 1_000.0).abs() < 1e-6, "{s:?}");
         assert!((s.elapsed_s - 6.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn throughput_counts_every_second_spent_sending_when_answers_stopped_early() {
+        let start = Instant::now();
+        let traffic = Traffic::parse(
+            r#"{"fields": {"t": "0800", "70": "301"}}"#,
+            Spec::iso87ascii(),
+        )
+        .unwrap();
+        let cfg = LoadgenConfig::new("127.0.0.1:1", Arc::new(traffic));
+        // 100 answers in the first second, then requests sent for 9 more that timed out.
+        let mut a = Stats::new().unwrap();
+        a.answered = 100;
+        a.last_answer = Some(start + Duration::from_secs(1));
+        a.last_sent = Some(start + Duration::from_secs(10));
+        let s = summarize(&cfg, start, Duration::from_secs(11), vec![a]);
+        assert!((s.throughput_per_s - 10.0).abs() < 1e-6, "{s:?}");
     }
 }
