@@ -491,6 +491,24 @@ async fn a_missing_or_wrong_token_is_refused_with_401_on_every_card_call() {
             assert_eq!(error_of(&answer).0, "unauthorized");
         }
     }
+    // A refusal names the scheme it wants; the scheme's name is read in any case.
+    let refused = api.http.get(api.url("/v1/cards")).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        refused
+            .headers()
+            .get("www-authenticate")
+            .map(|v| v.as_bytes()),
+        Some(&b"Bearer"[..])
+    );
+    let lower_case = api
+        .http
+        .get(api.url("/v1/cards"))
+        .header("authorization", format!("bearer {}", api.token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lower_case.status(), StatusCode::OK);
     let (_, shown) = api
         .call(Method::GET, &format!("/v1/cards/{vpan}"), None)
         .await;

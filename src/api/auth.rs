@@ -90,22 +90,47 @@ pub fn load_or_create(
     }
 }
 
-/// Middleware: lets the request through only with `Authorization: Bearer <token>`.
+/// Middleware: lets the request through only with `Authorization: Bearer <token>` (the
+/// scheme's name in any case, as RFC 7235 has it); a refusal says which scheme it wants
+/// (`WWW-Authenticate`, RFC 6750).
 pub async fn require_token(State(token): State<Token>, request: Request, next: Next) -> Response {
     let presented = request
         .headers()
         .get(AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-        .map(<[u8]>::trim_ascii);
+        .and_then(|v| bearer_credentials(v.as_bytes()));
     match presented {
         Some(p) if token.matches(p) => next.run(request).await,
-        _ => ApiError::unauthorized().into_response(),
+        _ => {
+            let mut refused = ApiError::unauthorized().into_response();
+            refused.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+            refused
+        }
     }
+}
+
+/// The credentials of an `Authorization` value of the Bearer scheme.
+fn bearer_credentials(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at_checked(b"Bearer ".len())?;
+    scheme
+        .eq_ignore_ascii_case(b"Bearer ")
+        .then(|| rest.trim_ascii())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_read_in_any_case() {
+        assert_eq!(bearer_credentials(b"Bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer_credentials(b"bearer abc "), Some(&b"abc"[..]));
+        assert_eq!(bearer_credentials(b"BEARER abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer_credentials(b"Basic abc"), None);
+        assert_eq!(bearer_credentials(b"Bear"), None);
+    }
 
     #[test]
     fn only_the_exact_token_matches() {
