@@ -914,13 +914,28 @@ fn mti_index(mti: &[u8; 4]) -> usize {
         .unwrap_or(KNOWN_MTIS.len())
 }
 
-/// 0 to 99 for a two-digit code, 100 for anything else.
+/// The alphanumeric codes that get a `response_code` label of their own: the ones vpan
+/// reads (Visa's and EMV's declines it knows, see `issuer::is_known_decline`, and EMV's
+/// offline approvals in a stand-in's advice), so a dashboard can tell a surge of CVV2
+/// mismatches (N7) from other issuer codes. Any other is `other`.
+const NAMED_CODES: [&str; 12] = [
+    "N3", "N4", "N7", "Q1", "R0", "R1", "R3", "1A", "Z1", "Z3", "Y1", "Y3",
+];
+
+/// 0 to 99 for a two-digit code, 100 on for a [`NAMED_CODES`] one, and the last index
+/// for anything else.
 fn code_index(code: Option<[u8; 2]>) -> usize {
     match code {
         Some([a, b]) if a.is_ascii_digit() && b.is_ascii_digit() => {
             usize::from(a - b'0') * 10 + usize::from(b - b'0')
         }
-        _ => 100,
+        Some(code) => {
+            100 + NAMED_CODES
+                .iter()
+                .position(|n| n.as_bytes() == code)
+                .unwrap_or(NAMED_CODES.len())
+        }
+        None => 100 + NAMED_CODES.len(),
     }
 }
 
@@ -929,16 +944,19 @@ fn mti_label(index: usize) -> &'static str {
 }
 
 fn code_label(index: usize) -> &'static str {
-    CODES.get(2 * index..2 * index + 2).unwrap_or("other")
+    match index.checked_sub(100) {
+        None => CODES.get(2 * index..2 * index + 2).unwrap_or("other"),
+        Some(named) => NAMED_CODES.get(named).copied().unwrap_or("other"),
+    }
 }
 
 // The request metrics' handles, registered on first use and kept: `metrics::counter!`
 // with labels builds and hashes its key on every call, a cost per request that a profile
 // of the switch showed; the label sets are small and fixed, so each handle is looked up
 // once. Indices are clamped by `mti_index` (at most `KNOWN_MTIS.len()`) and `code_index`
-// (at most 100).
+// (at most `100 + NAMED_CODES.len()`).
 const MTI_SLOTS: usize = KNOWN_MTIS.len() + 1;
-const CODE_SLOTS: usize = 101;
+const CODE_SLOTS: usize = 100 + NAMED_CODES.len() + 1;
 static REQUEST_COUNTERS: [OnceLock<metrics::Counter>; MTI_SLOTS * CODE_SLOTS * 2] =
     [const { OnceLock::new() }; MTI_SLOTS * CODE_SLOTS * 2];
 static REQUEST_DURATIONS: [OnceLock<metrics::Histogram>; MTI_SLOTS] =
@@ -982,8 +1000,12 @@ mod tests {
     fn labels_come_from_small_fixed_sets() {
         assert_eq!(code_label(code_index(Some(*b"05"))), "05");
         assert_eq!(code_label(code_index(Some(*b"99"))), "99");
-        assert_eq!(code_label(code_index(Some(*b"Z1"))), "other");
+        assert_eq!(code_label(code_index(Some(*b"N7"))), "N7");
+        assert_eq!(code_label(code_index(Some(*b"Y3"))), "Y3");
+        assert_eq!(code_label(code_index(Some(*b"ZZ"))), "other");
         assert_eq!(code_label(code_index(None)), "other");
+        assert!(code_index(Some(*b"ZZ")) < CODE_SLOTS);
+        assert!(code_index(None) < CODE_SLOTS);
         assert_eq!(mti_label(mti_index(b"0100")), "0100");
         assert_eq!(mti_label(mti_index(b"9999")), "other");
     }
