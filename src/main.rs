@@ -100,17 +100,34 @@ fn main() -> ExitCode {
     }
 }
 
-/// Prints clap's usage error (or help) and exits with its status. clap quotes what it could
-/// not place, which may be a card number typed where a flag was forgotten: masked, like
-/// every other error vpan prints.
+/// Prints clap's usage error as one line on stderr (the contract's "one clear line that
+/// says what to fix"), or its help on stdout, and exits with its status. clap quotes what
+/// it could not place, which may be a card number typed where a flag was forgotten:
+/// masked, like every other error vpan prints.
 fn usage_error(e: &clap::Error) -> ExitCode {
     let text = vpan::pan::mask_card_numbers(&e.render().to_string());
-    if e.use_stderr() {
+    if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        // `vpan` alone, or `vpan card` alone: the help is the answer, whole.
         eprint!("{text}");
+    } else if e.use_stderr() {
+        eprintln!("vpan: {}", one_line(&text));
     } else {
         print!("{text}");
     }
     ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
+}
+
+/// clap's error as one line: its first paragraph (what is wrong, with the flags it names),
+/// without the usage and the tips that follow, and where to read more.
+fn one_line(rendered: &str) -> String {
+    let said: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    let said = said.join(" ");
+    let said = said.strip_prefix("error: ").unwrap_or(&said);
+    format!("{said} (see --help)")
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {

@@ -676,8 +676,18 @@ async fn bad_input_gets_exit_2_for_usage_and_1_with_the_line_for_a_bad_traffic_f
     for (flag, value) in [("--count", "0"), ("--duration", "0s")] {
         let out = loadgen_binary(&["--target", "127.0.0.1:1", "--traffic", "x", flag, value]).await;
         assert_eq!(out.status.code(), Some(2), "{flag} {value}");
-        assert!(String::from_utf8_lossy(&out.stderr).contains(flag));
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(said.contains(flag));
+        // One clear line that says what to fix, as for every error.
+        assert_eq!(said.lines().count(), 1, "{said}");
     }
+    let out = loadgen_binary(&["--target", "127.0.0.1:1"]).await;
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        said.contains("--traffic") && said.lines().count() == 1,
+        "{said}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -76,7 +76,7 @@ pub struct Args {
     pub duration: Option<Duration>,
     /// How many requests to send, looping over the file as needed. Without --count and
     /// --duration the file is sent once.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_COUNT))]
     pub count: Option<u64>,
     /// The link's framing, layout and fixed header.
     #[command(flatten)]
@@ -93,6 +93,10 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
 }
+
+/// The largest `--count`: more than any run sends, and short enough that the refusal's
+/// range is not taken for a card number and masked.
+const MAX_COUNT: u64 = 10_000_000_000;
 
 /// Reads `10s`, `500ms`, `250us`, `2m`, `1h`, or a plain number of seconds; more than
 /// zero, and a year at most.
