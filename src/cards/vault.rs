@@ -856,7 +856,7 @@ impl Cards {
             } else {
                 // Money moved, of a size the card's currency cannot tell, perhaps past the
                 // cap: counted as all the card had left, and a use (the safe side).
-                tracing::warn!(card = ?card_key, "advice in a currency the card cannot count; recorded as what was left of its cap");
+                crate::logging::throttled!(warn, card = ?card_key, "advice in a currency the card cannot count; recorded as what was left of its cap");
                 // Not `available()`: holds released later must not make room again.
                 let left = card.amount_limit.saturating_sub(card.spent);
                 (left, req.amounts.transaction > 0)

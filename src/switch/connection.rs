@@ -135,7 +135,7 @@ pub async fn serve<S>(
                 Err(e) => {
                     metrics::counter!(m::FRAMES_REJECTED_TOTAL, "reason" => frame_reason(&e))
                         .increment(1);
-                    tracing::warn!(error = %e, "bad frame: closing the connection after answering what is in flight");
+                    crate::logging::throttled!(warn, error = %e, "bad frame: closing the connection after answering what is in flight");
                     reading = false;
                     inbuf.clear();
                     frame_started = None;
@@ -192,7 +192,7 @@ pub async fn serve<S>(
                     if !inbuf.is_empty() {
                         // The peer left in the middle of a frame.
                         metrics::counter!(m::FRAMES_REJECTED_TOTAL, "reason" => "truncated").increment(1);
-                        tracing::info!(bytes = inbuf.len(), "network peer closed in the middle of a frame");
+                        crate::logging::throttled!(info, bytes = inbuf.len(), "network peer closed in the middle of a frame");
                         inbuf.clear();
                         frame_started = None;
                     }
@@ -248,11 +248,17 @@ pub async fn serve<S>(
     }
     match end {
         End::PeerClosed | End::Shutdown => tracing::debug!(?end, "network connection ended"),
-        End::Frame(e) => tracing::info!(error = %e, "network connection closed: bad frame"),
-        End::Write(e) => tracing::info!(error = %e, "network connection closed: write failed"),
-        End::Read(e) => tracing::info!(error = %e, "network connection closed: read failed"),
+        End::Frame(e) => {
+            crate::logging::throttled!(info, error = %e, "network connection closed: bad frame")
+        }
+        End::Write(e) => {
+            crate::logging::throttled!(info, error = %e, "network connection closed: write failed")
+        }
+        End::Read(e) => {
+            crate::logging::throttled!(info, error = %e, "network connection closed: read failed")
+        }
         End::Idle | End::ReadTimeout | End::WriteStalled => {
-            tracing::info!(?end, "network connection closed")
+            crate::logging::throttled!(info, ?end, "network connection closed")
         }
     }
 }

@@ -52,7 +52,7 @@ pub async fn listen(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        tracing::info!(%peer, "network connection accepted");
+        crate::logging::throttled!(info, %peer, "network connection accepted");
         let flow = flow.clone();
         let limits = limits.clone();
         let token = shutdown.clone();
