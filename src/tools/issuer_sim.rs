@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::flags;
+use super::pacer::{Pacer, PacerSlot};
 use super::wire::WireArgs;
 use crate::iso8583::{Frame, FrameCodec, Framing, Message, Spec, recover_header};
 use crate::pan::{Masked, Pan, luhn_valid};
@@ -162,6 +163,9 @@ pub enum SimError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// The thread that times delayed answers cannot be started.
+    #[error("cannot start the latency clock's thread: {0}")]
+    Pacer(std::io::Error),
 }
 
 impl SimConfig {
@@ -807,6 +811,10 @@ struct Shared {
     progress: Notify,
     /// Number of tasks waiting on `progress`.
     waiters: AtomicUsize,
+    /// The clock delayed answers wait on, with a latency to add: tokio's timer rounds each
+    /// wait up to its next millisecond, so a `--latency-us 200` answered 0.2 to 1.2 ms late,
+    /// in bursts.
+    pacer: Option<Pacer>,
 }
 
 impl Shared {
@@ -867,6 +875,10 @@ impl IssuerSim {
             malformed: AtomicU64::new(0),
             progress: Notify::new(),
             waiters: AtomicUsize::new(0),
+            pacer: match config.latency.is_zero() {
+                true => None,
+                false => Some(Pacer::start(0).map_err(SimError::Pacer)?),
+            },
             config,
         });
         info!(
@@ -1064,6 +1076,7 @@ impl Connection {
         let (mut rd, mut wr) = stream.split();
         let mut inbuf = BytesMut::with_capacity(64 * 1024);
         let mut open = true;
+        let pacer = self.shared.pacer.as_ref().map(Pacer::lease);
         loop {
             let due = self.delayed.front().map(|(t, _)| *t);
             if !open && self.out.is_empty() && self.delayed.is_empty() {
@@ -1096,7 +1109,7 @@ impl Connection {
                         }
                     }
                 }
-                _ = sleep_until_opt(due) => {
+                _ = sleep_until_opt(pacer.as_deref(), due) => {
                     let now = Instant::now();
                     while let Some((t, _)) = self.delayed.front() {
                         if *t > now {
@@ -1206,11 +1219,13 @@ impl Connection {
     }
 }
 
-/// Sleeps until `t`, or forever when there is nothing to wait for.
-async fn sleep_until_opt(t: Option<Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
+/// Sleeps until `t` (on the pacer's finer clock when there is one), or forever when there
+/// is nothing to wait for.
+async fn sleep_until_opt(pacer: Option<&PacerSlot>, t: Option<Instant>) {
+    match (t, pacer) {
+        (Some(t), Some(pacer)) => pacer.sleep_until(t.into_std()).await,
+        (Some(t), None) => tokio::time::sleep_until(t).await,
+        (None, _) => std::future::pending().await,
     }
 }
 

@@ -18,5 +18,6 @@ pub mod flags;
 pub mod generate;
 pub mod issuer_sim;
 pub mod loadgen;
+mod pacer;
 pub mod traffic;
 pub mod wire;

@@ -18,9 +18,9 @@ use crate::cards::card::transmission_time;
 use crate::iso8583::{Frame, FrameCodec, Message};
 use crate::tools::traffic::{Traffic, original_data_elements};
 
-use super::pacer::PacerSlot;
 use super::report::Stats;
 use super::{LoadgenConfig, LoadgenError, MAX_LATENCY_US};
+use crate::tools::pacer::PacerSlot;
 
 /// Counters all connections update, read by the progress line.
 pub(super) struct Shared {

@@ -20,11 +20,10 @@
 //! HdrHistogram (no lock on the hot path); the histograms are merged at the end.
 //!
 //! Here: the flags, the configuration and the run; `conn.rs`: one connection's engine;
-//! `pacer.rs`: the open loop's clock, finer than tokio's millisecond timer; `report.rs`:
-//! what each connection measures, and the summary they are merged into.
+//! `report.rs`: what each connection measures, and the summary they are merged into. The
+//! open loop's clock, finer than tokio's millisecond timer, is `tools/pacer.rs`.
 
 mod conn;
-mod pacer;
 mod report;
 
 use std::collections::{HashMap, VecDeque};
@@ -288,7 +287,9 @@ pub async fn run(mut cfg: LoadgenConfig) -> Result<Summary, LoadgenError> {
     };
     // Stopped when the run returns, after every connection's task.
     let pacer = match cfg.rate {
-        Some(_) => Some(pacer::Pacer::start(cfg.connections).map_err(LoadgenError::Pacer)?),
+        Some(_) => {
+            Some(crate::tools::pacer::Pacer::start(cfg.connections).map_err(LoadgenError::Pacer)?)
+        }
         None => None,
     };
     // Every connection's state is made before any task starts: one that cannot be made

@@ -1,5 +1,6 @@
-//! The open loop's clock: wakes each connection when its next request is due, to within
-//! tens of microseconds rather than tokio's millisecond.
+//! A clock finer than tokio's millisecond: wakes each connection when its next instant is
+//! due (loadgen's open loop: its next request; the simulator: its next delayed answer), to
+//! within tens of microseconds.
 //!
 //! tokio's timer wheel ticks in milliseconds and rounds every deadline up to the next
 //! tick, so requests due every 400 µs left in bursts up to a millisecond late; measured
@@ -11,6 +12,9 @@
 //! a wait dropped unfinished (the connection woke for an answer first) costs at most one
 //! needless wake-up at its old instant, never a growing queue. Each wake-up scans every
 //! slot: a few thousand connections at most, against the cost of the wake-up itself.
+//! Connections known at start take a slot by number ([`Pacer::slot`]); those that come and
+//! go (the simulator's) lease one for their life ([`Pacer::lease`]), and a slot given back
+//! is leased again.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,7 +26,7 @@ use std::time::Instant;
 use parking_lot::Mutex;
 
 /// The clock's thread; stopped when dropped.
-pub(super) struct Pacer {
+pub(crate) struct Pacer {
     /// What the thread and the connections share.
     inner: Arc<Inner>,
     /// The thread, joined on drop (`None` once joined).
@@ -31,7 +35,7 @@ pub(super) struct Pacer {
 
 /// One connection's handle on the clock.
 #[derive(Clone)]
-pub(super) struct PacerSlot {
+pub(crate) struct PacerSlot {
     /// The clock this slot belongs to.
     inner: Arc<Inner>,
     /// This connection's place in [`State::slots`].
@@ -51,16 +55,19 @@ struct Inner {
 struct State {
     /// Per connection: when it wants to be woken, and its task.
     slots: Vec<Option<(Instant, Waker)>>,
+    /// Slots given back by their lease, to lease again.
+    free: Vec<usize>,
     /// When the clock's thread will next look at the slots (`None`: when unparked).
     planned: Option<Instant>,
 }
 
 impl Pacer {
     /// A clock for `connections` slots, its thread started.
-    pub(super) fn start(connections: usize) -> std::io::Result<Pacer> {
+    pub(crate) fn start(connections: usize) -> std::io::Result<Pacer> {
         let inner = Arc::new(Inner {
             state: Mutex::new(State {
                 slots: vec![None; connections],
+                free: Vec::new(),
                 planned: None,
             }),
             stop: AtomicBool::new(false),
@@ -68,7 +75,7 @@ impl Pacer {
         });
         let run = inner.clone();
         let thread = std::thread::Builder::new()
-            .name("loadgen-pacer".into())
+            .name("vpan-pacer".into())
             .spawn(move || run.run())?;
         let _ = inner.thread.set(thread.thread().clone());
         Ok(Pacer {
@@ -78,11 +85,43 @@ impl Pacer {
     }
 
     /// The handle of connection `index` (below the `connections` it was started with).
-    pub(super) fn slot(&self, index: usize) -> PacerSlot {
+    pub(crate) fn slot(&self, index: usize) -> PacerSlot {
         PacerSlot {
             inner: self.inner.clone(),
             index,
         }
+    }
+
+    /// A slot of its own for a connection that comes and goes, until the lease is dropped.
+    pub(crate) fn lease(&self) -> Lease {
+        let mut state = self.inner.state.lock();
+        let index = state.free.pop().unwrap_or_else(|| {
+            state.slots.push(None);
+            state.slots.len() - 1
+        });
+        Lease(self.slot(index))
+    }
+}
+
+/// A slot leased by [`Pacer::lease`]: its wait is forgotten and the slot given back when
+/// dropped.
+pub(crate) struct Lease(PacerSlot);
+
+impl std::ops::Deref for Lease {
+    type Target = PacerSlot;
+
+    fn deref(&self) -> &PacerSlot {
+        &self.0
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut state = self.0.inner.state.lock();
+        if let Some(slot) = state.slots.get_mut(self.0.index) {
+            *slot = None;
+        }
+        state.free.push(self.0.index);
     }
 }
 
@@ -98,7 +137,7 @@ impl Drop for Pacer {
 
 impl PacerSlot {
     /// Resolves at `due` or soon after, never before.
-    pub(super) fn sleep_until(&self, due: Instant) -> impl Future<Output = ()> + '_ {
+    pub(crate) fn sleep_until(&self, due: Instant) -> impl Future<Output = ()> + '_ {
         std::future::poll_fn(move |cx| {
             if Instant::now() >= due {
                 return Poll::Ready(());
@@ -238,6 +277,25 @@ mod tests {
             "the nearer wait ended only when the far one was due"
         );
         within_guard(far, "the far wait").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn leased_slots_are_woken_and_given_back_to_be_leased_again() {
+        let pacer = Pacer::start(0).unwrap();
+        let start = Instant::now();
+        let (a, b) = (pacer.lease(), pacer.lease());
+        assert_ne!(a.index, b.index);
+        let first = a.index;
+        // A lease dropped with its wait still armed: the wait is forgotten.
+        a.arm(start + Duration::from_secs(60), Waker::noop());
+        drop(a);
+        let c = pacer.lease();
+        assert_eq!(c.index, first, "the slot given back is leased again");
+        assert_eq!(pacer.inner.state.lock().slots.len(), 2, "no slot more");
+        let schedule = (1..50).map(|k| Duration::from_micros(300 * k)).collect();
+        let slot = c.0.clone();
+        within_guard(follow(slot, start, schedule), "a leased slot's wait").await;
+        drop((b, c));
     }
 
     #[test]
