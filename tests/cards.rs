@@ -276,6 +276,40 @@ fn declines_are_listed_and_replayed_the_same_after_a_restart() {
 }
 
 #[test]
+fn a_flood_of_declines_pushes_out_no_approval_live_or_after_a_restart() {
+    // Card testing: many more declines than the ledger's capacity, after one approval that
+    // its reversal must still find, before and after a restart that replays them all.
+    let dir = tempfile::tempdir().unwrap();
+    let small = vpan::cards::LedgerConfig {
+        capacity: 8,
+        retention_secs: 86_400,
+    };
+    let reversed_in_full =
+        |cards: &Cards, key, stan| match cards.reverse(key, &reversal(stan, None), NOW) {
+            ReversalOutcome::Reversed { returned, durable } => {
+                durable.wait().unwrap();
+                returned
+            }
+            other => panic!("{other:?}"),
+        };
+    let key = {
+        let (cards, _) = open_with(dir.path(), small);
+        let key = issue(&cards, &spec(10_000));
+        approved(&cards, key, 1_000, 1);
+        approved(&cards, key, 2_000, 2);
+        for stan in 3..203 {
+            let over_cap = cards.authorize(key, &purchase(1_000_000, stan), NOW);
+            assert_eq!(code(&over_cap), "61");
+        }
+        assert_eq!(reversed_in_full(&cards, key, 1), 1_000, "live");
+        key
+    };
+    let (cards, _) = open_with(dir.path(), small);
+    assert_eq!(reversed_in_full(&cards, key, 2), 2_000, "after the restart");
+    assert_eq!(cards.get(key).unwrap().spent, 0);
+}
+
+#[test]
 fn a_full_reversal_gives_the_amount_and_the_use_back_once() {
     let dir = tempfile::tempdir().unwrap();
     let (cards, _) = open(dir.path());

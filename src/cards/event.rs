@@ -423,11 +423,14 @@ pub fn apply_ledger(
             if replaying && ledger.entries.get(&t.tx).is_some_and(|e| e.lsn >= lsn) {
                 return None;
             }
-            let fresh = ledger
+            // New here, or over one of vpan's own declines under its key: either way now
+            // an entry that moved money, to be kept with those.
+            let replaced = ledger
                 .entries
-                .insert(t.tx, entry_of(t, TxState::Approved, ResponseCode::APPROVED))
-                .is_none();
-            fresh.then_some((t.tx, t.at))
+                .insert(t.tx, entry_of(t, TxState::Approved, ResponseCode::APPROVED));
+            replaced
+                .is_none_or(|e| e.state == TxState::Declined)
+                .then_some((t.tx, t.at))
         }
         Event::Outcome {
             hold,

@@ -22,6 +22,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::ConcurrentMap;
 
@@ -148,6 +149,8 @@ pub struct Ledger {
     order: Mutex<Fifo<(UnixSeconds, OriginalData)>>,
     /// The same for vpan's own declines, bounded apart.
     declines: Mutex<Fifo<(UnixSeconds, OriginalData)>>,
+    /// Transactions that moved money forgotten for room before their retention.
+    forgotten_young: AtomicU64,
     /// Bounds.
     config: LedgerConfig,
 }
@@ -169,6 +172,7 @@ impl Ledger {
             ),
             order: Mutex::new(Fifo::default()),
             declines: Mutex::new(Fifo::default()),
+            forgotten_young: AtomicU64::new(0),
             config,
         }
     }
@@ -191,26 +195,40 @@ impl Ledger {
     /// Notes a new entry for retention, and forgets what falls out of the bounds.
     /// Never call with an entry guard of this ledger held.
     pub fn remember(&self, key: OriginalData, at: UnixSeconds, now: UnixSeconds) {
-        self.keep(&self.order, self.config.capacity, key, at, now);
+        self.keep(Queue::Money, key, at, now);
     }
 
     /// [`Ledger::remember`] for one of vpan's own declines, bounded apart.
     pub fn remember_decline(&self, key: OriginalData, at: UnixSeconds, now: UnixSeconds) {
-        self.keep(&self.declines, self.config.decline_capacity(), key, at, now);
+        self.keep(Queue::Declines, key, at, now);
     }
 
-    fn keep(
-        &self,
-        order: &Mutex<Fifo<(UnixSeconds, OriginalData)>>,
-        capacity: usize,
-        key: OriginalData,
-        at: UnixSeconds,
-        now: UnixSeconds,
-    ) {
-        let Ok(mut order) = order.lock() else {
+    fn keep(&self, queue: Queue, key: OriginalData, at: UnixSeconds, now: UnixSeconds) {
+        let Ok(mut order) = self.order_of(queue).lock() else {
             return;
         };
         order.push_back((at, key));
+        self.forget_beyond_bounds(queue, &mut order, now);
+    }
+
+    fn order_of(&self, queue: Queue) -> &Mutex<Fifo<(UnixSeconds, OriginalData)>> {
+        match queue {
+            Queue::Money => &self.order,
+            Queue::Declines => &self.declines,
+        }
+    }
+
+    /// Forgets, oldest first, what `queue` holds past its capacity or its retention.
+    fn forget_beyond_bounds(
+        &self,
+        queue: Queue,
+        order: &mut Fifo<(UnixSeconds, OriginalData)>,
+        now: UnixSeconds,
+    ) {
+        let capacity = match queue {
+            Queue::Money => self.config.capacity,
+            Queue::Declines => self.config.decline_capacity(),
+        };
         let horizon = now.saturating_sub(self.config.retention_secs);
         let mut requeued = 0;
         while let Some(&(at, key)) = order.front() {
@@ -218,17 +236,17 @@ impl Ledger {
             if !too_many && at >= horizon {
                 break;
             }
-            if at >= horizon {
-                crate::logging::throttled!(
-                    warn,
-                    capacity,
-                    "the ledger is full: transactions younger than cards.ledger_retention_hours are forgotten, and can no longer be reversed or repeated through vpan; raise cards.ledger_capacity"
-                );
+            if at >= horizon && queue == Queue::Money {
+                self.forgot_young(now.saturating_sub(at));
             }
             order.pop_front();
-            let removed = self
-                .entries
-                .remove_if(&key, |_, e| e.at <= at && !e.awaits_issuer());
+            // Only what this queue put here: a decline that an advice under its key has
+            // since turned into an approval is the money queue's to forget.
+            let removed = self.entries.remove_if(&key, |_, e| {
+                e.at <= at
+                    && !e.awaits_issuer()
+                    && (queue == Queue::Money || e.state == TxState::Declined)
+            });
             if removed.is_none() && self.entries.get(&key).is_some_and(|e| e.awaits_issuer()) {
                 // Still waiting for the issuer: keep it, look again later.
                 order.push_back((now, key));
@@ -240,12 +258,31 @@ impl Ledger {
         }
     }
 
+    /// A transaction that moved money was forgotten for room, `age` seconds old, before its
+    /// retention: said on the first and then every 65,536th, with no clock read or lock of
+    /// its own on the approvals' path. Expected when the capacity is sized for how long
+    /// reversals come rather than for the whole retention.
+    fn forgot_young(&self, age: UnixSeconds) {
+        let n = self.forgotten_young.fetch_add(1, Ordering::Relaxed);
+        if n.is_multiple_of(65_536) {
+            tracing::warn!(
+                age_secs = age,
+                capacity = self.config.capacity,
+                forgotten = n + 1,
+                "the ledger is full: transactions are forgotten this young, before cards.ledger_retention_hours; a reversal or repeat coming later than that is not matched (size cards.ledger_capacity to the vPAN rate times the time reversals may take)"
+            );
+        }
+    }
+
     /// Every key (a copy, for snapshots).
     pub(crate) fn keys(&self) -> Vec<OriginalData> {
         crate::copy_keys(&self.entries)
     }
 
-    /// Rebuilds the retention queues after recovery, oldest first.
+    /// Rebuilds the retention queues after recovery, oldest first, and forgets what is
+    /// beyond their bounds (a lowered `cards.ledger_capacity`, or a journal written by a
+    /// vpan that kept declines with the rest) as of the newest transaction, before anything
+    /// is served rather than in the first approval's call.
     pub(crate) fn rebuild_order(&self) {
         let mut all: Vec<(UnixSeconds, OriginalData, bool)> = self
             .entries
@@ -253,6 +290,7 @@ impl Ledger {
             .map(|e| (e.at, *e.key(), e.state == TxState::Declined))
             .collect();
         all.sort_unstable_by_key(|(at, _, _)| *at);
+        let now = all.last().map_or(0, |(at, _, _)| *at);
         let (Ok(mut order), Ok(mut declines)) = (self.order.lock(), self.declines.lock()) else {
             return;
         };
@@ -265,7 +303,18 @@ impl Ledger {
                 order.push_back((at, key));
             }
         }
+        self.forget_beyond_bounds(Queue::Money, &mut order, now);
+        self.forget_beyond_bounds(Queue::Declines, &mut declines, now);
     }
+}
+
+/// Which retention queue an entry is in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Queue {
+    /// Transactions that move or may move money.
+    Money,
+    /// vpan's own declines.
+    Declines,
 }
 
 /// Shards of the ledger's map (a power of two).
@@ -429,6 +478,18 @@ mod tests {
             l.remember_decline(key(s), 11, 11);
         }
         assert!(l.get(&key(0)).is_some(), "after a rebuild too");
+
+        // A decline that an advice under its key turned into an approval (the same second)
+        // is not the declines queue's to forget.
+        l.entries.insert(key(200), entry(12, TxState::Declined));
+        l.remember_decline(key(200), 12, 12);
+        l.entries.insert(key(200), entry(12, TxState::Approved));
+        l.remember(key(200), 12, 12);
+        for s in 201..=220 {
+            l.entries.insert(key(s), entry(12, TxState::Declined));
+            l.remember_decline(key(s), 12, 12);
+        }
+        assert!(l.get(&key(200)).is_some(), "the advised one is kept");
     }
 
     #[test]

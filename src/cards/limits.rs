@@ -9,7 +9,8 @@
 //!    issuer can credit the real card); it does not change `spent` (never raises the cap);
 //! 2. **46** closed by the holder, or uses exhausted (single use consumed);
 //! 3. **62** paused;
-//! 4. **54** `valid_until` passed, or DE 14 present and not the virtual expiry;
+//! 4. **54** `valid_until` passed, or the expiry presented (DE 14, else track 2's) not the
+//!    virtual expiry;
 //! 5. **57** currency: neither DE 51 nor DE 49 is the card's; merchant lock: DE 42 is not
 //!    the locked (or first-use bound) merchant; MCC (DE 18) not in the allow list, or in the
 //!    block list (a missing DE 18 fails a non-empty allow list);
@@ -53,7 +54,7 @@ pub enum Reason {
     Paused,
     /// `valid_until` has passed (54).
     Expired,
-    /// DE 14 is not the virtual expiry (54).
+    /// The expiry presented (DE 14, else track 2's) is not the virtual expiry (54).
     ExpiryMismatch,
     /// Neither DE 51 nor DE 49 is the card's currency (57).
     Currency,

@@ -280,7 +280,10 @@ fn replay(
         }
     });
     if let Some((k, at)) = event::apply_ledger(ledger, ev, true) {
-        ledger.remember(k, at, at);
+        match ev {
+            Event::Declined { .. } => ledger.remember_decline(k, at, at),
+            _ => ledger.remember(k, at, at),
+        }
     }
     Ok(())
 }
