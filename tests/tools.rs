@@ -529,6 +529,36 @@ async fn an_open_loop_sends_every_request_due_before_the_deadline_even_when_held
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_loop_gives_up_its_backlog_a_timeout_after_the_deadline() {
+    // A peer that answers nothing: 2 in flight, each given up after 200 ms, let about 10
+    // of the 100 due go in the second. The rest is not sent for another 9 s: one timeout
+    // after the deadline it is given up, counted, and in the latency.
+    let sim = sim_with(&[], |c| {
+        c.default_balance = Some(1_000_000_000);
+        c.timeout_share = 1.0;
+    })
+    .await;
+    let traffic =
+        Arc::new(Traffic::load(fixture("sample.jsonl").as_ref(), Spec::iso87ascii()).unwrap());
+    let mut cfg = LoadgenConfig::new(sim.local_addr().to_string(), traffic);
+    cfg.connections = 1;
+    cfg.in_flight = 2;
+    cfg.rate = Some(100.0);
+    cfg.duration = Some(Duration::from_secs(1));
+    cfg.timeout = Duration::from_millis(200);
+    let s = loadgen::run(cfg).await.unwrap();
+    let not_sent = s.errors_by_kind.get("not_sent").copied().unwrap_or(0);
+    assert!(not_sent > 50, "{s:?}");
+    assert!((99..=101).contains(&(s.sent + not_sent)), "{s:?}");
+    assert_eq!((s.answered, s.timeouts), (0, s.sent), "{s:?}");
+    assert!(
+        s.latency_us.max >= 1_000_000,
+        "the given up count at their lateness: {s:?}"
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_connections_count_their_requests_as_lost_and_loadgen_dials_again() {
     let sim = sim_with(&[], |c| {
         c.default_balance = Some(1_000_000_000);

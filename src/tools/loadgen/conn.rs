@@ -68,6 +68,13 @@ impl Shared {
         Some((id, end as usize))
     }
 
+    /// True once `--timeout-ms` has passed after `--duration`: an open loop's backlog still
+    /// unsent then is given up. Sent at the cap's pace, it could otherwise take a peer that
+    /// stopped answering `backlog / in-flight` timeouts, hours, to drain.
+    pub(super) fn backlog_given_up(&self, now: Instant) -> bool {
+        self.deadline.is_some_and(|d| now >= d + self.cfg.timeout)
+    }
+
     pub(super) fn sending_over(&self, now: Instant) -> bool {
         self.deadline.is_some_and(|d| now >= d)
             || self.cfg.stop.as_ref().is_some_and(|s| s.is_cancelled())
@@ -315,6 +322,10 @@ impl Conn {
                         self.next_due = None;
                         break;
                     }
+                    if self.shared.backlog_given_up(now) {
+                        self.give_up_backlog(due, now);
+                        break;
+                    }
                     if due > now || self.pending.len() >= cap {
                         break;
                     }
@@ -328,6 +339,28 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// Past the grace after `--duration`: what fell due before the deadline and is still
+    /// unsent (the peer stopped answering, and the in-flight cap let nothing more go) is
+    /// counted as not sent, each in the latency at its time since due as a timeout is, and
+    /// the run ends rather than send it for as long again.
+    fn give_up_backlog(&mut self, first_due: Instant, now: Instant) {
+        let Some(deadline) = self.shared.deadline else {
+            return;
+        };
+        let mut given_up = 0;
+        let mut due = first_due;
+        while due < deadline {
+            let us = now.saturating_duration_since(due).as_micros() as u64;
+            self.stats
+                .hist
+                .saturating_record(us.clamp(1, MAX_LATENCY_US));
+            given_up += 1;
+            due += self.interval;
+        }
+        self.error("not_sent", given_up);
+        self.next_due = None;
     }
 
     /// A request is over (answered, timed out or lost): its run may move on.
