@@ -117,15 +117,22 @@ fn usage_error(e: &clap::Error) -> ExitCode {
     ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
 }
 
-/// clap's error as one line: its first paragraph (what is wrong, with the flags it names),
-/// without the usage and the tips that follow, and where to read more.
+/// clap's error as one line: what is wrong, with the flags it names, and its tips (a
+/// similar flag that exists), without the usage block; then where to read more.
 fn one_line(rendered: &str) -> String {
-    let said: Vec<&str> = rendered
-        .lines()
-        .map(str::trim)
-        .take_while(|l| !l.is_empty())
+    let said: Vec<String> = rendered
+        .split("\n\n")
+        .map(|paragraph| {
+            paragraph
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .filter(|p| !p.is_empty() && !p.starts_with("Usage:") && !p.starts_with("For more"))
         .collect();
-    let said = said.join(" ");
+    let said = said.join("; ");
     let said = said.strip_prefix("error: ").unwrap_or(&said);
     format!("{said} (see --help)")
 }
