@@ -718,6 +718,13 @@ async fn bad_input_gets_exit_2_for_usage_and_1_with_the_line_for_a_bad_traffic_f
         said.contains("--traffic") && said.lines().count() == 1,
         "{said}"
     );
+    // clap's tip of the flag meant is kept: it is what says what to fix.
+    let out = loadgen_binary(&["--target", "x", "--traffic", "x", "--cout", "3"]).await;
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("'--count'") && said.lines().count() == 1,
+        "{said}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
