@@ -331,10 +331,12 @@ impl Bookings {
 
     /// Books `b`, moving the oldest out of the list when it is full.
     fn book(&mut self, b: Booked) {
+        // Kept: an original left unanswered and not reversed since, or a reversal left
+        // unanswered (its own booking says `reversed`), whose repeat comes after a timeout.
         if self.recent.len() >= BOOKINGS_KEPT
             && let Some(old) = self.recent.pop_front()
             && old.unanswered
-            && !old.reversed
+            && (!old.reversed || old.key.mti[1] == b'4')
         {
             let now = std::time::Instant::now();
             self.unanswered.insert(old.key, (now, old));
@@ -452,7 +454,12 @@ impl Ledger {
         if let Some(Ok(pan)) = req.card_number()
             && let Some(mut account) = self.accounts.get_mut(&pan)
         {
-            account.history.left_unanswered(&txn_key(req));
+            let mut key = txn_key(req);
+            if key.mti[1] == b'4' {
+                // A reversal and its advice form share one booking (see `reverse`).
+                key.mti[2] = b'0';
+            }
+            account.history.left_unanswered(&key);
         }
     }
 
@@ -1312,6 +1319,26 @@ mod tests {
             ],
             b"0400",
         )
+    }
+
+    #[test]
+    fn a_reversal_left_unanswered_is_remembered_past_a_busy_spell() {
+        let (l, pan) = ledger(100_000_000);
+        // A 0420 with no original here gives back its own amount, once.
+        let reversal = purchase(b"0420", "000001", "000000001000", "000000");
+        l.decide(&reversal).unwrap();
+        l.left_unanswered(&reversal);
+        let after = 100_001_000;
+        assert_eq!(l.balance(&pan), Some(after));
+        for stan in 2..BOOKINGS_KEPT as u32 + 3 {
+            let p = purchase(b"0100", &format!("{stan:06}"), "000000000001", "000000");
+            l.decide(&p).unwrap();
+        }
+        let busy = (BOOKINGS_KEPT + 1) as i64;
+        // Its repeat after the caller's timeout finds it: nothing given back again.
+        l.decide(&purchase(b"0421", "000001", "000000001000", "000000"))
+            .unwrap();
+        assert_eq!(l.balance(&pan), Some(after - busy));
     }
 
     #[test]
