@@ -310,6 +310,43 @@ fn a_flood_of_declines_pushes_out_no_approval_live_or_after_a_restart() {
 }
 
 #[test]
+fn a_lowered_ledger_capacity_is_applied_at_start() {
+    // 30 approvals, a second apart, snapshotted, then opened again with room for 8: the 22
+    // oldest, read from the snapshot (not replayed), are forgotten before anything is
+    // served (a reversal of one finds nothing to give back) and the 8 newest are kept.
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = |capacity| vpan::cards::LedgerConfig {
+        capacity,
+        retention_secs: 86_400,
+    };
+    let key = {
+        let (cards, _) = open_with(dir.path(), ledger(1_000));
+        let key = issue(&cards, &spec(100_000));
+        for stan in 1..=30 {
+            let at = NOW + u64::from(stan);
+            let a = approval(cards.authorize(key, &purchase(100, stan), at));
+            a.durable.wait().unwrap();
+            cards
+                .complete(&a.hold, IssuerOutcome::APPROVED, at)
+                .wait()
+                .unwrap();
+        }
+        cards.snapshot().unwrap();
+        key
+    };
+    let (cards, _) = open_with(dir.path(), ledger(8));
+    let later = NOW + 31;
+    assert!(matches!(
+        cards.reverse(key, &reversal(30, None), later),
+        ReversalOutcome::Reversed { returned: 100, .. }
+    ));
+    assert!(matches!(
+        cards.reverse(key, &reversal(22, None), later),
+        ReversalOutcome::Voided { .. }
+    ));
+}
+
+#[test]
 fn a_full_reversal_gives_the_amount_and_the_use_back_once() {
     let dir = tempfile::tempdir().unwrap();
     let (cards, _) = open(dir.path());

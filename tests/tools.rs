@@ -555,6 +555,21 @@ async fn an_open_loop_gives_up_its_backlog_a_timeout_after_the_deadline() {
         s.latency_us.max >= 1_000_000,
         "the given up count at their lateness: {s:?}"
     );
+
+    // With --count too, no more is given up than the count would still have sent.
+    let traffic =
+        Arc::new(Traffic::load(fixture("sample.jsonl").as_ref(), Spec::iso87ascii()).unwrap());
+    let mut cfg = LoadgenConfig::new(sim.local_addr().to_string(), traffic);
+    cfg.connections = 1;
+    cfg.in_flight = 2;
+    cfg.rate = Some(100.0);
+    cfg.count = Some(20);
+    cfg.duration = Some(Duration::from_secs(1));
+    cfg.timeout = Duration::from_millis(200);
+    let s = loadgen::run(cfg).await.unwrap();
+    let not_sent = s.errors_by_kind.get("not_sent").copied().unwrap_or(0);
+    assert!(not_sent > 0, "{s:?}");
+    assert_eq!(s.sent + not_sent, 20, "{s:?}");
     sim.shutdown().await;
 }
 

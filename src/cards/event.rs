@@ -423,13 +423,15 @@ pub fn apply_ledger(
             if replaying && ledger.entries.get(&t.tx).is_some_and(|e| e.lsn >= lsn) {
                 return None;
             }
-            // New here, or over one of vpan's own declines under its key: either way now
-            // an entry that moved money, to be kept with those.
+            // Remembered again when new here, over one of vpan's own declines (its queue
+            // is not the money one), or later than the entry it replaces (a stand-in's
+            // advice after vpan's 91): the old queue item, older than the entry now, forgets
+            // nothing when it comes up, and the entry would stay outside every bound.
             let replaced = ledger
                 .entries
                 .insert(t.tx, entry_of(t, TxState::Approved, ResponseCode::APPROVED));
             replaced
-                .is_none_or(|e| e.state == TxState::Declined)
+                .is_none_or(|e| e.state == TxState::Declined || e.at < t.at)
                 .then_some((t.tx, t.at))
         }
         Event::Outcome {
@@ -532,7 +534,7 @@ pub(crate) fn voided_entry(
 
 /// The fingerprint of a voided original's entry. A request's is a hash: one equal to
 /// this by chance would be replayed the same 94.
-const VOIDED_FINGERPRINT: u64 = 0;
+pub(crate) const VOIDED_FINGERPRINT: u64 = 0;
 
 /// The ledger side of an issuer's answer (shared by the live path and replay).
 pub(crate) fn mark_outcome(

@@ -131,6 +131,12 @@ pub struct TxEntry {
 }
 
 impl TxEntry {
+    /// One of vpan's own declines (not a voided original, which is kept as a decline too
+    /// but guards money: a late original under its key must not be approved).
+    fn is_own_decline(&self) -> bool {
+        self.state == TxState::Declined && self.fingerprint != super::event::VOIDED_FINGERPRINT
+    }
+
     /// Waiting for an issuer's answer (held, or in doubt and being asked): kept in the
     /// ledger whatever its age, so that answer finds it.
     pub fn awaits_issuer(&self) -> bool {
@@ -236,17 +242,15 @@ impl Ledger {
             if !too_many && at >= horizon {
                 break;
             }
-            if at >= horizon && queue == Queue::Money {
-                self.forgot_young(now.saturating_sub(at));
-            }
             order.pop_front();
             // Only what this queue put here: a decline that an advice under its key has
             // since turned into an approval is the money queue's to forget.
             let removed = self.entries.remove_if(&key, |_, e| {
-                e.at <= at
-                    && !e.awaits_issuer()
-                    && (queue == Queue::Money || e.state == TxState::Declined)
+                e.at <= at && !e.awaits_issuer() && (queue == Queue::Money || e.is_own_decline())
             });
+            if removed.is_some() && at >= horizon && queue == Queue::Money {
+                self.forgot_young(now.saturating_sub(at));
+            }
             if removed.is_none() && self.entries.get(&key).is_some_and(|e| e.awaits_issuer()) {
                 // Still waiting for the issuer: keep it, look again later.
                 order.push_back((now, key));
@@ -287,7 +291,7 @@ impl Ledger {
         let mut all: Vec<(UnixSeconds, OriginalData, bool)> = self
             .entries
             .iter()
-            .map(|e| (e.at, *e.key(), e.state == TxState::Declined))
+            .map(|e| (e.at, *e.key(), e.is_own_decline()))
             .collect();
         all.sort_unstable_by_key(|(at, _, _)| *at);
         let now = all.last().map_or(0, |(at, _, _)| *at);
@@ -411,7 +415,8 @@ mod tests {
     fn entry(at: u64, state: TxState) -> TxEntry {
         TxEntry {
             card: CardKey::from_digits(crate::pan::test_pan("497010").as_bytes()).unwrap(),
-            fingerprint: 0,
+            // Not a voided original's.
+            fingerprint: 1,
             state,
             code: ResponseCode::APPROVED,
             charged: 1,
@@ -490,6 +495,65 @@ mod tests {
             l.remember_decline(key(s), 12, 12);
         }
         assert!(l.get(&key(200)).is_some(), "the advised one is kept");
+    }
+
+    #[test]
+    fn a_stand_ins_advice_after_a_released_hold_is_remembered_again_and_forgotten_in_time() {
+        use crate::cards::event::{Event, TxEvent, apply_ledger};
+        let l = Ledger::new(LedgerConfig {
+            capacity: 4,
+            retention_secs: 1_000,
+        });
+        l.entries.insert(key(0), entry(10, TxState::Released));
+        l.remember(key(0), 10, 10);
+        let e = entry(20, TxState::Approved);
+        let advice = Event::Advised(TxEvent {
+            lsn: 1,
+            key: e.card,
+            tx: key(0),
+            fingerprint: 1,
+            amount: 1,
+            original_amount: 1,
+            counts_use: true,
+            binds_merchant: false,
+            acceptor: None,
+            mti: *b"0120",
+            at: 20,
+        });
+        let (k, at) = apply_ledger(&l, &advice, false).expect("remembered again");
+        l.remember(k, at, at);
+        for s in 1..=8 {
+            l.entries.insert(key(s), entry(30, TxState::Approved));
+            l.remember(key(s), 30, 30);
+        }
+        assert!(
+            l.get(&key(0)).is_none(),
+            "forgotten, not left outside every bound"
+        );
+        assert_eq!(l.len(), 4);
+    }
+
+    #[test]
+    fn a_voided_original_stays_with_the_money_after_a_restart() {
+        let l = Ledger::new(LedgerConfig {
+            capacity: 8,
+            retention_secs: 1_000,
+        });
+        let void = TxEntry {
+            fingerprint: crate::cards::event::VOIDED_FINGERPRINT,
+            ..entry(10, TxState::Declined)
+        };
+        l.entries.insert(key(0), void);
+        l.remember(key(0), 10, 10);
+        l.rebuild_order();
+        for s in 1..=100 {
+            l.entries.insert(key(s), entry(11, TxState::Declined));
+            l.remember_decline(key(s), 11, 11);
+        }
+        assert!(
+            l.get(&key(0)).is_some(),
+            "a late original still finds its void"
+        );
     }
 
     #[test]

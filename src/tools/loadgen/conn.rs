@@ -42,6 +42,9 @@ pub(super) struct Shared {
     pub(super) timeouts: AtomicU64,
     /// Errors so far, for the progress line.
     pub(super) errors: AtomicU64,
+    /// Requests of an open loop's backlog given up after the deadline (`not_sent`), which
+    /// `--count` counts as it counts those sent.
+    pub(super) given_up: AtomicU64,
     /// The `--record` file, written in batches by each connection.
     pub(super) record: Option<std::sync::Mutex<std::fs::File>>,
 }
@@ -349,9 +352,19 @@ impl Conn {
         let Some(deadline) = self.shared.deadline else {
             return;
         };
+        // No more than `--count` would still have sent, over every connection.
+        let mut allowed = match self.shared.cfg.count {
+            None => u64::MAX,
+            Some(count) => {
+                let claimed = self.shared.sent.load(Ordering::Relaxed)
+                    + self.shared.given_up.load(Ordering::Relaxed);
+                count.saturating_sub(claimed)
+            }
+        };
         let mut given_up = 0;
         let mut due = first_due;
-        while due < deadline {
+        while due < deadline && allowed > 0 {
+            allowed -= 1;
             let us = now.saturating_duration_since(due).as_micros() as u64;
             self.stats
                 .hist
@@ -359,7 +372,10 @@ impl Conn {
             given_up += 1;
             due += self.interval;
         }
-        self.error("not_sent", given_up);
+        self.shared.given_up.fetch_add(given_up, Ordering::Relaxed);
+        if given_up > 0 {
+            self.error("not_sent", given_up);
+        }
         self.next_due = None;
     }
 

@@ -278,6 +278,7 @@ pub async fn run(mut cfg: LoadgenConfig) -> Result<Summary, LoadgenError> {
         answered: AtomicU64::new(0),
         timeouts: AtomicU64::new(0),
         errors: AtomicU64::new(0),
+        given_up: AtomicU64::new(0),
         record: open_record(cfg.record.as_deref())?,
         cfg: cfg.clone(),
     });

@@ -70,7 +70,9 @@ pub struct Summary {
     /// `connection_lost` (requests out when a connection dropped), `unmatched` (answers
     /// with no request in flight under their STAN, e.g. after a timeout), `unparseable`,
     /// `wrong_mti`, `connect` (a failed redial), `gave_up` (a connection that could not be
-    /// dialled again within the timeout, at least 1 s: what it had left is not sent).
+    /// dialled again within the timeout, at least 1 s: what it had left is not sent),
+    /// `not_sent` (an open loop's requests due before `--duration` ended and still unsent
+    /// `--timeout-ms` after it, given up).
     pub errors_by_kind: BTreeMap<String, u64>,
 }
 
