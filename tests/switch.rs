@@ -1061,6 +1061,15 @@ async fn a_request_whose_stan_is_the_stamp_of_another_waiting_one_is_not_taken_f
     rig.stop().await;
 }
 
+/// `request` with the card's track 2 written without its separator: vpan cannot read the
+/// card number out of it, so cannot rewrite it.
+#[allow(clippy::unwrap_used)] // a test's set-up: a failure should stop it loudly
+fn with_odd_track(mut request: Message, card: &vpan::cards::CardView) -> Message {
+    let track = format!("{}{}101", card.vpan.expose(), card.expiry.as_str());
+    request.set(35, track.as_bytes()).unwrap();
+    Message::parse(Spec::iso87ascii(), request.pack()).unwrap()
+}
+
 #[tokio::test]
 async fn track_data_vpan_cannot_rewrite_never_reaches_the_issuer_and_a_repeat_gets_the_same_30() {
     let rig = rig(Some(SimConfig::default()), |_| {}).await;
@@ -1068,10 +1077,10 @@ async fn track_data_vpan_cannot_rewrite_never_reaches_the_issuer_and_a_repeat_ge
     let mut net = Client::connect(rig.network).await;
     // Track 2 without its separator: vpan cannot read the card number out of it, so
     // cannot rewrite it, and it would carry the vPAN to the issuer.
-    let mut odd_track = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
-    let track = format!("{}{}101", card.vpan.expose(), card.expiry.as_str());
-    odd_track.set(35, track.as_bytes()).unwrap();
-    let odd_track = Message::parse(Spec::iso87ascii(), odd_track.pack()).unwrap();
+    let odd_track = with_odd_track(
+        purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100),
+        &card,
+    );
     assert_eq!(code(&net.call(&odd_track).await), "30");
     let repeat = repeat_of(&odd_track);
     assert_eq!(
@@ -1109,9 +1118,7 @@ async fn track_data_vpan_cannot_rewrite_never_reaches_the_issuer_and_a_repeat_ge
 
     // Its reversal carries the same unreadable track 2: the amount is given back on the
     // card, so the reversal must reach the issuer all the same, without it.
-    let mut reversal = reversal_of(&mut net, &with_track1);
-    reversal.set(35, track.as_bytes()).unwrap();
-    let reversal = Message::parse(Spec::iso87ascii(), reversal.pack()).unwrap();
+    let reversal = with_odd_track(reversal_of(&mut net, &with_track1), &card);
     assert_eq!(code(&net.call(&reversal).await), "00");
     let at_issuer = rig
         .sim()
@@ -1135,10 +1142,10 @@ async fn an_advice_whose_track_2_cannot_be_rewritten_still_reaches_the_issuer_wi
     let rig = rig(Some(SimConfig::default()), |_| {}).await;
     let (card, _real) = rig.issue(|_| {}).await;
     let mut net = Client::connect(rig.network).await;
-    let mut advice = purchase(&mut net, b"0120", &card.vpan, &card.expiry.0, 300);
-    let track = format!("{}{}101", card.vpan.expose(), card.expiry.as_str());
-    advice.set(35, track.as_bytes()).unwrap();
-    let advice = Message::parse(Spec::iso87ascii(), advice.pack()).unwrap();
+    let advice = with_odd_track(
+        purchase(&mut net, b"0120", &card.vpan, &card.expiry.0, 300),
+        &card,
+    );
     let answer = net.call(&advice).await;
     assert_eq!((answer.mti(), code(&answer)), (*b"0130", "00".into()));
     assert_eq!(rig.sim().requests(b"0120"), 1, "forwarded");

@@ -68,6 +68,24 @@ fn financial(mti: &[u8; 4], card: &str, stan: &str, pcode: &str, amount: &str) -
     )
 }
 
+/// A simulator that books every request and answers none.
+async fn answering_nothing() -> IssuerSimHandle {
+    sim_with(&[], |c| {
+        c.default_balance = Some(1_000_000_000);
+        c.timeout_share = 1.0;
+    })
+    .await
+}
+
+/// A run of the sample traffic against `sim` on one connection.
+fn sample_on_one_connection(sim: &IssuerSimHandle) -> LoadgenConfig {
+    let traffic =
+        Arc::new(Traffic::load(fixture("sample.jsonl").as_ref(), Spec::iso87ascii()).unwrap());
+    let mut cfg = LoadgenConfig::new(sim.local_addr().to_string(), traffic);
+    cfg.connections = 1;
+    cfg
+}
+
 /// A raw client: sends framed messages, reads answers.
 struct Client {
     stream: TcpStream,
@@ -436,15 +454,8 @@ async fn unanswered_requests_are_counted_as_timeouts_and_loadgen_still_finishes(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_open_loop_a_request_never_answered_counts_in_the_latency_at_its_timeout() {
     // A stall must show in the percentiles, not only as fewer answers.
-    let sim = sim_with(&[], |c| {
-        c.default_balance = Some(1_000_000_000);
-        c.timeout_share = 1.0;
-    })
-    .await;
-    let traffic =
-        Arc::new(Traffic::load(fixture("sample.jsonl").as_ref(), Spec::iso87ascii()).unwrap());
-    let mut cfg = LoadgenConfig::new(sim.local_addr().to_string(), traffic);
-    cfg.connections = 1;
+    let sim = answering_nothing().await;
+    let mut cfg = sample_on_one_connection(&sim);
     cfg.rate = Some(200.0);
     cfg.count = Some(10);
     cfg.timeout = Duration::from_millis(200);
@@ -511,10 +522,7 @@ async fn an_open_loop_sends_every_request_due_before_the_deadline_even_when_held
         c.latency = Duration::from_millis(200);
     })
     .await;
-    let traffic =
-        Arc::new(Traffic::load(fixture("sample.jsonl").as_ref(), Spec::iso87ascii()).unwrap());
-    let mut cfg = LoadgenConfig::new(sim.local_addr().to_string(), traffic);
-    cfg.connections = 1;
+    let mut cfg = sample_on_one_connection(&sim);
     cfg.in_flight = 5;
     cfg.rate = Some(50.0);
     cfg.duration = Some(Duration::from_secs(1));
@@ -533,15 +541,8 @@ async fn an_open_loop_gives_up_its_backlog_a_timeout_after_the_deadline() {
     // A peer that answers nothing: 2 in flight, each given up after 200 ms, let about 10
     // of the 100 due go in the second. The rest is not sent for another 9 s: one timeout
     // after the deadline it is given up, counted, and in the latency.
-    let sim = sim_with(&[], |c| {
-        c.default_balance = Some(1_000_000_000);
-        c.timeout_share = 1.0;
-    })
-    .await;
-    let traffic =
-        Arc::new(Traffic::load(fixture("sample.jsonl").as_ref(), Spec::iso87ascii()).unwrap());
-    let mut cfg = LoadgenConfig::new(sim.local_addr().to_string(), traffic);
-    cfg.connections = 1;
+    let sim = answering_nothing().await;
+    let mut cfg = sample_on_one_connection(&sim);
     cfg.in_flight = 2;
     cfg.rate = Some(100.0);
     cfg.duration = Some(Duration::from_secs(1));
@@ -557,10 +558,7 @@ async fn an_open_loop_gives_up_its_backlog_a_timeout_after_the_deadline() {
     );
 
     // With --count too, no more is given up than the count would still have sent.
-    let traffic =
-        Arc::new(Traffic::load(fixture("sample.jsonl").as_ref(), Spec::iso87ascii()).unwrap());
-    let mut cfg = LoadgenConfig::new(sim.local_addr().to_string(), traffic);
-    cfg.connections = 1;
+    let mut cfg = sample_on_one_connection(&sim);
     cfg.in_flight = 2;
     cfg.rate = Some(100.0);
     cfg.count = Some(20);

@@ -267,15 +267,20 @@ mod tests {
     use crate::tools::traffic::Traffic;
     use std::sync::Arc;
 
-    #[test]
-    fn throughput_counts_up_to_the_last_answer_not_to_the_end_of_a_wait_for_timeouts() {
-        let start = Instant::now();
+    /// A run's settings on a one-line traffic file (an echo): only the summary is tested.
+    fn echo_run() -> LoadgenConfig {
         let traffic = Traffic::parse(
             r#"{"fields": {"t": "0800", "70": "301"}}"#,
             Spec::iso87ascii(),
         )
         .unwrap();
-        let cfg = LoadgenConfig::new("127.0.0.1:1", Arc::new(traffic));
+        LoadgenConfig::new("127.0.0.1:1", Arc::new(traffic))
+    }
+
+    #[test]
+    fn throughput_counts_up_to_the_last_answer_not_to_the_end_of_a_wait_for_timeouts() {
+        let start = Instant::now();
+        let cfg = echo_run();
         let mut a = Stats::new().unwrap();
         a.answered = 600;
         a.last_answer = Some(start + Duration::from_secs(1));
@@ -292,12 +297,7 @@ mod tests {
     #[test]
     fn throughput_counts_every_second_spent_sending_when_answers_stopped_early() {
         let start = Instant::now();
-        let traffic = Traffic::parse(
-            r#"{"fields": {"t": "0800", "70": "301"}}"#,
-            Spec::iso87ascii(),
-        )
-        .unwrap();
-        let cfg = LoadgenConfig::new("127.0.0.1:1", Arc::new(traffic));
+        let cfg = echo_run();
         // 100 answers in the first second, then requests sent for 9 more that timed out.
         let mut a = Stats::new().unwrap();
         a.answered = 100;
