@@ -1181,3 +1181,32 @@ async fn an_answer_longer_than_max_frame_bytes_still_goes_out() {
     assert_eq!((answer.mti(), code(&answer)), (*b"0810", "00".into()));
     rig.stop().await;
 }
+
+#[tokio::test]
+async fn a_connection_silent_for_idle_timeout_ms_is_closed_and_one_that_echoes_is_not() {
+    use tokio::io::AsyncReadExt;
+    let rig = rig(Some(SimConfig::default()), |c| {
+        c.network.idle_timeout_ms = 1_000
+    })
+    .await;
+    let mut silent = tokio::net::TcpStream::connect(rig.network).await.unwrap();
+    let mut echoing = Client::connect(rig.network).await;
+    let spec = Spec::iso87ascii();
+    // An echo every 200 ms for 2.5 s: more than twice the idle timeout, never idle.
+    for _ in 0..12 {
+        let mut echo = Message::new(spec, b"0800").unwrap();
+        echo.set(7, b"1126143015").unwrap();
+        echo.set(11, &echoing.next_stan()).unwrap();
+        echo.set(70, b"301").unwrap();
+        let echo = Message::parse(spec, echo.pack()).unwrap();
+        assert_eq!(code(&echoing.call(&echo).await), "00");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The silent one was closed by vpan meanwhile: its read ends.
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut byte))
+        .await
+        .expect("closed by vpan");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    rig.stop().await;
+}
