@@ -448,12 +448,7 @@ async fn a_financial_advice_and_its_reversal_advice_are_counted_forwarded_and_an
 async fn an_echo_is_answered_by_the_switch_and_a_keep_alive_is_echoed() {
     let rig = rig(Some(SimConfig::default()), |_| {}).await;
     let mut net = Client::connect(rig.network).await;
-    let spec = Spec::iso87ascii();
-    let mut echo = Message::new(spec, b"0800").unwrap();
-    echo.set(7, b"1126143015").unwrap();
-    echo.set(11, &net.next_stan()).unwrap();
-    echo.set(70, b"301").unwrap();
-    let echo = Message::parse(spec, echo.pack()).unwrap();
+    let echo = network_management(&mut net, &[(70, b"301")]);
     let before = rig.sim().requests(b"0800");
     let answer = net.call(&echo).await;
     assert_eq!(answer.mti(), *b"0810");
@@ -1061,6 +1056,19 @@ async fn a_request_whose_stan_is_the_stamp_of_another_waiting_one_is_not_taken_f
     rig.stop().await;
 }
 
+/// An 0800 as a network sends it: DE 7, the next STAN of `net`, and `fields`.
+#[allow(clippy::unwrap_used)] // a test's set-up: a failure should stop it loudly
+fn network_management(net: &mut Client, fields: &[(usize, &[u8])]) -> Message {
+    let spec = Spec::iso87ascii();
+    let mut m = Message::new(spec, b"0800").unwrap();
+    m.set(7, b"1126143015").unwrap();
+    m.set(11, &net.next_stan()).unwrap();
+    for (n, v) in fields {
+        m.set(*n, v).unwrap();
+    }
+    Message::parse(spec, m.pack()).unwrap()
+}
+
 /// `request` with the card's track 2 written without its separator: vpan cannot read the
 /// card number out of it, so cannot rewrite it.
 #[allow(clippy::unwrap_used)] // a test's set-up: a failure should stop it loudly
@@ -1170,12 +1178,7 @@ async fn an_answer_longer_than_max_frame_bytes_still_goes_out() {
     })
     .await;
     let mut net = Client::connect(rig.network).await;
-    let spec = Spec::iso87ascii();
-    let mut echo = Message::new(spec, b"0800").unwrap();
-    echo.set(7, b"1126143015").unwrap();
-    echo.set(11, &net.next_stan()).unwrap();
-    echo.set(48, &[b'x'; 25]).unwrap();
-    let echo = Message::parse(spec, echo.pack()).unwrap();
+    let echo = network_management(&mut net, &[(48, &[b'x'; 25])]);
     assert_eq!(echo.pack().len(), 64, "a request of exactly the limit");
     let answer = net.call(&echo).await;
     assert_eq!((answer.mti(), code(&answer)), (*b"0810", "00".into()));
@@ -1191,14 +1194,9 @@ async fn a_connection_silent_for_idle_timeout_ms_is_closed_and_one_that_echoes_i
     .await;
     let mut silent = tokio::net::TcpStream::connect(rig.network).await.unwrap();
     let mut echoing = Client::connect(rig.network).await;
-    let spec = Spec::iso87ascii();
     // An echo every 200 ms for 2.5 s: more than twice the idle timeout, never idle.
     for _ in 0..12 {
-        let mut echo = Message::new(spec, b"0800").unwrap();
-        echo.set(7, b"1126143015").unwrap();
-        echo.set(11, &echoing.next_stan()).unwrap();
-        echo.set(70, b"301").unwrap();
-        let echo = Message::parse(spec, echo.pack()).unwrap();
+        let echo = network_management(&mut echoing, &[(70, b"301")]);
         assert_eq!(code(&echoing.call(&echo).await), "00");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

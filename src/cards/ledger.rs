@@ -263,7 +263,7 @@ impl Ledger {
     }
 
     /// A transaction that moved money was forgotten for room, `age` seconds old, before its
-    /// retention: said on the first and then every 65,536th, with no clock read or lock of
+    /// retention: said on the first, then once per 65,536 more, with no clock read or lock of
     /// its own on the approvals' path. Expected when the capacity is sized for how long
     /// reversals come rather than for the whole retention.
     fn forgot_young(&self, age: UnixSeconds) {
@@ -554,6 +554,12 @@ mod tests {
             l.get(&key(0)).is_some(),
             "a late original still finds its void"
         );
+        // And it is the money queue's to forget, in its turn.
+        for s in 101..=110 {
+            l.entries.insert(key(s), entry(12, TxState::Approved));
+            l.remember(key(s), 12, 12);
+        }
+        assert!(l.get(&key(0)).is_none(), "forgotten with the money, not left behind");
     }
 
     #[test]

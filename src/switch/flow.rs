@@ -33,7 +33,9 @@ use crate::pan::Pan;
 use crate::store::StoreError;
 use crate::store::journal::Durable;
 
-use super::issuer::{IssuerError, IssuerLink, Owed, Unanswered, is_known_decline, may_approve};
+use super::issuer::{
+    ALPHANUMERIC_DECLINES, IssuerError, IssuerLink, Owed, Unanswered, is_known_decline, may_approve,
+};
 use super::mac::{MAC_FAILURE_CODE, MacCheck, MacKey, mac_field};
 
 /// The flow's shared state: one per switch, used by every network connection.
@@ -914,28 +916,36 @@ fn mti_index(mti: &[u8; 4]) -> usize {
         .unwrap_or(KNOWN_MTIS.len())
 }
 
-/// The alphanumeric codes that get a `response_code` label of their own: the ones vpan
-/// reads (Visa's and EMV's declines it knows, see `issuer::is_known_decline`, and EMV's
-/// offline approvals in a stand-in's advice), so a dashboard can tell a surge of CVV2
-/// mismatches (N7) from other issuer codes. Any other is `other`.
-const NAMED_CODES: [&str; 12] = [
-    "N3", "N4", "N7", "Q1", "R0", "R1", "R3", "1A", "Z1", "Z3", "Y1", "Y3",
-];
+/// EMV's offline approvals, as a stand-in's advice carries them.
+const OFFLINE_APPROVALS: [&str; 2] = ["Y1", "Y3"];
 
-/// 0 to 99 for a two-digit code, 100 on for a [`NAMED_CODES`] one, and the last index
-/// for anything else.
+/// How many alphanumeric codes get a `response_code` label of their own.
+const NAMED_CODES: usize = ALPHANUMERIC_DECLINES.len() + OFFLINE_APPROVALS.len();
+
+/// The alphanumeric codes that get a `response_code` label of their own: the ones vpan
+/// reads (the declines [`is_known_decline`] knows, and EMV's offline approvals), so a
+/// dashboard can tell a surge of CVV2 mismatches (N7) from other issuer codes. Any other
+/// is `other`.
+fn named_codes() -> impl Iterator<Item = &'static str> {
+    ALPHANUMERIC_DECLINES
+        .iter()
+        .chain(OFFLINE_APPROVALS.iter())
+        .copied()
+}
+
+/// 0 to 99 for a two-digit code, 100 on for a named one (see [`named_codes`]), and the
+/// last index for anything else.
 fn code_index(code: Option<[u8; 2]>) -> usize {
     match code {
         Some([a, b]) if a.is_ascii_digit() && b.is_ascii_digit() => {
             usize::from(a - b'0') * 10 + usize::from(b - b'0')
         }
         Some(code) => {
-            100 + NAMED_CODES
-                .iter()
+            100 + named_codes()
                 .position(|n| n.as_bytes() == code)
-                .unwrap_or(NAMED_CODES.len())
+                .unwrap_or(NAMED_CODES)
         }
-        None => 100 + NAMED_CODES.len(),
+        None => 100 + NAMED_CODES,
     }
 }
 
@@ -946,7 +956,7 @@ fn mti_label(index: usize) -> &'static str {
 fn code_label(index: usize) -> &'static str {
     match index.checked_sub(100) {
         None => CODES.get(2 * index..2 * index + 2).unwrap_or("other"),
-        Some(named) => NAMED_CODES.get(named).copied().unwrap_or("other"),
+        Some(named) => named_codes().nth(named).unwrap_or("other"),
     }
 }
 
@@ -954,9 +964,9 @@ fn code_label(index: usize) -> &'static str {
 // with labels builds and hashes its key on every call, a cost per request that a profile
 // of the switch showed; the label sets are small and fixed, so each handle is looked up
 // once. Indices are clamped by `mti_index` (at most `KNOWN_MTIS.len()`) and `code_index`
-// (at most `100 + NAMED_CODES.len()`).
+// (at most `100 + NAMED_CODES`).
 const MTI_SLOTS: usize = KNOWN_MTIS.len() + 1;
-const CODE_SLOTS: usize = 100 + NAMED_CODES.len() + 1;
+const CODE_SLOTS: usize = 100 + NAMED_CODES + 1;
 static REQUEST_COUNTERS: [OnceLock<metrics::Counter>; MTI_SLOTS * CODE_SLOTS * 2] =
     [const { OnceLock::new() }; MTI_SLOTS * CODE_SLOTS * 2];
 static REQUEST_DURATIONS: [OnceLock<metrics::Histogram>; MTI_SLOTS] =

@@ -744,12 +744,13 @@ pub fn is_known_decline(code: [u8; 2]) -> bool {
             (a - b'0') * 10 + (b - b'0'),
             1..=7 | 12..=15 | 17..=31 | 33..=44 | 51..=68 | 75 | 90..=96
         ),
-        _ => matches!(
-            &code,
-            b"N3" | b"N4" | b"N7" | b"Q1" | b"R0" | b"R1" | b"R3" | b"1A" | b"Z1" | b"Z3"
-        ),
+        _ => ALPHANUMERIC_DECLINES.iter().any(|d| d.as_bytes() == code),
     }
 }
+
+/// The letter codes [`is_known_decline`] knows: Visa's and EMV's.
+pub const ALPHANUMERIC_DECLINES: [&str; 10] =
+    ["N3", "N4", "N7", "Q1", "R0", "R1", "R3", "1A", "Z1", "Z3"];
 
 /// The issuer latency histogram's handle, looked up once: `metrics::histogram!` builds and
 /// hashes its key on every call, once per request here. The recorder is installed first

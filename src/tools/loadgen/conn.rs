@@ -19,7 +19,7 @@ use crate::iso8583::{Frame, FrameCodec, Message};
 use crate::tools::traffic::{Traffic, original_data_elements};
 
 use super::report::Stats;
-use super::{LoadgenConfig, LoadgenError, MAX_LATENCY_US};
+use super::{LoadgenConfig, LoadgenError};
 use crate::tools::pacer::PacerSlot;
 
 /// Counters all connections update, read by the progress line.
@@ -353,7 +353,7 @@ impl Conn {
             return;
         };
         // No more than `--count` would still have sent, over every connection.
-        let mut allowed = match self.shared.cfg.count {
+        let allowed = match self.shared.cfg.count {
             None => u64::MAX,
             Some(count) => {
                 let claimed = self.shared.sent.load(Ordering::Relaxed)
@@ -363,12 +363,8 @@ impl Conn {
         };
         let mut given_up = 0;
         let mut due = first_due;
-        while due < deadline && allowed > 0 {
-            allowed -= 1;
-            let us = now.saturating_duration_since(due).as_micros() as u64;
-            self.stats
-                .hist
-                .saturating_record(us.clamp(1, MAX_LATENCY_US));
+        while due < deadline && given_up < allowed {
+            self.stats.record_latency(due, now);
             given_up += 1;
             due += self.interval;
         }
@@ -423,10 +419,7 @@ impl Conn {
         };
         self.stats.last_answer = Some(now);
         self.note(&p, "answered", msg.response_code());
-        let us = now.saturating_duration_since(p.intended).as_micros() as u64;
-        self.stats
-            .hist
-            .saturating_record(us.clamp(1, MAX_LATENCY_US));
+        self.stats.record_latency(p.intended, now);
         self.stats.answered += 1;
         self.shared.answered.fetch_add(1, Ordering::Relaxed);
         let code = msg.response_code().unwrap_or(*b"--");
@@ -482,10 +475,7 @@ impl Conn {
                     // Open loop: a request that never came back is the slowest of all,
                     // and leaving it out would hide a stall from the percentiles. Its
                     // latency is at least its time since due.
-                    let us = now.saturating_duration_since(p.intended).as_micros() as u64;
-                    self.stats
-                        .hist
-                        .saturating_record(us.clamp(1, MAX_LATENCY_US));
+                    self.stats.record_latency(p.intended, now);
                 }
                 self.note(&p, "timeout", None);
                 self.stats.timeouts += 1;

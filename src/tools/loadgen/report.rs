@@ -160,6 +160,12 @@ pub(super) struct Stats {
 }
 
 impl Stats {
+    /// Records one request's latency: from when it was meant to go (due, or sent) to `now`.
+    pub(super) fn record_latency(&mut self, intended: Instant, now: Instant) {
+        let us = now.saturating_duration_since(intended).as_micros() as u64;
+        self.hist.saturating_record(us.clamp(1, MAX_LATENCY_US));
+    }
+
     pub(super) fn new() -> Result<Stats, LoadgenError> {
         Ok(Stats {
             hist: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
