@@ -559,7 +559,10 @@ mod tests {
             l.entries.insert(key(s), entry(12, TxState::Approved));
             l.remember(key(s), 12, 12);
         }
-        assert!(l.get(&key(0)).is_none(), "forgotten with the money, not left behind");
+        assert!(
+            l.get(&key(0)).is_none(),
+            "forgotten with the money, not left behind"
+        );
     }
 
     #[test]
