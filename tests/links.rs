@@ -187,6 +187,70 @@ async fn with_network_connect_the_switch_dials_the_network_serves_it_and_redials
 }
 
 #[tokio::test]
+async fn a_dialled_network_is_redialled_at_once_when_dropped_with_a_request_still_at_the_issuer() {
+    let network = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let issuer = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = vpan::config::Config::default();
+    config.network.connect = network.local_addr().unwrap().to_string();
+    config.metrics.listen = "127.0.0.1:0".into();
+    config.api.listen = "127.0.0.1:0".into();
+    config.store.data_dir = dir.path().join("data");
+    config.issuer.connect = issuer.local_addr().unwrap().to_string();
+    config.issuer.connections = 1;
+    // Far longer than the wait for the redial below: a redial that waited for the
+    // issuer's answer (or its timeout) fails this test.
+    config.issuer.timeout_ms = 60_000;
+    let app = vpan::app::App::build(config).await.unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn({
+        let stop = stop.clone();
+        async move { app.run(async move { stop.cancelled().await }).await }
+    });
+    let (stream, _) = issuer.accept().await.unwrap();
+    let mut host = Framed::new(stream, FrameCodec::new(Framing::Len2, 0, 8192));
+    let mut accepted = next_message(&mut host).await;
+    accepted.set_mti(b"0810").unwrap();
+    accepted.set_response_code(b"00").unwrap();
+    send(&mut host, &accepted).await;
+    let accept = || async {
+        let (stream, _) = tokio::time::timeout(Duration::from_secs(10), network.accept())
+            .await
+            .expect("the switch dials the network within 10 s")
+            .unwrap();
+        Client::over(stream)
+    };
+
+    // A purchase reaches the host, which holds it; the network drops the connection.
+    let mut net = accept().await;
+    let card = test_pan("411111", 16);
+    let held = purchase(&mut net, b"0100", &card, b"2912", 100);
+    net.send(&held).await;
+    let at_host = next_message(&mut host).await;
+    assert_eq!(at_host.mti(), *b"0100");
+    drop(net);
+
+    // The switch dials again while the host still holds the purchase, and serves.
+    let mut net = accept().await;
+    let again = purchase(&mut net, b"0100", &card, b"2912", 200);
+    net.send(&again).await;
+    let second = next_message(&mut host).await;
+    assert_eq!(second.raw(4), Some(&b"000000000200"[..]));
+    for request in [at_host, second] {
+        let mut answer = request.clone();
+        answer.set_mti(b"0110").unwrap();
+        answer.set_response_code(b"00").unwrap();
+        send(&mut host, &answer).await;
+    }
+    // The second purchase's answer reaches the new connection; the first one's had nowhere
+    // to go.
+    let answer = net.answer(again.stan().unwrap()).await;
+    assert_eq!(code(&answer), "00");
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
 async fn a_late_answer_is_not_handed_to_another_acquirers_request_that_took_its_stan_since() {
     let (rig, mut host) = signed_on_host(300).await;
 

@@ -60,6 +60,11 @@ enum End {
 
 /// Serves one connection until the peer leaves, it misbehaves, or shutdown drains it.
 ///
+/// `read_ended` runs once nothing more will be read from the connection: the peer closed
+/// its side (answers still go to a peer that half-closed), a bad frame stopped reading, or
+/// the connection ended. A dialling side redials then, without waiting for the requests in
+/// flight, which may take up to `issuer.timeout_ms`.
+///
 /// Reading is done here (not behind a `FramedRead`) so that every arrival of bytes wakes
 /// this loop: a frame's first byte starts its read timeout, and a peer that feeds a frame
 /// one byte at a time is closed when that timeout passes, not when the connection idles.
@@ -68,6 +73,7 @@ pub async fn serve<S>(
     flow: Arc<Flow>,
     limits: ConnectionLimits,
     shutdown: CancellationToken,
+    read_ended: impl FnOnce(),
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -91,6 +97,7 @@ pub async fn serve<S>(
     // checked against the clock when it does.
     let timer = tokio::time::sleep(FAR);
     tokio::pin!(timer);
+    let mut read_ended = Some(read_ended);
 
     let end = loop {
         let room = |in_flight: usize, out: &BytesMut| {
@@ -142,6 +149,9 @@ pub async fn serve<S>(
                     bad_frame = Some(e);
                 }
             }
+        }
+        if !reading && let Some(f) = read_ended.take() {
+            f();
         }
         let can_read = reading && drain_deadline.is_none() && room(in_flight.len(), &out);
         if !can_read && frame_started.is_some() {
@@ -230,7 +240,11 @@ pub async fn serve<S>(
             }
         }
     };
+    if let Some(f) = read_ended.take() {
+        f();
+    }
     let _ = write_half.shutdown().await;
+    drop((read_half, write_half));
     // Requests still in flight are finished although their answers can no longer be
     // delivered: each hold gets its outcome (approved: spent; otherwise released) rather
     // than staying held until a restart counts it as spent. An approval that comes in time

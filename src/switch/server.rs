@@ -58,7 +58,7 @@ pub async fn listen(
         let token = shutdown.clone();
         connections.spawn(async move {
             metrics::gauge!(m::NETWORK_CONNECTIONS).increment(1.0);
-            connection::serve(stream, flow, limits, token).await;
+            connection::serve(stream, flow, limits, token, || {}).await;
             metrics::gauge!(m::NETWORK_CONNECTIONS).decrement(1.0);
             drop(permit);
         });
@@ -68,13 +68,30 @@ pub async fn listen(
 }
 
 /// Dials the network at `addr` and keeps one connection up until `shutdown`; `connected`
-/// says whether it is up now (for `/healthz`).
+/// says whether it is up now (for `/healthz`). A connection the network stops sending on
+/// is redialled at once: its requests still in flight are finished (and answered, should
+/// the peer have only half-closed) on its own task, since waiting for them, up to
+/// `issuer.timeout_ms`, would keep the link down that much longer. Returns once those
+/// are finished too.
 pub async fn dial(
     addr: String,
     flow: Arc<Flow>,
     limits: ConnectionLimits,
     connected: Arc<AtomicBool>,
     shutdown: CancellationToken,
+) {
+    let mut finishing = JoinSet::new();
+    keep_dialling(addr, flow, limits, connected, shutdown, &mut finishing).await;
+    while finishing.join_next().await.is_some() {}
+}
+
+async fn keep_dialling(
+    addr: String,
+    flow: Arc<Flow>,
+    limits: ConnectionLimits,
+    connected: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+    finishing: &mut JoinSet<()>,
 ) {
     let mut backoff = Duration::from_millis(100);
     let max_backoff = Duration::from_secs(5);
@@ -90,9 +107,22 @@ pub async fn dial(
                 let since = std::time::Instant::now();
                 connected.store(true, Ordering::Relaxed);
                 metrics::gauge!(m::NETWORK_CONNECTIONS).increment(1.0);
-                connection::serve(stream, flow.clone(), limits.clone(), shutdown.clone()).await;
-                metrics::gauge!(m::NETWORK_CONNECTIONS).decrement(1.0);
-                connected.store(false, Ordering::Relaxed);
+                let (lost, lost_rx) = tokio::sync::oneshot::channel();
+                let serving =
+                    connection::serve(stream, flow.clone(), limits.clone(), shutdown.clone(), {
+                        let connected = connected.clone();
+                        move || {
+                            connected.store(false, Ordering::Relaxed);
+                            let _ = lost.send(());
+                        }
+                    });
+                finishing.spawn(async move {
+                    serving.await;
+                    metrics::gauge!(m::NETWORK_CONNECTIONS).decrement(1.0);
+                });
+                // Sent when reading ends; dropped unsent only if the task panicked.
+                let _ = lost_rx.await;
+                while finishing.try_join_next().is_some() {}
                 tracing::warn!(network = %addr, "network connection lost; redialling");
                 // A peer that takes the connection and drops it at once is not redialled
                 // ever faster: the backoff starts again only after a connection that held.
