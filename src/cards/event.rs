@@ -20,8 +20,10 @@ use super::request::{OriginalData, ResponseCode};
 mod encoding;
 mod snapshot;
 
-pub(crate) use encoding::{Get, TAG_SNAP_CARD, TAG_SNAP_HEADER, TAG_SNAP_TX};
-pub(crate) use snapshot::{SnapCard, SnapHeader, SnapTx, decode_snap_card, decode_snap_tx};
+pub(crate) use encoding::{Get, TAG_SNAP_CARD, TAG_SNAP_END, TAG_SNAP_HEADER, TAG_SNAP_TX};
+pub(crate) use snapshot::{
+    SnapCard, SnapEnd, SnapHeader, SnapTx, decode_snap_card, decode_snap_end, decode_snap_tx,
+};
 
 /// A card was issued.
 #[derive(Clone, Debug)]

@@ -1146,4 +1146,73 @@ mod tests {
         let cards = open();
         assert_eq!(cards.get(key).expect("card").status, Status::Paused);
     }
+    /// Rewrites the snapshot in `dir` with `edit` applied to its records, as read back.
+    fn rewrite_snapshot(dir: &std::path::Path, edit: impl FnOnce(&mut Vec<Vec<u8>>)) {
+        let mut records = Vec::new();
+        crate::store::snapshot::read(dir, |p| {
+            records.push(p.to_vec());
+            Ok(())
+        })
+        .expect("read");
+        edit(&mut records);
+        let mut w = crate::store::snapshot::SnapshotWriter::create(dir).expect("writer");
+        for r in records {
+            w.write(&Raw(r)).expect("write");
+        }
+        w.commit().expect("commit");
+    }
+
+    fn open_error(dir: &std::path::Path) -> String {
+        let store = StoreConfig {
+            data_dir: dir.to_path_buf(),
+            ..Default::default()
+        };
+        match Cards::open(&CardsConfig::default(), &store, LedgerConfig::default()) {
+            Ok(_) => panic!("opened"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_snapshot_cut_short_at_a_records_boundary_is_refused_and_a_version_2_one_is_read() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let now = 1_800_000_000;
+        let cards = open_in(dir.path());
+        for _ in 0..3 {
+            let (_, durable) = cards.issue(&a_card_spec(now), now).expect("issued");
+            durable.wait().expect("durable");
+        }
+        let report = cards.snapshot().expect("snapshot");
+        assert_eq!(report.cards, 3);
+        drop(cards);
+        let whole = std::fs::read(dir.path().join("snapshot.bin")).expect("snapshot");
+
+        // The end record lost: every record left passes its checksum.
+        rewrite_snapshot(dir.path(), |r| {
+            r.pop();
+        });
+        let e = open_error(dir.path());
+        assert!(e.contains("incomplete") && e.contains("3 cards"), "{e}");
+        // A card lost before it: the counts disagree.
+        std::fs::write(dir.path().join("snapshot.bin"), &whole).expect("restore");
+        rewrite_snapshot(dir.path(), |r| {
+            r.remove(1);
+        });
+        let e = open_error(dir.path());
+        assert!(e.contains("2 cards") && e.contains("counts 3"), "{e}");
+        // A record after the end record.
+        std::fs::write(dir.path().join("snapshot.bin"), &whole).expect("restore");
+        rewrite_snapshot(dir.path(), |r| r.push(r[1].clone()));
+        let e = open_error(dir.path());
+        assert!(e.contains("follow its end record"), "{e}");
+
+        // Whole, it opens; so does one written by a vpan before the end record (version 2).
+        std::fs::write(dir.path().join("snapshot.bin"), &whole).expect("restore");
+        assert_eq!(open_in(dir.path()).list(None, 10).len(), 3);
+        rewrite_snapshot(dir.path(), |r| {
+            r.pop();
+            r[0][1] = 2;
+        });
+        assert_eq!(open_in(dir.path()).list(None, 10).len(), 3);
+    }
 }

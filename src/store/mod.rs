@@ -159,6 +159,13 @@ pub enum StoreError {
     /// Another process has the data directory open.
     #[error("the data directory is in use by another vpan process")]
     Locked,
+    /// A snapshot whose records do not add up to its end record's counts, or that has
+    /// none: cut short or damaged after it was written whole. The journal segments it
+    /// stood in for are gone, so starting on it would lose cards.
+    #[error(
+        "snapshot.bin is incomplete: {0}; vpan will not start on it, since the journal it replaced is gone. Restore the data directory from a backup"
+    )]
+    SnapshotIncomplete(String),
     /// A record or snapshot that passed its checksum does not decode.
     #[error("{0}: a record does not decode")]
     Corrupt(&'static str),

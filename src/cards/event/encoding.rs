@@ -24,6 +24,7 @@ const TAG_VOIDED: u8 = 9;
 pub(crate) const TAG_SNAP_HEADER: u8 = 10;
 pub(crate) const TAG_SNAP_CARD: u8 = 11;
 pub(crate) const TAG_SNAP_TX: u8 = 12;
+pub(crate) const TAG_SNAP_END: u8 = 13;
 
 /// Little-endian writer helpers.
 pub(crate) trait Put {

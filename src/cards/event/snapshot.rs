@@ -11,8 +11,8 @@ use crate::store::StoreError;
 use crate::store::journal::Encode;
 
 use super::encoding::{
-    Get, Put, TAG_SNAP_CARD, TAG_SNAP_HEADER, TAG_SNAP_TX, get_acceptor, get_tx, put_acceptor,
-    put_tx,
+    Get, Put, TAG_SNAP_CARD, TAG_SNAP_END, TAG_SNAP_HEADER, TAG_SNAP_TX, get_acceptor, get_tx,
+    put_acceptor, put_tx,
 };
 use super::encoding::{get_mccs, put_mccs, recorded_decided_by};
 use super::legacy_decided_by;
@@ -40,6 +40,34 @@ impl Encode for SnapHeader {
         out.u64(self.next_lsn);
         out.u64(self.cards);
     }
+}
+
+/// The last record of a snapshot (from version 3): how many cards and ledger entries it
+/// holds, so that a snapshot cut short at a record's boundary, which every checksum
+/// passes, is refused rather than read as one with fewer cards.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct SnapEnd {
+    /// Card records written.
+    pub cards: u64,
+    /// Ledger entry records written.
+    pub transactions: u64,
+}
+
+impl Encode for SnapEnd {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.u8(TAG_SNAP_END);
+        out.u64(self.cards);
+        out.u64(self.transactions);
+    }
+}
+
+/// Reads a [`SnapEnd`] after its tag; `None` when it is not one whole.
+pub(crate) fn decode_snap_end(g: &mut Get<'_>) -> Option<SnapEnd> {
+    let end = SnapEnd {
+        cards: g.u64()?,
+        transactions: g.u64()?,
+    };
+    g.0.is_empty().then_some(end)
 }
 
 /// A card in a snapshot, with its real PAN sealed.

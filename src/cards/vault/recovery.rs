@@ -93,13 +93,15 @@ impl Cards {
         let mut from_segment = 0u64;
         let mut next_lsn = 1u64;
         let mut cards_in_snapshot = 0u64;
+        let mut snapshot_version = SNAPSHOT_VERSION;
         if let Some(first) = snapshot::first_record(&dir)? {
             let mut g = event::Get(&first);
             let bad = || StoreError::Corrupt("snapshot header");
             if g.u8() != Some(event::TAG_SNAP_HEADER) {
                 return Err(bad().into());
             }
-            if g.u8().ok_or_else(bad)? != SNAPSHOT_VERSION {
+            snapshot_version = g.u8().ok_or_else(bad)?;
+            if !(2..=SNAPSHOT_VERSION).contains(&snapshot_version) {
                 return Err(StoreError::Corrupt("snapshot version").into());
             }
             from_segment = g.u64().ok_or_else(bad)?;
@@ -114,10 +116,21 @@ impl Cards {
             cards_in_snapshot.min(snapshot_bytes / MIN_SNAP_CARD_BYTES) as usize,
         );
         let highest_in_snapshot = AtomicU64::new(0);
+        let mut tally = SnapshotTally::default();
         recovered.snapshot = parallel_replay(
-            |sink| snapshot::read(&dir, |payload| sink.push(0, payload)),
+            |sink| {
+                snapshot::read(&dir, |payload| {
+                    if tally.counts(payload)? {
+                        sink.push(0, payload)?;
+                    }
+                    Ok(())
+                })
+            },
             |payload| load_snapshot_record(&index, &ledger, &cipher, &highest_in_snapshot, payload),
         )?;
+        if recovered.snapshot && snapshot_version >= 3 {
+            tally.check_complete()?;
+        }
         // The snapshot walks the cards while they change, so a card in it may carry a
         // sequence number past its header's (its record is in the journal after it). Should
         // that record be lost, numbering must still go on past it: a later event under a
@@ -409,6 +422,57 @@ fn lsn_after(lsn: u64) -> Result<u64, StoreError> {
 
 /// Loads one snapshot record (the header was read before), noting the highest sequence
 /// number met in `highest_lsn`.
+/// What a snapshot's records add up to, read in order, against its end record.
+#[derive(Default)]
+struct SnapshotTally {
+    /// Card and ledger entry records read so far.
+    read: event::SnapEnd,
+    /// The end record, once read.
+    end: Option<event::SnapEnd>,
+}
+
+impl SnapshotTally {
+    /// Counts one record; `false` for the end record, which has nothing to load. Nothing
+    /// may follow the end record.
+    fn counts(&mut self, payload: &[u8]) -> Result<bool, StoreError> {
+        if self.end.is_some() {
+            return Err(StoreError::SnapshotIncomplete(
+                "records follow its end record".into(),
+            ));
+        }
+        let mut g = event::Get(payload);
+        match g.u8() {
+            Some(event::TAG_SNAP_CARD) => self.read.cards += 1,
+            Some(event::TAG_SNAP_TX) => self.read.transactions += 1,
+            Some(event::TAG_SNAP_END) => {
+                self.end = Some(
+                    event::decode_snap_end(&mut g).ok_or(StoreError::Corrupt("snapshot end"))?,
+                );
+                return Ok(false);
+            }
+            _ => {}
+        }
+        Ok(true)
+    }
+
+    /// A snapshot of version 3 or later must end with its end record, whose counts it
+    /// must match: one cut short at a record's boundary passes every checksum.
+    fn check_complete(&self) -> Result<(), StoreError> {
+        let r = self.read;
+        match self.end {
+            None => Err(StoreError::SnapshotIncomplete(format!(
+                "it ends after {} cards and {} transactions without its end record: cut short",
+                r.cards, r.transactions
+            ))),
+            Some(end) if end != r => Err(StoreError::SnapshotIncomplete(format!(
+                "it holds {} cards and {} transactions where its end record counts {} and {}",
+                r.cards, r.transactions, end.cards, end.transactions
+            ))),
+            Some(_) => Ok(()),
+        }
+    }
+}
+
 fn load_snapshot_record(
     index: &CardIndex,
     ledger: &Ledger,

@@ -42,8 +42,9 @@ impl Default for SnapshotPolicy {
     }
 }
 
-/// Snapshot format version.
-pub(super) const SNAPSHOT_VERSION: u8 = 2;
+/// Snapshot format version. 3 ends with a [`event::SnapEnd`] record; 2, without it, is
+/// still read.
+pub(super) const SNAPSHOT_VERSION: u8 = 3;
 
 impl Cards {
     /// Writes a snapshot of every card and remembered transaction, then deletes the
@@ -103,6 +104,10 @@ impl Cards {
         if self.journal.is_failed() {
             return Err(StoreError::Failed);
         }
+        w.write(&event::SnapEnd {
+            cards,
+            transactions,
+        })?;
         w.commit()?;
         // Counted from here only once it stands: a failed snapshot leaves the count as it
         // was, so the next look tries again rather than waiting for another
