@@ -52,6 +52,13 @@ async fn signed_on_host(timeout_ms: u64) -> (rig::Rig, HostSide) {
         c.issuer.timeout_ms = timeout_ms;
     })
     .await;
+    let host = accept_sign_on(&listener).await;
+    (rig, host)
+}
+
+/// The switch's connection to a scripted host listening on `listener`, its sign-on
+/// accepted.
+async fn accept_sign_on(listener: &TcpListener) -> HostSide {
     let (stream, _) = listener.accept().await.unwrap();
     let mut host = Framed::new(stream, FrameCodec::new(Framing::Len2, 0, 8192));
     let mut accepted = next_message(&mut host).await;
@@ -59,7 +66,7 @@ async fn signed_on_host(timeout_ms: u64) -> (rig::Rig, HostSide) {
     accepted.set_mti(b"0810").unwrap();
     accepted.set_response_code(b"00").unwrap();
     send(&mut host, &accepted).await;
-    (rig, host)
+    host
 }
 
 #[tokio::test]
@@ -134,37 +141,66 @@ async fn a_host_that_drops_every_connection_at_once_is_redialled_with_a_growing_
     host.abort();
 }
 
+/// The switch (`App` on port 0) dialling a network listener of the test's, with its issuer
+/// link to `issuer`.
+struct Dialling {
+    network: TcpListener,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), vpan::app::AppError>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Dialling {
+    async fn start(issuer: String, tweak: impl FnOnce(&mut vpan::config::Config)) -> Dialling {
+        let network = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = vpan::config::Config::default();
+        config.network.connect = network.local_addr().unwrap().to_string();
+        config.metrics.listen = "127.0.0.1:0".into();
+        config.api.listen = "127.0.0.1:0".into();
+        config.store.data_dir = dir.path().join("data");
+        config.issuer.connect = issuer;
+        tweak(&mut config);
+        let app = vpan::app::App::build(config).await.unwrap();
+        assert_eq!(app.addresses().network, None, "no listener: it dials");
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move { app.run(async move { stop.cancelled().await }).await }
+        });
+        Dialling {
+            network,
+            stop,
+            task,
+            _dir: dir,
+        }
+    }
+
+    /// The switch's next connection to the network (within 10 s).
+    async fn accept(&self) -> Client {
+        let (stream, _) = tokio::time::timeout(Duration::from_secs(10), self.network.accept())
+            .await
+            .expect("the switch dials the network within 10 s")
+            .unwrap();
+        Client::over(stream)
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
 #[tokio::test]
 async fn with_network_connect_the_switch_dials_the_network_serves_it_and_redials_when_dropped() {
-    let network = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let sim = vpan::tools::issuer_sim::IssuerSim::start(Default::default())
         .await
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = vpan::config::Config::default();
-    config.network.connect = network.local_addr().unwrap().to_string();
-    config.metrics.listen = "127.0.0.1:0".into();
-    config.api.listen = "127.0.0.1:0".into();
-    config.store.data_dir = dir.path().join("data");
-    config.issuer.connect = sim.local_addr().to_string();
-    let app = vpan::app::App::build(config).await.unwrap();
-    assert_eq!(app.addresses().network, None, "no listener: it dials");
-    let stop = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn({
-        let stop = stop.clone();
-        async move { app.run(async move { stop.cancelled().await }).await }
-    });
-    let accept = || async {
-        let (stream, _) = tokio::time::timeout(Duration::from_secs(10), network.accept())
-            .await
-            .expect("the switch dials the network")
-            .unwrap();
-        Client::over(stream)
-    };
+    let switch = Dialling::start(sim.local_addr().to_string(), |_| {}).await;
     // A card that is not virtual passes through to the issuer and back.
     let card = test_pan("411111", 16);
     for _ in 0..2 {
-        let mut net = accept().await;
+        let mut net = switch.accept().await;
         let req = purchase(&mut net, b"0100", &card, b"2912", 100);
         // The issuer link may still be signing on: 91 until it is up.
         let mut answer = net.call(&req).await;
@@ -181,48 +217,24 @@ async fn with_network_connect_the_switch_dials_the_network_serves_it_and_redials
         // The network drops the connection: the switch dials again.
         drop(net);
     }
-    stop.cancel();
-    task.await.unwrap().unwrap();
+    switch.stop().await;
     sim.shutdown().await;
 }
 
 #[tokio::test]
 async fn a_dialled_network_is_redialled_at_once_when_dropped_with_a_request_still_at_the_issuer() {
-    let network = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let issuer = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = vpan::config::Config::default();
-    config.network.connect = network.local_addr().unwrap().to_string();
-    config.metrics.listen = "127.0.0.1:0".into();
-    config.api.listen = "127.0.0.1:0".into();
-    config.store.data_dir = dir.path().join("data");
-    config.issuer.connect = issuer.local_addr().unwrap().to_string();
-    config.issuer.connections = 1;
-    // Far longer than the wait for the redial below: a redial that waited for the
-    // issuer's answer (or its timeout) fails this test.
-    config.issuer.timeout_ms = 60_000;
-    let app = vpan::app::App::build(config).await.unwrap();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn({
-        let stop = stop.clone();
-        async move { app.run(async move { stop.cancelled().await }).await }
-    });
-    let (stream, _) = issuer.accept().await.unwrap();
-    let mut host = Framed::new(stream, FrameCodec::new(Framing::Len2, 0, 8192));
-    let mut accepted = next_message(&mut host).await;
-    accepted.set_mti(b"0810").unwrap();
-    accepted.set_response_code(b"00").unwrap();
-    send(&mut host, &accepted).await;
-    let accept = || async {
-        let (stream, _) = tokio::time::timeout(Duration::from_secs(10), network.accept())
-            .await
-            .expect("the switch dials the network within 10 s")
-            .unwrap();
-        Client::over(stream)
-    };
+    let switch = Dialling::start(issuer.local_addr().unwrap().to_string(), |c| {
+        c.issuer.connections = 1;
+        // Far longer than the wait for the redial below: a redial that waited for the
+        // issuer's answer (or its timeout) fails this test.
+        c.issuer.timeout_ms = 60_000;
+    })
+    .await;
+    let mut host = accept_sign_on(&issuer).await;
 
     // A purchase reaches the host, which holds it; the network drops the connection.
-    let mut net = accept().await;
+    let mut net = switch.accept().await;
     let card = test_pan("411111", 16);
     let held = purchase(&mut net, b"0100", &card, b"2912", 100);
     net.send(&held).await;
@@ -231,7 +243,7 @@ async fn a_dialled_network_is_redialled_at_once_when_dropped_with_a_request_stil
     drop(net);
 
     // The switch dials again while the host still holds the purchase, and serves.
-    let mut net = accept().await;
+    let mut net = switch.accept().await;
     let again = purchase(&mut net, b"0100", &card, b"2912", 200);
     net.send(&again).await;
     let second = next_message(&mut host).await;
@@ -246,8 +258,7 @@ async fn a_dialled_network_is_redialled_at_once_when_dropped_with_a_request_stil
     // to go.
     let answer = net.answer(again.stan().unwrap()).await;
     assert_eq!(code(&answer), "00");
-    stop.cancel();
-    task.await.unwrap().unwrap();
+    switch.stop().await;
 }
 
 #[tokio::test]
