@@ -19,6 +19,13 @@ fn every_ascii_vector_parses_to_its_fields_and_packs_to_its_bytes() {
 }
 
 #[test]
+fn the_ascii_layout_reads_pyiso8583s_messages_where_jpos_file_differs() {
+    // DE 54 of 140 characters, DE 93 of 5, DE 96 of 8 bytes: jPOS's `iso87ascii.xml` would
+    // read each of them out of step (120, 6, 16).
+    check_spec_against_vectors(Spec::iso87ascii(), "iso87ascii-where-layouts-differ.json");
+}
+
+#[test]
 fn every_binary_vector_parses_to_its_fields_and_packs_to_its_bytes() {
     check_spec_against_vectors(Spec::iso87binary(), "iso87binary.json");
 }

@@ -453,7 +453,7 @@ impl Spec {
     }
 
     /// ISO 8583:1987 in ASCII: ASCII MTI and digits, hex bitmaps, ASCII `LL`/`LLL`
-    /// prefixes (pyiso8583 `default_ascii`, jPOS `iso87ascii.xml`).
+    /// prefixes (pyiso8583 `default_ascii`, jPOS `iso87ascii.xml`; pyiso8583's where they differ).
     pub fn iso87ascii() -> &'static Spec {
         static SPEC: LazyLock<Spec> = LazyLock::new(|| iso87(Flavour::Ascii));
         &SPEC
@@ -692,6 +692,16 @@ fn iso87(flavour: Flavour) -> Spec {
         spec.set_field(num, "reserved", lll_text(999));
     }
     spec.set_field(128, "message authentication code", b(8));
+    if !binary {
+        // Where pyiso8583's `default_ascii` and jPOS's `iso87ascii.xml` disagree, the
+        // ASCII layout is pyiso8583's, which is ISO 8583:1987's own here (DE 93 an 5,
+        // DE 96 b 64) and takes the longer DE 54: its messages, and the vectors, are read
+        // as they are sent. A peer on jPOS's file exactly loads that file by its path.
+        spec.set_field(54, "additional amounts", lll_text(240));
+        spec.set_field(65, "bitmap, extended", b(8));
+        spec.set_field(93, "response indicator", text(An, 5));
+        spec.set_field(96, "message security code", b(8));
+    }
     spec
 }
 

@@ -76,7 +76,16 @@ pub fn build(spec: &'static Spec, fields: &BTreeMap<String, String>) -> Message 
 /// and a message built from its fields packs to the same bytes.
 pub fn check_spec_against_vectors(spec: &'static Spec, file: &str) {
     let vectors = vectors(file);
-    assert!(vectors.len() >= 16, "{file} has {} vectors", vectors.len());
+    // So that a file cut short does not pass.
+    let expected = match file {
+        "iso87ascii-where-layouts-differ.json" => 3,
+        _ => 16,
+    };
+    assert!(
+        vectors.len() >= expected,
+        "{file} has {} vectors",
+        vectors.len()
+    );
     for v in vectors {
         let bytes = Bytes::from(unhex(&v.hex));
         let m = Message::parse(spec, bytes.clone())
