@@ -218,6 +218,18 @@ impl Message {
             _ => dst.put_slice(&self.mti),
         }
 
+        // Fields. The common case (nothing edited) is one copy of the received bitmaps and
+        // fields: the bitmaps as they came too (a secondary bitmap of zeros, lower-case
+        // hex), so that what vpan passes on untouched is the bytes it received.
+        let starts = &self.layout.starts;
+        let count = self.layout.count;
+        if self.edits.is_empty() && self.present == self.layout.mask && count > 0 {
+            let a = spec.mti.wire_len(4);
+            let b = usize::from(starts.get(count).copied().unwrap_or(0));
+            dst.put_slice(self.buf.get(a..b).unwrap_or_default());
+            return;
+        }
+
         // Bitmaps from the fields present now.
         let mut words = self.present;
         let tertiary = spec.max_field > 128;
@@ -241,15 +253,6 @@ impl Message {
             }
         }
 
-        // Fields. The common case (nothing edited) is one copy of the received fields.
-        let starts = &self.layout.starts;
-        let count = self.layout.count;
-        if self.edits.is_empty() && self.present == self.layout.mask {
-            let a = usize::from(starts.first().copied().unwrap_or(0));
-            let b = usize::from(starts.get(count).copied().unwrap_or(0));
-            dst.put_slice(self.buf.get(a..b).unwrap_or_default());
-            return;
-        }
         // One pass over the edit records: which fields are edited. With few records their
         // wire bytes are looked up again when needed; with many (a message built from
         // scratch), a table of each field's last record avoids a quadratic walk.
@@ -363,6 +366,29 @@ mod tests {
             .position(|w| w == pan.as_bytes())
             .unwrap();
         assert_eq!(packed[at + separator], b'=');
+    }
+
+    #[test]
+    fn an_untouched_message_packs_to_the_bytes_it_came_in_bitmaps_included() {
+        let cases: [&[u8]; 3] = [
+            // A secondary bitmap of zeros, which a rebuild would drop.
+            b"080080200000000000000000000000000000000001",
+            // Lower-case hex, which a rebuild would write in upper case.
+            b"08000e200000000000000000000123450000000123451126143015000100",
+            b"08000020000000000000000001",
+        ];
+        for bytes in cases {
+            let m = Message::parse(Spec::iso87ascii(), Bytes::from_static(bytes)).unwrap();
+            assert_eq!(m.pack(), bytes, "{}", String::from_utf8_lossy(bytes));
+            // Answered (a new MTI, no field changed), only the MTI differs.
+            let mut answer = m.clone();
+            answer.set_mti(b"0810").unwrap();
+            assert_eq!(answer.pack()[4..], bytes[4..]);
+        }
+        // Edited, the bitmaps are rebuilt from the fields present.
+        let mut m = Message::parse(Spec::iso87ascii(), Bytes::from_static(cases[0])).unwrap();
+        m.set(39, b"00").unwrap();
+        assert_eq!(&m.pack()[..], b"0800002000000200000000000100" as &[u8]);
     }
 
     #[test]
