@@ -50,8 +50,16 @@ fn our_own_iso87_packager_files_behave_like_the_built_ins_on_every_vector() {
 fn spec_by_name_loads_a_packager_file_from_a_path() {
     let spec = Spec::by_name(&fixture("packagers/vpan-iso87ascii.xml")).unwrap();
     assert_eq!(spec.max_field, 128);
+    // A path that is not there is said to be missing, not an unknown name.
+    let missing = Spec::by_name("/no/such/file.xml").unwrap_err();
+    assert!(matches!(missing, SpecError::Io { .. }), "{missing:?}");
+    assert!(
+        missing.to_string().contains("/no/such/file.xml")
+            && missing.to_string().contains("No such file"),
+        "{missing}"
+    );
     assert!(matches!(
-        Spec::by_name("/no/such/file.xml"),
+        Spec::by_name("iso87ebcdic"),
         Err(SpecError::Unknown(_))
     ));
 }

@@ -442,7 +442,11 @@ impl Spec {
         match s {
             "iso87ascii" => Ok(Spec::iso87ascii()),
             "iso87binary" => Ok(Spec::iso87binary()),
-            path if Path::new(path).is_file() => super::jpos::load_file(path).map(Spec::leak),
+            // A value that reads as a path is one: a file missing or unreadable is said so,
+            // with the system's reason, not taken for an unknown name.
+            path if Path::new(path).is_file() || path.contains('/') || path.ends_with(".xml") => {
+                super::jpos::load_file(path).map(Spec::leak)
+            }
             other => Err(SpecError::Unknown(other.to_owned())),
         }
     }
