@@ -428,8 +428,8 @@ async fn up_while(up: Arc<AtomicBool>, task: impl Future<Output = ()>) {
 
 /// Sets `vpan_cards{status}` from the cards.
 fn publish_card_counts(cards: &Cards) {
-    for (status, count) in cards.counts_by_status() {
-        metrics::gauge!(m::CARDS, "status" => status.as_str()).set(count as f64);
+    for (status, count) in cards.counts_by_status(crate::cards::card::unix_now()) {
+        metrics::gauge!(m::CARDS, "status" => status).set(count as f64);
     }
 }
 

@@ -21,7 +21,7 @@ pub const REQUEST_DURATION: &str = "vpan_request_duration_seconds";
 pub const ISSUER_REQUEST_DURATION: &str = "vpan_issuer_request_duration_seconds";
 /// Counter of requests the issuer did not answer within `issuer.timeout_ms`.
 pub const ISSUER_TIMEOUTS_TOTAL: &str = "vpan_issuer_timeouts_total";
-/// Gauge of open connections to the issuer host.
+/// Gauge of connections to the issuer host that are up and signed on.
 pub const ISSUER_CONNECTED: &str = "vpan_issuer_connected";
 /// Gauge of open network-side connections.
 pub const NETWORK_CONNECTIONS: &str = "vpan_network_connections";
@@ -64,19 +64,22 @@ pub const ALL: [&str; 9] = [
     STORE_COMMIT_DURATION,
 ];
 
-/// Latency buckets in seconds, from 10 µs (the switch's own work) to 5 s (past any
+/// Latency buckets in seconds, from 10 µs (the switch's own work) to 10 s (past any
 /// issuer timeout), so both vpan's microseconds and the issuer's milliseconds resolve.
-const LATENCY_BUCKETS: [f64; 20] = [
+/// 2 s is a bound of its own: `VpanRequestLatencyHigh` fires above it, and a 91 after the
+/// default 1.5 s `issuer.timeout_ms` must not be read as a request that took 2 s.
+const LATENCY_BUCKETS: [f64; 21] = [
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
-    0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.5, 5.0, 10.0,
+    0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0,
 ];
 
 /// Finer buckets for the journal's group commit, which sits between 50 µs and tens of
 /// milliseconds: its p99 is what a durable approval waits on, and is read against the
-/// switch's added latency (`cargo bench --bench e2e`).
-const COMMIT_BUCKETS: [f64; 22] = [
+/// switch's added latency (`cargo bench --bench e2e`). Up to 5 s, past the journal's 2 s
+/// stall limit, so the commits just before it fails closed are not all one `+Inf`.
+const COMMIT_BUCKETS: [f64; 25] = [
     0.000_05, 0.000_1, 0.000_15, 0.000_2, 0.000_3, 0.000_4, 0.000_5, 0.000_75, 0.001, 0.001_5,
-    0.002, 0.003, 0.005, 0.007_5, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 1.0,
+    0.002, 0.003, 0.005, 0.007_5, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0,
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -121,13 +124,16 @@ fn describe() {
     describe_histogram!(
         ISSUER_REQUEST_DURATION,
         Unit::Seconds,
-        "From a request sent to the issuer host to its answer"
+        "From a request sent to the issuer host to its answer (its sign-ons and echoes too)"
     );
     describe_counter!(
         ISSUER_TIMEOUTS_TOTAL,
-        "Requests the issuer host did not answer within issuer.timeout_ms"
+        "Requests the issuer host did not answer within issuer.timeout_ms (sign-ons and echoes too)"
     );
-    describe_gauge!(ISSUER_CONNECTED, "Open connections to the issuer host");
+    describe_gauge!(
+        ISSUER_CONNECTED,
+        "Connections to the issuer host, up and signed on"
+    );
     describe_gauge!(NETWORK_CONNECTIONS, "Open network-side connections");
     describe_counter!(
         FRAMES_REJECTED_TOTAL,
@@ -162,6 +168,18 @@ fn zero() {
         metrics::counter!(REQUESTS_TOTAL, "mti" => mti, "response_code" => "00", "decided_by" => decided_by)
             .absolute(0);
         let _ = metrics::histogram!(REQUEST_DURATION, "mti" => mti);
+    }
+    // And the switch's own answers an alert waits for: a series that first appears
+    // already counting has no earlier sample, so `rate()` and `increase()` never see its
+    // first burst (a spell of 96s within one scrape would go unseen).
+    for (mti, _) in STARTING_REQUEST_SERIES
+        .iter()
+        .filter(|(mti, _)| *mti != "0800")
+    {
+        for code in ["91", "96"] {
+            metrics::counter!(REQUESTS_TOTAL, "mti" => *mti, "response_code" => code, "decided_by" => "switch")
+                .absolute(0);
+        }
     }
 }
 
@@ -232,6 +250,20 @@ mod tests {
                 .render()
                 .contains("vpan_request_duration_seconds_bucket{mti=\"0200\",le=\"0.00015\"}")
         );
+    }
+
+    #[test]
+    fn the_switchs_own_91_and_96_are_listed_before_the_first_one() {
+        let page = install().render();
+        for mti in ["0100", "0200", "0120", "0220", "0400", "0420"] {
+            for code in ["91", "96"] {
+                let series = format!(
+                    "vpan_requests_total{{mti=\"{mti}\",response_code=\"{code}\",decided_by=\"switch\"}}"
+                );
+                assert!(page.contains(&series), "{series} missing:\n{page}");
+            }
+        }
+        assert!(page.contains("vpan_request_duration_seconds_bucket{mti=\"0100\",le=\"2\"}"));
     }
 
     #[test]

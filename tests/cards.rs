@@ -600,8 +600,32 @@ fn pause_resume_and_close_change_the_answer() {
         cards.set_status(CardKey::of(&test_pan()), Status::Paused),
         Err(CardError::NotFound)
     ));
-    let counts = cards.counts_by_status();
-    assert_eq!(counts[2], (Status::Closed, 1));
+    let counts = cards.counts_by_status(NOW);
+    assert_eq!(counts[2], ("closed", 1));
+}
+
+#[test]
+fn a_card_past_its_validity_is_counted_expired_not_active() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let active = issue(&cards, &spec(10_000));
+    let paused = issue(&cards, &spec(10_000));
+    set_status(&cards, paused, Status::Paused);
+    let closed = issue(&cards, &spec(10_000));
+    set_status(&cards, closed, Status::Closed);
+    assert_eq!(
+        cards.counts_by_status(NOW),
+        [("active", 1), ("paused", 1), ("closed", 1), ("expired", 0)]
+    );
+    let valid_until = cards.get(active).unwrap().controls.valid_until;
+    assert_eq!(
+        code(&cards.authorize(active, &purchase(100, 1), valid_until)),
+        "54"
+    );
+    assert_eq!(
+        cards.counts_by_status(valid_until),
+        [("active", 0), ("paused", 0), ("closed", 1), ("expired", 2)]
+    );
 }
 
 #[test]

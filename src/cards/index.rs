@@ -13,7 +13,7 @@
 use crate::ConcurrentMap;
 use dashmap::mapref::entry::Entry;
 
-use super::card::{Card, CardKey, Status};
+use super::card::{Card, CardKey, Status, UnixSeconds};
 
 /// The map of all cards.
 pub struct CardIndex {
@@ -114,16 +114,26 @@ impl CardIndex {
         smallest.into_sorted_vec()
     }
 
-    /// Cards by effective status: active, paused, closed.
-    pub fn counts_by_status(&self) -> [(Status, u64); 3] {
-        let mut n = [0u64; 3];
+    /// Cards by effective status at `now`, by the names of `vpan_cards{status}`: `active`,
+    /// `paused`, `closed`, and `expired` for a card not closed whose `valid_until` has
+    /// passed (the API still shows it active or paused; it approves nothing more), so that
+    /// short-lived cards do not swell the active count for ever.
+    pub fn counts_by_status(&self, now: UnixSeconds) -> [(&'static str, u64); 4] {
+        let mut n = [0u64; 4];
         for e in self.map.iter() {
-            n[usize::from(e.status().to_u8())] += 1;
+            let status = e.status();
+            let slot = if status != Status::Closed && now >= e.valid_until {
+                3
+            } else {
+                usize::from(status.to_u8())
+            };
+            n[slot] += 1;
         }
         [
-            (Status::Active, n[0]),
-            (Status::Paused, n[1]),
-            (Status::Closed, n[2]),
+            (Status::Active.as_str(), n[0]),
+            (Status::Paused.as_str(), n[1]),
+            (Status::Closed.as_str(), n[2]),
+            ("expired", n[3]),
         ]
     }
 }

@@ -425,8 +425,8 @@ impl Cards {
     }
 
     /// Cards by effective status, for the `vpan_cards{status}` gauge.
-    pub fn counts_by_status(&self) -> [(Status, u64); 3] {
-        self.index.counts_by_status()
+    pub fn counts_by_status(&self, now: UnixSeconds) -> [(&'static str, u64); 4] {
+        self.index.counts_by_status(now)
     }
 
     /// Number of cards ever issued.
