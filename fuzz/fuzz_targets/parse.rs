@@ -1,8 +1,12 @@
-//! Any bytes, in either built-in spec: parse must not panic, whatever it accepts must pack
-//! to bytes that parse to the same fields, the per-bitmap fast path must read the bytes
-//! exactly as the field-by-field walk does (same fields at the same offsets, or the same
-//! error), and header recovery must not panic either.
-//! The first byte picks the spec (seeds from `seed.sh` start with 0 for ascii, 1 for binary).
+//! Any bytes, in either built-in spec or a jPOS dialect: parse must not panic, whatever it
+//! accepts must pack to bytes that parse to the same fields (and its nested fields must
+//! read or fail cleanly), the per-bitmap fast path must read the bytes exactly as the
+//! field-by-field walk does (same fields at the same offsets, or the same error), and
+//! header recovery must not panic either.
+//! The first byte picks the spec, modulo 3: ascii, binary, or vpan's own dialect file
+//! `fixtures/packagers/tpdu-ebcdic-subfields.xml` (LLH prefixes, EBCDIC text, IFB_AMOUNT,
+//! nested layouts with and without a bitmap), the classes only a jPOS file brings. Seeds
+//! from `seed.sh` start with 0, 1 and 2.
 #![no_main]
 
 // vpan's codec, compiled from its sources (see fuzz/Cargo.toml for why).
@@ -13,20 +17,31 @@ mod pan;
 #[allow(dead_code, unused_imports)]
 mod iso8583;
 
+use std::sync::LazyLock;
+
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use crate::iso8583::parse::parse_field_by_field;
 use crate::iso8583::{Message, Spec, recover_header};
 
+static DIALECT: LazyLock<&'static Spec> = LazyLock::new(|| {
+    let xml = include_str!("../../fixtures/packagers/tpdu-ebcdic-subfields.xml");
+    match crate::iso8583::jpos::from_xml("tpdu-ebcdic-subfields", xml) {
+        Ok(spec) => spec.leak(),
+        Err(e) => panic!("the dialect fixture does not load: {e}"),
+    }
+});
+
 fuzz_target!(|data: &[u8]| {
     let Some((&which, frame)) = data.split_first() else {
         return;
     };
-    let spec = if which % 2 == 0 {
-        Spec::iso87ascii()
-    } else {
-        Spec::iso87binary()
+    let spec = match which % 3 {
+        0 => Spec::iso87ascii(),
+        1 => Spec::iso87binary(),
+        _ => *DIALECT,
     };
+    let fields = 2..=spec.max_field;
     let _ = recover_header(spec, frame);
     let bytes = Bytes::copy_from_slice(frame);
     let reference = parse_field_by_field(spec, bytes.clone());
@@ -36,7 +51,7 @@ fuzz_target!(|data: &[u8]| {
         match (&fast, &reference) {
             (Ok(a), Ok(b)) => {
                 assert_eq!(a.mti(), b.mti());
-                for n in 2..=128 {
+                for n in fields.clone() {
                     assert_eq!(
                         a.raw(n).map(|r| (r.as_ptr(), r.len())),
                         b.raw(n).map(|r| (r.as_ptr(), r.len())),
@@ -53,7 +68,7 @@ fuzz_target!(|data: &[u8]| {
             Ok(a) => a,
             Err(e) => panic!("packed message does not parse: {e}"),
         };
-        for n in 2..=128 {
+        for n in fields.clone() {
             assert_eq!(
                 m.text(n).map(|t| t.to_vec()),
                 again.text(n).map(|t| t.to_vec()),
@@ -62,5 +77,8 @@ fuzz_target!(|data: &[u8]| {
         }
         assert_eq!(m.mti(), again.mti());
         let _ = (m.pan(), m.track2(), m.original_data(), m.replacement_amounts());
+        for n in fields {
+            let _ = m.subfields(n);
+        }
     }
 });

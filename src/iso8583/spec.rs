@@ -41,7 +41,9 @@ pub enum Pad {
     LeftF,
     /// A `0` nibble after the last digit (jPOS `pad="false"` for `IFB_LLNUM`).
     Right0,
-    /// An `F` nibble after the last digit (jPOS `IFB_LLHNUM` without `pad`).
+    /// An `F` nibble after the last digit, as some hosts write variable digits. No stock
+    /// jPOS class writes it: `IFB_LLNUM` and `IFB_LLHNUM` pad on the right with 0
+    /// ([`Pad::Right0`]).
     RightF,
 }
 
