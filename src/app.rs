@@ -150,10 +150,12 @@ impl App {
             // The STANs the issuer link changed within the hour it remembers them (and a
             // minute ahead, for a clock set back a little; later ones are dropped rather
             // than kept for ever).
-            let now = crate::cards::card::unix_now();
-            let kept = crate::switch::issuer::RESTAMPED_KEPT.as_secs();
-            let stamps_within = now.saturating_sub(kept)..=now + 60;
-            let owed = OwedReversals::open(&store.data_dir, cipher, stamps_within)?;
+            let owed = OwedReversals::open(
+                &store.data_dir,
+                cipher,
+                crate::cards::card::unix_now(),
+                crate::switch::issuer::RESTAMPED_KEPT.as_secs(),
+            )?;
             Ok::<_, OpenError>((cards, recovered, owed))
         })
         .await

@@ -25,8 +25,11 @@
 //! `reversals.log` in the data directory holds records framed as the journal's
 //! ([`super::journal::frame`]): a tag, the debt's number, and for a debt the reversal as
 //! packed toward the issuer, sealed (AES-256-GCM under the card key, the number as
-//! associated data) since it carries the real card number. The file is small: at start it
-//! is rewritten with only the debts still owed.
+//! associated data) since it carries the real card number. The file stays small: at start
+//! it is rewritten with only the debts still owed and the stamps still kept, and so it is
+//! while serving, once it has grown past [`COMPACT_AFTER_BYTES`] and twice its size at the
+//! last rewrite (an issuer slow for an hour at a thousand requests a second would
+//! otherwise grow it by a gigabyte until the next restart, on the journal's disk).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -44,8 +47,12 @@ use super::journal::{Encode, frame, read_records, sync_dir};
 
 /// The file's name in the data directory.
 pub const FILE: &str = "reversals.log";
-/// The rewrite at start, before it replaces [`FILE`].
+/// A rewrite, before it replaces [`FILE`].
 const TEMP_FILE: &str = "reversals.tmp";
+/// The book is rewritten while serving once it is this large and twice its size after the
+/// last rewrite: the rewrite holds its commits up while it writes what is still owed, so
+/// not often, and a book of many debts really owed is not rewritten over and over.
+pub const COMPACT_AFTER_BYTES: u64 = 64 << 20;
 
 const TAG_OWED: u8 = 1;
 const TAG_PAID: u8 = 2;
@@ -75,15 +82,17 @@ pub struct Stamp {
 pub struct OwedReversals {
     /// Records waiting for the next commit, and whether a commit is running.
     queue: parking_lot::Mutex<Queue>,
-    /// The file, and where its last good record ends: a write that fails part way is cut
-    /// back to it, so the records after it are not hidden behind a torn one. `None` once a
-    /// cut back failed: records written after unreadable bytes would be dropped at the next
-    /// start, so none is written (and acknowledged) any more.
-    file: parking_lot::Mutex<(File, Option<u64>)>,
+    /// The file and what it holds.
+    file: parking_lot::Mutex<Tail>,
     cipher: PanCipher,
+    /// How long a changed STAN is kept, in seconds (the rewrites drop older ones).
+    stamps_kept: u64,
+    /// [`COMPACT_AFTER_BYTES`], smaller in the tests.
+    compact_after: AtomicU64,
     next_id: AtomicU64,
-    /// The file's path: the tests' [`super::segment::sync_gate`] holds or fails its syncs.
-    #[cfg(test)]
+    /// The data directory, for the rewrites.
+    dir: PathBuf,
+    /// The file's path (the tests' [`super::segment::sync_gate`] holds or fails its syncs).
     path: PathBuf,
 }
 
@@ -107,6 +116,70 @@ impl Drop for Committer {
             self.book.stop_committing();
         }
     }
+}
+
+/// The file being appended to, and what its records add up to.
+struct Tail {
+    file: File,
+    /// Where its last good record ends: a write that fails part way is cut back to it, so
+    /// the records after it are not hidden behind a torn one. `None` once a cut back
+    /// failed (or a rewrite's rename could not be made durable): records written after
+    /// unreadable bytes would be dropped at the next start, so none is written (and
+    /// acknowledged) any more.
+    good: Option<u64>,
+    /// The length at which the book is next rewritten.
+    compact_at: u64,
+    /// What the durable records say is owed: the rewrite's content.
+    live: Live,
+}
+
+/// The debts still owed and the stamps kept, by the records written so far.
+#[derive(Default)]
+struct Live {
+    /// Sealed reversals by debt number (oldest first).
+    owed: std::collections::BTreeMap<u64, Vec<u8>>,
+    /// Debts marked paid before their own record was written (two tasks write them): kept
+    /// as paid records through a rewrite, so that the debt's record, written after it,
+    /// is still cancelled at the next start.
+    paid_early: std::collections::BTreeSet<u64>,
+    stamps: Vec<Stamp>,
+}
+
+impl Live {
+    /// Takes in the records of a batch just made durable (as framed by [`frame`]).
+    fn apply(&mut self, mut framed: &[u8]) {
+        while let Some((head, rest)) = framed.split_first_chunk::<8>() {
+            let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+            let Some((payload, next)) = rest.split_at_checked(len) else {
+                return;
+            };
+            framed = next;
+            match decode(payload) {
+                Ok(Record::Owed { id, sealed }) => {
+                    if !self.paid_early.remove(&id) {
+                        self.owed.insert(id, sealed.to_vec());
+                    }
+                }
+                Ok(Record::Paid { id }) => {
+                    if self.owed.remove(&id).is_none() {
+                        self.paid_early.insert(id);
+                    }
+                }
+                Ok(Record::Stamp { at, stamp, key }) => self.stamps.push(Stamp {
+                    key: key.to_vec(),
+                    stamp,
+                    at,
+                }),
+                // Framed here a moment ago: cannot happen.
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+/// The length at which a book of `len` bytes is next rewritten.
+fn next_compaction(len: u64, after: u64) -> u64 {
+    after.max(len.saturating_mul(2))
 }
 
 #[derive(Default)]
@@ -208,15 +281,18 @@ fn context(id: u64) -> [u8; 17] {
 
 impl OwedReversals {
     /// Opens the book in `dir` (made empty when absent) and returns the debts still owed,
-    /// oldest first, and the STANs changed within `stamps_within` (Unix seconds: the last
-    /// hour, and a minute ahead for a clock set back a little). The file is rewritten with
-    /// those alone, so it holds no more than one run's debts and stamps. Bytes at its end
-    /// that do not read (a write torn by a crash) are dropped, the file kept aside first.
+    /// oldest first, and the STANs changed within the last `stamps_kept` seconds before
+    /// `now` (Unix seconds; and a minute after it, for a clock set back a little). The file
+    /// is rewritten with those alone, so it holds no more than one run's debts and stamps.
+    /// Bytes at its end that do not read (a write torn by a crash) are dropped, the file
+    /// kept aside first.
     pub fn open(
         dir: &Path,
         cipher: PanCipher,
-        stamps_within: std::ops::RangeInclusive<u64>,
+        now: u64,
+        stamps_kept: u64,
     ) -> Result<(OwedReversals, Vec<Debt>, Vec<Stamp>), StoreError> {
+        let stamps_within = now.saturating_sub(stamps_kept)..=now.saturating_add(60);
         let path = dir.join(FILE);
         let mut owed: Vec<(u64, Vec<u8>)> = Vec::new();
         let mut stamps = Vec::new();
@@ -279,14 +355,26 @@ impl OwedReversals {
             });
             plain.zeroize();
         }
-        let (file, len) = rewrite(dir, &path, &owed, &stamps)?;
+        let live = Live {
+            owed: owed.into_iter().collect(),
+            paid_early: Default::default(),
+            stamps: stamps.clone(),
+        };
+        let (file, len) = rewrite(dir, &path, &live).map_err(|(e, _)| e)?;
         Ok((
             OwedReversals {
                 queue: parking_lot::Mutex::new(Queue::default()),
-                file: parking_lot::Mutex::new((file, Some(len))),
+                file: parking_lot::Mutex::new(Tail {
+                    file,
+                    good: Some(len),
+                    compact_at: next_compaction(len, COMPACT_AFTER_BYTES),
+                    live,
+                }),
                 cipher,
+                stamps_kept,
+                compact_after: AtomicU64::new(COMPACT_AFTER_BYTES),
                 next_id: AtomicU64::new(last_id + 1),
-                #[cfg(test)]
+                dir: dir.to_path_buf(),
                 path,
             },
             debts,
@@ -406,48 +494,87 @@ impl OwedReversals {
 
     fn append(&self, bytes: &[u8]) -> Result<(), StoreError> {
         let mut guard = self.file.lock();
-        let (file, good) = &mut *guard;
-        let Some(end) = *good else {
+        let tail = &mut *guard;
+        let Some(end) = tail.good else {
             return Err(StoreError::Failed);
         };
         let written = (|| {
-            file.write_all(bytes)?;
+            tail.file.write_all(bytes)?;
             #[cfg(test)]
             super::segment::sync_gate::pass(&self.path)?;
-            file.sync_data()
+            tail.file.sync_data()
         })();
         match written {
             Ok(()) => {
-                *good = Some(end + bytes.len() as u64);
+                let len = end + bytes.len() as u64;
+                tail.good = Some(len);
+                tail.live.apply(bytes);
+                if len >= tail.compact_at {
+                    self.compact(tail, len);
+                }
                 Ok(())
             }
             Err(e) => {
                 // Appends go to the end of the file whatever its length: once cut back,
                 // the next write follows the last good record.
-                if let Err(cut) = self.cut_back(file, end) {
+                if let Err(cut) = self.cut_back(&tail.file, end) {
                     tracing::error!(error = %cut, "a failed write to the book of reversals owed could not be cut back: it takes no more records until vpan restarts (reversals are still sent, from memory)");
-                    *good = None;
+                    tail.good = None;
                 }
                 Err(StoreError::io("writing the reversals owed")(e))
             }
         }
     }
+
+    /// Rewrites the book, `len` bytes now, with what its records say is still owed. The
+    /// batch that triggered it is durable already: a failed rewrite costs nothing but the
+    /// size, unless it replaced the file without making that durable.
+    fn compact(&self, tail: &mut Tail, len: u64) {
+        let horizon = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            .saturating_sub(self.stamps_kept);
+        tail.live.stamps.retain(|s| s.at >= horizon);
+        let after = self.compact_after.load(Ordering::Relaxed);
+        match rewrite(&self.dir, &self.path, &tail.live) {
+            Ok((file, kept)) => {
+                tracing::info!(
+                    from_bytes = len,
+                    to_bytes = kept,
+                    owed = tail.live.owed.len(),
+                    "the book of reversals owed was rewritten with what is still owed"
+                );
+                tail.file = file;
+                tail.good = Some(kept);
+                tail.compact_at = next_compaction(kept, after);
+            }
+            Err((e, replaced)) => {
+                tail.compact_at = next_compaction(len, after);
+                if replaced {
+                    tracing::error!(error = %e, "the rewritten book of reversals owed could not be made durable in place: it takes no more records until vpan restarts (reversals are still sent, from memory)");
+                    tail.good = None;
+                } else {
+                    tracing::warn!(error = %e, "could not rewrite the book of reversals owed; it goes on growing, and is tried again at twice its size");
+                }
+            }
+        }
+    }
 }
 
-/// Writes the debts still `owed`, and the `stamps` still kept, as the whole new file
-/// (synced, renamed into place, the directory synced), and opens it for appending.
-fn rewrite(
-    dir: &Path,
-    path: &PathBuf,
-    owed: &[(u64, Vec<u8>)],
-    stamps: &[Stamp],
-) -> Result<(File, u64), StoreError> {
+/// Writes what `live` holds as the whole new file (synced, opened for appending, renamed
+/// into place, the directory synced). On failure, whether the file in place was replaced
+/// already (it was, when only the directory's sync failed).
+fn rewrite(dir: &Path, path: &PathBuf, live: &Live) -> Result<(File, u64), (StoreError, bool)> {
     let what = "rewriting the reversals owed";
+    let failed = |replaced| move |e| (StoreError::io(what)(e), replaced);
     let mut buf = Vec::new();
-    for (id, sealed) in owed {
-        frame(&Record::Owed { id: *id, sealed }, &mut buf);
+    for (&id, sealed) in &live.owed {
+        frame(&Record::Owed { id, sealed }, &mut buf);
     }
-    for s in stamps {
+    for &id in &live.paid_early {
+        frame(&Record::Paid { id }, &mut buf);
+    }
+    for s in &live.stamps {
         let record = Record::Stamp {
             at: s.at,
             stamp: s.stamp,
@@ -456,18 +583,20 @@ fn rewrite(
         frame(&record, &mut buf);
     }
     let temp = dir.join(TEMP_FILE);
-    let mut file = super::create_private_file(&temp).map_err(StoreError::io(what))?;
+    let mut file = super::create_private_file(&temp).map_err(failed(false))?;
     file.write_all(&buf)
         .and_then(|()| file.sync_all())
-        .map_err(StoreError::io(what))?;
+        .map_err(failed(false))?;
     drop(file);
-    std::fs::rename(&temp, path).map_err(StoreError::io(what))?;
-    sync_dir(dir).map_err(StoreError::io(what))?;
-    let file = OpenOptions::new()
+    // Opened before the rename, so that no failure after it leaves vpan without a handle
+    // on the file in place.
+    let appending = OpenOptions::new()
         .append(true)
-        .open(path)
-        .map_err(StoreError::io(what))?;
-    Ok((file, buf.len() as u64))
+        .open(&temp)
+        .map_err(failed(false))?;
+    std::fs::rename(&temp, path).map_err(failed(false))?;
+    sync_dir(dir).map_err(failed(true))?;
+    Ok((appending, buf.len() as u64))
 }
 
 #[cfg(test)]
@@ -479,7 +608,7 @@ mod tests {
     }
 
     fn reopen(dir: &Path) -> (Arc<OwedReversals>, Vec<Debt>) {
-        let (book, debts, _) = OwedReversals::open(dir, cipher(), 0..=u64::MAX).unwrap();
+        let (book, debts, _) = OwedReversals::open(dir, cipher(), u64::MAX, u64::MAX).unwrap();
         (Arc::new(book), debts)
     }
 
@@ -524,6 +653,46 @@ mod tests {
         let (_, again) = reopen(dir.path());
         assert_eq!(again.len(), 1);
         assert!(std::fs::metadata(dir.path().join(FILE)).unwrap().len() < on_disk.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn a_growing_book_is_rewritten_while_serving_with_only_what_is_still_owed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE);
+        let (book, _) = reopen(dir.path());
+        book.compact_after.store(4096, Ordering::Relaxed);
+        book.file.lock().compact_at = 4096;
+        let reversal = vec![b'r'; 200];
+        // Two debts never paid, one paid before its record is written, a stamp, and
+        // many debts owed and paid: far more than 4 KiB written in all.
+        let (kept_a, kept_b, early) = (book.next_id(), book.next_id(), book.next_id());
+        book.owe(kept_a, &reversal).await.unwrap();
+        book.paid(early).await.unwrap();
+        book.changed_stamp(b"a transaction", *b"000042", u64::MAX - 100)
+            .await
+            .unwrap();
+        let mut largest = 0;
+        for _ in 0..200 {
+            let id = book.next_id();
+            book.owe(id, &reversal).await.unwrap();
+            book.paid(id).await.unwrap();
+            largest = largest.max(std::fs::metadata(&path).unwrap().len());
+        }
+        book.owe(kept_b, &reversal).await.unwrap();
+        book.owe(early, &reversal).await.unwrap();
+        assert!(
+            largest < 3 * 4096,
+            "rewritten as it grew: at most {largest} bytes"
+        );
+        drop(book);
+        let (_, debts, stamps) =
+            OwedReversals::open(dir.path(), cipher(), u64::MAX, u64::MAX).unwrap();
+        assert_eq!(
+            debts.iter().map(|d| d.id).collect::<Vec<_>>(),
+            vec![kept_a, kept_b],
+            "the debts still owed, and the early-paid one cancelled by its paid record"
+        );
+        assert_eq!(stamps.len(), 1);
     }
 
     #[test]
@@ -635,7 +804,7 @@ mod tests {
         );
         std::fs::write(&path, buf).unwrap();
         assert_eq!(
-            OwedReversals::open(dir.path(), cipher(), 0..=u64::MAX).unwrap_err(),
+            OwedReversals::open(dir.path(), cipher(), u64::MAX, u64::MAX).unwrap_err(),
             StoreError::Decrypt
         );
     }
@@ -656,7 +825,7 @@ mod tests {
             .unwrap();
         drop(book);
         for _ in 0..2 {
-            let (_, _, stamps) = OwedReversals::open(dir.path(), cipher(), 4_000..=6_000).unwrap();
+            let (_, _, stamps) = OwedReversals::open(dir.path(), cipher(), 5_940, 1_940).unwrap();
             assert_eq!(
                 stamps,
                 vec![Stamp {
