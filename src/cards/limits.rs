@@ -11,7 +11,9 @@
 //! 3. **62** paused;
 //! 4. **54** `valid_until` passed, or the expiry presented (DE 14, else track 2's) not the
 //!    virtual expiry;
-//! 5. **57** currency: neither DE 51 nor DE 49 is the card's; merchant lock: DE 42 is not
+//! 5. **57** currency: neither DE 51 nor DE 49 is the card's (and **30** when DE 4 is not
+//!    zero but the amount in the card's currency is: amounts that contradict); merchant
+//!    lock: DE 42 is not
 //!    the locked (or first-use bound) merchant; MCC (DE 18) not in the allow list, or in the
 //!    block list (a missing DE 18 fails a non-empty allow list);
 //! 6. **61** over the per-transaction limit, or spent + held + amount over `amount_limit`.
@@ -66,6 +68,10 @@ pub enum Reason {
     OverPerTransaction,
     /// Spent + held + amount over the cumulative cap (61).
     OverCap,
+    /// A purchase (DE 4 not zero) whose amount in the card's currency is zero (DE 6, DE 51
+    /// the card's): the amounts contradict each other (30). Read as a verification, it
+    /// would pass any cap and use nothing up while the issuer charges DE 4.
+    ZeroInCardCurrency,
 }
 
 impl Reason {
@@ -77,6 +83,7 @@ impl Reason {
             Reason::Expired | Reason::ExpiryMismatch => ResponseCode::EXPIRED,
             Reason::Currency | Reason::Merchant | Reason::Mcc => ResponseCode::NOT_PERMITTED,
             Reason::OverPerTransaction | Reason::OverCap => ResponseCode::OVER_LIMIT,
+            Reason::ZeroInCardCurrency => ResponseCode::FORMAT_ERROR,
         }
     }
 }
@@ -108,6 +115,9 @@ pub fn decide(card: &Card, req: &AuthRequest, now: UnixSeconds) -> Verdict {
     let Some(amount) = req.amounts.in_currency(card.currency) else {
         return Verdict::Decline(Reason::Currency);
     };
+    if amount == 0 && req.kind == Kind::Purchase {
+        return Verdict::Decline(Reason::ZeroInCardCurrency);
+    }
     let binds_merchant = match card.lock {
         LockKind::None => false,
         LockKind::FirstUseUnbound => true,
@@ -479,6 +489,23 @@ mod tests {
                 binds_merchant: false
             })
         );
+    }
+
+    #[test]
+    fn a_purchase_billed_zero_in_the_card_currency_is_a_format_error_not_a_verification() {
+        // USD 500.00 in DE 4, and DE 6 of 0 in the card's euros: not a verification.
+        let mut r = purchase(50_000);
+        r.amounts.transaction_currency = USD;
+        r.amounts.billing = Some((0, EUR));
+        assert_eq!(
+            decide(&card(), &r, NOW),
+            Verdict::Decline(Reason::ZeroInCardCurrency)
+        );
+        assert_eq!(Reason::ZeroInCardCurrency.code(), ResponseCode(*b"30"));
+        // DE 4 of 0 is a verification, whatever DE 6 says.
+        r.amounts.transaction = 0;
+        r.kind = Kind::Verification;
+        assert!(matches!(decide(&card(), &r, NOW), Verdict::Approve(_)));
     }
 
     #[test]
