@@ -590,36 +590,61 @@ async fn the_same_stan_on_two_connections_at_once_gets_each_its_own_answer() {
     let (before_a, before_b) = (balance(&real_a), balance(&real_b));
     let mut one = Client::connect(rig.network).await;
     let mut two = Client::connect(rig.network).await;
-    let req_a = purchase(&mut one, b"0100", &a.vpan, &a.expiry.0, 111);
-    let mut req_b = purchase(&mut two, b"0100", &b.vpan, &b.expiry.0, 222);
-    // Another acquirer whose STAN counter happens to stand at the same value.
-    req_b.set(11, &req_a.stan().unwrap()).unwrap();
-    req_b.set(32, b"99999").unwrap();
-    let req_b = Message::parse(Spec::iso87ascii(), req_b.pack()).unwrap();
-    one.send(&req_a).await;
-    two.send(&req_b).await;
-    let (ans_a, ans_b) = tokio::join!(
-        one.answer(req_a.stan().unwrap()),
-        two.answer(req_b.stan().unwrap())
-    );
-    assert_eq!(ans_a.pan().unwrap().unwrap(), a.vpan);
-    assert_eq!(ans_a.raw(4), Some(&b"000000000111"[..]));
-    assert_eq!(ans_b.pan().unwrap().unwrap(), b.vpan);
-    assert_eq!(ans_b.raw(4), Some(&b"000000000222"[..]));
-    assert_eq!((code(&ans_a), code(&ans_b)), ("00".into(), "00".into()));
-    assert_eq!(balance(&real_a), before_a - 111);
-    assert_eq!(balance(&real_b), before_b - 222);
-    // One of the two went to the issuer under another STAN; each one's reversal names
-    // its own original there (the acquirer tells them apart), and credits its own account.
-    for (net, original) in [(&mut one, &req_a), (&mut two, &req_b)] {
-        let reversal = reversal_of(net, original);
-        assert_eq!(code(&net.call(&reversal).await), "00");
+    // B is another acquirer whose STAN counter happens to stand at A's, or another terminal
+    // of A's acquirer with a counter of its own; reversed by DE 90, or by their own keys
+    // (no DE 90, as the contract allows).
+    for (by_de90, other, value) in [
+        (true, 32, &b"99999"[..]),
+        (true, 41, b"TERM0002"),
+        (false, 41, b"TERM0002"),
+    ] {
+        let req_a = purchase(&mut one, b"0100", &a.vpan, &a.expiry.0, 111);
+        let mut req_b = purchase(&mut two, b"0100", &b.vpan, &b.expiry.0, 222);
+        req_b.set(11, &req_a.stan().unwrap()).unwrap();
+        req_b.set(other, value).unwrap();
+        let req_b = Message::parse(Spec::iso87ascii(), req_b.pack()).unwrap();
+        one.send(&req_a).await;
+        two.send(&req_b).await;
+        let (ans_a, ans_b) = tokio::join!(
+            one.answer(req_a.stan().unwrap()),
+            two.answer(req_b.stan().unwrap())
+        );
+        assert_eq!(ans_a.pan().unwrap().unwrap(), a.vpan);
+        assert_eq!(ans_a.raw(4), Some(&b"000000000111"[..]));
+        assert_eq!(ans_b.pan().unwrap().unwrap(), b.vpan);
+        assert_eq!(ans_b.raw(4), Some(&b"000000000222"[..]));
+        assert_eq!((code(&ans_a), code(&ans_b)), ("00".into(), "00".into()));
+        assert_eq!(balance(&real_a), before_a - 111);
+        assert_eq!(balance(&real_b), before_b - 222);
+        // One of the two went to the issuer under another STAN; each one's reversal names
+        // its own original there (the acquirer tells them apart), and credits its own
+        // account. Reversed B first: under the network's STAN at the issuer, B's reversal
+        // would find A.
+        for (net, original) in [(&mut two, &req_b), (&mut one, &req_a)] {
+            let reversal = if by_de90 {
+                reversal_of(net, original)
+            } else {
+                let mut r = original.clone();
+                r.set_mti(b"0400").unwrap();
+                Message::parse(Spec::iso87ascii(), r.pack()).unwrap()
+            };
+            let answer = net.call(&reversal).await;
+            assert_eq!(code(&answer), "00");
+            assert_eq!(
+                answer.raw(90),
+                reversal.raw(90),
+                "DE 90 as the network sent it"
+            );
+        }
+        assert_eq!(
+            (balance(&real_a), balance(&real_b)),
+            (before_a, before_b),
+            "both credited (by DE 90: {by_de90})"
+        );
+        // And each by finding its original there, not by giving back its own DE 4 (which
+        // the simulator does for an original it cannot find).
+        assert_eq!(rig.sim().stats().unmatched_reversals, 0, "by DE 90: {by_de90}");
     }
-    assert_eq!(
-        (balance(&real_a), balance(&real_b)),
-        (before_a, before_b),
-        "both credited"
-    );
     rig.stop().await;
 }
 

@@ -393,6 +393,8 @@ impl IssuerLink {
         from: Origin,
     ) -> Result<Box<Message>, Unanswered> {
         let network_stan = request.stan();
+        let mut request = request;
+        let network_de90 = self.rewrite_original(&mut request)?;
         let (rx, stamp, kept) = self.dispatch(request, only, timeout, from)?;
         // A STAN changed toward the issuer (rare) is on disk before the answer goes back,
         // to this caller or to a repeat: a reversal after a restart must still name the
@@ -437,6 +439,14 @@ impl IssuerLink {
         {
             answer.set(11, &stan).map_err(|_| IssuerError::Encode)?;
         }
+        // The network hears its transaction as it named it.
+        match network_de90 {
+            Some(Some(de90)) if answer.has(90) => {
+                answer.set(90, &de90).map_err(|_| IssuerError::Encode)?;
+            }
+            Some(None) => answer.remove(90),
+            _ => {}
+        }
         Ok(answer)
     }
 
@@ -451,7 +461,6 @@ impl IssuerLink {
     ) -> Result<Dispatched, IssuerError> {
         let inner = &self.inner;
         let n = inner.slots.len();
-        self.rewrite_original(&mut request)?;
         // A reversal whose original is still waiting goes out behind it, on its
         // connection: on another one it could overtake it, find nothing to reverse, and
         // leave the real account charged once the original is read.

@@ -36,22 +36,48 @@ impl IssuerLink {
     }
 
     /// A reversal (or any message with DE 90) naming an original that went out under
-    /// another STAN: DE 90 gets that STAN, so the issuer finds the original it saw.
-    pub(super) fn rewrite_original(&self, request: &mut Message) -> Result<(), IssuerError> {
-        let Some(stamp) = self.inner.restamped.get(|| {
-            let de90 = request.text(90)?;
-            Identity::of(de90.as_bytes(), request.terminal().as_deref())
-        }) else {
-            return Ok(());
-        };
-        let mut de90 = request
-            .text(90)
-            .map(|d| d.as_bytes().to_vec())
-            .unwrap_or_default();
-        if let Some(stan) = de90.get_mut(4..10) {
-            stan.copy_from_slice(&stamp);
+    /// another STAN: DE 90 gets that STAN, so the issuer finds the original it saw. A
+    /// reversal without DE 90, which names its original by its own DE 11, DE 7, DE 32 and
+    /// DE 41, gets a DE 90 naming it as the issuer knows it: under the network's STAN the
+    /// issuer would find the other transaction that took it. Returns the network's DE 90
+    /// (`None`: it had none) when it changed it, to be put back in the answer.
+    pub(super) fn rewrite_original(
+        &self,
+        request: &mut Message,
+    ) -> Result<Option<Option<Vec<u8>>>, IssuerError> {
+        if !self.inner.restamped.any() {
+            return Ok(None);
         }
-        request.set(90, &de90).map_err(|_| IssuerError::Encode)
+        let terminal = request.terminal();
+        let terminal = terminal.as_deref();
+        if let Some(de90) = request.text(90).map(|d| d.as_bytes().to_vec()) {
+            let Some(stamp) = self.inner.restamped.get(|| Identity::of(&de90, terminal)) else {
+                return Ok(None);
+            };
+            let mut named = de90.clone();
+            if let Some(stan) = named.get_mut(4..10) {
+                stan.copy_from_slice(&stamp);
+            }
+            request.set(90, &named).map_err(|_| IssuerError::Encode)?;
+            return Ok(Some(Some(de90)));
+        }
+        if request.mti()[1] != b'4' {
+            return Ok(None);
+        }
+        let (Some(stan), Some(sent_at)) = (request.stan(), request.transmission_time()) else {
+            return Ok(None);
+        };
+        let acquirer = request.acquirer();
+        let acquirer = acquirer.as_deref().unwrap_or_default();
+        for mti in [b"0100", b"0200", b"0120", b"0220"] {
+            let own = original_data_elements(mti, &stan, &sent_at, acquirer);
+            if let Some(stamp) = self.inner.restamped.get(|| Identity::of(&own, terminal)) {
+                let named = original_data_elements(mti, &stamp, &sent_at, acquirer);
+                request.set(90, &named).map_err(|_| IssuerError::Encode)?;
+                return Ok(Some(None));
+            }
+        }
+        Ok(None)
     }
 
     pub(super) fn next_stamp(&self) -> [u8; 6] {
@@ -134,6 +160,11 @@ impl<K: Eq + std::hash::Hash, V> Default for Remembered<K, V> {
 impl<K: Eq + std::hash::Hash, V: Copy> Remembered<K, V> {
     /// The value remembered under the key `key` gives, if any (`key` is only worked out
     /// when something is remembered at all).
+    /// Whether anything is remembered: one atomic read.
+    pub(super) fn any(&self) -> bool {
+        self.len.load(Ordering::Acquire) > 0
+    }
+
     pub(super) fn get(&self, key: impl FnOnce() -> Option<K>) -> Option<V> {
         if self.len.load(Ordering::Acquire) == 0 {
             return None;
