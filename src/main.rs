@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use vpan::app::App;
 use vpan::config::Config;
 use vpan::logging::{self, LogFormat};
@@ -107,14 +107,46 @@ fn main() -> ExitCode {
 fn usage_error(e: &clap::Error) -> ExitCode {
     let text = vpan::pan::mask_card_numbers(&e.render().to_string());
     if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-        // `vpan` alone, or `vpan card` alone: the help is the answer, whole.
-        eprint!("{text}");
+        // `vpan` alone, or `vpan card` alone: a usage error too, said in one line.
+        eprintln!("vpan: {}", missing_command(&text));
     } else if e.use_stderr() {
         eprintln!("vpan: {}", one_line(&text));
     } else {
         print!("{text}");
     }
     ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
+}
+
+/// `vpan` or `vpan card` without its command, from the help clap rendered: the commands
+/// it takes.
+fn missing_command(help: &str) -> String {
+    // The usage line names the command that wants one: `Usage: vpan card [OPTIONS] <COMMAND>`.
+    let path: Vec<&str> = help
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Usage: "))
+        .map(|usage| {
+            usage
+                .split_whitespace()
+                .take_while(|w| !w.starts_with(['[', '<']))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut command = Cli::command();
+    for name in path.iter().skip(1) {
+        if let Some(sub) = command.find_subcommand(name) {
+            command = sub.clone();
+        }
+    }
+    let commands: Vec<&str> = command
+        .get_subcommands()
+        .map(clap::Command::get_name)
+        .filter(|n| *n != "help")
+        .collect();
+    format!(
+        "'{}' needs a command: {} (see --help)",
+        path.join(" "),
+        commands.join(", ")
+    )
 }
 
 /// clap's error as one line: what is wrong, with the flags it names, and its tips (a

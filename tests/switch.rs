@@ -643,7 +643,11 @@ async fn the_same_stan_on_two_connections_at_once_gets_each_its_own_answer() {
         );
         // And each by finding its original there, not by giving back its own DE 4 (which
         // the simulator does for an original it cannot find).
-        assert_eq!(rig.sim().stats().unmatched_reversals, 0, "by DE 90: {by_de90}");
+        assert_eq!(
+            rig.sim().stats().unmatched_reversals,
+            0,
+            "by DE 90: {by_de90}"
+        );
     }
     rig.stop().await;
 }

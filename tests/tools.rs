@@ -738,6 +738,40 @@ async fn bad_input_gets_exit_2_for_usage_and_1_with_the_line_for_a_bad_traffic_f
         said.contains("'--count'") && said.lines().count() == 1,
         "{said}"
     );
+    // A command missing, and `vpan card`'s arguments it can check itself, the same way
+    // (not the help, nor a call the API refuses).
+    let create = [
+        "card",
+        "create",
+        "--pan",
+        "4970100000000014",
+        "--pan-expiry",
+        "2912",
+        "--currency",
+        "978",
+        "--amount-limit",
+        "-5",
+    ];
+    for (args, names) in [
+        (&[][..], "loadgen"),
+        (&["card"][..], "pause"),
+        (&["card", "list", "--limit", "0"][..], "--limit"),
+        (&["card", "list", "--limit", "1001"][..], "--limit"),
+        (&["card", "show", ""][..], "12 to 19 digits"),
+        (&create[..], "--amount-limit"),
+    ] {
+        let out = tokio::process::Command::new(VPAN)
+            .args(args)
+            .output()
+            .await
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {said}");
+        assert!(
+            said.contains(names) && said.lines().count() == 1,
+            "{args:?}: {said}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -69,6 +69,7 @@ pub enum CardCommand {
     /// Show a card: status, remaining amount, uses, controls.
     Show {
         /// The vPAN.
+        #[arg(value_parser = parse_vpan)]
         vpan: String,
         /// Show the card's recent decisions instead, newest first.
         #[arg(long)]
@@ -77,25 +78,28 @@ pub enum CardCommand {
     /// Pause a card: authorizations are declined (62) until it is resumed.
     Pause {
         /// The vPAN.
+        #[arg(value_parser = parse_vpan)]
         vpan: String,
     },
     /// Resume a paused card.
     Resume {
         /// The vPAN.
+        #[arg(value_parser = parse_vpan)]
         vpan: String,
     },
     /// Close a card for good: authorizations are declined (46).
     Close {
         /// The vPAN.
+        #[arg(value_parser = parse_vpan)]
         vpan: String,
     },
     /// List cards in vPAN order, one page at a time.
     List {
         /// Cards per page (1 to 1000).
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        limit: u16,
         /// Start after this vPAN (the "next" hint of the previous page).
-        #[arg(long)]
+        #[arg(long, value_parser = parse_vpan)]
         after: Option<String>,
         /// Follow every page to the end.
         #[arg(long)]
@@ -116,11 +120,11 @@ pub struct CreateArgs {
     #[arg(long)]
     pub currency: String,
     /// Cumulative cap, minor units.
-    #[arg(long, value_name = "MINOR_UNITS")]
-    pub amount_limit: i64,
+    #[arg(long, value_name = "MINOR_UNITS", allow_hyphen_values = true)]
+    pub amount_limit: u64,
     /// Largest single purchase, minor units.
-    #[arg(long, value_name = "MINOR_UNITS")]
-    pub per_transaction_limit: Option<i64>,
+    #[arg(long, value_name = "MINOR_UNITS", allow_hyphen_values = true)]
+    pub per_transaction_limit: Option<u64>,
     /// Approved purchases allowed (1: single use).
     #[arg(long)]
     pub max_uses: Option<i64>,
@@ -143,6 +147,16 @@ pub struct CreateArgs {
     /// Never these MCCs, comma-separated.
     #[arg(long, value_name = "MCC,...", value_delimiter = ',')]
     pub mcc_block: Vec<String>,
+}
+
+/// A vPAN on the command line: 12 to 19 digits, refused before any call (a usage error)
+/// rather than sent for the API to answer 404.
+fn parse_vpan(text: &str) -> Result<String, String> {
+    if (12..=19).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(text.to_owned())
+    } else {
+        Err("a vPAN is 12 to 19 digits".into())
+    }
 }
 
 /// Reads `90s`, `30m`, `2h`, `30d`, `2w` (or plain seconds) as seconds.

@@ -873,13 +873,14 @@ fn print_keep_running(r: &Running) {
     );
     println!("  metrics  {}", r.metrics);
     println!("  cards    {dir}/cards.json (the scenario's names and their vPANs)");
+    let vpan = super::this_program();
     println!("try:");
     println!(
-        "  vpan card --url {} --ca {dir}/tls-cert.pem --token-file {dir}/api-token list",
+        "  {vpan} card --url {} --ca {dir}/tls-cert.pem --token-file {dir}/api-token list",
         r.api
     );
     println!(
-        "  vpan loadgen --target {} --traffic {dir}/load.jsonl --cards {dir}/cards.json --duration 10s",
+        "  {vpan} loadgen --target {} --traffic {dir}/load.jsonl --cards {dir}/cards.json --duration 10s",
         r.network
     );
 }

@@ -354,10 +354,11 @@ pub fn run_cli(args: &Args) -> Result<(), String> {
     write(&args.out.join("cards.json"), &g.cards)?;
     write(&args.out.join("load.jsonl"), &g.load)?;
     eprintln!(
-        "wrote {} cards and {} messages to {}; replay with: vpan demo --scenario {}",
+        "wrote {} cards and {} messages to {}; replay with: {} demo --scenario {}",
         args.cards + 4,
         args.messages,
         args.out.display(),
+        super::this_program(),
         args.out.display()
     );
     Ok(())

@@ -21,3 +21,11 @@ pub mod loadgen;
 mod pacer;
 pub mod traffic;
 pub mod wire;
+
+/// How to call this program in a command printed for pasting: its own path, since `vpan`
+/// is on no one's `PATH` after a build (`target/release/vpan`).
+pub fn this_program() -> String {
+    std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "vpan".into())
+}
