@@ -281,6 +281,9 @@ struct Booked {
     key: TxnKey,
     /// What it did to the balance (negative for a debit).
     effect: i64,
+    /// What of `effect` still stands: all of it until reversed, DE 95's amount after a
+    /// partial reversal, 0 after a full one.
+    standing: i64,
     /// The answer given, replayed for a repeat.
     response_code: [u8; 2],
     /// The auth code given, replayed for a repeat.
@@ -541,6 +544,7 @@ impl Ledger {
         account.history.book(Booked {
             key,
             effect,
+            standing: effect,
             response_code: rc,
             auth_code: auth,
             reversed: false,
@@ -572,6 +576,7 @@ impl Ledger {
             account.history.book(Booked {
                 key,
                 effect,
+                standing: effect,
                 response_code: *b"00",
                 auth_code: None,
                 reversed: false,
@@ -581,7 +586,8 @@ impl Ledger {
         ack
     }
 
-    /// 0400 / 0420: give back what the original did, once. The original is found by DE 90;
+    /// 0400 / 0420: give back what the original did, once (a full reversal after a partial
+    /// one gives back the rest). The original is found by DE 90;
     /// without DE 90 the reversal's own DE 4 is given back, once per reversal key. DE 95
     /// makes it partial: its first 12 digits are what stays (its fee parts are often sent
     /// unsigned or blank, and are not read). Acknowledged with 00, as a reversal cannot be
@@ -646,11 +652,17 @@ impl Ledger {
         let given = match original {
             Some(key) => {
                 match account.history.get_mut(&key) {
-                    Some(b) if !b.reversed => {
+                    // What the reversal leaves standing: DE 95's amount, or nothing. A
+                    // full reversal after a partial one gives back the rest; a reversal
+                    // never charges again what an earlier one gave back.
+                    Some(b) => {
                         b.reversed = true;
-                        account.balance = account.balance.saturating_sub(partial(b.effect));
+                        let leaves = b.effect - partial(b.effect);
+                        if leaves.abs() < b.standing.abs() {
+                            account.balance = account.balance.saturating_add(leaves - b.standing);
+                            b.standing = leaves;
+                        }
                     }
-                    Some(_) => {}
                     None => {
                         self.unmatched_reversals.fetch_add(1, Ordering::Relaxed);
                     }
@@ -674,6 +686,7 @@ impl Ledger {
         account.history.book(Booked {
             key: own,
             effect: given,
+            standing: given,
             response_code: *b"00",
             auth_code: None,
             reversed: true,
@@ -1475,6 +1488,15 @@ mod tests {
         let d = l.decide(&partial).unwrap();
         assert_eq!(&d.response_code, b"00");
         assert_eq!(l.balance(&pan), Some(7_000));
+        // Then reversed in full: the rest comes back. A partial reversal again (under a
+        // new STAN) charges nothing again.
+        l.decide(&reversal_of(&orig, "000005")).unwrap();
+        assert_eq!(l.balance(&pan), Some(10_000));
+        let mut again = partial.clone();
+        again.set(11, b"000006").unwrap();
+        l.decide(&again).unwrap();
+        assert_eq!(l.balance(&pan), Some(10_000));
+        assert_eq!(l.unmatched_reversals(), 0);
 
         let other = purchase(b"0100", "000003", "000000002000", "000000");
         l.decide(&other).unwrap();
@@ -1484,7 +1506,7 @@ mod tests {
             .unwrap();
         let d = l.decide(&unreadable).unwrap();
         assert_eq!(&d.response_code, b"30");
-        assert_eq!(l.balance(&pan), Some(5_000), "nothing given back");
+        assert_eq!(l.balance(&pan), Some(8_000), "nothing given back");
     }
 
     #[test]
