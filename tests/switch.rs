@@ -976,6 +976,54 @@ async fn the_same_stan_and_time_from_two_terminals_at_once_are_each_reversed_at_
 }
 
 #[tokio::test]
+async fn a_timeout_reversal_without_de_90_reaches_the_original_still_at_the_issuer() {
+    // The acquirer gives up on a purchase the slow issuer still holds, and reverses it by
+    // its own key (no DE 90). Its STAN is the purchase's, still in flight there, so the
+    // reversal goes out under another: it must name the purchase in DE 90, and follow it.
+    let sim = SimConfig {
+        latency: Duration::from_millis(300),
+        ..SimConfig::default()
+    };
+    let rig = rig(Some(sim), |c| c.issuer.connections = 2).await;
+    let (card, real) = rig.issue(|_| {}).await;
+    let full = vpan::tools::issuer_sim::DEFAULT_BALANCE;
+    let mut net = Client::connect(rig.network).await;
+    let original = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 700);
+    net.send(&original).await;
+    while rig.sim().requests(b"0100") == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut reversal = original.clone();
+    reversal.set_mti(b"0400").unwrap();
+    let reversal = Message::parse(Spec::iso87ascii(), reversal.pack()).unwrap();
+    net.send(&reversal).await;
+    let stan = original.stan().unwrap();
+    let first = net.answer(stan).await;
+    let second = net.answer(stan).await;
+    let answers = [first, second];
+    let reversed = answers.iter().find(|m| m.mti() == *b"0410").unwrap();
+    assert_eq!(code(reversed), "00");
+    assert_eq!(
+        reversed.raw(90),
+        None,
+        "the network's reversal had no DE 90"
+    );
+    let view = rig.cards.get(CardKey::of(&card.vpan)).unwrap();
+    assert_eq!((view.spent, view.held), (0, 0));
+    assert_eq!(
+        rig.sim().balance(&real),
+        Some(full),
+        "credited at the issuer"
+    );
+    assert_eq!(
+        rig.sim().stats().unmatched_reversals,
+        0,
+        "found its original there"
+    );
+    rig.stop().await;
+}
+
+#[tokio::test]
 async fn a_purchase_under_the_key_of_another_waiting_at_the_issuer_gets_94_and_is_not_sent() {
     let sim = SimConfig {
         latency: Duration::from_millis(100),

@@ -420,8 +420,6 @@ fn lsn_after(lsn: u64) -> Result<u64, StoreError> {
         .ok_or(StoreError::Corrupt("record sequence number"))
 }
 
-/// Loads one snapshot record (the header was read before), noting the highest sequence
-/// number met in `highest_lsn`.
 /// What a snapshot's records add up to, read in order, against its end record.
 #[derive(Default)]
 struct SnapshotTally {
@@ -473,6 +471,8 @@ impl SnapshotTally {
     }
 }
 
+/// Loads one snapshot record (the header was read before), noting the highest sequence
+/// number met in `highest_lsn`.
 fn load_snapshot_record(
     index: &CardIndex,
     ledger: &Ledger,

@@ -36,15 +36,23 @@ impl IssuerLink {
     }
 
     /// A reversal (or any message with DE 90) naming an original that went out under
-    /// another STAN: DE 90 gets that STAN, so the issuer finds the original it saw. A
-    /// reversal without DE 90, which names its original by its own DE 11, DE 7, DE 32 and
-    /// DE 41, gets a DE 90 naming it as the issuer knows it: under the network's STAN the
-    /// issuer would find the other transaction that took it. Returns the network's DE 90
-    /// (`None`: it had none) when it changed it, to be put back in the answer.
+    /// another STAN: DE 90 gets that STAN, so the issuer finds the original it saw.
+    ///
+    /// A reversal without DE 90 names its original by its own DE 11, DE 7, DE 32 and DE 41.
+    /// Under the network's STAN the issuer would not find it when the original went out
+    /// under another STAN (it would find the other transaction that held the STAN), nor
+    /// when the original is still waiting under the STAN, since the reversal then goes out
+    /// under another one (the acquirer's timeout reversal, the usual case). Either way it
+    /// gets a DE 90 naming the original as the issuer knows it, which also queues it behind
+    /// a waiting original. Returns the network's DE 90 (`None`: it had none) when it changed
+    /// it, to be put back in the answer.
     pub(super) fn rewrite_original(
         &self,
         request: &mut Message,
     ) -> Result<Option<Option<Vec<u8>>>, IssuerError> {
+        if request.mti()[1] == b'4' && !request.has(90) {
+            return self.name_original(request);
+        }
         if !self.inner.restamped.any() {
             return Ok(None);
         }
@@ -61,23 +69,51 @@ impl IssuerLink {
             request.set(90, &named).map_err(|_| IssuerError::Encode)?;
             return Ok(Some(Some(de90)));
         }
-        if request.mti()[1] != b'4' {
-            return Ok(None);
-        }
+        Ok(None)
+    }
+
+    /// [`IssuerLink::rewrite_original`] for a reversal without DE 90: its original, by the
+    /// reversal's own key, still waiting under the network's STAN, or sent under another.
+    fn name_original(&self, request: &mut Message) -> Result<Option<Option<Vec<u8>>>, IssuerError> {
         let (Some(stan), Some(sent_at)) = (request.stan(), request.transmission_time()) else {
             return Ok(None);
         };
         let acquirer = request.acquirer();
         let acquirer = acquirer.as_deref().unwrap_or_default();
-        for mti in [b"0100", b"0200", b"0120", b"0220"] {
-            let own = original_data_elements(mti, &stan, &sent_at, acquirer);
-            if let Some(stamp) = self.inner.restamped.get(|| Identity::of(&own, terminal)) {
-                let named = original_data_elements(mti, &stamp, &sent_at, acquirer);
-                request.set(90, &named).map_err(|_| IssuerError::Encode)?;
-                return Ok(Some(None));
+        let terminal = request.terminal();
+        let terminal = terminal.as_deref();
+        let waiting = self.inner.pending.get(&stan).and_then(|p| {
+            let sent = Message::parse(self.inner.settings.spec, p.sent.clone()).ok()?;
+            let original = matches!(p.mti[1], b'1' | b'2')
+                && p.network_stan == Some(stan)
+                && sent.transmission_time() == Some(sent_at)
+                && sent.acquirer().as_deref().unwrap_or_default() == acquirer
+                && sent.terminal().as_deref() == terminal;
+            original.then_some(p.mti)
+        });
+        let named = match waiting {
+            Some(mut mti) => {
+                // A repeat's first MTI (0100 for a 0101), as the issuer booked it.
+                mti[3] = b'0';
+                original_data_elements(&mti, &stan, &sent_at, acquirer)
             }
-        }
-        Ok(None)
+            None if self.inner.restamped.any() => {
+                let restamped = [b"0100", b"0200", b"0120", b"0220"]
+                    .into_iter()
+                    .find_map(|mti| {
+                        let own = original_data_elements(mti, &stan, &sent_at, acquirer);
+                        let stamp = self.inner.restamped.get(|| Identity::of(&own, terminal))?;
+                        Some(original_data_elements(mti, &stamp, &sent_at, acquirer))
+                    });
+                match restamped {
+                    Some(named) => named,
+                    None => return Ok(None),
+                }
+            }
+            None => return Ok(None),
+        };
+        request.set(90, &named).map_err(|_| IssuerError::Encode)?;
+        Ok(Some(None))
     }
 
     pub(super) fn next_stamp(&self) -> [u8; 6] {
@@ -158,13 +194,13 @@ impl<K: Eq + std::hash::Hash, V> Default for Remembered<K, V> {
 }
 
 impl<K: Eq + std::hash::Hash, V: Copy> Remembered<K, V> {
-    /// The value remembered under the key `key` gives, if any (`key` is only worked out
-    /// when something is remembered at all).
     /// Whether anything is remembered: one atomic read.
     pub(super) fn any(&self) -> bool {
         self.len.load(Ordering::Acquire) > 0
     }
 
+    /// The value remembered under the key `key` gives, if any (`key` is only worked out
+    /// when something is remembered at all).
     pub(super) fn get(&self, key: impl FnOnce() -> Option<K>) -> Option<V> {
         if self.len.load(Ordering::Acquire) == 0 {
             return None;
