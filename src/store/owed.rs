@@ -129,6 +129,9 @@ struct Tail {
     good: Option<u64>,
     /// The length at which the book is next rewritten.
     compact_at: u64,
+    /// Debt numbers handed out before the last rewrite: paid ones below it are forgotten
+    /// at the next (see [`Live::paid`]).
+    numbered_before_rewrite: u64,
     /// What the durable records say is owed: the rewrite's content.
     live: Live,
 }
@@ -138,10 +141,11 @@ struct Tail {
 struct Live {
     /// Sealed reversals by debt number (oldest first).
     owed: std::collections::BTreeMap<u64, Vec<u8>>,
-    /// Debts marked paid before their own record was written (two tasks write them): kept
-    /// as paid records through a rewrite, so that the debt's record, written after it,
-    /// is still cancelled at the next start.
-    paid_early: std::collections::BTreeSet<u64>,
+    /// Debts marked paid. A debt's record may come after its paid one (two tasks write
+    /// them) or twice (once more, blocking, when a stop cut the first short), whatever the
+    /// order, so a paid debt stays paid here, and is written as paid through a rewrite,
+    /// until a whole rewrite cycle has passed since it was numbered.
+    paid: std::collections::BTreeSet<u64>,
     stamps: Vec<Stamp>,
 }
 
@@ -156,14 +160,13 @@ impl Live {
             framed = next;
             match decode(payload) {
                 Ok(Record::Owed { id, sealed }) => {
-                    if !self.paid_early.remove(&id) {
+                    if !self.paid.contains(&id) {
                         self.owed.insert(id, sealed.to_vec());
                     }
                 }
                 Ok(Record::Paid { id }) => {
-                    if self.owed.remove(&id).is_none() {
-                        self.paid_early.insert(id);
-                    }
+                    self.owed.remove(&id);
+                    self.paid.insert(id);
                 }
                 Ok(Record::Stamp { at, stamp, key }) => self.stamps.push(Stamp {
                     key: key.to_vec(),
@@ -357,7 +360,7 @@ impl OwedReversals {
         }
         let live = Live {
             owed: owed.into_iter().collect(),
-            paid_early: Default::default(),
+            paid: Default::default(),
             stamps: stamps.clone(),
         };
         let (file, len) = rewrite(dir, &path, &live).map_err(|(e, _)| e)?;
@@ -368,6 +371,7 @@ impl OwedReversals {
                     file,
                     good: Some(len),
                     compact_at: next_compaction(len, COMPACT_AFTER_BYTES),
+                    numbered_before_rewrite: last_id + 1,
                     live,
                 }),
                 cipher,
@@ -410,7 +414,9 @@ impl OwedReversals {
             },
             &mut bytes,
         );
-        self.append(&bytes)
+        let written = self.append(&bytes);
+        self.compact_if_due();
+        written
     }
 
     /// Writes that the transaction keyed `key` went to the issuer under `stamp`, at `at`
@@ -467,6 +473,9 @@ impl OwedReversals {
             for waiter in waiters {
                 let _ = waiter.send(result.clone());
             }
+            // After the waiters: their records are durable already, and a rewrite must
+            // not hold up the 91s and answers waiting on them.
+            self.compact_if_due();
         }
     }
 
@@ -506,12 +515,8 @@ impl OwedReversals {
         })();
         match written {
             Ok(()) => {
-                let len = end + bytes.len() as u64;
-                tail.good = Some(len);
+                tail.good = Some(end + bytes.len() as u64);
                 tail.live.apply(bytes);
-                if len >= tail.compact_at {
-                    self.compact(tail, len);
-                }
                 Ok(())
             }
             Err(e) => {
@@ -526,15 +531,23 @@ impl OwedReversals {
         }
     }
 
-    /// Rewrites the book, `len` bytes now, with what its records say is still owed. The
-    /// batch that triggered it is durable already: a failed rewrite costs nothing but the
-    /// size, unless it replaced the file without making that durable.
-    fn compact(&self, tail: &mut Tail, len: u64) {
+    /// Rewrites the book with what its records say is still owed once it has grown past
+    /// its next rewrite's length. What it holds is durable already: a failed rewrite costs
+    /// nothing but the size, unless it replaced the file without making that durable.
+    fn compact_if_due(&self) {
+        let mut guard = self.file.lock();
+        let tail = &mut *guard;
+        let Some(len) = tail.good.filter(|len| *len >= tail.compact_at) else {
+            return;
+        };
         let horizon = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())
             .saturating_sub(self.stamps_kept);
         tail.live.stamps.retain(|s| s.at >= horizon);
+        let forget_below = tail.numbered_before_rewrite;
+        tail.live.paid.retain(|id| *id >= forget_below);
+        tail.numbered_before_rewrite = self.next_id.load(Ordering::Relaxed);
         let after = self.compact_after.load(Ordering::Relaxed);
         match rewrite(&self.dir, &self.path, &tail.live) {
             Ok((file, kept)) => {
@@ -567,26 +580,36 @@ impl OwedReversals {
 fn rewrite(dir: &Path, path: &PathBuf, live: &Live) -> Result<(File, u64), (StoreError, bool)> {
     let what = "rewriting the reversals owed";
     let failed = |replaced| move |e| (StoreError::io(what)(e), replaced);
-    let mut buf = Vec::new();
-    for (&id, sealed) in &live.owed {
-        frame(&Record::Owed { id, sealed }, &mut buf);
-    }
-    for &id in &live.paid_early {
-        frame(&Record::Paid { id }, &mut buf);
-    }
-    for s in &live.stamps {
-        let record = Record::Stamp {
+    let temp = dir.join(TEMP_FILE);
+    let file = super::create_private_file(&temp).map_err(failed(false))?;
+    // Streamed, one record at a time: the book can be large when an issuer has been down,
+    // and `live` holds its debts already.
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, file);
+    let mut buf = Vec::with_capacity(512);
+    let mut len = 0u64;
+    let mut put = |record: &Record<'_>| {
+        buf.clear();
+        frame(record, &mut buf);
+        len += buf.len() as u64;
+        out.write_all(&buf)
+    };
+    let records = live
+        .owed
+        .iter()
+        .map(|(&id, sealed)| Record::Owed { id, sealed })
+        .chain(live.paid.iter().map(|&id| Record::Paid { id }))
+        .chain(live.stamps.iter().map(|s| Record::Stamp {
             at: s.at,
             stamp: s.stamp,
             key: &s.key,
-        };
-        frame(&record, &mut buf);
+        }));
+    for record in records {
+        put(&record).map_err(failed(false))?;
     }
-    let temp = dir.join(TEMP_FILE);
-    let mut file = super::create_private_file(&temp).map_err(failed(false))?;
-    file.write_all(&buf)
-        .and_then(|()| file.sync_all())
-        .map_err(failed(false))?;
+    let file = out
+        .into_inner()
+        .map_err(|e| failed(false)(e.into_error()))?;
+    file.sync_all().map_err(failed(false))?;
     drop(file);
     // Opened before the rename, so that no failure after it leaves vpan without a handle
     // on the file in place.
@@ -596,7 +619,7 @@ fn rewrite(dir: &Path, path: &PathBuf, live: &Live) -> Result<(File, u64), (Stor
         .map_err(failed(false))?;
     std::fs::rename(&temp, path).map_err(failed(false))?;
     sync_dir(dir).map_err(failed(true))?;
-    Ok((appending, buf.len() as u64))
+    Ok((appending, len))
 }
 
 #[cfg(test)]
@@ -663,14 +686,17 @@ mod tests {
         book.compact_after.store(4096, Ordering::Relaxed);
         book.file.lock().compact_at = 4096;
         let reversal = vec![b'r'; 200];
-        // Two debts never paid, one paid before its record is written, a stamp, and
-        // many debts owed and paid: far more than 4 KiB written in all.
+        // Two debts never paid, one paid before its record is written with a rewrite in
+        // between, a stamp, and many debts owed and paid: far more than 4 KiB in all.
         let (kept_a, kept_b, early) = (book.next_id(), book.next_id(), book.next_id());
         book.owe(kept_a, &reversal).await.unwrap();
         book.paid(early).await.unwrap();
+        book.file.lock().compact_at = 0;
         book.changed_stamp(b"a transaction", *b"000042", u64::MAX - 100)
             .await
             .unwrap();
+        assert!(book.file.lock().compact_at > 0, "rewritten");
+        book.owe(early, &reversal).await.unwrap();
         let mut largest = 0;
         for _ in 0..200 {
             let id = book.next_id();
@@ -679,7 +705,18 @@ mod tests {
             largest = largest.max(std::fs::metadata(&path).unwrap().len());
         }
         book.owe(kept_b, &reversal).await.unwrap();
-        book.owe(early, &reversal).await.unwrap();
+        // A debt written again after it was paid (a stop cut its first write short): still
+        // paid after the rewrites that follow.
+        let twice = book.next_id();
+        book.owe(twice, &reversal).await.unwrap();
+        book.paid(twice).await.unwrap();
+        book.owe_blocking(twice, &reversal).unwrap();
+        for _ in 0..50 {
+            let id = book.next_id();
+            book.owe(id, &reversal).await.unwrap();
+            book.paid(id).await.unwrap();
+            largest = largest.max(std::fs::metadata(&path).unwrap().len());
+        }
         assert!(
             largest < 3 * 4096,
             "rewritten as it grew: at most {largest} bytes"
@@ -690,7 +727,7 @@ mod tests {
         assert_eq!(
             debts.iter().map(|d| d.id).collect::<Vec<_>>(),
             vec![kept_a, kept_b],
-            "the debts still owed, and the early-paid one cancelled by its paid record"
+            "the debts still owed; the early-paid one and the one written twice stay paid"
         );
         assert_eq!(stamps.len(), 1);
     }
