@@ -69,7 +69,6 @@ pub enum CardCommand {
     /// Show a card: status, remaining amount, uses, controls.
     Show {
         /// The vPAN.
-        #[arg(value_parser = parse_vpan)]
         vpan: String,
         /// Show the card's recent decisions instead, newest first.
         #[arg(long)]
@@ -78,19 +77,16 @@ pub enum CardCommand {
     /// Pause a card: authorizations are declined (62) until it is resumed.
     Pause {
         /// The vPAN.
-        #[arg(value_parser = parse_vpan)]
         vpan: String,
     },
     /// Resume a paused card.
     Resume {
         /// The vPAN.
-        #[arg(value_parser = parse_vpan)]
         vpan: String,
     },
     /// Close a card for good: authorizations are declined (46).
     Close {
         /// The vPAN.
-        #[arg(value_parser = parse_vpan)]
         vpan: String,
     },
     /// List cards in vPAN order, one page at a time.
@@ -99,7 +95,7 @@ pub enum CardCommand {
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=1000))]
         limit: u16,
         /// Start after this vPAN (the "next" hint of the previous page).
-        #[arg(long, value_parser = parse_vpan)]
+        #[arg(long)]
         after: Option<String>,
         /// Follow every page to the end.
         #[arg(long)]
@@ -149,13 +145,25 @@ pub struct CreateArgs {
     pub mcc_block: Vec<String>,
 }
 
-/// A vPAN on the command line: 12 to 19 digits, refused before any call (a usage error)
-/// rather than sent for the API to answer 404.
-fn parse_vpan(text: &str) -> Result<String, String> {
-    if (12..=19).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit()) {
-        Ok(text.to_owned())
-    } else {
-        Err("a vPAN is 12 to 19 digits".into())
+/// The vPANs on the command line are 12 to 19 digits: refused before any call (a usage
+/// error) rather than sent for the API to answer 404. Not through clap, which would quote
+/// the value, and a card number typed with dots or a typo in it is still one.
+fn check_vpans(command: &CardCommand) -> Result<(), Failure> {
+    let (vpan, what) = match command {
+        CardCommand::Show { vpan, .. }
+        | CardCommand::Pause { vpan }
+        | CardCommand::Resume { vpan }
+        | CardCommand::Close { vpan } => (Some(vpan), "<VPAN>"),
+        CardCommand::List { after, .. } => (after.as_ref(), "--after"),
+        CardCommand::Create(_) => (None, ""),
+    };
+    match vpan {
+        Some(v) if !((12..=19).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_digit())) => {
+            Err(Failure::Usage(format!(
+                "{what} must be a vPAN, 12 to 19 digits (not quoted here: it may be a card number) (see --help)"
+            )))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -235,6 +243,7 @@ pub struct ApiClient {
 }
 
 async fn run(args: CardArgs) -> Result<(), Failure> {
+    check_vpans(&args.command)?;
     let api = connect(&args)?;
     let json_out = args.json;
     match args.command {
