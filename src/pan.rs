@@ -163,8 +163,8 @@ fn printable(c: u8) -> char {
 /// Masks every run of 12 or more digits (a card number, real or virtual, or one that
 /// fails Luhn) as first 6 and last 4, so that no message built from outside text (a serde
 /// or clap error quoting what it could not read, a log line) can carry one. Digits in
-/// groups joined by single spaces or dashes (`4970 1012 3456 7890`) count as one run, as a
-/// card number is often written so.
+/// groups joined by single spaces, dashes or dots (`4970 1012 3456 7890`) count as one
+/// run, as a card number is often written so.
 pub fn mask_card_numbers(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = String::with_capacity(text.len());
@@ -177,7 +177,7 @@ pub fn mask_card_numbers(text: &str) -> String {
             digits.push(bytes[end]);
             end += 1;
             let joined = end + 1 < bytes.len()
-                && matches!(bytes[end], b' ' | b'-')
+                && matches!(bytes[end], b' ' | b'-' | b'.')
                 && bytes[end + 1].is_ascii_digit();
             if joined {
                 end += 1;
@@ -302,9 +302,9 @@ mod tests {
             mask_card_numbers("stan 000123, 12345678901"),
             "stan 000123, 12345678901"
         );
-        // Written in groups, with spaces or dashes: one card number all the same.
+        // Written in groups, with spaces, dashes or dots: one card number all the same.
         let grouped = |sep: &str| [&card[..4], &card[4..8], &card[8..12], &card[12..]].join(sep);
-        for sep in [" ", "-"] {
+        for sep in [" ", "-", "."] {
             assert_eq!(
                 mask_card_numbers(&format!("{}: unknown field", grouped(sep))),
                 format!("{masked}: unknown field")
