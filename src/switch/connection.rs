@@ -60,10 +60,11 @@ enum End {
 
 /// Serves one connection until the peer leaves, it misbehaves, or shutdown drains it.
 ///
-/// `read_ended` runs once nothing more will be read from the connection: the peer closed
-/// its side (answers still go to a peer that half-closed), a bad frame stopped reading, or
-/// the connection ended. A dialling side redials then, without waiting for the requests in
-/// flight, which may take up to `issuer.timeout_ms`.
+/// `read_ended` runs once the peer will send nothing more: it closed its side (answers
+/// still go to a peer that half-closed), or the connection ended. A dialling side redials
+/// then, without waiting for the requests in flight, which may take up to
+/// `issuer.timeout_ms`. (After a bad frame the connection stays open while it answers what
+/// is in flight: a second session beside it could be refused by a network that allows one.)
 ///
 /// Reading is done here (not behind a `FramedRead`) so that every arrival of bytes wakes
 /// this loop: a frame's first byte starts its read timeout, and a peer that feeds a frame
@@ -98,6 +99,7 @@ pub async fn serve<S>(
     let timer = tokio::time::sleep(FAR);
     tokio::pin!(timer);
     let mut read_ended = Some(read_ended);
+    let mut peer_closed = false;
 
     let end = loop {
         let room = |in_flight: usize, out: &BytesMut| {
@@ -150,7 +152,7 @@ pub async fn serve<S>(
                 }
             }
         }
-        if !reading && let Some(f) = read_ended.take() {
+        if peer_closed && let Some(f) = read_ended.take() {
             f();
         }
         let can_read = reading && drain_deadline.is_none() && room(in_flight.len(), &out);
@@ -199,6 +201,7 @@ pub async fn serve<S>(
             read = read_half.read_buf(&mut inbuf), if can_read => match read {
                 Ok(0) => {
                     reading = false;
+                    peer_closed = true;
                     if !inbuf.is_empty() {
                         // The peer left in the middle of a frame.
                         metrics::counter!(m::FRAMES_REJECTED_TOTAL, "reason" => "truncated").increment(1);

@@ -20,6 +20,23 @@ use crate::metrics as m;
 use super::connection::{self, ConnectionLimits};
 use super::flow::Flow;
 
+/// One network connection in `vpan_network_connections`, from its opening to the end of
+/// its task, however that ends (a panic too).
+struct Counted;
+
+impl Counted {
+    fn new() -> Counted {
+        metrics::gauge!(m::NETWORK_CONNECTIONS).increment(1.0);
+        Counted
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        metrics::gauge!(m::NETWORK_CONNECTIONS).decrement(1.0);
+    }
+}
+
 /// Accepts network connections until `shutdown`, then waits for each to drain.
 pub async fn listen(
     listener: TcpListener,
@@ -57,9 +74,8 @@ pub async fn listen(
         let limits = limits.clone();
         let token = shutdown.clone();
         connections.spawn(async move {
-            metrics::gauge!(m::NETWORK_CONNECTIONS).increment(1.0);
+            let _counted = Counted::new();
             connection::serve(stream, flow, limits, token, || {}).await;
-            metrics::gauge!(m::NETWORK_CONNECTIONS).decrement(1.0);
             drop(permit);
         });
     }
@@ -106,7 +122,7 @@ async fn keep_dialling(
                 tracing::info!(network = %addr, "connected to the network");
                 let since = std::time::Instant::now();
                 connected.store(true, Ordering::Relaxed);
-                metrics::gauge!(m::NETWORK_CONNECTIONS).increment(1.0);
+                let counted = Counted::new();
                 let (lost, lost_rx) = tokio::sync::oneshot::channel();
                 let serving =
                     connection::serve(stream, flow.clone(), limits.clone(), shutdown.clone(), {
@@ -118,10 +134,12 @@ async fn keep_dialling(
                     });
                 finishing.spawn(async move {
                     serving.await;
-                    metrics::gauge!(m::NETWORK_CONNECTIONS).decrement(1.0);
+                    drop(counted);
                 });
-                // Sent when reading ends; dropped unsent only if the task panicked.
+                // Sent when the peer stops sending or the connection ends; dropped unsent
+                // only if the task panicked, which ends the connection all the same.
                 let _ = lost_rx.await;
+                connected.store(false, Ordering::Relaxed);
                 while finishing.try_join_next().is_some() {}
                 tracing::warn!(network = %addr, "network connection lost; redialling");
                 // A peer that takes the connection and drops it at once is not redialled
