@@ -41,9 +41,9 @@ pub enum Pad {
     LeftF,
     /// A `0` nibble after the last digit (jPOS `pad="false"` for `IFB_LLNUM`).
     Right0,
-    /// An `F` nibble after the last digit, as some hosts write variable digits. No stock
-    /// jPOS class writes it: `IFB_LLNUM` and `IFB_LLHNUM` pad on the right with 0
-    /// ([`Pad::Right0`]).
+    /// An `F` nibble after the last digit, as some hosts write variable digits (jPOS's
+    /// `IFB_FLLNUM`, a class vpan's loader does not take; `IFB_LLNUM` and `IFB_LLHNUM` pad
+    /// with 0, [`Pad::Right0`]).
     RightF,
 }
 
@@ -466,7 +466,8 @@ impl Spec {
     }
 
     /// ISO 8583:1987 in binary: BCD MTI and numerics, binary bitmaps, BCD length prefixes,
-    /// text in ASCII (jPOS `iso87binary.xml` / `ISO87BPackager`).
+    /// text in ASCII (jPOS `iso87binary.xml` / `ISO87BPackager`; the ASCII layout's lengths
+    /// where they differ).
     pub fn iso87binary() -> &'static Spec {
         static SPEC: LazyLock<Spec> = LazyLock::new(|| iso87(Flavour::Binary));
         &SPEC
@@ -698,16 +699,15 @@ fn iso87(flavour: Flavour) -> Spec {
         spec.set_field(num, "reserved", lll_text(999));
     }
     spec.set_field(128, "message authentication code", b(8));
-    if !binary {
-        // Where pyiso8583's `default_ascii` and jPOS's `iso87ascii.xml` disagree, the
-        // ASCII layout is pyiso8583's, which is ISO 8583:1987's own here (DE 93 an 5,
-        // DE 96 b 64) and takes the longer DE 54: its messages, and the vectors, are read
-        // as they are sent. A peer on jPOS's file exactly loads that file by its path.
-        spec.set_field(54, "additional amounts", lll_text(240));
-        spec.set_field(65, "bitmap, extended", b(8));
-        spec.set_field(93, "response indicator", text(An, 5));
-        spec.set_field(96, "message security code", b(8));
-    }
+    // Where pyiso8583's `default_ascii` and jPOS's `iso87ascii.xml` disagree, the layout is
+    // pyiso8583's, which is ISO 8583:1987's own here (DE 93 an 5, DE 96 b 64) and takes the
+    // longer DE 54: its messages, and the vectors, are read as they are sent. A peer on
+    // jPOS's file exactly loads that file by its path. The binary layout takes the same
+    // lengths, so that a message moves between the two built-ins whatever it carries.
+    spec.set_field(54, "additional amounts", lll_text(240));
+    spec.set_field(65, "bitmap, extended", b(8));
+    spec.set_field(93, "response indicator", text(An, 5));
+    spec.set_field(96, "message security code", b(8));
     spec
 }
 
@@ -743,6 +743,22 @@ mod tests {
         assert_eq!(amount.wire_len(9), 5);
         let hex = FieldSpec::fixed(Kind::B, Encoding::HexAscii, 8);
         assert_eq!(hex.wire_len(8), 16);
+    }
+
+    #[test]
+    fn the_two_built_ins_take_the_same_lengths_so_a_message_moves_between_them() {
+        let (ascii, binary) = (Spec::iso87ascii(), Spec::iso87binary());
+        // DE 55 aside: text (hex) in one, bytes in the other, by design.
+        for n in (2..=128).filter(|n| *n != 55) {
+            let (a, b) = (ascii.field(n).unwrap(), binary.field(n).unwrap());
+            assert_eq!(
+                (a.max_len, matches!(a.length, Length::Fixed)),
+                (b.max_len, matches!(b.length, Length::Fixed)),
+                "field {n}"
+            );
+        }
+        assert_eq!(ascii.field(93).unwrap().max_len, 5);
+        assert_eq!(binary.field(96).unwrap().max_len, 8);
     }
 
     #[test]
