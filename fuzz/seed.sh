@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Seeds the fuzz corpora from the project's vectors and packager files.
 # corpus/parse:         0x00 + ascii vector bytes, 0x01 + binary vector bytes, malformed ones,
-#                       0x02 + binary vector bytes (a start for the jPOS dialect)
+#                       0x02 + a message in the jPOS dialect file the target loads
 # corpus/frame_decoder: each framing byte + a len2 / len4-ascii framed vector
 # corpus/spec_xml:      fixtures/packagers/*.xml
 # corpus/api_body:      create-card bodies built on the cards of fixtures/traffic/accounts.json
@@ -26,8 +26,9 @@ seed_vectors() { # file prefix-byte-hex
 }
 seed_vectors iso87ascii.json 00
 seed_vectors iso87binary.json 01
-jq -r '.[] | "\(.name) \(.hex)"' "$root/fixtures/vectors/iso87binary.json" |
-    while read -r name hex; do printf '02%s' "$hex" | xxd -r -p > "corpus/parse/dialect-$name"; done
+seed_vectors iso87ascii-where-layouts-differ.json 00
+printf '02%s' "$(tr -d '[:space:]' < "$root/fixtures/packagers/tpdu-ebcdic-subfields.message.hex")" |
+    xxd -r -p > corpus/parse/dialect-message
 jq -r '.[] | "\(.name) \(.hex)"' "$root/fixtures/vectors/iso87ascii-malformed.json" |
     while read -r name hex; do printf '00%s' "$hex" | xxd -r -p > "corpus/parse/malformed-$name"; done
 cp "$root"/fixtures/packagers/*.xml corpus/spec_xml/

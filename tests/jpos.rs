@@ -146,6 +146,10 @@ fn a_binary_dialect_with_llh_prefixes_ebcdic_and_subfields_packs_and_parses_byte
     m.set(63, hex(&sub63).as_bytes()).unwrap();
     let wire = m.pack();
     assert_eq!(&wire[..2], &[0x01, 0x00], "BCD MTI");
+    // The same bytes seed the `parse` fuzz target's runs in this dialect (fuzz/seed.sh).
+    let seed = std::fs::read_to_string(fixture("packagers/tpdu-ebcdic-subfields.message.hex"))
+        .unwrap_or_default();
+    assert_eq!(seed.trim(), hex(&wire), "the fuzz seed is this message");
 
     let parsed = Message::parse(spec, wire.clone()).unwrap();
     let raw: &[(usize, Vec<u8>)] = &[

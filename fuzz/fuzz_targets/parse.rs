@@ -77,8 +77,28 @@ fuzz_target!(|data: &[u8]| {
         }
         assert_eq!(m.mti(), again.mti());
         let _ = (m.pan(), m.track2(), m.original_data(), m.replacement_amounts());
-        for n in fields {
+        for n in fields.clone() {
             let _ = m.subfields(n);
+        }
+        // Edited (a field set again to its own value), it is packed field by field with its
+        // bitmaps rebuilt, not copied as it came: the same fields must come back.
+        if let Some(n) = m.field_numbers().next()
+            && let Some(text) = m.text(n).map(|t| t.to_vec())
+        {
+            let mut edited = m.clone();
+            if edited.set(n, &text).is_ok() {
+                let again = match Message::parse(spec, edited.pack()) {
+                    Ok(a) => a,
+                    Err(e) => panic!("an edited message packs to bytes that do not parse: {e}"),
+                };
+                for f in fields {
+                    assert_eq!(
+                        m.text(f).map(|t| t.to_vec()),
+                        again.text(f).map(|t| t.to_vec()),
+                        "field {f} changed when packed after an edit"
+                    );
+                }
+            }
         }
     }
 });
