@@ -466,8 +466,7 @@ impl Spec {
     }
 
     /// ISO 8583:1987 in binary: BCD MTI and numerics, binary bitmaps, BCD length prefixes,
-    /// text in ASCII (jPOS `iso87binary.xml` / `ISO87BPackager`; the ASCII layout's lengths
-    /// where they differ).
+    /// text in ASCII (jPOS `iso87binary.xml` / `ISO87BPackager`).
     pub fn iso87binary() -> &'static Spec {
         static SPEC: LazyLock<Spec> = LazyLock::new(|| iso87(Flavour::Binary));
         &SPEC
@@ -699,15 +698,19 @@ fn iso87(flavour: Flavour) -> Spec {
         spec.set_field(num, "reserved", lll_text(999));
     }
     spec.set_field(128, "message authentication code", b(8));
-    // Where pyiso8583's `default_ascii` and jPOS's `iso87ascii.xml` disagree, the layout is
-    // pyiso8583's, which is ISO 8583:1987's own here (DE 93 an 5, DE 96 b 64) and takes the
-    // longer DE 54: its messages, and the vectors, are read as they are sent. A peer on
-    // jPOS's file exactly loads that file by its path. The binary layout takes the same
-    // lengths, so that a message moves between the two built-ins whatever it carries.
-    spec.set_field(54, "additional amounts", lll_text(240));
-    spec.set_field(65, "bitmap, extended", b(8));
-    spec.set_field(93, "response indicator", text(An, 5));
-    spec.set_field(96, "message security code", b(8));
+    if !binary {
+        // Where pyiso8583's `default_ascii` and jPOS's `iso87ascii.xml` disagree, the
+        // ASCII layout is pyiso8583's, which is ISO 8583:1987's own here (DE 93 an 5,
+        // DE 96 b 64) and takes the longer DE 54: its messages, and the vectors, are read
+        // as they are sent. A peer on jPOS's file exactly loads that file by its path. The
+        // binary layout stays jPOS's `iso87binary.xml`, as the contract names it; between
+        // the two built-ins a message carrying one of these four fields in the other's
+        // length cannot be moved (answered 30).
+        spec.set_field(54, "additional amounts", lll_text(240));
+        spec.set_field(65, "bitmap, extended", b(8));
+        spec.set_field(93, "response indicator", text(An, 5));
+        spec.set_field(96, "message security code", b(8));
+    }
     spec
 }
 
@@ -746,19 +749,29 @@ mod tests {
     }
 
     #[test]
-    fn the_two_built_ins_take_the_same_lengths_so_a_message_moves_between_them() {
-        let (ascii, binary) = (Spec::iso87ascii(), Spec::iso87binary());
-        // DE 55 aside: text (hex) in one, bytes in the other, by design.
-        for n in (2..=128).filter(|n| *n != 55) {
-            let (a, b) = (ascii.field(n).unwrap(), binary.field(n).unwrap());
+    fn the_ascii_layout_takes_pyiso8583s_lengths_and_the_binary_one_jposs() {
+        // DE 54, 65, 93, 96: where pyiso8583's `default_ascii` and jPOS's files differ.
+        let len = |spec: &Spec, n| spec.field(n).unwrap().max_len;
+        let ascii: Vec<u32> = [54, 65, 93, 96]
+            .map(|n| len(Spec::iso87ascii(), n))
+            .to_vec();
+        let binary: Vec<u32> = [54, 65, 93, 96]
+            .map(|n| len(Spec::iso87binary(), n))
+            .to_vec();
+        assert_eq!(ascii, vec![240, 8, 5, 8]);
+        assert_eq!(binary, vec![120, 1, 6, 16]);
+        // Every other field the same in both (DE 55: hex text in one, bytes in the other).
+        for n in (2..=128).filter(|n| ![54, 55, 65, 93, 96].contains(n)) {
+            let (a, b) = (
+                Spec::iso87ascii().field(n).unwrap(),
+                Spec::iso87binary().field(n).unwrap(),
+            );
             assert_eq!(
                 (a.max_len, matches!(a.length, Length::Fixed)),
                 (b.max_len, matches!(b.length, Length::Fixed)),
                 "field {n}"
             );
         }
-        assert_eq!(ascii.field(93).unwrap().max_len, 5);
-        assert_eq!(binary.field(96).unwrap().max_len, 8);
     }
 
     #[test]
