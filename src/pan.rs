@@ -163,8 +163,9 @@ fn printable(c: u8) -> char {
 /// Masks every run of 12 or more digits (a card number, real or virtual, or one that
 /// fails Luhn) as first 6 and last 4, so that no message built from outside text (a serde
 /// or clap error quoting what it could not read, a log line) can carry one. Digits in
-/// groups joined by single spaces, dashes or dots (`4970 1012 3456 7890`) count as one
-/// run, as a card number is often written so.
+/// groups joined by single spaces or dashes (`4970 1012 3456 7890`), or by dots between
+/// groups of four (`4970.1012.3456.7890`, not an address such as `192.168.100.200`),
+/// count as one run, as a card number is often written so.
 pub fn mask_card_numbers(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = String::with_capacity(text.len());
@@ -173,14 +174,19 @@ pub fn mask_card_numbers(text: &str) -> String {
     while i < bytes.len() {
         digits.clear();
         let mut end = i;
+        let mut group = 0;
         while end < bytes.len() && bytes[end].is_ascii_digit() {
             digits.push(bytes[end]);
             end += 1;
-            let joined = end + 1 < bytes.len()
-                && matches!(bytes[end], b' ' | b'-' | b'.')
-                && bytes[end + 1].is_ascii_digit();
-            if joined {
+            group += 1;
+            let joiner = match bytes.get(end) {
+                Some(b' ' | b'-') => true,
+                Some(b'.') => group == 4,
+                _ => false,
+            };
+            if joiner && bytes.get(end + 1).is_some_and(u8::is_ascii_digit) {
                 end += 1;
+                group = 0;
             }
         }
         if digits.len() >= 12 {
@@ -313,6 +319,10 @@ mod tests {
         assert_eq!(
             mask_card_numbers("on 2026-12-03 10:00"),
             "on 2026-12-03 10:00"
+        );
+        assert_eq!(
+            mask_card_numbers("cannot bind 192.168.100.200:8583"),
+            "cannot bind 192.168.100.200:8583"
         );
         // The shortest card numbers too: first six and last four, the rest hidden.
         for len in [12, 13] {

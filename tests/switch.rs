@@ -1024,6 +1024,50 @@ async fn a_timeout_reversal_without_de_90_reaches_the_original_still_at_the_issu
 }
 
 #[tokio::test]
+async fn a_reversal_without_de_90_names_its_answered_original_when_a_stranger_holds_its_stan() {
+    // The purchase was answered; another acquirer's purchase now waits at the slow issuer
+    // under the same STAN; the first purchase's reversal (by its own key) must go out
+    // under another STAN, naming its original in DE 90.
+    let sim = SimConfig {
+        latency: Duration::from_millis(300),
+        ..SimConfig::default()
+    };
+    let rig = rig(Some(sim), |c| c.issuer.connections = 1).await;
+    let (card, real) = rig.issue(|_| {}).await;
+    let full = vpan::tools::issuer_sim::DEFAULT_BALANCE;
+    let mut net = Client::connect(rig.network).await;
+    let mut other = Client::connect(rig.network).await;
+    let original = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 700);
+    assert_eq!(code(&net.call(&original).await), "00");
+    let mut stranger = purchase(&mut other, b"0100", &test_pan("411111", 16), b"2912", 100);
+    stranger.set(11, &original.stan().unwrap()).unwrap();
+    stranger.set(32, b"99999").unwrap();
+    let stranger = Message::parse(Spec::iso87ascii(), stranger.pack()).unwrap();
+    other.send(&stranger).await;
+    while rig.sim().requests(b"0100") < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut reversal = original.clone();
+    reversal.set_mti(b"0400").unwrap();
+    let reversal = Message::parse(Spec::iso87ascii(), reversal.pack()).unwrap();
+    let answer = net.call(&reversal).await;
+    assert_eq!(code(&answer), "00");
+    assert_eq!(answer.raw(90), None, "the network's reversal had no DE 90");
+    assert_eq!(
+        rig.sim().balance(&real),
+        Some(full),
+        "credited at the issuer"
+    );
+    assert_eq!(
+        rig.sim().stats().unmatched_reversals,
+        0,
+        "found its original"
+    );
+    assert_eq!(code(&other.answer(stranger.stan().unwrap()).await), "00");
+    rig.stop().await;
+}
+
+#[tokio::test]
 async fn a_purchase_under_the_key_of_another_waiting_at_the_issuer_gets_94_and_is_not_sent() {
     let sim = SimConfig {
         latency: Duration::from_millis(100),

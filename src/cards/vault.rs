@@ -669,6 +669,18 @@ impl Cards {
         Some(durable)
     }
 
+    /// The MTI of the original that `req`, a reversal without DE 90, names by its own key
+    /// on this card (an authorization first, as [`Cards::reverse`] looks), for naming it
+    /// toward the issuer.
+    pub fn original_mti(&self, card_key: CardKey, req: &ReversalRequest) -> Option<[u8; 4]> {
+        [1, 2].into_iter().find_map(|class| {
+            self.ledger
+                .get(&req.key.with_class(class).original())
+                .filter(|e| e.card == card_key)
+                .map(|e| e.mti)
+        })
+    }
+
     /// Applies a reversal (0400/0420 and repeats): finds the original by DE 90, else by the
     /// reversal's own key with MTI class 1 then 2, and gives back what it holds beyond the
     /// remaining amount (DE 95; none: everything), once.

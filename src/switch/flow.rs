@@ -396,7 +396,20 @@ impl Flow {
         if !self.cards.contains(vpan.key) {
             return self.unknown_or_passthrough(request).await;
         }
-        self.forward_on_card(request, &vpan).await
+        // A reversal that names its original by its own key is sent naming it in DE 90,
+        // from the original vpan recorded: the issuer finds it so whatever STAN either goes
+        // out under. The network's answer carries no DE 90, as its reversal had none.
+        let mut request = request;
+        let named = !request.has(90)
+            && self
+                .cards
+                .original_mti(vpan.key, &req)
+                .is_some_and(|mti| name_original(&mut request, mti));
+        let (mut answer, decided_by) = self.forward_on_card(request, &vpan).await;
+        if named && let Some(answer) = answer.as_mut() {
+            answer.remove(90);
+        }
+        (answer, decided_by)
     }
 
     /// The card a request is on (DE 2, or track 2) and the cards' view of it (`fields`), or
@@ -877,6 +890,24 @@ pub fn reversal_request(msg: &Message) -> Option<ReversalRequest> {
             Some(amount) => Some(amount?),
         },
     })
+}
+
+/// Sets DE 90 of `reversal` to name its original, of MTI `mti`, under the reversal's own
+/// DE 11, DE 7 and DE 32; false when it cannot (it then goes as it came).
+fn name_original(reversal: &mut Message, mut mti: [u8; 4]) -> bool {
+    // A repeat's first MTI (0100 for a 0101), as the issuer booked it.
+    mti[3] = b'0';
+    let (Some(stan), Some(sent_at)) = (reversal.stan(), reversal.transmission_time()) else {
+        return false;
+    };
+    let acquirer = reversal.acquirer();
+    let de90 = crate::cards::request::original_data_elements(
+        &mti,
+        &stan,
+        &sent_at,
+        acquirer.as_deref().unwrap_or_default(),
+    );
+    reversal.set(90, &de90).is_ok()
 }
 
 fn tx_key(msg: &Message) -> Option<TxKey> {

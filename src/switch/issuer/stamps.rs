@@ -95,7 +95,14 @@ impl IssuerLink {
             Some(mut mti) => {
                 // A repeat's first MTI (0100 for a 0101), as the issuer booked it.
                 mti[3] = b'0';
-                original_data_elements(&mti, &stan, &sent_at, acquirer)
+                let named = original_data_elements(&mti, &stan, &sent_at, acquirer);
+                // Remembered (under its own STAN) for the reversal's repeats, which may
+                // come once the original is answered and no longer waiting, and go out
+                // under the reversal's stamp.
+                if let Some(identity) = Identity::of(&named, terminal) {
+                    self.inner.restamped.insert(identity, stan);
+                }
+                named
             }
             None if self.inner.restamped.any() => {
                 let restamped = [b"0100", b"0200", b"0120", b"0220"]
@@ -112,7 +119,14 @@ impl IssuerLink {
             }
             None => return Ok(None),
         };
-        request.set(90, &named).map_err(|_| IssuerError::Encode)?;
+        if request.set(90, &named).is_err() {
+            // A layout without DE 90 (or no room for it): it goes as it came.
+            crate::logging::throttled!(
+                warn,
+                "a reversal without DE 90 could not be given one naming its original; sent as it came"
+            );
+            return Ok(None);
+        }
         Ok(Some(None))
     }
 
