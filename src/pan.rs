@@ -163,8 +163,9 @@ fn printable(c: u8) -> char {
 /// Masks every run of 12 or more digits (a card number, real or virtual, or one that
 /// fails Luhn) as first 6 and last 4, so that no message built from outside text (a serde
 /// or clap error quoting what it could not read, a log line) can carry one. Digits in
-/// groups joined by single spaces or dashes (`4970 1012 3456 7890`), or by dots between
-/// groups of four (`4970.1012.3456.7890`, not an address such as `192.168.100.200`),
+/// groups joined by single spaces or dashes (`4970 1012 3456 7890`), or by dots after
+/// groups of four to six (`4970.1012.3456.7890`, `3782.822463.10005`; not an address
+/// such as `192.168.100.200`),
 /// count as one run, as a card number is often written so.
 pub fn mask_card_numbers(text: &str) -> String {
     let bytes = text.as_bytes();
@@ -181,7 +182,9 @@ pub fn mask_card_numbers(text: &str) -> String {
             group += 1;
             let joiner = match bytes.get(end) {
                 Some(b' ' | b'-') => true,
-                Some(b'.') => group == 4,
+                // Card numbers are grouped by fours, or 4-6-5 (Amex) and 4-6-4 (Diners);
+                // an IP address's groups are of three at most.
+                Some(b'.') => (4..=6).contains(&group),
                 _ => false,
             };
             if joiner && bytes.get(end + 1).is_some_and(u8::is_ascii_digit) {
@@ -323,6 +326,11 @@ mod tests {
         assert_eq!(
             mask_card_numbers("cannot bind 192.168.100.200:8583"),
             "cannot bind 192.168.100.200:8583"
+        );
+        // Amex's 4-6-5, with dots.
+        assert_eq!(
+            mask_card_numbers("card 3782.822463.10005"),
+            "card 378282*****0005"
         );
         // The shortest card numbers too: first six and last four, the rest hidden.
         for len in [12, 13] {

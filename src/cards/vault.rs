@@ -676,7 +676,8 @@ impl Cards {
         [1, 2].into_iter().find_map(|class| {
             self.ledger
                 .get(&req.key.with_class(class).original())
-                .filter(|e| e.card == card_key)
+                // Not a void, which records the reversal that made it (its MTI is 04x0).
+                .filter(|e| e.card == card_key && e.mti[1] == b'0' + class)
                 .map(|e| e.mti)
         })
     }

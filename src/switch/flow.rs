@@ -399,14 +399,16 @@ impl Flow {
         // A reversal that names its original by its own key is sent naming it in DE 90,
         // from the original vpan recorded: the issuer finds it so whatever STAN either goes
         // out under. The network's answer carries no DE 90, as its reversal had none.
-        let mut request = request;
-        let named = !request.has(90)
-            && self
-                .cards
-                .original_mti(vpan.key, &req)
-                .is_some_and(|mti| name_original(&mut request, mti));
-        let (mut answer, decided_by) = self.forward_on_card(request, &vpan).await;
-        if named && let Some(answer) = answer.as_mut() {
+        let original = if request.has(90) {
+            None
+        } else {
+            self.cards.original_mti(vpan.key, &req)
+        };
+        let sent = self.send_on_card_naming(&request, &vpan, original).await;
+        let (mut answer, decided_by) = self.answer_on_card(request, sent).await;
+        if original.is_some()
+            && let Some(answer) = answer.as_mut()
+        {
             answer.remove(90);
         }
         (answer, decided_by)
@@ -451,12 +453,26 @@ impl Flow {
     /// The issuer's answer to `request` sent with the real card (the vPAN back in it; `None`
     /// when it cannot be put back), or why there is none.
     async fn send_on_card(&self, request: &Message, vpan: &VirtualPan) -> OnCard {
+        self.send_on_card_naming(request, vpan, None).await
+    }
+
+    /// [`Flow::send_on_card`], for a reversal whose original of MTI `original` it names in
+    /// DE 90 toward the issuer (in the issuer's layout; as it came where that cannot be).
+    async fn send_on_card_naming(
+        &self,
+        request: &Message,
+        vpan: &VirtualPan,
+        original: Option<[u8; 4]>,
+    ) -> OnCard {
         let Some((real_pan, real_expiry, virtual_expiry)) = self.cards.real_card(vpan.key) else {
             return Err(NotSent::UnknownCard);
         };
-        let toward_issuer = self
+        let mut toward_issuer = self
             .to_real(request, &real_pan, &real_expiry.0)
             .ok_or(NotSent::Format)?;
+        if let Some(mti) = original {
+            name_original(&mut toward_issuer, mti);
+        }
         drop(real_pan);
         match self.issuer.send(toward_issuer).await {
             Ok(answer) => Ok(self.to_virtual(answer, vpan, &virtual_expiry.0)),
@@ -893,12 +909,12 @@ pub fn reversal_request(msg: &Message) -> Option<ReversalRequest> {
 }
 
 /// Sets DE 90 of `reversal` to name its original, of MTI `mti`, under the reversal's own
-/// DE 11, DE 7 and DE 32; false when it cannot (it then goes as it came).
-fn name_original(reversal: &mut Message, mut mti: [u8; 4]) -> bool {
+/// DE 11, DE 7 and DE 32.
+fn name_original(reversal: &mut Message, mut mti: [u8; 4]) {
     // A repeat's first MTI (0100 for a 0101), as the issuer booked it.
     mti[3] = b'0';
     let (Some(stan), Some(sent_at)) = (reversal.stan(), reversal.transmission_time()) else {
-        return false;
+        return;
     };
     let acquirer = reversal.acquirer();
     let de90 = crate::cards::request::original_data_elements(
@@ -907,7 +923,8 @@ fn name_original(reversal: &mut Message, mut mti: [u8; 4]) -> bool {
         &sent_at,
         acquirer.as_deref().unwrap_or_default(),
     );
-    reversal.set(90, &de90).is_ok()
+    // A layout without DE 90: it goes as it came.
+    let _ = reversal.set(90, &de90);
 }
 
 fn tx_key(msg: &Message) -> Option<TxKey> {

@@ -233,6 +233,10 @@ struct Inner {
     pending: ConcurrentMap<[u8; 6], Pending>,
     /// Originals that went out under another STAN than the network's.
     restamped: Restamped,
+    /// Originals a reversal without DE 90 was named after while they waited (under their
+    /// own STAN), for the reversal's repeats: apart from `restamped`, which every request
+    /// looks in, so that timeout reversals do not make every approval look.
+    named_waiting: Restamped,
     /// Stamps given up on without an answer (timed out, or forgotten), whose late answer
     /// may still come, for a while.
     freed: Freed,
@@ -278,6 +282,7 @@ impl IssuerLink {
                 next_stan: AtomicU32::new(rand::random::<u32>() % 999_999),
                 pending: ConcurrentMap::default(),
                 restamped: Restamped::default(),
+                named_waiting: Restamped::default(),
                 freed: Freed::default(),
                 reversals: AtomicUsize::new(0),
                 owed,

@@ -100,24 +100,39 @@ impl IssuerLink {
                 // come once the original is answered and no longer waiting, and go out
                 // under the reversal's stamp.
                 if let Some(identity) = Identity::of(&named, terminal) {
-                    self.inner.restamped.insert(identity, stan);
+                    self.inner.named_waiting.insert(identity, stan);
                 }
                 named
             }
-            None if self.inner.restamped.any() => {
-                let restamped = [b"0100", b"0200", b"0120", b"0220"]
+            None => {
+                let earlier = [b"0100", b"0200", b"0120", b"0220"]
                     .into_iter()
                     .find_map(|mti| {
                         let own = original_data_elements(mti, &stan, &sent_at, acquirer);
-                        let stamp = self.inner.restamped.get(|| Identity::of(&own, terminal))?;
-                        Some(original_data_elements(mti, &stamp, &sent_at, acquirer))
+                        let id = || Identity::of(&own, terminal);
+                        // Restamped: under the network's STAN the issuer would find another.
+                        if let Some(stamp) = self.inner.restamped.get(id) {
+                            let named = original_data_elements(mti, &stamp, &sent_at, acquirer);
+                            return Some((named, true));
+                        }
+                        let stamp = self.inner.named_waiting.get(id)?;
+                        Some((
+                            original_data_elements(mti, &stamp, &sent_at, acquirer),
+                            false,
+                        ))
                     });
-                match restamped {
-                    Some(named) => named,
+                match earlier {
+                    Some((named, true)) => {
+                        // Without a DE 90 to name it by, the issuer would reverse the other
+                        // transaction under its STAN: not sent (the network gets 91, and
+                        // repeats it).
+                        request.set(90, &named).map_err(|_| IssuerError::Encode)?;
+                        return Ok(Some(None));
+                    }
+                    Some((named, false)) => named,
                     None => return Ok(None),
                 }
             }
-            None => return Ok(None),
         };
         if request.set(90, &named).is_err() {
             // A layout without DE 90 (or no room for it): it goes as it came.

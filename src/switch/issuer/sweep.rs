@@ -149,6 +149,7 @@ impl IssuerLink {
             // enough to forget.
             if let Some(horizon) = now.checked_sub(RESTAMPED_KEPT) {
                 self.inner.restamped.forget_before(horizon);
+                self.inner.named_waiting.forget_before(horizon);
             }
             // A late answer comes within seconds if at all: kept as long as a request
             // without an answer is.
