@@ -329,6 +329,24 @@ async fn an_original_arriving_after_its_reversal_is_declined_94_and_never_reache
     assert_eq!(rig.sim().requests(b"0100"), 0, "the issuer never had it");
     let v = rig.cards.get(key).unwrap();
     assert_eq!((v.spent, v.held), (0, 0));
+    // The acquirer's own reversal, by its key (no DE 90), finds the void under that key:
+    // it goes to the issuer without naming an original (the void records a reversal, not
+    // one), and gives nothing back.
+    let mut by_key = late.clone();
+    by_key.set_mti(b"0400").unwrap();
+    let by_key = Message::parse(Spec::iso87ascii(), by_key.pack()).unwrap();
+    assert_eq!(net.call(&by_key).await.mti(), *b"0410");
+    for received in rig.sim().recent(10) {
+        if received.mti() == *b"0400" {
+            let de90 = received.message.raw(90).map(<[u8]>::to_vec);
+            assert!(
+                de90.as_ref().is_none_or(|d| !d.starts_with(b"04")),
+                "DE 90 names a reversal: {de90:?}"
+            );
+        }
+    }
+    let v = rig.cards.get(key).unwrap();
+    assert_eq!((v.spent, v.held), (0, 0));
     rig.stop().await;
 }
 
@@ -1064,6 +1082,49 @@ async fn a_reversal_without_de_90_names_its_answered_original_when_a_stranger_ho
         "found its original"
     );
     assert_eq!(code(&other.answer(stranger.stan().unwrap()).await), "00");
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn a_reversal_without_de_90_toward_a_layout_without_de_90_goes_as_it_came() {
+    // The issuer's layout is iso87ascii without DE 90 (a jPOS file): vpan cannot name the
+    // original there, and sends the reversal as it came rather than not at all.
+    let dir = tempfile::tempdir().unwrap();
+    let xml = std::fs::read_to_string(format!(
+        "{}/fixtures/packagers/vpan-iso87ascii.xml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let without_90: String = xml
+        .lines()
+        .filter(|l| !l.contains("id=\"90\""))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let path = dir.path().join("no-de90.xml");
+    std::fs::write(&path, without_90).unwrap();
+    let spec = Spec::by_name(path.to_str().unwrap()).unwrap();
+    let sim = SimConfig {
+        spec,
+        ..SimConfig::default()
+    };
+    let rig = rig(Some(sim), |c| c.issuer.spec = path.to_str().unwrap().into()).await;
+    let (card, real) = rig.issue(|_| {}).await;
+    let full = vpan::tools::issuer_sim::DEFAULT_BALANCE;
+    let mut net = Client::connect(rig.network).await;
+    let original = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 700);
+    assert_eq!(code(&net.call(&original).await), "00");
+    let mut reversal = original.clone();
+    reversal.set_mti(b"0400").unwrap();
+    let reversal = Message::parse(Spec::iso87ascii(), reversal.pack()).unwrap();
+    assert_eq!(code(&net.call(&reversal).await), "00");
+    assert_eq!(rig.sim().requests(b"0400"), 1, "the issuer had it");
+    assert_eq!(
+        rig.sim().balance(&real),
+        Some(full),
+        "credited at the issuer"
+    );
+    let view = rig.cards.get(CardKey::of(&card.vpan)).unwrap();
+    assert_eq!((view.spent, view.held), (0, 0));
     rig.stop().await;
 }
 
