@@ -191,6 +191,23 @@ impl Dialling {
     }
 }
 
+/// A switch dialling the network, its issuer a scripted host that has it signed on, and a
+/// purchase (on a card it did not issue) sent on the network connection. The host is in
+/// no hurry: `issuer.timeout_ms` is far longer than any wait in these tests.
+async fn dialling_with_a_purchase_at_the_host() -> (Dialling, HostSide, Client, Message) {
+    let issuer = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let switch = Dialling::start(issuer.local_addr().unwrap().to_string(), |c| {
+        c.issuer.connections = 1;
+        c.issuer.timeout_ms = 60_000;
+    })
+    .await;
+    let host = accept_sign_on(&issuer).await;
+    let mut net = switch.accept().await;
+    let held = purchase(&mut net, b"0100", &test_pan("411111", 16), b"2912", 100);
+    net.send(&held).await;
+    (switch, host, net, held)
+}
+
 #[tokio::test]
 async fn with_network_connect_the_switch_dials_the_network_serves_it_and_redials_when_dropped() {
     let sim = vpan::tools::issuer_sim::IssuerSim::start(Default::default())
@@ -223,21 +240,9 @@ async fn with_network_connect_the_switch_dials_the_network_serves_it_and_redials
 
 #[tokio::test]
 async fn a_dialled_network_is_redialled_at_once_when_dropped_with_a_request_still_at_the_issuer() {
-    let issuer = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let switch = Dialling::start(issuer.local_addr().unwrap().to_string(), |c| {
-        c.issuer.connections = 1;
-        // Far longer than the wait for the redial below: a redial that waited for the
-        // issuer's answer (or its timeout) fails this test.
-        c.issuer.timeout_ms = 60_000;
-    })
-    .await;
-    let mut host = accept_sign_on(&issuer).await;
-
     // A purchase reaches the host, which holds it; the network drops the connection.
-    let mut net = switch.accept().await;
-    let card = test_pan("411111", 16);
-    let held = purchase(&mut net, b"0100", &card, b"2912", 100);
-    net.send(&held).await;
+    let (switch, mut host, net, held) = dialling_with_a_purchase_at_the_host().await;
+    let card = held.pan().unwrap().unwrap();
     let at_host = next_message(&mut host).await;
     assert_eq!(at_host.mti(), *b"0100");
     drop(net);
@@ -258,6 +263,29 @@ async fn a_dialled_network_is_redialled_at_once_when_dropped_with_a_request_stil
     // to go.
     let answer = net.answer(again.stan().unwrap()).await;
     assert_eq!(code(&answer), "00");
+    switch.stop().await;
+}
+
+#[tokio::test]
+async fn a_dialled_network_that_sends_a_bad_frame_is_redialled_only_once_its_requests_are_answered()
+{
+    let (switch, mut host, mut net, held) = dialling_with_a_purchase_at_the_host().await;
+    let at_host = next_message(&mut host).await;
+    // A length header past max_frame_bytes: the switch stops reading this connection, but
+    // it is still open, answering what it holds; a second session now could be refused.
+    net.send_unframed(&[0xFF, 0xFF]).await;
+    let redialled = tokio::time::timeout(Duration::from_millis(500), switch.network.accept()).await;
+    assert!(
+        redialled.is_err(),
+        "redialled while the old connection answers"
+    );
+    let mut answer = at_host.clone();
+    answer.set_mti(b"0110").unwrap();
+    answer.set_response_code(b"00").unwrap();
+    send(&mut host, &answer).await;
+    assert_eq!(code(&net.answer(held.stan().unwrap()).await), "00");
+    // Answered, the old connection closes, and the switch dials again.
+    let _again = switch.accept().await;
     switch.stop().await;
 }
 

@@ -332,9 +332,7 @@ async fn an_original_arriving_after_its_reversal_is_declined_94_and_never_reache
     // The acquirer's own reversal, by its key (no DE 90), finds the void under that key:
     // it goes to the issuer without naming an original (the void records a reversal, not
     // one), and gives nothing back.
-    let mut by_key = late.clone();
-    by_key.set_mti(b"0400").unwrap();
-    let by_key = Message::parse(Spec::iso87ascii(), by_key.pack()).unwrap();
+    let by_key = reversal_by_own_key(&late);
     assert_eq!(net.call(&by_key).await.mti(), *b"0410");
     for received in rig.sim().recent(10) {
         if received.mti() == *b"0400" {
@@ -642,9 +640,7 @@ async fn the_same_stan_on_two_connections_at_once_gets_each_its_own_answer() {
             let reversal = if by_de90 {
                 reversal_of(net, original)
             } else {
-                let mut r = original.clone();
-                r.set_mti(b"0400").unwrap();
-                Message::parse(Spec::iso87ascii(), r.pack()).unwrap()
+                reversal_by_own_key(original)
             };
             let answer = net.call(&reversal).await;
             assert_eq!(code(&answer), "00");
@@ -1004,16 +1000,13 @@ async fn a_timeout_reversal_without_de_90_reaches_the_original_still_at_the_issu
     };
     let rig = rig(Some(sim), |c| c.issuer.connections = 2).await;
     let (card, real) = rig.issue(|_| {}).await;
-    let full = vpan::tools::issuer_sim::DEFAULT_BALANCE;
     let mut net = Client::connect(rig.network).await;
     let original = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 700);
     net.send(&original).await;
     while rig.sim().requests(b"0100") == 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let mut reversal = original.clone();
-    reversal.set_mti(b"0400").unwrap();
-    let reversal = Message::parse(Spec::iso87ascii(), reversal.pack()).unwrap();
+    let reversal = reversal_by_own_key(&original);
     net.send(&reversal).await;
     let stan = original.stan().unwrap();
     let first = net.answer(stan).await;
@@ -1028,16 +1021,7 @@ async fn a_timeout_reversal_without_de_90_reaches_the_original_still_at_the_issu
     );
     let view = rig.cards.get(CardKey::of(&card.vpan)).unwrap();
     assert_eq!((view.spent, view.held), (0, 0));
-    assert_eq!(
-        rig.sim().balance(&real),
-        Some(full),
-        "credited at the issuer"
-    );
-    assert_eq!(
-        rig.sim().stats().unmatched_reversals,
-        0,
-        "found its original there"
-    );
+    credited_by_its_original(&rig, &real);
     rig.stop().await;
 }
 
@@ -1052,7 +1036,6 @@ async fn a_reversal_without_de_90_names_its_answered_original_when_a_stranger_ho
     };
     let rig = rig(Some(sim), |c| c.issuer.connections = 1).await;
     let (card, real) = rig.issue(|_| {}).await;
-    let full = vpan::tools::issuer_sim::DEFAULT_BALANCE;
     let mut net = Client::connect(rig.network).await;
     let mut other = Client::connect(rig.network).await;
     let original = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 700);
@@ -1065,22 +1048,11 @@ async fn a_reversal_without_de_90_names_its_answered_original_when_a_stranger_ho
     while rig.sim().requests(b"0100") < 2 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let mut reversal = original.clone();
-    reversal.set_mti(b"0400").unwrap();
-    let reversal = Message::parse(Spec::iso87ascii(), reversal.pack()).unwrap();
+    let reversal = reversal_by_own_key(&original);
     let answer = net.call(&reversal).await;
     assert_eq!(code(&answer), "00");
     assert_eq!(answer.raw(90), None, "the network's reversal had no DE 90");
-    assert_eq!(
-        rig.sim().balance(&real),
-        Some(full),
-        "credited at the issuer"
-    );
-    assert_eq!(
-        rig.sim().stats().unmatched_reversals,
-        0,
-        "found its original"
-    );
+    credited_by_its_original(&rig, &real);
     assert_eq!(code(&other.answer(stranger.stan().unwrap()).await), "00");
     rig.stop().await;
 }
@@ -1109,20 +1081,13 @@ async fn a_reversal_without_de_90_toward_a_layout_without_de_90_goes_as_it_came(
     };
     let rig = rig(Some(sim), |c| c.issuer.spec = path.to_str().unwrap().into()).await;
     let (card, real) = rig.issue(|_| {}).await;
-    let full = vpan::tools::issuer_sim::DEFAULT_BALANCE;
     let mut net = Client::connect(rig.network).await;
     let original = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 700);
     assert_eq!(code(&net.call(&original).await), "00");
-    let mut reversal = original.clone();
-    reversal.set_mti(b"0400").unwrap();
-    let reversal = Message::parse(Spec::iso87ascii(), reversal.pack()).unwrap();
+    let reversal = reversal_by_own_key(&original);
     assert_eq!(code(&net.call(&reversal).await), "00");
     assert_eq!(rig.sim().requests(b"0400"), 1, "the issuer had it");
-    assert_eq!(
-        rig.sim().balance(&real),
-        Some(full),
-        "credited at the issuer"
-    );
+    credited_by_its_original(&rig, &real);
     let view = rig.cards.get(CardKey::of(&card.vpan)).unwrap();
     assert_eq!((view.spent, view.held), (0, 0));
     rig.stop().await;
@@ -1389,4 +1354,29 @@ async fn a_connection_silent_for_idle_timeout_ms_is_closed_and_one_that_echoes_i
         .expect("closed by vpan");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     rig.stop().await;
+}
+
+/// `original` reversed by its own key, as the contract allows: its MTI made 0400, no DE 90.
+#[allow(clippy::unwrap_used)]
+fn reversal_by_own_key(original: &Message) -> Message {
+    let mut r = original.clone();
+    r.set_mti(b"0400").unwrap();
+    Message::parse(Spec::iso87ascii(), r.pack()).unwrap()
+}
+
+/// The simulator gave `real` all back, by finding the original it reversed, not by giving
+/// back a reversal's own DE 4 (which it does for an original it cannot find).
+#[allow(clippy::unwrap_used)]
+fn credited_by_its_original(rig: &rig::Rig, real: &vpan::pan::Pan) {
+    let full = vpan::tools::issuer_sim::DEFAULT_BALANCE;
+    assert_eq!(
+        rig.sim().balance(real),
+        Some(full),
+        "credited at the issuer"
+    );
+    assert_eq!(
+        rig.sim().stats().unmatched_reversals,
+        0,
+        "found its original there"
+    );
 }

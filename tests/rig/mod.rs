@@ -192,6 +192,13 @@ impl Client {
             .unwrap();
     }
 
+    /// Writes `bytes` as they are, outside any frame (a broken length header, say).
+    pub async fn send_unframed(&mut self, bytes: &[u8]) {
+        tokio::io::AsyncWriteExt::write_all(self.framed.get_mut(), bytes)
+            .await
+            .unwrap();
+    }
+
     /// Sends `msg`.
     pub async fn send(&mut self, msg: &Message) {
         self.send_raw(msg.pack()).await;
