@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use vpan::app::App;
 use vpan::config::Config;
 use vpan::logging::{self, LogFormat};
@@ -20,7 +20,14 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// vpan: ISO 8583 authorization switch for controlled virtual card numbers.
 #[derive(Parser)]
-#[command(version, about, propagate_version = true)]
+// No help in place of a missing command (clap's default): a usage error, said in one line
+// like the others (`vpan card` alone too: see its variant).
+#[command(
+    version,
+    about,
+    propagate_version = true,
+    arg_required_else_help = false
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -42,6 +49,7 @@ enum Command {
     /// and `vpan loadgen --cards`.
     Traffic(tools::generate::Args),
     /// A client of the HTTPS issuance API: create, show, pause, resume, close, list.
+    #[command(arg_required_else_help = false)]
     Card(Box<vpan::api::client::CardArgs>),
 }
 
@@ -106,47 +114,12 @@ fn main() -> ExitCode {
 /// masked, like every other error vpan prints.
 fn usage_error(e: &clap::Error) -> ExitCode {
     let text = vpan::pan::mask_card_numbers(&e.render().to_string());
-    if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-        // `vpan` alone, or `vpan card` alone: a usage error too, said in one line.
-        eprintln!("vpan: {}", missing_command(&text));
-    } else if e.use_stderr() {
+    if e.use_stderr() {
         eprintln!("vpan: {}", one_line(&text));
     } else {
         print!("{text}");
     }
     ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
-}
-
-/// `vpan` or `vpan card` without its command, from the help clap rendered: the commands
-/// it takes.
-fn missing_command(help: &str) -> String {
-    // The usage line names the command that wants one: `Usage: vpan card [OPTIONS] <COMMAND>`.
-    let path: Vec<&str> = help
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Usage: "))
-        .map(|usage| {
-            usage
-                .split_whitespace()
-                .take_while(|w| !w.starts_with(['[', '<']))
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut command = Cli::command();
-    for name in path.iter().skip(1) {
-        if let Some(sub) = command.find_subcommand(name) {
-            command = sub.clone();
-        }
-    }
-    let commands: Vec<&str> = command
-        .get_subcommands()
-        .map(clap::Command::get_name)
-        .filter(|n| *n != "help")
-        .collect();
-    format!(
-        "'{}' needs a command: {} (see --help)",
-        path.join(" "),
-        commands.join(", ")
-    )
 }
 
 /// clap's error as one line: what is wrong, with the flags it names, and its tips (a
