@@ -542,12 +542,16 @@ async fn an_open_loop_gives_up_its_backlog_a_timeout_after_the_deadline() {
     // of the 100 due go in the second. The rest is not sent for another 9 s: one timeout
     // after the deadline it is given up, counted, and in the latency.
     let sim = answering_nothing().await;
-    let mut cfg = sample_on_one_connection(&sim);
-    cfg.in_flight = 2;
-    cfg.rate = Some(100.0);
-    cfg.duration = Some(Duration::from_secs(1));
-    cfg.timeout = Duration::from_millis(200);
-    let s = loadgen::run(cfg).await.unwrap();
+    let config = |count| {
+        let mut cfg = sample_on_one_connection(&sim);
+        cfg.in_flight = 2;
+        cfg.rate = Some(100.0);
+        cfg.count = count;
+        cfg.duration = Some(Duration::from_secs(1));
+        cfg.timeout = Duration::from_millis(200);
+        cfg
+    };
+    let s = loadgen::run(config(None)).await.unwrap();
     let not_sent = s.errors_by_kind.get("not_sent").copied().unwrap_or(0);
     assert!(not_sent > 50, "{s:?}");
     assert!((99..=101).contains(&(s.sent + not_sent)), "{s:?}");
@@ -558,13 +562,7 @@ async fn an_open_loop_gives_up_its_backlog_a_timeout_after_the_deadline() {
     );
 
     // With --count too, no more is given up than the count would still have sent.
-    let mut cfg = sample_on_one_connection(&sim);
-    cfg.in_flight = 2;
-    cfg.rate = Some(100.0);
-    cfg.count = Some(20);
-    cfg.duration = Some(Duration::from_secs(1));
-    cfg.timeout = Duration::from_millis(200);
-    let s = loadgen::run(cfg).await.unwrap();
+    let s = loadgen::run(config(Some(20))).await.unwrap();
     let not_sent = s.errors_by_kind.get("not_sent").copied().unwrap_or(0);
     assert!(not_sent > 0, "{s:?}");
     assert_eq!(s.sent + not_sent, 20, "{s:?}");

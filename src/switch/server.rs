@@ -124,14 +124,15 @@ async fn keep_dialling(
                 connected.store(true, Ordering::Relaxed);
                 let counted = Counted::new();
                 let (lost, lost_rx) = tokio::sync::oneshot::channel();
-                let serving =
-                    connection::serve(stream, flow.clone(), limits.clone(), shutdown.clone(), {
-                        let connected = connected.clone();
-                        move || {
-                            connected.store(false, Ordering::Relaxed);
-                            let _ = lost.send(());
-                        }
-                    });
+                let serving = connection::serve(
+                    stream,
+                    flow.clone(),
+                    limits.clone(),
+                    shutdown.clone(),
+                    || {
+                        let _ = lost.send(());
+                    },
+                );
                 finishing.spawn(async move {
                     serving.await;
                     drop(counted);

@@ -91,11 +91,14 @@ impl IssuerLink {
                 && sent.terminal().as_deref() == terminal;
             original.then_some(p.mti)
         });
+        // DE 90 naming an original of MTI `mti` sent under `stamp`.
+        let naming =
+            |mti: &[u8; 4], stamp: &[u8; 6]| original_data_elements(mti, stamp, &sent_at, acquirer);
         let named = match waiting {
             Some(mut mti) => {
                 // A repeat's first MTI (0100 for a 0101), as the issuer booked it.
                 mti[3] = b'0';
-                let named = original_data_elements(&mti, &stan, &sent_at, acquirer);
+                let named = naming(&mti, &stan);
                 // Remembered (under its own STAN) for the reversal's repeats, which may
                 // come once the original is answered and no longer waiting, and go out
                 // under the reversal's stamp.
@@ -108,18 +111,13 @@ impl IssuerLink {
                 let earlier = [b"0100", b"0200", b"0120", b"0220"]
                     .into_iter()
                     .find_map(|mti| {
-                        let own = original_data_elements(mti, &stan, &sent_at, acquirer);
+                        let own = naming(mti, &stan);
                         let id = || Identity::of(&own, terminal);
                         // Restamped: under the network's STAN the issuer would find another.
-                        if let Some(stamp) = self.inner.restamped.get(id) {
-                            let named = original_data_elements(mti, &stamp, &sent_at, acquirer);
-                            return Some((named, true));
+                        match self.inner.restamped.get(id) {
+                            Some(stamp) => Some((naming(mti, &stamp), true)),
+                            None => self.inner.named_waiting.get(id).map(|_| (own, false)),
                         }
-                        let stamp = self.inner.named_waiting.get(id)?;
-                        Some((
-                            original_data_elements(mti, &stamp, &sent_at, acquirer),
-                            false,
-                        ))
                     });
                 match earlier {
                     Some((named, true)) => {
