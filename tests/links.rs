@@ -145,6 +145,7 @@ async fn a_host_that_drops_every_connection_at_once_is_redialled_with_a_growing_
 /// link to `issuer`.
 struct Dialling {
     network: TcpListener,
+    api: vpan::api::client::ApiClient,
     stop: tokio_util::sync::CancellationToken,
     task: tokio::task::JoinHandle<Result<(), vpan::app::AppError>>,
     _dir: tempfile::TempDir,
@@ -163,6 +164,16 @@ impl Dialling {
         tweak(&mut config);
         let app = vpan::app::App::build(config).await.unwrap();
         assert_eq!(app.addresses().network, None, "no listener: it dials");
+        let data = dir.path().join("data");
+        let api = vpan::api::client::ApiClient::new(
+            &format!("https://127.0.0.1:{}", app.addresses().api.port()),
+            std::fs::read_to_string(data.join("api-token"))
+                .unwrap()
+                .trim()
+                .to_string(),
+            Some(&data.join("tls-cert.pem")),
+        )
+        .unwrap();
         let stop = tokio_util::sync::CancellationToken::new();
         let task = tokio::spawn({
             let stop = stop.clone();
@@ -170,6 +181,7 @@ impl Dialling {
         });
         Dialling {
             network,
+            api,
             stop,
             task,
             _dir: dir,
@@ -183,6 +195,28 @@ impl Dialling {
             .expect("the switch dials the network within 10 s")
             .unwrap();
         Client::over(stream)
+    }
+
+    /// Waits (at most 10 s) for `/healthz` to say the network link is `up` or not.
+    async fn network_link_becomes(&self, up: bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let health = self.api.call(reqwest::Method::GET, "/healthz", None).await;
+            let now_up = match &health {
+                Ok(_) => true,
+                Err(e) if e.contains("down: network") => false,
+                Err(e) => panic!("/healthz: {e}"),
+            };
+            if now_up == up {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "/healthz never said the network link is {}: {health:?}",
+                if up { "up" } else { "down" }
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn stop(self) {
@@ -271,9 +305,12 @@ async fn a_dialled_network_that_sends_a_bad_frame_is_redialled_only_once_its_req
 {
     let (switch, mut host, mut net, held) = dialling_with_a_purchase_at_the_host().await;
     let at_host = next_message(&mut host).await;
+    switch.network_link_becomes(true).await;
     // A length header past max_frame_bytes: the switch stops reading this connection, but
     // it is still open, answering what it holds; a second session now could be refused.
+    // The link takes nothing new meanwhile, and /healthz says so.
     net.send_unframed(&[0xFF, 0xFF]).await;
+    switch.network_link_becomes(false).await;
     let redialled = tokio::time::timeout(Duration::from_millis(500), switch.network.accept()).await;
     assert!(
         redialled.is_err(),
@@ -286,6 +323,7 @@ async fn a_dialled_network_that_sends_a_bad_frame_is_redialled_only_once_its_req
     assert_eq!(code(&net.answer(held.stan().unwrap()).await), "00");
     // Answered, the old connection closes, and the switch dials again.
     let _again = switch.accept().await;
+    switch.network_link_becomes(true).await;
     switch.stop().await;
 }
 

@@ -58,13 +58,23 @@ enum End {
     Shutdown,
 }
 
+/// What [`serve`] tells its caller about reading, for a dialling side's link state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reading {
+    /// vpan reads no more from this peer (a bad frame), but the connection stays open
+    /// while it answers what is in flight: a second session beside it could be refused by
+    /// a network that allows one. The link takes no new requests: it is down.
+    Stopped,
+    /// The peer will send nothing more: it closed its side (answers still go to a peer
+    /// that half-closed), or the connection ended. Said once, last.
+    Ended,
+}
+
 /// Serves one connection until the peer leaves, it misbehaves, or shutdown drains it.
 ///
-/// `read_ended` runs once the peer will send nothing more: it closed its side (answers
-/// still go to a peer that half-closed), or the connection ended. A dialling side redials
-/// then, without waiting for the requests in flight, which may take up to
-/// `issuer.timeout_ms`. (After a bad frame the connection stays open while it answers what
-/// is in flight: a second session beside it could be refused by a network that allows one.)
+/// `reading` hears when reading stops and when it has ended. A dialling side redials on
+/// [`Reading::Ended`], without waiting for the requests in flight, which may take up to
+/// `issuer.timeout_ms`.
 ///
 /// Reading is done here (not behind a `FramedRead`) so that every arrival of bytes wakes
 /// this loop: a frame's first byte starts its read timeout, and a peer that feeds a frame
@@ -74,7 +84,7 @@ pub async fn serve<S>(
     flow: Arc<Flow>,
     limits: ConnectionLimits,
     shutdown: CancellationToken,
-    read_ended: impl FnOnce(),
+    mut reading_hook: impl FnMut(Reading),
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -98,8 +108,14 @@ pub async fn serve<S>(
     // checked against the clock when it does.
     let timer = tokio::time::sleep(FAR);
     tokio::pin!(timer);
-    let mut read_ended = Some(read_ended);
     let mut peer_closed = false;
+    let mut ended_said = false;
+    let mut said_ended = |hook: &mut dyn FnMut(Reading)| {
+        if !ended_said {
+            ended_said = true;
+            hook(Reading::Ended);
+        }
+    };
 
     let end = loop {
         let room = |in_flight: usize, out: &BytesMut| {
@@ -149,11 +165,12 @@ pub async fn serve<S>(
                     inbuf.clear();
                     frame_started = None;
                     bad_frame = Some(e);
+                    reading_hook(Reading::Stopped);
                 }
             }
         }
-        if peer_closed && let Some(f) = read_ended.take() {
-            f();
+        if peer_closed {
+            said_ended(&mut reading_hook);
         }
         let can_read = reading && drain_deadline.is_none() && room(in_flight.len(), &out);
         if !can_read && frame_started.is_some() {
@@ -243,9 +260,7 @@ pub async fn serve<S>(
             }
         }
     };
-    if let Some(f) = read_ended.take() {
-        f();
-    }
+    said_ended(&mut reading_hook);
     let _ = write_half.shutdown().await;
     drop((read_half, write_half));
     // Requests still in flight are finished although their answers can no longer be

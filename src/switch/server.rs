@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics as m;
 
-use super::connection::{self, ConnectionLimits};
+use super::connection::{self, ConnectionLimits, Reading};
 use super::flow::Flow;
 
 /// One network connection in `vpan_network_connections`, from its opening to the end of
@@ -75,7 +75,7 @@ pub async fn listen(
         let token = shutdown.clone();
         connections.spawn(async move {
             let _counted = Counted::new();
-            connection::serve(stream, flow, limits, token, || {}).await;
+            connection::serve(stream, flow, limits, token, |_| {}).await;
             drop(permit);
         });
     }
@@ -124,13 +124,21 @@ async fn keep_dialling(
                 connected.store(true, Ordering::Relaxed);
                 let counted = Counted::new();
                 let (lost, lost_rx) = tokio::sync::oneshot::channel();
+                let mut lost = Some(lost);
+                let link = connected.clone();
                 let serving = connection::serve(
                     stream,
                     flow.clone(),
                     limits.clone(),
                     shutdown.clone(),
-                    || {
-                        let _ = lost.send(());
+                    move |reading| match reading {
+                        // Still open, answering what it holds, but taking nothing new.
+                        Reading::Stopped => link.store(false, Ordering::Relaxed),
+                        Reading::Ended => {
+                            if let Some(lost) = lost.take() {
+                                let _ = lost.send(());
+                            }
+                        }
                     },
                 );
                 finishing.spawn(async move {
