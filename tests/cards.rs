@@ -1331,6 +1331,46 @@ fn a_missing_key_file_is_not_made_anew_over_card_numbers_sealed_under_the_old_on
 }
 
 #[test]
+fn a_key_file_the_configuration_names_is_never_made_and_a_data_dir_that_cannot_be_made_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let open_with = |store: vpan::store::StoreConfig| {
+        Cards::open(
+            &vpan::cards::CardsConfig::default(),
+            &store,
+            vpan::cards::LedgerConfig::default(),
+        )
+        .map(|_| ())
+        .unwrap_err()
+        .to_string()
+    };
+    // A typo, or a secrets volume not mounted yet, on a first start: refused, not a new key
+    // somewhere the operator does not look.
+    let named = dir.path().join("secrets").join("pan.key");
+    std::fs::create_dir(dir.path().join("secrets")).unwrap();
+    let err = open_with(vpan::store::StoreConfig {
+        data_dir: dir.path().join("data"),
+        key_file: named.clone(),
+        ..Default::default()
+    });
+    assert!(
+        err.contains(&named.display().to_string()) && err.contains("store.key_file"),
+        "{err}"
+    );
+    assert!(!named.exists(), "no key made there");
+
+    let blocked = dir.path().join("a-file");
+    std::fs::write(&blocked, b"").unwrap();
+    let err = open_with(vpan::store::StoreConfig {
+        data_dir: blocked.join("data"),
+        ..Default::default()
+    });
+    assert!(
+        err.contains("store.data_dir") && err.contains(&blocked.join("data").display().to_string()),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_second_process_on_the_same_data_dir_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (_cards, _) = open(dir.path());

@@ -100,6 +100,13 @@ impl Default for StoreConfig {
 }
 
 impl StoreConfig {
+    /// Whether vpan makes the key itself when it is missing: only its own `pan.key` in the
+    /// data directory. A key file the configuration names is provisioned by the operator;
+    /// missing, it is a typo or an unmounted volume, not a cue to make a key there.
+    pub fn makes_its_own_key(&self) -> bool {
+        self.key_file.as_os_str().is_empty()
+    }
+
     /// The key file actually used.
     pub fn key_path(&self) -> PathBuf {
         if self.key_file.as_os_str().is_empty() {
@@ -148,6 +155,14 @@ pub enum StoreError {
         /// What was being done with it.
         what: &'static str,
         /// The operating system's message.
+        message: String,
+    },
+    /// The data directory could not be made or entered.
+    #[error("the data directory {} (store.data_dir): {message}", path.display())]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// What went wrong, with the operating system's message.
         message: String,
     },
     /// The key file is not a 32-byte key.

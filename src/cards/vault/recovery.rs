@@ -58,8 +58,10 @@ impl Cards {
         let started = Instant::now();
         let generator = VpanGenerator::new(cards.bin_length, &cards.virtual_ranges)?;
         let dir = store.data_dir.clone();
-        crate::store::create_private_dir(&dir)
-            .map_err(StoreError::io("creating the data directory"))?;
+        crate::store::create_private_dir(&dir).map_err(|e| StoreError::DataDir {
+            path: dir.clone(),
+            message: format!("creating it: {e}"),
+        })?;
         // One process per data directory: a second one would interleave journals.
         let lock = std::fs::OpenOptions::new()
             .create(true)
@@ -76,6 +78,14 @@ impl Cards {
             }
         }
         let key_path = store.key_path();
+        if !key_path.exists() && !store.makes_its_own_key() {
+            return Err(StoreError::KeyFile {
+                path: key_path,
+                what: "looking for it",
+                message: "it is not there: put the 32-byte key there (0600), or leave store.key_file empty for vpan to make pan.key in store.data_dir".into(),
+            }
+            .into());
+        }
         if !key_path.exists() && holds_sealed_card_numbers(&dir)? {
             return Err(StoreError::KeyFile {
                 path: key_path,
