@@ -730,7 +730,7 @@ async fn bad_input_gets_exit_2_for_usage_and_1_with_the_line_for_a_bad_traffic_f
         "{said}"
     );
     // clap's tip of the flag meant is kept: it is what says what to fix.
-    let out = loadgen_binary(&["--target", "x", "--traffic", "x", "--cout", "3"]).await;
+    let out = loadgen_binary(&["--target", "127.0.0.1:1", "--traffic", "x", "--cout", "3"]).await;
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(
         said.contains("'--count'") && said.lines().count() == 1,
@@ -766,6 +766,44 @@ async fn bad_input_gets_exit_2_for_usage_and_1_with_the_line_for_a_bad_traffic_f
             "12 to 19 digits",
         ),
         (&create[..], "--amount-limit"),
+        // A target that cannot be an address, a negative number and two ends of a run are
+        // the command line's fault, said with the flag.
+        (
+            &["loadgen", "--target", "nothost", "--traffic", "x"][..],
+            "--target",
+        ),
+        (
+            &["loadgen", "--target", "127.0.0.1:99999", "--traffic", "x"][..],
+            "--target",
+        ),
+        (
+            &[
+                "loadgen",
+                "--target",
+                "127.0.0.1:1",
+                "--traffic",
+                "x",
+                "--rate",
+                "-1",
+            ][..],
+            "--rate",
+        ),
+        (&["issuer-sim", "--latency-ms", "-5"][..], "--latency-ms"),
+        (&["demo", "--connections", "-1"][..], "--connections"),
+        (
+            &[
+                "loadgen",
+                "--target",
+                "127.0.0.1:1",
+                "--traffic",
+                "x",
+                "--count",
+                "9",
+                "--duration",
+                "1s",
+            ][..],
+            "--duration",
+        ),
     ] {
         let out = tokio::process::Command::new(VPAN)
             .args(args)
@@ -779,6 +817,29 @@ async fn bad_input_gets_exit_2_for_usage_and_1_with_the_line_for_a_bad_traffic_f
                 && said.lines().count() == 1
                 && !said.contains("3456")
                 && !said.contains("49701012"),
+            "{args:?}: {said}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_file_that_is_not_there_is_the_machines_fault_exit_1_whichever_flag_names_it() {
+    let missing = "/nonexistent/vpan-test-file";
+    for args in [
+        &["card", "--token-file", missing, "list"][..],
+        &["card", "--token", "t", "--ca", missing, "list"][..],
+        &["loadgen", "--target", "127.0.0.1:1", "--traffic", missing][..],
+        &["serve", "--config", missing][..],
+    ] {
+        let out = tokio::process::Command::new(VPAN)
+            .args(args)
+            .output()
+            .await
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {said}");
+        assert!(
+            said.contains(missing) && said.lines().count() == 1,
             "{args:?}: {said}"
         );
     }

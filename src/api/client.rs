@@ -92,7 +92,7 @@ pub enum CardCommand {
     /// List cards in vPAN order, one page at a time.
     List {
         /// Cards per page (1 to 1000).
-        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        #[arg(long, allow_negative_numbers = true, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=1000))]
         limit: u16,
         /// Start after this vPAN (the "next" hint of the previous page).
         #[arg(long)]
@@ -122,10 +122,10 @@ pub struct CreateArgs {
     #[arg(long, value_name = "MINOR_UNITS", allow_hyphen_values = true)]
     pub per_transaction_limit: Option<u64>,
     /// Approved purchases allowed (1: single use).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub max_uses: Option<i64>,
     /// Validity from now: 90s, 30m, 2h, 30d or 2w.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, conflicts_with = "valid_until")]
+    #[arg(long, allow_negative_numbers = true, value_name = "DURATION", value_parser = parse_duration, conflicts_with = "valid_until")]
     pub valid_for: Option<u64>,
     /// End of validity, RFC 3339 (e.g. 2026-12-31T23:59:59Z).
     #[arg(long, value_name = "TIME")]
@@ -340,15 +340,33 @@ fn connect(args: &CardArgs) -> Result<ApiClient, Failure> {
         .ca
         .clone()
         .or_else(|| Some(default_dir.join("tls-cert.pem")).filter(|p| p.exists()));
-    ApiClient::new(&args.url, token, ca.as_deref()).map_err(Failure::Usage)
+    // A URL that cannot work is the command line's fault (exit 2); a certificate file that
+    // is missing or not PEM is the machine's, as a missing token file is (exit 1).
+    https_only(&args.url).map_err(Failure::Usage)?;
+    ApiClient::new(&args.url, token, ca.as_deref()).map_err(Failure::Failed)
+}
+
+/// Refuses a base URL that is not `https://`, said plainly (the HTTP client's own refusal
+/// reads as a builder error).
+fn https_only(base: &str) -> Result<(), String> {
+    if base
+        .get(..8)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "--url {base}: must be https:// (the token and real card numbers never leave in clear)"
+        ))
+    }
 }
 
 fn read_token(file: &Path) -> Result<String, Failure> {
     let text = std::fs::read_to_string(file)
-        .map_err(|e| Failure::Usage(format!("--token-file {}: {e}", file.display())))?;
+        .map_err(|e| Failure::Failed(format!("--token-file {}: {e}", file.display())))?;
     let token = text.trim();
     if token.is_empty() {
-        return Err(Failure::Usage(format!(
+        return Err(Failure::Failed(format!(
             "--token-file {} is empty",
             file.display()
         )));
@@ -360,15 +378,7 @@ impl ApiClient {
     /// A client of the API at `base` (e.g. `https://127.0.0.1:8443`), trusting the PEM
     /// certificate `ca` (besides the system's roots); the error names the bad file.
     pub fn new(base: &str, token: String, ca: Option<&Path>) -> Result<ApiClient, String> {
-        // Said plainly here; the client's own refusal below reads as a builder error.
-        if !base
-            .get(..8)
-            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
-        {
-            return Err(format!(
-                "--url {base}: must be https:// (the token and real card numbers never leave in clear)"
-            ));
-        }
+        https_only(base)?;
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
             // The token and real card numbers never leave in clear, whatever --url says.

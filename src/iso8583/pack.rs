@@ -22,8 +22,12 @@ pub enum EditError {
         /// Field number.
         field: u16,
     },
-    /// Wrong length for the field (fixed length differs, or over the maximum).
-    #[error("field {field}: value of {len} units does not fit (max {max})")]
+    /// Wrong length for the field (fixed length differs, or over the maximum). Lengths are
+    /// in the spec's units: characters, digits or bytes.
+    #[error(
+        "field {field}: the value is {len} long, {} {max}",
+        if *fixed { "where the field is fixed at" } else { "over the field's maximum of" }
+    )]
     BadLength {
         /// Field number.
         field: u16,
@@ -31,6 +35,8 @@ pub enum EditError {
         len: usize,
         /// The spec's length (exact for fixed fields).
         max: u32,
+        /// Whether the field is fixed at `max`.
+        fixed: bool,
     },
     /// Characters the field's type does not allow (e.g. a letter in a numeric field).
     #[error("field {field}: value does not match the field's type")]
@@ -72,22 +78,14 @@ pub(crate) fn encode_field(
     } else {
         value.len()
     };
-    match f.length {
-        Length::Fixed if units != f.max_len as usize => {
-            return Err(EditError::BadLength {
-                field,
-                len: units,
-                max: f.max_len,
-            });
-        }
-        Length::Var { .. } if units > f.max_len as usize => {
-            return Err(EditError::BadLength {
-                field,
-                len: units,
-                max: f.max_len,
-            });
-        }
-        _ => {}
+    let fixed = matches!(f.length, Length::Fixed);
+    if (fixed && units != f.max_len as usize) || units > f.max_len as usize {
+        return Err(EditError::BadLength {
+            field,
+            len: units,
+            max: f.max_len,
+            fixed,
+        });
     }
     if let Length::Var { digits, encoding } = f.length {
         write_prefix(units as u32, digits, encoding, out).ok_or(EditError::TooLong { field })?;
@@ -435,8 +433,17 @@ mod tests {
             Err(EditError::BadLength {
                 field: 4,
                 len: 2,
-                max: 12
+                max: 12,
+                fixed: true,
             })
+        );
+        assert_eq!(
+            m.set(4, b"12").unwrap_err().to_string(),
+            "field 4: the value is 2 long, where the field is fixed at 12"
+        );
+        assert_eq!(
+            m.set(32, b"123456789012").unwrap_err().to_string(),
+            "field 32: the value is 12 long, over the field's maximum of 11"
         );
         assert_eq!(
             m.set(4, b"00000000001A"),

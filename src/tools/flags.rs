@@ -26,3 +26,19 @@ pub fn per_second(s: &str) -> Result<f64, String> {
         _ => Err("a number of requests per second of at least 0.01, e.g. 10000".into()),
     }
 }
+
+/// A `host:port` to connect to (a name or an address; `[::1]:8583` for IPv6), its port
+/// from 1 to 65535. Whether the host resolves is known only when connecting; a value that
+/// cannot be an address at all is a usage error.
+pub fn host_port(s: &str) -> Result<String, String> {
+    let ok = s.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty()
+            && !host.contains(char::is_whitespace)
+            && port.parse::<u16>().is_ok_and(|p| p != 0)
+    });
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err("a host:port to connect to, its port from 1 to 65535, e.g. 127.0.0.1:8583".into())
+    }
+}

@@ -25,13 +25,13 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// Virtual cards the approvals are spread over.
-    #[arg(long, default_value_t = 100, value_parser = super::flags::count(u64::from(u32::MAX)))]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 100, value_parser = super::flags::count(u64::from(u32::MAX)))]
     pub cards: usize,
     /// Messages in load.jsonl.
-    #[arg(long, default_value_t = 10_000, value_parser = super::flags::count(u64::MAX))]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 10_000, value_parser = super::flags::count(u64::MAX))]
     pub messages: usize,
     /// Seed of the draws: the same seed writes the same files.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1)]
     pub seed: u64,
 }
 

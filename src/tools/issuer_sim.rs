@@ -69,22 +69,22 @@ pub struct Args {
     /// Balance (minor units) of accounts not in the file, made on first use. Without
     /// `--accounts` every card exists with 100000000; with it, unknown cards get 14 unless
     /// this is given.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub default_balance: Option<i64>,
     /// Delay added to every answer, in milliseconds (other requests are not held up).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
     pub latency_ms: u64,
     /// Delay added to every answer, in microseconds (added to --latency-ms).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
     pub latency_us: u64,
     /// Share of requests (0 to 1) booked but never answered, as when an answer is lost.
-    #[arg(long, default_value_t = 0.0, value_parser = flags::share)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.0, value_parser = flags::share)]
     pub timeout_share: f64,
     /// Share of requests (0 to 1) after which the connection is closed, unanswered.
-    #[arg(long, default_value_t = 0.0, value_parser = flags::share)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.0, value_parser = flags::share)]
     pub drop_share: f64,
     /// Seed for the fault draws and auth codes (random when not given).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub seed: Option<u64>,
 }
 

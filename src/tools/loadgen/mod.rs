@@ -58,7 +58,7 @@ const MAX_LATENCY_US: u64 = 60_000_000;
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// Address to send to: the switch's network listener, or an issuer host.
-    #[arg(long)]
+    #[arg(long, value_name = "HOST:PORT", value_parser = flags::host_port)]
     pub target: String,
     /// Traffic file (JSON Lines; see the README).
     #[arg(long)]
@@ -71,17 +71,17 @@ pub struct Args {
     #[command(flatten)]
     pub shape: ShapeArgs,
     /// How long to send, e.g. 10s, 500ms, 2m.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, allow_negative_numbers = true, value_parser = parse_duration)]
     pub duration: Option<Duration>,
     /// How many requests to send, looping over the file as needed. Without --count and
     /// --duration the file is sent once.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_COUNT))]
+    #[arg(long, allow_negative_numbers = true, conflicts_with = "duration", value_parser = clap::value_parser!(u64).range(1..=MAX_COUNT))]
     pub count: Option<u64>,
     /// The link's framing, layout and fixed header.
     #[command(flatten)]
     pub wire: WireArgs,
     /// A request unanswered this long counts as a timeout.
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 5000)]
     pub timeout_ms: u64,
     /// Print the summary as one JSON object.
     #[arg(long)]
@@ -164,14 +164,14 @@ pub struct LoadgenConfig {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ShapeArgs {
     /// Connections to open.
-    #[arg(long, default_value_t = 4, value_parser = flags::count(u64::from(u32::MAX)))]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 4, value_parser = flags::count(u64::from(u32::MAX)))]
     pub connections: usize,
     /// Requests in flight per connection at most (up to 100,000: STANs are six digits).
-    #[arg(long, default_value_t = 16, value_parser = flags::count(MAX_IN_FLIGHT as u64))]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 16, value_parser = flags::count(MAX_IN_FLIGHT as u64))]
     pub in_flight: usize,
     /// Open loop: requests per second over all connections, on a fixed schedule (default:
     /// closed loop).
-    #[arg(long, value_parser = flags::per_second)]
+    #[arg(long, allow_negative_numbers = true, value_parser = flags::per_second)]
     pub rate: Option<f64>,
 }
 
