@@ -407,3 +407,76 @@ async fn an_issuer_answer_whose_code_is_not_a_known_decline_keeps_the_amount_spe
     }
     rig.stop().await;
 }
+
+#[tokio::test]
+async fn a_reversal_the_host_drops_its_connection_over_is_tried_seldom_so_other_requests_go_on() {
+    // A host that drops the connection whenever a reversal comes (one too long for it, say),
+    // answers everything else, and drops it under the first purchase too, so that one is
+    // owed at once.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host_addr = listener.local_addr().unwrap().to_string();
+    let reversals = Arc::new(std::sync::Mutex::new(Vec::<std::time::Instant>::new()));
+    let first_purchase = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let host = tokio::spawn({
+        let (reversals, first_purchase) = (reversals.clone(), first_purchase.clone());
+        async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let (reversals, first_purchase) = (reversals.clone(), first_purchase.clone());
+                tokio::spawn(async move {
+                    let mut host = Framed::new(stream, FrameCodec::new(Framing::Len2, 0, 8192));
+                    while let Some(Ok(Frame::Message { body, .. })) = host.next().await {
+                        let mut m = Message::parse(Spec::iso87ascii(), body).unwrap();
+                        match &m.mti()[..3] {
+                            b"040" => {
+                                reversals.lock().unwrap().push(std::time::Instant::now());
+                                return;
+                            }
+                            b"010"
+                                if first_purchase
+                                    .swap(false, std::sync::atomic::Ordering::SeqCst) =>
+                            {
+                                return;
+                            }
+                            _ => {}
+                        }
+                        let answer = vpan::switch::flow::response_mti(m.mti());
+                        m.set_mti(&answer).unwrap();
+                        m.set_response_code(b"00").unwrap();
+                        send(&mut host, &m).await;
+                    }
+                });
+            }
+        }
+    });
+    let rig = rig(None, |c| {
+        c.issuer.connect = host_addr;
+        c.issuer.connections = 1;
+        c.issuer.timeout_ms = 300;
+    })
+    .await;
+    let mut net = Client::connect(rig.network).await;
+    // Sent until one reaches the host (before the sign-on is answered, it gets 91 at once,
+    // unsent).
+    for _ in 0..100 {
+        let timed_out = purchase(&mut net, b"0100", &test_pan("411111", 16), b"2912", 100);
+        assert_eq!(code(&net.call(&timed_out).await), "91");
+        if !first_purchase.load(std::sync::atomic::Ordering::SeqCst) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Tried at once, then after 0.1 and 0.2 s (and the redials): three lost connections in
+    // a row, and the next try is half a minute away. Every few seconds, as before, it cut
+    // the link about once a second at first and every five seconds for good.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let tries = reversals.lock().unwrap().len();
+    assert_eq!(tries, 3, "the reversal was sent {tries} times in 8 s");
+    // Meanwhile the link holds, and other requests are answered.
+    for amount in [200, 300] {
+        let other = purchase(&mut net, b"0100", &test_pan("411111", 16), b"2912", amount);
+        assert_eq!(code(&net.call(&other).await), "00");
+    }
+    rig.stop().await;
+    host.abort();
+}

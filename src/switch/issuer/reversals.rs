@@ -24,6 +24,18 @@ use super::{IssuerError, IssuerLink, Origin};
 /// Longest wait between two tries of a reversal toward an issuer that does not answer.
 const REVERSAL_RETRY_MAX: Duration = Duration::from_secs(5);
 
+/// Connections lost in a row with a reversal on them after which the reversal itself is
+/// suspected of being what the issuer refuses (a frame over its own size limit, a field it
+/// rejects): a host that is merely restarting loses the connection once, then refuses it.
+const SUSPECT_AFTER_LOSSES: u32 = 3;
+
+/// The first wait between two tries of a suspected reversal, doubled up to
+/// [`SUSPECT_RETRY_MAX`]. Each try may cost a live connection its requests in flight (91s):
+/// tried every few seconds, one reversal would keep the whole link down for good.
+const SUSPECT_RETRY_FIRST: Duration = Duration::from_secs(30);
+/// The longest wait between two tries of a suspected reversal.
+const SUSPECT_RETRY_MAX: Duration = Duration::from_secs(600);
+
 /// A reversal the link owes the issuer, which it sends (and retries) on its own; this is
 /// its record in the book of reversals owed, so that a restart still sends it. Dropped
 /// unrecorded (its caller gone), it is recorded there and then.
@@ -217,6 +229,8 @@ impl IssuerLink {
         tokio::spawn(async move {
             let _done = ReversalDone(link.clone());
             let mut wait = Duration::from_millis(100);
+            let mut lost_in_a_row = 0u32;
+            let mut suspect_wait = SUSPECT_RETRY_FIRST;
             for attempt in 1u64.. {
                 // A reversal is not on a cardholder's clock: a slow host gets seconds to
                 // answer it before it is sent again.
@@ -235,6 +249,12 @@ impl IssuerLink {
                 ) {
                     // Four digits: never refused.
                     let _ = reversal.set_mti(b"0401");
+                }
+                match &sent {
+                    Err(IssuerError::ConnectionLost) => lost_in_a_row += 1,
+                    // No connection up to try it on says nothing about the reversal.
+                    Err(IssuerError::Unavailable) => {}
+                    _ => lost_in_a_row = 0,
                 }
                 match sent {
                     // A front end answering for a host that is down (91), or a host that
@@ -273,11 +293,30 @@ impl IssuerLink {
                     }
                     Err(_) => {}
                 }
+                let suspect = lost_in_a_row >= SUSPECT_AFTER_LOSSES;
+                if lost_in_a_row == SUSPECT_AFTER_LOSSES {
+                    tracing::error!(
+                        attempt,
+                        "the issuer host dropped its connection each of the last {SUSPECT_AFTER_LOSSES} times a reversal was sent: it may refuse that reversal itself (too long for it, or a field it rejects); it is now tried every {}s to {}s so that other requests are not cut off with it; the issuer may have to reconcile",
+                        SUSPECT_RETRY_FIRST.as_secs(),
+                        SUSPECT_RETRY_MAX.as_secs(),
+                    );
+                }
+                let pause = if suspect {
+                    let pause = suspect_wait;
+                    suspect_wait = (suspect_wait * 2).min(SUSPECT_RETRY_MAX);
+                    pause
+                } else {
+                    // Answered, or timed out, since: back to the ordinary pace.
+                    suspect_wait = SUSPECT_RETRY_FIRST;
+                    let pause = wait;
+                    wait = (wait * 2).min(REVERSAL_RETRY_MAX);
+                    pause
+                };
                 tokio::select! {
-                    () = tokio::time::sleep(wait) => {}
+                    () = tokio::time::sleep(pause) => {}
                     () = link.inner.shutdown.cancelled() => break,
                 }
-                wait = (wait * 2).min(REVERSAL_RETRY_MAX);
             }
             match debt {
                 Some(_) => crate::logging::throttled!(
