@@ -1380,3 +1380,63 @@ fn credited_by_its_original(rig: &rig::Rig, real: &vpan::pan::Pan) {
         "found its original there"
     );
 }
+
+#[tokio::test]
+async fn responses_from_the_network_are_dropped_neither_answered_nor_forwarded() {
+    let rig = rig(Some(SimConfig::default()), |_| {}).await;
+    let (card, _) = rig.issue(|_| {}).await;
+    let mut net = Client::connect(rig.network).await;
+    let reached_the_issuer = rig.sim().stats().requests;
+    // Answers of every kind on a vPAN: an answer to an answer made no sense (0110 came back
+    // as 0120, 0410 as a reversal advice 0420), and forwarded, the issuer waited in vain.
+    for mti in [b"0110", b"0130", b"0210", b"0410", b"0810"] {
+        let mut m = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
+        m.set_mti(mti).unwrap();
+        net.send(&m).await;
+    }
+    // A malformed one (a letter in DE 4), which a request would get its 30 for.
+    let body = purchase(&mut net, b"0410", &card.vpan, &card.expiry.0, 100).pack();
+    let at = body.windows(12).position(|w| w == b"000000000100").unwrap();
+    let mut bad = body.to_vec();
+    bad[at + 11] = b'X';
+    net.send_raw(bad.into()).await;
+    // Then a purchase: its answer is the next frame, as nothing else is answered.
+    let good = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
+    net.send(&good).await;
+    let Some(Frame::Message { body, .. }) = net.next_frame().await else {
+        panic!("an answer to the purchase");
+    };
+    let next = Message::parse(Spec::iso87ascii(), body).unwrap();
+    assert_eq!(
+        (next.mti(), next.stan()),
+        (*b"0110", good.stan()),
+        "the purchase's answer comes first"
+    );
+    assert_eq!(code(&next), "00");
+    assert_eq!(
+        rig.sim().stats().requests,
+        reached_the_issuer + 1,
+        "only the purchase reached the issuer"
+    );
+    let view = rig.cards.get(CardKey::of(&card.vpan)).unwrap();
+    assert_eq!((view.uses, view.spent), (1, 100), "{view:?}");
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn a_passthrough_without_de_11_is_answered_without_the_stamp_vpan_gave_it_toward_the_issuer()
+{
+    let rig = rig(Some(SimConfig::default()), |_| {}).await;
+    let mut net = Client::connect(rig.network).await;
+    let mut no_stan = purchase(&mut net, b"0100", &test_pan("411111", 16), b"2912", 100);
+    no_stan.remove(11);
+    net.send_raw(no_stan.pack()).await;
+    let Some(Frame::Message { body, .. }) = net.next_frame().await else {
+        panic!("an answer");
+    };
+    let answer = Message::parse(Spec::iso87ascii(), body).unwrap();
+    assert_eq!(answer.mti(), *b"0110");
+    assert_eq!(answer.raw(37), no_stan.raw(37));
+    assert_eq!(answer.stan(), None, "untouched: no DE 11 it did not send");
+    rig.stop().await;
+}

@@ -120,6 +120,9 @@ impl Flow {
             Err(e) => return self.format_error(&body, &e.to_string(), received),
         };
         let mti = request.mti();
+        if !is_request(mti) {
+            return not_a_request(mti);
+        }
         // The MAC first: a message that is not authentic is not looked at any further.
         if let Some(key) = &self.network_mac {
             let check = key.check(&request);
@@ -536,6 +539,9 @@ impl Flow {
     /// A frame that does not parse: 30 when its MTI and DE 11 can be read, else dropped.
     fn format_error(&self, body: &[u8], why: &str, received: Instant) -> Option<Answer> {
         let header = recover_header(self.network_spec, body);
+        if let Some(mti) = header.mti.filter(|&mti| !is_request(mti)) {
+            return not_a_request(mti);
+        }
         let (Some(mti), Some(stan)) = (header.mti, header.stan) else {
             metrics::counter!(m::FRAMES_REJECTED_TOTAL, "reason" => "unreadable").increment(1);
             crate::logging::throttled!(warn, error = why, "unreadable frame dropped");
@@ -820,6 +826,21 @@ fn as_repeat(mut request: Msg) -> Msg {
         let _ = request.set_mti(&mti);
     }
     request
+}
+
+/// Whether `mti` asks for something (a request, an advice, a notification: an even
+/// message function) rather than answers (0110, 0130, 0410, 0810 ...).
+fn is_request(mti: [u8; 4]) -> bool {
+    mti[2].is_ascii_digit() && (mti[2] - b'0').is_multiple_of(2)
+}
+
+/// A response or acknowledgement from the network: vpan sends it no requests, so this
+/// answers nothing here. Dropped and counted, never forwarded to the issuer (which would
+/// wait for an answer that does not come) nor answered (an answer to an answer).
+fn not_a_request(mti: [u8; 4]) -> Option<Answer> {
+    metrics::counter!(m::FRAMES_REJECTED_TOTAL, "reason" => "not_a_request").increment(1);
+    crate::logging::throttled!(warn, mti = %String::from_utf8_lossy(&mti), "a response from the network, which vpan sent no request, dropped");
+    None
 }
 
 /// The response MTI: third digit + 1, repeats answered as originals (0101 → 0110).

@@ -439,10 +439,13 @@ impl IssuerLink {
             let _ = written.wait_for(|w| *w).await;
         }
         let mut answer = answer?;
-        if let Some(stan) = network_stan
-            && stan != stamp
-        {
-            answer.set(11, &stan).map_err(|_| IssuerError::Encode)?;
+        match network_stan {
+            Some(stan) if stan != stamp => {
+                answer.set(11, &stan).map_err(|_| IssuerError::Encode)?;
+            }
+            Some(_) => {}
+            // It came without one (a passthrough may): vpan's stamp was for the issuer only.
+            None => answer.remove(11),
         }
         // The network hears its transaction as it named it.
         match network_de90 {
