@@ -1440,3 +1440,44 @@ async fn a_passthrough_without_de_11_is_answered_without_the_stamp_vpan_gave_it_
     assert_eq!(answer.stan(), None, "untouched: no DE 11 it did not send");
     rig.stop().await;
 }
+
+#[tokio::test]
+async fn a_vpan_written_so_it_cannot_be_read_is_refused_30_never_forwarded_past_its_controls() {
+    let rig = rig(Some(SimConfig::default()), |c| {
+        c.cards.virtual_ranges = vec!["4970109".into()];
+    })
+    .await;
+    let (card, _) = rig.issue(|_| {}).await;
+    rig.cards.close(CardKey::of(&card.vpan)).await.unwrap();
+    let mut net = Client::connect(rig.network).await;
+    let asked = rig.sim().requests(b"0100");
+    let vpan = card.vpan.expose();
+    let never_issued = format!("4970109{}", &vpan[7..]);
+    // Track 2 alone, its separator left out: the account number's end cannot be found, and
+    // read whole, it was no card at all, so it went to the issuer, closed card and vPAN.
+    for track in [
+        format!("{vpan}{}1010000012300000", card.expiry.as_str()),
+        format!("{never_issued}29121010000012300000"),
+    ] {
+        let mut m = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100_000);
+        m.set(35, track.as_bytes()).unwrap();
+        m.remove(2);
+        assert_eq!(code(&net.call(&m).await), "30");
+    }
+    assert_eq!(
+        rig.sim().requests(b"0100"),
+        asked,
+        "none reached the issuer"
+    );
+    // A card of the issuer's own, unreadable the same way, is still not vpan's to judge.
+    let mut other = purchase(&mut net, b"0100", &test_pan("411111", 16), b"2912", 100);
+    other.set(35, b"41111100000000012912101000001230").unwrap();
+    other.remove(2);
+    net.call(&other).await;
+    assert_eq!(
+        rig.sim().requests(b"0100"),
+        asked + 1,
+        "forwarded untouched"
+    );
+    rig.stop().await;
+}

@@ -496,17 +496,40 @@ impl Flow {
         }
     }
 
-    /// A PAN vpan does not know: 14 inside a virtual range, else forwarded untouched.
+    /// A PAN vpan does not know: 14 inside a virtual range, 30 when it cannot be read and
+    /// may be vpan's own, else forwarded untouched.
     async fn unknown_or_passthrough(&self, request: Msg) -> (Option<Msg>, DecidedBy) {
-        if let Some(Ok(pan)) = request.card_number()
-            && self.cards.in_virtual_range(pan.as_bytes())
-        {
-            return (
-                self.local_answer(&request, ResponseCode::UNKNOWN_CARD),
-                DecidedBy::Switch,
-            );
+        let refused = match request.card_number() {
+            Some(Ok(pan)) if self.cards.in_virtual_range(pan.as_bytes()) => {
+                Some(ResponseCode::UNKNOWN_CARD)
+            }
+            Some(Err(_)) if self.may_be_virtual(&request) => Some(ResponseCode::FORMAT_ERROR),
+            _ => None,
+        };
+        match refused {
+            Some(code) => (self.local_answer(&request, code), DecidedBy::Switch),
+            None => self.passthrough(request).await,
         }
-        self.passthrough(request).await
+    }
+
+    /// Whether a card number vpan cannot read (DE 2 not a PAN, or a track 2 whose account
+    /// number does not end at a separator) may be one of its own: its digits begin in a
+    /// virtual range, or with an issued vPAN. Forwarded, it would skip that card's controls
+    /// and take the vPAN to the issuer.
+    fn may_be_virtual(&self, request: &Message) -> bool {
+        let Some(text) = request.text(2).or_else(|| request.text(35)) else {
+            return false;
+        };
+        let digits: Vec<u8> = text
+            .iter()
+            .copied()
+            .take_while(u8::is_ascii_digit)
+            .collect();
+        self.cards.in_virtual_range(&digits)
+            || (12..=digits.len().min(19)).any(|len| {
+                Pan::from_digits(&digits[..len])
+                    .is_ok_and(|pan| self.cards.contains(CardKey::of(&pan)))
+            })
     }
 
     /// Forwards untouched (in the issuer's layout), answers untouched.
