@@ -480,3 +480,40 @@ async fn a_reversal_the_host_drops_its_connection_over_is_tried_seldom_so_other_
     rig.stop().await;
     host.abort();
 }
+
+#[tokio::test]
+async fn the_real_card_number_an_issuer_puts_in_other_fields_never_reaches_the_network() {
+    let (rig, mut host) = signed_on_host(5_000).await;
+    let (card, real) = rig.issue(|_| {}).await;
+    let mut net = Client::connect(rig.network).await;
+    let request = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
+    net.send(&request).await;
+    let at_host = next_message(&mut host).await;
+    assert_eq!(at_host.raw(2), Some(real.as_bytes()));
+    // The host echoes the card as the extended PAN, and quotes it in its response data.
+    let mut answer = at_host.clone();
+    answer.set_mti(b"0110").unwrap();
+    answer.set_response_code(b"00").unwrap();
+    answer.set(34, real.as_bytes()).unwrap();
+    answer
+        .set(44, format!("ACCT {}", real.expose()).as_bytes())
+        .unwrap();
+    send(&mut host, &answer).await;
+    let heard = net.answer(request.stan().unwrap()).await;
+    assert_eq!(code(&heard), "00");
+    assert_eq!(heard.raw(2), Some(card.vpan.as_bytes()));
+    assert_eq!(
+        heard.raw(34),
+        Some(card.vpan.as_bytes()),
+        "the card, as the network knows it"
+    );
+    assert!(!heard.has(44), "no place vpan could rewrite: removed");
+    let frame = heard.pack();
+    assert!(
+        !frame
+            .windows(real.as_bytes().len())
+            .any(|w| w == real.as_bytes()),
+        "the real card number is nowhere in the network's answer"
+    );
+    rig.stop().await;
+}

@@ -37,6 +37,7 @@ use super::issuer::{
     ALPHANUMERIC_DECLINES, IssuerError, IssuerLink, Owed, Unanswered, is_known_decline, may_approve,
 };
 use super::mac::{MAC_FAILURE_CODE, MacCheck, MacKey, mac_field};
+use super::scrub;
 
 /// The flow's shared state: one per switch, used by every network connection.
 pub struct Flow {
@@ -256,7 +257,6 @@ impl Flow {
                 );
             }
         };
-        drop(real_pan);
         let (stored, answer) = tokio::join!(durable, self.issuer.send(toward_issuer));
         match (stored, answer) {
             (Ok(()), Ok(answer)) => {
@@ -265,7 +265,7 @@ impl Flow {
                 // so the outcome record need not be waited for.
                 let _outcome_durable = self.cards.complete(&hold, outcome, now());
                 (
-                    self.to_virtual(answer, vpan, &virtual_expiry.0),
+                    self.to_virtual(answer, vpan, &virtual_expiry.0, &real_pan),
                     DecidedBy::Issuer,
                 )
             }
@@ -476,9 +476,8 @@ impl Flow {
         if let Some(mti) = original {
             name_original(&mut toward_issuer, mti);
         }
-        drop(real_pan);
         match self.issuer.send(toward_issuer).await {
-            Ok(answer) => Ok(self.to_virtual(answer, vpan, &virtual_expiry.0)),
+            Ok(answer) => Ok(self.to_virtual(answer, vpan, &virtual_expiry.0, &real_pan)),
             Err(e) => Err(NotSent::Issuer(e)),
         }
     }
@@ -635,11 +634,32 @@ impl Flow {
 
     /// The issuer's answer in the network's layout with the vPAN (and virtual expiry)
     /// back in DE 2, 14 and 35.
-    fn to_virtual(&self, answer: Msg, vpan: &VirtualPan, expiry: &[u8; 4]) -> Option<Msg> {
+    fn to_virtual(
+        &self,
+        answer: Msg,
+        vpan: &VirtualPan,
+        expiry: &[u8; 4],
+        real: &Pan,
+    ) -> Option<Msg> {
         let track2 = answer
             .track2()
             .and_then(|t| t.with_pan_and_expiry(&vpan.pan, expiry));
+        let strays = scrub::fields_holding(&answer, real);
         let mut out = self.answer_in_network_layout(answer)?;
+        for n in strays {
+            // The extended PAN echoed is the card, and the network knows it as the vPAN;
+            // anywhere else the number has no place that vpan could rewrite.
+            if n == 34 && out.text(34).is_some_and(|t| *t == *real.as_bytes()) {
+                out.set(34, vpan.pan.as_bytes()).ok()?;
+            } else {
+                out.remove(n);
+                crate::logging::throttled!(
+                    warn,
+                    field = n,
+                    "the issuer's answer held the real card number in a field vpan does not rewrite: removed before the network's answer"
+                );
+            }
+        }
         if out.has(2) {
             out.set_pan(&vpan.pan).ok()?;
         }

@@ -10,12 +10,15 @@
 //! - [`issuer`]: the persistent connections to the issuer host, STAN re-stamping, timeouts
 //!   and the reversal of late approvals;
 //! - [`mac`]: the optional MAC (DE 64/128) on the network link, checked before anything
-//!   else is done with a message and put on every answer.
+//!   else is done with a message and put on every answer;
+//! - `scrub`: the real card number found wherever else an issuer's answer holds it, so
+//!   that the network never gets it.
 
 pub mod connection;
 pub mod flow;
 pub mod issuer;
 pub mod mac;
+mod scrub;
 pub mod server;
 
 pub use connection::ConnectionLimits;

@@ -1,0 +1,109 @@
+//! The real card number kept out of the network's answer, wherever the issuer put it.
+//!
+//! The flow rewrites the fields that carry the card by definition (DE 2, track 2) and drops
+//! track 1 and the PIN block. An issuer host may still echo or add the real card number in
+//! another field: the extended PAN (DE 34), its additional response data (DE 44), a private
+//! field. The network must never see it, so every issuer answer on a vPAN is searched for
+//! it, in each form a field may hold it in, before it goes back.
+//!
+//! The search is one pass over the received frame per form (ASCII digits; for a layout
+//! that is not `iso87ascii`, EBCDIC digits and packed BCD at either nibble too). Only
+//! when it finds the card outside DE 2 and DE 35 are the fields read one by one.
+
+use memchr::memmem;
+
+use crate::iso8583::{Message, Spec};
+use crate::pan::Pan;
+
+/// Fields the flow rewrites itself: the card number and track 2.
+const REWRITTEN: [usize; 2] = [2, 35];
+
+/// The fields of `answer` (as received from the issuer), other than DE 2 and DE 35, that
+/// hold the real card number `real`. Empty, without allocating, in the usual case.
+pub fn fields_holding(answer: &Message, real: &Pan) -> Vec<usize> {
+    if !found_outside_rewritten(answer, real) {
+        return Vec::new();
+    }
+    let digits = real.as_bytes();
+    answer
+        .field_numbers()
+        .filter(|n| !REWRITTEN.contains(n))
+        .filter(|&n| {
+            answer
+                .text(n)
+                .is_some_and(|t| memmem::find(&t, digits).is_some())
+        })
+        .collect()
+}
+
+/// Whether the card number appears in the received frame outside DE 2 and DE 35, in any of
+/// the forms the frame's layout may write digits in.
+fn found_outside_rewritten(answer: &Message, real: &Pan) -> bool {
+    let frame = answer.frame();
+    let spans: Vec<std::ops::Range<usize>> = REWRITTEN
+        .iter()
+        .filter_map(|&n| answer.received_span(n))
+        .collect();
+    let outside = |at: usize| !spans.iter().any(|s| s.contains(&at));
+    let digits = real.as_bytes();
+    if memmem::find_iter(frame, digits).any(outside) {
+        return true;
+    }
+    if std::ptr::eq(answer.spec(), Spec::iso87ascii()) {
+        return false;
+    }
+    let ebcdic: Vec<u8> = digits.iter().map(|d| 0xF0 | (d - b'0')).collect();
+    [ebcdic, packed(digits), packed(&digits[1..])]
+        .iter()
+        .any(|needle| memmem::find_iter(frame, needle).any(outside))
+}
+
+/// `digits` as packed BCD, two to a byte, the odd last digit left out (its byte's other
+/// nibble belongs to whatever follows).
+fn packed(digits: &[u8]) -> Vec<u8> {
+    digits
+        .chunks_exact(2)
+        .map(|pair| ((pair[0] - b'0') << 4) | (pair[1] - b'0'))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pan::test_pan;
+
+    fn answer(spec: &'static Spec, fields: &[(usize, &[u8])]) -> Message {
+        let mut m = Message::new(spec, b"0110").unwrap();
+        for (n, v) in fields {
+            m.set(*n, v).unwrap();
+        }
+        Message::parse(spec, m.pack()).unwrap()
+    }
+
+    #[test]
+    fn the_real_card_is_found_in_any_field_but_those_the_flow_rewrites() {
+        let real = Pan::from_digits(test_pan("497010").as_bytes()).unwrap();
+        let digits = real.as_bytes();
+        let track = [digits, b"=29121010000012300000"].concat();
+        let extra = [b"CARD ", digits, b" OK"].concat();
+        for spec in [Spec::iso87ascii(), Spec::iso87binary()] {
+            let usual = answer(spec, &[(2, digits), (35, &track), (39, b"00")]);
+            assert!(fields_holding(&usual, &real).is_empty(), "{}", spec.name);
+            let leaky = answer(
+                spec,
+                &[(2, digits), (34, digits), (39, b"00"), (44, &extra)],
+            );
+            assert_eq!(fields_holding(&leaky, &real), vec![34, 44], "{}", spec.name);
+        }
+        // Another card's number is no concern of this answer's.
+        let other = test_pan("411111");
+        let unrelated = answer(Spec::iso87binary(), &[(34, other.as_bytes()), (39, b"00")]);
+        assert!(fields_holding(&unrelated, &real).is_empty());
+    }
+
+    #[test]
+    fn packed_bcd_keeps_whole_bytes_only() {
+        assert_eq!(packed(b"12345"), vec![0x12, 0x34]);
+        assert_eq!(packed(b"2345"), vec![0x23, 0x45]);
+    }
+}
