@@ -123,10 +123,16 @@ impl fmt::Display for Pan {
 }
 
 /// A card number (or any field that may hold one) shown as first 6, `*` for the middle,
-/// last 4. Anything of 10 characters or fewer is shown as `*` only, since there would be
-/// nothing left to hide.
+/// last 4, with at least [`HIDDEN_AT_LEAST`] digits hidden: a card shorter than 15 digits
+/// shows fewer of its first (a 12-digit card 3 and 4: first 6 and last 4 would leave two
+/// digits hidden, which the Luhn check narrows to ten candidates). Anything of 10
+/// characters or fewer is shown as `*` only, since there would be nothing left to hide.
 #[derive(Clone, Copy)]
 pub struct Masked<'a>(pub &'a [u8]);
+
+/// The fewest characters masking hides: five, as first 6 and last 4 leave of a 15-digit
+/// card (the Luhn check leaves 10,000 candidates).
+const HIDDEN_AT_LEAST: usize = 5;
 
 impl fmt::Display for Masked<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -137,10 +143,11 @@ impl fmt::Display for Masked<'_> {
             }
             return Ok(());
         }
-        for &c in &b[..6] {
+        let head = 6.min(b.len() - 4 - HIDDEN_AT_LEAST);
+        for &c in &b[..head] {
             fmt::Write::write_char(f, printable(c))?;
         }
-        for _ in 6..b.len() - 4 {
+        for _ in head..b.len() - 4 {
             f.write_str("*")?;
         }
         for &c in &b[b.len() - 4..] {
@@ -292,6 +299,21 @@ mod tests {
     }
 
     #[test]
+    fn masking_hides_at_least_five_digits_of_a_short_card() {
+        for (len, shown) in [
+            (19, "497010*********1234"),
+            (16, "497010******1234"),
+            (15, "497010*****1234"),
+            (14, "49701*****1234"),
+            (13, "4970*****1234"),
+            (12, "497*****1234"),
+        ] {
+            let digits = format!("{}1234", &"497010123456789"[..len - 4]);
+            assert_eq!(Masked(digits.as_bytes()).to_string(), shown, "{len} digits");
+        }
+    }
+
+    #[test]
     fn card_numbers_in_any_text_are_masked_whatever_surrounds_them() {
         let card = String::from_utf8(generated("497010", 16)).unwrap();
         let masked = format!("497010******{}", &card[12..]);
@@ -303,9 +325,10 @@ mod tests {
             mask_card_numbers(&format!("é{card}é")),
             format!("é{masked}é")
         );
+        // A run of 12 digits (as short as a card number gets) keeps five hidden.
         assert_eq!(
             mask_card_numbers("amount 000000012345"),
-            "amount 000000**2345"
+            "amount 000*****2345"
         );
         assert_eq!(
             mask_card_numbers("stan 000123, 12345678901"),
@@ -332,13 +355,12 @@ mod tests {
             mask_card_numbers("card 3782.822463.10005"),
             "card 378282*****0005"
         );
-        // The shortest card numbers too: first six and last four, the rest hidden.
+        // The shortest card numbers too: five hidden, fewer of the first shown.
         for len in [12, 13] {
             let short = String::from_utf8(generated("497010", len)).unwrap();
-            let hidden = "*".repeat(len - 10);
             assert_eq!(
                 mask_card_numbers(&format!("card {short}.")),
-                format!("card 497010{hidden}{}.", &short[len - 4..])
+                format!("card {}*****{}.", &short[..len - 9], &short[len - 4..])
             );
         }
     }
