@@ -461,9 +461,12 @@ fn an_advice_is_recorded_even_over_the_cap_and_only_once() {
     }
     let mut repeat = advice.clone();
     repeat.mti = *b"0121";
+    // A repeat of an advice is no approval of the issuer's own: the issuer hears it.
     assert!(matches!(
         cards.advice(key, &repeat, NOW),
-        AdviceOutcome::Repeat
+        AdviceOutcome::Repeat {
+            issuer_approved: false
+        }
     ));
     let v = cards.get(key).unwrap();
     assert_eq!((v.spent, v.uses, v.available), (5_000, 1, 0));

@@ -1481,3 +1481,40 @@ async fn a_vpan_written_so_it_cannot_be_read_is_refused_30_never_forwarded_past_
     );
     rig.stop().await;
 }
+
+#[tokio::test]
+async fn an_advice_of_a_purchase_the_issuer_approved_itself_is_acknowledged_not_booked_again() {
+    let rig = rig(Some(SimConfig::default()), |_| {}).await;
+    let (card, real) = rig.issue(|_| {}).await;
+    let mut net = Client::connect(rig.network).await;
+    let request = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 3_000);
+    assert_eq!(code(&net.call(&request).await), "00");
+    let charged_once = rig.sim().balance(&real).unwrap();
+    let advices = rig.sim().requests(b"0120");
+    // The network reports the same purchase by advice (its key, its amount, approved).
+    let mut advice = request.clone();
+    advice.set_mti(b"0120").unwrap();
+    advice.set_response_code(b"00").unwrap();
+    let answer = net.call(&advice).await;
+    assert_eq!((answer.mti(), code(&answer)), (*b"0130", "00".to_string()));
+    assert_eq!(
+        rig.sim().requests(b"0120"),
+        advices,
+        "no news to the issuer: not sent"
+    );
+    assert_eq!(
+        rig.sim().balance(&real).unwrap(),
+        charged_once,
+        "the real account charged once"
+    );
+    let view = rig.cards.get(CardKey::of(&card.vpan)).unwrap();
+    assert_eq!((view.spent, view.uses), (3_000, 1));
+
+    // An advice of a purchase the issuer never approved (a stand-in's) is news: sent.
+    let other = purchase(&mut net, b"0120", &card.vpan, &card.expiry.0, 500);
+    let mut stand_in = other.clone();
+    stand_in.set_response_code(b"00").unwrap();
+    assert_eq!(code(&net.call(&stand_in).await), "00");
+    assert_eq!(rig.sim().requests(b"0120"), advices + 1);
+    rig.stop().await;
+}

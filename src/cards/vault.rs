@@ -277,7 +277,12 @@ pub enum AdviceOutcome {
     /// Recorded (spent, even over the cap: an advice cannot be declined).
     Recorded(Durable),
     /// The same advice (or the approval it reports) was recorded already.
-    Repeat,
+    Repeat {
+        /// The issuer itself approved the request under the advice's key (an 0100 it
+        /// answered 00): the advice is no news to it, and forwarded, an issuer that books
+        /// advices would charge the account twice.
+        issuer_approved: bool,
+    },
     /// The key is known on another card or for another amount: nothing recorded.
     Conflict,
     /// No card has this vPAN.
@@ -859,7 +864,11 @@ impl Cards {
                     e.state,
                     TxState::Approved | TxState::Held | TxState::InDoubt
                 ) {
-                    return AdviceOutcome::Repeat;
+                    return AdviceOutcome::Repeat {
+                        issuer_approved: e.state == TxState::Approved
+                            && e.mti[2] == b'0'
+                            && e.decided_by == DecidedBy::Issuer,
+                    };
                 }
             }
             let (amount, counts_use) = if req.kind == Kind::Refund {

@@ -342,11 +342,19 @@ impl Flow {
                     return self.fail_closed(&request, &vpan, &e, "advice");
                 }
             }
-            AdviceOutcome::Repeat => {
+            AdviceOutcome::Repeat { issuer_approved } => {
                 // Acknowledged twice and then lost in a crash, an advice would leave its
                 // amount uncounted for good: the network would not send it again.
                 if let Err(e) = self.cards.recorded_so_far().await {
                     return self.fail_closed(&request, &vpan, &e, "advice repeat");
+                }
+                if issuer_approved {
+                    // The issuer approved this very request itself: acknowledged here,
+                    // as a repeat is answered, rather than told again as news.
+                    return (
+                        self.local_answer(&request, ResponseCode::APPROVED),
+                        DecidedBy::Switch,
+                    );
                 }
             }
         }
