@@ -52,6 +52,7 @@ fn code(d: &Decision) -> &'static str {
             ResponseCode::OVER_LIMIT => "61",
             ResponseCode::RESTRICTED => "62",
             ResponseCode::DUPLICATE => "94",
+            ResponseCode::FORMAT_ERROR => "30",
             _ => "??",
         },
         Decision::Replay(_) => "replay",
@@ -470,6 +471,28 @@ fn an_advice_is_recorded_even_over_the_cap_and_only_once() {
     ));
     let v = cards.get(key).unwrap();
     assert_eq!((v.spent, v.uses, v.available), (5_000, 1, 0));
+}
+
+#[test]
+fn an_advice_whose_two_amounts_in_the_card_currency_differ_counts_the_larger() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &spec(1_000));
+    // DE 4 of EUR 50.00 and DE 6 of EUR 0.01: an advice cannot be refused, and the issuer
+    // may charge DE 4.
+    let mut advice = request(*b"0120", 5_000, 2, "SHOP-A");
+    advice.amounts.billing = Some((1, 978));
+    match cards.advice(key, &advice, NOW) {
+        AdviceOutcome::Recorded(d) => d.wait().unwrap(),
+        other => panic!("{other:?}"),
+    }
+    let v = cards.get(key).unwrap();
+    assert_eq!((v.spent, v.available), (5_000, 0));
+    // A purchase so written is refused 30 rather than counted as the cent.
+    let mut small = purchase(5_000, 3);
+    small.amounts.billing = Some((1, 978));
+    let fresh = issue(&cards, &spec(1_000));
+    assert_eq!(code(&cards.authorize(fresh, &small, NOW)), "30");
 }
 
 #[test]

@@ -873,7 +873,7 @@ impl Cards {
             }
             let (amount, counts_use) = if req.kind == Kind::Refund {
                 (0, false)
-            } else if let Some(amount) = req.amounts.in_currency(card.currency) {
+            } else if let Some(amount) = req.amounts.counted_in(card.currency) {
                 (amount, amount > 0)
             } else {
                 // Money moved, of a size the card's currency cannot tell, perhaps past the

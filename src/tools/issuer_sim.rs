@@ -279,8 +279,12 @@ struct TxnKey {
 struct Booked {
     /// How to find it.
     key: TxnKey,
-    /// What it did to the balance (negative for a debit).
+    /// What it did to the balance (negative for a debit): the amount billed, DE 6 when
+    /// the network converted it into the card's currency, else DE 4.
     effect: i64,
+    /// DE 4 of the request, which a partial reversal's DE 95 speaks in: what stays of
+    /// `effect` is in that proportion.
+    asked: u64,
     /// What of `effect` still stands: all of it until reversed, DE 95's amount after a
     /// partial reversal, 0 after a full one.
     standing: i64,
@@ -293,6 +297,13 @@ struct Booked {
     /// Left unanswered (`timeout_share`): its reversal comes after the caller's timeout,
     /// so it is kept longer.
     unanswered: bool,
+}
+
+/// What an issuer bills its cardholder for `req`, in the card's currency: DE 6 (cardholder
+/// billing) when the network converted the amount, else DE 4.
+fn billed(req: &Message) -> Option<u64> {
+    req.amount_cardholder_billing()
+        .or_else(|| req.amount_transaction())
 }
 
 /// An account's booked financial messages, for reversals and repeats to find: the last
@@ -511,10 +522,10 @@ impl Ledger {
         if !luhn_valid(pan.as_bytes()) {
             return decision(b"14", None);
         }
-        let (Some(amount), Some(pcode)) = (req.amount_transaction(), req.processing_code()) else {
+        let (Some(asked), Some(pcode)) = (req.amount_transaction(), req.processing_code()) else {
             return decision(b"30", None);
         };
-        let Ok(amount) = i64::try_from(amount) else {
+        let Ok(amount) = i64::try_from(billed(req).unwrap_or(asked)) else {
             return decision(b"13", None);
         };
         let refund = pcode.starts_with(b"20");
@@ -544,6 +555,7 @@ impl Ledger {
         account.history.book(Booked {
             key,
             effect,
+            asked,
             standing: effect,
             response_code: rc,
             auth_code: auth,
@@ -560,10 +572,10 @@ impl Ledger {
             response_code: *b"00",
             auth_code: None,
         });
-        let (Some(Ok(pan)), Some(amount)) = (req.card_number(), req.amount_transaction()) else {
+        let (Some(Ok(pan)), Some(asked)) = (req.card_number(), req.amount_transaction()) else {
             return ack;
         };
-        let amount = i64::try_from(amount).unwrap_or(0);
+        let amount = billed(req).and_then(|a| i64::try_from(a).ok()).unwrap_or(0);
         let refund = req.processing_code().is_some_and(|p| p.starts_with(b"20"));
         let key = txn_key(req);
         if let Some(mut account) = self.account(&pan) {
@@ -576,6 +588,7 @@ impl Ledger {
             account.history.book(Booked {
                 key,
                 effect,
+                asked,
                 standing: effect,
                 response_code: *b"00",
                 auth_code: None,
@@ -617,9 +630,17 @@ impl Ledger {
                 });
             }
         };
-        let partial = |effect: i64| -> i64 {
-            match keep.and_then(|k| i64::try_from(k).ok()) {
-                Some(k) => effect.signum() * (effect.abs() - k).max(0),
+        // What a reversal gives back of `effect`, booked for a request of DE 4 `asked`: all
+        // of it, or what DE 95 does not keep, in DE 4's proportion (DE 95 speaks in DE 4;
+        // the booking may be DE 6, in the card's currency).
+        let partial = |effect: i64, asked: u64| -> i64 {
+            match keep {
+                Some(k) if asked > 0 => {
+                    let kept = u128::from(effect.unsigned_abs()) * u128::from(k.min(asked))
+                        / u128::from(asked);
+                    effect - effect.signum() * i64::try_from(kept).unwrap_or(i64::MAX)
+                }
+                Some(_) => 0,
                 None => effect,
             }
         };
@@ -657,7 +678,7 @@ impl Ledger {
                     // never charges again what an earlier one gave back.
                     Some(b) => {
                         b.reversed = true;
-                        let leaves = b.effect - partial(b.effect);
+                        let leaves = b.effect - partial(b.effect, b.asked);
                         if leaves.abs() < b.standing.abs() {
                             account.balance = account.balance.saturating_add(leaves - b.standing);
                             b.standing = leaves;
@@ -671,14 +692,12 @@ impl Ledger {
                 0
             }
             None => {
-                // No original here (booked before a restart, or elsewhere): its own DE 4.
+                // No original here (booked before a restart, or elsewhere): its own amount.
                 self.unmatched_reversals.fetch_add(1, Ordering::Relaxed);
-                let amount = req
-                    .amount_transaction()
-                    .and_then(|a| i64::try_from(a).ok())
-                    .unwrap_or(0);
+                let asked = req.amount_transaction().unwrap_or(0);
+                let amount = billed(req).and_then(|a| i64::try_from(a).ok()).unwrap_or(0);
                 let refund = req.processing_code().is_some_and(|p| p.starts_with(b"20"));
-                let given = partial(if refund { -amount } else { amount });
+                let given = partial(if refund { -amount } else { amount }, asked);
                 account.balance = account.balance.saturating_add(given);
                 given
             }
@@ -686,6 +705,7 @@ impl Ledger {
         account.history.book(Booked {
             key: own,
             effect: given,
+            asked: req.amount_transaction().unwrap_or(0),
             standing: given,
             response_code: *b"00",
             auth_code: None,
@@ -1507,6 +1527,27 @@ mod tests {
         let d = l.decide(&unreadable).unwrap();
         assert_eq!(&d.response_code, b"30");
         assert_eq!(l.balance(&pan), Some(8_000), "nothing given back");
+    }
+
+    #[test]
+    fn a_converted_amount_is_billed_in_the_cards_currency_and_reversed_in_proportion() {
+        let (l, pan) = ledger(10_000);
+        // USD 200.00 in DE 4, billed EUR 18.00 in DE 6: the account is charged the euros.
+        let mut orig = purchase(b"0100", "000001", "000000020000", "000000");
+        orig.set(49, b"840").unwrap();
+        orig.set(6, b"000000001800").unwrap();
+        orig.set(51, b"978").unwrap();
+        assert_eq!(&l.decide(&orig).unwrap().response_code, b"00");
+        assert_eq!(l.balance(&pan), Some(8_200));
+        // A partial reversal keeps USD 100.00 of DE 4: half the euros stay.
+        let mut partial = reversal_of(&orig, "000002");
+        partial
+            .set(95, format!("{:012}{}", 10_000, "0".repeat(30)).as_bytes())
+            .unwrap();
+        l.decide(&partial).unwrap();
+        assert_eq!(l.balance(&pan), Some(9_100));
+        l.decide(&reversal_of(&orig, "000003")).unwrap();
+        assert_eq!(l.balance(&pan), Some(10_000));
     }
 
     #[test]
