@@ -139,7 +139,11 @@ impl CreateCard {
             }
             (None, Some(secs)) => {
                 let secs = positive("valid_for_seconds", secs)?;
-                now.saturating_add(secs)
+                // `now` is the second the card is made in, cut to its start: counted from
+                // there, a card made late in a second lived less than it asked (a second
+                // made 0.77 s before its end, 0.23 s). From the next second, it lives at
+                // least what it asked, and at most a second more.
+                now.saturating_add(secs).saturating_add(1)
             }
             (None, None) => end_of_month(pan_expiry),
         };
@@ -477,7 +481,8 @@ mod tests {
         assert_eq!(c.currency, 36);
         assert_eq!(c.per_transaction_limit.map(NonZeroU64::get), Some(2500));
         assert_eq!(c.max_uses.map(NonZeroU32::get), Some(3));
-        assert_eq!(c.valid_until, NOW + 3600);
+        // At least the hour asked, whenever in its second the card was made.
+        assert_eq!(c.valid_until, NOW + 3600 + 1);
         assert_eq!(
             c.merchant_lock,
             MerchantLock::Acceptor(AcceptorId::new(b"SHOP0001").unwrap())
