@@ -111,6 +111,10 @@ async fn a_card_issued_through_the_api_is_authorized_over_iso8583_and_the_api_sh
     .await;
     assert_eq!(status, 201, "{text}");
     let card: Value = serde_json::from_str(&text).unwrap();
+    assert!(
+        card.get("merchant_bound").is_none(),
+        "not bound before a use"
+    );
     let vpan = card["vpan"].as_str().unwrap().to_string();
     let expiry = card["expiry"].as_str().unwrap().to_string();
 
@@ -155,6 +159,9 @@ async fn a_card_issued_through_the_api_is_authorized_over_iso8583_and_the_api_sh
     assert_eq!(shown["spent"], 2_500);
     assert_eq!(shown["available"], 7_500);
     assert_eq!(shown["uses"], 1);
+    // The first use bound the card to its merchant, which the operator can see.
+    assert_eq!(shown["merchant_lock"], "first_use");
+    assert_eq!(shown["merchant_bound"], "SHOP-A");
     assert!(!text.contains(&real));
 
     let (_, text) = call(

@@ -518,7 +518,10 @@ fn print_card(card: &Value, json_out: bool) {
             "merchant {}",
             m.get("acceptor_id").map(s).unwrap_or_default()
         ),
-        other => s(other),
+        other => match card["merchant_bound"].as_str() {
+            Some(bound) => format!("{}, bound to merchant {bound}", s(other)),
+            None => s(other),
+        },
     };
     let list = |v: &Value| {
         v.as_array()

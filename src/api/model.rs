@@ -283,6 +283,9 @@ pub struct CardBody {
     pub valid_until: String,
     /// Where the card may be used.
     pub merchant_lock: LockOut,
+    /// The merchant (DE 42) a `first_use` lock bound the card to, once it has.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub merchant_bound: Option<String>,
     /// MCCs allowed (empty: all), 4 digits each.
     pub mcc_allow: Vec<Mcc>,
     /// MCCs refused.
@@ -319,6 +322,7 @@ impl From<&CardView> for CardBody {
                     acceptor_id: id.as_str().to_string(),
                 },
             },
+            merchant_bound: v.merchant_bound.map(|id| id.as_str().to_string()),
             mcc_allow: c.mcc_allow.iter().copied().map(Mcc).collect(),
             mcc_block: c.mcc_block.iter().copied().map(Mcc).collect(),
             spent: v.spent,

@@ -18,7 +18,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::card::{
-    Card, CardKey, CardSpec, Controls, Expiry, LockKind, Status, UnixSeconds, civil_from_days,
+    AcceptorId, Card, CardKey, CardSpec, Controls, Expiry, LockKind, Status, UnixSeconds,
+    civil_from_days,
 };
 use super::event::{self, Event, Issued, TxEvent};
 use super::history::{DecidedBy, RecentTx};
@@ -128,6 +129,8 @@ pub struct CardView {
     pub status: Status,
     /// The controls as issued (a first-use lock stays `FirstUse` once bound).
     pub controls: Controls,
+    /// The merchant (DE 42) a first-use lock bound the card to, once it has.
+    pub merchant_bound: Option<AcceptorId>,
     /// Spent, minor units.
     pub spent: u64,
     /// Held by approvals waiting for the issuer.
@@ -148,6 +151,7 @@ impl CardView {
             expiry: c.virtual_expiry(),
             status: c.status(),
             controls: c.controls(),
+            merchant_bound: (c.lock == LockKind::FirstUseBound).then_some(c.acceptor),
             spent: c.spent,
             held: c.held,
             available: c.available(),
