@@ -105,6 +105,24 @@ impl Running {
         format!("https://127.0.0.1:{}{path}", self.addrs.api.port())
     }
 
+    /// A TLS connection to the API, to write requests by hand.
+    async fn tls_by_hand(&self) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        let pem = std::fs::read(self.data_dir.join("tls-cert.pem")).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile_certs(&pem) {
+            roots.add(cert).unwrap();
+        }
+        let tls = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+        let tcp = tokio::net::TcpStream::connect(self.addrs.api)
+            .await
+            .unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        connector.connect(name, tcp).await.unwrap()
+    }
+
     /// A call with the token; the status and the JSON body.
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
         self.call_with(method, path, body, Some(&self.token.clone()))
@@ -395,23 +413,57 @@ async fn malformed_json_unknown_keys_and_wrong_types_are_refused_with_400_withou
 }
 
 #[tokio::test]
+async fn a_body_announced_too_large_is_refused_at_once_and_one_trickled_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let api = Running::start(dir.path()).await;
+    let post = |length: usize| {
+        format!(
+            "POST /v1/cards HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {}\r\n\
+             content-type: application/json\r\ncontent-length: {length}\r\n\r\n",
+            api.token
+        )
+    };
+    // Announced over the limit, nothing sent: 413 without waiting for the bytes.
+    let mut stream = api.tls_by_hand().await;
+    stream.write_all(post(100_000).as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .expect("answered at once")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("payload_too_large"), "{answer}");
+
+    // A small body trickled a byte a second: cut off with 408 at the body's deadline.
+    let mut stream = api.tls_by_hand().await;
+    stream.write_all(post(100).as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let answer = loop {
+        let mut buf = [0u8; 4096];
+        if let Ok(read) = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf)).await
+        {
+            break String::from_utf8_lossy(&buf[..read.unwrap()]).into_owned();
+        }
+        stream.write_all(b" ").await.unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "still waiting for the body after 30 s"
+        );
+    };
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    assert!(started.elapsed() >= vpan::api::BODY_READ_TIMEOUT - Duration::from_secs(1));
+}
+
+#[tokio::test]
 async fn a_client_trickling_its_headers_is_cut_off_and_a_bad_path_or_method_gets_json() {
     let dir = tempfile::tempdir().unwrap();
     let api = Running::start(dir.path()).await;
     // TLS by hand: one header byte a second, each restarting the connection's idle timer;
     // the header deadline ends it all the same.
-    let pem = std::fs::read(dir.path().join("tls-cert.pem")).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile_certs(&pem) {
-        roots.add(cert).unwrap();
-    }
-    let tls = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
-    let tcp = tokio::net::TcpStream::connect(api.addrs.api).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut stream = connector.connect(name, tcp).await.unwrap();
+    let mut stream = api.tls_by_hand().await;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     stream
         .write_all(b"GET /healthz HTTP/1.1\r\n")

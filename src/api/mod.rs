@@ -50,6 +50,10 @@ pub const MAX_IN_FLIGHT: usize = 512;
 /// A request's headers must arrive within this of its first byte.
 pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long a request's body may take to arrive once its headers have: a client trickling
+/// it held its connection (and one of the API's slots) for as long as it liked.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// One health probe: true while its part is up. Cheap, synchronous, never blocks.
 pub type Probe = Box<dyn Fn() -> bool + Send + Sync>;
 

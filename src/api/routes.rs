@@ -101,17 +101,41 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let body = Bytes::from_request(req, state).await.map_err(|r| {
-            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        let too_large = || {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the body is over {} bytes", super::MAX_BODY_BYTES),
+            )
+        };
+        // Said at once when the client announces it, not after waiting for the bytes.
+        let announced = req
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if announced.is_some_and(|n| n > super::MAX_BODY_BYTES as u64) {
+            return Err(too_large());
+        }
+        let read = tokio::time::timeout(super::BODY_READ_TIMEOUT, Bytes::from_request(req, state));
+        let body = read
+            .await
+            .map_err(|_| {
                 ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    format!("the body is over {} bytes", super::MAX_BODY_BYTES),
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    format!(
+                        "the body did not arrive within {} s",
+                        super::BODY_READ_TIMEOUT.as_secs()
+                    ),
                 )
-            } else {
-                ApiError::malformed(r.body_text())
-            }
-        })?;
+            })?
+            .map_err(|r| {
+                if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    too_large()
+                } else {
+                    ApiError::malformed(r.body_text())
+                }
+            })?;
         match Json::<T>::from_bytes(&body) {
             Ok(Json(v)) => Ok(JsonBody(v)),
             Err(rejection) => Err(ApiError::malformed(without_quoted_values(
