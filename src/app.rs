@@ -136,6 +136,17 @@ impl App {
             ISSUER_MAX_FRAME_BYTES,
         )?;
 
+        // Certificate files the operator named are read before the store is opened: a typo
+        // stops the start before anything is made in a fresh data directory.
+        if !config.api.tls_cert.is_empty() {
+            let named = crate::api::tls::files(
+                &config.api.tls_cert,
+                &config.api.tls_key,
+                &config.store.data_dir,
+            )
+            .map_err(ApiSetupError::from)?;
+            crate::api::tls::server_config(&named).map_err(ApiSetupError::from)?;
+        }
         if config.cards.virtual_ranges.is_empty() {
             tracing::warn!(
                 "cards.virtual_ranges is empty: vPANs are drawn among the real cards' BINs, where \

@@ -843,6 +843,28 @@ async fn a_file_that_is_not_there_is_the_machines_fault_exit_1_whichever_flag_na
             "{args:?}: {said}"
         );
     }
+    // A certificate the configuration names, missing: refused before the store is opened,
+    // so a fresh data directory is not made (nor a key in it) for a start that fails.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = tokio::process::Command::new(VPAN)
+        .arg("serve")
+        .env("VPAN_STORE_DATA_DIR", &data)
+        .env("VPAN_API_TLS_CERT", missing)
+        .env("VPAN_API_TLS_KEY", missing)
+        .env("VPAN_NETWORK_LISTEN", "127.0.0.1:0")
+        .env("VPAN_API_LISTEN", "127.0.0.1:0")
+        .env("VPAN_METRICS_LISTEN", "127.0.0.1:0")
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.lines().last().is_some_and(|l| l.contains(missing)),
+        "{said}"
+    );
+    assert!(!data.exists(), "nothing made for a start that fails");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -49,6 +49,7 @@ pub fn load_or_create(
     data_dir: &Path,
 ) -> std::io::Result<(Secret, Option<PathBuf>)> {
     if !configured.is_empty() {
+        warn_if_short(configured.expose().len(), "api.token");
         return Ok((configured.clone(), None));
     }
     crate::store::create_private_dir(data_dir)?;
@@ -83,10 +84,25 @@ pub fn load_or_create(
                     format!("{} is empty; delete it to make a new token", path.display()),
                 ));
             }
+            warn_if_short(token.len(), &path.display().to_string());
             tracing::info!(path = %path.display(), "API token read from file");
             Ok((Secret::new(token), Some(path)))
         }
         Err(e) => Err(e),
+    }
+}
+
+/// Characters under which a token is said to be guessable (the one vpan makes has 64).
+const SHORT_TOKEN: usize = 32;
+
+/// Warns (once, at start) of a token short enough to guess: it is the API's only lock.
+fn warn_if_short(len: usize, from: &str) {
+    if len < SHORT_TOKEN {
+        tracing::warn!(
+            from,
+            characters = len,
+            "the API token is short enough to guess; use {SHORT_TOKEN} or more random characters (the one vpan makes has 64)"
+        );
     }
 }
 

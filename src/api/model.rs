@@ -35,10 +35,16 @@ pub enum LockBody {
     /// `"none"` or `"first_use"`.
     Name(String),
     /// A fixed merchant (DE 42).
-    Acceptor {
-        /// The card acceptor ID, 1 to 15 printable characters.
-        acceptor_id: String,
-    },
+    Acceptor(AcceptorLock),
+}
+
+/// `{"acceptor_id": "..."}`, nothing else: a key misspelt or added is refused (400), as at
+/// the top level, rather than ignored.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcceptorLock {
+    /// The card acceptor ID, 1 to 15 printable characters.
+    pub acceptor_id: String,
 }
 
 /// `POST /v1/cards`.
@@ -111,15 +117,13 @@ impl CreateCard {
                 NonZeroU64::new(v)
             }
         };
-        let max_uses = match self.max_uses {
-            None => None,
-            Some(v) => Some(
-                u32::try_from(v)
-                    .ok()
-                    .and_then(NonZeroU32::new)
-                    .ok_or_else(|| ApiError::invalid("max_uses: must be at least 1"))?,
-            ),
-        };
+        let max_uses =
+            match self.max_uses {
+                None => None,
+                Some(v) => Some(u32::try_from(v).ok().and_then(NonZeroU32::new).ok_or_else(
+                    || ApiError::invalid(format!("max_uses: must be from 1 to {}", u32::MAX)),
+                )?),
+            };
         let valid_until = match (self.valid_until, self.valid_for_seconds) {
             (Some(_), Some(_)) => {
                 return Err(ApiError::invalid(
@@ -151,7 +155,7 @@ impl CreateCard {
             None => MerchantLock::None,
             Some(LockBody::Name(n)) if n == "none" => MerchantLock::None,
             Some(LockBody::Name(n)) if n == "first_use" => MerchantLock::FirstUse,
-            Some(LockBody::Acceptor { acceptor_id }) => {
+            Some(LockBody::Acceptor(AcceptorLock { acceptor_id })) => {
                 let id = acceptor_id.trim_end();
                 if id.is_empty() {
                     return Err(ApiError::invalid(
@@ -496,6 +500,14 @@ mod tests {
     }
 
     #[test]
+    fn a_merchant_lock_object_with_a_key_besides_acceptor_id_is_malformed() {
+        let sent = body(serde_json::json!({"merchant_lock": {"acceptor_id": "SHOP1", "foo": 1}}));
+        assert!(serde_json::from_value::<CreateCard>(sent).is_err());
+        let err = check(serde_json::json!({"max_uses": 4_294_967_296_i64})).unwrap_err();
+        assert_eq!(err.message, "max_uses: must be from 1 to 4294967295");
+    }
+
+    #[test]
     fn each_invalid_value_is_refused_naming_its_field() {
         let bad_luhn = crate::pan::bad_luhn(&crate::pan::test_pan("497010"));
         let cases = [
@@ -518,6 +530,10 @@ mod tests {
                 "per_transaction_limit",
             ),
             (serde_json::json!({"max_uses": 0}), "max_uses"),
+            (
+                serde_json::json!({"max_uses": 4_294_967_296_i64}),
+                "max_uses",
+            ),
             (
                 serde_json::json!({"valid_until": "2020-01-01T00:00:00Z"}),
                 "valid_until",

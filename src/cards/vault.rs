@@ -1040,22 +1040,22 @@ fn validate(spec: &CardSpec, now: UnixSeconds) -> Result<(), IssueError> {
         ));
     }
     if c.amount_limit == 0 {
-        return Err(IssueError::Invalid("amount_limit must be positive"));
+        return Err(IssueError::Invalid("amount_limit: must be positive"));
     }
     if c.valid_until <= now {
-        return Err(IssueError::Invalid("valid_until must be in the future"));
+        return Err(IssueError::Invalid("valid_until: must be in the future"));
     }
     // The virtual card cannot outlive the real one (whose expiry bounds what the issuer
     // approves), and its YYMM cannot wrap past 2099.
     let (year, month, _) = civil_from_days((c.valid_until / 86_400) as i64);
     if (year, month) > spec.pan_expiry.year_month() {
         return Err(IssueError::Invalid(
-            "valid_until is after the real card's expiry (pan_expiry)",
+            "valid_until: is after the real card's expiry (pan_expiry)",
         ));
     }
     if c.mcc_allow.len() > 1000 || c.mcc_block.len() > 1000 {
         return Err(IssueError::Invalid(
-            "mcc_allow and mcc_block take at most 1000 codes",
+            "mcc_allow, mcc_block: at most 1000 codes each",
         ));
     }
     if c.mcc_allow.iter().chain(&c.mcc_block).any(|&m| m > 9999) {
