@@ -1518,3 +1518,21 @@ async fn an_advice_of_a_purchase_the_issuer_approved_itself_is_acknowledged_not_
     assert_eq!(rig.sim().requests(b"0120"), advices + 1);
     rig.stop().await;
 }
+
+#[tokio::test]
+async fn a_request_of_another_iso_version_on_a_1987_link_is_a_format_error_and_charges_nothing() {
+    let rig = rig(Some(SimConfig::default()), |_| {}).await;
+    let (card, _) = rig.issue(|_| {}).await;
+    let mut net = Client::connect(rig.network).await;
+    let asked = rig.sim().stats().requests;
+    // 1993, 2003 and private-use versions: the 1987 layout does not describe their fields.
+    for mti in [b"1100", b"2100", b"9100"] {
+        let m = purchase(&mut net, mti, &card.vpan, &card.expiry.0, 100);
+        let answer = net.call(&m).await;
+        assert_eq!(code(&answer), "30", "{}", String::from_utf8_lossy(mti));
+    }
+    let view = rig.cards.get(CardKey::of(&card.vpan)).unwrap();
+    assert_eq!((view.spent, view.uses), (0, 0));
+    assert_eq!(rig.sim().stats().requests, asked, "none reached the issuer");
+    rig.stop().await;
+}

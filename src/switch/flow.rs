@@ -142,6 +142,13 @@ impl Flow {
             // The MAC belongs to this link: the issuer link does not get the network's.
             request.remove(mac_field(&request));
         }
+        if mti[0] != b'0' && is_1987_layout(self.network_spec) {
+            // An MTI of ISO 8583:1993 (1), 2003 (2) or private use (9) on a link laid out
+            // as 1987's: its fields are not what the layout reads them as.
+            return self
+                .local_answer(&request, ResponseCode::FORMAT_ERROR)
+                .map(|message| Answer::new(message, mti, DecidedBy::Switch, received));
+        }
         let (answer, by) = match (mti[1], mti[2]) {
             (b'8', b'0') => (
                 self.local_answer(&request, ResponseCode(*b"00")),
@@ -877,6 +884,12 @@ fn as_repeat(mut request: Msg) -> Msg {
         let _ = request.set_mti(&mti);
     }
     request
+}
+
+/// Whether `spec` is one of the built-in ISO 8583:1987 layouts (a jPOS dialect file may be
+/// of any version, and says so itself).
+fn is_1987_layout(spec: &'static Spec) -> bool {
+    std::ptr::eq(spec, Spec::iso87ascii()) || std::ptr::eq(spec, Spec::iso87binary())
 }
 
 /// Whether `mti` asks for something (a request, an advice, a notification: an even
