@@ -6,13 +6,15 @@
 //! field. The network must never see it, so every issuer answer on a vPAN is searched for
 //! it, in each form a field may hold it in, before it goes back.
 //!
-//! The search is one pass over the received frame per form (ASCII digits; for a layout
-//! that is not `iso87ascii`, EBCDIC digits and packed BCD at either nibble too). Only
-//! when it finds the card outside DE 2 and DE 35 are the fields read one by one.
+//! The search is one pass over the received frame per form: ASCII digits, EBCDIC digits,
+//! and packed BCD at either nibble (a binary field, such as the chip data of DE 55, holds
+//! a card number packed even on an ASCII link). Only when it finds the card outside DE 2
+//! and DE 35 are the fields read one by one, decoded (binary as hex, in which packed
+//! digits read as themselves).
 
 use memchr::memmem;
 
-use crate::iso8583::{Message, Spec};
+use crate::iso8583::Message;
 use crate::pan::Pan;
 
 /// Fields the flow rewrites itself: the card number and track 2.
@@ -37,39 +39,44 @@ pub fn fields_holding(answer: &Message, real: &Pan) -> Vec<usize> {
 }
 
 /// Whether the card number appears in the received frame outside DE 2 and DE 35, in any of
-/// the forms the frame's layout may write digits in.
+/// the forms a field may write digits in.
 fn found_outside_rewritten(answer: &Message, real: &Pan) -> bool {
     let frame = answer.frame();
-    let spans: Vec<std::ops::Range<usize>> = REWRITTEN
-        .iter()
-        .filter_map(|&n| answer.received_span(n))
-        .collect();
-    let outside = |at: usize| !spans.iter().any(|s| s.contains(&at));
+    let spans = REWRITTEN.map(|n| answer.received_span(n));
+    let outside = |at: usize| !spans.iter().flatten().any(|s| s.contains(&at));
     let digits = real.as_bytes();
-    if memmem::find_iter(frame, digits).any(outside) {
-        return true;
+    let mut ebcdic = [0u8; 19];
+    for (e, d) in ebcdic.iter_mut().zip(digits) {
+        *e = 0xF0 | (d - b'0');
     }
-    if std::ptr::eq(answer.spec(), Spec::iso87ascii()) {
-        return false;
-    }
-    let ebcdic: Vec<u8> = digits.iter().map(|d| 0xF0 | (d - b'0')).collect();
-    [ebcdic, packed(digits), packed(&digits[1..])]
-        .iter()
-        .any(|needle| memmem::find_iter(frame, needle).any(outside))
+    let (aligned, aligned_len) = packed(digits);
+    let (shifted, shifted_len) = packed(digits.get(1..).unwrap_or_default());
+    [
+        digits,
+        &ebcdic[..digits.len()],
+        &aligned[..aligned_len],
+        &shifted[..shifted_len],
+    ]
+    .iter()
+    .any(|needle| memmem::find_iter(frame, needle).any(outside))
 }
 
-/// `digits` as packed BCD, two to a byte, the odd last digit left out (its byte's other
-/// nibble belongs to whatever follows).
-fn packed(digits: &[u8]) -> Vec<u8> {
-    digits
-        .chunks_exact(2)
-        .map(|pair| ((pair[0] - b'0') << 4) | (pair[1] - b'0'))
-        .collect()
+/// `digits` (at most 19) as packed BCD, two to a byte, the odd last digit left out (its
+/// byte's other nibble belongs to whatever follows), and how many bytes that is.
+fn packed(digits: &[u8]) -> ([u8; 10], usize) {
+    let mut out = [0u8; 10];
+    let mut len = 0;
+    for (o, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        *o = ((pair[0] - b'0') << 4) | (pair[1] - b'0');
+        len += 1;
+    }
+    (out, len)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::iso8583::Spec;
     use crate::pan::test_pan;
 
     fn answer(spec: &'static Spec, fields: &[(usize, &[u8])]) -> Message {
@@ -103,7 +110,18 @@ mod tests {
 
     #[test]
     fn packed_bcd_keeps_whole_bytes_only() {
-        assert_eq!(packed(b"12345"), vec![0x12, 0x34]);
-        assert_eq!(packed(b"2345"), vec![0x23, 0x45]);
+        let (bytes, len) = packed(b"12345");
+        assert_eq!(&bytes[..len], [0x12, 0x34]);
+        let (bytes, len) = packed(b"2345");
+        assert_eq!(&bytes[..len], [0x23, 0x45]);
+    }
+
+    #[test]
+    fn a_card_packed_in_a_binary_field_of_an_ascii_link_is_found() {
+        let real = Pan::from_digits(test_pan("497010").as_bytes()).unwrap();
+        // Chip data (DE 55) holding the application PAN (tag 5A) packed, as hex text.
+        let chip = format!("5A08{}9F2701", real.expose());
+        let leaky = answer(Spec::iso87ascii(), &[(39, b"00"), (55, chip.as_bytes())]);
+        assert_eq!(fields_holding(&leaky, &real), vec![55]);
     }
 }
