@@ -488,11 +488,11 @@ fn an_advice_whose_two_amounts_in_the_card_currency_differ_counts_the_larger() {
     }
     let v = cards.get(key).unwrap();
     assert_eq!((v.spent, v.available), (5_000, 0));
-    // A purchase so written is refused 30 rather than counted as the cent.
+    // A purchase so written is counted as the larger too: over this cap, 61.
     let mut small = purchase(5_000, 3);
     small.amounts.billing = Some((1, 978));
     let fresh = issue(&cards, &spec(1_000));
-    assert_eq!(code(&cards.authorize(fresh, &small, NOW)), "30");
+    assert_eq!(code(&cards.authorize(fresh, &small, NOW)), "61");
 }
 
 #[test]

@@ -1462,8 +1462,18 @@ async fn a_vpan_written_so_it_cannot_be_read_is_refused_30_never_forwarded_past_
         let mut m = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100_000);
         m.set(35, track.as_bytes()).unwrap();
         m.remove(2);
-        assert_eq!(code(&net.call(&m).await), "30");
+        assert_eq!(code(&net.call(&m).await), "30", "{track}");
     }
+    // Track 1 alone, which vpan reads no card from.
+    let mut track_1 = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100_000);
+    track_1
+        .set(
+            45,
+            format!("B{vpan}^HOLDER/A^{}101", card.expiry.as_str()).as_bytes(),
+        )
+        .unwrap();
+    track_1.remove(2);
+    assert_eq!(code(&net.call(&track_1).await), "30");
     assert_eq!(
         rig.sim().requests(b"0100"),
         asked,

@@ -68,12 +68,10 @@ pub enum Reason {
     OverPerTransaction,
     /// Spent + held + amount over the cumulative cap (61).
     OverCap,
-    /// Amounts that contradict each other (30): a purchase (DE 4 not zero) whose amount in
-    /// the card's currency is zero (DE 6, DE 51 the card's), which read as a verification
-    /// would pass any cap and use nothing up; or DE 4 and DE 6 that differ though both are
-    /// in the card's currency (DE 49 and DE 51), where a small DE 6 would pass the cap while
-    /// the issuer charges DE 4.
-    AmountsDisagree,
+    /// A purchase (DE 4 not zero) whose amount in the card's currency is zero (DE 6, DE 51
+    /// the card's): the amounts contradict each other (30). Read as a verification, it
+    /// would pass any cap and use nothing up while the issuer charges DE 4.
+    ZeroInCardCurrency,
 }
 
 impl Reason {
@@ -85,7 +83,7 @@ impl Reason {
             Reason::Expired | Reason::ExpiryMismatch => ResponseCode::EXPIRED,
             Reason::Currency | Reason::Merchant | Reason::Mcc => ResponseCode::NOT_PERMITTED,
             Reason::OverPerTransaction | Reason::OverCap => ResponseCode::OVER_LIMIT,
-            Reason::AmountsDisagree => ResponseCode::FORMAT_ERROR,
+            Reason::ZeroInCardCurrency => ResponseCode::FORMAT_ERROR,
         }
     }
 }
@@ -114,11 +112,11 @@ pub fn decide(card: &Card, req: &AuthRequest, now: UnixSeconds) -> Verdict {
     if req.expiry.is_some_and(|e| e != card.virtual_expiry()) {
         return Verdict::Decline(Reason::ExpiryMismatch);
     }
-    let Some(amount) = req.amounts.in_currency(card.currency) else {
+    let Some(amount) = req.amounts.counted_in(card.currency) else {
         return Verdict::Decline(Reason::Currency);
     };
-    if (amount == 0 && req.kind == Kind::Purchase) || req.amounts.disagree_in(card.currency) {
-        return Verdict::Decline(Reason::AmountsDisagree);
+    if amount == 0 && req.kind == Kind::Purchase {
+        return Verdict::Decline(Reason::ZeroInCardCurrency);
     }
     let binds_merchant = match card.lock {
         LockKind::None => false,
@@ -501,9 +499,9 @@ mod tests {
         r.amounts.billing = Some((0, EUR));
         assert_eq!(
             decide(&card(), &r, NOW),
-            Verdict::Decline(Reason::AmountsDisagree)
+            Verdict::Decline(Reason::ZeroInCardCurrency)
         );
-        assert_eq!(Reason::AmountsDisagree.code(), ResponseCode(*b"30"));
+        assert_eq!(Reason::ZeroInCardCurrency.code(), ResponseCode(*b"30"));
         // DE 4 of 0 is a verification, whatever DE 6 says.
         r.amounts.transaction = 0;
         r.kind = Kind::Verification;
@@ -511,22 +509,23 @@ mod tests {
     }
 
     #[test]
-    fn two_amounts_in_the_card_currency_that_differ_are_a_format_error() {
-        // EUR 10.00 in DE 4 and EUR 0.01 in DE 6, both the card's euros: the cap would
-        // count the cent while the issuer charges DE 4.
+    fn two_amounts_in_the_card_currency_that_differ_count_the_larger() {
+        let counted = |r: &AuthRequest| match decide(&card(), r, NOW) {
+            Verdict::Approve(t) => t.amount,
+            other => panic!("{other:?}"),
+        };
+        // EUR 10.00 in DE 4 and EUR 0.01 in DE 6, both the card's euros: the cap counts
+        // the ten euros the issuer may charge, not the cent.
         let mut r = purchase(1_000);
         r.amounts.billing = Some((1, EUR));
-        assert_eq!(
-            decide(&card(), &r, NOW),
-            Verdict::Decline(Reason::AmountsDisagree)
-        );
-        // The same amount twice is one amount; DE 6 in the card's euros for DE 4 in
-        // dollars is a conversion, and counts.
-        r.amounts.billing = Some((1_000, EUR));
-        assert!(matches!(decide(&card(), &r, NOW), Verdict::Approve(_)));
+        assert_eq!(counted(&r), 1_000);
+        // DE 6 above DE 4 (a fee the network added): DE 6.
+        r.amounts.billing = Some((1_200, EUR));
+        assert_eq!(counted(&r), 1_200);
+        // DE 6 in the card's euros for DE 4 in dollars is a conversion: DE 6.
         r.amounts.transaction_currency = USD;
         r.amounts.billing = Some((1, EUR));
-        assert!(matches!(decide(&card(), &r, NOW), Verdict::Approve(t) if t.amount == 1));
+        assert_eq!(counted(&r), 1);
     }
 
     #[test]

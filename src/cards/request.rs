@@ -95,19 +95,15 @@ pub struct Amounts {
 }
 
 impl Amounts {
-    /// Whether DE 4 and DE 6 are both in `currency` and differ: two amounts for one
-    /// transaction in one currency, which cannot both be right.
-    pub fn disagree_in(&self, currency: u16) -> bool {
-        matches!(self.billing, Some((amount, c))
-            if c == currency && self.transaction_currency == currency && amount != self.transaction)
-    }
-
-    /// What an advice in `currency` counts: its amount there, or the larger of DE 4 and
-    /// DE 6 when both are in it and disagree (an advice cannot be declined 30; counting
-    /// the smaller would let the cap count less than the issuer may charge).
+    /// What the card's cap counts in `currency`: its amount there ([`Amounts::in_currency`]),
+    /// or the larger of DE 4 and DE 6 when both are in it and differ (a fee the network
+    /// added to DE 6, or a DE 6 of one cent under a DE 4 the issuer may charge: counting
+    /// the smaller would let the cap count less than the account is charged).
     pub fn counted_in(&self, currency: u16) -> Option<u64> {
         match self.billing {
-            Some((amount, _)) if self.disagree_in(currency) => Some(amount.max(self.transaction)),
+            Some((amount, c)) if c == currency && self.transaction_currency == currency => {
+                Some(amount.max(self.transaction))
+            }
             _ => self.in_currency(currency),
         }
     }

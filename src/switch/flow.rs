@@ -517,7 +517,11 @@ impl Flow {
             Some(Ok(pan)) if self.cards.in_virtual_range(pan.as_bytes()) => {
                 Some(ResponseCode::UNKNOWN_CARD)
             }
-            Some(Err(_)) if self.may_be_virtual(&request) => Some(ResponseCode::FORMAT_ERROR),
+            // Unreadable, or in no field vpan reads a card from (a track 2 it cannot parse,
+            // track 1 alone).
+            Some(Err(_)) | None if self.may_be_virtual(&request) => {
+                Some(ResponseCode::FORMAT_ERROR)
+            }
             _ => None,
         };
         match refused {
@@ -526,24 +530,28 @@ impl Flow {
         }
     }
 
-    /// Whether a card number vpan cannot read (DE 2 not a PAN, or a track 2 whose account
-    /// number does not end at a separator) may be one of its own: its digits begin in a
-    /// virtual range, or with an issued vPAN. Forwarded, it would skip that card's controls
-    /// and take the vPAN to the issuer.
+    /// Whether a card number vpan cannot read (DE 2 not a PAN, a track 2 it cannot parse or
+    /// whose account number does not end at a separator, track 1 alone) may be one of its
+    /// own: the first digits of DE 2, DE 35 or DE 45 (after a sentinel, a format code or
+    /// spaces) begin in a virtual range, or with an issued vPAN. Forwarded, it would skip
+    /// that card's controls and take the vPAN to the issuer.
     fn may_be_virtual(&self, request: &Message) -> bool {
-        let Some(text) = request.text(2).or_else(|| request.text(35)) else {
-            return false;
-        };
-        let digits: Vec<u8> = text
-            .iter()
-            .copied()
-            .take_while(u8::is_ascii_digit)
-            .collect();
-        self.cards.in_virtual_range(&digits)
-            || (12..=digits.len().min(19)).any(|len| {
-                Pan::from_digits(&digits[..len])
-                    .is_ok_and(|pan| self.cards.contains(CardKey::of(&pan)))
-            })
+        [2, 35, 45].into_iter().any(|n| {
+            let Some(text) = request.text(n) else {
+                return false;
+            };
+            let digits: Vec<u8> = text
+                .iter()
+                .copied()
+                .skip_while(|c| !c.is_ascii_digit())
+                .take_while(u8::is_ascii_digit)
+                .collect();
+            self.cards.in_virtual_range(&digits)
+                || (12..=digits.len().min(19)).any(|len| {
+                    Pan::from_digits(&digits[..len])
+                        .is_ok_and(|pan| self.cards.contains(CardKey::of(&pan)))
+                })
+        })
     }
 
     /// Forwards untouched (in the issuer's layout), answers untouched.
@@ -659,7 +667,13 @@ impl Flow {
         let track2 = answer
             .track2()
             .and_then(|t| t.with_pan_and_expiry(&vpan.pan, expiry));
-        let strays = scrub::fields_holding(&answer, real);
+        let Ok(strays) = scrub::fields_holding(&answer, real) else {
+            crate::logging::throttled!(
+                error,
+                "the issuer's answer holds the real card number across fields vpan cannot take it out of: not answered"
+            );
+            return None;
+        };
         let mut out = self.answer_in_network_layout(answer)?;
         for n in strays {
             // The extended PAN echoed is the card, and the network knows it as the vPAN;
