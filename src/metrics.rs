@@ -245,7 +245,7 @@ fn without_long_digit_runs(page: String) -> String {
                 out.push_str(series);
                 out.push(' ');
                 match value.parse::<f64>() {
-                    Ok(v) => out.push_str(&format!("{v:.9e}")),
+                    Ok(v) => out.push_str(&format!("{v:.8e}")),
                     Err(_) => out.push_str(value),
                 }
             }
@@ -280,14 +280,14 @@ mod tests {
             out,
             "# HELP x a histogram\n\
              x_bucket{le=\"0.5\"} 3\n\
-             x_sum 8.356629000e-3\n\
+             x_sum 8.35662900e-3\n\
              x_count 3\n\
-             y_total 4.970101235e15\n"
+             y_total 4.97010123e15\n"
         );
         // Prometheus reads them back as the values they round.
         for (text, v) in [
-            ("8.356629000e-3", 0.008356629),
-            ("4.970101235e15", 4.970101235e15),
+            ("8.35662900e-3", 0.008356629),
+            ("4.97010123e15", 4.97010123e15),
         ] {
             assert_eq!(text.parse::<f64>().unwrap(), v);
         }

@@ -1383,6 +1383,7 @@ fn a_key_file_the_configuration_names_is_never_made_and_a_data_dir_that_cannot_b
         "{err}"
     );
     assert!(!named.exists(), "no key made there");
+    assert!(!dir.path().join("data").exists(), "nor a data directory");
 
     let blocked = dir.path().join("a-file");
     std::fs::write(&blocked, b"").unwrap();

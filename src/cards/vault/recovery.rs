@@ -58,6 +58,25 @@ impl Cards {
         let started = Instant::now();
         let generator = VpanGenerator::new(cards.bin_length, &cards.virtual_ranges)?;
         let dir = store.data_dir.clone();
+        let key_path = store.key_path();
+        // A key file the configuration names is looked for before anything is made: a
+        // typo or an unmounted volume leaves no fresh data directory behind. A key there
+        // that cannot be reached is that error, not "not there".
+        if !store.makes_its_own_key() {
+            let there = key_path.try_exists().map_err(|e| StoreError::KeyFile {
+                path: key_path.clone(),
+                what: "looking for it",
+                message: e.to_string(),
+            })?;
+            if !there {
+                return Err(StoreError::KeyFile {
+                    path: key_path,
+                    what: "looking for it",
+                    message: "it is not there: put the 32-byte key there (0600), or leave store.key_file empty for vpan to make pan.key in store.data_dir".into(),
+                }
+                .into());
+            }
+        }
         crate::store::create_private_dir(&dir).map_err(|e| StoreError::DataDir {
             path: dir.clone(),
             message: format!("creating it: {e}"),
@@ -76,15 +95,6 @@ impl Cards {
             Err(std::fs::TryLockError::Error(e)) => {
                 return Err(StoreError::io("locking the data directory")(e).into());
             }
-        }
-        let key_path = store.key_path();
-        if !key_path.exists() && !store.makes_its_own_key() {
-            return Err(StoreError::KeyFile {
-                path: key_path,
-                what: "looking for it",
-                message: "it is not there: put the 32-byte key there (0600), or leave store.key_file empty for vpan to make pan.key in store.data_dir".into(),
-            }
-            .into());
         }
         if !key_path.exists() && holds_sealed_card_numbers(&dir)? {
             return Err(StoreError::KeyFile {

@@ -24,10 +24,42 @@ use super::{IssuerError, IssuerLink, Origin};
 /// Longest wait between two tries of a reversal toward an issuer that does not answer.
 const REVERSAL_RETRY_MAX: Duration = Duration::from_secs(5);
 
-/// Connections lost in a row with a reversal on them after which the reversal itself is
-/// suspected of being what the issuer refuses (a frame over its own size limit, a field it
+/// Connections lost in a row, each within [`SUSPECT_WITHIN`] of the reversal's sending,
+/// after which the reversal itself is suspected of being what the issuer refuses (a frame over its own size limit, a field it
 /// rejects): a host that is merely restarting loses the connection once, then refuses it.
 const SUSPECT_AFTER_LOSSES: u32 = 3;
+
+/// How soon after a reversal is sent a lost connection counts against it.
+const SUSPECT_WITHIN: Duration = Duration::from_secs(1);
+
+/// A wait that doubles from `first` up to `max` each time it is taken.
+struct Backoff {
+    first: Duration,
+    max: Duration,
+    upcoming: Duration,
+}
+
+impl Backoff {
+    fn new(first: Duration, max: Duration) -> Backoff {
+        Backoff {
+            first,
+            max,
+            upcoming: first,
+        }
+    }
+
+    /// The wait now; the next one is twice as long, up to `max`.
+    fn take(&mut self) -> Duration {
+        let now = self.upcoming;
+        self.upcoming = (now * 2).min(self.max);
+        now
+    }
+
+    /// Starts again from `first`.
+    fn restart(&mut self) {
+        self.upcoming = self.first;
+    }
+}
 
 /// The first wait between two tries of a suspected reversal, doubled up to
 /// [`SUSPECT_RETRY_MAX`]. Each try may cost a live connection its requests in flight (91s):
@@ -228,15 +260,16 @@ impl IssuerLink {
         link.inner.reversals.fetch_add(1, Ordering::AcqRel);
         tokio::spawn(async move {
             let _done = ReversalDone(link.clone());
-            let mut wait = Duration::from_millis(100);
+            let mut wait = Backoff::new(Duration::from_millis(100), REVERSAL_RETRY_MAX);
             let mut lost_in_a_row = 0u32;
-            let mut suspect_wait = SUSPECT_RETRY_FIRST;
+            let mut suspect_wait = Backoff::new(SUSPECT_RETRY_FIRST, SUSPECT_RETRY_MAX);
             for attempt in 1u64.. {
                 // A reversal is not on a cardholder's clock: a slow host gets seconds to
                 // answer it before it is sent again.
                 let timeout = link.management_timeout();
                 let only = same_connection.take();
                 let loud = attempt <= 5 || attempt % 12 == 0;
+                let sent_at = std::time::Instant::now();
                 let sent = link
                     .send_via(reversal.clone(), only, timeout, Origin::Link)
                     .await
@@ -251,7 +284,11 @@ impl IssuerLink {
                     let _ = reversal.set_mti(b"0401");
                 }
                 match &sent {
-                    Err(IssuerError::ConnectionLost) => lost_in_a_row += 1,
+                    // Dropped as it was read: the host's doing, perhaps over this reversal.
+                    // A drop later on (a host restarting) says nothing about it.
+                    Err(IssuerError::ConnectionLost) if sent_at.elapsed() < SUSPECT_WITHIN => {
+                        lost_in_a_row += 1
+                    }
                     // No connection up to try it on says nothing about the reversal.
                     Err(IssuerError::Unavailable) => {}
                     _ => lost_in_a_row = 0,
@@ -303,15 +340,11 @@ impl IssuerLink {
                     );
                 }
                 let pause = if suspect {
-                    let pause = suspect_wait;
-                    suspect_wait = (suspect_wait * 2).min(SUSPECT_RETRY_MAX);
-                    pause
+                    suspect_wait.take()
                 } else {
-                    // Answered, or timed out, since: back to the ordinary pace.
-                    suspect_wait = SUSPECT_RETRY_FIRST;
-                    let pause = wait;
-                    wait = (wait * 2).min(REVERSAL_RETRY_MAX);
-                    pause
+                    // Answered, timed out or dropped late since: back to the ordinary pace.
+                    suspect_wait.restart();
+                    wait.take()
                 };
                 tokio::select! {
                     () = tokio::time::sleep(pause) => {}
