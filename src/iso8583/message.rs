@@ -171,14 +171,6 @@ impl Message {
         self.buf.get(start..end)
     }
 
-    /// Where field `n` lies in the received frame (length prefix included), as byte offsets;
-    /// `None` when it was not received.
-    pub fn received_span(&self, n: usize) -> Option<std::ops::Range<usize>> {
-        let wire = self.received_wire(n)?;
-        let start = wire.as_ptr() as usize - self.buf.as_ptr() as usize;
-        Some(start..start + wire.len())
-    }
-
     /// The last edit of field `n`: `Some(Some(wire))` when set, `Some(None)` when removed,
     /// `None` when not edited.
     pub(crate) fn edit(&self, n: usize) -> Option<Option<&[u8]>> {

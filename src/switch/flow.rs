@@ -667,13 +667,7 @@ impl Flow {
         let track2 = answer
             .track2()
             .and_then(|t| t.with_pan_and_expiry(&vpan.pan, expiry));
-        let Ok(strays) = scrub::fields_holding(&answer, real) else {
-            crate::logging::throttled!(
-                error,
-                "the issuer's answer holds the real card number across fields vpan cannot take it out of: not answered"
-            );
-            return None;
-        };
+        let strays = scrub::fields_holding(&answer, real);
         let mut out = self.answer_in_network_layout(answer)?;
         for n in strays {
             // The extended PAN echoed is the card, and the network knows it as the vPAN;
