@@ -143,6 +143,23 @@ impl Message {
         (2..=self.spec.max_field).filter(|&n| self.has(n))
     }
 
+    /// The fields this message has and `other` has not, in order: read off the bitmaps a
+    /// word at a time, not field number by field number.
+    pub fn fields_not_in(&self, other: &Message) -> impl Iterator<Item = usize> + use<> {
+        let words: [u64; 3] = std::array::from_fn(|w| self.present[w] & !other.present[w]);
+        words.into_iter().enumerate().flat_map(|(w, mut bits)| {
+            std::iter::from_fn(move || {
+                if bits == 0 {
+                    return None;
+                }
+                // Field 1 + 64 w is the word's top bit.
+                let from_top = bits.leading_zeros() as usize;
+                bits &= !(1u64 << (63 - from_top));
+                Some(w * 64 + from_top + 1)
+            })
+        })
+    }
+
     /// Field `n` as it is on the wire, length prefix included.
     pub(crate) fn wire(&self, n: usize) -> Option<&[u8]> {
         if !self.has(n) {
@@ -784,6 +801,22 @@ pub struct ReplacementAmounts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fields_one_message_has_and_another_not_come_in_order_across_bitmaps() {
+        let spec = Spec::iso87ascii();
+        let mut a = Message::new(spec, b"0110").unwrap();
+        for (n, v) in [(3, &b"000000"[..]), (39, b"00"), (64, b"0011223344556677")] {
+            a.set(n, v).unwrap();
+        }
+        a.set(70, b"301").unwrap();
+        a.set(128, b"8899AABBCCDDEEFF").unwrap();
+        let mut b = Message::new(spec, b"0100").unwrap();
+        b.set(3, b"000000").unwrap();
+        b.set(70, b"301").unwrap();
+        assert_eq!(a.fields_not_in(&b).collect::<Vec<_>>(), vec![39, 64, 128]);
+        assert_eq!(b.fields_not_in(&a).count(), 0);
+    }
 
     #[test]
     fn bitmap_positions_are_most_significant_bit_first() {

@@ -272,7 +272,7 @@ impl Flow {
                 // so the outcome record need not be waited for.
                 let _outcome_durable = self.cards.complete(&hold, outcome, now());
                 (
-                    self.to_virtual(answer, vpan, &virtual_expiry.0, &real_pan),
+                    self.to_virtual(answer, &request, vpan, &virtual_expiry.0, &real_pan),
                     DecidedBy::Issuer,
                 )
             }
@@ -492,7 +492,7 @@ impl Flow {
             name_original(&mut toward_issuer, mti);
         }
         match self.issuer.send(toward_issuer).await {
-            Ok(answer) => Ok(self.to_virtual(answer, vpan, &virtual_expiry.0, &real_pan)),
+            Ok(answer) => Ok(self.to_virtual(answer, request, vpan, &virtual_expiry.0, &real_pan)),
             Err(e) => Err(NotSent::Issuer(e)),
         }
     }
@@ -655,11 +655,12 @@ impl Flow {
         Some(out)
     }
 
-    /// The issuer's answer in the network's layout with the vPAN (and virtual expiry)
-    /// back in DE 2, 14 and 35.
+    /// The issuer's answer to `request` in the network's layout with the vPAN (and virtual
+    /// expiry) back in DE 2, 14 and 35, and the real card `real` nowhere else.
     fn to_virtual(
         &self,
         answer: Msg,
+        request: &Message,
         vpan: &VirtualPan,
         expiry: &[u8; 4],
         real: &Pan,
@@ -667,7 +668,7 @@ impl Flow {
         let track2 = answer
             .track2()
             .and_then(|t| t.with_pan_and_expiry(&vpan.pan, expiry));
-        let strays = scrub::fields_holding(&answer, real);
+        let strays = scrub::fields_holding(&answer, request, real);
         let mut out = self.answer_in_network_layout(answer)?;
         for n in strays {
             // The extended PAN echoed is the card, and the network knows it as the vPAN;

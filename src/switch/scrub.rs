@@ -6,11 +6,13 @@
 //! field. The network must never see it, so every issuer answer on a vPAN is searched for
 //! it, in each form a field may hold it in, before it goes back.
 //!
-//! Each field is read as vpan reads any field (digits for numerics, BCD included; text
-//! for text, EBCDIC translated; binary as hex, in which a packed card number reads as its
-//! digits, as in the chip data of DE 55) and searched for the card number's digits. Only
-//! fields long enough to hold a card number are read: on a usual answer that is one or two
-//! (DE 43), so the search costs an approval little.
+//! Only fields the request vpan sent did not have are looked at (the issuer's own: DE 38,
+//! DE 39, and what else it adds), and DE 34 wherever it comes from: a field the issuer
+//! echoes holds what the network sent, which never held the real card. Each is read as
+//! vpan reads any field (digits for numerics, BCD included; text, EBCDIC translated; binary
+//! as hex, in which a packed card number reads as its digits, as in the chip data of
+//! DE 55), if it is long enough to hold a card number. On a usual answer none is, and the
+//! search costs an approval a few bitmap words.
 
 use crate::iso8583::Message;
 use crate::iso8583::spec::Encoding;
@@ -19,12 +21,15 @@ use crate::pan::Pan;
 /// Fields the flow rewrites itself: the card number and track 2.
 const REWRITTEN: [usize; 2] = [2, 35];
 
-/// The fields of `answer`, other than DE 2 and DE 35, that hold the real card number
-/// `real`. Empty, without allocating, in the usual case.
-pub fn fields_holding(answer: &Message, real: &Pan) -> Vec<usize> {
+/// The fields of `answer` that hold the real card number `real`, among those `request`
+/// (the network's, which vpan sent on) did not have, and DE 34. Empty, without allocating,
+/// in the usual case.
+pub fn fields_holding(answer: &Message, request: &Message, real: &Pan) -> Vec<usize> {
     let digits = real.as_bytes();
+    let extended_pan = answer.has(34) && request.has(34);
     answer
-        .field_numbers()
+        .fields_not_in(request)
+        .chain(extended_pan.then_some(34))
         .filter(|n| !REWRITTEN.contains(n))
         .filter(|&n| {
             room_for(answer, n) >= digits.len()
@@ -66,6 +71,20 @@ mod tests {
     use crate::iso8583::Spec;
     use crate::pan::test_pan;
 
+    /// A request with DE 2, 3, 4, 11 and 34 (the card number as the network wrote it).
+    fn request(spec: &'static Spec, card: &[u8]) -> Message {
+        answer(
+            spec,
+            &[
+                (2, card),
+                (3, b"000000"),
+                (4, b"000000001000"),
+                (11, b"000001"),
+                (34, card),
+            ],
+        )
+    }
+
     fn answer(spec: &'static Spec, fields: &[(usize, &[u8])]) -> Message {
         let mut m = Message::new(spec, b"0110").unwrap();
         for (n, v) in fields {
@@ -81,9 +100,10 @@ mod tests {
         let track = [digits, b"=29121010000012300000"].concat();
         let extra = [b"CARD ", digits, b" OK"].concat();
         for spec in [Spec::iso87ascii(), Spec::iso87binary()] {
+            let sent = request(spec, b"4970100000000000");
             let usual = answer(spec, &[(2, digits), (35, &track), (39, b"00")]);
             assert_eq!(
-                fields_holding(&usual, &real),
+                fields_holding(&usual, &sent, &real),
                 Vec::<usize>::new(),
                 "{}",
                 spec.name
@@ -92,12 +112,23 @@ mod tests {
                 spec,
                 &[(2, digits), (34, digits), (39, b"00"), (44, &extra)],
             );
-            assert_eq!(fields_holding(&leaky, &real), vec![34, 44], "{}", spec.name);
+            assert_eq!(
+                fields_holding(&leaky, &sent, &real),
+                vec![44, 34],
+                "{}",
+                spec.name
+            );
+            // An echoed field holds what the network sent: not looked at.
+            let name = format!("{:<40}", String::from_utf8_lossy(&extra));
+            let echoed = answer(spec, &[(3, b"000000"), (39, b"00"), (43, name.as_bytes())]);
+            let with_43 = answer(spec, &[(3, b"000000"), (43, name.as_bytes())]);
+            assert!(fields_holding(&echoed, &with_43, &real).is_empty());
         }
         // Another card's number is no concern of this answer's.
         let other = test_pan("411111");
         let unrelated = answer(Spec::iso87binary(), &[(34, other.as_bytes()), (39, b"00")]);
-        assert!(fields_holding(&unrelated, &real).is_empty());
+        let sent = request(Spec::iso87binary(), b"4970100000000000");
+        assert!(fields_holding(&unrelated, &sent, &real).is_empty());
     }
 
     #[test]
@@ -109,7 +140,8 @@ mod tests {
             // packed from a byte's low nibble.
             for chip in [format!("5A08{digits}9F2701"), format!("0{digits}F")] {
                 let leaky = answer(spec, &[(39, b"00"), (55, chip.as_bytes())]);
-                assert_eq!(fields_holding(&leaky, &real), vec![55], "{chip}");
+                let sent = request(spec, b"4970100000000000");
+                assert_eq!(fields_holding(&leaky, &sent, &real), vec![55], "{chip}");
             }
         }
     }
