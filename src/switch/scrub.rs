@@ -6,35 +6,71 @@
 //! field. The network must never see it, so every issuer answer on a vPAN is searched for
 //! it, in each form a field may hold it in, before it goes back.
 //!
-//! Only fields the request vpan sent did not have are looked at (the issuer's own: DE 38,
-//! DE 39, and what else it adds), and DE 34 wherever it comes from: a field the issuer
-//! echoes holds what the network sent, which never held the real card. Each is read as
-//! vpan reads any field (digits for numerics, BCD included; text, EBCDIC translated; binary
-//! as hex, in which a packed card number reads as its digits, as in the chip data of
-//! DE 55), if it is long enough to hold a card number. On a usual answer none is, and the
-//! search costs an approval a few bitmap words.
+//! A field is read only if it is long enough to hold a card number and it does not echo
+//! the request's value (an echo holds what the network sent, which never held the real
+//! card): on a usual answer, none. It is read as vpan reads any field (digits for numerics,
+//! BCD included; text, EBCDIC translated; binary as hex, in which a packed card number reads
+//! as its digits, as in the chip data of DE 55), and a binary field's bytes are searched
+//! for the number as ASCII and EBCDIC text too.
 
 use crate::iso8583::Message;
-use crate::iso8583::spec::Encoding;
+use crate::iso8583::spec::{Encoding, Kind};
 use crate::pan::Pan;
 
 /// Fields the flow rewrites itself: the card number and track 2.
 const REWRITTEN: [usize; 2] = [2, 35];
 
-/// The fields of `answer` that hold the real card number `real`, among those `request`
-/// (the network's, which vpan sent on) did not have, and DE 34. Empty, without allocating,
-/// in the usual case.
+/// The fields of `answer` that hold the real card number `real`, other than DE 2 and
+/// DE 35 and those that echo `request` (the network's, which vpan sent on). Empty, without
+/// allocating, in the usual case.
 pub fn fields_holding(answer: &Message, request: &Message, real: &Pan) -> Vec<usize> {
     let digits = real.as_bytes();
-    let extended_pan = answer.has(34) && request.has(34);
     answer
-        .fields_not_in(request)
-        .chain(extended_pan.then_some(34))
+        .fields()
         .filter(|n| !REWRITTEN.contains(n))
-        .filter(|&n| {
-            room_for(answer, n) >= digits.len()
-                && answer.text(n).is_some_and(|t| occurs(&t, digits))
-        })
+        .filter(|&n| room_for(answer, n) >= digits.len())
+        .filter(|&n| !echoes(answer, request, n))
+        .filter(|&n| holds(answer, n, digits))
+        .collect()
+}
+
+/// Whether field `n` of `answer` is the request's, as it was.
+fn echoes(answer: &Message, request: &Message, n: usize) -> bool {
+    if std::ptr::eq(answer.spec(), request.spec()) {
+        return request
+            .raw(n)
+            .is_some_and(|sent| answer.raw(n) == Some(sent));
+    }
+    match (request.text(n), answer.text(n)) {
+        (Some(sent), Some(got)) => *sent == *got,
+        _ => false,
+    }
+}
+
+/// Whether field `n` holds the card number `digits`: in its decoded form, or, for a binary
+/// field (read as hex), as ASCII or EBCDIC text in its bytes.
+fn holds(answer: &Message, n: usize, digits: &[u8]) -> bool {
+    let Some(text) = answer.text(n) else {
+        return false;
+    };
+    if occurs(&text, digits) {
+        return true;
+    }
+    if answer.spec().field(n).map(|f| f.kind) != Some(Kind::B) {
+        return false;
+    }
+    let bytes = hex_bytes(&text);
+    let mut ebcdic = [0u8; 19];
+    for (e, d) in ebcdic.iter_mut().zip(digits) {
+        *e = 0xF0 | (d - b'0');
+    }
+    occurs(&bytes, digits) || occurs(&bytes, &ebcdic[..digits.len().min(19)])
+}
+
+/// The bytes hex text stands for (pairs that are not hex are left out).
+fn hex_bytes(text: &[u8]) -> Vec<u8> {
+    text.chunks_exact(2)
+        .filter_map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok())
         .collect()
 }
 
@@ -114,21 +150,63 @@ mod tests {
             );
             assert_eq!(
                 fields_holding(&leaky, &sent, &real),
-                vec![44, 34],
+                vec![34, 44],
                 "{}",
                 spec.name
             );
-            // An echoed field holds what the network sent: not looked at.
+            // A field echoed as the network sent it is not read; one the issuer changed is.
             let name = format!("{:<40}", String::from_utf8_lossy(&extra));
             let echoed = answer(spec, &[(3, b"000000"), (39, b"00"), (43, name.as_bytes())]);
             let with_43 = answer(spec, &[(3, b"000000"), (43, name.as_bytes())]);
             assert!(fields_holding(&echoed, &with_43, &real).is_empty());
+            let shop = answer(
+                spec,
+                &[(3, b"000000"), (43, format!("{:<40}", "SHOP").as_bytes())],
+            );
+            assert_eq!(fields_holding(&echoed, &shop, &real), vec![43]);
         }
         // Another card's number is no concern of this answer's.
         let other = test_pan("411111");
         let unrelated = answer(Spec::iso87binary(), &[(34, other.as_bytes()), (39, b"00")]);
         let sent = request(Spec::iso87binary(), b"4970100000000000");
         assert!(fields_holding(&unrelated, &sent, &real).is_empty());
+    }
+
+    #[test]
+    fn chip_data_the_issuer_answers_in_is_read_though_the_request_had_some() {
+        let real = Pan::from_digits(test_pan("497010").as_bytes()).unwrap();
+        let digits = real.expose();
+        for spec in [Spec::iso87ascii(), Spec::iso87binary()] {
+            // A chip request carries DE 55; the issuer's DE 55 is its own (its
+            // authentication data), here with the application PAN (tag 5A) in it.
+            let sent = answer(spec, &[(3, b"000000"), (55, b"9F2608AABBCCDDEEFF0011")]);
+            let leaky = answer(
+                spec,
+                &[(39, b"00"), (55, format!("5A08{digits}910A00").as_bytes())],
+            );
+            assert_eq!(
+                fields_holding(&leaky, &sent, &real),
+                vec![55],
+                "{}",
+                spec.name
+            );
+            // Its bytes holding the number as text, ASCII or EBCDIC, where DE 55 is bytes
+            // (the ASCII layout has it as text, in which chip data is hex).
+            if spec.name != "iso87binary" {
+                continue;
+            }
+            let ascii: String = digits.bytes().map(|b| format!("{b:02X}")).collect();
+            let ebcdic: String = digits.chars().map(|d| format!("F{d}")).collect();
+            for text in [ascii, ebcdic] {
+                let leaky = answer(spec, &[(39, b"00"), (55, format!("DF01{text}").as_bytes())]);
+                assert_eq!(
+                    fields_holding(&leaky, &sent, &real),
+                    vec![55],
+                    "{text} {}",
+                    spec.name
+                );
+            }
+        }
     }
 
     #[test]
