@@ -14,7 +14,7 @@
 //! for the number as ASCII and EBCDIC text too.
 
 use crate::iso8583::Message;
-use crate::iso8583::spec::{Encoding, Kind};
+use crate::iso8583::spec::{Encoding, FieldSpec, Kind};
 use crate::pan::Pan;
 
 /// Fields the flow rewrites itself: the card number and track 2.
@@ -25,9 +25,15 @@ const REWRITTEN: [usize; 2] = [2, 35];
 /// allocating, in the usual case.
 pub fn fields_holding(answer: &Message, request: &Message, real: &Pan) -> Vec<usize> {
     let digits = real.as_bytes();
+    let spec = answer.spec();
     answer
         .fields()
         .filter(|n| !REWRITTEN.contains(n))
+        // The layout alone rules out most fields (amounts, dates, codes), unread.
+        .filter(|&n| {
+            spec.field(n)
+                .is_some_and(|f| digits_in(f, f.max_len as usize) >= digits.len())
+        })
         .filter(|&n| room_for(answer, n) >= digits.len())
         .filter(|&n| !echoes(answer, request, n))
         .filter(|&n| holds(answer, n, digits))
@@ -74,16 +80,22 @@ fn hex_bytes(text: &[u8]) -> Vec<u8> {
         .collect()
 }
 
-/// How many digits field `n` could hold, from its length on the wire: two to a byte where
-/// its bytes are packed (BCD, or binary that may hold packed digits), one elsewhere.
+/// How many digits field `n` of `answer` could hold, from its length on the wire.
 fn room_for(answer: &Message, n: usize) -> usize {
-    let Some(wire) = answer.raw(n) else {
-        return 0;
-    };
-    match answer.spec().field(n).map(|f| f.encoding) {
-        Some(Encoding::Bcd(_) | Encoding::Binary) => wire.len() * 2,
-        _ => wire.len(),
+    match (answer.spec().field(n), answer.raw(n)) {
+        (Some(f), Some(wire)) => match f.encoding {
+            // Its bytes, two digits to a byte where they are packed.
+            Encoding::Bcd(_) | Encoding::Binary => wire.len() * 2,
+            _ => wire.len(),
+        },
+        _ => 0,
     }
+}
+
+/// How many digits `units` of field `f` (its layout's units: bytes for binary, digits for
+/// BCD numerics, characters for text) could hold: a byte of binary holds two packed.
+fn digits_in(f: &FieldSpec, units: usize) -> usize {
+    if f.kind == Kind::B { units * 2 } else { units }
 }
 
 /// Whether `needle` occurs in `haystack`: candidates found by their first byte
