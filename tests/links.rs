@@ -486,15 +486,17 @@ async fn the_real_card_number_an_issuer_puts_in_other_fields_never_reaches_the_n
     let (rig, mut host) = signed_on_host(5_000).await;
     let (card, real) = rig.issue(|_| {}).await;
     let mut net = Client::connect(rig.network).await;
-    let request = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
+    // The network repeats the card as the extended PAN: the issuer gets the real one there.
+    let mut request = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
+    request.set(34, card.vpan.as_bytes()).unwrap();
     net.send(&request).await;
     let at_host = next_message(&mut host).await;
     assert_eq!(at_host.raw(2), Some(real.as_bytes()));
-    // The host echoes the card as the extended PAN, and quotes it in its response data.
+    assert_eq!(at_host.raw(34), Some(real.as_bytes()));
+    // The host echoes it, and quotes the card in its response data.
     let mut answer = at_host.clone();
     answer.set_mti(b"0110").unwrap();
     answer.set_response_code(b"00").unwrap();
-    answer.set(34, real.as_bytes()).unwrap();
     answer
         .set(44, format!("ACCT {}", real.expose()).as_bytes())
         .unwrap();

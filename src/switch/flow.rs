@@ -622,6 +622,12 @@ impl Flow {
         if out.has(14) {
             out.set_expiry(expiry).ok()?;
         }
+        // The extended PAN, where the network repeats the card there, is the card too.
+        if let (Some(Ok(card)), Some(extended)) = (request.card_number(), request.text(34))
+            && *extended == *card.as_bytes()
+        {
+            out.set(34, pan.as_bytes()).ok()?;
+        }
         // Track 2 carries the card too: one that cannot be read, and so not rewritten,
         // must not reach the issuer with the vPAN in it (the caller answers 30). A
         // reversal has given the amount back already, and an advice has been counted: both
