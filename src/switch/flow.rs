@@ -622,8 +622,10 @@ impl Flow {
         if out.has(14) {
             out.set_expiry(expiry).ok()?;
         }
-        // The extended PAN, where the network repeats the card there, is the card too.
-        if let (Some(Ok(card)), Some(extended)) = (request.card_number(), request.text(34))
+        // The extended PAN, where the network repeats the card there, is the card too. (DE 34
+        // looked at first: most requests have none, and pay nothing more.)
+        if let Some(extended) = request.text(34)
+            && let Some(Ok(card)) = request.card_number()
             && *extended == *card.as_bytes()
         {
             out.set(34, pan.as_bytes()).ok()?;
