@@ -823,7 +823,9 @@ mod tests {
             parsed.field_numbers().collect::<Vec<_>>()
         );
         parsed.remove(64);
-        parsed.set(2, b"4970101234567890").unwrap();
+        parsed
+            .set(2, crate::pan::test_pan("497010").as_bytes())
+            .unwrap();
         assert_eq!(parsed.fields().collect::<Vec<_>>(), vec![2, 3, 39, 70, 128]);
     }
 

@@ -148,7 +148,7 @@ mod tests {
         let track = [digits, b"=29121010000012300000"].concat();
         let extra = [b"CARD ", digits, b" OK"].concat();
         for spec in [Spec::iso87ascii(), Spec::iso87binary()] {
-            let sent = request(spec, b"4970100000000000");
+            let sent = request(spec, test_pan("497019").as_bytes());
             let usual = answer(spec, &[(2, digits), (35, &track), (39, b"00")]);
             assert_eq!(
                 fields_holding(&usual, &sent, &real),
@@ -180,7 +180,7 @@ mod tests {
         // Another card's number is no concern of this answer's.
         let other = test_pan("411111");
         let unrelated = answer(Spec::iso87binary(), &[(34, other.as_bytes()), (39, b"00")]);
-        let sent = request(Spec::iso87binary(), b"4970100000000000");
+        let sent = request(Spec::iso87binary(), test_pan("497019").as_bytes());
         assert!(fields_holding(&unrelated, &sent, &real).is_empty());
     }
 
@@ -230,7 +230,7 @@ mod tests {
             // packed from a byte's low nibble.
             for chip in [format!("5A08{digits}9F2701"), format!("0{digits}F")] {
                 let leaky = answer(spec, &[(39, b"00"), (55, chip.as_bytes())]);
-                let sent = request(spec, b"4970100000000000");
+                let sent = request(spec, test_pan("497019").as_bytes());
                 assert_eq!(fields_holding(&leaky, &sent, &real), vec![55], "{chip}");
             }
         }
