@@ -12,6 +12,16 @@ use vpan::iso8583::{Frame, Message, Spec};
 use vpan::pan::Pan;
 use vpan::tools::issuer_sim::SimConfig;
 
+/// A switch with one connection to a simulator that answers after `latency_ms`: requests
+/// overlap at the issuer, on the same connection.
+async fn one_slow_issuer_connection(latency_ms: u64) -> Rig {
+    let sim = SimConfig {
+        latency: Duration::from_millis(latency_ms),
+        ..SimConfig::default()
+    };
+    rig(Some(sim), |c| c.issuer.connections = 1).await
+}
+
 #[tokio::test]
 async fn an_approval_goes_to_the_issuer_with_the_real_card_and_comes_back_with_the_virtual_one() {
     let rig = rig(Some(SimConfig::default()), |_| {}).await;
@@ -591,11 +601,7 @@ async fn a_card_that_is_not_virtual_passes_through_untouched() {
 
 #[tokio::test]
 async fn the_same_stan_on_two_connections_at_once_gets_each_its_own_answer() {
-    let sim = SimConfig {
-        latency: Duration::from_millis(30),
-        ..SimConfig::default()
-    };
-    let rig = rig(Some(sim), |c| c.issuer.connections = 1).await;
+    let rig = one_slow_issuer_connection(30).await;
     let (a, real_a) = rig.issue(|_| {}).await;
     let (b, real_b) = rig.issue(|_| {}).await;
     let balance = |real| {
@@ -895,11 +901,7 @@ struct TwoTerminals {
 /// [`TwoTerminals`] on a switch with one issuer connection, the issuer taking 100 ms.
 #[allow(clippy::unwrap_used)] // a test's set-up: a failure should stop it loudly
 async fn two_terminals_one_stan() -> (Rig, TwoTerminals) {
-    let sim = SimConfig {
-        latency: Duration::from_millis(100),
-        ..SimConfig::default()
-    };
-    let rig = rig(Some(sim), |c| c.issuer.connections = 1).await;
+    let rig = one_slow_issuer_connection(100).await;
     let (a, b) = (test_pan("497010", 16), test_pan("497010", 16));
     let mut net = Client::connect(rig.network).await;
     let mut other = Client::connect(rig.network).await;
@@ -1030,11 +1032,7 @@ async fn a_reversal_without_de_90_names_its_answered_original_when_a_stranger_ho
     // The purchase was answered; another acquirer's purchase now waits at the slow issuer
     // under the same STAN; the first purchase's reversal (by its own key) must go out
     // under another STAN, naming its original in DE 90.
-    let sim = SimConfig {
-        latency: Duration::from_millis(300),
-        ..SimConfig::default()
-    };
-    let rig = rig(Some(sim), |c| c.issuer.connections = 1).await;
+    let rig = one_slow_issuer_connection(300).await;
     let (card, real) = rig.issue(|_| {}).await;
     let mut net = Client::connect(rig.network).await;
     let mut other = Client::connect(rig.network).await;
@@ -1095,11 +1093,7 @@ async fn a_reversal_without_de_90_toward_a_layout_without_de_90_goes_as_it_came(
 
 #[tokio::test]
 async fn a_purchase_under_the_key_of_another_waiting_at_the_issuer_gets_94_and_is_not_sent() {
-    let sim = SimConfig {
-        latency: Duration::from_millis(100),
-        ..SimConfig::default()
-    };
-    let rig = rig(Some(sim), |c| c.issuer.connections = 1).await;
+    let rig = one_slow_issuer_connection(100).await;
     let (card, real) = rig.issue(|_| {}).await;
     let plain = test_pan("497010", 16);
     let full = vpan::tools::issuer_sim::DEFAULT_BALANCE;
