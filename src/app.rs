@@ -336,14 +336,18 @@ impl App {
             network_mac,
         });
 
+        // The API and /metrics outlive the network side's drain: an operator watches the
+        // drain on /metrics, and /healthz says the network is down while it lasts rather
+        // than refusing the connection.
+        let sides = CancellationToken::new();
         // Counted once before /metrics answers: its first scrape lists the cards too.
         let handle = m::install();
         publish_card_counts(&cards);
         let metrics_task = tokio::spawn(m::serve(metrics, handle, {
-            let t = token.clone();
+            let t = sides.clone();
             async move { t.cancelled().await }
         }));
-        let gauges_task = tokio::spawn(publish_card_gauges(cards.clone(), token.clone()));
+        let gauges_task = tokio::spawn(publish_card_gauges(cards.clone(), sides.clone()));
         // Listening, the network side is up while it accepts; dialling, while connected.
         let network_up = Arc::new(AtomicBool::new(matches!(network, NetworkSide::Listen(_))));
         let network_task = match network {
@@ -366,7 +370,10 @@ impl App {
             )),
         };
         let health = Health::new()
-            .check("network", move || network_up.load(Ordering::Relaxed))
+            .check("network", {
+                let network_up = network_up.clone();
+                move || network_up.load(Ordering::Relaxed)
+            })
             .check("store", {
                 let cards = cards.clone();
                 move || !cards.store_failed()
@@ -375,16 +382,19 @@ impl App {
                 let issuer = issuer.clone();
                 move || issuer.connected() > 0
             });
-        let api_task = tokio::spawn(api.serve(cards.clone(), health, token.clone()));
+        let api_task = tokio::spawn(api.serve(cards.clone(), health, sides.clone()));
 
         shutdown.await;
         tracing::info!("shutting down: no new connections, draining requests in flight");
+        // Not taking new connections: down, for /healthz, from now on.
+        network_up.store(false, Ordering::Relaxed);
         token.cancel();
         let _ = network_task.await;
         // Every network connection has drained: the answers it waited for came over the
         // issuer link. What the issuer never answered is reversed before the link goes.
         issuer.quiesce(drain_timeout).await;
         issuer_stop.cancel();
+        sides.cancel();
         // The API and /metrics let calls in flight finish; a client that never ends its
         // call (a stalled scraper, a request half sent) is cut rather than left to keep
         // the store from closing.

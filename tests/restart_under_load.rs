@@ -20,7 +20,10 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use procs::{Recorded, Serve, issue_cards, open_cards, read_record, start_loadgen, start_serve};
+use procs::{
+    Recorded, Serve, api_client, issue_cards, open_cards, read_record, scrape, start_loadgen,
+    start_serve,
+};
 use vpan::cards::{CardKey, CardView};
 use vpan::pan::Pan;
 use vpan::tools::issuer_sim::{DEFAULT_BALANCE, IssuerSim, IssuerSimHandle, SimConfig};
@@ -441,7 +444,23 @@ async fn sigterm_answers_every_purchase_still_with_the_issuer_before_the_process
         assert!(Instant::now() < deadline, "the purchases reach the issuer");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    let api = api_client(&serve, &data_dir);
     serve.signal("TERM");
+    serve
+        .wait_log(
+            "shutting down: no new connections, draining requests in flight",
+            1,
+            Duration::from_secs(5),
+        )
+        .await;
+    // The drain is watched, not hidden: /healthz says the network side is down (it takes
+    // no new connections), and /metrics still answers.
+    let health = api.call(reqwest::Method::GET, "/healthz", None).await;
+    assert!(
+        health.as_ref().is_err_and(|e| e.contains("down: network")),
+        "/healthz during the drain: {health:?}"
+    );
+    assert!(scrape(serve.metrics).await.contains("vpan_requests_total"));
     for stan in stans {
         let answer = net.answer(stan).await;
         assert_eq!(

@@ -37,6 +37,8 @@ pub struct Serve {
     pub network: SocketAddr,
     /// The metrics listener.
     pub metrics: SocketAddr,
+    /// The API listener (HTTPS; its token and certificate are in the data directory).
+    pub api: SocketAddr,
     /// Its log lines after start-up, as JSON.
     pub log: mpsc::UnboundedReceiver<serde_json::Value>,
     /// The `store recovered` line.
@@ -66,9 +68,9 @@ pub async fn start_serve(data_dir: &Path, issuer: &str, env: &[(&str, &str)]) ->
     let pid = child.id().unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let (tx, log) = mpsc::unbounded_channel();
-    let (mut network, mut metrics, mut recovered) = (None, None, None);
+    let (mut network, mut metrics, mut api, mut recovered) = (None, None, None, None);
     tokio::time::timeout(Duration::from_secs(60), async {
-        while network.is_none() || metrics.is_none() {
+        while network.is_none() || metrics.is_none() || api.is_none() {
             let Some(line) = lines.next_line().await.unwrap() else {
                 panic!("vpan serve exited before binding");
             };
@@ -81,6 +83,9 @@ pub async fn start_serve(data_dir: &Path, issuer: &str, env: &[(&str, &str)]) ->
                 }
                 Some("metrics listener bound (GET /metrics)") => {
                     metrics = v["addr"].as_str().map(|a| a.parse().unwrap())
+                }
+                Some("API listener bound (HTTPS)") => {
+                    api = v["addr"].as_str().map(|a| a.parse().unwrap())
                 }
                 Some("store recovered") => recovered = Some(v.clone()),
                 _ => {}
@@ -103,6 +108,7 @@ pub async fn start_serve(data_dir: &Path, issuer: &str, env: &[(&str, &str)]) ->
         pid,
         network: network.unwrap(),
         metrics: metrics.unwrap(),
+        api: api.unwrap(),
         log,
         recovered: recovered.unwrap_or_default(),
     }
@@ -165,6 +171,18 @@ pub fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
+}
+
+/// A client of the API of the `vpan serve` on `data_dir`, with the token and certificate
+/// it made there.
+pub fn api_client(serve: &Serve, data_dir: &Path) -> vpan::api::client::ApiClient {
+    let token = std::fs::read_to_string(data_dir.join("api-token")).unwrap();
+    vpan::api::client::ApiClient::new(
+        &format!("https://127.0.0.1:{}", serve.api.port()),
+        token.trim().to_string(),
+        Some(&data_dir.join("tls-cert.pem")),
+    )
+    .unwrap()
 }
 
 /// `GET /metrics` over plain TCP.
