@@ -818,3 +818,44 @@ async fn no_card_number_leaks_from_the_switch_with_human_logs_at_trace_level() {
 async fn no_card_number_leaks_from_the_switch_with_json_logs_at_trace_level() {
     leak_hunt(true).await;
 }
+
+/// A token file an operator wrote with a short token: the switch starts, warns that the
+/// token is guessable (saying how long it is, never what it is), and takes it; one of 64
+/// characters gets no warning.
+#[test]
+fn a_short_api_token_is_warned_of_at_start_and_never_logged() {
+    for (token, warned) in [("Shr7-tok3n-of-19-ch", true), (&*"k".repeat(64), false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        std::fs::create_dir(&data_dir).unwrap();
+        let token_file = data_dir.join("api-token");
+        std::fs::write(&token_file, format!("{token}\n")).unwrap();
+        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let data = data_dir.to_str().unwrap();
+        let mut serve = Proc::spawn(
+            dir.path(),
+            "serve",
+            &["serve"],
+            &[
+                ("VPAN_NETWORK_LISTEN", "127.0.0.1:0"),
+                ("VPAN_API_LISTEN", "127.0.0.1:0"),
+                ("VPAN_METRICS_LISTEN", "127.0.0.1:0"),
+                ("VPAN_ISSUER_CONNECT", "127.0.0.1:9"),
+                ("VPAN_STORE_DATA_DIR", data),
+            ],
+        );
+        serve.address_logged("API listener bound");
+        serve.terminate();
+        let log = serve.output();
+        assert_eq!(
+            log.contains("the API token is short enough to guess"),
+            warned,
+            "{} characters:\n{log}",
+            token.len()
+        );
+        if warned {
+            assert!(log.contains("characters=19"), "{log}");
+        }
+        assert!(!log.contains(token), "the token itself is logged:\n{log}");
+    }
+}
