@@ -391,6 +391,108 @@ async fn loadgen_replays_the_sample_file_against_the_sim_binary_with_every_code_
     sim.kill().await.unwrap();
 }
 
+#[tokio::test]
+async fn a_record_that_cannot_be_written_stops_the_run_and_fails_it() {
+    let (mut sim, addr) = spawn_sim_binary(&[]).await;
+    let traffic = fixture("sample.jsonl");
+    let out = loadgen_binary(&[
+        "--target",
+        &addr,
+        "--traffic",
+        &traffic,
+        "--count",
+        "200000",
+        "--record",
+        "/dev/full",
+    ])
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--record /dev/full") && stderr.contains("the record is incomplete"),
+        "{stderr}"
+    );
+    let summary = String::from_utf8_lossy(&out.stdout);
+    let sent: u64 = summary
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("sent")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("a sent count in the summary: {summary}"));
+    assert!(sent < 200_000, "sending stopped at the failure: {summary}");
+    sim.kill().await.unwrap();
+}
+
+/// A peer that approves every request 10 ms after it came (slow enough that no connection
+/// of a load can finish before the others start) and counts, per connection in the order
+/// they came, the requests it received.
+async fn counting_peer() -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<u64>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let counts = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let per_connection = counts.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let index = {
+                let mut c = per_connection.lock().unwrap();
+                c.push(0);
+                c.len() - 1
+            };
+            let counts = per_connection.clone();
+            tokio::spawn(async move {
+                let mut codec = FrameCodec::new(Framing::Len2, 0, 8192);
+                let mut inbuf = BytesMut::new();
+                while stream.read_buf(&mut inbuf).await.is_ok_and(|n| n > 0) {
+                    let mut out = BytesMut::new();
+                    while let Ok(Some(Frame::Message { body, .. })) = codec.decode(&mut inbuf) {
+                        let mut m = Message::parse(Spec::iso87ascii(), body).unwrap();
+                        m.set_mti(b"0110").unwrap();
+                        m.set_response_code(b"00").unwrap();
+                        codec.encode_message(&[], &m, &mut out).unwrap();
+                        counts.lock().unwrap()[index] += 1;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    if stream.write_all(&out).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, counts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_sent_once_or_a_count_within_it_goes_out_over_every_connection() {
+    let line = format!(
+        r#"{{"fields": {{"t": "0100", "2": "{RICH}", "3": "000000", "4": "000000001000", "11": "000001", "32": "123456"}}}}"#
+    );
+    let text = vec![line; 40].join("\n");
+    let traffic = Arc::new(Traffic::parse(&text, Spec::iso87ascii()).unwrap());
+    for count in [None, Some(40), Some(9)] {
+        let (peer, counts) = counting_peer().await;
+        let mut cfg = LoadgenConfig::new(peer.to_string(), traffic.clone());
+        cfg.connections = 4;
+        cfg.in_flight = 1;
+        cfg.count = count;
+        let s: Summary = loadgen::run(cfg).await.unwrap();
+        let sent = count.unwrap_or(40);
+        assert_eq!((s.sent, s.answered), (sent, sent), "{count:?}");
+        let counts = counts.lock().unwrap().clone();
+        assert_eq!(counts.iter().sum::<u64>(), sent);
+        assert_eq!(counts.len(), 4, "{count:?}: {counts:?}");
+        assert!(
+            counts.iter().all(|&n| n > 0),
+            "{count:?}: every connection carries part of the load: {counts:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loadgen_loops_the_file_over_several_connections_and_each_reversal_credits_once() {
     let sim = sim_with(

@@ -17,13 +17,22 @@ pub fn share(s: &str) -> Result<f64, String> {
     }
 }
 
-/// A positive number of requests per second.
+/// Most requests per second an open loop is asked for: ten times what one load generator
+/// sends here. Past it a connection's interval between two requests rounds to nothing,
+/// and a schedule that never moves never reaches its end.
+pub const MAX_PER_SECOND: f64 = 10_000_000.0;
+
+/// A positive number of requests per second, up to [`MAX_PER_SECOND`] (the closed loop,
+/// without `--rate`, is the way to send as fast as the peer answers).
 pub fn per_second(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         // The floor keeps a connection's interval between two requests within what a
         // clock can add.
-        Ok(v) if v.is_finite() && v >= 0.01 => Ok(v),
-        _ => Err("a number of requests per second of at least 0.01, e.g. 10000".into()),
+        Ok(v) if v.is_finite() && (0.01..=MAX_PER_SECOND).contains(&v) => Ok(v),
+        _ => Err(
+            "a number of requests per second from 0.01 to 10000000, e.g. 10000 (for as fast as the peer answers, leave out --rate: the closed loop)"
+                .into(),
+        ),
     }
 }
 

@@ -28,6 +28,7 @@
 //! line and field number before anything is sent, and sending is a clone and three edits.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::Path;
 
 use serde::Deserialize;
@@ -336,6 +337,35 @@ impl Traffic {
         })
     }
 
+    /// The messages cut into consecutive pieces of at least `size` (the last may be
+    /// shorter), never between a message and a later one that refers to it. The load
+    /// generator hands out one piece at a time to a connection, so that every connection
+    /// has work however short the load, and a reversal or a repeat still goes on its
+    /// original's connection, after its answer.
+    pub fn pieces(&self, size: usize) -> Vec<Range<usize>> {
+        let n = self.entries.len();
+        // crossing[i]: how many references a cut just before message i would separate,
+        // as a difference array over i.
+        let mut crossing = vec![0i64; n + 1];
+        for (j, e) in self.entries.iter().enumerate() {
+            if let Some(o) = e.refers_to().filter(|&o| o < j) {
+                crossing[o + 1] += 1;
+                crossing[j + 1] -= 1;
+            }
+        }
+        let mut pieces = Vec::new();
+        let (mut start, mut open) = (0, 0);
+        for (i, step) in crossing.iter().enumerate().take(n).skip(1) {
+            open += step;
+            if i - start >= size.max(1) && open == 0 {
+                pieces.push(start..i);
+                start = i;
+            }
+        }
+        pieces.push(start..n);
+        pieces
+    }
+
     /// The messages in file order.
     pub fn entries(&self) -> &[Entry] {
         &self.entries
@@ -444,6 +474,32 @@ mod tests {
     /// A traffic line with `PAN` replaced by the test card.
     fn line(template: &str) -> String {
         template.replace("PAN", pan())
+    }
+
+    #[test]
+    fn pieces_never_part_a_reversal_or_a_repeat_from_its_original() {
+        let reversal = line(
+            r#"{"fields": {"t": "0400", "2": "PAN", "3": "000000", "4": "000000012345", "11": "000002", "32": "123456"}, "reverses": 1}"#,
+        );
+        let repeat = line(
+            r#"{"fields": {"t": "0101", "2": "PAN", "3": "000000", "4": "000000012345", "11": "000003", "32": "123456"}, "repeats": 3}"#,
+        );
+        // 0 purchase, 1 purchase, 2 its reversal, 3 purchase, 4 purchase, 5 repeat of 3, 6 purchase
+        let text = [
+            purchase(),
+            purchase(),
+            reversal,
+            purchase(),
+            purchase(),
+            repeat,
+            purchase(),
+        ]
+        .join("\n");
+        let t = Traffic::parse(&text, Spec::iso87ascii()).unwrap();
+        assert_eq!(t.pieces(1), vec![0..1, 1..3, 3..6, 6..7]);
+        assert_eq!(t.pieces(2), vec![0..3, 3..6, 6..7]);
+        assert_eq!(t.pieces(100), vec![0..7]);
+        assert_eq!(t.pieces(0), t.pieces(1), "at least one message a piece");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! unanswered, and redials a connection the peer drops.
 
 use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -26,7 +27,9 @@ use crate::tools::pacer::PacerSlot;
 pub(super) struct Shared {
     /// The run's settings.
     pub(super) cfg: LoadgenConfig,
-    /// Next pass over the traffic file to hand out.
+    /// The traffic file's pieces (`Traffic::pieces`), handed out in turn, pass after pass.
+    pub(super) pieces: Vec<Range<usize>>,
+    /// Next piece to hand out, counted over every pass.
     pub(super) next_run: AtomicU64,
     /// Source of STANs.
     pub(super) stan: AtomicU32,
@@ -47,28 +50,37 @@ pub(super) struct Shared {
     pub(super) given_up: AtomicU64,
     /// The `--record` file, written in batches by each connection.
     pub(super) record: Option<std::sync::Mutex<std::fs::File>>,
+    /// Set when a write to the `--record` file failed: a record with holes is worth
+    /// nothing to the crash test that reads it, so sending stops and the run fails.
+    pub(super) record_failed: AtomicBool,
 }
 
 impl Shared {
-    /// Hands out the next pass over the file, for a request meant to go at `intended`: its
-    /// id and how many of its messages to send. By the time the request was meant for, not
-    /// the clock: an open loop's request due before `--duration` ends but held back by the
-    /// in-flight cap still goes, late, whichever pass it falls in.
-    pub(super) fn claim_run(&self, intended: Instant) -> Option<(u64, usize)> {
+    /// Hands out the next piece of the file, for a request meant to go at `intended`: its
+    /// id and the messages of it to send (fewer than the piece at the end of `--count`).
+    /// By the time the request was meant for, not the clock: an open loop's request due
+    /// before `--duration` ends but held back by the in-flight cap still goes, late,
+    /// whichever piece it falls in.
+    pub(super) fn claim_run(&self, intended: Instant) -> Option<(u64, Range<usize>)> {
         if self.exhausted.load(Ordering::Relaxed) || self.sending_over(intended) {
             return None;
         }
-        let len = self.cfg.traffic.len() as u64;
         let id = self.next_run.fetch_add(1, Ordering::Relaxed);
-        let end = match self.cfg.count {
-            Some(c) => c.saturating_sub(id * len).min(len),
-            None => len,
+        let per_pass = self.pieces.len() as u64;
+        let piece = self.pieces.get((id % per_pass) as usize)?.clone();
+        let send = match self.cfg.count {
+            Some(count) => {
+                // Messages handed out before this piece, over every pass.
+                let before = (id / per_pass) * self.cfg.traffic.len() as u64 + piece.start as u64;
+                count.saturating_sub(before).min(piece.len() as u64) as usize
+            }
+            None => piece.len(),
         };
-        if end == 0 {
+        if send == 0 {
             self.exhausted.store(true, Ordering::Relaxed);
             return None;
         }
-        Some((id, end as usize))
+        Some((id, piece.start..piece.start + send))
     }
 
     /// True once `--timeout-ms` has passed after `--duration`: an open loop's backlog still
@@ -81,16 +93,18 @@ impl Shared {
     pub(super) fn sending_over(&self, now: Instant) -> bool {
         self.deadline.is_some_and(|d| now >= d)
             || self.cfg.stop.as_ref().is_some_and(|s| s.is_cancelled())
+            || self.record_failed.load(Ordering::Relaxed)
     }
 }
 
-/// One pass over the traffic file, owned by one connection.
+/// One piece of the traffic file, owned by one connection.
 pub(super) struct Run {
-    /// Which pass.
+    /// Which piece, counted over every pass.
     id: u64,
     /// Next message to send.
     next: usize,
-    /// Messages of this pass to send (less than the file on the last pass of `--count`).
+    /// Where this piece's messages to send end (before the piece's end on the last piece
+    /// of `--count`).
     end: usize,
     /// Requests of this pass in flight.
     outstanding: usize,
@@ -180,15 +194,15 @@ impl Conn {
         if self.runs.len() > self.shared.cfg.in_flight {
             return None;
         }
-        let (id, end) = self.shared.claim_run(intended)?;
+        let (id, messages) = self.shared.claim_run(intended)?;
         self.runs.push_back(Run {
             id,
-            next: 0,
-            end,
+            next: messages.start,
+            end: messages.end,
             outstanding: 0,
             originals: HashMap::new(),
         });
-        Some((self.runs.len() - 1, 0))
+        Some((self.runs.len() - 1, messages.start))
     }
 
     /// A STAN no request in flight on this connection uses.
@@ -617,12 +631,15 @@ impl Conn {
         }
         let written = match &self.shared.record {
             Some(file) => match file.lock() {
-                Ok(mut f) => f.write_all(&self.record).is_ok(),
-                Err(_) => false,
+                Ok(mut f) => f.write_all(&self.record).map_err(|e| e.to_string()),
+                Err(_) => Err("another connection failed while writing it".into()),
             },
-            None => true,
+            None => Ok(()),
         };
-        if !written {
+        if let Err(e) = written {
+            if !self.shared.record_failed.swap(true, Ordering::Relaxed) {
+                eprintln!("--record: cannot write: {e}; sending stops (the record is incomplete)");
+            }
             self.error("record", 1);
         }
         self.record.clear();

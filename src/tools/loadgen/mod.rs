@@ -9,10 +9,11 @@
 //!   was *due*, not from when it could be sent, so a stalled peer shows as latency instead
 //!   of as fewer requests (no coordinated omission). `--in-flight` still caps what is out.
 //!
-//! The traffic file is replayed in order, looping as `--count` or `--duration` ask: each
-//! pass over the file is a *run* that one connection owns, so a reversal goes out on the
-//! same connection after its original's answer, with DE 90 built from the original as it
-//! was sent. Every request gets a fresh STAN (DE 11) and DE 7 set to now; answers are
+//! The traffic file is replayed in order, looping as `--count` or `--duration` ask. It is
+//! cut into pieces, never between a message and a later one that refers to it, and each
+//! piece is a *run* that one connection owns: every connection has work however short the
+//! load, and a reversal goes out on the same connection after its original's answer, with
+//! DE 90 built from the original as it was sent. Every request gets a fresh STAN (DE 11) and DE 7 set to now; answers are
 //! matched by STAN on their connection. A request unanswered for `--timeout-ms` counts as
 //! a timeout; a connection that drops counts its requests as lost and is dialled again.
 //!
@@ -50,6 +51,10 @@ use report::{Stats, summarize};
 /// Most requests in flight on one connection: far below the million six-digit STANs, so a
 /// fresh one is always found at once.
 pub const MAX_IN_FLIGHT: usize = 100_000;
+
+/// Most connections: each holds its own latency histogram (about 300 KB), so 10,000 take
+/// some 3 GB.
+pub const MAX_CONNECTIONS: usize = 10_000;
 
 /// Longest latency the histogram holds, in microseconds (longer ones are clamped).
 const MAX_LATENCY_US: u64 = 60_000_000;
@@ -163,8 +168,8 @@ pub struct LoadgenConfig {
 /// loadgen` and the load phase of `vpan demo`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ShapeArgs {
-    /// Connections to open.
-    #[arg(long, allow_negative_numbers = true, default_value_t = 4, value_parser = flags::count(u64::from(u32::MAX)))]
+    /// Connections to open (up to 10,000: each has a latency histogram of its own).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 4, value_parser = flags::count(MAX_CONNECTIONS as u64))]
     pub connections: usize,
     /// Requests in flight per connection at most (up to 100,000: STANs are six digits).
     #[arg(long, allow_negative_numbers = true, default_value_t = 16, value_parser = flags::count(MAX_IN_FLIGHT as u64))]
@@ -251,9 +256,15 @@ pub async fn run(mut cfg: LoadgenConfig) -> Result<Summary, LoadgenError> {
     if cfg.count.is_none() && cfg.duration.is_none() {
         cfg.count = Some(cfg.traffic.len() as u64);
     }
-    if cfg.connections == 0 || cfg.in_flight == 0 || cfg.in_flight > MAX_IN_FLIGHT {
+    if !(1..=MAX_CONNECTIONS).contains(&cfg.connections)
+        || !(1..=MAX_IN_FLIGHT).contains(&cfg.in_flight)
+        || cfg
+            .rate
+            .is_some_and(|r| flags::per_second(&r.to_string()).is_err())
+    {
         return Err(LoadgenError::Config(format!(
-            "connections must be at least 1, in_flight from 1 to {MAX_IN_FLIGHT}"
+            "connections must be from 1 to {MAX_CONNECTIONS}, in_flight from 1 to {MAX_IN_FLIGHT}, rate from 0.01 to {}",
+            flags::MAX_PER_SECOND
         )));
     }
     let mut streams = Vec::with_capacity(cfg.connections);
@@ -266,9 +277,15 @@ pub async fn run(mut cfg: LoadgenConfig) -> Result<Summary, LoadgenError> {
             })?;
         streams.push(s);
     }
+    // Each connection's histogram is made before the clock starts: thousands of them take
+    // seconds, which are not the run's.
+    let stats = (0..cfg.connections)
+        .map(|_| Stats::new())
+        .collect::<Result<Vec<_>, _>>()?;
     let start = Instant::now();
     let shared = Arc::new(Shared {
         deadline: cfg.duration.map(|d| start + d),
+        pieces: cfg.traffic.pieces(piece_size(&cfg)),
         next_run: AtomicU64::new(0),
         // A random start, as after a real acquirer's restart: two runs in the same second
         // (a demo's story, then its load) must not reuse each other's transaction keys.
@@ -280,6 +297,7 @@ pub async fn run(mut cfg: LoadgenConfig) -> Result<Summary, LoadgenError> {
         errors: AtomicU64::new(0),
         given_up: AtomicU64::new(0),
         record: open_record(cfg.record.as_deref())?,
+        record_failed: AtomicBool::new(false),
         cfg: cfg.clone(),
     });
     let interval = match cfg.rate {
@@ -296,7 +314,7 @@ pub async fn run(mut cfg: LoadgenConfig) -> Result<Summary, LoadgenError> {
     // Every connection's state is made before any task starts: one that cannot be made
     // returns the error with no task left running detached on a stopped pacer.
     let mut conns = Vec::with_capacity(cfg.connections);
-    for (i, s) in streams.into_iter().enumerate() {
+    for (i, (s, stats)) in streams.into_iter().zip(stats).enumerate() {
         let conn = Conn {
             shared: shared.clone(),
             codec: FrameCodec::new(cfg.framing, cfg.header.len(), cfg.max_frame),
@@ -313,7 +331,7 @@ pub async fn run(mut cfg: LoadgenConfig) -> Result<Summary, LoadgenError> {
             starved: false,
             de7: (0, [b'0'; 10]),
             out: BytesMut::with_capacity(64 * 1024),
-            stats: Stats::new()?,
+            stats,
             record: Vec::new(),
         };
         conns.push((conn, s));
@@ -336,6 +354,17 @@ pub async fn run(mut cfg: LoadgenConfig) -> Result<Summary, LoadgenError> {
     }
     let elapsed = start.elapsed();
     Ok(summarize(&cfg, start, elapsed, all))
+}
+
+/// Messages in a piece of the traffic file (`Traffic::pieces`): small enough that every
+/// connection gets some of a short load (a file sent once over four connections goes out
+/// over the four), large enough that handing pieces out costs nothing.
+fn piece_size(cfg: &LoadgenConfig) -> usize {
+    let messages = cfg
+        .traffic
+        .len()
+        .min(cfg.count.map_or(usize::MAX, |c| c as usize));
+    (messages / (cfg.connections * 4)).clamp(1, 1024)
 }
 
 /// One line on stderr per second: sent, answered, the answer rate over the last second,
@@ -382,6 +411,15 @@ pub async fn run_cli(args: Args) -> Result<(), String> {
     } else {
         print!("{summary}");
     }
+    if let Some(failed) = summary.errors_by_kind.get("record") {
+        return Err(format!(
+            "--record {}: {failed} writes failed; sending stopped at the first, and the record is incomplete",
+            args.record
+                .as_deref()
+                .unwrap_or(std::path::Path::new(""))
+                .display()
+        ));
+    }
     if summary.answered == 0 {
         return Err(format!(
             "nothing was answered ({} sent, {} timeouts, {} errors)",
@@ -421,6 +459,9 @@ mod tests {
             (&["--rate", "0"], "--rate"),
             (&["--rate", "NaN"], "--rate"),
             (&["--rate", "1e-20"], "--rate"),
+            // A connection's interval would round to nothing: a schedule that never ends.
+            (&["--rate", "1e10"], "--rate"),
+            (&["--connections", "10001"], "--connections"),
         ] {
             let e = parse(args).unwrap_err();
             assert_eq!(e.exit_code(), 2, "a usage error");
