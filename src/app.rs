@@ -343,10 +343,7 @@ impl App {
         // Counted once before /metrics answers: its first scrape lists the cards too.
         let handle = m::install();
         publish_card_counts(&cards);
-        let metrics_task = tokio::spawn(m::serve(metrics, handle, {
-            let t = sides.clone();
-            async move { t.cancelled().await }
-        }));
+        let metrics_task = tokio::spawn(m::serve(metrics, handle, sides.clone()));
         let gauges_task = tokio::spawn(publish_card_gauges(cards.clone(), sides.clone()));
         // Listening, the network side is up while it accepts; dialling, while connected.
         let network_up = Arc::new(AtomicBool::new(matches!(network, NetworkSide::Listen(_))));

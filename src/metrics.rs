@@ -12,6 +12,7 @@ use std::sync::OnceLock;
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 /// Counter of answered requests, by `mti`, `response_code` and `decided_by`.
 pub const REQUESTS_TOTAL: &str = "vpan_requests_total";
@@ -196,11 +197,16 @@ const STARTING_REQUEST_SERIES: [(&str, &str); 7] = [
     ("0800", "switch"),
 ];
 
-/// Serves `GET /metrics` on `listener` until `shutdown` resolves.
+/// Scrapers served at once: a few Prometheus servers and an operator's curl need far
+/// fewer; the cap keeps the port from holding the process's file descriptors.
+const MAX_SCRAPERS: usize = 64;
+
+/// Serves `GET /metrics` on `listener` until `shutdown`, with the API's header deadline and
+/// at most [`MAX_SCRAPERS`] connections at once.
 pub async fn serve(
-    listener: TcpListener,
+    mut listener: TcpListener,
     handle: PrometheusHandle,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let app = axum::Router::new().route(
         "/metrics",
@@ -218,9 +224,8 @@ pub async fn serve(
             }
         }),
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    crate::api::serve_http(&mut listener, app, MAX_SCRAPERS, shutdown, "metrics").await;
+    Ok(())
 }
 
 /// Digits in a row from which a value could be read as a card number (the shortest PAN).

@@ -387,3 +387,52 @@ async fn hostile_peers_cost_only_their_own_connection_and_are_counted_by_reason(
     let _ = serve.child.wait().await;
     sim.shutdown().await;
 }
+
+/// Scrapers that send half a request and wait, more of them than the metrics port serves
+/// at once: each is closed at the header deadline (10 s), one past the cap is closed at
+/// once, and neither takes the process's file descriptors from the card network: a
+/// purchase sent meanwhile is answered, and once they are gone a scrape answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_scrapes_are_capped_and_cut_and_the_card_network_goes_on() {
+    const SCRAPERS_SERVED: usize = 64;
+    let sim = IssuerSim::start(SimConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let cards = issue_cards(&data_dir, 1, 1_000_000).await;
+    let (card, _) = &cards[0];
+    let serve = start_serve(&data_dir, &sim.local_addr().to_string(), &[]).await;
+    let mut stalled = Vec::new();
+    for _ in 0..SCRAPERS_SERVED {
+        let mut s = TcpStream::connect(serve.metrics).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        stalled.push(s);
+    }
+    let mut one_too_many = TcpStream::connect(serve.metrics).await.unwrap();
+    assert!(
+        closed_within(&mut one_too_many, Duration::from_secs(5)).await,
+        "a scraper past the cap is closed at once"
+    );
+    let mut net = rig::Client::connect(serve.network).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let req = rig::purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
+        if rig::code(&net.call(&req).await) == "00" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a purchase is approved meanwhile"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for s in &mut stalled {
+        assert!(
+            closed_within(s, Duration::from_secs(20)).await,
+            "a half-sent request is cut at the header deadline"
+        );
+    }
+    assert!(scrape(serve.metrics).await.contains("vpan_requests_total"));
+    sim.shutdown().await;
+}

@@ -185,35 +185,68 @@ impl ApiServer {
             listing: Arc::new(tokio::sync::Semaphore::new(1)),
         };
         let app = router(state, self.token);
-        // hyper directly rather than `axum::serve`, for its timer: without one hyper has
-        // no header read deadline, and a client that trickles header bytes (each one
-        // restarting the connection's idle timer) holds a connection slot for ever.
-        let mut http = http1::Builder::new();
-        http.timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT);
-        let graceful = GracefulShutdown::new();
-        loop {
-            let (io, _) = tokio::select! {
-                accepted = axum::serve::Listener::accept(&mut listener) => accepted,
-                () = shutdown.cancelled() => break,
-            };
-            let service = TowerToHyperService::new(app.clone());
-            let connection = graceful.watch(http.serve_connection(TokioIo::new(io), service));
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "API connection ended with an error");
-                }
-            });
-        }
-        // Calls in flight finish; idle keep-alive connections are closed now. Bounded: a
-        // client in the middle of sending its headers has at most their deadline.
-        if tokio::time::timeout(HEADER_READ_TIMEOUT, graceful.shutdown())
-            .await
-            .is_err()
-        {
-            tracing::warn!("API connections still open at shutdown were dropped");
-        }
+        serve_http(&mut listener, app, tls::MAX_CONNECTIONS, shutdown, "API").await;
         Ok(())
+    }
+}
+
+/// Serves `app` over HTTP/1 on `listener` until `shutdown`, then lets calls in flight
+/// finish; the API's and `/metrics`' server alike.
+///
+/// hyper directly rather than `axum::serve`, for its timer: without one hyper has no
+/// header read deadline, and a client that trickles header bytes (each one restarting the
+/// connection's idle timer), or sends half a request and waits, holds its connection for
+/// ever. Past `max_connections` open at once, a new one is closed at once: enough held
+/// open would use up the process's file descriptors, and with them the card network's
+/// connections.
+pub(crate) async fn serve_http<L>(
+    listener: &mut L,
+    app: Router,
+    max_connections: usize,
+    shutdown: CancellationToken,
+    server: &'static str,
+) where
+    L: axum::serve::Listener,
+{
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let graceful = GracefulShutdown::new();
+    let permits = Arc::new(Semaphore::new(max_connections));
+    loop {
+        let (io, _) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shutdown.cancelled() => break,
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            // Throttled: a client flooding the port must not flood the log too.
+            crate::logging::throttled!(
+                warn,
+                server,
+                max_connections,
+                "HTTP connection refused: too many open"
+            );
+            continue;
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(io), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(server, error = %e, "HTTP connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    // Calls in flight finish; idle keep-alive connections are closed now. Bounded: a
+    // client in the middle of sending its headers has at most their deadline.
+    if tokio::time::timeout(HEADER_READ_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            server,
+            "HTTP connections still open at shutdown were dropped"
+        );
     }
 }
 

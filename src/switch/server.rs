@@ -57,7 +57,7 @@ pub async fn listen(
             Ok(a) => a,
             Err(e) => {
                 // EMFILE and the like: back off a little rather than spin.
-                tracing::warn!(error = %e, "accept failed");
+                crate::logging::throttled!(warn, error = %e, "network accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
