@@ -312,3 +312,22 @@ fn the_image_build_copies_every_target_the_manifest_declares() {
         );
     }
 }
+
+/// The unit gives a stop all the time it can take with the defaults: a shorter
+/// `TimeoutStopSec` would have systemd kill a clean stop half way.
+#[test]
+fn the_units_stop_timeout_covers_the_longest_stop() {
+    let unit = include_str!("../deploy/systemd/vpan.service");
+    let secs: u64 = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+        .expect("TimeoutStopSec in the unit")
+        .trim()
+        .parse()
+        .unwrap();
+    let longest = vpan::app::longest_stop(&vpan::config::Config::default());
+    assert!(
+        std::time::Duration::from_secs(secs) >= longest,
+        "TimeoutStopSec={secs} against a stop of up to {longest:?}"
+    );
+}
