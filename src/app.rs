@@ -547,7 +547,33 @@ fn codec(
 }
 
 /// Resolves on Ctrl-C or SIGTERM (how systemd and container runtimes stop a process).
+///
+/// SIGHUP is taken too and only logged: its default would kill the switch on the spot,
+/// with no drain (a closed terminal, `systemctl kill -s HUP`), and vpan has no
+/// configuration to reload. Once the stop has begun, a further Ctrl-C or SIGTERM is said
+/// in the log, so that an operator sees the stop is under way.
 pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    tokio::spawn(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            tracing::warn!("SIGHUP ignored: vpan has no configuration to reload; SIGTERM stops it");
+        }
+    });
+    stop_requested().await;
+    tokio::spawn(async {
+        loop {
+            stop_requested().await;
+            tracing::warn!("a stop is already under way: requests in flight are being drained");
+        }
+    });
+}
+
+/// Resolves on the next Ctrl-C or SIGTERM.
+async fn stop_requested() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
