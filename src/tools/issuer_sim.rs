@@ -815,6 +815,11 @@ pub struct SimStats {
     pub requests: u64,
     /// Answers written (including format-error answers).
     pub answered: u64,
+    /// Requests decided and booked whose answer, held back by `latency`, was still waiting
+    /// when its connection closed (`drop_share`, a frame that cannot be read, the peer
+    /// gone): booked, never answered. With `answered` and `unanswered` they add up to the
+    /// requests booked.
+    pub lost_with_connection: u64,
     /// Requests booked but left unanswered (`timeout_share`).
     pub unanswered: u64,
     /// Connections closed on purpose (`drop_share`).
@@ -843,6 +848,8 @@ struct Shared {
     answered: AtomicU64,
     /// See [`SimStats::unanswered`].
     unanswered: AtomicU64,
+    /// See [`SimStats::lost_with_connection`].
+    lost_with_connection: AtomicU64,
     /// See [`SimStats::dropped`].
     dropped: AtomicU64,
     /// See [`SimStats::malformed`].
@@ -911,6 +918,7 @@ impl IssuerSim {
             requests: AtomicU64::new(0),
             answered: AtomicU64::new(0),
             unanswered: AtomicU64::new(0),
+            lost_with_connection: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             malformed: AtomicU64::new(0),
             progress: Notify::new(),
@@ -1006,6 +1014,7 @@ impl IssuerSimHandle {
             requests: s.requests.load(Ordering::Relaxed),
             answered: s.answered.load(Ordering::Relaxed),
             unanswered: s.unanswered.load(Ordering::Relaxed),
+            lost_with_connection: s.lost_with_connection.load(Ordering::Relaxed),
             dropped: s.dropped.load(Ordering::Relaxed),
             malformed: s.malformed.load(Ordering::Relaxed),
             unmatched_reversals: s.ledger.unmatched_reversals(),
@@ -1112,7 +1121,21 @@ impl Connection {
         }
     }
 
-    async fn run(mut self, mut stream: TcpStream) -> std::io::Result<()> {
+    /// Serves the connection until it ends; answers still held back by `latency` then are
+    /// counted lost with it rather than answered.
+    async fn run(mut self, stream: TcpStream) -> std::io::Result<()> {
+        let ended = self.serve(stream).await;
+        let lost = self.delayed.len() as u64;
+        if lost > 0 {
+            self.shared.answered.fetch_sub(lost, Ordering::Relaxed);
+            self.shared
+                .lost_with_connection
+                .fetch_add(lost, Ordering::Relaxed);
+        }
+        ended
+    }
+
+    async fn serve(&mut self, mut stream: TcpStream) -> std::io::Result<()> {
         let (mut rd, mut wr) = stream.split();
         let mut inbuf = BytesMut::with_capacity(64 * 1024);
         let mut open = true;
@@ -1279,6 +1302,7 @@ pub async fn run_cli(args: Args) -> Result<(), String> {
         requests = stats.requests,
         answered = stats.answered,
         unanswered = stats.unanswered,
+        lost_with_connection = stats.lost_with_connection,
         dropped = stats.dropped,
         malformed = stats.malformed,
         unmatched_reversals = stats.unmatched_reversals,
