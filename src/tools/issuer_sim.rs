@@ -220,10 +220,16 @@ pub fn load_accounts(path: &Path) -> Result<Vec<(Pan, i64)>, SimError> {
 }
 
 /// [`load_accounts`] of a file's text; the error names the line or entry, never the card
-/// number.
+/// number. A file of no accounts, a card number that fails the Luhn check (every request
+/// on it would get 14) and a card given twice are refused: each is a mistake in the file
+/// that would otherwise show only as a load test's odd answers.
 pub fn parse_accounts(text: &str) -> Result<Vec<(Pan, i64)>, String> {
-    let mut out = Vec::new();
-    if text.trim_start().starts_with('[') {
+    let mut accounts = Accounts::default();
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('{') {
+        return Err("a JSON object: expected an array of {\"pan\", \"balance\"} objects".into());
+    }
+    if trimmed.starts_with('[') {
         let lines: Vec<AccountLine> = serde_json::from_str(text).map_err(|e| {
             format!(
                 "not a JSON array of {{\"pan\", \"balance\"}} (line {}, column {})",
@@ -232,9 +238,7 @@ pub fn parse_accounts(text: &str) -> Result<Vec<(Pan, i64)>, String> {
             )
         })?;
         for (i, l) in lines.into_iter().enumerate() {
-            let pan =
-                Pan::from_digits(l.pan.as_bytes()).map_err(|e| format!("entry {}: {e}", i + 1))?;
-            out.push((pan, l.balance));
+            accounts.add(&format!("entry {}", i + 1), &l.pan, l.balance)?;
         }
     } else {
         for (i, line) in text.lines().enumerate() {
@@ -247,18 +251,39 @@ pub fn parse_accounts(text: &str) -> Result<Vec<(Pan, i64)>, String> {
                 .split_once(',')
                 .ok_or_else(|| format!("line {line_no}: expected pan,balance"))?;
             let (pan, balance) = (pan.trim(), balance.trim());
-            if out.is_empty() && pan.eq_ignore_ascii_case("pan") {
+            if accounts.list.is_empty() && pan.eq_ignore_ascii_case("pan") {
                 continue;
             }
-            let pan =
-                Pan::from_digits(pan.as_bytes()).map_err(|e| format!("line {line_no}: {e}"))?;
             let balance = balance
                 .parse()
                 .map_err(|_| format!("line {line_no}: balance is not a whole number"))?;
-            out.push((pan, balance));
+            accounts.add(&format!("line {line_no}"), pan, balance)?;
         }
     }
-    Ok(out)
+    if accounts.list.is_empty() {
+        return Err("no accounts in the file".into());
+    }
+    Ok(accounts.list)
+}
+
+/// The accounts read so far, and where each card was.
+#[derive(Default)]
+struct Accounts {
+    list: Vec<(Pan, i64)>,
+    seen: std::collections::HashMap<Pan, String>,
+}
+
+impl Accounts {
+    /// Adds the account at `place` (`line 3`, `entry 2`), or says what is wrong with it.
+    fn add(&mut self, place: &str, pan: &str, balance: i64) -> Result<(), String> {
+        let pan = Pan::from_digits_checked(pan.as_bytes()).map_err(|e| format!("{place}: {e}"))?;
+        if let Some(first) = self.seen.get(&pan) {
+            return Err(format!("{place}: the same card as {first}"));
+        }
+        self.seen.insert(pan.clone(), place.to_string());
+        self.list.push((pan, balance));
+        Ok(())
+    }
 }
 
 /// The key that finds a financial message again: what DE 90 carries.
@@ -1320,6 +1345,48 @@ mod tests {
     fn pan_text() -> &'static str {
         static PAN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
         PAN.get_or_init(|| crate::pan::test_pan("497010"))
+    }
+
+    #[test]
+    fn an_accounts_file_with_a_mistake_is_refused_naming_the_line_never_the_card() {
+        let card = pan_text();
+        let other = crate::pan::test_pan("497010");
+        let mut bad_luhn = card.to_string().into_bytes();
+        let last = bad_luhn.len() - 1;
+        bad_luhn[last] = b'0' + (bad_luhn[last] - b'0' + 1) % 10;
+        let bad_luhn = String::from_utf8(bad_luhn).unwrap();
+        assert_eq!(
+            parse_accounts(&format!("pan,balance\n{card},100\n{other},5\n"))
+                .unwrap()
+                .len(),
+            2
+        );
+        for (text, error) in [
+            (
+                format!("{card},100\n# two\n{card},5\n"),
+                "line 3: the same card as line 1",
+            ),
+            (
+                format!("{bad_luhn},100\n"),
+                "line 1: the card number fails the Luhn check",
+            ),
+            (
+                format!(
+                    r#"[{{"pan": "{card}", "balance": 1}}, {{"pan": "{card}", "balance": 2}}]"#
+                ),
+                "entry 2: the same card as entry 1",
+            ),
+            ("# nothing yet\n".to_string(), "no accounts in the file"),
+            ("[]".to_string(), "no accounts in the file"),
+            (
+                format!(r#"{{"pan": "{card}", "balance": 1}}"#),
+                "a JSON object: expected an array",
+            ),
+        ] {
+            let e = parse_accounts(&text).unwrap_err();
+            assert!(e.starts_with(error), "{e}");
+            assert!(!e.contains(card) && !e.contains(&bad_luhn), "{e}");
+        }
     }
 
     fn msg(fields: &[(usize, &str)], mti: &[u8; 4]) -> Message {
