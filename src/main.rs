@@ -45,8 +45,8 @@ enum Command {
     /// cards issued over HTTPS, fixture traffic replayed, and a report (exit 1 if any
     /// expectation failed).
     Demo(tools::demo::Args),
-    /// Writes a scenario of any size (cards.json, load.jsonl) for `vpan demo --scenario`
-    /// and `vpan loadgen --cards`.
+    /// Writes a scenario of any size (cards.json: the cards to issue; load.jsonl) for `vpan
+    /// demo --scenario`, which issues them and writes their numbers for `vpan loadgen --cards`.
     Traffic(tools::generate::Args),
     /// A client of the HTTPS issuance API: create, show, pause, resume, close, list.
     #[command(arg_required_else_help = false)]

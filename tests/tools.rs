@@ -392,6 +392,49 @@ async fn loadgen_replays_the_sample_file_against_the_sim_binary_with_every_code_
 }
 
 #[tokio::test]
+async fn the_list_of_cards_vpan_traffic_writes_is_not_taken_for_their_numbers() {
+    let dir = format!("{}/fixtures/generated", env!("CARGO_MANIFEST_DIR"));
+    let said = refused(
+        &[
+            "loadgen",
+            "--target",
+            "127.0.0.1:9",
+            "--traffic",
+            &format!("{dir}/load.jsonl"),
+            "--cards",
+            &format!("{dir}/cards.json"),
+        ],
+        1,
+    )
+    .await;
+    assert!(
+        said.contains("a list of cards to issue") && said.contains("vpan demo --scenario"),
+        "{said}"
+    );
+    // A bindings file with a wrong type says where, by line.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        file.path(),
+        "{\n  \"a\": {\n    \"vpan\": 1,\n    \"expiry\": \"2912\"\n  }\n}\n",
+    )
+    .unwrap();
+    let said = refused(
+        &[
+            "loadgen",
+            "--target",
+            "127.0.0.1:9",
+            "--traffic",
+            &format!("{dir}/load.jsonl"),
+            "--cards",
+            file.path().to_str().unwrap(),
+        ],
+        1,
+    )
+    .await;
+    assert!(said.contains("(line 3, column"), "{said}");
+}
+
+#[tokio::test]
 async fn a_record_that_cannot_be_written_stops_the_run_and_fails_it() {
     let (mut sim, addr) = spawn_sim_binary(&[]).await;
     let traffic = fixture("sample.jsonl");

@@ -1,5 +1,6 @@
-//! `vpan traffic`: writes a scenario for `vpan demo --scenario` and `vpan loadgen --cards`
-//! of any size: `cards.json` and `load.jsonl`.
+//! `vpan traffic`: writes a scenario of any size for `vpan demo --scenario`: `cards.json`
+//! (the cards to issue, by name) and `load.jsonl`. The demo issues the cards and writes
+//! their numbers, by the same names, for `vpan loadgen --cards`.
 //!
 //! Large traffic files are made, not checked in. The mix is one an issuer's link sees,
 //! with every message type of the contract and every code the switch sets that traffic can

@@ -160,11 +160,26 @@ pub type Bindings = BTreeMap<String, BoundCard>;
 pub fn load_bindings(path: &Path) -> Result<Bindings, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read cards file {}: {e}", path.display()))?;
+    if text.trim_start().starts_with('[') {
+        // The other cards.json: `vpan traffic`'s list of cards to issue, not their numbers.
+        return Err(format!(
+            "cards file {}: a list of cards to issue (as `vpan traffic` writes), not the issued cards' numbers: \
+             run `vpan demo --scenario DIR --keep-running` on it and pass the cards.json the demo writes in its data directory",
+            path.display()
+        ));
+    }
     serde_json::from_str(&text).map_err(|e| {
+        let kind = match e.classify() {
+            serde_json::error::Category::Data => {
+                "not a JSON object of {\"NAME\": {\"vpan\", \"expiry\"}}"
+            }
+            _ => "not valid JSON",
+        };
         format!(
-            "cards file {}: not a JSON object of {{\"NAME\": {{\"vpan\", \"expiry\"}}}}: {}",
+            "cards file {}: {kind} (line {}, column {})",
             path.display(),
-            json_error(&e)
+            e.line(),
+            e.column()
         )
     })
 }
