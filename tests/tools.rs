@@ -1006,6 +1006,16 @@ async fn a_file_that_is_not_there_is_the_machines_fault_exit_1_whichever_flag_na
         &["card", "--token", "t", "--ca", missing, "list"][..],
         &["loadgen", "--target", "127.0.0.1:1", "--traffic", missing][..],
         &["serve", "--config", missing][..],
+        &["issuer-sim", "--listen", "127.0.0.1:0", "--spec", missing][..],
+        &[
+            "loadgen",
+            "--target",
+            "127.0.0.1:1",
+            "--traffic",
+            missing,
+            "--spec",
+            missing,
+        ][..],
     ] {
         let said = refused(args, 1).await;
         assert!(said.contains(missing), "{args:?}: {said}");

@@ -31,7 +31,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::flags;
 use super::pacer::{Pacer, PacerSlot};
@@ -166,6 +166,9 @@ pub enum SimError {
     /// The thread that times delayed answers cannot be started.
     #[error("cannot start the latency clock's thread: {0}")]
     Pacer(std::io::Error),
+    /// `--spec` names a file that is not there.
+    #[error("{0}")]
+    Spec(String),
 }
 
 impl SimConfig {
@@ -183,7 +186,7 @@ impl SimConfig {
         Ok(SimConfig {
             listen: args.listen,
             framing: args.wire.framing,
-            spec: args.wire.spec,
+            spec: args.wire.spec().map_err(SimError::Spec)?,
             header: args.wire.header_hex.0.clone(),
             accounts,
             default_balance,
@@ -1099,7 +1102,7 @@ async fn accept_loop(
             }
             Err(e) => {
                 // Out of file descriptors and the like: log and go on.
-                warn!(error = %e, "accept failed");
+                crate::logging::throttled!(warn, error = %e, "accept failed");
             }
         }
     }
@@ -1190,7 +1193,7 @@ impl Connection {
                             }
                             Ok(None) => break,
                             Err(e) => {
-                                warn!(error = %e, "closing connection: frame cannot be read");
+                                crate::logging::throttled!(warn, error = %e, "closing connection: frame cannot be read");
                                 wr.write_all(&self.out).await?;
                                 return Ok(());
                             }
@@ -1239,7 +1242,7 @@ impl Connection {
             Err(e) => {
                 self.shared.malformed.fetch_add(1, Ordering::Relaxed);
                 let h = recover_header(cfg.spec, &body);
-                warn!(error = %e, "malformed request");
+                crate::logging::throttled!(warn, error = %e, "malformed request");
                 if let (Some(mti), Some(stan)) = (h.mti, h.stan)
                     && mti[2].wrapping_sub(b'0') % 2 == 0
                 {
@@ -1302,7 +1305,7 @@ impl Connection {
             Ok(()) => {
                 self.shared.answered.fetch_add(1, Ordering::Relaxed);
             }
-            Err(e) => warn!(error = %e, "answer cannot be framed"),
+            Err(e) => crate::logging::throttled!(warn, error = %e, "answer cannot be framed"),
         }
     }
 }

@@ -15,7 +15,7 @@ pub struct WireArgs {
     pub framing: Framing,
     /// Message layout: iso87ascii, iso87binary or a jPOS GenericPackager XML file.
     #[arg(long, default_value = "iso87ascii", value_parser = parse_spec)]
-    pub spec: &'static Spec,
+    pub spec: SpecArg,
     /// Fixed header after the length (e.g. a TPDU), as hex; the simulator echoes it.
     #[arg(long, default_value = "", value_parser = parse_header)]
     pub header_hex: Header,
@@ -31,8 +31,36 @@ fn parse_framing(s: &str) -> Result<Framing, String> {
         .map_err(|_| format!("use one of {}", Framing::NAMES.join(", ")))
 }
 
-fn parse_spec(s: &str) -> Result<&'static Spec, String> {
-    Spec::by_name(s).map_err(|e| e.to_string())
+/// `--spec` as read: a layout, or a file that is not there, which is not a usage error
+/// but the machine's (exit 1, as for every file a flag names), said once the tool starts.
+#[derive(Debug, Clone, Copy)]
+pub enum SpecArg {
+    /// The layout.
+    Ready(&'static Spec),
+    /// A file that was not found.
+    Missing(&'static str),
+}
+
+impl WireArgs {
+    /// The layout `--spec` names, or why there is none.
+    pub fn spec(&self) -> Result<&'static Spec, String> {
+        match self.spec {
+            SpecArg::Ready(spec) => Ok(spec),
+            SpecArg::Missing(path) => Err(format!("--spec {path}: no such file")),
+        }
+    }
+}
+
+fn parse_spec(s: &str) -> Result<SpecArg, String> {
+    match Spec::by_name(s) {
+        Ok(spec) => Ok(SpecArg::Ready(spec)),
+        // Not a built-in name, and no file of that name either: a path, by its look,
+        // is a missing file; anything else a name mistyped.
+        Err(_) if s.contains(['/', '.']) && !std::path::Path::new(s).exists() => {
+            Ok(SpecArg::Missing(String::leak(s.to_string())))
+        }
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn parse_header(s: &str) -> Result<Header, String> {
@@ -57,7 +85,7 @@ mod tests {
     fn defaults_are_len2_iso87ascii_without_a_header() {
         let t = Tool::try_parse_from(["tool"]).unwrap();
         assert_eq!(t.wire.framing, Framing::Len2);
-        assert!(std::ptr::eq(t.wire.spec, Spec::iso87ascii()));
+        assert!(std::ptr::eq(t.wire.spec().unwrap(), Spec::iso87ascii()));
         assert_eq!(t.wire.header_hex, Header::default());
     }
 
@@ -74,7 +102,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(t.wire.framing, Framing::Len4Ascii);
-        assert!(std::ptr::eq(t.wire.spec, Spec::iso87binary()));
+        assert!(std::ptr::eq(t.wire.spec().unwrap(), Spec::iso87binary()));
         assert_eq!(t.wire.header_hex, Header(vec![0x60, 0, 1, 0, 0]));
     }
 

@@ -205,7 +205,7 @@ impl LoadgenConfig {
 
     /// Builds the configuration from the command line flags (loads the traffic file).
     pub fn from_args(args: &Args) -> Result<LoadgenConfig, String> {
-        let spec = args.wire.spec;
+        let spec = args.wire.spec()?;
         let traffic = match &args.cards {
             None => Traffic::load(&args.traffic, spec),
             Some(file) => Traffic::load_bound(&args.traffic, spec, &load_bindings(file)?),
