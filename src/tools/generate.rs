@@ -28,8 +28,8 @@ pub struct Args {
     /// Virtual cards the approvals are spread over.
     #[arg(long, allow_negative_numbers = true, default_value_t = 100, value_parser = super::flags::count(u64::from(u32::MAX)))]
     pub cards: usize,
-    /// Messages in load.jsonl.
-    #[arg(long, allow_negative_numbers = true, default_value_t = 10_000, value_parser = super::flags::count(u64::MAX))]
+    /// Messages in load.jsonl (up to 100 million, some 27 GB).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 10_000, value_parser = super::flags::count(100_000_000))]
     pub messages: usize,
     /// Seed of the draws: the same seed writes the same files.
     #[arg(long, allow_negative_numbers = true, default_value_t = 1)]

@@ -95,15 +95,20 @@ impl fmt::Display for Summary {
         writeln!(f, "throughput {:.0} answers/s", self.throughput_per_s)?;
         let l = &self.latency_us;
         let ms = |us: u64| us as f64 / 1000.0;
-        writeln!(
-            f,
-            "latency ms  p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
-            ms(l.p50),
-            ms(l.p90),
-            ms(l.p99),
-            ms(l.p999),
-            ms(l.max)
-        )?;
+        if l.max == 0 {
+            // No sample at all: zeros would read as an instant answer.
+            writeln!(f, "latency ms  none measured (nothing answered)")?;
+        } else {
+            writeln!(
+                f,
+                "latency ms  p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+                ms(l.p50),
+                ms(l.p90),
+                ms(l.p99),
+                ms(l.p999),
+                ms(l.max)
+            )?;
+        }
         let list = |m: &BTreeMap<String, u64>| {
             m.iter()
                 .map(|(k, v)| format!("{k} {v}"))
