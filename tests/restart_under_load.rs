@@ -445,32 +445,25 @@ async fn sigterm_answers_every_purchase_still_with_the_issuer_before_the_process
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let api = api_client(&serve, &data_dir);
-    // A hangup (a closed terminal) is not a stop: said, and the purchases go on.
-    serve.signal("HUP");
-    serve
-        .wait_log(
+    // A hangup (a closed terminal) is not a stop: said, and the purchases go on. Then the
+    // stop, and an impatient second SIGTERM, which changes nothing and is said.
+    for (signal, said) in [
+        (
+            "HUP",
             "SIGHUP ignored: vpan has no configuration to reload; SIGTERM stops it",
-            1,
-            Duration::from_secs(5),
-        )
-        .await;
-    serve.signal("TERM");
-    serve
-        .wait_log(
+        ),
+        (
+            "TERM",
             "shutting down: no new connections, draining requests in flight",
-            1,
-            Duration::from_secs(5),
-        )
-        .await;
-    // An impatient second SIGTERM changes nothing, and is said.
-    serve.signal("TERM");
-    serve
-        .wait_log(
+        ),
+        (
+            "TERM",
             "a stop is already under way: requests in flight are being drained",
-            1,
-            Duration::from_secs(5),
-        )
-        .await;
+        ),
+    ] {
+        serve.signal(signal);
+        serve.wait_log(said, 1, Duration::from_secs(5)).await;
+    }
     // The drain is watched, not hidden: /healthz says the network side is down (it takes
     // no new connections), and /metrics still answers.
     let health = api.call(reqwest::Method::GET, "/healthz", None).await;
