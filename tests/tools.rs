@@ -394,19 +394,15 @@ async fn loadgen_replays_the_sample_file_against_the_sim_binary_with_every_code_
 #[tokio::test]
 async fn the_list_of_cards_vpan_traffic_writes_is_not_taken_for_their_numbers() {
     let dir = format!("{}/fixtures/generated", env!("CARGO_MANIFEST_DIR"));
-    let said = refused(
-        &[
-            "loadgen",
-            "--target",
-            "127.0.0.1:9",
-            "--traffic",
-            &format!("{dir}/load.jsonl"),
-            "--cards",
-            &format!("{dir}/cards.json"),
-        ],
-        1,
-    )
-    .await;
+    let traffic = format!("{dir}/load.jsonl");
+    let with_cards = |cards: String| {
+        let traffic = traffic.clone();
+        async move {
+            let args = ["loadgen", "--target", "127.0.0.1:9", "--traffic", &traffic];
+            refused(&[&args[..], &["--cards", &cards]].concat(), 1).await
+        }
+    };
+    let said = with_cards(format!("{dir}/cards.json")).await;
     assert!(
         said.contains("a list of cards to issue") && said.contains("vpan demo --scenario"),
         "{said}"
@@ -418,19 +414,7 @@ async fn the_list_of_cards_vpan_traffic_writes_is_not_taken_for_their_numbers() 
         "{\n  \"a\": {\n    \"vpan\": 1,\n    \"expiry\": \"2912\"\n  }\n}\n",
     )
     .unwrap();
-    let said = refused(
-        &[
-            "loadgen",
-            "--target",
-            "127.0.0.1:9",
-            "--traffic",
-            &format!("{dir}/load.jsonl"),
-            "--cards",
-            file.path().to_str().unwrap(),
-        ],
-        1,
-    )
-    .await;
+    let said = with_cards(file.path().display().to_string()).await;
     assert!(said.contains("(line 3, column"), "{said}");
 }
 
