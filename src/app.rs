@@ -62,6 +62,11 @@ pub enum AppError {
     /// The API's certificate or token could not be loaded or made.
     #[error(transparent)]
     Api(#[from] ApiSetupError),
+    /// The journal failed while the switch served (its error was logged when it did).
+    #[error(
+        "the store failed while serving (its error was logged then): every request since was answered 96; what was approved before it is on disk"
+    )]
+    StoreFailedWhileServing,
 }
 
 /// Where the switch's listeners are bound.
@@ -410,6 +415,9 @@ impl App {
         if let Some(s) = snapshots {
             let _ = tokio::task::spawn_blocking(move || s.stop()).await;
         }
+        // Said in the exit status too: a service manager records the stop of a switch
+        // whose store failed as a failure, not as a clean exit.
+        let store_failed = cards.store_failed();
         // The last handle on the cards: dropping it flushes and closes the journal.
         match Arc::try_unwrap(cards) {
             Ok(cards) => tokio::task::spawn_blocking(move || drop(cards))
@@ -420,6 +428,9 @@ impl App {
             }
         }
         tracing::info!("stopped");
+        if store_failed {
+            return Err(AppError::StoreFailedWhileServing);
+        }
         Ok(())
     }
 }

@@ -11,7 +11,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
-use super::App;
+use super::{App, AppError};
 use crate::cards::CardKey;
 use crate::config::Config;
 use crate::iso8583::{Frame, FrameCodec, Framing, Message, Spec};
@@ -91,7 +91,7 @@ struct Running {
     /// Where the network connects.
     network: std::net::SocketAddr,
     stop: tokio_util::sync::CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<Result<(), AppError>>,
 }
 
 impl Running {
@@ -115,7 +115,7 @@ impl Running {
         let stop = tokio_util::sync::CancellationToken::new();
         let task = tokio::spawn({
             let stop = stop.clone();
-            async move { app.run(stop.cancelled_owned()).await.unwrap() }
+            async move { app.run(stop.cancelled_owned()).await }
         });
         while issuer.connected() < 2 {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -182,10 +182,12 @@ impl Running {
         }
     }
 
-    async fn stop(self) {
+    /// Stops the switch; what its run returned.
+    async fn stop(self) -> Result<(), AppError> {
         self.stop.cancel();
-        let _ = self.task.await;
+        let ended = self.task.await.unwrap();
         self.sim.shutdown().await;
+        ended
     }
 }
 
@@ -274,8 +276,12 @@ async fn an_approval_is_answered_only_once_its_hold_is_durable_and_a_failed_sync
     assert_eq!(cards.get(key).unwrap().spent, 1_000);
     drop(failing);
 
+    // The stop says it too, for the exit status.
     stop.cancel();
-    let _ = task.await;
+    assert!(matches!(
+        task.await.unwrap(),
+        Err(AppError::StoreFailedWhileServing)
+    ));
     sim.shutdown().await;
 }
 
@@ -329,7 +335,10 @@ async fn a_repeated_advice_waits_for_the_first_ones_record_and_an_unrecorded_rev
     );
     assert_eq!(r.sim.requests(b"0400"), reversals_before, "none forwarded");
     drop(failing);
-    r.stop().await;
+    assert!(matches!(
+        r.stop().await,
+        Err(AppError::StoreFailedWhileServing)
+    ));
 }
 
 /// The length of the book of reversals owed (empty at start: no debts).
@@ -389,7 +398,10 @@ async fn a_timed_out_purchase_records_its_reversal_owed_after_its_release_and_be
         "a debt written beside a failed release"
     );
     drop(failing);
-    r.stop().await;
+    assert!(matches!(
+        r.stop().await,
+        Err(AppError::StoreFailedWhileServing)
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -429,7 +441,7 @@ async fn an_answer_under_a_changed_stan_waits_until_the_change_is_on_disk() {
     let answered = answer(&mut other, Duration::from_secs(5)).await.unwrap();
     assert_eq!(answered.response_code(), Some(*b"00"));
     assert_eq!(answered.stan(), Some(*b"000777"), "the network's STAN back");
-    r.stop().await;
+    r.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
