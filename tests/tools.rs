@@ -735,6 +735,33 @@ async fn dropped_connections_count_their_requests_as_lost_and_loadgen_dials_agai
     sim.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_held_back_when_the_sim_stops_are_counted_lost_not_answered() {
+    let sim = sim_with(&[(RICH, 1_000_000)], |c| {
+        c.latency = Duration::from_secs(30);
+    })
+    .await;
+    let mut client = Client::connect(sim.local_addr()).await;
+    client
+        .send(&[&financial(
+            b"0100",
+            RICH,
+            "000001",
+            "000000",
+            "000000001000",
+        )])
+        .await;
+    sim.wait_for_requests(1).await;
+    let counters = sim.counters();
+    sim.shutdown().await;
+    let stats = counters.stats();
+    assert_eq!(
+        (stats.answered, stats.lost_with_connection),
+        (0, 1),
+        "{stats:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_connection_that_cannot_be_dialled_again_gives_up_and_says_so_in_the_summary() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

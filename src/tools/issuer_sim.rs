@@ -841,12 +841,12 @@ pub struct SimStats {
     pub connections: u64,
     /// Requests parsed.
     pub requests: u64,
-    /// Answers written (including format-error answers).
+    /// Answers handed to their connection's socket (including format-error answers; a
+    /// peer that resets may not read the last of them).
     pub answered: u64,
     /// Requests decided and booked whose answer, held back by `latency`, was still waiting
-    /// when its connection closed (`drop_share`, a frame that cannot be read, the peer
-    /// gone): booked, never answered. With `answered` and `unanswered` they add up to the
-    /// requests booked.
+    /// when its connection ended (`drop_share`, a frame that cannot be read, the peer
+    /// gone, the simulator stopping): booked, never answered.
     pub lost_with_connection: u64,
     /// Requests booked but left unanswered (`timeout_share`).
     pub unanswered: u64,
@@ -856,6 +856,28 @@ pub struct SimStats {
     pub malformed: u64,
     /// Reversals whose original was not found.
     pub unmatched_reversals: u64,
+}
+
+/// The simulator's counters, kept readable after it stopped (its stop line is written
+/// once every connection has ended and counted what it held back).
+#[derive(Clone)]
+pub struct SimCounters(Arc<Shared>);
+
+impl SimCounters {
+    /// The counters now.
+    pub fn stats(&self) -> SimStats {
+        let s = &self.0;
+        SimStats {
+            connections: s.connections.load(Ordering::Relaxed),
+            requests: s.requests.load(Ordering::Relaxed),
+            answered: s.answered.load(Ordering::Relaxed),
+            unanswered: s.unanswered.load(Ordering::Relaxed),
+            lost_with_connection: s.lost_with_connection.load(Ordering::Relaxed),
+            dropped: s.dropped.load(Ordering::Relaxed),
+            malformed: s.malformed.load(Ordering::Relaxed),
+            unmatched_reversals: s.ledger.unmatched_reversals(),
+        }
+    }
 }
 
 /// State shared by the accept loop, the connections and the handle.
@@ -1036,17 +1058,12 @@ impl IssuerSimHandle {
 
     /// The running counters.
     pub fn stats(&self) -> SimStats {
-        let s = &self.shared;
-        SimStats {
-            connections: s.connections.load(Ordering::Relaxed),
-            requests: s.requests.load(Ordering::Relaxed),
-            answered: s.answered.load(Ordering::Relaxed),
-            unanswered: s.unanswered.load(Ordering::Relaxed),
-            lost_with_connection: s.lost_with_connection.load(Ordering::Relaxed),
-            dropped: s.dropped.load(Ordering::Relaxed),
-            malformed: s.malformed.load(Ordering::Relaxed),
-            unmatched_reversals: s.ledger.unmatched_reversals(),
-        }
+        self.counters().stats()
+    }
+
+    /// The counters, readable after [`IssuerSimHandle::shutdown`] too.
+    pub fn counters(&self) -> SimCounters {
+        SimCounters(self.shared.clone())
     }
 
     /// Returns once at least `n` requests have been received (awaits, never polls).
@@ -1077,10 +1094,14 @@ async fn accept_loop(
     seed: u64,
 ) {
     let mut next_id = 0u64;
+    // The connections, so that a stop returns once each has ended and counted what it
+    // held back.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {
             _ = cancel.cancelled() => break,
             a = listener.accept() => a,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
         match accepted {
             Ok((stream, peer)) => {
@@ -1091,7 +1112,7 @@ async fn accept_loop(
                 let rng = SmallRng::seed_from_u64(seed ^ next_id.wrapping_mul(0x9E37_79B9));
                 let conn = Connection::new(shared.clone(), rng, next_id);
                 let cancel = cancel.clone();
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     tokio::select! {
                         _ = cancel.cancelled() => {}
                         r = conn.run(stream) => if let Err(e) = r {
@@ -1106,6 +1127,7 @@ async fn accept_loop(
             }
         }
     }
+    while connections.join_next().await.is_some() {}
 }
 
 /// What to do with the connection after a frame.
@@ -1149,21 +1171,7 @@ impl Connection {
         }
     }
 
-    /// Serves the connection until it ends; answers still held back by `latency` then are
-    /// counted lost with it rather than answered.
-    async fn run(mut self, stream: TcpStream) -> std::io::Result<()> {
-        let ended = self.serve(stream).await;
-        let lost = self.delayed.len() as u64;
-        if lost > 0 {
-            self.shared.answered.fetch_sub(lost, Ordering::Relaxed);
-            self.shared
-                .lost_with_connection
-                .fetch_add(lost, Ordering::Relaxed);
-        }
-        ended
-    }
-
-    async fn serve(&mut self, mut stream: TcpStream) -> std::io::Result<()> {
+    async fn run(mut self, mut stream: TcpStream) -> std::io::Result<()> {
         let (mut rd, mut wr) = stream.split();
         let mut inbuf = BytesMut::with_capacity(64 * 1024);
         let mut open = true;
@@ -1208,6 +1216,7 @@ impl Connection {
                         }
                         if let Some((_, b)) = self.delayed.pop_front() {
                             self.out.extend_from_slice(&b);
+                            self.shared.answered.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                 }
@@ -1289,23 +1298,39 @@ impl Connection {
                 .is_some_and(|p| silent.contains(&p))
     }
 
-    /// Frames an answer into the write buffer, or into the delay queue.
+    /// Frames an answer into the write buffer (counted answered), or into the delay queue
+    /// (counted when it moves to the write buffer).
     fn emit(&mut self, header: &[u8], resp: &Message) {
         let latency = self.shared.config.latency;
         let result = if latency.is_zero() {
-            self.codec.encode_message(header, resp, &mut self.out)
+            self.codec
+                .encode_message(header, resp, &mut self.out)
+                .map(|()| {
+                    self.shared.answered.fetch_add(1, Ordering::Relaxed);
+                })
         } else {
             let mut b = BytesMut::with_capacity(256);
-            let r = self.codec.encode_message(header, resp, &mut b);
-            self.delayed
-                .push_back((Instant::now() + latency, b.freeze()));
-            r
+            self.codec.encode_message(header, resp, &mut b).map(|()| {
+                self.delayed
+                    .push_back((Instant::now() + latency, b.freeze()));
+            })
         };
-        match result {
-            Ok(()) => {
-                self.shared.answered.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => crate::logging::throttled!(warn, error = %e, "answer cannot be framed"),
+        if let Err(e) = result {
+            crate::logging::throttled!(warn, error = %e, "answer cannot be framed");
+        }
+    }
+}
+
+impl Drop for Connection {
+    /// Answers still held back by `latency` when the connection ends, however it ends (the
+    /// peer gone, `drop_share`, a frame that cannot be read, the simulator stopping):
+    /// booked, never answered.
+    fn drop(&mut self) {
+        let lost = self.delayed.len() as u64;
+        if lost > 0 {
+            self.shared
+                .lost_with_connection
+                .fetch_add(lost, Ordering::Relaxed);
         }
     }
 }
@@ -1325,7 +1350,10 @@ pub async fn run_cli(args: Args) -> Result<(), String> {
     let config = SimConfig::from_args(&args).map_err(|e| e.to_string())?;
     let handle = IssuerSim::start(config).await.map_err(|e| e.to_string())?;
     crate::app::shutdown_signal().await;
-    let stats = handle.stats();
+    // Counted once every connection has ended: what each held back is then counted lost.
+    let counters = handle.counters();
+    handle.shutdown().await;
+    let stats = counters.stats();
     info!(
         requests = stats.requests,
         answered = stats.answered,
@@ -1334,9 +1362,8 @@ pub async fn run_cli(args: Args) -> Result<(), String> {
         dropped = stats.dropped,
         malformed = stats.malformed,
         unmatched_reversals = stats.unmatched_reversals,
-        "issuer simulator stopping"
+        "issuer simulator stopped"
     );
-    handle.shutdown().await;
     Ok(())
 }
 
