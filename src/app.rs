@@ -436,7 +436,8 @@ impl App {
 }
 
 /// The longest a stop can take from the signal: the network side's drain, the issuer
-/// link's reversals owed (as long again), then API calls and scrapes still open. A service
+/// link's reversals owed (as long again), then API calls and scrapes still open; then only
+/// a snapshot being written, which is finished, and the journal's last flush. A service
 /// manager's stop timeout must be at least this, or it kills a clean stop.
 pub fn longest_stop(config: &Config) -> Duration {
     stop_within(drain_timeout(config))
@@ -557,51 +558,53 @@ fn codec(
     Ok(FrameCodec::new(framing, header_len, max_frame))
 }
 
-/// Resolves on Ctrl-C or SIGTERM (how systemd and container runtimes stop a process).
-///
-/// SIGHUP is taken too and only logged: its default would kill the switch on the spot,
-/// with no drain (a closed terminal, `systemctl kill -s HUP`), and vpan has no
-/// configuration to reload. Once the stop has begun, a further Ctrl-C or SIGTERM is said
-/// in the log, so that an operator sees the stop is under way.
-pub async fn shutdown_signal() {
+/// Takes SIGHUP for good, and logs each one: its default would kill the switch on the
+/// spot, with no drain (a closed terminal, `systemctl kill -s HUP`), and vpan has no
+/// configuration to reload. Called first thing, inside the runtime.
+pub fn ignore_hangups() {
     #[cfg(unix)]
-    tokio::spawn(async {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-            return;
-        };
-        while hangups.recv().await.is_some() {
-            tracing::warn!("SIGHUP ignored: vpan has no configuration to reload; SIGTERM stops it");
-        }
-    });
-    stop_requested().await;
-    tokio::spawn(async {
-        loop {
-            stop_requested().await;
-            tracing::warn!("a stop is already under way: requests in flight are being drained");
-        }
-    });
+    if let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    {
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                tracing::warn!(
+                    "SIGHUP ignored: vpan has no configuration to reload; SIGTERM stops it"
+                );
+            }
+        });
+    }
 }
 
-/// Resolves on the next Ctrl-C or SIGTERM.
-async fn stop_requested() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on Ctrl-C or SIGTERM (how systemd and container runtimes stop a process).
+/// The signals are taken from the call on, not from the first poll: one that comes while
+/// the caller still starts up is not lost. Once the stop has begun, a further Ctrl-C or
+/// SIGTERM is said in the log, so that an operator sees the stop is under way.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+    let signals = {
+        use tokio::signal::unix::{SignalKind, signal};
+        signal(SignalKind::terminate()).and_then(|t| Ok((t, signal(SignalKind::interrupt())?)))
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
+    async move {
+        #[cfg(unix)]
+        if let Ok((mut term, mut int)) = signals {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            // The same streams, still registered: a later signal is seen whenever it comes.
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
+                    tracing::warn!("a stop is already under way; waiting for it to finish");
+                }
+            });
+            return;
+        }
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

@@ -178,9 +178,11 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         "async runtime started"
     );
     runtime.block_on(async {
+        // Before recovery, which takes seconds on a large store: a hangup then would kill
+        // the start half way.
+        vpan::app::ignore_hangups();
+        let stop = vpan::app::shutdown_signal();
         let app = App::build(config).await.map_err(|e| e.to_string())?;
-        app.run(vpan::app::shutdown_signal())
-            .await
-            .map_err(|e| e.to_string())
+        app.run(stop).await.map_err(|e| e.to_string())
     })
 }

@@ -224,7 +224,7 @@ pub async fn serve(
             }
         }),
     );
-    crate::api::serve_http(&mut listener, app, MAX_SCRAPERS, shutdown, "metrics").await;
+    crate::api::serve_http(&mut listener, app, Some(MAX_SCRAPERS), shutdown, "metrics").await;
     Ok(())
 }
 

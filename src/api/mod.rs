@@ -185,7 +185,8 @@ impl ApiServer {
             listing: Arc::new(tokio::sync::Semaphore::new(1)),
         };
         let app = router(state, self.token);
-        serve_http(&mut listener, app, tls::MAX_CONNECTIONS, shutdown, "API").await;
+        // The TLS listener caps the connections itself, before their handshakes.
+        serve_http(&mut listener, app, None, shutdown, "API").await;
         Ok(())
     }
 }
@@ -196,13 +197,13 @@ impl ApiServer {
 /// hyper directly rather than `axum::serve`, for its timer: without one hyper has no
 /// header read deadline, and a client that trickles header bytes (each one restarting the
 /// connection's idle timer), or sends half a request and waits, holds its connection for
-/// ever. Past `max_connections` open at once, a new one is closed at once: enough held
-/// open would use up the process's file descriptors, and with them the card network's
-/// connections.
+/// ever. Past `max_connections` open at once (when the listener does not cap them
+/// itself), a new one is closed at once: enough held open would use up the process's file
+/// descriptors, and with them the card network's connections.
 pub(crate) async fn serve_http<L>(
     listener: &mut L,
     app: Router,
-    max_connections: usize,
+    max_connections: Option<usize>,
     shutdown: CancellationToken,
     server: &'static str,
 ) where
@@ -212,21 +213,27 @@ pub(crate) async fn serve_http<L>(
     http.timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
     let graceful = GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(max_connections));
+    let permits = max_connections.map(|n| Arc::new(Semaphore::new(n)));
     loop {
         let (io, _) = tokio::select! {
             accepted = listener.accept() => accepted,
             () = shutdown.cancelled() => break,
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            // Throttled: a client flooding the port must not flood the log too.
-            crate::logging::throttled!(
-                warn,
-                server,
-                max_connections,
-                "HTTP connection refused: too many open"
-            );
-            continue;
+        let permit = match &permits {
+            Some(permits) => match permits.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    // Throttled: a client flooding the port must not flood the log too.
+                    crate::logging::throttled!(
+                        warn,
+                        server,
+                        max_connections,
+                        "HTTP connection refused: too many open"
+                    );
+                    continue;
+                }
+            },
+            None => None,
         };
         let service = TowerToHyperService::new(app.clone());
         let connection = graceful.watch(http.serve_connection(TokioIo::new(io), service));

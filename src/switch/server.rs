@@ -121,7 +121,11 @@ async fn keep_dialling(
                 let _ = stream.set_nodelay(true);
                 tracing::info!(network = %addr, "connected to the network");
                 let since = std::time::Instant::now();
-                connected.store(true, Ordering::Relaxed);
+                // Dialled just as the stop began: the connection drains what it is sent,
+                // but for /healthz the link stays down from the stop on.
+                if !shutdown.is_cancelled() {
+                    connected.store(true, Ordering::Relaxed);
+                }
                 let counted = Counted::new();
                 let (lost, lost_rx) = tokio::sync::oneshot::channel();
                 let mut lost = Some(lost);

@@ -361,7 +361,7 @@ impl Traffic {
         let n = self.entries.len();
         // crossing[i]: how many references a cut just before message i would separate,
         // as a difference array over i.
-        let mut crossing = vec![0i64; n + 1];
+        let mut crossing = vec![0i32; n + 1];
         for (j, e) in self.entries.iter().enumerate() {
             if let Some(o) = e.refers_to().filter(|&o| o < j) {
                 crossing[o + 1] += 1;

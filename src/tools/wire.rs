@@ -5,7 +5,7 @@
 //! flag's name and what it accepts, before the tool starts.
 
 use crate::iso8583::codec::header_from_hex;
-use crate::iso8583::{Framing, Spec};
+use crate::iso8583::{Framing, Spec, SpecError};
 
 /// `--framing`, `--spec` and `--header-hex`, flattened into a tool's arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -31,14 +31,15 @@ fn parse_framing(s: &str) -> Result<Framing, String> {
         .map_err(|_| format!("use one of {}", Framing::NAMES.join(", ")))
 }
 
-/// `--spec` as read: a layout, or a file that is not there, which is not a usage error
-/// but the machine's (exit 1, as for every file a flag names), said once the tool starts.
+/// `--spec` as read: a layout, or a file that cannot be read (missing, unreadable), which
+/// is not a usage error but the machine's (exit 1, as for every file a flag names), said
+/// once the tool starts.
 #[derive(Debug, Clone, Copy)]
 pub enum SpecArg {
     /// The layout.
     Ready(&'static Spec),
-    /// A file that was not found.
-    Missing(&'static str),
+    /// Why the file named could not be read.
+    Unreadable(&'static str),
 }
 
 impl WireArgs {
@@ -46,7 +47,7 @@ impl WireArgs {
     pub fn spec(&self) -> Result<&'static Spec, String> {
         match self.spec {
             SpecArg::Ready(spec) => Ok(spec),
-            SpecArg::Missing(path) => Err(format!("--spec {path}: no such file")),
+            SpecArg::Unreadable(why) => Err(format!("--spec: {why}")),
         }
     }
 }
@@ -54,11 +55,9 @@ impl WireArgs {
 fn parse_spec(s: &str) -> Result<SpecArg, String> {
     match Spec::by_name(s) {
         Ok(spec) => Ok(SpecArg::Ready(spec)),
-        // Not a built-in name, and no file of that name either: a path, by its look,
-        // is a missing file; anything else a name mistyped.
-        Err(_) if s.contains(['/', '.']) && !std::path::Path::new(s).exists() => {
-            Ok(SpecArg::Missing(String::leak(s.to_string())))
-        }
+        // Read as a path (by `Spec::by_name`'s own rule) and not readable: said at start.
+        // A name that is no layout, or a file that is no packager, stays a usage error.
+        Err(e @ SpecError::Io { .. }) => Ok(SpecArg::Unreadable(String::leak(e.to_string()))),
         Err(e) => Err(e.to_string()),
     }
 }

@@ -1,4 +1,4 @@
-//! One connection's engine: it claims passes over the traffic file, sends their requests
+//! One connection's engine: it claims pieces of the traffic file, sends their requests
 //! (closed loop, or on the open loop's schedule), matches answers by STAN, times out the
 //! unanswered, and redials a connection the peer drops.
 
@@ -106,7 +106,7 @@ pub(super) struct Run {
     /// Where this piece's messages to send end (before the piece's end on the last piece
     /// of `--count`).
     end: usize,
-    /// Requests of this pass in flight.
+    /// Requests of this piece in flight.
     outstanding: usize,
     /// For messages a reversal refers to: DE 90 describing them as sent, and whether
     /// their answer (or timeout, or loss) has come.
@@ -134,7 +134,7 @@ pub(super) struct Conn {
     pub(super) shared: Arc<Shared>,
     /// Frames requests and cuts answers out of the stream.
     pub(super) codec: FrameCodec,
-    /// Passes over the file this connection owns, oldest first.
+    /// Pieces of the file this connection owns, oldest first.
     pub(super) runs: VecDeque<Run>,
     /// Requests in flight by STAN: how answers find their request.
     pub(super) pending: HashMap<u32, Pending, StanHash>,

@@ -11,9 +11,10 @@
 //!
 //! The traffic file is replayed in order, looping as `--count` or `--duration` ask. It is
 //! cut into pieces, never between a message and a later one that refers to it, and each
-//! piece is a *run* that one connection owns: every connection has work however short the
-//! load, and a reversal goes out on the same connection after its original's answer, with
-//! DE 90 built from the original as it was sent. Every request gets a fresh STAN (DE 11) and DE 7 set to now; answers are
+//! piece is a *run* that one connection owns: every connection has work even in a short
+//! load (unless the file's references chain across all of it), and a reversal goes out on
+//! the same connection after its original's answer, with DE 90 built from the original as
+//! it was sent. Every request gets a fresh STAN (DE 11) and DE 7 set to now; answers are
 //! matched by STAN on their connection. A request unanswered for `--timeout-ms` counts as
 //! a timeout; a connection that drops counts its requests as lost and is dialled again.
 //!
@@ -282,10 +283,11 @@ pub async fn run(mut cfg: LoadgenConfig) -> Result<Summary, LoadgenError> {
     let stats = (0..cfg.connections)
         .map(|_| Stats::new())
         .collect::<Result<Vec<_>, _>>()?;
+    let pieces = cfg.traffic.pieces(piece_size(&cfg));
     let start = Instant::now();
     let shared = Arc::new(Shared {
         deadline: cfg.duration.map(|d| start + d),
-        pieces: cfg.traffic.pieces(piece_size(&cfg)),
+        pieces,
         next_run: AtomicU64::new(0),
         // A random start, as after a real acquirer's restart: two runs in the same second
         // (a demo's story, then its load) must not reuse each other's transaction keys.
@@ -358,13 +360,17 @@ pub async fn run(mut cfg: LoadgenConfig) -> Result<Summary, LoadgenError> {
 
 /// Messages in a piece of the traffic file (`Traffic::pieces`): small enough that every
 /// connection gets some of a short load (a file sent once over four connections goes out
-/// over the four), large enough that handing pieces out costs nothing.
+/// over the four), large enough that handing pieces out costs nothing, and that a
+/// connection holds a few dozen pieces at most whatever its `--in-flight` (it looks
+/// through them on every request).
 fn piece_size(cfg: &LoadgenConfig) -> usize {
     let messages = cfg
         .traffic
         .len()
         .min(cfg.count.map_or(usize::MAX, |c| c as usize));
-    (messages / (cfg.connections * 4)).clamp(1, 1024)
+    (messages / (cfg.connections * 4))
+        .clamp(1, 1024)
+        .max(cfg.in_flight / 32)
 }
 
 /// One line on stderr per second: sent, answered, the answer rate over the last second,
