@@ -68,6 +68,11 @@ fn financial(mti: &[u8; 4], card: &str, stan: &str, pcode: &str, amount: &str) -
     )
 }
 
+/// A 10.00 purchase on [`RICH`].
+fn ten_euros_on_rich() -> Message {
+    financial(b"0100", RICH, "000001", "000000", "000000001000")
+}
+
 /// A simulator that books every request and answers none.
 async fn answering_nothing() -> IssuerSimHandle {
     sim_with(&[], |c| {
@@ -163,14 +168,7 @@ async fn the_issuer_sim_answers_a_peer_that_has_half_closed_after_its_latency() 
     // simulator holds back for its latency reach it, as they were booked.
     let sim = sim_with(&[(RICH, 10_000)], |c| c.latency = Duration::from_millis(20)).await;
     let mut c = Client::connect(sim.local_addr()).await;
-    c.send(&[&financial(
-        b"0100",
-        RICH,
-        "000001",
-        "000000",
-        "000000001000",
-    )])
-    .await;
+    c.send(&[&ten_euros_on_rich()]).await;
     c.stream.shutdown().await.unwrap();
     let answers = c.answers(1).await;
     assert_eq!(answers.len(), 1);
@@ -742,15 +740,7 @@ async fn answers_held_back_when_the_sim_stops_are_counted_lost_not_answered() {
     })
     .await;
     let mut client = Client::connect(sim.local_addr()).await;
-    client
-        .send(&[&financial(
-            b"0100",
-            RICH,
-            "000001",
-            "000000",
-            "000000001000",
-        )])
-        .await;
+    client.send(&[&ten_euros_on_rich()]).await;
     sim.wait_for_requests(1).await;
     let counters = sim.counters();
     sim.shutdown().await;
