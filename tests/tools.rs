@@ -942,6 +942,18 @@ async fn bad_input_gets_exit_2_for_usage_and_1_with_the_line_for_a_bad_traffic_f
             ][..],
             "--rate",
         ),
+        (
+            &[
+                "loadgen",
+                "--target",
+                "127.0.0.1:1",
+                "--traffic",
+                "x",
+                "--timeout-ms",
+                "0",
+            ][..],
+            "--timeout-ms",
+        ),
         (&["issuer-sim", "--latency-ms", "-5"][..], "--latency-ms"),
         (&["demo", "--connections", "-1"][..], "--connections"),
         (

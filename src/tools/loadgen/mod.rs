@@ -86,8 +86,8 @@ pub struct Args {
     /// The link's framing, layout and fixed header.
     #[command(flatten)]
     pub wire: WireArgs,
-    /// A request unanswered this long counts as a timeout.
-    #[arg(long, allow_negative_numbers = true, default_value_t = 5000)]
+    /// A request unanswered this long counts as a timeout (at least 1).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout_ms: u64,
     /// Print the summary as one JSON object.
     #[arg(long)]
@@ -223,7 +223,7 @@ impl LoadgenConfig {
             framing: args.wire.framing,
             spec,
             header: args.wire.header_hex.0.clone(),
-            timeout: Duration::from_millis(args.timeout_ms.max(1)),
+            timeout: Duration::from_millis(args.timeout_ms),
             progress: true,
             max_frame: 8192,
             stop: None,
