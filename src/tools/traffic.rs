@@ -156,6 +156,24 @@ pub struct BoundCard {
 /// Card names to issued cards, as read from a `cards.json` (`{"NAME": {"vpan", "expiry"}}`).
 pub type Bindings = BTreeMap<String, BoundCard>;
 
+/// A traffic file's text; bytes that are not UTF-8 (a Latin-1 merchant name) are refused
+/// naming their line, as any other fault of a line is.
+fn read_text(path: &Path) -> Result<String, TrafficError> {
+    let bytes = std::fs::read(path).map_err(|source| TrafficError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        TrafficError::Json {
+            line: 1 + valid.iter().filter(|&&b| b == b'\n').count(),
+            message:
+                "not UTF-8 text (JSON is UTF-8: write accented letters as such, or as \\u escapes)"
+                    .into(),
+        }
+    })
+}
+
 /// Reads a cards file for [`Traffic::parse_bound`].
 pub fn load_bindings(path: &Path) -> Result<Bindings, String> {
     let text = std::fs::read_to_string(path)
@@ -240,11 +258,7 @@ pub struct Traffic {
 impl Traffic {
     /// Reads and builds a traffic file.
     pub fn load(path: &Path, spec: &'static Spec) -> Result<Traffic, TrafficError> {
-        let text = std::fs::read_to_string(path).map_err(|source| TrafficError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Traffic::parse(&text, spec)
+        Traffic::parse(&read_text(path)?, spec)
     }
 
     /// Reads and builds a traffic file whose `${...}` placeholders name these cards.
@@ -253,11 +267,7 @@ impl Traffic {
         spec: &'static Spec,
         cards: &Bindings,
     ) -> Result<Traffic, TrafficError> {
-        let text = std::fs::read_to_string(path).map_err(|source| TrafficError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Traffic::parse_bound(&text, spec, cards)
+        Traffic::parse_bound(&read_text(path)?, spec, cards)
     }
 
     /// Builds a traffic file from its text; a `${...}` placeholder is an error.
@@ -489,6 +499,19 @@ mod tests {
     /// A traffic line with `PAN` replaced by the test card.
     fn line(template: &str) -> String {
         template.replace("PAN", pan())
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_refused_naming_their_line() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let mut bytes = format!("{}\n# caf", purchase()).into_bytes();
+        bytes.extend_from_slice(&[0xE9, b'\n']);
+        std::fs::write(file.path(), bytes).unwrap();
+        let e = Traffic::load(file.path(), Spec::iso87ascii()).unwrap_err();
+        assert!(
+            e.to_string().starts_with("traffic line 2: not UTF-8 text"),
+            "{e}"
+        );
     }
 
     #[test]
