@@ -739,7 +739,7 @@ impl Flow {
             return Some(Box::new(msg.clone()));
         }
         let mut out = Box::new(Message::new(to, &msg.mti()).ok()?);
-        for n in msg.field_numbers().collect::<Vec<_>>() {
+        for n in msg.field_numbers() {
             out.set(n, msg.text(n)?.as_bytes()).ok()?;
         }
         Some(out)

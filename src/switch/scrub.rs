@@ -27,7 +27,7 @@ pub fn fields_holding(answer: &Message, request: &Message, real: &Pan) -> Vec<us
     let digits = real.as_bytes();
     let spec = answer.spec();
     answer
-        .fields()
+        .field_numbers()
         .filter(|n| !REWRITTEN.contains(n))
         // The layout alone rules out most fields (amounts, dates, codes), unread.
         .filter(|&n| {
