@@ -588,23 +588,26 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     async move {
         #[cfg(unix)]
         if let Ok((mut term, mut int)) = signals {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
+            either(&mut term, &mut int).await;
             // The same streams, still registered: a later signal is seen whenever it comes.
             tokio::spawn(async move {
                 loop {
-                    tokio::select! {
-                        _ = term.recv() => {}
-                        _ = int.recv() => {}
-                    }
+                    either(&mut term, &mut int).await;
                     tracing::warn!("a stop is already under way; waiting for it to finish");
                 }
             });
             return;
         }
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// The next of two signals.
+#[cfg(unix)]
+async fn either(a: &mut tokio::signal::unix::Signal, b: &mut tokio::signal::unix::Signal) {
+    tokio::select! {
+        _ = a.recv() => {}
+        _ = b.recv() => {}
     }
 }
 
