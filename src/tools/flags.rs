@@ -22,13 +22,19 @@ pub fn share(s: &str) -> Result<f64, String> {
 /// and a schedule that never moves never reaches its end.
 pub const MAX_PER_SECOND: f64 = 10_000_000.0;
 
+/// Whether `v` requests per second is a rate an open loop can keep: from 0.01 (a
+/// connection's interval between two requests stays within what a clock can add) to
+/// [`MAX_PER_SECOND`].
+pub fn rate_in_range(v: f64) -> bool {
+    (0.01..=MAX_PER_SECOND).contains(&v)
+}
+
 /// A positive number of requests per second, up to [`MAX_PER_SECOND`] (the closed loop,
 /// without `--rate`, is the way to send as fast as the peer answers).
 pub fn per_second(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
-        // The floor keeps a connection's interval between two requests within what a
-        // clock can add.
-        Ok(v) if v.is_finite() && (0.01..=MAX_PER_SECOND).contains(&v) => Ok(v),
+        // NaN and infinities fall outside the range too.
+        Ok(v) if rate_in_range(v) => Ok(v),
         _ => Err(
             "a number of requests per second from 0.01 to 10000000, e.g. 10000 (for as fast as the peer answers, leave out --rate: the closed loop)"
                 .into(),

@@ -259,9 +259,7 @@ pub async fn run(mut cfg: LoadgenConfig) -> Result<Summary, LoadgenError> {
     }
     if !(1..=MAX_CONNECTIONS).contains(&cfg.connections)
         || !(1..=MAX_IN_FLIGHT).contains(&cfg.in_flight)
-        || cfg
-            .rate
-            .is_some_and(|r| flags::per_second(&r.to_string()).is_err())
+        || cfg.rate.is_some_and(|r| !flags::rate_in_range(r))
     {
         return Err(LoadgenError::Config(format!(
             "connections must be from 1 to {MAX_CONNECTIONS}, in_flight from 1 to {MAX_IN_FLIGHT}, rate from 0.01 to {}",
