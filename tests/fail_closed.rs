@@ -141,3 +141,50 @@ async fn a_full_disk_turns_approvals_into_96_and_releases_their_holds() {
     );
     rig.stop().await;
 }
+
+#[tokio::test]
+async fn a_start_on_a_full_disk_says_so_leaves_no_segment_behind_and_starts_once_there_is_room() {
+    let Some(disk) = SmallDisk::mount("4m") else {
+        eprintln!("SKIPPED: cannot mount a small tmpfs here (needs root)");
+        return;
+    };
+    let dir = data_dir(&disk.path);
+    let rig = rig(None, |c| c.store.data_dir = dir.clone()).await;
+    let (card, _) = rig.issue(|_| {}).await;
+    rig.stop().await;
+
+    disk.fill();
+    let segments = || vpan::store::journal::list_segments(&dir).unwrap();
+    let before = segments();
+    let store = vpan::store::StoreConfig {
+        data_dir: dir.clone(),
+        ..Default::default()
+    };
+    let open = || {
+        vpan::cards::Cards::open(
+            &vpan::cards::CardsConfig::default(),
+            &store,
+            vpan::cards::LedgerConfig::default(),
+        )
+    };
+    for attempt in 1..=3 {
+        let error = open().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            error.contains("No space left on device") && error.contains("MiB free"),
+            "attempt {attempt}: the start must fail, naming the full disk: {error:?}"
+        );
+        assert_eq!(
+            segments(),
+            before,
+            "attempt {attempt} left a segment behind"
+        );
+    }
+
+    std::fs::remove_file(disk.path.join("filler")).unwrap();
+    let (cards, _) = open().expect("starts once there is room");
+    assert!(
+        cards.get(CardKey::of(&card.vpan)).is_some(),
+        "the card issued before is still there"
+    );
+    assert_eq!(segments().len(), before.len() + 1);
+}

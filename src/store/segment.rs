@@ -49,21 +49,47 @@ pub(crate) struct Segment {
 impl Segment {
     /// Creates segment `number` in `dir`. It must not exist: a new segment starts empty,
     /// since records written after an old tail of zeros would never be read back.
+    ///
+    /// Its first extent of zeros is written and synced here rather than with the first
+    /// batch: a disk without room for it fails vpan's start (or a snapshot's rotation) with
+    /// an error that says so, where it would otherwise fail the first approval and the
+    /// store with it, and the empty file is removed rather than left behind by every
+    /// attempt to start on a full disk.
     pub(crate) fn create(dir: &Path, number: u64) -> io::Result<Segment> {
+        let path = segment_path(dir, number);
         let file = OpenOptions::new()
             .create_new(true)
             .mode(super::PRIVATE_FILE_MODE)
             .read(true)
             .write(true)
-            .open(segment_path(dir, number))?;
-        #[cfg(test)]
-        sync_gate::pass(dir)?;
-        sync_dir(dir)?;
+            .open(&path)?;
+        let prepared = (|| {
+            write_zeros(&file, 0, EXTENT_BYTES)?;
+            #[cfg(test)]
+            sync_gate::pass(dir)?;
+            file.sync_data()?;
+            sync_dir(dir)
+        })();
+        if let Err(e) = prepared {
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+            return Err(if e.kind() == io::ErrorKind::StorageFull {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{e}: a journal segment needs {} MiB free in the data directory to start",
+                        EXTENT_BYTES >> 20
+                    ),
+                )
+            } else {
+                e
+            });
+        }
         Ok(Segment {
             number,
             file,
             end: 0,
-            zeroed_to: 0,
+            zeroed_to: EXTENT_BYTES,
             #[cfg(test)]
             dir: dir.to_path_buf(),
         })
