@@ -98,6 +98,12 @@ pub const STALL_AFTER: Duration = Duration::from_secs(2);
 /// How often the watchdog looks at the commit in progress.
 const STALL_CHECK: Duration = Duration::from_millis(100);
 
+/// Commands waiting for the writer past which the journal fails (closed). The writer takes
+/// everything queued at each commit, so only a disk that has stopped answering lets the
+/// queue grow: at 10,000 records a second this is over a minute and a half of them, and
+/// 126 MB of memory (120 bytes a command).
+const MAX_BACKLOG: usize = 1 << 20;
+
 /// A commit that carried this many records says appends come faster than commits end: the
 /// writer then pauses for [`BUSY_PAUSE`] before the next one, so that each `fdatasync`
 /// (tens of µs of CPU, most of it the kernel's, and a flush the device must do) carries
@@ -326,13 +332,25 @@ struct QueueState<R> {
     closed: bool,
 }
 
+/// Why a command was not queued.
+#[derive(Debug, PartialEq, Eq)]
+enum NotQueued {
+    /// The journal is closed.
+    Closed,
+    /// [`MAX_BACKLOG`] commands wait already.
+    Backlog,
+}
+
 impl<R> Queue<R> {
-    /// Queues `cmd`; `None` once the journal is closed, else the number of the last
-    /// record queued (this one's, for an append).
-    fn push(&self, cmd: Command<R>) -> Option<u64> {
+    /// Queues `cmd`; returns the number of the last record queued (this one's, for an
+    /// append).
+    fn push(&self, cmd: Command<R>) -> Result<u64, NotQueued> {
         let mut s = self.state.lock();
         if s.closed {
-            return None;
+            return Err(NotQueued::Closed);
+        }
+        if s.commands.len() >= MAX_BACKLOG {
+            return Err(NotQueued::Backlog);
         }
         if matches!(cmd, Command::Append(_)) {
             s.appended += 1;
@@ -344,7 +362,7 @@ impl<R> Queue<R> {
         if wake {
             self.wake.notify_one();
         }
-        Some(seq)
+        Ok(seq)
     }
 
     /// The writer's side: everything queued (swapped into `into`, which must be empty),
@@ -456,29 +474,53 @@ impl<R: Encode + Send + 'static> Journal<R> {
             return Durable::ready(Err(StoreError::Failed));
         }
         match self.queue.push(Command::Append(record)) {
-            Some(seq) => Durable(DurableState::Waiting {
+            Ok(seq) => Durable(DurableState::Waiting {
                 seq,
                 mark: self.mark.clone(),
                 registered: None,
             }),
-            None => Durable::ready(Err(StoreError::Closed)),
+            Err(NotQueued::Closed) => Durable::ready(Err(StoreError::Closed)),
+            Err(NotQueued::Backlog) => Durable::ready(Err(self.fail_for_backlog())),
         }
+    }
+
+    /// The writer is [`MAX_BACKLOG`] records behind: a disk that has stopped answering
+    /// for that long. The journal fails (closed) rather than hold records in memory
+    /// without bound: the switch answers 96 to whatever needs a record, and `/healthz`
+    /// says the store is down, until it is restarted once the disk answers. A record
+    /// could not simply be dropped: those after it (an outcome after its hold) would
+    /// reach the disk without it.
+    fn fail_for_backlog(&self) -> StoreError {
+        if !self.mark.failed.load(Ordering::Acquire) {
+            tracing::error!(
+                records = MAX_BACKLOG,
+                "the journal's disk is this many records behind: the store fails closed rather than grow without bound"
+            );
+        }
+        self.mark.end(&self.mark.failed);
+        StoreError::Backlog(MAX_BACKLOG)
     }
 
     /// Queues `record` without a way to wait for it (it is still written in order, in the
     /// next batch). For records whose loss in a crash is covered by recovery's rules.
     pub fn append_detached(&self, record: R) {
-        if !self.is_failed() {
-            self.queue.push(Command::Append(record));
+        if !self.is_failed() && self.queue.push(Command::Append(record)) == Err(NotQueued::Backlog)
+        {
+            self.fail_for_backlog();
         }
     }
 
     /// Closes the current segment (everything queued before is written and synced) and
     /// starts the next. Returns the new segment's number. Blocks the calling thread.
     pub fn rotate(&self) -> Result<u64, StoreError> {
+        if self.is_failed() {
+            return Err(StoreError::Failed);
+        }
         let (tx, rx) = mpsc::sync_channel(1);
-        if self.queue.push(Command::Rotate(tx)).is_none() {
-            return Err(StoreError::Closed);
+        match self.queue.push(Command::Rotate(tx)) {
+            Ok(_) => {}
+            Err(NotQueued::Closed) => return Err(StoreError::Closed),
+            Err(NotQueued::Backlog) => return Err(self.fail_for_backlog()),
         }
         rx.recv().unwrap_or(Err(StoreError::Closed))
     }
@@ -1120,6 +1162,28 @@ mod tests {
         })
         .unwrap();
         assert_eq!(read, 1_000, "all on disk when the barrier resolved");
+    }
+
+    #[test]
+    fn a_disk_that_stops_answering_fails_the_journal_once_the_backlog_is_full() {
+        use crate::store::segment::sync_gate::{self, Gate};
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::<Bytes>::start(dir.path(), 1).unwrap();
+        let held = sync_gate::set(dir.path(), Gate::Held);
+        let first = j.append(Bytes(vec![1]));
+        sync_gate::wait_until_one_is_held(dir.path());
+        // The writer is stuck in its sync: everything from now on waits in the queue.
+        for i in 0..MAX_BACKLOG {
+            j.append_detached(Bytes(vec![i as u8]));
+        }
+        assert!(!j.is_failed(), "a full backlog, not yet a refused record");
+        let refused = j.append(Bytes(vec![2])).wait();
+        assert_eq!(refused, Err(StoreError::Backlog(MAX_BACKLOG)));
+        assert!(j.is_failed(), "failed closed, for good");
+        assert_eq!(j.append(Bytes(vec![3])).wait(), Err(StoreError::Failed));
+        assert_eq!(j.rotate(), Err(StoreError::Failed));
+        drop(held);
+        assert!(first.wait().is_err(), "not durable: the journal failed");
     }
 
     #[test]

@@ -144,6 +144,12 @@ pub enum StoreError {
         "the journal's disk has not finished a commit for over {0:?}: failing closed until it does"
     )]
     Stalled(std::time::Duration),
+    /// So many records waited for a disk that stopped answering that the journal failed
+    /// (closed) rather than hold more in memory.
+    #[error(
+        "the journal's disk fell {0} records behind: the store failed closed; restart vpan once the disk answers"
+    )]
+    Backlog(usize),
     /// The key file for real card numbers could not be opened, read or made.
     #[error(
         "the key file {} (store.key_file; when empty, pan.key in store.data_dir): {what}: {message}",
