@@ -24,9 +24,7 @@ async fn one_slow_issuer_connection(latency_ms: u64) -> Rig {
 
 #[tokio::test]
 async fn an_approval_goes_to_the_issuer_with_the_real_card_and_comes_back_with_the_virtual_one() {
-    let rig = rig(Some(SimConfig::default()), |_| {}).await;
-    let (card, real) = rig.issue(|_| {}).await;
-    let mut net = Client::connect(rig.network).await;
+    let (rig, card, real, mut net) = one_card(|_| {}).await;
 
     let req = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 2_500);
     let answer = net.call(&req).await;
@@ -87,9 +85,7 @@ async fn an_approval_goes_to_the_issuer_with_the_real_card_and_comes_back_with_t
 
 #[tokio::test]
 async fn track_2_carries_the_real_card_to_the_issuer_and_is_not_echoed_back() {
-    let rig = rig(Some(SimConfig::default()), |_| {}).await;
-    let (card, real) = rig.issue(|_| {}).await;
-    let mut net = Client::connect(rig.network).await;
+    let (rig, card, real, mut net) = one_card(|_| {}).await;
     let req = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
     let mut with_track = req.clone();
     let track = format!(
@@ -186,77 +182,23 @@ async fn every_local_decline_is_answered_by_the_switch_without_asking_the_issuer
     let (expiring, _) = rig.issue(|_| {}).await;
     let unknown_in_range = test_pan("4970109", 16);
 
+    // A case on an issued card, with its own expiry unless one is given.
+    let on = |what, card: &vpan::cards::CardView, expiry: Option<[u8; 4]>, amount, expected| {
+        let expiry = expiry.unwrap_or(card.expiry.0);
+        (what, card.vpan.clone(), expiry, amount, expected)
+    };
+    #[rustfmt::skip] // a table: one case a line
     let cases: Vec<(&str, Pan, [u8; 4], u64, &str)> = vec![
-        (
-            "unknown vPAN in a virtual range",
-            unknown_in_range,
-            *b"2912",
-            100,
-            "14",
-        ),
-        (
-            "closed card",
-            closed.vpan.clone(),
-            closed.expiry.0,
-            100,
-            "46",
-        ),
-        (
-            "wrong expiry in DE 14",
-            expiring.vpan.clone(),
-            *b"2001",
-            100,
-            "54",
-        ),
-        (
-            "a DE 14 that is no date",
-            expiring.vpan.clone(),
-            *b"0000",
-            100,
-            "54",
-        ),
-        (
-            "MCC blocked",
-            blocked_mcc.vpan.clone(),
-            blocked_mcc.expiry.0,
-            100,
-            "57",
-        ),
-        (
-            "card in another currency",
-            dollars.vpan.clone(),
-            dollars.expiry.0,
-            100,
-            "57",
-        ),
-        (
-            "merchant locked elsewhere",
-            locked.vpan.clone(),
-            locked.expiry.0,
-            100,
-            "57",
-        ),
-        (
-            "over the cumulative cap",
-            capped.vpan.clone(),
-            capped.expiry.0,
-            1_001,
-            "61",
-        ),
-        (
-            "over the per-transaction limit",
-            per_tx.vpan.clone(),
-            per_tx.expiry.0,
-            501,
-            "61",
-        ),
-        (
-            "paused card",
-            paused.vpan.clone(),
-            paused.expiry.0,
-            100,
-            "62",
-        ),
+        ("unknown vPAN in a virtual range", unknown_in_range, *b"2912", 100, "14"),
+        on("closed card", &closed, None, 100, "46"),
+        on("wrong expiry in DE 14", &expiring, Some(*b"2001"), 100, "54"),
+        on("a DE 14 that is no date", &expiring, Some(*b"0000"), 100, "54"),
+        on("MCC blocked", &blocked_mcc, None, 100, "57"),
+        on("card in another currency", &dollars, None, 100, "57"),
+        on("merchant locked elsewhere", &locked, None, 100, "57"),
+        on("over the cumulative cap", &capped, None, 1_001, "61"),
+        on("over the per-transaction limit", &per_tx, None, 501, "61"),
+        on("paused card", &paused, None, 100, "62"),
     ];
     let before = rig.sim().requests(b"0100");
     for (what, pan, expiry, amount, expected) in cases {
@@ -280,10 +222,8 @@ async fn every_local_decline_is_answered_by_the_switch_without_asking_the_issuer
 
 #[tokio::test]
 async fn a_reversal_gives_the_amount_back_and_the_card_can_be_used_again() {
-    let rig = rig(Some(SimConfig::default()), |_| {}).await;
-    let (card, real) = rig.issue(|c| c.amount_limit = 1_000).await;
+    let (rig, card, real, mut net) = one_card(|c| c.amount_limit = 1_000).await;
     let key = CardKey::of(&card.vpan);
-    let mut net = Client::connect(rig.network).await;
 
     let first = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 1_000);
     assert_eq!(code(&net.call(&first).await), "00");
@@ -325,10 +265,8 @@ async fn a_reversal_gives_the_amount_back_and_the_card_can_be_used_again() {
 
 #[tokio::test]
 async fn an_original_arriving_after_its_reversal_is_declined_94_and_never_reaches_the_issuer() {
-    let rig = rig(Some(SimConfig::default()), |_| {}).await;
-    let (card, _) = rig.issue(|_| {}).await;
+    let (rig, card, _, mut net) = one_card(|_| {}).await;
     let key = CardKey::of(&card.vpan);
-    let mut net = Client::connect(rig.network).await;
     // The acquirer gave up on this purchase and reversed it; the purchase itself was held
     // up (on another connection, say) and arrives after its reversal.
     let late = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 1_000);
@@ -360,10 +298,8 @@ async fn an_original_arriving_after_its_reversal_is_declined_94_and_never_reache
 
 #[tokio::test]
 async fn a_partial_reversal_reads_the_amount_left_in_de95_and_one_it_cannot_read_gets_30() {
-    let rig = rig(Some(SimConfig::default()), |_| {}).await;
-    let (card, _) = rig.issue(|_| {}).await;
+    let (rig, card, _, mut net) = one_card(|_| {}).await;
     let key = CardKey::of(&card.vpan);
-    let mut net = Client::connect(rig.network).await;
     let first = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 1_000);
     assert_eq!(code(&net.call(&first).await), "00");
     let partial = |net: &mut Client, de95: &[u8]| {
@@ -386,9 +322,7 @@ async fn a_partial_reversal_reads_the_amount_left_in_de95_and_one_it_cannot_read
 
 #[tokio::test]
 async fn an_advice_is_recorded_even_over_the_cap_forwarded_and_answered() {
-    let rig = rig(Some(SimConfig::default()), |_| {}).await;
-    let (card, real) = rig.issue(|c| c.amount_limit = 1_000).await;
-    let mut net = Client::connect(rig.network).await;
+    let (rig, card, real, mut net) = one_card(|c| c.amount_limit = 1_000).await;
     let advice = purchase(&mut net, b"0120", &card.vpan, &card.expiry.0, 1_500);
     let answer = net.call(&advice).await;
     assert_eq!(answer.mti(), *b"0130");
@@ -425,10 +359,8 @@ async fn an_advice_is_recorded_even_over_the_cap_forwarded_and_answered() {
 
 #[tokio::test]
 async fn a_financial_advice_and_its_reversal_advice_are_counted_forwarded_and_answered() {
-    let rig = rig(Some(SimConfig::default()), |_| {}).await;
-    let (card, real) = rig.issue(|c| c.amount_limit = 5_000).await;
+    let (rig, card, real, mut net) = one_card(|c| c.amount_limit = 5_000).await;
     let key = CardKey::of(&card.vpan);
-    let mut net = Client::connect(rig.network).await;
     let start = vpan::tools::issuer_sim::DEFAULT_BALANCE;
 
     // A stand-in approved a purchase (0220): counted, forwarded with the real card.
@@ -755,9 +687,7 @@ async fn an_issuer_that_is_down_gets_91_at_once() {
 
 #[tokio::test]
 async fn a_malformed_frame_amid_good_ones_is_answered_30_and_the_others_go_on() {
-    let rig = rig(Some(SimConfig::default()), |_| {}).await;
-    let (card, _) = rig.issue(|_| {}).await;
-    let mut net = Client::connect(rig.network).await;
+    let (rig, card, _, mut net) = one_card(|_| {}).await;
     let good1 = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
     let bad = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
     let good2 = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
@@ -825,9 +755,7 @@ async fn racing_authorizations_over_the_wire_never_exceed_the_cap() {
 
 #[tokio::test]
 async fn the_same_stan_and_time_from_two_terminals_are_two_approvals_not_a_repeat() {
-    let rig = rig(Some(SimConfig::default()), |_| {}).await;
-    let (card, _) = rig.issue(|_| {}).await;
-    let mut net = Client::connect(rig.network).await;
+    let (rig, card, _, mut net) = one_card(|_| {}).await;
     let first = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 1_000);
     // Many acquirers keep one STAN counter per terminal: the second terminal sends the
     // same STAN in the same second, for another purchase.
@@ -1221,9 +1149,7 @@ fn with_odd_track(mut request: Message, card: &vpan::cards::CardView) -> Message
 
 #[tokio::test]
 async fn track_data_vpan_cannot_rewrite_never_reaches_the_issuer_and_a_repeat_gets_the_same_30() {
-    let rig = rig(Some(SimConfig::default()), |_| {}).await;
-    let (card, real) = rig.issue(|_| {}).await;
-    let mut net = Client::connect(rig.network).await;
+    let (rig, card, real, mut net) = one_card(|_| {}).await;
     // Track 2 without its separator: vpan cannot read the card number out of it, so
     // cannot rewrite it, and it would carry the vPAN to the issuer.
     let odd_track = with_odd_track(
@@ -1377,9 +1303,7 @@ fn credited_by_its_original(rig: &rig::Rig, real: &vpan::pan::Pan) {
 
 #[tokio::test]
 async fn responses_from_the_network_are_dropped_neither_answered_nor_forwarded() {
-    let rig = rig(Some(SimConfig::default()), |_| {}).await;
-    let (card, _) = rig.issue(|_| {}).await;
-    let mut net = Client::connect(rig.network).await;
+    let (rig, card, _, mut net) = one_card(|_| {}).await;
     let reached_the_issuer = rig.sim().stats().requests;
     // Answers of every kind on a vPAN: an answer to an answer made no sense (0110 came back
     // as 0120, 0410 as a reversal advice 0420), and forwarded, the issuer waited in vain.
@@ -1488,9 +1412,7 @@ async fn a_vpan_written_so_it_cannot_be_read_is_refused_30_never_forwarded_past_
 
 #[tokio::test]
 async fn an_advice_of_a_purchase_the_issuer_approved_itself_is_acknowledged_not_booked_again() {
-    let rig = rig(Some(SimConfig::default()), |_| {}).await;
-    let (card, real) = rig.issue(|_| {}).await;
-    let mut net = Client::connect(rig.network).await;
+    let (rig, card, real, mut net) = one_card(|_| {}).await;
     let request = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 3_000);
     assert_eq!(code(&net.call(&request).await), "00");
     let charged_once = rig.sim().balance(&real).unwrap();
@@ -1525,9 +1447,7 @@ async fn an_advice_of_a_purchase_the_issuer_approved_itself_is_acknowledged_not_
 
 #[tokio::test]
 async fn a_request_of_another_iso_version_on_a_1987_link_is_a_format_error_and_charges_nothing() {
-    let rig = rig(Some(SimConfig::default()), |_| {}).await;
-    let (card, _) = rig.issue(|_| {}).await;
-    let mut net = Client::connect(rig.network).await;
+    let (rig, card, _, mut net) = one_card(|_| {}).await;
     let asked = rig.sim().stats().requests;
     // 1993, 2003 and private-use versions: the 1987 layout does not describe their fields.
     for mti in [b"1100", b"2100", b"9100"] {

@@ -146,6 +146,16 @@ impl Rig {
     }
 }
 
+/// What most end-to-end tests start from: a switch in front of a default simulator, one
+/// card issued with `tweak`ed controls (with the real card behind it), and a connection
+/// on the network side.
+pub async fn one_card(tweak: impl FnOnce(&mut Controls)) -> (Rig, CardView, Pan, Client) {
+    let rig = rig(Some(SimConfig::default()), |_| {}).await;
+    let (card, real) = rig.issue(tweak).await;
+    let net = Client::connect(rig.network).await;
+    (rig, card, real, net)
+}
+
 /// Single-use controls.
 pub fn single_use(c: &mut Controls) {
     c.max_uses = NonZeroU32::new(1);
