@@ -188,3 +188,40 @@ async fn a_start_on_a_full_disk_says_so_leaves_no_segment_behind_and_starts_once
     );
     assert_eq!(segments().len(), before.len() + 1);
 }
+
+#[tokio::test]
+async fn a_snapshot_on_a_full_disk_fails_alone_and_approvals_go_on_in_the_zeros_ahead() {
+    let Some(disk) = SmallDisk::mount("4m") else {
+        eprintln!("SKIPPED: cannot mount a small tmpfs here (needs root)");
+        return;
+    };
+    let dir = data_dir(&disk.path);
+    let rig = rig(Some(SimConfig::default()), |c| {
+        c.store.data_dir = dir.clone()
+    })
+    .await;
+    let (card, _) = rig.issue(|c| c.amount_limit = 100_000_000).await;
+    let mut net = Client::connect(rig.network).await;
+    let first = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
+    assert_eq!(code(&net.call(&first).await), "00");
+
+    disk.fill();
+    let segments = || vpan::store::journal::list_segments(&dir).unwrap();
+    let before = segments();
+    // A snapshot starts the next journal segment first, whose first extent has no room:
+    // the snapshot fails, and is tried again later; the journal goes on in its segment.
+    let error = rig.cards.snapshot().err().map(|e| e.to_string());
+    assert!(
+        error.as_deref().is_some_and(|e| e.contains("MiB free")),
+        "{error:?}"
+    );
+    assert_eq!(segments(), before, "no segment left behind");
+    assert!(!rig.cards.store_failed(), "the store did not fail");
+    let next = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
+    assert_eq!(
+        code(&net.call(&next).await),
+        "00",
+        "approved, durable in the zeros written ahead"
+    );
+    rig.stop().await;
+}

@@ -1241,4 +1241,36 @@ mod tests {
         });
         assert_eq!(open_in(dir.path()).list(None, 10).len(), 3);
     }
+
+    #[test]
+    fn a_start_cuts_the_zeros_a_killed_start_left_after_its_records() {
+        use crate::store::journal::{list_segments, segment_path};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let now = 1_800_000_000;
+        let cards = open_in(dir.path());
+        let (view, durable) = cards.issue(&a_card_spec(now), now).expect("issued");
+        durable.wait().expect("durable");
+        drop(cards);
+        // As if killed rather than stopped: the segment keeps the zeros written ahead of
+        // its records (a stop cuts them).
+        let last = *list_segments(dir.path())
+            .expect("list")
+            .last()
+            .expect("a segment");
+        let path = segment_path(dir.path(), last);
+        let zeroed = crate::store::segment::EXTENT_BYTES;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_len(zeroed))
+            .expect("zeros after the records");
+
+        let cards = open_in(dir.path());
+        let cut = std::fs::metadata(&path).expect("segment").len();
+        assert!(cut > 0 && cut < zeroed, "cut to its records: {cut} bytes");
+        assert!(
+            cards.get(CardKey::of(&view.vpan)).is_some(),
+            "its card read back"
+        );
+    }
 }

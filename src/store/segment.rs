@@ -51,10 +51,10 @@ impl Segment {
     /// since records written after an old tail of zeros would never be read back.
     ///
     /// Its first extent of zeros is written and synced here rather than with the first
-    /// batch: a disk without room for it fails vpan's start (or a snapshot's rotation) with
-    /// an error that says so, where it would otherwise fail the first approval and the
-    /// store with it, and the empty file is removed rather than left behind by every
-    /// attempt to start on a full disk.
+    /// batch: a disk without room for it fails vpan's start with an error that says so
+    /// (or a snapshot's rotation, which is tried again later while the current segment
+    /// goes on), where it would otherwise fail the first approval and the store with it;
+    /// and the file is removed rather than left behind by every attempt.
     pub(crate) fn create(dir: &Path, number: u64) -> io::Result<Segment> {
         let path = segment_path(dir, number);
         let file = OpenOptions::new()
@@ -77,7 +77,7 @@ impl Segment {
                 io::Error::new(
                     e.kind(),
                     format!(
-                        "{e}: a journal segment needs {} MiB free in the data directory to start",
+                        "{e}: a new journal segment needs {} MiB free in the data directory",
                         EXTENT_BYTES >> 20
                     ),
                 )

@@ -182,12 +182,22 @@ impl Cards {
                 |payload| replay(&index, &ledger, &cipher, &Event::decode(payload)?),
             )?;
             recovered.records += report.records;
-            if report.zeros > 0 {
+            if report.zeros > 0 && report.bad_bytes == 0 {
                 tracing::debug!(
                     segment = n,
                     bytes = report.zeros,
-                    "journal segment ends in zeros written ahead (not closed: vpan stopped without closing it)"
+                    "journal segment ends in zeros written ahead (not closed: vpan stopped without closing it); cut to its records"
                 );
+                // As closing it would have: else every start that is killed before its
+                // first snapshot leaves a segment of zeros behind (an extent, 1 MiB). Not
+                // synced: zeros left by a crash read as the end of the records all the same.
+                let cut = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|f| f.set_len(report.good_bytes));
+                if let Err(e) = cut {
+                    tracing::warn!(segment = n, error = %e, "could not cut the zeros after a journal segment's records");
+                }
             }
             if report.bad_bytes > 0 && Some(&n) != segments.last() {
                 return Err(StoreError::DamagedSegment {
