@@ -158,6 +158,12 @@ impl App {
                  one may equal another cardholder's real card; reserve ranges in production"
             );
         }
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            build = env!("VPAN_BUILD"),
+            data_dir = %config.store.data_dir.display(),
+            "vpan starting: recovering the store"
+        );
         let (cards, store) = (config.cards.clone(), config.store.clone());
         let (cards, recovered, (owed, debts, stamps)) = tokio::task::spawn_blocking(move || {
             let (cards, recovered) = Cards::open(&cards, &store, cards.ledger())?;

@@ -23,7 +23,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 // No help in place of a missing command (clap's default): a usage error, said in one line
 // like the others (`vpan card` alone too: see its variant).
 #[command(
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("VPAN_BUILD"), ")"),
     about,
     propagate_version = true,
     arg_required_else_help = false

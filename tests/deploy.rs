@@ -296,7 +296,8 @@ fn declared_target_paths(manifest: &str) -> Vec<String> {
 #[test]
 fn the_image_build_copies_every_target_the_manifest_declares() {
     let copied = copied_by_build_stage(DOCKERFILE);
-    for needed in ["Cargo.toml", "Cargo.lock", "src"] {
+    // build.rs too: without it `env!("VPAN_BUILD")` does not compile.
+    for needed in ["Cargo.toml", "Cargo.lock", "build.rs", "src"] {
         assert!(
             copied.contains(needed),
             "the build stage does not copy {needed}: {copied:?}"
@@ -329,5 +330,28 @@ fn the_units_stop_timeout_covers_the_longest_stop() {
     assert!(
         std::time::Duration::from_secs(secs) >= longest,
         "TimeoutStopSec={secs} against a stop of up to {longest:?}"
+    );
+}
+
+/// `vpan --version` names the commit it was built from (`build.rs`), so that an operator
+/// can tell which build runs.
+#[test]
+fn the_version_names_the_commit_it_was_built_from() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vpan"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| format!("commit {}", String::from_utf8_lossy(&o.stdout).trim()))
+        .unwrap_or_else(|| "not built from a git checkout".into());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("vpan {} ({head})", env!("CARGO_PKG_VERSION"))
     );
 }
