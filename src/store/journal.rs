@@ -100,10 +100,13 @@ const STALL_CHECK: Duration = Duration::from_millis(100);
 
 /// Commands waiting for the writer past which the journal fails (closed). The writer takes
 /// everything queued at each commit, so only a disk that has stopped answering lets the
-/// queue grow: at 10,000 approvals a second (a hold and an outcome each) this is about 50 s
-/// of them. 126 MB for the queue (120 bytes a command), and about as much again for the
-/// batch the writer frames from it if the disk answers again before.
-const MAX_BACKLOG: usize = 1 << 20;
+/// queue grow; each request answered meanwhile (96, once the commit runs past
+/// [`STALL_AFTER`]) queues a record. A bound on memory, not on the stall: about 14 s of a
+/// stall at full load (300,000 records a second), which a disk's freeze of a few seconds
+/// stays well inside, and minutes at 10,000 approvals a second. 500 MB for the queue (120
+/// bytes a command), and about as much again for the batch the writer frames from it if
+/// the disk answers again before.
+const MAX_BACKLOG: usize = 1 << 22;
 
 /// When appends come this fast (records a second, over the time a batch took to gather)
 /// and a batch holds at least [`BUSY_BATCH`] records, the writer pauses for [`BUSY_PAUSE`]
@@ -325,6 +328,8 @@ pub struct JournalStats {
 /// The queue between appenders and the writer thread.
 struct Queue<R> {
     state: Mutex<QueueState<R>>,
+    /// [`MAX_BACKLOG`], but in the tests.
+    max_backlog: usize,
     /// Signalled when the writer sleeps and something arrives (or the journal closes).
     wake: Condvar,
 }
@@ -357,7 +362,7 @@ impl<R> Queue<R> {
         if s.closed {
             return Err(NotQueued::Closed);
         }
-        if s.commands.len() >= MAX_BACKLOG {
+        if s.commands.len() >= self.max_backlog {
             return Err(NotQueued::Backlog);
         }
         if matches!(cmd, Command::Append(_)) {
@@ -438,9 +443,19 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 impl<R: Encode + Send + 'static> Journal<R> {
     /// Starts a writer on a new segment `segment` in `dir` (which must exist).
     pub fn start(dir: &Path, segment: u64) -> Result<Journal<R>, StoreError> {
+        Journal::start_bounded(dir, segment, MAX_BACKLOG)
+    }
+
+    /// [`Journal::start`] with a backlog of `max_backlog` commands at most.
+    fn start_bounded(
+        dir: &Path,
+        segment: u64,
+        max_backlog: usize,
+    ) -> Result<Journal<R>, StoreError> {
         let segment =
             Segment::create(dir, segment).map_err(StoreError::io("opening the journal"))?;
         let queue = Arc::new(Queue {
+            max_backlog,
             state: Mutex::new(QueueState {
                 commands: Vec::with_capacity(1024),
                 appended: 0,
@@ -492,7 +507,7 @@ impl<R: Encode + Send + 'static> Journal<R> {
         }
     }
 
-    /// The writer is [`MAX_BACKLOG`] records behind: a disk that has stopped answering
+    /// The writer is [`MAX_BACKLOG`] commands behind: a disk that has stopped answering
     /// for that long. The journal fails (closed) rather than hold records in memory
     /// without bound: the switch answers 96 to whatever needs a record, and `/healthz`
     /// says the store is down, until it is restarted once the disk answers. A record
@@ -501,12 +516,12 @@ impl<R: Encode + Send + 'static> Journal<R> {
     fn fail_for_backlog(&self) -> StoreError {
         if !self.mark.failed.load(Ordering::Acquire) {
             tracing::error!(
-                records = MAX_BACKLOG,
+                records = self.queue.max_backlog,
                 "the journal's disk is this many records behind: the store fails closed rather than grow without bound"
             );
         }
         self.mark.end(&self.mark.failed);
-        StoreError::Backlog(MAX_BACKLOG)
+        StoreError::Backlog(self.queue.max_backlog)
     }
 
     /// Queues `record` without a way to wait for it (it is still written in order, in the
@@ -1190,17 +1205,19 @@ mod tests {
     fn a_disk_that_stops_answering_fails_the_journal_once_the_backlog_is_full() {
         use crate::store::segment::sync_gate::{self, Gate};
         let dir = tempfile::tempdir().unwrap();
-        let j = Journal::<Bytes>::start(dir.path(), 1).unwrap();
+        // The bound itself would take 4M records and half a gigabyte here.
+        let max = 10_000;
+        let j = Journal::<Bytes>::start_bounded(dir.path(), 1, max).unwrap();
         let held = sync_gate::set(dir.path(), Gate::Held);
         let first = j.append(Bytes(vec![1]));
         sync_gate::wait_until_one_is_held(dir.path());
         // The writer is stuck in its sync: everything from now on waits in the queue.
-        for i in 0..MAX_BACKLOG {
+        for i in 0..max {
             j.append_detached(Bytes(vec![i as u8]));
         }
         assert!(!j.is_failed(), "a full backlog, not yet a refused record");
         let refused = j.append(Bytes(vec![2])).wait();
-        assert_eq!(refused, Err(StoreError::Backlog(MAX_BACKLOG)));
+        assert_eq!(refused, Err(StoreError::Backlog(max)));
         assert!(j.is_failed(), "failed closed, for good");
         assert_eq!(j.append(Bytes(vec![3])).wait(), Err(StoreError::Failed));
         assert_eq!(j.rotate(), Err(StoreError::Failed));
