@@ -246,9 +246,12 @@ async fn an_approval_is_answered_only_once_its_hold_is_durable_and_a_failed_sync
         .expect("an answer while the disk is stalled");
     assert_eq!(refused.response_code(), Some(*b"96"));
     drop(stalled);
+    // Until the held commit has returned too: while it has not, the store still says
+    // stalled, and a purchase now would get its 96 for the stall, not for the failure below
+    // (which its commit might then miss, the gate lifted by the time it runs).
     for _ in 0..250 {
         let v = cards.get(key).unwrap();
-        if sim.requests(b"0400") == 1 && (v.spent, v.held) == (1_000, 0) {
+        if sim.requests(b"0400") == 1 && (v.spent, v.held) == (1_000, 0) && !cards.store_failed() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -256,6 +259,7 @@ async fn an_approval_is_answered_only_once_its_hold_is_durable_and_a_failed_sync
     assert_eq!(sim.requests(b"0400"), 1, "the issuer's approval reversed");
     let v = cards.get(key).unwrap();
     assert_eq!((v.spent, v.held), (1_000, 0));
+    assert!(!cards.store_failed(), "the stall is over");
 
     // The disk fails: the switch fails closed, with 96, and counts nothing.
     let failing = sync_gate::set(&data, Gate::Failing);
