@@ -24,6 +24,15 @@ struct SmallDisk {
 }
 
 impl SmallDisk {
+    /// A 4 MiB disk for a test, or `None` (the test then passes, saying SKIPPED).
+    fn for_test() -> Option<SmallDisk> {
+        let disk = SmallDisk::mount("4m");
+        if disk.is_none() {
+            eprintln!("SKIPPED: cannot mount a small tmpfs here (needs root)");
+        }
+        disk
+    }
+
     fn mount(size: &str) -> Option<SmallDisk> {
         let dir = tempfile::tempdir().unwrap();
         let ok = Command::new("mount")
@@ -57,10 +66,14 @@ fn data_dir(disk: &Path) -> PathBuf {
     disk.join("data")
 }
 
+/// The journal segments in `dir`, by number.
+fn segments(dir: &Path) -> Vec<u64> {
+    vpan::store::journal::list_segments(dir).unwrap()
+}
+
 #[tokio::test]
 async fn a_full_disk_turns_approvals_into_96_and_releases_their_holds() {
-    let Some(disk) = SmallDisk::mount("4m") else {
-        eprintln!("SKIPPED: cannot mount a small tmpfs here (needs root)");
+    let Some(disk) = SmallDisk::for_test() else {
         return;
     };
     let dir = data_dir(&disk.path);
@@ -144,8 +157,7 @@ async fn a_full_disk_turns_approvals_into_96_and_releases_their_holds() {
 
 #[tokio::test]
 async fn a_start_on_a_full_disk_says_so_leaves_no_segment_behind_and_starts_once_there_is_room() {
-    let Some(disk) = SmallDisk::mount("4m") else {
-        eprintln!("SKIPPED: cannot mount a small tmpfs here (needs root)");
+    let Some(disk) = SmallDisk::for_test() else {
         return;
     };
     let dir = data_dir(&disk.path);
@@ -154,8 +166,7 @@ async fn a_start_on_a_full_disk_says_so_leaves_no_segment_behind_and_starts_once
     rig.stop().await;
 
     disk.fill();
-    let segments = || vpan::store::journal::list_segments(&dir).unwrap();
-    let before = segments();
+    let before = segments(&dir);
     let store = vpan::store::StoreConfig {
         data_dir: dir.clone(),
         ..Default::default()
@@ -174,7 +185,7 @@ async fn a_start_on_a_full_disk_says_so_leaves_no_segment_behind_and_starts_once
             "attempt {attempt}: the start must fail, naming the full disk: {error:?}"
         );
         assert_eq!(
-            segments(),
+            segments(&dir),
             before,
             "attempt {attempt} left a segment behind"
         );
@@ -186,13 +197,12 @@ async fn a_start_on_a_full_disk_says_so_leaves_no_segment_behind_and_starts_once
         cards.get(CardKey::of(&card.vpan)).is_some(),
         "the card issued before is still there"
     );
-    assert_eq!(segments().len(), before.len() + 1);
+    assert_eq!(segments(&dir).len(), before.len() + 1);
 }
 
 #[tokio::test]
 async fn a_snapshot_on_a_full_disk_fails_alone_and_approvals_go_on_in_the_zeros_ahead() {
-    let Some(disk) = SmallDisk::mount("4m") else {
-        eprintln!("SKIPPED: cannot mount a small tmpfs here (needs root)");
+    let Some(disk) = SmallDisk::for_test() else {
         return;
     };
     let dir = data_dir(&disk.path);
@@ -206,8 +216,7 @@ async fn a_snapshot_on_a_full_disk_fails_alone_and_approvals_go_on_in_the_zeros_
     assert_eq!(code(&net.call(&first).await), "00");
 
     disk.fill();
-    let segments = || vpan::store::journal::list_segments(&dir).unwrap();
-    let before = segments();
+    let before = segments(&dir);
     // A snapshot starts the next journal segment first, whose first extent has no room:
     // the snapshot fails, and is tried again later; the journal goes on in its segment.
     let error = rig.cards.snapshot().err().map(|e| e.to_string());
@@ -215,7 +224,7 @@ async fn a_snapshot_on_a_full_disk_fails_alone_and_approvals_go_on_in_the_zeros_
         error.as_deref().is_some_and(|e| e.contains("MiB free")),
         "{error:?}"
     );
-    assert_eq!(segments(), before, "no segment left behind");
+    assert_eq!(segments(&dir), before, "no segment left behind");
     assert!(!rig.cards.store_failed(), "the store did not fail");
     let next = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
     assert_eq!(

@@ -17,10 +17,11 @@
 //! system call per record (a channel's per-message wake-ups cost a sixth of the switch's
 //! CPU in a profile of the demo). The more appenders wait, the larger the
 //! batch: throughput grows with concurrency while each record still waits for at most two
-//! syncs (and, when commits carry big batches, a pause of 400 µs between them that lets
-//! each carry more: [`BUSY_PAUSE`]). When a write or a sync fails, that batch's futures and every later append resolve
-//! to an error, and the caller must fail closed (DE 96): after a failed `fsync` the kernel
-//! may have dropped the dirty pages, so nothing written since can be trusted.
+//! syncs (and, when appends come fast enough to fill big batches, a pause of 400 µs
+//! between commits that lets each carry more: [`BUSY_RATE`]). When a write or a sync
+//! fails, that batch's futures and every later append resolve to an error, and the caller
+//! must fail closed (DE 96): after a failed `fsync` the kernel may have dropped the dirty
+//! pages, so nothing written since can be trusted.
 //!
 //! The journal is a series of segments `journal-NNNNNNNNNN.log` in the data directory. Each
 //! start opens a fresh segment (no appending after a cut tail), and a snapshot rotates to a
@@ -627,8 +628,9 @@ impl<R: Encode + Send + 'static> Writer<R> {
         let mut count = 0u64;
         let mut taken_at = Instant::now();
         while self.queue.take_all(&mut batch) {
-            let gathered = taken_at.elapsed();
-            taken_at = Instant::now();
+            let now = Instant::now();
+            let gathered = now - taken_at;
+            taken_at = now;
             for cmd in batch.drain(..) {
                 match cmd {
                     Command::Append(record) => {
