@@ -207,7 +207,7 @@ pub async fn serve(
     mut listener: TcpListener,
     handle: PrometheusHandle,
     shutdown: CancellationToken,
-) -> std::io::Result<()> {
+) {
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
@@ -225,7 +225,6 @@ pub async fn serve(
         }),
     );
     crate::api::serve_http(&mut listener, app, Some(MAX_SCRAPERS), shutdown, "metrics").await;
-    Ok(())
 }
 
 /// Digits in a row from which a value could be read as a card number (the shortest PAN).
