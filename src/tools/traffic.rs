@@ -202,21 +202,159 @@ pub fn load_bindings(path: &Path) -> Result<Bindings, String> {
     })
 }
 
-/// One line as written.
+/// One line as written. Each value's type is checked here, so that a wrong one is refused
+/// naming its key and what it must be: serde's own messages quote the value they refuse,
+/// which may be a card number.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLine {
-    fields: BTreeMap<String, String>,
-    #[serde(default)]
+    fields: RawFields,
+    #[serde(default, deserialize_with = "checked::expect")]
     expect: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "checked::reverses")]
     reverses: Option<usize>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "checked::repeats")]
     repeats: Option<usize>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "checked::flag")]
     malformed: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "checked::name")]
     name: Option<String>,
+}
+
+/// `fields` as written: a text value under each key, no key twice (JSON would keep the
+/// last silently, and the line would send something other than what it shows).
+struct RawFields(BTreeMap<String, String>);
+
+impl<'de> Deserialize<'de> for RawFields {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RawFields, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = RawFields;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object of field numbers to text")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<RawFields, A::Error> {
+                let mut fields = BTreeMap::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    let value: serde_json::Value = map.next_value()?;
+                    let shown = checked::shown_key(&key);
+                    let serde_json::Value::String(text) = value else {
+                        return Err(checked::refused(format!(
+                            "field {shown} must be text in quotes (upper-case hex for a binary field), not {}",
+                            checked::kind(&value)
+                        )));
+                    };
+                    if fields.insert(key, text).is_some() {
+                        return Err(checked::refused(format!("field {shown} appears twice")));
+                    }
+                }
+                Ok(RawFields(fields))
+            }
+        }
+        d.deserialize_map(Fields)
+    }
+}
+
+/// The checks of [`RawLine`]'s values, with messages that name the key, never the value.
+mod checked {
+    use serde::Deserialize;
+    use serde::de::Error;
+    use serde_json::Value;
+
+    /// Marks a message of these checks, which [`super::json_error`] shows as it is (it
+    /// shows none of serde's own).
+    pub(super) const MARK: &str = "checked: ";
+
+    pub(super) fn refused<E: Error>(message: String) -> E {
+        E::custom(format!("{MARK}{message}"))
+    }
+
+    /// A key as a message may show it: a field number or a name is short; anything longer
+    /// might be a card number typed in the wrong place.
+    pub(super) fn shown_key(key: &str) -> String {
+        if key.chars().count() <= 8 {
+            format!("{key:?}")
+        } else {
+            format!("(a key of {} characters)", key.chars().count())
+        }
+    }
+
+    /// What a JSON value is, for a message.
+    pub(super) fn kind(v: &Value) -> &'static str {
+        match v {
+            Value::Null => "null",
+            Value::Bool(_) => "true or false",
+            Value::Number(_) => "a number",
+            Value::String(_) => "text",
+            Value::Array(_) => "a list",
+            Value::Object(_) => "an object",
+        }
+    }
+
+    /// `expect`.
+    pub(super) fn expect<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<String>, D::Error> {
+        text(d, "expect")
+    }
+
+    /// `name`.
+    pub(super) fn name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        text(d, "name")
+    }
+
+    /// `reverses`.
+    pub(super) fn reverses<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<usize>, D::Error> {
+        index(d, "reverses")
+    }
+
+    /// `repeats`.
+    pub(super) fn repeats<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<usize>, D::Error> {
+        index(d, "repeats")
+    }
+
+    fn text<'de, D: serde::Deserializer<'de>>(d: D, key: &str) -> Result<Option<String>, D::Error> {
+        match Value::deserialize(d)? {
+            Value::String(s) => Ok(Some(s)),
+            other => Err(refused(format!(
+                "\"{key}\" must be text in quotes, not {}",
+                kind(&other)
+            ))),
+        }
+    }
+
+    fn index<'de, D: serde::Deserializer<'de>>(d: D, key: &str) -> Result<Option<usize>, D::Error> {
+        let v = Value::deserialize(d)?;
+        v.as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(|| {
+                refused(format!(
+                    "\"{key}\" must be a whole number, the 0-based index of an earlier message, not {}",
+                    if v.is_number() { "a negative or fractional number" } else { kind(&v) }
+                ))
+            })
+    }
+
+    /// `malformed`.
+    pub(super) fn flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+        match Value::deserialize(d)? {
+            Value::Bool(b) => Ok(b),
+            other => Err(refused(format!(
+                "\"malformed\" must be true or false, not {}",
+                kind(&other)
+            ))),
+        }
+    }
 }
 
 /// One message of the scenario, ready to send.
@@ -300,7 +438,7 @@ impl Traffic {
                 line,
                 message: json_error(&e),
             })?;
-            let fields = bind(raw.fields, cards, line)?;
+            let fields = bind(raw.fields.0, cards, line)?;
             let message = build(spec, &fields, line)?;
             let expect = match raw.expect.as_deref() {
                 None => None,
@@ -466,6 +604,19 @@ fn build(
 
 /// serde_json's message without the offending input (it could be a card number).
 fn json_error(e: &serde_json::Error) -> String {
+    let said = e.to_string();
+    // serde_json ends its messages with where: the column is given below.
+    let said = said.rsplit_once(" at line ").map_or(&said[..], |(m, _)| m);
+    // These checks' own messages, and serde's about keys (which name the key only).
+    let about_keys = ["duplicate field `", "unknown field `", "missing field `"];
+    if let Some(own) = said.strip_prefix(checked::MARK) {
+        return format!("{own} (column {})", e.column());
+    }
+    let key = said.split('`').nth(1).unwrap_or_default();
+    if about_keys.iter().any(|k| said.starts_with(k)) && key.chars().count() <= 8 {
+        let said = said.replace("duplicate field", "key appears twice:");
+        return format!("{said} (column {})", e.column());
+    }
     let kind = match e.classify() {
         serde_json::error::Category::Syntax | serde_json::error::Category::Eof => "not valid JSON",
         serde_json::error::Category::Data => {
@@ -585,8 +736,42 @@ mod tests {
             ),
             (
                 r#"{"fields": {"t": "0100"}, "colour": 1}"#,
-                "not of the form",
+                "unknown field `colour`, expected one of `fields`",
             ),
+            (r#"{"fields": {"t": "0100"}, "PAN": 1}"#, "not of the form"),
+            (
+                r#"{"fields": {"t": "0100", "4": 12345}}"#,
+                "field \"4\" must be text in quotes (upper-case hex for a binary field), not a number (column",
+            ),
+            (
+                r#"{"fields": {"t": "0100", "PAN": 12345}}"#,
+                "field (a key of",
+            ),
+            (
+                r#"{"fields": {"t": "0100", "2": "PAN", "2": "PAN"}}"#,
+                "field \"2\" appears twice",
+            ),
+            (
+                r#"{"fields": {"t": "0100"}, "fields": {"t": "0100"}}"#,
+                "key appears twice: `fields`",
+            ),
+            (
+                r#"{"fields": {"t": "0100"}, "reverses": "PAN"}"#,
+                "\"reverses\" must be a whole number, the 0-based index of an earlier message, not text",
+            ),
+            (
+                r#"{"fields": {"t": "0100"}, "repeats": -1}"#,
+                "\"repeats\" must be a whole number, the 0-based index of an earlier message, not a negative or fractional number",
+            ),
+            (
+                r#"{"fields": {"t": "0100"}, "expect": 0}"#,
+                "\"expect\" must be text in quotes, not a number",
+            ),
+            (
+                r#"{"fields": {"t": "0100"}, "malformed": "PAN"}"#,
+                "\"malformed\" must be true or false, not text",
+            ),
+            (r#"{"fields": ["PAN"]}"#, "not of the form"),
         ];
         for (text, want) in cases {
             let text = &line(text);

@@ -194,7 +194,10 @@ impl Stats {
 /// Throughput is counted from `start` to the last answer or the last request sent,
 /// whichever is later: not to the end of a wait for answers that never came (timeouts at
 /// the end of a run), but over every second spent sending, so a peer that stops answering
-/// part way through shows in it.
+/// part way through shows in it. In the open loop, over at least the schedule the requests
+/// sent fill (`sent / rate`): the last of N requests goes out at (N - 1) / rate, so at one
+/// request a second for 3 s the span from the first send to the last answer is 2 s, and
+/// the throughput would read 1.5/s.
 pub(super) fn summarize(
     cfg: &LoadgenConfig,
     start: Instant,
@@ -265,8 +268,12 @@ pub(super) fn summarize(
             mean: h.mean(),
         };
     }
-    if !answering.is_zero() {
-        s.throughput_per_s = s.answered as f64 / answering.as_secs_f64();
+    let scheduled = cfg.rate.filter(|r| *r > 0.0).map_or(Duration::ZERO, |r| {
+        Duration::from_secs_f64(s.sent as f64 / r)
+    });
+    let counted = answering.max(scheduled);
+    if !counted.is_zero() {
+        s.throughput_per_s = s.answered as f64 / counted.as_secs_f64();
     }
     s
 }
@@ -316,5 +323,20 @@ mod tests {
         a.last_sent = Some(start + Duration::from_secs(10));
         let s = summarize(&cfg, start, Duration::from_secs(11), vec![a]);
         assert!((s.throughput_per_s - 10.0).abs() < 1e-6, "{s:?}");
+    }
+
+    #[test]
+    fn open_loop_throughput_at_a_low_rate_is_the_rate() {
+        let start = Instant::now();
+        let mut cfg = echo_run();
+        cfg.rate = Some(1.0);
+        // At 1/s for 3 s: sent at 0, 1 and 2 s, the last answered just after 2 s.
+        let mut a = Stats::new().unwrap();
+        a.sent = 3;
+        a.answered = 3;
+        a.last_sent = Some(start + Duration::from_secs(2));
+        a.last_answer = Some(start + Duration::from_millis(2_001));
+        let s = summarize(&cfg, start, Duration::from_secs(3), vec![a]);
+        assert!((s.throughput_per_s - 1.0).abs() < 1e-6, "{s:?}");
     }
 }
