@@ -81,6 +81,9 @@ impl Cards {
             path: dir.clone(),
             message: format!("creating it: {e}"),
         })?;
+        if let Some(said) = crate::store::open_dir_warning(&dir) {
+            tracing::warn!("{said}");
+        }
         // One process per data directory: a second one would interleave journals.
         let lock = std::fs::OpenOptions::new()
             .create(true)
