@@ -51,6 +51,9 @@ enum Command {
     /// A client of the HTTPS issuance API: create, show, pause, resume, close, list.
     #[command(arg_required_else_help = false)]
     Card(Box<vpan::api::client::CardArgs>),
+    /// Asks a running switch's GET /healthz: exit 0 when it is up, 1 naming what is down
+    /// (for a container's health check).
+    Health(vpan::api::client::HealthArgs),
 }
 
 /// Options of `vpan serve`.
@@ -96,6 +99,7 @@ fn main() -> ExitCode {
         }
         Command::Traffic(args) => tools::generate::run_cli(&args),
         Command::Card(args) => return vpan::api::client::main(*args),
+        Command::Health(args) => return vpan::api::client::health_main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -753,7 +753,7 @@ async fn health_until(api: &Running, want: StatusCode) -> Value {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_is_ok_without_a_token_when_all_is_up_and_names_the_issuer_link_when_it_is_down() {
     let dir = tempfile::tempdir().unwrap();
     let api = Running::start(dir.path()).await;
@@ -763,6 +763,12 @@ async fn health_is_ok_without_a_token_when_all_is_up_and_names_the_issuer_link_w
         up["checks"],
         json!({"network": "up", "store": "up", "issuer": "up"})
     );
+    // `vpan health`, as a container's health check runs it: no token.
+    let (url, ca) = (api.url(""), api.data_dir.join("tls-cert.pem"));
+    let (code, out, err) = vpan_health(&url, &ca);
+    assert_eq!(code, 0, "{err}");
+    let said: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(said, up);
 
     api.issuer.abort();
     let down = health_until(&api, StatusCode::SERVICE_UNAVAILABLE).await;
@@ -770,7 +776,36 @@ async fn health_is_ok_without_a_token_when_all_is_up_and_names_the_issuer_link_w
     assert_eq!(down["checks"]["issuer"], "down");
     assert_eq!(down["checks"]["store"], "up");
     assert_eq!(error_of(&down).1, "down: issuer");
+    let (code, out, err) = vpan_health(&url, &ca);
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(err.trim(), "vpan: unhealthy: down: issuer (HTTP 503)");
     api.stop().await;
+    // No switch there: exit 1, saying it cannot be reached.
+    let (code, _, err) = vpan_health(&url, &ca);
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with("vpan: cannot reach https://127.0.0.1:"),
+        "{err}"
+    );
+}
+
+/// Runs `vpan health --url URL --ca CA`; exit code, stdout, stderr.
+fn vpan_health(url: &str, ca: &Path) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_vpan"))
+        .arg("health")
+        .arg("--url")
+        .arg(url)
+        .arg("--ca")
+        .arg(ca)
+        .env_remove("VPAN_URL")
+        .env_remove("VPAN_CA")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[tokio::test]

@@ -355,3 +355,66 @@ fn the_version_names_the_commit_it_was_built_from() {
         format!("vpan {} ({head})", env!("CARGO_PKG_VERSION"))
     );
 }
+
+/// The image's health check: its command as the Dockerfile has it, run through `sh` with
+/// the binary on `PATH` and the API's certificate where the image's variable points,
+/// against a real `vpan serve`: it passes once the switch is up, and fails, saying why,
+/// once it is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_images_health_check_passes_on_a_running_switch_and_fails_without_one() {
+    let cmd = DOCKERFILE
+        .lines()
+        .skip_while(|l| !l.starts_with("HEALTHCHECK"))
+        .find_map(|l| l.trim().strip_prefix("CMD "))
+        .expect("a HEALTHCHECK with a CMD in the Dockerfile");
+    let cmd: Vec<String> = serde_json::from_str(cmd).expect("CMD in exec form");
+    assert!(cmd.iter().any(|a| a.contains("vpan health")), "{cmd:?}");
+
+    let sim = vpan::tools::issuer_sim::IssuerSim::start(SimConfig::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let serve = procs::start_serve(dir.path(), &sim.local_addr().to_string(), &[]).await;
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_vpan"))
+        .parent()
+        .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let cert = dir.path().join("tls-cert.pem");
+    let url = format!("https://{}", serve.api);
+    let check = move || {
+        let out = std::process::Command::new(&cmd[0])
+            .args(&cmd[1..])
+            .env("PATH", &path)
+            .env("VPAN_API_TLS_CERT", &cert)
+            .env("VPAN_URL", &url)
+            .env_remove("VPAN_CA")
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), said)
+    };
+    // Up once the issuer link has signed on.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (code, said) = tokio::task::spawn_blocking(check.clone()).await.unwrap();
+        if code == Some(0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never healthy: {said}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    serve.stop("TERM").await;
+    let (code, said) = tokio::task::spawn_blocking(check).await.unwrap();
+    assert_eq!(code, Some(1));
+    assert!(
+        said.starts_with("vpan: cannot reach https://127.0.0.1:"),
+        "{said}"
+    );
+}

@@ -208,6 +208,48 @@ impl From<String> for Failure {
 
 /// Runs `vpan card ...`; prints the result or one error line, returns the exit status.
 pub fn main(args: CardArgs) -> ExitCode {
+    exit_with(run(args))
+}
+
+/// `vpan health`: a running switch's `GET /healthz`, for a container's health check or a
+/// script. The endpoint needs no token.
+#[derive(Args, Debug)]
+pub struct HealthArgs {
+    /// Base URL of the API.
+    #[arg(long, env = "VPAN_URL", default_value = "https://127.0.0.1:8443")]
+    pub url: String,
+    /// PEM certificate to trust (default: ./vpan-data/tls-cert.pem, else ./tls-cert.pem,
+    /// when it exists).
+    #[arg(long, env = "VPAN_CA", value_name = "PEM")]
+    pub ca: Option<PathBuf>,
+}
+
+/// Runs `vpan health`: exit 0 and the answer on stdout when the switch is up (200); exit 1
+/// and one line naming what is down (503) or why there is no answer, otherwise.
+pub fn health_main(args: HealthArgs) -> ExitCode {
+    exit_with(health(args))
+}
+
+async fn health(args: HealthArgs) -> Result<(), Failure> {
+    https_only(&args.url).map_err(Failure::Usage)?;
+    let ca = args.ca.or_else(|| {
+        [
+            Path::new("vpan-data/tls-cert.pem"),
+            Path::new("tls-cert.pem"),
+        ]
+        .into_iter()
+        .find(|p| p.exists())
+        .map(Path::to_path_buf)
+    });
+    let api = ApiClient::new(&args.url, String::new(), ca.as_deref()).map_err(Failure::Failed)?;
+    let answer = api.call(reqwest::Method::GET, "/healthz", None).await?;
+    println!("{answer}");
+    Ok(())
+}
+
+/// Runs a client command on a runtime of its own; prints its error as one line, and
+/// returns the exit status (2 for a usage error, 1 for any other).
+fn exit_with(command: impl std::future::Future<Output = Result<(), Failure>>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -218,7 +260,7 @@ pub fn main(args: CardArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(args)) {
+    match runtime.block_on(command) {
         Ok(()) => ExitCode::SUCCESS,
         // Masked: an error may quote a URL or a path with a vPAN in it.
         Err(Failure::Usage(m)) => {
@@ -409,7 +451,10 @@ impl ApiClient {
         body: Option<Value>,
     ) -> Result<Value, String> {
         let url = format!("{}{path}", self.base);
-        let mut request = self.http.request(method, &url).bearer_auth(&self.token);
+        let mut request = self.http.request(method, &url);
+        if !self.token.is_empty() {
+            request = request.bearer_auth(&self.token);
+        }
         if let Some(body) = body {
             request = request.json(&body);
         }
