@@ -357,11 +357,12 @@ fn the_version_names_the_commit_it_was_built_from() {
 }
 
 /// The image's health check: its command as the Dockerfile has it, run through `sh` with
-/// the binary on `PATH` and the API's certificate where the image's variable points,
-/// against a real `vpan serve`: it passes once the switch is up, and fails, saying why,
-/// once it is gone.
+/// the binary on `PATH`, against a real `vpan serve`, with the variables the image may
+/// have: it passes once the switch is up whichever way it finds the API and its
+/// certificate, and fails, saying why, once the switch is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_images_health_check_passes_on_a_running_switch_and_fails_without_one() {
+    const IMAGE_CERT: &str = "/var/lib/vpan/tls-cert.pem";
     let cmd = DOCKERFILE
         .lines()
         .skip_while(|l| !l.starts_with("HEALTHCHECK"))
@@ -369,6 +370,7 @@ async fn the_images_health_check_passes_on_a_running_switch_and_fails_without_on
         .expect("a HEALTHCHECK with a CMD in the Dockerfile");
     let cmd: Vec<String> = serde_json::from_str(cmd).expect("CMD in exec form");
     assert!(cmd.iter().any(|a| a.contains("vpan health")), "{cmd:?}");
+    assert!(cmd.iter().any(|a| a.contains(IMAGE_CERT)), "{cmd:?}");
 
     let sim = vpan::tools::issuer_sim::IssuerSim::start(SimConfig::default())
         .await
@@ -383,24 +385,27 @@ async fn the_images_health_check_passes_on_a_running_switch_and_fails_without_on
         bin.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let cert = dir.path().join("tls-cert.pem");
-    let url = format!("https://{}", serve.api);
-    let check = move || {
-        let out = std::process::Command::new(&cmd[0])
-            .args(&cmd[1..])
-            .env("PATH", &path)
-            .env("VPAN_API_TLS_CERT", &cert)
-            .env("VPAN_URL", &url)
-            .env_remove("VPAN_CA")
-            .output()
-            .unwrap();
-        let said = String::from_utf8_lossy(&out.stderr).into_owned();
-        (out.status.code(), said)
+    let cert = dir.path().join("tls-cert.pem").display().to_string();
+    // The image's own certificate path is this test's certificate.
+    let cmd: Vec<String> = cmd.iter().map(|a| a.replace(IMAGE_CERT, &cert)).collect();
+    let listen = format!("0.0.0.0:{}", serve.api.port());
+    let run = |env: Vec<(&'static str, String)>| {
+        let (cmd, path) = (cmd.clone(), path.clone());
+        async move {
+            tokio::task::spawn_blocking(move || health_check(&cmd, &path, &env))
+                .await
+                .unwrap()
+        }
     };
-    // Up once the issuer link has signed on.
+    // As the image runs it: the port from VPAN_API_LISTEN, the certificate from the empty
+    // VPAN_API_TLS_CERT's default. Up once the issuer link has signed on.
+    let image = vec![
+        ("VPAN_API_LISTEN", listen.clone()),
+        ("VPAN_API_TLS_CERT", String::new()),
+    ];
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let (code, said) = tokio::task::spawn_blocking(check.clone()).await.unwrap();
+        let (code, said) = run(image.clone()).await;
         if code == Some(0) {
             break;
         }
@@ -410,11 +415,54 @@ async fn the_images_health_check_passes_on_a_running_switch_and_fails_without_on
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    // The operator's variables win: VPAN_API_TLS_CERT over the default, VPAN_CA over it.
+    let given = vec![
+        ("VPAN_API_LISTEN", listen.clone()),
+        ("VPAN_API_TLS_CERT", cert.clone()),
+    ];
+    assert_eq!(run(given).await.0, Some(0));
+    let ca = vec![
+        ("VPAN_URL", format!("https://{}", serve.api)),
+        ("VPAN_CA", cert.clone()),
+        ("VPAN_API_TLS_CERT", "/nowhere.pem".into()),
+    ];
+    assert_eq!(run(ca).await.0, Some(0));
+    let wrong = vec![
+        ("VPAN_API_LISTEN", listen.clone()),
+        ("VPAN_API_TLS_CERT", "/nowhere.pem".into()),
+    ];
+    let (code, said) = run(wrong).await;
+    assert_eq!(code, Some(1));
+    assert!(said.starts_with("vpan: --ca /nowhere.pem: "), "{said}");
+
     serve.stop("TERM").await;
-    let (code, said) = tokio::task::spawn_blocking(check).await.unwrap();
+    let (code, said) = run(image).await;
     assert_eq!(code, Some(1));
     assert!(
         said.starts_with("vpan: cannot reach https://127.0.0.1:"),
         "{said}"
     );
+}
+
+/// Runs the health check's command with `PATH` and only the `env` given of the variables it
+/// reads; its exit code and stderr.
+fn health_check(cmd: &[String], path: &str, env: &[(&str, String)]) -> (Option<i32>, String) {
+    let mut c = std::process::Command::new(&cmd[0]);
+    c.args(&cmd[1..]).env("PATH", path);
+    for var in [
+        "VPAN_URL",
+        "VPAN_CA",
+        "VPAN_API_TLS_CERT",
+        "VPAN_API_LISTEN",
+    ] {
+        c.env_remove(var);
+    }
+    let out = c
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .expect("the health check runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

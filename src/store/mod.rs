@@ -74,19 +74,14 @@ pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         .create(dir)
 }
 
-/// What to tell the operators when `dir`, which exists, is open to its group or to others:
-/// the data directory holds the journal, the snapshots and (by default) the PAN key. Each
-/// file in it is made 0600, but a directory that others may list or enter still shows
-/// them; its mode is the operators' to set, so it is said, not changed.
-pub(crate) fn open_dir_warning(dir: &Path) -> Option<String> {
+/// The mode of `dir` when its group or others have any access to it: the data directory
+/// holds the journal, the snapshots and (by default) the PAN key. Each file in it is made
+/// 0600, but a directory others may list or enter still shows them; its mode is the
+/// operators' to set, so the start says so rather than change it.
+pub(crate) fn open_to_others(dir: &Path) -> Option<u32> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(dir).ok()?.permissions().mode() & 0o777;
-    (mode & 0o077 != 0).then(|| {
-        format!(
-            "the data directory {} is open to group or others (mode {mode:04o}); it should be 0700",
-            dir.display()
-        )
-    })
+    (mode & 0o077 != 0).then_some(mode)
 }
 
 /// The `[store]` section of the configuration.
@@ -262,13 +257,14 @@ mod tests {
     }
 
     #[test]
-    fn a_data_directory_open_to_others_is_said_with_its_mode() {
+    fn a_data_directory_open_to_group_or_others_is_found_with_its_mode() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         create_private_dir(&data).unwrap();
-        assert_eq!(open_dir_warning(&data), None);
-        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let said = open_dir_warning(&data).expect("a warning");
-        assert!(said.contains("(mode 0755); it should be 0700"), "{said}");
+        assert_eq!(open_to_others(&data), None);
+        for mode in [0o755, 0o740, 0o701] {
+            std::fs::set_permissions(&data, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(open_to_others(&data), Some(mode));
+        }
     }
 }

@@ -61,7 +61,7 @@ pub enum TrafficError {
         line: usize,
     },
     /// A key of `fields` is neither `"t"` nor a field number.
-    #[error("traffic line {line}: field key {key:?} is not a field number")]
+    #[error("traffic line {line}: field key {key} is not a field number")]
     Key {
         /// File line, 1-based.
         line: usize,
@@ -100,7 +100,7 @@ pub enum TrafficError {
         /// File line, 1-based.
         line: usize,
         /// The index given.
-        index: usize,
+        index: IndexGiven,
     },
     /// `repeats` does not name an earlier message of the same class.
     #[error(
@@ -111,7 +111,7 @@ pub enum TrafficError {
         /// File line, 1-based.
         line: usize,
         /// The index given.
-        index: usize,
+        index: IndexGiven,
     },
     /// `malformed` on a line whose last field as sent is not numeric (0xFF there would
     /// pass), or is DE 11 (broken, the STAN could not be read back, and no 30 would come).
@@ -141,6 +141,27 @@ pub enum TrafficError {
     /// No message at all.
     #[error("traffic file has no message")]
     Empty,
+}
+
+/// A `reverses` or `repeats` index as an error shows it: one past the messages before its
+/// line names none of them, and is not shown, since it could be any number (a card number
+/// typed in the wrong place fits in a `u64`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexGiven {
+    /// The index given.
+    pub index: usize,
+    /// How many messages came before its line.
+    pub earlier: usize,
+}
+
+impl std::fmt::Display for IndexGiven {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.index < self.earlier {
+            write!(f, "{}", self.index)
+        } else {
+            write!(f, "(past the {} messages before this line)", self.earlier)
+        }
+    }
 }
 
 /// A virtual card a traffic file names: what `${vpan.NAME}` and `${expiry.NAME}` become.
@@ -274,14 +295,20 @@ mod checked {
         E::custom(format!("{MARK}{message}"))
     }
 
-    /// A key as a message may show it: a field number or a name is short; anything longer
-    /// might be a card number typed in the wrong place.
+    /// A key as a message may show it: a field number or a name is a short word; anything
+    /// else might be a card number typed in the wrong place, or hold characters a terminal
+    /// would act on.
     pub(super) fn shown_key(key: &str) -> String {
-        if key.chars().count() <= 8 {
+        if is_word(key) {
             format!("{key:?}")
         } else {
             format!("(a key of {} characters)", key.chars().count())
         }
+    }
+
+    /// One to eight ASCII letters, digits or `_`.
+    pub(super) fn is_word(key: &str) -> bool {
+        (1..=8).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
     }
 
     /// What a JSON value is, for a message.
@@ -325,6 +352,8 @@ mod checked {
     fn text<'de, D: serde::Deserializer<'de>>(d: D, key: &str) -> Result<Option<String>, D::Error> {
         match Value::deserialize(d)? {
             Value::String(s) => Ok(Some(s)),
+            // As before these checks: `null` is "not given".
+            Value::Null => Ok(None),
             other => Err(refused(format!(
                 "\"{key}\" must be text in quotes, not {}",
                 kind(&other)
@@ -334,13 +363,16 @@ mod checked {
 
     fn index<'de, D: serde::Deserializer<'de>>(d: D, key: &str) -> Result<Option<usize>, D::Error> {
         let v = Value::deserialize(d)?;
+        if v.is_null() {
+            return Ok(None);
+        }
         v.as_u64()
             .and_then(|n| usize::try_from(n).ok())
             .map(Some)
             .ok_or_else(|| {
                 refused(format!(
                     "\"{key}\" must be a whole number, the 0-based index of an earlier message, not {}",
-                    if v.is_number() { "a negative or fractional number" } else { kind(&v) }
+                    if v.is_number() { "a number that is not a whole one from 0 up" } else { kind(&v) }
                 ))
             })
     }
@@ -436,7 +468,7 @@ impl Traffic {
             }
             let raw: RawLine = serde_json::from_str(trimmed).map_err(|e| TrafficError::Json {
                 line,
-                message: json_error(&e),
+                message: json_error(&e, trimmed),
             })?;
             let fields = bind(raw.fields.0, cards, line)?;
             let message = build(spec, &fields, line)?;
@@ -452,6 +484,10 @@ impl Traffic {
                     m[1] == b'1' || m[1] == b'2'
                 });
                 if !original_ok || message.mti()[1] != b'4' {
+                    let index = IndexGiven {
+                        index,
+                        earlier: entries.len(),
+                    };
                     return Err(TrafficError::Reverses { line, index });
                 }
             }
@@ -472,6 +508,10 @@ impl Traffic {
                     .get(index)
                     .is_some_and(|o| o.message.mti()[..3] == message.mti()[..3]);
                 if !same_class || raw.reverses.is_some() {
+                    let index = IndexGiven {
+                        index,
+                        earlier: entries.len(),
+                    };
                     return Err(TrafficError::Repeats { line, index });
                 }
             }
@@ -592,30 +632,61 @@ fn build(
         if k == "t" {
             continue;
         }
-        let n: usize = k.parse().map_err(|_| TrafficError::Key {
-            line,
-            key: k.chars().take(8).collect(),
-        })?;
+        // At most three digits: a longer number is no field (and may be a card number).
+        let n: usize =
+            k.parse()
+                .ok()
+                .filter(|_| k.len() <= 3)
+                .ok_or_else(|| TrafficError::Key {
+                    line,
+                    key: checked::shown_key(k),
+                })?;
         m.set(n, v.as_bytes())
             .map_err(|source| TrafficError::Field { line, source })?;
     }
     Message::parse(spec, m.pack()).map_err(|source| TrafficError::Parse { line, source })
 }
 
-/// serde_json's message without the offending input (it could be a card number).
-fn json_error(e: &serde_json::Error) -> String {
+/// The keys a line may have.
+const LINE_KEYS: [&str; 6] = [
+    "fields",
+    "expect",
+    "reverses",
+    "repeats",
+    "malformed",
+    "name",
+];
+
+/// What is wrong with a line serde refused, said without any of its values: these checks'
+/// own messages, then serde's about a line's keys rebuilt from the line itself (serde
+/// quotes an unknown key as written, and a key can hold anything); for anything else only
+/// the kind of fault and where.
+fn json_error(e: &serde_json::Error, text: &str) -> String {
     let said = e.to_string();
     // serde_json ends its messages with where: the column is given below.
     let said = said.rsplit_once(" at line ").map_or(&said[..], |(m, _)| m);
-    // These checks' own messages, and serde's about keys (which name the key only).
-    let about_keys = ["duplicate field `", "unknown field `", "missing field `"];
+    let at = e.column();
     if let Some(own) = said.strip_prefix(checked::MARK) {
-        return format!("{own} (column {})", e.column());
+        return format!("{own} (column {at})");
     }
-    let key = said.split('`').nth(1).unwrap_or_default();
-    if about_keys.iter().any(|k| said.starts_with(k)) && key.chars().count() <= 8 {
-        let said = said.replace("duplicate field", "key appears twice:");
-        return format!("{said} (column {})", e.column());
+    if said.starts_with("unknown field `")
+        && let Ok(keys) = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text)
+        && let Some(unknown) = keys.keys().find(|k| !LINE_KEYS.contains(&k.as_str()))
+    {
+        return format!(
+            "unknown key {}: a line's keys are {} (column {at})",
+            checked::shown_key(unknown),
+            LINE_KEYS.join(", ")
+        );
+    }
+    if let Some(key) = LINE_KEYS
+        .iter()
+        .find(|k| said == format!("duplicate field `{k}`"))
+    {
+        return format!("key \"{key}\" appears twice (column {at})");
+    }
+    if said == "missing field `fields`" {
+        return format!("\"fields\" is missing (column {at})");
     }
     let kind = match e.classify() {
         serde_json::error::Category::Syntax | serde_json::error::Category::Eof => "not valid JSON",
@@ -625,7 +696,7 @@ fn json_error(e: &serde_json::Error) -> String {
         }
         serde_json::error::Category::Io => "unreadable",
     };
-    format!("{kind} (column {})", e.column())
+    format!("{kind} (column {at})")
 }
 
 pub use crate::cards::request::original_data_elements;
@@ -732,13 +803,17 @@ mod tests {
             ),
             (
                 r#"{"fields": {"t": "0400"}, "reverses": 0}"#,
-                "\"reverses\": 0",
+                "\"reverses\": (past the 0 messages before this line) must be",
             ),
             (
                 r#"{"fields": {"t": "0100"}, "colour": 1}"#,
-                "unknown field `colour`, expected one of `fields`",
+                "unknown key \"colour\": a line's keys are fields, expect, reverses, repeats, malformed, name",
             ),
-            (r#"{"fields": {"t": "0100"}, "PAN": 1}"#, "not of the form"),
+            (
+                r#"{"fields": {"t": "0100"}, "PAN": 1}"#,
+                "unknown key (a key of 16 characters)",
+            ),
+            (r#"{"expect": "00"}"#, "\"fields\" is missing"),
             (
                 r#"{"fields": {"t": "0100", "4": 12345}}"#,
                 "field \"4\" must be text in quotes (upper-case hex for a binary field), not a number (column",
@@ -753,7 +828,7 @@ mod tests {
             ),
             (
                 r#"{"fields": {"t": "0100"}, "fields": {"t": "0100"}}"#,
-                "key appears twice: `fields`",
+                "key \"fields\" appears twice",
             ),
             (
                 r#"{"fields": {"t": "0100"}, "reverses": "PAN"}"#,
@@ -761,7 +836,7 @@ mod tests {
             ),
             (
                 r#"{"fields": {"t": "0100"}, "repeats": -1}"#,
-                "\"repeats\" must be a whole number, the 0-based index of an earlier message, not a negative or fractional number",
+                "\"repeats\" must be a whole number, the 0-based index of an earlier message, not a number that is not a whole one from 0 up",
             ),
             (
                 r#"{"fields": {"t": "0100"}, "expect": 0}"#,
@@ -772,6 +847,23 @@ mod tests {
                 "\"malformed\" must be true or false, not text",
             ),
             (r#"{"fields": ["PAN"]}"#, "not of the form"),
+            (r#"{"fields": "PAN"}"#, "not of the form"),
+            (
+                r#"{"fields": {"t": "0400"}, "reverses": PAN}"#,
+                "\"reverses\": (past the 0 messages before this line)",
+            ),
+            (
+                r#"{"fields": {"t": "0100"}, "a`PAN": 1}"#,
+                "unknown key (a key of 18 characters)",
+            ),
+            (
+                r#"{"fields": {"t": "0100"}, "a`, PAN`, expected": 1}"#,
+                "unknown key (a key of 31 characters)",
+            ),
+            (
+                r#"{"fields": {"t": "0100", "PAN": "1"}}"#,
+                "field key (a key of 16 characters) is not a field number",
+            ),
         ];
         for (text, want) in cases {
             let text = &line(text);
@@ -785,6 +877,11 @@ mod tests {
             Traffic::parse("# nothing\n", Spec::iso87ascii()),
             Err(TrafficError::Empty)
         ));
+        // `null` is "not given", as it was before the values' types were checked.
+        let nulls = r#"{"fields": {"t": "0800", "70": "301"}, "name": null, "expect": null, "reverses": null, "repeats": null}"#;
+        let t = Traffic::parse(nulls, Spec::iso87ascii()).unwrap();
+        assert_eq!(t.entries()[0].name, None);
+        assert_eq!(t.entries()[0].refers_to(), None);
     }
 
     /// The virtual card the placeholder tests bind.

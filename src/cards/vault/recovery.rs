@@ -81,8 +81,12 @@ impl Cards {
             path: dir.clone(),
             message: format!("creating it: {e}"),
         })?;
-        if let Some(said) = crate::store::open_dir_warning(&dir) {
-            tracing::warn!("{said}");
+        if let Some(mode) = crate::store::open_to_others(&dir) {
+            tracing::warn!(
+                path = %dir.display(),
+                mode = %format!("{mode:04o}"),
+                "the data directory is open to group or others; it should be 0700"
+            );
         }
         // One process per data directory: a second one would interleave journals.
         let lock = std::fs::OpenOptions::new()
