@@ -177,22 +177,33 @@ pub struct BoundCard {
 /// Card names to issued cards, as read from a `cards.json` (`{"NAME": {"vpan", "expiry"}}`).
 pub type Bindings = BTreeMap<String, BoundCard>;
 
-/// A traffic file's text; bytes that are not UTF-8 (a Latin-1 merchant name) are refused
-/// naming their line, as any other fault of a line is.
-fn read_text(path: &Path) -> Result<String, TrafficError> {
-    let bytes = std::fs::read(path).map_err(|source| TrafficError::Io {
+/// A traffic file's lines, read one at a time: a file of a million lines is not held whole
+/// beside the messages built from it (it would be a third more memory at the peak). Bytes
+/// that are not UTF-8 (a Latin-1 merchant name) are refused naming their line, as any
+/// other fault of a line is.
+fn read_lines(
+    path: &Path,
+) -> Result<impl Iterator<Item = Result<String, TrafficError>>, TrafficError> {
+    use std::io::BufRead;
+    let unreadable = |source| TrafficError::Io {
         path: path.display().to_string(),
         source,
-    })?;
-    String::from_utf8(bytes).map_err(|e| {
-        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
-        TrafficError::Json {
-            line: 1 + valid.iter().filter(|&&b| b == b'\n').count(),
+    };
+    let file = std::fs::File::open(path).map_err(unreadable)?;
+    let shown = path.display().to_string();
+    let lines = std::io::BufReader::with_capacity(1 << 16, file).split(b'\n');
+    Ok(lines.enumerate().map(move |(i, bytes)| {
+        let bytes = bytes.map_err(|source| TrafficError::Io {
+            path: shown.clone(),
+            source,
+        })?;
+        String::from_utf8(bytes).map_err(|_| TrafficError::Json {
+            line: i + 1,
             message:
                 "not UTF-8 text (JSON is UTF-8: write accented letters as such, or as \\u escapes)"
                     .into(),
-        }
-    })
+        })
+    }))
 }
 
 /// Reads a cards file for [`Traffic::parse_bound`].
@@ -428,7 +439,7 @@ pub struct Traffic {
 impl Traffic {
     /// Reads and builds a traffic file.
     pub fn load(path: &Path, spec: &'static Spec) -> Result<Traffic, TrafficError> {
-        Traffic::parse(&read_text(path)?, spec)
+        Traffic::parse_with(read_lines(path)?, spec, None)
     }
 
     /// Reads and builds a traffic file whose `${...}` placeholders name these cards.
@@ -437,12 +448,12 @@ impl Traffic {
         spec: &'static Spec,
         cards: &Bindings,
     ) -> Result<Traffic, TrafficError> {
-        Traffic::parse_bound(&read_text(path)?, spec, cards)
+        Traffic::parse_with(read_lines(path)?, spec, Some(cards))
     }
 
     /// Builds a traffic file from its text; a `${...}` placeholder is an error.
     pub fn parse(text: &str, spec: &'static Spec) -> Result<Traffic, TrafficError> {
-        Traffic::parse_with(text, spec, None)
+        Traffic::parse_with(text.lines().map(|l| Ok(l.to_owned())), spec, None)
     }
 
     /// Builds a traffic file from its text, filling `${vpan.NAME}` / `${expiry.NAME}`.
@@ -451,17 +462,19 @@ impl Traffic {
         spec: &'static Spec,
         cards: &Bindings,
     ) -> Result<Traffic, TrafficError> {
-        Traffic::parse_with(text, spec, Some(cards))
+        Traffic::parse_with(text.lines().map(|l| Ok(l.to_owned())), spec, Some(cards))
     }
 
+    /// Builds a traffic file from its lines, in order.
     fn parse_with(
-        text: &str,
+        lines: impl Iterator<Item = Result<String, TrafficError>>,
         spec: &'static Spec,
         cards: Option<&Bindings>,
     ) -> Result<Traffic, TrafficError> {
         let mut entries: Vec<Entry> = Vec::new();
-        for (i, raw) in text.lines().enumerate() {
+        for (i, raw) in lines.enumerate() {
             let line = i + 1;
+            let raw = raw?;
             let trimmed = raw.trim();
             if trimmed.is_empty() || trimmed.starts_with('#') {
                 continue;
