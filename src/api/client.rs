@@ -218,8 +218,7 @@ pub struct HealthArgs {
     /// Base URL of the API.
     #[arg(long, env = "VPAN_URL", default_value = "https://127.0.0.1:8443")]
     pub url: String,
-    /// PEM certificate to trust (default: ./vpan-data/tls-cert.pem, else ./tls-cert.pem,
-    /// when it exists).
+    /// PEM certificate to trust (default: ./vpan-data/tls-cert.pem when it exists).
     #[arg(long, env = "VPAN_CA", value_name = "PEM")]
     pub ca: Option<PathBuf>,
 }
@@ -232,15 +231,7 @@ pub fn health_main(args: HealthArgs) -> ExitCode {
 
 async fn health(args: HealthArgs) -> Result<(), Failure> {
     https_only(&args.url).map_err(Failure::Usage)?;
-    let ca = args.ca.or_else(|| {
-        [
-            Path::new("vpan-data/tls-cert.pem"),
-            Path::new("tls-cert.pem"),
-        ]
-        .into_iter()
-        .find(|p| p.exists())
-        .map(Path::to_path_buf)
-    });
+    let ca = args.ca.or_else(default_ca);
     let api = ApiClient::new(&args.url, String::new(), ca.as_deref()).map_err(Failure::Failed)?;
     let answer = api.call(reqwest::Method::GET, "/healthz", None).await?;
     println!("{answer}");
@@ -364,7 +355,7 @@ fn path(vpan: &str) -> String {
 }
 
 fn connect(args: &CardArgs) -> Result<ApiClient, Failure> {
-    let default_dir = Path::new("vpan-data");
+    let default_dir = default_data_dir();
     let token = match (&args.token_file, &args.token) {
         (Some(file), _) => read_token(file)?,
         (None, Some(t)) => t.trim().to_string(),
@@ -378,14 +369,23 @@ fn connect(args: &CardArgs) -> Result<ApiClient, Failure> {
             ));
         }
     };
-    let ca = args
-        .ca
-        .clone()
-        .or_else(|| Some(default_dir.join("tls-cert.pem")).filter(|p| p.exists()));
+    let ca = args.ca.clone().or_else(default_ca);
     // A URL that cannot work is the command line's fault (exit 2); a certificate file that
     // is missing or not PEM is the machine's, as a missing token file is (exit 1).
     https_only(&args.url).map_err(Failure::Usage)?;
     ApiClient::new(&args.url, token, ca.as_deref()).map_err(Failure::Failed)
+}
+
+/// The certificate trusted when `--ca` is not given: the one `vpan serve` makes in its
+/// default data directory, when there is one, so that on the switch's own host, in its
+/// working directory, the clients just work.
+fn default_ca() -> Option<PathBuf> {
+    Some(default_data_dir().join("tls-cert.pem")).filter(|p| p.exists())
+}
+
+/// `vpan serve`'s data directory when none is configured, relative to where it runs.
+fn default_data_dir() -> PathBuf {
+    crate::store::StoreConfig::default().data_dir
 }
 
 /// Refuses a base URL that is not `https://`, said plainly (the HTTP client's own refusal

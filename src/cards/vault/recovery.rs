@@ -196,13 +196,9 @@ impl Cards {
                     "journal segment ends in zeros written ahead (not closed: vpan stopped without closing it); cut to its records"
                 );
                 // As closing it would have: else every start that is killed before its
-                // first snapshot leaves a segment of zeros behind (an extent, 1 MiB). Not
-                // synced: zeros left by a crash read as the end of the records all the same.
-                let cut = std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .and_then(|f| f.set_len(report.good_bytes));
-                if let Err(e) = cut {
+                // first snapshot leaves a segment of zeros behind (an extent, 1 MiB). A
+                // cut that fails costs only the room: zeros read as the end of the records.
+                if let Err(e) = journal::truncate(&path, report.good_bytes) {
                     tracing::warn!(segment = n, error = %e, "could not cut the zeros after a journal segment's records");
                 }
             }
