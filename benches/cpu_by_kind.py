@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The switch's CPU samples, by kind of work: kernel TCP, the journal's syscalls, the flow,
-the issuer link, the cards... (README, "Where an approval's CPU goes, by kind").
+the issuer link, the cards... (benches/RESULTS.md, "Where an approval's CPU goes, by kind").
 
     perf record -e cpu-clock -F 4999 --call-graph dwarf,32768 -p <switch pid> -o sw.data -- sleep 4
     perf script -i sw.data -F ip,sym | benches/cpu_by_kind.py [CPU_US_PER_REQUEST]

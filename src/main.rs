@@ -14,7 +14,8 @@ use vpan::tools;
 
 /// mimalloc rather than glibc's allocator: the switch allocates and frees small buffers
 /// per message from two worker threads and the journal thread, where glibc's arenas cost
-/// about a tenth of the switch's CPU under load (measured with `perf`, see README).
+/// about a tenth of the switch's CPU under load (measured with `perf`: benches/RESULTS.md,
+/// "End to end, in detail").
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

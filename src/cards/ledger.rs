@@ -169,8 +169,9 @@ impl Ledger {
             // it reaches anyway: a growing table rehashes under its shard's write lock
             // while the authorizations hashed to it wait, and each doubling faults in
             // fresh pages the kernel must zero. A fresh switch spent 10–20 % more CPU per
-            // approval while its ledger grew (README, "Capacity"). Many small shards, so
-            // that the one lock an approval takes is rarely contended.
+            // approval while its ledger grew (benches/RESULTS.md, "Where the p99 goes").
+            // Many small shards, so that the one lock an approval takes is rarely
+            // contended.
             entries: ConcurrentMap::with_capacity_and_hasher_and_shard_amount(
                 config.capacity + config.decline_capacity(),
                 Default::default(),
