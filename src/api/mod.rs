@@ -19,6 +19,7 @@
 pub mod auth;
 pub mod client;
 pub mod error;
+pub mod iso4217;
 pub mod model;
 pub mod routes;
 pub mod tls;

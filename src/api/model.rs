@@ -101,8 +101,10 @@ impl CreateCard {
                 "currency: must be an ISO 4217 numeric code of 3 digits, e.g. \"978\"",
             )
         })?;
-        if currency == 0 {
-            return Err(ApiError::invalid("currency: 000 is not a currency"));
+        if !super::iso4217::is_assigned(currency) {
+            return Err(ApiError::invalid(format!(
+                "currency: {currency:03} is no ISO 4217 currency"
+            )));
         }
         let amount_limit = positive("amount_limit", self.amount_limit)?;
         let per_transaction_limit = match self.per_transaction_limit {
@@ -505,6 +507,11 @@ mod tests {
         assert!(serde_json::from_value::<CreateCard>(sent).is_err());
         let err = check(serde_json::json!({"max_uses": 4_294_967_296_i64})).unwrap_err();
         assert_eq!(err.message, "max_uses: must be from 1 to 4294967295");
+        // A code of the right shape that names no currency: EUR's digits swapped.
+        let err = check(serde_json::json!({"currency": "987"})).unwrap_err();
+        assert_eq!(err.message, "currency: 987 is no ISO 4217 currency");
+        let err = check(serde_json::json!({"currency": 0})).unwrap_err();
+        assert_eq!(err.message, "currency: 000 is no ISO 4217 currency");
     }
 
     #[test]
@@ -519,6 +526,8 @@ mod tests {
             (serde_json::json!({"currency": "97"}), "currency"),
             (serde_json::json!({"currency": "EUR"}), "currency"),
             (serde_json::json!({"currency": 1000}), "currency"),
+            (serde_json::json!({"currency": "987"}), "currency"),
+            (serde_json::json!({"currency": "000"}), "currency"),
             (serde_json::json!({"amount_limit": 0}), "amount_limit"),
             (serde_json::json!({"amount_limit": -5}), "amount_limit"),
             (
