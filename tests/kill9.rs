@@ -537,6 +537,65 @@ async fn a_purchase_the_issuer_declines_after_its_91_owes_nothing_at_the_next_st
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_answer_without_a_decision_to_the_repeat_of_a_purchase_in_doubt_is_reversed() {
+    // The host has the purchase when the switch is killed (it waits 10 s for the answer):
+    // after the restart the purchase is in doubt, and spent.
+    let mut rig = ScriptedHost::new("10000").await;
+    let (card, _) = issue_cards(&rig.data_dir, 1, 10_000).await.remove(0);
+    let (serve, mut host) = rig.start().await;
+    let mut net = Client::connect(serve.network).await;
+    let request = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 700);
+    net.send(&request).await;
+    host_message(&mut host, Duration::from_secs(10))
+        .await
+        .expect("the purchase reaches the host");
+    // Far longer than the slowest commit seen on this machine under load (283 ms): the
+    // hold is on disk.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    serve.stop("KILL").await;
+    drop(host);
+
+    // The network repeats it; the switch asks the host with an 0101, which answers after
+    // the switch's 300 ms: the network hears 91, and the purchase is given back.
+    rig.env[0].1 = "300";
+    let (serve, mut host) = rig.start().await;
+    assert_eq!(
+        serve.recovered["holds_counted_as_spent"], 1,
+        "{}",
+        serve.recovered
+    );
+    let mut net = Client::connect(serve.network).await;
+    net.send(&request).await;
+    let repeat = host_message(&mut host, Duration::from_secs(10))
+        .await
+        .expect("the repeat reaches the host");
+    assert_eq!(&repeat.mti(), b"0101");
+    assert_eq!(code(&net.answer(request.stan().unwrap()).await), "91");
+    // The host's front end, which takes no repeats, answers it 94: that says nothing of the
+    // first 0100, which the issuer may have approved. Given back at vpan, it must be
+    // reversed at the issuer, or the card could spend again what the account was charged.
+    host_answer(&mut host, &repeat, b"0110", b"94").await;
+    let reversal = host_message(&mut host, Duration::from_secs(5))
+        .await
+        .expect("the purchase is reversed at the issuer");
+    assert_eq!(&reversal.mti()[..3], b"040");
+    let de90 = reversal.raw(90).unwrap();
+    assert_eq!(&de90[..4], b"0100", "naming the purchase, not its repeat");
+    assert_eq!(&de90[4..10], &request.stan().unwrap());
+    host_answer(&mut host, &reversal, b"0410", b"00").await;
+    assert!(
+        hears_nothing(&mut host, Duration::from_millis(800)).await,
+        "reversed once"
+    );
+    serve.stop("KILL").await;
+    let view = open_cards(&rig.data_dir)
+        .0
+        .get(CardKey::of(&card.vpan))
+        .unwrap();
+    assert_eq!((view.spent, view.held, view.uses), (0, 0, 0), "given back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stan_changed_toward_the_issuer_outlives_a_kill_9_and_a_later_reversal_names_it() {
     let rig = ScriptedHost::new("5000").await;
     let (serve, mut host) = rig.start().await;

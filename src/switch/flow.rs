@@ -34,7 +34,8 @@ use crate::store::StoreError;
 use crate::store::journal::Durable;
 
 use super::issuer::{
-    ALPHANUMERIC_DECLINES, IssuerError, IssuerLink, Owed, Unanswered, is_known_decline, may_approve,
+    ALPHANUMERIC_DECLINES, IssuerError, IssuerLink, Owed, Unanswered, is_known_decline,
+    may_approve, undecided,
 };
 use super::mac::{MAC_FAILURE_CODE, MacCheck, MacKey, mac_field};
 use super::scrub;
@@ -831,8 +832,9 @@ async fn record_owed_after(owed: Option<Box<Owed>>, own: Durable) {
 ///
 /// - the issuer approved or declined it: settled so;
 /// - sent, and no answer in time (or its connection lost): the network gets 91, and the
-///   issuer link reverses whatever the issuer does with it (a late approval, or the request
-///   once forgotten, as for any purchase that got 91), so it does not stand: given back;
+///   issuer link reverses whatever the issuer does with it (a late approval or a late
+///   answer without a decision, see [`undecided`], or the request once forgotten, as for
+///   any purchase that got 91), so it does not stand: given back;
 /// - not sent, or answered without a decision (no DE 39, or 91, 96, 94, 30, 06 or 12: the
 ///   issuer, or a host in front of it, did not decide, or did not take a repeat at all):
 ///   left in doubt (`TimedOut`), and spent. Giving it back on such an answer would let the
@@ -847,17 +849,10 @@ fn in_doubt_outcome(sent: &OnCard) -> IssuerOutcome {
         }
         _ => return IssuerOutcome::TimedOut,
     };
-    match answer.response_code().map(ResponseCode) {
-        None => IssuerOutcome::TimedOut,
-        Some(
-            ResponseCode::ISSUER_UNAVAILABLE
-            | ResponseCode::SYSTEM_ERROR
-            | ResponseCode::DUPLICATE
-            | ResponseCode::FORMAT_ERROR
-            | ResponseCode::ERROR
-            | ResponseCode::INVALID_TRANSACTION,
-        ) => IssuerOutcome::TimedOut,
-        Some(_) => issuer_outcome(answer),
+    if undecided(answer) {
+        IssuerOutcome::TimedOut
+    } else {
+        issuer_outcome(answer)
     }
 }
 

@@ -651,7 +651,8 @@ impl IssuerLink {
         // was refused already, and a reversal is owed: the network heard 91 for it, its
         // repeats hear so too, and the approval is reversed (rather than the debt marked
         // paid, which a crash could lose after the repeats' approval went out).
-        let owed_approval = debt.is_some() && may_approve(&answer) && needs_reversal(&mti);
+        let owed_approval =
+            debt.is_some() && may_have_charged(&mti, &answer) && needs_reversal(&mti);
         let mut repeat_answered = false;
         for (waiter, _) in repeats {
             let to_repeat = if owed_approval {
@@ -677,10 +678,13 @@ impl IssuerLink {
         };
         if let Ok(late) = late
             && !repeat_answered
-            && may_approve(&late)
+            && may_have_charged(&mti, &late)
             && needs_reversal(&mti)
         {
-            crate::logging::throttled!(warn, "late approval from the issuer; reversing it");
+            crate::logging::throttled!(
+                warn,
+                "late approval from the issuer, or a late answer that leaves a purchase in doubt; reversing it"
+            );
             // Answered: the original is behind the issuer already, any connection will do.
             self.reverse_sent(&sent, None, debt.map(|d| d.id));
         } else if let Some(DebtHeld { id, .. }) = debt {
@@ -746,6 +750,33 @@ pub fn may_approve(answer: &Message) -> bool {
     answer
         .response_code()
         .is_none_or(|code| !is_known_decline(code))
+}
+
+/// Whether `answer` leaves the transaction it answers undecided: no DE 39, or a code of a
+/// host that did not decide it (91, 96) or did not take it (94, the answer of a host that
+/// takes no repeats; 30, 06, 12). To the repeat of a purchase in doubt such an answer says
+/// nothing of the purchase, which the issuer may have charged the first time.
+pub fn undecided(answer: &Message) -> bool {
+    use crate::cards::ResponseCode as Code;
+    answer.response_code().map(Code).is_none_or(|code| {
+        matches!(
+            code,
+            Code::ISSUER_UNAVAILABLE
+                | Code::SYSTEM_ERROR
+                | Code::DUPLICATE
+                | Code::FORMAT_ERROR
+                | Code::ERROR
+                | Code::INVALID_TRANSACTION
+        )
+    })
+}
+
+/// Whether the issuer may have charged the real account for the request `mti` that
+/// `answer` answers late, after the network heard 91 for it: so it must be reversed. An
+/// approval may have; so may an undecided answer to a repeat (0101, 0201), which sent
+/// because the first answer was lost, does not say what became of the first.
+fn may_have_charged(mti: &[u8; 4], answer: &Message) -> bool {
+    may_approve(answer) || (mti[3] == b'1' && undecided(answer))
 }
 
 /// DE 39 codes that decline, as their standards define them; any other, an approval or
