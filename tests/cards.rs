@@ -419,14 +419,17 @@ fn a_reversal_before_its_original_gives_nothing_back_and_the_late_original_is_re
             cards.reverse(key, &reversal(8, None), NOW),
             ReversalOutcome::NothingLeft
         ));
-        // A reversal without DE 90 names nothing to void, and a partial one says its
-        // original happened in part: neither voids it, and it is approved when it comes.
+        // A reversal without DE 90 names its original by its own key (DE 11, 7, 32, 41),
+        // as an 0100 or an 0200: both are voided.
         let mut unnamed = reversal(9, None);
         unnamed.original = None;
-        assert!(matches!(
-            cards.reverse(key, &unnamed, NOW),
-            ReversalOutcome::NotFound
-        ));
+        unnamed.key = purchase(0, 9).key.with_class(4);
+        match cards.reverse(key, &unnamed, NOW) {
+            ReversalOutcome::Voided { durable } => durable.wait().unwrap(),
+            other => panic!("{other:?}"),
+        }
+        // A partial one says its original happened in part: it does not void it, and the
+        // original is approved when it comes.
         assert!(matches!(
             cards.reverse(key, &reversal(10, Some(500)), NOW),
             ReversalOutcome::NotFound
@@ -439,6 +442,10 @@ fn a_reversal_before_its_original_gives_nothing_back_and_the_late_original_is_re
     for snapshot in [false, true] {
         let (cards, _) = open(dir.path());
         assert_eq!(code(&cards.authorize(key, &purchase(1_000, 8), NOW)), "94");
+        for mti in [*b"0100", *b"0200"] {
+            let by_own_key = request(mti, 1_000, 9, "SHOP-A");
+            assert_eq!(code(&cards.authorize(key, &by_own_key, NOW)), "94");
+        }
         let v = cards.get(key).unwrap();
         // The partial reversal's original, held at the "crash", counts as spent.
         assert_eq!((v.spent, v.held), (5_000, 0));

@@ -297,6 +297,35 @@ async fn an_original_arriving_after_its_reversal_is_declined_94_and_never_reache
 }
 
 #[tokio::test]
+async fn an_original_arriving_after_its_reversal_by_its_own_key_is_declined_94_too() {
+    // As above, but the reversal names the purchase by its own key (DE 11, DE 7, DE 32, DE
+    // 41), with no DE 90: a 0400 reverses an 0100 or an 0200 alike, and neither may be
+    // approved after it.
+    let (rig, card, _, mut net) = one_card(|_| {}).await;
+    let key = CardKey::of(&card.vpan);
+    for mti in [b"0100", b"0200"] {
+        let late = purchase(&mut net, mti, &card.vpan, &card.expiry.0, 1_000);
+        let rev = reversal_by_own_key(&late);
+        let answer = net.call(&rev).await;
+        assert_eq!((answer.mti(), code(&answer)), (*b"0410", "00".to_string()));
+        let answer = net.call(&late).await;
+        let mut answer_mti = *mti;
+        answer_mti[2] = b'1';
+        assert_eq!(
+            (answer.mti(), code(&answer)),
+            (answer_mti, "94".to_string())
+        );
+        assert_eq!(rig.sim().requests(mti), 0, "the issuer never had it");
+        let v = rig.cards.get(key).unwrap();
+        assert_eq!((v.spent, v.held, v.uses), (0, 0, 0));
+    }
+    // A purchase under a key no reversal named is approved as ever.
+    let other = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 1_000);
+    assert_eq!(code(&net.call(&other).await), "00");
+    rig.stop().await;
+}
+
+#[tokio::test]
 async fn a_partial_reversal_reads_the_amount_left_in_de95_and_one_it_cannot_read_gets_30() {
     let (rig, card, _, mut net) = one_card(|_| {}).await;
     let key = CardKey::of(&card.vpan);

@@ -264,9 +264,10 @@ pub enum ReversalOutcome {
     NothingLeft,
     /// No original on this card within the ledger's retention, and none named in DE 90.
     NotFound,
-    /// No original on this card, but DE 90 names one and the reversal is a full one: it
-    /// is voided (recorded as declined, 94), so that if it arrives after its reversal it is
-    /// not approved.
+    /// No original on this card, and the reversal is a full one: the original it names (by
+    /// DE 90, else by the reversal's own key, as an 0100 and as an 0200) is voided
+    /// (recorded as declined, 94), so that if it arrives after its reversal it is not
+    /// approved.
     Voided {
         /// Resolves when the void is durable.
         durable: Durable,
@@ -712,13 +713,37 @@ impl Cards {
             .flatten()
             .find(|k| self.ledger.get(k).is_some_and(|e| e.card == card_key))
         else {
-            // A partial one says the original happened, in part: it may yet come as an
-            // advice from a stand-in, which must then be counted, not refused.
+            // A full reversal of an original not seen (yet: held up on another connection,
+            // say) voids it, so that were it to come after all it is declined, not approved
+            // after the acquirer took it back. A partial one says the original happened, in
+            // part: it may yet come as an advice from a stand-in, which must then be
+            // counted, not refused.
+            if req.remaining.unwrap_or(0) != 0 {
+                return ReversalOutcome::NotFound;
+            }
             return match req.original {
-                Some(original) if req.remaining.unwrap_or(0) == 0 => {
-                    self.void(card_key, original, req, now)
-                }
-                _ => ReversalOutcome::NotFound,
+                Some(original) => self.void(card_key, original, req, now),
+                // Named by its own key, it reverses an authorization or a financial
+                // request alike: both are voided.
+                None => match self.void(card_key, req.key.with_class(1).original(), req, now) {
+                    ReversalOutcome::Voided { durable: first } => {
+                        match self.void(card_key, req.key.with_class(2).original(), req, now) {
+                            // Its own record, or the reversal of a financial request that
+                            // came meanwhile, comes after the first void's in the journal,
+                            // which makes records durable in order: durable, it covers
+                            // both.
+                            outcome @ (ReversalOutcome::Voided { .. }
+                            | ReversalOutcome::Reversed { .. }
+                            | ReversalOutcome::NotRecorded(_)) => outcome,
+                            // That key is another card's, or had nothing left: the first
+                            // void stands alone.
+                            ReversalOutcome::NotFound | ReversalOutcome::NothingLeft => {
+                                ReversalOutcome::Voided { durable: first }
+                            }
+                        }
+                    }
+                    outcome => outcome,
+                },
             };
         };
         self.index
