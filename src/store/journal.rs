@@ -515,7 +515,8 @@ impl<R: Encode + Send + 'static> Journal<R> {
     /// could not simply be dropped: those after it (an outcome after its hold) would
     /// reach the disk without it.
     fn fail_for_backlog(&self) -> StoreError {
-        if !self.mark.failed.load(Ordering::Acquire) {
+        // Swapped, not read: two threads meeting the bound in the same instant say it once.
+        if !self.mark.failed.swap(true, Ordering::AcqRel) {
             tracing::error!(
                 records = self.queue.max_backlog,
                 "the journal's disk is this many records behind: the store fails closed rather than grow without bound"
