@@ -397,9 +397,10 @@ impl App {
             at_most_ms = stop_within(drain_timeout).as_millis() as u64,
             "shutting down: no new connections, draining requests in flight"
         );
-        // Not taking new connections: down, for /healthz, from now on.
-        network_up.store(false, Ordering::Relaxed);
         token.cancel();
+        // Not taking new connections: down, for /healthz, from now on. After the cancel,
+        // which a connection dialled at this instant checks after marking the link up.
+        network_up.store(false, Ordering::SeqCst);
         let _ = network_task.await;
         // Every network connection has drained: the answers it waited for came over the
         // issuer link. What the issuer never answered is reversed before the link goes.

@@ -122,9 +122,12 @@ async fn keep_dialling(
                 tracing::info!(network = %addr, "connected to the network");
                 let since = std::time::Instant::now();
                 // Dialled just as the stop began: the connection drains what it is sent,
-                // but for /healthz the link stays down from the stop on.
-                if !shutdown.is_cancelled() {
-                    connected.store(true, Ordering::Relaxed);
+                // but for /healthz the link stays down from the stop on. Checked after the
+                // mark, as the stop cancels before it marks the link down: whichever of the
+                // two comes last, the link ends down.
+                connected.store(true, Ordering::SeqCst);
+                if shutdown.is_cancelled() {
+                    connected.store(false, Ordering::SeqCst);
                 }
                 let counted = Counted::new();
                 let (lost, lost_rx) = tokio::sync::oneshot::channel();
