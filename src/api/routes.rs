@@ -1,4 +1,4 @@
-//! The endpoints: one small handler per call of the contract, over the [`Cards`] facade.
+//! The endpoints: one small handler per call of the contract, over the [`Cards`](crate::cards::Cards) facade.
 //!
 //! The router is built from one table ([`table`]), which also says which calls need the
 //! token; the OpenAPI document is checked against that same table by a test, so the two
