@@ -403,6 +403,56 @@ fn a_partial_reversal_leaves_what_de95_says_remains() {
 }
 
 #[test]
+fn a_reversal_by_its_own_key_voids_what_a_crash_left_unvoided_and_finds_a_purchase_behind_a_void() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &spec(10_000));
+    let voided = |outcome| match outcome {
+        ReversalOutcome::Voided { durable } => durable.wait().unwrap(),
+        other => panic!("{other:?}"),
+    };
+    // A reversal by its own key (STAN 9) voids its 0100 key, then its 0200 key, in two
+    // records; a crash between them keeps the first only, as one naming the 0100 in DE 90
+    // leaves it here.
+    let mut by_own_key = reversal(9, None);
+    by_own_key.original = None;
+    by_own_key.key = purchase(0, 9).key.with_class(4);
+    let mut named = by_own_key.clone();
+    named.original = Some(purchase(0, 9).key.original());
+    voided(cards.reverse(key, &named, NOW));
+    // Its repeat after the crash voids the 0200 key the crash lost: the late 0200 is
+    // refused, as the 0100 is.
+    voided(cards.reverse(key, &by_own_key, NOW));
+    for mti in [*b"0100", *b"0200"] {
+        assert_eq!(
+            code(&cards.authorize(key, &request(mti, 1_000, 9, "SHOP-A"), NOW)),
+            "94"
+        );
+    }
+    // Under STAN 10 the 0100 key is voided, and then the 0200 comes (between the two
+    // records of its reversal): the reversal by its own key finds that purchase behind
+    // the void and gives it back.
+    let mut named = reversal(10, None);
+    named.key = purchase(0, 10).key.with_class(4);
+    voided(cards.reverse(key, &named, NOW));
+    let a = approval(cards.authorize(key, &request(*b"0200", 1_000, 10, "SHOP-A"), NOW));
+    a.durable.wait().unwrap();
+    settle(&cards, &a.hold, IssuerOutcome::APPROVED);
+    assert_eq!(cards.get(key).unwrap().spent, 1_000);
+    let mut by_own_key = named;
+    by_own_key.original = None;
+    match cards.reverse(key, &by_own_key, NOW) {
+        ReversalOutcome::Reversed { returned, durable } => {
+            durable.wait().unwrap();
+            assert_eq!(returned, 1_000);
+        }
+        other => panic!("{other:?}"),
+    }
+    let v = cards.get(key).unwrap();
+    assert_eq!((v.spent, v.held, v.uses), (0, 0, 0));
+}
+
+#[test]
 fn a_reversal_before_its_original_gives_nothing_back_and_the_late_original_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let key = {

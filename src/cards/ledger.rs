@@ -137,6 +137,12 @@ impl TxEntry {
         self.state == TxState::Declined && self.fingerprint != super::event::VOIDED_FINGERPRINT
     }
 
+    /// A void: an original a reversal named before this card saw it, kept as a decline so
+    /// that it is declined should it come.
+    pub fn is_void(&self) -> bool {
+        self.state == TxState::Declined && self.fingerprint == super::event::VOIDED_FINGERPRINT
+    }
+
     /// Waiting for an issuer's answer (held, or in doubt and being asked): kept in the
     /// ledger whatever its age, so that answer finds it.
     pub fn awaits_issuer(&self) -> bool {

@@ -694,58 +694,73 @@ impl Cards {
 
     /// Applies a reversal (0400/0420 and repeats): finds the original by DE 90, else by the
     /// reversal's own key with MTI class 1 then 2, and gives back what it holds beyond the
-    /// remaining amount (DE 95; none: everything), once.
+    /// remaining amount (DE 95; none: everything), once. A full reversal of an original
+    /// this card has not seen (yet: held up on another connection, say) voids it, so that
+    /// were it to come after all it is declined, not approved after the acquirer took it
+    /// back. A partial one says the original happened, in part: it may yet come as an
+    /// advice from a stand-in, which must then be counted, not refused.
     pub fn reverse(
         &self,
         card_key: CardKey,
         req: &ReversalRequest,
         now: UnixSeconds,
     ) -> ReversalOutcome {
-        let candidates = match req.original {
-            Some(o) => [Some(o), None],
-            None => [
-                Some(req.key.with_class(1).original()),
-                Some(req.key.with_class(2).original()),
-            ],
+        let Some(original) = req.original else {
+            return self.reverse_by_own_key(card_key, req, now);
         };
-        let Some(tx) = candidates
-            .into_iter()
-            .flatten()
-            .find(|k| self.ledger.get(k).is_some_and(|e| e.card == card_key))
-        else {
-            // A full reversal of an original not seen (yet: held up on another connection,
-            // say) voids it, so that were it to come after all it is declined, not approved
-            // after the acquirer took it back. A partial one says the original happened, in
-            // part: it may yet come as an advice from a stand-in, which must then be
-            // counted, not refused.
-            if req.remaining.unwrap_or(0) != 0 {
-                return ReversalOutcome::NotFound;
-            }
-            return match req.original {
-                Some(original) => self.void(card_key, original, req, now),
-                // Named by its own key, it reverses an authorization or a financial
-                // request alike: both are voided.
-                None => match self.void(card_key, req.key.with_class(1).original(), req, now) {
-                    ReversalOutcome::Voided { durable: first } => {
-                        match self.void(card_key, req.key.with_class(2).original(), req, now) {
-                            // Its own record, or the reversal of a financial request that
-                            // came meanwhile, comes after the first void's in the journal,
-                            // which makes records durable in order: durable, it covers
-                            // both.
-                            outcome @ (ReversalOutcome::Voided { .. }
-                            | ReversalOutcome::Reversed { .. }
-                            | ReversalOutcome::NotRecorded(_)) => outcome,
-                            // That key is another card's, or had nothing left: the first
-                            // void stands alone.
-                            ReversalOutcome::NotFound | ReversalOutcome::NothingLeft => {
-                                ReversalOutcome::Voided { durable: first }
-                            }
-                        }
-                    }
-                    outcome => outcome,
-                },
+        if self
+            .ledger
+            .get(&original)
+            .is_some_and(|e| e.card == card_key)
+        {
+            self.give_back(card_key, original, req, now)
+        } else if req.remaining.unwrap_or(0) == 0 {
+            self.void(card_key, original, req, now)
+        } else {
+            ReversalOutcome::NotFound
+        }
+    }
+
+    /// A reversal without DE 90, which names its original by its own key (DE 11, 7, 32,
+    /// 41): an 0100's or an 0200's alike.
+    fn reverse_by_own_key(
+        &self,
+        card_key: CardKey,
+        req: &ReversalRequest,
+        now: UnixSeconds,
+    ) -> ReversalOutcome {
+        let keys = [1, 2].map(|class| req.key.with_class(class).original());
+        let on_card = |k: &OriginalData, void: bool| {
+            self.ledger
+                .get(k)
+                .is_some_and(|e| e.card == card_key && e.is_void() == void)
+        };
+        // The purchase under either key, not a void an earlier reversal left under the
+        // other (which the purchase may have come after).
+        if let Some(tx) = keys.into_iter().find(|k| on_card(k, false)) {
+            return self.give_back(card_key, tx, req, now);
+        }
+        if req.remaining.unwrap_or(0) != 0 {
+            return if keys.iter().any(|k| on_card(k, true)) {
+                ReversalOutcome::NothingLeft
+            } else {
+                ReversalOutcome::NotFound
             };
-        };
+        }
+        // Both voided, each in a record of its own: a repeat after a crash that kept only
+        // the first voids the second then.
+        let [auth, financial] = keys.map(|k| self.void(card_key, k, req, now));
+        both(auth, financial)
+    }
+
+    /// Gives back what `tx`, this card's, holds beyond the reversal's remaining amount.
+    fn give_back(
+        &self,
+        card_key: CardKey,
+        tx: OriginalData,
+        req: &ReversalRequest,
+        now: UnixSeconds,
+    ) -> ReversalOutcome {
         self.index
             .update(card_key, |card| {
                 if self.journal.is_failed() {
@@ -842,16 +857,13 @@ impl Cards {
             None => ReversalOutcome::NotFound,
             Some(Some(Ok(durable))) => ReversalOutcome::Voided { durable },
             Some(Some(Err(e))) => ReversalOutcome::NotRecorded(e),
-            // Once: the entry is there now, so this finds it, or it is another card's.
-            Some(None)
-                if self
-                    .ledger
-                    .get(&original)
-                    .is_some_and(|e| e.card == card_key) =>
-            {
-                self.reverse(card_key, req, now)
-            }
-            Some(None) => ReversalOutcome::NotFound,
+            Some(None) => match self.ledger.get(&original) {
+                // Voided already: a repeat of the reversal.
+                Some(e) if e.card == card_key && e.is_void() => ReversalOutcome::NothingLeft,
+                // The original arrived meanwhile: given back as usual.
+                Some(e) if e.card == card_key => self.give_back(card_key, original, req, now),
+                _ => ReversalOutcome::NotFound,
+            },
         }
     }
 
@@ -1087,6 +1099,36 @@ fn validate(spec: &CardSpec, now: UnixSeconds) -> Result<(), IssueError> {
         return Err(IssueError::Invalid("an MCC has four digits"));
     }
     Ok(())
+}
+
+/// What voiding both keys of a reversal by its own key did, as one outcome: a purchase
+/// given back (one that arrived meanwhile) before a void, a void before nothing. Durable
+/// once the later record is: the journal makes records durable in the order they came.
+fn both(first: ReversalOutcome, second: ReversalOutcome) -> ReversalOutcome {
+    use ReversalOutcome as R;
+    match (first, second) {
+        (R::NotRecorded(e), _) | (_, R::NotRecorded(e)) => R::NotRecorded(e),
+        (
+            R::Reversed { returned: a, .. },
+            R::Reversed {
+                returned: b,
+                durable,
+            },
+        ) => R::Reversed {
+            returned: a + b,
+            durable,
+        },
+        (R::Reversed { returned, .. }, R::Voided { durable }) => R::Reversed { returned, durable },
+        (
+            R::Voided { .. } | R::NothingLeft | R::NotFound,
+            later @ (R::Reversed { .. } | R::Voided { .. }),
+        ) => later,
+        (earlier @ (R::Reversed { .. } | R::Voided { .. }), R::NothingLeft | R::NotFound) => {
+            earlier
+        }
+        (R::NothingLeft, _) | (_, R::NothingLeft) => R::NothingLeft,
+        (R::NotFound, R::NotFound) => R::NotFound,
+    }
 }
 
 #[cfg(test)]
