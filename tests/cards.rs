@@ -611,6 +611,135 @@ fn a_stand_in_advice_that_restates_a_timed_out_purchase_is_counted_and_one_for_a
 }
 
 #[test]
+fn a_stand_in_advice_of_a_purchase_reversed_after_its_91_counts_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = {
+        let (cards, _) = open(dir.path());
+        let key = issue(&cards, &single_use(10_000));
+        // The issuer was too slow: the network got 91, the hold was released ...
+        let held = approval(cards.authorize(key, &purchase(3_000, 8), NOW));
+        held.durable.wait().unwrap();
+        settle(&cards, &held.hold, IssuerOutcome::TimedOut);
+        // ... the network stood in, and the acquirer then took the purchase back in full.
+        match cards.reverse(key, &reversal(8, None), NOW) {
+            ReversalOutcome::Voided { durable } => durable.wait().unwrap(),
+            other => panic!("{other:?}"),
+        }
+        key
+    };
+    // The stand-in's advice comes last (and after a restart): the purchase it reports was
+    // reversed, so it counts nothing, as it would had the reversal come first.
+    let (cards, _) = open(dir.path());
+    assert!(matches!(
+        cards.advice(key, &request(*b"0120", 3_000, 8, "SHOP-A"), NOW),
+        AdviceOutcome::Conflict
+    ));
+    let v = cards.get(key).unwrap();
+    assert_eq!((v.spent, v.uses, v.status), (0, 0, Status::Active));
+    assert_eq!(code(&cards.authorize(key, &purchase(1_000, 9), NOW)), "00");
+}
+
+#[test]
+fn an_advice_of_zero_in_the_card_currency_beside_a_dollar_amount_takes_what_was_left_and_a_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &single_use(10_000));
+    // USD 50.00 billed as EUR 0.00: contradictory amounts, which a request would get 30
+    // for, and an advice, which cannot be refused, must not pass on as nothing.
+    let mut advice = request(*b"0120", 5_000, 2, "SHOP-A");
+    advice.amounts.transaction_currency = 840;
+    advice.amounts.billing = Some((0, 978));
+    match cards.advice(key, &advice, NOW) {
+        AdviceOutcome::Recorded(d) => d.wait().unwrap(),
+        other => panic!("{other:?}"),
+    }
+    let v = cards.get(key).unwrap();
+    assert_eq!((v.spent, v.uses, v.available), (10_000, 1, 0));
+    assert_eq!(code(&cards.authorize(key, &purchase(1, 3), NOW)), "46");
+    // A zero-amount verification advice in dollars moved nothing.
+    let other = issue(&cards, &single_use(10_000));
+    let mut check = request(*b"0120", 0, 4, "SHOP-A");
+    check.amounts.transaction_currency = 840;
+    match cards.advice(other, &check, NOW) {
+        AdviceOutcome::Recorded(d) => d.wait().unwrap(),
+        o => panic!("{o:?}"),
+    }
+    let v = cards.get(other).unwrap();
+    assert_eq!((v.spent, v.uses), (0, 0));
+}
+
+#[test]
+fn the_full_reversal_of_an_advice_counted_when_nothing_was_left_gives_its_use_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let mut s = spec(1_000);
+    s.controls.max_uses = std::num::NonZeroU32::new(3);
+    let key = issue(&cards, &s);
+    approved(&cards, key, 1_000, 1);
+    // Nothing left of the cap: an advice in dollars is counted as 0, and a use.
+    let mut advice = request(*b"0120", 5_000, 2, "SHOP-A");
+    advice.amounts.transaction_currency = 840;
+    match cards.advice(key, &advice, NOW) {
+        AdviceOutcome::Recorded(d) => d.wait().unwrap(),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(cards.get(key).unwrap().uses, 2);
+    let mut back = reversal(2, None);
+    back.original = Some(
+        request(*b"0120", 0, 2, "SHOP-A")
+            .key
+            .with_class(1)
+            .original(),
+    );
+    match cards.reverse(key, &back, NOW) {
+        ReversalOutcome::Reversed { returned, durable } => {
+            durable.wait().unwrap();
+            assert_eq!(returned, 0);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(cards.get(key).unwrap().uses, 1, "the use given back");
+    assert!(matches!(
+        cards.reverse(key, &back, NOW),
+        ReversalOutcome::NothingLeft
+    ));
+    assert_eq!(cards.get(key).unwrap().uses, 1, "once");
+}
+
+#[test]
+fn credits_of_every_kind_bind_no_first_use_merchant_and_pass_on_a_closed_card() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let mut s = spec(10_000);
+    s.controls.merchant_lock = MerchantLock::FirstUse;
+    let key = issue(&cards, &s);
+    // A refund advice from SHOP-B: the card stays free for its first purchase.
+    let mut refund = request(*b"0220", 2_000, 1, "SHOP-B");
+    refund.kind = Kind::classify(b"200000", 2_000);
+    match cards.advice(key, &refund, NOW) {
+        AdviceOutcome::Recorded(d) => d.wait().unwrap(),
+        other => panic!("{other:?}"),
+    }
+    let a = approval(cards.authorize(key, &request(*b"0100", 100, 2, "SHOP-A"), NOW));
+    settle(&cards, &a.hold, IssuerOutcome::APPROVED);
+    assert_eq!(cards.get(key).unwrap().spent, 100);
+    // Every 2x processing code is a credit: a credit adjustment (22), an original credit
+    // (26), a payment (28) reach a closed card's account and take nothing from its cap.
+    set_status(&cards, key, Status::Closed);
+    for (stan, pcode) in [(3, b"220000"), (4, b"260000"), (5, b"280000")] {
+        let mut credit = request(*b"0200", 5_000, stan, "SHOP-A");
+        credit.kind = Kind::classify(pcode, 5_000);
+        assert_eq!(credit.kind, Kind::Refund);
+        let a = approval(cards.authorize(key, &credit, NOW));
+        settle(&cards, &a.hold, IssuerOutcome::APPROVED);
+    }
+    let v = cards.get(key).unwrap();
+    assert_eq!((v.spent, v.uses), (100, 1));
+    assert_eq!(Kind::classify(b"300000", 5_000), Kind::Purchase);
+    assert_eq!(Kind::classify(b"2A0000", 5_000), Kind::Purchase);
+}
+
+#[test]
 fn an_advice_for_a_held_approval_completes_it() {
     let dir = tempfile::tempdir().unwrap();
     let (cards, _) = open(dir.path());

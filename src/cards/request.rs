@@ -64,7 +64,9 @@ impl fmt::Display for ResponseCode {
 pub enum Kind {
     /// Goods, services, cash: counts against the limits.
     Purchase,
-    /// DE 3 starting with "20": never declined by the limits, never raises the cap.
+    /// A credit to the account, DE 3 from "20" to "29" (the range ISO 8583 gives credits:
+    /// a refund, a credit adjustment, an original credit, a payment): never declined by the
+    /// limits, never raises the cap.
     Refund,
     /// A zero-amount account verification: checked, but uses nothing up.
     Verification,
@@ -73,7 +75,9 @@ pub enum Kind {
 impl Kind {
     /// Classifies by processing code (DE 3) and transaction amount (DE 4).
     pub fn classify(processing_code: &[u8], amount: u64) -> Kind {
-        if processing_code.starts_with(b"20") {
+        if processing_code.first() == Some(&b'2')
+            && processing_code.get(1).is_some_and(u8::is_ascii_digit)
+        {
             Kind::Refund
         } else if amount == 0 {
             Kind::Verification

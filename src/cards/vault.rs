@@ -771,6 +771,16 @@ impl Cards {
                 let Some(e) = self.ledger.get(&tx) else {
                     return ReversalOutcome::NotFound;
                 };
+                if e.state == TxState::Released && req.remaining.unwrap_or(0) == 0 {
+                    // Declined by the issuer, or released on its 91, and now taken back by
+                    // the acquirer: a stand-in that approved it meanwhile may yet advise it.
+                    // Voided, that advice counts nothing, as it would had this reversal
+                    // come before the purchase.
+                    let (durable, entry) = self.void_record(card_key, tx, req.mti, now);
+                    // This card's entry (found so, and changed only under its lock).
+                    self.ledger.entries.insert(tx, entry);
+                    return ReversalOutcome::Voided { durable };
+                }
                 if !matches!(
                     e.state,
                     TxState::Held | TxState::Approved | TxState::InDoubt
@@ -790,7 +800,9 @@ impl Cards {
                             .min(e.amount)
                     }
                 };
-                if remaining >= e.amount {
+                // Nothing to give back, unless a use: an advice counted as what was left of
+                // the cap, when nothing was, holds 0 and a use.
+                if remaining >= e.amount && !(remaining == 0 && e.use_counted) {
                     return ReversalOutcome::NothingLeft;
                 }
                 let returned = e.amount - remaining;
@@ -832,21 +844,8 @@ impl Cards {
                 // The original arrived meanwhile: reversed as usual, below.
                 return None;
             };
-            let event = Event::Voided {
-                lsn: self.lsn(),
-                key: card_key,
-                tx: original,
-                mti: req.mti,
-                at: now,
-            };
-            let durable = self.journal.append(event.clone());
-            slot.insert(event::voided_entry(
-                card_key,
-                original,
-                req.mti,
-                now,
-                event.lsn(),
-            ));
+            let (durable, entry) = self.void_record(card_key, original, req.mti, now);
+            slot.insert(entry);
             inserted = true;
             Some(Ok(durable))
         });
@@ -865,6 +864,26 @@ impl Cards {
                 _ => ReversalOutcome::NotFound,
             },
         }
+    }
+
+    /// Journals the void of `tx` on this card (a reversal's, `mti`), under the card's lock;
+    /// the entry to put in the ledger for it.
+    fn void_record(
+        &self,
+        card_key: CardKey,
+        tx: OriginalData,
+        mti: [u8; 4],
+        now: UnixSeconds,
+    ) -> (Durable, TxEntry) {
+        let lsn = self.lsn();
+        let durable = self.journal.append(Event::Voided {
+            lsn,
+            key: card_key,
+            tx,
+            mti,
+            at: now,
+        });
+        (durable, event::voided_entry(card_key, tx, mti, now, lsn))
     }
 
     /// Records an advice (0120/0220 and repeats): the approval it reports is spent, even
@@ -912,19 +931,29 @@ impl Cards {
                     };
                 }
             }
-            let (amount, counts_use) = if req.kind == Kind::Refund {
-                (0, false)
-            } else if let Some(amount) = req.amounts.counted_in(card.currency) {
-                (amount, amount > 0)
-            } else {
-                // Money moved, of a size the card's currency cannot tell, perhaps past the
-                // cap: counted as all the card had left, and a use (the safe side).
-                crate::logging::throttled!(warn, card = ?card_key, "advice in a currency the card cannot count; recorded as what was left of its cap");
-                // Not `available()`: holds released later must not make room again.
-                let left = card.amount_limit.saturating_sub(card.spent);
-                (left, req.amounts.transaction > 0)
+            let (amount, counts_use) = match (req.kind, req.amounts.counted_in(card.currency)) {
+                (Kind::Refund, _) => (0, false),
+                // DE 4 of 0: nothing moved, whatever the currency.
+                (Kind::Verification, counted) => {
+                    let amount = counted.unwrap_or(0);
+                    (amount, amount > 0)
+                }
+                (Kind::Purchase, Some(amount)) if amount > 0 => (amount, true),
+                // Money moved, of a size the card's currency cannot tell (no amount in it, or
+                // one of 0 beside a DE 4 that is not, which as a request would be declined
+                // 30), perhaps past the cap: counted as all the card had left, and a use
+                // (the safe side).
+                (Kind::Purchase, _) => {
+                    crate::logging::throttled!(warn, card = ?card_key, "advice of an amount the card's currency cannot tell; recorded as what was left of its cap");
+                    // Not `available()`: holds released later must not make room again.
+                    let left = card.amount_limit.saturating_sub(card.spent);
+                    (left, true)
+                }
             };
-            let binds = card.lock == LockKind::FirstUseUnbound && req.acceptor.is_some();
+            // As a request: a refund binds no first-use merchant.
+            let binds = req.kind != Kind::Refund
+                && card.lock == LockKind::FirstUseUnbound
+                && req.acceptor.is_some();
             let event = Event::Advised(tx_event(
                 self.lsn(),
                 card_key,
