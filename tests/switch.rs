@@ -949,6 +949,60 @@ async fn the_same_stan_and_time_from_two_terminals_at_once_are_each_reversed_at_
 }
 
 #[tokio::test]
+async fn a_reversal_by_its_own_key_of_a_purchase_that_got_91_names_it_toward_the_issuer() {
+    // The issuer is slower than the switch waits: the network gets 91 and the hold is
+    // released; the acquirer then reverses the purchase by its own key. vpan voids the
+    // released purchase (a stand-in's advice of it must count nothing), and still names
+    // it in DE 90 toward the issuer, which finds it so.
+    let sim = SimConfig {
+        latency: Duration::from_millis(400),
+        ..SimConfig::default()
+    };
+    let rig = rig(Some(sim), |c| c.issuer.timeout_ms = 100).await;
+    let (card, _) = rig.issue(|_| {}).await;
+    let mut net = Client::connect(rig.network).await;
+    let original = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 700);
+    assert_eq!(code(&net.call(&original).await), "91");
+    // The issuer approves it late, and the link reverses that at once, on its own: the
+    // purchase is no longer in flight at the link when the acquirer's reversal comes.
+    for _ in 0..200 {
+        if rig.sim().requests(b"0400") == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(rig.sim().requests(b"0400"), 1, "the late approval reversed");
+    // (Answered 91 itself: the slow issuer answers it late too.)
+    let answer = net.call(&reversal_by_own_key(&original)).await;
+    assert_eq!(answer.mti(), *b"0410");
+    // The sim has the reversal at once; the link's own reversal of the purchase (owed
+    // since its 91) names it in DE 90 as well, so count: both must.
+    let names_it = |r: &vpan::tools::issuer_sim::Received| {
+        r.message.raw(90).is_some_and(|de90| {
+            de90.starts_with(b"0100") && de90[4..10] == original.stan().unwrap()
+        })
+    };
+    let mut reversals = Vec::new();
+    for _ in 0..200 {
+        reversals = rig
+            .sim()
+            .recent(20)
+            .into_iter()
+            .filter(|r| r.mti()[..3] == *b"040")
+            .collect();
+        if reversals.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(reversals.len(), 2, "{reversals:?}");
+    assert!(reversals.iter().all(names_it), "{reversals:?}");
+    let view = rig.cards.get(CardKey::of(&card.vpan)).unwrap();
+    assert_eq!((view.spent, view.held, view.uses), (0, 0, 0));
+    rig.stop().await;
+}
+
+#[tokio::test]
 async fn a_timeout_reversal_without_de_90_reaches_the_original_still_at_the_issuer() {
     // The acquirer gives up on a purchase the slow issuer still holds, and reverses it by
     // its own key (no DE 90). Its STAN is the purchase's, still in flight there, so the

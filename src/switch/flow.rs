@@ -390,6 +390,16 @@ impl Flow {
             Ok(on_card) => on_card,
             Err(not) => return self.not_on_card(request, not).await,
         };
+        // A reversal that names its original by its own key is sent naming it in DE 90,
+        // from the original vpan recorded: the issuer finds it so whatever STAN either goes
+        // out under. The network's answer carries no DE 90, as its reversal had none. Read
+        // before the reversal is applied, which may void the original's entry (one the
+        // issuer declined, or vpan released on its 91).
+        let original = if request.has(90) {
+            None
+        } else {
+            self.cards.original_mti(vpan.key, &req)
+        };
         match self.cards.reverse(vpan.key, &req, now()) {
             ReversalOutcome::Reversed { durable, .. } | ReversalOutcome::Voided { durable } => {
                 if let Err(e) = durable.await {
@@ -415,14 +425,6 @@ impl Flow {
         if !self.cards.contains(vpan.key) {
             return self.unknown_or_passthrough(request).await;
         }
-        // A reversal that names its original by its own key is sent naming it in DE 90,
-        // from the original vpan recorded: the issuer finds it so whatever STAN either goes
-        // out under. The network's answer carries no DE 90, as its reversal had none.
-        let original = if request.has(90) {
-            None
-        } else {
-            self.cards.original_mti(vpan.key, &req)
-        };
         let sent = self.send_on_card_naming(&request, &vpan, original).await;
         let (mut answer, decided_by) = self.answer_on_card(request, sent).await;
         if original.is_some()
