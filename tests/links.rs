@@ -519,3 +519,151 @@ async fn the_real_card_number_an_issuer_puts_in_other_fields_never_reaches_the_n
     );
     rig.stop().await;
 }
+
+/// A host that answers everything 00, in the background.
+fn answering_all(mut host: HostSide) {
+    tokio::spawn(async move {
+        while let Some(Ok(frame)) = host.next().await {
+            if let Frame::Message { body, .. } = frame {
+                let mut m = Message::parse(Spec::iso87ascii(), body).unwrap();
+                let mut mti = m.mti();
+                mti[2] += 1;
+                m.set_mti(&mti).unwrap();
+                m.set_response_code(b"00").unwrap();
+                if host
+                    .send(Frame::Message {
+                        header: bytes::Bytes::new(),
+                        body: m.pack(),
+                    })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    });
+}
+
+/// A hung host whose channel still talks: it reads everything and answers nothing, but
+/// sends a keep-alive every 100 ms, or (`own_echo`) its own 0800 echo every 200 ms.
+/// Returns what it read (MTI, and DE 70 for network management) and a flag raised when
+/// the switch closes the connection.
+fn talking_but_hung(
+    host: HostSide,
+    own_echo: bool,
+) -> (
+    Arc<parking_lot::Mutex<Vec<String>>>,
+    Arc<std::sync::atomic::AtomicBool>,
+) {
+    let read = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (mut write, mut reader) = host.split();
+    tokio::spawn(async move {
+        for n in 0u32.. {
+            tokio::time::sleep(Duration::from_millis(if own_echo { 200 } else { 100 })).await;
+            let frame = if own_echo {
+                let mut echo = Message::new(Spec::iso87ascii(), b"0800").unwrap();
+                echo.set(7, b"1202120000").unwrap();
+                echo.set(11, format!("{:06}", 700_000 + n).as_bytes())
+                    .unwrap();
+                echo.set(70, b"301").unwrap();
+                Frame::Message {
+                    header: bytes::Bytes::new(),
+                    body: echo.pack(),
+                }
+            } else {
+                Frame::KeepAlive
+            };
+            if write.send(frame).await.is_err() {
+                return;
+            }
+        }
+    });
+    let (seen, gone) = (read.clone(), closed.clone());
+    tokio::spawn(async move {
+        while let Some(Ok(frame)) = reader.next().await {
+            if let Frame::Message { body, .. } = frame {
+                let m = Message::parse(Spec::iso87ascii(), body).unwrap();
+                let mut s = String::from_utf8_lossy(&m.mti()).into_owned();
+                if let Some(de70) = m.raw(70) {
+                    s.push('/');
+                    s.push_str(&String::from_utf8_lossy(de70));
+                }
+                seen.lock().push(s);
+            }
+        }
+        gone.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    (read, closed)
+}
+
+/// Two connections: the host behind the first hangs while its channel talks, the second
+/// answers. Only answers count as a host alive: after the first 91 the hung connection
+/// takes no more requests, is tested with an echo as soon as its channel talks again (not
+/// after `echo_interval_ms`), and is dropped when that goes unanswered.
+async fn a_talking_but_hung_connection_is_set_aside_tested_and_dropped(own_echo: bool) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host_addr = listener.local_addr().unwrap().to_string();
+    let rig = rig(None, |c| {
+        c.issuer.connect = host_addr;
+        c.issuer.connections = 2;
+        c.issuer.timeout_ms = 300;
+        c.issuer.echo_interval_ms = 600_000;
+    })
+    .await;
+    let first = accept_sign_on(&listener).await;
+    let second = accept_sign_on(&listener).await;
+    let (read, closed) = talking_but_hung(first, own_echo);
+    answering_all(second);
+
+    let mut net = Client::connect(rig.network).await;
+    let pan = test_pan("4970100", 16);
+    let mut timed_out = 0;
+    for round in 0..12 {
+        let p = purchase(&mut net, b"0100", &pan, b"2912", 100 + round);
+        if code(&net.call(&p).await) == "91" {
+            timed_out += 1;
+        }
+    }
+    assert_eq!(
+        timed_out, 1,
+        "only the request sent before the connection stalled"
+    );
+    // Tested as soon as the channel next talks (within 200 ms), not in ten minutes.
+    let echoed = || read.lock().iter().any(|m| m == "0800/301");
+    for _ in 0..20 {
+        if echoed() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(echoed(), "tested with an echo: {:?}", read.lock());
+    // The echo goes unanswered (5 s, the link's wait for network management): dropped,
+    // and redialled.
+    for _ in 0..100 {
+        if closed.load(std::sync::atomic::Ordering::SeqCst) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        closed.load(std::sync::atomic::Ordering::SeqCst),
+        "the hung connection dropped"
+    );
+    let _redialled = tokio::time::timeout(Duration::from_secs(10), accept_sign_on(&listener))
+        .await
+        .expect("redialled");
+    rig.stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(20), rig.task).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_hung_behind_a_channel_that_sends_keep_alives_is_set_aside_and_dropped() {
+    a_talking_but_hung_connection_is_set_aside_tested_and_dropped(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_hung_behind_a_channel_that_sends_its_own_echoes_is_set_aside_and_dropped() {
+    a_talking_but_hung_connection_is_set_aside_tested_and_dropped(true).await;
+}

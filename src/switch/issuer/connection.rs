@@ -118,23 +118,27 @@ impl IssuerLink {
             self.inner.slots[i].up.store(true, Ordering::Relaxed);
             self.publish_connected();
             tracing::info!(issuer = %settings.connect, connection = i, "issuer link up");
+            // When the host last answered one of vpan's requests here.
             let mut last_seen = Instant::now();
             // One timer for the echo, moved on only when it fires: re-armed on every
             // answer, it would cost two trips through the timer wheel per request.
             let echo_due = tokio::time::sleep_until((last_seen + settings.echo_interval).into());
             tokio::pin!(echo_due);
+            let mut echo: Option<tokio::task::JoinHandle<()>> = None;
             loop {
                 tokio::select! {
                     frame = frames.next() => match frame {
                         Some(Ok(Frame::Message { body, .. })) => {
-                            last_seen = Instant::now();
-                            self.slot_read(i, last_seen);
-                            self.on_answer(i, body);
+                            let at = Instant::now();
+                            if self.on_answer(i, body) {
+                                last_seen = at;
+                                self.slot_read(i, at);
+                            } else {
+                                self.test_if_stalled(i, &mut echo, &conn_token);
+                            }
                         }
-                        Some(Ok(Frame::KeepAlive)) => {
-                            last_seen = Instant::now();
-                            self.slot_read(i, last_seen);
-                        }
+                        // The channel is alive; that says nothing of the host behind it.
+                        Some(Ok(Frame::KeepAlive)) => self.test_if_stalled(i, &mut echo, &conn_token),
                         Some(Err(e)) => {
                             tracing::warn!(error = %e, "issuer link framing error; reconnecting");
                             break;
@@ -152,15 +156,7 @@ impl IssuerLink {
                         }
                         last_seen = Instant::now();
                         echo_due.as_mut().reset((last_seen + settings.echo_interval).into());
-                        let link = self.clone();
-                        let token = conn_token.clone();
-                        // The echo's answer arrives through this very loop, so it runs beside it.
-                        tokio::spawn(async move {
-                            if !link.network_management(i, b"301").await {
-                                tracing::warn!(connection = i, "issuer echo unanswered; reconnecting");
-                                token.cancel();
-                            }
-                        });
+                        self.echo_unless_echoing(i, &mut echo, &conn_token);
                     },
                     () = conn_token.cancelled() => break,
                 }
@@ -174,6 +170,47 @@ impl IssuerLink {
         let _ = writer.await;
         self.publish_connected();
         self.fail_connection(i);
+    }
+
+    /// A frame that answers nothing came on connection `i` (a keep-alive, the host's own
+    /// network management, an answer that matches no request): its channel talks. Stalled
+    /// too (a request timed out with nothing answered since it was sent), its host may be
+    /// hung behind that channel: it is tested with an echo now, rather than after
+    /// `issuer.echo_interval_ms` without answers, and dropped if that goes unanswered. A
+    /// connection that says nothing at all, as behind a host that stopped reading, keeps
+    /// its requests queued in order until then: a reversal sent on another connection
+    /// could overtake its original still in this one.
+    fn test_if_stalled(
+        &self,
+        i: usize,
+        echo: &mut Option<tokio::task::JoinHandle<()>>,
+        conn_token: &CancellationToken,
+    ) {
+        if self.slot_stalled(i) {
+            self.echo_unless_echoing(i, echo, conn_token);
+        }
+    }
+
+    /// Sends an 0800 echo on connection `i` unless one is still out (`echo`); an echo left
+    /// unanswered recycles the connection. It runs beside the connection's read loop, which
+    /// its answer comes through.
+    fn echo_unless_echoing(
+        &self,
+        i: usize,
+        echo: &mut Option<tokio::task::JoinHandle<()>>,
+        conn_token: &CancellationToken,
+    ) {
+        if echo.as_ref().is_some_and(|e| !e.is_finished()) {
+            return;
+        }
+        let link = self.clone();
+        let token = conn_token.clone();
+        *echo = Some(tokio::spawn(async move {
+            if !link.network_management(i, b"301").await {
+                tracing::warn!(connection = i, "issuer echo unanswered; reconnecting");
+                token.cancel();
+            }
+        }));
     }
 
     /// Signs on over connection `i` before it takes traffic: the 0800 goes out, and this
@@ -205,7 +242,9 @@ impl IssuerLink {
                     return matches!(result, Ok(a) if a.response_code() == Some(*b"00"));
                 }
                 frame = frames.next() => match frame {
-                    Some(Ok(Frame::Message { body, .. })) => self.on_answer(i, body),
+                    Some(Ok(Frame::Message { body, .. })) => {
+                        self.on_answer(i, body);
+                    }
                     Some(Ok(Frame::KeepAlive)) => {}
                     Some(Err(_)) | None => return false,
                 },

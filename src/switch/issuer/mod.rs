@@ -209,11 +209,13 @@ struct Slot {
     tx: parking_lot::RwLock<Option<mpsc::Sender<Bytes>>>,
     /// Up (connected and signed on).
     up: AtomicBool,
-    /// When this connection last read a frame from the host, in microseconds since the
-    /// link started (0: not since it connected).
+    /// When this connection last read an answer to one of vpan's requests, in
+    /// microseconds since the link started (0: not since it connected). Keep-alives, the
+    /// host's own network management and answers that match nothing do not count: a host
+    /// whose channel still talks while its authorization application hangs answers nothing.
     last_read_us: AtomicU64,
     /// When the latest request on this connection that timed out was sent, same clock. Later
-    /// than `last_read_us`: the host has read nothing here for a whole timeout (see
+    /// than `last_read_us`: the host has answered nothing here for a whole timeout (see
     /// [`IssuerLink::slot_stalled`]).
     timed_out_sent_us: AtomicU64,
 }
@@ -334,7 +336,7 @@ impl IssuerLink {
         slot.timed_out_sent_us.load(Ordering::Relaxed) > slot.last_read_us.load(Ordering::Relaxed)
     }
 
-    /// Connection `i` read a frame at `at`.
+    /// Connection `i` read an answer to one of vpan's requests at `at`.
     fn slot_read(&self, i: usize, at: Instant) {
         self.inner.slots[i]
             .last_read_us
@@ -353,7 +355,7 @@ impl IssuerLink {
             crate::logging::throttled!(
                 warn,
                 connection = i,
-                "issuer host has read nothing on this connection for a whole timeout; new requests go to the others"
+                "issuer host has answered nothing on this connection for a whole timeout; new requests go to the others"
             );
         }
     }
@@ -601,21 +603,23 @@ impl IssuerLink {
     }
 
     /// An answer from the issuer: hands it to its waiter, or reverses a late approval.
-    fn on_answer(&self, i: usize, body: Bytes) {
+    /// Returns whether it answered one of vpan's requests (in time or late): what tells a
+    /// host that works from one whose channel only talks.
+    fn on_answer(&self, i: usize, body: Bytes) -> bool {
         let answer = match Message::parse(self.spec(), body) {
             Ok(a) => Box::new(a),
             Err(e) => {
                 crate::logging::throttled!(warn, error = %e, "unreadable answer from the issuer dropped");
-                return;
+                return false;
             }
         };
         if is_management_request(&answer.mti()) {
             self.answer_host(i, &answer);
-            return;
+            return false;
         }
         let Some(stamp) = answer.stan() else {
             crate::logging::throttled!(warn, "answer from the issuer without DE 11 dropped");
-            return;
+            return false;
         };
         // An answer under a live stamp but of another message class (a 0810 or a 0410 for
         // a 0100), or for another acquirer or terminal (the late answer to a request whose
@@ -635,7 +639,7 @@ impl IssuerLink {
             } else {
                 tracing::debug!("answer from the issuer matches no request (already swept)");
             }
-            return;
+            return false;
         };
         let Pending {
             reply,
@@ -669,7 +673,7 @@ impl IssuerLink {
                 // the two together.
                 issuer_request_duration().record(sent_at.elapsed().as_secs_f64());
                 match reply.send(Ok(answer)) {
-                    Ok(()) => return,
+                    Ok(()) => return true,
                     Err(unsent) => unsent,
                 }
             }
@@ -692,6 +696,7 @@ impl IssuerLink {
             // network through a repeat had no debt: its caller was still waiting.)
             self.pay(id);
         }
+        true
     }
 
     /// Before the link stops at shutdown (the network side has drained, so every caller
