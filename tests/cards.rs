@@ -640,6 +640,37 @@ fn a_stand_in_advice_of_a_purchase_reversed_after_its_91_counts_nothing() {
 }
 
 #[test]
+fn a_void_that_replaced_a_released_purchase_is_forgotten_in_its_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = vpan::cards::LedgerConfig {
+        capacity: 4,
+        retention_secs: 86_400,
+    };
+    let (cards, _) = open_with(dir.path(), small);
+    let key = issue(&cards, &spec(1_000_000));
+    let held = approval(cards.authorize(key, &purchase(3_000, 8), NOW));
+    held.durable.wait().unwrap();
+    settle(&cards, &held.hold, IssuerOutcome::TimedOut);
+    match cards.reverse(key, &reversal(8, None), NOW + 5) {
+        ReversalOutcome::Voided { durable } => durable.wait().unwrap(),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        code(&cards.authorize(key, &purchase(3_000, 8), NOW + 5)),
+        "94"
+    );
+    // Many more transactions than the ledger holds: the void goes in its turn, as any
+    // entry does, and the key is decided afresh.
+    for stan in 100..140 {
+        approved(&cards, key, 10, stan);
+    }
+    assert_eq!(
+        code(&cards.authorize(key, &purchase(3_000, 8), NOW + 5)),
+        "00"
+    );
+}
+
+#[test]
 fn an_advice_of_zero_in_the_card_currency_beside_a_dollar_amount_takes_what_was_left_and_a_use() {
     let dir = tempfile::tempdir().unwrap();
     let (cards, _) = open(dir.path());
@@ -690,6 +721,18 @@ fn the_full_reversal_of_an_advice_counted_when_nothing_was_left_gives_its_use_ba
             .key
             .with_class(1)
             .original(),
+    );
+    // A partial one says it stands in part: its use stays.
+    let mut partial = back.clone();
+    partial.remaining = Some(4_000);
+    assert!(matches!(
+        cards.reverse(key, &partial, NOW),
+        ReversalOutcome::NothingLeft
+    ));
+    assert_eq!(
+        cards.get(key).unwrap().uses,
+        2,
+        "a partial reversal keeps the use"
     );
     match cards.reverse(key, &back, NOW) {
         ReversalOutcome::Reversed { returned, durable } => {

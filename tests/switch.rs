@@ -972,11 +972,16 @@ async fn a_reversal_by_its_own_key_of_a_purchase_that_got_91_names_it_toward_the
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(rig.sim().requests(b"0400"), 1, "the late approval reversed");
-    // (Answered 91 itself: the slow issuer answers it late too.)
-    let answer = net.call(&reversal_by_own_key(&original)).await;
+    // (Answered 91 itself: the slow issuer answers it late too; so the acquirer repeats it.)
+    let reversal = reversal_by_own_key(&original);
+    let answer = net.call(&reversal).await;
     assert_eq!(answer.mti(), *b"0410");
-    // The sim has the reversal at once; the link's own reversal of the purchase (owed
-    // since its 91) names it in DE 90 as well, so count: both must.
+    let mut repeat = reversal.clone();
+    repeat.set_mti(b"0401").unwrap();
+    let repeat = Message::parse(Spec::iso87ascii(), repeat.pack()).unwrap();
+    assert_eq!(net.call(&repeat).await.mti(), *b"0410");
+    // The sim has both at once; the link's own reversal of the purchase (owed since its
+    // 91) names it in DE 90 as well, so count: all three must.
     let names_it = |r: &vpan::tools::issuer_sim::Received| {
         r.message.raw(90).is_some_and(|de90| {
             de90.starts_with(b"0100") && de90[4..10] == original.stan().unwrap()
@@ -990,12 +995,12 @@ async fn a_reversal_by_its_own_key_of_a_purchase_that_got_91_names_it_toward_the
             .into_iter()
             .filter(|r| r.mti()[..3] == *b"040")
             .collect();
-        if reversals.len() >= 2 {
+        if reversals.len() >= 3 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(reversals.len(), 2, "{reversals:?}");
+    assert_eq!(reversals.len(), 3, "{reversals:?}");
     assert!(reversals.iter().all(names_it), "{reversals:?}");
     let view = rig.cards.get(CardKey::of(&card.vpan)).unwrap();
     assert_eq!((view.spent, view.held, view.uses), (0, 0, 0));

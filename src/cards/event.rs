@@ -146,9 +146,10 @@ pub enum Event {
         /// The switch for its own declines, the issuer for a stand-in's.
         decided_by: DecidedBy,
     },
-    /// A reversal named (in DE 90) an original this card has not seen: the network has
-    /// given up on it, so should it arrive late (from another connection, say) it is
-    /// declined (94) rather than approved and charged after its own reversal.
+    /// A full reversal named an original this card has not seen (or only saw declined or
+    /// released): the network has given up on it, so should it arrive late (from another
+    /// connection, say) it is declined (94) rather than approved and charged after its own
+    /// reversal, and a stand-in's advice of it counts nothing.
     Voided {
         /// Sequence number.
         lsn: u64,
@@ -156,7 +157,8 @@ pub enum Event {
         key: CardKey,
         /// The original the reversal named.
         tx: OriginalData,
-        /// The reversal's MTI.
+        /// The reversal's MTI; the purchase's when it voids one vpan saw and released (so
+        /// that a repeat of the reversal still names it toward the issuer).
         mti: [u8; 4],
         /// When.
         at: UnixSeconds,

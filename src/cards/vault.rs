@@ -686,7 +686,9 @@ impl Cards {
         [1, 2].into_iter().find_map(|class| {
             self.ledger
                 .get(&req.key.with_class(class).original())
-                // Not a void, which records the reversal that made it (its MTI is 04x0).
+                // Not a void made before the original came, which records the reversal that
+                // made it (its MTI is 04x0); one that replaced a purchase vpan saw keeps the
+                // purchase's, and names it.
                 .filter(|e| e.card == card_key && e.mti[1] == b'0' + class)
                 .map(|e| e.mti)
         })
@@ -761,24 +763,29 @@ impl Cards {
         req: &ReversalRequest,
         now: UnixSeconds,
     ) -> ReversalOutcome {
-        self.index
+        let mut voided = false;
+        let outcome = self
+            .index
             .update(card_key, |card| {
                 if self.journal.is_failed() {
                     // Given back in memory only, a repeat would find nothing left and be
                     // acknowledged, and a restart would count the amount spent for good.
                     return ReversalOutcome::NotRecorded(StoreError::Failed);
                 }
-                let Some(e) = self.ledger.get(&tx) else {
+                // Found on this card before its lock was taken; forgotten since, its key
+                // may be another card's now.
+                let Some(e) = self.ledger.get(&tx).filter(|e| e.card == card_key) else {
                     return ReversalOutcome::NotFound;
                 };
                 if e.state == TxState::Released && req.remaining.unwrap_or(0) == 0 {
                     // Declined by the issuer, or released on its 91, and now taken back by
                     // the acquirer: a stand-in that approved it meanwhile may yet advise it.
                     // Voided, that advice counts nothing, as it would had this reversal
-                    // come before the purchase.
-                    let (durable, entry) = self.void_record(card_key, tx, req.mti, now);
-                    // This card's entry (found so, and changed only under its lock).
+                    // come before the purchase. The void keeps the purchase's MTI, which
+                    // the issuer knows it by, for a repeat of this reversal to name it.
+                    let (durable, entry) = self.void_record(card_key, tx, e.mti, now);
                     self.ledger.entries.insert(tx, entry);
+                    voided = true;
                     return ReversalOutcome::Voided { durable };
                 }
                 if !matches!(
@@ -800,9 +807,12 @@ impl Cards {
                             .min(e.amount)
                     }
                 };
-                // Nothing to give back, unless a use: an advice counted as what was left of
-                // the cap, when nothing was, holds 0 and a use.
-                if remaining >= e.amount && !(remaining == 0 && e.use_counted) {
+                // Nothing of it stands after this reversal. An advice counted as what was
+                // left of the cap when nothing was holds 0 and a use: only a full reversal
+                // leaves nothing of that, and gives the use back.
+                let leaves_nothing =
+                    remaining == 0 && (e.charged > 0 || req.remaining.unwrap_or(0) == 0);
+                if remaining >= e.amount && !(leaves_nothing && e.use_counted) {
                     return ReversalOutcome::NothingLeft;
                 }
                 let returned = e.amount - remaining;
@@ -813,8 +823,8 @@ impl Cards {
                     was_held: e.state == TxState::Held,
                     returned,
                     remaining,
-                    use_returned: remaining == 0 && e.use_counted,
-                    held_use_returned: remaining == 0 && e.state == TxState::Held && e.counts_use,
+                    use_returned: leaves_nothing && e.use_counted,
+                    held_use_returned: leaves_nothing && e.state == TxState::Held && e.counts_use,
                     mti: req.mti,
                     at: now,
                 };
@@ -823,7 +833,13 @@ impl Cards {
                 event::apply_ledger(&self.ledger, &event, false);
                 ReversalOutcome::Reversed { returned, durable }
             })
-            .unwrap_or(ReversalOutcome::NotFound)
+            .unwrap_or(ReversalOutcome::NotFound);
+        if voided {
+            // Remembered again, after the card's lock: the retention queue's item for the
+            // purchase is older than the void that replaced it, and would not forget it.
+            self.ledger.remember(tx, now, now);
+        }
+        outcome
     }
 
     /// Voids `original`, which a reversal named before this card saw it (see
