@@ -596,6 +596,51 @@ async fn a_late_answer_without_a_decision_to_the_repeat_of_a_purchase_in_doubt_i
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reversals_owed_go_out_a_few_at_a_time_not_all_at_once() {
+    // A silent host takes 200 purchases at once: each gets 91 and is owed a reversal.
+    let rig = ScriptedHost::new("300").await;
+    let cards = issue_cards(&rig.data_dir, 200, 1_000_000).await;
+    let (serve, mut host) = rig.start().await;
+    let mut net = Client::connect(serve.network).await;
+    let mut stans = Vec::new();
+    for (card, _) in &cards {
+        let p = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 500);
+        net.send(&p).await;
+        stans.push(p.stan().unwrap());
+    }
+    for stan in stans {
+        assert_eq!(code(&net.answer(stan).await), "91");
+    }
+    let mut purchases = 0;
+    while host_message(&mut host, Duration::from_millis(300))
+        .await
+        .is_some()
+    {
+        purchases += 1;
+    }
+    assert_eq!(purchases, 200);
+    serve.stop("KILL").await;
+    drop(host);
+    // The next start owes all 200. They go out 64 at a time: the others wait for those to
+    // be answered (or to time out, in 5 s here), rather than fill the connection's queue
+    // at once and turn live requests away.
+    let (serve, mut host) = rig.start().await;
+    assert_eq!(
+        serve.recovered["reversals_owed"], 200,
+        "{}",
+        serve.recovered
+    );
+    let mut reversals = 0;
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    while let Some(m) = host_message(&mut host, until - tokio::time::Instant::now()).await {
+        assert_eq!(&m.mti()[..3], b"040");
+        reversals += 1;
+    }
+    assert_eq!(reversals, 64);
+    serve.stop("KILL").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stan_changed_toward_the_issuer_outlives_a_kill_9_and_a_later_reversal_names_it() {
     let rig = ScriptedHost::new("5000").await;
     let (serve, mut host) = rig.start().await;

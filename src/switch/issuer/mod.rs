@@ -244,6 +244,10 @@ struct Inner {
     freed: Freed,
     /// Reversals being sent (or retried) in the background, for [`IssuerLink::quiesce`].
     reversals: AtomicUsize,
+    /// Reversals out at the host at once, at most ([`reversals::REVERSALS_AT_ONCE`]): the
+    /// thousands an outage leaves owed would otherwise all go in the same instant, fill
+    /// the connections' write queues, and turn live requests away with 91.
+    reversals_out: tokio::sync::Semaphore,
     /// The reversals owed, on disk until the issuer answers them.
     owed: Arc<OwedReversals>,
     /// Stops the connection tasks.
@@ -287,6 +291,7 @@ impl IssuerLink {
                 named_waiting: Restamped::default(),
                 freed: Freed::default(),
                 reversals: AtomicUsize::new(0),
+                reversals_out: tokio::sync::Semaphore::new(reversals::REVERSALS_AT_ONCE),
                 owed,
                 shutdown,
             }),

@@ -24,6 +24,11 @@ use super::{IssuerError, IssuerLink, Origin};
 /// Longest wait between two tries of a reversal toward an issuer that does not answer.
 const REVERSAL_RETRY_MAX: Duration = Duration::from_secs(5);
 
+/// Reversals out at the host at once, the others waiting their turn: a sixty-fourth of a
+/// connection's write queue, and at a host's usual pace (milliseconds) thousands a
+/// second.
+pub(super) const REVERSALS_AT_ONCE: usize = 64;
+
 /// Connections lost in a row, each within [`SUSPECT_WITHIN`] of the reversal's sending,
 /// after which the reversal itself is suspected of being what the issuer refuses (a frame over its own size limit, a field it
 /// rejects): a host that is merely restarting loses the connection once, then refuses it.
@@ -269,11 +274,16 @@ impl IssuerLink {
                 let timeout = link.management_timeout();
                 let only = same_connection.take();
                 let loud = attempt <= 5 || attempt % 12 == 0;
+                let out = tokio::select! {
+                    permit = link.inner.reversals_out.acquire() => permit,
+                    () = link.inner.shutdown.cancelled() => break,
+                };
                 let sent_at = std::time::Instant::now();
                 let sent = link
                     .send_via(reversal.clone(), only, timeout, Origin::Link)
                     .await
                     .map_err(|u| u.error);
+                drop(out);
                 // Once one may have reached the host, the next goes as a repeat (0401), as
                 // ISO 8583 has it: a host that applied the first knows it for the same.
                 if matches!(
