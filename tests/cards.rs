@@ -640,6 +640,44 @@ fn a_stand_in_advice_of_a_purchase_reversed_after_its_91_counts_nothing() {
 }
 
 #[test]
+fn a_reversal_by_its_own_key_names_toward_the_issuer_the_purchase_it_gives_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &spec(10_000));
+    // An 0100 released on its 91, then reversed in full by its own key: voided.
+    let held = approval(cards.authorize(key, &purchase(3_000, 9), NOW));
+    held.durable.wait().unwrap();
+    settle(&cards, &held.hold, IssuerOutcome::TimedOut);
+    let mut by_own_key = reversal(9, None);
+    by_own_key.original = None;
+    by_own_key.key = purchase(0, 9).key.with_class(4);
+    match cards.reverse(key, &by_own_key, NOW) {
+        ReversalOutcome::Voided { durable } => durable.wait().unwrap(),
+        other => panic!("{other:?}"),
+    }
+    // Then an 0200 under the same key, spent, and a reversal of it by that key: the one
+    // given back is the 0200, and so is the one named to the issuer.
+    let a = approval(cards.authorize(key, &request(*b"0200", 1_000, 9, "SHOP-A"), NOW));
+    a.durable.wait().unwrap();
+    settle(&cards, &a.hold, IssuerOutcome::APPROVED);
+    assert_eq!(cards.original_mti(key, &by_own_key), Some(*b"0200"));
+    match cards.reverse(key, &by_own_key, NOW) {
+        ReversalOutcome::Reversed { returned, durable } => {
+            durable.wait().unwrap();
+            assert_eq!(returned, 1_000);
+        }
+        other => panic!("{other:?}"),
+    }
+    // A repeat of the reversal names the same, and gives nothing more back.
+    assert_eq!(cards.original_mti(key, &by_own_key), Some(*b"0200"));
+    assert!(matches!(
+        cards.reverse(key, &by_own_key, NOW),
+        ReversalOutcome::NothingLeft
+    ));
+    assert_eq!(cards.get(key).unwrap().spent, 0);
+}
+
+#[test]
 fn a_void_that_replaced_a_released_purchase_is_forgotten_in_its_turn() {
     let dir = tempfile::tempdir().unwrap();
     let small = vpan::cards::LedgerConfig {

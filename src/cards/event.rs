@@ -160,7 +160,8 @@ pub enum Event {
         /// The reversal's MTI; the purchase's when it voids one vpan saw and released (so
         /// that a repeat of the reversal still names it toward the issuer).
         mti: [u8; 4],
-        /// When.
+        /// When the reversal came; when the purchase was decided, for one vpan saw and
+        /// released (the ledger forgets the void when it would have forgotten that).
         at: UnixSeconds,
     },
 }

@@ -683,15 +683,22 @@ impl Cards {
     /// on this card (an authorization first, as [`Cards::reverse`] looks), for naming it
     /// toward the issuer.
     pub fn original_mti(&self, card_key: CardKey, req: &ReversalRequest) -> Option<[u8; 4]> {
-        [1, 2].into_iter().find_map(|class| {
+        let entries = [1, 2].map(|class| {
             self.ledger
                 .get(&req.key.with_class(class).original())
-                // Not a void made before the original came, which records the reversal that
-                // made it (its MTI is 04x0); one that replaced a purchase vpan saw keeps the
-                // purchase's, and names it.
+                // Not a void made before the original came, which records the reversal
+                // that made it (its MTI is 04x0); one that replaced a purchase vpan saw
+                // keeps the purchase's, and names it.
                 .filter(|e| e.card == card_key && e.mti[1] == b'0' + class)
-                .map(|e| e.mti)
-        })
+        });
+        // The one [`Cards::reverse`] gives back: a purchase first, in either class, before
+        // a void that kept a purchase's MTI.
+        entries
+            .iter()
+            .flatten()
+            .find(|e| !e.is_void())
+            .or_else(|| entries.iter().flatten().next())
+            .map(|e| e.mti)
     }
 
     /// Applies a reversal (0400/0420 and repeats): finds the original by DE 90, else by the
@@ -763,9 +770,7 @@ impl Cards {
         req: &ReversalRequest,
         now: UnixSeconds,
     ) -> ReversalOutcome {
-        let mut voided = false;
-        let outcome = self
-            .index
+        self.index
             .update(card_key, |card| {
                 if self.journal.is_failed() {
                     // Given back in memory only, a repeat would find nothing left and be
@@ -781,11 +786,21 @@ impl Cards {
                     // Declined by the issuer, or released on its 91, and now taken back by
                     // the acquirer: a stand-in that approved it meanwhile may yet advise it.
                     // Voided, that advice counts nothing, as it would had this reversal
-                    // come before the purchase. The void keeps the purchase's MTI, which
-                    // the issuer knows it by, for a repeat of this reversal to name it.
-                    let (durable, entry) = self.void_record(card_key, tx, e.mti, now);
-                    self.ledger.entries.insert(tx, entry);
-                    voided = true;
+                    // come before the purchase. Replaced under the entry's own lock, and
+                    // only while it is still this card's (retention does not take the
+                    // card's lock). The void keeps the purchase's MTI, which the issuer
+                    // knows it by, for a repeat of this reversal to name it, and its time,
+                    // so that it is forgotten when the purchase would have been.
+                    let Some(mut slot) = self
+                        .ledger
+                        .entries
+                        .get_mut(&tx)
+                        .filter(|s| s.card == card_key && s.state == TxState::Released)
+                    else {
+                        return ReversalOutcome::NotFound;
+                    };
+                    let (durable, entry) = self.void_record(card_key, tx, e.mti, e.at);
+                    *slot = entry;
                     return ReversalOutcome::Voided { durable };
                 }
                 if !matches!(
@@ -833,13 +848,7 @@ impl Cards {
                 event::apply_ledger(&self.ledger, &event, false);
                 ReversalOutcome::Reversed { returned, durable }
             })
-            .unwrap_or(ReversalOutcome::NotFound);
-        if voided {
-            // Remembered again, after the card's lock: the retention queue's item for the
-            // purchase is older than the void that replaced it, and would not forget it.
-            self.ledger.remember(tx, now, now);
-        }
-        outcome
+            .unwrap_or(ReversalOutcome::NotFound)
     }
 
     /// Voids `original`, which a reversal named before this card saw it (see
@@ -882,14 +891,14 @@ impl Cards {
         }
     }
 
-    /// Journals the void of `tx` on this card (a reversal's, `mti`), under the card's lock;
-    /// the entry to put in the ledger for it.
+    /// Journals the void of `tx` on this card (`mti` and `at`: see [`Event::Voided`]), under
+    /// the card's lock; the entry to put in the ledger for it.
     fn void_record(
         &self,
         card_key: CardKey,
         tx: OriginalData,
         mti: [u8; 4],
-        now: UnixSeconds,
+        at: UnixSeconds,
     ) -> (Durable, TxEntry) {
         let lsn = self.lsn();
         let durable = self.journal.append(Event::Voided {
@@ -897,9 +906,9 @@ impl Cards {
             key: card_key,
             tx,
             mti,
-            at: now,
+            at,
         });
-        (durable, event::voided_entry(card_key, tx, mti, now, lsn))
+        (durable, event::voided_entry(card_key, tx, mti, at, lsn))
     }
 
     /// Records an advice (0120/0220 and repeats): the approval it reports is spent, even
