@@ -678,6 +678,70 @@ fn a_reversal_by_its_own_key_names_toward_the_issuer_the_purchase_it_gives_back(
 }
 
 #[test]
+fn a_stand_in_advice_of_a_purchase_reversed_while_held_then_released_counts_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = {
+        let (cards, _) = open(dir.path());
+        let key = issue(&cards, &single_use(10_000));
+        // The acquirer takes the purchase back while the issuer still has it, which then
+        // times out (91).
+        let held = approval(cards.authorize(key, &purchase(3_000, 8), NOW));
+        held.durable.wait().unwrap();
+        match cards.reverse(key, &reversal(8, None), NOW) {
+            ReversalOutcome::Reversed { returned, durable } => {
+                durable.wait().unwrap();
+                assert_eq!(returned, 3_000);
+            }
+            other => panic!("{other:?}"),
+        }
+        settle(&cards, &held.hold, IssuerOutcome::TimedOut);
+        key
+    };
+    // The network's stand-in approved it meanwhile; its advice comes after a restart.
+    let (cards, _) = open(dir.path());
+    assert!(matches!(
+        cards.advice(key, &request(*b"0120", 3_000, 8, "SHOP-A"), NOW),
+        AdviceOutcome::Conflict
+    ));
+    let v = cards.get(key).unwrap();
+    assert_eq!((v.spent, v.uses, v.status), (0, 0, Status::Active));
+}
+
+#[test]
+fn a_reversal_by_its_own_key_takes_back_the_purchase_that_stands_and_so_does_its_repeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &spec(10_000));
+    // Under one key: an 0100 released on its 91, and an 0200 that stands.
+    let released = approval(cards.authorize(key, &purchase(3_000, 9), NOW));
+    released.durable.wait().unwrap();
+    settle(&cards, &released.hold, IssuerOutcome::TimedOut);
+    let a = approval(cards.authorize(key, &request(*b"0200", 1_000, 9, "SHOP-A"), NOW));
+    a.durable.wait().unwrap();
+    settle(&cards, &a.hold, IssuerOutcome::APPROVED);
+    let mut by_own_key = reversal(9, None);
+    by_own_key.original = None;
+    by_own_key.key = purchase(0, 9).key.with_class(4);
+    // The reversal and its repeat act on the 0200, and name it.
+    assert_eq!(cards.original_mti(key, &by_own_key), Some(*b"0200"));
+    match cards.reverse(key, &by_own_key, NOW) {
+        ReversalOutcome::Reversed { returned, durable } => {
+            durable.wait().unwrap();
+            assert_eq!(returned, 1_000);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(cards.get(key).unwrap().spent, 0);
+    assert_eq!(cards.original_mti(key, &by_own_key), Some(*b"0200"));
+    assert!(matches!(
+        cards.reverse(key, &by_own_key, NOW),
+        ReversalOutcome::NothingLeft
+    ));
+    let v = cards.get(key).unwrap();
+    assert_eq!((v.spent, v.held, v.uses), (0, 0, 0));
+}
+
+#[test]
 fn a_void_that_replaced_a_released_purchase_is_forgotten_in_its_turn() {
     let dir = tempfile::tempdir().unwrap();
     let small = vpan::cards::LedgerConfig {

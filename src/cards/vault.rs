@@ -680,25 +680,16 @@ impl Cards {
     }
 
     /// The MTI of the original that `req`, a reversal without DE 90, names by its own key
-    /// on this card (an authorization first, as [`Cards::reverse`] looks), for naming it
-    /// toward the issuer.
+    /// on this card (the one [`Cards::reverse`] takes back), for naming it toward the
+    /// issuer.
     pub fn original_mti(&self, card_key: CardKey, req: &ReversalRequest) -> Option<[u8; 4]> {
-        let entries = [1, 2].map(|class| {
-            self.ledger
-                .get(&req.key.with_class(class).original())
-                // Not a void made before the original came, which records the reversal
-                // that made it (its MTI is 04x0); one that replaced a purchase vpan saw
-                // keeps the purchase's, and names it.
-                .filter(|e| e.card == card_key && e.mti[1] == b'0' + class)
-        });
-        // The one [`Cards::reverse`] gives back: a purchase first, in either class, before
-        // a void that kept a purchase's MTI.
-        entries
-            .iter()
-            .flatten()
-            .find(|e| !e.is_void())
-            .or_else(|| entries.iter().flatten().next())
-            .map(|e| e.mti)
+        self.under_own_key(card_key, req)
+            .into_iter()
+            // Not a void made before the original came, which records the reversal that
+            // made it (its MTI is 04x0); one that replaced a purchase vpan saw keeps the
+            // purchase's, and names it.
+            .find(|(k, e)| e.mti[1] == b'0' + k.class)
+            .map(|(_, e)| e.mti)
     }
 
     /// Applies a reversal (0400/0420 and repeats): finds the original by DE 90, else by the
@@ -738,28 +729,66 @@ impl Cards {
         req: &ReversalRequest,
         now: UnixSeconds,
     ) -> ReversalOutcome {
-        let keys = [1, 2].map(|class| req.key.with_class(class).original());
-        let on_card = |k: &OriginalData, void: bool| {
-            self.ledger
-                .get(k)
-                .is_some_and(|e| e.card == card_key && e.is_void() == void)
-        };
-        // The purchase under either key, not a void an earlier reversal left under the
-        // other (which the purchase may have come after).
-        if let Some(tx) = keys.into_iter().find(|k| on_card(k, false)) {
-            return self.give_back(card_key, tx, req, now);
+        let found = self.under_own_key(card_key, req);
+        // The purchase it takes back, not a void an earlier reversal left under the other
+        // key (which the purchase may have come after).
+        if let Some((tx, _)) = found.iter().find(|(_, e)| !e.is_void()) {
+            return self.give_back(card_key, *tx, req, now);
         }
         if req.remaining.unwrap_or(0) != 0 {
-            return if keys.iter().any(|k| on_card(k, true)) {
-                ReversalOutcome::NothingLeft
-            } else {
+            return if found.is_empty() {
                 ReversalOutcome::NotFound
+            } else {
+                ReversalOutcome::NothingLeft
             };
         }
         // Both voided, each in a record of its own: a repeat after a crash that kept only
         // the first voids the second then.
-        let [auth, financial] = keys.map(|k| self.void(card_key, k, req, now));
+        let [auth, financial] =
+            [1, 2].map(|class| self.void(card_key, req.key.with_class(class).original(), req, now));
         both(auth, financial)
+    }
+
+    /// This card's entries under a reversal's own key, as an 0100's and as an 0200's, the
+    /// one it most surely takes back first: a purchase that stands (holds or spends
+    /// something, or counts a use); then one a reversal took back (what a repeat of it
+    /// finds); then one that never stood (declined or released); then a void; an 0100
+    /// before an 0200 among equals. The same order for what is given back and for what is
+    /// named to the issuer, so that a reversal and its repeats act on one original, and
+    /// name it.
+    fn under_own_key(
+        &self,
+        card_key: CardKey,
+        req: &ReversalRequest,
+    ) -> Vec<(OriginalData, TxEntry)> {
+        let standing = |e: &TxEntry| {
+            if e.is_void() {
+                3
+            } else if matches!(
+                e.state,
+                TxState::Held | TxState::Approved | TxState::InDoubt
+            ) && (e.amount > 0 || e.use_counted)
+            {
+                0
+            } else if e.charged > 0 && e.amount == 0 {
+                1
+            } else {
+                2
+            }
+        };
+        let mut found: Vec<_> = [1, 2]
+            .into_iter()
+            .map(|class| req.key.with_class(class).original())
+            .filter_map(|k| {
+                self.ledger
+                    .get(&k)
+                    .filter(|e| e.card == card_key)
+                    .map(|e| (k, e))
+            })
+            .collect();
+        // Stable: the 0100 stays first among equals.
+        found.sort_by_key(|(_, e)| standing(e));
+        found
     }
 
     /// Gives back what `tx`, this card's, holds beyond the reversal's remaining amount.
@@ -925,6 +954,15 @@ impl Cards {
                 return AdviceOutcome::Recorded(Durable::ready(Err(StoreError::Failed)));
             }
             if let Some(e) = self.ledger.get(&tx) {
+                // Taken back in full by the acquirer while it was held, then released: a
+                // stand-in's advice of it counts nothing, as after a void.
+                if e.card == card_key
+                    && e.state == TxState::Released
+                    && e.charged > 0
+                    && e.amount == 0
+                {
+                    return AdviceOutcome::Conflict;
+                }
                 // An advice tells of money that moved: the request vpan saw under its key
                 // may have carried what the advice leaves out or restates (DE 14, DE 18,
                 // DE 42, DE 6 at another rate), and a 94 would leave it uncounted. Only
