@@ -5,6 +5,9 @@
 
 #![allow(clippy::expect_used)] // the helper outside #[test] fns panics on purpose
 
+mod procs;
+mod rig;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -123,4 +126,104 @@ fn a_scenario_directory_without_cards_is_refused_with_one_line() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no cards.json there"), "{stderr}");
+}
+
+/// The README's quick start past the demo: the simulator with the sample accounts, the real
+/// `vpan serve`, a card made by `vpan card create --json` for the accounts file's first
+/// card (single use), and the two purchases of `fixtures/traffic/one-card.jsonl` sent to it
+/// by `vpan loadgen --cards`, one at a time: 00 from the issuer, then 46 from vpan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quick_starts_card_gets_its_purchase_then_46() {
+    use vpan::tools::issuer_sim::{IssuerSim, SimConfig, load_accounts};
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/traffic");
+    let accounts = load_accounts(&fixtures.join("accounts.json")).expect("the sample accounts");
+    let pan = accounts[0].0.clone();
+    let sim = IssuerSim::start(SimConfig {
+        accounts,
+        default_balance: None,
+        ..SimConfig::default()
+    })
+    .await
+    .expect("the simulator");
+    let dir = tempfile::tempdir().expect("a directory");
+    let data = dir.path().join("vpan-data");
+    let mut serve = procs::start_serve(&data, &sim.local_addr().to_string(), &[]).await;
+    serve
+        .wait_log("issuer link up", 2, std::time::Duration::from_secs(30))
+        .await;
+    let vpan = env!("CARGO_BIN_EXE_vpan");
+    let url = format!("https://127.0.0.1:{}", serve.api.port());
+    let created = Command::new(vpan)
+        .args([
+            "card",
+            "create",
+            "--pan",
+            "-",
+            "--pan-expiry",
+            "2912",
+            "--currency",
+            "978",
+        ])
+        .args([
+            "--amount-limit",
+            "5000",
+            "--max-uses",
+            "1",
+            "--json",
+            "--url",
+            &url,
+        ])
+        .arg("--ca")
+        .arg(data.join("tls-cert.pem"))
+        .arg("--token-file")
+        .arg(data.join("api-token"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().expect("stdin");
+            stdin.write_all(pan.expose().as_bytes())?;
+            drop(stdin);
+            child.wait_with_output()
+        })
+        .expect("vpan card create runs");
+    assert!(created.status.success(), "{created:?}");
+    let card: serde_json::Value = serde_json::from_slice(&created.stdout).expect("JSON");
+    let cards = dir.path().join("cards.json");
+    std::fs::write(
+        &cards,
+        serde_json::json!({"mine": {"vpan": card["vpan"], "expiry": card["expiry"]}}).to_string(),
+    )
+    .expect("cards.json");
+    let out = Command::new(vpan)
+        .args([
+            "loadgen",
+            "--target",
+            &serve.network.to_string(),
+            "--traffic",
+        ])
+        .arg(fixtures.join("one-card.jsonl"))
+        .arg("--cards")
+        .arg(&cards)
+        .args([
+            "--connections",
+            "1",
+            "--in-flight",
+            "1",
+            "--count",
+            "2",
+            "--json",
+        ])
+        .output()
+        .expect("vpan loadgen runs");
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(
+        report["response_codes"],
+        serde_json::json!({"00": 1, "46": 1}),
+        "{report}"
+    );
+    serve.stop("TERM").await;
+    sim.shutdown().await;
 }
