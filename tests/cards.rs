@@ -42,6 +42,42 @@ fn approved(cards: &Cards, key: CardKey, amount: u64, stan: u32) {
     settle(cards, &a.hold, IssuerOutcome::APPROVED);
 }
 
+/// A purchase held, then released on the issuer's silence (the network got 91).
+fn released(cards: &Cards, key: CardKey, amount: u64, stan: u32) {
+    let a = approve(cards, key, amount, stan);
+    a.durable.wait().unwrap();
+    settle(cards, &a.hold, IssuerOutcome::TimedOut);
+}
+
+/// A full reversal without DE 90, naming its original by its own key (STAN `stan`, and
+/// the DE 7, 32 and 41 of [`purchase`]).
+fn reversal_by_own_key(stan: u32) -> ReversalRequest {
+    ReversalRequest {
+        original: None,
+        key: purchase(0, stan).key.with_class(4),
+        ..reversal(stan, None)
+    }
+}
+
+/// A reversal that voided its original, once durable.
+fn voided(outcome: ReversalOutcome) {
+    match outcome {
+        ReversalOutcome::Voided { durable } => durable.wait().unwrap(),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// What a reversal gave back, once durable.
+fn given_back(outcome: ReversalOutcome) -> u64 {
+    match outcome {
+        ReversalOutcome::Reversed { returned, durable } => {
+            durable.wait().unwrap();
+            returned
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 fn code(d: &Decision) -> &'static str {
     match d {
         Decision::Approve(_) => "00",
@@ -389,9 +425,7 @@ fn a_partial_reversal_leaves_what_de95_says_remains() {
     let v = cards.get(key).unwrap();
     assert_eq!((v.spent, v.uses), (2_500, 1));
     // The rest, by the transaction key when there is no DE 90.
-    let mut by_key = reversal(7, None);
-    by_key.original = None;
-    by_key.key = purchase(0, 7).key.with_class(4);
+    let by_key = reversal_by_own_key(7);
     assert!(matches!(
         cards.reverse(key, &by_key, NOW),
         ReversalOutcome::Reversed {
@@ -407,16 +441,10 @@ fn a_reversal_by_its_own_key_voids_what_a_crash_left_unvoided_and_finds_a_purcha
     let dir = tempfile::tempdir().unwrap();
     let (cards, _) = open(dir.path());
     let key = issue(&cards, &spec(10_000));
-    let voided = |outcome| match outcome {
-        ReversalOutcome::Voided { durable } => durable.wait().unwrap(),
-        other => panic!("{other:?}"),
-    };
     // A reversal by its own key (STAN 9) voids its 0100 key, then its 0200 key, in two
     // records; a crash between them keeps the first only, as one naming the 0100 in DE 90
     // leaves it here.
-    let mut by_own_key = reversal(9, None);
-    by_own_key.original = None;
-    by_own_key.key = purchase(0, 9).key.with_class(4);
+    let by_own_key = reversal_by_own_key(9);
     let mut named = by_own_key.clone();
     named.original = Some(purchase(0, 9).key.original());
     voided(cards.reverse(key, &named, NOW));
@@ -441,13 +469,7 @@ fn a_reversal_by_its_own_key_voids_what_a_crash_left_unvoided_and_finds_a_purcha
     assert_eq!(cards.get(key).unwrap().spent, 1_000);
     let mut by_own_key = named;
     by_own_key.original = None;
-    match cards.reverse(key, &by_own_key, NOW) {
-        ReversalOutcome::Reversed { returned, durable } => {
-            durable.wait().unwrap();
-            assert_eq!(returned, 1_000);
-        }
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(given_back(cards.reverse(key, &by_own_key, NOW)), 1_000);
     let v = cards.get(key).unwrap();
     assert_eq!((v.spent, v.held, v.uses), (0, 0, 0));
 }
@@ -459,10 +481,7 @@ fn a_reversal_before_its_original_gives_nothing_back_and_the_late_original_is_re
         let (cards, _) = open(dir.path());
         let key = issue(&cards, &spec(10_000));
         approved(&cards, key, 4_000, 7);
-        match cards.reverse(key, &reversal(8, None), NOW) {
-            ReversalOutcome::Voided { durable } => durable.wait().unwrap(),
-            other => panic!("{other:?}"),
-        }
+        voided(cards.reverse(key, &reversal(8, None), NOW));
         assert_eq!(cards.get(key).unwrap().spent, 4_000);
         // Its repeat finds the void: nothing to give back, nothing recorded again.
         assert!(matches!(
@@ -471,13 +490,8 @@ fn a_reversal_before_its_original_gives_nothing_back_and_the_late_original_is_re
         ));
         // A reversal without DE 90 names its original by its own key (DE 11, 7, 32, 41),
         // as an 0100 or an 0200: both are voided.
-        let mut unnamed = reversal(9, None);
-        unnamed.original = None;
-        unnamed.key = purchase(0, 9).key.with_class(4);
-        match cards.reverse(key, &unnamed, NOW) {
-            ReversalOutcome::Voided { durable } => durable.wait().unwrap(),
-            other => panic!("{other:?}"),
-        }
+        let unnamed = reversal_by_own_key(9);
+        voided(cards.reverse(key, &unnamed, NOW));
         // A partial one says its original happened in part: it does not void it, and the
         // original is approved when it comes.
         assert!(matches!(
@@ -617,14 +631,9 @@ fn a_stand_in_advice_of_a_purchase_reversed_after_its_91_counts_nothing() {
         let (cards, _) = open(dir.path());
         let key = issue(&cards, &single_use(10_000));
         // The issuer was too slow: the network got 91, the hold was released ...
-        let held = approval(cards.authorize(key, &purchase(3_000, 8), NOW));
-        held.durable.wait().unwrap();
-        settle(&cards, &held.hold, IssuerOutcome::TimedOut);
+        released(&cards, key, 3_000, 8);
         // ... the network stood in, and the acquirer then took the purchase back in full.
-        match cards.reverse(key, &reversal(8, None), NOW) {
-            ReversalOutcome::Voided { durable } => durable.wait().unwrap(),
-            other => panic!("{other:?}"),
-        }
+        voided(cards.reverse(key, &reversal(8, None), NOW));
         key
     };
     // The stand-in's advice comes last (and after a restart): the purchase it reports was
@@ -645,29 +654,16 @@ fn a_reversal_by_its_own_key_names_toward_the_issuer_the_purchase_it_gives_back(
     let (cards, _) = open(dir.path());
     let key = issue(&cards, &spec(10_000));
     // An 0100 released on its 91, then reversed in full by its own key: voided.
-    let held = approval(cards.authorize(key, &purchase(3_000, 9), NOW));
-    held.durable.wait().unwrap();
-    settle(&cards, &held.hold, IssuerOutcome::TimedOut);
-    let mut by_own_key = reversal(9, None);
-    by_own_key.original = None;
-    by_own_key.key = purchase(0, 9).key.with_class(4);
-    match cards.reverse(key, &by_own_key, NOW) {
-        ReversalOutcome::Voided { durable } => durable.wait().unwrap(),
-        other => panic!("{other:?}"),
-    }
+    released(&cards, key, 3_000, 9);
+    let by_own_key = reversal_by_own_key(9);
+    voided(cards.reverse(key, &by_own_key, NOW));
     // Then an 0200 under the same key, spent, and a reversal of it by that key: the one
     // given back is the 0200, and so is the one named to the issuer.
     let a = approval(cards.authorize(key, &request(*b"0200", 1_000, 9, "SHOP-A"), NOW));
     a.durable.wait().unwrap();
     settle(&cards, &a.hold, IssuerOutcome::APPROVED);
     assert_eq!(cards.original_mti(key, &by_own_key), Some(*b"0200"));
-    match cards.reverse(key, &by_own_key, NOW) {
-        ReversalOutcome::Reversed { returned, durable } => {
-            durable.wait().unwrap();
-            assert_eq!(returned, 1_000);
-        }
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(given_back(cards.reverse(key, &by_own_key, NOW)), 1_000);
     // A repeat of the reversal names the same, and gives nothing more back.
     assert_eq!(cards.original_mti(key, &by_own_key), Some(*b"0200"));
     assert!(matches!(
@@ -687,13 +683,10 @@ fn a_stand_in_advice_of_a_purchase_reversed_while_held_then_released_counts_noth
         // times out (91).
         let held = approval(cards.authorize(key, &purchase(3_000, 8), NOW));
         held.durable.wait().unwrap();
-        match cards.reverse(key, &reversal(8, None), NOW) {
-            ReversalOutcome::Reversed { returned, durable } => {
-                durable.wait().unwrap();
-                assert_eq!(returned, 3_000);
-            }
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(
+            given_back(cards.reverse(key, &reversal(8, None), NOW)),
+            3_000
+        );
         settle(&cards, &held.hold, IssuerOutcome::TimedOut);
         key
     };
@@ -713,24 +706,14 @@ fn a_reversal_by_its_own_key_takes_back_the_purchase_that_stands_and_so_does_its
     let (cards, _) = open(dir.path());
     let key = issue(&cards, &spec(10_000));
     // Under one key: an 0100 released on its 91, and an 0200 that stands.
-    let released = approval(cards.authorize(key, &purchase(3_000, 9), NOW));
-    released.durable.wait().unwrap();
-    settle(&cards, &released.hold, IssuerOutcome::TimedOut);
+    released(&cards, key, 3_000, 9);
     let a = approval(cards.authorize(key, &request(*b"0200", 1_000, 9, "SHOP-A"), NOW));
     a.durable.wait().unwrap();
     settle(&cards, &a.hold, IssuerOutcome::APPROVED);
-    let mut by_own_key = reversal(9, None);
-    by_own_key.original = None;
-    by_own_key.key = purchase(0, 9).key.with_class(4);
+    let by_own_key = reversal_by_own_key(9);
     // The reversal and its repeat act on the 0200, and name it.
     assert_eq!(cards.original_mti(key, &by_own_key), Some(*b"0200"));
-    match cards.reverse(key, &by_own_key, NOW) {
-        ReversalOutcome::Reversed { returned, durable } => {
-            durable.wait().unwrap();
-            assert_eq!(returned, 1_000);
-        }
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(given_back(cards.reverse(key, &by_own_key, NOW)), 1_000);
     assert_eq!(cards.get(key).unwrap().spent, 0);
     assert_eq!(cards.original_mti(key, &by_own_key), Some(*b"0200"));
     assert!(matches!(
@@ -750,13 +733,8 @@ fn a_void_that_replaced_a_released_purchase_is_forgotten_in_its_turn() {
     };
     let (cards, _) = open_with(dir.path(), small);
     let key = issue(&cards, &spec(1_000_000));
-    let held = approval(cards.authorize(key, &purchase(3_000, 8), NOW));
-    held.durable.wait().unwrap();
-    settle(&cards, &held.hold, IssuerOutcome::TimedOut);
-    match cards.reverse(key, &reversal(8, None), NOW + 5) {
-        ReversalOutcome::Voided { durable } => durable.wait().unwrap(),
-        other => panic!("{other:?}"),
-    }
+    released(&cards, key, 3_000, 8);
+    voided(cards.reverse(key, &reversal(8, None), NOW + 5));
     assert_eq!(
         code(&cards.authorize(key, &purchase(3_000, 8), NOW + 5)),
         "94"
@@ -836,13 +814,7 @@ fn the_full_reversal_of_an_advice_counted_when_nothing_was_left_gives_its_use_ba
         2,
         "a partial reversal keeps the use"
     );
-    match cards.reverse(key, &back, NOW) {
-        ReversalOutcome::Reversed { returned, durable } => {
-            durable.wait().unwrap();
-            assert_eq!(returned, 0);
-        }
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(given_back(cards.reverse(key, &back, NOW)), 0);
     assert_eq!(cards.get(key).unwrap().uses, 1, "the use given back");
     assert!(matches!(
         cards.reverse(key, &back, NOW),
