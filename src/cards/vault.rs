@@ -730,10 +730,12 @@ impl Cards {
         now: UnixSeconds,
     ) -> ReversalOutcome {
         let found = self.under_own_key(card_key, req);
-        // The purchase it takes back, not a void an earlier reversal left under the other
-        // key (which the purchase may have come after).
-        if let Some((tx, _)) = found.iter().find(|(_, e)| !e.is_void()) {
-            return self.give_back(card_key, *tx, req, now);
+        match found.first() {
+            Some((tx, e)) if !e.is_void() => return self.give_back(card_key, *tx, req, now),
+            // A purchase this reversal (or its first) voided: done already.
+            Some((_, e)) if e.mti[1] != b'4' => return ReversalOutcome::NothingLeft,
+            // Only voids made before their originals came (or nothing): voided below.
+            _ => {}
         }
         if req.remaining.unwrap_or(0) != 0 {
             return if found.is_empty() {
@@ -750,31 +752,52 @@ impl Cards {
     }
 
     /// This card's entries under a reversal's own key, as an 0100's and as an 0200's, the
-    /// one it most surely takes back first: a purchase that stands (holds or spends
-    /// something, or counts a use); then one a reversal took back (what a repeat of it
-    /// finds); then one that never stood (declined or released); then a void; an 0100
-    /// before an 0200 among equals. The same order for what is given back and for what is
-    /// named to the issuer, so that a reversal and its repeats act on one original, and
-    /// name it.
+    /// one it acts on first. Two transactions under one key are told apart only by DE 90,
+    /// so the order guesses as an acquirer means it: a reversal takes back a purchase that
+    /// stands (holds or spends something, or counts a use), before one a reversal took
+    /// back already, the latest first (a reversal sent again without being marked a
+    /// repeat); a repeat (0401, 0421) acts on what a reversal took back, the latest first,
+    /// before one that stands, so that it never takes back a second purchase. Then, for
+    /// both, one that never stood (declined or released), then a void made before its
+    /// original came; an 0100 before an 0200 among equals. The same order for what is
+    /// given back and for what is named to the issuer.
     fn under_own_key(
         &self,
         card_key: CardKey,
         req: &ReversalRequest,
     ) -> Vec<(OriginalData, TxEntry)> {
-        let standing = |e: &TxEntry| {
-            if e.is_void() {
-                3
-            } else if matches!(
-                e.state,
-                TxState::Held | TxState::Approved | TxState::InDoubt
-            ) && (e.amount > 0 || e.use_counted)
-            {
-                0
-            } else if e.charged > 0 && e.amount == 0 {
-                1
+        let repeat = req.mti[3] == b'1';
+        let order = |e: &TxEntry| {
+            let taken_back = if e.is_void() {
+                // One that replaced a purchase vpan saw keeps its MTI, not a reversal's.
+                e.mti[1] != b'4'
             } else {
+                e.amount == 0
+                    && !e.use_counted
+                    && e.original_amount > 0
+                    && match e.state {
+                        TxState::Held | TxState::Approved | TxState::InDoubt => true,
+                        TxState::Released => e.charged > 0,
+                        TxState::Declined => false,
+                    }
+            };
+            let stands = !e.is_void()
+                && matches!(
+                    e.state,
+                    TxState::Held | TxState::Approved | TxState::InDoubt
+                )
+                && (e.amount > 0 || e.use_counted);
+            let rank = if taken_back {
+                u8::from(!repeat)
+            } else if stands {
+                u8::from(repeat)
+            } else if !e.is_void() {
                 2
-            }
+            } else {
+                3
+            };
+            // The latest taken back first: what the reversal now repeated acted on.
+            (rank, std::cmp::Reverse(if taken_back { e.lsn } else { 0 }))
         };
         let mut found: Vec<_> = [1, 2]
             .into_iter()
@@ -787,7 +810,7 @@ impl Cards {
             })
             .collect();
         // Stable: the 0100 stays first among equals.
-        found.sort_by_key(|(_, e)| standing(e));
+        found.sort_by_key(|(_, e)| order(e));
         found
     }
 
