@@ -425,13 +425,28 @@ impl App {
         // Said in the exit status too: a service manager records the stop of a switch
         // whose store failed as a failure, not as a clean exit.
         let store_failed = cards.store_failed();
-        // The last handle on the cards: dropping it flushes and closes the journal.
-        match Arc::try_unwrap(cards) {
-            Ok(cards) => tokio::task::spawn_blocking(move || drop(cards))
-                .await
-                .unwrap_or(()),
-            Err(_) => {
-                tracing::warn!("cards still shared at shutdown; the journal closes with them")
+        // The last handle on the cards: dropping it flushes and closes the journal, and
+        // frees the data directory. A task that held a handle (a connection that has just
+        // ended) lets go of it within moments; waited for, so that the journal closes here,
+        // before "stopped", and an App started next on this directory finds it free.
+        let mut cards = cards;
+        let shared_until = tokio::time::Instant::now() + CARDS_LET_GO;
+        loop {
+            match Arc::try_unwrap(cards) {
+                Ok(last) => {
+                    tokio::task::spawn_blocking(move || drop(last))
+                        .await
+                        .unwrap_or(());
+                    break;
+                }
+                Err(shared) if tokio::time::Instant::now() < shared_until => {
+                    cards = shared;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(_) => {
+                    tracing::warn!("cards still shared at shutdown; the journal closes with them");
+                    break;
+                }
             }
         }
         tracing::info!("stopped");
@@ -442,9 +457,13 @@ impl App {
     }
 }
 
+/// How long a stop waits for the last other handle on the cards to be let go of.
+const CARDS_LET_GO: Duration = Duration::from_secs(2);
+
 /// The longest a stop can take from the signal: the network side's drain, the issuer
-/// link's reversals owed (as long again), then API calls and scrapes still open; then only
-/// a snapshot being written, which is finished, and the journal's last flush. A service
+/// link's reversals owed (as long again), then API calls and scrapes still open, then the
+/// last other handles on the cards; then only a snapshot being written, which is
+/// finished, and the journal's last flush. A service
 /// manager's stop timeout must be at least this, or it kills a clean stop.
 pub fn longest_stop(config: &Config) -> Duration {
     stop_within(drain_timeout(config))
@@ -452,7 +471,7 @@ pub fn longest_stop(config: &Config) -> Duration {
 
 /// [`longest_stop`] for a drain of `drain`.
 fn stop_within(drain: Duration) -> Duration {
-    drain * 2 + SIDE_SERVER_GRACE
+    drain * 2 + SIDE_SERVER_GRACE + CARDS_LET_GO
 }
 
 /// How long shutdown waits for the requests in flight: `network.drain_timeout_ms`, raised
@@ -628,6 +647,8 @@ async fn finish_within<T>(mut task: tokio::task::JoinHandle<T>, limit: Duration,
     if tokio::time::timeout(limit, &mut task).await.is_err() {
         task.abort();
         tracing::warn!(server = what, "calls still open at shutdown were cut");
+        // Until it is gone: what it held (the cards among it) is let go of then.
+        let _ = task.await;
     }
 }
 
