@@ -768,18 +768,14 @@ impl Cards {
     ) -> Vec<(OriginalData, TxEntry)> {
         let repeat = req.mti[3] == b'1';
         let order = |e: &TxEntry| {
+            // Charged something once and holds nothing now: only a reversal does that (a
+            // refund, which never holds, is not one; nor, for want of a mark, an advice
+            // counted as 0 and a use whose use went back: it ranks as never stood).
             let taken_back = if e.is_void() {
                 // One that replaced a purchase vpan saw keeps its MTI, not a reversal's.
                 e.mti[1] != b'4'
             } else {
-                e.amount == 0
-                    && !e.use_counted
-                    && e.original_amount > 0
-                    && match e.state {
-                        TxState::Held | TxState::Approved | TxState::InDoubt => true,
-                        TxState::Released => e.charged > 0,
-                        TxState::Declined => false,
-                    }
+                e.charged > 0 && e.amount == 0 && e.state != TxState::Declined
             };
             let stands = !e.is_void()
                 && matches!(
