@@ -185,6 +185,8 @@ impl Running {
     /// Stops the switch; what its run returned.
     async fn stop(self) -> Result<(), AppError> {
         self.stop.cancel();
+        // The switch's stop waits for the last other handle on the cards: not this one.
+        drop(self.cards);
         let ended = self.task.await.unwrap();
         self.sim.shutdown().await;
         ended

@@ -110,6 +110,8 @@ impl Rig {
     /// Stops the switch and waits for it to drain.
     pub async fn stop(self) {
         self.stop.cancel();
+        // The switch's stop waits for the last other handle on the cards: not this one.
+        drop(self.cards);
         let _ = self.task.await;
         if let Some(sim) = self.sim {
             sim.shutdown().await;
