@@ -36,17 +36,20 @@ fn set_status(cards: &Cards, key: CardKey, status: Status) {
     cards.set_status(key, status).unwrap().1.wait().unwrap();
 }
 
-fn approved(cards: &Cards, key: CardKey, amount: u64, stan: u32) {
-    let a = approve(cards, key, amount, stan);
+/// `req` approved and held (durably), then settled with the issuer's `outcome`.
+fn decided(cards: &Cards, key: CardKey, req: &vpan::cards::AuthRequest, outcome: IssuerOutcome) {
+    let a = approval(cards.authorize(key, req, NOW));
     a.durable.wait().unwrap();
-    settle(cards, &a.hold, IssuerOutcome::APPROVED);
+    settle(cards, &a.hold, outcome);
+}
+
+fn approved(cards: &Cards, key: CardKey, amount: u64, stan: u32) {
+    decided(cards, key, &purchase(amount, stan), IssuerOutcome::APPROVED);
 }
 
 /// A purchase held, then released on the issuer's silence (the network got 91).
 fn released(cards: &Cards, key: CardKey, amount: u64, stan: u32) {
-    let a = approve(cards, key, amount, stan);
-    a.durable.wait().unwrap();
-    settle(cards, &a.hold, IssuerOutcome::TimedOut);
+    decided(cards, key, &purchase(amount, stan), IssuerOutcome::TimedOut);
 }
 
 /// A full reversal without DE 90, naming its original by its own key (STAN `stan`, and
@@ -463,9 +466,12 @@ fn a_reversal_by_its_own_key_voids_what_a_crash_left_unvoided_and_finds_a_purcha
     let mut named = reversal(10, None);
     named.key = purchase(0, 10).key.with_class(4);
     voided(cards.reverse(key, &named, NOW));
-    let a = approval(cards.authorize(key, &request(*b"0200", 1_000, 10, "SHOP-A"), NOW));
-    a.durable.wait().unwrap();
-    settle(&cards, &a.hold, IssuerOutcome::APPROVED);
+    decided(
+        &cards,
+        key,
+        &request(*b"0200", 1_000, 10, "SHOP-A"),
+        IssuerOutcome::APPROVED,
+    );
     assert_eq!(cards.get(key).unwrap().spent, 1_000);
     let mut by_own_key = named;
     by_own_key.original = None;
@@ -659,9 +665,12 @@ fn a_reversal_by_its_own_key_names_toward_the_issuer_the_purchase_it_gives_back(
     voided(cards.reverse(key, &by_own_key, NOW));
     // Then an 0200 under the same key, spent, and a reversal of it by that key: the one
     // given back is the 0200, and so is the one named to the issuer.
-    let a = approval(cards.authorize(key, &request(*b"0200", 1_000, 9, "SHOP-A"), NOW));
-    a.durable.wait().unwrap();
-    settle(&cards, &a.hold, IssuerOutcome::APPROVED);
+    decided(
+        &cards,
+        key,
+        &request(*b"0200", 1_000, 9, "SHOP-A"),
+        IssuerOutcome::APPROVED,
+    );
     assert_eq!(cards.original_mti(key, &by_own_key), Some(*b"0200"));
     assert_eq!(given_back(cards.reverse(key, &by_own_key, NOW)), 1_000);
     // A repeat of the reversal names the same, and gives nothing more back.
@@ -707,9 +716,12 @@ fn a_reversal_by_its_own_key_takes_back_the_purchase_that_stands_and_so_does_its
     let key = issue(&cards, &spec(10_000));
     // Under one key: an 0100 released on its 91, and an 0200 that stands.
     released(&cards, key, 3_000, 9);
-    let a = approval(cards.authorize(key, &request(*b"0200", 1_000, 9, "SHOP-A"), NOW));
-    a.durable.wait().unwrap();
-    settle(&cards, &a.hold, IssuerOutcome::APPROVED);
+    decided(
+        &cards,
+        key,
+        &request(*b"0200", 1_000, 9, "SHOP-A"),
+        IssuerOutcome::APPROVED,
+    );
     let by_own_key = reversal_by_own_key(9);
     // The reversal and its repeat act on the 0200, and name it.
     assert_eq!(cards.original_mti(key, &by_own_key), Some(*b"0200"));
@@ -730,9 +742,7 @@ fn the_repeat_of_a_reversal_by_its_own_key_acts_on_what_its_first_did_even_after
     let spend = |cards: &Cards, key, mti: [u8; 4], amount, stan, pcode: &[u8]| {
         let mut req = request(mti, amount, stan, "SHOP-A");
         req.kind = Kind::classify(pcode, amount);
-        let a = approval(cards.authorize(key, &req, NOW));
-        a.durable.wait().unwrap();
-        settle(cards, &a.hold, IssuerOutcome::APPROVED);
+        decided(cards, key, &req, IssuerOutcome::APPROVED);
     };
     let rev = reversal_by_own_key(9);
     let mut k10 = rev.clone();
@@ -751,10 +761,12 @@ fn the_repeat_of_a_reversal_by_its_own_key_acts_on_what_its_first_did_even_after
         // ... both released on their 91s: it voids the 0100 ...
         let both_released = issue(&cards, &spec(10_000));
         released(&cards, both_released, 3_000, 10);
-        let held =
-            approval(cards.authorize(both_released, &request(*b"0200", 1_000, 10, "SHOP-A"), NOW));
-        held.durable.wait().unwrap();
-        settle(&cards, &held.hold, IssuerOutcome::TimedOut);
+        decided(
+            &cards,
+            both_released,
+            &request(*b"0200", 1_000, 10, "SHOP-A"),
+            IssuerOutcome::TimedOut,
+        );
         assert_eq!(cards.original_mti(both_released, &k10), Some(*b"0100"));
         voided(cards.reverse(both_released, &k10, NOW));
         // ... and a purchase beside a refund (which holds nothing, and was never taken

@@ -143,6 +143,32 @@ impl TxEntry {
         self.state == TxState::Declined && self.fingerprint == super::event::VOIDED_FINGERPRINT
     }
 
+    /// A void that replaced a purchase vpan saw and released: it keeps the purchase's
+    /// MTI, where one made before its original came has the reversal's (04x0).
+    pub fn voided_a_purchase(&self) -> bool {
+        self.is_void() && self.mti[1] != b'4'
+    }
+
+    /// Taken back by a reversal: it charged something once and holds nothing now, which
+    /// only a reversal does (a refund never holds anything; an advice counted as 0 and a
+    /// use, its use gone back, cannot be told from one that never stood), or a void that
+    /// replaced a purchase.
+    pub fn taken_back(&self) -> bool {
+        if self.is_void() {
+            self.voided_a_purchase()
+        } else {
+            self.charged > 0 && self.amount == 0 && self.state != TxState::Declined
+        }
+    }
+
+    /// Still holds or spends something, or counts a use.
+    pub fn stands(&self) -> bool {
+        matches!(
+            self.state,
+            TxState::Held | TxState::Approved | TxState::InDoubt
+        ) && (self.amount > 0 || self.use_counted)
+    }
+
     /// Waiting for an issuer's answer (held, or in doubt and being asked): kept in the
     /// ledger whatever its age, so that answer finds it.
     pub fn awaits_issuer(&self) -> bool {

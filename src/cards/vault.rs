@@ -686,9 +686,8 @@ impl Cards {
         self.under_own_key(card_key, req)
             .into_iter()
             // Not a void made before the original came, which records the reversal that
-            // made it (its MTI is 04x0); one that replaced a purchase vpan saw keeps the
-            // purchase's, and names it.
-            .find(|(k, e)| e.mti[1] == b'0' + k.class)
+            // made it; one that replaced a purchase vpan saw keeps the purchase's MTI.
+            .find(|(_, e)| !e.is_void() || e.voided_a_purchase())
             .map(|(_, e)| e.mti)
     }
 
@@ -733,7 +732,7 @@ impl Cards {
         match found.first() {
             Some((tx, e)) if !e.is_void() => return self.give_back(card_key, *tx, req, now),
             // A purchase this reversal (or its first) voided: done already.
-            Some((_, e)) if e.mti[1] != b'4' => return ReversalOutcome::NothingLeft,
+            Some((_, e)) if e.voided_a_purchase() => return ReversalOutcome::NothingLeft,
             // Only voids made before their originals came (or nothing): voided below.
             _ => {}
         }
@@ -768,24 +767,9 @@ impl Cards {
     ) -> Vec<(OriginalData, TxEntry)> {
         let repeat = req.mti[3] == b'1';
         let order = |e: &TxEntry| {
-            // Charged something once and holds nothing now: only a reversal does that (a
-            // refund, which never holds, is not one; nor, for want of a mark, an advice
-            // counted as 0 and a use whose use went back: it ranks as never stood).
-            let taken_back = if e.is_void() {
-                // One that replaced a purchase vpan saw keeps its MTI, not a reversal's.
-                e.mti[1] != b'4'
-            } else {
-                e.charged > 0 && e.amount == 0 && e.state != TxState::Declined
-            };
-            let stands = !e.is_void()
-                && matches!(
-                    e.state,
-                    TxState::Held | TxState::Approved | TxState::InDoubt
-                )
-                && (e.amount > 0 || e.use_counted);
-            let rank = if taken_back {
+            let rank = if e.taken_back() {
                 u8::from(!repeat)
-            } else if stands {
+            } else if e.stands() {
                 u8::from(repeat)
             } else if !e.is_void() {
                 2
@@ -793,7 +777,8 @@ impl Cards {
                 3
             };
             // The latest taken back first: what the reversal now repeated acted on.
-            (rank, std::cmp::Reverse(if taken_back { e.lsn } else { 0 }))
+            let latest = if e.taken_back() { e.lsn } else { 0 };
+            (rank, std::cmp::Reverse(latest))
         };
         let mut found: Vec<_> = [1, 2]
             .into_iter()
@@ -975,11 +960,7 @@ impl Cards {
             if let Some(e) = self.ledger.get(&tx) {
                 // Taken back in full by the acquirer while it was held, then released: a
                 // stand-in's advice of it counts nothing, as after a void.
-                if e.card == card_key
-                    && e.state == TxState::Released
-                    && e.charged > 0
-                    && e.amount == 0
-                {
+                if e.card == card_key && e.state == TxState::Released && e.taken_back() {
                     return AdviceOutcome::Conflict;
                 }
                 // An advice tells of money that moved: the request vpan saw under its key
