@@ -496,6 +496,71 @@ async fn sigterm_answers_every_purchase_still_with_the_issuer_before_the_process
     sim.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_answers_the_purchases_already_read_but_held_back_by_the_in_flight_limit() {
+    // Ten in flight at most: of twenty purchases sent in one write, ten go to the issuer
+    // and ten wait in the switch's buffer. A SIGTERM then stops reading, but what was read
+    // before it is still answered within the drain (8 s: the second ten reach the issuer
+    // only when the first ten are answered, 1 s after).
+    const LIMIT: u64 = 10;
+    let sim = IssuerSim::start(SimConfig {
+        latency: Duration::from_secs(1),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let cards = issue_cards(&data_dir, 1, 1_000_000).await;
+    let (card, _) = &cards[0];
+    let mut serve = start_serve(
+        &data_dir,
+        &sim.local_addr().to_string(),
+        &[
+            ("VPAN_ISSUER_TIMEOUT_MS", "4000"),
+            ("VPAN_NETWORK_MAX_IN_FLIGHT", "10"),
+            ("VPAN_NETWORK_DRAIN_TIMEOUT_MS", "8000"),
+        ],
+    )
+    .await;
+    first_approval(&serve, card).await;
+    let at_issuer = sim.requests(b"0100");
+    let mut net = rig::Client::connect(serve.network).await;
+    let purchases: Vec<_> = (0..2 * LIMIT)
+        .map(|_| rig::purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100))
+        .collect();
+    net.send_together(&purchases).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sim.requests(b"0100") < at_issuer + LIMIT {
+        assert!(Instant::now() < deadline, "the first ten reach the issuer");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(sim.requests(b"0100"), at_issuer + LIMIT, "ten at a time");
+    serve.signal("TERM");
+    serve
+        .wait_log(
+            "shutting down: no new connections, draining requests in flight",
+            1,
+            Duration::from_secs(5),
+        )
+        .await;
+    for purchase in &purchases {
+        let answer = net.answer(purchase.stan().unwrap()).await;
+        assert_eq!(
+            rig::code(&answer),
+            "00",
+            "read before the SIGTERM, answered"
+        );
+    }
+    let status = serve.child.wait().await.unwrap();
+    assert!(status.success(), "{status}");
+    let (cards, recovered) = open_cards(&data_dir);
+    assert_eq!(recovered.holds_counted_as_spent, 0, "no hold left open");
+    let view = cards.get(CardKey::of(&card.vpan)).unwrap();
+    assert_eq!(view.spent, PAIR_AMOUNT + 2 * LIMIT * 100);
+    sim.shutdown().await;
+}
+
 /// Sends purchases on `card` until one is approved (91 while the issuer link signs on);
 /// returns the time that took from the call, and the attempts.
 async fn first_approval(serve: &Serve, card: &CardView) -> (Duration, u32) {

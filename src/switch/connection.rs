@@ -121,8 +121,11 @@ pub async fn serve<S>(
         let room = |in_flight: usize, out: &BytesMut| {
             in_flight < limits.max_in_flight && out.len() < WRITE_BACKLOG
         };
-        // Cut every complete frame out of what was read, as far as the limits allow.
-        while reading && drain_deadline.is_none() && room(in_flight.len(), &out) {
+        // Cut every complete frame out of what was read, as far as the limits allow. Once
+        // shutdown starts nothing more is read, but the frames already read (held back by
+        // the limits) are still answered within the drain: the network sent them before
+        // the stop, and an answer serves it better than its timeout and reversal.
+        while reading && room(in_flight.len(), &out) {
             match codec.decode(&mut inbuf) {
                 Ok(Some(frame)) => {
                     last_frame = Instant::now();

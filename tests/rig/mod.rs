@@ -211,6 +211,20 @@ impl Client {
             .unwrap();
     }
 
+    /// Sends `msgs` in one write, so that they reach the switch together.
+    pub async fn send_together(&mut self, msgs: &[Message]) {
+        for msg in msgs {
+            self.framed
+                .feed(Frame::Message {
+                    header: Bytes::new(),
+                    body: msg.pack(),
+                })
+                .await
+                .unwrap();
+        }
+        self.framed.flush().await.unwrap();
+    }
+
     /// Sends `msg`.
     pub async fn send(&mut self, msg: &Message) {
         self.send_raw(msg.pack()).await;
