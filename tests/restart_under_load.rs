@@ -419,23 +419,13 @@ async fn sigterm_answers_every_purchase_still_with_the_issuer_before_the_process
     // every purchase is still with it, the drain (network.drain_timeout_ms, 5 s) must wait
     // for each answer and pass it on, and the checks of the drain below have those 2 s,
     // however busy the machine.
-    let sim = IssuerSim::start(SimConfig {
-        latency: Duration::from_secs(2),
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().join("data");
-    let cards = issue_cards(&data_dir, 1, 1_000_000).await;
-    let (card, _) = &cards[0];
-    let mut serve = start_serve(
-        &data_dir,
-        &sim.local_addr().to_string(),
-        &[("VPAN_ISSUER_TIMEOUT_MS", "4000")],
-    )
-    .await;
-    first_approval(&serve, card).await;
+    let SlowIssuer {
+        sim,
+        _dir,
+        data_dir,
+        card,
+        mut serve,
+    } = SlowIssuer::start(Duration::from_secs(2), &[]).await;
     let spent_before = PAIR_AMOUNT;
     let at_issuer = sim.requests(b"0100");
     const IN_FLIGHT: u64 = 20;
@@ -479,20 +469,8 @@ async fn sigterm_answers_every_purchase_still_with_the_issuer_before_the_process
         "/healthz during the drain: {health:?}"
     );
     assert!(scrape(serve.metrics).await.contains("vpan_requests_total"));
-    for stan in stans {
-        let answer = net.answer(stan).await;
-        assert_eq!(
-            rig::code(&answer),
-            "00",
-            "in flight at the SIGTERM, answered"
-        );
-    }
-    let status = serve.child.wait().await.unwrap();
-    assert!(status.success(), "{status}");
-    let (cards, recovered) = open_cards(&data_dir);
-    assert_eq!(recovered.holds_counted_as_spent, 0, "no hold left open");
-    let view = cards.get(CardKey::of(&card.vpan)).unwrap();
-    assert_eq!(view.spent, spent_before + IN_FLIGHT * 100);
+    approved_then_stopped(&mut net, stans, "in flight at the SIGTERM", &mut serve).await;
+    assert_spent(&data_dir, &card, spent_before + IN_FLIGHT * 100);
     sim.shutdown().await;
 }
 
@@ -503,27 +481,20 @@ async fn sigterm_answers_the_purchases_already_read_but_held_back_by_the_in_flig
     // before it is still answered within the drain (8 s: the second ten reach the issuer
     // only when the first ten are answered, 1 s after).
     const LIMIT: u64 = 10;
-    let sim = IssuerSim::start(SimConfig {
-        latency: Duration::from_secs(1),
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().join("data");
-    let cards = issue_cards(&data_dir, 1, 1_000_000).await;
-    let (card, _) = &cards[0];
-    let mut serve = start_serve(
-        &data_dir,
-        &sim.local_addr().to_string(),
+    let SlowIssuer {
+        sim,
+        _dir,
+        data_dir,
+        card,
+        mut serve,
+    } = SlowIssuer::start(
+        Duration::from_secs(1),
         &[
-            ("VPAN_ISSUER_TIMEOUT_MS", "4000"),
             ("VPAN_NETWORK_MAX_IN_FLIGHT", "10"),
             ("VPAN_NETWORK_DRAIN_TIMEOUT_MS", "8000"),
         ],
     )
     .await;
-    first_approval(&serve, card).await;
     let at_issuer = sim.requests(b"0100");
     let mut net = rig::Client::connect(serve.network).await;
     let purchases: Vec<_> = (0..2 * LIMIT)
@@ -544,21 +515,69 @@ async fn sigterm_answers_the_purchases_already_read_but_held_back_by_the_in_flig
             Duration::from_secs(5),
         )
         .await;
-    for purchase in &purchases {
-        let answer = net.answer(purchase.stan().unwrap()).await;
-        assert_eq!(
-            rig::code(&answer),
-            "00",
-            "read before the SIGTERM, answered"
-        );
+    let stans = purchases.iter().map(|p| p.stan().unwrap());
+    approved_then_stopped(&mut net, stans, "read before the SIGTERM", &mut serve).await;
+    assert_spent(&data_dir, &card, PAIR_AMOUNT + 2 * LIMIT * 100);
+    sim.shutdown().await;
+}
+
+/// Every purchase of `stans` is approved (`what` says why it should be), then the switch
+/// exits cleanly.
+async fn approved_then_stopped(
+    net: &mut rig::Client,
+    stans: impl IntoIterator<Item = [u8; 6]>,
+    what: &str,
+    serve: &mut Serve,
+) {
+    for stan in stans {
+        let answer = net.answer(stan).await;
+        assert_eq!(rig::code(&answer), "00", "{what}, answered");
     }
     let status = serve.child.wait().await.unwrap();
     assert!(status.success(), "{status}");
-    let (cards, recovered) = open_cards(&data_dir);
+}
+
+/// After the switch stopped: no hold is left open, and `card` has spent `spent`.
+fn assert_spent(data_dir: &Path, card: &CardView, spent: u64) {
+    let (cards, recovered) = open_cards(data_dir);
     assert_eq!(recovered.holds_counted_as_spent, 0, "no hold left open");
     let view = cards.get(CardKey::of(&card.vpan)).unwrap();
-    assert_eq!(view.spent, PAIR_AMOUNT + 2 * LIMIT * 100);
-    sim.shutdown().await;
+    assert_eq!(view.spent, spent);
+}
+
+/// One card on a switch whose issuer takes `latency` to answer (the switch waits up to 4 s),
+/// its first purchase approved (`PAIR_AMOUNT` spent).
+struct SlowIssuer {
+    sim: IssuerSimHandle,
+    _dir: tempfile::TempDir,
+    data_dir: std::path::PathBuf,
+    card: CardView,
+    serve: Serve,
+}
+
+impl SlowIssuer {
+    async fn start(latency: Duration, env: &[(&str, &str)]) -> SlowIssuer {
+        let sim = IssuerSim::start(SimConfig {
+            latency,
+            ..SimConfig::default()
+        })
+        .await
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let (card, _) = issue_cards(&data_dir, 1, 1_000_000).await.remove(0);
+        let mut env = env.to_vec();
+        env.push(("VPAN_ISSUER_TIMEOUT_MS", "4000"));
+        let serve = start_serve(&data_dir, &sim.local_addr().to_string(), &env).await;
+        first_approval(&serve, &card).await;
+        SlowIssuer {
+            sim,
+            _dir: dir,
+            data_dir,
+            card,
+            serve,
+        }
+    }
 }
 
 /// Sends purchases on `card` until one is approved (91 while the issuer link signs on);

@@ -163,6 +163,14 @@ pub fn single_use(c: &mut Controls) {
     c.max_uses = NonZeroU32::new(1);
 }
 
+/// A message frame with no fixed header.
+fn unheaded(body: Bytes) -> Frame {
+    Frame::Message {
+        header: Bytes::new(),
+        body,
+    }
+}
+
 /// A network-side client: sends requests, collects answers by STAN.
 pub struct Client {
     framed: Framed<TcpStream, FrameCodec>,
@@ -195,13 +203,7 @@ impl Client {
 
     /// Sends raw message bytes as one frame.
     pub async fn send_raw(&mut self, body: Bytes) {
-        self.framed
-            .send(Frame::Message {
-                header: Bytes::new(),
-                body,
-            })
-            .await
-            .unwrap();
+        self.framed.send(unheaded(body)).await.unwrap();
     }
 
     /// Writes `bytes` as they are, outside any frame (a broken length header, say).
@@ -214,13 +216,7 @@ impl Client {
     /// Sends `msgs` in one write, so that they reach the switch together.
     pub async fn send_together(&mut self, msgs: &[Message]) {
         for msg in msgs {
-            self.framed
-                .feed(Frame::Message {
-                    header: Bytes::new(),
-                    body: msg.pack(),
-                })
-                .await
-                .unwrap();
+            self.framed.feed(unheaded(msg.pack())).await.unwrap();
         }
         self.framed.flush().await.unwrap();
     }
