@@ -458,6 +458,13 @@ impl Config {
                 "api.tls_cert and api.tls_key go together: set both or neither".into(),
             );
         }
+        let token = self.api.token.expose();
+        if !token.is_empty() && token.trim_ascii().is_empty() {
+            return invalid(
+                "api.token",
+                "is only whitespace: set the token, or leave it empty for the token file".into(),
+            );
+        }
         if self.store.data_dir.as_os_str().is_empty() {
             return invalid("store.data_dir", "must not be empty".into());
         }
@@ -798,6 +805,7 @@ mod tests {
             ),
             ("[issuer]\ntimeout_ms = 0\n", "issuer.timeout_ms"),
             ("[api]\ntls_cert = \"cert.pem\"\n", "api.tls_cert"),
+            ("[api]\ntoken = \" \\n\"\n", "api.token"),
             ("[network]\nmac = \"x9.9\"\n", "network.mac"),
             (
                 "[network]\nmac = \"iso9797-1-alg3\"\n",

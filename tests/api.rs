@@ -408,7 +408,52 @@ async fn malformed_json_unknown_keys_and_wrong_types_are_refused_with_400_withou
     assert_eq!(error_of(&body).0, "malformed");
     assert!(!body.to_string().contains(&with_dashes[5..]), "{body}");
 
+    // Written with separators no masking of digit runs can know, as a key of the body or
+    // of the query: the digits the mask hides never come back, in any order or grouping.
+    let hidden = &real[6..12];
+    let digits_of = |body: &Value| -> String {
+        body.to_string()
+            .chars()
+            .filter(char::is_ascii_digit)
+            .collect()
+    };
+    for joiner in ["_", "/", "\t", "  ", "x"] {
+        let written = with_spaces.replace(' ', joiner);
+        let mut keyed = card_request(&real);
+        keyed[written.as_str()] = json!(1);
+        let (status, body) = api.call(Method::POST, "/v1/cards", Some(keyed)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(!digits_of(&body).contains(hidden), "{joiner:?}: {body}");
+        let query = written.replace("\t", "%09").replace(' ', "%20");
+        let (status, body) = api
+            .call(Method::GET, &format!("/v1/cards?{query}=1"), None)
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(!digits_of(&body).contains(hidden), "{joiner:?}: {body}");
+    }
+
     api.assert_never_answered(&[real]);
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_head_over_16_kib_is_refused_431() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = Running::start(dir.path()).await;
+    for (filler, want) in [
+        (8 * 1024, StatusCode::OK),
+        (20 * 1024, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+    ] {
+        let answer = api
+            .http
+            .get(api.url("/v1/cards"))
+            .bearer_auth(&api.token)
+            .header("x-filler", "a".repeat(filler))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), want, "a head of {filler} bytes and more");
+    }
     api.stop().await;
 }
 

@@ -49,8 +49,13 @@ pub fn load_or_create(
     data_dir: &Path,
 ) -> std::io::Result<(Secret, Option<PathBuf>)> {
     if !configured.is_empty() {
-        warn_if_short(configured.expose().len(), "api.token");
-        return Ok((configured.clone(), None));
+        // Trimmed as the token file and the presented credentials are: a secret mounted
+        // from a file or an environment variable often ends in a newline, and kept as it
+        // is no caller could ever match it.
+        // (One of only whitespace is refused with the configuration.)
+        let token = configured.expose().trim_ascii();
+        warn_if_short(token.len(), "api.token");
+        return Ok((Secret::new(token), None));
     }
     crate::store::create_private_dir(data_dir)?;
     let path = data_dir.join(TOKEN_FILE);
@@ -180,6 +185,12 @@ mod tests {
         let (t, path) = load_or_create(&Secret::new("configured"), dir.path()).unwrap();
         assert_eq!(t.expose(), "configured");
         assert!(path.is_none());
+        let (t, _) = load_or_create(&Secret::new("configured\n"), dir.path()).unwrap();
+        assert_eq!(
+            t.expose(),
+            "configured",
+            "the newline of a mounted secret is no part of it"
+        );
         assert!(!dir.path().join(TOKEN_FILE).exists());
     }
 }

@@ -48,6 +48,11 @@ use error::ApiError;
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 /// Calls served at once; one more is answered 503 at once rather than queued.
 pub const MAX_IN_FLIGHT: usize = 512;
+/// The most a connection's request head (request line and headers) may take: hyper's
+/// default of about 400 KiB, times every connection a client may hold open, let anyone who
+/// reaches the port take half a gigabyte of the switch's memory. A head over it is
+/// answered 431.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// A request's headers must arrive within this of its first byte.
 pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -212,7 +217,8 @@ pub(crate) async fn serve_http<L>(
 {
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES);
     let graceful = GracefulShutdown::new();
     let permits = max_connections.map(|n| Arc::new(Semaphore::new(n)));
     loop {

@@ -10,6 +10,7 @@ use std::fmt;
 use std::num::{NonZeroU32, NonZeroU64};
 
 use serde::{Deserialize, Serialize};
+use serde_json::Number;
 
 use super::error::ApiError;
 use crate::cards::card::{format_rfc3339, parse_rfc3339};
@@ -57,20 +58,22 @@ pub struct CreateCard {
     pub pan_expiry: String,
     /// ISO 4217 numeric currency of the limits.
     pub currency: Code,
-    /// Cumulative cap, minor units.
-    pub amount_limit: i64,
+    /// Cumulative cap, minor units. The integers of the request are read as any JSON
+    /// number, so that one out of range or with a fraction is a value the field cannot
+    /// take (422), as a negative one is, not a malformed request (400).
+    pub amount_limit: Number,
     /// Largest single purchase, minor units.
     #[serde(default)]
-    pub per_transaction_limit: Option<i64>,
+    pub per_transaction_limit: Option<Number>,
     /// Approved purchases allowed (1: single use).
     #[serde(default)]
-    pub max_uses: Option<i64>,
+    pub max_uses: Option<Number>,
     /// End of validity, RFC 3339.
     #[serde(default)]
     pub valid_until: Option<String>,
     /// Validity from now, in seconds (instead of `valid_until`).
     #[serde(default)]
-    pub valid_for_seconds: Option<i64>,
+    pub valid_for_seconds: Option<Number>,
     /// Where the card may be used; default `"none"`.
     #[serde(default)]
     pub merchant_lock: Option<LockBody>,
@@ -106,11 +109,11 @@ impl CreateCard {
                 "currency: {currency:03} is no ISO 4217 currency"
             )));
         }
-        let amount_limit = positive("amount_limit", self.amount_limit)?;
+        let amount_limit = positive("amount_limit", &self.amount_limit)?;
         let per_transaction_limit = match self.per_transaction_limit {
             None => None,
             Some(v) => {
-                let v = positive("per_transaction_limit", v)?;
+                let v = positive("per_transaction_limit", &v)?;
                 if v > amount_limit {
                     return Err(ApiError::invalid(format!(
                         "per_transaction_limit: {v} is over amount_limit {amount_limit}"
@@ -119,13 +122,17 @@ impl CreateCard {
                 NonZeroU64::new(v)
             }
         };
-        let max_uses =
-            match self.max_uses {
-                None => None,
-                Some(v) => Some(u32::try_from(v).ok().and_then(NonZeroU32::new).ok_or_else(
-                    || ApiError::invalid(format!("max_uses: must be from 1 to {}", u32::MAX)),
-                )?),
-            };
+        let max_uses = match self.max_uses {
+            None => None,
+            Some(v) => Some(
+                v.as_u64()
+                    .and_then(|v| u32::try_from(v).ok())
+                    .and_then(NonZeroU32::new)
+                    .ok_or_else(|| {
+                        ApiError::invalid(format!("max_uses: must be from 1 to {}", u32::MAX))
+                    })?,
+            ),
+        };
         let valid_until = match (self.valid_until, self.valid_for_seconds) {
             (Some(_), Some(_)) => {
                 return Err(ApiError::invalid(
@@ -144,12 +151,18 @@ impl CreateCard {
                 t
             }
             (None, Some(secs)) => {
-                let secs = positive("valid_for_seconds", secs)?;
+                let secs = positive("valid_for_seconds", &secs)?;
                 // `now` is the second the card is made in, cut to its start: counted from
                 // there, a card made late in a second lived less than it asked (a second
                 // made 0.77 s before its end, 0.23 s). From the next second, it lives at
                 // least what it asked, and at most a second more.
-                now.saturating_add(secs).saturating_add(1)
+                let t = now.saturating_add(secs).saturating_add(1);
+                if t > end_of_month(pan_expiry) {
+                    return Err(ApiError::invalid(
+                        "valid_for_seconds: ends after the real card's expiry (pan_expiry)",
+                    ));
+                }
+                t
             }
             (None, None) => end_of_month(pan_expiry),
         };
@@ -198,9 +211,9 @@ impl CreateCard {
 /// The most MCCs one list may hold.
 pub const MAX_MCCS: usize = 1000;
 
-fn positive(field: &str, v: i64) -> Result<u64, ApiError> {
-    u64::try_from(v)
-        .ok()
+fn positive(field: &str, v: &Number) -> Result<u64, ApiError> {
+    v.as_i64()
+        .and_then(|v| u64::try_from(v).ok())
         .filter(|&v| v > 0)
         .ok_or_else(|| ApiError::invalid(format!("{field}: must be a positive amount")))
 }
@@ -539,6 +552,20 @@ mod tests {
                 "per_transaction_limit",
             ),
             (serde_json::json!({"max_uses": 0}), "max_uses"),
+            (serde_json::json!({"max_uses": 1.5}), "max_uses"),
+            (
+                serde_json::json!({"amount_limit": 9_223_372_036_854_775_808_u64}),
+                "amount_limit",
+            ),
+            (serde_json::json!({"amount_limit": 100.5}), "amount_limit"),
+            (
+                serde_json::json!({"per_transaction_limit": -1}),
+                "per_transaction_limit",
+            ),
+            (
+                serde_json::json!({"valid_for_seconds": 100_000_000_000_u64}),
+                "valid_for_seconds",
+            ),
             (
                 serde_json::json!({"max_uses": 4_294_967_296_i64}),
                 "max_uses",

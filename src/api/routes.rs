@@ -8,8 +8,7 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, RawQuery, Request, State};
 use axum::http::request::Parts;
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -136,13 +135,52 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                     ApiError::malformed(r.body_text())
                 }
             })?;
-        match Json::<T>::from_bytes(&body) {
-            Ok(Json(v)) => Ok(JsonBody(v)),
-            Err(rejection) => Err(ApiError::malformed(without_quoted_values(
-                &rejection.body_text(),
-            ))),
+        let mut json = serde_json::Deserializer::from_slice(&body);
+        let value = read_strictly(&mut json)?;
+        json.end().map_err(|e| ApiError::malformed(e.to_string()))?;
+        Ok(JsonBody(value))
+    }
+}
+
+/// Reads a `T` from what the client sent, or a 400 that says where and why it could not,
+/// naming fields but quoting nothing else the client wrote: serde's messages quote the
+/// values they refuse and put the path of keys in front, and either may be a card
+/// number written in some way the masking of digit runs does not know (`4970_1000_…`).
+fn read_strictly<'de, T, D>(from: D) -> Result<T, ApiError>
+where
+    T: serde::Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+{
+    serde_path_to_error::deserialize(from).map_err(|e| {
+        let why = without_quoted_values(&e.inner().to_string());
+        ApiError::malformed(match shown_path(e.path()) {
+            Some(path) => format!("{path}: {why}"),
+            None => why,
+        })
+    })
+}
+
+/// Where in the request serde stopped (`merchant_lock.acceptor_id`, `mcc_allow[2]`), with
+/// any key that is not shaped as one of the API's field names shown as `…`.
+fn shown_path(path: &serde_path_to_error::Path) -> Option<String> {
+    use serde_path_to_error::Segment;
+    let field_name = |key: &str| {
+        (1..=40).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+    };
+    let mut shown = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => shown.push_str(&format!("[{index}]")),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !shown.is_empty() {
+                    shown.push('.');
+                }
+                shown.push_str(if field_name(key) { key } else { "…" });
+            }
+            Segment::Unknown => {}
         }
     }
+    (!shown.is_empty()).then_some(shown)
 }
 
 /// A JSON error with the values it quotes left out (`invalid type: string "…"`): a card
@@ -336,10 +374,10 @@ async fn transactions(
 /// `GET /v1/cards?limit=&after=`: a page of cards in vPAN order.
 async fn list_cards(
     State(state): State<ApiState>,
-    query: Result<Query<ListQuery>, QueryRejection>,
+    RawQuery(query): RawQuery,
 ) -> Result<Json<CardList>, ApiError> {
-    // Without the values it quotes: an unknown key may be a card number with dashes.
-    let Query(q) = query.map_err(|r| ApiError::malformed(without_quoted_values(&r.body_text())))?;
+    let query = form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes());
+    let q: ListQuery = read_strictly(serde_urlencoded::Deserializer::new(query))?;
     let limit = match q.limit.as_deref() {
         None => DEFAULT_PAGE,
         Some(text) => text
