@@ -97,6 +97,21 @@ impl Pan {
     pub fn masked(&self) -> Masked<'_> {
         Masked(self.as_bytes())
     }
+
+    /// The real card's masked form as the API shows it, beside the card's vPAN, which gives
+    /// its first 6 away: so at least [`HIDDEN_AT_LEAST`] digits stay hidden after them, and
+    /// a card under 15 digits shows fewer of its last 4 (a 12-digit card only its last)
+    /// where [`Pan::masked`] shows fewer of its first.
+    pub fn masked_beside_its_vpan(&self) -> String {
+        let b = self.as_bytes();
+        let head = 6.min(b.len());
+        let tail = b.len().saturating_sub(head + HIDDEN_AT_LEAST).min(4);
+        let mut shown = String::with_capacity(b.len());
+        shown.extend(b[..head].iter().map(|&c| printable(c)));
+        shown.extend(std::iter::repeat_n('*', b.len() - head - tail));
+        shown.extend(b[b.len() - tail..].iter().map(|&c| printable(c)));
+        shown
+    }
 }
 
 impl Drop for Pan {
@@ -313,6 +328,20 @@ mod tests {
             assert_eq!(
                 Masked(&digits).to_string(),
                 format!("{first}{}{last}", "*".repeat(hidden)),
+                "{len} digits"
+            );
+        }
+    }
+
+    #[test]
+    fn beside_its_vpan_a_short_card_shows_its_bin_and_fewer_of_its_last_digits() {
+        for (len, last, hidden) in [(19, 4, 9), (16, 4, 6), (15, 4, 5), (13, 2, 5), (12, 1, 5)] {
+            let digits = generated("497010", len);
+            let pan = Pan::from_digits_checked(&digits).unwrap();
+            let tail = std::str::from_utf8(&digits[len - last..]).unwrap();
+            assert_eq!(
+                pan.masked_beside_its_vpan(),
+                format!("497010{}{tail}", "*".repeat(hidden)),
                 "{len} digits"
             );
         }

@@ -123,7 +123,7 @@ fn an_issued_card_keeps_the_bin_shows_only_the_masked_real_pan_and_expires_with_
     assert_eq!(view.vpan.prefix(6), b"497010");
     assert_eq!(view.vpan.len(), s.pan.len());
     assert_ne!(view.vpan, s.pan);
-    assert_eq!(view.real_pan_masked, s.pan.masked().to_string());
+    assert_eq!(view.real_pan_masked, s.pan.masked_beside_its_vpan());
     assert_eq!(view.expiry.as_str(), "2611");
     assert_eq!(view.status, Status::Active);
     assert_eq!(view.available, 10_000);

@@ -121,7 +121,7 @@ pub enum CardError {
 pub struct CardView {
     /// The vPAN (the cardholder's number; `Display` masks it, `expose()` for the API).
     pub vpan: Pan,
-    /// The real PAN, masked (first 6, last 4).
+    /// The real PAN, masked (first 6, last 4; fewer of the last on a short card).
     pub real_pan_masked: String,
     /// The virtual expiry, YYMM (the month of `valid_until`).
     pub expiry: Expiry,
@@ -147,7 +147,7 @@ impl CardView {
     fn of(key: CardKey, c: &Card) -> CardView {
         CardView {
             vpan: key.pan(),
-            real_pan_masked: c.real_pan.masked().to_string(),
+            real_pan_masked: c.real_pan.masked_beside_its_vpan(),
             expiry: c.virtual_expiry(),
             status: c.status(),
             controls: c.controls(),
