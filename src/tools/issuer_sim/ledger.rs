@@ -1,7 +1,7 @@
 //! The simulator's accounts and bookings: what it answers to each request (no socket
 //! code).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
@@ -56,33 +56,45 @@ fn billed(req: &Message) -> Option<u64> {
 }
 
 /// An account's booked financial messages, for reversals and repeats to find: the last
-/// [`BOOKINGS_KEPT`] in a short list (scanned from the newest: a reversal in a replayed
-/// scenario follows its original closely), and those left unanswered
-/// (`timeout_share`) kept apart, when the list moves past them, for [`BOOKINGS_KEPT_FOR`].
-/// An unanswered one is the purchase whose reversal comes only after the caller's timeout,
-/// by which time a busy card has booked far more than the list holds. Keeping every
-/// booking that long instead cost the simulator 2.8 times the CPU per request on the
-/// sample traffic (one card takes most of it): a bottleneck of its own.
+/// [`BOOKINGS_KEPT`] in a short list, indexed by key (a reversal or a repeat looks its
+/// original up, and every request looks for its own key first: scanning the list for each
+/// made the simulator the bottleneck of reversal traffic, half its CPU in the scan), and
+/// those left unanswered (`timeout_share`) kept apart, when the list moves past them, for
+/// [`BOOKINGS_KEPT_FOR`]. An unanswered one is the purchase whose reversal comes only after
+/// the caller's timeout, by which time a busy card has booked far more than the list holds.
+/// Keeping every booking that long instead cost the simulator 2.8 times the CPU per
+/// request on the sample traffic (one card takes most of it): a bottleneck of its own.
 #[derive(Debug, Default)]
 struct Bookings {
     /// The last [`BOOKINGS_KEPT`], oldest first.
     recent: VecDeque<Booked>,
+    /// The number of bookings that ever left `recent`: the position of its first, counted
+    /// from the account's first booking.
+    left: u64,
+    /// The position of the newest booking under each key in `recent`.
+    index: HashMap<TxnKey, u64, foldhash::fast::RandomState>,
     /// Unanswered bookings the list moved past, with when they left it.
-    unanswered: std::collections::HashMap<TxnKey, (std::time::Instant, Booked)>,
+    unanswered: HashMap<TxnKey, (std::time::Instant, Booked)>,
     /// The size of `unanswered` at which the expired ones are next swept.
     sweep_at: usize,
 }
 
 impl Bookings {
+    /// Where the newest booking under `key` is in `recent`.
+    fn slot(&self, key: &TxnKey) -> Option<usize> {
+        let at = self.index.get(key)?.checked_sub(self.left)?;
+        usize::try_from(at).ok()
+    }
+
     fn get(&self, key: &TxnKey) -> Option<&Booked> {
-        match self.recent.iter().rev().find(|b| b.key == *key) {
-            Some(b) => Some(b),
+        match self.slot(key) {
+            Some(i) => self.recent.get(i),
             None => self.unanswered.get(key).map(|(_, b)| b),
         }
     }
 
     fn get_mut(&mut self, key: &TxnKey) -> Option<&mut Booked> {
-        match self.recent.iter().rposition(|b| b.key == *key) {
+        match self.slot(key) {
             Some(i) => self.recent.get_mut(i),
             None => self.unanswered.get_mut(key).map(|(_, b)| b),
         }
@@ -94,28 +106,37 @@ impl Bookings {
 
     /// Books `b`, moving the oldest out of the list when it is full.
     fn book(&mut self, b: Booked) {
-        // Kept: an original left unanswered and not reversed since, or a reversal left
-        // unanswered (its own booking says `reversed`), whose repeat comes after a timeout.
         if self.recent.len() >= BOOKINGS_KEPT
             && let Some(old) = self.recent.pop_front()
-            && old.unanswered
-            && (!old.reversed || old.key.mti[1] == b'4')
         {
-            let now = std::time::Instant::now();
-            self.unanswered.insert(old.key, (now, old));
-            if self.unanswered.len() >= self.sweep_at {
-                self.unanswered
-                    .retain(|_, (at, _)| now.duration_since(*at) <= BOOKINGS_KEPT_FOR);
-                // Swept again once it has doubled: amortised, a constant per booking.
-                self.sweep_at = (self.unanswered.len() * 2).max(64);
+            if self.index.get(&old.key) == Some(&self.left) {
+                self.index.remove(&old.key);
+            }
+            self.left += 1;
+            // Kept: an original left unanswered and not reversed since, or a reversal left
+            // unanswered (its own booking says `reversed`), whose repeat comes after a
+            // timeout.
+            if old.unanswered && (!old.reversed || old.key.mti[1] == b'4') {
+                let now = std::time::Instant::now();
+                self.unanswered.insert(old.key, (now, old));
+                if self.unanswered.len() >= self.sweep_at {
+                    self.unanswered
+                        .retain(|_, (at, _)| now.duration_since(*at) <= BOOKINGS_KEPT_FOR);
+                    // Swept again once it has doubled: amortised, a constant per booking.
+                    self.sweep_at = (self.unanswered.len() * 2).max(64);
+                }
             }
         }
+        self.index
+            .insert(b.key, self.left + self.recent.len() as u64);
         self.recent.push_back(b);
     }
 
     /// Marks the newest booking under `key` as left unanswered.
     fn left_unanswered(&mut self, key: &TxnKey) {
-        if let Some(b) = self.recent.iter_mut().rev().find(|b| b.key == *key) {
+        if let Some(i) = self.slot(key)
+            && let Some(b) = self.recent.get_mut(i)
+        {
             b.unanswered = true;
         }
     }
@@ -565,6 +586,53 @@ mod tests {
             ],
             mti,
         )
+    }
+
+    #[test]
+    fn the_bookings_find_the_newest_under_a_key_until_it_leaves_the_list() {
+        let key = |n: usize| TxnKey {
+            mti: *b"0100",
+            stan: *format!("{:06}", n % 1_000_000)
+                .as_bytes()
+                .first_chunk()
+                .unwrap(),
+            time: *b"1205101010",
+            acquirer: *b"00000012345",
+        };
+        let booked = |n: usize, effect: i64| Booked {
+            key: key(n),
+            effect,
+            asked: 0,
+            standing: effect,
+            response_code: *b"00",
+            auth_code: None,
+            reversed: false,
+            unanswered: false,
+        };
+        let mut b = Bookings::default();
+        b.book(booked(0, -1));
+        b.book(booked(1, -1));
+        // The same key again: the newest is found, and stays found when the first leaves.
+        b.book(booked(0, -2));
+        for n in 2..=BOOKINGS_KEPT {
+            b.book(booked(n, -1));
+        }
+        assert_eq!(b.recent.len(), BOOKINGS_KEPT);
+        assert!(!b.contains(&key(1)), "moved out of the list");
+        assert_eq!(b.get(&key(0)).map(|x| x.effect), Some(-2));
+        b.get_mut(&key(0)).unwrap().standing = 0;
+        assert_eq!(b.get(&key(0)).map(|x| x.standing), Some(0));
+        assert_eq!(b.get(&key(5)).map(|x| x.key), Some(key(5)));
+        for n in BOOKINGS_KEPT + 1..=2 * BOOKINGS_KEPT {
+            b.book(booked(n, -1));
+        }
+        assert!(!b.contains(&key(0)) && !b.contains(&key(5)));
+        assert!(b.contains(&key(2 * BOOKINGS_KEPT)));
+        assert_eq!(
+            b.index.len(),
+            BOOKINGS_KEPT,
+            "nothing left behind in the index"
+        );
     }
 
     #[test]
