@@ -785,6 +785,41 @@ async fn a_connection_that_cannot_be_dialled_again_gives_up_and_says_so_in_the_s
 }
 
 #[tokio::test]
+async fn a_run_whose_target_goes_away_exits_1_saying_it_was_cut_short() {
+    let (mut sim, addr) = spawn_sim_binary(&[]).await;
+    let traffic = fixture("sample.jsonl");
+    let args = [
+        "--target",
+        &addr,
+        "--traffic",
+        &traffic,
+        "--duration",
+        "20s",
+        "--timeout-ms",
+        "200",
+        "--connections",
+        "2",
+        "--json",
+    ];
+    let run = loadgen_binary(&args);
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        sim.kill().await.unwrap();
+    };
+    let (out, ()) = tokio::join!(run, kill);
+    assert_eq!(out.status.code(), Some(1));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(summary["answered"].as_u64().unwrap() > 0, "{summary}");
+    assert_eq!(summary["errors_by_kind"]["gave_up"], 2, "{summary}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap();
+    assert!(
+        last.starts_with("vpan: the run was cut short: 2 of 2 connections"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
 async fn loadgen_exits_1_with_one_line_when_nothing_is_answered() {
     let sim = sim_with(&[], |c| c.timeout_share = 1.0).await;
     let out = loadgen_binary(&[
@@ -796,12 +831,16 @@ async fn loadgen_exits_1_with_one_line_when_nothing_is_answered() {
         "100",
         "--connections",
         "1",
+        "--json",
     ])
     .await;
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let last = stderr.lines().last().unwrap();
     assert!(last.starts_with("vpan: nothing was answered"), "{stderr}");
+    // Not zeros, which a script would read as instant answers.
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["latency_us"], serde_json::Value::Null, "{summary}");
     sim.shutdown().await;
 }
 

@@ -430,6 +430,14 @@ pub async fn run_cli(args: Args) -> Result<(), String> {
             summary.sent, summary.timeouts, summary.errors
         ));
     }
+    // The figures of a run whose target went away look like those of a whole run; a
+    // script comparing them must hear that they are not.
+    if let Some(gave_up) = summary.errors_by_kind.get("gave_up") {
+        return Err(format!(
+            "the run was cut short: {gave_up} of {} connections could not dial the target again and gave up, so the figures above cover only what was sent before",
+            args.shape.connections
+        ));
+    }
     Ok(())
 }
 

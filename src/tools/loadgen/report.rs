@@ -28,6 +28,21 @@ pub struct Latency {
     pub mean: f64,
 }
 
+impl Latency {
+    /// False when no request was measured (nothing answered, timed out or given up).
+    pub fn measured(&self) -> bool {
+        self.max > 0
+    }
+}
+
+fn null_when_none_measured<S: serde::Serializer>(l: &Latency, to: S) -> Result<S::Ok, S::Error> {
+    if l.measured() {
+        l.serialize(to)
+    } else {
+        to.serialize_none()
+    }
+}
+
 /// What a run did; printed as text or as one JSON object.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Summary {
@@ -53,7 +68,9 @@ pub struct Summary {
     pub errors: u64,
     /// Answers per second.
     pub throughput_per_s: f64,
-    /// Send (or due, in open loop) to answer, in microseconds.
+    /// Send (or due, in open loop) to answer, in microseconds; `null` in JSON when
+    /// nothing was measured (zeros would read as instant answers).
+    #[serde(serialize_with = "null_when_none_measured")]
     pub latency_us: Latency,
     /// Answers by DE 39 (`"none"` when absent).
     pub response_codes: BTreeMap<String, u64>,
@@ -95,8 +112,7 @@ impl fmt::Display for Summary {
         writeln!(f, "throughput {:.0} answers/s", self.throughput_per_s)?;
         let l = &self.latency_us;
         let ms = |us: u64| us as f64 / 1000.0;
-        if l.max == 0 {
-            // No sample at all: zeros would read as an instant answer.
+        if !l.measured() {
             writeln!(f, "latency ms  none measured (nothing answered)")?;
         } else {
             writeln!(
