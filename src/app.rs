@@ -354,10 +354,25 @@ impl App {
         // Counted once before /metrics answers: its first scrape lists the cards too.
         let handle = m::install();
         publish_card_counts(&cards);
-        let metrics_task = tokio::spawn(m::serve(metrics, handle, sides.clone()));
-        let gauges_task = tokio::spawn(publish_card_gauges(cards.clone(), sides.clone()));
         // Listening, the network side is up while it accepts; dialling, while connected.
         let network_up = Arc::new(AtomicBool::new(matches!(network, NetworkSide::Listen(_))));
+        let health = Arc::new(
+            Health::new()
+                .check("network", {
+                    let network_up = network_up.clone();
+                    move || network_up.load(Ordering::Relaxed)
+                })
+                .check("store", {
+                    let cards = cards.clone();
+                    move || !cards.store_failed()
+                })
+                .check("issuer", {
+                    let issuer = issuer.clone();
+                    move || issuer.connected() > 0
+                }),
+        );
+        let metrics_task = tokio::spawn(m::serve(metrics, handle, health.clone(), sides.clone()));
+        let gauges_task = tokio::spawn(publish_card_gauges(cards.clone(), sides.clone()));
         let network_task = match network {
             NetworkSide::Listen(listener) => tokio::spawn(up_while(
                 network_up.clone(),
@@ -377,19 +392,6 @@ impl App {
                 token.clone(),
             )),
         };
-        let health = Health::new()
-            .check("network", {
-                let network_up = network_up.clone();
-                move || network_up.load(Ordering::Relaxed)
-            })
-            .check("store", {
-                let cards = cards.clone();
-                move || !cards.store_failed()
-            })
-            .check("issuer", {
-                let issuer = issuer.clone();
-                move || issuer.connected() > 0
-            });
         let api_task = tokio::spawn(api.serve(cards.clone(), health, sides.clone()));
 
         shutdown.await;

@@ -7,12 +7,15 @@
 //! a card status): never a card number.
 
 use std::net::SocketAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use crate::api::Health;
+use crate::api::routes::health_response;
 
 /// Counter of answered requests, by `mti`, `response_code` and `decided_by`.
 pub const REQUESTS_TOTAL: &str = "vpan_requests_total";
@@ -202,28 +205,36 @@ const STARTING_REQUEST_SERIES: [(&str, &str); 7] = [
 const MAX_SCRAPERS: usize = 64;
 
 /// Serves `GET /metrics` on `listener` until `shutdown`, with the API's header deadline and
-/// at most [`MAX_SCRAPERS`] connections at once.
+/// at most [`MAX_SCRAPERS`] connections at once; and `GET /healthz`, as the API answers it,
+/// for probes on the operators' side: plain HTTP, no certificate to trust, and out of
+/// reach of whoever fills the API's connections.
 pub async fn serve(
     mut listener: TcpListener,
     handle: PrometheusHandle,
+    health: Arc<Health>,
     shutdown: CancellationToken,
 ) {
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let handle = handle.clone();
-            async move {
-                handle.run_upkeep();
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    )],
-                    without_long_digit_runs(handle.render()),
-                )
-            }
-        }),
-    );
+    let app = axum::Router::new()
+        .route(
+            "/healthz",
+            axum::routing::get(move || async move { health_response(&health) }),
+        )
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let handle = handle.clone();
+                async move {
+                    handle.run_upkeep();
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        without_long_digit_runs(handle.render()),
+                    )
+                }
+            }),
+        );
     crate::api::serve_http(&mut listener, app, Some(MAX_SCRAPERS), shutdown, "metrics").await;
 }
 

@@ -814,6 +814,11 @@ async fn health_is_ok_without_a_token_when_all_is_up_and_names_the_issuer_link_w
     assert_eq!(code, 0, "{err}");
     let said: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(said, up);
+    // The same on the metrics listener, in plain HTTP: no certificate to trust.
+    let metrics = format!("http://{}", api.addrs.metrics);
+    let (code, out, err) = vpan_health(&metrics, Path::new("/nowhere.pem"));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(out.trim()).unwrap(), up);
 
     api.issuer.abort();
     let down = health_until(&api, StatusCode::SERVICE_UNAVAILABLE).await;
@@ -821,9 +826,11 @@ async fn health_is_ok_without_a_token_when_all_is_up_and_names_the_issuer_link_w
     assert_eq!(down["checks"]["issuer"], "down");
     assert_eq!(down["checks"]["store"], "up");
     assert_eq!(error_of(&down).1, "down: issuer");
-    let (code, out, err) = vpan_health(&url, &ca);
-    assert_eq!(code, 1, "{out}");
-    assert_eq!(err.trim(), "vpan: unhealthy: down: issuer (HTTP 503)");
+    for (url, ca) in [(&url, ca.as_path()), (&metrics, Path::new("/nowhere.pem"))] {
+        let (code, out, err) = vpan_health(url, ca);
+        assert_eq!(code, 1, "{out}");
+        assert_eq!(err.trim(), "vpan: unhealthy: down: issuer (HTTP 503)");
+    }
     api.stop().await;
     // No switch there: exit 1, saying it cannot be reached.
     let (code, _, err) = vpan_health(&url, &ca);

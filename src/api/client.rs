@@ -215,10 +215,12 @@ pub fn main(args: CardArgs) -> ExitCode {
 /// script. The endpoint needs no token.
 #[derive(Args, Debug)]
 pub struct HealthArgs {
-    /// Base URL of the API.
+    /// Base URL of the API (https://), or of the metrics listener (http://), which answers
+    /// /healthz the same with no certificate to trust.
     #[arg(long, env = "VPAN_URL", default_value = "https://127.0.0.1:8443")]
     pub url: String,
-    /// PEM certificate to trust (default: ./vpan-data/tls-cert.pem when it exists).
+    /// PEM certificate to trust for an https:// URL (default: ./vpan-data/tls-cert.pem when
+    /// it exists).
     #[arg(long, env = "VPAN_CA", value_name = "PEM")]
     pub ca: Option<PathBuf>,
 }
@@ -230,9 +232,19 @@ pub fn health_main(args: HealthArgs) -> ExitCode {
 }
 
 async fn health(args: HealthArgs) -> Result<(), Failure> {
-    https_only(&args.url).map_err(Failure::Usage)?;
-    let ca = args.ca.or_else(default_ca);
-    let api = ApiClient::new(&args.url, String::new(), ca.as_deref()).map_err(Failure::Failed)?;
+    // The metrics listener's plain HTTP carries no token and no card: it is allowed here,
+    // and nowhere else.
+    let plain = args
+        .url
+        .get(..7)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://"));
+    let api = if plain {
+        ApiClient::plain(&args.url).map_err(Failure::Failed)?
+    } else {
+        https_only(&args.url).map_err(Failure::Usage)?;
+        let ca = args.ca.or_else(default_ca);
+        ApiClient::new(&args.url, String::new(), ca.as_deref()).map_err(Failure::Failed)?
+    };
     let answer = api.call(reqwest::Method::GET, "/healthz", None).await?;
     println!("{answer}");
     Ok(())
@@ -424,16 +436,30 @@ impl ApiClient {
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
             // The token and real card numbers never leave in clear, whatever --url says.
-            .https_only(true)
-            .timeout(Duration::from_secs(30))
-            .connect_timeout(Duration::from_secs(5));
+            .https_only(true);
         if let Some(ca) = ca {
             let pem = std::fs::read(ca).map_err(|e| format!("--ca {}: {e}", ca.display()))?;
             let cert = reqwest::Certificate::from_pem(&pem)
                 .map_err(|e| format!("--ca {}: not a PEM certificate: {e}", ca.display()))?;
             builder = builder.add_root_certificate(cert);
         }
+        ApiClient::built(base, token, builder)
+    }
+
+    /// A client for a plain-HTTP base, with no token: for the metrics listener's
+    /// `/healthz`, which holds neither a secret nor a card.
+    fn plain(base: &str) -> Result<ApiClient, String> {
+        ApiClient::built(base, String::new(), reqwest::Client::builder())
+    }
+
+    fn built(
+        base: &str,
+        token: String,
+        builder: reqwest::ClientBuilder,
+    ) -> Result<ApiClient, String> {
         let http = builder
+            .timeout(Duration::from_secs(30))
+            .connect_timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| format!("cannot set up HTTPS: {}", chain(&e)))?;
         Ok(ApiClient {

@@ -181,13 +181,13 @@ impl ApiServer {
     pub async fn serve(
         self,
         cards: Arc<Cards>,
-        health: Health,
+        health: Arc<Health>,
         shutdown: CancellationToken,
     ) -> std::io::Result<()> {
         let mut listener = tls::TlsListener::start(self.listener, self.tls, shutdown.clone())?;
         let state = ApiState {
             cards,
-            health: Arc::new(health),
+            health,
             listing: Arc::new(tokio::sync::Semaphore::new(1)),
         };
         let app = router(state, self.token);

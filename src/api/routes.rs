@@ -425,7 +425,8 @@ async fn healthz(State(state): State<ApiState>) -> Response {
     health_response(&state.health)
 }
 
-fn health_response(health: &Health) -> Response {
+/// The answer of `/healthz`, on the API and on the metrics listener alike.
+pub fn health_response(health: &Health) -> Response {
     let results = health.run();
     let down: Vec<&str> = results
         .iter()
