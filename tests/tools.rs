@@ -753,6 +753,39 @@ async fn answers_held_back_when_the_sim_stops_are_counted_lost_not_answered() {
 }
 
 #[tokio::test]
+async fn in_open_loop_requests_lost_with_their_connection_count_in_the_latency() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = listener.local_addr().unwrap().to_string();
+    // A host that reads without answering for 300 ms, then goes away for good.
+    let host = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        drop(listener);
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(
+            Duration::from_millis(300),
+            tokio::io::AsyncReadExt::read_to_end(&mut socket, &mut sink),
+        )
+        .await;
+    });
+    let traffic =
+        Arc::new(Traffic::load(fixture("sample.jsonl").as_ref(), Spec::iso87ascii()).unwrap());
+    let mut cfg = LoadgenConfig::new(target, traffic);
+    cfg.connections = 1;
+    cfg.rate = Some(100.0);
+    cfg.count = Some(1_000);
+    cfg.timeout = Duration::from_secs(1);
+    let s = tokio::time::timeout(Duration::from_secs(30), loadgen::run(cfg))
+        .await
+        .expect("loadgen ends when its only connection gives up")
+        .unwrap();
+    host.await.unwrap();
+    assert_eq!(s.answered, 0, "{s:?}");
+    assert!(s.errors_by_kind.get("connection_lost") > Some(&10), "{s:?}");
+    // The first was due at the start and lost at about 300 ms.
+    assert!(s.latency_us.max >= 200_000, "{s:?}");
+}
+
+#[tokio::test]
 async fn a_connection_that_cannot_be_dialled_again_gives_up_and_says_so_in_the_summary() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let target = listener.local_addr().unwrap().to_string();

@@ -507,7 +507,14 @@ impl Conn {
         if !lost.is_empty() {
             self.error("connection_lost", lost.len() as u64);
         }
+        let now = Instant::now();
         for p in &lost {
+            if self.shared.cfg.rate.is_some() {
+                // Open loop, as for a timeout: never answered, its latency is at least its
+                // time since due, and leaving it out would show only the survivors of a
+                // peer that drops connections.
+                self.stats.record_latency(p.intended, now);
+            }
             self.note(p, "lost", None);
             self.settle(p);
         }
