@@ -86,8 +86,10 @@ pub async fn rig(sim: Option<SimConfig>, tweak: impl FnOnce(&mut Config)) -> Rig
             .unwrap();
     });
     if sim.is_some() {
-        // The link dials in the background: wait until every connection is up.
-        tokio::time::timeout(Duration::from_secs(10), async {
+        // The link dials in the background: wait until every connection is up. Bounded
+        // generously: a simulator with a share of timeouts may leave a sign-on unanswered,
+        // which the link waits out (5 s) before it dials again, and then another.
+        tokio::time::timeout(Duration::from_secs(30), async {
             while issuer.connected() < connections {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
