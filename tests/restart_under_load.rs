@@ -469,6 +469,14 @@ async fn sigterm_answers_every_purchase_still_with_the_issuer_before_the_process
         "/healthz during the drain: {health:?}"
     );
     assert!(scrape(serve.metrics).await.contains("vpan_requests_total"));
+    // A purchase sent on the open connection after the stop began is refused at once
+    // (91: switch inoperative), held nowhere and never sent to the issuer, rather than
+    // left to the network's timeout.
+    let late = rig::purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
+    net.send(&late).await;
+    let refused = net.answer(late.stan().unwrap()).await;
+    assert_eq!(rig::code(&refused), "91");
+    assert_eq!(sim.requests(b"0100"), at_issuer + IN_FLIGHT);
     approved_then_stopped(&mut net, stans, "in flight at the SIGTERM", &mut serve).await;
     assert_spent(&data_dir, &card, spent_before + IN_FLIGHT * 100);
     sim.shutdown().await;

@@ -121,10 +121,7 @@ pub async fn serve<S>(
         let room = |in_flight: usize, out: &BytesMut| {
             in_flight < limits.max_in_flight && out.len() < WRITE_BACKLOG
         };
-        // Cut every complete frame out of what was read, as far as the limits allow. Once
-        // shutdown starts nothing more is read, but the frames already read (held back by
-        // the limits) are still answered within the drain: the network sent them before
-        // the stop, and an answer serves it better than its timeout and reversal.
+        // Cut every complete frame out of what was read, as far as the limits allow.
         while reading && room(in_flight.len(), &out) {
             match codec.decode(&mut inbuf) {
                 Ok(Some(frame)) => {
@@ -134,6 +131,11 @@ pub async fn serve<S>(
                         last_write_progress = last_frame;
                     }
                     match frame {
+                        // Sent after the stop began: refused at once (91).
+                        Frame::Message { header, body } if drain_deadline.is_some() => {
+                            let refused = flow.refuse_while_stopping(body, last_frame);
+                            frame_answer(&limits.codec, (header, refused), &mut out);
+                        }
                         Frame::Message { header, body } => {
                             in_flight.push(answer_of(flow, header, body, last_frame));
                         }
@@ -175,7 +177,7 @@ pub async fn serve<S>(
         if peer_closed {
             said_ended(&mut reading_hook);
         }
-        let can_read = reading && drain_deadline.is_none() && room(in_flight.len(), &out);
+        let can_read = reading && room(in_flight.len(), &out);
         if !can_read && frame_started.is_some() {
             // vpan stopped reading (its own back-pressure): the peer is not late meanwhile.
             frame_started = Some(Instant::now());
@@ -239,6 +241,23 @@ pub async fn serve<S>(
             },
             () = shutdown.cancelled(), if drain_deadline.is_none() => {
                 drain_deadline = Some(tokio::time::Instant::now() + limits.drain_timeout);
+                // What was read before the stop and held back by the limits is served as
+                // if it had come in time: the network sent it before, and an answer
+                // serves it better than its timeout and reversal. What comes from now on
+                // is refused, until the requests in flight are answered and the
+                // connection closes.
+                if reading {
+                    if out.is_empty() {
+                        last_write_progress = Instant::now();
+                    }
+                    while let Ok(Some(frame)) = codec.decode(&mut inbuf) {
+                        if let Frame::Message { header, body } = frame {
+                            in_flight.push(answer_of(flow, header, body, Instant::now()));
+                        } else {
+                            let _ = encoder.encode(Frame::KeepAlive, &mut out);
+                        }
+                    }
+                }
             }
             () = &mut timer => {
                 let now = Instant::now();

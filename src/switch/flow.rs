@@ -104,7 +104,35 @@ impl Flow {
     /// Handles one network request frame; `None` when nothing can be answered (a frame
     /// without a readable MTI and DE 11 is dropped, and counted).
     pub async fn handle(&self, body: Bytes, received: Instant) -> Option<Answer> {
-        let mut answer = self.answer(body, received).await;
+        let answer = match self.read_request(body, received) {
+            Ok(request) => self.answer(request, received).await,
+            Err(answer) => answer,
+        };
+        self.signed(answer)
+    }
+
+    /// Answers one network request frame that came after a shutdown began: 91 (switch
+    /// inoperative) at once, with nothing recorded and nothing sent to the issuer, so that
+    /// the network stands in or declines now rather than at its timeout. A network
+    /// management request is answered as ever: the link works until it closes.
+    pub fn refuse_while_stopping(&self, body: Bytes, received: Instant) -> Option<Answer> {
+        let answer = self.read_request(body, received).map_or_else(
+            |answer| answer,
+            |request| {
+                let mti = request.mti();
+                let code = match (mti[1], mti[2]) {
+                    (b'8', b'0') => ResponseCode::APPROVED,
+                    _ => ResponseCode::ISSUER_UNAVAILABLE,
+                };
+                self.local_answer(&request, code)
+                    .map(|message| Answer::new(message, mti, DecidedBy::Switch, received))
+            },
+        );
+        self.signed(answer)
+    }
+
+    /// `answer` with the link's MAC put on it.
+    fn signed(&self, mut answer: Option<Answer>) -> Option<Answer> {
         if let (Some(key), Some(a)) = (&self.network_mac, answer.as_mut())
             && let Err(e) = key.sign(&mut a.message)
         {
@@ -115,15 +143,16 @@ impl Flow {
         answer
     }
 
-    /// The answer to one request, before the link's MAC is put on it.
-    async fn answer(&self, body: Bytes, received: Instant) -> Option<Answer> {
+    /// The request in a frame, parsed, its MAC checked and taken off; or, when it is not
+    /// one to decide on, the answer it gets (30, 63, or none).
+    fn read_request(&self, body: Bytes, received: Instant) -> Result<Msg, Option<Answer>> {
         let mut request = match Message::parse(self.network_spec, body.clone()) {
             Ok(r) => Box::new(r),
-            Err(e) => return self.format_error(&body, &e.to_string(), received),
+            Err(e) => return Err(self.format_error(&body, &e.to_string(), received)),
         };
         let mti = request.mti();
         if !is_request(mti) {
-            return not_a_request(mti);
+            return Err(not_a_request(mti));
         }
         // The MAC first: a message that is not authentic is not looked at any further.
         if let Some(key) = &self.network_mac {
@@ -136,9 +165,9 @@ impl Flow {
                     mac = ?check,
                     "message failed its MAC check: answered 63"
                 );
-                return self
+                return Err(self
                     .local_answer(&request, ResponseCode(MAC_FAILURE_CODE))
-                    .map(|message| Answer::new(message, mti, DecidedBy::Switch, received));
+                    .map(|message| Answer::new(message, mti, DecidedBy::Switch, received)));
             }
             // The MAC belongs to this link: the issuer link does not get the network's.
             request.remove(mac_field(&request));
@@ -146,10 +175,16 @@ impl Flow {
         if mti[0] != b'0' && is_1987_layout(self.network_spec) {
             // An MTI of ISO 8583:1993 (1), 2003 (2) or private use (9) on a link laid out
             // as 1987's: its fields are not what the layout reads them as.
-            return self
+            return Err(self
                 .local_answer(&request, ResponseCode::FORMAT_ERROR)
-                .map(|message| Answer::new(message, mti, DecidedBy::Switch, received));
+                .map(|message| Answer::new(message, mti, DecidedBy::Switch, received)));
         }
+        Ok(request)
+    }
+
+    /// The answer to one request, before the link's MAC is put on it.
+    async fn answer(&self, request: Msg, received: Instant) -> Option<Answer> {
+        let mti = request.mti();
         let (answer, by) = match (mti[1], mti[2]) {
             (b'8', b'0') => (
                 self.local_answer(&request, ResponseCode(*b"00")),
