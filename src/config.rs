@@ -527,12 +527,25 @@ fn apply_env(
         let Some((section, key)) = rest.split_once('_') else {
             continue;
         };
-        let Some(toml::Value::Table(section_defaults)) = defaults.get(section) else {
-            continue;
-        };
         let env_error = |message: String| ConfigError::Env {
             var: var.clone(),
             message,
+        };
+        let Some(toml::Value::Table(section_defaults)) = defaults.get(section) else {
+            // Not ours, unless it is one of ours misspelt: left alone, `VPAN_STOR_KEY_FILE`
+            // would put the card key in the data directory, and `VPAN_METRIC_LISTEN` the
+            // metrics on the loopback, with no more than a warning.
+            if let Some(meant) = defaults.keys().find(|s| misspelt(section, s)) {
+                let meant = format!(
+                    "VPAN_{}_{}",
+                    meant.to_ascii_uppercase(),
+                    key.to_ascii_uppercase()
+                );
+                return Err(env_error(format!(
+                    "there is no configuration section [{section}]; {meant} was meant?"
+                )));
+            }
+            continue;
         };
         let Some(default) = section_defaults.get(key) else {
             return Err(env_error(format!("[{section}] has no key {key:?}")));
@@ -546,6 +559,30 @@ fn apply_env(
         }
     }
     Ok(())
+}
+
+/// True when `written` is `section` with a letter or two wrong, missing or added (one, for
+/// a name as short as `api`): a section misspelt, not another tool's variable.
+fn misspelt(written: &str, section: &str) -> bool {
+    let most = if section.len() <= 3 { 1 } else { 2 };
+    written != section && edit_distance(written.as_bytes(), section.as_bytes()) <= most
+}
+
+/// Levenshtein's distance between `a` and `b`.
+fn edit_distance(a: &[u8], b: &[u8]) -> usize {
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (diagonal + usize::from(ca != cb))
+                .min(row[j] + 1)
+                .min(above + 1);
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 /// The process's `VPAN_*` variables, to pass to [`Config::load`]. Read without
@@ -744,16 +781,41 @@ mod tests {
     }
 
     #[test]
+    fn a_variable_naming_a_section_misspelt_is_refused_with_the_name_meant() {
+        for (var, meant) in [
+            ("VPAN_STOR_KEY_FILE", "VPAN_STORE_KEY_FILE"),
+            ("VPAN_METRIC_LISTEN", "VPAN_METRICS_LISTEN"),
+            ("VPAN_NETWRK_LISTEN", "VPAN_NETWORK_LISTEN"),
+            ("VPAN_APU_TOKEN", "VPAN_API_TOKEN"),
+        ] {
+            let err = load("", &[(var, "x")]).unwrap_err().to_string();
+            assert!(err.contains(var) && err.contains(meant), "{err}");
+        }
+        // Other tools' variables stay theirs.
+        for var in [
+            "VPAN_TOKEN_FILE",
+            "VPAN_BENCH_DIR",
+            "VPAN_CRASH_ROUND",
+            "VPAN_TEST_KEEP_LOGS",
+        ] {
+            assert!(load("", &[(var, "1")]).is_ok(), "{var}");
+        }
+    }
+
+    #[test]
     fn a_variable_naming_no_section_is_found_for_a_warning_and_leaves_the_config_alone() {
         let env: Vec<(String, String)> = [
-            ("VPAN_NETWRK_LISTEN", "127.0.0.1:1"),
+            ("VPAN_NET_LISTEN", "127.0.0.1:1"),
             ("VPAN_NETWORK_LISTEN", "127.0.0.1:0"),
             ("VPAN_TOKEN", "the card client's"),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        assert_eq!(env_vars_naming_no_section(&env), vec!["VPAN_NETWRK_LISTEN"]);
+        assert_eq!(
+            env_vars_naming_no_section(&env),
+            vec!["VPAN_NET_LISTEN"]
+        );
         let c = Config::from_toml("", "test", env).unwrap();
         assert_eq!(c.network.listen, "127.0.0.1:0");
     }
