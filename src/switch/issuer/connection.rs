@@ -139,14 +139,17 @@ impl IssuerLink {
                         }
                         // The channel is alive; that says nothing of the host behind it.
                         Some(Ok(Frame::KeepAlive)) => self.test_if_stalled(i, &mut echo, &conn_token),
-                        Some(Err(e)) => {
+                        // At a stop the connection ends under vpan's own shutdown: no news
+                        // of the host, and no warning that would send someone looking.
+                        Some(Err(e)) if !self.inner.shutdown.is_cancelled() => {
                             tracing::warn!(error = %e, "issuer link framing error; reconnecting");
                             break;
                         }
-                        None => {
+                        None if !self.inner.shutdown.is_cancelled() => {
                             tracing::warn!(issuer = %settings.connect, "issuer host closed the connection");
                             break;
                         }
+                        Some(Err(_)) | None => break,
                     },
                     () = &mut echo_due => {
                         let idle_at = last_seen + settings.echo_interval;
@@ -161,7 +164,7 @@ impl IssuerLink {
                     () = conn_token.cancelled() => break,
                 }
             }
-        } else {
+        } else if !self.inner.shutdown.is_cancelled() {
             tracing::warn!(issuer = %settings.connect, "issuer sign-on refused or unanswered");
         }
         self.inner.slots[i].up.store(false, Ordering::Relaxed);
