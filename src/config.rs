@@ -812,10 +812,7 @@ mod tests {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        assert_eq!(
-            env_vars_naming_no_section(&env),
-            vec!["VPAN_NET_LISTEN"]
-        );
+        assert_eq!(env_vars_naming_no_section(&env), vec!["VPAN_NET_LISTEN"]);
         let c = Config::from_toml("", "test", env).unwrap();
         assert_eq!(c.network.listen, "127.0.0.1:0");
     }

@@ -782,6 +782,30 @@ async fn the_transactions_of_a_card_are_its_decisions_newest_first() {
         assert_eq!(t["merchant"], "SHOP-A");
         assert!(t["time"].as_str().unwrap().ends_with('Z'));
     }
+
+    // Every decision a card made for a few purchases sees, far past ten: up to the 100
+    // last, then the oldest make room.
+    for (n, stan) in (3..=60).enumerate() {
+        let declined = api
+            .cards
+            .authorize(key, &common::purchase(1 + n as u64, stan), unix_now());
+        assert!(matches!(declined, Decision::Decline(_)), "{declined:?}");
+    }
+    let (_, list) = api
+        .call(Method::GET, &format!("/v1/cards/{vpan}/transactions"), None)
+        .await;
+    let txs = list["transactions"].as_array().unwrap();
+    assert_eq!(txs.len(), 60, "{list}");
+    assert_eq!(txs[0]["amount"], 58, "newest first");
+    assert_eq!(txs[59]["amount"], 3_000);
+    for stan in 61..=200 {
+        api.cards
+            .authorize(key, &common::purchase(1_000, stan), unix_now());
+    }
+    let (_, list) = api
+        .call(Method::GET, &format!("/v1/cards/{vpan}/transactions"), None)
+        .await;
+    assert_eq!(list["transactions"].as_array().unwrap().len(), 100);
     api.stop().await;
 }
 

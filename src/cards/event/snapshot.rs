@@ -103,9 +103,8 @@ impl Encode for SnapCard<'_> {
             .map_or((&[][..], &[][..]), |m| (&m.allow[..], &m.block[..]));
         put_mccs(out, allow);
         put_mccs(out, block);
-        let hist = &c.history.entries[..];
-        out.u8(hist.len() as u8);
-        for h in hist {
+        out.u8(c.history.len() as u8);
+        for h in c.history.iter() {
             out.u64(h.at);
             out.extend_from_slice(&h.mti);
             out.u64(h.amount);
