@@ -535,7 +535,10 @@ fn apply_env(
             // Not ours, unless it is one of ours misspelt: left alone, `VPAN_STOR_KEY_FILE`
             // would put the card key in the data directory, and `VPAN_METRIC_LISTEN` the
             // metrics on the loopback, with no more than a warning.
-            if let Some(meant) = defaults.keys().find(|s| misspelt(section, s)) {
+            // Only when the section meant has that key: `VPAN_STATE_DIR` is someone
+            // else's, not `store.dir`, which does not exist.
+            let has_key = |s: &String| matches!(defaults.get(s), Some(toml::Value::Table(t)) if t.contains_key(key));
+            if let Some(meant) = defaults.keys().find(|s| misspelt(section, s) && has_key(s)) {
                 let meant = format!(
                     "VPAN_{}_{}",
                     meant.to_ascii_uppercase(),
@@ -791,12 +794,16 @@ mod tests {
             let err = load("", &[(var, "x")]).unwrap_err().to_string();
             assert!(err.contains(var) && err.contains(meant), "{err}");
         }
-        // Other tools' variables stay theirs.
+        // Other tools' variables stay theirs, a section near one of ours included when
+        // that section has no such key.
         for var in [
             "VPAN_TOKEN_FILE",
             "VPAN_BENCH_DIR",
             "VPAN_CRASH_ROUND",
             "VPAN_TEST_KEEP_LOGS",
+            "VPAN_STATE_DIR",
+            "VPAN_APP_VERSION",
+            "VPAN_CARD_PAN",
         ] {
             assert!(load("", &[(var, "1")]).is_ok(), "{var}");
         }

@@ -426,10 +426,12 @@ async fn sigterm_answers_every_purchase_still_with_the_issuer_before_the_process
         card,
         mut serve,
     } = SlowIssuer::start(Duration::from_secs(2), &[]).await;
-    let spent_before = PAIR_AMOUNT;
+    let mut net = rig::Client::connect(serve.network).await;
+    let approved = rig::purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
+    assert_eq!(rig::code(&net.call(&approved).await), "00");
+    let spent_before = PAIR_AMOUNT + 100;
     let at_issuer = sim.requests(b"0100");
     const IN_FLIGHT: u64 = 20;
-    let mut net = rig::Client::connect(serve.network).await;
     let mut stans = Vec::new();
     for _ in 0..IN_FLIGHT {
         let req = rig::purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
@@ -477,6 +479,11 @@ async fn sigterm_answers_every_purchase_still_with_the_issuer_before_the_process
     let refused = net.answer(late.stan().unwrap()).await;
     assert_eq!(rig::code(&refused), "91");
     assert_eq!(sim.requests(b"0100"), at_issuer + IN_FLIGHT);
+    // A repeat of an approval already counted gets its first answer again: a 91 would
+    // stand against it, and the acquirer would not reverse what the card has spent.
+    let repeat = rig::repeat_of(&approved);
+    net.send(&repeat).await;
+    assert_eq!(rig::code(&net.answer(repeat.stan().unwrap()).await), "00");
     approved_then_stopped(&mut net, stans, "in flight at the SIGTERM", &mut serve).await;
     assert_spent(&data_dir, &card, spent_before + IN_FLIGHT * 100);
     sim.shutdown().await;

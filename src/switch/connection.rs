@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::iso8583::{Frame, FrameCodec, FrameError};
 use crate::metrics as m;
 
-use super::flow::{Answer, Flow};
+use super::flow::{Answer, Flow, Serving};
 
 /// Per-connection limits, from `[network]`.
 #[derive(Debug, Clone)]
@@ -131,13 +131,13 @@ pub async fn serve<S>(
                         last_write_progress = last_frame;
                     }
                     match frame {
-                        // Sent after the stop began: refused at once (91).
-                        Frame::Message { header, body } if drain_deadline.is_some() => {
-                            let refused = flow.refuse_while_stopping(body, last_frame);
-                            frame_answer(&limits.codec, (header, refused), &mut out);
-                        }
                         Frame::Message { header, body } => {
-                            in_flight.push(answer_of(flow, header, body, last_frame));
+                            // Sent after the stop began: a new purchase is refused (91).
+                            let serving = match drain_deadline {
+                                None => Serving::Open,
+                                Some(_) => Serving::Stopping,
+                            };
+                            in_flight.push(answer_of(flow, header, body, last_frame, serving));
                         }
                         Frame::KeepAlive => {
                             let _ = encoder.encode(Frame::KeepAlive, &mut out);
@@ -243,16 +243,17 @@ pub async fn serve<S>(
                 drain_deadline = Some(tokio::time::Instant::now() + limits.drain_timeout);
                 // What was read before the stop and held back by the limits is served as
                 // if it had come in time: the network sent it before, and an answer
-                // serves it better than its timeout and reversal. What comes from now on
-                // is refused, until the requests in flight are answered and the
-                // connection closes.
-                if reading {
+                // serves it better than its timeout and reversal (unless the peer is not
+                // reading its answers). A new purchase that comes from now on is refused,
+                // until the requests in flight are answered and the connection closes.
+                if reading && out.len() < WRITE_BACKLOG {
                     if out.is_empty() {
                         last_write_progress = Instant::now();
                     }
                     while let Ok(Some(frame)) = codec.decode(&mut inbuf) {
                         if let Frame::Message { header, body } = frame {
-                            in_flight.push(answer_of(flow, header, body, Instant::now()));
+                            let now = Instant::now();
+                            in_flight.push(answer_of(flow, header, body, now, Serving::Open));
                         } else {
                             let _ = encoder.encode(Frame::KeepAlive, &mut out);
                         }
@@ -323,8 +324,9 @@ async fn answer_of(
     header: Bytes,
     body: Bytes,
     received: Instant,
+    serving: Serving,
 ) -> (Bytes, Option<Answer>) {
-    (header, flow.handle(body, received).await)
+    (header, flow.handle(body, received, serving).await)
 }
 
 /// Appends an answer, framed, to the write buffer, and counts it.
