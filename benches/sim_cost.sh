@@ -12,9 +12,12 @@
 set -euo pipefail
 traffic=$1 seconds=$2
 shift 2
+made="" sim=""
+# Whatever ends the script, no simulator is left behind.
+trap '[ -n "$sim" ] && kill $sim 2>/dev/null; [ -n "$made" ] && rm -f "$made"' EXIT
 if [ "$traffic" = reversals ]; then
     traffic=$(mktemp --suffix=.jsonl)
-    trap 'rm -f "$traffic"' EXIT
+    made=$traffic
     python3 - "$traffic" <<'PY'
 import json, sys
 purchase = next(json.loads(l) for l in open("fixtures/traffic/sample.jsonl")
@@ -34,10 +37,11 @@ for bin in "$@"; do
     sleep 0.5
     before=$(awk '{print $14 + $15}' /proc/$sim/stat)
     summary=$("$bin" loadgen --target 127.0.0.1:$port --traffic "$traffic" --connections 4 \
-        --in-flight 32 --duration "${seconds}s" --json 2>/dev/null)
+        --in-flight 32 --duration "${seconds}s" --json)
     after=$(awk '{print $14 + $15}' /proc/$sim/stat)
     kill $sim
     wait $sim 2>/dev/null || true
+    sim=""
     SUMMARY=$summary python3 -c "
 import json, os
 o = json.loads(os.environ['SUMMARY'])

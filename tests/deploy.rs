@@ -369,6 +369,8 @@ async fn the_images_health_check_passes_on_a_running_switch_and_fails_without_on
         .expect("a HEALTHCHECK with a CMD in the Dockerfile");
     let cmd: Vec<String> = serde_json::from_str(cmd).expect("CMD in exec form");
     assert!(cmd.iter().any(|a| a.contains("vpan health")), "{cmd:?}");
+    const IMAGE_CERT: &str = "/var/lib/vpan/tls-cert.pem";
+    assert!(cmd.iter().any(|a| a.contains(IMAGE_CERT)), "{cmd:?}");
 
     let sim = vpan::tools::issuer_sim::IssuerSim::start(SimConfig::default())
         .await
@@ -384,6 +386,8 @@ async fn the_images_health_check_passes_on_a_running_switch_and_fails_without_on
         std::env::var("PATH").unwrap_or_default()
     );
     let cert = dir.path().join("tls-cert.pem").display().to_string();
+    // The image's own certificate path is this test's certificate.
+    let cmd: Vec<String> = cmd.iter().map(|a| a.replace(IMAGE_CERT, &cert)).collect();
     let run = |env: Vec<(&'static str, String)>| {
         let (cmd, path) = (cmd.clone(), path.clone());
         async move {
@@ -410,12 +414,22 @@ async fn the_images_health_check_passes_on_a_running_switch_and_fails_without_on
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    // The operator's VPAN_URL wins: the API, with VPAN_CA for its certificate.
-    let api = vec![
-        ("VPAN_URL", format!("https://{}", serve.api)),
-        ("VPAN_CA", cert.clone()),
-    ];
-    assert_eq!(run(api).await.0, Some(0));
+    // The operator's VPAN_URL wins: the API, trusting VPAN_CA, else VPAN_API_TLS_CERT,
+    // else the certificate made in the volume.
+    let api = format!("https://{}", serve.api);
+    for trusted in [
+        vec![
+            ("VPAN_CA", cert.clone()),
+            ("VPAN_API_TLS_CERT", "/nowhere.pem".into()),
+        ],
+        vec![("VPAN_API_TLS_CERT", cert.clone())],
+        vec![],
+    ] {
+        let mut env = trusted.clone();
+        env.push(("VPAN_URL", api.clone()));
+        let (code, said) = run(env).await;
+        assert_eq!(code, Some(0), "{trusted:?}: {said}");
+    }
     let wrong = vec![
         ("VPAN_URL", format!("https://{}", serve.api)),
         ("VPAN_CA", "/nowhere.pem".into()),

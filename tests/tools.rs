@@ -819,29 +819,8 @@ async fn a_connection_that_cannot_be_dialled_again_gives_up_and_says_so_in_the_s
 
 #[tokio::test]
 async fn a_run_whose_target_goes_away_exits_1_saying_it_was_cut_short() {
-    let (mut sim, addr) = spawn_sim_binary(&[]).await;
-    let traffic = fixture("sample.jsonl");
-    let args = [
-        "--target",
-        &addr,
-        "--traffic",
-        &traffic,
-        "--duration",
-        "20s",
-        "--timeout-ms",
-        "200",
-        "--connections",
-        "2",
-        "--json",
-    ];
-    let run = loadgen_binary(&args);
-    let kill = async {
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        sim.kill().await.unwrap();
-    };
-    let (out, ()) = tokio::join!(run, kill);
+    let (out, summary) = target_killed_during("20s", Duration::from_millis(700), "200").await;
     assert_eq!(out.status.code(), Some(1));
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(summary["answered"].as_u64().unwrap() > 0, "{summary}");
     assert_eq!(summary["errors_by_kind"]["gave_up"], 2, "{summary}");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -850,6 +829,48 @@ async fn a_run_whose_target_goes_away_exits_1_saying_it_was_cut_short() {
         last.starts_with("vpan: the run was cut short: 2 of 2 connections"),
         "{stderr}"
     );
+}
+
+#[tokio::test]
+async fn a_run_whose_target_goes_away_near_its_end_stops_redialling_at_its_end() {
+    // Redialling may take the timeout, 5 s; the run's 2 s end comes first, and with it
+    // the run's end: its figures are not diluted by the redials.
+    let (out, summary) = target_killed_during("2s", Duration::from_millis(1_500), "5000").await;
+    assert_eq!(out.status.code(), Some(0), "{summary}");
+    assert_eq!(summary["errors_by_kind"].get("gave_up"), None, "{summary}");
+    assert!(summary["elapsed_s"].as_f64().unwrap() < 3.5, "{summary}");
+}
+
+/// `vpan loadgen --json` on two connections for `duration`, against a simulator killed
+/// `after` into the run; its output and its summary.
+async fn target_killed_during(
+    duration: &str,
+    after: Duration,
+    timeout_ms: &str,
+) -> (std::process::Output, serde_json::Value) {
+    let (mut sim, addr) = spawn_sim_binary(&[]).await;
+    let traffic = fixture("sample.jsonl");
+    let args = [
+        "--target",
+        &addr,
+        "--traffic",
+        &traffic,
+        "--duration",
+        duration,
+        "--timeout-ms",
+        timeout_ms,
+        "--connections",
+        "2",
+        "--json",
+    ];
+    let run = loadgen_binary(&args);
+    let kill = async {
+        tokio::time::sleep(after).await;
+        sim.kill().await.unwrap();
+    };
+    let (out, ()) = tokio::join!(run, kill);
+    let summary = serde_json::from_slice(&out.stdout).unwrap();
+    (out, summary)
 }
 
 #[tokio::test]

@@ -25,8 +25,9 @@ use crate::pan::{Masked, Pan};
 pub enum Code {
     /// As text: exactly the digits, leading zeros kept.
     Text(String),
-    /// As a number.
-    Number(i64),
+    /// As a number (any JSON number: one with a fraction or out of range is a code no
+    /// field takes, 422, not a malformed request).
+    Number(Number),
 }
 
 /// `merchant_lock` as sent: `"none"`, `"first_use"` or `{"acceptor_id": "..."}`.
@@ -224,7 +225,10 @@ fn code(c: &Code, digits: u32) -> Option<u16> {
         Code::Text(t) if t.len() == digits as usize && t.bytes().all(|b| b.is_ascii_digit()) => {
             t.parse().ok()
         }
-        Code::Number(n) if (0..10i64.pow(digits)).contains(n) => u16::try_from(*n).ok(),
+        Code::Number(n) => n
+            .as_u64()
+            .filter(|n| *n < 10u64.pow(digits))
+            .and_then(|n| u16::try_from(n).ok()),
         _ => None,
     }
 }
@@ -539,6 +543,12 @@ mod tests {
             (serde_json::json!({"currency": "97"}), "currency"),
             (serde_json::json!({"currency": "EUR"}), "currency"),
             (serde_json::json!({"currency": 1000}), "currency"),
+            (serde_json::json!({"currency": 978.5}), "currency"),
+            (
+                serde_json::json!({"currency": 99_999_999_999_999_999_999_f64}),
+                "currency",
+            ),
+            (serde_json::json!({"mcc_allow": [5411.5]}), "mcc_allow[0]"),
             (serde_json::json!({"currency": "987"}), "currency"),
             (serde_json::json!({"currency": "000"}), "currency"),
             (serde_json::json!({"amount_limit": 0}), "amount_limit"),

@@ -152,12 +152,26 @@ where
     D: serde::Deserializer<'de>,
 {
     serde_path_to_error::deserialize(from).map_err(|e| {
-        let why = without_quoted_values(&e.inner().to_string());
+        let why = without_quoted_values(&without_unknown_key(&e.inner().to_string()));
         ApiError::malformed(match shown_path(e.path()) {
             Some(path) => format!("{path}: {why}"),
             None => why,
         })
     })
+}
+
+/// serde's `unknown field `KEY`, expected ...` with the key left out: it is the client's
+/// text, whatever it holds (backticks that would upset the reading of the rest, digits
+/// of any script). The list after it is of the API's own names.
+fn without_unknown_key(message: &str) -> String {
+    const UNKNOWN: &str = "unknown field `";
+    match (message.strip_prefix(UNKNOWN), message.rfind("`, expected")) {
+        (Some(_), Some(end)) if end >= UNKNOWN.len() => {
+            format!("unknown field `…`{}", &message[end + 1..])
+        }
+        (Some(_), _) => "unknown field".to_string(),
+        _ => message.to_string(),
+    }
 }
 
 /// Where in the request serde stopped (`merchant_lock.acceptor_id`, `mcc_allow[2]`), with
@@ -204,16 +218,25 @@ fn without_quoted_values(message: &str) -> String {
                 }
                 out.push_str("\"…\"");
             }
-            // A key, as serde names it: kept (`max_use`) unless it holds a digit, as a card
-            // number sent as a key would.
+            // A name or a number, as serde quotes them: kept only when shaped as one of
+            // the API's field names (`max_use`) or a short number (`5`), as a card number,
+            // in whatever digits, is neither.
             '`' => {
                 let name: String = chars.by_ref().take_while(|&c| c != '`').collect();
-                if name.chars().any(|c| c.is_ascii_digit()) {
-                    out.push_str("`…`");
-                } else {
+                let field = !name.is_empty()
+                    && name.len() <= 40
+                    && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+                let short_number = !name.is_empty()
+                    && name.len() <= 6
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || b == b'-' || b == b'.');
+                if field || short_number {
                     out.push('`');
                     out.push_str(&name);
                     out.push('`');
+                } else {
+                    out.push_str("`…`");
                 }
             }
             c => out.push(c),

@@ -697,7 +697,9 @@ pub(super) async fn connection(mut conn: Conn, first: TcpStream) -> Stats {
             None => {
                 let give_up = Instant::now() + redial_for;
                 let mut dialled = None;
-                while Instant::now() < give_up {
+                // Not past the run's end (or a Ctrl-C) when nothing is owed any more: the
+                // run is over, and no reconnection is wanted.
+                while Instant::now() < give_up && !conn.finished() {
                     match TcpStream::connect(&conn.shared.cfg.target).await {
                         Ok(s) => {
                             dialled = Some(s);
@@ -711,6 +713,7 @@ pub(super) async fn connection(mut conn: Conn, first: TcpStream) -> Stats {
                 }
                 match dialled {
                     Some(s) => s,
+                    None if conn.finished() => break,
                     None => {
                         // Said in the summary: the rest of this connection's share of the
                         // traffic is not sent, and a run that ends short must say why.
