@@ -733,6 +733,27 @@ async fn dropped_connections_count_their_requests_as_lost_and_loadgen_dials_agai
     sim.shutdown().await;
 }
 
+#[tokio::test]
+async fn frames_behind_the_one_that_drops_a_connection_are_counted_not_read() {
+    let sim = sim_with(&[(RICH, 1_000_000)], |c| c.drop_share = 1.0).await;
+    let mut client = Client::connect(sim.local_addr()).await;
+    let three = [
+        financial(b"0100", RICH, "000001", "000000", "000000001000"),
+        financial(b"0100", RICH, "000002", "000000", "000000001000"),
+        financial(b"0100", RICH, "000003", "000000", "000000001000"),
+    ];
+    client.send(&[&three[0], &three[1], &three[2]]).await;
+    sim.wait_for_requests(1).await;
+    let counters = sim.counters();
+    sim.shutdown().await;
+    let stats = counters.stats();
+    assert_eq!(
+        (stats.requests, stats.dropped, stats.not_read),
+        (1, 1, 2),
+        "{stats:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_held_back_when_the_sim_stops_are_counted_lost_not_answered() {
     let sim = sim_with(&[(RICH, 1_000_000)], |c| {

@@ -236,6 +236,7 @@ impl IssuerSim {
             answered: AtomicU64::new(0),
             unanswered: AtomicU64::new(0),
             lost_with_connection: AtomicU64::new(0),
+            not_read: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             malformed: AtomicU64::new(0),
             progress: Notify::new(),
@@ -369,6 +370,7 @@ pub async fn run_cli(args: Args) -> Result<(), String> {
         unanswered = stats.unanswered,
         lost_with_connection = stats.lost_with_connection,
         dropped = stats.dropped,
+        not_read = stats.not_read,
         malformed = stats.malformed,
         unmatched_reversals = stats.unmatched_reversals,
         "issuer simulator stopped"

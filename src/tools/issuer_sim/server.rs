@@ -129,6 +129,13 @@ impl Connection {
                             Ok(Some(frame)) => {
                                 if let Next::Drop = self.on_frame(frame) {
                                     self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                                    // The peer sent these and will count them lost: said,
+                                    // so that the two sides' counts add up.
+                                    let mut not_read = 0;
+                                    while let Ok(Some(_)) = self.codec.decode(&mut inbuf) {
+                                        not_read += 1;
+                                    }
+                                    self.shared.not_read.fetch_add(not_read, Ordering::Relaxed);
                                     wr.write_all(&self.out).await?;
                                     return Ok(());
                                 }

@@ -54,6 +54,10 @@ pub struct SimStats {
     pub unanswered: u64,
     /// Connections closed on purpose (`drop_share`).
     pub dropped: u64,
+    /// Whole frames the peer had sent on a connection dropped on purpose, read from the
+    /// socket but not yet looked at: never parsed nor counted in `requests`. (What was
+    /// still in the kernel's buffers is not seen at all.)
+    pub not_read: u64,
     /// Frames that did not parse.
     pub malformed: u64,
     /// Reversals whose original was not found.
@@ -76,6 +80,7 @@ impl SimCounters {
             unanswered: s.unanswered.load(Ordering::Relaxed),
             lost_with_connection: s.lost_with_connection.load(Ordering::Relaxed),
             dropped: s.dropped.load(Ordering::Relaxed),
+            not_read: s.not_read.load(Ordering::Relaxed),
             malformed: s.malformed.load(Ordering::Relaxed),
             unmatched_reversals: s.ledger.unmatched_reversals(),
         }
@@ -104,6 +109,8 @@ pub(super) struct Shared {
     pub(super) lost_with_connection: AtomicU64,
     /// See [`SimStats::dropped`].
     pub(super) dropped: AtomicU64,
+    /// See [`SimStats::not_read`].
+    pub(super) not_read: AtomicU64,
     /// See [`SimStats::malformed`].
     pub(super) malformed: AtomicU64,
     /// Wakes [`IssuerSimHandle::wait_for_requests`]; only poked while someone waits.
