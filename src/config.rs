@@ -535,15 +535,17 @@ fn apply_env(
             // Not ours, unless it is one of ours misspelt: left alone, `VPAN_STOR_KEY_FILE`
             // would put the card key in the data directory, and `VPAN_METRIC_LISTEN` the
             // metrics on the loopback, with no more than a warning.
-            // Only when the section meant has that key: `VPAN_STATE_DIR` is someone
-            // else's, not `store.dir`, which does not exist.
-            let has_key = |s: &String| matches!(defaults.get(s), Some(toml::Value::Table(t)) if t.contains_key(key));
-            if let Some(meant) = defaults.keys().find(|s| misspelt(section, s) && has_key(s)) {
-                let meant = format!(
-                    "VPAN_{}_{}",
-                    meant.to_ascii_uppercase(),
-                    key.to_ascii_uppercase()
-                );
+            // Only when the section meant has that key, or one a letter or two off
+            // (`VPAN_STOR_KEYFILE`): `VPAN_STATE_DIR` is someone else's, not `store.dir`,
+            // which does not exist.
+            let meant = defaults.iter().find_map(|(s, table)| {
+                let toml::Value::Table(table) = table else {
+                    return None;
+                };
+                let k = table.keys().find(|k| *k == key || misspelt(key, k))?;
+                misspelt(section, s).then(|| format!("VPAN_{}_{}", s, k).to_ascii_uppercase())
+            });
+            if let Some(meant) = meant {
                 return Err(env_error(format!(
                     "there is no configuration section [{section}]; {meant} was meant?"
                 )));
@@ -790,6 +792,7 @@ mod tests {
             ("VPAN_METRIC_LISTEN", "VPAN_METRICS_LISTEN"),
             ("VPAN_NETWRK_LISTEN", "VPAN_NETWORK_LISTEN"),
             ("VPAN_APU_TOKEN", "VPAN_API_TOKEN"),
+            ("VPAN_STOR_KEYFILE", "VPAN_STORE_KEY_FILE"),
         ] {
             let err = load("", &[(var, "x")]).unwrap_err().to_string();
             assert!(err.contains(var) && err.contains(meant), "{err}");
