@@ -479,11 +479,18 @@ async fn sigterm_answers_every_purchase_still_with_the_issuer_before_the_process
     let refused = net.answer(late.stan().unwrap()).await;
     assert_eq!(rig::code(&refused), "91");
     assert_eq!(sim.requests(b"0100"), at_issuer + IN_FLIGHT);
-    // A repeat of an approval already counted gets its first answer again: a 91 would
-    // stand against it, and the acquirer would not reverse what the card has spent.
-    let repeat = rig::repeat_of(&approved);
-    net.send(&repeat).await;
-    assert_eq!(rig::code(&net.answer(repeat.stan().unwrap()).await), "00");
+    // A repeat of an approval already counted gets its first answer again, 0101 or the
+    // 0100 sent again: a 91 would stand against it, and the acquirer would not reverse
+    // what the card has spent.
+    for again in [rig::repeat_of(&approved), approved.clone()] {
+        net.send(&again).await;
+        assert_eq!(rig::code(&net.answer(again.stan().unwrap()).await), "00");
+    }
+    // A "repeat" of a purchase vpan never saw is a new purchase: 91, and no issuer asked.
+    let unseen = rig::purchase(&mut net, b"0101", &card.vpan, &card.expiry.0, 100);
+    net.send(&unseen).await;
+    assert_eq!(rig::code(&net.answer(unseen.stan().unwrap()).await), "91");
+    assert_eq!(sim.requests(b"0101"), 0);
     approved_then_stopped(&mut net, stans, "in flight at the SIGTERM", &mut serve).await;
     assert_spent(&data_dir, &card, spent_before + IN_FLIGHT * 100);
     sim.shutdown().await;

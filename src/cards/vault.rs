@@ -529,6 +529,13 @@ impl Cards {
         self.set_status_durable(vpan, Status::Closed).await
     }
 
+    /// True when a transaction under `req`'s key is in the ledger: `req` is then a repeat
+    /// of it (whatever its MTI says), and `authorize` would replay its answer or wait for
+    /// it rather than decide anew.
+    pub fn knows(&self, req: &AuthRequest) -> bool {
+        self.ledger.entries.contains_key(&req.key.original())
+    }
+
     /// Decides an authorization or financial request (0100/0200 and repeats) on a vPAN.
     /// Synchronous: the lookup, the repeat check, the limits and the hold happen atomically
     /// under the card's lock, so racing requests never together exceed the cap.

@@ -132,8 +132,8 @@ impl Connection {
                                     // The peer sent these and will count them lost: said,
                                     // so that the two sides' counts add up.
                                     let mut not_read = 0;
-                                    while let Ok(Some(_)) = self.codec.decode(&mut inbuf) {
-                                        not_read += 1;
+                                    while let Ok(Some(frame)) = self.codec.decode(&mut inbuf) {
+                                        not_read += u64::from(matches!(frame, Frame::Message { .. }));
                                     }
                                     self.shared.not_read.fetch_add(not_read, Ordering::Relaxed);
                                     wr.write_all(&self.out).await?;
