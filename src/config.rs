@@ -553,6 +553,12 @@ fn apply_env(
             continue;
         };
         let Some(default) = section_defaults.get(key) else {
+            if is_service_link(key) {
+                // Kubernetes sets `<SERVICE>_PORT`, `<SERVICE>_PORT_8443_TCP`,
+                // `<SERVICE>_SERVICE_HOST`, ... for every service in the namespace: one
+                // named `vpan-api` must not stop the switch. No key of ours is so named.
+                continue;
+            }
             return Err(env_error(format!("[{section}] has no key {key:?}")));
         };
         let value = env_value(default, &raw).map_err(env_error)?;
@@ -564,6 +570,12 @@ fn apply_env(
         }
     }
     Ok(())
+}
+
+/// True for the keys of the variables Kubernetes makes for a service (`port`, `port_*`,
+/// `service_host`, `service_port*`).
+fn is_service_link(key: &str) -> bool {
+    key == "port" || key.starts_with("port_") || key.starts_with("service_")
 }
 
 /// True when `written` is `section` with a letter or two wrong, missing or added (one, for
@@ -783,6 +795,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("VPAN_NETWORK_LISTN"), "{err}");
+    }
+
+    #[test]
+    fn the_variables_kubernetes_makes_for_a_service_named_vpan_api_are_not_ours() {
+        let c = load(
+            "",
+            &[
+                ("VPAN_API_PORT", "tcp://10.0.0.7:8443"),
+                ("VPAN_API_PORT_8443_TCP_ADDR", "10.0.0.7"),
+                ("VPAN_API_SERVICE_HOST", "10.0.0.7"),
+                ("VPAN_METRICS_SERVICE_PORT", "9583"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.api.listen, Config::default().api.listen);
     }
 
     #[test]
