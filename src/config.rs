@@ -553,7 +553,7 @@ fn apply_env(
             continue;
         };
         let Some(default) = section_defaults.get(key) else {
-            if is_service_link(key) {
+            if is_service_link(key, &raw) {
                 // Kubernetes sets `<SERVICE>_PORT`, `<SERVICE>_PORT_8443_TCP`,
                 // `<SERVICE>_SERVICE_HOST`, ... for every service in the namespace: one
                 // named `vpan-api` must not stop the switch. No key of ours is so named.
@@ -572,10 +572,31 @@ fn apply_env(
     Ok(())
 }
 
-/// True for the keys of the variables Kubernetes makes for a service (`port`, `port_*`,
-/// `service_host`, `service_port*`).
-fn is_service_link(key: &str) -> bool {
-    key == "port" || key.starts_with("port_") || key.starts_with("service_")
+/// True for a variable Kubernetes makes for a service (`vpan-api`: `VPAN_API_PORT`,
+/// `VPAN_API_PORT_8443_TCP_ADDR`, `VPAN_API_SERVICE_HOST`, ...; `vpan-api-gw`:
+/// `VPAN_API_GW_SERVICE_HOST`, ...), by its name's ending and its value's shape: an
+/// operator's `VPAN_API_PORT=9443` is a mistake to be told of, not one of these.
+fn is_service_link(key: &str, value: &str) -> bool {
+    let words: Vec<&str> = key.split('_').collect();
+    let proto = |w: &str| matches!(w, "tcp" | "udp" | "sctp");
+    let url = || {
+        value.split_once("://").is_some_and(|(scheme, addr)| {
+            proto(scheme) && addr.parse::<std::net::SocketAddr>().is_ok()
+        })
+    };
+    let ip = || value.parse::<std::net::IpAddr>().is_ok();
+    let port = || value.parse::<u16>().is_ok();
+    // The service's name may add words before the ending (`gw_service_host`).
+    (0..words.len()).any(|from| match &words[from..] {
+        ["port"] => url(),
+        ["port", n, p] if n.parse::<u16>().is_ok() && proto(p) => url(),
+        ["port", n, p, "addr"] if n.parse::<u16>().is_ok() && proto(p) => ip(),
+        ["port", n, p, "port"] if n.parse::<u16>().is_ok() && proto(p) => port(),
+        ["port", n, p, "proto"] if n.parse::<u16>().is_ok() && proto(p) => proto(value),
+        ["service", "host"] => ip(),
+        ["service", "port", ..] => port(),
+        _ => false,
+    })
 }
 
 /// True when `written` is `section` with a letter or two wrong, missing or added (one, for
@@ -803,13 +824,27 @@ mod tests {
             "",
             &[
                 ("VPAN_API_PORT", "tcp://10.0.0.7:8443"),
+                ("VPAN_API_PORT_8443_TCP", "tcp://10.0.0.7:8443"),
                 ("VPAN_API_PORT_8443_TCP_ADDR", "10.0.0.7"),
+                ("VPAN_API_PORT_8443_TCP_PORT", "8443"),
+                ("VPAN_API_PORT_8443_TCP_PROTO", "tcp"),
                 ("VPAN_API_SERVICE_HOST", "10.0.0.7"),
+                ("VPAN_API_SERVICE_PORT_HTTPS", "8443"),
+                ("VPAN_API_GW_SERVICE_HOST", "10.0.0.8"),
                 ("VPAN_METRICS_SERVICE_PORT", "9583"),
             ],
         )
         .unwrap();
         assert_eq!(c.api.listen, Config::default().api.listen);
+        // An operator's guess at a key is still refused by name.
+        for (var, value) in [
+            ("VPAN_API_PORT", "9443"),
+            ("VPAN_NETWORK_PORT", "8583"),
+            ("VPAN_ISSUER_PORT", "10.0.0.9:8583"),
+        ] {
+            let err = load("", &[(var, value)]).unwrap_err().to_string();
+            assert!(err.contains(var), "{err}");
+        }
     }
 
     #[test]

@@ -491,6 +491,19 @@ async fn sigterm_answers_every_purchase_still_with_the_issuer_before_the_process
     net.send(&unseen).await;
     assert_eq!(rig::code(&net.answer(unseen.stan().unwrap()).await), "91");
     assert_eq!(sim.requests(b"0101"), 0);
+    // On a card vpan did not issue, a purchase is refused the same, but a repeat goes to
+    // the issuer, whose books answer it (vpan keeps none of those).
+    let other = rig::test_pan("541275", 16);
+    let passthrough = rig::purchase(&mut net, b"0100", &other, b"2912", 100);
+    net.send(&passthrough).await;
+    assert_eq!(
+        rig::code(&net.answer(passthrough.stan().unwrap()).await),
+        "91"
+    );
+    let repeated = rig::purchase(&mut net, b"0101", &other, b"2912", 100);
+    net.send(&repeated).await;
+    assert_ne!(rig::code(&net.answer(repeated.stan().unwrap()).await), "91");
+    assert_eq!(sim.requests(b"0101"), 1);
     approved_then_stopped(&mut net, stans, "in flight at the SIGTERM", &mut serve).await;
     assert_spent(&data_dir, &card, spent_before + IN_FLIGHT * 100);
     sim.shutdown().await;
