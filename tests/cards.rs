@@ -644,13 +644,7 @@ fn a_stand_in_advice_of_a_purchase_reversed_after_its_91_counts_nothing() {
     };
     // The stand-in's advice comes last (and after a restart): the purchase it reports was
     // reversed, so it counts nothing, as it would had the reversal come first.
-    let (cards, _) = open(dir.path());
-    assert!(matches!(
-        cards.advice(key, &request(*b"0120", 3_000, 8, "SHOP-A"), NOW),
-        AdviceOutcome::Conflict
-    ));
-    let v = cards.get(key).unwrap();
-    assert_eq!((v.spent, v.uses, v.status), (0, 0, Status::Active));
+    let cards = stand_in_advice_after_a_restart_counts_nothing(dir.path(), key);
     assert_eq!(code(&cards.authorize(key, &purchase(1_000, 9), NOW)), "00");
 }
 
@@ -700,13 +694,20 @@ fn a_stand_in_advice_of_a_purchase_reversed_while_held_then_released_counts_noth
         key
     };
     // The network's stand-in approved it meanwhile; its advice comes after a restart.
-    let (cards, _) = open(dir.path());
+    stand_in_advice_after_a_restart_counts_nothing(dir.path(), key);
+}
+
+/// Reopens the cards in `dir`: a stand-in's advice of the 3,000 purchase under STAN 8 on
+/// `key` is refused (94) and leaves the card as new, nothing spent and no use counted.
+fn stand_in_advice_after_a_restart_counts_nothing(dir: &std::path::Path, key: CardKey) -> Cards {
+    let (cards, _) = open(dir);
     assert!(matches!(
         cards.advice(key, &request(*b"0120", 3_000, 8, "SHOP-A"), NOW),
         AdviceOutcome::Conflict
     ));
     let v = cards.get(key).unwrap();
     assert_eq!((v.spent, v.uses, v.status), (0, 0, Status::Active));
+    cards
 }
 
 #[test]
