@@ -131,9 +131,7 @@ impl Flow {
         let answer = match self.read_request(body, received) {
             Err(answer) => answer,
             Ok(request) if serving == Serving::Stopping && self.new_purchase(&request) => {
-                let mti = request.mti();
-                self.local_answer(&request, ResponseCode::ISSUER_UNAVAILABLE)
-                    .map(|message| Answer::new(message, mti, DecidedBy::Switch, received))
+                self.switch_answer(&request, ResponseCode::ISSUER_UNAVAILABLE, received)
             }
             Ok(request) => self.answer(request, received).await,
         };
@@ -174,9 +172,7 @@ impl Flow {
                     mac = ?check,
                     "message failed its MAC check: answered 63"
                 );
-                return Err(self
-                    .local_answer(&request, ResponseCode(MAC_FAILURE_CODE))
-                    .map(|message| Answer::new(message, mti, DecidedBy::Switch, received)));
+                return Err(self.switch_answer(&request, ResponseCode(MAC_FAILURE_CODE), received));
             }
             // The MAC belongs to this link: the issuer link does not get the network's.
             request.remove(mac_field(&request));
@@ -184,9 +180,7 @@ impl Flow {
         if mti[0] != b'0' && is_1987_layout(self.network_spec) {
             // An MTI of ISO 8583:1993 (1), 2003 (2) or private use (9) on a link laid out
             // as 1987's: its fields are not what the layout reads them as.
-            return Err(self
-                .local_answer(&request, ResponseCode::FORMAT_ERROR)
-                .map(|message| Answer::new(message, mti, DecidedBy::Switch, received)));
+            return Err(self.switch_answer(&request, ResponseCode::FORMAT_ERROR, received));
         }
         Ok(request)
     }
@@ -662,6 +656,22 @@ impl Flow {
         answer.set(11, &stan).ok()?;
         answer.set_response_code(b"30").ok()?;
         Some(Answer::new(answer, mti, DecidedBy::Switch, received))
+    }
+
+    /// [`Flow::local_answer`], decided by the switch, as the connection writes it.
+    fn switch_answer(
+        &self,
+        request: &Message,
+        code: ResponseCode,
+        received: Instant,
+    ) -> Option<Answer> {
+        let message = self.local_answer(request, code)?;
+        Some(Answer::new(
+            message,
+            request.mti(),
+            DecidedBy::Switch,
+            received,
+        ))
     }
 
     /// The answer vpan gives itself: the request's fields, the response MTI, DE 39.
