@@ -178,9 +178,6 @@ fn without_unknown_key(message: &str) -> String {
 /// any key that is not shaped as one of the API's field names shown as `…`.
 fn shown_path(path: &serde_path_to_error::Path) -> Option<String> {
     use serde_path_to_error::Segment;
-    let field_name = |key: &str| {
-        (1..=40).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
-    };
     let mut shown = String::new();
     for segment in path.iter() {
         match segment {
@@ -189,12 +186,18 @@ fn shown_path(path: &serde_path_to_error::Path) -> Option<String> {
                 if !shown.is_empty() {
                     shown.push('.');
                 }
-                shown.push_str(if field_name(key) { key } else { "…" });
+                shown.push_str(if field_shaped(key) { key } else { "…" });
             }
             Segment::Unknown => {}
         }
     }
     (!shown.is_empty()).then_some(shown)
+}
+
+/// True for text shaped as one of the API's field names (`max_uses`): lower-case letters
+/// and underscores, which no card number, however written, is.
+fn field_shaped(name: &str) -> bool {
+    (1..=40).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
 }
 
 /// A JSON error with the values it quotes left out (`invalid type: string "…"`): a card
@@ -223,15 +226,12 @@ fn without_quoted_values(message: &str) -> String {
             // in whatever digits, is neither.
             '`' => {
                 let name: String = chars.by_ref().take_while(|&c| c != '`').collect();
-                let field = !name.is_empty()
-                    && name.len() <= 40
-                    && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
                 let short_number = !name.is_empty()
                     && name.len() <= 6
                     && name
                         .bytes()
                         .all(|b| b.is_ascii_digit() || b == b'-' || b == b'.');
-                if field || short_number {
+                if field_shaped(&name) || short_number {
                     out.push('`');
                     out.push_str(&name);
                     out.push('`');
