@@ -532,12 +532,11 @@ fn apply_env(
             message,
         };
         let Some(toml::Value::Table(section_defaults)) = defaults.get(section) else {
-            // Not ours, unless it is one of ours misspelt: left alone, `VPAN_STOR_KEY_FILE`
-            // would put the card key in the data directory, and `VPAN_METRIC_LISTEN` the
-            // metrics on the loopback, with no more than a warning.
-            // Only when the section meant has that key, or one a letter or two off
-            // (`VPAN_STOR_KEYFILE`): `VPAN_STATE_DIR` is someone else's, not `store.dir`,
-            // which does not exist.
+            // Not ours, unless it is one of ours misspelt, section and key alike (a key
+            // a letter or two off too: `VPAN_STOR_KEYFILE`): left alone,
+            // `VPAN_STOR_KEY_FILE` would put the card key in the data directory, and
+            // `VPAN_METRIC_LISTEN` the metrics on the loopback, with no more than a
+            // warning. `VPAN_STATE_DIR` is someone else's: `store` has no key near `dir`.
             let meant = defaults.iter().find_map(|(s, table)| {
                 let toml::Value::Table(table) = table else {
                     return None;
@@ -589,10 +588,13 @@ fn is_service_link(key: &str, value: &str) -> bool {
     // The service's name may add words before the ending (`gw_service_host`).
     (0..words.len()).any(|from| match &words[from..] {
         ["port"] => url(),
-        ["port", n, p] if n.parse::<u16>().is_ok() && proto(p) => url(),
-        ["port", n, p, "addr"] if n.parse::<u16>().is_ok() && proto(p) => ip(),
-        ["port", n, p, "port"] if n.parse::<u16>().is_ok() && proto(p) => port(),
-        ["port", n, p, "proto"] if n.parse::<u16>().is_ok() && proto(p) => proto(value),
+        ["port", n, p, rest @ ..] if n.parse::<u16>().is_ok() && proto(p) => match rest {
+            [] => url(),
+            ["addr"] => ip(),
+            ["port"] => port(),
+            ["proto"] => proto(value),
+            _ => false,
+        },
         ["service", "host"] => ip(),
         ["service", "port", ..] => port(),
         _ => false,

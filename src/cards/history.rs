@@ -4,8 +4,8 @@
 //! merchant and a few purchases is every decision it will see. They are kept behind one
 //! pointer, allocated on the card's first decision (8 bytes on a card that has none) and
 //! grown one decision at a time, then by doubling, up to the bound (40 bytes a decision),
-//! so the hot part of the card
-//! stays small and a card under a flood of attempts holds 4 KB at most.
+//! so the hot part of the card stays small and a card under a flood of attempts holds
+//! 4 KB at most.
 //! Every decision is rebuilt from the journal and kept in snapshots; declines (which move
 //! no money) are journaled without being waited for, so a crash may lose the last few.
 
