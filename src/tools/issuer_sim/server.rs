@@ -130,7 +130,8 @@ impl Connection {
                                 if let Next::Drop = self.on_frame(frame) {
                                     self.shared.dropped.fetch_add(1, Ordering::Relaxed);
                                     // The peer sent these and will count them lost: said,
-                                    // so that the two sides' counts add up.
+                                    // so that the two sides' counts meet (but for what is
+                                    // still in the kernel's buffers, which neither sees).
                                     let mut not_read = 0;
                                     while let Ok(Some(frame)) = self.codec.decode(&mut inbuf) {
                                         not_read += u64::from(matches!(frame, Frame::Message { .. }));
