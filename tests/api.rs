@@ -885,8 +885,11 @@ async fn health_is_ok_without_a_token_when_all_is_up_and_names_the_issuer_link_w
     );
 }
 
-/// Runs `vpan health --url URL --ca CA`; exit code, stdout, stderr.
+/// Runs `vpan health --url URL --ca CA`; exit code, stdout, stderr. With proxy variables
+/// naming a port where nothing listens and no `NO_PROXY`, as in a container behind a
+/// corporate proxy: a check of 127.0.0.1 must not go through them.
 fn vpan_health(url: &str, ca: &Path) -> (i32, String, String) {
+    let dead_proxy = "http://127.0.0.1:9";
     let out = Command::new(env!("CARGO_BIN_EXE_vpan"))
         .arg("health")
         .arg("--url")
@@ -895,6 +898,11 @@ fn vpan_health(url: &str, ca: &Path) -> (i32, String, String) {
         .arg(ca)
         .env_remove("VPAN_URL")
         .env_remove("VPAN_CA")
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .env("HTTP_PROXY", dead_proxy)
+        .env("HTTPS_PROXY", dead_proxy)
+        .env("ALL_PROXY", dead_proxy)
         .output()
         .unwrap();
     (

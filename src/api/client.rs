@@ -415,6 +415,24 @@ fn https_only(base: &str) -> Result<(), String> {
     }
 }
 
+/// Whether `base` names this host's loopback (`localhost`, 127.0.0.0/8 or `::1`).
+fn is_loopback(base: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(base) else {
+        return false;
+    };
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => {
+            let name = host.trim_end_matches('.').to_ascii_lowercase();
+            name == "localhost" || name.ends_with(".localhost")
+        }
+    }
+}
+
 fn read_token(file: &Path) -> Result<String, Failure> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| Failure::Failed(format!("--token-file {}: {e}", file.display())))?;
@@ -455,8 +473,13 @@ impl ApiClient {
     fn built(
         base: &str,
         token: String,
-        builder: reqwest::ClientBuilder,
+        mut builder: reqwest::ClientBuilder,
     ) -> Result<ApiClient, String> {
+        // No proxy can reach this host's own loopback: a container with HTTP(S)_PROXY
+        // and no NO_PROXY would otherwise fail its health check against 127.0.0.1.
+        if is_loopback(base) {
+            builder = builder.no_proxy();
+        }
         let http = builder
             .timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(5))
@@ -711,6 +734,29 @@ mod tests {
         assert!(parse_duration("0d").is_err());
         assert!(parse_duration("3x").is_err());
         assert!(parse_duration("d").is_err());
+    }
+
+    #[test]
+    fn only_this_hosts_loopback_skips_the_proxy() {
+        for url in [
+            "https://127.0.0.1:8443",
+            "http://127.3.2.1:9090/",
+            "https://[::1]:8443",
+            "https://localhost:8443",
+            "https://LocalHost.:8443",
+            "http://api.localhost",
+        ] {
+            assert!(is_loopback(url), "{url}");
+        }
+        for url in [
+            "https://10.0.0.1:8443",
+            "https://api.example.com",
+            "https://localhost.example.com",
+            "https://[::2]:8443",
+            "not a url",
+        ] {
+            assert!(!is_loopback(url), "{url}");
+        }
     }
 
     #[test]
