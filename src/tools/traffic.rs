@@ -475,6 +475,13 @@ impl Traffic {
         for (i, raw) in lines.enumerate() {
             let line = i + 1;
             let raw = raw?;
+            // Editors on Windows may start a UTF-8 file with a byte order mark, which is
+            // not JSON but says nothing wrong about the file.
+            let raw = if line == 1 {
+                raw.strip_prefix('\u{feff}').unwrap_or(&raw)
+            } else {
+                &raw
+            };
             let trimmed = raw.trim();
             if trimmed.is_empty() || trimmed.starts_with('#') {
                 continue;
@@ -747,6 +754,20 @@ mod tests {
             e.to_string().starts_with("traffic line 2: not UTF-8 text"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_byte_order_mark_opening_the_file_is_skipped_and_windows_line_ends_read() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let text = format!("\u{feff}# made on Windows\r\n{}\r\n", purchase());
+        std::fs::write(file.path(), text).unwrap();
+        let t = Traffic::load(file.path(), Spec::iso87ascii()).unwrap();
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.entries()[0].line, 2);
+        // Only at the start of the file: elsewhere it is a fault of its line.
+        let text = format!("{}\n\u{feff}{}\n", purchase(), purchase());
+        let e = Traffic::parse(&text, Spec::iso87ascii()).unwrap_err();
+        assert!(e.to_string().starts_with("traffic line 2:"), "{e}");
     }
 
     #[test]
