@@ -524,12 +524,18 @@ fn apply_env(
     vars.sort();
     for (var, raw) in vars {
         let rest = var["VPAN_".len()..].to_ascii_lowercase();
-        let Some((section, key)) = rest.split_once('_') else {
-            continue;
-        };
         let env_error = |message: String| ConfigError::Env {
             var: var.clone(),
             message,
+        };
+        let Some((section, key)) = rest.split_once('_') else {
+            // `VPAN_METRICSLISTEN`: ours with its underscore lost, not another tool's.
+            if let Some(meant) = joined_section_and_key(&defaults, &rest) {
+                return Err(env_error(format!(
+                    "a section and its key are parted by an underscore: {meant} was meant?"
+                )));
+            }
+            continue;
         };
         let Some(toml::Value::Table(section_defaults)) = defaults.get(section) else {
             // Not ours, unless it is one of ours misspelt, section and key alike (a key
@@ -544,6 +550,8 @@ fn apply_env(
                 let k = table.keys().find(|k| *k == key || misspelt(key, k))?;
                 misspelt(section, s).then(|| format!("VPAN_{}_{}", s, k).to_ascii_uppercase())
             });
+            // Or the underscore after the section lost: `VPAN_STOREDATA_DIR`.
+            let meant = meant.or_else(|| joined_section_and_key(&defaults, &rest));
             if let Some(meant) = meant {
                 return Err(env_error(format!(
                     "there is no configuration section [{section}]; {meant} was meant?"
@@ -569,6 +577,21 @@ fn apply_env(
         }
     }
     Ok(())
+}
+
+/// `VPAN_<SECTION>_<KEY>` for a variable's `rest` that is a section name and one of its
+/// keys (or a key a letter or two off) written with no underscore between them.
+fn joined_section_and_key(defaults: &toml::Table, rest: &str) -> Option<String> {
+    defaults.iter().find_map(|(section, table)| {
+        let toml::Value::Table(table) = table else {
+            return None;
+        };
+        let written = rest.strip_prefix(section.as_str())?;
+        let key = table
+            .keys()
+            .find(|k| k.as_str() == written || misspelt(written, k))?;
+        Some(format!("VPAN_{section}_{key}").to_ascii_uppercase())
+    })
 }
 
 /// True for a variable Kubernetes makes for a service (`vpan-api`: `VPAN_API_PORT`,
@@ -810,6 +833,23 @@ mod tests {
         assert_eq!(c.cards.virtual_ranges, vec!["4970109", "4970108"]);
         assert_eq!(c.api.token.expose(), "12345");
         assert!(!c.issuer.sign_on);
+    }
+
+    #[test]
+    fn a_variable_that_lost_the_underscore_after_its_section_is_refused_naming_the_one_meant() {
+        for (var, meant) in [
+            ("VPAN_METRICSLISTEN", "VPAN_METRICS_LISTEN"),
+            ("VPAN_APITOKEN", "VPAN_API_TOKEN"),
+            ("VPAN_STOREDATA_DIR", "VPAN_STORE_DATA_DIR"),
+            ("VPAN_NETWORKLISTN", "VPAN_NETWORK_LISTEN"),
+        ] {
+            let err = load("", &[(var, "127.0.0.1:0")]).unwrap_err().to_string();
+            assert!(err.contains(var) && err.contains(meant), "{var}: {err}");
+        }
+        // The `vpan card` client's variables, and other tools' own, are still left alone.
+        for var in ["VPAN_TOKEN", "VPAN_URL", "VPAN_CA", "VPAN_NETWORKING"] {
+            load("", &[(var, "x")]).unwrap_or_else(|e| panic!("{var}: {e}"));
+        }
     }
 
     #[test]
