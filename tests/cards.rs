@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use common::*;
 use vpan::cards::{
-    AcceptorId, AdviceOutcome, Approval, CardError, CardKey, CardSpec, Cards, DecidedBy, Decision,
-    Hold, IssuerOutcome, Kind, MerchantLock, OriginalData, Replay, ResponseCode, ReversalOutcome,
-    ReversalRequest, Status,
+    AcceptorId, Admit, AdviceOutcome, Approval, CardError, CardKey, CardSpec, Cards, DecidedBy,
+    Decision, Hold, IssuerOutcome, Kind, MerchantLock, OriginalData, Replay, ResponseCode,
+    ReversalOutcome, ReversalRequest, Status,
 };
 
 fn approve(cards: &Cards, key: CardKey, amount: u64, stan: u32) -> Approval {
@@ -96,6 +96,7 @@ fn code(d: &Decision) -> &'static str {
         },
         Decision::Replay(_) => "replay",
         Decision::Unknown => "14",
+        Decision::NotAdmitted => "not admitted",
     }
 }
 
@@ -253,6 +254,45 @@ fn the_same_key_again_replays_and_other_content_gets_94() {
         format!("{:?}", cards.authorize(key, &repeat, NOW)),
         format!("{first_answer:?}")
     );
+}
+
+#[test]
+fn a_switch_admitting_only_repeats_replays_what_the_ledger_holds_and_takes_on_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = vpan::cards::LedgerConfig {
+        capacity: 1,
+        retention_secs: 86_400,
+    };
+    let (cards, _) = open_with(dir.path(), one);
+    let key = issue(&cards, &spec(10_000));
+    let repeat_of = |stan| {
+        let mut r = purchase(3_000, stan);
+        r.mti = *b"0101";
+        r
+    };
+    approved(&cards, key, 3_000, 1);
+    assert!(matches!(
+        cards.authorize_admitting(key, &repeat_of(1), NOW, Admit::RepeatsOnly),
+        Decision::Replay(Replay::Answer {
+            code: ResponseCode::APPROVED,
+            ..
+        })
+    ));
+    // A new purchase, and a repeat whose first request was never seen: nothing held,
+    // nothing remembered.
+    for req in [purchase(2_000, 2), repeat_of(3)] {
+        let d = cards.authorize_admitting(key, &req, NOW, Admit::RepeatsOnly);
+        assert_eq!(code(&d), "not admitted");
+    }
+    let v = cards.get(key).unwrap();
+    assert_eq!((v.spent, v.held, v.uses), (3_000, 0, 1));
+    // The ledger (room for one) forgets the first purchase for the next: its repeat is
+    // then new work, which a draining switch must not take on, and which a switch
+    // admitting anything decides anew.
+    approved(&cards, key, 2_000, 2);
+    let d = cards.authorize_admitting(key, &repeat_of(1), NOW, Admit::RepeatsOnly);
+    assert_eq!(code(&d), "not admitted");
+    assert_eq!(code(&cards.authorize(key, &repeat_of(1), NOW)), "00");
 }
 
 #[test]

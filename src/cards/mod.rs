@@ -35,7 +35,7 @@ pub use history::{DecidedBy, RecentTx};
 pub use ledger::{AuthCode, LedgerConfig};
 pub use request::{Amounts, AuthRequest, Kind, OriginalData, ResponseCode, ReversalRequest, TxKey};
 pub use vault::{
-    AdviceOutcome, Approval, CardError, CardView, Cards, CardsConfig, Decision, Hold, IssueError,
-    IssuerOutcome, OpenError, Recovered, Replay, ReversalOutcome, SnapshotPolicy, SnapshotReport,
-    Snapshots,
+    Admit, AdviceOutcome, Approval, CardError, CardView, Cards, CardsConfig, Decision, Hold,
+    IssueError, IssuerOutcome, OpenError, Recovered, Replay, ReversalOutcome, SnapshotPolicy,
+    SnapshotReport, Snapshots,
 };

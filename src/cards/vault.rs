@@ -223,6 +223,20 @@ pub enum Decision {
     Replay(Replay),
     /// No card has this vPAN: 14 inside `virtual_ranges`, else pass through.
     Unknown,
+    /// New work asked of a switch that admits only repeats ([`Admit::RepeatsOnly`]):
+    /// nothing held, nothing recorded.
+    NotAdmitted,
+}
+
+/// What [`Cards::authorize_admitting`] may take on.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Admit {
+    /// Any request: new purchases are decided, repeats replayed.
+    Any,
+    /// Only repeats of transactions the ledger holds (a switch draining to stop): a new
+    /// purchase is [`Decision::NotAdmitted`], decided under the card's lock with the ledger,
+    /// so a transaction the ledger forgets meanwhile is not decided anew.
+    RepeatsOnly,
 }
 
 /// What the issuer did with a forwarded approval.
@@ -529,17 +543,21 @@ impl Cards {
         self.set_status_durable(vpan, Status::Closed).await
     }
 
-    /// True when a transaction under `req`'s key is in the ledger: `req` is then a repeat
-    /// of it (whatever its MTI says), and `authorize` would replay its answer or wait for
-    /// it rather than decide anew.
-    pub fn knows(&self, req: &AuthRequest) -> bool {
-        self.ledger.entries.contains_key(&req.key.original())
-    }
-
     /// Decides an authorization or financial request (0100/0200 and repeats) on a vPAN.
     /// Synchronous: the lookup, the repeat check, the limits and the hold happen atomically
     /// under the card's lock, so racing requests never together exceed the cap.
     pub fn authorize(&self, card_key: CardKey, req: &AuthRequest, now: UnixSeconds) -> Decision {
+        self.authorize_admitting(card_key, req, now, Admit::Any)
+    }
+
+    /// [`Cards::authorize`], taking on only what `admit` allows.
+    pub fn authorize_admitting(
+        &self,
+        card_key: CardKey,
+        req: &AuthRequest,
+        now: UnixSeconds,
+        admit: Admit,
+    ) -> Decision {
         let fingerprint = req.fingerprint(card_key.raw());
         let tx = req.key.original();
         let mut fresh = false;
@@ -553,6 +571,9 @@ impl Cards {
             let slot = match self.ledger.entries.entry(tx) {
                 dashmap::Entry::Occupied(mut e) => {
                     return replay_of(tx, e.get_mut(), fingerprint);
+                }
+                dashmap::Entry::Vacant(_) if admit == Admit::RepeatsOnly => {
+                    return Decision::NotAdmitted;
                 }
                 dashmap::Entry::Vacant(v) => v,
             };

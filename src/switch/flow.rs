@@ -23,8 +23,8 @@ use bytes::Bytes;
 
 use crate::cards::card::unix_now as now;
 use crate::cards::{
-    AcceptorId, AdviceOutcome, Amounts, Approval, AuthCode, AuthRequest, CardKey, Cards, DecidedBy,
-    Decision, Expiry, Hold, IssuerOutcome, Kind, OriginalData, Replay, ResponseCode,
+    AcceptorId, Admit, AdviceOutcome, Amounts, Approval, AuthCode, AuthRequest, CardKey, Cards,
+    DecidedBy, Decision, Expiry, Hold, IssuerOutcome, Kind, OriginalData, Replay, ResponseCode,
     ReversalOutcome, ReversalRequest, TxKey,
 };
 use crate::iso8583::{Message, Spec, recover_header};
@@ -133,7 +133,7 @@ impl Flow {
             Ok(request) if serving == Serving::Stopping && self.new_purchase(&request) => {
                 self.switch_answer(&request, ResponseCode::ISSUER_UNAVAILABLE, received)
             }
-            Ok(request) => self.answer(request, received).await,
+            Ok(request) => self.answer(request, received, serving).await,
         };
         self.signed(answer)
     }
@@ -185,32 +185,33 @@ impl Flow {
         Ok(request)
     }
 
-    /// An authorization or financial request (any origin, repeat or not) that would be
-    /// new work: on a card vpan issued, one of which the cards hold no transaction under
-    /// its key; on another card, one that is no repeat (vpan keeps nothing of those, and
-    /// a repeat's first request may have been approved by the issuer, which answers the
-    /// repeat from its own books).
+    /// An authorization or financial request (any origin, repeat or not) off the cards vpan
+    /// issued that would be new work: one that is no repeat (vpan keeps nothing of those,
+    /// and a repeat's first request may have been approved by the issuer, which answers
+    /// the repeat from its own books), or one the cards cannot read. On a card vpan
+    /// issued, whether the cards hold its transaction is asked under the card's lock, by
+    /// [`Cards::authorize_admitting`]: asked here, the ledger could forget it before then.
     fn new_purchase(&self, request: &Message) -> bool {
         let mti = request.mti();
         if !(matches!(mti[1], b'1' | b'2') && mti[2] == b'0') {
             return false;
         }
         match self.on_card(request, auth_request) {
-            Ok((_, req)) => !self.cards.knows(&req),
+            Ok(_) => false,
             Err(NotOnCard::NotIssued) => !is_repeat(mti),
             Err(NotOnCard::Malformed) => true,
         }
     }
 
     /// The answer to one request, before the link's MAC is put on it.
-    async fn answer(&self, request: Msg, received: Instant) -> Option<Answer> {
+    async fn answer(&self, request: Msg, received: Instant, serving: Serving) -> Option<Answer> {
         let mti = request.mti();
         let (answer, by) = match (mti[1], mti[2]) {
             (b'8', b'0') => (
                 self.local_answer(&request, ResponseCode(*b"00")),
                 DecidedBy::Switch,
             ),
-            (b'1' | b'2', b'0') => self.authorization(request).await,
+            (b'1' | b'2', b'0') => self.authorization(request, serving).await,
             (b'1' | b'2', b'2') => self.advice(request).await,
             (b'4', b'0' | b'2') => self.reversal(request).await,
             _ => self.passthrough(request).await,
@@ -218,18 +219,22 @@ impl Flow {
         answer.map(|message| Answer::new(message, mti, by, received))
     }
 
-    /// 0100/0200 (and repeats).
-    async fn authorization(&self, request: Msg) -> (Option<Msg>, DecidedBy) {
+    /// 0100/0200 (and repeats); only repeats of what the cards hold once `Stopping`.
+    async fn authorization(&self, request: Msg, serving: Serving) -> (Option<Msg>, DecidedBy) {
         let (vpan, req) = match self.on_card(&request, auth_request) {
             Ok(on_card) => on_card,
             Err(not) => return self.not_on_card(request, not).await,
+        };
+        let admit = match serving {
+            Serving::Open => Admit::Any,
+            Serving::Stopping => Admit::RepeatsOnly,
         };
         // A repeat of a request still with the issuer waits for its answer, then gets it:
         // at most until the issuer's timeout has released the hold (then 91), and the
         // sweep's tick after that.
         let mut waiting: Option<(Instant, Duration)> = None;
         let decision = loop {
-            let decision = self.cards.authorize(vpan.key, &req, now());
+            let decision = self.cards.authorize_admitting(vpan.key, &req, now(), admit);
             if !matches!(decision, Decision::Replay(Replay::Pending)) {
                 break decision;
             }
@@ -248,6 +253,10 @@ impl Flow {
         match decision {
             Decision::Unknown => self.unknown_or_passthrough(request).await,
             Decision::Decline(code) => (self.local_answer(&request, code), DecidedBy::Switch),
+            Decision::NotAdmitted => (
+                self.local_answer(&request, ResponseCode::ISSUER_UNAVAILABLE),
+                DecidedBy::Switch,
+            ),
             Decision::Replay(Replay::Answer {
                 code,
                 auth,
