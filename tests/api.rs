@@ -523,6 +523,48 @@ async fn a_body_announced_too_large_is_refused_at_once_and_one_trickled_is_cut_o
 }
 
 #[tokio::test]
+async fn a_client_opening_bare_connections_by_the_thousand_shuts_out_no_other_client() {
+    use vpan::api::tls::{MAX_CONNECTIONS, MAX_HANDSHAKES_PER_CLIENT};
+    let dir = tempfile::tempdir().unwrap();
+    let api = Running::start(dir.path()).await;
+    let healthz = |http: &reqwest::Client| http.get(api.url("/healthz")).send();
+    // A client connected before, on a kept-alive connection.
+    assert_eq!(healthz(&api.http).await.unwrap().status(), StatusCode::OK);
+    // More TCP connections than the API has places, from 127.0.0.1, none of which ever
+    // begins its TLS handshake.
+    let mut bare = Vec::new();
+    for _ in 0..MAX_CONNECTIONS + 64 {
+        bare.push(tokio::net::TcpStream::connect(api.addrs.api).await.unwrap());
+    }
+    // Let the listener accept (and close) them all: a connection of ours it would refuse
+    // must be refused for being one too many, not for coming first.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let from = |ip: [u8; 4]| {
+        let pem = std::fs::read(dir.path().join("tls-cert.pem")).unwrap();
+        reqwest::Client::builder()
+            .use_rustls_tls()
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+            .local_address(std::net::IpAddr::from(ip))
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap()
+    };
+    // Another client, from another address: served.
+    let other = healthz(&from([127, 0, 0, 2])).await;
+    assert_eq!(other.unwrap().status(), StatusCode::OK);
+    // The client connected before goes on.
+    assert_eq!(healthz(&api.http).await.unwrap().status(), StatusCode::OK);
+    // The flooding address holds its share of handshakes under way, and no more.
+    let flooder = healthz(&from([127, 0, 0, 1])).await;
+    assert!(
+        flooder.is_err(),
+        "a new connection from an address with {MAX_HANDSHAKES_PER_CLIENT} handshakes under way was served"
+    );
+    drop(bare);
+    api.stop().await;
+}
+
+#[tokio::test]
 async fn a_client_trickling_its_headers_is_cut_off_and_a_bad_path_or_method_gets_json() {
     let dir = tempfile::tempdir().unwrap();
     let api = Running::start(dir.path()).await;

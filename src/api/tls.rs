@@ -5,19 +5,23 @@
 //! (`tls-cert.pem`, and `tls-key.pem` with mode 0600) and reused after; operators and tests
 //! trust that certificate file as the only root (`vpan card --ca`, `curl --cacert`).
 //!
-//! [`TlsListener`] implements axum's `Listener`: a background task accepts TCP connections
-//! (at most [`MAX_CONNECTIONS`], a semaphore permit taken before the handshake and held by
-//! the connection), runs each handshake in its own task with a deadline, and queues only the
-//! finished ones, so a client that stalls its handshake delays nobody else.
+//! [`TlsListener`] implements axum's `Listener`: a background task accepts TCP connections,
+//! runs each handshake in its own task with a deadline, and queues only the finished ones,
+//! so a client that stalls its handshake delays nobody else. Handshakes under way have
+//! places of their own ([`MAX_HANDSHAKES`], at most [`MAX_HANDSHAKES_PER_CLIENT`] from one
+//! address), apart from the [`MAX_CONNECTIONS`] of finished ones: a client opening bare
+//! connections by the thousand takes none of the places of the clients already connected,
+//! and only its own share of those being made.
 
+use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::future::Future;
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -35,8 +39,14 @@ use tokio_util::sync::CancellationToken;
 pub const CERT_FILE: &str = "tls-cert.pem";
 /// File name of the generated private key inside the data directory.
 pub const KEY_FILE: &str = "tls-key.pem";
-/// Open API connections at most; one more is closed at once.
+/// Open API connections at most, their TLS handshakes done; one more is closed at once.
 pub const MAX_CONNECTIONS: usize = 1024;
+/// TLS handshakes under way at once, all clients together; one more is closed at once.
+pub const MAX_HANDSHAKES: usize = 256;
+/// TLS handshakes under way at once from one client address. A handshake takes a few
+/// milliseconds: a client (or a reverse proxy) opening this many at the same moment is
+/// flooding, not busy.
+pub const MAX_HANDSHAKES_PER_CLIENT: usize = 32;
 /// A TLS handshake that takes longer is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection with no byte read or written for this long is closed (idle keep-alive
@@ -293,7 +303,9 @@ async fn accept_loop(
     ready: mpsc::Sender<(TlsConnection, SocketAddr)>,
     shutdown: CancellationToken,
 ) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let by_client = HandshakesByClient::default();
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -307,23 +319,73 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            // Throttled: a client flooding the API must not flood the log too.
-            crate::logging::throttled!(warn, %peer, MAX_CONNECTIONS, "API connection refused: too many open");
+        // Throttled, here and below: a client flooding the API must not flood the log too.
+        let Some(own) = by_client.enter(peer.ip()) else {
+            crate::logging::throttled!(warn, %peer, MAX_HANDSHAKES_PER_CLIENT, "API connection refused: too many TLS handshakes under way from this address");
+            continue;
+        };
+        let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
+            crate::logging::throttled!(warn, %peer, MAX_HANDSHAKES, "API connection refused: too many TLS handshakes under way");
             continue;
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let ready = ready.clone();
+        let connections = connections.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => {
-                    let _ = ready.send((TlsConnection::new(stream, permit), peer)).await;
-                }
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "API TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "API TLS handshake timed out"),
-            }
+            let done = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+            drop((own, handshake));
+            let stream = match done {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "API TLS handshake failed"),
+                Err(_) => return tracing::debug!(%peer, "API TLS handshake timed out"),
+            };
+            let Ok(permit) = connections.try_acquire_owned() else {
+                crate::logging::throttled!(warn, %peer, MAX_CONNECTIONS, "API connection refused: too many open");
+                return;
+            };
+            let _ = ready.send((TlsConnection::new(stream, permit), peer)).await;
         });
+    }
+}
+
+/// The TLS handshakes under way, counted by client address.
+#[derive(Default)]
+struct HandshakesByClient(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+impl HandshakesByClient {
+    /// A place for one more handshake from `ip`, or `None` when it has all its own.
+    fn enter(&self, ip: IpAddr) -> Option<ClientHandshake> {
+        // An IPv4 client on a dual-stack socket is one client, however its address is written.
+        let ip = ip.to_canonical();
+        let mut counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = counts.entry(ip).or_insert(0);
+        if *n >= MAX_HANDSHAKES_PER_CLIENT {
+            return None;
+        }
+        *n += 1;
+        Some(ClientHandshake {
+            counts: self.0.clone(),
+            ip,
+        })
+    }
+}
+
+/// One client's handshake under way; its place is given back when dropped.
+struct ClientHandshake {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl Drop for ClientHandshake {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -349,6 +411,29 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
+
+    #[test]
+    fn a_client_has_its_own_share_of_handshakes_given_back_as_each_ends() {
+        let by_client = HandshakesByClient::default();
+        let one: IpAddr = "192.0.2.1".parse().unwrap();
+        let same_mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        let mut held: Vec<_> = (0..MAX_HANDSHAKES_PER_CLIENT)
+            .map(|_| by_client.enter(one).unwrap())
+            .collect();
+        assert!(by_client.enter(one).is_none());
+        assert!(
+            by_client.enter(same_mapped).is_none(),
+            "one client, two spellings"
+        );
+        assert!(by_client.enter("192.0.2.2".parse().unwrap()).is_some());
+        held.pop();
+        assert!(by_client.enter(same_mapped).is_some());
+        held.clear();
+        assert!(
+            by_client.0.lock().unwrap().is_empty(),
+            "no count kept for a gone client"
+        );
+    }
 
     #[test]
     fn a_self_signed_pair_is_made_once_with_a_private_key_and_then_reused() {
