@@ -462,7 +462,8 @@ impl App {
 /// How long a stop waits for the last other handle on the cards to be let go of.
 const CARDS_LET_GO: Duration = Duration::from_secs(2);
 
-/// The longest a stop can take from the signal: the network side's drain, the issuer
+/// The longest a stop can take from the signal: the network side's drain (and the
+/// [`LINGER`](crate::switch::connection::LINGER) of its last connections), the issuer
 /// link's reversals owed (as long again), then API calls and scrapes still open, then the
 /// last other handles on the cards; then only a snapshot being written, which is
 /// finished, and the journal's last flush. A service
@@ -473,7 +474,7 @@ pub fn longest_stop(config: &Config) -> Duration {
 
 /// [`longest_stop`] for a drain of `drain`.
 fn stop_within(drain: Duration) -> Duration {
-    drain * 2 + SIDE_SERVER_GRACE + CARDS_LET_GO
+    drain * 2 + crate::switch::connection::LINGER + SIDE_SERVER_GRACE + CARDS_LET_GO
 }
 
 /// How long shutdown waits for the requests in flight: `network.drain_timeout_ms`, raised

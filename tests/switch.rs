@@ -449,6 +449,79 @@ async fn an_echo_is_answered_by_the_switch_and_a_keep_alive_is_echoed() {
 }
 
 #[tokio::test]
+async fn answers_on_their_way_to_a_slow_reader_are_not_lost_when_a_bad_frame_closes_it() {
+    let rig = rig(None, |_| {}).await;
+    // A length far over `network.max_frame_bytes`: the switch reads no further, answers
+    // what it has read, and closes.
+    slow_reader_gets_every_answer(&rig, Some(&[0xFF, 0xFF]), || {}).await;
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn answers_on_their_way_to_a_slow_reader_are_not_lost_when_the_switch_stops() {
+    let rig = rig(None, |_| {}).await;
+    slow_reader_gets_every_answer(&rig, None, || rig.stop.cancel()).await;
+    rig.stop().await;
+}
+
+/// A peer with a small receive window that is not reading yet sends 4,000 echoes, then
+/// `bad_frame` if any, and `close` is called: when the switch closes the connection, most
+/// of its answers still wait in its kernel's send queue. The peer then sends more. Had the
+/// switch closed with those bytes unread, its kernel would reset the connection and throw
+/// the answers away. Checks that every answer comes, then the switch's FIN.
+#[allow(clippy::unwrap_used, clippy::expect_used)] // a test's helper: it fails the test where it fails
+async fn slow_reader_gets_every_answer(rig: &Rig, bad_frame: Option<&[u8]>, close: impl FnOnce()) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let (mut from_switch, mut to_switch) = socket.connect(rig.network).await.unwrap().into_split();
+    let spec = Spec::iso87ascii();
+    let echoes = |stans: std::ops::Range<u32>| {
+        let mut bytes = Vec::new();
+        for stan in stans {
+            let mut echo = Message::new(spec, b"0800").unwrap();
+            echo.set(7, b"1126143015").unwrap();
+            echo.set(11, format!("{stan:06}").as_bytes()).unwrap();
+            echo.set(70, b"301").unwrap();
+            let body = echo.pack();
+            bytes.extend_from_slice(&(body.len() as u16).to_be_bytes());
+            bytes.extend_from_slice(&body);
+        }
+        bytes
+    };
+    const ANSWERED: u32 = 4000;
+    let mut first = echoes(1..ANSWERED + 1);
+    first.extend_from_slice(bad_frame.unwrap_or_default());
+    to_switch.write_all(&first).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    close();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    to_switch.write_all(&echoes(1..100)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), from_switch.read_to_end(&mut got))
+        .await
+        .expect("the switch closes its side");
+    let mut answers = 0;
+    let mut rest = &got[..];
+    while let [hi, lo, more @ ..] = rest {
+        let len = usize::from(u16::from_be_bytes([*hi, *lo]));
+        let Some((body, after)) = more.split_at_checked(len) else {
+            break;
+        };
+        let answer = Message::parse(spec, Bytes::copy_from_slice(body)).unwrap();
+        assert_eq!((answer.mti(), code(&answer)), (*b"0810", "00".to_string()));
+        answers += 1;
+        rest = after;
+    }
+    assert_eq!(
+        (answers, read.map_err(|e| e.kind())),
+        (ANSWERED, Ok(got.len())),
+        "every answer, then the switch's FIN (not a reset)"
+    );
+}
+
+#[tokio::test]
 async fn a_frame_shorter_than_the_links_header_is_dropped_and_the_connection_goes_on() {
     // A link with a 5-byte TPDU: a 3-byte frame cannot hold it, but its length is known,
     // so it is one bad frame, not a broken stream.

@@ -284,8 +284,8 @@ pub async fn serve<S>(
         }
     };
     said_ended(&mut reading_hook);
+    // The answers written, then vpan's FIN.
     let _ = write_half.shutdown().await;
-    drop((read_half, write_half));
     // Requests still in flight are finished although their answers can no longer be
     // delivered: each hold gets its outcome (approved: spent; otherwise released) rather
     // than staying held until a restart counts it as spent. An approval that comes in time
@@ -294,7 +294,23 @@ pub async fn serve<S>(
     // reverse it on its own, which the acquirer's reversal would then repeat. Bounded by
     // `issuer.timeout_ms`, and the journal's stall limit for the records a 91 waits for.
     let unanswered = in_flight.len();
-    while in_flight.next().await.is_some() {}
+    let finished = async { while in_flight.next().await.is_some() {} };
+    // Only where the peer may still be sending: it has not closed its side, and the
+    // connection ended for vpan's own reason with answers just written.
+    let lingers = !peer_closed && matches!(end, End::Shutdown | End::Frame(_));
+    let ((), dropped) = tokio::join!(finished, async {
+        match lingers {
+            true => linger(&mut read_half).await,
+            false => 0,
+        }
+    });
+    drop((read_half, write_half));
+    if dropped > 0 {
+        tracing::debug!(
+            bytes = dropped,
+            "bytes the network peer sent after vpan closed its side: dropped unread"
+        );
+    }
     if unanswered > 0 {
         tracing::info!(
             unanswered,
@@ -316,6 +332,28 @@ pub async fn serve<S>(
             crate::logging::throttled!(info, ?end, "network connection closed")
         }
     }
+}
+
+/// The longest a connection vpan closes keeps reading after its FIN ([`linger`]).
+pub const LINGER: Duration = Duration::from_secs(1);
+
+/// Reads and drops what the peer still sends after vpan's FIN, until it closes its side
+/// (it has then read every answer) or [`LINGER`] has passed; returns the bytes dropped.
+///
+/// A socket closed with bytes it has not read is reset by the kernel, which throws away
+/// what it has not sent yet: answers written to a slow reader, or across a long link,
+/// approvals among them, would be lost to a request or an echo the peer sent in the
+/// meantime. Read to its end first, the socket closes with a FIN after all of them.
+async fn linger<R: AsyncRead + Unpin>(read_half: &mut R) -> usize {
+    let mut sink = [0u8; 4096];
+    let mut dropped = 0;
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Ok(n @ 1..) = read_half.read(&mut sink).await {
+            dropped += n;
+        }
+    })
+    .await;
+    dropped
 }
 
 /// The answer to one frame, with the fixed header to echo.
