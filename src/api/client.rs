@@ -415,7 +415,8 @@ fn https_only(base: &str) -> Result<(), String> {
     }
 }
 
-/// Whether `base` names this host's loopback (`localhost`, 127.0.0.0/8 or `::1`).
+/// Whether `base` names this host (`localhost`, 127.0.0.0/8, `::1`, either written as an
+/// IPv4-mapped IPv6 address, or `0.0.0.0`/`::`, which Linux connects to this host).
 fn is_loopback(base: &str) -> bool {
     let Ok(url) = reqwest::Url::parse(base) else {
         return false;
@@ -425,7 +426,7 @@ fn is_loopback(base: &str) -> bool {
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     match host.parse::<std::net::IpAddr>() {
-        Ok(ip) => ip.is_loopback(),
+        Ok(ip) => ip.to_canonical().is_loopback() || ip.is_unspecified(),
         Err(_) => {
             let name = host.trim_end_matches('.').to_ascii_lowercase();
             name == "localhost" || name.ends_with(".localhost")
@@ -745,6 +746,8 @@ mod tests {
             "https://localhost:8443",
             "https://LocalHost.:8443",
             "http://api.localhost",
+            "https://[::ffff:127.0.0.1]:8443",
+            "http://0.0.0.0:9583",
         ] {
             assert!(is_loopback(url), "{url}");
         }
