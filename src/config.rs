@@ -528,35 +528,20 @@ fn apply_env(
             var: var.clone(),
             message,
         };
-        let Some((section, key)) = rest.split_once('_') else {
-            // `VPAN_METRICSLISTEN`: ours with its underscore lost, not another tool's.
-            if let Some(meant) = joined_section_and_key(&defaults, &rest) {
-                return Err(env_error(format!(
-                    "a section and its key are parted by an underscore: {meant} was meant?"
-                )));
-            }
-            continue;
+        let section_defaults = match rest.split_once('_') {
+            Some((section, key)) => match defaults.get(section) {
+                Some(toml::Value::Table(t)) => Some((section, key, t)),
+                _ => None,
+            },
+            None => None,
         };
-        let Some(toml::Value::Table(section_defaults)) = defaults.get(section) else {
-            // Not ours, unless it is one of ours misspelt, section and key alike (a key
-            // a letter or two off too: `VPAN_STOR_KEYFILE`): left alone,
-            // `VPAN_STOR_KEY_FILE` would put the card key in the data directory, and
-            // `VPAN_METRIC_LISTEN` the metrics on the loopback, with no more than a
-            // warning. `VPAN_STATE_DIR` is someone else's: `store` has no key near `dir`.
-            let meant = defaults.iter().find_map(|(s, table)| {
-                let toml::Value::Table(table) = table else {
-                    return None;
-                };
-                let k = table.keys().find(|k| *k == key || misspelt(key, k))?;
-                misspelt(section, s).then(|| format!("VPAN_{}_{}", s, k).to_ascii_uppercase())
-            });
-            // Or the underscore after the section lost: `VPAN_STOREDATA_DIR`.
-            let meant = meant.or_else(|| joined_section_and_key(&defaults, &rest));
-            if let Some(meant) = meant {
+        let Some((section, key, section_defaults)) = section_defaults else {
+            if let Some(meant) = variable_meant(&defaults, &rest) {
                 return Err(env_error(format!(
-                    "there is no configuration section [{section}]; {meant} was meant?"
+                    "names no configuration section; {meant} was meant?"
                 )));
             }
+            // Not ours: `VPAN_TOKEN` of `vpan card`, a test harness's own.
             continue;
         };
         let Some(default) = section_defaults.get(key) else {
@@ -577,6 +562,26 @@ fn apply_env(
         }
     }
     Ok(())
+}
+
+/// For a `VPAN_` variable's `rest` (lower case) that names no configuration section, the
+/// variable of ours it was meant to be, if any: a section misspelt, section and key alike
+/// (a key a letter or two off too: `VPAN_STOR_KEYFILE`), or the underscore after the
+/// section lost (`VPAN_METRICSLISTEN`, `VPAN_STOREDATA_DIR`). Left alone with no more than
+/// a warning, `VPAN_STOR_KEY_FILE` would put the card key in the data directory, and
+/// `VPAN_METRIC_LISTEN` the metrics on the loopback. `VPAN_STATE_DIR` is someone else's:
+/// `store` has no key near `dir`.
+fn variable_meant(defaults: &toml::Table, rest: &str) -> Option<String> {
+    let misspelt_section = rest.split_once('_').and_then(|(section, key)| {
+        defaults.iter().find_map(|(s, table)| {
+            let toml::Value::Table(table) = table else {
+                return None;
+            };
+            let k = table.keys().find(|k| *k == key || misspelt(key, k))?;
+            misspelt(section, s).then(|| format!("VPAN_{s}_{k}").to_ascii_uppercase())
+        })
+    });
+    misspelt_section.or_else(|| joined_section_and_key(defaults, rest))
 }
 
 /// `VPAN_<SECTION>_<KEY>` for a variable's `rest` that is a section name and one of its
@@ -677,7 +682,10 @@ pub fn env_vars_naming_no_section(env: &[(String, String)]) -> Vec<String> {
         .filter_map(|(var, _)| {
             let rest = var.strip_prefix("VPAN_")?.to_ascii_lowercase();
             let (section, _) = rest.split_once('_')?;
-            (!defaults.contains_key(section)).then(|| var.clone())
+            // One meant as ours is refused by `Config::load`, not warned of as another's.
+            let others =
+                !defaults.contains_key(section) && variable_meant(&defaults, &rest).is_none();
+            others.then(|| var.clone())
         })
         .collect()
 }
@@ -922,11 +930,15 @@ mod tests {
             ("VPAN_NET_LISTEN", "127.0.0.1:1"),
             ("VPAN_NETWORK_LISTEN", "127.0.0.1:0"),
             ("VPAN_TOKEN", "the card client's"),
+            // Refused by `Config::load` as ours misspelt: not also warned of as another's.
+            ("VPAN_STOREDATA_DIR", "/tmp/x"),
+            ("VPAN_STOR_KEY_FILE", "/tmp/k"),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         assert_eq!(env_vars_naming_no_section(&env), vec!["VPAN_NET_LISTEN"]);
+        let env: Vec<_> = env.into_iter().take(3).collect();
         let c = Config::from_toml("", "test", env).unwrap();
         assert_eq!(c.network.listen, "127.0.0.1:0");
     }
