@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use rig::*;
-use vpan::cards::CardKey;
+use vpan::cards::{Admit, CardKey, Decision, ResponseCode};
 use vpan::tools::issuer_sim::SimConfig;
 
 /// A tmpfs of `size` mounted on a fresh directory, unmounted on drop.
@@ -131,6 +131,20 @@ async fn a_full_disk_turns_approvals_into_96_and_releases_their_holds() {
     // for want of funds) is refused before it is counted.
     let repeat = repeat_of(&before);
     assert_eq!(code(&net.call(&repeat).await), "96");
+    // A switch that is stopping still says 96 of a repeat it holds, and of new work only
+    // that it takes none on (answered 91, as when the store is well).
+    let draining = |msg: &vpan::iso8583::Message| {
+        let req = vpan::switch::flow::auth_request(msg).unwrap();
+        let key = CardKey::of(&card.vpan);
+        rig.cards
+            .authorize_admitting(key, &req, now(), Admit::RepeatsOnly)
+    };
+    assert!(matches!(
+        draining(&repeat),
+        Decision::Decline(ResponseCode::SYSTEM_ERROR)
+    ));
+    let new = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 1);
+    assert!(matches!(draining(&new), Decision::NotAdmitted));
     let advice = purchase(&mut net, b"0120", &card.vpan, &card.expiry.0, 500);
     let answer = net.call(&advice).await;
     assert_eq!((answer.mti(), code(&answer)), (*b"0130", "96".to_string()));

@@ -566,7 +566,12 @@ impl Cards {
             if self.journal.is_failed() {
                 // Nothing can be made durable: fail closed before holding anything, and
                 // before replaying an answer whose records may not have reached the disk.
-                return Decision::Decline(ResponseCode::SYSTEM_ERROR);
+                // A switch that is stopping says so of new work, as it would otherwise.
+                let new = !self.ledger.entries.contains_key(&tx);
+                return match admit {
+                    Admit::RepeatsOnly if new => Decision::NotAdmitted,
+                    _ => Decision::Decline(ResponseCode::SYSTEM_ERROR),
+                };
             }
             let slot = match self.ledger.entries.entry(tx) {
                 dashmap::Entry::Occupied(mut e) => {
