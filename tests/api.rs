@@ -565,6 +565,42 @@ async fn a_client_opening_bare_connections_by_the_thousand_shuts_out_no_other_cl
 }
 
 #[tokio::test]
+async fn a_client_holding_finished_connections_by_the_thousand_shuts_out_no_other_client() {
+    use vpan::api::tls::{MAX_CONNECTIONS, MAX_CONNECTIONS_PER_CLIENT};
+    let dir = tempfile::tempdir().unwrap();
+    let api = Running::start(dir.path()).await;
+    // As many TLS connections as the API has places, from 127.0.0.1, each handshake done
+    // and nothing sent.
+    let mut held = Vec::new();
+    for _ in 0..MAX_CONNECTIONS {
+        held.push(api.tls_by_hand().await);
+    }
+    let from = |ip: [u8; 4]| {
+        let pem = std::fs::read(dir.path().join("tls-cert.pem")).unwrap();
+        reqwest::Client::builder()
+            .use_rustls_tls()
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+            .local_address(std::net::IpAddr::from(ip))
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap()
+    };
+    let healthz = |http: reqwest::Client| {
+        let url = api.url("/healthz");
+        async move { http.get(url).send().await }
+    };
+    let other = healthz(from([127, 0, 0, 2])).await;
+    assert_eq!(other.unwrap().status(), StatusCode::OK);
+    let more = healthz(from([127, 0, 0, 1])).await;
+    assert!(
+        more.is_err(),
+        "a connection past its address's {MAX_CONNECTIONS_PER_CLIENT} was served"
+    );
+    drop(held);
+    api.stop().await;
+}
+
+#[tokio::test]
 async fn a_client_trickling_its_headers_is_cut_off_and_a_bad_path_or_method_gets_json() {
     let dir = tempfile::tempdir().unwrap();
     let api = Running::start(dir.path()).await;

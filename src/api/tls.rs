@@ -8,10 +8,13 @@
 //! [`TlsListener`] implements axum's `Listener`: a background task accepts TCP connections,
 //! runs each handshake in its own task with a deadline, and queues only the finished ones,
 //! so a client that stalls its handshake delays nobody else. Handshakes under way have
-//! places of their own ([`MAX_HANDSHAKES`], at most [`MAX_HANDSHAKES_PER_CLIENT`] from one
-//! address), apart from the [`MAX_CONNECTIONS`] of finished ones: a client opening bare
-//! connections by the thousand takes none of the places of the clients already connected,
-//! and only its own share of those being made.
+//! places of their own ([`MAX_HANDSHAKES`]), apart from the [`MAX_CONNECTIONS`] of
+//! finished ones, and one client (an IPv4 address, or an IPv6 /64, which one host may
+//! hold whole) takes at most [`MAX_HANDSHAKES_PER_CLIENT`] of the first and
+//! [`MAX_CONNECTIONS_PER_CLIENT`] of the second: it takes none of the places of the
+//! clients already connected, and cannot alone take all of those left. Clients from many
+//! addresses together still can; an API open to the internet wants a reverse proxy with
+//! limits of its own in front.
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
@@ -41,6 +44,9 @@ pub const CERT_FILE: &str = "tls-cert.pem";
 pub const KEY_FILE: &str = "tls-key.pem";
 /// Open API connections at most, their TLS handshakes done; one more is closed at once.
 pub const MAX_CONNECTIONS: usize = 1024;
+/// Open API connections of one client (see [`client_of`]); one more is closed once its
+/// handshake is done. A quarter of all: a front end's connection pool is far smaller.
+pub const MAX_CONNECTIONS_PER_CLIENT: usize = MAX_CONNECTIONS / 4;
 /// TLS handshakes under way at once, all clients together; one more is closed at once.
 pub const MAX_HANDSHAKES: usize = 256;
 /// TLS handshakes under way at once from one client address. A handshake takes a few
@@ -194,16 +200,20 @@ pub struct TlsConnection {
     stream: TlsStream<TcpStream>,
     /// Fires [`IDLE_TIMEOUT`] after the last byte read or written.
     idle: Pin<Box<tokio::time::Sleep>>,
-    /// Returned to the semaphore when the connection closes.
-    _permit: OwnedSemaphorePermit,
+    /// Its place among all connections, and among its client's; given back when the
+    /// connection closes.
+    _places: (OwnedSemaphorePermit, ClientPlace),
 }
 
 impl TlsConnection {
-    fn new(stream: TlsStream<TcpStream>, permit: OwnedSemaphorePermit) -> TlsConnection {
+    fn new(
+        stream: TlsStream<TcpStream>,
+        places: (OwnedSemaphorePermit, ClientPlace),
+    ) -> TlsConnection {
         TlsConnection {
             stream,
             idle: Box::pin(tokio::time::sleep(IDLE_TIMEOUT)),
-            _permit: permit,
+            _places: places,
         }
     }
 
@@ -305,7 +315,8 @@ async fn accept_loop(
 ) {
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
-    let by_client = HandshakesByClient::default();
+    let handshakes_by_client = PerClient::new(MAX_HANDSHAKES_PER_CLIENT);
+    let connections_by_client = PerClient::new(MAX_CONNECTIONS_PER_CLIENT);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -320,7 +331,7 @@ async fn accept_loop(
             }
         };
         // Throttled, here and below: a client flooding the API must not flood the log too.
-        let Some(own) = by_client.enter(peer.ip()) else {
+        let Some(own) = handshakes_by_client.enter(peer.ip()) else {
             crate::logging::throttled!(warn, %peer, MAX_HANDSHAKES_PER_CLIENT, "API connection refused: too many TLS handshakes under way from this address");
             continue;
         };
@@ -332,6 +343,7 @@ async fn accept_loop(
         let acceptor = acceptor.clone();
         let ready = ready.clone();
         let connections = connections.clone();
+        let connections_by_client = connections_by_client.clone();
         tokio::spawn(async move {
             let done = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
             drop((own, handshake));
@@ -340,50 +352,78 @@ async fn accept_loop(
                 Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "API TLS handshake failed"),
                 Err(_) => return tracing::debug!(%peer, "API TLS handshake timed out"),
             };
+            let Some(own) = connections_by_client.enter(peer.ip()) else {
+                crate::logging::throttled!(warn, %peer, MAX_CONNECTIONS_PER_CLIENT, "API connection refused: too many open from this address");
+                return;
+            };
             let Ok(permit) = connections.try_acquire_owned() else {
                 crate::logging::throttled!(warn, %peer, MAX_CONNECTIONS, "API connection refused: too many open");
                 return;
             };
-            let _ = ready.send((TlsConnection::new(stream, permit), peer)).await;
+            let _ = ready
+                .send((TlsConnection::new(stream, (permit, own)), peer))
+                .await;
         });
     }
 }
 
-/// The TLS handshakes under way, counted by client address.
-#[derive(Default)]
-struct HandshakesByClient(Arc<Mutex<HashMap<IpAddr, usize>>>);
+/// Places counted by client ([`client_of`]), at most `most` each.
+#[derive(Clone)]
+struct PerClient {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    most: usize,
+}
 
-impl HandshakesByClient {
-    /// A place for one more handshake from `ip`, or `None` when it has all its own.
-    fn enter(&self, ip: IpAddr) -> Option<ClientHandshake> {
-        // An IPv4 client on a dual-stack socket is one client, however its address is written.
-        let ip = ip.to_canonical();
-        let mut counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let n = counts.entry(ip).or_insert(0);
-        if *n >= MAX_HANDSHAKES_PER_CLIENT {
+impl PerClient {
+    fn new(most: usize) -> PerClient {
+        PerClient {
+            counts: Arc::default(),
+            most,
+        }
+    }
+
+    /// A place for one more of `ip`'s client, or `None` when it holds all its own.
+    fn enter(&self, ip: IpAddr) -> Option<ClientPlace> {
+        let client = client_of(ip);
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = counts.entry(client).or_insert(0);
+        if *n >= self.most {
             return None;
         }
         *n += 1;
-        Some(ClientHandshake {
-            counts: self.0.clone(),
-            ip,
+        Some(ClientPlace {
+            counts: self.counts.clone(),
+            client,
         })
     }
 }
 
-/// One client's handshake under way; its place is given back when dropped.
-struct ClientHandshake {
-    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    ip: IpAddr,
+/// The client an address belongs to, for the caps per client: an IPv4 address (however
+/// written: an IPv4-mapped IPv6 address on a dual-stack socket is the same), or the /64 of
+/// an IPv6 one, which a single host is commonly given whole.
+fn client_of(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let [a, b, c, d, ..] = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(a, b, c, d, 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
 }
 
-impl Drop for ClientHandshake {
+/// One place of a client's; given back when dropped.
+struct ClientPlace {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    client: IpAddr,
+}
+
+impl Drop for ClientPlace {
     fn drop(&mut self) {
         let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = counts.get_mut(&self.ip) {
+        if let Some(n) = counts.get_mut(&self.client) {
             *n -= 1;
             if *n == 0 {
-                counts.remove(&self.ip);
+                counts.remove(&self.client);
             }
         }
     }
@@ -413,26 +453,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_client_has_its_own_share_of_handshakes_given_back_as_each_ends() {
-        let by_client = HandshakesByClient::default();
+    fn a_client_has_its_own_share_of_places_given_back_as_each_is_let_go() {
+        let per_client = PerClient::new(3);
         let one: IpAddr = "192.0.2.1".parse().unwrap();
         let same_mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
-        let mut held: Vec<_> = (0..MAX_HANDSHAKES_PER_CLIENT)
-            .map(|_| by_client.enter(one).unwrap())
-            .collect();
-        assert!(by_client.enter(one).is_none());
+        let mut held: Vec<_> = (0..3).map(|_| per_client.enter(one).unwrap()).collect();
+        assert!(per_client.enter(one).is_none());
         assert!(
-            by_client.enter(same_mapped).is_none(),
+            per_client.enter(same_mapped).is_none(),
             "one client, two spellings"
         );
-        assert!(by_client.enter("192.0.2.2".parse().unwrap()).is_some());
+        assert!(per_client.enter("192.0.2.2".parse().unwrap()).is_some());
         held.pop();
-        assert!(by_client.enter(same_mapped).is_some());
+        assert!(per_client.enter(same_mapped).is_some());
         held.clear();
         assert!(
-            by_client.0.lock().unwrap().is_empty(),
+            per_client.counts.lock().unwrap().is_empty(),
             "no count kept for a gone client"
         );
+    }
+
+    #[test]
+    fn an_ipv6_client_is_its_64() {
+        let host = |s: &str| client_of(s.parse().unwrap());
+        assert_eq!(host("2001:db8:1:2::1"), host("2001:db8:1:2:ffff::9"));
+        assert_ne!(host("2001:db8:1:2::1"), host("2001:db8:1:3::1"));
+        assert_eq!(host("::ffff:10.0.0.1"), host("10.0.0.1"));
+        assert_ne!(host("10.0.0.1"), host("10.0.0.2"));
     }
 
     #[test]
