@@ -123,6 +123,20 @@ impl Running {
         connector.connect(name, tcp).await.unwrap()
     }
 
+    /// `GET /healthz` on a new connection from `ip` (on this host's loopback: 127.0.0.2 is
+    /// another client than 127.0.0.1 to the API); its status, or why there is none.
+    async fn healthz_from(&self, ip: [u8; 4]) -> reqwest::Result<StatusCode> {
+        let pem = std::fs::read(self.data_dir.join("tls-cert.pem")).unwrap();
+        let client = reqwest::Client::builder()
+            .use_rustls_tls()
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+            .local_address(std::net::IpAddr::from(ip))
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        Ok(client.get(self.url("/healthz")).send().await?.status())
+    }
+
     /// A call with the token; the status and the JSON body.
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
         self.call_with(method, path, body, Some(&self.token.clone()))
@@ -539,23 +553,13 @@ async fn a_client_opening_bare_connections_by_the_thousand_shuts_out_no_other_cl
     // Let the listener accept (and close) them all: a connection of ours it would refuse
     // must be refused for being one too many, not for coming first.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let from = |ip: [u8; 4]| {
-        let pem = std::fs::read(dir.path().join("tls-cert.pem")).unwrap();
-        reqwest::Client::builder()
-            .use_rustls_tls()
-            .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
-            .local_address(std::net::IpAddr::from(ip))
-            .timeout(Duration::from_secs(5))
-            .build()
-            .unwrap()
-    };
     // Another client, from another address: served.
-    let other = healthz(&from([127, 0, 0, 2])).await;
-    assert_eq!(other.unwrap().status(), StatusCode::OK);
+    let other = api.healthz_from([127, 0, 0, 2]).await;
+    assert_eq!(other.unwrap(), StatusCode::OK);
     // The client connected before goes on.
     assert_eq!(healthz(&api.http).await.unwrap().status(), StatusCode::OK);
     // The flooding address holds its share of handshakes under way, and no more.
-    let flooder = healthz(&from([127, 0, 0, 1])).await;
+    let flooder = api.healthz_from([127, 0, 0, 1]).await;
     assert!(
         flooder.is_err(),
         "a new connection from an address with {MAX_HANDSHAKES_PER_CLIENT} handshakes under way was served"
@@ -575,23 +579,9 @@ async fn a_client_holding_finished_connections_by_the_thousand_shuts_out_no_othe
     for _ in 0..MAX_CONNECTIONS {
         held.push(api.tls_by_hand().await);
     }
-    let from = |ip: [u8; 4]| {
-        let pem = std::fs::read(dir.path().join("tls-cert.pem")).unwrap();
-        reqwest::Client::builder()
-            .use_rustls_tls()
-            .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
-            .local_address(std::net::IpAddr::from(ip))
-            .timeout(Duration::from_secs(5))
-            .build()
-            .unwrap()
-    };
-    let healthz = |http: reqwest::Client| {
-        let url = api.url("/healthz");
-        async move { http.get(url).send().await }
-    };
-    let other = healthz(from([127, 0, 0, 2])).await;
-    assert_eq!(other.unwrap().status(), StatusCode::OK);
-    let more = healthz(from([127, 0, 0, 1])).await;
+    let other = api.healthz_from([127, 0, 0, 2]).await;
+    assert_eq!(other.unwrap(), StatusCode::OK);
+    let more = api.healthz_from([127, 0, 0, 1]).await;
     assert!(
         more.is_err(),
         "a connection past its address's {MAX_CONNECTIONS_PER_CLIENT} was served"
