@@ -9,8 +9,7 @@
 //! runs each handshake in its own task with a deadline, and queues only the finished ones,
 //! so a client that stalls its handshake delays nobody else. Handshakes under way have
 //! places of their own ([`MAX_HANDSHAKES`]), apart from the [`MAX_CONNECTIONS`] of
-//! finished ones, and one client (an IPv4 address, or an IPv6 /64, which one host may
-//! hold whole) takes at most [`MAX_HANDSHAKES_PER_CLIENT`] of the first and
+//! finished ones, and one client (one address) takes at most [`MAX_HANDSHAKES_PER_CLIENT`] of the first and
 //! [`MAX_CONNECTIONS_PER_CLIENT`] of the second: it takes none of the places of the
 //! clients already connected, and cannot alone take all of those left. Clients from many
 //! addresses together still can; an API open to the internet wants a reverse proxy with
@@ -398,17 +397,12 @@ impl PerClient {
     }
 }
 
-/// The client an address belongs to, for the caps per client: an IPv4 address (however
-/// written: an IPv4-mapped IPv6 address on a dual-stack socket is the same), or the /64 of
-/// an IPv6 one, which a single host is commonly given whole.
+/// The client an address belongs to, for the caps per client: the address, however
+/// written (an IPv4-mapped IPv6 address on a dual-stack socket is the IPv4 one). Not an
+/// IPv6 /64, which one host may hold whole on the internet, but in a cloud network is a
+/// whole subnet of the front ends the API serves.
 fn client_of(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => {
-            let [a, b, c, d, ..] = v6.segments();
-            IpAddr::V6(std::net::Ipv6Addr::new(a, b, c, d, 0, 0, 0, 0))
-        }
-        v4 => v4,
-    }
+    ip.to_canonical()
 }
 
 /// One place of a client's; given back when dropped.
@@ -474,12 +468,11 @@ mod tests {
     }
 
     #[test]
-    fn an_ipv6_client_is_its_64() {
+    fn a_client_is_its_address_however_written() {
         let host = |s: &str| client_of(s.parse().unwrap());
-        assert_eq!(host("2001:db8:1:2::1"), host("2001:db8:1:2:ffff::9"));
-        assert_ne!(host("2001:db8:1:2::1"), host("2001:db8:1:3::1"));
         assert_eq!(host("::ffff:10.0.0.1"), host("10.0.0.1"));
         assert_ne!(host("10.0.0.1"), host("10.0.0.2"));
+        assert_ne!(host("2001:db8:1:2::1"), host("2001:db8:1:2::2"));
     }
 
     #[test]
