@@ -102,6 +102,8 @@ pub struct App {
     network_mac: Option<MacKey>,
     /// Per-connection limits of the network side.
     limits: ConnectionLimits,
+    /// The longest a stop can take ([`longest_stop`]).
+    stop_bound: Duration,
     /// `network.max_connections`.
     max_connections: usize,
     /// The metrics listener.
@@ -245,13 +247,14 @@ impl App {
             stamps,
             issuer_stop.clone(),
         );
+        let drain_timeout = drain_timeout(&config);
         let limits = ConnectionLimits {
             codec: network_codec,
             max_in_flight: config.network.max_in_flight,
             idle_timeout: (config.network.idle_timeout_ms > 0)
                 .then(|| Duration::from_millis(config.network.idle_timeout_ms)),
             read_timeout: Duration::from_millis(config.network.read_timeout_ms.max(1)),
-            drain_timeout: drain_timeout(&config),
+            drain_timeout,
         };
         let app = App {
             cards: Arc::new(cards),
@@ -261,6 +264,7 @@ impl App {
             network_spec,
             network_mac,
             limits,
+            stop_bound: stop_within(drain_timeout, answer_within(&config)),
             max_connections: config.network.max_connections,
             metrics,
             api,
@@ -396,7 +400,7 @@ impl App {
 
         shutdown.await;
         tracing::info!(
-            at_most_ms = stop_within(drain_timeout).as_millis() as u64,
+            at_most_ms = self.stop_bound.as_millis() as u64,
             "shutting down: no new connections, draining requests in flight"
         );
         token.cancel();
@@ -469,24 +473,32 @@ const CARDS_LET_GO: Duration = Duration::from_secs(2);
 /// finished, and the journal's last flush. A service
 /// manager's stop timeout must be at least this, or it kills a clean stop.
 pub fn longest_stop(config: &Config) -> Duration {
-    stop_within(drain_timeout(config))
+    stop_within(drain_timeout(config), answer_within(config))
 }
 
-/// [`longest_stop`] for a drain of `drain`.
-fn stop_within(drain: Duration) -> Duration {
-    drain * 2 + crate::switch::connection::LINGER + SIDE_SERVER_GRACE + CARDS_LET_GO
+/// [`longest_stop`] for a drain of `drain`, a request taking `answered` at most: the
+/// network side's connections end at the drain's end, then finish what they read just
+/// before it (unanswered, within `answered`) while they linger for their peers to read the
+/// last answers.
+fn stop_within(drain: Duration, answered: Duration) -> Duration {
+    let closing = answered.max(crate::switch::connection::LINGER);
+    [closing, drain, SIDE_SERVER_GRACE, CARDS_LET_GO]
+        .into_iter()
+        .fold(drain, Duration::saturating_add)
+}
+
+/// The longest a request can take to be answered: the issuer's timeout, or the journal's
+/// stall limit for a hold the disk does not make durable (the two run side by side).
+fn answer_within(config: &Config) -> Duration {
+    Duration::from_millis(config.issuer.timeout_ms).max(crate::store::journal::STALL_AFTER)
 }
 
 /// How long shutdown waits for the requests in flight: `network.drain_timeout_ms`, raised
-/// (with a warning) to the longest a request can take to be answered, plus slack for the
-/// issuer link's sweep: the issuer's timeout, or the journal's stall limit for a hold the
-/// disk does not make durable (the two run side by side). Shorter, a request still with
-/// the issuer at shutdown could be approved there, counted, and never answered.
+/// (with a warning) to the longest a request can take to be answered ([`answer_within`]),
+/// plus slack for the issuer link's sweep. Shorter, a request still with the issuer at
+/// shutdown could be approved there, counted, and never answered.
 fn drain_timeout(config: &Config) -> Duration {
-    let longest = config
-        .issuer
-        .timeout_ms
-        .max(crate::store::journal::STALL_AFTER.as_millis() as u64);
+    let longest = u64::try_from(answer_within(config).as_millis()).unwrap_or(u64::MAX);
     let at_least = longest.saturating_add(100);
     if config.network.drain_timeout_ms < at_least {
         tracing::warn!(

@@ -528,6 +528,17 @@ async fn a_repeat_refused_with_the_purchase_it_joined_waits_until_the_reversal_o
 }
 
 #[test]
+fn a_stop_takes_26_s_at_most_with_the_defaults() {
+    // The drain (5 s); what was read just before its end, finished within the journal's
+    // 2 s stall limit (longer than the issuer's 1.5 s and the 1 s linger); the reversals
+    // owed (5 s); API calls and scrapes (12 s); the last handles on the cards (2 s).
+    assert_eq!(
+        super::longest_stop(&Config::default()),
+        Duration::from_secs(26)
+    );
+}
+
+#[test]
 fn the_drain_is_never_shorter_than_the_longest_a_request_can_take_to_be_answered() {
     let mut config = Config::default();
     config.issuer.timeout_ms = 10_000;
