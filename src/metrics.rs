@@ -36,8 +36,9 @@ pub const FRAMES_REJECTED_TOTAL: &str = "vpan_frames_rejected_total";
 /// error, a peer leaving mid-frame, a peer too slow to read its answers or to send a whole
 /// frame, a frame whose MTI or STAN cannot be read (dropped), a format error answered 30,
 /// a wrong or missing MAC answered 63, an answer longer than the link's length header can
-/// say (dropped), a response from the network, which vpan sent no request (dropped).
-pub const REJECT_REASONS: [&str; 12] = [
+/// say (dropped), a response from the network, which vpan sent no request (dropped), a
+/// frame that came after vpan closed its side of the connection (dropped unanswered).
+pub const REJECT_REASONS: [&str; 13] = [
     "max_connections",
     "too_large",
     "bad_length",
@@ -50,6 +51,7 @@ pub const REJECT_REASONS: [&str; 12] = [
     "bad_mac",
     "answer_too_large",
     "not_a_request",
+    "after_close",
 ];
 /// Gauge of cards, by `status`.
 pub const CARDS: &str = "vpan_cards";

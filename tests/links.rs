@@ -321,8 +321,20 @@ async fn a_dialled_network_that_sends_a_bad_frame_is_redialled_only_once_its_req
     answer.set_response_code(b"00").unwrap();
     send(&mut host, &answer).await;
     assert_eq!(code(&net.answer(held.stan().unwrap()).await), "00");
-    // Answered, the old connection closes, and the switch dials again.
+    // Answered, the old connection closes, and only then the switch dials again: the old
+    // socket is gone, not lingering beside the new session (the first write draws a reset
+    // from it, the next one fails).
     let _again = switch.accept().await;
+    let mut writes = Vec::new();
+    for _ in 0..2 {
+        writes.push(net.try_send_unframed(&[0x00]).await.is_ok());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        writes,
+        [true, false],
+        "the old connection closed before the redial"
+    );
     switch.network_link_becomes(true).await;
     switch.stop().await;
 }

@@ -283,7 +283,6 @@ pub async fn serve<S>(
             }
         }
     };
-    said_ended(&mut reading_hook);
     // The answers written, then vpan's FIN.
     let _ = write_half.shutdown().await;
     // Requests still in flight are finished although their answers can no longer be
@@ -295,22 +294,24 @@ pub async fn serve<S>(
     // `issuer.timeout_ms`, and the journal's stall limit for the records a 91 waits for.
     let unanswered = in_flight.len();
     let finished = async { while in_flight.next().await.is_some() {} };
-    // Only where the peer may still be sending: it has not closed its side, and the
-    // connection ended for vpan's own reason with answers just written.
-    let lingers = !peer_closed && matches!(end, End::Shutdown | End::Frame(_));
-    let ((), dropped) = tokio::join!(finished, async {
-        match lingers {
-            true => linger(&mut read_half).await,
-            false => 0,
-        }
-    });
-    drop((read_half, write_half));
-    if dropped > 0 {
-        tracing::debug!(
-            bytes = dropped,
-            "bytes the network peer sent after vpan closed its side: dropped unread"
+    // Wherever the peer may still be sending and the answers written may still be on their
+    // way: not once it has closed its side, nor where the socket failed or the peer stopped
+    // reading (nothing more will reach it).
+    let lingers = !peer_closed
+        && matches!(
+            end,
+            End::Shutdown | End::Frame(_) | End::ReadTimeout | End::Idle
         );
-    }
+    let closed = async {
+        if lingers {
+            linger(&mut read_half, codec).await;
+        }
+        drop((read_half, write_half));
+        // Only now, for a dialling side: redialled sooner, the network would see a
+        // second session beside this one, which it may refuse.
+        said_ended(&mut reading_hook);
+    };
+    tokio::join!(finished, closed);
     if unanswered > 0 {
         tracing::info!(
             unanswered,
@@ -338,22 +339,45 @@ pub async fn serve<S>(
 pub const LINGER: Duration = Duration::from_secs(1);
 
 /// Reads and drops what the peer still sends after vpan's FIN, until it closes its side
-/// (it has then read every answer) or [`LINGER`] has passed; returns the bytes dropped.
+/// (it has then read every answer, the FIN coming after them) or [`LINGER`] has passed;
+/// the frames among it are counted (`after_close`), unanswered.
 ///
 /// A socket closed with bytes it has not read is reset by the kernel, which throws away
 /// what it has not sent yet: answers written to a slow reader, or across a long link,
 /// approvals among them, would be lost to a request or an echo the peer sent in the
-/// meantime. Read to its end first, the socket closes with a FIN after all of them.
-async fn linger<R: AsyncRead + Unpin>(read_half: &mut R) -> usize {
-    let mut sink = [0u8; 4096];
-    let mut dropped = 0;
+/// meantime. Read to its end first, the socket closes with a FIN after all of them. A
+/// peer still reading after [`LINGER`] can still lose the last of them that way, if it
+/// sends again before it has read them.
+async fn linger<R: AsyncRead + Unpin>(read_half: &mut R, mut codec: FrameCodec) {
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut frames = 0u64;
+    let mut counting = true;
     let _ = tokio::time::timeout(LINGER, async {
-        while let Ok(n @ 1..) = read_half.read(&mut sink).await {
-            dropped += n;
+        while let Ok(1..) = read_half.read_buf(&mut buf).await {
+            while counting {
+                match codec.decode(&mut buf) {
+                    Ok(Some(Frame::Message { .. })) => frames += 1,
+                    Ok(Some(Frame::KeepAlive)) => {}
+                    Ok(None) => break,
+                    Err(e) if e.frame_skipped() => {}
+                    // The rest cannot be told apart into frames: only dropped.
+                    Err(_) => counting = false,
+                }
+            }
+            if !counting {
+                buf.clear();
+            }
         }
     })
     .await;
-    dropped
+    if frames > 0 {
+        metrics::counter!(m::FRAMES_REJECTED_TOTAL, "reason" => "after_close").increment(frames);
+        crate::logging::throttled!(
+            info,
+            frames,
+            "frames the network peer sent after vpan closed its side: dropped unanswered"
+        );
+    }
 }
 
 /// The answer to one frame, with the fixed header to echo.

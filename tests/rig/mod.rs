@@ -210,9 +210,13 @@ impl Client {
 
     /// Writes `bytes` as they are, outside any frame (a broken length header, say).
     pub async fn send_unframed(&mut self, bytes: &[u8]) {
-        tokio::io::AsyncWriteExt::write_all(self.framed.get_mut(), bytes)
-            .await
-            .unwrap();
+        self.try_send_unframed(bytes).await.unwrap();
+    }
+
+    /// [`Client::send_unframed`], saying whether the write failed (the switch closed the
+    /// connection whole).
+    pub async fn try_send_unframed(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        tokio::io::AsyncWriteExt::write_all(self.framed.get_mut(), bytes).await
     }
 
     /// Sends `msgs` in one write, so that they reach the switch together.
