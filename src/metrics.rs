@@ -37,7 +37,7 @@ pub const FRAMES_REJECTED_TOTAL: &str = "vpan_frames_rejected_total";
 /// frame, a frame whose MTI or STAN cannot be read (dropped), a format error answered 30,
 /// a wrong or missing MAC answered 63, an answer longer than the link's length header can
 /// say (dropped), a response from the network, which vpan sent no request (dropped), a
-/// frame that came after vpan closed its side of the connection (dropped unanswered).
+/// frame left unread when vpan closed the connection or sent after (dropped unanswered).
 pub const REJECT_REASONS: [&str; 13] = [
     "max_connections",
     "too_large",

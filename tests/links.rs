@@ -273,6 +273,45 @@ async fn with_network_connect_the_switch_dials_the_network_serves_it_and_redials
 }
 
 #[tokio::test]
+async fn a_dialled_network_link_idle_too_long_is_down_at_once_and_redialled_once_the_old_socket_is_gone()
+ {
+    let sim = vpan::tools::issuer_sim::IssuerSim::start(Default::default())
+        .await
+        .unwrap();
+    let switch = Dialling::start(sim.local_addr().to_string(), |c| {
+        c.network.idle_timeout_ms = 300;
+    })
+    .await;
+    let mut net = switch.accept().await;
+    switch.network_link_becomes(true).await;
+    // Silent past the idle timeout: the switch closes (its FIN), and lingers a second for
+    // what this side may still send. The link is down from the close, not the linger's end.
+    assert_eq!(net.next_frame().await, None, "the switch's FIN");
+    switch.network_link_becomes(false).await;
+    let lingering = net.try_send_unframed(&[0x00]).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let still = net.try_send_unframed(&[0x00]).await;
+    assert!(
+        lingering.is_ok() && still.is_ok(),
+        "the old socket still reads, lingering"
+    );
+    // Then it is dropped, and only then the switch dials again.
+    let _again = switch.accept().await;
+    let mut writes = Vec::new();
+    for _ in 0..2 {
+        writes.push(net.try_send_unframed(&[0x00]).await.is_ok());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        writes,
+        [true, false],
+        "the old socket closed before the redial"
+    );
+    switch.stop().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_dialled_network_is_redialled_at_once_when_dropped_with_a_request_still_at_the_issuer() {
     // A purchase reaches the host, which holds it; the network drops the connection.
     let (switch, mut host, net, held) = dialling_with_a_purchase_at_the_host().await;

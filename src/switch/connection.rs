@@ -61,9 +61,10 @@ enum End {
 /// What [`serve`] tells its caller about reading, for a dialling side's link state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reading {
-    /// vpan reads no more from this peer (a bad frame), but the connection stays open
-    /// while it answers what is in flight: a second session beside it could be refused by
-    /// a network that allows one. The link takes no new requests: it is down.
+    /// vpan reads no more requests from this peer (a bad frame; or vpan is closing the
+    /// connection, and lingers for the peer to read its last answers), but the connection
+    /// stays open meanwhile: a second session beside it could be refused by a network
+    /// that allows one. The link takes no new requests: it is down.
     Stopped,
     /// The peer will send nothing more: it closed its side (answers still go to a peer
     /// that half-closed), or the connection ended. Said once, last.
@@ -283,8 +284,6 @@ pub async fn serve<S>(
             }
         }
     };
-    // The answers written, then vpan's FIN.
-    let _ = write_half.shutdown().await;
     // Requests still in flight are finished although their answers can no longer be
     // delivered: each hold gets its outcome (approved: spent; otherwise released) rather
     // than staying held until a restart counts it as spent. An approval that comes in time
@@ -304,7 +303,16 @@ pub async fn serve<S>(
         );
     let closed = async {
         if lingers {
-            linger(&mut read_half, codec).await;
+            // Down for a dialling side from now on: nothing more is read as a request.
+            reading_hook(Reading::Stopped);
+            // After a bad frame, where frames begin is lost: the rest is only dropped.
+            let unread = Unread {
+                bytes: inbuf,
+                frames: (!matches!(end, End::Frame(_))).then_some(codec),
+            };
+            linger(&mut read_half, &mut write_half, &mut out, unread).await;
+        } else {
+            let _ = write_half.shutdown().await;
         }
         drop((read_half, write_half));
         // Only now, for a dialling side: redialled sooner, the network would see a
@@ -335,12 +343,24 @@ pub async fn serve<S>(
     }
 }
 
-/// The longest a connection vpan closes keeps reading after its FIN ([`linger`]).
+/// The longest a connection vpan closes takes to write its last answers and keeps reading
+/// after its FIN ([`linger`]).
 pub const LINGER: Duration = Duration::from_secs(1);
 
-/// Reads and drops what the peer still sends after vpan's FIN, until it closes its side
-/// (it has then read every answer, the FIN coming after them) or [`LINGER`] has passed;
-/// the frames among it are counted (`after_close`), unanswered.
+/// What the peer sent that vpan did not read as requests when it began closing.
+struct Unread {
+    /// The bytes read and not yet cut into frames.
+    bytes: BytesMut,
+    /// The codec to cut them into frames, to count those dropped; `None` where frame
+    /// boundaries are lost (a bad frame).
+    frames: Option<FrameCodec>,
+}
+
+/// Closes a connection the peer may still be sending on, within [`LINGER`]: writes the
+/// answers ready (`out`: a drain's end can come with some not yet taken by a slow
+/// reader), sends vpan's FIN, then reads and drops what the peer still sends until it
+/// closes its side (it has then read every answer, the FIN coming after them). The frames
+/// dropped, unanswered, are counted (`after_close`).
 ///
 /// A socket closed with bytes it has not read is reset by the kernel, which throws away
 /// what it has not sent yet: answers written to a slow reader, or across a long link,
@@ -348,24 +368,37 @@ pub const LINGER: Duration = Duration::from_secs(1);
 /// meantime. Read to its end first, the socket closes with a FIN after all of them. A
 /// peer still reading after [`LINGER`] can still lose the last of them that way, if it
 /// sends again before it has read them.
-async fn linger<R: AsyncRead + Unpin>(read_half: &mut R, mut codec: FrameCodec) {
-    let mut buf = BytesMut::with_capacity(4096);
+async fn linger<R, W>(read_half: &mut R, write_half: &mut W, out: &mut BytesMut, unread: Unread)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let Unread {
+        bytes: mut buf,
+        frames: mut codec,
+    } = unread;
     let mut frames = 0u64;
-    let mut counting = true;
     let _ = tokio::time::timeout(LINGER, async {
-        while let Ok(1..) = read_half.read_buf(&mut buf).await {
-            while counting {
-                match codec.decode(&mut buf) {
+        if write_half.write_all_buf(out).await.is_err() {
+            return;
+        }
+        let _ = write_half.shutdown().await;
+        loop {
+            while let Some(c) = codec.as_mut() {
+                match c.decode(&mut buf) {
                     Ok(Some(Frame::Message { .. })) => frames += 1,
                     Ok(Some(Frame::KeepAlive)) => {}
                     Ok(None) => break,
                     Err(e) if e.frame_skipped() => {}
                     // The rest cannot be told apart into frames: only dropped.
-                    Err(_) => counting = false,
+                    Err(_) => codec = None,
                 }
             }
-            if !counting {
+            if codec.is_none() {
                 buf.clear();
+            }
+            if !matches!(read_half.read_buf(&mut buf).await, Ok(1..)) {
+                return;
             }
         }
     })
@@ -375,7 +408,7 @@ async fn linger<R: AsyncRead + Unpin>(read_half: &mut R, mut codec: FrameCodec) 
         crate::logging::throttled!(
             info,
             frames,
-            "frames the network peer sent after vpan closed its side: dropped unanswered"
+            "frames the network peer sent after vpan began closing the connection: dropped unanswered"
         );
     }
 }
@@ -420,5 +453,67 @@ fn frame_reason(e: &FrameError) -> &'static str {
         FrameError::TooLarge { .. } => "too_large",
         FrameError::Io(_) => "io",
         _ => "bad_length",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::iso8583::Framing;
+
+    /// A `len2` frame of `body`.
+    fn frame(body: &[u8]) -> Vec<u8> {
+        let mut f = u16::try_from(body.len()).unwrap().to_be_bytes().to_vec();
+        f.extend_from_slice(body);
+        f
+    }
+
+    /// Lingers over a pipe whose peer sent `unread` before the close (`counting` whether
+    /// frames can still be told apart there) and then `later`, with `out` still to write;
+    /// what the peer read, and the frames counted `after_close`.
+    async fn linger_over(
+        unread: &[u8],
+        counting: bool,
+        later: &[u8],
+        out: &[u8],
+    ) -> (Vec<u8>, u64) {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let metrics = recorder.handle();
+        let _local = metrics::set_default_local_recorder(&recorder);
+        let (mut peer, ours) = tokio::io::duplex(64 * 1024);
+        let (mut read_half, mut write_half) = tokio::io::split(ours);
+        peer.write_all(later).await.unwrap();
+        peer.shutdown().await.unwrap();
+        let unread = Unread {
+            bytes: BytesMut::from(unread),
+            frames: counting.then(|| FrameCodec::new(Framing::Len2, 0, 8192)),
+        };
+        let mut out = BytesMut::from(out);
+        linger(&mut read_half, &mut write_half, &mut out, unread).await;
+        drop((read_half, write_half));
+        let mut read = Vec::new();
+        peer.read_to_end(&mut read).await.unwrap();
+        let counted = metrics
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix(r#"vpan_frames_rejected_total{reason="after_close"} "#))
+            .map_or(0, |v| v.parse().unwrap());
+        (read, counted)
+    }
+
+    #[tokio::test]
+    async fn a_closing_connection_writes_its_last_answers_and_counts_the_frames_it_drops() {
+        let (one, two, three) = (frame(b"0800-one"), frame(b"0800-two"), frame(b"0800-three"));
+        // Read before the close: one frame whole and half of the next, whose rest comes
+        // after, with a third; the answers not yet written go first.
+        let unread = [&one[..], &two[..4]].concat();
+        let later = [&two[4..], &three[..]].concat();
+        let (read, counted) = linger_over(&unread, true, &later, b"answers").await;
+        assert_eq!((read, counted), (b"answers".to_vec(), 3));
+        // After a bad frame, where frames begin is lost: nothing is counted as one.
+        let (_, counted) = linger_over(&[0xFF], false, &[&one[..], &two[..]].concat(), b"").await;
+        assert_eq!(counted, 0);
     }
 }
