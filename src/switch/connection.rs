@@ -293,24 +293,30 @@ pub async fn serve<S>(
     // `issuer.timeout_ms`, and the journal's stall limit for the records a 91 waits for.
     let unanswered = in_flight.len();
     let finished = async { while in_flight.next().await.is_some() {} };
-    // Wherever the peer may still be sending and the answers written may still be on their
-    // way: not once it has closed its side, nor where the socket failed or the peer stopped
-    // reading (nothing more will reach it).
-    let lingers = !peer_closed
-        && matches!(
-            end,
-            End::Shutdown | End::Frame(_) | End::ReadTimeout | End::Idle
-        );
+    // Closed by vpan's own choice (not for a failed socket, nor a peer that stopped
+    // reading: nothing more would reach it), the answers ready are written first; and where
+    // the peer may still be sending (it has not closed its side), vpan lingers for it to
+    // read them.
+    let graceful = matches!(
+        end,
+        End::Shutdown | End::Frame(_) | End::ReadTimeout | End::Idle
+    );
     let closed = async {
-        if lingers {
-            // Down for a dialling side from now on: nothing more is read as a request.
-            reading_hook(Reading::Stopped);
-            // After a bad frame, where frames begin is lost: the rest is only dropped.
-            let unread = Unread {
-                bytes: inbuf,
-                frames: (!matches!(end, End::Frame(_))).then_some(codec),
+        if graceful {
+            let unread = if peer_closed {
+                None
+            } else {
+                // Down for a dialling side from now on: nothing more is read as a request.
+                reading_hook(Reading::Stopped);
+                Some(Unread {
+                    bytes: inbuf,
+                    // After a bad frame, where frames begin is lost: the rest is only dropped.
+                    frames: (!matches!(end, End::Frame(_))).then_some(codec),
+                    // The frame begun when the read timeout came is counted as that already.
+                    counted: usize::from(matches!(end, End::ReadTimeout)),
+                })
             };
-            linger(&mut read_half, &mut write_half, &mut out, unread).await;
+            close_gracefully(&mut read_half, &mut write_half, &mut out, unread).await;
         } else {
             let _ = write_half.shutdown().await;
         }
@@ -344,7 +350,7 @@ pub async fn serve<S>(
 }
 
 /// The longest a connection vpan closes takes to write its last answers and keeps reading
-/// after its FIN ([`linger`]).
+/// what the peer sends ([`close_gracefully`]).
 pub const LINGER: Duration = Duration::from_secs(1);
 
 /// What the peer sent that vpan did not read as requests when it began closing.
@@ -354,39 +360,54 @@ struct Unread {
     /// The codec to cut them into frames, to count those dropped; `None` where frame
     /// boundaries are lost (a bad frame).
     frames: Option<FrameCodec>,
+    /// Frames at the start already counted otherwise (one begun when a read timed out).
+    counted: usize,
 }
 
-/// Closes a connection the peer may still be sending on, within [`LINGER`]: writes the
-/// answers ready (`out`: a drain's end can come with some not yet taken by a slow
-/// reader), sends vpan's FIN, then reads and drops what the peer still sends until it
-/// closes its side (it has then read every answer, the FIN coming after them). The frames
-/// dropped, unanswered, are counted (`after_close`).
+/// Closes a connection within [`LINGER`]: writes the answers ready (`out`: a drain's end
+/// can come with some not yet taken by a slow reader) and sends vpan's FIN after them;
+/// meanwhile, unless the peer has closed its side (`unread` is `None`), reads and drops
+/// what it still sends until it closes its side (it has then read every answer, the FIN
+/// coming after them). The frames dropped, unanswered, are counted (`after_close`).
 ///
 /// A socket closed with bytes it has not read is reset by the kernel, which throws away
 /// what it has not sent yet: answers written to a slow reader, or across a long link,
 /// approvals among them, would be lost to a request or an echo the peer sent in the
-/// meantime. Read to its end first, the socket closes with a FIN after all of them. A
-/// peer still reading after [`LINGER`] can still lose the last of them that way, if it
-/// sends again before it has read them.
-async fn linger<R, W>(read_half: &mut R, write_half: &mut W, out: &mut BytesMut, unread: Unread)
-where
+/// meantime. Read to its end first, the socket closes with a FIN after all of them. The
+/// reading goes on while the answers are written: a peer blocked in a write of its own
+/// reads nothing until vpan reads. A peer still reading after [`LINGER`] can still lose
+/// the last answers, if it sends again before it has read them.
+async fn close_gracefully<R, W>(
+    read_half: &mut R,
+    write_half: &mut W,
+    out: &mut BytesMut,
+    unread: Option<Unread>,
+) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let Unread {
-        bytes: mut buf,
-        frames: mut codec,
-    } = unread;
     let mut frames = 0u64;
-    let _ = tokio::time::timeout(LINGER, async {
-        if write_half.write_all_buf(out).await.is_err() {
-            return;
+    let write = async {
+        if write_half.write_all_buf(out).await.is_ok() {
+            let _ = write_half.shutdown().await;
         }
-        let _ = write_half.shutdown().await;
+    };
+    let read = async {
+        let Some(Unread {
+            bytes: mut buf,
+            frames: mut codec,
+            mut counted,
+        }) = unread
+        else {
+            return;
+        };
         loop {
             while let Some(c) = codec.as_mut() {
                 match c.decode(&mut buf) {
-                    Ok(Some(Frame::Message { .. })) => frames += 1,
+                    Ok(Some(Frame::Message { .. })) => match counted.checked_sub(1) {
+                        Some(left) => counted = left,
+                        None => frames += 1,
+                    },
                     Ok(Some(Frame::KeepAlive)) => {}
                     Ok(None) => break,
                     Err(e) if e.frame_skipped() => {}
@@ -401,8 +422,8 @@ where
                 return;
             }
         }
-    })
-    .await;
+    };
+    let _ = tokio::time::timeout(LINGER, async { tokio::join!(write, read) }).await;
     if frames > 0 {
         metrics::counter!(m::FRAMES_REJECTED_TOTAL, "reason" => "after_close").increment(frames);
         crate::logging::throttled!(
@@ -470,31 +491,39 @@ mod tests {
         f
     }
 
-    /// Lingers over a pipe whose peer sent `unread` before the close (`counting` whether
-    /// frames can still be told apart there) and then `later`, with `out` still to write;
-    /// what the peer read, and the frames counted `after_close`.
-    async fn linger_over(
+    /// Closes gracefully over a pipe of `pipe` bytes each way whose peer sent `unread`
+    /// before the close (`frames` whether they can still be told apart, `counted` already
+    /// counted) and then `later`, in one write before it reads anything, with `out` still
+    /// to write; what the peer read, and the frames counted `after_close`.
+    async fn close_over(
+        pipe: usize,
         unread: &[u8],
-        counting: bool,
-        later: &[u8],
+        frames: bool,
+        counted: usize,
+        later: Vec<u8>,
         out: &[u8],
     ) -> (Vec<u8>, u64) {
         let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
         let metrics = recorder.handle();
         let _local = metrics::set_default_local_recorder(&recorder);
-        let (mut peer, ours) = tokio::io::duplex(64 * 1024);
+        let (mut peer, ours) = tokio::io::duplex(pipe);
+        let peer = tokio::spawn(async move {
+            peer.write_all(&later).await.unwrap();
+            peer.shutdown().await.unwrap();
+            let mut read = Vec::new();
+            peer.read_to_end(&mut read).await.unwrap();
+            read
+        });
         let (mut read_half, mut write_half) = tokio::io::split(ours);
-        peer.write_all(later).await.unwrap();
-        peer.shutdown().await.unwrap();
         let unread = Unread {
             bytes: BytesMut::from(unread),
-            frames: counting.then(|| FrameCodec::new(Framing::Len2, 0, 8192)),
+            frames: frames.then(|| FrameCodec::new(Framing::Len2, 0, 8192)),
+            counted,
         };
         let mut out = BytesMut::from(out);
-        linger(&mut read_half, &mut write_half, &mut out, unread).await;
+        close_gracefully(&mut read_half, &mut write_half, &mut out, Some(unread)).await;
         drop((read_half, write_half));
-        let mut read = Vec::new();
-        peer.read_to_end(&mut read).await.unwrap();
+        let read = peer.await.unwrap();
         let counted = metrics
             .render()
             .lines()
@@ -510,10 +539,25 @@ mod tests {
         // after, with a third; the answers not yet written go first.
         let unread = [&one[..], &two[..4]].concat();
         let later = [&two[4..], &three[..]].concat();
-        let (read, counted) = linger_over(&unread, true, &later, b"answers").await;
+        let (read, counted) = close_over(4096, &unread, true, 0, later, b"answers").await;
         assert_eq!((read, counted), (b"answers".to_vec(), 3));
         // After a bad frame, where frames begin is lost: nothing is counted as one.
-        let (_, counted) = linger_over(&[0xFF], false, &[&one[..], &two[..]].concat(), b"").await;
+        let later = [&one[..], &two[..]].concat();
+        let (_, counted) = close_over(4096, &[], false, 0, later, b"").await;
         assert_eq!(counted, 0);
+        // The frame begun when the read timed out is counted as that, not again.
+        let later = [&one[3..], &two[..]].concat();
+        let (_, counted) = close_over(4096, &one[..3], true, 1, later, b"").await;
+        assert_eq!(counted, 1);
+    }
+
+    #[tokio::test]
+    async fn a_closing_connection_reads_while_it_writes_to_a_peer_blocked_in_a_write() {
+        // A peer that writes 64 KiB through a pipe of 1 KiB before it reads: vpan's 64 KiB
+        // of answers reach it only if vpan reads meanwhile.
+        let answers = vec![b'a'; 64 * 1024];
+        let later = frame(b"0800-one").repeat(6_000);
+        let (read, counted) = close_over(1024, &[], true, 0, later, &answers).await;
+        assert_eq!((read.len(), counted), (answers.len(), 6_000));
     }
 }
