@@ -322,7 +322,8 @@ pub async fn serve<S>(
         }
         drop((read_half, write_half));
         // Only now, for a dialling side: redialled sooner, the network would see a
-        // second session beside this one, which it may refuse.
+        // second session beside this one, which it may refuse. (Unless the peer closed
+        // its side first: then it was said when it did, and the network has left this one.)
         said_ended(&mut reading_hook);
     };
     tokio::join!(finished, closed);
@@ -403,12 +404,19 @@ async fn close_gracefully<R, W>(
         };
         loop {
             while let Some(c) = codec.as_mut() {
-                match c.decode(&mut buf) {
-                    Ok(Some(Frame::Message { .. })) => match counted.checked_sub(1) {
-                        Some(left) => counted = left,
-                        None => frames += 1,
-                    },
-                    Ok(Some(Frame::KeepAlive)) => {}
+                let decoded = c.decode(&mut buf);
+                // The first frames, whatever they turn out to be, are those counted already.
+                let new = match &decoded {
+                    Ok(None) => false,
+                    Ok(Some(_)) | Err(_) if counted > 0 => {
+                        counted -= 1;
+                        false
+                    }
+                    Ok(Some(_)) | Err(_) => true,
+                };
+                match decoded {
+                    Ok(Some(Frame::Message { .. })) if new => frames += 1,
+                    Ok(Some(_)) => {}
                     Ok(None) => break,
                     Err(e) if e.frame_skipped() => {}
                     // The rest cannot be told apart into frames: only dropped.
@@ -491,15 +499,23 @@ mod tests {
         f
     }
 
+    /// What the peer sent before the close: `bytes`, whose frames can still be told
+    /// apart (`frames`), the first `counted` of them counted already.
+    fn unread(bytes: &[u8], frames: bool, counted: usize) -> Option<Unread> {
+        Some(Unread {
+            bytes: BytesMut::from(bytes),
+            frames: frames.then(|| FrameCodec::new(Framing::Len2, 0, 8192)),
+            counted,
+        })
+    }
+
     /// Closes gracefully over a pipe of `pipe` bytes each way whose peer sent `unread`
-    /// before the close (`frames` whether they can still be told apart, `counted` already
-    /// counted) and then `later`, in one write before it reads anything, with `out` still
-    /// to write; what the peer read, and the frames counted `after_close`.
+    /// before the close (`None`: it closed its side) and then `later`, in one write before
+    /// it reads anything, with `out` still to write; what the peer read, and the frames
+    /// counted `after_close`.
     async fn close_over(
         pipe: usize,
-        unread: &[u8],
-        frames: bool,
-        counted: usize,
+        unread: Option<Unread>,
         later: Vec<u8>,
         out: &[u8],
     ) -> (Vec<u8>, u64) {
@@ -515,13 +531,8 @@ mod tests {
             read
         });
         let (mut read_half, mut write_half) = tokio::io::split(ours);
-        let unread = Unread {
-            bytes: BytesMut::from(unread),
-            frames: frames.then(|| FrameCodec::new(Framing::Len2, 0, 8192)),
-            counted,
-        };
         let mut out = BytesMut::from(out);
-        close_gracefully(&mut read_half, &mut write_half, &mut out, Some(unread)).await;
+        close_gracefully(&mut read_half, &mut write_half, &mut out, unread).await;
         drop((read_half, write_half));
         let read = peer.await.unwrap();
         let counted = metrics
@@ -537,18 +548,27 @@ mod tests {
         let (one, two, three) = (frame(b"0800-one"), frame(b"0800-two"), frame(b"0800-three"));
         // Read before the close: one frame whole and half of the next, whose rest comes
         // after, with a third; the answers not yet written go first.
-        let unread = [&one[..], &two[..4]].concat();
+        let before = unread(&[&one[..], &two[..4]].concat(), true, 0);
         let later = [&two[4..], &three[..]].concat();
-        let (read, counted) = close_over(4096, &unread, true, 0, later, b"answers").await;
+        let (read, counted) = close_over(4096, before, later, b"answers").await;
         assert_eq!((read, counted), (b"answers".to_vec(), 3));
         // After a bad frame, where frames begin is lost: nothing is counted as one.
         let later = [&one[..], &two[..]].concat();
-        let (_, counted) = close_over(4096, &[], false, 0, later, b"").await;
+        let (_, counted) = close_over(4096, unread(&[], false, 0), later, b"").await;
         assert_eq!(counted, 0);
-        // The frame begun when the read timed out is counted as that, not again.
-        let later = [&one[3..], &two[..]].concat();
-        let (_, counted) = close_over(4096, &one[..3], true, 1, later, b"").await;
-        assert_eq!(counted, 1);
+        // The frame begun when the read timed out is counted as that, not again, whatever
+        // it turns out to be (here a keep-alive: a length of 0).
+        for (begun, rest) in [(&one[..3], &one[3..]), (&[0][..], &[0][..])] {
+            let later = [rest, &two[..], &three[..]].concat();
+            let (_, counted) = close_over(4096, unread(begun, true, 1), later, b"").await;
+            assert_eq!(counted, 2, "{begun:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_closing_connection_writes_its_last_answers_to_a_peer_that_closed_its_side() {
+        let (read, counted) = close_over(4096, None, Vec::new(), b"answers").await;
+        assert_eq!((read, counted), (b"answers".to_vec(), 0));
     }
 
     #[tokio::test]
@@ -557,7 +577,7 @@ mod tests {
         // of answers reach it only if vpan reads meanwhile.
         let answers = vec![b'a'; 64 * 1024];
         let later = frame(b"0800-one").repeat(6_000);
-        let (read, counted) = close_over(1024, &[], true, 0, later, &answers).await;
+        let (read, counted) = close_over(1024, unread(&[], true, 0), later, &answers).await;
         assert_eq!((read.len(), counted), (answers.len(), 6_000));
     }
 }
