@@ -931,6 +931,9 @@ async fn health_is_ok_without_a_token_when_all_is_up_and_names_the_issuer_link_w
     let (code, out, err) = vpan_health(&metrics, Path::new("/nowhere.pem"));
     assert_eq!(code, 0, "{err}");
     assert_eq!(serde_json::from_str::<Value>(out.trim()).unwrap(), up);
+    // The endpoint's own URL, as a probe's configuration may have it, is taken as its base.
+    let (code, _, err) = vpan_health(&format!("{metrics}/healthz/"), Path::new("/nowhere.pem"));
+    assert_eq!(code, 0, "{err}");
 
     api.issuer.abort();
     let down = health_until(&api, StatusCode::SERVICE_UNAVAILABLE).await;

@@ -216,7 +216,8 @@ pub fn main(args: CardArgs) -> ExitCode {
 #[derive(Args, Debug)]
 pub struct HealthArgs {
     /// Base URL of the API (https://), or of the metrics listener (http://), which answers
-    /// /healthz the same with no certificate to trust.
+    /// /healthz the same with no certificate to trust; a URL ending in /healthz is taken
+    /// as its base.
     #[arg(long, env = "VPAN_URL", default_value = "https://127.0.0.1:8443")]
     pub url: String,
     /// PEM certificate to trust for an https:// URL (default: ./vpan-data/tls-cert.pem when
@@ -232,18 +233,21 @@ pub fn health_main(args: HealthArgs) -> ExitCode {
 }
 
 async fn health(args: HealthArgs) -> Result<(), Failure> {
+    // A base URL, but the endpoint's own URL, pasted from a browser or a probe's
+    // configuration, means the same.
+    let url = args.url.trim_end_matches('/');
+    let url = url.strip_suffix("/healthz").unwrap_or(url);
     // The metrics listener's plain HTTP carries no token and no card: it is allowed here,
     // and nowhere else.
-    let plain = args
-        .url
+    let plain = url
         .get(..7)
         .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://"));
     let api = if plain {
-        ApiClient::plain(&args.url).map_err(Failure::Failed)?
+        ApiClient::plain(url).map_err(Failure::Failed)?
     } else {
-        https_only(&args.url).map_err(Failure::Usage)?;
+        https_only(url).map_err(Failure::Usage)?;
         let ca = args.ca.or_else(default_ca);
-        ApiClient::new(&args.url, String::new(), ca.as_deref()).map_err(Failure::Failed)?
+        ApiClient::new(url, String::new(), ca.as_deref()).map_err(Failure::Failed)?
     };
     let answer = api.call(reqwest::Method::GET, "/healthz", None).await?;
     println!("{answer}");

@@ -144,7 +144,7 @@ impl ApiServer {
         let files = tls::files(&config.tls_cert, &config.tls_key, data_dir)?;
         let tls = tls::server_config(&files)?;
         if files.generated {
-            tracing::info!(cert = %files.cert.display(), key = %files.key.display(), "made a self-signed API certificate for localhost and 127.0.0.1; clients trust the cert file");
+            tracing::info!(cert = %files.cert.display(), key = %files.key.display(), "made a self-signed API certificate for localhost, 127.0.0.1 and ::1; clients trust the cert file");
         }
         let (secret, token_file) =
             auth::load_or_create(&config.token, data_dir).map_err(|source| {

@@ -22,6 +22,12 @@ mod pacer;
 pub mod traffic;
 pub mod wire;
 
+/// `text` without the UTF-8 byte order mark some Windows editors open a file with: it is
+/// not JSON nor CSV, but says nothing wrong about the file.
+pub fn without_byte_order_mark(text: &str) -> &str {
+    text.strip_prefix('\u{feff}').unwrap_or(text)
+}
+
 /// How to call this program in a command printed for pasting: its own path, since `vpan`
 /// is on no one's `PATH` after a build (`target/release/vpan`).
 pub fn this_program() -> String {

@@ -210,6 +210,7 @@ fn read_lines(
 pub fn load_bindings(path: &Path) -> Result<Bindings, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read cards file {}: {e}", path.display()))?;
+    let text = super::without_byte_order_mark(&text);
     if text.trim_start().starts_with('[') {
         // The other cards.json: `vpan traffic`'s list of cards to issue, not their numbers.
         return Err(format!(
@@ -218,7 +219,7 @@ pub fn load_bindings(path: &Path) -> Result<Bindings, String> {
             path.display()
         ));
     }
-    serde_json::from_str(&text).map_err(|e| {
+    serde_json::from_str(text).map_err(|e| {
         let kind = match e.classify() {
             serde_json::error::Category::Data => {
                 "not a JSON object of {\"NAME\": {\"vpan\", \"expiry\"}}"
@@ -475,10 +476,8 @@ impl Traffic {
         for (i, raw) in lines.enumerate() {
             let line = i + 1;
             let raw = raw?;
-            // Editors on Windows may start a UTF-8 file with a byte order mark, which is
-            // not JSON but says nothing wrong about the file.
             let raw = if line == 1 {
-                raw.strip_prefix('\u{feff}').unwrap_or(&raw)
+                super::without_byte_order_mark(&raw)
             } else {
                 &raw
             };
@@ -931,6 +930,18 @@ mod tests {
                 expiry: "2912".into(),
             },
         )])
+    }
+
+    #[test]
+    fn a_cards_file_may_open_with_a_byte_order_mark() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let text = format!(
+            "\u{feff}{{\"gift\": {{\"vpan\": \"{}\", \"expiry\": \"2912\"}}}}",
+            test_vpan()
+        );
+        std::fs::write(file.path(), text).unwrap();
+        let read = load_bindings(file.path()).unwrap();
+        assert_eq!(read["gift"].vpan, test_vpan());
     }
 
     #[test]

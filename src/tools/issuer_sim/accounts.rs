@@ -30,6 +30,7 @@ pub fn load_accounts(path: &Path) -> Result<Vec<(Pan, i64)>, SimError> {
 /// on it would get 14) and a card given twice are refused: each is a mistake in the file
 /// that would otherwise show only as a load test's odd answers.
 pub fn parse_accounts(text: &str) -> Result<Vec<(Pan, i64)>, String> {
+    let text = crate::tools::without_byte_order_mark(text);
     let mut accounts = Accounts::default();
     let trimmed = text.trim_start();
     if trimmed.starts_with('{') {
@@ -116,6 +117,13 @@ mod tests {
                 .len(),
             2
         );
+        // A byte order mark opening the file is no mistake, in either form.
+        for text in [
+            format!("\u{feff}pan,balance\n{card},100\n"),
+            format!("\u{feff}[{{\"pan\": \"{card}\", \"balance\": 1}}]"),
+        ] {
+            assert_eq!(parse_accounts(&text).unwrap().len(), 1);
+        }
         for (text, error) in [
             (
                 format!("{card},100\n# two\n{card},5\n"),
