@@ -233,25 +233,43 @@ pub fn health_main(args: HealthArgs) -> ExitCode {
 }
 
 async fn health(args: HealthArgs) -> Result<(), Failure> {
-    // A base URL, but the endpoint's own URL, pasted from a browser or a probe's
-    // configuration, means the same.
-    let url = args.url.trim_end_matches('/');
-    let url = url.strip_suffix("/healthz").unwrap_or(url);
     // The metrics listener's plain HTTP carries no token and no card: it is allowed here,
     // and nowhere else.
-    let plain = url
+    let plain = args
+        .url
         .get(..7)
         .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://"));
+    if !plain {
+        https_only(&args.url).map_err(Failure::Usage)?;
+    }
+    let base = health_base(&args.url);
     let api = if plain {
-        ApiClient::plain(url).map_err(Failure::Failed)?
+        ApiClient::plain(&base).map_err(Failure::Failed)?
     } else {
-        https_only(url).map_err(Failure::Usage)?;
         let ca = args.ca.or_else(default_ca);
-        ApiClient::new(url, String::new(), ca.as_deref()).map_err(Failure::Failed)?
+        ApiClient::new(&base, String::new(), ca.as_deref()).map_err(Failure::Failed)?
     };
     let answer = api.call(reqwest::Method::GET, "/healthz", None).await?;
     println!("{answer}");
     Ok(())
+}
+
+/// `url` as the base `/healthz` is asked under: the endpoint's own URL (its path ending in
+/// `/healthz`, with no query), as pasted from a browser or a probe's configuration, is
+/// taken as its base; anything else as typed.
+fn health_base(url: &str) -> String {
+    let Ok(mut parsed) = reqwest::Url::parse(url) else {
+        return url.to_string();
+    };
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return url.to_string();
+    }
+    let Some(base) = parsed.path().trim_end_matches('/').strip_suffix("/healthz") else {
+        return url.to_string();
+    };
+    let base = base.to_string();
+    parsed.set_path(&base);
+    parsed.as_str().trim_end_matches('/').to_string()
 }
 
 /// Runs a client command on a runtime of its own; prints its error as one line, and
@@ -739,6 +757,22 @@ mod tests {
         assert!(parse_duration("0d").is_err());
         assert!(parse_duration("3x").is_err());
         assert!(parse_duration("d").is_err());
+    }
+
+    #[test]
+    fn the_health_endpoints_own_url_is_taken_as_its_base_and_anything_else_as_typed() {
+        for (url, base) in [
+            ("http://127.0.0.1:9583/healthz", "http://127.0.0.1:9583"),
+            ("https://h:8443/healthz/", "https://h:8443"),
+            ("https://h/api/healthz", "https://h/api"),
+            ("https://h:8443", "https://h:8443"),
+            ("http://healthz", "http://healthz"),
+            ("http://healthz:9583/", "http://healthz:9583/"),
+            ("http://h/healthz?x", "http://h/healthz?x"),
+            ("/healthz", "/healthz"),
+        ] {
+            assert_eq!(health_base(url), base, "{url}");
+        }
     }
 
     #[test]
