@@ -272,6 +272,21 @@ async fn with_network_connect_the_switch_dials_the_network_serves_it_and_redials
     sim.shutdown().await;
 }
 
+/// The switch's side of `net` is gone, not lingering beside a new session: a first write
+/// draws a reset from it, the next one fails.
+async fn assert_closed_whole(net: &mut Client) {
+    let mut writes = Vec::new();
+    for _ in 0..2 {
+        writes.push(net.try_send_unframed(&[0x00]).await.is_ok());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        writes,
+        [true, false],
+        "the old socket closed before the redial"
+    );
+}
+
 #[tokio::test]
 async fn a_dialled_network_link_idle_too_long_is_down_at_once_and_redialled_once_the_old_socket_is_gone()
  {
@@ -297,16 +312,7 @@ async fn a_dialled_network_link_idle_too_long_is_down_at_once_and_redialled_once
     );
     // Then it is dropped, and only then the switch dials again.
     let _again = switch.accept().await;
-    let mut writes = Vec::new();
-    for _ in 0..2 {
-        writes.push(net.try_send_unframed(&[0x00]).await.is_ok());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(
-        writes,
-        [true, false],
-        "the old socket closed before the redial"
-    );
+    assert_closed_whole(&mut net).await;
     switch.stop().await;
     sim.shutdown().await;
 }
@@ -360,20 +366,9 @@ async fn a_dialled_network_that_sends_a_bad_frame_is_redialled_only_once_its_req
     answer.set_response_code(b"00").unwrap();
     send(&mut host, &answer).await;
     assert_eq!(code(&net.answer(held.stan().unwrap()).await), "00");
-    // Answered, the old connection closes, and only then the switch dials again: the old
-    // socket is gone, not lingering beside the new session (the first write draws a reset
-    // from it, the next one fails).
+    // Answered, the old connection closes, and only then the switch dials again.
     let _again = switch.accept().await;
-    let mut writes = Vec::new();
-    for _ in 0..2 {
-        writes.push(net.try_send_unframed(&[0x00]).await.is_ok());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(
-        writes,
-        [true, false],
-        "the old connection closed before the redial"
-    );
+    assert_closed_whole(&mut net).await;
     switch.network_link_becomes(true).await;
     switch.stop().await;
 }

@@ -567,9 +567,9 @@ impl Cards {
                 // Nothing can be made durable: fail closed before holding anything, and
                 // before replaying an answer whose records may not have reached the disk.
                 // A switch that is stopping says so of new work, as it would otherwise.
-                let new = !self.ledger.entries.contains_key(&tx);
+                let new = || !self.ledger.entries.contains_key(&tx);
                 return match admit {
-                    Admit::RepeatsOnly if new => Decision::NotAdmitted,
+                    Admit::RepeatsOnly if new() => Decision::NotAdmitted,
                     _ => Decision::Decline(ResponseCode::SYSTEM_ERROR),
                 };
             }
