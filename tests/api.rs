@@ -947,13 +947,19 @@ async fn health_is_ok_without_a_token_when_all_is_up_and_names_the_issuer_link_w
         assert_eq!(err.trim(), "vpan: unhealthy: down: issuer (HTTP 503)");
     }
     api.stop().await;
-    // No switch there: exit 1, saying it cannot be reached.
+    // No switch there: exit 1, saying it cannot be reached and why, once.
     let (code, _, err) = vpan_health(&url, &ca);
     assert_eq!(code, 1);
+    let err = err.trim();
     assert!(
         err.starts_with("vpan: cannot reach https://127.0.0.1:"),
         "{err}"
     );
+    assert!(
+        err.ends_with(": Connection refused (os error 111)"),
+        "{err}"
+    );
+    assert_eq!(err.matches("127.0.0.1").count(), 1, "{err}");
 }
 
 /// Runs `vpan health --url URL --ca CA`; exit code, stdout, stderr. With proxy variables

@@ -1034,6 +1034,28 @@ fn a_status_already_set_is_acknowledged_only_once_the_change_that_set_it_is_dura
     }
 }
 
+#[tokio::test]
+async fn a_pause_resume_or_close_says_whether_it_changed_the_card() {
+    // The API logs a change only when there was one: a client's retry is not a second pause.
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &spec(10_000));
+    let paused = cards.pause(key).await.unwrap();
+    assert!(paused.changed);
+    assert_eq!(paused.card.status, Status::Paused);
+    let again = cards.pause(key).await.unwrap();
+    assert!(!again.changed);
+    assert_eq!(again.card, paused.card);
+    let resumed = cards.resume(key).await.unwrap();
+    assert!(resumed.changed);
+    assert_eq!(resumed.card.status, Status::Active);
+    assert!(!cards.resume(key).await.unwrap().changed);
+    assert!(cards.close(key).await.unwrap().changed);
+    let closed_again = cards.close(key).await.unwrap();
+    assert!(!closed_again.changed);
+    assert_eq!(closed_again.card.status, Status::Closed);
+}
+
 #[test]
 fn pause_resume_and_close_change_the_answer() {
     let dir = tempfile::tempdir().unwrap();

@@ -531,7 +531,7 @@ impl ApiClient {
             request = request.json(&body);
         }
         let response = request.send().await.map_err(|e| {
-            let mut m = format!("cannot reach {}: {}", self.base, chain(&e));
+            let mut m = format!("cannot reach {}: {}", self.base, unreached(&e));
             if m.contains("certificate") {
                 m.push_str(" (pass --ca with the API's certificate, e.g. vpan-data/tls-cert.pem)");
             }
@@ -552,6 +552,20 @@ impl ApiClient {
             None => Err(format!("HTTP {status} from {path}")),
         }
     }
+}
+
+/// Why a request got no answer, on one short line: the root cause ("Connection refused",
+/// "invalid peer certificate: UnknownIssuer"), not the layers above it, which repeat the
+/// URL and name the HTTP library's parts.
+fn unreached(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        return "timed out (5 s to connect, 30 s to answer)".to_string();
+    }
+    let mut root: &dyn std::error::Error = e;
+    while let Some(source) = root.source() {
+        root = source;
+    }
+    root.to_string()
 }
 
 /// An error with its sources, on one line.

@@ -23,7 +23,7 @@ use super::model::{
 use super::{ApiState, Health};
 use crate::cards::card::unix_now as now;
 use crate::cards::vpan::GenerateError;
-use crate::cards::{CardError, CardKey, CardView, IssueError};
+use crate::cards::{CardError, CardKey, CardView, IssueError, StatusChange};
 use crate::store::StoreError;
 
 /// The OpenAPI 3 document of this API, served at `GET /v1/openapi.json`.
@@ -355,9 +355,8 @@ async fn pause_card(
     State(state): State<ApiState>,
     CardPath(vpan): CardPath,
 ) -> Result<Json<CardBody>, ApiError> {
-    let view = state.cards.pause(key(&vpan)?).await.map_err(card_error)?;
-    tracing::info!(vpan = %view.vpan, "card paused");
-    Ok(card(&view))
+    let change = state.cards.pause(key(&vpan)?).await.map_err(card_error)?;
+    Ok(changed(change, "card paused"))
 }
 
 /// `POST /v1/cards/{vpan}/resume`.
@@ -365,9 +364,8 @@ async fn resume_card(
     State(state): State<ApiState>,
     CardPath(vpan): CardPath,
 ) -> Result<Json<CardBody>, ApiError> {
-    let view = state.cards.resume(key(&vpan)?).await.map_err(card_error)?;
-    tracing::info!(vpan = %view.vpan, "card resumed");
-    Ok(card(&view))
+    let change = state.cards.resume(key(&vpan)?).await.map_err(card_error)?;
+    Ok(changed(change, "card resumed"))
 }
 
 /// `POST /v1/cards/{vpan}/close`.
@@ -375,9 +373,17 @@ async fn close_card(
     State(state): State<ApiState>,
     CardPath(vpan): CardPath,
 ) -> Result<Json<CardBody>, ApiError> {
-    let view = state.cards.close(key(&vpan)?).await.map_err(card_error)?;
-    tracing::info!(vpan = %view.vpan, "card closed");
-    Ok(card(&view))
+    let change = state.cards.close(key(&vpan)?).await.map_err(card_error)?;
+    Ok(changed(change, "card closed"))
+}
+
+/// The card after a status call; logged only when the call changed it, so that the log's
+/// lines are the card's history (a client's retry of a pause is not a second pause).
+fn changed(change: StatusChange, what: &'static str) -> Json<CardBody> {
+    if change.changed {
+        tracing::info!(vpan = %change.card.vpan, "{what}");
+    }
+    card(&change.card)
 }
 
 /// `GET /v1/cards/{vpan}/transactions`: newest first.

@@ -37,5 +37,5 @@ pub use request::{Amounts, AuthRequest, Kind, OriginalData, ResponseCode, Revers
 pub use vault::{
     Admit, AdviceOutcome, Approval, CardError, CardView, Cards, CardsConfig, Decision, Hold,
     IssueError, IssuerOutcome, OpenError, Recovered, Replay, ReversalOutcome, SnapshotPolicy,
-    SnapshotReport, Snapshots,
+    SnapshotReport, Snapshots, StatusChange,
 };

@@ -143,6 +143,16 @@ pub struct CardView {
     pub created_at: UnixSeconds,
 }
 
+/// A pause, resume or close: the card after it, and whether it changed anything (a second
+/// pause of a paused card does not).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusChange {
+    /// The card after the change.
+    pub card: CardView,
+    /// False when the card had that status already.
+    pub changed: bool,
+}
+
 impl CardView {
     fn of(key: CardKey, c: &Card) -> CardView {
         CardView {
@@ -495,6 +505,15 @@ impl Cards {
         vpan: CardKey,
         status: Status,
     ) -> Result<(CardView, Durable), CardError> {
+        self.change_status(vpan, status)
+            .map(|(change, durable)| (change.card, durable))
+    }
+
+    fn change_status(
+        &self,
+        vpan: CardKey,
+        status: Status,
+    ) -> Result<(StatusChange, Durable), CardError> {
         self.index
             .update(vpan, |card| {
                 let current = card.status();
@@ -504,7 +523,12 @@ impl Cards {
                 if card.set_status == status {
                     // Nothing to write, but the change that set it may still be on its way
                     // to the disk: acknowledge only once it is there.
-                    return Ok((CardView::of(vpan, card), self.journal.barrier()));
+                    let card = CardView::of(vpan, card);
+                    let unchanged = StatusChange {
+                        card,
+                        changed: false,
+                    };
+                    return Ok((unchanged, self.journal.barrier()));
                 }
                 let event = Event::Status {
                     lsn: self.lsn(),
@@ -513,7 +537,14 @@ impl Cards {
                 };
                 let durable = self.journal.append(event.clone());
                 event::apply_card(card, &event);
-                Ok((CardView::of(vpan, card), durable))
+                let card = CardView::of(vpan, card);
+                Ok((
+                    StatusChange {
+                        card,
+                        changed: true,
+                    },
+                    durable,
+                ))
             })
             .unwrap_or(Err(CardError::NotFound))
     }
@@ -522,24 +553,24 @@ impl Cards {
         &self,
         vpan: CardKey,
         status: Status,
-    ) -> Result<CardView, CardError> {
-        let (view, durable) = self.set_status(vpan, status)?;
+    ) -> Result<StatusChange, CardError> {
+        let (change, durable) = self.change_status(vpan, status)?;
         durable.await?;
-        Ok(view)
+        Ok(change)
     }
 
     /// Pauses the card (62 until resumed), durably.
-    pub async fn pause(&self, vpan: CardKey) -> Result<CardView, CardError> {
+    pub async fn pause(&self, vpan: CardKey) -> Result<StatusChange, CardError> {
         self.set_status_durable(vpan, Status::Paused).await
     }
 
     /// Resumes a paused card, durably.
-    pub async fn resume(&self, vpan: CardKey) -> Result<CardView, CardError> {
+    pub async fn resume(&self, vpan: CardKey) -> Result<StatusChange, CardError> {
         self.set_status_durable(vpan, Status::Active).await
     }
 
     /// Closes the card for good (46), durably.
-    pub async fn close(&self, vpan: CardKey) -> Result<CardView, CardError> {
+    pub async fn close(&self, vpan: CardKey) -> Result<StatusChange, CardError> {
         self.set_status_durable(vpan, Status::Closed).await
     }
 
