@@ -962,6 +962,40 @@ async fn health_is_ok_without_a_token_when_all_is_up_and_names_the_issuer_link_w
     assert_eq!(err.matches("127.0.0.1").count(), 1, "{err}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clients_trust_the_systems_roots_beside_the_default_certificate() {
+    // An API whose certificate comes from a CA the host trusts (a public or a company CA):
+    // `vpan health` run where an old self-signed `vpan-data/tls-cert.pem` lies (the default
+    // --ca) must still trust it. SSL_CERT_FILE stands for the system's store.
+    let dir = tempfile::tempdir().unwrap();
+    let api = Running::start(dir.path()).await;
+    health_until(&api, StatusCode::OK).await;
+    let cwd = tempfile::tempdir().unwrap();
+    std::fs::create_dir(cwd.path().join("vpan-data")).unwrap();
+    let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    std::fs::write(cwd.path().join("vpan-data/tls-cert.pem"), other.cert.pem()).unwrap();
+    let health = |system_roots: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_vpan"))
+            .args(["health", "--url", &api.url("")])
+            .current_dir(cwd.path())
+            .env("SSL_CERT_FILE", system_roots)
+            .env_remove("SSL_CERT_DIR")
+            .env_remove("VPAN_URL")
+            .env_remove("VPAN_CA")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), err)
+    };
+    let (code, err) = health(&api.data_dir.join("tls-cert.pem"));
+    assert_eq!(code, Some(0), "{err}");
+    // Trusted by neither: refused, with the hint.
+    let (code, err) = health(&cwd.path().join("vpan-data/tls-cert.pem"));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("certificate") && err.contains("--ca"), "{err}");
+    api.stop().await;
+}
+
 /// Runs `vpan health --url URL --ca CA`; exit code, stdout, stderr. With proxy variables
 /// naming a port where nothing listens and no `NO_PROXY`, as in a container behind a
 /// corporate proxy: a check of 127.0.0.1 must not go through them.

@@ -47,7 +47,8 @@ pub struct CardArgs {
     /// Read the bearer token from this file (e.g. <data_dir>/api-token).
     #[arg(long, value_name = "FILE", global = true, help_heading = "Connection")]
     pub token_file: Option<PathBuf>,
-    /// PEM certificate to trust (default: ./vpan-data/tls-cert.pem when it exists).
+    /// PEM certificate to trust beside the system's roots (default:
+    /// ./vpan-data/tls-cert.pem when it exists).
     #[arg(
         long,
         env = "VPAN_CA",
@@ -220,8 +221,8 @@ pub struct HealthArgs {
     /// as its base.
     #[arg(long, env = "VPAN_URL", default_value = "https://127.0.0.1:8443")]
     pub url: String,
-    /// PEM certificate to trust for an https:// URL (default: ./vpan-data/tls-cert.pem when
-    /// it exists).
+    /// PEM certificate to trust for an https:// URL, beside the system's roots (default:
+    /// ./vpan-data/tls-cert.pem when it exists).
     #[arg(long, env = "VPAN_CA", value_name = "PEM")]
     pub ca: Option<PathBuf>,
 }
