@@ -404,8 +404,13 @@ impl Config {
                 "must be 1 (zeros) or 2 (0x80, then zeros)".into(),
             );
         }
-        if self.issuer.timeout_ms == 0 {
-            return invalid("issuer.timeout_ms", "must be at least 1".into());
+        // Over a minute the network has long since given up and stood in: a wait that long
+        // only holds the card's money and, at a stop, the drain.
+        if !(1..=60_000).contains(&self.issuer.timeout_ms) {
+            return invalid(
+                "issuer.timeout_ms",
+                "must be between 1 and 60,000 (a minute)".into(),
+            );
         }
         // Zero would not mean "off" here but a timer firing every millisecond.
         if self.network.read_timeout_ms == 0 {
@@ -559,6 +564,12 @@ fn apply_env(
         if let toml::Value::Table(t) = slot {
             t.insert(key.to_string(), value);
         }
+        // Typed now, so that a value of the wrong kind (`-5` for a count, a number in a
+        // list of prefixes) is told against its variable: the file typed already, and the
+        // variables before this one did too.
+        toml::Value::Table(table.clone())
+            .try_into::<Config>()
+            .map_err(|e| env_error(one_line(&e, "")))?;
     }
     Ok(())
 }
@@ -956,10 +967,20 @@ mod tests {
 
     #[test]
     fn an_environment_value_of_the_wrong_type_is_refused_by_name() {
-        let err = load("", &[("VPAN_ISSUER_TIMEOUT_MS", "soon")])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("VPAN_ISSUER_TIMEOUT_MS"), "{err}");
+        for (var, raw) in [
+            ("VPAN_ISSUER_TIMEOUT_MS", "soon"),
+            // Read as a number, but not of the key's kind: told by serde, still by name.
+            ("VPAN_ISSUER_TIMEOUT_MS", "-5"),
+            ("VPAN_CARDS_VIRTUAL_RANGES", "[\"4970\", 5]"),
+        ] {
+            let err = load("", &[("VPAN_API_LISTEN", "127.0.0.1:0"), (var, raw)])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(&format!("environment variable {var}: ")),
+                "{err}"
+            );
+        }
     }
 
     #[test]
@@ -979,6 +1000,7 @@ mod tests {
                 "cards.virtual_ranges",
             ),
             ("[issuer]\ntimeout_ms = 0\n", "issuer.timeout_ms"),
+            ("[issuer]\ntimeout_ms = 60001\n", "issuer.timeout_ms"),
             ("[api]\ntls_cert = \"cert.pem\"\n", "api.tls_cert"),
             ("[api]\ntoken = \" \\n\"\n", "api.token"),
             ("[network]\nmac = \"x9.9\"\n", "network.mac"),

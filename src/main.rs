@@ -164,11 +164,26 @@ fn runtime_with(worker_threads: usize) -> Result<tokio::runtime::Runtime, String
 }
 
 fn serve(args: ServeArgs) -> Result<(), String> {
-    logging::init(if args.log_json {
+    let json = args.log_json;
+    logging::init(if json {
         LogFormat::Json
     } else {
         LogFormat::Human
     });
+    let served = serve_logging(args);
+    if let (Err(message), true) = (&served, json) {
+        // The one plain line on stderr still follows (main prints it); a collector that
+        // reads only JSON lines gets why the switch stopped too.
+        tracing::error!(
+            error = %vpan::pan::mask_card_numbers(message),
+            "vpan stopped on an error"
+        );
+    }
+    served
+}
+
+/// `vpan serve` once its logging is set up.
+fn serve_logging(args: ServeArgs) -> Result<(), String> {
     let env = vpan::config::vpan_env_vars().map_err(|e| e.to_string())?;
     for var in vpan::config::env_vars_naming_no_section(&env) {
         tracing::warn!(

@@ -960,6 +960,13 @@ async fn health_is_ok_without_a_token_when_all_is_up_and_names_the_issuer_link_w
         "{err}"
     );
     assert_eq!(err.matches("127.0.0.1").count(), 1, "{err}");
+    // Neither the API's scheme nor the metrics listener's: a usage error naming both.
+    let (code, _, err) = vpan_health("ftp://127.0.0.1:1", &ca);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("must be https:// (the API) or http:// (the metrics listener)"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -993,6 +1000,13 @@ async fn the_clients_trust_the_systems_roots_beside_the_default_certificate() {
     let (code, err) = health(&cwd.path().join("vpan-data/tls-cert.pem"));
     assert_eq!(code, Some(1));
     assert!(err.contains("certificate") && err.contains("--ca"), "{err}");
+    // A --ca with no certificate in it is told as such, not as the server's being refused.
+    let not_pem = cwd.path().join("hostname");
+    std::fs::write(&not_pem, "db-7.example\n").unwrap();
+    let (code, _, err) = vpan_health(&api.url(""), &not_pem);
+    assert_eq!(code, 1);
+    let want = format!("vpan: --ca {}: holds no PEM certificate", not_pem.display());
+    assert_eq!(err.trim(), want);
     api.stop().await;
 }
 

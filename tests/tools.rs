@@ -1151,6 +1151,32 @@ async fn a_file_that_is_not_there_is_the_machines_fault_exit_1_whichever_flag_na
         "{said}"
     );
     assert!(!data.exists(), "nothing made for a start that fails");
+    // With JSON logs, the reason is a JSON line too, before the plain one.
+    let out = tokio::process::Command::new(VPAN)
+        .args(["serve", "--log-json"])
+        .env("VPAN_STORE_DATA_DIR", &data)
+        .env("VPAN_API_TLS_CERT", missing)
+        .env("VPAN_API_TLS_KEY", missing)
+        .env("VPAN_NETWORK_LISTEN", "127.0.0.1:0")
+        .env("VPAN_API_LISTEN", "127.0.0.1:0")
+        .env("VPAN_METRICS_LISTEN", "127.0.0.1:0")
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    let lines: Vec<&str> = said.lines().collect();
+    let [.., logged, plain] = lines[..] else {
+        panic!("{said}");
+    };
+    assert!(
+        plain.starts_with("vpan: ") && plain.contains(missing),
+        "{said}"
+    );
+    let logged: serde_json::Value = serde_json::from_str(logged).unwrap();
+    assert_eq!(logged["level"], "ERROR", "{said}");
+    assert_eq!(logged["message"], "vpan stopped on an error");
+    assert_eq!(logged["error"], &plain["vpan: ".len()..]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -241,7 +241,12 @@ async fn health(args: HealthArgs) -> Result<(), Failure> {
         .get(..7)
         .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://"));
     if !plain {
-        https_only(&args.url).map_err(Failure::Usage)?;
+        https_only(&args.url).map_err(|_| {
+            Failure::Usage(format!(
+                "--url {}: must be https:// (the API) or http:// (the metrics listener)",
+                args.url
+            ))
+        })?;
     }
     let base = health_base(&args.url);
     let api = if plain {
@@ -481,9 +486,15 @@ impl ApiClient {
             .https_only(true);
         if let Some(ca) = ca {
             let pem = std::fs::read(ca).map_err(|e| format!("--ca {}: {e}", ca.display()))?;
-            let cert = reqwest::Certificate::from_pem(&pem)
-                .map_err(|e| format!("--ca {}: not a PEM certificate: {e}", ca.display()))?;
-            builder = builder.add_root_certificate(cert);
+            // Read now: a file with no certificate in it would otherwise pass here and
+            // show later as the server's certificate being refused.
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .ok()
+                .filter(|certs| !certs.is_empty())
+                .ok_or_else(|| format!("--ca {}: holds no PEM certificate", ca.display()))?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
         }
         ApiClient::built(base, token, builder)
     }

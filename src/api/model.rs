@@ -21,7 +21,7 @@ use crate::pan::{Masked, Pan};
 
 /// A code given as a JSON string (`"978"`) or number (`978`).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "a code, as digits in a string or as a number")]
 pub enum Code {
     /// As text: exactly the digits, leading zeros kept.
     Text(String),
@@ -32,7 +32,10 @@ pub enum Code {
 
 /// `merchant_lock` as sent: `"none"`, `"first_use"` or `{"acceptor_id": "..."}`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "`none`, `first_use` or an object with only `acceptor_id`, a string"
+)]
 pub enum LockBody {
     /// `"none"` or `"first_use"`.
     Name(String),
@@ -51,7 +54,7 @@ pub struct AcceptorLock {
 
 /// `POST /v1/cards`.
 #[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "an object of the card's fields")]
 pub struct CreateCard {
     /// The real card number (Luhn-valid).
     pub pan: String,
@@ -78,11 +81,11 @@ pub struct CreateCard {
     /// Where the card may be used; default `"none"`.
     #[serde(default)]
     pub merchant_lock: Option<LockBody>,
-    /// MCCs allowed (empty: all).
-    #[serde(default)]
+    /// MCCs allowed (empty or null: all).
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub mcc_allow: Vec<Code>,
-    /// MCCs refused.
-    #[serde(default)]
+    /// MCCs refused (empty or null: none).
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub mcc_block: Vec<Code>,
 }
 
@@ -212,11 +215,22 @@ impl CreateCard {
 /// The most MCCs one list may hold.
 pub const MAX_MCCS: usize = 1000;
 
+/// `null` for a list, as for every other optional field: not set. A client that writes
+/// every field, null where it has no value, is not refused for these two alone.
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Code>, D::Error> {
+    Ok(Option::<Vec<Code>>::deserialize(d)?.unwrap_or_default())
+}
+
+/// A whole number from 1 to `i64::MAX`.
 fn positive(field: &str, v: &Number) -> Result<u64, ApiError> {
     v.as_i64()
         .and_then(|v| u64::try_from(v).ok())
         .filter(|&v| v > 0)
-        .ok_or_else(|| ApiError::invalid(format!("{field}: must be a positive amount")))
+        .ok_or_else(|| {
+            ApiError::invalid(format!(
+                "{field}: must be a whole number, at least 1 and below 2^63"
+            ))
+        })
 }
 
 /// A numeric code of exactly `digits` digits (as text) or in range (as a number).
@@ -529,6 +543,49 @@ mod tests {
         assert_eq!(err.message, "currency: 987 is no ISO 4217 currency");
         let err = check(serde_json::json!({"currency": 0})).unwrap_err();
         assert_eq!(err.message, "currency: 000 is no ISO 4217 currency");
+    }
+
+    #[test]
+    fn null_mcc_lists_are_not_set_as_null_is_for_every_optional_field() {
+        let spec = check(serde_json::json!({
+            "mcc_allow": null, "mcc_block": null, "max_uses": null, "merchant_lock": null
+        }))
+        .unwrap();
+        assert!(spec.controls.mcc_allow.is_empty() && spec.controls.mcc_block.is_empty());
+    }
+
+    #[test]
+    fn a_malformed_lock_code_or_body_is_told_in_the_apis_words_not_serdes() {
+        let said = |sent: serde_json::Value| {
+            serde_json::from_value::<CreateCard>(sent)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let lock = said(body(
+            serde_json::json!({"merchant_lock": {"acceptor_id": 5}}),
+        ));
+        assert!(lock.contains("`first_use`"), "{lock}");
+        let currency = said(body(serde_json::json!({"currency": true})));
+        assert!(currency.contains("a code, as digits"), "{currency}");
+        let listed = said(serde_json::json!([]));
+        assert!(
+            listed.contains("an object of the card's fields"),
+            "{listed}"
+        );
+        for said in [lock, currency, listed] {
+            assert!(!said.contains("enum") && !said.contains("struct"), "{said}");
+        }
+        // Counts that are not whole, or too large, are told as such, not as "an amount".
+        for (field, value) in [
+            ("amount_limit", serde_json::json!(50.5)),
+            ("amount_limit", serde_json::json!(1e20)),
+            ("valid_for_seconds", serde_json::json!(1.5)),
+        ] {
+            let err = check(serde_json::json!({ field: value })).unwrap_err();
+            let want = format!("{field}: must be a whole number, at least 1 and below 2^63");
+            assert_eq!(err.message, want);
+        }
     }
 
     #[test]
