@@ -182,13 +182,34 @@ fn printable(c: u8) -> char {
     if c.is_ascii_graphic() { c as char } else { '?' }
 }
 
+/// What may stand between the groups of a card number as people write it and paste it:
+/// spaces (a no-break or thin one from a PDF or a web page, a tab), dashes (an en or em
+/// dash from a word processor), slashes and underscores.
+const GROUP_SEPARATORS: [char; 10] = [
+    ' ', '\t', '\u{a0}', '\u{2009}', '\u{202f}', '-', '\u{2013}', '\u{2014}', '/', '_',
+];
+
+/// How many bytes of `text` from `at` join two groups of digits: one to three
+/// [`GROUP_SEPARATORS`] (`4970  1012`, `4970 - 1012`) with a digit after them; 0 if none.
+fn joiner_at(text: &str, at: usize) -> usize {
+    let mut end = at;
+    for _ in 0..3 {
+        match text[end..].chars().next() {
+            Some(c) if GROUP_SEPARATORS.contains(&c) => end += c.len_utf8(),
+            _ => break,
+        }
+    }
+    let digit_after = text.as_bytes().get(end).is_some_and(u8::is_ascii_digit);
+    if end > at && digit_after { end - at } else { 0 }
+}
+
 /// Masks every run of 12 or more digits (a card number, real or virtual, or one that
 /// fails Luhn) as first 6 and last 4, so that no message built from outside text (a serde
 /// or clap error quoting what it could not read, a log line) can carry one. Digits in
-/// groups joined by single spaces or dashes (`4970 1012 3456 7890`), or by dots after
-/// groups of four to six (`4970.1012.3456.7890`, `3782.822463.10005`; not an address
-/// such as `192.168.100.200`),
-/// count as one run, as a card number is often written so.
+/// groups joined by up to three [`GROUP_SEPARATORS`] (`4970 1012 3456 7890`,
+/// `4970-1012-3456-7890`), or by dots after groups of four to six (`4970.1012.3456.7890`,
+/// `3782.822463.10005`; not an address such as `192.168.100.200`), count as one run, as a
+/// card number is often written so.
 pub fn mask_card_numbers(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = String::with_capacity(text.len());
@@ -203,14 +224,16 @@ pub fn mask_card_numbers(text: &str) -> String {
             end += 1;
             group += 1;
             let joiner = match bytes.get(end) {
-                Some(b' ' | b'-') => true,
                 // Card numbers are grouped by fours, or 4-6-5 (Amex) and 4-6-4 (Diners);
                 // an IP address's groups are of three at most.
-                Some(b'.') => (4..=6).contains(&group),
-                _ => false,
+                Some(b'.') if (4..=6).contains(&group) => {
+                    usize::from(bytes.get(end + 1).is_some_and(u8::is_ascii_digit))
+                }
+                Some(_) => joiner_at(text, end),
+                None => 0,
             };
-            if joiner && bytes.get(end + 1).is_some_and(u8::is_ascii_digit) {
-                end += 1;
+            if joiner > 0 {
+                end += joiner;
                 group = 0;
             }
         }
@@ -368,9 +391,24 @@ mod tests {
             mask_card_numbers("stan 000123, 12345678901"),
             "stan 000123, 12345678901"
         );
-        // Written in groups, with spaces, dashes or dots: one card number all the same.
+        // Written in groups, with spaces, dashes or dots: one card number all the same,
+        // also as pasted from a PDF or a word processor (no-break spaces, en dashes).
         let grouped = |sep: &str| [&card[..4], &card[4..8], &card[8..12], &card[12..]].join(sep);
-        for sep in [" ", "-", "."] {
+        let separators = [
+            " ",
+            "-",
+            ".",
+            "\u{a0}",
+            "\t",
+            "  ",
+            " - ",
+            "_",
+            "/",
+            "\u{2013}",
+            " \u{2013} ",
+            "\u{202f}",
+        ];
+        for sep in separators {
             assert_eq!(
                 mask_card_numbers(&format!("{}: unknown field", grouped(sep))),
                 format!("{masked}: unknown field")
@@ -380,6 +418,9 @@ mod tests {
             mask_card_numbers("on 2026-12-03 10:00"),
             "on 2026-12-03 10:00"
         );
+        // Four separators are not a card number's grouping; nor is a run under 12 digits.
+        assert_eq!(mask_card_numbers("1234 -  5678 9012"), "1234 -  5678 9012");
+        assert_eq!(mask_card_numbers("1234 / 5678 / 90"), "1234 / 5678 / 90");
         assert_eq!(
             mask_card_numbers("cannot bind 192.168.100.200:8583"),
             "cannot bind 192.168.100.200:8583"

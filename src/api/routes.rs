@@ -306,7 +306,7 @@ async fn create_card(
     let spec = request.into_spec(now)?;
     match state.cards.issue_durable(&spec, now).await {
         Ok(view) => {
-            tracing::info!(vpan = %view.vpan, pan = %spec.pan, "card issued");
+            tracing::info!(vpan = %view.vpan, pan = %spec.pan.masked_beside_its_vpan(), "card issued");
             Ok((StatusCode::CREATED, card(&view)).into_response())
         }
         Err(IssueError::Invalid(message)) => Err(ApiError::invalid(message)),
@@ -316,7 +316,7 @@ async fn create_card(
             e @ (GenerateError::NoRoom { .. } | GenerateError::NoRange { .. }),
         )) => Err(ApiError::invalid(format!("pan: {e}"))),
         Err(IssueError::Generate(e)) => {
-            tracing::error!(pan = %spec.pan, error = %e, "no vPAN could be drawn");
+            tracing::error!(pan = %spec.pan.masked_beside_its_vpan(), error = %e, "no vPAN could be drawn");
             Err(ApiError::unavailable("no_vpan_available", e.to_string()))
         }
         // The disk stalled: the card's record may still reach it, so "no card" is not

@@ -53,24 +53,39 @@ fn echoes(answer: &Message, request: &Message, n: usize) -> bool {
     }
 }
 
-/// Whether field `n` holds the card number `digits`: in its decoded form, or, for a binary
-/// field (read as hex), as ASCII or EBCDIC text in its bytes.
+/// Whether field `n` holds the card number `digits`: in its decoded form, written in
+/// groups (`5412 7512 …`, `5412-7512-…`), or, where the field holds hex (a binary field
+/// as read, or text that carries chip data or bytes as hex, as DE 55 does in ASCII
+/// layouts), as ASCII or EBCDIC text in the bytes the hex stands for.
 fn holds(answer: &Message, n: usize, digits: &[u8]) -> bool {
     let Some(text) = answer.text(n) else {
         return false;
     };
-    if occurs(&text, digits) {
+    if occurs(&text, digits) || occurs(&without_separators(&text), digits) {
         return true;
     }
-    if answer.spec().field(n).map(|f| f.kind) != Some(Kind::B) {
-        return false;
-    }
-    let bytes = hex_bytes(&text);
     let mut ebcdic = [0u8; 19];
     for (e, d) in ebcdic.iter_mut().zip(digits) {
         *e = 0xF0 | (d - b'0');
     }
-    occurs(&bytes, digits) || occurs(&bytes, &ebcdic[..digits.len().min(19)])
+    let ebcdic = &ebcdic[..digits.len().min(19)];
+    // Hex in text need not start at an even place: try both.
+    (0..2).any(|from| {
+        let bytes = hex_bytes(text.get(from..).unwrap_or_default());
+        occurs(&bytes, digits) || occurs(&bytes, ebcdic)
+    })
+}
+
+/// Bytes that may stand between a card number's groups as an issuer writes it: space,
+/// dash, dot, slash, underscore, tab, and Latin-1's no-break space (EBCDIC text reads as
+/// Latin-1; in UTF-8 it is 0xC2 0xA0). Left out, a grouped number reads as its digits; a
+/// letter between groups still breaks it.
+fn without_separators(text: &[u8]) -> Vec<u8> {
+    const SEPARATORS: &[u8] = b" -./_\t\xa0\xc2";
+    text.iter()
+        .copied()
+        .filter(|b| !SEPARATORS.contains(b))
+        .collect()
 }
 
 /// The bytes hex text stands for (pairs that are not hex are left out).
@@ -202,23 +217,56 @@ mod tests {
                 "{}",
                 spec.name
             );
-            // Its bytes holding the number as text, ASCII or EBCDIC, where DE 55 is bytes
-            // (the ASCII layout has it as text, in which chip data is hex).
-            if spec.name != "iso87binary" {
-                continue;
-            }
+            // Its bytes holding the number as text, ASCII or EBCDIC: where DE 55 is bytes,
+            // and where the layout has it as text in which chip data is hex (from an even
+            // place or not).
             let ascii: String = digits.bytes().map(|b| format!("{b:02X}")).collect();
             let ebcdic: String = digits.chars().map(|d| format!("F{d}")).collect();
             for text in [ascii, ebcdic] {
-                let leaky = answer(spec, &[(39, b"00"), (55, format!("DF01{text}").as_bytes())]);
-                assert_eq!(
-                    fields_holding(&leaky, &sent, &real),
-                    vec![55],
-                    "{text} {}",
-                    spec.name
-                );
+                // Bytes come whole in a binary field: an odd place only in text.
+                let tags: &[&str] = match spec.name.as_str() {
+                    "iso87binary" => &["DF01"],
+                    _ => &["DF01", "561"],
+                };
+                for tag in tags {
+                    let de55 = format!("{tag}{text}");
+                    let leaky = answer(spec, &[(39, b"00"), (55, de55.as_bytes())]);
+                    let found = fields_holding(&leaky, &sent, &real);
+                    assert_eq!(found, vec![55], "{de55} {}", spec.name);
+                }
             }
         }
+    }
+
+    #[test]
+    fn a_card_written_in_groups_or_as_hex_text_is_found_in_a_text_field() {
+        let real = Pan::from_digits(test_pan("497010").as_bytes()).unwrap();
+        let d = real.expose();
+        let grouped = |sep: &str| [&d[..4], &d[4..8], &d[8..12], &d[12..]].join(sep);
+        let ascii_hex: String = d.bytes().map(|b| format!("{b:02X}")).collect();
+        let ebcdic_hex: String = d.chars().map(|c| format!("F{c}")).collect();
+        let spec = Spec::iso87ascii();
+        let sent = request(spec, test_pan("497019").as_bytes());
+        for (n, value) in [
+            (44, grouped(" ")),
+            (44, grouped("-")),
+            (48, format!("ACCT {} OK", grouped(" "))),
+            (48, format!("ACCT {} OK", grouped("/"))),
+            (62, ascii_hex.clone()),
+            (63, ebcdic_hex),
+            (63, format!("X{ascii_hex}")),
+        ] {
+            let leaky = answer(spec, &[(39, b"00"), (n, value.as_bytes())]);
+            assert_eq!(
+                fields_holding(&leaky, &sent, &real),
+                vec![n],
+                "{n}: {value}"
+            );
+        }
+        // A letter between the groups is not a separator: other text, not this card.
+        let apart = format!("ACCT {} X {} OK", &d[..8], &d[8..]);
+        let other = answer(spec, &[(39, b"00"), (48, apart.as_bytes())]);
+        assert!(fields_holding(&other, &sent, &real).is_empty());
     }
 
     #[test]

@@ -313,6 +313,8 @@ async fn run(args: &Args, scenario: &Scenario, data_dir: &Path) -> Result<bool, 
             report.passed()
         }
         Err(e) => {
+            // Masked: a client error may quote a URL with a vPAN in it.
+            let e = crate::pan::mask_card_numbers(&e.to_string());
             println!("the demo could not run to the end: {e}");
             false
         }
@@ -844,6 +846,7 @@ fn print_report(report: &Report) {
             None => println!("  ok    {}", c.what),
             Some(f) => {
                 failed += 1;
+                let f = crate::pan::mask_card_numbers(f);
                 println!("  FAIL  {}: {f}", c.what);
             }
         }
