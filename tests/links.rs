@@ -644,6 +644,116 @@ fn talking_but_hung(
     (read, closed)
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_begins_a_frame_and_never_finishes_it_is_dropped_and_redialled() {
+    // A length header announcing 65,535 bytes, then a few: on the only connection, every
+    // answer would wait behind it for good (the echo is ten minutes away).
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host_addr = listener.local_addr().unwrap().to_string();
+    let rig = rig(None, |c| {
+        c.issuer.connect = host_addr;
+        c.issuer.connections = 1;
+        c.issuer.timeout_ms = 300;
+        c.issuer.echo_interval_ms = 600_000;
+    })
+    .await;
+    let mut wedged = accept_sign_on(&listener).await;
+    tokio::io::AsyncWriteExt::write_all(wedged.get_mut(), b"\xff\xffjunk")
+        .await
+        .unwrap();
+    let mut net = Client::connect(rig.network).await;
+    let pan = test_pan("4970100", 16);
+    let p = purchase(&mut net, b"0100", &pan, b"2912", 100);
+    assert_eq!(code(&net.call(&p).await), "91");
+    // Dropped within two or three timeouts, and redialled.
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(_)) = wedged.next().await {}
+    });
+    closed.await.expect("the wedged connection dropped");
+    let fresh = tokio::time::timeout(Duration::from_secs(10), accept_sign_on(&listener))
+        .await
+        .expect("redialled");
+    answering_all(fresh);
+    // Up once the switch has read the sign-on's answer: 91s at once until then.
+    let mut answered = String::new();
+    for amount in 101..150 {
+        let p = purchase(&mut net, b"0100", &pan, b"2912", amount);
+        answered = code(&net.call(&p).await);
+        if answered == "00" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(answered, "00");
+    rig.stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(20), rig.task).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_answer_with_a_field_the_networks_layout_cannot_hold_is_answered_without_it() {
+    // The network speaks iso87binary (DE 54 up to 120), the host iso87ascii (up to 240)
+    // and answers with 150 characters of balances. The network must still hear the
+    // approval vpan has counted, without that field.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host_addr = listener.local_addr().unwrap().to_string();
+    let rig = rig(None, |c| {
+        c.issuer.connect = host_addr;
+        c.issuer.connections = 1;
+        c.network.spec = "iso87binary".into();
+    })
+    .await;
+    let mut host = accept_sign_on(&listener).await;
+    let (card, _) = rig.issue(|_| {}).await;
+    tokio::spawn(async move {
+        let mut m = next_message(&mut host).await;
+        m.set_mti(b"0110").unwrap();
+        m.set_response_code(b"00").unwrap();
+        m.set(54, &"1002978C000000012345".repeat(8).as_bytes()[..150])
+            .unwrap();
+        send(&mut host, &m).await;
+        let _ = next_message(&mut host).await;
+    });
+    let stream = TcpStream::connect(rig.network).await.unwrap();
+    let mut net = Framed::new(stream, FrameCodec::new(Framing::Len2, 0, 8192));
+    let mut ascii_client = Client::connect(rig.network).await;
+    let ascii = purchase(
+        &mut ascii_client,
+        b"0100",
+        &card.vpan,
+        &card.expiry.0,
+        1_000,
+    );
+    let mut binary = Message::new(Spec::iso87binary(), b"0100").unwrap();
+    for n in ascii.field_numbers() {
+        binary.set(n, &ascii.text(n).unwrap()).unwrap();
+    }
+    net.send(Frame::Message {
+        header: bytes::Bytes::new(),
+        body: binary.pack(),
+    })
+    .await
+    .unwrap();
+    let answer = match tokio::time::timeout(Duration::from_secs(10), net.next()).await {
+        Ok(Some(Ok(Frame::Message { body, .. }))) => {
+            Message::parse(Spec::iso87binary(), body).unwrap()
+        }
+        other => panic!("no answer: {other:?}"),
+    };
+    assert_eq!(answer.mti(), *b"0110");
+    assert_eq!(code(&answer), "00");
+    assert!(!answer.has(54));
+    assert_eq!(&*answer.text(2).unwrap(), card.vpan.as_bytes());
+    assert_eq!(
+        rig.cards
+            .get(vpan::cards::CardKey::of(&card.vpan))
+            .unwrap()
+            .spent,
+        1_000
+    );
+    rig.stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(20), rig.task).await;
+}
+
 /// Two connections: the host behind the first hangs while its channel talks, the second
 /// answers. Only answers count as a host alive: after the first 91 the hung connection
 /// takes no more requests, is tested with an echo as soon as its channel talks again (not

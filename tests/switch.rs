@@ -825,9 +825,18 @@ async fn a_malformed_frame_amid_good_ones_is_answered_30_and_the_others_go_on() 
         .position(|w| w == b"000000000100")
         .unwrap();
     bytes[at + 3] = b'X';
+    // DE 2's length says 18 for 16 digits: every field after it is read two places off,
+    // DE 11 too, and the lengths no longer add up. No STAN is vouched for: dropped, not
+    // answered 30 under six digits the network never sent (it could be another request's).
+    let shifted = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
+    let mut shifted = shifted.pack().to_vec();
+    let de2 = [b"16", card.vpan.as_bytes()].concat();
+    let at = shifted.windows(de2.len()).position(|w| w == de2).unwrap();
+    shifted[at..at + 2].copy_from_slice(b"18");
     net.send(&good1).await;
     net.send_raw(Bytes::from(bytes)).await;
     net.send_raw(Bytes::from_static(b"garbage")).await;
+    net.send_raw(Bytes::from(shifted)).await;
     net.send(&good2).await;
     assert_eq!(code(&net.answer(good1.stan().unwrap()).await), "00");
     let answer = net.answer(bad.stan().unwrap()).await;
@@ -835,6 +844,16 @@ async fn a_malformed_frame_amid_good_ones_is_answered_30_and_the_others_go_on() 
     assert_eq!(code(&answer), "30");
     assert_eq!(code(&net.answer(good2.stan().unwrap()).await), "00");
     assert_eq!(rig.cards.get(CardKey::of(&card.vpan)).unwrap().spent, 200);
+    let mut echo = Message::new(Spec::iso87ascii(), b"0800").unwrap();
+    echo.set(7, b"1126143015").unwrap();
+    echo.set(11, &net.next_stan()).unwrap();
+    echo.set(70, b"301").unwrap();
+    assert_eq!(code(&net.call(&echo).await), "00");
+    assert_eq!(
+        net.unclaimed(),
+        Vec::<[u8; 6]>::new(),
+        "answers nobody sent"
+    );
     rig.stop().await;
 }
 

@@ -190,22 +190,29 @@ impl Message {
 pub struct RecoveredHeader {
     /// The MTI, when its four digits are there.
     pub mti: Option<[u8; 4]>,
-    /// DE 11, when the fields before it could be walked and it is six digits.
+    /// DE 11, when the frame's structure is whole and it is six digits.
     pub stan: Option<[u8; 6]>,
 }
 
 /// Reads the MTI and DE 11 from a frame that may be malformed. Content checks are skipped,
-/// only structure is followed, so a bad amount in DE 4 still leaves DE 11 readable.
+/// only structure is followed, so a bad amount in DE 4 still leaves DE 11 readable. But
+/// DE 11 is taken only from a frame whose structure is whole (every length prefix a
+/// length within its field's maximum, every field there, no byte left over): where it
+/// breaks, the fields may have been misread from the start, a wrong length on DE 2 or a
+/// secondary bitmap announced and missing shifting every field after it, DE 11 included,
+/// and a 30 under six digits the network never sent as a STAN would answer another of
+/// its requests.
 pub fn recover_header(spec: &'static Spec, frame: &[u8]) -> RecoveredHeader {
     let mut layout = Layout::new();
     let res = parse_layout::<false, false>(spec, frame, &mut layout);
+    let structure_whole = res.is_ok();
     let mti_ok = !matches!(
         res,
         Err(ParseError::MtiInvalid { .. } | ParseError::MtiTruncated { .. })
     ) && layout.mti.iter().all(u8::is_ascii_digit);
     let mut stan = None;
     let (w, m) = bit(11);
-    if layout.mask[w] & m != 0 {
+    if structure_whole && layout.mask[w] & m != 0 {
         let r = super::message::rank(&layout.mask, 11);
         if let (Some(&a), Some(&b), Some(f)) = (
             layout.starts.get(r),

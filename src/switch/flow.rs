@@ -623,7 +623,7 @@ impl Flow {
 
     /// Forwards untouched (in the issuer's layout), answers untouched.
     async fn passthrough(&self, request: Msg) -> (Option<Msg>, DecidedBy) {
-        let Some(toward_issuer) = self.transcode(&request, self.issuer.spec()) else {
+        let Some(toward_issuer) = self.in_issuer_layout(&request) else {
             return (
                 self.local_answer(&request, ResponseCode::FORMAT_ERROR),
                 DecidedBy::Switch,
@@ -696,7 +696,7 @@ impl Flow {
 
     /// The request in the issuer's layout with the real card in DE 2, 14 and 35.
     fn to_real(&self, request: &Message, pan: &Pan, expiry: &[u8; 4]) -> Option<Msg> {
-        let mut out = self.transcode(request, self.issuer.spec())?;
+        let mut out = self.in_issuer_layout(request)?;
         // DE 2 where the network put one; a request that carried the card in track 2 only
         // goes out the same way.
         if out.has(2) {
@@ -793,37 +793,63 @@ impl Flow {
         Some(out)
     }
 
-    /// The issuer's answer in the network's layout; `None`, said loudly, when a field of it
-    /// has no place there (the two links' specs differ): the network then hears nothing
-    /// and repeats or times out, while the decision stands.
+    /// The issuer's answer in the network's layout (the two links' specs may differ). A
+    /// field of it with no place there (a DE 54 longer than the network's layout allows)
+    /// is left out, said by number, rather than the answer: the network must hear the
+    /// issuer's decision, which vpan has counted already.
     fn answer_in_network_layout(&self, answer: Msg) -> Option<Msg> {
-        let out = self.in_layout(answer, self.network_spec);
-        if out.is_none() {
+        let to = self.network_spec;
+        if std::ptr::eq(answer.spec(), to) {
+            return Some(answer);
+        }
+        let Ok(mut out) = Message::new(to, &answer.mti()) else {
             crate::logging::throttled!(
                 error,
-                "an issuer's answer does not fit network.spec; not answered (the two links' specs differ)"
+                "an issuer's answer has an MTI network.spec cannot write; not answered"
+            );
+            return None;
+        };
+        let mut left_out = Vec::new();
+        for n in answer.field_numbers() {
+            let fits = answer
+                .text(n)
+                .is_some_and(|t| out.set(n, t.as_bytes()).is_ok());
+            if !fits {
+                left_out.push(n);
+            }
+        }
+        if !left_out.is_empty() {
+            crate::logging::throttled!(
+                warn,
+                fields = ?left_out,
+                "fields of an issuer's answer with no place in network.spec left out of the network's answer"
             );
         }
-        out
+        Some(Box::new(out))
     }
 
-    /// `msg` in layout `to`, taken rather than copied: itself when both links share a
-    /// layout (the usual case), so an issuer's answer is edited in place.
-    fn in_layout(&self, msg: Msg, to: &'static Spec) -> Option<Msg> {
-        if std::ptr::eq(msg.spec(), to) {
-            return Some(msg);
+    /// A request in the issuer's layout; `None`, said with the field, when a field of it
+    /// has no place there (the caller answers 30).
+    fn in_issuer_layout(&self, request: &Message) -> Option<Msg> {
+        let to = self.issuer.spec();
+        if std::ptr::eq(request.spec(), to) {
+            return Some(Box::new(request.clone()));
         }
-        self.transcode(&msg, to)
-    }
-
-    /// A copy of `msg` in layout `to`: a clone when it already is, else field by field.
-    fn transcode(&self, msg: &Message, to: &'static Spec) -> Option<Msg> {
-        if std::ptr::eq(msg.spec(), to) {
-            return Some(Box::new(msg.clone()));
-        }
-        let mut out = Box::new(Message::new(to, &msg.mti()).ok()?);
-        for n in msg.field_numbers() {
-            out.set(n, msg.text(n)?.as_bytes()).ok()?;
+        let mut out = Box::new(Message::new(to, &request.mti()).ok()?);
+        for n in request.field_numbers() {
+            let fits = request
+                .text(n)
+                .is_some_and(|t| out.set(n, t.as_bytes()).is_ok());
+            if !fits {
+                metrics::counter!(m::FRAMES_REJECTED_TOTAL, "reason" => "format_error")
+                    .increment(1);
+                crate::logging::throttled!(
+                    warn,
+                    field = n,
+                    "a request's field has no place in issuer.spec: answered 30"
+                );
+                return None;
+            }
         }
         Some(out)
     }

@@ -125,10 +125,22 @@ impl IssuerLink {
             let echo_due = tokio::time::sleep_until((last_seen + settings.echo_interval).into());
             tokio::pin!(echo_due);
             let mut echo: Option<tokio::task::JoinHandle<()>> = None;
+            // A frame begun and not finished (a length header that announces more than
+            // the host sends) would hold every answer behind it while the connection
+            // still counts as up: checked every `timeout`, the bytes of one still
+            // waiting at two checks in a row with no frame finished between them drop
+            // the connection. Its requests have all timed out by then.
+            let mut partial_check = tokio::time::interval_at(
+                (Instant::now() + settings.timeout).into(),
+                settings.timeout,
+            );
+            partial_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let (mut partial_at_last_check, mut frame_since_check) = (false, false);
             loop {
                 tokio::select! {
                     frame = frames.next() => match frame {
                         Some(Ok(Frame::Message { body, .. })) => {
+                            frame_since_check = true;
                             let at = Instant::now();
                             if self.on_answer(i, body) {
                                 last_seen = at;
@@ -138,7 +150,10 @@ impl IssuerLink {
                             }
                         }
                         // The channel is alive; that says nothing of the host behind it.
-                        Some(Ok(Frame::KeepAlive)) => self.test_if_stalled(i, &mut echo, &conn_token),
+                        Some(Ok(Frame::KeepAlive)) => {
+                            frame_since_check = true;
+                            self.test_if_stalled(i, &mut echo, &conn_token);
+                        }
                         // At a stop the connection ends under vpan's own shutdown: no news
                         // of the host, and no warning that would send someone looking.
                         Some(Err(e)) if !self.inner.shutdown.is_cancelled() => {
@@ -150,6 +165,19 @@ impl IssuerLink {
                             break;
                         }
                         Some(Err(_)) | None => break,
+                    },
+                    _ = partial_check.tick() => {
+                        let partial = !frames.read_buffer().is_empty();
+                        if partial && partial_at_last_check && !frame_since_check {
+                            tracing::warn!(
+                                issuer = %settings.connect,
+                                bytes = frames.read_buffer().len(),
+                                "issuer host began a frame and did not finish it within issuer.timeout_ms; reconnecting"
+                            );
+                            break;
+                        }
+                        partial_at_last_check = partial;
+                        frame_since_check = false;
                     },
                     () = &mut echo_due => {
                         let idle_at = last_seen + settings.echo_interval;
