@@ -1034,6 +1034,88 @@ fn a_status_already_set_is_acknowledged_only_once_the_change_that_set_it_is_dura
     }
 }
 
+#[test]
+fn a_purchase_advice_under_a_refunds_key_is_no_repeat_of_the_refund() {
+    // A refund of 50.00 approved; a stand-in's purchase advice of 50.00 under its key is
+    // another transaction (94), not the refund's repeat, acknowledged with nothing counted
+    // and never forwarded.
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &spec(10_000));
+    let mut refund = request(*b"0100", 5_000, 7, "SHOP-A");
+    refund.kind = vpan::cards::Kind::Refund;
+    let Decision::Approve(a) = cards.authorize(key, &refund, NOW) else {
+        panic!("a refund is approved");
+    };
+    a.durable.wait().unwrap();
+    cards
+        .complete(&a.hold, IssuerOutcome::APPROVED, NOW)
+        .wait()
+        .unwrap();
+    let advice = request(*b"0120", 5_000, 7, "SHOP-A");
+    assert!(matches!(
+        cards.advice(key, &advice, NOW),
+        AdviceOutcome::Conflict
+    ));
+    // The refund's own advice is its repeat, as before.
+    let mut refund_advice = refund.clone();
+    refund_advice.mti = *b"0120";
+    assert!(matches!(
+        cards.advice(key, &refund_advice, NOW),
+        AdviceOutcome::Repeat { .. }
+    ));
+}
+
+#[test]
+fn the_repeat_of_a_purchase_reversed_in_full_is_not_approved_again() {
+    // Approved for the whole cap, then taken back in full: replaying its 00 would stand on
+    // the network beside a second purchase of the whole cap, which the card now allows.
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &spec(10_000));
+    let first = request(*b"0100", 10_000, 5, "SHOP-A");
+    let Decision::Approve(a) = cards.authorize(key, &first, NOW) else {
+        panic!("approved");
+    };
+    a.durable.wait().unwrap();
+    cards
+        .complete(&a.hold, IssuerOutcome::APPROVED, NOW)
+        .wait()
+        .unwrap();
+    let ReversalOutcome::Reversed { durable, .. } = cards.reverse(key, &reversal(5, None), NOW)
+    else {
+        panic!("reversed");
+    };
+    durable.wait().unwrap();
+    let replayed = |d: Decision| match d {
+        Decision::Replay(Replay::Answer { code, .. }) => code,
+        other => panic!("{other:?}"),
+    };
+    let mut repeat = first.clone();
+    repeat.mti = *b"0101";
+    let again = replayed(cards.authorize(key, &repeat, NOW));
+    assert_eq!(again, ResponseCode::ISSUER_UNAVAILABLE);
+    // Reversed in part, what stands of it was approved: the repeat gets its 00.
+    let second = request(*b"0100", 4_000, 6, "SHOP-A");
+    let Decision::Approve(a) = cards.authorize(key, &second, NOW) else {
+        panic!("approved");
+    };
+    a.durable.wait().unwrap();
+    cards
+        .complete(&a.hold, IssuerOutcome::APPROVED, NOW)
+        .wait()
+        .unwrap();
+    let partial = reversal(6, Some(1_000));
+    let ReversalOutcome::Reversed { durable, .. } = cards.reverse(key, &partial, NOW) else {
+        panic!("reversed in part");
+    };
+    durable.wait().unwrap();
+    let mut repeat = second.clone();
+    repeat.mti = *b"0101";
+    let again = replayed(cards.authorize(key, &repeat, NOW));
+    assert_eq!(again, ResponseCode::APPROVED);
+}
+
 #[tokio::test]
 async fn a_pause_resume_or_close_says_whether_it_changed_the_card() {
     // The API logs a change only when there was one: a client's retry is not a second pause.

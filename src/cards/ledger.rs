@@ -131,6 +131,17 @@ pub struct TxEntry {
 }
 
 impl TxEntry {
+    /// A refund (or another credit) that was taken: it moved money toward the card, so it
+    /// charged nothing and counts no use, on an amount that is not 0 (a verification's
+    /// is), where every purchase taken counts a use. Not told for one vpan declined, which
+    /// charged nothing whatever it was.
+    pub fn was_refund(&self) -> bool {
+        self.state != TxState::Declined
+            && self.charged == 0
+            && !self.counts_use
+            && self.original_amount > 0
+    }
+
     /// One of vpan's own declines (not a voided original, which is kept as a decline too
     /// but guards money: a late original under its key must not be approved).
     fn is_own_decline(&self) -> bool {

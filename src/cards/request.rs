@@ -73,7 +73,8 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// Classifies by processing code (DE 3) and transaction amount (DE 4).
+    /// Classifies by processing code (DE 3) and the amount moved (the larger of DE 4 and
+    /// DE 6: a verification moves nothing in either).
     pub fn classify(processing_code: &[u8], amount: u64) -> Kind {
         if processing_code.first() == Some(&b'2')
             && processing_code.get(1).is_some_and(u8::is_ascii_digit)

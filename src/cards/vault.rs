@@ -1031,7 +1031,10 @@ impl Cards {
                 // may have carried what the advice leaves out or restates (DE 14, DE 18,
                 // DE 42, DE 6 at another rate), and a 94 would leave it uncounted. Only
                 // another card or amount makes it another transaction.
-                let same_money = e.card == card_key && e.original_amount == req.amounts.transaction;
+                // A refund and a purchase of one amount under one key are still two.
+                let same_money = e.card == card_key
+                    && e.original_amount == req.amounts.transaction
+                    && e.was_refund() == (req.kind == Kind::Refund);
                 if e.fingerprint != fingerprint && !same_money {
                     return AdviceOutcome::Conflict;
                 }
@@ -1178,6 +1181,14 @@ fn replay_of(tx: OriginalData, e: &mut TxEntry, fingerprint: u64) -> Decision {
             e.asking = true;
             Replay::AskIssuer(Hold { card: e.card, tx })
         }
+        // Approved, then taken back in full by the acquirer: its approval replayed, it
+        // would stand on the network again while the card counts nothing of it (room for
+        // another purchase of the whole cap). Not approved again, as in doubt above.
+        TxState::Approved if e.charged > 0 && e.amount == 0 => Replay::Answer {
+            code: ResponseCode::ISSUER_UNAVAILABLE,
+            auth: None,
+            decided_by: DecidedBy::Switch,
+        },
         TxState::Approved | TxState::Released => Replay::Answer {
             code: e.code,
             auth: e.auth,

@@ -1053,7 +1053,6 @@ fn digits_u16(ascii: &[u8]) -> Option<u16> {
 /// The cards' view of a 0100/0200/0120/0220; `None` when DE 11 or DE 7 is missing.
 pub fn auth_request(msg: &Message) -> Option<AuthRequest> {
     let amount = msg.amount_transaction().unwrap_or(0);
-    let kind = Kind::classify(&msg.processing_code().unwrap_or(*b"000000"), amount);
     let billing = match (
         msg.amount_cardholder_billing(),
         msg.currency_cardholder_billing(),
@@ -1061,6 +1060,11 @@ pub fn auth_request(msg: &Message) -> Option<AuthRequest> {
         (Some(a), Some(c)) => digits_u16(&c).map(|c| (a, c)),
         _ => None,
     };
+    // A verification moves nothing in any currency: a DE 4 of 0 beside a DE 6 that is not
+    // is a purchase whose amounts disagree (declined 30 when the card counts DE 4), not a
+    // verification free of the cap and the uses.
+    let moved = amount.max(billing.map_or(0, |(a, _)| a));
+    let kind = Kind::classify(&msg.processing_code().unwrap_or(*b"000000"), moved);
     Some(AuthRequest {
         mti: msg.mti(),
         kind,
@@ -1257,6 +1261,34 @@ mod tests {
         ] {
             assert_eq!(&response_mti(*req), resp);
         }
+    }
+
+    #[test]
+    fn a_zero_de4_beside_a_billing_amount_is_no_verification() {
+        let request = |de4: &[u8], de6: Option<&[u8]>| {
+            let mut m = Message::new(Spec::iso87ascii(), b"0100").unwrap();
+            m.set(3, b"000000").unwrap();
+            m.set(4, de4).unwrap();
+            m.set(7, b"1126143015").unwrap();
+            m.set(11, b"000001").unwrap();
+            m.set(49, b"978").unwrap();
+            if let Some(de6) = de6 {
+                m.set(6, de6).unwrap();
+                m.set(51, b"840").unwrap();
+            }
+            auth_request(&m).unwrap().kind
+        };
+        assert_eq!(request(b"000000000000", None), Kind::Verification);
+        assert_eq!(
+            request(b"000000000000", Some(b"000000000000")),
+            Kind::Verification
+        );
+        // 0 EUR beside 50.00 USD: money moved, in one currency at least.
+        assert_eq!(
+            request(b"000000000000", Some(b"000000005000")),
+            Kind::Purchase
+        );
+        assert_eq!(request(b"000000001000", None), Kind::Purchase);
     }
 
     #[test]
