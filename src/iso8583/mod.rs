@@ -48,7 +48,7 @@ pub mod spec;
 pub use codec::{Frame, FrameCodec, FrameError, Framing};
 pub use message::{FieldText, Message, OriginalData, ReplacementAmounts, Track2};
 pub use pack::EditError;
-pub use parse::{ErrorLocation, ParseError, RecoveredHeader, parse, recover_header};
+pub use parse::{ErrorLocation, ParseError, RecoveredHeader, parse, readable_part, recover_header};
 pub use spec::{
     BitmapEncoding, Encoding, FieldSpec, Kind, Length, Pad, PrefixEncoding, Spec, SpecError,
     SubSpec,

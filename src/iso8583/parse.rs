@@ -232,6 +232,41 @@ pub fn recover_header(spec: &'static Spec, frame: &[u8]) -> RecoveredHeader {
     }
 }
 
+/// What can be trusted of a frame that does not parse: when its structure is whole (see
+/// [`recover_header`]), its fields less those whose content is wrong, for a 30 that echoes
+/// what a network matches its answers on (DE 7, 32, 37, 41 beside DE 11); `None` when the
+/// structure breaks, and nothing of it can be vouched for.
+pub fn readable_part(spec: &'static Spec, frame: Bytes) -> Option<Message> {
+    let mut layout = Layout::new();
+    parse_layout::<false, false>(spec, &frame, &mut layout).ok()?;
+    let mut part = Message::from_parts(spec, frame, layout);
+    let wrong: Vec<usize> = part
+        .field_numbers()
+        .filter(|&n| !content_ok_at(&part, n))
+        .collect();
+    for n in wrong {
+        part.remove(n);
+    }
+    Some(part)
+}
+
+/// Whether field `n` of a message read without content checks holds what its kind allows.
+fn content_ok_at(m: &Message, n: usize) -> bool {
+    let (Some(f), Some(wire)) = (m.spec().field(n), m.received_wire(n)) else {
+        return false;
+    };
+    let p = Plan::of(f);
+    let Some((prefix, v)) = wire.split_at_checked(usize::from(p.prefix_bytes)) else {
+        return false;
+    };
+    let units = if p.prefix_bytes == 0 {
+        Some(p.max)
+    } else {
+        prefix_value(prefix, p.prefix)
+    };
+    units.is_some_and(|units| check(&p, v, units as usize))
+}
+
 /// `n` bytes off the front of `input`, as a nom parser: `(rest, taken)`.
 #[inline(always)]
 fn take(input: &[u8], n: usize) -> Option<(&[u8], &[u8])> {

@@ -27,7 +27,7 @@ use crate::cards::{
     DecidedBy, Decision, Expiry, Hold, IssuerOutcome, Kind, OriginalData, Replay, ResponseCode,
     ReversalOutcome, ReversalRequest, TxKey,
 };
-use crate::iso8583::{Message, Spec, recover_header};
+use crate::iso8583::{Message, Spec, readable_part, recover_header};
 use crate::metrics as m;
 use crate::pan::Pan;
 use crate::store::StoreError;
@@ -155,7 +155,7 @@ impl Flow {
     fn read_request(&self, body: Bytes, received: Instant) -> Result<Msg, Option<Answer>> {
         let mut request = match Message::parse(self.network_spec, body.clone()) {
             Ok(r) => Box::new(r),
-            Err(e) => return Err(self.format_error(&body, &e.to_string(), received)),
+            Err(e) => return Err(self.format_error(body, &e.to_string(), received)),
         };
         let mti = request.mti();
         if !is_request(mti) {
@@ -649,22 +649,33 @@ impl Flow {
     }
 
     /// A frame that does not parse: 30 when its MTI and DE 11 can be read, else dropped.
-    fn format_error(&self, body: &[u8], why: &str, received: Instant) -> Option<Answer> {
-        let header = recover_header(self.network_spec, body);
+    /// The 30 echoes the fields whose content is right, as any answer of vpan's own does
+    /// (a network may match its answers on DE 41 and DE 11, as jPOS's QMUX does).
+    fn format_error(&self, body: Bytes, why: &str, received: Instant) -> Option<Answer> {
+        let header = recover_header(self.network_spec, &body);
         if let Some(mti) = header.mti.filter(|&mti| !is_request(mti)) {
             return not_a_request(mti);
         }
-        let (Some(mti), Some(stan)) = (header.mti, header.stan) else {
+        let part = readable_part(self.network_spec, body).filter(|p| p.stan().is_some());
+        let (Some(mti), Some(mut answer)) = (header.mti, part) else {
             metrics::counter!(m::FRAMES_REJECTED_TOTAL, "reason" => "unreadable").increment(1);
             crate::logging::throttled!(warn, error = why, "unreadable frame dropped");
             return None;
         };
         metrics::counter!(m::FRAMES_REJECTED_TOTAL, "reason" => "format_error").increment(1);
         crate::logging::throttled!(warn, error = why, "malformed request answered 30");
-        let mut answer = Box::new(Message::new(self.network_spec, &response_mti(mti)).ok()?);
-        answer.set(11, &stan).ok()?;
+        answer.set_mti(&response_mti(mti)).ok()?;
+        // The link's MAC is put on afresh; the request's own does not belong in the answer.
+        for n in NOT_ECHOED.into_iter().chain([64, 128]) {
+            answer.remove(n);
+        }
         answer.set_response_code(b"30").ok()?;
-        Some(Answer::new(answer, mti, DecidedBy::Switch, received))
+        Some(Answer::new(
+            Box::new(answer),
+            mti,
+            DecidedBy::Switch,
+            received,
+        ))
     }
 
     /// [`Flow::local_answer`], decided by the switch, as the connection writes it.
