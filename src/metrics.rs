@@ -37,8 +37,11 @@ pub const FRAMES_REJECTED_TOTAL: &str = "vpan_frames_rejected_total";
 /// frame, a frame whose MTI or STAN cannot be read (dropped), a format error answered 30,
 /// a wrong or missing MAC answered 63, an answer longer than the link's length header can
 /// say (dropped), a response from the network, which vpan sent no request (dropped), a
-/// frame left unread when vpan closed the connection or sent after (dropped unanswered).
-pub const REJECT_REASONS: [&str; 13] = [
+/// frame left unread when vpan closed the connection or sent after (dropped unanswered);
+/// on the issuer link, a frame from the host that does not parse or has no DE 11
+/// (`issuer_unreadable`), and an answer that matches no request waiting (`issuer_unmatched`:
+/// late past its timeout, repeated, or of another class, acquirer or terminal).
+pub const REJECT_REASONS: [&str; 15] = [
     "max_connections",
     "too_large",
     "bad_length",
@@ -52,6 +55,8 @@ pub const REJECT_REASONS: [&str; 13] = [
     "answer_too_large",
     "not_a_request",
     "after_close",
+    "issuer_unreadable",
+    "issuer_unmatched",
 ];
 /// Gauge of cards, by `status`.
 pub const CARDS: &str = "vpan_cards";

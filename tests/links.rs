@@ -754,6 +754,43 @@ async fn an_issuer_answer_with_a_field_the_networks_layout_cannot_hold_is_answer
     let _ = tokio::time::timeout(Duration::from_secs(20), rig.task).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_from_the_issuer_it_cannot_read_or_match_are_counted_by_reason() {
+    let (rig, mut host) = signed_on_host(1_000).await;
+    // Other tests of this binary count too: what moves here is read as a difference.
+    let count = |page: &str, reason: &str| -> f64 {
+        let series = format!("vpan_frames_rejected_total{{reason=\"{reason}\"}} ");
+        page.lines()
+            .find_map(|l| l.strip_prefix(&series)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let before = procs::scrape(rig.metrics).await;
+    host.send(Frame::Message {
+        header: bytes::Bytes::new(),
+        body: bytes::Bytes::from_static(b"garbage"),
+    })
+    .await
+    .unwrap();
+    let mut stray = Message::new(Spec::iso87ascii(), b"0110").unwrap();
+    stray.set(11, b"999999").unwrap();
+    stray.set_response_code(b"00").unwrap();
+    send(&mut host, &stray).await;
+    let mut moved = (0.0, 0.0);
+    for _ in 0..100 {
+        let page = procs::scrape(rig.metrics).await;
+        moved = (
+            count(&page, "issuer_unreadable") - count(&before, "issuer_unreadable"),
+            count(&page, "issuer_unmatched") - count(&before, "issuer_unmatched"),
+        );
+        if moved.0 >= 1.0 && moved.1 >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(moved.0 >= 1.0 && moved.1 >= 1.0, "{moved:?}");
+    rig.stop().await;
+}
+
 /// Two connections: the host behind the first hangs while its channel talks, the second
 /// answers. Only answers count as a host alive: after the first 91 the hung connection
 /// takes no more requests, is tested with an echo as soon as its channel talks again (not

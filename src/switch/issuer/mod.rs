@@ -614,6 +614,8 @@ impl IssuerLink {
         let answer = match Message::parse(self.spec(), body) {
             Ok(a) => Box::new(a),
             Err(e) => {
+                metrics::counter!(m::FRAMES_REJECTED_TOTAL, "reason" => "issuer_unreadable")
+                    .increment(1);
                 crate::logging::throttled!(warn, error = %e, "unreadable answer from the issuer dropped");
                 return false;
             }
@@ -623,6 +625,8 @@ impl IssuerLink {
             return false;
         }
         let Some(stamp) = answer.stan() else {
+            metrics::counter!(m::FRAMES_REJECTED_TOTAL, "reason" => "issuer_unreadable")
+                .increment(1);
             crate::logging::throttled!(warn, "answer from the issuer without DE 11 dropped");
             return false;
         };
@@ -636,6 +640,8 @@ impl IssuerLink {
                 && p.echoed.is_none_or(|e| e.answered_by(&Echoed::of(&answer)))
         });
         let Some((_, pending)) = answered else {
+            metrics::counter!(m::FRAMES_REJECTED_TOTAL, "reason" => "issuer_unmatched")
+                .increment(1);
             if self.inner.pending.contains_key(&stamp) {
                 crate::logging::throttled!(warn,
                     mti = %String::from_utf8_lossy(&answer.mti()),
