@@ -182,60 +182,86 @@ fn printable(c: u8) -> char {
     if c.is_ascii_graphic() { c as char } else { '?' }
 }
 
-/// What may stand between the groups of a card number as people write it and paste it:
-/// spaces (a no-break or thin one from a PDF or a web page, a tab), dashes (an en or em
-/// dash from a word processor), slashes and underscores.
-const GROUP_SEPARATORS: [char; 10] = [
+/// What may stand between the groups of a card number as people write it and paste it,
+/// beyond the single space or dash: spaces (a no-break or thin one from a PDF or a web
+/// page, a tab), dashes (an en or em dash from a word processor), slashes and underscores.
+const MORE_SEPARATORS: [char; 10] = [
     ' ', '\t', '\u{a0}', '\u{2009}', '\u{202f}', '-', '\u{2013}', '\u{2014}', '/', '_',
 ];
 
-/// How many bytes of `text` from `at` join two groups of digits: one to three
-/// [`GROUP_SEPARATORS`] (`4970  1012`, `4970 - 1012`) with a digit after them; 0 if none.
-fn joiner_at(text: &str, at: usize) -> usize {
+/// How many bytes of `text` from `at` join two groups of digits, with a digit after them
+/// (0 if none), and whether the join is an unusual one: a single space or dash is usual;
+/// one to three [`MORE_SEPARATORS`] (`4970\u{a0}1012`, `4970 - 1012`) are not.
+fn joiner_at(text: &str, at: usize) -> (usize, bool) {
+    let bytes = text.as_bytes();
+    let digit_at = |i: usize| bytes.get(i).is_some_and(u8::is_ascii_digit);
+    if matches!(bytes.get(at), Some(b' ' | b'-')) && digit_at(at + 1) {
+        return (1, false);
+    }
     let mut end = at;
     for _ in 0..3 {
         match text[end..].chars().next() {
-            Some(c) if GROUP_SEPARATORS.contains(&c) => end += c.len_utf8(),
+            Some(c) if MORE_SEPARATORS.contains(&c) => end += c.len_utf8(),
             _ => break,
         }
     }
-    let digit_after = text.as_bytes().get(end).is_some_and(u8::is_ascii_digit);
-    if end > at && digit_after { end - at } else { 0 }
+    if end > at && digit_at(end) {
+        (end - at, true)
+    } else {
+        (0, false)
+    }
+}
+
+/// The run of digits at `at` (groups joined as [`mask_card_numbers`] says, the unusual
+/// joins only when `unusual` allows), into `digits`: where it ends, and whether an
+/// unusual join made it.
+fn digit_run(text: &str, at: usize, unusual: bool, digits: &mut Vec<u8>) -> (usize, bool) {
+    let bytes = text.as_bytes();
+    digits.clear();
+    let (mut end, mut group, mut used_unusual) = (at, 0, false);
+    while end < bytes.len() && bytes[end].is_ascii_digit() {
+        digits.push(bytes[end]);
+        end += 1;
+        group += 1;
+        let (joiner, odd) = match bytes.get(end) {
+            // Card numbers are grouped by fours, or 4-6-5 (Amex) and 4-6-4 (Diners); an
+            // IP address's groups are of three at most.
+            Some(b'.') if (4..=6).contains(&group) => (
+                usize::from(bytes.get(end + 1).is_some_and(u8::is_ascii_digit)),
+                false,
+            ),
+            Some(_) => joiner_at(text, end),
+            None => (0, false),
+        };
+        if joiner > 0 && (unusual || !odd) {
+            end += joiner;
+            group = 0;
+            used_unusual |= odd;
+        }
+    }
+    (end, used_unusual)
 }
 
 /// Masks every run of 12 or more digits (a card number, real or virtual, or one that
 /// fails Luhn) as first 6 and last 4, so that no message built from outside text (a serde
 /// or clap error quoting what it could not read, a log line) can carry one. Digits in
-/// groups joined by up to three [`GROUP_SEPARATORS`] (`4970 1012 3456 7890`,
-/// `4970-1012-3456-7890`), or by dots after groups of four to six (`4970.1012.3456.7890`,
-/// `3782.822463.10005`; not an address such as `192.168.100.200`), count as one run, as a
-/// card number is often written so.
+/// groups joined by single spaces or dashes (`4970 1012 3456 7890`), or by dots after
+/// groups of four to six (`4970.1012.3456.7890`, `3782.822463.10005`; not an address
+/// such as `192.168.100.200`), count as one run, as a card number is often written so.
+/// Joined by up to three of [`MORE_SEPARATORS`] (`4970\u{a0}1012…`, as pasted from a
+/// PDF), they count as one when the whole is a card number by its length and its Luhn
+/// check: file names, lists and ranges of numbers (`1024/2048/4096`, `000001 - 999999`)
+/// are joined that way too, and stay as written.
 pub fn mask_card_numbers(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = String::with_capacity(text.len());
     let mut digits = Vec::with_capacity(24);
     let mut i = 0;
     while i < bytes.len() {
-        digits.clear();
-        let mut end = i;
-        let mut group = 0;
-        while end < bytes.len() && bytes[end].is_ascii_digit() {
-            digits.push(bytes[end]);
-            end += 1;
-            group += 1;
-            let joiner = match bytes.get(end) {
-                // Card numbers are grouped by fours, or 4-6-5 (Amex) and 4-6-4 (Diners);
-                // an IP address's groups are of three at most.
-                Some(b'.') if (4..=6).contains(&group) => {
-                    usize::from(bytes.get(end + 1).is_some_and(u8::is_ascii_digit))
-                }
-                Some(_) => joiner_at(text, end),
-                None => 0,
-            };
-            if joiner > 0 {
-                end += joiner;
-                group = 0;
-            }
+        let (mut end, unusual) = digit_run(text, i, true, &mut digits);
+        let card_shaped = (12..=MAX_PAN_LEN).contains(&digits.len()) && luhn_valid(&digits);
+        if unusual && !card_shaped {
+            (end, _) = digit_run(text, i, false, &mut digits);
         }
         if digits.len() >= 12 {
             out.push_str(&Masked(&digits).to_string());
@@ -421,6 +447,24 @@ mod tests {
         // Four separators are not a card number's grouping; nor is a run under 12 digits.
         assert_eq!(mask_card_numbers("1234 -  5678 9012"), "1234 -  5678 9012");
         assert_eq!(mask_card_numbers("1234 / 5678 / 90"), "1234 / 5678 / 90");
+        // File names, lists and ranges of numbers joined the unusual ways stay as written
+        // (none is a card number by its Luhn check).
+        for text in [
+            "cannot write /backups/vpan_20261205_142530.tar",
+            "sizes 1024/2048/4096 bytes",
+            "stan\t000123\t000124",
+            "stans 000001 - 999999",
+        ] {
+            assert_eq!(mask_card_numbers(text), text);
+        }
+        // A card number that fails Luhn, so joined, is still masked where a single space
+        // or dash joins it, as before.
+        let typo = bad_luhn(&card);
+        let spaced = [&typo[..4], &typo[4..8], &typo[8..12], &typo[12..]].join(" ");
+        assert_eq!(
+            mask_card_numbers(&spaced),
+            format!("497010******{}", &typo[12..])
+        );
         assert_eq!(
             mask_card_numbers("cannot bind 192.168.100.200:8583"),
             "cannot bind 192.168.100.200:8583"

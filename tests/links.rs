@@ -791,6 +791,59 @@ async fn frames_from_the_issuer_it_cannot_read_or_match_are_counted_by_reason() 
     rig.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decline_code_the_networks_layout_cannot_hold_reaches_it_as_05() {
+    // The network's layout takes DE 39 as digits (its only difference from iso87ascii);
+    // the host declines N7 (CVV2), a known decline: the network hears 05, never an answer
+    // without a decision. An unknown letter code may have been an approval, counted as
+    // spent: that answer is not sent, and the network's timeout reverses it.
+    let xml = std::fs::read_to_string("fixtures/packagers/vpan-iso87ascii.xml").unwrap();
+    let line =
+        r#"<isofield id="39" length="2" name="response code" class="org.jpos.iso.IF_CHAR"/>"#;
+    assert!(xml.contains(line));
+    let numeric =
+        r#"<isofield id="39" length="2" name="response code" class="org.jpos.iso.IFA_NUMERIC"/>"#;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("net.xml");
+    std::fs::write(&path, xml.replace(line, numeric)).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host_addr = listener.local_addr().unwrap().to_string();
+    let net_spec = path.display().to_string();
+    let rig = rig(None, |c| {
+        c.issuer.connect = host_addr;
+        c.issuer.connections = 1;
+        c.network.spec = net_spec;
+    })
+    .await;
+    let mut host = accept_sign_on(&listener).await;
+    let (card, _) = rig.issue(|_| {}).await;
+    tokio::spawn(async move {
+        for code in [b"N7", b"XY"] {
+            let mut m = next_message(&mut host).await;
+            m.set_mti(b"0110").unwrap();
+            m.set_response_code(code).unwrap();
+            send(&mut host, &m).await;
+        }
+        while tokio::time::timeout(Duration::from_secs(30), host.next())
+            .await
+            .is_ok_and(|f| f.is_some())
+        {}
+    });
+    let mut net = Client::connect(rig.network).await;
+    let declined = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 1_000);
+    let answer = net.call(&declined).await;
+    assert_eq!(code(&answer), "05");
+    let unknown = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 2_000);
+    net.send(&unknown).await;
+    let got = tokio::time::timeout(Duration::from_secs(2), net.answer(unknown.stan().unwrap()));
+    assert!(
+        got.await.is_err(),
+        "an answer whose decision the network cannot read"
+    );
+    rig.stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(20), rig.task).await;
+}
+
 /// Two connections: the host behind the first hangs while its channel talks, the second
 /// answers. Only answers count as a host alive: after the first 91 the hung connection
 /// takes no more requests, is tested with an echo as soon as its channel talks again (not

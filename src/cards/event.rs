@@ -61,6 +61,9 @@ pub struct TxEvent {
     pub counts_use: bool,
     /// Whether it binds (or bound) a first-use merchant lock.
     pub binds_merchant: bool,
+    /// A refund or another credit (DE 3 from 20): a purchase under its key is another
+    /// transaction.
+    pub refund: bool,
     /// DE 42.
     pub acceptor: Option<AcceptorId>,
     /// The request's MTI.
@@ -372,6 +375,7 @@ pub(crate) fn hold_of(tx: OriginalData, e: &TxEntry, lsn: u64, at: UnixSeconds) 
         original_amount: e.original_amount,
         counts_use: e.counts_use,
         binds_merchant: e.binds_merchant,
+        refund: e.refund,
         acceptor: e.acceptor,
         mti: e.mti,
         at,
@@ -390,6 +394,7 @@ pub(crate) fn entry_of(t: &TxEvent, state: TxState, code: ResponseCode) -> TxEnt
         counts_use: t.counts_use,
         use_counted: state == TxState::Approved && t.counts_use,
         binds_merchant: t.binds_merchant,
+        refund: t.refund,
         at: t.at,
         lsn: t.lsn,
         mti: t.mti,
@@ -530,6 +535,7 @@ pub(crate) fn voided_entry(
         original_amount: 0,
         counts_use: false,
         binds_merchant: false,
+        refund: false,
         acceptor: None,
         mti,
         at,

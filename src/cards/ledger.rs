@@ -113,6 +113,8 @@ pub struct TxEntry {
     pub use_counted: bool,
     /// Whether its hold bound a first-use merchant lock.
     pub binds_merchant: bool,
+    /// A refund or another credit, as recorded (see [`crate::cards::event::TxEvent`]).
+    pub refund: bool,
     /// When it was decided.
     pub at: UnixSeconds,
     /// Journal sequence number of its last change (replay skips older records).
@@ -131,17 +133,6 @@ pub struct TxEntry {
 }
 
 impl TxEntry {
-    /// A refund (or another credit) that was taken: it moved money toward the card, so it
-    /// charged nothing and counts no use, on an amount that is not 0 (a verification's
-    /// is), where every purchase taken counts a use. Not told for one vpan declined, which
-    /// charged nothing whatever it was.
-    pub fn was_refund(&self) -> bool {
-        self.state != TxState::Declined
-            && self.charged == 0
-            && !self.counts_use
-            && self.original_amount > 0
-    }
-
     /// One of vpan's own declines (not a voided original, which is kept as a decline too
     /// but guards money: a late original under its key must not be approved).
     fn is_own_decline(&self) -> bool {
@@ -469,6 +460,7 @@ mod tests {
             counts_use: true,
             use_counted: false,
             binds_merchant: false,
+            refund: false,
             at,
             lsn: 0,
             mti: *b"0100",
@@ -560,6 +552,7 @@ mod tests {
             original_amount: 1,
             counts_use: true,
             binds_merchant: false,
+            refund: false,
             acceptor: None,
             mti: *b"0120",
             at: 20,

@@ -1034,7 +1034,7 @@ impl Cards {
                 // A refund and a purchase of one amount under one key are still two.
                 let same_money = e.card == card_key
                     && e.original_amount == req.amounts.transaction
-                    && e.was_refund() == (req.kind == Kind::Refund);
+                    && e.refund == (req.kind == Kind::Refund);
                 if e.fingerprint != fingerprint && !same_money {
                     return AdviceOutcome::Conflict;
                 }
@@ -1223,6 +1223,7 @@ fn tx_event(
         original_amount: req.amounts.transaction,
         counts_use,
         binds_merchant,
+        refund: req.kind == Kind::Refund,
         acceptor: req.acceptor,
         mti: req.mti,
         at: now,

@@ -22,7 +22,7 @@ const REWRITTEN: [usize; 2] = [2, 35];
 
 /// The fields of `answer` that hold the real card number `real`, other than DE 2 and
 /// DE 35 and those that echo `request` (the network's, which vpan sent on). Empty, without
-/// allocating, in the usual case.
+/// allocating, in the usual case (no field then reaches the search).
 pub fn fields_holding(answer: &Message, request: &Message, real: &Pan) -> Vec<usize> {
     let digits = real.as_bytes();
     let spec = answer.spec();
@@ -56,12 +56,14 @@ fn echoes(answer: &Message, request: &Message, n: usize) -> bool {
 /// Whether field `n` holds the card number `digits`: in its decoded form, written in
 /// groups (`5412 7512 …`, `5412-7512-…`), or, where the field holds hex (a binary field
 /// as read, or text that carries chip data or bytes as hex, as DE 55 does in ASCII
-/// layouts), as ASCII or EBCDIC text in the bytes the hex stands for.
+/// layouts, or a dump with spaces between the bytes), as ASCII or EBCDIC text in the bytes
+/// the hex stands for, grouped there too.
 fn holds(answer: &Message, n: usize, digits: &[u8]) -> bool {
     let Some(text) = answer.text(n) else {
         return false;
     };
-    if occurs(&text, digits) || occurs(&without_separators(&text), digits) {
+    let squeezed = without(TEXT_SEPARATORS, &text);
+    if occurs(&text, digits) || occurs(&squeezed, digits) {
         return true;
     }
     let mut ebcdic = [0u8; 19];
@@ -69,10 +71,15 @@ fn holds(answer: &Message, n: usize, digits: &[u8]) -> bool {
         *e = 0xF0 | (d - b'0');
     }
     let ebcdic = &ebcdic[..digits.len().min(19)];
-    // Hex in text need not start at an even place: try both.
-    (0..2).any(|from| {
-        let bytes = hex_bytes(text.get(from..).unwrap_or_default());
-        occurs(&bytes, digits) || occurs(&bytes, ebcdic)
+    // Hex in text need not start at an even place: both are tried.
+    [&text[..], &squeezed[..]].into_iter().any(|hex| {
+        (0..2).any(|from| {
+            let bytes = hex_bytes(hex.get(from..).unwrap_or_default());
+            occurs(&bytes, digits)
+                || occurs(&bytes, ebcdic)
+                || occurs(&without(TEXT_SEPARATORS, &bytes), digits)
+                || occurs(&without(EBCDIC_SEPARATORS, &bytes), ebcdic)
+        })
     })
 }
 
@@ -80,11 +87,18 @@ fn holds(answer: &Message, n: usize, digits: &[u8]) -> bool {
 /// dash, dot, slash, underscore, tab, and Latin-1's no-break space (EBCDIC text reads as
 /// Latin-1; in UTF-8 it is 0xC2 0xA0). Left out, a grouped number reads as its digits; a
 /// letter between groups still breaks it.
-fn without_separators(text: &[u8]) -> Vec<u8> {
-    const SEPARATORS: &[u8] = b" -./_\t\xa0\xc2";
-    text.iter()
+const TEXT_SEPARATORS: &[u8] = b" -./_\t\xa0\xc2";
+
+/// The same in EBCDIC, for bytes a hex field stands for: space, dash, dot, slash,
+/// underscore.
+const EBCDIC_SEPARATORS: &[u8] = &[0x40, 0x60, 0x4B, 0x61, 0x6D];
+
+/// `bytes` without any of `separators`.
+fn without(separators: &[u8], bytes: &[u8]) -> Vec<u8> {
+    bytes
+        .iter()
         .copied()
-        .filter(|b| !SEPARATORS.contains(b))
+        .filter(|b| !separators.contains(b))
         .collect()
 }
 
@@ -245,6 +259,12 @@ mod tests {
         let grouped = |sep: &str| [&d[..4], &d[4..8], &d[8..12], &d[12..]].join(sep);
         let ascii_hex: String = d.bytes().map(|b| format!("{b:02X}")).collect();
         let ebcdic_hex: String = d.chars().map(|c| format!("F{c}")).collect();
+        let spaced_hex = d
+            .bytes()
+            .map(|b| format!("{b:02X}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let grouped_hex: String = grouped(" ").bytes().map(|b| format!("{b:02X}")).collect();
         let spec = Spec::iso87ascii();
         let sent = request(spec, test_pan("497019").as_bytes());
         for (n, value) in [
@@ -255,6 +275,9 @@ mod tests {
             (62, ascii_hex.clone()),
             (63, ebcdic_hex),
             (63, format!("X{ascii_hex}")),
+            // A dump with spaces between the bytes, and the hex of the number in groups.
+            (62, spaced_hex),
+            (62, grouped_hex),
         ] {
             let leaky = answer(spec, &[(39, b"00"), (n, value.as_bytes())]);
             assert_eq!(

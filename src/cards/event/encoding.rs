@@ -148,7 +148,8 @@ fn put_txevent(out: &mut Vec<u8>, t: &TxEvent) {
     out.u64(t.fingerprint);
     out.u64(t.amount);
     out.u64(t.original_amount);
-    out.u8(u8::from(t.counts_use) | u8::from(t.binds_merchant) << 1);
+    // Bit 2 came later: a record written before reads as no refund.
+    out.u8(u8::from(t.counts_use) | u8::from(t.binds_merchant) << 1 | u8::from(t.refund) << 2);
     put_acceptor(out, t.acceptor);
     out.extend_from_slice(&t.mti);
     out.u64(t.at);
@@ -171,6 +172,7 @@ fn get_txevent(g: &mut Get<'_>) -> Option<TxEvent> {
         original_amount,
         counts_use: flags & 1 != 0,
         binds_merchant: flags & 2 != 0,
+        refund: flags & 4 != 0,
         acceptor: get_acceptor(g)?,
         mti: g.array()?,
         at: g.u64()?,
@@ -459,6 +461,7 @@ mod tests {
             original_amount: 1_000,
             counts_use: true,
             binds_merchant: true,
+            refund: false,
             acceptor: AcceptorId::new(b"SHOP-A"),
             mti: *b"0100",
             at: 1_795_706_982,

@@ -20,6 +20,10 @@ use super::legacy_decided_by;
 /// Set in a snapshot's ledger entry's flags when the bit before it says who decided.
 pub(super) const SNAP_TX_DECIDED_BY_RECORDED: u8 = 1 << 4;
 
+/// The bit of a snapshot's ledger entry's flags that marks a refund; 0 in snapshots
+/// written before it was kept.
+const SNAP_TX_REFUND_BIT: u8 = 5;
+
 /// The first record of a snapshot.
 pub(crate) struct SnapHeader {
     /// Format version.
@@ -215,7 +219,8 @@ impl Encode for SnapTx {
             | u8::from(e.use_counted) << 1
             | u8::from(e.binds_merchant) << 2
             | u8::from(e.decided_by == DecidedBy::Switch) << 3
-            | SNAP_TX_DECIDED_BY_RECORDED);
+            | SNAP_TX_DECIDED_BY_RECORDED
+            | u8::from(e.refund) << SNAP_TX_REFUND_BIT);
         out.u64(e.at);
         out.u64(e.lsn);
         out.extend_from_slice(&e.mti);
@@ -251,6 +256,7 @@ pub(crate) fn decode_snap_tx(g: &mut Get<'_>) -> Option<(OriginalData, TxEntry)>
             counts_use: flags & 1 != 0,
             use_counted: flags & 2 != 0,
             binds_merchant: flags & 4 != 0,
+            refund: flags & (1 << SNAP_TX_REFUND_BIT) != 0,
             at: g.u64()?,
             lsn: g.u64()?,
             mti: g.array()?,

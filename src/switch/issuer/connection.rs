@@ -130,10 +130,11 @@ impl IssuerLink {
             // still counts as up: checked every `timeout`, the bytes of one still
             // waiting at two checks in a row with no frame finished between them drop
             // the connection. Its requests have all timed out by then.
-            let mut partial_check = tokio::time::interval_at(
-                (Instant::now() + settings.timeout).into(),
-                settings.timeout,
-            );
+            // At least a second apart: a short timeout must not drop a sound connection whose
+            // host's frames come in pieces, nor wake it every millisecond.
+            let every = settings.timeout.max(Duration::from_secs(1));
+            let mut partial_check =
+                tokio::time::interval_at((Instant::now() + every).into(), every);
             partial_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let (mut partial_at_last_check, mut frame_since_check) = (false, false);
             loop {
