@@ -149,7 +149,7 @@ fn describe() {
     describe_gauge!(NETWORK_CONNECTIONS, "Open network-side connections");
     describe_counter!(
         FRAMES_REJECTED_TOTAL,
-        "Frames refused on the network side, by reason"
+        "Frames refused, by reason: the network's, and the issuer host's (reasons issuer_*)"
     );
     describe_gauge!(CARDS, "Virtual cards, by status");
     describe_histogram!(

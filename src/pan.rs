@@ -190,13 +190,13 @@ const MORE_SEPARATORS: [char; 10] = [
 ];
 
 /// How many bytes of `text` from `at` join two groups of digits, with a digit after them
-/// (0 if none), and whether the join is an unusual one: a single space or dash is usual;
-/// one to three [`MORE_SEPARATORS`] (`4970\u{a0}1012`, `4970 - 1012`) are not.
+/// (0 if none), and whether the join is a usual one: a single space or dash is; one to
+/// three [`MORE_SEPARATORS`] (`4970\u{a0}1012`, `4970 - 1012`) are not.
 fn joiner_at(text: &str, at: usize) -> (usize, bool) {
     let bytes = text.as_bytes();
     let digit_at = |i: usize| bytes.get(i).is_some_and(u8::is_ascii_digit);
     if matches!(bytes.get(at), Some(b' ' | b'-')) && digit_at(at + 1) {
-        return (1, false);
+        return (1, true);
     }
     let mut end = at;
     for _ in 0..3 {
@@ -206,40 +206,47 @@ fn joiner_at(text: &str, at: usize) -> (usize, bool) {
         }
     }
     if end > at && digit_at(end) {
-        (end - at, true)
+        (end - at, false)
     } else {
         (0, false)
     }
 }
 
-/// The run of digits at `at` (groups joined as [`mask_card_numbers`] says, the unusual
-/// joins only when `unusual` allows), into `digits`: where it ends, and whether an
-/// unusual join made it.
-fn digit_run(text: &str, at: usize, unusual: bool, digits: &mut Vec<u8>) -> (usize, bool) {
+/// A group of digits in a run: where it starts and ends in the text, and whether a usual
+/// join (a single space or dash, a dot after four to six digits) ties it to the one before.
+struct Group {
+    start: usize,
+    end: usize,
+    usual: bool,
+}
+
+/// The groups of the run of digits at `at`, joined any of the ways [`mask_card_numbers`]
+/// knows.
+fn digit_groups(text: &str, at: usize) -> Vec<Group> {
     let bytes = text.as_bytes();
-    digits.clear();
-    let (mut end, mut group, mut used_unusual) = (at, 0, false);
-    while end < bytes.len() && bytes[end].is_ascii_digit() {
-        digits.push(bytes[end]);
-        end += 1;
-        group += 1;
-        let (joiner, odd) = match bytes.get(end) {
+    let mut groups = Vec::new();
+    let (mut start, mut usual) = (at, false);
+    loop {
+        let mut end = start;
+        while bytes.get(end).is_some_and(u8::is_ascii_digit) {
+            end += 1;
+        }
+        groups.push(Group { start, end, usual });
+        let (joiner, is_usual) = match bytes.get(end) {
             // Card numbers are grouped by fours, or 4-6-5 (Amex) and 4-6-4 (Diners); an
             // IP address's groups are of three at most.
-            Some(b'.') if (4..=6).contains(&group) => (
+            Some(b'.') if (4..=6).contains(&(end - start)) => (
                 usize::from(bytes.get(end + 1).is_some_and(u8::is_ascii_digit)),
-                false,
+                true,
             ),
             Some(_) => joiner_at(text, end),
             None => (0, false),
         };
-        if joiner > 0 && (unusual || !odd) {
-            end += joiner;
-            group = 0;
-            used_unusual |= odd;
+        if joiner == 0 {
+            return groups;
         }
+        (start, usual) = (end + joiner, is_usual);
     }
-    (end, used_unusual)
 }
 
 /// Masks every run of 12 or more digits (a card number, real or virtual, or one that
@@ -248,27 +255,20 @@ fn digit_run(text: &str, at: usize, unusual: bool, digits: &mut Vec<u8>) -> (usi
 /// groups joined by single spaces or dashes (`4970 1012 3456 7890`), or by dots after
 /// groups of four to six (`4970.1012.3456.7890`, `3782.822463.10005`; not an address
 /// such as `192.168.100.200`), count as one run, as a card number is often written so.
-/// Joined by up to three of [`MORE_SEPARATORS`] (`4970\u{a0}1012…`, as pasted from a
-/// PDF), they count as one when the whole is a card number by its length and its Luhn
-/// check: file names, lists and ranges of numbers (`1024/2048/4096`, `000001 - 999999`)
-/// are joined that way too, and stay as written.
+/// Whole groups joined by up to three of [`MORE_SEPARATORS`] (`4970\u{a0}1012…`, as
+/// pasted from a PDF) count as one where they make a card number by its length and its
+/// Luhn check, also with more digits after it (`…\u{a0}12/26`, its expiry): file names,
+/// lists and ranges of numbers (`1024/2048/4096`, `000001 - 999999`) are joined that way
+/// too, and stay as written unless they happen to pass.
 pub fn mask_card_numbers(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = String::with_capacity(text.len());
-    let mut digits = Vec::with_capacity(24);
     let mut i = 0;
     while i < bytes.len() {
-        let (mut end, unusual) = digit_run(text, i, true, &mut digits);
-        let card_shaped = (12..=MAX_PAN_LEN).contains(&digits.len()) && luhn_valid(&digits);
-        if unusual && !card_shaped {
-            (end, _) = digit_run(text, i, false, &mut digits);
-        }
-        if digits.len() >= 12 {
-            out.push_str(&Masked(&digits).to_string());
-            i = end;
-        } else if end > i {
-            out.push_str(&text[i..end]);
-            i = end;
+        if bytes[i].is_ascii_digit() {
+            let groups = digit_groups(text, i);
+            mask_groups(text, &groups, &mut out);
+            i = groups.last().map_or(i + 1, |g| g.end);
         } else {
             // Copy one whole character (the text may hold non-ASCII).
             let len = text[i..].chars().next().map_or(1, char::len_utf8);
@@ -277,6 +277,55 @@ pub fn mask_card_numbers(text: &str) -> String {
         }
     }
     out
+}
+
+/// Writes a run's `groups` to `out`, masked where they hold a card number: from each
+/// group, the usual run (12 digits or more) or, failing one, the longest stretch of whole
+/// groups that is a card number by its Luhn check. Linear: a usual run under 12 digits
+/// spans fewer than 12 groups, a card number at most 19.
+fn mask_groups(text: &str, groups: &[Group], out: &mut String) {
+    let bytes = text.as_bytes();
+    let digits_of = |g: &Group| &bytes[g.start..g.end];
+    let mut k = 0;
+    while k < groups.len() {
+        let mut usual: Vec<u8> = digits_of(&groups[k]).to_vec();
+        let mut last = k;
+        while groups.get(last + 1).is_some_and(|g| g.usual) {
+            last += 1;
+            usual.extend_from_slice(digits_of(&groups[last]));
+        }
+        let found = if usual.len() >= 12 {
+            Some((last, usual))
+        } else {
+            let mut digits = Vec::with_capacity(MAX_PAN_LEN);
+            let mut card = None;
+            for (j, g) in groups.iter().enumerate().skip(k) {
+                digits.extend_from_slice(digits_of(g));
+                if digits.len() > MAX_PAN_LEN {
+                    break;
+                }
+                if digits.len() >= 12 && luhn_valid(&digits) {
+                    card = Some((j, digits.clone()));
+                }
+            }
+            card
+        };
+        let (shown_to, next) = match found {
+            Some((j, digits)) => {
+                out.push_str(&Masked(&digits).to_string());
+                (groups[j].end, j + 1)
+            }
+            None => {
+                out.push_str(&text[groups[k].start..groups[k].end]);
+                (groups[k].end, k + 1)
+            }
+        };
+        // What joins it to the next group, as written.
+        if let Some(g) = groups.get(next) {
+            out.push_str(&text[shown_to..g.start]);
+        }
+        k = next;
+    }
 }
 
 /// The Luhn check digit (as a number 0..=9) that completes `payload` (ASCII digits).
@@ -456,6 +505,20 @@ mod tests {
             "stans 000001 - 999999",
         ] {
             assert_eq!(mask_card_numbers(text), text);
+        }
+        // A card number so joined is masked also with more digits after it (its expiry,
+        // a sequence number), which make the whole run no card number.
+        for _ in 0..20 {
+            let card = String::from_utf8(generated("497010", 16)).unwrap();
+            let nbsp = [&card[..4], &card[4..8], &card[8..12], &card[12..]].join("\u{a0}");
+            for tail in ["\u{a0}12/26", " / 12/26", "\t1226", "_0001"] {
+                let said = mask_card_numbers(&format!("card {nbsp}{tail}"));
+                // The card, or the card with the tail's first digits where those make a
+                // longer number that passes Luhn too: hidden either way.
+                let digits: String = said.chars().filter(char::is_ascii_digit).collect();
+                assert!(!digits.contains(&card[6..12]), "{said}");
+                assert!(said.starts_with("card 497010*"), "{said}");
+            }
         }
         // A card number that fails Luhn, so joined, is still masked where a single space
         // or dash joins it, as before.

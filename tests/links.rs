@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use rig::{Client, code, purchase, rig, test_pan};
+use rig::{Client, code, purchase, repeat_of, rig, test_pan};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::Framed;
 use vpan::iso8583::{Frame, FrameCodec, Framing, Message, Spec};
@@ -716,29 +716,39 @@ async fn an_issuer_answer_with_a_field_the_networks_layout_cannot_hold_is_answer
     let stream = TcpStream::connect(rig.network).await.unwrap();
     let mut net = Framed::new(stream, FrameCodec::new(Framing::Len2, 0, 8192));
     let mut ascii_client = Client::connect(rig.network).await;
-    let ascii = purchase(
-        &mut ascii_client,
-        b"0100",
-        &card.vpan,
-        &card.expiry.0,
-        1_000,
-    );
-    let mut binary = Message::new(Spec::iso87binary(), b"0100").unwrap();
-    for n in ascii.field_numbers() {
-        binary.set(n, &ascii.text(n).unwrap()).unwrap();
-    }
-    net.send(Frame::Message {
-        header: bytes::Bytes::new(),
-        body: binary.pack(),
-    })
-    .await
-    .unwrap();
-    let answer = match tokio::time::timeout(Duration::from_secs(10), net.next()).await {
-        Ok(Some(Ok(Frame::Message { body, .. }))) => {
-            Message::parse(Spec::iso87binary(), body).unwrap()
+    // 91 at once while the switch has not yet read the sign-on's answer: sent again.
+    let mut answer = None;
+    for amount in 1_000..1_050 {
+        let ascii = purchase(
+            &mut ascii_client,
+            b"0100",
+            &card.vpan,
+            &card.expiry.0,
+            amount,
+        );
+        let mut binary = Message::new(Spec::iso87binary(), b"0100").unwrap();
+        for n in ascii.field_numbers() {
+            binary.set(n, &ascii.text(n).unwrap()).unwrap();
         }
-        other => panic!("no answer: {other:?}"),
-    };
+        net.send(Frame::Message {
+            header: bytes::Bytes::new(),
+            body: binary.pack(),
+        })
+        .await
+        .unwrap();
+        let heard = match tokio::time::timeout(Duration::from_secs(10), net.next()).await {
+            Ok(Some(Ok(Frame::Message { body, .. }))) => {
+                Message::parse(Spec::iso87binary(), body).unwrap()
+            }
+            other => panic!("no answer: {other:?}"),
+        };
+        if code(&heard) != "91" {
+            answer = Some((heard, amount));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (answer, amount) = answer.expect("the link up");
     assert_eq!(answer.mti(), *b"0110");
     assert_eq!(code(&answer), "00");
     assert!(!answer.has(54));
@@ -748,7 +758,7 @@ async fn an_issuer_answer_with_a_field_the_networks_layout_cannot_hold_is_answer
             .get(vpan::cards::CardKey::of(&card.vpan))
             .unwrap()
             .spent,
-        1_000
+        amount
     );
     rig.stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(20), rig.task).await;
@@ -830,9 +840,21 @@ async fn a_decline_code_the_networks_layout_cannot_hold_reaches_it_as_05() {
         {}
     });
     let mut net = Client::connect(rig.network).await;
-    let declined = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 1_000);
-    let answer = net.call(&declined).await;
+    // 91 at once while the switch has not yet read the sign-on's answer: sent again.
+    let mut answer = None;
+    for amount in 1_000..1_050 {
+        let declined = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, amount);
+        let heard = net.call(&declined).await;
+        if code(&heard) != "91" {
+            answer = Some((heard, declined));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (answer, declined) = answer.expect("the link up");
     assert_eq!(code(&answer), "05");
+    // Its repeat gets the same 05, replayed from what vpan recorded (N7).
+    assert_eq!(code(&net.call(&repeat_of(&declined)).await), "05");
     let unknown = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 2_000);
     net.send(&unknown).await;
     let got = tokio::time::timeout(Duration::from_secs(2), net.answer(unknown.stan().unwrap()));

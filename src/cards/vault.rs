@@ -1031,10 +1031,12 @@ impl Cards {
                 // may have carried what the advice leaves out or restates (DE 14, DE 18,
                 // DE 42, DE 6 at another rate), and a 94 would leave it uncounted. Only
                 // another card or amount makes it another transaction.
-                // A refund and a purchase of one amount under one key are still two.
+                // A refund and a purchase of one amount under one key are still two (asked
+                // of what was taken: vpan declines no refund, and a decline recorded before
+                // the flag was kept may read as one).
                 let same_money = e.card == card_key
                     && e.original_amount == req.amounts.transaction
-                    && e.refund == (req.kind == Kind::Refund);
+                    && (e.state == TxState::Declined || e.refund == (req.kind == Kind::Refund));
                 if e.fingerprint != fingerprint && !same_money {
                     return AdviceOutcome::Conflict;
                 }

@@ -141,6 +141,9 @@ pub(crate) fn get_acceptor(g: &mut Get<'_>) -> Option<Option<AcceptorId>> {
     })
 }
 
+/// Set in a transaction record's flags when bit 2 says whether it is a refund.
+const TX_REFUND_RECORDED: u8 = 1 << 3;
+
 fn put_txevent(out: &mut Vec<u8>, t: &TxEvent) {
     out.u64(t.lsn);
     out.u64(t.key.raw());
@@ -148,8 +151,11 @@ fn put_txevent(out: &mut Vec<u8>, t: &TxEvent) {
     out.u64(t.fingerprint);
     out.u64(t.amount);
     out.u64(t.original_amount);
-    // Bit 2 came later: a record written before reads as no refund.
-    out.u8(u8::from(t.counts_use) | u8::from(t.binds_merchant) << 1 | u8::from(t.refund) << 2);
+    // Bits 2 and 3 came later: bit 3 says bit 2 was written.
+    out.u8(u8::from(t.counts_use)
+        | u8::from(t.binds_merchant) << 1
+        | u8::from(t.refund) << 2
+        | TX_REFUND_RECORDED);
     put_acceptor(out, t.acceptor);
     out.extend_from_slice(&t.mti);
     out.u64(t.at);
@@ -163,6 +169,7 @@ fn get_txevent(g: &mut Get<'_>) -> Option<TxEvent> {
     let amount = g.u64()?;
     let original_amount = g.u64()?;
     let flags = g.u8()?;
+    let counts_use = flags & 1 != 0;
     Some(TxEvent {
         lsn,
         key,
@@ -170,9 +177,16 @@ fn get_txevent(g: &mut Get<'_>) -> Option<TxEvent> {
         fingerprint,
         amount,
         original_amount,
-        counts_use: flags & 1 != 0,
+        counts_use,
         binds_merchant: flags & 2 != 0,
-        refund: flags & 4 != 0,
+        refund: if flags & TX_REFUND_RECORDED != 0 {
+            flags & 4 != 0
+        } else {
+            // Written before the flag was: a refund charged nothing and counted no use, on
+            // an amount that is not 0 (a verification's is). vpan's own declines look so
+            // too, which the advice rule does not ask.
+            amount == 0 && !counts_use && original_amount > 0
+        },
         acceptor: get_acceptor(g)?,
         mti: g.array()?,
         at: g.u64()?,
@@ -612,6 +626,55 @@ mod tests {
                 by
             };
             assert_eq!(read(&buf), legacy, "{code:?} before the flag");
+        }
+    }
+
+    #[test]
+    fn a_refund_recorded_before_its_flag_was_kept_still_reads_as_one() {
+        let refund = TxEvent {
+            amount: 0,
+            counts_use: false,
+            binds_merchant: false,
+            refund: true,
+            ..tx_event()
+        };
+        let purchase = TxEvent {
+            refund: false,
+            ..tx_event()
+        };
+        for (t, is_refund) in [(refund, true), (purchase, false)] {
+            // The flags byte is the one a refund's and a purchase's records differ in.
+            let encode = |t: &TxEvent| {
+                let mut buf = Vec::new();
+                Event::Held(*t).encode(&mut buf);
+                buf
+            };
+            let (buf, other) = (
+                encode(&t),
+                encode(&TxEvent {
+                    refund: !t.refund,
+                    ..t
+                }),
+            );
+            let at = (0..buf.len()).find(|&i| buf[i] != other[i]).unwrap();
+            let read = |buf: &[u8]| match Event::decode(buf).unwrap() {
+                Event::Held(t) => t.refund,
+                _ => unreachable!(),
+            };
+            assert_eq!(read(&buf), is_refund);
+            // As an older build wrote it: neither the flag nor the bit that says it is there.
+            let mut old = buf.clone();
+            old[at] &= !(4 | TX_REFUND_RECORDED);
+            assert_eq!(read(&old), is_refund, "before the flag");
+            // The same in a snapshot's ledger entry.
+            let entry = entry_of(&t, TxState::Approved, ResponseCode::APPROVED);
+            let mut snap = Vec::new();
+            SnapTx(t.tx, entry).encode(&mut snap);
+            let read = |buf: &[u8]| decode_snap_tx(&mut Get(&buf[1..])).unwrap().1.refund;
+            assert_eq!(read(&snap), is_refund);
+            let flags = 1 + 25 + 8 + 8 + 1 + 2 + 3 * 8;
+            snap[flags] &= !(1 << 5 | 1 << 6);
+            assert_eq!(read(&snap), is_refund, "a snapshot before the flag");
         }
     }
 

@@ -20,9 +20,10 @@ use super::legacy_decided_by;
 /// Set in a snapshot's ledger entry's flags when the bit before it says who decided.
 pub(super) const SNAP_TX_DECIDED_BY_RECORDED: u8 = 1 << 4;
 
-/// The bit of a snapshot's ledger entry's flags that marks a refund; 0 in snapshots
-/// written before it was kept.
+/// The bit of a snapshot's ledger entry's flags that marks a refund, and the one that
+/// says it was written (snapshots from before have neither).
 const SNAP_TX_REFUND_BIT: u8 = 5;
+const SNAP_TX_REFUND_RECORDED: u8 = 1 << 6;
 
 /// The first record of a snapshot.
 pub(crate) struct SnapHeader {
@@ -220,7 +221,8 @@ impl Encode for SnapTx {
             | u8::from(e.binds_merchant) << 2
             | u8::from(e.decided_by == DecidedBy::Switch) << 3
             | SNAP_TX_DECIDED_BY_RECORDED
-            | u8::from(e.refund) << SNAP_TX_REFUND_BIT);
+            | u8::from(e.refund) << SNAP_TX_REFUND_BIT
+            | SNAP_TX_REFUND_RECORDED);
         out.u64(e.at);
         out.u64(e.lsn);
         out.extend_from_slice(&e.mti);
@@ -256,7 +258,12 @@ pub(crate) fn decode_snap_tx(g: &mut Get<'_>) -> Option<(OriginalData, TxEntry)>
             counts_use: flags & 1 != 0,
             use_counted: flags & 2 != 0,
             binds_merchant: flags & 4 != 0,
-            refund: flags & (1 << SNAP_TX_REFUND_BIT) != 0,
+            refund: if flags & SNAP_TX_REFUND_RECORDED != 0 {
+                flags & (1 << SNAP_TX_REFUND_BIT) != 0
+            } else {
+                // Written before the flag was: read as a refund is (see the journal's).
+                state != TxState::Declined && charged == 0 && flags & 1 == 0 && original_amount > 0
+            },
             at: g.u64()?,
             lsn: g.u64()?,
             mti: g.array()?,
