@@ -279,50 +279,66 @@ pub fn mask_card_numbers(text: &str) -> String {
     out
 }
 
-/// Writes a run's `groups` to `out`, masked where they hold a card number: from each
-/// group, the usual run (12 digits or more) or, failing one, the longest stretch of whole
-/// groups that is a card number by its Luhn check. Linear: a usual run under 12 digits
-/// spans fewer than 12 groups, a card number at most 19.
+/// Writes a run's `groups` to `out`, masked where they hold a card number: every usual
+/// run of 12 digits or more, and every stretch of whole groups that is a card number by
+/// its length and Luhn check; stretches that overlap are masked as one, so that no part of
+/// a card is left out because a number before it was joined to it (`id 7/4970 1063 …`).
+/// Linear: at most 19 digits of windows from each group.
 fn mask_groups(text: &str, groups: &[Group], out: &mut String) {
     let bytes = text.as_bytes();
     let digits_of = |g: &Group| &bytes[g.start..g.end];
+    let n = groups.len();
+    // reach[k]: the last group a stretch to mask that starts at group k covers.
+    let mut reach: Vec<Option<usize>> = vec![None; n];
     let mut k = 0;
-    while k < groups.len() {
-        let mut usual: Vec<u8> = digits_of(&groups[k]).to_vec();
-        let mut last = k;
+    while k < n {
+        let (mut last, mut len) = (k, digits_of(&groups[k]).len());
         while groups.get(last + 1).is_some_and(|g| g.usual) {
             last += 1;
-            usual.extend_from_slice(digits_of(&groups[last]));
+            len += digits_of(&groups[last]).len();
         }
-        let found = if usual.len() >= 12 {
-            Some((last, usual))
-        } else {
-            let mut digits = Vec::with_capacity(MAX_PAN_LEN);
-            let mut card = None;
-            for (j, g) in groups.iter().enumerate().skip(k) {
-                digits.extend_from_slice(digits_of(g));
-                if digits.len() > MAX_PAN_LEN {
-                    break;
-                }
-                if digits.len() >= 12 && luhn_valid(&digits) {
-                    card = Some((j, digits.clone()));
-                }
+        if len >= 12 {
+            reach[k] = Some(last);
+        }
+        k = last + 1;
+    }
+    let mut digits = Vec::with_capacity(MAX_PAN_LEN);
+    for (k, to) in reach.iter_mut().enumerate() {
+        digits.clear();
+        for (j, g) in groups.iter().enumerate().skip(k) {
+            if digits.len() + digits_of(g).len() > MAX_PAN_LEN {
+                break;
             }
-            card
-        };
-        let (shown_to, next) = match found {
-            Some((j, digits)) => {
-                out.push_str(&Masked(&digits).to_string());
-                (groups[j].end, j + 1)
+            digits.extend_from_slice(digits_of(g));
+            if digits.len() >= 12 && luhn_valid(&digits) {
+                *to = Some(to.map_or(j, |r| r.max(j)));
+            }
+        }
+    }
+    let mut k = 0;
+    while k < n {
+        let next = match reach[k] {
+            Some(mut to) => {
+                let mut j = k;
+                while j <= to {
+                    to = to.max(reach[j].unwrap_or(to));
+                    j += 1;
+                }
+                let all: Vec<u8> = groups[k..=to]
+                    .iter()
+                    .flat_map(|g| digits_of(g).iter().copied())
+                    .collect();
+                out.push_str(&Masked(&all).to_string());
+                to + 1
             }
             None => {
                 out.push_str(&text[groups[k].start..groups[k].end]);
-                (groups[k].end, k + 1)
+                k + 1
             }
         };
         // What joins it to the next group, as written.
         if let Some(g) = groups.get(next) {
-            out.push_str(&text[shown_to..g.start]);
+            out.push_str(&text[groups[next - 1].end..g.start]);
         }
         k = next;
     }
@@ -544,6 +560,130 @@ mod tests {
                 mask_card_numbers(&format!("card {short}.")),
                 format!("card {}*****{}.", &short[..len - 9], &short[len - 4..])
             );
+        }
+    }
+
+    #[test]
+    fn a_card_number_joined_to_a_number_before_it_or_mixing_joins_is_masked_whole() {
+        // Whole groups joined the unusual ways after a number, or a usual run of 12 digits
+        // that is only part of a card (found by a review, with a property test below).
+        let card = "4970109865320177";
+        assert!(luhn_valid(card.as_bytes()));
+        for text in [
+            "id 7/4970 1098 6532 0177 ok",
+            "id 1234  4970 1098 6532 0177 ok",
+            "card 4970 1098 6532\u{a0}0177 ok",
+            "card 4970-1098-6532 \u{2013} 0177 ok",
+            "1234 5678 4970\u{a0}1098\u{a0}6532\u{a0}0177",
+        ] {
+            let said = mask_card_numbers(text);
+            let digits: String = said.chars().filter(char::is_ascii_digit).collect();
+            assert!(!digits.contains(&card[6..12]), "{text:?} -> {said:?}");
+            assert!(!digits.contains(&card[4..10]), "{text:?} -> {said:?}");
+        }
+    }
+
+    mod never_leaks {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// A Luhn-valid card number of `payload` and its check digit.
+        fn card_of(payload: Vec<u8>) -> String {
+            let mut digits: Vec<u8> = payload.iter().map(|d| b'0' + d).collect();
+            digits.push(b'0' + luhn_check_digit(&digits));
+            String::from_utf8(digits).unwrap_or_default()
+        }
+
+        /// What of `card` shows in `out` that its masked form never shows.
+        fn leak(out: &str, card: &str) -> Option<String> {
+            let shown: String = out
+                .chars()
+                .filter(|c| c.is_ascii_digit() || *c == '*')
+                .collect();
+            let n = card.len();
+            if n >= 16
+                && let Some(w) = card.as_bytes()[6..n - 4]
+                    .windows(6)
+                    .find(|w| shown.as_bytes().windows(6).any(|s| s == *w))
+            {
+                return Some(format!("the middle {}", String::from_utf8_lossy(w)));
+            }
+            shown
+                .contains(&card[n - 5..])
+                .then(|| format!("the last five {}", &card[n - 5..]))
+        }
+
+        const JOINS: &[&str] = &[
+            " ",
+            "-",
+            "\u{a0}",
+            "\u{2009}",
+            "\u{202f}",
+            "\t",
+            "\u{2013}",
+            "\u{2014}",
+            "/",
+            "_",
+            "  ",
+            " - ",
+            " / ",
+            "\u{a0}\u{a0}",
+            "\t\t",
+        ];
+        const AROUND: &[&str] = &[
+            "a", "card ", "é", "€", " ", "\u{a0}", "/", "-", "_", "\t", "1", "12", "2026", "12/26",
+            "0001", ":", ",", "x", "😀", "\u{2013}",
+        ];
+
+        fn around() -> impl Strategy<Value = String> {
+            prop::collection::vec(prop::sample::select(AROUND), 0..6).prop_map(|v| v.concat())
+        }
+
+        /// A random card number of 12 to 19 digits, written in random groups.
+        fn written() -> impl Strategy<Value = (String, String)> {
+            (11usize..=18)
+                .prop_flat_map(|n| {
+                    (
+                        prop::collection::vec(0u8..10, n),
+                        prop::collection::vec(
+                            (1usize..=6, prop::sample::select(JOINS), any::<bool>()),
+                            1..8,
+                        ),
+                    )
+                })
+                .prop_map(|(payload, cuts)| {
+                    let card = card_of(payload);
+                    let (mut text, mut i) = (String::new(), 0);
+                    for (size, join, none) in cuts {
+                        if i >= card.len() {
+                            break;
+                        }
+                        let end = (i + size).min(card.len());
+                        text.push_str(&card[i..end]);
+                        if end < card.len() && !none {
+                            text.push_str(join);
+                        }
+                        i = end;
+                    }
+                    text.push_str(&card[i..]);
+                    (card, text)
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 1000, .. ProptestConfig::default() })]
+            #[test]
+            fn a_card_number_in_any_text_never_shows_more_than_its_masked_form(
+                (card, written) in written(),
+                before in around(),
+                after in around(),
+            ) {
+                // A card whose own masked form repeats its digits says nothing here.
+                prop_assume!(leak(&Masked(card.as_bytes()).to_string(), &card).is_none());
+                let text = format!("{before} {written} {after}");
+                let out = mask_card_numbers(&text);
+                prop_assert!(leak(&out, &card).is_none(), "{text:?} -> {out:?}");
+            }
         }
     }
 

@@ -1031,12 +1031,13 @@ impl Cards {
                 // may have carried what the advice leaves out or restates (DE 14, DE 18,
                 // DE 42, DE 6 at another rate), and a 94 would leave it uncounted. Only
                 // another card or amount makes it another transaction.
-                // A refund and a purchase of one amount under one key are still two (asked
-                // of what was taken: vpan declines no refund, and a decline recorded before
-                // the flag was kept may read as one).
+                // A refund and a purchase of one amount under one key are still two. vpan
+                // declines no refund: what it declined was not one (a decline recorded
+                // before the flag was kept may read as one).
+                let was_refund = e.refund && e.state != TxState::Declined;
                 let same_money = e.card == card_key
                     && e.original_amount == req.amounts.transaction
-                    && (e.state == TxState::Declined || e.refund == (req.kind == Kind::Refund));
+                    && was_refund == (req.kind == Kind::Refund);
                 if e.fingerprint != fingerprint && !same_money {
                     return AdviceOutcome::Conflict;
                 }

@@ -179,14 +179,15 @@ fn get_txevent(g: &mut Get<'_>) -> Option<TxEvent> {
         original_amount,
         counts_use,
         binds_merchant: flags & 2 != 0,
-        refund: if flags & TX_REFUND_RECORDED != 0 {
-            flags & 4 != 0
-        } else {
-            // Written before the flag was: a refund charged nothing and counted no use, on
-            // an amount that is not 0 (a verification's is). vpan's own declines look so
-            // too, which the advice rule does not ask.
-            amount == 0 && !counts_use && original_amount > 0
-        },
+        // Bit 2 set is a refund whatever wrote it (one build wrote it without bit 3).
+        // Written before the flag was: a refund charged nothing and counted no use, on an
+        // amount that is not 0 (a verification's is). vpan's own declines look so too,
+        // which the advice rule does not ask.
+        refund: flags & 4 != 0
+            || (flags & TX_REFUND_RECORDED == 0
+                && amount == 0
+                && !counts_use
+                && original_amount > 0),
         acceptor: get_acceptor(g)?,
         mti: g.array()?,
         at: g.u64()?,
@@ -666,6 +667,16 @@ mod tests {
             let mut old = buf.clone();
             old[at] &= !(4 | TX_REFUND_RECORDED);
             assert_eq!(read(&old), is_refund, "before the flag");
+            // As one build wrote it: the flag without the bit that says it is there, also
+            // for a refund whose amount was in DE 6 alone, which its amounts cannot tell.
+            for original_amount in [t.original_amount, 0] {
+                let mut first = encode(&TxEvent {
+                    original_amount,
+                    ..t
+                });
+                first[at] &= !TX_REFUND_RECORDED;
+                assert_eq!(read(&first), is_refund, "the flag alone");
+            }
             // The same in a snapshot's ledger entry.
             let entry = entry_of(&t, TxState::Approved, ResponseCode::APPROVED);
             let mut snap = Vec::new();
@@ -673,6 +684,9 @@ mod tests {
             let read = |buf: &[u8]| decode_snap_tx(&mut Get(&buf[1..])).unwrap().1.refund;
             assert_eq!(read(&snap), is_refund);
             let flags = 1 + 25 + 8 + 8 + 1 + 2 + 3 * 8;
+            let mut first = snap.clone();
+            first[flags] &= !(1 << 6);
+            assert_eq!(read(&first), is_refund, "a snapshot with the flag alone");
             snap[flags] &= !(1 << 5 | 1 << 6);
             assert_eq!(read(&snap), is_refund, "a snapshot before the flag");
         }

@@ -258,12 +258,14 @@ pub(crate) fn decode_snap_tx(g: &mut Get<'_>) -> Option<(OriginalData, TxEntry)>
             counts_use: flags & 1 != 0,
             use_counted: flags & 2 != 0,
             binds_merchant: flags & 4 != 0,
-            refund: if flags & SNAP_TX_REFUND_RECORDED != 0 {
-                flags & (1 << SNAP_TX_REFUND_BIT) != 0
-            } else {
-                // Written before the flag was: read as a refund is (see the journal's).
-                state != TxState::Declined && charged == 0 && flags & 1 == 0 && original_amount > 0
-            },
+            // Set, a refund whatever wrote it; written before the flag was, read as a
+            // refund is (see the journal's).
+            refund: flags & (1 << SNAP_TX_REFUND_BIT) != 0
+                || (flags & SNAP_TX_REFUND_RECORDED == 0
+                    && state != TxState::Declined
+                    && charged == 0
+                    && flags & 1 == 0
+                    && original_amount > 0),
             at: g.u64()?,
             lsn: g.u64()?,
             mti: g.array()?,
