@@ -1975,6 +1975,49 @@ fn a_second_process_on_the_same_data_dir_is_refused() {
     assert!(second.is_err_and(|e| e.to_string().contains("in use")));
 }
 
+#[test]
+fn a_journal_segment_gone_missing_is_refused_not_started_without() {
+    // Segments are numbered without gaps from the snapshot's (or 1): one missing is a file
+    // lost, and the cards and approvals in it with it.
+    let dir = tempfile::tempdir().unwrap();
+    let keys: Vec<CardKey> = (0..3)
+        .map(|_| {
+            let (cards, _) = open(dir.path());
+            issue(&cards, &spec(10_000))
+        })
+        .collect();
+    let segments = || {
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with("journal-") && n.ends_with(".log"))
+            .collect();
+        names.sort();
+        names
+    };
+    assert!(segments().len() >= 3, "{:?}", segments());
+    let refused = |what: &str| {
+        let err = try_open(dir.path(), vpan::cards::LedgerConfig::default())
+            .err()
+            .unwrap_or_else(|| panic!("{what}: started"));
+        err.to_string()
+    };
+    // One from the middle, then the first.
+    let name = segments()[1].clone();
+    let middle = dir.path().join(&name);
+    let kept = std::fs::read(&middle).unwrap();
+    std::fs::remove_file(&middle).unwrap();
+    let said = refused("the middle one gone");
+    assert!(said.contains(&format!("{name} is missing")), "{said}");
+    std::fs::write(&middle, kept).unwrap();
+    let (cards, _) = open(dir.path());
+    assert!(keys.iter().all(|&k| cards.get(k).is_some()), "all back");
+    drop(cards);
+    std::fs::remove_file(dir.path().join(&segments()[0])).unwrap();
+    let said = refused("the first one gone");
+    assert!(said.contains("or snapshot.bin"), "{said}");
+}
+
 /// A card with ten approvals (over 20 records) in `dir`, and a snapshot thread that looks
 /// every 5 ms and snapshots past 10 records; `before` runs between the two.
 fn snapshot_thread_over_ten_approvals(

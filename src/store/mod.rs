@@ -197,6 +197,21 @@ pub enum StoreError {
         "snapshot.bin is incomplete: {0}; vpan will not start on it, since the journal it replaced is gone. Restore the data directory from a backup"
     )]
     SnapshotIncomplete(String),
+    /// A journal segment that must be there is not: the segments since the snapshot (or
+    /// since the store began, without one) are numbered without gaps, each start and each
+    /// rotation taking the next number, so a gap or a late first one is a file lost (a
+    /// backup restored in part, a directory entry lost), and with it durable records.
+    #[error(
+        "journal segment {} is missing{}; its records (cards, approvals) would be lost, so vpan will not start without it. Restore the data directory from a backup",
+        path.display(),
+        if *without_snapshot { ", or snapshot.bin that would stand in for it" } else { "" }
+    )]
+    MissingSegment {
+        /// Where it should be.
+        path: PathBuf,
+        /// No snapshot was found: the missing one may be the snapshot instead.
+        without_snapshot: bool,
+    },
     /// A record or snapshot that passed its checksum does not decode.
     #[error("{0}: a record does not decode")]
     Corrupt(&'static str),

@@ -121,7 +121,9 @@ impl Cards {
         let mut next_lsn = 1u64;
         let mut cards_in_snapshot = 0u64;
         let mut snapshot_version = SNAPSHOT_VERSION;
-        if let Some(first) = snapshot::first_record(&dir)? {
+        let first_record = snapshot::first_record(&dir)?;
+        let has_snapshot = first_record.is_some();
+        if let Some(first) = first_record {
             let mut g = event::Get(&first);
             let bad = || StoreError::Corrupt("snapshot header");
             if g.u8() != Some(event::TAG_SNAP_HEADER) {
@@ -167,6 +169,7 @@ impl Cards {
         // The journal since, on worker threads partitioned by card: each card's events
         // stay in order on one thread (a transaction's entry belongs to its card too).
         let segments = list_segments(&dir).map_err(StoreError::io("listing the journal"))?;
+        check_contiguous(&dir, &segments, has_snapshot.then_some(from_segment))?;
         let mut last_segment = from_segment;
         for &n in &segments {
             let path = segment_path(&dir, n);
@@ -448,6 +451,38 @@ fn holds_sealed_card_numbers(dir: &std::path::Path) -> Result<bool, StoreError> 
 
 /// The sequence number after `lsn`; a record claiming the last one is damage (numbering
 /// would wrap, and every later event of its card would be skipped at replay).
+/// Refuses a journal with a segment missing: from the snapshot's first segment (`snapshot`)
+/// or from 1 (none), every number up to the last is there. Older ones than the snapshot's
+/// may linger (a crash during their removal); no start and no rotation skips a number, and a
+/// create that fails gives its number back.
+fn check_contiguous(
+    dir: &std::path::Path,
+    segments: &[u64],
+    snapshot: Option<u64>,
+) -> Result<(), StoreError> {
+    let first = snapshot.unwrap_or(1).max(1);
+    let live = segments.iter().filter(|&&n| n >= first);
+    let last = segments.last().copied().unwrap_or(0);
+    // A snapshot is taken on a segment it rotated to: that one is there, at least.
+    let until = if snapshot.is_some() {
+        last.max(first)
+    } else {
+        last
+    };
+    // Past the last present, a number no segment has: one still expected is missing.
+    let present = live.copied().chain(std::iter::repeat(u64::MAX));
+    match (first..=until)
+        .zip(present)
+        .find(|(expected, n)| n != expected)
+    {
+        Some((missing, _)) => Err(StoreError::MissingSegment {
+            path: segment_path(dir, missing),
+            without_snapshot: snapshot.is_none(),
+        }),
+        None => Ok(()),
+    }
+}
+
 fn lsn_after(lsn: u64) -> Result<u64, StoreError> {
     lsn.checked_add(1)
         .ok_or(StoreError::Corrupt("record sequence number"))
