@@ -1162,6 +1162,43 @@ async fn the_vpan_card_client_creates_shows_pauses_closes_and_lists_cards() {
     let (code, out, _) = tokio::task::block_in_place(|| vpan_card(&api, &["list"]));
     assert_eq!(code, 0);
     assert!(out.contains(&vpan) && out.contains("closed"), "{out}");
+
+    // A page at a time: the hint for the next one is a command that runs as printed, with
+    // the program's path and where and how this one connected (here from VPAN_URL and
+    // VPAN_CA), in a shell that has none of those variables.
+    let (code, out, _) = tokio::task::block_in_place(|| vpan_card(&api, &create));
+    assert_eq!(code, 0);
+    let second: Value = serde_json::from_str(&out).unwrap();
+    let (code, first_page, err) =
+        tokio::task::block_in_place(|| vpan_card(&api, &["list", "--limit", "1"]));
+    assert_eq!(code, 0);
+    let hint = err
+        .lines()
+        .find_map(|l| l.strip_prefix("more: "))
+        .unwrap_or_else(|| panic!("no hint: {err}"));
+    let words: Vec<&str> = hint.split_whitespace().collect();
+    assert_eq!(words[0], env!("CARGO_BIN_EXE_vpan"), "{hint}");
+    let next = Command::new(words[0])
+        .args(&words[1..])
+        .env_remove("VPAN_URL")
+        .env_remove("VPAN_CA")
+        .env_remove("VPAN_TOKEN")
+        .output()
+        .unwrap();
+    let next_page = String::from_utf8_lossy(&next.stdout);
+    assert!(
+        next.status.success(),
+        "{hint}: {}",
+        String::from_utf8_lossy(&next.stderr)
+    );
+    let second = second["vpan"].as_str().unwrap();
+    let on = |page: &str, card: &str| page.contains(card);
+    assert!(
+        on(&first_page, &vpan) != on(&first_page, second)
+            && on(&next_page, &vpan) != on(&next_page, second)
+            && on(&first_page, second) != on(&next_page, second),
+        "one card a page: {first_page} / {next_page}"
+    );
     api.stop().await;
 }
 

@@ -319,6 +319,7 @@ async fn run(args: CardArgs) -> Result<(), Failure> {
     check_vpans(&args.command)?;
     let api = connect(&args)?;
     let json_out = args.json;
+    let again = same_connection(&args);
     match args.command {
         CardCommand::Create(c) => {
             let body = create_body(c)?;
@@ -366,7 +367,7 @@ async fn run(args: CardArgs) -> Result<(), Failure> {
                 match (&after, all) {
                     (Some(_), true) => continue,
                     (Some(next), false) if !json_out => {
-                        eprintln!("more: vpan card list --after {next}");
+                        eprintln!("more: {again} list --limit {limit} --after {next}");
                     }
                     _ => {}
                 }
@@ -375,6 +376,20 @@ async fn run(args: CardArgs) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// `vpan card` as this one was run, to paste for the next page: the program's own path and
+/// where it connected, with what it trusted and the token's file; never a token given on
+/// the command line (shown, it would be on the screen and in the shell's history).
+fn same_connection(args: &CardArgs) -> String {
+    let mut again = format!("{} card --url {}", crate::tools::this_program(), args.url);
+    if let Some(ca) = &args.ca {
+        again.push_str(&format!(" --ca {}", ca.display()));
+    }
+    if let Some(file) = &args.token_file {
+        again.push_str(&format!(" --token-file {}", file.display()));
+    }
+    again
 }
 
 async fn status(api: &ApiClient, vpan: &str, verb: &str, json_out: bool) -> Result<(), Failure> {

@@ -244,12 +244,7 @@ pub(super) fn summarize(
         s.expect_matched += st.expect_matched;
         s.expect_mismatched += st.expect_mismatched;
         for (k, v) in st.codes {
-            let key = if k == *b"--" {
-                "none".to_owned()
-            } else {
-                text(&k)
-            };
-            *s.response_codes.entry(key).or_insert(0) += v;
+            *s.response_codes.entry(code_name(&k)).or_insert(0) += v;
         }
         for (k, v) in st.requests_by_mti {
             *s.requests_by_mti.entry(text(&k)).or_insert(0) += v;
@@ -260,7 +255,7 @@ pub(super) fn summarize(
         for (line, got) in st.mismatches {
             let e = s.mismatches.entry(line).or_default();
             for (k, v) in got {
-                *e.entry(text(&k)).or_insert(0) += v;
+                *e.entry(code_name(&k)).or_insert(0) += v;
             }
         }
         for (k, v) in st.errors {
@@ -292,6 +287,16 @@ pub(super) fn summarize(
         s.throughput_per_s = s.answered as f64 / counted.as_secs_f64();
     }
     s
+}
+
+/// A response code as the summary names it: its two characters, or `none` for an answer
+/// without DE 39 (the connection's `--`), the same in every map of the summary.
+fn code_name(code: &[u8; 2]) -> String {
+    if code == b"--" {
+        "none".to_owned()
+    } else {
+        String::from_utf8_lossy(code).into_owned()
+    }
 }
 
 #[cfg(test)]
@@ -339,6 +344,19 @@ mod tests {
         a.last_sent = Some(start + Duration::from_secs(10));
         let s = summarize(&cfg, start, Duration::from_secs(11), vec![a]);
         assert!((s.throughput_per_s - 10.0).abs() < 1e-6, "{s:?}");
+    }
+
+    #[test]
+    fn an_answer_without_de39_is_named_none_in_the_codes_and_the_mismatches_alike() {
+        let start = Instant::now();
+        let mut a = Stats::new().unwrap();
+        a.codes.insert(*b"--", 3);
+        a.codes.insert(*b"00", 2);
+        a.mismatches.entry(6).or_default().insert(*b"--", 3);
+        let s = summarize(&echo_run(), start, Duration::from_secs(1), vec![a]);
+        assert_eq!(s.response_codes.get("none"), Some(&3));
+        assert_eq!(s.mismatches[&6].get("none"), Some(&3), "{s:?}");
+        assert!(!s.mismatches[&6].contains_key("--"));
     }
 
     #[test]
