@@ -179,7 +179,11 @@ impl App {
                 cipher,
                 crate::cards::card::unix_now(),
                 crate::switch::issuer::RESTAMPED_KEPT.as_secs(),
-            )?;
+            )
+            .map_err(crate::store::naming_the_key(
+                &store.key_path(),
+                &store.data_dir.join(crate::store::owed::FILE),
+            ))?;
             Ok::<_, OpenError>((cards, recovered, owed))
         })
         .await

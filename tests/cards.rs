@@ -1918,6 +1918,37 @@ fn a_missing_key_file_is_not_made_anew_over_card_numbers_sealed_under_the_old_on
 }
 
 #[test]
+fn another_key_is_refused_naming_the_key_file_and_the_file_it_cannot_open() {
+    // A volume mounted from another switch, a key restored from the wrong backup: the
+    // operator is told which key and which file, in the journal, then in a snapshot.
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    issue(&cards, &spec(1_000));
+    drop(cards);
+    let key = dir.path().join("pan.key");
+    let ours = std::fs::read(&key).unwrap();
+    let other: Vec<u8> = ours.iter().map(|b| b ^ 0x5A).collect();
+    let refused = |file: &str| {
+        std::fs::write(&key, &other).unwrap();
+        let err = try_open(dir.path(), vpan::cards::LedgerConfig::default())
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&key.display().to_string()), "{err}");
+        assert!(
+            err.contains(file) && err.contains("sealed under another key"),
+            "{err}"
+        );
+        std::fs::write(&key, &ours).unwrap();
+    };
+    refused("journal-0000000001.log");
+    let (cards, _) = open(dir.path());
+    cards.snapshot().unwrap();
+    drop(cards);
+    refused("snapshot.bin");
+}
+
+#[test]
 fn a_key_file_the_configuration_names_is_never_made_and_a_data_dir_that_cannot_be_made_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let open_with = |store: vpan::store::StoreConfig| {

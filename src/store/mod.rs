@@ -234,6 +234,24 @@ pub enum StoreError {
     },
 }
 
+/// A card number in `file` that the key at `key_path` cannot open, said with both: the
+/// usual cause is another key file (a volume mounted from another switch, a key restored
+/// from the wrong backup), which the operator must be able to find.
+pub fn naming_the_key(key_path: &Path, file: &Path) -> impl Fn(StoreError) -> StoreError {
+    let (key_path, file) = (key_path.to_path_buf(), file.to_path_buf());
+    move |e| match e {
+        StoreError::Decrypt => StoreError::KeyFile {
+            path: key_path.clone(),
+            what: "opening the card numbers sealed under it",
+            message: format!(
+                "{}: one could not be decrypted: it was sealed under another key, or the file is damaged",
+                file.display()
+            ),
+        },
+        e => e,
+    }
+}
+
 impl StoreError {
     /// Wraps an I/O error with what the store was doing (for `map_err`).
     pub fn io(what: &'static str) -> impl Fn(std::io::Error) -> StoreError {

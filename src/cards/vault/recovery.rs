@@ -156,7 +156,11 @@ impl Cards {
                 })
             },
             |payload| load_snapshot_record(&index, &ledger, &cipher, &highest_in_snapshot, payload),
-        )?;
+        )
+        .map_err(crate::store::naming_the_key(
+            &key_path,
+            &dir.join(snapshot::SNAPSHOT_FILE),
+        ))?;
         if recovered.snapshot && snapshot_version >= 3 {
             tally.check_complete()?;
         }
@@ -190,7 +194,8 @@ impl Cards {
                     })
                 },
                 |payload| replay(&index, &ledger, &cipher, &Event::decode(payload)?),
-            )?;
+            )
+            .map_err(crate::store::naming_the_key(&key_path, &path))?;
             recovered.records += report.records;
             if report.zeros > 0 && report.bad_bytes == 0 {
                 tracing::debug!(
