@@ -382,14 +382,30 @@ async fn run(args: CardArgs) -> Result<(), Failure> {
 /// where it connected, with what it trusted and the token's file; never a token given on
 /// the command line (shown, it would be on the screen and in the shell's history).
 fn same_connection(args: &CardArgs) -> String {
-    let mut again = format!("{} card --url {}", crate::tools::this_program(), args.url);
+    let mut again = format!(
+        "{} card --url {}",
+        shell_word(&crate::tools::this_program()),
+        shell_word(&args.url)
+    );
     if let Some(ca) = &args.ca {
-        again.push_str(&format!(" --ca {}", ca.display()));
+        again.push_str(&format!(" --ca {}", shell_word(&ca.display().to_string())));
     }
     if let Some(file) = &args.token_file {
-        again.push_str(&format!(" --token-file {}", file.display()));
+        let file = file.display().to_string();
+        again.push_str(&format!(" --token-file {}", shell_word(&file)));
     }
     again
+}
+
+/// `word` as a POSIX shell reads it back: as it is when it holds only characters no shell
+/// treats specially, else in single quotes (a quote in it written `'\''`). A path that is
+/// not UTF-8 shows as its lossy form, which no shell can give back.
+fn shell_word(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "@%+=:,./_-".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        return word.to_string();
+    }
+    format!("'{}'", word.replace('\'', "'\\''"))
 }
 
 async fn status(api: &ApiClient, vpan: &str, verb: &str, json_out: bool) -> Result<(), Failure> {
@@ -786,6 +802,31 @@ impl std::fmt::Debug for CreateArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_word_of_the_next_page_hint_reads_back_the_same_in_a_shell() {
+        for word in [
+            "/usr/local/bin/vpan",
+            "https://127.0.0.1:8443",
+            "/srv/vpan data/tls-cert.pem",
+            "/srv/vpan/it's/api-token",
+            "/srv/$HOME/tls-cert.pem",
+            "https://host/?a=1&b=`id`",
+            "",
+        ] {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("printf %s {}", shell_word(word)))
+                .output()
+                .unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                word,
+                "{}",
+                shell_word(word)
+            );
+        }
+    }
 
     #[test]
     fn durations_read_their_unit() {

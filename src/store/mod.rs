@@ -202,14 +202,16 @@ pub enum StoreError {
     /// rotation taking the next number, so a gap or a late first one is a file lost (a
     /// backup restored in part, a directory entry lost), and with it durable records.
     #[error(
-        "journal segment {} is missing{}; its records (cards, approvals) would be lost, so vpan will not start without it. Restore the data directory from a backup",
+        "journal segment {} is missing{}; its records (cards, approvals) would be lost, so vpan will not start without it. Restore the data directory from a backup, or accept the loss by making it an empty file (touch {})",
         path.display(),
-        if *without_snapshot { ", or snapshot.bin that would stand in for it" } else { "" }
+        if *without_snapshot { ", or snapshot.bin that would stand in for it" } else { "" },
+        path.display()
     )]
     MissingSegment {
         /// Where it should be.
         path: PathBuf,
-        /// No snapshot was found: the missing one may be the snapshot instead.
+        /// No snapshot was found and the first segment is the one missing: the snapshot
+        /// that covered it may be what is missing instead.
         without_snapshot: bool,
     },
     /// A record or snapshot that passed its checksum does not decode.

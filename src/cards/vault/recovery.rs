@@ -454,8 +454,6 @@ fn holds_sealed_card_numbers(dir: &std::path::Path) -> Result<bool, StoreError> 
     Ok(false)
 }
 
-/// The sequence number after `lsn`; a record claiming the last one is damage (numbering
-/// would wrap, and every later event of its card would be skipped at replay).
 /// Refuses a journal with a segment missing: from the snapshot's first segment (`snapshot`)
 /// or from 1 (none), every number up to the last is there. Older ones than the snapshot's
 /// may linger (a crash during their removal); no start and no rotation skips a number, and a
@@ -482,12 +480,14 @@ fn check_contiguous(
     {
         Some((missing, _)) => Err(StoreError::MissingSegment {
             path: segment_path(dir, missing),
-            without_snapshot: snapshot.is_none(),
+            without_snapshot: snapshot.is_none() && missing == first,
         }),
         None => Ok(()),
     }
 }
 
+/// The sequence number after `lsn`; a record claiming the last one is damage (numbering
+/// would wrap, and every later event of its card would be skipped at replay).
 fn lsn_after(lsn: u64) -> Result<u64, StoreError> {
     lsn.checked_add(1)
         .ok_or(StoreError::Corrupt("record sequence number"))
