@@ -1044,14 +1044,7 @@ fn a_purchase_advice_under_a_refunds_key_is_no_repeat_of_the_refund() {
     let key = issue(&cards, &spec(10_000));
     let mut refund = request(*b"0100", 5_000, 7, "SHOP-A");
     refund.kind = vpan::cards::Kind::Refund;
-    let Decision::Approve(a) = cards.authorize(key, &refund, NOW) else {
-        panic!("a refund is approved");
-    };
-    a.durable.wait().unwrap();
-    cards
-        .complete(&a.hold, IssuerOutcome::APPROVED, NOW)
-        .wait()
-        .unwrap();
+    decided(&cards, key, &refund, IssuerOutcome::APPROVED);
     let advice = request(*b"0120", 5_000, 7, "SHOP-A");
     let mut refund_advice = refund.clone();
     refund_advice.mti = *b"0120";
@@ -1082,14 +1075,7 @@ fn a_purchase_advice_under_a_refunds_key_is_no_repeat_of_the_refund() {
     let mut refund = request(*b"0100", 0, 8, "SHOP-A");
     refund.kind = vpan::cards::Kind::Refund;
     refund.amounts.billing = Some((5_000, EUR));
-    let Decision::Approve(a) = cards.authorize(key, &refund, NOW) else {
-        panic!("a refund is approved");
-    };
-    a.durable.wait().unwrap();
-    cards
-        .complete(&a.hold, IssuerOutcome::APPROVED, NOW)
-        .wait()
-        .unwrap();
+    decided(&cards, key, &refund, IssuerOutcome::APPROVED);
     let mut advice = request(*b"0120", 0, 8, "SHOP-A");
     advice.amounts.billing = Some((5_000, EUR));
     let outcome = cards.advice(key, &advice, NOW);
@@ -1104,14 +1090,7 @@ fn the_repeat_of_a_purchase_reversed_in_full_is_not_approved_again() {
     let (cards, _) = open(dir.path());
     let key = issue(&cards, &spec(10_000));
     let first = request(*b"0100", 10_000, 5, "SHOP-A");
-    let Decision::Approve(a) = cards.authorize(key, &first, NOW) else {
-        panic!("approved");
-    };
-    a.durable.wait().unwrap();
-    cards
-        .complete(&a.hold, IssuerOutcome::APPROVED, NOW)
-        .wait()
-        .unwrap();
+    decided(&cards, key, &first, IssuerOutcome::APPROVED);
     let ReversalOutcome::Reversed { durable, .. } = cards.reverse(key, &reversal(5, None), NOW)
     else {
         panic!("reversed");
@@ -1127,14 +1106,7 @@ fn the_repeat_of_a_purchase_reversed_in_full_is_not_approved_again() {
     assert_eq!(again, ResponseCode::ISSUER_UNAVAILABLE);
     // Reversed in part, what stands of it was approved: the repeat gets its 00.
     let second = request(*b"0100", 4_000, 6, "SHOP-A");
-    let Decision::Approve(a) = cards.authorize(key, &second, NOW) else {
-        panic!("approved");
-    };
-    a.durable.wait().unwrap();
-    cards
-        .complete(&a.hold, IssuerOutcome::APPROVED, NOW)
-        .wait()
-        .unwrap();
+    decided(&cards, key, &second, IssuerOutcome::APPROVED);
     let partial = reversal(6, Some(1_000));
     let ReversalOutcome::Reversed { durable, .. } = cards.reverse(key, &partial, NOW) else {
         panic!("reversed in part");

@@ -41,19 +41,43 @@ async fn send(host: &mut HostSide, m: &Message) {
     .unwrap();
 }
 
-/// The switch (`App` on port 0, one issuer connection, `timeout_ms`) in front of a scripted
-/// host that has taken its connection and accepted its sign-on.
-async fn signed_on_host(timeout_ms: u64) -> (rig::Rig, HostSide) {
+/// The switch (`App` on port 0, `tweak` applied) with one issuer connection, dialling a
+/// scripted host that listens on the listener returned.
+async fn host_rig(tweak: impl FnOnce(&mut vpan::config::Config)) -> (rig::Rig, TcpListener) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let host_addr = listener.local_addr().unwrap().to_string();
     let rig = rig(None, |c| {
         c.issuer.connect = host_addr;
         c.issuer.connections = 1;
-        c.issuer.timeout_ms = timeout_ms;
+        tweak(c);
     })
     .await;
+    (rig, listener)
+}
+
+/// The switch (`App` on port 0, one issuer connection, `timeout_ms`) in front of a scripted
+/// host that has taken its connection and accepted its sign-on.
+async fn signed_on_host(timeout_ms: u64) -> (rig::Rig, HostSide) {
+    let (rig, listener) = host_rig(|c| c.issuer.timeout_ms = timeout_ms).await;
     let host = accept_sign_on(&listener).await;
     (rig, host)
+}
+
+/// The answer to the first of `make`'s requests that is not a 91 given at once while the
+/// switch has not yet read the sign-on's answer (sent again, 50 at most), and that request.
+async fn call_until_up(
+    net: &mut Client,
+    mut make: impl FnMut(&mut Client, u64) -> Message,
+) -> (Message, Message) {
+    for round in 0..50 {
+        let request = make(net, round);
+        let answer = net.call(&request).await;
+        if code(&answer) != "91" {
+            return (answer, request);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the issuer link never came up");
 }
 
 /// The switch's connection to a scripted host listening on `listener`, its sign-on
@@ -648,11 +672,7 @@ fn talking_but_hung(
 async fn a_host_that_begins_a_frame_and_never_finishes_it_is_dropped_and_redialled() {
     // A length header announcing 65,535 bytes, then a few: on the only connection, every
     // answer would wait behind it for good (the echo is ten minutes away).
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let host_addr = listener.local_addr().unwrap().to_string();
-    let rig = rig(None, |c| {
-        c.issuer.connect = host_addr;
-        c.issuer.connections = 1;
+    let (rig, listener) = host_rig(|c| {
         c.issuer.timeout_ms = 300;
         c.issuer.echo_interval_ms = 600_000;
     })
@@ -674,17 +694,11 @@ async fn a_host_that_begins_a_frame_and_never_finishes_it_is_dropped_and_rediall
         .await
         .expect("redialled");
     answering_all(fresh);
-    // Up once the switch has read the sign-on's answer: 91s at once until then.
-    let mut answered = String::new();
-    for amount in 101..150 {
-        let p = purchase(&mut net, b"0100", &pan, b"2912", amount);
-        answered = code(&net.call(&p).await);
-        if answered == "00" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(answered, "00");
+    let (answer, _) = call_until_up(&mut net, |net, round| {
+        purchase(net, b"0100", &pan, b"2912", 101 + round)
+    })
+    .await;
+    assert_eq!(code(&answer), "00");
     rig.stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(20), rig.task).await;
 }
@@ -694,14 +708,7 @@ async fn an_issuer_answer_with_a_field_the_networks_layout_cannot_hold_is_answer
     // The network speaks iso87binary (DE 54 up to 120), the host iso87ascii (up to 240)
     // and answers with 150 characters of balances. The network must still hear the
     // approval vpan has counted, without that field.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let host_addr = listener.local_addr().unwrap().to_string();
-    let rig = rig(None, |c| {
-        c.issuer.connect = host_addr;
-        c.issuer.connections = 1;
-        c.network.spec = "iso87binary".into();
-    })
-    .await;
+    let (rig, listener) = host_rig(|c| c.network.spec = "iso87binary".into()).await;
     let mut host = accept_sign_on(&listener).await;
     let (card, _) = rig.issue(|_| {}).await;
     tokio::spawn(async move {
@@ -816,15 +823,8 @@ async fn a_decline_code_the_networks_layout_cannot_hold_reaches_it_as_05() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("net.xml");
     std::fs::write(&path, xml.replace(line, numeric)).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let host_addr = listener.local_addr().unwrap().to_string();
     let net_spec = path.display().to_string();
-    let rig = rig(None, |c| {
-        c.issuer.connect = host_addr;
-        c.issuer.connections = 1;
-        c.network.spec = net_spec;
-    })
-    .await;
+    let (rig, listener) = host_rig(|c| c.network.spec = net_spec).await;
     let mut host = accept_sign_on(&listener).await;
     let (card, _) = rig.issue(|_| {}).await;
     tokio::spawn(async move {
@@ -840,18 +840,10 @@ async fn a_decline_code_the_networks_layout_cannot_hold_reaches_it_as_05() {
         {}
     });
     let mut net = Client::connect(rig.network).await;
-    // 91 at once while the switch has not yet read the sign-on's answer: sent again.
-    let mut answer = None;
-    for amount in 1_000..1_050 {
-        let declined = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, amount);
-        let heard = net.call(&declined).await;
-        if code(&heard) != "91" {
-            answer = Some((heard, declined));
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let (answer, declined) = answer.expect("the link up");
+    let (answer, declined) = call_until_up(&mut net, |net, round| {
+        purchase(net, b"0100", &card.vpan, &card.expiry.0, 1_000 + round)
+    })
+    .await;
     assert_eq!(code(&answer), "05");
     // Its repeat gets the same 05, replayed from what vpan recorded (N7).
     assert_eq!(code(&net.call(&repeat_of(&declined)).await), "05");

@@ -1133,17 +1133,19 @@ async fn a_file_that_is_not_there_is_the_machines_fault_exit_1_whichever_flag_na
     // so a fresh data directory is not made (nor a key in it) for a start that fails.
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let out = tokio::process::Command::new(VPAN)
-        .arg("serve")
-        .env("VPAN_STORE_DATA_DIR", &data)
-        .env("VPAN_API_TLS_CERT", missing)
-        .env("VPAN_API_TLS_KEY", missing)
-        .env("VPAN_NETWORK_LISTEN", "127.0.0.1:0")
-        .env("VPAN_API_LISTEN", "127.0.0.1:0")
-        .env("VPAN_METRICS_LISTEN", "127.0.0.1:0")
-        .output()
-        .await
-        .unwrap();
+    let serve_without_its_certificate = |args: &[&str]| {
+        tokio::process::Command::new(VPAN)
+            .arg("serve")
+            .args(args)
+            .env("VPAN_STORE_DATA_DIR", &data)
+            .env("VPAN_API_TLS_CERT", missing)
+            .env("VPAN_API_TLS_KEY", missing)
+            .env("VPAN_NETWORK_LISTEN", "127.0.0.1:0")
+            .env("VPAN_API_LISTEN", "127.0.0.1:0")
+            .env("VPAN_METRICS_LISTEN", "127.0.0.1:0")
+            .output()
+    };
+    let out = serve_without_its_certificate(&[]).await.unwrap();
     let said = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{said}");
     assert!(
@@ -1152,15 +1154,7 @@ async fn a_file_that_is_not_there_is_the_machines_fault_exit_1_whichever_flag_na
     );
     assert!(!data.exists(), "nothing made for a start that fails");
     // With JSON logs, the reason is a JSON line too, before the plain one.
-    let out = tokio::process::Command::new(VPAN)
-        .args(["serve", "--log-json"])
-        .env("VPAN_STORE_DATA_DIR", &data)
-        .env("VPAN_API_TLS_CERT", missing)
-        .env("VPAN_API_TLS_KEY", missing)
-        .env("VPAN_NETWORK_LISTEN", "127.0.0.1:0")
-        .env("VPAN_API_LISTEN", "127.0.0.1:0")
-        .env("VPAN_METRICS_LISTEN", "127.0.0.1:0")
-        .output()
+    let out = serve_without_its_certificate(&["--log-json"])
         .await
         .unwrap();
     let said = String::from_utf8_lossy(&out.stderr);

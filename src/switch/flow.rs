@@ -820,22 +820,13 @@ impl Flow {
         if std::ptr::eq(answer.spec(), to) {
             return Some(answer);
         }
-        let Ok(mut out) = Message::new(to, &answer.mti()) else {
+        let Some((mut out, mut left_out)) = copied_field_by_field(&answer, to) else {
             crate::logging::throttled!(
                 error,
                 "an issuer's answer has an MTI network.spec cannot write; not answered"
             );
             return None;
         };
-        let mut left_out = Vec::new();
-        for n in answer.field_numbers() {
-            let fits = answer
-                .text(n)
-                .is_some_and(|t| out.set(n, t.as_bytes()).is_ok());
-            if !fits {
-                left_out.push(n);
-            }
-        }
         // Without its STAN the network cannot match the answer: none is sent.
         if left_out.contains(&11) {
             crate::logging::throttled!(
@@ -866,7 +857,7 @@ impl Flow {
                 "fields of an issuer's answer with no place in network.spec left out of the network's answer"
             );
         }
-        Some(Box::new(out))
+        Some(out)
     }
 
     /// A request in the issuer's layout; `None`, said with the field, when a field of it
@@ -876,19 +867,14 @@ impl Flow {
         if std::ptr::eq(request.spec(), to) {
             return Some(Box::new(request.clone()));
         }
-        let mut out = Box::new(Message::new(to, &request.mti()).ok()?);
-        for n in request.field_numbers() {
-            let fits = request
-                .text(n)
-                .is_some_and(|t| out.set(n, t.as_bytes()).is_ok());
-            if !fits {
-                crate::logging::throttled!(
-                    warn,
-                    field = n,
-                    "a request's field has no place in issuer.spec; not sent to the issuer"
-                );
-                return None;
-            }
+        let (out, left_out) = copied_field_by_field(request, to)?;
+        if let Some(n) = left_out.first() {
+            crate::logging::throttled!(
+                warn,
+                field = n,
+                "a request's field has no place in issuer.spec; not sent to the issuer"
+            );
+            return None;
         }
         Some(out)
     }
@@ -946,6 +932,20 @@ fn unanswered_code(e: IssuerError) -> ResponseCode {
 /// What a request sent with the real card came to: the issuer's answer (`None` when the
 /// vPAN could not be put back in it), or why there is none.
 type OnCard = Result<Option<Msg>, NotSent>;
+
+/// `msg` written in layout `to` field by field, with the fields that have no place there
+/// (left out); `None` when its MTI cannot be written.
+fn copied_field_by_field(msg: &Message, to: &'static Spec) -> Option<(Msg, Vec<usize>)> {
+    let mut out = Box::new(Message::new(to, &msg.mti()).ok()?);
+    let left_out = msg
+        .field_numbers()
+        .filter(|&n| {
+            msg.text(n)
+                .is_none_or(|t| out.set(n, t.as_bytes()).is_err())
+        })
+        .collect();
+    Some((out, left_out))
+}
 
 /// Why a request on a known vPAN got no answer from the issuer.
 enum NotSent {
