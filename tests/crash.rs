@@ -235,7 +235,7 @@ fn dump(data: &Path, key: CardKey) {
     eprintln!("segments {segs:?}");
     for n in segs {
         let path = vpan::store::journal::segment_path(data, n);
-        let r = vpan::store::journal::read_records(&path, |p| {
+        let r = vpan::store::journal::read_segment(&path, |p| {
             let ev = Event::decode(p).unwrap();
             if ev.key() == key {
                 match &ev {
@@ -361,21 +361,102 @@ fn kept_aside(data: &Path) -> Vec<u64> {
 }
 
 #[test]
-fn damage_in_the_middle_of_the_last_segment_is_told_from_a_torn_write_and_kept_aside() {
+fn damage_to_an_acknowledged_batch_of_the_last_segment_stops_the_start_and_says_how_to_go_on() {
+    // Every approval here was waited for, so each is a batch of its own, and batches were
+    // written after the damaged one: its records had been acknowledged. Cutting them would
+    // give their amounts back to the card.
     let dir = tempfile::tempdir().unwrap();
-    three_answered_approvals(dir.path(), IssuerOutcome::APPROVED);
+    let key = three_answered_approvals(dir.path(), IssuerOutcome::APPROVED);
     let seg = last_segment(dir.path());
     let mut bytes = std::fs::read(&seg).unwrap();
     let at = bytes.len() / 2;
     bytes[at] ^= 0x10;
     std::fs::write(&seg, &bytes).unwrap();
-    let (_, rec) = open(dir.path());
-    assert!(rec.bytes_cut > 0, "{rec:?}");
-    // Records that read whole follow the bad one: a killed process never tears a write so.
-    assert!(rec.intact_records_cut > 0, "{rec:?}");
-    // They are cut from the journal, but not destroyed, and kept as private as it.
-    let kept = kept_aside(dir.path());
-    assert_eq!(kept, vec![rec.bytes_cut]);
+
+    let err = match try_open(dir.path(), Default::default()) {
+        Err(e) => e,
+        Ok((_, rec)) => panic!("cut acknowledged records: {rec:?}"),
+    };
+    let good = match &err {
+        OpenError::Store(StoreError::DamagedAcknowledged {
+            path,
+            good_bytes,
+            later_commits,
+            ..
+        }) => {
+            assert_eq!(path, &seg);
+            assert!(*later_commits > 0);
+            *good_bytes
+        }
+        other => panic!("{other}"),
+    };
+    let said = err.to_string();
+    assert!(said.contains(&seg.display().to_string()), "{said}");
+    assert!(said.contains(&format!("truncate -s {good}")), "{said}");
+    assert_eq!(std::fs::read(&seg).unwrap(), bytes, "nothing was cut");
+    assert!(kept_aside(dir.path()).is_empty(), "nothing needed keeping");
+
+    // The way out the error names: the start goes on with what is before the damage.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(good)
+        .unwrap();
+    let (cards, rec) = open(dir.path());
+    assert_eq!(rec.bytes_cut, 0, "{rec:?}");
+    assert!(cards.get(key).unwrap().spent < 3_000);
+}
+
+/// A payload written back as the journal frames it.
+struct Raw(Vec<u8>);
+
+impl vpan::store::journal::Encode for Raw {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.0);
+    }
+}
+
+#[test]
+fn damage_in_the_last_batch_is_cut_as_a_torn_write_and_kept_aside() {
+    use vpan::store::marker;
+    // The last segment rewritten as if the second and third approvals (two holds, two
+    // answers) had been one batch, the last: a power loss may write such a batch's pages
+    // out of order, leaving its first record bad and the rest whole. It was never
+    // acknowledged, so it is cut, and the records after the bad one are counted.
+    let dir = tempfile::tempdir().unwrap();
+    let key = three_answered_approvals(dir.path(), IssuerOutcome::APPROVED);
+    let seg = last_segment(dir.path());
+    let mut payloads = Vec::new();
+    vpan::store::journal::read_records(&seg, |p| {
+        payloads.push(p.to_vec());
+        Ok(())
+    })
+    .unwrap();
+    // Records and markers alike; the last four records are the two approvals.
+    let records: Vec<usize> = (0..payloads.len())
+        .filter(|&i| marker::batch_start(&payloads[i]).is_none())
+        .collect();
+    let first_of_batch = records[records.len() - 4];
+    let mut bytes = Vec::new();
+    for p in &payloads[..first_of_batch] {
+        vpan::store::journal::frame(&Raw(p.clone()), &mut bytes);
+    }
+    let batch_start = bytes.len();
+    for &i in &records[records.len() - 4..] {
+        vpan::store::journal::frame(&Raw(payloads[i].clone()), &mut bytes);
+    }
+    marker::push(batch_start as u64, &mut bytes);
+    bytes[batch_start + 10] ^= 0x10; // inside the second hold
+    std::fs::write(&seg, &bytes).unwrap();
+
+    let (cards, rec) = open(dir.path());
+    assert_eq!(rec.bytes_cut, (bytes.len() - batch_start) as u64, "{rec:?}");
+    assert_eq!(rec.intact_records_cut, 3, "{rec:?}");
+    assert_eq!(kept_aside(dir.path()), vec![rec.bytes_cut]);
+    // The first approval stands; the batch cut never reached the network.
+    let v = cards.get(key).unwrap();
+    assert_eq!((v.spent, v.held, v.uses), (1_000, 0, 1));
     for e in std::fs::read_dir(dir.path()).unwrap() {
         let path = e.unwrap().path();
         if path.to_string_lossy().contains(".damaged-") {

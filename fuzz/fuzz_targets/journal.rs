@@ -1,6 +1,8 @@
-//! Any bytes as a journal segment, read the way recovery reads one (`read_records`, each
-//! payload through `Event::decode`). It must never panic, and its report must account for
-//! every byte of the file: good records, then either damage or zeros written ahead.
+//! Any bytes as a journal segment, read the way recovery reads one (`read_segment`, each
+//! record's payload through `Event::decode`, commit markers skipped), and a damaged one
+//! searched for the commit markers after the damage (`marker::later_commits`). It must
+//! never panic, and its report must account for every byte of the file: good records,
+//! then either damage or zeros written ahead.
 //!
 //! Input: a mode byte, then
 //! - mode 0: the segment's bytes as they are (framing, torn tails, zeros);
@@ -11,7 +13,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use vpan::cards::event::Event;
-use vpan::store::journal::{Encode, frame, read_records};
+use vpan::store::journal::{Encode, frame, read_segment};
+use vpan::store::marker;
 
 struct Raw<'a>(&'a [u8]);
 
@@ -40,7 +43,7 @@ fuzz_target!(|data: &[u8]| {
     if std::fs::write(&path, &segment).is_err() {
         return;
     }
-    let result = read_records(&path, |payload| Event::decode(payload).map(|_| ()));
+    let result = read_segment(&path, |payload| Event::decode(payload).map(|_| ()));
     if let Ok(report) = result {
         let total = segment.len() as u64;
         assert_eq!(
@@ -59,5 +62,13 @@ fuzz_target!(|data: &[u8]| {
                 == (report.bad_bytes == 0),
             "a tail is reported as zeros exactly when it is all zeros: {report:?}"
         );
+        if report.bad_bytes > 0 {
+            let later = marker::later_commits(&path, report.good_bytes)
+                .expect("the segment reads");
+            assert!(
+                later <= report.bad_bytes / marker::FRAME_BYTES as u64,
+                "no more markers than the damaged tail holds: {later} in {report:?}"
+            );
+        }
     }
 });

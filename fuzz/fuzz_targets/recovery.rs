@@ -29,7 +29,7 @@ use vpan::cards::{
 };
 use vpan::pan::Pan;
 use vpan::store::StoreConfig;
-use vpan::store::journal::{Encode, frame, list_segments, read_records, segment_path};
+use vpan::store::journal::{Encode, frame, list_segments, read_records, read_segment, segment_path};
 use vpan::store::snapshot::SNAPSHOT_FILE;
 
 const NOW: u64 = 1_795_706_982;
@@ -164,12 +164,18 @@ fn make_template() -> Template {
     }
     drop(cards);
 
-    let records = |path: &Path| {
+    // A journal segment's commit markers are left out: each input edits a record.
+    let records = |path: &Path, journal: bool| {
         let mut out = Vec::new();
-        read_records(path, |p| {
+        let push = |p: &[u8]| {
             out.push(p.to_vec());
             Ok(())
-        })
+        };
+        if journal {
+            read_segment(path, push)
+        } else {
+            read_records(path, push)
+        }
         .expect("the template reads back");
         out
     };
@@ -178,11 +184,11 @@ fn make_template() -> Template {
     let segment = *segments.first().expect("a segment after the snapshot");
     let template = Template {
         key: std::fs::read(dir.join("pan.key")).expect("the key file"),
-        snapshot: records(&dir.join(SNAPSHOT_FILE)),
+        snapshot: records(&dir.join(SNAPSHOT_FILE), false),
         segment,
         journal: segments
             .iter()
-            .flat_map(|&s| records(&segment_path(&dir, s)))
+            .flat_map(|&s| records(&segment_path(&dir, s), true))
             .collect(),
     };
     assert!(

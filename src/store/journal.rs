@@ -638,7 +638,12 @@ impl<R: Encode + Send + 'static> Writer<R> {
                         // A failed journal writes nothing: framing the backlog it may hold
                         // would only double its memory.
                         if !self.is_failed() {
+                            let at = buf.len();
                             frame(&record, &mut buf);
+                            debug_assert!(
+                                super::marker::batch_start(&buf[at + 8..]).is_none(),
+                                "a record that reads as a commit marker"
+                            );
                         }
                         count += 1;
                         self.written += 1;
@@ -681,6 +686,9 @@ impl<R: Encode + Send + 'static> Writer<R> {
             *count = 0;
             return;
         }
+        // Closed by its marker, which a start needs to tell damage to this batch (once it
+        // is acknowledged) from a torn write of the last one.
+        super::marker::push(self.segment.end(), buf);
         let started = Instant::now();
         let committed = self.watched(|w| (!w.is_failed()).then(|| w.segment.commit(buf)));
         // Looked up per commit, not cached: the journal starts before the switch installs
@@ -828,6 +836,25 @@ pub fn read_records(
     Ok(report)
 }
 
+/// Reads a journal segment as [`read_records`] does, handing `f` its records and not the
+/// commit markers between its batches ([`super::marker`]), which `records` does not count.
+pub fn read_segment(
+    path: &Path,
+    mut f: impl FnMut(&[u8]) -> Result<(), StoreError>,
+) -> Result<ReadReport, StoreError> {
+    let mut markers = 0;
+    let mut report = read_records(path, |payload| {
+        if super::marker::batch_start(payload).is_some() {
+            markers += 1;
+            Ok(())
+        } else {
+            f(payload)
+        }
+    })?;
+    report.records -= markers;
+    Ok(report)
+}
+
 /// True when everything `r` has left to read is zero bytes.
 fn all_zeros(r: &mut impl Read) -> io::Result<bool> {
     let mut chunk = [0u8; 8192];
@@ -864,9 +891,10 @@ const TAIL_SCAN_BYTES: u64 = 64 << 20;
 /// how many intact records it holds past the first bad one (searched in its first 64 MiB).
 ///
 /// A killed process tears only the last batch, at its end, and its records were never
-/// acknowledged. Intact records after a bad one point to damage instead (a bad sector, a
-/// flipped bit), and they may have been; or to a power loss that wrote the pages of the
-/// last batch out of order, and they were not: vpan cannot tell which, so it says so.
+/// acknowledged. Intact records after a bad one point to a power loss that wrote the pages
+/// of the last batch out of order (they were not acknowledged either), or, in a segment
+/// without commit markers (written before them), to damage, where they may have been:
+/// vpan says so. Damage before the last batch is refused earlier ([`super::marker`]).
 /// Either way nothing is destroyed: the bytes stay on disk for the operators.
 pub fn keep_tail_aside(path: &Path, good_bytes: u64) -> Result<(PathBuf, u64), StoreError> {
     let what = "keeping a cut journal tail aside";
@@ -888,7 +916,8 @@ pub fn keep_tail_aside(path: &Path, good_bytes: u64) -> Result<(PathBuf, u64), S
     Ok((kept, intact_records_after_the_first(&head)))
 }
 
-/// Intact framed records in `bytes` past its first one, found at any offset.
+/// Intact framed records in `bytes` past its first one, found at any offset (commit markers
+/// skipped, not counted).
 fn intact_records_after_the_first(bytes: &[u8]) -> u64 {
     let mut found = 0;
     let mut at = 1;
@@ -902,7 +931,9 @@ fn intact_records_after_the_first(bytes: &[u8]) -> u64 {
             && end <= bytes.len()
             && crc32fast::hash(&bytes[at + 8..end]) == crc
         {
-            found += 1;
+            if super::marker::batch_start(&bytes[at + 8..end]).is_none() {
+                found += 1;
+            }
             at = end;
         } else {
             at += 1;
@@ -935,9 +966,12 @@ mod tests {
         }
     }
 
+    /// A commit marker's bytes in a segment: one ends every batch.
+    const MARKER: u64 = crate::store::marker::FRAME_BYTES as u64;
+
     fn read_all(path: &Path) -> (Vec<Vec<u8>>, ReadReport) {
         let mut got = Vec::new();
-        let report = read_records(path, |p| {
+        let report = read_segment(path, |p| {
             got.push(p.to_vec());
             Ok(())
         })
@@ -1087,7 +1121,7 @@ mod tests {
         let deadline = Instant::now() + std::time::Duration::from_secs(5);
         let written = || {
             let mut n = 0;
-            read_records(&segment_path(dir.path(), 1), |_| {
+            read_segment(&segment_path(dir.path(), 1), |_| {
                 n += 1;
                 Ok(())
             })
@@ -1196,7 +1230,7 @@ mod tests {
         j.barrier().wait().unwrap();
         assert!(j.mark.durable.load(Ordering::Acquire) >= 1_000);
         let mut read = 0;
-        read_records(&segment_path(dir.path(), 1), |_| {
+        read_segment(&segment_path(dir.path(), 1), |_| {
             read += 1;
             Ok(())
         })
@@ -1327,13 +1361,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = write_three(dir.path());
         let len = std::fs::metadata(&path).unwrap().len();
+        // Cut inside the third record (before its batch's marker).
         for cut in [1, 7, 8, 20] {
             let copy = dir.path().join("copy.log");
             std::fs::copy(&path, &copy).unwrap();
-            truncate(&copy, len - cut).unwrap();
+            truncate(&copy, len - MARKER - cut).unwrap();
             let (got, report) = read_all(&copy);
             assert_eq!(got.len(), 2, "cut {cut}");
-            assert_eq!(report.good_bytes, 8 + 10 + 8 + 20);
+            assert_eq!(report.good_bytes, 8 + 10 + MARKER + 8 + 20 + MARKER);
             truncate(&copy, report.good_bytes).unwrap();
             assert_eq!(read_all(&copy).1.bad_bytes, 0);
         }
@@ -1344,12 +1379,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = write_three(dir.path());
         let mut bytes = std::fs::read(&path).unwrap();
-        bytes[8 + 10 + 8 + 5] ^= 0x01; // one bit of the second payload
+        let first = 8 + 10 + MARKER as usize; // the first batch: its record and marker
+        bytes[first + 8 + 5] ^= 0x01; // one bit of the second payload
         std::fs::write(&path, &bytes).unwrap();
         let (got, report) = read_all(&path);
         assert_eq!(got, vec![vec![1; 10]]);
-        assert_eq!(report.good_bytes, 18);
-        assert_eq!(report.bad_bytes, bytes.len() as u64 - 18);
+        assert_eq!(report.good_bytes, first as u64);
+        assert_eq!(report.bad_bytes, (bytes.len() - first) as u64);
     }
 
     #[test]
@@ -1392,7 +1428,10 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().len(), EXTENT_BYTES);
         let (got, report) = read_all(&path);
         assert_eq!(got, vec![vec![7; 100]]);
-        assert_eq!((report.bad_bytes, report.zeros), (0, EXTENT_BYTES - 108));
+        assert_eq!(
+            (report.bad_bytes, report.zeros),
+            (0, EXTENT_BYTES - 108 - MARKER)
+        );
         // A batch larger than what is left of the extent gets the next ones.
         let big = vec![9; EXTENT_BYTES as usize];
         j.append(Bytes(big.clone())).wait().unwrap();
@@ -1400,7 +1439,7 @@ mod tests {
         drop(j);
         assert_eq!(
             std::fs::metadata(&path).unwrap().len(),
-            108 + 8 + EXTENT_BYTES
+            108 + MARKER + 8 + EXTENT_BYTES + MARKER
         );
         let (got, report) = read_all(&path);
         assert_eq!(got, vec![vec![7; 100], big]);
@@ -1413,12 +1452,13 @@ mod tests {
         let j = Journal::<Bytes>::start(dir.path(), 5).unwrap();
         j.append(Bytes(vec![1])).wait().unwrap();
         assert_eq!(j.rotate().unwrap(), 6);
-        // The closed segment is cut to its one record (8 + 1 bytes), zeros ahead gone.
+        // The closed segment is cut to its one record (8 + 1 bytes) and its batch's
+        // marker, zeros ahead gone.
         assert_eq!(
             std::fs::metadata(segment_path(dir.path(), 5))
                 .unwrap()
                 .len(),
-            9
+            9 + MARKER
         );
         j.append(Bytes(vec![2])).wait().unwrap();
         drop(j);
@@ -1448,5 +1488,80 @@ mod tests {
         drop(j);
         let (records, _) = read_all(&segment_path(dir.path(), 1));
         assert_eq!(records.len(), 400);
+    }
+
+    /// Every frame of `path` up to its records' end: where it begins, and its payload.
+    fn frames(path: &Path) -> Vec<(u64, Vec<u8>)> {
+        let mut at = 0;
+        let mut out = Vec::new();
+        read_records(path, |p| {
+            out.push((at, p.to_vec()));
+            at += 8 + p.len() as u64;
+            Ok(())
+        })
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn every_batch_ends_with_a_marker_naming_where_it_began() {
+        use crate::store::marker::batch_start;
+        use crate::store::segment::sync_gate::{self, Gate};
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::<Bytes>::start(dir.path(), 1).unwrap();
+        j.append(Bytes(vec![1; 10])).wait().unwrap();
+        // While the second batch's sync is held, three more records queue: one batch.
+        let held = sync_gate::set(dir.path(), Gate::Held);
+        let second = j.append(Bytes(vec![2; 10]));
+        sync_gate::wait_until_one_is_held(dir.path());
+        let queued: Vec<_> = (3..=5u8).map(|i| j.append(Bytes(vec![i; 10]))).collect();
+        drop(held);
+        second.wait().unwrap();
+        for d in queued {
+            d.wait().unwrap();
+        }
+        drop(j);
+        let path = segment_path(dir.path(), 1);
+        let got: Vec<_> = frames(&path)
+            .into_iter()
+            .map(|(at, p)| (at, batch_start(&p).ok_or(p[0])))
+            .collect();
+        let m = MARKER;
+        assert_eq!(
+            got,
+            vec![
+                (0, Err(1)),
+                (18, Ok(0)),
+                (18 + m, Err(2)),
+                (36 + m, Ok(18 + m)),
+                (36 + 2 * m, Err(3)),
+                (54 + 2 * m, Err(4)),
+                (72 + 2 * m, Err(5)),
+                (90 + 2 * m, Ok(36 + 2 * m)),
+            ],
+            "records (Err: their first byte) and markers (Ok: their batch's start)"
+        );
+        assert_eq!(read_all(&path).0.len(), 5, "markers are not records");
+
+        // Damage in the last batch, even with records of it intact after the bad one (a
+        // power loss that wrote its pages out of order): no later batch was written, so
+        // it was never acknowledged.
+        let later = |damaged_record: u64| {
+            let copy = dir.path().join("copy.log");
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes[damaged_record as usize + 9] ^= 0x40;
+            std::fs::write(&copy, &bytes).unwrap();
+            let report = read_segment(&copy, |_| Ok(())).unwrap();
+            assert_eq!(report.good_bytes, damaged_record);
+            crate::store::marker::later_commits(&copy, report.good_bytes).unwrap()
+        };
+        assert_eq!(later(36 + 2 * m), 0, "the last batch's first record");
+        assert_eq!(
+            intact_records_after_the_first(&std::fs::read(&path).unwrap()[36 + 2 * m as usize..]),
+            2
+        );
+        // Damage in an earlier batch: a later one was written once its sync had returned.
+        assert_eq!(later(18 + m), 1, "the second batch");
+        assert_eq!(later(0), 2, "the first batch");
     }
 }

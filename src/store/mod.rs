@@ -4,7 +4,9 @@
 //! knows files, bytes and keys, not card rules:
 //!
 //! - [`journal`]: append-only records with group commit (one `fdatasync` per batch) and
-//!   torn-tail detection, written to [`segment`] files that grow by zero-filled extents;
+//!   torn-tail detection, written to [`segment`] files that grow by zero-filled extents,
+//!   each batch ending in a [`marker`] that tells damage to acknowledged records from a
+//!   torn last batch;
 //! - [`snapshot`]: all state in one file, written atomically, so restarts do not replay
 //!   the journal from the beginning of time;
 //! - [`crypto`]: AES-256-GCM for real PANs, under a key file made at first start;
@@ -23,6 +25,7 @@
 
 pub mod crypto;
 pub mod journal;
+pub mod marker;
 pub mod owed;
 pub mod segment;
 pub mod snapshot;
@@ -233,6 +236,25 @@ pub enum StoreError {
         good_bytes: u64,
         /// What follows that cannot be read.
         bad_bytes: u64,
+    },
+    /// The last journal segment is damaged in a batch that later batches follow. A crash
+    /// tears only the last batch (the next one is written once its `fdatasync` returns), so
+    /// this is damage to acknowledged records, found by the commit markers after it
+    /// ([`marker`]), and cutting it would give their amounts back to the cards: refused.
+    #[error(
+        "journal segment {} is damaged after byte {good_bytes} ({bad_bytes} bytes unreadable), and {later_commits} later commits were written after it, so the damaged records had been acknowledged (approvals the network was told of); vpan will not start on it. Restore the data directory from a backup, or accept the loss by cutting the file to its good part (truncate -s {good_bytes} {}; copy it first to keep the rest)",
+        path.display(),
+        path.display()
+    )]
+    DamagedAcknowledged {
+        /// The segment.
+        path: PathBuf,
+        /// Where its last good record ends.
+        good_bytes: u64,
+        /// What follows that cannot be read.
+        bad_bytes: u64,
+        /// Intact commit markers of batches begun after the damage.
+        later_commits: u64,
     },
 }
 

@@ -114,6 +114,11 @@ impl Segment {
         Ok(())
     }
 
+    /// Where the records end: the next batch's first byte.
+    pub(crate) fn end(&self) -> u64 {
+        self.end
+    }
+
     /// Cuts the zeros after the last record, once nothing more will be written here. Not
     /// synced: zeros left by a crash read as the end of the records all the same.
     pub(crate) fn close(&self) {

@@ -17,7 +17,7 @@ use crate::cards::ledger::{Ledger, LedgerConfig, TxEntry, TxState};
 use crate::cards::request::OriginalData;
 use crate::cards::vpan::VpanGenerator;
 use crate::store::crypto::{self, PanCipher};
-use crate::store::journal::{self, Journal, list_segments, read_records, segment_path};
+use crate::store::journal::{self, Journal, list_segments, segment_path};
 use crate::store::snapshot;
 use crate::store::{StoreConfig, StoreError};
 
@@ -33,8 +33,9 @@ pub struct Recovered {
     /// Bytes of torn or corrupt journal tail cut (kept aside first, beside the segment).
     pub bytes_cut: u64,
     /// Intact records found after the first bad one in what was cut, which a killed
-    /// process never leaves: damage, or a power loss's reordered batch (see
-    /// [`journal::keep_tail_aside`]).
+    /// process never leaves: a power loss's reordered last batch, or damage in a segment
+    /// written before commit markers (see [`journal::keep_tail_aside`]; damage that a
+    /// later batch's marker follows is refused, not cut).
     pub intact_records_cut: u64,
     /// Durable holds without an answer, counted as spent (in doubt: see `Event::InDoubt`).
     pub holds_counted_as_spent: u64,
@@ -187,7 +188,7 @@ impl Cards {
             last_segment = last_segment.max(n);
             let report = parallel_replay(
                 |sink| {
-                    read_records(&path, |payload| {
+                    journal::read_segment(&path, |payload| {
                         let ev = Event::decode(payload)?;
                         next_lsn = next_lsn.max(lsn_after(ev.lsn())?);
                         sink.push(ev.key().raw(), payload)
@@ -219,6 +220,18 @@ impl Cards {
                 .into());
             }
             if report.bad_bytes > 0 {
+                let later_commits =
+                    crate::store::marker::later_commits(&path, report.good_bytes)
+                        .map_err(StoreError::io("searching a damaged journal segment"))?;
+                if later_commits > 0 {
+                    return Err(StoreError::DamagedAcknowledged {
+                        path,
+                        good_bytes: report.good_bytes,
+                        bad_bytes: report.bad_bytes,
+                        later_commits,
+                    }
+                    .into());
+                }
                 let (kept, intact) = journal::keep_tail_aside(&path, report.good_bytes)?;
                 if intact > 0 {
                     tracing::error!(
@@ -226,7 +239,7 @@ impl Cards {
                         bytes = report.bad_bytes,
                         intact_records_after = intact,
                         kept = %kept.display(),
-                        "cutting a damaged journal tail: intact records follow the bad one, which a killed process never leaves (damage to the disk, and they may have been acknowledged; or a power loss that wrote a batch's pages out of order, and they were not); kept aside"
+                        "cutting a damaged journal tail: intact records follow the bad one in the last batch, which a killed process never leaves (a power loss that wrote the batch's pages out of order, and they were never acknowledged; or, in a segment written by a vpan without commit markers, damage to the disk, and they may have been); kept aside"
                     );
                 } else {
                     tracing::warn!(
