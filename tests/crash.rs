@@ -29,6 +29,8 @@ use vpan::pan::Pan;
 use vpan::store::StoreError;
 
 const CARDS: usize = 16;
+/// The commit marker that ends each batch of the journal.
+const MARKER: usize = vpan::store::marker::FRAME_BYTES;
 /// Reached part way through the rounds (about 240 approvals a card, of some 800 a card in
 /// 20 rounds here), so that kills land both while approvals flow and at the cap.
 const CAP: u64 = 600_000;
@@ -268,11 +270,12 @@ fn last_segment(data: &Path) -> PathBuf {
 
 #[test]
 fn a_torn_journal_tail_is_cut_and_everything_before_it_kept() {
-    // Tear the last record (the third answer) in the middle, as a crash mid-write would.
+    // Tear the last record (the third answer) in the middle, as a crash mid-write would:
+    // its batch's marker after it and 20 bytes of it.
     torn_tail_is_cut(|seg| {
         let len = std::fs::metadata(seg).unwrap().len();
         let file = std::fs::OpenOptions::new().write(true).open(seg).unwrap();
-        file.set_len(len - 20).unwrap();
+        file.set_len(len - MARKER as u64 - 20).unwrap();
     });
 }
 
@@ -283,7 +286,7 @@ fn a_record_torn_inside_the_zeros_written_ahead_is_cut_too() {
     torn_tail_is_cut(|seg| {
         let mut bytes = std::fs::read(seg).unwrap();
         let len = bytes.len();
-        bytes[len - 20..].fill(0);
+        bytes[len - MARKER - 20..].fill(0);
         bytes.extend_from_slice(&[0; 64 * 1024]);
         std::fs::write(seg, &bytes).unwrap();
     });
@@ -446,7 +449,14 @@ fn damage_in_the_last_batch_is_cut_as_a_torn_write_and_kept_aside() {
     for &i in &records[records.len() - 4..] {
         vpan::store::journal::frame(&Raw(payloads[i].clone()), &mut bytes);
     }
-    marker::push(batch_start as u64, &mut bytes);
+    let marker_key = vpan::store::crypto::PanCipher::load_or_create(&dir.path().join("pan.key"))
+        .unwrap()
+        .marker_key();
+    let name = seg.file_name().unwrap().to_str().unwrap();
+    let segment: u64 = name["journal-".len()..name.len() - ".log".len()]
+        .parse()
+        .unwrap();
+    marker::push(&marker_key, segment, batch_start as u64, &mut bytes);
     bytes[batch_start + 10] ^= 0x10; // inside the second hold
     std::fs::write(&seg, &bytes).unwrap();
 

@@ -63,12 +63,10 @@ fuzz_target!(|data: &[u8]| {
             "a tail is reported as zeros exactly when it is all zeros: {report:?}"
         );
         if report.bad_bytes > 0 {
-            let later = marker::later_commits(&path, report.good_bytes)
-                .expect("the segment reads");
-            assert!(
-                later <= report.bad_bytes / marker::FRAME_BYTES as u64,
-                "no more markers than the damaged tail holds: {later} in {report:?}"
-            );
+            // Any bytes searched for markers: never a panic. (Markers signed under this
+            // key are for the fuzzer to plant as it can.)
+            let key = marker::MarkerKey::derive(&[7; 32]);
+            marker::later_commits(&path, 1, report.good_bytes, &key).expect("the segment reads");
         }
     }
 });

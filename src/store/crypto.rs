@@ -22,6 +22,7 @@ use rand::RngExt;
 use zeroize::Zeroize;
 
 use super::StoreError;
+use super::marker::MarkerKey;
 use crate::pan::Pan;
 
 /// Bytes of nonce in front of each ciphertext.
@@ -32,6 +33,8 @@ pub const NONCE_BYTES: usize = 12;
 pub struct PanCipher {
     /// The AES-256-GCM instance, key schedule included.
     cipher: Aes256Gcm,
+    /// Signs the journal's commit markers, under a key derived from the same key file.
+    markers: MarkerKey,
 }
 
 impl std::fmt::Debug for PanCipher {
@@ -45,7 +48,10 @@ impl PanCipher {
     pub fn from_key(key: &[u8; 32]) -> PanCipher {
         // A 32-byte slice always fits Aes256Gcm's key size.
         match Aes256Gcm::new_from_slice(key) {
-            Ok(cipher) => PanCipher { cipher },
+            Ok(cipher) => PanCipher {
+                cipher,
+                markers: MarkerKey::derive(key),
+            },
             Err(_) => unreachable!("AES-256 takes a 32-byte key"),
         }
     }
@@ -82,6 +88,11 @@ impl PanCipher {
         let cipher = PanCipher::from_key(&key);
         key.zeroize();
         Ok(cipher)
+    }
+
+    /// The key that signs the journal's commit markers.
+    pub fn marker_key(&self) -> MarkerKey {
+        self.markers.clone()
     }
 
     /// Encrypts `pan`, bound to `context` (the vPAN key), under a fresh random nonce:

@@ -44,6 +44,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::StoreError;
+use super::marker::MarkerKey;
 use super::segment::Segment;
 
 /// Largest record accepted when reading back; anything claiming more is corruption.
@@ -442,15 +443,17 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 impl<R: Encode + Send + 'static> Journal<R> {
-    /// Starts a writer on a new segment `segment` in `dir` (which must exist).
-    pub fn start(dir: &Path, segment: u64) -> Result<Journal<R>, StoreError> {
-        Journal::start_bounded(dir, segment, MAX_BACKLOG)
+    /// Starts a writer on a new segment `segment` in `dir` (which must exist), signing its
+    /// commit markers with `markers`.
+    pub fn start(dir: &Path, segment: u64, markers: MarkerKey) -> Result<Journal<R>, StoreError> {
+        Journal::start_bounded(dir, segment, markers, MAX_BACKLOG)
     }
 
     /// [`Journal::start`] with a backlog of `max_backlog` commands at most.
     fn start_bounded(
         dir: &Path,
         segment: u64,
+        markers: MarkerKey,
         max_backlog: usize,
     ) -> Result<Journal<R>, StoreError> {
         let segment =
@@ -470,6 +473,7 @@ impl<R: Encode + Send + 'static> Journal<R> {
         let writer = Writer {
             dir: dir.to_path_buf(),
             segment,
+            markers,
             queue: queue.clone(),
             mark: mark.clone(),
             written: 0,
@@ -594,6 +598,8 @@ struct Writer<R> {
     dir: PathBuf,
     /// The segment being written.
     segment: Segment,
+    /// Signs the marker that ends each batch.
+    markers: MarkerKey,
     /// Commands from appenders.
     queue: Arc<Queue<R>>,
     /// How far the records are durable, and the shared failure flag.
@@ -688,7 +694,7 @@ impl<R: Encode + Send + 'static> Writer<R> {
         }
         // Closed by its marker, which a start needs to tell damage to this batch (once it
         // is acknowledged) from a torn write of the last one.
-        super::marker::push(self.segment.end(), buf);
+        super::marker::push(&self.markers, self.segment.number, self.segment.end(), buf);
         let started = Instant::now();
         let committed = self.watched(|w| (!w.is_failed()).then(|| w.segment.commit(buf)));
         // Looked up per commit, not cached: the journal starts before the switch installs
@@ -783,18 +789,30 @@ pub struct ReadReport {
 /// torn or corrupt one. Nothing after that point is read.
 pub fn read_records(
     path: &Path,
+    f: impl FnMut(&[u8]) -> Result<(), StoreError>,
+) -> Result<ReadReport, StoreError> {
+    read_records_from(path, 0, f)
+}
+
+/// [`read_records`] from byte `from` of the file (`good_bytes` still counted from its
+/// start).
+fn read_records_from(
+    path: &Path,
+    from: u64,
     mut f: impl FnMut(&[u8]) -> Result<(), StoreError>,
 ) -> Result<ReadReport, StoreError> {
-    let file = File::open(path).map_err(StoreError::io("opening a journal segment"))?;
+    let mut file = File::open(path).map_err(StoreError::io("opening a journal segment"))?;
     let total = file
         .metadata()
         .map_err(StoreError::io("reading a journal segment"))?
         .len();
+    file.seek(SeekFrom::Start(from))
+        .map_err(StoreError::io("reading a journal segment"))?;
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut payload = Vec::with_capacity(256);
     let mut report = ReadReport {
         records: 0,
-        good_bytes: 0,
+        good_bytes: from.min(total),
         bad_bytes: 0,
         zeros: 0,
     };
@@ -838,21 +856,56 @@ pub fn read_records(
 
 /// Reads a journal segment as [`read_records`] does, handing `f` its records and not the
 /// commit markers between its batches ([`super::marker`]), which `records` does not count.
+///
+/// A damaged marker with frames that read after it is passed over (and logged): a later
+/// batch was written, so the marker's own batch had been made durable, and every record of
+/// it read; the marker held nothing the cards need. Cutting there would drop every batch
+/// after it.
 pub fn read_segment(
     path: &Path,
     mut f: impl FnMut(&[u8]) -> Result<(), StoreError>,
 ) -> Result<ReadReport, StoreError> {
     let mut markers = 0;
-    let mut report = read_records(path, |payload| {
+    let mut each = |payload: &[u8]| {
         if super::marker::batch_start(payload).is_some() {
             markers += 1;
             Ok(())
         } else {
             f(payload)
         }
-    })?;
+    };
+    let mut report = read_records_from(path, 0, &mut each)?;
+    while report.bad_bytes > 0 && damaged_marker_at(path, report.good_bytes)? {
+        let after = report.good_bytes + super::marker::FRAME_BYTES as u64;
+        let rest = read_records_from(path, after, &mut each)?;
+        if rest.records == 0 {
+            // Nothing reads after it: the last batch's marker, torn.
+            break;
+        }
+        tracing::warn!(
+            segment = %path.display(),
+            at = report.good_bytes,
+            "a damaged commit marker in a journal segment, with records reading after it: passed over (no record was damaged)"
+        );
+        report = ReadReport {
+            records: report.records + rest.records,
+            ..rest
+        };
+    }
     report.records -= markers;
     Ok(report)
+}
+
+/// True when the bytes of `path` at `at` hold a frame shaped like a commit marker.
+fn damaged_marker_at(path: &Path, at: u64) -> Result<bool, StoreError> {
+    let mut bytes = [0u8; super::marker::FRAME_BYTES];
+    let read = File::open(path)
+        .and_then(|mut file| {
+            file.seek(SeekFrom::Start(at))?;
+            read_full(&mut file, &mut bytes)
+        })
+        .map_err(StoreError::io("reading a journal segment"))?;
+    Ok(read == bytes.len() && super::marker::shaped_like_one(&bytes))
 }
 
 /// True when everything `r` has left to read is zero bytes.
@@ -964,6 +1017,11 @@ mod tests {
         fn encode(&self, out: &mut Vec<u8>) {
             out.extend_from_slice(&self.0);
         }
+    }
+
+    /// The marker key of the tests' journals.
+    fn test_key() -> MarkerKey {
+        MarkerKey::derive(&[7; 32])
     }
 
     /// A commit marker's bytes in a segment: one ends every batch.
@@ -1113,7 +1171,7 @@ mod tests {
     fn a_record_is_durable_only_once_its_sync_returns_and_a_failed_sync_fails_the_journal() {
         use crate::store::segment::sync_gate::{self, Gate};
         let dir = tempfile::tempdir().unwrap();
-        let j = Journal::<Bytes>::start(dir.path(), 1).unwrap();
+        let j = Journal::<Bytes>::start(dir.path(), 1, test_key()).unwrap();
         j.append(Bytes(vec![1; 10])).wait().unwrap();
         let held = sync_gate::set(dir.path(), Gate::Held);
         let mut second = j.append(Bytes(vec![2; 10]));
@@ -1147,7 +1205,7 @@ mod tests {
     fn a_commit_stalled_past_the_limit_answers_its_waiters_and_later_ones_until_it_returns() {
         use crate::store::segment::sync_gate::{self, Gate};
         let dir = tempfile::tempdir().unwrap();
-        let j = Journal::<Bytes>::start(dir.path(), 1).unwrap();
+        let j = Journal::<Bytes>::start(dir.path(), 1, test_key()).unwrap();
         j.append(Bytes(vec![1; 10])).wait().unwrap();
         let held = sync_gate::set(dir.path(), Gate::Held);
         let started = Instant::now();
@@ -1178,7 +1236,7 @@ mod tests {
     fn a_new_segment_that_the_disk_does_not_create_in_time_is_a_stall_too() {
         use crate::store::segment::sync_gate::{self, Gate};
         let dir = tempfile::tempdir().unwrap();
-        let j = Arc::new(Journal::<Bytes>::start(dir.path(), 1).unwrap());
+        let j = Arc::new(Journal::<Bytes>::start(dir.path(), 1, test_key()).unwrap());
         j.append(Bytes(vec![1; 10])).wait().unwrap();
         let held = sync_gate::set(dir.path(), Gate::Held);
         let rotating = std::thread::spawn({
@@ -1222,7 +1280,7 @@ mod tests {
     #[test]
     fn a_barrier_resolves_only_once_every_record_queued_before_it_is_on_disk() {
         let dir = tempfile::tempdir().unwrap();
-        let j = Journal::<Bytes>::start(dir.path(), 1).unwrap();
+        let j = Journal::<Bytes>::start(dir.path(), 1, test_key()).unwrap();
         for i in 0..1_000u32 {
             // Not waited for: only the barrier is.
             drop(j.append(Bytes(i.to_le_bytes().to_vec())));
@@ -1244,7 +1302,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // The bound itself would take 4M records and half a gigabyte here.
         let max = 10_000;
-        let j = Journal::<Bytes>::start_bounded(dir.path(), 1, max).unwrap();
+        let j = Journal::<Bytes>::start_bounded(dir.path(), 1, test_key(), max).unwrap();
         let held = sync_gate::set(dir.path(), Gate::Held);
         let first = j.append(Bytes(vec![1]));
         sync_gate::wait_until_one_is_held(dir.path());
@@ -1294,7 +1352,7 @@ mod tests {
     #[test]
     fn records_queued_around_the_pauses_after_busy_commits_are_made_durable() {
         let dir = tempfile::tempdir().unwrap();
-        let j = Arc::new(Journal::<Bytes>::start(dir.path(), 1).unwrap());
+        let j = Arc::new(Journal::<Bytes>::start(dir.path(), 1, test_key()).unwrap());
         // A lost wake-up would hang the test: it fails after a bound instead.
         let (done, finished) = mpsc::channel();
         let journal = j.clone();
@@ -1325,7 +1383,7 @@ mod tests {
     }
 
     fn write_three(dir: &Path) -> PathBuf {
-        let j = Journal::<Bytes>::start(dir, 1).unwrap();
+        let j = Journal::<Bytes>::start(dir, 1, test_key()).unwrap();
         for i in 1..=3u8 {
             j.append(Bytes(vec![i; 10 * i as usize])).wait().unwrap();
         }
@@ -1389,6 +1447,35 @@ mod tests {
     }
 
     #[test]
+    fn a_damaged_marker_between_batches_is_passed_over_and_a_torn_last_one_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_three(dir.path());
+        let clean = std::fs::read(&path).unwrap();
+        // The first batch's marker, its start field hit: every record still reads.
+        let mut bytes = clean.clone();
+        bytes[18 + 10] ^= 0x08;
+        std::fs::write(&path, &bytes).unwrap();
+        let (got, report) = read_all(&path);
+        assert_eq!(got, vec![vec![1; 10], vec![2; 20], vec![3; 30]]);
+        assert_eq!((report.records, report.bad_bytes), (3, 0));
+        assert_eq!(report.good_bytes, bytes.len() as u64);
+        // The last batch's marker torn: nothing after it, so it is the torn tail.
+        let mut bytes = clean.clone();
+        let last = bytes.len() - MARKER as usize;
+        bytes[last + 10] ^= 0x08;
+        std::fs::write(&path, &bytes).unwrap();
+        let (got, report) = read_all(&path);
+        assert_eq!(got.len(), 3);
+        assert_eq!((report.good_bytes, report.bad_bytes), (last as u64, MARKER));
+        // A damaged record is not passed over, even with a whole batch after it.
+        let mut bytes = clean;
+        bytes[18 + MARKER as usize + 10] ^= 0x08;
+        std::fs::write(&path, &bytes).unwrap();
+        let (got, _) = read_all(&path);
+        assert_eq!(got.len(), 1);
+    }
+
+    #[test]
     fn a_zero_filled_tail_is_not_a_record() {
         let dir = tempfile::tempdir().unwrap();
         let (got, report, _) = read_three_then(dir.path(), &[&[0; 4096]]);
@@ -1421,7 +1508,7 @@ mod tests {
     #[test]
     fn a_segment_is_written_over_zeros_ahead_and_cut_to_its_records_when_closed() {
         let dir = tempfile::tempdir().unwrap();
-        let j = Journal::<Bytes>::start(dir.path(), 1).unwrap();
+        let j = Journal::<Bytes>::start(dir.path(), 1, test_key()).unwrap();
         let path = segment_path(dir.path(), 1);
         j.append(Bytes(vec![7; 100])).wait().unwrap();
         // While open: one extent, records then durable zeros.
@@ -1449,7 +1536,7 @@ mod tests {
     #[test]
     fn rotation_moves_later_records_to_the_next_segment() {
         let dir = tempfile::tempdir().unwrap();
-        let j = Journal::<Bytes>::start(dir.path(), 5).unwrap();
+        let j = Journal::<Bytes>::start(dir.path(), 5, test_key()).unwrap();
         j.append(Bytes(vec![1])).wait().unwrap();
         assert_eq!(j.rotate().unwrap(), 6);
         // The closed segment is cut to its one record (8 + 1 bytes) and its batch's
@@ -1469,7 +1556,7 @@ mod tests {
     #[test]
     fn many_concurrent_appenders_share_batches() {
         let dir = tempfile::tempdir().unwrap();
-        let j = Arc::new(Journal::<Bytes>::start(dir.path(), 1).unwrap());
+        let j = Arc::new(Journal::<Bytes>::start(dir.path(), 1, test_key()).unwrap());
         let threads: Vec<_> = (0..8)
             .map(|t| {
                 let j = j.clone();
@@ -1508,7 +1595,7 @@ mod tests {
         use crate::store::marker::batch_start;
         use crate::store::segment::sync_gate::{self, Gate};
         let dir = tempfile::tempdir().unwrap();
-        let j = Journal::<Bytes>::start(dir.path(), 1).unwrap();
+        let j = Journal::<Bytes>::start(dir.path(), 1, test_key()).unwrap();
         j.append(Bytes(vec![1; 10])).wait().unwrap();
         // While the second batch's sync is held, three more records queue: one batch.
         let held = sync_gate::set(dir.path(), Gate::Held);
@@ -1553,7 +1640,7 @@ mod tests {
             std::fs::write(&copy, &bytes).unwrap();
             let report = read_segment(&copy, |_| Ok(())).unwrap();
             assert_eq!(report.good_bytes, damaged_record);
-            crate::store::marker::later_commits(&copy, report.good_bytes).unwrap()
+            crate::store::marker::later_commits(&copy, 1, report.good_bytes, &test_key()).unwrap()
         };
         assert_eq!(later(36 + 2 * m), 0, "the last batch's first record");
         assert_eq!(

@@ -242,7 +242,7 @@ pub enum StoreError {
     /// this is damage to acknowledged records, found by the commit markers after it
     /// ([`marker`]), and cutting it would give their amounts back to the cards: refused.
     #[error(
-        "journal segment {} is damaged after byte {good_bytes} ({bad_bytes} bytes unreadable), and {later_commits} later commits were written after it, so the damaged records had been acknowledged (approvals the network was told of); vpan will not start on it. Restore the data directory from a backup, or accept the loss by cutting the file to its good part (truncate -s {good_bytes} {}; copy it first to keep the rest)",
+        "journal segment {} is damaged after byte {good_bytes}, and {later_commits} later commits were written in the {bad_bytes} bytes after it, so the damaged records had been made durable (and answered); vpan will not start on it. Restore the data directory from a backup, or accept the loss by cutting the file to its good part, which drops the later commits too (copy it first, then truncate -s {good_bytes} {})",
         path.display(),
         path.display()
     )]

@@ -220,9 +220,13 @@ impl Cards {
                 .into());
             }
             if report.bad_bytes > 0 {
-                let later_commits =
-                    crate::store::marker::later_commits(&path, report.good_bytes)
-                        .map_err(StoreError::io("searching a damaged journal segment"))?;
+                let later_commits = crate::store::marker::later_commits(
+                    &path,
+                    n,
+                    report.good_bytes,
+                    &cipher.marker_key(),
+                )
+                .map_err(StoreError::io("searching a damaged journal segment"))?;
                 if later_commits > 0 {
                     return Err(StoreError::DamagedAcknowledged {
                         path,
@@ -288,7 +292,7 @@ impl Cards {
         let next_segment = last_segment
             .checked_add(1)
             .ok_or(StoreError::Corrupt("snapshot: journal segment number"))?;
-        let journal = Journal::start(&dir, next_segment)?;
+        let journal = Journal::start(&dir, next_segment, cipher.marker_key())?;
         // Every verdict in order; the last one durable means all are.
         let mut last = None;
         for event in in_doubt {
