@@ -287,6 +287,10 @@ async fn a_card_is_issued_shown_paused_resumed_and_closed_and_each_change_shows_
             .call(Method::GET, &format!("/v1/cards/{vpan}"), None)
             .await;
         assert_eq!(shown["status"], after, "GET right after {verb}");
+        // A paused card keeps what it can approve once resumed; a closed one has nothing.
+        let available = if after == "closed" { 0 } else { 10_000 };
+        assert_eq!(shown["available"], available, "available when {after}");
+        assert_eq!(changed["available"], available, "{verb}'s answer");
     }
 
     for verb in ["resume", "pause"] {

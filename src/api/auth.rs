@@ -3,7 +3,7 @@
 //! The token comes from `api.token`, or, when that is empty, from `<data_dir>/api-token`,
 //! made at first start (32 random bytes as hex, mode 0600) and reused after, so an operator
 //! reads it from a file that only vpan's user can open. The log says where the file is,
-//! never what it holds. Every call but `/healthz` and the OpenAPI document needs it.
+//! never what it holds. Every call but `/healthz` needs it, the OpenAPI document included.
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};

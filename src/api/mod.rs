@@ -292,7 +292,18 @@ fn router_with(state: ApiState, token: auth::Token, max_in_flight: usize) -> Rou
             Arc::new(Semaphore::new(max_in_flight)),
             limit_in_flight,
         ))
+        .layer(middleware::map_response(not_to_be_stored))
         .with_state(state)
+}
+
+/// Marks every answer `Cache-Control: no-store`: a card's answer carries its vPAN, a card
+/// number a merchant takes, which no proxy or client cache may keep.
+async fn not_to_be_stored(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    response
 }
 
 /// Answers 503 at once when [`MAX_IN_FLIGHT`] calls are already being served, so a flood
@@ -353,6 +364,31 @@ mod tests {
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(response.headers().contains_key("retry-after"));
         assert_eq!(error_code(response).await, "overloaded");
+    }
+
+    #[tokio::test]
+    async fn no_answer_may_be_stored_by_a_cache_whatever_its_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = auth::Token::new(Secret::new("t"));
+        let app = router_with(state(dir.path()), token, 4);
+        for (path, bearer, status) in [
+            ("/healthz", None, StatusCode::OK),
+            ("/v1/cards", Some("t"), StatusCode::OK),
+            ("/v1/cards", None, StatusCode::UNAUTHORIZED),
+            ("/v1/cards/unknown", Some("t"), StatusCode::NOT_FOUND),
+        ] {
+            let mut request = Request::get(path);
+            if let Some(t) = bearer {
+                request = request.header("authorization", format!("Bearer {t}"));
+            }
+            let response = app
+                .clone()
+                .oneshot(request.body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(response.status(), status, "{path}");
+            assert_eq!(response.headers()["cache-control"], "no-store", "{path}");
+        }
     }
 
     #[tokio::test]

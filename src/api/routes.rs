@@ -608,5 +608,10 @@ mod tests {
                 r.path
             );
         }
+        // The one call with a body answers what reading a body can go wrong with.
+        let create = &doc["paths"]["/v1/cards"]["post"]["responses"];
+        for code in ["400", "408", "413", "422"] {
+            assert!(create[code].is_object(), "POST /v1/cards documents {code}");
+        }
     }
 }

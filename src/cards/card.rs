@@ -571,8 +571,13 @@ impl Card {
         }
     }
 
-    /// What can still be approved: cap minus spent minus held.
+    /// What can still be approved: cap minus spent minus held, and nothing once the card is
+    /// closed (by its holder, or its uses spent), which approves nothing more whatever its
+    /// cap has left. A paused card keeps it: resumed, it approves again.
     pub fn available(&self) -> u64 {
+        if self.status() == Status::Closed {
+            return 0;
+        }
         self.amount_limit
             .saturating_sub(self.spent)
             .saturating_sub(self.held)

@@ -135,7 +135,7 @@ pub struct CardView {
     pub spent: u64,
     /// Held by approvals waiting for the issuer.
     pub held: u64,
-    /// Still available under the cap.
+    /// Still available under the cap: 0 once the card is closed.
     pub available: u64,
     /// Uses counted.
     pub uses: u32,
