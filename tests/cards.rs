@@ -356,9 +356,10 @@ fn declines_are_listed_and_replayed_the_same_after_a_restart() {
 }
 
 #[test]
-fn a_flood_of_declines_pushes_out_no_approval_live_or_after_a_restart() {
-    // Card testing: many more declines than the ledger's capacity, after one approval that
-    // its reversal must still find, before and after a restart that replays them all.
+fn a_flood_of_declines_or_releases_pushes_out_no_approval_live_or_after_a_restart() {
+    // Card testing: many more declines than the ledger's capacity, vpan's own and the
+    // issuer's, and holds released on a 91 (an issuer down), after one approval that its
+    // reversal must still find, before and after a restart that replays them all.
     let dir = tempfile::tempdir().unwrap();
     let small = vpan::cards::LedgerConfig {
         capacity: 8,
@@ -380,6 +381,16 @@ fn a_flood_of_declines_pushes_out_no_approval_live_or_after_a_restart() {
         for stan in 3..203 {
             let over_cap = cards.authorize(key, &purchase(1_000_000, stan), NOW);
             assert_eq!(code(&over_cap), "61");
+        }
+        for stan in 203..403 {
+            let a = approval(cards.authorize(key, &purchase(100, stan), NOW));
+            a.durable.wait().unwrap();
+            let answer = if stan % 2 == 0 {
+                IssuerOutcome::Declined(ResponseCode(*b"51"))
+            } else {
+                IssuerOutcome::TimedOut
+            };
+            cards.complete(&a.hold, answer, NOW).wait().unwrap();
         }
         assert_eq!(reversed_in_full(&cards, key, 1), 1_000, "live");
         key

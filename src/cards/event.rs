@@ -433,15 +433,17 @@ pub fn apply_ledger(
             if replaying && ledger.entries.get(&t.tx).is_some_and(|e| e.lsn >= lsn) {
                 return None;
             }
-            // Remembered again when new here, over one of vpan's own declines (its queue
-            // is not the money one), or later than the entry it replaces (a stand-in's
-            // advice after vpan's 91): the old queue item, older than the entry now, forgets
+            // Remembered again when new here, over a decline or a release (their queue is
+            // not the money one: a stand-in's advice after vpan's 91), or later than the
+            // entry it replaces: the old queue item, older than the entry now, forgets
             // nothing when it comes up, and the entry would stay outside every bound.
             let replaced = ledger
                 .entries
                 .insert(t.tx, entry_of(t, TxState::Approved, ResponseCode::APPROVED));
             replaced
-                .is_none_or(|e| e.state == TxState::Declined || e.at < t.at)
+                .is_none_or(|e| {
+                    matches!(e.state, TxState::Declined | TxState::Released) || e.at < t.at
+                })
                 .then_some((t.tx, t.at))
         }
         Event::Outcome {

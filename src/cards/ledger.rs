@@ -15,10 +15,11 @@
 //! The ledger is bounded: entries older than [`LedgerConfig::retention_secs`] or beyond
 //! [`LedgerConfig::capacity`] (oldest first) are forgotten. A forgotten transaction can no
 //! longer be reversed through vpan (its amount stays spent: the safe side) and a repeat of
-//! it is decided afresh. Entries still waiting for the issuer are never forgotten. vpan's
-//! own declines move no money and are kept apart, within a quarter of the capacity of their
-//! own: a flood of them (card testing) would otherwise push out the approvals that
-//! reversals and repeats must still find.
+//! it is decided afresh. Entries still waiting for the issuer are never forgotten (a hold
+//! joins a queue once answered). Declines, vpan's own and the issuer's, and holds released
+//! on a 91 or a failure move no money and are kept apart, within a quarter of the capacity
+//! of their own: a flood of them (card testing, an issuer down) would otherwise push out
+//! the approvals that reversals and repeats must still find.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -33,8 +34,8 @@ use super::request::{OriginalData, ResponseCode};
 /// Bounds of the ledger (`cards.ledger_capacity`, `cards.ledger_retention_hours`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LedgerConfig {
-    /// Most transactions that moved money remembered (about 250 bytes each); vpan's own
-    /// declines have a quarter of this again, apart.
+    /// Most transactions that moved money remembered (about 250 bytes each); declines and
+    /// releases have a quarter of this again, apart.
     pub capacity: usize,
     /// How long a transaction can be reversed or repeated, seconds.
     pub retention_secs: u64,
@@ -50,7 +51,7 @@ impl Default for LedgerConfig {
 }
 
 impl LedgerConfig {
-    /// Most of vpan's own declines remembered, apart from the rest.
+    /// Most declines and releases remembered, apart from the rest.
     pub fn decline_capacity(&self) -> usize {
         self.capacity / 4
     }
@@ -139,6 +140,12 @@ impl TxEntry {
         self.state == TxState::Declined && self.fingerprint != super::event::VOIDED_FINGERPRINT
     }
 
+    /// Moves no money: one of vpan's own declines, or a hold released (the issuer's
+    /// decline, its 91, a failure). What the retention keeps apart from the rest.
+    fn moves_no_money(&self) -> bool {
+        self.is_own_decline() || self.state == TxState::Released
+    }
+
     /// A void: an original a reversal named before this card saw it, kept as a decline so
     /// that it is declined should it come.
     pub fn is_void(&self) -> bool {
@@ -187,7 +194,7 @@ pub struct Ledger {
     pub(crate) entries: ConcurrentMap<OriginalData, TxEntry>,
     /// Insertion order, for retention: transactions that move (or may move) money.
     order: Mutex<Fifo<(UnixSeconds, OriginalData)>>,
-    /// The same for vpan's own declines, bounded apart.
+    /// The same for what moves no money (declines, releases), bounded apart.
     declines: Mutex<Fifo<(UnixSeconds, OriginalData)>>,
     /// Transactions that moved money forgotten for room before their retention.
     forgotten_young: AtomicU64,
@@ -233,14 +240,15 @@ impl Ledger {
         self.entries.is_empty()
     }
 
-    /// Notes a new entry for retention, and forgets what falls out of the bounds.
-    /// Never call with an entry guard of this ledger held.
+    /// Notes an entry that moves (or guards) money for retention, and forgets what falls
+    /// out of the bounds. Never call with an entry guard of this ledger held.
     pub fn remember(&self, key: OriginalData, at: UnixSeconds, now: UnixSeconds) {
         self.keep(Queue::Money, key, at, now);
     }
 
-    /// [`Ledger::remember`] for one of vpan's own declines, bounded apart.
-    pub fn remember_decline(&self, key: OriginalData, at: UnixSeconds, now: UnixSeconds) {
+    /// [`Ledger::remember`] for an entry that moves no money (a decline, vpan's or the
+    /// issuer's, or a released hold), bounded apart.
+    pub fn remember_no_money(&self, key: OriginalData, at: UnixSeconds, now: UnixSeconds) {
         self.keep(Queue::Declines, key, at, now);
     }
 
@@ -279,9 +287,10 @@ impl Ledger {
             }
             order.pop_front();
             // Only what this queue put here: a decline that an advice under its key has
-            // since turned into an approval is the money queue's to forget.
+            // since turned into an approval, or a release since voided, is the money
+            // queue's to forget.
             let removed = self.entries.remove_if(&key, |_, e| {
-                e.at <= at && !e.awaits_issuer() && (queue == Queue::Money || e.is_own_decline())
+                e.at <= at && !e.awaits_issuer() && (queue == Queue::Money || e.moves_no_money())
             });
             if removed.is_some() && at >= horizon && queue == Queue::Money {
                 self.forgot_young(now.saturating_sub(at));
@@ -326,7 +335,7 @@ impl Ledger {
         let mut all: Vec<(UnixSeconds, OriginalData, bool)> = self
             .entries
             .iter()
-            .map(|e| (e.at, *e.key(), e.is_own_decline()))
+            .map(|e| (e.at, *e.key(), e.moves_no_money()))
             .collect();
         all.sort_unstable_by_key(|(at, _, _)| *at);
         let now = all.last().map_or(0, |(at, _, _)| *at);
@@ -352,7 +361,7 @@ impl Ledger {
 enum Queue {
     /// Transactions that move or may move money.
     Money,
-    /// vpan's own declines.
+    /// What moves no money: declines, vpan's or the issuer's, and released holds.
     Declines,
 }
 
@@ -500,7 +509,7 @@ mod tests {
         l.remember(key(0), 10, 10);
         for s in 1..=100 {
             l.entries.insert(key(s), entry(10, TxState::Declined));
-            l.remember_decline(key(s), 10, 10);
+            l.remember_no_money(key(s), 10, 10);
         }
         assert!(
             l.get(&key(0)).is_some(),
@@ -516,19 +525,19 @@ mod tests {
         l.rebuild_order();
         for s in 101..=110 {
             l.entries.insert(key(s), entry(11, TxState::Declined));
-            l.remember_decline(key(s), 11, 11);
+            l.remember_no_money(key(s), 11, 11);
         }
         assert!(l.get(&key(0)).is_some(), "after a rebuild too");
 
         // A decline that an advice under its key turned into an approval (the same second)
         // is not the declines queue's to forget.
         l.entries.insert(key(200), entry(12, TxState::Declined));
-        l.remember_decline(key(200), 12, 12);
+        l.remember_no_money(key(200), 12, 12);
         l.entries.insert(key(200), entry(12, TxState::Approved));
         l.remember(key(200), 12, 12);
         for s in 201..=220 {
             l.entries.insert(key(s), entry(12, TxState::Declined));
-            l.remember_decline(key(s), 12, 12);
+            l.remember_no_money(key(s), 12, 12);
         }
         assert!(l.get(&key(200)).is_some(), "the advised one is kept");
     }
@@ -585,7 +594,7 @@ mod tests {
         l.rebuild_order();
         for s in 1..=100 {
             l.entries.insert(key(s), entry(11, TxState::Declined));
-            l.remember_decline(key(s), 11, 11);
+            l.remember_no_money(key(s), 11, 11);
         }
         assert!(
             l.get(&key(0)).is_some(),

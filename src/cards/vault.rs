@@ -49,7 +49,8 @@ pub struct CardsConfig {
     /// Digits kept from the real card: 6 or 8.
     pub bin_length: u8,
     /// Transactions that moved money remembered for reversals and repeats, at most (vpan's
-    /// own declines get a quarter of this again): about 250 bytes each, allocated at start.
+    /// own declines, the issuer's and releases get a quarter of this again): about 250 bytes
+    /// each, allocated at start.
     pub ledger_capacity: usize,
     /// How long a transaction can still be reversed or repeated through vpan, hours.
     pub ledger_retention_hours: u64,
@@ -651,10 +652,10 @@ impl Cards {
                 }
             }
         });
-        match (fresh, declined) {
-            (true, true) => self.ledger.remember_decline(tx, now, now),
-            (true, false) => self.ledger.remember(tx, now, now),
-            (false, _) => {}
+        // A hold joins a retention queue once the issuer has answered it ([`Cards::complete`]):
+        // until then it is never forgotten, and only then is it known to move money.
+        if fresh && declined {
+            self.ledger.remember_no_money(tx, now, now);
         }
         decision.unwrap_or(Decision::Unknown)
     }
@@ -662,12 +663,27 @@ impl Cards {
     /// Records the issuer's answer to an approval: spent (and a use) or released. Answering
     /// a hold twice changes nothing the second time.
     pub fn complete(&self, hold: &Hold, outcome: IssuerOutcome, now: UnixSeconds) -> Durable {
-        self.index
+        let mut completed = false;
+        let durable = self
+            .index
             .update(hold.card, |card| {
-                self.complete_locked(card, hold, TxState::Held, outcome, now)
+                let durable = self.complete_locked(card, hold, TxState::Held, outcome, now);
+                completed = durable.is_some();
+                durable
             })
             .flatten()
-            .unwrap_or_else(|| Durable::ready(Ok(())))
+            .unwrap_or_else(|| Durable::ready(Ok(())));
+        if completed {
+            // A release (the issuer's decline, its 91, a failure) moves no money: kept with
+            // vpan's own declines, so that a flood of them (card testing the issuer, an
+            // issuer down) pushes out no approval a reversal must still find.
+            if matches!(outcome, IssuerOutcome::Approved(..)) {
+                self.ledger.remember(hold.tx, now, now);
+            } else {
+                self.ledger.remember_no_money(hold.tx, now, now);
+            }
+        }
+        durable
     }
 
     /// Records what the issuer answered to the repeat of a purchase in doubt
@@ -867,7 +883,9 @@ impl Cards {
         req: &ReversalRequest,
         now: UnixSeconds,
     ) -> ReversalOutcome {
-        self.index
+        let mut voided_at = None;
+        let outcome = self
+            .index
             .update(card_key, |card| {
                 if self.journal.is_failed() {
                     // Given back in memory only, a repeat would find nothing left and be
@@ -898,6 +916,7 @@ impl Cards {
                     };
                     let (durable, entry) = self.void_record(card_key, tx, e.mti, e.at);
                     *slot = entry;
+                    voided_at = Some(e.at);
                     return ReversalOutcome::Voided { durable };
                 }
                 if !matches!(
@@ -945,7 +964,13 @@ impl Cards {
                 event::apply_ledger(&self.ledger, &event, false);
                 ReversalOutcome::Reversed { returned, durable }
             })
-            .unwrap_or(ReversalOutcome::NotFound)
+            .unwrap_or(ReversalOutcome::NotFound);
+        if let Some(at) = voided_at {
+            // A void guards money (a late advice of the purchase counts nothing): kept with
+            // what moves money, no longer among the releases, from the purchase's time.
+            self.ledger.remember(tx, at, now);
+        }
+        outcome
     }
 
     /// Voids `original`, which a reversal named before this card saw it (see

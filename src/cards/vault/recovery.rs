@@ -350,10 +350,33 @@ fn replay(
             event::apply_card(c, ev);
         }
     });
-    if let Some((k, at)) = event::apply_ledger(ledger, ev, true) {
-        match ev {
-            Event::Declined { .. } => ledger.remember_decline(k, at, at),
-            _ => ledger.remember(k, at, at),
+    // Into the retention queues as when serving (so that a journal longer than the ledger's
+    // capacity is bounded as it is read): a hold with its answer, by what the answer made
+    // it. `rebuild_order` sorts them again once everything is read.
+    let new = event::apply_ledger(ledger, ev, true);
+    match ev {
+        Event::Held(_) => {}
+        Event::Outcome {
+            hold,
+            approved,
+            in_doubt: false,
+            ..
+        } => {
+            if *approved {
+                ledger.remember(hold.tx, hold.at, hold.at);
+            } else {
+                ledger.remember_no_money(hold.tx, hold.at, hold.at);
+            }
+        }
+        Event::Declined { .. } => {
+            if let Some((k, at)) = new {
+                ledger.remember_no_money(k, at, at);
+            }
+        }
+        _ => {
+            if let Some((k, at)) = new {
+                ledger.remember(k, at, at);
+            }
         }
     }
     Ok(())
