@@ -21,10 +21,39 @@ use super::{IssuerError, IssuerLink, Origin};
 /// Messages queued for one connection's writer before callers see back-pressure.
 const WRITE_QUEUE: usize = 4096;
 
+/// The first wait before a redial.
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+
+/// How long a connection must have held for the next redial to wait [`FIRST_BACKOFF`]
+/// again (or `issuer.reconnect_max_ms`, when shorter).
+const HELD: Duration = Duration::from_secs(1);
+
+/// The wait before redialling after a connection that held for `held`, the wait before it
+/// having been `backoff`. A host that takes the connection, then refuses the sign-on or
+/// closes at once, is not redialled every 50 ms: the wait doubles up to `max`. One that
+/// served for a second and then dropped it (a firewall's or a balancer's hiccup, now and
+/// then under load) is redialled at once: a reset only after `max` held (5 s by default)
+/// left a host dropping a connection every second or so under load behind 5 s waits, and
+/// half the requests of a review's run answered 91.
+fn backoff_after(backoff: Duration, held: Duration, max: Duration) -> Duration {
+    if held >= HELD.min(max) {
+        FIRST_BACKOFF
+    } else {
+        backoff
+    }
+}
+
+/// `wait` less a random part of up to half of it, so that the link's connections, dropped
+/// together, do not redial in lockstep.
+fn jittered(wait: Duration) -> Duration {
+    use rand::RngExt;
+    wait.mul_f64(1.0 - rand::rng().random_range(0.0..0.5))
+}
+
 impl IssuerLink {
     /// Keeps slot `i` connected until shutdown.
     pub(super) async fn run_slot(self, i: usize) {
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = FIRST_BACKOFF;
         loop {
             if self.inner.shutdown.is_cancelled() {
                 return;
@@ -38,12 +67,8 @@ impl IssuerLink {
                     let _ = stream.set_nodelay(true);
                     let since = Instant::now();
                     self.run_connection(i, stream).await;
-                    // A host that takes the connection, then refuses the sign-on or closes
-                    // at once, is not redialled every 50 ms: the backoff starts again only
-                    // after a connection that held.
-                    if since.elapsed() >= self.inner.settings.reconnect_max {
-                        backoff = Duration::from_millis(50);
-                    }
+                    backoff =
+                        backoff_after(backoff, since.elapsed(), self.inner.settings.reconnect_max);
                 }
                 Err(e) => {
                     tracing::warn!(
@@ -55,7 +80,7 @@ impl IssuerLink {
                 }
             }
             tokio::select! {
-                () = tokio::time::sleep(backoff) => {}
+                () = tokio::time::sleep(jittered(backoff)) => {}
                 () = self.inner.shutdown.cancelled() => return,
             }
             backoff = (backoff * 2).min(self.inner.settings.reconnect_max);
@@ -340,4 +365,38 @@ pub fn network_management_request(
     msg.set(11, b"000000").map_err(|_| IssuerError::Encode)?;
     msg.set(70, code).map_err(|_| IssuerError::Encode)?;
     Ok(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_that_served_a_second_is_redialled_at_once_and_one_dropped_at_once_backs_off() {
+        let max = Duration::from_secs(5);
+        let long = Duration::from_millis(3_200);
+        // Dropped after a second or more of service: the next dial comes soon.
+        assert_eq!(
+            backoff_after(long, Duration::from_millis(1_000), max),
+            FIRST_BACKOFF
+        );
+        assert_eq!(
+            backoff_after(long, Duration::from_secs(60), max),
+            FIRST_BACKOFF
+        );
+        // Refused or closed at once: the wait keeps growing.
+        assert_eq!(backoff_after(long, Duration::from_millis(20), max), long);
+        // With a reconnect_max under a second, a connection that held that long counts.
+        let short = Duration::from_millis(200);
+        assert_eq!(backoff_after(short, short, short), FIRST_BACKOFF);
+    }
+
+    #[test]
+    fn a_redial_waits_between_half_and_all_of_its_backoff() {
+        let wait = Duration::from_millis(400);
+        for _ in 0..1_000 {
+            let w = jittered(wait);
+            assert!(w > wait / 2 && w <= wait, "{w:?}");
+        }
+    }
 }
