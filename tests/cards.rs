@@ -358,8 +358,9 @@ fn declines_are_listed_and_replayed_the_same_after_a_restart() {
 #[test]
 fn a_flood_of_declines_or_releases_pushes_out_no_approval_live_or_after_a_restart() {
     // Card testing: many more declines than the ledger's capacity, vpan's own and the
-    // issuer's, and holds released on a 91 (an issuer down), after one approval that its
-    // reversal must still find, before and after a restart that replays them all.
+    // issuer's, holds released on a 91 (an issuer down) and approved zero-amount
+    // verifications, after one approval that its reversal must still find, before and
+    // after a restart that replays them all.
     let dir = tempfile::tempdir().unwrap();
     let small = vpan::cards::LedgerConfig {
         capacity: 8,
@@ -392,11 +393,82 @@ fn a_flood_of_declines_or_releases_pushes_out_no_approval_live_or_after_a_restar
             };
             cards.complete(&a.hold, answer, NOW).wait().unwrap();
         }
+        // Zero-amount verifications the issuer approves: card testing's usual probe.
+        for stan in 403..603 {
+            decided(&cards, key, &purchase(0, stan), IssuerOutcome::APPROVED);
+        }
         assert_eq!(reversed_in_full(&cards, key, 1), 1_000, "live");
         key
     };
     let (cards, _) = open_with(dir.path(), small);
     assert_eq!(reversed_in_full(&cards, key, 2), 2_000, "after the restart");
+    assert_eq!(cards.get(key).unwrap().spent, 0);
+}
+
+#[test]
+fn a_hold_a_stand_ins_advice_completes_is_forgotten_in_its_time_like_any_approval() {
+    // The advice answers the hold, not the issuer: the hold must still join the retention
+    // queue then, or it outlives every bound until a restart.
+    let dir = tempfile::tempdir().unwrap();
+    let small = vpan::cards::LedgerConfig {
+        capacity: 4,
+        retention_secs: 60,
+    };
+    let (cards, _) = open_with(dir.path(), small);
+    let key = issue(&cards, &spec(1_000_000));
+    for stan in 0..10 {
+        let a = approval(cards.authorize(key, &purchase(300, stan), NOW));
+        a.durable.wait().unwrap();
+        match cards.advice(key, &request(*b"0120", 300, stan, "SHOP-A"), NOW) {
+            AdviceOutcome::Recorded(d) => d.wait().unwrap(),
+            other => panic!("{other:?}"),
+        }
+        settle(&cards, &a.hold, IssuerOutcome::APPROVED);
+    }
+    // Past the retention, and past the capacity: the advised holds are forgotten.
+    let later = NOW + 1_000;
+    for stan in 100..110 {
+        let a = approval(cards.authorize(key, &purchase(100, stan), later));
+        a.durable.wait().unwrap();
+        cards
+            .complete(&a.hold, IssuerOutcome::APPROVED, later)
+            .wait()
+            .unwrap();
+    }
+    assert!(matches!(
+        cards.reverse(key, &reversal(0, None), later),
+        ReversalOutcome::Voided { .. }
+    ));
+}
+
+#[test]
+fn a_purchase_reversed_while_held_then_released_still_turns_its_advice_away_after_a_flood() {
+    // Taken back before the issuer's 91, it guards money as a void does: a stand-in's later
+    // advice of it must be refused, not counted, however many declines come after it.
+    let dir = tempfile::tempdir().unwrap();
+    let small = vpan::cards::LedgerConfig {
+        capacity: 8,
+        retention_secs: 86_400,
+    };
+    let (cards, _) = open_with(dir.path(), small);
+    let key = issue(&cards, &spec(10_000));
+    let a = approval(cards.authorize(key, &purchase(3_000, 1), NOW));
+    a.durable.wait().unwrap();
+    match cards.reverse(key, &reversal(1, None), NOW) {
+        ReversalOutcome::Reversed { durable, .. } => durable.wait().unwrap(),
+        other => panic!("{other:?}"),
+    }
+    settle(&cards, &a.hold, IssuerOutcome::TimedOut);
+    for stan in 2..40 {
+        assert_eq!(
+            code(&cards.authorize(key, &purchase(1_000_000, stan), NOW)),
+            "61"
+        );
+    }
+    assert!(matches!(
+        cards.advice(key, &request(*b"0120", 3_000, 1, "SHOP-A"), NOW),
+        AdviceOutcome::Conflict
+    ));
     assert_eq!(cards.get(key).unwrap().spent, 0);
 }
 

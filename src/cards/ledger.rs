@@ -140,10 +140,26 @@ impl TxEntry {
         self.state == TxState::Declined && self.fingerprint != super::event::VOIDED_FINGERPRINT
     }
 
-    /// Moves no money: one of vpan's own declines, or a hold released (the issuer's
-    /// decline, its 91, a failure). What the retention keeps apart from the rest.
+    /// Moves no money, and guards none: one of vpan's own declines, a hold released (the
+    /// issuer's decline, its 91, a failure) that no reversal took back first, or an
+    /// approved zero-amount verification (no use, no merchant bound). What the retention
+    /// keeps apart from the rest. Not a void, nor a purchase reversed while held (both
+    /// turn a stand-in's later advice of it away), nor a refund (a purchase advice under
+    /// its key is refused).
     fn moves_no_money(&self) -> bool {
-        self.is_own_decline() || self.state == TxState::Released
+        match self.state {
+            TxState::Declined => self.is_own_decline(),
+            TxState::Released => !self.taken_back(),
+            TxState::Approved => {
+                self.charged == 0
+                    && self.amount == 0
+                    && !self.use_counted
+                    && !self.counts_use
+                    && !self.binds_merchant
+                    && !self.refund
+            }
+            TxState::Held | TxState::InDoubt => false,
+        }
     }
 
     /// A void: an original a reversal named before this card saw it, kept as a decline so
@@ -244,6 +260,16 @@ impl Ledger {
     /// out of the bounds. Never call with an entry guard of this ledger held.
     pub fn remember(&self, key: OriginalData, at: UnixSeconds, now: UnixSeconds) {
         self.keep(Queue::Money, key, at, now);
+    }
+
+    /// Notes `key` for retention in the queue its entry belongs to now: a hold once the
+    /// issuer (or a stand-in's advice) has answered it, by what the answer made it.
+    pub fn remember_answered(&self, key: OriginalData, at: UnixSeconds, now: UnixSeconds) {
+        match self.entries.get(&key).map(|e| e.moves_no_money()) {
+            Some(true) => self.remember_no_money(key, at, now),
+            Some(false) => self.remember(key, at, now),
+            None => {}
+        }
     }
 
     /// [`Ledger::remember`] for an entry that moves no money (a decline, vpan's or the

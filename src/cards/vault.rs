@@ -677,11 +677,7 @@ impl Cards {
             // A release (the issuer's decline, its 91, a failure) moves no money: kept with
             // vpan's own declines, so that a flood of them (card testing the issuer, an
             // issuer down) pushes out no approval a reversal must still find.
-            if matches!(outcome, IssuerOutcome::Approved(..)) {
-                self.ledger.remember(hold.tx, now, now);
-            } else {
-                self.ledger.remember_no_money(hold.tx, now, now);
-            }
+            self.ledger.remember_answered(hold.tx, now, now);
         }
         durable
     }
@@ -1075,6 +1071,8 @@ impl Cards {
                     let approved = IssuerOutcome::APPROVED;
                     if let Some(durable) = self.complete_locked(card, &hold, e.state, approved, now)
                     {
+                        // Answered: it joins its retention queue now (one in doubt is in it).
+                        fresh = e.state == TxState::Held;
                         return AdviceOutcome::Recorded(durable);
                     }
                 }

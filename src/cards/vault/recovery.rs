@@ -358,16 +358,9 @@ fn replay(
         Event::Held(_) => {}
         Event::Outcome {
             hold,
-            approved,
             in_doubt: false,
             ..
-        } => {
-            if *approved {
-                ledger.remember(hold.tx, hold.at, hold.at);
-            } else {
-                ledger.remember_no_money(hold.tx, hold.at, hold.at);
-            }
-        }
+        } => ledger.remember_answered(hold.tx, hold.at, hold.at),
         Event::Declined { .. } => {
             if let Some((k, at)) = new {
                 ledger.remember_no_money(k, at, at);
