@@ -28,16 +28,27 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 /// again (or `issuer.reconnect_max_ms`, when shorter).
 const HELD: Duration = Duration::from_secs(1);
 
-/// The wait before redialling after a connection that held for `held` and `served` (the
-/// host answered one of vpan's requests on it) or not, the wait before it having been
-/// `backoff`. A host that takes the connection, then refuses the sign-on or closes at once,
-/// is not redialled every 50 ms: the wait doubles up to `max`. One that served, or held a
-/// second, and then dropped it (a firewall's or a balancer's hiccup, now and then under
-/// load) is redialled at once: a reset only after `max` held (5 s by default) left a host
-/// dropping one connection per thousand requests at 2,000/s behind 5 s waits, and 54 % of
-/// the requests answered 91 (the reset after a second held alone: 15–30 %).
-fn backoff_after(backoff: Duration, served: bool, held: Duration, max: Duration) -> Duration {
-    if served || held >= HELD.min(max) {
+/// How a connection ended, for the wait before the next dial.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Ended {
+    /// The host answered one of vpan's requests on it.
+    answered: bool,
+    /// How long it was up after its sign-on; `None` when never signed on.
+    signed_on_for: Option<Duration>,
+}
+
+/// The wait before redialling after a connection that `ended` so, the wait before it
+/// having been `backoff`. A host that takes the connection, then refuses the sign-on (at
+/// once or slowly) or closes at once, is not redialled every 50 ms: the wait doubles up to
+/// `max`. One that answered a request, or stayed signed on for a second, and then dropped
+/// it (a firewall's or a balancer's hiccup, now and then under load) is redialled at once:
+/// a reset only after `max` held (5 s by default) left a host dropping one connection per
+/// thousand requests at 2,000/s behind 5 s waits, and 54 % of the requests answered 91 (a
+/// reset after a second held alone: 15–30 %; this: 4 %, of which the simulator's own
+/// timeouts were 2).
+fn backoff_after(backoff: Duration, ended: Ended, max: Duration) -> Duration {
+    let held = ended.signed_on_for.is_some_and(|up| up >= HELD.min(max));
+    if ended.answered || held {
         FIRST_BACKOFF
     } else {
         backoff
@@ -63,38 +74,34 @@ impl IssuerLink {
                 r = crate::switch::dial(&self.inner.settings.connect) => r,
                 () = self.inner.shutdown.cancelled() => return,
             };
-            match dial {
+            let wait = match dial {
                 Ok(stream) => {
                     let _ = stream.set_nodelay(true);
-                    let since = Instant::now();
-                    let served = self.run_connection(i, stream).await;
-                    backoff = backoff_after(
-                        backoff,
-                        served,
-                        since.elapsed(),
-                        self.inner.settings.reconnect_max,
-                    );
+                    let ended = self.run_connection(i, stream).await;
+                    backoff = backoff_after(backoff, ended, self.inner.settings.reconnect_max);
+                    jittered(backoff)
                 }
                 Err(e) => {
+                    let wait = jittered(backoff);
                     tracing::warn!(
                         issuer = %self.inner.settings.connect,
                         error = %e,
                         "issuer host unreachable; retrying in {} ms",
-                        backoff.as_millis()
+                        wait.as_millis()
                     );
+                    wait
                 }
-            }
+            };
             tokio::select! {
-                () = tokio::time::sleep(jittered(backoff)) => {}
+                () = tokio::time::sleep(wait) => {}
                 () = self.inner.shutdown.cancelled() => return,
             }
             backoff = (backoff * 2).min(self.inner.settings.reconnect_max);
         }
     }
 
-    /// Serves one open connection until it fails or vpan shuts down; true when the host
-    /// answered one of vpan's requests on it.
-    pub(super) async fn run_connection(&self, i: usize, stream: TcpStream) -> bool {
+    /// Serves one open connection until it fails or vpan shuts down; says how it went.
+    pub(super) async fn run_connection(&self, i: usize, stream: TcpStream) -> Ended {
         let settings = &self.inner.settings;
         let (read_half, mut write_half) = stream.into_split();
         let (tx, mut rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
@@ -146,6 +153,7 @@ impl IssuerLink {
         let mut frames = FramedRead::new(read_half, settings.codec.clone());
         let signed_on = !settings.sign_on || self.sign_on(i, &mut frames, &conn_token).await;
         let mut served = false;
+        let signed_on_at = signed_on.then(Instant::now);
         if signed_on {
             self.inner.slots[i].up.store(true, Ordering::Relaxed);
             self.publish_connected();
@@ -235,7 +243,10 @@ impl IssuerLink {
         let _ = writer.await;
         self.publish_connected();
         self.fail_connection(i);
-        served
+        Ended {
+            answered: served,
+            signed_on_for: signed_on_at.map(|at| at.elapsed()),
+        }
     }
 
     /// A frame that answers nothing came on connection `i` (a keep-alive, the host's own
@@ -384,16 +395,28 @@ mod tests {
     fn a_connection_that_served_is_redialled_at_once_and_one_dropped_at_once_backs_off() {
         let max = Duration::from_secs(5);
         let long = Duration::from_millis(3_200);
-        let moment = Duration::from_millis(20);
-        // Dropped after answering, or after a second or more: the next dial comes soon.
-        assert_eq!(backoff_after(long, true, moment, max), FIRST_BACKOFF);
-        let second = Duration::from_millis(1_000);
-        assert_eq!(backoff_after(long, false, second, max), FIRST_BACKOFF);
-        // Refused or closed at once, nothing answered: the wait keeps growing.
-        assert_eq!(backoff_after(long, false, moment, max), long);
-        // With a reconnect_max under a second, a connection that held that long counts.
+        let ended = |answered, signed_on_for| Ended {
+            answered,
+            signed_on_for,
+        };
+        let moment = Some(Duration::from_millis(20));
+        let second = Some(Duration::from_millis(1_000));
+        // Dropped after answering, or a second or more signed on: the next dial comes soon.
+        assert_eq!(backoff_after(long, ended(true, moment), max), FIRST_BACKOFF);
+        assert_eq!(
+            backoff_after(long, ended(false, second), max),
+            FIRST_BACKOFF
+        );
+        // Closed at once, nothing answered, or the sign-on refused however slowly: the
+        // wait keeps growing.
+        assert_eq!(backoff_after(long, ended(false, moment), max), long);
+        assert_eq!(backoff_after(long, ended(false, None), max), long);
+        // With a reconnect_max under a second, a connection signed on that long counts.
         let short = Duration::from_millis(200);
-        assert_eq!(backoff_after(short, false, short, short), FIRST_BACKOFF);
+        assert_eq!(
+            backoff_after(short, ended(false, Some(short)), short),
+            FIRST_BACKOFF
+        );
     }
 
     #[test]
