@@ -397,6 +397,13 @@ fn a_flood_of_declines_or_releases_pushes_out_no_approval_live_or_after_a_restar
         for stan in 403..603 {
             decided(&cards, key, &purchase(0, stan), IssuerOutcome::APPROVED);
         }
+        // And as a stand-in reports them, by advice.
+        for stan in 603..623 {
+            match cards.advice(key, &request(*b"0120", 0, stan, "SHOP-A"), NOW) {
+                AdviceOutcome::Recorded(d) => d.wait().unwrap(),
+                other => panic!("{other:?}"),
+            }
+        }
         assert_eq!(reversed_in_full(&cards, key, 1), 1_000, "live");
         key
     };
@@ -470,6 +477,48 @@ fn a_purchase_reversed_while_held_then_released_still_turns_its_advice_away_afte
         AdviceOutcome::Conflict
     ));
     assert_eq!(cards.get(key).unwrap().spent, 0);
+}
+
+#[test]
+fn a_reversed_advice_counted_as_nothing_and_a_use_still_turns_its_resend_away_after_a_restart() {
+    // An advice in a currency the card cannot count, on a card with nothing left, counts 0
+    // and a use; reversed in full, it holds nothing at all, yet it reported an amount: its
+    // resend is a repeat, not a new use, however many declines come after a restart.
+    let dir = tempfile::tempdir().unwrap();
+    let small = vpan::cards::LedgerConfig {
+        capacity: 8,
+        retention_secs: 86_400,
+    };
+    let mut advice = request(*b"0120", 500, 700, "SHOP-A");
+    advice.amounts.transaction_currency = 840;
+    let key = {
+        let (cards, _) = open_with(dir.path(), small);
+        let key = issue(&cards, &spec(1_000));
+        approved(&cards, key, 1_000, 1);
+        match cards.advice(key, &advice, NOW) {
+            AdviceOutcome::Recorded(d) => d.wait().unwrap(),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(cards.get(key).unwrap().uses, 2);
+        match cards.reverse(key, &reversal(700, None), NOW) {
+            ReversalOutcome::Reversed { durable, .. } => durable.wait().unwrap(),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(cards.get(key).unwrap().uses, 1);
+        key
+    };
+    let (cards, _) = open_with(dir.path(), small);
+    for stan in 2..40 {
+        assert_eq!(
+            code(&cards.authorize(key, &purchase(1_000_000, stan), NOW)),
+            "61"
+        );
+    }
+    assert!(matches!(
+        cards.advice(key, &advice, NOW),
+        AdviceOutcome::Repeat { .. }
+    ));
+    assert_eq!(cards.get(key).unwrap().uses, 1);
 }
 
 #[test]

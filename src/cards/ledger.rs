@@ -150,8 +150,11 @@ impl TxEntry {
         match self.state {
             TxState::Declined => self.is_own_decline(),
             TxState::Released => !self.taken_back(),
+            // DE 4 of 0 too: an advice counted as 0 and a use, reversed, loses its use, but
+            // keeps the amount it reported, and must still turn its resend away.
             TxState::Approved => {
-                self.charged == 0
+                self.original_amount == 0
+                    && self.charged == 0
                     && self.amount == 0
                     && !self.use_counted
                     && !self.counts_use

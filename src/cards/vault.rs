@@ -1127,7 +1127,7 @@ impl Cards {
             AdviceOutcome::Recorded(durable)
         });
         if fresh {
-            self.ledger.remember(tx, now, now);
+            self.ledger.remember_answered(tx, now, now);
         }
         outcome.unwrap_or(AdviceOutcome::Unknown)
     }

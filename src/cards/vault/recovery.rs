@@ -174,6 +174,7 @@ impl Cards {
         // The journal since, on worker threads partitioned by card: each card's events
         // stay in order on one thread (a transaction's entry belongs to its card too).
         let segments = list_segments(&dir).map_err(StoreError::io("listing the journal"))?;
+        let marker_key = cipher.marker_key();
         check_contiguous(&dir, &segments, has_snapshot.then_some(from_segment))?;
         let mut last_segment = from_segment;
         for &n in &segments {
@@ -188,7 +189,7 @@ impl Cards {
             last_segment = last_segment.max(n);
             let report = parallel_replay(
                 |sink| {
-                    journal::read_segment(&path, |payload| {
+                    journal::read_segment(&path, n, &marker_key, |payload| {
                         let ev = Event::decode(payload)?;
                         next_lsn = next_lsn.max(lsn_after(ev.lsn())?);
                         sink.push(ev.key().raw(), payload)
@@ -220,13 +221,9 @@ impl Cards {
                 .into());
             }
             if report.bad_bytes > 0 {
-                let later_commits = crate::store::marker::later_commits(
-                    &path,
-                    n,
-                    report.good_bytes,
-                    &cipher.marker_key(),
-                )
-                .map_err(StoreError::io("searching a damaged journal segment"))?;
+                let later_commits =
+                    crate::store::marker::later_commits(&path, n, report.good_bytes, &marker_key)
+                        .map_err(StoreError::io("searching a damaged journal segment"))?;
                 if later_commits > 0 {
                     return Err(StoreError::DamagedAcknowledged {
                         path,
@@ -368,7 +365,7 @@ fn replay(
         }
         _ => {
             if let Some((k, at)) = new {
-                ledger.remember(k, at, at);
+                ledger.remember_answered(k, at, at);
             }
         }
     }
