@@ -235,9 +235,12 @@ fn dump(data: &Path, key: CardKey) {
     let mut segs = vpan::store::journal::list_segments(data).unwrap();
     segs.sort();
     eprintln!("segments {segs:?}");
+    let marker_key = vpan::store::crypto::PanCipher::load_or_create(&data.join("pan.key"))
+        .unwrap()
+        .marker_key();
     for n in segs {
         let path = vpan::store::journal::segment_path(data, n);
-        let r = vpan::store::journal::read_segment(&path, |p| {
+        let r = vpan::store::journal::read_segment(&path, n, &marker_key, |p| {
             let ev = Event::decode(p).unwrap();
             if ev.key() == key {
                 match &ev {

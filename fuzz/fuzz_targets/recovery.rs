@@ -165,14 +165,17 @@ fn make_template() -> Template {
     drop(cards);
 
     // A journal segment's commit markers are left out: each input edits a record.
-    let records = |path: &Path, journal: bool| {
+    let marker_key = vpan::store::crypto::PanCipher::load_or_create(&dir.join("pan.key"))
+        .expect("the key file")
+        .marker_key();
+    let records = |path: &Path, segment: Option<u64>| {
         let mut out = Vec::new();
         let push = |p: &[u8]| {
             out.push(p.to_vec());
             Ok(())
         };
-        if journal {
-            read_segment(path, push)
+        if let Some(n) = segment {
+            read_segment(path, n, &marker_key, push)
         } else {
             read_records(path, push)
         }
@@ -184,11 +187,11 @@ fn make_template() -> Template {
     let segment = *segments.first().expect("a segment after the snapshot");
     let template = Template {
         key: std::fs::read(dir.join("pan.key")).expect("the key file"),
-        snapshot: records(&dir.join(SNAPSHOT_FILE), false),
+        snapshot: records(&dir.join(SNAPSHOT_FILE), None),
         segment,
         journal: segments
             .iter()
-            .flat_map(|&s| records(&segment_path(&dir, s), true))
+            .flat_map(|&s| records(&segment_path(&dir, s), Some(s)))
             .collect(),
     };
     assert!(

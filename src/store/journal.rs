@@ -854,29 +854,43 @@ fn read_records_from(
     Ok(report)
 }
 
-/// Reads a journal segment as [`read_records`] does, handing `f` its records and not the
-/// commit markers between its batches ([`super::marker`]), which `records` does not count.
+/// Reads journal segment `segment` at `path` as [`read_records`] does, handing `f` its
+/// records and not the commit markers between its batches ([`super::marker`]), which
+/// `records` does not count.
 ///
-/// A damaged marker with frames that read after it is passed over (and logged): a later
-/// batch was written, so the marker's own batch had been made durable, and every record of
-/// it read; the marker held nothing the cards need. Cutting there would drop every batch
-/// after it.
+/// A damaged frame that is this batch's marker (its length and tag, and its batch start
+/// or its signature under `key` naming where the batch began) with frames that read after
+/// it is passed over, and logged: a later batch was written, so the marker's own batch had
+/// been made durable, and every record of it read; the marker held nothing the cards need,
+/// and cutting there would drop every batch after it. A damaged record is never passed
+/// over, whatever its length: nothing in it names its batch's start.
 pub fn read_segment(
     path: &Path,
+    segment: u64,
+    key: &MarkerKey,
     mut f: impl FnMut(&[u8]) -> Result<(), StoreError>,
 ) -> Result<ReadReport, StoreError> {
+    use std::cell::Cell;
     let mut markers = 0;
+    // Where the next frame read begins, and where the batch being read began.
+    let (at, batch_began) = (Cell::new(0u64), Cell::new(0u64));
     let mut each = |payload: &[u8]| {
+        at.set(at.get() + 8 + payload.len() as u64);
         if super::marker::batch_start(payload).is_some() {
             markers += 1;
+            batch_began.set(at.get());
             Ok(())
         } else {
             f(payload)
         }
     };
     let mut report = read_records_from(path, 0, &mut each)?;
-    while report.bad_bytes > 0 && damaged_marker_at(path, report.good_bytes)? {
+    while report.bad_bytes > 0
+        && this_batchs_marker_at(path, report.good_bytes, batch_began.get(), segment, key)?
+    {
         let after = report.good_bytes + super::marker::FRAME_BYTES as u64;
+        at.set(after);
+        batch_began.set(after);
         let rest = read_records_from(path, after, &mut each)?;
         if rest.records == 0 {
             // Nothing reads after it: the last batch's marker, torn.
@@ -896,8 +910,15 @@ pub fn read_segment(
     Ok(report)
 }
 
-/// True when the bytes of `path` at `at` hold a frame shaped like a commit marker.
-fn damaged_marker_at(path: &Path, at: u64) -> Result<bool, StoreError> {
+/// True when the bytes of segment `segment` at `path`, from `at`, hold the marker of a
+/// batch begun at `batch_began`, damaged or not.
+fn this_batchs_marker_at(
+    path: &Path,
+    at: u64,
+    batch_began: u64,
+    segment: u64,
+    key: &MarkerKey,
+) -> Result<bool, StoreError> {
     let mut bytes = [0u8; super::marker::FRAME_BYTES];
     let read = File::open(path)
         .and_then(|mut file| {
@@ -905,7 +926,7 @@ fn damaged_marker_at(path: &Path, at: u64) -> Result<bool, StoreError> {
             read_full(&mut file, &mut bytes)
         })
         .map_err(StoreError::io("reading a journal segment"))?;
-    Ok(read == bytes.len() && super::marker::shaped_like_one(&bytes))
+    Ok(read == bytes.len() && super::marker::ends_batch(&bytes, batch_began, segment, key))
 }
 
 /// True when everything `r` has left to read is zero bytes.
@@ -1029,7 +1050,7 @@ mod tests {
 
     fn read_all(path: &Path) -> (Vec<Vec<u8>>, ReadReport) {
         let mut got = Vec::new();
-        let report = read_segment(path, |p| {
+        let report = read_segment(path, 1, &test_key(), |p| {
             got.push(p.to_vec());
             Ok(())
         })
@@ -1179,7 +1200,7 @@ mod tests {
         let deadline = Instant::now() + std::time::Duration::from_secs(5);
         let written = || {
             let mut n = 0;
-            read_segment(&segment_path(dir.path(), 1), |_| {
+            read_segment(&segment_path(dir.path(), 1), 1, &test_key(), |_| {
                 n += 1;
                 Ok(())
             })
@@ -1288,7 +1309,7 @@ mod tests {
         j.barrier().wait().unwrap();
         assert!(j.mark.durable.load(Ordering::Acquire) >= 1_000);
         let mut read = 0;
-        read_segment(&segment_path(dir.path(), 1), |_| {
+        read_segment(&segment_path(dir.path(), 1), 1, &test_key(), |_| {
             read += 1;
             Ok(())
         })
@@ -1638,7 +1659,7 @@ mod tests {
             let mut bytes = std::fs::read(&path).unwrap();
             bytes[damaged_record as usize + 9] ^= 0x40;
             std::fs::write(&copy, &bytes).unwrap();
-            let report = read_segment(&copy, |_| Ok(())).unwrap();
+            let report = read_segment(&copy, 1, &test_key(), |_| Ok(())).unwrap();
             assert_eq!(report.good_bytes, damaged_record);
             crate::store::marker::later_commits(&copy, 1, report.good_bytes, &test_key()).unwrap()
         };

@@ -100,12 +100,16 @@ pub fn batch_start(payload: &[u8]) -> Option<u64> {
     }
 }
 
-/// True when the frame at the start of `bytes` has a marker's length and tag, whatever
-/// its checksum says: a damaged marker, when it does not read.
-pub fn shaped_like_one(bytes: &[u8]) -> bool {
+/// True when the frame at the start of `bytes`, whatever its checksum says, is the marker
+/// of segment `segment`'s batch begun at `batch_began`: a marker's length and tag, and
+/// either that start or its signature (one of the two may be what was damaged). A record
+/// of a marker's length whose tag was damaged to 0 names no batch start.
+pub fn ends_batch(bytes: &[u8], batch_began: u64, segment: u64, key: &MarkerKey) -> bool {
     bytes.len() >= FRAME_BYTES
         && bytes[..4] == (PAYLOAD_BYTES as u32).to_le_bytes()
         && bytes[8] == TAG
+        && (bytes[9..17] == batch_began.to_le_bytes()
+            || bytes[17..FRAME_BYTES] == key.sign(segment, batch_began))
 }
 
 /// The marker of segment `segment` framed at the start of `bytes`, if one is there whole,
@@ -188,7 +192,7 @@ mod tests {
         let mut out = Vec::new();
         push(&key(), 3, 123_456, &mut out);
         assert_eq!(out.len(), FRAME_BYTES);
-        assert!(shaped_like_one(&out));
+        assert!(ends_batch(&out, 123_456, 3, &key()));
         assert_eq!(framed_at(&out, &key(), 3), Some(123_456));
         assert_eq!(batch_start(&out[8..]), Some(123_456));
         // Another data directory's key, or another segment: not one of its markers.
@@ -199,10 +203,18 @@ mod tests {
         record[0] = 1;
         assert_eq!(batch_start(&record), None);
         assert_eq!(batch_start(&[TAG, 1, 2]), None);
-        // A marker with a bit flipped is not one, though still shaped like one.
+        // A marker with a bit flipped is not one, though still its batch's end, known by
+        // its start or its signature, whichever the damage spared.
         out[12] ^= 1;
         assert_eq!(framed_at(&out, &key(), 3), None);
-        assert!(shaped_like_one(&out));
+        assert!(ends_batch(&out, 123_456, 3, &key()));
+        out[20] ^= 1;
+        assert!(!ends_batch(&out, 123_456, 3, &key()), "both damaged");
+        // A record of a marker's length whose tag reads 0 names no batch.
+        let mut record = vec![0u8; FRAME_BYTES];
+        record[..4].copy_from_slice(&17u32.to_le_bytes());
+        record[9..].fill(0x33);
+        assert!(!ends_batch(&record, 123_456, 3, &key()));
     }
 
     #[test]
