@@ -858,12 +858,13 @@ fn read_records_from(
 /// records and not the commit markers between its batches ([`super::marker`]), which
 /// `records` does not count.
 ///
-/// A damaged frame that is this batch's marker (its length and tag, and its batch start
-/// or its signature under `key` naming where the batch began) with frames that read after
-/// it is passed over, and logged: a later batch was written, so the marker's own batch had
-/// been made durable, and every record of it read; the marker held nothing the cards need,
-/// and cutting there would drop every batch after it. A damaged record is never passed
-/// over, whatever its length: nothing in it names its batch's start.
+/// A damaged frame that is this batch's marker (its length and tag, and two of its
+/// checksum, its batch start and its signature under `key`, [`super::marker::ends_batch`])
+/// with frames that read after it is passed over, and logged: a later batch was written,
+/// so the marker's own batch had been made durable, and every record of it read; the
+/// marker held nothing the cards need, and cutting there would drop every batch after it.
+/// A damaged record is never passed over, whatever its length: it has neither the
+/// marker's checksum nor its signature.
 pub fn read_segment(
     path: &Path,
     segment: u64,

@@ -100,16 +100,23 @@ pub fn batch_start(payload: &[u8]) -> Option<u64> {
     }
 }
 
-/// True when the frame at the start of `bytes`, whatever its checksum says, is the marker
-/// of segment `segment`'s batch begun at `batch_began`: a marker's length and tag, and
-/// either that start or its signature (one of the two may be what was damaged). A record
-/// of a marker's length whose tag was damaged to 0 names no batch start.
+/// True when the frame at the start of `bytes`, damaged, is the marker of segment
+/// `segment`'s batch begun at `batch_began`: a marker's length and tag, and two of the
+/// three fields that marker would have (its checksum, its start, its signature), so that
+/// any one of them may be what was damaged. A record of a marker's length whose tag was
+/// damaged to 0 has at most the start (its sequence number could equal it), never the
+/// signature or the checksum.
 pub fn ends_batch(bytes: &[u8], batch_began: u64, segment: u64, key: &MarkerKey) -> bool {
-    bytes.len() >= FRAME_BYTES
-        && bytes[..4] == (PAYLOAD_BYTES as u32).to_le_bytes()
-        && bytes[8] == TAG
-        && (bytes[9..17] == batch_began.to_le_bytes()
-            || bytes[17..FRAME_BYTES] == key.sign(segment, batch_began))
+    let Some(frame) = bytes.get(..FRAME_BYTES) else {
+        return false;
+    };
+    let mut expected = Vec::with_capacity(FRAME_BYTES);
+    push(key, segment, batch_began, &mut expected);
+    let fields_right = [4..8, 9..17, 17..FRAME_BYTES]
+        .into_iter()
+        .filter(|field| frame[field.clone()] == expected[field.clone()])
+        .count();
+    frame[..4] == expected[..4] && frame[8] == TAG && fields_right >= 2
 }
 
 /// The marker of segment `segment` framed at the start of `bytes`, if one is there whole,
@@ -214,10 +221,13 @@ mod tests {
         assert!(ends_batch(&out, 123_456, 3, &key()));
         out[20] ^= 1;
         assert!(!ends_batch(&out, 123_456, 3, &key()), "both damaged");
-        // A record of a marker's length whose tag reads 0 names no batch.
+        // A record of a marker's length whose tag reads 0 names no batch, even when its
+        // next 8 bytes (a record's sequence number) happen to equal the batch's start.
         let mut record = vec![0u8; FRAME_BYTES];
         record[..4].copy_from_slice(&17u32.to_le_bytes());
-        record[9..].fill(0x33);
+        record[4..8].copy_from_slice(&[1, 2, 3, 4]);
+        record[9..17].copy_from_slice(&123_456u64.to_le_bytes());
+        record[17..].fill(0x33);
         assert!(!ends_batch(&record, 123_456, 3, &key()));
     }
 
