@@ -17,7 +17,9 @@
 //! runs that binary as a second switch beside this build's, to compare two versions in
 //! one run (e.g. a copy of `target/release/vpan` built from main); with it, `E2E_PAIRS=N`
 //! (default 1) runs N closed-loop pairs of the two, the order swapped every other pair, and
-//! prints each pair and the medians.
+//! prints each pair and the medians. The compared build reads a data directory this build
+//! prepared: one from before the journal's commit markers (2026-12-05, 9341b37) refuses
+//! it, as any older vpan refuses a newer journal.
 //!
 //! The switch runs with `[runtime] worker_threads` = `E2E_WORKER_THREADS` (default 0: one
 //! per core, the shipped default), the compared one with `E2E_COMPARE_WORKER_THREADS`
@@ -614,12 +616,22 @@ fn spawn(
     let (tx, rx) = std::sync::mpsc::channel();
     let markers: Vec<String> = markers.iter().map(|m| m.to_string()).collect();
     let wanted = markers.len();
+    // Its last lines, to say why it never logged its addresses (a build that refuses the
+    // prepared data directory, say).
+    let said = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+    let heard = said.clone();
     std::thread::spawn(move || {
         use std::io::BufRead;
         for line in std::io::BufReader::new(stderr)
             .lines()
             .map_while(Result::ok)
         {
+            if let Ok(mut lines) = heard.lock() {
+                if lines.len() == 10 {
+                    lines.pop_front();
+                }
+                lines.push_back(line.clone());
+            }
             for (i, marker) in markers.iter().enumerate() {
                 if let Some(at) = line.find(marker.as_str()) {
                     let rest = &line[at + marker.len()..];
@@ -634,9 +646,18 @@ fn spawn(
     });
     let mut addrs = vec![String::new(); wanted];
     for _ in 0..wanted {
-        let (i, addr) = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the process logged its addresses");
+        let Ok((i, addr)) = rx.recv_timeout(Duration::from_secs(30)) else {
+            let lines: Vec<String> = said
+                .lock()
+                .map(|l| l.iter().cloned().collect())
+                .unwrap_or_default();
+            panic!(
+                "{} {} did not log its addresses; its last words:\n{}",
+                bin.display(),
+                args.join(" "),
+                lines.join("\n")
+            );
+        };
         addrs[i] = addr;
     }
     (child, addrs)
