@@ -47,6 +47,24 @@ fn approved(cards: &Cards, key: CardKey, amount: u64, stan: u32) {
     decided(cards, key, &purchase(amount, stan), IssuerOutcome::APPROVED);
 }
 
+/// A ledger that remembers `capacity` transactions that move money, for `retention_secs`.
+fn ledger_of(capacity: usize, retention_secs: u64) -> vpan::cards::LedgerConfig {
+    vpan::cards::LedgerConfig {
+        capacity,
+        retention_secs,
+    }
+}
+
+/// vpan's own declines (61: over the cap) of purchases with these STANs.
+fn declined_over_cap(cards: &Cards, key: CardKey, stans: std::ops::Range<u32>) {
+    for stan in stans {
+        assert_eq!(
+            code(&cards.authorize(key, &purchase(1_000_000, stan), NOW)),
+            "61"
+        );
+    }
+}
+
 /// A purchase held, then released on the issuer's silence (the network got 91).
 fn released(cards: &Cards, key: CardKey, amount: u64, stan: u32) {
     decided(cards, key, &purchase(amount, stan), IssuerOutcome::TimedOut);
@@ -259,10 +277,7 @@ fn the_same_key_again_replays_and_other_content_gets_94() {
 #[test]
 fn a_switch_admitting_only_repeats_replays_what_the_ledger_holds_and_takes_on_nothing_else() {
     let dir = tempfile::tempdir().unwrap();
-    let one = vpan::cards::LedgerConfig {
-        capacity: 1,
-        retention_secs: 86_400,
-    };
+    let one = ledger_of(1, 86_400);
     let (cards, _) = open_with(dir.path(), one);
     let key = issue(&cards, &spec(10_000));
     let repeat_of = |stan| {
@@ -362,10 +377,7 @@ fn a_flood_of_declines_or_releases_pushes_out_no_approval_live_or_after_a_restar
     // verifications, after one approval that its reversal must still find, before and
     // after a restart that replays them all.
     let dir = tempfile::tempdir().unwrap();
-    let small = vpan::cards::LedgerConfig {
-        capacity: 8,
-        retention_secs: 86_400,
-    };
+    let small = ledger_of(8, 86_400);
     let reversed_in_full =
         |cards: &Cards, key, stan| match cards.reverse(key, &reversal(stan, None), NOW) {
             ReversalOutcome::Reversed { returned, durable } => {
@@ -379,10 +391,7 @@ fn a_flood_of_declines_or_releases_pushes_out_no_approval_live_or_after_a_restar
         let key = issue(&cards, &spec(10_000));
         approved(&cards, key, 1_000, 1);
         approved(&cards, key, 2_000, 2);
-        for stan in 3..203 {
-            let over_cap = cards.authorize(key, &purchase(1_000_000, stan), NOW);
-            assert_eq!(code(&over_cap), "61");
-        }
+        declined_over_cap(&cards, key, 3..203);
         for stan in 203..403 {
             let a = approval(cards.authorize(key, &purchase(100, stan), NOW));
             a.durable.wait().unwrap();
@@ -417,10 +426,7 @@ fn a_hold_a_stand_ins_advice_completes_is_forgotten_in_its_time_like_any_approva
     // The advice answers the hold, not the issuer: the hold must still join the retention
     // queue then, or it outlives every bound until a restart.
     let dir = tempfile::tempdir().unwrap();
-    let small = vpan::cards::LedgerConfig {
-        capacity: 4,
-        retention_secs: 60,
-    };
+    let small = ledger_of(4, 60);
     let (cards, _) = open_with(dir.path(), small);
     let key = issue(&cards, &spec(1_000_000));
     for stan in 0..10 {
@@ -453,10 +459,7 @@ fn a_purchase_reversed_while_held_then_released_still_turns_its_advice_away_afte
     // Taken back before the issuer's 91, it guards money as a void does: a stand-in's later
     // advice of it must be refused, not counted, however many declines come after it.
     let dir = tempfile::tempdir().unwrap();
-    let small = vpan::cards::LedgerConfig {
-        capacity: 8,
-        retention_secs: 86_400,
-    };
+    let small = ledger_of(8, 86_400);
     let (cards, _) = open_with(dir.path(), small);
     let key = issue(&cards, &spec(10_000));
     let a = approval(cards.authorize(key, &purchase(3_000, 1), NOW));
@@ -466,12 +469,7 @@ fn a_purchase_reversed_while_held_then_released_still_turns_its_advice_away_afte
         other => panic!("{other:?}"),
     }
     settle(&cards, &a.hold, IssuerOutcome::TimedOut);
-    for stan in 2..40 {
-        assert_eq!(
-            code(&cards.authorize(key, &purchase(1_000_000, stan), NOW)),
-            "61"
-        );
-    }
+    declined_over_cap(&cards, key, 2..40);
     assert!(matches!(
         cards.advice(key, &request(*b"0120", 3_000, 1, "SHOP-A"), NOW),
         AdviceOutcome::Conflict
@@ -485,10 +483,7 @@ fn a_reversed_advice_counted_as_nothing_and_a_use_still_turns_its_resend_away_af
     // and a use; reversed in full, it holds nothing at all, yet it reported an amount: its
     // resend is a repeat, not a new use, however many declines come after a restart.
     let dir = tempfile::tempdir().unwrap();
-    let small = vpan::cards::LedgerConfig {
-        capacity: 8,
-        retention_secs: 86_400,
-    };
+    let small = ledger_of(8, 86_400);
     let mut advice = request(*b"0120", 500, 700, "SHOP-A");
     advice.amounts.transaction_currency = 840;
     let key = {
@@ -508,12 +503,7 @@ fn a_reversed_advice_counted_as_nothing_and_a_use_still_turns_its_resend_away_af
         key
     };
     let (cards, _) = open_with(dir.path(), small);
-    for stan in 2..40 {
-        assert_eq!(
-            code(&cards.authorize(key, &purchase(1_000_000, stan), NOW)),
-            "61"
-        );
-    }
+    declined_over_cap(&cards, key, 2..40);
     assert!(matches!(
         cards.advice(key, &advice, NOW),
         AdviceOutcome::Repeat { .. }
@@ -527,10 +517,7 @@ fn a_lowered_ledger_capacity_is_applied_at_start() {
     // oldest, read from the snapshot (not replayed), are forgotten before anything is
     // served (a reversal of one finds nothing to give back) and the 8 newest are kept.
     let dir = tempfile::tempdir().unwrap();
-    let ledger = |capacity| vpan::cards::LedgerConfig {
-        capacity,
-        retention_secs: 86_400,
-    };
+    let ledger = |capacity| ledger_of(capacity, 86_400);
     let key = {
         let (cards, _) = open_with(dir.path(), ledger(1_000));
         let key = issue(&cards, &spec(100_000));
@@ -983,10 +970,7 @@ fn the_repeat_of_a_reversal_by_its_own_key_acts_on_what_its_first_did_even_after
 #[test]
 fn a_void_that_replaced_a_released_purchase_is_forgotten_in_its_turn() {
     let dir = tempfile::tempdir().unwrap();
-    let small = vpan::cards::LedgerConfig {
-        capacity: 4,
-        retention_secs: 86_400,
-    };
+    let small = ledger_of(4, 86_400);
     let (cards, _) = open_with(dir.path(), small);
     let key = issue(&cards, &spec(1_000_000));
     released(&cards, key, 3_000, 8);
