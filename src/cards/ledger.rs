@@ -146,7 +146,7 @@ impl TxEntry {
     /// keeps apart from the rest. Not a void, nor a purchase reversed while held (both
     /// turn a stand-in's later advice of it away), nor a refund (a purchase advice under
     /// its key is refused).
-    fn moves_no_money(&self) -> bool {
+    pub(crate) fn moves_no_money(&self) -> bool {
         match self.state {
             TxState::Declined => self.is_own_decline(),
             TxState::Released => !self.taken_back(),
@@ -268,11 +268,26 @@ impl Ledger {
     /// Notes `key` for retention in the queue its entry belongs to now: a hold once the
     /// issuer (or a stand-in's advice) has answered it, by what the answer made it.
     pub fn remember_answered(&self, key: OriginalData, at: UnixSeconds, now: UnixSeconds) {
-        match self.entries.get(&key).map(|e| e.moves_no_money()) {
-            Some(true) => self.remember_no_money(key, at, now),
-            Some(false) => self.remember(key, at, now),
-            None => {}
+        if let Some(no_money) = self.entries.get(&key).map(|e| e.moves_no_money()) {
+            self.remember_as(no_money, key, at, now);
         }
+    }
+
+    /// [`Ledger::remember_no_money`] when `no_money` (what [`TxEntry::moves_no_money`] said
+    /// of the entry), else [`Ledger::remember`].
+    pub fn remember_as(
+        &self,
+        no_money: bool,
+        key: OriginalData,
+        at: UnixSeconds,
+        now: UnixSeconds,
+    ) {
+        let queue = if no_money {
+            Queue::Declines
+        } else {
+            Queue::Money
+        };
+        self.keep(queue, key, at, now);
     }
 
     /// [`Ledger::remember`] for an entry that moves no money (a decline, vpan's or the

@@ -663,21 +663,23 @@ impl Cards {
     /// Records the issuer's answer to an approval: spent (and a use) or released. Answering
     /// a hold twice changes nothing the second time.
     pub fn complete(&self, hold: &Hold, outcome: IssuerOutcome, now: UnixSeconds) -> Durable {
-        let mut completed = false;
+        let mut no_money = None;
         let durable = self
             .index
             .update(hold.card, |card| {
-                let durable = self.complete_locked(card, hold, TxState::Held, outcome, now);
-                completed = durable.is_some();
-                durable
+                let (durable, moves_none) =
+                    self.complete_locked(card, hold, TxState::Held, outcome, now)?;
+                no_money = Some(moves_none);
+                Some(durable)
             })
             .flatten()
             .unwrap_or_else(|| Durable::ready(Ok(())));
-        if completed {
+        if let Some(no_money) = no_money {
             // A release (the issuer's decline, its 91, a failure) moves no money: kept with
             // vpan's own declines, so that a flood of them (card testing the issuer, an
-            // issuer down) pushes out no approval a reversal must still find.
-            self.ledger.remember_answered(hold.tx, now, now);
+            // issuer down) pushes out no approval a reversal must still find. Told by the
+            // entry while it was at hand, not looked up again.
+            self.ledger.remember_as(no_money, hold.tx, now, now);
         }
         durable
     }
@@ -702,9 +704,9 @@ impl Cards {
                 match outcome {
                     IssuerOutcome::Approved(..)
                     | IssuerOutcome::Declined(_)
-                    | IssuerOutcome::Refused(_) => {
-                        self.complete_locked(card, hold, TxState::InDoubt, outcome, now)
-                    }
+                    | IssuerOutcome::Refused(_) => self
+                        .complete_locked(card, hold, TxState::InDoubt, outcome, now)
+                        .map(|(durable, _)| durable),
                     IssuerOutcome::TimedOut | IssuerOutcome::Failed => None,
                 }
             })
@@ -713,7 +715,8 @@ impl Cards {
     }
 
     /// [`Cards::complete`] (or [`Cards::settle_in_doubt`], `open` being `InDoubt`) under the
-    /// card's lock; `None` when the hold is not in state `open` (any more).
+    /// card's lock; `None` when the hold is not in state `open` (any more), else its record
+    /// and whether the entry now moves no money (its retention queue).
     fn complete_locked(
         &self,
         card: &mut Card,
@@ -721,7 +724,7 @@ impl Cards {
         open: TxState,
         outcome: IssuerOutcome,
         now: UnixSeconds,
-    ) -> Option<Durable> {
+    ) -> Option<(Durable, bool)> {
         // One lookup of the entry, updated in place (card lock, then ledger shard).
         let mut e = self.ledger.entries.get_mut(&hold.tx)?;
         if e.card != hold.card || e.state != open {
@@ -750,9 +753,10 @@ impl Cards {
         };
         let durable = self.journal.append(event.clone());
         event::mark_outcome(&mut e, approved, code, auth, decided_by, event.lsn());
+        let no_money = e.moves_no_money();
         drop(e);
         event::apply_card(card, &event);
-        Some(durable)
+        Some((durable, no_money))
     }
 
     /// The MTI of the original that `req`, a reversal without DE 90, names by its own key
@@ -1069,7 +1073,8 @@ impl Cards {
                     // is a repeat).
                     let hold = Hold { card: card_key, tx };
                     let approved = IssuerOutcome::APPROVED;
-                    if let Some(durable) = self.complete_locked(card, &hold, e.state, approved, now)
+                    if let Some((durable, _)) =
+                        self.complete_locked(card, &hold, e.state, approved, now)
                     {
                         // Answered: it joins its retention queue now (one in doubt is in it).
                         fresh = e.state == TxState::Held;

@@ -289,7 +289,7 @@ impl Cards {
         let next_segment = last_segment
             .checked_add(1)
             .ok_or(StoreError::Corrupt("snapshot: journal segment number"))?;
-        let journal = Journal::start(&dir, next_segment, cipher.marker_key())?;
+        let journal = Journal::start(&dir, next_segment, marker_key)?;
         // Every verdict in order; the last one durable means all are.
         let mut last = None;
         for event in in_doubt {
@@ -351,23 +351,17 @@ fn replay(
     // capacity is bounded as it is read): a hold with its answer, by what the answer made
     // it. `rebuild_order` sorts them again once everything is read.
     let new = event::apply_ledger(ledger, ev, true);
-    match ev {
-        Event::Held(_) => {}
+    let filed = match ev {
+        Event::Held(_) => None,
         Event::Outcome {
             hold,
             in_doubt: false,
             ..
-        } => ledger.remember_answered(hold.tx, hold.at, hold.at),
-        Event::Declined { .. } => {
-            if let Some((k, at)) = new {
-                ledger.remember_no_money(k, at, at);
-            }
-        }
-        _ => {
-            if let Some((k, at)) = new {
-                ledger.remember_answered(k, at, at);
-            }
-        }
+        } => Some((hold.tx, hold.at)),
+        _ => new,
+    };
+    if let Some((k, at)) = filed {
+        ledger.remember_answered(k, at, at);
     }
     Ok(())
 }
