@@ -422,6 +422,41 @@ fn a_flood_of_declines_or_releases_pushes_out_no_approval_live_or_after_a_restar
 }
 
 #[test]
+fn a_flood_of_reversals_of_originals_never_seen_pushes_out_no_approval_live_or_after_a_restart() {
+    // A link that reverses what it never sent: each reversal voids its original, which
+    // guards money, but many more of them than the ledger's capacity must not push out
+    // the approvals that their own reversals must still find.
+    let dir = tempfile::tempdir().unwrap();
+    let small = ledger_of(16, 86_400);
+    let key = {
+        let (cards, _) = open_with(dir.path(), small);
+        let key = issue(&cards, &spec(10_000));
+        approved(&cards, key, 1_000, 1);
+        approved(&cards, key, 2_000, 2);
+        for stan in 1_000..1_100 {
+            voided(cards.reverse(key, &reversal(stan, None), NOW));
+        }
+        assert_eq!(
+            given_back(cards.reverse(key, &reversal(1, None), NOW)),
+            1_000
+        );
+        key
+    };
+    let (cards, _) = open_with(dir.path(), small);
+    assert_eq!(
+        given_back(cards.reverse(key, &reversal(2, None), NOW)),
+        2_000,
+        "after the restart"
+    );
+    // The newest void still turns its late original away.
+    assert_eq!(
+        code(&cards.authorize(key, &purchase(100, 1_099), NOW)),
+        "94"
+    );
+    assert_eq!(cards.get(key).unwrap().spent, 0);
+}
+
+#[test]
 fn a_hold_a_stand_ins_advice_completes_is_forgotten_in_its_time_like_any_approval() {
     // The advice answers the hold, not the issuer: the hold must still join the retention
     // queue then, or it outlives every bound until a restart.

@@ -19,7 +19,10 @@
 //! joins a queue once answered). Declines, vpan's own and the issuer's, and holds released
 //! on a 91 or a failure move no money and are kept apart, within a quarter of the capacity
 //! of their own: a flood of them (card testing, an issuer down) would otherwise push out
-//! the approvals that reversals and repeats must still find.
+//! the approvals that reversals and repeats must still find. Voids made by reversals of
+//! originals vpan never saw are kept apart too, within a sixteenth of the capacity, for
+//! the same reason: a link that sends reversals of what it never sent cannot push
+//! approvals out either.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -54,6 +57,17 @@ impl LedgerConfig {
     /// Most declines and releases remembered, apart from the rest.
     pub fn decline_capacity(&self) -> usize {
         self.capacity / 4
+    }
+
+    /// Most voids of originals never seen remembered, apart from the rest. Few links
+    /// reverse what they did not send (an original lost on its way), so a sixteenth.
+    pub fn void_capacity(&self) -> usize {
+        self.capacity.div_ceil(16)
+    }
+
+    /// Entries the ledger holds at most, its queues full (what the table is sized for).
+    fn total_capacity(&self) -> usize {
+        self.capacity + self.decline_capacity() + self.void_capacity()
     }
 }
 
@@ -177,6 +191,17 @@ impl TxEntry {
         self.is_void() && self.mti[1] != b'4'
     }
 
+    /// The retention queue this entry belongs in now (see [`Queue`]).
+    fn retention_queue(&self) -> Queue {
+        if self.moves_no_money() {
+            Queue::Declines
+        } else if self.is_void() && !self.voided_a_purchase() {
+            Queue::UnseenVoids
+        } else {
+            Queue::Money
+        }
+    }
+
     /// Taken back by a reversal: it charged something once and holds nothing now, which
     /// only a reversal does (a refund never holds anything; an advice counted as 0 and a
     /// use, its use gone back, cannot be told from one that never stood), or a void that
@@ -215,6 +240,8 @@ pub struct Ledger {
     order: Mutex<Fifo<(UnixSeconds, OriginalData)>>,
     /// The same for what moves no money (declines, releases), bounded apart.
     declines: Mutex<Fifo<(UnixSeconds, OriginalData)>>,
+    /// The same for voids of originals never seen, bounded apart.
+    unseen_voids: Mutex<Fifo<(UnixSeconds, OriginalData)>>,
     /// Transactions that moved money forgotten for room before their retention.
     forgotten_young: AtomicU64,
     /// Bounds.
@@ -233,12 +260,13 @@ impl Ledger {
             // Many small shards, so that the one lock an approval takes is rarely
             // contended.
             entries: ConcurrentMap::with_capacity_and_hasher_and_shard_amount(
-                config.capacity + config.decline_capacity(),
+                config.total_capacity(),
                 Default::default(),
                 SHARDS,
             ),
             order: Mutex::new(Fifo::default()),
             declines: Mutex::new(Fifo::default()),
+            unseen_voids: Mutex::new(Fifo::default()),
             forgotten_young: AtomicU64::new(0),
             config,
         }
@@ -266,11 +294,19 @@ impl Ledger {
     }
 
     /// Notes `key` for retention in the queue its entry belongs to now: a hold once the
-    /// issuer (or a stand-in's advice) has answered it, by what the answer made it.
+    /// issuer (or a stand-in's advice) has answered it, by what the answer made it; a
+    /// recovered record by what it left.
     pub fn remember_answered(&self, key: OriginalData, at: UnixSeconds, now: UnixSeconds) {
-        if let Some(no_money) = self.entries.get(&key).map(|e| e.moves_no_money()) {
-            self.remember_as(no_money, key, at, now);
+        if let Some(queue) = self.entries.get(&key).map(|e| e.retention_queue()) {
+            self.keep(queue, key, at, now);
         }
+    }
+
+    /// Notes the void of an original this card never saw, bounded apart: it guards money
+    /// (the original, should it come, is declined), but a flood of reversals naming
+    /// originals never sent must not push out the approvals reversals still have to find.
+    pub fn remember_unseen_void(&self, key: OriginalData, at: UnixSeconds, now: UnixSeconds) {
+        self.keep(Queue::UnseenVoids, key, at, now);
     }
 
     /// [`Ledger::remember_no_money`] when `no_money` (what [`TxEntry::moves_no_money`] said
@@ -308,6 +344,7 @@ impl Ledger {
         match queue {
             Queue::Money => &self.order,
             Queue::Declines => &self.declines,
+            Queue::UnseenVoids => &self.unseen_voids,
         }
     }
 
@@ -321,6 +358,7 @@ impl Ledger {
         let capacity = match queue {
             Queue::Money => self.config.capacity,
             Queue::Declines => self.config.decline_capacity(),
+            Queue::UnseenVoids => self.config.void_capacity(),
         };
         let horizon = now.saturating_sub(self.config.retention_secs);
         let mut requeued = 0;
@@ -334,7 +372,9 @@ impl Ledger {
             // since turned into an approval, or a release since voided, is the money
             // queue's to forget.
             let removed = self.entries.remove_if(&key, |_, e| {
-                e.at <= at && !e.awaits_issuer() && (queue == Queue::Money || e.moves_no_money())
+                e.at <= at
+                    && !e.awaits_issuer()
+                    && (queue == Queue::Money || e.retention_queue() == queue)
             });
             if removed.is_some() && at >= horizon && queue == Queue::Money {
                 self.forgot_young(now.saturating_sub(at));
@@ -376,27 +416,23 @@ impl Ledger {
     /// vpan that kept declines with the rest) as of the newest transaction, before anything
     /// is served rather than in the first approval's call.
     pub(crate) fn rebuild_order(&self) {
-        let mut all: Vec<(UnixSeconds, OriginalData, bool)> = self
+        let mut all: Vec<(UnixSeconds, OriginalData, Queue)> = self
             .entries
             .iter()
-            .map(|e| (e.at, *e.key(), e.moves_no_money()))
+            .map(|e| (e.at, *e.key(), e.retention_queue()))
             .collect();
         all.sort_unstable_by_key(|(at, _, _)| *at);
         let now = all.last().map_or(0, |(at, _, _)| *at);
-        let (Ok(mut order), Ok(mut declines)) = (self.order.lock(), self.declines.lock()) else {
-            return;
-        };
-        *order = Fifo::default();
-        *declines = Fifo::default();
-        for (at, key, declined) in all {
-            if declined {
-                declines.push_back((at, key));
-            } else {
+        for queue in [Queue::Money, Queue::Declines, Queue::UnseenVoids] {
+            let Ok(mut order) = self.order_of(queue).lock() else {
+                return;
+            };
+            *order = Fifo::default();
+            for &(at, key, _) in all.iter().filter(|(_, _, q)| *q == queue) {
                 order.push_back((at, key));
             }
+            self.forget_beyond_bounds(queue, &mut order, now);
         }
-        self.forget_beyond_bounds(Queue::Money, &mut order, now);
-        self.forget_beyond_bounds(Queue::Declines, &mut declines, now);
     }
 }
 
@@ -407,6 +443,9 @@ enum Queue {
     Money,
     /// What moves no money: declines, vpan's or the issuer's, and released holds.
     Declines,
+    /// Voids of originals never seen: they guard money, but only a link reversing what it
+    /// never sent makes many.
+    UnseenVoids,
 }
 
 /// Shards of the ledger's map (a power of two).
@@ -653,6 +692,48 @@ mod tests {
             l.get(&key(0)).is_none(),
             "forgotten with the money, not left behind"
         );
+    }
+
+    #[test]
+    fn a_flood_of_voids_of_unseen_originals_does_not_push_out_the_approvals() {
+        let l = Ledger::new(LedgerConfig {
+            capacity: 32,
+            retention_secs: 1_000,
+        });
+        let unseen_void = |at| TxEntry {
+            fingerprint: crate::cards::event::VOIDED_FINGERPRINT,
+            mti: *b"0400",
+            ..entry(at, TxState::Declined)
+        };
+        l.entries.insert(key(0), entry(10, TxState::Approved));
+        l.remember(key(0), 10, 10);
+        for s in 1..=100 {
+            l.entries.insert(key(s), unseen_void(11));
+            l.remember_unseen_void(key(s), 11, 11);
+        }
+        assert!(l.get(&key(0)).is_some(), "the approval is still there");
+        assert!(l.get(&key(100)).is_some(), "the latest void is kept");
+        assert!(l.get(&key(1)).is_none(), "the oldest voids are forgotten");
+        assert_eq!(l.len(), 1 + 2, "voids within a sixteenth of the capacity");
+
+        // Read back after a restart (each recovered record filed by what it left), then
+        // rebuilt: still apart.
+        let recovered = Ledger::new(l.config);
+        recovered
+            .entries
+            .insert(key(0), entry(10, TxState::Approved));
+        recovered.remember_answered(key(0), 10, 10);
+        for s in 1..=100 {
+            recovered.entries.insert(key(s), unseen_void(11));
+            recovered.remember_answered(key(s), 11, 11);
+        }
+        recovered.rebuild_order();
+        for s in 101..=110 {
+            recovered.entries.insert(key(s), unseen_void(12));
+            recovered.remember_unseen_void(key(s), 12, 12);
+        }
+        assert!(recovered.get(&key(0)).is_some(), "after a restart too");
+        assert_eq!(recovered.len(), 1 + 2);
     }
 
     #[test]

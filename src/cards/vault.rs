@@ -997,7 +997,7 @@ impl Cards {
             Some(Ok(durable))
         });
         if inserted {
-            self.ledger.remember(original, now, now);
+            self.ledger.remember_unseen_void(original, now, now);
         }
         match voided {
             None => ReversalOutcome::NotFound,
