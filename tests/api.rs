@@ -827,6 +827,35 @@ async fn cards_are_listed_in_pages_in_vpan_order() {
     api.stop().await;
 }
 
+#[tokio::test]
+async fn a_card_past_its_validity_shows_nothing_available_though_it_stays_active() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = Running::start(dir.path()).await;
+    let mut short = card_request(&pan());
+    short["valid_for_seconds"] = json!(1);
+    let card = api.create(short).await;
+    assert_eq!(card["available"], 10_000, "while valid");
+    let vpan = card["vpan"].as_str().unwrap().to_string();
+    // Past valid_until (a whole second on, whatever the sub-second of its issuance).
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+    let (status, shown) = api
+        .call(Method::GET, &format!("/v1/cards/{vpan}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        shown["status"], "active",
+        "the contract has no expired status"
+    );
+    assert_eq!(shown["available"], 0, "it approves nothing now: {shown}");
+    let (_, page) = api.call(Method::GET, "/v1/cards", None).await;
+    assert_eq!(page["cards"][0]["available"], 0, "{page}");
+    let (_, paused) = api
+        .call(Method::POST, &format!("/v1/cards/{vpan}/pause"), None)
+        .await;
+    assert_eq!(paused["available"], 0, "{paused}");
+    api.stop().await;
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -331,7 +331,7 @@ pub struct CardBody {
     pub spent: u64,
     /// Held by approvals waiting for the issuer.
     pub held: u64,
-    /// Still available under the cap: 0 once the card is closed.
+    /// Still available under the cap: 0 once the card is closed or past `valid_until`.
     pub available: u64,
     /// Uses counted.
     pub uses: u32,
@@ -339,9 +339,13 @@ pub struct CardBody {
     pub created_at: String,
 }
 
-impl From<&CardView> for CardBody {
-    fn from(v: &CardView) -> CardBody {
+impl CardBody {
+    /// The card as it stands at `now`: past its `valid_until` it approves nothing, so
+    /// nothing is available, though its status stays `active` (the contract's statuses
+    /// have no `expired`).
+    pub fn at(v: &CardView, now: UnixSeconds) -> CardBody {
         let c = &v.controls;
+        let available = if now >= c.valid_until { 0 } else { v.available };
         CardBody {
             vpan: v.vpan.expose().to_string(),
             expiry: v.expiry.as_str().to_string(),
@@ -364,7 +368,7 @@ impl From<&CardView> for CardBody {
             mcc_block: c.mcc_block.iter().copied().map(Mcc).collect(),
             spent: v.spent,
             held: v.held,
-            available: v.available,
+            available,
             uses: v.uses,
             created_at: format_rfc3339(v.created_at),
         }

@@ -294,7 +294,7 @@ fn card_error(e: CardError) -> ApiError {
 }
 
 fn card(view: &CardView) -> Json<CardBody> {
-    Json(CardBody::from(view))
+    Json(CardBody::at(view, now()))
 }
 
 /// `POST /v1/cards`: validates, issues, waits until the card is durable, answers 201.
@@ -436,11 +436,12 @@ async fn list_cards(
     let page = tokio::task::spawn_blocking(move || {
         let _one = one;
         let views = cards.list(after, limit);
+        let now = now();
         let next_after = (views.len() == limit)
             .then(|| views.last().map(|v| v.vpan.expose().to_string()))
             .flatten();
         CardList {
-            cards: views.iter().map(CardBody::from).collect(),
+            cards: views.iter().map(|v| CardBody::at(v, now)).collect(),
             next_after,
         }
     })
