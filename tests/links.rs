@@ -12,10 +12,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use rig::{Client, code, purchase, repeat_of, rig, test_pan};
+use rig::{Client, code, purchase, repeat_of, reversal_of, rig, test_pan};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::Framed;
+use vpan::cards::CardKey;
 use vpan::iso8583::{Frame, FrameCodec, Framing, Message, Spec};
+use vpan::tools::issuer_sim::SimConfig;
 
 type HostSide = Framed<TcpStream, FrameCodec>;
 
@@ -769,6 +771,52 @@ async fn an_issuer_answer_with_a_field_the_networks_layout_cannot_hold_is_answer
     );
     rig.stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(20), rig.task).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reversal_the_issuers_layout_cannot_hold_is_answered_30_and_gives_nothing_back() {
+    // The network speaks iso87ascii (DE 54 up to 240), the issuer iso87binary (up to 120).
+    // A reversal with 150 characters there cannot reach the issuer: answered 30, which
+    // the network does not send again, so it must give nothing back, or the card would
+    // count as free what the issuer still charges.
+    let sim = SimConfig {
+        spec: Spec::iso87binary(),
+        ..SimConfig::default()
+    };
+    let rig = rig(Some(sim), |c| c.issuer.spec = "iso87binary".into()).await;
+    let (card, _) = rig.issue(|c| c.amount_limit = 10_000).await;
+    let key = CardKey::of(&card.vpan);
+    let mut net = Client::connect(rig.network).await;
+    let first = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 10_000);
+    assert_eq!(code(&net.call(&first).await), "00");
+    let mut reversal = reversal_of(&mut net, &first);
+    reversal
+        .set(54, &"1002978C000000012345".repeat(8).as_bytes()[..150])
+        .unwrap();
+    let answer = net.call(&reversal).await;
+    assert_eq!(&answer.mti(), b"0410");
+    assert_eq!(code(&answer), "30");
+    let mut repeat = reversal.clone();
+    repeat.set_mti(b"0401").unwrap();
+    assert_eq!(code(&net.call(&repeat).await), "30", "its repeat too");
+    assert_eq!(rig.sim().requests(b"0400") + rig.sim().requests(b"0401"), 0);
+    assert_eq!(
+        rig.cards.get(key).unwrap().spent,
+        10_000,
+        "nothing given back"
+    );
+    let second = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 10_000);
+    assert_eq!(
+        code(&net.call(&second).await),
+        "61",
+        "the cap is still spent"
+    );
+    // One the issuer's layout holds is given back and forwarded as ever.
+    let fits = reversal_of(&mut net, &first);
+    assert_eq!(code(&net.call(&fits).await), "00");
+    assert_eq!(rig.cards.get(key).unwrap().spent, 0);
+    assert_eq!(rig.sim().requests(b"0400"), 1);
+    rig.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -464,6 +464,13 @@ impl Flow {
         } else {
             self.cards.original_mti(vpan.key, &req)
         };
+        // Written for the issuer before anything is given back: one that its layout cannot
+        // hold is answered 30, which the network does not send again, so given back first
+        // it would leave the issuer charging what the card counts as free.
+        let toward_issuer = match self.toward_issuer(&request, &vpan, original) {
+            Ok(prepared) => prepared,
+            Err(not) => return self.answer_on_card(request, Err(not)).await,
+        };
         match self.cards.reverse(vpan.key, &req, now()) {
             ReversalOutcome::Reversed { durable, .. } | ReversalOutcome::Voided { durable } => {
                 if let Err(e) = durable.await {
@@ -486,10 +493,9 @@ impl Flow {
             }
             ReversalOutcome::NotFound => {}
         }
-        if !self.cards.contains(vpan.key) {
-            return self.unknown_or_passthrough(request).await;
-        }
-        let sent = self.send_on_card_naming(&request, &vpan, original).await;
+        let sent = self
+            .send_toward_issuer(toward_issuer, &request, &vpan)
+            .await;
         let (mut answer, decided_by) = self.answer_on_card(request, sent).await;
         if original.is_some()
             && let Some(answer) = answer.as_mut()
@@ -538,27 +544,47 @@ impl Flow {
     /// The issuer's answer to `request` sent with the real card (the vPAN back in it; `None`
     /// when it cannot be put back), or why there is none.
     async fn send_on_card(&self, request: &Message, vpan: &VirtualPan) -> OnCard {
-        self.send_on_card_naming(request, vpan, None).await
+        let prepared = self.toward_issuer(request, vpan, None)?;
+        self.send_toward_issuer(prepared, request, vpan).await
     }
 
-    /// [`Flow::send_on_card`], for a reversal whose original of MTI `original` it names in
-    /// DE 90 toward the issuer (in the issuer's layout; as it came where that cannot be).
-    async fn send_on_card_naming(
+    /// `request` in the issuer's layout with the real card, ready to go; for a reversal,
+    /// naming its original of MTI `original` in DE 90 (as it came where the layout cannot).
+    fn toward_issuer(
         &self,
         request: &Message,
         vpan: &VirtualPan,
         original: Option<[u8; 4]>,
-    ) -> OnCard {
+    ) -> Result<TowardIssuer, NotSent> {
         let Some((real_pan, real_expiry, virtual_expiry)) = self.cards.real_card(vpan.key) else {
             return Err(NotSent::UnknownCard);
         };
-        let mut toward_issuer = self
+        let mut message = self
             .to_real(request, &real_pan, &real_expiry.0)
             .ok_or(NotSent::Format)?;
         if let Some(mti) = original {
-            name_original(&mut toward_issuer, mti);
+            name_original(&mut message, mti);
         }
-        match self.issuer.send(toward_issuer).await {
+        Ok(TowardIssuer {
+            message,
+            real_pan,
+            virtual_expiry,
+        })
+    }
+
+    /// Sends what [`Flow::toward_issuer`] made of `request`; the answer with the vPAN back.
+    async fn send_toward_issuer(
+        &self,
+        prepared: TowardIssuer,
+        request: &Message,
+        vpan: &VirtualPan,
+    ) -> OnCard {
+        let TowardIssuer {
+            message,
+            real_pan,
+            virtual_expiry,
+        } = prepared;
+        match self.issuer.send(message).await {
             Ok(answer) => Ok(self.to_virtual(answer, request, vpan, &virtual_expiry.0, &real_pan)),
             Err(e) => Err(NotSent::Issuer(e)),
         }
@@ -945,6 +971,16 @@ fn copied_field_by_field(msg: &Message, to: &'static Spec) -> Option<(Msg, Vec<u
         })
         .collect();
     Some((out, left_out))
+}
+
+/// A request on a known vPAN as the issuer gets it, with what its answer needs back.
+struct TowardIssuer {
+    /// In the issuer's layout, with the real card.
+    message: Msg,
+    /// Looked for in the answer, to be replaced.
+    real_pan: Pan,
+    /// Put back in the answer.
+    virtual_expiry: Expiry,
 }
 
 /// Why a request on a known vPAN got no answer from the issuer.
