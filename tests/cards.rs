@@ -603,6 +603,34 @@ fn a_full_reversal_gives_the_amount_and_the_use_back_once() {
 }
 
 #[test]
+fn a_partial_reversal_of_a_purchase_of_de4_0_counted_on_its_de6_gives_nothing_back() {
+    // DE 4 of 0 in dollars, DE 6 of 5,000 in the card's euros: no proportion of it to
+    // take, so a DE 95 that keeps something gives nothing back; one that keeps 0 is full.
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &spec(10_000));
+    let mut req = purchase(0, 7);
+    req.amounts = vpan::cards::Amounts {
+        transaction: 0,
+        transaction_currency: 840,
+        billing: Some((5_000, EUR)),
+    };
+    req.kind = Kind::classify(b"000000", 5_000);
+    decided(&cards, key, &req, IssuerOutcome::APPROVED);
+    assert_eq!(cards.get(key).unwrap().spent, 5_000);
+    assert!(matches!(
+        cards.reverse(key, &reversal(7, Some(4_000)), NOW),
+        ReversalOutcome::NothingLeft
+    ));
+    assert_eq!(cards.get(key).unwrap().spent, 5_000, "not all of it back");
+    assert_eq!(
+        given_back(cards.reverse(key, &reversal(7, Some(0)), NOW)),
+        5_000
+    );
+    assert_eq!(cards.get(key).unwrap().spent, 0);
+}
+
+#[test]
 fn a_partial_reversal_leaves_what_de95_says_remains() {
     let dir = tempfile::tempdir().unwrap();
     let (cards, _) = open(dir.path());

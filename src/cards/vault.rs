@@ -927,7 +927,11 @@ impl Cards {
                 }
                 let remaining = match req.remaining {
                     None => 0,
-                    Some(_) if e.original_amount == 0 => 0,
+                    // No proportion to take of an original of DE 4 0 (counted on its DE 6):
+                    // a DE 95 that leaves 0 is a full reversal, any other gives nothing
+                    // back rather than everything.
+                    Some(0) if e.original_amount == 0 => 0,
+                    Some(_) if e.original_amount == 0 => e.amount,
                     Some(r) => {
                         // Proportional in the card's currency, rounded up: never gives back
                         // more than the reversal says.
