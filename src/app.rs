@@ -381,6 +381,17 @@ impl App {
         );
         let metrics_task = tokio::spawn(m::serve(metrics, handle, health.clone(), sides.clone()));
         let gauges_task = tokio::spawn(publish_card_gauges(cards.clone(), sides.clone()));
+        // The network is served once the issuer link has had its first try (a host down
+        // refuses at once; one that never answers costs one timeout, at most): served
+        // before, the repeats of purchases left in doubt would get 91 for want of a
+        // connection a few milliseconds from being up. Connections the network opens
+        // meanwhile wait in the listener's backlog.
+        issuer.first_tries(issuer.timeout()).await;
+        tracing::info!(
+            up = issuer.connected(),
+            of = issuer.connections(),
+            "serving the network"
+        );
         let network_task = match network {
             NetworkSide::Listen(listener) => tokio::spawn(up_while(
                 network_up.clone(),

@@ -199,7 +199,9 @@ async fn the_switch_snapshots_as_it_serves_and_a_kill_after_restarts_from_the_sn
 }
 
 /// A purchase the issuer (answering in 3 s) had when `vpan serve` was killed, and the
-/// switch started again with `restart_env`: the purchase is in doubt.
+/// switch started again with `restart_env`: the purchase is in doubt. The network
+/// connects once the switch has said both issuer connections are up, or, `at_once`, as
+/// soon as its listener is bound, as a network redialling a restarted switch does.
 struct InDoubtAfterKill {
     sim: vpan::tools::issuer_sim::IssuerSimHandle,
     _dir: tempfile::TempDir,
@@ -213,7 +215,10 @@ struct InDoubtAfterKill {
     net: Client,
 }
 
-async fn kill_while_the_issuer_has_a_purchase(restart_env: &[(&str, &str)]) -> InDoubtAfterKill {
+async fn kill_while_the_issuer_has_a_purchase(
+    restart_env: &[(&str, &str)],
+    at_once: bool,
+) -> InDoubtAfterKill {
     let sim = IssuerSim::start(SimConfig {
         latency: Duration::from_secs(3),
         ..SimConfig::default()
@@ -253,9 +258,11 @@ async fn kill_while_the_issuer_has_a_purchase(restart_env: &[(&str, &str)]) -> I
 
     let mut serve = start_serve(&data_dir, &issuer, restart_env).await;
     assert_eq!(serve.recovered["holds_counted_as_spent"], 1);
-    serve
-        .wait_log("issuer link up", 2, Duration::from_secs(30))
-        .await;
+    if !at_once {
+        serve
+            .wait_log("issuer link up", 2, Duration::from_secs(30))
+            .await;
+    }
     let net = Client::connect(serve.network).await;
     InDoubtAfterKill {
         sim,
@@ -287,7 +294,8 @@ impl InDoubtAfterKill {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purchase_the_issuer_had_at_a_kill_is_in_doubt_and_its_repeat_gets_the_issuers_first_answer()
  {
-    let mut t = kill_while_the_issuer_has_a_purchase(&[("VPAN_ISSUER_TIMEOUT_MS", "10000")]).await;
+    let mut t =
+        kill_while_the_issuer_has_a_purchase(&[("VPAN_ISSUER_TIMEOUT_MS", "10000")], false).await;
     // The network never had an answer: it sends the same key again (here as an original).
     // vpan does not know what the issuer answered, so it asks, marked as a repeat (else the
     // issuer would decide, and charge, it a second time), and the issuer answers what it
@@ -321,10 +329,34 @@ async fn a_purchase_the_issuer_had_at_a_kill_is_in_doubt_and_its_repeat_gets_the
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_of_a_purchase_in_doubt_sent_the_moment_the_switch_is_back_reaches_the_issuer() {
+    // The network redials the restarted switch at once and repeats its purchase: served
+    // before the issuer link is up, the repeat would get 91 for want of a connection a
+    // few milliseconds away, and the purchase stay spent on a 91 until asked again.
+    let mut t =
+        kill_while_the_issuer_has_a_purchase(&[("VPAN_ISSUER_TIMEOUT_MS", "10000")], true).await;
+    // The simulator takes 3 s over the sign-on, then 3 s over the repeat.
+    t.net.send(&t.request).await;
+    let stan = t.request.stan().unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(20), t.net.try_answer(stan))
+        .await
+        .expect("an answer within 20 s")
+        .expect("an answer, not the connection's end");
+    assert_eq!(code(&answer), "00", "the issuer's first answer, not a 91");
+    assert_eq!(
+        t.sim.requests(b"0101"),
+        1,
+        "asked of the issuer as a repeat"
+    );
+    assert_eq!(t.counters_after_kill().await, (700, 0, 1), "counted once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeat_of_a_purchase_in_doubt_that_the_issuer_answers_too_late_gets_91_and_stands_nowhere()
  {
     // After the restart the issuer (3 s) is slower than the switch waits (1 s).
-    let mut t = kill_while_the_issuer_has_a_purchase(&[("VPAN_ISSUER_TIMEOUT_MS", "1000")]).await;
+    let mut t =
+        kill_while_the_issuer_has_a_purchase(&[("VPAN_ISSUER_TIMEOUT_MS", "1000")], false).await;
     let answer = t.net.call(&t.request).await;
     assert_eq!(code(&answer), "91");
     // The network was told it did not happen: vpan gives it back, and the issuer's late

@@ -78,10 +78,12 @@ impl IssuerLink {
                 Ok(stream) => {
                     let _ = stream.set_nodelay(true);
                     let ended = self.run_connection(i, stream).await;
+                    self.try_over(i);
                     backoff = backoff_after(backoff, ended, self.inner.settings.reconnect_max);
                     jittered(backoff)
                 }
                 Err(e) => {
+                    self.try_over(i);
                     let wait = jittered(backoff);
                     tracing::warn!(
                         issuer = %self.inner.settings.connect,
@@ -156,6 +158,7 @@ impl IssuerLink {
         let signed_on_at = signed_on.then(Instant::now);
         if signed_on {
             self.inner.slots[i].up.store(true, Ordering::Relaxed);
+            self.try_over(i);
             self.publish_connected();
             tracing::info!(issuer = %settings.connect, connection = i, "issuer link up");
             // When the host last answered one of vpan's requests here.

@@ -218,6 +218,8 @@ struct Slot {
     /// than `last_read_us`: the host has answered nothing here for a whole timeout (see
     /// [`IssuerLink::slot_stalled`]).
     timed_out_sent_us: AtomicU64,
+    /// A try at the host is over: up, or refused, or dropped before sign-on.
+    tried: AtomicBool,
 }
 
 struct Inner {
@@ -229,6 +231,8 @@ struct Inner {
     started: Instant,
     /// Round-robin cursor over the slots.
     next_slot: AtomicUsize,
+    /// Slots whose first try at the host is over (see [`IssuerLink::first_tries`]).
+    first_tries: tokio::sync::watch::Sender<usize>,
     /// vpan's own STAN counter toward the issuer.
     next_stan: AtomicU32,
     /// Requests sent and not yet answered (or given up on), by vpan's stamp.
@@ -277,6 +281,7 @@ impl IssuerLink {
                 up: AtomicBool::new(false),
                 last_read_us: AtomicU64::new(0),
                 timed_out_sent_us: AtomicU64::new(0),
+                tried: AtomicBool::new(false),
             })
             .collect();
         let link = IssuerLink {
@@ -285,6 +290,7 @@ impl IssuerLink {
                 slots,
                 started: Instant::now(),
                 next_slot: AtomicUsize::new(0),
+                first_tries: tokio::sync::watch::Sender::new(0),
                 next_stan: AtomicU32::new(rand::random::<u32>() % 999_999),
                 pending: ConcurrentMap::default(),
                 restamped: Restamped::default(),
@@ -314,6 +320,31 @@ impl IssuerLink {
     /// the timeout up to a fortieth of it later.
     pub fn timeout(&self) -> Duration {
         self.inner.settings.timeout
+    }
+
+    /// Waits, at most `bound`, until a connection is up or every one has tried the host
+    /// once and failed. A switch that starts serving before then answers 91 to what it
+    /// could have forwarded a few milliseconds later: after a restart, the repeats of the
+    /// purchases left in doubt, which a 91 leaves spent until the network asks again.
+    pub async fn first_tries(&self, bound: Duration) {
+        let all = self.inner.slots.len();
+        let mut tried = self.inner.first_tries.subscribe();
+        let settled = tried.wait_for(|&n| n >= all || self.connected() > 0);
+        let _ = tokio::time::timeout(bound, settled).await;
+    }
+
+    /// Slot `i`'s try at the host is over: counted on its first, and the waiters woken on
+    /// every one (a connection up on a later try ends the wait too).
+    fn try_over(&self, i: usize) {
+        let first = !self.inner.slots[i].tried.swap(true, Ordering::Relaxed);
+        self.inner
+            .first_tries
+            .send_modify(|n| *n += usize::from(first));
+    }
+
+    /// Connections it keeps (`issuer.connections`).
+    pub fn connections(&self) -> usize {
+        self.inner.slots.len()
     }
 
     /// Connections up now.
