@@ -765,7 +765,7 @@ fn an_advice_is_recorded_even_over_the_cap_and_only_once() {
     assert!(matches!(
         cards.advice(key, &repeat, NOW),
         AdviceOutcome::Repeat {
-            issuer_approved: false
+            issuer_has_it: false
         }
     ));
     let v = cards.get(key).unwrap();

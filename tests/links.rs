@@ -441,6 +441,46 @@ async fn a_late_answer_is_not_handed_to_another_acquirers_request_that_took_its_
 }
 
 #[tokio::test]
+async fn an_advice_repeat_goes_to_the_issuer_marked_as_one_until_acknowledged_then_is_answered_here()
+ {
+    let (rig, mut host) = signed_on_host(300).await;
+    let mut net = Client::connect(rig.network).await;
+    let (card, _) = rig.issue(|c| c.amount_limit = 4_000).await;
+    let mut advice = purchase(&mut net, b"0120", &card.vpan, &card.expiry.0, 1_500);
+    advice.set_response_code(b"00").unwrap();
+    // The host takes the advice and says nothing: the network hears 91 and tells it again.
+    net.send(&advice).await;
+    assert_eq!(&next_message(&mut host).await.mti(), b"0120");
+    assert_eq!(code(&net.answer(advice.stan().unwrap()).await), "91");
+    // Told again as it first came: a repeat, and so marked toward the issuer, which
+    // answers it.
+    net.send(&advice).await;
+    let at_host = next_message(&mut host).await;
+    assert_eq!(&at_host.mti(), b"0121", "marked as a repeat");
+    let mut answer = at_host.clone();
+    answer.set_mti(b"0130").unwrap();
+    answer.set_response_code(b"00").unwrap();
+    send(&mut host, &answer).await;
+    assert_eq!(code(&net.answer(advice.stan().unwrap()).await), "00");
+    // Acknowledged by the issuer: the next repeats are answered here.
+    let mut repeat = advice.clone();
+    repeat.set_mti(b"0121").unwrap();
+    for again in [&advice, &repeat] {
+        let heard = net.call(again).await;
+        assert_eq!((heard.mti(), code(&heard)), (*b"0130", "00".to_string()));
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), next_message(&mut host))
+            .await
+            .is_err(),
+        "the issuer is not told again"
+    );
+    let view = rig.cards.get(CardKey::of(&card.vpan)).unwrap();
+    assert_eq!((view.spent, view.uses), (1_500, 1), "counted once");
+    rig.stop().await;
+}
+
+#[tokio::test]
 async fn an_issuer_answer_whose_code_is_not_a_known_decline_keeps_the_amount_spent() {
     let (rig, mut host) = signed_on_host(1_500).await;
 

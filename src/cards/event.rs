@@ -406,6 +406,7 @@ pub(crate) fn entry_of(t: &TxEvent, state: TxState, code: ResponseCode) -> TxEnt
             DecidedBy::Issuer
         },
         asking: false,
+        acknowledged: false,
     }
 }
 

@@ -145,6 +145,10 @@ pub struct TxEntry {
     /// In doubt, and a repeat of it is with the issuer now: further repeats wait for that
     /// answer rather than ask again (in memory only; a restart asks afresh).
     pub asking: bool,
+    /// An advice the issuer has answered 00: a repeat of it is acknowledged here rather
+    /// than told again (in memory only; after a restart a repeat goes to the issuer,
+    /// marked as one).
+    pub acknowledged: bool,
 }
 
 impl TxEntry {
@@ -560,6 +564,7 @@ mod tests {
             auth: None,
             decided_by: DecidedBy::Issuer,
             asking: false,
+            acknowledged: false,
         }
     }
 

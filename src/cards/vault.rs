@@ -308,10 +308,10 @@ pub enum AdviceOutcome {
     Recorded(Durable),
     /// The same advice (or the approval it reports) was recorded already.
     Repeat {
-        /// The issuer itself approved the request under the advice's key (an 0100 it
-        /// answered 00): the advice is no news to it, and forwarded, an issuer that books
-        /// advices would charge the account twice.
-        issuer_approved: bool,
+        /// The issuer has it already: it approved the request under the advice's key (an
+        /// 0100 it answered 00), or answered this advice 00. No news to it, and
+        /// forwarded, an issuer that books advices would charge the account twice.
+        issuer_has_it: bool,
     },
     /// The key is known on another card or for another amount: nothing recorded.
     Conflict,
@@ -1090,9 +1090,10 @@ impl Cards {
                     TxState::Approved | TxState::Held | TxState::InDoubt
                 ) {
                     return AdviceOutcome::Repeat {
-                        issuer_approved: e.state == TxState::Approved
-                            && e.mti[2] == b'0'
-                            && e.decided_by == DecidedBy::Issuer,
+                        issuer_has_it: e.acknowledged
+                            || (e.state == TxState::Approved
+                                && e.mti[2] == b'0'
+                                && e.decided_by == DecidedBy::Issuer),
                     };
                 }
             }
@@ -1139,6 +1140,18 @@ impl Cards {
             self.ledger.remember_answered(tx, now, now);
         }
         outcome.unwrap_or(AdviceOutcome::Unknown)
+    }
+
+    /// The issuer answered the advice `req` 00: its repeats are acknowledged here from now
+    /// on (in memory: after a restart one goes to the issuer again, marked as a repeat).
+    pub fn advice_acknowledged(&self, card_key: CardKey, req: &AuthRequest) {
+        // Whatever stands under its key on this card is what the advice was recorded as,
+        // or completed (a repeat of another content is refused before it is sent).
+        if let Some(mut e) = self.ledger.entries.get_mut(&req.key.original())
+            && e.card == card_key
+        {
+            e.acknowledged = true;
+        }
     }
 
     /// An advice that reports a decline (a stand-in's DE 39 that is no approval): it moved

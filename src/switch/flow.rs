@@ -401,7 +401,7 @@ impl Flow {
             }
             return self.forward_on_card(request, &vpan).await;
         }
-        match self.cards.advice(vpan.key, &req, now()) {
+        let request = match self.cards.advice(vpan.key, &req, now()) {
             AdviceOutcome::Unknown => return self.unknown_or_passthrough(request).await,
             AdviceOutcome::Conflict => {
                 return (
@@ -413,24 +413,37 @@ impl Flow {
                 if let Err(e) = durable.await {
                     return self.fail_closed(&request, &vpan, &e, "advice");
                 }
+                request
             }
-            AdviceOutcome::Repeat { issuer_approved } => {
+            AdviceOutcome::Repeat { issuer_has_it } => {
                 // Acknowledged twice and then lost in a crash, an advice would leave its
                 // amount uncounted for good: the network would not send it again.
                 if let Err(e) = self.cards.recorded_so_far().await {
                     return self.fail_closed(&request, &vpan, &e, "advice repeat");
                 }
-                if issuer_approved {
-                    // The issuer approved this very request itself: acknowledged here,
-                    // as a repeat is answered, rather than told again as news.
+                if issuer_has_it {
+                    // The issuer approved this very request itself, or acknowledged this
+                    // advice: acknowledged here, as a repeat is answered, rather than told
+                    // again as news.
                     return (
                         self.local_answer(&request, ResponseCode::APPROVED),
                         DecidedBy::Switch,
                     );
                 }
+                // Its first telling may not have reached the issuer (a 91): told again,
+                // marked as a repeat (0121), so an issuer that books advices does not
+                // book it twice.
+                as_repeat(request)
             }
+        };
+        let (answer, decided_by) = self.forward_on_card(request, &vpan).await;
+        if answer
+            .as_deref()
+            .is_some_and(|a| decided_by == DecidedBy::Issuer && a.response_code() == Some(*b"00"))
+        {
+            self.cards.advice_acknowledged(vpan.key, &req);
         }
-        self.forward_on_card(request, &vpan).await
+        (answer, decided_by)
     }
 
     /// The 96 of a request whose records could not be made durable (fail closed), logged.

@@ -279,6 +279,7 @@ pub(crate) fn decode_snap_tx(g: &mut Get<'_>) -> Option<(OriginalData, TxEntry)>
                 },
             ),
             asking: false,
+            acknowledged: false,
         },
     ))
 }
