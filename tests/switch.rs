@@ -1621,6 +1621,51 @@ async fn a_vpan_written_so_it_cannot_be_read_is_refused_30_never_forwarded_past_
 }
 
 #[tokio::test]
+async fn a_track_naming_another_card_than_de_2_is_a_format_error_when_either_is_a_vpan() {
+    let (rig, card, _, mut net) = one_card(|_| {}).await;
+    let asked = rig.sim().stats().requests;
+    let vpan = card.vpan.expose();
+    let expiry = card.expiry.as_str();
+    let other_pan = test_pan("411111", 16);
+    let other = other_pan.expose();
+    // The vPAN in DE 2, another card in a track; another card in DE 2, the vPAN in a
+    // track: which card is meant cannot be told, and either way forwarded, a control
+    // would be skipped or the real card sent with another's track data.
+    let vpan_then_other_track = |net: &mut Client| {
+        let mut m = purchase(net, b"0100", &card.vpan, &card.expiry.0, 100);
+        m.set(35, format!("{other}={expiry}1010000012300000").as_bytes())
+            .unwrap();
+        m
+    };
+    let other_then_vpan_track = |net: &mut Client, field: usize| {
+        let mut m = purchase(net, b"0100", &other_pan, b"2912", 100);
+        let track = match field {
+            35 => format!("{vpan}={expiry}1010000012300000"),
+            _ => format!("B{vpan}^HOLDER/A^{expiry}101"),
+        };
+        m.set(field, track.as_bytes()).unwrap();
+        m
+    };
+    let m = vpan_then_other_track(&mut net);
+    assert_eq!(code(&net.call(&m).await), "30");
+    for field in [35, 45] {
+        let m = other_then_vpan_track(&mut net, field);
+        assert_eq!(code(&net.call(&m).await), "30", "the vPAN in DE {field}");
+    }
+    assert_eq!(rig.sim().stats().requests, asked, "none reached the issuer");
+    let view = rig.cards.get(CardKey::of(&card.vpan)).unwrap();
+    assert_eq!((view.spent, view.held), (0, 0));
+    // Another card in both, its tracks its own: not vpan's to judge, forwarded untouched.
+    let mut theirs = purchase(&mut net, b"0100", &other_pan, b"2912", 100);
+    theirs
+        .set(35, format!("{other}=29121010000012300000").as_bytes())
+        .unwrap();
+    net.call(&theirs).await;
+    assert_eq!(rig.sim().stats().requests, asked + 1, "forwarded");
+    rig.stop().await;
+}
+
+#[tokio::test]
 async fn an_advice_of_a_purchase_the_issuer_approved_itself_is_acknowledged_not_booked_again() {
     let (rig, card, real, mut net) = one_card(|_| {}).await;
     let request = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 3_000);

@@ -532,6 +532,11 @@ impl Flow {
         if !self.cards.contains(vpan.key) {
             return Err(NotOnCard::NotIssued);
         }
+        if tracks_name_another_card(request, &vpan.pan) {
+            // A track of another card beside the vPAN: which card is meant cannot be told,
+            // and forwarded, the real card would go out with that card's track data.
+            return Err(NotOnCard::Malformed);
+        }
         fields(request)
             .map(|req| (vpan, req))
             .ok_or(NotOnCard::Malformed)
@@ -624,8 +629,14 @@ impl Flow {
                 Some(ResponseCode::UNKNOWN_CARD)
             }
             // Unreadable, or in no field vpan reads a card from (a track 2 it cannot parse,
-            // track 1 alone).
+            // track 1 alone), or a card of vpan's in a track beside another's in DE 2:
+            // forwarded, the vPAN's controls would be skipped.
             Some(Err(_)) | None if self.may_be_virtual(&request) => {
+                Some(ResponseCode::FORMAT_ERROR)
+            }
+            Some(Ok(pan))
+                if tracks_name_another_card(&request, &pan) && self.may_be_virtual(&request) =>
+            {
                 Some(ResponseCode::FORMAT_ERROR)
             }
             _ => None,
@@ -646,13 +657,8 @@ impl Flow {
             let Some(text) = request.text(n) else {
                 return false;
             };
-            let digits: Vec<u8> = text
-                .iter()
-                .copied()
-                .skip_while(|c| !c.is_ascii_digit())
-                .take_while(u8::is_ascii_digit)
-                .collect();
-            self.cards.in_virtual_range(&digits)
+            let digits = leading_number(&text);
+            self.cards.in_virtual_range(digits)
                 || (12..=digits.len().min(19)).any(|len| {
                     Pan::from_digits(&digits[..len])
                         .is_ok_and(|pan| self.cards.contains(CardKey::of(&pan)))
@@ -925,6 +931,40 @@ impl Flow {
         let key = CardKey::of(&pan);
         Some(VirtualPan { pan, key })
     }
+}
+
+/// The first run of digits in a card field (after a sentinel, a format code or spaces):
+/// the account number of a track, or DE 2.
+fn leading_number(text: &[u8]) -> &[u8] {
+    let start = text
+        .iter()
+        .position(u8::is_ascii_digit)
+        .unwrap_or(text.len());
+    let rest = &text[start..];
+    let len = rest
+        .iter()
+        .position(|c| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    &rest[..len]
+}
+
+/// Whether track 2 (DE 35) or track 1 (DE 45) carries another account number than `pan`,
+/// read up to its separator. A track with no separator after its digits is not read here:
+/// the rules for tracks vpan cannot read take it.
+fn tracks_name_another_card(request: &Message, pan: &Pan) -> bool {
+    [35, 45].into_iter().any(|n| {
+        request
+            .text(n)
+            .is_some_and(|t| track_account_number(&t).is_some_and(|a| a != pan.as_bytes()))
+    })
+}
+
+/// A track's account number: its first run of digits, when a separator ends it.
+fn track_account_number(text: &[u8]) -> Option<&[u8]> {
+    let start = text.iter().position(u8::is_ascii_digit)?;
+    let rest = &text[start..];
+    let len = rest.iter().position(|c| !c.is_ascii_digit())?;
+    Some(&rest[..len])
 }
 
 /// Why the cards cannot look at a request.
