@@ -363,7 +363,8 @@ impl App {
         let handle = m::install();
         publish_card_counts(&cards);
         // Listening, the network side is up while it accepts; dialling, while connected.
-        let network_up = Arc::new(AtomicBool::new(matches!(network, NetworkSide::Listen(_))));
+        // Neither before the issuer link's first try (below).
+        let network_up = Arc::new(AtomicBool::new(false));
         let health = Arc::new(
             Health::new()
                 .check("network", {
@@ -381,37 +382,44 @@ impl App {
         );
         let metrics_task = tokio::spawn(m::serve(metrics, handle, health.clone(), sides.clone()));
         let gauges_task = tokio::spawn(publish_card_gauges(cards.clone(), sides.clone()));
-        // The network is served once the issuer link has had its first try (a host down
-        // refuses at once; one that never answers costs one timeout, at most): served
-        // before, the repeats of purchases left in doubt would get 91 for want of a
-        // connection a few milliseconds from being up. Connections the network opens
-        // meanwhile wait in the listener's backlog.
-        issuer.first_tries(issuer.timeout()).await;
-        tracing::info!(
-            up = issuer.connected(),
-            of = issuer.connections(),
-            "serving the network"
-        );
-        let network_task = match network {
-            NetworkSide::Listen(listener) => tokio::spawn(up_while(
-                network_up.clone(),
-                server::listen(
-                    listener,
-                    flow.clone(),
-                    limits,
-                    max_connections,
-                    token.clone(),
-                ),
-            )),
-            NetworkSide::Dial(addr) => tokio::spawn(server::dial(
-                addr,
+        let api_task = tokio::spawn(api.serve(cards.clone(), health, sides.clone()));
+        let network_task = tokio::spawn({
+            let (flow, issuer, network_up, token) = (
                 flow.clone(),
-                limits,
+                issuer.clone(),
                 network_up.clone(),
                 token.clone(),
-            )),
-        };
-        let api_task = tokio::spawn(api.serve(cards.clone(), health, sides.clone()));
+            );
+            async move {
+                // The network is served once the issuer link has had its first try (a host
+                // down refuses at once; one that never answers costs one timeout, at
+                // most): served before, the repeats of purchases left in doubt would get 91
+                // for want of a connection a few milliseconds from being up. Connections
+                // the network opens meanwhile wait in the listener's backlog. The API and
+                // /metrics serve meanwhile, and a stop is not held up by it.
+                tokio::select! {
+                    () = issuer.first_tries(issuer.timeout()) => {}
+                    () = token.cancelled() => return,
+                }
+                tracing::info!(
+                    up = issuer.connected(),
+                    of = issuer.connections(),
+                    "serving the network"
+                );
+                match network {
+                    NetworkSide::Listen(listener) => {
+                        up_while(
+                            network_up,
+                            server::listen(listener, flow, limits, max_connections, token),
+                        )
+                        .await
+                    }
+                    NetworkSide::Dial(addr) => {
+                        server::dial(addr, flow, limits, network_up, token).await
+                    }
+                }
+            }
+        });
 
         shutdown.await;
         tracing::info!(

@@ -860,6 +860,89 @@ async fn a_reversal_the_issuers_layout_cannot_hold_is_answered_30_and_gives_noth
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reversal_too_long_for_the_issuers_frames_is_answered_30_and_gives_nothing_back() {
+    // One layout on both links, but the issuer's framing (len4-ascii) carries 9,999 bytes
+    // at most, and the network's takes 65,535: a reversal of 13 kB fits every field of
+    // the issuer's layout, not its frame.
+    let sim = SimConfig {
+        framing: Framing::Len4Ascii,
+        ..SimConfig::default()
+    };
+    let rig = rig(Some(sim), |c| {
+        c.issuer.framing = "len4-ascii".into();
+        c.network.max_frame_bytes = 65_535;
+    })
+    .await;
+    let (card, _) = rig.issue(|c| c.amount_limit = 10_000).await;
+    let key = CardKey::of(&card.vpan);
+    let mut net = Client::connect(rig.network).await;
+    let first = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 10_000);
+    assert_eq!(code(&net.call(&first).await), "00");
+    let mut reversal = reversal_of(&mut net, &first);
+    let filler = "A".repeat(999);
+    for n in [
+        48, 56, 57, 58, 59, 60, 61, 62, 63, 72, 104, 105, 106, 107, 108,
+    ] {
+        let _ = reversal.set(n, filler.as_bytes());
+    }
+    let body = reversal.pack();
+    assert!(body.len() > 10_000, "{} bytes", body.len());
+    let stream = TcpStream::connect(rig.network).await.unwrap();
+    let mut big = Framed::new(stream, FrameCodec::new(Framing::Len2, 0, 65_535));
+    big.send(Frame::Message {
+        header: bytes::Bytes::new(),
+        body,
+    })
+    .await
+    .unwrap();
+    let answer = next_message(&mut big).await;
+    assert_eq!((answer.mti(), code(&answer)), (*b"0410", "30".to_string()));
+    assert_eq!(rig.sim().requests(b"0400"), 0);
+    assert_eq!(
+        rig.cards.get(key).unwrap().spent,
+        10_000,
+        "nothing given back"
+    );
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_issuer_links_first_try_holds_back_neither_the_api_nor_a_stop() {
+    // A host that takes the connection and never answers its sign-on: the network waits
+    // for the first try (a timeout, 10 s here); the API does not, nor does a stop.
+    let host = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = host.local_addr().unwrap().to_string();
+    let held = tokio::spawn(async move {
+        let mut taken = Vec::new();
+        while let Ok((stream, _)) = host.accept().await {
+            taken.push(stream);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = vpan::config::Config::local(&dir.path().join("data"), &addr);
+    config.issuer.timeout_ms = 10_000;
+    let app = vpan::app::App::build(config).await.unwrap();
+    let api = app.addresses().api;
+    let started = std::time::Instant::now();
+    let run = tokio::spawn(app.run(tokio::time::sleep(Duration::from_secs(1))));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Not TLS: a served API ends the exchange at once; one not served yet says nothing.
+    let mut s = TcpStream::connect(api).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 16];
+    let answered = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+    assert!(answered.is_ok(), "the API serves during the first try");
+    let _ = run.await;
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "the stop, asked at 1 s, waited for the first try: {:?}",
+        started.elapsed()
+    );
+    held.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_from_the_issuer_it_cannot_read_or_match_are_counted_by_reason() {
     let (rig, mut host) = signed_on_host(1_000).await;
     // Other tests of this binary count too: what moves here is read as a difference.

@@ -1652,9 +1652,35 @@ async fn a_track_naming_another_card_than_de_2_is_a_format_error_when_either_is_
         let m = other_then_vpan_track(&mut net, field);
         assert_eq!(code(&net.call(&m).await), "30", "the vPAN in DE {field}");
     }
+    // The same with no separator to end the track's account number.
+    for (field, track) in [
+        (35, vpan.to_string()),
+        (35, format!("{vpan}{expiry}1010000012300000")),
+        (45, format!("B{vpan}")),
+    ] {
+        let mut m = purchase(&mut net, b"0100", &other_pan, b"2912", 100);
+        m.set(field, track.as_bytes()).unwrap();
+        assert_eq!(code(&net.call(&m).await), "30", "{track}");
+    }
     assert_eq!(rig.sim().stats().requests, asked, "none reached the issuer");
     let view = rig.cards.get(CardKey::of(&card.vpan)).unwrap();
     assert_eq!((view.spent, view.held), (0, 0));
+    // An advice tells of money that moved on the vPAN: counted, and it reaches the issuer
+    // without the other card's track.
+    let mut advice = vpan_then_other_track(&mut net);
+    advice.set_mti(b"0120").unwrap();
+    advice.set_response_code(b"00").unwrap();
+    assert_eq!(code(&net.call(&advice).await), "00");
+    let view = rig.cards.get(CardKey::of(&card.vpan)).unwrap();
+    assert_eq!(view.spent, 100, "counted");
+    let at_issuer = rig
+        .sim()
+        .recent(10)
+        .into_iter()
+        .find(|r| r.mti() == *b"0120")
+        .expect("the advice reached the issuer");
+    assert!(!at_issuer.message.has(35), "without the other card's track");
+    let asked = rig.sim().stats().requests;
     // Another card in both, its tracks its own: not vpan's to judge, forwarded untouched.
     let mut theirs = purchase(&mut net, b"0100", &other_pan, b"2912", 100);
     theirs

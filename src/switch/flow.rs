@@ -477,11 +477,13 @@ impl Flow {
         } else {
             self.cards.original_mti(vpan.key, &req)
         };
-        // Written for the issuer before anything is given back: one that its layout cannot
-        // hold is answered 30, which the network does not send again, so given back first
-        // it would leave the issuer charging what the card counts as free.
+        // Written for the issuer before anything is given back: one that its layout or its
+        // frames cannot hold is answered 30, which the network does not send again, so
+        // given back first it would leave the issuer charging what the card counts as
+        // free.
         let toward_issuer = match self.toward_issuer(&request, &vpan, original) {
-            Ok(prepared) => prepared,
+            Ok(prepared) if self.issuer.fits(&prepared.message) => prepared,
+            Ok(_) => return self.answer_on_card(request, Err(NotSent::Format)).await,
             Err(not) => return self.answer_on_card(request, Err(not)).await,
         };
         match self.cards.reverse(vpan.key, &req, now()) {
@@ -532,9 +534,12 @@ impl Flow {
         if !self.cards.contains(vpan.key) {
             return Err(NotOnCard::NotIssued);
         }
-        if tracks_name_another_card(request, &vpan.pan) {
-            // A track of another card beside the vPAN: which card is meant cannot be told,
-            // and forwarded, the real card would go out with that card's track data.
+        let mti = request.mti();
+        let to_decide = matches!(mti[1], b'1' | b'2') && mti[2] == b'0';
+        if to_decide && tracks_may_name_another_card(request, &vpan.pan) {
+            // A track of another card beside the vPAN: which card is meant cannot be told.
+            // An advice or a reversal tells of money that moved on the vPAN and goes on,
+            // without that track (`to_real`).
             return Err(NotOnCard::Malformed);
         }
         fields(request)
@@ -635,7 +640,8 @@ impl Flow {
                 Some(ResponseCode::FORMAT_ERROR)
             }
             Some(Ok(pan))
-                if tracks_name_another_card(&request, &pan) && self.may_be_virtual(&request) =>
+                if tracks_may_name_another_card(&request, &pan)
+                    && self.may_be_virtual(&request) =>
             {
                 Some(ResponseCode::FORMAT_ERROR)
             }
@@ -783,8 +789,12 @@ impl Flow {
         if request.has(35) {
             let mti = request.mti();
             let recorded_already = mti[1] == b'4' || mti[2] == b'2';
+            // Only the card's own track: another card's, beside the vPAN in DE 2, is not
+            // the vPAN's to rewrite (a request is refused before it gets here).
+            let card = request.card_number().and_then(Result::ok);
             match request
                 .track2()
+                .filter(|t| card.is_some_and(|c| t.pan_digits() == c.as_bytes()))
                 .and_then(|t| t.with_pan_and_expiry(pan, expiry))
             {
                 Some(track2) => out.set_track2(&track2).ok()?,
@@ -948,14 +958,17 @@ fn leading_number(text: &[u8]) -> &[u8] {
     &rest[..len]
 }
 
-/// Whether track 2 (DE 35) or track 1 (DE 45) carries another account number than `pan`,
-/// read up to its separator. A track with no separator after its digits is not read here:
-/// the rules for tracks vpan cannot read take it.
-fn tracks_name_another_card(request: &Message, pan: &Pan) -> bool {
+/// Whether track 2 (DE 35) or track 1 (DE 45) may carry another account number than
+/// `pan`: read up to its separator, it is another; with no separator to end it, its digits
+/// do not begin with `pan`'s.
+fn tracks_may_name_another_card(request: &Message, pan: &Pan) -> bool {
     [35, 45].into_iter().any(|n| {
         request
             .text(n)
-            .is_some_and(|t| track_account_number(&t).is_some_and(|a| a != pan.as_bytes()))
+            .is_some_and(|t| match track_account_number(&t) {
+                Some(number) => number != pan.as_bytes(),
+                None => !leading_number(&t).starts_with(pan.as_bytes()),
+            })
     })
 }
 

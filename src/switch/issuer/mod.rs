@@ -342,6 +342,14 @@ impl IssuerLink {
             .send_modify(|n| *n += usize::from(first));
     }
 
+    /// Whether `request` fits in one of the issuer's frames, with room for the DE 90 the
+    /// link may give a reversal that has none (and the secondary bitmap that comes with it).
+    pub fn fits(&self, request: &Message) -> bool {
+        const ROOM_FOR_DE_90: usize = 64;
+        let room = if request.has(90) { 0 } else { ROOM_FOR_DE_90 };
+        self.inner.settings.codec.fits(request.pack().len() + room)
+    }
+
     /// Connections it keeps (`issuer.connections`).
     pub fn connections(&self) -> usize {
         self.inner.slots.len()
