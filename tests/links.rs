@@ -866,6 +866,7 @@ async fn a_reversal_too_long_for_the_issuers_frames_is_answered_30_and_gives_not
     // the issuer's layout, not its frame.
     let sim = SimConfig {
         framing: Framing::Len4Ascii,
+        max_frame: 9_999,
         ..SimConfig::default()
     };
     let rig = rig(Some(sim), |c| {
@@ -876,26 +877,12 @@ async fn a_reversal_too_long_for_the_issuers_frames_is_answered_30_and_gives_not
     let (card, _) = rig.issue(|c| c.amount_limit = 10_000).await;
     let key = CardKey::of(&card.vpan);
     let mut net = Client::connect(rig.network).await;
-    let first = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 10_000);
-    assert_eq!(code(&net.call(&first).await), "00");
-    let mut reversal = reversal_of(&mut net, &first);
-    let filler = "A".repeat(999);
-    for n in [
-        48, 56, 57, 58, 59, 60, 61, 62, 63, 72, 104, 105, 106, 107, 108,
-    ] {
-        let _ = reversal.set(n, filler.as_bytes());
-    }
-    let body = reversal.pack();
-    assert!(body.len() > 10_000, "{} bytes", body.len());
     let stream = TcpStream::connect(rig.network).await.unwrap();
     let mut big = Framed::new(stream, FrameCodec::new(Framing::Len2, 0, 65_535));
-    big.send(Frame::Message {
-        header: bytes::Bytes::new(),
-        body,
-    })
-    .await
-    .unwrap();
-    let answer = next_message(&mut big).await;
+    let first = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 10_000);
+    assert_eq!(code(&net.call(&first).await), "00");
+    let reversal = padded_to(reversal_of(&mut net, &first), 13_000);
+    let answer = call_big(&mut big, &reversal).await;
     assert_eq!((answer.mti(), code(&answer)), (*b"0410", "30".to_string()));
     assert_eq!(rig.sim().requests(b"0400"), 0);
     assert_eq!(
@@ -903,7 +890,49 @@ async fn a_reversal_too_long_for_the_issuers_frames_is_answered_30_and_gives_not
         10_000,
         "nothing given back"
     );
+
+    // One that just fits (a reversal by its own key, of an original not seen yet, to
+    // which the link adds no DE 90) goes on, and voids its late original.
+    let mut unseen = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 500);
+    let mut by_own_key = unseen.clone();
+    by_own_key.set_mti(b"0400").unwrap();
+    let by_own_key = padded_to(by_own_key, 9_990);
+    assert_eq!(by_own_key.pack().len(), 9_990);
+    let answer = call_big(&mut big, &by_own_key).await;
+    assert_eq!(code(&answer), "00", "it fits: forwarded");
+    assert_eq!(rig.sim().requests(b"0400"), 1);
+    unseen.remove(90);
+    assert_eq!(code(&net.call(&unseen).await), "94", "voided");
     rig.stop().await;
+}
+
+/// `m` with filler in free-text fields until it packs to `len` bytes.
+fn padded_to(mut m: Message, len: usize) -> Message {
+    for n in [
+        48, 56, 57, 58, 59, 60, 61, 62, 63, 72, 104, 105, 106, 107, 108,
+    ] {
+        let short = len.saturating_sub(m.pack().len());
+        if short == 0 {
+            break;
+        }
+        let fill = short.min(999);
+        if m.set(n, "A".repeat(fill).as_bytes()).is_ok() {
+            let over = m.pack().len().saturating_sub(len);
+            let _ = m.set(n, "A".repeat(fill.saturating_sub(over)).as_bytes());
+        }
+    }
+    m
+}
+
+/// `m` sent on a connection that takes frames of up to 65,535 bytes, and its answer.
+async fn call_big(conn: &mut HostSide, m: &Message) -> Message {
+    conn.send(Frame::Message {
+        header: bytes::Bytes::new(),
+        body: m.pack(),
+    })
+    .await
+    .unwrap();
+    next_message(conn).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1652,11 +1652,13 @@ async fn a_track_naming_another_card_than_de_2_is_a_format_error_when_either_is_
         let m = other_then_vpan_track(&mut net, field);
         assert_eq!(code(&net.call(&m).await), "30", "the vPAN in DE {field}");
     }
-    // The same with no separator to end the track's account number.
+    // The same with no separator to end the track's account number, and in track 3
+    // (after its format code).
     for (field, track) in [
         (35, vpan.to_string()),
         (35, format!("{vpan}{expiry}1010000012300000")),
         (45, format!("B{vpan}")),
+        (36, format!("01{vpan}=724{expiry}0000000000")),
     ] {
         let mut m = purchase(&mut net, b"0100", &other_pan, b"2912", 100);
         m.set(field, track.as_bytes()).unwrap();
@@ -1680,6 +1682,32 @@ async fn a_track_naming_another_card_than_de_2_is_a_format_error_when_either_is_
         .find(|r| r.mti() == *b"0120")
         .expect("the advice reached the issuer");
     assert!(!at_issuer.message.has(35), "without the other card's track");
+    // An advice on another card with the vPAN in its track tells of money that moved on
+    // DE 2's card: not vpan's to refuse.
+    let mut theirs_told = other_then_vpan_track(&mut net, 35);
+    theirs_told.set_mti(b"0120").unwrap();
+    net.call(&theirs_told).await;
+    assert_eq!(rig.sim().requests(b"0120"), 2, "forwarded");
+    // The vPAN's own track 1, its digits grouped with spaces, and its own track 3 are
+    // its own: approved, and neither goes to the issuer beside the real card.
+    let mut own = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
+    let grouped = format!(
+        "B{} {} {}^HOLDER/A^{expiry}101",
+        &vpan[..4],
+        &vpan[4..10],
+        &vpan[10..]
+    );
+    own.set(45, grouped.as_bytes()).unwrap();
+    own.set(36, format!("01{vpan}=724{expiry}0000000000").as_bytes())
+        .unwrap();
+    assert_eq!(code(&net.call(&own).await), "00");
+    let at_issuer = rig
+        .sim()
+        .recent(10)
+        .into_iter()
+        .find(|r| r.mti() == *b"0100")
+        .unwrap();
+    assert!(!at_issuer.message.has(36) && !at_issuer.message.has(45));
     let asked = rig.sim().stats().requests;
     // Another card in both, its tracks its own: not vpan's to judge, forwarded untouched.
     let mut theirs = purchase(&mut net, b"0100", &other_pan, b"2912", 100);

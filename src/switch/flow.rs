@@ -38,7 +38,7 @@ use super::issuer::{
     may_approve, undecided,
 };
 use super::mac::{MAC_FAILURE_CODE, MacCheck, MacKey, mac_field};
-use super::scrub;
+use super::{scrub, tracks};
 
 /// The flow's shared state: one per switch, used by every network connection.
 pub struct Flow {
@@ -534,9 +534,7 @@ impl Flow {
         if !self.cards.contains(vpan.key) {
             return Err(NotOnCard::NotIssued);
         }
-        let mti = request.mti();
-        let to_decide = matches!(mti[1], b'1' | b'2') && mti[2] == b'0';
-        if to_decide && tracks_may_name_another_card(request, &vpan.pan) {
+        if is_to_decide(request.mti()) && tracks::may_name_another_card(request, &vpan.pan) {
             // A track of another card beside the vPAN: which card is meant cannot be told.
             // An advice or a reversal tells of money that moved on the vPAN and goes on,
             // without that track (`to_real`).
@@ -634,13 +632,16 @@ impl Flow {
                 Some(ResponseCode::UNKNOWN_CARD)
             }
             // Unreadable, or in no field vpan reads a card from (a track 2 it cannot parse,
-            // track 1 alone), or a card of vpan's in a track beside another's in DE 2:
-            // forwarded, the vPAN's controls would be skipped.
+            // track 1 or 3 alone): forwarded, a vPAN's controls would be skipped.
             Some(Err(_)) | None if self.may_be_virtual(&request) => {
                 Some(ResponseCode::FORMAT_ERROR)
             }
+            // A request to decide on another card in DE 2 with a vPAN in a track: which card
+            // is meant cannot be told. (An advice or a reversal of it tells of money that
+            // moved on DE 2's card, and goes on.)
             Some(Ok(pan))
-                if tracks_may_name_another_card(&request, &pan)
+                if is_to_decide(request.mti())
+                    && tracks::may_name_another_card(&request, &pan)
                     && self.may_be_virtual(&request) =>
             {
                 Some(ResponseCode::FORMAT_ERROR)
@@ -654,16 +655,15 @@ impl Flow {
     }
 
     /// Whether a card number vpan cannot read (DE 2 not a PAN, a track 2 it cannot parse or
-    /// whose account number does not end at a separator, track 1 alone) may be one of its
-    /// own: the first digits of DE 2, DE 35 or DE 45 (after a sentinel, a format code or
-    /// spaces) begin in a virtual range, or with an issued vPAN. Forwarded, it would skip
-    /// that card's controls and take the vPAN to the issuer.
+    /// whose account number does not end at a separator, track 1 or 3 alone), or one in a
+    /// track beside another card, may be one of its own: the first digits of DE 2, DE 35,
+    /// DE 36 or DE 45 (after a sentinel, a format code or spaces) begin in a virtual range,
+    /// or with an issued vPAN. Forwarded, it would skip that card's controls and take the
+    /// vPAN to the issuer.
     fn may_be_virtual(&self, request: &Message) -> bool {
-        [2, 35, 45].into_iter().any(|n| {
-            let Some(text) = request.text(n) else {
-                return false;
-            };
-            let digits = leading_number(&text);
+        tracks::CARD_FIELDS.into_iter().any(|field| {
+            let mut buf = [0; 19];
+            let digits = tracks::leading_digits(request, field, &mut buf);
             self.cards.in_virtual_range(digits)
                 || (12..=digits.len().min(19)).any(|len| {
                     Pan::from_digits(&digits[..len])
@@ -802,9 +802,10 @@ impl Flow {
                 None => return None,
             }
         }
-        // Track 1 is not rewritten: it goes no further than vpan, the issuer has the card
-        // in DE 2 and DE 35.
+        // Tracks 1 and 3 are not rewritten: they go no further than vpan, the issuer has
+        // the card in DE 2 and DE 35.
         out.remove(45);
+        out.remove(36);
         Some(out)
     }
 
@@ -943,41 +944,10 @@ impl Flow {
     }
 }
 
-/// The first run of digits in a card field (after a sentinel, a format code or spaces):
-/// the account number of a track, or DE 2.
-fn leading_number(text: &[u8]) -> &[u8] {
-    let start = text
-        .iter()
-        .position(u8::is_ascii_digit)
-        .unwrap_or(text.len());
-    let rest = &text[start..];
-    let len = rest
-        .iter()
-        .position(|c| !c.is_ascii_digit())
-        .unwrap_or(rest.len());
-    &rest[..len]
-}
-
-/// Whether track 2 (DE 35) or track 1 (DE 45) may carry another account number than
-/// `pan`: read up to its separator, it is another; with no separator to end it, its digits
-/// do not begin with `pan`'s.
-fn tracks_may_name_another_card(request: &Message, pan: &Pan) -> bool {
-    [35, 45].into_iter().any(|n| {
-        request
-            .text(n)
-            .is_some_and(|t| match track_account_number(&t) {
-                Some(number) => number != pan.as_bytes(),
-                None => !leading_number(&t).starts_with(pan.as_bytes()),
-            })
-    })
-}
-
-/// A track's account number: its first run of digits, when a separator ends it.
-fn track_account_number(text: &[u8]) -> Option<&[u8]> {
-    let start = text.iter().position(u8::is_ascii_digit)?;
-    let rest = &text[start..];
-    let len = rest.iter().position(|c| !c.is_ascii_digit())?;
-    Some(&rest[..len])
+/// A request the cards decide (an 0100 or an 0200, or a repeat of one), not an advice
+/// or a reversal, which tell of money that moved and cannot be refused.
+fn is_to_decide(mti: [u8; 4]) -> bool {
+    matches!(mti[1], b'1' | b'2') && mti[2] == b'0'
 }
 
 /// Why the cards cannot look at a request.

@@ -20,6 +20,7 @@ pub mod issuer;
 pub mod mac;
 mod scrub;
 pub mod server;
+mod tracks;
 
 pub use connection::ConnectionLimits;
 pub use flow::Flow;

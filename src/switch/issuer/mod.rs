@@ -342,12 +342,12 @@ impl IssuerLink {
             .send_modify(|n| *n += usize::from(first));
     }
 
-    /// Whether `request` fits in one of the issuer's frames, with room for the DE 90 the
-    /// link may give a reversal that has none (and the secondary bitmap that comes with it).
+    /// Whether `request` fits in one of the issuer's frames as it is. (The link gives a
+    /// reversal without DE 90 one only when its original is still waiting for the issuer
+    /// or went out under another STAN, which the flow names itself from the ledger first:
+    /// room kept for it here would refuse reversals that fit.)
     pub fn fits(&self, request: &Message) -> bool {
-        const ROOM_FOR_DE_90: usize = 64;
-        let room = if request.has(90) { 0 } else { ROOM_FOR_DE_90 };
-        self.inner.settings.codec.fits(request.pack().len() + room)
+        self.inner.settings.codec.fits(request.pack().len())
     }
 
     /// Connections it keeps (`issuer.connections`).

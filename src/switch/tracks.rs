@@ -1,0 +1,104 @@
+//! Card numbers where a request may carry them besides DE 2: the tracks.
+//!
+//! Track 2 (DE 35) holds the account number up to `=` (or `D`), track 1 (DE 45) after its
+//! format code `B` up to `^`, track 3 (DE 36) after a two-digit format code up to `=`. A
+//! vPAN in any of them is as much a vPAN as in DE 2: beside another card in DE 2, or
+//! unreadable, the flow refuses the request rather than forward it past the vPAN's
+//! controls (see `Flow::unknown_or_passthrough`).
+//!
+//! Read on the approval path only when a request carries a track, and without allocating.
+
+use crate::iso8583::Message;
+use crate::pan::Pan;
+
+/// The fields that carry a card number, with the characters before it that are not
+/// part of it (track 3's format code; a sentinel or track 1's `B` are skipped as any
+/// character before the first digit is).
+pub(super) const CARD_FIELDS: [(usize, usize); 4] = [(2, 0), (35, 0), (36, 2), (45, 0)];
+
+/// The tracks among [`CARD_FIELDS`].
+const TRACKS: [(usize, usize); 3] = [(35, 0), (36, 2), (45, 0)];
+
+/// Where an account number lies in `text`: from its first digit to the first character
+/// that is neither a digit nor a space (track 1 may group its digits with spaces), with
+/// whether such a separator ends it (`false`: the field ends first, and where the number
+/// ends cannot be told).
+fn account_span(text: &[u8]) -> (&[u8], bool) {
+    let start = text
+        .iter()
+        .position(u8::is_ascii_digit)
+        .unwrap_or(text.len());
+    let rest = &text[start..];
+    match rest.iter().position(|&c| !c.is_ascii_digit() && c != b' ') {
+        Some(end) => (&rest[..end], true),
+        None => (rest, false),
+    }
+}
+
+/// The digits of an account span, its spaces left out.
+fn digits(span: &[u8]) -> impl Iterator<Item = u8> + '_ {
+    span.iter().copied().filter(u8::is_ascii_digit)
+}
+
+/// Whether a track of `request` may carry another account number than `pan`: read to its
+/// separator, it is another; with no separator to end it, its digits do not begin with
+/// `pan`'s.
+pub(super) fn may_name_another_card(request: &Message, pan: &Pan) -> bool {
+    let pan = pan.as_bytes();
+    TRACKS.into_iter().any(|(n, skip)| {
+        request.text(n).is_some_and(|t| {
+            let (span, separated) = account_span(t.get(skip..).unwrap_or_default());
+            if separated {
+                !digits(span).eq(pan.iter().copied())
+            } else {
+                !digits(span).take(pan.len()).eq(pan.iter().copied())
+            }
+        })
+    })
+}
+
+/// The first digits of field `n` (at most 19, a PAN's longest), where its account number
+/// would be, in `buf`; empty when the request has no such field.
+pub(super) fn leading_digits<'b>(
+    request: &Message,
+    (n, skip): (usize, usize),
+    buf: &'b mut [u8; 19],
+) -> &'b [u8] {
+    let Some(text) = request.text(n) else {
+        return &[];
+    };
+    let (span, _) = account_span(text.get(skip..).unwrap_or_default());
+    let mut len = 0;
+    for (slot, d) in buf.iter_mut().zip(digits(span)) {
+        *slot = d;
+        len += 1;
+    }
+    &buf[..len]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_account_number_ends_at_its_separator_and_keeps_track_1s_spaces_out() {
+        assert_eq!(
+            account_span(b"4970101234567893=2912"),
+            (&b"4970101234567893"[..], true)
+        );
+        assert_eq!(
+            account_span(b"B4970 101234 567893^A/B^2912"),
+            (&b"4970 101234 567893"[..], true)
+        );
+        assert_eq!(
+            account_span(b";4970101234567893D2912?"),
+            (&b"4970101234567893"[..], true)
+        );
+        assert_eq!(
+            account_span(b"49701012345678932912"),
+            (&b"49701012345678932912"[..], false)
+        );
+        assert_eq!(account_span(b"B^"), (&b""[..], false));
+        assert!(digits(b"4970 1012").eq(b"49701012".iter().copied()));
+    }
+}
