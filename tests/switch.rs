@@ -1659,6 +1659,7 @@ async fn a_track_naming_another_card_than_de_2_is_a_format_error_when_either_is_
         (35, format!("{vpan}{expiry}1010000012300000")),
         (45, format!("B{vpan}")),
         (36, format!("01{vpan}=724{expiry}0000000000")),
+        (36, format!(";01{vpan}=724{expiry}0000000000?")),
     ] {
         let mut m = purchase(&mut net, b"0100", &other_pan, b"2912", 100);
         m.set(field, track.as_bytes()).unwrap();
@@ -1698,7 +1699,7 @@ async fn a_track_naming_another_card_than_de_2_is_a_format_error_when_either_is_
         &vpan[10..]
     );
     own.set(45, grouped.as_bytes()).unwrap();
-    own.set(36, format!("01{vpan}=724{expiry}0000000000").as_bytes())
+    own.set(36, format!(";01{vpan}=724{expiry}0000000000?").as_bytes())
         .unwrap();
     assert_eq!(code(&net.call(&own).await), "00");
     let at_issuer = rig
@@ -1707,7 +1708,12 @@ async fn a_track_naming_another_card_than_de_2_is_a_format_error_when_either_is_
         .into_iter()
         .find(|r| r.mti() == *b"0100")
         .unwrap();
+    assert_eq!(at_issuer.message.stan(), own.stan());
     assert!(!at_issuer.message.has(36) && !at_issuer.message.has(45));
+    // A track 3 of spaces names no card.
+    let mut blank = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
+    blank.set(36, b"     ").unwrap();
+    assert_eq!(code(&net.call(&blank).await), "00");
     let asked = rig.sim().stats().requests;
     // Another card in both, its tracks its own: not vpan's to judge, forwarded untouched.
     let mut theirs = purchase(&mut net, b"0100", &other_pan, b"2912", 100);

@@ -11,23 +11,23 @@
 use crate::iso8583::Message;
 use crate::pan::Pan;
 
-/// The fields that carry a card number, with the characters before it that are not
-/// part of it (track 3's format code; a sentinel or track 1's `B` are skipped as any
-/// character before the first digit is).
+/// The fields that carry a card number, with the digits before it that are not part of
+/// it (track 3's format code). A sentinel, or track 1's `B`, is skipped as any character
+/// before the first digit is.
 pub(super) const CARD_FIELDS: [(usize, usize); 4] = [(2, 0), (35, 0), (36, 2), (45, 0)];
 
 /// The tracks among [`CARD_FIELDS`].
 const TRACKS: [(usize, usize); 3] = [(35, 0), (36, 2), (45, 0)];
 
-/// Where an account number lies in `text`: from its first digit to the first character
-/// that is neither a digit nor a space (track 1 may group its digits with spaces), with
-/// whether such a separator ends it (`false`: the field ends first, and where the number
-/// ends cannot be told).
-fn account_span(text: &[u8]) -> (&[u8], bool) {
+/// Where an account number lies in `text`: from its first digit, past `code` digits of a
+/// format code, to the first character that is neither a digit nor a space (track 1 may
+/// group its digits with spaces), with whether such a separator ends it (`false`: the
+/// field ends first, and where the number ends cannot be told).
+fn account_span(text: &[u8], code: usize) -> (&[u8], bool) {
     let start = text
         .iter()
         .position(u8::is_ascii_digit)
-        .unwrap_or(text.len());
+        .map_or(text.len(), |first| (first + code).min(text.len()));
     let rest = &text[start..];
     match rest.iter().position(|&c| !c.is_ascii_digit() && c != b' ') {
         Some(end) => (&rest[..end], true),
@@ -42,13 +42,15 @@ fn digits(span: &[u8]) -> impl Iterator<Item = u8> + '_ {
 
 /// Whether a track of `request` may carry another account number than `pan`: read to its
 /// separator, it is another; with no separator to end it, its digits do not begin with
-/// `pan`'s.
+/// `pan`'s. A track with no digits there (spaces, say) names no card.
 pub(super) fn may_name_another_card(request: &Message, pan: &Pan) -> bool {
     let pan = pan.as_bytes();
-    TRACKS.into_iter().any(|(n, skip)| {
+    TRACKS.into_iter().any(|(n, code)| {
         request.text(n).is_some_and(|t| {
-            let (span, separated) = account_span(t.get(skip..).unwrap_or_default());
-            if separated {
+            let (span, separated) = account_span(&t, code);
+            if digits(span).next().is_none() {
+                false
+            } else if separated {
                 !digits(span).eq(pan.iter().copied())
             } else {
                 !digits(span).take(pan.len()).eq(pan.iter().copied())
@@ -61,13 +63,13 @@ pub(super) fn may_name_another_card(request: &Message, pan: &Pan) -> bool {
 /// would be, in `buf`; empty when the request has no such field.
 pub(super) fn leading_digits<'b>(
     request: &Message,
-    (n, skip): (usize, usize),
+    (n, code): (usize, usize),
     buf: &'b mut [u8; 19],
 ) -> &'b [u8] {
     let Some(text) = request.text(n) else {
         return &[];
     };
-    let (span, _) = account_span(text.get(skip..).unwrap_or_default());
+    let (span, _) = account_span(&text, code);
     let mut len = 0;
     for (slot, d) in buf.iter_mut().zip(digits(span)) {
         *slot = d;
@@ -82,23 +84,30 @@ mod tests {
 
     #[test]
     fn an_account_number_ends_at_its_separator_and_keeps_track_1s_spaces_out() {
-        assert_eq!(
-            account_span(b"4970101234567893=2912"),
-            (&b"4970101234567893"[..], true)
-        );
-        assert_eq!(
-            account_span(b"B4970 101234 567893^A/B^2912"),
-            (&b"4970 101234 567893"[..], true)
-        );
-        assert_eq!(
-            account_span(b";4970101234567893D2912?"),
-            (&b"4970101234567893"[..], true)
-        );
-        assert_eq!(
-            account_span(b"49701012345678932912"),
-            (&b"49701012345678932912"[..], false)
-        );
-        assert_eq!(account_span(b"B^"), (&b""[..], false));
+        let cases: [(&[u8], usize, &[u8], bool); 8] = [
+            (b"4970101234567893=2912", 0, b"4970101234567893", true),
+            (
+                b"B4970 101234 567893^A/B^2912",
+                0,
+                b"4970 101234 567893",
+                true,
+            ),
+            (b";4970101234567893D2912?", 0, b"4970101234567893", true),
+            (b"49701012345678932912", 0, b"49701012345678932912", false),
+            (b"B^", 0, b"", false),
+            // Track 3: its format code, after the sentinel if there is one.
+            (b"014970101234567893=724", 2, b"4970101234567893", true),
+            (b";014970101234567893=724?", 2, b"4970101234567893", true),
+            (b";0", 2, b"", false),
+        ];
+        for (text, code, number, separated) in cases {
+            assert_eq!(
+                account_span(text, code),
+                (number, separated),
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+        }
         assert!(digits(b"4970 1012").eq(b"49701012".iter().copied()));
     }
 }

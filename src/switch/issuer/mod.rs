@@ -343,9 +343,11 @@ impl IssuerLink {
     }
 
     /// Whether `request` fits in one of the issuer's frames as it is. (The link gives a
-    /// reversal without DE 90 one only when its original is still waiting for the issuer
-    /// or went out under another STAN, which the flow names itself from the ledger first:
-    /// room kept for it here would refuse reversals that fit.)
+    /// reversal without DE 90 one when its original is still waiting for the issuer or
+    /// went out under another STAN, which the flow names itself from the ledger first;
+    /// only an original the ledger has forgotten since is named by the link alone, and a
+    /// reversal of it that then outgrows the frame gets 91, having given nothing back.
+    /// Room kept for that here would refuse reversals that fit.)
     pub fn fits(&self, request: &Message) -> bool {
         self.inner.settings.codec.fits(request.pack().len())
     }
