@@ -89,8 +89,7 @@ async fn a_purchase_with_a_good_mac_is_approved_and_the_answer_carries_a_valid_m
         assert_eq!(key.check(&answer), MacCheck::Valid, "{padding:?}");
 
         // The issuer link has no MAC: what reached the simulator carries none of ours.
-        let at_issuer = rig.sim().recent(10);
-        let forwarded = at_issuer.iter().find(|r| r.mti() == *b"0100").unwrap();
+        let forwarded = rig.last_at_issuer(b"0100");
         assert!(!forwarded.message.has(64));
 
         let view = rig.cards.get(CardKey::of(&card.vpan)).unwrap();

@@ -46,8 +46,7 @@ async fn an_approval_goes_to_the_issuer_with_the_real_card_and_comes_back_with_t
         Some(card.expiry.0),
         "virtual expiry back in DE 14"
     );
-    let seen = rig.sim().recent(10);
-    let at_issuer = seen.iter().find(|r| r.mti() == *b"0100").unwrap();
+    let at_issuer = rig.last_at_issuer(b"0100");
     assert_eq!(
         at_issuer.pan().unwrap(),
         real,
@@ -98,8 +97,7 @@ async fn track_2_carries_the_real_card_to_the_issuer_and_is_not_echoed_back() {
     let answer = net.call(&with_track).await;
     assert_eq!(code(&answer), "00");
     assert!(!answer.has(35));
-    let seen = rig.sim().recent(10);
-    let at_issuer = seen.iter().find(|r| r.mti() == *b"0100").unwrap();
+    let at_issuer = rig.last_at_issuer(b"0100");
     let t2 = at_issuer.message.track2().unwrap();
     assert_eq!(t2.pan_digits(), real.as_bytes());
     assert_eq!(t2.expiry(), Some(*b"2912"));
@@ -236,12 +234,7 @@ async fn a_reversal_gives_the_amount_back_and_the_card_can_be_used_again() {
     assert_eq!(code(&answer), "00");
     assert_eq!(answer.pan().unwrap().unwrap(), card.vpan);
     assert_eq!(rig.cards.get(key).unwrap().spent, 0);
-    let reversal_at_issuer = rig
-        .sim()
-        .recent(10)
-        .into_iter()
-        .find(|r| r.mti() == *b"0400")
-        .unwrap();
+    let reversal_at_issuer = rig.last_at_issuer(b"0400");
     assert_eq!(reversal_at_issuer.pan().unwrap(), real);
 
     let again = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 1_000);
@@ -357,12 +350,7 @@ async fn an_advice_is_recorded_even_over_the_cap_forwarded_and_answered() {
     assert_eq!(answer.mti(), *b"0130");
     assert_eq!(answer.pan().unwrap().unwrap(), card.vpan);
     assert_eq!(rig.cards.get(CardKey::of(&card.vpan)).unwrap().spent, 1_500);
-    let at_issuer = rig
-        .sim()
-        .recent(10)
-        .into_iter()
-        .find(|r| r.mti() == *b"0120")
-        .unwrap();
+    let at_issuer = rig.last_at_issuer(b"0120");
     assert_eq!(at_issuer.pan().unwrap(), real);
     // A stand-in's advice of a decline (DE 39 05) is forwarded and answered, and counts
     // nothing: no money moved.
@@ -411,12 +399,7 @@ async fn a_financial_advice_and_its_reversal_advice_are_counted_forwarded_and_an
     let view = rig.cards.get(key).unwrap();
     assert_eq!((view.spent, view.uses), (0, 0));
     assert_eq!(rig.sim().balance(&real), Some(start));
-    let at_issuer = rig
-        .sim()
-        .recent(10)
-        .into_iter()
-        .find(|r| r.mti() == *b"0420")
-        .unwrap();
+    let at_issuer = rig.last_at_issuer(b"0420");
     assert_eq!(at_issuer.pan().unwrap(), real);
 
     // The whole cap is free again; and the reversal's repeat (0421), with that purchase
@@ -639,12 +622,7 @@ async fn a_card_that_is_not_virtual_passes_through_untouched() {
     assert_eq!(answer.mti(), *b"0210");
     assert_eq!(code(&answer), "00");
     assert_eq!(answer.pan().unwrap().unwrap(), plain);
-    let at_issuer = rig
-        .sim()
-        .recent(10)
-        .into_iter()
-        .find(|r| r.mti() == *b"0200")
-        .unwrap();
+    let at_issuer = rig.last_at_issuer(b"0200");
     assert_eq!(at_issuer.pan().unwrap(), plain);
     for n in [3, 4, 12, 13, 14, 18, 22, 32, 37, 41, 42, 43, 49] {
         assert_eq!(at_issuer.message.raw(n), req.raw(n), "DE {n} untouched");
@@ -1389,12 +1367,7 @@ async fn track_data_vpan_cannot_rewrite_never_reaches_the_issuer_and_a_repeat_ge
     let answer = net.call(&with_track1).await;
     assert_eq!(code(&answer), "00");
     assert!(!answer.has(45));
-    let at_issuer = rig
-        .sim()
-        .recent(10)
-        .into_iter()
-        .find(|r| r.mti() == *b"0100")
-        .unwrap();
+    let at_issuer = rig.last_at_issuer(b"0100");
     assert!(
         !at_issuer.message.has(45),
         "no vPAN in track 1 at the issuer"
@@ -1405,12 +1378,7 @@ async fn track_data_vpan_cannot_rewrite_never_reaches_the_issuer_and_a_repeat_ge
     // card, so the reversal must reach the issuer all the same, without it.
     let reversal = with_odd_track(reversal_of(&mut net, &with_track1), &card);
     assert_eq!(code(&net.call(&reversal).await), "00");
-    let at_issuer = rig
-        .sim()
-        .recent(10)
-        .into_iter()
-        .find(|r| r.mti() == *b"0400")
-        .expect("the reversal reached the issuer");
+    let at_issuer = rig.last_at_issuer(b"0400");
     assert!(!at_issuer.message.has(35));
     assert_eq!(
         rig.sim().balance(&real),
@@ -1434,12 +1402,7 @@ async fn an_advice_whose_track_2_cannot_be_rewritten_still_reaches_the_issuer_wi
     let answer = net.call(&advice).await;
     assert_eq!((answer.mti(), code(&answer)), (*b"0130", "00".into()));
     assert_eq!(rig.sim().requests(b"0120"), 1, "forwarded");
-    let at_issuer = rig
-        .sim()
-        .recent(10)
-        .into_iter()
-        .find(|r| r.mti() == *b"0120")
-        .unwrap();
+    let at_issuer = rig.last_at_issuer(b"0120");
     assert!(!at_issuer.message.has(35), "without the track");
     let view = rig.cards.get(CardKey::of(&card.vpan)).unwrap();
     assert_eq!((view.spent, view.uses), (300, 1));
@@ -1676,12 +1639,7 @@ async fn a_track_naming_another_card_than_de_2_is_a_format_error_when_either_is_
     assert_eq!(code(&net.call(&advice).await), "00");
     let view = rig.cards.get(CardKey::of(&card.vpan)).unwrap();
     assert_eq!(view.spent, 100, "counted");
-    let at_issuer = rig
-        .sim()
-        .recent(10)
-        .into_iter()
-        .find(|r| r.mti() == *b"0120")
-        .expect("the advice reached the issuer");
+    let at_issuer = rig.last_at_issuer(b"0120");
     assert!(!at_issuer.message.has(35), "without the other card's track");
     // An advice on another card with the vPAN in its track tells of money that moved on
     // DE 2's card: not vpan's to refuse.
@@ -1702,12 +1660,7 @@ async fn a_track_naming_another_card_than_de_2_is_a_format_error_when_either_is_
     own.set(36, format!(";01{vpan}=724{expiry}0000000000?").as_bytes())
         .unwrap();
     assert_eq!(code(&net.call(&own).await), "00");
-    let at_issuer = rig
-        .sim()
-        .recent(10)
-        .into_iter()
-        .find(|r| r.mti() == *b"0100")
-        .unwrap();
+    let at_issuer = rig.last_at_issuer(b"0100");
     assert_eq!(at_issuer.message.stan(), own.stan());
     assert!(!at_issuer.message.has(36) && !at_issuer.message.has(45));
     // A track 3 of spaces names no card.

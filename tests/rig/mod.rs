@@ -21,7 +21,7 @@ use vpan::cards::{CardSpec, CardView, Cards, Controls, Expiry, MerchantLock};
 use vpan::config::Config;
 use vpan::iso8583::{Frame, FrameCodec, Framing, Message, Spec};
 use vpan::pan::Pan;
-use vpan::tools::issuer_sim::{IssuerSim, IssuerSimHandle, SimConfig};
+use vpan::tools::issuer_sim::{IssuerSim, IssuerSimHandle, Received, SimConfig};
 
 /// Seconds since the epoch.
 pub fn now() -> u64 {
@@ -123,6 +123,20 @@ impl Rig {
     /// The simulator.
     pub fn sim(&self) -> &IssuerSimHandle {
         self.sim.as_ref().unwrap()
+    }
+
+    /// The newest request of MTI `mti` among the last ten the simulator received.
+    pub fn last_at_issuer(&self, mti: &[u8; 4]) -> Received {
+        self.sim()
+            .recent(10)
+            .into_iter()
+            .find(|r| r.mti() == *mti)
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {} among the issuer's last ten requests",
+                    String::from_utf8_lossy(mti)
+                )
+            })
     }
 
     /// Issues a card with `tweak`ed controls (default: EUR, 100.00 cap, 30 days).
