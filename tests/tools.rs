@@ -622,6 +622,41 @@ async fn loadgen_sends_a_reversals_repeat_with_the_same_de_90_and_it_credits_onc
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_open_loop_with_a_count_ends_with_its_last_answer_not_a_schedule_later() {
+    // One request at 0.1/s over 4 connections: the others' next due times are 10 to 40 s
+    // away, which the run used to wait out after the one answer had come.
+    let (mut sim, addr) = spawn_sim_binary(&[]).await;
+    let traffic = fixture("sample.jsonl");
+    let started = std::time::Instant::now();
+    let out = loadgen_binary(&[
+        "--target",
+        &addr,
+        "--traffic",
+        &traffic,
+        "--rate",
+        "0.1",
+        "--count",
+        "1",
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "ended {:?} after its start",
+        started.elapsed()
+    );
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.contains("sent 1  answered 1"), "{summary}");
+    // Under 1/s, the throughput is not rounded to 0.
+    assert!(!summary.contains("throughput 0 answers/s"), "{summary}");
+    sim.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_loop_for_a_duration_sends_at_its_rate_to_the_end() {
     let sim = sim_with(&[], |c| c.default_balance = Some(1_000_000_000)).await;
     let traffic =
@@ -1067,6 +1102,18 @@ async fn bad_input_gets_exit_2_for_usage_and_1_with_the_line_for_a_bad_traffic_f
                 "0",
             ][..],
             "--timeout-ms",
+        ),
+        (
+            &[
+                "loadgen",
+                "--target",
+                "127.0.0.1:1",
+                "--traffic",
+                "x",
+                "--duration",
+                "-1s",
+            ][..],
+            "--duration",
         ),
         (&["issuer-sim", "--latency-ms", "-5"][..], "--latency-ms"),
         (&["demo", "--connections", "-1"][..], "--connections"),

@@ -113,6 +113,16 @@ pub enum TrafficError {
         /// The index given.
         index: IndexGiven,
     },
+    /// Both `repeats` and `reverses` on one line.
+    #[error(
+        "traffic line {line}: \"repeats\" and \"reverses\" cannot both be on one line: a \
+         repeat is sent as the message it names was, DE 90 included, so a repeat of a \
+         reversal names only the reversal"
+    )]
+    RepeatsAndReverses {
+        /// File line, 1-based.
+        line: usize,
+    },
     /// `malformed` on a line whose last field as sent is not numeric (0xFF there would
     /// pass), or is DE 11 (broken, the STAN could not be read back, and no 30 would come).
     #[error(
@@ -523,10 +533,13 @@ impl Traffic {
                 }
             }
             if let Some(index) = raw.repeats {
+                if raw.reverses.is_some() {
+                    return Err(TrafficError::RepeatsAndReverses { line });
+                }
                 let same_class = entries
                     .get(index)
                     .is_some_and(|o| o.message.mti()[..3] == message.mti()[..3]);
-                if !same_class || raw.reverses.is_some() {
+                if !same_class {
                     let index = IndexGiven {
                         index,
                         earlier: entries.len(),
@@ -815,6 +828,25 @@ mod tests {
         assert_eq!(t.entries()[1].reverses, Some(0));
         assert!(t.is_referenced(0));
         assert!(!t.is_referenced(1));
+    }
+
+    #[test]
+    fn a_line_that_both_repeats_and_reverses_is_refused_for_that() {
+        let rev =
+            line(r#"{"fields": {"t": "0400", "2": "PAN", "4": "000000012345"}, "reverses": 0}"#);
+        let both = line(
+            r#"{"fields": {"t": "0401", "2": "PAN", "4": "000000012345"}, "reverses": 0, "repeats": 1}"#,
+        );
+        let e = Traffic::parse(
+            &format!("{}\n{rev}\n{both}\n", purchase()),
+            Spec::iso87ascii(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("traffic line 3: \"repeats\" and \"reverses\" cannot both be"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -68,17 +68,25 @@ impl Shared {
         let id = self.next_run.fetch_add(1, Ordering::Relaxed);
         let per_pass = self.pieces.len() as u64;
         let piece = self.pieces.get((id % per_pass) as usize)?.clone();
-        let send = match self.cfg.count {
+        let (send, last) = match self.cfg.count {
             Some(count) => {
                 // Messages handed out before this piece, over every pass.
                 let before = (id / per_pass) * self.cfg.traffic.len() as u64 + piece.start as u64;
-                count.saturating_sub(before).min(piece.len() as u64) as usize
+                let left = count.saturating_sub(before);
+                let len = piece.len() as u64;
+                (left.min(len) as usize, left <= len)
             }
-            None => piece.len(),
+            None => (piece.len(), false),
         };
         if send == 0 {
             self.exhausted.store(true, Ordering::Relaxed);
             return None;
+        }
+        if last {
+            // This piece takes the last of `--count`: said now, so that connections with
+            // nothing in flight end at once instead of at their next due time, which for a
+            // slow open loop is `connections / rate` seconds away.
+            self.exhausted.store(true, Ordering::Relaxed);
         }
         Some((id, piece.start..piece.start + send))
     }
@@ -567,7 +575,13 @@ impl Conn {
             let ends = self.shared.deadline.filter(|d| *d > now);
             // Timeouts and the end of the run are kept by tokio's timer (to the
             // millisecond); the schedule by the pacer, to tens of microseconds.
-            let wake = [timeout_at, ends].into_iter().flatten().min();
+            // A connection with nothing in flight under `--count` looks again shortly: the
+            // last of the count may be claimed by another connection meanwhile, and this
+            // one's next due time, in a slow open loop, is `connections / rate` away.
+            let idle_look =
+                (self.shared.cfg.count.is_some() && self.pending.is_empty() && self.out.is_empty())
+                    .then(|| now + IDLE_LOOK);
+            let wake = [timeout_at, ends, idle_look].into_iter().flatten().min();
             let paced = due.zip(self.pacer.as_ref());
             tokio::select! {
                 r = rd.read_buf(&mut inbuf) => {
@@ -599,6 +613,9 @@ impl Conn {
         }
     }
 }
+
+/// How soon a connection idle under `--count` looks whether the count is used up.
+const IDLE_LOOK: Duration = Duration::from_millis(50);
 
 /// `--record`: what the network side saw, request by request.
 impl Conn {

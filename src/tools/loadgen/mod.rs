@@ -77,7 +77,9 @@ pub struct Args {
     #[command(flatten)]
     pub shape: ShapeArgs,
     /// How long to send, e.g. 10s, 500ms, 2m.
-    #[arg(long, allow_negative_numbers = true, value_parser = parse_duration)]
+    // Hyphen values taken, so that `-1s` reaches the parser and is refused naming the flag,
+    // rather than read as an unknown flag `-1`.
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_duration)]
     pub duration: Option<Duration>,
     /// How many requests to send, looping over the file as needed. Without --count and
     /// --duration the file is sent once.

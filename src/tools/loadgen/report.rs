@@ -109,7 +109,13 @@ impl fmt::Display for Summary {
             "sent {}  answered {}  timeouts {}  errors {}",
             self.sent, self.answered, self.timeouts, self.errors
         )?;
-        writeln!(f, "throughput {:.0} answers/s", self.throughput_per_s)?;
+        // Whole answers a second, but a slow open loop's fraction is still seen.
+        let decimals = if self.throughput_per_s < 10.0 { 2 } else { 0 };
+        writeln!(
+            f,
+            "throughput {:.*} answers/s",
+            decimals, self.throughput_per_s
+        )?;
         let l = &self.latency_us;
         let ms = |us: u64| us as f64 / 1000.0;
         if !l.measured() {
