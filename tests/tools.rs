@@ -653,6 +653,33 @@ async fn a_slow_open_loop_with_a_count_ends_with_its_last_answer_not_a_schedule_
     assert!(summary.contains("sent 1  answered 1"), "{summary}");
     // Under 1/s, the throughput is not rounded to 0.
     assert!(!summary.contains("throughput 0 answers/s"), "{summary}");
+
+    // Two echoes at 0.2/s over 2 connections: the first goes at 0 s, the second, the
+    // last of the count, at 5 s from the other connection. The first connection, idle
+    // since its answer, is told at once, not at its next due time, 10 s.
+    let dir = tempfile::tempdir().unwrap();
+    let echo = dir.path().join("echo.jsonl");
+    std::fs::write(&echo, "{\"fields\": {\"t\": \"0800\", \"70\": \"301\"}}\n").unwrap();
+    let started = std::time::Instant::now();
+    let out = loadgen_binary(&[
+        "--target",
+        &addr,
+        "--traffic",
+        echo.to_str().unwrap(),
+        "--connections",
+        "2",
+        "--rate",
+        "0.2",
+        "--count",
+        "2",
+    ])
+    .await;
+    assert!(out.status.success());
+    assert!(
+        started.elapsed() < Duration::from_millis(9_500),
+        "ended {:?} after its start, its last answer due at 5 s",
+        started.elapsed()
+    );
     sim.kill().await.unwrap();
 }
 
@@ -1110,8 +1137,7 @@ async fn bad_input_gets_exit_2_for_usage_and_1_with_the_line_for_a_bad_traffic_f
                 "127.0.0.1:1",
                 "--traffic",
                 "x",
-                "--duration",
-                "-1s",
+                "--duration=-1s",
             ][..],
             "--duration",
         ),

@@ -37,6 +37,9 @@ pub(super) struct Shared {
     pub(super) deadline: Option<Instant>,
     /// Set when no more runs can be handed out.
     pub(super) exhausted: AtomicBool,
+    /// Told when `exhausted` is set: a connection with nothing in flight, waiting for its
+    /// next due time (`connections / rate` away in a slow open loop), ends at once.
+    pub(super) used_up: tokio::sync::watch::Sender<bool>,
     /// Requests sent so far, for the progress line.
     pub(super) sent: AtomicU64,
     /// Answers matched so far, for the progress line.
@@ -79,16 +82,21 @@ impl Shared {
             None => (piece.len(), false),
         };
         if send == 0 {
-            self.exhausted.store(true, Ordering::Relaxed);
+            self.mark_exhausted();
             return None;
         }
         if last {
-            // This piece takes the last of `--count`: said now, so that connections with
-            // nothing in flight end at once instead of at their next due time, which for a
-            // slow open loop is `connections / rate` seconds away.
-            self.exhausted.store(true, Ordering::Relaxed);
+            // This piece takes the last of `--count`: said now, not at the next claim,
+            // which an idle connection of a slow open loop makes only at its next due time.
+            self.mark_exhausted();
         }
         Some((id, piece.start..piece.start + send))
+    }
+
+    /// No more runs to hand out: every connection is told.
+    fn mark_exhausted(&self) {
+        self.exhausted.store(true, Ordering::Relaxed);
+        self.used_up.send_replace(true);
     }
 
     /// True once `--timeout-ms` has passed after `--duration`: an open loop's backlog still
@@ -166,6 +174,8 @@ pub(super) struct Conn {
     pub(super) stats: Stats,
     /// `--record` lines not yet written to the file.
     pub(super) record: Vec<u8>,
+    /// Changes when the file (or `--count`) is used up (`Shared::used_up`).
+    pub(super) used_up: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Why a connection's I/O loop returned.
@@ -575,13 +585,8 @@ impl Conn {
             let ends = self.shared.deadline.filter(|d| *d > now);
             // Timeouts and the end of the run are kept by tokio's timer (to the
             // millisecond); the schedule by the pacer, to tens of microseconds.
-            // A connection with nothing in flight under `--count` looks again shortly: the
-            // last of the count may be claimed by another connection meanwhile, and this
-            // one's next due time, in a slow open loop, is `connections / rate` away.
-            let idle_look =
-                (self.shared.cfg.count.is_some() && self.pending.is_empty() && self.out.is_empty())
-                    .then(|| now + IDLE_LOOK);
-            let wake = [timeout_at, ends, idle_look].into_iter().flatten().min();
+            let wake = [timeout_at, ends].into_iter().flatten().min();
+            let idle = self.pending.is_empty() && self.out.is_empty();
             let paced = due.zip(self.pacer.as_ref());
             tokio::select! {
                 r = rd.read_buf(&mut inbuf) => {
@@ -609,13 +614,12 @@ impl Conn {
                 }
                 _ = sleep_until_opt(wake) => {}
                 _ = pace(paced) => {}
+                // Another connection took the last of the file or `--count`.
+                _ = self.used_up.changed(), if idle => {}
             }
         }
     }
 }
-
-/// How soon a connection idle under `--count` looks whether the count is used up.
-const IDLE_LOOK: Duration = Duration::from_millis(50);
 
 /// `--record`: what the network side saw, request by request.
 impl Conn {

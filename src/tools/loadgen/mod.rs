@@ -77,9 +77,7 @@ pub struct Args {
     #[command(flatten)]
     pub shape: ShapeArgs,
     /// How long to send, e.g. 10s, 500ms, 2m.
-    // Hyphen values taken, so that `-1s` reaches the parser and is refused naming the flag,
-    // rather than read as an unknown flag `-1`.
-    #[arg(long, allow_hyphen_values = true, value_parser = parse_duration)]
+    #[arg(long, allow_negative_numbers = true, value_parser = parse_duration)]
     pub duration: Option<Duration>,
     /// How many requests to send, looping over the file as needed. Without --count and
     /// --duration the file is sent once.
@@ -293,6 +291,7 @@ pub async fn run(mut cfg: LoadgenConfig) -> Result<Summary, LoadgenError> {
         // (a demo's story, then its load) must not reuse each other's transaction keys.
         stan: AtomicU32::new(rand::random_range(0..999_999)),
         exhausted: AtomicBool::new(false),
+        used_up: tokio::sync::watch::Sender::new(false),
         sent: AtomicU64::new(0),
         answered: AtomicU64::new(0),
         timeouts: AtomicU64::new(0),
@@ -335,6 +334,7 @@ pub async fn run(mut cfg: LoadgenConfig) -> Result<Summary, LoadgenError> {
             out: BytesMut::with_capacity(64 * 1024),
             stats,
             record: Vec::new(),
+            used_up: shared.used_up.subscribe(),
         };
         conns.push((conn, s));
     }
