@@ -13,7 +13,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use vpan::app::{Addresses, App};
@@ -33,20 +32,6 @@ struct Running {
     bodies: Mutex<Vec<String>>,
     /// The stand-in issuer host (accepts and holds connections).
     issuer: JoinHandle<()>,
-}
-
-/// An issuer host that accepts connections and never answers: enough for the link to be up
-/// when sign-on is off.
-async fn silent_issuer() -> (String, JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let task = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = listener.accept().await {
-            held.push(s);
-        }
-    });
-    (addr, task)
 }
 
 fn config(data_dir: &Path, issuer: &str) -> Config {
@@ -72,7 +57,7 @@ fn https_client(cert: &Path) -> reqwest::Client {
 
 impl Running {
     async fn start(data_dir: &Path) -> Running {
-        let (issuer_addr, issuer) = silent_issuer().await;
+        let (issuer_addr, issuer) = common::silent_issuer().await;
         let app = App::build(config(data_dir, &issuer_addr)).await.unwrap();
         let addrs = app.addresses();
         let cards = app.cards();

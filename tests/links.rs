@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test binary: panics are the verdict
 
+mod common;
 mod procs;
 mod rig;
 
@@ -939,14 +940,7 @@ async fn call_big(conn: &mut HostSide, m: &Message) -> Message {
 async fn the_issuer_links_first_try_holds_back_neither_the_api_nor_a_stop() {
     // A host that takes the connection and never answers its sign-on: the network waits
     // for the first try (a timeout, 10 s here); the API does not, nor does a stop.
-    let host = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = host.local_addr().unwrap().to_string();
-    let held = tokio::spawn(async move {
-        let mut taken = Vec::new();
-        while let Ok((stream, _)) = host.accept().await {
-            taken.push(stream);
-        }
-    });
+    let (addr, held) = common::silent_issuer().await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = vpan::config::Config::local(&dir.path().join("data"), &addr);
     config.issuer.timeout_ms = 10_000;

@@ -119,3 +119,17 @@ pub fn request(mti: [u8; 4], amount: u64, stan: u32, shop: &str) -> AuthRequest 
         key: TxKey::new(&mti, stan.as_bytes(), b"1126152942", b"12345", b"TERM0001").unwrap(),
     }
 }
+
+/// An issuer host that accepts connections and never answers: enough for the link to be up
+/// when sign-on is off.
+pub async fn silent_issuer() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    (addr, task)
+}
