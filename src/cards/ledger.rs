@@ -164,7 +164,7 @@ impl TxEntry {
     /// keeps apart from the rest. Not a void, nor a purchase reversed while held (both
     /// turn a stand-in's later advice of it away), nor a refund (a purchase advice under
     /// its key is refused).
-    pub(crate) fn moves_no_money(&self) -> bool {
+    fn moves_no_money(&self) -> bool {
         match self.state {
             TxState::Declined => self.is_own_decline(),
             TxState::Released => !self.taken_back(),
@@ -196,7 +196,7 @@ impl TxEntry {
     }
 
     /// The retention queue this entry belongs in now (see [`Queue`]).
-    fn retention_queue(&self) -> Queue {
+    pub(crate) fn retention_queue(&self) -> Queue {
         if self.moves_no_money() {
             Queue::Declines
         } else if self.is_void() && !self.voided_a_purchase() {
@@ -313,20 +313,15 @@ impl Ledger {
         self.keep(Queue::UnseenVoids, key, at, now);
     }
 
-    /// [`Ledger::remember_no_money`] when `no_money` (what [`TxEntry::moves_no_money`] said
-    /// of the entry), else [`Ledger::remember`].
-    pub fn remember_as(
+    /// Notes `key` in `queue`, what [`TxEntry::retention_queue`] said of its entry while the
+    /// caller held it (rather than a second lookup).
+    pub(crate) fn remember_in(
         &self,
-        no_money: bool,
+        queue: Queue,
         key: OriginalData,
         at: UnixSeconds,
         now: UnixSeconds,
     ) {
-        let queue = if no_money {
-            Queue::Declines
-        } else {
-            Queue::Money
-        };
         self.keep(queue, key, at, now);
     }
 
@@ -442,7 +437,7 @@ impl Ledger {
 
 /// Which retention queue an entry is in.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Queue {
+pub(crate) enum Queue {
     /// Transactions that move or may move money.
     Money,
     /// What moves no money: declines, vpan's or the issuer's, and released holds.

@@ -24,7 +24,7 @@ use super::card::{
 use super::event::{self, Event, Issued, TxEvent};
 use super::history::{DecidedBy, RecentTx};
 use super::index::CardIndex;
-use super::ledger::{AuthCode, Ledger, LedgerConfig, TxEntry, TxState};
+use super::ledger::{AuthCode, Ledger, LedgerConfig, Queue, TxEntry, TxState};
 use super::limits::{self, Verdict};
 use super::request::{AuthRequest, Kind, OriginalData, ResponseCode, ReversalRequest};
 use super::vpan::{GenerateError, RangeConfigError, VpanGenerator};
@@ -663,23 +663,23 @@ impl Cards {
     /// Records the issuer's answer to an approval: spent (and a use) or released. Answering
     /// a hold twice changes nothing the second time.
     pub fn complete(&self, hold: &Hold, outcome: IssuerOutcome, now: UnixSeconds) -> Durable {
-        let mut no_money = None;
+        let mut filed_in = None;
         let durable = self
             .index
             .update(hold.card, |card| {
-                let (durable, moves_none) =
+                let (durable, queue) =
                     self.complete_locked(card, hold, TxState::Held, outcome, now)?;
-                no_money = Some(moves_none);
+                filed_in = Some(queue);
                 Some(durable)
             })
             .flatten()
             .unwrap_or_else(|| Durable::ready(Ok(())));
-        if let Some(no_money) = no_money {
+        if let Some(queue) = filed_in {
             // A release (the issuer's decline, its 91, a failure) moves no money: kept with
             // vpan's own declines, so that a flood of them (card testing the issuer, an
             // issuer down) pushes out no approval a reversal must still find. Told by the
             // entry while it was at hand, not looked up again.
-            self.ledger.remember_as(no_money, hold.tx, now, now);
+            self.ledger.remember_in(queue, hold.tx, now, now);
         }
         durable
     }
@@ -716,7 +716,7 @@ impl Cards {
 
     /// [`Cards::complete`] (or [`Cards::settle_in_doubt`], `open` being `InDoubt`) under the
     /// card's lock; `None` when the hold is not in state `open` (any more), else its record
-    /// and whether the entry now moves no money (its retention queue).
+    /// and the retention queue the entry now belongs in.
     fn complete_locked(
         &self,
         card: &mut Card,
@@ -724,7 +724,7 @@ impl Cards {
         open: TxState,
         outcome: IssuerOutcome,
         now: UnixSeconds,
-    ) -> Option<(Durable, bool)> {
+    ) -> Option<(Durable, Queue)> {
         // One lookup of the entry, updated in place (card lock, then ledger shard).
         let mut e = self.ledger.entries.get_mut(&hold.tx)?;
         if e.card != hold.card || e.state != open {
@@ -753,10 +753,10 @@ impl Cards {
         };
         let durable = self.journal.append(event.clone());
         event::mark_outcome(&mut e, approved, code, auth, decided_by, event.lsn());
-        let no_money = e.moves_no_money();
+        let queue = e.retention_queue();
         drop(e);
         event::apply_card(card, &event);
-        Some((durable, no_money))
+        Some((durable, queue))
     }
 
     /// The MTI of the original that `req`, a reversal without DE 90, names by its own key
