@@ -1,0 +1,148 @@
+//! Advices (0120/0220 and repeats): the money a stand-in approved, counted even over the
+//! cap, and the advices of declines, which count nothing.
+
+use super::{AdviceOutcome, Cards, Hold, IssuerOutcome, tx_event};
+use crate::cards::card::{CardKey, LockKind, UnixSeconds};
+use crate::cards::event::{self, Event};
+use crate::cards::history::DecidedBy;
+use crate::cards::ledger::TxState;
+use crate::cards::request::{AuthRequest, Kind, ResponseCode};
+use crate::store::StoreError;
+use crate::store::journal::Durable;
+
+impl Cards {
+    /// Records an advice (0120/0220 and repeats): the approval it reports is spent, even
+    /// over the cap. An advice for a transaction vpan holds completes that hold instead.
+    /// Amounts in neither the billing nor the transaction currency of the card cannot be
+    /// counted and are recorded with 0 (and a warning).
+    pub fn advice(&self, card_key: CardKey, req: &AuthRequest, now: UnixSeconds) -> AdviceOutcome {
+        let fingerprint = req.fingerprint(card_key.raw());
+        let tx = req.key.original();
+        let mut fresh = false;
+        let outcome = self.index.update(card_key, |card| {
+            if self.journal.is_failed() {
+                // Nothing can be recorded: fail closed (96) before changing anything.
+                return AdviceOutcome::Recorded(Durable::ready(Err(StoreError::Failed)));
+            }
+            if let Some(e) = self.ledger.get(&tx) {
+                // Taken back in full by the acquirer while it was held, then released: a
+                // stand-in's advice of it counts nothing, as after a void.
+                if e.card == card_key && e.state == TxState::Released && e.taken_back() {
+                    return AdviceOutcome::Conflict;
+                }
+                // An advice tells of money that moved: the request vpan saw under its key
+                // may have carried what the advice leaves out or restates (DE 14, DE 18,
+                // DE 42, DE 6 at another rate), and a 94 would leave it uncounted. Only
+                // another card or amount makes it another transaction.
+                // A refund and a purchase of one amount under one key are still two. vpan
+                // declines no refund: what it declined was not one (a decline recorded
+                // before the flag was kept may read as one).
+                let was_refund = e.refund && e.state != TxState::Declined;
+                let same_money = e.card == card_key
+                    && e.original_amount == req.amounts.transaction
+                    && was_refund == (req.kind == Kind::Refund);
+                if e.fingerprint != fingerprint && !same_money {
+                    return AdviceOutcome::Conflict;
+                }
+                if matches!(e.state, TxState::Held | TxState::InDoubt) && e.card == card_key {
+                    // The advice reports the approval vpan holds (or holds in doubt): it
+                    // completes the hold, here under the card's lock, so an issuer answer
+                    // racing it finds the hold completed (or completes it first, and this
+                    // is a repeat).
+                    let hold = Hold { card: card_key, tx };
+                    let approved = IssuerOutcome::APPROVED;
+                    if let Some((durable, _)) =
+                        self.complete_locked(card, &hold, e.state, approved, now)
+                    {
+                        // Answered: it joins its retention queue now (one in doubt is in it).
+                        fresh = e.state == TxState::Held;
+                        return AdviceOutcome::Recorded(durable);
+                    }
+                }
+                if matches!(
+                    e.state,
+                    TxState::Approved | TxState::Held | TxState::InDoubt
+                ) {
+                    return AdviceOutcome::Repeat {
+                        issuer_has_it: e.acknowledged
+                            || (e.state == TxState::Approved
+                                && e.mti[2] == b'0'
+                                && e.decided_by == DecidedBy::Issuer),
+                    };
+                }
+            }
+            let (amount, counts_use) = match (req.kind, req.amounts.counted_in(card.currency)) {
+                (Kind::Refund, _) => (0, false),
+                // DE 4 of 0: nothing moved, whatever the currency.
+                (Kind::Verification, counted) => {
+                    let amount = counted.unwrap_or(0);
+                    (amount, amount > 0)
+                }
+                (Kind::Purchase, Some(amount)) if amount > 0 => (amount, true),
+                // Money moved, of a size the card's currency cannot tell (no amount in it, or
+                // one of 0 beside a DE 4 that is not, which as a request would be declined
+                // 30), perhaps past the cap: counted as all the card had left, and a use
+                // (the safe side).
+                (Kind::Purchase, _) => {
+                    crate::logging::throttled!(warn, card = ?card_key, "advice of an amount the card's currency cannot tell; recorded as what was left of its cap");
+                    // Not `available()`: holds released later must not make room again.
+                    let left = card.amount_limit.saturating_sub(card.spent);
+                    (left, true)
+                }
+            };
+            // As a request: a refund binds no first-use merchant.
+            let binds = req.kind != Kind::Refund
+                && card.lock == LockKind::FirstUseUnbound
+                && req.acceptor.is_some();
+            let event = Event::Advised(tx_event(
+                self.lsn(),
+                card_key,
+                tx,
+                fingerprint,
+                amount,
+                counts_use,
+                binds,
+                req,
+                now,
+            ));
+            let durable = self.journal.append(event.clone());
+            event::apply_card(card, &event);
+            fresh = event::apply_ledger(&self.ledger, &event, false).is_some();
+            AdviceOutcome::Recorded(durable)
+        });
+        if fresh {
+            self.ledger.remember_answered(tx, now, now);
+        }
+        outcome.unwrap_or(AdviceOutcome::Unknown)
+    }
+
+    /// The issuer answered the advice `req` 00: its repeats are acknowledged here from now
+    /// on (in memory: after a restart one goes to the issuer again, marked as a repeat).
+    pub fn advice_acknowledged(&self, card_key: CardKey, req: &AuthRequest) {
+        // Whatever stands under its key on this card is what the advice was recorded as,
+        // or completed (a repeat of another content is refused before it is sent).
+        if let Some(mut e) = self.ledger.entries.get_mut(&req.key.original())
+            && e.card == card_key
+        {
+            e.acknowledged = true;
+        }
+    }
+
+    /// An advice that reports a decline (a stand-in's DE 39 that is no approval): it moved
+    /// no money, so nothing is counted, and it is kept among the card's recent decisions
+    /// (journaled, not waited for, as vpan's own declines). False when no card has this
+    /// vPAN.
+    pub fn advice_of_decline(
+        &self,
+        card_key: CardKey,
+        req: &AuthRequest,
+        code: ResponseCode,
+        now: UnixSeconds,
+    ) -> bool {
+        self.index
+            .update(card_key, |card| {
+                self.record_decline(card, card_key, req, code, DecidedBy::Issuer, now);
+            })
+            .is_some()
+    }
+}

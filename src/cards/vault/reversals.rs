@@ -1,0 +1,320 @@
+//! Reversals (0400/0420 and repeats): finding the original, by DE 90 or by the
+//! reversal's own key, and giving back what it holds, or voiding one not seen yet.
+
+use super::{Cards, ReversalOutcome};
+use crate::cards::card::{CardKey, UnixSeconds};
+use crate::cards::event::{self, Event};
+use crate::cards::ledger::{TxEntry, TxState};
+use crate::cards::request::{OriginalData, ReversalRequest};
+use crate::store::StoreError;
+use crate::store::journal::Durable;
+
+impl Cards {
+    /// The MTI of the original that `req`, a reversal without DE 90, names by its own key
+    /// on this card (the one [`Cards::reverse`] takes back), for naming it toward the
+    /// issuer.
+    pub fn original_mti(&self, card_key: CardKey, req: &ReversalRequest) -> Option<[u8; 4]> {
+        self.under_own_key(card_key, req)
+            .into_iter()
+            // Not a void made before the original came, which records the reversal that
+            // made it; one that replaced a purchase vpan saw keeps the purchase's MTI.
+            .find(|(_, e)| !e.is_void() || e.voided_a_purchase())
+            .map(|(_, e)| e.mti)
+    }
+
+    /// Applies a reversal (0400/0420 and repeats): finds the original by DE 90, else by the
+    /// reversal's own key with MTI class 1 then 2, and gives back what it holds beyond the
+    /// remaining amount (DE 95; none: everything), once. A full reversal of an original
+    /// this card has not seen (yet: held up on another connection, say) voids it, so that
+    /// were it to come after all it is declined, not approved after the acquirer took it
+    /// back. A partial one says the original happened, in part: it may yet come as an
+    /// advice from a stand-in, which must then be counted, not refused.
+    pub fn reverse(
+        &self,
+        card_key: CardKey,
+        req: &ReversalRequest,
+        now: UnixSeconds,
+    ) -> ReversalOutcome {
+        let Some(original) = req.original else {
+            return self.reverse_by_own_key(card_key, req, now);
+        };
+        if self
+            .ledger
+            .get(&original)
+            .is_some_and(|e| e.card == card_key)
+        {
+            self.give_back(card_key, original, req, now)
+        } else if req.remaining.unwrap_or(0) == 0 {
+            self.void(card_key, original, req, now)
+        } else {
+            ReversalOutcome::NotFound
+        }
+    }
+
+    /// A reversal without DE 90, which names its original by its own key (DE 11, 7, 32,
+    /// 41): an 0100's or an 0200's alike.
+    fn reverse_by_own_key(
+        &self,
+        card_key: CardKey,
+        req: &ReversalRequest,
+        now: UnixSeconds,
+    ) -> ReversalOutcome {
+        let found = self.under_own_key(card_key, req);
+        match found.first() {
+            Some((tx, e)) if !e.is_void() => return self.give_back(card_key, *tx, req, now),
+            // A purchase this reversal (or its first) voided: done already.
+            Some((_, e)) if e.voided_a_purchase() => return ReversalOutcome::NothingLeft,
+            // Only voids made before their originals came (or nothing): voided below.
+            _ => {}
+        }
+        if req.remaining.unwrap_or(0) != 0 {
+            return if found.is_empty() {
+                ReversalOutcome::NotFound
+            } else {
+                ReversalOutcome::NothingLeft
+            };
+        }
+        // Both voided, each in a record of its own: a repeat after a crash that kept only
+        // the first voids the second then.
+        let [auth, financial] =
+            [1, 2].map(|class| self.void(card_key, req.key.with_class(class).original(), req, now));
+        both(auth, financial)
+    }
+
+    /// This card's entries under a reversal's own key, as an 0100's and as an 0200's, the
+    /// one it acts on first. Two transactions under one key are told apart only by DE 90,
+    /// so the order guesses as an acquirer means it: a reversal takes back a purchase that
+    /// stands (holds or spends something, or counts a use), before one a reversal took
+    /// back already, the latest first (a reversal sent again without being marked a
+    /// repeat); a repeat (0401, 0421) acts on what a reversal took back, the latest first,
+    /// before one that stands, so that it never takes back a second purchase. Then, for
+    /// both, one that never stood (declined or released), then a void made before its
+    /// original came; an 0100 before an 0200 among equals. The same order for what is
+    /// given back and for what is named to the issuer.
+    fn under_own_key(
+        &self,
+        card_key: CardKey,
+        req: &ReversalRequest,
+    ) -> Vec<(OriginalData, TxEntry)> {
+        let repeat = req.mti[3] == b'1';
+        let order = |e: &TxEntry| {
+            let rank = if e.taken_back() {
+                u8::from(!repeat)
+            } else if e.stands() {
+                u8::from(repeat)
+            } else if !e.is_void() {
+                2
+            } else {
+                3
+            };
+            // The latest taken back first: what the reversal now repeated acted on.
+            let latest = if e.taken_back() { e.lsn } else { 0 };
+            (rank, std::cmp::Reverse(latest))
+        };
+        let mut found: Vec<_> = [1, 2]
+            .into_iter()
+            .map(|class| req.key.with_class(class).original())
+            .filter_map(|k| {
+                self.ledger
+                    .get(&k)
+                    .filter(|e| e.card == card_key)
+                    .map(|e| (k, e))
+            })
+            .collect();
+        // Stable: the 0100 stays first among equals.
+        found.sort_by_key(|(_, e)| order(e));
+        found
+    }
+
+    /// Gives back what `tx`, this card's, holds beyond the reversal's remaining amount.
+    fn give_back(
+        &self,
+        card_key: CardKey,
+        tx: OriginalData,
+        req: &ReversalRequest,
+        now: UnixSeconds,
+    ) -> ReversalOutcome {
+        let mut voided_at = None;
+        let outcome = self
+            .index
+            .update(card_key, |card| {
+                if self.journal.is_failed() {
+                    // Given back in memory only, a repeat would find nothing left and be
+                    // acknowledged, and a restart would count the amount spent for good.
+                    return ReversalOutcome::NotRecorded(StoreError::Failed);
+                }
+                // Found on this card before its lock was taken; forgotten since, its key
+                // may be another card's now.
+                let Some(e) = self.ledger.get(&tx).filter(|e| e.card == card_key) else {
+                    return ReversalOutcome::NotFound;
+                };
+                if e.state == TxState::Released && req.remaining.unwrap_or(0) == 0 {
+                    // Declined by the issuer, or released on its 91, and now taken back by
+                    // the acquirer: a stand-in that approved it meanwhile may yet advise it.
+                    // Voided, that advice counts nothing, as it would had this reversal
+                    // come before the purchase. Replaced under the entry's own lock, and
+                    // only while it is still this card's (retention does not take the
+                    // card's lock). The void keeps the purchase's MTI, which the issuer
+                    // knows it by, for a repeat of this reversal to name it, and its time,
+                    // so that it is forgotten when the purchase would have been.
+                    let Some(mut slot) = self
+                        .ledger
+                        .entries
+                        .get_mut(&tx)
+                        .filter(|s| s.card == card_key && s.state == TxState::Released)
+                    else {
+                        return ReversalOutcome::NotFound;
+                    };
+                    let (durable, entry) = self.void_record(card_key, tx, e.mti, e.at);
+                    *slot = entry;
+                    voided_at = Some(e.at);
+                    return ReversalOutcome::Voided { durable };
+                }
+                if !matches!(
+                    e.state,
+                    TxState::Held | TxState::Approved | TxState::InDoubt
+                ) {
+                    return ReversalOutcome::NothingLeft;
+                }
+                let remaining = match req.remaining {
+                    None => 0,
+                    // No proportion to take of an original of DE 4 0 (counted on its DE 6):
+                    // a DE 95 that leaves 0 is a full reversal, any other gives nothing
+                    // back rather than everything.
+                    Some(0) if e.original_amount == 0 => 0,
+                    Some(_) if e.original_amount == 0 => e.amount,
+                    Some(r) => {
+                        // Proportional in the card's currency, rounded up: never gives back
+                        // more than the reversal says.
+                        let num = u128::from(e.charged) * u128::from(r);
+                        let den = u128::from(e.original_amount);
+                        u64::try_from(num.div_ceil(den))
+                            .unwrap_or(u64::MAX)
+                            .min(e.amount)
+                    }
+                };
+                // Nothing of it stands after this reversal. An advice counted as what was
+                // left of the cap when nothing was holds 0 and a use: only a full reversal
+                // leaves nothing of that, and gives the use back.
+                let leaves_nothing =
+                    remaining == 0 && (e.charged > 0 || req.remaining.unwrap_or(0) == 0);
+                if remaining >= e.amount && !(leaves_nothing && e.use_counted) {
+                    return ReversalOutcome::NothingLeft;
+                }
+                let returned = e.amount - remaining;
+                let event = Event::Reversed {
+                    lsn: self.lsn(),
+                    key: card_key,
+                    tx,
+                    was_held: e.state == TxState::Held,
+                    returned,
+                    remaining,
+                    use_returned: leaves_nothing && e.use_counted,
+                    held_use_returned: leaves_nothing && e.state == TxState::Held && e.counts_use,
+                    mti: req.mti,
+                    at: now,
+                };
+                let durable = self.journal.append(event.clone());
+                event::apply_card(card, &event);
+                event::apply_ledger(&self.ledger, &event, false);
+                ReversalOutcome::Reversed { returned, durable }
+            })
+            .unwrap_or(ReversalOutcome::NotFound);
+        if let Some(at) = voided_at {
+            // A void guards money (a late advice of the purchase counts nothing): kept with
+            // what moves money, no longer among the releases, from the purchase's time.
+            self.ledger.remember(tx, at, now);
+        }
+        outcome
+    }
+
+    /// Voids `original`, which a reversal named before this card saw it (see
+    /// [`Event::Voided`]).
+    fn void(
+        &self,
+        card_key: CardKey,
+        original: OriginalData,
+        req: &ReversalRequest,
+        now: UnixSeconds,
+    ) -> ReversalOutcome {
+        let mut inserted = false;
+        let voided = self.index.update(card_key, |_| {
+            if self.journal.is_failed() {
+                return Some(Err(StoreError::Failed));
+            }
+            let dashmap::Entry::Vacant(slot) = self.ledger.entries.entry(original) else {
+                // The original arrived meanwhile: reversed as usual, below.
+                return None;
+            };
+            let (durable, entry) = self.void_record(card_key, original, req.mti, now);
+            slot.insert(entry);
+            inserted = true;
+            Some(Ok(durable))
+        });
+        if inserted {
+            self.ledger.remember_unseen_void(original, now, now);
+        }
+        match voided {
+            None => ReversalOutcome::NotFound,
+            Some(Some(Ok(durable))) => ReversalOutcome::Voided { durable },
+            Some(Some(Err(e))) => ReversalOutcome::NotRecorded(e),
+            Some(None) => match self.ledger.get(&original) {
+                // Voided already: a repeat of the reversal.
+                Some(e) if e.card == card_key && e.is_void() => ReversalOutcome::NothingLeft,
+                // The original arrived meanwhile: given back as usual.
+                Some(e) if e.card == card_key => self.give_back(card_key, original, req, now),
+                _ => ReversalOutcome::NotFound,
+            },
+        }
+    }
+
+    /// Journals the void of `tx` on this card (`mti` and `at`: see [`Event::Voided`]), under
+    /// the card's lock; the entry to put in the ledger for it.
+    fn void_record(
+        &self,
+        card_key: CardKey,
+        tx: OriginalData,
+        mti: [u8; 4],
+        at: UnixSeconds,
+    ) -> (Durable, TxEntry) {
+        let lsn = self.lsn();
+        let durable = self.journal.append(Event::Voided {
+            lsn,
+            key: card_key,
+            tx,
+            mti,
+            at,
+        });
+        (durable, event::voided_entry(card_key, tx, mti, at, lsn))
+    }
+}
+
+/// What voiding both keys of a reversal by its own key did, as one outcome: a purchase
+/// given back (one that arrived meanwhile) before a void, a void before nothing. Durable
+/// once the later record is: the journal makes records durable in the order they came.
+fn both(first: ReversalOutcome, second: ReversalOutcome) -> ReversalOutcome {
+    use ReversalOutcome as R;
+    match (first, second) {
+        (R::NotRecorded(e), _) | (_, R::NotRecorded(e)) => R::NotRecorded(e),
+        (
+            R::Reversed { returned: a, .. },
+            R::Reversed {
+                returned: b,
+                durable,
+            },
+        ) => R::Reversed {
+            returned: a + b,
+            durable,
+        },
+        (R::Reversed { returned, .. }, R::Voided { durable }) => R::Reversed { returned, durable },
+        (
+            R::Voided { .. } | R::NothingLeft | R::NotFound,
+            later @ (R::Reversed { .. } | R::Voided { .. }),
+        ) => later,
+        (earlier @ (R::Reversed { .. } | R::Voided { .. }), R::NothingLeft | R::NotFound) => {
+            earlier
+        }
+        (R::NothingLeft, _) | (_, R::NothingLeft) => R::NothingLeft,
+        (R::NotFound, R::NotFound) => R::NotFound,
+    }
+}
