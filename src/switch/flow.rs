@@ -15,17 +15,20 @@
 //! - 0800: answered here.
 //! - Any PAN that is not a vPAN: forwarded and answered untouched (14 inside
 //!   `cards.virtual_ranges`).
+//!
+//! Beside it: `fields.rs` reads the cards' view of a request from its fields, `swap.rs`
+//! rewrites messages between the network's card and layout and the issuer's, and
+//! `counts.rs` counts and times each answer for the metrics.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use crate::cards::card::unix_now as now;
 use crate::cards::{
-    AcceptorId, Admit, AdviceOutcome, Amounts, Approval, AuthCode, AuthRequest, CardKey, Cards,
-    DecidedBy, Decision, Expiry, Hold, IssuerOutcome, Kind, OriginalData, Replay, ResponseCode,
-    ReversalOutcome, ReversalRequest, TxKey,
+    Admit, AdviceOutcome, Approval, AuthCode, CardKey, Cards, DecidedBy, Decision, Expiry, Hold,
+    IssuerOutcome, Replay, ResponseCode, ReversalOutcome,
 };
 use crate::iso8583::{Message, Spec, readable_part, recover_header};
 use crate::metrics as m;
@@ -34,11 +37,17 @@ use crate::store::StoreError;
 use crate::store::journal::Durable;
 
 use super::issuer::{
-    ALPHANUMERIC_DECLINES, IssuerError, IssuerLink, Owed, Unanswered, is_known_decline,
-    may_approve, undecided,
+    IssuerError, IssuerLink, Owed, Unanswered, is_known_decline, may_approve, undecided,
 };
 use super::mac::{MAC_FAILURE_CODE, MacCheck, MacKey, mac_field};
-use super::{scrub, tracks};
+use super::tracks;
+
+mod counts;
+mod fields;
+mod swap;
+
+use counts::record;
+pub use fields::{auth_request, reversal_request};
 
 /// The flow's shared state: one per switch, used by every network connection.
 pub struct Flow {
@@ -763,178 +772,6 @@ impl Flow {
         Some(answer)
     }
 
-    /// The request in the issuer's layout with the real card in DE 2, 14 and 35.
-    fn to_real(&self, request: &Message, pan: &Pan, expiry: &[u8; 4]) -> Option<Msg> {
-        let mut out = self.in_issuer_layout(request)?;
-        // DE 2 where the network put one; a request that carried the card in track 2 only
-        // goes out the same way.
-        if out.has(2) {
-            out.set_pan(pan).ok()?;
-        }
-        if out.has(14) {
-            out.set_expiry(expiry).ok()?;
-        }
-        // The extended PAN, where the network repeats the card there, is the card too. (DE 34
-        // looked at first: most requests have none, and pay nothing more.)
-        if let Some(extended) = request.text(34)
-            && let Some(Ok(card)) = request.card_number()
-            && *extended == *card.as_bytes()
-        {
-            out.set(34, pan.as_bytes()).ok()?;
-        }
-        // Track 2 carries the card too: one that cannot be read, and so not rewritten,
-        // must not reach the issuer with the vPAN in it (the caller answers 30). A
-        // reversal has given the amount back already, and an advice has been counted: both
-        // must reach the issuer, and go without track 2, which they do not need.
-        if request.has(35) {
-            let mti = request.mti();
-            let recorded_already = mti[1] == b'4' || mti[2] == b'2';
-            // Only the card's own track: another card's, beside the vPAN in DE 2, is not
-            // the vPAN's to rewrite (a request is refused before it gets here).
-            let card = request.card_number().and_then(Result::ok);
-            match request
-                .track2()
-                .filter(|t| card.is_some_and(|c| t.pan_digits() == c.as_bytes()))
-                .and_then(|t| t.with_pan_and_expiry(pan, expiry))
-            {
-                Some(track2) => out.set_track2(&track2).ok()?,
-                None if recorded_already => out.remove(35),
-                None => return None,
-            }
-        }
-        // Tracks 1 and 3 are not rewritten: they go no further than vpan, the issuer has
-        // the card in DE 2 and DE 35.
-        out.remove(45);
-        out.remove(36);
-        Some(out)
-    }
-
-    /// For the rare reversal after a journal failure: the request as the issuer saw it.
-    fn to_real_again(&self, request: &Message, answer: &Message) -> Option<Msg> {
-        let vpan = self.virtual_pan(request)?;
-        let (pan, expiry, _) = self.cards.real_card(vpan.key)?;
-        let mut out = self.to_real(request, &pan, &expiry.0)?;
-        if let Some(stan) = answer.stan() {
-            out.set(11, &stan).ok()?;
-        }
-        Some(out)
-    }
-
-    /// The issuer's answer to `request` in the network's layout with the vPAN (and virtual
-    /// expiry) back in DE 2, 14 and 35, and the real card `real` nowhere else.
-    fn to_virtual(
-        &self,
-        answer: Msg,
-        request: &Message,
-        vpan: &VirtualPan,
-        expiry: &[u8; 4],
-        real: &Pan,
-    ) -> Option<Msg> {
-        let track2 = answer
-            .track2()
-            .and_then(|t| t.with_pan_and_expiry(&vpan.pan, expiry));
-        let strays = scrub::fields_holding(&answer, request, real);
-        let mut out = self.answer_in_network_layout(answer)?;
-        for n in strays {
-            // The extended PAN echoed is the card, and the network knows it as the vPAN;
-            // anywhere else the number has no place that vpan could rewrite.
-            if n == 34 && out.text(34).is_some_and(|t| *t == *real.as_bytes()) {
-                out.set(34, vpan.pan.as_bytes()).ok()?;
-            } else {
-                out.remove(n);
-                crate::logging::throttled!(
-                    warn,
-                    field = n,
-                    "the issuer's answer held the real card number in a field vpan does not rewrite: removed before the network's answer"
-                );
-            }
-        }
-        if out.has(2) {
-            out.set_pan(&vpan.pan).ok()?;
-        }
-        if out.has(14) {
-            out.set_expiry(expiry).ok()?;
-        }
-        // A track 2 echoed back is rewritten; one that cannot be (it holds the real card
-        // in a form vpan does not read) is dropped, as are track 1 and a PIN block, rather
-        // than the answer: the network gets its answer, never the real card.
-        match track2 {
-            Some(track2) if out.has(35) => out.set_track2(&track2).ok()?,
-            _ => out.remove(35),
-        }
-        out.remove(45);
-        out.remove(52);
-        Some(out)
-    }
-
-    /// The issuer's answer in the network's layout (the two links' specs may differ). A
-    /// field of it with no place there (a DE 54 longer than the network's layout allows)
-    /// is left out, said by number, rather than the answer: the network must hear the
-    /// issuer's decision, which vpan has counted already.
-    fn answer_in_network_layout(&self, answer: Msg) -> Option<Msg> {
-        let to = self.network_spec;
-        if std::ptr::eq(answer.spec(), to) {
-            return Some(answer);
-        }
-        let Some((mut out, mut left_out)) = copied_field_by_field(&answer, to) else {
-            crate::logging::throttled!(
-                error,
-                "an issuer's answer has an MTI network.spec cannot write; not answered"
-            );
-            return None;
-        };
-        // Without its STAN the network cannot match the answer: none is sent.
-        if left_out.contains(&11) {
-            crate::logging::throttled!(
-                error,
-                "an issuer's answer has a DE 11 network.spec cannot write; not answered"
-            );
-            return None;
-        }
-        // A DE 39 the network's layout cannot write: a known decline (N7 where the layout
-        // takes digits) was counted as one, and the network hears 05; any other may have
-        // been an approval, which vpan counted as spent, and an 05 would leave it so for
-        // good: not answered, the network reverses it on its timeout.
-        if left_out.contains(&39) {
-            if may_approve(&answer) {
-                crate::logging::throttled!(
-                    error,
-                    "an issuer's answer has a DE 39 network.spec cannot write, not a known decline; not answered"
-                );
-                return None;
-            }
-            out.set_response_code(b"05").ok()?;
-            left_out.retain(|&n| n != 39);
-        }
-        if !left_out.is_empty() {
-            crate::logging::throttled!(
-                warn,
-                fields = ?left_out,
-                "fields of an issuer's answer with no place in network.spec left out of the network's answer"
-            );
-        }
-        Some(out)
-    }
-
-    /// A request in the issuer's layout; `None`, said with the field, when a field of it
-    /// has no place there (a request from the network is then answered 30).
-    fn in_issuer_layout(&self, request: &Message) -> Option<Msg> {
-        let to = self.issuer.spec();
-        if std::ptr::eq(request.spec(), to) {
-            return Some(Box::new(request.clone()));
-        }
-        let (out, left_out) = copied_field_by_field(request, to)?;
-        if let Some(n) = left_out.first() {
-            crate::logging::throttled!(
-                warn,
-                field = n,
-                "a request's field has no place in issuer.spec; not sent to the issuer"
-            );
-            return None;
-        }
-        Some(out)
-    }
-
     /// The card number as a vPAN key, when it is a well-formed PAN.
     fn virtual_pan(&self, request: &Message) -> Option<VirtualPan> {
         // DE 2, or track 2 alone: a vPAN there is as much a vPAN, and its controls apply.
@@ -994,20 +831,6 @@ fn unanswered_code(e: IssuerError) -> ResponseCode {
 /// What a request sent with the real card came to: the issuer's answer (`None` when the
 /// vPAN could not be put back in it), or why there is none.
 type OnCard = Result<Option<Msg>, NotSent>;
-
-/// `msg` written in layout `to` field by field, with the fields that have no place there
-/// (left out); `None` when its MTI cannot be written.
-fn copied_field_by_field(msg: &Message, to: &'static Spec) -> Option<(Msg, Vec<usize>)> {
-    let mut out = Box::new(Message::new(to, &msg.mti()).ok()?);
-    let left_out = msg
-        .field_numbers()
-        .filter(|&n| {
-            msg.text(n)
-                .is_none_or(|t| out.set(n, t.as_bytes()).is_err())
-        })
-        .collect();
-    Some((out, left_out))
-}
 
 /// A request on a known vPAN as the issuer gets it, with what its answer needs back.
 struct TowardIssuer {
@@ -1150,84 +973,6 @@ pub fn response_mti(mti: [u8; 4]) -> [u8; 4] {
     out
 }
 
-fn digits_u16(ascii: &[u8]) -> Option<u16> {
-    if ascii.is_empty() || ascii.len() > 4 || !ascii.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(
-        ascii
-            .iter()
-            .fold(0u16, |v, &c| v * 10 + u16::from(c - b'0')),
-    )
-}
-
-/// The cards' view of a 0100/0200/0120/0220; `None` when DE 11 or DE 7 is missing.
-pub fn auth_request(msg: &Message) -> Option<AuthRequest> {
-    let amount = msg.amount_transaction().unwrap_or(0);
-    let billing = match (
-        msg.amount_cardholder_billing(),
-        msg.currency_cardholder_billing(),
-    ) {
-        (Some(a), Some(c)) => digits_u16(&c).map(|c| (a, c)),
-        _ => None,
-    };
-    // A verification moves nothing in any currency: a DE 4 of 0 beside a DE 6 that is not
-    // is a purchase whose amounts disagree (declined 30 when the card counts DE 4), not a
-    // verification free of the cap and the uses.
-    let moved = amount.max(billing.map_or(0, |(a, _)| a));
-    let kind = Kind::classify(&msg.processing_code().unwrap_or(*b"000000"), moved);
-    Some(AuthRequest {
-        mti: msg.mti(),
-        kind,
-        amounts: Amounts {
-            transaction: amount,
-            transaction_currency: msg
-                .currency_transaction()
-                .and_then(|c| digits_u16(&c))
-                .unwrap_or(0),
-            billing,
-        },
-        expiry: presented_expiry(msg),
-        mcc: msg.mcc().and_then(|m| digits_u16(&m)),
-        acceptor: msg
-            .acceptor_id()
-            .and_then(|a| AcceptorId::new(a.as_bytes())),
-        key: tx_key(msg)?,
-    })
-}
-
-/// The expiry a request presents, which must be the virtual one (54 otherwise): DE 14,
-/// else track 2's, since a card-present request may carry the card in DE 35 alone (and
-/// its expiry would otherwise go unchecked, then be replaced by the real one on its way to
-/// the issuer). Kept as received: one that is no date never equals the virtual expiry.
-fn presented_expiry(msg: &Message) -> Option<Expiry> {
-    /// No date: stands for a DE 14 and a track 2 that disagree, which cannot both be the
-    /// virtual expiry.
-    const DISAGREEING: Expiry = Expiry(*b"----");
-    match (msg.expiry(), msg.track2().and_then(|t| t.expiry())) {
-        (Some(de14), Some(track)) if de14 != track => Some(DISAGREEING),
-        (de14, track) => de14.or(track).map(Expiry),
-    }
-}
-
-/// The cards' view of a 0400/0420; `None` when DE 11 or DE 7 is missing, or DE 95 has no
-/// amount to read.
-pub fn reversal_request(msg: &Message) -> Option<ReversalRequest> {
-    let key = tx_key(msg)?;
-    Some(ReversalRequest {
-        mti: msg.mti(),
-        key,
-        original: msg
-            .text(90)
-            .and_then(|t| OriginalData::parse(t.as_bytes(), key.terminal)),
-        // A DE 95 whose amount cannot be read is a format error (30), never a full reversal.
-        remaining: match msg.replacement_transaction_amount() {
-            None => None,
-            Some(amount) => Some(amount?),
-        },
-    })
-}
-
 /// Sets DE 90 of `reversal` to name its original, of MTI `mti`, under the reversal's own
 /// DE 11, DE 7 and DE 32.
 fn name_original(reversal: &mut Message, mut mti: [u8; 4]) {
@@ -1247,114 +992,6 @@ fn name_original(reversal: &mut Message, mut mti: [u8; 4]) {
     let _ = reversal.set(90, &de90);
 }
 
-fn tx_key(msg: &Message) -> Option<TxKey> {
-    let acquirer = msg.acquirer();
-    let terminal = msg.terminal();
-    TxKey::new(
-        &msg.mti(),
-        &msg.stan()?,
-        &msg.transmission_time()?,
-        acquirer.as_ref().map_or(&b""[..], |a| a.as_bytes()),
-        terminal.as_ref().map_or(&b""[..], |t| t.as_bytes()),
-    )
-}
-
-/// Counts an answer and its latency under labels from small fixed sets only.
-fn record(mti: &[u8; 4], answer: &Message, by: DecidedBy, received: Instant) {
-    let mti = mti_index(mti);
-    request_counter(mti, code_index(answer.response_code()), by).increment(1);
-    request_duration(mti).record(received.elapsed().as_secs_f64());
-}
-
-/// The MTIs vpan handles by name; anything else is `other`, so a hostile peer cannot
-/// blow up the label space.
-const KNOWN_MTIS: [&str; 17] = [
-    "0100", "0101", "0120", "0121", "0200", "0201", "0220", "0221", "0400", "0401", "0420", "0421",
-    "0800", "0801", "0820", "0300", "0600",
-];
-
-/// Two-digit response codes as static labels (`code_index` 0 to 99; 100 is `other`).
-const CODES: &str = "00010203040506070809101112131415161718192021222324252627282930313233343536373839404142434445464748495051525354555657585960616263646566676869707172737475767778798081828384858687888990919293949596979899";
-
-/// Index of `mti` in [`KNOWN_MTIS`], or its length for `other`.
-fn mti_index(mti: &[u8; 4]) -> usize {
-    KNOWN_MTIS
-        .iter()
-        .position(|k| k.as_bytes() == mti)
-        .unwrap_or(KNOWN_MTIS.len())
-}
-
-/// EMV's offline approvals, as a stand-in's advice carries them.
-const OFFLINE_APPROVALS: [&str; 2] = ["Y1", "Y3"];
-
-/// How many alphanumeric codes get a `response_code` label of their own.
-const NAMED_CODES: usize = ALPHANUMERIC_DECLINES.len() + OFFLINE_APPROVALS.len();
-
-/// The alphanumeric codes that get a `response_code` label of their own: the ones vpan
-/// reads (the declines [`is_known_decline`] knows, and EMV's offline approvals), so a
-/// dashboard can tell a surge of CVV2 mismatches (N7) from other issuer codes. Any other
-/// is `other`.
-fn named_codes() -> impl Iterator<Item = &'static str> {
-    ALPHANUMERIC_DECLINES
-        .iter()
-        .chain(OFFLINE_APPROVALS.iter())
-        .copied()
-}
-
-/// 0 to 99 for a two-digit code, 100 on for a named one (see [`named_codes`]), and the
-/// last index for anything else.
-fn code_index(code: Option<[u8; 2]>) -> usize {
-    match code {
-        Some([a, b]) if a.is_ascii_digit() && b.is_ascii_digit() => {
-            usize::from(a - b'0') * 10 + usize::from(b - b'0')
-        }
-        Some(code) => {
-            100 + named_codes()
-                .position(|n| n.as_bytes() == code)
-                .unwrap_or(NAMED_CODES)
-        }
-        None => 100 + NAMED_CODES,
-    }
-}
-
-fn mti_label(index: usize) -> &'static str {
-    KNOWN_MTIS.get(index).copied().unwrap_or("other")
-}
-
-fn code_label(index: usize) -> &'static str {
-    match index.checked_sub(100) {
-        None => CODES.get(2 * index..2 * index + 2).unwrap_or("other"),
-        Some(named) => named_codes().nth(named).unwrap_or("other"),
-    }
-}
-
-// The request metrics' handles, registered on first use and kept: `metrics::counter!`
-// with labels builds and hashes its key on every call, a cost per request that a profile
-// of the switch showed; the label sets are small and fixed, so each handle is looked up
-// once. Indices are clamped by `mti_index` (at most `KNOWN_MTIS.len()`) and `code_index`
-// (at most `100 + NAMED_CODES`).
-const MTI_SLOTS: usize = KNOWN_MTIS.len() + 1;
-const CODE_SLOTS: usize = 100 + NAMED_CODES + 1;
-static REQUEST_COUNTERS: [OnceLock<metrics::Counter>; MTI_SLOTS * CODE_SLOTS * 2] =
-    [const { OnceLock::new() }; MTI_SLOTS * CODE_SLOTS * 2];
-static REQUEST_DURATIONS: [OnceLock<metrics::Histogram>; MTI_SLOTS] =
-    [const { OnceLock::new() }; MTI_SLOTS];
-
-fn request_counter(mti: usize, code: usize, by: DecidedBy) -> &'static metrics::Counter {
-    let by_index = match by {
-        DecidedBy::Switch => 0,
-        DecidedBy::Issuer => 1,
-    };
-    REQUEST_COUNTERS[(mti * CODE_SLOTS + code) * 2 + by_index].get_or_init(|| {
-        metrics::counter!(m::REQUESTS_TOTAL, "mti" => mti_label(mti), "response_code" => code_label(code), "decided_by" => by.as_str())
-    })
-}
-
-fn request_duration(mti: usize) -> &'static metrics::Histogram {
-    REQUEST_DURATIONS[mti]
-        .get_or_init(|| metrics::histogram!(m::REQUEST_DURATION, "mti" => mti_label(mti)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1372,48 +1009,6 @@ mod tests {
         ] {
             assert_eq!(&response_mti(*req), resp);
         }
-    }
-
-    #[test]
-    fn a_zero_de4_beside_a_billing_amount_is_no_verification() {
-        let request = |de4: &[u8], de6: Option<&[u8]>| {
-            let mut m = Message::new(Spec::iso87ascii(), b"0100").unwrap();
-            m.set(3, b"000000").unwrap();
-            m.set(4, de4).unwrap();
-            m.set(7, b"1126143015").unwrap();
-            m.set(11, b"000001").unwrap();
-            m.set(49, b"978").unwrap();
-            if let Some(de6) = de6 {
-                m.set(6, de6).unwrap();
-                m.set(51, b"840").unwrap();
-            }
-            auth_request(&m).unwrap().kind
-        };
-        assert_eq!(request(b"000000000000", None), Kind::Verification);
-        assert_eq!(
-            request(b"000000000000", Some(b"000000000000")),
-            Kind::Verification
-        );
-        // 0 EUR beside 50.00 USD: money moved, in one currency at least.
-        assert_eq!(
-            request(b"000000000000", Some(b"000000005000")),
-            Kind::Purchase
-        );
-        assert_eq!(request(b"000000001000", None), Kind::Purchase);
-    }
-
-    #[test]
-    fn labels_come_from_small_fixed_sets() {
-        assert_eq!(code_label(code_index(Some(*b"05"))), "05");
-        assert_eq!(code_label(code_index(Some(*b"99"))), "99");
-        assert_eq!(code_label(code_index(Some(*b"N7"))), "N7");
-        assert_eq!(code_label(code_index(Some(*b"Y3"))), "Y3");
-        assert_eq!(code_label(code_index(Some(*b"ZZ"))), "other");
-        assert_eq!(code_label(code_index(None)), "other");
-        assert!(code_index(Some(*b"ZZ")) < CODE_SLOTS);
-        assert!(code_index(None) < CODE_SLOTS);
-        assert_eq!(mti_label(mti_index(b"0100")), "0100");
-        assert_eq!(mti_label(mti_index(b"9999")), "other");
     }
 
     #[test]

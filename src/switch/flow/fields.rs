@@ -1,0 +1,131 @@
+//! The cards' view of a request, read from its fields: what the limits engine and the
+//! ledger decide on, and nothing of the wire.
+
+use crate::cards::{
+    AcceptorId, Amounts, AuthRequest, Expiry, Kind, OriginalData, ReversalRequest, TxKey,
+};
+use crate::iso8583::Message;
+
+fn digits_u16(ascii: &[u8]) -> Option<u16> {
+    if ascii.is_empty() || ascii.len() > 4 || !ascii.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(
+        ascii
+            .iter()
+            .fold(0u16, |v, &c| v * 10 + u16::from(c - b'0')),
+    )
+}
+
+/// The cards' view of a 0100/0200/0120/0220; `None` when DE 11 or DE 7 is missing.
+pub fn auth_request(msg: &Message) -> Option<AuthRequest> {
+    let amount = msg.amount_transaction().unwrap_or(0);
+    let billing = match (
+        msg.amount_cardholder_billing(),
+        msg.currency_cardholder_billing(),
+    ) {
+        (Some(a), Some(c)) => digits_u16(&c).map(|c| (a, c)),
+        _ => None,
+    };
+    // A verification moves nothing in any currency: a DE 4 of 0 beside a DE 6 that is not
+    // is a purchase whose amounts disagree (declined 30 when the card counts DE 4), not a
+    // verification free of the cap and the uses.
+    let moved = amount.max(billing.map_or(0, |(a, _)| a));
+    let kind = Kind::classify(&msg.processing_code().unwrap_or(*b"000000"), moved);
+    Some(AuthRequest {
+        mti: msg.mti(),
+        kind,
+        amounts: Amounts {
+            transaction: amount,
+            transaction_currency: msg
+                .currency_transaction()
+                .and_then(|c| digits_u16(&c))
+                .unwrap_or(0),
+            billing,
+        },
+        expiry: presented_expiry(msg),
+        mcc: msg.mcc().and_then(|m| digits_u16(&m)),
+        acceptor: msg
+            .acceptor_id()
+            .and_then(|a| AcceptorId::new(a.as_bytes())),
+        key: tx_key(msg)?,
+    })
+}
+
+/// The expiry a request presents, which must be the virtual one (54 otherwise): DE 14,
+/// else track 2's, since a card-present request may carry the card in DE 35 alone (and
+/// its expiry would otherwise go unchecked, then be replaced by the real one on its way to
+/// the issuer). Kept as received: one that is no date never equals the virtual expiry.
+fn presented_expiry(msg: &Message) -> Option<Expiry> {
+    /// No date: stands for a DE 14 and a track 2 that disagree, which cannot both be the
+    /// virtual expiry.
+    const DISAGREEING: Expiry = Expiry(*b"----");
+    match (msg.expiry(), msg.track2().and_then(|t| t.expiry())) {
+        (Some(de14), Some(track)) if de14 != track => Some(DISAGREEING),
+        (de14, track) => de14.or(track).map(Expiry),
+    }
+}
+
+/// The cards' view of a 0400/0420; `None` when DE 11 or DE 7 is missing, or DE 95 has no
+/// amount to read.
+pub fn reversal_request(msg: &Message) -> Option<ReversalRequest> {
+    let key = tx_key(msg)?;
+    Some(ReversalRequest {
+        mti: msg.mti(),
+        key,
+        original: msg
+            .text(90)
+            .and_then(|t| OriginalData::parse(t.as_bytes(), key.terminal)),
+        // A DE 95 whose amount cannot be read is a format error (30), never a full reversal.
+        remaining: match msg.replacement_transaction_amount() {
+            None => None,
+            Some(amount) => Some(amount?),
+        },
+    })
+}
+
+fn tx_key(msg: &Message) -> Option<TxKey> {
+    let acquirer = msg.acquirer();
+    let terminal = msg.terminal();
+    TxKey::new(
+        &msg.mti(),
+        &msg.stan()?,
+        &msg.transmission_time()?,
+        acquirer.as_ref().map_or(&b""[..], |a| a.as_bytes()),
+        terminal.as_ref().map_or(&b""[..], |t| t.as_bytes()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::iso8583::Spec;
+
+    #[test]
+    fn a_zero_de4_beside_a_billing_amount_is_no_verification() {
+        let request = |de4: &[u8], de6: Option<&[u8]>| {
+            let mut m = Message::new(Spec::iso87ascii(), b"0100").unwrap();
+            m.set(3, b"000000").unwrap();
+            m.set(4, de4).unwrap();
+            m.set(7, b"1126143015").unwrap();
+            m.set(11, b"000001").unwrap();
+            m.set(49, b"978").unwrap();
+            if let Some(de6) = de6 {
+                m.set(6, de6).unwrap();
+                m.set(51, b"840").unwrap();
+            }
+            auth_request(&m).unwrap().kind
+        };
+        assert_eq!(request(b"000000000000", None), Kind::Verification);
+        assert_eq!(
+            request(b"000000000000", Some(b"000000000000")),
+            Kind::Verification
+        );
+        // 0 EUR beside 50.00 USD: money moved, in one currency at least.
+        assert_eq!(
+            request(b"000000000000", Some(b"000000005000")),
+            Kind::Purchase
+        );
+        assert_eq!(request(b"000000001000", None), Kind::Purchase);
+    }
+}
