@@ -1,14 +1,20 @@
 //! Log output: human-readable lines by default, one JSON object per line with `--log-json`.
 //!
-//! The level comes from `RUST_LOG` (default `info`). Nothing here masks card numbers:
-//! every place that logs one holds it as a `Pan` or `Masked`, whose `Display` is masked.
+//! The level comes from `RUST_LOG` (default `info`). Every place in vpan that logs a card
+//! number holds it as a `Pan` or `Masked`, whose `Display` is masked. Libraries log text
+//! from outside too (rustls, the name a TLS client asks for), so every line is also passed
+//! through [`mask_card_numbers`] on its way to stderr ([`MaskedStderr`]): a card number a
+//! peer chose to send cannot reach the log in full, whoever logs it.
 
-use std::io::IsTerminal;
+use std::io::{self, IsTerminal, Write};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
+
+use crate::pan::mask_card_numbers;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,13 +42,45 @@ fn init_at(format: LogFormat, default_level: &str) {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(MaskedStderr)
         // Colours only for a person at a terminal, never in a file or a pipe.
         .with_ansi(std::io::stderr().is_terminal());
     let _ = match format {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// Where log lines go: stderr, each line masked first.
+struct MaskedStderr;
+
+impl<'a> MakeWriter<'a> for MaskedStderr {
+    type Writer = Masking<io::Stderr>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        Masking(io::stderr())
+    }
+}
+
+/// Writes what it is given with every card number in it masked. The formatter hands over
+/// a whole line in one write, so a number is never split between two writes.
+struct Masking<W>(W);
+
+impl<W: Write> Write for Masking<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        // Most lines hold no run of digits long enough to be a card: written as they are.
+        if text.bytes().filter(u8::is_ascii_digit).count() < 12 {
+            self.0.write_all(buf)?;
+        } else {
+            self.0.write_all(mask_card_numbers(&text).as_bytes())?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
 }
 
 /// One log line a second at most from one place in the code, for events a peer or an
@@ -112,6 +150,26 @@ pub(crate) use throttled;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_line_is_masked_on_its_way_out_whoever_logged_it() {
+        let card = crate::pan::test_pan("497010");
+        let card = card.as_str();
+        let mut out = Masking(Vec::new());
+        let line = format!("WARN rustls: Illegal SNI hostname received \"{card}\"\n");
+        assert_eq!(out.write(line.as_bytes()).unwrap(), line.len());
+        let written = String::from_utf8(out.0).unwrap();
+        assert!(!written.contains(card), "{written}");
+        assert!(
+            written.contains(&format!("{}******", &card[..6])),
+            "{written}"
+        );
+        // A line without a card number goes as it came.
+        let mut out = Masking(Vec::new());
+        out.write_all(b"stan 000123 at 2026-12-05T22:00:00Z\n")
+            .unwrap();
+        assert_eq!(out.0, b"stan 000123 at 2026-12-05T22:00:00Z\n");
+    }
 
     #[test]
     fn a_throttle_lets_one_line_a_second_through_and_counts_the_rest() {

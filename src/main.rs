@@ -118,11 +118,13 @@ fn main() -> ExitCode {
 /// it could not place, which may be a card number typed where a flag was forgotten:
 /// masked, like every other error vpan prints.
 fn usage_error(e: &clap::Error) -> ExitCode {
-    let text = vpan::pan::mask_card_numbers(&e.render().to_string());
+    let text = e.render().to_string();
+    // Masked as printed: joined into one line, a number clap quoted across two lines is
+    // one number again.
     if e.use_stderr() {
-        eprintln!("vpan: {}", one_line(&text));
+        eprintln!("vpan: {}", vpan::pan::mask_card_numbers(&one_line(&text)));
     } else {
-        print!("{text}");
+        print!("{}", vpan::pan::mask_card_numbers(&text));
     }
     ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
 }
@@ -187,7 +189,7 @@ fn serve_logging(args: ServeArgs) -> Result<(), String> {
     let env = vpan::config::vpan_env_vars().map_err(|e| e.to_string())?;
     for var in vpan::config::env_vars_naming_no_section(&env) {
         tracing::warn!(
-            var,
+            var = %vpan::pan::mask_card_numbers(&var),
             "this VPAN_ variable names no configuration section; ignored"
         );
     }

@@ -183,15 +183,49 @@ fn printable(c: u8) -> char {
 }
 
 /// What may stand between the groups of a card number as people write it and paste it,
-/// beyond the single space or dash: spaces (a no-break or thin one from a PDF or a web
-/// page, a tab), dashes (an en or em dash from a word processor), slashes and underscores.
-const MORE_SEPARATORS: [char; 10] = [
-    ' ', '\t', '\u{a0}', '\u{2009}', '\u{202f}', '-', '\u{2013}', '\u{2014}', '/', '_',
-];
+/// beyond the single space or dash: any white space (a no-break, thin or figure space from
+/// a PDF or a web page, a tab, a line break) or control character; invisible format
+/// characters (a zero-width space, a soft hyphen, a byte-order mark); dashes (an en or em
+/// dash, the non-breaking hyphen a word processor puts in, a minus sign); and slashes,
+/// underscores and the like, by which lists are written.
+fn is_separator(c: char) -> bool {
+    c.is_whitespace()
+        || c.is_control()
+        || matches!(
+            c,
+            '-' | '/' | '_' | ',' | ':' | '|' | '+' | '*' | '\u{b7}' | '\u{2022}'
+                | '\u{ad}' | '\u{2010}'..='\u{2015}' | '\u{2212}' | '\u{fe58}' | '\u{fe63}'
+                | '\u{ff0d}' | '\u{200b}'..='\u{200d}' | '\u{2060}' | '\u{feff}'
+        )
+}
+
+/// The length in bytes of the separator at the start of `text` (0 if none): one
+/// [`is_separator`] character, or the escape by which `{:?}` quotes a tab, a line break or
+/// an invisible character (`\t`, `\n`, `\r`, `\0`, `\u{200b}`), as serde and vpan's own
+/// errors quote a value they could not read.
+fn separator_len(text: &str) -> usize {
+    if let Some(escaped) = text.strip_prefix('\\') {
+        if escaped.starts_with(['t', 'n', 'r', '0']) {
+            return 2;
+        }
+        // `\u{` and one to six hex digits, then `}`: looked for in the next 7 bytes only.
+        let Some(hex) = escaped.strip_prefix("u{") else {
+            return 0;
+        };
+        return match hex.bytes().take(7).position(|b| b == b'}') {
+            Some(len @ 1..=6) if hex.as_bytes()[..len].iter().all(u8::is_ascii_hexdigit) => len + 4,
+            _ => 0,
+        };
+    }
+    text.chars()
+        .next()
+        .filter(|&c| is_separator(c))
+        .map_or(0, char::len_utf8)
+}
 
 /// How many bytes of `text` from `at` join two groups of digits, with a digit after them
 /// (0 if none), and whether the join is a usual one: a single space or dash is; one to
-/// three [`MORE_SEPARATORS`] (`4970\u{a0}1012`, `4970 - 1012`) are not.
+/// three separators ([`separator_len`]: `4970\u{a0}1012`, `4970 - 1012`) are not.
 fn joiner_at(text: &str, at: usize) -> (usize, bool) {
     let bytes = text.as_bytes();
     let digit_at = |i: usize| bytes.get(i).is_some_and(u8::is_ascii_digit);
@@ -200,9 +234,9 @@ fn joiner_at(text: &str, at: usize) -> (usize, bool) {
     }
     let mut end = at;
     for _ in 0..3 {
-        match text[end..].chars().next() {
-            Some(c) if MORE_SEPARATORS.contains(&c) => end += c.len_utf8(),
-            _ => break,
+        match separator_len(&text[end..]) {
+            0 => break,
+            len => end += len,
         }
     }
     if end > at && digit_at(end) {
@@ -255,7 +289,7 @@ fn digit_groups(text: &str, at: usize) -> Vec<Group> {
 /// groups joined by single spaces or dashes (`4970 1012 3456 7890`), or by dots after
 /// groups of four to six (`4970.1012.3456.7890`, `3782.822463.10005`; not an address
 /// such as `192.168.100.200`), count as one run, as a card number is often written so.
-/// Whole groups joined by up to three of [`MORE_SEPARATORS`] (`4970\u{a0}1012…`, as
+/// Whole groups joined by up to three separators ([`separator_len`]: `4970\u{a0}1012…`, as
 /// pasted from a PDF) count as one where they make a card number by its length and its
 /// Luhn check, also with more digits after it (`…\u{a0}12/26`, its expiry): file names,
 /// lists and ranges of numbers (`1024/2048/4096`, `000001 - 999999`) are joined that way
@@ -498,6 +532,26 @@ mod tests {
             "\u{2013}",
             " \u{2013} ",
             "\u{202f}",
+            // Invisible or unusual: a zero-width space, a figure space, an ideographic
+            // space, a non-breaking hyphen, a minus sign, a full-width hyphen.
+            "\u{200b}",
+            "\u{2007}",
+            "\u{3000}",
+            "\u{2011}",
+            "\u{2212}",
+            "\u{ff0d}",
+            // Line breaks and list punctuation.
+            "\n",
+            "\r\n",
+            ",",
+            ":",
+            "|",
+            "\u{2022}",
+            // As `{:?}` quotes a tab, a line break or an invisible character.
+            "\\t",
+            "\\n",
+            "\\u{200b}",
+            "\\u{a0}",
         ];
         for sep in separators {
             assert_eq!(
@@ -519,6 +573,8 @@ mod tests {
             "sizes 1024/2048/4096 bytes",
             "stan\t000123\t000124",
             "stans 000001 - 999999",
+            "at 22:04:01.123456, \\u{1F600} 1234 \\t 5678",
+            "a backslash \\ and \\u{zz} 4970 \\u{1234567} 1012",
         ] {
             assert_eq!(mask_card_numbers(text), text);
         }

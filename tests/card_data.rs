@@ -274,7 +274,10 @@ async fn leak_hunt(json_logs: bool) {
     if json_logs {
         serve_args.push("--log-json");
     }
-    let mut serve = Proc::spawn(logs, "serve", &serve_args, &[]);
+    // A `VPAN_` variable whose name holds a card number: warned of as naming no section.
+    let in_a_variable = numbers.real(&test_pan(REAL_PREFIX, 16));
+    let variable = format!("VPAN_{}_X", in_a_variable.expose());
+    let mut serve = Proc::spawn(logs, "serve", &serve_args, &[(&variable, "1")]);
     let network = serve.address_logged("network listener bound");
     let metrics = serve.address_logged("metrics listener bound");
     let api_addr = serve.address_logged("API listener bound");
@@ -297,6 +300,11 @@ async fn leak_hunt(json_logs: bool) {
         answers: Vec::new(),
     };
     wait_healthy(&mut api).await;
+
+    // A TLS client that names a card number as the server it wants (SNI): rustls logs the
+    // name it refuses, text from outside that only the log writer's masking stands before.
+    let in_sni = numbers.real(&test_pan(REAL_PREFIX, 16));
+    tls_hello_naming(api_addr, in_sni.expose()).await;
 
     // Cards through the API.
     let real_a = numbers.real(&test_pan(REAL_PREFIX, 16));
@@ -767,6 +775,39 @@ fn run_card(args: &[&str], stdin: Option<&str>) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// Sends a TLS 1.2/1.3 ClientHello asking for server `name` (its only extension, SNI) and
+/// reads until the server closes: the handshake fails, after the name was read.
+async fn tls_hello_naming(addr: SocketAddr, name: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let name = name.as_bytes();
+    let len16 = |n: usize| u16::try_from(n).unwrap().to_be_bytes();
+    // server_name: a list of one host_name (type 0).
+    let mut list = vec![0u8];
+    list.extend(len16(name.len()));
+    list.extend(name);
+    let mut sni = vec![0, 0];
+    sni.extend(len16(list.len() + 2));
+    sni.extend(len16(list.len()));
+    sni.extend(list);
+    let mut hello = vec![3, 3];
+    hello.extend([7u8; 32]); // random
+    hello.push(0); // no session id
+    hello.extend([0, 2, 0x13, 0x01]); // TLS_AES_128_GCM_SHA256
+    hello.extend([1, 0]); // no compression
+    hello.extend(len16(sni.len()));
+    hello.extend(sni);
+    let mut handshake = vec![1, 0];
+    handshake.extend(len16(hello.len()));
+    handshake.extend(hello);
+    let mut record = vec![0x16, 3, 1];
+    record.extend(len16(handshake.len()));
+    record.extend(handshake);
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(&record).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await;
+}
+
 /// Waits (at most 20 s) for `/healthz` to say 200: listener, store and issuer link up.
 async fn wait_healthy(api: &mut Api) {
     let start = Instant::now();
@@ -857,5 +898,62 @@ fn a_short_api_token_is_warned_of_at_start_and_never_logged() {
             assert!(log.contains("characters=19"), "{log}");
         }
         assert!(!log.contains(token), "the token itself is logged:\n{log}");
+    }
+}
+
+/// A card number split by a line break or a tab in what a command or its configuration
+/// could not read: the error quotes it (a tab as `\t`, the way `{:?}` writes one), and it
+/// is masked as printed, the quote's escapes counted as the gaps between its groups.
+#[test]
+fn a_card_number_split_or_escaped_in_an_error_is_masked_as_printed() {
+    let pan = test_pan(REAL_PREFIX, 16);
+    let d = pan.expose();
+    let split_by = |sep: &str| [&d[..4], &d[4..8], &d[8..12], &d[12..]].join(sep);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("vpan.toml");
+    // `\t` in a TOML string is a tab.
+    let toml = format!("[network]\nmax_connections = \"{}\"\n", split_by("\\t"));
+    std::fs::write(&config, toml).unwrap();
+    let config = config.display().to_string();
+    let newline_split = format!("{}\n{}", &d[..8], &d[8..]);
+    let runs = [
+        (vec!["card", "create", &newline_split], None),
+        (
+            vec!["serve"],
+            Some(("VPAN_NETWORK_FRAMING", split_by("\t"))),
+        ),
+        (vec!["serve", "--config", &config], None),
+    ];
+    for (args, env) in runs {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_vpan"));
+        command
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some((name, value)) = &env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().unwrap();
+        let start = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if start.elapsed() > Duration::from_secs(20) {
+                child.kill().unwrap();
+                panic!("vpan {args:?} ({env:?}) did not stop on its error");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(!out.status.success(), "vpan {args:?} ({env:?}) succeeded");
+        let text = String::from_utf8_lossy(&out.stderr).into_owned();
+        let digits: String = text.chars().filter(char::is_ascii_digit).collect();
+        assert!(
+            !digits.contains(d),
+            "vpan {args:?} ({env:?}) printed the card number: {text}"
+        );
+        assert!(
+            text.contains(&format!("{}******{}", &d[..6], &d[12..])),
+            "vpan {args:?} ({env:?}) printed no masked card number: {text}"
+        );
     }
 }
