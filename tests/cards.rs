@@ -824,7 +824,7 @@ fn an_advice_in_a_currency_the_card_cannot_count_takes_what_was_left_and_a_use()
 }
 
 #[test]
-fn a_stand_in_advice_that_restates_a_timed_out_purchase_is_counted_and_one_for_another_amount_is_not()
+fn a_stand_in_advice_that_restates_a_timed_out_purchase_is_counted_and_one_for_more_counts_the_rest()
  {
     let dir = tempfile::tempdir().unwrap();
     let (cards, _) = open(dir.path());
@@ -843,13 +843,92 @@ fn a_stand_in_advice_that_restates_a_timed_out_purchase_is_counted_and_one_for_a
         other => panic!("{other:?}"),
     }
     assert_eq!(cards.get(key).unwrap().spent, 3_000);
-    // Under that key, another amount is another transaction: 94, nothing counted.
-    let other = request(*b"0120", 4_000, 8, "SHOP-A");
+    // Under that key, another amount restates how much moved: the rest is counted, once.
+    let more = request(*b"0120", 4_000, 8, "SHOP-A");
+    match cards.advice(key, &more, NOW) {
+        AdviceOutcome::Recorded(d) => d.wait().unwrap(),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(cards.get(key).unwrap().spent, 4_000);
+    let mut again = more.clone();
+    again.mti = *b"0121";
     assert!(matches!(
-        cards.advice(key, &other, NOW),
-        AdviceOutcome::Conflict
+        cards.advice(key, &again, NOW),
+        AdviceOutcome::Recorded(_)
     ));
-    assert_eq!(cards.get(key).unwrap().spent, 3_000);
+    let v = cards.get(key).unwrap();
+    assert_eq!((v.spent, v.uses), (4_000, 1));
+}
+
+/// An advice under the key of a purchase vpan approved, in another amount: the network
+/// says that much moved. More than was counted is counted (a 94 left it uncounted, and the
+/// cap open to it); less gives nothing back; either way the issuer hears it. The same
+/// after a restart from the journal, and from a snapshot.
+#[test]
+fn an_advice_restating_an_approved_purchase_counts_what_moved_beyond_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = {
+        let (cards, _) = open(dir.path());
+        let key = issue(&cards, &spec(10_000));
+        approved(&cards, key, 3_000, 1);
+        let restated = request(*b"0120", 4_500, 1, "SHOP-A");
+        match cards.advice(key, &restated, NOW) {
+            AdviceOutcome::Recorded(d) => d.wait().unwrap(),
+            other => panic!("{other:?}"),
+        }
+        let v = cards.get(key).unwrap();
+        assert_eq!((v.spent, v.uses, v.available), (4_500, 1, 5_500));
+        // Less than was counted: nothing given back, and told to the issuer as news.
+        approved(&cards, key, 2_000, 2);
+        let less = request(*b"0120", 500, 2, "SHOP-A");
+        match cards.advice(key, &less, NOW) {
+            AdviceOutcome::Recorded(d) => d.wait().unwrap(),
+            other => panic!("{other:?}"),
+        }
+        let v = cards.get(key).unwrap();
+        assert_eq!((v.spent, v.uses), (6_500, 2));
+        key
+    };
+    for life in ["journal", "snapshot"] {
+        let (cards, _) = open(dir.path());
+        let v = cards.get(key).unwrap();
+        assert_eq!((v.spent, v.uses), (6_500, 2), "{life}");
+        // The first purchase's entry holds all that moved: its full reversal gives it back.
+        if life == "snapshot" {
+            let reversal = vpan::cards::ReversalRequest {
+                mti: *b"0400",
+                key: purchase(3_000, 1).key,
+                original: None,
+                remaining: None,
+            };
+            let _ = cards.reverse(key, &reversal, NOW);
+            assert_eq!(cards.get(key).unwrap().spent, 2_000, "{life}");
+        } else {
+            cards.snapshot().unwrap();
+        }
+    }
+}
+
+/// A zero-amount verification approved, then a stand-in's advice under its key with the
+/// money in DE 6 alone: a purchase after all, counted with its use; a single-use card is
+/// spent.
+#[test]
+fn an_advice_restating_a_verification_with_a_billing_amount_counts_it_and_its_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &single_use(10_000));
+    let check = request(*b"0100", 0, 1, "SHOP-A");
+    decided(&cards, key, &check, IssuerOutcome::APPROVED);
+    assert_eq!(cards.get(key).unwrap().uses, 0);
+    let mut advice = request(*b"0120", 0, 1, "SHOP-A");
+    advice.amounts.billing = Some((9_000, EUR));
+    match cards.advice(key, &advice, NOW) {
+        AdviceOutcome::Recorded(d) => d.wait().unwrap(),
+        other => panic!("{other:?}"),
+    }
+    let v = cards.get(key).unwrap();
+    assert_eq!((v.spent, v.uses), (9_000, 1));
+    assert_eq!(code(&cards.authorize(key, &purchase(9_000, 2), NOW)), "46");
 }
 
 #[test]
@@ -1157,6 +1236,25 @@ fn credits_of_every_kind_bind_no_first_use_merchant_and_pass_on_a_closed_card() 
     assert_eq!((v.spent, v.uses), (100, 1));
     assert_eq!(Kind::classify(b"300000", 5_000), Kind::Purchase);
     assert_eq!(Kind::classify(b"2A0000", 5_000), Kind::Purchase);
+}
+
+#[test]
+fn an_advice_restating_a_held_approval_completes_it_and_counts_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &spec(10_000));
+    let held = approve(&cards, key, 3_000, 4);
+    let advice = request(*b"0120", 4_000, 4, "SHOP-A");
+    match cards.advice(key, &advice, NOW) {
+        AdviceOutcome::Recorded(d) => d.wait().unwrap(),
+        other => panic!("{other:?}"),
+    }
+    let v = cards.get(key).unwrap();
+    assert_eq!((v.spent, v.held, v.uses), (4_000, 0, 1));
+    // The issuer's answer to the purchase, coming after, changes nothing.
+    cards.complete(&held.hold, IssuerOutcome::APPROVED, NOW).wait().unwrap();
+    let v = cards.get(key).unwrap();
+    assert_eq!((v.spent, v.held, v.uses), (4_000, 0, 1));
 }
 
 #[test]

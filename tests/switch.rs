@@ -1704,6 +1704,19 @@ async fn an_advice_of_a_purchase_the_issuer_approved_itself_is_acknowledged_not_
     let view = rig.cards.get(CardKey::of(&card.vpan)).unwrap();
     assert_eq!((view.spent, view.uses), (3_000, 1));
 
+    // Under the same key, an advice of more: news to the issuer, and the rest is counted.
+    let mut restated = advice.clone();
+    restated.set(4, b"000000004500").unwrap();
+    let restated = Message::parse(Spec::iso87ascii(), restated.pack()).unwrap();
+    let answer = net.call(&restated).await;
+    assert_eq!((answer.mti(), code(&answer)), (*b"0130", "00".to_string()));
+    assert_eq!(rig.sim().requests(b"0120"), advices + 1, "sent");
+    let at_issuer = rig.last_at_issuer(b"0120");
+    assert_eq!(at_issuer.pan().unwrap(), real);
+    let view = rig.cards.get(CardKey::of(&card.vpan)).unwrap();
+    assert_eq!((view.spent, view.uses), (4_500, 1));
+    let advices = advices + 1;
+
     // An advice of a purchase the issuer never approved (a stand-in's) is news: sent.
     let other = purchase(&mut net, b"0120", &card.vpan, &card.expiry.0, 500);
     let mut stand_in = other.clone();

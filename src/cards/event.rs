@@ -133,6 +133,12 @@ pub enum Event {
     },
     /// An advice (0120/0220) reported an approval made elsewhere: spent at once.
     Advised(TxEvent),
+    /// An advice restated a transaction this card counted (held, in doubt or approved
+    /// under its key) with more money than was counted: `amount` more is spent, added to
+    /// the transaction's entry, and a use when `counts_use` (none was counted for it).
+    /// Written as an `Advised` record with a flag bit that an older vpan ignores: it reads
+    /// an advice of that amount on its own, the card's counters the same.
+    Restated(TxEvent),
     /// A hold the issuer had when vpan stopped, found open at the next start: its answer
     /// is unknown, so it counts as spent (the safe side for the cap), and a repeat of it is
     /// asked of the issuer rather than answered here.
@@ -177,7 +183,7 @@ impl Event {
             Event::Status { lsn, .. } | Event::Reversed { lsn, .. } | Event::Voided { lsn, .. } => {
                 *lsn
             }
-            Event::Held(t) | Event::Advised(t) | Event::InDoubt(t) => t.lsn,
+            Event::Held(t) | Event::Advised(t) | Event::Restated(t) | Event::InDoubt(t) => t.lsn,
             Event::Outcome { hold, .. } | Event::Declined { tx: hold, .. } => hold.lsn,
         }
     }
@@ -189,7 +195,7 @@ impl Event {
             Event::Status { key, .. } | Event::Reversed { key, .. } | Event::Voided { key, .. } => {
                 *key
             }
-            Event::Held(t) | Event::Advised(t) | Event::InDoubt(t) => t.key,
+            Event::Held(t) | Event::Advised(t) | Event::Restated(t) | Event::InDoubt(t) => t.key,
             Event::Outcome { hold, .. } | Event::Declined { tx: hold, .. } => hold.key,
         }
     }
@@ -277,7 +283,7 @@ pub fn apply_card(card: &mut Card, event: &Event) {
                 },
             );
         }
-        Event::Advised(t) => {
+        Event::Advised(t) | Event::Restated(t) => {
             card.spent = card.spent.saturating_add(t.amount);
             if t.counts_use {
                 card.uses = card.uses.saturating_add(1);
@@ -446,6 +452,22 @@ pub fn apply_ledger(
                     matches!(e.state, TxState::Declined | TxState::Released) || e.at < t.at
                 })
                 .then_some((t.tx, t.at))
+        }
+        Event::Restated(t) => {
+            // Added to the entry it restates; one the ledger no longer holds has nothing to
+            // add to (the card's counters have it all the same).
+            if let Some(mut e) = ledger.entries.get_mut(&t.tx)
+                && newer(&e)
+            {
+                e.charged = e.charged.saturating_add(t.amount);
+                e.amount = e.amount.saturating_add(t.amount);
+                if t.counts_use {
+                    e.counts_use = true;
+                    e.use_counted = true;
+                }
+                e.lsn = lsn;
+            }
+            None
         }
         Event::Outcome {
             hold,

@@ -143,8 +143,15 @@ pub(crate) fn get_acceptor(g: &mut Get<'_>) -> Option<Option<AcceptorId>> {
 
 /// Set in a transaction record's flags when bit 2 says whether it is a refund.
 const TX_REFUND_RECORDED: u8 = 1 << 3;
+/// Set in an advice record's flags when it restates a transaction (`Event::Restated`).
+const TX_RESTATES: u8 = 1 << 4;
 
 fn put_txevent(out: &mut Vec<u8>, t: &TxEvent) {
+    put_txevent_flagged(out, t, 0);
+}
+
+/// [`put_txevent`] with `more` set in its flags.
+fn put_txevent_flagged(out: &mut Vec<u8>, t: &TxEvent, more: u8) {
     out.u64(t.lsn);
     out.u64(t.key.raw());
     put_tx(out, &t.tx);
@@ -155,13 +162,19 @@ fn put_txevent(out: &mut Vec<u8>, t: &TxEvent) {
     out.u8(u8::from(t.counts_use)
         | u8::from(t.binds_merchant) << 1
         | u8::from(t.refund) << 2
-        | TX_REFUND_RECORDED);
+        | TX_REFUND_RECORDED
+        | more);
     put_acceptor(out, t.acceptor);
     out.extend_from_slice(&t.mti);
     out.u64(t.at);
 }
 
 fn get_txevent(g: &mut Get<'_>) -> Option<TxEvent> {
+    get_txevent_flagged(g).map(|(t, _)| t)
+}
+
+/// [`get_txevent`], with the record's flags.
+fn get_txevent_flagged(g: &mut Get<'_>) -> Option<(TxEvent, u8)> {
     let lsn = g.u64()?;
     let key = g.key()?;
     let tx = get_tx(g)?;
@@ -170,7 +183,7 @@ fn get_txevent(g: &mut Get<'_>) -> Option<TxEvent> {
     let original_amount = g.u64()?;
     let flags = g.u8()?;
     let counts_use = flags & 1 != 0;
-    Some(TxEvent {
+    let t = TxEvent {
         lsn,
         key,
         tx,
@@ -191,7 +204,8 @@ fn get_txevent(g: &mut Get<'_>) -> Option<TxEvent> {
         acceptor: get_acceptor(g)?,
         mti: g.array()?,
         at: g.u64()?,
-    })
+    };
+    Some((t, flags))
 }
 
 pub(crate) fn put_controls(out: &mut Vec<u8>, c: &Controls) {
@@ -316,6 +330,10 @@ impl Encode for Event {
                 out.u8(TAG_ADVISED);
                 put_txevent(out, t);
             }
+            Event::Restated(t) => {
+                out.u8(TAG_ADVISED);
+                put_txevent_flagged(out, t, TX_RESTATES);
+            }
             Event::InDoubt(t) => {
                 out.u8(TAG_IN_DOUBT);
                 put_txevent(out, t);
@@ -406,7 +424,10 @@ impl Event {
                     at: g.u64()?,
                 }
             }
-            TAG_ADVISED => Event::Advised(get_txevent(&mut g)?),
+            TAG_ADVISED => match get_txevent_flagged(&mut g)? {
+                (t, flags) if flags & TX_RESTATES != 0 => Event::Restated(t),
+                (t, _) => Event::Advised(t),
+            },
             TAG_IN_DOUBT => Event::InDoubt(get_txevent(&mut g)?),
             TAG_VOIDED => Event::Voided {
                 lsn: g.u64()?,
@@ -488,6 +509,7 @@ mod tests {
         let events = vec![
             Event::Held(tx_event()),
             Event::Advised(tx_event()),
+            Event::Restated(tx_event()),
             Event::Outcome {
                 hold: tx_event(),
                 approved: true,

@@ -2,10 +2,10 @@
 //! cap, and the advices of declines, which count nothing.
 
 use super::{AdviceOutcome, Cards, Hold, IssuerOutcome, tx_event};
-use crate::cards::card::{CardKey, LockKind, UnixSeconds};
+use crate::cards::card::{Card, CardKey, LockKind, UnixSeconds};
 use crate::cards::event::{self, Event};
 use crate::cards::history::DecidedBy;
-use crate::cards::ledger::TxState;
+use crate::cards::ledger::{TxEntry, TxState};
 use crate::cards::request::{AuthRequest, Kind, ResponseCode};
 use crate::store::StoreError;
 use crate::store::journal::Durable;
@@ -33,7 +33,8 @@ impl Cards {
                 // An advice tells of money that moved: the request vpan saw under its key
                 // may have carried what the advice leaves out or restates (DE 14, DE 18,
                 // DE 42, DE 6 at another rate), and a 94 would leave it uncounted. Only
-                // another card or amount makes it another transaction.
+                // another card, or another amount beside nothing counted, makes it another
+                // transaction.
                 // A refund and a purchase of one amount under one key are still two. vpan
                 // declines no refund: what it declined was not one (a decline recorded
                 // before the flag was kept may read as one).
@@ -41,9 +42,20 @@ impl Cards {
                 let same_money = e.card == card_key
                     && e.original_amount == req.amounts.transaction
                     && was_refund == (req.kind == Kind::Refund);
-                if e.fingerprint != fingerprint && !same_money {
+                // Counted here (held, in doubt or approved): an advice of it in another
+                // amount restates how much moved, which may be more than was counted; a
+                // 94 would leave that uncounted, and the cap open to it.
+                let counted_here = e.card == card_key
+                    && matches!(
+                        e.state,
+                        TxState::Approved | TxState::Held | TxState::InDoubt
+                    )
+                    && was_refund == (req.kind == Kind::Refund);
+                if e.fingerprint != fingerprint && !same_money && !counted_here {
                     return AdviceOutcome::Conflict;
                 }
+                let restated = e.fingerprint != fingerprint;
+                let mut completed = None;
                 if matches!(e.state, TxState::Held | TxState::InDoubt) && e.card == card_key {
                     // The advice reports the approval vpan holds (or holds in doubt): it
                     // completes the hold, here under the card's lock, so an issuer answer
@@ -56,8 +68,26 @@ impl Cards {
                     {
                         // Answered: it joins its retention queue now (one in doubt is in it).
                         fresh = e.state == TxState::Held;
-                        return AdviceOutcome::Recorded(durable);
+                        completed = Some(durable);
                     }
+                }
+                if restated && counted_here {
+                    let more = self.restate(card, card_key, &e, req, now);
+                    match (more, completed) {
+                        // The later record is durable only after the earlier one.
+                        (Some(durable), _) | (None, Some(durable)) => {
+                            return AdviceOutcome::Recorded(durable);
+                        }
+                        // Nothing more to count, and nothing completed: told to the
+                        // issuer all the same, as the advice it is, unless it restates
+                        // only what the request left out (DE 14, DE 18, DE 42).
+                        (None, None) if !same_money => {
+                            return AdviceOutcome::Recorded(Durable::ready(Ok(())));
+                        }
+                        (None, None) => {}
+                    }
+                } else if let Some(durable) = completed {
+                    return AdviceOutcome::Recorded(durable);
                 }
                 if matches!(
                     e.state,
@@ -114,6 +144,45 @@ impl Cards {
             self.ledger.remember_answered(tx, now, now);
         }
         outcome.unwrap_or(AdviceOutcome::Unknown)
+    }
+
+    /// Spends what the advice `req` says moved beyond what `e`, the transaction it
+    /// restates, counted (and a use, when `e` counted none and the advice is a purchase),
+    /// under the card's lock; `None` when there is nothing more to count.
+    fn restate(
+        &self,
+        card: &mut Card,
+        card_key: CardKey,
+        e: &TxEntry,
+        req: &AuthRequest,
+        now: UnixSeconds,
+    ) -> Option<Durable> {
+        let moved = match req.kind {
+            Kind::Refund => return None,
+            _ => req.amounts.counted_in(card.currency).unwrap_or(0),
+        };
+        let more = moved.saturating_sub(e.charged);
+        let use_due = more > 0 && !e.use_counted && !e.counts_use;
+        if more == 0 {
+            return None;
+        }
+        let mut t = tx_event(
+            self.lsn(),
+            card_key,
+            req.key.original(),
+            e.fingerprint,
+            more,
+            use_due,
+            false,
+            req,
+            now,
+        );
+        t.refund = false;
+        let event = Event::Restated(t);
+        let durable = self.journal.append(event.clone());
+        event::apply_card(card, &event);
+        event::apply_ledger(&self.ledger, &event, false);
+        Some(durable)
     }
 
     /// The issuer answered the advice `req` 00: its repeats are acknowledged here from now
