@@ -850,11 +850,21 @@ fn a_stand_in_advice_that_restates_a_timed_out_purchase_is_counted_and_one_for_m
         other => panic!("{other:?}"),
     }
     assert_eq!(cards.get(key).unwrap().spent, 4_000);
+    // Its resend counts nothing more: a repeat, told to the issuer again until it answers.
     let mut again = more.clone();
     again.mti = *b"0121";
     assert!(matches!(
         cards.advice(key, &again, NOW),
-        AdviceOutcome::Recorded(_)
+        AdviceOutcome::Repeat {
+            issuer_has_it: false
+        }
+    ));
+    cards.advice_acknowledged(key, &more);
+    assert!(matches!(
+        cards.advice(key, &again, NOW),
+        AdviceOutcome::Repeat {
+            issuer_has_it: true
+        }
     ));
     let v = cards.get(key).unwrap();
     assert_eq!((v.spent, v.uses), (4_000, 1));
@@ -878,13 +888,13 @@ fn an_advice_restating_an_approved_purchase_counts_what_moved_beyond_it() {
         }
         let v = cards.get(key).unwrap();
         assert_eq!((v.spent, v.uses, v.available), (4_500, 1, 5_500));
-        // Less than was counted: nothing given back, and told to the issuer as news.
+        // Less than was counted: nothing given back; no news to the card (a repeat).
         approved(&cards, key, 2_000, 2);
         let less = request(*b"0120", 500, 2, "SHOP-A");
-        match cards.advice(key, &less, NOW) {
-            AdviceOutcome::Recorded(d) => d.wait().unwrap(),
-            other => panic!("{other:?}"),
-        }
+        assert!(matches!(
+            cards.advice(key, &less, NOW),
+            AdviceOutcome::Repeat { .. }
+        ));
         let v = cards.get(key).unwrap();
         assert_eq!((v.spent, v.uses), (6_500, 2));
         key
@@ -907,6 +917,80 @@ fn an_advice_restating_an_approved_purchase_counts_what_moved_beyond_it() {
             cards.snapshot().unwrap();
         }
     }
+}
+
+/// A restating advice after a partial reversal counts what it says beyond what still
+/// counts; a partial reversal after it takes its proportion of the advice's amount; one
+/// after a full reversal is no restatement (94, nothing counted); one in a currency the
+/// card cannot count takes what the cap had left, as a fresh advice does.
+#[test]
+fn a_restating_advice_counts_against_what_still_counts_and_reversals_follow_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &spec(20_000));
+    approved(&cards, key, 3_000, 1);
+    assert_eq!(
+        given_back(cards.reverse(key, &reversal(1, Some(1_000)), NOW)),
+        2_000
+    );
+    let restated = request(*b"0120", 4_000, 1, "SHOP-A");
+    match cards.advice(key, &restated, NOW) {
+        AdviceOutcome::Recorded(d) => d.wait().unwrap(),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(cards.get(key).unwrap().spent, 4_000);
+    // 1,000 of the advice's 4,000 stays.
+    assert_eq!(
+        given_back(cards.reverse(key, &reversal(1, Some(1_000)), NOW)),
+        3_000
+    );
+    assert_eq!(cards.get(key).unwrap().spent, 1_000);
+
+    // Taken back in full: gone, as after a void.
+    approved(&cards, key, 2_000, 2);
+    assert_eq!(
+        given_back(cards.reverse(key, &reversal(2, None), NOW)),
+        2_000
+    );
+    let after = request(*b"0120", 2_500, 2, "SHOP-A");
+    assert!(matches!(
+        cards.advice(key, &after, NOW),
+        AdviceOutcome::Conflict
+    ));
+    let v = cards.get(key).unwrap();
+    assert_eq!((v.spent, v.uses), (1_000, 1));
+
+    // Dollars with no amount in the card's euros: all the cap had left.
+    approved(&cards, key, 1_000, 3);
+    let mut dollars = request(*b"0120", 9_000, 3, "SHOP-A");
+    dollars.amounts.transaction_currency = 840;
+    match cards.advice(key, &dollars, NOW) {
+        AdviceOutcome::Recorded(d) => d.wait().unwrap(),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(cards.get(key).unwrap().available, 0);
+}
+
+/// A verification an advice turned into a purchase is forgotten in its time, as any
+/// approval: it moved into the approvals' retention queue.
+#[test]
+fn a_verification_restated_as_a_purchase_is_forgotten_in_its_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open_with(dir.path(), ledger_of(8, 86_400));
+    let key = issue(&cards, &spec(1_000_000));
+    let check = request(*b"0100", 0, 1, "SHOP-A");
+    decided(&cards, key, &check, IssuerOutcome::APPROVED);
+    let advice = request(*b"0120", 500, 1, "SHOP-A");
+    match cards.advice(key, &advice, NOW) {
+        AdviceOutcome::Recorded(d) => d.wait().unwrap(),
+        other => panic!("{other:?}"),
+    }
+    for stan in 100..140 {
+        approved(&cards, key, 10, stan);
+    }
+    // Forgotten: its reversal finds nothing, and voids what it names.
+    voided(cards.reverse(key, &reversal(1, None), NOW));
+    assert_eq!(cards.get(key).unwrap().spent, 500 + 40 * 10);
 }
 
 /// A zero-amount verification approved, then a stand-in's advice under its key with the
@@ -1252,7 +1336,10 @@ fn an_advice_restating_a_held_approval_completes_it_and_counts_the_rest() {
     let v = cards.get(key).unwrap();
     assert_eq!((v.spent, v.held, v.uses), (4_000, 0, 1));
     // The issuer's answer to the purchase, coming after, changes nothing.
-    cards.complete(&held.hold, IssuerOutcome::APPROVED, NOW).wait().unwrap();
+    cards
+        .complete(&held.hold, IssuerOutcome::APPROVED, NOW)
+        .wait()
+        .unwrap();
     let v = cards.get(key).unwrap();
     assert_eq!((v.spent, v.held, v.uses), (4_000, 0, 1));
 }

@@ -134,10 +134,12 @@ pub enum Event {
     /// An advice (0120/0220) reported an approval made elsewhere: spent at once.
     Advised(TxEvent),
     /// An advice restated a transaction this card counted (held, in doubt or approved
-    /// under its key) with more money than was counted: `amount` more is spent, added to
-    /// the transaction's entry, and a use when `counts_use` (none was counted for it).
-    /// Written as an `Advised` record with a flag bit that an older vpan ignores: it reads
-    /// an advice of that amount on its own, the card's counters the same.
+    /// under its key) with more money than counts now: `amount` more is spent, added to
+    /// the transaction's entry (which then stands for the advice's DE 4), and a use when
+    /// `counts_use` (none was counted for it). Written as an `Advised` record with a flag
+    /// bit an older vpan ignores: it counts the card the same, but replaces the
+    /// transaction's entry with one of `amount` alone (a full reversal after a downgrade
+    /// gives back only that part).
     Restated(TxEvent),
     /// A hold the issuer had when vpan stopped, found open at the next start: its answer
     /// is unknown, so it counts as spent (the safe side for the cap), and a repeat of it is
@@ -459,8 +461,14 @@ pub fn apply_ledger(
             if let Some(mut e) = ledger.entries.get_mut(&t.tx)
                 && newer(&e)
             {
-                e.charged = e.charged.saturating_add(t.amount);
+                // What it stands for now is what the advice says moved: its DE 4 (when it
+                // has one) and that amount in the card's currency are what a partial
+                // reversal takes its proportion of.
                 e.amount = e.amount.saturating_add(t.amount);
+                e.charged = e.amount;
+                if t.original_amount > 0 {
+                    e.original_amount = t.original_amount;
+                }
                 if t.counts_use {
                     e.counts_use = true;
                     e.use_counted = true;

@@ -5,8 +5,8 @@ use super::{AdviceOutcome, Cards, Hold, IssuerOutcome, tx_event};
 use crate::cards::card::{Card, CardKey, LockKind, UnixSeconds};
 use crate::cards::event::{self, Event};
 use crate::cards::history::DecidedBy;
-use crate::cards::ledger::{TxEntry, TxState};
-use crate::cards::request::{AuthRequest, Kind, ResponseCode};
+use crate::cards::ledger::TxState;
+use crate::cards::request::{AuthRequest, Kind, OriginalData, ResponseCode};
 use crate::store::StoreError;
 use crate::store::journal::Durable;
 
@@ -19,6 +19,7 @@ impl Cards {
         let fingerprint = req.fingerprint(card_key.raw());
         let tx = req.key.original();
         let mut fresh = false;
+        let mut refile = false;
         let outcome = self.index.update(card_key, |card| {
             if self.journal.is_failed() {
                 // Nothing can be recorded: fail closed (96) before changing anything.
@@ -42,14 +43,16 @@ impl Cards {
                 let same_money = e.card == card_key
                     && e.original_amount == req.amounts.transaction
                     && was_refund == (req.kind == Kind::Refund);
-                // Counted here (held, in doubt or approved): an advice of it in another
-                // amount restates how much moved, which may be more than was counted; a
-                // 94 would leave that uncounted, and the cap open to it.
+                // Counted here (held, in doubt or approved, and not taken back since): an
+                // advice of it in another amount restates how much moved, which may be
+                // more than counts now; a 94 would leave that uncounted, and the cap open
+                // to it. One the acquirer took back in full is gone, as after a void.
                 let counted_here = e.card == card_key
                     && matches!(
                         e.state,
                         TxState::Approved | TxState::Held | TxState::InDoubt
                     )
+                    && !e.taken_back()
                     && was_refund == (req.kind == Kind::Refund);
                 if e.fingerprint != fingerprint && !same_money && !counted_here {
                     return AdviceOutcome::Conflict;
@@ -72,17 +75,27 @@ impl Cards {
                     }
                 }
                 if restated && counted_here {
-                    let more = self.restate(card, card_key, &e, req, now);
+                    let queue_before = e.retention_queue();
+                    let more = self.restate(card, card_key, tx, req, now);
+                    // A verification that moved money after all is the money queue's now.
+                    refile = more.is_some()
+                        && self
+                            .ledger
+                            .get(&tx)
+                            .is_some_and(|now| now.retention_queue() != queue_before);
                     match (more, completed) {
                         // The later record is durable only after the earlier one.
                         (Some(durable), _) | (None, Some(durable)) => {
                             return AdviceOutcome::Recorded(durable);
                         }
-                        // Nothing more to count, and nothing completed: told to the
-                        // issuer all the same, as the advice it is, unless it restates
-                        // only what the request left out (DE 14, DE 18, DE 42).
+                        // Nothing more to count: what it says moved counts already (it
+                        // restates less, or it is a resend of one that restated more). A
+                        // repeat, as far as the card goes: acknowledged here once the issuer
+                        // has answered it, else told again marked as one.
                         (None, None) if !same_money => {
-                            return AdviceOutcome::Recorded(Durable::ready(Ok(())));
+                            return AdviceOutcome::Repeat {
+                                issuer_has_it: e.acknowledged,
+                            };
                         }
                         (None, None) => {}
                     }
@@ -140,36 +153,43 @@ impl Cards {
             fresh = event::apply_ledger(&self.ledger, &event, false).is_some();
             AdviceOutcome::Recorded(durable)
         });
-        if fresh {
+        if fresh || refile {
             self.ledger.remember_answered(tx, now, now);
         }
         outcome.unwrap_or(AdviceOutcome::Unknown)
     }
 
-    /// Spends what the advice `req` says moved beyond what `e`, the transaction it
-    /// restates, counted (and a use, when `e` counted none and the advice is a purchase),
-    /// under the card's lock; `None` when there is nothing more to count.
+    /// Spends what the advice `req` says moved beyond what its transaction `tx` counts now
+    /// (and a use, when none is counted for it and the advice is a purchase), under the
+    /// card's lock; `None` when there is nothing more to count. An amount the card's
+    /// currency cannot tell is counted as a fresh advice's is: all the cap had left.
     fn restate(
         &self,
         card: &mut Card,
         card_key: CardKey,
-        e: &TxEntry,
+        tx: OriginalData,
         req: &AuthRequest,
         now: UnixSeconds,
     ) -> Option<Durable> {
-        let moved = match req.kind {
-            Kind::Refund => return None,
-            _ => req.amounts.counted_in(card.currency).unwrap_or(0),
+        let e = self.ledger.get(&tx)?;
+        let more = match (req.kind, req.amounts.counted_in(card.currency)) {
+            (Kind::Refund, _) => return None,
+            (Kind::Verification, counted) => counted.unwrap_or(0).saturating_sub(e.amount),
+            (Kind::Purchase, Some(moved)) if moved > 0 => moved.saturating_sub(e.amount),
+            (Kind::Purchase, _) => {
+                crate::logging::throttled!(warn, card = ?card_key, "advice restating an amount the card's currency cannot tell; recorded as what was left of its cap");
+                card.amount_limit.saturating_sub(card.spent)
+            }
         };
-        let more = moved.saturating_sub(e.charged);
-        let use_due = more > 0 && !e.use_counted && !e.counts_use;
-        if more == 0 {
+        // A use, as for a fresh advice: when money moved, or a purchase of a size unknown.
+        let use_due = !e.use_counted && !e.counts_use && (more > 0 || req.kind == Kind::Purchase);
+        if more == 0 && !use_due {
             return None;
         }
-        let mut t = tx_event(
+        let t = tx_event(
             self.lsn(),
             card_key,
-            req.key.original(),
+            tx,
             e.fingerprint,
             more,
             use_due,
@@ -177,7 +197,6 @@ impl Cards {
             req,
             now,
         );
-        t.refund = false;
         let event = Event::Restated(t);
         let durable = self.journal.append(event.clone());
         event::apply_card(card, &event);
