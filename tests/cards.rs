@@ -919,56 +919,113 @@ fn an_advice_restating_an_approved_purchase_counts_what_moved_beyond_it() {
     }
 }
 
-/// A restating advice after a partial reversal counts what it says beyond what still
-/// counts; a partial reversal after it takes its proportion of the advice's amount; one
-/// after a full reversal is no restatement (94, nothing counted); one in a currency the
-/// card cannot count takes what the cap had left, as a fresh advice does.
+/// A restating advice counts once: its resend adds nothing, a partial reversal after it
+/// takes its proportion (of the larger amount, DE 4 staying the request's) and its repeat
+/// nothing more. Once the transaction was reversed, in part or in full, what an advice
+/// restates cannot be told from what was taken back: 94, nothing counted. One in a
+/// currency the card cannot count takes what the cap had left, as a fresh advice does.
 #[test]
-fn a_restating_advice_counts_against_what_still_counts_and_reversals_follow_it() {
+fn a_restating_advice_counts_once_and_not_after_a_reversal() {
     let dir = tempfile::tempdir().unwrap();
     let (cards, _) = open(dir.path());
     let key = issue(&cards, &spec(20_000));
     approved(&cards, key, 3_000, 1);
-    assert_eq!(
-        given_back(cards.reverse(key, &reversal(1, Some(1_000)), NOW)),
-        2_000
-    );
     let restated = request(*b"0120", 4_000, 1, "SHOP-A");
     match cards.advice(key, &restated, NOW) {
         AdviceOutcome::Recorded(d) => d.wait().unwrap(),
         other => panic!("{other:?}"),
     }
     assert_eq!(cards.get(key).unwrap().spent, 4_000);
-    // 1,000 of the advice's 4,000 stays.
-    assert_eq!(
-        given_back(cards.reverse(key, &reversal(1, Some(1_000)), NOW)),
-        3_000
-    );
-    assert_eq!(cards.get(key).unwrap().spent, 1_000);
+    // 1,000 of the request's 3,000 stays: 1,334 of the 4,000 counted (rounded up).
+    let partial = reversal(1, Some(1_000));
+    assert_eq!(given_back(cards.reverse(key, &partial, NOW)), 2_666);
+    let repeat = vpan::cards::ReversalRequest {
+        mti: *b"0401",
+        ..partial
+    };
+    assert!(matches!(
+        cards.reverse(key, &repeat, NOW),
+        ReversalOutcome::NothingLeft
+    ));
+    let mut resend = restated.clone();
+    resend.mti = *b"0121";
+    assert!(matches!(
+        cards.advice(key, &resend, NOW),
+        AdviceOutcome::Conflict | AdviceOutcome::Repeat { .. }
+    ));
+    assert_eq!(cards.get(key).unwrap().spent, 1_334);
 
-    // Taken back in full: gone, as after a void.
-    approved(&cards, key, 2_000, 2);
+    // Reversed in part, then an advice of more: 94.
+    approved(&cards, key, 3_000, 2);
     assert_eq!(
-        given_back(cards.reverse(key, &reversal(2, None), NOW)),
+        given_back(cards.reverse(key, &reversal(2, Some(1_000)), NOW)),
         2_000
     );
-    let after = request(*b"0120", 2_500, 2, "SHOP-A");
+    for amount in [3_000, 4_000] {
+        let after = request(*b"0120", amount, 2, "SHOP-A");
+        let outcome = cards.advice(key, &after, NOW);
+        assert!(
+            matches!(
+                outcome,
+                AdviceOutcome::Conflict | AdviceOutcome::Repeat { .. }
+            ),
+            "{amount}: {outcome:?}"
+        );
+    }
+    assert_eq!(cards.get(key).unwrap().spent, 1_334 + 1_000);
+
+    // Taken back in full: gone, as after a void.
+    approved(&cards, key, 2_000, 3);
+    assert_eq!(
+        given_back(cards.reverse(key, &reversal(3, None), NOW)),
+        2_000
+    );
+    let after = request(*b"0120", 2_500, 3, "SHOP-A");
     assert!(matches!(
         cards.advice(key, &after, NOW),
         AdviceOutcome::Conflict
     ));
-    let v = cards.get(key).unwrap();
-    assert_eq!((v.spent, v.uses), (1_000, 1));
+    assert_eq!(cards.get(key).unwrap().spent, 2_334);
 
     // Dollars with no amount in the card's euros: all the cap had left.
-    approved(&cards, key, 1_000, 3);
-    let mut dollars = request(*b"0120", 9_000, 3, "SHOP-A");
+    approved(&cards, key, 1_000, 4);
+    let mut dollars = request(*b"0120", 9_000, 4, "SHOP-A");
     dollars.amounts.transaction_currency = 840;
     match cards.advice(key, &dollars, NOW) {
         AdviceOutcome::Recorded(d) => d.wait().unwrap(),
         other => panic!("{other:?}"),
     }
     assert_eq!(cards.get(key).unwrap().available, 0);
+}
+
+/// An issuer's acknowledgement of an advice does not carry over to a later one that
+/// restates it for more: that one is news until the issuer answers it.
+#[test]
+fn an_advice_restating_more_is_news_to_the_issuer_until_it_answers_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &spec(20_000));
+    approved(&cards, key, 3_000, 1);
+    let same = request(*b"0120", 3_000, 1, "SHOP-B");
+    assert!(matches!(
+        cards.advice(key, &same, NOW),
+        AdviceOutcome::Repeat { .. }
+    ));
+    cards.advice_acknowledged(key, &same);
+    let more = request(*b"0120", 5_000, 1, "SHOP-A");
+    match cards.advice(key, &more, NOW) {
+        AdviceOutcome::Recorded(d) => d.wait().unwrap(),
+        other => panic!("{other:?}"),
+    }
+    let mut resend = more.clone();
+    resend.mti = *b"0121";
+    assert!(matches!(
+        cards.advice(key, &resend, NOW),
+        AdviceOutcome::Repeat {
+            issuer_has_it: false
+        }
+    ));
+    assert_eq!(cards.get(key).unwrap().spent, 5_000);
 }
 
 /// A verification an advice turned into a purchase is forgotten in its time, as any

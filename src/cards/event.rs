@@ -134,8 +134,8 @@ pub enum Event {
     /// An advice (0120/0220) reported an approval made elsewhere: spent at once.
     Advised(TxEvent),
     /// An advice restated a transaction this card counted (held, in doubt or approved
-    /// under its key) with more money than counts now: `amount` more is spent, added to
-    /// the transaction's entry (which then stands for the advice's DE 4), and a use when
+    /// under its key, not reversed) with more money than was counted: `amount` more is
+    /// spent, added to the transaction's entry, and a use when
     /// `counts_use` (none was counted for it). Written as an `Advised` record with a flag
     /// bit an older vpan ignores: it counts the card the same, but replaces the
     /// transaction's entry with one of `amount` alone (a full reversal after a downgrade
@@ -461,14 +461,13 @@ pub fn apply_ledger(
             if let Some(mut e) = ledger.entries.get_mut(&t.tx)
                 && newer(&e)
             {
-                // What it stands for now is what the advice says moved: its DE 4 (when it
-                // has one) and that amount in the card's currency are what a partial
-                // reversal takes its proportion of.
+                // Counted at what the advice says moved (a resend of it adds nothing). Its
+                // DE 4 stays the request's, so a partial reversal takes its proportion of
+                // the larger amount, which errs toward the cap; and news to the issuer
+                // until it acknowledges an advice of it again.
                 e.amount = e.amount.saturating_add(t.amount);
-                e.charged = e.amount;
-                if t.original_amount > 0 {
-                    e.original_amount = t.original_amount;
-                }
+                e.charged = e.charged.saturating_add(t.amount);
+                e.acknowledged = false;
                 if t.counts_use {
                     e.counts_use = true;
                     e.use_counted = true;

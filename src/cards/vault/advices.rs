@@ -43,18 +43,19 @@ impl Cards {
                 let same_money = e.card == card_key
                     && e.original_amount == req.amounts.transaction
                     && was_refund == (req.kind == Kind::Refund);
-                // Counted here (held, in doubt or approved, and not taken back since): an
-                // advice of it in another amount restates how much moved, which may be
-                // more than counts now; a 94 would leave that uncounted, and the cap open
-                // to it. One the acquirer took back in full is gone, as after a void.
-                let counted_here = e.card == card_key
+                // Counted here (held, in doubt or approved) and not reversed since, in
+                // part or in full: an advice of it in another amount restates how much
+                // moved, which may be more than was counted; a 94 would leave that
+                // uncounted, and the cap open to it. After a reversal, what the advice
+                // restates cannot be told from what the reversal took back.
+                let restatable = e.card == card_key
                     && matches!(
                         e.state,
                         TxState::Approved | TxState::Held | TxState::InDoubt
                     )
-                    && !e.taken_back()
+                    && e.amount == e.charged
                     && was_refund == (req.kind == Kind::Refund);
-                if e.fingerprint != fingerprint && !same_money && !counted_here {
+                if e.fingerprint != fingerprint && !same_money && !restatable {
                     return AdviceOutcome::Conflict;
                 }
                 let restated = e.fingerprint != fingerprint;
@@ -74,7 +75,7 @@ impl Cards {
                         completed = Some(durable);
                     }
                 }
-                if restated && counted_here {
+                if restated && restatable {
                     let queue_before = e.retention_queue();
                     let more = self.restate(card, card_key, tx, req, now);
                     // A verification that moved money after all is the money queue's now.
@@ -91,7 +92,8 @@ impl Cards {
                         // Nothing more to count: what it says moved counts already (it
                         // restates less, or it is a resend of one that restated more). A
                         // repeat, as far as the card goes: acknowledged here once the issuer
-                        // has answered it, else told again marked as one.
+                        // has answered an advice of it since its last restatement, else
+                        // told again marked as one.
                         (None, None) if !same_money => {
                             return AdviceOutcome::Repeat {
                                 issuer_has_it: e.acknowledged,
@@ -159,8 +161,8 @@ impl Cards {
         outcome.unwrap_or(AdviceOutcome::Unknown)
     }
 
-    /// Spends what the advice `req` says moved beyond what its transaction `tx` counts now
-    /// (and a use, when none is counted for it and the advice is a purchase), under the
+    /// Spends what the advice `req` says moved beyond what its transaction `tx` was counted
+    /// at (and a use, when none is counted for it and the advice is a purchase), under the
     /// card's lock; `None` when there is nothing more to count. An amount the card's
     /// currency cannot tell is counted as a fresh advice's is: all the cap had left.
     fn restate(
@@ -174,8 +176,8 @@ impl Cards {
         let e = self.ledger.get(&tx)?;
         let more = match (req.kind, req.amounts.counted_in(card.currency)) {
             (Kind::Refund, _) => return None,
-            (Kind::Verification, counted) => counted.unwrap_or(0).saturating_sub(e.amount),
-            (Kind::Purchase, Some(moved)) if moved > 0 => moved.saturating_sub(e.amount),
+            (Kind::Verification, counted) => counted.unwrap_or(0).saturating_sub(e.charged),
+            (Kind::Purchase, Some(moved)) if moved > 0 => moved.saturating_sub(e.charged),
             (Kind::Purchase, _) => {
                 crate::logging::throttled!(warn, card = ?card_key, "advice restating an amount the card's currency cannot tell; recorded as what was left of its cap");
                 card.amount_limit.saturating_sub(card.spent)
