@@ -936,9 +936,9 @@ fn a_restating_advice_counts_once_and_not_after_a_reversal() {
         other => panic!("{other:?}"),
     }
     assert_eq!(cards.get(key).unwrap().spent, 4_000);
-    // 1,000 of the request's 3,000 stays: 1,334 of the 4,000 counted (rounded up).
-    let partial = reversal(1, Some(1_000));
-    assert_eq!(given_back(cards.reverse(key, &partial, NOW)), 2_666);
+    // The acquirer takes the 10.00 tip back: 3,000 of the advice's 4,000 stays.
+    let partial = reversal(1, Some(3_000));
+    assert_eq!(given_back(cards.reverse(key, &partial, NOW)), 1_000);
     let repeat = vpan::cards::ReversalRequest {
         mti: *b"0401",
         ..partial
@@ -953,7 +953,7 @@ fn a_restating_advice_counts_once_and_not_after_a_reversal() {
         cards.advice(key, &resend, NOW),
         AdviceOutcome::Conflict | AdviceOutcome::Repeat { .. }
     ));
-    assert_eq!(cards.get(key).unwrap().spent, 1_334);
+    assert_eq!(cards.get(key).unwrap().spent, 3_000);
 
     // Reversed in part, then an advice of more: 94.
     approved(&cards, key, 3_000, 2);
@@ -972,7 +972,7 @@ fn a_restating_advice_counts_once_and_not_after_a_reversal() {
             "{amount}: {outcome:?}"
         );
     }
-    assert_eq!(cards.get(key).unwrap().spent, 1_334 + 1_000);
+    assert_eq!(cards.get(key).unwrap().spent, 3_000 + 1_000);
 
     // Taken back in full: gone, as after a void.
     approved(&cards, key, 2_000, 3);
@@ -985,10 +985,12 @@ fn a_restating_advice_counts_once_and_not_after_a_reversal() {
         cards.advice(key, &after, NOW),
         AdviceOutcome::Conflict
     ));
-    assert_eq!(cards.get(key).unwrap().spent, 2_334);
+    assert_eq!(cards.get(key).unwrap().spent, 4_000);
 
-    // Dollars with no amount in the card's euros: all the cap had left.
+    // Dollars with no amount in the card's euros: all the cap had left, once; its resend
+    // takes nothing more when room opens up.
     approved(&cards, key, 1_000, 4);
+    approved(&cards, key, 2_000, 5);
     let mut dollars = request(*b"0120", 9_000, 4, "SHOP-A");
     dollars.amounts.transaction_currency = 840;
     match cards.advice(key, &dollars, NOW) {
@@ -996,6 +998,14 @@ fn a_restating_advice_counts_once_and_not_after_a_reversal() {
         other => panic!("{other:?}"),
     }
     assert_eq!(cards.get(key).unwrap().available, 0);
+    assert_eq!(given_back(cards.reverse(key, &reversal(5, None), NOW)), 2_000);
+    let mut resend = dollars.clone();
+    resend.mti = *b"0121";
+    assert!(matches!(
+        cards.advice(key, &resend, NOW),
+        AdviceOutcome::Repeat { .. }
+    ));
+    assert_eq!(cards.get(key).unwrap().available, 2_000);
 }
 
 /// An issuer's acknowledgement of an advice does not carry over to a later one that
@@ -1017,6 +1027,8 @@ fn an_advice_restating_more_is_news_to_the_issuer_until_it_answers_it() {
         AdviceOutcome::Recorded(d) => d.wait().unwrap(),
         other => panic!("{other:?}"),
     }
+    // The issuer's 00 to the earlier advice, coming late, acknowledges nothing of this one.
+    cards.advice_acknowledged(key, &same);
     let mut resend = more.clone();
     resend.mti = *b"0121";
     assert!(matches!(
@@ -1025,7 +1037,49 @@ fn an_advice_restating_more_is_news_to_the_issuer_until_it_answers_it() {
             issuer_has_it: false
         }
     ));
+    cards.advice_acknowledged(key, &more);
+    assert!(matches!(
+        cards.advice(key, &resend, NOW),
+        AdviceOutcome::Repeat {
+            issuer_has_it: true
+        }
+    ));
     assert_eq!(cards.get(key).unwrap().spent, 5_000);
+}
+
+/// A restatement of a purchase the issuer approved itself is news to it: a resend that
+/// the issuer has not answered goes to it, marked as a repeat, even when it now reads as
+/// the same money (its DE 4 is what the entry stands for since); the same after a restart
+/// from a snapshot, which keeps the mark.
+#[test]
+fn a_restated_purchase_the_issuer_approved_is_news_until_it_answers_the_restatement() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = {
+        let (cards, _) = open(dir.path());
+        let key = issue(&cards, &spec(20_000));
+        approved(&cards, key, 3_000, 1);
+        let more = request(*b"0120", 4_000, 1, "SHOP-A");
+        match cards.advice(key, &more, NOW) {
+            AdviceOutcome::Recorded(d) => d.wait().unwrap(),
+            other => panic!("{other:?}"),
+        }
+        cards.snapshot().unwrap();
+        key
+    };
+    let (cards, _) = open(dir.path());
+    let mut resend = request(*b"0121", 4_000, 1, "SHOP-A");
+    resend.expiry = None;
+    assert!(matches!(
+        cards.advice(key, &resend, NOW),
+        AdviceOutcome::Repeat {
+            issuer_has_it: false
+        }
+    ));
+    // 1,000 of the 4,000 stays.
+    assert_eq!(
+        given_back(cards.reverse(key, &reversal(1, Some(1_000)), NOW)),
+        3_000
+    );
 }
 
 /// A verification an advice turned into a purchase is forgotten in its time, as any

@@ -135,7 +135,8 @@ pub enum Event {
     Advised(TxEvent),
     /// An advice restated a transaction this card counted (held, in doubt or approved
     /// under its key, not reversed) with more money than was counted: `amount` more is
-    /// spent, added to the transaction's entry, and a use when
+    /// spent, added to the transaction's entry (which then stands for the advice's DE 4
+    /// and is marked restated), and a use when
     /// `counts_use` (none was counted for it). Written as an `Advised` record with a flag
     /// bit an older vpan ignores: it counts the card the same, but replaces the
     /// transaction's entry with one of `amount` alone (a full reversal after a downgrade
@@ -415,6 +416,7 @@ pub(crate) fn entry_of(t: &TxEvent, state: TxState, code: ResponseCode) -> TxEnt
         },
         asking: false,
         acknowledged: false,
+        restated: false,
     }
 }
 
@@ -461,13 +463,17 @@ pub fn apply_ledger(
             if let Some(mut e) = ledger.entries.get_mut(&t.tx)
                 && newer(&e)
             {
-                // Counted at what the advice says moved (a resend of it adds nothing). Its
-                // DE 4 stays the request's, so a partial reversal takes its proportion of
-                // the larger amount, which errs toward the cap; and news to the issuer
-                // until it acknowledges an advice of it again.
+                // Counted at what the advice says moved (a resend of it adds nothing), of
+                // its DE 4 when it has one (what a partial reversal then takes its
+                // proportion of); news to the issuer until it acknowledges an advice of
+                // that much.
                 e.amount = e.amount.saturating_add(t.amount);
                 e.charged = e.charged.saturating_add(t.amount);
+                if t.original_amount > 0 {
+                    e.original_amount = t.original_amount;
+                }
                 e.acknowledged = false;
+                e.restated = true;
                 if t.counts_use {
                     e.counts_use = true;
                     e.use_counted = true;

@@ -149,6 +149,9 @@ pub struct TxEntry {
     /// than told again (in memory only; after a restart a repeat goes to the issuer,
     /// marked as one).
     pub acknowledged: bool,
+    /// An advice restated it in a larger amount (`Event::Restated`): the request's own
+    /// approval by the issuer no longer covers it, and `original_amount` is the advice's.
+    pub restated: bool,
 }
 
 impl TxEntry {
@@ -560,6 +563,7 @@ mod tests {
             decided_by: DecidedBy::Issuer,
             asking: false,
             acknowledged: false,
+            restated: false,
         }
     }
 

@@ -24,6 +24,8 @@ pub(super) const SNAP_TX_DECIDED_BY_RECORDED: u8 = 1 << 4;
 /// says it was written (snapshots from before have neither).
 const SNAP_TX_REFUND_BIT: u8 = 5;
 const SNAP_TX_REFUND_RECORDED: u8 = 1 << 6;
+/// Set in a snapshot's ledger entry's flags when an advice restated it (`TxEntry::restated`).
+const SNAP_TX_RESTATED: u8 = 1 << 7;
 
 /// The first record of a snapshot.
 pub(crate) struct SnapHeader {
@@ -222,7 +224,8 @@ impl Encode for SnapTx {
             | u8::from(e.decided_by == DecidedBy::Switch) << 3
             | SNAP_TX_DECIDED_BY_RECORDED
             | u8::from(e.refund) << SNAP_TX_REFUND_BIT
-            | SNAP_TX_REFUND_RECORDED);
+            | SNAP_TX_REFUND_RECORDED
+            | u8::from(e.restated) << 7);
         out.u64(e.at);
         out.u64(e.lsn);
         out.extend_from_slice(&e.mti);
@@ -280,6 +283,7 @@ pub(crate) fn decode_snap_tx(g: &mut Get<'_>) -> Option<(OriginalData, TxEntry)>
             ),
             asking: false,
             acknowledged: false,
+            restated: flags & SNAP_TX_RESTATED != 0,
         },
     ))
 }

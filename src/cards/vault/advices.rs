@@ -112,7 +112,8 @@ impl Cards {
                         issuer_has_it: e.acknowledged
                             || (e.state == TxState::Approved
                                 && e.mti[2] == b'0'
-                                && e.decided_by == DecidedBy::Issuer),
+                                && e.decided_by == DecidedBy::Issuer
+                                && !e.restated),
                     };
                 }
             }
@@ -178,6 +179,8 @@ impl Cards {
             (Kind::Refund, _) => return None,
             (Kind::Verification, counted) => counted.unwrap_or(0).saturating_sub(e.charged),
             (Kind::Purchase, Some(moved)) if moved > 0 => moved.saturating_sub(e.charged),
+            // Restated so once already (what the cap had left then): not again.
+            (Kind::Purchase, _) if e.restated => return None,
             (Kind::Purchase, _) => {
                 crate::logging::throttled!(warn, card = ?card_key, "advice restating an amount the card's currency cannot tell; recorded as what was left of its cap");
                 card.amount_limit.saturating_sub(card.spent)
@@ -209,13 +212,22 @@ impl Cards {
     /// The issuer answered the advice `req` 00: its repeats are acknowledged here from now
     /// on (in memory: after a restart one goes to the issuer again, marked as a repeat).
     pub fn advice_acknowledged(&self, card_key: CardKey, req: &AuthRequest) {
-        // Whatever stands under its key on this card is what the advice was recorded as,
-        // or completed (a repeat of another content is refused before it is sent).
-        if let Some(mut e) = self.ledger.entries.get_mut(&req.key.original())
-            && e.card == card_key
-        {
-            e.acknowledged = true;
-        }
+        // Under the card's lock, as a restatement is made: the issuer's answer to an
+        // earlier advice of less must not acknowledge one that restated it since.
+        self.index.update(card_key, |card| {
+            // What stands under its key on this card is what the advice was recorded as,
+            // completed, or restated (one of another card is refused before it is sent).
+            if let Some(mut e) = self.ledger.entries.get_mut(&req.key.original())
+                && e.card == card_key
+                && (!e.restated
+                    || req
+                        .amounts
+                        .counted_in(card.currency)
+                        .is_some_and(|told| told >= e.charged))
+            {
+                e.acknowledged = true;
+            }
+        });
     }
 
     /// An advice that reports a decline (a stand-in's DE 39 that is no approval): it moved
