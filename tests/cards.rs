@@ -998,7 +998,10 @@ fn a_restating_advice_counts_once_and_not_after_a_reversal() {
         other => panic!("{other:?}"),
     }
     assert_eq!(cards.get(key).unwrap().available, 0);
-    assert_eq!(given_back(cards.reverse(key, &reversal(5, None), NOW)), 2_000);
+    assert_eq!(
+        given_back(cards.reverse(key, &reversal(5, None), NOW)),
+        2_000
+    );
     let mut resend = dollars.clone();
     resend.mti = *b"0121";
     assert!(matches!(
