@@ -482,38 +482,6 @@ async fn an_advice_repeat_goes_to_the_issuer_marked_as_one_until_acknowledged_th
 }
 
 #[tokio::test]
-async fn a_partial_approval_counts_what_the_issuer_approved_and_its_reversal_gives_that_back() {
-    let (rig, mut host) = signed_on_host(1_500).await;
-    let mut net = Client::connect(rig.network).await;
-    let (card, _) = rig.issue(|c| c.amount_limit = 10_000).await;
-    let key = CardKey::of(&card.vpan);
-    // 80.00 asked; the real account has 40.00: the host approves that much (DE 39 10).
-    let request = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 8_000);
-    net.send(&request).await;
-    let mut answer = next_message(&mut host).await;
-    answer.set_mti(b"0110").unwrap();
-    answer.set_response_code(b"10").unwrap();
-    answer.set(4, b"000000004000").unwrap();
-    send(&mut host, &answer).await;
-    let heard = net.answer(request.stan().unwrap()).await;
-    assert_eq!(code(&heard), "10");
-    assert_eq!(heard.amount_transaction(), Some(4_000));
-    let view = rig.cards.get(key).unwrap();
-    assert_eq!((view.spent, view.uses, view.available), (4_000, 1, 6_000));
-    // Reversed in full by the acquirer: what was approved comes back, not the 80.00.
-    let reversal = reversal_of(&mut net, &request);
-    net.send(&reversal).await;
-    let mut answer = next_message(&mut host).await;
-    answer.set_mti(b"0410").unwrap();
-    answer.set_response_code(b"00").unwrap();
-    send(&mut host, &answer).await;
-    assert_eq!(code(&net.answer(reversal.stan().unwrap()).await), "00");
-    let view = rig.cards.get(key).unwrap();
-    assert_eq!((view.spent, view.uses, view.available), (0, 0, 10_000));
-    rig.stop().await;
-}
-
-#[tokio::test]
 async fn an_issuer_answer_whose_code_is_not_a_known_decline_keeps_the_amount_spent() {
     let (rig, mut host) = signed_on_host(1_500).await;
 

@@ -691,53 +691,6 @@ impl Cards {
         durable
     }
 
-    /// The issuer approved `hold` in part (DE 39 10, with DE 4 `approved` of the `asked`),
-    /// after [`Cards::complete`] recorded its approval: the card keeps that share of the
-    /// hold, rounded up (the safe side for the cap), and the rest is given back as a
-    /// partial reversal would, so a later reversal of the purchase finds what was
-    /// approved. Not waited for: lost in a crash, the whole hold stays spent. Nothing when
-    /// the transaction has been reversed since, or is not an approval on this card.
-    pub fn approved_in_part(
-        &self,
-        hold: &Hold,
-        asked: u64,
-        approved: u64,
-        mti: [u8; 4],
-        now: UnixSeconds,
-    ) {
-        if approved == 0 || approved >= asked {
-            return;
-        }
-        self.index.update(hold.card, |card| {
-            let Some(e) = self.ledger.get(&hold.tx).filter(|e| e.card == hold.card) else {
-                return;
-            };
-            if e.state != TxState::Approved || e.amount != e.charged || self.journal.is_failed() {
-                return;
-            }
-            let share = (u128::from(e.amount) * u128::from(approved)).div_ceil(u128::from(asked));
-            let kept = u64::try_from(share).unwrap_or(e.amount).min(e.amount);
-            if kept == e.amount {
-                return;
-            }
-            let event = Event::Reversed {
-                lsn: self.lsn(),
-                key: hold.card,
-                tx: hold.tx,
-                was_held: false,
-                returned: e.amount - kept,
-                remaining: kept,
-                use_returned: false,
-                held_use_returned: false,
-                mti,
-                at: now,
-            };
-            self.journal.append_detached(event.clone());
-            event::apply_card(card, &event);
-            event::apply_ledger(&self.ledger, &event, false);
-        });
-    }
-
     /// Records what the issuer answered to the repeat of a purchase in doubt
     /// (`Replay::AskIssuer`): approved, it stays spent and its answer is replayed from then
     /// on; declined, its amount and use are given back. `TimedOut` or `Failed` (no answer,

@@ -345,11 +345,6 @@ impl Flow {
                 // The hold is durable: were vpan to die now, recovery counts it as spent,
                 // so the outcome record need not be waited for.
                 let _outcome_durable = self.cards.complete(&hold, outcome, now());
-                if let Some((asked, approved)) = approved_in_part(&request, &answer) {
-                    let mti = response_mti(request.mti());
-                    self.cards
-                        .approved_in_part(&hold, asked, approved, mti, now());
-                }
                 (
                     self.to_virtual(answer, &request, vpan, &virtual_expiry.0, &real_pan),
                     DecidedBy::Issuer,
@@ -823,17 +818,6 @@ fn issuer_outcome(answer: &Message) -> IssuerOutcome {
     } else {
         IssuerOutcome::Declined(code)
     }
-}
-
-/// The amounts of a partial approval (DE 39 10): what the request asked (DE 4) and what
-/// the issuer's answer approved (its DE 4, smaller); `None` for any other answer.
-fn approved_in_part(request: &Message, answer: &Message) -> Option<(u64, u64)> {
-    if answer.response_code() != Some(*b"10") {
-        return None;
-    }
-    let asked = request.amount_transaction()?;
-    let approved = answer.amount_transaction()?;
-    (approved < asked).then_some((asked, approved))
 }
 
 /// What the network hears for a request the issuer link could not get answered.
