@@ -69,8 +69,9 @@ struct Masking<W>(W);
 impl<W: Write> Write for Masking<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let text = String::from_utf8_lossy(buf);
-        // Most lines hold no run of digits long enough to be a card: written as they are.
-        if text.bytes().filter(u8::is_ascii_digit).count() < 12 {
+        // Most lines hold fewer digits in all than the shortest card number: written as
+        // they are.
+        if text.bytes().filter(u8::is_ascii_digit).count() < crate::pan::MIN_PAN_LEN {
             self.0.write_all(buf)?;
         } else {
             self.0.write_all(mask_card_numbers(&text).as_bytes())?;

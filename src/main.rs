@@ -188,6 +188,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
 fn serve_logging(args: ServeArgs) -> Result<(), String> {
     let env = vpan::config::vpan_env_vars().map_err(|e| e.to_string())?;
     for var in vpan::config::env_vars_naming_no_section(&env) {
+        // Masked here too, not left to the log writer alone: the name is outside text.
         tracing::warn!(
             var = %vpan::pan::mask_card_numbers(&var),
             "this VPAN_ variable names no configuration section; ignored"

@@ -200,9 +200,9 @@ fn is_separator(c: char) -> bool {
 }
 
 /// The length in bytes of the separator at the start of `text` (0 if none): one
-/// [`is_separator`] character, or the escape by which `{:?}` quotes a tab, a line break or
-/// an invisible character (`\t`, `\n`, `\r`, `\0`, `\u{200b}`), as serde and vpan's own
-/// errors quote a value they could not read.
+/// [`is_separator`] character, or an escape as `{:?}` writes a tab, a line break or an
+/// invisible character (`\t`, `\n`, `\r`, `\0`, and any `\u{…}` of one to six hex
+/// digits), as serde and vpan's own errors quote a value they could not read.
 fn separator_len(text: &str) -> usize {
     if let Some(escaped) = text.strip_prefix('\\') {
         if escaped.starts_with(['t', 'n', 'r', '0']) {

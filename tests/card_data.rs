@@ -685,6 +685,17 @@ async fn leak_hunt(json_logs: bool) {
         serve_out.as_bytes(),
         false,
     );
+    // Logged, masked: the searches above found them hidden, not missing.
+    for (what, number) in [
+        ("the TLS server name", &in_sni),
+        ("the variable", &in_a_variable),
+    ] {
+        assert!(
+            serve_out.contains(&number.masked().to_string()),
+            "{}: {what} is not in the log, masked",
+            place("vpan serve stdout/stderr")
+        );
+    }
     numbers.assert_clean(
         &place("issuer-sim stdout/stderr"),
         sim.output().as_bytes(),

@@ -823,6 +823,30 @@ fn an_advice_in_a_currency_the_card_cannot_count_takes_what_was_left_and_a_use()
     assert_eq!(cards.get(key).unwrap().available, 0);
 }
 
+/// An advice recorded (counted, or a restatement's rest counted), once durable.
+fn recorded(outcome: AdviceOutcome) {
+    match outcome {
+        AdviceOutcome::Recorded(durable) => durable.wait().unwrap(),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Whether the card calls `outcome` a repeat the issuer has already (`Some(true)`), one to
+/// tell it again (`Some(false)`), or no repeat (`None`).
+fn repeat(outcome: AdviceOutcome) -> Option<bool> {
+    match outcome {
+        AdviceOutcome::Repeat { issuer_has_it } => Some(issuer_has_it),
+        _ => None,
+    }
+}
+
+/// `req` sent again, as the network resends it (MTI 0121).
+fn resent(req: &vpan::cards::AuthRequest) -> vpan::cards::AuthRequest {
+    let mut again = req.clone();
+    again.mti = *b"0121";
+    again
+}
+
 #[test]
 fn a_stand_in_advice_that_restates_a_timed_out_purchase_is_counted_and_one_for_more_counts_the_rest()
  {
@@ -838,42 +862,25 @@ fn a_stand_in_advice_that_restates_a_timed_out_purchase_is_counted_and_one_for_m
     assert_eq!(cards.get(key).unwrap().spent, 0);
     // ... and stood in: its advice, under the same key, leaves DE 14 out. Money moved.
     let advice = request(*b"0120", 3_000, 8, "SHOP-A");
-    match cards.advice(key, &advice, NOW) {
-        AdviceOutcome::Recorded(d) => d.wait().unwrap(),
-        other => panic!("{other:?}"),
-    }
+    recorded(cards.advice(key, &advice, NOW));
     assert_eq!(cards.get(key).unwrap().spent, 3_000);
     // Under that key, another amount restates how much moved: the rest is counted, once.
     let more = request(*b"0120", 4_000, 8, "SHOP-A");
-    match cards.advice(key, &more, NOW) {
-        AdviceOutcome::Recorded(d) => d.wait().unwrap(),
-        other => panic!("{other:?}"),
-    }
+    recorded(cards.advice(key, &more, NOW));
     assert_eq!(cards.get(key).unwrap().spent, 4_000);
     // Its resend counts nothing more: a repeat, told to the issuer again until it answers.
-    let mut again = more.clone();
-    again.mti = *b"0121";
-    assert!(matches!(
-        cards.advice(key, &again, NOW),
-        AdviceOutcome::Repeat {
-            issuer_has_it: false
-        }
-    ));
+    assert_eq!(repeat(cards.advice(key, &resent(&more), NOW)), Some(false));
     cards.advice_acknowledged(key, &more);
-    assert!(matches!(
-        cards.advice(key, &again, NOW),
-        AdviceOutcome::Repeat {
-            issuer_has_it: true
-        }
-    ));
+    assert_eq!(repeat(cards.advice(key, &resent(&more), NOW)), Some(true));
     let v = cards.get(key).unwrap();
     assert_eq!((v.spent, v.uses), (4_000, 1));
 }
 
 /// An advice under the key of a purchase vpan approved, in another amount: the network
 /// says that much moved. More than was counted is counted (a 94 left it uncounted, and the
-/// cap open to it); less gives nothing back; either way the issuer hears it. The same
-/// after a restart from the journal, and from a snapshot.
+/// cap open to it), and the purchase then stands for it: its full reversal gives all of it
+/// back. Less gives nothing back, and is a repeat for the card, told to the issuer until
+/// it answers. The same after a restart from the journal, and from a snapshot.
 #[test]
 fn an_advice_restating_an_approved_purchase_counts_what_moved_beyond_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -881,138 +888,153 @@ fn an_advice_restating_an_approved_purchase_counts_what_moved_beyond_it() {
         let (cards, _) = open(dir.path());
         let key = issue(&cards, &spec(10_000));
         approved(&cards, key, 3_000, 1);
-        let restated = request(*b"0120", 4_500, 1, "SHOP-A");
-        match cards.advice(key, &restated, NOW) {
-            AdviceOutcome::Recorded(d) => d.wait().unwrap(),
-            other => panic!("{other:?}"),
-        }
+        recorded(cards.advice(key, &request(*b"0120", 4_500, 1, "SHOP-A"), NOW));
         let v = cards.get(key).unwrap();
         assert_eq!((v.spent, v.uses, v.available), (4_500, 1, 5_500));
-        // Less than was counted: nothing given back; no news to the card (a repeat).
         approved(&cards, key, 2_000, 2);
         let less = request(*b"0120", 500, 2, "SHOP-A");
-        assert!(matches!(
-            cards.advice(key, &less, NOW),
-            AdviceOutcome::Repeat { .. }
-        ));
+        assert_eq!(repeat(cards.advice(key, &less, NOW)), Some(false));
         let v = cards.get(key).unwrap();
         assert_eq!((v.spent, v.uses), (6_500, 2));
         key
     };
-    for life in ["journal", "snapshot"] {
-        let (cards, _) = open(dir.path());
-        let v = cards.get(key).unwrap();
-        assert_eq!((v.spent, v.uses), (6_500, 2), "{life}");
-        // The first purchase's entry holds all that moved: its full reversal gives it back.
-        if life == "snapshot" {
-            let reversal = vpan::cards::ReversalRequest {
-                mti: *b"0400",
-                key: purchase(3_000, 1).key,
-                original: None,
-                remaining: None,
-            };
-            let _ = cards.reverse(key, &reversal, NOW);
-            assert_eq!(cards.get(key).unwrap().spent, 2_000, "{life}");
-        } else {
-            cards.snapshot().unwrap();
-        }
-    }
+    let (cards, _) = open(dir.path());
+    let v = cards.get(key).unwrap();
+    assert_eq!(
+        (v.spent, v.uses),
+        (6_500, 2),
+        "after a restart from the journal"
+    );
+    cards.snapshot().unwrap();
+    drop(cards);
+    let (cards, _) = open(dir.path());
+    let v = cards.get(key).unwrap();
+    assert_eq!(
+        (v.spent, v.uses),
+        (6_500, 2),
+        "after a restart from a snapshot"
+    );
+    let reversal = vpan::cards::ReversalRequest {
+        mti: *b"0400",
+        key: purchase(3_000, 1).key,
+        original: None,
+        remaining: None,
+    };
+    assert_eq!(given_back(cards.reverse(key, &reversal, NOW)), 4_500);
+    assert_eq!(cards.get(key).unwrap().spent, 2_000);
 }
 
-/// A restating advice counts once: its resend adds nothing, a partial reversal after it
-/// takes its proportion (of the larger amount, DE 4 staying the request's) and its repeat
-/// nothing more. Once the transaction was reversed, in part or in full, what an advice
-/// restates cannot be told from what was taken back: 94, nothing counted. One in a
-/// currency the card cannot count takes what the cap had left, as a fresh advice does.
 #[test]
-fn a_restating_advice_counts_once_and_not_after_a_reversal() {
+fn an_advice_restating_a_held_approval_completes_it_and_counts_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &spec(10_000));
+    let held = approve(&cards, key, 3_000, 4);
+    recorded(cards.advice(key, &request(*b"0120", 4_000, 4, "SHOP-A"), NOW));
+    let v = cards.get(key).unwrap();
+    assert_eq!((v.spent, v.held, v.uses), (4_000, 0, 1));
+    // The issuer's answer to the purchase, coming after, changes nothing.
+    cards
+        .complete(&held.hold, IssuerOutcome::APPROVED, NOW)
+        .wait()
+        .unwrap();
+    let v = cards.get(key).unwrap();
+    assert_eq!((v.spent, v.held, v.uses), (4_000, 0, 1));
+}
+
+/// A restating advice counts once: its resend adds nothing; a partial reversal after it
+/// takes its proportion of the advice's DE 4, which the purchase stands for since, and a
+/// repeat of that reversal nothing more.
+#[test]
+fn a_restating_advice_counts_once_and_reversals_after_it_take_its_amount() {
     let dir = tempfile::tempdir().unwrap();
     let (cards, _) = open(dir.path());
     let key = issue(&cards, &spec(20_000));
     approved(&cards, key, 3_000, 1);
     let restated = request(*b"0120", 4_000, 1, "SHOP-A");
-    match cards.advice(key, &restated, NOW) {
-        AdviceOutcome::Recorded(d) => d.wait().unwrap(),
-        other => panic!("{other:?}"),
-    }
+    recorded(cards.advice(key, &restated, NOW));
+    assert_eq!(
+        repeat(cards.advice(key, &resent(&restated), NOW)),
+        Some(false)
+    );
     assert_eq!(cards.get(key).unwrap().spent, 4_000);
     // The acquirer takes the 10.00 tip back: 3,000 of the advice's 4,000 stays.
     let partial = reversal(1, Some(3_000));
     assert_eq!(given_back(cards.reverse(key, &partial, NOW)), 1_000);
-    let repeat = vpan::cards::ReversalRequest {
+    let repeated = vpan::cards::ReversalRequest {
         mti: *b"0401",
         ..partial
     };
     assert!(matches!(
-        cards.reverse(key, &repeat, NOW),
+        cards.reverse(key, &repeated, NOW),
         ReversalOutcome::NothingLeft
     ));
-    let mut resend = restated.clone();
-    resend.mti = *b"0121";
-    assert!(matches!(
-        cards.advice(key, &resend, NOW),
-        AdviceOutcome::Conflict | AdviceOutcome::Repeat { .. }
-    ));
     assert_eq!(cards.get(key).unwrap().spent, 3_000);
+}
 
-    // Reversed in part, then an advice of more: 94.
-    approved(&cards, key, 3_000, 2);
+/// Once a reversal took part or all of a transaction back, what an advice in another
+/// amount restates cannot be told from what was taken back: 94, nothing counted. One of
+/// the amount the request had is still a repeat.
+#[test]
+fn an_advice_in_another_amount_after_a_reversal_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &spec(20_000));
+    approved(&cards, key, 3_000, 1);
     assert_eq!(
-        given_back(cards.reverse(key, &reversal(2, Some(1_000)), NOW)),
+        given_back(cards.reverse(key, &reversal(1, Some(1_000)), NOW)),
         2_000
     );
-    for amount in [3_000, 4_000] {
-        let after = request(*b"0120", amount, 2, "SHOP-A");
-        let outcome = cards.advice(key, &after, NOW);
-        assert!(
-            matches!(
-                outcome,
-                AdviceOutcome::Conflict | AdviceOutcome::Repeat { .. }
-            ),
-            "{amount}: {outcome:?}"
-        );
-    }
-    assert_eq!(cards.get(key).unwrap().spent, 3_000 + 1_000);
-
+    let same = request(*b"0120", 3_000, 1, "SHOP-A");
+    assert_eq!(repeat(cards.advice(key, &same, NOW)), Some(true));
+    let more = request(*b"0120", 4_000, 1, "SHOP-A");
+    assert!(matches!(
+        cards.advice(key, &more, NOW),
+        AdviceOutcome::Conflict
+    ));
+    assert_eq!(cards.get(key).unwrap().spent, 1_000);
     // Taken back in full: gone, as after a void.
-    approved(&cards, key, 2_000, 3);
+    approved(&cards, key, 2_000, 2);
     assert_eq!(
-        given_back(cards.reverse(key, &reversal(3, None), NOW)),
+        given_back(cards.reverse(key, &reversal(2, None), NOW)),
         2_000
     );
-    let after = request(*b"0120", 2_500, 3, "SHOP-A");
+    let after = request(*b"0120", 2_500, 2, "SHOP-A");
     assert!(matches!(
         cards.advice(key, &after, NOW),
         AdviceOutcome::Conflict
     ));
-    assert_eq!(cards.get(key).unwrap().spent, 4_000);
+    let v = cards.get(key).unwrap();
+    assert_eq!((v.spent, v.uses), (1_000, 1));
+}
 
-    // Dollars with no amount in the card's euros: all the cap had left, once; its resend
-    // takes nothing more when room opens up.
-    approved(&cards, key, 1_000, 4);
-    approved(&cards, key, 2_000, 5);
-    let mut dollars = request(*b"0120", 9_000, 4, "SHOP-A");
+/// A restating advice in a currency the card cannot count takes what the cap had left, as
+/// a fresh advice does, once: its resend takes nothing more when room opens up.
+#[test]
+fn a_restating_advice_the_card_cannot_size_takes_what_the_cap_had_left_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &spec(10_000));
+    approved(&cards, key, 1_000, 1);
+    approved(&cards, key, 2_000, 2);
+    let mut dollars = request(*b"0120", 9_000, 1, "SHOP-A");
     dollars.amounts.transaction_currency = 840;
-    match cards.advice(key, &dollars, NOW) {
-        AdviceOutcome::Recorded(d) => d.wait().unwrap(),
-        other => panic!("{other:?}"),
-    }
+    recorded(cards.advice(key, &dollars, NOW));
     assert_eq!(cards.get(key).unwrap().available, 0);
     assert_eq!(
-        given_back(cards.reverse(key, &reversal(5, None), NOW)),
+        given_back(cards.reverse(key, &reversal(2, None), NOW)),
         2_000
     );
-    let mut resend = dollars.clone();
-    resend.mti = *b"0121";
-    assert!(matches!(
-        cards.advice(key, &resend, NOW),
-        AdviceOutcome::Repeat { .. }
-    ));
+    assert_eq!(
+        repeat(cards.advice(key, &resent(&dollars), NOW)),
+        Some(false)
+    );
     assert_eq!(cards.get(key).unwrap().available, 2_000);
 }
 
 /// An issuer's acknowledgement of an advice does not carry over to a later one that
-/// restates it for more: that one is news until the issuer answers it.
+/// restates it for more, even when it comes after: that one is news until the issuer
+/// answers it.
 #[test]
 fn an_advice_restating_more_is_news_to_the_issuer_until_it_answers_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -1020,40 +1042,22 @@ fn an_advice_restating_more_is_news_to_the_issuer_until_it_answers_it() {
     let key = issue(&cards, &spec(20_000));
     approved(&cards, key, 3_000, 1);
     let same = request(*b"0120", 3_000, 1, "SHOP-B");
-    assert!(matches!(
-        cards.advice(key, &same, NOW),
-        AdviceOutcome::Repeat { .. }
-    ));
+    assert_eq!(repeat(cards.advice(key, &same, NOW)), Some(true));
     cards.advice_acknowledged(key, &same);
     let more = request(*b"0120", 5_000, 1, "SHOP-A");
-    match cards.advice(key, &more, NOW) {
-        AdviceOutcome::Recorded(d) => d.wait().unwrap(),
-        other => panic!("{other:?}"),
-    }
+    recorded(cards.advice(key, &more, NOW));
     // The issuer's 00 to the earlier advice, coming late, acknowledges nothing of this one.
     cards.advice_acknowledged(key, &same);
-    let mut resend = more.clone();
-    resend.mti = *b"0121";
-    assert!(matches!(
-        cards.advice(key, &resend, NOW),
-        AdviceOutcome::Repeat {
-            issuer_has_it: false
-        }
-    ));
+    assert_eq!(repeat(cards.advice(key, &resent(&more), NOW)), Some(false));
     cards.advice_acknowledged(key, &more);
-    assert!(matches!(
-        cards.advice(key, &resend, NOW),
-        AdviceOutcome::Repeat {
-            issuer_has_it: true
-        }
-    ));
+    assert_eq!(repeat(cards.advice(key, &resent(&more), NOW)), Some(true));
     assert_eq!(cards.get(key).unwrap().spent, 5_000);
 }
 
-/// A restatement of a purchase the issuer approved itself is news to it: a resend that
-/// the issuer has not answered goes to it, marked as a repeat, even when it now reads as
-/// the same money (its DE 4 is what the entry stands for since); the same after a restart
-/// from a snapshot, which keeps the mark.
+/// A restatement of a purchase the issuer approved itself is news to it: a resend the
+/// issuer has not answered goes to it, marked as a repeat, though it now reads as the same
+/// money (the purchase stands for its DE 4 since); once the issuer answers it, its resends
+/// are answered here. The same after a restart from a snapshot, which keeps the mark.
 #[test]
 fn a_restated_purchase_the_issuer_approved_is_news_until_it_answers_the_restatement() {
     let dir = tempfile::tempdir().unwrap();
@@ -1061,23 +1065,17 @@ fn a_restated_purchase_the_issuer_approved_is_news_until_it_answers_the_restatem
         let (cards, _) = open(dir.path());
         let key = issue(&cards, &spec(20_000));
         approved(&cards, key, 3_000, 1);
-        let more = request(*b"0120", 4_000, 1, "SHOP-A");
-        match cards.advice(key, &more, NOW) {
-            AdviceOutcome::Recorded(d) => d.wait().unwrap(),
-            other => panic!("{other:?}"),
-        }
+        recorded(cards.advice(key, &request(*b"0120", 4_000, 1, "SHOP-A"), NOW));
         cards.snapshot().unwrap();
         key
     };
     let (cards, _) = open(dir.path());
+    // Without DE 14, unlike the request: another fingerprint, the same money.
     let mut resend = request(*b"0121", 4_000, 1, "SHOP-A");
     resend.expiry = None;
-    assert!(matches!(
-        cards.advice(key, &resend, NOW),
-        AdviceOutcome::Repeat {
-            issuer_has_it: false
-        }
-    ));
+    assert_eq!(repeat(cards.advice(key, &resend, NOW)), Some(false));
+    cards.advice_acknowledged(key, &resend);
+    assert_eq!(repeat(cards.advice(key, &resend, NOW)), Some(true));
     // 1,000 of the 4,000 stays.
     assert_eq!(
         given_back(cards.reverse(key, &reversal(1, Some(1_000)), NOW)),
@@ -1094,11 +1092,7 @@ fn a_verification_restated_as_a_purchase_is_forgotten_in_its_time() {
     let key = issue(&cards, &spec(1_000_000));
     let check = request(*b"0100", 0, 1, "SHOP-A");
     decided(&cards, key, &check, IssuerOutcome::APPROVED);
-    let advice = request(*b"0120", 500, 1, "SHOP-A");
-    match cards.advice(key, &advice, NOW) {
-        AdviceOutcome::Recorded(d) => d.wait().unwrap(),
-        other => panic!("{other:?}"),
-    }
+    recorded(cards.advice(key, &request(*b"0120", 500, 1, "SHOP-A"), NOW));
     for stan in 100..140 {
         approved(&cards, key, 10, stan);
     }
@@ -1120,10 +1114,7 @@ fn an_advice_restating_a_verification_with_a_billing_amount_counts_it_and_its_us
     assert_eq!(cards.get(key).unwrap().uses, 0);
     let mut advice = request(*b"0120", 0, 1, "SHOP-A");
     advice.amounts.billing = Some((9_000, EUR));
-    match cards.advice(key, &advice, NOW) {
-        AdviceOutcome::Recorded(d) => d.wait().unwrap(),
-        other => panic!("{other:?}"),
-    }
+    recorded(cards.advice(key, &advice, NOW));
     let v = cards.get(key).unwrap();
     assert_eq!((v.spent, v.uses), (9_000, 1));
     assert_eq!(code(&cards.authorize(key, &purchase(9_000, 2), NOW)), "46");
@@ -1434,28 +1425,6 @@ fn credits_of_every_kind_bind_no_first_use_merchant_and_pass_on_a_closed_card() 
     assert_eq!((v.spent, v.uses), (100, 1));
     assert_eq!(Kind::classify(b"300000", 5_000), Kind::Purchase);
     assert_eq!(Kind::classify(b"2A0000", 5_000), Kind::Purchase);
-}
-
-#[test]
-fn an_advice_restating_a_held_approval_completes_it_and_counts_the_rest() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cards, _) = open(dir.path());
-    let key = issue(&cards, &spec(10_000));
-    let held = approve(&cards, key, 3_000, 4);
-    let advice = request(*b"0120", 4_000, 4, "SHOP-A");
-    match cards.advice(key, &advice, NOW) {
-        AdviceOutcome::Recorded(d) => d.wait().unwrap(),
-        other => panic!("{other:?}"),
-    }
-    let v = cards.get(key).unwrap();
-    assert_eq!((v.spent, v.held, v.uses), (4_000, 0, 1));
-    // The issuer's answer to the purchase, coming after, changes nothing.
-    cards
-        .complete(&held.hold, IssuerOutcome::APPROVED, NOW)
-        .wait()
-        .unwrap();
-    let v = cards.get(key).unwrap();
-    assert_eq!((v.spent, v.held, v.uses), (4_000, 0, 1));
 }
 
 #[test]

@@ -1679,7 +1679,8 @@ async fn a_track_naming_another_card_than_de_2_is_a_format_error_when_either_is_
 }
 
 #[tokio::test]
-async fn an_advice_of_a_purchase_the_issuer_approved_itself_is_acknowledged_not_booked_again() {
+async fn an_advice_of_a_purchase_the_issuer_approved_itself_is_acknowledged_not_booked_again_and_one_restating_it_is_sent()
+ {
     let (rig, card, real, mut net) = one_card(|_| {}).await;
     let request = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 3_000);
     assert_eq!(code(&net.call(&request).await), "00");

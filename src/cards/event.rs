@@ -134,10 +134,10 @@ pub enum Event {
     /// An advice (0120/0220) reported an approval made elsewhere: spent at once.
     Advised(TxEvent),
     /// An advice restated a transaction this card counted (held, in doubt or approved
-    /// under its key, not reversed) with more money than was counted: `amount` more is
-    /// spent, added to the transaction's entry (which then stands for the advice's DE 4
-    /// and is marked restated), and a use when
-    /// `counts_use` (none was counted for it). Written as an `Advised` record with a flag
+    /// under its key, not reversed) with more money, or a use, than was counted: `amount`
+    /// more is spent and added to the transaction's entry, which is marked restated and
+    /// stands for the advice's DE 4 (when not 0); and a use when `counts_use` (none was
+    /// counted for it). Written as an `Advised` record with a flag
     /// bit an older vpan ignores: it counts the card the same, but replaces the
     /// transaction's entry with one of `amount` alone (a full reversal after a downgrade
     /// gives back only that part).

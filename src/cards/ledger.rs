@@ -149,8 +149,9 @@ pub struct TxEntry {
     /// than told again (in memory only; after a restart a repeat goes to the issuer,
     /// marked as one).
     pub acknowledged: bool,
-    /// An advice restated it in a larger amount (`Event::Restated`): the request's own
-    /// approval by the issuer no longer covers it, and `original_amount` is the advice's.
+    /// An advice restated it, counting more money or a use (`Event::Restated`): the
+    /// request's own approval by the issuer no longer covers it, and `original_amount` is
+    /// the advice's DE 4 when that is not 0.
     pub restated: bool,
 }
 

@@ -313,14 +313,18 @@ pub enum ReversalOutcome {
 pub enum AdviceOutcome {
     /// Recorded (spent, even over the cap: an advice cannot be declined).
     Recorded(Durable),
-    /// The same advice (or the approval it reports) was recorded already.
+    /// The same advice (or the approval it reports) was recorded already, or one that
+    /// restates it for less, or the resend of a restatement: nothing more to count.
     Repeat {
         /// The issuer has it already: it approved the request under the advice's key (an
-        /// 0100 it answered 00), or answered this advice 00. No news to it, and
-        /// forwarded, an issuer that books advices would charge the account twice.
+        /// 0100 it answered 00) and no advice has restated it since, or it answered an
+        /// advice of it 00. No news to it, and forwarded, an issuer that books advices
+        /// would charge the account twice.
         issuer_has_it: bool,
     },
-    /// The key is known on another card or for another amount: nothing recorded.
+    /// The key is known on another card, for a refund where this is a purchase (or the
+    /// reverse), or for another amount where nothing was counted or a reversal took part
+    /// of it back: nothing recorded.
     Conflict,
     /// No card has this vPAN.
     Unknown,

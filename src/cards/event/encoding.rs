@@ -150,8 +150,8 @@ fn put_txevent(out: &mut Vec<u8>, t: &TxEvent) {
     put_txevent_flagged(out, t, 0);
 }
 
-/// [`put_txevent`] with `more` set in its flags.
-fn put_txevent_flagged(out: &mut Vec<u8>, t: &TxEvent, more: u8) {
+/// [`put_txevent`] with `extra_flags` set in its flags.
+fn put_txevent_flagged(out: &mut Vec<u8>, t: &TxEvent, extra_flags: u8) {
     out.u64(t.lsn);
     out.u64(t.key.raw());
     put_tx(out, &t.tx);
@@ -163,7 +163,7 @@ fn put_txevent_flagged(out: &mut Vec<u8>, t: &TxEvent, more: u8) {
         | u8::from(t.binds_merchant) << 1
         | u8::from(t.refund) << 2
         | TX_REFUND_RECORDED
-        | more);
+        | extra_flags);
     put_acceptor(out, t.acceptor);
     out.extend_from_slice(&t.mti);
     out.u64(t.at);

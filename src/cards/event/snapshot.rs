@@ -225,7 +225,7 @@ impl Encode for SnapTx {
             | SNAP_TX_DECIDED_BY_RECORDED
             | u8::from(e.refund) << SNAP_TX_REFUND_BIT
             | SNAP_TX_REFUND_RECORDED
-            | u8::from(e.restated) << 7);
+            | if e.restated { SNAP_TX_RESTATED } else { 0 });
         out.u64(e.at);
         out.u64(e.lsn);
         out.extend_from_slice(&e.mti);

@@ -1,170 +1,200 @@
 //! Advices (0120/0220 and repeats): the money a stand-in approved, counted even over the
-//! cap, and the advices of declines, which count nothing.
+//! cap; an advice that restates a transaction vpan counted in another amount, which counts
+//! what moved beyond it; the issuer's acknowledgement of an advice, after which its repeats
+//! are answered here; and the advices of declines, which count nothing.
 
 use super::{AdviceOutcome, Cards, Hold, IssuerOutcome, tx_event};
 use crate::cards::card::{Card, CardKey, LockKind, UnixSeconds};
 use crate::cards::event::{self, Event};
 use crate::cards::history::DecidedBy;
-use crate::cards::ledger::TxState;
+use crate::cards::ledger::{TxEntry, TxState};
 use crate::cards::request::{AuthRequest, Kind, OriginalData, ResponseCode};
 use crate::store::StoreError;
 use crate::store::journal::Durable;
 
 impl Cards {
     /// Records an advice (0120/0220 and repeats): the approval it reports is spent, even
-    /// over the cap. An advice for a transaction vpan holds completes that hold instead.
-    /// Amounts in neither the billing nor the transaction currency of the card cannot be
-    /// counted and are recorded with 0 (and a warning).
+    /// over the cap. An advice for a transaction vpan holds completes that hold instead;
+    /// one for a transaction vpan counted, in another amount, restates it
+    /// ([`Cards::restate`]). An amount the card's currency cannot size counts as what the
+    /// cap had left, and a use (with a warning).
     pub fn advice(&self, card_key: CardKey, req: &AuthRequest, now: UnixSeconds) -> AdviceOutcome {
-        let fingerprint = req.fingerprint(card_key.raw());
         let tx = req.key.original();
-        let mut fresh = false;
-        let mut refile = false;
+        // Its entry (new, or moved to another retention queue) is to be filed again.
+        let mut file_again = false;
         let outcome = self.index.update(card_key, |card| {
             if self.journal.is_failed() {
                 // Nothing can be recorded: fail closed (96) before changing anything.
                 return AdviceOutcome::Recorded(Durable::ready(Err(StoreError::Failed)));
             }
-            if let Some(e) = self.ledger.get(&tx) {
-                // Taken back in full by the acquirer while it was held, then released: a
-                // stand-in's advice of it counts nothing, as after a void.
-                if e.card == card_key && e.state == TxState::Released && e.taken_back() {
-                    return AdviceOutcome::Conflict;
-                }
-                // An advice tells of money that moved: the request vpan saw under its key
-                // may have carried what the advice leaves out or restates (DE 14, DE 18,
-                // DE 42, DE 6 at another rate), and a 94 would leave it uncounted. Only
-                // another card, or another amount beside nothing counted, makes it another
-                // transaction.
-                // A refund and a purchase of one amount under one key are still two. vpan
-                // declines no refund: what it declined was not one (a decline recorded
-                // before the flag was kept may read as one).
-                let was_refund = e.refund && e.state != TxState::Declined;
-                let same_money = e.card == card_key
-                    && e.original_amount == req.amounts.transaction
-                    && was_refund == (req.kind == Kind::Refund);
-                // Counted here (held, in doubt or approved) and not reversed since, in
-                // part or in full: an advice of it in another amount restates how much
-                // moved, which may be more than was counted; a 94 would leave that
-                // uncounted, and the cap open to it. After a reversal, what the advice
-                // restates cannot be told from what the reversal took back.
-                let restatable = e.card == card_key
-                    && matches!(
-                        e.state,
-                        TxState::Approved | TxState::Held | TxState::InDoubt
-                    )
-                    && e.amount == e.charged
-                    && was_refund == (req.kind == Kind::Refund);
-                if e.fingerprint != fingerprint && !same_money && !restatable {
-                    return AdviceOutcome::Conflict;
-                }
-                let restated = e.fingerprint != fingerprint;
-                let mut completed = None;
-                if matches!(e.state, TxState::Held | TxState::InDoubt) && e.card == card_key {
-                    // The advice reports the approval vpan holds (or holds in doubt): it
-                    // completes the hold, here under the card's lock, so an issuer answer
-                    // racing it finds the hold completed (or completes it first, and this
-                    // is a repeat).
-                    let hold = Hold { card: card_key, tx };
-                    let approved = IssuerOutcome::APPROVED;
-                    if let Some((durable, _)) =
-                        self.complete_locked(card, &hold, e.state, approved, now)
-                    {
-                        // Answered: it joins its retention queue now (one in doubt is in it).
-                        fresh = e.state == TxState::Held;
-                        completed = Some(durable);
-                    }
-                }
-                if restated && restatable {
-                    let queue_before = e.retention_queue();
-                    let more = self.restate(card, card_key, tx, req, now);
-                    // A verification that moved money after all is the money queue's now.
-                    refile = more.is_some()
-                        && self
-                            .ledger
-                            .get(&tx)
-                            .is_some_and(|now| now.retention_queue() != queue_before);
-                    match (more, completed) {
-                        // The later record is durable only after the earlier one.
-                        (Some(durable), _) | (None, Some(durable)) => {
-                            return AdviceOutcome::Recorded(durable);
-                        }
-                        // Nothing more to count: what it says moved counts already (it
-                        // restates less, or it is a resend of one that restated more). A
-                        // repeat, as far as the card goes: acknowledged here once the issuer
-                        // has answered an advice of it since its last restatement, else
-                        // told again marked as one.
-                        (None, None) if !same_money => {
-                            return AdviceOutcome::Repeat {
-                                issuer_has_it: e.acknowledged,
-                            };
-                        }
-                        (None, None) => {}
-                    }
-                } else if let Some(durable) = completed {
-                    return AdviceOutcome::Recorded(durable);
-                }
-                if matches!(
-                    e.state,
-                    TxState::Approved | TxState::Held | TxState::InDoubt
-                ) {
-                    return AdviceOutcome::Repeat {
-                        issuer_has_it: e.acknowledged
-                            || (e.state == TxState::Approved
-                                && e.mti[2] == b'0'
-                                && e.decided_by == DecidedBy::Issuer
-                                && !e.restated),
-                    };
-                }
+            if let Some(e) = self.ledger.get(&tx)
+                && let Some(outcome) =
+                    self.advice_of_known(card, card_key, e, req, now, &mut file_again)
+            {
+                return outcome;
             }
-            let (amount, counts_use) = match (req.kind, req.amounts.counted_in(card.currency)) {
-                (Kind::Refund, _) => (0, false),
-                // DE 4 of 0: nothing moved, whatever the currency.
-                (Kind::Verification, counted) => {
-                    let amount = counted.unwrap_or(0);
-                    (amount, amount > 0)
-                }
-                (Kind::Purchase, Some(amount)) if amount > 0 => (amount, true),
-                // Money moved, of a size the card's currency cannot tell (no amount in it, or
-                // one of 0 beside a DE 4 that is not, which as a request would be declined
-                // 30), perhaps past the cap: counted as all the card had left, and a use
-                // (the safe side).
-                (Kind::Purchase, _) => {
-                    crate::logging::throttled!(warn, card = ?card_key, "advice of an amount the card's currency cannot tell; recorded as what was left of its cap");
-                    // Not `available()`: holds released later must not make room again.
-                    let left = card.amount_limit.saturating_sub(card.spent);
-                    (left, true)
-                }
-            };
-            // As a request: a refund binds no first-use merchant.
-            let binds = req.kind != Kind::Refund
-                && card.lock == LockKind::FirstUseUnbound
-                && req.acceptor.is_some();
-            let event = Event::Advised(tx_event(
-                self.lsn(),
-                card_key,
-                tx,
-                fingerprint,
-                amount,
-                counts_use,
-                binds,
-                req,
-                now,
-            ));
-            let durable = self.journal.append(event.clone());
-            event::apply_card(card, &event);
-            fresh = event::apply_ledger(&self.ledger, &event, false).is_some();
+            let (durable, fresh) = self.record_advice(card, card_key, req, now);
+            file_again = fresh;
             AdviceOutcome::Recorded(durable)
         });
-        if fresh || refile {
+        if file_again {
             self.ledger.remember_answered(tx, now, now);
         }
         outcome.unwrap_or(AdviceOutcome::Unknown)
     }
 
+    /// An advice under the key of a transaction `e` this card's ledger holds, under the
+    /// card's lock: a repeat, a completion of its hold, a restatement, or a conflict;
+    /// `None` when it is to be recorded afresh (over a decline or a release of vpan's).
+    fn advice_of_known(
+        &self,
+        card: &mut Card,
+        card_key: CardKey,
+        e: TxEntry,
+        req: &AuthRequest,
+        now: UnixSeconds,
+        file_again: &mut bool,
+    ) -> Option<AdviceOutcome> {
+        let tx = req.key.original();
+        // Taken back in full by the acquirer while it was held, then released: a stand-in's
+        // advice of it counts nothing, as after a void.
+        if e.card == card_key && e.state == TxState::Released && e.taken_back() {
+            return Some(AdviceOutcome::Conflict);
+        }
+        // An advice tells of money that moved: the request vpan saw under its key may have
+        // carried what the advice leaves out or restates (DE 14, DE 18, DE 42, DE 6 at
+        // another rate), and a 94 would leave it uncounted. Another card makes it another
+        // transaction; so does another amount, unless it restates one vpan counted (below).
+        // A refund and a purchase of one amount under one key are still two. vpan declines
+        // no refund: what it declined was not one (a decline recorded before the flag was
+        // kept may read as one).
+        let was_refund = e.refund && e.state != TxState::Declined;
+        let same_money = e.card == card_key
+            && e.original_amount == req.amounts.transaction
+            && was_refund == (req.kind == Kind::Refund);
+        // Counted here (held, in doubt or approved) and not reversed since, in part or in
+        // full: an advice of it in another amount restates how much moved, which may be more
+        // than was counted; a 94 would leave that uncounted, and the cap open to it. After a
+        // reversal, what the advice restates cannot be told from what was taken back.
+        let restatable = e.card == card_key
+            && matches!(
+                e.state,
+                TxState::Approved | TxState::Held | TxState::InDoubt
+            )
+            && e.amount == e.charged
+            && was_refund == (req.kind == Kind::Refund);
+        let other_content = e.fingerprint != req.fingerprint(card_key.raw());
+        if other_content && !same_money && !restatable {
+            return Some(AdviceOutcome::Conflict);
+        }
+        let mut completed = None;
+        if matches!(e.state, TxState::Held | TxState::InDoubt) && e.card == card_key {
+            // The advice reports the approval vpan holds (or holds in doubt): it completes
+            // the hold, here under the card's lock, so an issuer answer racing it finds the
+            // hold completed (or completes it first, and this is a repeat).
+            let hold = Hold { card: card_key, tx };
+            let approved = IssuerOutcome::APPROVED;
+            if let Some((durable, _)) = self.complete_locked(card, &hold, e.state, approved, now) {
+                // Answered: it joins its retention queue now (one in doubt is in it).
+                *file_again = e.state == TxState::Held;
+                completed = Some(durable);
+            }
+        }
+        if other_content && restatable {
+            let queue_before = e.retention_queue();
+            let more = self.restate(card, card_key, tx, req, now);
+            // A verification that moved money after all is the money queue's now.
+            *file_again |= more.is_some()
+                && self
+                    .ledger
+                    .get(&tx)
+                    .is_some_and(|now| now.retention_queue() != queue_before);
+            match (more, completed) {
+                // The later record is durable only after the earlier one.
+                (Some(durable), _) | (None, Some(durable)) => {
+                    return Some(AdviceOutcome::Recorded(durable));
+                }
+                // Nothing more to count: what it says moved counts already (it restates
+                // less, or it is a resend of one that restated more). A repeat, as far as
+                // the card goes: acknowledged here once the issuer has answered an advice
+                // of it since its last restatement, else told again marked as one.
+                (None, None) if !same_money => {
+                    return Some(AdviceOutcome::Repeat {
+                        issuer_has_it: e.acknowledged,
+                    });
+                }
+                (None, None) => {}
+            }
+        } else if let Some(durable) = completed {
+            return Some(AdviceOutcome::Recorded(durable));
+        }
+        matches!(
+            e.state,
+            TxState::Approved | TxState::Held | TxState::InDoubt
+        )
+        .then_some(AdviceOutcome::Repeat {
+            // The issuer approved this very request itself (unless an advice restated it
+            // since), or answered an advice of it.
+            issuer_has_it: e.acknowledged
+                || (e.state == TxState::Approved
+                    && e.mti[2] == b'0'
+                    && e.decided_by == DecidedBy::Issuer
+                    && !e.restated),
+        })
+    }
+
+    /// Records the advice `req` afresh, spent at once, under the card's lock; and whether
+    /// its ledger entry is new (to be filed for retention).
+    fn record_advice(
+        &self,
+        card: &mut Card,
+        card_key: CardKey,
+        req: &AuthRequest,
+        now: UnixSeconds,
+    ) -> (Durable, bool) {
+        let (amount, counts_use) = match (req.kind, req.amounts.counted_in(card.currency)) {
+            (Kind::Refund, _) => (0, false),
+            // DE 4 of 0: nothing moved, whatever the currency.
+            (Kind::Verification, counted) => {
+                let amount = counted.unwrap_or(0);
+                (amount, amount > 0)
+            }
+            (Kind::Purchase, Some(amount)) if amount > 0 => (amount, true),
+            // Money moved, of a size the card's currency cannot tell (no amount in it, or one
+            // of 0 beside a DE 4 that is not, which as a request would be declined 30),
+            // perhaps past the cap: counted as all the card had left, and a use (the safe
+            // side).
+            (Kind::Purchase, _) => {
+                crate::logging::throttled!(warn, card = ?card_key, "advice of an amount the card's currency cannot tell; recorded as what was left of its cap");
+                // Not `available()`: holds released later must not make room again.
+                let left = card.amount_limit.saturating_sub(card.spent);
+                (left, true)
+            }
+        };
+        // As a request: a refund binds no first-use merchant.
+        let binds = req.kind != Kind::Refund
+            && card.lock == LockKind::FirstUseUnbound
+            && req.acceptor.is_some();
+        let event = Event::Advised(tx_event(
+            self.lsn(),
+            card_key,
+            req.key.original(),
+            req.fingerprint(card_key.raw()),
+            amount,
+            counts_use,
+            binds,
+            req,
+            now,
+        ));
+        let durable = self.journal.append(event.clone());
+        event::apply_card(card, &event);
+        let fresh = event::apply_ledger(&self.ledger, &event, false).is_some();
+        (durable, fresh)
+    }
+
     /// Spends what the advice `req` says moved beyond what its transaction `tx` was counted
-    /// at (and a use, when none is counted for it and the advice is a purchase), under the
-    /// card's lock; `None` when there is nothing more to count. An amount the card's
+    /// at (and a use, when none is counted for it and money moved, or it is a purchase of a
+    /// size the card's currency cannot tell), under the card's lock; `None` when there is nothing more to count. An amount the card's
     /// currency cannot tell is counted as a fresh advice's is: all the cap had left.
     fn restate(
         &self,
