@@ -766,9 +766,16 @@ fn create_args(pan: &str, currency: &str) -> Vec<String> {
 
 /// Runs `vpan ...` with `stdin`; (exit status 0, stdout + stderr).
 fn run_card(args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    run_vpan(args, &[], stdin)
+}
+
+/// Runs `vpan ...` with `env` beside `RUST_LOG=trace`, and `stdin`; (exit status 0, stdout
+/// + stderr). One that has not exited in 60 s fails the test, killed.
+fn run_vpan(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> (bool, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_vpan"))
         .args(args)
         .env("RUST_LOG", "trace")
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -779,6 +786,14 @@ fn run_card(args: &[&str], stdin: Option<&str>) -> (bool, String) {
         if let Some(s) = stdin {
             input.write_all(s.as_bytes()).unwrap();
         }
+    }
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > Duration::from_secs(60) {
+            child.kill().unwrap();
+            panic!("vpan {args:?} did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
     let out = child.wait_with_output().unwrap();
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -927,36 +942,16 @@ fn a_card_number_split_or_escaped_in_an_error_is_masked_as_printed() {
     std::fs::write(&config, toml).unwrap();
     let config = config.display().to_string();
     let newline_split = format!("{}\n{}", &d[..8], &d[8..]);
+    let split_by_tabs = split_by("\t");
+    let no_env: &[(&str, &str)] = &[];
     let runs = [
-        (vec!["card", "create", &newline_split], None),
-        (
-            vec!["serve"],
-            Some(("VPAN_NETWORK_FRAMING", split_by("\t"))),
-        ),
-        (vec!["serve", "--config", &config], None),
+        (vec!["card", "create", &newline_split], no_env),
+        (vec!["serve"], &[("VPAN_NETWORK_FRAMING", &*split_by_tabs)]),
+        (vec!["serve", "--config", &config], no_env),
     ];
     for (args, env) in runs {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_vpan"));
-        command
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        if let Some((name, value)) = &env {
-            command.env(name, value);
-        }
-        let mut child = command.spawn().unwrap();
-        let start = Instant::now();
-        while child.try_wait().unwrap().is_none() {
-            if start.elapsed() > Duration::from_secs(20) {
-                child.kill().unwrap();
-                panic!("vpan {args:?} ({env:?}) did not stop on its error");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let out = child.wait_with_output().unwrap();
-        assert!(!out.status.success(), "vpan {args:?} ({env:?}) succeeded");
-        let text = String::from_utf8_lossy(&out.stderr).into_owned();
+        let (ok, text) = run_vpan(&args, env, None);
+        assert!(!ok, "vpan {args:?} ({env:?}) succeeded");
         let digits: String = text.chars().filter(char::is_ascii_digit).collect();
         assert!(
             !digits.contains(d),
