@@ -914,13 +914,10 @@ fn an_advice_restating_an_approved_purchase_counts_what_moved_beyond_it() {
         (6_500, 2),
         "after a restart from a snapshot"
     );
-    let reversal = vpan::cards::ReversalRequest {
-        mti: *b"0400",
-        key: purchase(3_000, 1).key,
-        original: None,
-        remaining: None,
-    };
-    assert_eq!(given_back(cards.reverse(key, &reversal, NOW)), 4_500);
+    assert_eq!(
+        given_back(cards.reverse(key, &reversal_by_own_key(1), NOW)),
+        4_500
+    );
     assert_eq!(cards.get(key).unwrap().spent, 2_000);
 }
 

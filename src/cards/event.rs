@@ -137,10 +137,9 @@ pub enum Event {
     /// under its key, not reversed) with more money, or a use, than was counted: `amount`
     /// more is spent and added to the transaction's entry, which is marked restated and
     /// stands for the advice's DE 4 (when not 0); and a use when `counts_use` (none was
-    /// counted for it). Written as an `Advised` record with a flag
-    /// bit an older vpan ignores: it counts the card the same, but replaces the
-    /// transaction's entry with one of `amount` alone (a full reversal after a downgrade
-    /// gives back only that part).
+    /// counted for it). Written as an `Advised` record with a flag bit an older vpan
+    /// ignores: it counts the card the same, but replaces the transaction's entry with one
+    /// of `amount` alone (a full reversal after a downgrade gives back only that part).
     Restated(TxEvent),
     /// A hold the issuer had when vpan stopped, found open at the next start: its answer
     /// is unknown, so it counts as spent (the safe side for the cap), and a repeat of it is

@@ -298,7 +298,7 @@ impl Ledger {
     /// Notes an entry that moves (or guards) money for retention, and forgets what falls
     /// out of the bounds. Never call with an entry guard of this ledger held.
     pub fn remember(&self, key: OriginalData, at: UnixSeconds, now: UnixSeconds) {
-        self.keep(Queue::Money, key, at, now);
+        self.remember_in(Queue::Money, key, at, now);
     }
 
     /// Notes `key` for retention in the queue its entry belongs to now: a hold once the
@@ -306,7 +306,7 @@ impl Ledger {
     /// recovered record by what it left.
     pub fn remember_answered(&self, key: OriginalData, at: UnixSeconds, now: UnixSeconds) {
         if let Some(queue) = self.entries.get(&key).map(|e| e.retention_queue()) {
-            self.keep(queue, key, at, now);
+            self.remember_in(queue, key, at, now);
         }
     }
 
@@ -314,11 +314,18 @@ impl Ledger {
     /// (the original, should it come, is declined), but a flood of reversals naming
     /// originals never sent must not push out the approvals reversals still have to find.
     pub fn remember_unseen_void(&self, key: OriginalData, at: UnixSeconds, now: UnixSeconds) {
-        self.keep(Queue::UnseenVoids, key, at, now);
+        self.remember_in(Queue::UnseenVoids, key, at, now);
     }
 
-    /// Notes `key` in `queue`, what [`TxEntry::retention_queue`] said of its entry while the
-    /// caller held it (rather than a second lookup).
+    /// [`Ledger::remember`] for an entry that moves no money (a decline, vpan's or the
+    /// issuer's, or a released hold), bounded apart.
+    pub fn remember_no_money(&self, key: OriginalData, at: UnixSeconds, now: UnixSeconds) {
+        self.remember_in(Queue::Declines, key, at, now);
+    }
+
+    /// Notes `key` in `queue` (for a caller that held the entry: what
+    /// [`TxEntry::retention_queue`] said of it then, rather than a second lookup), and
+    /// forgets what falls out of that queue's bounds.
     pub(crate) fn remember_in(
         &self,
         queue: Queue,
@@ -326,16 +333,6 @@ impl Ledger {
         at: UnixSeconds,
         now: UnixSeconds,
     ) {
-        self.keep(queue, key, at, now);
-    }
-
-    /// [`Ledger::remember`] for an entry that moves no money (a decline, vpan's or the
-    /// issuer's, or a released hold), bounded apart.
-    pub fn remember_no_money(&self, key: OriginalData, at: UnixSeconds, now: UnixSeconds) {
-        self.keep(Queue::Declines, key, at, now);
-    }
-
-    fn keep(&self, queue: Queue, key: OriginalData, at: UnixSeconds, now: UnixSeconds) {
         let Ok(mut order) = self.order_of(queue).lock() else {
             return;
         };

@@ -160,16 +160,7 @@ impl Cards {
                 (amount, amount > 0)
             }
             (Kind::Purchase, Some(amount)) if amount > 0 => (amount, true),
-            // Money moved, of a size the card's currency cannot tell (no amount in it, or one
-            // of 0 beside a DE 4 that is not, which as a request would be declined 30),
-            // perhaps past the cap: counted as all the card had left, and a use (the safe
-            // side).
-            (Kind::Purchase, _) => {
-                crate::logging::throttled!(warn, card = ?card_key, "advice of an amount the card's currency cannot tell; recorded as what was left of its cap");
-                // Not `available()`: holds released later must not make room again.
-                let left = card.amount_limit.saturating_sub(card.spent);
-                (left, true)
-            }
+            (Kind::Purchase, _) => (unsized_advice(card, card_key), true),
         };
         // As a request: a refund binds no first-use merchant.
         let binds = req.kind != Kind::Refund
@@ -194,8 +185,9 @@ impl Cards {
 
     /// Spends what the advice `req` says moved beyond what its transaction `tx` was counted
     /// at (and a use, when none is counted for it and money moved, or it is a purchase of a
-    /// size the card's currency cannot tell), under the card's lock; `None` when there is nothing more to count. An amount the card's
-    /// currency cannot tell is counted as a fresh advice's is: all the cap had left.
+    /// size the card's currency cannot tell), under the card's lock; `None` when there is
+    /// nothing more to count. An amount the card's currency cannot tell is counted as a
+    /// fresh advice's is: all the cap had left ([`unsized_advice`]).
     fn restate(
         &self,
         card: &mut Card,
@@ -211,10 +203,7 @@ impl Cards {
             (Kind::Purchase, Some(moved)) if moved > 0 => moved.saturating_sub(e.charged),
             // Restated so once already (what the cap had left then): not again.
             (Kind::Purchase, _) if e.restated => return None,
-            (Kind::Purchase, _) => {
-                crate::logging::throttled!(warn, card = ?card_key, "advice restating an amount the card's currency cannot tell; recorded as what was left of its cap");
-                card.amount_limit.saturating_sub(card.spent)
-            }
+            (Kind::Purchase, _) => unsized_advice(card, card_key),
         };
         // A use, as for a fresh advice: when money moved, or a purchase of a size unknown.
         let use_due = !e.use_counted && !e.counts_use && (more > 0 || req.kind == Kind::Purchase);
@@ -277,4 +266,14 @@ impl Cards {
             })
             .is_some()
     }
+}
+
+/// What an advice of money moved counts when the card's currency cannot tell its size (no
+/// amount in it, or one of 0 beside a DE 4 that is not, which as a request would be
+/// declined 30): it may have passed the cap, so all the card had left (the safe side),
+/// with a warning.
+fn unsized_advice(card: &Card, card_key: CardKey) -> u64 {
+    crate::logging::throttled!(warn, card = ?card_key, "advice of an amount the card's currency cannot tell; recorded as what was left of its cap");
+    // Not `available()`: holds released later must not make room again.
+    card.amount_limit.saturating_sub(card.spent)
 }
