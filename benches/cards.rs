@@ -70,6 +70,7 @@ fn request(n: u64) -> AuthRequest {
             acquirer: 12_345,
             terminal: *b"T1      ",
         },
+        completes: None,
     }
 }
 

@@ -180,6 +180,7 @@ fn main() {
                             acceptor: AcceptorId::new(b"SHOP-A"),
                             key: TxKey::new(b"0100", stan.as_bytes(), de7.as_bytes(), b"1", b"T1")
                                 .unwrap(),
+                            completes: None,
                         };
                         let key = keys[rng.random_range(0..keys.len())];
                         if let Decision::Approve(a) = cards.authorize(key, &req, NOW) {

@@ -2671,3 +2671,121 @@ fn with_an_eight_digit_bin_a_real_card_under_16_digits_is_refused() {
     let key = issue(&cards, &spec(1_000));
     assert!(key.pan().as_bytes().starts_with(b"49701"));
 }
+
+/// A completion (0220, STAN `stan`) for `amount` of the authorization of [`purchase`] with
+/// STAN `authorization`, which its DE 90 names.
+fn completion(amount: u64, stan: u32, authorization: u32) -> vpan::cards::AuthRequest {
+    vpan::cards::AuthRequest {
+        completes: Some(purchase(0, authorization).key.original()),
+        ..request(*b"0220", amount, stan, "SHOP-A")
+    }
+}
+
+/// The card's spent amount and uses.
+fn spent_and_uses(cards: &Cards, key: CardKey) -> (u64, u32) {
+    let v = cards.get(key).unwrap();
+    (v.spent, v.uses)
+}
+
+#[test]
+fn a_completion_counts_what_was_spent_in_place_of_the_authorization_it_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = {
+        let (cards, _) = open(dir.path());
+        let key = issue(&cards, &spec(10_000));
+        // A fuel pump's pre-authorization of 100.00, completed for 45.00.
+        approved(&cards, key, 10_000, 1);
+        recorded(cards.advice(key, &completion(4_500, 2, 1), NOW));
+        assert_eq!(
+            spent_and_uses(&cards, key),
+            (4_500, 1),
+            "not 145.00 and two uses"
+        );
+        // Its history: the authorization, then the completion; no third line.
+        let lines: Vec<_> = cards
+            .recent(key)
+            .unwrap()
+            .iter()
+            .map(|t| (t.mti, t.amount))
+            .collect();
+        assert_eq!(lines, [(*b"0220", 4_500), (*b"0100", 10_000)]);
+        // Sent again, it is a repeat: nothing more given back or counted.
+        let again = vpan::cards::AuthRequest {
+            mti: *b"0221",
+            ..completion(4_500, 2, 1)
+        };
+        assert!(repeat(cards.advice(key, &again, NOW)).is_some());
+        assert_eq!(spent_and_uses(&cards, key), (4_500, 1));
+        key
+    };
+    let (cards, _) = open(dir.path());
+    assert_eq!(
+        spent_and_uses(&cards, key),
+        (4_500, 1),
+        "after a restart from the journal"
+    );
+    cards.snapshot().unwrap();
+    drop(cards);
+    let (cards, _) = open(dir.path());
+    assert_eq!(
+        spent_and_uses(&cards, key),
+        (4_500, 1),
+        "after a restart from a snapshot"
+    );
+    // The authorization's reversal finds nothing left to give back; the completion's
+    // reversal gives back what it counted, and its use.
+    assert!(matches!(
+        cards.reverse(key, &reversal(1, None), NOW),
+        ReversalOutcome::NothingLeft
+    ));
+    let of_completion = ReversalRequest {
+        original: Some(request(*b"0220", 0, 2, "SHOP-A").key.original()),
+        ..reversal(2, None)
+    };
+    assert_eq!(given_back(cards.reverse(key, &of_completion, NOW)), 4_500);
+    assert_eq!(spent_and_uses(&cards, key), (0, 0));
+}
+
+#[test]
+fn a_completion_for_more_than_its_authorization_counts_it_all_even_over_the_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &single_use(10_000));
+    approved(&cards, key, 10_000, 1);
+    // A restaurant's tip: 120.00 on an authorization of 100.00. An advice cannot be
+    // declined.
+    recorded(cards.advice(key, &completion(12_000, 2, 1), NOW));
+    assert_eq!(spent_and_uses(&cards, key), (12_000, 1));
+    assert_eq!(
+        cards.get(key).unwrap().status,
+        Status::Closed,
+        "its single use spent"
+    );
+}
+
+#[test]
+fn a_completion_of_an_authorization_not_standing_whole_counts_on_top() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &spec(100_000));
+    // Still held (the issuer's answer not in yet): counted on top; the answer settles
+    // the hold.
+    let held = approve(&cards, key, 10_000, 1);
+    held.durable.wait().unwrap();
+    recorded(cards.advice(key, &completion(4_500, 2, 1), NOW));
+    let v = cards.get(key).unwrap();
+    assert_eq!((v.spent, v.held), (4_500, 10_000));
+    // Reversed in part: what remains of it, and the completion.
+    approved(&cards, key, 10_000, 3);
+    given_back(cards.reverse(key, &reversal(3, Some(6_000)), NOW));
+    recorded(cards.advice(key, &completion(6_000, 4, 3), NOW));
+    assert_eq!(cards.get(key).unwrap().spent, 4_500 + 6_000 + 6_000);
+    // Reversed in full: the completion alone.
+    approved(&cards, key, 10_000, 5);
+    given_back(cards.reverse(key, &reversal(5, None), NOW));
+    recorded(cards.advice(key, &completion(2_000, 6, 5), NOW));
+    assert_eq!(cards.get(key).unwrap().spent, 16_500 + 2_000);
+    // Never seen: the completion alone.
+    recorded(cards.advice(key, &completion(1_000, 7, 99), NOW));
+    assert_eq!(cards.get(key).unwrap().spent, 18_500 + 1_000);
+}

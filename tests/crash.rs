@@ -91,6 +91,7 @@ fn child(work: &Path, round: u32) {
                         acceptor: AcceptorId::new(b"SHOP-A"),
                         key: TxKey::new(b"0100", stan.as_bytes(), b"1126152942", b"1", b"T1")
                             .unwrap(),
+                        completes: None,
                     };
                     if let Decision::Approve(a) = cards.authorize(keys[idx], &req, NOW) {
                         // The issuer answers while the hold is made durable.

@@ -415,6 +415,36 @@ async fn a_financial_advice_and_its_reversal_advice_are_counted_forwarded_and_an
 }
 
 #[tokio::test]
+async fn a_completion_naming_its_pre_authorization_counts_what_was_spent_here_and_at_the_issuer() {
+    let (rig, card, real, mut net) = one_card(|c| c.amount_limit = 10_000).await;
+    let key = CardKey::of(&card.vpan);
+    let start = vpan::tools::issuer_sim::DEFAULT_BALANCE;
+
+    // A fuel pump asks for 100.00, then completes for 45.00 (0220, DE 90 naming the 0100).
+    let preauth = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 10_000);
+    assert_eq!(code(&net.call(&preauth).await), "00");
+    let mut completion = reversal_of(&mut net, &preauth);
+    completion.set_mti(b"0220").unwrap();
+    completion.set(4, b"000000004500").unwrap();
+    let completion = Message::parse(Spec::iso87ascii(), completion.pack()).unwrap();
+    let answer = net.call(&completion).await;
+    assert_eq!((answer.mti(), code(&answer)), (*b"0230", "00".to_string()));
+    assert_eq!(answer.pan().unwrap().unwrap(), card.vpan);
+    let view = rig.cards.get(key).unwrap();
+    assert_eq!((view.spent, view.uses, view.available), (4_500, 1, 5_500));
+    // The issuer got it with the real card, and its DE 90 names the authorization as the
+    // issuer knows it: the account is charged 45.00, not 145.00.
+    assert_eq!(rig.last_at_issuer(b"0220").pan().unwrap(), real);
+    assert_eq!(rig.sim().balance(&real), Some(start - 4_500));
+
+    // The room left is the cap less 45.00.
+    let next = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 5_500);
+    assert_eq!(code(&net.call(&next).await), "00");
+    assert_eq!(rig.cards.get(key).unwrap().spent, 10_000);
+    rig.stop().await;
+}
+
+#[tokio::test]
 async fn an_echo_is_answered_by_the_switch_and_a_keep_alive_is_echoed() {
     let rig = rig(Some(SimConfig::default()), |_| {}).await;
     let mut net = Client::connect(rig.network).await;

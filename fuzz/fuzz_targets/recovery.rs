@@ -71,6 +71,7 @@ fn request(mti: &[u8; 4], amount: u64, stan: &str, shop: &str) -> AuthRequest {
         acceptor: AcceptorId::new(shop.as_bytes()),
         key: TxKey::new(mti, stan.as_bytes(), b"1126152942", b"12345", b"TERM0001")
             .expect("a valid key"),
+        completes: None,
     }
 }
 

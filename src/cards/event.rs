@@ -126,7 +126,9 @@ pub enum Event {
         /// counts a use). A flag of its own, in a bit an older vpan ignores: it keeps no
         /// held uses, and reads `use_returned` as a counted use given back.
         held_use_returned: bool,
-        /// The reversal's MTI.
+        /// The reversal's MTI; or a completion's (0220), when it gave back the
+        /// authorization it completes, which adds no line to the card's history (the
+        /// completion's own line tells what was spent).
         mti: [u8; 4],
         /// When.
         at: UnixSeconds,
@@ -273,17 +275,20 @@ pub fn apply_card(card: &mut Card, event: &Event) {
             if *held_use_returned {
                 card.held_uses = card.held_uses.saturating_sub(1);
             }
-            history::record(
-                &mut card.history,
-                RecentTx {
-                    at: *at,
-                    mti: *mti,
-                    amount: *returned,
-                    code: ResponseCode::APPROVED,
-                    decided_by: DecidedBy::Switch,
-                    merchant: None,
-                },
-            );
+            // Not a completion's give-back: a reversal's.
+            if mti[1] == b'4' {
+                history::record(
+                    &mut card.history,
+                    RecentTx {
+                        at: *at,
+                        mti: *mti,
+                        amount: *returned,
+                        code: ResponseCode::APPROVED,
+                        decided_by: DecidedBy::Switch,
+                        merchant: None,
+                    },
+                );
+            }
         }
         Event::Advised(t) | Event::Restated(t) => {
             card.spent = card.spent.saturating_add(t.amount);

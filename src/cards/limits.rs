@@ -220,6 +220,7 @@ mod tests {
             mcc: Some(5411),
             acceptor: shop("SHOP-A"),
             key: TxKey::new(b"0100", b"000001", b"1126152942", b"12345", b"T1").unwrap(),
+            completes: None,
         }
     }
 

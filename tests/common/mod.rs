@@ -117,6 +117,7 @@ pub fn request(mti: [u8; 4], amount: u64, stan: u32, shop: &str) -> AuthRequest 
         mcc: Some(5411),
         acceptor: AcceptorId::new(shop.as_bytes()),
         key: TxKey::new(&mti, stan.as_bytes(), b"1126152942", b"12345", b"TERM0001").unwrap(),
+        completes: None,
     }
 }
 

@@ -35,6 +35,10 @@ impl Cards {
             }
             let (durable, fresh) = self.record_advice(card, card_key, req, now);
             file_again = fresh;
+            // Durable once the later record is: the journal writes records in order.
+            let durable = self
+                .give_back_completed(card, card_key, req, now)
+                .unwrap_or(durable);
             AdviceOutcome::Recorded(durable)
         });
         if file_again {
@@ -181,6 +185,50 @@ impl Cards {
         event::apply_card(card, &event);
         let fresh = event::apply_ledger(&self.ledger, &event, false).is_some();
         (durable, fresh)
+    }
+
+    /// A completion (0220) of an authorization this card counted as approved, which its
+    /// DE 90 names ([`AuthRequest::completes`]), just recorded for what was finally spent:
+    /// the authorization's amount, and its use, are given back, under the card's lock, so
+    /// that a pre-authorization of 100 completed for 45 counts 45, not 145. Written after
+    /// the completion's own record: a crash between the two leaves both counted, the safe
+    /// side for the cap. `None` (the completion counts on top, as any advice) when the
+    /// authorization is not one vpan counted and nothing took back since: still held, or
+    /// in doubt (the issuer's answer settles it), reversed in part or in full, a refund,
+    /// another card's, or unknown.
+    fn give_back_completed(
+        &self,
+        card: &mut Card,
+        card_key: CardKey,
+        req: &AuthRequest,
+        now: UnixSeconds,
+    ) -> Option<Durable> {
+        let authorization = req.completes?;
+        let e = self.ledger.get(&authorization)?;
+        let stands_whole = e.card == card_key
+            && e.state == TxState::Approved
+            && !e.refund
+            && e.amount > 0
+            && e.amount == e.charged;
+        if req.kind != Kind::Purchase || !stands_whole {
+            return None;
+        }
+        let event = Event::Reversed {
+            lsn: self.lsn(),
+            key: card_key,
+            tx: authorization,
+            was_held: false,
+            returned: e.amount,
+            remaining: 0,
+            use_returned: e.use_counted,
+            held_use_returned: false,
+            mti: req.mti,
+            at: now,
+        };
+        let durable = self.journal.append(event.clone());
+        event::apply_card(card, &event);
+        event::apply_ledger(&self.ledger, &event, false);
+        Some(durable)
     }
 
     /// Spends what the advice `req` says moved beyond what its transaction `tx` was counted

@@ -19,6 +19,7 @@ fn digits_u16(ascii: &[u8]) -> Option<u16> {
 
 /// The cards' view of a 0100/0200/0120/0220; `None` when DE 11 or DE 7 is missing.
 pub fn auth_request(msg: &Message) -> Option<AuthRequest> {
+    let key = tx_key(msg)?;
     let amount = msg.amount_transaction().unwrap_or(0);
     let billing = match (
         msg.amount_cardholder_billing(),
@@ -48,8 +49,21 @@ pub fn auth_request(msg: &Message) -> Option<AuthRequest> {
         acceptor: msg
             .acceptor_id()
             .and_then(|a| AcceptorId::new(a.as_bytes())),
-        key: tx_key(msg)?,
+        key,
+        completes: completed_authorization(msg, key),
     })
+}
+
+/// The authorization a financial advice (0220, 0221) completes, when its DE 90 names one:
+/// a pre-authorization's completion (a hotel's, a fuel pump's) for what was finally spent.
+fn completed_authorization(msg: &Message, key: TxKey) -> Option<OriginalData> {
+    let mti = msg.mti();
+    if &mti[1..3] != b"22" {
+        return None;
+    }
+    msg.text(90)
+        .and_then(|t| OriginalData::parse(t.as_bytes(), key.terminal))
+        .filter(|original| original.class == 1)
 }
 
 /// The expiry a request presents, which must be the virtual one (54 otherwise): DE 14,
@@ -127,5 +141,33 @@ mod tests {
             Kind::Purchase
         );
         assert_eq!(request(b"000000001000", None), Kind::Purchase);
+    }
+
+    #[test]
+    fn only_a_financial_advice_whose_de90_names_an_authorization_completes_one() {
+        let completes = |mti: &[u8; 4], de90: &[u8]| {
+            let mut m = Message::new(Spec::iso87ascii(), mti).unwrap();
+            m.set(7, b"1126143015").unwrap();
+            m.set(11, b"000002").unwrap();
+            m.set(32, b"12345").unwrap();
+            m.set(41, b"TERM0001").unwrap();
+            m.set(90, de90).unwrap();
+            auth_request(&m).unwrap().completes
+        };
+        let of = |mti: &[u8; 4]| {
+            crate::cards::request::original_data_elements(mti, b"000001", b"1126120000", b"12345")
+        };
+        let preauth = OriginalData {
+            class: 1,
+            stan: 1,
+            transmitted: 1_126_120_000,
+            acquirer: 12_345,
+            terminal: *b"TERM0001",
+        };
+        assert_eq!(completes(b"0220", &of(b"0100")), Some(preauth));
+        assert_eq!(completes(b"0221", &of(b"0100")), Some(preauth));
+        // An authorization advice, or a financial request named, completes nothing.
+        assert_eq!(completes(b"0120", &of(b"0100")), None);
+        assert_eq!(completes(b"0220", &of(b"0200")), None);
     }
 }

@@ -23,6 +23,18 @@ struct TxnKey {
     acquirer: [u8; 11],
 }
 
+/// The key of the message DE 90 names (a repeat's as its first was booked).
+fn named_in(o: &crate::iso8583::OriginalData) -> TxnKey {
+    let mut mti = o.mti;
+    mti[3] = b'0';
+    TxnKey {
+        mti,
+        stan: o.stan,
+        time: o.transmission_time,
+        acquirer: o.acquirer,
+    }
+}
+
 /// A booked financial message, kept for reversals and repeats.
 #[derive(Debug, Clone)]
 struct Booked {
@@ -349,6 +361,7 @@ impl Ledger {
         let refund = req.processing_code().is_some_and(|p| p.starts_with(b"20"));
         let key = txn_key(req);
         if let Some(mut account) = self.account(&pan) {
+            let account = &mut *account;
             // Only a repeat (0121 / 0221) can be a message already booked.
             if req.mti()[3] == b'1' && account.history.contains(&key) {
                 return ack;
@@ -365,6 +378,21 @@ impl Ledger {
                 reversed: false,
                 unanswered: false,
             });
+            // A completion (0220 naming its authorization in DE 90): what was finally spent
+            // stands in place of what the authorization took, which is given back, once.
+            let completed = req
+                .original_data()
+                .filter(|o| &req.mti()[1..3] == b"22" && o.mti[1] == b'1');
+            if let Some(o) = completed
+                && !refund
+                && let Some(b) = account.history.get_mut(&named_in(&o))
+                && !b.reversed
+                && b.effect < 0
+                && b.standing == b.effect
+            {
+                account.balance = account.balance.saturating_sub(b.standing);
+                b.standing = 0;
+            }
         }
         ack
     }
@@ -425,16 +453,7 @@ impl Ledger {
         // The original: named by DE 90, or else under the reversal's own DE 11, DE 7 and
         // DE 32 (as the network sends a reversal without DE 90), an authorization first.
         let original = match req.original_data() {
-            Some(o) => {
-                let mut mti = o.mti;
-                mti[3] = b'0';
-                Some(TxnKey {
-                    mti,
-                    stan: o.stan,
-                    time: o.transmission_time,
-                    acquirer: o.acquirer,
-                })
-            }
+            Some(o) => Some(named_in(&o)),
             None => [*b"0100", *b"0200"]
                 .into_iter()
                 .map(|mti| TxnKey { mti, ..own })
@@ -707,6 +726,23 @@ mod tests {
         assert_eq!(l.balance(&pan), Some(10_000));
         l.decide(&reversal_of(&ok, "000003")).unwrap();
         assert_eq!(l.balance(&pan), Some(10_000), "given back once");
+    }
+
+    #[test]
+    fn a_completion_stands_in_place_of_the_authorization_it_names() {
+        let (l, pan) = ledger(10_000);
+        let preauth = purchase(b"0100", "000001", "000000006000", "000000");
+        assert_eq!(&l.decide(&preauth).unwrap().response_code, b"00");
+        let mut completion = reversal_of(&preauth, "000002");
+        completion.set_mti(b"0220").unwrap();
+        completion.set(4, b"000000002500").unwrap();
+        assert_eq!(&l.decide(&completion).unwrap().mti, b"0230");
+        assert_eq!(l.balance(&pan), Some(7_500), "25.00 spent, not 85.00");
+        // Its repeat, and the authorization's reversal after it, change nothing.
+        completion.set_mti(b"0221").unwrap();
+        l.decide(&completion).unwrap();
+        l.decide(&reversal_of(&preauth, "000003")).unwrap();
+        assert_eq!(l.balance(&pan), Some(7_500));
     }
 
     #[test]
