@@ -24,6 +24,16 @@ impl Encode for Raw<'_> {
     }
 }
 
+/// The segment's file, removed once an input is done with it: a fuzzing process runs
+/// millions of inputs, and CI runs the target on every change.
+struct Scratch(std::path::PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
         return;
@@ -39,13 +49,15 @@ fuzz_target!(|data: &[u8]| {
         out.resize(out.len() + usize::from(mode) * 16, 0);
         out
     };
-    let path = std::env::temp_dir().join(format!("vpan-fuzz-journal-{}", std::process::id()));
-    if std::fs::write(&path, &segment).is_err() {
+    let scratch =
+        Scratch(std::env::temp_dir().join(format!("vpan-fuzz-journal-{}", std::process::id())));
+    let path = &scratch.0;
+    if std::fs::write(path, &segment).is_err() {
         return;
     }
     // Markers signed under this key are for the fuzzer to plant as it can.
     let key = marker::MarkerKey::derive(&[7; 32]);
-    let result = read_segment(&path, 1, &key, |payload| Event::decode(payload).map(|_| ()));
+    let result = read_segment(path, 1, &key, |payload| Event::decode(payload).map(|_| ()));
     if let Ok(report) = result {
         let total = segment.len() as u64;
         assert_eq!(
@@ -66,7 +78,7 @@ fuzz_target!(|data: &[u8]| {
         );
         if report.bad_bytes > 0 {
             // Any bytes searched for markers: never a panic.
-            marker::later_commits(&path, 1, report.good_bytes, &key).expect("the segment reads");
+            marker::later_commits(path, 1, report.good_bytes, &key).expect("the segment reads");
         }
     }
 });
