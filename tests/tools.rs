@@ -1141,6 +1141,32 @@ async fn bad_input_gets_exit_2_for_usage_and_1_with_the_line_for_a_bad_traffic_f
             ][..],
             "--duration",
         ),
+        // The same with a space, which clap read as an unknown flag `-1` (since 2026-12-06
+        // the value reaches the duration's parser, which names the flag).
+        (
+            &[
+                "loadgen",
+                "--target",
+                "127.0.0.1:1",
+                "--traffic",
+                "x",
+                "--duration",
+                "-1s",
+            ][..],
+            "--duration",
+        ),
+        (&["demo", "--duration", "-1s"][..], "--duration"),
+        (
+            &[
+                "card",
+                "create",
+                "--pan",
+                "4970100000000014",
+                "--valid-for",
+                "-1d",
+            ][..],
+            "--valid-for",
+        ),
         (&["issuer-sim", "--latency-ms", "-5"][..], "--latency-ms"),
         (&["demo", "--connections", "-1"][..], "--connections"),
         (

@@ -52,7 +52,7 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub scenario: Option<PathBuf>,
     /// How long the load phase sends, e.g. 5s, 500ms, 1m.
-    #[arg(long, allow_negative_numbers = true, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, allow_hyphen_values = true, default_value = "5s", value_parser = parse_duration)]
     pub duration: Duration,
     /// How hard the load phase drives the switch.
     #[command(flatten)]

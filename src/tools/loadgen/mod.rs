@@ -77,7 +77,8 @@ pub struct Args {
     #[command(flatten)]
     pub shape: ShapeArgs,
     /// How long to send, e.g. 10s, 500ms, 2m.
-    #[arg(long, allow_negative_numbers = true, value_parser = parse_duration)]
+    // Hyphen values reach the parser, which names the flag ("-1s" is no flag of its own).
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_duration)]
     pub duration: Option<Duration>,
     /// How many requests to send, looping over the file as needed. Without --count and
     /// --duration the file is sent once.
@@ -478,6 +479,34 @@ mod tests {
             (&["--connections", "10001"], "--connections"),
         ] {
             let e = parse(args).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "a usage error");
+            assert!(e.to_string().contains(flag), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_negative_duration_or_count_is_refused_naming_its_flag() {
+        use clap::Parser;
+        #[derive(Debug, Parser)]
+        struct Tool {
+            #[command(flatten)]
+            args: Args,
+        }
+        for (flag, value) in [
+            ("--duration", "-1s"),
+            ("--duration", "-1"),
+            ("--count", "-1"),
+        ] {
+            let args = [
+                "tool",
+                "--target",
+                "127.0.0.1:1",
+                "--traffic",
+                "t.jsonl",
+                flag,
+                value,
+            ];
+            let e = Tool::try_parse_from(args).unwrap_err();
             assert_eq!(e.exit_code(), 2, "a usage error");
             assert!(e.to_string().contains(flag), "{e}");
         }
