@@ -2789,3 +2789,96 @@ fn a_completion_of_an_authorization_not_standing_whole_counts_on_top() {
     recorded(cards.advice(key, &completion(1_000, 7, 99), NOW));
     assert_eq!(cards.get(key).unwrap().spent, 18_500 + 1_000);
 }
+
+#[test]
+fn a_completion_of_unknown_size_takes_what_the_cap_had_left_without_its_authorization() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &spec(10_000));
+    approved(&cards, key, 6_000, 1);
+    // In dollars, with no amount in the card's euros: it may have spent the whole cap.
+    let mut dollars = completion(4_500, 2, 1);
+    dollars.amounts.transaction_currency = 840;
+    recorded(cards.advice(key, &dollars, NOW));
+    let v = cards.get(key).unwrap();
+    assert_eq!((v.spent, v.uses, v.available), (10_000, 1, 0));
+}
+
+#[test]
+fn a_completion_of_nothing_gives_its_authorization_back_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &single_use(10_000));
+    approved(&cards, key, 10_000, 1);
+    // The pump dispensed nothing.
+    recorded(cards.advice(key, &completion(0, 2, 1), NOW));
+    assert_eq!(spent_and_uses(&cards, key), (0, 0));
+    assert_eq!(
+        cards.get(key).unwrap().status,
+        Status::Active,
+        "its use given back"
+    );
+}
+
+#[test]
+fn a_completion_as_an_authorization_advice_counts_in_place_of_its_authorization_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &spec(10_000));
+    approved(&cards, key, 10_000, 1);
+    let as_0120 = vpan::cards::AuthRequest {
+        mti: *b"0120",
+        key: request(*b"0120", 0, 2, "SHOP-A").key,
+        ..completion(4_500, 2, 1)
+    };
+    recorded(cards.advice(key, &as_0120, NOW));
+    assert_eq!(spent_and_uses(&cards, key), (4_500, 1));
+}
+
+#[test]
+fn a_stand_ins_authorization_completed_before_its_advice_came_is_counted_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &spec(100_000));
+    // vpan answered 91; the network's stand-in approved the authorization.
+    released(&cards, key, 10_000, 1);
+    recorded(cards.advice(key, &completion(4_500, 2, 1), NOW));
+    assert_eq!(spent_and_uses(&cards, key), (4_500, 1));
+    // The stand-in's advice of the authorization, late: counted in the completion already.
+    let stand_in = request(*b"0120", 10_000, 1, "SHOP-A");
+    assert!(matches!(
+        cards.advice(key, &stand_in, NOW),
+        AdviceOutcome::Conflict
+    ));
+    assert_eq!(spent_and_uses(&cards, key), (4_500, 1));
+    // A stand-in's advice naming itself in DE 90 is no completion of itself.
+    released(&cards, key, 3_000, 3);
+    let itself = vpan::cards::AuthRequest {
+        completes: Some(purchase(0, 3).key.original()),
+        ..request(*b"0120", 3_000, 3, "SHOP-A")
+    };
+    recorded(cards.advice(key, &itself, NOW));
+    assert_eq!(spent_and_uses(&cards, key), (7_500, 2));
+}
+
+#[test]
+fn a_completion_counted_beside_an_authorization_approved_since_gives_it_back_when_resent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &spec(100_000));
+    // The completion came while the authorization was still with the issuer.
+    let held = approve(&cards, key, 10_000, 1);
+    held.durable.wait().unwrap();
+    recorded(cards.advice(key, &completion(4_500, 2, 1), NOW));
+    settle(&cards, &held.hold, IssuerOutcome::APPROVED);
+    assert_eq!(spent_and_uses(&cards, key), (14_500, 2), "on top, for now");
+    // Its resend (the network heard no answer, or a crash lost the give-back) finishes it.
+    let again = vpan::cards::AuthRequest {
+        mti: *b"0221",
+        ..completion(4_500, 2, 1)
+    };
+    assert!(repeat(cards.advice(key, &again, NOW)).is_some());
+    assert_eq!(spent_and_uses(&cards, key), (4_500, 1));
+    assert!(repeat(cards.advice(key, &again, NOW)).is_some());
+    assert_eq!(spent_and_uses(&cards, key), (4_500, 1), "once");
+}

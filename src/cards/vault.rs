@@ -40,6 +40,7 @@ use crate::store::crypto::{self, PanCipher};
 use crate::store::journal::{Durable, Journal};
 
 mod advices;
+mod completions;
 mod recovery;
 mod reversals;
 mod snapshots;

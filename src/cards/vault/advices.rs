@@ -17,32 +17,63 @@ impl Cards {
     /// over the cap. An advice for a transaction vpan holds completes that hold instead;
     /// one for a transaction vpan counted, in another amount, restates it
     /// ([`Cards::restate`]). An amount the card's currency cannot size counts as what the
-    /// cap had left, and a use (with a warning).
+    /// cap had left, and a use (with a warning). A completion stands in place of the
+    /// authorization it names ([`Cards::completion_of`]).
     pub fn advice(&self, card_key: CardKey, req: &AuthRequest, now: UnixSeconds) -> AdviceOutcome {
         let tx = req.key.original();
         // Its entry (new, or moved to another retention queue) is to be filed again.
         let mut file_again = false;
+        // An authorization a completion voided, to be filed again from this time.
+        let mut voided_at = None;
         let outcome = self.index.update(card_key, |card| {
             if self.journal.is_failed() {
                 // Nothing can be recorded: fail closed (96) before changing anything.
                 return AdviceOutcome::Recorded(Durable::ready(Err(StoreError::Failed)));
             }
+            let completed = self.completion_of(card_key, req);
             if let Some(e) = self.ledger.get(&tx)
                 && let Some(outcome) =
                     self.advice_of_known(card, card_key, e, req, now, &mut file_again)
             {
+                if let Some(c) = completed
+                    && matches!(
+                        outcome,
+                        AdviceOutcome::Repeat { .. } | AdviceOutcome::Recorded(_)
+                    )
+                {
+                    // Counted already, beside an authorization its first telling left
+                    // standing (a crash between its two records, or one approved only
+                    // since): done now. Not waited for: lost again, it errs on the safe
+                    // side, and the next resend does it.
+                    if let Some((_, at)) = self.complete_authorization(card, card_key, c, req, now)
+                    {
+                        voided_at = at;
+                    }
+                }
                 return outcome;
             }
-            let (durable, fresh) = self.record_advice(card, card_key, req, now);
+            let returns = completed.map_or(0, |c| c.returns());
+            let (durable, fresh) = self.record_advice(card, card_key, req, returns, now);
             file_again = fresh;
             // Durable once the later record is: the journal writes records in order.
-            let durable = self
-                .give_back_completed(card, card_key, req, now)
-                .unwrap_or(durable);
+            let durable = match completed
+                .and_then(|c| self.complete_authorization(card, card_key, c, req, now))
+            {
+                Some((later, at)) => {
+                    voided_at = at;
+                    later
+                }
+                None => durable,
+            };
             AdviceOutcome::Recorded(durable)
         });
         if file_again {
             self.ledger.remember_answered(tx, now, now);
+        }
+        if let (Some(at), Some(authorization)) = (voided_at, req.completes) {
+            // A void guards money (a late advice of the authorization counts nothing):
+            // kept with what moves money, no longer among the releases.
+            self.ledger.remember(authorization, at, now);
         }
         outcome.unwrap_or(AdviceOutcome::Unknown)
     }
@@ -148,12 +179,15 @@ impl Cards {
     }
 
     /// Records the advice `req` afresh, spent at once, under the card's lock; and whether
-    /// its ledger entry is new (to be filed for retention).
+    /// its ledger entry is new (to be filed for retention). `returns` is what the card
+    /// counts less once the authorization it completes is given back, which an amount of
+    /// unknown size is not to leave out of what the cap had left.
     fn record_advice(
         &self,
         card: &mut Card,
         card_key: CardKey,
         req: &AuthRequest,
+        returns: u64,
         now: UnixSeconds,
     ) -> (Durable, bool) {
         let (amount, counts_use) = match (req.kind, req.amounts.counted_in(card.currency)) {
@@ -164,7 +198,7 @@ impl Cards {
                 (amount, amount > 0)
             }
             (Kind::Purchase, Some(amount)) if amount > 0 => (amount, true),
-            (Kind::Purchase, _) => (unsized_advice(card, card_key), true),
+            (Kind::Purchase, _) => (unsized_advice(card, card_key, returns), true),
         };
         // As a request: a refund binds no first-use merchant.
         let binds = req.kind != Kind::Refund
@@ -187,50 +221,6 @@ impl Cards {
         (durable, fresh)
     }
 
-    /// A completion (0220) of an authorization this card counted as approved, which its
-    /// DE 90 names ([`AuthRequest::completes`]), just recorded for what was finally spent:
-    /// the authorization's amount, and its use, are given back, under the card's lock, so
-    /// that a pre-authorization of 100 completed for 45 counts 45, not 145. Written after
-    /// the completion's own record: a crash between the two leaves both counted, the safe
-    /// side for the cap. `None` (the completion counts on top, as any advice) when the
-    /// authorization is not one vpan counted and nothing took back since: still held, or
-    /// in doubt (the issuer's answer settles it), reversed in part or in full, a refund,
-    /// another card's, or unknown.
-    fn give_back_completed(
-        &self,
-        card: &mut Card,
-        card_key: CardKey,
-        req: &AuthRequest,
-        now: UnixSeconds,
-    ) -> Option<Durable> {
-        let authorization = req.completes?;
-        let e = self.ledger.get(&authorization)?;
-        let stands_whole = e.card == card_key
-            && e.state == TxState::Approved
-            && !e.refund
-            && e.amount > 0
-            && e.amount == e.charged;
-        if req.kind != Kind::Purchase || !stands_whole {
-            return None;
-        }
-        let event = Event::Reversed {
-            lsn: self.lsn(),
-            key: card_key,
-            tx: authorization,
-            was_held: false,
-            returned: e.amount,
-            remaining: 0,
-            use_returned: e.use_counted,
-            held_use_returned: false,
-            mti: req.mti,
-            at: now,
-        };
-        let durable = self.journal.append(event.clone());
-        event::apply_card(card, &event);
-        event::apply_ledger(&self.ledger, &event, false);
-        Some(durable)
-    }
-
     /// Spends what the advice `req` says moved beyond what its transaction `tx` was counted
     /// at (and a use, when none is counted for it and money moved, or it is a purchase of a
     /// size the card's currency cannot tell), under the card's lock; `None` when there is
@@ -251,7 +241,7 @@ impl Cards {
             (Kind::Purchase, Some(moved)) if moved > 0 => moved.saturating_sub(e.charged),
             // Restated so once already (what the cap had left then): not again.
             (Kind::Purchase, _) if e.restated => return None,
-            (Kind::Purchase, _) => unsized_advice(card, card_key),
+            (Kind::Purchase, _) => unsized_advice(card, card_key, 0),
         };
         // A use, as for a fresh advice: when money moved, or a purchase of a size unknown.
         let use_due = !e.use_counted && !e.counts_use && (more > 0 || req.kind == Kind::Purchase);
@@ -319,9 +309,10 @@ impl Cards {
 /// What an advice of money moved counts when the card's currency cannot tell its size (no
 /// amount in it, or one of 0 beside a DE 4 that is not, which as a request would be
 /// declined 30): it may have passed the cap, so all the card had left (the safe side),
-/// with a warning.
-fn unsized_advice(card: &Card, card_key: CardKey) -> u64 {
+/// with a warning. `returns`: spent now, but about to be given back.
+fn unsized_advice(card: &Card, card_key: CardKey, returns: u64) -> u64 {
     crate::logging::throttled!(warn, card = ?card_key, "advice of an amount the card's currency cannot tell; recorded as what was left of its cap");
     // Not `available()`: holds released later must not make room again.
-    card.amount_limit.saturating_sub(card.spent)
+    card.amount_limit
+        .saturating_sub(card.spent.saturating_sub(returns))
 }

@@ -270,7 +270,7 @@ impl Cards {
 
     /// Journals the void of `tx` on this card (`mti` and `at`: see [`Event::Voided`]), under
     /// the card's lock; the entry to put in the ledger for it.
-    fn void_record(
+    pub(super) fn void_record(
         &self,
         card_key: CardKey,
         tx: OriginalData,

@@ -54,11 +54,11 @@ pub fn auth_request(msg: &Message) -> Option<AuthRequest> {
     })
 }
 
-/// The authorization a financial advice (0220, 0221) completes, when its DE 90 names one:
-/// a pre-authorization's completion (a hotel's, a fuel pump's) for what was finally spent.
+/// The authorization an advice (0120, 0220 and repeats) completes, when its DE 90 names
+/// one: a pre-authorization's completion (a hotel's, a fuel pump's) for what was finally
+/// spent, which networks send as an authorization advice or a financial one.
 fn completed_authorization(msg: &Message, key: TxKey) -> Option<OriginalData> {
-    let mti = msg.mti();
-    if &mti[1..3] != b"22" {
+    if msg.mti()[2] != b'2' {
         return None;
     }
     msg.text(90)
@@ -144,7 +144,7 @@ mod tests {
     }
 
     #[test]
-    fn only_a_financial_advice_whose_de90_names_an_authorization_completes_one() {
+    fn only_an_advice_whose_de90_names_an_authorization_completes_one() {
         let completes = |mti: &[u8; 4], de90: &[u8]| {
             let mut m = Message::new(Spec::iso87ascii(), mti).unwrap();
             m.set(7, b"1126143015").unwrap();
@@ -164,10 +164,11 @@ mod tests {
             acquirer: 12_345,
             terminal: *b"TERM0001",
         };
-        assert_eq!(completes(b"0220", &of(b"0100")), Some(preauth));
-        assert_eq!(completes(b"0221", &of(b"0100")), Some(preauth));
-        // An authorization advice, or a financial request named, completes nothing.
-        assert_eq!(completes(b"0120", &of(b"0100")), None);
+        for advice in [b"0220", b"0221", b"0120", b"0121"] {
+            assert_eq!(completes(advice, &of(b"0100")), Some(preauth));
+        }
+        // A financial request named, or a request naming one, completes nothing.
         assert_eq!(completes(b"0220", &of(b"0200")), None);
+        assert_eq!(completes(b"0200", &of(b"0100")), None);
     }
 }

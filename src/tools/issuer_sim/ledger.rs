@@ -378,11 +378,10 @@ impl Ledger {
                 reversed: false,
                 unanswered: false,
             });
-            // A completion (0220 naming its authorization in DE 90): what was finally spent
-            // stands in place of what the authorization took, which is given back, once.
-            let completed = req
-                .original_data()
-                .filter(|o| &req.mti()[1..3] == b"22" && o.mti[1] == b'1');
+            // A completion (an advice naming its authorization in DE 90): what was finally
+            // spent stands in place of what the authorization took, which is given back,
+            // once.
+            let completed = req.original_data().filter(|o| o.mti[1] == b'1');
             if let Some(o) = completed
                 && !refund
                 && let Some(b) = account.history.get_mut(&named_in(&o))
