@@ -270,7 +270,7 @@ pub struct AuthRequest {
     pub acceptor: Option<AcceptorId>,
     /// The transaction key.
     pub key: TxKey,
-    /// The authorization a completion completes: DE 90 of an advice (0120, 0220 and
+    /// The authorization a completion completes: DE 90 of a financial advice (0220 and
     /// repeats) naming an authorization (MTI class 1), keyed with the advice's DE 41.
     pub completes: Option<OriginalData>,
 }

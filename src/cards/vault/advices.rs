@@ -30,28 +30,15 @@ impl Cards {
                 // Nothing can be recorded: fail closed (96) before changing anything.
                 return AdviceOutcome::Recorded(Durable::ready(Err(StoreError::Failed)));
             }
-            let completed = self.completion_of(card_key, req);
             if let Some(e) = self.ledger.get(&tx)
                 && let Some(outcome) =
                     self.advice_of_known(card, card_key, e, req, now, &mut file_again)
             {
-                if let Some(c) = completed
-                    && matches!(
-                        outcome,
-                        AdviceOutcome::Repeat { .. } | AdviceOutcome::Recorded(_)
-                    )
-                {
-                    // Counted already, beside an authorization its first telling left
-                    // standing (a crash between its two records, or one approved only
-                    // since): done now. Not waited for: lost again, it errs on the safe
-                    // side, and the next resend does it.
-                    if let Some((_, at)) = self.complete_authorization(card, card_key, c, req, now)
-                    {
-                        voided_at = at;
-                    }
-                }
                 return outcome;
             }
+            // Recorded afresh: a completion, only now (its resends are repeats, whatever
+            // their DE 90 says).
+            let completed = self.completion_of(card_key, req);
             let returns = completed.map_or(0, |c| c.returns());
             let (durable, fresh) = self.record_advice(card, card_key, req, returns, now);
             file_again = fresh;

@@ -1,4 +1,4 @@
-//! Completions (0120/0220 and repeats whose DE 90 names an authorization): what was finally
+//! Completions (0220 and repeats whose DE 90 names an authorization): what was finally
 //! spent stands in place of what the authorization took. A pre-authorization of 100.00
 //! completed for 45.00 counts 45.00, not 145.00.
 
@@ -15,8 +15,8 @@ pub(super) enum Completed {
     /// Counted as approved, and nothing taken back since: `amount` and its use are given
     /// back.
     GiveBack { tx: OriginalData, amount: u64 },
-    /// Released (the issuer's decline, vpan's 91) and not taken back: a stand-in approved
-    /// it after all, and the completion tells what that moved. Voided, so that the
+    /// Released (vpan's 91, or the issuer's decline) and not taken back: approved after
+    /// all (by a stand-in), and the completion tells what that moved. Voided, so that the
     /// stand-in's advice of it, coming later, counts nothing on top.
     Void {
         tx: OriginalData,
@@ -37,19 +37,25 @@ impl Completed {
 }
 
 impl Cards {
-    /// What the completion `req` does to the authorization it names on this card; `None`
-    /// when it is no completion, or the authorization is held or in doubt (the issuer's
-    /// answer settles it), reversed in part or in full, a refund, another card's, or not
-    /// known: the completion then counts on top, as any advice (the safe side for the cap).
+    /// What the completion `req`, about to be recorded afresh, does to the authorization
+    /// it names on this card; `None` when it is no completion, or the authorization is held
+    /// or in doubt (the issuer's answer settles it), reversed in part or in full, a refund,
+    /// another card's, or not known: the completion then counts on top, as any advice (the
+    /// safe side for the cap). Nor is an advice under the key of a request vpan saw: that
+    /// is a stand-in's advice of the request (an incremental authorization, say, which
+    /// some dialects link to the first by DE 90), which takes the first back no more than
+    /// the request would have.
     pub(super) fn completion_of(&self, card_key: CardKey, req: &AuthRequest) -> Option<Completed> {
-        let tx = req.completes.filter(|&tx| tx != req.key.original())?;
+        let own = req.key.original();
+        let tx = req.completes.filter(|&tx| tx != own)?;
+        let seen_as_request = self.ledger.get(&own).is_some_and(|e| e.mti[2] == b'0');
+        if req.kind == Kind::Refund || seen_as_request {
+            return None;
+        }
         let e = self
             .ledger
             .get(&tx)
             .filter(|e| e.card == card_key && !e.refund)?;
-        if req.kind == Kind::Refund {
-            return None;
-        }
         match e.state {
             TxState::Approved if e.amount > 0 && e.amount == e.charged => {
                 Some(Completed::GiveBack {
@@ -67,9 +73,9 @@ impl Cards {
     }
 
     /// Does what `completed` says, under the card's lock, once the completion itself is
-    /// recorded: written after it, a crash between the two leaves both counted, and the
-    /// completion's resend finishes it. `None` when the authorization changed since it was
-    /// looked at. A void returns the time to file the voided entry under (see
+    /// recorded: written after it, a crash between the two leaves both counted (its resend
+    /// is a repeat, which does nothing more: the safe side). `None` when the authorization
+    /// changed since it was looked at. A void returns the time to file the voided entry under (see
     /// [`crate::cards::ledger::Ledger::remember`]).
     pub(super) fn complete_authorization(
         &self,
@@ -81,7 +87,7 @@ impl Cards {
     ) -> Option<(Durable, Option<UnixSeconds>)> {
         match completed {
             Completed::GiveBack { tx, amount } => {
-                let e = self.ledger.get(&tx)?;
+                let e = self.ledger.get(&tx).filter(|e| e.card == card_key)?;
                 let use_returned = e.use_counted;
                 let event = Event::Reversed {
                     lsn: self.lsn(),

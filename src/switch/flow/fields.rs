@@ -54,11 +54,14 @@ pub fn auth_request(msg: &Message) -> Option<AuthRequest> {
     })
 }
 
-/// The authorization an advice (0120, 0220 and repeats) completes, when its DE 90 names
-/// one: a pre-authorization's completion (a hotel's, a fuel pump's) for what was finally
-/// spent, which networks send as an authorization advice or a financial one.
+/// The authorization a financial advice (0220, 0221) completes, when its DE 90 names one:
+/// a pre-authorization's completion (a hotel's, a fuel pump's) for what was finally spent.
+/// Not an authorization advice (0120): a stand-in's advice of an incremental authorization,
+/// which some dialects link to the first by DE 90, would read as one, and take back money
+/// that stands. (Some processors send a fuel pump's completion as an 0120; it counts on
+/// top, the safe side for the cap.)
 fn completed_authorization(msg: &Message, key: TxKey) -> Option<OriginalData> {
-    if msg.mti()[2] != b'2' {
+    if &msg.mti()[1..3] != b"22" {
         return None;
     }
     msg.text(90)
@@ -144,7 +147,7 @@ mod tests {
     }
 
     #[test]
-    fn only_an_advice_whose_de90_names_an_authorization_completes_one() {
+    fn only_a_financial_advice_whose_de90_names_an_authorization_completes_one() {
         let completes = |mti: &[u8; 4], de90: &[u8]| {
             let mut m = Message::new(Spec::iso87ascii(), mti).unwrap();
             m.set(7, b"1126143015").unwrap();
@@ -164,10 +167,12 @@ mod tests {
             acquirer: 12_345,
             terminal: *b"TERM0001",
         };
-        for advice in [b"0220", b"0221", b"0120", b"0121"] {
+        for advice in [b"0220", b"0221"] {
             assert_eq!(completes(advice, &of(b"0100")), Some(preauth));
         }
-        // A financial request named, or a request naming one, completes nothing.
+        // An authorization advice, a financial request named, or a request naming one,
+        // completes nothing.
+        assert_eq!(completes(b"0120", &of(b"0100")), None);
         assert_eq!(completes(b"0220", &of(b"0200")), None);
         assert_eq!(completes(b"0200", &of(b"0100")), None);
     }

@@ -378,17 +378,25 @@ impl Ledger {
                 reversed: false,
                 unanswered: false,
             });
-            // A completion (an advice naming its authorization in DE 90): what was finally
-            // spent stands in place of what the authorization took, which is given back,
-            // once.
-            let completed = req.original_data().filter(|o| o.mti[1] == b'1');
-            if let Some(o) = completed
-                && !refund
-                && let Some(b) = account.history.get_mut(&named_in(&o))
-                && !b.reversed
-                && b.effect < 0
-                && b.standing == b.effect
-            {
+            // A completion (a financial advice naming its authorization in DE 90): what
+            // was finally spent stands in place of what the authorization took, which is
+            // given back, once. The authorization is booked as the request (0100), or as a
+            // stand-in's advice of it (0120) when the request was not approved here.
+            let completed = req
+                .original_data()
+                .filter(|o| req.mti()[1] == b'2' && o.mti[1] == b'1' && !refund);
+            let stands_whole = |b: &Booked| !b.reversed && b.effect < 0 && b.standing == b.effect;
+            let booking = completed.and_then(|o| {
+                let request = named_in(&o);
+                let advice = TxnKey {
+                    mti: [request.mti[0], request.mti[1], b'2', b'0'],
+                    ..request
+                };
+                [request, advice]
+                    .into_iter()
+                    .find(|k| account.history.get(k).is_some_and(stands_whole))
+            });
+            if let Some(b) = booking.and_then(|k| account.history.get_mut(&k)) {
                 account.balance = account.balance.saturating_sub(b.standing);
                 b.standing = 0;
             }
@@ -742,6 +750,30 @@ mod tests {
         l.decide(&completion).unwrap();
         l.decide(&reversal_of(&preauth, "000003")).unwrap();
         assert_eq!(l.balance(&pan), Some(7_500));
+    }
+
+    #[test]
+    fn a_completion_of_an_authorization_a_stand_in_approved_gives_back_its_advice() {
+        let (l, pan) = ledger(10_000);
+        // Approved here too late (the switch answered 91 and reversed it), then approved by
+        // a stand-in, whose advice comes under the authorization's key.
+        let preauth = purchase(b"0100", "000001", "000000006000", "000000");
+        l.decide(&preauth).unwrap();
+        l.decide(&reversal_of(&preauth, "000002")).unwrap();
+        l.decide(&purchase(b"0120", "000001", "000000006000", "000000"))
+            .unwrap();
+        assert_eq!(l.balance(&pan), Some(4_000));
+        let mut completion = reversal_of(&preauth, "000003");
+        completion.set_mti(b"0220").unwrap();
+        completion.set(4, b"000000002500").unwrap();
+        l.decide(&completion).unwrap();
+        assert_eq!(l.balance(&pan), Some(7_500), "25.00 spent, not 85.00");
+        // An authorization advice naming it is no completion: booked on top.
+        let mut advice = reversal_of(&preauth, "000004");
+        advice.set_mti(b"0120").unwrap();
+        advice.set(4, b"000000001000").unwrap();
+        l.decide(&advice).unwrap();
+        assert_eq!(l.balance(&pan), Some(6_500));
     }
 
     #[test]
