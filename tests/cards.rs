@@ -2891,3 +2891,28 @@ fn a_completion_counted_on_top_of_a_held_authorization_stays_so_when_resent() {
     assert!(repeat(cards.advice(key, &again, NOW)).is_some());
     assert_eq!(spent_and_uses(&cards, key), (14_500, 2));
 }
+
+#[test]
+fn a_completion_its_own_reversal_voided_first_gives_nothing_back_whatever_its_reversals_mti() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &spec(100_000));
+    let mut standing = 0;
+    for (reversal_mti, stan) in [(*b"0400", 1), (*b"0420", 3)] {
+        approved(&cards, key, 10_000, stan);
+        standing += 10_000;
+        let of_completion = ReversalRequest {
+            mti: reversal_mti,
+            original: Some(request(*b"0220", 0, stan + 1, "SHOP-A").key.original()),
+            ..reversal(stan + 1, None)
+        };
+        voided(cards.reverse(key, &of_completion, NOW));
+        let late = completion(0, stan + 1, stan);
+        let _ = cards.advice(key, &late, NOW);
+        assert_eq!(
+            cards.get(key).unwrap().spent,
+            standing,
+            "after a {reversal_mti:?}: the authorization still stands"
+        );
+    }
+}

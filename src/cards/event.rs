@@ -162,7 +162,9 @@ pub enum Event {
     /// A full reversal named an original this card has not seen (or only saw declined or
     /// released): the network has given up on it, so should it arrive late (from another
     /// connection, say) it is declined (94) rather than approved and charged after its own
-    /// reversal, and a stand-in's advice of it counts nothing.
+    /// reversal, and a stand-in's advice of it counts nothing. A completion voids an
+    /// authorization it finds released the same way: the completion counts what the
+    /// stand-in's approval of it moved.
     Voided {
         /// Sequence number.
         lsn: u64,

@@ -187,8 +187,9 @@ impl TxEntry {
         }
     }
 
-    /// A void: an original a reversal named before this card saw it, kept as a decline so
-    /// that it is declined should it come.
+    /// A void: an original a reversal named before this card saw it (or a released one a
+    /// reversal or a completion took back), kept as a decline so that it is declined should
+    /// it come, and a stand-in's advice of it counts nothing.
     pub fn is_void(&self) -> bool {
         self.state == TxState::Declined && self.fingerprint == super::event::VOIDED_FINGERPRINT
     }

@@ -44,12 +44,17 @@ impl Cards {
     /// safe side for the cap). Nor is an advice under the key of a request vpan saw: that
     /// is a stand-in's advice of the request (an incremental authorization, say, which
     /// some dialects link to the first by DE 90), which takes the first back no more than
-    /// the request would have.
+    /// the request would have; nor one under the key of a void its own reversal made
+    /// before it came. (This holds while the ledger keeps that request: a decline or a
+    /// release is forgotten first, and a flood of them may push it out before a stand-in's
+    /// advice comes.)
     pub(super) fn completion_of(&self, card_key: CardKey, req: &AuthRequest) -> Option<Completed> {
         let own = req.key.original();
         let tx = req.completes.filter(|&tx| tx != own)?;
-        let seen_as_request = self.ledger.get(&own).is_some_and(|e| e.mti[2] == b'0');
-        if req.kind == Kind::Refund || seen_as_request {
+        // Recorded afresh over an entry of its own key: a request vpan saw (declined or
+        // released), or a void its reversal made, which came first.
+        let seen = self.ledger.get(&own).is_some();
+        if req.kind == Kind::Refund || seen {
             return None;
         }
         let e = self

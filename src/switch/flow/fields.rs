@@ -59,9 +59,12 @@ pub fn auth_request(msg: &Message) -> Option<AuthRequest> {
 /// Not an authorization advice (0120): a stand-in's advice of an incremental authorization,
 /// which some dialects link to the first by DE 90, would read as one, and take back money
 /// that stands. (Some processors send a fuel pump's completion as an 0120; it counts on
-/// top, the safe side for the cap.)
+/// top, the safe side for the cap.) Only a purchase of goods and services (DE 3 `00`), and
+/// only with a DE 4 to read: a debit adjustment adds to what was authorized, and an amount
+/// that cannot be read would stand for 0.00, which gives the whole authorization back.
 fn completed_authorization(msg: &Message, key: TxKey) -> Option<OriginalData> {
-    if &msg.mti()[1..3] != b"22" {
+    let purchase = msg.processing_code().is_some_and(|p| p.starts_with(b"00"));
+    if &msg.mti()[1..3] != b"22" || !purchase || msg.amount_transaction().is_none() {
         return None;
     }
     msg.text(90)
@@ -150,6 +153,8 @@ mod tests {
     fn only_a_financial_advice_whose_de90_names_an_authorization_completes_one() {
         let completes = |mti: &[u8; 4], de90: &[u8]| {
             let mut m = Message::new(Spec::iso87ascii(), mti).unwrap();
+            m.set(3, b"000000").unwrap();
+            m.set(4, b"000000004500").unwrap();
             m.set(7, b"1126143015").unwrap();
             m.set(11, b"000002").unwrap();
             m.set(32, b"12345").unwrap();
@@ -175,5 +180,23 @@ mod tests {
         assert_eq!(completes(b"0120", &of(b"0100")), None);
         assert_eq!(completes(b"0220", &of(b"0200")), None);
         assert_eq!(completes(b"0200", &of(b"0100")), None);
+        // A debit adjustment, or one without a DE 4 to read, neither.
+        let mut adjustment = Message::new(Spec::iso87ascii(), b"0220").unwrap();
+        for (n, v) in [
+            (3, &b"020000"[..]),
+            (4, b"000000004500"),
+            (7, b"1126143015"),
+            (11, b"000002"),
+            (32, b"12345"),
+            (41, b"TERM0001"),
+            (90, &of(b"0100")),
+        ] {
+            adjustment.set(n, v).unwrap();
+        }
+        assert_eq!(auth_request(&adjustment).unwrap().completes, None);
+        adjustment.set(3, b"000000").unwrap();
+        assert!(auth_request(&adjustment).unwrap().completes.is_some());
+        adjustment.remove(4);
+        assert_eq!(auth_request(&adjustment).unwrap().completes, None);
     }
 }

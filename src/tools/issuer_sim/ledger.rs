@@ -380,11 +380,13 @@ impl Ledger {
             });
             // A completion (a financial advice naming its authorization in DE 90): what
             // was finally spent stands in place of what the authorization took, which is
-            // given back, once. The authorization is booked as the request (0100), or as a
-            // stand-in's advice of it (0120) when the request was not approved here.
+            // given back, once. The authorization is booked as a stand-in's advice of it
+            // (0120), or else as the request (0100): where both stand, the request is
+            // vpan's to reverse (it answered 91), and its reversal is on its way.
+            let purchase = req.processing_code().is_some_and(|p| p.starts_with(b"00"));
             let completed = req
                 .original_data()
-                .filter(|o| req.mti()[1] == b'2' && o.mti[1] == b'1' && !refund);
+                .filter(|o| req.mti()[1] == b'2' && o.mti[1] == b'1' && purchase);
             let stands_whole = |b: &Booked| !b.reversed && b.effect < 0 && b.standing == b.effect;
             let booking = completed.and_then(|o| {
                 let request = named_in(&o);
@@ -392,7 +394,7 @@ impl Ledger {
                     mti: [request.mti[0], request.mti[1], b'2', b'0'],
                     ..request
                 };
-                [request, advice]
+                [advice, request]
                     .into_iter()
                     .find(|k| account.history.get(k).is_some_and(stands_whole))
             });
@@ -774,6 +776,22 @@ mod tests {
         advice.set(4, b"000000001000").unwrap();
         l.decide(&advice).unwrap();
         assert_eq!(l.balance(&pan), Some(6_500));
+    }
+
+    #[test]
+    fn a_completion_beside_a_request_still_to_be_reversed_takes_the_stand_ins_place() {
+        let (l, pan) = ledger(20_000);
+        let preauth = purchase(b"0100", "000001", "000000006000", "000000");
+        l.decide(&preauth).unwrap();
+        l.decide(&purchase(b"0120", "000001", "000000006000", "000000"))
+            .unwrap();
+        let mut completion = reversal_of(&preauth, "000002");
+        completion.set_mti(b"0220").unwrap();
+        completion.set(4, b"000000002500").unwrap();
+        l.decide(&completion).unwrap();
+        // The switch's reversal of the request it answered 91.
+        l.decide(&reversal_of(&preauth, "000003")).unwrap();
+        assert_eq!(l.balance(&pan), Some(17_500), "25.00 spent in all");
     }
 
     #[test]
