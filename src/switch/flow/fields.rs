@@ -63,8 +63,11 @@ pub fn auth_request(msg: &Message) -> Option<AuthRequest> {
 /// only with a DE 4 to read: a debit adjustment adds to what was authorized, and an amount
 /// that cannot be read would stand for 0.00, which gives the whole authorization back.
 fn completed_authorization(msg: &Message, key: TxKey) -> Option<OriginalData> {
+    if &msg.mti()[1..3] != b"22" {
+        return None;
+    }
     let purchase = msg.processing_code().is_some_and(|p| p.starts_with(b"00"));
-    if &msg.mti()[1..3] != b"22" || !purchase || msg.amount_transaction().is_none() {
+    if !purchase || msg.amount_transaction().is_none() {
         return None;
     }
     msg.text(90)
