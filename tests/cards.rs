@@ -2747,20 +2747,30 @@ fn a_completion_counts_what_was_spent_in_place_of_the_authorization_it_names() {
 }
 
 #[test]
-fn a_completion_for_more_than_its_authorization_counts_it_all_even_over_the_cap() {
+fn a_completion_of_more_or_of_nothing_counts_just_itself_on_a_single_use_card() {
     let dir = tempfile::tempdir().unwrap();
     let (cards, _) = open(dir.path());
-    let key = issue(&cards, &single_use(10_000));
-    approved(&cards, key, 10_000, 1);
-    // A restaurant's tip: 120.00 on an authorization of 100.00. An advice cannot be
-    // declined.
-    recorded(cards.advice(key, &completion(12_000, 2, 1), NOW));
-    assert_eq!(spent_and_uses(&cards, key), (12_000, 1));
-    assert_eq!(
-        cards.get(key).unwrap().status,
-        Status::Closed,
-        "its single use spent"
-    );
+    // A restaurant's tip: 120.00 on an authorization of 100.00, counted even over the cap
+    // (an advice cannot be declined), its single use spent; a pump that dispensed nothing:
+    // the authorization given back whole, its use too.
+    for (completed, after, status, stan) in [
+        (12_000, (12_000, 1), Status::Closed, 1),
+        (0, (0, 0), Status::Active, 3),
+    ] {
+        let key = issue(&cards, &single_use(10_000));
+        approved(&cards, key, 10_000, stan);
+        recorded(cards.advice(key, &completion(completed, stan + 1, stan), NOW));
+        assert_eq!(
+            spent_and_uses(&cards, key),
+            after,
+            "completed for {completed}"
+        );
+        assert_eq!(
+            cards.get(key).unwrap().status,
+            status,
+            "completed for {completed}"
+        );
+    }
 }
 
 #[test]
@@ -2802,22 +2812,6 @@ fn a_completion_of_unknown_size_takes_what_the_cap_had_left_without_its_authoriz
     recorded(cards.advice(key, &dollars, NOW));
     let v = cards.get(key).unwrap();
     assert_eq!((v.spent, v.uses, v.available), (10_000, 1, 0));
-}
-
-#[test]
-fn a_completion_of_nothing_gives_its_authorization_back_whole() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cards, _) = open(dir.path());
-    let key = issue(&cards, &single_use(10_000));
-    approved(&cards, key, 10_000, 1);
-    // The pump dispensed nothing.
-    recorded(cards.advice(key, &completion(0, 2, 1), NOW));
-    assert_eq!(spent_and_uses(&cards, key), (0, 0));
-    assert_eq!(
-        cards.get(key).unwrap().status,
-        Status::Active,
-        "its use given back"
-    );
 }
 
 #[test]
