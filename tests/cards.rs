@@ -840,10 +840,10 @@ fn repeat(outcome: AdviceOutcome) -> Option<bool> {
     }
 }
 
-/// `req` sent again, as the network resends it (MTI 0121).
+/// `req` sent again, as the network resends it (MTI 0121, 0221).
 fn resent(req: &vpan::cards::AuthRequest) -> vpan::cards::AuthRequest {
     let mut again = req.clone();
-    again.mti = *b"0121";
+    again.mti[3] = b'1';
     again
 }
 
@@ -2709,12 +2709,10 @@ fn a_completion_counts_what_was_spent_in_place_of_the_authorization_it_names() {
             .map(|t| (t.mti, t.amount))
             .collect();
         assert_eq!(lines, [(*b"0220", 4_500), (*b"0100", 10_000)]);
-        // Sent again, it is a repeat: nothing more given back or counted.
-        let again = vpan::cards::AuthRequest {
-            mti: *b"0221",
-            ..completion(4_500, 2, 1)
-        };
-        assert!(repeat(cards.advice(key, &again, NOW)).is_some());
+        // Sent again, it is a repeat (to tell the issuer again): nothing more given back or
+        // counted.
+        let again = resent(&completion(4_500, 2, 1));
+        assert_eq!(repeat(cards.advice(key, &again, NOW)), Some(false));
         assert_eq!(spent_and_uses(&cards, key), (4_500, 1));
         key
     };
@@ -2856,14 +2854,27 @@ fn a_stand_ins_authorization_completed_before_its_advice_came_is_counted_once() 
         AdviceOutcome::Conflict
     ));
     assert_eq!(spent_and_uses(&cards, key), (4_500, 1));
-    // A stand-in's advice naming itself in DE 90 is no completion of itself.
-    released(&cards, key, 3_000, 3);
-    let itself = vpan::cards::AuthRequest {
-        completes: Some(purchase(0, 3).key.original()),
-        ..request(*b"0120", 3_000, 3, "SHOP-A")
-    };
-    recorded(cards.advice(key, &itself, NOW));
-    assert_eq!(spent_and_uses(&cards, key), (7_500, 2));
+}
+
+#[test]
+fn a_void_a_completion_made_is_forgotten_in_its_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open_with(dir.path(), ledger_of(4, 86_400));
+    let key = issue(&cards, &spec(1_000_000));
+    released(&cards, key, 3_000, 8);
+    recorded(cards.advice(key, &completion(1_000, 9, 8), NOW + 5));
+    assert_eq!(
+        code(&cards.authorize(key, &purchase(3_000, 8), NOW + 5)),
+        "94"
+    );
+    // Filed with what moves money: pushed out by later approvals, as they are.
+    for stan in 100..140 {
+        approved(&cards, key, 10, stan);
+    }
+    assert_eq!(
+        code(&cards.authorize(key, &purchase(3_000, 8), NOW + 5)),
+        "00"
+    );
 }
 
 #[test]
@@ -2878,11 +2889,8 @@ fn a_completion_counted_on_top_of_a_held_authorization_stays_so_when_resent() {
     settle(&cards, &held.hold, IssuerOutcome::APPROVED);
     assert_eq!(spent_and_uses(&cards, key), (14_500, 2));
     // Its resend is a repeat, whatever its DE 90 names: nothing given back (the safe side).
-    let again = vpan::cards::AuthRequest {
-        mti: *b"0221",
-        ..completion(4_500, 2, 1)
-    };
-    assert!(repeat(cards.advice(key, &again, NOW)).is_some());
+    let again = resent(&completion(4_500, 2, 1));
+    assert_eq!(repeat(cards.advice(key, &again, NOW)), Some(false));
     assert_eq!(spent_and_uses(&cards, key), (14_500, 2));
 }
 
@@ -2902,7 +2910,7 @@ fn a_completion_its_own_reversal_voided_first_gives_nothing_back_whatever_its_re
         };
         voided(cards.reverse(key, &of_completion, NOW));
         let late = completion(0, stan + 1, stan);
-        let _ = cards.advice(key, &late, NOW);
+        recorded(cards.advice(key, &late, NOW));
         assert_eq!(
             cards.get(key).unwrap().spent,
             standing,

@@ -24,7 +24,10 @@ RECORD = b"x" * 300
 
 def percentiles(samples):
     s = sorted(samples)
-    at = lambda q: s[min(len(s) - 1, int(len(s) * q))] * 1e6
+
+    def at(q):
+        return s[min(len(s) - 1, int(len(s) * q))] * 1e6
+
     return f"p50 {at(0.5):.0f} us  p90 {at(0.9):.0f} us  p99 {at(0.99):.0f} us"
 
 
@@ -53,14 +56,17 @@ def main():
                     os.fsync(f.fileno())
             outs = [[] for _ in paths]
             started = time.perf_counter()
-            workers = [threading.Thread(target=commits, args=(p, n, o)) for p, o in zip(paths, outs)]
+            workers = [
+                threading.Thread(target=commits, args=(p, n, o)) for p, o in zip(paths, outs)
+            ]
             for w in workers:
                 w.start()
             for w in workers:
                 w.join()
             elapsed = time.perf_counter() - started
             every = [x for o in outs for x in o]
-            print(f"{threads} thread(s): {percentiles(every)}  {len(every) / elapsed:.0f} flushes/s in all")
+            rate = len(every) / elapsed
+            print(f"{threads} thread(s): {percentiles(every)}  {rate:.0f} flushes/s in all")
             for p in paths:
                 os.unlink(p)
 

@@ -24,8 +24,8 @@ impl Encode for Raw<'_> {
     }
 }
 
-/// The segment's file, removed once an input is done with it: a fuzzing process runs
-/// millions of inputs, and CI runs the target on every change.
+/// The segment's file, removed when the input is done: its name is per process, so every
+/// fuzzing run (one per CI run) otherwise left one behind in the temp directory.
 struct Scratch(std::path::PathBuf);
 
 impl Drop for Scratch {

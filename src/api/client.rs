@@ -126,6 +126,7 @@ pub struct CreateArgs {
     #[arg(long, allow_negative_numbers = true)]
     pub max_uses: Option<i64>,
     /// Validity from now: 90s, 30m, 2h, 30d or 2w.
+    // Hyphen values reach the parser, which names the flag ("-1d" is no flag of its own).
     #[arg(long, allow_hyphen_values = true, value_name = "DURATION", value_parser = parse_duration, conflicts_with = "valid_until")]
     pub valid_for: Option<u64>,
     /// End of validity, RFC 3339 (e.g. 2026-12-31T23:59:59Z).

@@ -106,7 +106,8 @@ pub enum Event {
         /// store failing), else the issuer, whatever its code (an issuer's own 96 too).
         decided_by: DecidedBy,
     },
-    /// A reversal gave (part of) a transaction back.
+    /// A reversal gave (part of) a transaction back, or a completion gave back, whole, the
+    /// authorization it completes.
     Reversed {
         /// Sequence number.
         lsn: u64,
@@ -126,7 +127,7 @@ pub enum Event {
         /// counts a use). A flag of its own, in a bit an older vpan ignores: it keeps no
         /// held uses, and reads `use_returned` as a counted use given back.
         held_use_returned: bool,
-        /// The reversal's MTI; or a completion's (0220), when it gave back the
+        /// The reversal's MTI; or a completion's (0220 or 0221), when it gave back the
         /// authorization it completes, which adds no line to the card's history (the
         /// completion's own line tells what was spent).
         mti: [u8; 4],
@@ -277,7 +278,8 @@ pub fn apply_card(card: &mut Card, event: &Event) {
             if *held_use_returned {
                 card.held_uses = card.held_uses.saturating_sub(1);
             }
-            // Not a completion's give-back: a reversal's.
+            // A completion's give-back (MTI x2xx) adds no line: the completion's own line
+            // tells what was spent.
             if mti[1] == b'4' {
                 history::record(
                     &mut card.history,

@@ -270,8 +270,10 @@ pub struct AuthRequest {
     pub acceptor: Option<AcceptorId>,
     /// The transaction key.
     pub key: TxKey,
-    /// The authorization a completion completes: DE 90 of a financial advice (0220 and
-    /// repeats) naming an authorization (MTI class 1), keyed with the advice's DE 41.
+    /// The authorization this advice completes: its DE 90, keyed with its DE 41. Set only
+    /// for a financial advice (0220, or its repeat 0221) of goods and services (DE 3 `00`)
+    /// with a DE 4, whose DE 90 names an MTI of class 1 (see the switch's
+    /// `completed_authorization`); `None` otherwise.
     pub completes: Option<OriginalData>,
 }
 

@@ -52,6 +52,7 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub scenario: Option<PathBuf>,
     /// How long the load phase sends, e.g. 5s, 500ms, 1m.
+    // Hyphen values reach the parser, which names the flag ("-1s" is no flag of its own).
     #[arg(long, allow_hyphen_values = true, default_value = "5s", value_parser = parse_duration)]
     pub duration: Duration,
     /// How hard the load phase drives the switch.

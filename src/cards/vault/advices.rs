@@ -3,6 +3,7 @@
 //! what moved beyond it; the issuer's acknowledgement of an advice, after which its repeats
 //! are answered here; and the advices of declines, which count nothing.
 
+use super::completions::Completion;
 use super::{AdviceOutcome, Cards, Hold, IssuerOutcome, tx_event};
 use crate::cards::card::{Card, CardKey, LockKind, UnixSeconds};
 use crate::cards::event::{self, Event};
@@ -23,8 +24,8 @@ impl Cards {
         let tx = req.key.original();
         // Its entry (new, or moved to another retention queue) is to be filed again.
         let mut file_again = false;
-        // An authorization a completion voided, to be filed again from this time.
-        let mut voided_at = None;
+        // An authorization a completion voided, and its time: filed again below.
+        let mut voided = None;
         let outcome = self.index.update(card_key, |card| {
             if self.journal.is_failed() {
                 // Nothing can be recorded: fail closed (96) before changing anything.
@@ -38,29 +39,29 @@ impl Cards {
             }
             // Recorded afresh: a completion, only now (its resends are repeats, whatever
             // their DE 90 says).
-            let completed = self.completion_of(card_key, req);
-            let returns = completed.map_or(0, |c| c.returns());
-            let (durable, fresh) = self.record_advice(card, card_key, req, returns, now);
+            let completion = self.completion_of(card_key, req);
+            let given_back = completion.map_or(0, |c| c.gives_back());
+            let (durable, fresh) = self.record_advice(card, card_key, req, given_back, now);
             file_again = fresh;
-            // Durable once the later record is: the journal writes records in order.
-            let durable = match completed
-                .and_then(|c| self.complete_authorization(card, card_key, c, req, now))
-            {
-                Some((later, at)) => {
-                    voided_at = at;
-                    later
-                }
-                None => durable,
+            let Some(c) = completion else {
+                return AdviceOutcome::Recorded(durable);
             };
-            AdviceOutcome::Recorded(durable)
+            match self.complete_authorization(card, card_key, c, req, now) {
+                // Durable once the later record is: the journal writes records in order.
+                Some(later) => {
+                    if let Completion::Void { tx, at, .. } = c {
+                        voided = Some((tx, at));
+                    }
+                    AdviceOutcome::Recorded(later)
+                }
+                None => AdviceOutcome::Recorded(durable),
+            }
         });
         if file_again {
             self.ledger.remember_answered(tx, now, now);
         }
-        if let (Some(at), Some(authorization)) = (voided_at, req.completes) {
-            // A void guards money (a late advice of the authorization counts nothing):
-            // kept with what moves money, no longer among the releases.
-            self.ledger.remember(authorization, at, now);
+        if let Some((authorization, at)) = voided {
+            self.remember_void(authorization, at, now);
         }
         outcome.unwrap_or(AdviceOutcome::Unknown)
     }
@@ -166,7 +167,7 @@ impl Cards {
     }
 
     /// Records the advice `req` afresh, spent at once, under the card's lock; and whether
-    /// its ledger entry is new (to be filed for retention). `returns` is what the card
+    /// its ledger entry is new (to be filed for retention). `given_back` is what the card
     /// counts less once the authorization it completes is given back, which an amount of
     /// unknown size is not to leave out of what the cap had left.
     fn record_advice(
@@ -174,7 +175,7 @@ impl Cards {
         card: &mut Card,
         card_key: CardKey,
         req: &AuthRequest,
-        returns: u64,
+        given_back: u64,
         now: UnixSeconds,
     ) -> (Durable, bool) {
         let (amount, counts_use) = match (req.kind, req.amounts.counted_in(card.currency)) {
@@ -185,7 +186,7 @@ impl Cards {
                 (amount, amount > 0)
             }
             (Kind::Purchase, Some(amount)) if amount > 0 => (amount, true),
-            (Kind::Purchase, _) => (unsized_advice(card, card_key, returns), true),
+            (Kind::Purchase, _) => (unsized_advice(card, card_key, given_back), true),
         };
         // As a request: a refund binds no first-use merchant.
         let binds = req.kind != Kind::Refund
@@ -228,6 +229,7 @@ impl Cards {
             (Kind::Purchase, Some(moved)) if moved > 0 => moved.saturating_sub(e.charged),
             // Restated so once already (what the cap had left then): not again.
             (Kind::Purchase, _) if e.restated => return None,
+            // Never a completion: nothing about to be given back.
             (Kind::Purchase, _) => unsized_advice(card, card_key, 0),
         };
         // A use, as for a fresh advice: when money moved, or a purchase of a size unknown.
@@ -296,10 +298,10 @@ impl Cards {
 /// What an advice of money moved counts when the card's currency cannot tell its size (no
 /// amount in it, or one of 0 beside a DE 4 that is not, which as a request would be
 /// declined 30): it may have passed the cap, so all the card had left (the safe side),
-/// with a warning. `returns`: spent now, but about to be given back.
-fn unsized_advice(card: &Card, card_key: CardKey, returns: u64) -> u64 {
+/// with a warning. `given_back`: spent now, but about to be given back.
+fn unsized_advice(card: &Card, card_key: CardKey, given_back: u64) -> u64 {
     crate::logging::throttled!(warn, card = ?card_key, "advice of an amount the card's currency cannot tell; recorded as what was left of its cap");
     // Not `available()`: holds released later must not make room again.
     card.amount_limit
-        .saturating_sub(card.spent.saturating_sub(returns))
+        .saturating_sub(card.spent.saturating_sub(given_back))
 }

@@ -152,21 +152,11 @@ impl Cards {
                     // Declined by the issuer, or released on its 91, and now taken back by
                     // the acquirer: a stand-in that approved it meanwhile may yet advise it.
                     // Voided, that advice counts nothing, as it would had this reversal
-                    // come before the purchase. Replaced under the entry's own lock, and
-                    // only while it is still this card's (retention does not take the
-                    // card's lock). The void keeps the purchase's MTI, which the issuer
-                    // knows it by, for a repeat of this reversal to name it, and its time,
-                    // so that it is forgotten when the purchase would have been.
-                    let Some(mut slot) = self
-                        .ledger
-                        .entries
-                        .get_mut(&tx)
-                        .filter(|s| s.card == card_key && s.state == TxState::Released)
-                    else {
+                    // come before the purchase. The void keeps the purchase's MTI, which
+                    // the issuer knows it by, for a repeat of this reversal to name it.
+                    let Some(durable) = self.void_released(card_key, tx, e.mti, e.at) else {
                         return ReversalOutcome::NotFound;
                     };
-                    let (durable, entry) = self.void_record(card_key, tx, e.mti, e.at);
-                    *slot = entry;
                     voided_at = Some(e.at);
                     return ReversalOutcome::Voided { durable };
                 }
@@ -221,11 +211,39 @@ impl Cards {
             })
             .unwrap_or(ReversalOutcome::NotFound);
         if let Some(at) = voided_at {
-            // A void guards money (a late advice of the purchase counts nothing): kept with
-            // what moves money, no longer among the releases, from the purchase's time.
-            self.ledger.remember(tx, at, now);
+            self.remember_void(tx, at, now);
         }
         outcome
+    }
+
+    /// Replaces `tx`, this card's purchase released and not taken back, with its void
+    /// (keeping the purchase's `mti`, and its time `at`, so that it is forgotten when the
+    /// purchase would have been), under the entry's own lock and only while it is still
+    /// this card's release: retention does not take the card's lock. `None` when it is no
+    /// longer. File it again afterwards ([`Cards::remember_void`]).
+    pub(super) fn void_released(
+        &self,
+        card_key: CardKey,
+        tx: OriginalData,
+        mti: [u8; 4],
+        at: UnixSeconds,
+    ) -> Option<Durable> {
+        let mut slot = self
+            .ledger
+            .entries
+            .get_mut(&tx)
+            .filter(|s| s.card == card_key && s.state == TxState::Released)?;
+        let (durable, entry) = self.void_record(card_key, tx, mti, at);
+        *slot = entry;
+        Some(durable)
+    }
+
+    /// Files the void of a released purchase `tx` (of time `at`) for retention, after the
+    /// card's lock. A void guards money (a late advice of the purchase counts nothing): it
+    /// leaves the releases' queue, which never forgets a void, for the one of what moves
+    /// money, from the purchase's time, so that it is forgotten in its turn.
+    pub(super) fn remember_void(&self, tx: OriginalData, at: UnixSeconds, now: UnixSeconds) {
+        self.ledger.remember(tx, at, now);
     }
 
     /// Voids `original`, which a reversal named before this card saw it (see
@@ -270,7 +288,7 @@ impl Cards {
 
     /// Journals the void of `tx` on this card (`mti` and `at`: see [`Event::Voided`]), under
     /// the card's lock; the entry to put in the ledger for it.
-    pub(super) fn void_record(
+    fn void_record(
         &self,
         card_key: CardKey,
         tx: OriginalData,

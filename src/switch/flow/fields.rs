@@ -54,16 +54,17 @@ pub fn auth_request(msg: &Message) -> Option<AuthRequest> {
     })
 }
 
-/// The authorization a financial advice (0220, 0221) completes, when its DE 90 names one:
+/// The authorization a financial advice (0220, or its repeat 0221) completes, when its
+/// DE 90 names one:
 /// a pre-authorization's completion (a hotel's, a fuel pump's) for what was finally spent.
 /// Not an authorization advice (0120): a stand-in's advice of an incremental authorization,
-/// which some dialects link to the first by DE 90, would read as one, and take back money
-/// that stands. (Some processors send a fuel pump's completion as an 0120; it counts on
+/// which some dialects link to the first by DE 90, would read as one, and give back an
+/// authorization that stands. (Some processors send a fuel pump's completion as an 0120; it counts on
 /// top, the safe side for the cap.) Only a purchase of goods and services (DE 3 `00`), and
 /// only with a DE 4 to read: a debit adjustment adds to what was authorized, and an amount
 /// that cannot be read would stand for 0.00, which gives the whole authorization back.
 fn completed_authorization(msg: &Message, key: TxKey) -> Option<OriginalData> {
-    if &msg.mti()[1..3] != b"22" {
+    if !matches!(&msg.mti()[1..], b"220" | b"221") {
         return None;
     }
     let purchase = msg.processing_code().is_some_and(|p| p.starts_with(b"00"));
@@ -154,17 +155,18 @@ mod tests {
 
     #[test]
     fn only_a_financial_advice_whose_de90_names_an_authorization_completes_one() {
-        let completes = |mti: &[u8; 4], de90: &[u8]| {
+        let advice = |mti: &[u8; 4], de3: &[u8], de90: &[u8]| {
             let mut m = Message::new(Spec::iso87ascii(), mti).unwrap();
-            m.set(3, b"000000").unwrap();
+            m.set(3, de3).unwrap();
             m.set(4, b"000000004500").unwrap();
             m.set(7, b"1126143015").unwrap();
             m.set(11, b"000002").unwrap();
             m.set(32, b"12345").unwrap();
             m.set(41, b"TERM0001").unwrap();
             m.set(90, de90).unwrap();
-            auth_request(&m).unwrap().completes
+            m
         };
+        let completes = |m: &Message| auth_request(m).unwrap().completes;
         let of = |mti: &[u8; 4]| {
             crate::cards::request::original_data_elements(mti, b"000001", b"1126120000", b"12345")
         };
@@ -175,31 +177,30 @@ mod tests {
             acquirer: 12_345,
             terminal: *b"TERM0001",
         };
-        for advice in [b"0220", b"0221"] {
-            assert_eq!(completes(advice, &of(b"0100")), Some(preauth));
+        for mti in [b"0220", b"0221"] {
+            assert_eq!(
+                completes(&advice(mti, b"000000", &of(b"0100"))),
+                Some(preauth)
+            );
         }
-        // An authorization advice, a financial request named, or a request naming one,
-        // completes nothing.
-        assert_eq!(completes(b"0120", &of(b"0100")), None);
-        assert_eq!(completes(b"0220", &of(b"0200")), None);
-        assert_eq!(completes(b"0200", &of(b"0100")), None);
-        // A debit adjustment, or one without a DE 4 to read, neither.
-        let mut adjustment = Message::new(Spec::iso87ascii(), b"0220").unwrap();
-        for (n, v) in [
-            (3, &b"020000"[..]),
-            (4, b"000000004500"),
-            (7, b"1126143015"),
-            (11, b"000002"),
-            (32, b"12345"),
-            (41, b"TERM0001"),
-            (90, &of(b"0100")),
+        // An authorization advice, another financial advice MTI, a financial request
+        // named, a request naming one, or a debit adjustment, completes nothing.
+        for (mti, de3, named) in [
+            (b"0120", b"000000", b"0100"),
+            (b"0222", b"000000", b"0100"),
+            (b"0220", b"000000", b"0200"),
+            (b"0200", b"000000", b"0100"),
+            (b"0220", b"020000", b"0100"),
         ] {
-            adjustment.set(n, v).unwrap();
+            assert_eq!(
+                completes(&advice(mti, de3, &of(named))),
+                None,
+                "{mti:?} {de3:?}"
+            );
         }
-        assert_eq!(auth_request(&adjustment).unwrap().completes, None);
-        adjustment.set(3, b"000000").unwrap();
-        assert!(auth_request(&adjustment).unwrap().completes.is_some());
-        adjustment.remove(4);
-        assert_eq!(auth_request(&adjustment).unwrap().completes, None);
+        // Nor one without a DE 4 to read.
+        let mut no_amount = advice(b"0220", b"000000", &of(b"0100"));
+        no_amount.remove(4);
+        assert_eq!(completes(&no_amount), None);
     }
 }

@@ -23,15 +23,17 @@ struct TxnKey {
     acquirer: [u8; 11],
 }
 
-/// The key of the message DE 90 names (a repeat's as its first was booked).
-fn named_in(o: &crate::iso8583::OriginalData) -> TxnKey {
-    let mut mti = o.mti;
-    mti[3] = b'0';
-    TxnKey {
-        mti,
-        stan: o.stan,
-        time: o.transmission_time,
-        acquirer: o.acquirer,
+impl TxnKey {
+    /// The key of the message DE 90 names (a repeat's as its first was booked).
+    fn named_by(o: &crate::iso8583::OriginalData) -> TxnKey {
+        let mut mti = o.mti;
+        mti[3] = b'0';
+        TxnKey {
+            mti,
+            stan: o.stan,
+            time: o.transmission_time,
+            acquirer: o.acquirer,
+        }
     }
 }
 
@@ -347,7 +349,9 @@ impl Ledger {
         decision(&rc, auth)
     }
 
-    /// 0120 / 0220: what was approved elsewhere is booked, whatever the balance.
+    /// 0120 / 0220: what was approved elsewhere is booked, whatever the balance; a
+    /// completion (a financial advice for goods and services naming an authorization in
+    /// DE 90) gives back what that authorization took, once.
     fn advise(&self, req: &Message, resp_mti: [u8; 4]) -> Option<Decision> {
         let ack = Some(Decision {
             mti: resp_mti,
@@ -384,12 +388,12 @@ impl Ledger {
             // (0120), or else as the request (0100): where both stand, the request is
             // vpan's to reverse (it answered 91), and its reversal is on its way.
             let purchase = req.processing_code().is_some_and(|p| p.starts_with(b"00"));
-            let completed = req
-                .original_data()
-                .filter(|o| req.mti()[1] == b'2' && o.mti[1] == b'1' && purchase);
+            let completed = req.original_data().filter(|o| {
+                matches!(&req.mti()[1..], b"220" | b"221") && o.mti[1] == b'1' && purchase
+            });
             let stands_whole = |b: &Booked| !b.reversed && b.effect < 0 && b.standing == b.effect;
             let booking = completed.and_then(|o| {
-                let request = named_in(&o);
+                let request = TxnKey::named_by(&o);
                 let advice = TxnKey {
                     mti: [request.mti[0], request.mti[1], b'2', b'0'],
                     ..request
@@ -399,6 +403,7 @@ impl Ledger {
                     .find(|k| account.history.get(k).is_some_and(stands_whole))
             });
             if let Some(b) = booking.and_then(|k| account.history.get_mut(&k)) {
+                // `standing` is a debit (negative): taking it away gives it back.
                 account.balance = account.balance.saturating_sub(b.standing);
                 b.standing = 0;
             }
@@ -462,7 +467,7 @@ impl Ledger {
         // The original: named by DE 90, or else under the reversal's own DE 11, DE 7 and
         // DE 32 (as the network sends a reversal without DE 90), an authorization first.
         let original = match req.original_data() {
-            Some(o) => Some(named_in(&o)),
+            Some(o) => Some(TxnKey::named_by(&o)),
             None => [*b"0100", *b"0200"]
                 .into_iter()
                 .map(|mti| TxnKey { mti, ..own })
