@@ -1297,25 +1297,31 @@ fn the_repeat_of_a_reversal_by_its_own_key_acts_on_what_its_first_did_even_after
 
 #[test]
 fn a_void_that_replaced_a_released_purchase_is_forgotten_in_its_turn() {
-    let dir = tempfile::tempdir().unwrap();
-    let small = ledger_of(4, 86_400);
-    let (cards, _) = open_with(dir.path(), small);
-    let key = issue(&cards, &spec(1_000_000));
-    released(&cards, key, 3_000, 8);
-    voided(cards.reverse(key, &reversal(8, None), NOW + 5));
-    assert_eq!(
-        code(&cards.authorize(key, &purchase(3_000, 8), NOW + 5)),
-        "94"
-    );
-    // Many more transactions than the ledger holds: the void goes in its turn, as any
-    // entry does, and the key is decided afresh.
-    for stan in 100..140 {
-        approved(&cards, key, 10, stan);
+    // Made by the purchase's reversal, or by a completion of it (a stand-in approved it).
+    let by_reversal = |cards: &Cards, key| voided(cards.reverse(key, &reversal(8, None), NOW + 5));
+    let by_completion =
+        |cards: &Cards, key| recorded(cards.advice(key, &completion(1_000, 9, 8), NOW + 5));
+    for void in [&by_reversal as &dyn Fn(&Cards, CardKey), &by_completion] {
+        let dir = tempfile::tempdir().unwrap();
+        let small = ledger_of(4, 86_400);
+        let (cards, _) = open_with(dir.path(), small);
+        let key = issue(&cards, &spec(1_000_000));
+        released(&cards, key, 3_000, 8);
+        void(&cards, key);
+        assert_eq!(
+            code(&cards.authorize(key, &purchase(3_000, 8), NOW + 5)),
+            "94"
+        );
+        // Many more transactions than the ledger holds: the void goes in its turn, as any
+        // entry does, and the key is decided afresh.
+        for stan in 100..140 {
+            approved(&cards, key, 10, stan);
+        }
+        assert_eq!(
+            code(&cards.authorize(key, &purchase(3_000, 8), NOW + 5)),
+            "00"
+        );
     }
-    assert_eq!(
-        code(&cards.authorize(key, &purchase(3_000, 8), NOW + 5)),
-        "00"
-    );
 }
 
 #[test]
@@ -2854,27 +2860,6 @@ fn a_stand_ins_authorization_completed_before_its_advice_came_is_counted_once() 
         AdviceOutcome::Conflict
     ));
     assert_eq!(spent_and_uses(&cards, key), (4_500, 1));
-}
-
-#[test]
-fn a_void_a_completion_made_is_forgotten_in_its_turn() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cards, _) = open_with(dir.path(), ledger_of(4, 86_400));
-    let key = issue(&cards, &spec(1_000_000));
-    released(&cards, key, 3_000, 8);
-    recorded(cards.advice(key, &completion(1_000, 9, 8), NOW + 5));
-    assert_eq!(
-        code(&cards.authorize(key, &purchase(3_000, 8), NOW + 5)),
-        "94"
-    );
-    // Filed with what moves money: pushed out by later approvals, as they are.
-    for stan in 100..140 {
-        approved(&cards, key, 10, stan);
-    }
-    assert_eq!(
-        code(&cards.authorize(key, &purchase(3_000, 8), NOW + 5)),
-        "00"
-    );
 }
 
 #[test]
