@@ -32,7 +32,7 @@ PROXY=
 trap 'kill $PROXY 2>/dev/null || true; stop_rig; rm -rf "$D"' EXIT
 start_rig "$BIN" "$PREP" "$D" 18620
 E2E_PROXY_UPSTREAM=127.0.0.1:18620 "$PROXY_BIN" 2> "$D/proxy.log" & PROXY=$!
-for _ in $(seq 50); do grep -q 'listening on ' "$D/proxy.log" && break; sleep 0.1; done
+for _ in $(seq 50); do grep -qs 'listening on ' "$D/proxy.log" && break; sleep 0.1; done
 PROXY_ADDR=$(grep -o 'listening on [0-9.:]*' "$D/proxy.log" | awk '{print $3}')
 
 if [ "$RATE" = closed ]; then PACE=(); else PACE=(--rate "$RATE"); fi

@@ -20,7 +20,7 @@ sleep 0.5
 VPAN_NETWORK_LISTEN=127.0.0.1:18701 VPAN_METRICS_LISTEN=127.0.0.1:18702 \
 VPAN_API_LISTEN=127.0.0.1:18703 VPAN_ISSUER_CONNECT=127.0.0.1:18700 \
 VPAN_STORE_DATA_DIR="$D/data" "$BIN" serve > "$D/serve.log" 2>&1 & SW=$!
-for _ in $(seq 100); do grep -q "issuer link up" "$D/serve.log" && break; sleep 0.2; done
+for _ in $(seq 100); do grep -qs "issuer link up" "$D/serve.log" && break; sleep 0.2; done
 "$BIN" loadgen --target 127.0.0.1:18701 --traffic "$PREP/traffic.jsonl" --connections 4 \
     --in-flight 64 --rate "$RATE" --duration "${SECS}s" --json 2>/dev/null |
     python3 -c 'import json, sys; d = json.load(sys.stdin); print("sent", d["sent"], "answered by code", d["response_codes"])'

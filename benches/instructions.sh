@@ -29,13 +29,14 @@ count() {
   d=$(mktemp -d)
   cp -r "$PREP/data" "$d/data"
   "$bin" issuer-sim --listen 127.0.0.1:0 2> "$d/sim.log" & sim=$!
-  for _ in $(seq 50); do grep -q 'listening on ' "$d/sim.log" && break; sleep 0.1; done
+  # -s: the log may not exist yet when the first look comes.
+  for _ in $(seq 50); do grep -qs 'listening on ' "$d/sim.log" && break; sleep 0.1; done
   simaddr=$(grep -o 'listening on [0-9.:]*' "$d/sim.log" | awk '{print $3}')
   VPAN_NETWORK_LISTEN=127.0.0.1:0 VPAN_METRICS_LISTEN=127.0.0.1:0 VPAN_API_LISTEN=127.0.0.1:0 \
   VPAN_ISSUER_CONNECT="$simaddr" VPAN_STORE_DATA_DIR="$d/data" VPAN_NETWORK_MAX_IN_FLIGHT=4096 \
   RUST_LOG=warn,vpan::app=info \
     valgrind --tool=callgrind --callgrind-out-file="$d/cg.out" "$bin" serve 2> "$d/serve.log" & sw=$!
-  for _ in $(seq 600); do grep -q 'issuer link up' "$d/serve.log" && break; sleep 0.1; done
+  for _ in $(seq 600); do grep -qs 'issuer link up' "$d/serve.log" && break; sleep 0.1; done
   addr=$(grep 'network listener bound' "$d/serve.log" | grep -o 'addr=[0-9.:]*' | cut -d= -f2)
   "$bin" loadgen --target "$addr" --traffic "$TRAFFIC" --connections 4 \
     --in-flight 64 --count "$n" --timeout-ms 60000 --json 2>/dev/null > "$d/load.json"

@@ -17,7 +17,7 @@ start_rig() {
     VPAN_API_LISTEN="127.0.0.1:$((base + 3))" VPAN_ISSUER_CONNECT="127.0.0.1:$base" \
     VPAN_STORE_DATA_DIR="$d/data" VPAN_NETWORK_MAX_IN_FLIGHT=4096 \
         "$bin" serve > "$d/serve.log" 2>&1 & SW=$!
-    for _ in $(seq 100); do grep -q "issuer link up" "$d/serve.log" && return; sleep 0.2; done
+    for _ in $(seq 100); do grep -qs "issuer link up" "$d/serve.log" && return; sleep 0.2; done
     echo "the switch did not come up:" >&2; cat "$d/serve.log" >&2; exit 1
 }
 

@@ -742,14 +742,26 @@ mod tests {
         assert_eq!(l.balance(&pan), Some(10_000), "given back once");
     }
 
+    /// An advice `mti` under STAN `stan`, of `amount`, naming `authorization` in DE 90 (an
+    /// 0220: its completion).
+    fn advice_naming(
+        authorization: &Message,
+        mti: &[u8; 4],
+        stan: &str,
+        amount: &[u8; 12],
+    ) -> Message {
+        let mut m = reversal_of(authorization, stan);
+        m.set_mti(mti).unwrap();
+        m.set(4, amount).unwrap();
+        m
+    }
+
     #[test]
     fn a_completion_stands_in_place_of_the_authorization_it_names() {
         let (l, pan) = ledger(10_000);
         let preauth = purchase(b"0100", "000001", "000000006000", "000000");
         assert_eq!(&l.decide(&preauth).unwrap().response_code, b"00");
-        let mut completion = reversal_of(&preauth, "000002");
-        completion.set_mti(b"0220").unwrap();
-        completion.set(4, b"000000002500").unwrap();
+        let mut completion = advice_naming(&preauth, b"0220", "000002", b"000000002500");
         assert_eq!(&l.decide(&completion).unwrap().mti, b"0230");
         assert_eq!(l.balance(&pan), Some(7_500), "25.00 spent, not 85.00");
         // Its repeat, and the authorization's reversal after it, change nothing.
@@ -770,16 +782,12 @@ mod tests {
         l.decide(&purchase(b"0120", "000001", "000000006000", "000000"))
             .unwrap();
         assert_eq!(l.balance(&pan), Some(4_000));
-        let mut completion = reversal_of(&preauth, "000003");
-        completion.set_mti(b"0220").unwrap();
-        completion.set(4, b"000000002500").unwrap();
-        l.decide(&completion).unwrap();
+        l.decide(&advice_naming(&preauth, b"0220", "000003", b"000000002500"))
+            .unwrap();
         assert_eq!(l.balance(&pan), Some(7_500), "25.00 spent, not 85.00");
         // An authorization advice naming it is no completion: booked on top.
-        let mut advice = reversal_of(&preauth, "000004");
-        advice.set_mti(b"0120").unwrap();
-        advice.set(4, b"000000001000").unwrap();
-        l.decide(&advice).unwrap();
+        l.decide(&advice_naming(&preauth, b"0120", "000004", b"000000001000"))
+            .unwrap();
         assert_eq!(l.balance(&pan), Some(6_500));
     }
 
@@ -790,10 +798,8 @@ mod tests {
         l.decide(&preauth).unwrap();
         l.decide(&purchase(b"0120", "000001", "000000006000", "000000"))
             .unwrap();
-        let mut completion = reversal_of(&preauth, "000002");
-        completion.set_mti(b"0220").unwrap();
-        completion.set(4, b"000000002500").unwrap();
-        l.decide(&completion).unwrap();
+        l.decide(&advice_naming(&preauth, b"0220", "000002", b"000000002500"))
+            .unwrap();
         // The switch's reversal of the request it answered 91.
         l.decide(&reversal_of(&preauth, "000003")).unwrap();
         assert_eq!(l.balance(&pan), Some(17_500), "25.00 spent in all");
