@@ -88,6 +88,14 @@ fn voided(outcome: ReversalOutcome) {
     }
 }
 
+/// A reversal that found nothing left to give back.
+fn nothing_left(outcome: ReversalOutcome) {
+    assert!(
+        matches!(outcome, ReversalOutcome::NothingLeft),
+        "{outcome:?}"
+    );
+}
+
 /// What a reversal gave back, once durable.
 fn given_back(outcome: ReversalOutcome) -> u64 {
     match outcome {
@@ -594,10 +602,7 @@ fn a_full_reversal_gives_the_amount_and_the_use_back_once() {
         }
         other => panic!("{other:?}"),
     }
-    assert!(matches!(
-        cards.reverse(key, &reversal(7, None), NOW),
-        ReversalOutcome::NothingLeft
-    ));
+    nothing_left(cards.reverse(key, &reversal(7, None), NOW));
     let v = cards.get(key).unwrap();
     assert_eq!((v.spent, v.uses, v.status), (0, 0, Status::Active));
 }
@@ -618,10 +623,7 @@ fn a_partial_reversal_of_a_purchase_of_de4_0_counted_on_its_de6_gives_nothing_ba
     req.kind = Kind::classify(b"000000", 5_000);
     decided(&cards, key, &req, IssuerOutcome::APPROVED);
     assert_eq!(cards.get(key).unwrap().spent, 5_000);
-    assert!(matches!(
-        cards.reverse(key, &reversal(7, Some(4_000)), NOW),
-        ReversalOutcome::NothingLeft
-    ));
+    nothing_left(cards.reverse(key, &reversal(7, Some(4_000)), NOW));
     assert_eq!(cards.get(key).unwrap().spent, 5_000, "not all of it back");
     assert_eq!(
         given_back(cards.reverse(key, &reversal(7, Some(0)), NOW)),
@@ -643,10 +645,7 @@ fn a_partial_reversal_leaves_what_de95_says_remains() {
             ..
         }
     ));
-    assert!(matches!(
-        cards.reverse(key, &reversal(7, Some(2_500)), NOW),
-        ReversalOutcome::NothingLeft
-    ));
+    nothing_left(cards.reverse(key, &reversal(7, Some(2_500)), NOW));
     let v = cards.get(key).unwrap();
     assert_eq!((v.spent, v.uses), (2_500, 1));
     // The rest, by the transaction key when there is no DE 90.
@@ -712,10 +711,7 @@ fn a_reversal_before_its_original_gives_nothing_back_and_the_late_original_is_re
         voided(cards.reverse(key, &reversal(8, None), NOW));
         assert_eq!(cards.get(key).unwrap().spent, 4_000);
         // Its repeat finds the void: nothing to give back, nothing recorded again.
-        assert!(matches!(
-            cards.reverse(key, &reversal(8, None), NOW),
-            ReversalOutcome::NothingLeft
-        ));
+        nothing_left(cards.reverse(key, &reversal(8, None), NOW));
         // A reversal without DE 90 names its original by its own key (DE 11, 7, 32, 41),
         // as an 0100 or an 0200: both are voided.
         let unnamed = reversal_by_own_key(9);
@@ -962,10 +958,7 @@ fn a_restating_advice_counts_once_and_reversals_after_it_take_its_amount() {
         mti: *b"0401",
         ..partial
     };
-    assert!(matches!(
-        cards.reverse(key, &repeated, NOW),
-        ReversalOutcome::NothingLeft
-    ));
+    nothing_left(cards.reverse(key, &repeated, NOW));
     assert_eq!(cards.get(key).unwrap().spent, 3_000);
 }
 
@@ -1156,10 +1149,7 @@ fn a_reversal_by_its_own_key_names_toward_the_issuer_the_purchase_it_gives_back(
     assert_eq!(given_back(cards.reverse(key, &by_own_key, NOW)), 1_000);
     // A repeat of the reversal names the same, and gives nothing more back.
     assert_eq!(cards.original_mti(key, &by_own_key), Some(*b"0200"));
-    assert!(matches!(
-        cards.reverse(key, &by_own_key, NOW),
-        ReversalOutcome::NothingLeft
-    ));
+    nothing_left(cards.reverse(key, &by_own_key, NOW));
     assert_eq!(cards.get(key).unwrap().spent, 0);
 }
 
@@ -1216,10 +1206,7 @@ fn a_reversal_by_its_own_key_takes_back_the_purchase_that_stands_and_so_does_its
     assert_eq!(given_back(cards.reverse(key, &by_own_key, NOW)), 1_000);
     assert_eq!(cards.get(key).unwrap().spent, 0);
     assert_eq!(cards.original_mti(key, &by_own_key), Some(*b"0200"));
-    assert!(matches!(
-        cards.reverse(key, &by_own_key, NOW),
-        ReversalOutcome::NothingLeft
-    ));
+    nothing_left(cards.reverse(key, &by_own_key, NOW));
     let v = cards.get(key).unwrap();
     assert_eq!((v.spent, v.held, v.uses), (0, 0, 0));
 }
@@ -1276,10 +1263,7 @@ fn the_repeat_of_a_reversal_by_its_own_key_acts_on_what_its_first_did_even_after
         (both_released, repeat(k10), *b"0100"),
     ] {
         assert_eq!(cards.original_mti(key, &rev), Some(named));
-        assert!(matches!(
-            cards.reverse(key, &rev, NOW),
-            ReversalOutcome::NothingLeft
-        ));
+        nothing_left(cards.reverse(key, &rev, NOW));
     }
     let v = cards.get(both_stand).unwrap();
     assert_eq!((v.spent, v.uses), (1_000, 1), "the 0200 still stands");
@@ -1379,10 +1363,7 @@ fn the_full_reversal_of_an_advice_counted_when_nothing_was_left_gives_its_use_ba
     // A partial one says it stands in part: its use stays.
     let mut partial = back.clone();
     partial.remaining = Some(4_000);
-    assert!(matches!(
-        cards.reverse(key, &partial, NOW),
-        ReversalOutcome::NothingLeft
-    ));
+    nothing_left(cards.reverse(key, &partial, NOW));
     assert_eq!(
         cards.get(key).unwrap().uses,
         2,
@@ -1390,10 +1371,7 @@ fn the_full_reversal_of_an_advice_counted_when_nothing_was_left_gives_its_use_ba
     );
     assert_eq!(given_back(cards.reverse(key, &back, NOW)), 0);
     assert_eq!(cards.get(key).unwrap().uses, 1, "the use given back");
-    assert!(matches!(
-        cards.reverse(key, &back, NOW),
-        ReversalOutcome::NothingLeft
-    ));
+    nothing_left(cards.reverse(key, &back, NOW));
     assert_eq!(cards.get(key).unwrap().uses, 1, "once");
 }
 
@@ -1770,10 +1748,7 @@ fn a_restart_restores_cards_counters_and_the_ledger_from_the_journal() {
     assert_eq!((v.spent, v.held, v.uses), (1_000 + 500 + 700, 0, 3));
     assert_eq!(cards.get(paused).unwrap().status, Status::Paused);
     // The ledger came back too: the same reversal again gives nothing.
-    assert!(matches!(
-        cards.reverse(key, &reversal(2, Some(500)), NOW),
-        ReversalOutcome::NothingLeft
-    ));
+    nothing_left(cards.reverse(key, &reversal(2, Some(500)), NOW));
     // Two answers and a reversal; the hold counted at recovery had no answer to show.
     assert_eq!(cards.recent(key).unwrap().len(), 3);
 }
@@ -2738,10 +2713,7 @@ fn a_completion_counts_what_was_spent_in_place_of_the_authorization_it_names() {
     );
     // The authorization's reversal finds nothing left to give back; the completion's
     // reversal gives back what it counted, and its use.
-    assert!(matches!(
-        cards.reverse(key, &reversal(1, None), NOW),
-        ReversalOutcome::NothingLeft
-    ));
+    nothing_left(cards.reverse(key, &reversal(1, None), NOW));
     let of_completion = ReversalRequest {
         original: Some(request(*b"0220", 0, 2, "SHOP-A").key.original()),
         ..reversal(2, None)

@@ -61,7 +61,8 @@ impl Cards {
             self.ledger.remember_answered(tx, now, now);
         }
         if let Some((authorization, at)) = voided {
-            self.remember_void(authorization, at, now);
+            // See `void_released`.
+            self.ledger.remember(authorization, at, now);
         }
         outcome.unwrap_or(AdviceOutcome::Unknown)
     }

@@ -83,8 +83,8 @@ impl Cards {
     /// Does what `completion` says, under the card's lock, once the completion itself is
     /// recorded: written after it, a crash between the two leaves both counted (its resend
     /// is a repeat, which does nothing more: the safe side). `None` when the authorization
-    /// changed since it was looked at. A void is to be filed again after the lock
-    /// ([`Cards::remember_void`]).
+    /// changed since it was looked at. A void is to be filed again after the lock (see
+    /// [`Cards::void_released`]).
     pub(super) fn complete_authorization(
         &self,
         card: &mut Card,

@@ -211,7 +211,8 @@ impl Cards {
             })
             .unwrap_or(ReversalOutcome::NotFound);
         if let Some(at) = voided_at {
-            self.remember_void(tx, at, now);
+            // See `void_released`.
+            self.ledger.remember(tx, at, now);
         }
         outcome
     }
@@ -220,7 +221,9 @@ impl Cards {
     /// (keeping the purchase's `mti`, and its time `at`, so that it is forgotten when the
     /// purchase would have been), under the entry's own lock and only while it is still
     /// this card's release: retention does not take the card's lock. `None` when it is no
-    /// longer. File it again afterwards ([`Cards::remember_void`]).
+    /// longer. A void guards money (a late advice of the purchase counts nothing), and the
+    /// releases' queue never forgets one: file it again afterwards, after the card's lock,
+    /// with what moves money (`Ledger::remember`), from the purchase's time.
     pub(super) fn void_released(
         &self,
         card_key: CardKey,
@@ -236,14 +239,6 @@ impl Cards {
         let (durable, entry) = self.void_record(card_key, tx, mti, at);
         *slot = entry;
         Some(durable)
-    }
-
-    /// Files the void of a released purchase `tx` (of time `at`) for retention, after the
-    /// card's lock. A void guards money (a late advice of the purchase counts nothing): it
-    /// leaves the releases' queue, which never forgets a void, for the one of what moves
-    /// money, from the purchase's time, so that it is forgotten in its turn.
-    pub(super) fn remember_void(&self, tx: OriginalData, at: UnixSeconds, now: UnixSeconds) {
-        self.ledger.remember(tx, at, now);
     }
 
     /// Voids `original`, which a reversal named before this card saw it (see
