@@ -247,6 +247,7 @@ fn the_same_key_again_replays_and_other_content_gets_94() {
         code: ResponseCode::APPROVED,
         auth: Some(*b"A1B2C3"),
         decided_by: DecidedBy::Issuer,
+        amount: None,
     });
     assert_eq!(
         format!("{:?}", cards.authorize(key, &repeat, NOW)),
@@ -263,7 +264,8 @@ fn the_same_key_again_replays_and_other_content_gets_94() {
         Decision::Replay(Replay::Answer {
             code: ResponseCode::OVER_LIMIT,
             auth: None,
-            decided_by: DecidedBy::Switch
+            decided_by: DecidedBy::Switch,
+            amount: None,
         })
     ));
     // The first answer outlives a restart, from the journal, then from a snapshot.
@@ -1921,6 +1923,7 @@ fn the_issuers_answer_to_the_repeat_of_a_hold_in_doubt_settles_it_for_good() {
                 code: ResponseCode::APPROVED,
                 auth: Some(*b"A1B2C3"),
                 decided_by: DecidedBy::Issuer,
+                amount: None,
             }
         );
         assert_eq!(
@@ -1929,6 +1932,7 @@ fn the_issuers_answer_to_the_repeat_of_a_hold_in_doubt_settles_it_for_good() {
                 code: ResponseCode(*b"51"),
                 auth: None,
                 decided_by: DecidedBy::Issuer,
+                amount: None,
             }
         );
     };
@@ -2874,4 +2878,127 @@ fn a_completion_its_own_reversal_voided_first_gives_nothing_back_whatever_its_re
             "after a {reversal_mti:?}: the authorization still stands"
         );
     }
+}
+
+/// The issuer's partial approval (DE 39 10) of `amount` (DE 4), with DE 38.
+fn approved_in_part(amount: u64) -> IssuerOutcome {
+    IssuerOutcome::ApprovedInPart {
+        amount,
+        auth: Some(*b"A1B2C3"),
+    }
+}
+
+#[test]
+fn a_partial_approval_counts_what_the_issuer_approved_live_and_after_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = {
+        let (cards, _) = open(dir.path());
+        let key = issue(&cards, &spec(10_000));
+        // 100.00 asked, 60.00 approved: 40.00 of the cap is left, not nothing.
+        decided(&cards, key, &purchase(10_000, 1), approved_in_part(6_000));
+        assert_eq!(spent_and_uses(&cards, key), (6_000, 1));
+        assert_eq!(cards.get(key).unwrap().held, 0);
+        let line = cards.recent(key).unwrap()[0];
+        assert_eq!(
+            (line.amount, line.code),
+            (6_000, ResponseCode::PARTIAL_APPROVAL)
+        );
+        assert_eq!(code(&cards.authorize(key, &purchase(4_001, 2), NOW)), "61");
+        // A repeat is told the approved amount again.
+        let Decision::Replay(replay) = cards.authorize(key, &resent(&purchase(10_000, 1)), NOW)
+        else {
+            panic!("a repeat is replayed");
+        };
+        assert_eq!(
+            replay,
+            Replay::Answer {
+                code: ResponseCode::PARTIAL_APPROVAL,
+                auth: Some(*b"A1B2C3"),
+                decided_by: DecidedBy::Issuer,
+                amount: Some(6_000),
+            }
+        );
+        key
+    };
+    let check = |what| {
+        let (cards, _) = open(dir.path());
+        assert_eq!(spent_and_uses(&cards, key), (6_000, 1), "{what}");
+        cards.snapshot().unwrap();
+    };
+    check("after a restart from the journal");
+    check("after a restart from a snapshot");
+    let (cards, _) = open(dir.path());
+    // A partial reversal speaks of the approved amount: 40.00 of the 60.00 stays.
+    assert_eq!(
+        given_back(cards.reverse(key, &reversal(1, Some(4_000)), NOW)),
+        2_000
+    );
+    assert_eq!(
+        given_back(cards.reverse(key, &reversal(1, None), NOW)),
+        4_000
+    );
+    assert_eq!(spent_and_uses(&cards, key), (0, 0));
+}
+
+#[test]
+fn a_partial_approval_in_another_currency_counts_its_proportion_of_the_billing_amount_rounded_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &spec(10_000));
+    // 100.00 dollars billed 91.01 euros; 33.33 dollars approved: 30.333... euros, counted
+    // 30.34.
+    let mut req = purchase(10_000, 1);
+    req.amounts = vpan::cards::Amounts {
+        transaction: 10_000,
+        transaction_currency: 840,
+        billing: Some((9_101, EUR)),
+    };
+    decided(&cards, key, &req, approved_in_part(3_333));
+    assert_eq!(spent_and_uses(&cards, key), (3_034, 1));
+}
+
+#[test]
+fn a_completion_of_a_partial_approval_counts_in_place_of_what_was_approved() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &spec(10_000));
+    // A fuel pump asks 100.00, the issuer approves 60.00, 45.00 is pumped.
+    decided(&cards, key, &purchase(10_000, 1), approved_in_part(6_000));
+    recorded(cards.advice(key, &completion(4_500, 2, 1), NOW));
+    assert_eq!(spent_and_uses(&cards, key), (4_500, 1));
+}
+
+#[test]
+fn a_partial_approval_of_a_purchase_in_doubt_gives_back_what_was_not_approved() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = holds_at_a_crash(dir.path(), &spec(10_000), &[(10_000, 1)]);
+    let (cards, _) = open(dir.path());
+    assert_eq!(spent_and_uses(&cards, key), (10_000, 1));
+    let Decision::Replay(Replay::AskIssuer(hold)) =
+        cards.authorize(key, &resent(&purchase(10_000, 1)), NOW)
+    else {
+        panic!("the issuer is asked");
+    };
+    cards
+        .settle_in_doubt(&hold, approved_in_part(2_500), NOW)
+        .wait()
+        .unwrap();
+    assert_eq!(spent_and_uses(&cards, key), (2_500, 1));
+    drop(cards);
+    let (cards, _) = open(dir.path());
+    assert_eq!(spent_and_uses(&cards, key), (2_500, 1), "after a restart");
+}
+
+#[test]
+fn a_partial_approval_of_a_purchase_restated_meanwhile_counts_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &spec(20_000));
+    // A stand-in's advice says 120.00 moved while the issuer is still asked about 100.00:
+    // the issuer's answer to the request no longer covers all that is counted.
+    let a = approve(&cards, key, 10_000, 1);
+    a.durable.wait().unwrap();
+    recorded(cards.advice(key, &request(*b"0120", 12_000, 1, "SHOP-A"), NOW));
+    settle(&cards, &a.hold, approved_in_part(6_000));
+    assert_eq!(spent_and_uses(&cards, key), (12_000, 1));
 }

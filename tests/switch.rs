@@ -415,6 +415,46 @@ async fn a_financial_advice_and_its_reversal_advice_are_counted_forwarded_and_an
 }
 
 #[tokio::test]
+async fn a_partial_approval_counts_what_the_issuer_approved_and_tells_the_network_that_amount() {
+    let sim = SimConfig {
+        partial_approvals: true,
+        ..SimConfig::default()
+    };
+    let rig = rig(Some(sim), |_| {}).await;
+    let (card, real) = rig.issue(|c| c.amount_limit = 10_000).await;
+    let key = CardKey::of(&card.vpan);
+    let mut net = Client::connect(rig.network).await;
+    rig.sim().set_balance(&real, 6_000);
+
+    // 100.00 asked on an account holding 60.00: the issuer approves 60.00 (DE 39 10).
+    let req = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 10_000);
+    let answer = net.call(&req).await;
+    assert_eq!((answer.mti(), code(&answer)), (*b"0110", "10".to_string()));
+    assert_eq!(answer.amount_transaction(), Some(6_000));
+    assert_eq!(answer.pan().unwrap().unwrap(), card.vpan);
+    let view = rig.cards.get(key).unwrap();
+    assert_eq!(
+        (view.spent, view.held, view.uses, view.available),
+        (6_000, 0, 1, 4_000),
+        "60.00 counted, not the 100.00 asked"
+    );
+    // Its repeat gets the same answer, the approved amount with it, from vpan.
+    let again = net.call(&repeat_of(&req)).await;
+    assert_eq!(
+        (code(&again), again.amount_transaction()),
+        ("10".to_string(), Some(6_000))
+    );
+    assert_eq!(rig.sim().requests(b"0101"), 0, "answered by vpan");
+
+    // Reversed: all of the 60.00 comes back, here and at the issuer.
+    let rev = reversal_of(&mut net, &req);
+    assert_eq!(code(&net.call(&rev).await), "00");
+    assert_eq!(rig.cards.get(key).unwrap().spent, 0);
+    assert_eq!(rig.sim().balance(&real), Some(6_000));
+    rig.stop().await;
+}
+
+#[tokio::test]
 async fn a_completion_naming_its_pre_authorization_counts_what_was_spent_here_and_at_the_issuer() {
     let (rig, card, real, mut net) = one_card(|c| c.amount_limit = 10_000).await;
     let key = CardKey::of(&card.vpan);

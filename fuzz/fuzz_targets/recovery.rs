@@ -139,6 +139,15 @@ fn make_template() -> Template {
     cards.snapshot().expect("a snapshot");
     // The journal after the snapshot: one of each kind again.
     answer(keys[0], &request(b"0100", 100, "000007", "SHOP-A"), approved);
+    // A partial approval: its part follows the outcome's code.
+    answer(
+        keys[0],
+        &request(b"0100", 400, "000009", "SHOP-A"),
+        Some(IssuerOutcome::ApprovedInPart {
+            amount: 250,
+            auth: Some(*b"A1B2C3"),
+        }),
+    );
     cards
         .set_status(keys[1], Status::Paused)
         .expect("known card")

@@ -72,6 +72,17 @@ pub struct TxEvent {
     pub at: UnixSeconds,
 }
 
+/// What a partial approval (DE 39 10, a smaller DE 4 in the answer) spent of its hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApprovedPart {
+    /// Spent, card currency: the hold's proportion of the approved DE 4, rounded up (the
+    /// rest of the hold is given back).
+    pub spent: u64,
+    /// The DE 4 the issuer approved: the transaction stands for it from then on (what a
+    /// partial reversal takes its proportion of, and the card's history shows).
+    pub approved: u64,
+}
+
 /// Everything the journal records.
 #[derive(Clone, Debug)]
 pub enum Event {
@@ -105,6 +116,9 @@ pub enum Event {
         /// Who gave the answer: the switch for its own 91 and 96 (no answer in time, the
         /// store failing), else the issuer, whatever its code (an issuer's own 96 too).
         decided_by: DecidedBy,
+        /// A partial approval (DE 39 10): of the hold (or of a hold in doubt, counted
+        /// whole), only this part is spent, the rest given back.
+        part: Option<ApprovedPart>,
     },
     /// A reversal gave (part of) a transaction back, or a completion gave back, whole, the
     /// authorization it completes.
@@ -228,6 +242,7 @@ pub fn apply_card(card: &mut Card, event: &Event) {
             in_doubt,
             code,
             decided_by,
+            part,
             ..
         } => {
             match (*in_doubt, *approved) {
@@ -235,6 +250,13 @@ pub fn apply_card(card: &mut Card, event: &Event) {
                 (false, false) => release_hold(card, hold),
                 (true, true) => {}
                 (true, false) => unspend(card, hold),
+            }
+            if let (true, Some(part)) = (*approved, part) {
+                // Spent whole above (or counted whole while in doubt): what the issuer did
+                // not approve goes back.
+                card.spent = card
+                    .spent
+                    .saturating_sub(hold.amount.saturating_sub(part.spent));
             }
             if !*approved
                 && hold.binds_merchant
@@ -251,7 +273,7 @@ pub fn apply_card(card: &mut Card, event: &Event) {
                 RecentTx {
                     at: hold.at,
                     mti: hold.mti,
-                    amount: hold.original_amount,
+                    amount: part.map_or(hold.original_amount, |p| p.approved),
                     code: *code,
                     decided_by: *decided_by,
                     merchant: hold.acceptor,
@@ -496,12 +518,16 @@ pub fn apply_ledger(
             code,
             auth,
             decided_by,
+            part,
             ..
         } => {
             if let Some(mut e) = ledger.entries.get_mut(&hold.tx)
                 && newer(&e)
             {
                 mark_outcome(&mut e, *approved, *code, *auth, *decided_by, lsn);
+                if let (true, Some(part)) = (*approved, part) {
+                    take_part(&mut e, *part);
+                }
             }
             None
         }
@@ -592,6 +618,14 @@ pub(crate) fn voided_entry(
 /// The fingerprint of a voided original's entry. A request's is a hash: one equal to
 /// this by chance would be replayed the same 94.
 pub(crate) const VOIDED_FINGERPRINT: u64 = 0;
+
+/// A partial approval's entry: it charged, and spends, only its part, and stands for the
+/// approved DE 4. Never more than it still held (a partial reversal may have come first).
+pub(crate) fn take_part(e: &mut TxEntry, part: ApprovedPart) {
+    e.charged = part.spent;
+    e.amount = e.amount.min(part.spent);
+    e.original_amount = part.approved;
+}
 
 /// The ledger side of an issuer's answer (shared by the live path and replay).
 pub(crate) fn mark_outcome(

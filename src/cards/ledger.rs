@@ -223,6 +223,14 @@ impl TxEntry {
         }
     }
 
+    /// What it charged in the card's currency, in the proportion of `de4` to its DE 4
+    /// (`original_amount`, not 0), rounded up: what stays of it when a partial reversal
+    /// leaves `de4`, or what a partial approval of `de4` spends.
+    pub fn share_of(&self, de4: u64) -> u64 {
+        let num = u128::from(self.charged) * u128::from(de4);
+        u64::try_from(num.div_ceil(u128::from(self.original_amount))).unwrap_or(u64::MAX)
+    }
+
     /// Still holds or spends something, or counts a use.
     pub fn stands(&self) -> bool {
         matches!(

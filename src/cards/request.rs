@@ -18,6 +18,8 @@ impl ResponseCode {
     pub const APPROVED: ResponseCode = ResponseCode(*b"00");
     /// 06: error (the host could not process the message).
     pub const ERROR: ResponseCode = ResponseCode(*b"06");
+    /// 10: approved for a part of the amount (DE 4 of the answer).
+    pub const PARTIAL_APPROVAL: ResponseCode = ResponseCode(*b"10");
     /// 12: invalid transaction (the host does not take this kind of message).
     pub const INVALID_TRANSACTION: ResponseCode = ResponseCode(*b"12");
     /// 14: invalid card number (a vPAN that was never issued).

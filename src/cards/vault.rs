@@ -26,7 +26,7 @@ use super::card::{
     AcceptorId, Card, CardKey, CardSpec, Controls, Expiry, LockKind, Status, UnixSeconds,
     civil_from_days,
 };
-use super::event::{self, Event, Issued, TxEvent};
+use super::event::{self, ApprovedPart, Event, Issued, TxEvent};
 use super::history::{DecidedBy, RecentTx};
 use super::index::CardIndex;
 use super::ledger::{AuthCode, Ledger, LedgerConfig, Queue, TxEntry, TxState};
@@ -218,6 +218,9 @@ pub enum Replay {
         auth: Option<AuthCode>,
         /// Who gave the first answer.
         decided_by: DecidedBy,
+        /// DE 4 of a partial approval (10): what the issuer approved, given again in place
+        /// of the request's.
+        amount: Option<u64>,
     },
     /// The first (or, in doubt, a repeat of it) is still with the issuer: ask again once
     /// it has answered (the switch waits, up to the issuer's timeout, and then replays that
@@ -264,6 +267,15 @@ pub enum IssuerOutcome {
     /// Approved with this DE 39 (and DE 38, when the answer has one): the hold becomes
     /// spent, and a use.
     Approved(ResponseCode, Option<AuthCode>),
+    /// Approved in part (DE 39 10), for `amount`, the answer's DE 4, less than the
+    /// request's and in its currency (and DE 38, when the answer has one): the hold's
+    /// proportion of it becomes spent, and a use; the rest is released.
+    ApprovedInPart {
+        /// DE 4 approved.
+        amount: u64,
+        /// DE 38.
+        auth: Option<AuthCode>,
+    },
     /// Declined with this DE 39: the hold is released.
     Declined(ResponseCode),
     /// No answer in `issuer.timeout_ms` (the network got 91): released.
@@ -715,6 +727,7 @@ impl Cards {
                 }
                 match outcome {
                     IssuerOutcome::Approved(..)
+                    | IssuerOutcome::ApprovedInPart { .. }
                     | IssuerOutcome::Declined(_)
                     | IssuerOutcome::Refused(_) => self
                         .complete_locked(card, hold, TxState::InDoubt, outcome, now)
@@ -745,6 +758,12 @@ impl Cards {
         let in_doubt = open == TxState::InDoubt;
         let (approved, code, auth, decided_by) = match outcome {
             IssuerOutcome::Approved(c, auth) => (true, c, auth, DecidedBy::Issuer),
+            IssuerOutcome::ApprovedInPart { auth, .. } => (
+                true,
+                ResponseCode::PARTIAL_APPROVAL,
+                auth,
+                DecidedBy::Issuer,
+            ),
             IssuerOutcome::Declined(c) => (false, c, None, DecidedBy::Issuer),
             IssuerOutcome::TimedOut => (
                 false,
@@ -755,6 +774,10 @@ impl Cards {
             IssuerOutcome::Failed => (false, ResponseCode::SYSTEM_ERROR, None, DecidedBy::Switch),
             IssuerOutcome::Refused(c) => (false, c, None, DecidedBy::Switch),
         };
+        let part = match outcome {
+            IssuerOutcome::ApprovedInPart { amount, .. } => approved_part(&e, amount),
+            _ => None,
+        };
         let event = Event::Outcome {
             hold: event::hold_of(hold.tx, &e, self.lsn(), now),
             approved,
@@ -762,9 +785,13 @@ impl Cards {
             code,
             auth,
             decided_by,
+            part,
         };
         let durable = self.journal.append(event.clone());
         event::mark_outcome(&mut e, approved, code, auth, decided_by, event.lsn());
+        if let Some(part) = part {
+            event::take_part(&mut e, part);
+        }
         let queue = e.retention_queue();
         drop(e);
         event::apply_card(card, &event);
@@ -808,6 +835,18 @@ impl Cards {
     }
 }
 
+/// What a partial approval of DE 4 `approved` spends of `e`: the proportion of what it
+/// charged, rounded up (never less than the issuer approved). `None`, spent whole (the safe
+/// side), when no proportion can be taken: a request counted on its DE 6 (DE 4 of 0), one an
+/// advice restated (the issuer's answer to the request no longer covers all it counts), or
+/// an approved amount not below the request's.
+fn approved_part(e: &TxEntry, approved: u64) -> Option<ApprovedPart> {
+    (e.original_amount > 0 && !e.restated && approved < e.original_amount).then(|| ApprovedPart {
+        spent: e.share_of(approved),
+        approved,
+    })
+}
+
 /// What a repeat gets: the first answer, or 94 when the content differs.
 /// A repeat of a purchase in doubt is asked of the issuer once at a time (`asking`).
 fn replay_of(tx: OriginalData, e: &mut TxEntry, fingerprint: u64) -> Decision {
@@ -822,6 +861,7 @@ fn replay_of(tx: OriginalData, e: &mut TxEntry, fingerprint: u64) -> Decision {
             code: ResponseCode::ISSUER_UNAVAILABLE,
             auth: None,
             decided_by: DecidedBy::Switch,
+            amount: None,
         },
         TxState::InDoubt if e.asking => Replay::Pending,
         TxState::InDoubt => {
@@ -835,16 +875,19 @@ fn replay_of(tx: OriginalData, e: &mut TxEntry, fingerprint: u64) -> Decision {
             code: ResponseCode::ISSUER_UNAVAILABLE,
             auth: None,
             decided_by: DecidedBy::Switch,
+            amount: None,
         },
         TxState::Approved | TxState::Released => Replay::Answer {
             code: e.code,
             auth: e.auth,
             decided_by: e.decided_by,
+            amount: (e.code == ResponseCode::PARTIAL_APPROVAL).then_some(e.original_amount),
         },
         TxState::Declined => Replay::Answer {
             code: e.code,
             auth: None,
             decided_by: DecidedBy::Switch,
+            amount: None,
         },
     })
 }

@@ -270,14 +270,21 @@ impl Flow {
                 code,
                 auth,
                 decided_by,
+                amount,
             }) => {
                 if let Err(e) = self.cards.recorded_so_far().await {
                     return self.fail_closed(&request, &vpan, &e, "repeat");
                 }
                 let mut answer = self.local_answer(&request, code);
-                if let (Some(a), Some(auth)) = (answer.as_mut(), auth) {
-                    // The field the first answer had; a layout without it cannot get it.
-                    let _ = a.set(38, &auth);
+                if let Some(a) = answer.as_mut() {
+                    // The fields the first answer had; a layout without them cannot get
+                    // them.
+                    if let Some(auth) = auth {
+                        let _ = a.set(38, &auth);
+                    }
+                    if let Some(amount) = amount {
+                        let _ = a.set(4, format!("{amount:012}").as_bytes());
+                    }
                 }
                 (answer, decided_by)
             }
@@ -295,7 +302,7 @@ impl Flow {
                 };
                 let request = as_repeat(request);
                 let mut sent = self.send_on_card(&request, &vpan).await;
-                asking.outcome = in_doubt_outcome(&sent);
+                asking.outcome = in_doubt_outcome(&sent, &request);
                 let settled = asking.settle();
                 let owed = match &mut sent {
                     Err(NotSent::Issuer(unanswered)) => unanswered.owed.take(),
@@ -341,7 +348,7 @@ impl Flow {
         let (stored, answer) = tokio::join!(durable, self.issuer.send(toward_issuer));
         match (stored, answer) {
             (Ok(()), Ok(answer)) => {
-                let outcome = issuer_outcome(&answer);
+                let outcome = issuer_outcome(&answer, &request);
                 // The hold is durable: were vpan to die now, recovery counts it as spent,
                 // so the outcome record need not be waited for.
                 let _outcome_durable = self.cards.complete(&hold, outcome, now());
@@ -805,19 +812,37 @@ struct VirtualPan {
     key: CardKey,
 }
 
-/// What the issuer's answer (0110/0210) did: approved with its DE 38, or declined. Only a
-/// code known to decline releases the hold ([`may_approve`]): any other, none included (then
-/// recorded as 96), leaves it spent.
-fn issuer_outcome(answer: &Message) -> IssuerOutcome {
+/// What the issuer's answer (0110/0210) to `request` did: approved (in part, for a 10 with a
+/// smaller DE 4 in the request's currency) with its DE 38, or declined. Only a code known to
+/// decline releases the hold ([`may_approve`]): any other, none included (then recorded as
+/// 96), leaves it spent.
+fn issuer_outcome(answer: &Message, request: &Message) -> IssuerOutcome {
     let code = ResponseCode(answer.response_code().unwrap_or(*b"96"));
-    if may_approve(answer) {
-        let auth = answer
-            .auth_code()
-            .and_then(|a| <AuthCode>::try_from(a.as_bytes()).ok());
-        IssuerOutcome::Approved(code, auth)
-    } else {
-        IssuerOutcome::Declined(code)
+    if !may_approve(answer) {
+        return IssuerOutcome::Declined(code);
     }
+    let auth = answer
+        .auth_code()
+        .and_then(|a| <AuthCode>::try_from(a.as_bytes()).ok());
+    match approved_in_part(code, answer, request) {
+        Some(amount) => IssuerOutcome::ApprovedInPart { amount, auth },
+        None => IssuerOutcome::Approved(code, auth),
+    }
+}
+
+/// DE 4 of a partial approval (DE 39 10), when it is less than the request's and in the same
+/// currency (DE 49 the same, or left out of the answer). Any other 10 counts whole: the safe
+/// side.
+fn approved_in_part(code: ResponseCode, answer: &Message, request: &Message) -> Option<u64> {
+    if code != ResponseCode::PARTIAL_APPROVAL {
+        return None;
+    }
+    let currency = answer.currency_transaction();
+    if currency.is_some() && currency != request.currency_transaction() {
+        return None;
+    }
+    let approved = answer.amount_transaction()?;
+    (approved < request.amount_transaction()?).then_some(approved)
 }
 
 /// What the network hears for a request the issuer link could not get answered.
@@ -881,7 +906,7 @@ async fn record_owed_after(owed: Option<Box<Owed>>, own: Durable) {
 ///   issuer, or a host in front of it, did not decide, or did not take a repeat at all):
 ///   left in doubt (`TimedOut`), and spent. Giving it back on such an answer would let the
 ///   card spend again what the issuer may well have charged the first time.
-fn in_doubt_outcome(sent: &OnCard) -> IssuerOutcome {
+fn in_doubt_outcome(sent: &OnCard, request: &Message) -> IssuerOutcome {
     let answer = match sent {
         Ok(Some(answer)) => answer,
         Err(NotSent::Issuer(u))
@@ -894,7 +919,7 @@ fn in_doubt_outcome(sent: &OnCard) -> IssuerOutcome {
     if undecided(answer) {
         IssuerOutcome::TimedOut
     } else {
-        issuer_outcome(answer)
+        issuer_outcome(answer, request)
     }
 }
 
@@ -1012,6 +1037,57 @@ mod tests {
     }
 
     #[test]
+    fn only_a_10_for_less_in_the_requests_currency_is_a_partial_approval() {
+        let message = |mti: &[u8; 4], code: Option<&[u8; 2]>, de4: &[u8], de49: Option<&[u8]>| {
+            let mut m = Message::new(Spec::iso87ascii(), mti).unwrap();
+            m.set(4, de4).unwrap();
+            if let Some(c) = de49 {
+                m.set(49, c).unwrap();
+            }
+            if let Some(c) = code {
+                m.set_response_code(c).unwrap();
+            }
+            m
+        };
+        let request = message(b"0100", None, b"000000010000", Some(b"978"));
+        let outcome =
+            |code, de4, de49| issuer_outcome(&message(b"0110", code, de4, de49), &request);
+        assert_eq!(
+            outcome(Some(b"10"), b"000000006000", Some(b"978")),
+            IssuerOutcome::ApprovedInPart {
+                amount: 6000,
+                auth: None
+            }
+        );
+        // DE 49 left out of the answer: the request's.
+        assert_eq!(
+            outcome(Some(b"10"), b"000000000000", None),
+            IssuerOutcome::ApprovedInPart {
+                amount: 0,
+                auth: None
+            }
+        );
+        // Anything else counts whole.
+        let partial = ResponseCode::PARTIAL_APPROVAL;
+        for (code, de4, de49, whole) in [
+            (b"10", b"000000010000", Some(b"978"), partial),
+            (b"10", b"000000020000", Some(b"978"), partial),
+            (b"10", b"000000006000", Some(b"840"), partial),
+            (b"00", b"000000006000", Some(b"978"), ResponseCode::APPROVED),
+        ] {
+            assert_eq!(
+                outcome(Some(code), de4, de49.map(|c| c.as_slice())),
+                IssuerOutcome::Approved(whole, None),
+                "{code:?} {de4:?}"
+            );
+        }
+        assert_eq!(
+            outcome(Some(b"51"), b"000000006000", None),
+            IssuerOutcome::Declined(ResponseCode(*b"51"))
+        );
+    }
+
+    #[test]
     fn only_an_approval_or_a_real_decline_settles_a_purchase_in_doubt() {
         let answer = |code: Option<&[u8; 2]>, auth: Option<&[u8]>| {
             let mut m = Message::new(Spec::iso87ascii(), b"0110").unwrap();
@@ -1024,7 +1100,9 @@ mod tests {
             }
             m
         };
-        let answered = |code, auth| in_doubt_outcome(&Ok(Some(Box::new(answer(code, auth)))));
+        let request = Message::new(Spec::iso87ascii(), b"0101").unwrap();
+        let answered =
+            |code, auth| in_doubt_outcome(&Ok(Some(Box::new(answer(code, auth)))), &request);
         assert_eq!(
             answered(Some(b"00"), Some(b"A1B2C3")),
             IssuerOutcome::Approved(ResponseCode::APPROVED, Some(*b"A1B2C3"))
@@ -1051,7 +1129,7 @@ mod tests {
         // Sent and unanswered: the link reverses it at the issuer, so it does not stand.
         for lost in [IssuerError::Timeout, IssuerError::ConnectionLost] {
             assert_eq!(
-                in_doubt_outcome(&Err(NotSent::Issuer(lost.into()))),
+                in_doubt_outcome(&Err(NotSent::Issuer(lost.into())), &request),
                 IssuerOutcome::Refused(ResponseCode::ISSUER_UNAVAILABLE)
             );
         }
@@ -1063,7 +1141,10 @@ mod tests {
             NotSent::Format,
             NotSent::UnknownCard,
         ] {
-            assert_eq!(in_doubt_outcome(&Err(unsent)), IssuerOutcome::TimedOut);
+            assert_eq!(
+                in_doubt_outcome(&Err(unsent), &request),
+                IssuerOutcome::TimedOut
+            );
         }
     }
 }

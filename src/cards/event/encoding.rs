@@ -9,7 +9,7 @@ use crate::cards::request::{OriginalData, ResponseCode};
 use crate::store::StoreError;
 use crate::store::journal::Encode;
 
-use super::{Event, Issued, TxEvent, legacy_decided_by};
+use super::{ApprovedPart, Event, Issued, TxEvent, legacy_decided_by};
 
 const TAG_ISSUED: u8 = 1;
 const TAG_STATUS: u8 = 2;
@@ -285,17 +285,23 @@ impl Encode for Event {
                 code,
                 auth,
                 decided_by,
+                part,
             } => {
                 out.u8(TAG_OUTCOME);
                 put_txevent(out, hold);
                 // Each in a bit of its own: records from before `in_doubt` read as not in
                 // doubt; those from before `decided_by` (no `DECIDED_BY_RECORDED`) read it
-                // from the code.
+                // from the code; those from before partial approvals have no `PARTIAL`.
                 out.u8(u8::from(*approved)
                     | u8::from(*in_doubt) << 1
                     | u8::from(*decided_by == DecidedBy::Switch) << 2
-                    | OUTCOME_DECIDED_BY_RECORDED);
+                    | OUTCOME_DECIDED_BY_RECORDED
+                    | if part.is_some() { OUTCOME_PARTIAL } else { 0 });
                 out.extend_from_slice(&code.0);
+                if let Some(part) = part {
+                    out.u64(part.spent);
+                    out.u64(part.approved);
+                }
                 // Last, and only when there is one: records written before DE 38 was kept
                 // end at the code, and read the same.
                 if let Some(auth) = auth {
@@ -392,15 +398,24 @@ impl Event {
             TAG_OUTCOME => {
                 let hold = get_txevent(&mut g)?;
                 let flags = g.u8()?;
-                if flags > 15 {
+                if flags >= OUTCOME_PARTIAL << 1 {
                     return None;
                 }
                 let code = ResponseCode(g.array()?);
+                let part = if flags & OUTCOME_PARTIAL != 0 {
+                    Some(ApprovedPart {
+                        spent: g.u64()?,
+                        approved: g.u64()?,
+                    })
+                } else {
+                    None
+                };
                 Event::Outcome {
                     hold,
                     approved: flags & 1 != 0,
                     in_doubt: flags & 2 != 0,
                     code,
+                    part,
                     auth: g.optional_tail()?,
                     decided_by: recorded_decided_by(flags, 2, OUTCOME_DECIDED_BY_RECORDED)
                         .unwrap_or_else(|| legacy_decided_by(code)),
@@ -457,6 +472,8 @@ impl Event {
 
 /// Set in an outcome record's flags when the bit before it says who decided.
 const OUTCOME_DECIDED_BY_RECORDED: u8 = 1 << 3;
+/// An outcome's flag: a partial approval, whose [`ApprovedPart`] follows the code.
+const OUTCOME_PARTIAL: u8 = 1 << 4;
 
 /// Who decided, from bit `bit` of `flags`, when `recorded` says the record has it.
 pub(super) fn recorded_decided_by(flags: u8, bit: u8, recorded: u8) -> Option<DecidedBy> {
@@ -510,6 +527,31 @@ mod tests {
             Event::Held(tx_event()),
             Event::Advised(tx_event()),
             Event::Restated(tx_event()),
+            // A partial approval, its DE 38 after its part, and one without DE 38.
+            Event::Outcome {
+                hold: tx_event(),
+                approved: true,
+                in_doubt: false,
+                code: ResponseCode::PARTIAL_APPROVAL,
+                auth: Some(*b"A1B2C3"),
+                decided_by: DecidedBy::Issuer,
+                part: Some(ApprovedPart {
+                    spent: 558,
+                    approved: 600,
+                }),
+            },
+            Event::Outcome {
+                hold: tx_event(),
+                approved: true,
+                in_doubt: true,
+                code: ResponseCode::PARTIAL_APPROVAL,
+                auth: None,
+                decided_by: DecidedBy::Issuer,
+                part: Some(ApprovedPart {
+                    spent: 1,
+                    approved: 2,
+                }),
+            },
             Event::Outcome {
                 hold: tx_event(),
                 approved: true,
@@ -517,6 +559,7 @@ mod tests {
                 code: ResponseCode::APPROVED,
                 auth: Some(*b"A1B2C3"),
                 decided_by: DecidedBy::Issuer,
+                part: None,
             },
             Event::Outcome {
                 hold: tx_event(),
@@ -525,6 +568,7 @@ mod tests {
                 code: ResponseCode(*b"05"),
                 auth: None,
                 decided_by: DecidedBy::Issuer,
+                part: None,
             },
             Event::Outcome {
                 hold: tx_event(),
@@ -533,6 +577,7 @@ mod tests {
                 code: ResponseCode(*b"51"),
                 auth: None,
                 decided_by: DecidedBy::Issuer,
+                part: None,
             },
             Event::Outcome {
                 hold: tx_event(),
@@ -541,6 +586,7 @@ mod tests {
                 code: ResponseCode::ISSUER_UNAVAILABLE,
                 auth: None,
                 decided_by: DecidedBy::Switch,
+                part: None,
             },
             Event::InDoubt(tx_event()),
             Event::Reversed {
@@ -593,6 +639,7 @@ mod tests {
             code: ResponseCode::APPROVED,
             auth,
             decided_by: DecidedBy::Issuer,
+            part: None,
         };
         let mut old = Vec::new();
         outcome(None).encode(&mut old);
@@ -722,7 +769,7 @@ mod tests {
         buf.push(0);
         assert!(Event::decode(&buf).is_err());
         assert!(Event::decode(&[99]).is_err());
-        // An outcome's flags: approved, in doubt, and nothing else.
+        // An outcome's flags: approved, in doubt, who decided, partial, and nothing else.
         let mut outcome = Vec::new();
         Event::Outcome {
             hold: tx_event(),
@@ -731,11 +778,15 @@ mod tests {
             code: ResponseCode::APPROVED,
             auth: None,
             decided_by: DecidedBy::Issuer,
+            part: None,
         }
         .encode(&mut outcome);
         let flags = outcome.len() - 3;
         assert_eq!(outcome[flags], 3 | OUTCOME_DECIDED_BY_RECORDED);
-        outcome[flags] = 16;
+        outcome[flags] = 32;
+        assert!(Event::decode(&outcome).is_err());
+        // The partial flag without its part after the code.
+        outcome[flags] = 3 | OUTCOME_PARTIAL;
         assert!(Event::decode(&outcome).is_err());
     }
 
@@ -748,6 +799,7 @@ mod tests {
             code,
             auth: None,
             decided_by,
+            part: None,
         };
         let decided_by = |buf: &[u8]| match Event::decode(buf).unwrap() {
             Event::Outcome { decided_by, .. } => decided_by,

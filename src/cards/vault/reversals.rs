@@ -173,15 +173,8 @@ impl Cards {
                     // back rather than everything.
                     Some(0) if e.original_amount == 0 => 0,
                     Some(_) if e.original_amount == 0 => e.amount,
-                    Some(r) => {
-                        // Proportional in the card's currency, rounded up: never gives back
-                        // more than the reversal says.
-                        let num = u128::from(e.charged) * u128::from(r);
-                        let den = u128::from(e.original_amount);
-                        u64::try_from(num.div_ceil(den))
-                            .unwrap_or(u64::MAX)
-                            .min(e.amount)
-                    }
+                    // Rounded up: never gives back more than the reversal says.
+                    Some(r) => e.share_of(r).min(e.amount),
                 };
                 // Nothing of it stands after this reversal. An advice counted as what was
                 // left of the cap when nothing was holds 0 and a use: only a full reversal

@@ -62,6 +62,16 @@ struct Booked {
     unanswered: bool,
 }
 
+impl Booked {
+    /// What it approved, when it was a partial approval (10), for a repeat to be told again.
+    fn approved_in_part(&self) -> Option<ApprovedAmounts> {
+        (self.response_code == *b"10").then(|| ApprovedAmounts {
+            transaction: self.asked,
+            billing: self.effect.unsigned_abs(),
+        })
+    }
+}
+
 /// What an issuer bills its cardholder for `req`, in the card's currency: DE 6 (cardholder
 /// billing) when the network converted the amount, else DE 4.
 fn billed(req: &Message) -> Option<u64> {
@@ -174,6 +184,17 @@ pub struct Decision {
     pub response_code: [u8; 2],
     /// DE 38, on approvals of authorizations and financial requests.
     pub auth_code: Option<[u8; 6]>,
+    /// What a partial approval (10) approved, in place of the request's amounts.
+    pub approved: Option<ApprovedAmounts>,
+}
+
+/// The amounts of a partial approval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApprovedAmounts {
+    /// DE 4.
+    pub transaction: u64,
+    /// DE 6, when the request had one (else the same as DE 4).
+    pub billing: u64,
 }
 
 /// The issuer's books: accounts and their recent financial messages. Pure decisions on
@@ -183,6 +204,8 @@ pub struct Ledger {
     accounts: DashMap<Pan, Account>,
     /// Balance of accounts made on first use; `None` declines unknown cards.
     default_balance: Option<i64>,
+    /// A purchase over a balance above zero is approved for the balance (10), not 51.
+    partial_approvals: bool,
     /// Source of auth codes: a counter, so codes are unique and cheap.
     auth_counter: AtomicU64,
     /// Reversals whose original was not found (nothing given back).
@@ -211,7 +234,14 @@ const ECHO_TABLE: [bool; 193] = {
 
 impl Ledger {
     /// Books with these accounts; unknown cards get `default_balance`, or 14 when `None`.
-    pub fn new(accounts: &[(Pan, i64)], default_balance: Option<i64>, seed: u64) -> Ledger {
+    /// With `partial_approvals`, a purchase over a balance above zero is approved for the
+    /// balance (10), as a prepaid or debit issuer does for a terminal that takes them.
+    pub fn new(
+        accounts: &[(Pan, i64)],
+        default_balance: Option<i64>,
+        partial_approvals: bool,
+        seed: u64,
+    ) -> Ledger {
         let map = DashMap::new();
         for (pan, balance) in accounts {
             map.insert(
@@ -225,6 +255,7 @@ impl Ledger {
         Ledger {
             accounts: map,
             default_balance,
+            partial_approvals,
             auth_counter: AtomicU64::new(seed % 1_000_000),
             unmatched_reversals: AtomicU64::new(0),
         }
@@ -280,6 +311,7 @@ impl Ledger {
                 mti: resp_mti,
                 response_code: *rc,
                 auth_code: auth,
+                approved: None,
             })
         };
         match (mti[1], mti[2]) {
@@ -291,13 +323,15 @@ impl Ledger {
         }
     }
 
-    /// 0100 / 0200: approve and debit (credit for a refund), or 51.
+    /// 0100 / 0200: approve and debit (credit for a refund), or 51; or, with
+    /// `partial_approvals`, approve the balance (10) of a purchase over it.
     fn authorize(&self, req: &Message, resp_mti: [u8; 4]) -> Option<Decision> {
         let decision = |rc: &[u8; 2], auth| {
             Some(Decision {
                 mti: resp_mti,
                 response_code: *rc,
                 auth_code: auth,
+                approved: None,
             })
         };
         let Some(Ok(pan)) = req.card_number() else {
@@ -320,10 +354,14 @@ impl Ledger {
         if req.mti()[3] == b'1'
             && let Some(b) = account.history.get(&key)
         {
-            return decision(&b.response_code, b.auth_code);
+            return Some(Decision {
+                approved: b.approved_in_part(),
+                ..decision(&b.response_code, b.auth_code)?
+            });
         }
         // A zero amount (a card check) is approved whatever the balance; a refund that
         // would carry the balance past i64 is declined, not wrapped.
+        let mut approved = None;
         let (rc, effect) = if refund {
             match account.balance.checked_add(amount) {
                 Some(_) => (*b"00", amount),
@@ -331,22 +369,43 @@ impl Ledger {
             }
         } else if amount == 0 || account.balance >= amount {
             (*b"00", -amount)
+        } else if let Some(part) = self.part_of(asked, amount, account.balance) {
+            approved = Some(part);
+            (*b"10", -account.balance)
         } else {
             (*b"51", 0)
         };
-        let auth = (rc == *b"00").then(|| self.auth_code());
+        let auth = matches!(&rc, b"00" | b"10").then(|| self.auth_code());
         account.balance += effect;
         account.history.book(Booked {
             key,
             effect,
-            asked,
+            // A partial reversal of a partial approval speaks of what was approved.
+            asked: approved.map_or(asked, |a| a.transaction),
             standing: effect,
             response_code: rc,
             auth_code: auth,
             reversed: false,
             unanswered: false,
         });
-        decision(&rc, auth)
+        Some(Decision {
+            approved,
+            ..decision(&rc, auth)?
+        })
+    }
+
+    /// What a partial approval of a purchase of `asked` (DE 4), billed `amount`, approves
+    /// on `balance`: the balance, and DE 4 in its proportion, rounded down. `None` when
+    /// partial approvals are off or nothing would be approved.
+    fn part_of(&self, asked: u64, amount: i64, balance: i64) -> Option<ApprovedAmounts> {
+        let billing = u64::try_from(balance).ok().filter(|&b| b > 0)?;
+        let amount = u64::try_from(amount).ok()?;
+        let transaction =
+            u64::try_from(u128::from(asked) * u128::from(billing) / u128::from(amount)).ok()?;
+        (self.partial_approvals && transaction > 0).then_some(ApprovedAmounts {
+            transaction,
+            billing,
+        })
     }
 
     /// 0120 / 0220: what was approved elsewhere is booked, whatever the balance; a
@@ -357,6 +416,7 @@ impl Ledger {
             mti: resp_mti,
             response_code: *b"00",
             auth_code: None,
+            approved: None,
         });
         let (Some(Ok(pan)), Some(asked)) = (req.card_number(), req.amount_transaction()) else {
             return ack;
@@ -423,6 +483,7 @@ impl Ledger {
             mti: resp_mti,
             response_code: *b"00",
             auth_code: None,
+            approved: None,
         });
         let Some(Ok(pan)) = req.card_number() else {
             return ack;
@@ -439,6 +500,7 @@ impl Ledger {
                     mti: resp_mti,
                     response_code: *b"30",
                     auth_code: None,
+                    approved: None,
                 });
             }
         };
@@ -583,6 +645,12 @@ pub fn response(req: &Message, d: &Decision) -> Message {
     if let Some(a) = &d.auth_code {
         let _ = r.set(38, a);
     }
+    if let Some(approved) = d.approved {
+        let _ = r.set(4, format!("{:012}", approved.transaction).as_bytes());
+        if r.has(6) {
+            let _ = r.set(6, format!("{:012}", approved.billing).as_bytes());
+        }
+    }
     r
 }
 
@@ -678,7 +746,7 @@ mod tests {
 
     fn ledger(balance: i64) -> (Ledger, Pan) {
         let pan = Pan::from_digits(pan_text().as_bytes()).unwrap();
-        (Ledger::new(&[(pan.clone(), balance)], None, 7), pan)
+        (Ledger::new(&[(pan.clone(), balance)], None, false, 7), pan)
     }
 
     fn reversal_of(orig: &Message, stan: &str) -> Message {
@@ -941,6 +1009,45 @@ mod tests {
     }
 
     #[test]
+    fn with_partial_approvals_a_purchase_over_the_balance_gets_the_balance_and_a_repeat_the_same() {
+        let pan = Pan::from_digits(pan_text().as_bytes()).unwrap();
+        let l = Ledger::new(&[(pan.clone(), 6_000)], None, true, 7);
+        // USD 120.00 billed EUR 100.00 on EUR 60.00: EUR 60.00 and USD 72.00 approved.
+        let mut orig = purchase(b"0100", "000001", "000000012000", "000000");
+        orig.set(49, b"840").unwrap();
+        orig.set(6, b"000000010000").unwrap();
+        let d = l.decide(&orig).unwrap();
+        assert_eq!(&d.response_code, b"10");
+        assert!(d.auth_code.is_some());
+        let approved = ApprovedAmounts {
+            transaction: 7_200,
+            billing: 6_000,
+        };
+        assert_eq!(d.approved, Some(approved));
+        let r = response(&orig, &d);
+        assert_eq!(r.amount_transaction(), Some(7_200));
+        assert_eq!(r.amount_cardholder_billing(), Some(6_000));
+        assert_eq!(l.balance(&pan), Some(0));
+        let mut repeat = orig.clone();
+        repeat.set_mti(b"0101").unwrap();
+        assert_eq!(l.decide(&repeat).unwrap(), d);
+        // Nothing left: 51. A partial reversal speaks of what was approved: USD 36.00 of
+        // the 72.00 stays, EUR 30.00 comes back.
+        let next = purchase(b"0100", "000002", "000000000100", "000000");
+        assert_eq!(&l.decide(&next).unwrap().response_code, b"51");
+        let mut partial = reversal_of(&orig, "000003");
+        partial
+            .set(95, format!("{:012}{}", 3_600, "0".repeat(30)).as_bytes())
+            .unwrap();
+        l.decide(&partial).unwrap();
+        assert_eq!(l.balance(&pan), Some(3_000));
+        // Without the flag, 51 as before.
+        let l = Ledger::new(&[(pan.clone(), 6_000)], None, false, 7);
+        assert_eq!(&l.decide(&orig).unwrap().response_code, b"51");
+        assert_eq!(l.balance(&pan), Some(6_000));
+    }
+
+    #[test]
     fn a_converted_amount_is_billed_in_the_cards_currency_and_reversed_in_proportion() {
         let (l, pan) = ledger(10_000);
         // USD 200.00 in DE 4, billed EUR 18.00 in DE 6: the account is charged the euros.
@@ -1019,7 +1126,7 @@ mod tests {
             b"0100",
         );
         assert_eq!(&l.decide(&other).unwrap().response_code, b"14");
-        let l = Ledger::new(&[], Some(50), 1);
+        let l = Ledger::new(&[], Some(50), false, 1);
         assert_eq!(&l.decide(&other).unwrap().response_code, b"00");
         let bad_luhn = msg(
             &[(2, bad.as_str()), (3, "000000"), (4, "000000000001")],
@@ -1054,6 +1161,7 @@ mod tests {
             mti: *b"0110",
             response_code: *b"00",
             auth_code: Some(*b"A1B2C3"),
+            approved: None,
         };
         let r = Message::parse(Spec::iso87ascii(), response(&req, &d).pack()).unwrap();
         assert_eq!(r.mti(), *b"0110");

@@ -90,6 +90,10 @@ pub struct Args {
     /// Share of requests (0 to 1) after which the connection is closed, unanswered.
     #[arg(long, allow_negative_numbers = true, default_value_t = 0.0, value_parser = flags::share)]
     pub drop_share: f64,
+    /// Approve a purchase over the balance for the balance (DE 39 10, DE 4 and DE 6 of
+    /// what is approved), as a prepaid or debit issuer does, rather than decline it 51.
+    #[arg(long)]
+    pub partial_approvals: bool,
     /// Seed for the fault draws and auth codes (random when not given).
     #[arg(long, allow_negative_numbers = true)]
     pub seed: Option<u64>,
@@ -110,6 +114,8 @@ pub struct SimConfig {
     pub accounts: Vec<(Pan, i64)>,
     /// Balance of accounts made on first use; `None`: unknown cards are declined with 14.
     pub default_balance: Option<i64>,
+    /// A purchase over a balance above zero is approved for the balance (10), not 51.
+    pub partial_approvals: bool,
     /// Delay added to every answer.
     pub latency: Duration,
     /// Share of requests booked but never answered.
@@ -140,6 +146,7 @@ impl Default for SimConfig {
             header: Vec::new(),
             accounts: Vec::new(),
             default_balance: Some(DEFAULT_BALANCE),
+            partial_approvals: false,
             latency: Duration::ZERO,
             timeout_share: 0.0,
             silent: Vec::new(),
@@ -197,6 +204,7 @@ impl SimConfig {
             header: args.wire.header_hex.0.clone(),
             accounts,
             default_balance,
+            partial_approvals: args.partial_approvals,
             latency: Duration::from_millis(args.latency_ms)
                 + Duration::from_micros(args.latency_us),
             timeout_share: args.timeout_share,
@@ -228,7 +236,12 @@ impl IssuerSim {
         })?;
         let seed = config.seed.unwrap_or_else(|| rand::rng().random());
         let shared = Arc::new(Shared {
-            ledger: Ledger::new(&config.accounts, config.default_balance, seed),
+            ledger: Ledger::new(
+                &config.accounts,
+                config.default_balance,
+                config.partial_approvals,
+                seed,
+            ),
             by_mti: (0..10_000).map(|_| AtomicU64::new(0)).collect(),
             recent: Mutex::new(VecDeque::new()),
             connections: AtomicU64::new(0),
