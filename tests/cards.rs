@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use common::*;
 use vpan::cards::{
     AcceptorId, Admit, AdviceOutcome, Approval, CardError, CardKey, CardSpec, Cards, DecidedBy,
-    Decision, Hold, IssuerOutcome, Kind, MerchantLock, OriginalData, Replay, ResponseCode,
-    ReversalOutcome, ReversalRequest, Status,
+    Decision, Hold, IssuerOutcome, Kind, MerchantLock, OriginalData, PartialAnswer, Replay,
+    ResponseCode, ReversalOutcome, ReversalRequest, Status,
 };
 
 fn approve(cards: &Cards, key: CardKey, amount: u64, stan: u32) -> Approval {
@@ -247,7 +247,7 @@ fn the_same_key_again_replays_and_other_content_gets_94() {
         code: ResponseCode::APPROVED,
         auth: Some(*b"A1B2C3"),
         decided_by: DecidedBy::Issuer,
-        amount: None,
+        partial: None,
     });
     assert_eq!(
         format!("{:?}", cards.authorize(key, &repeat, NOW)),
@@ -265,7 +265,7 @@ fn the_same_key_again_replays_and_other_content_gets_94() {
             code: ResponseCode::OVER_LIMIT,
             auth: None,
             decided_by: DecidedBy::Switch,
-            amount: None,
+            partial: None,
         })
     ));
     // The first answer outlives a restart, from the journal, then from a snapshot.
@@ -1923,7 +1923,7 @@ fn the_issuers_answer_to_the_repeat_of_a_hold_in_doubt_settles_it_for_good() {
                 code: ResponseCode::APPROVED,
                 auth: Some(*b"A1B2C3"),
                 decided_by: DecidedBy::Issuer,
-                amount: None,
+                partial: None,
             }
         );
         assert_eq!(
@@ -1932,7 +1932,7 @@ fn the_issuers_answer_to_the_repeat_of_a_hold_in_doubt_settles_it_for_good() {
                 code: ResponseCode(*b"51"),
                 auth: None,
                 decided_by: DecidedBy::Issuer,
-                amount: None,
+                partial: None,
             }
         );
     };
@@ -2880,10 +2880,19 @@ fn a_completion_its_own_reversal_voided_first_gives_nothing_back_whatever_its_re
     }
 }
 
-/// The issuer's partial approval (DE 39 10) of `amount` (DE 4), with DE 38.
+/// The issuer's partial approval (DE 39 10) of `amount` EUR cents (DE 4), with DE 38.
 fn approved_in_part(amount: u64) -> IssuerOutcome {
+    approved_in_part_of(vpan::cards::Amounts {
+        transaction: amount,
+        transaction_currency: EUR,
+        billing: None,
+    })
+}
+
+/// The issuer's partial approval (DE 39 10) of `amounts`, with DE 38.
+fn approved_in_part_of(amounts: vpan::cards::Amounts) -> IssuerOutcome {
     IssuerOutcome::ApprovedInPart {
-        amount,
+        amounts,
         auth: Some(*b"A1B2C3"),
     }
 }
@@ -2915,7 +2924,10 @@ fn a_partial_approval_counts_what_the_issuer_approved_live_and_after_restarts() 
                 code: ResponseCode::PARTIAL_APPROVAL,
                 auth: Some(*b"A1B2C3"),
                 decided_by: DecidedBy::Issuer,
-                amount: Some(6_000),
+                partial: Some(PartialAnswer {
+                    transaction: 6_000,
+                    billing: None,
+                }),
             }
         );
         key
@@ -2953,7 +2965,12 @@ fn a_partial_approval_in_another_currency_counts_its_proportion_of_the_billing_a
         transaction_currency: 840,
         billing: Some((9_101, EUR)),
     };
-    decided(&cards, key, &req, approved_in_part(3_333));
+    let approved = vpan::cards::Amounts {
+        transaction: 3_333,
+        transaction_currency: 840,
+        billing: None,
+    };
+    decided(&cards, key, &req, approved_in_part_of(approved));
     assert_eq!(spent_and_uses(&cards, key), (3_034, 1));
 }
 
@@ -2990,15 +3007,149 @@ fn a_partial_approval_of_a_purchase_in_doubt_gives_back_what_was_not_approved() 
 }
 
 #[test]
-fn a_partial_approval_of_a_purchase_restated_meanwhile_counts_whole() {
+fn a_partial_approval_after_an_advice_completed_the_hold_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (cards, _) = open(dir.path());
     let key = issue(&cards, &spec(20_000));
     // A stand-in's advice says 120.00 moved while the issuer is still asked about 100.00:
-    // the issuer's answer to the request no longer covers all that is counted.
+    // it completes the hold, and the issuer's answer after it finds nothing held.
     let a = approve(&cards, key, 10_000, 1);
     a.durable.wait().unwrap();
     recorded(cards.advice(key, &request(*b"0120", 12_000, 1, "SHOP-A"), NOW));
     settle(&cards, &a.hold, approved_in_part(6_000));
     assert_eq!(spent_and_uses(&cards, key), (12_000, 1));
+}
+
+#[test]
+fn an_advice_of_the_whole_amount_after_a_partial_approval_counts_the_rest_and_is_news() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &spec(10_000));
+    decided(&cards, key, &purchase(10_000, 1), approved_in_part(6_000));
+    // A stand-in approved the whole 100.00 (the network heard nothing in time): its advice
+    // has the request's very content, and 100.00 moved.
+    recorded(cards.advice(key, &request(*b"0120", 10_000, 1, "SHOP-A"), NOW));
+    assert_eq!(spent_and_uses(&cards, key), (10_000, 1));
+    assert_eq!(code(&cards.authorize(key, &purchase(4_000, 2), NOW)), "61");
+    // One of what was approved is no news.
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &spec(10_000));
+    decided(&cards, key, &purchase(10_000, 1), approved_in_part(6_000));
+    let advice = request(*b"0120", 6_000, 1, "SHOP-A");
+    assert_eq!(repeat(cards.advice(key, &advice, NOW)), Some(true));
+    assert_eq!(spent_and_uses(&cards, key), (6_000, 1));
+}
+
+#[test]
+fn a_repeat_is_told_the_partial_approvals_amounts_whatever_came_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &spec(20_000));
+    let replay =
+        |cards: &Cards, stan| match cards.authorize(key, &resent(&purchase(10_000, stan)), NOW) {
+            Decision::Replay(Replay::Answer { code, partial, .. }) => (code, partial),
+            other => panic!("{other:?}"),
+        };
+    // Approved 60.00 with DE 6 59.99, then restated by an advice at 80.00.
+    decided(
+        &cards,
+        key,
+        &purchase(10_000, 1),
+        approved_in_part_of(vpan::cards::Amounts {
+            transaction: 6_000,
+            transaction_currency: EUR,
+            billing: Some((5_999, EUR)),
+        }),
+    );
+    recorded(cards.advice(key, &request(*b"0120", 8_000, 1, "SHOP-A"), NOW));
+    let first = Some(PartialAnswer {
+        transaction: 6_000,
+        billing: Some(5_999),
+    });
+    assert_eq!(replay(&cards, 1), (ResponseCode::PARTIAL_APPROVAL, first));
+    // A 10 whose amounts vpan did not take (in another currency, say): its amounts are
+    // not vpan's to make up.
+    decided(
+        &cards,
+        key,
+        &purchase(10_000, 2),
+        IssuerOutcome::Approved(ResponseCode::PARTIAL_APPROVAL, None),
+    );
+    assert_eq!(replay(&cards, 2), (ResponseCode::PARTIAL_APPROVAL, None));
+    cards.snapshot().unwrap();
+    drop(cards);
+    let (cards, _) = open(dir.path());
+    assert_eq!(
+        replay(&cards, 1),
+        (ResponseCode::PARTIAL_APPROVAL, first),
+        "after a restart from a snapshot"
+    );
+}
+
+#[test]
+fn a_partial_approval_counts_at_least_the_answers_billing_amount_in_the_cards_currency() {
+    // USD 100.00 billed JPY 15,000 on a yen card; the issuer approves its balance, JPY
+    // 7,000, and DE 4 in proportion rounded down, USD 46.66 (JPY 6,999 in proportion).
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let mut yen = spec(100_000);
+    yen.controls.currency = 392;
+    let key = issue(&cards, &yen);
+    let mut req = purchase(10_000, 1);
+    req.amounts = vpan::cards::Amounts {
+        transaction: 10_000,
+        transaction_currency: 840,
+        billing: Some((15_000, 392)),
+    };
+    let approved = vpan::cards::Amounts {
+        transaction: 4_666,
+        transaction_currency: 840,
+        billing: Some((7_000, 392)),
+    };
+    decided(&cards, key, &req, approved_in_part_of(approved));
+    assert_eq!(spent_and_uses(&cards, key), (7_000, 1));
+}
+
+#[test]
+fn a_partial_approval_after_a_partial_reversal_while_held_counts_the_smaller_the_same_after_restarts()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let key = {
+        let (cards, _) = open(dir.path());
+        let key = issue(&cards, &spec(20_000));
+        // 30.00 of 100.00 left by the reversal, 60.00 approved: 30.00.
+        let a = approve(&cards, key, 10_000, 1);
+        a.durable.wait().unwrap();
+        assert_eq!(
+            given_back(cards.reverse(key, &reversal(1, Some(3_000)), NOW)),
+            7_000
+        );
+        settle(&cards, &a.hold, approved_in_part(6_000));
+        // 80.00 left, 60.00 approved: 60.00.
+        let b = approve(&cards, key, 10_000, 2);
+        b.durable.wait().unwrap();
+        assert_eq!(
+            given_back(cards.reverse(key, &reversal(2, Some(8_000)), NOW)),
+            2_000
+        );
+        settle(&cards, &b.hold, approved_in_part(6_000));
+        assert_eq!(spent_and_uses(&cards, key), (9_000, 2));
+        key
+    };
+    for what in ["from the journal", "from a snapshot"] {
+        let (cards, _) = open(dir.path());
+        assert_eq!(spent_and_uses(&cards, key), (9_000, 2), "{what}");
+        cards.snapshot().unwrap();
+    }
+    let (cards, _) = open(dir.path());
+    assert_eq!(
+        given_back(cards.reverse(key, &reversal(1, None), NOW)),
+        3_000
+    );
+    assert_eq!(
+        given_back(cards.reverse(key, &reversal(2, None), NOW)),
+        6_000
+    );
+    assert_eq!(spent_and_uses(&cards, key), (0, 0));
 }

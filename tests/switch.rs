@@ -426,11 +426,17 @@ async fn a_partial_approval_counts_what_the_issuer_approved_and_tells_the_networ
     let mut net = Client::connect(rig.network).await;
     rig.sim().set_balance(&real, 6_000);
 
-    // 100.00 asked on an account holding 60.00: the issuer approves 60.00 (DE 39 10).
-    let req = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 10_000);
+    // USD 120.00 billed EUR 100.00 on an account holding EUR 60.00: the issuer approves
+    // EUR 60.00, USD 72.00 (DE 39 10).
+    let mut req = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 12_000);
+    req.set(49, b"840").unwrap();
+    req.set(6, b"000000010000").unwrap();
+    req.set(51, b"978").unwrap();
+    let req = Message::parse(Spec::iso87ascii(), req.pack()).unwrap();
     let answer = net.call(&req).await;
     assert_eq!((answer.mti(), code(&answer)), (*b"0110", "10".to_string()));
-    assert_eq!(answer.amount_transaction(), Some(6_000));
+    let amounts = |m: &Message| (m.amount_transaction(), m.amount_cardholder_billing());
+    assert_eq!(amounts(&answer), (Some(7_200), Some(6_000)));
     assert_eq!(answer.pan().unwrap().unwrap(), card.vpan);
     let view = rig.cards.get(key).unwrap();
     assert_eq!(
@@ -438,12 +444,10 @@ async fn a_partial_approval_counts_what_the_issuer_approved_and_tells_the_networ
         (6_000, 0, 1, 4_000),
         "60.00 counted, not the 100.00 asked"
     );
-    // Its repeat gets the same answer, the approved amount with it, from vpan.
+    // Its repeat gets the same answer, the approved amounts with it, from vpan.
     let again = net.call(&repeat_of(&req)).await;
-    assert_eq!(
-        (code(&again), again.amount_transaction()),
-        ("10".to_string(), Some(6_000))
-    );
+    assert_eq!(code(&again), "10");
+    assert_eq!(amounts(&again), amounts(&answer));
     assert_eq!(rig.sim().requests(b"0101"), 0, "answered by vpan");
 
     // Reversed: all of the 60.00 comes back, here and at the issuer.

@@ -122,6 +122,19 @@ fn make_template() -> Template {
         &request(b"0100", 300, "000003", "SHOP-B"),
         Some(IssuerOutcome::Declined(ResponseCode(*b"05"))),
     );
+    // A partial approval, in a snapshot's transaction.
+    answer(
+        keys[1],
+        &request(b"0100", 500, "000010", "SHOP-B"),
+        Some(IssuerOutcome::ApprovedInPart {
+            amounts: Amounts {
+                transaction: 200,
+                transaction_currency: 978,
+                billing: None,
+            },
+            auth: None,
+        }),
+    );
     // Still held when the snapshot is taken.
     answer(keys[2], &request(b"0200", 900, "000004", "SHOP-C"), None);
     let _ = cards.advice(keys[0], &request(b"0120", 200, "000005", "SHOP-A"), NOW);
@@ -144,7 +157,11 @@ fn make_template() -> Template {
         keys[0],
         &request(b"0100", 400, "000009", "SHOP-A"),
         Some(IssuerOutcome::ApprovedInPart {
-            amount: 250,
+            amounts: Amounts {
+                transaction: 250,
+                transaction_currency: 978,
+                billing: Some((249, 978)),
+            },
             auth: Some(*b"A1B2C3"),
         }),
     );

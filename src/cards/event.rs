@@ -14,7 +14,7 @@
 
 use super::card::{AcceptorId, Card, CardKey, Controls, Expiry, LockKind, Status, UnixSeconds};
 use super::history::{self, DecidedBy, RecentTx};
-use super::ledger::{AuthCode, Ledger, TxEntry, TxState};
+use super::ledger::{AuthCode, Ledger, PartialAnswer, TxEntry, TxState};
 use super::request::{OriginalData, ResponseCode};
 
 mod encoding;
@@ -75,12 +75,14 @@ pub struct TxEvent {
 /// What a partial approval (DE 39 10, a smaller DE 4 in the answer) spent of its hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ApprovedPart {
-    /// Spent, card currency: the hold's proportion of the approved DE 4, rounded up (the
-    /// rest of the hold is given back).
+    /// Spent, card currency: the hold's proportion of the approved DE 4, rounded up, or
+    /// the answer's DE 6 when in the card's currency and more; never more than the hold
+    /// (the rest of it is given back).
     pub spent: u64,
-    /// The DE 4 the issuer approved: the transaction stands for it from then on (what a
-    /// partial reversal takes its proportion of, and the card's history shows).
-    pub approved: u64,
+    /// The answer's amounts. The transaction stands for its DE 4 from then on (what a
+    /// partial reversal takes its proportion of, and the card's history shows), and a
+    /// repeat is told them again.
+    pub answer: PartialAnswer,
 }
 
 /// Everything the journal records.
@@ -273,7 +275,7 @@ pub fn apply_card(card: &mut Card, event: &Event) {
                 RecentTx {
                     at: hold.at,
                     mti: hold.mti,
-                    amount: part.map_or(hold.original_amount, |p| p.approved),
+                    amount: part.map_or(hold.original_amount, |p| p.answer.transaction),
                     code: *code,
                     decided_by: *decided_by,
                     merchant: hold.acceptor,
@@ -447,6 +449,7 @@ pub(crate) fn entry_of(t: &TxEvent, state: TxState, code: ResponseCode) -> TxEnt
         asking: false,
         acknowledged: false,
         restated: false,
+        partial: None,
     }
 }
 
@@ -619,12 +622,14 @@ pub(crate) fn voided_entry(
 /// this by chance would be replayed the same 94.
 pub(crate) const VOIDED_FINGERPRINT: u64 = 0;
 
-/// A partial approval's entry: it charged, and spends, only its part, and stands for the
-/// approved DE 4. Never more than it still held (a partial reversal may have come first).
+/// A partial approval's entry: it charged, and spends, only its part, stands for the
+/// approved DE 4, and keeps the answer's amounts for its repeats. Never more than it still
+/// held (a partial reversal may have come first).
 pub(crate) fn take_part(e: &mut TxEntry, part: ApprovedPart) {
     e.charged = part.spent;
     e.amount = e.amount.min(part.spent);
-    e.original_amount = part.approved;
+    e.original_amount = part.answer.transaction;
+    e.partial = Some(part.answer);
 }
 
 /// The ledger side of an issuer's answer (shared by the live path and replay).

@@ -153,6 +153,18 @@ pub struct TxEntry {
     /// request's own approval by the issuer no longer covers it, and `original_amount` is
     /// the advice's DE 4 when that is not 0.
     pub restated: bool,
+    /// What the issuer's partial approval (DE 39 10) of it answered, given again to a
+    /// repeat whatever came after.
+    pub partial: Option<PartialAnswer>,
+}
+
+/// The amounts of an issuer's partial approval (DE 39 10), as it answered them.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct PartialAnswer {
+    /// DE 4: approved, less than the request's, in its currency.
+    pub transaction: u64,
+    /// DE 6, when the answer had one.
+    pub billing: Option<u64>,
 }
 
 impl TxEntry {
@@ -571,6 +583,7 @@ mod tests {
             asking: false,
             acknowledged: false,
             restated: false,
+            partial: None,
         }
     }
 

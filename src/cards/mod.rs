@@ -32,7 +32,7 @@ pub use card::{
     unix_now,
 };
 pub use history::{DecidedBy, RecentTx};
-pub use ledger::{AuthCode, LedgerConfig};
+pub use ledger::{AuthCode, LedgerConfig, PartialAnswer};
 pub use request::{Amounts, AuthRequest, Kind, OriginalData, ResponseCode, ReversalRequest, TxKey};
 pub use vault::{
     Admit, AdviceOutcome, Approval, CardError, CardView, Cards, CardsConfig, Decision, Hold,

@@ -29,9 +29,9 @@ use super::card::{
 use super::event::{self, ApprovedPart, Event, Issued, TxEvent};
 use super::history::{DecidedBy, RecentTx};
 use super::index::CardIndex;
-use super::ledger::{AuthCode, Ledger, LedgerConfig, Queue, TxEntry, TxState};
+use super::ledger::{AuthCode, Ledger, LedgerConfig, PartialAnswer, Queue, TxEntry, TxState};
 use super::limits::{self, Verdict};
-use super::request::{AuthRequest, Kind, OriginalData, ResponseCode};
+use super::request::{Amounts, AuthRequest, Kind, OriginalData, ResponseCode};
 use super::vpan::{GenerateError, RangeConfigError, VpanGenerator};
 use crate::ConcurrentMap;
 use crate::pan::{Pan, luhn_valid};
@@ -218,9 +218,9 @@ pub enum Replay {
         auth: Option<AuthCode>,
         /// Who gave the first answer.
         decided_by: DecidedBy,
-        /// DE 4 of a partial approval (10): what the issuer approved, given again in place
-        /// of the request's.
-        amount: Option<u64>,
+        /// A partial approval's DE 4 and DE 6 (10): what the issuer approved, given again
+        /// in place of the request's.
+        partial: Option<PartialAnswer>,
     },
     /// The first (or, in doubt, a repeat of it) is still with the issuer: ask again once
     /// it has answered (the switch waits, up to the issuer's timeout, and then replays that
@@ -267,12 +267,14 @@ pub enum IssuerOutcome {
     /// Approved with this DE 39 (and DE 38, when the answer has one): the hold becomes
     /// spent, and a use.
     Approved(ResponseCode, Option<AuthCode>),
-    /// Approved in part (DE 39 10), for `amount`, the answer's DE 4, less than the
-    /// request's and in its currency (and DE 38, when the answer has one): the hold's
-    /// proportion of it becomes spent, and a use; the rest is released.
+    /// Approved in part (DE 39 10), for the answer's DE 4, less than the request's and in
+    /// its currency (and DE 38, when the answer has one): the hold's proportion of it, or
+    /// the answer's DE 6 when in the card's currency and more, becomes spent, and a use;
+    /// the rest is released.
     ApprovedInPart {
-        /// DE 4 approved.
-        amount: u64,
+        /// The answer's DE 4 (in the request's DE 49), and its DE 6 with DE 51 (the
+        /// request's when the answer leaves it out; 0 when neither has one).
+        amounts: Amounts,
         /// DE 38.
         auth: Option<AuthCode>,
     },
@@ -775,7 +777,9 @@ impl Cards {
             IssuerOutcome::Refused(c) => (false, c, None, DecidedBy::Switch),
         };
         let part = match outcome {
-            IssuerOutcome::ApprovedInPart { amount, .. } => approved_part(&e, amount),
+            IssuerOutcome::ApprovedInPart { amounts, .. } => {
+                approved_part(&e, &amounts, card.currency)
+            }
             _ => None,
         };
         let event = Event::Outcome {
@@ -835,15 +839,23 @@ impl Cards {
     }
 }
 
-/// What a partial approval of DE 4 `approved` spends of `e`: the proportion of what it
-/// charged, rounded up (never less than the issuer approved). `None`, spent whole (the safe
-/// side), when no proportion can be taken: a request counted on its DE 6 (DE 4 of 0), one an
-/// advice restated (the issuer's answer to the request no longer covers all it counts), or
-/// an approved amount not below the request's.
-fn approved_part(e: &TxEntry, approved: u64) -> Option<ApprovedPart> {
-    (e.original_amount > 0 && !e.restated && approved < e.original_amount).then(|| ApprovedPart {
-        spent: e.share_of(approved),
-        approved,
+/// What a partial approval of `approved` (the answer's amounts) spends of `e`, a hold on a
+/// card of `currency`: what it charged in the proportion of the approved DE 4, rounded up,
+/// or the answer's DE 6 when that is in the card's currency and more (an issuer that
+/// approves a balance and rounds DE 4 down, a fee); never more than the hold. `None`, spent
+/// whole (the safe side), when no proportion can be taken: a request counted on its DE 6
+/// (DE 4 of 0), or an approved DE 4 not below the request's.
+fn approved_part(e: &TxEntry, approved: &Amounts, currency: u16) -> Option<ApprovedPart> {
+    let de4 = approved.transaction;
+    (e.original_amount > 0 && de4 < e.original_amount).then(|| ApprovedPart {
+        spent: e
+            .share_of(de4)
+            .max(approved.counted_in(currency).unwrap_or(0))
+            .min(e.charged),
+        answer: PartialAnswer {
+            transaction: de4,
+            billing: approved.billing.map(|(amount, _)| amount),
+        },
     })
 }
 
@@ -861,7 +873,7 @@ fn replay_of(tx: OriginalData, e: &mut TxEntry, fingerprint: u64) -> Decision {
             code: ResponseCode::ISSUER_UNAVAILABLE,
             auth: None,
             decided_by: DecidedBy::Switch,
-            amount: None,
+            partial: None,
         },
         TxState::InDoubt if e.asking => Replay::Pending,
         TxState::InDoubt => {
@@ -875,19 +887,19 @@ fn replay_of(tx: OriginalData, e: &mut TxEntry, fingerprint: u64) -> Decision {
             code: ResponseCode::ISSUER_UNAVAILABLE,
             auth: None,
             decided_by: DecidedBy::Switch,
-            amount: None,
+            partial: None,
         },
         TxState::Approved | TxState::Released => Replay::Answer {
             code: e.code,
             auth: e.auth,
             decided_by: e.decided_by,
-            amount: (e.code == ResponseCode::PARTIAL_APPROVAL).then_some(e.original_amount),
+            partial: e.partial,
         },
         TxState::Declined => Replay::Answer {
             code: e.code,
             auth: None,
             decided_by: DecidedBy::Switch,
-            amount: None,
+            partial: None,
         },
     })
 }

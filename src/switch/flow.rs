@@ -27,8 +27,8 @@ use bytes::Bytes;
 
 use crate::cards::card::unix_now as now;
 use crate::cards::{
-    Admit, AdviceOutcome, Approval, AuthCode, CardKey, Cards, DecidedBy, Decision, Expiry, Hold,
-    IssuerOutcome, Replay, ResponseCode, ReversalOutcome,
+    Admit, AdviceOutcome, Amounts, Approval, AuthCode, CardKey, Cards, DecidedBy, Decision, Expiry,
+    Hold, IssuerOutcome, Replay, ResponseCode, ReversalOutcome,
 };
 use crate::iso8583::{Message, Spec, readable_part, recover_header};
 use crate::metrics as m;
@@ -270,7 +270,7 @@ impl Flow {
                 code,
                 auth,
                 decided_by,
-                amount,
+                partial,
             }) => {
                 if let Err(e) = self.cards.recorded_so_far().await {
                     return self.fail_closed(&request, &vpan, &e, "repeat");
@@ -282,8 +282,11 @@ impl Flow {
                     if let Some(auth) = auth {
                         let _ = a.set(38, &auth);
                     }
-                    if let Some(amount) = amount {
-                        let _ = a.set(4, format!("{amount:012}").as_bytes());
+                    if let Some(partial) = partial {
+                        let _ = a.set(4, format!("{:012}", partial.transaction).as_bytes());
+                        if let Some(billing) = partial.billing {
+                            let _ = a.set(6, format!("{billing:012}").as_bytes());
+                        }
                     }
                 }
                 (answer, decided_by)
@@ -825,15 +828,15 @@ fn issuer_outcome(answer: &Message, request: &Message) -> IssuerOutcome {
         .auth_code()
         .and_then(|a| <AuthCode>::try_from(a.as_bytes()).ok());
     match approved_in_part(code, answer, request) {
-        Some(amount) => IssuerOutcome::ApprovedInPart { amount, auth },
+        Some(amounts) => IssuerOutcome::ApprovedInPart { amounts, auth },
         None => IssuerOutcome::Approved(code, auth),
     }
 }
 
-/// DE 4 of a partial approval (DE 39 10), when it is less than the request's and in the same
-/// currency (DE 49 the same, or left out of the answer). Any other 10 counts whole: the safe
-/// side.
-fn approved_in_part(code: ResponseCode, answer: &Message, request: &Message) -> Option<u64> {
+/// The amounts of a partial approval (DE 39 10) whose DE 4 is above 0 and below the
+/// request's, in its currency (DE 49 the same, or left out of the answer); DE 6 in the
+/// answer's DE 51, or the request's. Any other 10 counts whole: the safe side.
+fn approved_in_part(code: ResponseCode, answer: &Message, request: &Message) -> Option<Amounts> {
     if code != ResponseCode::PARTIAL_APPROVAL {
         return None;
     }
@@ -842,7 +845,20 @@ fn approved_in_part(code: ResponseCode, answer: &Message, request: &Message) -> 
         return None;
     }
     let approved = answer.amount_transaction()?;
-    (approved < request.amount_transaction()?).then_some(approved)
+    if approved == 0 || approved >= request.amount_transaction()? {
+        return None;
+    }
+    let numeric = |c: Option<[u8; 3]>| c.and_then(|c| fields::digits_u16(&c));
+    let billing_currency = numeric(answer.currency_cardholder_billing())
+        .or_else(|| numeric(request.currency_cardholder_billing()))
+        .unwrap_or(0);
+    Some(Amounts {
+        transaction: approved,
+        transaction_currency: numeric(request.currency_transaction()).unwrap_or(0),
+        billing: answer
+            .amount_cardholder_billing()
+            .map(|b| (b, billing_currency)),
+    })
 }
 
 /// What the network hears for a request the issuer link could not get answered.
@@ -1052,24 +1068,24 @@ mod tests {
         let request = message(b"0100", None, b"000000010000", Some(b"978"));
         let outcome =
             |code, de4, de49| issuer_outcome(&message(b"0110", code, de4, de49), &request);
+        let in_part = |transaction| IssuerOutcome::ApprovedInPart {
+            amounts: Amounts {
+                transaction,
+                transaction_currency: 978,
+                billing: None,
+            },
+            auth: None,
+        };
         assert_eq!(
             outcome(Some(b"10"), b"000000006000", Some(b"978")),
-            IssuerOutcome::ApprovedInPart {
-                amount: 6000,
-                auth: None
-            }
+            in_part(6_000)
         );
         // DE 49 left out of the answer: the request's.
-        assert_eq!(
-            outcome(Some(b"10"), b"000000000000", None),
-            IssuerOutcome::ApprovedInPart {
-                amount: 0,
-                auth: None
-            }
-        );
+        assert_eq!(outcome(Some(b"10"), b"000000000001", None), in_part(1));
         // Anything else counts whole.
         let partial = ResponseCode::PARTIAL_APPROVAL;
         for (code, de4, de49, whole) in [
+            (b"10", b"000000000000", Some(b"978"), partial),
             (b"10", b"000000010000", Some(b"978"), partial),
             (b"10", b"000000020000", Some(b"978"), partial),
             (b"10", b"000000006000", Some(b"840"), partial),

@@ -5,6 +5,7 @@ use std::num::{NonZeroU32, NonZeroU64};
 
 use crate::cards::card::{AcceptorId, CardKey, Controls, Expiry, Status};
 use crate::cards::history::DecidedBy;
+use crate::cards::ledger::PartialAnswer;
 use crate::cards::request::{OriginalData, ResponseCode};
 use crate::store::StoreError;
 use crate::store::journal::Encode;
@@ -120,6 +121,29 @@ pub(crate) fn get_tx(g: &mut Get<'_>) -> Option<OriginalData> {
         transmitted: g.u32()?,
         acquirer: g.u64()?,
         terminal: g.array()?,
+    })
+}
+
+/// A partial approval's amounts: DE 4, then DE 6 after a byte that says whether there is one.
+pub(crate) fn put_partial_answer(out: &mut Vec<u8>, a: &PartialAnswer) {
+    out.u64(a.transaction);
+    match a.billing {
+        Some(b) => {
+            out.u8(1);
+            out.u64(b);
+        }
+        None => out.u8(0),
+    }
+}
+
+pub(crate) fn get_partial_answer(g: &mut Get<'_>) -> Option<PartialAnswer> {
+    Some(PartialAnswer {
+        transaction: g.u64()?,
+        billing: match g.u8()? {
+            0 => None,
+            1 => Some(g.u64()?),
+            _ => return None,
+        },
     })
 }
 
@@ -300,7 +324,7 @@ impl Encode for Event {
                 out.extend_from_slice(&code.0);
                 if let Some(part) = part {
                     out.u64(part.spent);
-                    out.u64(part.approved);
+                    put_partial_answer(out, &part.answer);
                 }
                 // Last, and only when there is one: records written before DE 38 was kept
                 // end at the code, and read the same.
@@ -405,7 +429,7 @@ impl Event {
                 let part = if flags & OUTCOME_PARTIAL != 0 {
                     Some(ApprovedPart {
                         spent: g.u64()?,
-                        approved: g.u64()?,
+                        answer: get_partial_answer(&mut g)?,
                     })
                 } else {
                     None
@@ -537,7 +561,10 @@ mod tests {
                 decided_by: DecidedBy::Issuer,
                 part: Some(ApprovedPart {
                     spent: 558,
-                    approved: 600,
+                    answer: PartialAnswer {
+                        transaction: 600,
+                        billing: Some(560),
+                    },
                 }),
             },
             Event::Outcome {
@@ -549,7 +576,10 @@ mod tests {
                 decided_by: DecidedBy::Issuer,
                 part: Some(ApprovedPart {
                     spent: 1,
-                    approved: 2,
+                    answer: PartialAnswer {
+                        transaction: 2,
+                        billing: None,
+                    },
                 }),
             },
             Event::Outcome {
@@ -657,6 +687,46 @@ mod tests {
         assert!(Event::decode(&new[..old.len() + 3]).is_err());
     }
 
+    /// The snapshot format these tests write (`SNAPSHOT_VERSION`).
+    const SNAP: u8 = 4;
+
+    #[test]
+    fn a_snapshots_ledger_entry_keeps_a_partial_approvals_answer_and_a_version_3_one_has_none() {
+        let tx = tx_event();
+        let read = |buf: &[u8], version| {
+            let mut g = Get(&buf[1..]);
+            let e = decode_snap_tx(&mut g, version).map(|(_, e)| e);
+            e.filter(|_| g.0.is_empty())
+        };
+        for partial in [
+            None,
+            Some(PartialAnswer {
+                transaction: 600,
+                billing: None,
+            }),
+            Some(PartialAnswer {
+                transaction: 600,
+                billing: Some(559),
+            }),
+        ] {
+            for auth in [None, Some(*b"A1B2C3")] {
+                let mut entry = entry_of(&tx, TxState::Approved, ResponseCode::PARTIAL_APPROVAL);
+                entry.partial = partial;
+                entry.auth = auth;
+                let mut buf = Vec::new();
+                SnapTx(tx.tx, entry).encode(&mut buf);
+                assert_eq!(read(&buf, SNAP), Some(entry));
+                // Version 3 had no byte for it before DE 38.
+                if partial.is_none() {
+                    let at = buf.len() - auth.map_or(0, |a| a.len()) - 1;
+                    assert_eq!(buf[at], 0);
+                    buf.remove(at);
+                    assert_eq!(read(&buf, 3), Some(entry));
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_snapshots_ledger_entry_keeps_who_decided_and_an_older_one_reads_it_from_the_code() {
         let tx = tx_event();
@@ -680,7 +750,7 @@ mod tests {
             SnapTx(tx.tx, entry).encode(&mut buf);
             let read = |buf: &[u8]| {
                 let mut g = Get(&buf[1..]);
-                let (_, e) = decode_snap_tx(&mut g).unwrap();
+                let (_, e) = decode_snap_tx(&mut g, SNAP).unwrap();
                 assert!(g.0.is_empty());
                 e.decided_by
             };
@@ -750,7 +820,7 @@ mod tests {
             let entry = entry_of(&t, TxState::Approved, ResponseCode::APPROVED);
             let mut snap = Vec::new();
             SnapTx(t.tx, entry).encode(&mut snap);
-            let read = |buf: &[u8]| decode_snap_tx(&mut Get(&buf[1..])).unwrap().1.refund;
+            let read = |buf: &[u8]| decode_snap_tx(&mut Get(&buf[1..]), SNAP).unwrap().1.refund;
             assert_eq!(read(&snap), is_refund);
             let flags = 1 + 25 + 8 + 8 + 1 + 2 + 3 * 8;
             let mut first = snap.clone();

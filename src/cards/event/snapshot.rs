@@ -5,7 +5,7 @@ use std::num::{NonZeroU32, NonZeroU64};
 
 use crate::cards::card::{AcceptorId, Card, CardKey, Expiry, LockKind, MccRules, Status};
 use crate::cards::history::{DecidedBy, HISTORY_LEN, History, RecentTx};
-use crate::cards::ledger::{TxEntry, TxState};
+use crate::cards::ledger::{PartialAnswer, TxEntry, TxState};
 use crate::cards::request::{OriginalData, ResponseCode};
 use crate::store::StoreError;
 use crate::store::journal::Encode;
@@ -14,7 +14,9 @@ use super::encoding::{
     Get, Put, TAG_SNAP_CARD, TAG_SNAP_END, TAG_SNAP_HEADER, TAG_SNAP_TX, get_acceptor, get_tx,
     put_acceptor, put_tx,
 };
-use super::encoding::{get_mccs, put_mccs, recorded_decided_by};
+use super::encoding::{
+    get_mccs, get_partial_answer, put_mccs, put_partial_answer, recorded_decided_by,
+};
 use super::legacy_decided_by;
 
 /// Set in a snapshot's ledger entry's flags when the bit before it says who decided.
@@ -230,6 +232,14 @@ impl Encode for SnapTx {
         out.u64(e.lsn);
         out.extend_from_slice(&e.mti);
         put_acceptor(out, e.acceptor);
+        // From version 4.
+        match &e.partial {
+            Some(answer) => {
+                out.u8(1);
+                put_partial_answer(out, answer);
+            }
+            None => out.u8(0),
+        }
         // Last, and only when there is one, as in an outcome record: snapshots written
         // before DE 38 was kept read the same.
         if let Some(auth) = e.auth {
@@ -238,7 +248,21 @@ impl Encode for SnapTx {
     }
 }
 
-pub(crate) fn decode_snap_tx(g: &mut Get<'_>) -> Option<(OriginalData, TxEntry)> {
+/// A ledger entry's partial approval in a snapshot: from version 4, a byte that says
+/// whether there is one, then its amounts; `None` when damaged.
+fn get_snap_partial(g: &mut Get<'_>, version: u8) -> Option<Option<PartialAnswer>> {
+    if version < 4 {
+        return Some(None);
+    }
+    match g.u8()? {
+        0 => Some(None),
+        1 => get_partial_answer(g).map(Some),
+        _ => None,
+    }
+}
+
+/// Reads a ledger entry of a snapshot of format `version` after its tag.
+pub(crate) fn decode_snap_tx(g: &mut Get<'_>, version: u8) -> Option<(OriginalData, TxEntry)> {
     let tx = get_tx(g)?;
     let card = g.key()?;
     let fingerprint = g.u64()?;
@@ -273,6 +297,7 @@ pub(crate) fn decode_snap_tx(g: &mut Get<'_>) -> Option<(OriginalData, TxEntry)>
             lsn: g.u64()?,
             mti: g.array()?,
             acceptor: get_acceptor(g)?,
+            partial: get_snap_partial(g, version)?,
             auth: g.optional_tail()?,
             decided_by: recorded_decided_by(flags, 3, SNAP_TX_DECIDED_BY_RECORDED).unwrap_or(
                 if state == TxState::Declined {

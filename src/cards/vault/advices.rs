@@ -107,7 +107,11 @@ impl Cards {
             )
             && e.amount == e.charged
             && was_refund == (req.kind == Kind::Refund);
-        let other_content = e.fingerprint != req.fingerprint(card_key.raw());
+        // A request the issuer approved in part stands for the approved DE 4: an advice with
+        // its very content (the whole amount asked, from a stand-in that approved it all)
+        // says more moved than was counted.
+        let other_content = e.fingerprint != req.fingerprint(card_key.raw())
+            || (e.partial.is_some() && e.original_amount != req.amounts.transaction);
         if other_content && !same_money && !restatable {
             return Some(AdviceOutcome::Conflict);
         }

@@ -156,7 +156,16 @@ impl Cards {
                     Ok(())
                 })
             },
-            |payload| load_snapshot_record(&index, &ledger, &cipher, &highest_in_snapshot, payload),
+            |payload| {
+                load_snapshot_record(
+                    &index,
+                    &ledger,
+                    &cipher,
+                    &highest_in_snapshot,
+                    snapshot_version,
+                    payload,
+                )
+            },
         )
         .map_err(crate::store::naming_the_key(
             &key_path,
@@ -568,13 +577,14 @@ impl SnapshotTally {
     }
 }
 
-/// Loads one snapshot record (the header was read before), noting the highest sequence
-/// number met in `highest_lsn`.
+/// Loads one snapshot record of format `version` (the header was read before), noting the
+/// highest sequence number met in `highest_lsn`.
 fn load_snapshot_record(
     index: &CardIndex,
     ledger: &Ledger,
     cipher: &PanCipher,
     highest_lsn: &AtomicU64,
+    version: u8,
     payload: &[u8],
 ) -> Result<(), StoreError> {
     let mut g = event::Get(payload);
@@ -591,7 +601,7 @@ fn load_snapshot_record(
             index.put(key, card);
         }
         Some(event::TAG_SNAP_TX) => {
-            let (k, e) = event::decode_snap_tx(&mut g)
+            let (k, e) = event::decode_snap_tx(&mut g, version)
                 .filter(|_| g.0.is_empty())
                 .ok_or(StoreError::Corrupt("snapshot tx"))?;
             highest_lsn.fetch_max(e.lsn, Ordering::Relaxed);

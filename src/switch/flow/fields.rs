@@ -6,7 +6,8 @@ use crate::cards::{
 };
 use crate::iso8583::Message;
 
-fn digits_u16(ascii: &[u8]) -> Option<u16> {
+/// A numeric field of up to 4 digits (a currency, an MCC).
+pub(super) fn digits_u16(ascii: &[u8]) -> Option<u16> {
     if ascii.is_empty() || ascii.len() > 4 || !ascii.iter().all(u8::is_ascii_digit) {
         return None;
     }
