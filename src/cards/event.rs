@@ -449,7 +449,7 @@ pub(crate) fn entry_of(t: &TxEvent, state: TxState, code: ResponseCode) -> TxEnt
         asking: false,
         acknowledged: false,
         restated: false,
-        partial: None,
+        partly_approved: false,
     }
 }
 
@@ -529,7 +529,7 @@ pub fn apply_ledger(
             {
                 mark_outcome(&mut e, *approved, *code, *auth, *decided_by, lsn);
                 if let (true, Some(part)) = (*approved, part) {
-                    take_part(&mut e, *part);
+                    take_part(ledger, hold.tx, &mut e, *part);
                 }
             }
             None
@@ -622,14 +622,14 @@ pub(crate) fn voided_entry(
 /// this by chance would be replayed the same 94.
 pub(crate) const VOIDED_FINGERPRINT: u64 = 0;
 
-/// A partial approval's entry: it charged, and spends, only its part, stands for the
-/// approved DE 4, and keeps the answer's amounts for its repeats. Never more than it still
-/// held (a partial reversal may have come first).
-pub(crate) fn take_part(e: &mut TxEntry, part: ApprovedPart) {
+/// A partial approval's entry `e`, under `key` in `ledger`: it charged, and spends, only its
+/// part, stands for the approved DE 4, and keeps the answer's amounts for its repeats.
+/// Never more than it still held (a partial reversal may have come first).
+pub(crate) fn take_part(ledger: &Ledger, key: OriginalData, e: &mut TxEntry, part: ApprovedPart) {
     e.charged = part.spent;
     e.amount = e.amount.min(part.spent);
     e.original_amount = part.answer.transaction;
-    e.partial = Some(part.answer);
+    ledger.set_partial(key, e, part.answer);
 }
 
 /// The ledger side of an issuer's answer (shared by the live path and replay).

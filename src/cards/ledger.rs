@@ -153,9 +153,10 @@ pub struct TxEntry {
     /// request's own approval by the issuer no longer covers it, and `original_amount` is
     /// the advice's DE 4 when that is not 0.
     pub restated: bool,
-    /// What the issuer's partial approval (DE 39 10) of it answered, given again to a
-    /// repeat whatever came after.
-    pub partial: Option<PartialAnswer>,
+    /// The issuer approved it in part (DE 39 10): what it answered is in
+    /// [`Ledger::partial`], for its repeats. A flag here and the amounts apart, so that the
+    /// rare partial approval does not make every entry of the table larger.
+    pub partly_approved: bool,
 }
 
 /// The amounts of an issuer's partial approval (DE 39 10), as it answered them.
@@ -271,6 +272,9 @@ pub struct Ledger {
     declines: Mutex<Fifo<(UnixSeconds, OriginalData)>>,
     /// The same for voids of originals never seen, bounded apart.
     unseen_voids: Mutex<Fifo<(UnixSeconds, OriginalData)>>,
+    /// What the issuer answered to the transactions it approved in part
+    /// (`TxEntry::partly_approved`), forgotten with them.
+    pub(crate) partials: ConcurrentMap<OriginalData, PartialAnswer>,
     /// Transactions that moved money forgotten for room before their retention.
     forgotten_young: AtomicU64,
     /// Bounds.
@@ -296,6 +300,7 @@ impl Ledger {
             order: Mutex::new(Fifo::default()),
             declines: Mutex::new(Fifo::default()),
             unseen_voids: Mutex::new(Fifo::default()),
+            partials: ConcurrentMap::default(),
             forgotten_young: AtomicU64::new(0),
             config,
         }
@@ -304,6 +309,17 @@ impl Ledger {
     /// A copy of the entry under `key`.
     pub fn get(&self, key: &OriginalData) -> Option<TxEntry> {
         self.entries.get(key).map(|e| *e)
+    }
+
+    /// What the issuer answered to `key`, when it approved it in part.
+    pub fn partial(&self, key: &OriginalData) -> Option<PartialAnswer> {
+        self.partials.get(key).map(|a| *a)
+    }
+
+    /// Marks `e`, the entry under `key` (its guard held), approved in part with `answer`.
+    pub(crate) fn set_partial(&self, key: OriginalData, e: &mut TxEntry, answer: PartialAnswer) {
+        self.partials.insert(key, answer);
+        e.partly_approved = true;
     }
 
     /// Number of transactions remembered.
@@ -397,6 +413,9 @@ impl Ledger {
                     && !e.awaits_issuer()
                     && (queue == Queue::Money || e.retention_queue() == queue)
             });
+            if removed.is_some_and(|(_, e)| e.partly_approved) {
+                self.partials.remove(&key);
+            }
             if removed.is_some() && at >= horizon && queue == Queue::Money {
                 self.forgot_young(now.saturating_sub(at));
             }
@@ -583,7 +602,7 @@ mod tests {
             asking: false,
             acknowledged: false,
             restated: false,
-            partial: None,
+            partly_approved: false,
         }
     }
 
@@ -604,6 +623,27 @@ mod tests {
         assert!(l.get(&key(1)).is_none());
         assert!(l.get(&key(4)).is_some());
         assert!(l.len() <= 4);
+    }
+
+    #[test]
+    fn a_partial_approvals_answer_is_forgotten_with_its_entry() {
+        let l = Ledger::new(LedgerConfig {
+            capacity: 2,
+            retention_secs: 1_000,
+        });
+        let answer = PartialAnswer {
+            transaction: 60,
+            billing: Some(59),
+        };
+        for s in 0..=2 {
+            let mut e = entry(10 + u64::from(s), TxState::Approved);
+            l.set_partial(key(s), &mut e, answer);
+            l.entries.insert(key(s), e);
+            l.remember(key(s), e.at, e.at);
+        }
+        assert_eq!(l.partial(&key(0)), None, "forgotten past the capacity");
+        assert_eq!(l.partials.len(), 2);
+        assert_eq!(l.partial(&key(2)), Some(answer));
     }
 
     #[test]

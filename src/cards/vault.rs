@@ -633,7 +633,7 @@ impl Cards {
             }
             let slot = match self.ledger.entries.entry(tx) {
                 dashmap::Entry::Occupied(mut e) => {
-                    return replay_of(tx, e.get_mut(), fingerprint);
+                    return replay_of(&self.ledger, tx, e.get_mut(), fingerprint);
                 }
                 dashmap::Entry::Vacant(_) if admit == Admit::RepeatsOnly => {
                     return Decision::NotAdmitted;
@@ -794,7 +794,7 @@ impl Cards {
         let durable = self.journal.append(event.clone());
         event::mark_outcome(&mut e, approved, code, auth, decided_by, event.lsn());
         if let Some(part) = part {
-            event::take_part(&mut e, part);
+            event::take_part(&self.ledger, hold.tx, &mut e, part);
         }
         let queue = e.retention_queue();
         drop(e);
@@ -861,7 +861,7 @@ fn approved_part(e: &TxEntry, approved: &Amounts, currency: u16) -> Option<Appro
 
 /// What a repeat gets: the first answer, or 94 when the content differs.
 /// A repeat of a purchase in doubt is asked of the issuer once at a time (`asking`).
-fn replay_of(tx: OriginalData, e: &mut TxEntry, fingerprint: u64) -> Decision {
+fn replay_of(ledger: &Ledger, tx: OriginalData, e: &mut TxEntry, fingerprint: u64) -> Decision {
     if e.fingerprint != fingerprint {
         return Decision::Decline(ResponseCode::DUPLICATE);
     }
@@ -893,7 +893,7 @@ fn replay_of(tx: OriginalData, e: &mut TxEntry, fingerprint: u64) -> Decision {
             code: e.code,
             auth: e.auth,
             decided_by: e.decided_by,
-            partial: e.partial,
+            partial: e.partly_approved.then(|| ledger.partial(&tx)).flatten(),
         },
         TxState::Declined => Replay::Answer {
             code: e.code,

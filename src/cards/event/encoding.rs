@@ -695,7 +695,7 @@ mod tests {
         let tx = tx_event();
         let read = |buf: &[u8], version| {
             let mut g = Get(&buf[1..]);
-            let e = decode_snap_tx(&mut g, version).map(|(_, e)| e);
+            let e = decode_snap_tx(&mut g, version).map(|(_, e, partial)| (e, partial));
             e.filter(|_| g.0.is_empty())
         };
         for partial in [
@@ -711,17 +711,17 @@ mod tests {
         ] {
             for auth in [None, Some(*b"A1B2C3")] {
                 let mut entry = entry_of(&tx, TxState::Approved, ResponseCode::PARTIAL_APPROVAL);
-                entry.partial = partial;
+                entry.partly_approved = partial.is_some();
                 entry.auth = auth;
                 let mut buf = Vec::new();
-                SnapTx(tx.tx, entry).encode(&mut buf);
-                assert_eq!(read(&buf, SNAP), Some(entry));
+                SnapTx(tx.tx, entry, partial).encode(&mut buf);
+                assert_eq!(read(&buf, SNAP), Some((entry, partial)));
                 // Version 3 had no byte for it before DE 38.
                 if partial.is_none() {
                     let at = buf.len() - auth.map_or(0, |a| a.len()) - 1;
                     assert_eq!(buf[at], 0);
                     buf.remove(at);
-                    assert_eq!(read(&buf, 3), Some(entry));
+                    assert_eq!(read(&buf, 3), Some((entry, None)));
                 }
             }
         }
@@ -747,10 +747,10 @@ mod tests {
             let mut entry = entry_of(&tx, state, code);
             entry.decided_by = by;
             let mut buf = Vec::new();
-            SnapTx(tx.tx, entry).encode(&mut buf);
+            SnapTx(tx.tx, entry, None).encode(&mut buf);
             let read = |buf: &[u8]| {
                 let mut g = Get(&buf[1..]);
-                let (_, e) = decode_snap_tx(&mut g, SNAP).unwrap();
+                let (_, e, _) = decode_snap_tx(&mut g, SNAP).unwrap();
                 assert!(g.0.is_empty());
                 e.decided_by
             };
@@ -819,7 +819,7 @@ mod tests {
             // The same in a snapshot's ledger entry.
             let entry = entry_of(&t, TxState::Approved, ResponseCode::APPROVED);
             let mut snap = Vec::new();
-            SnapTx(t.tx, entry).encode(&mut snap);
+            SnapTx(t.tx, entry, None).encode(&mut snap);
             let read = |buf: &[u8]| decode_snap_tx(&mut Get(&buf[1..]), SNAP).unwrap().1.refund;
             assert_eq!(read(&snap), is_refund);
             let flags = 1 + 25 + 8 + 8 + 1 + 2 + 3 * 8;

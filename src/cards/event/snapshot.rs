@@ -205,8 +205,8 @@ pub(crate) fn decode_snap_card(
     Ok((key, card))
 }
 
-/// A ledger entry in a snapshot.
-pub(crate) struct SnapTx(pub OriginalData, pub TxEntry);
+/// A ledger entry in a snapshot, with its partial approval's answer when it has one.
+pub(crate) struct SnapTx(pub OriginalData, pub TxEntry, pub Option<PartialAnswer>);
 
 impl Encode for SnapTx {
     fn encode(&self, out: &mut Vec<u8>) {
@@ -233,7 +233,7 @@ impl Encode for SnapTx {
         out.extend_from_slice(&e.mti);
         put_acceptor(out, e.acceptor);
         // From version 4.
-        match &e.partial {
+        match &self.2 {
             Some(answer) => {
                 out.u8(1);
                 put_partial_answer(out, answer);
@@ -261,8 +261,12 @@ fn get_snap_partial(g: &mut Get<'_>, version: u8) -> Option<Option<PartialAnswer
     }
 }
 
-/// Reads a ledger entry of a snapshot of format `version` after its tag.
-pub(crate) fn decode_snap_tx(g: &mut Get<'_>, version: u8) -> Option<(OriginalData, TxEntry)> {
+/// Reads a ledger entry of a snapshot of format `version` after its tag, and its partial
+/// approval's answer when it has one.
+pub(crate) fn decode_snap_tx(
+    g: &mut Get<'_>,
+    version: u8,
+) -> Option<(OriginalData, TxEntry, Option<PartialAnswer>)> {
     let tx = get_tx(g)?;
     let card = g.key()?;
     let fingerprint = g.u64()?;
@@ -272,43 +276,43 @@ pub(crate) fn decode_snap_tx(g: &mut Get<'_>, version: u8) -> Option<(OriginalDa
     let amount = g.u64()?;
     let original_amount = g.u64()?;
     let flags = g.u8()?;
-    Some((
-        tx,
-        TxEntry {
-            card,
-            fingerprint,
-            state,
-            code,
-            charged,
-            amount,
-            original_amount,
-            counts_use: flags & 1 != 0,
-            use_counted: flags & 2 != 0,
-            binds_merchant: flags & 4 != 0,
-            // Set, a refund whatever wrote it; written before the flag was, read as a
-            // refund is (see the journal's).
-            refund: flags & (1 << SNAP_TX_REFUND_BIT) != 0
-                || (flags & SNAP_TX_REFUND_RECORDED == 0
-                    && state != TxState::Declined
-                    && charged == 0
-                    && flags & 1 == 0
-                    && original_amount > 0),
-            at: g.u64()?,
-            lsn: g.u64()?,
-            mti: g.array()?,
-            acceptor: get_acceptor(g)?,
-            partial: get_snap_partial(g, version)?,
-            auth: g.optional_tail()?,
-            decided_by: recorded_decided_by(flags, 3, SNAP_TX_DECIDED_BY_RECORDED).unwrap_or(
-                if state == TxState::Declined {
-                    DecidedBy::Switch
-                } else {
-                    legacy_decided_by(code)
-                },
-            ),
-            asking: false,
-            acknowledged: false,
-            restated: flags & SNAP_TX_RESTATED != 0,
-        },
-    ))
+    let (at, lsn, mti, acceptor) = (g.u64()?, g.u64()?, g.array()?, get_acceptor(g)?);
+    let partial = get_snap_partial(g, version)?;
+    let entry = TxEntry {
+        card,
+        fingerprint,
+        state,
+        code,
+        charged,
+        amount,
+        original_amount,
+        counts_use: flags & 1 != 0,
+        use_counted: flags & 2 != 0,
+        binds_merchant: flags & 4 != 0,
+        // Set, a refund whatever wrote it; written before the flag was, read as a
+        // refund is (see the journal's).
+        refund: flags & (1 << SNAP_TX_REFUND_BIT) != 0
+            || (flags & SNAP_TX_REFUND_RECORDED == 0
+                && state != TxState::Declined
+                && charged == 0
+                && flags & 1 == 0
+                && original_amount > 0),
+        at,
+        lsn,
+        mti,
+        acceptor,
+        auth: g.optional_tail()?,
+        decided_by: recorded_decided_by(flags, 3, SNAP_TX_DECIDED_BY_RECORDED).unwrap_or(
+            if state == TxState::Declined {
+                DecidedBy::Switch
+            } else {
+                legacy_decided_by(code)
+            },
+        ),
+        asking: false,
+        acknowledged: false,
+        restated: flags & SNAP_TX_RESTATED != 0,
+        partly_approved: partial.is_some(),
+    };
+    Some((tx, entry, partial))
 }

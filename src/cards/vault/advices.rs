@@ -111,7 +111,7 @@ impl Cards {
         // its very content (the whole amount asked, from a stand-in that approved it all)
         // says more moved than was counted.
         let other_content = e.fingerprint != req.fingerprint(card_key.raw())
-            || (e.partial.is_some() && e.original_amount != req.amounts.transaction);
+            || (e.partly_approved && e.original_amount != req.amounts.transaction);
         if other_content && !same_money && !restatable {
             return Some(AdviceOutcome::Conflict);
         }

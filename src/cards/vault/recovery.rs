@@ -601,9 +601,12 @@ fn load_snapshot_record(
             index.put(key, card);
         }
         Some(event::TAG_SNAP_TX) => {
-            let (k, e) = event::decode_snap_tx(&mut g, version)
+            let (k, e, partial) = event::decode_snap_tx(&mut g, version)
                 .filter(|_| g.0.is_empty())
                 .ok_or(StoreError::Corrupt("snapshot tx"))?;
+            if let Some(answer) = partial {
+                ledger.partials.insert(k, answer);
+            }
             highest_lsn.fetch_max(e.lsn, Ordering::Relaxed);
             ledger.entries.insert(k, e);
         }

@@ -90,7 +90,8 @@ impl Cards {
         let mut transactions = 0;
         for k in self.ledger.keys() {
             if let Some(e) = self.ledger.get(&k) {
-                w.write(&event::SnapTx(k, e))?;
+                let partial = e.partly_approved.then(|| self.ledger.partial(&k)).flatten();
+                w.write(&event::SnapTx(k, e, partial))?;
                 transactions += 1;
             }
         }

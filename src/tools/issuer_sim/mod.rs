@@ -263,6 +263,7 @@ impl IssuerSim {
         info!(
             accounts = shared.config.accounts.len(),
             latency_us = shared.config.latency.as_micros() as u64,
+            partial_approvals = shared.config.partial_approvals,
             "issuer simulator listening on {addr}"
         );
         let cancel = CancellationToken::new();
