@@ -3031,6 +3031,16 @@ fn an_advice_of_the_whole_amount_after_a_partial_approval_counts_the_rest_and_is
     recorded(cards.advice(key, &request(*b"0120", 10_000, 1, "SHOP-A"), NOW));
     assert_eq!(spent_and_uses(&cards, key), (10_000, 1));
     assert_eq!(code(&cards.authorize(key, &purchase(4_000, 2), NOW)), "61");
+    // After a 10 counted whole (its DE 4 in another currency, say), an advice of the
+    // request counts nothing more, but is news to the issuer, which approved a part.
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &spec(10_000));
+    let partial_counted_whole = IssuerOutcome::Approved(ResponseCode::PARTIAL_APPROVAL, None);
+    decided(&cards, key, &purchase(10_000, 1), partial_counted_whole);
+    let advice = request(*b"0120", 10_000, 1, "SHOP-A");
+    assert_eq!(repeat(cards.advice(key, &advice, NOW)), Some(false));
+    assert_eq!(spent_and_uses(&cards, key), (10_000, 1));
     // One of what was approved is no news.
     let dir = tempfile::tempdir().unwrap();
     let (cards, _) = open(dir.path());

@@ -1123,3 +1123,40 @@ async fn a_host_hung_behind_a_channel_that_sends_keep_alives_is_set_aside_and_dr
 async fn a_host_hung_behind_a_channel_that_sends_its_own_echoes_is_set_aside_and_dropped() {
     a_talking_but_hung_connection_is_set_aside_tested_and_dropped(true).await;
 }
+
+#[tokio::test]
+async fn a_repeat_of_a_partial_approval_is_told_its_amounts_even_without_de6() {
+    let (rig, mut host) = signed_on_host(3_000).await;
+    let mut net = Client::connect(rig.network).await;
+    let (card, _) = rig.issue(|c| c.amount_limit = 10_000).await;
+    // USD 120.00 billed EUR 100.00.
+    let mut req = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 12_000);
+    req.set(49, b"840").unwrap();
+    req.set(6, b"000000010000").unwrap();
+    req.set(51, b"978").unwrap();
+    let req = Message::parse(Spec::iso87ascii(), req.pack()).unwrap();
+    net.send(&req).await;
+    // The host approves USD 72.00 (10) and leaves DE 6 out of its answer.
+    let mut answer = next_message(&mut host).await;
+    answer.set_mti(b"0110").unwrap();
+    answer.set_response_code(b"10").unwrap();
+    answer.set(4, b"000000007200").unwrap();
+    answer.set(38, b"A1B2C3").unwrap();
+    answer.remove(6);
+    send(&mut host, &answer).await;
+    let first = net.answer(req.stan().unwrap()).await;
+    let amounts = |m: &Message| (m.amount_transaction(), m.amount_cardholder_billing());
+    assert_eq!(
+        (code(&first), amounts(&first)),
+        ("10".into(), (Some(7_200), None))
+    );
+    // EUR 60.00, the proportion of the 100.00 held.
+    assert_eq!(rig.cards.get(CardKey::of(&card.vpan)).unwrap().spent, 6_000);
+    // The repeat is answered by vpan, with what the first said, not the request's DE 6.
+    let again = net.call(&repeat_of(&req)).await;
+    assert_eq!(
+        (code(&again), amounts(&again)),
+        ("10".into(), (Some(7_200), None))
+    );
+    rig.stop().await;
+}

@@ -284,8 +284,13 @@ impl Flow {
                     }
                     if let Some(partial) = partial {
                         let _ = a.set(4, format!("{:012}", partial.transaction).as_bytes());
-                        if let Some(billing) = partial.billing {
-                            let _ = a.set(6, format!("{billing:012}").as_bytes());
+                        // The request's DE 6 is the whole amount's: the first answer had
+                        // the issuer's, or none.
+                        match partial.billing {
+                            Some(billing) => {
+                                let _ = a.set(6, format!("{billing:012}").as_bytes());
+                            }
+                            None => a.remove(6),
                         }
                     }
                 }

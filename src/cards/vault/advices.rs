@@ -162,11 +162,15 @@ impl Cards {
         )
         .then_some(AdviceOutcome::Repeat {
             // The issuer approved this very request itself (unless an advice restated it
-            // since), or answered an advice of it.
+            // since), or answered an advice of it. Approved in part, it approved what the
+            // transaction stands for (its DE 4 then); but a 10 vpan counted whole (amounts
+            // it could not take) approved some part of the request only, and a stand-in's
+            // advice of the request is news.
             issuer_has_it: e.acknowledged
                 || (e.state == TxState::Approved
                     && e.mti[2] == b'0'
                     && e.decided_by == DecidedBy::Issuer
+                    && (e.code != ResponseCode::PARTIAL_APPROVAL || e.partly_approved)
                     && !e.restated),
         })
     }
