@@ -9,8 +9,8 @@ mod common;
 use common::*;
 use proptest::prelude::*;
 use vpan::cards::{
-    AdviceOutcome, CardKey, Cards, Decision, Durable, Hold, IssuerOutcome, Kind, OriginalData,
-    RecentTx, ResponseCode, ReversalOutcome, ReversalRequest, Status, TxKey,
+    AdviceOutcome, Amounts, CardKey, Cards, Decision, Durable, Hold, IssuerOutcome, Kind,
+    OriginalData, RecentTx, ResponseCode, ReversalOutcome, ReversalRequest, Status, TxKey,
 };
 
 #[derive(Clone, Debug)]
@@ -22,9 +22,12 @@ enum Op {
         shop: bool,
         refund: bool,
     },
+    /// The issuer's answer to a pending hold: approved (in part, `part` eighths of its
+    /// DE 4, when given), or declined.
     Complete {
         which: usize,
         approve: bool,
+        part: Option<u64>,
     },
     Reverse {
         card: usize,
@@ -47,7 +50,8 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (0..3usize, 0..4_000u64, 0..30u32, any::<bool>(), prop::bool::weighted(0.1))
             .prop_map(|(card, amount, stan, shop, refund)| Op::Authorize { card, amount, stan, shop, refund }),
-        3 => (0..8usize, prop::bool::weighted(0.8)).prop_map(|(which, approve)| Op::Complete { which, approve }),
+        3 => (0..8usize, prop::bool::weighted(0.8), prop::option::weighted(0.25, 1..8u64))
+            .prop_map(|(which, approve, part)| Op::Complete { which, approve, part }),
         1 => (0..3usize, 0..30u32, prop::option::of(0..4_000u64))
             .prop_map(|(card, stan, remaining)| Op::Reverse { card, stan, remaining }),
         1 => (0..3usize, 0..4_000u64, 30..40u32).prop_map(|(card, amount, stan)| Op::Advice { card, amount, stan }),
@@ -76,7 +80,8 @@ fn run(ops: &[Op]) {
     let keys: Vec<CardKey> = (0..3)
         .map(|i| issue(&cards, &if i == 2 { single_use(CAP) } else { spec(CAP) }))
         .collect();
-    let mut pending: Vec<Hold> = Vec::new();
+    // Each hold with its request's DE 4.
+    let mut pending: Vec<(Hold, u64)> = Vec::new();
     let mut advised = [0u64; 3];
     let mut last: Option<Durable> = None;
     for op in ops {
@@ -98,17 +103,28 @@ fn run(ops: &[Op]) {
                     req.kind = Kind::Refund;
                 }
                 if let Decision::Approve(a) = cards.authorize(keys[card], &req, NOW) {
-                    pending.push(a.hold);
+                    pending.push((a.hold, amount));
                     last = Some(a.durable);
                 }
             }
-            Op::Complete { which, approve } => {
+            Op::Complete {
+                which,
+                approve,
+                part,
+            } => {
                 if !pending.is_empty() {
-                    let hold = pending.remove(which % pending.len());
-                    let outcome = if approve {
-                        IssuerOutcome::APPROVED
-                    } else {
-                        IssuerOutcome::Declined(ResponseCode(*b"05"))
+                    let (hold, amount) = pending.remove(which % pending.len());
+                    let outcome = match (approve, part) {
+                        (true, None) => IssuerOutcome::APPROVED,
+                        (true, Some(eighths)) => IssuerOutcome::ApprovedInPart {
+                            amounts: Amounts {
+                                transaction: amount * eighths / 8,
+                                transaction_currency: EUR,
+                                billing: None,
+                            },
+                            auth: None,
+                        },
+                        (false, _) => IssuerOutcome::Declined(ResponseCode(*b"05")),
                     };
                     last = Some(cards.complete(&hold, outcome, NOW));
                 }
@@ -160,7 +176,7 @@ fn run(ops: &[Op]) {
             );
         }
     }
-    for hold in pending.drain(..) {
+    for (hold, _) in pending.drain(..) {
         last = Some(cards.complete(&hold, IssuerOutcome::APPROVED, NOW));
     }
     if let Some(d) = last {
