@@ -9,8 +9,8 @@ mod common;
 use common::*;
 use proptest::prelude::*;
 use vpan::cards::{
-    AdviceOutcome, Amounts, CardKey, Cards, Decision, Durable, Hold, IssuerOutcome, Kind,
-    OriginalData, RecentTx, ResponseCode, ReversalOutcome, ReversalRequest, Status, TxKey,
+    AdviceOutcome, Amounts, AuthRequest, CardKey, Cards, Decision, Durable, Hold, IssuerOutcome,
+    Kind, OriginalData, RecentTx, ResponseCode, ReversalOutcome, ReversalRequest, Status, TxKey,
 };
 
 #[derive(Clone, Debug)]
@@ -61,16 +61,27 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 /// Each card's counters, status and recent decisions (all of them journaled, declines
-/// included).
-type State = Vec<(u64, u64, u32, Status, Vec<RecentTx>)>;
+/// included); and what a repeat of each request the issuer approved in part is told.
+type State = (Vec<(u64, u64, u32, Status, Vec<RecentTx>)>, Vec<String>);
 
-fn state(cards: &Cards, keys: &[CardKey]) -> State {
-    keys.iter()
+fn state(cards: &Cards, keys: &[CardKey], partly: &[(CardKey, AuthRequest)]) -> State {
+    let counters = keys
+        .iter()
         .map(|&k| {
             let v = cards.get(k).unwrap();
             (v.spent, v.held, v.uses, v.status, cards.recent(k).unwrap())
         })
-        .collect()
+        .collect();
+    // Answered from the ledger, which the repeat does not change (an approved entry).
+    let repeats = partly
+        .iter()
+        .map(|(k, req)| {
+            let mut repeat = req.clone();
+            repeat.mti = *b"0101";
+            format!("{:?}", cards.authorize(*k, &repeat, NOW))
+        })
+        .collect();
+    (counters, repeats)
 }
 
 fn run(ops: &[Op]) {
@@ -80,8 +91,9 @@ fn run(ops: &[Op]) {
     let keys: Vec<CardKey> = (0..3)
         .map(|i| issue(&cards, &if i == 2 { single_use(CAP) } else { spec(CAP) }))
         .collect();
-    // Each hold with its request's DE 4.
-    let mut pending: Vec<(Hold, u64)> = Vec::new();
+    // Each hold with its request.
+    let mut pending: Vec<(Hold, AuthRequest)> = Vec::new();
+    let mut partly: Vec<(CardKey, AuthRequest)> = Vec::new();
     let mut advised = [0u64; 3];
     let mut last: Option<Durable> = None;
     for op in ops {
@@ -103,7 +115,7 @@ fn run(ops: &[Op]) {
                     req.kind = Kind::Refund;
                 }
                 if let Decision::Approve(a) = cards.authorize(keys[card], &req, NOW) {
-                    pending.push((a.hold, amount));
+                    pending.push((a.hold, req));
                     last = Some(a.durable);
                 }
             }
@@ -113,17 +125,20 @@ fn run(ops: &[Op]) {
                 part,
             } => {
                 if !pending.is_empty() {
-                    let (hold, amount) = pending.remove(which % pending.len());
+                    let (hold, req) = pending.remove(which % pending.len());
                     let outcome = match (approve, part) {
                         (true, None) => IssuerOutcome::APPROVED,
-                        (true, Some(eighths)) => IssuerOutcome::ApprovedInPart {
-                            amounts: Amounts {
-                                transaction: amount * eighths / 8,
-                                transaction_currency: EUR,
-                                billing: None,
-                            },
-                            auth: None,
-                        },
+                        (true, Some(eighths)) => {
+                            partly.push((hold.card, req.clone()));
+                            IssuerOutcome::ApprovedInPart {
+                                amounts: Amounts {
+                                    transaction: req.amounts.transaction * eighths / 8,
+                                    transaction_currency: EUR,
+                                    billing: Some((req.amounts.transaction * eighths / 9, EUR)),
+                                },
+                                auth: None,
+                            }
+                        }
                         (false, _) => IssuerOutcome::Declined(ResponseCode(*b"05")),
                     };
                     last = Some(cards.complete(&hold, outcome, NOW));
@@ -182,15 +197,15 @@ fn run(ops: &[Op]) {
     if let Some(d) = last {
         d.wait().unwrap();
     }
-    let before = state(&cards, &keys);
+    let before = state(&cards, &keys, &partly);
     drop(cards);
     let (cards, _) = open(dir.path());
-    let after = state(&cards, &keys);
+    let after = state(&cards, &keys, &partly);
     assert_eq!(before, after);
     cards.snapshot().unwrap();
     drop(cards);
     let (cards, _) = open(dir.path());
-    assert_eq!(before, state(&cards, &keys));
+    assert_eq!(before, state(&cards, &keys, &partly));
 }
 
 proptest! {

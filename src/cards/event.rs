@@ -468,9 +468,7 @@ pub fn apply_ledger(
             if replaying && ledger.entries.get(&t.tx).is_some_and(|e| e.lsn >= lsn) {
                 return None;
             }
-            ledger
-                .entries
-                .insert(t.tx, entry_of(t, TxState::Held, ResponseCode::APPROVED));
+            ledger.put(t.tx, entry_of(t, TxState::Held, ResponseCode::APPROVED));
             Some((t.tx, t.at))
         }
         Event::Advised(t) => {
@@ -481,9 +479,7 @@ pub fn apply_ledger(
             // not the money one: a stand-in's advice after vpan's 91), or later than the
             // entry it replaces: the old queue item, older than the entry now, forgets
             // nothing when it comes up, and the entry would stay outside every bound.
-            let replaced = ledger
-                .entries
-                .insert(t.tx, entry_of(t, TxState::Approved, ResponseCode::APPROVED));
+            let replaced = ledger.put(t.tx, entry_of(t, TxState::Approved, ResponseCode::APPROVED));
             replaced
                 .is_none_or(|e| {
                     matches!(e.state, TxState::Declined | TxState::Released) || e.at < t.at
@@ -543,7 +539,7 @@ pub fn apply_ledger(
                 return None;
             }
             let entry = entry_of(t, TxState::Declined, *code);
-            let fresh = ledger.entries.insert(t.tx, entry).is_none();
+            let fresh = ledger.put(t.tx, entry).is_none();
             fresh.then_some((t.tx, t.at))
         }
         // A stand-in's decline reported by an advice: in the card's history only.
@@ -560,9 +556,7 @@ pub fn apply_ledger(
             {
                 return None;
             }
-            ledger
-                .entries
-                .insert(*tx, voided_entry(*key, *tx, *mti, *at, lsn));
+            ledger.put(*tx, voided_entry(*key, *tx, *mti, *at, lsn));
             Some((*tx, *at))
         }
         Event::InDoubt(hold) => {

@@ -316,6 +316,34 @@ impl Ledger {
         self.partials.get(key).map(|a| *a)
     }
 
+    /// A copy of the entry under `key`, and its partial approval's answer, read together
+    /// under the entry's lock.
+    pub fn get_with_partial(&self, key: &OriginalData) -> Option<(TxEntry, Option<PartialAnswer>)> {
+        self.entries.get(key).map(|e| {
+            let partial = e.partly_approved.then(|| self.partial(key)).flatten();
+            (*e, partial)
+        })
+    }
+
+    /// Puts `entry` under `key`, and returns the entry it replaces, whose partial approval's
+    /// answer (if any) goes with it, under the entry's lock. (Replaying, a record may replace
+    /// an entry a snapshot had: one forgotten, then its key used again.)
+    pub(crate) fn put(&self, key: OriginalData, entry: TxEntry) -> Option<TxEntry> {
+        match self.entries.entry(key) {
+            dashmap::Entry::Occupied(mut slot) => {
+                let replaced = slot.insert(entry);
+                if replaced.partly_approved {
+                    self.partials.remove(&key);
+                }
+                Some(replaced)
+            }
+            dashmap::Entry::Vacant(slot) => {
+                slot.insert(entry);
+                None
+            }
+        }
+    }
+
     /// Marks `e`, the entry under `key` (its guard held), approved in part with `answer`.
     pub(crate) fn set_partial(&self, key: OriginalData, e: &mut TxEntry, answer: PartialAnswer) {
         self.partials.insert(key, answer);
@@ -409,13 +437,16 @@ impl Ledger {
             // since turned into an approval, or a release since voided, is the money
             // queue's to forget.
             let removed = self.entries.remove_if(&key, |_, e| {
-                e.at <= at
+                let forget = e.at <= at
                     && !e.awaits_issuer()
-                    && (queue == Queue::Money || e.retention_queue() == queue)
+                    && (queue == Queue::Money || e.retention_queue() == queue);
+                if forget && e.partly_approved {
+                    // Under the entry's lock: the key used again meanwhile and approved in
+                    // part keeps its own answer.
+                    self.partials.remove(&key);
+                }
+                forget
             });
-            if removed.is_some_and(|(_, e)| e.partly_approved) {
-                self.partials.remove(&key);
-            }
             if removed.is_some() && at >= horizon && queue == Queue::Money {
                 self.forgot_young(now.saturating_sub(at));
             }

@@ -980,13 +980,103 @@ mod tests {
 
     /// The cards of data directory `dir`, opened with the defaults.
     fn open_in(dir: &std::path::Path) -> Cards {
+        open_with_ledger(dir, LedgerConfig::default())
+    }
+
+    /// The cards of data directory `dir`, with a ledger of these bounds.
+    fn open_with_ledger(dir: &std::path::Path, ledger: LedgerConfig) -> Cards {
         let store = StoreConfig {
             data_dir: dir.to_path_buf(),
             ..Default::default()
         };
-        Cards::open(&CardsConfig::default(), &store, LedgerConfig::default())
+        Cards::open(&CardsConfig::default(), &store, ledger)
             .map(|(cards, _)| cards)
             .expect("open")
+    }
+
+    /// A purchase of `amount` euro cents at SHOP-A, STAN `stan`.
+    fn purchase(amount: u64, stan: u32) -> AuthRequest {
+        AuthRequest {
+            mti: *b"0100",
+            kind: Kind::classify(b"000000", amount),
+            amounts: Amounts {
+                transaction: amount,
+                transaction_currency: 978,
+                billing: None,
+            },
+            expiry: None,
+            mcc: Some(5411),
+            acceptor: crate::cards::AcceptorId::new(b"SHOP-A"),
+            key: crate::cards::TxKey::new(
+                b"0100",
+                format!("{stan:06}").as_bytes(),
+                b"1126152942",
+                b"12345",
+                b"TERM0001",
+            )
+            .expect("a valid key"),
+            completes: None,
+        }
+    }
+
+    /// `req` approved by vpan and answered `outcome` by the issuer, durably.
+    fn decided(
+        cards: &Cards,
+        key: CardKey,
+        req: &AuthRequest,
+        now: UnixSeconds,
+        outcome: IssuerOutcome,
+    ) {
+        let Decision::Approve(a) = cards.authorize(key, req, now) else {
+            panic!("approved by vpan");
+        };
+        a.durable.wait().expect("durable");
+        cards
+            .complete(&a.hold, outcome, now)
+            .wait()
+            .expect("durable");
+    }
+
+    #[test]
+    fn a_partial_approvals_answer_goes_with_its_entry_when_a_replayed_record_replaces_it() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let now = 1_800_000_000;
+        let ledger = LedgerConfig {
+            capacity: 2,
+            retention_secs: 86_400,
+        };
+        let cards = open_with_ledger(dir.path(), ledger);
+        let (view, durable) = cards.issue(&a_card_spec(now), now).expect("issued");
+        durable.wait().expect("durable");
+        let key = CardKey::of(&view.vpan);
+        let k = purchase(10_000, 1).key.original();
+        let in_part = IssuerOutcome::ApprovedInPart {
+            amounts: Amounts {
+                transaction: 6_000,
+                transaction_currency: 978,
+                billing: None,
+            },
+            auth: None,
+        };
+        decided(&cards, key, &purchase(10_000, 1), now, in_part);
+        cards.snapshot().expect("a snapshot");
+        // Forgotten for room, and its key used again: approved whole.
+        for stan in 2..=3 {
+            decided(
+                &cards,
+                key,
+                &purchase(100, stan),
+                now,
+                IssuerOutcome::APPROVED,
+            );
+        }
+        assert_eq!(cards.ledger.partials.len(), 0, "forgotten with its entry");
+        decided(&cards, key, &purchase(100, 1), now, IssuerOutcome::APPROVED);
+        drop(cards);
+        // The snapshot's entry, then the journal's record of the new one over it.
+        let cards = open_with_ledger(dir.path(), ledger);
+        assert!(cards.ledger.get(&k).is_some_and(|e| !e.partly_approved));
+        assert_eq!(cards.ledger.partials.len(), 0, "not left behind");
     }
 
     /// A card on a fresh real card number, 100.00 cap, valid a day from `now`.

@@ -283,15 +283,18 @@ impl Flow {
                         let _ = a.set(38, &auth);
                     }
                     if let Some(partial) = partial {
-                        let _ = a.set(4, format!("{:012}", partial.transaction).as_bytes());
-                        // The request's DE 6 is the whole amount's: the first answer had
-                        // the issuer's, or none.
-                        match partial.billing {
-                            Some(billing) => {
-                                let _ = a.set(6, format!("{billing:012}").as_bytes());
+                        // The request's DE 4 and DE 6 are the whole amount's: the first
+                        // answer had the issuer's (or no DE 6); where the layout cannot
+                        // take them, neither goes rather than the whole amount.
+                        let mut set = |n, amount: Option<u64>| {
+                            let written = amount
+                                .is_some_and(|v| a.set(n, format!("{v:012}").as_bytes()).is_ok());
+                            if !written {
+                                a.remove(n);
                             }
-                            None => a.remove(6),
-                        }
+                        };
+                        set(4, Some(partial.transaction));
+                        set(6, partial.billing);
                     }
                 }
                 (answer, decided_by)

@@ -89,8 +89,7 @@ impl Cards {
         }
         let mut transactions = 0;
         for k in self.ledger.keys() {
-            if let Some(e) = self.ledger.get(&k) {
-                let partial = e.partly_approved.then(|| self.ledger.partial(&k)).flatten();
+            if let Some((e, partial)) = self.ledger.get_with_partial(&k) {
                 w.write(&event::SnapTx(k, e, partial))?;
                 transactions += 1;
             }
