@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use common::*;
 use vpan::cards::{
-    AcceptorId, Admit, AdviceOutcome, Approval, CardError, CardKey, CardSpec, Cards, DecidedBy,
-    Decision, Hold, IssuerOutcome, Kind, MerchantLock, OriginalData, PartialAnswer, Replay,
-    ResponseCode, ReversalOutcome, ReversalRequest, Status,
+    AcceptorId, Admit, AdviceOutcome, Amounts, Approval, CardError, CardKey, CardSpec, Cards,
+    DecidedBy, Decision, Hold, IssuerOutcome, Kind, MerchantLock, OriginalData, PartialAnswer,
+    Replay, ResponseCode, ReversalOutcome, ReversalRequest, Status,
 };
 
 fn approve(cards: &Cards, key: CardKey, amount: u64, stan: u32) -> Approval {
@@ -617,7 +617,7 @@ fn a_partial_reversal_of_a_purchase_of_de4_0_counted_on_its_de6_gives_nothing_ba
     let (cards, _) = open(dir.path());
     let key = issue(&cards, &spec(10_000));
     let mut req = purchase(0, 7);
-    req.amounts = vpan::cards::Amounts {
+    req.amounts = Amounts {
         transaction: 0,
         transaction_currency: 840,
         billing: Some((5_000, EUR)),
@@ -2882,7 +2882,7 @@ fn a_completion_its_own_reversal_voided_first_gives_nothing_back_whatever_its_re
 
 /// The issuer's partial approval (DE 39 10) of `amount` EUR cents (DE 4), with DE 38.
 fn approved_in_part(amount: u64) -> IssuerOutcome {
-    approved_in_part_of(vpan::cards::Amounts {
+    approved_in_part_of(Amounts {
         transaction: amount,
         transaction_currency: EUR,
         billing: None,
@@ -2890,7 +2890,7 @@ fn approved_in_part(amount: u64) -> IssuerOutcome {
 }
 
 /// The issuer's partial approval (DE 39 10) of `amounts`, with DE 38.
-fn approved_in_part_of(amounts: vpan::cards::Amounts) -> IssuerOutcome {
+fn approved_in_part_of(amounts: Amounts) -> IssuerOutcome {
     IssuerOutcome::ApprovedInPart {
         amounts,
         auth: Some(*b"A1B2C3"),
@@ -2960,12 +2960,12 @@ fn a_partial_approval_in_another_currency_counts_its_proportion_of_the_billing_a
     // 100.00 dollars billed 91.01 euros; 33.33 dollars approved: 30.333... euros, counted
     // 30.34.
     let mut req = purchase(10_000, 1);
-    req.amounts = vpan::cards::Amounts {
+    req.amounts = Amounts {
         transaction: 10_000,
         transaction_currency: 840,
         billing: Some((9_101, EUR)),
     };
-    let approved = vpan::cards::Amounts {
+    let approved = Amounts {
         transaction: 3_333,
         transaction_currency: 840,
         billing: None,
@@ -3021,18 +3021,21 @@ fn a_partial_approval_after_an_advice_completed_the_hold_changes_nothing() {
 }
 
 #[test]
-fn an_advice_of_the_whole_amount_after_a_partial_approval_counts_the_rest_and_is_news() {
+fn an_advice_of_the_whole_amount_after_a_partial_approval_counts_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let (cards, _) = open(dir.path());
     let key = issue(&cards, &spec(10_000));
     decided(&cards, key, &purchase(10_000, 1), approved_in_part(6_000));
     // A stand-in approved the whole 100.00 (the network heard nothing in time): its advice
-    // has the request's very content, and 100.00 moved.
+    // has the request's very content, and 100.00 moved. Recorded: sent to the issuer.
     recorded(cards.advice(key, &request(*b"0120", 10_000, 1, "SHOP-A"), NOW));
     assert_eq!(spent_and_uses(&cards, key), (10_000, 1));
     assert_eq!(code(&cards.authorize(key, &purchase(4_000, 2), NOW)), "61");
-    // After a 10 counted whole (its DE 4 in another currency, say), an advice of the
-    // request counts nothing more, but is news to the issuer, which approved a part.
+}
+
+#[test]
+fn an_advice_of_the_request_after_a_10_counted_whole_counts_nothing_more_but_is_news() {
+    // Its DE 4 in another currency, say: the issuer approved a part of the request.
     let dir = tempfile::tempdir().unwrap();
     let (cards, _) = open(dir.path());
     let key = issue(&cards, &spec(10_000));
@@ -3041,7 +3044,10 @@ fn an_advice_of_the_whole_amount_after_a_partial_approval_counts_the_rest_and_is
     let advice = request(*b"0120", 10_000, 1, "SHOP-A");
     assert_eq!(repeat(cards.advice(key, &advice, NOW)), Some(false));
     assert_eq!(spent_and_uses(&cards, key), (10_000, 1));
-    // One of what was approved is no news.
+}
+
+#[test]
+fn an_advice_of_the_amount_approved_in_part_is_no_news_to_the_issuer() {
     let dir = tempfile::tempdir().unwrap();
     let (cards, _) = open(dir.path());
     let key = issue(&cards, &spec(10_000));
@@ -3066,7 +3072,7 @@ fn a_repeat_is_told_the_partial_approvals_amounts_whatever_came_after() {
         &cards,
         key,
         &purchase(10_000, 1),
-        approved_in_part_of(vpan::cards::Amounts {
+        approved_in_part_of(Amounts {
             transaction: 6_000,
             transaction_currency: EUR,
             billing: Some((5_999, EUR)),
@@ -3107,12 +3113,12 @@ fn a_partial_approval_counts_at_least_the_answers_billing_amount_in_the_cards_cu
     yen.controls.currency = 392;
     let key = issue(&cards, &yen);
     let mut req = purchase(10_000, 1);
-    req.amounts = vpan::cards::Amounts {
+    req.amounts = Amounts {
         transaction: 10_000,
         transaction_currency: 840,
         billing: Some((15_000, 392)),
     };
-    let approved = vpan::cards::Amounts {
+    let approved = Amounts {
         transaction: 4_666,
         transaction_currency: 840,
         billing: Some((7_000, 392)),

@@ -22,12 +22,12 @@ enum Op {
         shop: bool,
         refund: bool,
     },
-    /// The issuer's answer to a pending hold: approved (in part, `part` eighths of its
-    /// DE 4, when given), or declined.
+    /// The issuer's answer to a pending hold: approved (in part, `eighths` of its DE 4,
+    /// when given), or declined.
     Complete {
         which: usize,
         approve: bool,
-        part: Option<u64>,
+        eighths: Option<u64>,
     },
     Reverse {
         card: usize,
@@ -51,7 +51,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0..3usize, 0..4_000u64, 0..30u32, any::<bool>(), prop::bool::weighted(0.1))
             .prop_map(|(card, amount, stan, shop, refund)| Op::Authorize { card, amount, stan, shop, refund }),
         3 => (0..8usize, prop::bool::weighted(0.8), prop::option::weighted(0.25, 1..8u64))
-            .prop_map(|(which, approve, part)| Op::Complete { which, approve, part }),
+            .prop_map(|(which, approve, eighths)| Op::Complete { which, approve, eighths }),
         1 => (0..3usize, 0..30u32, prop::option::of(0..4_000u64))
             .prop_map(|(card, stan, remaining)| Op::Reverse { card, stan, remaining }),
         1 => (0..3usize, 0..4_000u64, 30..40u32).prop_map(|(card, amount, stan)| Op::Advice { card, amount, stan }),
@@ -122,14 +122,16 @@ fn run(ops: &[Op]) {
             Op::Complete {
                 which,
                 approve,
-                part,
+                eighths,
             } => {
                 if !pending.is_empty() {
                     let (hold, req) = pending.remove(which % pending.len());
-                    let outcome = match (approve, part) {
+                    let outcome = match (approve, eighths) {
                         (true, None) => IssuerOutcome::APPROVED,
                         (true, Some(eighths)) => {
                             partly.push((hold.card, req.clone()));
+                            // A DE 6 below the proportion: the proportion is what counts,
+                            // and the DE 6 is what a repeat is told.
                             IssuerOutcome::ApprovedInPart {
                                 amounts: Amounts {
                                     transaction: req.amounts.transaction * eighths / 8,

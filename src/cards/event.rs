@@ -525,7 +525,7 @@ pub fn apply_ledger(
             {
                 mark_outcome(&mut e, *approved, *code, *auth, *decided_by, lsn);
                 if let (true, Some(part)) = (*approved, part) {
-                    take_part(ledger, hold.tx, &mut e, *part);
+                    narrow_to_part(ledger, hold.tx, &mut e, *part);
                 }
             }
             None
@@ -619,7 +619,12 @@ pub(crate) const VOIDED_FINGERPRINT: u64 = 0;
 /// A partial approval's entry `e`, under `key` in `ledger`: it charged, and spends, only its
 /// part, stands for the approved DE 4, and keeps the answer's amounts for its repeats.
 /// Never more than it still held (a partial reversal may have come first).
-pub(crate) fn take_part(ledger: &Ledger, key: OriginalData, e: &mut TxEntry, part: ApprovedPart) {
+pub(crate) fn narrow_to_part(
+    ledger: &Ledger,
+    key: OriginalData,
+    e: &mut TxEntry,
+    part: ApprovedPart,
+) {
     e.charged = part.spent;
     e.amount = e.amount.min(part.spent);
     e.original_amount = part.answer.transaction;

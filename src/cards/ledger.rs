@@ -236,9 +236,12 @@ impl TxEntry {
         }
     }
 
-    /// What it charged in the card's currency, in the proportion of `de4` to its DE 4
-    /// (`original_amount`, not 0), rounded up: what stays of it when a partial reversal
-    /// leaves `de4`, or what a partial approval of `de4` spends.
+    /// What it charged in the card's currency, in the proportion of `de4` to its DE 4,
+    /// rounded up: what stays of it when a partial reversal leaves `de4`, or what a partial
+    /// approval of `de4` spends.
+    ///
+    /// # Panics
+    /// When its DE 4 (`original_amount`) is 0: callers take no proportion of that.
     pub fn share_of(&self, de4: u64) -> u64 {
         let num = u128::from(self.charged) * u128::from(de4);
         u64::try_from(num.div_ceil(u128::from(self.original_amount))).unwrap_or(u64::MAX)
@@ -274,7 +277,7 @@ pub struct Ledger {
     unseen_voids: Mutex<Fifo<(UnixSeconds, OriginalData)>>,
     /// What the issuer answered to the transactions it approved in part
     /// (`TxEntry::partly_approved`), forgotten with them.
-    pub(crate) partials: ConcurrentMap<OriginalData, PartialAnswer>,
+    partials: ConcurrentMap<OriginalData, PartialAnswer>,
     /// Transactions that moved money forgotten for room before their retention.
     forgotten_young: AtomicU64,
     /// Bounds.
@@ -344,7 +347,21 @@ impl Ledger {
         }
     }
 
-    /// Marks `e`, the entry under `key` (its guard held), approved in part with `answer`.
+    /// Loads a snapshot's entry under `key`, with its partial approval's answer.
+    pub(crate) fn load(&self, key: OriginalData, entry: TxEntry, partial: Option<PartialAnswer>) {
+        if let Some(answer) = partial {
+            self.partials.insert(key, answer);
+        }
+        self.entries.insert(key, entry);
+    }
+
+    /// Partial approvals' answers kept.
+    pub fn partials_len(&self) -> usize {
+        self.partials.len()
+    }
+
+    /// Marks `e`, the entry under `key` (its guard held, or not in the ledger yet),
+    /// approved in part with `answer`.
     pub(crate) fn set_partial(&self, key: OriginalData, e: &mut TxEntry, answer: PartialAnswer) {
         self.partials.insert(key, answer);
         e.partly_approved = true;

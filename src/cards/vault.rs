@@ -43,7 +43,7 @@ mod advices;
 mod completions;
 mod recovery;
 mod reversals;
-mod snapshots;
+pub(crate) mod snapshots;
 
 pub use recovery::Recovered;
 pub use snapshots::{SnapshotPolicy, SnapshotReport, Snapshots};
@@ -778,7 +778,7 @@ impl Cards {
         };
         let part = match outcome {
             IssuerOutcome::ApprovedInPart { amounts, .. } => {
-                approved_part(&e, &amounts, card.currency)
+                spent_in_part(&e, &amounts, card.currency)
             }
             _ => None,
         };
@@ -794,7 +794,7 @@ impl Cards {
         let durable = self.journal.append(event.clone());
         event::mark_outcome(&mut e, approved, code, auth, decided_by, event.lsn());
         if let Some(part) = part {
-            event::take_part(&self.ledger, hold.tx, &mut e, part);
+            event::narrow_to_part(&self.ledger, hold.tx, &mut e, part);
         }
         let queue = e.retention_queue();
         drop(e);
@@ -845,7 +845,7 @@ impl Cards {
 /// approves a balance and rounds DE 4 down, a fee); never more than the hold. `None`, spent
 /// whole (the safe side), when no proportion can be taken: a request counted on its DE 6
 /// (DE 4 of 0), or an approved DE 4 not below the request's.
-fn approved_part(e: &TxEntry, approved: &Amounts, currency: u16) -> Option<ApprovedPart> {
+fn spent_in_part(e: &TxEntry, approved: &Amounts, currency: u16) -> Option<ApprovedPart> {
     let de4 = approved.transaction;
     (e.original_amount > 0 && de4 < e.original_amount).then(|| ApprovedPart {
         spent: e
@@ -1070,13 +1070,13 @@ mod tests {
                 IssuerOutcome::APPROVED,
             );
         }
-        assert_eq!(cards.ledger.partials.len(), 0, "forgotten with its entry");
+        assert_eq!(cards.ledger.partials_len(), 0, "forgotten with its entry");
         decided(&cards, key, &purchase(100, 1), now, IssuerOutcome::APPROVED);
         drop(cards);
         // The snapshot's entry, then the journal's record of the new one over it.
         let cards = open_with_ledger(dir.path(), ledger);
         assert!(cards.ledger.get(&k).is_some_and(|e| !e.partly_approved));
-        assert_eq!(cards.ledger.partials.len(), 0, "not left behind");
+        assert_eq!(cards.ledger.partials_len(), 0, "not left behind");
     }
 
     /// A card on a fresh real card number, 100.00 cap, valid a day from `now`.

@@ -27,8 +27,8 @@ use bytes::Bytes;
 
 use crate::cards::card::unix_now as now;
 use crate::cards::{
-    Admit, AdviceOutcome, Amounts, Approval, AuthCode, CardKey, Cards, DecidedBy, Decision, Expiry,
-    Hold, IssuerOutcome, Replay, ResponseCode, ReversalOutcome,
+    Admit, AdviceOutcome, Approval, AuthCode, CardKey, Cards, DecidedBy, Decision, Expiry, Hold,
+    IssuerOutcome, Replay, ResponseCode, ReversalOutcome,
 };
 use crate::iso8583::{Message, Spec, readable_part, recover_header};
 use crate::metrics as m;
@@ -283,18 +283,18 @@ impl Flow {
                         let _ = a.set(38, &auth);
                     }
                     if let Some(partial) = partial {
-                        // The request's DE 4 and DE 6 are the whole amount's: the first
-                        // answer had the issuer's (or no DE 6); where the layout cannot
-                        // take them, neither goes rather than the whole amount.
-                        let mut set = |n, amount: Option<u64>| {
+                        // The first answer had the issuer's DE 4 and DE 6 (or no DE 6),
+                        // not the request's whole amount: a field the layout cannot take,
+                        // or the answer lacked, is removed rather than left at the whole.
+                        let mut set_or_remove = |n, amount: Option<u64>| {
                             let written = amount
                                 .is_some_and(|v| a.set(n, format!("{v:012}").as_bytes()).is_ok());
                             if !written {
                                 a.remove(n);
                             }
                         };
-                        set(4, Some(partial.transaction));
-                        set(6, partial.billing);
+                        set_or_remove(4, Some(partial.transaction));
+                        set_or_remove(6, partial.billing);
                     }
                 }
                 (answer, decided_by)
@@ -835,38 +835,14 @@ fn issuer_outcome(answer: &Message, request: &Message) -> IssuerOutcome {
     let auth = answer
         .auth_code()
         .and_then(|a| <AuthCode>::try_from(a.as_bytes()).ok());
-    match approved_in_part(code, answer, request) {
+    // Any other 10 counts whole: the safe side.
+    let in_part = (code == ResponseCode::PARTIAL_APPROVAL)
+        .then(|| fields::approved_in_part(answer, request))
+        .flatten();
+    match in_part {
         Some(amounts) => IssuerOutcome::ApprovedInPart { amounts, auth },
         None => IssuerOutcome::Approved(code, auth),
     }
-}
-
-/// The amounts of a partial approval (DE 39 10) whose DE 4 is above 0 and below the
-/// request's, in its currency (DE 49 the same, or left out of the answer); DE 6 in the
-/// answer's DE 51, or the request's. Any other 10 counts whole: the safe side.
-fn approved_in_part(code: ResponseCode, answer: &Message, request: &Message) -> Option<Amounts> {
-    if code != ResponseCode::PARTIAL_APPROVAL {
-        return None;
-    }
-    let currency = answer.currency_transaction();
-    if currency.is_some() && currency != request.currency_transaction() {
-        return None;
-    }
-    let approved = answer.amount_transaction()?;
-    if approved == 0 || approved >= request.amount_transaction()? {
-        return None;
-    }
-    let numeric = |c: Option<[u8; 3]>| c.and_then(|c| fields::digits_u16(&c));
-    let billing_currency = numeric(answer.currency_cardholder_billing())
-        .or_else(|| numeric(request.currency_cardholder_billing()))
-        .unwrap_or(0);
-    Some(Amounts {
-        transaction: approved,
-        transaction_currency: numeric(request.currency_transaction()).unwrap_or(0),
-        billing: answer
-            .amount_cardholder_billing()
-            .map(|b| (b, billing_currency)),
-    })
 }
 
 /// What the network hears for a request the issuer link could not get answered.
@@ -1062,6 +1038,8 @@ mod tests {
 
     #[test]
     fn only_a_10_for_less_in_the_requests_currency_is_a_partial_approval() {
+        use crate::cards::Amounts;
+
         let message = |mti: &[u8; 4], code: Option<&[u8; 2]>, de4: &[u8], de49: Option<&[u8]>| {
             let mut m = Message::new(Spec::iso87ascii(), mti).unwrap();
             m.set(4, de4).unwrap();

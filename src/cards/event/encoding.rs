@@ -687,8 +687,8 @@ mod tests {
         assert!(Event::decode(&new[..old.len() + 3]).is_err());
     }
 
-    /// The snapshot format these tests write (`SNAPSHOT_VERSION`).
-    const SNAP: u8 = 4;
+    /// The snapshot format these tests write.
+    const SNAP: u8 = crate::cards::vault::snapshots::SNAPSHOT_VERSION;
 
     #[test]
     fn a_snapshots_ledger_entry_keeps_a_partial_approvals_answer_and_a_version_3_one_has_none() {

@@ -276,6 +276,8 @@ pub(crate) fn decode_snap_tx(
     let amount = g.u64()?;
     let original_amount = g.u64()?;
     let flags = g.u8()?;
+    // Read here, in the record's order: the partial answer sits between the acceptor and
+    // DE 38.
     let (at, lsn, mti, acceptor) = (g.u64()?, g.u64()?, g.array()?, get_acceptor(g)?);
     let partial = get_snap_partial(g, version)?;
     let entry = TxEntry {

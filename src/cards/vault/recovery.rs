@@ -604,11 +604,8 @@ fn load_snapshot_record(
             let (k, e, partial) = event::decode_snap_tx(&mut g, version)
                 .filter(|_| g.0.is_empty())
                 .ok_or(StoreError::Corrupt("snapshot tx"))?;
-            if let Some(answer) = partial {
-                ledger.partials.insert(k, answer);
-            }
             highest_lsn.fetch_max(e.lsn, Ordering::Relaxed);
-            ledger.entries.insert(k, e);
+            ledger.load(k, e, partial);
         }
         _ => return Err(StoreError::Corrupt("snapshot record")),
     }

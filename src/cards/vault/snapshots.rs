@@ -44,7 +44,7 @@ impl Default for SnapshotPolicy {
 
 /// Snapshot format version. 4 keeps a partial approval's amounts in its ledger entry; 3
 /// ends with a [`event::SnapEnd`] record; 2, without it, is still read.
-pub(super) const SNAPSHOT_VERSION: u8 = 4;
+pub(crate) const SNAPSHOT_VERSION: u8 = 4;
 
 impl Cards {
     /// Writes a snapshot of every card and remembered transaction, then deletes the

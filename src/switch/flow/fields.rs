@@ -6,8 +6,7 @@ use crate::cards::{
 };
 use crate::iso8583::Message;
 
-/// A numeric field of up to 4 digits (a currency, an MCC).
-pub(super) fn digits_u16(ascii: &[u8]) -> Option<u16> {
+fn digits_u16(ascii: &[u8]) -> Option<u16> {
     if ascii.is_empty() || ascii.len() > 4 || !ascii.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -16,6 +15,32 @@ pub(super) fn digits_u16(ascii: &[u8]) -> Option<u16> {
             .iter()
             .fold(0u16, |v, &c| v * 10 + u16::from(c - b'0')),
     )
+}
+
+/// What the issuer's `answer` to `request` approved, read as a partial approval: its DE 4
+/// when above 0 and below the request's, in its currency (DE 49 the same, or left out of
+/// the answer), and its DE 6 in its DE 51, or the request's (0 when neither has one).
+/// `None` when it is no approval of a part.
+pub fn approved_in_part(answer: &Message, request: &Message) -> Option<Amounts> {
+    let currency = answer.currency_transaction();
+    if currency.is_some() && currency != request.currency_transaction() {
+        return None;
+    }
+    let approved = answer.amount_transaction()?;
+    if approved == 0 || approved >= request.amount_transaction()? {
+        return None;
+    }
+    let numeric = |c: Option<[u8; 3]>| c.and_then(|c| digits_u16(&c));
+    let billing_currency = numeric(answer.currency_cardholder_billing())
+        .or_else(|| numeric(request.currency_cardholder_billing()))
+        .unwrap_or(0);
+    Some(Amounts {
+        transaction: approved,
+        transaction_currency: numeric(request.currency_transaction()).unwrap_or(0),
+        billing: answer
+            .amount_cardholder_billing()
+            .map(|b| (b, billing_currency)),
+    })
 }
 
 /// The cards' view of a 0100/0200/0120/0220; `None` when DE 11 or DE 7 is missing.

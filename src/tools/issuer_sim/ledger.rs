@@ -45,8 +45,8 @@ struct Booked {
     /// What it did to the balance (negative for a debit): the amount billed, DE 6 when
     /// the network converted it into the card's currency, else DE 4.
     effect: i64,
-    /// DE 4 of the request, which a partial reversal's DE 95 speaks in: what stays of
-    /// `effect` is in that proportion.
+    /// The DE 4 it stands for (the request's, or the approved one of a `10`), which a
+    /// partial reversal's DE 95 speaks in: what stays of `effect` is in that proportion.
     asked: u64,
     /// What of `effect` still stands: all of it until reversed, DE 95's amount after a
     /// partial reversal, 0 after a full one.
@@ -64,7 +64,7 @@ struct Booked {
 
 impl Booked {
     /// What it approved, when it was a partial approval (10), for a repeat to be told again.
-    fn approved_in_part(&self) -> Option<ApprovedAmounts> {
+    fn approved_amounts(&self) -> Option<ApprovedAmounts> {
         (self.response_code == *b"10").then(|| ApprovedAmounts {
             transaction: self.asked,
             billing: self.effect.unsigned_abs(),
@@ -326,38 +326,35 @@ impl Ledger {
     /// 0100 / 0200: approve and debit (credit for a refund), or 51; or, with
     /// `partial_approvals`, approve the balance (10) of a purchase over it.
     fn authorize(&self, req: &Message, resp_mti: [u8; 4]) -> Option<Decision> {
-        let decision = |rc: &[u8; 2], auth| {
+        let decision = |rc: &[u8; 2], auth, approved| {
             Some(Decision {
                 mti: resp_mti,
                 response_code: *rc,
                 auth_code: auth,
-                approved: None,
+                approved,
             })
         };
         let Some(Ok(pan)) = req.card_number() else {
-            return decision(b"14", None);
+            return decision(b"14", None, None);
         };
         if !luhn_valid(pan.as_bytes()) {
-            return decision(b"14", None);
+            return decision(b"14", None, None);
         }
         let (Some(asked), Some(pcode)) = (req.amount_transaction(), req.processing_code()) else {
-            return decision(b"30", None);
+            return decision(b"30", None, None);
         };
         let Ok(amount) = i64::try_from(billed(req).unwrap_or(asked)) else {
-            return decision(b"13", None);
+            return decision(b"13", None, None);
         };
         let refund = pcode.starts_with(b"20");
         let key = txn_key(req);
         let Some(mut account) = self.account(&pan) else {
-            return decision(b"14", None);
+            return decision(b"14", None, None);
         };
         if req.mti()[3] == b'1'
             && let Some(b) = account.history.get(&key)
         {
-            return Some(Decision {
-                approved: b.approved_in_part(),
-                ..decision(&b.response_code, b.auth_code)?
-            });
+            return decision(&b.response_code, b.auth_code, b.approved_amounts());
         }
         // A zero amount (a card check) is approved whatever the balance; a refund that
         // would carry the balance past i64 is declined, not wrapped.
@@ -388,21 +385,21 @@ impl Ledger {
             reversed: false,
             unanswered: false,
         });
-        Some(Decision {
-            approved,
-            ..decision(&rc, auth)?
-        })
+        decision(&rc, auth, approved)
     }
 
     /// What a partial approval of a purchase of `asked` (DE 4), billed `amount`, approves
     /// on `balance`: the balance, and DE 4 in its proportion, rounded down. `None` when
     /// partial approvals are off or nothing would be approved.
     fn part_of(&self, asked: u64, amount: i64, balance: i64) -> Option<ApprovedAmounts> {
+        if !self.partial_approvals {
+            return None;
+        }
         let billing = u64::try_from(balance).ok().filter(|&b| b > 0)?;
         let amount = u64::try_from(amount).ok()?;
         let transaction =
             u64::try_from(u128::from(asked) * u128::from(billing) / u128::from(amount)).ok()?;
-        (self.partial_approvals && transaction > 0).then_some(ApprovedAmounts {
+        (transaction > 0).then_some(ApprovedAmounts {
             transaction,
             billing,
         })
