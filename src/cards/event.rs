@@ -118,8 +118,8 @@ pub enum Event {
         /// Who gave the answer: the switch for its own 91 and 96 (no answer in time, the
         /// store failing), else the issuer, whatever its code (an issuer's own 96 too).
         decided_by: DecidedBy,
-        /// A partial approval (DE 39 10): of the hold (or of a hold in doubt, counted
-        /// whole), only this part is spent, the rest given back.
+        /// A partial approval (DE 39 10), `approved` then: of the hold (or of a hold in
+        /// doubt, counted whole), only this part is spent, the rest given back.
         part: Option<ApprovedPart>,
     },
     /// A reversal gave (part of) a transaction back, or a completion gave back, whole, the
@@ -253,7 +253,7 @@ pub fn apply_card(card: &mut Card, event: &Event) {
                 (true, true) => {}
                 (true, false) => unspend(card, hold),
             }
-            if let (true, Some(part)) = (*approved, part) {
+            if let Some(part) = part {
                 // Spent whole above (or counted whole while in doubt): what the issuer did
                 // not approve goes back.
                 card.spent = card
@@ -524,7 +524,7 @@ pub fn apply_ledger(
                 && newer(&e)
             {
                 mark_outcome(&mut e, *approved, *code, *auth, *decided_by, lsn);
-                if let (true, Some(part)) = (*approved, part) {
+                if let Some(part) = part {
                     narrow_to_part(ledger, hold.tx, &mut e, *part);
                 }
             }

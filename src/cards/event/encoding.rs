@@ -34,6 +34,16 @@ pub(crate) trait Put {
     fn u32(&mut self, v: u32);
     fn u64(&mut self, v: u64);
     fn bytes(&mut self, v: &[u8]);
+    /// A byte that says whether there is a value (1) or not (0), then the value, if any.
+    fn option<T>(&mut self, v: Option<T>, put: impl FnOnce(&mut Self, T)) {
+        match v {
+            Some(v) => {
+                self.u8(1);
+                put(self, v);
+            }
+            None => self.u8(0),
+        }
+    }
 }
 
 impl Put for Vec<u8> {
@@ -96,6 +106,17 @@ impl<'a> Get<'a> {
             _ => None,
         }
     }
+    /// What [`Put::option`] wrote, `get` reading the value; `None` when damaged.
+    pub(crate) fn option<T>(
+        &mut self,
+        get: impl FnOnce(&mut Self) -> Option<T>,
+    ) -> Option<Option<T>> {
+        match self.u8()? {
+            0 => Some(None),
+            1 => get(self).map(Some),
+            _ => None,
+        }
+    }
     /// A field added at the end of a record after records without it were written:
     /// `Some(None)` when nothing is left, `None` (damage) when something other than it is.
     pub(crate) fn optional_tail<const N: usize>(&mut self) -> Option<Option<[u8; N]>> {
@@ -124,45 +145,25 @@ pub(crate) fn get_tx(g: &mut Get<'_>) -> Option<OriginalData> {
     })
 }
 
-/// A partial approval's amounts: DE 4, then DE 6 after a byte that says whether there is one.
+/// A partial approval's amounts: DE 4, then DE 6 if there is one.
 pub(crate) fn put_partial_answer(out: &mut Vec<u8>, a: &PartialAnswer) {
     out.u64(a.transaction);
-    match a.billing {
-        Some(b) => {
-            out.u8(1);
-            out.u64(b);
-        }
-        None => out.u8(0),
-    }
+    out.option(a.billing, |out, b| out.u64(b));
 }
 
 pub(crate) fn get_partial_answer(g: &mut Get<'_>) -> Option<PartialAnswer> {
     Some(PartialAnswer {
         transaction: g.u64()?,
-        billing: match g.u8()? {
-            0 => None,
-            1 => Some(g.u64()?),
-            _ => return None,
-        },
+        billing: g.option(|g| g.u64())?,
     })
 }
 
 pub(crate) fn put_acceptor(out: &mut Vec<u8>, a: Option<AcceptorId>) {
-    match a {
-        Some(a) => {
-            out.u8(1);
-            out.extend_from_slice(&a.0);
-        }
-        None => out.u8(0),
-    }
+    out.option(a, |out, a| out.extend_from_slice(&a.0));
 }
 
 pub(crate) fn get_acceptor(g: &mut Get<'_>) -> Option<Option<AcceptorId>> {
-    Some(match g.u8()? {
-        0 => None,
-        1 => Some(AcceptorId(g.array()?)),
-        _ => return None,
-    })
+    g.option(|g| g.array().map(AcceptorId))
 }
 
 /// Set in a transaction record's flags when bit 2 says whether it is a refund.
@@ -422,7 +423,10 @@ impl Event {
             TAG_OUTCOME => {
                 let hold = get_txevent(&mut g)?;
                 let flags = g.u8()?;
-                if flags >= OUTCOME_PARTIAL << 1 {
+                let approved = flags & 1 != 0;
+                // A part is spent only of an approval.
+                let part_of_no_approval = flags & OUTCOME_PARTIAL != 0 && !approved;
+                if flags >= OUTCOME_PARTIAL << 1 || part_of_no_approval {
                     return None;
                 }
                 let code = ResponseCode(g.array()?);
@@ -436,7 +440,7 @@ impl Event {
                 };
                 Event::Outcome {
                     hold,
-                    approved: flags & 1 != 0,
+                    approved,
                     in_doubt: flags & 2 != 0,
                     code,
                     part,
@@ -858,6 +862,27 @@ mod tests {
         // The partial flag without its part after the code.
         outcome[flags] = 3 | OUTCOME_PARTIAL;
         assert!(Event::decode(&outcome).is_err());
+        // A part of what was not approved.
+        let mut partial = Vec::new();
+        Event::Outcome {
+            hold: tx_event(),
+            approved: true,
+            in_doubt: false,
+            code: ResponseCode::PARTIAL_APPROVAL,
+            auth: None,
+            decided_by: DecidedBy::Issuer,
+            part: Some(ApprovedPart {
+                spent: 1,
+                answer: PartialAnswer {
+                    transaction: 2,
+                    billing: None,
+                },
+            }),
+        }
+        .encode(&mut partial);
+        assert!(Event::decode(&partial).is_ok());
+        partial[flags] &= !1;
+        assert!(Event::decode(&partial).is_err());
     }
 
     #[test]

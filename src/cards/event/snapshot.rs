@@ -233,13 +233,7 @@ impl Encode for SnapTx {
         out.extend_from_slice(&e.mti);
         put_acceptor(out, e.acceptor);
         // From version 4.
-        match &self.2 {
-            Some(answer) => {
-                out.u8(1);
-                put_partial_answer(out, answer);
-            }
-            None => out.u8(0),
-        }
+        out.option(self.2.as_ref(), put_partial_answer);
         // Last, and only when there is one, as in an outcome record: snapshots written
         // before DE 38 was kept read the same.
         if let Some(auth) = e.auth {
@@ -254,11 +248,7 @@ fn get_snap_partial(g: &mut Get<'_>, version: u8) -> Option<Option<PartialAnswer
     if version < 4 {
         return Some(None);
     }
-    match g.u8()? {
-        0 => Some(None),
-        1 => get_partial_answer(g).map(Some),
-        _ => None,
-    }
+    g.option(get_partial_answer)
 }
 
 /// Reads a ledger entry of a snapshot of format `version` after its tag, and its partial

@@ -358,19 +358,17 @@ impl Ledger {
         }
         // A zero amount (a card check) is approved whatever the balance; a refund that
         // would carry the balance past i64 is declined, not wrapped.
-        let mut approved = None;
-        let (rc, effect) = if refund {
+        let (rc, effect, approved) = if refund {
             match account.balance.checked_add(amount) {
-                Some(_) => (*b"00", amount),
-                None => (*b"13", 0),
+                Some(_) => (*b"00", amount, None),
+                None => (*b"13", 0, None),
             }
         } else if amount == 0 || account.balance >= amount {
-            (*b"00", -amount)
+            (*b"00", -amount, None)
         } else if let Some(part) = self.part_of(asked, amount, account.balance) {
-            approved = Some(part);
-            (*b"10", -account.balance)
+            (*b"10", -account.balance, Some(part))
         } else {
-            (*b"51", 0)
+            (*b"51", 0, None)
         };
         let auth = matches!(&rc, b"00" | b"10").then(|| self.auth_code());
         account.balance += effect;
