@@ -549,6 +549,25 @@ mod tests {
         }
     }
 
+    /// The issuer's partial approval of `tx_event`'s hold (in doubt, or not), without DE 38.
+    fn partly_approved(in_doubt: bool) -> Event {
+        Event::Outcome {
+            hold: tx_event(),
+            approved: true,
+            in_doubt,
+            code: ResponseCode::PARTIAL_APPROVAL,
+            auth: None,
+            decided_by: DecidedBy::Issuer,
+            part: Some(ApprovedPart {
+                spent: 1,
+                answer: PartialAnswer {
+                    transaction: 2,
+                    billing: None,
+                },
+            }),
+        }
+    }
+
     #[test]
     fn every_event_decodes_to_what_was_encoded() {
         let events = vec![
@@ -571,21 +590,7 @@ mod tests {
                     },
                 }),
             },
-            Event::Outcome {
-                hold: tx_event(),
-                approved: true,
-                in_doubt: true,
-                code: ResponseCode::PARTIAL_APPROVAL,
-                auth: None,
-                decided_by: DecidedBy::Issuer,
-                part: Some(ApprovedPart {
-                    spent: 1,
-                    answer: PartialAnswer {
-                        transaction: 2,
-                        billing: None,
-                    },
-                }),
-            },
+            partly_approved(true),
             Event::Outcome {
                 hold: tx_event(),
                 approved: true,
@@ -864,22 +869,7 @@ mod tests {
         assert!(Event::decode(&outcome).is_err());
         // A part of what was not approved.
         let mut partial = Vec::new();
-        Event::Outcome {
-            hold: tx_event(),
-            approved: true,
-            in_doubt: false,
-            code: ResponseCode::PARTIAL_APPROVAL,
-            auth: None,
-            decided_by: DecidedBy::Issuer,
-            part: Some(ApprovedPart {
-                spent: 1,
-                answer: PartialAnswer {
-                    transaction: 2,
-                    billing: None,
-                },
-            }),
-        }
-        .encode(&mut partial);
+        partly_approved(false).encode(&mut partial);
         assert!(Event::decode(&partial).is_ok());
         partial[flags] &= !1;
         assert!(Event::decode(&partial).is_err());
