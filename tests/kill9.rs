@@ -554,6 +554,56 @@ async fn a_reversal_owed_to_a_silent_issuer_outlives_a_kill_9_and_goes_out_at_th
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_reversal_the_issuer_did_not_answer_outlives_a_kill_9_and_goes_out_at_the_next_start()
+ {
+    let rig = ScriptedHost::new("300").await;
+    let (card, real) = issue_cards(&rig.data_dir, 1, 1_000_000).await.remove(0);
+    let key = CardKey::of(&card.vpan);
+
+    // The host approves a purchase, then takes its reversal and says nothing: the network
+    // hears 91, the card has given the amount back, and the switch is killed.
+    let (serve, mut host) = rig.start().await;
+    let mut net = Client::connect(serve.network).await;
+    let request = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 500);
+    net.send(&request).await;
+    let at_host = host_message(&mut host, Duration::from_secs(10))
+        .await
+        .unwrap();
+    host_answer(&mut host, &at_host, b"0110", b"00").await;
+    assert_eq!(code(&net.answer(request.stan().unwrap()).await), "00");
+    let reversal = reversal_of(&mut net, &request);
+    net.send(&reversal).await;
+    let first = host_message(&mut host, Duration::from_secs(10))
+        .await
+        .expect("the reversal reaches the host");
+    assert_eq!(&first.mti(), b"0400");
+    assert_eq!(code(&net.answer(reversal.stan().unwrap()).await), "91");
+    serve.stop("KILL").await;
+    drop(host);
+    let (cards, _) = open_cards(&rig.data_dir);
+    assert_eq!(cards.get(key).unwrap().spent, 0, "given back, on disk");
+    drop(cards);
+
+    // The next start owes it (written before the network heard its 91), and sends it as a
+    // repeat, with the real card, naming the purchase.
+    let (serve, mut host) = rig.start().await;
+    assert_eq!(serve.recovered["reversals_owed"], 1, "{}", serve.recovered);
+    let owed = host_message(&mut host, Duration::from_secs(15))
+        .await
+        .expect("the reversal owed goes out at the next start");
+    assert_eq!(&owed.mti(), b"0401");
+    assert_eq!(owed.pan(), Some(Ok(real)));
+    assert_eq!(owed.raw(90), first.raw(90));
+    assert_eq!(owed.amount_transaction(), Some(500));
+    host_answer(&mut host, &owed, b"0410", b"00").await;
+    assert!(
+        hears_nothing(&mut host, Duration::from_millis(800)).await,
+        "the reversal goes once when answered"
+    );
+    rig.stopped_then_owing_nothing(serve, host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purchase_the_issuer_declines_after_its_91_owes_nothing_at_the_next_start() {
     let rig = ScriptedHost::new("300").await;
     let (card, _) = issue_cards(&rig.data_dir, 1, 1_000_000).await.remove(0);

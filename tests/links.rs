@@ -1160,3 +1160,102 @@ async fn a_repeat_of_a_partial_approval_is_told_its_amounts_even_without_de6() {
     );
     rig.stop().await;
 }
+
+/// A purchase of `amount` on `card` that the scripted host approves (00), and the
+/// network's 0400 reversing it, not yet sent.
+async fn approved_then_reversal(
+    net: &mut Client,
+    host: &mut HostSide,
+    card: &vpan::cards::CardView,
+    amount: u64,
+) -> (Message, Message) {
+    let request = purchase(net, b"0100", &card.vpan, &card.expiry.0, amount);
+    net.send(&request).await;
+    let mut answer = next_message(host).await;
+    answer.set_mti(b"0110").unwrap();
+    answer.set_response_code(b"00").unwrap();
+    send(host, &answer).await;
+    assert_eq!(code(&net.answer(request.stan().unwrap()).await), "00");
+    let reversal = reversal_of(net, &request);
+    (request, reversal)
+}
+
+/// Answers `request` at the host with `answer_code`.
+async fn host_answers(host: &mut HostSide, request: &Message, answer_code: &[u8; 2]) {
+    let mut answer = request.clone();
+    answer
+        .set_mti(&vpan::switch::flow::response_mti(request.mti()))
+        .unwrap();
+    answer.set_response_code(answer_code).unwrap();
+    send(host, &answer).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reversal_the_issuer_answers_91_is_owed_and_sent_again_as_a_repeat_until_applied() {
+    let (rig, mut host) = signed_on_host(3_000).await;
+    let mut net = Client::connect(rig.network).await;
+    let (card, real) = rig.issue(|c| c.amount_limit = 4_000).await;
+    let (purchase, reversal) = approved_then_reversal(&mut net, &mut host, &card, 1_500).await;
+    // A front end answering for a host that is down: the network hears its 91, and the
+    // card has given the amount back.
+    net.send(&reversal).await;
+    let first = next_message(&mut host).await;
+    assert_eq!(&first.mti(), b"0400");
+    host_answers(&mut host, &first, b"91").await;
+    assert_eq!(code(&net.answer(reversal.stan().unwrap()).await), "91");
+    assert_eq!(rig.cards.get(CardKey::of(&card.vpan)).unwrap().spent, 0);
+    // The switch owes it, and tells the issuer again on its own, as a repeat, with the
+    // real card and DE 90 naming the purchase, until it is applied.
+    let again = next_message(&mut host).await;
+    assert_eq!(&again.mti(), b"0401", "sent again as a repeat");
+    assert_eq!(again.pan(), Some(Ok(real.clone())));
+    assert_eq!(again.raw(90), first.raw(90));
+    assert_eq!(&again.raw(90).unwrap()[..10], {
+        let mut named = purchase.mti().to_vec();
+        named.extend_from_slice(&purchase.stan().unwrap());
+        named
+    });
+    host_answers(&mut host, &again, b"00").await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(800), next_message(&mut host))
+            .await
+            .is_err(),
+        "applied: not sent again"
+    );
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reversal_while_the_issuer_link_is_down_is_answered_91_and_goes_out_once_it_is_back() {
+    let (rig, listener) = host_rig(|c| c.issuer.timeout_ms = 3_000).await;
+    let mut host = accept_sign_on(&listener).await;
+    let mut net = Client::connect(rig.network).await;
+    let (card, real) = rig.issue(|c| c.amount_limit = 4_000).await;
+    let (_, reversal) = approved_then_reversal(&mut net, &mut host, &card, 1_500).await;
+    // The host drops the link; the switch dials again, and its sign-on waits unanswered:
+    // no connection is up.
+    drop(host);
+    let (stream, _) = listener.accept().await.unwrap();
+    let mut host = Framed::new(stream, FrameCodec::new(Framing::Len2, 0, 8192));
+    let sign_on = next_message(&mut host).await;
+    assert_eq!(sign_on.mti(), *b"0800");
+    // The reversal gets 91 at once, and its amount is given back: the network may stop
+    // sending it, but the switch owes it to the issuer.
+    assert_eq!(code(&net.call(&reversal).await), "91");
+    assert_eq!(rig.cards.get(CardKey::of(&card.vpan)).unwrap().spent, 0);
+    // The link comes up, and the reversal goes out as the network sent it (the host never
+    // had it), with the real card.
+    host_answers(&mut host, &sign_on, b"00").await;
+    let owed = next_message(&mut host).await;
+    assert_eq!(&owed.mti(), b"0400");
+    assert_eq!(owed.pan(), Some(Ok(real)));
+    assert_eq!(owed.stan(), reversal.stan());
+    host_answers(&mut host, &owed, b"00").await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(800), next_message(&mut host))
+            .await
+            .is_err(),
+        "applied: not sent again"
+    );
+    rig.stop().await;
+}

@@ -144,6 +144,17 @@ impl Message {
         Ok(())
     }
 
+    /// Marks a message sent before as its repeat (0100 → 0101, 0420 → 0421: ISO 8583:1987's
+    /// last MTI digit, "repeat" for the same originator), as it goes again when its first
+    /// telling may have reached the host: the host then answers what it answered the first
+    /// time rather than applying it again. A repeat already, or an MTI of another shape, is
+    /// left as it is.
+    pub fn mark_repeat(&mut self) {
+        if self.mti[3] == b'0' {
+            self.mti[3] = b'1';
+        }
+    }
+
     /// True when field `n` is present.
     #[inline]
     pub fn has(&self, n: usize) -> bool {

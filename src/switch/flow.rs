@@ -37,7 +37,8 @@ use crate::store::StoreError;
 use crate::store::journal::Durable;
 
 use super::issuer::{
-    IssuerError, IssuerLink, Owed, Unanswered, is_known_decline, may_approve, undecided,
+    IssuerError, IssuerLink, Owed, Unanswered, is_known_decline, may_approve, reversal_undone,
+    undecided,
 };
 use super::mac::{MAC_FAILURE_CODE, MacCheck, MacKey, mac_field};
 use super::tracks;
@@ -513,7 +514,15 @@ impl Flow {
             Ok(_) => return self.answer_on_card(request, Err(NotSent::Format)).await,
             Err(not) => return self.answer_on_card(request, Err(not)).await,
         };
-        match self.cards.reverse(vpan.key, &req, now()) {
+        let outcome = self.cards.reverse(vpan.key, &req, now());
+        // Given back here, the reversal must reach the issuer even if the network stops
+        // sending it: kept to be owed should the issuer not hear it. (A void has nothing
+        // at the issuer to reverse: its original never went there, or was declined, or is
+        // reversed by the link already, having timed out. A repeat's first is owed if it
+        // was not heard.)
+        let to_owe = matches!(outcome, ReversalOutcome::Reversed { .. })
+            .then(|| toward_issuer.message.clone());
+        match outcome {
             ReversalOutcome::Reversed { durable, .. } | ReversalOutcome::Voided { durable } => {
                 if let Err(e) = durable.await {
                     // Fail closed: not forwarded, answered 96, so the network sends it
@@ -538,6 +547,9 @@ impl Flow {
         let sent = self
             .send_toward_issuer(toward_issuer, &request, &vpan)
             .await;
+        if let Some(reversal) = to_owe {
+            self.owe_if_unheard(reversal, &sent).await;
+        }
         let (mut answer, decided_by) = self.answer_on_card(request, sent).await;
         if original.is_some()
             && let Some(answer) = answer.as_mut()
@@ -545,6 +557,27 @@ impl Flow {
             answer.remove(90);
         }
         (answer, decided_by)
+    }
+
+    /// Owes the issuer `reversal`, which gave a card's amount back, when `sent` says the
+    /// issuer did not hear it or did not apply it ([`IssuerLink::owe_reversal`]); returns
+    /// once the debt is on disk, so that the network hears its 91 (or the issuer's 91 or 96)
+    /// only then. Not owed: one the link refused to send ([`IssuerError::Encode`], which
+    /// `fits` made rare; [`IssuerError::Clash`], another transaction under its key waiting).
+    async fn owe_if_unheard(&self, reversal: Msg, sent: &OnCard) {
+        let may_have_reached = match sent {
+            Err(NotSent::Issuer(unanswered)) => match unanswered.error {
+                IssuerError::Unavailable => false,
+                IssuerError::Timeout | IssuerError::ConnectionLost => true,
+                IssuerError::Encode | IssuerError::Clash => return,
+            },
+            Ok(Some(answer)) if reversal_undone(answer) => true,
+            Ok(_) | Err(NotSent::UnknownCard | NotSent::Format) => return,
+        };
+        self.issuer
+            .owe_reversal(reversal, may_have_reached)
+            .record()
+            .await;
     }
 
     /// The card a request is on (DE 2, or track 2) and the cards' view of it (`fields`), or
@@ -956,12 +989,7 @@ impl Drop for AskingIssuer<'_> {
 /// cannot answer it: the issuer then answers what it answered the first time rather than
 /// deciding (and charging) it again.
 fn as_repeat(mut request: Msg) -> Msg {
-    let mut mti = request.mti();
-    if mti[3] == b'0' {
-        mti[3] = b'1';
-        // The same layout and length: cannot fail on a message that parsed.
-        let _ = request.set_mti(&mti);
-    }
+    request.mark_repeat();
     request
 }
 

@@ -53,7 +53,7 @@ use crate::metrics as m;
 use crate::store::owed::{Debt, OwedReversals, Stamp};
 
 pub use connection::network_management_request;
-pub use reversals::{Owed, reversal_for};
+pub use reversals::{Owed, reversal_for, reversal_undone};
 pub use stamps::RESTAMPED_KEPT;
 
 use reversals::{DebtHeld, needs_reversal};

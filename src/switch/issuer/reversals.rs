@@ -1,10 +1,12 @@
 //! The reversals the link owes the issuer, and how it pays them.
 //!
 //! A request that may have moved money at the issuer (sent, then no answer in time, or its
-//! connection lost) is reversed with a 0400 unless its answer says it was not approved.
-//! Its debt ([`Owed`]) is written to the book of reversals owed before the network hears
-//! its 91, so a restart still sends it; the reversal is retried with backoff until the
-//! issuer answers it, and the debt is then marked paid.
+//! connection lost) is reversed with a 0400 unless its answer says it was not approved;
+//! and a network's reversal whose amount a card gave back is owed as it is when the issuer
+//! did not hear it or apply it ([`IssuerLink::owe_reversal`]). Either debt ([`Owed`]) is
+//! written to the book of reversals owed before the network hears its answer, so a restart
+//! still sends it; the reversal is retried with backoff until the issuer answers it, and
+//! the debt is then marked paid.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -158,7 +160,8 @@ impl Drop for Owed {
 
 impl IssuerLink {
     /// Sends again the reversals an earlier run owed and did not see answered. Each goes
-    /// as a repeat (0401): it may have reached the host before.
+    /// as a repeat (0401, or 0421 for a network's 0420): it may have reached the host
+    /// before.
     pub(super) fn pay_earlier_debts(&self, debts: Vec<Debt>) {
         if !debts.is_empty() {
             tracing::warn!(
@@ -169,8 +172,7 @@ impl IssuerLink {
         for Debt { id, reversal } in debts {
             match Message::parse(self.spec(), reversal) {
                 Ok(mut reversal) => {
-                    // Four digits: never refused.
-                    let _ = reversal.set_mti(b"0401");
+                    reversal.mark_repeat();
                     self.send_reversal(Box::new(reversal), None, Some(id));
                 }
                 // Written by vpan in the issuer link's layout of the time; the layout was
@@ -245,6 +247,24 @@ impl IssuerLink {
         }
     }
 
+    /// Owes the issuer a network's `reversal` (in the issuer's layout, with the real card)
+    /// that the card has given its amount back for, and that the issuer did not hear (no
+    /// connection up, no answer in time, the connection lost under it) or did not apply
+    /// (answered 91 or 96): the link sends it in the background until the issuer answers
+    /// it, as a repeat when the first telling `may_have_reached` the host. Left to the
+    /// network's own repeats, it would be lost once the network gives up on a host down
+    /// for longer than its retries, and the real account would stay charged for what the
+    /// card no longer counts. The caller records the debt (its amount given back is on disk
+    /// already) before the network hears its answer.
+    pub fn owe_reversal(&self, mut reversal: Box<Message>, may_have_reached: bool) -> Box<Owed> {
+        if may_have_reached {
+            reversal.mark_repeat();
+        }
+        let (debt, owed) = self.owe(&reversal);
+        self.send_reversal(reversal, None, Some(debt.id));
+        owed
+    }
+
     /// Sends `reversal` in the background until answered ([`IssuerLink::reverse`]), the
     /// first attempt on connection `original_conn` when it is up, and then marks `debt`
     /// paid. An original the issuer has not answered may still be unread in that
@@ -290,8 +310,7 @@ impl IssuerLink {
                     sent,
                     Ok(_) | Err(IssuerError::Timeout | IssuerError::ConnectionLost)
                 ) {
-                    // Four digits: never refused.
-                    let _ = reversal.set_mti(b"0401");
+                    reversal.mark_repeat();
                 }
                 match &sent {
                     // Dropped as it was read: the host's doing, perhaps over this reversal.
@@ -407,7 +426,7 @@ impl Drop for ReversalDone {
 
 /// An answer to a reversal that says it was not applied: the host (or a front end for
 /// it) is down or failed. Any other code is the issuer's verdict, and final.
-pub(super) fn reversal_undone(answer: &Message) -> bool {
+pub fn reversal_undone(answer: &Message) -> bool {
     matches!(answer.response_code(), Some(code) if code == *b"91" || code == *b"96")
 }
 
