@@ -553,39 +553,57 @@ async fn a_reversal_owed_to_a_silent_issuer_outlives_a_kill_9_and_goes_out_at_th
     rig.stopped_then_owing_nothing(serve, host).await;
 }
 
+/// A purchase of 500 on `card` that the scripted host approves, over `net`.
+async fn approved_by_the_host(
+    net: &mut Client,
+    host: &mut HostSide,
+    card: &vpan::cards::CardView,
+) -> Message {
+    let request = purchase(net, b"0100", &card.vpan, &card.expiry.0, 500);
+    net.send(&request).await;
+    let at_host = host_message(host, Duration::from_secs(10)).await.unwrap();
+    host_answer(host, &at_host, b"0110", b"00").await;
+    assert_eq!(code(&net.answer(request.stan().unwrap()).await), "00");
+    request
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_network_reversal_the_issuer_did_not_answer_outlives_a_kill_9_and_goes_out_at_the_next_start()
+async fn a_network_reversal_is_owed_from_its_give_back_and_outlives_a_kill_9_before_the_issuer_answers()
  {
-    let rig = ScriptedHost::new("300").await;
+    let rig = ScriptedHost::new("5000").await;
     let (card, real) = issue_cards(&rig.data_dir, 1, 1_000_000).await.remove(0);
     let key = CardKey::of(&card.vpan);
-
-    // The host approves a purchase, then takes its reversal and says nothing: the network
-    // hears 91, the card has given the amount back, and the switch is killed.
     let (serve, mut host) = rig.start().await;
     let mut net = Client::connect(serve.network).await;
-    let request = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 500);
-    net.send(&request).await;
+
+    // A reversal the host answers is owed no more.
+    let heard = approved_by_the_host(&mut net, &mut host, &card).await;
+    let reversal = reversal_of(&mut net, &heard);
+    net.send(&reversal).await;
     let at_host = host_message(&mut host, Duration::from_secs(10))
         .await
         .unwrap();
-    host_answer(&mut host, &at_host, b"0110", b"00").await;
-    assert_eq!(code(&net.answer(request.stan().unwrap()).await), "00");
-    let reversal = reversal_of(&mut net, &request);
+    host_answer(&mut host, &at_host, b"0410", b"00").await;
+    assert_eq!(code(&net.answer(reversal.stan().unwrap()).await), "00");
+
+    // Another one the host takes and says nothing of; the switch is killed while it waits,
+    // the network without an answer, the card's amount given back.
+    let unheard = approved_by_the_host(&mut net, &mut host, &card).await;
+    let reversal = reversal_of(&mut net, &unheard);
     net.send(&reversal).await;
     let first = host_message(&mut host, Duration::from_secs(10))
         .await
         .expect("the reversal reaches the host");
     assert_eq!(&first.mti(), b"0400");
-    assert_eq!(code(&net.answer(reversal.stan().unwrap()).await), "91");
+    tokio::time::sleep(Duration::from_secs(1)).await;
     serve.stop("KILL").await;
     drop(host);
     let (cards, _) = open_cards(&rig.data_dir);
-    assert_eq!(cards.get(key).unwrap().spent, 0, "given back, on disk");
+    assert_eq!(cards.get(key).unwrap().spent, 0, "both given back, on disk");
     drop(cards);
 
-    // The next start owes it (written before the network heard its 91), and sends it as a
-    // repeat, with the real card, naming the purchase.
+    // The next start owes that one alone (its debt was written while it was forwarded),
+    // and sends it as a repeat, with the real card, naming the purchase.
     let (serve, mut host) = rig.start().await;
     assert_eq!(serve.recovered["reversals_owed"], 1, "{}", serve.recovered);
     let owed = host_message(&mut host, Duration::from_secs(15))

@@ -1190,6 +1190,16 @@ async fn host_answers(host: &mut HostSide, request: &Message, answer_code: &[u8;
     send(host, &answer).await;
 }
 
+/// The next reversal the host gets (an echo may come first).
+async fn next_reversal(host: &mut HostSide) -> Message {
+    loop {
+        let m = next_message(host).await;
+        if m.mti()[1] == b'4' {
+            return m;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reversal_the_issuer_answers_91_is_owed_and_sent_again_as_a_repeat_until_applied() {
     let (rig, mut host) = signed_on_host(3_000).await;
@@ -1204,18 +1214,76 @@ async fn a_reversal_the_issuer_answers_91_is_owed_and_sent_again_as_a_repeat_unt
     host_answers(&mut host, &first, b"91").await;
     assert_eq!(code(&net.answer(reversal.stan().unwrap()).await), "91");
     assert_eq!(rig.cards.get(CardKey::of(&card.vpan)).unwrap().spent, 0);
-    // The switch owes it, and tells the issuer again on its own, as a repeat, with the
-    // real card and DE 90 naming the purchase, until it is applied.
-    let again = next_message(&mut host).await;
-    assert_eq!(&again.mti(), b"0401", "sent again as a repeat");
-    assert_eq!(again.pan(), Some(Ok(real.clone())));
-    assert_eq!(again.raw(90), first.raw(90));
-    assert_eq!(&again.raw(90).unwrap()[..10], {
-        let mut named = purchase.mti().to_vec();
-        named.extend_from_slice(&purchase.stan().unwrap());
-        named
-    });
-    host_answers(&mut host, &again, b"00").await;
+    // The switch owes it, and tells the issuer again on its own, as a repeat under the
+    // same STAN, with the real card and DE 90 naming the purchase, until it is applied:
+    // a second 91 is not the end of it.
+    for answer_code in [b"91", b"00"] {
+        let again = next_message(&mut host).await;
+        assert_eq!(&again.mti(), b"0401", "sent again as a repeat");
+        assert_eq!(again.stan(), first.stan());
+        assert_eq!(again.pan(), Some(Ok(real.clone())));
+        assert_eq!(again.raw(90), first.raw(90));
+        assert_eq!(&again.raw(90).unwrap()[..10], {
+            let mut named = purchase.mti().to_vec();
+            named.extend_from_slice(&purchase.stan().unwrap());
+            named
+        });
+        host_answers(&mut host, &again, answer_code).await;
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(800), next_message(&mut host))
+            .await
+            .is_err(),
+        "applied: not sent again"
+    );
+    rig.stop().await;
+}
+
+/// A switch whose issuer link has just been dropped by the host and is dialled again,
+/// its sign-on not yet answered (no connection is up), with a purchase approved and its
+/// reversal, not yet sent; the new connection and its sign-on.
+async fn link_down_with_a_reversal_to_send() -> (
+    rig::Rig,
+    Client,
+    vpan::cards::CardView,
+    Message,
+    HostSide,
+    Message,
+) {
+    let (rig, listener) = host_rig(|c| c.issuer.timeout_ms = 3_000).await;
+    let mut host = accept_sign_on(&listener).await;
+    let mut net = Client::connect(rig.network).await;
+    let (card, _) = rig.issue(|c| c.amount_limit = 4_000).await;
+    let (_, reversal) = approved_then_reversal(&mut net, &mut host, &card, 1_500).await;
+    drop(host);
+    let (stream, _) = listener.accept().await.unwrap();
+    let mut host = Framed::new(stream, FrameCodec::new(Framing::Len2, 0, 8192));
+    let sign_on = next_message(&mut host).await;
+    assert_eq!(sign_on.mti(), *b"0800");
+    (rig, net, card, reversal, host, sign_on)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reversal_while_the_issuer_link_is_down_is_answered_91_and_goes_out_once_it_is_back() {
+    let (rig, mut net, card, reversal, mut host, sign_on) =
+        link_down_with_a_reversal_to_send().await;
+    // The reversal gets 91 at once, and its amount is given back: the network may stop
+    // sending it, but the switch owes it to the issuer.
+    assert_eq!(code(&net.call(&reversal).await), "91");
+    assert_eq!(rig.cards.get(CardKey::of(&card.vpan)).unwrap().spent, 0);
+    // The link comes up, and the reversal goes out, with the real card, as a repeat: the
+    // network's own repeat may have reached the host before it.
+    host_answers(&mut host, &sign_on, b"00").await;
+    let owed = next_message(&mut host).await;
+    assert_eq!(&owed.mti(), b"0401");
+    assert_eq!(
+        owed.pan(),
+        rig.cards
+            .real_card(CardKey::of(&card.vpan))
+            .map(|c| Ok(c.0))
+    );
+    assert_eq!(owed.stan(), reversal.stan());
+    host_answers(&mut host, &owed, b"00").await;
     assert!(
         tokio::time::timeout(Duration::from_millis(800), next_message(&mut host))
             .await
@@ -1226,36 +1294,76 @@ async fn a_reversal_the_issuer_answers_91_is_owed_and_sent_again_as_a_repeat_unt
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reversal_while_the_issuer_link_is_down_is_answered_91_and_goes_out_once_it_is_back() {
-    let (rig, listener) = host_rig(|c| c.issuer.timeout_ms = 3_000).await;
-    let mut host = accept_sign_on(&listener).await;
-    let mut net = Client::connect(rig.network).await;
-    let (card, real) = rig.issue(|c| c.amount_limit = 4_000).await;
-    let (_, reversal) = approved_then_reversal(&mut net, &mut host, &card, 1_500).await;
-    // The host drops the link; the switch dials again, and its sign-on waits unanswered:
-    // no connection is up.
-    drop(host);
-    let (stream, _) = listener.accept().await.unwrap();
-    let mut host = Framed::new(stream, FrameCodec::new(Framing::Len2, 0, 8192));
-    let sign_on = next_message(&mut host).await;
-    assert_eq!(sign_on.mti(), *b"0800");
-    // The reversal gets 91 at once, and its amount is given back: the network may stop
-    // sending it, but the switch owes it to the issuer.
+async fn a_reversal_owed_never_follows_the_networks_repeat_of_it_as_a_first_telling() {
+    let (rig, mut net, _card, reversal, mut host, sign_on) =
+        link_down_with_a_reversal_to_send().await;
     assert_eq!(code(&net.call(&reversal).await), "91");
-    assert_eq!(rig.cards.get(CardKey::of(&card.vpan)).unwrap().spent, 0);
-    // The link comes up, and the reversal goes out as the network sent it (the host never
-    // had it), with the real card.
+    // While the debt's tries back off, the link comes up and the network's repeat gets
+    // there first; the host applies it. Whatever comes after is a repeat: a 0400 then
+    // would be a first telling the host could apply again.
+    tokio::time::sleep(Duration::from_millis(1_700)).await;
     host_answers(&mut host, &sign_on, b"00").await;
-    let owed = next_message(&mut host).await;
-    assert_eq!(&owed.mti(), b"0400");
-    assert_eq!(owed.pan(), Some(Ok(real)));
-    assert_eq!(owed.stan(), reversal.stan());
-    host_answers(&mut host, &owed, b"00").await;
+    net.send(&repeat_of(&reversal)).await;
+    // The debt's next try comes within 1.6 s (its backoff); it may also join the
+    // network's repeat, and go no further.
+    let mut seen = Vec::new();
+    while let Ok(m) =
+        tokio::time::timeout(Duration::from_millis(3_500), next_reversal(&mut host)).await
+    {
+        seen.push(String::from_utf8_lossy(&m.mti()).into_owned());
+        host_answers(&mut host, &m, b"00").await;
+    }
     assert!(
-        tokio::time::timeout(Duration::from_millis(800), next_message(&mut host))
-            .await
-            .is_err(),
-        "applied: not sent again"
+        !seen.is_empty() && seen.iter().all(|mti| mti == "0401"),
+        "{seen:?}"
     );
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reversal_owed_goes_again_under_the_stamp_its_first_telling_had() {
+    let (rig, mut host) = signed_on_host(1_000).await;
+    let mut net = Client::connect(rig.network).await;
+    let (card, _) = rig.issue(|c| c.amount_limit = 40_000).await;
+    let (_, reversal) = approved_then_reversal(&mut net, &mut host, &card, 1_500).await;
+    // Another request waits at the host under the reversal's STAN: the reversal goes out
+    // under a stamp of the switch's own.
+    let mut other = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
+    other.set(11, &reversal.stan().unwrap()).unwrap();
+    net.send(&other).await;
+    let other_at_host = next_message(&mut host).await;
+    assert_eq!(&other_at_host.mti(), b"0100");
+    net.send(&reversal).await;
+    let first = next_reversal(&mut host).await;
+    assert_eq!(&first.mti(), b"0400");
+    assert_ne!(first.stan(), reversal.stan(), "under another stamp");
+    // The other one answered: its STAN is free again, which changes nothing.
+    host_answers(&mut host, &other_at_host, b"00").await;
+    // The host says nothing: the network hears 91, and the reversal owed goes again under
+    // that stamp, as a repeat the host can tell for one.
+    let again = next_reversal(&mut host).await;
+    assert_eq!(&again.mti(), b"0401");
+    assert_eq!(again.stan(), first.stan());
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reversal_owed_after_the_networks_repeat_joined_it_goes_under_the_same_stamp() {
+    let (rig, mut host) = signed_on_host(1_000).await;
+    let mut net = Client::connect(rig.network).await;
+    let (card, _) = rig.issue(|c| c.amount_limit = 40_000).await;
+    let (_, reversal) = approved_then_reversal(&mut net, &mut host, &card, 1_500).await;
+    net.send(&reversal).await;
+    let first = next_reversal(&mut host).await;
+    assert_eq!(&first.mti(), b"0400");
+    // The network repeats it while the first waits at the silent host: the repeat joins
+    // it, and outlives its timeout by half a second. The debt's first try joins it too.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    net.send(&repeat_of(&reversal)).await;
+    // Once nobody waits on that telling any more, the stamp is let go, and the debt goes
+    // under it again, not under a new one the host would take for another reversal.
+    let again = next_reversal(&mut host).await;
+    assert_eq!(&again.mti(), b"0401");
+    assert_eq!(again.stan(), first.stan());
     rig.stop().await;
 }

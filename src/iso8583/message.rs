@@ -814,6 +814,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_repeat_keeps_its_class_and_function_and_a_repeat_stays_one() {
+        for (mti, marked) in [
+            (b"0100", b"0101"),
+            (b"0200", b"0201"),
+            (b"0400", b"0401"),
+            (b"0420", b"0421"),
+            (b"0401", b"0401"),
+            (b"0421", b"0421"),
+            // Not a first telling by the acquirer (an issuer's 0402, say): left as it is.
+            (b"0402", b"0402"),
+        ] {
+            let mut m = Message::new(Spec::iso87ascii(), mti).unwrap();
+            m.mark_repeat();
+            assert_eq!(&m.mti(), marked, "{:?}", String::from_utf8_lossy(mti));
+        }
+    }
+
+    #[test]
     fn the_fields_come_in_order_across_bitmaps_built_parsed_or_edited() {
         let spec = Spec::iso87ascii();
         let mut a = Message::new(spec, b"0110").unwrap();

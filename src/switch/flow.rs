@@ -312,7 +312,10 @@ impl Flow {
                     outcome: IssuerOutcome::TimedOut,
                     settled: false,
                 };
-                let request = as_repeat(request);
+                // Marked as a repeat (0101): the issuer answers what it answered the first
+                // time rather than deciding (and charging) it again.
+                let mut request = request;
+                request.mark_repeat();
                 let mut sent = self.send_on_card(&request, &vpan).await;
                 asking.outcome = in_doubt_outcome(&sent, &request);
                 let settled = asking.settle();
@@ -461,7 +464,9 @@ impl Flow {
                 // Its first telling may not have reached the issuer (a 91): told again,
                 // marked as a repeat (0121), so an issuer that books advices does not
                 // book it twice.
-                as_repeat(request)
+                let mut request = request;
+                request.mark_repeat();
+                request
             }
         };
         let (answer, decided_by) = self.forward_on_card(request, &vpan).await;
@@ -515,13 +520,7 @@ impl Flow {
             Err(not) => return self.answer_on_card(request, Err(not)).await,
         };
         let outcome = self.cards.reverse(vpan.key, &req, now());
-        // Given back here, the reversal must reach the issuer even if the network stops
-        // sending it: kept to be owed should the issuer not hear it. (A void has nothing
-        // at the issuer to reverse: its original never went there, or was declined, or is
-        // reversed by the link already, having timed out. A repeat's first is owed if it
-        // was not heard.)
-        let to_owe = matches!(outcome, ReversalOutcome::Reversed { .. })
-            .then(|| toward_issuer.message.clone());
+        let gave_back = matches!(outcome, ReversalOutcome::Reversed { .. });
         match outcome {
             ReversalOutcome::Reversed { durable, .. } | ReversalOutcome::Voided { durable } => {
                 if let Err(e) = durable.await {
@@ -544,12 +543,23 @@ impl Flow {
             }
             ReversalOutcome::NotFound => {}
         }
-        let sent = self
-            .send_toward_issuer(toward_issuer, &request, &vpan)
-            .await;
-        if let Some(reversal) = to_owe {
-            self.owe_if_unheard(reversal, &sent).await;
-        }
+        let sent = if gave_back {
+            // Given back, on disk: from now until the issuer answers it, vpan owes the issuer
+            // this reversal, whatever the network does next. (A void has nothing at the
+            // issuer to reverse: its original never went there, was declined there, or
+            // timed out and is reversed by the link already. A repeat's first was owed.)
+            // The debt's write hides behind the issuer's answer, as a hold's does.
+            let (debt, owed) = self.issuer.owe_reversal(&toward_issuer.message);
+            let (sent, ()) = tokio::join!(
+                self.send_toward_issuer(toward_issuer, &request, &vpan),
+                owed.record()
+            );
+            self.issuer.settle_reversal(debt, heard(&sent));
+            sent
+        } else {
+            self.send_toward_issuer(toward_issuer, &request, &vpan)
+                .await
+        };
         let (mut answer, decided_by) = self.answer_on_card(request, sent).await;
         if original.is_some()
             && let Some(answer) = answer.as_mut()
@@ -557,27 +567,6 @@ impl Flow {
             answer.remove(90);
         }
         (answer, decided_by)
-    }
-
-    /// Owes the issuer `reversal`, which gave a card's amount back, when `sent` says the
-    /// issuer did not hear it or did not apply it ([`IssuerLink::owe_reversal`]); returns
-    /// once the debt is on disk, so that the network hears its 91 (or the issuer's 91 or 96)
-    /// only then. Not owed: one the link refused to send ([`IssuerError::Encode`], which
-    /// `fits` made rare; [`IssuerError::Clash`], another transaction under its key waiting).
-    async fn owe_if_unheard(&self, reversal: Msg, sent: &OnCard) {
-        let may_have_reached = match sent {
-            Err(NotSent::Issuer(unanswered)) => match unanswered.error {
-                IssuerError::Unavailable => false,
-                IssuerError::Timeout | IssuerError::ConnectionLost => true,
-                IssuerError::Encode | IssuerError::Clash => return,
-            },
-            Ok(Some(answer)) if reversal_undone(answer) => true,
-            Ok(_) | Err(NotSent::UnknownCard | NotSent::Format) => return,
-        };
-        self.issuer
-            .owe_reversal(reversal, may_have_reached)
-            .record()
-            .await;
     }
 
     /// The card a request is on (DE 2, or track 2) and the cards' view of it (`fields`), or
@@ -910,6 +899,21 @@ enum NotSent {
     Issuer(Unanswered),
 }
 
+/// Whether the issuer has had its say on a reversal the flow forwarded, so that nothing is
+/// owed for it any more: an answer with any code but 91 or 96 (a front end for a host that
+/// is down, a host that failed: nothing applied). Not heard: no connection up, no answer in
+/// time, the connection lost under it, or an answer vpan could not read back. One the link
+/// did not send because another transaction under its key waits at the issuer (94, which
+/// the network does not send again) counts as settled too: sent later under that key, the
+/// host could take it for that other one.
+fn heard(sent: &OnCard) -> bool {
+    match sent {
+        Ok(Some(answer)) => !reversal_undone(answer),
+        Err(NotSent::Issuer(unanswered)) => unanswered.error == IssuerError::Clash,
+        Ok(None) | Err(NotSent::UnknownCard | NotSent::Format) => false,
+    }
+}
+
 /// Records the reversal the issuer link owes for a request (if it owes one) once `own`,
 /// this side's record of the request's outcome (its hold released, or settled), is on
 /// disk; then the network may hear its 91. A crash between the two leaves the purchase
@@ -983,14 +987,6 @@ impl Drop for AskingIssuer<'_> {
             drop(self.cards.settle_in_doubt(&self.hold, self.outcome, now()));
         }
     }
-}
-
-/// The request marked as a repeat (0100 → 0101), as it goes to the issuer when vpan
-/// cannot answer it: the issuer then answers what it answered the first time rather than
-/// deciding (and charging) it again.
-fn as_repeat(mut request: Msg) -> Msg {
-    request.mark_repeat();
-    request
 }
 
 /// Whether `spec` is one of the built-in ISO 8583:1987 layouts (a jPOS dialect file may be

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cards::card::{transmission_time, unix_now};
 use crate::iso8583::{Frame, FrameCodec, Message, Spec};
 
-use super::{IssuerError, IssuerLink, Origin};
+use super::{IssuerError, IssuerLink};
 
 /// Messages queued for one connection's writer before callers see back-pressure.
 const WRITE_QUEUE: usize = 4096;
@@ -309,12 +309,7 @@ impl IssuerLink {
         let Ok(msg) = network_management_request(self.spec(), b"001") else {
             return false;
         };
-        let answer = self.send_via(
-            Box::new(msg),
-            Some(i),
-            self.management_timeout(),
-            Origin::Link,
-        );
+        let answer = self.send_via(Box::new(msg), Some(i), self.management_timeout());
         tokio::pin!(answer);
         loop {
             tokio::select! {
@@ -339,12 +334,7 @@ impl IssuerLink {
             return false;
         };
         match self
-            .send_via(
-                Box::new(msg),
-                Some(i),
-                self.management_timeout(),
-                Origin::Link,
-            )
+            .send_via(Box::new(msg), Some(i), self.management_timeout())
             .await
         {
             Ok(answer) => answer.response_code() == Some(*b"00"),

@@ -23,7 +23,9 @@
 //! the error, to be written to disk ([`OwedReversals`]) once the caller's own record of the
 //! request is, and before the network hears its 91; it is marked paid once the issuer has
 //! answered the reversal. A crash or a restart does not forget it: the link sends what is
-//! still owed when it starts.
+//! still owed when it starts. A network's reversal that gave a card's amount back is owed
+//! the same way while it is forwarded, and paid once the issuer has its say
+//! ([`IssuerLink::owe_reversal`]).
 //!
 //! Here: the link's state, sending a request and matching its answer. Beside it:
 //!
@@ -53,7 +55,7 @@ use crate::metrics as m;
 use crate::store::owed::{Debt, OwedReversals, Stamp};
 
 pub use connection::network_management_request;
-pub use reversals::{Owed, reversal_for, reversal_undone};
+pub use reversals::{Owed, ReversalOwed, reversal_for, reversal_undone};
 pub use stamps::RESTAMPED_KEPT;
 
 use reversals::{DebtHeld, needs_reversal};
@@ -103,15 +105,6 @@ pub enum IssuerError {
     /// the issuer could not tell the two apart, nor could a reversal naming either (94).
     #[error("another transaction under the same key is waiting for the issuer")]
     Clash,
-}
-
-/// Whose request the link sends.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Origin {
-    /// The network's, through the flow: a repeat of one still waiting joins it.
-    Network,
-    /// The link's own: sign-on, echo, reversals of what the issuer may have approved.
-    Link,
 }
 
 /// What a caller of the link gets: the issuer's answer, or why there is none.
@@ -428,7 +421,7 @@ impl IssuerLink {
     /// bytes, and every async layer it crosses by value copies it, which `perf` showed as
     /// a sixth of the switch's CPU.
     pub async fn send(&self, request: Box<Message>) -> Result<Box<Message>, Unanswered> {
-        self.send_via(request, None, self.inner.settings.timeout, Origin::Network)
+        self.send_via(request, None, self.inner.settings.timeout)
             .await
     }
 
@@ -443,12 +436,11 @@ impl IssuerLink {
         request: Box<Message>,
         only: Option<usize>,
         timeout: Duration,
-        from: Origin,
     ) -> Result<Box<Message>, Unanswered> {
         let network_stan = request.stan();
         let mut request = request;
         let network_de90 = self.rewrite_original(&mut request)?;
-        let (rx, stamp, kept) = self.dispatch(request, only, timeout, from)?;
+        let (rx, stamp, kept) = self.dispatch(request, only, timeout)?;
         // A STAN changed toward the issuer (rare) is on disk before the answer goes back,
         // to this caller or to a repeat: a reversal after a restart must still name the
         // transaction as the issuer knows it. A disk that fails or stalls past the
@@ -513,7 +505,6 @@ impl IssuerLink {
         mut request: Box<Message>,
         only: Option<usize>,
         timeout: Duration,
-        from: Origin,
     ) -> Result<Dispatched, IssuerError> {
         let inner = &self.inner;
         let n = inner.slots.len();
@@ -542,10 +533,13 @@ impl IssuerLink {
         }
         .ok_or(IssuerError::Unavailable)?;
         let network_stan = request.stan();
-        // Only the network's requests can be a transaction seen before: network management
-        // is the link's own, per connection (a sign-on on each), and a reversal the link
-        // sends again after no answer must go out again.
-        let joinable = from == Origin::Network && !is_management_request(&request.mti());
+        // Any transaction may have been seen before but network management, which is the
+        // link's own, per connection (a sign-on on each). A reversal the link sends again
+        // (one it owes) is one: under the stamp its first telling had, and joining the
+        // network's repeat of it when that is still waiting, so that the host never sees
+        // one reversal under two keys, which it could apply twice. (Its own earlier telling
+        // is not there to join: a reversal's stamp is let go when nobody waits on it.)
+        let joinable = !is_management_request(&request.mti());
         // A transaction that went out under vpan's stamp before (its STAN was taken then)
         // goes out under that stamp again: a repeat under the network's STAN would be news
         // to the issuer, which would book it a second time.

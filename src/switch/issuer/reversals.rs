@@ -21,7 +21,7 @@ use crate::iso8583::Message;
 use crate::store::journal::STALL_AFTER;
 use crate::store::owed::{Debt, OwedReversals};
 
-use super::{IssuerError, IssuerLink, Origin};
+use super::{IssuerError, IssuerLink};
 
 /// Longest wait between two tries of a reversal toward an issuer that does not answer.
 const REVERSAL_RETRY_MAX: Duration = Duration::from_secs(5);
@@ -87,6 +87,15 @@ pub struct Owed {
     /// Set once the record is written, failed, or given up on (when this is dropped):
     /// the repeats of the request wait for it before their 91.
     written: watch::Sender<bool>,
+}
+
+/// A network's reversal the link owes the issuer until it answers it
+/// ([`IssuerLink::owe_reversal`]).
+pub struct ReversalOwed {
+    /// Its number in the book.
+    id: u64,
+    /// The reversal as it goes again, if it must: a repeat.
+    again: Box<Message>,
 }
 
 /// The debt of a request in flight: its number in the book, and whether its record is
@@ -248,21 +257,31 @@ impl IssuerLink {
     }
 
     /// Owes the issuer a network's `reversal` (in the issuer's layout, with the real card)
-    /// that the card has given its amount back for, and that the issuer did not hear (no
-    /// connection up, no answer in time, the connection lost under it) or did not apply
-    /// (answered 91 or 96): the link sends it in the background until the issuer answers
-    /// it, as a repeat when the first telling `may_have_reached` the host. Left to the
-    /// network's own repeats, it would be lost once the network gives up on a host down
-    /// for longer than its retries, and the real account would stay charged for what the
-    /// card no longer counts. The caller records the debt (its amount given back is on disk
-    /// already) before the network hears its answer.
-    pub fn owe_reversal(&self, mut reversal: Box<Message>, may_have_reached: bool) -> Box<Owed> {
-        if may_have_reached {
-            reversal.mark_repeat();
+    /// from the moment a card has given its amount back, on disk, until the issuer answers
+    /// it: the caller records the debt while it forwards the reversal, and then settles it
+    /// ([`IssuerLink::settle_reversal`]). Left to the network's own repeats, a reversal the
+    /// issuer did not hear would be lost once the network gave up on a host down for longer
+    /// than its retries (or once vpan crashed while the issuer had it), and the real account
+    /// would stay charged for what the card no longer counts.
+    pub fn owe_reversal(&self, reversal: &Message) -> (ReversalOwed, Box<Owed>) {
+        let mut again = Box::new(reversal.clone());
+        // Whenever it goes again, the network's own repeat of it may have reached the host
+        // first (and been applied): so it goes as a repeat (0401, 0421), which a host that
+        // never heard of it takes as the reversal itself.
+        again.mark_repeat();
+        let (debt, owed) = self.owe(reversal);
+        (ReversalOwed { id: debt.id, again }, owed)
+    }
+
+    /// Settles the debt of a network's reversal the flow forwarded: paid when the issuer
+    /// `heard` it (answered it with anything but 91 or 96, its verdict), else sent in the
+    /// background as a repeat until the issuer answers it.
+    pub fn settle_reversal(&self, owed: ReversalOwed, heard: bool) {
+        if heard {
+            self.pay(owed.id);
+        } else {
+            self.send_reversal(owed.again, None, Some(owed.id));
         }
-        let (debt, owed) = self.owe(&reversal);
-        self.send_reversal(reversal, None, Some(debt.id));
-        owed
     }
 
     /// Sends `reversal` in the background until answered ([`IssuerLink::reverse`]), the
@@ -300,7 +319,7 @@ impl IssuerLink {
                 };
                 let sent_at = std::time::Instant::now();
                 let sent = link
-                    .send_via(reversal.clone(), only, timeout, Origin::Link)
+                    .send_via(reversal.clone(), only, timeout)
                     .await
                     .map_err(|u| u.error);
                 drop(out);

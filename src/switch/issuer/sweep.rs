@@ -113,13 +113,6 @@ impl IssuerLink {
                     if let Err(unsent) = reply.send(Err(refused)) {
                         orphaned.push(unsent);
                     }
-                    // A late answer to it would change nothing (no approval to reverse:
-                    // a reversal, an advice, network management), so its stamp is freed
-                    // now: a reversal sent again goes out under the same DE 11, which is
-                    // how the host tells a repeat (0401) of the one it may have applied.
-                    if !needs_reversal(&p.mti) && p.repeats.is_empty() {
-                        freed.push(*p.key());
-                    }
                 }
                 if !p.repeats.is_empty() {
                     let (late, waiting) = std::mem::take(&mut p.repeats)
@@ -130,6 +123,14 @@ impl IssuerLink {
                         let refused = Unanswered::of_repeat(IssuerError::Timeout, p.debt.as_ref());
                         let _ = waiter.send(Err(refused));
                     }
+                }
+                // Nobody waits on it any more, and a late answer would change nothing (no
+                // approval to reverse: a reversal, an advice, network management): its stamp
+                // is freed now, so that a reversal sent again goes out under the same DE 11,
+                // which is how the host tells a repeat (0401) of the one it may have
+                // applied. Also once the last of its repeats has timed out after it.
+                if p.reply.is_none() && p.repeats.is_empty() && !needs_reversal(&p.mti) {
+                    freed.push(*p.key());
                 }
             }
             drop(orphaned);
