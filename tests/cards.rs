@@ -91,7 +91,7 @@ fn voided(outcome: ReversalOutcome) {
 /// A reversal that found nothing left to give back.
 fn nothing_left(outcome: ReversalOutcome) {
     assert!(
-        matches!(outcome, ReversalOutcome::NothingLeft),
+        matches!(outcome, ReversalOutcome::NothingLeft { .. }),
         "{outcome:?}"
     );
 }

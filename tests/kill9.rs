@@ -568,15 +568,14 @@ async fn approved_by_the_host(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_network_reversal_is_owed_from_its_give_back_and_outlives_a_kill_9_before_the_issuer_answers()
+async fn a_network_reversal_the_issuer_did_not_answer_outlives_a_kill_9_and_goes_out_at_the_next_start()
  {
-    let rig = ScriptedHost::new("5000").await;
+    let rig = ScriptedHost::new("300").await;
     let (card, real) = issue_cards(&rig.data_dir, 1, 1_000_000).await.remove(0);
-    let key = CardKey::of(&card.vpan);
     let (serve, mut host) = rig.start().await;
     let mut net = Client::connect(serve.network).await;
 
-    // A reversal the host answers is owed no more.
+    // A reversal the host answers owes nothing.
     let heard = approved_by_the_host(&mut net, &mut host, &card).await;
     let reversal = reversal_of(&mut net, &heard);
     net.send(&reversal).await;
@@ -586,8 +585,8 @@ async fn a_network_reversal_is_owed_from_its_give_back_and_outlives_a_kill_9_bef
     host_answer(&mut host, &at_host, b"0410", b"00").await;
     assert_eq!(code(&net.answer(reversal.stan().unwrap()).await), "00");
 
-    // Another one the host takes and says nothing of; the switch is killed while it waits,
-    // the network without an answer, the card's amount given back.
+    // Another one the host takes and says nothing of: the network hears 91, the card has
+    // given its amount back, and the switch is killed the moment the network has its 91.
     let unheard = approved_by_the_host(&mut net, &mut host, &card).await;
     let reversal = reversal_of(&mut net, &unheard);
     net.send(&reversal).await;
@@ -595,15 +594,19 @@ async fn a_network_reversal_is_owed_from_its_give_back_and_outlives_a_kill_9_bef
         .await
         .expect("the reversal reaches the host");
     assert_eq!(&first.mti(), b"0400");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(code(&net.answer(reversal.stan().unwrap()).await), "91");
     serve.stop("KILL").await;
     drop(host);
     let (cards, _) = open_cards(&rig.data_dir);
-    assert_eq!(cards.get(key).unwrap().spent, 0, "both given back, on disk");
+    assert_eq!(
+        cards.get(CardKey::of(&card.vpan)).unwrap().spent,
+        0,
+        "on disk"
+    );
     drop(cards);
 
-    // The next start owes that one alone (its debt was written while it was forwarded),
-    // and sends it as a repeat, with the real card, naming the purchase.
+    // The next start owes that one alone (written before the network heard its 91), and
+    // sends it as a repeat, with the real card, naming the purchase.
     let (serve, mut host) = rig.start().await;
     assert_eq!(serve.recovered["reversals_owed"], 1, "{}", serve.recovered);
     let owed = host_message(&mut host, Duration::from_secs(15))
@@ -613,6 +616,49 @@ async fn a_network_reversal_is_owed_from_its_give_back_and_outlives_a_kill_9_bef
     assert_eq!(owed.pan(), Some(Ok(real)));
     assert_eq!(owed.raw(90), first.raw(90));
     assert_eq!(owed.amount_transaction(), Some(500));
+    host_answer(&mut host, &owed, b"0410", b"00").await;
+    assert!(
+        hears_nothing(&mut host, Duration::from_millis(800)).await,
+        "the reversal goes once when answered"
+    );
+    rig.stopped_then_owing_nothing(serve, host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_reversal_the_switch_was_killed_under_is_owed_once_its_repeat_goes_unheard() {
+    let rig = ScriptedHost::new("1000").await;
+    let (card, _) = issue_cards(&rig.data_dir, 1, 1_000_000).await.remove(0);
+    let (serve, mut host) = rig.start().await;
+    let mut net = Client::connect(serve.network).await;
+    // The switch is killed while the host has the reversal: the card's amount is given
+    // back on disk, the network has no answer, and nothing is owed yet.
+    let purchase = approved_by_the_host(&mut net, &mut host, &card).await;
+    let reversal = reversal_of(&mut net, &purchase);
+    net.send(&reversal).await;
+    let first = host_message(&mut host, Duration::from_secs(10))
+        .await
+        .expect("the reversal reaches the host");
+    serve.stop("KILL").await;
+    drop(host);
+
+    // The network sends it again. It finds nothing left to give back and goes to the host,
+    // which answers 91: from then on the switch owes it, and sends it until it is applied.
+    let (serve, mut host) = rig.start().await;
+    assert_eq!(serve.recovered["reversals_owed"], 0, "{}", serve.recovered);
+    let mut net = Client::connect(serve.network).await;
+    let repeat = repeat_of(&reversal);
+    net.send(&repeat).await;
+    let at_host = host_message(&mut host, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(&at_host.mti(), b"0401");
+    host_answer(&mut host, &at_host, b"0410", b"91").await;
+    assert_eq!(code(&net.answer(repeat.stan().unwrap()).await), "91");
+    let owed = host_message(&mut host, Duration::from_secs(10))
+        .await
+        .expect("the reversal owed goes out");
+    assert_eq!(&owed.mti(), b"0401");
+    assert_eq!(owed.raw(90), first.raw(90));
     host_answer(&mut host, &owed, b"0410", b"00").await;
     assert!(
         hears_nothing(&mut host, Duration::from_millis(800)).await,

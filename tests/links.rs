@@ -1171,10 +1171,8 @@ async fn approved_then_reversal(
 ) -> (Message, Message) {
     let request = purchase(net, b"0100", &card.vpan, &card.expiry.0, amount);
     net.send(&request).await;
-    let mut answer = next_message(host).await;
-    answer.set_mti(b"0110").unwrap();
-    answer.set_response_code(b"00").unwrap();
-    send(host, &answer).await;
+    let at_host = next_message(host).await;
+    host_answers(host, &at_host, b"00").await;
     assert_eq!(code(&net.answer(request.stan().unwrap()).await), "00");
     let reversal = reversal_of(net, &request);
     (request, reversal)
@@ -1188,6 +1186,16 @@ async fn host_answers(host: &mut HostSide, request: &Message, answer_code: &[u8;
         .unwrap();
     answer.set_response_code(answer_code).unwrap();
     send(host, &answer).await;
+}
+
+/// Asserts that the switch sends the host nothing `within`.
+async fn assert_silent(host: &mut HostSide, within: Duration) {
+    if let Ok(m) = tokio::time::timeout(within, next_message(host)).await {
+        panic!(
+            "expected nothing, the host got {:?}",
+            String::from_utf8_lossy(&m.mti())
+        );
+    }
 }
 
 /// The next reversal the host gets (an echo may come first).
@@ -1230,12 +1238,7 @@ async fn a_reversal_the_issuer_answers_91_is_owed_and_sent_again_as_a_repeat_unt
         });
         host_answers(&mut host, &again, answer_code).await;
     }
-    assert!(
-        tokio::time::timeout(Duration::from_millis(800), next_message(&mut host))
-            .await
-            .is_err(),
-        "applied: not sent again"
-    );
+    assert_silent(&mut host, Duration::from_millis(800)).await;
     rig.stop().await;
 }
 
@@ -1268,11 +1271,13 @@ async fn a_reversal_while_the_issuer_link_is_down_is_answered_91_and_goes_out_on
     let (rig, mut net, card, reversal, mut host, sign_on) =
         link_down_with_a_reversal_to_send().await;
     // The reversal gets 91 at once, and its amount is given back: the network may stop
-    // sending it, but the switch owes it to the issuer.
+    // sending it, but the switch owes it to the issuer. The network's repeat, 91 too, is
+    // not owed a second time.
     assert_eq!(code(&net.call(&reversal).await), "91");
     assert_eq!(rig.cards.get(CardKey::of(&card.vpan)).unwrap().spent, 0);
-    // The link comes up, and the reversal goes out, with the real card, as a repeat: the
-    // network's own repeat may have reached the host before it.
+    assert_eq!(code(&net.call(&repeat_of(&reversal)).await), "91");
+    // The link comes up, and the reversal goes out once, with the real card, as a repeat:
+    // the network's own repeat may have reached the host before it.
     host_answers(&mut host, &sign_on, b"00").await;
     let owed = next_message(&mut host).await;
     assert_eq!(&owed.mti(), b"0401");
@@ -1284,12 +1289,8 @@ async fn a_reversal_while_the_issuer_link_is_down_is_answered_91_and_goes_out_on
     );
     assert_eq!(owed.stan(), reversal.stan());
     host_answers(&mut host, &owed, b"00").await;
-    assert!(
-        tokio::time::timeout(Duration::from_millis(800), next_message(&mut host))
-            .await
-            .is_err(),
-        "applied: not sent again"
-    );
+    // A debt per telling would send another within its backoff (1.6 s at most).
+    assert_silent(&mut host, Duration::from_millis(3_500)).await;
     rig.stop().await;
 }
 
@@ -1349,7 +1350,7 @@ async fn a_reversal_owed_goes_again_under_the_stamp_its_first_telling_had() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reversal_owed_after_the_networks_repeat_joined_it_goes_under_the_same_stamp() {
-    let (rig, mut host) = signed_on_host(1_000).await;
+    let (rig, mut host) = signed_on_host(3_000).await;
     let mut net = Client::connect(rig.network).await;
     let (card, _) = rig.issue(|c| c.amount_limit = 40_000).await;
     let (_, reversal) = approved_then_reversal(&mut net, &mut host, &card, 1_500).await;
@@ -1360,10 +1361,50 @@ async fn a_reversal_owed_after_the_networks_repeat_joined_it_goes_under_the_same
     // it, and outlives its timeout by half a second. The debt's first try joins it too.
     tokio::time::sleep(Duration::from_millis(500)).await;
     net.send(&repeat_of(&reversal)).await;
-    // Once nobody waits on that telling any more, the stamp is let go, and the debt goes
-    // under it again, not under a new one the host would take for another reversal.
+    // Once nobody waits on that telling any more (the debt's first try gives up after
+    // 5 s, 8 s in), the stamp is let go, and the debt goes under it again, not under a new
+    // one the host would take for another reversal. Kept until the link forgets it (12 s
+    // in, four timeouts), the stamp would hold the debt back past `next_reversal`'s 10 s.
     let again = next_reversal(&mut host).await;
     assert_eq!(&again.mti(), b"0401");
     assert_eq!(again.stan(), first.stan());
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reversal_owed_waits_while_another_request_holds_its_stamp_rather_than_take_another() {
+    let (rig, mut host) = signed_on_host(3_000).await;
+    let mut net = Client::connect(rig.network).await;
+    let (card, _) = rig.issue(|c| c.amount_limit = 40_000).await;
+    let (_, reversal) = approved_then_reversal(&mut net, &mut host, &card, 1_500).await;
+    net.send(&reversal).await;
+    let first = next_reversal(&mut host).await;
+    host_answers(&mut host, &first, b"91").await;
+    assert_eq!(code(&net.answer(reversal.stan().unwrap()).await), "91");
+    let again = next_reversal(&mut host).await;
+    assert_eq!(again.stan(), first.stan());
+    // Its second telling is refused too, and before the next (a tenth of a second later)
+    // a purchase from another terminal takes the same STAN, and waits at the host.
+    host_answers(&mut host, &again, b"91").await;
+    let mut other = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
+    other.set(11, &reversal.stan().unwrap()).unwrap();
+    other.set(41, b"OTHERTRM").unwrap();
+    net.send(&other).await;
+    let other_at_host = next_message(&mut host).await;
+    assert_eq!(&other_at_host.mti(), b"0100");
+    assert_eq!(
+        other_at_host.stan(),
+        first.stan(),
+        "the purchase took the STAN"
+    );
+    // Meanwhile the reversal does not go under another STAN, which the host would take
+    // for another reversal: it waits.
+    assert_silent(&mut host, Duration::from_millis(1_500)).await;
+    host_answers(&mut host, &other_at_host, b"00").await;
+    assert_eq!(code(&net.answer(other.stan().unwrap()).await), "00");
+    let last = next_reversal(&mut host).await;
+    assert_eq!(&last.mti(), b"0401");
+    assert_eq!(last.stan(), first.stan());
+    host_answers(&mut host, &last, b"00").await;
     rig.stop().await;
 }

@@ -144,6 +144,12 @@ impl Message {
         Ok(())
     }
 
+    /// True for a repeat (0101, 0121, 0401 ...): an odd last MTI digit, ISO 8583:1987's
+    /// repeat of the acquirer's, the issuer's or another originator's message.
+    pub fn is_repeat(&self) -> bool {
+        matches!(self.mti[3], b'1' | b'3' | b'5' | b'7' | b'9')
+    }
+
     /// Marks a message sent before as its repeat (0100 → 0101, 0420 → 0421: ISO 8583:1987's
     /// last MTI digit, "repeat" for the same originator), as it goes again when its first
     /// telling may have reached the host: the host then answers what it answered the first
@@ -826,8 +832,10 @@ mod tests {
             (b"0402", b"0402"),
         ] {
             let mut m = Message::new(Spec::iso87ascii(), mti).unwrap();
+            assert_eq!(m.is_repeat(), mti[3] == b'1');
             m.mark_repeat();
             assert_eq!(&m.mti(), marked, "{:?}", String::from_utf8_lossy(mti));
+            assert_eq!(m.is_repeat(), mti[3] != b'2');
         }
     }
 

@@ -11,11 +11,9 @@
 //! own outcome of the request (a hold released, durably) before it records the debt, so
 //! a crash never leaves a debt whose purchase a restart would still take for in doubt.
 //!
-//! A network's reversal on a virtual card is a debt too, from the moment the card's
-//! amount is given back on disk: written while it is forwarded, and paid once the issuer
-//! answers it (at once, most of the time), so that neither an issuer that does not hear it
-//! nor a crash while the issuer has it leaves the real account charged for what the card
-//! no longer counts.
+//! A network's reversal on a virtual card that the issuer did not hear is a debt too, once
+//! the card's amount is given back on disk: so that the real account is not left charged
+//! for what the card no longer counts when the network gives up sending it.
 //!
 //! Writes are group-committed: whatever is queued while one `fdatasync` runs goes in the
 //! next, so an issuer that stops answering at thousands of requests a second costs a few

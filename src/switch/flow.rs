@@ -103,11 +103,6 @@ pub enum Serving {
     Stopping,
 }
 
-/// A repeat (0101, 0103, ...): its MTI's last digit is odd.
-fn is_repeat(mti: [u8; 4]) -> bool {
-    matches!(mti[3], b'1' | b'3' | b'5' | b'7' | b'9')
-}
-
 /// A message on its way through the flow. Boxed: a `Message` is about 500 bytes, and each
 /// async layer holding one by value made the per-request future 6.5 KB, copied at every
 /// layer (a sixth of the switch's CPU under load, measured with `perf`).
@@ -208,7 +203,7 @@ impl Flow {
         }
         match self.on_card(request, auth_request) {
             Ok(_) => false,
-            Err(NotOnCard::NotIssued) => !is_repeat(mti),
+            Err(NotOnCard::NotIssued) => !request.is_repeat(),
             Err(NotOnCard::Malformed) => true,
         }
     }
@@ -520,7 +515,20 @@ impl Flow {
             Err(not) => return self.answer_on_card(request, Err(not)).await,
         };
         let outcome = self.cards.reverse(vpan.key, &req, now());
-        let gave_back = matches!(outcome, ReversalOutcome::Reversed { .. });
+        // The card's amount given back (by this telling, or, finding nothing left, by an
+        // earlier one, whose debt may have been lost in a crash while the issuer had it):
+        // the reversal must reach the issuer whatever the network does next, so it is kept
+        // to be owed should the issuer not hear it. (A void has nothing at the issuer to
+        // reverse: its original never went there, was declined there, or timed out and is
+        // reversed by the link already.)
+        let to_owe = matches!(
+            outcome,
+            ReversalOutcome::Reversed { .. }
+                | ReversalOutcome::NothingLeft {
+                    original_stands: true
+                }
+        )
+        .then(|| toward_issuer.message.clone());
         match outcome {
             ReversalOutcome::Reversed { durable, .. } | ReversalOutcome::Voided { durable } => {
                 if let Err(e) = durable.await {
@@ -534,7 +542,7 @@ impl Flow {
             ReversalOutcome::NotRecorded(e) => {
                 return self.fail_closed(&request, &vpan, &e, "reversal");
             }
-            ReversalOutcome::NothingLeft => {
+            ReversalOutcome::NothingLeft { .. } => {
                 // A repeat: what the first gave back (or voided) may not be on disk yet,
                 // and acknowledged now, it would never be sent again.
                 if let Err(e) = self.cards.recorded_so_far().await {
@@ -543,23 +551,16 @@ impl Flow {
             }
             ReversalOutcome::NotFound => {}
         }
-        let sent = if gave_back {
-            // Given back, on disk: from now until the issuer answers it, vpan owes the issuer
-            // this reversal, whatever the network does next. (A void has nothing at the
-            // issuer to reverse: its original never went there, was declined there, or
-            // timed out and is reversed by the link already. A repeat's first was owed.)
-            // The debt's write hides behind the issuer's answer, as a hold's does.
-            let (debt, owed) = self.issuer.owe_reversal(&toward_issuer.message);
-            let (sent, ()) = tokio::join!(
-                self.send_toward_issuer(toward_issuer, &request, &vpan),
-                owed.record()
-            );
-            self.issuer.settle_reversal(debt, heard(&sent));
-            sent
-        } else {
-            self.send_toward_issuer(toward_issuer, &request, &vpan)
-                .await
-        };
+        let sent = self
+            .send_toward_issuer(toward_issuer, &request, &vpan)
+            .await;
+        if let Some(reversal) = to_owe
+            && !heard(&sent)
+            && let Some(owed) = self.issuer.owe_reversal(&reversal)
+        {
+            // On disk before the network hears its answer.
+            owed.record().await;
+        }
         let (mut answer, decided_by) = self.answer_on_card(request, sent).await;
         if original.is_some()
             && let Some(answer) = answer.as_mut()
@@ -900,12 +901,12 @@ enum NotSent {
 }
 
 /// Whether the issuer has had its say on a reversal the flow forwarded, so that nothing is
-/// owed for it any more: an answer with any code but 91 or 96 (a front end for a host that
-/// is down, a host that failed: nothing applied). Not heard: no connection up, no answer in
-/// time, the connection lost under it, or an answer vpan could not read back. One the link
-/// did not send because another transaction under its key waits at the issuer (94, which
-/// the network does not send again) counts as settled too: sent later under that key, the
-/// host could take it for that other one.
+/// owed for it: an answer with any code but 91 or 96 (a front end for a host that is down,
+/// a host that failed: nothing applied). Not heard: no connection up, no answer in time,
+/// the connection lost under it, or an answer vpan could not read back. One the link did
+/// not send because another transaction under its key waits at the issuer (94, which the
+/// network does not send again) is not owed either: sent later under that key, the host
+/// could take it for that other one.
 fn heard(sent: &OnCard) -> bool {
     match sent {
         Ok(Some(answer)) => !reversal_undone(answer),

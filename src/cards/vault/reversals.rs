@@ -63,15 +63,22 @@ impl Cards {
         match found.first() {
             Some((tx, e)) if !e.is_void() => return self.give_back(card_key, *tx, req, now),
             // A purchase this reversal (or its first) voided: done already.
-            Some((_, e)) if e.voided_a_purchase() => return ReversalOutcome::NothingLeft,
+            Some((_, e)) if e.voided_a_purchase() => {
+                return ReversalOutcome::NothingLeft {
+                    original_stands: false,
+                };
+            }
             // Only voids made before their originals came (or nothing): voided below.
             _ => {}
         }
         if req.remaining.unwrap_or(0) != 0 {
+            // Only voids under its key: nothing of them stands.
             return if found.is_empty() {
                 ReversalOutcome::NotFound
             } else {
-                ReversalOutcome::NothingLeft
+                ReversalOutcome::NothingLeft {
+                    original_stands: false,
+                }
             };
         }
         // Both voided, each in a record of its own: a repeat after a crash that kept only
@@ -164,7 +171,9 @@ impl Cards {
                     e.state,
                     TxState::Held | TxState::Approved | TxState::InDoubt
                 ) {
-                    return ReversalOutcome::NothingLeft;
+                    return ReversalOutcome::NothingLeft {
+                        original_stands: false,
+                    };
                 }
                 let remaining = match req.remaining {
                     None => 0,
@@ -182,7 +191,9 @@ impl Cards {
                 let leaves_nothing =
                     remaining == 0 && (e.charged > 0 || req.remaining.unwrap_or(0) == 0);
                 if remaining >= e.amount && !(leaves_nothing && e.use_counted) {
-                    return ReversalOutcome::NothingLeft;
+                    return ReversalOutcome::NothingLeft {
+                        original_stands: true,
+                    };
                 }
                 let returned = e.amount - remaining;
                 let event = Event::Reversed {
@@ -266,7 +277,9 @@ impl Cards {
             Some(Some(Err(e))) => ReversalOutcome::NotRecorded(e),
             Some(None) => match self.ledger.get(&original) {
                 // Voided already: a repeat of the reversal.
-                Some(e) if e.card == card_key && e.is_void() => ReversalOutcome::NothingLeft,
+                Some(e) if e.card == card_key && e.is_void() => ReversalOutcome::NothingLeft {
+                    original_stands: false,
+                },
                 // The original arrived meanwhile: given back as usual.
                 Some(e) if e.card == card_key => self.give_back(card_key, original, req, now),
                 _ => ReversalOutcome::NotFound,
@@ -314,13 +327,20 @@ fn both(first: ReversalOutcome, second: ReversalOutcome) -> ReversalOutcome {
         },
         (R::Reversed { returned, .. }, R::Voided { durable }) => R::Reversed { returned, durable },
         (
-            R::Voided { .. } | R::NothingLeft | R::NotFound,
+            R::Voided { .. } | R::NothingLeft { .. } | R::NotFound,
             later @ (R::Reversed { .. } | R::Voided { .. }),
         ) => later,
-        (earlier @ (R::Reversed { .. } | R::Voided { .. }), R::NothingLeft | R::NotFound) => {
-            earlier
+        (
+            earlier @ (R::Reversed { .. } | R::Voided { .. }),
+            R::NothingLeft { .. } | R::NotFound,
+        ) => earlier,
+        (R::NothingLeft { original_stands: a }, R::NothingLeft { original_stands: b }) => {
+            R::NothingLeft {
+                original_stands: a || b,
+            }
         }
-        (R::NothingLeft, _) | (_, R::NothingLeft) => R::NothingLeft,
+        (left @ R::NothingLeft { .. }, R::NotFound)
+        | (R::NotFound, left @ R::NothingLeft { .. }) => left,
         (R::NotFound, R::NotFound) => R::NotFound,
     }
 }

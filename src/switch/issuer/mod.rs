@@ -24,8 +24,7 @@
 //! request is, and before the network hears its 91; it is marked paid once the issuer has
 //! answered the reversal. A crash or a restart does not forget it: the link sends what is
 //! still owed when it starts. A network's reversal that gave a card's amount back is owed
-//! the same way while it is forwarded, and paid once the issuer has its say
-//! ([`IssuerLink::owe_reversal`]).
+//! the same way when the issuer does not hear it ([`IssuerLink::owe_reversal`]).
 //!
 //! Here: the link's state, sending a request and matching its answer. Beside it:
 //!
@@ -55,7 +54,7 @@ use crate::metrics as m;
 use crate::store::owed::{Debt, OwedReversals, Stamp};
 
 pub use connection::network_management_request;
-pub use reversals::{Owed, ReversalOwed, reversal_for, reversal_undone};
+pub use reversals::{Owed, reversal_for, reversal_undone};
 pub use stamps::RESTAMPED_KEPT;
 
 use reversals::{DebtHeld, needs_reversal};
@@ -105,6 +104,12 @@ pub enum IssuerError {
     /// the issuer could not tell the two apart, nor could a reversal naming either (94).
     #[error("another transaction under the same key is waiting for the issuer")]
     Clash,
+    /// A repeat (0101, 0401 ...) whose transaction went to the issuer under a stamp that
+    /// another request waits under now: not sent, since under a stamp of its own the
+    /// issuer would take it for a new transaction, and could charge (or credit) twice. It
+    /// may go once that one is answered.
+    #[error("the STAN its transaction went to the issuer under is another request's now")]
+    Busy,
 }
 
 /// What a caller of the link gets: the issuer's answer, or why there is none.
@@ -239,6 +244,9 @@ struct Inner {
     /// Stamps given up on without an answer (timed out, or forgotten), whose late answer
     /// may still come, for a while.
     freed: Freed,
+    /// The network's reversals owed ([`IssuerLink::owe_reversal`]), by their identity: the
+    /// debt's number.
+    reversals_owed: ConcurrentMap<Identity, u64>,
     /// Reversals being sent (or retried) in the background, for [`IssuerLink::quiesce`].
     reversals: AtomicUsize,
     /// Reversals out at the host at once, at most ([`reversals::REVERSALS_AT_ONCE`]): the
@@ -289,6 +297,7 @@ impl IssuerLink {
                 restamped: Restamped::default(),
                 named_waiting: Restamped::default(),
                 freed: Freed::default(),
+                reversals_owed: ConcurrentMap::default(),
                 reversals: AtomicUsize::new(0),
                 reversals_out: tokio::sync::Semaphore::new(reversals::REVERSALS_AT_ONCE),
                 owed,
@@ -535,10 +544,10 @@ impl IssuerLink {
         let network_stan = request.stan();
         // Any transaction may have been seen before but network management, which is the
         // link's own, per connection (a sign-on on each). A reversal the link sends again
-        // (one it owes) is one: under the stamp its first telling had, and joining the
-        // network's repeat of it when that is still waiting, so that the host never sees
-        // one reversal under two keys, which it could apply twice. (Its own earlier telling
-        // is not there to join: a reversal's stamp is let go when nobody waits on it.)
+        // (one it owes) is one: under the stamp its first telling had, and joining a
+        // telling of it still waiting there (the network's repeat, or its own first, whose
+        // stamp the sweep lets go once nobody waits on it), so that the host never sees one
+        // reversal under two keys, which it could apply twice.
         let joinable = !is_management_request(&request.mti());
         // A transaction that went out under vpan's stamp before (its STAN was taken then)
         // goes out under that stamp again: a repeat under the network's STAN would be news
@@ -620,6 +629,9 @@ impl IssuerLink {
                             Meeting::Clash => return Err(IssuerError::Clash),
                             Meeting::Stranger => {}
                         }
+                    }
+                    if Some(candidate) == preferred && request.is_repeat() {
+                        return Err(IssuerError::Busy);
                     }
                     candidate = self.next_stamp();
                 }

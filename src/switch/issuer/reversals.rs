@@ -21,6 +21,7 @@ use crate::iso8583::Message;
 use crate::store::journal::STALL_AFTER;
 use crate::store::owed::{Debt, OwedReversals};
 
+use super::stamps::{Identity, identity};
 use super::{IssuerError, IssuerLink};
 
 /// Longest wait between two tries of a reversal toward an issuer that does not answer.
@@ -87,15 +88,6 @@ pub struct Owed {
     /// Set once the record is written, failed, or given up on (when this is dropped):
     /// the repeats of the request wait for it before their 91.
     written: watch::Sender<bool>,
-}
-
-/// A network's reversal the link owes the issuer until it answers it
-/// ([`IssuerLink::owe_reversal`]).
-pub struct ReversalOwed {
-    /// Its number in the book.
-    id: u64,
-    /// The reversal as it goes again, if it must: a repeat.
-    again: Box<Message>,
 }
 
 /// The debt of a request in flight: its number in the book, and whether its record is
@@ -182,6 +174,9 @@ impl IssuerLink {
             match Message::parse(self.spec(), reversal) {
                 Ok(mut reversal) => {
                     reversal.mark_repeat();
+                    if let Some(identity) = reversal_identity(&reversal) {
+                        self.inner.reversals_owed.insert(identity, id);
+                    }
                     self.send_reversal(Box::new(reversal), None, Some(id));
                 }
                 // Written by vpan in the issuer link's layout of the time; the layout was
@@ -257,31 +252,34 @@ impl IssuerLink {
     }
 
     /// Owes the issuer a network's `reversal` (in the issuer's layout, with the real card)
-    /// from the moment a card has given its amount back, on disk, until the issuer answers
-    /// it: the caller records the debt while it forwards the reversal, and then settles it
-    /// ([`IssuerLink::settle_reversal`]). Left to the network's own repeats, a reversal the
-    /// issuer did not hear would be lost once the network gave up on a host down for longer
-    /// than its retries (or once vpan crashed while the issuer had it), and the real account
-    /// would stay charged for what the card no longer counts.
-    pub fn owe_reversal(&self, reversal: &Message) -> (ReversalOwed, Box<Owed>) {
+    /// that it did not hear or did not apply, when a card has given its amount back for it
+    /// (in this telling or an earlier one): the link sends it in the background until the
+    /// issuer answers it. Left to the network's own repeats, it would be lost once the
+    /// network gave up on a host down for longer than its retries, and the real account
+    /// would stay charged for what the card no longer counts. `None` when a debt for this
+    /// reversal (an earlier telling of it) is owed already: one goes out, not one per
+    /// repeat of the network's. The caller records the debt before the network hears its
+    /// answer.
+    pub fn owe_reversal(&self, reversal: &Message) -> Option<Box<Owed>> {
         let mut again = Box::new(reversal.clone());
-        // Whenever it goes again, the network's own repeat of it may have reached the host
-        // first (and been applied): so it goes as a repeat (0401, 0421), which a host that
-        // never heard of it takes as the reversal itself.
+        // Whatever became of this telling, the network's own repeat may reach the host
+        // before the debt does (and be applied): so it goes as a repeat (0401, 0421), which
+        // a host that never heard of it takes for the reversal itself.
         again.mark_repeat();
-        let (debt, owed) = self.owe(reversal);
-        (ReversalOwed { id: debt.id, again }, owed)
-    }
-
-    /// Settles the debt of a network's reversal the flow forwarded: paid when the issuer
-    /// `heard` it (answered it with anything but 91 or 96, its verdict), else sent in the
-    /// background as a repeat until the issuer answers it.
-    pub fn settle_reversal(&self, owed: ReversalOwed, heard: bool) {
-        if heard {
-            self.pay(owed.id);
-        } else {
-            self.send_reversal(owed.again, None, Some(owed.id));
-        }
+        let (debt, owed) = match reversal_identity(reversal) {
+            Some(identity) => match self.inner.reversals_owed.entry(identity) {
+                dashmap::Entry::Occupied(_) => return None,
+                dashmap::Entry::Vacant(v) => {
+                    let (debt, owed) = self.owe(&again);
+                    v.insert(debt.id);
+                    (debt, owed)
+                }
+            },
+            None => self.owe(&again),
+        };
+        // Numbered now, it can go out at once: paid before it is recorded, it is still paid.
+        self.send_reversal(again, None, Some(debt.id));
+        Some(owed)
     }
 
     /// Sends `reversal` in the background until answered ([`IssuerLink::reverse`]), the
@@ -346,7 +344,7 @@ impl IssuerLink {
                     // failed (96), has not reversed anything: asked again.
                     Ok(answer) if !reversal_undone(&answer) => {
                         if let Some(id) = debt {
-                            link.pay(id);
+                            link.pay_reversal(id, &reversal);
                         }
                         return;
                     }
@@ -358,7 +356,7 @@ impl IssuerLink {
                             "the reversal of a request does not fit the issuer link's layout; the issuer must reconcile"
                         );
                         if let Some(id) = debt {
-                            link.pay(id);
+                            link.pay_reversal(id, &reversal);
                         }
                         return;
                     }
@@ -412,6 +410,17 @@ impl IssuerLink {
         });
     }
 
+    /// Marks debt `id`, of `reversal`, paid: [`IssuerLink::pay`], and a later telling of
+    /// that reversal the issuer does not hear is owed afresh.
+    fn pay_reversal(&self, id: u64, reversal: &Message) {
+        if let Some(identity) = reversal_identity(reversal) {
+            self.inner
+                .reversals_owed
+                .remove_if(&identity, |_, owed| *owed == id);
+        }
+        self.pay(id);
+    }
+
     /// Marks debt `id` paid, in the background.
     pub(super) fn pay(&self, id: u64) {
         let book = self.inner.owed.clone();
@@ -423,6 +432,11 @@ impl IssuerLink {
             }
         });
     }
+}
+
+/// The network identity of a reversal as vpan sends it (under the network's STAN).
+fn reversal_identity(reversal: &Message) -> Option<Identity> {
+    identity(reversal, &reversal.stan()?)
 }
 
 /// [`reversal_for`], said loudly when it cannot be built.
