@@ -553,6 +553,29 @@ async fn a_reversal_owed_to_a_silent_issuer_outlives_a_kill_9_and_goes_out_at_th
     rig.stopped_then_owing_nothing(serve, host).await;
 }
 
+/// The network's reversal the switch owes, `first` as the host got it first: it goes out
+/// (again) as a repeat naming the same original, the host applies it, and it goes no more,
+/// in this run or the next. Returns it as the host got it.
+async fn the_owed_reversal_goes_once(
+    rig: &ScriptedHost,
+    serve: procs::Serve,
+    mut host: HostSide,
+    first: &Message,
+) -> Message {
+    let owed = host_message(&mut host, Duration::from_secs(15))
+        .await
+        .expect("the reversal owed goes out");
+    assert_eq!(&owed.mti(), b"0401");
+    assert_eq!(owed.raw(90), first.raw(90));
+    host_answer(&mut host, &owed, b"0410", b"00").await;
+    assert!(
+        hears_nothing(&mut host, Duration::from_millis(800)).await,
+        "the reversal goes once when answered"
+    );
+    rig.stopped_then_owing_nothing(serve, host).await;
+    owed
+}
+
 /// A purchase of 500 on `card` that the scripted host approves, over `net`.
 async fn approved_by_the_host(
     net: &mut Client,
@@ -607,21 +630,11 @@ async fn a_network_reversal_the_issuer_did_not_answer_outlives_a_kill_9_and_goes
 
     // The next start owes that one alone (written before the network heard its 91), and
     // sends it as a repeat, with the real card, naming the purchase.
-    let (serve, mut host) = rig.start().await;
+    let (serve, host) = rig.start().await;
     assert_eq!(serve.recovered["reversals_owed"], 1, "{}", serve.recovered);
-    let owed = host_message(&mut host, Duration::from_secs(15))
-        .await
-        .expect("the reversal owed goes out at the next start");
-    assert_eq!(&owed.mti(), b"0401");
+    let owed = the_owed_reversal_goes_once(&rig, serve, host, &first).await;
     assert_eq!(owed.pan(), Some(Ok(real)));
-    assert_eq!(owed.raw(90), first.raw(90));
     assert_eq!(owed.amount_transaction(), Some(500));
-    host_answer(&mut host, &owed, b"0410", b"00").await;
-    assert!(
-        hears_nothing(&mut host, Duration::from_millis(800)).await,
-        "the reversal goes once when answered"
-    );
-    rig.stopped_then_owing_nothing(serve, host).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -654,17 +667,7 @@ async fn a_network_reversal_the_switch_was_killed_under_is_owed_once_its_repeat_
     assert_eq!(&at_host.mti(), b"0401");
     host_answer(&mut host, &at_host, b"0410", b"91").await;
     assert_eq!(code(&net.answer(repeat.stan().unwrap()).await), "91");
-    let owed = host_message(&mut host, Duration::from_secs(10))
-        .await
-        .expect("the reversal owed goes out");
-    assert_eq!(&owed.mti(), b"0401");
-    assert_eq!(owed.raw(90), first.raw(90));
-    host_answer(&mut host, &owed, b"0410", b"00").await;
-    assert!(
-        hears_nothing(&mut host, Duration::from_millis(800)).await,
-        "the reversal goes once when answered"
-    );
-    rig.stopped_then_owing_nothing(serve, host).await;
+    the_owed_reversal_goes_once(&rig, serve, host, &first).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

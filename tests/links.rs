@@ -1178,6 +1178,40 @@ async fn approved_then_reversal(
     (request, reversal)
 }
 
+/// A purchase the scripted host approved, and its reversal sent on to the host, which has
+/// it and has not answered: each side's view.
+struct ReversalAtHost {
+    rig: rig::Rig,
+    host: HostSide,
+    net: Client,
+    card: vpan::cards::CardView,
+    purchase: Message,
+    /// As the network sent it.
+    reversal: Message,
+    /// As the host got it.
+    first: Message,
+}
+
+/// [`ReversalAtHost`] on a switch whose issuer timeout is `timeout_ms`.
+async fn reversal_at_the_host(timeout_ms: u64) -> ReversalAtHost {
+    let (rig, mut host) = signed_on_host(timeout_ms).await;
+    let mut net = Client::connect(rig.network).await;
+    let (card, _) = rig.issue(|c| c.amount_limit = 40_000).await;
+    let (purchase, reversal) = approved_then_reversal(&mut net, &mut host, &card, 1_500).await;
+    net.send(&reversal).await;
+    let first = next_reversal(&mut host).await;
+    assert_eq!(&first.mti(), b"0400");
+    ReversalAtHost {
+        rig,
+        host,
+        net,
+        card,
+        purchase,
+        reversal,
+        first,
+    }
+}
+
 /// Answers `request` at the host with `answer_code`.
 async fn host_answers(host: &mut HostSide, request: &Message, answer_code: &[u8; 2]) {
     let mut answer = request.clone();
@@ -1210,15 +1244,17 @@ async fn next_reversal(host: &mut HostSide) -> Message {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reversal_the_issuer_answers_91_is_owed_and_sent_again_as_a_repeat_until_applied() {
-    let (rig, mut host) = signed_on_host(3_000).await;
-    let mut net = Client::connect(rig.network).await;
-    let (card, real) = rig.issue(|c| c.amount_limit = 4_000).await;
-    let (purchase, reversal) = approved_then_reversal(&mut net, &mut host, &card, 1_500).await;
+    let ReversalAtHost {
+        rig,
+        mut host,
+        mut net,
+        card,
+        purchase,
+        reversal,
+        first,
+    } = reversal_at_the_host(3_000).await;
     // A front end answering for a host that is down: the network hears its 91, and the
     // card has given the amount back.
-    net.send(&reversal).await;
-    let first = next_message(&mut host).await;
-    assert_eq!(&first.mti(), b"0400");
     host_answers(&mut host, &first, b"91").await;
     assert_eq!(code(&net.answer(reversal.stan().unwrap()).await), "91");
     assert_eq!(rig.cards.get(CardKey::of(&card.vpan)).unwrap().spent, 0);
@@ -1229,7 +1265,7 @@ async fn a_reversal_the_issuer_answers_91_is_owed_and_sent_again_as_a_repeat_unt
         let again = next_message(&mut host).await;
         assert_eq!(&again.mti(), b"0401", "sent again as a repeat");
         assert_eq!(again.stan(), first.stan());
-        assert_eq!(again.pan(), Some(Ok(real.clone())));
+        assert_eq!(again.pan(), first.pan());
         assert_eq!(again.raw(90), first.raw(90));
         assert_eq!(&again.raw(90).unwrap()[..10], {
             let mut named = purchase.mti().to_vec();
@@ -1350,13 +1386,14 @@ async fn a_reversal_owed_goes_again_under_the_stamp_its_first_telling_had() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reversal_owed_after_the_networks_repeat_joined_it_goes_under_the_same_stamp() {
-    let (rig, mut host) = signed_on_host(3_000).await;
-    let mut net = Client::connect(rig.network).await;
-    let (card, _) = rig.issue(|c| c.amount_limit = 40_000).await;
-    let (_, reversal) = approved_then_reversal(&mut net, &mut host, &card, 1_500).await;
-    net.send(&reversal).await;
-    let first = next_reversal(&mut host).await;
-    assert_eq!(&first.mti(), b"0400");
+    let ReversalAtHost {
+        rig,
+        mut host,
+        mut net,
+        reversal,
+        first,
+        ..
+    } = reversal_at_the_host(3_000).await;
     // The network repeats it while the first waits at the silent host: the repeat joins
     // it, and outlives its timeout by half a second. The debt's first try joins it too.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -1373,12 +1410,15 @@ async fn a_reversal_owed_after_the_networks_repeat_joined_it_goes_under_the_same
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reversal_owed_waits_while_another_request_holds_its_stamp_rather_than_take_another() {
-    let (rig, mut host) = signed_on_host(3_000).await;
-    let mut net = Client::connect(rig.network).await;
-    let (card, _) = rig.issue(|c| c.amount_limit = 40_000).await;
-    let (_, reversal) = approved_then_reversal(&mut net, &mut host, &card, 1_500).await;
-    net.send(&reversal).await;
-    let first = next_reversal(&mut host).await;
+    let ReversalAtHost {
+        rig,
+        mut host,
+        mut net,
+        card,
+        reversal,
+        first,
+        ..
+    } = reversal_at_the_host(3_000).await;
     host_answers(&mut host, &first, b"91").await;
     assert_eq!(code(&net.answer(reversal.stan().unwrap()).await), "91");
     let again = next_reversal(&mut host).await;
