@@ -96,6 +96,17 @@ fn nothing_left(outcome: ReversalOutcome) {
     );
 }
 
+/// A reversal that found nothing left to give back, of an original that still stands
+/// (`stands`: approved, held or in doubt, for what was left of it) or not (a void, a
+/// purchase declined or released): a repeat of it the issuer does not hear is owed only in
+/// the first case.
+fn nothing_left_of(outcome: ReversalOutcome, stands: bool) {
+    match outcome {
+        ReversalOutcome::NothingLeft { original_stands } => assert_eq!(original_stands, stands),
+        other => panic!("{other:?}"),
+    }
+}
+
 /// What a reversal gave back, once durable.
 fn given_back(outcome: ReversalOutcome) -> u64 {
     match outcome {
@@ -604,7 +615,7 @@ fn a_full_reversal_gives_the_amount_and_the_use_back_once() {
         }
         other => panic!("{other:?}"),
     }
-    nothing_left(cards.reverse(key, &reversal(7, None), NOW));
+    nothing_left_of(cards.reverse(key, &reversal(7, None), NOW), true);
     let v = cards.get(key).unwrap();
     assert_eq!((v.spent, v.uses, v.status), (0, 0, Status::Active));
 }
@@ -712,8 +723,9 @@ fn a_reversal_before_its_original_gives_nothing_back_and_the_late_original_is_re
         approved(&cards, key, 4_000, 7);
         voided(cards.reverse(key, &reversal(8, None), NOW));
         assert_eq!(cards.get(key).unwrap().spent, 4_000);
-        // Its repeat finds the void: nothing to give back, nothing recorded again.
-        nothing_left(cards.reverse(key, &reversal(8, None), NOW));
+        // Its repeat finds the void: nothing to give back, nothing recorded again, and
+        // nothing at the issuer to reverse.
+        nothing_left_of(cards.reverse(key, &reversal(8, None), NOW), false);
         // A reversal without DE 90 names its original by its own key (DE 11, 7, 32, 41),
         // as an 0100 or an 0200: both are voided.
         let unnamed = reversal_by_own_key(9);
@@ -3168,4 +3180,21 @@ fn a_partial_approval_after_a_partial_reversal_while_held_counts_the_smaller_the
         6_000
     );
     assert_eq!(spent_and_uses(&cards, key), (0, 0));
+}
+
+#[test]
+fn a_reversal_finding_nothing_left_says_whether_its_original_stands() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &spec(10_000));
+    // Approved, reversed in part, then the same partial again: it stands, for the rest.
+    approved(&cards, key, 4_000, 7);
+    assert_eq!(
+        given_back(cards.reverse(key, &reversal(7, Some(2_500)), NOW)),
+        1_500
+    );
+    nothing_left_of(cards.reverse(key, &reversal(7, Some(2_500)), NOW), true);
+    // Released on its 91, then reversed in part: nothing of it stands.
+    released(&cards, key, 3_000, 9);
+    nothing_left_of(cards.reverse(key, &reversal(9, Some(1_000)), NOW), false);
 }

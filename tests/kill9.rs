@@ -609,7 +609,8 @@ async fn a_network_reversal_the_issuer_did_not_answer_outlives_a_kill_9_and_goes
     assert_eq!(code(&net.answer(reversal.stan().unwrap()).await), "00");
 
     // Another one the host takes and says nothing of: the network hears 91, the card has
-    // given its amount back, and the switch is killed the moment the network has its 91.
+    // given its amount back. The network's repeat of it goes unheard too (91), and adds no
+    // second debt. The switch is killed the moment the network has that 91.
     let unheard = approved_by_the_host(&mut net, &mut host, &card).await;
     let reversal = reversal_of(&mut net, &unheard);
     net.send(&reversal).await;
@@ -618,6 +619,7 @@ async fn a_network_reversal_the_issuer_did_not_answer_outlives_a_kill_9_and_goes
         .expect("the reversal reaches the host");
     assert_eq!(&first.mti(), b"0400");
     assert_eq!(code(&net.answer(reversal.stan().unwrap()).await), "91");
+    assert_eq!(code(&net.call(&repeat_of(&reversal)).await), "91");
     serve.stop("KILL").await;
     drop(host);
     let (cards, _) = open_cards(&rig.data_dir);
@@ -628,8 +630,8 @@ async fn a_network_reversal_the_issuer_did_not_answer_outlives_a_kill_9_and_goes
     );
     drop(cards);
 
-    // The next start owes that one alone (written before the network heard its 91), and
-    // sends it as a repeat, with the real card, naming the purchase.
+    // The next start owes that one alone, once (written before the network heard its 91),
+    // and sends it as a repeat, with the real card, naming the purchase.
     let (serve, host) = rig.start().await;
     assert_eq!(serve.recovered["reversals_owed"], 1, "{}", serve.recovered);
     let owed = the_owed_reversal_goes_once(&rig, serve, host, &first).await;

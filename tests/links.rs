@@ -1421,11 +1421,16 @@ async fn a_reversal_owed_waits_while_another_request_holds_its_stamp_rather_than
     } = reversal_at_the_host(3_000).await;
     host_answers(&mut host, &first, b"91").await;
     assert_eq!(code(&net.answer(reversal.stan().unwrap()).await), "91");
-    let again = next_reversal(&mut host).await;
-    assert_eq!(again.stan(), first.stan());
-    // Its second telling is refused too, and before the next (a tenth of a second later)
-    // a purchase from another terminal takes the same STAN, and waits at the host.
-    host_answers(&mut host, &again, b"91").await;
+    // Owed, it is refused five times more, each a pause later (0.1, 0.2, 0.4, 0.8 s)...
+    for _ in 0..5 {
+        let again = next_reversal(&mut host).await;
+        assert_eq!(again.stan(), first.stan());
+        host_answers(&mut host, &again, b"91").await;
+    }
+    // ... and before the next (1.6 s later) a purchase from another terminal takes the
+    // same STAN, and waits at the host. (Sent once the switch has surely read the last 91,
+    // which comes on another socket: before, the STAN would still be the reversal's.)
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut other = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
     other.set(11, &reversal.stan().unwrap()).unwrap();
     other.set(41, b"OTHERTRM").unwrap();
@@ -1439,7 +1444,7 @@ async fn a_reversal_owed_waits_while_another_request_holds_its_stamp_rather_than
     );
     // Meanwhile the reversal does not go under another STAN, which the host would take
     // for another reversal: it waits.
-    assert_silent(&mut host, Duration::from_millis(1_500)).await;
+    assert_silent(&mut host, Duration::from_millis(2_000)).await;
     host_answers(&mut host, &other_at_host, b"00").await;
     assert_eq!(code(&net.answer(other.stan().unwrap()).await), "00");
     let last = next_reversal(&mut host).await;

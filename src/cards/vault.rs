@@ -309,9 +309,9 @@ pub enum ReversalOutcome {
     /// The original was found but has nothing more to give back (a repeat, or it was
     /// declined or already reversed that far).
     NothingLeft {
-        /// It stands, for what earlier reversals left of it (approved, held or in doubt):
-        /// one of them gave back, and the issuer may have it. Not so for one vpan or the
-        /// issuer declined or released, nor for a void.
+        /// It stands (approved, held or in doubt), for what earlier reversals or a
+        /// completion left of it: the issuer may have it. Not so for one vpan or the issuer
+        /// declined or released, nor for a void.
         original_stands: bool,
     },
     /// No original on this card within the ledger's retention, and none named in DE 90.

@@ -515,19 +515,21 @@ impl Flow {
             Err(not) => return self.answer_on_card(request, Err(not)).await,
         };
         let outcome = self.cards.reverse(vpan.key, &req, now());
-        // The card's amount given back (by this telling, or, finding nothing left, by an
-        // earlier one, whose debt may have been lost in a crash while the issuer had it):
-        // the reversal must reach the issuer whatever the network does next, so it is kept
-        // to be owed should the issuer not hear it. (A void has nothing at the issuer to
-        // reverse: its original never went there, was declined there, or timed out and is
-        // reversed by the link already.)
-        let to_owe = matches!(
-            outcome,
-            ReversalOutcome::Reversed { .. }
-                | ReversalOutcome::NothingLeft {
-                    original_stands: true
-                }
-        )
+        // The card's amount given back by this telling, or, for a repeat (0401, 0421) that
+        // finds nothing left of an original that stands, by its first, whose debt may have
+        // been lost in a crash while the issuer had it: the reversal must reach the issuer
+        // whatever the network does next, so it is kept to be owed should the issuer not
+        // hear it. (A void has nothing at the issuer to reverse: its original never went
+        // there, was declined there, or timed out and is reversed by the link already.
+        // Another reversal that finds nothing left, such as a second one under its own key,
+        // is forwarded as ever, and not owed: only what this switch gave back is.)
+        let to_owe = match outcome {
+            ReversalOutcome::Reversed { .. } => true,
+            ReversalOutcome::NothingLeft { original_stands } => {
+                original_stands && request.is_repeat()
+            }
+            _ => false,
+        }
         .then(|| toward_issuer.message.clone());
         match outcome {
             ReversalOutcome::Reversed { durable, .. } | ReversalOutcome::Voided { durable } => {
@@ -903,10 +905,12 @@ enum NotSent {
 /// Whether the issuer has had its say on a reversal the flow forwarded, so that nothing is
 /// owed for it: an answer with any code but 91 or 96 (a front end for a host that is down,
 /// a host that failed: nothing applied). Not heard: no connection up, no answer in time,
-/// the connection lost under it, or an answer vpan could not read back. One the link did
-/// not send because another transaction under its key waits at the issuer (94, which the
-/// network does not send again) is not owed either: sent later under that key, the host
-/// could take it for that other one.
+/// the connection lost under it, its stamp held by another request ([`IssuerError::Busy`]),
+/// a layout it does not fit after all ([`IssuerError::Encode`]: owed, the link then logs
+/// it for the issuer to reconcile), or an answer vpan could not put the vPAN back in. One
+/// the link did not send because another transaction under its key waits at the issuer
+/// (94, which the network does not send again) is not owed either: sent later under that
+/// key, the host could take it for that other one.
 fn heard(sent: &OnCard) -> bool {
     match sent {
         Ok(Some(answer)) => !reversal_undone(answer),
@@ -1047,6 +1051,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_reversal_is_heard_when_the_issuer_answers_it_with_anything_but_91_or_96() {
+        let answered = |code: &[u8; 2]| -> OnCard {
+            let mut m = Message::new(Spec::iso87ascii(), b"0410").unwrap();
+            m.set_response_code(code).unwrap();
+            Ok(Some(Box::new(m)))
+        };
+        for code in [b"00", b"25", b"12", b"05"] {
+            assert!(heard(&answered(code)), "{code:?}");
+        }
+        for code in [b"91", b"96"] {
+            assert!(!heard(&answered(code)), "{code:?}");
+        }
+        // Refused because another transaction under its key waits: owed, it could be
+        // taken for that one.
+        assert!(heard(&Err(NotSent::Issuer(IssuerError::Clash.into()))));
+        for unheard in [
+            IssuerError::Unavailable,
+            IssuerError::Timeout,
+            IssuerError::ConnectionLost,
+            IssuerError::Busy,
+            IssuerError::Encode,
+        ] {
+            assert!(!heard(&Err(NotSent::Issuer(unheard.into()))), "{unheard:?}");
+        }
+        // Answered, but not in a form vpan could pass on: whether it was applied is
+        // unknown, so it goes again (as a repeat, which a host that applied it answers).
+        assert!(!heard(&Ok(None)));
+    }
+
+    #[test]
     fn response_mtis_add_ten_and_answer_repeats_as_originals() {
         for (req, resp) in [
             (b"0100", b"0110"),
@@ -1165,6 +1199,7 @@ mod tests {
             NotSent::Issuer(IssuerError::Unavailable.into()),
             NotSent::Issuer(IssuerError::Encode.into()),
             NotSent::Issuer(IssuerError::Clash.into()),
+            NotSent::Issuer(IssuerError::Busy.into()),
             NotSent::Format,
             NotSent::UnknownCard,
         ] {

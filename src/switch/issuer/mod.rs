@@ -105,9 +105,10 @@ pub enum IssuerError {
     #[error("another transaction under the same key is waiting for the issuer")]
     Clash,
     /// A repeat (0101, 0401 ...) whose transaction went to the issuer under a stamp that
-    /// another request waits under now: not sent, since under a stamp of its own the
-    /// issuer would take it for a new transaction, and could charge (or credit) twice. It
-    /// may go once that one is answered.
+    /// another request waits under now (or whose first is still waiting, when the repeat
+    /// cannot be told for it: a passthrough without DE 7): not sent, since under a stamp of
+    /// its own the issuer would take it for a new transaction, and could charge (or
+    /// credit) twice. The network hears 91; a reversal the link owes tries again later.
     #[error("the STAN its transaction went to the issuer under is another request's now")]
     Busy,
 }

@@ -21,7 +21,7 @@ use crate::iso8583::Message;
 use crate::store::journal::STALL_AFTER;
 use crate::store::owed::{Debt, OwedReversals};
 
-use super::stamps::{Identity, identity};
+use super::stamps::Identity;
 use super::{IssuerError, IssuerLink};
 
 /// Longest wait between two tries of a reversal toward an issuer that does not answer.
@@ -253,7 +253,7 @@ impl IssuerLink {
 
     /// Owes the issuer a network's `reversal` (in the issuer's layout, with the real card)
     /// that it did not hear or did not apply, when a card has given its amount back for it
-    /// (in this telling or an earlier one): the link sends it in the background until the
+    /// (in this telling, or in its first for a repeat): the link sends it in the background until the
     /// issuer answers it. Left to the network's own repeats, it would be lost once the
     /// network gave up on a host down for longer than its retries, and the real account
     /// would stay charged for what the card no longer counts. `None` when a debt for this
@@ -434,9 +434,18 @@ impl IssuerLink {
     }
 }
 
-/// The network identity of a reversal as vpan sends it (under the network's STAN).
+/// The network identity of a reversal as vpan sends it (under the network's STAN), one for
+/// its request and its advice forms (0400 and 0420, and their repeats): one debt for both.
 fn reversal_identity(reversal: &Message) -> Option<Identity> {
-    identity(reversal, &reversal.stan()?)
+    let mut mti = reversal.mti();
+    mti[2] = b'0';
+    let de90 = original_data_elements(
+        &mti,
+        &reversal.stan()?,
+        &reversal.transmission_time()?,
+        reversal.acquirer().as_deref().unwrap_or_default(),
+    );
+    Identity::of(&de90, reversal.terminal().as_deref())
 }
 
 /// [`reversal_for`], said loudly when it cannot be built.
