@@ -1063,8 +1063,8 @@ mod tests {
         for code in [b"91", b"96"] {
             assert!(!heard(&answered(code)), "{code:?}");
         }
-        // Refused because another transaction under its key waits: owed, it could be
-        // taken for that one.
+        // Refused because another transaction under its key waits: not owed (counted as
+        // heard), since sent later under that key it could be taken for that one.
         assert!(heard(&Err(NotSent::Issuer(IssuerError::Clash.into()))));
         for unheard in [
             IssuerError::Unavailable,

@@ -253,9 +253,9 @@ impl IssuerLink {
 
     /// Owes the issuer a network's `reversal` (in the issuer's layout, with the real card)
     /// that it did not hear or did not apply, when a card has given its amount back for it
-    /// (in this telling, or in its first for a repeat): the link sends it in the background until the
-    /// issuer answers it. Left to the network's own repeats, it would be lost once the
-    /// network gave up on a host down for longer than its retries, and the real account
+    /// (in this telling, or in its first for a repeat): the link sends it in the background
+    /// until the issuer answers it. Left to the network's own repeats, it would be lost once
+    /// the network gave up on a host down for longer than its retries, and the real account
     /// would stay charged for what the card no longer counts. `None` when a debt for this
     /// reversal (an earlier telling of it) is owed already: one goes out, not one per
     /// repeat of the network's. The caller records the debt before the network hears its
