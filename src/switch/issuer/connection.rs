@@ -56,8 +56,8 @@ fn backoff_after(backoff: Duration, ended: Ended, max: Duration) -> Duration {
 }
 
 /// `wait` less a random part of up to half of it, so that the link's connections, dropped
-/// together, do not redial in lockstep.
-fn jittered(wait: Duration) -> Duration {
+/// together, do not redial in lockstep (nor its reversals lost together go again together).
+pub(super) fn jittered(wait: Duration) -> Duration {
     use rand::RngExt;
     wait.mul_f64(1.0 - rand::rng().random_range(0.0..0.5))
 }

@@ -21,6 +21,7 @@ use crate::iso8583::Message;
 use crate::store::journal::STALL_AFTER;
 use crate::store::owed::{Debt, OwedReversals};
 
+use super::connection::jittered;
 use super::stamps::Identity;
 use super::{IssuerError, IssuerLink};
 
@@ -32,10 +33,12 @@ const REVERSAL_RETRY_MAX: Duration = Duration::from_secs(5);
 /// second.
 pub(super) const REVERSALS_AT_ONCE: usize = 64;
 
-/// Connections lost in a row, each within [`SUSPECT_WITHIN`] of the reversal's sending,
-/// after which the reversal itself is suspected of being what the issuer refuses (a frame over its own size limit, a field it
-/// rejects): a host that is merely restarting loses the connection once, then refuses it.
-const SUSPECT_AFTER_LOSSES: u32 = 3;
+/// Connections lost in a row, each within [`SUSPECT_WITHIN`] of the reversal's sending
+/// and counted for the reversal's share of the blame (one over the reversals out on it
+/// then), after which the reversal itself is suspected of being what the issuer refuses (a
+/// frame over its own size limit, a field it rejects): a host that is merely restarting
+/// loses the connection once, then refuses it.
+const SUSPECT_AFTER_LOSSES: f64 = 3.0;
 
 /// How soon after a reversal is sent a lost connection counts against it.
 const SUSPECT_WITHIN: Duration = Duration::from_secs(1);
@@ -303,8 +306,10 @@ impl IssuerLink {
         tokio::spawn(async move {
             let _done = ReversalDone(link.clone());
             let mut wait = Backoff::new(Duration::from_millis(100), REVERSAL_RETRY_MAX);
-            let mut lost_in_a_row = 0u32;
+            // Connections lost in a row under it, each counted for its share of the blame.
+            let mut lost_in_a_row = 0.0;
             let mut suspect_wait = Backoff::new(SUSPECT_RETRY_FIRST, SUSPECT_RETRY_MAX);
+            let mut suspect = false;
             for attempt in 1u64.. {
                 // A reversal is not on a cardholder's clock: a slow host gets seconds to
                 // answer it before it is sent again.
@@ -316,11 +321,10 @@ impl IssuerLink {
                     () = link.inner.shutdown.cancelled() => break,
                 };
                 let sent_at = std::time::Instant::now();
-                let sent = link
-                    .send_via(reversal.clone(), only, timeout)
-                    .await
-                    .map_err(|u| u.error);
+                let sent = link.send_via(reversal.clone(), only, timeout).await;
                 drop(out);
+                let blame = sent.as_ref().err().map_or(0.0, |u| u.blame);
+                let sent = sent.map_err(|u| u.error);
                 // Once one may have reached the host, the next goes as a repeat (0401), as
                 // ISO 8583 has it: a host that applied the first knows it for the same.
                 if matches!(
@@ -330,14 +334,15 @@ impl IssuerLink {
                     reversal.mark_repeat();
                 }
                 match &sent {
-                    // Dropped as it was read: the host's doing, perhaps over this reversal.
-                    // A drop later on (a host restarting) says nothing about it.
+                    // Dropped as it was read: the host's doing, perhaps over this reversal,
+                    // or over another one out with it (the blame is shared). A drop later
+                    // on (a host restarting) says nothing about it.
                     Err(IssuerError::ConnectionLost) if sent_at.elapsed() < SUSPECT_WITHIN => {
-                        lost_in_a_row += 1
+                        lost_in_a_row += blame
                     }
                     // No connection up to try it on says nothing about the reversal.
                     Err(IssuerError::Unavailable) => {}
-                    _ => lost_in_a_row = 0,
+                    _ => lost_in_a_row = 0.0,
                 }
                 match sent {
                     // A front end answering for a host that is down (91), or a host that
@@ -376,11 +381,12 @@ impl IssuerLink {
                     }
                     Err(_) => {}
                 }
-                let suspect = lost_in_a_row >= SUSPECT_AFTER_LOSSES;
-                if lost_in_a_row == SUSPECT_AFTER_LOSSES {
+                let was_suspect = suspect;
+                suspect = lost_in_a_row >= SUSPECT_AFTER_LOSSES;
+                if suspect && !was_suspect {
                     tracing::error!(
                         attempt,
-                        "the issuer host dropped its connection each of the last {SUSPECT_AFTER_LOSSES} times a reversal was sent: it may refuse that reversal itself (too long for it, or a field it rejects); it is now tried every {}s to {}s so that other requests are not cut off with it; the issuer may have to reconcile",
+                        "the issuer host dropped its connection each of the last {SUSPECT_AFTER_LOSSES} times or more a reversal was sent (a drop with other reversals out counted for its share): it may refuse that reversal itself (too long for it, or a field it rejects); it is now tried every {}s to {}s so that other requests are not cut off with it; the issuer may have to reconcile",
                         SUSPECT_RETRY_FIRST.as_secs(),
                         SUSPECT_RETRY_MAX.as_secs(),
                     );
@@ -388,9 +394,11 @@ impl IssuerLink {
                 let pause = if suspect {
                     suspect_wait.take()
                 } else {
-                    // Answered, timed out or dropped late since: back to the ordinary pace.
+                    // Answered, timed out or dropped late since: back to the ordinary pace,
+                    // jittered, so that reversals lost together (a burst on one connection)
+                    // spread out rather than go together again and share every drop.
                     suspect_wait.restart();
-                    wait.take()
+                    jittered(wait.take())
                 };
                 tokio::select! {
                     () = tokio::time::sleep(pause) => {}
