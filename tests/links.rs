@@ -621,6 +621,31 @@ fn amount(m: &Message) -> u64 {
         .unwrap()
 }
 
+/// Waits (10 s at most) until the reversals of every amount in `owed` are in `which` of
+/// what the host has seen; else fails, saying `what` only the ones there.
+async fn until_the_host_has(
+    seen: &std::sync::Mutex<DroppingHost>,
+    which: fn(&DroppingHost) -> &BTreeSet<u64>,
+    owed: &BTreeSet<u64>,
+    what: &str,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        {
+            let seen = seen.lock().unwrap();
+            let there = which(&seen);
+            if there.is_superset(owed) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what} only the reversals of {there:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reversals_out_together_share_the_blame_for_a_drop_that_is_not_theirs() {
     // Four purchases the host holds unanswered are lost with their connection (dropped over
@@ -702,30 +727,16 @@ async fn reversals_out_together_share_the_blame_for_a_drop_that_is_not_theirs() 
     for drop in 1..=3 {
         // Once the host holds every reversal owed (sent again after each drop), a purchase
         // it drops the connection over.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !seen.lock().unwrap().in_hand.is_superset(&owed) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "before drop {drop}, the host holds only the reversals of {:?}",
-                seen.lock().unwrap().in_hand
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let before = format!("before drop {drop}, the host holds");
+        until_the_host_has(&seen, |s| &s.in_hand, &owed, &before).await;
         let poison = purchase(&mut net, b"0100", &pan, b"2912", POISON);
         assert_eq!(code(&net.call(&poison).await), "91");
         assert_eq!(seen.lock().unwrap().drops_left, 3 - drop);
     }
     // Tried again within a second or so (0.2 to 0.4 s after the last drop, and the redial),
     // not half a minute later.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !seen.lock().unwrap().answered.is_superset(&owed) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "10 s after the drops, the host has applied only the reversals of {:?}",
-            seen.lock().unwrap().answered
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let after = "10 s after the drops, the host has applied";
+    until_the_host_has(&seen, |s| &s.answered, &owed, after).await;
     rig.stop().await;
     host.abort();
 }
