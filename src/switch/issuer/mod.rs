@@ -144,9 +144,9 @@ pub struct Unanswered {
     /// the debt's record, which its first caller writes and the repeat's 91 waits for
     /// (within the link, before the caller sees the refusal), as the first's 91 does.
     debt_written: Option<watch::Receiver<bool>>,
-    /// For a reversal whose connection was lost: its share of the blame for the loss, one
-    /// over the reversals in flight on it then (see [`IssuerLink::abandon`]); 0 otherwise.
-    blame: f64,
+    /// For a reversal whose connection was lost: it was the only reversal out on it then,
+    /// so the loss may be its doing (see [`IssuerLink::abandon`]).
+    only_reversal_out: bool,
 }
 
 impl From<IssuerError> for Unanswered {
@@ -155,7 +155,7 @@ impl From<IssuerError> for Unanswered {
             error,
             owed: None,
             debt_written: None,
-            blame: 0.0,
+            only_reversal_out: false,
         }
     }
 }

@@ -33,12 +33,14 @@ const REVERSAL_RETRY_MAX: Duration = Duration::from_secs(5);
 /// second.
 pub(super) const REVERSALS_AT_ONCE: usize = 64;
 
-/// Connections lost in a row, each within [`SUSPECT_WITHIN`] of the reversal's sending
-/// and counted for the reversal's share of the blame (one over the reversals out on it
-/// then), after which the reversal itself is suspected of being what the issuer refuses (a
-/// frame over its own size limit, a field it rejects): a host that is merely restarting
-/// loses the connection once, then refuses it.
-const SUSPECT_AFTER_LOSSES: f64 = 3.0;
+/// Connections lost in a row, each within [`SUSPECT_WITHIN`] of the reversal's sending,
+/// the last with no other reversal out, after which the reversal itself is suspected of
+/// being what the issuer refuses (a frame over its own size limit, a field it rejects): a
+/// host that is merely restarting loses the connection once, then refuses it. Lost so with
+/// others out, it is tried alone next (any of them could be the cause): a burst of
+/// reversals out together at a host that drops a connection now and then were all
+/// suspected at its third drop within a second, and held back half a minute and more.
+const SUSPECT_AFTER_LOSSES: u32 = 3;
 
 /// How soon after a reversal is sent a lost connection counts against it.
 const SUSPECT_WITHIN: Duration = Duration::from_secs(1);
@@ -306,8 +308,10 @@ impl IssuerLink {
         tokio::spawn(async move {
             let _done = ReversalDone(link.clone());
             let mut wait = Backoff::new(Duration::from_millis(100), REVERSAL_RETRY_MAX);
-            // Connections lost in a row under it, each counted for its share of the blame.
-            let mut lost_in_a_row = 0.0;
+            let mut lost_in_a_row = 0u32;
+            // Whether it was the only reversal out when the last of those was lost: the
+            // loss may then be its doing; with others out, any one of them may be the cause.
+            let mut lost_alone = false;
             let mut suspect_wait = Backoff::new(SUSPECT_RETRY_FIRST, SUSPECT_RETRY_MAX);
             let mut suspect = false;
             for attempt in 1u64.. {
@@ -316,14 +320,19 @@ impl IssuerLink {
                 let timeout = link.management_timeout();
                 let only = same_connection.take();
                 let loud = attempt <= 5 || attempt % 12 == 0;
+                // Lost often enough with other reversals out, it goes alone: a loss now is
+                // its own doing or the host's, not another reversal's. The semaphore is fair:
+                // the others wait behind it.
+                let alone = lost_in_a_row >= SUSPECT_AFTER_LOSSES;
+                let permits = if alone { REVERSALS_AT_ONCE as u32 } else { 1 };
                 let out = tokio::select! {
-                    permit = link.inner.reversals_out.acquire() => permit,
+                    permit = link.inner.reversals_out.acquire_many(permits) => permit,
                     () = link.inner.shutdown.cancelled() => break,
                 };
                 let sent_at = std::time::Instant::now();
                 let sent = link.send_via(reversal.clone(), only, timeout).await;
                 drop(out);
-                let blame = sent.as_ref().err().map_or(0.0, |u| u.blame);
+                let only_reversal_out = alone || matches!(&sent, Err(u) if u.only_reversal_out);
                 let sent = sent.map_err(|u| u.error);
                 // Once one may have reached the host, the next goes as a repeat (0401), as
                 // ISO 8583 has it: a host that applied the first knows it for the same.
@@ -334,15 +343,16 @@ impl IssuerLink {
                     reversal.mark_repeat();
                 }
                 match &sent {
-                    // Dropped as it was read: the host's doing, perhaps over this reversal,
-                    // or over another one out with it (the blame is shared). A drop later
-                    // on (a host restarting) says nothing about it.
+                    // Dropped as it was read: the host's doing, perhaps over this reversal
+                    // (or over another one out with it). A drop later on (a host
+                    // restarting) says nothing about it.
                     Err(IssuerError::ConnectionLost) if sent_at.elapsed() < SUSPECT_WITHIN => {
-                        lost_in_a_row += blame
+                        lost_in_a_row += 1;
+                        lost_alone = only_reversal_out;
                     }
                     // No connection up to try it on says nothing about the reversal.
                     Err(IssuerError::Unavailable) => {}
-                    _ => lost_in_a_row = 0.0,
+                    _ => lost_in_a_row = 0,
                 }
                 match sent {
                     // A front end answering for a host that is down (91), or a host that
@@ -382,11 +392,12 @@ impl IssuerLink {
                     Err(_) => {}
                 }
                 let was_suspect = suspect;
-                suspect = lost_in_a_row >= SUSPECT_AFTER_LOSSES;
+                suspect = lost_in_a_row >= SUSPECT_AFTER_LOSSES && lost_alone;
                 if suspect && !was_suspect {
                     tracing::error!(
                         attempt,
-                        "the issuer host dropped its connection each of the last {SUSPECT_AFTER_LOSSES} times or more a reversal was sent (a drop with other reversals out counted for its share): it may refuse that reversal itself (too long for it, or a field it rejects); it is now tried every {}s to {}s so that other requests are not cut off with it; the issuer may have to reconcile",
+                        lost_in_a_row,
+                        "the issuer host dropped its connection each of the last {lost_in_a_row} times a reversal was sent, the last time with no other reversal out: it may refuse that reversal itself (too long for it, or a field it rejects); it is now tried every {}s to {}s so that other requests are not cut off with it; the issuer may have to reconcile",
                         SUSPECT_RETRY_FIRST.as_secs(),
                         SUSPECT_RETRY_MAX.as_secs(),
                     );
@@ -394,9 +405,9 @@ impl IssuerLink {
                 let pause = if suspect {
                     suspect_wait.take()
                 } else {
-                    // Answered, timed out or dropped late since: back to the ordinary pace,
-                    // jittered, so that reversals lost together (a burst on one connection)
-                    // spread out rather than go together again and share every drop.
+                    // Answered, timed out or dropped late since (or to be tried alone): the
+                    // ordinary pace, jittered, so that reversals lost together (a burst on
+                    // one connection) spread out rather than go together again.
                     suspect_wait.restart();
                     jittered(wait.take())
                 };

@@ -33,13 +33,9 @@ impl IssuerLink {
             .filter(|p| which(p))
             .map(|p| (*p.key(), p.mti[1] == b'4'))
             .collect();
-        // A reversal the host refuses may be why it dropped the connection: the loss is
-        // blamed on the reversals in flight, shared among them. A burst of reversals out
-        // together, each blamed in full for every drop of a host that drops a connection
-        // now and then, were all suspected at its third drop within a second and held back
-        // half a minute and more (one run in 56 of the fault tests).
-        let reversals = listed.iter().filter(|(_, reversal)| *reversal).count();
-        let blame = 1.0 / reversals.max(1) as f64;
+        // A reversal the host refuses may be why it dropped the connection; told whether it
+        // was the only one out, a reversal knows whether the loss may be its own doing.
+        let only_reversal_out = listed.iter().filter(|(_, reversal)| *reversal).count() == 1;
         for (stamp, _) in listed {
             self.inner.freed.insert(stamp, ());
             // Checked again: between the listing and here the stamp may have been answered
@@ -51,7 +47,7 @@ impl IssuerLink {
             if !needs_reversal(&p.mti) {
                 if let Some(reply) = p.reply.take().filter(|_| p.mti[1] == b'4') {
                     let _ = reply.send(Err(Unanswered {
-                        blame,
+                        only_reversal_out,
                         ..IssuerError::ConnectionLost.into()
                     }));
                 }
