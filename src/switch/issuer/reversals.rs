@@ -37,7 +37,8 @@ pub(super) const REVERSALS_AT_ONCE: usize = 64;
 /// the last with no other reversal out, after which the reversal itself is suspected of
 /// being what the issuer refuses (a frame over its own size limit, a field it rejects): a
 /// host that is merely restarting loses the connection once, then refuses it. Lost so with
-/// others out, it is tried alone next (any of them could be the cause): a burst of
+/// others out, it is tried alone next, for the second in which a loss counts (any of them
+/// could be the cause): a burst of
 /// reversals out together at a host that drops a connection now and then were all
 /// suspected at its third drop within a second, and held back half a minute and more.
 const SUSPECT_AFTER_LOSSES: u32 = 3;
@@ -321,16 +322,31 @@ impl IssuerLink {
                 let only = same_connection.take();
                 let loud = attempt <= 5 || attempt % 12 == 0;
                 // Lost often enough with other reversals out, it goes alone: a loss now is
-                // its own doing or the host's, not another reversal's. The semaphore is fair:
-                // the others wait behind it.
-                let alone = lost_in_a_row >= SUSPECT_AFTER_LOSSES;
+                // its own doing or the host's, not another of the link's reversals' (the
+                // network's own still go out). The semaphore is fair: the others wait
+                // behind it.
+                let alone = lost_in_a_row >= SUSPECT_AFTER_LOSSES && !suspect;
                 let permits = if alone { REVERSALS_AT_ONCE as u32 } else { 1 };
-                let out = tokio::select! {
+                let mut out = tokio::select! {
                     permit = link.inner.reversals_out.acquire_many(permits) => permit,
                     () = link.inner.shutdown.cancelled() => break,
                 };
                 let sent_at = std::time::Instant::now();
-                let sent = link.send_via(reversal.clone(), only, timeout).await;
+                let send = link.send_via(reversal.clone(), only, timeout);
+                tokio::pin!(send);
+                let sent = tokio::select! {
+                    sent = &mut send => sent,
+                    // Alone only while a loss would count against it: a host that holds it
+                    // does not hold the others back for its whole timeout.
+                    () = tokio::time::sleep(SUSPECT_WITHIN), if alone => {
+                        if let Ok(held) = out.as_mut()
+                            && let Some(one) = held.split(1)
+                        {
+                            *held = one;
+                        }
+                        send.await
+                    }
+                };
                 drop(out);
                 let only_reversal_out = alone || matches!(&sent, Err(u) if u.only_reversal_out);
                 let sent = sent.map_err(|u| u.error);
@@ -392,7 +408,9 @@ impl IssuerLink {
                     Err(_) => {}
                 }
                 let was_suspect = suspect;
-                suspect = lost_in_a_row >= SUSPECT_AFTER_LOSSES && lost_alone;
+                // Once suspected, it stays so while the losses go on, alone or not: its tries
+                // (half a minute apart and more) need not hold the others back.
+                suspect = lost_in_a_row >= SUSPECT_AFTER_LOSSES && (lost_alone || was_suspect);
                 if suspect && !was_suspect {
                     tracing::error!(
                         attempt,
