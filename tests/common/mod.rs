@@ -10,7 +10,7 @@ use vpan::cards::{
     Kind, LedgerConfig, MerchantLock, OpenError, Recovered, TxKey,
 };
 use vpan::pan::Pan;
-use vpan::store::StoreConfig;
+use vpan::store::{StoreConfig, StoreError};
 
 /// 2026-11-26T15:29:42Z.
 pub const NOW: u64 = 1_795_706_982;
@@ -87,7 +87,18 @@ fn try_open_configured(
         key_file: Default::default(),
         ..Default::default()
     };
-    Cards::open(config, &store, ledger)
+    // A process another test spawns meanwhile holds a copy of every open descriptor from
+    // its fork to its exec, the data directory's lock among them: cards just closed can
+    // still be locked for that moment (one run of `crash` failed so).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match Cards::open(config, &store, ledger) {
+            Err(OpenError::Store(StoreError::Locked)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            opened => return opened,
+        }
+    }
 }
 
 /// Issues a card and waits until it is durable; returns its key.
