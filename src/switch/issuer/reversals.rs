@@ -348,6 +348,8 @@ impl IssuerLink {
                     }
                 };
                 drop(out);
+                // Alone, a loss counts against it even with a network's reversal out beside
+                // it: a stream of those must not keep a refused reversal from suspicion.
                 let only_reversal_out = alone || matches!(&sent, Err(u) if u.only_reversal_out);
                 let sent = sent.map_err(|u| u.error);
                 // Once one may have reached the host, the next goes as a repeat (0401), as
