@@ -234,6 +234,7 @@ impl App {
         let shutdown = CancellationToken::new();
         let issuer_stop = CancellationToken::new();
         m::install();
+        owed.publish();
         let issuer = IssuerLink::start(
             IssuerSettings {
                 connect: config.issuer.connect.clone(),

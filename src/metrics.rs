@@ -62,9 +62,13 @@ pub const REJECT_REASONS: [&str; 15] = [
 pub const CARDS: &str = "vpan_cards";
 /// Histogram of one journal group commit (write + fdatasync).
 pub const STORE_COMMIT_DURATION: &str = "vpan_store_commit_duration_seconds";
+/// Gauge of the reversals the issuer link owes the issuer host, on disk and not yet
+/// answered. Not in the contract: what an operator watches while the issuer is away.
+pub const ISSUER_REVERSALS_OWED: &str = "vpan_issuer_reversals_owed";
 
-/// Every metric name of the contract, for tests that check dashboards and alert rules.
-pub const ALL: [&str; 9] = [
+/// Every metric name vpan exports (the contract's, and the reversals owed), for tests
+/// that check dashboards and alert rules.
+pub const ALL: [&str; 10] = [
     REQUESTS_TOTAL,
     REQUEST_DURATION,
     ISSUER_REQUEST_DURATION,
@@ -74,6 +78,7 @@ pub const ALL: [&str; 9] = [
     FRAMES_REJECTED_TOTAL,
     CARDS,
     STORE_COMMIT_DURATION,
+    ISSUER_REVERSALS_OWED,
 ];
 
 /// Latency buckets in seconds, from 10 µs (the switch's own work) to 10 s (past any
@@ -157,6 +162,10 @@ fn describe() {
         Unit::Seconds,
         "One journal group commit: write and fdatasync"
     );
+    describe_gauge!(
+        ISSUER_REVERSALS_OWED,
+        "Reversals owed to the issuer host: written to the book of reversals owed, not yet answered"
+    );
 }
 
 /// Publishes the series known in advance at zero from the start, so a scrape (and an
@@ -168,6 +177,7 @@ fn zero() {
     let _ = metrics::histogram!(STORE_COMMIT_DURATION);
     metrics::counter!(ISSUER_TIMEOUTS_TOTAL).absolute(0);
     metrics::gauge!(ISSUER_CONNECTED).set(0.0);
+    metrics::gauge!(ISSUER_REVERSALS_OWED).set(0.0);
     metrics::gauge!(NETWORK_CONNECTIONS).set(0.0);
     for reason in REJECT_REASONS {
         metrics::counter!(FRAMES_REJECTED_TOTAL, "reason" => reason).absolute(0);

@@ -567,13 +567,34 @@ async fn the_owed_reversal_goes_once(
         .expect("the reversal owed goes out");
     assert_eq!(&owed.mti(), b"0401");
     assert_eq!(owed.raw(90), first.raw(90));
+    // Operators see it owed, and then paid.
+    assert_eq!(reversals_owed(&serve).await, 1);
     host_answer(&mut host, &owed, b"0410", b"00").await;
     assert!(
         hears_nothing(&mut host, Duration::from_millis(800)).await,
         "the reversal goes once when answered"
     );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while reversals_owed(&serve).await != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gauge of reversals owed still says {} 5 s after the reversal was answered",
+            reversals_owed(&serve).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     rig.stopped_then_owing_nothing(serve, host).await;
     owed
+}
+
+/// The gauge of reversals owed, scraped from `serve`'s metrics.
+async fn reversals_owed(serve: &procs::Serve) -> u64 {
+    let page = procs::scrape(serve.metrics).await;
+    let value = page
+        .lines()
+        .find_map(|line| line.strip_prefix("vpan_issuer_reversals_owed "))
+        .unwrap_or_else(|| panic!("no vpan_issuer_reversals_owed in\n{page}"));
+    value.trim().parse().unwrap()
 }
 
 /// A purchase of 500 on `card` that the scripted host approves, over `net`.

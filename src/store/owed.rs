@@ -154,6 +154,11 @@ struct Live {
 }
 
 impl Live {
+    /// Sets the gauge of reversals owed to the debts here.
+    fn publish(&self) {
+        metrics::gauge!(crate::metrics::ISSUER_REVERSALS_OWED).set(self.owed.len() as f64);
+    }
+
     /// Takes in the records of a batch just made durable (as framed by [`frame`]).
     fn apply(&mut self, mut framed: &[u8]) {
         while let Some((head, rest)) = framed.split_first_chunk::<8>() {
@@ -390,6 +395,12 @@ impl OwedReversals {
         ))
     }
 
+    /// Sets the gauge of reversals owed to what the book holds (at start, once the metrics
+    /// recorder is in place; every write sets it after).
+    pub fn publish(&self) {
+        self.file.lock().live.publish();
+    }
+
     /// A number for a new debt.
     pub fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
@@ -521,6 +532,7 @@ impl OwedReversals {
             Ok(()) => {
                 tail.good = Some(end + bytes.len() as u64);
                 tail.live.apply(bytes);
+                tail.live.publish();
                 Ok(())
             }
             Err(e) => {
