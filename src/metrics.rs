@@ -62,13 +62,18 @@ pub const REJECT_REASONS: [&str; 15] = [
 pub const CARDS: &str = "vpan_cards";
 /// Histogram of one journal group commit (write + fdatasync).
 pub const STORE_COMMIT_DURATION: &str = "vpan_store_commit_duration_seconds";
-/// Gauge of the reversals the issuer link owes the issuer host, on disk and not yet
-/// answered. Not in the contract: what an operator watches while the issuer is away.
+/// Gauge of the reversals the issuer link owes the issuer host, in the book of reversals
+/// owed and not yet answered. Not in the contract, nor the next: what an operator watches
+/// while the issuer is away.
 pub const ISSUER_REVERSALS_OWED: &str = "vpan_issuer_reversals_owed";
+/// Gauge of when the oldest of those was written to the book (seconds since the Unix
+/// epoch; at start for those recovered), 0 when none is owed: its age says whether the
+/// issuer applies them, which their count alone cannot (a slow issuer keeps some owed all
+/// the time, each paid within seconds).
+pub const ISSUER_OLDEST_REVERSAL_OWED: &str = "vpan_issuer_oldest_reversal_owed_timestamp_seconds";
 
-/// Every metric name vpan exports (the contract's, and the reversals owed), for tests
-/// that check dashboards and alert rules.
-pub const ALL: [&str; 10] = [
+/// The metric names of the contract (CONTRACT.md §6).
+pub const CONTRACT: [&str; 9] = [
     REQUESTS_TOTAL,
     REQUEST_DURATION,
     ISSUER_REQUEST_DURATION,
@@ -78,7 +83,22 @@ pub const ALL: [&str; 10] = [
     FRAMES_REJECTED_TOTAL,
     CARDS,
     STORE_COMMIT_DURATION,
+];
+
+/// Every metric name vpan exports: the contract's, and those of the reversals owed; for
+/// the tests that check dashboards, alert rules and the first scrape.
+pub const ALL: [&str; 11] = [
+    CONTRACT[0],
+    CONTRACT[1],
+    CONTRACT[2],
+    CONTRACT[3],
+    CONTRACT[4],
+    CONTRACT[5],
+    CONTRACT[6],
+    CONTRACT[7],
+    CONTRACT[8],
     ISSUER_REVERSALS_OWED,
+    ISSUER_OLDEST_REVERSAL_OWED,
 ];
 
 /// Latency buckets in seconds, from 10 µs (the switch's own work) to 10 s (past any
@@ -166,6 +186,11 @@ fn describe() {
         ISSUER_REVERSALS_OWED,
         "Reversals owed to the issuer host: written to the book of reversals owed, not yet answered"
     );
+    describe_gauge!(
+        ISSUER_OLDEST_REVERSAL_OWED,
+        Unit::Seconds,
+        "When the oldest reversal owed to the issuer host was written to the book (at start for those recovered), 0 when none"
+    );
 }
 
 /// Publishes the series known in advance at zero from the start, so a scrape (and an
@@ -178,6 +203,7 @@ fn zero() {
     metrics::counter!(ISSUER_TIMEOUTS_TOTAL).absolute(0);
     metrics::gauge!(ISSUER_CONNECTED).set(0.0);
     metrics::gauge!(ISSUER_REVERSALS_OWED).set(0.0);
+    metrics::gauge!(ISSUER_OLDEST_REVERSAL_OWED).set(0.0);
     metrics::gauge!(NETWORK_CONNECTIONS).set(0.0);
     for reason in REJECT_REASONS {
         metrics::counter!(FRAMES_REJECTED_TOTAL, "reason" => reason).absolute(0);

@@ -205,7 +205,7 @@ async fn every_metric_the_dashboard_and_alerts_query_is_in_a_real_scrape() {
     for m in vpan::metrics::ALL {
         assert!(
             checked.iter().any(|c| c.starts_with(m)),
-            "the contract's {m} is on no dashboard panel or alert"
+            "{m} is on no dashboard panel or alert"
         );
     }
     rig.stop().await;

@@ -567,33 +567,44 @@ async fn the_owed_reversal_goes_once(
         .expect("the reversal owed goes out");
     assert_eq!(&owed.mti(), b"0401");
     assert_eq!(owed.raw(90), first.raw(90));
-    // Operators see it owed, and then paid.
-    assert_eq!(reversals_owed(&serve).await, 1);
+    // Operators see it owed (since its recovery at start, at the latest), and then paid.
+    assert_eq!(gauge(&serve, "vpan_issuer_reversals_owed").await, 1);
+    let since = gauge(&serve, "vpan_issuer_oldest_reversal_owed_timestamp_seconds").await;
+    let now = vpan::cards::card::unix_now();
+    assert!(
+        (now - 60..=now).contains(&since),
+        "owed since {since}, now {now}"
+    );
     host_answer(&mut host, &owed, b"0410", b"00").await;
     assert!(
         hears_nothing(&mut host, Duration::from_millis(800)).await,
         "the reversal goes once when answered"
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while reversals_owed(&serve).await != 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the gauge of reversals owed still says {} 5 s after the reversal was answered",
-            reversals_owed(&serve).await
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    for owed in [
+        "vpan_issuer_reversals_owed",
+        "vpan_issuer_oldest_reversal_owed_timestamp_seconds",
+    ] {
+        while gauge(&serve, owed).await != 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{owed} still {} 5 s after the reversal was answered",
+                gauge(&serve, owed).await
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     rig.stopped_then_owing_nothing(serve, host).await;
     owed
 }
 
-/// The gauge of reversals owed, scraped from `serve`'s metrics.
-async fn reversals_owed(serve: &procs::Serve) -> u64 {
+/// The unlabelled gauge `name`, scraped from `serve`'s metrics.
+async fn gauge(serve: &procs::Serve, name: &str) -> u64 {
     let page = procs::scrape(serve.metrics).await;
     let value = page
         .lines()
-        .find_map(|line| line.strip_prefix("vpan_issuer_reversals_owed "))
-        .unwrap_or_else(|| panic!("no vpan_issuer_reversals_owed in\n{page}"));
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in\n{page}"));
     value.trim().parse().unwrap()
 }
 

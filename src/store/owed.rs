@@ -140,11 +140,27 @@ struct Tail {
     live: Live,
 }
 
+/// Seconds since the Unix epoch (0 for a clock before it).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A debt still owed, as the book holds it.
+struct Owing {
+    /// The reversal, sealed.
+    sealed: Vec<u8>,
+    /// When its record was written, in seconds since the Unix epoch (at start, for those
+    /// recovered: the record does not say).
+    since: u64,
+}
+
 /// The debts still owed and the stamps kept, by the records written so far.
 #[derive(Default)]
 struct Live {
-    /// Sealed reversals by debt number (oldest first).
-    owed: std::collections::BTreeMap<u64, Vec<u8>>,
+    /// By debt number (oldest first).
+    owed: std::collections::BTreeMap<u64, Owing>,
     /// Debts marked paid. A debt's record may come after its paid one (two tasks write
     /// them) or twice (once more, blocking, when a stop cut the first short), whatever the
     /// order, so a paid debt stays paid here, and is written as paid through a rewrite,
@@ -154,9 +170,12 @@ struct Live {
 }
 
 impl Live {
-    /// Sets the gauge of reversals owed to the debts here.
+    /// Sets the gauges of reversals owed to the debts here: how many, and since when the
+    /// oldest (the lowest-numbered; 0 for none).
     fn publish(&self) {
         metrics::gauge!(crate::metrics::ISSUER_REVERSALS_OWED).set(self.owed.len() as f64);
+        let oldest = self.owed.first_key_value().map_or(0, |(_, o)| o.since);
+        metrics::gauge!(crate::metrics::ISSUER_OLDEST_REVERSAL_OWED).set(oldest as f64);
     }
 
     /// Takes in the records of a batch just made durable (as framed by [`frame`]).
@@ -168,9 +187,13 @@ impl Live {
             };
             framed = next;
             match decode(payload) {
+                // Written twice (see `paid`), it is owed since the first.
                 Ok(Record::Owed { id, sealed }) => {
                     if !self.paid.contains(&id) {
-                        self.owed.insert(id, sealed.to_vec());
+                        self.owed.entry(id).or_insert_with(|| Owing {
+                            sealed: sealed.to_vec(),
+                            since: unix_now(),
+                        });
                     }
                 }
                 Ok(Record::Paid { id }) => {
@@ -367,8 +390,12 @@ impl OwedReversals {
             });
             plain.zeroize();
         }
+        let since = unix_now();
         let live = Live {
-            owed: owed.into_iter().collect(),
+            owed: owed
+                .into_iter()
+                .map(|(id, sealed)| (id, Owing { sealed, since }))
+                .collect(),
             paid: Default::default(),
             stamps: stamps.clone(),
         };
@@ -556,10 +583,7 @@ impl OwedReversals {
         let Some(len) = tail.good.filter(|len| *len >= tail.compact_at) else {
             return;
         };
-        let horizon = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-            .saturating_sub(self.stamps_kept);
+        let horizon = unix_now().saturating_sub(self.stamps_kept);
         tail.live.stamps.retain(|s| s.at >= horizon);
         let forget_below = tail.numbered_before_rewrite;
         tail.live.paid.retain(|id| *id >= forget_below);
@@ -612,7 +636,10 @@ fn rewrite(dir: &Path, path: &PathBuf, live: &Live) -> Result<(File, u64), (Stor
     let records = live
         .owed
         .iter()
-        .map(|(&id, sealed)| Record::Owed { id, sealed })
+        .map(|(&id, owing)| Record::Owed {
+            id,
+            sealed: &owing.sealed,
+        })
         .chain(live.paid.iter().map(|&id| Record::Paid { id }))
         .chain(live.stamps.iter().map(|s| Record::Stamp {
             at: s.at,
