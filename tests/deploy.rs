@@ -202,7 +202,7 @@ async fn every_metric_the_dashboard_and_alerts_query_is_in_a_real_scrape() {
             checked.insert(name);
         }
     }
-    for m in vpan::metrics::ALL {
+    for m in vpan::metrics::all() {
         assert!(
             checked.iter().any(|c| c.starts_with(m)),
             "{m} is on no dashboard panel or alert"
@@ -219,7 +219,7 @@ async fn a_switch_that_has_served_nothing_lists_every_metric_of_the_contract() {
     let dir = tempfile::tempdir().unwrap();
     let serve = procs::start_serve(dir.path(), "127.0.0.1:1", &[]).await;
     let page = procs::scrape(serve.metrics).await;
-    for m in vpan::metrics::ALL {
+    for m in vpan::metrics::all() {
         assert!(
             page.contains(&format!("# TYPE {m} ")),
             "{m} absent:\n{page}"

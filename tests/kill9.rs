@@ -608,18 +608,25 @@ async fn gauge(serve: &procs::Serve, name: &str) -> u64 {
     value.trim().parse().unwrap()
 }
 
-/// A purchase of 500 on `card` that the scripted host approves, over `net`.
-async fn approved_by_the_host(
+/// A purchase of 500 on `card` that the scripted host approves, over `net`, and the
+/// network's reversal of it sent on: the reversal as the network sent it, and as the host
+/// got it (not answered).
+async fn reversal_at_the_host(
     net: &mut Client,
     host: &mut HostSide,
     card: &vpan::cards::CardView,
-) -> Message {
+) -> (Message, Message) {
     let request = purchase(net, b"0100", &card.vpan, &card.expiry.0, 500);
     net.send(&request).await;
     let at_host = host_message(host, Duration::from_secs(10)).await.unwrap();
     host_answer(host, &at_host, b"0110", b"00").await;
     assert_eq!(code(&net.answer(request.stan().unwrap()).await), "00");
-    request
+    let reversal = reversal_of(net, &request);
+    net.send(&reversal).await;
+    let first = host_message(host, Duration::from_secs(10))
+        .await
+        .expect("the reversal reaches the host");
+    (reversal, first)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -631,24 +638,14 @@ async fn a_network_reversal_the_issuer_did_not_answer_outlives_a_kill_9_and_goes
     let mut net = Client::connect(serve.network).await;
 
     // A reversal the host answers owes nothing.
-    let heard = approved_by_the_host(&mut net, &mut host, &card).await;
-    let reversal = reversal_of(&mut net, &heard);
-    net.send(&reversal).await;
-    let at_host = host_message(&mut host, Duration::from_secs(10))
-        .await
-        .unwrap();
+    let (reversal, at_host) = reversal_at_the_host(&mut net, &mut host, &card).await;
     host_answer(&mut host, &at_host, b"0410", b"00").await;
     assert_eq!(code(&net.answer(reversal.stan().unwrap()).await), "00");
 
     // Another one the host takes and says nothing of: the network hears 91, the card has
     // given its amount back. The network's repeat of it goes unheard too (91), and adds no
     // second debt. The switch is killed the moment the network has that 91.
-    let unheard = approved_by_the_host(&mut net, &mut host, &card).await;
-    let reversal = reversal_of(&mut net, &unheard);
-    net.send(&reversal).await;
-    let first = host_message(&mut host, Duration::from_secs(10))
-        .await
-        .expect("the reversal reaches the host");
+    let (reversal, first) = reversal_at_the_host(&mut net, &mut host, &card).await;
     assert_eq!(&first.mti(), b"0400");
     assert_eq!(code(&net.answer(reversal.stan().unwrap()).await), "91");
     assert_eq!(code(&net.call(&repeat_of(&reversal)).await), "91");
@@ -679,12 +676,7 @@ async fn a_network_reversal_the_switch_was_killed_under_is_owed_once_its_repeat_
     let mut net = Client::connect(serve.network).await;
     // The switch is killed while the host has the reversal: the card's amount is given
     // back on disk, the network has no answer, and nothing is owed yet.
-    let purchase = approved_by_the_host(&mut net, &mut host, &card).await;
-    let reversal = reversal_of(&mut net, &purchase);
-    net.send(&reversal).await;
-    let first = host_message(&mut host, Duration::from_secs(10))
-        .await
-        .expect("the reversal reaches the host");
+    let (reversal, first) = reversal_at_the_host(&mut net, &mut host, &card).await;
     serve.stop("KILL").await;
     drop(host);
 

@@ -45,6 +45,8 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 use zeroize::Zeroize;
 
+use crate::cards::card::unix_now;
+
 use super::StoreError;
 use super::crypto::PanCipher;
 use super::journal::{Encode, frame, read_records, sync_dir};
@@ -138,13 +140,6 @@ struct Tail {
     numbered_before_rewrite: u64,
     /// What the durable records say is owed: the rewrite's content.
     live: Live,
-}
-
-/// Seconds since the Unix epoch (0 for a clock before it).
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// A debt still owed, as the book holds it.
@@ -390,7 +385,7 @@ impl OwedReversals {
             });
             plain.zeroize();
         }
-        let since = unix_now();
+        let since = now;
         let live = Live {
             owed: owed
                 .into_iter()

@@ -558,7 +558,7 @@ impl Flow {
             .await;
         if let Some(reversal) = to_owe
             && !heard(&sent)
-            && let Some(owed) = self.issuer.owe_reversal(&reversal)
+            && let Some(owed) = self.issuer.owe_reversal(reversal)
         {
             // On disk before the network hears its answer.
             owed.record().await;

@@ -266,25 +266,24 @@ impl IssuerLink {
     /// reversal (an earlier telling of it) is owed already: one goes out, not one per
     /// repeat of the network's. The caller records the debt before the network hears its
     /// answer.
-    pub fn owe_reversal(&self, reversal: &Message) -> Option<Box<Owed>> {
-        let mut again = Box::new(reversal.clone());
+    pub fn owe_reversal(&self, mut reversal: Box<Message>) -> Option<Box<Owed>> {
         // Whatever became of this telling, the network's own repeat may reach the host
         // before the debt does (and be applied): so it goes as a repeat (0401, 0421), which
         // a host that never heard of it takes for the reversal itself.
-        again.mark_repeat();
-        let (debt, owed) = match reversal_identity(reversal) {
+        reversal.mark_repeat();
+        let (debt, owed) = match reversal_identity(&reversal) {
             Some(identity) => match self.inner.reversals_owed.entry(identity) {
                 dashmap::Entry::Occupied(_) => return None,
                 dashmap::Entry::Vacant(v) => {
-                    let (debt, owed) = self.owe(&again);
+                    let (debt, owed) = self.owe(&reversal);
                     v.insert(debt.id);
                     (debt, owed)
                 }
             },
-            None => self.owe(&again),
+            None => self.owe(&reversal),
         };
         // Numbered now, it can go out at once: paid before it is recorded, it is still paid.
-        self.send_reversal(again, None, Some(debt.id));
+        self.send_reversal(reversal, None, Some(debt.id));
         Some(owed)
     }
 

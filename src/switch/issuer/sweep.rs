@@ -45,6 +45,7 @@ impl IssuerLink {
             };
             // A caller left without a reversal hears of the loss at once.
             if !needs_reversal(&p.mti) {
+                // The request removed, not the one listed: the stamp may be another's now.
                 if let Some(reply) = p.reply.take().filter(|_| p.mti[1] == b'4') {
                     let _ = reply.send(Err(Unanswered {
                         only_reversal_out,
