@@ -14,6 +14,7 @@
 //! - [`config`]: the typed configuration, file + environment, validated at start.
 //! - [`logging`]: human or JSON log lines on stderr.
 //! - [`metrics`]: the contract's metric names, described once, and the `/metrics` endpoint.
+//! - [`rekey`]: `vpan rekey`, the data directory copied under a new key for real PANs.
 //! - [`tools`]: the issuer simulator, the traffic file, its generator and the load
 //!   generator that test and measure the switch over real TCP, and `vpan demo`, which runs
 //!   them all against the switch and its API in one process.
@@ -26,6 +27,7 @@ pub mod iso8583;
 pub mod logging;
 pub mod metrics;
 pub mod pan;
+pub mod rekey;
 pub mod store;
 pub mod switch;
 pub mod tools;

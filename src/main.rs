@@ -52,6 +52,9 @@ enum Command {
     /// A client of the HTTPS issuance API: create, show, pause, resume, close, list.
     #[command(arg_required_else_help = false)]
     Card(Box<vpan::api::client::CardArgs>),
+    /// Copies the data directory under a new PAN key, into a new directory, with the
+    /// switch stopped; the old one is left as it was until you delete it.
+    Rekey(vpan::rekey::Args),
     /// Asks a running switch's GET /healthz: exit 0 when it is up, 1 naming what is down
     /// (for a container's health check).
     Health(vpan::api::client::HealthArgs),
@@ -99,6 +102,10 @@ fn main() -> ExitCode {
             };
         }
         Command::Traffic(args) => tools::generate::run_cli(&args),
+        Command::Rekey(args) => {
+            logging::init(LogFormat::Human);
+            vpan::rekey::run_cli(args)
+        }
         Command::Card(args) => return vpan::api::client::main(*args),
         Command::Health(args) => return vpan::api::client::health_main(args),
     };

@@ -3198,3 +3198,122 @@ fn a_reversal_finding_nothing_left_says_whether_its_original_stands() {
     released(&cards, key, 3_000, 9);
     nothing_left_of(cards.reverse(key, &reversal(9, Some(1_000)), NOW), false);
 }
+
+/// `vpan rekey` on a data directory of cards that spent, held and declined: the copy holds
+/// the same cards and transactions under its own new key, the old key does not open it,
+/// and the old directory still opens under the old key, as it was.
+#[test]
+fn a_rekeyed_copy_holds_the_same_cards_under_the_new_key_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (spender, in_doubt, real) = {
+        let (cards, _) = open(&data);
+        let spec_a = spec(10_000);
+        let spender = issue(&cards, &spec_a);
+        let in_doubt = issue(&cards, &single_use(5_000));
+        decided(
+            &cards,
+            spender,
+            &purchase(2_500, 1),
+            IssuerOutcome::Approved(ResponseCode::APPROVED, Some(*b"A1B2C3")),
+        );
+        assert_eq!(
+            code(&cards.authorize(spender, &purchase(9_000, 2), NOW)),
+            "61"
+        );
+        // Held when the store is closed: in doubt at the next start, counted as spent.
+        approve(&cards, in_doubt, 4_000, 3).durable.wait().unwrap();
+        (spender, in_doubt, spec_a.pan)
+    };
+    let mut config = vpan::config::Config::default();
+    config.store.data_dir = data.clone();
+    let into = dir.path().join("copy");
+    let done = vpan::rekey::rekey(&config, &into, None).unwrap();
+    assert_eq!((done.cards, done.transactions), (2, 3), "{done}");
+    assert_eq!(done.key, into.join("pan.key"));
+    assert!(!dir.path().join("copy.rekeying").exists());
+    let old_key = std::fs::read(data.join("pan.key")).unwrap();
+    assert_ne!(std::fs::read(into.join("pan.key")).unwrap(), old_key);
+    for file in std::fs::read_dir(&into).unwrap() {
+        let bytes = std::fs::read(file.unwrap().path()).unwrap();
+        assert!(!bytes.windows(real.len()).any(|w| w == real.as_bytes()));
+    }
+
+    let (copy, recovered) = open(&into);
+    assert_eq!(
+        recovered.holds_counted_as_spent, 0,
+        "counted at the rekey's open"
+    );
+    let v = copy.get(spender).unwrap();
+    assert_eq!((v.spent, v.held, v.uses), (2_500, 0, 1));
+    let v = copy.get(in_doubt).unwrap();
+    assert_eq!(
+        (v.spent, v.held, v.uses, v.status),
+        (4_000, 0, 1, Status::Closed)
+    );
+    let mut repeat = purchase(2_500, 1);
+    repeat.mti = *b"0101";
+    assert!(matches!(
+        copy.authorize(spender, &repeat, NOW),
+        Decision::Replay(Replay::Answer {
+            code: ResponseCode::APPROVED,
+            auth: Some(a),
+            ..
+        }) if a == *b"A1B2C3"
+    ));
+    assert!(matches!(
+        copy.authorize(spender, &purchase(9_000, 2), NOW),
+        Decision::Replay(Replay::Answer {
+            code: ResponseCode::OVER_LIMIT,
+            decided_by: DecidedBy::Switch,
+            ..
+        })
+    ));
+    assert_eq!(
+        code(&copy.authorize(spender, &purchase(9_000, 5), NOW)),
+        "61"
+    );
+    assert_eq!(
+        code(&copy.authorize(spender, &purchase(7_500, 4), NOW)),
+        "00"
+    );
+    drop(copy);
+
+    // The old key opens neither the copy nor its snapshot; the old directory is as it was.
+    let store = vpan::store::StoreConfig {
+        data_dir: into.clone(),
+        key_file: data.join("pan.key"),
+        ..Default::default()
+    };
+    let Err(refused) = Cards::open(&Default::default(), &store, Default::default()) else {
+        panic!("the old key opened the copy");
+    };
+    assert!(refused.to_string().contains("pan.key"), "{refused}");
+    let (old, _) = open(&data);
+    assert_eq!(old.get(spender).unwrap().spent, 2_500);
+    assert_eq!(old.get(in_doubt).unwrap().spent, 4_000);
+    // The rekey's own check of its copy sees a card that has changed since, masked.
+    let (copy, _) = open(&into);
+    let changed = old
+        .first_difference(&copy)
+        .expect("the copy approved more since");
+    let vpan = spender.pan();
+    assert!(changed.contains(&vpan.masked().to_string()), "{changed}");
+    assert!(!changed.contains(vpan.expose()), "{changed}");
+    drop((old, copy));
+
+    // A second copy over the first, or under the key in use, is refused.
+    let again = vpan::rekey::rekey(&config, &into, None).unwrap_err();
+    assert!(again.contains("not empty"), "{again}");
+    let other = dir.path().join("other");
+    let same_key = dir.path().join("same.key");
+    std::fs::write(&same_key, &old_key).unwrap();
+    let same = vpan::rekey::rekey(&config, &other, Some(&same_key)).unwrap_err();
+    assert!(same.contains("the key in use"), "{same}");
+    assert!(!other.exists() && !dir.path().join("other.rekeying").exists());
+    // A data directory that is not there is not made, empty, and copied.
+    config.store.data_dir = dir.path().join("typo");
+    let typo = vpan::rekey::rekey(&config, &other, None).unwrap_err();
+    assert!(typo.contains("typo: not there"), "{typo}");
+    assert!(!dir.path().join("typo").exists() && !other.exists());
+}

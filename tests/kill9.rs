@@ -924,3 +924,96 @@ async fn a_purchase_whose_issuer_connection_drops_owes_its_reversal_across_a_kil
     names_original(&again);
     serve.stop("KILL").await;
 }
+
+/// `vpan rekey` on the real binary, `from` into `into`: whether it exited 0, and what it
+/// printed (stdout, then stderr).
+fn rekey(from: &std::path::Path, into: &std::path::Path) -> (bool, String) {
+    let out = std::process::Command::new(procs::VPAN)
+        .arg("rekey")
+        .arg("--into")
+        .arg(into)
+        .env("VPAN_STORE_DATA_DIR", from)
+        .output()
+        .unwrap();
+    let printed =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), printed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rekeyed_copy_serves_the_same_cards_and_owes_the_same_reversal_under_the_new_key() {
+    let rig = ScriptedHost::new("300").await;
+    // Its data directory is there, empty: the copy goes into it.
+    let copy = ScriptedHost::new("300").await;
+    let mut issued = issue_cards(&rig.data_dir, 2, 1_000).await;
+    let (spender, spender_real) = issued.remove(0);
+    let (card, real) = issued.remove(0);
+    let (serve, mut host) = rig.start().await;
+    let mut net = Client::connect(serve.network).await;
+    let request = purchase(&mut net, b"0100", &spender.vpan, &spender.expiry.0, 600);
+    net.send(&request).await;
+    let at_host = host_message(&mut host, Duration::from_secs(10))
+        .await
+        .unwrap();
+    host_answer(&mut host, &at_host, b"0110", b"00").await;
+    assert_eq!(code(&net.answer(request.stan().unwrap()).await), "00");
+    // A network reversal the host says nothing of: owed to it.
+    let (reversal, first) = reversal_at_the_host(&mut net, &mut host, &card).await;
+    assert_eq!(code(&net.answer(reversal.stan().unwrap()).await), "91");
+
+    // Refused while the switch runs on the directory; then, the switch stopped, copied.
+    let (copied, said) = rekey(&rig.data_dir, &copy.data_dir);
+    assert!(!copied && said.contains("in use by another vpan"), "{said}");
+    serve.stop("TERM").await;
+    drop(host);
+    let (copied, said) = rekey(&rig.data_dir, &copy.data_dir);
+    assert!(copied, "{said}");
+    assert!(
+        said.contains("cards 2,") && said.contains("reversals owed to the issuer 1"),
+        "{said}"
+    );
+
+    // The old key opens nothing there: the switch refuses to start, naming it.
+    let old_key = rig.data_dir.join("pan.key");
+    let refused = std::process::Command::new(procs::VPAN)
+        .arg("serve")
+        .env("VPAN_STORE_DATA_DIR", &copy.data_dir)
+        .env("VPAN_STORE_KEY_FILE", &old_key)
+        .env("VPAN_NETWORK_LISTEN", "127.0.0.1:0")
+        .env("VPAN_METRICS_LISTEN", "127.0.0.1:0")
+        .env("VPAN_API_LISTEN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{said}");
+    assert!(said.contains(&*old_key.to_string_lossy()), "{said}");
+
+    // Under its own key the copy owes the reversal and sends it, with the real card,
+    // naming the purchase as the host first got it.
+    let (serve, mut host) = copy.start().await;
+    assert_eq!(serve.recovered["cards"], 2, "{}", serve.recovered);
+    assert_eq!(serve.recovered["reversals_owed"], 1, "{}", serve.recovered);
+    let owed = host_message(&mut host, Duration::from_secs(15))
+        .await
+        .expect("the reversal owed goes out");
+    assert_eq!(&owed.mti(), b"0401");
+    assert_eq!(owed.pan(), Some(Ok(real)));
+    assert_eq!(owed.raw(90), first.raw(90));
+    host_answer(&mut host, &owed, b"0410", b"00").await;
+    // And it counts what the card spent: over the cap at once, within it through the host
+    // with the real card, the vPAN back in the answer.
+    let mut net = Client::connect(serve.network).await;
+    let over = purchase(&mut net, b"0100", &spender.vpan, &spender.expiry.0, 500);
+    assert_eq!(code(&net.call(&over).await), "61");
+    let within = purchase(&mut net, b"0100", &spender.vpan, &spender.expiry.0, 400);
+    net.send(&within).await;
+    let at_host = host_message(&mut host, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(at_host.pan(), Some(Ok(spender_real)));
+    host_answer(&mut host, &at_host, b"0110", b"00").await;
+    let answer = net.answer(within.stan().unwrap()).await;
+    assert_eq!(code(&answer), "00");
+    assert_eq!(answer.pan(), Some(Ok(spender.vpan.clone())));
+    serve.stop("KILL").await;
+}

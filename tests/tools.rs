@@ -1203,6 +1203,7 @@ async fn a_file_that_is_not_there_is_the_machines_fault_exit_1_whichever_flag_na
         &["card", "--token", "t", "--ca", missing, "list"][..],
         &["loadgen", "--target", "127.0.0.1:1", "--traffic", missing][..],
         &["serve", "--config", missing][..],
+        &["rekey", "--config", missing, "--into", missing][..],
         &["issuer-sim", "--listen", "127.0.0.1:0", "--spec", missing][..],
         &[
             "loadgen",

@@ -16,7 +16,8 @@
 //! This file holds issuance, status changes and authorizations (the hold, the issuer's
 //! answer, repeats). The other changes have rooms of their own: `reversals.rs` (giving back
 //! and voiding), `advices.rs` (what stand-ins approved or declined); `recovery.rs` opens the
-//! cards from the snapshot and the journal, `snapshots.rs` writes snapshots.
+//! cards from the snapshot and the journal, `snapshots.rs` writes snapshots, `rekey.rs`
+//! copies them into a new data directory under another key.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -42,6 +43,7 @@ use crate::store::journal::{Durable, Journal};
 mod advices;
 mod completions;
 mod recovery;
+mod rekey;
 mod reversals;
 pub(crate) mod snapshots;
 

@@ -417,6 +417,32 @@ impl OwedReversals {
         ))
     }
 
+    /// Writes `debts` (keeping their numbers) and `stamps` as the book of another data
+    /// directory, `dir`, each debt sealed under `cipher`: the book copied under a new key
+    /// (`vpan rekey`), from what [`OwedReversals::open`] returned of it.
+    pub fn write_copy(
+        dir: &Path,
+        cipher: &PanCipher,
+        debts: &[Debt],
+        stamps: &[Stamp],
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let live = Live {
+            owed: debts
+                .iter()
+                .map(|d| {
+                    let sealed = cipher.seal_bytes(&d.reversal, &context(d.id));
+                    (d.id, Owing { sealed, since: now })
+                })
+                .collect(),
+            paid: Default::default(),
+            stamps: stamps.to_vec(),
+        };
+        rewrite(dir, &dir.join(FILE), &live)
+            .map(drop)
+            .map_err(|(e, _)| e)
+    }
+
     /// Sets the gauge of reversals owed to what the book holds (at start, once the metrics
     /// recorder is in place; every write sets it after).
     pub fn publish(&self) {
@@ -919,5 +945,46 @@ mod tests {
                 }]
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_copy_under_another_key_owes_the_same_debts_under_their_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (book, _) = reopen(dir.path());
+        let card = crate::pan::test_pan("497010");
+        let owed = format!("0400{card}owed");
+        let (paid, kept) = (book.next_id(), book.next_id());
+        book.owe(paid, b"paid").await.unwrap();
+        book.owe(kept, owed.as_bytes()).await.unwrap();
+        book.paid(paid).await.unwrap();
+        book.changed_stamp(b"transaction", *b"000042", 5_000)
+            .await
+            .unwrap();
+        drop(book);
+        let (_, debts, stamps) = OwedReversals::open(dir.path(), cipher(), 5_000, 60).unwrap();
+
+        let copy = tempfile::tempdir().unwrap();
+        let new_key = PanCipher::from_key(&[8; 32]);
+        OwedReversals::write_copy(copy.path(), &new_key, &debts, &stamps, 5_000).unwrap();
+        let on_disk = std::fs::read(copy.path().join(FILE)).unwrap();
+        assert!(!on_disk.windows(card.len()).any(|w| w == card.as_bytes()));
+        let (book, debts_back, stamps_back) =
+            OwedReversals::open(copy.path(), new_key, 5_000, 60).unwrap();
+        assert_eq!(
+            debts_back,
+            vec![Debt {
+                id: kept,
+                reversal: Bytes::from(owed)
+            }]
+        );
+        assert_eq!(stamps_back, stamps);
+        assert_eq!(stamps_back.len(), 1);
+        assert!(book.next_id() > kept, "numbers go on from the debts copied");
+        drop(book);
+        assert_eq!(
+            OwedReversals::open(copy.path(), cipher(), 5_000, 60).unwrap_err(),
+            StoreError::Decrypt,
+            "the old key does not open the copy"
+        );
     }
 }

@@ -8,6 +8,7 @@ use std::time::Instant;
 use super::Cards;
 use crate::cards::event;
 use crate::store::StoreError;
+use crate::store::crypto::PanCipher;
 use crate::store::journal::{self, list_segments};
 use crate::store::segment;
 use crate::store::snapshot::SnapshotWriter;
@@ -55,8 +56,45 @@ impl Cards {
         let _one = self.snapshot_lock.lock();
         let records = self.journal.stats().records.load(Ordering::Relaxed);
         let from_segment = self.journal.rotate()?;
+        let (cards, transactions) = self.write_snapshot(&self.dir, &self.cipher, from_segment)?;
+        // Counted from here only once it stands: a failed snapshot leaves the count as it
+        // was, so the next look tries again rather than waiting for another
+        // `every_records`.
+        self.records_at_snapshot.store(records, Ordering::Relaxed);
+        let mut segments_deleted = 0;
+        for n in list_segments(&self.dir).map_err(StoreError::io("listing the journal"))? {
+            if n >= from_segment {
+                continue;
+            }
+            match segment::remove(&self.dir, n) {
+                Ok(()) => segments_deleted += 1,
+                // Covered all the same: the next snapshot, or the next start, deletes it.
+                Err(e) => {
+                    tracing::warn!(segment = n, error = %e, "could not delete a journal segment the snapshot covers")
+                }
+            }
+        }
+        Ok(SnapshotReport {
+            cards,
+            transactions,
+            segments_deleted,
+        })
+    }
+}
+
+impl Cards {
+    /// Writes every card (its real PAN sealed under `cipher`) and remembered transaction
+    /// to a snapshot in `dir` whose journal starts at segment `from_segment`, and commits
+    /// it once every change it read is durable in the journal. Returns the cards and
+    /// transactions written.
+    pub(super) fn write_snapshot(
+        &self,
+        dir: &std::path::Path,
+        cipher: &PanCipher,
+        from_segment: u64,
+    ) -> Result<(u64, u64), StoreError> {
         let keys = self.index.keys();
-        let mut w = SnapshotWriter::create(&self.dir)?;
+        let mut w = SnapshotWriter::create(dir)?;
         w.write(&event::SnapHeader {
             version: SNAPSHOT_VERSION,
             from_segment,
@@ -70,8 +108,8 @@ impl Cards {
             let found = self.index.read(key, |card| {
                 let context = key.raw().to_le_bytes();
                 let sealed = match &card.pan_nonce {
-                    Some(nonce) => self.cipher.reseal(&card.real_pan, &context, nonce),
-                    None => self.cipher.seal(&card.real_pan, &context),
+                    Some(nonce) => cipher.reseal(&card.real_pan, &context, nonce),
+                    None => cipher.seal(&card.real_pan, &context),
                 };
                 journal::Encode::encode(
                     &event::SnapCard {
@@ -109,28 +147,7 @@ impl Cards {
             transactions,
         })?;
         w.commit()?;
-        // Counted from here only once it stands: a failed snapshot leaves the count as it
-        // was, so the next look tries again rather than waiting for another
-        // `every_records`.
-        self.records_at_snapshot.store(records, Ordering::Relaxed);
-        let mut segments_deleted = 0;
-        for n in list_segments(&self.dir).map_err(StoreError::io("listing the journal"))? {
-            if n >= from_segment {
-                continue;
-            }
-            match segment::remove(&self.dir, n) {
-                Ok(()) => segments_deleted += 1,
-                // Covered all the same: the next snapshot, or the next start, deletes it.
-                Err(e) => {
-                    tracing::warn!(segment = n, error = %e, "could not delete a journal segment the snapshot covers")
-                }
-            }
-        }
-        Ok(SnapshotReport {
-            cards,
-            transactions,
-            segments_deleted,
-        })
+        Ok((cards, transactions))
     }
 }
 

@@ -1,0 +1,327 @@
+//! `vpan rekey`: the data directory copied under a new PAN key, for a key's change at the
+//! end of its cryptoperiod or on suspicion that it leaked.
+//!
+//! The copy is a new data directory, not the old one rewritten in place: the old key keeps
+//! opening the old directory until the operators have the switch running on the new one,
+//! so a rekey that fails, or a copy they do not trust, costs nothing but its directory.
+//! Rewriting in place would have to change the key, the snapshot, the journal and the book
+//! of reversals owed as one step, which the filesystem cannot do.
+//!
+//! With the switch stopped (the data directory's lock makes sure), the store is opened as a
+//! start opens it, and everything it holds is written again under the new key into a
+//! directory beside the one asked for: the cards and remembered transactions as a
+//! snapshot (each real PAN sealed again under the new key, with its nonce of issuance, so
+//! nonces still count cards issued under each key), the reversals owed to the issuer (each
+//! sealed again under its number), the STANs changed toward the issuer within the hour,
+//! and the API's token and self-signed pair when vpan made them there. That directory is
+//! synced and renamed into place, so the name asked for holds a whole copy or nothing.
+//! The copy is then opened under the new key, as the next start will, and compared card by
+//! card and transaction by transaction with what it was made from.
+
+use std::path::{Path, PathBuf};
+
+use crate::cards::Cards;
+use crate::config::Config;
+use crate::store::crypto::PanCipher;
+use crate::store::journal::sync_dir;
+use crate::store::owed::{self, Debt, OwedReversals, Stamp};
+use crate::store::{StoreConfig, create_private_dir, naming_the_key};
+use crate::switch::issuer::RESTAMPED_KEPT;
+
+/// Options of `vpan rekey`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The switch's TOML configuration, whose store.data_dir and store.key_file say what
+    /// is copied; without it the built-in defaults. VPAN_<SECTION>_<KEY> variables
+    /// override it, as for `vpan serve`.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The new data directory: not there yet, or empty. It is written under a name beside
+    /// it (DIR.rekeying) and renamed into place once whole.
+    #[arg(long, value_name = "DIR")]
+    pub into: PathBuf,
+    /// The new key: a file of 32 random bytes, mode 0600, made beforehand (`head -c 32
+    /// /dev/urandom`). Without it, vpan makes one as pan.key in the new data directory.
+    #[arg(long, value_name = "FILE")]
+    pub new_key_file: Option<PathBuf>,
+}
+
+/// Files of the data directory that hold neither cards nor debts, copied as they are when
+/// vpan made them there: the API's token and its self-signed pair.
+const CARRIED_FILES: [&str; 3] = ["api-token", "tls-cert.pem", "tls-key.pem"];
+
+/// What a rekey wrote.
+#[derive(Debug)]
+pub struct Rekeyed {
+    /// The data directory copied.
+    pub from: PathBuf,
+    /// Its key.
+    pub from_key: PathBuf,
+    /// The new data directory.
+    pub into: PathBuf,
+    /// The new key.
+    pub key: PathBuf,
+    /// Whether the new key is the new directory's own `pan.key` (`store.key_file` empty).
+    pub key_in_data_dir: bool,
+    /// Cards copied.
+    pub cards: u64,
+    /// Remembered transactions copied.
+    pub transactions: u64,
+    /// Reversals owed to the issuer copied.
+    pub reversals_owed: usize,
+}
+
+impl std::fmt::Display for Rekeyed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "rekeyed: copied from {} into {} under the key in {}, and read back the same under it: cards {}, remembered transactions {}, reversals owed to the issuer {}",
+            self.from.display(),
+            self.into.display(),
+            self.key.display(),
+            self.cards,
+            self.transactions,
+            self.reversals_owed,
+        )?;
+        let key_file = if self.key_in_data_dir {
+            String::new()
+        } else {
+            self.key.display().to_string()
+        };
+        write!(
+            f,
+            "next: run the switch on it (store.data_dir = {:?}, or move it where the old one was; store.key_file = {:?}); once it serves, delete {} and destroy the key in {}: the card numbers there are sealed under that key",
+            self.into.display().to_string(),
+            key_file,
+            self.from.display(),
+            self.from_key.display()
+        )
+    }
+}
+
+/// `vpan rekey`: reads the configuration as `vpan serve` does, copies, prints the report.
+pub fn run_cli(args: Args) -> Result<(), String> {
+    let env = crate::config::vpan_env_vars().map_err(|e| e.to_string())?;
+    let config = Config::load(args.config.as_deref(), env).map_err(|e| e.to_string())?;
+    let done = rekey(&config, &args.into, args.new_key_file.as_deref())?;
+    println!("{done}");
+    Ok(())
+}
+
+/// Copies the data directory `config` names into `into` under the key in `new_key` (made
+/// as `into`'s `pan.key` when `None`), and checks the copy reads back the same.
+pub fn rekey(config: &Config, into: &Path, new_key: Option<&Path>) -> Result<Rekeyed, String> {
+    let store = &config.store;
+    let from = std::path::absolute(&store.data_dir)
+        .map_err(|e| format!("store.data_dir {}: {e}", store.data_dir.display()))?;
+    let into = std::path::absolute(into).map_err(|e| format!("--into {}: {e}", into.display()))?;
+    // Opening the store makes a data directory that is not there: a typo would copy an
+    // empty one, and leave it behind.
+    match from.try_exists() {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(format!(
+                "store.data_dir {}: not there; name the data directory to copy",
+                from.display()
+            ));
+        }
+        Err(e) => return Err(format!("store.data_dir {}: {e}", from.display())),
+    }
+    let work = check_into(&from, &into)?;
+    let new_key = new_key.map(|key| check_new_key(key, &from)).transpose()?;
+
+    // The store as a start finds it: holds the issuer never answered are counted in doubt
+    // (and journaled so), the damaged tail a crash left is cut. Its lock keeps a running
+    // switch from changing it meanwhile.
+    let (cards, _) = Cards::open(&config.cards, store, config.cards.ledger())
+        .map_err(|e| format!("opening {}: {e}", from.display()))?;
+    let old_key = store.key_path();
+    let old_cipher = PanCipher::load_or_create(&old_key).map_err(|e| e.to_string())?;
+    let now = crate::cards::card::unix_now();
+    let (_book, debts, stamps) =
+        OwedReversals::open(&from, old_cipher.clone(), now, RESTAMPED_KEPT.as_secs())
+            .map_err(naming_the_key(&old_key, &from.join(owed::FILE)))
+            .map_err(|e| format!("opening the reversals owed in {}: {e}", from.display()))?;
+    if let Some(key) = &new_key {
+        let cipher = PanCipher::load_or_create(key).map_err(|e| e.to_string())?;
+        if same_key(&old_cipher, &cipher) {
+            return Err(format!(
+                "--new-key-file {}: it holds the key in use ({}); make a new one",
+                key.display(),
+                old_key.display()
+            ));
+        }
+    }
+
+    create_private_dir(&work).map_err(|e| format!("making {}: {e}", work.display()))?;
+    let (key_path, key_in_data_dir) = match new_key {
+        Some(key) => (key, false),
+        None => (work.join("pan.key"), true),
+    };
+    let new_cipher = PanCipher::load_or_create(&key_path).map_err(|e| e.to_string())?;
+    let written = |what: &str| {
+        let work = work.display().to_string();
+        let what = what.to_string();
+        move |e: crate::store::StoreError| format!("writing {what} into {work}: {e}")
+    };
+    let (card_count, transactions) = cards
+        .copy_rekeyed(&work, &new_cipher)
+        .map_err(written("the cards"))?;
+    OwedReversals::write_copy(&work, &new_cipher, &debts, &stamps, now)
+        .map_err(written("the reversals owed"))?;
+    carry_files(&from, &work)?;
+    sync_dir(&work).map_err(|e| format!("syncing {}: {e}", work.display()))?;
+    let reversals_owed = debts.len();
+    read_back(config, &work, &key_path, &cards, debts, &stamps, now)?;
+    // Only a copy that read back the same, whole, under the name asked for (an empty
+    // directory there is replaced).
+    std::fs::rename(&work, &into).map_err(|e| {
+        format!(
+            "renaming {} to {}: {e} (the copy is whole, and read back the same, under the first name)",
+            work.display(),
+            into.display()
+        )
+    })?;
+    if let Some(parent) = into.parent() {
+        sync_dir(parent).map_err(|e| format!("syncing {}: {e}", parent.display()))?;
+    }
+    Ok(Rekeyed {
+        from,
+        from_key: std::path::absolute(&old_key).unwrap_or(old_key),
+        key: if key_in_data_dir {
+            into.join("pan.key")
+        } else {
+            key_path
+        },
+        into,
+        key_in_data_dir,
+        cards: card_count,
+        transactions,
+        reversals_owed,
+    })
+}
+
+/// Opens the copy in `work` under the key in `key_path`, as the next start will, and
+/// compares it with `cards`, `debts` and `stamps`, what it was made from.
+fn read_back(
+    config: &Config,
+    work: &Path,
+    key_path: &Path,
+    cards: &Cards,
+    mut debts: Vec<Debt>,
+    stamps: &[Stamp],
+    now: u64,
+) -> Result<(), String> {
+    let not_the_same = |what: String| {
+        format!(
+            "the copy in {} does not read back the same ({what}): it is left there, not renamed; delete it",
+            work.display()
+        )
+    };
+    let store = StoreConfig {
+        data_dir: work.to_path_buf(),
+        key_file: key_path.to_path_buf(),
+        ..config.store.clone()
+    };
+    let (copy, _) = Cards::open(&config.cards, &store, config.cards.ledger())
+        .map_err(|e| not_the_same(e.to_string()))?;
+    if let Some(difference) = cards.first_difference(&copy) {
+        return Err(not_the_same(difference));
+    }
+    drop(copy);
+    let cipher = PanCipher::load_or_create(key_path).map_err(|e| e.to_string())?;
+    let (_book, mut debts_back, stamps_back) =
+        OwedReversals::open(work, cipher, now, RESTAMPED_KEPT.as_secs())
+            .map_err(naming_the_key(key_path, &work.join(owed::FILE)))
+            .map_err(|e| not_the_same(e.to_string()))?;
+    // Read in the order they were written, which two tasks make; copied by number.
+    debts.sort_by_key(|d| d.id);
+    debts_back.sort_by_key(|d| d.id);
+    if debts_back != debts || stamps_back != stamps {
+        return Err(not_the_same(format!(
+            "{} reversals owed and {} changed STANs read back, of {} and {}",
+            debts_back.len(),
+            stamps_back.len(),
+            debts.len(),
+            stamps.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a new data directory that is the old one, inside it, or not empty, and a
+/// rekey's directory left beside it; returns where the copy is written first.
+fn check_into(from: &Path, into: &Path) -> Result<PathBuf, String> {
+    if into.starts_with(from) {
+        return Err(format!(
+            "--into {}: that is inside the data directory {}; name a new directory beside it",
+            into.display(),
+            from.display()
+        ));
+    }
+    match std::fs::read_dir(into) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(format!(
+                    "--into {}: not empty; name a new directory (the copy is a whole data directory)",
+                    into.display()
+                ));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("--into {}: {e}", into.display())),
+    }
+    let name = into
+        .file_name()
+        .ok_or_else(|| format!("--into {}: name a directory", into.display()))?;
+    let mut work_name = name.to_os_string();
+    work_name.push(".rekeying");
+    let work = into.with_file_name(work_name);
+    if work.symlink_metadata().is_ok() {
+        return Err(format!(
+            "{} is there: a rekey that did not finish left it; delete it and run again",
+            work.display()
+        ));
+    }
+    Ok(work)
+}
+
+/// The new key's file, made absolute, once it is there and outside the data directory
+/// `from` (deleted once the copy serves).
+fn check_new_key(key: &Path, from: &Path) -> Result<PathBuf, String> {
+    let said = |what: String| format!("--new-key-file {}: {what}", key.display());
+    let absolute = std::path::absolute(key).map_err(|e| said(e.to_string()))?;
+    match absolute.try_exists() {
+        Ok(true) if absolute.starts_with(from) => Err(said(format!(
+            "that is inside the data directory {}, which is deleted once the copy serves; keep the new key outside both data directories",
+            from.display()
+        ))),
+        Ok(true) => Ok(absolute),
+        Ok(false) => Err(said(format!(
+            "not there; make it first (32 random bytes, mode 0600: `(umask 077 && head -c 32 /dev/urandom > {})`), or leave the flag out for vpan to make pan.key in the new data directory",
+            key.display()
+        ))),
+        Err(e) => Err(said(e.to_string())),
+    }
+}
+
+/// True when `a` and `b` hold the same key: what one seals, the other opens.
+fn same_key(a: &PanCipher, b: &PanCipher) -> bool {
+    b.open_bytes(&a.seal_bytes(b"probe", b"rekey"), b"rekey")
+        .is_ok()
+}
+
+/// Copies [`CARRIED_FILES`] from `from` into `work` where they are, modes kept, synced.
+fn carry_files(from: &Path, work: &Path) -> Result<(), String> {
+    for name in CARRIED_FILES {
+        let source = from.join(name);
+        if !source.exists() {
+            continue;
+        }
+        let target = work.join(name);
+        std::fs::copy(&source, &target)
+            .and_then(|_| std::fs::File::open(&target)?.sync_all())
+            .map_err(|e| format!("copying {} into {}: {e}", source.display(), work.display()))?;
+    }
+    Ok(())
+}
