@@ -18,6 +18,7 @@
 //! The copy is then opened under the new key, as the next start will, and compared card by
 //! card and transaction by transaction with what it was made from.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::cards::Cards;
@@ -25,7 +26,7 @@ use crate::config::Config;
 use crate::store::crypto::PanCipher;
 use crate::store::journal::sync_dir;
 use crate::store::owed::{self, Debt, OwedReversals, Stamp};
-use crate::store::{StoreConfig, create_private_dir, naming_the_key};
+use crate::store::{REKEYED_FILE, StoreConfig, create_private_dir, naming_the_key};
 use crate::switch::issuer::RESTAMPED_KEPT;
 
 /// Options of `vpan rekey`.
@@ -185,6 +186,9 @@ pub fn rekey(config: &Config, into: &Path, new_key: Option<&Path>) -> Result<Rek
     if let Some(parent) = into.parent() {
         sync_dir(parent).map_err(|e| format!("syncing {}: {e}", parent.display()))?;
     }
+    // From now on the switch belongs on the copy: one started here by mistake (or by a
+    // supervisor) would approve what the copy never counts.
+    mark_copied(&from, &into)?;
     Ok(Rekeyed {
         from,
         from_key: std::path::absolute(&old_key).unwrap_or(old_key),
@@ -303,6 +307,24 @@ fn check_new_key(key: &Path, from: &Path) -> Result<PathBuf, String> {
         ))),
         Err(e) => Err(said(e.to_string())),
     }
+}
+
+/// Leaves [`REKEYED_FILE`] in `from`, naming `into`, synced: a start there is refused.
+fn mark_copied(from: &Path, into: &Path) -> Result<(), String> {
+    let marker = from.join(REKEYED_FILE);
+    let said = |e: std::io::Error| {
+        format!(
+            "writing {}: {e}; the copy in {} is whole, but do not start a switch on {} again",
+            marker.display(),
+            into.display(),
+            from.display()
+        )
+    };
+    let mut file = crate::store::create_private_file(&marker).map_err(said)?;
+    writeln!(file, "{}", into.display())
+        .and_then(|()| file.sync_all())
+        .and_then(|()| sync_dir(from))
+        .map_err(said)
 }
 
 /// True when `a` and `b` hold the same key: what one seals, the other opens.

@@ -3289,6 +3289,13 @@ fn a_rekeyed_copy_holds_the_same_cards_under_the_new_key_alone() {
         panic!("the old key opened the copy");
     };
     assert!(refused.to_string().contains("pan.key"), "{refused}");
+    // The old directory refuses a start, naming the copy, until told to go back to it.
+    let Err(refused) = try_open(&data, Default::default()) else {
+        panic!("a switch started on the directory copied");
+    };
+    let refused = refused.to_string();
+    assert!(refused.contains(&*into.to_string_lossy()), "{refused}");
+    std::fs::remove_file(data.join("rekeyed")).unwrap();
     let (old, _) = open(&data);
     assert_eq!(old.get(spender).unwrap().spent, 2_500);
     assert_eq!(old.get(in_doubt).unwrap().spent, 4_000);

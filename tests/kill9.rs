@@ -940,6 +940,25 @@ fn rekey(from: &std::path::Path, into: &std::path::Path) -> (bool, String) {
     (out.status.success(), printed)
 }
 
+/// `vpan serve` on `data_dir` with `env`, which must refuse to start (exit 1): what it
+/// said on stderr.
+fn refused_start(data_dir: &std::path::Path, env: &[(&str, &std::path::Path)]) -> String {
+    let mut serve = std::process::Command::new(procs::VPAN);
+    serve
+        .arg("serve")
+        .env("VPAN_STORE_DATA_DIR", data_dir)
+        .env("VPAN_NETWORK_LISTEN", "127.0.0.1:0")
+        .env("VPAN_METRICS_LISTEN", "127.0.0.1:0")
+        .env("VPAN_API_LISTEN", "127.0.0.1:0");
+    for (k, v) in env {
+        serve.env(k, v);
+    }
+    let refused = serve.output().unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr).to_string();
+    assert_eq!(refused.status.code(), Some(1), "{said}");
+    said
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rekeyed_copy_serves_the_same_cards_and_owes_the_same_reversal_under_the_new_key() {
     let rig = ScriptedHost::new("300").await;
@@ -973,20 +992,14 @@ async fn a_rekeyed_copy_serves_the_same_cards_and_owes_the_same_reversal_under_t
         "{said}"
     );
 
-    // The old key opens nothing there: the switch refuses to start, naming it.
+    // The old key opens nothing there, and the old directory is not served on again
+    // (its approvals would be missing from the copy): the switch refuses to start, naming
+    // the key, and the copy.
     let old_key = rig.data_dir.join("pan.key");
-    let refused = std::process::Command::new(procs::VPAN)
-        .arg("serve")
-        .env("VPAN_STORE_DATA_DIR", &copy.data_dir)
-        .env("VPAN_STORE_KEY_FILE", &old_key)
-        .env("VPAN_NETWORK_LISTEN", "127.0.0.1:0")
-        .env("VPAN_METRICS_LISTEN", "127.0.0.1:0")
-        .env("VPAN_API_LISTEN", "127.0.0.1:0")
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&refused.stderr);
-    assert_eq!(refused.status.code(), Some(1), "{said}");
+    let said = refused_start(&copy.data_dir, &[("VPAN_STORE_KEY_FILE", &*old_key)]);
     assert!(said.contains(&*old_key.to_string_lossy()), "{said}");
+    let said = refused_start(&rig.data_dir, &[]);
+    assert!(said.contains(&*copy.data_dir.to_string_lossy()), "{said}");
 
     // Under its own key the copy owes the reversal and sends it, with the real card,
     // naming the purchase as the host first got it.

@@ -193,6 +193,19 @@ pub enum StoreError {
     /// Another process has the data directory open.
     #[error("the data directory is in use by another vpan process")]
     Locked,
+    /// `vpan rekey` copied this data directory under a new key: a switch on it now would
+    /// approve what the copy, where the switch goes on, never hears of.
+    #[error(
+        "the data directory {} was copied under a new key (vpan rekey, into {copy}): run the switch on the copy, whose cards would miss what is approved here now; to go back to this directory and its key instead, delete the copy, then {}",
+        marker.parent().unwrap_or(marker).display(),
+        marker.display()
+    )]
+    Rekeyed {
+        /// The file that says so, in the data directory.
+        marker: PathBuf,
+        /// Where the copy went, as the file says.
+        copy: String,
+    },
     /// A snapshot whose records do not add up to its end record's counts, or that has
     /// none: cut short or damaged after it was written whole. The journal segments it
     /// stood in for are gone, so starting on it would lose cards.
@@ -256,6 +269,28 @@ pub enum StoreError {
         /// Intact commit markers of batches begun after the damage.
         later_commits: u64,
     },
+}
+
+/// The file `vpan rekey` leaves in a data directory it copied, naming the copy.
+pub const REKEYED_FILE: &str = "rekeyed";
+
+/// Refuses a data directory that `vpan rekey` copied (see [`StoreError::Rekeyed`]).
+pub fn refuse_if_rekeyed(dir: &Path) -> Result<(), StoreError> {
+    let marker = dir.join(REKEYED_FILE);
+    match std::fs::read(&marker) {
+        Ok(copy) => Err(StoreError::Rekeyed {
+            copy: String::from_utf8_lossy(&copy)
+                .trim()
+                .chars()
+                .take(4096)
+                .collect(),
+            marker,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StoreError::io("reading the data directory's rekeyed file")(
+            e,
+        )),
+    }
 }
 
 /// A card number in `file` that the key at `key_path` cannot open, said with both: the

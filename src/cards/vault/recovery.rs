@@ -104,6 +104,7 @@ impl Cards {
                 return Err(StoreError::io("locking the data directory")(e).into());
             }
         }
+        crate::store::refuse_if_rekeyed(&dir)?;
         if !key_path.exists() && holds_sealed_card_numbers(&dir)? {
             return Err(StoreError::KeyFile {
                 path: key_path,
