@@ -21,11 +21,13 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::cards::Cards;
+use crate::cards::vault::holds_sealed_card_numbers;
+use crate::cards::{Cards, LedgerConfig};
 use crate::config::Config;
 use crate::store::crypto::PanCipher;
-use crate::store::journal::sync_dir;
+use crate::store::journal::{list_segments, read_records, segment_path, sync_dir};
 use crate::store::owed::{self, Debt, OwedReversals, Stamp};
+use crate::store::snapshot;
 use crate::store::{REKEYED_FILE, StoreConfig, create_private_dir, naming_the_key};
 use crate::switch::issuer::RESTAMPED_KEPT;
 
@@ -70,6 +72,11 @@ pub struct Rekeyed {
     pub transactions: u64,
     /// Reversals owed to the issuer copied.
     pub reversals_owed: usize,
+    /// Holds the issuer never answered, counted as spent when the old directory was opened
+    /// (as a start would have; the copy's start then finds none).
+    pub holds_counted_as_spent: u64,
+    /// Bytes of a torn journal tail cut when it was opened (kept aside there).
+    pub bytes_cut: u64,
 }
 
 impl std::fmt::Display for Rekeyed {
@@ -83,6 +90,11 @@ impl std::fmt::Display for Rekeyed {
             self.cards,
             self.transactions,
             self.reversals_owed,
+        )?;
+        writeln!(
+            f,
+            "the old directory was opened as a start opens it: holds the issuer never answered counted as spent {}, bytes of a torn journal tail cut {}",
+            self.holds_counted_as_spent, self.bytes_cut
         )?;
         let key_file = if self.key_in_data_dir {
             String::new()
@@ -102,6 +114,18 @@ impl std::fmt::Display for Rekeyed {
 
 /// `vpan rekey`: reads the configuration as `vpan serve` does, copies, prints the report.
 pub fn run_cli(args: Args) -> Result<(), String> {
+    // Every real PAN of the store is in this process's memory, in the clear: a core dump
+    // (a crash, a signal) must not write them out. The systemd unit does the same for
+    // `vpan serve` (LimitCORE=0); a rekey is run by hand, outside it.
+    #[cfg(target_os = "linux")]
+    rustix::process::setrlimit(
+        rustix::process::Resource::Core,
+        rustix::process::Rlimit {
+            current: Some(0),
+            maximum: Some(0),
+        },
+    )
+    .map_err(|e| format!("turning core dumps off: {e}"))?;
     let env = crate::config::vpan_env_vars().map_err(|e| e.to_string())?;
     let config = Config::load(args.config.as_deref(), env).map_err(|e| e.to_string())?;
     let done = rekey(&config, &args.into, args.new_key_file.as_deref())?;
@@ -113,28 +137,33 @@ pub fn run_cli(args: Args) -> Result<(), String> {
 /// as `into`'s `pan.key` when `None`), and checks the copy reads back the same.
 pub fn rekey(config: &Config, into: &Path, new_key: Option<&Path>) -> Result<Rekeyed, String> {
     let store = &config.store;
-    let from = std::path::absolute(&store.data_dir)
-        .map_err(|e| format!("store.data_dir {}: {e}", store.data_dir.display()))?;
-    let into = std::path::absolute(into).map_err(|e| format!("--into {}: {e}", into.display()))?;
-    // Opening the store makes a data directory that is not there: a typo would copy an
-    // empty one, and leave it behind.
-    match from.try_exists() {
-        Ok(true) => {}
-        Ok(false) => {
+    let from = check_from(store)?;
+    let (into, work) = check_into(&from, into)?;
+    let new_key = match new_key {
+        Some(key) => Some(check_new_key(key, &from)?),
+        None if store.makes_its_own_key() => None,
+        None => {
             return Err(format!(
-                "store.data_dir {}: not there; name the data directory to copy",
-                from.display()
+                "--new-key-file is needed: store.key_file keeps the key apart from the data directory ({}), and the new one should be too (made beforehand, 32 random bytes, mode 0600), not made beside the data it opens",
+                store.key_file.display()
             ));
         }
-        Err(e) => return Err(format!("store.data_dir {}: {e}", from.display())),
-    }
-    let work = check_into(&from, &into)?;
-    let new_key = new_key.map(|key| check_new_key(key, &from)).transpose()?;
+    };
 
     // The store as a start finds it: holds the issuer never answered are counted in doubt
     // (and journaled so), the damaged tail a crash left is cut. Its lock keeps a running
-    // switch from changing it meanwhile.
-    let (cards, _) = Cards::open(&config.cards, store, config.cards.ledger())
+    // switch from changing it meanwhile. Every transaction it remembers is kept, however
+    // old and however many: the switch on the copy forgets by its own settings at its
+    // start, as it would here, and a rekey run with tighter `cards.ledger_*` settings than
+    // the switch's (another file, a VPAN_ variable left out) must not forget for it.
+    let ledger = LedgerConfig {
+        capacity: config
+            .cards
+            .ledger_capacity
+            .max(records_at_most(&from).map_err(|e| format!("reading {}: {e}", from.display()))?),
+        retention_secs: u64::MAX,
+    };
+    let (cards, recovered) = Cards::open(&config.cards, store, ledger)
         .map_err(|e| format!("opening {}: {e}", from.display()))?;
     let old_key = store.key_path();
     let old_cipher = PanCipher::load_or_create(&old_key).map_err(|e| e.to_string())?;
@@ -173,7 +202,9 @@ pub fn rekey(config: &Config, into: &Path, new_key: Option<&Path>) -> Result<Rek
     carry_files(&from, &work)?;
     sync_dir(&work).map_err(|e| format!("syncing {}: {e}", work.display()))?;
     let reversals_owed = debts.len();
-    read_back(config, &work, &key_path, &cards, debts, &stamps, now)?;
+    read_back(
+        config, ledger, &work, &key_path, &cards, debts, &stamps, now,
+    )?;
     // Only a copy that read back the same, whole, under the name asked for (an empty
     // directory there is replaced).
     std::fs::rename(&work, &into).map_err(|e| {
@@ -202,13 +233,17 @@ pub fn rekey(config: &Config, into: &Path, new_key: Option<&Path>) -> Result<Rek
         cards: card_count,
         transactions,
         reversals_owed,
+        holds_counted_as_spent: recovered.holds_counted_as_spent,
+        bytes_cut: recovered.bytes_cut,
     })
 }
 
 /// Opens the copy in `work` under the key in `key_path`, as the next start will, and
 /// compares it with `cards`, `debts` and `stamps`, what it was made from.
+#[allow(clippy::too_many_arguments)] // what was copied, and where: all of it is compared
 fn read_back(
     config: &Config,
+    ledger: LedgerConfig,
     work: &Path,
     key_path: &Path,
     cards: &Cards,
@@ -227,8 +262,8 @@ fn read_back(
         key_file: key_path.to_path_buf(),
         ..config.store.clone()
     };
-    let (copy, _) = Cards::open(&config.cards, &store, config.cards.ledger())
-        .map_err(|e| not_the_same(e.to_string()))?;
+    let (copy, _) =
+        Cards::open(&config.cards, &store, ledger).map_err(|e| not_the_same(e.to_string()))?;
     if let Some(difference) = cards.first_difference(&copy) {
         return Err(not_the_same(difference));
     }
@@ -253,56 +288,95 @@ fn read_back(
     Ok(())
 }
 
-/// Refuses a new data directory that is the old one, inside it, or not empty, and a
-/// rekey's directory left beside it; returns where the copy is written first.
-fn check_into(from: &Path, into: &Path) -> Result<PathBuf, String> {
-    if into.starts_with(from) {
-        return Err(format!(
-            "--into {}: that is inside the data directory {}; name a new directory beside it",
-            into.display(),
-            from.display()
+/// The data directory to copy, resolved (symbolic links and `..`), once it is there and
+/// holds something to copy: opening the store would make one that is not, and a typo
+/// would copy it empty.
+fn check_from(store: &StoreConfig) -> Result<PathBuf, String> {
+    let said = |what: String| format!("store.data_dir {}: {what}", store.data_dir.display());
+    let from = std::fs::canonicalize(&store.data_dir).map_err(|e| {
+        said(if e.kind() == std::io::ErrorKind::NotFound {
+            "not there; name the switch's data directory".to_string()
+        } else {
+            e.to_string()
+        })
+    })?;
+    if !holds_sealed_card_numbers(&from).map_err(|e| said(e.to_string()))? {
+        return Err(said(
+            "holds no store (no snapshot, journal records or reversals owed); name the switch's data directory".to_string(),
         ));
     }
-    match std::fs::read_dir(into) {
-        Ok(mut entries) => {
+    Ok(from)
+}
+
+/// The new data directory, resolved, and the directory beside it the copy is written in
+/// first. Refuses one that is the old one or inside it, not empty, a symbolic link or a
+/// mount point (the copy, made beside it on the parent's filesystem, could not be renamed
+/// onto it), and a rekey's directory left beside it.
+fn check_into(from: &Path, into: &Path) -> Result<(PathBuf, PathBuf), String> {
+    let said = |what: &str| format!("--into {}: {what}", into.display());
+    let name = match into.components().next_back() {
+        Some(std::path::Component::Normal(name)) => name.to_os_string(),
+        _ => return Err(said("name a directory")),
+    };
+    let parent = into
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let parent = std::fs::canonicalize(parent)
+        .map_err(|e| said(&format!("its parent {}: {e}", parent.display())))?;
+    let into = parent.join(&name);
+    if into.starts_with(from) {
+        return Err(said(&format!(
+            "that is inside the data directory {}; name a new directory beside it",
+            from.display()
+        )));
+    }
+    match std::fs::symlink_metadata(&into) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            return Err(said("a symbolic link; name the directory itself"));
+        }
+        Ok(meta) => {
+            use std::os::unix::fs::MetadataExt;
+            let parent_meta = std::fs::metadata(&parent).map_err(|e| said(&e.to_string()))?;
+            if meta.dev() != parent_meta.dev() {
+                return Err(said(
+                    "a mount point; name a new directory inside it (the copy is made beside the one named, then renamed onto it)",
+                ));
+            }
+            let mut entries = std::fs::read_dir(&into).map_err(|e| said(&e.to_string()))?;
             if entries.next().is_some() {
-                return Err(format!(
-                    "--into {}: not empty; name a new directory (the copy is a whole data directory)",
-                    into.display()
+                return Err(said(
+                    "not empty; name a new directory (the copy is a whole data directory)",
                 ));
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("--into {}: {e}", into.display())),
+        Err(e) => return Err(said(&e.to_string())),
     }
-    let name = into
-        .file_name()
-        .ok_or_else(|| format!("--into {}: name a directory", into.display()))?;
-    let mut work_name = name.to_os_string();
+    let mut work_name = name;
     work_name.push(".rekeying");
-    let work = into.with_file_name(work_name);
+    let work = parent.join(work_name);
     if work.symlink_metadata().is_ok() {
         return Err(format!(
             "{} is there: a rekey that did not finish left it; delete it and run again",
             work.display()
         ));
     }
-    Ok(work)
+    Ok((into, work))
 }
 
-/// The new key's file, made absolute, once it is there and outside the data directory
-/// `from` (deleted once the copy serves).
+/// The new key's file, resolved, once it is there and outside the data directory `from`
+/// (deleted once the copy serves).
 fn check_new_key(key: &Path, from: &Path) -> Result<PathBuf, String> {
     let said = |what: String| format!("--new-key-file {}: {what}", key.display());
-    let absolute = std::path::absolute(key).map_err(|e| said(e.to_string()))?;
-    match absolute.try_exists() {
-        Ok(true) if absolute.starts_with(from) => Err(said(format!(
+    match std::fs::canonicalize(key) {
+        Ok(resolved) if resolved.starts_with(from) => Err(said(format!(
             "that is inside the data directory {}, which is deleted once the copy serves; keep the new key outside both data directories",
             from.display()
         ))),
-        Ok(true) => Ok(absolute),
-        Ok(false) => Err(said(format!(
-            "not there; make it first (32 random bytes, mode 0600: `(umask 077 && head -c 32 /dev/urandom > {})`), or leave the flag out for vpan to make pan.key in the new data directory",
+        Ok(resolved) => Ok(resolved),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(said(format!(
+            "not there; make it first (32 random bytes, mode 0600: `(umask 077 && head -c 32 /dev/urandom > {})`), or, when store.key_file is empty, leave the flag out for vpan to make pan.key in the new data directory",
             key.display()
         ))),
         Err(e) => Err(said(e.to_string())),
@@ -327,6 +401,22 @@ fn mark_copied(from: &Path, into: &Path) -> Result<(), String> {
         .map_err(said)
 }
 
+/// More records than the data directory `dir` holds in its snapshot and journal (frames
+/// counted, commit markers among them), so more than the transactions it remembers: a
+/// ledger that large forgets none of them as they are read. Read without the key.
+fn records_at_most(dir: &Path) -> Result<usize, crate::store::StoreError> {
+    let mut records = 0usize;
+    let mut count = |_: &[u8]| {
+        records += 1;
+        Ok(())
+    };
+    snapshot::read(dir, &mut count)?;
+    for n in list_segments(dir).map_err(crate::store::StoreError::io("listing the journal"))? {
+        read_records(&segment_path(dir, n), &mut count)?;
+    }
+    Ok(records)
+}
+
 /// True when `a` and `b` hold the same key: what one seals, the other opens.
 fn same_key(a: &PanCipher, b: &PanCipher) -> bool {
     b.open_bytes(&a.seal_bytes(b"probe", b"rekey"), b"rekey")
@@ -346,4 +436,69 @@ fn carry_files(from: &Path, work: &Path) -> Result<(), String> {
             .map_err(|e| format!("copying {} into {}: {e}", source.display(), work.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cards::CardsConfig;
+
+    /// Cards in `dir` (made there) with one card issued, capped at `cap`.
+    fn one_card(dir: &Path, cap: u64) -> Cards {
+        let store = StoreConfig {
+            data_dir: dir.to_path_buf(),
+            ..Default::default()
+        };
+        let (cards, _) =
+            Cards::open(&CardsConfig::default(), &store, LedgerConfig::default()).expect("open");
+        let now = crate::cards::card::unix_now();
+        let real = crate::pan::Pan::from_digits_checked(
+            crate::cards::vpan::random_luhn("497010", 16).as_bytes(),
+        )
+        .expect("a test card");
+        let spec = crate::cards::card::test_spec(real, cap, now + 86_400);
+        cards
+            .issue(&spec, now)
+            .expect("issued")
+            .1
+            .wait()
+            .expect("durable");
+        cards
+    }
+
+    /// The check before the rename: a copy that is not what it was made from is refused,
+    /// whichever part differs, and only a copy that is passes.
+    #[test]
+    fn a_copy_is_refused_unless_it_reads_back_as_what_it_was_made_from() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (made_from, other) = (dir.path().join("a"), dir.path().join("b"));
+        let cards = one_card(&made_from, 1_000);
+        let work = dir.path().join("copy.rekeying");
+        create_private_dir(&work).expect("work");
+        let key = work.join("pan.key");
+        let cipher = PanCipher::load_or_create(&key).expect("key");
+        cards.copy_rekeyed(&work, &cipher).expect("copied");
+        let debt = Debt {
+            id: 7,
+            reversal: bytes::Bytes::from_static(b"0400 a reversal"),
+        };
+        OwedReversals::write_copy(&work, &cipher, std::slice::from_ref(&debt), &[], 5)
+            .expect("book");
+        let config = Config::default();
+        let ledger = LedgerConfig::default();
+        let check = |cards: &Cards, debts: Vec<Debt>| {
+            read_back(&config, ledger, &work, &key, cards, debts, &[], 5)
+        };
+
+        let another = one_card(&other, 1_000);
+        let said = check(&another, vec![debt.clone()]).expect_err("other cards");
+        assert!(
+            said.contains("does not read back the same") && said.contains("differs"),
+            "{said}"
+        );
+        assert!(said.contains("left there, not renamed"), "{said}");
+        let said = check(&cards, vec![]).expect_err("other debts");
+        assert!(said.contains("1 reversals owed"), "{said}");
+        check(&cards, vec![debt]).expect("the same");
+    }
 }

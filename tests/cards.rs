@@ -3324,3 +3324,125 @@ fn a_rekeyed_copy_holds_the_same_cards_under_the_new_key_alone() {
     assert!(typo.contains("typo: not there"), "{typo}");
     assert!(!dir.path().join("typo").exists() && !other.exists());
 }
+
+/// A rekey run with tighter ledger settings than the switch's (another configuration, a
+/// missing VPAN_ variable) keeps every transaction the switch remembers, however old and
+/// however many.
+#[test]
+fn a_rekey_run_with_tighter_ledger_settings_keeps_every_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (key, real) = {
+        let (cards, _) = open(&data);
+        let s = spec(10_000);
+        let key = issue(&cards, &s);
+        // Three days apart: within the switch's week, past a day.
+        for (stan, at) in [(1, NOW - 3 * 86_400), (2, NOW)] {
+            let a = approval(cards.authorize(key, &purchase(1_000, stan), at));
+            a.durable.wait().unwrap();
+            cards
+                .complete(
+                    &a.hold,
+                    IssuerOutcome::Approved(ResponseCode::APPROVED, None),
+                    at,
+                )
+                .wait()
+                .unwrap();
+        }
+        (key, s.pan)
+    };
+    let mut config = vpan::config::Config::default();
+    config.store.data_dir = data.clone();
+    config.cards.ledger_retention_hours = 24;
+    let done = vpan::rekey::rekey(&config, &dir.path().join("copy"), None).unwrap();
+    assert_eq!(done.transactions, 2, "{done}");
+    let (copy, _) = open(&dir.path().join("copy"));
+    let mut repeat = purchase(1_000, 1);
+    repeat.mti = *b"0101";
+    assert!(
+        matches!(
+            copy.authorize(key, &repeat, NOW),
+            Decision::Replay(Replay::Answer { .. })
+        ),
+        "the older approval is still known to the copy, with the switch's week"
+    );
+    drop(copy);
+
+    drop(real);
+
+    // Nor more than its capacity: the switch's may be larger.
+    std::fs::remove_file(data.join("rekeyed")).unwrap();
+    config.cards.ledger_capacity = 1;
+    let done = vpan::rekey::rekey(&config, &dir.path().join("small"), None).unwrap();
+    assert_eq!(done.transactions, 2, "{done}");
+}
+
+/// What `vpan rekey` refuses before it copies anything, each said with what to fix.
+#[test]
+fn a_rekey_refuses_paths_and_keys_that_would_lose_the_copy_or_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let real_dir = dir.path().join("real");
+    drop(open(&real_dir).0);
+    let (cards, _) = open(&real_dir);
+    issue(&cards, &spec(1_000));
+    drop(cards);
+    // The data directory named through a symbolic link, as a volume's mount can be.
+    let data = dir.path().join("data");
+    std::os::unix::fs::symlink(&real_dir, &data).unwrap();
+    let mut config = vpan::config::Config::default();
+    config.store.data_dir = data.clone();
+    let refused =
+        |into: &std::path::Path, key: Option<&std::path::Path>, config: &vpan::config::Config| {
+            vpan::rekey::rekey(config, into, key).unwrap_err()
+        };
+    let new_key = dir.path().join("new.key");
+    std::fs::write(&new_key, [9u8; 32]).unwrap();
+
+    // Inside the data directory (through the link, or by `..`): deleted with it.
+    let said = refused(&real_dir.join("inner"), None, &config);
+    assert!(said.contains("inside the data directory"), "{said}");
+    std::fs::write(real_dir.join("new.key"), [9u8; 32]).unwrap();
+    let said = refused(
+        &dir.path().join("copy"),
+        Some(&data.join("new.key")),
+        &config,
+    );
+    assert!(said.contains("inside the data directory"), "{said}");
+    std::fs::remove_file(real_dir.join("new.key")).unwrap();
+    // A symbolic link, a rekey's leftover beside it.
+    std::os::unix::fs::symlink(dir.path().join("elsewhere"), dir.path().join("link")).unwrap();
+    let said = refused(&dir.path().join("link"), None, &config);
+    assert!(said.contains("symbolic link"), "{said}");
+    std::fs::create_dir(dir.path().join("copy.rekeying")).unwrap();
+    let said = refused(&dir.path().join("copy"), None, &config);
+    assert!(said.contains("did not finish"), "{said}");
+    std::fs::remove_dir(dir.path().join("copy.rekeying")).unwrap();
+    // A key file the configuration keeps apart: the new one must be given, apart too.
+    let mut apart = config.clone();
+    apart.store.key_file = real_dir.join("pan.key");
+    let said = refused(&dir.path().join("copy"), None, &apart);
+    assert!(said.contains("--new-key-file is needed"), "{said}");
+    // A directory with no store in it (an empty one, a typo's twin) is not copied empty.
+    let mut empty = config.clone();
+    std::fs::create_dir(dir.path().join("empty")).unwrap();
+    empty.store.data_dir = dir.path().join("empty");
+    let said = refused(&dir.path().join("copy"), None, &empty);
+    assert!(said.contains("holds no store"), "{said}");
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("empty")).unwrap().count(),
+        0
+    );
+
+    // And `..` that leaves the data directory is not taken for inside it.
+    let beside = data.join("..").join("copy");
+    let done = vpan::rekey::rekey(&config, &beside, Some(&new_key)).unwrap();
+    assert_eq!(
+        done.into,
+        std::fs::canonicalize(dir.path()).unwrap().join("copy")
+    );
+    assert_eq!(done.cards, 1);
+    assert!(
+        !done.into.join("pan.key").exists(),
+        "the key given stays where it is"
+    );
+}

@@ -991,6 +991,11 @@ async fn a_rekeyed_copy_serves_the_same_cards_and_owes_the_same_reversal_under_t
         said.contains("cards 2,") && said.contains("reversals owed to the issuer 1"),
         "{said}"
     );
+    // The API's token vpan made comes along: the front ends' bearer token stays good.
+    assert_eq!(
+        std::fs::read(copy.data_dir.join("api-token")).unwrap(),
+        std::fs::read(rig.data_dir.join("api-token")).unwrap()
+    );
 
     // The old key opens nothing there, and the old directory is not served on again
     // (its approvals would be missing from the copy): the switch refuses to start, naming
@@ -1029,4 +1034,69 @@ async fn a_rekeyed_copy_serves_the_same_cards_and_owes_the_same_reversal_under_t
     assert_eq!(code(&answer), "00");
     assert_eq!(answer.pan(), Some(Ok(spender.vpan.clone())));
     serve.stop("KILL").await;
+}
+
+/// `vpan rekey` killed (-9) at moments spread over its run: the name asked for holds a
+/// whole copy, the same as the old directory, or nothing; the old directory always opens
+/// whole; and it refuses a start only once a whole copy stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rekey_killed_at_any_moment_leaves_a_whole_copy_or_none_and_the_old_directory_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    issue_cards(&data, 2_000, 1_000).await;
+    let (copy, work, marker) = (
+        dir.path().join("copy"),
+        dir.path().join("copy.rekeying"),
+        data.join("rekeyed"),
+    );
+    let started = std::time::Instant::now();
+    let (copied, said) = rekey(&data, &copy);
+    assert!(copied, "{said}");
+    let whole_run = started.elapsed();
+    std::fs::remove_dir_all(&copy).unwrap();
+    std::fs::remove_file(&marker).unwrap();
+
+    let (mut whole, mut none, mut partial) = (0, 0, 0);
+    for round in 0..16u32 {
+        let mut child = std::process::Command::new(procs::VPAN)
+            .arg("rekey")
+            .arg("--into")
+            .arg(&copy)
+            .env("VPAN_STORE_DATA_DIR", &data)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // The first killed at once, the last let finish: both ends are seen, whatever
+        // the machine's speed; the rounds between fall across the run.
+        if round < 15 {
+            tokio::time::sleep(whole_run * round / 12).await;
+            let _ = child.kill();
+        }
+        child.wait().unwrap();
+        if copy.exists() {
+            whole += 1;
+            // The rename comes after the check, and the mark after the rename.
+            assert!(!work.exists(), "round {round}");
+            let _ = std::fs::remove_file(&marker);
+            let (old, _) = open_cards(&data);
+            let (copied, _) = procs::open_cards(&copy);
+            assert_eq!(old.first_difference(&copied), None, "round {round}");
+            drop((old, copied));
+            std::fs::remove_dir_all(&copy).unwrap();
+        } else {
+            none += 1;
+            assert!(!marker.exists(), "round {round}: marked with no copy");
+            if work.exists() {
+                partial += 1;
+                std::fs::remove_dir_all(&work).unwrap();
+            }
+        }
+        let (old, _) = open_cards(&data);
+        assert_eq!(old.len(), 2_000, "round {round}");
+    }
+    assert!(
+        whole > 0 && none > 0,
+        "{whole} whole copies, {none} none ({partial} of them half made)"
+    );
 }

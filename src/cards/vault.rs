@@ -48,6 +48,7 @@ mod reversals;
 pub(crate) mod snapshots;
 
 pub use recovery::Recovered;
+pub(crate) use recovery::holds_sealed_card_numbers;
 pub use snapshots::{SnapshotPolicy, SnapshotReport, Snapshots};
 
 /// The `[cards]` section of the configuration.

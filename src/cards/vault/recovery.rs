@@ -469,7 +469,7 @@ fn parallel_replay<T>(
 
 /// True when `dir` holds anything sealed under the key file: a snapshot, a journal segment
 /// with a record in it, or reversals owed. A key made anew then would open none of it.
-fn holds_sealed_card_numbers(dir: &std::path::Path) -> Result<bool, StoreError> {
+pub(crate) fn holds_sealed_card_numbers(dir: &std::path::Path) -> Result<bool, StoreError> {
     let io = StoreError::io("looking for sealed card numbers in the data directory");
     if dir.join(snapshot::SNAPSHOT_FILE).exists()
         || std::fs::metadata(dir.join(crate::store::owed::FILE)).is_ok_and(|m| m.len() > 0)
