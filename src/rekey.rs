@@ -25,9 +25,8 @@ use crate::cards::vault::holds_sealed_card_numbers;
 use crate::cards::{Cards, LedgerConfig};
 use crate::config::Config;
 use crate::store::crypto::PanCipher;
-use crate::store::journal::{list_segments, read_records, segment_path, sync_dir};
+use crate::store::journal::sync_dir;
 use crate::store::owed::{self, Debt, OwedReversals, Stamp};
-use crate::store::snapshot;
 use crate::store::{REKEYED_FILE, StoreConfig, create_private_dir, naming_the_key};
 use crate::switch::issuer::RESTAMPED_KEPT;
 
@@ -126,6 +125,11 @@ pub fn run_cli(args: Args) -> Result<(), String> {
         },
     )
     .map_err(|e| format!("turning core dumps off: {e}"))?;
+    // And for a core pattern that pipes to a collector, which the limit does not bind; it
+    // keeps other processes of the same user from reading this one's memory, too.
+    #[cfg(target_os = "linux")]
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+        .map_err(|e| format!("turning core dumps off: {e}"))?;
     let env = crate::config::vpan_env_vars().map_err(|e| e.to_string())?;
     let config = Config::load(args.config.as_deref(), env).map_err(|e| e.to_string())?;
     let done = rekey(&config, &args.into, args.new_key_file.as_deref())?;
@@ -153,16 +157,11 @@ pub fn rekey(config: &Config, into: &Path, new_key: Option<&Path>) -> Result<Rek
     // The store as a start finds it: holds the issuer never answered are counted in doubt
     // (and journaled so), the damaged tail a crash left is cut. Its lock keeps a running
     // switch from changing it meanwhile. Every transaction it remembers is kept, however
-    // old and however many: the switch on the copy forgets by its own settings at its
-    // start, as it would here, and a rekey run with tighter `cards.ledger_*` settings than
-    // the switch's (another file, a VPAN_ variable left out) must not forget for it.
-    let ledger = LedgerConfig {
-        capacity: config
-            .cards
-            .ledger_capacity
-            .max(records_at_most(&from).map_err(|e| format!("reading {}: {e}", from.display()))?),
-        retention_secs: u64::MAX,
-    };
+    // old and however many, in every queue: the switch on the copy forgets by its own
+    // settings at its start, as it would here, and a rekey run with tighter
+    // `cards.ledger_*` settings than the switch's (another file, a VPAN_ variable left
+    // out) must not forget for it. The table grows with what is read, not sized ahead.
+    let ledger = LedgerConfig::unbounded();
     let (cards, recovered) = Cards::open(&config.cards, store, ledger)
         .map_err(|e| format!("opening {}: {e}", from.display()))?;
     let old_key = store.key_path();
@@ -173,19 +172,20 @@ pub fn rekey(config: &Config, into: &Path, new_key: Option<&Path>) -> Result<Rek
             .map_err(naming_the_key(&old_key, &from.join(owed::FILE)))
             .map_err(|e| format!("opening the reversals owed in {}: {e}", from.display()))?;
     if let Some(key) = &new_key {
-        let cipher = PanCipher::load_or_create(key).map_err(|e| e.to_string())?;
+        let cipher = PanCipher::load_or_create(&key.resolved).map_err(|e| e.to_string())?;
         if same_key(&old_cipher, &cipher) {
             return Err(format!(
                 "--new-key-file {}: it holds the key in use ({}); make a new one",
-                key.display(),
+                key.given.display(),
                 old_key.display()
             ));
         }
     }
 
     create_private_dir(&work).map_err(|e| format!("making {}: {e}", work.display()))?;
+    let given_key = new_key.as_ref().map(|key| key.given.clone());
     let (key_path, key_in_data_dir) = match new_key {
-        Some(key) => (key, false),
+        Some(key) => (key.resolved, false),
         None => (work.join("pan.key"), true),
     };
     let new_cipher = PanCipher::load_or_create(&key_path).map_err(|e| e.to_string())?;
@@ -205,28 +205,32 @@ pub fn rekey(config: &Config, into: &Path, new_key: Option<&Path>) -> Result<Rek
     read_back(
         config, ledger, &work, &key_path, &cards, debts, &stamps, now,
     )?;
+    // From now on the switch belongs on the copy: one started here by mistake (or by a
+    // supervisor) would approve what the copy never counts. Marked before the rename, so
+    // that no moment has a copy standing and this directory still startable.
+    mark_copied(&from, &into, &work)?;
     // Only a copy that read back the same, whole, under the name asked for (an empty
     // directory there is replaced).
-    std::fs::rename(&work, &into).map_err(|e| {
-        format!(
+    if let Err(e) = std::fs::rename(&work, &into) {
+        // Startable again, as no copy stands; a mark that cannot be removed is refused
+        // with its own message, and says where the whole copy is.
+        let _ = std::fs::remove_file(from.join(REKEYED_FILE)).and_then(|()| sync_dir(&from));
+        return Err(format!(
             "renaming {} to {}: {e} (the copy is whole, and read back the same, under the first name)",
             work.display(),
             into.display()
-        )
-    })?;
+        ));
+    }
     if let Some(parent) = into.parent() {
         sync_dir(parent).map_err(|e| format!("syncing {}: {e}", parent.display()))?;
     }
-    // From now on the switch belongs on the copy: one started here by mistake (or by a
-    // supervisor) would approve what the copy never counts.
-    mark_copied(&from, &into)?;
     Ok(Rekeyed {
         from,
         from_key: std::path::absolute(&old_key).unwrap_or(old_key),
-        key: if key_in_data_dir {
-            into.join("pan.key")
-        } else {
-            key_path
+        key: match (key_in_data_dir, given_key) {
+            (true, _) => into.join("pan.key"),
+            (false, Some(given)) => given,
+            (false, None) => key_path,
         },
         into,
         key_in_data_dir,
@@ -356,6 +360,12 @@ fn check_into(from: &Path, into: &Path) -> Result<(PathBuf, PathBuf), String> {
     let mut work_name = name;
     work_name.push(".rekeying");
     let work = parent.join(work_name);
+    if work == from {
+        return Err(said(&format!(
+            "the copy would be made first as {}, the data directory itself; name another",
+            work.display()
+        )));
+    }
     if work.symlink_metadata().is_ok() {
         return Err(format!(
             "{} is there: a rekey that did not finish left it; delete it and run again",
@@ -365,16 +375,28 @@ fn check_into(from: &Path, into: &Path) -> Result<(PathBuf, PathBuf), String> {
     Ok((into, work))
 }
 
-/// The new key's file, resolved, once it is there and outside the data directory `from`
-/// (deleted once the copy serves).
-fn check_new_key(key: &Path, from: &Path) -> Result<PathBuf, String> {
+/// The new key's file.
+struct NewKey {
+    /// As given (made absolute): what the switch's `store.key_file` is to name. A secret
+    /// mounted through a link that moves (Kubernetes' `..data`) stays found by it.
+    given: PathBuf,
+    /// Links and `..` resolved: where it is, to compare with the data directory.
+    resolved: PathBuf,
+}
+
+/// The new key's file, once it is there and outside the data directory `from` (deleted
+/// once the copy serves).
+fn check_new_key(key: &Path, from: &Path) -> Result<NewKey, String> {
     let said = |what: String| format!("--new-key-file {}: {what}", key.display());
     match std::fs::canonicalize(key) {
         Ok(resolved) if resolved.starts_with(from) => Err(said(format!(
             "that is inside the data directory {}, which is deleted once the copy serves; keep the new key outside both data directories",
             from.display()
         ))),
-        Ok(resolved) => Ok(resolved),
+        Ok(resolved) => Ok(NewKey {
+            given: std::path::absolute(key).map_err(|e| said(e.to_string()))?,
+            resolved,
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(said(format!(
             "not there; make it first (32 random bytes, mode 0600: `(umask 077 && head -c 32 /dev/urandom > {})`), or, when store.key_file is empty, leave the flag out for vpan to make pan.key in the new data directory",
             key.display()
@@ -383,38 +405,25 @@ fn check_new_key(key: &Path, from: &Path) -> Result<PathBuf, String> {
     }
 }
 
-/// Leaves [`REKEYED_FILE`] in `from`, naming `into`, synced: a start there is refused.
-fn mark_copied(from: &Path, into: &Path) -> Result<(), String> {
+/// Leaves [`REKEYED_FILE`] in `from`, naming `into`, synced: a start there is refused. On
+/// failure none is left, and the copy in `work` is not to be renamed.
+fn mark_copied(from: &Path, into: &Path, work: &Path) -> Result<(), String> {
     let marker = from.join(REKEYED_FILE);
-    let said = |e: std::io::Error| {
+    let written = crate::store::create_private_file(&marker).and_then(|mut file| {
+        writeln!(file, "{}", into.display())?;
+        file.sync_all()?;
+        sync_dir(from)
+    });
+    written.map_err(|e| {
+        let _ = std::fs::remove_file(&marker);
         format!(
-            "writing {}: {e}; the copy in {} is whole, but do not start a switch on {} again",
+            "writing {}: {e}; the copy is whole and checked in {}, but not renamed, since a copy must not stand while {} can still be served: fix the cause, delete {}, and run again",
             marker.display(),
-            into.display(),
-            from.display()
+            work.display(),
+            from.display(),
+            work.display()
         )
-    };
-    let mut file = crate::store::create_private_file(&marker).map_err(said)?;
-    writeln!(file, "{}", into.display())
-        .and_then(|()| file.sync_all())
-        .and_then(|()| sync_dir(from))
-        .map_err(said)
-}
-
-/// More records than the data directory `dir` holds in its snapshot and journal (frames
-/// counted, commit markers among them), so more than the transactions it remembers: a
-/// ledger that large forgets none of them as they are read. Read without the key.
-fn records_at_most(dir: &Path) -> Result<usize, crate::store::StoreError> {
-    let mut records = 0usize;
-    let mut count = |_: &[u8]| {
-        records += 1;
-        Ok(())
-    };
-    snapshot::read(dir, &mut count)?;
-    for n in list_segments(dir).map_err(crate::store::StoreError::io("listing the journal"))? {
-        read_records(&segment_path(dir, n), &mut count)?;
-    }
-    Ok(records)
+    })
 }
 
 /// True when `a` and `b` hold the same key: what one seals, the other opens.
@@ -441,10 +450,29 @@ fn carry_files(from: &Path, work: &Path) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cards::CardsConfig;
+    use crate::cards::{CardsConfig, Decision};
+
+    /// A purchase of `amount` cents, STAN 1.
+    fn purchase(amount: u64) -> crate::cards::AuthRequest {
+        crate::cards::AuthRequest {
+            mti: *b"0100",
+            kind: crate::cards::Kind::classify(b"000000", amount),
+            amounts: crate::cards::Amounts {
+                transaction: amount,
+                transaction_currency: 978,
+                billing: None,
+            },
+            expiry: None,
+            mcc: Some(5411),
+            acceptor: crate::cards::AcceptorId::new(b"SHOP-A"),
+            key: crate::cards::TxKey::new(b"0100", b"000001", b"1126152942", b"12345", b"TERM0001")
+                .expect("a valid key"),
+            completes: None,
+        }
+    }
 
     /// Cards in `dir` (made there) with one card issued, capped at `cap`.
-    fn one_card(dir: &Path, cap: u64) -> Cards {
+    fn one_card(dir: &Path, cap: u64) -> (Cards, crate::cards::CardKey) {
         let store = StoreConfig {
             data_dir: dir.to_path_buf(),
             ..Default::default()
@@ -457,13 +485,9 @@ mod tests {
         )
         .expect("a test card");
         let spec = crate::cards::card::test_spec(real, cap, now + 86_400);
-        cards
-            .issue(&spec, now)
-            .expect("issued")
-            .1
-            .wait()
-            .expect("durable");
-        cards
+        let (view, durable) = cards.issue(&spec, now).expect("issued");
+        durable.wait().expect("durable");
+        (cards, crate::cards::CardKey::of(&view.vpan))
     }
 
     /// The check before the rename: a copy that is not what it was made from is refused,
@@ -472,7 +496,7 @@ mod tests {
     fn a_copy_is_refused_unless_it_reads_back_as_what_it_was_made_from() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (made_from, other) = (dir.path().join("a"), dir.path().join("b"));
-        let cards = one_card(&made_from, 1_000);
+        let (cards, card) = one_card(&made_from, 1_000);
         let work = dir.path().join("copy.rekeying");
         create_private_dir(&work).expect("work");
         let key = work.join("pan.key");
@@ -490,7 +514,7 @@ mod tests {
             read_back(&config, ledger, &work, &key, cards, debts, &[], 5)
         };
 
-        let another = one_card(&other, 1_000);
+        let (another, _) = one_card(&other, 1_000);
         let said = check(&another, vec![debt.clone()]).expect_err("other cards");
         assert!(
             said.contains("does not read back the same") && said.contains("differs"),
@@ -499,6 +523,34 @@ mod tests {
         assert!(said.contains("left there, not renamed"), "{said}");
         let said = check(&cards, vec![]).expect_err("other debts");
         assert!(said.contains("1 reversals owed"), "{said}");
-        check(&cards, vec![debt]).expect("the same");
+        let stamp = Stamp {
+            key: b"a transaction".to_vec(),
+            stamp: *b"000042",
+            at: 5,
+        };
+        let said = read_back(
+            &config,
+            ledger,
+            &work,
+            &key,
+            &cards,
+            vec![debt.clone()],
+            &[stamp],
+            5,
+        )
+        .expect_err("other STANs");
+        assert!(
+            said.contains("0 changed STANs read back, of 1 and 1"),
+            "{said}"
+        );
+        check(&cards, vec![debt.clone()]).expect("the same");
+        // An approval made after the copy: its card's hold, and its transaction.
+        let Decision::Approve(_) =
+            cards.authorize(card, &purchase(1), crate::cards::card::unix_now())
+        else {
+            panic!("approved");
+        };
+        let said = check(&cards, vec![debt]).expect_err("another approval");
+        assert!(said.contains("differs"), "{said}");
     }
 }

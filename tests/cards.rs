@@ -3336,6 +3336,33 @@ fn a_rekey_run_with_tighter_ledger_settings_keeps_every_transaction() {
         let (cards, _) = open(&data);
         let s = spec(10_000);
         let key = issue(&cards, &s);
+        // vpan's own declines, and voids of originals never seen (a reversal first): kept
+        // in queues of their own, bounded at a quarter and a sixteenth of the capacity.
+        for stan in 100..400 {
+            assert_eq!(
+                code(&cards.authorize(key, &purchase(20_000, stan), NOW)),
+                "61"
+            );
+        }
+        for stan in 0..40 {
+            let never_seen = ReversalRequest {
+                mti: *b"0400",
+                key: vpan::cards::TxKey::new(
+                    b"0400",
+                    format!("{:06}", 500_000 + stan).as_bytes(),
+                    b"1126160000",
+                    b"12345",
+                    b"TERM0001",
+                )
+                .unwrap(),
+                original: Some(OriginalData {
+                    class: 1,
+                    ..purchase(0, 600_000 + stan).key.original()
+                }),
+                remaining: None,
+            };
+            cards.reverse(key, &never_seen, NOW);
+        }
         // Three days apart: within the switch's week, past a day.
         for (stan, at) in [(1, NOW - 3 * 86_400), (2, NOW)] {
             let a = approval(cards.authorize(key, &purchase(1_000, stan), at));
@@ -3354,8 +3381,9 @@ fn a_rekey_run_with_tighter_ledger_settings_keeps_every_transaction() {
     let mut config = vpan::config::Config::default();
     config.store.data_dir = data.clone();
     config.cards.ledger_retention_hours = 24;
+    config.cards.ledger_capacity = 4;
     let done = vpan::rekey::rekey(&config, &dir.path().join("copy"), None).unwrap();
-    assert_eq!(done.transactions, 2, "{done}");
+    assert!(done.transactions >= 2 + 300 + 40, "{done}");
     let (copy, _) = open(&dir.path().join("copy"));
     let mut repeat = purchase(1_000, 1);
     repeat.mti = *b"0101";
@@ -3366,15 +3394,25 @@ fn a_rekey_run_with_tighter_ledger_settings_keeps_every_transaction() {
         ),
         "the older approval is still known to the copy, with the switch's week"
     );
+    assert!(
+        matches!(
+            copy.authorize(key, &purchase(20_000, 100), NOW),
+            Decision::Replay(Replay::Answer {
+                code: ResponseCode::OVER_LIMIT,
+                ..
+            })
+        ),
+        "the first decline is still known to the copy"
+    );
     drop(copy);
 
     drop(real);
 
-    // Nor more than its capacity: the switch's may be larger.
+    // Nor by any smaller capacity: the switch's may be larger.
     std::fs::remove_file(data.join("rekeyed")).unwrap();
     config.cards.ledger_capacity = 1;
-    let done = vpan::rekey::rekey(&config, &dir.path().join("small"), None).unwrap();
-    assert_eq!(done.transactions, 2, "{done}");
+    let again = vpan::rekey::rekey(&config, &dir.path().join("small"), None).unwrap();
+    assert_eq!(again.transactions, done.transactions, "{again}");
 }
 
 /// What `vpan rekey` refuses before it copies anything, each said with what to fix.

@@ -1038,7 +1038,7 @@ async fn a_rekeyed_copy_serves_the_same_cards_and_owes_the_same_reversal_under_t
 
 /// `vpan rekey` killed (-9) at moments spread over its run: the name asked for holds a
 /// whole copy, the same as the old directory, or nothing; the old directory always opens
-/// whole; and it refuses a start only once a whole copy stands.
+/// whole; and it refuses a start only once a whole, checked copy is made.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rekey_killed_at_any_moment_leaves_a_whole_copy_or_none_and_the_old_directory_whole() {
     let dir = tempfile::tempdir().unwrap();
@@ -1074,22 +1074,37 @@ async fn a_rekey_killed_at_any_moment_leaves_a_whole_copy_or_none_and_the_old_di
             let _ = child.kill();
         }
         child.wait().unwrap();
-        if copy.exists() {
-            whole += 1;
-            // The rename comes after the check, and the mark after the rename.
+        // The old directory is marked before the copy is renamed into place, once the copy
+        // is whole and checked: a copy standing, or a mark, means a whole copy.
+        let marked = marker.exists();
+        let standing = if copy.exists() {
+            assert!(
+                marked,
+                "round {round}: a copy stands, the old directory unmarked"
+            );
             assert!(!work.exists(), "round {round}");
-            let _ = std::fs::remove_file(&marker);
-            let (old, _) = open_cards(&data);
-            let (copied, _) = procs::open_cards(&copy);
-            assert_eq!(old.first_difference(&copied), None, "round {round}");
-            drop((old, copied));
-            std::fs::remove_dir_all(&copy).unwrap();
+            Some(&copy)
+        } else if marked {
+            Some(&work)
         } else {
-            none += 1;
-            assert!(!marker.exists(), "round {round}: marked with no copy");
-            if work.exists() {
-                partial += 1;
-                std::fs::remove_dir_all(&work).unwrap();
+            None
+        };
+        match standing {
+            Some(whole_copy) => {
+                whole += 1;
+                std::fs::remove_file(&marker).unwrap();
+                let (old, _) = open_cards(&data);
+                let (copied, _) = procs::open_cards(whole_copy);
+                assert_eq!(old.first_difference(&copied), None, "round {round}");
+                drop((old, copied));
+                std::fs::remove_dir_all(whole_copy).unwrap();
+            }
+            None => {
+                none += 1;
+                if work.exists() {
+                    partial += 1;
+                    std::fs::remove_dir_all(&work).unwrap();
+                }
             }
         }
         let (old, _) = open_cards(&data);

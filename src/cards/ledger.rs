@@ -54,6 +54,16 @@ impl Default for LedgerConfig {
 }
 
 impl LedgerConfig {
+    /// A ledger that forgets nothing, by count or by age, and sizes its table by what it
+    /// is given rather than ahead: for copying a store whole (`vpan rekey`), whatever
+    /// bounds the switch that wrote it had. Not for serving.
+    pub fn unbounded() -> LedgerConfig {
+        LedgerConfig {
+            capacity: usize::MAX,
+            retention_secs: u64::MAX,
+        }
+    }
+
     /// Most declines and releases remembered, apart from the rest.
     pub fn decline_capacity(&self) -> usize {
         self.capacity / 4
@@ -65,9 +75,15 @@ impl LedgerConfig {
         self.capacity.div_ceil(16)
     }
 
-    /// Entries the ledger holds at most, its queues full (what the table is sized for).
-    fn total_capacity(&self) -> usize {
-        self.capacity + self.decline_capacity() + self.void_capacity()
+    /// What the table is sized for at start: the entries the ledger holds at most, its
+    /// queues full; nothing ahead for an [`LedgerConfig::unbounded`] one.
+    fn table_size(&self) -> usize {
+        if self.capacity == usize::MAX {
+            return 0;
+        }
+        self.capacity
+            .saturating_add(self.decline_capacity())
+            .saturating_add(self.void_capacity())
     }
 }
 
@@ -296,7 +312,7 @@ impl Ledger {
             // Many small shards, so that the one lock an approval takes is rarely
             // contended.
             entries: ConcurrentMap::with_capacity_and_hasher_and_shard_amount(
-                config.total_capacity(),
+                config.table_size(),
                 Default::default(),
                 SHARDS,
             ),

@@ -196,7 +196,7 @@ pub enum StoreError {
     /// `vpan rekey` copied this data directory under a new key: a switch on it now would
     /// approve what the copy, where the switch goes on, never hears of.
     #[error(
-        "the data directory {} was copied under a new key (vpan rekey, into {copy}): run the switch on the copy, whose cards would miss what is approved here now; to go back to this directory and its key instead, delete the copy, then {}",
+        "the data directory {} was copied under a new key (vpan rekey, into {copy}, or {copy}.rekeying if the rekey stopped before renaming it: whole and checked then): run the switch on the copy, whose cards would miss what is approved here now. Only if the copy has never served (its approvals since would be lost), to go back to this directory and its key: delete the copy, then {}",
         marker.parent().unwrap_or(marker).display(),
         marker.display()
     )]
