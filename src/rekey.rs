@@ -452,25 +452,6 @@ mod tests {
     use super::*;
     use crate::cards::{CardsConfig, Decision};
 
-    /// A purchase of `amount` cents, STAN 1.
-    fn purchase(amount: u64) -> crate::cards::AuthRequest {
-        crate::cards::AuthRequest {
-            mti: *b"0100",
-            kind: crate::cards::Kind::classify(b"000000", amount),
-            amounts: crate::cards::Amounts {
-                transaction: amount,
-                transaction_currency: 978,
-                billing: None,
-            },
-            expiry: None,
-            mcc: Some(5411),
-            acceptor: crate::cards::AcceptorId::new(b"SHOP-A"),
-            key: crate::cards::TxKey::new(b"0100", b"000001", b"1126152942", b"12345", b"TERM0001")
-                .expect("a valid key"),
-            completes: None,
-        }
-    }
-
     /// Cards in `dir` (made there) with one card issued, capped at `cap`.
     fn one_card(dir: &Path, cap: u64) -> (Cards, crate::cards::CardKey) {
         let store = StoreConfig {
@@ -545,9 +526,11 @@ mod tests {
         );
         check(&cards, vec![debt.clone()]).expect("the same");
         // An approval made after the copy: its card's hold, and its transaction.
-        let Decision::Approve(_) =
-            cards.authorize(card, &purchase(1), crate::cards::card::unix_now())
-        else {
+        let Decision::Approve(_) = cards.authorize(
+            card,
+            &crate::cards::request::test_purchase(1, 1),
+            crate::cards::card::unix_now(),
+        ) else {
             panic!("approved");
         };
         let said = check(&cards, vec![debt]).expect_err("another approval");

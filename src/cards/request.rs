@@ -343,6 +343,32 @@ impl Fnv {
     }
 }
 
+/// A purchase for unit tests: `amount` euro cents at SHOP-A, STAN `stan`.
+#[cfg(test)]
+pub(crate) fn test_purchase(amount: u64, stan: u32) -> AuthRequest {
+    AuthRequest {
+        mti: *b"0100",
+        kind: Kind::classify(b"000000", amount),
+        amounts: Amounts {
+            transaction: amount,
+            transaction_currency: 978,
+            billing: None,
+        },
+        expiry: None,
+        mcc: Some(5411),
+        acceptor: super::card::AcceptorId::new(b"SHOP-A"),
+        key: TxKey::new(
+            b"0100",
+            format!("{stan:06}").as_bytes(),
+            b"1126152942",
+            b"12345",
+            b"TERM0001",
+        )
+        .expect("a valid key"),
+        completes: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

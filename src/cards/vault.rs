@@ -983,6 +983,7 @@ fn validate(spec: &CardSpec, now: UnixSeconds) -> Result<(), IssueError> {
 mod tests {
     use super::*;
     use crate::cards::LedgerConfig;
+    use crate::cards::request::test_purchase as purchase;
     use crate::store::StoreConfig;
     use crate::store::segment::sync_gate::{self, Gate};
 
@@ -1000,31 +1001,6 @@ mod tests {
         Cards::open(&CardsConfig::default(), &store, ledger)
             .map(|(cards, _)| cards)
             .expect("open")
-    }
-
-    /// A purchase of `amount` euro cents at SHOP-A, STAN `stan`.
-    fn purchase(amount: u64, stan: u32) -> AuthRequest {
-        AuthRequest {
-            mti: *b"0100",
-            kind: Kind::classify(b"000000", amount),
-            amounts: Amounts {
-                transaction: amount,
-                transaction_currency: 978,
-                billing: None,
-            },
-            expiry: None,
-            mcc: Some(5411),
-            acceptor: crate::cards::AcceptorId::new(b"SHOP-A"),
-            key: crate::cards::TxKey::new(
-                b"0100",
-                format!("{stan:06}").as_bytes(),
-                b"1126152942",
-                b"12345",
-                b"TERM0001",
-            )
-            .expect("a valid key"),
-            completes: None,
-        }
     }
 
     /// `req` approved by vpan and answered `outcome` by the issuer, durably.
