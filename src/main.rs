@@ -53,7 +53,8 @@ enum Command {
     #[command(arg_required_else_help = false)]
     Card(Box<vpan::api::client::CardArgs>),
     /// Copies the data directory under a new PAN key, into a new directory, with the
-    /// switch stopped; the old one is left as it was until you delete it.
+    /// switch stopped; the old one is opened as a start would open it, and marked so that
+    /// no switch starts on it again.
     Rekey(vpan::rekey::Args),
     /// Asks a running switch's GET /healthz: exit 0 when it is up, 1 naming what is down
     /// (for a container's health check).

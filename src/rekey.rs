@@ -100,13 +100,18 @@ impl std::fmt::Display for Rekeyed {
         } else {
             self.key.display().to_string()
         };
+        // Said without the old directory's path where it matters: the runbook moves the
+        // copy to that path, and this report is what the operator keeps.
+        let old_key = if self.from_key.starts_with(&self.from) {
+            "its pan.key, which goes with it (not the copy's pan.key)".to_string()
+        } else {
+            self.from_key.display().to_string()
+        };
         write!(
             f,
-            "next: run the switch on it (store.data_dir = {:?}, or move it where the old one was; store.key_file = {:?}); once it serves, delete {} and destroy the key in {}: the card numbers there are sealed under that key",
+            "next: run the switch on the copy: store.data_dir = {:?} (or move the old directory aside and the copy to where it was), store.key_file = {:?}; once it serves and its \"store recovered\" line counts these cards, delete the old directory (the one holding the file `rekeyed`, which a start refuses) and its backups, and destroy the old key: {old_key}",
             self.into.display().to_string(),
             key_file,
-            self.from.display(),
-            self.from_key.display()
         )
     }
 }
@@ -161,34 +166,37 @@ pub fn rekey(config: &Config, into: &Path, new_key: Option<&Path>) -> Result<Rek
     // settings at its start, as it would here, and a rekey run with tighter
     // `cards.ledger_*` settings than the switch's (another file, a VPAN_ variable left
     // out) must not forget for it. The table grows with what is read, not sized ahead.
-    let ledger = LedgerConfig::unbounded();
-    let (cards, recovered) = Cards::open(&config.cards, store, ledger)
-        .map_err(|e| format!("opening {}: {e}", from.display()))?;
     let old_key = store.key_path();
+    // The new key read, and told from the old, before the store is opened: a rekey refused
+    // for its key leaves the old directory as it found it.
+    let given_cipher = new_key
+        .as_ref()
+        .map(|key| load_new_key(key, &old_key))
+        .transpose()?;
+    let ledger = LedgerConfig::unbounded();
+    let (cards, recovered) = Cards::open(&config.cards, store, ledger).map_err(|e| match e {
+        crate::cards::OpenError::Store(crate::store::StoreError::Locked) => format!(
+            "{}: a switch (or another rekey) runs on it; stop it first",
+            from.display()
+        ),
+        e => format!("opening {}: {e}", from.display()),
+    })?;
     let old_cipher = PanCipher::load_or_create(&old_key).map_err(|e| e.to_string())?;
     let now = crate::cards::card::unix_now();
     let (_book, debts, stamps) =
         OwedReversals::open(&from, old_cipher.clone(), now, RESTAMPED_KEPT.as_secs())
             .map_err(naming_the_key(&old_key, &from.join(owed::FILE)))
             .map_err(|e| format!("opening the reversals owed in {}: {e}", from.display()))?;
-    if let Some(key) = &new_key {
-        let cipher = PanCipher::load_or_create(&key.resolved).map_err(|e| e.to_string())?;
-        if same_key(&old_cipher, &cipher) {
-            return Err(format!(
-                "--new-key-file {}: it holds the key in use ({}); make a new one",
-                key.given.display(),
-                old_key.display()
-            ));
-        }
-    }
-
     create_private_dir(&work).map_err(|e| format!("making {}: {e}", work.display()))?;
     let given_key = new_key.as_ref().map(|key| key.given.clone());
-    let (key_path, key_in_data_dir) = match new_key {
-        Some(key) => (key.resolved, false),
-        None => (work.join("pan.key"), true),
+    let (key_path, key_in_data_dir, new_cipher) = match (new_key, given_cipher) {
+        (Some(key), Some(cipher)) => (key.resolved, false, cipher),
+        _ => {
+            let made = work.join("pan.key");
+            let cipher = PanCipher::load_or_create(&made).map_err(|e| e.to_string())?;
+            (made, true, cipher)
+        }
     };
-    let new_cipher = PanCipher::load_or_create(&key_path).map_err(|e| e.to_string())?;
     let written = |what: &str| {
         let work = work.display().to_string();
         let what = what.to_string();
@@ -202,6 +210,7 @@ pub fn rekey(config: &Config, into: &Path, new_key: Option<&Path>) -> Result<Rek
     carry_files(&from, &work)?;
     sync_dir(&work).map_err(|e| format!("syncing {}: {e}", work.display()))?;
     let reversals_owed = debts.len();
+    // The key as the next start reads it, from its file.
     read_back(
         config, ledger, &work, &key_path, &cards, debts, &stamps, now,
     )?;
@@ -315,7 +324,7 @@ fn check_from(store: &StoreConfig) -> Result<PathBuf, String> {
 /// The new data directory, resolved, and the directory beside it the copy is written in
 /// first. Refuses one that is the old one or inside it, not empty, a symbolic link or a
 /// mount point (the copy, made beside it on the parent's filesystem, could not be renamed
-/// onto it), and a rekey's directory left beside it.
+/// onto it), and what an earlier rekey left ([`check_leftovers`]).
 fn check_into(from: &Path, into: &Path) -> Result<(PathBuf, PathBuf), String> {
     let said = |what: &str| format!("--into {}: {what}", into.display());
     let name = match into.components().next_back() {
@@ -326,8 +335,12 @@ fn check_into(from: &Path, into: &Path) -> Result<(PathBuf, PathBuf), String> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let parent = std::fs::canonicalize(parent)
-        .map_err(|e| said(&format!("its parent {}: {e}", parent.display())))?;
+    let parent = std::fs::canonicalize(parent).map_err(|e| {
+        said(&format!(
+            "its parent {}: {e} (make it first, writable by the switch's user: the copy is made in it, beside --into)",
+            parent.display()
+        ))
+    })?;
     let into = parent.join(&name);
     if into.starts_with(from) {
         return Err(said(&format!(
@@ -335,6 +348,18 @@ fn check_into(from: &Path, into: &Path) -> Result<(PathBuf, PathBuf), String> {
             from.display()
         )));
     }
+    let mut work_name = name;
+    work_name.push(".rekeying");
+    let work = parent.join(work_name);
+    if work == from {
+        return Err(said(&format!(
+            "the copy would be made first as {}, the data directory itself; name another",
+            work.display()
+        )));
+    }
+    // Before the checks of `into` itself: a run that stopped, or one that finished, is
+    // said as such rather than as an `into` not empty.
+    check_leftovers(from, &into, &work)?;
     match std::fs::symlink_metadata(&into) {
         Ok(meta) if meta.file_type().is_symlink() => {
             return Err(said("a symbolic link; name the directory itself"));
@@ -357,22 +382,35 @@ fn check_into(from: &Path, into: &Path) -> Result<(PathBuf, PathBuf), String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(said(&e.to_string())),
     }
-    let mut work_name = name;
-    work_name.push(".rekeying");
-    let work = parent.join(work_name);
-    if work == from {
-        return Err(said(&format!(
-            "the copy would be made first as {}, the data directory itself; name another",
-            work.display()
-        )));
-    }
-    if work.symlink_metadata().is_ok() {
-        return Err(format!(
-            "{} is there: a rekey that did not finish left it; delete it and run again",
-            work.display()
-        ));
-    }
     Ok((into, work))
+}
+
+/// Refuses what an earlier rekey of `from` left: the directory it writes in, `work`
+/// (whole and checked when `from` is marked copied into `into`, half made otherwise), or
+/// the mark alone (copied already).
+fn check_leftovers(from: &Path, into: &Path, work: &Path) -> Result<(), String> {
+    let marked_into = std::fs::read_to_string(from.join(REKEYED_FILE))
+        .ok()
+        .map(|copy| PathBuf::from(copy.trim_end_matches('\n')));
+    if work.symlink_metadata().is_ok() {
+        return Err(if marked_into.as_deref() == Some(into) {
+            format!(
+                "{} holds the whole, checked copy of a rekey stopped just before renaming it ({} is marked copied into {}): rename it (`mv -T {} {}`) and go on; or, to start over, delete it and {}",
+                work.display(),
+                from.display(),
+                into.display(),
+                work.display(),
+                into.display(),
+                from.join(REKEYED_FILE).display()
+            )
+        } else {
+            format!(
+                "{} is there, half made by a rekey that was stopped: delete it (`rm -r`; it holds the card numbers sealed under the new key, and that key when vpan made it) and run again",
+                work.display()
+            )
+        });
+    }
+    crate::store::refuse_if_rekeyed(from).map_err(|e| e.to_string())
 }
 
 /// The new key's file.
@@ -424,6 +462,29 @@ fn mark_copied(from: &Path, into: &Path, work: &Path) -> Result<(), String> {
             work.display()
         )
     })
+}
+
+/// Reads the new key, refusing one that is not a key or is the key in use (`old_key`,
+/// when there).
+fn load_new_key(key: &NewKey, old_key: &Path) -> Result<PanCipher, String> {
+    let said = |what: String| format!("--new-key-file {}: {what}", key.given.display());
+    let cipher = PanCipher::load_or_create(&key.resolved).map_err(|e| match e {
+        crate::store::StoreError::BadKey(_) => said(format!(
+            "{e}: it holds {} bytes; a key written as hex or base64 text is not one: 32 raw bytes, as `head -c 32 /dev/urandom` makes",
+            std::fs::metadata(&key.resolved).map_or(0, |m| m.len())
+        )),
+        e => said(e.to_string()),
+    })?;
+    if old_key.exists() {
+        let old = PanCipher::load_or_create(old_key).map_err(|e| e.to_string())?;
+        if same_key(&old, &cipher) {
+            return Err(said(format!(
+                "it holds the key in use ({}); make a new one",
+                old_key.display()
+            )));
+        }
+    }
+    Ok(cipher)
 }
 
 /// True when `a` and `b` hold the same key: what one seals, the other opens.

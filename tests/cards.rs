@@ -3453,8 +3453,20 @@ fn a_rekey_refuses_paths_and_keys_that_would_lose_the_copy_or_the_key() {
     assert!(said.contains("symbolic link"), "{said}");
     std::fs::create_dir(dir.path().join("copy.rekeying")).unwrap();
     let said = refused(&dir.path().join("copy"), None, &config);
-    assert!(said.contains("did not finish"), "{said}");
+    assert!(
+        said.contains("half made") && said.contains("rm -r"),
+        "{said}"
+    );
     std::fs::remove_dir(dir.path().join("copy.rekeying")).unwrap();
+    // A key that is not one (as hex text), refused before the store is opened: the old
+    // directory keeps its journal as it was (an open starts a segment).
+    let segments = || std::fs::read_dir(&real_dir).unwrap().count();
+    let before = segments();
+    std::fs::write(&new_key, "ab".repeat(32)).unwrap();
+    let said = refused(&dir.path().join("copy"), Some(&new_key), &config);
+    assert!(said.contains("it holds 64 bytes"), "{said}");
+    assert_eq!(segments(), before, "the old directory untouched");
+    std::fs::write(&new_key, [9u8; 32]).unwrap();
     // A key file the configuration keeps apart: the new one must be given, apart too.
     let mut apart = config.clone();
     apart.store.key_file = real_dir.join("pan.key");
@@ -3482,5 +3494,17 @@ fn a_rekey_refuses_paths_and_keys_that_would_lose_the_copy_or_the_key() {
     assert!(
         !done.into.join("pan.key").exists(),
         "the key given stays where it is"
+    );
+
+    // Run again: told it is done. A rekey stopped between its mark and its rename is told
+    // its copy is whole, and to rename it.
+    let said = refused(&beside, Some(&new_key), &config);
+    assert!(said.contains("was copied under a new key"), "{said}");
+    let copy = std::fs::canonicalize(dir.path()).unwrap().join("copy");
+    std::fs::rename(&copy, dir.path().join("copy.rekeying")).unwrap();
+    let said = refused(&copy, Some(&new_key), &config);
+    assert!(
+        said.contains("whole, checked copy") && said.contains("mv -T"),
+        "{said}"
     );
 }

@@ -982,7 +982,7 @@ async fn a_rekeyed_copy_serves_the_same_cards_and_owes_the_same_reversal_under_t
 
     // Refused while the switch runs on the directory; then, the switch stopped, copied.
     let (copied, said) = rekey(&rig.data_dir, &copy.data_dir);
-    assert!(!copied && said.contains("in use by another vpan"), "{said}");
+    assert!(!copied && said.contains("stop it first"), "{said}");
     serve.stop("TERM").await;
     drop(host);
     let (copied, said) = rekey(&rig.data_dir, &copy.data_dir);

@@ -196,7 +196,7 @@ pub enum StoreError {
     /// `vpan rekey` copied this data directory under a new key: a switch on it now would
     /// approve what the copy, where the switch goes on, never hears of.
     #[error(
-        "the data directory {} was copied under a new key (vpan rekey, into {copy}, or {copy}.rekeying if the rekey stopped before renaming it: whole and checked then): run the switch on the copy, whose cards would miss what is approved here now. Only if the copy has never served (its approvals since would be lost), to go back to this directory and its key: delete the copy, then {}",
+        "the data directory {} was copied under a new key by vpan rekey, into {copy} (or {copy}.rekeying, whole and checked, if the rekey stopped before renaming it; the copy may have been moved since, to where the switch now runs): run the switch on the copy, whose cards would miss what is approved here now. Only if the copy has never served (its approvals since would be lost), to go back to this directory and its key: delete the copy, then {}",
         marker.parent().unwrap_or(marker).display(),
         marker.display()
     )]
@@ -303,7 +303,7 @@ pub fn naming_the_key(key_path: &Path, file: &Path) -> impl Fn(StoreError) -> St
             path: key_path.clone(),
             what: "opening the card numbers sealed under it",
             message: format!(
-                "{}: one could not be decrypted: it was sealed under another key, or the file is damaged",
+                "{}: one could not be decrypted: it was sealed under another key (after a vpan rekey, store.key_file or VPAN_STORE_KEY_FILE must name the new key), or the file is damaged",
                 file.display()
             ),
         },
