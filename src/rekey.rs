@@ -59,6 +59,8 @@ pub struct Rekeyed {
     pub from: PathBuf,
     /// Its key.
     pub from_key: PathBuf,
+    /// Whether that key is in that directory (`pan.key`), and goes with it.
+    pub old_key_in_old_dir: bool,
     /// The new data directory.
     pub into: PathBuf,
     /// The new key.
@@ -102,14 +104,14 @@ impl std::fmt::Display for Rekeyed {
         };
         // Said without the old directory's path where it matters: the runbook moves the
         // copy to that path, and this report is what the operator keeps.
-        let old_key = if self.from_key.starts_with(&self.from) {
+        let old_key = if self.old_key_in_old_dir {
             "its pan.key, which goes with it (not the copy's pan.key)".to_string()
         } else {
             self.from_key.display().to_string()
         };
         write!(
             f,
-            "next: run the switch on the copy: store.data_dir = {:?} (or move the old directory aside and the copy to where it was), store.key_file = {:?}; once it serves and its \"store recovered\" line counts these cards, delete the old directory (the one holding the file `rekeyed`, which a start refuses) and its backups, and destroy the old key: {old_key}",
+            "next: run the switch on the copy: move the old directory aside and the copy to where it was (or set store.data_dir = {:?}, and VPAN_STORE_DATA_DIR where the service sets it), store.key_file = {:?}; once it serves and its \"store recovered\" line counts these cards, delete the old directory (the one holding the file `rekeyed`, which a start refuses) and its backups, and destroy the old key: {old_key}",
             self.into.display().to_string(),
             key_file,
         )
@@ -148,6 +150,7 @@ pub fn rekey(config: &Config, into: &Path, new_key: Option<&Path>) -> Result<Rek
     let store = &config.store;
     let from = check_from(store)?;
     let (into, work) = check_into(&from, into)?;
+    check_not_running(&from)?;
     let new_key = match new_key {
         Some(key) => Some(check_new_key(key, &from)?),
         None if store.makes_its_own_key() => None,
@@ -158,6 +161,15 @@ pub fn rekey(config: &Config, into: &Path, new_key: Option<&Path>) -> Result<Rek
             ));
         }
     };
+
+    check_leftovers(
+        config,
+        &from,
+        &into,
+        &work,
+        new_key.as_ref().map(|key| key.resolved.as_path()),
+    )?;
+    check_target(&into)?;
 
     // The store as a start finds it: holds the issuer never answered are counted in doubt
     // (and journaled so), the damaged tail a crash left is cut. Its lock keeps a running
@@ -175,12 +187,17 @@ pub fn rekey(config: &Config, into: &Path, new_key: Option<&Path>) -> Result<Rek
         .transpose()?;
     let ledger = LedgerConfig::unbounded();
     let (cards, recovered) = Cards::open(&config.cards, store, ledger).map_err(|e| match e {
+        // Started since the look above.
         crate::cards::OpenError::Store(crate::store::StoreError::Locked) => format!(
             "{}: a switch (or another rekey) runs on it; stop it first",
             from.display()
         ),
         e => format!("opening {}: {e}", from.display()),
     })?;
+    // The old key goes with the old directory when it is in it (resolved as `from` is):
+    // the report must not name a path the copy may be moved to.
+    let old_key_in_old_dir = store.makes_its_own_key()
+        || std::fs::canonicalize(&old_key).is_ok_and(|key| key.starts_with(&from));
     let old_cipher = PanCipher::load_or_create(&old_key).map_err(|e| e.to_string())?;
     let now = crate::cards::card::unix_now();
     let (_book, debts, stamps) =
@@ -221,14 +238,24 @@ pub fn rekey(config: &Config, into: &Path, new_key: Option<&Path>) -> Result<Rek
     // Only a copy that read back the same, whole, under the name asked for (an empty
     // directory there is replaced).
     if let Err(e) = std::fs::rename(&work, &into) {
-        // Startable again, as no copy stands; a mark that cannot be removed is refused
-        // with its own message, and says where the whole copy is.
-        let _ = std::fs::remove_file(from.join(REKEYED_FILE)).and_then(|()| sync_dir(&from));
-        return Err(format!(
-            "renaming {} to {}: {e} (the copy is whole, and read back the same, under the first name)",
-            work.display(),
-            into.display()
-        ));
+        // Startable again, as no copy stands.
+        let unmarked = std::fs::remove_file(from.join(REKEYED_FILE)).and_then(|()| sync_dir(&from));
+        return Err(match unmarked {
+            Ok(()) => format!(
+                "renaming {} to {}: {e}; {} is no longer marked copied, so do not rename the copy by hand (a copy standing beside a directory a switch may start on): delete it, fix the cause, and run again",
+                work.display(),
+                into.display(),
+                from.display()
+            ),
+            Err(unmark) => format!(
+                "renaming {} to {}: {e}; and {} could not be taken back ({unmark}): the copy is whole and checked, and the old directory refuses to start; rename the copy by hand (`mv -T {} {}`) and go on",
+                work.display(),
+                into.display(),
+                from.join(REKEYED_FILE).display(),
+                work.display(),
+                into.display()
+            ),
+        });
     }
     if let Some(parent) = into.parent() {
         sync_dir(parent).map_err(|e| format!("syncing {}: {e}", parent.display()))?;
@@ -236,6 +263,7 @@ pub fn rekey(config: &Config, into: &Path, new_key: Option<&Path>) -> Result<Rek
     Ok(Rekeyed {
         from,
         from_key: std::path::absolute(&old_key).unwrap_or(old_key),
+        old_key_in_old_dir,
         key: match (key_in_data_dir, given_key) {
             (true, _) => into.join("pan.key"),
             (false, Some(given)) => given,
@@ -322,9 +350,7 @@ fn check_from(store: &StoreConfig) -> Result<PathBuf, String> {
 }
 
 /// The new data directory, resolved, and the directory beside it the copy is written in
-/// first. Refuses one that is the old one or inside it, not empty, a symbolic link or a
-/// mount point (the copy, made beside it on the parent's filesystem, could not be renamed
-/// onto it), and what an earlier rekey left ([`check_leftovers`]).
+/// first. Refuses one inside the data directory, or whose working name is it.
 fn check_into(from: &Path, into: &Path) -> Result<(PathBuf, PathBuf), String> {
     let said = |what: &str| format!("--into {}: {what}", into.display());
     let name = match into.components().next_back() {
@@ -357,22 +383,27 @@ fn check_into(from: &Path, into: &Path) -> Result<(PathBuf, PathBuf), String> {
             work.display()
         )));
     }
-    // Before the checks of `into` itself: a run that stopped, or one that finished, is
-    // said as such rather than as an `into` not empty.
-    check_leftovers(from, &into, &work)?;
-    match std::fs::symlink_metadata(&into) {
+    Ok((into, work))
+}
+
+/// Refuses an `into` that is a symbolic link, a mount point (the copy, made beside it on
+/// its parent's filesystem, could not be renamed onto it), or not empty.
+fn check_target(into: &Path) -> Result<(), String> {
+    let said = |what: &str| format!("--into {}: {what}", into.display());
+    match std::fs::symlink_metadata(into) {
         Ok(meta) if meta.file_type().is_symlink() => {
             return Err(said("a symbolic link; name the directory itself"));
         }
         Ok(meta) => {
             use std::os::unix::fs::MetadataExt;
-            let parent_meta = std::fs::metadata(&parent).map_err(|e| said(&e.to_string()))?;
+            let parent = into.parent().unwrap_or(Path::new("/"));
+            let parent_meta = std::fs::metadata(parent).map_err(|e| said(&e.to_string()))?;
             if meta.dev() != parent_meta.dev() {
                 return Err(said(
                     "a mount point; name a new directory inside it (the copy is made beside the one named, then renamed onto it)",
                 ));
             }
-            let mut entries = std::fs::read_dir(&into).map_err(|e| said(&e.to_string()))?;
+            let mut entries = std::fs::read_dir(into).map_err(|e| said(&e.to_string()))?;
             if entries.next().is_some() {
                 return Err(said(
                     "not empty; name a new directory (the copy is a whole data directory)",
@@ -382,35 +413,85 @@ fn check_into(from: &Path, into: &Path) -> Result<(PathBuf, PathBuf), String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(said(&e.to_string())),
     }
-    Ok((into, work))
+    Ok(())
 }
 
-/// Refuses what an earlier rekey of `from` left: the directory it writes in, `work`
-/// (whole and checked when `from` is marked copied into `into`, half made otherwise), or
-/// the mark alone (copied already).
-fn check_leftovers(from: &Path, into: &Path, work: &Path) -> Result<(), String> {
+/// Refuses what an earlier rekey of `from` left, saying what it is: the directory it
+/// writes in, `work` (whole and checked when `from` is marked copied into `into`, but then
+/// only if `key` still opens it; half made otherwise), or the mark alone (copied already).
+fn check_leftovers(
+    config: &Config,
+    from: &Path,
+    into: &Path,
+    work: &Path,
+    key: Option<&Path>,
+) -> Result<(), String> {
     let marked_into = std::fs::read_to_string(from.join(REKEYED_FILE))
         .ok()
         .map(|copy| PathBuf::from(copy.trim_end_matches('\n')));
-    if work.symlink_metadata().is_ok() {
-        return Err(if marked_into.as_deref() == Some(into) {
-            format!(
-                "{} holds the whole, checked copy of a rekey stopped just before renaming it ({} is marked copied into {}): rename it (`mv -T {} {}`) and go on; or, to start over, delete it and {}",
-                work.display(),
-                from.display(),
-                into.display(),
-                work.display(),
-                into.display(),
-                from.join(REKEYED_FILE).display()
-            )
-        } else {
-            format!(
-                "{} is there, half made by a rekey that was stopped: delete it (`rm -r`; it holds the card numbers sealed under the new key, and that key when vpan made it) and run again",
-                work.display()
-            )
-        });
+    if work.symlink_metadata().is_err() {
+        return crate::store::refuse_if_rekeyed(from).map_err(|e| e.to_string());
     }
-    crate::store::refuse_if_rekeyed(from).map_err(|e| e.to_string())
+    if marked_into.as_deref() != Some(into) {
+        return Err(format!(
+            "{} is there, half made by a rekey that was stopped: delete it (`rm -r`; it holds the card numbers sealed under the new key, and that key when vpan made it) and run again",
+            work.display()
+        ));
+    }
+    // Whole and checked when it was made; opened again here, so that a key made anew since
+    // (a runbook run again from its top) is found before the copy is put in place.
+    let key = key.map_or_else(|| work.join("pan.key"), Path::to_path_buf);
+    let store = StoreConfig {
+        data_dir: work.to_path_buf(),
+        key_file: key.clone(),
+        ..config.store.clone()
+    };
+    if let Err(e) = Cards::open(&config.cards, &store, LedgerConfig::unbounded()) {
+        return Err(format!(
+            "{} holds the copy of a rekey stopped just before renaming it ({} is marked copied into {}), but it does not open with the key {}: {e}. If the rekey that made it was given another --new-key-file, run again with that one; if the key it was sealed under was made anew since, the copy is lost with it: delete {} and {}, and run again",
+            work.display(),
+            from.display(),
+            into.display(),
+            key.display(),
+            work.display(),
+            from.join(REKEYED_FILE).display()
+        ));
+    }
+    Err(format!(
+        "{} holds the whole, checked copy of a rekey stopped just before renaming it ({} is marked copied into {}; it opens with the key {}): rename it (`mv -T {} {}`) and go on",
+        work.display(),
+        from.display(),
+        into.display(),
+        key.display(),
+        work.display(),
+        into.display()
+    ))
+}
+
+/// Refuses a data directory a switch or a rekey holds, before anything else is looked at
+/// there (a rekey running is not one that stopped). The lock is let go at once: the store's
+/// open takes it for the rekey.
+fn check_not_running(from: &Path) -> Result<(), String> {
+    let running = || {
+        format!(
+            "{}: a switch (or another rekey) runs on it; stop it first",
+            from.display()
+        )
+    };
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .open(from.join("vpan.lock"))
+    {
+        Ok(lock) => match lock.try_lock() {
+            Ok(()) => Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) => Err(running()),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(format!("{}: locking it: {e}", from.display()))
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("{}: opening its lock: {e}", from.display())),
+    }
 }
 
 /// The new key's file.

@@ -3491,6 +3491,10 @@ fn a_rekey_refuses_paths_and_keys_that_would_lose_the_copy_or_the_key() {
         std::fs::canonicalize(dir.path()).unwrap().join("copy")
     );
     assert_eq!(done.cards, 1);
+    // The old key is the old directory's pan.key (reached through the link): said to go
+    // with it, not by a path the copy may be moved to.
+    assert!(done.old_key_in_old_dir);
+    assert!(done.to_string().contains("which goes with it"), "{done}");
     assert!(
         !done.into.join("pan.key").exists(),
         "the key given stays where it is"
@@ -3507,4 +3511,17 @@ fn a_rekey_refuses_paths_and_keys_that_would_lose_the_copy_or_the_key() {
         said.contains("whole, checked copy") && said.contains("mv -T"),
         "{said}"
     );
+    // Not when the key given does not open it (made anew since, say).
+    let other_key = dir.path().join("other.key");
+    std::fs::write(&other_key, [7u8; 32]).unwrap();
+    let said = refused(&copy, Some(&other_key), &config);
+    assert!(said.contains("does not open with the key"), "{said}");
+    // A rekey still running there (the lock held) is not taken for one that stopped.
+    let lock = std::fs::File::options()
+        .write(true)
+        .open(real_dir.join("vpan.lock"))
+        .unwrap();
+    lock.try_lock().unwrap();
+    let said = refused(&copy, Some(&new_key), &config);
+    assert!(said.contains("runs on it; stop it first"), "{said}");
 }
