@@ -28,14 +28,14 @@ use crate::config::Config;
 use crate::store::crypto::PanCipher;
 use crate::store::journal::sync_dir;
 use crate::store::owed::{self, Debt, OwedReversals, Stamp};
-use crate::store::{REKEYED_FILE, StoreConfig, create_private_dir, naming_the_key};
+use crate::store::{OWN_KEY_FILE, REKEYED_FILE, StoreConfig, create_private_dir, naming_the_key};
 use crate::switch::issuer::RESTAMPED_KEPT;
 
 mod checks;
 
 use checks::{
     check_from, check_into, check_leftovers, check_new_key, check_not_running, check_target,
-    load_new_key,
+    load_new_key, running,
 };
 
 /// Options of `vpan rekey`.
@@ -58,7 +58,11 @@ pub struct Args {
 
 /// Files of the data directory that hold neither cards nor debts, copied as they are when
 /// vpan made them there: the API's token and its self-signed pair.
-const CARRIED_FILES: [&str; 3] = ["api-token", "tls-cert.pem", "tls-key.pem"];
+const CARRIED_FILES: [&str; 3] = [
+    crate::api::auth::TOKEN_FILE,
+    crate::api::tls::CERT_FILE,
+    crate::api::tls::KEY_FILE,
+];
 
 /// What a rekey wrote.
 #[derive(Debug)]
@@ -194,7 +198,7 @@ pub fn rekey(config: &Config, into: &Path, new_key: Option<&Path>) -> Result<Rek
     let (key_path, given_key, new_cipher) = match given {
         Some((key, cipher)) => (key.resolved, Some(key.given), cipher),
         None => {
-            let made = work.join("pan.key");
+            let made = work.join(OWN_KEY_FILE);
             let cipher = PanCipher::load_or_create(&made).map_err(|e| e.to_string())?;
             (made, None, cipher)
         }
@@ -205,7 +209,7 @@ pub fn rekey(config: &Config, into: &Path, new_key: Option<&Path>) -> Result<Rek
     put_in_place(&from, &into, &work)?;
     Ok(Rekeyed {
         key_in_data_dir: given_key.is_none(),
-        key: given_key.unwrap_or_else(|| into.join("pan.key")),
+        key: given_key.unwrap_or_else(|| into.join(OWN_KEY_FILE)),
         from_key: std::path::absolute(&old_key).unwrap_or(old_key),
         old_key_in_old_dir: old.key_in_dir,
         from,
@@ -250,17 +254,14 @@ impl Old {
         let (cards, recovered) = Cards::open(&config.cards, store, LedgerConfig::unbounded())
             .map_err(|e| match e {
                 // Started since `check_not_running` looked.
-                crate::cards::OpenError::Store(crate::store::StoreError::Locked) => format!(
-                    "{}: a switch (or another rekey) runs on it; stop it first",
-                    from.display()
-                ),
+                crate::cards::OpenError::Store(crate::store::StoreError::Locked) => running(from),
                 e => format!("opening {}: {e}", from.display()),
             })?;
         let key = store.key_path();
         // Resolved as `from` is: the report must not name a path the copy may be moved to.
         let key_in_dir = store.makes_its_own_key()
             || std::fs::canonicalize(&key).is_ok_and(|key| key.starts_with(from));
-        let cipher = PanCipher::load_or_create(&key).map_err(|e| e.to_string())?;
+        let cipher = PanCipher::load(&key).map_err(|e| e.to_string())?;
         let now = crate::cards::card::unix_now();
         let (_book, debts, stamps) =
             OwedReversals::open(from, cipher, now, RESTAMPED_KEPT.as_secs())
@@ -308,18 +309,12 @@ fn read_back(config: &Config, old: &Old, work: &Path, key_path: &Path) -> Result
             work.display()
         )
     };
-    let store = StoreConfig {
-        data_dir: work.to_path_buf(),
-        key_file: key_path.to_path_buf(),
-        ..config.store.clone()
-    };
-    let (copy, _) = Cards::open(&config.cards, &store, LedgerConfig::unbounded())
-        .map_err(|e| not_the_same(e.to_string()))?;
+    let (copy, _) = open_copy(config, work, key_path).map_err(|e| not_the_same(e.to_string()))?;
     if let Some(difference) = old.cards.first_difference(&copy) {
         return Err(not_the_same(difference));
     }
     drop(copy);
-    let cipher = PanCipher::load_or_create(key_path).map_err(|e| e.to_string())?;
+    let cipher = PanCipher::load(key_path).map_err(|e| e.to_string())?;
     let (_book, mut debts_back, stamps_back) =
         OwedReversals::open(work, cipher, old.now, RESTAMPED_KEPT.as_secs())
             .map_err(naming_the_key(key_path, &work.join(owed::FILE)))
@@ -338,6 +333,21 @@ fn read_back(config: &Config, old: &Old, work: &Path, key_path: &Path) -> Result
         )));
     }
     Ok(())
+}
+
+/// Opens the copy in `work` under the key in `key`, as the next start will, with nothing
+/// forgotten (see [`Old::open`]).
+fn open_copy(
+    config: &Config,
+    work: &Path,
+    key: &Path,
+) -> Result<(Cards, crate::cards::Recovered), crate::cards::OpenError> {
+    let store = StoreConfig {
+        data_dir: work.to_path_buf(),
+        key_file: key.to_path_buf(),
+        ..config.store.clone()
+    };
+    Cards::open(&config.cards, &store, LedgerConfig::unbounded())
 }
 
 /// Marks `from` copied, then renames the checked copy `work` to `into`: no moment has a
@@ -375,13 +385,20 @@ fn put_in_place(from: &Path, into: &Path, work: &Path) -> Result<(), String> {
 /// Leaves [`REKEYED_FILE`] in `from`, naming `into`, synced: a start there is refused. On
 /// failure none is left, and the copy in `work` is not to be renamed.
 fn mark_copied(from: &Path, into: &Path, work: &Path) -> Result<(), String> {
+    use std::os::unix::ffi::OsStrExt;
     let marker = from.join(REKEYED_FILE);
-    let written = crate::store::create_private_file(&marker).and_then(|mut file| {
-        writeln!(file, "{}", into.display())?;
+    // Written whole under another name, then renamed: a crash leaves no torn mark, whose
+    // copy could not be told.
+    let temp = from.join(format!("{REKEYED_FILE}.tmp"));
+    let written = crate::store::create_private_file(&temp).and_then(|mut file| {
+        file.write_all(into.as_os_str().as_bytes())?;
+        file.write_all(b"\n")?;
         file.sync_all()?;
+        std::fs::rename(&temp, &marker)?;
         sync_dir(from)
     });
     written.map_err(|e| {
+        let _ = std::fs::remove_file(&temp);
         let _ = std::fs::remove_file(&marker);
         format!(
             "writing {}: {e}; the copy is whole and checked in {}, but not renamed, since a copy must not stand while {} can still be served: fix the cause, delete {}, and run again",

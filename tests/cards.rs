@@ -3332,10 +3332,9 @@ fn a_rekeyed_copy_holds_the_same_cards_under_the_new_key_alone() {
 fn a_rekey_run_with_tighter_ledger_settings_keeps_every_transaction() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let (key, real) = {
+    let key = {
         let (cards, _) = open(&data);
-        let s = spec(10_000);
-        let key = issue(&cards, &s);
+        let key = issue(&cards, &spec(10_000));
         // vpan's own declines, and voids of originals never seen (a reversal first): kept
         // in queues of their own, bounded at a quarter and a sixteenth of the capacity.
         for stan in 100..400 {
@@ -3376,14 +3375,14 @@ fn a_rekey_run_with_tighter_ledger_settings_keeps_every_transaction() {
                 .wait()
                 .unwrap();
         }
-        (key, s.pan)
+        key
     };
     let mut config = vpan::config::Config::default();
     config.store.data_dir = data.clone();
     config.cards.ledger_retention_hours = 24;
     config.cards.ledger_capacity = 4;
     let done = vpan::rekey::rekey(&config, &dir.path().join("copy"), None).unwrap();
-    assert!(done.transactions >= 2 + 300 + 40, "{done}");
+    assert_eq!(done.transactions, 2 + 300 + 40, "{done}");
     let (copy, _) = open(&dir.path().join("copy"));
     let mut repeat = purchase(1_000, 1);
     repeat.mti = *b"0101";
@@ -3405,8 +3404,6 @@ fn a_rekey_run_with_tighter_ledger_settings_keeps_every_transaction() {
         "the first decline is still known to the copy"
     );
     drop(copy);
-
-    drop(real);
 
     // Nor by any smaller capacity: the switch's may be larger.
     std::fs::remove_file(data.join("rekeyed")).unwrap();
@@ -3511,11 +3508,21 @@ fn a_rekey_refuses_paths_and_keys_that_would_lose_the_copy_or_the_key() {
         said.contains("whole, checked copy") && said.contains("mv -T"),
         "{said}"
     );
+    // A mark torn empty says the same (none is torn now: it is renamed into place whole).
+    std::fs::write(real_dir.join("rekeyed"), b"").unwrap();
+    let said = refused(&copy, Some(&new_key), &config);
+    assert!(said.contains("whole, checked copy"), "{said}");
+    // Run without the key that made it: the copy has no key of its own to open it with.
+    let said = refused(&copy, None, &config);
+    assert!(said.contains("no key at hand opens it"), "{said}");
     // Not when the key given does not open it (made anew since, say).
     let other_key = dir.path().join("other.key");
     std::fs::write(&other_key, [7u8; 32]).unwrap();
     let said = refused(&copy, Some(&other_key), &config);
-    assert!(said.contains("does not open with the key"), "{said}");
+    assert!(
+        said.contains("no key at hand opens it") && said.contains("other.key"),
+        "{said}"
+    );
     // A rekey still running there (the lock held) is not taken for one that stopped.
     let lock = std::fs::File::options()
         .write(true)

@@ -5,10 +5,10 @@
 use std::path::{Path, PathBuf};
 
 use crate::cards::vault::holds_sealed_card_numbers;
-use crate::cards::{Cards, LedgerConfig};
+
 use crate::config::Config;
 use crate::store::crypto::PanCipher;
-use crate::store::{REKEYED_FILE, StoreConfig};
+use crate::store::{LOCK_FILE, OWN_KEY_FILE, REKEYED_FILE, StoreConfig, rekeyed_copy};
 
 /// The data directory to copy, resolved (symbolic links and `..`), once it is there and
 /// holds something to copy: opening the store would make one that is not, and a typo
@@ -98,8 +98,9 @@ pub(super) fn check_target(into: &Path) -> Result<(), String> {
 }
 
 /// Refuses what an earlier rekey of `from` left, saying what it is: the directory it
-/// writes in, `work` (whole and checked when `from` is marked copied into `into`, but then
-/// only if `key` still opens it; half made otherwise), or the mark alone (copied already).
+/// writes in, `work` (whole and checked when `from` is marked copied, by a mark naming
+/// `into` or torn empty, and then named with the key that opens it; half made otherwise),
+/// or the mark alone (copied already).
 pub(super) fn check_leftovers(
     config: &Config,
     from: &Path,
@@ -107,65 +108,81 @@ pub(super) fn check_leftovers(
     work: &Path,
     key: Option<&Path>,
 ) -> Result<(), String> {
-    let marked_into = std::fs::read_to_string(from.join(REKEYED_FILE))
-        .ok()
-        .map(|copy| PathBuf::from(copy.trim_end_matches('\n')));
     if work.symlink_metadata().is_err() {
         return crate::store::refuse_if_rekeyed(from).map_err(|e| e.to_string());
     }
-    if marked_into.as_deref() != Some(into) {
+    let mark = std::fs::read(from.join(REKEYED_FILE)).ok();
+    let ours = mark
+        .as_deref()
+        .is_some_and(|mark| rekeyed_copy(mark).is_none_or(|copy| copy == into));
+    if !ours {
         return Err(format!(
             "{} is there, half made by a rekey that was stopped: delete it (`rm -r`; it holds the card numbers sealed under the new key, and that key when vpan made it) and run again",
             work.display()
         ));
     }
     // Whole and checked when it was made; opened again here, so that a key made anew since
-    // (a runbook run again from its top) is found before the copy is put in place.
-    let key = key.map_or_else(|| work.join("pan.key"), Path::to_path_buf);
-    let store = StoreConfig {
-        data_dir: work.to_path_buf(),
-        key_file: key.clone(),
-        ..config.store.clone()
-    };
-    if let Err(e) = Cards::open(&config.cards, &store, LedgerConfig::unbounded()) {
-        return Err(format!(
-            "{} holds the copy of a rekey stopped just before renaming it ({} is marked copied into {}), but it does not open with the key {}: {e}. If the rekey that made it was given another --new-key-file, run again with that one; if the key it was sealed under was made anew since, the copy is lost with it: delete {} and {}, and run again",
-            work.display(),
-            from.display(),
-            into.display(),
-            key.display(),
-            work.display(),
-            from.join(REKEYED_FILE).display()
-        ));
+    // (a runbook run again from its top) is found before the copy is put in place. The key
+    // given, else (or also: the first run may have been given none) the copy's own.
+    let keys: Vec<PathBuf> = key
+        .map(Path::to_path_buf)
+        .into_iter()
+        .chain(Some(work.join(OWN_KEY_FILE)).filter(|own| own.exists()))
+        .collect();
+    let mut failures = Vec::new();
+    for key in &keys {
+        match super::open_copy(config, work, key) {
+            Ok(_) => {
+                return Err(format!(
+                    "{} holds the whole, checked copy of a rekey stopped just before renaming it ({} is marked copied): rename it (`mv -T {} {}`) and go on; it opens with the key {} (store.key_file {})",
+                    work.display(),
+                    from.display(),
+                    work.display(),
+                    into.display(),
+                    key.display(),
+                    if key.starts_with(work) {
+                        "empty: the copy's own pan.key".to_string()
+                    } else {
+                        format!("= {:?}", key.display().to_string())
+                    }
+                ));
+            }
+            Err(e) => failures.push(format!("{}: {e}", key.display())),
+        }
     }
     Err(format!(
-        "{} holds the whole, checked copy of a rekey stopped just before renaming it ({} is marked copied into {}; it opens with the key {}): rename it (`mv -T {} {}`) and go on",
+        "{} holds the copy of a rekey stopped just before renaming it ({} is marked copied), but no key at hand opens it ({}). If the rekey that made it was given another --new-key-file, run again with that one; if the key it was sealed under was made anew since, the copy is lost with it: delete {} and {}, and run again",
         work.display(),
         from.display(),
-        into.display(),
-        key.display(),
+        if failures.is_empty() {
+            "none given, and it has no pan.key".to_string()
+        } else {
+            failures.join("; ")
+        },
         work.display(),
-        into.display()
+        from.join(REKEYED_FILE).display()
     ))
 }
 
-/// Refuses a data directory a switch or a rekey holds, before anything else is looked at
-/// there (a rekey running is not one that stopped). The lock is let go at once: the store's
-/// open takes it for the rekey.
+/// What is said of a data directory a switch or another rekey holds.
+pub(super) fn running(from: &Path) -> String {
+    format!(
+        "{}: a switch (or another rekey) runs on it; stop it first",
+        from.display()
+    )
+}
+
+/// Refuses a data directory a switch or a rekey holds, before what they write there is
+/// looked at (a rekey running is not one that stopped). The lock is let go at once: the
+/// store's open takes it for the rekey.
 pub(super) fn check_not_running(from: &Path) -> Result<(), String> {
-    let running = || {
-        format!(
-            "{}: a switch (or another rekey) runs on it; stop it first",
-            from.display()
-        )
-    };
     match std::fs::OpenOptions::new()
         .write(true)
-        .open(from.join("vpan.lock"))
+        .open(from.join(LOCK_FILE))
     {
         Ok(lock) => match lock.try_lock() {
             Ok(()) => Ok(()),
-            Err(std::fs::TryLockError::WouldBlock) => Err(running()),
+            Err(std::fs::TryLockError::WouldBlock) => Err(running(from)),
             Err(std::fs::TryLockError::Error(e)) => {
                 Err(format!("{}: locking it: {e}", from.display()))
             }
@@ -209,7 +226,7 @@ pub(super) fn check_new_key(key: &Path, from: &Path) -> Result<NewKey, String> {
 /// when there).
 pub(super) fn load_new_key(key: &NewKey, old_key: &Path) -> Result<PanCipher, String> {
     let said = |what: String| format!("--new-key-file {}: {what}", key.given.display());
-    let cipher = PanCipher::load_or_create(&key.resolved).map_err(|e| match e {
+    let cipher = PanCipher::load(&key.resolved).map_err(|e| match e {
         crate::store::StoreError::BadKey(_) => said(format!(
             "{e}: it holds {} bytes; a key written as hex or base64 text is not one: 32 raw bytes, as `head -c 32 /dev/urandom` makes",
             std::fs::metadata(&key.resolved).map_or(0, |m| m.len())
@@ -217,7 +234,7 @@ pub(super) fn load_new_key(key: &NewKey, old_key: &Path) -> Result<PanCipher, St
         e => said(e.to_string()),
     })?;
     if old_key.exists() {
-        let old = PanCipher::load_or_create(old_key).map_err(|e| e.to_string())?;
+        let old = PanCipher::load(old_key).map_err(|e| e.to_string())?;
         if same_key(&old, &cipher) {
             return Err(said(format!(
                 "it holds the key in use ({}); make a new one",

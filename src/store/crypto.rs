@@ -58,7 +58,6 @@ impl PanCipher {
 
     /// Reads the key file, or creates it (0600, 32 random bytes, synced) when absent.
     pub fn load_or_create(path: &Path) -> Result<PanCipher, StoreError> {
-        let mut key = [0u8; 32];
         // `try_exists`: a key there that cannot be reached (a directory vpan may not
         // enter) is that error, not a cue to make a new key.
         if !path
@@ -67,6 +66,13 @@ impl PanCipher {
         {
             create_key_file(path)?;
         }
+        PanCipher::load(path)
+    }
+
+    /// Reads the key file, which must be there: never makes one (a key that vanished
+    /// between a look and the read is an error, not a new key nobody kept).
+    pub fn load(path: &Path) -> Result<PanCipher, StoreError> {
+        let mut key = [0u8; 32];
         let mut file = OpenOptions::new()
             .read(true)
             .open(path)

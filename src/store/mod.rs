@@ -123,7 +123,7 @@ impl StoreConfig {
     /// The key file actually used.
     pub fn key_path(&self) -> PathBuf {
         if self.key_file.as_os_str().is_empty() {
-            self.data_dir.join("pan.key")
+            self.data_dir.join(OWN_KEY_FILE)
         } else {
             self.key_file.clone()
         }
@@ -274,16 +274,28 @@ pub enum StoreError {
 /// The file `vpan rekey` leaves in a data directory it copied, naming the copy.
 pub const REKEYED_FILE: &str = "rekeyed";
 
+/// The key file vpan makes in the data directory when `store.key_file` is empty.
+pub const OWN_KEY_FILE: &str = "pan.key";
+
+/// The file a process locks (flock) while it has the data directory open.
+pub const LOCK_FILE: &str = "vpan.lock";
+
+/// The copy a [`REKEYED_FILE`]'s bytes name (its path, then a newline), if any.
+pub fn rekeyed_copy(bytes: &[u8]) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    (!path.is_empty()).then(|| PathBuf::from(std::ffi::OsStr::from_bytes(path)))
+}
+
 /// Refuses a data directory that `vpan rekey` copied (see [`StoreError::Rekeyed`]).
 pub fn refuse_if_rekeyed(dir: &Path) -> Result<(), StoreError> {
     let marker = dir.join(REKEYED_FILE);
     match std::fs::read(&marker) {
         Ok(copy) => Err(StoreError::Rekeyed {
-            copy: String::from_utf8_lossy(&copy)
-                .trim()
-                .chars()
-                .take(4096)
-                .collect(),
+            copy: match rekeyed_copy(&copy) {
+                Some(copy) => copy.display().to_string().chars().take(4096).collect(),
+                None => "a copy it does not name (the file is empty)".to_string(),
+            },
             marker,
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

@@ -95,7 +95,7 @@ impl Cards {
             .truncate(false)
             .write(true)
             .mode(crate::store::PRIVATE_FILE_MODE)
-            .open(dir.join("vpan.lock"))
+            .open(dir.join(crate::store::LOCK_FILE))
             .map_err(StoreError::io("opening the data directory lock"))?;
         match lock.try_lock() {
             Ok(()) => {}

@@ -80,9 +80,7 @@ impl Cards {
             segments_deleted,
         })
     }
-}
 
-impl Cards {
     /// Writes every card (its real PAN sealed under `cipher`) and remembered transaction
     /// to a snapshot in `dir` whose journal starts at segment `from_segment`, and commits
     /// it once every change it read is durable in the journal. Returns the cards and
