@@ -160,6 +160,36 @@ pub fn run_cli(args: Args) -> Result<(), String> {
 /// as `into`'s `pan.key` when `None`), checks the copy reads back the same, marks the old
 /// directory copied, and puts the copy in place.
 pub fn rekey(config: &Config, into: &Path, new_key: Option<&Path>) -> Result<Rekeyed, String> {
+    rekey_stepping(config, into, new_key, &mut |_| {})
+}
+
+/// The steps of a rekey after which it may be stopped, for the test that crashes it at
+/// each ([`rekey_stepping`]) and follows what the next run says.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// The old directory opened (holds in doubt counted, a torn tail cut).
+    Opened,
+    /// The copy's directory made, its key with it when vpan makes one.
+    Begun,
+    /// Everything written into the copy, synced.
+    Written,
+    /// The copy read back and found the same.
+    Checked,
+    /// The old directory marked copied.
+    Marked,
+    /// The copy renamed into place.
+    Renamed,
+}
+
+/// [`rekey`], calling `at` after each [`Step`].
+#[doc(hidden)]
+pub fn rekey_stepping(
+    config: &Config,
+    into: &Path,
+    new_key: Option<&Path>,
+    at: &mut dyn FnMut(Step),
+) -> Result<Rekeyed, String> {
     let store = &config.store;
     let from = check_from(store)?;
     let (into, work) = check_into(&from, into)?;
@@ -194,6 +224,7 @@ pub fn rekey(config: &Config, into: &Path, new_key: Option<&Path>) -> Result<Rek
     };
 
     let old = Old::open(config, &from)?;
+    at(Step::Opened);
     create_private_dir(&work).map_err(|e| format!("making {}: {e}", work.display()))?;
     let (key_path, given_key, new_cipher) = match given {
         Some((key, cipher)) => (key.resolved, Some(key.given), cipher),
@@ -203,10 +234,13 @@ pub fn rekey(config: &Config, into: &Path, new_key: Option<&Path>) -> Result<Rek
             (made, None, cipher)
         }
     };
+    at(Step::Begun);
     let (cards, transactions) = old.write_copy(&work, &new_cipher)?;
+    at(Step::Written);
     // The key as the next start reads it, from its file.
     read_back(config, &old, &work, &key_path)?;
-    put_in_place(&from, &into, &work)?;
+    at(Step::Checked);
+    put_in_place(&from, &into, &work, at)?;
     Ok(Rekeyed {
         key_in_data_dir: given_key.is_none(),
         key: given_key.unwrap_or_else(|| into.join(OWN_KEY_FILE)),
@@ -353,10 +387,16 @@ fn open_copy(
 /// Marks `from` copied, then renames the checked copy `work` to `into`: no moment has a
 /// copy standing and the old directory still startable. A rename that fails takes the
 /// mark back, as no copy stands.
-fn put_in_place(from: &Path, into: &Path, work: &Path) -> Result<(), String> {
+fn put_in_place(
+    from: &Path,
+    into: &Path,
+    work: &Path,
+    at: &mut dyn FnMut(Step),
+) -> Result<(), String> {
     // From now on the switch belongs on the copy: one started on `from` by mistake (or by
     // a supervisor) would approve what the copy never counts.
     mark_copied(from, into, work)?;
+    at(Step::Marked);
     if let Err(e) = std::fs::rename(work, into) {
         let unmarked = std::fs::remove_file(from.join(REKEYED_FILE)).and_then(|()| sync_dir(from));
         return Err(match unmarked {
@@ -379,6 +419,7 @@ fn put_in_place(from: &Path, into: &Path, work: &Path) -> Result<(), String> {
     if let Some(parent) = into.parent() {
         sync_dir(parent).map_err(|e| format!("syncing {}: {e}", parent.display()))?;
     }
+    at(Step::Renamed);
     Ok(())
 }
 

@@ -1140,3 +1140,78 @@ async fn a_rekey_killed_at_any_moment_leaves_a_whole_copy_or_none_and_the_old_di
         "{whole} whole copies, {none} none ({partial} of them half made)"
     );
 }
+
+/// The child of [`a_rekey_crashed_after_each_step_is_finished_by_doing_what_the_next_run_says`]:
+/// a rekey of `REKEY_CHILD_DIR/data` into `REKEY_CHILD_DIR/copy` that aborts (a crash: no
+/// clean-up runs) after step `REKEY_CHILD_STEP`. Does nothing as a test of its own.
+#[test]
+fn rekey_child() {
+    let (Ok(dir), Ok(step)) = (
+        std::env::var("REKEY_CHILD_DIR"),
+        std::env::var("REKEY_CHILD_STEP"),
+    ) else {
+        return;
+    };
+    let dir = std::path::Path::new(&dir);
+    let mut config = vpan::config::Config::default();
+    config.store.data_dir = dir.join("data");
+    let _ = vpan::rekey::rekey_stepping(&config, &dir.join("copy"), None, &mut |at| {
+        if format!("{at:?}") == step {
+            std::process::abort();
+        }
+    });
+    panic!("the rekey ended before step {step}");
+}
+
+/// A rekey crashed after each of its steps in turn, then run again (the real binary) and
+/// its words followed, as an operator would: every time, it ends with a whole copy in
+/// place, the same as the old directory card by card, and the old directory marked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rekey_crashed_after_each_step_is_finished_by_doing_what_the_next_run_says() {
+    let template = tempfile::tempdir().unwrap();
+    issue_cards(&template.path().join("data"), 50, 1_000).await;
+    for step in ["Opened", "Begun", "Written", "Checked", "Marked", "Renamed"] {
+        let dir = tempfile::tempdir().unwrap();
+        let (data, copy) = (dir.path().join("data"), dir.path().join("copy"));
+        let work = dir.path().join("copy.rekeying");
+        let copied = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(template.path().join("data"))
+            .arg(&data)
+            .status()
+            .unwrap();
+        assert!(copied.success());
+        let crashed = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["rekey_child", "--exact", "--nocapture", "--test-threads=1"])
+            .env("REKEY_CHILD_DIR", dir.path())
+            .env("REKEY_CHILD_STEP", step)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert_eq!(crashed.code(), None, "{step}: the child crashed: {crashed}");
+
+        let mut told = Vec::new();
+        loop {
+            let (done, said) = rekey_closed(&data, &copy);
+            told.push(said.clone());
+            assert!(told.len() <= 3, "{step}: {told:#?}");
+            if done || said.contains("was copied under a new key") {
+                break;
+            } else if said.contains("half made") {
+                std::fs::remove_dir_all(&work).unwrap();
+            } else if said.contains("whole, checked copy") && said.contains("mv -T") {
+                std::fs::rename(&work, &copy).unwrap();
+            } else {
+                panic!("{step}: what to do is not said: {said}");
+            }
+        }
+        assert!(copy.exists() && !work.exists(), "{step}: {told:#?}");
+        assert!(data.join("rekeyed").exists(), "{step}");
+        std::fs::remove_file(data.join("rekeyed")).unwrap();
+        let (old, _) = open_cards(&data);
+        let (copied, _) = procs::open_cards(&copy);
+        assert_eq!(old.len(), 50, "{step}");
+        assert_eq!(old.first_difference(&copied), None, "{step}: {told:#?}");
+    }
+}
