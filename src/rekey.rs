@@ -20,7 +20,6 @@
 //! the copy never counts) and the copy renamed into place, so the name asked for holds a
 //! whole, checked copy or nothing.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::cards::{Cards, LedgerConfig};
@@ -77,8 +76,6 @@ pub struct Rekeyed {
     pub into: PathBuf,
     /// The new key.
     pub key: PathBuf,
-    /// Whether the new key is the new directory's own `pan.key` (`store.key_file` empty).
-    pub key_in_data_dir: bool,
     /// Cards copied.
     pub cards: u64,
     /// Remembered transactions copied.
@@ -109,7 +106,8 @@ impl std::fmt::Display for Rekeyed {
             "the old directory was opened as a start opens it: holds the issuer never answered counted as spent {}, bytes of a torn journal tail cut {}",
             self.holds_counted_as_spent, self.bytes_cut
         )?;
-        let key_file = if self.key_in_data_dir {
+        // The new directory's own pan.key: `store.key_file` empty.
+        let key_file = if self.key.starts_with(&self.into) {
             String::new()
         } else {
             self.key.display().to_string()
@@ -242,7 +240,6 @@ pub fn rekey_stepping(
     at(Step::Checked);
     put_in_place(&from, &into, &work, at)?;
     Ok(Rekeyed {
-        key_in_data_dir: given_key.is_none(),
         key: given_key.unwrap_or_else(|| into.join(OWN_KEY_FILE)),
         from_key: std::path::absolute(&old_key).unwrap_or(old_key),
         old_key_in_old_dir: old.key_in_dir,
@@ -426,20 +423,9 @@ fn put_in_place(
 /// Leaves [`REKEYED_FILE`] in `from`, naming `into`, synced: a start there is refused. On
 /// failure none is left, and the copy in `work` is not to be renamed.
 fn mark_copied(from: &Path, into: &Path, work: &Path) -> Result<(), String> {
-    use std::os::unix::ffi::OsStrExt;
     let marker = from.join(REKEYED_FILE);
-    // Written whole under another name, then renamed: a crash leaves no torn mark, whose
-    // copy could not be told.
-    let temp = from.join(format!("{REKEYED_FILE}.tmp"));
-    let written = crate::store::create_private_file(&temp).and_then(|mut file| {
-        file.write_all(into.as_os_str().as_bytes())?;
-        file.write_all(b"\n")?;
-        file.sync_all()?;
-        std::fs::rename(&temp, &marker)?;
-        sync_dir(from)
-    });
-    written.map_err(|e| {
-        let _ = std::fs::remove_file(&temp);
+    crate::store::mark_rekeyed(from, into).map_err(|e| {
+        // One that failed after its rename (the directory's sync) is in place: taken back.
         let _ = std::fs::remove_file(&marker);
         format!(
             "writing {}: {e}; the copy is whole and checked in {}, but not renamed, since a copy must not stand while {} can still be served: fix the cause, delete {}, and run again",

@@ -5,10 +5,11 @@
 use std::path::{Path, PathBuf};
 
 use crate::cards::vault::holds_sealed_card_numbers;
-
 use crate::config::Config;
 use crate::store::crypto::PanCipher;
-use crate::store::{LOCK_FILE, OWN_KEY_FILE, REKEYED_FILE, StoreConfig, rekeyed_copy};
+use crate::store::{
+    OWN_KEY_FILE, REKEYED_FILE, StoreConfig, StoreError, lock_data_dir, rekeyed_copy,
+};
 
 /// The data directory to copy, resolved (symbolic links and `..`), once it is there and
 /// holds something to copy: opening the store would make one that is not, and a typo
@@ -176,19 +177,10 @@ pub(super) fn running(from: &Path) -> String {
 /// looked at (a rekey running is not one that stopped). The lock is let go at once: the
 /// store's open takes it for the rekey.
 pub(super) fn check_not_running(from: &Path) -> Result<(), String> {
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .open(from.join(LOCK_FILE))
-    {
-        Ok(lock) => match lock.try_lock() {
-            Ok(()) => Ok(()),
-            Err(std::fs::TryLockError::WouldBlock) => Err(running(from)),
-            Err(std::fs::TryLockError::Error(e)) => {
-                Err(format!("{}: locking it: {e}", from.display()))
-            }
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(format!("{}: opening its lock: {e}", from.display())),
+    match lock_data_dir(from) {
+        Ok(_) => Ok(()),
+        Err(StoreError::Locked) => Err(running(from)),
+        Err(e) => Err(format!("{}: {e}", from.display())),
     }
 }
 
@@ -227,7 +219,7 @@ pub(super) fn check_new_key(key: &Path, from: &Path) -> Result<NewKey, String> {
 pub(super) fn load_new_key(key: &NewKey, old_key: &Path) -> Result<PanCipher, String> {
     let said = |what: String| format!("--new-key-file {}: {what}", key.given.display());
     let cipher = PanCipher::load(&key.resolved).map_err(|e| match e {
-        crate::store::StoreError::BadKey(_) => said(format!(
+        StoreError::BadKey(_) => said(format!(
             "{e}: it holds {} bytes; a key written as hex or base64 text is not one: 32 raw bytes, as `head -c 32 /dev/urandom` makes",
             std::fs::metadata(&key.resolved).map_or(0, |m| m.len())
         )),

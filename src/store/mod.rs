@@ -280,6 +280,45 @@ pub const OWN_KEY_FILE: &str = "pan.key";
 /// The file a process locks (flock) while it has the data directory open.
 pub const LOCK_FILE: &str = "vpan.lock";
 
+/// Locks data directory `dir` for this process (the lock made when missing), for as long
+/// as the file returned is open; [`StoreError::Locked`] when another process holds it.
+pub fn lock_data_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(PRIVATE_FILE_MODE)
+        .open(dir.join(LOCK_FILE))
+        .map_err(StoreError::io("opening the data directory lock"))?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(StoreError::io("locking the data directory")(e))
+        }
+    }
+}
+
+/// Writes [`REKEYED_FILE`] in `dir`, naming `copy` (as [`rekeyed_copy`] reads it), synced:
+/// whole under another name, then renamed, so that a crash leaves no torn mark.
+pub fn mark_rekeyed(dir: &Path, copy: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::ffi::OsStrExt;
+    let temp = dir.join(format!("{REKEYED_FILE}.tmp"));
+    let written = create_private_file(&temp).and_then(|mut file| {
+        file.write_all(copy.as_os_str().as_bytes())?;
+        file.write_all(b"\n")?;
+        file.sync_all()?;
+        std::fs::rename(&temp, dir.join(REKEYED_FILE))?;
+        journal::sync_dir(dir)
+    });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written
+}
+
 /// The copy a [`REKEYED_FILE`]'s bytes name (its path, then a newline), if any.
 pub fn rekeyed_copy(bytes: &[u8]) -> Option<PathBuf> {
     use std::os::unix::ffi::OsStrExt;

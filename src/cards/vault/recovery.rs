@@ -2,7 +2,6 @@
 //! open (durable holds the issuer never answered, counted as spent and journaled as in
 //! doubt). Records are applied on worker threads, each card's in order on one of them.
 
-use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -90,20 +89,7 @@ impl Cards {
             );
         }
         // One process per data directory: a second one would interleave journals.
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(crate::store::PRIVATE_FILE_MODE)
-            .open(dir.join(crate::store::LOCK_FILE))
-            .map_err(StoreError::io("opening the data directory lock"))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Err(StoreError::Locked.into()),
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(StoreError::io("locking the data directory")(e).into());
-            }
-        }
+        let lock = crate::store::lock_data_dir(&dir)?;
         crate::store::refuse_if_rekeyed(&dir)?;
         if !key_path.exists() && holds_sealed_card_numbers(&dir)? {
             return Err(StoreError::KeyFile {

@@ -24,10 +24,9 @@ impl Cards {
         let _one = self.snapshot_lock.lock();
         // A start refuses a snapshot without the segment it names (one taken while serving
         // always has the one it rotated to), so the segment comes first.
-        let segment = Segment::create(into, FIRST_SEGMENT)
-            .map_err(StoreError::io("making the copy's first journal segment"))?;
-        segment.close();
-        drop(segment);
+        Segment::create(into, FIRST_SEGMENT)
+            .map_err(StoreError::io("making the copy's first journal segment"))?
+            .close();
         self.write_snapshot(into, cipher, FIRST_SEGMENT)
     }
 
@@ -72,8 +71,8 @@ impl Cards {
                 }
                 found.map(|(e, _)| e.card)
             };
-            if record(self, &mut mine) != record(other, &mut theirs) || mine != theirs {
-                let card = self.ledger.get_with_partial(&k).map(|(e, _)| e.card);
+            let card = record(self, &mut mine);
+            if card != record(other, &mut theirs) || mine != theirs {
                 return Some(match card {
                     Some(card) => format!("a transaction of card {} differs", card.pan()),
                     None => "a transaction differs".to_string(),
