@@ -478,36 +478,50 @@ fn a_flood_of_reversals_of_originals_never_seen_pushes_out_no_approval_live_or_a
 }
 
 #[test]
-fn a_hold_a_stand_ins_advice_completes_is_forgotten_in_its_time_like_any_approval() {
-    // The advice answers the hold, not the issuer: the hold must still join the retention
-    // queue then, or it outlives every bound until a restart.
+fn an_advice_of_a_request_with_the_issuer_waits_for_its_answer_then_is_news_only_if_not_approved() {
+    // A network that stood in before the issuer answered sends its advice of the request
+    // while vpan still asks the issuer: nothing is decided until the issuer answers.
     let dir = tempfile::tempdir().unwrap();
-    let small = ledger_of(4, 60);
-    let (cards, _) = open_with(dir.path(), small);
+    let (cards, _) = open(dir.path());
     let key = issue(&cards, &spec(1_000_000));
-    for stan in 0..10 {
-        let a = approval(cards.authorize(key, &purchase(300, stan), NOW));
+    let outcomes = [
+        IssuerOutcome::APPROVED,
+        IssuerOutcome::Declined(ResponseCode(*b"51")),
+        IssuerOutcome::TimedOut,
+    ];
+    for (stan, outcome) in (1..).zip(outcomes) {
+        let a = approve(&cards, key, 300, stan);
         a.durable.wait().unwrap();
-        match cards.advice(key, &request(*b"0120", 300, stan, "SHOP-A"), NOW) {
-            AdviceOutcome::Recorded(d) => d.wait().unwrap(),
-            other => panic!("{other:?}"),
+        let advice = request(*b"0120", 300, stan, "SHOP-A");
+        let before = cards.get(key).unwrap();
+        assert!(
+            matches!(cards.advice(key, &advice, NOW), AdviceOutcome::Pending),
+            "{outcome:?}"
+        );
+        let after = cards.get(key).unwrap();
+        assert_eq!(
+            (after.spent, after.held, after.uses),
+            (before.spent, before.held, before.uses),
+            "{outcome:?}: nothing recorded while it waits"
+        );
+        settle(&cards, &a.hold, outcome);
+        let counted = cards.get(key).unwrap().spent;
+        match outcome {
+            // Approved by the issuer: no news to it, nothing more counted.
+            IssuerOutcome::APPROVED => {
+                assert_eq!(repeat(cards.advice(key, &advice, NOW)), Some(true));
+                assert_eq!(cards.get(key).unwrap().spent, counted);
+            }
+            // Declined, or released on vpan's 91: the stand-in's approval is news, and
+            // the money it moved is counted.
+            _ => {
+                recorded(cards.advice(key, &advice, NOW));
+                assert_eq!(cards.get(key).unwrap().spent, counted + 300, "{outcome:?}");
+            }
         }
-        settle(&cards, &a.hold, IssuerOutcome::APPROVED);
     }
-    // Past the retention, and past the capacity: the advised holds are forgotten.
-    let later = NOW + 1_000;
-    for stan in 100..110 {
-        let a = approval(cards.authorize(key, &purchase(100, stan), later));
-        a.durable.wait().unwrap();
-        cards
-            .complete(&a.hold, IssuerOutcome::APPROVED, later)
-            .wait()
-            .unwrap();
-    }
-    assert!(matches!(
-        cards.reverse(key, &reversal(0, None), later),
-        ReversalOutcome::Voided { .. }
-    ));
+    let v = cards.get(key).unwrap();
+    assert_eq!((v.spent, v.held, v.uses), (900, 0, 3));
 }
 
 #[test]
@@ -932,19 +946,18 @@ fn an_advice_restating_an_approved_purchase_counts_what_moved_beyond_it() {
 }
 
 #[test]
-fn an_advice_restating_a_held_approval_completes_it_and_counts_the_rest() {
+fn an_advice_restating_a_held_approval_waits_for_the_issuer_then_counts_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let (cards, _) = open(dir.path());
     let key = issue(&cards, &spec(10_000));
     let held = approve(&cards, key, 3_000, 4);
-    recorded(cards.advice(key, &request(*b"0120", 4_000, 4, "SHOP-A"), NOW));
-    let v = cards.get(key).unwrap();
-    assert_eq!((v.spent, v.held, v.uses), (4_000, 0, 1));
-    // The issuer's answer to the purchase, coming after, changes nothing.
-    cards
-        .complete(&held.hold, IssuerOutcome::APPROVED, NOW)
-        .wait()
-        .unwrap();
+    let advice = request(*b"0120", 4_000, 4, "SHOP-A");
+    assert!(matches!(
+        cards.advice(key, &advice, NOW),
+        AdviceOutcome::Pending
+    ));
+    settle(&cards, &held.hold, IssuerOutcome::APPROVED);
+    recorded(cards.advice(key, &advice, NOW));
     let v = cards.get(key).unwrap();
     assert_eq!((v.spent, v.held, v.uses), (4_000, 0, 1));
 }
@@ -1423,18 +1436,25 @@ fn credits_of_every_kind_bind_no_first_use_merchant_and_pass_on_a_closed_card() 
 }
 
 #[test]
-fn an_advice_for_a_held_approval_completes_it() {
+fn an_advice_for_an_approval_held_in_doubt_completes_it_and_its_repeat_is_answered_so() {
     let dir = tempfile::tempdir().unwrap();
+    let key = holds_at_a_crash(dir.path(), &spec(10_000), &[(3_000, 4)]);
     let (cards, _) = open(dir.path());
-    let key = issue(&cards, &spec(10_000));
-    let _a = approve(&cards, key, 3_000, 4);
     let advice = request(*b"0120", 3_000, 4, "SHOP-A");
-    assert!(matches!(
-        cards.advice(key, &advice, NOW),
-        AdviceOutcome::Recorded(_)
-    ));
+    recorded(cards.advice(key, &advice, NOW));
     let v = cards.get(key).unwrap();
     assert_eq!((v.spent, v.held, v.uses), (3_000, 0, 1));
+    // Completed: the network's repeat of the purchase is answered here, not asked of the
+    // issuer.
+    let mut repeat = purchase(3_000, 4);
+    repeat.mti = *b"0101";
+    assert!(matches!(
+        cards.authorize(key, &repeat, NOW),
+        Decision::Replay(Replay::Answer {
+            code: ResponseCode::APPROVED,
+            ..
+        })
+    ));
 }
 
 #[test]
@@ -1959,7 +1979,7 @@ fn the_issuers_answer_to_the_repeat_of_a_hold_in_doubt_settles_it_for_good() {
 }
 
 #[test]
-fn an_answer_to_an_ask_that_comes_after_the_purchase_was_settled_otherwise_changes_nothing() {
+fn an_advice_while_the_issuer_is_asked_about_a_purchase_in_doubt_waits_for_its_answer() {
     let dir = tempfile::tempdir().unwrap();
     let key = holds_at_a_crash(dir.path(), &spec(10_000), &[(700, 1)]);
     let (cards, _) = open(dir.path());
@@ -1968,14 +1988,18 @@ fn an_answer_to_an_ask_that_comes_after_the_purchase_was_settled_otherwise_chang
     let Decision::Replay(Replay::AskIssuer(hold)) = cards.authorize(key, &repeat, NOW) else {
         panic!("expected the issuer to be asked");
     };
-    // While the issuer has the repeat, the network's advice reports the purchase approved.
-    match cards.advice(key, &request(*b"0120", 700, 1, "SHOP-A"), NOW) {
-        AdviceOutcome::Recorded(durable) => durable.wait().unwrap(),
-        other => panic!("{other:?}"),
-    }
-    // The ask's late decline finds it settled: nothing is given back.
+    // While the issuer has the repeat, the network's advice reports the purchase approved:
+    // news to the issuer only if it does not approve the repeat.
+    let advice = request(*b"0120", 700, 1, "SHOP-A");
+    assert!(matches!(
+        cards.advice(key, &advice, NOW),
+        AdviceOutcome::Pending
+    ));
+    // It declines it: given back, then counted again as the advice reports.
     let declined = IssuerOutcome::Declined(ResponseCode(*b"51"));
     cards.settle_in_doubt(&hold, declined, NOW).wait().unwrap();
+    assert_eq!(cards.get(key).unwrap().spent, 0);
+    recorded(cards.advice(key, &advice, NOW));
     let v = cards.get(key).unwrap();
     assert_eq!((v.spent, v.held, v.uses), (700, 0, 1));
     assert!(matches!(
@@ -3019,16 +3043,22 @@ fn a_partial_approval_of_a_purchase_in_doubt_gives_back_what_was_not_approved() 
 }
 
 #[test]
-fn a_partial_approval_after_an_advice_completed_the_hold_changes_nothing() {
+fn an_advice_waiting_on_a_partial_approval_counts_what_it_says_moved() {
     let dir = tempfile::tempdir().unwrap();
     let (cards, _) = open(dir.path());
     let key = issue(&cards, &spec(20_000));
     // A stand-in's advice says 120.00 moved while the issuer is still asked about 100.00:
-    // it completes the hold, and the issuer's answer after it finds nothing held.
+    // it waits, the issuer approves 60.00, and the advice restates that as 120.00.
     let a = approve(&cards, key, 10_000, 1);
     a.durable.wait().unwrap();
-    recorded(cards.advice(key, &request(*b"0120", 12_000, 1, "SHOP-A"), NOW));
+    let advice = request(*b"0120", 12_000, 1, "SHOP-A");
+    assert!(matches!(
+        cards.advice(key, &advice, NOW),
+        AdviceOutcome::Pending
+    ));
     settle(&cards, &a.hold, approved_in_part(6_000));
+    assert_eq!(spent_and_uses(&cards, key), (6_000, 1));
+    recorded(cards.advice(key, &advice, NOW));
     assert_eq!(spent_and_uses(&cards, key), (12_000, 1));
 }
 

@@ -1801,6 +1801,89 @@ async fn an_advice_of_a_purchase_the_issuer_approved_itself_is_acknowledged_not_
     rig.stop().await;
 }
 
+/// A purchase of 60.00 sent on one connection, and 100 ms later, while the issuer (which
+/// answers after `latency_ms`) still has it, a stand-in's advice of it (its key, its
+/// amount, DE 39 00) on another, as a network whose own timeout ran out first sends it.
+/// The purchase's and the advice's answers, and the card and its real account.
+#[allow(clippy::unwrap_used)] // a test's set-up: a failure should stop it loudly
+async fn an_advice_while_the_issuer_is_asked(
+    latency_ms: u64,
+    timeout_ms: u64,
+) -> (Rig, CardKey, Pan, Message, Message) {
+    let sim = SimConfig {
+        latency: Duration::from_millis(latency_ms),
+        ..SimConfig::default()
+    };
+    let rig = rig(Some(sim), |c| c.issuer.timeout_ms = timeout_ms).await;
+    let (card, real) = rig.issue(|c| c.amount_limit = 10_000).await;
+    let mut purchases = Client::connect(rig.network).await;
+    let mut advices = Client::connect(rig.network).await;
+    let request = purchase(&mut purchases, b"0100", &card.vpan, &card.expiry.0, 6_000);
+    purchases.send(&request).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut advice = request.clone();
+    advice.set_mti(b"0120").unwrap();
+    advice.set_response_code(b"00").unwrap();
+    let advice = Message::parse(Spec::iso87ascii(), advice.pack()).unwrap();
+    let advice_answer = advices.call(&advice).await;
+    let answer = purchases.answer(request.stan().unwrap()).await;
+    (rig, CardKey::of(&card.vpan), real, answer, advice_answer)
+}
+
+#[tokio::test]
+async fn an_advice_of_a_purchase_the_issuer_then_approves_waits_for_it_and_is_not_booked_again() {
+    let (rig, key, real, answer, advice_answer) =
+        an_advice_while_the_issuer_is_asked(400, 1_500).await;
+    assert_eq!(code(&answer), "00");
+    assert_eq!(
+        (advice_answer.mti(), code(&advice_answer)),
+        (*b"0130", "00".to_string())
+    );
+    let view = rig.cards.get(key).unwrap();
+    assert_eq!((view.spent, view.held, view.uses), (6_000, 0, 1));
+    assert_eq!(
+        rig.sim().requests(b"0120"),
+        0,
+        "no news to the issuer: not sent"
+    );
+    assert_eq!(
+        rig.sim().balance(&real),
+        Some(vpan::tools::issuer_sim::DEFAULT_BALANCE - 6_000),
+        "the real account charged once"
+    );
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn an_advice_of_a_purchase_the_issuer_answers_too_late_is_sent_and_its_late_approval_reversed()
+ {
+    let (rig, key, real, answer, advice_answer) =
+        an_advice_while_the_issuer_is_asked(600, 200).await;
+    assert_eq!(code(&answer), "91");
+    // The issuer is as slow for the advice, which gets 91 too (the network sends it
+    // again): it is counted all the same, and sent.
+    assert_eq!(
+        (advice_answer.mti(), code(&advice_answer)),
+        (*b"0130", "91".to_string())
+    );
+    let view = rig.cards.get(key).unwrap();
+    assert_eq!((view.spent, view.held, view.uses), (6_000, 0, 1));
+    // The purchase's late approval is reversed: the real account ends charged once, for
+    // the stand-in's approval the advice reported.
+    let charged_once = Some(vpan::tools::issuer_sim::DEFAULT_BALANCE - 6_000);
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while rig.sim().requests(b"0400") == 0
+            || rig.sim().requests(b"0120") == 0
+            || rig.sim().balance(&real) != charged_once
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the late approval reversed, the advice booked");
+    rig.stop().await;
+}
+
 #[tokio::test]
 async fn a_request_of_another_iso_version_on_a_1987_link_is_a_format_error_and_charges_nothing() {
     let (rig, card, _, mut net) = one_card(|_| {}).await;

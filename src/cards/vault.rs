@@ -345,6 +345,10 @@ pub enum AdviceOutcome {
         /// would charge the account twice.
         issuer_has_it: bool,
     },
+    /// Its transaction's request is with the issuer: nothing recorded. Ask again once the
+    /// issuer has answered it (or its timeout released the hold), when what the advice
+    /// reports is known to be news or not.
+    Pending,
     /// The key is known on another card, for a refund where this is a purchase (or the
     /// reverse), or for another amount where nothing was counted or a reversal took part
     /// of it back: nothing recorded.

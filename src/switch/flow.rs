@@ -234,27 +234,13 @@ impl Flow {
             Serving::Open => Admit::Any,
             Serving::Stopping => Admit::RepeatsOnly,
         };
-        // A repeat of a request still with the issuer waits for its answer, then gets it:
-        // at most until the issuer's timeout has released the hold (then 91), and the
-        // sweep's tick after that.
-        let mut waiting: Option<(Instant, Duration)> = None;
-        let decision = loop {
-            let decision = self.cards.authorize_admitting(vpan.key, &req, now(), admit);
-            if !matches!(decision, Decision::Replay(Replay::Pending)) {
-                break decision;
-            }
-            let (until, pause) = waiting.get_or_insert_with(|| {
-                let until = Instant::now() + self.issuer.timeout() + REPEAT_WAIT_SLACK;
-                (until, REPEAT_POLL_FIRST)
-            });
-            if Instant::now() >= *until {
-                break decision;
-            }
-            // Polled: repeats of a request in flight are rare, and a waiter list per
-            // transaction would cost every approval.
-            tokio::time::sleep(*pause).await;
-            *pause = (*pause * 2).min(REPEAT_POLL_MAX);
-        };
+        // A repeat of a request still with the issuer waits for its answer, then gets it.
+        let decision = self
+            .once_the_issuer_answered(
+                || self.cards.authorize_admitting(vpan.key, &req, now(), admit),
+                |d| matches!(d, Decision::Replay(Replay::Pending)),
+            )
+            .await;
         match decision {
             Decision::Unknown => self.unknown_or_passthrough(request).await,
             Decision::Decline(code) => (self.local_answer(&request, code), DecidedBy::Switch),
@@ -323,6 +309,30 @@ impl Flow {
             }
             Decision::Approve(approval) => self.forward_approval(request, &vpan, approval).await,
         }
+    }
+
+    /// `look`'s answer once it is not `pending`, a transaction still with the issuer: looked
+    /// at again until the issuer has answered, or its timeout has released the hold (and
+    /// the sweep's tick after that), then the last look's answer, pending or not.
+    async fn once_the_issuer_answered<T>(
+        &self,
+        mut look: impl FnMut() -> T,
+        pending: impl Fn(&T) -> bool,
+    ) -> T {
+        let mut seen = look();
+        if !pending(&seen) {
+            return seen;
+        }
+        let until = Instant::now() + self.issuer.timeout() + REPEAT_WAIT_SLACK;
+        let mut pause = REPEAT_POLL_FIRST;
+        while pending(&seen) && Instant::now() < until {
+            // Polled: a message about a transaction in flight is rare, and a waiter list
+            // per transaction would cost every approval.
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(REPEAT_POLL_MAX);
+            seen = look();
+        }
+        seen
     }
 
     /// Forwards an approval to the issuer while its hold is made durable.
@@ -427,8 +437,20 @@ impl Flow {
             }
             return self.forward_on_card(request, &vpan).await;
         }
-        let request = match self.cards.advice(vpan.key, &req, now()) {
+        // An advice of a request still with the issuer waits for its answer: told of the
+        // advice as well, an issuer that books advices would charge the account twice
+        // should it approve the request.
+        let outcome = self
+            .once_the_issuer_answered(
+                || self.cards.advice(vpan.key, &req, now()),
+                |o| matches!(o, AdviceOutcome::Pending),
+            )
+            .await;
+        let request = match outcome {
             AdviceOutcome::Unknown => return self.unknown_or_passthrough(request).await,
+            // Still with the issuer past its timeout (the sweep is late): dropped, and the
+            // network will repeat it, as it does an advice it has no answer to.
+            AdviceOutcome::Pending => return (None, DecidedBy::Switch),
             AdviceOutcome::Conflict => {
                 return (
                     self.local_answer(&request, ResponseCode::DUPLICATE),

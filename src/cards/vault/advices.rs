@@ -15,7 +15,8 @@ use crate::store::journal::Durable;
 
 impl Cards {
     /// Records an advice (0120/0220 and repeats): the approval it reports is spent, even
-    /// over the cap. An advice for a transaction vpan holds completes that hold instead;
+    /// over the cap. An advice for a transaction whose request is with the issuer is
+    /// [`AdviceOutcome::Pending`]; one for a transaction held in doubt completes that hold;
     /// one for a transaction vpan counted, in another amount, restates it
     /// ([`Cards::restate`]). An amount the card's currency cannot size counts as what the
     /// cap had left, and a use (with a warning). A completion stands in place of the
@@ -115,18 +116,24 @@ impl Cards {
         if other_content && !same_money && !restatable {
             return Some(AdviceOutcome::Conflict);
         }
+        if e.card == card_key && e.awaits_issuer() {
+            // Its request is with the issuer. Should the issuer approve it, the advice is no
+            // news there, and told of it, an issuer that books advices would charge the
+            // account twice; should the issuer decline it, or its timeout release the hold,
+            // the advice is news. Decided once it has answered.
+            return Some(AdviceOutcome::Pending);
+        }
         let mut completed = None;
-        if matches!(e.state, TxState::Held | TxState::InDoubt) && e.card == card_key {
-            // The advice reports the approval vpan holds (or holds in doubt): it completes
-            // the hold, here under the card's lock, so an issuer answer racing it finds the
-            // hold completed (or completes it first, and this is a repeat).
+        if e.state == TxState::InDoubt && e.card == card_key {
+            // The advice reports the approval vpan holds in doubt (its issuer answer lost in
+            // a stop): it completes the hold, here under the card's lock, and a repeat of
+            // the request then finds it completed. The hold is in its retention queue
+            // already.
             let hold = Hold { card: card_key, tx };
             let approved = IssuerOutcome::APPROVED;
-            if let Some((durable, _)) = self.complete_locked(card, &hold, e.state, approved, now) {
-                // Answered: it joins its retention queue now (one in doubt is in it).
-                *file_again = e.state == TxState::Held;
-                completed = Some(durable);
-            }
+            completed = self
+                .complete_locked(card, &hold, e.state, approved, now)
+                .map(|(durable, _)| durable);
         }
         if other_content && restatable {
             let queue_before = e.retention_queue();
