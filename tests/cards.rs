@@ -946,6 +946,35 @@ fn an_advice_restating_an_approved_purchase_counts_what_moved_beyond_it() {
 }
 
 #[test]
+fn an_advice_in_another_amount_counts_its_own_after_a_release_and_conflicts_with_a_decline_of_vpans()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &spec(10_000));
+    // Declined by the issuer, or released on vpan's 91: the stand-in's 70.00 for the
+    // purchase of 60.00 is the money that moved.
+    decided(
+        &cards,
+        key,
+        &purchase(6_000, 1),
+        IssuerOutcome::Declined(ResponseCode(*b"51")),
+    );
+    released(&cards, key, 6_000, 2);
+    for stan in [1, 2] {
+        recorded(cards.advice(key, &request(*b"0120", 7_000, stan, "SHOP-A"), NOW));
+    }
+    let v = cards.get(key).unwrap();
+    assert_eq!((v.spent, v.held, v.uses), (14_000, 0, 2));
+    // vpan's own decline: the network had its answer, and another amount under its key is
+    // another transaction.
+    assert_eq!(code(&cards.authorize(key, &purchase(9_000, 3), NOW)), "61");
+    assert!(matches!(
+        cards.advice(key, &request(*b"0120", 1_000, 3, "SHOP-A"), NOW),
+        AdviceOutcome::Conflict
+    ));
+}
+
+#[test]
 fn an_advice_restating_a_held_approval_waits_for_the_issuer_then_counts_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let (cards, _) = open(dir.path());
@@ -1436,25 +1465,55 @@ fn credits_of_every_kind_bind_no_first_use_merchant_and_pass_on_a_closed_card() 
 }
 
 #[test]
-fn an_advice_for_an_approval_held_in_doubt_completes_it_and_its_repeat_is_answered_so() {
+fn an_advice_of_an_approval_held_in_doubt_asks_the_issuer_first_then_is_news_only_if_not_approved()
+{
     let dir = tempfile::tempdir().unwrap();
-    let key = holds_at_a_crash(dir.path(), &spec(10_000), &[(3_000, 4)]);
+    let holds = [(3_000, 1), (2_000, 2), (1_000, 3)];
+    let key = holds_at_a_crash(dir.path(), &spec(10_000), &holds);
     let (cards, _) = open(dir.path());
-    let advice = request(*b"0120", 3_000, 4, "SHOP-A");
-    recorded(cards.advice(key, &advice, NOW));
+    let outcomes = [
+        IssuerOutcome::APPROVED,
+        IssuerOutcome::Declined(ResponseCode(*b"51")),
+        // No answer that decides it: still in doubt, the advice completes it.
+        IssuerOutcome::TimedOut,
+    ];
+    for (&(amount, stan), outcome) in holds.iter().zip(outcomes) {
+        let advice = request(*b"0120", amount, stan, "SHOP-A");
+        let AdviceOutcome::AskIssuer(hold) = cards.advice(key, &advice, NOW) else {
+            panic!("{outcome:?}: expected the issuer to be asked");
+        };
+        // While it is asked, the request's repeats and its advices wait.
+        let mut resent = purchase(amount, stan);
+        resent.mti = *b"0101";
+        assert!(matches!(
+            cards.authorize(key, &resent, NOW),
+            Decision::Replay(Replay::Pending)
+        ));
+        assert!(matches!(
+            cards.advice(key, &advice, NOW),
+            AdviceOutcome::Pending
+        ));
+        cards.settle_in_doubt(&hold, outcome, NOW).wait().unwrap();
+        let told = cards.advice_once_asked(key, &advice, NOW);
+        match outcome {
+            IssuerOutcome::APPROVED => assert_eq!(repeat(told), Some(true)),
+            _ => recorded(told),
+        }
+        // Settled for good: the network's repeat of the purchase is answered here.
+        assert!(matches!(
+            cards.authorize(key, &resent, NOW),
+            Decision::Replay(Replay::Answer {
+                code: ResponseCode::APPROVED,
+                ..
+            })
+        ));
+    }
     let v = cards.get(key).unwrap();
-    assert_eq!((v.spent, v.held, v.uses), (3_000, 0, 1));
-    // Completed: the network's repeat of the purchase is answered here, not asked of the
-    // issuer.
-    let mut repeat = purchase(3_000, 4);
-    repeat.mti = *b"0101";
-    assert!(matches!(
-        cards.authorize(key, &repeat, NOW),
-        Decision::Replay(Replay::Answer {
-            code: ResponseCode::APPROVED,
-            ..
-        })
-    ));
+    assert_eq!(
+        (v.spent, v.held, v.uses),
+        (6_000, 0, 3),
+        "each counted once"
+    );
 }
 
 #[test]
@@ -1930,11 +1989,14 @@ fn the_issuers_answer_to_the_repeat_of_a_hold_in_doubt_settles_it_for_good() {
         // It declined the second: given back, and its use.
         let second = ask(&cards, 2);
         in_doubt(&second, IssuerOutcome::Declined(ResponseCode(*b"51")));
-        // The network's advice of the third reports it approved: it stays spent.
-        match cards.advice(key, &request(*b"0120", 200, 3, "SHOP-A"), NOW) {
-            AdviceOutcome::Recorded(durable) => durable.wait().unwrap(),
-            other => panic!("{other:?}"),
-        }
+        // The network's advice of the third reports it approved: the issuer, asked first,
+        // does not say, and the advice completes it: it stays spent.
+        let advice = request(*b"0120", 200, 3, "SHOP-A");
+        let AdviceOutcome::AskIssuer(third) = cards.advice(key, &advice, NOW) else {
+            panic!("expected the issuer to be asked");
+        };
+        in_doubt(&third, IssuerOutcome::TimedOut);
+        recorded(cards.advice_once_asked(key, &advice, NOW));
         let v = cards.get(key).unwrap();
         assert_eq!((v.spent, v.held, v.uses), (900, 0, 2));
     }

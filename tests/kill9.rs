@@ -329,6 +329,41 @@ async fn a_purchase_the_issuer_had_at_a_kill_is_in_doubt_and_its_repeat_gets_the
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stand_ins_advice_of_a_purchase_in_doubt_asks_the_issuer_first_and_is_not_booked_again() {
+    let mut t =
+        kill_while_the_issuer_has_a_purchase(&[("VPAN_ISSUER_TIMEOUT_MS", "10000")], false).await;
+    // The network stood in for the purchase the switch never answered, and reports it by
+    // advice. The issuer approved it before the kill: asked with the purchase's repeat, it
+    // says so, and the advice is no news to it (told, the simulator would book it again).
+    let mut advice = t.request.clone();
+    advice.set_mti(b"0120").unwrap();
+    advice.set_response_code(b"00").unwrap();
+    let advice = Message::parse(vpan::iso8583::Spec::iso87ascii(), advice.pack()).unwrap();
+    let answer = t.net.call(&advice).await;
+    assert_eq!((answer.mti(), code(&answer)), (*b"0130", "00".to_string()));
+    assert_eq!(
+        t.sim.requests(b"0101"),
+        1,
+        "asked of the issuer as a repeat"
+    );
+    assert_eq!(
+        t.sim.requests(b"0120"),
+        0,
+        "no news to the issuer: not sent"
+    );
+    assert_eq!(
+        t.sim.balance(&t.real),
+        Some(t.before - 700),
+        "charged once at the issuer"
+    );
+    // A resend of the advice is answered here.
+    let again = t.net.call(&repeat_of(&advice)).await;
+    assert_eq!((again.mti(), code(&again)), (*b"0130", "00".to_string()));
+    assert_eq!((t.sim.requests(b"0101"), t.sim.requests(b"0121")), (1, 0));
+    assert_eq!(t.counters_after_kill().await, (700, 0, 1), "counted once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeat_of_a_purchase_in_doubt_sent_the_moment_the_switch_is_back_reaches_the_issuer() {
     // The network redials the restarted switch at once and repeats its purchase: served
     // before the issuer link is up, the repeat would get 91 for want of a connection a

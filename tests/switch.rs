@@ -10,7 +10,7 @@ use rig::*;
 use vpan::cards::{CardKey, MerchantLock};
 use vpan::iso8583::{Frame, Message, Spec};
 use vpan::pan::Pan;
-use vpan::tools::issuer_sim::SimConfig;
+use vpan::tools::issuer_sim::{DEFAULT_BALANCE, SimConfig};
 
 /// A switch with one connection to a simulator that answers after `latency_ms`: requests
 /// overlap at the issuer, on the same connection.
@@ -1802,13 +1802,16 @@ async fn an_advice_of_a_purchase_the_issuer_approved_itself_is_acknowledged_not_
 }
 
 /// A purchase of 60.00 sent on one connection, and 100 ms later, while the issuer (which
-/// answers after `latency_ms`) still has it, a stand-in's advice of it (its key, its
-/// amount, DE 39 00) on another, as a network whose own timeout ran out first sends it.
-/// The purchase's and the advice's answers, and the card and its real account.
+/// answers after `latency_ms`) still has it, a stand-in's advice of it (its key, DE 39 00,
+/// DE 4 `advised`) on another, as a network whose own timeout ran out first sends it.
+/// The real account holds `balance`. The purchase's and the advice's answers, and the card
+/// and its real account.
 #[allow(clippy::unwrap_used)] // a test's set-up: a failure should stop it loudly
 async fn an_advice_while_the_issuer_is_asked(
     latency_ms: u64,
     timeout_ms: u64,
+    advised: u64,
+    balance: i64,
 ) -> (Rig, CardKey, Pan, Message, Message) {
     let sim = SimConfig {
         latency: Duration::from_millis(latency_ms),
@@ -1816,6 +1819,7 @@ async fn an_advice_while_the_issuer_is_asked(
     };
     let rig = rig(Some(sim), |c| c.issuer.timeout_ms = timeout_ms).await;
     let (card, real) = rig.issue(|c| c.amount_limit = 10_000).await;
+    rig.sim().set_balance(&real, balance);
     let mut purchases = Client::connect(rig.network).await;
     let mut advices = Client::connect(rig.network).await;
     let request = purchase(&mut purchases, b"0100", &card.vpan, &card.expiry.0, 6_000);
@@ -1824,6 +1828,7 @@ async fn an_advice_while_the_issuer_is_asked(
     let mut advice = request.clone();
     advice.set_mti(b"0120").unwrap();
     advice.set_response_code(b"00").unwrap();
+    advice.set(4, format!("{advised:012}").as_bytes()).unwrap();
     let advice = Message::parse(Spec::iso87ascii(), advice.pack()).unwrap();
     let advice_answer = advices.call(&advice).await;
     let answer = purchases.answer(request.stan().unwrap()).await;
@@ -1833,7 +1838,7 @@ async fn an_advice_while_the_issuer_is_asked(
 #[tokio::test]
 async fn an_advice_of_a_purchase_the_issuer_then_approves_waits_for_it_and_is_not_booked_again() {
     let (rig, key, real, answer, advice_answer) =
-        an_advice_while_the_issuer_is_asked(400, 1_500).await;
+        an_advice_while_the_issuer_is_asked(400, 1_500, 6_000, DEFAULT_BALANCE).await;
     assert_eq!(code(&answer), "00");
     assert_eq!(
         (advice_answer.mti(), code(&advice_answer)),
@@ -1848,7 +1853,7 @@ async fn an_advice_of_a_purchase_the_issuer_then_approves_waits_for_it_and_is_no
     );
     assert_eq!(
         rig.sim().balance(&real),
-        Some(vpan::tools::issuer_sim::DEFAULT_BALANCE - 6_000),
+        Some(DEFAULT_BALANCE - 6_000),
         "the real account charged once"
     );
     rig.stop().await;
@@ -1858,7 +1863,7 @@ async fn an_advice_of_a_purchase_the_issuer_then_approves_waits_for_it_and_is_no
 async fn an_advice_of_a_purchase_the_issuer_answers_too_late_is_sent_and_its_late_approval_reversed()
  {
     let (rig, key, real, answer, advice_answer) =
-        an_advice_while_the_issuer_is_asked(600, 200).await;
+        an_advice_while_the_issuer_is_asked(600, 200, 6_000, DEFAULT_BALANCE).await;
     assert_eq!(code(&answer), "91");
     // The issuer is as slow for the advice, which gets 91 too (the network sends it
     // again): it is counted all the same, and sent.
@@ -1870,7 +1875,7 @@ async fn an_advice_of_a_purchase_the_issuer_answers_too_late_is_sent_and_its_lat
     assert_eq!((view.spent, view.held, view.uses), (6_000, 0, 1));
     // The purchase's late approval is reversed: the real account ends charged once, for
     // the stand-in's approval the advice reported.
-    let charged_once = Some(vpan::tools::issuer_sim::DEFAULT_BALANCE - 6_000);
+    let charged_once = Some(DEFAULT_BALANCE - 6_000);
     tokio::time::timeout(Duration::from_secs(5), async {
         while rig.sim().requests(b"0400") == 0
             || rig.sim().requests(b"0120") == 0
@@ -1882,6 +1887,37 @@ async fn an_advice_of_a_purchase_the_issuer_answers_too_late_is_sent_and_its_lat
     .await
     .expect("the late approval reversed, the advice booked");
     rig.stop().await;
+}
+
+#[tokio::test]
+async fn an_advice_restating_a_purchase_the_issuer_then_declines_or_times_out_counts_what_it_says()
+{
+    // The stand-in approved 70.00 for the purchase of 60.00 the issuer was asked about:
+    // once the issuer declined it (the account holds 10.00), or vpan answered it 91, that
+    // is the money that moved, counted and sent (it was answered 94 and counted nowhere).
+    for (latency_ms, timeout_ms, balance, purchase_code) in
+        [(400, 1_500, 1_000, "51"), (600, 200, DEFAULT_BALANCE, "91")]
+    {
+        let (rig, key, _, answer, advice_answer) =
+            an_advice_while_the_issuer_is_asked(latency_ms, timeout_ms, 7_000, balance).await;
+        assert_eq!(code(&answer), purchase_code);
+        assert_eq!(advice_answer.mti(), *b"0130");
+        assert_ne!(code(&advice_answer), "94", "{purchase_code}");
+        let view = rig.cards.get(key).unwrap();
+        assert_eq!(
+            (view.spent, view.held, view.uses),
+            (7_000, 0, 1),
+            "{purchase_code}: the stand-in's 70.00 counted against the cap"
+        );
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while rig.sim().requests(b"0120") == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("news to the issuer: sent");
+        rig.stop().await;
+    }
 }
 
 #[tokio::test]

@@ -287,24 +287,9 @@ impl Flow {
             // Its answer was lost when vpan stopped; the issuer knows it. Nothing is
             // counted again (it is counted as spent already), and its answer settles it.
             Decision::Replay(Replay::AskIssuer(hold)) => {
-                let mut asking = AskingIssuer {
-                    cards: &self.cards,
-                    hold,
-                    outcome: IssuerOutcome::TimedOut,
-                    settled: false,
-                };
-                // Marked as a repeat (0101): the issuer answers what it answered the first
-                // time rather than deciding (and charging) it again.
                 let mut request = request;
                 request.mark_repeat();
-                let mut sent = self.send_on_card(&request, &vpan).await;
-                asking.outcome = in_doubt_outcome(&sent, &request);
-                let settled = asking.settle();
-                let owed = match &mut sent {
-                    Err(NotSent::Issuer(unanswered)) => unanswered.owed.take(),
-                    _ => None,
-                };
-                record_owed_after(owed, settled).await;
+                let sent = self.ask_in_doubt(&request, &vpan, hold).await;
                 self.answer_on_card(request, sent).await
             }
             Decision::Approve(approval) => self.forward_approval(request, &vpan, approval).await,
@@ -333,6 +318,27 @@ impl Flow {
             seen = look();
         }
         seen
+    }
+
+    /// Asks the issuer about `hold`, held in doubt, with `repeat`, its request marked as a
+    /// repeat (0101, 0201): the issuer answers what it answered the first time rather than
+    /// deciding (and charging) it again. The hold is settled by the answer; what came back.
+    async fn ask_in_doubt(&self, repeat: &Message, vpan: &VirtualPan, hold: Hold) -> OnCard {
+        let mut asking = AskingIssuer {
+            cards: &self.cards,
+            hold,
+            outcome: IssuerOutcome::TimedOut,
+            settled: false,
+        };
+        let mut sent = self.send_on_card(repeat, vpan).await;
+        asking.outcome = in_doubt_outcome(&sent, repeat);
+        let settled = asking.settle();
+        let owed = match &mut sent {
+            Err(NotSent::Issuer(unanswered)) => unanswered.owed.take(),
+            _ => None,
+        };
+        record_owed_after(owed, settled).await;
+        sent
     }
 
     /// Forwards an approval to the issuer while its hold is made durable.
@@ -437,20 +443,45 @@ impl Flow {
             }
             return self.forward_on_card(request, &vpan).await;
         }
-        // An advice of a request still with the issuer waits for its answer: told of the
-        // advice as well, an issuer that books advices would charge the account twice
-        // should it approve the request.
-        let outcome = self
-            .once_the_issuer_answered(
-                || self.cards.advice(vpan.key, &req, now()),
-                |o| matches!(o, AdviceOutcome::Pending),
-            )
-            .await;
+        // An advice of a request still with the issuer waits for its answer, and one of a
+        // request held in doubt asks it first: told of the advice as well, an issuer that
+        // books advices would charge the account twice should it approve the request.
+        let mut asked = false;
+        let outcome = loop {
+            let outcome = self
+                .once_the_issuer_answered(
+                    || {
+                        if asked {
+                            self.cards.advice_once_asked(vpan.key, &req, now())
+                        } else {
+                            self.cards.advice(vpan.key, &req, now())
+                        }
+                    },
+                    |o| matches!(o, AdviceOutcome::Pending),
+                )
+                .await;
+            let AdviceOutcome::AskIssuer(hold) = outcome else {
+                break outcome;
+            };
+            // The answer settles the hold, and goes no further: the network asked nothing.
+            match request_of_advice(&request) {
+                Some(repeat) => drop(self.ask_in_doubt(&repeat, &vpan, hold).await),
+                // Not asked: still in doubt, and completed by the advice.
+                None => drop(
+                    self.cards
+                        .settle_in_doubt(&hold, IssuerOutcome::TimedOut, now()),
+                ),
+            }
+            asked = true;
+        };
         let request = match outcome {
             AdviceOutcome::Unknown => return self.unknown_or_passthrough(request).await,
             // Still with the issuer past its timeout (the sweep is late): dropped, and the
             // network will repeat it, as it does an advice it has no answer to.
-            AdviceOutcome::Pending => return (None, DecidedBy::Switch),
+            // (Asked in the loop above, never here.)
+            AdviceOutcome::Pending | AdviceOutcome::AskIssuer(_) => {
+                return (None, DecidedBy::Switch);
+            }
             AdviceOutcome::Conflict => {
                 return (
                     self.local_answer(&request, ResponseCode::DUPLICATE),
@@ -1014,6 +1045,17 @@ impl Drop for AskingIssuer<'_> {
             drop(self.cards.settle_in_doubt(&self.hold, self.outcome, now()));
         }
     }
+}
+
+/// The repeat (0101, 0201) of the request an advice (0120, 0220, or a repeat) reports:
+/// its fields but DE 39, which the stand-in set. `None` if its MTI cannot be written.
+fn request_of_advice(advice: &Message) -> Option<Message> {
+    let mut request = advice.clone();
+    let [version, class, ..] = advice.mti();
+    request.set_mti(&[version, class, b'0', b'0']).ok()?;
+    request.remove(39);
+    request.mark_repeat();
+    Some(request)
 }
 
 /// Whether `spec` is one of the built-in ISO 8583:1987 layouts (a jPOS dialect file may be

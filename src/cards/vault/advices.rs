@@ -16,12 +16,37 @@ use crate::store::journal::Durable;
 impl Cards {
     /// Records an advice (0120/0220 and repeats): the approval it reports is spent, even
     /// over the cap. An advice for a transaction whose request is with the issuer is
-    /// [`AdviceOutcome::Pending`]; one for a transaction held in doubt completes that hold;
+    /// [`AdviceOutcome::Pending`]; one of a transaction held in doubt is
+    /// [`AdviceOutcome::AskIssuer`] (the issuer is asked whether it approved the request
+    /// first), then, told to [`Cards::advice_once_asked`], completes that hold if it is in
+    /// doubt still;
     /// one for a transaction vpan counted, in another amount, restates it
     /// ([`Cards::restate`]). An amount the card's currency cannot size counts as what the
     /// cap had left, and a use (with a warning). A completion stands in place of the
     /// authorization it names ([`Cards::completion_of`]).
     pub fn advice(&self, card_key: CardKey, req: &AuthRequest, now: UnixSeconds) -> AdviceOutcome {
+        self.advice_in_doubt(card_key, req, now, InDoubt::AskIssuer)
+    }
+
+    /// [`Cards::advice`] once the issuer has been asked about the hold in doubt it reports
+    /// ([`AdviceOutcome::AskIssuer`]): a hold still in doubt (the issuer did not say) is
+    /// completed by the advice.
+    pub fn advice_once_asked(
+        &self,
+        card_key: CardKey,
+        req: &AuthRequest,
+        now: UnixSeconds,
+    ) -> AdviceOutcome {
+        self.advice_in_doubt(card_key, req, now, InDoubt::Complete)
+    }
+
+    fn advice_in_doubt(
+        &self,
+        card_key: CardKey,
+        req: &AuthRequest,
+        now: UnixSeconds,
+        in_doubt: InDoubt,
+    ) -> AdviceOutcome {
         let tx = req.key.original();
         // Its entry (new, or moved to another retention queue) is to be filed again.
         let mut file_again = false;
@@ -34,7 +59,7 @@ impl Cards {
             }
             if let Some(e) = self.ledger.get(&tx)
                 && let Some(outcome) =
-                    self.advice_of_known(card, card_key, e, req, now, &mut file_again)
+                    self.advice_of_known(card, card_key, e, req, now, in_doubt, &mut file_again)
             {
                 return outcome;
             }
@@ -71,6 +96,7 @@ impl Cards {
     /// An advice under the key of a transaction `e` this card's ledger holds, under the
     /// card's lock: a repeat, a completion of its hold, a restatement, or a conflict;
     /// `None` when it is to be recorded afresh (over a decline or a release of vpan's).
+    #[allow(clippy::too_many_arguments)] // the advice, its card and transaction, and how
     fn advice_of_known(
         &self,
         card: &mut Card,
@@ -78,6 +104,7 @@ impl Cards {
         e: TxEntry,
         req: &AuthRequest,
         now: UnixSeconds,
+        in_doubt: InDoubt,
         file_again: &mut bool,
     ) -> Option<AdviceOutcome> {
         let tx = req.key.original();
@@ -113,7 +140,13 @@ impl Cards {
         // says more moved than was counted.
         let other_content = e.fingerprint != req.fingerprint(card_key.raw())
             || (e.partly_approved && e.original_amount != req.amounts.transaction);
-        if other_content && !same_money && !restatable {
+        // Released on the issuer's decline or vpan's 91 (and not taken back, above): nothing
+        // counted, and a stand-in's advice of it, in any amount, is the money that moved:
+        // recorded afresh, as one of the request's very content is.
+        let released = e.card == card_key
+            && e.state == TxState::Released
+            && was_refund == (req.kind == Kind::Refund);
+        if other_content && !same_money && !restatable && !released {
             return Some(AdviceOutcome::Conflict);
         }
         if e.card == card_key && e.awaits_issuer() {
@@ -122,6 +155,20 @@ impl Cards {
             // account twice; should the issuer decline it, or its timeout release the hold,
             // the advice is news. Decided once it has answered.
             return Some(AdviceOutcome::Pending);
+        }
+        let reversed_in_full = e.charged > 0 && e.amount == 0;
+        if e.state == TxState::InDoubt
+            && e.card == card_key
+            && in_doubt == InDoubt::AskIssuer
+            && !other_content
+            && !reversed_in_full
+            && let Some(hold) = self.ask_issuer(tx, card_key)
+        {
+            // The advice reports the request itself. The issuer may have approved it before
+            // vpan stopped (the advice then is no news to it, and told of it, an issuer that
+            // books advices would charge the account twice), or never had it: asked with
+            // the request's repeat, it answers which, or decides it now.
+            return Some(AdviceOutcome::AskIssuer(hold));
         }
         let mut completed = None;
         if e.state == TxState::InDoubt && e.card == card_key {
@@ -179,6 +226,16 @@ impl Cards {
                     && e.decided_by == DecidedBy::Issuer
                     && (e.code != ResponseCode::PARTIAL_APPROVAL || e.partly_approved)
                     && !e.restated),
+        })
+    }
+
+    /// Marks `tx`, held in doubt on this card, as being asked of the issuer (its repeats and
+    /// advices wait for the answer): its hold, unless it is not so or asked already.
+    fn ask_issuer(&self, tx: OriginalData, card_key: CardKey) -> Option<Hold> {
+        let mut e = self.ledger.entries.get_mut(&tx)?;
+        (e.card == card_key && e.state == TxState::InDoubt && !e.asking).then(|| {
+            e.asking = true;
+            Hold { card: card_key, tx }
         })
     }
 
@@ -320,4 +377,13 @@ fn unsized_advice(card: &Card, card_key: CardKey, given_back: u64) -> u64 {
     // Not `available()`: holds released later must not make room again.
     card.amount_limit
         .saturating_sub(card.spent.saturating_sub(given_back))
+}
+
+/// What an advice of a transaction held in doubt does.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum InDoubt {
+    /// Asks the issuer first whether it approved the request ([`AdviceOutcome::AskIssuer`]).
+    AskIssuer,
+    /// Completes the hold: the issuer was asked, and did not say.
+    Complete,
 }
