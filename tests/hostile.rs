@@ -436,3 +436,29 @@ async fn half_sent_scrapes_are_capped_and_cut_and_the_card_network_goes_on() {
     assert!(scrape(serve.metrics).await.contains("vpan_requests_total"));
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_unreachable_issuer_is_logged_once_a_second_however_many_connections_redial() {
+    // A port nobody listens on: each of 32 connections redials every 200 ms at most.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let issuer = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let dir = tempfile::tempdir().unwrap();
+    let mut serve = start_serve(dir.path(), &issuer, &[("VPAN_ISSUER_CONNECTIONS", "32")]).await;
+    let (mut lines, mut suppressed) = (0, 0);
+    let watched = Duration::from_secs(3);
+    let _ = tokio::time::timeout(watched, async {
+        while let Some(v) = serve.log.recv().await {
+            let message = v["message"].as_str().unwrap_or_default();
+            if message.starts_with("issuer host unreachable") {
+                lines += 1;
+                suppressed += v["suppressed"].as_u64().unwrap();
+            }
+        }
+    })
+    .await;
+    // One line in the first second and one a second after, each counting those left out.
+    assert!((1..=4).contains(&lines), "{lines} lines in {watched:?}");
+    assert!(suppressed > 0, "{lines} lines, none said what it left out");
+    serve.stop("TERM").await;
+}

@@ -85,9 +85,13 @@ impl IssuerLink {
                 Err(e) => {
                     self.try_over(i);
                     let wait = jittered(backoff);
-                    tracing::warn!(
+                    // Every slot redials on its own backoff: one line a second at most,
+                    // whatever `issuer.connections` is.
+                    crate::logging::throttled!(
+                        warn,
                         issuer = %self.inner.settings.connect,
                         error = %e,
+                        slot = i,
                         "issuer host unreachable; retrying in {} ms",
                         wait.as_millis()
                     );
