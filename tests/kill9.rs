@@ -364,6 +364,29 @@ async fn a_stand_ins_advice_of_a_purchase_in_doubt_asks_the_issuer_first_and_is_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_advice_without_de14_of_a_purchase_in_doubt_is_not_booked_again() {
+    let mut t =
+        kill_while_the_issuer_has_a_purchase(&[("VPAN_ISSUER_TIMEOUT_MS", "10000")], false).await;
+    // The stand-in's advice of the very purchase (its key, card, amount, DE 39 00) leaves
+    // out DE 14, as the switch itself says advices may (so may DE 18, DE 42, DE 6).
+    let mut advice = t.request.clone();
+    advice.set_mti(b"0120").unwrap();
+    advice.set_response_code(b"00").unwrap();
+    advice.remove(14);
+    let advice = Message::parse(vpan::iso8583::Spec::iso87ascii(), advice.pack()).unwrap();
+    let answer = t.net.call(&advice).await;
+    assert_eq!(answer.mti(), *b"0130");
+    assert_eq!(
+        t.sim.balance(&t.real),
+        Some(t.before - 700),
+        "charged once at the issuer (0101 asked: {}, 0120 sent: {})",
+        t.sim.requests(b"0101"),
+        t.sim.requests(b"0120")
+    );
+    assert_eq!(t.counters_after_kill().await, (700, 0, 1), "counted once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeat_of_a_purchase_in_doubt_sent_the_moment_the_switch_is_back_reaches_the_issuer() {
     // The network redials the restarted switch at once and repeats its purchase: served
     // before the issuer link is up, the repeat would get 91 for want of a connection a
@@ -1249,4 +1272,61 @@ async fn a_rekey_crashed_after_each_step_is_finished_by_doing_what_the_next_run_
         assert_eq!(old.len(), 50, "{step}");
         assert_eq!(old.first_difference(&copied), None, "{step}: {told:#?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_advice_completing_a_hold_in_doubt_the_issuer_did_not_decide_is_told_again_until_it_answers()
+ {
+    let rig = ScriptedHost::new("10000").await;
+    let (card, _real) = issue_cards(&rig.data_dir, 1, 1_000_000).await.remove(0);
+    // The host takes the purchase and says nothing; the switch is killed while it waits.
+    let (serve, mut host) = rig.start().await;
+    let mut net = Client::connect(serve.network).await;
+    let request = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 700);
+    net.send(&request).await;
+    host_message(&mut host, Duration::from_secs(10))
+        .await
+        .expect("the purchase reaches the host");
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    serve.stop("KILL").await;
+    drop(host);
+
+    // Restarted; the host's front end is up but its host is not (it answers 91).
+    let (serve, mut host) = rig.start().await;
+    assert_eq!(serve.recovered["holds_counted_as_spent"], 1);
+    let mut net = Client::connect(serve.network).await;
+    // The network stood in for the purchase and reports it by advice.
+    let mut advice = request.clone();
+    advice.set_mti(b"0120").unwrap();
+    advice.set_response_code(b"00").unwrap();
+    let advice = Message::parse(vpan::iso8583::Spec::iso87ascii(), advice.pack()).unwrap();
+    net.send(&advice).await;
+    let asked = host_message(&mut host, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(&asked.mti(), b"0101", "the issuer is asked first");
+    host_answer(&mut host, &asked, b"0110", b"91").await;
+    let told = host_message(&mut host, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        &told.mti(),
+        b"0120",
+        "no answer that decides it: the advice is news"
+    );
+    host_answer(&mut host, &told, b"0130", b"91").await;
+    let answer = net.answer(advice.stan().unwrap()).await;
+    assert_eq!(code(&answer), "91", "the advice did not reach the issuer");
+    // The network sends the advice again (store and forward): the issuer has never had it,
+    // nor the purchase; acknowledged here, it never will, and the account is never charged
+    // for the 7.00 the card counts.
+    let resend = repeat_of(&advice);
+    net.send(&resend).await;
+    let again = host_message(&mut host, Duration::from_secs(3)).await;
+    assert!(
+        again.as_ref().is_some_and(|m| &m.mti() == b"0121"),
+        "the advice's resend must reach the issuer; the network got {:?} from the switch",
+        code(&net.answer(resend.stan().unwrap()).await)
+    );
+    serve.stop("KILL").await;
 }

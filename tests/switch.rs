@@ -1921,6 +1921,52 @@ async fn an_advice_restating_a_purchase_the_issuer_then_declines_or_times_out_co
 }
 
 #[tokio::test]
+async fn a_reversal_naming_the_purchase_vpan_answered_91_gives_the_stand_ins_advice_back_at_the_issuer()
+ {
+    // vpan answered the purchase 91 (the issuer too slow) and reversed its late approval;
+    // the network stood in, and its advice was counted and sent (booked by the issuer).
+    let (rig, key, real, answer, _advice_answer) =
+        an_advice_while_the_issuer_is_asked(600, 200, 6_000, DEFAULT_BALANCE).await;
+    assert_eq!(code(&answer), "91");
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while rig.sim().requests(b"0400") == 0
+            || rig.sim().requests(b"0120") == 0
+            || rig.sim().balance(&real) != Some(DEFAULT_BALANCE - 6_000)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the late approval reversed, the advice booked: charged once");
+    // The cardholder cancels: the acquirer reverses the purchase the stand-in approved,
+    // naming in DE 90 the 0100 it sent (its only message of it).
+    let mut original = answer.clone();
+    original.set_mti(b"0100").unwrap();
+    original.remove(39);
+    original.remove(38);
+    let mut net = Client::connect(rig.network).await;
+    let reversal = reversal_of(&mut net, &original);
+    // (91 here, the issuer being as slow: the reversal is then owed, and goes again.)
+    let _ = net.call(&reversal).await;
+    let view = rig.cards.get(key).unwrap();
+    assert_eq!((view.spent, view.held), (0, 0), "given back on the card");
+    // The reversal reaches the issuer (at once or owed), which answers it 00.
+    let _ = tokio::time::timeout(Duration::from_secs(8), async {
+        while rig.sim().balance(&real) != Some(DEFAULT_BALANCE) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        rig.sim().balance(&real),
+        Some(DEFAULT_BALANCE),
+        "the real account must be given back what the card was (0400 at the issuer: {})",
+        rig.sim().requests(b"0400")
+    );
+    rig.stop().await;
+}
+
+#[tokio::test]
 async fn a_request_of_another_iso_version_on_a_1987_link_is_a_format_error_and_charges_nothing() {
     let (rig, card, _, mut net) = one_card(|_| {}).await;
     let asked = rig.sim().stats().requests;

@@ -287,6 +287,11 @@ pub enum IssuerOutcome {
     TimedOut,
     /// vpan could not make the hold durable (the network got 96): released.
     Failed,
+    /// A stand-in's advice reports it approved (00), the issuer's own answer unknown (a
+    /// hold in doubt): spent, and a use, recorded as decided by the switch, since the
+    /// issuer has not approved it that vpan knows: the advice is news to the issuer until
+    /// it answers it.
+    Advised,
     /// vpan answered this DE 39 itself, the issuer not asked or not in time (a request that
     /// does not fit the issuer's layout: 30; a repeat in doubt the issuer left unanswered:
     /// 91): released, and, settling a hold in doubt, given back.
@@ -749,6 +754,7 @@ impl Cards {
                 match outcome {
                     IssuerOutcome::Approved(..)
                     | IssuerOutcome::ApprovedInPart { .. }
+                    | IssuerOutcome::Advised
                     | IssuerOutcome::Declined(_)
                     | IssuerOutcome::Refused(_) => self
                         .complete_locked(card, hold, TxState::InDoubt, outcome, now)
@@ -794,6 +800,7 @@ impl Cards {
             ),
             IssuerOutcome::Failed => (false, ResponseCode::SYSTEM_ERROR, None, DecidedBy::Switch),
             IssuerOutcome::Refused(c) => (false, c, None, DecidedBy::Switch),
+            IssuerOutcome::Advised => (true, ResponseCode::APPROVED, None, DecidedBy::Switch),
         };
         let part = match outcome {
             IssuerOutcome::ApprovedInPart { amounts, .. } => {

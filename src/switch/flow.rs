@@ -553,10 +553,17 @@ impl Flow {
         // out under. The network's answer carries no DE 90, as its reversal had none. Read
         // before the reversal is applied, which may void the original's entry (one the
         // issuer declined, or vpan released on its 91).
+        // One that names a request in DE 90 under whose key vpan recorded a stand-in's
+        // advice instead names the advice: the issuer booked that, and the request was
+        // declined there or reversed by the link after vpan's 91.
         let original = if request.has(90) {
-            None
+            self.cards
+                .advice_booked_as(vpan.key, &req)
+                .map(Original::BookedAs)
         } else {
-            self.cards.original_mti(vpan.key, &req)
+            self.cards
+                .original_mti(vpan.key, &req)
+                .map(Original::ByOwnKey)
         };
         // Written for the issuer before anything is given back: one that its layout or its
         // frames cannot hold is answered 30, which the network does not send again, so
@@ -680,7 +687,7 @@ impl Flow {
         &self,
         request: &Message,
         vpan: &VirtualPan,
-        original: Option<[u8; 4]>,
+        original: Option<Original>,
     ) -> Result<TowardIssuer, NotSent> {
         let Some((real_pan, real_expiry, virtual_expiry)) = self.cards.real_card(vpan.key) else {
             return Err(NotSent::UnknownCard);
@@ -688,8 +695,10 @@ impl Flow {
         let mut message = self
             .to_real(request, &real_pan, &real_expiry.0)
             .ok_or(NotSent::Format)?;
-        if let Some(mti) = original {
-            name_original(&mut message, mti);
+        match original {
+            Some(Original::ByOwnKey(mti)) => name_original(&mut message, mti),
+            Some(Original::BookedAs(mti)) => rename_original(&mut message, mti),
+            None => {}
         }
         Ok(TowardIssuer {
             message,
@@ -1089,6 +1098,30 @@ pub fn response_mti(mti: [u8; 4]) -> [u8; 4] {
     };
     out[3] = b'0';
     out
+}
+
+/// How a reversal toward the issuer names its original (DE 90) otherwise than the network's
+/// did, and the original's MTI.
+#[derive(Clone, Copy, Debug)]
+enum Original {
+    /// The network's named none: named under the reversal's own key.
+    ByOwnKey([u8; 4]),
+    /// The network's DE 90 named the request, where the issuer booked its advice: that MTI
+    /// in place of its own.
+    BookedAs([u8; 4]),
+}
+
+/// Sets the MTI in DE 90 of `reversal` (its first four digits) to `mti`'s first telling.
+fn rename_original(reversal: &mut Message, mut mti: [u8; 4]) {
+    mti[3] = b'0';
+    let Some(mut de90) = reversal.text(90).map(|t| t.as_bytes().to_vec()) else {
+        return;
+    };
+    if let Some(named) = de90.get_mut(..4) {
+        named.copy_from_slice(&mti);
+        // A layout that cannot take it: it goes as it came.
+        let _ = reversal.set(90, &de90);
+    }
 }
 
 /// Sets DE 90 of `reversal` to name its original, of MTI `mti`, under the reversal's own

@@ -160,11 +160,12 @@ impl Cards {
         if e.state == TxState::InDoubt
             && e.card == card_key
             && in_doubt == InDoubt::AskIssuer
-            && !other_content
+            && same_money
             && !reversed_in_full
             && let Some(hold) = self.ask_issuer(tx, card_key)
         {
-            // The advice reports the request itself. The issuer may have approved it before
+            // The advice reports the request itself (its money: it may leave out or restate
+            // DE 14, DE 18, DE 42 or DE 6's rate). The issuer may have approved it before
             // vpan stopped (the advice then is no news to it, and told of it, an issuer that
             // books advices would charge the account twice), or never had it: asked with
             // the request's repeat, it answers which, or decides it now.
@@ -177,9 +178,8 @@ impl Cards {
             // the request then finds it completed. The hold is in its retention queue
             // already.
             let hold = Hold { card: card_key, tx };
-            let approved = IssuerOutcome::APPROVED;
             completed = self
-                .complete_locked(card, &hold, e.state, approved, now)
+                .complete_locked(card, &hold, e.state, IssuerOutcome::Advised, now)
                 .map(|(durable, _)| durable);
         }
         if other_content && restatable {

@@ -22,6 +22,15 @@ impl Cards {
             .map(|(_, e)| e.mti)
     }
 
+    /// The MTI of the advice vpan recorded on this card under the key that `req`'s DE 90
+    /// names, when an advice stands there (a stand-in's, after vpan's 91 or the issuer's
+    /// decline of the request DE 90 names): what the issuer booked under that key, which a
+    /// reversal naming the request would not find.
+    pub fn advice_booked_as(&self, card_key: CardKey, req: &ReversalRequest) -> Option<[u8; 4]> {
+        let e = self.ledger.get(&req.original?)?;
+        (e.card == card_key && e.mti[2] == b'2' && !e.is_void()).then_some(e.mti)
+    }
+
     /// Applies a reversal (0400/0420 and repeats): finds the original by DE 90, else by the
     /// reversal's own key with MTI class 1 then 2, and gives back what it holds beyond the
     /// remaining amount (DE 95; none: everything), once. A full reversal of an original
