@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::Framed;
 
 use procs::{issue_cards, open_cards, start_serve};
-use rig::{Client, code, purchase, repeat_of, reversal_of, test_pan};
+use rig::{Client, code, purchase, repeat_of, reversal_of, stand_in_advice_of, test_pan};
 use vpan::cards::CardKey;
 use vpan::iso8583::{Frame, FrameCodec, Framing, Message, Spec};
 use vpan::tools::issuer_sim::{IssuerSim, SimConfig};
@@ -335,10 +335,7 @@ async fn a_stand_ins_advice_of_a_purchase_in_doubt_asks_the_issuer_first_and_is_
     // The network stood in for the purchase the switch never answered, and reports it by
     // advice. The issuer approved it before the kill: asked with the purchase's repeat, it
     // says so, and the advice is no news to it (told, the simulator would book it again).
-    let mut advice = t.request.clone();
-    advice.set_mti(b"0120").unwrap();
-    advice.set_response_code(b"00").unwrap();
-    let advice = Message::parse(vpan::iso8583::Spec::iso87ascii(), advice.pack()).unwrap();
+    let advice = stand_in_advice_of(&t.request);
     let answer = t.net.call(&advice).await;
     assert_eq!((answer.mti(), code(&answer)), (*b"0130", "00".to_string()));
     assert_eq!(
@@ -369,9 +366,7 @@ async fn an_advice_without_de14_of_a_purchase_in_doubt_is_not_booked_again() {
         kill_while_the_issuer_has_a_purchase(&[("VPAN_ISSUER_TIMEOUT_MS", "10000")], false).await;
     // The stand-in's advice of the very purchase (its key, card, amount, DE 39 00) leaves
     // out DE 14, as the switch itself says advices may (so may DE 18, DE 42, DE 6).
-    let mut advice = t.request.clone();
-    advice.set_mti(b"0120").unwrap();
-    advice.set_response_code(b"00").unwrap();
+    let mut advice = stand_in_advice_of(&t.request);
     advice.remove(14);
     let advice = Message::parse(vpan::iso8583::Spec::iso87ascii(), advice.pack()).unwrap();
     let answer = t.net.call(&advice).await;
@@ -1274,12 +1269,25 @@ async fn a_rekey_crashed_after_each_step_is_finished_by_doing_what_the_next_run_
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_advice_completing_a_hold_in_doubt_the_issuer_did_not_decide_is_told_again_until_it_answers()
- {
+/// A purchase the scripted host took and never answered, the switch killed meanwhile and
+/// started again (the purchase in doubt); then the stand-in's advice of it, which the
+/// switch asks the host about first (a 0101) and then sends on as news: the host's front
+/// end answers both 91 (its host is down), and so the network's advice gets 91. The hold
+/// is completed by the advice (`IssuerOutcome::Advised`), and the host has booked nothing.
+struct AdvisedInDoubt {
+    rig: ScriptedHost,
+    card: vpan::cards::CardView,
+    real: vpan::pan::Pan,
+    serve: procs::Serve,
+    host: HostSide,
+    net: Client,
+    request: Message,
+    advice: Message,
+}
+
+async fn an_advice_in_doubt_the_host_answered_91() -> AdvisedInDoubt {
     let rig = ScriptedHost::new("10000").await;
-    let (card, _real) = issue_cards(&rig.data_dir, 1, 1_000_000).await.remove(0);
-    // The host takes the purchase and says nothing; the switch is killed while it waits.
+    let (card, real) = issue_cards(&rig.data_dir, 1, 1_000_000).await.remove(0);
     let (serve, mut host) = rig.start().await;
     let mut net = Client::connect(serve.network).await;
     let request = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 700);
@@ -1291,15 +1299,10 @@ async fn an_advice_completing_a_hold_in_doubt_the_issuer_did_not_decide_is_told_
     serve.stop("KILL").await;
     drop(host);
 
-    // Restarted; the host's front end is up but its host is not (it answers 91).
     let (serve, mut host) = rig.start().await;
     assert_eq!(serve.recovered["holds_counted_as_spent"], 1);
     let mut net = Client::connect(serve.network).await;
-    // The network stood in for the purchase and reports it by advice.
-    let mut advice = request.clone();
-    advice.set_mti(b"0120").unwrap();
-    advice.set_response_code(b"00").unwrap();
-    let advice = Message::parse(vpan::iso8583::Spec::iso87ascii(), advice.pack()).unwrap();
+    let advice = stand_in_advice_of(&request);
     net.send(&advice).await;
     let asked = host_message(&mut host, Duration::from_secs(10))
         .await
@@ -1315,11 +1318,50 @@ async fn an_advice_completing_a_hold_in_doubt_the_issuer_did_not_decide_is_told_
         "no answer that decides it: the advice is news"
     );
     host_answer(&mut host, &told, b"0130", b"91").await;
-    let answer = net.answer(advice.stan().unwrap()).await;
-    assert_eq!(code(&answer), "91", "the advice did not reach the issuer");
+    assert_eq!(code(&net.answer(advice.stan().unwrap()).await), "91");
+    AdvisedInDoubt {
+        rig,
+        card,
+        real,
+        serve,
+        host,
+        net,
+        request,
+        advice,
+    }
+}
+
+/// `reversal` sent by the network, reaching the host, booked in `books` (the simulator's
+/// own ledger, fed what the host decides) and answered 00 there and to the network; what
+/// the host received.
+async fn reversed_at_the_host(
+    net: &mut Client,
+    host: &mut HostSide,
+    books: &vpan::tools::issuer_sim::Ledger,
+    reversal: &Message,
+) -> Message {
+    net.send(reversal).await;
+    let at_host = host_message(host, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(&at_host.mti(), b"0400");
+    assert!(books.decide(&at_host).is_some());
+    host_answer(host, &at_host, b"0410", b"00").await;
+    assert_eq!(code(&net.answer(reversal.stan().unwrap()).await), "00");
+    at_host
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_advice_completing_a_hold_in_doubt_the_issuer_did_not_decide_is_told_again_until_it_answers()
+ {
+    let AdvisedInDoubt {
+        serve,
+        mut host,
+        mut net,
+        advice,
+        ..
+    } = an_advice_in_doubt_the_host_answered_91().await;
     // The network sends the advice again (store and forward): the issuer has never had it,
-    // nor the purchase; acknowledged here, it never will, and the account is never charged
-    // for the 7.00 the card counts.
+    // nor the purchase; acknowledged here, it never would, and the account would never be
+    // charged for the 7.00 the card counts.
     let resend = repeat_of(&advice);
     net.send(&resend).await;
     let again = host_message(&mut host, Duration::from_secs(3)).await;
@@ -1329,4 +1371,184 @@ async fn an_advice_completing_a_hold_in_doubt_the_issuer_did_not_decide_is_told_
         code(&net.answer(resend.stan().unwrap()).await)
     );
     serve.stop("KILL").await;
+}
+
+/// [`an_advice_in_doubt_the_host_answered_91`], then the advice's resend (0121) is then booked by the issuer; then the acquirer reverses the
+/// purchase, naming its 0100 in DE 90 (`by_de90`) or by its own key (no DE 90). The
+/// issuer's books are the simulator's own ledger (advices on their own key, reversals
+/// matched by DE 90), fed what the host itself decided.
+async fn advised_in_doubt_then_reversed(by_de90: bool) {
+    let AdvisedInDoubt {
+        rig,
+        card,
+        real,
+        serve,
+        mut host,
+        mut net,
+        request,
+        advice,
+    } = an_advice_in_doubt_the_host_answered_91().await;
+    let books = vpan::tools::issuer_sim::Ledger::new(&[(real.clone(), 100_000)], None, false, 1);
+    // The host is back: the advice's resend is booked (the only booking of this purchase).
+    let resend = repeat_of(&advice);
+    net.send(&resend).await;
+    let told = host_message(&mut host, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(&told.mti(), b"0121");
+    assert!(books.decide(&told).is_some());
+    host_answer(&mut host, &told, b"0130", b"00").await;
+    assert_eq!(code(&net.answer(resend.stan().unwrap()).await), "00");
+    assert_eq!(books.balance(&real), Some(100_000 - 700), "charged once");
+
+    // The cardholder cancels: the acquirer reverses the purchase.
+    let reversal = if by_de90 {
+        reversal_of(&mut net, &request)
+    } else {
+        // Under the purchase's own key (DE 11, 7, 32, 41), no DE 90.
+        let mut r = request.clone();
+        r.set_mti(b"0400").unwrap();
+        Message::parse(vpan::iso8583::Spec::iso87ascii(), r.pack()).unwrap()
+    };
+    let at_host = reversed_at_the_host(&mut net, &mut host, &books, &reversal).await;
+    serve.stop("KILL").await;
+    let view = open_cards(&rig.data_dir)
+        .0
+        .get(CardKey::of(&card.vpan))
+        .unwrap();
+    assert_eq!((view.spent, view.uses), (0, 0), "given back on the card");
+    assert_eq!(
+        books.balance(&real),
+        Some(100_000),
+        "the real account must be given back what the issuer booked (the reversal's DE 90 \
+         named {:?}, the issuer booked the 0120; unmatched reversals: {})",
+        at_host
+            .text(90)
+            .map(|t| String::from_utf8_lossy(&t.as_bytes()[..4]).into_owned()),
+        books.unmatched_reversals()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reversal_naming_a_purchase_an_advice_completed_in_doubt_names_the_booked_advice() {
+    advised_in_doubt_then_reversed(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reversal_by_own_key_of_a_purchase_an_advice_completed_in_doubt_names_the_booked_advice()
+{
+    advised_in_doubt_then_reversed(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_advice_resent_after_the_purchase_was_reversed_in_full_does_not_charge_the_account() {
+    let rig = ScriptedHost::new("10000").await;
+    let (card, real) = issue_cards(&rig.data_dir, 1, 1_000_000).await.remove(0);
+    // The issuer's books, as the simulator keeps them (advices on their own key, reversals
+    // matched by DE 90), fed only what the host itself decided.
+    let books = vpan::tools::issuer_sim::Ledger::new(&[(real.clone(), 100_000)], None, false, 1);
+    let (serve, mut host) = rig.start().await;
+    let mut net = Client::connect(serve.network).await;
+    // The network stood in for a purchase vpan never saw, and reports it by advice; the
+    // issuer's front end answers it 91 (its host is down): not booked.
+    let request = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 700);
+    let advice = stand_in_advice_of(&request);
+    net.send(&advice).await;
+    let told = host_message(&mut host, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(&told.mti(), b"0120");
+    host_answer(&mut host, &told, b"0130", b"91").await;
+    assert_eq!(code(&net.answer(advice.stan().unwrap()).await), "91");
+    // The host is back. The cardholder cancels: the purchase is reversed in full, naming
+    // its 0100 in DE 90 (vpan names the advice toward the issuer).
+    let reversal = reversal_of(&mut net, &request);
+    reversed_at_the_host(&mut net, &mut host, &books, &reversal).await;
+    // The network's store-and-forward sends the advice again.
+    let resend = repeat_of(&advice);
+    net.send(&resend).await;
+    if let Some(told) = host_message(&mut host, Duration::from_secs(3)).await {
+        assert!(books.decide(&told).is_some());
+        host_answer(&mut host, &told, b"0130", b"00").await;
+    }
+    assert_eq!(code(&net.answer(resend.stan().unwrap()).await), "00");
+    serve.stop("KILL").await;
+    let view = open_cards(&rig.data_dir)
+        .0
+        .get(CardKey::of(&card.vpan))
+        .unwrap();
+    assert_eq!(
+        (view.spent, view.uses),
+        (0, 0),
+        "the card counts the purchase as reversed"
+    );
+    assert_eq!(
+        books.balance(&real),
+        Some(100_000),
+        "the real account must not be charged for a purchase reversed in full (advice \
+         resends at the issuer: {})",
+        books.balance(&real).map_or(0, |b| (100_000 - b) / 700)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stand_ins_advice_of_a_purchase_in_doubt_reversed_in_full_does_not_charge_the_account() {
+    let rig = ScriptedHost::new("10000").await;
+    let (card, real) = issue_cards(&rig.data_dir, 1, 1_000_000).await.remove(0);
+    // The issuer's books, as the simulator keeps them (advices on their own key, reversals
+    // matched by DE 90), fed what the host decided.
+    let books = vpan::tools::issuer_sim::Ledger::new(&[(real.clone(), 100_000)], None, false, 1);
+    // The host approves the purchase (books it); its answer is lost: the switch is killed.
+    let (serve, mut host) = rig.start().await;
+    let mut net = Client::connect(serve.network).await;
+    let request = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 700);
+    net.send(&request).await;
+    let at_host = host_message(&mut host, Duration::from_secs(10))
+        .await
+        .expect("the purchase reaches the host");
+    assert!(books.decide(&at_host).is_some());
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    serve.stop("KILL").await;
+    drop(host);
+    assert_eq!(books.balance(&real), Some(100_000 - 700));
+
+    let (serve, mut host) = rig.start().await;
+    assert_eq!(serve.recovered["holds_counted_as_spent"], 1);
+    let mut net = Client::connect(serve.network).await;
+    // The terminal heard nothing in time: the acquirer reverses the purchase in full.
+    let reversal = reversal_of(&mut net, &request);
+    reversed_at_the_host(&mut net, &mut host, &books, &reversal).await;
+    assert_eq!(
+        books.balance(&real),
+        Some(100_000),
+        "given back at the issuer"
+    );
+    // The network's stand-in had approved it meanwhile; its advice comes by store and
+    // forward, after the reversal (as after a release vpan answers such an advice 94 and
+    // counts nothing: "taken back in full ... as after a void").
+    let advice = stand_in_advice_of(&request);
+    net.send(&advice).await;
+    let mut sent = Vec::new();
+    while let Some(told) = host_message(&mut host, Duration::from_secs(3)).await {
+        sent.push(String::from_utf8_lossy(&told.mti()).into_owned());
+        assert!(books.decide(&told).is_some());
+        let mut mti = told.mti();
+        mti[2] += 1;
+        mti[3] = b'0';
+        host_answer(&mut host, &told, &mti, b"00").await;
+    }
+    let _ = net.answer(advice.stan().unwrap()).await;
+    serve.stop("KILL").await;
+    let view = open_cards(&rig.data_dir)
+        .0
+        .get(CardKey::of(&card.vpan))
+        .unwrap();
+    assert_eq!(
+        books.balance(&real).map(|b| 100_000 - b),
+        Some(i64::try_from(view.spent).unwrap()),
+        "the real account is charged what the card counts (card: spent {} uses {}; sent to \
+         the issuer after the reversal: {sent:?})",
+        view.spent,
+        view.uses
+    );
 }

@@ -1825,9 +1825,7 @@ async fn an_advice_while_the_issuer_is_asked(
     let request = purchase(&mut purchases, b"0100", &card.vpan, &card.expiry.0, 6_000);
     purchases.send(&request).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let mut advice = request.clone();
-    advice.set_mti(b"0120").unwrap();
-    advice.set_response_code(b"00").unwrap();
+    let mut advice = stand_in_advice_of(&request);
     advice.set(4, format!("{advised:012}").as_bytes()).unwrap();
     let advice = Message::parse(Spec::iso87ascii(), advice.pack()).unwrap();
     let advice_answer = advices.call(&advice).await;
@@ -1946,8 +1944,13 @@ async fn a_reversal_naming_the_purchase_vpan_answered_91_gives_the_stand_ins_adv
     original.remove(38);
     let mut net = Client::connect(rig.network).await;
     let reversal = reversal_of(&mut net, &original);
-    // (91 here, the issuer being as slow: the reversal is then owed, and goes again.)
-    let _ = net.call(&reversal).await;
+    // (91 here, the issuer being as slow: the reversal is then owed, and goes again.) The
+    // network's answer names the original as its reversal did.
+    let reversal_answer = net.call(&reversal).await;
+    assert_eq!(
+        reversal_answer.text(90).map(|t| t.as_bytes().to_vec()),
+        reversal.text(90).map(|t| t.as_bytes().to_vec())
+    );
     let view = rig.cards.get(key).unwrap();
     assert_eq!((view.spent, view.held), (0, 0), "given back on the card");
     // The reversal reaches the issuer (at once or owed), which answers it 00.

@@ -623,11 +623,20 @@ impl Flow {
             // On disk before the network hears its answer.
             owed.record().await;
         }
+        // The network's answer names the original as its reversal did (DE 90 or none), not
+        // as the issuer was told.
+        let network_de90 = match original {
+            Some(Original::BookedAs(_)) => request.text(90).map(|t| t.as_bytes().to_vec()),
+            _ => None,
+        };
         let (mut answer, decided_by) = self.answer_on_card(request, sent).await;
-        if original.is_some()
-            && let Some(answer) = answer.as_mut()
-        {
-            answer.remove(90);
+        if let (Some(named), Some(answer)) = (original, answer.as_mut()) {
+            match (named, network_de90) {
+                (Original::BookedAs(_), Some(de90)) => {
+                    let _ = answer.set(90, &de90);
+                }
+                _ => answer.remove(90),
+            }
         }
         (answer, decided_by)
     }

@@ -338,6 +338,15 @@ pub fn repeat_of(original: &Message) -> Message {
     Message::parse(Spec::iso87ascii(), m.pack()).unwrap()
 }
 
+/// The advice (0120, DE 39 00) a network's stand-in sends of `request`, which it
+/// approved in the issuer's place: the request's key, card and amount.
+pub fn stand_in_advice_of(request: &Message) -> Message {
+    let mut m = request.clone();
+    m.set_mti(b"0120").unwrap();
+    m.set_response_code(b"00").unwrap();
+    Message::parse(Spec::iso87ascii(), m.pack()).unwrap()
+}
+
 /// A 0400 reversing `original` in full, naming it in DE 90.
 pub fn reversal_of(client: &mut Client, original: &Message) -> Message {
     let spec = Spec::iso87ascii();

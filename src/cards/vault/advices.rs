@@ -108,9 +108,13 @@ impl Cards {
         file_again: &mut bool,
     ) -> Option<AdviceOutcome> {
         let tx = req.key.original();
-        // Taken back in full by the acquirer while it was held, then released: a stand-in's
-        // advice of it counts nothing, as after a void.
-        if e.card == card_key && e.state == TxState::Released && e.taken_back() {
+        // Taken back in full by the acquirer while it was held, then released, or while in
+        // doubt: a stand-in's advice of it counts nothing, as after a void, and is not sent
+        // (the issuer heard the reversal, and has nothing of it to keep).
+        if e.card == card_key
+            && matches!(e.state, TxState::Released | TxState::InDoubt)
+            && e.taken_back()
+        {
             return Some(AdviceOutcome::Conflict);
         }
         // An advice tells of money that moved: the request vpan saw under its key may have
@@ -219,8 +223,10 @@ impl Cards {
             // since), or answered an advice of it. Approved in part, it approved what the
             // transaction stands for (its DE 4 then); but a 10 vpan counted whole (amounts
             // it could not take) approved some part of the request only, and a stand-in's
-            // advice of the request is news.
+            // advice of the request is news. Taken back in full since, it is no news either:
+            // the issuer has nothing of it to keep, whether or not it heard an advice of it.
             issuer_has_it: e.acknowledged
+                || e.taken_back()
                 || (e.state == TxState::Approved
                     && e.mti[2] == b'0'
                     && e.decided_by == DecidedBy::Issuer
