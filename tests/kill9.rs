@@ -1269,163 +1269,222 @@ async fn a_rekey_crashed_after_each_step_is_finished_by_doing_what_the_next_run_
     }
 }
 
-/// A purchase the scripted host took and never answered, the switch killed meanwhile and
-/// started again (the purchase in doubt); then the stand-in's advice of it, which the
-/// switch asks the host about first (a 0101) and then sends on as news: the host's front
-/// end answers both 91 (its host is down), and so the network's advice gets 91. The hold
-/// is completed by the advice (`IssuerOutcome::Advised`), and the host has booked nothing.
-struct AdvisedInDoubt {
+/// What the real account holds at the issuer, before anything, in the books of the tests
+/// below.
+const BOOKS_START: i64 = 100_000;
+
+/// A switch in front of a scripted host, its one card, a purchase of 7.00 on it (`request`,
+/// not sent yet), the network connected, and the issuer's books: the simulator's own
+/// ledger (advices booked under their own key, reversals matched by DE 90), fed what the
+/// host decides, so that what the host is sent shows as money charged or given back.
+struct Scripted {
     rig: ScriptedHost,
     card: vpan::cards::CardView,
     real: vpan::pan::Pan,
+    books: vpan::tools::issuer_sim::Ledger,
     serve: procs::Serve,
     host: HostSide,
     net: Client,
     request: Message,
-    advice: Message,
 }
 
-async fn an_advice_in_doubt_the_host_answered_91() -> AdvisedInDoubt {
-    let rig = ScriptedHost::new("10000").await;
-    let (card, real) = issue_cards(&rig.data_dir, 1, 1_000_000).await.remove(0);
-    let (serve, mut host) = rig.start().await;
-    let mut net = Client::connect(serve.network).await;
-    let request = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 700);
-    net.send(&request).await;
-    host_message(&mut host, Duration::from_secs(10))
-        .await
-        .expect("the purchase reaches the host");
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
-    serve.stop("KILL").await;
-    drop(host);
+impl Scripted {
+    async fn start() -> Scripted {
+        let rig = ScriptedHost::new("10000").await;
+        let (card, real) = issue_cards(&rig.data_dir, 1, 1_000_000).await.remove(0);
+        let books =
+            vpan::tools::issuer_sim::Ledger::new(&[(real.clone(), BOOKS_START)], None, false, 1);
+        let (serve, host) = rig.start().await;
+        let mut net = Client::connect(serve.network).await;
+        let request = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 700);
+        Scripted {
+            rig,
+            card,
+            real,
+            books,
+            serve,
+            host,
+            net,
+            request,
+        }
+    }
 
-    let (serve, mut host) = rig.start().await;
-    assert_eq!(serve.recovered["holds_counted_as_spent"], 1);
-    let mut net = Client::connect(serve.network).await;
-    let advice = stand_in_advice_of(&request);
-    net.send(&advice).await;
-    let asked = host_message(&mut host, Duration::from_secs(10))
-        .await
-        .unwrap();
-    assert_eq!(&asked.mti(), b"0101", "the issuer is asked first");
-    host_answer(&mut host, &asked, b"0110", b"91").await;
-    let told = host_message(&mut host, Duration::from_secs(10))
-        .await
-        .unwrap();
-    assert_eq!(
-        &told.mti(),
-        b"0120",
-        "no answer that decides it: the advice is news"
-    );
-    host_answer(&mut host, &told, b"0130", b"91").await;
-    assert_eq!(code(&net.answer(advice.stan().unwrap()).await), "91");
-    AdvisedInDoubt {
-        rig,
-        card,
-        real,
-        serve,
-        host,
-        net,
-        request,
-        advice,
+    /// The purchase sent and taken by the host, which books it if `booked` and never
+    /// answers; the switch killed meanwhile and started again: the purchase is in doubt.
+    async fn in_doubt(booked: bool) -> Scripted {
+        let Scripted {
+            rig,
+            card,
+            real,
+            books,
+            serve,
+            mut host,
+            mut net,
+            request,
+        } = Scripted::start().await;
+        net.send(&request).await;
+        let at_host = host_message(&mut host, Duration::from_secs(10))
+            .await
+            .expect("the purchase reaches the host");
+        if booked {
+            assert!(books.decide(&at_host).is_some());
+        }
+        // Far longer than the hold's commit takes.
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        serve.stop("KILL").await;
+        drop(host);
+        let (serve, host) = rig.start().await;
+        assert_eq!(serve.recovered["holds_counted_as_spent"], 1);
+        let net = Client::connect(serve.network).await;
+        Scripted {
+            rig,
+            card,
+            real,
+            books,
+            serve,
+            host,
+            net,
+            request,
+        }
+    }
+
+    /// The stand-in's advice of the purchase sent, and the host's front end answering 91
+    /// to what it hears (its host is down): first, `asked`, the 0101 that asks about a
+    /// purchase in doubt, then the advice, which it does not book. The network's advice
+    /// gets 91; it is returned.
+    async fn advice_answered_91(&mut self, asked: bool) -> Message {
+        let advice = stand_in_advice_of(&self.request);
+        self.net.send(&advice).await;
+        let within = Duration::from_secs(10);
+        if asked {
+            let asked = host_message(&mut self.host, within).await.unwrap();
+            assert_eq!(&asked.mti(), b"0101", "the issuer is asked first");
+            host_answer(&mut self.host, &asked, b"0110", b"91").await;
+        }
+        let told = host_message(&mut self.host, within).await.unwrap();
+        assert_eq!(&told.mti(), b"0120", "the advice is news to the issuer");
+        host_answer(&mut self.host, &told, b"0130", b"91").await;
+        assert_eq!(code(&self.net.answer(advice.stan().unwrap()).await), "91");
+        advice
+    }
+
+    /// The next message the host hears within `within`, decided by the books and answered
+    /// with their code.
+    async fn booked_next(&mut self, within: Duration) -> Option<Message> {
+        let told = host_message(&mut self.host, within).await?;
+        let decision = self.books.decide(&told).unwrap();
+        let mut mti = told.mti();
+        mti[2] += 1;
+        mti[3] = b'0';
+        host_answer(&mut self.host, &told, &mti, &decision.response_code).await;
+        Some(told)
+    }
+
+    /// Every message the host hears until it has heard nothing for 3 s, booked: their MTIs.
+    async fn booked_until_quiet(&mut self) -> Vec<String> {
+        let mut heard = Vec::new();
+        while let Some(told) = self.booked_next(Duration::from_secs(3)).await {
+            heard.push(String::from_utf8_lossy(&told.mti()).into_owned());
+        }
+        heard
+    }
+
+    /// `reversal` sent by the network, reaching the host as an 0400, booked, and answered
+    /// 00 to the network; what the host received.
+    async fn reversed_at_the_host(&mut self, reversal: &Message) -> Message {
+        self.net.send(reversal).await;
+        let at_host = self.booked_next(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(&at_host.mti(), b"0400");
+        assert_eq!(code(&self.net.answer(reversal.stan().unwrap()).await), "00");
+        at_host
+    }
+
+    /// What the issuer's books charge the real account.
+    fn charged(&self) -> i64 {
+        BOOKS_START - self.books.balance(&self.real).unwrap()
+    }
+
+    /// Kills the switch; the card's (spent, uses) read off its data directory.
+    async fn counters_after_kill(self) -> (u64, u32) {
+        self.serve.stop("KILL").await;
+        let view = open_cards(&self.rig.data_dir)
+            .0
+            .get(CardKey::of(&self.card.vpan))
+            .unwrap();
+        (view.spent, view.uses)
     }
 }
 
-/// `reversal` sent by the network, reaching the host, booked in `books` (the simulator's
-/// own ledger, fed what the host decides) and answered 00 there and to the network; what
-/// the host received.
-async fn reversed_at_the_host(
-    net: &mut Client,
-    host: &mut HostSide,
-    books: &vpan::tools::issuer_sim::Ledger,
-    reversal: &Message,
-) -> Message {
-    net.send(reversal).await;
-    let at_host = host_message(host, Duration::from_secs(5)).await.unwrap();
-    assert_eq!(&at_host.mti(), b"0400");
-    assert!(books.decide(&at_host).is_some());
-    host_answer(host, &at_host, b"0410", b"00").await;
-    assert_eq!(code(&net.answer(reversal.stan().unwrap()).await), "00");
-    at_host
+/// A 0400 reversing `original` in part, naming it in DE 90: `remaining` stands (DE 95).
+fn partial_reversal_of(net: &mut Client, original: &Message, remaining: u64) -> Message {
+    let mut reversal = reversal_of(net, original);
+    let de95 = format!("{remaining:012}{remaining:012}{:018}", 0);
+    reversal.set(95, de95.as_bytes()).unwrap();
+    Message::parse(vpan::iso8583::Spec::iso87ascii(), reversal.pack()).unwrap()
+}
+
+/// The MTI a message's DE 90 names.
+fn named_in_de90(m: &Message) -> Option<String> {
+    m.text(90)
+        .map(|t| String::from_utf8_lossy(&t.as_bytes()[..4]).into_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_advice_completing_a_hold_in_doubt_the_issuer_did_not_decide_is_told_again_until_it_answers()
  {
-    let AdvisedInDoubt {
-        serve,
-        mut host,
-        mut net,
-        advice,
-        ..
-    } = an_advice_in_doubt_the_host_answered_91().await;
+    let mut s = Scripted::in_doubt(false).await;
+    let advice = s.advice_answered_91(true).await;
     // The network sends the advice again (store and forward): the issuer has never had it,
     // nor the purchase; acknowledged here, it never would, and the account would never be
     // charged for the 7.00 the card counts.
     let resend = repeat_of(&advice);
-    net.send(&resend).await;
-    let again = host_message(&mut host, Duration::from_secs(3)).await;
+    s.net.send(&resend).await;
+    let again = host_message(&mut s.host, Duration::from_secs(3)).await;
     assert!(
         again.as_ref().is_some_and(|m| &m.mti() == b"0121"),
         "the advice's resend must reach the issuer; the network got {:?} from the switch",
-        code(&net.answer(resend.stan().unwrap()).await)
+        code(&s.net.answer(resend.stan().unwrap()).await)
     );
-    serve.stop("KILL").await;
+    s.counters_after_kill().await;
 }
 
-/// [`an_advice_in_doubt_the_host_answered_91`], then the advice's resend (0121) is then booked by the issuer; then the acquirer reverses the
-/// purchase, naming its 0100 in DE 90 (`by_de90`) or by its own key (no DE 90). The
-/// issuer's books are the simulator's own ledger (advices on their own key, reversals
-/// matched by DE 90), fed what the host itself decided.
+/// A purchase in doubt completed by the stand-in's advice (the host's front end answered
+/// the ask and the advice 91); the advice's resend (0121) then booked by the issuer; then
+/// the acquirer reverses the purchase, naming its 0100 in DE 90 (`by_de90`) or by its own
+/// key (no DE 90).
 async fn advised_in_doubt_then_reversed(by_de90: bool) {
-    let AdvisedInDoubt {
-        rig,
-        card,
-        real,
-        serve,
-        mut host,
-        mut net,
-        request,
-        advice,
-    } = an_advice_in_doubt_the_host_answered_91().await;
-    let books = vpan::tools::issuer_sim::Ledger::new(&[(real.clone(), 100_000)], None, false, 1);
+    let mut s = Scripted::in_doubt(false).await;
+    let advice = s.advice_answered_91(true).await;
     // The host is back: the advice's resend is booked (the only booking of this purchase).
     let resend = repeat_of(&advice);
-    net.send(&resend).await;
-    let told = host_message(&mut host, Duration::from_secs(5))
-        .await
-        .unwrap();
+    s.net.send(&resend).await;
+    let told = s.booked_next(Duration::from_secs(5)).await.unwrap();
     assert_eq!(&told.mti(), b"0121");
-    assert!(books.decide(&told).is_some());
-    host_answer(&mut host, &told, b"0130", b"00").await;
-    assert_eq!(code(&net.answer(resend.stan().unwrap()).await), "00");
-    assert_eq!(books.balance(&real), Some(100_000 - 700), "charged once");
+    assert_eq!(code(&s.net.answer(resend.stan().unwrap()).await), "00");
+    assert_eq!(s.charged(), 700, "charged once");
 
     // The cardholder cancels: the acquirer reverses the purchase.
     let reversal = if by_de90 {
-        reversal_of(&mut net, &request)
+        reversal_of(&mut s.net, &s.request)
     } else {
         // Under the purchase's own key (DE 11, 7, 32, 41), no DE 90.
-        let mut r = request.clone();
+        let mut r = s.request.clone();
         r.set_mti(b"0400").unwrap();
         Message::parse(vpan::iso8583::Spec::iso87ascii(), r.pack()).unwrap()
     };
-    let at_host = reversed_at_the_host(&mut net, &mut host, &books, &reversal).await;
-    serve.stop("KILL").await;
-    let view = open_cards(&rig.data_dir)
-        .0
-        .get(CardKey::of(&card.vpan))
-        .unwrap();
-    assert_eq!((view.spent, view.uses), (0, 0), "given back on the card");
+    let at_host = s.reversed_at_the_host(&reversal).await;
+    let (charged, unmatched) = (s.charged(), s.books.unmatched_reversals());
     assert_eq!(
-        books.balance(&real),
-        Some(100_000),
+        s.counters_after_kill().await,
+        (0, 0),
+        "given back on the card"
+    );
+    assert_eq!(
+        charged,
+        0,
         "the real account must be given back what the issuer booked (the reversal's DE 90 \
-         named {:?}, the issuer booked the 0120; unmatched reversals: {})",
-        at_host
-            .text(90)
-            .map(|t| String::from_utf8_lossy(&t.as_bytes()[..4]).into_owned()),
-        books.unmatched_reversals()
+         named {:?}, the issuer booked the 0120; unmatched reversals: {unmatched})",
+        named_in_de90(&at_host)
     );
 }
 
@@ -1441,114 +1500,127 @@ async fn a_reversal_by_own_key_of_a_purchase_an_advice_completed_in_doubt_names_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reversal_of_a_purchase_the_issuer_booked_is_not_renamed_to_an_advice_it_refused() {
+    // The host booked the purchase before the kill; after it, the ask and the advice both
+    // get 91, and nothing more is booked: what the issuer has is the 0100.
+    let mut s = Scripted::in_doubt(true).await;
+    s.advice_answered_91(true).await;
+    assert_eq!(s.charged(), 700, "the purchase booked, not the advice");
+    let reversal = reversal_of(&mut s.net, &s.request);
+    let at_host = s.reversed_at_the_host(&reversal).await;
+    let (charged, unmatched) = (s.charged(), s.books.unmatched_reversals());
+    assert_eq!(
+        s.counters_after_kill().await,
+        (0, 0),
+        "given back on the card"
+    );
+    assert_eq!(
+        charged,
+        0,
+        "the real account is given back the reversed purchase (DE 90 toward the issuer \
+         named {:?}; unmatched reversals: {unmatched})",
+        named_in_de90(&at_host)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_advice_resent_after_the_purchase_was_reversed_in_full_does_not_charge_the_account() {
-    let rig = ScriptedHost::new("10000").await;
-    let (card, real) = issue_cards(&rig.data_dir, 1, 1_000_000).await.remove(0);
-    // The issuer's books, as the simulator keeps them (advices on their own key, reversals
-    // matched by DE 90), fed only what the host itself decided.
-    let books = vpan::tools::issuer_sim::Ledger::new(&[(real.clone(), 100_000)], None, false, 1);
-    let (serve, mut host) = rig.start().await;
-    let mut net = Client::connect(serve.network).await;
-    // The network stood in for a purchase vpan never saw, and reports it by advice; the
-    // issuer's front end answers it 91 (its host is down): not booked.
-    let request = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 700);
-    let advice = stand_in_advice_of(&request);
-    net.send(&advice).await;
-    let told = host_message(&mut host, Duration::from_secs(5))
-        .await
-        .unwrap();
-    assert_eq!(&told.mti(), b"0120");
-    host_answer(&mut host, &told, b"0130", b"91").await;
-    assert_eq!(code(&net.answer(advice.stan().unwrap()).await), "91");
+    // The network stood in for a purchase vpan never saw, and reports it by advice, which
+    // the host does not book (91).
+    let mut s = Scripted::start().await;
+    let advice = s.advice_answered_91(false).await;
     // The host is back. The cardholder cancels: the purchase is reversed in full, naming
     // its 0100 in DE 90 (vpan names the advice toward the issuer).
-    let reversal = reversal_of(&mut net, &request);
-    reversed_at_the_host(&mut net, &mut host, &books, &reversal).await;
+    let reversal = reversal_of(&mut s.net, &s.request);
+    s.reversed_at_the_host(&reversal).await;
     // The network's store-and-forward sends the advice again.
     let resend = repeat_of(&advice);
-    net.send(&resend).await;
-    if let Some(told) = host_message(&mut host, Duration::from_secs(3)).await {
-        assert!(books.decide(&told).is_some());
-        host_answer(&mut host, &told, b"0130", b"00").await;
-    }
-    assert_eq!(code(&net.answer(resend.stan().unwrap()).await), "00");
-    serve.stop("KILL").await;
-    let view = open_cards(&rig.data_dir)
-        .0
-        .get(CardKey::of(&card.vpan))
-        .unwrap();
+    s.net.send(&resend).await;
+    let sent = s.booked_until_quiet().await;
+    assert_eq!(code(&s.net.answer(resend.stan().unwrap()).await), "00");
+    let charged = s.charged();
     assert_eq!(
-        (view.spent, view.uses),
+        s.counters_after_kill().await,
         (0, 0),
         "the card counts the purchase as reversed"
     );
     assert_eq!(
-        books.balance(&real),
-        Some(100_000),
-        "the real account must not be charged for a purchase reversed in full (advice \
-         resends at the issuer: {})",
-        books.balance(&real).map_or(0, |b| (100_000 - b) / 700)
+        charged, 0,
+        "the real account must not be charged for a purchase reversed in full (sent to the \
+         issuer after the reversal: {sent:?})"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stand_ins_advice_of_a_purchase_in_doubt_reversed_in_full_does_not_charge_the_account() {
-    let rig = ScriptedHost::new("10000").await;
-    let (card, real) = issue_cards(&rig.data_dir, 1, 1_000_000).await.remove(0);
-    // The issuer's books, as the simulator keeps them (advices on their own key, reversals
-    // matched by DE 90), fed what the host decided.
-    let books = vpan::tools::issuer_sim::Ledger::new(&[(real.clone(), 100_000)], None, false, 1);
-    // The host approves the purchase (books it); its answer is lost: the switch is killed.
-    let (serve, mut host) = rig.start().await;
-    let mut net = Client::connect(serve.network).await;
-    let request = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 700);
-    net.send(&request).await;
-    let at_host = host_message(&mut host, Duration::from_secs(10))
-        .await
-        .expect("the purchase reaches the host");
-    assert!(books.decide(&at_host).is_some());
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
-    serve.stop("KILL").await;
-    drop(host);
-    assert_eq!(books.balance(&real), Some(100_000 - 700));
-
-    let (serve, mut host) = rig.start().await;
-    assert_eq!(serve.recovered["holds_counted_as_spent"], 1);
-    let mut net = Client::connect(serve.network).await;
-    // The terminal heard nothing in time: the acquirer reverses the purchase in full.
-    let reversal = reversal_of(&mut net, &request);
-    reversed_at_the_host(&mut net, &mut host, &books, &reversal).await;
-    assert_eq!(
-        books.balance(&real),
-        Some(100_000),
-        "given back at the issuer"
-    );
+    // The host booked the purchase before the kill; the terminal heard nothing in time,
+    // and the acquirer reverses it in full.
+    let mut s = Scripted::in_doubt(true).await;
+    let reversal = reversal_of(&mut s.net, &s.request);
+    s.reversed_at_the_host(&reversal).await;
+    assert_eq!(s.charged(), 0, "given back at the issuer");
     // The network's stand-in had approved it meanwhile; its advice comes by store and
-    // forward, after the reversal (as after a release vpan answers such an advice 94 and
-    // counts nothing: "taken back in full ... as after a void").
-    let advice = stand_in_advice_of(&request);
-    net.send(&advice).await;
-    let mut sent = Vec::new();
-    while let Some(told) = host_message(&mut host, Duration::from_secs(3)).await {
-        sent.push(String::from_utf8_lossy(&told.mti()).into_owned());
-        assert!(books.decide(&told).is_some());
-        let mut mti = told.mti();
-        mti[2] += 1;
-        mti[3] = b'0';
-        host_answer(&mut host, &told, &mti, b"00").await;
-    }
-    let _ = net.answer(advice.stan().unwrap()).await;
-    serve.stop("KILL").await;
-    let view = open_cards(&rig.data_dir)
-        .0
-        .get(CardKey::of(&card.vpan))
-        .unwrap();
+    // forward, after the reversal.
+    let advice = stand_in_advice_of(&s.request);
+    s.net.send(&advice).await;
+    let sent = s.booked_until_quiet().await;
+    let _ = s.net.answer(advice.stan().unwrap()).await;
+    let charged = s.charged();
+    let (spent, uses) = s.counters_after_kill().await;
     assert_eq!(
-        books.balance(&real).map(|b| 100_000 - b),
-        Some(i64::try_from(view.spent).unwrap()),
-        "the real account is charged what the card counts (card: spent {} uses {}; sent to \
-         the issuer after the reversal: {sent:?})",
-        view.spent,
-        view.uses
+        charged,
+        i64::try_from(spent).unwrap(),
+        "the real account is charged what the card counts (card: spent {spent} uses {uses}; \
+         sent to the issuer after the reversal: {sent:?})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_advice_resent_after_a_partial_reversal_charges_the_account_what_stands() {
+    // A stand-in approved a purchase of 7.00 vpan never saw; its advice is not booked (91).
+    let mut s = Scripted::start().await;
+    let advice = s.advice_answered_91(false).await;
+    // The host is back. The acquirer reverses the purchase in part: 3.00 stays.
+    let reversal = partial_reversal_of(&mut s.net, &s.request, 300);
+    s.reversed_at_the_host(&reversal).await;
+    // The network's store-and-forward sends the advice again.
+    let resend = repeat_of(&advice);
+    s.net.send(&resend).await;
+    let sent = s.booked_until_quiet().await;
+    assert_eq!(code(&s.net.answer(resend.stan().unwrap()).await), "00");
+    let charged = s.charged();
+    assert_eq!(
+        s.counters_after_kill().await.0,
+        300,
+        "the card counts what stands"
+    );
+    assert_eq!(
+        charged, 300,
+        "the real account is charged what stands of the purchase (sent: {sent:?})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_advice_of_a_purchase_in_doubt_reversed_in_part_charges_the_account_what_stands() {
+    // The purchase reaches the host, which never got to book it; after the kill the
+    // acquirer reverses it in part: 3.00 stays.
+    let mut s = Scripted::in_doubt(false).await;
+    let reversal = partial_reversal_of(&mut s.net, &s.request, 300);
+    s.reversed_at_the_host(&reversal).await;
+    // The stand-in that approved it reports it by advice.
+    let advice = stand_in_advice_of(&s.request);
+    s.net.send(&advice).await;
+    let sent = s.booked_until_quiet().await;
+    let _ = s.net.answer(advice.stan().unwrap()).await;
+    let charged = s.charged();
+    assert_eq!(
+        s.counters_after_kill().await.0,
+        300,
+        "the card counts what stands"
+    );
+    assert_eq!(
+        charged, 300,
+        "the real account is charged what stands (sent to the issuer after the partial \
+         reversal: {sent:?})"
     );
 }

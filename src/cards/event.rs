@@ -650,10 +650,4 @@ pub(crate) fn mark_outcome(
     e.decided_by = decided_by;
     e.use_counted = approved && e.counts_use;
     e.lsn = lsn;
-    // Approved, and by none vpan heard: a stand-in's advice reported it
-    // (`IssuerOutcome::Advised`), and what the issuer has of it, if anything, is that
-    // advice: a reversal names it so (DE 90), and its resends are not the request's.
-    if approved && decided_by == DecidedBy::Switch {
-        e.mti[2] = b'2';
-    }
 }

@@ -271,6 +271,22 @@ impl TxEntry {
         ) && (self.amount > 0 || self.use_counted)
     }
 
+    /// The MTI under which the issuer books it, as far as vpan knows: an advice's own; a
+    /// request's, but for one held in doubt that a stand-in's advice then completed
+    /// (approved, decided by the switch: `IssuerOutcome::Advised`) and the issuer answered
+    /// that advice 00 since, which is then what it booked. Whether the request reached it
+    /// before the stop is unknown; the issuer's 00 to the advice is kept in memory only, so
+    /// after a restart the request is named again.
+    pub fn booked_as(&self) -> [u8; 4] {
+        let advised = self.state == TxState::Approved && self.decided_by == DecidedBy::Switch;
+        let mut mti = self.mti;
+        if advised && self.acknowledged {
+            mti[2] = b'2';
+            mti[3] = b'0';
+        }
+        mti
+    }
+
     /// Waiting for an issuer's answer (held, or in doubt and being asked): kept in the
     /// ledger whatever its age, so that answer finds it.
     pub fn awaits_issuer(&self) -> bool {

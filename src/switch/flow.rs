@@ -27,8 +27,8 @@ use bytes::Bytes;
 
 use crate::cards::card::unix_now as now;
 use crate::cards::{
-    Admit, AdviceOutcome, Approval, AuthCode, CardKey, Cards, DecidedBy, Decision, Expiry, Hold,
-    IssuerOutcome, Replay, ResponseCode, ReversalOutcome,
+    Admit, AdviceOutcome, Approval, AuthCode, AuthRequest, CardKey, Cards, DecidedBy, Decision,
+    Expiry, Hold, IssuerOutcome, Replay, ResponseCode, ReversalOutcome,
 };
 use crate::iso8583::{Message, Spec, readable_part, recover_header};
 use crate::metrics as m;
@@ -465,7 +465,10 @@ impl Flow {
             };
             // The answer settles the hold, and goes no further: the network asked nothing.
             match request_of_advice(&request) {
-                Some(repeat) => drop(self.ask_in_doubt(&repeat, &vpan, hold).await),
+                Some(mut repeat) => {
+                    self.tell_what_stands(&mut repeat, &vpan, &req);
+                    drop(self.ask_in_doubt(&repeat, &vpan, hold).await);
+                }
                 // Not asked: still in doubt, and completed by the advice.
                 None => drop(
                     self.cards
@@ -514,6 +517,7 @@ impl Flow {
                 // book it twice.
                 let mut request = request;
                 request.mark_repeat();
+                self.tell_what_stands(&mut request, &vpan, &req);
                 request
             }
         };
@@ -525,6 +529,18 @@ impl Flow {
             self.cards.advice_acknowledged(vpan.key, &req);
         }
         (answer, decided_by)
+    }
+
+    /// An advice's resend, or the ask it makes, in what stands of its transaction when the
+    /// acquirer has reversed part of it since ([`Cards::standing_de4`]): DE 4 that amount,
+    /// DE 6 left for the issuer to work out. Told the whole, an issuer that never had it
+    /// (so could not apply the partial reversal) would charge the whole.
+    fn tell_what_stands(&self, message: &mut Message, vpan: &VirtualPan, req: &AuthRequest) {
+        if let Some(de4) = self.cards.standing_de4(vpan.key, req)
+            && message.set(4, format!("{de4:012}").as_bytes()).is_ok()
+        {
+            message.remove(6);
+        }
     }
 
     /// The 96 of a request whose records could not be made durable (fail closed), logged.

@@ -334,6 +334,22 @@ impl Cards {
         Some(durable)
     }
 
+    /// The DE 4 of what stands of the transaction the advice `req` reports, when the
+    /// acquirer has reversed part of it and the issuer has not answered an advice of it 00:
+    /// what the issuer is to be told (or asked about) in its place. An issuer that booked
+    /// the whole heard the partial reversal, and drops the resend by its key (or answers
+    /// the ask as it did the first time); one that never had it, which could not apply the
+    /// reversal, books what stands rather than the whole.
+    pub fn standing_de4(&self, card_key: CardKey, req: &AuthRequest) -> Option<u64> {
+        let e = self.ledger.get(&req.key.original())?;
+        let reversed_in_part = e.amount > 0 && e.amount < e.charged;
+        (e.card == card_key && reversed_in_part && !e.acknowledged).then(|| {
+            let standing =
+                u128::from(e.original_amount) * u128::from(e.amount) / u128::from(e.charged);
+            u64::try_from(standing).unwrap_or(u64::MAX)
+        })
+    }
+
     /// The issuer answered the advice `req` 00: its repeats are acknowledged here from now
     /// on (in memory: after a restart one goes to the issuer again, marked as a repeat).
     pub fn advice_acknowledged(&self, card_key: CardKey, req: &AuthRequest) {

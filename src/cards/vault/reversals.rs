@@ -19,16 +19,18 @@ impl Cards {
             // Not a void made before the original came, which records the reversal that
             // made it; one that replaced a purchase vpan saw keeps the purchase's MTI.
             .find(|(_, e)| !e.is_void() || e.voided_a_purchase())
-            .map(|(_, e)| e.mti)
+            .map(|(_, e)| e.booked_as())
     }
 
-    /// The MTI of the advice vpan recorded on this card under the key that `req`'s DE 90
-    /// names, when an advice stands there (a stand-in's, after vpan's 91 or the issuer's
-    /// decline of the request DE 90 names): what the issuer booked under that key, which a
-    /// reversal naming the request would not find.
+    /// The MTI of the advice the issuer booked under the key that `req`'s DE 90 names on
+    /// this card, where that is what it booked ([`TxEntry::booked_as`]: a stand-in's
+    /// advice vpan recorded after its 91 or the issuer's decline of the request DE 90
+    /// names, or one the issuer acknowledged of a purchase in doubt): a reversal naming the
+    /// request would not find it.
     pub fn advice_booked_as(&self, card_key: CardKey, req: &ReversalRequest) -> Option<[u8; 4]> {
         let e = self.ledger.get(&req.original?)?;
-        (e.card == card_key && e.mti[2] == b'2' && !e.is_void()).then_some(e.mti)
+        let booked = e.booked_as();
+        (e.card == card_key && booked[2] == b'2' && !e.is_void()).then_some(booked)
     }
 
     /// Applies a reversal (0400/0420 and repeats): finds the original by DE 90, else by the
