@@ -1349,21 +1349,22 @@ impl Scripted {
     }
 
     /// The stand-in's advice of the purchase sent, and the host's front end answering 91
-    /// to what it hears (its host is down): first, `asked`, the 0101 that asks about a
-    /// purchase in doubt, then the advice, which it does not book. The network's advice
-    /// gets 91; it is returned.
-    async fn advice_answered_91(&mut self, asked: bool) -> Message {
+    /// to what it hears (its host is down), booking nothing: of a purchase in doubt
+    /// (`in_doubt`), the 0101 that asks about it, after which the advice is not sent; else
+    /// the advice itself. The network's advice gets 91; it is returned.
+    async fn advice_answered_91(&mut self, in_doubt: bool) -> Message {
         let advice = stand_in_advice_of(&self.request);
         self.net.send(&advice).await;
-        let within = Duration::from_secs(10);
-        if asked {
-            let asked = host_message(&mut self.host, within).await.unwrap();
-            assert_eq!(&asked.mti(), b"0101", "the issuer is asked first");
-            host_answer(&mut self.host, &asked, b"0110", b"91").await;
-        }
-        let told = host_message(&mut self.host, within).await.unwrap();
-        assert_eq!(&told.mti(), b"0120", "the advice is news to the issuer");
-        host_answer(&mut self.host, &told, b"0130", b"91").await;
+        let told = host_message(&mut self.host, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let (asked, answered) = if in_doubt {
+            (b"0101", b"0110")
+        } else {
+            (b"0120", b"0130")
+        };
+        assert_eq!(&told.mti(), asked);
+        host_answer(&mut self.host, &told, answered, b"91").await;
         assert_eq!(code(&self.net.answer(advice.stan().unwrap()).await), "91");
         advice
     }
@@ -1429,41 +1430,35 @@ fn named_in_de90(m: &Message) -> Option<String> {
         .map(|t| String::from_utf8_lossy(&t.as_bytes()[..4]).into_owned())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_advice_completing_a_hold_in_doubt_the_issuer_did_not_decide_is_told_again_until_it_answers()
- {
-    let mut s = Scripted::in_doubt(false).await;
+/// A purchase in doubt that the host may have booked before the kill (`booked`); the
+/// stand-in's advice of it, whose ask nothing decides (91): the advice gets 91 and is not
+/// sent, since the issuer may have the purchase. Its resend asks again, and the host, back,
+/// answers as its books say: the purchase's first answer, or, never had, a decision now.
+/// Either way the advice is then acknowledged by vpan, the account charged once. Then the
+/// acquirer reverses the purchase, naming it in DE 90 (`by_de90`) or by its own key: given
+/// back once.
+async fn an_undecided_advice_in_doubt_then_reversed(booked: bool, by_de90: bool) {
+    let mut s = Scripted::in_doubt(booked).await;
     let advice = s.advice_answered_91(true).await;
-    // The network sends the advice again (store and forward): the issuer has never had it,
-    // nor the purchase; acknowledged here, it never would, and the account would never be
-    // charged for the 7.00 the card counts.
-    let resend = repeat_of(&advice);
-    s.net.send(&resend).await;
-    let again = host_message(&mut s.host, Duration::from_secs(3)).await;
     assert!(
-        again.as_ref().is_some_and(|m| &m.mti() == b"0121"),
-        "the advice's resend must reach the issuer; the network got {:?} from the switch",
-        code(&s.net.answer(resend.stan().unwrap()).await)
+        host_message(&mut s.host, Duration::from_millis(500))
+            .await
+            .is_none(),
+        "nothing decided the purchase: the advice is not sent"
     );
-    s.counters_after_kill().await;
-}
-
-/// A purchase in doubt completed by the stand-in's advice (the host's front end answered
-/// the ask and the advice 91); the advice's resend (0121) then booked by the issuer; then
-/// the acquirer reverses the purchase, naming its 0100 in DE 90 (`by_de90`) or by its own
-/// key (no DE 90).
-async fn advised_in_doubt_then_reversed(by_de90: bool) {
-    let mut s = Scripted::in_doubt(false).await;
-    let advice = s.advice_answered_91(true).await;
-    // The host is back: the advice's resend is booked (the only booking of this purchase).
     let resend = repeat_of(&advice);
     s.net.send(&resend).await;
     let told = s.booked_next(Duration::from_secs(5)).await.unwrap();
-    assert_eq!(&told.mti(), b"0121");
+    assert_eq!(&told.mti(), b"0101", "asked again");
     assert_eq!(code(&s.net.answer(resend.stan().unwrap()).await), "00");
+    assert!(
+        host_message(&mut s.host, Duration::from_millis(500))
+            .await
+            .is_none(),
+        "approved by the issuer: the advice is no news to it"
+    );
     assert_eq!(s.charged(), 700, "charged once");
 
-    // The cardholder cancels: the acquirer reverses the purchase.
     let reversal = if by_de90 {
         reversal_of(&mut s.net, &s.request)
     } else {
@@ -1482,27 +1477,26 @@ async fn advised_in_doubt_then_reversed(by_de90: bool) {
     assert_eq!(
         charged,
         0,
-        "the real account must be given back what the issuer booked (the reversal's DE 90 \
-         named {:?}, the issuer booked the 0120; unmatched reversals: {unmatched})",
+        "the real account must be given back what the issuer booked (the reversal's DE 90          named {:?}; unmatched reversals: {unmatched})",
         named_in_de90(&at_host)
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reversal_naming_a_purchase_an_advice_completed_in_doubt_names_the_booked_advice() {
-    advised_in_doubt_then_reversed(true).await;
+async fn an_advice_of_a_purchase_in_doubt_the_issuer_booked_is_not_told_on_an_undecided_ask() {
+    an_undecided_advice_in_doubt_then_reversed(true, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reversal_by_own_key_of_a_purchase_an_advice_completed_in_doubt_names_the_booked_advice()
-{
-    advised_in_doubt_then_reversed(false).await;
+async fn an_advice_of_a_purchase_in_doubt_the_issuer_never_had_is_asked_again_and_reversed_by_own_key()
+ {
+    an_undecided_advice_in_doubt_then_reversed(false, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reversal_of_a_purchase_the_issuer_booked_is_not_renamed_to_an_advice_it_refused() {
-    // The host booked the purchase before the kill; after it, the ask and the advice both
-    // get 91, and nothing more is booked: what the issuer has is the 0100.
+async fn a_reversal_after_an_undecided_advice_of_a_purchase_in_doubt_names_the_purchase() {
+    // The host booked the purchase before the kill; after it, the ask gets 91, the advice
+    // is not sent, and nothing more is booked: what the issuer has is the 0100.
     let mut s = Scripted::in_doubt(true).await;
     s.advice_answered_91(true).await;
     assert_eq!(s.charged(), 700, "the purchase booked, not the advice");
@@ -1622,5 +1616,47 @@ async fn an_advice_of_a_purchase_in_doubt_reversed_in_part_charges_the_account_w
         charged, 300,
         "the real account is charged what stands (sent to the issuer after the partial \
          reversal: {sent:?})"
+    );
+}
+
+/// A cross-currency purchase (DE 4 in JPY, DE 6 in the card's EUR),
+/// reported by a stand-in's advice the issuer does not book (91), reversed in part, then
+/// the advice resent: told DE 4 in proportion and DE 6 what the card counts, which the
+/// issuer bills (it billed DE 4, yen, as euro cents when DE 6 was left out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_advice_resent_after_a_partial_reversal_of_a_converted_purchase_charges_what_stands() {
+    let mut s = Scripted::start().await;
+    let mut converted = s.request.clone();
+    converted.set(4, b"000000010000").unwrap(); // JPY 10000
+    converted.set(49, b"392").unwrap();
+    converted.set(6, b"000000006500").unwrap(); // EUR 65.00
+    converted.set(51, b"978").unwrap();
+    s.request = Message::parse(vpan::iso8583::Spec::iso87ascii(), converted.pack()).unwrap();
+    let advice = s.advice_answered_91(false).await;
+    // Half the yen stays: 32.50 EUR.
+    let reversal = partial_reversal_of(&mut s.net, &s.request, 5_000);
+    s.reversed_at_the_host(&reversal).await;
+    let resend = repeat_of(&advice);
+    s.net.send(&resend).await;
+    let told = s.booked_next(Duration::from_secs(5)).await.unwrap();
+    let answer = s.net.answer(resend.stan().unwrap()).await;
+    let charged = s.charged();
+    let (spent, _) = s.counters_after_kill().await;
+    assert_eq!(spent, 3_250, "the card counts what stands");
+    assert_eq!(
+        charged,
+        3_250,
+        "the real account must be charged what stands (resend told DE 4 {:?} DE 6 {:?}; the \
+         network's 0130 carried DE 4 {:?} DE 6 {:?})",
+        told.text(4)
+            .map(|t| String::from_utf8_lossy(t.as_bytes()).into_owned()),
+        told.text(6)
+            .map(|t| String::from_utf8_lossy(t.as_bytes()).into_owned()),
+        answer
+            .text(4)
+            .map(|t| String::from_utf8_lossy(t.as_bytes()).into_owned()),
+        answer
+            .text(6)
+            .map(|t| String::from_utf8_lossy(t.as_bytes()).into_owned()),
     );
 }

@@ -354,12 +354,12 @@ pub enum AdviceOutcome {
     /// issuer has answered it (or its timeout released the hold), when what the advice
     /// reports is known to be news or not.
     Pending,
-    /// Its transaction is held in doubt (with the issuer when vpan stopped): nothing
-    /// recorded. Whether the issuer approved it, and the advice is no news to it, is asked
-    /// of it first with the request's repeat, whose answer (or none) goes to
-    /// `settle_in_doubt` with this hold; then the advice is told again to
-    /// [`Cards::advice_once_asked`]. Until then, the request's repeats and other advices of
-    /// it are `Pending`.
+    /// Its transaction is held in doubt (with the issuer when vpan stopped), and the advice
+    /// reports its money: nothing recorded. Whether the issuer approved it, and the advice
+    /// is no news to it, is asked of it first with the request's repeat, whose answer (or
+    /// none) goes to `settle_in_doubt` with this hold; then the advice is told again, when
+    /// the answer decided it. Until then, the request's repeats and other advices of it are
+    /// `Pending`.
     AskIssuer(Hold),
     /// The key is known on another card, for a refund where this is a purchase (or the
     /// reverse), or for another amount where nothing was counted or a reversal took part

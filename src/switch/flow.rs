@@ -289,7 +289,7 @@ impl Flow {
             Decision::Replay(Replay::AskIssuer(hold)) => {
                 let mut request = request;
                 request.mark_repeat();
-                let sent = self.ask_in_doubt(&request, &vpan, hold).await;
+                let (sent, _) = self.ask_in_doubt(&request, &vpan, hold).await;
                 self.answer_on_card(request, sent).await
             }
             Decision::Approve(approval) => self.forward_approval(request, &vpan, approval).await,
@@ -322,8 +322,14 @@ impl Flow {
 
     /// Asks the issuer about `hold`, held in doubt, with `repeat`, its request marked as a
     /// repeat (0101, 0201): the issuer answers what it answered the first time rather than
-    /// deciding (and charging) it again. The hold is settled by the answer; what came back.
-    async fn ask_in_doubt(&self, repeat: &Message, vpan: &VirtualPan, hold: Hold) -> OnCard {
+    /// deciding (and charging) it again. The hold is settled by the answer; what came back,
+    /// and what it said of the hold (`TimedOut`: nothing that decides it, left in doubt).
+    async fn ask_in_doubt(
+        &self,
+        repeat: &Message,
+        vpan: &VirtualPan,
+        hold: Hold,
+    ) -> (OnCard, IssuerOutcome) {
         let mut asking = AskingIssuer {
             cards: &self.cards,
             hold,
@@ -331,14 +337,15 @@ impl Flow {
             settled: false,
         };
         let mut sent = self.send_on_card(repeat, vpan).await;
-        asking.outcome = in_doubt_outcome(&sent, repeat);
+        let outcome = in_doubt_outcome(&sent, repeat);
+        asking.outcome = outcome;
         let settled = asking.settle();
         let owed = match &mut sent {
             Err(NotSent::Issuer(unanswered)) => unanswered.owed.take(),
             _ => None,
         };
         record_owed_after(owed, settled).await;
-        sent
+        (sent, outcome)
     }
 
     /// Forwards an approval to the issuer while its hold is made durable.
@@ -450,13 +457,7 @@ impl Flow {
         let outcome = loop {
             let outcome = self
                 .once_the_issuer_answered(
-                    || {
-                        if asked {
-                            self.cards.advice_once_asked(vpan.key, &req, now())
-                        } else {
-                            self.cards.advice(vpan.key, &req, now())
-                        }
-                    },
+                    || self.cards.advice(vpan.key, &req, now()),
                     |o| matches!(o, AdviceOutcome::Pending),
                 )
                 .await;
@@ -464,16 +465,28 @@ impl Flow {
                 break outcome;
             };
             // The answer settles the hold, and goes no further: the network asked nothing.
-            match request_of_advice(&request) {
-                Some(mut repeat) => {
+            let decided = match request_of_advice(&request) {
+                Some(mut repeat) if !asked => {
                     self.tell_what_stands(&mut repeat, &vpan, &req);
-                    drop(self.ask_in_doubt(&repeat, &vpan, hold).await);
+                    let (_, said) = self.ask_in_doubt(&repeat, &vpan, hold).await;
+                    !matches!(said, IssuerOutcome::TimedOut | IssuerOutcome::Failed)
                 }
-                // Not asked: still in doubt, and completed by the advice.
-                None => drop(
-                    self.cards
-                        .settle_in_doubt(&hold, IssuerOutcome::TimedOut, now()),
-                ),
+                _ => {
+                    drop(
+                        self.cards
+                            .settle_in_doubt(&hold, IssuerOutcome::TimedOut, now()),
+                    );
+                    false
+                }
+            };
+            if !decided {
+                // Nothing decided it: the issuer may have the request, and told the advice
+                // as news it would book it a second time. Still in doubt (and counted),
+                // the advice gets 91, and its resend asks again.
+                return (
+                    self.local_answer(&request, ResponseCode::ISSUER_UNAVAILABLE),
+                    DecidedBy::Switch,
+                );
             }
             asked = true;
         };
@@ -532,14 +545,20 @@ impl Flow {
     }
 
     /// An advice's resend, or the ask it makes, in what stands of its transaction when the
-    /// acquirer has reversed part of it since ([`Cards::standing_de4`]): DE 4 that amount,
-    /// DE 6 left for the issuer to work out. Told the whole, an issuer that never had it
-    /// (so could not apply the partial reversal) would charge the whole.
+    /// acquirer has reversed part of it since ([`Cards::standing`]): DE 4 that amount, and
+    /// DE 6 what the card counts when billed in the card's currency, else left for the
+    /// issuer to work out. Told the whole, an issuer that never had it (so could not apply
+    /// the partial reversal) would charge the whole.
     fn tell_what_stands(&self, message: &mut Message, vpan: &VirtualPan, req: &AuthRequest) {
-        if let Some(de4) = self.cards.standing_de4(vpan.key, req)
-            && message.set(4, format!("{de4:012}").as_bytes()).is_ok()
-        {
-            message.remove(6);
+        let Some((de4, de6)) = self.cards.standing(vpan.key, req) else {
+            return;
+        };
+        if message.set(4, format!("{de4:012}").as_bytes()).is_err() {
+            return;
+        }
+        match de6 {
+            Some(de6) if message.set(6, format!("{de6:012}").as_bytes()).is_ok() => {}
+            _ => message.remove(6),
         }
     }
 

@@ -18,35 +18,12 @@ impl Cards {
     /// over the cap. An advice for a transaction whose request is with the issuer is
     /// [`AdviceOutcome::Pending`]; one of a transaction held in doubt is
     /// [`AdviceOutcome::AskIssuer`] (the issuer is asked whether it approved the request
-    /// first), then, told to [`Cards::advice_once_asked`], completes that hold if it is in
-    /// doubt still;
-    /// one for a transaction vpan counted, in another amount, restates it
+    /// first), but one in another amount completes that hold and restates it; one for a
+    /// transaction vpan counted, in another amount, restates it
     /// ([`Cards::restate`]). An amount the card's currency cannot size counts as what the
     /// cap had left, and a use (with a warning). A completion stands in place of the
     /// authorization it names ([`Cards::completion_of`]).
     pub fn advice(&self, card_key: CardKey, req: &AuthRequest, now: UnixSeconds) -> AdviceOutcome {
-        self.advice_in_doubt(card_key, req, now, InDoubt::AskIssuer)
-    }
-
-    /// [`Cards::advice`] once the issuer has been asked about the hold in doubt it reports
-    /// ([`AdviceOutcome::AskIssuer`]): a hold still in doubt (the issuer did not say) is
-    /// completed by the advice.
-    pub fn advice_once_asked(
-        &self,
-        card_key: CardKey,
-        req: &AuthRequest,
-        now: UnixSeconds,
-    ) -> AdviceOutcome {
-        self.advice_in_doubt(card_key, req, now, InDoubt::Complete)
-    }
-
-    fn advice_in_doubt(
-        &self,
-        card_key: CardKey,
-        req: &AuthRequest,
-        now: UnixSeconds,
-        in_doubt: InDoubt,
-    ) -> AdviceOutcome {
         let tx = req.key.original();
         // Its entry (new, or moved to another retention queue) is to be filed again.
         let mut file_again = false;
@@ -59,7 +36,7 @@ impl Cards {
             }
             if let Some(e) = self.ledger.get(&tx)
                 && let Some(outcome) =
-                    self.advice_of_known(card, card_key, e, req, now, in_doubt, &mut file_again)
+                    self.advice_of_known(card, card_key, e, req, now, &mut file_again)
             {
                 return outcome;
             }
@@ -96,7 +73,6 @@ impl Cards {
     /// An advice under the key of a transaction `e` this card's ledger holds, under the
     /// card's lock: a repeat, a completion of its hold, a restatement, or a conflict;
     /// `None` when it is to be recorded afresh (over a decline or a release of vpan's).
-    #[allow(clippy::too_many_arguments)] // the advice, its card and transaction, and how
     fn advice_of_known(
         &self,
         card: &mut Card,
@@ -104,7 +80,6 @@ impl Cards {
         e: TxEntry,
         req: &AuthRequest,
         now: UnixSeconds,
-        in_doubt: InDoubt,
         file_again: &mut bool,
     ) -> Option<AdviceOutcome> {
         let tx = req.key.original();
@@ -163,7 +138,6 @@ impl Cards {
         let reversed_in_full = e.charged > 0 && e.amount == 0;
         if e.state == TxState::InDoubt
             && e.card == card_key
-            && in_doubt == InDoubt::AskIssuer
             && same_money
             && !reversed_in_full
             && let Some(hold) = self.ask_issuer(tx, card_key)
@@ -177,10 +151,11 @@ impl Cards {
         }
         let mut completed = None;
         if e.state == TxState::InDoubt && e.card == card_key {
-            // The advice reports the approval vpan holds in doubt (its issuer answer lost in
-            // a stop): it completes the hold, here under the card's lock, and a repeat of
-            // the request then finds it completed. The hold is in its retention queue
-            // already.
+            // The advice restates the approval vpan holds in doubt (its issuer answer lost
+            // in a stop), in another amount, which a repeat of the request cannot ask about:
+            // it completes the hold, here under the card's lock, as the switch's (the issuer
+            // has not approved it that vpan knows), and restates it below. The hold is in its
+            // retention queue already.
             let hold = Hold { card: card_key, tx };
             completed = self
                 .complete_locked(card, &hold, e.state, IssuerOutcome::Advised, now)
@@ -334,20 +309,27 @@ impl Cards {
         Some(durable)
     }
 
-    /// The DE 4 of what stands of the transaction the advice `req` reports, when the
-    /// acquirer has reversed part of it and the issuer has not answered an advice of it 00:
-    /// what the issuer is to be told (or asked about) in its place. An issuer that booked
-    /// the whole heard the partial reversal, and drops the resend by its key (or answers
-    /// the ask as it did the first time); one that never had it, which could not apply the
-    /// reversal, books what stands rather than the whole.
-    pub fn standing_de4(&self, card_key: CardKey, req: &AuthRequest) -> Option<u64> {
+    /// What stands of the transaction the advice `req` reports, when the acquirer has
+    /// reversed part of it and the issuer has not answered an advice of it 00: its DE 4,
+    /// and its DE 6 when the advice's DE 51 is the card's currency (what the card counts,
+    /// exactly); what the issuer is to be told (or asked about) in its place. An issuer
+    /// that booked the whole heard the partial reversal, and drops the resend by its key
+    /// (or answers the ask as it did the first time); one that never had it, which could
+    /// not apply the reversal, books what stands rather than the whole.
+    pub fn standing(&self, card_key: CardKey, req: &AuthRequest) -> Option<(u64, Option<u64>)> {
         let e = self.ledger.get(&req.key.original())?;
         let reversed_in_part = e.amount > 0 && e.amount < e.charged;
-        (e.card == card_key && reversed_in_part && !e.acknowledged).then(|| {
-            let standing =
-                u128::from(e.original_amount) * u128::from(e.amount) / u128::from(e.charged);
-            u64::try_from(standing).unwrap_or(u64::MAX)
-        })
+        if e.card != card_key || !reversed_in_part || e.acknowledged {
+            return None;
+        }
+        let currency = self.index.read(card_key, |card| card.currency)?;
+        let de4 = u128::from(e.original_amount) * u128::from(e.amount) / u128::from(e.charged);
+        let de6 = req
+            .amounts
+            .billing
+            .filter(|&(_, billed_in)| billed_in == currency)
+            .map(|_| e.amount);
+        Some((u64::try_from(de4).unwrap_or(u64::MAX), de6))
     }
 
     /// The issuer answered the advice `req` 00: its repeats are acknowledged here from now
@@ -399,13 +381,4 @@ fn unsized_advice(card: &Card, card_key: CardKey, given_back: u64) -> u64 {
     // Not `available()`: holds released later must not make room again.
     card.amount_limit
         .saturating_sub(card.spent.saturating_sub(given_back))
-}
-
-/// What an advice of a transaction held in doubt does.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum InDoubt {
-    /// Asks the issuer first whether it approved the request ([`AdviceOutcome::AskIssuer`]).
-    AskIssuer,
-    /// Completes the hold: the issuer was asked, and did not say.
-    Complete,
 }
