@@ -1619,44 +1619,63 @@ async fn an_advice_of_a_purchase_in_doubt_reversed_in_part_charges_the_account_w
     );
 }
 
-/// A cross-currency purchase (DE 4 in JPY, DE 6 in the card's EUR),
-/// reported by a stand-in's advice the issuer does not book (91), reversed in part, then
-/// the advice resent: told DE 4 in proportion and DE 6 what the card counts, which the
-/// issuer bills (it billed DE 4, yen, as euro cents when DE 6 was left out).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_advice_resent_after_a_partial_reversal_of_a_converted_purchase_charges_what_stands() {
+/// A stand-in's advice of a purchase of JPY 10,000 billed `de6` in EUR (DE 51, the card's
+/// currency), which the host does not book (91); the acquirer reverses half of it; the
+/// advice is resent and booked. What the resend told the host, and what the issuer and
+/// the card count.
+async fn a_converted_advice_resent_after_half_is_reversed(de6: &[u8; 12]) -> (Message, i64, u64) {
     let mut s = Scripted::start().await;
     let mut converted = s.request.clone();
-    converted.set(4, b"000000010000").unwrap(); // JPY 10000
+    converted.set(4, b"000000010000").unwrap();
     converted.set(49, b"392").unwrap();
-    converted.set(6, b"000000006500").unwrap(); // EUR 65.00
+    converted.set(6, de6).unwrap();
     converted.set(51, b"978").unwrap();
     s.request = Message::parse(vpan::iso8583::Spec::iso87ascii(), converted.pack()).unwrap();
     let advice = s.advice_answered_91(false).await;
-    // Half the yen stays: 32.50 EUR.
     let reversal = partial_reversal_of(&mut s.net, &s.request, 5_000);
     s.reversed_at_the_host(&reversal).await;
     let resend = repeat_of(&advice);
     s.net.send(&resend).await;
     let told = s.booked_next(Duration::from_secs(5)).await.unwrap();
-    let answer = s.net.answer(resend.stan().unwrap()).await;
+    let _ = s.net.answer(resend.stan().unwrap()).await;
     let charged = s.charged();
     let (spent, _) = s.counters_after_kill().await;
+    (told, charged, spent)
+}
+
+/// DE 4 and DE 6 as told to the host.
+fn amounts_told(told: &Message) -> [Option<String>; 2] {
+    [4, 6].map(|n| {
+        told.text(n)
+            .map(|t| String::from_utf8_lossy(t.as_bytes()).into_owned())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_advice_resent_after_a_partial_reversal_of_a_converted_purchase_charges_what_stands() {
+    // EUR 65.00: half stands, 32.50, told in DE 6 (left out, the issuer billed DE 4's yen
+    // as euro cents).
+    let (told, charged, spent) =
+        a_converted_advice_resent_after_half_is_reversed(b"000000006500").await;
     assert_eq!(spent, 3_250, "the card counts what stands");
     assert_eq!(
         charged,
         3_250,
-        "the real account must be charged what stands (resend told DE 4 {:?} DE 6 {:?}; the \
-         network's 0130 carried DE 4 {:?} DE 6 {:?})",
-        told.text(4)
-            .map(|t| String::from_utf8_lossy(t.as_bytes()).into_owned()),
-        told.text(6)
-            .map(|t| String::from_utf8_lossy(t.as_bytes()).into_owned()),
-        answer
-            .text(4)
-            .map(|t| String::from_utf8_lossy(t.as_bytes()).into_owned()),
-        answer
-            .text(6)
-            .map(|t| String::from_utf8_lossy(t.as_bytes()).into_owned()),
+        "the real account must be charged what stands (DE 4 and DE 6 told: {:?})",
+        amounts_told(&told)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_advice_resent_after_a_partial_reversal_does_not_bill_the_cards_estimate() {
+    // DE 6 of 0: the card cannot size it and counts all its cap had left (the safe side);
+    // told in DE 6, that estimate was billed (5,000.00 for half of JPY 10,000).
+    let (told, charged, spent) =
+        a_converted_advice_resent_after_half_is_reversed(b"000000000000").await;
+    assert!(
+        charged < 10_000,
+        "the real account is billed vpan's estimate of an unsized purchase: charged \
+         {charged} (card spent {spent}; DE 4 and DE 6 told: {:?})",
+        amounts_told(&told)
     );
 }

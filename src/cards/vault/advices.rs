@@ -310,9 +310,11 @@ impl Cards {
     }
 
     /// What stands of the transaction the advice `req` reports, when the acquirer has
-    /// reversed part of it and the issuer has not answered an advice of it 00: its DE 4,
-    /// and its DE 6 when the advice's DE 51 is the card's currency (what the card counts,
-    /// exactly); what the issuer is to be told (or asked about) in its place. An issuer
+    /// reversed part of it and the issuer has not answered an advice of it 00: its DE 4 and,
+    /// when the advice's DE 51 is the card's currency, its DE 6, each the advice's own in
+    /// the proportion the card still counts (never what the card counts itself, which for
+    /// an advice it could not size is all its cap had left); what the issuer is to be told
+    /// (or asked about) in its place. An issuer
     /// that booked the whole heard the partial reversal, and drops the resend by its key
     /// (or answers the ask as it did the first time); one that never had it, which could
     /// not apply the reversal, books what stands rather than the whole.
@@ -323,13 +325,16 @@ impl Cards {
             return None;
         }
         let currency = self.index.read(card_key, |card| card.currency)?;
-        let de4 = u128::from(e.original_amount) * u128::from(e.amount) / u128::from(e.charged);
+        let standing = |told: u64| {
+            let part = u128::from(told) * u128::from(e.amount) / u128::from(e.charged);
+            u64::try_from(part).unwrap_or(u64::MAX)
+        };
         let de6 = req
             .amounts
             .billing
             .filter(|&(_, billed_in)| billed_in == currency)
-            .map(|_| e.amount);
-        Some((u64::try_from(de4).unwrap_or(u64::MAX), de6))
+            .map(|(billed, _)| standing(billed));
+        Some((standing(e.original_amount), de6))
     }
 
     /// The issuer answered the advice `req` 00: its repeats are acknowledged here from now
