@@ -1621,9 +1621,11 @@ async fn an_advice_of_a_purchase_in_doubt_reversed_in_part_charges_the_account_w
 
 /// A stand-in's advice of a purchase of JPY 10,000 billed `de6` in EUR (DE 51, the card's
 /// currency), which the host does not book (91); the acquirer reverses half of it; the
-/// advice is resent and booked. What the resend told the host, and what the issuer and
-/// the card count.
-async fn a_converted_advice_resent_after_half_is_reversed(de6: &[u8; 12]) -> (Message, i64, u64) {
+/// advice is resent and booked. What the resend told the host, the network's answer to
+/// it, and what the issuer and the card count.
+async fn a_converted_advice_resent_after_half_is_reversed(
+    de6: &[u8; 12],
+) -> (Message, Message, i64, u64) {
     let mut s = Scripted::start().await;
     let mut converted = s.request.clone();
     converted.set(4, b"000000010000").unwrap();
@@ -1637,13 +1639,13 @@ async fn a_converted_advice_resent_after_half_is_reversed(de6: &[u8; 12]) -> (Me
     let resend = repeat_of(&advice);
     s.net.send(&resend).await;
     let told = s.booked_next(Duration::from_secs(5)).await.unwrap();
-    let _ = s.net.answer(resend.stan().unwrap()).await;
+    let answer = s.net.answer(resend.stan().unwrap()).await;
     let charged = s.charged();
     let (spent, _) = s.counters_after_kill().await;
-    (told, charged, spent)
+    (told, answer, charged, spent)
 }
 
-/// DE 4 and DE 6 as told to the host.
+/// DE 4 and DE 6 of `told`.
 fn amounts_told(told: &Message) -> [Option<String>; 2] {
     [4, 6].map(|n| {
         told.text(n)
@@ -1655,9 +1657,14 @@ fn amounts_told(told: &Message) -> [Option<String>; 2] {
 async fn an_advice_resent_after_a_partial_reversal_of_a_converted_purchase_charges_what_stands() {
     // EUR 65.00: half stands, 32.50, told in DE 6 (left out, the issuer billed DE 4's yen
     // as euro cents).
-    let (told, charged, spent) =
+    let (told, answer, charged, spent) =
         a_converted_advice_resent_after_half_is_reversed(b"000000006500").await;
     assert_eq!(spent, 3_250, "the card counts what stands");
+    // The network's answer carries the amounts it sent, not what the issuer was told.
+    assert_eq!(
+        amounts_told(&answer),
+        [Some("000000010000".into()), Some("000000006500".into())]
+    );
     assert_eq!(
         charged,
         3_250,
@@ -1670,7 +1677,7 @@ async fn an_advice_resent_after_a_partial_reversal_of_a_converted_purchase_charg
 async fn an_advice_resent_after_a_partial_reversal_does_not_bill_the_cards_estimate() {
     // DE 6 of 0: the card cannot size it and counts all its cap had left (the safe side);
     // told in DE 6, that estimate was billed (5,000.00 for half of JPY 10,000).
-    let (told, charged, spent) =
+    let (told, _, charged, spent) =
         a_converted_advice_resent_after_half_is_reversed(b"000000000000").await;
     assert!(
         charged < 10_000,

@@ -490,6 +490,8 @@ impl Flow {
             }
             asked = true;
         };
+        // DE 4 and DE 6 as the network sent them, when the issuer is told what stands.
+        let mut amounts_sent = None;
         let request = match outcome {
             AdviceOutcome::Unknown => return self.unknown_or_passthrough(request).await,
             // Still with the issuer past its timeout (the sweep is late): dropped, and the
@@ -530,36 +532,58 @@ impl Flow {
                 // book it twice.
                 let mut request = request;
                 request.mark_repeat();
-                self.tell_what_stands(&mut request, &vpan, &req);
+                let sent = [4, 6].map(|n| request.text(n).map(|t| t.as_bytes().to_vec()));
+                if self.tell_what_stands(&mut request, &vpan, &req) {
+                    amounts_sent = Some(sent);
+                }
                 request
             }
         };
-        let (answer, decided_by) = self.forward_on_card(request, &vpan).await;
+        let (mut answer, decided_by) = self.forward_on_card(request, &vpan).await;
         if answer
             .as_deref()
             .is_some_and(|a| decided_by == DecidedBy::Issuer && a.response_code() == Some(*b"00"))
         {
             self.cards.advice_acknowledged(vpan.key, &req);
         }
+        // Told what stands, the issuer echoes that: the network's answer carries the
+        // amounts the network sent.
+        if let (Some(sent), Some(a)) = (amounts_sent, answer.as_mut()) {
+            for (n, value) in [4, 6].into_iter().zip(sent) {
+                match value {
+                    // As it came: it fits the layout.
+                    Some(v) => {
+                        let _ = a.set(n, &v);
+                    }
+                    None => a.remove(n),
+                }
+            }
+        }
         (answer, decided_by)
     }
 
     /// An advice's resend, or the ask it makes, in what stands of its transaction when the
     /// acquirer has reversed part of it since ([`Cards::standing`]): DE 4 that amount, and
-    /// DE 6 what the card counts when billed in the card's currency, else left for the
-    /// issuer to work out. Told the whole, an issuer that never had it (so could not apply
-    /// the partial reversal) would charge the whole.
-    fn tell_what_stands(&self, message: &mut Message, vpan: &VirtualPan, req: &AuthRequest) {
+    /// DE 6, when billed in the card's currency, the advice's own in the same proportion,
+    /// else left for the issuer to work out. Told the whole, an issuer that never had it
+    /// (so could not apply the partial reversal) would charge the whole. Whether it did.
+    fn tell_what_stands(
+        &self,
+        message: &mut Message,
+        vpan: &VirtualPan,
+        req: &AuthRequest,
+    ) -> bool {
         let Some((de4, de6)) = self.cards.standing(vpan.key, req) else {
-            return;
+            return false;
         };
         if message.set(4, format!("{de4:012}").as_bytes()).is_err() {
-            return;
+            return false;
         }
         match de6 {
             Some(de6) if message.set(6, format!("{de6:012}").as_bytes()).is_ok() => {}
             _ => message.remove(6),
         }
+        true
     }
 
     /// The 96 of a request whose records could not be made durable (fail closed), logged.
