@@ -532,7 +532,7 @@ impl Flow {
                 // book it twice.
                 let mut request = request;
                 request.mark_repeat();
-                let sent = [4, 6].map(|n| request.text(n).map(|t| t.as_bytes().to_vec()));
+                let sent = fields_of(&request, [4, 6]);
                 if self.tell_what_stands(&mut request, &vpan, &req) {
                     amounts_sent = Some(sent);
                 }
@@ -549,15 +549,7 @@ impl Flow {
         // Told what stands, the issuer echoes that: the network's answer carries the
         // amounts the network sent.
         if let (Some(sent), Some(a)) = (amounts_sent, answer.as_mut()) {
-            for (n, value) in [4, 6].into_iter().zip(sent) {
-                match value {
-                    // As it came: it fits the layout.
-                    Some(v) => {
-                        let _ = a.set(n, &v);
-                    }
-                    None => a.remove(n),
-                }
-            }
+            put_back(a, sent);
         }
         (answer, decided_by)
     }
@@ -684,18 +676,10 @@ impl Flow {
         }
         // The network's answer names the original as its reversal did (DE 90 or none), not
         // as the issuer was told.
-        let network_de90 = match original {
-            Some(Original::BookedAs(_)) => request.text(90).map(|t| t.as_bytes().to_vec()),
-            _ => None,
-        };
+        let network_de90 = original.map(|_| fields_of(&request, [90]));
         let (mut answer, decided_by) = self.answer_on_card(request, sent).await;
-        if let (Some(named), Some(answer)) = (original, answer.as_mut()) {
-            match (named, network_de90) {
-                (Original::BookedAs(_), Some(de90)) => {
-                    let _ = answer.set(90, &de90);
-                }
-                _ => answer.remove(90),
-            }
+        if let (Some(de90), Some(answer)) = (network_de90, answer.as_mut()) {
+            put_back(answer, de90);
         }
         (answer, decided_by)
     }
@@ -1120,6 +1104,25 @@ impl Drop for AskingIssuer<'_> {
         // next repeat asks again.
         if !self.settled {
             drop(self.cards.settle_in_doubt(&self.hold, self.outcome, now()));
+        }
+    }
+}
+
+/// Fields `ns` of `message` as they are (`None` where it has none), for [`put_back`].
+fn fields_of<const N: usize>(message: &Message, ns: [usize; N]) -> [(usize, Option<Vec<u8>>); N] {
+    ns.map(|n| (n, message.text(n).map(|t| t.as_bytes().to_vec())))
+}
+
+/// Sets `fields` (from [`fields_of`]) in `answer` as they were, removing those there were
+/// none of: a field the network sent, put back in the answer to it.
+fn put_back<const N: usize>(answer: &mut Message, fields: [(usize, Option<Vec<u8>>); N]) {
+    for (n, value) in fields {
+        match value {
+            // As the network sent it: it fits the layout.
+            Some(v) => {
+                let _ = answer.set(n, &v);
+            }
+            None => answer.remove(n),
         }
     }
 }

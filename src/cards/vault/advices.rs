@@ -135,11 +135,10 @@ impl Cards {
             // the advice is news. Decided once it has answered.
             return Some(AdviceOutcome::Pending);
         }
-        let reversed_in_full = e.charged > 0 && e.amount == 0;
+        // (One in doubt reversed in full is a conflict, above.)
         if e.state == TxState::InDoubt
             && e.card == card_key
             && same_money
-            && !reversed_in_full
             && let Some(hold) = self.ask_issuer(tx, card_key)
         {
             // The advice reports the request itself (its money: it may leave out or restate
@@ -314,10 +313,10 @@ impl Cards {
     /// when the advice's DE 51 is the card's currency, its DE 6, each the advice's own in
     /// the proportion the card still counts (never what the card counts itself, which for
     /// an advice it could not size is all its cap had left); what the issuer is to be told
-    /// (or asked about) in its place. An issuer
-    /// that booked the whole heard the partial reversal, and drops the resend by its key
-    /// (or answers the ask as it did the first time); one that never had it, which could
-    /// not apply the reversal, books what stands rather than the whole.
+    /// (or asked about) in its place. An issuer that booked the whole heard the partial
+    /// reversal, and drops the resend by its key (or answers the ask as it did the first
+    /// time); one that never had it, which could not apply the reversal, books what stands
+    /// rather than the whole.
     pub fn standing(&self, card_key: CardKey, req: &AuthRequest) -> Option<(u64, Option<u64>)> {
         let e = self.ledger.get(&req.key.original())?;
         let reversed_in_part = e.amount > 0 && e.amount < e.charged;
