@@ -1290,13 +1290,18 @@ struct Scripted {
 
 impl Scripted {
     async fn start() -> Scripted {
+        Scripted::start_with(700).await
+    }
+
+    /// As [`Scripted::start`], the purchase of `amount` (in cents).
+    async fn start_with(amount: u64) -> Scripted {
         let rig = ScriptedHost::new("10000").await;
         let (card, real) = issue_cards(&rig.data_dir, 1, 1_000_000).await.remove(0);
         let books =
             vpan::tools::issuer_sim::Ledger::new(&[(real.clone(), BOOKS_START)], None, false, 1);
         let (serve, host) = rig.start().await;
         let mut net = Client::connect(serve.network).await;
-        let request = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 700);
+        let request = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, amount);
         Scripted {
             rig,
             card,
@@ -1312,6 +1317,12 @@ impl Scripted {
     /// The purchase sent and taken by the host, which books it if `booked` and never
     /// answers; the switch killed meanwhile and started again: the purchase is in doubt.
     async fn in_doubt(booked: bool) -> Scripted {
+        Scripted::in_doubt_of(700, booked.then_some(b"00")).await
+    }
+
+    /// As [`Scripted::in_doubt`], the purchase of `amount`, which the host's books decide
+    /// (`decided`: the code they must answer) or never see.
+    async fn in_doubt_of(amount: u64, decided: Option<&[u8; 2]>) -> Scripted {
         let Scripted {
             rig,
             card,
@@ -1321,13 +1332,13 @@ impl Scripted {
             mut host,
             mut net,
             request,
-        } = Scripted::start().await;
+        } = Scripted::start_with(amount).await;
         net.send(&request).await;
         let at_host = host_message(&mut host, Duration::from_secs(10))
             .await
             .expect("the purchase reaches the host");
-        if booked {
-            assert!(books.decide(&at_host).is_some());
+        if let Some(code) = decided {
+            assert_eq!(&books.decide(&at_host).unwrap().response_code, code);
         }
         // Far longer than the hold's commit takes.
         tokio::time::sleep(Duration::from_millis(1_000)).await;
@@ -1685,4 +1696,65 @@ async fn an_advice_resent_after_a_partial_reversal_does_not_bill_the_cards_estim
          {charged} (card spent {spent}; DE 4 and DE 6 told: {:?})",
         amounts_told(&told)
     );
+}
+
+/// A purchase in doubt after a kill (the host decided it: `decided`, never answered), the
+/// acquirer's reversal of part of it (3.00 of 7.00, or 600.00 of 1,500.00, stays), which
+/// the issuer applies; then the stand-in's advice, whose ask the host answers as its books
+/// say, in time or only after the switch's issuer timeout (`late`). The ask settles the
+/// purchase as the stand-in's approval of what stands when the issuer does not approve it
+/// (or its late approval is reversed): the card and the real account end at what stands,
+/// not at the advice's whole amount recorded afresh.
+async fn an_ask_of_a_purchase_in_doubt_reversed_in_part(
+    amount: u64,
+    decided: &[u8; 2],
+    late: bool,
+) {
+    let stands = amount * 3 / 7;
+    let mut s = Scripted::in_doubt_of(amount, Some(decided)).await;
+    let reversal = partial_reversal_of(&mut s.net, &s.request, stands);
+    s.reversed_at_the_host(&reversal).await;
+    let advice = stand_in_advice_of(&s.request);
+    s.net.send(&advice).await;
+    let ask = host_message(&mut s.host, Duration::from_secs(10))
+        .await
+        .expect("the advice asks first");
+    assert_eq!(&ask.mti(), b"0101");
+    let first = s.books.decide(&ask).unwrap().response_code;
+    let mut sent = Vec::new();
+    if late {
+        // Nothing answered within the switch's issuer timeout (10 s): the advice goes out.
+        let told = s
+            .booked_next(Duration::from_secs(20))
+            .await
+            .expect("advice sent");
+        sent.push(String::from_utf8_lossy(&told.mti()).into_owned());
+    }
+    host_answer(&mut s.host, &ask, b"0110", &first).await;
+    sent.extend(s.booked_until_quiet().await);
+    let answer = s.net.answer(advice.stan().unwrap()).await;
+    let charged = s.charged();
+    let (spent, _) = s.counters_after_kill().await;
+    assert_eq!(
+        (spent, charged),
+        (stands, i64::try_from(stands).unwrap()),
+        "card spent / real account charged must be what stands (advice answered {}; sent \
+         after the ask: {sent:?})",
+        code(&answer),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_advice_of_a_purchase_in_doubt_the_issuer_declined_and_reversed_in_part_charges_what_stands()
+ {
+    // 1,500.00 is over the account's 1,000.00: the host declined it (51) before the kill.
+    an_ask_of_a_purchase_in_doubt_reversed_in_part(150_000, b"51", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_advice_whose_ask_times_out_of_a_purchase_in_doubt_reversed_in_part_charges_what_stands()
+{
+    // The host booked it before the kill; its answer to the ask (00) comes too late, and
+    // the issuer link reverses it.
+    an_ask_of_a_purchase_in_doubt_reversed_in_part(700, b"00", true).await;
 }

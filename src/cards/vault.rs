@@ -357,8 +357,9 @@ pub enum AdviceOutcome {
     /// Its transaction is held in doubt (with the issuer when vpan stopped), and the advice
     /// reports its money: nothing recorded. Whether the issuer approved it, and the advice
     /// is no news to it, is asked of it first with the request's repeat, whose answer (or
-    /// none) goes to `settle_in_doubt` with this hold; then the advice is told again, when
-    /// the answer decided it. Until then, the request's repeats and other advices of it are
+    /// none) goes to `settle_in_doubt` with this hold (where the issuer did not approve it,
+    /// as the stand-in's approval: `IssuerOutcome::Advised`, the advice news to the
+    /// issuer); then the advice is looked at again, when the answer decided it. Until then, the request's repeats and other advices of it are
     /// `Pending`.
     AskIssuer(Hold),
     /// The key is known on another card, for a refund where this is a purchase (or the
@@ -736,7 +737,9 @@ impl Cards {
 
     /// Records what the issuer answered to the repeat of a purchase in doubt
     /// (`Replay::AskIssuer`): approved, it stays spent and its answer is replayed from then
-    /// on; declined, its amount and use are given back. `TimedOut` or `Failed` (no answer,
+    /// on; declined, its amount and use are given back; `Advised` (a stand-in's advice of it
+    /// asked, and the issuer did not approve it), it stays spent, in what stands of it, as
+    /// the stand-in's approval. `TimedOut` or `Failed` (no answer,
     /// or none that decides it) leave it in doubt and spent, for the next repeat to ask.
     pub fn settle_in_doubt(
         &self,

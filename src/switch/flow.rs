@@ -289,7 +289,7 @@ impl Flow {
             Decision::Replay(Replay::AskIssuer(hold)) => {
                 let mut request = request;
                 request.mark_repeat();
-                let (sent, _) = self.ask_in_doubt(&request, &vpan, hold).await;
+                let (sent, _) = self.ask_in_doubt(&request, &vpan, hold, false).await;
                 self.answer_on_card(request, sent).await
             }
             Decision::Approve(approval) => self.forward_approval(request, &vpan, approval).await,
@@ -324,11 +324,19 @@ impl Flow {
     /// repeat (0101, 0201): the issuer answers what it answered the first time rather than
     /// deciding (and charging) it again. The hold is settled by the answer; what came back,
     /// and what it said of the hold (`TimedOut`: nothing that decides it, left in doubt).
+    ///
+    /// `stand_in_approved`: a stand-in's advice of it asks. The purchase then moved money
+    /// whatever the issuer says: an ask it declines, or that goes unanswered in time (the
+    /// issuer link reverses whatever it does with it), leaves the stand-in's approval
+    /// standing alone, settled as `Advised` (the advice is news to the issuer). Released
+    /// and recorded afresh from the advice instead, it would count and tell the whole
+    /// again, forgetting any part the acquirer has reversed since.
     async fn ask_in_doubt(
         &self,
         repeat: &Message,
         vpan: &VirtualPan,
         hold: Hold,
+        stand_in_approved: bool,
     ) -> (OnCard, IssuerOutcome) {
         let mut asking = AskingIssuer {
             cards: &self.cards,
@@ -337,7 +345,12 @@ impl Flow {
             settled: false,
         };
         let mut sent = self.send_on_card(repeat, vpan).await;
-        let outcome = in_doubt_outcome(&sent, repeat);
+        let outcome = match in_doubt_outcome(&sent, repeat) {
+            IssuerOutcome::Declined(_) | IssuerOutcome::Refused(_) if stand_in_approved => {
+                IssuerOutcome::Advised
+            }
+            outcome => outcome,
+        };
         asking.outcome = outcome;
         let settled = asking.settle();
         let owed = match &mut sent {
@@ -454,6 +467,8 @@ impl Flow {
         // request held in doubt asks it first: told of the advice as well, an issuer that
         // books advices would charge the account twice should it approve the request.
         let mut asked = false;
+        // The ask found the advice news to the issuer: its first telling is no repeat.
+        let mut news = false;
         let outcome = loop {
             let outcome = self
                 .once_the_issuer_answered(
@@ -468,7 +483,8 @@ impl Flow {
             let decided = match request_of_advice(&request) {
                 Some(mut repeat) if !asked => {
                     self.tell_what_stands(&mut repeat, &vpan, &req);
-                    let (_, said) = self.ask_in_doubt(&repeat, &vpan, hold).await;
+                    let (_, said) = self.ask_in_doubt(&repeat, &vpan, hold, true).await;
+                    news = said == IssuerOutcome::Advised;
                     !matches!(said, IssuerOutcome::TimedOut | IssuerOutcome::Failed)
                 }
                 _ => {
@@ -529,9 +545,12 @@ impl Flow {
                 }
                 // Its first telling may not have reached the issuer (a 91): told again,
                 // marked as a repeat (0121), so an issuer that books advices does not
-                // book it twice.
+                // book it twice. Unless this is its first telling: the hold it reports,
+                // just settled as the stand-in's approval, which the issuer does not have.
                 let mut request = request;
-                request.mark_repeat();
+                if !news {
+                    request.mark_repeat();
+                }
                 let sent = fields_of(&request, [4, 6]);
                 if self.tell_what_stands(&mut request, &vpan, &req) {
                     amounts_sent = Some(sent);
