@@ -1411,6 +1411,21 @@ impl Scripted {
         at_host
     }
 
+    /// Killed and started again on its data directory, the host and the network connected
+    /// anew (what the issuer answered to advices, kept in memory, is gone).
+    async fn killed_and_restarted(self) -> Scripted {
+        self.serve.stop("KILL").await;
+        drop(self.host);
+        let (serve, host) = self.rig.start().await;
+        let net = Client::connect(serve.network).await;
+        Scripted {
+            serve,
+            host,
+            net,
+            ..self
+        }
+    }
+
     /// What the issuer's books charge the real account.
     fn charged(&self) -> i64 {
         BOOKS_START - self.books.balance(&self.real).unwrap()
@@ -1757,4 +1772,145 @@ async fn an_advice_whose_ask_times_out_of_a_purchase_in_doubt_reversed_in_part_c
     // The host booked it before the kill; its answer to the ask (00) comes too late, and
     // the issuer link reverses it.
     an_ask_of_a_purchase_in_doubt_reversed_in_part(700, b"00", true).await;
+}
+
+/// A purchase of 1,500.00 in doubt after a kill, which the host declined (51) before it;
+/// the stand-in's advice asks, the ask is declined, and the purchase stands as the
+/// stand-in's approval: the advice is told (0120) and booked. The host answers it in time
+/// (`answered`), or its answer is lost. Then vpan is killed and started again (`restart`),
+/// or not, and the acquirer reverses the purchase in full, naming it in DE 90: the issuer
+/// must be told to reverse the 0120 it booked, not the 0100 it declined.
+async fn a_stand_ins_approval_settled_by_an_ask_then_reversed(answered: bool, restart: bool) {
+    let mut s = Scripted::in_doubt_of(150_000, Some(b"51")).await;
+    let advice = stand_in_advice_of(&s.request);
+    s.net.send(&advice).await;
+    let ask = s.booked_next(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(&ask.mti(), b"0101");
+    if answered {
+        let heard = s.booked_until_quiet().await;
+        assert_eq!(heard, ["0120"]);
+        assert_eq!(code(&s.net.answer(advice.stan().unwrap()).await), "00");
+    } else {
+        let told = host_message(&mut s.host, Duration::from_secs(10))
+            .await
+            .expect("the advice is sent");
+        assert_eq!(&told.mti(), b"0120");
+        assert_eq!(&s.books.decide(&told).unwrap().response_code, b"00");
+        // After the switch's issuer timeout (10 s).
+        let answer = tokio::time::timeout(
+            Duration::from_secs(20),
+            s.net.try_answer(advice.stan().unwrap()),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(code(&answer), "91");
+    }
+    assert_eq!(s.charged(), 150_000, "the advice is booked");
+    if restart {
+        s = s.killed_and_restarted().await;
+    }
+    let reversal = reversal_of(&mut s.net, &s.request);
+    let at_host = s.reversed_at_the_host(&reversal).await;
+    let charged = s.charged();
+    assert_eq!(
+        s.counters_after_kill().await,
+        (0, 0),
+        "given back on the card"
+    );
+    assert_eq!(
+        charged,
+        0,
+        "the real account must be given back the advice the issuer booked (DE 90 named {:?})",
+        named_in_de90(&at_host)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reversal_after_a_restart_of_a_stand_ins_approval_settled_by_an_ask_names_its_advice() {
+    a_stand_ins_approval_settled_by_an_ask_then_reversed(true, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reversal_of_a_stand_ins_approval_settled_by_an_ask_whose_advice_went_unanswered_names_it()
+ {
+    a_stand_ins_approval_settled_by_an_ask_then_reversed(false, false).await;
+}
+
+/// A purchase of 7.00 in doubt the host had approved (00) before the kill; the acquirer
+/// reverses part of it (3.00 stands); the stand-in's advice asks, the host answers only
+/// after the switch's issuer timeout: the advice is told as news for 3.00 and booked, and
+/// the link's owed 0400 reverses the 0100 at the host. vpan is killed and started again,
+/// then the acquirer reverses more of the purchase (1.00 stands), naming it in DE 90: the
+/// issuer must take it off the advice it booked, not off the 0100 its link reversed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_reversal_after_a_restart_of_a_purchase_settled_by_a_timed_out_ask_names_its_advice()
+ {
+    let mut s = Scripted::in_doubt_of(700, Some(b"00")).await;
+    let reversal = partial_reversal_of(&mut s.net, &s.request, 300);
+    s.reversed_at_the_host(&reversal).await;
+    let advice = stand_in_advice_of(&s.request);
+    s.net.send(&advice).await;
+    let ask = host_message(&mut s.host, Duration::from_secs(10))
+        .await
+        .expect("the advice asks first");
+    assert_eq!(&ask.mti(), b"0101");
+    let first = s.books.decide(&ask).unwrap().response_code;
+    let told = s
+        .booked_next(Duration::from_secs(20))
+        .await
+        .expect("advice sent");
+    assert_eq!(&told.mti(), b"0120");
+    host_answer(&mut s.host, &ask, b"0110", &first).await;
+    let heard = s.booked_until_quiet().await;
+    assert_eq!(heard, ["0400"], "the late answer to the ask is reversed");
+    assert_eq!(code(&s.net.answer(advice.stan().unwrap()).await), "00");
+    assert_eq!(s.charged(), 300);
+    let mut s = s.killed_and_restarted().await;
+    // Anything owed from before the kill (a reversal whose paid mark was not yet written
+    // goes again), booked.
+    s.booked_until_quiet().await;
+    let more = partial_reversal_of(&mut s.net, &s.request, 100);
+    let at_host = s.reversed_at_the_host(&more).await;
+    let charged = s.charged();
+    let (spent, _) = s.counters_after_kill().await;
+    assert_eq!(
+        (spent, charged),
+        (100, 100),
+        "card spent / real account charged must be what stands (DE 90 named {:?})",
+        named_in_de90(&at_host)
+    );
+}
+
+/// A purchase of 1,500.00 in doubt after a kill, which the host declined (51) before it;
+/// the acquirer reverses part of it (642.85 stands), which shows that a stand-in approved
+/// it. The network's own repeat (0101) asks the host, which declines it again: the
+/// purchase stands as the stand-in's approval of what stands, not released. Then the
+/// stand-in's advice comes: the card and the real account end at what stands, not at the
+/// advice's whole amount recorded afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purchase_in_doubt_reversed_in_part_whose_repeat_the_issuer_declines_then_advised_charges_what_stands()
+ {
+    let amount = 150_000;
+    let stands = amount * 3 / 7;
+    let mut s = Scripted::in_doubt_of(amount, Some(b"51")).await;
+    let reversal = partial_reversal_of(&mut s.net, &s.request, stands);
+    s.reversed_at_the_host(&reversal).await;
+    let repeat = repeat_of(&s.request);
+    s.net.send(&repeat).await;
+    let asked = s.booked_next(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(&asked.mti(), b"0101");
+    assert_eq!(code(&s.net.answer(repeat.stan().unwrap()).await), "51");
+    let advice = stand_in_advice_of(&s.request);
+    s.net.send(&advice).await;
+    let heard = s.booked_until_quiet().await;
+    let answer = code(&s.net.answer(advice.stan().unwrap()).await);
+    let charged = s.charged();
+    let (spent, _) = s.counters_after_kill().await;
+    assert_eq!(
+        (spent, charged),
+        (stands, i64::try_from(stands).unwrap()),
+        "card spent / real account charged must be what stands (advice answered {answer}; \
+         the host heard {heard:?})"
+    );
 }

@@ -514,16 +514,19 @@ pub fn apply_ledger(
         Event::Outcome {
             hold,
             approved,
+            in_doubt,
             code,
             auth,
             decided_by,
             part,
-            ..
         } => {
             if let Some(mut e) = ledger.entries.get_mut(&hold.tx)
                 && newer(&e)
             {
                 mark_outcome(&mut e, *approved, *code, *auth, *decided_by, lsn);
+                if told_as_advice(*in_doubt, *approved, *decided_by, hold.mti) {
+                    e.mti = hold.mti;
+                }
                 if let Some(part) = part {
                     narrow_to_part(ledger, hold.tx, &mut e, *part);
                 }
@@ -629,6 +632,19 @@ pub(crate) fn narrow_to_part(
     e.amount = e.amount.min(part.spent);
     e.original_amount = part.answer.transaction;
     ledger.set_partial(key, e, part.answer);
+}
+
+/// Whether an `Outcome` settles a purchase in doubt as the stand-in's approval whose
+/// advice is news to the issuer (its ask declined there, or reversed by the issuer link):
+/// its hold then carries the advice's MTI (x120, x220), which is what the issuer books, and
+/// what a reversal is to name from then on, after a restart too.
+pub(crate) fn told_as_advice(
+    in_doubt: bool,
+    approved: bool,
+    decided_by: DecidedBy,
+    mti: [u8; 4],
+) -> bool {
+    in_doubt && approved && decided_by == DecidedBy::Switch && mti[2] == b'2'
 }
 
 /// The ledger side of an issuer's answer (shared by the live path and replay).

@@ -240,6 +240,11 @@ impl TxEntry {
         }
     }
 
+    /// The acquirer has reversed part of it: it still counts something, less than it did.
+    pub fn reversed_in_part(&self) -> bool {
+        self.amount > 0 && self.amount < self.charged
+    }
+
     /// Taken back by a reversal: it charged something once and holds nothing now, which
     /// only a reversal does (a refund never holds anything; an advice counted as 0 and a
     /// use, its use gone back, cannot be told from one that never stood), or a void that
@@ -279,12 +284,11 @@ impl TxEntry {
     /// after a restart the request is named again.
     pub fn booked_as(&self) -> [u8; 4] {
         let advised = self.state == TxState::Approved && self.decided_by == DecidedBy::Switch;
-        let mut mti = self.mti;
         if advised && self.acknowledged {
-            mti[2] = b'2';
-            mti[3] = b'0';
+            advice_mti(self.mti)
+        } else {
+            self.mti
         }
-        mti
     }
 
     /// Waiting for an issuer's answer (held, or in doubt and being asked): kept in the
@@ -292,6 +296,13 @@ impl TxEntry {
     pub fn awaits_issuer(&self) -> bool {
         self.state == TxState::Held || (self.state == TxState::InDoubt && self.asking)
     }
+}
+
+/// The MTI of an advice of the request `mti` names (x100 and x101: x120; x200: x220).
+pub fn advice_mti(mut mti: [u8; 4]) -> [u8; 4] {
+    mti[2] = b'2';
+    mti[3] = b'0';
+    mti
 }
 
 /// DE 38, the issuer's authorization code: six characters.

@@ -30,7 +30,9 @@ use super::card::{
 use super::event::{self, ApprovedPart, Event, Issued, TxEvent};
 use super::history::{DecidedBy, RecentTx};
 use super::index::CardIndex;
-use super::ledger::{AuthCode, Ledger, LedgerConfig, PartialAnswer, Queue, TxEntry, TxState};
+use super::ledger::{
+    AuthCode, Ledger, LedgerConfig, PartialAnswer, Queue, TxEntry, TxState, advice_mti,
+};
 use super::limits::{self, Verdict};
 use super::request::{Amounts, AuthRequest, Kind, OriginalData, ResponseCode};
 use super::vpan::{GenerateError, RangeConfigError, VpanGenerator};
@@ -735,6 +737,14 @@ impl Cards {
         durable
     }
 
+    /// Whether the acquirer has reversed part of `hold` (a purchase in doubt): an approval
+    /// of it stood on the network, the issuer's or a stand-in's.
+    pub fn reversed_in_part(&self, hold: &Hold) -> bool {
+        self.ledger
+            .get(&hold.tx)
+            .is_some_and(|e| e.card == hold.card && e.reversed_in_part())
+    }
+
     /// Records what the issuer answered to the repeat of a purchase in doubt
     /// (`Replay::AskIssuer`): approved, it stays spent and its answer is replayed from then
     /// on; declined, its amount and use are given back; `Advised` (a stand-in's advice of it
@@ -755,9 +765,14 @@ impl Cards {
                     e.asking = false;
                 }
                 match outcome {
+                    // Its advice is news to the issuer, which does not have the
+                    // request standing (declined it, or the link reverses it): what it
+                    // books is the advice, which a reversal is to name from now on.
+                    IssuerOutcome::Advised => self
+                        .complete_locked_as(card, hold, TxState::InDoubt, outcome, now, true)
+                        .map(|(durable, _)| durable),
                     IssuerOutcome::Approved(..)
                     | IssuerOutcome::ApprovedInPart { .. }
-                    | IssuerOutcome::Advised
                     | IssuerOutcome::Declined(_)
                     | IssuerOutcome::Refused(_) => self
                         .complete_locked(card, hold, TxState::InDoubt, outcome, now)
@@ -779,6 +794,22 @@ impl Cards {
         open: TxState,
         outcome: IssuerOutcome,
         now: UnixSeconds,
+    ) -> Option<(Durable, Queue)> {
+        self.complete_locked_as(card, hold, open, outcome, now, false)
+    }
+
+    /// [`Cards::complete_locked`]; `advice_booked`: a purchase in doubt settled as the
+    /// stand-in's approval whose advice is news to the issuer (`Advised` after an ask it
+    /// did not approve), recorded under the advice's MTI ([`event::told_as_advice`]), the
+    /// same rule replaying the record applies.
+    fn complete_locked_as(
+        &self,
+        card: &mut Card,
+        hold: &Hold,
+        open: TxState,
+        outcome: IssuerOutcome,
+        now: UnixSeconds,
+        advice_booked: bool,
     ) -> Option<(Durable, Queue)> {
         // One lookup of the entry, updated in place (card lock, then ledger shard).
         let mut e = self.ledger.entries.get_mut(&hold.tx)?;
@@ -811,8 +842,13 @@ impl Cards {
             }
             _ => None,
         };
+        let mut held = event::hold_of(hold.tx, &e, self.lsn(), now);
+        if advice_booked {
+            held.mti = advice_mti(held.mti);
+        }
+        let held_mti = held.mti;
         let event = Event::Outcome {
-            hold: event::hold_of(hold.tx, &e, self.lsn(), now),
+            hold: held,
             approved,
             in_doubt,
             code,
@@ -822,6 +858,9 @@ impl Cards {
         };
         let durable = self.journal.append(event.clone());
         event::mark_outcome(&mut e, approved, code, auth, decided_by, event.lsn());
+        if event::told_as_advice(in_doubt, approved, decided_by, held_mti) {
+            e.mti = held_mti;
+        }
         if let Some(part) = part {
             event::narrow_to_part(&self.ledger, hold.tx, &mut e, part);
         }

@@ -326,11 +326,12 @@ impl Flow {
     /// and what it said of the hold (`TimedOut`: nothing that decides it, left in doubt).
     ///
     /// `stand_in_approved`: a stand-in's advice of it asks. The purchase then moved money
-    /// whatever the issuer says: an ask it declines, or that goes unanswered in time (the
-    /// issuer link reverses whatever it does with it), leaves the stand-in's approval
-    /// standing alone, settled as `Advised` (the advice is news to the issuer). Released
-    /// and recorded afresh from the advice instead, it would count and tell the whole
-    /// again, forgetting any part the acquirer has reversed since.
+    /// whatever the issuer says, and so it did when the acquirer has reversed part of it
+    /// (an approval of it stood on the network): an ask the issuer declines, or that goes
+    /// unanswered in time (the issuer link reverses whatever it does with it), leaves the
+    /// stand-in's approval standing alone, settled as `Advised` (its advice is news to the
+    /// issuer). Released, and the advice then recorded afresh, it would be counted and told
+    /// whole again, forgetting the part reversed.
     async fn ask_in_doubt(
         &self,
         repeat: &Message,
@@ -346,7 +347,9 @@ impl Flow {
         };
         let mut sent = self.send_on_card(repeat, vpan).await;
         let outcome = match in_doubt_outcome(&sent, repeat) {
-            IssuerOutcome::Declined(_) | IssuerOutcome::Refused(_) if stand_in_approved => {
+            IssuerOutcome::Declined(_) | IssuerOutcome::Refused(_)
+                if stand_in_approved || self.cards.reversed_in_part(&asking.hold) =>
+            {
                 IssuerOutcome::Advised
             }
             outcome => outcome,

@@ -319,8 +319,7 @@ impl Cards {
     /// rather than the whole.
     pub fn standing(&self, card_key: CardKey, req: &AuthRequest) -> Option<(u64, Option<u64>)> {
         let e = self.ledger.get(&req.key.original())?;
-        let reversed_in_part = e.amount > 0 && e.amount < e.charged;
-        if e.card != card_key || !reversed_in_part || e.acknowledged {
+        if e.card != card_key || !e.reversed_in_part() || e.acknowledged {
             return None;
         }
         let currency = self.index.read(card_key, |card| card.currency)?;
