@@ -1914,3 +1914,39 @@ async fn a_purchase_in_doubt_reversed_in_part_whose_repeat_the_issuer_declines_t
          the host heard {heard:?})"
     );
 }
+
+/// A purchase of 7.00 the host received but never booked before the kill (in doubt); a
+/// stand-in approved it, and the acquirer reverses part of it (3.00 stands), which the
+/// issuer, not having it, cannot apply. Then the network's own repeat (0101) asks: the
+/// host, never having had the purchase, decides it now. Asked for the whole, it would
+/// charge the part reversed too: the repeat is told what stands, and the network's answer
+/// carries the DE 4 it sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_of_a_purchase_in_doubt_reversed_in_part_that_the_issuer_never_had_charges_what_stands()
+ {
+    let mut s = Scripted::in_doubt_of(700, None).await;
+    let reversal = partial_reversal_of(&mut s.net, &s.request, 300);
+    s.reversed_at_the_host(&reversal).await;
+    assert_eq!(s.charged(), 0, "the host never had the purchase");
+    let repeat = repeat_of(&s.request);
+    s.net.send(&repeat).await;
+    let asked = s.booked_next(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(&asked.mti(), b"0101");
+    let answer = s.net.answer(repeat.stan().unwrap()).await;
+    assert_eq!(code(&answer), "00");
+    let heard = s.booked_until_quiet().await;
+    let charged = s.charged();
+    let (spent, _) = s.counters_after_kill().await;
+    assert_eq!(
+        (spent, charged),
+        (300, 300),
+        "card spent / real account charged must be what stands (the ask told DE 4 {:?}; \
+         the host heard after: {heard:?})",
+        amounts_told(&asked),
+    );
+    assert_eq!(
+        amounts_told(&answer)[0].as_deref(),
+        Some("000000000700"),
+        "the network's answer carries the DE 4 it sent"
+    );
+}

@@ -737,32 +737,51 @@ impl Cards {
         durable
     }
 
-    /// Whether the acquirer has reversed part of `hold` (a purchase in doubt): an approval
-    /// of it stood on the network, the issuer's or a stand-in's.
-    pub fn reversed_in_part(&self, hold: &Hold) -> bool {
-        self.ledger
-            .get(&hold.tx)
-            .is_some_and(|e| e.card == hold.card && e.reversed_in_part())
-    }
-
     /// Records what the issuer answered to the repeat of a purchase in doubt
     /// (`Replay::AskIssuer`): approved, it stays spent and its answer is replayed from then
-    /// on; declined, its amount and use are given back; `Advised` (a stand-in's advice of it
-    /// asked, and the issuer did not approve it), it stays spent, in what stands of it, as
-    /// the stand-in's approval. `TimedOut` or `Failed` (no answer,
+    /// on; declined, its amount and use are given back. `TimedOut` or `Failed` (no answer,
     /// or none that decides it) leave it in doubt and spent, for the next repeat to ask.
+    /// But see [`Cards::settle_asked`]: a decline may leave it standing.
     pub fn settle_in_doubt(
         &self,
         hold: &Hold,
         outcome: IssuerOutcome,
         now: UnixSeconds,
     ) -> Durable {
-        self.index
+        self.settle_asked(hold, outcome, false, now).0
+    }
+
+    /// [`Cards::settle_in_doubt`], and what it was settled as. A purchase in doubt that
+    /// moved money whatever the issuer says (`stand_in_approved`: a stand-in's advice of it
+    /// asked; or one the acquirer has reversed in part: an approval of it stood on the
+    /// network) is not given back when the issuer declines the ask (it never had it) or
+    /// leaves it unanswered once sent (`Refused`: the issuer link reverses whatever it does
+    /// with it): it stays spent, for what stands of it, as the stand-in's approval
+    /// (`Advised`), whose advice is news to the issuer. Given back, and the advice then
+    /// recorded afresh, it would be counted and told whole again, the part reversed
+    /// forgotten. Decided under the card's lock, which a reversal takes too.
+    pub fn settle_asked(
+        &self,
+        hold: &Hold,
+        said: IssuerOutcome,
+        stand_in_approved: bool,
+        now: UnixSeconds,
+    ) -> (Durable, IssuerOutcome) {
+        let mut outcome = said;
+        let durable = self
+            .index
             .update(hold.card, |card| {
+                let mut reversed_in_part = false;
                 if let Some(mut e) = self.ledger.entries.get_mut(&hold.tx)
                     && e.card == hold.card
                 {
                     e.asking = false;
+                    reversed_in_part = e.reversed_in_part();
+                }
+                if matches!(said, IssuerOutcome::Declined(_) | IssuerOutcome::Refused(_))
+                    && (stand_in_approved || reversed_in_part)
+                {
+                    outcome = IssuerOutcome::Advised;
                 }
                 match outcome {
                     // Its advice is news to the issuer, which does not have the
@@ -781,7 +800,8 @@ impl Cards {
                 }
             })
             .flatten()
-            .unwrap_or_else(|| Durable::ready(Ok(())))
+            .unwrap_or_else(|| Durable::ready(Ok(())));
+        (durable, outcome)
     }
 
     /// [`Cards::complete`] (or [`Cards::settle_in_doubt`], `open` being `InDoubt`) under the

@@ -289,8 +289,21 @@ impl Flow {
             Decision::Replay(Replay::AskIssuer(hold)) => {
                 let mut request = request;
                 request.mark_repeat();
+                // Reversed in part by the acquirer since, it is asked for what stands, as
+                // an advice's ask is: an issuer that never had it decides it now, and told
+                // the whole it would charge the part reversed too. The network's answer
+                // carries the amounts the network sent (but a partial approval's own).
+                let sent_amounts = fields_of(&request, [4, 6]);
+                let told = self.tell_what_stands(&mut request, &vpan, &req);
                 let (sent, _) = self.ask_in_doubt(&request, &vpan, hold, false).await;
-                self.answer_on_card(request, sent).await
+                let (mut answer, by) = self.answer_on_card(request, sent).await;
+                if told
+                    && let Some(a) = answer.as_mut()
+                    && a.response_code() != Some(ResponseCode::PARTIAL_APPROVAL.0)
+                {
+                    put_back(a, sent_amounts);
+                }
+                (answer, by)
             }
             Decision::Approve(approval) => self.forward_approval(request, &vpan, approval).await,
         }
@@ -323,15 +336,9 @@ impl Flow {
     /// Asks the issuer about `hold`, held in doubt, with `repeat`, its request marked as a
     /// repeat (0101, 0201): the issuer answers what it answered the first time rather than
     /// deciding (and charging) it again. The hold is settled by the answer; what came back,
-    /// and what it said of the hold (`TimedOut`: nothing that decides it, left in doubt).
-    ///
-    /// `stand_in_approved`: a stand-in's advice of it asks. The purchase then moved money
-    /// whatever the issuer says, and so it did when the acquirer has reversed part of it
-    /// (an approval of it stood on the network): an ask the issuer declines, or that goes
-    /// unanswered in time (the issuer link reverses whatever it does with it), leaves the
-    /// stand-in's approval standing alone, settled as `Advised` (its advice is news to the
-    /// issuer). Released, and the advice then recorded afresh, it would be counted and told
-    /// whole again, forgetting the part reversed.
+    /// and what it was settled as (`TimedOut`: nothing that decides it, left in doubt;
+    /// `Advised`: the stand-in's approval, see [`Cards::settle_asked`], whose
+    /// `stand_in_approved` says a stand-in's advice of it asks).
     async fn ask_in_doubt(
         &self,
         repeat: &Message,
@@ -343,19 +350,12 @@ impl Flow {
             cards: &self.cards,
             hold,
             outcome: IssuerOutcome::TimedOut,
+            stand_in_approved,
             settled: false,
         };
         let mut sent = self.send_on_card(repeat, vpan).await;
-        let outcome = match in_doubt_outcome(&sent, repeat) {
-            IssuerOutcome::Declined(_) | IssuerOutcome::Refused(_)
-                if stand_in_approved || self.cards.reversed_in_part(&asking.hold) =>
-            {
-                IssuerOutcome::Advised
-            }
-            outcome => outcome,
-        };
-        asking.outcome = outcome;
-        let settled = asking.settle();
+        asking.outcome = in_doubt_outcome(&sent, repeat);
+        let (settled, outcome) = asking.settle();
         let owed = match &mut sent {
             Err(NotSent::Issuer(unanswered)) => unanswered.owed.take(),
             _ => None,
@@ -1108,15 +1108,18 @@ struct AskingIssuer<'a> {
     cards: &'a Cards,
     hold: Hold,
     outcome: IssuerOutcome,
+    /// See [`Cards::settle_asked`].
+    stand_in_approved: bool,
     settled: bool,
 }
 
 impl AskingIssuer<'_> {
-    /// Settles it now with `outcome`; the record's durability, to wait for when the
-    /// caller must.
-    fn settle(mut self) -> Durable {
+    /// Settles it now with `outcome`: the record's durability, to wait for when the
+    /// caller must, and what it was settled as.
+    fn settle(mut self) -> (Durable, IssuerOutcome) {
         self.settled = true;
-        self.cards.settle_in_doubt(&self.hold, self.outcome, now())
+        self.cards
+            .settle_asked(&self.hold, self.outcome, self.stand_in_approved, now())
     }
 }
 
