@@ -1323,6 +1323,25 @@ impl Scripted {
     /// As [`Scripted::in_doubt`], the purchase of `amount`, which the host's books decide
     /// (`decided`: the code they must answer) or never see.
     async fn in_doubt_of(amount: u64, decided: Option<&[u8; 2]>) -> Scripted {
+        Scripted::start_with(amount)
+            .await
+            .in_doubt_as(decided)
+            .await
+    }
+
+    /// The books of a host that approves in part (10) what is over the balance.
+    fn approving_in_part(self) -> Scripted {
+        let books = vpan::tools::issuer_sim::Ledger::new(
+            &[(self.real.clone(), BOOKS_START)],
+            None,
+            true,
+            1,
+        );
+        Scripted { books, ..self }
+    }
+
+    /// As [`Scripted::in_doubt_of`], from a started rig.
+    async fn in_doubt_as(self, decided: Option<&[u8; 2]>) -> Scripted {
         let Scripted {
             rig,
             card,
@@ -1332,7 +1351,7 @@ impl Scripted {
             mut host,
             mut net,
             request,
-        } = Scripted::start_with(amount).await;
+        } = self;
         net.send(&request).await;
         let at_host = host_message(&mut host, Duration::from_secs(10))
             .await
@@ -1381,15 +1400,35 @@ impl Scripted {
     }
 
     /// The next message the host hears within `within`, decided by the books and answered
-    /// with their code.
+    /// so ([`Scripted::answer_as_booked`]).
     async fn booked_next(&mut self, within: Duration) -> Option<Message> {
         let told = host_message(&mut self.host, within).await?;
-        let decision = self.books.decide(&told).unwrap();
-        let mut mti = told.mti();
-        mti[2] += 1;
-        mti[3] = b'0';
-        host_answer(&mut self.host, &told, &mti, &decision.response_code).await;
+        self.answer_as_booked(&told).await;
         Some(told)
+    }
+
+    /// `told`, heard by the host, decided by the books and answered as a host does: their
+    /// code, their DE 38, and on a partial approval (10) the DE 4 approved. The code.
+    async fn answer_as_booked(&mut self, told: &Message) -> [u8; 2] {
+        let decision = self.books.decide(told).unwrap();
+        let mut answer = told.clone();
+        answer.set_mti(&decision.mti).unwrap();
+        answer.set_response_code(&decision.response_code).unwrap();
+        if let Some(approved) = decision.approved {
+            let de4 = format!("{:012}", approved.transaction);
+            answer.set(4, de4.as_bytes()).unwrap();
+        }
+        if let Some(auth) = decision.auth_code {
+            answer.set(38, &auth).unwrap();
+        }
+        self.host
+            .send(Frame::Message {
+                header: bytes::Bytes::new(),
+                body: answer.pack(),
+            })
+            .await
+            .unwrap();
+        decision.response_code
     }
 
     /// Every message the host hears until it has heard nothing for 3 s, booked: their MTIs.
@@ -1426,6 +1465,37 @@ impl Scripted {
         }
     }
 
+    /// The acquirer's reversal of the purchase down to `remaining`, reaching the host; then
+    /// the network's own repeat of the purchase, which asks the host (0101), answered as
+    /// its books say: what the host was asked, and the network's answer.
+    async fn reversed_to_then_repeated(&mut self, remaining: u64) -> (Message, Message) {
+        let reversal = partial_reversal_of(&mut self.net, &self.request, remaining);
+        self.reversed_at_the_host(&reversal).await;
+        let repeat = repeat_of(&self.request);
+        self.net.send(&repeat).await;
+        let asked = self.booked_next(Duration::from_secs(10)).await.unwrap();
+        assert_eq!(&asked.mti(), b"0101");
+        let answer = self.net.answer(repeat.stan().unwrap()).await;
+        (asked, answer)
+    }
+
+    /// The stand-in's advice of the purchase sent, the host's books answering all it hears
+    /// until it is quiet, then the switch killed: how it ended.
+    async fn advised_to_the_end(mut self) -> Ended {
+        let advice = stand_in_advice_of(&self.request);
+        self.net.send(&advice).await;
+        let heard = self.booked_until_quiet().await;
+        let advice_answer = code(&self.net.answer(advice.stan().unwrap()).await);
+        let charged = self.charged();
+        let (spent, _) = self.counters_after_kill().await;
+        Ended {
+            spent,
+            charged,
+            advice_answer,
+            heard,
+        }
+    }
+
     /// What the issuer's books charge the real account.
     fn charged(&self) -> i64 {
         BOOKS_START - self.books.balance(&self.real).unwrap()
@@ -1440,6 +1510,19 @@ impl Scripted {
             .unwrap();
         (view.spent, view.uses)
     }
+}
+
+/// How a [`Scripted`] run ended ([`Scripted::advised_to_the_end`]).
+#[derive(Debug)]
+struct Ended {
+    /// What the card counts.
+    spent: u64,
+    /// What the issuer's books charge the real account.
+    charged: i64,
+    /// DE 39 of the network's answer to the advice.
+    advice_answer: String,
+    /// What the host heard after the advice, by MTI.
+    heard: Vec<String>,
 }
 
 /// A 0400 reversing `original` in part, naming it in DE 90: `remaining` stands (DE 95).
@@ -1628,20 +1711,14 @@ async fn an_advice_of_a_purchase_in_doubt_reversed_in_part_charges_the_account_w
     let reversal = partial_reversal_of(&mut s.net, &s.request, 300);
     s.reversed_at_the_host(&reversal).await;
     // The stand-in that approved it reports it by advice.
-    let advice = stand_in_advice_of(&s.request);
-    s.net.send(&advice).await;
-    let sent = s.booked_until_quiet().await;
-    let _ = s.net.answer(advice.stan().unwrap()).await;
-    let charged = s.charged();
+    let ended = s.advised_to_the_end().await;
+    assert_eq!(ended.advice_answer, "00", "the advice is acknowledged");
+    assert_eq!(ended.spent, 300, "the card counts what stands");
     assert_eq!(
-        s.counters_after_kill().await.0,
-        300,
-        "the card counts what stands"
-    );
-    assert_eq!(
-        charged, 300,
+        ended.charged, 300,
         "the real account is charged what stands (sent to the issuer after the partial \
-         reversal: {sent:?})"
+         reversal: {:?})",
+        ended.heard
     );
 }
 
@@ -1882,36 +1959,24 @@ async fn a_partial_reversal_after_a_restart_of_a_purchase_settled_by_a_timed_out
     );
 }
 
-/// A purchase of 1,500.00 in doubt after a kill, which the host declined (51) before it;
-/// the acquirer reverses part of it (642.85 stands), which shows that a stand-in approved
-/// it. The network's own repeat (0101) asks the host, which declines it again: the
-/// purchase stands as the stand-in's approval of what stands, not released. Then the
+/// As [`a_declined_repeat_of_a_purchase_reversed_in_part`]: the purchase stands as the
+/// stand-in's approval of what stands, not released. Then the
 /// stand-in's advice comes: the card and the real account end at what stands, not at the
 /// advice's whole amount recorded afresh.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purchase_in_doubt_reversed_in_part_whose_repeat_the_issuer_declines_then_advised_charges_what_stands()
  {
-    let amount = 150_000;
-    let stands = amount * 3 / 7;
-    let mut s = Scripted::in_doubt_of(amount, Some(b"51")).await;
-    let reversal = partial_reversal_of(&mut s.net, &s.request, stands);
-    s.reversed_at_the_host(&reversal).await;
-    let repeat = repeat_of(&s.request);
-    s.net.send(&repeat).await;
-    let asked = s.booked_next(Duration::from_secs(10)).await.unwrap();
-    assert_eq!(&asked.mti(), b"0101");
-    assert_eq!(code(&s.net.answer(repeat.stan().unwrap()).await), "51");
-    let advice = stand_in_advice_of(&s.request);
-    s.net.send(&advice).await;
-    let heard = s.booked_until_quiet().await;
-    let answer = code(&s.net.answer(advice.stan().unwrap()).await);
-    let charged = s.charged();
-    let (spent, _) = s.counters_after_kill().await;
+    let (s, stands, answered) = a_declined_repeat_of_a_purchase_reversed_in_part().await;
     assert_eq!(
-        (spent, charged),
+        answered, "00",
+        "kept as the stand-in's approval, as a repeat of it is answered from then on"
+    );
+    let ended = s.advised_to_the_end().await;
+    assert_eq!(ended.advice_answer, "00", "the advice is acknowledged");
+    assert_eq!(
+        (ended.spent, ended.charged),
         (stands, i64::try_from(stands).unwrap()),
-        "card spent / real account charged must be what stands (advice answered {answer}; \
-         the host heard {heard:?})"
+        "card spent / real account charged must be what stands ({ended:?})"
     );
 }
 
@@ -1925,14 +1990,7 @@ async fn a_purchase_in_doubt_reversed_in_part_whose_repeat_the_issuer_declines_t
 async fn a_repeat_of_a_purchase_in_doubt_reversed_in_part_that_the_issuer_never_had_charges_what_stands()
  {
     let mut s = Scripted::in_doubt_of(700, None).await;
-    let reversal = partial_reversal_of(&mut s.net, &s.request, 300);
-    s.reversed_at_the_host(&reversal).await;
-    assert_eq!(s.charged(), 0, "the host never had the purchase");
-    let repeat = repeat_of(&s.request);
-    s.net.send(&repeat).await;
-    let asked = s.booked_next(Duration::from_secs(10)).await.unwrap();
-    assert_eq!(&asked.mti(), b"0101");
-    let answer = s.net.answer(repeat.stan().unwrap()).await;
+    let (asked, answer) = s.reversed_to_then_repeated(300).await;
     assert_eq!(code(&answer), "00");
     let heard = s.booked_until_quiet().await;
     let charged = s.charged();
@@ -1948,5 +2006,89 @@ async fn a_repeat_of_a_purchase_in_doubt_reversed_in_part_that_the_issuer_never_
         amounts_told(&answer)[0].as_deref(),
         Some("000000000700"),
         "the network's answer carries the DE 4 it sent"
+    );
+}
+
+/// A purchase of 1,500.00 in doubt that the host declined (51) before the kill; the
+/// acquirer reverses part of it (642.85 stands), which shows that a stand-in approved it;
+/// the network's own repeat (0101) asks the host, which declines it again. The rig, what
+/// stands, and the code the network's repeat was answered.
+async fn a_declined_repeat_of_a_purchase_reversed_in_part() -> (Scripted, u64, String) {
+    let amount = 150_000;
+    let stands = amount * 3 / 7;
+    let mut s = Scripted::in_doubt_of(amount, Some(b"51")).await;
+    let (asked, answer) = s.reversed_to_then_repeated(stands).await;
+    assert_eq!(
+        amounts_told(&asked)[0],
+        Some(format!("{stands:012}")),
+        "asked for what stands"
+    );
+    (s, stands, code(&answer))
+}
+
+/// As [`a_declined_repeat_of_a_purchase_reversed_in_part`]: the purchase is left the
+/// stand-in's approval; repeated again, the network hears the same answer, 00, and the card
+/// counts what stands once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_of_a_purchase_kept_as_the_stand_ins_approval_is_answered_the_same_when_repeated()
+{
+    let (mut s, stands, first) = a_declined_repeat_of_a_purchase_reversed_in_part().await;
+    let again = repeat_of(&s.request);
+    s.net.send(&again).await;
+    let second = code(&s.net.answer(again.stan().unwrap()).await);
+    let heard = s.booked_until_quiet().await;
+    let (spent, _) = s.counters_after_kill().await;
+    assert_eq!(
+        (first.as_str(), second.as_str(), spent),
+        ("00", "00", stands),
+        "the host heard {heard:?} after the second"
+    );
+}
+
+/// A purchase of 3,500.00 the host approved in part (10: 1,000.00, the account's balance)
+/// before the kill, so in doubt; a stand-in approved it whole, and the acquirer reverses it
+/// to 500.00, which the host applies. The network's repeat is told what stands; the host
+/// replays its first answer, 10 with 1,000.00, more than it was told: still a partial
+/// approval of the purchase, read against the network's DE 4. Then the stand-in's advice
+/// comes, no news to the issuer: the card and the account end at what stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_told_what_stands_that_gets_the_first_partial_approval_again_is_read_as_one() {
+    let s = Scripted::start_with(350_000).await.approving_in_part();
+    let mut s = s.in_doubt_as(Some(b"10")).await;
+    let (asked, to_net) = s.reversed_to_then_repeated(50_000).await;
+    let ended = s.advised_to_the_end().await;
+    assert_eq!(ended.advice_answer, "00", "the advice is acknowledged");
+    assert_eq!(
+        (ended.spent, ended.charged),
+        (50_000, 50_000),
+        "card spent / real account charged must be what stands (the ask told DE 4 {:?}, the \
+         network's answer {} DE 4 {:?}; {ended:?})",
+        amounts_told(&asked),
+        code(&to_net),
+        amounts_told(&to_net),
+    );
+}
+
+/// A purchase of 3,500.00 in doubt after a kill, which the host never had; a stand-in
+/// approved it, and the acquirer reverses part of it (1,500.00 stands). The network's
+/// repeat is told what stands, and the host, the account holding 1,000.00, approves that
+/// much (10). Then the stand-in's advice of 3,500.00 comes: the request the issuer approved
+/// in part, not a restatement of the whole that forgets the part reversed. The card and
+/// the account end at the same amount, no more than what stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_told_what_stands_and_approved_in_part_is_not_restated_whole_by_the_advice() {
+    let s = Scripted::start_with(350_000).await.approving_in_part();
+    let mut s = s.in_doubt_as(None).await;
+    let (asked, to_net) = s.reversed_to_then_repeated(150_000).await;
+    assert_eq!(amounts_told(&asked)[0].as_deref(), Some("000000150000"));
+    assert_eq!(code(&to_net), "10");
+    assert_eq!(s.charged(), 100_000);
+    let ended = s.advised_to_the_end().await;
+    assert_eq!(ended.advice_answer, "00", "the advice is acknowledged");
+    assert!(
+        ended.spent <= 150_000 && i64::try_from(ended.spent).unwrap() == ended.charged,
+        "card spent / real account charged: at most what stands (150000), and the same (the \
+         repeat got 10 with DE 4 {:?}; {ended:?})",
+        amounts_told(&to_net),
     );
 }

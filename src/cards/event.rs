@@ -628,9 +628,18 @@ pub(crate) fn narrow_to_part(
     e: &mut TxEntry,
     part: ApprovedPart,
 ) {
-    e.charged = part.spent;
-    e.amount = e.amount.min(part.spent);
-    e.original_amount = part.answer.transaction;
+    if e.reversed_in_part() {
+        // Reversed in part before the issuer answered (a purchase in doubt, whose repeat
+        // was told what stands): it still stands for the network's DE 4, what the acquirer
+        // reverses and a stand-in's advice of it speak in, so that such an advice is the
+        // request the issuer approved in part, not a restatement of the whole that forgets
+        // the part reversed. Only what it still counts is narrowed.
+        e.amount = e.amount.min(part.spent);
+    } else {
+        e.charged = part.spent;
+        e.amount = e.amount.min(part.spent);
+        e.original_amount = part.answer.transaction;
+    }
     ledger.set_partial(key, e, part.answer);
 }
 

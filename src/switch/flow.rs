@@ -294,8 +294,21 @@ impl Flow {
                 // the whole it would charge the part reversed too. The network's answer
                 // carries the amounts the network sent (but a partial approval's own).
                 let sent_amounts = fields_of(&request, [4, 6]);
+                let whole = request.clone();
                 let told = self.tell_what_stands(&mut request, &vpan, &req);
-                let (sent, _) = self.ask_in_doubt(&request, &vpan, hold, false).await;
+                let (sent, settled_as) = self
+                    .ask_in_doubt(&request, &whole, &vpan, hold, false)
+                    .await;
+                // Kept as the stand-in's approval though the issuer declined the repeat or
+                // left it unanswered: the network hears the approval the card counts, as its
+                // next repeat does (the replay of what was recorded), not the issuer's
+                // decline or a 91.
+                if settled_as == IssuerOutcome::Advised {
+                    return (
+                        self.local_answer(&whole, ResponseCode::APPROVED),
+                        DecidedBy::Switch,
+                    );
+                }
                 let (mut answer, by) = self.answer_on_card(request, sent).await;
                 if told
                     && let Some(a) = answer.as_mut()
@@ -339,9 +352,14 @@ impl Flow {
     /// and what it was settled as (`TimedOut`: nothing that decides it, left in doubt;
     /// `Advised`: the stand-in's approval, see [`Cards::settle_asked`], whose
     /// `stand_in_approved` says a stand-in's advice of it asks).
+    /// `whole`: the request as the network sent it, before it was told what stands: a
+    /// partial approval (10) is read against its DE 4, as the issuer's first answer, which
+    /// it replays, was (read against what stands, a first 10 of more than stands would
+    /// count as a whole approval of what stands, and the stand-in's advice as news).
     async fn ask_in_doubt(
         &self,
         repeat: &Message,
+        whole: &Message,
         vpan: &VirtualPan,
         hold: Hold,
         stand_in_approved: bool,
@@ -354,7 +372,7 @@ impl Flow {
             settled: false,
         };
         let mut sent = self.send_on_card(repeat, vpan).await;
-        asking.outcome = in_doubt_outcome(&sent, repeat);
+        asking.outcome = in_doubt_outcome(&sent, whole);
         let (settled, outcome) = asking.settle();
         let owed = match &mut sent {
             Err(NotSent::Issuer(unanswered)) => unanswered.owed.take(),
@@ -485,8 +503,9 @@ impl Flow {
             // The answer settles the hold, and goes no further: the network asked nothing.
             let decided = match request_of_advice(&request) {
                 Some(mut repeat) if !asked => {
+                    let whole = repeat.clone();
                     self.tell_what_stands(&mut repeat, &vpan, &req);
-                    let (_, said) = self.ask_in_doubt(&repeat, &vpan, hold, true).await;
+                    let (_, said) = self.ask_in_doubt(&repeat, &whole, &vpan, hold, true).await;
                     news = said == IssuerOutcome::Advised;
                     !matches!(said, IssuerOutcome::TimedOut | IssuerOutcome::Failed)
                 }
