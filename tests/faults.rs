@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use vpan::cards::{CardKey, CardView};
 use vpan::iso8583::{Frame, FrameCodec, Framing, Message, Spec};
 use vpan::pan::Pan;
-use vpan::tools::issuer_sim::{DEFAULT_BALANCE, IssuerSim, SimConfig};
+use vpan::tools::issuer_sim::{DEFAULT_BALANCE, IssuerSim, IssuerSimHandle, SimConfig};
 
 /// `issuer.timeout_ms` in these tests.
 const TIMEOUT_MS: u64 = 500;
@@ -78,6 +78,27 @@ async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
 fn free_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
+}
+
+/// The simulator started on `addr`, a port [`free_addr`] picked a while ago: released, it is
+/// an ephemeral port like any, which another process's connection may hold for a moment
+/// (seen once under a parallel load: `AddrInUse`), so a refused bind is tried again.
+async fn sim_on(addr: SocketAddr) -> IssuerSimHandle {
+    let until = Instant::now() + SETTLE;
+    loop {
+        let config = SimConfig {
+            listen: addr,
+            ..SimConfig::default()
+        };
+        match IssuerSim::start(config).await {
+            Ok(sim) => return sim,
+            Err(e) if Instant::now() < until => {
+                eprintln!("the simulator on {addr}: {e}; trying again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("the simulator on {addr}: {e}"),
+        }
+    }
 }
 
 /// What the fault proxy does to the link.
@@ -470,14 +491,7 @@ async fn an_issuer_down_at_start_gets_91_and_the_link_comes_up_by_itself_when_it
     no_holds(&rig, &cards);
 
     // The issuer comes up on the configured address: the link dials it by itself.
-    rig.sim = Some(
-        IssuerSim::start(SimConfig {
-            listen: addr,
-            ..SimConfig::default()
-        })
-        .await
-        .unwrap(),
-    );
+    rig.sim = Some(sim_on(addr).await);
     link_up(&rig, 2).await;
     for (card, _) in &cards {
         net.purchase(card, 1_000).await;
