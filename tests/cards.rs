@@ -3639,3 +3639,106 @@ fn a_rekey_refuses_paths_and_keys_that_would_lose_the_copy_or_the_key() {
     let said = refused(&copy, Some(&new_key), &config);
     assert!(said.contains("runs on it; stop it first"), "{said}");
 }
+
+/// a purchase of USD 100.00 billed EUR 90.00, reversed in part while held (80.00
+/// stands), then approved in part by the issuer (10: USD 60.00, DE 6 EUR 57.00, its own
+/// rate, above the request's proportion, 54.00): the card counts 57.00. Then the acquirer
+/// reverses it further, to USD 30.00: half of what was approved, EUR 28.50 by the rate the
+/// issuer billed (what the card counts for the same sequence without the reversal while
+/// held). By the request's rate (90.00 for 100.00) it would count 27.00: 1.50 given back
+/// that the issuer still bills. The same for a purchase in doubt whose repeat is told what
+/// stands, whose entry keeps standing for the network's DE 4.
+#[test]
+fn a_partial_reversal_after_one_while_held_and_a_partial_approval_billed_at_its_own_rate_keeps_that_rate()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let key = {
+        let (cards, _) = open(dir.path());
+        issue(&cards, &spec(100_000))
+    };
+    let dollars = |stan| {
+        let mut req = purchase(10_000, stan);
+        req.amounts = Amounts {
+            transaction: 10_000,
+            transaction_currency: 840,
+            billing: Some((9_000, EUR)),
+        };
+        req
+    };
+    let answer = approved_in_part_of(Amounts {
+        transaction: 6_000,
+        transaction_currency: 840,
+        billing: Some((5_700, EUR)),
+    });
+    // The in-doubt one: held at a "crash".
+    {
+        let (cards, _) = open(dir.path());
+        approval(cards.authorize(key, &dollars(3), NOW))
+            .durable
+            .wait()
+            .unwrap();
+    }
+    let (cards, _) = open(dir.path());
+    assert_eq!(spent_and_uses(&cards, key), (9_000, 1));
+    // Control: no reversal before the 10.
+    decided(&cards, key, &dollars(1), answer);
+    assert_eq!(spent_and_uses(&cards, key), (9_000 + 5_700, 2));
+    given_back(cards.reverse(key, &reversal(1, Some(3_000)), NOW));
+    let control = spent_and_uses(&cards, key).0 - 9_000;
+    assert_eq!(control, 2_850, "half of the 57.00 billed");
+    // Live: reversed in part while held, then the 10.
+    let a = approval(cards.authorize(key, &dollars(2), NOW));
+    a.durable.wait().unwrap();
+    assert_eq!(
+        given_back(cards.reverse(key, &reversal(2, Some(8_000)), NOW)),
+        1_800
+    );
+    settle(&cards, &a.hold, answer);
+    assert_eq!(spent_and_uses(&cards, key).0, 9_000 + control + 5_700);
+    given_back(cards.reverse(key, &reversal(2, Some(3_000)), NOW));
+    assert_eq!(
+        spent_and_uses(&cards, key).0,
+        9_000 + 2 * control,
+        "live: reversed to USD 30.00 after the 10 counts what the control counts"
+    );
+    // In doubt: reversed in part, repeated (told what stands), approved in part.
+    assert_eq!(
+        given_back(cards.reverse(key, &reversal(3, Some(8_000)), NOW)),
+        1_800
+    );
+    let Decision::Replay(Replay::AskIssuer(hold)) = cards.authorize(key, &resent(&dollars(3)), NOW)
+    else {
+        panic!("the issuer is asked");
+    };
+    cards.settle_in_doubt(&hold, answer, NOW).wait().unwrap();
+    assert_eq!(spent_and_uses(&cards, key).0, 5_700 + 2 * control);
+    given_back(cards.reverse(key, &reversal(3, Some(3_000)), NOW));
+    assert_eq!(
+        spent_and_uses(&cards, key).0,
+        3 * control,
+        "in doubt: reversed to USD 30.00 after the 10 counts what the control counts"
+    );
+}
+/// a pre-authorization of 100.00, reversed in part while held (80.00 stands), then
+/// approved in part by the issuer (10: 60.00, under what stands, so the reversal is moot),
+/// then completed (0220 naming it in DE 90) for 45.00: the authorization is given back and
+/// 45.00 counted, as without the reversal while held
+/// (`a_completion_of_a_partial_approval_counts_in_place_of_what_was_approved`). Kept
+/// standing for the network's DE 4 (amount 60.00 < charged 100.00, "reversed in part" for
+/// good), the completion would count on top: 105.00.
+#[test]
+fn a_completion_of_a_partial_approval_of_a_hold_reversed_in_part_counts_in_its_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &spec(20_000));
+    let a = approve(&cards, key, 10_000, 1);
+    a.durable.wait().unwrap();
+    assert_eq!(
+        given_back(cards.reverse(key, &reversal(1, Some(8_000)), NOW)),
+        2_000
+    );
+    settle(&cards, &a.hold, approved_in_part(6_000));
+    assert_eq!(spent_and_uses(&cards, key), (6_000, 1));
+    recorded(cards.advice(key, &completion(4_500, 2, 1), NOW));
+    assert_eq!(spent_and_uses(&cards, key), (4_500, 1));
+}

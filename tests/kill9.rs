@@ -2092,3 +2092,41 @@ async fn a_repeat_told_what_stands_and_approved_in_part_is_not_restated_whole_by
         amounts_told(&to_net),
     );
 }
+
+/// The issuer approved (00) a purchase of 7.00 before the kill; the acquirer reverses part
+/// of it (3.00 stands), which the host applies. The network's own repeat asks the host,
+/// which answers only after the switch's issuer timeout: the issuer link reverses the ask,
+/// which the host takes for the purchase (DE 90's key), and its books end at 0.00. No
+/// stand-in's advice will come to put it back (the issuer approved it itself): told 00, the
+/// network would keep 3.00 the issuer no longer books. It is told 91, as any repeat the
+/// issuer left unanswered; the card keeps counting what stands (the safe side).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_repeat_of_a_purchase_reversed_in_part_is_answered_91_as_the_link_reverses_it()
+{
+    let mut s = Scripted::in_doubt_of(700, Some(b"00")).await;
+    let reversal = partial_reversal_of(&mut s.net, &s.request, 300);
+    s.reversed_at_the_host(&reversal).await;
+    let repeat = repeat_of(&s.request);
+    s.net.send(&repeat).await;
+    let ask = host_message(&mut s.host, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(&ask.mti(), b"0101");
+    // Nothing answered within the switch's issuer timeout (10 s).
+    let answer = tokio::time::timeout(
+        Duration::from_secs(20),
+        s.net.try_answer(repeat.stan().unwrap()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    s.answer_as_booked(&ask).await;
+    let heard = s.booked_until_quiet().await;
+    let charged = s.charged();
+    let (spent, _) = s.counters_after_kill().await;
+    assert_eq!(
+        (code(&answer).as_str(), spent, charged),
+        ("91", 300, 0),
+        "the host heard {heard:?} after the ask"
+    );
+}

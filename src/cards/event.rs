@@ -528,7 +528,7 @@ pub fn apply_ledger(
                     e.mti = hold.mti;
                 }
                 if let Some(part) = part {
-                    narrow_to_part(ledger, hold.tx, &mut e, *part);
+                    narrow_to_part(ledger, hold.tx, &mut e, *part, *in_doubt);
                 }
             }
             None
@@ -627,13 +627,23 @@ pub(crate) fn narrow_to_part(
     key: OriginalData,
     e: &mut TxEntry,
     part: ApprovedPart,
+    in_doubt: bool,
 ) {
-    if e.reversed_in_part() {
-        // Reversed in part before the issuer answered (a purchase in doubt, whose repeat
-        // was told what stands): it still stands for the network's DE 4, what the acquirer
+    if in_doubt && e.reversed_in_part() && e.original_amount > 0 && part.answer.transaction > 0 {
+        // Reversed in part before the issuer answered the repeat of a purchase in doubt
+        // (told what stands): it still stands for the network's DE 4, what the acquirer
         // reverses and a stand-in's advice of it speak in, so that such an advice is the
         // request the issuer approved in part, not a restatement of the whole that forgets
-        // the part reversed. Only what it still counts is narrowed.
+        // the part reversed. Only what it still counts is narrowed, and what it charged is
+        // put in the proportion of what the issuer's answer spent of its DE 4 (its DE 6
+        // may bill more than the request's rate): what a partial reversal takes its share
+        // of. A live hold reversed in part while with the issuer is narrowed as any
+        // partial approval (below): its reversal speaks of what the network had approved.
+        if part.spent != e.share_of(part.answer.transaction) {
+            let scaled = u128::from(part.spent) * u128::from(e.original_amount);
+            e.charged = u64::try_from(scaled.div_ceil(u128::from(part.answer.transaction)))
+                .unwrap_or(u64::MAX);
+        }
         e.amount = e.amount.min(part.spent);
     } else {
         e.charged = part.spent;

@@ -882,7 +882,7 @@ impl Cards {
             e.mti = held_mti;
         }
         if let Some(part) = part {
-            event::narrow_to_part(&self.ledger, hold.tx, &mut e, part);
+            event::narrow_to_part(&self.ledger, hold.tx, &mut e, part, in_doubt);
         }
         let queue = e.retention_queue();
         drop(e);

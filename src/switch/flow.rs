@@ -299,11 +299,16 @@ impl Flow {
                 let (sent, settled_as) = self
                     .ask_in_doubt(&request, &whole, &vpan, hold, false)
                     .await;
-                // Kept as the stand-in's approval though the issuer declined the repeat or
-                // left it unanswered: the network hears the approval the card counts, as its
-                // next repeat does (the replay of what was recorded), not the issuer's
-                // decline or a 91.
-                if settled_as == IssuerOutcome::Advised {
+                // Kept as the stand-in's approval though the issuer declined the repeat: the
+                // network hears the approval the card counts, as its next repeat does (the
+                // replay of what was recorded), not the issuer's decline. Left unanswered,
+                // it gets its 91: the issuer link reverses at the issuer whatever the issuer
+                // approved, which may have been the approval the acquirer holds (no stand-in
+                // then, and no advice to come); the card keeps counting what stands, the
+                // safe side.
+                if settled_as == IssuerOutcome::Advised
+                    && matches!(&sent, Ok(Some(a)) if !may_approve(a))
+                {
                     return (
                         self.local_answer(&whole, ResponseCode::APPROVED),
                         DecidedBy::Switch,
