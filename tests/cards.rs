@@ -3742,3 +3742,46 @@ fn a_completion_of_a_partial_approval_of_a_hold_reversed_in_part_counts_in_its_p
     recorded(cards.advice(key, &completion(4_500, 2, 1), NOW));
     assert_eq!(spent_and_uses(&cards, key), (4_500, 1));
 }
+
+/// A purchase of USD 100.00 billed EUR 90.00 in doubt at a "crash", reversed by the
+/// acquirer to USD 30.00 (27.00 stands at the request's rate); its repeat, told what
+/// stands, gets the issuer's first answer again: 10, USD 60.00 billed EUR 57.00, more than
+/// stands. What an advice of it is then told stands is USD 30.00, the acquirer's word, not
+/// a share of it at the answer's rate (28.42).
+#[test]
+fn a_purchase_in_doubt_reversed_below_the_part_the_issuer_approved_is_told_what_stood() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = {
+        let (cards, _) = open(dir.path());
+        issue(&cards, &spec(100_000))
+    };
+    let mut dollars = purchase(10_000, 3);
+    dollars.amounts = Amounts {
+        transaction: 10_000,
+        transaction_currency: 840,
+        billing: Some((9_000, EUR)),
+    };
+    {
+        let (cards, _) = open(dir.path());
+        approval(cards.authorize(key, &dollars, NOW))
+            .durable
+            .wait()
+            .unwrap();
+    }
+    let (cards, _) = open(dir.path());
+    assert_eq!(
+        given_back(cards.reverse(key, &reversal(3, Some(3_000)), NOW)),
+        6_300
+    );
+    let Decision::Replay(Replay::AskIssuer(hold)) = cards.authorize(key, &resent(&dollars), NOW)
+    else {
+        panic!("the issuer is asked");
+    };
+    let answer = approved_in_part_of(Amounts {
+        transaction: 6_000,
+        transaction_currency: 840,
+        billing: Some((5_700, EUR)),
+    });
+    cards.settle_in_doubt(&hold, answer, NOW).wait().unwrap();
+    assert_eq!(cards.standing(key, &dollars).map(|s| s.0), Some(3_000));
+}

@@ -1496,6 +1496,16 @@ impl Scripted {
         }
     }
 
+    /// The network's repeat of the purchase sent, the host's books answering all it hears
+    /// until it is quiet: the code the repeat was answered.
+    async fn repeated_and_answered(&mut self) -> String {
+        let repeat = repeat_of(&self.request);
+        self.net.send(&repeat).await;
+        let answer = self.net.answer(repeat.stan().unwrap()).await;
+        self.booked_until_quiet().await;
+        code(&answer)
+    }
+
     /// What the issuer's books charge the real account.
     fn charged(&self) -> i64 {
         BOOKS_START - self.books.balance(&self.real).unwrap()
@@ -2122,11 +2132,15 @@ async fn a_timed_out_repeat_of_a_purchase_reversed_in_part_is_answered_91_as_the
     .unwrap();
     s.answer_as_booked(&ask).await;
     let heard = s.booked_until_quiet().await;
+    // Repeated again, live and after a restart: told the same.
+    let again = s.repeated_and_answered().await;
+    let mut s = s.killed_and_restarted().await;
+    let after_restart = s.repeated_and_answered().await;
     let charged = s.charged();
     let (spent, _) = s.counters_after_kill().await;
     assert_eq!(
-        (code(&answer).as_str(), spent, charged),
-        ("91", 300, 0),
+        (code(&answer), again, after_restart, spent, charged),
+        ("91".into(), "91".into(), "91".into(), 300, 0),
         "the host heard {heard:?} after the ask"
     );
 }

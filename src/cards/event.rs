@@ -634,12 +634,14 @@ pub(crate) fn narrow_to_part(
         // (told what stands): it still stands for the network's DE 4, what the acquirer
         // reverses and a stand-in's advice of it speak in, so that such an advice is the
         // request the issuer approved in part, not a restatement of the whole that forgets
-        // the part reversed. Only what it still counts is narrowed, and what it charged is
-        // put in the proportion of what the issuer's answer spent of its DE 4 (its DE 6
-        // may bill more than the request's rate): what a partial reversal takes its share
-        // of. A live hold reversed in part while with the issuer is narrowed as any
-        // partial approval (below): its reversal speaks of what the network had approved.
-        if part.spent != e.share_of(part.answer.transaction) {
+        // the part reversed. Only what it still counts is narrowed, and, when the answer is
+        // what narrows it, what it charged is put in the proportion of what the answer
+        // spent of its DE 4 (its DE 6 may bill more than the request's rate): what a
+        // partial reversal takes its share of. Reversed below the part approved, it
+        // counts what stood, at the request's rate, and is told so. A live hold reversed
+        // in part while with the issuer is narrowed as any partial approval (below): its
+        // reversal speaks of what the network had approved.
+        if e.amount >= part.spent && part.spent != e.share_of(part.answer.transaction) {
             let scaled = u128::from(part.spent) * u128::from(e.original_amount);
             e.charged = u64::try_from(scaled.div_ceil(u128::from(part.answer.transaction)))
                 .unwrap_or(u64::MAX);

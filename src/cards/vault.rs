@@ -783,12 +783,19 @@ impl Cards {
                 {
                     outcome = IssuerOutcome::Advised;
                 }
+                // The network's own repeat left unanswered (no stand-in's advice asks): it
+                // is told 91, and so are its repeats from then on (the replay of what was
+                // recorded), not 00: the link reverses at the issuer what it approved.
+                let told = match said {
+                    IssuerOutcome::Refused(c) if !stand_in_approved => c,
+                    _ => ResponseCode::APPROVED,
+                };
                 match outcome {
                     // Its advice is news to the issuer, which does not have the
                     // request standing (declined it, or the link reverses it): what it
                     // books is the advice, which a reversal is to name from now on.
                     IssuerOutcome::Advised => self
-                        .complete_locked_as(card, hold, TxState::InDoubt, outcome, now, true)
+                        .complete_locked_as(card, hold, TxState::InDoubt, outcome, now, Some(told))
                         .map(|(durable, _)| durable),
                     IssuerOutcome::Approved(..)
                     | IssuerOutcome::ApprovedInPart { .. }
@@ -815,13 +822,14 @@ impl Cards {
         outcome: IssuerOutcome,
         now: UnixSeconds,
     ) -> Option<(Durable, Queue)> {
-        self.complete_locked_as(card, hold, open, outcome, now, false)
+        self.complete_locked_as(card, hold, open, outcome, now, None)
     }
 
     /// [`Cards::complete_locked`]; `advice_booked`: a purchase in doubt settled as the
     /// stand-in's approval whose advice is news to the issuer (`Advised` after an ask it
     /// did not approve), recorded under the advice's MTI ([`event::told_as_advice`]), the
-    /// same rule replaying the record applies.
+    /// same rule replaying the record applies, with the code the network was told, which
+    /// its repeats replay (00, or the 91 of a repeat the issuer left unanswered).
     fn complete_locked_as(
         &self,
         card: &mut Card,
@@ -829,7 +837,7 @@ impl Cards {
         open: TxState,
         outcome: IssuerOutcome,
         now: UnixSeconds,
-        advice_booked: bool,
+        advice_booked: Option<ResponseCode>,
     ) -> Option<(Durable, Queue)> {
         // One lookup of the entry, updated in place (card lock, then ledger shard).
         let mut e = self.ledger.entries.get_mut(&hold.tx)?;
@@ -854,7 +862,12 @@ impl Cards {
             ),
             IssuerOutcome::Failed => (false, ResponseCode::SYSTEM_ERROR, None, DecidedBy::Switch),
             IssuerOutcome::Refused(c) => (false, c, None, DecidedBy::Switch),
-            IssuerOutcome::Advised => (true, ResponseCode::APPROVED, None, DecidedBy::Switch),
+            IssuerOutcome::Advised => (
+                true,
+                advice_booked.unwrap_or(ResponseCode::APPROVED),
+                None,
+                DecidedBy::Switch,
+            ),
         };
         let part = match outcome {
             IssuerOutcome::ApprovedInPart { amounts, .. } => {
@@ -863,7 +876,7 @@ impl Cards {
             _ => None,
         };
         let mut held = event::hold_of(hold.tx, &e, self.lsn(), now);
-        if advice_booked {
+        if advice_booked.is_some() {
             held.mti = advice_mti(held.mti);
         }
         let held_mti = held.mti;
