@@ -3785,3 +3785,52 @@ fn a_purchase_in_doubt_reversed_below_the_part_the_issuer_approved_is_told_what_
     cards.settle_in_doubt(&hold, answer, NOW).wait().unwrap();
     assert_eq!(cards.standing(key, &dollars).map(|s| s.0), Some(3_000));
 }
+
+/// A purchase of USD 100.00 billed EUR 90.00 in doubt at a "crash",
+/// reversed by the acquirer to USD 61.00 (EUR 54.90 at the request's rate); its repeat gets
+/// the issuer's first answer again: 10, USD 60.00 billed EUR 57.00. In DE 4 the answer is
+/// what narrows it (60.00 < 61.00), though in the card's currency at two rates it looks the
+/// other way (57.00 > 54.90): what it charged must be put at the answer's rate, so that a
+/// further partial reversal to USD 50.00 leaves what the issuer keeps of its approval
+/// (50/60 of EUR 57.00 = 47.50), not 45.00 at the request's rate. Compared in the card's
+/// currency at the two rates, the answer would not seem to narrow it.
+#[test]
+fn a_purchase_in_doubt_reversed_to_above_the_part_approved_keeps_the_answers_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = {
+        let (cards, _) = open(dir.path());
+        issue(&cards, &spec(100_000))
+    };
+    let mut dollars = purchase(10_000, 3);
+    dollars.amounts = Amounts {
+        transaction: 10_000,
+        transaction_currency: 840,
+        billing: Some((9_000, EUR)),
+    };
+    {
+        let (cards, _) = open(dir.path());
+        approval(cards.authorize(key, &dollars, NOW))
+            .durable
+            .wait()
+            .unwrap();
+    }
+    let (cards, _) = open(dir.path());
+    assert_eq!(
+        given_back(cards.reverse(key, &reversal(3, Some(6_100)), NOW)),
+        3_510
+    );
+    let Decision::Replay(Replay::AskIssuer(hold)) = cards.authorize(key, &resent(&dollars), NOW)
+    else {
+        panic!("the issuer is asked");
+    };
+    let answer = approved_in_part_of(Amounts {
+        transaction: 6_000,
+        transaction_currency: 840,
+        billing: Some((5_700, EUR)),
+    });
+    cards.settle_in_doubt(&hold, answer, NOW).wait().unwrap();
+    let mut further = reversal(3, Some(5_000));
+    further.mti = *b"0400";
+    cards.reverse(key, &further, NOW);
+    assert_eq!(spent_and_uses(&cards, key).0, 4_750);
+}

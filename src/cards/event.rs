@@ -638,10 +638,14 @@ pub(crate) fn narrow_to_part(
         // what narrows it, what it charged is put in the proportion of what the answer
         // spent of its DE 4 (its DE 6 may bill more than the request's rate): what a
         // partial reversal takes its share of. Reversed below the part approved, it
-        // counts what stood, at the request's rate, and is told so. A live hold reversed
-        // in part while with the issuer is narrowed as any partial approval (below): its
-        // reversal speaks of what the network had approved.
-        if e.amount >= part.spent && part.spent != e.share_of(part.answer.transaction) {
+        // counts what stood, at the request's rate, and is told so. Whether the answer
+        // narrows it is told in DE 4, which both speak in: what stood against the answer's
+        // DE 4, both at the request's rate (`part.spent` is at the answer's, and at two
+        // rates a reversal above the part approved can look below it). A live hold
+        // reversed in part while with the issuer is narrowed as any partial approval
+        // (below): its reversal speaks of what the network had approved.
+        let approved_share = e.share_of(part.answer.transaction);
+        if e.amount >= approved_share && part.spent != approved_share {
             let scaled = u128::from(part.spent) * u128::from(e.original_amount);
             e.charged = u64::try_from(scaled.div_ceil(u128::from(part.answer.transaction)))
                 .unwrap_or(u64::MAX);
