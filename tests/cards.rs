@@ -3834,3 +3834,54 @@ fn a_purchase_in_doubt_reversed_to_above_the_part_approved_keeps_the_answers_rat
     cards.reverse(key, &further, NOW);
     assert_eq!(spent_and_uses(&cards, key).0, 4_750);
 }
+
+/// A purchase of USD 300.00 billed EUR 100.00 in doubt at a "crash", reversed to USD
+/// 250.00 (EUR 83.34); its repeat gets the issuer's 10: USD 200.00 billed EUR 66.67, the
+/// request's share rounded up (66.666..), a rate of its own however near. Reversed further
+/// to USD 150.00, the issuer keeps 150/200 of EUR 66.67 = 50.0025: at the request's rate
+/// the card would count 50.00, below that; at the answer's it counts 50.01.
+#[test]
+fn a_purchase_in_doubt_approved_in_part_at_the_rounded_up_share_rounds_a_further_reversal_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = {
+        let (cards, _) = open(dir.path());
+        issue(&cards, &spec(100_000))
+    };
+    let mut dollars = purchase(30_000, 3);
+    dollars.amounts = Amounts {
+        transaction: 30_000,
+        transaction_currency: 840,
+        billing: Some((10_000, EUR)),
+    };
+    {
+        let (cards, _) = open(dir.path());
+        approval(cards.authorize(key, &dollars, NOW))
+            .durable
+            .wait()
+            .unwrap();
+    }
+    let (cards, _) = open(dir.path());
+    assert_eq!(
+        given_back(cards.reverse(key, &reversal(3, Some(25_000)), NOW)),
+        1_666
+    );
+    let Decision::Replay(Replay::AskIssuer(hold)) = cards.authorize(key, &resent(&dollars), NOW)
+    else {
+        panic!("the issuer is asked");
+    };
+    let answer = approved_in_part_of(Amounts {
+        transaction: 20_000,
+        transaction_currency: 840,
+        billing: Some((6_667, EUR)),
+    });
+    cards.settle_in_doubt(&hold, answer, NOW).wait().unwrap();
+    assert_eq!(spent_and_uses(&cards, key).0, 6_667);
+    let mut further = reversal(3, Some(15_000));
+    further.mti = *b"0400";
+    cards.reverse(key, &further, NOW);
+    assert!(
+        spent_and_uses(&cards, key).0 >= 5_001,
+        "150/200 of EUR 66.67 is 50.0025: counted {}",
+        spent_and_uses(&cards, key).0
+    );
+}

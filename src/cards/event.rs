@@ -643,9 +643,14 @@ pub(crate) fn narrow_to_part(
         // DE 4, both at the request's rate (`part.spent` is at the answer's, and at two
         // rates a reversal above the part approved can look below it). A live hold
         // reversed in part while with the issuer is narrowed as any partial approval
-        // (below): its reversal speaks of what the network had approved.
+        // (below): its reversal speaks of what the network had approved. The answer's rate
+        // is another whenever what it spent is not exactly its DE 4's proportion of what
+        // was charged: a share rounded up is already above it, and a further reversal at
+        // the request's rate would then round below what the issuer keeps.
         let approved_share = e.share_of(part.answer.transaction);
-        if e.amount >= approved_share && part.spent != approved_share {
+        let same_rate = u128::from(part.spent) * u128::from(e.original_amount)
+            == u128::from(e.charged) * u128::from(part.answer.transaction);
+        if e.amount >= approved_share && !same_rate {
             let scaled = u128::from(part.spent) * u128::from(e.original_amount);
             e.charged = u64::try_from(scaled.div_ceil(u128::from(part.answer.transaction)))
                 .unwrap_or(u64::MAX);
