@@ -287,44 +287,52 @@ impl Flow {
             // Its answer was lost when vpan stopped; the issuer knows it. Nothing is
             // counted again (it is counted as spent already), and its answer settles it.
             Decision::Replay(Replay::AskIssuer(hold)) => {
-                let mut request = request;
-                request.mark_repeat();
-                // Reversed in part by the acquirer since, it is asked for what stands, as
-                // an advice's ask is: an issuer that never had it decides it now, and told
-                // the whole it would charge the part reversed too. The network's answer
-                // carries the amounts the network sent (but a partial approval's own).
-                let sent_amounts = fields_of(&request, [4, 6]);
-                let whole = request.clone();
-                let told = self.tell_what_stands(&mut request, &vpan, &req);
-                let (sent, settled_as) = self
-                    .ask_in_doubt(&request, &whole, &vpan, hold, false)
-                    .await;
-                // Kept as the stand-in's approval though the issuer declined the repeat: the
-                // network hears the approval the card counts, as its next repeat does (the
-                // replay of what was recorded), not the issuer's decline. Left unanswered,
-                // it gets its 91: the issuer link reverses at the issuer whatever the issuer
-                // approved, which may have been the approval the acquirer holds (no stand-in
-                // then, and no advice to come); the card keeps counting what stands, the
-                // safe side.
-                if settled_as == IssuerOutcome::Advised
-                    && matches!(&sent, Ok(Some(a)) if !may_approve(a))
-                {
-                    return (
-                        self.local_answer(&whole, ResponseCode::APPROVED),
-                        DecidedBy::Switch,
-                    );
-                }
-                let (mut answer, by) = self.answer_on_card(request, sent).await;
-                if told
-                    && let Some(a) = answer.as_mut()
-                    && a.response_code() != Some(ResponseCode::PARTIAL_APPROVAL.0)
-                {
-                    put_back(a, sent_amounts);
-                }
-                (answer, by)
+                self.repeat_in_doubt(request, &vpan, &req, hold).await
             }
             Decision::Approve(approval) => self.forward_approval(request, &vpan, approval).await,
         }
+    }
+
+    /// The network's repeat of a purchase in doubt: its answer was lost when vpan stopped,
+    /// and the issuer knows it. Asked about it (marked as a repeat), the issuer's answer
+    /// settles it; nothing is counted again (it is counted as spent already).
+    async fn repeat_in_doubt(
+        &self,
+        request: Msg,
+        vpan: &VirtualPan,
+        req: &AuthRequest,
+        hold: Hold,
+    ) -> (Option<Msg>, DecidedBy) {
+        let whole = request;
+        let mut repeat = whole.clone();
+        repeat.mark_repeat();
+        // Reversed in part by the acquirer since, it is asked for what stands, as an
+        // advice's ask is: an issuer that never had it decides it now, and told the whole
+        // it would charge the part reversed too.
+        let told = self.tell_what_stands(&mut repeat, vpan, req);
+        let (sent, settled_as) = self.ask_in_doubt(&repeat, &whole, vpan, hold, false).await;
+        // Kept as the stand-in's approval though the issuer declined the repeat: the network
+        // hears the approval the card counts, as its next repeat does (the replay of what
+        // was recorded), not the issuer's decline. Left unanswered, it gets its 91: the
+        // issuer link reverses at the issuer whatever the issuer approved, which may have
+        // been the approval the acquirer holds (no stand-in then, and no advice to come);
+        // the card keeps counting what stands, the safe side.
+        if settled_as == IssuerOutcome::Advised && matches!(&sent, Ok(Some(a)) if !may_approve(a)) {
+            return (
+                self.local_answer(&whole, ResponseCode::APPROVED),
+                DecidedBy::Switch,
+            );
+        }
+        let (mut answer, by) = self.answer_on_card(repeat, sent).await;
+        // The network's answer carries the amounts the network sent (but a partial
+        // approval's own).
+        if told
+            && let Some(a) = answer.as_mut()
+            && a.response_code() != Some(ResponseCode::PARTIAL_APPROVAL.0)
+        {
+            put_back(a, fields_of(&whole, [4, 6]));
+        }
+        (answer, by)
     }
 
     /// `look`'s answer once it is not `pending`, a transaction still with the issuer: looked
