@@ -3640,7 +3640,7 @@ fn a_rekey_refuses_paths_and_keys_that_would_lose_the_copy_or_the_key() {
     assert!(said.contains("runs on it; stop it first"), "{said}");
 }
 
-/// a purchase of USD 100.00 billed EUR 90.00, reversed in part while held (80.00
+/// A purchase of USD 100.00 billed EUR 90.00, reversed in part while held (80.00
 /// stands), then approved in part by the issuer (10: USD 60.00, DE 6 EUR 57.00, its own
 /// rate, above the request's proportion, 54.00): the card counts 57.00. Then the acquirer
 /// reverses it further, to USD 30.00: half of what was approved, EUR 28.50 by the rate the
@@ -3652,33 +3652,10 @@ fn a_rekey_refuses_paths_and_keys_that_would_lose_the_copy_or_the_key() {
 fn a_partial_reversal_after_one_while_held_and_a_partial_approval_billed_at_its_own_rate_keeps_that_rate()
  {
     let dir = tempfile::tempdir().unwrap();
-    let key = {
-        let (cards, _) = open(dir.path());
-        issue(&cards, &spec(100_000))
-    };
-    let dollars = |stan| {
-        let mut req = purchase(10_000, stan);
-        req.amounts = Amounts {
-            transaction: 10_000,
-            transaction_currency: 840,
-            billing: Some((9_000, EUR)),
-        };
-        req
-    };
-    let answer = approved_in_part_of(Amounts {
-        transaction: 6_000,
-        transaction_currency: 840,
-        billing: Some((5_700, EUR)),
-    });
+    let dollars = |stan| in_dollars(10_000, 9_000, stan);
+    let answer = approved_in_dollars(6_000, 5_700);
     // The in-doubt one: held at a "crash".
-    {
-        let (cards, _) = open(dir.path());
-        approval(cards.authorize(key, &dollars(3), NOW))
-            .durable
-            .wait()
-            .unwrap();
-    }
-    let (cards, _) = open(dir.path());
+    let (cards, key) = held_at_a_crash(dir.path(), &dollars(3));
     assert_eq!(spent_and_uses(&cards, key), (9_000, 1));
     // Control: no reversal before the 10.
     decided(&cards, key, &dollars(1), answer);
@@ -3706,11 +3683,7 @@ fn a_partial_reversal_after_one_while_held_and_a_partial_approval_billed_at_its_
         given_back(cards.reverse(key, &reversal(3, Some(8_000)), NOW)),
         1_800
     );
-    let Decision::Replay(Replay::AskIssuer(hold)) = cards.authorize(key, &resent(&dollars(3)), NOW)
-    else {
-        panic!("the issuer is asked");
-    };
-    cards.settle_in_doubt(&hold, answer, NOW).wait().unwrap();
+    asked_and_answered(&cards, key, &dollars(3), answer);
     assert_eq!(spent_and_uses(&cards, key).0, 5_700 + 2 * control);
     given_back(cards.reverse(key, &reversal(3, Some(3_000)), NOW));
     assert_eq!(
@@ -3719,7 +3692,8 @@ fn a_partial_reversal_after_one_while_held_and_a_partial_approval_billed_at_its_
         "in doubt: reversed to USD 30.00 after the 10 counts what the control counts"
     );
 }
-/// a pre-authorization of 100.00, reversed in part while held (80.00 stands), then
+
+/// A pre-authorization of 100.00, reversed in part while held (80.00 stands), then
 /// approved in part by the issuer (10: 60.00, under what stands, so the reversal is moot),
 /// then completed (0220 naming it in DE 90) for 45.00: the authorization is given back and
 /// 45.00 counted, as without the reversal while held
@@ -3751,38 +3725,13 @@ fn a_completion_of_a_partial_approval_of_a_hold_reversed_in_part_counts_in_its_p
 #[test]
 fn a_purchase_in_doubt_reversed_below_the_part_the_issuer_approved_is_told_what_stood() {
     let dir = tempfile::tempdir().unwrap();
-    let key = {
-        let (cards, _) = open(dir.path());
-        issue(&cards, &spec(100_000))
-    };
-    let mut dollars = purchase(10_000, 3);
-    dollars.amounts = Amounts {
-        transaction: 10_000,
-        transaction_currency: 840,
-        billing: Some((9_000, EUR)),
-    };
-    {
-        let (cards, _) = open(dir.path());
-        approval(cards.authorize(key, &dollars, NOW))
-            .durable
-            .wait()
-            .unwrap();
-    }
-    let (cards, _) = open(dir.path());
+    let dollars = in_dollars(10_000, 9_000, 3);
+    let (cards, key) = held_at_a_crash(dir.path(), &dollars);
     assert_eq!(
         given_back(cards.reverse(key, &reversal(3, Some(3_000)), NOW)),
         6_300
     );
-    let Decision::Replay(Replay::AskIssuer(hold)) = cards.authorize(key, &resent(&dollars), NOW)
-    else {
-        panic!("the issuer is asked");
-    };
-    let answer = approved_in_part_of(Amounts {
-        transaction: 6_000,
-        transaction_currency: 840,
-        billing: Some((5_700, EUR)),
-    });
-    cards.settle_in_doubt(&hold, answer, NOW).wait().unwrap();
+    asked_and_answered(&cards, key, &dollars, approved_in_dollars(6_000, 5_700));
     assert_eq!(cards.standing(key, &dollars).map(|s| s.0), Some(3_000));
 }
 
@@ -3797,38 +3746,13 @@ fn a_purchase_in_doubt_reversed_below_the_part_the_issuer_approved_is_told_what_
 #[test]
 fn a_purchase_in_doubt_reversed_to_above_the_part_approved_keeps_the_answers_rate() {
     let dir = tempfile::tempdir().unwrap();
-    let key = {
-        let (cards, _) = open(dir.path());
-        issue(&cards, &spec(100_000))
-    };
-    let mut dollars = purchase(10_000, 3);
-    dollars.amounts = Amounts {
-        transaction: 10_000,
-        transaction_currency: 840,
-        billing: Some((9_000, EUR)),
-    };
-    {
-        let (cards, _) = open(dir.path());
-        approval(cards.authorize(key, &dollars, NOW))
-            .durable
-            .wait()
-            .unwrap();
-    }
-    let (cards, _) = open(dir.path());
+    let dollars = in_dollars(10_000, 9_000, 3);
+    let (cards, key) = held_at_a_crash(dir.path(), &dollars);
     assert_eq!(
         given_back(cards.reverse(key, &reversal(3, Some(6_100)), NOW)),
         3_510
     );
-    let Decision::Replay(Replay::AskIssuer(hold)) = cards.authorize(key, &resent(&dollars), NOW)
-    else {
-        panic!("the issuer is asked");
-    };
-    let answer = approved_in_part_of(Amounts {
-        transaction: 6_000,
-        transaction_currency: 840,
-        billing: Some((5_700, EUR)),
-    });
-    cards.settle_in_doubt(&hold, answer, NOW).wait().unwrap();
+    asked_and_answered(&cards, key, &dollars, approved_in_dollars(6_000, 5_700));
     let mut further = reversal(3, Some(5_000));
     further.mti = *b"0400";
     cards.reverse(key, &further, NOW);
@@ -3843,38 +3767,13 @@ fn a_purchase_in_doubt_reversed_to_above_the_part_approved_keeps_the_answers_rat
 #[test]
 fn a_purchase_in_doubt_approved_in_part_at_the_rounded_up_share_rounds_a_further_reversal_up() {
     let dir = tempfile::tempdir().unwrap();
-    let key = {
-        let (cards, _) = open(dir.path());
-        issue(&cards, &spec(100_000))
-    };
-    let mut dollars = purchase(30_000, 3);
-    dollars.amounts = Amounts {
-        transaction: 30_000,
-        transaction_currency: 840,
-        billing: Some((10_000, EUR)),
-    };
-    {
-        let (cards, _) = open(dir.path());
-        approval(cards.authorize(key, &dollars, NOW))
-            .durable
-            .wait()
-            .unwrap();
-    }
-    let (cards, _) = open(dir.path());
+    let dollars = in_dollars(30_000, 10_000, 3);
+    let (cards, key) = held_at_a_crash(dir.path(), &dollars);
     assert_eq!(
         given_back(cards.reverse(key, &reversal(3, Some(25_000)), NOW)),
         1_666
     );
-    let Decision::Replay(Replay::AskIssuer(hold)) = cards.authorize(key, &resent(&dollars), NOW)
-    else {
-        panic!("the issuer is asked");
-    };
-    let answer = approved_in_part_of(Amounts {
-        transaction: 20_000,
-        transaction_currency: 840,
-        billing: Some((6_667, EUR)),
-    });
-    cards.settle_in_doubt(&hold, answer, NOW).wait().unwrap();
+    asked_and_answered(&cards, key, &dollars, approved_in_dollars(20_000, 6_667));
     assert_eq!(spent_and_uses(&cards, key).0, 6_667);
     let mut further = reversal(3, Some(15_000));
     further.mti = *b"0400";
@@ -3884,4 +3783,54 @@ fn a_purchase_in_doubt_approved_in_part_at_the_rounded_up_share_rounds_a_further
         "150/200 of EUR 66.67 is 50.0025: counted {}",
         spent_and_uses(&cards, key).0
     );
+}
+
+/// A purchase under `stan` of USD `de4` billed EUR `de6`, the card's currency.
+fn in_dollars(de4: u64, de6: u64, stan: u32) -> vpan::cards::AuthRequest {
+    let mut req = purchase(de4, stan);
+    req.amounts = Amounts {
+        transaction: de4,
+        transaction_currency: 840,
+        billing: Some((de6, EUR)),
+    };
+    req
+}
+
+/// The issuer's partial approval (10) of USD `de4` billed EUR `de6`.
+fn approved_in_dollars(de4: u64, de6: u64) -> IssuerOutcome {
+    approved_in_part_of(Amounts {
+        transaction: de4,
+        transaction_currency: 840,
+        billing: Some((de6, EUR)),
+    })
+}
+
+/// A card (cap 1,000.00) issued in `dir`, `held` approved and held on it at a "crash":
+/// reopened, the purchase is in doubt.
+fn held_at_a_crash(dir: &std::path::Path, held: &vpan::cards::AuthRequest) -> (Cards, CardKey) {
+    let key = {
+        let (cards, _) = open(dir);
+        issue(&cards, &spec(100_000))
+    };
+    {
+        let (cards, _) = open(dir);
+        approval(cards.authorize(key, held, NOW))
+            .durable
+            .wait()
+            .unwrap();
+    }
+    (open(dir).0, key)
+}
+
+/// `held`, in doubt, asked about by its repeat, and settled by the issuer's `answer`.
+fn asked_and_answered(
+    cards: &Cards,
+    key: CardKey,
+    held: &vpan::cards::AuthRequest,
+    answer: IssuerOutcome,
+) {
+    let Decision::Replay(Replay::AskIssuer(hold)) = cards.authorize(key, &resent(held), NOW) else {
+        panic!("the issuer is asked");
+    };
+    cards.settle_in_doubt(&hold, answer, NOW).wait().unwrap();
 }

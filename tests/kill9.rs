@@ -1496,6 +1496,22 @@ impl Scripted {
         }
     }
 
+    /// The acquirer's reversal of the purchase down to `remaining`, reaching the host; then
+    /// the stand-in's advice of the purchase, which asks the host first (0101), not
+    /// answered yet: the advice, the ask, and the code the host's books would answer it.
+    async fn reversed_to_then_advised(&mut self, remaining: u64) -> (Message, Message, [u8; 2]) {
+        let reversal = partial_reversal_of(&mut self.net, &self.request, remaining);
+        self.reversed_at_the_host(&reversal).await;
+        let advice = stand_in_advice_of(&self.request);
+        self.net.send(&advice).await;
+        let ask = host_message(&mut self.host, Duration::from_secs(10))
+            .await
+            .expect("the advice asks first");
+        assert_eq!(&ask.mti(), b"0101");
+        let first = self.books.decide(&ask).unwrap().response_code;
+        (advice, ask, first)
+    }
+
     /// The network's repeat of the purchase sent, the host's books answering all it hears
     /// until it is quiet: the code the repeat was answered.
     async fn repeated_and_answered(&mut self) -> String {
@@ -1596,7 +1612,8 @@ async fn an_undecided_advice_in_doubt_then_reversed(booked: bool, by_de90: bool)
     assert_eq!(
         charged,
         0,
-        "the real account must be given back what the issuer booked (the reversal's DE 90          named {:?}; unmatched reversals: {unmatched})",
+        "the real account must be given back what the issuer booked (the reversal's DE 90 \
+         named {:?}; unmatched reversals: {unmatched})",
         named_in_de90(&at_host)
     );
 }
@@ -1814,15 +1831,7 @@ async fn an_ask_of_a_purchase_in_doubt_reversed_in_part(
 ) {
     let stands = amount * 3 / 7;
     let mut s = Scripted::in_doubt_of(amount, Some(decided)).await;
-    let reversal = partial_reversal_of(&mut s.net, &s.request, stands);
-    s.reversed_at_the_host(&reversal).await;
-    let advice = stand_in_advice_of(&s.request);
-    s.net.send(&advice).await;
-    let ask = host_message(&mut s.host, Duration::from_secs(10))
-        .await
-        .expect("the advice asks first");
-    assert_eq!(&ask.mti(), b"0101");
-    let first = s.books.decide(&ask).unwrap().response_code;
+    let (advice, ask, first) = s.reversed_to_then_advised(stands).await;
     let mut sent = Vec::new();
     if late {
         // Nothing answered within the switch's issuer timeout (10 s): the advice goes out.
@@ -1934,15 +1943,7 @@ async fn a_reversal_of_a_stand_ins_approval_settled_by_an_ask_whose_advice_went_
 async fn a_partial_reversal_after_a_restart_of_a_purchase_settled_by_a_timed_out_ask_names_its_advice()
  {
     let mut s = Scripted::in_doubt_of(700, Some(b"00")).await;
-    let reversal = partial_reversal_of(&mut s.net, &s.request, 300);
-    s.reversed_at_the_host(&reversal).await;
-    let advice = stand_in_advice_of(&s.request);
-    s.net.send(&advice).await;
-    let ask = host_message(&mut s.host, Duration::from_secs(10))
-        .await
-        .expect("the advice asks first");
-    assert_eq!(&ask.mti(), b"0101");
-    let first = s.books.decide(&ask).unwrap().response_code;
+    let (advice, ask, first) = s.reversed_to_then_advised(300).await;
     let told = s
         .booked_next(Duration::from_secs(20))
         .await

@@ -621,7 +621,6 @@ pub(crate) const VOIDED_FINGERPRINT: u64 = 0;
 
 /// A partial approval's entry `e`, under `key` in `ledger`: it charged, and spends, only its
 /// part, stands for the approved DE 4, and keeps the answer's amounts for its repeats.
-/// Never more than it still held (a partial reversal may have come first).
 pub(crate) fn narrow_to_part(
     ledger: &Ledger,
     key: OriginalData,
@@ -629,37 +628,35 @@ pub(crate) fn narrow_to_part(
     part: ApprovedPart,
     in_doubt: bool,
 ) {
-    if in_doubt && e.reversed_in_part() && e.original_amount > 0 && part.answer.transaction > 0 {
-        // Reversed in part before the issuer answered the repeat of a purchase in doubt
-        // (told what stands): it still stands for the network's DE 4, what the acquirer
-        // reverses and a stand-in's advice of it speak in, so that such an advice is the
+    let stood = e.amount;
+    let reversed_in_part = e.reversed_in_part();
+    // Never more than it still held (a partial reversal may have come first).
+    e.amount = stood.min(part.spent);
+    let (original, approved) = (e.original_amount, part.answer.transaction);
+    if in_doubt && reversed_in_part && original > 0 && approved > 0 {
+        // A purchase in doubt reversed in part before the issuer answered its repeat (told
+        // what stands): it still stands for the network's DE 4, which the acquirer's
+        // reversals and a stand-in's advice of it speak in, so that such an advice is the
         // request the issuer approved in part, not a restatement of the whole that forgets
-        // the part reversed. Only what it still counts is narrowed, and, when the answer is
-        // what narrows it, what it charged is put in the proportion of what the answer
-        // spent of its DE 4 (its DE 6 may bill more than the request's rate): what a
-        // partial reversal takes its share of. Reversed below the part approved, it
-        // counts what stood, at the request's rate, and is told so. Whether the answer
-        // narrows it is told in DE 4, which both speak in: what stood against the answer's
-        // DE 4, both at the request's rate (`part.spent` is at the answer's, and at two
-        // rates a reversal above the part approved can look below it). A live hold
-        // reversed in part while with the issuer is narrowed as any partial approval
-        // (below): its reversal speaks of what the network had approved. The answer's rate
-        // is another whenever what it spent is not exactly its DE 4's proportion of what
-        // was charged: a share rounded up is already above it, and a further reversal at
-        // the request's rate would then round below what the issuer keeps.
-        let approved_share = e.share_of(part.answer.transaction);
-        let same_rate = u128::from(part.spent) * u128::from(e.original_amount)
-            == u128::from(e.charged) * u128::from(part.answer.transaction);
-        if e.amount >= approved_share && !same_rate {
-            let scaled = u128::from(part.spent) * u128::from(e.original_amount);
-            e.charged = u64::try_from(scaled.div_ceil(u128::from(part.answer.transaction)))
-                .unwrap_or(u64::MAX);
+        // the part reversed.
+        let spent_by_answer = u128::from(part.spent) * u128::from(original);
+        let charged_by_request = u128::from(e.charged) * u128::from(approved);
+        // When the answer is what narrows it (the part approved at most what stood, both
+        // told in DE 4 at the request's rate, since `part.spent` is at the answer's), what
+        // it charged is put at the answer's rate, whenever that is another (its DE 6 may
+        // bill more, or a share rounded up): what a further reversal takes its share of,
+        // else rounded below what the issuer keeps. Reversed below the part approved, it
+        // counts what stood, at the request's rate, and is told so.
+        if stood >= e.share_of(approved) && spent_by_answer != charged_by_request {
+            e.charged =
+                u64::try_from(spent_by_answer.div_ceil(u128::from(approved))).unwrap_or(u64::MAX);
         }
-        e.amount = e.amount.min(part.spent);
     } else {
+        // As any partial approval: it stands for the approved DE 4. So does a live hold
+        // reversed in part while with the issuer: its reversal spoke of what the network
+        // had approved.
         e.charged = part.spent;
-        e.amount = e.amount.min(part.spent);
-        e.original_amount = part.answer.transaction;
+        e.original_amount = approved;
     }
     ledger.set_partial(key, e, part.answer);
 }

@@ -783,28 +783,21 @@ impl Cards {
                 {
                     outcome = IssuerOutcome::Advised;
                 }
-                // The network's own repeat left unanswered (no stand-in's advice asks): it
-                // is told 91, and so are its repeats from then on (the replay of what was
+                if matches!(outcome, IssuerOutcome::TimedOut | IssuerOutcome::Failed) {
+                    return None;
+                }
+                // As the stand-in's approval, its advice is news to the issuer, which does
+                // not have the request standing (declined it, or the link reverses it): what
+                // it books is the advice, which a reversal is to name from now on. The code
+                // the network's own repeat was told, left unanswered (no stand-in's advice
+                // asks), is 91, and so for its repeats from then on (the replay of what was
                 // recorded), not 00: the link reverses at the issuer what it approved.
-                let told = match said {
+                let advice_booked = (outcome == IssuerOutcome::Advised).then_some(match said {
                     IssuerOutcome::Refused(c) if !stand_in_approved => c,
                     _ => ResponseCode::APPROVED,
-                };
-                match outcome {
-                    // Its advice is news to the issuer, which does not have the
-                    // request standing (declined it, or the link reverses it): what it
-                    // books is the advice, which a reversal is to name from now on.
-                    IssuerOutcome::Advised => self
-                        .complete_locked_as(card, hold, TxState::InDoubt, outcome, now, Some(told))
-                        .map(|(durable, _)| durable),
-                    IssuerOutcome::Approved(..)
-                    | IssuerOutcome::ApprovedInPart { .. }
-                    | IssuerOutcome::Declined(_)
-                    | IssuerOutcome::Refused(_) => self
-                        .complete_locked(card, hold, TxState::InDoubt, outcome, now)
-                        .map(|(durable, _)| durable),
-                    IssuerOutcome::TimedOut | IssuerOutcome::Failed => None,
-                }
+                });
+                self.complete_locked_as(card, hold, TxState::InDoubt, outcome, now, advice_booked)
+                    .map(|(durable, _)| durable)
             })
             .flatten()
             .unwrap_or_else(|| Durable::ready(Ok(())));
