@@ -3735,6 +3735,59 @@ fn a_purchase_in_doubt_reversed_below_the_part_the_issuer_approved_is_told_what_
     assert_eq!(cards.standing(key, &dollars).map(|s| s.0), Some(3_000));
 }
 
+/// A purchase of USD 100.00 billed EUR 90.00, reversed by the acquirer to USD 30.00 (EUR
+/// 27.00 at the request's rate) before the issuer's answer comes: 10, USD 60.00 billed EUR
+/// 57.00, a rate of 0.95. The issuer keeps 30/60 of its 57.00, 28.50, and the card counts
+/// that, not 27.00; reversed further to USD 20.00, it counts 19.00, not 18.00 (the request's
+/// rate). Each is told USD 30.00 stands. The same for a purchase in doubt at a "crash"
+/// whose repeat gets the 10, and for a hold reversed in part while with the issuer; live,
+/// and after a restart between the answer and the further reversal.
+#[test]
+fn a_purchase_reversed_below_the_part_the_issuer_approves_counts_what_stood_at_the_answers_rate() {
+    for restart in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let answer = approved_in_dollars(6_000, 5_700);
+        let in_doubt = in_dollars(10_000, 9_000, 3);
+        let (cards, key) = held_at_a_crash(dir.path(), &in_doubt);
+        assert_eq!(
+            given_back(cards.reverse(key, &reversal(3, Some(3_000)), NOW)),
+            6_300
+        );
+        asked_and_answered(&cards, key, &in_doubt, answer);
+        assert_eq!(spent_and_uses(&cards, key).0, 2_850, "in doubt");
+        let live = in_dollars(10_000, 9_000, 4);
+        let held = approval(cards.authorize(key, &live, NOW));
+        held.durable.wait().unwrap();
+        assert_eq!(
+            given_back(cards.reverse(key, &reversal(4, Some(3_000)), NOW)),
+            6_300
+        );
+        settle(&cards, &held.hold, answer);
+        assert_eq!(spent_and_uses(&cards, key).0, 2 * 2_850, "held");
+        let cards = if restart {
+            drop(cards);
+            open(dir.path()).0
+        } else {
+            cards
+        };
+        for (stan, req) in [(3, &in_doubt), (4, &live)] {
+            assert_eq!(
+                cards.standing(key, req).map(|s| s.0),
+                Some(3_000),
+                "stan {stan}, restart {restart}"
+            );
+            let mut further = reversal(stan, Some(2_000));
+            further.mti = *b"0400";
+            given_back(cards.reverse(key, &further, NOW));
+        }
+        assert_eq!(
+            spent_and_uses(&cards, key).0,
+            2 * 1_900,
+            "20/60 of EUR 57.00 each, restart {restart}"
+        );
+    }
+}
+
 /// A purchase of USD 100.00 billed EUR 90.00 in doubt at a "crash",
 /// reversed by the acquirer to USD 61.00 (EUR 54.90 at the request's rate); its repeat gets
 /// the issuer's first answer again: 10, USD 60.00 billed EUR 57.00. In DE 4 the answer is

@@ -14,7 +14,7 @@
 
 use super::card::{AcceptorId, Card, CardKey, Controls, Expiry, LockKind, Status, UnixSeconds};
 use super::history::{self, DecidedBy, RecentTx};
-use super::ledger::{AuthCode, Ledger, PartialAnswer, TxEntry, TxState};
+use super::ledger::{AuthCode, Ledger, PartialAnswer, TxEntry, TxState, ceil_ratio};
 use super::request::{OriginalData, ResponseCode};
 
 mod encoding;
@@ -79,6 +79,11 @@ pub struct ApprovedPart {
     /// the answer's DE 6 when in the card's currency and more; never more than the hold
     /// (the rest of it is given back).
     pub spent: u64,
+    /// What the transaction counts from then on, card currency: what still stood of it
+    /// (a reversal in part may have come first) at the answer's rate, never more than
+    /// `spent` (see [`stands_after_part`]). `None` in records written before 2026-12-07,
+    /// which counted the least of what stood, at the request's rate, and `spent`.
+    pub stands: Option<u64>,
     /// The answer's amounts. The transaction stands for its DE 4 from then on (what a
     /// partial reversal takes its proportion of, and the card's history shows), and a
     /// repeat is told them again.
@@ -254,11 +259,16 @@ pub fn apply_card(card: &mut Card, event: &Event) {
                 (true, false) => unspend(card, hold),
             }
             if let Some(part) = part {
-                // Spent whole above (or counted whole while in doubt): what the issuer did
-                // not approve goes back.
-                card.spent = card
-                    .spent
-                    .saturating_sub(hold.amount.saturating_sub(part.spent));
+                // Spent whole above (or counted whole while in doubt): it counts what
+                // stands of it now. Mostly less (what the issuer did not approve goes
+                // back); more when a reversal in part came first and the issuer's DE 6
+                // bills above the request's rate: what the issuer keeps, cap or not.
+                let stands = part.stands_after(hold.amount);
+                card.spent = if stands <= hold.amount {
+                    card.spent.saturating_sub(hold.amount - stands)
+                } else {
+                    card.spent.saturating_add(stands - hold.amount)
+                };
             }
             if !*approved
                 && hold.binds_merchant
@@ -629,27 +639,19 @@ pub(crate) fn narrow_to_part(
     in_doubt: bool,
 ) {
     let stood = e.amount;
-    let reversed_in_part = e.reversed_in_part();
-    // Never more than it still held (a partial reversal may have come first).
-    e.amount = stood.min(part.spent);
     let (original, approved) = (e.original_amount, part.answer.transaction);
-    if in_doubt && reversed_in_part && original > 0 && approved > 0 {
+    if in_doubt && e.reversed_in_part() && approved > 0 {
         // A purchase in doubt reversed in part before the issuer answered its repeat (told
         // what stands): it still stands for the network's DE 4, which the acquirer's
         // reversals and a stand-in's advice of it speak in, so that such an advice is the
         // request the issuer approved in part, not a restatement of the whole that forgets
-        // the part reversed.
-        let spent_by_answer = u128::from(part.spent) * u128::from(original);
-        let charged_by_request = u128::from(e.charged) * u128::from(approved);
-        // When the answer is what narrows it (the part approved at most what stood, both
-        // told in DE 4 at the request's rate, since `part.spent` is at the answer's), what
-        // it charged is put at the answer's rate, whenever that is another (its DE 6 may
-        // bill more, or a share rounded up): what a further reversal takes its share of,
-        // else rounded below what the issuer keeps. Reversed below the part approved, it
-        // counts what stood, at the request's rate, and is told so.
-        if stood >= e.share_of(approved) && spent_by_answer != charged_by_request {
-            e.charged =
-                u64::try_from(spent_by_answer.div_ceil(u128::from(approved))).unwrap_or(u64::MAX);
+        // the part reversed. What it charged is put at the answer's rate (its DE 6 may
+        // bill above the request's, or a share rounded up), what a further reversal takes
+        // its share of, else rounded below what the issuer keeps; at the same rate it is
+        // what it was. Records from before 2026-12-07 did so only when the answer narrowed
+        // it (what stood at least the part's share), and are replayed as they were.
+        if part.stands.is_some() || stood >= e.share_of(approved) {
+            e.charged = ceil_ratio(part.spent, original, approved);
         }
     } else {
         // As any partial approval: it stands for the approved DE 4. So does a live hold
@@ -658,7 +660,42 @@ pub(crate) fn narrow_to_part(
         e.charged = part.spent;
         e.original_amount = approved;
     }
+    e.amount = part.stands_after(stood);
     ledger.set_partial(key, e, part.answer);
+}
+
+/// What a transaction counts once the issuer approved `approved` DE 4 of it in part,
+/// billed `spent` (card currency): what stood of it, `stood` of `charged` for its DE 4
+/// `original` at the request's rate, put at the answer's rate, and never more than `spent`.
+/// Rounded up: the issuer keeps the exact share.
+pub(crate) fn stands_after_part(
+    stood: u64,
+    charged: u64,
+    original: u64,
+    spent: u64,
+    approved: u64,
+) -> u64 {
+    if stood >= charged || approved == 0 {
+        // Nothing reversed (the part is at most the whole), or no rate to take.
+        return stood.min(spent);
+    }
+    // stood / charged of `original` is the DE 4 that stood, and spent / approved the
+    // answer's rate.
+    let at_answers_rate = u128::from(stood)
+        .checked_mul(u128::from(spent))
+        .and_then(|n| n.checked_mul(u128::from(original)))
+        .map_or(u128::from(spent), |n| {
+            n.div_ceil(u128::from(charged) * u128::from(approved))
+        });
+    u64::try_from(at_answers_rate).map_or(spent, |n| n.min(spent))
+}
+
+impl ApprovedPart {
+    /// What stands of a transaction that counted `stood` before this answer: as recorded,
+    /// or, for records from before 2026-12-07, the least of `stood` and what was spent.
+    fn stands_after(&self, stood: u64) -> u64 {
+        self.stands.unwrap_or(stood.min(self.spent))
+    }
 }
 
 /// Whether an `Outcome` settles a purchase in doubt as the stand-in's approval whose
@@ -693,4 +730,80 @@ pub(crate) fn mark_outcome(
     e.decided_by = decided_by;
     e.use_counted = approved && e.counts_use;
     e.lsn = lsn;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cards::LedgerConfig;
+    use crate::cards::ledger::test_entry;
+
+    /// A purchase of USD 100.00 (DE 4) billed EUR 90.00 that EUR `stood` still counts of.
+    fn dollars(stood: u64) -> (u64, u64, u64) {
+        (stood, 9_000, 10_000)
+    }
+
+    #[test]
+    fn what_stands_after_a_partial_approval_is_what_stood_at_the_answers_rate_at_most_the_part() {
+        let stands = |(stood, charged, original), spent, approved| {
+            stands_after_part(stood, charged, original, spent, approved)
+        };
+        // Nothing reversed: the part, USD 60.00 billed EUR 57.00.
+        assert_eq!(stands(dollars(9_000), 5_700, 6_000), 5_700);
+        // Reversed to USD 30.00 (27.00 at the request's rate): 30.00 at the answer's 0.95.
+        assert_eq!(stands(dollars(2_700), 5_700, 6_000), 2_850);
+        // At the request's own rate: what stood.
+        assert_eq!(stands(dollars(2_700), 5_400, 6_000), 2_700);
+        // At a lower rate: less than stood, rounded up (30 * 0.8 = 24.00).
+        assert_eq!(stands(dollars(2_700), 4_800, 6_000), 2_400);
+        // Reversed to USD 61.00, above the part: the part.
+        assert_eq!(stands(dollars(5_490), 5_700, 6_000), 5_700);
+        // No approved DE 4 to take a rate of: the least of the two.
+        assert_eq!(stands(dollars(2_700), 5_700, 0), 2_700);
+        // Amounts past any real one: the part, the side the issuer may keep.
+        assert_eq!(stands((u64::MAX - 1, u64::MAX, u64::MAX), 5, 6), 5);
+    }
+
+    /// A purchase in doubt reversed to USD 30.00 and approved in part for USD 60.00 billed
+    /// EUR 57.00, in the ledger: as recorded now (28.50 stands, charged put at the
+    /// answer's rate), and as a record from before what stands was kept is replayed (27.00,
+    /// charged at the request's, as that version counted it on the card too).
+    #[test]
+    fn a_partial_approvals_record_from_before_what_stands_was_kept_replays_as_it_counted() {
+        let ledger = Ledger::new(LedgerConfig::default());
+        let key = OriginalData {
+            class: 1,
+            stan: 3,
+            transmitted: 1,
+            acquirer: 1,
+            terminal: *b"T1      ",
+        };
+        let held = || {
+            let mut e = test_entry(1, TxState::Approved);
+            (e.amount, e.charged, e.original_amount) = dollars(2_700);
+            e
+        };
+        let part = |stands| ApprovedPart {
+            spent: 5_700,
+            stands,
+            answer: PartialAnswer {
+                transaction: 6_000,
+                billing: Some(5_700),
+            },
+        };
+        let mut now = held();
+        narrow_to_part(&ledger, key, &mut now, part(Some(2_850)), true);
+        assert_eq!(
+            (now.amount, now.charged, now.original_amount),
+            (2_850, 9_500, 10_000)
+        );
+        let mut before = held();
+        narrow_to_part(&ledger, key, &mut before, part(None), true);
+        assert_eq!((before.amount, before.charged), (2_700, 9_000));
+        assert_eq!(
+            part(None).stands_after(2_700),
+            2_700,
+            "what the card counts"
+        );
+    }
 }

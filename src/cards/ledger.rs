@@ -121,6 +121,15 @@ impl TxState {
     }
 }
 
+/// `amount * num / den`, rounded up (saturating).
+///
+/// # Panics
+/// When `den` is 0.
+pub(crate) fn ceil_ratio(amount: u64, num: u64, den: u64) -> u64 {
+    let n = u128::from(amount) * u128::from(num);
+    u64::try_from(n.div_ceil(u128::from(den))).unwrap_or(u64::MAX)
+}
+
 /// One remembered transaction.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct TxEntry {
@@ -264,8 +273,7 @@ impl TxEntry {
     /// # Panics
     /// When its DE 4 (`original_amount`) is 0: callers take no proportion of that.
     pub fn share_of(&self, de4: u64) -> u64 {
-        let num = u128::from(self.charged) * u128::from(de4);
-        u64::try_from(num.div_ceil(u128::from(self.original_amount))).unwrap_or(u64::MAX)
+        ceil_ratio(self.charged, de4, self.original_amount)
     }
 
     /// Still holds or spends something, or counts a use.
@@ -636,8 +644,38 @@ impl<T> Fifo<T> {
     }
 }
 
+/// An entry of 0.01 that counts a use, decided at `at`, for tests.
+#[cfg(test)]
+pub(crate) fn test_entry(at: u64, state: TxState) -> TxEntry {
+    TxEntry {
+        card: CardKey::from_digits(crate::pan::test_pan("497010").as_bytes()).unwrap(),
+        // Not a voided original's.
+        fingerprint: 1,
+        state,
+        code: ResponseCode::APPROVED,
+        charged: 1,
+        amount: 1,
+        original_amount: 1,
+        counts_use: true,
+        use_counted: false,
+        binds_merchant: false,
+        refund: false,
+        at,
+        lsn: 0,
+        mti: *b"0100",
+        acceptor: None,
+        auth: None,
+        decided_by: DecidedBy::Issuer,
+        asking: false,
+        acknowledged: false,
+        restated: false,
+        partly_approved: false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_entry as entry;
     use super::*;
 
     #[test]
@@ -667,33 +705,6 @@ mod tests {
             transmitted: 1,
             acquirer: 1,
             terminal: *b"T1      ",
-        }
-    }
-
-    fn entry(at: u64, state: TxState) -> TxEntry {
-        TxEntry {
-            card: CardKey::from_digits(crate::pan::test_pan("497010").as_bytes()).unwrap(),
-            // Not a voided original's.
-            fingerprint: 1,
-            state,
-            code: ResponseCode::APPROVED,
-            charged: 1,
-            amount: 1,
-            original_amount: 1,
-            counts_use: true,
-            use_counted: false,
-            binds_merchant: false,
-            refund: false,
-            at,
-            lsn: 0,
-            mti: *b"0100",
-            acceptor: None,
-            auth: None,
-            decided_by: DecidedBy::Issuer,
-            asking: false,
-            acknowledged: false,
-            restated: false,
-            partly_approved: false,
         }
     }
 

@@ -938,18 +938,29 @@ impl Cards {
 /// or the answer's DE 6 when that is in the card's currency and more (an issuer that
 /// approves a balance and rounds DE 4 down, a fee); never more than the hold. `None`, spent
 /// whole (the safe side), when no proportion can be taken: a request counted on its DE 6
-/// (DE 4 of 0), or an approved DE 4 not below the request's.
+/// (DE 4 of 0), or an approved DE 4 not below the request's. What stands of `e` then is
+/// recorded with it, for replay: a reversal in part may have left less than that part.
 fn spent_in_part(e: &TxEntry, approved: &Amounts, currency: u16) -> Option<ApprovedPart> {
     let de4 = approved.transaction;
-    (e.original_amount > 0 && de4 < e.original_amount).then(|| ApprovedPart {
-        spent: e
+    (e.original_amount > 0 && de4 < e.original_amount).then(|| {
+        let spent = e
             .share_of(de4)
             .max(approved.counted_in(currency).unwrap_or(0))
-            .min(e.charged),
-        answer: PartialAnswer {
-            transaction: de4,
-            billing: approved.billing.map(|(amount, _)| amount),
-        },
+            .min(e.charged);
+        ApprovedPart {
+            spent,
+            stands: Some(event::stands_after_part(
+                e.amount,
+                e.charged,
+                e.original_amount,
+                spent,
+                de4,
+            )),
+            answer: PartialAnswer {
+                transaction: de4,
+                billing: approved.billing.map(|(amount, _)| amount),
+            },
+        }
     })
 }
 

@@ -321,11 +321,19 @@ impl Encode for Event {
                     | u8::from(*in_doubt) << 1
                     | u8::from(*decided_by == DecidedBy::Switch) << 2
                     | OUTCOME_DECIDED_BY_RECORDED
-                    | if part.is_some() { OUTCOME_PARTIAL } else { 0 });
+                    | if part.is_some() { OUTCOME_PARTIAL } else { 0 }
+                    | if part.is_some_and(|p| p.stands.is_some()) {
+                        OUTCOME_STANDS
+                    } else {
+                        0
+                    });
                 out.extend_from_slice(&code.0);
                 if let Some(part) = part {
                     out.u64(part.spent);
                     put_partial_answer(out, &part.answer);
+                    if let Some(stands) = part.stands {
+                        out.u64(stands);
+                    }
                 }
                 // Last, and only when there is one: records written before DE 38 was kept
                 // end at the code, and read the same.
@@ -424,9 +432,10 @@ impl Event {
                 let hold = get_txevent(&mut g)?;
                 let flags = g.u8()?;
                 let approved = flags & 1 != 0;
-                // A part is spent only of an approval.
+                // A part is spent only of an approval, and what stands is a part's.
                 let part_of_no_approval = flags & OUTCOME_PARTIAL != 0 && !approved;
-                if flags >= OUTCOME_PARTIAL << 1 || part_of_no_approval {
+                let stands_of_no_part = flags & OUTCOME_STANDS != 0 && flags & OUTCOME_PARTIAL == 0;
+                if flags >= OUTCOME_STANDS << 1 || part_of_no_approval || stands_of_no_part {
                     return None;
                 }
                 let code = ResponseCode(g.array()?);
@@ -434,6 +443,11 @@ impl Event {
                     Some(ApprovedPart {
                         spent: g.u64()?,
                         answer: get_partial_answer(&mut g)?,
+                        stands: if flags & OUTCOME_STANDS != 0 {
+                            Some(g.u64()?)
+                        } else {
+                            None
+                        },
                     })
                 } else {
                     None
@@ -502,6 +516,9 @@ impl Event {
 const OUTCOME_DECIDED_BY_RECORDED: u8 = 1 << 3;
 /// An outcome's flag: a partial approval, whose [`ApprovedPart`] follows the code.
 const OUTCOME_PARTIAL: u8 = 1 << 4;
+/// An outcome's flag: its part says what stands (`ApprovedPart::stands`), after its
+/// answer's amounts. Records from before 2026-12-07 have no such bit.
+const OUTCOME_STANDS: u8 = 1 << 5;
 
 /// Who decided, from bit `bit` of `flags`, when `recorded` says the record has it.
 pub(super) fn recorded_decided_by(flags: u8, bit: u8, recorded: u8) -> Option<DecidedBy> {
@@ -560,6 +577,7 @@ mod tests {
             decided_by: DecidedBy::Issuer,
             part: Some(ApprovedPart {
                 spent: 1,
+                stands: Some(1),
                 answer: PartialAnswer {
                     transaction: 2,
                     billing: None,
@@ -574,7 +592,8 @@ mod tests {
             Event::Held(tx_event()),
             Event::Advised(tx_event()),
             Event::Restated(tx_event()),
-            // A partial approval, its DE 38 after its part, and one without DE 38.
+            // A partial approval, its DE 38 after its part, one as written before what
+            // stands was recorded, and one without DE 38.
             Event::Outcome {
                 hold: tx_event(),
                 approved: true,
@@ -584,9 +603,26 @@ mod tests {
                 decided_by: DecidedBy::Issuer,
                 part: Some(ApprovedPart {
                     spent: 558,
+                    stands: Some(557),
                     answer: PartialAnswer {
                         transaction: 600,
                         billing: Some(560),
+                    },
+                }),
+            },
+            Event::Outcome {
+                hold: tx_event(),
+                approved: true,
+                in_doubt: true,
+                code: ResponseCode::PARTIAL_APPROVAL,
+                auth: Some(*b"A1B2C3"),
+                decided_by: DecidedBy::Issuer,
+                part: Some(ApprovedPart {
+                    spent: 558,
+                    stands: None,
+                    answer: PartialAnswer {
+                        transaction: 600,
+                        billing: None,
                     },
                 }),
             },
@@ -848,7 +884,8 @@ mod tests {
         buf.push(0);
         assert!(Event::decode(&buf).is_err());
         assert!(Event::decode(&[99]).is_err());
-        // An outcome's flags: approved, in doubt, who decided, partial, and nothing else.
+        // An outcome's flags: approved, in doubt, who decided, partial, what stands, and
+        // nothing else.
         let mut outcome = Vec::new();
         Event::Outcome {
             hold: tx_event(),
@@ -862,7 +899,10 @@ mod tests {
         .encode(&mut outcome);
         let flags = outcome.len() - 3;
         assert_eq!(outcome[flags], 3 | OUTCOME_DECIDED_BY_RECORDED);
-        outcome[flags] = 32;
+        outcome[flags] = 64;
+        assert!(Event::decode(&outcome).is_err());
+        // What stands without a part.
+        outcome[flags] = 3 | OUTCOME_STANDS;
         assert!(Event::decode(&outcome).is_err());
         // The partial flag without its part after the code.
         outcome[flags] = 3 | OUTCOME_PARTIAL;
@@ -873,6 +913,11 @@ mod tests {
         assert!(Event::decode(&partial).is_ok());
         partial[flags] &= !1;
         assert!(Event::decode(&partial).is_err());
+        // What stands flagged, and not there: the record ends at the part's answer.
+        let mut cut = Vec::new();
+        partly_approved(false).encode(&mut cut);
+        cut.truncate(cut.len() - 8);
+        assert!(Event::decode(&cut).is_err());
     }
 
     #[test]
