@@ -759,7 +759,11 @@ impl Cards {
     /// with it): it stays spent, for what stands of it, as the stand-in's approval
     /// (`Advised`), whose advice is news to the issuer. Given back, and the advice then
     /// recorded afresh, it would be counted and told whole again, the part reversed
-    /// forgotten. Decided under the card's lock, which a reversal takes too.
+    /// forgotten. So too when a stand-in's advice asked and the issuer approves in part
+    /// (10): the stand-in approved what stands, which is what the acquirer holds and
+    /// clearing presents; the caller reverses the issuer's part there, and tells it the
+    /// advice (settled as the part, the advice would restate it, and the issuer book the
+    /// advice beside its part). Decided under the card's lock, which a reversal takes too.
     pub fn settle_asked(
         &self,
         hold: &Hold,
@@ -778,8 +782,11 @@ impl Cards {
                     e.asking = false;
                     reversed_in_part = e.reversed_in_part();
                 }
-                if matches!(said, IssuerOutcome::Declined(_) | IssuerOutcome::Refused(_))
-                    && (stand_in_approved || reversed_in_part)
+                let not_approved =
+                    matches!(said, IssuerOutcome::Declined(_) | IssuerOutcome::Refused(_));
+                let in_part = matches!(said, IssuerOutcome::ApprovedInPart { .. });
+                if (not_approved && (stand_in_approved || reversed_in_part))
+                    || (in_part && stand_in_approved)
                 {
                     outcome = IssuerOutcome::Advised;
                 }

@@ -37,8 +37,8 @@ use crate::store::StoreError;
 use crate::store::journal::Durable;
 
 use super::issuer::{
-    IssuerError, IssuerLink, Owed, Unanswered, is_known_decline, may_approve, reversal_undone,
-    undecided,
+    IssuerError, IssuerLink, Owed, Unanswered, is_known_decline, may_approve, reversal_for,
+    reversal_undone, undecided,
 };
 use super::mac::{MAC_FAILURE_CODE, MacCheck, MacKey, mac_field};
 use super::tracks;
@@ -384,11 +384,30 @@ impl Flow {
             stand_in_approved,
             settled: false,
         };
-        let mut sent = self.send_on_card(repeat, vpan).await;
+        let prepared = self.toward_issuer(repeat, vpan, None);
+        // What the issuer is told, in its layout, kept in case its part must be reversed
+        // (below): a rare path, asks are of purchases in doubt only.
+        let asked = prepared
+            .as_ref()
+            .ok()
+            .filter(|_| stand_in_approved)
+            .map(|p| p.message.clone());
+        let mut sent = match prepared {
+            Ok(prepared) => self.send_toward_issuer(prepared, repeat, vpan).await,
+            Err(not) => Err(not),
+        };
         asking.outcome = in_doubt_outcome(&sent, whole);
+        let approved_in_part = matches!(asking.outcome, IssuerOutcome::ApprovedInPart { .. });
         let (settled, outcome) = asking.settle();
         let owed = match &mut sent {
             Err(NotSent::Issuer(unanswered)) => unanswered.owed.take(),
+            // Approved in part, while the stand-in approved what stands (its advice asks):
+            // settled as the stand-in's approval, whose advice is then told to the issuer as
+            // news. The issuer's part is reversed there first, owed until it hears it, as a
+            // late approval's is: else it would book the advice beside its part.
+            Ok(_) if approved_in_part && outcome == IssuerOutcome::Advised => asked
+                .and_then(|m| reversal_for(&m).ok())
+                .and_then(|r| self.issuer.owe_reversal(Box::new(r))),
             _ => None,
         };
         record_owed_after(owed, settled).await;
