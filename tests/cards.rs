@@ -855,6 +855,15 @@ fn recorded(outcome: AdviceOutcome) {
     }
 }
 
+/// An advice that restated the issuer's own partial approval, once durable: the caller is
+/// to reverse the issuer's part before telling it the advice.
+fn in_place_of_part(outcome: AdviceOutcome) {
+    match outcome {
+        AdviceOutcome::InPlaceOfPart(durable) => durable.wait().unwrap(),
+        other => panic!("{other:?}"),
+    }
+}
+
 /// Whether the card calls `outcome` a repeat the issuer has already (`Some(true)`), one to
 /// tell it again (`Some(false)`), or no repeat (`None`).
 fn repeat(outcome: AdviceOutcome) -> Option<bool> {
@@ -3135,7 +3144,7 @@ fn an_advice_waiting_on_a_partial_approval_counts_what_it_says_moved() {
     ));
     settle(&cards, &a.hold, approved_in_part(6_000));
     assert_eq!(spent_and_uses(&cards, key), (6_000, 1));
-    recorded(cards.advice(key, &advice, NOW));
+    in_place_of_part(cards.advice(key, &advice, NOW));
     assert_eq!(spent_and_uses(&cards, key), (12_000, 1));
 }
 
@@ -3146,8 +3155,9 @@ fn an_advice_of_the_whole_amount_after_a_partial_approval_counts_the_rest() {
     let key = issue(&cards, &spec(10_000));
     decided(&cards, key, &purchase(10_000, 1), approved_in_part(6_000));
     // A stand-in approved the whole 100.00 (the network heard nothing in time): its advice
-    // has the request's very content, and 100.00 moved. Recorded: sent to the issuer.
-    recorded(cards.advice(key, &request(*b"0120", 10_000, 1, "SHOP-A"), NOW));
+    // has the request's very content, and 100.00 moved. Recorded: sent to the issuer,
+    // in place of the issuer's part.
+    in_place_of_part(cards.advice(key, &request(*b"0120", 10_000, 1, "SHOP-A"), NOW));
     assert_eq!(spent_and_uses(&cards, key), (10_000, 1));
     assert_eq!(code(&cards.authorize(key, &purchase(4_000, 2), NOW)), "61");
 }
@@ -3197,7 +3207,7 @@ fn a_repeat_is_told_the_partial_approvals_amounts_whatever_came_after() {
             billing: Some((5_999, EUR)),
         }),
     );
-    recorded(cards.advice(key, &request(*b"0120", 8_000, 1, "SHOP-A"), NOW));
+    in_place_of_part(cards.advice(key, &request(*b"0120", 8_000, 1, "SHOP-A"), NOW));
     let first = Some(PartialAnswer {
         transaction: 6_000,
         billing: Some(5_999),

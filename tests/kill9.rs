@@ -1527,6 +1527,29 @@ impl Scripted {
         BOOKS_START - self.books.balance(&self.real).unwrap()
     }
 
+    /// A stand-in's advice of the whole purchase (3,500.00) after the issuer approved a
+    /// part of it: the host's part is reversed there and the advice told as news, so the
+    /// account is charged 3,500.00 and the card counts the same (before 2026-12-07 the
+    /// advice restated the part and was booked beside it: 4,500.00). Then the acquirer
+    /// reverses the purchase: the reversal names the advice, which is what the host books,
+    /// and both end at 0.
+    async fn advised_in_place_of_the_part(mut self) {
+        let advice = stand_in_advice_of(&self.request);
+        self.net.send(&advice).await;
+        let heard = self.booked_until_quiet().await;
+        assert_eq!(code(&self.net.answer(advice.stan().unwrap()).await), "00");
+        assert_eq!(
+            self.charged(),
+            350_000,
+            "the stand-in's approval, once (the host heard {heard:?})"
+        );
+        let reversal = reversal_of(&mut self.net, &self.request);
+        let at_host = self.reversed_at_the_host(&reversal).await;
+        assert_eq!(named_in_de90(&at_host).as_deref(), Some("0120"));
+        assert_eq!(self.charged(), 0, "reversed in full at the host");
+        assert_eq!(self.counters_after_kill().await, (0, 0), "and on the card");
+    }
+
     /// Kills the switch; the card's (spent, uses) read off its data directory.
     async fn counters_after_kill(self) -> (u64, u32) {
         self.serve.stop("KILL").await;
@@ -2084,29 +2107,27 @@ async fn a_repeat_told_what_stands_that_gets_the_first_partial_approval_again_is
 /// before the kill, so in doubt; a stand-in approved it whole, and its advice asks the
 /// host, which gives its first answer again (10, 1,000.00). What the acquirer holds, and
 /// clearing presents, is the stand-in's approval: the host's part is reversed there and
-/// the advice told as news. The account is charged 3,500.00 and the card counts the same
-/// (before 2026-12-07 the advice restated the part and was booked beside it: 4,500.00).
-/// Then the acquirer reverses the purchase: the reversal names the advice, which is what
-/// the host books, and both end at 0.
+/// the advice told as news (`Scripted::advised_in_place_of_the_part`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_advice_of_a_purchase_in_doubt_the_issuer_approved_in_part_is_booked_in_its_place() {
     let s = Scripted::start_with(350_000).await.approving_in_part();
-    let mut s = s.in_doubt_as(Some(b"10")).await;
+    let s = s.in_doubt_as(Some(b"10")).await;
     assert_eq!(s.charged(), 100_000, "the part, before the kill");
-    let advice = stand_in_advice_of(&s.request);
-    s.net.send(&advice).await;
-    let heard = s.booked_until_quiet().await;
-    assert_eq!(code(&s.net.answer(advice.stan().unwrap()).await), "00");
-    assert_eq!(
-        s.charged(),
-        350_000,
-        "the stand-in's approval, once (the host heard {heard:?})"
-    );
-    let reversal = reversal_of(&mut s.net, &s.request);
-    let at_host = s.reversed_at_the_host(&reversal).await;
-    assert_eq!(named_in_de90(&at_host).as_deref(), Some("0120"));
-    assert_eq!(s.charged(), 0, "reversed in full at the host");
-    assert_eq!(s.counters_after_kill().await, (0, 0), "and on the card");
+    s.advised_in_place_of_the_part().await;
+}
+
+/// No kill: a purchase of 3,500.00 the host approves in part (10: 1,000.00), and the
+/// network, whose timer ran out first, stood in and approved it whole; its advice comes.
+/// As for one in doubt: booked in place of the part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stand_in_advice_of_the_whole_after_the_issuers_partial_approval_is_booked_in_its_place()
+{
+    let mut s = Scripted::start_with(350_000).await.approving_in_part();
+    s.net.send(&s.request).await;
+    s.booked_next(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(code(&s.net.answer(s.request.stan().unwrap()).await), "10");
+    assert_eq!(s.charged(), 100_000, "the part");
+    s.advised_in_place_of_the_part().await;
 }
 
 /// A purchase of 3,500.00 in doubt after a kill, which the host never had; a stand-in

@@ -14,7 +14,7 @@
 
 use super::card::{AcceptorId, Card, CardKey, Controls, Expiry, LockKind, Status, UnixSeconds};
 use super::history::{self, DecidedBy, RecentTx};
-use super::ledger::{AuthCode, Ledger, PartialAnswer, TxEntry, TxState, ceil_ratio};
+use super::ledger::{AuthCode, Ledger, PartialAnswer, TxEntry, TxState, advice_mti, ceil_ratio};
 use super::request::{OriginalData, ResponseCode};
 
 mod encoding;
@@ -505,7 +505,12 @@ pub fn apply_ledger(
                 // Counted at what the advice says moved (a resend of it adds nothing), of
                 // its DE 4 when it has one (what a partial reversal then takes its
                 // proportion of); news to the issuer until it acknowledges an advice of
-                // that much.
+                // that much. A part the issuer approved of the request is reversed there
+                // in its place (`AdviceOutcome::InPlaceOfPart`): the issuer books the
+                // advice, which a reversal is to name from then on.
+                if e.issuers_part() {
+                    e.mti = advice_mti(e.mti);
+                }
                 e.amount = e.amount.saturating_add(t.amount);
                 e.charged = e.charged.saturating_add(t.amount);
                 if t.original_amount > 0 {

@@ -276,6 +276,17 @@ impl TxEntry {
         ceil_ratio(self.charged, de4, self.original_amount)
     }
 
+    /// The issuer's own partial approval (10) of the request, which no advice has restated
+    /// yet: an advice of more (a stand-in's, which approved the whole) replaces it at the
+    /// issuer.
+    pub fn issuers_part(&self) -> bool {
+        self.state == TxState::Approved
+            && self.partly_approved
+            && self.decided_by == DecidedBy::Issuer
+            && self.mti[2] == b'0'
+            && !self.restated
+    }
+
     /// Still holds or spends something, or counts a use.
     pub fn stands(&self) -> bool {
         matches!(

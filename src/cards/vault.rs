@@ -343,6 +343,11 @@ pub enum ReversalOutcome {
 pub enum AdviceOutcome {
     /// Recorded (spent, even over the cap: an advice cannot be declined).
     Recorded(Durable),
+    /// Recorded, restating the issuer's own partial approval (10) of its request: the
+    /// stand-in approved more, which is what the acquirer holds. The caller reverses the
+    /// issuer's part there before telling it the advice, which it then books in its place
+    /// (told beside it, the account would be charged both).
+    InPlaceOfPart(Durable),
     /// The same advice (or the approval it reports) was recorded already, or one that
     /// restates it for less, or the resend of a restatement: nothing more to count.
     Repeat {

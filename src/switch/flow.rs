@@ -384,18 +384,7 @@ impl Flow {
             stand_in_approved,
             settled: false,
         };
-        let prepared = self.toward_issuer(repeat, vpan, None);
-        // What the issuer is told, in its layout, kept in case its part must be reversed
-        // (below): a rare path, asks are of purchases in doubt only.
-        let asked = prepared
-            .as_ref()
-            .ok()
-            .filter(|_| stand_in_approved)
-            .map(|p| p.message.clone());
-        let mut sent = match prepared {
-            Ok(prepared) => self.send_toward_issuer(prepared, repeat, vpan).await,
-            Err(not) => Err(not),
-        };
+        let mut sent = self.send_on_card(repeat, vpan).await;
         asking.outcome = in_doubt_outcome(&sent, whole);
         let approved_in_part = matches!(asking.outcome, IssuerOutcome::ApprovedInPart { .. });
         let (settled, outcome) = asking.settle();
@@ -403,15 +392,34 @@ impl Flow {
             Err(NotSent::Issuer(unanswered)) => unanswered.owed.take(),
             // Approved in part, while the stand-in approved what stands (its advice asks):
             // settled as the stand-in's approval, whose advice is then told to the issuer as
-            // news. The issuer's part is reversed there first, owed until it hears it, as a
-            // late approval's is: else it would book the advice beside its part.
-            Ok(_) if approved_in_part && outcome == IssuerOutcome::Advised => asked
-                .and_then(|m| reversal_for(&m).ok())
-                .and_then(|r| self.issuer.owe_reversal(Box::new(r))),
+            // news, in place of the part.
+            Ok(_) if approved_in_part && outcome == IssuerOutcome::Advised => {
+                self.owe_reversal_of(repeat, vpan)
+            }
             _ => None,
         };
         record_owed_after(owed, settled).await;
         (sent, outcome)
+    }
+
+    /// The issuer's approval of `request` (network side), reversed there in the background
+    /// and owed until it hears it, as a late approval's is: the issuer's part of a
+    /// purchase whose stand-in's advice it is to book in its place, rather than beside it.
+    /// `None` when no reversal can be made of it (said loudly: the issuer must reconcile)
+    /// or one is owed already.
+    fn owe_reversal_of(&self, request: &Message, vpan: &VirtualPan) -> Option<Box<Owed>> {
+        let reversal = self
+            .toward_issuer(request, vpan, None)
+            .ok()
+            .and_then(|prepared| reversal_for(&prepared.message).ok());
+        let Some(reversal) = reversal else {
+            tracing::error!(
+                pan = %vpan.pan.masked(),
+                "cannot build the reversal of the issuer's partial approval that a stand-in's advice replaces; the issuer must reconcile"
+            );
+            return None;
+        };
+        self.issuer.owe_reversal(Box::new(reversal))
     }
 
     /// Forwards an approval to the issuer while its hold is made durable.
@@ -579,6 +587,19 @@ impl Flow {
             AdviceOutcome::Recorded(durable) => {
                 if let Err(e) = durable.await {
                     return self.fail_closed(&request, &vpan, &e, "advice");
+                }
+                request
+            }
+            AdviceOutcome::InPlaceOfPart(durable) => {
+                if let Err(e) = durable.await {
+                    return self.fail_closed(&request, &vpan, &e, "advice");
+                }
+                // The issuer's part of the request, reversed there before the advice is
+                // told: on disk first, so that a crash cannot leave the two booked.
+                let owed = request_of_advice(&request)
+                    .and_then(|asked| self.owe_reversal_of(&asked, &vpan));
+                if let Some(owed) = owed {
+                    owed.record().await;
                 }
                 request
             }

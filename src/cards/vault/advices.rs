@@ -162,6 +162,7 @@ impl Cards {
         }
         if other_content && restatable {
             let queue_before = e.retention_queue();
+            let in_place_of_part = e.issuers_part();
             let more = self.restate(card, card_key, tx, req, now);
             // A verification that moved money after all is the money queue's now.
             *file_again |= more.is_some()
@@ -170,6 +171,9 @@ impl Cards {
                     .get(&tx)
                     .is_some_and(|now| now.retention_queue() != queue_before);
             match (more, completed) {
+                (Some(durable), _) if in_place_of_part => {
+                    return Some(AdviceOutcome::InPlaceOfPart(durable));
+                }
                 // The later record is durable only after the earlier one.
                 (Some(durable), _) | (None, Some(durable)) => {
                     return Some(AdviceOutcome::Recorded(durable));
