@@ -3798,6 +3798,78 @@ fn a_purchase_reversed_below_the_part_the_issuer_approves_counts_what_stood_at_t
     }
 }
 
+/// What the acquirer's repeat (0401) of its reversal to `remaining` (DE 95) gives back:
+/// nothing, when the first was applied whole.
+fn given_back_again(cards: &Cards, key: CardKey, stan: u32, remaining: u64) -> u64 {
+    let mut repeat = reversal(stan, Some(remaining));
+    repeat.mti = *b"0401";
+    match cards.reverse(key, &repeat, NOW) {
+        ReversalOutcome::Reversed { returned, durable } => {
+            durable.wait().unwrap();
+            returned
+        }
+        _ => 0,
+    }
+}
+
+/// USD 100.00 billed EUR 90.00, reversed to USD 30.01 (EUR 27.01, 27.009 rounded up), then
+/// approved in part: USD 60.00 billed EUR 57.00. The issuer keeps 30.01/60 of 57.00,
+/// 28.5095: the card counts 28.51, rounded up once (not 27.01 put at the answer's rate and
+/// rounded up again, 28.52), an advice is told USD 30.01 stands, and the acquirer's repeat
+/// of the reversal gives nothing back. In doubt, and for a hold reversed while with the
+/// issuer.
+#[test]
+fn a_partial_approval_after_a_reversal_counts_the_issuers_share_rounded_up_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let answer = approved_in_dollars(6_000, 5_700);
+    let in_doubt = in_dollars(10_000, 9_000, 3);
+    let (cards, key) = held_at_a_crash(dir.path(), &in_doubt);
+    assert_eq!(
+        given_back(cards.reverse(key, &reversal(3, Some(3_001)), NOW)),
+        6_299
+    );
+    asked_and_answered(&cards, key, &in_doubt, answer);
+    assert_eq!(spent_and_uses(&cards, key).0, 2_851, "in doubt");
+    let live = in_dollars(10_000, 9_000, 4);
+    let held = approval(cards.authorize(key, &live, NOW));
+    held.durable.wait().unwrap();
+    assert_eq!(
+        given_back(cards.reverse(key, &reversal(4, Some(3_001)), NOW)),
+        6_299
+    );
+    settle(&cards, &held.hold, answer);
+    assert_eq!(spent_and_uses(&cards, key).0, 2 * 2_851, "held");
+    for (stan, req) in [(3, &in_doubt), (4, &live)] {
+        assert_eq!(cards.standing(key, req).map(|s| s.0), Some(3_001));
+        assert_eq!(given_back_again(&cards, key, stan, 3_001), 0);
+    }
+}
+
+/// The same at the request's rate, the answer without DE 6: USD 100.00 billed EUR 90.00,
+/// reversed to USD 29.95 (26.955, counted 26.96), then 10: USD 60.01, whose share (54.009)
+/// is rounded up to 54.01. The card goes on counting 26.96 (29.95/60.01 of 54.01 is
+/// 26.955...), an advice is told USD 29.95 stands, and the repeat of the reversal gives
+/// nothing back.
+#[test]
+fn a_partial_approval_at_the_requests_rate_after_a_reversal_keeps_what_stood() {
+    let dir = tempfile::tempdir().unwrap();
+    let answer = approved_in_part_of(Amounts {
+        transaction: 6_001,
+        transaction_currency: 840,
+        billing: None,
+    });
+    let in_doubt = in_dollars(10_000, 9_000, 3);
+    let (cards, key) = held_at_a_crash(dir.path(), &in_doubt);
+    assert_eq!(
+        given_back(cards.reverse(key, &reversal(3, Some(2_995)), NOW)),
+        9_000 - 2_696
+    );
+    asked_and_answered(&cards, key, &in_doubt, answer);
+    assert_eq!(spent_and_uses(&cards, key).0, 2_696);
+    assert_eq!(cards.standing(key, &in_doubt).map(|s| s.0), Some(2_995));
+    assert_eq!(given_back_again(&cards, key, 3, 2_995), 0);
+}
+
 /// A purchase of USD 100.00 billed EUR 90.00 in doubt at a "crash",
 /// reversed by the acquirer to USD 61.00 (EUR 54.90 at the request's rate); its repeat gets
 /// the issuer's first answer again: 10, USD 60.00 billed EUR 57.00. In DE 4 the answer is

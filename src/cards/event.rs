@@ -672,7 +672,6 @@ pub(crate) fn narrow_to_part(
 /// What a transaction counts once the issuer approved `approved` DE 4 of it in part,
 /// billed `spent` (card currency): what stood of it, `stood` of `charged` for its DE 4
 /// `original` at the request's rate, put at the answer's rate, and never more than `spent`.
-/// Rounded up: the issuer keeps the exact share.
 pub(crate) fn stands_after_part(
     stood: u64,
     charged: u64,
@@ -684,14 +683,13 @@ pub(crate) fn stands_after_part(
         // Nothing reversed (the part is at most the whole), or no rate to take.
         return stood.min(spent);
     }
-    // stood / charged of `original` is the DE 4 that stood, and spent / approved the
-    // answer's rate.
-    let at_answers_rate = u128::from(stood)
-        .checked_mul(u128::from(spent))
-        .and_then(|n| n.checked_mul(u128::from(original)))
-        .map_or(u128::from(spent), |n| {
-            n.div_ceil(u128::from(charged) * u128::from(approved))
-        });
+    // The DE 4 that stood, as an advice of it is told (`Cards::standing`), rounded down;
+    // its share of the part, rounded up: the issuer keeps the exact share. Put at the
+    // answer's rate from `stood` itself, already rounded up, it would be rounded up twice,
+    // a unit above that share, and a repeat of the reversal that left it would find that
+    // unit to give back.
+    let de4_stood = u128::from(stood) * u128::from(original) / u128::from(charged);
+    let at_answers_rate = (u128::from(spent) * de4_stood).div_ceil(u128::from(approved));
     u64::try_from(at_answers_rate).map_or(spent, |n| n.min(spent))
 }
 
@@ -765,7 +763,10 @@ mod tests {
         assert_eq!(stands(dollars(5_490), 5_700, 6_000), 5_700);
         // No approved DE 4 to take a rate of: the least of the two.
         assert_eq!(stands(dollars(2_700), 5_700, 0), 2_700);
-        // Amounts past any real one: the part, the side the issuer may keep.
+        // Reversed to USD 30.01 (27.01, 27.009 rounded up): 30.01 at 0.95 is 28.5095,
+        // 28.51, not 28.52 (27.01 put at the answer's rate, rounded up again).
+        assert_eq!(stands(dollars(2_701), 5_700, 6_000), 2_851);
+        // Amounts past any real one: never more than the part.
         assert_eq!(stands((u64::MAX - 1, u64::MAX, u64::MAX), 5, 6), 5);
     }
 
