@@ -276,15 +276,35 @@ impl TxEntry {
         ceil_ratio(self.charged, de4, self.original_amount)
     }
 
+    /// The issuer approved the request itself, and no advice has restated it since. Approved
+    /// in part, it approved what the transaction stands for (its DE 4 then); but not a 10
+    /// vpan counted whole (amounts it could not take), which approved some part of the
+    /// request only.
+    pub fn issuer_approved_it(&self) -> bool {
+        self.state == TxState::Approved
+            && self.mti[2] == b'0'
+            && self.decided_by == DecidedBy::Issuer
+            && (self.code != ResponseCode::PARTIAL_APPROVAL || self.partly_approved)
+            && !self.restated
+    }
+
     /// The issuer's own partial approval (10) of the request, which no advice has restated
     /// yet: an advice of more (a stand-in's, which approved the whole) replaces it at the
     /// issuer.
     pub fn issuers_part(&self) -> bool {
+        self.partly_approved && self.issuer_approved_it()
+    }
+
+    /// An advice restated the issuer's own partial approval, which was reversed there for
+    /// the advice to be booked in its place ([`TxEntry::issuers_part`] before), and the
+    /// issuer has not answered an advice of it 00 since (as far as vpan remembers).
+    pub fn replaces_part(&self) -> bool {
         self.state == TxState::Approved
             && self.partly_approved
             && self.decided_by == DecidedBy::Issuer
-            && self.mti[2] == b'0'
-            && !self.restated
+            && self.restated
+            && self.mti[2] == b'2'
+            && !self.acknowledged
     }
 
     /// Still holds or spends something, or counts a use.

@@ -386,28 +386,33 @@ impl Flow {
         };
         let mut sent = self.send_on_card(repeat, vpan).await;
         asking.outcome = in_doubt_outcome(&sent, whole);
-        let approved_in_part = matches!(asking.outcome, IssuerOutcome::ApprovedInPart { .. });
+        if stand_in_approved && matches!(asking.outcome, IssuerOutcome::ApprovedInPart { .. }) {
+            // Approved in part, while the stand-in approved what stands (its advice asks):
+            // settled as the stand-in's approval (`Cards::settle_asked`), whose advice is
+            // then told to the issuer as news, in place of the part, which is reversed
+            // there first: the other way round, a crash between the settlement and the
+            // reversal would leave the advice's resend told beside the part. This way the
+            // purchase is still in doubt after such a crash, and the resend asks again (a
+            // second 0401 then finds nothing of the part left to reverse).
+            self.reverse_the_part(repeat, vpan).await;
+        }
         let (settled, outcome) = asking.settle();
         let owed = match &mut sent {
             Err(NotSent::Issuer(unanswered)) => unanswered.owed.take(),
-            // Approved in part, while the stand-in approved what stands (its advice asks):
-            // settled as the stand-in's approval, whose advice is then told to the issuer as
-            // news, in place of the part.
-            Ok(_) if approved_in_part && outcome == IssuerOutcome::Advised => {
-                self.owe_reversal_of(repeat, vpan)
-            }
             _ => None,
         };
         record_owed_after(owed, settled).await;
         (sent, outcome)
     }
 
-    /// The issuer's approval of `request` (network side), reversed there in the background
-    /// and owed until it hears it, as a late approval's is: the issuer's part of a
-    /// purchase whose stand-in's advice it is to book in its place, rather than beside it.
-    /// `None` when no reversal can be made of it (said loudly: the issuer must reconcile)
-    /// or one is owed already.
-    fn owe_reversal_of(&self, request: &Message, vpan: &VirtualPan) -> Option<Box<Owed>> {
+    /// The issuer's approval of `request` (a request, network side), reversed there before
+    /// a stand-in's advice of it is told in its place: the issuer's part of a purchase it
+    /// approved in part, which it would otherwise book beside the advice. Waited for, so
+    /// that the advice (a repeat, 0121, after a restart) does not meet the reversal at the
+    /// issuer under one STAN; owed, on disk before the advice goes, when the issuer does
+    /// not hear it, as a network's reversal is. A second one (a crash came before the
+    /// advice was told, and its resend reverses again) finds nothing left there.
+    async fn reverse_the_part(&self, request: &Message, vpan: &VirtualPan) {
         let reversal = self
             .toward_issuer(request, vpan, None)
             .ok()
@@ -417,9 +422,15 @@ impl Flow {
                 pan = %vpan.pan.masked(),
                 "cannot build the reversal of the issuer's partial approval that a stand-in's advice replaces; the issuer must reconcile"
             );
-            return None;
+            return;
         };
-        self.issuer.owe_reversal(Box::new(reversal))
+        let answer = self.issuer.send(Box::new(reversal.clone())).await;
+        if matches!(&answer, Ok(a) if !reversal_undone(a)) {
+            return;
+        }
+        if let Some(owed) = self.issuer.owe_reversal(Box::new(reversal)) {
+            owed.record().await;
+        }
     }
 
     /// Forwards an approval to the issuer while its hold is made durable.
@@ -594,12 +605,8 @@ impl Flow {
                 if let Err(e) = durable.await {
                     return self.fail_closed(&request, &vpan, &e, "advice");
                 }
-                // The issuer's part of the request, reversed there before the advice is
-                // told: on disk first, so that a crash cannot leave the two booked.
-                let owed = request_of_advice(&request)
-                    .and_then(|asked| self.owe_reversal_of(&asked, &vpan));
-                if let Some(owed) = owed {
-                    owed.record().await;
+                if let Some(asked) = request_of_advice(&request) {
+                    self.reverse_the_part(&asked, &vpan).await;
                 }
                 request
             }
@@ -617,6 +624,14 @@ impl Flow {
                         self.local_answer(&request, ResponseCode::APPROVED),
                         DecidedBy::Switch,
                     );
+                }
+                // In place of the issuer's part: a crash may have come between the
+                // record of the restatement and the debt of the part's reversal, which is
+                // owed again (the issuer, having reversed it once, finds nothing left).
+                if self.cards.replaces_part(vpan.key, &req)
+                    && let Some(asked) = request_of_advice(&request)
+                {
+                    self.reverse_the_part(&asked, &vpan).await;
                 }
                 // Its first telling may not have reached the issuer (a 91): told again,
                 // marked as a repeat (0121), so an issuer that books advices does not

@@ -181,10 +181,12 @@ impl Cards {
                 // Nothing more to count: what it says moved counts already (it restates
                 // less, or it is a resend of one that restated more). A repeat, as far as
                 // the card goes: acknowledged here once the issuer has answered an advice
-                // of it since its last restatement, else told again marked as one.
+                // of it since its last restatement, or when the issuer approved the request
+                // itself (it holds more than an advice of less says: told it, it would book
+                // the advice beside its approval), else told again marked as one.
                 (None, None) if !same_money => {
                     return Some(AdviceOutcome::Repeat {
-                        issuer_has_it: e.acknowledged,
+                        issuer_has_it: e.acknowledged || e.issuer_approved_it(),
                     });
                 }
                 (None, None) => {}
@@ -197,19 +199,10 @@ impl Cards {
             TxState::Approved | TxState::Held | TxState::InDoubt
         )
         .then_some(AdviceOutcome::Repeat {
-            // The issuer approved this very request itself (unless an advice restated it
-            // since), or answered an advice of it. Approved in part, it approved what the
-            // transaction stands for (its DE 4 then); but a 10 vpan counted whole (amounts
-            // it could not take) approved some part of the request only, and a stand-in's
-            // advice of the request is news. Taken back in full since, it is no news either:
-            // the issuer has nothing of it to keep, whether or not it heard an advice of it.
-            issuer_has_it: e.acknowledged
-                || e.taken_back()
-                || (e.state == TxState::Approved
-                    && e.mti[2] == b'0'
-                    && e.decided_by == DecidedBy::Issuer
-                    && (e.code != ResponseCode::PARTIAL_APPROVAL || e.partly_approved)
-                    && !e.restated),
+            // The issuer approved this very request itself, or answered an advice of it.
+            // Taken back in full since, it is no news either: the issuer has nothing of it
+            // to keep, whether or not it heard an advice of it.
+            issuer_has_it: e.acknowledged || e.taken_back() || e.issuer_approved_it(),
         })
     }
 
@@ -337,6 +330,15 @@ impl Cards {
             .filter(|&(_, billed_in)| billed_in == currency)
             .map(|(billed, _)| standing(billed));
         Some((standing(e.original_amount), de6))
+    }
+
+    /// Whether the advice `req` reports a transaction on this card whose issuer's partial
+    /// approval an advice replaces ([`TxEntry::replaces_part`]): its part is to be
+    /// reversed at the issuer before it is told.
+    pub fn replaces_part(&self, card_key: CardKey, req: &AuthRequest) -> bool {
+        self.ledger
+            .get(&req.key.original())
+            .is_some_and(|e| e.card == card_key && e.replaces_part())
     }
 
     /// The issuer answered the advice `req` 00: its repeats are acknowledged here from now
