@@ -1572,13 +1572,22 @@ impl Scripted {
         self.killed_and_restarted().await
     }
 
-    /// The network's resend of `advice` (0121), everything the host hears answered by the
-    /// books: the card and the account end at the stand-in's approval, once.
+    /// The network's resends of `advice` (0121) until one is acknowledged (a few at most:
+    /// one that meets the part's reversal still owed gets 91), everything the host hears
+    /// answered by the books: the card and the account end at the stand-in's approval,
+    /// once.
     async fn advised_again_to_the_end(mut self, advice: &Message) {
         let resend = repeat_of(advice);
-        self.net.send(&resend).await;
-        let heard = self.booked_until_quiet().await;
-        let answer = code(&self.net.answer(resend.stan().unwrap()).await);
+        let mut heard = Vec::new();
+        let mut answer = String::new();
+        for _ in 0..3 {
+            self.net.send(&resend).await;
+            heard.extend(self.booked_until_quiet().await);
+            answer = code(&self.net.answer(resend.stan().unwrap()).await);
+            if answer != "91" {
+                break;
+            }
+        }
         let charged = self.charged();
         let (spent, _) = self.counters_after_kill().await;
         assert_eq!(
@@ -2205,6 +2214,63 @@ async fn a_kill_before_the_part_is_reversed_in_doubt_leaves_the_resend_to_ask_ag
         .await
         .advised_again_to_the_end(&advice)
         .await;
+}
+
+/// Live: the advice restates the issuer's part, whose reversal (0400) the host holds
+/// unanswered when the switch is killed. The debt was on disk before it went, so the
+/// restart sends it again; then the acquirer reverses the purchase, and the network resends
+/// the advice: the card and the account end at 0 (review round 17: the debt was written
+/// only once the 0400 went unanswered, the kill lost it, and the account kept the part).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_while_the_part_is_reversed_then_the_acquirers_reversal_leaves_nothing_booked() {
+    let mut s = Scripted::start_with(350_000).await.approving_in_part();
+    s.approved_in_part_live().await;
+    let advice = stand_in_advice_of(&s.request);
+    s.net.send(&advice).await;
+    let mut s = s.killed_while_the_part_is_reversed().await;
+    let owed = s.booked_next(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(&owed.mti(), b"0401", "the debt, at the start");
+    assert_eq!(s.charged(), 0, "the part reversed");
+    let reversal = reversal_of(&mut s.net, &s.request);
+    s.reversed_at_the_host(&reversal).await;
+    let resend = repeat_of(&advice);
+    s.net.send(&resend).await;
+    let heard = s.booked_until_quiet().await;
+    let answer = code(&s.net.answer(resend.stan().unwrap()).await);
+    let charged = s.charged();
+    let (spent, _) = s.counters_after_kill().await;
+    assert_eq!(
+        (spent, charged),
+        (0, 0),
+        "card spent / account charged (after the reversal the host heard {heard:?}, the \
+         resend got {answer})"
+    );
+}
+
+/// Live: the host refuses the reversal of its part (12): it keeps the part, and the
+/// advice is not told (the network gets 91, to send it again), so that it is not booked
+/// beside the part; the card counts the stand-in's approval, more than the account is
+/// charged (review round 17: told, the advice was booked beside it, 4,500.00).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_reversal_of_the_part_keeps_the_advice_from_the_issuer() {
+    let mut s = Scripted::start_with(350_000).await.approving_in_part();
+    s.approved_in_part_live().await;
+    let advice = stand_in_advice_of(&s.request);
+    s.net.send(&advice).await;
+    let reversal = host_message(&mut s.host, Duration::from_secs(10))
+        .await
+        .expect("the part's reversal");
+    assert_eq!(&reversal.mti(), b"0400");
+    host_answer(&mut s.host, &reversal, b"0410", b"12").await;
+    let heard = s.booked_until_quiet().await;
+    assert_eq!(code(&s.net.answer(advice.stan().unwrap()).await), "91");
+    let charged = s.charged();
+    let (spent, _) = s.counters_after_kill().await;
+    assert_eq!(
+        (spent, charged),
+        (350_000, 100_000),
+        "card spent / account charged (after the 12 the host heard {heard:?})"
+    );
 }
 
 /// A stand-in's advice of less than the issuer approved itself (its answer late to the

@@ -386,15 +386,19 @@ impl Flow {
         };
         let mut sent = self.send_on_card(repeat, vpan).await;
         asking.outcome = in_doubt_outcome(&sent, whole);
-        if stand_in_approved && matches!(asking.outcome, IssuerOutcome::ApprovedInPart { .. }) {
-            // Approved in part, while the stand-in approved what stands (its advice asks):
-            // settled as the stand-in's approval (`Cards::settle_asked`), whose advice is
-            // then told to the issuer as news, in place of the part, which is reversed
-            // there first: the other way round, a crash between the settlement and the
-            // reversal would leave the advice's resend told beside the part. This way the
-            // purchase is still in doubt after such a crash, and the resend asks again (a
-            // second 0401 then finds nothing of the part left to reverse).
-            self.reverse_the_part(repeat, vpan).await;
+        // Approved in part, while the stand-in approved what stands (its advice asks): it
+        // is to be settled as the stand-in's approval (`Cards::settle_asked`), whose advice
+        // is then told to the issuer as news, in place of the part, which is reversed there
+        // first: the other way round, a crash between the settlement and the reversal
+        // would leave the advice's resend told beside the part. This way the purchase is
+        // still in doubt after such a crash, and the resend asks again.
+        if stand_in_approved
+            && matches!(asking.outcome, IssuerOutcome::ApprovedInPart { .. })
+            && !self.reverse_the_part(repeat, vpan).await
+        {
+            // Not reversed there (yet): left in doubt, and the advice gets 91. Its resend
+            // asks again, and reverses again.
+            asking.outcome = IssuerOutcome::TimedOut;
         }
         let (settled, outcome) = asking.settle();
         let owed = match &mut sent {
@@ -405,14 +409,24 @@ impl Flow {
         (sent, outcome)
     }
 
+    /// [`Flow::reverse_the_part`] of the request `advice` reports; until it is reversed
+    /// there the advice is not told, and gets 91 (its resend reverses again).
+    async fn part_reversed(&self, advice: &Message, vpan: &VirtualPan) -> bool {
+        match request_of_advice(advice) {
+            Some(asked) => self.reverse_the_part(&asked, vpan).await,
+            None => false,
+        }
+    }
+
     /// The issuer's approval of `request` (a request, network side), reversed there before
     /// a stand-in's advice of it is told in its place: the issuer's part of a purchase it
-    /// approved in part, which it would otherwise book beside the advice. Waited for, so
-    /// that the advice (a repeat, 0121, after a restart) does not meet the reversal at the
-    /// issuer under one STAN; owed, on disk before the advice goes, when the issuer does
-    /// not hear it, as a network's reversal is. A second one (a crash came before the
-    /// advice was told, and its resend reverses again) finds nothing left there.
-    async fn reverse_the_part(&self, request: &Message, vpan: &VirtualPan) {
+    /// approved in part, which it would otherwise book beside the advice. Owed, on disk,
+    /// before it goes (a kill while it is out sends it at the next start), and waited for,
+    /// so that the advice (a repeat, 0121, after a restart) does not meet it at the issuer
+    /// under one STAN. Whether the issuer answered it 00: anything else (no answer yet, a
+    /// refusal) may leave the part standing there, and the advice is not to be told, which
+    /// the network then sends again (a second reversal finds nothing left to reverse).
+    async fn reverse_the_part(&self, request: &Message, vpan: &VirtualPan) -> bool {
         let reversal = self
             .toward_issuer(request, vpan, None)
             .ok()
@@ -420,17 +434,20 @@ impl Flow {
         let Some(reversal) = reversal else {
             tracing::error!(
                 pan = %vpan.pan.masked(),
-                "cannot build the reversal of the issuer's partial approval that a stand-in's advice replaces; the issuer must reconcile"
+                "cannot build the reversal of the issuer's partial approval that a stand-in's advice replaces; the advice is not told; the issuer must reconcile"
             );
-            return;
+            return false;
         };
-        let answer = self.issuer.send(Box::new(reversal.clone())).await;
-        if matches!(&answer, Ok(a) if !reversal_undone(a)) {
-            return;
+        let answer = self.issuer.reverse_now(Box::new(reversal)).await;
+        let code = answer.as_ref().and_then(|a| a.response_code());
+        if code.is_some_and(|c| c != *b"00") {
+            tracing::error!(
+                pan = %vpan.pan.masked(),
+                code = %String::from_utf8_lossy(&code.unwrap_or_default()),
+                "the issuer did not reverse its partial approval that a stand-in's advice replaces; the advice is not told, so that it is not booked beside it; the issuer must reconcile"
+            );
         }
-        if let Some(owed) = self.issuer.owe_reversal(Box::new(reversal)) {
-            owed.record().await;
-        }
+        code == Some(*b"00")
     }
 
     /// Forwards an approval to the issuer while its hold is made durable.
@@ -605,8 +622,11 @@ impl Flow {
                 if let Err(e) = durable.await {
                     return self.fail_closed(&request, &vpan, &e, "advice");
                 }
-                if let Some(asked) = request_of_advice(&request) {
-                    self.reverse_the_part(&asked, &vpan).await;
+                if !self.part_reversed(&request, &vpan).await {
+                    return (
+                        self.local_answer(&request, ResponseCode::ISSUER_UNAVAILABLE),
+                        DecidedBy::Switch,
+                    );
                 }
                 request
             }
@@ -629,9 +649,12 @@ impl Flow {
                 // record of the restatement and the debt of the part's reversal, which is
                 // owed again (the issuer, having reversed it once, finds nothing left).
                 if self.cards.replaces_part(vpan.key, &req)
-                    && let Some(asked) = request_of_advice(&request)
+                    && !self.part_reversed(&request, &vpan).await
                 {
-                    self.reverse_the_part(&asked, &vpan).await;
+                    return (
+                        self.local_answer(&request, ResponseCode::ISSUER_UNAVAILABLE),
+                        DecidedBy::Switch,
+                    );
                 }
                 // Its first telling may not have reached the issuer (a 91): told again,
                 // marked as a repeat (0121), so an issuer that books advices does not

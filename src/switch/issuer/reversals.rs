@@ -23,7 +23,7 @@ use crate::store::owed::{Debt, OwedReversals};
 
 use super::connection::jittered;
 use super::stamps::Identity;
-use super::{IssuerError, IssuerLink};
+use super::{IssuerError, IssuerLink, Unanswered};
 
 /// Longest wait between two tries of a reversal toward an issuer that does not answer.
 const REVERSAL_RETRY_MAX: Duration = Duration::from_secs(5);
@@ -285,6 +285,48 @@ impl IssuerLink {
         // Numbered now, it can go out at once: paid before it is recorded, it is still paid.
         self.send_reversal(reversal, None, Some(debt.id));
         Some(owed)
+    }
+
+    /// Owes the issuer `reversal` (in its layout), vpan's own, and sends it now, waiting for
+    /// its answer: the debt on disk before it goes, so that a crash while it is out still
+    /// sends it at the next start; paid once answered, else sent again in the background
+    /// as any debt. The answer, when the issuer gave one that is not "not applied" (91,
+    /// 96); `None` when it did not, or when a debt for this reversal is owed already (its
+    /// tries go on).
+    pub async fn reverse_now(&self, mut reversal: Box<Message>) -> Option<Box<Message>> {
+        let identity = reversal_identity(&reversal)?;
+        let (debt, owed) = match self.inner.reversals_owed.entry(identity) {
+            dashmap::Entry::Occupied(_) => return None,
+            dashmap::Entry::Vacant(v) => {
+                // Kept as a repeat: from the book, after a restart, it may follow this one.
+                let mut kept = reversal.clone();
+                kept.mark_repeat();
+                let (debt, owed) = self.owe(&kept);
+                v.insert(debt.id);
+                (debt, owed)
+            }
+        };
+        owed.record().await;
+        match self.send(reversal.clone()).await {
+            Ok(answer) if !reversal_undone(&answer) => {
+                self.pay_reversal(debt.id, &reversal);
+                Some(answer)
+            }
+            sent => {
+                if matches!(
+                    sent,
+                    Ok(_)
+                        | Err(Unanswered {
+                            error: IssuerError::Timeout | IssuerError::ConnectionLost,
+                            ..
+                        })
+                ) {
+                    reversal.mark_repeat();
+                }
+                self.send_reversal(reversal, None, Some(debt.id));
+                None
+            }
+        }
     }
 
     /// Sends `reversal` in the background until answered ([`IssuerLink::reverse`]), the
