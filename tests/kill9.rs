@@ -2273,6 +2273,59 @@ async fn a_refused_reversal_of_the_part_keeps_the_advice_from_the_issuer() {
     );
 }
 
+/// Live: the acquirer reverses the purchase (on another network connection) while the
+/// host holds the reversal of the part that the stand-in's advice waits for. The card
+/// gives the 3,500.00 back, and the acquirer's reversal names the advice (0120), which the
+/// host does not have yet; the host then answers the part's reversal 00. The advice is
+/// looked at again and acknowledged by vpan, not told: the card and the account end at 0
+/// (review round 18: told after its own reversal, it was booked, 3,500.00, the card at 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acquirers_reversal_while_the_part_is_reversed_leaves_the_advice_untold() {
+    let mut s = Scripted::start_with(350_000).await.approving_in_part();
+    s.approved_in_part_live().await;
+    let advice = stand_in_advice_of(&s.request);
+    s.net.send(&advice).await;
+    let part = host_message(&mut s.host, Duration::from_secs(10))
+        .await
+        .expect("the part's reversal");
+    assert_eq!(&part.mti(), b"0400");
+    let mut other = Client::connect(s.serve.network).await;
+    let reversal = reversal_of(&mut other, &s.request);
+    other.send(&reversal).await;
+    let at_host = s.booked_next(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(&at_host.mti(), b"0400");
+    assert_eq!(code(&other.answer(reversal.stan().unwrap()).await), "00");
+    s.answer_as_booked(&part).await;
+    let heard = s.booked_until_quiet().await;
+    let advice_answer = code(&s.net.answer(advice.stan().unwrap()).await);
+    let charged = s.charged();
+    let (spent, _) = s.counters_after_kill().await;
+    assert_eq!(
+        (spent, charged, advice_answer.as_str()),
+        (0, 0, "00"),
+        "card spent / account charged / the advice's answer (then the host heard {heard:?})"
+    );
+}
+
+/// The host down (its connection closed, the switch's redial not signed on): the stand-in's
+/// advice in place of the part and two resends, more than a second apart, each answered 91
+/// at once. They owe one reversal of the part, not one each (review round 18: its DE 7 was
+/// the second it was built, so each telling was another reversal: three debts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_advices_resends_to_a_host_down_owe_one_reversal_of_the_part() {
+    let mut s = Scripted::start_with(350_000).await.approving_in_part();
+    s.approved_in_part_live().await;
+    s.host.close().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let advice = stand_in_advice_of(&s.request);
+    for telling in [advice.clone(), repeat_of(&advice), repeat_of(&advice)] {
+        s.net.send(&telling).await;
+        assert_eq!(code(&s.net.answer(telling.stan().unwrap()).await), "91");
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+    }
+    assert_eq!(gauge(&s.serve, "vpan_issuer_reversals_owed").await, 1);
+}
+
 /// A stand-in's advice of less than the issuer approved itself (its answer late to the
 /// network, say), after a partial approval (10: 1,000.00, an advice of 500.00) and after a
 /// whole one (00: 500.00, an advice of 300.00): the issuer holds more than the advice says,

@@ -430,7 +430,17 @@ impl Flow {
         let reversal = self
             .toward_issuer(request, vpan, None)
             .ok()
-            .and_then(|prepared| reversal_for(&prepared.message).ok());
+            .and_then(|prepared| {
+                let mut reversal = reversal_for(&prepared.message).ok()?;
+                // Its DE 7 the request's, not the time it is built: one identity at every
+                // telling (the advice's resends reverse again), so one debt however many, and a
+                // host that keys reversals on their own DE 11, DE 7 and DE 32 takes the next
+                // for a repeat of the first.
+                reversal
+                    .set(7, &prepared.message.transmission_time()?)
+                    .ok()?;
+                Some(reversal)
+            });
         let Some(reversal) = reversal else {
             tracing::error!(
                 pan = %vpan.pan.masked(),
@@ -558,6 +568,8 @@ impl Flow {
         let mut asked = false;
         // The ask found the advice news to the issuer: its first telling is no repeat.
         let mut news = false;
+        // The issuer's part of the request it restates has been reversed: it replaces it.
+        let mut part_done = false;
         let outcome = loop {
             let outcome = self
                 .once_the_issuer_answered(
@@ -565,8 +577,28 @@ impl Flow {
                     |o| matches!(o, AdviceOutcome::Pending),
                 )
                 .await;
-            let AdviceOutcome::AskIssuer(hold) = outcome else {
-                break outcome;
+            let hold = match outcome {
+                AdviceOutcome::AskIssuer(hold) => hold,
+                AdviceOutcome::InPlaceOfPart(durable) => {
+                    if let Err(e) = durable.await {
+                        return self.fail_closed(&request, &vpan, &e, "advice");
+                    }
+                    if !self.part_reversed(&request, &vpan).await {
+                        return (
+                            self.local_answer(&request, ResponseCode::ISSUER_UNAVAILABLE),
+                            DecidedBy::Switch,
+                        );
+                    }
+                    // Told in the part's place, as news. Looked at again first: the
+                    // acquirer may have reversed the purchase while the part's reversal
+                    // was out (its reversal named the advice, which the issuer did not
+                    // have yet): the advice is then told what stands, or acknowledged
+                    // here when nothing does.
+                    part_done = true;
+                    news = true;
+                    continue;
+                }
+                other => break other,
             };
             // The answer settles the hold, and goes no further: the network asked nothing.
             let decided = match request_of_advice(&request) {
@@ -603,7 +635,9 @@ impl Flow {
             // Still with the issuer past its timeout (the sweep is late): dropped, and the
             // network will repeat it, as it does an advice it has no answer to.
             // (Asked in the loop above, never here.)
-            AdviceOutcome::Pending | AdviceOutcome::AskIssuer(_) => {
+            AdviceOutcome::Pending
+            | AdviceOutcome::AskIssuer(_)
+            | AdviceOutcome::InPlaceOfPart(_) => {
                 return (None, DecidedBy::Switch);
             }
             AdviceOutcome::Conflict => {
@@ -615,18 +649,6 @@ impl Flow {
             AdviceOutcome::Recorded(durable) => {
                 if let Err(e) = durable.await {
                     return self.fail_closed(&request, &vpan, &e, "advice");
-                }
-                request
-            }
-            AdviceOutcome::InPlaceOfPart(durable) => {
-                if let Err(e) = durable.await {
-                    return self.fail_closed(&request, &vpan, &e, "advice");
-                }
-                if !self.part_reversed(&request, &vpan).await {
-                    return (
-                        self.local_answer(&request, ResponseCode::ISSUER_UNAVAILABLE),
-                        DecidedBy::Switch,
-                    );
                 }
                 request
             }
@@ -648,7 +670,8 @@ impl Flow {
                 // In place of the issuer's part: a crash may have come between the
                 // record of the restatement and the debt of the part's reversal, which is
                 // owed again (the issuer, having reversed it once, finds nothing left).
-                if self.cards.replaces_part(vpan.key, &req)
+                if !part_done
+                    && self.cards.replaces_part(vpan.key, &req)
                     && !self.part_reversed(&request, &vpan).await
                 {
                     return (
