@@ -2326,6 +2326,43 @@ async fn the_advices_resends_to_a_host_down_owe_one_reversal_of_the_part() {
     assert_eq!(gauge(&s.serve, "vpan_issuer_reversals_owed").await, 1);
 }
 
+/// Live: the advice in place of the part told and booked (3,500.00); then the acquirer
+/// reverses the purchase under the request's own DE 11 and DE 7, as many acquirers do,
+/// naming it in DE 90 or not. The host gives it all back: the card and the account end at
+/// 0 (review round 19: vpan's reversal of the part had carried the request's DE 7 too, so
+/// the acquirer's took its key at the host, which took it for a repeat: 3,500.00 kept).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reversal_the_acquirer_sends_under_the_requests_key_after_the_advice_gives_it_all_back() {
+    for by_de90 in [true, false] {
+        let mut s = Scripted::start_with(350_000).await.approving_in_part();
+        s.approved_in_part_live().await;
+        let advice = stand_in_advice_of(&s.request);
+        s.net.send(&advice).await;
+        let heard = s.booked_until_quiet().await;
+        assert_eq!(code(&s.net.answer(advice.stan().unwrap()).await), "00");
+        assert_eq!(
+            s.charged(),
+            350_000,
+            "the advice (the host heard {heard:?})"
+        );
+        let mut other = Client::connect(s.serve.network).await;
+        let mut reversal = reversal_of(&mut other, &s.request);
+        reversal.set(11, &s.request.stan().unwrap()).unwrap();
+        if !by_de90 {
+            reversal.remove(90);
+        }
+        let reversal = Message::parse(Spec::iso87ascii(), reversal.pack()).unwrap();
+        other.send(&reversal).await;
+        s.booked_next(Duration::from_secs(5))
+            .await
+            .expect("forwarded");
+        assert_eq!(code(&other.answer(reversal.stan().unwrap()).await), "00");
+        let charged = s.charged();
+        let (spent, _) = s.counters_after_kill().await;
+        assert_eq!((spent, charged), (0, 0), "by DE 90: {by_de90}");
+    }
+}
+
 /// A stand-in's advice of less than the issuer approved itself (its answer late to the
 /// network, say), after a partial approval (10: 1,000.00, an advice of 500.00) and after a
 /// whole one (00: 500.00, an advice of 300.00): the issuer holds more than the advice says,

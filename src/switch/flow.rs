@@ -430,17 +430,7 @@ impl Flow {
         let reversal = self
             .toward_issuer(request, vpan, None)
             .ok()
-            .and_then(|prepared| {
-                let mut reversal = reversal_for(&prepared.message).ok()?;
-                // Its DE 7 the request's, not the time it is built: one identity at every
-                // telling (the advice's resends reverse again), so one debt however many, and a
-                // host that keys reversals on their own DE 11, DE 7 and DE 32 takes the next
-                // for a repeat of the first.
-                reversal
-                    .set(7, &prepared.message.transmission_time()?)
-                    .ok()?;
-                Some(reversal)
-            });
+            .and_then(|prepared| reversal_for(&prepared.message).ok());
         let Some(reversal) = reversal else {
             tracing::error!(
                 pan = %vpan.pan.masked(),

@@ -291,10 +291,12 @@ impl IssuerLink {
     /// its answer: the debt on disk before it goes, so that a crash while it is out still
     /// sends it at the next start; paid once answered, else sent again in the background
     /// as any debt. The answer, when the issuer gave one that is not "not applied" (91,
-    /// 96); `None` when it did not, or when a debt for this reversal is owed already (its
-    /// tries go on).
+    /// 96); `None` when it did not, or when a debt reversing the same request is owed
+    /// already (its tries go on). Told apart by the request its DE 90 names, not by its
+    /// own key: each telling carries its own DE 7, so that none takes the key of a
+    /// reversal the acquirer sends under the request's DE 11 and DE 7.
     pub async fn reverse_now(&self, mut reversal: Box<Message>) -> Option<Box<Message>> {
-        let identity = reversal_identity(&reversal)?;
+        let identity = reversed_identity(&reversal)?;
         let (debt, owed) = match self.inner.reversals_owed.entry(identity) {
             dashmap::Entry::Occupied(_) => return None,
             dashmap::Entry::Vacant(v) => {
@@ -493,7 +495,12 @@ impl IssuerLink {
     /// Marks debt `id`, of `reversal`, paid: [`IssuerLink::pay`], and a later telling of
     /// that reversal the issuer does not hear is owed afresh.
     fn pay_reversal(&self, id: u64, reversal: &Message) {
-        if let Some(identity) = reversal_identity(reversal) {
+        // Under its own key (a network's reversal owed), or the request's (vpan's own,
+        // `reverse_now`): only this debt's entry goes.
+        for identity in [reversal_identity(reversal), reversed_identity(reversal)]
+            .into_iter()
+            .flatten()
+        {
             self.inner
                 .reversals_owed
                 .remove_if(&identity, |_, owed| *owed == id);
@@ -526,6 +533,14 @@ fn reversal_identity(reversal: &Message) -> Option<Identity> {
         reversal.acquirer().as_deref().unwrap_or_default(),
     );
     Identity::of(&de90, reversal.terminal().as_deref())
+}
+
+/// The identity of the request a reversal names in its DE 90, one for every telling of
+/// vpan's own reversal of it ([`IssuerLink::reverse_now`]); never a reversal's own (its
+/// MTI class is the request's, 1 or 2, not 4).
+fn reversed_identity(reversal: &Message) -> Option<Identity> {
+    let de90 = reversal.text(90)?;
+    Identity::of(de90.as_bytes(), reversal.terminal().as_deref())
 }
 
 /// [`reversal_for`], said loudly when it cannot be built.
