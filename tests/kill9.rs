@@ -2363,6 +2363,66 @@ async fn a_reversal_the_acquirer_sends_under_the_requests_key_after_the_advice_g
     }
 }
 
+/// As `a_reversal_the_acquirer_sends_under_the_requests_key_...`, the acquirer's DE 7 the
+/// very second of vpan's reversal of the part: that reversal has a STAN of the link's own,
+/// so the two still have two keys at the host, and the acquirer's gives all back (review
+/// round 20: under the request's STAN, the host took it for a repeat: 3,500.00 kept).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reversal_the_acquirer_sends_in_the_parts_second_gives_it_all_back() {
+    let mut s = Scripted::start_with(350_000).await.approving_in_part();
+    s.approved_in_part_live().await;
+    let advice = stand_in_advice_of(&s.request);
+    s.net.send(&advice).await;
+    let part = host_message(&mut s.host, Duration::from_secs(10))
+        .await
+        .expect("the part's reversal");
+    assert_eq!(&part.mti(), b"0400");
+    s.answer_as_booked(&part).await;
+    let heard = s.booked_until_quiet().await;
+    assert_eq!(code(&s.net.answer(advice.stan().unwrap()).await), "00");
+    assert_eq!(
+        s.charged(),
+        350_000,
+        "the advice (the host heard {heard:?})"
+    );
+    let mut other = Client::connect(s.serve.network).await;
+    let mut reversal = reversal_of(&mut other, &s.request);
+    reversal.set(11, &s.request.stan().unwrap()).unwrap();
+    reversal.set(7, &part.transmission_time().unwrap()).unwrap();
+    let reversal = Message::parse(Spec::iso87ascii(), reversal.pack()).unwrap();
+    other.send(&reversal).await;
+    s.booked_next(Duration::from_secs(5))
+        .await
+        .expect("forwarded");
+    assert_eq!(code(&other.answer(reversal.stan().unwrap()).await), "00");
+    let charged = s.charged();
+    let (spent, _) = s.counters_after_kill().await;
+    assert_eq!((spent, charged), (0, 0), "card spent / account charged");
+}
+
+/// The host holds the part's reversal when the switch is killed; at the next start the
+/// book's debt goes out again (the host holds it too), and the network resends the advice:
+/// still one reversal of the part owed, not a second beside it (review round 20: the book's
+/// debt was filed under its own key only, and the resend owed the part afresh).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_the_advices_resend_owes_one_reversal_of_the_part() {
+    let mut s = Scripted::start_with(350_000).await.approving_in_part();
+    s.approved_in_part_live().await;
+    let advice = stand_in_advice_of(&s.request);
+    s.net.send(&advice).await;
+    let mut s = s.killed_while_the_part_is_reversed().await;
+    let owed = host_message(&mut s.host, Duration::from_secs(10))
+        .await
+        .expect("the debt at the start");
+    assert_eq!(&owed.mti(), b"0401");
+    let resend = repeat_of(&advice);
+    s.net.send(&resend).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(gauge(&s.serve, "vpan_issuer_reversals_owed").await, 1);
+    s.answer_as_booked(&owed).await;
+    s.advised_again_to_the_end(&advice).await;
+}
+
 /// A stand-in's advice of less than the issuer approved itself (its answer late to the
 /// network, say), after a partial approval (10: 1,000.00, an advice of 500.00) and after a
 /// whole one (00: 500.00, an advice of 300.00): the issuer holds more than the advice says,

@@ -180,7 +180,14 @@ impl IssuerLink {
             match Message::parse(self.spec(), reversal) {
                 Ok(mut reversal) => {
                     reversal.mark_repeat();
-                    if let Some(identity) = reversal_identity(&reversal) {
+                    // Under its own key, as a network's reversal owed is told apart, and
+                    // under the request its DE 90 names, as vpan's own (`reverse_now`) is:
+                    // the book does not say which it was. A network's filed so too at worst
+                    // keeps vpan's own reversal of that request waiting until it is paid.
+                    for identity in [reversal_identity(&reversal), reversed_identity(&reversal)]
+                        .into_iter()
+                        .flatten()
+                    {
                         self.inner.reversals_owed.insert(identity, id);
                     }
                     self.send_reversal(Box::new(reversal), None, Some(id));
@@ -294,9 +301,13 @@ impl IssuerLink {
     /// 96); `None` when it did not, or when a debt reversing the same request is owed
     /// already (its tries go on). Told apart by the request its DE 90 names, not by its
     /// own key: each telling carries its own DE 7, so that none takes the key of a
-    /// reversal the acquirer sends under the request's DE 11 and DE 7.
+    /// reversal the acquirer sends under the request's DE 11 and DE 7; and its own STAN.
     pub async fn reverse_now(&self, mut reversal: Box<Message>) -> Option<Box<Message>> {
         let identity = reversed_identity(&reversal)?;
+        // A STAN of the link's own too: under the request's, a reversal the acquirer sends
+        // under the request's DE 11 in the same second would meet this one's key at the
+        // issuer, which would take it for a repeat and give nothing back.
+        reversal.set(11, &self.next_stamp()).ok()?;
         let (debt, owed) = match self.inner.reversals_owed.entry(identity) {
             dashmap::Entry::Occupied(_) => return None,
             dashmap::Entry::Vacant(v) => {
