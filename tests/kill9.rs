@@ -1597,6 +1597,60 @@ impl Scripted {
         );
     }
 
+    /// The purchase approved in part live (1,000.00 of 3,500.00), then the stand-in's advice
+    /// of the whole told in the part's place: the part's reversal answered as booked, the
+    /// advice booked (3,500.00). The part's reversal, as the host heard it.
+    async fn advised_in_place_of_the_part_live(&mut self) -> Message {
+        self.approved_in_part_live().await;
+        let advice = stand_in_advice_of(&self.request);
+        self.net.send(&advice).await;
+        let part = host_message(&mut self.host, Duration::from_secs(10))
+            .await
+            .expect("the part's reversal");
+        assert_eq!(&part.mti(), b"0400");
+        self.answer_as_booked(&part).await;
+        let heard = self.booked_until_quiet().await;
+        assert_eq!(code(&self.net.answer(advice.stan().unwrap()).await), "00");
+        assert_eq!(
+            self.charged(),
+            350_000,
+            "the advice (the host heard {heard:?})"
+        );
+        part
+    }
+
+    /// The acquirer's full reversal of the purchase, on another connection, under the
+    /// request's own STAN (and DE 7 `de7`, else its own), naming it in DE 90 or not
+    /// (`by_de90`): forwarded, and answered 00; then the card and the account end at 0.
+    async fn reversed_in_full_under_the_requests_stan(
+        mut self,
+        by_de90: bool,
+        de7: Option<[u8; 10]>,
+    ) {
+        let mut other = Client::connect(self.serve.network).await;
+        let mut reversal = reversal_of(&mut other, &self.request);
+        reversal.set(11, &self.request.stan().unwrap()).unwrap();
+        if let Some(de7) = de7 {
+            reversal.set(7, &de7).unwrap();
+        }
+        if !by_de90 {
+            reversal.remove(90);
+        }
+        let reversal = Message::parse(Spec::iso87ascii(), reversal.pack()).unwrap();
+        other.send(&reversal).await;
+        self.booked_next(Duration::from_secs(5))
+            .await
+            .expect("forwarded");
+        assert_eq!(code(&other.answer(reversal.stan().unwrap()).await), "00");
+        let charged = self.charged();
+        let (spent, _) = self.counters_after_kill().await;
+        assert_eq!(
+            (spent, charged),
+            (0, 0),
+            "card spent / account charged (by DE 90: {by_de90}, DE 7 {de7:?})"
+        );
+    }
+
     /// Kills the switch; the card's (spent, uses) read off its data directory.
     async fn counters_after_kill(self) -> (u64, u32) {
         self.serve.stop("KILL").await;
@@ -2335,31 +2389,9 @@ async fn the_advices_resends_to_a_host_down_owe_one_reversal_of_the_part() {
 async fn a_reversal_the_acquirer_sends_under_the_requests_key_after_the_advice_gives_it_all_back() {
     for by_de90 in [true, false] {
         let mut s = Scripted::start_with(350_000).await.approving_in_part();
-        s.approved_in_part_live().await;
-        let advice = stand_in_advice_of(&s.request);
-        s.net.send(&advice).await;
-        let heard = s.booked_until_quiet().await;
-        assert_eq!(code(&s.net.answer(advice.stan().unwrap()).await), "00");
-        assert_eq!(
-            s.charged(),
-            350_000,
-            "the advice (the host heard {heard:?})"
-        );
-        let mut other = Client::connect(s.serve.network).await;
-        let mut reversal = reversal_of(&mut other, &s.request);
-        reversal.set(11, &s.request.stan().unwrap()).unwrap();
-        if !by_de90 {
-            reversal.remove(90);
-        }
-        let reversal = Message::parse(Spec::iso87ascii(), reversal.pack()).unwrap();
-        other.send(&reversal).await;
-        s.booked_next(Duration::from_secs(5))
-            .await
-            .expect("forwarded");
-        assert_eq!(code(&other.answer(reversal.stan().unwrap()).await), "00");
-        let charged = s.charged();
-        let (spent, _) = s.counters_after_kill().await;
-        assert_eq!((spent, charged), (0, 0), "by DE 90: {by_de90}");
+        s.advised_in_place_of_the_part_live().await;
+        s.reversed_in_full_under_the_requests_stan(by_de90, None)
+            .await;
     }
 }
 
@@ -2370,34 +2402,9 @@ async fn a_reversal_the_acquirer_sends_under_the_requests_key_after_the_advice_g
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reversal_the_acquirer_sends_in_the_parts_second_gives_it_all_back() {
     let mut s = Scripted::start_with(350_000).await.approving_in_part();
-    s.approved_in_part_live().await;
-    let advice = stand_in_advice_of(&s.request);
-    s.net.send(&advice).await;
-    let part = host_message(&mut s.host, Duration::from_secs(10))
-        .await
-        .expect("the part's reversal");
-    assert_eq!(&part.mti(), b"0400");
-    s.answer_as_booked(&part).await;
-    let heard = s.booked_until_quiet().await;
-    assert_eq!(code(&s.net.answer(advice.stan().unwrap()).await), "00");
-    assert_eq!(
-        s.charged(),
-        350_000,
-        "the advice (the host heard {heard:?})"
-    );
-    let mut other = Client::connect(s.serve.network).await;
-    let mut reversal = reversal_of(&mut other, &s.request);
-    reversal.set(11, &s.request.stan().unwrap()).unwrap();
-    reversal.set(7, &part.transmission_time().unwrap()).unwrap();
-    let reversal = Message::parse(Spec::iso87ascii(), reversal.pack()).unwrap();
-    other.send(&reversal).await;
-    s.booked_next(Duration::from_secs(5))
-        .await
-        .expect("forwarded");
-    assert_eq!(code(&other.answer(reversal.stan().unwrap()).await), "00");
-    let charged = s.charged();
-    let (spent, _) = s.counters_after_kill().await;
-    assert_eq!((spent, charged), (0, 0), "card spent / account charged");
+    let part = s.advised_in_place_of_the_part_live().await;
+    s.reversed_in_full_under_the_requests_stan(true, part.transmission_time())
+        .await;
 }
 
 /// The host holds the part's reversal when the switch is killed; at the next start the
