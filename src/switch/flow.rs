@@ -421,11 +421,11 @@ impl Flow {
     /// The issuer's approval of `request` (a request, network side), reversed there before
     /// a stand-in's advice of it is told in its place: the issuer's part of a purchase it
     /// approved in part, which it would otherwise book beside the advice. Owed, on disk,
-    /// before it goes (a kill while it is out sends it at the next start), and waited for,
-    /// so that the advice (a repeat, 0121, after a restart) does not meet it at the issuer
-    /// under one STAN. Whether the issuer answered it 00: anything else (no answer yet, a
-    /// refusal) may leave the part standing there, and the advice is not to be told, which
-    /// the network then sends again (a second reversal finds nothing left to reverse).
+    /// before it goes (a kill while it is out sends it at the next start), and waited for:
+    /// only the issuer's answer says the part is gone. Whether it answered 00: anything
+    /// else (no answer yet, a refusal) may leave the part standing there, and the advice is
+    /// not to be told, which the network then sends again (a second reversal finds
+    /// nothing left to reverse).
     async fn reverse_the_part(&self, request: &Message, vpan: &VirtualPan) -> bool {
         let reversal = self
             .toward_issuer(request, vpan, None)
