@@ -3758,24 +3758,8 @@ fn a_purchase_in_doubt_reversed_below_the_part_the_issuer_approved_is_told_what_
 fn a_purchase_reversed_below_the_part_the_issuer_approves_counts_what_stood_at_the_answers_rate() {
     for restart in [false, true] {
         let dir = tempfile::tempdir().unwrap();
-        let answer = approved_in_dollars(6_000, 5_700);
-        let in_doubt = in_dollars(10_000, 9_000, 3);
-        let (cards, key) = held_at_a_crash(dir.path(), &in_doubt);
-        assert_eq!(
-            given_back(cards.reverse(key, &reversal(3, Some(3_000)), NOW)),
-            6_300
-        );
-        asked_and_answered(&cards, key, &in_doubt, answer);
-        assert_eq!(spent_and_uses(&cards, key).0, 2_850, "in doubt");
-        let live = in_dollars(10_000, 9_000, 4);
-        let held = approval(cards.authorize(key, &live, NOW));
-        held.durable.wait().unwrap();
-        assert_eq!(
-            given_back(cards.reverse(key, &reversal(4, Some(3_000)), NOW)),
-            6_300
-        );
-        settle(&cards, &held.hold, answer);
-        assert_eq!(spent_and_uses(&cards, key).0, 2 * 2_850, "held");
+        let (cards, key, in_doubt, live) =
+            reversed_then_approved_in_part(dir.path(), 3_000, 6_300, 2_850);
         let cards = if restart {
             drop(cards);
             open(dir.path()).0
@@ -3798,6 +3782,42 @@ fn a_purchase_reversed_below_the_part_the_issuer_approves_counts_what_stood_at_t
             "20/60 of EUR 57.00 each, restart {restart}"
         );
     }
+}
+
+/// Two purchases of USD 100.00 billed EUR 90.00 on a card in `dir`, each reversed by the
+/// acquirer to USD `remaining` (giving back `returned`) before the issuer approves USD 60.00
+/// of it billed EUR 57.00: one in doubt at a "crash" (stan 3, its repeat gets the 10), one
+/// held (stan 4); each then counts `stands`. The cards, the card, and the two purchases.
+fn reversed_then_approved_in_part(
+    dir: &std::path::Path,
+    remaining: u64,
+    returned: u64,
+    stands: u64,
+) -> (
+    Cards,
+    CardKey,
+    vpan::cards::AuthRequest,
+    vpan::cards::AuthRequest,
+) {
+    let answer = approved_in_dollars(6_000, 5_700);
+    let in_doubt = in_dollars(10_000, 9_000, 3);
+    let (cards, key) = held_at_a_crash(dir, &in_doubt);
+    assert_eq!(
+        given_back(cards.reverse(key, &reversal(3, Some(remaining)), NOW)),
+        returned
+    );
+    asked_and_answered(&cards, key, &in_doubt, answer);
+    assert_eq!(spent_and_uses(&cards, key).0, stands, "in doubt");
+    let live = in_dollars(10_000, 9_000, 4);
+    let held = approval(cards.authorize(key, &live, NOW));
+    held.durable.wait().unwrap();
+    assert_eq!(
+        given_back(cards.reverse(key, &reversal(4, Some(remaining)), NOW)),
+        returned
+    );
+    settle(&cards, &held.hold, answer);
+    assert_eq!(spent_and_uses(&cards, key).0, 2 * stands, "held");
+    (cards, key, in_doubt, live)
 }
 
 /// What the acquirer's repeat (0401) of its reversal to `remaining` (DE 95) gives back:
@@ -3823,24 +3843,8 @@ fn given_back_again(cards: &Cards, key: CardKey, stan: u32, remaining: u64) -> u
 #[test]
 fn a_partial_approval_after_a_reversal_counts_the_issuers_share_rounded_up_once() {
     let dir = tempfile::tempdir().unwrap();
-    let answer = approved_in_dollars(6_000, 5_700);
-    let in_doubt = in_dollars(10_000, 9_000, 3);
-    let (cards, key) = held_at_a_crash(dir.path(), &in_doubt);
-    assert_eq!(
-        given_back(cards.reverse(key, &reversal(3, Some(3_001)), NOW)),
-        6_299
-    );
-    asked_and_answered(&cards, key, &in_doubt, answer);
-    assert_eq!(spent_and_uses(&cards, key).0, 2_851, "in doubt");
-    let live = in_dollars(10_000, 9_000, 4);
-    let held = approval(cards.authorize(key, &live, NOW));
-    held.durable.wait().unwrap();
-    assert_eq!(
-        given_back(cards.reverse(key, &reversal(4, Some(3_001)), NOW)),
-        6_299
-    );
-    settle(&cards, &held.hold, answer);
-    assert_eq!(spent_and_uses(&cards, key).0, 2 * 2_851, "held");
+    let (cards, key, in_doubt, live) =
+        reversed_then_approved_in_part(dir.path(), 3_001, 6_299, 2_851);
     for (stan, req) in [(3, &in_doubt), (4, &live)] {
         assert_eq!(cards.standing(key, req).map(|s| s.0), Some(3_001));
         assert_eq!(given_back_again(&cards, key, stan, 3_001), 0);

@@ -1562,6 +1562,16 @@ impl Scripted {
         assert_eq!(self.charged(), 100_000, "the part");
     }
 
+    /// A purchase of 3,500.00 approved in part live by the books (10: 1,000.00), then the
+    /// stand-in's advice of the whole sent by the network: the switch and the advice.
+    async fn advised_after_a_part_live() -> (Scripted, Message) {
+        let mut s = Scripted::start_with(350_000).await.approving_in_part();
+        s.approved_in_part_live().await;
+        let advice = stand_in_advice_of(&s.request);
+        s.net.send(&advice).await;
+        (s, advice)
+    }
+
     /// The part's reversal (0400, or 0401) reaching the host, which holds it unanswered;
     /// then a kill, and a start.
     async fn killed_while_the_part_is_reversed(mut self) -> Scripted {
@@ -2238,10 +2248,7 @@ async fn a_stand_in_advice_of_the_whole_after_the_issuers_partial_approval_is_bo
 /// booked beside the part, which nothing reversed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_before_the_part_is_reversed_leaves_the_advices_resend_to_reverse_it() {
-    let mut s = Scripted::start_with(350_000).await.approving_in_part();
-    s.approved_in_part_live().await;
-    let advice = stand_in_advice_of(&s.request);
-    s.net.send(&advice).await;
+    let (s, advice) = Scripted::advised_after_a_part_live().await;
     s.killed_while_the_part_is_reversed()
         .await
         .advised_again_to_the_end(&advice)
@@ -2277,10 +2284,7 @@ async fn a_kill_before_the_part_is_reversed_in_doubt_leaves_the_resend_to_ask_ag
 /// only once the 0400 went unanswered, the kill lost it, and the account kept the part).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_while_the_part_is_reversed_then_the_acquirers_reversal_leaves_nothing_booked() {
-    let mut s = Scripted::start_with(350_000).await.approving_in_part();
-    s.approved_in_part_live().await;
-    let advice = stand_in_advice_of(&s.request);
-    s.net.send(&advice).await;
+    let (s, advice) = Scripted::advised_after_a_part_live().await;
     let mut s = s.killed_while_the_part_is_reversed().await;
     let owed = s.booked_next(Duration::from_secs(10)).await.unwrap();
     assert_eq!(&owed.mti(), b"0401", "the debt, at the start");
@@ -2307,10 +2311,7 @@ async fn a_kill_while_the_part_is_reversed_then_the_acquirers_reversal_leaves_no
 /// charged (review round 17: told, the advice was booked beside it, 4,500.00).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_reversal_of_the_part_keeps_the_advice_from_the_issuer() {
-    let mut s = Scripted::start_with(350_000).await.approving_in_part();
-    s.approved_in_part_live().await;
-    let advice = stand_in_advice_of(&s.request);
-    s.net.send(&advice).await;
+    let (mut s, advice) = Scripted::advised_after_a_part_live().await;
     let reversal = host_message(&mut s.host, Duration::from_secs(10))
         .await
         .expect("the part's reversal");
@@ -2335,10 +2336,7 @@ async fn a_refused_reversal_of_the_part_keeps_the_advice_from_the_issuer() {
 /// (review round 18: told after its own reversal, it was booked, 3,500.00, the card at 0).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acquirers_reversal_while_the_part_is_reversed_leaves_the_advice_untold() {
-    let mut s = Scripted::start_with(350_000).await.approving_in_part();
-    s.approved_in_part_live().await;
-    let advice = stand_in_advice_of(&s.request);
-    s.net.send(&advice).await;
+    let (mut s, advice) = Scripted::advised_after_a_part_live().await;
     let part = host_message(&mut s.host, Duration::from_secs(10))
         .await
         .expect("the part's reversal");
@@ -2413,10 +2411,7 @@ async fn a_reversal_the_acquirer_sends_in_the_parts_second_gives_it_all_back() {
 /// debt was filed under its own key only, and the resend owed the part afresh).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_restart_the_advices_resend_owes_one_reversal_of_the_part() {
-    let mut s = Scripted::start_with(350_000).await.approving_in_part();
-    s.approved_in_part_live().await;
-    let advice = stand_in_advice_of(&s.request);
-    s.net.send(&advice).await;
+    let (s, advice) = Scripted::advised_after_a_part_live().await;
     let mut s = s.killed_while_the_part_is_reversed().await;
     let owed = host_message(&mut s.host, Duration::from_secs(10))
         .await
