@@ -9,10 +9,11 @@
 # corpus/journal:       small segments: raw bytes, and framed payloads with a zero tail
 # corpus/recovery:      edits of a real data directory's records (see fuzz_targets/recovery.rs)
 # corpus/tool_files:    the sample traffic in both layouts, the demo's with its cards, accounts
+# corpus/owed_book:     a book of reversals owed: raw, framed records, debts vpan seals itself
 set -euo pipefail
 cd "$(dirname "$0")"
 root=..
-mkdir -p corpus/parse corpus/frame_decoder corpus/spec_xml corpus/api_body corpus/config corpus/journal corpus/recovery corpus/tool_files
+mkdir -p corpus/parse corpus/frame_decoder corpus/spec_xml corpus/api_body corpus/config corpus/journal corpus/recovery corpus/tool_files corpus/owed_book
 
 seed_vectors() { # file prefix-byte-hex
     jq -r '.[] | "\(.name) \(.hex)"' "$root/fixtures/vectors/$1" | while read -r name hex; do
@@ -81,4 +82,13 @@ printf '\x01\x00\x00\x00\x02\x03\x01\x02\x03' > corpus/recovery/stray-record
 { printf '\x02'; cat "$root/fixtures/traffic/accounts.json"; } > corpus/tool_files/accounts-json
 printf '\x02pan,balance\n%s,1000\n# a comment\n' "$pan" > corpus/tool_files/accounts-csv
 
-echo "seeded: $(ls corpus/parse | wc -l) parse, $(ls corpus/frame_decoder | wc -l) frame_decoder, $(ls corpus/spec_xml | wc -l) spec_xml, $(ls corpus/api_body | wc -l) api_body, $(ls corpus/config | wc -l) config, $(ls corpus/journal | wc -l) journal, $(ls corpus/recovery | wc -l) recovery, $(ls corpus/tool_files | wc -l) tool_files"
+# The book of reversals owed (see fuzz_targets/owed_book.rs for the mode byte): a torn
+# header; framed records (a debt paid, a STAN changed within the hour kept, one too old);
+# two debts vpan seals itself, the first a reversal's first bytes.
+printf '\x00\x09\x00\x00\x00\x01' > corpus/owed_book/raw-torn
+{ printf '\x01\x02\x05\x00\x00\x00\x00\x00\x00\x00\xff'
+  printf '\x03\xff\xd1\x49\x6b\x00\x00\x00\x00000123key-of-a-request\xff'
+  printf '\x03\x00\x00\x00\x00\x00\x00\x00\x00000124old'; } > corpus/owed_book/framed
+printf '\x020400\xf2\x38\x00\x01\x08\xe1\x80\x00\xff0401' > corpus/owed_book/sealed-debts
+
+echo "seeded: $(ls corpus/parse | wc -l) parse, $(ls corpus/frame_decoder | wc -l) frame_decoder, $(ls corpus/spec_xml | wc -l) spec_xml, $(ls corpus/api_body | wc -l) api_body, $(ls corpus/config | wc -l) config, $(ls corpus/journal | wc -l) journal, $(ls corpus/recovery | wc -l) recovery, $(ls corpus/tool_files | wc -l) tool_files, $(ls corpus/owed_book | wc -l) owed_book"

@@ -33,7 +33,10 @@ fuzz_target!(|data: &[u8]| {
             Ok(spec) => {
                 let c = &spec.controls;
                 assert!(c.amount_limit > 0);
-                assert!(c.per_transaction_limit.is_none_or(|p| p.get() <= c.amount_limit));
+                assert!(
+                    c.per_transaction_limit
+                        .is_none_or(|p| p.get() <= c.amount_limit)
+                );
                 assert!(c.valid_until > NOW);
                 assert!(c.currency > 0 && c.currency <= 999);
                 assert!(c.mcc_allow.iter().chain(&c.mcc_block).all(|m| *m <= 9999));
@@ -49,9 +52,15 @@ fuzz_target!(|data: &[u8]| {
         },
     };
     assert!(
-        matches!(error.status, StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY),
+        matches!(
+            error.status,
+            StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY
+        ),
         "{}",
         error.status
     );
-    assert!(!has_card_number(&error.message), "a card number in an error message");
+    assert!(
+        !has_card_number(&error.message),
+        "a card number in an error message"
+    );
 });

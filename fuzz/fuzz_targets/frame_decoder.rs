@@ -3,17 +3,17 @@
 #![no_main]
 
 // vpan's codec, compiled from its sources (see fuzz/Cargo.toml for why).
-#[path = "../../src/pan.rs"]
-#[allow(dead_code, unused_imports)]
-mod pan;
 #[path = "../../src/iso8583/mod.rs"]
 #[allow(dead_code, unused_imports)]
 mod iso8583;
+#[path = "../../src/pan.rs"]
+#[allow(dead_code, unused_imports)]
+mod pan;
 
+use crate::iso8583::{Frame, FrameCodec, Framing};
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use tokio_util::codec::{Decoder, Encoder};
-use crate::iso8583::{Frame, FrameCodec, Framing};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&cfg, stream)) = data.split_first() else {
@@ -34,14 +34,19 @@ fuzz_target!(|data: &[u8]| {
         let before = src.len();
         match codec.decode(&mut src) {
             Ok(Some(frame)) => {
-                assert!(src.len() < before, "a frame was decoded without consuming input");
+                assert!(
+                    src.len() < before,
+                    "a frame was decoded without consuming input"
+                );
                 // What was read can be written back.
                 let mut out = BytesMut::new();
                 if let Frame::Message { header: h, body } = &frame {
                     assert_eq!(h.len(), header);
                     assert!(h.len() + body.len() <= max);
                 }
-                codec.encode(frame, &mut out).unwrap_or_else(|e| panic!("re-encode: {e}"));
+                codec
+                    .encode(frame, &mut out)
+                    .unwrap_or_else(|e| panic!("re-encode: {e}"));
             }
             Ok(None) | Err(_) => break,
         }

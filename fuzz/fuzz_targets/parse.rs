@@ -10,19 +10,19 @@
 #![no_main]
 
 // vpan's codec, compiled from its sources (see fuzz/Cargo.toml for why).
-#[path = "../../src/pan.rs"]
-#[allow(dead_code, unused_imports)]
-mod pan;
 #[path = "../../src/iso8583/mod.rs"]
 #[allow(dead_code, unused_imports)]
 mod iso8583;
+#[path = "../../src/pan.rs"]
+#[allow(dead_code, unused_imports)]
+mod pan;
 
 use std::sync::LazyLock;
 
-use bytes::Bytes;
-use libfuzzer_sys::fuzz_target;
 use crate::iso8583::parse::parse_field_by_field;
 use crate::iso8583::{Message, Spec, recover_header};
+use bytes::Bytes;
+use libfuzzer_sys::fuzz_target;
 
 static DIALECT: LazyLock<&'static Spec> = LazyLock::new(|| {
     let xml = include_str!("../../fixtures/packagers/tpdu-ebcdic-subfields.xml");
@@ -76,7 +76,12 @@ fuzz_target!(|data: &[u8]| {
             );
         }
         assert_eq!(m.mti(), again.mti());
-        let _ = (m.pan(), m.track2(), m.original_data(), m.replacement_amounts());
+        let _ = (
+            m.pan(),
+            m.track2(),
+            m.original_data(),
+            m.replacement_amounts(),
+        );
         for n in fields.clone() {
             let _ = m.subfields(n);
         }

@@ -24,12 +24,14 @@ use libfuzzer_sys::fuzz_target;
 use vpan::cards::vpan::random_luhn;
 use vpan::cards::{
     AcceptorId, Amounts, AuthRequest, CardSpec, Cards, CardsConfig, Controls, Expiry,
-    IssuerOutcome, Kind, LedgerConfig, MerchantLock, OriginalData, ResponseCode,
-    ReversalRequest, Status, TxKey,
+    IssuerOutcome, Kind, LedgerConfig, MerchantLock, OriginalData, ResponseCode, ReversalRequest,
+    Status, TxKey,
 };
 use vpan::pan::Pan;
 use vpan::store::StoreConfig;
-use vpan::store::journal::{Encode, frame, list_segments, read_records, read_segment, segment_path};
+use vpan::store::journal::{
+    Encode, frame, list_segments, read_records, read_segment, segment_path,
+};
 use vpan::store::snapshot::SNAPSHOT_FILE;
 
 const NOW: u64 = 1_795_706_982;
@@ -52,9 +54,13 @@ fn store(dir: &Path) -> StoreConfig {
 }
 
 fn open(dir: &Path) -> Result<Cards, String> {
-    Cards::open(&CardsConfig::default(), &store(dir), LedgerConfig::default())
-        .map(|(cards, _)| cards)
-        .map_err(|e| e.to_string())
+    Cards::open(
+        &CardsConfig::default(),
+        &store(dir),
+        LedgerConfig::default(),
+    )
+    .map(|(cards, _)| cards)
+    .map_err(|e| e.to_string())
 }
 
 fn request(mti: &[u8; 4], amount: u64, stan: &str, shop: &str) -> AuthRequest {
@@ -106,7 +112,10 @@ fn make_template() -> Template {
         if let vpan::cards::Decision::Approve(a) = cards.authorize(key, req, NOW) {
             a.durable.wait().expect("durable");
             if let Some(outcome) = outcome {
-                cards.complete(&a.hold, outcome, NOW).wait().expect("durable");
+                cards
+                    .complete(&a.hold, outcome, NOW)
+                    .wait()
+                    .expect("durable");
             }
         }
     };
@@ -116,7 +125,11 @@ fn make_template() -> Template {
     ));
     let original = request(b"0100", 1_500, "000001", "SHOP-A");
     answer(keys[0], &original, approved);
-    answer(keys[1], &request(b"0100", 700, "000002", "SHOP-B"), approved);
+    answer(
+        keys[1],
+        &request(b"0100", 700, "000002", "SHOP-B"),
+        approved,
+    );
     answer(
         keys[1],
         &request(b"0100", 300, "000003", "SHOP-B"),
@@ -151,7 +164,11 @@ fn make_template() -> Template {
     let _ = cards.reverse(keys[0], &reversal, NOW);
     cards.snapshot().expect("a snapshot");
     // The journal after the snapshot: one of each kind again.
-    answer(keys[0], &request(b"0100", 100, "000007", "SHOP-A"), approved);
+    answer(
+        keys[0],
+        &request(b"0100", 100, "000007", "SHOP-A"),
+        approved,
+    );
     // A partial approval: its part follows the outcome's code.
     answer(
         keys[0],
@@ -179,14 +196,25 @@ fn make_template() -> Template {
     drop(cards);
     let cards = open(&dir).expect("the template reopens");
     for (key, mut req, outcome) in [
-        (keys[0], open_hold, IssuerOutcome::Declined(ResponseCode(*b"51"))),
-        (keys[2], request(b"0200", 900, "000004", "SHOP-C"), IssuerOutcome::APPROVED),
+        (
+            keys[0],
+            open_hold,
+            IssuerOutcome::Declined(ResponseCode(*b"51")),
+        ),
+        (
+            keys[2],
+            request(b"0200", 900, "000004", "SHOP-C"),
+            IssuerOutcome::APPROVED,
+        ),
     ] {
         req.mti[3] = b'1';
         if let vpan::cards::Decision::Replay(vpan::cards::Replay::AskIssuer(hold)) =
             cards.authorize(key, &req, NOW)
         {
-            cards.settle_in_doubt(&hold, outcome, NOW).wait().expect("durable");
+            cards
+                .settle_in_doubt(&hold, outcome, NOW)
+                .wait()
+                .expect("durable");
         }
     }
     drop(cards);
@@ -230,7 +258,8 @@ fn make_template() -> Template {
 }
 
 fn tempdir(what: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vpan-fuzz-recovery-{what}-{}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("vpan-fuzz-recovery-{what}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("a temporary directory");
     dir
@@ -283,7 +312,14 @@ fuzz_target!(|data: &[u8]| {
     };
     let t = &*TEMPLATE;
     let (mut snapshot, mut journal) = (t.snapshot.clone(), t.journal.clone());
-    edit(if file % 2 == 0 { &mut snapshot } else { &mut journal }, data);
+    edit(
+        if file % 2 == 0 {
+            &mut snapshot
+        } else {
+            &mut journal
+        },
+        data,
+    );
     let dir = tempdir("case");
     let written = std::fs::write(dir.join("pan.key"), &t.key).is_ok()
         && std::fs::write(dir.join(SNAPSHOT_FILE), framed(&snapshot)).is_ok()

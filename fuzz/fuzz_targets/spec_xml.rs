@@ -3,15 +3,15 @@
 #![no_main]
 
 // vpan's codec, compiled from its sources (see fuzz/Cargo.toml for why).
-#[path = "../../src/pan.rs"]
-#[allow(dead_code, unused_imports)]
-mod pan;
 #[path = "../../src/iso8583/mod.rs"]
 #[allow(dead_code, unused_imports)]
 mod iso8583;
+#[path = "../../src/pan.rs"]
+#[allow(dead_code, unused_imports)]
+mod pan;
 
-use libfuzzer_sys::fuzz_target;
 use crate::iso8583::jpos;
+use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(xml) = std::str::from_utf8(data) else {
