@@ -10,10 +10,11 @@
 # corpus/recovery:      edits of a real data directory's records (see fuzz_targets/recovery.rs)
 # corpus/tool_files:    the sample traffic in both layouts, the demo's with its cards, accounts
 # corpus/owed_book:     a book of reversals owed: raw, framed records, debts vpan seals itself
+# corpus/request_fields: the ascii and binary vectors, as corpus/parse has them
 set -euo pipefail
 cd "$(dirname "$0")"
 root=..
-mkdir -p corpus/parse corpus/frame_decoder corpus/spec_xml corpus/api_body corpus/config corpus/journal corpus/recovery corpus/tool_files corpus/owed_book
+mkdir -p corpus/parse corpus/frame_decoder corpus/spec_xml corpus/api_body corpus/config corpus/journal corpus/recovery corpus/tool_files corpus/owed_book corpus/request_fields
 
 seed_vectors() { # file prefix-byte-hex
     jq -r '.[] | "\(.name) \(.hex)"' "$root/fixtures/vectors/$1" | while read -r name hex; do
@@ -91,4 +92,7 @@ printf '\x00\x09\x00\x00\x00\x01' > corpus/owed_book/raw-torn
   printf '\x03\x00\x00\x00\x00\x00\x00\x00\x00000124old'; } > corpus/owed_book/framed
 printf '\x020400\xf2\x38\x00\x01\x08\xe1\x80\x00\xff0401' > corpus/owed_book/sealed-debts
 
-echo "seeded: $(ls corpus/parse | wc -l) parse, $(ls corpus/frame_decoder | wc -l) frame_decoder, $(ls corpus/spec_xml | wc -l) spec_xml, $(ls corpus/api_body | wc -l) api_body, $(ls corpus/config | wc -l) config, $(ls corpus/journal | wc -l) journal, $(ls corpus/recovery | wc -l) recovery, $(ls corpus/tool_files | wc -l) tool_files, $(ls corpus/owed_book | wc -l) owed_book"
+# The fields the switch reads: the vectors of both built-in layouts (selector 0 and 1).
+cp corpus/parse/iso87* corpus/request_fields/
+
+echo "seeded: $(ls corpus/parse | wc -l) parse, $(ls corpus/frame_decoder | wc -l) frame_decoder, $(ls corpus/spec_xml | wc -l) spec_xml, $(ls corpus/api_body | wc -l) api_body, $(ls corpus/config | wc -l) config, $(ls corpus/journal | wc -l) journal, $(ls corpus/recovery | wc -l) recovery, $(ls corpus/tool_files | wc -l) tool_files, $(ls corpus/owed_book | wc -l) owed_book, $(ls corpus/request_fields | wc -l) request_fields"
