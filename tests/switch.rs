@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use rig::*;
 use vpan::cards::{CardKey, MerchantLock};
-use vpan::iso8583::{Frame, Message, Spec};
+use vpan::iso8583::{Frame, Message, Spec, recover_header};
 use vpan::pan::Pan;
 use vpan::tools::issuer_sim::{DEFAULT_BALANCE, SimConfig};
 
@@ -870,6 +870,14 @@ async fn a_malformed_frame_amid_good_ones_is_answered_30_and_the_others_go_on() 
     let good1 = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
     let bad = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
     let good2 = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
+    // Its structure broken after DE 11: its last field cut short, or bytes left over. MTI
+    // and DE 11 can be read: 30 (until 2026-12-06 such frames were dropped unanswered).
+    let cut = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
+    let mut cut_bytes = cut.pack().to_vec();
+    cut_bytes.truncate(cut_bytes.len() - 2);
+    let long = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
+    let mut long_bytes = long.pack().to_vec();
+    long_bytes.extend_from_slice(b"XYZ");
     // DE 4 with a letter: parse fails, MTI and DE 11 are still readable.
     let mut bytes = bad.pack().to_vec();
     let at = bytes
@@ -878,17 +886,30 @@ async fn a_malformed_frame_amid_good_ones_is_answered_30_and_the_others_go_on() 
         .unwrap();
     bytes[at + 3] = b'X';
     // DE 2's length says 18 for 16 digits: every field after it is read two places off,
-    // DE 11 too, and the lengths no longer add up. No STAN is vouched for: dropped, not
-    // answered 30 under six digits the network never sent (it could be another request's).
-    let shifted = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
-    let mut shifted = shifted.pack().to_vec();
+    // DE 11 too, and the lengths no longer add up at the end. The 30 goes under the six
+    // digits read where DE 11 falls, which the network did not send (the price of the
+    // contract's rule; its request goes unanswered, as a dropped frame's would).
+    let shifted_request = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
+    let mut shifted = shifted_request.pack().to_vec();
     let de2 = [b"16", card.vpan.as_bytes()].concat();
     let at = shifted.windows(de2.len()).position(|w| w == de2).unwrap();
     shifted[at..at + 2].copy_from_slice(b"18");
+    let shifted_stan = recover_header(Spec::iso87ascii(), &shifted)
+        .stan
+        .expect("DE 11 read two places off");
+    // DE 2's length over its maximum: the structure breaks before DE 11, which cannot be
+    // read: dropped and counted.
+    let over = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
+    let mut over = over.pack().to_vec();
+    let at = over.windows(de2.len()).position(|w| w == de2).unwrap();
+    over[at..at + 2].copy_from_slice(b"99");
     net.send(&good1).await;
     net.send_raw(Bytes::from(bytes)).await;
     net.send_raw(Bytes::from_static(b"garbage")).await;
     net.send_raw(Bytes::from(shifted)).await;
+    net.send_raw(Bytes::from(over)).await;
+    net.send_raw(Bytes::from(cut_bytes)).await;
+    net.send_raw(Bytes::from(long_bytes)).await;
     net.send(&good2).await;
     assert_eq!(code(&net.answer(good1.stan().unwrap()).await), "00");
     let answer = net.answer(bad.stan().unwrap()).await;
@@ -899,6 +920,24 @@ async fn a_malformed_frame_amid_good_ones_is_answered_30_and_the_others_go_on() 
         assert_eq!(answer.text(n).as_deref(), bad.text(n).as_deref(), "DE {n}");
     }
     assert!(!answer.has(4));
+    for broken in [&cut, &long] {
+        let answer = net.answer(broken.stan().unwrap()).await;
+        assert_eq!((answer.mti(), code(&answer)), (*b"0110", "30".into()));
+        // The fields read whole before the break come back as the network sent them.
+        for n in [2, 7, 32, 37, 41] {
+            assert_eq!(
+                answer.text(n).as_deref(),
+                broken.text(n).as_deref(),
+                "DE {n}"
+            );
+        }
+    }
+    assert_ne!(
+        Some(shifted_stan),
+        shifted_request.stan(),
+        "read off its place"
+    );
+    assert_eq!(code(&net.answer(shifted_stan).await), "30");
     assert_eq!(code(&net.answer(good2.stan().unwrap()).await), "00");
     assert_eq!(rig.cards.get(CardKey::of(&card.vpan)).unwrap().spent, 200);
     let mut echo = Message::new(Spec::iso87ascii(), b"0800").unwrap();

@@ -60,7 +60,8 @@ fn every_malformed_ascii_input_is_refused_at_the_field_it_names() {
 }
 
 #[test]
-fn a_frame_that_fails_to_parse_still_yields_its_mti_and_its_stan_when_its_structure_is_whole() {
+fn a_frame_that_fails_to_parse_still_yields_its_mti_and_its_stan_when_its_structure_holds_up_to_de_11()
+ {
     let by_name: BTreeMap<_, _> = malformed()
         .into_iter()
         .map(|c| (c.name.clone(), c))
@@ -76,10 +77,11 @@ fn a_frame_that_fails_to_parse_still_yields_its_mti_and_its_stan_when_its_struct
         ("bitmap_not_hex", Some(b"0100"), None),
         ("ll_length_not_digits", Some(b"0100"), None),
         ("numeric_field_with_letters", Some(b"0100"), Some(b"000123")),
-        // Lengths that do not add up: every field may have been misread, DE 11 too (a
-        // wrong length on DE 2 shifts all after it), so no STAN is vouched for.
-        ("fixed_field_truncated", Some(b"0100"), None),
-        ("trailing_bytes", Some(b"0100"), None),
+        // The structure breaks after DE 11 (a field cut short, bytes left over): DE 11 is
+        // read, as the contract asks (30 "when MTI and DE 11 can be read").
+        ("fixed_field_truncated", Some(b"0100"), Some(b"000123")),
+        ("trailing_bytes", Some(b"0100"), Some(b"000123")),
+        // It breaks before DE 11 (DE 2's length over its maximum): nothing after is read.
         ("ll_length_over_max", Some(b"0100"), None),
     ];
     for (name, mti, stan) in expect {

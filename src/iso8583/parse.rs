@@ -195,24 +195,25 @@ pub struct RecoveredHeader {
 }
 
 /// Reads the MTI and DE 11 from a frame that may be malformed. Content checks are skipped,
-/// only structure is followed, so a bad amount in DE 4 still leaves DE 11 readable. But
-/// DE 11 is taken only from a frame whose structure is whole (every length prefix a
-/// length within its field's maximum, every field there, no byte left over): where it
-/// breaks, the fields may have been misread from the start, a wrong length on DE 2 or a
-/// secondary bitmap announced and missing shifting every field after it, DE 11 included,
-/// and a 30 under six digits the network never sent as a STAN would answer another of
-/// its requests.
+/// only structure is followed, so a bad amount in DE 4 still leaves DE 11 readable. DE 11
+/// is read when the frame's structure holds up to its end (every length prefix before it
+/// a length within its field's maximum, every field up to it there), as the contract
+/// asks (30 "when MTI and DE 11 can be read"): a frame cut short after it, or with bytes
+/// left over, still says to what it is answered. Where the structure breaks before it,
+/// it is not read. (A wrong length on DE 2 that the structure absorbs shifts DE 11 too:
+/// the 30 then goes under six digits the network did not send as a STAN, which it cannot
+/// match to a request of its own unless DE 41 and the rest shifted onto one as well.)
 pub fn recover_header(spec: &'static Spec, frame: &[u8]) -> RecoveredHeader {
     let mut layout = Layout::new();
     let res = parse_layout::<false, false>(spec, frame, &mut layout);
-    let structure_whole = res.is_ok();
     let mti_ok = !matches!(
         res,
         Err(ParseError::MtiInvalid { .. } | ParseError::MtiTruncated { .. })
     ) && layout.mti.iter().all(u8::is_ascii_digit);
     let mut stan = None;
     let (w, m) = bit(11);
-    if structure_whole && layout.mask[w] & m != 0 {
+    // On an error, the mask holds only the fields read whole before it.
+    if layout.mask[w] & m != 0 {
         let r = super::message::rank(&layout.mask, 11);
         if let (Some(&a), Some(&b), Some(f)) = (
             layout.starts.get(r),
@@ -232,13 +233,22 @@ pub fn recover_header(spec: &'static Spec, frame: &[u8]) -> RecoveredHeader {
     }
 }
 
-/// What can be trusted of a frame that does not parse: when its structure is whole (see
-/// [`recover_header`]), its fields less those whose content is wrong, for a 30 that echoes
-/// what a network matches its answers on (DE 7, 32, 37, 41 beside DE 11); `None` when the
-/// structure breaks, and nothing of it can be vouched for.
+/// What can be read of a frame that does not parse, for a 30 that echoes what a network
+/// matches its answers on (DE 7, 32, 37, 41 beside DE 11): its fields read whole before
+/// its structure breaks, if it does (all of them, when only bytes are left over), less
+/// those whose content is wrong. `None` when not even its MTI and bitmap read.
 pub fn readable_part(spec: &'static Spec, frame: Bytes) -> Option<Message> {
     let mut layout = Layout::new();
-    parse_layout::<false, false>(spec, &frame, &mut layout).ok()?;
+    if let Err(
+        ParseError::TooLong { .. }
+        | ParseError::MtiTruncated { .. }
+        | ParseError::MtiInvalid { .. }
+        | ParseError::BitmapTruncated { .. }
+        | ParseError::BitmapInvalid { .. },
+    ) = parse_layout::<false, false>(spec, &frame, &mut layout)
+    {
+        return None;
+    }
     let mut part = Message::from_parts(spec, frame, layout);
     let wrong: Vec<usize> = part
         .field_numbers()
