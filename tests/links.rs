@@ -91,6 +91,8 @@ async fn accept_sign_on(listener: &TcpListener) -> HostSide {
     let mut host = Framed::new(stream, FrameCodec::new(Framing::Len2, 0, 8192));
     let mut accepted = next_message(&mut host).await;
     assert_eq!(accepted.mti(), *b"0800", "the sign-on first");
+    // A STAN of the link's own: some hosts refuse one of zeros.
+    assert_ne!(accepted.stan(), Some(*b"000000"), "the sign-on's STAN");
     accepted.set_mti(b"0810").unwrap();
     accepted.set_response_code(b"00").unwrap();
     send(&mut host, &accepted).await;
@@ -114,6 +116,7 @@ async fn a_network_management_request_from_the_issuer_host_is_answered_00() {
         (sign_on.mti(), sign_on.raw(70)),
         (*b"0800", Some(&b"001"[..]))
     );
+    assert_ne!(sign_on.stan(), Some(*b"000000"), "the sign-on's STAN");
     let mut accepted = sign_on.clone();
     accepted.set_mti(b"0810").unwrap();
     accepted.set_response_code(b"00").unwrap();

@@ -310,7 +310,7 @@ impl IssuerLink {
         frames: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>,
         conn_token: &CancellationToken,
     ) -> bool {
-        let Ok(msg) = network_management_request(self.spec(), b"001") else {
+        let Ok(msg) = network_management_request(self.spec(), b"001", self.next_stamp()) else {
             return false;
         };
         let answer = self.send_via(Box::new(msg), Some(i), self.management_timeout());
@@ -334,7 +334,7 @@ impl IssuerLink {
 
     /// Sends an 0800 with DE 70 = `code` on connection `i` and waits for a 0810 00.
     pub(super) async fn network_management(&self, i: usize, code: &[u8; 3]) -> bool {
-        let Ok(msg) = network_management_request(self.spec(), code) else {
+        let Ok(msg) = network_management_request(self.spec(), code, self.next_stamp()) else {
             return false;
         };
         match self
@@ -371,15 +371,17 @@ impl IssuerLink {
     }
 }
 
-/// An 0800 network management request with DE 70 = `code`.
+/// An 0800 network management request with DE 70 = `code`, under `stan` (one of the
+/// link's own: a host may refuse a DE 11 of zeros, which ISO 8583 does not number with).
 pub fn network_management_request(
     spec: &'static Spec,
     code: &[u8; 3],
+    stan: [u8; 6],
 ) -> Result<Message, IssuerError> {
     let mut msg = Message::new(spec, b"0800").map_err(|_| IssuerError::Encode)?;
     msg.set(7, &transmission_time(unix_now()))
         .map_err(|_| IssuerError::Encode)?;
-    msg.set(11, b"000000").map_err(|_| IssuerError::Encode)?;
+    msg.set(11, &stan).map_err(|_| IssuerError::Encode)?;
     msg.set(70, code).map_err(|_| IssuerError::Encode)?;
     Ok(msg)
 }
