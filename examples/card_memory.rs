@@ -99,6 +99,7 @@ fn main() {
                         code: ResponseCode::APPROVED,
                         decided_by: DecidedBy::Issuer,
                         merchant: AcceptorId::new(b"SHOP-A"),
+                        refund: false,
                     },
                 );
             }

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use vpan::app::{Addresses, App};
-use vpan::cards::{CardKey, Decision};
+use vpan::cards::{CardKey, Decision, IssuerOutcome, Kind};
 use vpan::config::Config;
 
 /// A running switch, an HTTPS client for its API, and every answer body seen.
@@ -912,6 +912,46 @@ async fn the_transactions_of_a_card_are_its_decisions_newest_first() {
         .call(Method::GET, &format!("/v1/cards/{vpan}/transactions"), None)
         .await;
     assert_eq!(list["transactions"].as_array().unwrap().len(), 100);
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn a_refund_on_a_paused_card_is_shown_as_a_refund_not_a_purchase() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = Running::start(dir.path()).await;
+    let card = api.create(card_request(&pan())).await;
+    let vpan = card["vpan"].as_str().unwrap();
+    let key = CardKey::from_digits(vpan.as_bytes()).unwrap();
+    api.call(Method::POST, &format!("/v1/cards/{vpan}/pause"), None)
+        .await;
+    // A refund passes on a paused card; a purchase of the same amount does not.
+    let mut refund = common::purchase(500, 1);
+    refund.kind = Kind::Refund;
+    let Decision::Approve(approval) = api.cards.authorize(key, &refund, unix_now()) else {
+        panic!("a refund on a paused card is forwarded");
+    };
+    api.cards
+        .complete(&approval.hold, IssuerOutcome::APPROVED, unix_now())
+        .wait()
+        .unwrap();
+    let declined = api
+        .cards
+        .authorize(key, &common::purchase(500, 2), unix_now());
+    assert!(matches!(declined, Decision::Decline(_)), "{declined:?}");
+    let (_, list) = api
+        .call(Method::GET, &format!("/v1/cards/{vpan}/transactions"), None)
+        .await;
+    let lines: Vec<_> = list["transactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["response_code"].clone(), t["refund"].clone()))
+        .collect();
+    assert_eq!(
+        lines,
+        [(json!("62"), json!(false)), (json!("00"), json!(true))],
+        "{list}"
+    );
     api.stop().await;
 }
 

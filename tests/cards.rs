@@ -1550,6 +1550,25 @@ fn a_refund_passes_on_a_closed_card_and_does_not_raise_the_cap() {
     settle(&cards, &a.hold, IssuerOutcome::APPROVED);
     let v = cards.get(key).unwrap();
     assert_eq!((v.spent, v.uses, v.status), (4_000, 1, Status::Closed));
+    // Its line in the card's decisions says it is a refund: its MTI and amount are a
+    // purchase's, and it was approved on a closed card. So after a restart from the
+    // journal, and from a snapshot.
+    let refunds = |cards: &Cards| -> Vec<(u64, bool)> {
+        let lines = cards.recent(key).unwrap();
+        lines.iter().map(|t| (t.amount, t.refund)).collect()
+    };
+    assert_eq!(refunds(&cards), [(4_000, true), (4_000, false)]);
+    drop(cards);
+    let (cards, _) = open(dir.path());
+    assert_eq!(refunds(&cards), [(4_000, true), (4_000, false)], "replayed");
+    cards.snapshot().unwrap();
+    drop(cards);
+    let (cards, _) = open(dir.path());
+    assert_eq!(
+        refunds(&cards),
+        [(4_000, true), (4_000, false)],
+        "from a snapshot"
+    );
 }
 
 #[test]

@@ -771,18 +771,23 @@ fn print_transactions(list: &Value, json_out: bool) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "{:<20}  {:<4}  {:>12}  {:<2}  {:<7}  MERCHANT",
-        "TIME", "MTI", "AMOUNT", "RC", "BY"
+        "{:<20}  {:<4}  {:>12}  {:<2}  {:<7}  {:<6}  MERCHANT",
+        "TIME", "MTI", "AMOUNT", "RC", "BY", "REFUND"
     );
     for t in list["transactions"].as_array().into_iter().flatten() {
         let _ = writeln!(
             out,
-            "{:<20}  {:<4}  {:>12}  {:<2}  {:<7}  {}",
+            "{:<20}  {:<4}  {:>12}  {:<2}  {:<7}  {:<6}  {}",
             s(&t["time"]),
             s(&t["mti"]),
             s(&t["amount"]),
             s(&t["response_code"]),
             s(&t["decided_by"]),
+            if t["refund"] == Value::Bool(true) {
+                "yes"
+            } else {
+                ""
+            },
             s(&t["merchant"])
         );
     }

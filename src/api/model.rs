@@ -390,6 +390,8 @@ pub struct TransactionBody {
     pub decided_by: &'static str,
     /// DE 42, when the request had one.
     pub merchant: Option<String>,
+    /// A credit to the account (DE 3 from 20): a refund, not a purchase.
+    pub refund: bool,
 }
 
 impl From<&RecentTx> for TransactionBody {
@@ -401,6 +403,7 @@ impl From<&RecentTx> for TransactionBody {
             response_code: t.code.as_str().to_string(),
             decided_by: t.decided_by.as_str(),
             merchant: t.merchant.map(|m| m.as_str().to_string()),
+            refund: t.refund,
         }
     }
 }

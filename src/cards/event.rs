@@ -289,6 +289,7 @@ pub fn apply_card(card: &mut Card, event: &Event) {
                     code: *code,
                     decided_by: *decided_by,
                     merchant: hold.acceptor,
+                    refund: hold.refund,
                 },
             );
         }
@@ -324,6 +325,8 @@ pub fn apply_card(card: &mut Card, event: &Event) {
                         code: ResponseCode::APPROVED,
                         decided_by: DecidedBy::Switch,
                         merchant: None,
+                        // The reversal's line: its MTI says what it is.
+                        refund: false,
                     },
                 );
             }
@@ -343,6 +346,7 @@ pub fn apply_card(card: &mut Card, event: &Event) {
                     code: ResponseCode::APPROVED,
                     decided_by: DecidedBy::Issuer,
                     merchant: t.acceptor,
+                    refund: t.refund,
                 },
             );
         }
@@ -359,6 +363,7 @@ pub fn apply_card(card: &mut Card, event: &Event) {
                 code: *code,
                 decided_by: *decided_by,
                 merchant: tx.acceptor,
+                refund: tx.refund,
             },
         ),
     }

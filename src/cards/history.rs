@@ -55,6 +55,10 @@ pub struct RecentTx {
     pub decided_by: DecidedBy,
     /// DE 42, when the request had one.
     pub merchant: Option<AcceptorId>,
+    /// A credit to the account (DE 3 from 20: a refund, a credit adjustment, a payment),
+    /// which a line would otherwise show as a purchase (its MTI and its amount are a
+    /// purchase's), approved on a paused or closed card.
+    pub refund: bool,
 }
 
 /// The last decisions of one card, oldest first.
@@ -136,6 +140,7 @@ mod tests {
             code: ResponseCode::APPROVED,
             decided_by: DecidedBy::Issuer,
             merchant: None,
+            refund: false,
         }
     }
 

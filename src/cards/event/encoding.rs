@@ -99,13 +99,6 @@ impl<'a> Get<'a> {
     pub(crate) fn key(&mut self) -> Option<CardKey> {
         CardKey::from_raw(self.u64()?)
     }
-    pub(crate) fn bool(&mut self) -> Option<bool> {
-        match self.u8()? {
-            0 => Some(false),
-            1 => Some(true),
-            _ => None,
-        }
-    }
     /// What [`Put::option`] wrote, `get` reading the value; `None` when damaged.
     pub(crate) fn option<T>(
         &mut self,

@@ -118,7 +118,9 @@ impl Encode for SnapCard<'_> {
             out.extend_from_slice(&h.mti);
             out.u64(h.amount);
             out.extend_from_slice(&h.code.0);
-            out.u8(u8::from(h.decided_by == DecidedBy::Issuer));
+            // Bit 0: decided by the issuer; bit 1 (since 2026-12-06): a refund, which a
+            // vpan from before refuses rather than misreads.
+            out.u8(u8::from(h.decided_by == DecidedBy::Issuer) | u8::from(h.refund) << 1);
             put_acceptor(out, h.merchant);
         }
     }
@@ -158,17 +160,26 @@ pub(crate) fn decode_snap_card(
         // One allocation for the whole history, not one per entry.
         let mut entries = Vec::with_capacity(n);
         for _ in 0..n {
+            let at = g.u64()?;
+            let mti = g.array()?;
+            let amount = g.u64()?;
+            let code = ResponseCode(g.array()?);
+            let flags = g.u8()?;
+            if flags > 0b11 {
+                return None;
+            }
             let tx = RecentTx {
-                at: g.u64()?,
-                mti: g.array()?,
-                amount: g.u64()?,
-                code: ResponseCode(g.array()?),
-                decided_by: if g.bool()? {
+                at,
+                mti,
+                amount,
+                code,
+                decided_by: if flags & 1 == 1 {
                     DecidedBy::Issuer
                 } else {
                     DecidedBy::Switch
                 },
                 merchant: get_acceptor(g)?,
+                refund: flags & 0b10 != 0,
             };
             entries.push(tx);
         }
