@@ -1778,6 +1778,98 @@ fn a_first_use_lock_binds_to_the_first_approved_merchant() {
     );
 }
 
+/// Two holds at one shop, the first binding the lock, both declined by the issuer: nothing
+/// was approved anywhere, and the lock is free again whichever is answered first (until
+/// 2026-12-06 the first decline left it, another hold being open, and the second did not
+/// free it, not having bound it: the card stayed locked to a shop that took nothing). One
+/// of them approved binds it for good, also after a restart and from a snapshot.
+#[test]
+fn a_first_use_lock_is_freed_when_the_issuer_declines_every_hold_that_bound_it() {
+    let declined = IssuerOutcome::Declined(ResponseCode(*b"05"));
+    for (first_answered, last_outcome) in [
+        (0, declined),
+        (1, declined),
+        (0, IssuerOutcome::APPROVED),
+        (1, IssuerOutcome::APPROVED),
+    ] {
+        let case = format!(
+            "the hold of stan {} answered first, then {last_outcome:?}",
+            first_answered + 1
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let (cards, _) = open(dir.path());
+        let mut s = spec(10_000);
+        s.controls.merchant_lock = MerchantLock::FirstUse;
+        let key = issue(&cards, &s);
+        let holds = [1, 2].map(|stan| {
+            let a = approval(cards.authorize(key, &request(*b"0100", 1_000, stan, "SHOP-A"), NOW));
+            a.durable.wait().unwrap();
+            a.hold
+        });
+        assert_eq!(
+            cards.get(key).unwrap().merchant_bound,
+            AcceptorId::new(b"SHOP-A"),
+            "{case}: bound while the holds are open"
+        );
+        settle(&cards, &holds[first_answered], declined);
+        assert_eq!(
+            cards.get(key).unwrap().merchant_bound,
+            AcceptorId::new(b"SHOP-A"),
+            "{case}: the other hold is still open"
+        );
+        settle(&cards, &holds[1 - first_answered], last_outcome);
+        let approved = last_outcome == IssuerOutcome::APPROVED;
+        let bound = approved.then(|| AcceptorId::new(b"SHOP-A")).flatten();
+        let spent = if approved { 1_000 } else { 0 };
+        let check = |cards: &Cards, when: &str| {
+            let v = cards.get(key).unwrap();
+            assert_eq!(
+                (v.spent, v.uses, v.held),
+                (spent, u32::from(approved), 0),
+                "{case}, {when}"
+            );
+            assert_eq!(v.merchant_bound, bound, "{case}, {when}");
+        };
+        check(&cards, "live");
+        drop(cards);
+        let (cards, _) = open(dir.path());
+        check(&cards, "replayed");
+        cards.snapshot().unwrap();
+        drop(cards);
+        let (cards, _) = open(dir.path());
+        check(&cards, "from a snapshot");
+        let elsewhere = cards.authorize(key, &request(*b"0100", 100, 3, "SHOP-B"), NOW);
+        assert_eq!(
+            code(&elsewhere),
+            if approved { "57" } else { "00" },
+            "{case}"
+        );
+    }
+}
+
+/// A snapshot taken while the only hold that bound a first-use lock is with the issuer:
+/// the lock comes back bound (the hold, in doubt after the restart, counts as spent).
+#[test]
+fn a_first_use_lock_bound_by_an_open_hold_comes_back_from_a_snapshot_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let mut s = spec(10_000);
+    s.controls.merchant_lock = MerchantLock::FirstUse;
+    let key = issue(&cards, &s);
+    let a = approval(cards.authorize(key, &request(*b"0100", 1_000, 1, "SHOP-A"), NOW));
+    a.durable.wait().unwrap();
+    cards.snapshot().unwrap();
+    drop(cards);
+    let (cards, _) = open(dir.path());
+    let v = cards.get(key).unwrap();
+    assert_eq!((v.spent, v.held), (1_000, 0), "in doubt, counted");
+    assert_eq!(v.merchant_bound, AcceptorId::new(b"SHOP-A"));
+    assert_eq!(
+        code(&cards.authorize(key, &request(*b"0100", 100, 2, "SHOP-B"), NOW)),
+        "57"
+    );
+}
+
 #[test]
 fn recent_decisions_are_listed_newest_first_with_who_decided() {
     let dir = tempfile::tempdir().unwrap();

@@ -480,6 +480,11 @@ pub enum LockKind {
     FirstUseBound,
     /// Fixed to `Card::acceptor`.
     Acceptor,
+    /// First use, bound to `Card::acceptor` by holds the issuer has not answered yet: freed
+    /// again should it decline (or not answer) every one of them, bound for good once one
+    /// counts as spent. Decided on as `FirstUseBound`. (Last, so the numbers of the others
+    /// in snapshots stay; a vpan from before 2026-12-06 refuses a snapshot holding it.)
+    FirstUseHeld,
 }
 
 impl LockKind {
@@ -493,6 +498,7 @@ impl LockKind {
             LockKind::FirstUseUnbound,
             LockKind::FirstUseBound,
             LockKind::Acceptor,
+            LockKind::FirstUseHeld,
         ]
         .get(usize::from(v))
         .copied()
@@ -587,7 +593,9 @@ impl Card {
     pub fn merchant_lock(&self) -> MerchantLock {
         match self.lock {
             LockKind::None => MerchantLock::None,
-            LockKind::FirstUseUnbound | LockKind::FirstUseBound => MerchantLock::FirstUse,
+            LockKind::FirstUseUnbound | LockKind::FirstUseBound | LockKind::FirstUseHeld => {
+                MerchantLock::FirstUse
+            }
             LockKind::Acceptor => MerchantLock::Acceptor(self.acceptor),
         }
     }

@@ -240,7 +240,7 @@ pub fn apply_card(card: &mut Card, event: &Event) {
             if t.counts_use {
                 card.held_uses = card.held_uses.saturating_add(1);
             }
-            bind_merchant(card, t);
+            bind_merchant(card, t, LockKind::FirstUseHeld);
         }
         Event::InDoubt(hold) => spend_hold(card, hold),
         Event::Outcome {
@@ -270,14 +270,17 @@ pub fn apply_card(card: &mut Card, event: &Event) {
                     card.spent.saturating_add(stands - hold.amount)
                 };
             }
+            // Nothing was approved at the merchant the holds bound the card to (another
+            // hold there may have been answered first, or be open still: then the last
+            // answer frees it), or what bound it, counted as spent while in doubt, was
+            // declined after all.
+            let bound_by_this = hold.binds_merchant && card.lock == LockKind::FirstUseBound;
             if !*approved
-                && hold.binds_merchant
-                && card.lock == LockKind::FirstUseBound
+                && (card.lock == LockKind::FirstUseHeld || bound_by_this)
                 && card.uses == 0
                 && card.held == 0
                 && card.spent == 0
             {
-                // The approval that bound the merchant did not happen after all.
                 card.lock = LockKind::FirstUseUnbound;
             }
             history::record(
@@ -336,7 +339,9 @@ pub fn apply_card(card: &mut Card, event: &Event) {
             if t.counts_use {
                 card.uses = card.uses.saturating_add(1);
             }
-            bind_merchant(card, t);
+            // Money moved: bound for good.
+            bind_merchant(card, t, LockKind::FirstUseBound);
+            confirm_binding(card);
             history::record(
                 &mut card.history,
                 RecentTx {
@@ -377,16 +382,28 @@ fn spend_hold(card: &mut Card, hold: &TxEvent) {
     if hold.counts_use {
         card.uses = card.uses.saturating_add(1);
     }
+    confirm_binding(card);
 }
 
-/// A first-use lock binds to the merchant of the approval that asks it to.
-fn bind_merchant(card: &mut Card, t: &TxEvent) {
+/// A first-use lock binds to the merchant of the request that asks it to: `as_lock` says
+/// how, [`LockKind::FirstUseHeld`] for a hold, [`LockKind::FirstUseBound`] for money
+/// that moved.
+fn bind_merchant(card: &mut Card, t: &TxEvent, as_lock: LockKind) {
     if t.binds_merchant
         && card.lock == LockKind::FirstUseUnbound
         && let Some(a) = t.acceptor
     {
-        card.lock = LockKind::FirstUseBound;
+        card.lock = as_lock;
         card.acceptor = a;
+    }
+}
+
+/// A first-use lock bound by holds alone is bound for good once something there counts
+/// as spent (an approval, a hold in doubt, an advice): every hold of a bound card is at
+/// its merchant.
+fn confirm_binding(card: &mut Card) {
+    if card.lock == LockKind::FirstUseHeld {
+        card.lock = LockKind::FirstUseBound;
     }
 }
 

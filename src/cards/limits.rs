@@ -121,7 +121,7 @@ pub fn decide(card: &Card, req: &AuthRequest, now: UnixSeconds) -> Verdict {
     let binds_merchant = match card.lock {
         LockKind::None => false,
         LockKind::FirstUseUnbound => true,
-        LockKind::FirstUseBound | LockKind::Acceptor => {
+        LockKind::FirstUseBound | LockKind::FirstUseHeld | LockKind::Acceptor => {
             if req.acceptor != Some(card.acceptor) {
                 return Verdict::Decline(Reason::Merchant);
             }

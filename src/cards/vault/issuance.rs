@@ -88,7 +88,8 @@ impl CardView {
             expiry: c.virtual_expiry(),
             status: c.status(),
             controls: c.controls(),
-            merchant_bound: (c.lock == LockKind::FirstUseBound).then_some(c.acceptor),
+            merchant_bound: matches!(c.lock, LockKind::FirstUseBound | LockKind::FirstUseHeld)
+                .then_some(c.acceptor),
             spent: c.spent,
             held: c.held,
             available: c.available(),
