@@ -581,6 +581,60 @@ fn a_reversed_advice_counted_as_nothing_and_a_use_still_turns_its_resend_away_af
     assert_eq!(cards.get(key).unwrap().uses, 1);
 }
 
+/// The same history on two copies of one store, one restarted in the middle: a purchase
+/// the issuer answered late (after two purchases decided later) is remembered as long on
+/// both, so a full reversal of it gives it back on both. Serving files a hold for
+/// retention when the issuer answers it; until 2026-12-06 a start filed it by when it was
+/// decided, ahead of the other two, and forgot it first.
+#[test]
+fn a_restart_forgets_what_the_running_switch_would_forget_a_late_answer_included() {
+    let ledger = ledger_of(2, 7 * 86_400);
+    let mut spent_after = Vec::new();
+    for restart in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (cards, _) = open_with(dir.path(), ledger);
+        let key = issue(&cards, &spec(100_000));
+        let held = |cards: &Cards, stan: u32, at: u64| {
+            let a = approval(cards.authorize(key, &purchase(1_000, stan), at));
+            a.durable.wait().unwrap();
+            a.hold
+        };
+        // Decided at t+1, answered at t+4, after two decided and answered in between.
+        let late = held(&cards, 1, NOW + 1);
+        for (stan, at) in [(2, NOW + 2), (3, NOW + 3)] {
+            let h = held(&cards, stan, at);
+            cards
+                .complete(&h, IssuerOutcome::APPROVED, at)
+                .wait()
+                .unwrap();
+        }
+        cards
+            .complete(&late, IssuerOutcome::APPROVED, NOW + 4)
+            .wait()
+            .unwrap();
+        let cards = if restart {
+            drop(cards);
+            open_with(dir.path(), ledger).0
+        } else {
+            cards
+        };
+        // One more: the ledger (room for two) forgets its oldest filed, the purchase of
+        // t+2.
+        let h = held(&cards, 4, NOW + 5);
+        cards
+            .complete(&h, IssuerOutcome::APPROVED, NOW + 5)
+            .wait()
+            .unwrap();
+        assert_eq!(
+            given_back(cards.reverse(key, &reversal(1, None), NOW + 6)),
+            1_000,
+            "restart: {restart}"
+        );
+        spent_after.push(cards.get(key).unwrap().spent);
+    }
+    assert_eq!(spent_after, [3_000, 3_000]);
+}
+
 #[test]
 fn a_lowered_ledger_capacity_is_applied_at_start() {
     // 30 approvals, a second apart, snapshotted, then opened again with room for 8: the 22
