@@ -196,8 +196,8 @@ pub struct RecoveredHeader {
 
 /// Reads the MTI and DE 11 from a frame that may be malformed. Content checks are skipped,
 /// only structure is followed, so a bad amount in DE 4 still leaves DE 11 readable. DE 11
-/// is read when the frame's structure holds up to its end (every length prefix before it
-/// a length within its field's maximum, every field up to it there), as the contract
+/// is read when the frame's structure holds up to DE 11's end (every length prefix before
+/// it a length within its field's maximum, every field up to it there), as the contract
 /// asks (30 "when MTI and DE 11 can be read"): a frame cut short after it, or with bytes
 /// left over, still says to what it is answered. Where the structure breaks before it,
 /// it is not read. (A wrong length on DE 2 that the structure absorbs shifts DE 11 too:
