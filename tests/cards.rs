@@ -635,6 +635,61 @@ fn a_restart_forgets_what_the_running_switch_would_forget_a_late_answer_included
     assert_eq!(spent_after, [3_000, 3_000]);
 }
 
+/// The same with two cards whose records two replay threads apply apart (a card's go to
+/// the thread of its key's parity): the order the replay happens to file them in is not
+/// serving's, and a start does not keep it (a review of the first fix, which kept it).
+#[test]
+fn a_restart_keeps_the_retention_order_across_cards_replayed_apart() {
+    let ledger = ledger_of(2, 7 * 86_400);
+    let mut outcomes = Vec::new();
+    for restart in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (cards, _) = open_with(dir.path(), ledger);
+        let (mut even, mut odd) = (None, None);
+        while even.is_none() || odd.is_none() {
+            let k = issue(&cards, &spec(100_000_000));
+            if k.raw().is_multiple_of(2) {
+                even.get_or_insert(k);
+            } else {
+                odd.get_or_insert(k);
+            }
+        }
+        let (a, b) = (even.unwrap(), odd.unwrap());
+        // Work for card a's replay thread, so that the other files first.
+        for stan in 100_000..103_000 {
+            let d = cards.authorize(a, &purchase(1_000_000_000, stan), NOW);
+            assert!(matches!(d, Decision::Decline(_)), "{d:?}");
+        }
+        let approved_at = |cards: &Cards, key, stan, at| {
+            let h = approval(cards.authorize(key, &purchase(1_000, stan), at)).hold;
+            cards
+                .complete(&h, IssuerOutcome::APPROVED, at)
+                .wait()
+                .unwrap();
+        };
+        approved_at(&cards, a, 1, NOW + 1);
+        approved_at(&cards, b, 2, NOW + 2);
+        let cards = if restart {
+            drop(cards);
+            open_with(dir.path(), ledger).0
+        } else {
+            cards
+        };
+        // Forgets the oldest filed: serving's is the purchase on card a.
+        approved_at(&cards, b, 3, NOW + 3);
+        let back = |key, stan| match cards.reverse(key, &reversal(stan, None), NOW + 4) {
+            ReversalOutcome::Reversed { returned, durable } => {
+                durable.wait().unwrap();
+                returned
+            }
+            _ => 0,
+        };
+        outcomes.push((back(a, 1), back(b, 2)));
+    }
+    assert_eq!(outcomes[0], (0, 1_000), "serving");
+    assert_eq!(outcomes[1], outcomes[0], "after a restart");
+}
+
 #[test]
 fn a_lowered_ledger_capacity_is_applied_at_start() {
     // 30 approvals, a second apart, snapshotted, then opened again with room for 8: the 22

@@ -581,43 +581,33 @@ impl Ledger {
         crate::copy_keys(&self.entries)
     }
 
-    /// Completes the retention queues after recovery, and forgets what is beyond their
-    /// bounds (a lowered `cards.ledger_capacity`, or a journal written by a vpan that kept
-    /// declines with the rest) as of the newest transaction, before anything is served
-    /// rather than in the first approval's call.
+    /// Rebuilds the retention queues after recovery, oldest first, and forgets what is
+    /// beyond their bounds (a lowered `cards.ledger_capacity`, or a journal written by a
+    /// vpan that kept declines with the rest) as of the newest transaction, before anything
+    /// is served rather than in the first approval's call.
     ///
-    /// What the journal's replay filed stays in the order it was filed, which is the order
-    /// serving filed it (a hold when the issuer answered it, the rest when recorded): a
-    /// restart forgets what the switch would have forgotten had it gone on (sorted again by
-    /// when each was decided, until 2026-12-06, a purchase answered late moved ahead of
-    /// those decided after it and answered before it, and a restart forgot it first). What
-    /// nothing filed, the snapshot's transactions (a snapshot keeps no order) and the holds
-    /// left in doubt, is merged in by when it was decided (then in journal order), ahead of
-    /// what was filed in the same second.
+    /// Oldest is by each entry's last change in the journal (its LSN): serving files a
+    /// hold for retention when the issuer answers it, and the rest when recorded, so for
+    /// an entry nothing changed since, that is when serving filed it, and a restart forgets
+    /// what the switch would have forgotten had it gone on. (Until 2026-12-06 it was by
+    /// when each was decided: a purchase the issuer answered after two decided later moved
+    /// ahead of them, and a restart forgot it first. The order the journal's replay files
+    /// in will not do: two threads replay it, card by card.) One changed since (reversed,
+    /// restated, settled after a restart) is kept longer than serving would have kept it.
     pub(crate) fn rebuild_order(&self) {
-        let now = self.entries.iter().map(|e| e.at).max().unwrap_or(0);
+        let mut all: Vec<(u64, UnixSeconds, OriginalData, Queue)> = self
+            .entries
+            .iter()
+            .map(|e| (e.lsn, e.at, *e.key(), e.retention_queue()))
+            .collect();
+        all.sort_unstable_by_key(|&(lsn, at, _, _)| (lsn, at));
+        let now = all.iter().map(|&(_, at, _, _)| at).max().unwrap_or(0);
         for queue in [Queue::Money, Queue::Declines, Queue::UnseenVoids] {
             let Ok(mut order) = self.order_of(queue).lock() else {
                 return;
             };
-            let mut replayed = std::mem::take(&mut *order);
-            let filed: std::collections::HashSet<OriginalData> =
-                replayed.iter().map(|&(_, key)| key).collect();
-            let mut unfiled: Vec<(UnixSeconds, u64, OriginalData)> = self
-                .entries
-                .iter()
-                .filter(|e| e.retention_queue() == queue && !filed.contains(e.key()))
-                .map(|e| (e.at, e.lsn, *e.key()))
-                .collect();
-            unfiled.sort_unstable_by_key(|&(at, lsn, _)| (at, lsn));
-            let mut unfiled = unfiled.into_iter().peekable();
-            while let Some(item) = replayed.pop_front() {
-                while let Some((at, _, key)) = unfiled.next_if(|&(at, _, _)| at <= item.0) {
-                    order.push_back((at, key));
-                }
-                order.push_back(item);
-            }
-            for (at, _, key) in unfiled {
+            *order = Fifo::default();
+            for &(_, at, key, _) in all.iter().filter(|&&(_, _, _, q)| q == queue) {
                 order.push_back((at, key));
             }
             self.forget_beyond_bounds(queue, &mut order, now);
@@ -675,10 +665,6 @@ impl<T> Fifo<T> {
 
     fn front(&self) -> Option<&T> {
         self.chunks.front().and_then(VecDeque::front)
-    }
-
-    fn iter(&self) -> impl Iterator<Item = &T> {
-        self.chunks.iter().flatten()
     }
 
     fn pop_front(&mut self) -> Option<T> {
