@@ -923,13 +923,17 @@ async fn a_malformed_frame_amid_good_ones_is_answered_30_and_the_others_go_on() 
     for broken in [&cut, &long] {
         let answer = net.answer(broken.stan().unwrap()).await;
         assert_eq!((answer.mti(), code(&answer)), (*b"0110", "30".into()));
-        // The fields read whole before the break come back as the network sent them.
-        for n in [2, 7, 32, 37, 41] {
+        // The fields up to DE 11 come back as the network sent them; none after, which a
+        // wrong length before the break may have filled with other fields' bytes.
+        for n in [2, 3, 4, 7] {
             assert_eq!(
                 answer.text(n).as_deref(),
                 broken.text(n).as_deref(),
                 "DE {n}"
             );
+        }
+        for n in [32, 37, 41, 42, 49] {
+            assert!(!answer.has(n), "DE {n}");
         }
     }
     assert_ne!(
@@ -950,6 +954,44 @@ async fn a_malformed_frame_amid_good_ones_is_answered_30_and_the_others_go_on() 
         Vec::<[u8; 6]>::new(),
         "answers nobody sent"
     );
+    rig.stop().await;
+}
+
+/// A card-present purchase whose DE 35 length says 20 less than its track: DE 37 and DE 41
+/// are read from the rest of the track (the expiry, the service code, the discretionary
+/// data, which holds the card verification value), and bytes are left over. DE 11 comes
+/// before the break, so it is answered 30 under its STAN, with nothing of the track in it
+/// (review of c82f108, whose 30 echoed them as DE 37 and DE 41).
+#[tokio::test]
+async fn a_30_for_a_frame_with_a_short_de35_length_echoes_no_track_2_data() {
+    let (rig, card, _, mut net) = one_card(|_| {}).await;
+    let p = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
+    let discretionary = b"00012399";
+    let mut track = card.vpan.as_bytes().to_vec();
+    track.push(b'=');
+    track.extend_from_slice(&card.expiry.0);
+    track.extend_from_slice(b"101");
+    track.extend_from_slice(discretionary);
+    let mut m = p.clone();
+    m.set(35, &track).unwrap();
+    let mut bytes = m.pack().to_vec();
+    let de35 = [format!("{:02}", track.len()).into_bytes(), track.clone()].concat();
+    let at = bytes.windows(de35.len()).position(|w| w == de35).unwrap();
+    bytes[at..at + 2].copy_from_slice(format!("{:02}", track.len() - 20).as_bytes());
+    net.send_raw(Bytes::from(bytes)).await;
+    let answer = net.answer(p.stan().unwrap()).await;
+    assert_eq!((answer.mti(), code(&answer)), (*b"0110", "30".into()));
+    assert!(!answer.has(35));
+    let packed = answer.pack();
+    let leaked = |needle: &[u8]| packed.windows(needle.len()).any(|w| w == needle);
+    let after_separator = [b"=".as_slice(), &card.expiry.0, b"101"].concat();
+    assert!(
+        !leaked(discretionary) && !leaked(&after_separator),
+        "track 2 data in the 30: DE 37 {:?}, DE 41 {:?}",
+        answer.text(37).map(|t| t.as_bytes().to_vec()),
+        answer.text(41).map(|t| t.as_bytes().to_vec()),
+    );
+    assert_eq!(rig.cards.get(CardKey::of(&card.vpan)).unwrap().spent, 0);
     rig.stop().await;
 }
 

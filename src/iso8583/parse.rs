@@ -234,25 +234,33 @@ pub fn recover_header(spec: &'static Spec, frame: &[u8]) -> RecoveredHeader {
 }
 
 /// What can be read of a frame that does not parse, for a 30 that echoes what a network
-/// matches its answers on (DE 7, 32, 37, 41 beside DE 11): its fields read whole before
-/// its structure breaks, if it does (all of them, when only bytes are left over), less
-/// those whose content is wrong. `None` when not even its MTI and bitmap read.
+/// matches its answers on (DE 7, 32, 37, 41 beside DE 11), less the fields whose content
+/// is wrong. `None` when not even its MTI and bitmap read.
+///
+/// When only a field's content is wrong, every field is where the bitmap and the lengths
+/// put it. When the structure breaks (a field cut short, a length over its maximum, bytes
+/// left over), a wrong length before the break may have moved the bytes of any field into
+/// those after it: a track's discretionary data (its card verification value) read as
+/// DE 37 or DE 41, say. Then only the fields up to DE 11 are kept, which no track or PIN
+/// block comes before (DE 2's length, the one variable before DE 11 in ISO 8583, moves
+/// them by a few digits at most).
 pub fn readable_part(spec: &'static Spec, frame: Bytes) -> Option<Message> {
     let mut layout = Layout::new();
-    if let Err(
-        ParseError::TooLong { .. }
-        | ParseError::MtiTruncated { .. }
-        | ParseError::MtiInvalid { .. }
-        | ParseError::BitmapTruncated { .. }
-        | ParseError::BitmapInvalid { .. },
-    ) = parse_layout::<false, false>(spec, &frame, &mut layout)
-    {
-        return None;
-    }
+    let whole = match parse_layout::<false, false>(spec, &frame, &mut layout) {
+        Ok(()) => true,
+        Err(
+            ParseError::TooLong { .. }
+            | ParseError::MtiTruncated { .. }
+            | ParseError::MtiInvalid { .. }
+            | ParseError::BitmapTruncated { .. }
+            | ParseError::BitmapInvalid { .. },
+        ) => return None,
+        Err(_) => false,
+    };
     let mut part = Message::from_parts(spec, frame, layout);
     let wrong: Vec<usize> = part
         .field_numbers()
-        .filter(|&n| !content_ok_at(&part, n))
+        .filter(|&n| !content_ok_at(&part, n) || (!whole && n > 11))
         .collect();
     for n in wrong {
         part.remove(n);

@@ -109,8 +109,9 @@ pub enum Serving {
 /// layer (a sixth of the switch's CPU under load, measured with `perf`).
 type Msg = Box<Message>;
 
-/// Fields that carry card-verification data and never go back in an answer.
-const NOT_ECHOED: [usize; 4] = [35, 45, 52, 55];
+/// Fields that carry card-verification data and never go back in an answer: the tracks
+/// (2, 3, 1), the PIN block, the chip data.
+const NOT_ECHOED: [usize; 5] = [35, 36, 45, 52, 55];
 
 impl Flow {
     /// Handles one network request frame; `None` when nothing can be answered (a frame
