@@ -1956,6 +1956,86 @@ fn a_first_use_lock_is_freed_when_the_issuer_declines_every_hold_that_bound_it()
     }
 }
 
+/// Two holds at one shop with the issuer when vpan stops: in doubt after the restart,
+/// counted, the lock still bound by holds alone. The issuer declines both when their
+/// repeats ask it: the lock is free again, whichever is answered first (review of
+/// b0d2f60, which bound it for good once the holds were counted in doubt, so only the
+/// decline of the one that bound it could free it).
+#[test]
+fn a_first_use_lock_is_freed_when_the_issuer_declines_every_hold_left_in_doubt() {
+    for first_answered in [1u32, 2] {
+        let dir = tempfile::tempdir().unwrap();
+        let shop_a = |stan| request(*b"0100", 1_000, stan, "SHOP-A");
+        let key = {
+            let (cards, _) = open(dir.path());
+            let mut s = spec(10_000);
+            s.controls.merchant_lock = MerchantLock::FirstUse;
+            let key = issue(&cards, &s);
+            for stan in [1, 2] {
+                approval(cards.authorize(key, &shop_a(stan), NOW))
+                    .durable
+                    .wait()
+                    .unwrap();
+            }
+            key
+        };
+        let (cards, recovered) = open(dir.path());
+        assert_eq!(recovered.holds_counted_as_spent, 2);
+        assert_eq!(
+            cards.get(key).unwrap().merchant_bound,
+            AcceptorId::new(b"SHOP-A")
+        );
+        for stan in [first_answered, 3 - first_answered] {
+            let mut repeat = shop_a(stan);
+            repeat.mti = *b"0101";
+            let Decision::Replay(Replay::AskIssuer(hold)) = cards.authorize(key, &repeat, NOW)
+            else {
+                panic!("the issuer is asked");
+            };
+            cards
+                .settle_in_doubt(&hold, IssuerOutcome::Declined(ResponseCode(*b"05")), NOW)
+                .wait()
+                .unwrap();
+        }
+        let v = cards.get(key).unwrap();
+        let case = format!("stan {first_answered} answered first");
+        assert_eq!((v.spent, v.held, v.uses), (0, 0, 0), "{case}");
+        assert_eq!(v.merchant_bound, None, "{case}");
+        assert_eq!(
+            code(&cards.authorize(key, &request(*b"0100", 100, 9, "SHOP-B"), NOW)),
+            "00",
+            "{case}"
+        );
+    }
+}
+
+/// A refund at another shop, approved while a first-use lock is bound by holds alone,
+/// spends nothing and does not bind it for good: the issuer then declines both holds,
+/// and the lock is free (review of b0d2f60, where the refund's approval bound it).
+#[test]
+fn a_refund_elsewhere_does_not_bind_a_first_use_lock_held_by_holds_the_issuer_declines() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let mut s = spec(10_000);
+    s.controls.merchant_lock = MerchantLock::FirstUse;
+    let key = issue(&cards, &s);
+    let hold = |req: &vpan::cards::AuthRequest| {
+        let a = approval(cards.authorize(key, req, NOW));
+        a.durable.wait().unwrap();
+        a.hold
+    };
+    let holds = [1, 2].map(|stan| hold(&request(*b"0100", 1_000, stan, "SHOP-A")));
+    let mut refund = request(*b"0100", 500, 3, "SHOP-B");
+    refund.kind = Kind::Refund;
+    settle(&cards, &hold(&refund), IssuerOutcome::APPROVED);
+    for h in &holds {
+        settle(&cards, h, IssuerOutcome::Declined(ResponseCode(*b"05")));
+    }
+    let v = cards.get(key).unwrap();
+    assert_eq!((v.spent, v.held, v.uses), (0, 0, 0));
+    assert_eq!(v.merchant_bound, None, "nothing was spent at SHOP-A");
+}
+
 /// A snapshot taken while the only hold that bound a first-use lock is with the issuer:
 /// the lock comes back bound (the hold, in doubt after the restart, counts as spent).
 #[test]

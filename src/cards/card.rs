@@ -480,9 +480,9 @@ pub enum LockKind {
     FirstUseBound,
     /// Fixed to `Card::acceptor`.
     Acceptor,
-    /// First use, bound to `Card::acceptor` by holds the issuer has not answered yet: freed
-    /// again should it decline (or not answer) every one of them, bound for good once one
-    /// counts as spent. Decided on as `FirstUseBound`. (Last, so the numbers of the others
+    /// First use, bound to `Card::acceptor` by holds the issuer has not answered yet (or
+    /// left in doubt by a restart): freed again should it decline (or not answer) every one
+    /// of them, bound for good once it approves one. Decided on as `FirstUseBound`. (Last, so the numbers of the others
     /// in snapshots stay; a vpan from before 2026-12-06 refuses a snapshot holding it.)
     FirstUseHeld,
 }

@@ -242,6 +242,8 @@ pub fn apply_card(card: &mut Card, event: &Event) {
             }
             bind_merchant(card, t, LockKind::FirstUseHeld);
         }
+        // Counted as spent, but the issuer's answer is still to come: a first-use lock
+        // that holds alone bound stays so (see `confirm_binding`).
         Event::InDoubt(hold) => spend_hold(card, hold),
         Event::Outcome {
             hold,
@@ -253,9 +255,12 @@ pub fn apply_card(card: &mut Card, event: &Event) {
             ..
         } => {
             match (*in_doubt, *approved) {
-                (false, true) => spend_hold(card, hold),
+                (false, true) => {
+                    spend_hold(card, hold);
+                    confirm_binding(card, hold);
+                }
                 (false, false) => release_hold(card, hold),
-                (true, true) => {}
+                (true, true) => confirm_binding(card, hold),
                 (true, false) => unspend(card, hold),
             }
             if let Some(part) = part {
@@ -271,9 +276,9 @@ pub fn apply_card(card: &mut Card, event: &Event) {
                 };
             }
             // Nothing was approved at the merchant the holds bound the card to (another
-            // hold there may have been answered first, or be open still: then the last
-            // answer frees it), or what bound it, counted as spent while in doubt, was
-            // declined after all.
+            // hold there may have been answered first, or be open or in doubt still: then
+            // the last answer frees it). Or, the lock read from a snapshot of a vpan from
+            // before `FirstUseHeld`, the hold in doubt that bound it was declined after all.
             let bound_by_this = hold.binds_merchant && card.lock == LockKind::FirstUseBound;
             if !*approved
                 && (card.lock == LockKind::FirstUseHeld || bound_by_this)
@@ -341,7 +346,7 @@ pub fn apply_card(card: &mut Card, event: &Event) {
             }
             // Money moved: bound for good.
             bind_merchant(card, t, LockKind::FirstUseBound);
-            confirm_binding(card);
+            confirm_binding(card, t);
             history::record(
                 &mut card.history,
                 RecentTx {
@@ -382,7 +387,6 @@ fn spend_hold(card: &mut Card, hold: &TxEvent) {
     if hold.counts_use {
         card.uses = card.uses.saturating_add(1);
     }
-    confirm_binding(card);
 }
 
 /// A first-use lock binds to the merchant of the request that asks it to: `as_lock` says
@@ -398,11 +402,13 @@ fn bind_merchant(card: &mut Card, t: &TxEvent, as_lock: LockKind) {
     }
 }
 
-/// A first-use lock bound by holds alone is bound for good once something there counts
-/// as spent (an approval, a hold in doubt, an advice): every hold of a bound card is at
-/// its merchant.
-fn confirm_binding(card: &mut Card) {
-    if card.lock == LockKind::FirstUseHeld {
+/// A first-use lock bound by holds alone is bound for good once `t` moved money there:
+/// the issuer approved it, or it is an advice (every purchase of a bound card is at its
+/// merchant). Not a refund, which any merchant may make and which spends nothing, nor a
+/// hold a restart left in doubt, whose answer is still to come: the issuer may decline it
+/// and every other hold there.
+fn confirm_binding(card: &mut Card, t: &TxEvent) {
+    if card.lock == LockKind::FirstUseHeld && !t.refund {
         card.lock = LockKind::FirstUseBound;
     }
 }
