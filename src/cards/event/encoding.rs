@@ -487,7 +487,13 @@ impl Event {
                 at: g.u64()?,
             },
             TAG_DECLINED => {
-                let tx = get_txevent(&mut g)?;
+                let (mut tx, flags) = get_txevent_flagged(&mut g)?;
+                if flags & TX_REFUND_RECORDED == 0 && flags & 4 == 0 {
+                    // Written before the flag was: vpan's own declines charged nothing and
+                    // counted no use, as a refund did, so that guess does not hold here (a
+                    // card's history would list them as refunds).
+                    tx.refund = false;
+                }
                 let decided_by = match g.u8()? {
                     0 => DecidedBy::Issuer,
                     1 => DecidedBy::Switch,
@@ -867,6 +873,36 @@ mod tests {
             snap[flags] &= !(1 << 5 | 1 << 6);
             assert_eq!(read(&snap), is_refund, "a snapshot before the flag");
         }
+    }
+
+    /// vpan's own decline over the cap, as written before the refund flag: it charged
+    /// nothing and counted no use on a DE 4 that is not 0, as a refund did, and reads as no
+    /// refund (a card's history would list it as one after an upgrade).
+    #[test]
+    fn a_decline_recorded_before_the_refund_flag_reads_as_no_refund() {
+        let declined = |refund| Event::Declined {
+            tx: TxEvent {
+                amount: 0,
+                counts_use: false,
+                binds_merchant: false,
+                refund,
+                ..tx_event()
+            },
+            code: ResponseCode::OVER_LIMIT,
+            decided_by: DecidedBy::Switch,
+        };
+        let (mut buf, mut other) = (Vec::new(), Vec::new());
+        declined(false).encode(&mut buf);
+        declined(true).encode(&mut other);
+        let at = (0..buf.len()).find(|&i| buf[i] != other[i]).unwrap();
+        let read = |buf: &[u8]| match Event::decode(buf).unwrap() {
+            Event::Declined { tx, .. } => tx.refund,
+            _ => unreachable!(),
+        };
+        assert!(!read(&buf));
+        assert!(read(&other), "a refund's decline, recorded as one");
+        buf[at] &= !(4 | TX_REFUND_RECORDED);
+        assert!(!read(&buf), "before the flag");
     }
 
     #[test]
