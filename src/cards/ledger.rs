@@ -26,7 +26,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::ConcurrentMap;
 
@@ -364,7 +364,17 @@ pub struct Ledger {
     forgotten_young: AtomicU64,
     /// Bounds.
     config: LedgerConfig,
+    /// While a start replays the journal: each queue holds [`REPLAY_SLACK`] more than its
+    /// capacity (see [`Ledger::replaying`]).
+    replaying: AtomicBool,
 }
+
+/// What a queue may hold beyond its capacity while the journal is replayed. Two threads
+/// replay it, card by card, and file what they apply as they go, so the queues' order
+/// then is theirs, not serving's, by up to what the threads hold between them (a few
+/// batches of records); `rebuild_order` then forgets down to the capacity in serving's
+/// order.
+const REPLAY_SLACK: usize = 65_536;
 
 impl Ledger {
     /// An empty ledger.
@@ -388,7 +398,14 @@ impl Ledger {
             partials: ConcurrentMap::default(),
             forgotten_young: AtomicU64::new(0),
             config,
+            replaying: AtomicBool::new(false),
         }
+    }
+
+    /// Says a start's replay of the journal begins (`true`): until [`Ledger::rebuild_order`],
+    /// the queues forget for room only past [`REPLAY_SLACK`] more than their capacity.
+    pub(crate) fn replaying(&self, on: bool) {
+        self.replaying.store(on, Ordering::Relaxed);
     }
 
     /// A copy of the entry under `key`.
@@ -519,11 +536,17 @@ impl Ledger {
         order: &mut Fifo<(UnixSeconds, OriginalData)>,
         now: UnixSeconds,
     ) {
+        let slack = if self.replaying.load(Ordering::Relaxed) {
+            REPLAY_SLACK
+        } else {
+            0
+        };
         let capacity = match queue {
             Queue::Money => self.config.capacity,
             Queue::Declines => self.config.decline_capacity(),
             Queue::UnseenVoids => self.config.void_capacity(),
-        };
+        }
+        .saturating_add(slack);
         let horizon = now.saturating_sub(self.config.retention_secs);
         let mut requeued = 0;
         while let Some(&(at, key)) = order.front() {
@@ -595,6 +618,7 @@ impl Ledger {
     /// in will not do: two threads replay it, card by card.) One changed since (reversed,
     /// restated, settled after a restart) is kept longer than serving would have kept it.
     pub(crate) fn rebuild_order(&self) {
+        self.replaying(false);
         let mut all: Vec<(u64, UnixSeconds, OriginalData, Queue)> = self
             .entries
             .iter()

@@ -105,6 +105,7 @@ impl Cards {
         // The snapshot, if any: its header first (to size the index), then its records on
         // worker threads (cards and ledger entries are independent; decryption dominates).
         let ledger = Ledger::new(ledger);
+        ledger.replaying(true);
         let mut from_segment = 0u64;
         let mut next_lsn = 1u64;
         let mut cards_in_snapshot = 0u64;
@@ -255,12 +256,15 @@ impl Cards {
         // Durable holds the issuer never answered (as far as the journal knows): in doubt,
         // counted as spent. Journaled, so that what comes after (a reversal of one finding
         // it spent) replays onto the same state at the next start.
-        let open_holds: Vec<(OriginalData, TxEntry)> = ledger
+        let mut open_holds: Vec<(OriginalData, TxEntry)> = ledger
             .entries
             .iter()
             .filter(|e| e.state == TxState::Held)
             .map(|e| (*e.key(), *e.value()))
             .collect();
+        // Numbered in the order they were decided, not the map's: the retention order
+        // (`Ledger::rebuild_order`) follows these numbers, and forgets the oldest first.
+        open_holds.sort_unstable_by_key(|(_, e)| (e.at, e.lsn));
         let mut in_doubt = Vec::with_capacity(open_holds.len());
         for (tx, e) in open_holds {
             let event = Event::InDoubt(event::hold_of(tx, &e, next_lsn, e.at));
