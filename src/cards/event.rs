@@ -279,7 +279,9 @@ pub fn apply_card(card: &mut Card, event: &Event) {
             // hold there may have been answered first, or be open or in doubt still: then
             // the last answer frees it). Or, the lock read from a snapshot of a vpan from
             // before `FirstUseHeld`, the hold in doubt that bound it was declined after all.
-            let bound_by_this = hold.binds_merchant && card.lock == LockKind::FirstUseBound;
+            // (A lock an approval bound stays bound, even once reversed.)
+            let bound_by_this =
+                *in_doubt && hold.binds_merchant && card.lock == LockKind::FirstUseBound;
             if !*approved
                 && (card.lock == LockKind::FirstUseHeld || bound_by_this)
                 && card.uses == 0
@@ -344,9 +346,8 @@ pub fn apply_card(card: &mut Card, event: &Event) {
             if t.counts_use {
                 card.uses = card.uses.saturating_add(1);
             }
-            // Money moved: bound for good.
+            // Money moved: bound for good, where it moved.
             bind_merchant(card, t, LockKind::FirstUseBound);
-            confirm_binding(card, t);
             history::record(
                 &mut card.history,
                 RecentTx {
@@ -391,10 +392,13 @@ fn spend_hold(card: &mut Card, hold: &TxEvent) {
 
 /// A first-use lock binds to the merchant of the request that asks it to: `as_lock` says
 /// how, [`LockKind::FirstUseHeld`] for a hold, [`LockKind::FirstUseBound`] for money
-/// that moved.
+/// that moved (an advice), which also binds over holds elsewhere the issuer has not
+/// approved: its merchant, not theirs, is where the card was first used.
 fn bind_merchant(card: &mut Card, t: &TxEvent, as_lock: LockKind) {
+    let free = card.lock == LockKind::FirstUseUnbound
+        || (card.lock == LockKind::FirstUseHeld && as_lock == LockKind::FirstUseBound);
     if t.binds_merchant
-        && card.lock == LockKind::FirstUseUnbound
+        && free
         && let Some(a) = t.acceptor
     {
         card.lock = as_lock;
@@ -402,13 +406,13 @@ fn bind_merchant(card: &mut Card, t: &TxEvent, as_lock: LockKind) {
     }
 }
 
-/// A first-use lock bound by holds alone is bound for good once `t` moved money there:
-/// the issuer approved it, or it is an advice (every purchase of a bound card is at its
-/// merchant). Not a refund, which any merchant may make and which spends nothing, nor a
-/// hold a restart left in doubt, whose answer is still to come: the issuer may decline it
-/// and every other hold there.
+/// A first-use lock bound by holds alone is bound for good once the issuer approves one
+/// of them (`t`, at its merchant). Not on a refund, which any merchant may make and
+/// which spends nothing, nor on a hold a restart left in doubt, whose answer is still to
+/// come: the issuer may decline it and every other hold there. (An advice binds in
+/// `bind_merchant`.)
 fn confirm_binding(card: &mut Card, t: &TxEvent) {
-    if card.lock == LockKind::FirstUseHeld && !t.refund {
+    if card.lock == LockKind::FirstUseHeld && !t.refund && t.acceptor == Some(card.acceptor) {
         card.lock = LockKind::FirstUseBound;
     }
 }

@@ -238,9 +238,13 @@ impl Cards {
             (Kind::Purchase, Some(amount)) if amount > 0 => (amount, true),
             (Kind::Purchase, _) => (unsized_advice(card, card_key, given_back), true),
         };
-        // As a request: a refund binds no first-use merchant.
+        // As a request: a refund binds no first-use merchant. Money that moved binds it
+        // where it moved, also over holds elsewhere that the issuer has yet to approve.
         let binds = req.kind != Kind::Refund
-            && card.lock == LockKind::FirstUseUnbound
+            && matches!(
+                card.lock,
+                LockKind::FirstUseUnbound | LockKind::FirstUseHeld
+            )
             && req.acceptor.is_some();
         let event = Event::Advised(tx_event(
             self.lsn(),
