@@ -2194,6 +2194,86 @@ fn a_first_use_lock_an_approval_bound_stays_bound_when_the_hold_that_first_bound
     );
 }
 
+/// A first-use lock bound for good (by the issuer's approval of a second hold, or by a
+/// stand-in's advice, there), what bound it then reversed in full, stays bound when, after
+/// a restart, the issuer declines the hold in doubt that bound it first (review of
+/// ba4efe0, where the decline's old rule for holds in doubt freed it).
+#[test]
+fn a_lock_bound_for_good_stays_so_when_the_hold_in_doubt_that_first_bound_it_is_declined() {
+    for by_advice in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let shop_a = |mti, stan, amount| request(mti, amount, stan, "SHOP-A");
+        let key = {
+            let (cards, _) = open(dir.path());
+            let mut s = spec(10_000);
+            s.controls.merchant_lock = MerchantLock::FirstUse;
+            let key = issue(&cards, &s);
+            approval(cards.authorize(key, &shop_a(*b"0100", 1, 1_000), NOW))
+                .durable
+                .wait()
+                .unwrap();
+            if by_advice {
+                recorded(cards.advice(key, &shop_a(*b"0120", 2, 500), NOW));
+            } else {
+                let second = approval(cards.authorize(key, &shop_a(*b"0100", 2, 1_000), NOW));
+                second.durable.wait().unwrap();
+                settle(&cards, &second.hold, IssuerOutcome::APPROVED);
+            }
+            assert!(given_back(cards.reverse(key, &reversal(2, None), NOW)) > 0);
+            key
+        };
+        let (cards, recovered) = open(dir.path());
+        assert_eq!(recovered.holds_counted_as_spent, 1);
+        let mut repeat = shop_a(*b"0101", 1, 1_000);
+        repeat.mti = *b"0101";
+        let Decision::Replay(Replay::AskIssuer(hold)) = cards.authorize(key, &repeat, NOW) else {
+            panic!("the issuer is asked");
+        };
+        cards
+            .settle_in_doubt(&hold, IssuerOutcome::Declined(ResponseCode(*b"05")), NOW)
+            .wait()
+            .unwrap();
+        let case = if by_advice {
+            "an advice"
+        } else {
+            "an approval"
+        };
+        assert_eq!(
+            cards.get(key).unwrap().merchant_bound,
+            AcceptorId::new(b"SHOP-A"),
+            "{case}"
+        );
+        assert_eq!(
+            code(&cards.authorize(key, &request(*b"0100", 100, 9, "SHOP-B"), NOW)),
+            "57",
+            "{case}"
+        );
+    }
+}
+
+/// A stand-in's zero-amount verification advice at another shop moves no money, so it
+/// does not take a first-use lock away from the shop a hold bound it to, which the issuer
+/// then approves (review of ba4efe0, where it rebound the card to the verifying shop).
+#[test]
+fn a_verification_advice_elsewhere_does_not_move_a_first_use_lock_held_at_another_shop() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let mut s = spec(10_000);
+    s.controls.merchant_lock = MerchantLock::FirstUse;
+    let key = issue(&cards, &s);
+    let a = approval(cards.authorize(key, &request(*b"0100", 1_000, 1, "SHOP-A"), NOW));
+    a.durable.wait().unwrap();
+    recorded(cards.advice(key, &request(*b"0120", 0, 2, "SHOP-B"), NOW));
+    settle(&cards, &a.hold, IssuerOutcome::APPROVED);
+    let v = cards.get(key).unwrap();
+    assert_eq!((v.spent, v.held, v.uses), (1_000, 0, 1));
+    assert_eq!(v.merchant_bound, AcceptorId::new(b"SHOP-A"));
+    assert_eq!(
+        code(&cards.authorize(key, &request(*b"0100", 100, 3, "SHOP-B"), NOW)),
+        "57"
+    );
+}
+
 /// A snapshot taken while the only hold that bound a first-use lock is with the issuer:
 /// the lock comes back bound (the hold, in doubt after the restart, counts as spent).
 #[test]

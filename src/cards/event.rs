@@ -275,15 +275,13 @@ pub fn apply_card(card: &mut Card, event: &Event) {
                     card.spent.saturating_add(stands - hold.amount)
                 };
             }
-            // Nothing was approved at the merchant the holds bound the card to (another
-            // hold there may have been answered first, or be open or in doubt still: then
-            // the last answer frees it). Or, the lock read from a snapshot of a vpan from
-            // before `FirstUseHeld`, the hold in doubt that bound it was declined after all.
-            // (A lock an approval bound stays bound, even once reversed.)
-            let bound_by_this =
-                *in_doubt && hold.binds_merchant && card.lock == LockKind::FirstUseBound;
+            // Nothing was approved at the merchant the holds bound the card to: freed once
+            // no hold there is open or in doubt any more (another may have been answered
+            // first, or be waiting still: then the last answer frees it). In the held state
+            // nothing else counts as spent or as a use: money that moved binds for good. A
+            // lock bound for good stays so, even once what bound it is reversed.
             if !*approved
-                && (card.lock == LockKind::FirstUseHeld || bound_by_this)
+                && card.lock == LockKind::FirstUseHeld
                 && card.uses == 0
                 && card.held == 0
                 && card.spent == 0
@@ -348,6 +346,7 @@ pub fn apply_card(card: &mut Card, event: &Event) {
             }
             // Money moved: bound for good, where it moved.
             bind_merchant(card, t, LockKind::FirstUseBound);
+            confirm_binding(card, t);
             history::record(
                 &mut card.history,
                 RecentTx {
@@ -391,12 +390,14 @@ fn spend_hold(card: &mut Card, hold: &TxEvent) {
 }
 
 /// A first-use lock binds to the merchant of the request that asks it to: `as_lock` says
-/// how, [`LockKind::FirstUseHeld`] for a hold, [`LockKind::FirstUseBound`] for money
-/// that moved (an advice), which also binds over holds elsewhere the issuer has not
+/// how, [`LockKind::FirstUseHeld`] for a hold, [`LockKind::FirstUseBound`] for an advice.
+/// An advice that moved money also binds over holds elsewhere the issuer has not
 /// approved: its merchant, not theirs, is where the card was first used.
 fn bind_merchant(card: &mut Card, t: &TxEvent, as_lock: LockKind) {
     let free = card.lock == LockKind::FirstUseUnbound
-        || (card.lock == LockKind::FirstUseHeld && as_lock == LockKind::FirstUseBound);
+        || (card.lock == LockKind::FirstUseHeld
+            && as_lock == LockKind::FirstUseBound
+            && moved_money(t));
     if t.binds_merchant
         && free
         && let Some(a) = t.acceptor
@@ -406,15 +407,21 @@ fn bind_merchant(card: &mut Card, t: &TxEvent, as_lock: LockKind) {
     }
 }
 
-/// A first-use lock bound by holds alone is bound for good once the issuer approves one
-/// of them (`t`, at its merchant). Not on a refund, which any merchant may make and
-/// which spends nothing, nor on a hold a restart left in doubt, whose answer is still to
-/// come: the issuer may decline it and every other hold there. (An advice binds in
-/// `bind_merchant`.)
+/// A first-use lock bound by holds alone is bound for good once money moves at its
+/// merchant (`t` there): the issuer approved one of them, or a stand-in's advice reports
+/// it (asked of the record, not of what `t` said it binds: a journal written before the
+/// held state had an advice there bind nothing). Not on a hold a restart left in doubt,
+/// whose answer is still to come: the issuer may decline it and every other hold there.
 fn confirm_binding(card: &mut Card, t: &TxEvent) {
-    if card.lock == LockKind::FirstUseHeld && !t.refund && t.acceptor == Some(card.acceptor) {
+    if card.lock == LockKind::FirstUseHeld && moved_money(t) && t.acceptor == Some(card.acceptor) {
         card.lock = LockKind::FirstUseBound;
     }
+}
+
+/// Whether `t` moved money onto the card: not a refund, which any merchant may make and
+/// which spends nothing, nor a zero-amount verification.
+fn moved_money(t: &TxEvent) -> bool {
+    !t.refund && t.amount > 0
 }
 
 /// What was counted as spent (a hold in doubt) is given back, and its use.
