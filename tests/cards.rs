@@ -2274,6 +2274,53 @@ fn a_verification_advice_elsewhere_does_not_move_a_first_use_lock_held_at_anothe
     );
 }
 
+/// The issuer's approval of a hold binds a first-use lock for good, whatever it held: a
+/// zero-amount verification, or a purchase the acquirer reversed in full while the issuer
+/// had it (before or after the approval). A later purchase there that the issuer declines
+/// changes nothing (review of ef28cda: such approvals left the lock held with nothing
+/// open, and the later decline freed it, so the order of a reversal and an approval, or
+/// an unrelated decline, decided whether the card could be used elsewhere).
+#[test]
+fn an_approval_there_binds_a_first_use_lock_for_good_whatever_it_held() {
+    for case in [
+        "verification",
+        "reversed, then approved",
+        "approved, then reversed",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (cards, _) = open(dir.path());
+        let mut s = spec(10_000);
+        s.controls.merchant_lock = MerchantLock::FirstUse;
+        let key = issue(&cards, &s);
+        let amount = if case == "verification" { 0 } else { 1_000 };
+        let first = approval(cards.authorize(key, &request(*b"0100", amount, 1, "SHOP-A"), NOW));
+        first.durable.wait().unwrap();
+        if case == "reversed, then approved" {
+            given_back(cards.reverse(key, &reversal(1, None), NOW));
+        }
+        settle(&cards, &first.hold, IssuerOutcome::APPROVED);
+        if case == "approved, then reversed" {
+            given_back(cards.reverse(key, &reversal(1, None), NOW));
+        }
+        let later = approval(cards.authorize(key, &request(*b"0100", 1_000, 2, "SHOP-A"), NOW));
+        settle(
+            &cards,
+            &later.hold,
+            IssuerOutcome::Declined(ResponseCode(*b"51")),
+        );
+        assert_eq!(
+            cards.get(key).unwrap().merchant_bound,
+            AcceptorId::new(b"SHOP-A"),
+            "{case}"
+        );
+        assert_eq!(
+            code(&cards.authorize(key, &request(*b"0100", 100, 3, "SHOP-B"), NOW)),
+            "57",
+            "{case}"
+        );
+    }
+}
+
 /// A snapshot taken while the only hold that bound a first-use lock is with the issuer:
 /// the lock comes back bound (the hold, in doubt after the restart, counts as spent).
 #[test]

@@ -407,19 +407,22 @@ fn bind_merchant(card: &mut Card, t: &TxEvent, as_lock: LockKind) {
     }
 }
 
-/// A first-use lock bound by holds alone is bound for good once money moves at its
-/// merchant (`t` there): the issuer approved one of them, or a stand-in's advice reports
-/// it (asked of the record, not of what `t` said it binds: a journal written before the
-/// held state had an advice there bind nothing). Not on a hold a restart left in doubt,
-/// whose answer is still to come: the issuer may decline it and every other hold there.
+/// A first-use lock bound by holds alone is bound for good once the card is used at its
+/// merchant (`t` there): the issuer approved one of them (a zero-amount verification too,
+/// and one the acquirer reversed while it waited: the card was used there either way), or
+/// a stand-in's advice reports it (asked of the record, not of what `t` said it binds: a
+/// journal written before the held state had an advice there bind nothing). Not by a
+/// refund, which any merchant may make, nor on a hold a restart left in doubt, whose
+/// answer is still to come: the issuer may decline it and every other hold there.
 fn confirm_binding(card: &mut Card, t: &TxEvent) {
-    if card.lock == LockKind::FirstUseHeld && moved_money(t) && t.acceptor == Some(card.acceptor) {
+    if card.lock == LockKind::FirstUseHeld && !t.refund && t.acceptor == Some(card.acceptor) {
         card.lock = LockKind::FirstUseBound;
     }
 }
 
-/// Whether `t` moved money onto the card: not a refund, which any merchant may make and
-/// which spends nothing, nor a zero-amount verification.
+/// Whether `t` moved money onto the card, enough to take a lock held elsewhere: not a
+/// refund, which any merchant may make and which spends nothing, nor a zero-amount
+/// verification.
 fn moved_money(t: &TxEvent) -> bool {
     !t.refund && t.amount > 0
 }
