@@ -594,22 +594,13 @@ fn a_restart_forgets_what_the_running_switch_would_forget_a_late_answer_included
         let dir = tempfile::tempdir().unwrap();
         let (cards, _) = open_with(dir.path(), ledger);
         let key = issue(&cards, &spec(100_000));
-        let held = |cards: &Cards, stan: u32, at: u64| {
-            let a = approval(cards.authorize(key, &purchase(1_000, stan), at));
-            a.durable.wait().unwrap();
-            a.hold
-        };
         // Decided at t+1, answered at t+4, after two decided and answered in between.
-        let late = held(&cards, 1, NOW + 1);
-        for (stan, at) in [(2, NOW + 2), (3, NOW + 3)] {
-            let h = held(&cards, stan, at);
-            cards
-                .complete(&h, IssuerOutcome::APPROVED, at)
-                .wait()
-                .unwrap();
-        }
+        let late = approval(cards.authorize(key, &purchase(1_000, 1), NOW + 1));
+        late.durable.wait().unwrap();
+        approved_at(&cards, key, 2, NOW + 2);
+        approved_at(&cards, key, 3, NOW + 3);
         cards
-            .complete(&late, IssuerOutcome::APPROVED, NOW + 4)
+            .complete(&late.hold, IssuerOutcome::APPROVED, NOW + 4)
             .wait()
             .unwrap();
         let cards = if restart {
@@ -620,13 +611,9 @@ fn a_restart_forgets_what_the_running_switch_would_forget_a_late_answer_included
         };
         // One more: the ledger (room for two) forgets its oldest filed, the purchase of
         // t+2.
-        let h = held(&cards, 4, NOW + 5);
-        cards
-            .complete(&h, IssuerOutcome::APPROVED, NOW + 5)
-            .wait()
-            .unwrap();
+        approved_at(&cards, key, 4, NOW + 5);
         assert_eq!(
-            given_back(cards.reverse(key, &reversal(1, None), NOW + 6)),
+            reversed_at(&cards, key, 1, NOW + 6),
             1_000,
             "restart: {restart}"
         );
@@ -635,13 +622,37 @@ fn a_restart_forgets_what_the_running_switch_would_forget_a_late_answer_included
     assert_eq!(spent_after, [3_000, 3_000]);
 }
 
-/// The same with two cards whose records two replay threads apply apart (a card's go to
-/// the thread of its key's parity): the order the replay happens to file them in is not
-/// serving's, and a start does not keep it (a review of the first fix, which kept it).
-#[test]
-fn a_restart_keeps_the_retention_order_across_cards_replayed_apart() {
-    let ledger = ledger_of(2, 7 * 86_400);
-    let mut outcomes = Vec::new();
+/// A purchase of 10.00 under `stan`, decided and approved by the issuer at `at`.
+fn approved_at(cards: &Cards, key: CardKey, stan: u32, at: u64) {
+    let h = approval(cards.authorize(key, &purchase(1_000, stan), at)).hold;
+    cards
+        .complete(&h, IssuerOutcome::APPROVED, at)
+        .wait()
+        .unwrap();
+}
+
+/// What a full reversal of the purchase under `stan` gives back at `at` (0 when it finds
+/// nothing to give back, the original forgotten).
+fn reversed_at(cards: &Cards, key: CardKey, stan: u32, at: u64) -> u64 {
+    match cards.reverse(key, &reversal(stan, None), at) {
+        ReversalOutcome::Reversed { returned, durable } => {
+            durable.wait().unwrap();
+            returned
+        }
+        _ => 0,
+    }
+}
+
+/// `history` on two cards whose records two replay threads apply apart (a card's go to
+/// the thread of its key's parity; the first one's given 3,000 declines to replay, so
+/// that the other files first), then `after`: what `after` saw without a restart between
+/// the two, then with one.
+fn across_a_restart_on_two_cards_replayed_apart<T>(
+    ledger: vpan::cards::LedgerConfig,
+    history: impl Fn(&Cards, CardKey, CardKey),
+    after: impl Fn(&Cards, CardKey, CardKey) -> T,
+) -> Vec<T> {
+    let mut seen = Vec::new();
     for restart in [false, true] {
         let dir = tempfile::tempdir().unwrap();
         let (cards, _) = open_with(dir.path(), ledger);
@@ -655,39 +666,47 @@ fn a_restart_keeps_the_retention_order_across_cards_replayed_apart() {
             }
         }
         let (a, b) = (even.unwrap(), odd.unwrap());
-        // Work for card a's replay thread, so that the other files first.
         for stan in 100_000..103_000 {
             let d = cards.authorize(a, &purchase(1_000_000_000, stan), NOW);
             assert!(matches!(d, Decision::Decline(_)), "{d:?}");
         }
-        let approved_at = |cards: &Cards, key, stan, at| {
-            let h = approval(cards.authorize(key, &purchase(1_000, stan), at)).hold;
-            cards
-                .complete(&h, IssuerOutcome::APPROVED, at)
-                .wait()
-                .unwrap();
-        };
-        approved_at(&cards, a, 1, NOW + 1);
-        approved_at(&cards, b, 2, NOW + 2);
+        history(&cards, a, b);
         let cards = if restart {
             drop(cards);
             open_with(dir.path(), ledger).0
         } else {
             cards
         };
-        // Forgets the oldest filed: serving's is the purchase on card a.
-        approved_at(&cards, b, 3, NOW + 3);
-        let back = |key, stan| match cards.reverse(key, &reversal(stan, None), NOW + 4) {
-            ReversalOutcome::Reversed { returned, durable } => {
-                durable.wait().unwrap();
-                returned
-            }
-            _ => 0,
-        };
-        outcomes.push((back(a, 1), back(b, 2)));
+        seen.push(after(&cards, a, b));
     }
-    assert_eq!(outcomes[0], (0, 1_000), "serving");
-    assert_eq!(outcomes[1], outcomes[0], "after a restart");
+    seen
+}
+
+/// The same with two cards whose records two replay threads apply apart: the order the
+/// replay happens to file them in is not serving's, and a start does not keep it (a
+/// review of the first fix, which kept it).
+#[test]
+fn a_restart_keeps_the_retention_order_across_cards_replayed_apart() {
+    let outcomes = across_a_restart_on_two_cards_replayed_apart(
+        ledger_of(2, 7 * 86_400),
+        |cards, a, b| {
+            approved_at(cards, a, 1, NOW + 1);
+            approved_at(cards, b, 2, NOW + 2);
+        },
+        |cards, a, b| {
+            // Forgets the oldest filed: serving's is the purchase on card a.
+            approved_at(cards, b, 3, NOW + 3);
+            (
+                reversed_at(cards, a, 1, NOW + 4),
+                reversed_at(cards, b, 2, NOW + 4),
+            )
+        },
+    );
+    assert_eq!(
+        outcomes,
+        [(0, 1_000), (0, 1_000)],
+        "serving, then after a restart"
+    );
 }
 
 /// Room for two, and four purchases on two cards replayed apart: serving forgot the first
@@ -696,53 +715,25 @@ fn a_restart_keeps_the_retention_order_across_cards_replayed_apart() {
 /// other card's purchases pushed out the last purchase serving had kept).
 #[test]
 fn a_restart_keeps_what_serving_kept_when_the_replay_forgets_for_room() {
-    let ledger = ledger_of(2, 7 * 86_400);
-    let mut outcomes = Vec::new();
-    for restart in [false, true] {
-        let dir = tempfile::tempdir().unwrap();
-        let (cards, _) = open_with(dir.path(), ledger);
-        let (mut even, mut odd) = (None, None);
-        while even.is_none() || odd.is_none() {
-            let k = issue(&cards, &spec(100_000_000));
-            if k.raw().is_multiple_of(2) {
-                even.get_or_insert(k);
-            } else {
-                odd.get_or_insert(k);
+    let outcomes = across_a_restart_on_two_cards_replayed_apart(
+        ledger_of(2, 7 * 86_400),
+        |cards, a, b| {
+            for (key, stan) in [(a, 1), (b, 2), (a, 3), (b, 4)] {
+                approved_at(cards, key, stan, NOW + u64::from(stan));
             }
-        }
-        let (a, b) = (even.unwrap(), odd.unwrap());
-        for stan in 100_000..103_000 {
-            let d = cards.authorize(a, &purchase(1_000_000_000, stan), NOW);
-            assert!(matches!(d, Decision::Decline(_)), "{d:?}");
-        }
-        let approved_at = |cards: &Cards, key, stan, at| {
-            let h = approval(cards.authorize(key, &purchase(1_000, stan), at)).hold;
-            cards
-                .complete(&h, IssuerOutcome::APPROVED, at)
-                .wait()
-                .unwrap();
-        };
-        approved_at(&cards, a, 1, NOW + 1);
-        approved_at(&cards, b, 2, NOW + 2);
-        approved_at(&cards, a, 3, NOW + 3);
-        approved_at(&cards, b, 4, NOW + 4);
-        let cards = if restart {
-            drop(cards);
-            open_with(dir.path(), ledger).0
-        } else {
-            cards
-        };
-        let back = |key, stan| match cards.reverse(key, &reversal(stan, None), NOW + 5) {
-            ReversalOutcome::Reversed { returned, durable } => {
-                durable.wait().unwrap();
-                returned
-            }
-            _ => 0,
-        };
-        outcomes.push((back(a, 3), back(b, 4)));
-    }
-    assert_eq!(outcomes[0], (1_000, 1_000), "serving");
-    assert_eq!(outcomes[1], outcomes[0], "after a restart");
+        },
+        |cards, a, b| {
+            (
+                reversed_at(cards, a, 3, NOW + 5),
+                reversed_at(cards, b, 4, NOW + 5),
+            )
+        },
+    );
+    assert_eq!(
+        outcomes,
+        [(1_000, 1_000), (1_000, 1_000)],
+        "serving, then after a restart"
+    );
 }
 
 /// Two holds left in doubt by a restart, decided ten seconds apart, and room for two:
@@ -767,18 +758,8 @@ fn holds_left_in_doubt_are_forgotten_oldest_first() {
         };
         let (cards, recovered) = open_with(dir.path(), ledger);
         assert_eq!(recovered.holds_counted_as_spent, 2);
-        let h = approval(cards.authorize(key, &purchase(1_000, 10 * t + 3), NOW + 20)).hold;
-        cards
-            .complete(&h, IssuerOutcome::APPROVED, NOW + 20)
-            .wait()
-            .unwrap();
-        let back = |stan| match cards.reverse(key, &reversal(stan, None), NOW + 30) {
-            ReversalOutcome::Reversed { returned, durable } => {
-                durable.wait().unwrap();
-                returned
-            }
-            _ => 0,
-        };
+        approved_at(&cards, key, 10 * t + 3, NOW + 20);
+        let back = |stan| reversed_at(&cards, key, stan, NOW + 30);
         assert_eq!((back(older), back(newer)), (0, 1_000), "trial {t}");
     }
 }
@@ -1648,9 +1629,7 @@ fn the_full_reversal_of_an_advice_counted_when_nothing_was_left_gives_its_use_ba
 fn credits_of_every_kind_bind_no_first_use_merchant_and_pass_on_a_closed_card() {
     let dir = tempfile::tempdir().unwrap();
     let (cards, _) = open(dir.path());
-    let mut s = spec(10_000);
-    s.controls.merchant_lock = MerchantLock::FirstUse;
-    let key = issue(&cards, &s);
+    let key = first_use_card(&cards);
     // A refund advice from SHOP-B: the card stays free for its first purchase.
     let mut refund = request(*b"0220", 2_000, 1, "SHOP-B");
     refund.kind = Kind::classify(b"200000", 2_000);
@@ -1950,13 +1929,40 @@ fn a_card_past_its_validity_is_counted_expired_not_active() {
     );
 }
 
+/// A card of 100.00 with a first-use merchant lock.
+fn first_use_card(cards: &Cards) -> CardKey {
+    let mut s = spec(10_000);
+    s.controls.merchant_lock = MerchantLock::FirstUse;
+    issue(cards, &s)
+}
+
+/// `amount` at `shop` under `stan`, approved by vpan and held, durably, for the issuer.
+fn held_at(cards: &Cards, key: CardKey, amount: u64, stan: u32, shop: &str) -> Hold {
+    let a = approval(cards.authorize(key, &request(*b"0100", amount, stan, shop), NOW));
+    a.durable.wait().unwrap();
+    a.hold
+}
+
+/// The shop a first-use lock holds the card to (`None`: free), as the API shows it and as
+/// a purchase at another shop finds it (57 while bound, approved when free).
+fn assert_bound_to(cards: &Cards, key: CardKey, shop: Option<&str>, case: &str) {
+    let bound = shop.and_then(|s| AcceptorId::new(s.as_bytes()));
+    assert_eq!(cards.get(key).unwrap().merchant_bound, bound, "{case}");
+    let elsewhere = if shop == Some("SHOP-B") {
+        "SHOP-C"
+    } else {
+        "SHOP-B"
+    };
+    let want = if shop.is_some() { "57" } else { "00" };
+    let purchase = request(*b"0100", 100, 99, elsewhere);
+    assert_eq!(code(&cards.authorize(key, &purchase, NOW)), want, "{case}");
+}
+
 #[test]
 fn a_first_use_lock_binds_to_the_first_approved_merchant() {
     let dir = tempfile::tempdir().unwrap();
     let (cards, _) = open(dir.path());
-    let mut s = spec(10_000);
-    s.controls.merchant_lock = MerchantLock::FirstUse;
-    let key = issue(&cards, &s);
+    let key = first_use_card(&cards);
     // The issuer declines the first try: the lock is free again.
     let first = approval(cards.authorize(key, &request(*b"0100", 100, 1, "SHOP-B"), NOW));
     assert_eq!(
@@ -2000,9 +2006,7 @@ fn a_first_use_lock_is_freed_when_the_issuer_declines_every_hold_that_bound_it()
         );
         let dir = tempfile::tempdir().unwrap();
         let (cards, _) = open(dir.path());
-        let mut s = spec(10_000);
-        s.controls.merchant_lock = MerchantLock::FirstUse;
-        let key = issue(&cards, &s);
+        let key = first_use_card(&cards);
         let holds = [1, 2].map(|stan| {
             let a = approval(cards.authorize(key, &request(*b"0100", 1_000, stan, "SHOP-A"), NOW));
             a.durable.wait().unwrap();
@@ -2061,9 +2065,7 @@ fn a_first_use_lock_is_freed_when_the_issuer_declines_every_hold_left_in_doubt()
         let shop_a = |stan| request(*b"0100", 1_000, stan, "SHOP-A");
         let key = {
             let (cards, _) = open(dir.path());
-            let mut s = spec(10_000);
-            s.controls.merchant_lock = MerchantLock::FirstUse;
-            let key = issue(&cards, &s);
+            let key = first_use_card(&cards);
             for stan in [1, 2] {
                 approval(cards.authorize(key, &shop_a(stan), NOW))
                     .durable
@@ -2109,9 +2111,7 @@ fn a_first_use_lock_is_freed_when_the_issuer_declines_every_hold_left_in_doubt()
 fn a_refund_elsewhere_does_not_bind_a_first_use_lock_held_by_holds_the_issuer_declines() {
     let dir = tempfile::tempdir().unwrap();
     let (cards, _) = open(dir.path());
-    let mut s = spec(10_000);
-    s.controls.merchant_lock = MerchantLock::FirstUse;
-    let key = issue(&cards, &s);
+    let key = first_use_card(&cards);
     let hold = |req: &vpan::cards::AuthRequest| {
         let a = approval(cards.authorize(key, req, NOW));
         a.durable.wait().unwrap();
@@ -2137,17 +2137,10 @@ fn a_refund_elsewhere_does_not_bind_a_first_use_lock_held_by_holds_the_issuer_de
 fn an_advice_at_another_shop_binds_a_first_use_lock_held_by_a_hold_elsewhere_where_it_moved() {
     let dir = tempfile::tempdir().unwrap();
     let (cards, _) = open(dir.path());
-    let mut s = spec(10_000);
-    s.controls.merchant_lock = MerchantLock::FirstUse;
-    let key = issue(&cards, &s);
-    let a = approval(cards.authorize(key, &request(*b"0100", 1_000, 1, "SHOP-A"), NOW));
-    a.durable.wait().unwrap();
+    let key = first_use_card(&cards);
+    let a = held_at(&cards, key, 1_000, 1, "SHOP-A");
     recorded(cards.advice(key, &request(*b"0120", 500, 2, "SHOP-B"), NOW));
-    settle(
-        &cards,
-        &a.hold,
-        IssuerOutcome::Declined(ResponseCode(*b"05")),
-    );
+    settle(&cards, &a, IssuerOutcome::Declined(ResponseCode(*b"05")));
     let v = cards.get(key).unwrap();
     assert_eq!((v.spent, v.held), (500, 0));
     assert_eq!(v.merchant_bound, AcceptorId::new(b"SHOP-B"));
@@ -2165,9 +2158,7 @@ fn an_advice_at_another_shop_binds_a_first_use_lock_held_by_a_hold_elsewhere_whe
 fn a_first_use_lock_an_approval_bound_stays_bound_when_the_hold_that_first_bound_it_is_declined() {
     let dir = tempfile::tempdir().unwrap();
     let (cards, _) = open(dir.path());
-    let mut s = spec(10_000);
-    s.controls.merchant_lock = MerchantLock::FirstUse;
-    let key = issue(&cards, &s);
+    let key = first_use_card(&cards);
     let hold = |stan| {
         let a = approval(cards.authorize(key, &request(*b"0100", 1_000, stan, "SHOP-A"), NOW));
         a.durable.wait().unwrap();
@@ -2205,9 +2196,7 @@ fn a_lock_bound_for_good_stays_so_when_the_hold_in_doubt_that_first_bound_it_is_
         let shop_a = |mti, stan, amount| request(mti, amount, stan, "SHOP-A");
         let key = {
             let (cards, _) = open(dir.path());
-            let mut s = spec(10_000);
-            s.controls.merchant_lock = MerchantLock::FirstUse;
-            let key = issue(&cards, &s);
+            let key = first_use_card(&cards);
             approval(cards.authorize(key, &shop_a(*b"0100", 1, 1_000), NOW))
                 .durable
                 .wait()
@@ -2238,16 +2227,7 @@ fn a_lock_bound_for_good_stays_so_when_the_hold_in_doubt_that_first_bound_it_is_
         } else {
             "an approval"
         };
-        assert_eq!(
-            cards.get(key).unwrap().merchant_bound,
-            AcceptorId::new(b"SHOP-A"),
-            "{case}"
-        );
-        assert_eq!(
-            code(&cards.authorize(key, &request(*b"0100", 100, 9, "SHOP-B"), NOW)),
-            "57",
-            "{case}"
-        );
+        assert_bound_to(&cards, key, Some("SHOP-A"), case);
     }
 }
 
@@ -2258,20 +2238,13 @@ fn a_lock_bound_for_good_stays_so_when_the_hold_in_doubt_that_first_bound_it_is_
 fn a_verification_advice_elsewhere_does_not_move_a_first_use_lock_held_at_another_shop() {
     let dir = tempfile::tempdir().unwrap();
     let (cards, _) = open(dir.path());
-    let mut s = spec(10_000);
-    s.controls.merchant_lock = MerchantLock::FirstUse;
-    let key = issue(&cards, &s);
-    let a = approval(cards.authorize(key, &request(*b"0100", 1_000, 1, "SHOP-A"), NOW));
-    a.durable.wait().unwrap();
+    let key = first_use_card(&cards);
+    let a = held_at(&cards, key, 1_000, 1, "SHOP-A");
     recorded(cards.advice(key, &request(*b"0120", 0, 2, "SHOP-B"), NOW));
-    settle(&cards, &a.hold, IssuerOutcome::APPROVED);
+    settle(&cards, &a, IssuerOutcome::APPROVED);
     let v = cards.get(key).unwrap();
     assert_eq!((v.spent, v.held, v.uses), (1_000, 0, 1));
-    assert_eq!(v.merchant_bound, AcceptorId::new(b"SHOP-A"));
-    assert_eq!(
-        code(&cards.authorize(key, &request(*b"0100", 100, 3, "SHOP-B"), NOW)),
-        "57"
-    );
+    assert_bound_to(&cards, key, Some("SHOP-A"), "");
 }
 
 /// The issuer's approval of a hold binds a first-use lock for good, whatever it held: a
@@ -2289,35 +2262,23 @@ fn an_approval_there_binds_a_first_use_lock_for_good_whatever_it_held() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         let (cards, _) = open(dir.path());
-        let mut s = spec(10_000);
-        s.controls.merchant_lock = MerchantLock::FirstUse;
-        let key = issue(&cards, &s);
+        let key = first_use_card(&cards);
         let amount = if case == "verification" { 0 } else { 1_000 };
-        let first = approval(cards.authorize(key, &request(*b"0100", amount, 1, "SHOP-A"), NOW));
-        first.durable.wait().unwrap();
+        let first = held_at(&cards, key, amount, 1, "SHOP-A");
         if case == "reversed, then approved" {
             given_back(cards.reverse(key, &reversal(1, None), NOW));
         }
-        settle(&cards, &first.hold, IssuerOutcome::APPROVED);
+        settle(&cards, &first, IssuerOutcome::APPROVED);
         if case == "approved, then reversed" {
             given_back(cards.reverse(key, &reversal(1, None), NOW));
         }
-        let later = approval(cards.authorize(key, &request(*b"0100", 1_000, 2, "SHOP-A"), NOW));
+        let later = held_at(&cards, key, 1_000, 2, "SHOP-A");
         settle(
             &cards,
-            &later.hold,
+            &later,
             IssuerOutcome::Declined(ResponseCode(*b"51")),
         );
-        assert_eq!(
-            cards.get(key).unwrap().merchant_bound,
-            AcceptorId::new(b"SHOP-A"),
-            "{case}"
-        );
-        assert_eq!(
-            code(&cards.authorize(key, &request(*b"0100", 100, 3, "SHOP-B"), NOW)),
-            "57",
-            "{case}"
-        );
+        assert_bound_to(&cards, key, Some("SHOP-A"), case);
     }
 }
 
@@ -2327,21 +2288,14 @@ fn an_approval_there_binds_a_first_use_lock_for_good_whatever_it_held() {
 fn a_first_use_lock_bound_by_an_open_hold_comes_back_from_a_snapshot_bound() {
     let dir = tempfile::tempdir().unwrap();
     let (cards, _) = open(dir.path());
-    let mut s = spec(10_000);
-    s.controls.merchant_lock = MerchantLock::FirstUse;
-    let key = issue(&cards, &s);
-    let a = approval(cards.authorize(key, &request(*b"0100", 1_000, 1, "SHOP-A"), NOW));
-    a.durable.wait().unwrap();
+    let key = first_use_card(&cards);
+    held_at(&cards, key, 1_000, 1, "SHOP-A");
     cards.snapshot().unwrap();
     drop(cards);
     let (cards, _) = open(dir.path());
     let v = cards.get(key).unwrap();
     assert_eq!((v.spent, v.held), (1_000, 0), "in doubt, counted");
-    assert_eq!(v.merchant_bound, AcceptorId::new(b"SHOP-A"));
-    assert_eq!(
-        code(&cards.authorize(key, &request(*b"0100", 100, 2, "SHOP-B"), NOW)),
-        "57"
-    );
+    assert_bound_to(&cards, key, Some("SHOP-A"), "");
 }
 
 #[test]
