@@ -201,8 +201,10 @@ pub struct RecoveredHeader {
 /// asks (30 "when MTI and DE 11 can be read"): a frame cut short after it, or with bytes
 /// left over, still says to what it is answered. Where the structure breaks before it,
 /// it is not read. (A wrong length on DE 2 that the structure absorbs shifts DE 11 too:
-/// the 30 then goes under six digits the network did not send as a STAN, which it cannot
-/// match to a request of its own unless DE 41 and the rest shifted onto one as well.)
+/// the 30 then goes under six digits the network did not send as a STAN. A network that
+/// matches answers on DE 11 alone may take it for a request of its own that has those
+/// digits; one that matches on DE 41 too cannot, since [`readable_part`] keeps no field
+/// after DE 11 of a broken frame.)
 pub fn recover_header(spec: &'static Spec, frame: &[u8]) -> RecoveredHeader {
     let mut layout = Layout::new();
     let res = parse_layout::<false, false>(spec, frame, &mut layout);
