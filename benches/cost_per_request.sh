@@ -9,8 +9,8 @@
 # of `vpan loadgen` (4 connections, 64 in flight): through the proxy, through the switch on
 # cards it does not hold (passthrough: no card, no journal), and through the switch on
 # virtual-card approvals (journal on). `perf stat` counts the middle process's system calls
-# and context switches over each run (kernel tracepoints: needs perf, and root or
-# kernel.perf_event_paranoid <= 1); its user and system time come from /proc.
+# and context switches over each run (kernel tracepoints: needs perf, and root, as the
+# switch marks itself not dumpable); its user and system time come from /proc.
 #
 #   E2E_PREPARE_ONLY=/tmp/e2e-hand cargo bench --bench e2e     # once: cards, traffic, proxy
 #   benches/cost_per_request.sh target/release/vpan 10000 6 /tmp [/tmp/e2e-hand]

@@ -90,7 +90,10 @@ fn main() -> ExitCode {
         }
         Command::Demo(args) => {
             logging::init_quiet(LogFormat::Human);
-            return match runtime().and_then(|rt| rt.block_on(tools::demo::run_cli(args))) {
+            let demo = vpan::store::crypto::no_core_dumps()
+                .and_then(|()| runtime())
+                .and_then(|rt| rt.block_on(tools::demo::run_cli(args)));
+            return match demo {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => {
                     eprintln!("vpan: the demo ran, and some of its checks failed (see the report)");
@@ -194,6 +197,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
 
 /// `vpan serve` once its logging is set up.
 fn serve_logging(args: ServeArgs) -> Result<(), String> {
+    vpan::store::crypto::no_core_dumps()?;
     let env = vpan::config::vpan_env_vars().map_err(|e| e.to_string())?;
     for var in vpan::config::env_vars_naming_no_section(&env) {
         // Masked here too, not left to the log writer alone: the name is outside text.

@@ -202,25 +202,43 @@ fn is_separator(c: char) -> bool {
 /// The length in bytes of the separator at the start of `text` (0 if none): one
 /// [`is_separator`] character, or an escape as `{:?}` writes a tab, a line break or an
 /// invisible character (`\t`, `\n`, `\r`, `\0`, and any `\u{…}` of one to six hex
-/// digits), as serde and vpan's own errors quote a value they could not read.
+/// digits), as serde and vpan's own errors quote a value they could not read; or as a JSON
+/// string writes a control character (`\u0009`). The escape's backslash may be escaped
+/// again, by a JSON log line that holds such a quote (`\\t`).
 fn separator_len(text: &str) -> usize {
-    if let Some(escaped) = text.strip_prefix('\\') {
-        if escaped.starts_with(['t', 'n', 'r', '0']) {
-            return 2;
-        }
-        // `\u{` and one to six hex digits, then `}`: looked for in the next 7 bytes only.
-        let Some(hex) = escaped.strip_prefix("u{") else {
-            return 0;
-        };
-        return match hex.bytes().take(7).position(|b| b == b'}') {
-            Some(len @ 1..=6) if hex.as_bytes()[..len].iter().all(u8::is_ascii_hexdigit) => len + 4,
-            _ => 0,
+    // Looked for in the next few bytes only: a long run of backslashes is no separator.
+    let slashes = text.bytes().take(4).take_while(|&b| b == b'\\').count();
+    if slashes > 0 {
+        return match escape_len(&text[slashes..]) {
+            0 => 0,
+            len => slashes + len,
         };
     }
     text.chars()
         .next()
         .filter(|&c| is_separator(c))
         .map_or(0, char::len_utf8)
+}
+
+/// The length of an escape's body after its backslashes (0 if none): `t`, `n`, `r`, `0`,
+/// `u{` with one to six hex digits and `}`, or `u` with four hex digits.
+fn escape_len(escaped: &str) -> usize {
+    if escaped.starts_with(['t', 'n', 'r', '0']) {
+        return 1;
+    }
+    let Some(code) = escaped.strip_prefix('u') else {
+        return 0;
+    };
+    let hex = |s: &[u8]| s.iter().all(u8::is_ascii_hexdigit);
+    match code.strip_prefix('{') {
+        // `u{…}`: the closing brace looked for in the next 7 bytes only.
+        Some(braced) => match braced.bytes().take(7).position(|b| b == b'}') {
+            Some(len @ 1..=6) if hex(&braced.as_bytes()[..len]) => len + 3,
+            _ => 0,
+        },
+        None if code.len() >= 4 && hex(&code.as_bytes()[..4]) => 5,
+        None => 0,
+    }
 }
 
 /// How many bytes of `text` from `at` join two groups of digits, with a digit after them
@@ -552,6 +570,12 @@ mod tests {
             "\\n",
             "\\u{200b}",
             "\\u{a0}",
+            // Such a quote in a JSON log line, its backslash escaped again; and a control
+            // character as JSON writes it.
+            "\\\\t",
+            "\\\\u{1}",
+            "\\u0009",
+            "\\u0001",
         ];
         for sep in separators {
             assert_eq!(
@@ -575,6 +599,7 @@ mod tests {
             "stans 000001 - 999999",
             "at 22:04:01.123456, \\u{1F600} 1234 \\t 5678",
             "a backslash \\ and \\u{zz} 4970 \\u{1234567} 1012",
+            "five of them \\\\\\\\\\t 1234 \\u00 5678 \\uzzzz 9012",
         ] {
             assert_eq!(mask_card_numbers(text), text);
         }

@@ -130,23 +130,7 @@ impl std::fmt::Display for Rekeyed {
 
 /// `vpan rekey`: reads the configuration as `vpan serve` does, copies, prints the report.
 pub fn run_cli(args: Args) -> Result<(), String> {
-    // Every real PAN of the store is in this process's memory, in the clear: a core dump
-    // (a crash, a signal) must not write them out. The systemd unit does the same for
-    // `vpan serve` (LimitCORE=0); a rekey is run by hand, outside it.
-    #[cfg(target_os = "linux")]
-    rustix::process::setrlimit(
-        rustix::process::Resource::Core,
-        rustix::process::Rlimit {
-            current: Some(0),
-            maximum: Some(0),
-        },
-    )
-    .map_err(|e| format!("turning core dumps off: {e}"))?;
-    // And for a core pattern that pipes to a collector, which the limit does not bind; it
-    // keeps other processes of the same user from reading this one's memory, too.
-    #[cfg(target_os = "linux")]
-    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
-        .map_err(|e| format!("turning core dumps off: {e}"))?;
+    crate::store::crypto::no_core_dumps()?;
     let env = crate::config::vpan_env_vars().map_err(|e| e.to_string())?;
     let config = Config::load(args.config.as_deref(), env).map_err(|e| e.to_string())?;
     let done = rekey(&config, &args.into, args.new_key_file.as_deref())?;

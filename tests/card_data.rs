@@ -305,6 +305,12 @@ async fn leak_hunt(json_logs: bool) {
     // name it refuses, text from outside that only the log writer's masking stands before.
     let in_sni = numbers.real(&test_pan(REAL_PREFIX, 16));
     tls_hello_naming(api_addr, in_sni.expose()).await;
+    // The same in groups joined by tabs: rustls quotes the name with `{:?}` (`4970\t1012…`),
+    // and a JSON line escapes that backslash again (`4970\\t1012…`).
+    let in_sni_by_tabs = numbers.real(&test_pan(REAL_PREFIX, 16));
+    let digits = in_sni_by_tabs.expose();
+    let by_tabs: Vec<&str> = (0..4).map(|i| &digits[i * 4..i * 4 + 4]).collect();
+    tls_hello_naming(api_addr, &by_tabs.join("\t")).await;
 
     // Cards through the API.
     let real_a = numbers.real(&test_pan(REAL_PREFIX, 16));
@@ -685,9 +691,20 @@ async fn leak_hunt(json_logs: bool) {
         serve_out.as_bytes(),
         false,
     );
+    // A number in groups is no run of digits for the search above: each line is read
+    // again as its digits alone.
+    for line in serve_out.lines() {
+        let digits: String = line.chars().filter(char::is_ascii_digit).collect();
+        assert!(
+            !digits.contains(in_sni_by_tabs.expose()),
+            "{}: a card number in groups: {line}",
+            place("vpan serve stdout/stderr")
+        );
+    }
     // Logged, masked: the searches above found them hidden, not missing.
     for (what, number) in [
         ("the TLS server name", &in_sni),
+        ("the TLS server name in groups", &in_sni_by_tabs),
         ("the variable", &in_a_variable),
     ] {
         assert!(
@@ -801,6 +818,23 @@ fn run_vpan(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> (bool, 
     (out.status.success(), text)
 }
 
+/// `vpan serve` on `data_dir` with its listeners on port 0 and no issuer there, its
+/// output in `dir`.
+fn serve_alone(dir: &Path, data_dir: &Path) -> Proc {
+    Proc::spawn(
+        dir,
+        "serve",
+        &["serve"],
+        &[
+            ("VPAN_NETWORK_LISTEN", "127.0.0.1:0"),
+            ("VPAN_API_LISTEN", "127.0.0.1:0"),
+            ("VPAN_METRICS_LISTEN", "127.0.0.1:0"),
+            ("VPAN_ISSUER_CONNECT", "127.0.0.1:9"),
+            ("VPAN_STORE_DATA_DIR", data_dir.to_str().unwrap()),
+        ],
+    )
+}
+
 /// Sends a TLS 1.2/1.3 ClientHello asking for server `name` (its only extension, SNI) and
 /// reads until the server closes: the handshake fails, after the name was read.
 async fn tls_hello_naming(addr: SocketAddr, name: &str) {
@@ -898,19 +932,7 @@ fn a_short_api_token_is_warned_of_at_start_and_never_logged() {
         let token_file = data_dir.join("api-token");
         std::fs::write(&token_file, format!("{token}\n")).unwrap();
         std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let data = data_dir.to_str().unwrap();
-        let mut serve = Proc::spawn(
-            dir.path(),
-            "serve",
-            &["serve"],
-            &[
-                ("VPAN_NETWORK_LISTEN", "127.0.0.1:0"),
-                ("VPAN_API_LISTEN", "127.0.0.1:0"),
-                ("VPAN_METRICS_LISTEN", "127.0.0.1:0"),
-                ("VPAN_ISSUER_CONNECT", "127.0.0.1:9"),
-                ("VPAN_STORE_DATA_DIR", data),
-            ],
-        );
+        let mut serve = serve_alone(dir.path(), &data_dir);
         serve.address_logged("API listener bound");
         serve.terminate();
         let log = serve.output();
@@ -962,4 +984,28 @@ fn a_card_number_split_or_escaped_in_an_error_is_masked_as_printed() {
             "vpan {args:?} ({env:?}) printed no masked card number: {text}"
         );
     }
+}
+
+/// `vpan serve` holds every card's real PAN in the clear in memory: it turns core dumps off
+/// itself (both limits at 0), as `vpan rekey` does, whatever runs it (a shell, a container,
+/// `vpan demo`), not only under the systemd unit's `LimitCORE=0`.
+#[test]
+fn the_switch_turns_its_core_dumps_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = serve_alone(dir.path(), &dir.path().join("data"));
+    serve.address_logged("API listener bound");
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", serve.child.id())).unwrap();
+    let core: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .expect("a core size line in /proc/PID/limits")
+        .split_whitespace()
+        .skip(4)
+        .take(2)
+        .collect();
+    assert_eq!(
+        core,
+        ["0", "0"],
+        "the core size limits (soft, hard):\n{limits}"
+    );
 }

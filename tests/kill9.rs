@@ -2525,3 +2525,60 @@ async fn a_timed_out_repeat_of_a_purchase_reversed_in_part_is_answered_91_as_the
         "the host heard {heard:?} after the ask"
     );
 }
+
+/// The network's reversal of an approved purchase carries track 2, a PIN block and chip
+/// data; the issuer does not answer it, and it is owed. The book keeps it without them
+/// (no card-verification data is kept after the authorization, PCI DSS 3.3.1, sealed or
+/// not): what the next start sends has the real card in DE 2 and none of them (review of
+/// a0e96a5: the network's reversal was kept as it went to the issuer, track 2 with the
+/// real PAN and all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reversal_owed_keeps_no_card_verification_data_across_a_restart() {
+    let rig = ScriptedHost::new("300").await;
+    let (card, real) = issue_cards(&rig.data_dir, 1, 1_000_000).await.remove(0);
+    let (serve, mut host) = rig.start().await;
+    let mut net = Client::connect(serve.network).await;
+    let request = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 500);
+    net.send(&request).await;
+    let at_host = host_message(&mut host, Duration::from_secs(10))
+        .await
+        .unwrap();
+    host_answer(&mut host, &at_host, b"0110", b"00").await;
+    assert_eq!(code(&net.answer(request.stan().unwrap()).await), "00");
+    // The network's reversal carries track 2, a PIN block and chip data.
+    let mut reversal = reversal_of(&mut net, &request);
+    let track2 = format!(
+        "{}={}1011234567890123",
+        std::str::from_utf8(card.vpan.as_bytes()).unwrap(),
+        std::str::from_utf8(&card.expiry.0).unwrap()
+    );
+    reversal.set(35, track2.as_bytes()).unwrap();
+    reversal.set(52, b"0123456789ABCDEF").unwrap();
+    reversal.set(55, b"9F2608AABBCCDDEEFF0011").unwrap();
+    let reversal = Message::parse(Spec::iso87ascii(), reversal.pack()).unwrap();
+    net.send(&reversal).await;
+    let first = host_message(&mut host, Duration::from_secs(10))
+        .await
+        .expect("the reversal reaches the host");
+    // The host says nothing: owed, written before the network's 91.
+    assert_eq!(code(&net.answer(reversal.stan().unwrap()).await), "91");
+    serve.stop("KILL").await;
+    drop(host);
+    // What the next start reads back from the book of reversals owed.
+    let (serve, mut host) = rig.start().await;
+    assert_eq!(serve.recovered["reversals_owed"], 1, "{}", serve.recovered);
+    let owed = host_message(&mut host, Duration::from_secs(15))
+        .await
+        .expect("the reversal owed goes out");
+    assert_eq!(owed.raw(90), first.raw(90));
+    assert_eq!(owed.pan(), Some(Ok(real)));
+    assert!(
+        first.has(35) && first.has(52) && first.has(55),
+        "went on live as sent"
+    );
+    let kept: Vec<usize> = [35, 36, 45, 52, 55]
+        .into_iter()
+        .filter(|&n| owed.has(n))
+        .collect();
+    assert!(kept.is_empty(), "card-verification data kept: DE {kept:?}");
+}

@@ -101,6 +101,11 @@ pub struct Message {
 
 const REMOVED: u16 = u16::MAX;
 
+/// The fields that carry card-verification data: the tracks (2, 3, 1), the PIN block, the
+/// chip data. No answer echoes them, and none is kept once the authorization is decided
+/// (PCI DSS 3.3.1), encrypted or not.
+pub const CARD_VERIFICATION_DATA: [usize; 5] = [35, 36, 45, 52, 55];
+
 impl Message {
     pub(crate) fn from_parts(spec: &'static Spec, buf: Bytes, layout: Layout) -> Message {
         Message {
@@ -343,6 +348,22 @@ impl Message {
     /// Sets DE 2 (e.g. swapping the virtual number for the real one).
     pub fn set_pan(&mut self, pan: &Pan) -> Result<(), EditError> {
         self.set(2, pan.as_bytes())
+    }
+
+    /// Removes the [`CARD_VERIFICATION_DATA`], for a message that is kept (a reversal
+    /// owed, on disk) or built to go on without them (a reversal vpan makes). The card
+    /// number stays: put in DE 2 when the message carried it in track 2 alone, where the
+    /// layout has a DE 2 to put it in.
+    pub fn remove_card_verification_data(&mut self) {
+        if self.pan().is_none()
+            && let Some(Ok(card)) = self.card_number()
+        {
+            // A layout without DE 2 (or too short a one) keeps the message without it.
+            let _ = self.set_pan(&card);
+        }
+        for n in CARD_VERIFICATION_DATA {
+            self.remove(n);
+        }
     }
 
     /// DE 3, processing code (its first two digits are the transaction type).
@@ -867,6 +888,32 @@ mod tests {
             parsed.field_numbers().collect::<Vec<_>>(),
             vec![2, 3, 39, 70, 128]
         );
+    }
+
+    #[test]
+    fn card_verification_data_goes_and_the_card_number_stays_in_de_2() {
+        let card = crate::pan::test_pan("497010");
+        for with_de2 in [true, false] {
+            let mut m = Message::new(Spec::iso87ascii(), b"0400").unwrap();
+            if with_de2 {
+                m.set(2, card.as_bytes()).unwrap();
+            }
+            m.set(35, format!("{card}=29121011234567890").as_bytes())
+                .unwrap();
+            m.set(45, format!("B{card}^HOLDER/A^2912101").as_bytes())
+                .unwrap();
+            m.set(52, b"0123456789ABCDEF").unwrap();
+            m.set(55, b"9F2608AABBCCDDEEFF0011").unwrap();
+            m.set(90, &[b'0'; 42]).unwrap();
+            m.remove_card_verification_data();
+            let m = Message::parse(Spec::iso87ascii(), m.pack()).unwrap();
+            assert_eq!(
+                m.field_numbers().collect::<Vec<_>>(),
+                [2, 90],
+                "with DE 2 {with_de2}"
+            );
+            assert_eq!(m.text(2).as_deref(), Some(card.as_bytes()));
+        }
     }
 
     #[test]

@@ -46,7 +46,9 @@ mod shape;
 pub mod spec;
 
 pub use codec::{Frame, FrameCodec, FrameError, Framing};
-pub use message::{FieldText, Message, OriginalData, ReplacementAmounts, Track2};
+pub use message::{
+    CARD_VERIFICATION_DATA, FieldText, Message, OriginalData, ReplacementAmounts, Track2,
+};
 pub use pack::EditError;
 pub use parse::{ErrorLocation, ParseError, RecoveredHeader, parse, readable_part, recover_header};
 pub use spec::{

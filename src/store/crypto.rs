@@ -25,6 +25,29 @@ use super::StoreError;
 use super::marker::MarkerKey;
 use crate::pan::Pan;
 
+/// Turns this process's core dumps off: once the store is open, every real PAN is in its
+/// memory in the clear, and a crash or a signal must not write them to a core file. Both
+/// limits go to 0, so that nothing later in the process raises the soft one again; and the
+/// process is marked not dumpable, for a core pattern that pipes to a collector (which the
+/// limit does not bind), which also keeps other processes of the same user from reading
+/// its memory (a debugger or `perf` attaching to it then needs root). `vpan serve`,
+/// `vpan demo` and `vpan rekey` call it first, whatever runs them: a shell, a container,
+/// the systemd unit (which sets `LimitCORE=0` as well).
+pub fn no_core_dumps() -> Result<(), String> {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::process::{DumpableBehavior, Resource, Rlimit, set_dumpable_behavior};
+        let none = Rlimit {
+            current: Some(0),
+            maximum: Some(0),
+        };
+        rustix::process::setrlimit(Resource::Core, none)
+            .and_then(|()| set_dumpable_behavior(DumpableBehavior::NotDumpable))
+            .map_err(|e| format!("turning core dumps off: {e}"))?;
+    }
+    Ok(())
+}
+
 /// Bytes of nonce in front of each ciphertext.
 pub const NONCE_BYTES: usize = 12;
 

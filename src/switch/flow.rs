@@ -31,7 +31,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::cards::{CardKey, Cards, DecidedBy, ResponseCode};
-use crate::iso8583::{Message, Spec, readable_part, recover_header};
+use crate::iso8583::{CARD_VERIFICATION_DATA, Message, Spec, readable_part, recover_header};
 use crate::metrics as m;
 use crate::pan::Pan;
 use crate::store::StoreError;
@@ -108,10 +108,6 @@ pub enum Serving {
 /// async layer holding one by value made the per-request future 6.5 KB, copied at every
 /// layer (a sixth of the switch's CPU under load, measured with `perf`).
 type Msg = Box<Message>;
-
-/// Fields that carry card-verification data and never go back in an answer: the tracks
-/// (2, 3, 1), the PIN block, the chip data.
-const NOT_ECHOED: [usize; 5] = [35, 36, 45, 52, 55];
 
 impl Flow {
     /// Handles one network request frame; `None` when nothing can be answered (a frame
@@ -287,7 +283,7 @@ impl Flow {
         crate::logging::throttled!(warn, error = why, "malformed request answered 30");
         answer.set_mti(&response_mti(mti)).ok()?;
         // The link's MAC is put on afresh; the request's own does not belong in the answer.
-        for n in NOT_ECHOED.into_iter().chain([64, 128]) {
+        for n in CARD_VERIFICATION_DATA.into_iter().chain([64, 128]) {
             answer.remove(n);
         }
         answer.set_response_code(b"30").ok()?;
@@ -319,7 +315,7 @@ impl Flow {
     fn local_answer(&self, request: &Message, code: ResponseCode) -> Option<Msg> {
         let mut answer = Box::new(request.clone());
         answer.set_mti(&response_mti(request.mti())).ok()?;
-        for n in NOT_ECHOED {
+        for n in CARD_VERIFICATION_DATA {
             answer.remove(n);
         }
         if answer.set_response_code(&code.0).is_err() {

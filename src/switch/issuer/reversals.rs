@@ -204,14 +204,14 @@ impl IssuerLink {
     }
 
     /// A new debt for `reversal`: the request's hold on it, and its record for the caller
-    /// to write.
+    /// to write, which holds no card-verification data whatever the caller passed.
     pub(super) fn owe(&self, reversal: &Message) -> (DebtHeld, Box<Owed>) {
         let id = self.inner.owed.next_id();
         let (written, written_rx) = watch::channel(false);
         let owed = Owed {
             book: self.inner.owed.clone(),
             id,
-            reversal: reversal.pack(),
+            reversal: without_card_verification_data(reversal),
             recorded: false,
             written,
         };
@@ -278,6 +278,9 @@ impl IssuerLink {
         // before the debt does (and be applied): so it goes as a repeat (0401, 0421), which
         // a host that never heard of it takes for the reversal itself.
         reversal.mark_repeat();
+        // It went to the issuer as the network sent it, track 2 and all; as a debt it goes
+        // as it is kept (see [`IssuerLink::owe`]), the same at every try.
+        reversal.remove_card_verification_data();
         let (debt, owed) = match reversal_identity(&reversal) {
             Some(identity) => match self.inner.reversals_owed.entry(identity) {
                 dashmap::Entry::Occupied(_) => return None,
@@ -584,6 +587,15 @@ pub(super) fn needs_reversal(mti: &[u8; 4]) -> bool {
     matches!(mti[1], b'1' | b'2') && mti[2] == b'0'
 }
 
+/// `reversal` as it is kept while owed: packed, without card-verification data (the
+/// network's reversal may carry its track 2, PIN block and chip data on, which the issuer
+/// may have live but which are not kept, not even sealed).
+fn without_card_verification_data(reversal: &Message) -> Bytes {
+    let mut kept = reversal.clone();
+    kept.remove_card_verification_data();
+    kept.pack()
+}
+
 /// A 0400 reversing `original` in full: its identifying fields, and DE 90 naming it.
 pub fn reversal_for(original: &Message) -> Result<Message, IssuerError> {
     let mut rev = original.clone();
@@ -598,10 +610,8 @@ pub fn reversal_for(original: &Message) -> Result<Message, IssuerError> {
         &original.transmission_time().unwrap_or([b'0'; 10]),
         original.acquirer().as_deref().unwrap_or_default(),
     );
-    // A reversal carries no card-verification data.
-    for n in [35, 45, 52, 55] {
-        rev.remove(n);
-    }
+    // A reversal carries no card-verification data, and it may be kept on disk, owed.
+    rev.remove_card_verification_data();
     rev.set(7, &transmission_time(unix_now()))
         .map_err(|_| IssuerError::Encode)?;
     rev.set(90, &de90).map_err(|_| IssuerError::Encode)?;
