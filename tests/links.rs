@@ -1666,3 +1666,107 @@ async fn a_reversal_owed_waits_while_another_request_holds_its_stamp_rather_than
     host_answers(&mut host, &last, b"00").await;
     rig.stop().await;
 }
+
+/// Terminal 1's purchase `a` on `net`, approved in time; then another acquirer's
+/// terminal's purchase `b` on `other` under the same STAN (STANs are the terminals' own),
+/// which goes out under that stamp; the host sends A's answer a second time (a
+/// retransmission), then declines B 51. Returns what B's network hears, and A's answer as
+/// the host sent it.
+async fn a_duplicate_answer_meets_another_terminals_purchase(
+    host: &mut HostSide,
+    (net, a): (&mut Client, &Message),
+    (other, b): (&mut Client, Message),
+) -> (Message, Message) {
+    net.send(a).await;
+    let at_host_a = next_message(host).await;
+    let mut answer_a = at_host_a.clone();
+    answer_a.set_mti(b"0110").unwrap();
+    answer_a.set_response_code(b"00").unwrap();
+    send(host, &answer_a).await;
+    let stan = a.stan().unwrap();
+    assert_eq!(code(&net.answer(stan).await), "00");
+    let mut b = b;
+    b.set(11, &stan).unwrap();
+    b.set(32, b"99999").unwrap();
+    b.set(41, b"TERM0002").unwrap();
+    let b = Message::parse(Spec::iso87ascii(), b.pack()).unwrap();
+    other.send(&b).await;
+    let at_host_b = next_message(host).await;
+    assert_eq!(
+        at_host_b.stan(),
+        at_host_a.stan(),
+        "the same DE 11 at the host"
+    );
+    send(host, &answer_a).await;
+    host_answers(host, &at_host_b, b"51").await;
+    let heard = other.answer(stan).await;
+    assert_eq!(
+        heard.raw(41),
+        Some(&b"TERM0002"[..]),
+        "B's terminal in B's answer"
+    );
+    (heard, answer_a)
+}
+
+/// A duplicate of the approval of a purchase on a vPAN, which comes after another
+/// terminal's purchase on a card vpan did not issue took its stamp, is not that purchase's
+/// answer: it would approve what the host declined, and hand that terminal's network the
+/// vPAN's real card number (review of d457f50: an answer was checked against its
+/// request's DE 32 and DE 41 only under a stamp freed by a timeout).
+#[tokio::test]
+async fn a_duplicate_answer_is_not_handed_to_another_terminals_request_under_its_stan() {
+    let (rig, mut host) = signed_on_host(3000).await;
+    let mut net = Client::connect(rig.network).await;
+    let mut other = Client::connect(rig.network).await;
+    let (card, real) = rig.issue(|c| c.amount_limit = 4_000).await;
+    let a = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 300);
+    let b = purchase(&mut other, b"0100", &test_pan("512345", 16), b"2912", 700);
+    let (heard, answer_a) = a_duplicate_answer_meets_another_terminals_purchase(
+        &mut host,
+        (&mut net, &a),
+        (&mut other, b),
+    )
+    .await;
+    assert_eq!(
+        answer_a.raw(2),
+        Some(real.as_bytes()),
+        "the host echoed the real card"
+    );
+    assert_eq!(
+        code(&heard),
+        "51",
+        "B's own answer, not A's duplicate approval"
+    );
+    assert!(
+        !heard
+            .pack()
+            .windows(real.as_bytes().len())
+            .any(|w| w == real.as_bytes()),
+        "the vPAN's real card number reached another terminal's network"
+    );
+    rig.stop().await;
+}
+
+/// The same with B on a vPAN: the card counts nothing of what the issuer declined.
+#[tokio::test]
+async fn a_duplicate_answer_does_not_approve_another_terminals_purchase_on_a_vpan() {
+    let (rig, mut host) = signed_on_host(3000).await;
+    let mut net = Client::connect(rig.network).await;
+    let mut other = Client::connect(rig.network).await;
+    let (card, _) = rig.issue(|c| c.amount_limit = 4_000).await;
+    let a = purchase(&mut net, b"0100", &test_pan("497010", 16), b"2912", 300);
+    let b = purchase(&mut other, b"0100", &card.vpan, &card.expiry.0, 4_000);
+    let (heard, _) = a_duplicate_answer_meets_another_terminals_purchase(
+        &mut host,
+        (&mut net, &a),
+        (&mut other, b),
+    )
+    .await;
+    let view = rig.cards.get(CardKey::of(&card.vpan)).unwrap();
+    assert_eq!(
+        (code(&heard), view.spent, view.held),
+        ("51".to_string(), 0, 0),
+        "the issuer declined B: neither the network nor the card may count it approved"
+    );
+    rig.stop().await;
+}

@@ -58,7 +58,7 @@ pub use reversals::{Owed, reversal_for, reversal_undone};
 pub use stamps::RESTAMPED_KEPT;
 
 use reversals::{DebtHeld, needs_reversal};
-use stamps::{Echoed, Freed, Identity, Meeting, Restamped, identity, meeting};
+use stamps::{Echoed, Identity, Meeting, Restamped, identity, meeting};
 
 /// How the link is set up: the `[issuer]` section, resolved.
 #[derive(Debug, Clone)]
@@ -183,10 +183,10 @@ struct Pending {
     /// The STAN the network sent it with (`sent` carries the stamp): a request that
     /// meets it under its stamp is its repeat only if it has this STAN too.
     network_stan: Option<[u8; 6]>,
-    /// Its acquirer and terminal, which its answer must echo, when its stamp was another
-    /// request's not long ago (that one's late answer may still come); `None` otherwise,
-    /// which is almost always, so that the common answer costs no check.
-    echoed: Option<Echoed>,
+    /// Its card, acquirer and terminal, which its answer must echo: its stamp may have
+    /// been another request's a moment ago, whose answer may still come (late, after a
+    /// timeout, or again, from a host that sends an answer twice).
+    echoed: Echoed,
     /// When it was queued for writing, for the issuer latency histogram and the sweep.
     sent_at: Instant,
     /// When its caller stops waiting.
@@ -246,9 +246,6 @@ struct Inner {
     /// own STAN), for the reversal's repeats: apart from `restamped`, which every request
     /// looks in, so that timeout reversals do not make every approval look.
     named_waiting: Restamped,
-    /// Stamps given up on without an answer (timed out, or forgotten), whose late answer
-    /// may still come, for a while.
-    freed: Freed,
     /// The network's reversals owed ([`IssuerLink::owe_reversal`]), by their identity: the
     /// debt's number.
     reversals_owed: ConcurrentMap<Identity, u64>,
@@ -301,7 +298,6 @@ impl IssuerLink {
                 pending: ConcurrentMap::default(),
                 restamped: Restamped::default(),
                 named_waiting: Restamped::default(),
-                freed: Freed::default(),
                 reversals_owed: ConcurrentMap::default(),
                 reversals: AtomicUsize::new(0),
                 reversals_out: tokio::sync::Semaphore::new(reversals::REVERSALS_AT_ONCE),
@@ -600,10 +596,7 @@ impl IssuerLink {
                         sent: sent.clone(),
                         mti: request.mti(),
                         network_stan,
-                        echoed: inner
-                            .freed
-                            .contains(&candidate)
-                            .then(|| Echoed::of(&request)),
+                        echoed: Echoed::of(&request),
                         sent_at,
                         deadline: sent_at + timeout,
                         conn,
@@ -683,13 +676,15 @@ impl IssuerLink {
             return false;
         };
         // An answer under a live stamp but of another message class (a 0810 or a 0410 for
-        // a 0100), or for another acquirer or terminal (the late answer to a request whose
-        // stamp was freed at its timeout and taken since), is not this request's answer:
-        // taking it would approve or decline on a stranger's DE 39. It is dropped; the
-        // request gets its own answer, or times out (and is reversed if it can move money).
+        // a 0100), or for another card, acquirer or terminal (the late answer to a request
+        // whose stamp was freed at its timeout and taken since, or an answer the host sent
+        // twice, the second after the stamp was taken again), is not this request's
+        // answer: taking it would approve or decline on a stranger's DE 39, and hand the
+        // network the stranger's card number. It is dropped; the request gets its own
+        // answer, or times out (and is reversed if it can move money).
+        let echoed = Echoed::of(&answer);
         let answered = self.inner.pending.remove_if(&stamp, |_, p| {
-            is_response_to(&p.mti, &answer.mti())
-                && p.echoed.is_none_or(|e| e.answered_by(&Echoed::of(&answer)))
+            is_response_to(&p.mti, &answer.mti()) && p.echoed.answered_by(&echoed)
         });
         let Some((_, pending)) = answered else {
             metrics::counter!(m::FRAMES_REJECTED_TOTAL, "reason" => "issuer_unmatched")

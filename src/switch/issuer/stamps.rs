@@ -199,9 +199,6 @@ pub(super) const IDENTITY_BYTES: usize = ORIGINAL_KEY + 8;
 /// than the network's, to the stamp used.
 pub(super) type Restamped = Remembered<Identity, [u8; 6]>;
 
-/// Stamps given up on without an answer.
-pub(super) type Freed = Remembered<[u8; 6], ()>;
-
 /// What the link remembers for a while, by key, with when: rare entries, looked for on
 /// every request, so an empty map costs one atomic read.
 pub(super) struct Remembered<K, V> {
@@ -233,10 +230,6 @@ impl<K: Eq + std::hash::Hash, V: Copy> Remembered<K, V> {
             return None;
         }
         self.map.get(&key()?).map(|e| e.0)
-    }
-
-    pub(super) fn contains(&self, key: &K) -> bool {
-        self.len.load(Ordering::Acquire) > 0 && self.map.contains_key(key)
     }
 
     pub(super) fn insert(&self, key: K, value: V) {
@@ -324,28 +317,52 @@ pub(super) fn meeting(
     }
 }
 
-/// DE 32 (acquirer) and DE 41 (terminal) of a message, as checksums: an answer echoes its
-/// request's, so one that carries another value answers another request. Hosts that leave
-/// them out of answers are not checked on them; DE 7 and DE 37 are not compared at all,
-/// since some hosts put their own values there.
+/// DE 32 (acquirer) and DE 41 (terminal) of a message: an answer echoes its request's,
+/// so one that carries another value answers another request. Hosts that leave them out
+/// of answers are not checked on them; DE 7 and DE 37 are not compared at all, since some
+/// hosts put their own values there. Checked on every answer, so kept as they are rather
+/// than hashed: a checksum of each field, on every request and answer, cost about 1,000
+/// instructions per approval (`benches/instructions.sh`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(super) struct Echoed {
-    acquirer: Option<u32>,
-    terminal: Option<u32>,
+    acquirer: Option<Held>,
+    terminal: Option<Held>,
 }
 
 impl Echoed {
     pub(super) fn of(m: &Message) -> Echoed {
         Echoed {
-            acquirer: m.acquirer().map(|f| crc32fast::hash(&f)),
-            terminal: m.terminal().map(|f| crc32fast::hash(&f)),
+            acquirer: m.acquirer().map(|f| Held::of(&f)),
+            terminal: m.terminal().map(|f| Held::of(&f)),
         }
     }
 
     /// Whether an answer that echoes `answer` may be this request's: every field both
     /// carry is the same.
     pub(super) fn answered_by(&self, answer: &Echoed) -> bool {
-        let agree = |a: Option<u32>, b: Option<u32>| a.zip(b).is_none_or(|(a, b)| a == b);
+        let agree = |a: Option<Held>, b: Option<Held>| a.zip(b).is_none_or(|(a, b)| a == b);
         agree(self.acquirer, answer.acquirer) && agree(self.terminal, answer.terminal)
+    }
+}
+
+/// A field's decoded value as far as its first [`Held::HEAD`] bytes, and its length: the
+/// whole of DE 32 (at most 11 digits) and DE 41 (8 characters) in ISO 8583:1987 layouts.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Held {
+    len: usize,
+    head: [u8; Held::HEAD],
+}
+
+impl Held {
+    const HEAD: usize = 16;
+
+    fn of(value: &[u8]) -> Held {
+        let mut head = [0; Held::HEAD];
+        let kept = value.len().min(Held::HEAD);
+        head[..kept].copy_from_slice(&value[..kept]);
+        Held {
+            len: value.len(),
+            head,
+        }
     }
 }

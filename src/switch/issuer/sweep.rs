@@ -37,7 +37,6 @@ impl IssuerLink {
         // was the only one out, a reversal knows whether the loss may be its own doing.
         let only_reversal_out = listed.iter().filter(|(_, reversal)| *reversal).count() == 1;
         for (stamp, _) in listed {
-            self.inner.freed.insert(stamp, ());
             // Checked again: between the listing and here the stamp may have been answered
             // and taken by another request, which is not to be abandoned in its place.
             let Some((_, mut p)) = self.inner.pending.remove_if(&stamp, |_, p| which(p)) else {
@@ -145,9 +144,6 @@ impl IssuerLink {
             }
             drop(orphaned);
             for stamp in freed {
-                // Known as freed before it is: a request that takes the stamp the moment
-                // it is free must find it so, to have its answer checked.
-                self.inner.freed.insert(stamp, ());
                 self.inner
                     .pending
                     .remove_if(&stamp, |_, p| p.reply.is_none() && p.repeats.is_empty());
@@ -161,11 +157,6 @@ impl IssuerLink {
             if let Some(horizon) = now.checked_sub(RESTAMPED_KEPT) {
                 self.inner.restamped.forget_before(horizon);
                 self.inner.named_waiting.forget_before(horizon);
-            }
-            // A late answer comes within seconds if at all: kept as long as a request
-            // without an answer is.
-            if let Some(before) = now.checked_sub(horizon) {
-                self.inner.freed.forget_before(before);
             }
             self.abandon(|p| now.duration_since(p.sent_at) > horizon);
         }
