@@ -174,11 +174,13 @@ impl App {
             // The STANs the issuer link changed within the hour it remembers them (and a
             // minute ahead, for a clock set back a little; later ones are dropped rather
             // than kept for ever).
-            let owed = OwedReversals::open(
+            // A debt an older vpan wrote with card-verification data loses it now.
+            let owed = OwedReversals::open_restating(
                 &store.data_dir,
                 cipher,
                 crate::cards::card::unix_now(),
                 crate::switch::issuer::RESTAMPED_KEPT.as_secs(),
+                |reversal| crate::switch::issuer::kept_as_owed(issuer_spec, reversal),
             )
             .map_err(crate::store::naming_the_key(
                 &store.key_path(),

@@ -2582,3 +2582,66 @@ async fn a_reversal_owed_keeps_no_card_verification_data_across_a_restart() {
         .collect();
     assert!(kept.is_empty(), "card-verification data kept: DE {kept:?}");
 }
+
+/// A debt written by a vpan of before 2026-12-07 holds the network's track 2, PIN block
+/// and chip data: the next start sends it without them, and rewrites the book without
+/// them (review of 20a88ff: it went out as it was written, and stayed on disk so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reversal_owed_since_an_older_build_loses_its_card_verification_data_at_start() {
+    use vpan::store::crypto::PanCipher;
+    use vpan::store::owed::OwedReversals;
+    let rig = ScriptedHost::new("300").await;
+    let (_card, real) = issue_cards(&rig.data_dir, 1, 1_000_000).await.remove(0);
+    let key = rig.data_dir.join(vpan::store::OWN_KEY_FILE);
+    let open_book = || {
+        let cipher = PanCipher::load(&key).unwrap();
+        OwedReversals::open(&rig.data_dir, cipher, vpan::cards::card::unix_now(), 3600).unwrap()
+    };
+    let verification_data = |m: &Message| -> Vec<usize> {
+        [35, 36, 45, 52, 55]
+            .into_iter()
+            .filter(|&n| m.has(n))
+            .collect()
+    };
+    // The older build's record: the network's reversal in the issuer's layout, real card.
+    let mut old = Message::new(Spec::iso87ascii(), b"0401").unwrap();
+    for (n, value) in [
+        (2, real.as_bytes()),
+        (3, b"000000"),
+        (4, b"000000000500"),
+        (7, b"1126143015"),
+        (11, b"000777"),
+        (32, b"12345678901"),
+        (
+            35,
+            format!("{}=29121011234567890123", real.expose()).as_bytes(),
+        ),
+        (41, b"TERM0001"),
+        (52, b"0123456789ABCDEF"),
+        (55, b"9F2608AABBCCDDEEFF0011"),
+        (90, b"010000077711261430150000012345678900000000"),
+    ] {
+        old.set(n, value).unwrap();
+    }
+    let (book, _, _) = open_book();
+    book.owe_blocking(book.next_id(), &old.pack()).unwrap();
+    drop(book);
+    let (serve, mut host) = rig.start().await;
+    assert_eq!(serve.recovered["reversals_owed"], 1, "{}", serve.recovered);
+    let owed = host_message(&mut host, Duration::from_secs(15))
+        .await
+        .expect("the reversal owed goes out");
+    serve.stop("KILL").await;
+    assert_eq!(owed.pan(), Some(Ok(real)));
+    assert_eq!(verification_data(&owed), Vec::<usize>::new(), "sent");
+    let (_, debts, _) = open_book();
+    assert_eq!(debts.len(), 1);
+    for debt in debts {
+        let kept = Message::parse(Spec::iso87ascii(), debt.reversal).unwrap();
+        assert_eq!(
+            verification_data(&kept),
+            Vec::<usize>::new(),
+            "in reversals.log"
+        );
+    }
+}

@@ -1667,15 +1667,16 @@ async fn a_reversal_owed_waits_while_another_request_holds_its_stamp_rather_than
     rig.stop().await;
 }
 
-/// Terminal 1's purchase `a` on `net`, approved in time; then another acquirer's
-/// terminal's purchase `b` on `other` under the same STAN (STANs are the terminals' own),
-/// which goes out under that stamp; the host sends A's answer a second time (a
-/// retransmission), then declines B 51. Returns what B's network hears, and A's answer as
-/// the host sent it.
-async fn a_duplicate_answer_meets_another_terminals_purchase(
+/// Terminal 1's purchase `a` on `net`, approved in time; then purchase `b` on `other`
+/// under the same STAN with `b_fields` set (another acquirer's terminal: STANs are the
+/// terminals' own; or the same terminal for another shop), which goes out under that
+/// stamp; the host sends A's answer a second time (a retransmission), then declines B 51.
+/// Returns what B's network hears, and A's answer as the host sent it.
+async fn a_duplicate_answer_meets_another_purchase(
     host: &mut HostSide,
     (net, a): (&mut Client, &Message),
     (other, b): (&mut Client, Message),
+    b_fields: &[(usize, &[u8])],
 ) -> (Message, Message) {
     net.send(a).await;
     let at_host_a = next_message(host).await;
@@ -1687,8 +1688,9 @@ async fn a_duplicate_answer_meets_another_terminals_purchase(
     assert_eq!(code(&net.answer(stan).await), "00");
     let mut b = b;
     b.set(11, &stan).unwrap();
-    b.set(32, b"99999").unwrap();
-    b.set(41, b"TERM0002").unwrap();
+    for (n, value) in b_fields {
+        b.set(*n, value).unwrap();
+    }
     let b = Message::parse(Spec::iso87ascii(), b.pack()).unwrap();
     other.send(&b).await;
     let at_host_b = next_message(host).await;
@@ -1700,51 +1702,57 @@ async fn a_duplicate_answer_meets_another_terminals_purchase(
     send(host, &answer_a).await;
     host_answers(host, &at_host_b, b"51").await;
     let heard = other.answer(stan).await;
-    assert_eq!(
-        heard.raw(41),
-        Some(&b"TERM0002"[..]),
-        "B's terminal in B's answer"
-    );
+    assert_eq!(heard.raw(41), b.raw(41), "B's terminal in B's answer");
     (heard, answer_a)
 }
 
+/// Another acquirer's terminal.
+const ANOTHER_TERMINAL: [(usize, &[u8]); 2] = [(32, b"99999"), (41, b"TERM0002")];
+
 /// A duplicate of the approval of a purchase on a vPAN, which comes after another
-/// terminal's purchase on a card vpan did not issue took its stamp, is not that purchase's
-/// answer: it would approve what the host declined, and hand that terminal's network the
-/// vPAN's real card number (review of d457f50: an answer was checked against its
-/// request's DE 32 and DE 41 only under a stamp freed by a timeout).
+/// purchase on a card vpan did not issue took its stamp, is not that purchase's answer:
+/// it would approve what the host declined, and hand that purchase's network the vPAN's
+/// real card number. From another acquirer's terminal (review of d457f50: an answer was
+/// checked against its request's DE 32 and DE 41 only under a stamp freed by a timeout),
+/// or from the same terminal for another shop (review of 20a88ff: the card was not
+/// compared).
 #[tokio::test]
-async fn a_duplicate_answer_is_not_handed_to_another_terminals_request_under_its_stan() {
-    let (rig, mut host) = signed_on_host(3000).await;
-    let mut net = Client::connect(rig.network).await;
-    let mut other = Client::connect(rig.network).await;
-    let (card, real) = rig.issue(|c| c.amount_limit = 4_000).await;
-    let a = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 300);
-    let b = purchase(&mut other, b"0100", &test_pan("512345", 16), b"2912", 700);
-    let (heard, answer_a) = a_duplicate_answer_meets_another_terminals_purchase(
-        &mut host,
-        (&mut net, &a),
-        (&mut other, b),
-    )
-    .await;
-    assert_eq!(
-        answer_a.raw(2),
-        Some(real.as_bytes()),
-        "the host echoed the real card"
-    );
-    assert_eq!(
-        code(&heard),
-        "51",
-        "B's own answer, not A's duplicate approval"
-    );
-    assert!(
-        !heard
-            .pack()
-            .windows(real.as_bytes().len())
-            .any(|w| w == real.as_bytes()),
-        "the vPAN's real card number reached another terminal's network"
-    );
-    rig.stop().await;
+async fn a_duplicate_answer_is_not_handed_to_another_purchase_under_its_stan() {
+    let same_terminal_another_shop: [(usize, &[u8]); 2] =
+        [(7, b"1126143016"), (42, b"SHOP00000000002")];
+    for b_fields in [&ANOTHER_TERMINAL[..], &same_terminal_another_shop[..]] {
+        let (rig, mut host) = signed_on_host(3000).await;
+        let mut net = Client::connect(rig.network).await;
+        let mut other = Client::connect(rig.network).await;
+        let (card, real) = rig.issue(|c| c.amount_limit = 4_000).await;
+        let a = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 300);
+        let b = purchase(&mut other, b"0100", &test_pan("512345", 16), b"2912", 700);
+        let (heard, answer_a) = a_duplicate_answer_meets_another_purchase(
+            &mut host,
+            (&mut net, &a),
+            (&mut other, b),
+            b_fields,
+        )
+        .await;
+        assert_eq!(
+            answer_a.raw(2),
+            Some(real.as_bytes()),
+            "the host echoed the card"
+        );
+        assert_eq!(
+            code(&heard),
+            "51",
+            "B's own answer, not A's duplicate approval"
+        );
+        assert!(
+            !heard
+                .pack()
+                .windows(real.as_bytes().len())
+                .any(|w| w == real.as_bytes()),
+            "the vPAN's real card number reached another purchase's network"
+        );
+        rig.stop().await;
+    }
 }
 
 /// The same with B on a vPAN: the card counts nothing of what the issuer declined.
@@ -1756,10 +1764,11 @@ async fn a_duplicate_answer_does_not_approve_another_terminals_purchase_on_a_vpa
     let (card, _) = rig.issue(|c| c.amount_limit = 4_000).await;
     let a = purchase(&mut net, b"0100", &test_pan("497010", 16), b"2912", 300);
     let b = purchase(&mut other, b"0100", &card.vpan, &card.expiry.0, 4_000);
-    let (heard, _) = a_duplicate_answer_meets_another_terminals_purchase(
+    let (heard, _) = a_duplicate_answer_meets_another_purchase(
         &mut host,
         (&mut net, &a),
         (&mut other, b),
+        &ANOTHER_TERMINAL,
     )
     .await;
     let view = rig.cards.get(CardKey::of(&card.vpan)).unwrap();
@@ -1769,4 +1778,49 @@ async fn a_duplicate_answer_does_not_approve_another_terminals_purchase_on_a_vpa
         "the issuer declined B: neither the network nor the card may count it approved"
     );
     rig.stop().await;
+}
+
+/// The host signs off on its connection (0800, DE 70 = 002): acknowledged, and no purchase
+/// goes to it there; the connection is closed and dialled again, and signs on again
+/// (review of a0e96a5: the sign-off was acknowledged and ignored, and purchases kept going
+/// to a host that had said it took none).
+#[tokio::test]
+async fn after_the_issuer_hosts_sign_off_no_purchase_goes_on_that_connection() {
+    let (rig, listener) = host_rig(|c| c.issuer.timeout_ms = 3000).await;
+    let mut host = accept_sign_on(&listener).await;
+    let mut sign_off = Message::new(Spec::iso87ascii(), b"0800").unwrap();
+    sign_off.set(7, b"1202120000").unwrap();
+    sign_off.set(11, b"777777").unwrap();
+    sign_off.set(70, b"002").unwrap();
+    send(&mut host, &sign_off).await;
+    let ack = next_message(&mut host).await;
+    assert_eq!((ack.mti(), ack.raw(70)), (*b"0810", Some(&b"002"[..])));
+    let mut net = Client::connect(rig.network).await;
+    let request = purchase(&mut net, b"0100", &test_pan("497010", 16), b"2912", 300);
+    net.send(&request).await;
+    // Not sent on the connection signed off: 91 at once, the link having no other.
+    assert_eq!(code(&net.answer(request.stan().unwrap()).await), "91");
+    // Closed with nothing out on it, then dialled again: a sign-on on a new connection.
+    let closed = tokio::time::timeout(Duration::from_secs(10), host.next()).await;
+    assert!(matches!(closed, Ok(None | Some(Err(_)))), "{closed:?}");
+    tokio::time::timeout(Duration::from_secs(10), accept_sign_on(&listener))
+        .await
+        .expect("dialled again and signed on");
+    rig.stop().await;
+}
+
+/// A clean stop signs off from the issuer host (0800, DE 70 = 002) before the
+/// connection closes (review of a0e96a5: it closed the socket without a word).
+#[tokio::test]
+async fn a_clean_stop_signs_off_from_the_issuer_host() {
+    let (rig, mut host) = signed_on_host(3000).await;
+    // Up once the sign-on's answer is read.
+    while rig.issuer.connected() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let stopping = tokio::spawn(rig.stop());
+    let got = next_message(&mut host).await;
+    assert_eq!((got.mti(), got.raw(70)), (*b"0800", Some(&b"002"[..])));
+    host_answers(&mut host, &got, b"00").await;
+    stopping.await.unwrap();
 }

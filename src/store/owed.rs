@@ -322,6 +322,20 @@ impl OwedReversals {
         now: u64,
         stamps_kept: u64,
     ) -> Result<(OwedReversals, Vec<Debt>, Vec<Stamp>), StoreError> {
+        Self::open_restating(dir, cipher, now, stamps_kept, |_| None)
+    }
+
+    /// [`OwedReversals::open`], each debt kept as `restate` gives it back (`None`: as it
+    /// is), in what it returns and in the file it rewrites: so that a debt an older vpan
+    /// wrote with what is no longer kept (card-verification data) loses it at the next
+    /// start, on disk too.
+    pub fn open_restating(
+        dir: &Path,
+        cipher: PanCipher,
+        now: u64,
+        stamps_kept: u64,
+        restate: impl Fn(&[u8]) -> Option<Vec<u8>>,
+    ) -> Result<(OwedReversals, Vec<Debt>, Vec<Stamp>), StoreError> {
         let stamps_within = now.saturating_sub(stamps_kept)..=now.saturating_add(60);
         let path = dir.join(FILE);
         let mut owed: Vec<(u64, Vec<u8>)> = Vec::new();
@@ -377,8 +391,13 @@ impl OwedReversals {
         }
         owed.retain(|(id, _)| !paid.contains(id));
         let mut debts = Vec::with_capacity(owed.len());
-        for (id, sealed) in &owed {
+        for (id, sealed) in &mut owed {
             let mut plain = cipher.open_bytes(sealed, &context(*id))?;
+            if let Some(restated) = restate(&plain) {
+                plain.zeroize();
+                *sealed = cipher.seal_bytes(&restated, &context(*id));
+                plain = restated;
+            }
             debts.push(Debt {
                 id: *id,
                 reversal: Bytes::copy_from_slice(&plain),

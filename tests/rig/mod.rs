@@ -46,6 +46,8 @@ pub struct Rig {
     pub sim: Option<IssuerSimHandle>,
     /// The switch's cards.
     pub cards: Arc<Cards>,
+    /// The switch's issuer link, to see it up.
+    pub issuer: vpan::switch::issuer::IssuerLink,
     /// Stops the switch.
     pub stop: CancellationToken,
     /// The switch task.
@@ -102,6 +104,7 @@ pub async fn rig(sim: Option<SimConfig>, tweak: impl FnOnce(&mut Config)) -> Rig
         metrics: addrs.metrics,
         sim,
         cards,
+        issuer,
         stop,
         task,
         dir,

@@ -116,7 +116,7 @@ impl IssuerLink {
         let conn_token = self.inner.shutdown.child_token();
 
         // The writer: drains the queue in batches, one write per batch.
-        let writer = {
+        let mut writer = {
             let mut codec = settings.codec.clone();
             let header = settings.header.clone();
             let token = conn_token.clone();
@@ -161,7 +161,10 @@ impl IssuerLink {
         let mut served = false;
         let signed_on_at = signed_on.then(Instant::now);
         if signed_on {
-            self.inner.slots[i].up.store(true, Ordering::Relaxed);
+            // Not up if the host signed off while its answer to the sign-on was read.
+            let slot = &self.inner.slots[i];
+            slot.up
+                .store(!slot.signed_off.load(Ordering::Relaxed), Ordering::Relaxed);
             self.try_over(i);
             self.publish_connected();
             tracing::info!(issuer = %settings.connect, connection = i, "issuer link up");
@@ -184,7 +187,23 @@ impl IssuerLink {
                 tokio::time::interval_at((Instant::now() + every).into(), every);
             partial_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let (mut partial_at_last_check, mut frame_since_check) = (false, false);
+            let mut signed_off_at = None;
             loop {
+                // Signed off by the host (also while the sign-on was out): closed once
+                // nothing is out on it (answered, or given up on by the sweep), or a
+                // timeout after the sign-off; what is still out then is abandoned as on a
+                // connection lost (reversed where it may have moved money).
+                if self.inner.slots[i].signed_off.load(Ordering::Relaxed) {
+                    let since = *signed_off_at.get_or_insert_with(Instant::now);
+                    let nothing_out = !self.inner.pending.iter().any(|p| p.conn == i);
+                    if nothing_out || since.elapsed() >= settings.timeout {
+                        tracing::info!(
+                            connection = i,
+                            "issuer connection signed off by the host closed; dialling again"
+                        );
+                        break;
+                    }
+                }
                 tokio::select! {
                     frame = frames.next() => match frame {
                         Some(Ok(Frame::Message { body, .. })) => {
@@ -246,8 +265,16 @@ impl IssuerLink {
         }
         self.inner.slots[i].up.store(false, Ordering::Relaxed);
         *self.inner.slots[i].tx.write() = None;
+        // Signed off, the connection is sound: what is queued (the answer to the
+        // sign-off) is written before it closes, within a second.
+        let drained = self.inner.slots[i].signed_off.load(Ordering::Relaxed)
+            && tokio::time::timeout(Duration::from_secs(1), &mut writer)
+                .await
+                .is_ok();
         conn_token.cancel();
-        let _ = writer.await;
+        if !drained {
+            let _ = writer.await;
+        }
         self.publish_connected();
         self.fail_connection(i);
         Ended {
@@ -334,21 +361,64 @@ impl IssuerLink {
 
     /// Sends an 0800 with DE 70 = `code` on connection `i` and waits for a 0810 00.
     pub(super) async fn network_management(&self, i: usize, code: &[u8; 3]) -> bool {
+        self.network_management_within(i, code, self.management_timeout())
+            .await
+    }
+
+    /// [`IssuerLink::network_management`], waiting `timeout` at most.
+    async fn network_management_within(&self, i: usize, code: &[u8; 3], timeout: Duration) -> bool {
         let Ok(msg) = network_management_request(self.spec(), code, self.next_stamp()) else {
             return false;
         };
-        match self
-            .send_via(Box::new(msg), Some(i), self.management_timeout())
-            .await
-        {
+        match self.send_via(Box::new(msg), Some(i), timeout).await {
             Ok(answer) => answer.response_code() == Some(*b"00"),
             Err(_) => false,
         }
     }
 
-    /// The host's own network management request (its echo test, its side's sign-on):
-    /// answered 00 on the connection it came on, as hosts that test their clients expect.
+    /// At a clean stop, once the link is quiesced: vpan signs off on every connection up
+    /// (0800, DE 70 = 002), so that the host's operators see a stop rather than a link
+    /// lost, waiting `within` at most for the answers. Not where the link does not sign
+    /// on (`issuer.sign_on = false`).
+    pub async fn sign_off(&self, within: Duration) {
+        if !self.inner.settings.sign_on || within.is_zero() {
+            return;
+        }
+        let up: Vec<usize> = (0..self.inner.slots.len())
+            .filter(|&i| self.slot_up(i))
+            .collect();
+        // No new request goes out after the sign-off (the network side has drained).
+        for &i in &up {
+            self.inner.slots[i].up.store(false, Ordering::Relaxed);
+        }
+        self.publish_connected();
+        let answered = futures_util::future::join_all(
+            up.iter()
+                .map(|&i| self.network_management_within(i, b"002", within)),
+        )
+        .await;
+        tracing::info!(
+            connections = up.len(),
+            answered = answered.iter().filter(|&&ok| ok).count(),
+            "signed off from the issuer host"
+        );
+    }
+
+    /// The host's own network management request (its echo test, its side's sign-on or
+    /// sign-off): answered 00 on the connection it came on, as hosts that test their
+    /// clients expect. After a sign-off (DE 70 = 002) the connection takes no new
+    /// requests: the host has said it takes none there (see [`Ended`] for what follows).
     pub(super) fn answer_host(&self, i: usize, request: &Message) {
+        if request.text(70).as_deref() == Some(b"002") {
+            let slot = &self.inner.slots[i];
+            slot.signed_off.store(true, Ordering::Relaxed);
+            slot.up.store(false, Ordering::Relaxed);
+            self.publish_connected();
+            tracing::warn!(
+                connection = i,
+                "issuer host signed off on this connection: no new requests go on it; it is closed once those out on it are over, and dialled again"
+            );
+        }
         let mut mti = request.mti();
         mti[2] += 1;
         mti[3] = b'0';

@@ -54,7 +54,7 @@ use crate::metrics as m;
 use crate::store::owed::{Debt, OwedReversals, Stamp};
 
 pub use connection::network_management_request;
-pub use reversals::{Owed, reversal_for, reversal_undone};
+pub use reversals::{Owed, kept_as_owed, reversal_for, reversal_undone};
 pub use stamps::RESTAMPED_KEPT;
 
 use reversals::{DebtHeld, needs_reversal};
@@ -223,6 +223,10 @@ struct Slot {
     timed_out_sent_us: AtomicU64,
     /// A try at the host is over: up, or refused, or dropped before sign-on.
     tried: AtomicBool,
+    /// The host signed off on this connection (its 0800 with DE 70 = 002): no new
+    /// requests go on it, and it is closed once those out on it are over, then dialled
+    /// again, which signs on again.
+    signed_off: AtomicBool,
 }
 
 struct Inner {
@@ -285,6 +289,7 @@ impl IssuerLink {
                 last_read_us: AtomicU64::new(0),
                 timed_out_sent_us: AtomicU64::new(0),
                 tried: AtomicBool::new(false),
+                signed_off: AtomicBool::new(false),
             })
             .collect();
         let link = IssuerLink {
@@ -414,6 +419,7 @@ impl IssuerLink {
         let slot = &self.inner.slots[i];
         slot.last_read_us.store(0, Ordering::Relaxed);
         slot.timed_out_sent_us.store(0, Ordering::Relaxed);
+        slot.signed_off.store(false, Ordering::Relaxed);
     }
 
     /// True when connection `i` is signed on and carrying requests.
@@ -761,7 +767,8 @@ impl IssuerLink {
     /// has its answer or its 91): the requests the issuer has not answered are reversed
     /// now rather than by the sweep, and this waits, at most `grace`, until every reversal
     /// is answered. Those it leaves unanswered are in the book of reversals owed, and go
-    /// out again when vpan next starts.
+    /// out again when vpan next starts. Then, within what is left of `grace` (a second
+    /// at most), it signs off ([`IssuerLink::sign_off`]).
     pub async fn quiesce(&self, grace: Duration) {
         // Only what may have moved money: the link's own requests (its echo, its sign-on,
         // the reversals it is sending) stay, or their loss would tear down the very
@@ -778,6 +785,8 @@ impl IssuerLink {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.sign_off(left.min(Duration::from_secs(1))).await;
     }
 
     /// Sign-on and echo are not on a cardholder's clock: a slow host gets some seconds

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use crate::cards::card::{transmission_time, unix_now};
 use crate::cards::request::original_data_elements;
-use crate::iso8583::Message;
+use crate::iso8583::{CARD_VERIFICATION_DATA, Message, Spec};
 use crate::store::journal::STALL_AFTER;
 use crate::store::owed::{Debt, OwedReversals};
 
@@ -594,6 +594,18 @@ fn without_card_verification_data(reversal: &Message) -> Bytes {
     let mut kept = reversal.clone();
     kept.remove_card_verification_data();
     kept.pack()
+}
+
+/// A debt read back from the book (packed in the issuer link's layout `spec`) as it is
+/// kept now, when that differs: one written by a vpan of before 2026-12-07 may hold the
+/// network's card-verification data. `None` when it holds none, or does not read (said
+/// at the start as it is sent).
+pub fn kept_as_owed(spec: &'static Spec, reversal: &[u8]) -> Option<Vec<u8>> {
+    let message = Message::parse(spec, Bytes::copy_from_slice(reversal)).ok()?;
+    CARD_VERIFICATION_DATA
+        .iter()
+        .any(|&n| message.has(n))
+        .then(|| without_card_verification_data(&message).to_vec())
 }
 
 /// A 0400 reversing `original` in full: its identifying fields, and DE 90 naming it.

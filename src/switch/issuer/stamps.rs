@@ -317,21 +317,30 @@ pub(super) fn meeting(
     }
 }
 
-/// DE 32 (acquirer) and DE 41 (terminal) of a message: an answer echoes its request's,
-/// so one that carries another value answers another request. Hosts that leave them out
-/// of answers are not checked on them; DE 7 and DE 37 are not compared at all, since some
-/// hosts put their own values there. Checked on every answer, so kept as they are rather
-/// than hashed: a checksum of each field, on every request and answer, cost about 1,000
-/// instructions per approval (`benches/instructions.sh`).
+/// The card (DE 2, or track 2's), DE 32 (acquirer) and DE 41 (terminal) of a message: an
+/// answer echoes its request's, so one that carries another value answers another
+/// request. Hosts that leave one out of answers are not checked on it; DE 7 and DE 37 are
+/// not compared at all, since some hosts put their own values there. The card is compared
+/// as its first 6 and last 4 digits and its length, what a host that masks DE 2 in its
+/// answers still shows: two cards out of a terminal under one STAN that agree there too
+/// are one in ten thousand of the same BIN. Checked on every answer, so kept as they are
+/// rather than hashed: a checksum of DE 32 and DE 41, on every request and answer, cost
+/// about 1,000 instructions per approval (`benches/instructions.sh`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(super) struct Echoed {
+    card: Option<Held>,
     acquirer: Option<Held>,
     terminal: Option<Held>,
 }
 
 impl Echoed {
     pub(super) fn of(m: &Message) -> Echoed {
+        let card = match m.text(2) {
+            Some(pan) => Some(Held::of_card(&pan)),
+            None => m.track2().map(|t| Held::of_card(t.pan_digits())),
+        };
         Echoed {
+            card,
             acquirer: m.acquirer().map(|f| Held::of(&f)),
             terminal: m.terminal().map(|f| Held::of(&f)),
         }
@@ -341,7 +350,9 @@ impl Echoed {
     /// carry is the same.
     pub(super) fn answered_by(&self, answer: &Echoed) -> bool {
         let agree = |a: Option<Held>, b: Option<Held>| a.zip(b).is_none_or(|(a, b)| a == b);
-        agree(self.acquirer, answer.acquirer) && agree(self.terminal, answer.terminal)
+        agree(self.card, answer.card)
+            && agree(self.acquirer, answer.acquirer)
+            && agree(self.terminal, answer.terminal)
     }
 }
 
@@ -355,6 +366,19 @@ struct Held {
 
 impl Held {
     const HEAD: usize = 16;
+
+    /// A card number's first 6 and last 4 digits, and its length.
+    fn of_card(digits: &[u8]) -> Held {
+        let mut head = [0; Held::HEAD];
+        let first = digits.len().min(6);
+        head[..first].copy_from_slice(&digits[..first]);
+        let last = digits.len().saturating_sub(first).min(4);
+        head[6..6 + last].copy_from_slice(&digits[digits.len() - last..]);
+        Held {
+            len: digits.len(),
+            head,
+        }
+    }
 
     fn of(value: &[u8]) -> Held {
         let mut head = [0; Held::HEAD];
