@@ -278,10 +278,16 @@ impl Old {
             || std::fs::canonicalize(&key).is_ok_and(|key| key.starts_with(from));
         let cipher = PanCipher::load(&key).map_err(|e| e.to_string())?;
         let now = crate::cards::card::unix_now();
+        // As a start does: a debt an older vpan wrote with card-verification data loses it,
+        // so that the copy does not take it on under the new key.
+        let issuer_spec = crate::iso8583::Spec::by_name(&config.issuer.spec)
+            .map_err(|e| format!("issuer.spec: {e}"))?;
         let (_book, debts, stamps) =
-            OwedReversals::open(from, cipher, now, RESTAMPED_KEPT.as_secs())
-                .map_err(naming_the_key(&key, &from.join(owed::FILE)))
-                .map_err(|e| format!("opening the reversals owed in {}: {e}", from.display()))?;
+            OwedReversals::open_restating(from, cipher, now, RESTAMPED_KEPT.as_secs(), |r| {
+                crate::switch::issuer::kept_as_owed(issuer_spec, r)
+            })
+            .map_err(naming_the_key(&key, &from.join(owed::FILE)))
+            .map_err(|e| format!("opening the reversals owed in {}: {e}", from.display()))?;
         Ok(Old {
             dir: from.to_path_buf(),
             cards,

@@ -4514,3 +4514,53 @@ fn asked_and_answered(
     };
     cards.settle_in_doubt(&hold, answer, NOW).wait().unwrap();
 }
+
+/// `vpan rekey` restates a debt an older vpan wrote with card-verification data as a start
+/// does, so that the copy does not take it on under the new key (review of 6727dba: the
+/// copy held DE 35 and DE 52, sealed afresh, until its first start).
+#[test]
+fn a_rekeyed_copy_keeps_no_card_verification_data_in_its_reversals_owed() {
+    use vpan::iso8583::{Message, Spec};
+    use vpan::store::crypto::PanCipher;
+    use vpan::store::owed::OwedReversals;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    drop(open(&data));
+    let card = test_pan();
+    let track2 = format!("{}=29121011234567890123", card.expose());
+    let mut old = Message::new(Spec::iso87ascii(), b"0401").unwrap();
+    for (n, value) in [
+        (2, card.as_bytes()),
+        (3, b"000000"),
+        (4, b"000000000500"),
+        (7, b"1126143015"),
+        (11, b"000777"),
+        (32, b"12345678901"),
+        (35, track2.as_bytes()),
+        (41, b"TERM0001"),
+        (52, b"0123456789ABCDEF"),
+        (90, b"010000077711261430150000012345678900000000"),
+    ] {
+        old.set(n, value).unwrap();
+    }
+    let book_of = |dir: &std::path::Path| {
+        let cipher = PanCipher::load(&dir.join("pan.key")).unwrap();
+        OwedReversals::open(dir, cipher, vpan::cards::card::unix_now(), 3600).unwrap()
+    };
+    let (book, _, _) = book_of(&data);
+    book.owe_blocking(book.next_id(), &old.pack()).unwrap();
+    drop(book);
+    let mut config = vpan::config::Config::default();
+    config.store.data_dir = data.clone();
+    let into = dir.path().join("copy");
+    let done = vpan::rekey::rekey(&config, &into, None).unwrap();
+    assert_eq!(done.reversals_owed, 1, "{done}");
+    let (_, debts, _) = book_of(&into);
+    let kept = Message::parse(Spec::iso87ascii(), debts[0].reversal.clone()).unwrap();
+    let verification_data: Vec<usize> = [35, 36, 45, 52, 55]
+        .into_iter()
+        .filter(|&n| kept.has(n))
+        .collect();
+    assert_eq!(verification_data, Vec::<usize>::new());
+    assert_eq!(kept.text(2).as_deref(), Some(card.as_bytes()));
+}

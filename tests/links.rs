@@ -1824,3 +1824,46 @@ async fn a_clean_stop_signs_off_from_the_issuer_host() {
     host_answers(&mut host, &got, b"00").await;
     stopping.await.unwrap();
 }
+
+/// A reversal goes behind its original on the connection the original went out on, also
+/// once the host signed off there (review of 6727dba: the signed-off connection no longer
+/// counted as up, and the reversal went on the other one, where it could reach the host
+/// first, find nothing, and leave the account charged once the original was approved).
+#[tokio::test]
+async fn a_reversal_goes_behind_its_original_on_a_connection_the_host_signed_off() {
+    let (rig, listener) = host_rig(|c| {
+        c.issuer.connections = 2;
+        c.issuer.timeout_ms = 5_000;
+        c.issuer.echo_interval_ms = 600_000;
+    })
+    .await;
+    let mut hosts = [
+        accept_sign_on(&listener).await,
+        accept_sign_on(&listener).await,
+    ];
+    while rig.issuer.connected() < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut net = Client::connect(rig.network).await;
+    let request = purchase(&mut net, b"0100", &test_pan("497010", 16), b"2912", 300);
+    net.send(&request).await;
+    let (a, original) = {
+        let [h0, h1] = &mut hosts;
+        tokio::select! { m = next_message(h0) => (0, m), m = next_message(h1) => (1, m) }
+    };
+    assert_eq!(original.mti(), *b"0100");
+    let mut sign_off = Message::new(Spec::iso87ascii(), b"0800").unwrap();
+    sign_off.set(7, b"1202120000").unwrap();
+    sign_off.set(11, b"777777").unwrap();
+    sign_off.set(70, b"002").unwrap();
+    send(&mut hosts[a], &sign_off).await;
+    assert_eq!(next_message(&mut hosts[a]).await.mti(), *b"0810");
+    let reversal = reversal_of(&mut net, &request);
+    net.send(&reversal).await;
+    let behind = next_message(&mut hosts[a]).await;
+    assert_eq!(behind.mti(), *b"0400", "the reversal behind its original");
+    assert_silent(&mut hosts[1 - a], Duration::from_millis(500)).await;
+    host_answers(&mut hosts[a], &original, b"00").await;
+    host_answers(&mut hosts[a], &behind, b"00").await;
+    rig.stop().await;
+}

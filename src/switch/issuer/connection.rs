@@ -263,11 +263,15 @@ impl IssuerLink {
         } else if !self.inner.shutdown.is_cancelled() {
             tracing::warn!(issuer = %settings.connect, "issuer sign-on refused or unanswered");
         }
+        // Neither up nor open any more (see `slot_open`) before its queue goes.
         self.inner.slots[i].up.store(false, Ordering::Relaxed);
+        let signed_off = self.inner.slots[i]
+            .signed_off
+            .swap(false, Ordering::Relaxed);
         *self.inner.slots[i].tx.write() = None;
         // Signed off, the connection is sound: what is queued (the answer to the
         // sign-off) is written before it closes, within a second.
-        let drained = self.inner.slots[i].signed_off.load(Ordering::Relaxed)
+        let drained = signed_off
             && tokio::time::timeout(Duration::from_secs(1), &mut writer)
                 .await
                 .is_ok();

@@ -430,6 +430,16 @@ impl IssuerLink {
             .is_some_and(|s| s.up.load(Ordering::Relaxed))
     }
 
+    /// True when connection `i` still carries what went out on it, so that a reversal can
+    /// go behind its original there: up, or signed off by the host and not closed yet (it
+    /// takes no new requests, but its originals may still be answered).
+    fn slot_open(&self, i: usize) -> bool {
+        self.inner
+            .slots
+            .get(i)
+            .is_some_and(|s| s.up.load(Ordering::Relaxed) || s.signed_off.load(Ordering::Relaxed))
+    }
+
     /// Sends `request` and waits for its answer, within `issuer.timeout_ms`. The answer
     /// carries the request's own DE 11 back, whatever stamp went on the wire.
     ///
@@ -650,12 +660,12 @@ impl IssuerLink {
     }
 
     /// The connection of the request still waiting that `request`'s DE 90 names (after
-    /// [`IssuerLink::rewrite_original`]), while it is up.
+    /// [`IssuerLink::rewrite_original`]), while it is open.
     fn original_conn(&self, request: &Message) -> Option<usize> {
         let de90 = request.text(90)?;
         let stamp = <[u8; 6]>::try_from(de90.as_bytes().get(4..10)?).ok()?;
         let conn = self.inner.pending.get(&stamp)?.conn;
-        self.slot_up(conn).then_some(conn)
+        self.slot_open(conn).then_some(conn)
     }
 
     /// An answer from the issuer: hands it to its waiter, or reverses a late approval.

@@ -360,7 +360,7 @@ impl IssuerLink {
         // Looked at now, not when the task first runs: a connection lost under the original
         // is down already (its requests are abandoned after it is marked so), and a stream
         // dialled again in that slot since would carry nothing of the original's.
-        let mut same_connection = original_conn.filter(|&i| self.slot_up(i));
+        let mut same_connection = original_conn.filter(|&i| self.slot_open(i));
         let link = self.clone();
         link.inner.reversals.fetch_add(1, Ordering::AcqRel);
         tokio::spawn(async move {
