@@ -411,7 +411,8 @@ impl IssuerLink {
     /// The host's own network management request (its echo test, its side's sign-on or
     /// sign-off): answered 00 on the connection it came on, as hosts that test their
     /// clients expect. After a sign-off (DE 70 = 002) the connection takes no new
-    /// requests: the host has said it takes none there (see [`Ended`] for what follows).
+    /// requests: the host has said it takes none there ([`IssuerLink::run_connection`]
+    /// closes it once what is out on it is over, and the slot dials again).
     pub(super) fn answer_host(&self, i: usize, request: &Message) {
         if request.text(70).as_deref() == Some(b"002") {
             let slot = &self.inner.slots[i];

@@ -708,7 +708,7 @@ impl IssuerLink {
             if self.inner.pending.contains_key(&stamp) {
                 crate::logging::throttled!(warn,
                     mti = %String::from_utf8_lossy(&answer.mti()),
-                    "answer from the issuer of another message class, acquirer or terminal than its request's dropped"
+                    "answer from the issuer of another message class, card, acquirer or terminal than the request under its STAN dropped (sent twice, or late: the STAN is another request's now)"
                 );
             } else {
                 tracing::debug!("answer from the issuer matches no request (already swept)");
