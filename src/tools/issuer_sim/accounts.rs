@@ -61,6 +61,14 @@ pub fn parse_accounts(text: &str) -> Result<Vec<(Pan, i64)>, String> {
             if accounts.list.is_empty() && pan.eq_ignore_ascii_case("pan") {
                 continue;
             }
+            // A third column would otherwise be read as part of the balance, and the error
+            // would blame a balance that is right.
+            if balance.contains(',') {
+                let columns = line.split(',').count();
+                return Err(format!(
+                    "line {line_no}: {columns} columns, expected two: pan,balance"
+                ));
+            }
             let balance = balance
                 .parse()
                 .map_err(|_| format!("line {line_no}: balance is not a whole number"))?;
@@ -138,6 +146,10 @@ mod tests {
                     r#"[{{"pan": "{card}", "balance": 1}}, {{"pan": "{card}", "balance": 2}}]"#
                 ),
                 "entry 2: the same card as entry 1",
+            ),
+            (
+                format!("pan,balance\n{card},100,978\n"),
+                "line 2: 3 columns, expected two: pan,balance",
             ),
             ("# nothing yet\n".to_string(), "no accounts in the file"),
             ("[]".to_string(), "no accounts in the file"),
