@@ -92,14 +92,23 @@ impl Running {
 
     /// A TLS connection to the API, to write requests by hand.
     async fn tls_by_hand(&self) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        self.tls_offering(&[]).await
+    }
+
+    /// [`Running::tls_by_hand`], offering these protocols in ALPN.
+    async fn tls_offering(
+        &self,
+        protocols: &[&[u8]],
+    ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
         let pem = std::fs::read(self.data_dir.join("tls-cert.pem")).unwrap();
         let mut roots = rustls::RootCertStore::empty();
         for cert in rustls_pemfile_certs(&pem) {
             roots.add(cert).unwrap();
         }
-        let tls = rustls::ClientConfig::builder()
+        let mut tls = rustls::ClientConfig::builder()
             .with_root_certificates(roots)
             .with_no_client_auth();
+        tls.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
         let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
         let tcp = tokio::net::TcpStream::connect(self.addrs.api)
             .await
@@ -523,6 +532,27 @@ async fn a_body_announced_too_large_is_refused_at_once_and_one_trickled_is_cut_o
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("request_timeout"), "{answer}");
     assert!(started.elapsed() >= vpan::api::BODY_READ_TIMEOUT - Duration::from_secs(1));
+}
+
+/// Review of a07ad5e: a probe that offers only `http/1.0` in ALPN (older monitoring
+/// tools, `curl --http1.0`) was refused in the handshake, with no status at all.
+#[tokio::test]
+async fn a_client_offering_http_1_0_is_answered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let api = Running::start(dir.path()).await;
+    let mut stream = api.tls_offering(&[b"http/1.0"]).await;
+    stream
+        .write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .expect("answered")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
 }
 
 #[tokio::test]
@@ -1191,7 +1221,7 @@ async fn the_vpan_card_client_creates_shows_pauses_closes_and_lists_cards() {
         "--merchant-lock",
         "SHOP-A",
         "--mcc-allow",
-        "5411,5499",
+        "5411, 5499",
         "--json",
     ];
     let (code, out, err) = tokio::task::block_in_place(|| vpan_card(&api, &create));
@@ -1297,6 +1327,11 @@ async fn vpan_card_exits_1_with_the_api_error_and_2_on_a_usage_error() {
         vpan_card(&api, &["create", "--pan", "1", "--valid-for", "3x"])
     });
     assert_eq!(code, 2);
+    let (code, _, err) = tokio::task::block_in_place(|| {
+        vpan_card(&api, &["create", "--pan", "1", "--mcc-block", "7995,79x5"])
+    });
+    assert_eq!(code, 2);
+    assert!(err.contains("an MCC is 4 digits"), "{err}");
 
     // Plain HTTP: refused before any connection is made, so the token never leaves.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

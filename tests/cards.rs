@@ -2949,6 +2949,29 @@ fn a_card_issued_in_a_virtual_range_is_found_and_a_stranger_there_is_unknown() {
     assert_eq!(cards.len(), 1, "nothing issued");
 }
 
+/// Review of a07ad5e: each number refused as a vPAN was kept among the real cards that
+/// draws avoid, so refusing every number of a small range filled it, and the next card
+/// got "the range is full".
+#[test]
+fn numbers_refused_as_virtual_do_not_use_up_their_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = "49701099999999";
+    let config = vpan::cards::CardsConfig {
+        virtual_ranges: vec![prefix.into()],
+        ..Default::default()
+    };
+    let cards = open_configured(dir.path(), &config);
+    for digit in 0..10 {
+        let mut in_range = spec(1_000);
+        let number = vpan::cards::vpan::random_luhn(&format!("{prefix}{digit}"), 16);
+        in_range.pan = vpan::pan::Pan::from_digits(number.as_bytes()).unwrap();
+        let err = cards.issue(&in_range, NOW).unwrap_err();
+        assert!(err.to_string().contains("virtual card number"), "{err}");
+    }
+    let key = issue(&cards, &spec(1_000));
+    assert!(key.pan().as_bytes().starts_with(prefix.as_bytes()));
+}
+
 #[test]
 fn the_key_file_is_made_0600_in_the_data_dir_at_first_start() {
     use std::os::unix::fs::PermissionsExt;

@@ -140,11 +140,22 @@ pub struct CreateArgs {
     )]
     pub merchant_lock: String,
     /// Only these MCCs, comma-separated.
-    #[arg(long, value_name = "MCC,...", value_delimiter = ',')]
+    #[arg(long, value_name = "MCC,...", value_delimiter = ',', value_parser = mcc)]
     pub mcc_allow: Vec<String>,
     /// Never these MCCs, comma-separated.
-    #[arg(long, value_name = "MCC,...", value_delimiter = ',')]
+    #[arg(long, value_name = "MCC,...", value_delimiter = ',', value_parser = mcc)]
     pub mcc_block: Vec<String>,
+}
+
+/// One MCC of a list as people write it (`5411, 5499`): the spaces around it dropped, and
+/// anything but 4 digits a usage error, told before any call.
+fn mcc(text: &str) -> Result<String, String> {
+    let code = text.trim();
+    if code.len() == 4 && code.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(code.to_string())
+    } else {
+        Err("an MCC is 4 digits, e.g. 5411".into())
+    }
 }
 
 /// The vPANs on the command line are 12 to 19 digits: refused before any call (a usage

@@ -19,6 +19,10 @@ pub struct ApiError {
     pub code: &'static str,
     /// What went wrong and what to fix; names the field for validation errors.
     pub message: String,
+    /// A 503 that may pass on its own (overload, a stalled disk): told to clients as
+    /// `Retry-After: 1`. One that only an operator can mend has none, so that clients do
+    /// not loop on it.
+    retry_shortly: bool,
 }
 
 impl ApiError {
@@ -28,6 +32,7 @@ impl ApiError {
             status,
             code,
             message: mask_card_numbers(&message.into()),
+            retry_shortly: status == StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -64,6 +69,14 @@ impl ApiError {
     pub fn unavailable(code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
     }
+
+    /// 503 that no retry mends until an operator acts (every number of a range taken).
+    pub fn unavailable_until_mended(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            retry_shortly: false,
+            ..ApiError::unavailable(code, message)
+        }
+    }
 }
 
 /// The JSON body of an error.
@@ -87,7 +100,7 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (self.status, axum::Json(body)).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if self.retry_shortly {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from_static("1"),

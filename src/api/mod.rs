@@ -332,13 +332,16 @@ mod tests {
     use crate::store::StoreConfig;
 
     fn state(dir: &Path) -> ApiState {
+        state_with(dir, &CardsConfig::default())
+    }
+
+    fn state_with(dir: &Path, config: &CardsConfig) -> ApiState {
         let store = StoreConfig {
             data_dir: dir.to_path_buf(),
             key_file: PathBuf::new(),
             ..Default::default()
         };
-        let (cards, _) =
-            Cards::open(&CardsConfig::default(), &store, LedgerConfig::default()).unwrap();
+        let (cards, _) = Cards::open(config, &store, LedgerConfig::default()).unwrap();
         ApiState {
             cards: Arc::new(cards),
             health: Arc::new(Health::new().check("store", || true)),
@@ -388,6 +391,41 @@ mod tests {
                 .unwrap();
             assert_eq!(response.status(), status, "{path}");
             assert_eq!(response.headers()["cache-control"], "no-store", "{path}");
+        }
+    }
+
+    /// Review of a07ad5e: a range with every number taken was answered `Retry-After: 1`,
+    /// and a client that obeyed looped for good.
+    #[tokio::test]
+    async fn a_full_virtual_range_is_a_503_that_asks_for_no_retry() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = CardsConfig {
+            virtual_ranges: vec!["49701099999999".into()],
+            ..Default::default()
+        };
+        let token = auth::Token::new(Secret::new("t"));
+        let app = router_with(state_with(dir.path(), &config), token, 4);
+        let card = serde_json::json!({
+            "pan": crate::pan::test_pan("497010"),
+            "pan_expiry": "2912",
+            "currency": "978",
+            "amount_limit": 100
+        });
+        // Ten numbers in the range (one digit drawn, then the check digit).
+        for issued in 0.. {
+            let request = Request::post("/v1/cards")
+                .header("authorization", "Bearer t")
+                .body(Body::from(card.to_string()))
+                .unwrap();
+            let response = app.clone().oneshot(request).await.unwrap();
+            if response.status() == StatusCode::CREATED {
+                assert!(issued < 10, "more cards than numbers");
+                continue;
+            }
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert!(!response.headers().contains_key("retry-after"));
+            assert_eq!(error_code(response).await, "no_vpan_available");
+            break;
         }
     }
 

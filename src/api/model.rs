@@ -46,7 +46,7 @@ pub enum LockBody {
 /// `{"acceptor_id": "..."}`, nothing else: a key misspelt or added is refused (400), as at
 /// the top level, rather than ignored.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, remote = "Self")]
 pub struct AcceptorLock {
     /// The card acceptor ID, 1 to 15 printable characters.
     pub acceptor_id: String,
@@ -54,7 +54,11 @@ pub struct AcceptorLock {
 
 /// `POST /v1/cards`.
 #[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "an object of the card's fields")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an object of the card's fields",
+    remote = "Self"
+)]
 pub struct CreateCard {
     /// The real card number (Luhn-valid).
     pub pan: String,
@@ -181,6 +185,13 @@ impl CreateCard {
                         "merchant_lock.acceptor_id: must not be empty",
                     ));
                 }
+                if id.starts_with(' ') {
+                    // DE 42 is left-aligned, padded on the right: such a lock could
+                    // never match, and the card would decline everywhere.
+                    return Err(ApiError::invalid(
+                        "merchant_lock.acceptor_id: must not begin with a space (DE 42 is left-aligned)",
+                    ));
+                }
                 MerchantLock::Acceptor(AcceptorId::new(id.as_bytes()).ok_or_else(|| {
                     ApiError::invalid(
                         "merchant_lock.acceptor_id: must be 1 to 15 printable ASCII characters",
@@ -195,6 +206,17 @@ impl CreateCard {
         };
         let mcc_allow = mccs("mcc_allow", &self.mcc_allow)?;
         let mcc_block = mccs("mcc_block", &self.mcc_block)?;
+        if let Some((i, both)) = mcc_block
+            .iter()
+            .enumerate()
+            .find(|(_, m)| mcc_allow.contains(m))
+        {
+            // Blocked wins, so the code would be allowed in name only: a mistake in the
+            // request, not a control anyone means.
+            return Err(ApiError::invalid(format!(
+                "mcc_block[{i}]: {both:04} is in mcc_allow too"
+            )));
+        }
         Ok(CardSpec {
             pan,
             pan_expiry,
@@ -209,6 +231,65 @@ impl CreateCard {
                 mcc_block,
             },
         })
+    }
+}
+
+/// A body read only from a JSON object. serde's derived structs also take an array of
+/// their fields in order (`["4970…", "2912", "978", 10000]`), which would give a client
+/// that sends its values in another order a card with other controls than it meant.
+/// The derive is kept, as `remote = "Self"`, for the reading of the object's keys.
+trait ObjectOnly<'de>: Sized {
+    /// What the refusal of anything else says was expected.
+    const EXPECTING: &'static str;
+    /// The derived reading, given the object's entries.
+    fn from_entries<A: serde::de::MapAccess<'de>>(entries: A) -> Result<Self, A::Error>;
+}
+
+/// Reads a `T` if the JSON value is an object, else refuses it as `T::EXPECTING`.
+fn object_only<'de, T: ObjectOnly<'de>, D: serde::Deserializer<'de>>(d: D) -> Result<T, D::Error> {
+    struct Entries<T>(std::marker::PhantomData<T>);
+    impl<'de, T: ObjectOnly<'de>> serde::de::Visitor<'de> for Entries<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str(T::EXPECTING)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, entries: A) -> Result<T, A::Error> {
+            T::from_entries(entries)
+        }
+    }
+    d.deserialize_map(Entries(std::marker::PhantomData))
+}
+
+impl<'de> ObjectOnly<'de> for CreateCard {
+    const EXPECTING: &'static str = "an object of the card's fields";
+    fn from_entries<A: serde::de::MapAccess<'de>>(entries: A) -> Result<Self, A::Error> {
+        CreateCard::deserialize(serde::de::value::MapAccessDeserializer::new(entries))
+    }
+}
+
+impl<'de> Deserialize<'de> for CreateCard {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        object_only(d)
+    }
+}
+
+impl<'de> ObjectOnly<'de> for AcceptorLock {
+    const EXPECTING: &'static str = "an object with only `acceptor_id`";
+    fn from_entries<A: serde::de::MapAccess<'de>>(entries: A) -> Result<Self, A::Error> {
+        AcceptorLock::deserialize(serde::de::value::MapAccessDeserializer::new(entries))
+    }
+}
+
+impl<'de> Deserialize<'de> for AcceptorLock {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        object_only(d)
+    }
+}
+
+impl Serialize for AcceptorLock {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // The derived writing (`remote = "Self"` makes it an inherent function).
+        AcceptorLock::serialize(self, s)
     }
 }
 
@@ -553,6 +634,30 @@ mod tests {
     }
 
     #[test]
+    fn a_card_or_a_merchant_lock_given_as_an_array_of_its_values_is_malformed() {
+        let pan = crate::pan::test_pan("497010");
+        let in_order = serde_json::json!([pan, "2912", "978", 10000]);
+        let said = serde_json::from_slice::<CreateCard>(in_order.to_string().as_bytes())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(said.contains("an object of the card's fields"), "{said}");
+        let lock = body(serde_json::json!({"merchant_lock": ["SHOP1"]}));
+        assert!(serde_json::from_slice::<CreateCard>(lock.to_string().as_bytes()).is_err());
+        let lock = body(serde_json::json!({"merchant_lock": {"acceptor_id": "SHOP1"}}));
+        let spec = serde_json::from_slice::<CreateCard>(lock.to_string().as_bytes())
+            .unwrap()
+            .into_spec(NOW)
+            .unwrap();
+        assert!(matches!(
+            spec.controls.merchant_lock,
+            MerchantLock::Acceptor(_)
+        ));
+        let twice = r#"{"merchant_lock": {"acceptor_id": "A", "acceptor_id": "B"}}"#;
+        assert!(serde_json::from_str::<CreateCard>(twice).is_err());
+    }
+
+    #[test]
     fn null_mcc_lists_are_not_set_as_null_is_for_every_optional_field() {
         let spec = check(serde_json::json!({
             "mcc_allow": null, "mcc_block": null, "max_uses": null, "merchant_lock": null
@@ -669,6 +774,14 @@ mod tests {
                 "merchant_lock.acceptor_id",
             ),
             (serde_json::json!({"mcc_allow": ["541"]}), "mcc_allow[0]"),
+            (
+                serde_json::json!({"mcc_allow": ["5411", "5812"], "mcc_block": ["7995", 5812]}),
+                "mcc_block[1]",
+            ),
+            (
+                serde_json::json!({"merchant_lock": {"acceptor_id": " SHOP1"}}),
+                "merchant_lock.acceptor_id",
+            ),
             (
                 serde_json::json!({"mcc_block": ["5411", "54111"]}),
                 "mcc_block[1]",

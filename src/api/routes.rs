@@ -317,7 +317,10 @@ async fn create_card(
         )) => Err(ApiError::invalid(format!("pan: {e}"))),
         Err(IssueError::Generate(e)) => {
             tracing::error!(pan = %spec.pan.masked_beside_its_vpan(), error = %e, "no vPAN could be drawn");
-            Err(ApiError::unavailable("no_vpan_available", e.to_string()))
+            Err(ApiError::unavailable_until_mended(
+                "no_vpan_available",
+                format!("{e}: cards.virtual_ranges needs another range for this BIN"),
+            ))
         }
         // The disk stalled: the card's record may still reach it, so "no card" is not
         // said.

@@ -188,7 +188,9 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
         .with_no_client_auth()
         .with_single_cert(chain, key)
         .map_err(|e| TlsError::Setup(format!("{}: {e}", files.key.display())))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // HTTP/1.0 too: a client that offers only it (an older probe, `curl --http1.0`) would
+    // otherwise be refused in the handshake, before any status could say why.
+    config.alpn_protocols = vec![b"http/1.1".to_vec(), b"http/1.0".to_vec()];
     Ok(Arc::new(config))
 }
 

@@ -138,7 +138,9 @@ pub fn decide(card: &Card, req: &AuthRequest, now: UnixSeconds) -> Verdict {
                 (rules.allow.is_empty() || rules.allow.binary_search(&mcc).is_ok())
                     && rules.block.binary_search(&mcc).is_err()
             }
-            None => rules.allow.is_empty(),
+            // A request that does not say what it is cannot be shown to be outside a
+            // block list, nor inside an allow list: either fails closed.
+            None => false,
         };
         if !allowed {
             return Verdict::Decline(Reason::Mcc);
@@ -385,6 +387,17 @@ mod tests {
                     c.mcc = Some(Box::new(crate::cards::card::MccRules {
                         allow: vec![5411].into(),
                         block: vec![].into(),
+                    }))
+                },
+                "57",
+            ),
+            (
+                "a request without MCC fails a block list",
+                |c, r| {
+                    r.mcc = None;
+                    c.mcc = Some(Box::new(crate::cards::card::MccRules {
+                        allow: vec![].into(),
+                        block: vec![7995].into(),
                     }))
                 },
                 "57",
