@@ -3189,6 +3189,59 @@ fn the_snapshot_thread_snapshots_once_enough_records_were_written() {
     assert_eq!(cards.get(key).unwrap().spent, 100);
 }
 
+/// Review of a07ad5e: the count started at 0 at every start, so a switch restarted
+/// before it wrote `every_records` never snapshotted, whatever its journal held.
+#[test]
+fn records_replayed_at_a_start_count_toward_the_next_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = {
+        let (cards, _) = open(dir.path());
+        let key = issue(&cards, &spec(1_000_000));
+        for stan in 0..10 {
+            approved(&cards, key, 10, stan);
+        }
+        key
+    };
+    let (cards, rec) = open(dir.path());
+    assert!(rec.records >= 20);
+    assert!(cards.records_since_snapshot() >= rec.records);
+    // With nothing written since the start, the first look snapshots what it replayed.
+    let cards = Arc::new(cards);
+    let thread = cards
+        .start_snapshots(vpan::cards::SnapshotPolicy {
+            every_records: 10,
+            check_every: std::time::Duration::from_millis(5),
+        })
+        .unwrap();
+    wait_for_a_snapshot(dir.path(), "records replayed at the start never counted");
+    thread.stop();
+    assert_eq!(cards.records_since_snapshot(), 0);
+    assert_eq!(cards.get(key).unwrap().spent, 100);
+}
+
+/// Review of a07ad5e: a snapshot that failed half-way left its temporary file, megabytes
+/// on a disk already full, where the journal then found no room, nor the next start.
+#[test]
+fn a_snapshot_that_fails_leaves_no_temporary_file_nor_does_a_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let temp = dir.path().join("snapshot.tmp");
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &spec(1_000));
+    // The rename into place fails: a directory that is not empty stands there.
+    let blocker = dir.path().join("snapshot.bin");
+    std::fs::create_dir(&blocker).unwrap();
+    std::fs::write(blocker.join("x"), b"x").unwrap();
+    assert!(cards.snapshot().is_err());
+    assert!(!temp.exists(), "the failed snapshot's file was left");
+    drop(cards);
+    std::fs::remove_dir_all(&blocker).unwrap();
+    // A kill while one was written leaves it: the next start removes it.
+    std::fs::write(&temp, vec![7u8; 4096]).unwrap();
+    let (cards, _) = open(dir.path());
+    assert!(!temp.exists(), "a start left a stopped snapshot's file");
+    assert!(cards.get(key).is_some());
+}
+
 #[test]
 fn a_failed_snapshot_is_tried_again_without_waiting_for_more_records() {
     let dir = tempfile::tempdir().unwrap();

@@ -321,6 +321,11 @@ pub struct Cards {
     _dir_lock: std::fs::File,
     /// Journal records written when the last snapshot rotated the journal.
     records_at_snapshot: AtomicU64,
+    /// Records replayed at the start that no snapshot covers yet (0 once one is taken):
+    /// counted toward the next snapshot with those written since, or a switch restarted
+    /// more often than it writes `snapshot_every_records` would never take one, and its
+    /// journal and start time would grow for good.
+    records_replayed_since_snapshot: AtomicU64,
 }
 
 /// Lookups the switch needs besides the decisions.

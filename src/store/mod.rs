@@ -17,7 +17,7 @@
 //! ```text
 //! pan.key                    32-byte AES key (0600), unless store.key_file points elsewhere
 //! snapshot.bin               the last complete snapshot (replaced atomically by rename)
-//! snapshot.tmp               a snapshot being written (ignored and overwritten at start)
+//! snapshot.tmp               a snapshot being written (removed if it fails, and at start)
 //! journal-0000000007.log     journal segments not yet covered by the snapshot
 //! reversals.log              reversals owed to the issuer (real PANs sealed), until answered
 //! vpan.lock                  held (flock) by the process that has the directory open
@@ -52,6 +52,64 @@ pub(crate) fn create_private_file(path: &Path) -> std::io::Result<std::fs::File>
         .create_new(true)
         .mode(PRIVATE_FILE_MODE)
         .open(path)
+}
+
+/// A file written aside and renamed into place once whole (a snapshot, the rewritten book
+/// of reversals owed). Dropped before [`TempFile::rename_to`] succeeded (a write that
+/// failed half-way, on a full disk say), it is removed: left there, it would hold the room
+/// the journal then lacks, and the next try, which starts a journal segment first, would
+/// fail on it too.
+pub(crate) struct TempFile {
+    path: PathBuf,
+    in_place: bool,
+}
+
+impl TempFile {
+    /// Creates `path` afresh as [`create_private_file`] does; the file to write it through.
+    pub(crate) fn create(path: PathBuf) -> std::io::Result<(TempFile, std::fs::File)> {
+        let file = create_private_file(&path)?;
+        Ok((
+            TempFile {
+                path,
+                in_place: false,
+            },
+            file,
+        ))
+    }
+
+    /// Where it is being written.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Renames it to `to`, after which it is no longer removed.
+    pub(crate) fn rename_to(mut self, to: &Path) -> std::io::Result<()> {
+        std::fs::rename(&self.path, to)?;
+        self.in_place = true;
+        Ok(())
+    }
+
+    /// Removes a leftover of a process that stopped while writing one (a kill), at a
+    /// start: it is nothing to read, and holds room.
+    pub(crate) fn remove_leftover(path: &Path) {
+        match std::fs::remove_file(path) {
+            Ok(()) => {
+                tracing::info!(file = %path.display(), "removed a temporary file a stop left behind")
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "could not remove a temporary file a stop left behind")
+            }
+        }
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.in_place {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// Where damaged bytes of `path` are kept for the operators before vpan cuts or rewrites
@@ -233,6 +291,18 @@ pub enum StoreError {
     /// A record or snapshot that passed its checksum does not decode.
     #[error("{0}: a record does not decode")]
     Corrupt(&'static str),
+    /// The snapshot fails its checksums or is cut short: written whole and synced before
+    /// it was renamed into place, it is damaged on disk, and it is the only copy of what
+    /// the journal segments it covered held.
+    #[error(
+        "{path}: the snapshot is damaged ({what}); it holds the cards whose journal segments were deleted, so vpan does not start without it whole: restore it with the journal segments from one backup of the data directory"
+    )]
+    DamagedSnapshot {
+        /// The snapshot file.
+        path: PathBuf,
+        /// What was found wrong, and where.
+        what: String,
+    },
     /// A journal segment other than the last is damaged. Only the last segment can end in
     /// a torn write (each one is synced whole before the next is opened), so this is
     /// damage to durable records, and the records after it would replay onto a state

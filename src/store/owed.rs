@@ -657,11 +657,10 @@ impl OwedReversals {
 /// Writes what `live` holds as the whole new file (synced, opened for appending, renamed
 /// into place, the directory synced). On failure, whether the file in place was replaced
 /// already (it was, when only the directory's sync failed).
-fn rewrite(dir: &Path, path: &PathBuf, live: &Live) -> Result<(File, u64), (StoreError, bool)> {
+fn rewrite(dir: &Path, path: &Path, live: &Live) -> Result<(File, u64), (StoreError, bool)> {
     let what = "rewriting the reversals owed";
     let failed = |replaced| move |e| (StoreError::io(what)(e), replaced);
-    let temp = dir.join(TEMP_FILE);
-    let file = super::create_private_file(&temp).map_err(failed(false))?;
+    let (temp, file) = super::TempFile::create(dir.join(TEMP_FILE)).map_err(failed(false))?;
     // Streamed, one record at a time: the book can be large when an issuer has been down,
     // and `live` holds its debts already.
     let mut out = std::io::BufWriter::with_capacity(1 << 16, file);
@@ -698,9 +697,9 @@ fn rewrite(dir: &Path, path: &PathBuf, live: &Live) -> Result<(File, u64), (Stor
     // on the file in place.
     let appending = OpenOptions::new()
         .append(true)
-        .open(&temp)
+        .open(temp.path())
         .map_err(failed(false))?;
-    std::fs::rename(&temp, path).map_err(failed(false))?;
+    temp.rename_to(path).map_err(failed(false))?;
     sync_dir(dir).map_err(failed(true))?;
     Ok((appending, len))
 }
@@ -936,6 +935,18 @@ mod tests {
             OwedReversals::open(dir.path(), cipher(), u64::MAX, u64::MAX).unwrap_err(),
             StoreError::Decrypt
         );
+    }
+
+    /// Review of a07ad5e: a rewrite that failed left its temporary file behind.
+    #[test]
+    fn a_rewrite_that_fails_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // The rename into place fails: a directory that is not empty stands there.
+        let blocked = dir.path().join("blocked");
+        std::fs::create_dir(&blocked).unwrap();
+        std::fs::write(blocked.join("x"), b"x").unwrap();
+        assert!(rewrite(dir.path(), &blocked, &Live::default()).is_err());
+        assert!(!dir.path().join(TEMP_FILE).exists());
     }
 
     #[tokio::test]

@@ -32,6 +32,8 @@ pub struct SnapshotWriter {
     out: BufWriter<File>,
     /// Reused framing buffer.
     buf: Vec<u8>,
+    /// The temporary file's name, removed unless the snapshot is committed.
+    temp: super::TempFile,
     /// The data directory.
     dir: PathBuf,
     /// Records written.
@@ -43,11 +45,12 @@ pub struct SnapshotWriter {
 impl SnapshotWriter {
     /// Starts a new snapshot in `dir` (replacing any leftover temporary file).
     pub fn create(dir: &Path) -> Result<SnapshotWriter, StoreError> {
-        let file = super::create_private_file(&dir.join(TEMP_FILE))
+        let (temp, file) = super::TempFile::create(dir.join(TEMP_FILE))
             .map_err(StoreError::io("creating a snapshot"))?;
         Ok(SnapshotWriter {
             out: BufWriter::with_capacity(1 << 20, file),
             buf: Vec::with_capacity(512),
+            temp,
             dir: dir.to_path_buf(),
             records: 0,
             unsynced: 0,
@@ -86,11 +89,17 @@ impl SnapshotWriter {
         file.sync_all()
             .map_err(StoreError::io("syncing a snapshot"))?;
         drop(file);
-        std::fs::rename(self.dir.join(TEMP_FILE), self.dir.join(SNAPSHOT_FILE))
+        self.temp
+            .rename_to(&self.dir.join(SNAPSHOT_FILE))
             .map_err(StoreError::io("renaming a snapshot into place"))?;
         sync_dir(&self.dir).map_err(StoreError::io("syncing the data directory"))?;
         Ok(self.records)
     }
+}
+
+/// Removes the temporary file of a snapshot a stop interrupted, at a start.
+pub fn remove_leftover(dir: &Path) {
+    super::TempFile::remove_leftover(&dir.join(TEMP_FILE));
 }
 
 /// Reads the snapshot in `dir`, handing each record's payload to `f`. `Ok(false)` when
@@ -107,9 +116,25 @@ pub fn read(
     // A snapshot is written whole, with nothing after its records: any byte there, zero
     // or not, is damage.
     if report.bad_bytes > 0 || report.zeros > 0 {
-        return Err(StoreError::Corrupt("snapshot.bin"));
+        return Err(damaged(
+            &path,
+            format!(
+                "after {} whole records, {} bytes from byte {} do not read as records",
+                report.records,
+                report.bad_bytes + report.zeros,
+                report.good_bytes
+            ),
+        ));
     }
     Ok(true)
+}
+
+/// [`StoreError::DamagedSnapshot`] of the snapshot at `path`.
+fn damaged(path: &Path, what: impl Into<String>) -> StoreError {
+    StoreError::DamagedSnapshot {
+        path: path.to_path_buf(),
+        what: what.into(),
+    }
 }
 
 /// The first record of the snapshot in `dir` (its header), or `None` when there is none.
@@ -122,17 +147,17 @@ pub fn first_record(dir: &Path) -> Result<Option<Vec<u8>>, StoreError> {
     };
     let mut head = [0u8; 8];
     std::io::Read::read_exact(&mut file, &mut head)
-        .map_err(|_| StoreError::Corrupt("snapshot.bin"))?;
+        .map_err(|_| damaged(&path, "its first record is cut short"))?;
     let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
     let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
     if len == 0 || len > super::journal::MAX_RECORD_BYTES {
-        return Err(StoreError::Corrupt("snapshot.bin"));
+        return Err(damaged(&path, "its first record's length is impossible"));
     }
     let mut payload = vec![0u8; len];
     std::io::Read::read_exact(&mut file, &mut payload)
-        .map_err(|_| StoreError::Corrupt("snapshot.bin"))?;
+        .map_err(|_| damaged(&path, "its first record is cut short"))?;
     if crc32fast::hash(&payload) != crc {
-        return Err(StoreError::Corrupt("snapshot.bin"));
+        return Err(damaged(&path, "its first record fails its checksum"));
     }
     Ok(Some(payload))
 }
@@ -219,9 +244,14 @@ mod tests {
         let last = b.len() - 1;
         b[last] ^= 1;
         std::fs::write(&path, b).unwrap();
-        assert_eq!(
-            read_all(dir.path()),
-            Err(StoreError::Corrupt("snapshot.bin"))
+        let said = read_all(dir.path()).unwrap_err().to_string();
+        assert!(
+            said.starts_with(&format!(
+                "{}: the snapshot is damaged (after 1 whole records",
+                path.display()
+            )),
+            "{said}"
         );
+        assert!(said.contains("restore it"), "{said}");
     }
 }

@@ -91,6 +91,7 @@ impl Cards {
         // One process per data directory: a second one would interleave journals.
         let lock = crate::store::lock_data_dir(&dir)?;
         crate::store::refuse_if_rekeyed(&dir)?;
+        snapshot::remove_leftover(&dir);
         if !key_path.exists() && holds_sealed_card_numbers(&dir)? {
             return Err(StoreError::KeyFile {
                 path: key_path,
@@ -313,6 +314,7 @@ impl Cards {
                 snapshot_lock: Mutex::new(()),
                 _dir_lock: lock,
                 records_at_snapshot: AtomicU64::new(0),
+                records_replayed_since_snapshot: AtomicU64::new(recovered.records),
             },
             recovered,
         ))

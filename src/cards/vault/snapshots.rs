@@ -61,6 +61,8 @@ impl Cards {
         // was, so the next look tries again rather than waiting for another
         // `every_records`.
         self.records_at_snapshot.store(records, Ordering::Relaxed);
+        self.records_replayed_since_snapshot
+            .store(0, Ordering::Relaxed);
         let mut segments_deleted = 0;
         for n in list_segments(&self.dir).map_err(StoreError::io("listing the journal"))? {
             if n >= from_segment {
@@ -150,13 +152,16 @@ impl Cards {
 }
 
 impl Cards {
-    /// Journal records written since the last snapshot.
+    /// Journal records a restart would replay: written since the last snapshot, and
+    /// those replayed at the start if no snapshot was taken since.
     pub fn records_since_snapshot(&self) -> u64 {
-        self.journal
+        let written = self
+            .journal
             .stats()
             .records
             .load(Ordering::Relaxed)
-            .saturating_sub(self.records_at_snapshot.load(Ordering::Relaxed))
+            .saturating_sub(self.records_at_snapshot.load(Ordering::Relaxed));
+        written.saturating_add(self.records_replayed_since_snapshot.load(Ordering::Relaxed))
     }
 
     /// Starts a thread that snapshots whenever the policy says so, so that a restart never
