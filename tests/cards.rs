@@ -3235,10 +3235,14 @@ fn a_snapshot_that_fails_leaves_no_temporary_file_nor_does_a_start() {
     assert!(!temp.exists(), "the failed snapshot's file was left");
     drop(cards);
     std::fs::remove_dir_all(&blocker).unwrap();
-    // A kill while one was written leaves it: the next start removes it.
+    // A kill while one was written leaves it: the next start removes it, and that of a
+    // rewrite of the book of reversals owed, before the journal needs room for a segment.
     std::fs::write(&temp, vec![7u8; 4096]).unwrap();
+    let owed_temp = dir.path().join("reversals.tmp");
+    std::fs::write(&owed_temp, vec![7u8; 4096]).unwrap();
     let (cards, _) = open(dir.path());
     assert!(!temp.exists(), "a start left a stopped snapshot's file");
+    assert!(!owed_temp.exists(), "a start left a stopped rewrite's file");
     assert!(cards.get(key).is_some());
 }
 

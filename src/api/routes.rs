@@ -319,7 +319,7 @@ async fn create_card(
             tracing::error!(pan = %spec.pan.masked_beside_its_vpan(), error = %e, "no vPAN could be drawn");
             Err(ApiError::unavailable_until_mended(
                 "no_vpan_available",
-                format!("{e}: cards.virtual_ranges needs another range for this BIN"),
+                format!("{e}: list another range for this BIN in cards.virtual_ranges"),
             ))
         }
         // The disk stalled: the card's record may still reach it, so "no card" is not

@@ -98,18 +98,30 @@ impl VpanGenerator {
     /// warns of that at start). With ranges, a BIN none of them is for is refused rather
     /// than drawn from: the issuer reserved numbers for vPANs, and these are not among them.
     pub fn prefix_for<'a>(&'a self, real: &'a Pan) -> Result<&'a [u8], GenerateError> {
+        Ok(self.prefixes_for(real)?[0])
+    }
+
+    /// Every prefix this real card's vPANs may start with, in the order they are drawn
+    /// from: the BIN's virtual ranges, longest first (of equal length, as listed), or the
+    /// BIN alone with no ranges configured. Never empty.
+    fn prefixes_for<'a>(&'a self, real: &'a Pan) -> Result<Vec<&'a [u8]>, GenerateError> {
         let bin = real.prefix(self.bin_length);
         if self.ranges.is_empty() {
-            return Ok(bin);
+            return Ok(vec![bin]);
         }
-        self.ranges
+        let mut prefixes: Vec<&[u8]> = self
+            .ranges
             .iter()
             .filter(|r| r.starts_with(bin) && r.len() < real.len())
-            .max_by_key(|r| r.len())
             .map(Vec::as_slice)
-            .ok_or_else(|| GenerateError::NoRange {
+            .collect();
+        if prefixes.is_empty() {
+            return Err(GenerateError::NoRange {
                 bin: String::from_utf8_lossy(bin).into_owned(),
-            })
+            });
+        }
+        prefixes.sort_by_key(|r| std::cmp::Reverse(r.len()));
+        Ok(prefixes)
     }
 
     /// How many distinct vPANs this real card's prefix and length allow (none without a
@@ -144,12 +156,38 @@ impl VpanGenerator {
     /// Draws candidates until `claim` accepts one (the caller claims it atomically in the
     /// index, so two issuances never get the same number), at most [`MAX_ATTEMPTS`] times.
     /// A candidate equal to the real card number is never offered.
+    ///
+    /// A range with no room left is followed by the BIN's next one, so that an operator
+    /// whose range has filled up mends it by listing another.
     pub fn generate(
         &self,
         real: &Pan,
         mut claim: impl FnMut(&Pan) -> bool,
     ) -> Result<Pan, GenerateError> {
-        let prefix = self.prefix_for(real)?;
+        let mut failed = None;
+        for prefix in self.prefixes_for(real)? {
+            match self.draw(prefix, real, &mut claim) {
+                Ok(vpan) => return Ok(vpan),
+                // A full range says more than one too long for the card.
+                Err(e) => match (&failed, &e) {
+                    (Some(GenerateError::RangeFull { .. }), GenerateError::NoRoom { .. }) => {}
+                    _ => failed = Some(e),
+                },
+            }
+        }
+        // `prefixes_for` gives one prefix at least, so one failed.
+        Err(failed.unwrap_or(GenerateError::NoRoom {
+            pan_len: real.len(),
+        }))
+    }
+
+    /// [`VpanGenerator::generate`] from one prefix.
+    fn draw(
+        &self,
+        prefix: &[u8],
+        real: &Pan,
+        claim: &mut impl FnMut(&Pan) -> bool,
+    ) -> Result<Pan, GenerateError> {
         let len = real.len();
         let random_digits = len
             .checked_sub(prefix.len() + 1)
@@ -275,6 +313,22 @@ mod tests {
         assert!(matches!(err, GenerateError::RangeFull { .. }));
         assert!(calls <= MAX_ATTEMPTS);
         assert!(err.to_string().contains("full"));
+    }
+
+    /// Review of 0fc7465: only the longest range was ever drawn from, so a range that
+    /// filled up stayed full whatever range was added beside it.
+    #[test]
+    fn a_full_range_is_followed_by_the_bins_next_one() {
+        // 12-digit cards: the first range leaves 1 random digit, the second 3.
+        let ranges = ["4970101234".to_string(), "49701056".into()];
+        let g = VpanGenerator::new(6, &ranges).unwrap();
+        let r = real("497010", 12);
+        let v = g
+            .generate(&r, |c| !c.as_bytes().starts_with(b"4970101234"))
+            .unwrap();
+        assert!(v.as_bytes().starts_with(b"49701056"));
+        let err = g.generate(&r, |_| false).unwrap_err();
+        assert!(matches!(err, GenerateError::RangeFull { .. }), "{err}");
     }
 
     #[test]

@@ -654,6 +654,12 @@ impl OwedReversals {
     }
 }
 
+/// Removes the temporary file of a rewrite a stop interrupted, at a start, before the
+/// journal needs room for its next segment (the book is opened, and rewritten, only after).
+pub fn remove_leftover(dir: &Path) {
+    super::TempFile::remove_leftover(&dir.join(TEMP_FILE));
+}
+
 /// Writes what `live` holds as the whole new file (synced, opened for appending, renamed
 /// into place, the directory synced). On failure, whether the file in place was replaced
 /// already (it was, when only the directory's sync failed).

@@ -111,34 +111,30 @@ impl Cards {
         self.generator
             .check_real(&spec.pan)
             .map_err(IssueError::Invalid)?;
+        // A vPAN behind a vPAN would reach the issuer with a number it does not know, past
+        // the first card's controls.
+        let refused = || {
+            Err(IssueError::Invalid(
+                "pan is a virtual card number: give the real card's",
+            ))
+        };
+        if self.generator.in_virtual_range(spec.pan.as_bytes()) {
+            return refused();
+        }
         // Known as a real card before it is looked up among the vPANs: a draw for another
         // card from then on cannot take this number (only one already made, in the same
         // microseconds, of this very number out of 10^9, could).
         let real_key = CardKey::of(&spec.pan);
         let newly_known = self.real_keys.insert(real_key, ()).is_none();
-        let issued = self.issue_known_real(spec, now, real_key);
-        if issued.is_err() && newly_known {
-            // A number refused (a vPAN, or one inside a virtual range) or a card that could
-            // not be issued is no card vPANs must avoid: kept, such calls would grow the
-            // set for good and take numbers out of the ranges until a restart.
-            self.real_keys.remove(&real_key);
-        }
-        issued
-    }
-
-    /// [`Cards::issue`] once the real card is among the known ones.
-    fn issue_known_real(
-        &self,
-        spec: &CardSpec,
-        now: UnixSeconds,
-        real_key: CardKey,
-    ) -> Result<(CardView, Durable), IssueError> {
-        if self.generator.in_virtual_range(spec.pan.as_bytes()) || self.index.contains(real_key) {
-            // A vPAN behind a vPAN would reach the issuer with a number it does not know,
-            // past the first card's controls.
-            return Err(IssueError::Invalid(
-                "pan is a virtual card number: give the real card's",
-            ));
+        if self.index.contains(real_key) {
+            // It is a vPAN, for every call that gives it, now and later: no real card
+            // draws must avoid. Kept, each such call would grow the set for good (review
+            // of a07ad5e). A card that cannot be issued for another reason (its range
+            // full) keeps its number here: another call may be issuing on it meanwhile.
+            if newly_known {
+                self.real_keys.remove(&real_key);
+            }
+            return refused();
         }
         let lsn = self.lsn();
         let mut card = Card::new(spec, now);

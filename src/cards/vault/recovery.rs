@@ -92,6 +92,7 @@ impl Cards {
         let lock = crate::store::lock_data_dir(&dir)?;
         crate::store::refuse_if_rekeyed(&dir)?;
         snapshot::remove_leftover(&dir);
+        crate::store::owed::remove_leftover(&dir);
         if !key_path.exists() && holds_sealed_card_numbers(&dir)? {
             return Err(StoreError::KeyFile {
                 path: key_path,
