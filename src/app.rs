@@ -160,6 +160,18 @@ impl App {
                  one may equal another cardholder's real card; reserve ranges in production"
             );
         }
+        // The listeners' addresses are taken before the store is opened, so that a port in
+        // use stops the start before anything is made in a fresh data directory, and before
+        // a long recovery; they listen only once it is done, so that the network's
+        // connections meanwhile are refused (another node of a pair takes them), not left
+        // unanswered in a backlog.
+        let network_address = if config.network.connect.is_empty() {
+            Some(reserve("network.listen", &config.network.listen)?)
+        } else {
+            None
+        };
+        let metrics_address = reserve("metrics.listen", &config.metrics.listen)?;
+        let api_address = reserve("api.listen", &config.api.listen)?;
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
             build = env!("VPAN_BUILD"),
@@ -205,18 +217,12 @@ impl App {
             "store recovered"
         );
 
-        let network = if config.network.connect.is_empty() {
-            let listener = bind("network.listen", &config.network.listen).await?;
-            NetworkSide::Listen(listener)
-        } else {
-            NetworkSide::Dial(config.network.connect.clone())
+        let network = match network_address {
+            Some(address) => NetworkSide::Listen(address.listen()?),
+            None => NetworkSide::Dial(config.network.connect.clone()),
         };
-        let metrics = bind("metrics.listen", &config.metrics.listen).await?;
-        let api = ApiServer::new(
-            bind("api.listen", &config.api.listen).await?,
-            &config.api,
-            &config.store.data_dir,
-        )?;
+        let metrics = metrics_address.listen()?;
+        let api = ApiServer::new(api_address.listen()?, &config.api, &config.store.data_dir)?;
         let addresses = Addresses {
             network: match &network {
                 NetworkSide::Listen(l) => l.local_addr().ok(),
@@ -565,14 +571,53 @@ async fn publish_card_gauges(cards: Arc<Cards>, shutdown: CancellationToken) {
     }
 }
 
-async fn bind(key: &'static str, addr: &str) -> Result<TcpListener, AppError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| AppError::Bind {
-            key,
-            addr: addr.to_string(),
+/// A listener's address, bound but not yet listening: connections to it are refused.
+struct Reserved {
+    key: &'static str,
+    addr: String,
+    socket: tokio::net::TcpSocket,
+}
+
+/// Binds `addr` (a listener key's value, an `IP:port` the config checked) without
+/// listening: the error names the key when the address is in use or not this host's.
+fn reserve(key: &'static str, addr: &str) -> Result<Reserved, AppError> {
+    let failed = |source| AppError::Bind {
+        key,
+        addr: addr.to_string(),
+        source,
+    };
+    let parsed: SocketAddr = addr.parse().map_err(|_| {
+        failed(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not an IP:port address",
+        ))
+    })?;
+    let socket = if parsed.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(failed)?;
+    // As `TcpListener::bind` does: a restart takes its port back at once, past the
+    // connections of the process before still closing (TIME_WAIT).
+    socket.set_reuseaddr(true).map_err(failed)?;
+    socket.bind(parsed).map_err(failed)?;
+    Ok(Reserved {
+        key,
+        addr: addr.to_string(),
+        socket,
+    })
+}
+
+impl Reserved {
+    /// Starts listening, with the backlog `TcpListener::bind` gives.
+    fn listen(self) -> Result<TcpListener, AppError> {
+        self.socket.listen(1024).map_err(|source| AppError::Bind {
+            key: self.key,
+            addr: self.addr,
             source,
         })
+    }
 }
 
 fn load_spec(key: &'static str, name: &str) -> Result<&'static Spec, AppError> {

@@ -316,14 +316,25 @@ impl Config {
                 origin: origin.clone(),
                 message: one_line(&e, text),
             })?;
-        apply_env(&mut table, env)?;
+        let set_by = apply_env(&mut table, env)?;
         let config = toml::Value::Table(table)
             .try_into::<Config>()
             .map_err(|e| ConfigError::Parse {
                 origin: format!("{origin} with environment overrides"),
                 message: one_line(&e, ""),
             })?;
-        config.validate()?;
+        // A value a variable set is told against the variable: the file may not set that
+        // key at all, or set it right.
+        config.validate().map_err(|e| match e {
+            ConfigError::Invalid { key, message } => match set_by.get(key) {
+                Some(var) => ConfigError::Env {
+                    var: var.clone(),
+                    message: format!("{key}: {message}"),
+                },
+                None => ConfigError::Invalid { key, message },
+            },
+            other => other,
+        })?;
         Ok(config)
     }
 
@@ -503,21 +514,36 @@ fn check_addr(key: &'static str, value: &str) -> Result<(), ConfigError> {
 }
 
 fn check_host_port(key: &'static str, value: &str) -> Result<(), ConfigError> {
-    match value.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
-        _ => Err(ConfigError::Invalid {
+    if is_host_port_to_dial(value) {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
             key,
-            message: format!("{value:?} is not a host:port address"),
-        }),
+            message: format!(
+                "{value:?} is not a host:port to connect to, its port from 1 to 65535"
+            ),
+        })
     }
+}
+
+/// A `host:port` vpan can dial: a host without spaces, a port from 1 (port 0, which a
+/// listener takes as "any free port", reaches nothing: dialled, it is refused for good).
+pub fn is_host_port_to_dial(s: &str) -> bool {
+    s.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty()
+            && !host.contains(char::is_whitespace)
+            && port.parse::<u16>().is_ok_and(|p| p != 0)
+    })
 }
 
 /// Applies `VPAN_<SECTION>_<KEY>` variables to the parsed file. Variables whose section is
 /// not a config section (such as `VPAN_TOKEN` of the `vpan card` client) are not ours.
+/// Returns the variable that set each key (`section.key`).
 fn apply_env(
     table: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
-) -> Result<(), ConfigError> {
+) -> Result<std::collections::HashMap<String, String>, ConfigError> {
+    let mut set_by = std::collections::HashMap::new();
     let defaults = toml::Table::try_from(Config::default()).map_err(|e| ConfigError::Parse {
         origin: "defaults".into(),
         message: e.to_string(),
@@ -570,8 +596,9 @@ fn apply_env(
         toml::Value::Table(table.clone())
             .try_into::<Config>()
             .map_err(|e| env_error(one_line(&e, "")))?;
+        set_by.insert(format!("{section}.{key}"), var.clone());
     }
-    Ok(())
+    Ok(set_by)
 }
 
 /// For a `VPAN_` variable's `rest` (lower case) that names no configuration section, the
@@ -983,6 +1010,34 @@ mod tests {
         }
     }
 
+    /// Review of b4e48eb: a value out of range that a variable set was told against the
+    /// config key, and the operator looked in a file that did not set it.
+    #[test]
+    fn an_environment_value_out_of_range_is_refused_naming_the_variable() {
+        for (var, raw, key) in [
+            (
+                "VPAN_NETWORK_MAX_CONNECTIONS",
+                "0",
+                "network.max_connections",
+            ),
+            ("VPAN_CARDS_BIN_LENGTH", "7", "cards.bin_length"),
+            ("VPAN_ISSUER_CONNECT", "127.0.0.1:0", "issuer.connect"),
+        ] {
+            let err = load("", &[("VPAN_API_LISTEN", "127.0.0.1:0"), (var, raw)])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(&format!("environment variable {var}: {key}: ")),
+                "{err}"
+            );
+        }
+        // Set in the file, it is still the file's key.
+        let err = load("[cards]\nbin_length = 7\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("config key cards.bin_length: "), "{err}");
+    }
+
     #[test]
     fn invalid_values_name_their_key() {
         let cases = [
@@ -1026,6 +1081,11 @@ mod tests {
                 "network.max_connections",
             ),
             ("[issuer]\nconnections = 100000\n", "issuer.connections"),
+            ("[issuer]\nconnect = \"127.0.0.1:0\"\n", "issuer.connect"),
+            (
+                "[network]\nconnect = \"network.example:0\"\n",
+                "network.connect",
+            ),
         ];
         for (text, key) in cases {
             let err = load(text, &[]).unwrap_err().to_string();

@@ -1098,6 +1098,36 @@ async fn the_clients_trust_the_systems_roots_beside_the_default_certificate() {
     api.stop().await;
 }
 
+/// Review of b4e48eb: a listener's port in use stopped the start only once the store was
+/// recovered: in a fresh data directory, after its key and journal were made.
+#[test]
+fn a_port_in_use_stops_the_start_before_the_data_directory_is_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let data_dir = dir.path().join("fresh");
+    let config = dir.path().join("vpan.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[network]\nlisten = \"127.0.0.1:0\"\n[api]\nlisten = \"127.0.0.1:0\"\n\
+             [metrics]\nlisten = \"{}\"\n[store]\ndata_dir = \"{}\"\n",
+            held.local_addr().unwrap(),
+            data_dir.display()
+        ),
+    )
+    .unwrap();
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_vpan"));
+    serve.arg("serve").arg("--config").arg(&config);
+    for (var, _) in std::env::vars().filter(|(k, _)| k.starts_with("VPAN_")) {
+        serve.env_remove(var);
+    }
+    let out = serve.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("metrics.listen"), "{err}");
+    assert!(!data_dir.exists(), "the data directory was made: {err}");
+}
+
 /// Runs `vpan health --url URL --ca CA`; exit code, stdout, stderr. With proxy variables
 /// naming a port where nothing listens and no `NO_PROXY`, as in a container behind a
 /// corporate proxy: a check of 127.0.0.1 must not go through them.

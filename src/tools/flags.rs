@@ -46,12 +46,7 @@ pub fn per_second(s: &str) -> Result<f64, String> {
 /// from 1 to 65535. Whether the host resolves is known only when connecting; a value that
 /// cannot be an address at all is a usage error.
 pub fn host_port(s: &str) -> Result<String, String> {
-    let ok = s.rsplit_once(':').is_some_and(|(host, port)| {
-        !host.is_empty()
-            && !host.contains(char::is_whitespace)
-            && port.parse::<u16>().is_ok_and(|p| p != 0)
-    });
-    if ok {
+    if crate::config::is_host_port_to_dial(s) {
         Ok(s.to_string())
     } else {
         Err("a host:port to connect to, its port from 1 to 65535, e.g. 127.0.0.1:8583".into())
