@@ -242,6 +242,10 @@ impl App {
         let shutdown = CancellationToken::new();
         let issuer_stop = CancellationToken::new();
         m::install();
+        m::publish_settings(
+            config.network.max_connections,
+            Duration::from_millis(config.issuer.timeout_ms),
+        );
         owed.publish();
         let issuer = IssuerLink::start(
             IssuerSettings {

@@ -72,6 +72,13 @@ pub const ISSUER_REVERSALS_OWED: &str = "vpan_issuer_reversals_owed";
 /// the time, each paid within seconds).
 pub const ISSUER_OLDEST_REVERSAL_OWED: &str = "vpan_issuer_oldest_reversal_owed_timestamp_seconds";
 
+/// Gauge of `network.max_connections`, and the next of `issuer.timeout_ms` in seconds: the
+/// settings the alert rules compare the metrics with, so that a changed config does not
+/// leave them comparing with the defaults.
+pub const NETWORK_MAX_CONNECTIONS: &str = "vpan_network_max_connections";
+/// See [`NETWORK_MAX_CONNECTIONS`].
+pub const ISSUER_TIMEOUT: &str = "vpan_issuer_timeout_seconds";
+
 /// The metric names of the contract (CONTRACT.md §6).
 pub const CONTRACT: [&str; 9] = [
     REQUESTS_TOTAL,
@@ -85,8 +92,20 @@ pub const CONTRACT: [&str; 9] = [
     STORE_COMMIT_DURATION,
 ];
 
-/// vpan's own metrics beside the contract's: those of the reversals owed.
-pub const OWN: [&str; 2] = [ISSUER_REVERSALS_OWED, ISSUER_OLDEST_REVERSAL_OWED];
+/// vpan's own metrics beside the contract's: those of the reversals owed, and the settings
+/// the alerts read.
+pub const OWN: [&str; 4] = [
+    ISSUER_REVERSALS_OWED,
+    ISSUER_OLDEST_REVERSAL_OWED,
+    NETWORK_MAX_CONNECTIONS,
+    ISSUER_TIMEOUT,
+];
+
+/// Sets the gauges of the settings the alert rules compare with.
+pub fn publish_settings(max_connections: usize, issuer_timeout: std::time::Duration) {
+    metrics::gauge!(NETWORK_MAX_CONNECTIONS).set(max_connections as f64);
+    metrics::gauge!(ISSUER_TIMEOUT).set(issuer_timeout.as_secs_f64());
+}
 
 /// Every metric name vpan exports, the contract's and its own, for the tests that check
 /// dashboards, alert rules and the first scrape.
@@ -170,6 +189,15 @@ fn describe() {
         "Frames refused, by reason: the network's, and the issuer host's (reasons issuer_*)"
     );
     describe_gauge!(CARDS, "Virtual cards, by status");
+    describe_gauge!(
+        NETWORK_MAX_CONNECTIONS,
+        "network.max_connections: network-side connections past it are refused"
+    );
+    describe_gauge!(
+        ISSUER_TIMEOUT,
+        Unit::Seconds,
+        "issuer.timeout_ms, in seconds: a request the issuer host has not answered by then gets 91"
+    );
     describe_histogram!(
         STORE_COMMIT_DURATION,
         Unit::Seconds,

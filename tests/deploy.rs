@@ -217,8 +217,26 @@ async fn a_switch_that_has_served_nothing_lists_every_metric_of_the_contract() {
     // first scrape, before any request, has each metric of the contract, those labelled
     // by request too (at zero, for the request types vpan answers).
     let dir = tempfile::tempdir().unwrap();
-    let serve = procs::start_serve(dir.path(), "127.0.0.1:1", &[]).await;
+    let serve = procs::start_serve(
+        dir.path(),
+        "127.0.0.1:1",
+        &[
+            ("VPAN_NETWORK_MAX_CONNECTIONS", "512"),
+            ("VPAN_ISSUER_TIMEOUT_MS", "2500"),
+        ],
+    )
+    .await;
     let page = procs::scrape(serve.metrics).await;
+    // The settings the alert rules compare with, as configured (review of b4e48eb: the
+    // rules held the defaults).
+    assert!(
+        page.contains("\nvpan_network_max_connections 512\n"),
+        "{page}"
+    );
+    assert!(
+        page.contains("\nvpan_issuer_timeout_seconds 2.5\n"),
+        "{page}"
+    );
     for m in vpan::metrics::all() {
         assert!(
             page.contains(&format!("# TYPE {m} ")),
