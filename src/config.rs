@@ -349,6 +349,7 @@ impl Config {
         check_host_port("issuer.connect", &self.issuer.connect)?;
         check_addr("api.listen", &self.api.listen)?;
         check_addr("metrics.listen", &self.metrics.listen)?;
+        self.check_listeners_apart()?;
         for (key, framing) in [
             ("network.framing", &self.network.framing),
             ("issuer.framing", &self.issuer.framing),
@@ -501,6 +502,42 @@ pub fn decode_hex(hex: &str) -> Option<Vec<u8>> {
             Some((hi * 16 + lo) as u8)
         })
         .collect()
+}
+
+impl Config {
+    /// Refuses two listeners on one port (the same address, or one of them on every
+    /// address): their addresses are bound before the store is opened, without listening,
+    /// and two such sockets do not conflict until the second listens, after the recovery
+    /// (review of 12c6cda).
+    fn check_listeners_apart(&self) -> Result<(), ConfigError> {
+        let mut listeners = vec![
+            ("api.listen", &self.api.listen),
+            ("metrics.listen", &self.metrics.listen),
+        ];
+        if self.network.connect.is_empty() {
+            listeners.insert(0, ("network.listen", &self.network.listen));
+        }
+        let parsed: Vec<(&'static str, SocketAddr)> = listeners
+            .into_iter()
+            .filter_map(|(key, value)| Some((key, value.parse().ok()?)))
+            .collect();
+        for (i, (key, addr)) in parsed.iter().enumerate() {
+            for (earlier, other) in &parsed[..i] {
+                let overlap = addr.port() != 0
+                    && addr.port() == other.port()
+                    && (addr.ip() == other.ip()
+                        || addr.ip().is_unspecified()
+                        || other.ip().is_unspecified());
+                if overlap {
+                    return Err(ConfigError::Invalid {
+                        key,
+                        message: format!("{addr} takes the port of {earlier} ({other})"),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 fn check_addr(key: &'static str, value: &str) -> Result<(), ConfigError> {
@@ -1082,6 +1119,10 @@ mod tests {
             ),
             ("[issuer]\nconnections = 100000\n", "issuer.connections"),
             ("[issuer]\nconnect = \"127.0.0.1:0\"\n", "issuer.connect"),
+            (
+                "[api]\nlisten = \"0.0.0.0:18443\"\n[metrics]\nlisten = \"127.0.0.1:18443\"\n",
+                "metrics.listen",
+            ),
             (
                 "[network]\nconnect = \"network.example:0\"\n",
                 "network.connect",

@@ -882,6 +882,35 @@ mod tests {
         crate::cards::card::test_spec(real, 10_000, now + 86_400)
     }
 
+    /// Reviews of a07ad5e and 15f5891: a card refused (its number a vPAN, in a range, or
+    /// of a BIN no range is for) left its number among the real cards draws avoid, for
+    /// good; a real card issued stays there.
+    #[test]
+    fn a_card_refused_leaves_nothing_among_the_real_cards_draws_avoid() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = StoreConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..Default::default()
+        };
+        let config = CardsConfig {
+            virtual_ranges: vec!["4970109".into()],
+            ..Default::default()
+        };
+        let (cards, _) = Cards::open(&config, &store, LedgerConfig::default()).expect("open");
+        let now = 1_800_000_000;
+        let issued = cards.issue(&a_card_spec(now), now).expect("issued").0;
+        assert_eq!(cards.real_keys.len(), 1);
+        let refused = |digits: &str| {
+            let pan = Pan::from_digits_checked(digits.as_bytes()).expect("test PAN");
+            let spec = crate::cards::card::test_spec(pan, 10_000, now + 86_400);
+            assert!(cards.issue(&spec, now).is_err());
+        };
+        refused(issued.vpan.expose());
+        refused(&crate::cards::vpan::random_luhn("49701091", 16));
+        refused(&crate::cards::vpan::random_luhn("411111", 16));
+        assert_eq!(cards.real_keys.len(), 1);
+    }
+
     #[tokio::test]
     async fn an_issuance_a_stalled_disk_may_still_take_keeps_its_number_and_is_listed() {
         let dir = tempfile::tempdir().expect("temp dir");

@@ -4,23 +4,26 @@
 //! network routes it to the same issuer, has the real card's length, and ends in a Luhn
 //! check digit. The digits in between come from the thread-local CSPRNG (ChaCha12 seeded
 //! from the OS). When a `cards.virtual_ranges` prefix starts with the BIN, the longest such
-//! prefix is kept instead, so that vPANs stay inside the range reserved for them (where an
-//! unknown number is declined with 14 rather than passed through). Once ranges are
+//! prefix is kept instead (and, once it is full, the BIN's next one, longest first), so that
+//! vPANs stay inside the ranges reserved for them (where an unknown number is declined with
+//! 14 rather than passed through). Once ranges are
 //! configured, a BIN none of them is for gets no vPAN ([`GenerateError::NoRange`]): its
 //! numbers outside the ranges belong to real cards vpan does not know.
 //!
 //! Capacity: a prefix of `p` digits on a PAN of `n` digits leaves `n - p - 1` random digits,
 //! so `10^(n - p - 1)` vPANs (a 16-digit card in a 6-digit BIN: 10^9). Candidates are drawn
 //! at random and claimed atomically by the caller; a taken one is redrawn, at most
-//! [`MAX_ATTEMPTS`] times. With a fraction `f` of the range taken, issuance fails with
-//! [`GenerateError::RangeFull`] with probability `f^64`: negligible below 80 % (2e-7),
+//! [`MAX_ATTEMPTS`] times in each range. With a fraction `f` of a range taken, it is given
+//! up for the next (or issuance fails with [`GenerateError::RangeFull`]) with probability
+//! `f^64`: negligible below 80 % (2e-7),
 //! 0.1 % at 90 %, 53 % at 99 %. Plan ranges to stay under ~80 % full.
 
 use rand::RngExt;
 
 use crate::pan::{Pan, luhn_check_digit};
 
-/// How many random candidates are tried before giving up with `RangeFull`.
+/// How many random candidates are tried in one range before giving it up for the BIN's
+/// next (or with `RangeFull`, after the last).
 pub const MAX_ATTEMPTS: u32 = 64;
 
 /// Why no vPAN could be made.
@@ -93,10 +96,11 @@ impl VpanGenerator {
         })
     }
 
-    /// The digits every vPAN of this real card starts with: the longest virtual range that
-    /// starts with the card's BIN; with no ranges configured at all, the BIN (`vpan serve`
-    /// warns of that at start). With ranges, a BIN none of them is for is refused rather
-    /// than drawn from: the issuer reserved numbers for vPANs, and these are not among them.
+    /// The digits this real card's vPANs are drawn with first: the longest virtual range
+    /// that starts with the card's BIN; with no ranges configured at all, the BIN (`vpan
+    /// serve` warns of that at start). With ranges, a BIN none of them is for is refused
+    /// rather than drawn from: the issuer reserved numbers for vPANs, and these are not
+    /// among them.
     pub fn prefix_for<'a>(&'a self, real: &'a Pan) -> Result<&'a [u8], GenerateError> {
         Ok(self.prefixes_for(real)?[0])
     }
@@ -145,6 +149,14 @@ impl VpanGenerator {
             );
         }
         Ok(())
+    }
+
+    /// True when vPANs are drawn among the BINs' own numbers (no virtual ranges), where a
+    /// draw may meet a real card: only then must draws avoid the real cards vpan holds.
+    /// With ranges, a real card is never inside one (it is refused there), nor a draw
+    /// outside.
+    pub fn draws_among_real_cards(&self) -> bool {
+        self.ranges.is_empty()
     }
 
     /// True when `pan` (ASCII digits) falls in a configured virtual range: an unknown

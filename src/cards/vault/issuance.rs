@@ -129,8 +129,7 @@ impl Cards {
         if self.index.contains(real_key) {
             // It is a vPAN, for every call that gives it, now and later: no real card
             // draws must avoid. Kept, each such call would grow the set for good (review
-            // of a07ad5e). A card that cannot be issued for another reason (its range
-            // full) keeps its number here: another call may be issuing on it meanwhile.
+            // of a07ad5e).
             if newly_known {
                 self.real_keys.remove(&real_key);
             }
@@ -140,7 +139,7 @@ impl Cards {
         let mut card = Card::new(spec, now);
         card.lsn = lsn;
         let mut durable = None;
-        let vpan = self.generator.generate(&spec.pan, |candidate| {
+        let drawn = self.generator.generate(&spec.pan, |candidate| {
             let key = CardKey::of(candidate);
             !self.real_keys.contains_key(&key)
                 && self.index.insert_new(key, || {
@@ -159,7 +158,23 @@ impl Cards {
                     }))));
                     card.clone()
                 })
-        })?;
+        });
+        let vpan = match drawn {
+            Ok(vpan) => vpan,
+            Err(e) => {
+                // A card that could not be issued leaves nothing draws must avoid, unless
+                // they are drawn among real cards (no ranges) and its BIN is full: another
+                // call may be issuing on this card meanwhile, and would lose its guard.
+                // Kept otherwise, refusals (a BIN no range is for) would grow the set for
+                // good (review of 15f5891).
+                let in_use_elsewhere = self.generator.draws_among_real_cards()
+                    && matches!(e, GenerateError::RangeFull { .. });
+                if newly_known && !in_use_elsewhere {
+                    self.real_keys.remove(&real_key);
+                }
+                return Err(e.into());
+            }
+        };
         let durable = durable.unwrap_or_else(|| Durable::ready(Err(StoreError::Failed)));
         Ok((CardView::of(CardKey::of(&vpan), &card), durable))
     }
