@@ -523,12 +523,7 @@ impl Config {
             .collect();
         for (i, (key, addr)) in parsed.iter().enumerate() {
             for (earlier, other) in &parsed[..i] {
-                let overlap = addr.port() != 0
-                    && addr.port() == other.port()
-                    && (addr.ip() == other.ip()
-                        || addr.ip().is_unspecified()
-                        || other.ip().is_unspecified());
-                if overlap {
+                if ports_overlap(*addr, *other) {
                     return Err(ConfigError::Invalid {
                         key,
                         message: format!("{addr} takes the port of {earlier} ({other})"),
@@ -538,6 +533,22 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// True when listeners on `a` and `b` cannot both listen: one nonzero port, on the same
+/// address (an IPv4-mapped IPv6 address is its IPv4 one) or one covering the other.
+fn ports_overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() == 0 || a.port() != b.port() {
+        return false;
+    }
+    let (a, b) = (a.ip().to_canonical(), b.ip().to_canonical());
+    a == b || covers(a, b) || covers(b, a)
+}
+
+/// An unspecified address takes its port on every address of its family, and `[::]` on
+/// IPv4's too (vpan does not set `IPV6_V6ONLY`); `0.0.0.0` leaves `[::1]` free.
+fn covers(wide: std::net::IpAddr, other: std::net::IpAddr) -> bool {
+    wide.is_unspecified() && (wide.is_ipv6() || other.is_ipv4())
 }
 
 fn check_addr(key: &'static str, value: &str) -> Result<(), ConfigError> {
@@ -1044,6 +1055,28 @@ mod tests {
                 err.starts_with(&format!("environment variable {var}: ")),
                 "{err}"
             );
+        }
+    }
+
+    #[test]
+    fn listeners_overlap_on_one_port_as_linux_binds_them() {
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        for (a, b, overlap) in [
+            ("127.0.0.1:18443", "127.0.0.1:18443", true),
+            ("0.0.0.0:18443", "127.0.0.1:18443", true),
+            ("[::]:18443", "127.0.0.1:18443", true),
+            ("[::]:18443", "[::1]:18443", true),
+            ("[::ffff:127.0.0.1]:18443", "127.0.0.1:18443", true),
+            ("[::ffff:0.0.0.0]:18443", "10.0.0.1:18443", true),
+            // Review of 83591e9: these listen side by side.
+            ("0.0.0.0:18443", "[::1]:18443", false),
+            ("127.0.0.1:18443", "[::1]:18443", false),
+            ("127.0.0.1:18443", "127.0.0.2:18443", false),
+            ("127.0.0.1:0", "127.0.0.1:0", false),
+            ("127.0.0.1:18443", "127.0.0.1:18444", false),
+        ] {
+            assert_eq!(ports_overlap(at(a), at(b)), overlap, "{a} {b}");
+            assert_eq!(ports_overlap(at(b), at(a)), overlap, "{b} {a}");
         }
     }
 
