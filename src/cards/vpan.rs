@@ -180,11 +180,12 @@ impl VpanGenerator {
         for prefix in self.prefixes_for(real)? {
             match self.draw(prefix, real, &mut claim) {
                 Ok(vpan) => return Ok(vpan),
-                // A full range says more than one too long for the card.
-                Err(e) => match (&failed, &e) {
-                    (Some(GenerateError::RangeFull { .. }), GenerateError::NoRoom { .. }) => {}
-                    _ => failed = Some(e),
-                },
+                // A full range says more than one too long for the card: the first kept.
+                Err(e) => {
+                    if !matches!(failed, Some(GenerateError::RangeFull { .. })) {
+                        failed = Some(e);
+                    }
+                }
             }
         }
         // `prefixes_for` gives one prefix at least, so one failed.
@@ -339,6 +340,11 @@ mod tests {
             .generate(&r, |c| !c.as_bytes().starts_with(b"4970101234"))
             .unwrap();
         assert!(v.as_bytes().starts_with(b"49701056"));
+        let err = g.generate(&r, |_| false).unwrap_err();
+        assert!(matches!(err, GenerateError::RangeFull { .. }), "{err}");
+        // A range too long for the card, tried first, does not hide a full one.
+        let ranges = ["49701012345".to_string(), "4970101234".into()];
+        let g = VpanGenerator::new(6, &ranges).unwrap();
         let err = g.generate(&r, |_| false).unwrap_err();
         assert!(matches!(err, GenerateError::RangeFull { .. }), "{err}");
     }
