@@ -3143,6 +3143,31 @@ fn a_journal_segment_gone_missing_is_refused_not_started_without() {
     std::fs::write(&first, b"").unwrap();
     let (cards, _) = open(dir.path());
     assert!(cards.get(keys[0]).is_none() && cards.get(keys[2]).is_some());
+    drop(cards);
+
+    // Two gone, not side by side: both named in one refusal, each with its way out.
+    let names = segments();
+    let gone = [names[1].clone(), names[3].clone()];
+    for name in &gone {
+        std::fs::remove_file(dir.path().join(name)).unwrap();
+    }
+    let said = refused("two gone");
+    assert!(
+        said.contains(&format!(
+            "{}, {} are missing",
+            dir.path().join(&gone[0]).display(),
+            dir.path().join(&gone[1]).display()
+        )),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!(
+            "touch {} {}",
+            dir.path().join(&gone[0]).display(),
+            dir.path().join(&gone[1]).display()
+        )),
+        "{said}"
+    );
 }
 
 /// A card with ten approvals (over 20 records) in `dir`, and a snapshot thread that looks

@@ -271,21 +271,20 @@ pub enum StoreError {
         "snapshot.bin is incomplete: {0}; vpan will not start on it, since the journal it replaced is gone. Restore the data directory from a backup"
     )]
     SnapshotIncomplete(String),
-    /// A journal segment that must be there is not: the segments since the snapshot (or
+    /// Journal segments that must be there are not: the segments since the snapshot (or
     /// since the store began, without one) are numbered without gaps, each start and each
     /// rotation taking the next number, so a gap or a late first one is a file lost (a
     /// backup restored in part, a directory entry lost), and with it durable records.
-    #[error(
-        "journal segment {} is missing{}; its records (cards, approvals) would be lost, so vpan will not start without it. Restore the data directory from a backup, or accept the loss by making it an empty file (touch {})",
-        path.display(),
-        if *without_snapshot { ", or snapshot.bin that would stand in for it" } else { "" },
-        path.display()
-    )]
+    /// Every gap is named at once, so that a partial restore is mended in one go.
+    #[error("{}", missing_segments_message(paths, *more, *without_snapshot))]
     MissingSegment {
-        /// Where it should be.
-        path: PathBuf,
-        /// No snapshot was found and the first segment is the one missing: the snapshot
-        /// that covered it may be what is missing instead.
+        /// Where the first missing ones should be, in order (at most
+        /// [`MISSING_SEGMENTS_NAMED`]).
+        paths: Vec<PathBuf>,
+        /// How many more are missing than `paths` names.
+        more: u64,
+        /// No snapshot was found and the first segment is missing: the snapshot that
+        /// covered it may be what is missing instead.
         without_snapshot: bool,
     },
     /// A record or snapshot that passed its checksum does not decode.
@@ -430,6 +429,42 @@ pub fn naming_the_key(key_path: &Path, file: &Path) -> impl Fn(StoreError) -> St
         },
         e => e,
     }
+}
+
+/// How many missing journal segments [`StoreError::MissingSegment`] names; the rest are
+/// counted. A snapshot damaged into naming a far segment would otherwise list millions.
+pub const MISSING_SEGMENTS_NAMED: usize = 10;
+
+fn missing_segments_message(paths: &[PathBuf], more: u64, without_snapshot: bool) -> String {
+    let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    let (these, them, one_each) = match (names.len() as u64).saturating_add(more) {
+        1 => ("journal segment", "it", "it an empty file"),
+        _ => ("journal segments", "them", "each an empty file"),
+    };
+    let more = match more {
+        0 => String::new(),
+        n => format!(" and {n} more after them"),
+    };
+    format!(
+        "{these} {}{more} {}{}; the records in {them} (cards, approvals) would be lost, so vpan will not start without {them}. Restore the data directory from a backup, or accept the loss by making {one_each} (touch {}{})",
+        names.join(", "),
+        if names.len() == 1 && more.is_empty() {
+            "is missing"
+        } else {
+            "are missing"
+        },
+        if without_snapshot {
+            ", or snapshot.bin that would stand in for the first"
+        } else {
+            ""
+        },
+        names.join(" "),
+        if more.is_empty() {
+            ""
+        } else {
+            "; and so the ones after them"
+        },
+    )
 }
 
 impl StoreError {

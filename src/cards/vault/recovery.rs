@@ -18,7 +18,7 @@ use crate::cards::vpan::VpanGenerator;
 use crate::store::crypto::{self, PanCipher};
 use crate::store::journal::{self, Journal, list_segments, segment_path};
 use crate::store::snapshot;
-use crate::store::{StoreConfig, StoreError};
+use crate::store::{MISSING_SEGMENTS_NAMED, StoreConfig, StoreError};
 
 /// What `open` found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -499,18 +499,30 @@ fn check_contiguous(
     } else {
         last
     };
-    // Past the last present, a number no segment has: one still expected is missing.
-    let present = live.copied().chain(std::iter::repeat(u64::MAX));
-    match (first..=until)
-        .zip(present)
-        .find(|(expected, n)| n != expected)
+    // Walked by the gaps between the numbers present, never number by number: a damaged
+    // snapshot can name a segment billions away.
+    let (mut missing, mut more) = (Vec::new(), 0u64);
+    let mut expected = first;
+    for n in live
+        .copied()
+        .filter(|&n| n <= until)
+        .chain([until.saturating_add(1)])
     {
-        Some((missing, _)) => Err(StoreError::MissingSegment {
-            path: segment_path(dir, missing),
-            without_snapshot: snapshot.is_none() && missing == first,
-        }),
-        None => Ok(()),
+        if n > expected {
+            let shown = (n - expected).min((MISSING_SEGMENTS_NAMED - missing.len()) as u64);
+            missing.extend((expected..expected + shown).map(|m| segment_path(dir, m)));
+            more += n - expected - shown;
+        }
+        expected = expected.max(n.saturating_add(1));
     }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(StoreError::MissingSegment {
+        without_snapshot: snapshot.is_none() && missing[0] == segment_path(dir, first),
+        paths: missing,
+        more,
+    })
 }
 
 /// The sequence number after `lsn`; a record claiming the last one is damage (numbering
@@ -604,4 +616,56 @@ fn load_snapshot_record(
         _ => return Err(StoreError::Corrupt("snapshot record")),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn missing(segments: &[u64], snapshot: Option<u64>) -> Option<(Vec<u64>, u64, bool)> {
+        let dir = std::path::Path::new("/data");
+        match check_contiguous(dir, segments, snapshot) {
+            Ok(()) => None,
+            Err(StoreError::MissingSegment {
+                paths,
+                more,
+                without_snapshot,
+            }) => {
+                let numbers = paths
+                    .iter()
+                    .map(|p| {
+                        let name = p.file_name().unwrap().to_str().unwrap();
+                        let n = name["journal-".len()..name.len() - ".log".len()]
+                            .parse()
+                            .unwrap();
+                        assert_eq!(segment_path(dir, n), *p);
+                        n
+                    })
+                    .collect();
+                Some((numbers, more, without_snapshot))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn every_gap_in_the_journal_is_named_at_once() {
+        assert_eq!(missing(&[1, 2, 3], None), None);
+        assert_eq!(missing(&[2, 3, 4], Some(3)), None, "older ones may linger");
+        assert_eq!(
+            missing(&[3, 4, 7, 8, 12], Some(3)),
+            Some((vec![5, 6, 9, 10, 11], 0, false))
+        );
+        assert_eq!(missing(&[2, 3], None), Some((vec![1], 0, true)));
+        assert_eq!(missing(&[], Some(5)), Some((vec![5], 0, false)));
+        assert_eq!(missing(&[4, 6], Some(3)), Some((vec![3, 5], 0, false)));
+    }
+
+    #[test]
+    fn a_gap_of_billions_is_counted_not_listed() {
+        let far = 5_000_000_000;
+        let (named, more, _) = missing(&[1, far], None).unwrap();
+        assert_eq!(named, (2..12).collect::<Vec<_>>());
+        assert_eq!(more, far - 2 - 10);
+    }
 }
