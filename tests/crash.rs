@@ -262,14 +262,22 @@ fn dump(data: &Path, key: CardKey) {
     }
 }
 
-/// The newest journal segment with records in it.
+/// The newest journal segment with records in it (each start opens one, and every segment
+/// holds its opening marker at least).
 fn last_segment(data: &Path) -> PathBuf {
     let mut segs = vpan::store::journal::list_segments(data).unwrap();
     segs.reverse();
+    let any_key = vpan::store::marker::MarkerKey::derive(&[0; 32]);
     segs.into_iter()
-        .map(|n| vpan::store::journal::segment_path(data, n))
-        .find(|p| std::fs::metadata(p).unwrap().len() > 0)
+        .map(|n| (n, vpan::store::journal::segment_path(data, n)))
+        .find(|(n, p)| {
+            vpan::store::journal::read_segment(p, *n, &any_key, |_| Ok(()))
+                .unwrap()
+                .records
+                > 0
+        })
         .unwrap()
+        .1
 }
 
 #[test]
@@ -525,17 +533,97 @@ fn a_damaged_segment_that_later_segments_follow_stops_the_start_and_says_how_to_
     assert!(said.contains(&format!("truncate -s {good}")), "{said}");
     assert_eq!(std::fs::read(&first).unwrap(), bytes, "nothing was cut");
 
-    // The way out the error names: cut the segment to its good part, and the start goes on
-    // with what is left (the later segment's approval among it).
+    // The way out the error names: cut the segment to its good part and say its loss is
+    // accepted, and the start goes on with what is left (the later segment's approval
+    // among it).
+    let accepted = vpan::store::journal::loss_accepted_path(&first);
+    assert!(
+        said.contains(&format!("touch {}", accepted.display())),
+        "{said}"
+    );
     std::fs::OpenOptions::new()
         .write(true)
         .open(&first)
         .unwrap()
         .set_len(good)
         .unwrap();
+    std::fs::write(&accepted, b"").unwrap();
     let (cards, rec) = open(dir.path());
     assert_eq!(rec.bytes_cut, 0, "{rec:?}");
     assert!(cards.get(key).unwrap().spent >= 500);
+}
+
+#[test]
+fn a_segment_that_later_segments_follow_cut_at_a_record_boundary_stops_the_start() {
+    // Review of stop 51: nothing said how long a closed segment had been, so one cut
+    // cleanly between records (a copy taken while it grew, a truncate of the wrong file)
+    // read as whole, and its approvals went back to the card. Now each segment a later one
+    // follows ends with its closing marker.
+    let dir = tempfile::tempdir().unwrap();
+    let key = three_answered_approvals(dir.path(), IssuerOutcome::APPROVED);
+    let first = last_segment(dir.path());
+    let spent = open(dir.path()).0.get(key).unwrap().spent;
+    assert!(spent >= 3_000, "{spent}");
+    let whole = std::fs::read(&first).unwrap();
+    let segment: u64 = first.file_name().unwrap().to_str().unwrap()["journal-".len()..][..10]
+        .parse()
+        .unwrap();
+    let any_key = vpan::store::marker::MarkerKey::derive(&[0; 32]);
+    // Every cut at a frame boundary short of the end: after each record and marker (the
+    // closing marker alone among them, which held no record).
+    let mut boundaries = Vec::new();
+    let mut at = 0;
+    while at < whole.len() {
+        let len = u32::from_le_bytes(whole[at..at + 4].try_into().unwrap()) as usize;
+        at += 8 + len;
+        boundaries.push(at);
+    }
+    assert_eq!(boundaries.pop(), Some(whole.len()));
+    assert!(boundaries.len() >= 8, "{boundaries:?}");
+    for &cut in &boundaries {
+        std::fs::write(&first, &whole[..cut]).unwrap();
+        let report =
+            vpan::store::journal::read_segment(&first, segment, &any_key, |_| Ok(())).unwrap();
+        assert_eq!(report.bad_bytes, 0, "a clean cut at {cut}");
+        let err = match try_open(dir.path(), Default::default()) {
+            Err(e) => e,
+            Ok((cards, _)) => panic!(
+                "started on a segment cut at {cut} of {}: spent {} of {spent}",
+                whole.len(),
+                cards.get(key).map_or(0, |c| c.spent)
+            ),
+        };
+        match &err {
+            OpenError::Store(StoreError::UnclosedSegment { path, good_bytes }) => {
+                assert_eq!((path, *good_bytes), (&first, cut as u64));
+            }
+            other => panic!("cut at {cut}: {other}"),
+        }
+    }
+    // Whole again, it starts as before; and the way out the error names accepts a cut.
+    std::fs::write(&first, &whole).unwrap();
+    assert_eq!(open(dir.path()).0.get(key).unwrap().spent, spent);
+    // Cut before the last approval's hold: its hold, marker, answer, marker and the
+    // closing marker go (each record was made durable before the next was written).
+    let cut = boundaries[boundaries.len() - 5];
+    std::fs::write(&first, &whole[..cut]).unwrap();
+    let said = try_open(dir.path(), Default::default())
+        .err()
+        .unwrap()
+        .to_string();
+    let accepted = vpan::store::journal::loss_accepted_path(&first);
+    assert!(
+        said.contains(&format!("touch {}", accepted.display()))
+            && said.contains(&first.display().to_string()),
+        "{said}"
+    );
+    std::fs::write(&accepted, b"").unwrap();
+    let (cards, _) = open(dir.path());
+    assert_eq!(
+        cards.get(key).unwrap().spent,
+        spent - 1_000,
+        "the cut approval is gone"
+    );
 }
 
 #[test]

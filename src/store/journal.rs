@@ -25,7 +25,10 @@
 //!
 //! The journal is a series of segments `journal-NNNNNNNNNN.log` in the data directory. Each
 //! start opens a fresh segment (no appending after a cut tail), and a snapshot rotates to a
-//! new one so that older segments can be deleted once the snapshot is durable.
+//! new one so that older segments can be deleted once the snapshot is durable. A segment
+//! opens and, before a later one is made, closes with a signed marker
+//! ([`super::marker::CLOSES_SEGMENT`]), so that one cut short at a record boundary is told
+//! from one that ended there.
 //! Each segment grows by zero-filled extents written ahead of its records
 //! ([`super::segment`]), so a commit's `fdatasync` flushes data only.
 //!
@@ -425,6 +428,14 @@ pub fn segment_path(dir: &Path, n: u64) -> PathBuf {
     dir.join(format!("journal-{n:010}.log"))
 }
 
+/// The file whose presence beside segment `path` says the operators accepted the loss of
+/// records cut from its end ([`StoreError::UnclosedSegment`]); deleted with the segment.
+pub fn loss_accepted_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".loss-accepted");
+    PathBuf::from(name)
+}
+
 /// The segment numbers present in `dir`, ascending.
 pub fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
     let mut out = Vec::new();
@@ -462,8 +473,8 @@ impl<R: Encode + Send + 'static> Journal<R> {
         markers: MarkerKey,
         max_backlog: usize,
     ) -> Result<Journal<R>, StoreError> {
-        let segment =
-            Segment::create(dir, segment).map_err(StoreError::io("opening the journal"))?;
+        let segment = Segment::create(dir, segment, &markers)
+            .map_err(StoreError::io("opening the journal"))?;
         let queue = Arc::new(Queue {
             max_backlog,
             state: Mutex::new(QueueState {
@@ -750,12 +761,16 @@ impl<R: Encode + Send + 'static> Writer<R> {
             return Err(StoreError::Failed);
         }
         let next = self.segment.number + 1;
-        // A new segment that cannot be made (a disk without room for its first extent)
-        // fails the rotation, not the journal: `create` leaves nothing behind, the current
-        // segment is untouched and still has its zeros ahead, and the snapshot that asked
-        // tries again later.
+        // Closed first, so that no later segment is ever there without this one's closing
+        // marker. A closing marker or a new segment that cannot be written (a disk without
+        // room for an extent) fails the rotation, not the journal: the records before are
+        // durable, `create` leaves nothing behind, the current segment goes on (after its
+        // closing marker, or over a torn one: the next batch is written where it began),
+        // and the snapshot that asked tries again later.
+        self.watched(|w| w.segment.seal(&w.markers))
+            .map_err(StoreError::io("closing the journal segment"))?;
         let segment = self
-            .watched(|w| Segment::create(&w.dir, next))
+            .watched(|w| Segment::create(&w.dir, next, &w.markers))
             .map_err(StoreError::io("starting the next journal segment"))?;
         std::mem::replace(&mut self.segment, segment).close();
         self.stats.segment_bytes.store(0, Ordering::Relaxed);
@@ -795,8 +810,10 @@ mod tests {
         MarkerKey::derive(&[7; 32])
     }
 
-    /// A commit marker's bytes in a segment: one ends every batch.
+    /// A commit marker's bytes in a segment: one ends every batch, and one opens every
+    /// segment (where its first record begins: `OPENING`).
     const MARKER: u64 = crate::store::marker::FRAME_BYTES as u64;
+    const OPENING: u64 = MARKER;
 
     fn read_all(path: &Path) -> (Vec<Vec<u8>>, ReadReport) {
         let mut got = Vec::new();
@@ -1197,7 +1214,10 @@ mod tests {
             truncate(&copy, len - MARKER - cut).unwrap();
             let (got, report) = read_all(&copy);
             assert_eq!(got.len(), 2, "cut {cut}");
-            assert_eq!(report.good_bytes, 8 + 10 + MARKER + 8 + 20 + MARKER);
+            assert_eq!(
+                report.good_bytes,
+                OPENING + 8 + 10 + MARKER + 8 + 20 + MARKER
+            );
             truncate(&copy, report.good_bytes).unwrap();
             assert_eq!(read_all(&copy).1.bad_bytes, 0);
         }
@@ -1208,7 +1228,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = write_three(dir.path());
         let mut bytes = std::fs::read(&path).unwrap();
-        let first = 8 + 10 + MARKER as usize; // the first batch: its record and marker
+        // The opening marker, then the first batch: its record and marker.
+        let first = (OPENING + 8 + 10 + MARKER) as usize;
         bytes[first + 8 + 5] ^= 0x01; // one bit of the second payload
         std::fs::write(&path, &bytes).unwrap();
         let (got, report) = read_all(&path);
@@ -1224,7 +1245,7 @@ mod tests {
         let clean = std::fs::read(&path).unwrap();
         // The first batch's marker, its start field hit: every record still reads.
         let mut bytes = clean.clone();
-        bytes[18 + 10] ^= 0x08;
+        bytes[OPENING as usize + 18 + 10] ^= 0x08;
         std::fs::write(&path, &bytes).unwrap();
         let (got, report) = read_all(&path);
         assert_eq!(got, vec![vec![1; 10], vec![2; 20], vec![3; 30]]);
@@ -1240,7 +1261,7 @@ mod tests {
         assert_eq!((report.good_bytes, report.bad_bytes), (last as u64, MARKER));
         // A damaged record is not passed over, even with a whole batch after it.
         let mut bytes = clean;
-        bytes[18 + MARKER as usize + 10] ^= 0x08;
+        bytes[(OPENING + 18 + MARKER) as usize + 10] ^= 0x08;
         std::fs::write(&path, &bytes).unwrap();
         let (got, _) = read_all(&path);
         assert_eq!(got.len(), 1);
@@ -1288,7 +1309,7 @@ mod tests {
         assert_eq!(got, vec![vec![7; 100]]);
         assert_eq!(
             (report.bad_bytes, report.zeros),
-            (0, EXTENT_BYTES - 108 - MARKER)
+            (0, EXTENT_BYTES - OPENING - 108 - MARKER)
         );
         // A batch larger than what is left of the extent gets the next ones.
         let big = vec![9; EXTENT_BYTES as usize];
@@ -1297,7 +1318,7 @@ mod tests {
         drop(j);
         assert_eq!(
             std::fs::metadata(&path).unwrap().len(),
-            108 + MARKER + 8 + EXTENT_BYTES + MARKER
+            OPENING + 108 + MARKER + 8 + EXTENT_BYTES + MARKER
         );
         let (got, report) = read_all(&path);
         assert_eq!(got, vec![vec![7; 100], big]);
@@ -1310,18 +1331,65 @@ mod tests {
         let j = Journal::<Bytes>::start(dir.path(), 5, test_key()).unwrap();
         j.append(Bytes(vec![1])).wait().unwrap();
         assert_eq!(j.rotate().unwrap(), 6);
-        // The closed segment is cut to its one record (8 + 1 bytes) and its batch's
-        // marker, zeros ahead gone.
+        // The closed segment is cut to its opening marker, its one record (8 + 1 bytes),
+        // its batch's marker and its closing marker, zeros ahead gone.
+        let closed = segment_path(dir.path(), 5);
         assert_eq!(
-            std::fs::metadata(segment_path(dir.path(), 5))
-                .unwrap()
-                .len(),
-            9 + MARKER
+            std::fs::metadata(&closed).unwrap().len(),
+            OPENING + 9 + MARKER + MARKER
         );
         j.append(Bytes(vec![2])).wait().unwrap();
         drop(j);
         assert_eq!(list_segments(dir.path()).unwrap(), vec![5, 6]);
-        assert_eq!(read_all(&segment_path(dir.path(), 6)).0, vec![vec![2]]);
+        let open = segment_path(dir.path(), 6);
+        assert_eq!(read_all(&open).0, vec![vec![2]]);
+        // Each opens with its marker; only the one a later segment follows is closed, and
+        // only under its own number and key.
+        let read = |path: &Path, segment: u64, key: &MarkerKey| {
+            let report = read_segment(path, segment, key, |_| Ok(())).unwrap();
+            (report.records, report.opened, report.closed)
+        };
+        assert_eq!(read(&closed, 5, &test_key()), (1, true, true));
+        assert_eq!(read(&open, 6, &test_key()), (1, true, false));
+        assert_eq!(read(&closed, 6, &test_key()), (1, false, false));
+        let other = MarkerKey::derive(&[8; 32]);
+        assert_eq!(read(&closed, 5, &other), (1, false, false));
+        // Cut at a record boundary (before its closing marker, or its last batch): no
+        // longer closed, though every frame left reads whole.
+        for cut in [MARKER, 2 * MARKER + 9] {
+            truncate(&closed, OPENING + 9 + 2 * MARKER - cut).unwrap();
+            let (_, opened, closed_now) = read(&closed, 5, &test_key());
+            assert!(opened && !closed_now, "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn a_rotation_that_cannot_make_the_next_segment_goes_on_after_the_closing_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::<Bytes>::start(dir.path(), 5, test_key()).unwrap();
+        j.append(Bytes(vec![1])).wait().unwrap();
+        // Segment 6 cannot be made (something holds its name): the rotation fails, not the
+        // journal, and segment 5 goes on after the closing marker it was given first.
+        let blocker = segment_path(dir.path(), 6);
+        std::fs::write(&blocker, b"in the way").unwrap();
+        assert!(j.rotate().is_err());
+        j.append(Bytes(vec![2])).wait().unwrap();
+        let path = segment_path(dir.path(), 5);
+        let read = || {
+            let mut got = Vec::new();
+            let report = read_segment(&path, 5, &test_key(), |p| {
+                got.push(p.to_vec());
+                Ok(())
+            })
+            .unwrap();
+            (got, report.opened, report.closed, report.bad_bytes)
+        };
+        // A closing marker with records after it does not close the segment.
+        assert_eq!(read(), (vec![vec![1], vec![2]], true, false, 0));
+        std::fs::remove_file(&blocker).unwrap();
+        assert_eq!(j.rotate().unwrap(), 6);
+        drop(j);
+        assert_eq!(read(), (vec![vec![1], vec![2]], true, true, 0));
     }
 
     #[test]
@@ -1385,17 +1453,19 @@ mod tests {
             .map(|(at, p)| (at, batch_start(&p).ok_or(p[0])))
             .collect();
         let m = MARKER;
+        let o = OPENING;
         assert_eq!(
             got,
             vec![
-                (0, Err(1)),
-                (18, Ok(0)),
-                (18 + m, Err(2)),
-                (36 + m, Ok(18 + m)),
-                (36 + 2 * m, Err(3)),
-                (54 + 2 * m, Err(4)),
-                (72 + 2 * m, Err(5)),
-                (90 + 2 * m, Ok(36 + 2 * m)),
+                (0, Ok(crate::store::marker::OPENS_SEGMENT)),
+                (o, Err(1)),
+                (o + 18, Ok(o)),
+                (o + 18 + m, Err(2)),
+                (o + 36 + m, Ok(o + 18 + m)),
+                (o + 36 + 2 * m, Err(3)),
+                (o + 54 + 2 * m, Err(4)),
+                (o + 72 + 2 * m, Err(5)),
+                (o + 90 + 2 * m, Ok(o + 36 + 2 * m)),
             ],
             "records (Err: their first byte) and markers (Ok: their batch's start)"
         );
@@ -1413,15 +1483,15 @@ mod tests {
             assert_eq!(report.good_bytes, damaged_record);
             crate::store::marker::later_commits(&copy, 1, report.good_bytes, &test_key()).unwrap()
         };
-        assert_eq!(later(36 + 2 * m), 0, "the last batch's first record");
+        assert_eq!(later(o + 36 + 2 * m), 0, "the last batch's first record");
         assert_eq!(
             read::intact_records_after_the_first(
-                &std::fs::read(&path).unwrap()[36 + 2 * m as usize..]
+                &std::fs::read(&path).unwrap()[(o + 36 + 2 * m) as usize..]
             ),
             2
         );
         // Damage in an earlier batch: a later one was written once its sync had returned.
-        assert_eq!(later(18 + m), 1, "the second batch");
-        assert_eq!(later(0), 2, "the first batch");
+        assert_eq!(later(o + 18 + m), 1, "the second batch");
+        assert_eq!(later(o), 2, "the first batch");
     }
 }

@@ -88,6 +88,18 @@ pub fn push(key: &MarkerKey, segment: u64, batch_start: u64, out: &mut Vec<u8>) 
     out.extend_from_slice(&payload);
 }
 
+/// The batch start an opening marker names: the first frame of every segment written since
+/// 2026-12-07, so that a start knows the segment must end with a [`CLOSES_SEGMENT`] one
+/// once a later segment follows it. No batch begins there.
+pub const OPENS_SEGMENT: u64 = u64::MAX - 1;
+
+/// The batch start a closing marker names: the last frame of a segment that a later one
+/// follows, written and synced before that one is made (at a rotation, or at the start
+/// that goes on from it). Without it, a segment cut at a record boundary (a file copied
+/// while it grew, a `truncate` on the wrong file) would read as whole, and the approvals
+/// cut from it would be given back to their cards.
+pub const CLOSES_SEGMENT: u64 = u64::MAX;
+
 /// Where the batch of the marker `payload` began, or `None` when `payload` is a record.
 /// Not checked against its signature: a frame read in its place among the records is a
 /// marker by its tag alone, which no record has.
@@ -98,6 +110,14 @@ pub fn batch_start(payload: &[u8]) -> Option<u64> {
         }
         _ => None,
     }
+}
+
+/// The batch start named by the marker `payload` of segment `segment`, when its signature
+/// under `key` is right: an opening or closing marker counts only so (a record's fields
+/// cannot plant one).
+pub fn signed_start(payload: &[u8], key: &MarkerKey, segment: u64) -> Option<u64> {
+    let start = batch_start(payload)?;
+    (payload[9..] == key.sign(segment, start)).then_some(start)
 }
 
 /// True when the frame at the start of `bytes`, damaged, is the marker of segment
@@ -130,8 +150,7 @@ fn framed_at(bytes: &[u8], key: &MarkerKey, segment: u64) -> Option<u64> {
     if frame[4..8] != crc32fast::hash(payload).to_le_bytes() {
         return None;
     }
-    let start = batch_start(payload)?;
-    (payload[9..] == key.sign(segment, start)).then_some(start)
+    signed_start(payload, key, segment)
 }
 
 /// How many intact markers of segment `segment` at `path`, after byte `damaged_at`, are

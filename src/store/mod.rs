@@ -307,9 +307,10 @@ pub enum StoreError {
     /// damage to durable records, and the records after it would replay onto a state
     /// that lacks them: refused rather than cut (fail closed).
     #[error(
-        "journal segment {} is damaged after byte {good_bytes} ({bad_bytes} bytes unreadable) and later segments follow it, so durable records are lost; vpan will not start on it. Restore the data directory from a backup, or accept the loss by cutting the file to its good part (truncate -s {good_bytes} {})",
+        "journal segment {} is damaged after byte {good_bytes} ({bad_bytes} bytes unreadable) and later segments follow it, so durable records are lost; vpan will not start on it. Restore the data directory from a backup, or accept the loss by cutting the file to its good part (truncate -s {good_bytes} {} && touch {})",
         path.display(),
-        path.display()
+        path.display(),
+        journal::loss_accepted_path(path).display()
     )]
     DamagedSegment {
         /// The segment.
@@ -318,6 +319,21 @@ pub enum StoreError {
         good_bytes: u64,
         /// What follows that cannot be read.
         bad_bytes: u64,
+    },
+    /// A journal segment other than the last ends without the closing marker written, and
+    /// made durable, before any later segment is made ([`marker::CLOSES_SEGMENT`]): it was
+    /// cut short at a record boundary, and the records cut from its end had been durable
+    /// (and answered). Refused, unless its loss was accepted (a file beside it says so).
+    #[error(
+        "journal segment {} ends at byte {good_bytes} without the closing marker vpan writes before it starts a later segment, and later segments follow it: it was cut short (a copy taken while vpan wrote it, a truncate of the wrong file), and the records cut from its end had been made durable and answered; vpan will not start on it. Restore the data directory from a backup, or accept the loss of whatever was cut (touch {})",
+        path.display(),
+        journal::loss_accepted_path(path).display()
+    )]
+    UnclosedSegment {
+        /// The segment.
+        path: PathBuf,
+        /// Where its records end now.
+        good_bytes: u64,
     },
     /// The last journal segment is damaged in a batch that later batches follow. A crash
     /// tears only the last batch (the next one is written once its `fdatasync` returns), so

@@ -24,6 +24,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 use super::journal::{segment_path, sync_dir};
+use super::marker::{self, MarkerKey};
 
 /// How far ahead of its records a segment is zero-filled, in one write made durable with
 /// the batch that needs it. Smaller extents cost more syncs that change the file's size,
@@ -50,12 +51,17 @@ impl Segment {
     /// Creates segment `number` in `dir`. It must not exist: a new segment starts empty,
     /// since records written after an old tail of zeros would never be read back.
     ///
+    /// It opens with an opening marker ([`marker::OPENS_SEGMENT`]) signed under `key`, so
+    /// that a start requires a closing one at its end once a later segment follows.
+    ///
     /// Its first extent of zeros is written and synced here rather than with the first
     /// batch: a disk without room for it fails vpan's start with an error that says so
     /// (or a snapshot's rotation, which is tried again later while the current segment
     /// goes on), where it would otherwise fail the first approval and the store with it;
     /// and the file is removed rather than left behind by every attempt.
-    pub(crate) fn create(dir: &Path, number: u64) -> io::Result<Segment> {
+    pub(crate) fn create(dir: &Path, number: u64, key: &MarkerKey) -> io::Result<Segment> {
+        let mut opening = Vec::with_capacity(marker::FRAME_BYTES);
+        marker::push(key, number, marker::OPENS_SEGMENT, &mut opening);
         let path = segment_path(dir, number);
         let file = OpenOptions::new()
             .create_new(true)
@@ -65,6 +71,7 @@ impl Segment {
             .open(&path)?;
         let prepared = (|| {
             write_zeros(&file, 0, EXTENT_BYTES)?;
+            file.write_all_at(&opening, 0)?;
             #[cfg(test)]
             sync_gate::pass(dir)?;
             file.sync_data()?;
@@ -88,7 +95,7 @@ impl Segment {
         Ok(Segment {
             number,
             file,
-            end: 0,
+            end: opening.len() as u64,
             zeroed_to: EXTENT_BYTES,
             #[cfg(test)]
             dir: dir.to_path_buf(),
@@ -114,6 +121,14 @@ impl Segment {
         Ok(())
     }
 
+    /// Ends the segment with its closing marker ([`marker::CLOSES_SEGMENT`]), durable,
+    /// before a later segment is made. Should that one not be made after all, records go
+    /// on after it here, and a start reads it as any marker: only a segment's last frame
+    /// closes it.
+    pub(crate) fn seal(&mut self, key: &MarkerKey) -> io::Result<()> {
+        self.commit(&closing_marker(key, self.number))
+    }
+
     /// Where the records end: the next batch's first byte.
     pub(crate) fn end(&self) -> u64 {
         self.end
@@ -128,6 +143,29 @@ impl Segment {
             tracing::warn!(segment = self.number, error = %e, "could not cut the zeros after a closed journal segment's records");
         }
     }
+}
+
+/// Segment `number`'s closing marker, framed.
+fn closing_marker(key: &MarkerKey, number: u64) -> Vec<u8> {
+    let mut closing = Vec::with_capacity(marker::FRAME_BYTES);
+    marker::push(key, number, marker::CLOSES_SEGMENT, &mut closing);
+    closing
+}
+
+/// Ends segment `number` at `path` with its closing marker at byte `records_end`, where its
+/// records end (anything after, zeros that were not cut, is cut), durable: what a start
+/// does for the segment the last run wrote, before it makes the next.
+pub(crate) fn seal_file(
+    path: &Path,
+    number: u64,
+    records_end: u64,
+    key: &MarkerKey,
+) -> io::Result<()> {
+    let closing = closing_marker(key, number);
+    let file = OpenOptions::new().write(true).open(path)?;
+    file.write_all_at(&closing, records_end)?;
+    file.set_len(records_end + closing.len() as u64)?;
+    file.sync_data()
 }
 
 /// How much of a covered segment [`remove`] cuts at a time.
@@ -153,7 +191,9 @@ pub(crate) fn remove(dir: &Path, number: u64) -> io::Result<()> {
         std::thread::sleep(SHRINK_PAUSE);
     }
     drop(file);
-    std::fs::remove_file(path)
+    std::fs::remove_file(&path)?;
+    let _ = std::fs::remove_file(super::journal::loss_accepted_path(&path));
+    Ok(())
 }
 
 /// Writes zeros over `[from, to)` of `file`: real blocks, not a hole, so that later

@@ -176,6 +176,10 @@ impl Cards {
         let marker_key = cipher.marker_key();
         check_contiguous(&dir, &segments, has_snapshot.then_some(from_segment))?;
         let mut last_segment = from_segment;
+        // The last segment read, to be closed before the next is made: where its records
+        // end, and whether it is closed already (a crash between a rotation's closing marker
+        // and its new segment).
+        let mut last_read = None;
         for &n in &segments {
             let path = segment_path(&dir, n);
             if n < from_segment {
@@ -183,6 +187,7 @@ impl Cards {
                 // or part way through cutting it. Deleted at once, not in cuts: nothing is
                 // served yet.
                 let _ = std::fs::remove_file(&path);
+                let _ = std::fs::remove_file(journal::loss_accepted_path(&path));
                 continue;
             }
             last_segment = last_segment.max(n);
@@ -211,7 +216,8 @@ impl Cards {
                     tracing::warn!(segment = n, error = %e, "could not cut the zeros after a journal segment's records");
                 }
             }
-            if report.bad_bytes > 0 && Some(&n) != segments.last() {
+            let is_last = Some(&n) == segments.last();
+            if report.bad_bytes > 0 && !is_last {
                 return Err(StoreError::DamagedSegment {
                     path,
                     good_bytes: report.good_bytes,
@@ -219,6 +225,22 @@ impl Cards {
                 }
                 .into());
             }
+            if report.opened && !report.closed && !is_last {
+                let accepted = journal::loss_accepted_path(&path);
+                if !accepted.exists() {
+                    return Err(StoreError::UnclosedSegment {
+                        path,
+                        good_bytes: report.good_bytes,
+                    }
+                    .into());
+                }
+                tracing::warn!(
+                    segment = n,
+                    accepted = %accepted.display(),
+                    "journal segment cut short, without its closing marker: going on without the records cut from it, as the operators accepted"
+                );
+            }
+            last_read = Some((n, report));
             if report.bad_bytes > 0 {
                 let later_commits =
                     crate::store::marker::later_commits(&path, n, report.good_bytes, &marker_key)
@@ -286,6 +308,20 @@ impl Cards {
             real_keys.insert(CardKey::of(&c.real_pan), ());
         });
         ledger.rebuild_order();
+
+        // Closed before the next one is made, so that a segment with a later one beside it
+        // always has its closing marker: one without it was cut short.
+        if let Some((n, report)) = last_read
+            && !report.closed
+        {
+            crate::store::segment::seal_file(
+                &segment_path(&dir, n),
+                n,
+                report.good_bytes,
+                &marker_key,
+            )
+            .map_err(StoreError::io("closing the last journal segment"))?;
+        }
 
         // A damaged snapshot can name any segment, the last number there is included.
         let next_segment = last_segment
@@ -470,12 +506,22 @@ pub(crate) fn holds_sealed_card_numbers(dir: &std::path::Path) -> Result<bool, S
         return Ok(true);
     }
     for n in list_segments(dir).map_err(&io)? {
-        // A segment with no record starts with the zeros written ahead of them.
-        let mut first = [0u8; 4];
-        let read = std::fs::File::open(segment_path(dir, n))
-            .and_then(|mut f| std::io::Read::read(&mut f, &mut first));
-        if read.map_err(&io)? > 0 && first != [0; 4] {
-            return Ok(true);
+        // A segment with no record holds its markers (unsigned without the key, but known
+        // by their tag) and the zeros written ahead. Read up to its first record, which
+        // stops the read; anything unreadable counts too, as it may be one.
+        let mut holds_a_record = false;
+        let read = journal::read_records(&segment_path(dir, n), |payload| {
+            if crate::store::marker::batch_start(payload).is_some() {
+                return Ok(());
+            }
+            holds_a_record = true;
+            Err(StoreError::Closed)
+        });
+        match read {
+            Ok(report) if report.bad_bytes > 0 => return Ok(true),
+            Ok(_) => {}
+            Err(_) if holds_a_record => return Ok(true),
+            Err(e) => return Err(e),
         }
     }
     Ok(false)

@@ -24,7 +24,7 @@ impl Cards {
         let _one = self.snapshot_lock.lock();
         // A start refuses a snapshot without the segment it names (one taken while serving
         // always has the one it rotated to), so the segment comes first.
-        Segment::create(into, FIRST_SEGMENT)
+        Segment::create(into, FIRST_SEGMENT, &cipher.marker_key())
             .map_err(StoreError::io("making the copy's first journal segment"))?
             .close();
         self.write_snapshot(into, cipher, FIRST_SEGMENT)

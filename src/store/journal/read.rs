@@ -22,6 +22,14 @@ pub struct ReadReport {
     /// Zero bytes after it: the rest of an extent written ahead of the records (a segment
     /// the writer did not close, e.g. after a crash). Not damage: nothing was lost there.
     pub zeros: u64,
+    /// A journal segment's first frame is its signed opening marker
+    /// ([`crate::store::marker::OPENS_SEGMENT`]): it must end with a closing one once a
+    /// later segment follows. False for other files, and for segments written before
+    /// 2026-12-07.
+    pub opened: bool,
+    /// A journal segment's last good frame is its signed closing marker
+    /// ([`crate::store::marker::CLOSES_SEGMENT`]).
+    pub closed: bool,
 }
 
 /// Reads framed records from `path`, handing each payload to `f`, and stops at the first
@@ -54,6 +62,8 @@ fn read_records_from(
         good_bytes: from.min(total),
         bad_bytes: 0,
         zeros: 0,
+        opened: false,
+        closed: false,
     };
     loop {
         let mut head = [0u8; 8];
@@ -110,17 +120,24 @@ pub fn read_segment(
     key: &MarkerKey,
     mut f: impl FnMut(&[u8]) -> Result<(), StoreError>,
 ) -> Result<ReadReport, StoreError> {
+    use crate::store::marker::{self, CLOSES_SEGMENT, OPENS_SEGMENT};
     use std::cell::Cell;
     let mut markers = 0;
     // Where the next frame read begins, and where the batch being read began.
     let (at, batch_began) = (Cell::new(0u64), Cell::new(0u64));
+    let (opened, closed) = (Cell::new(false), Cell::new(false));
     let mut each = |payload: &[u8]| {
+        let first = at.get() == 0;
         at.set(at.get() + 8 + payload.len() as u64);
-        if crate::store::marker::batch_start(payload).is_some() {
+        if marker::batch_start(payload).is_some() {
             markers += 1;
             batch_began.set(at.get());
+            let signed = marker::signed_start(payload, key, segment);
+            opened.set(opened.get() || (first && signed == Some(OPENS_SEGMENT)));
+            closed.set(signed == Some(CLOSES_SEGMENT));
             Ok(())
         } else {
+            closed.set(false);
             f(payload)
         }
     };
@@ -147,6 +164,8 @@ pub fn read_segment(
         };
     }
     report.records -= markers;
+    report.opened = opened.get();
+    report.closed = closed.get();
     Ok(report)
 }
 
