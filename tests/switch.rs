@@ -645,6 +645,73 @@ async fn a_frame_shorter_than_the_links_header_is_dropped_and_the_connection_goe
 }
 
 #[tokio::test]
+async fn what_was_read_before_a_stop_is_served_as_in_time_past_a_dropped_frame_and_within_the_limit()
+ {
+    // Review of stop 51: at a stop, the frames read but held back (here by
+    // `max_in_flight`) were served by a loop of their own, which ended at the first frame
+    // it dropped (one shorter than the link's header) and ignored the limit: the purchase
+    // after that frame, read before the stop, was refused (91) as a new one.
+    let tpdu = [0x60, 0x00, 0x01, 0x00, 0x00];
+    let sim = SimConfig {
+        latency: Duration::from_millis(300),
+        ..SimConfig::default()
+    };
+    let rig = rig(Some(sim), |c| {
+        c.network.header_hex = "6000010000".into();
+        c.network.max_in_flight = 1;
+    })
+    .await;
+    let (card, _) = rig.issue(|_| {}).await;
+    let mut numbering = Client::connect(rig.network).await;
+    let first = purchase(&mut numbering, b"0100", &card.vpan, &card.expiry.0, 100);
+    let second = purchase(&mut numbering, b"0100", &card.vpan, &card.expiry.0, 200);
+    let headed = |m: &Message| {
+        let body = m.pack();
+        let mut f = ((tpdu.len() + body.len()) as u16).to_be_bytes().to_vec();
+        f.extend_from_slice(&tpdu);
+        f.extend_from_slice(&body);
+        f
+    };
+    let mut bytes = headed(&first);
+    bytes.extend_from_slice(&[0x00, 0x03, 1, 2, 3]);
+    bytes.extend_from_slice(&headed(&second));
+    let stream = tokio::net::TcpStream::connect(rig.network).await.unwrap();
+    let mut framed = tokio_util::codec::Framed::new(
+        stream,
+        vpan::iso8583::FrameCodec::new(vpan::iso8583::Framing::Len2, tpdu.len(), 8192),
+    );
+    use tokio::io::AsyncWriteExt;
+    framed.get_mut().write_all(&bytes).await.unwrap();
+    // The first is with the issuer, the rest read and held back behind it: then the stop.
+    for _ in 0..250 {
+        if rig.sim().requests(b"0100") == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(rig.sim().requests(b"0100"), 1, "the issuer has the first");
+    rig.stop.cancel();
+    use futures_util::StreamExt;
+    let mut codes = Vec::new();
+    while let Ok(Some(Ok(Frame::Message { body, .. }))) =
+        tokio::time::timeout(Duration::from_secs(10), framed.next()).await
+    {
+        let answer = Message::parse(Spec::iso87ascii(), body).unwrap();
+        codes.push((answer.stan().unwrap(), code(&answer)));
+    }
+    assert_eq!(
+        codes,
+        vec![
+            (first.stan().unwrap(), "00".to_string()),
+            (second.stan().unwrap(), "00".to_string())
+        ],
+        "both read before the stop, both served"
+    );
+    assert_eq!(rig.sim().requests(b"0100"), 2);
+    rig.stop().await;
+}
+
+#[tokio::test]
 async fn a_repeat_while_the_first_is_with_the_issuer_gets_the_first_answer_when_it_comes() {
     let sim = SimConfig {
         latency: Duration::from_millis(300),

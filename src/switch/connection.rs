@@ -103,6 +103,9 @@ pub async fn serve<S>(
     let mut frame_started: Option<Instant> = None;
     let mut last_write_progress = Instant::now();
     let mut drain_deadline: Option<tokio::time::Instant> = None;
+    // Bytes read before the stop began and not cut into frames yet: a frame that begins
+    // among them was sent before the stop, and is served as if it had come in time.
+    let mut read_before_stop = 0usize;
     // One timer for all the deadlines below, moved only when a deadline comes earlier or
     // it has fired: made anew on every turn of the loop, it cost two trips through the
     // runtime's timer wheel per wake-up. Firing early is harmless: each deadline is
@@ -124,7 +127,11 @@ pub async fn serve<S>(
         };
         // Cut every complete frame out of what was read, as far as the limits allow.
         while reading && room(in_flight.len(), &out) {
-            match codec.decode(&mut inbuf) {
+            let unread = inbuf.len();
+            let decoded = codec.decode(&mut inbuf);
+            let sent_before_stop = read_before_stop > 0;
+            read_before_stop = read_before_stop.saturating_sub(unread - inbuf.len());
+            match decoded {
                 Ok(Some(frame)) => {
                     last_frame = Instant::now();
                     frame_started = None;
@@ -135,8 +142,8 @@ pub async fn serve<S>(
                         Frame::Message { header, body } => {
                             // Sent after the stop began: a new purchase is refused (91).
                             let serving = match drain_deadline {
-                                None => Serving::Open,
-                                Some(_) => Serving::Stopping,
+                                Some(_) if !sent_before_stop => Serving::Stopping,
+                                _ => Serving::Open,
                             };
                             in_flight.push(answer_of(flow, header, body, last_frame, serving));
                         }
@@ -243,23 +250,11 @@ pub async fn serve<S>(
             () = shutdown.cancelled(), if drain_deadline.is_none() => {
                 drain_deadline = Some(tokio::time::Instant::now() + limits.drain_timeout);
                 // What was read before the stop and held back by the limits is served as
-                // if it had come in time: the network sent it before, and an answer
-                // serves it better than its timeout and reversal (unless the peer is not
-                // reading its answers). A new purchase that comes from now on is refused,
-                // until the requests in flight are answered and the connection closes.
-                if reading && out.len() < WRITE_BACKLOG {
-                    if out.is_empty() {
-                        last_write_progress = Instant::now();
-                    }
-                    while let Ok(Some(frame)) = codec.decode(&mut inbuf) {
-                        if let Frame::Message { header, body } = frame {
-                            let now = Instant::now();
-                            in_flight.push(answer_of(flow, header, body, now, Serving::Open));
-                        } else {
-                            let _ = encoder.encode(Frame::KeepAlive, &mut out);
-                        }
-                    }
-                }
+                // if it had come in time, as the limits let it through: the network sent
+                // it before, and an answer serves it better than its timeout and reversal.
+                // A new purchase that comes from now on is refused, until the requests in
+                // flight are answered and the connection closes.
+                read_before_stop = inbuf.len();
             }
             () = &mut timer => {
                 let now = Instant::now();
