@@ -181,7 +181,7 @@ impl MacKey {
 
     /// Checks the MAC of a message as received (the bytes as they came, not re-packed).
     pub fn check(&self, msg: &Message) -> MacCheck {
-        let n = mac_field(msg);
+        let n = received_mac_field(msg);
         let (Some(f), Some(raw), Some(text)) = (msg.spec().field(n), msg.raw(n), msg.text(n))
         else {
             return MacCheck::Missing;
@@ -245,6 +245,18 @@ pub fn mac_field(msg: &Message) -> usize {
         .unwrap_or(0);
     // A field between 65 and 127 means a secondary bitmap; 129 to 191 a tertiary one.
     highest.div_ceil(64).max(1) * 64
+}
+
+/// Where the MAC of a received `msg` is: the last field of its last bitmap as it came. A
+/// sender whose every message carries a secondary bitmap (some dialects do) puts it in
+/// DE 128 even when no field from 65 to 127 is present, and that field's presence shows
+/// the bitmap was sent; [`mac_field`] alone would look for it in DE 64 and answer 63.
+pub fn received_mac_field(msg: &Message) -> usize {
+    let by_fields = mac_field(msg);
+    [192, 128]
+        .into_iter()
+        .find(|&n| n > by_fields && msg.has(n))
+        .unwrap_or(by_fields)
 }
 
 /// Checks that `spec` can carry a MAC: DE 64, and DE 128 with a secondary bitmap (DE 192
@@ -416,6 +428,29 @@ mod tests {
         m.set(64, b"0000000000000000").unwrap();
         let parsed = Message::parse(Spec::iso87ascii(), m.pack()).unwrap();
         assert_eq!(key.check(&parsed), MacCheck::Missing);
+    }
+
+    #[test]
+    fn a_sender_that_always_sends_a_secondary_bitmap_has_its_mac_in_128_checked() {
+        // Review of stop 51: no field from 65 to 127, but a secondary bitmap all the same
+        // and the MAC in DE 128, its last field: it was looked for in DE 64 (63, missing).
+        let key = key_of("0123456789ABCDEFFEDCBA9876543210", Padding::Method1);
+        let mut m = message(&[(3, b"000000"), (4, b"000000001000"), (11, b"000003")]);
+        m.set(128, &[b'0'; 16]).unwrap();
+        let wire = m.pack();
+        let mac = key.compute(&wire[..wire.len() - 16]);
+        m.set(128, &hex_upper(&mac)).unwrap();
+        let wire = m.pack();
+        let parsed = Message::parse(Spec::iso87ascii(), wire.clone()).unwrap();
+        assert_eq!(received_mac_field(&parsed), 128);
+        assert_eq!(key.check(&parsed), MacCheck::Valid);
+        let mut bad = wire.to_vec();
+        bad[wire.len() - 20] ^= 0x01;
+        let parsed = Message::parse(Spec::iso87ascii(), Bytes::from(bad)).unwrap();
+        assert_eq!(key.check(&parsed), MacCheck::Invalid);
+        // Without a field of the secondary bitmap, where fields alone put it.
+        let m = message(&[(3, b"000000"), (11, b"000001")]);
+        assert_eq!(received_mac_field(&m), 64);
     }
 
     #[test]
