@@ -924,12 +924,52 @@ async fn a_run_whose_target_goes_away_near_its_end_stops_redialling_at_its_end()
     assert!(summary["elapsed_s"].as_f64().unwrap() < 3.5, "{summary}");
 }
 
+#[tokio::test]
+async fn an_open_loop_whose_target_goes_away_counts_the_rest_of_its_schedule_not_sent() {
+    // Review of stop 51: at 500/s for 4 s with the target gone after 1 s, the summary
+    // read 500/s and the latency of the requests sent before: the 1,500 never sent were
+    // nowhere in it, and a script reading the JSON saw a healthy run.
+    let (out, summary) = target_killed_during_at(
+        "4s",
+        Duration::from_millis(1_000),
+        "200",
+        &["--rate", "500"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{summary}");
+    assert_eq!(summary["errors_by_kind"]["gave_up"], 2, "{summary}");
+    let sent = summary["sent"].as_u64().unwrap();
+    let not_sent = summary["errors_by_kind"]["not_sent"].as_u64().unwrap_or(0);
+    assert!(not_sent >= 1_000, "{summary}");
+    assert!(
+        (1_990..=2_000).contains(&(sent + not_sent)),
+        "the whole schedule, 500/s for 4 s: {summary}"
+    );
+    let throughput = summary["throughput_per_s"].as_f64().unwrap();
+    assert!(throughput < 300.0, "{summary}");
+    // Those due while the connections redialled are in the latency, at a second or so.
+    assert!(
+        summary["latency_us"]["max"].as_u64().unwrap() >= 500_000,
+        "{summary}"
+    );
+}
+
 /// `vpan loadgen --json` on two connections for `duration`, against a simulator killed
 /// `after` into the run; its output and its summary.
 async fn target_killed_during(
     duration: &str,
     after: Duration,
     timeout_ms: &str,
+) -> (std::process::Output, serde_json::Value) {
+    target_killed_during_at(duration, after, timeout_ms, &[]).await
+}
+
+/// [`target_killed_during`] with `more` arguments (an open loop's `--rate`).
+async fn target_killed_during_at(
+    duration: &str,
+    after: Duration,
+    timeout_ms: &str,
+    more: &[&str],
 ) -> (std::process::Output, serde_json::Value) {
     let (mut sim, addr) = spawn_sim_binary(&[]).await;
     let traffic = fixture("sample.jsonl");
@@ -946,6 +986,7 @@ async fn target_killed_during(
         "2",
         "--json",
     ];
+    let args: Vec<&str> = args.iter().chain(more).copied().collect();
     let run = loadgen_binary(&args);
     let kill = async {
         tokio::time::sleep(after).await;
@@ -1008,8 +1049,9 @@ async fn bad_input_gets_exit_2_for_usage_and_1_with_the_line_for_a_bad_traffic_f
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("traffic line 2") && stderr.contains("field 4"),
-        "{stderr}"
+        stderr.contains(&format!("{}: traffic line 2", bad.display()))
+            && stderr.contains("field 4"),
+        "the file, the line and the field: {stderr}"
     );
     assert!(
         !stderr.contains("4970100000000014"),

@@ -379,7 +379,9 @@ impl Conn {
     /// Past the grace after `--duration`: what fell due before the deadline and is still
     /// unsent (the peer stopped answering, and the in-flight cap let nothing more go) is
     /// counted as not sent, each in the latency at its time since due as a timeout is, and
-    /// the run ends rather than send it for as long again.
+    /// the run ends rather than send it for as long again. The same for a connection that
+    /// gives up redialling: the rest of its schedule is not sent, and the part of it
+    /// already due is in the latency (what is due later is counted only).
     fn give_up_backlog(&mut self, first_due: Instant, now: Instant) {
         let Some(deadline) = self.shared.deadline else {
             return;
@@ -396,7 +398,9 @@ impl Conn {
         let mut given_up = 0;
         let mut due = first_due;
         while due < deadline && given_up < allowed {
-            self.stats.record_latency(due, now);
+            if due <= now {
+                self.stats.record_latency(due, now);
+            }
             given_up += 1;
             due += self.interval;
         }
@@ -737,7 +741,15 @@ pub(super) async fn connection(mut conn: Conn, first: TcpStream) -> Stats {
                     None if conn.finished() => break,
                     None => {
                         // Said in the summary: the rest of this connection's share of the
-                        // traffic is not sent, and a run that ends short must say why.
+                        // traffic is not sent, and a run that ends short must say why. In
+                        // an open loop, its schedule to the end of `--duration` is counted
+                        // not sent, so that neither the throughput nor the latency reads
+                        // as if the run had ended when this connection did.
+                        if conn.shared.cfg.rate.is_some()
+                            && let Some(due) = conn.next_due
+                        {
+                            conn.give_up_backlog(due, Instant::now());
+                        }
                         conn.error("gave_up", 1);
                         break;
                     }

@@ -40,7 +40,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::flags;
-use super::traffic::{Traffic, load_bindings};
+use super::traffic::{Traffic, TrafficError, load_bindings};
 use super::wire::WireArgs;
 use crate::iso8583::{FrameCodec, Framing, Spec};
 
@@ -212,7 +212,11 @@ impl LoadgenConfig {
             None => Traffic::load(&args.traffic, spec),
             Some(file) => Traffic::load_bound(&args.traffic, spec, &load_bindings(file)?),
         }
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| match e {
+            // Its message names the file already.
+            TrafficError::Io { .. } => e.to_string(),
+            e => format!("{}: {e}", args.traffic.display()),
+        })?;
         Ok(LoadgenConfig {
             target: args.target.clone(),
             traffic: Arc::new(traffic),

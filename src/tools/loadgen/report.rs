@@ -56,7 +56,8 @@ pub struct Summary {
     pub mode: &'static str,
     /// Target rate in open loop.
     pub rate: Option<f64>,
-    /// From the first send to the last answer or timeout, in seconds.
+    /// The run's wall time in seconds, from its start to its end: redials and the wait for
+    /// the last answers or timeouts included (the throughput has its own span).
     pub elapsed_s: f64,
     /// Requests sent.
     pub sent: u64,
@@ -217,7 +218,9 @@ impl Stats {
 /// whichever is later: not to the end of a wait for answers that never came (timeouts at
 /// the end of a run), but over every second spent sending, so a peer that stops answering
 /// part way through shows in it. In the open loop, over at least the schedule the requests
-/// sent fill (`sent / rate`): the last of N requests goes out at (N - 1) / rate, so at one
+/// sent and those given up fill (`(sent + not_sent) / rate`; a target that went away part
+/// way through leaves the rest of the schedule not sent, and the throughput counts its
+/// seconds too): the last of N requests goes out at (N - 1) / rate, so at one
 /// request a second for 3 s the span from the first send to the last answer is 2 s, and
 /// the throughput would read 1.5/s.
 pub(super) fn summarize(
@@ -285,8 +288,9 @@ pub(super) fn summarize(
             mean: h.mean(),
         };
     }
+    let not_sent = s.errors_by_kind.get("not_sent").copied().unwrap_or(0);
     let scheduled = cfg.rate.filter(|r| *r > 0.0).map_or(Duration::ZERO, |r| {
-        Duration::from_secs_f64(s.sent as f64 / r)
+        Duration::from_secs_f64((s.sent + not_sent) as f64 / r)
     });
     let counted = answering.max(scheduled);
     if !counted.is_zero() {
@@ -378,5 +382,22 @@ mod tests {
         a.last_answer = Some(start + Duration::from_millis(2_001));
         let s = summarize(&cfg, start, Duration::from_secs(3), vec![a]);
         assert!((s.throughput_per_s - 1.0).abs() < 1e-6, "{s:?}");
+    }
+
+    #[test]
+    fn open_loop_throughput_counts_the_schedule_not_sent() {
+        // Review of stop 51: at 500/s for 4 s, the target gone after 1 s. The 1,500
+        // requests not sent are in the schedule: the throughput is 125/s, not 500/s.
+        let start = Instant::now();
+        let mut cfg = echo_run();
+        cfg.rate = Some(500.0);
+        let mut a = Stats::new().unwrap();
+        a.sent = 500;
+        a.answered = 500;
+        a.last_sent = Some(start + Duration::from_millis(998));
+        a.last_answer = Some(start + Duration::from_millis(999));
+        a.errors.insert("not_sent", 1_500);
+        let s = summarize(&cfg, start, Duration::from_secs(6), vec![a]);
+        assert!((s.throughput_per_s - 125.0).abs() < 1e-6, "{s:?}");
     }
 }
