@@ -712,6 +712,39 @@ async fn what_was_read_before_a_stop_is_served_as_in_time_past_a_dropped_frame_a
 }
 
 #[tokio::test]
+async fn a_purchase_without_de4_is_a_format_error_not_a_free_verification() {
+    // Review of stop 51: without DE 4 (or with DE 4 of 0 and a DE 6 without DE 51) a
+    // 0100 read as a zero-amount verification: approved outside the cap and the uses,
+    // and forwarded for the issuer to charge what it read elsewhere.
+    let rig = rig(Some(SimConfig::default()), |_| {}).await;
+    let (card, _) = rig
+        .issue(|c| c.max_uses = std::num::NonZeroU32::new(1))
+        .await;
+    let mut net = Client::connect(rig.network).await;
+    let mut no_amount = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
+    no_amount.remove(4);
+    let mut billed_only = purchase(&mut net, b"0200", &card.vpan, &card.expiry.0, 0);
+    billed_only.set(6, b"000000005000").unwrap();
+    for request in [&no_amount, &billed_only] {
+        let answer = net.call(request).await;
+        assert_eq!(code(&answer), "30", "{:?}", request.mti());
+    }
+    assert_eq!(rig.sim().requests(b"0100") + rig.sim().requests(b"0200"), 0);
+    let view = rig.cards.get(CardKey::of(&card.vpan)).unwrap();
+    assert_eq!((view.spent, view.held, view.uses), (0, 0, 0));
+    // An inquiry moves nothing and may leave DE 4 out: checked and forwarded.
+    let mut inquiry = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
+    inquiry.remove(4);
+    inquiry.set(3, b"300000").unwrap();
+    assert_eq!(code(&net.call(&inquiry).await), "00");
+    assert_eq!(rig.sim().requests(b"0100"), 1);
+    // The one use is still there.
+    let real = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
+    assert_eq!(code(&net.call(&real).await), "00");
+    rig.stop().await;
+}
+
+#[tokio::test]
 async fn a_repeat_while_the_first_is_with_the_issuer_gets_the_first_answer_when_it_comes() {
     let sim = SimConfig {
         latency: Duration::from_millis(300),

@@ -43,10 +43,20 @@ pub fn approved_in_part(answer: &Message, request: &Message) -> Option<Amounts> 
     })
 }
 
-/// The cards' view of a 0100/0200/0120/0220; `None` when DE 11 or DE 7 is missing.
+/// The cards' view of a 0100/0200/0120/0220; `None` when DE 11 or DE 7 is missing, or
+/// DE 4 when the request is not an inquiry.
 pub fn auth_request(msg: &Message) -> Option<AuthRequest> {
     let key = tx_key(msg)?;
-    let amount = msg.amount_transaction().unwrap_or(0);
+    let processing_code = msg.processing_code().unwrap_or(*b"000000");
+    // DE 4 is what the cap counts: a request that may move money without one is malformed
+    // (30), not a zero-amount verification free of the cap and the uses, forwarded for the
+    // issuer to charge whatever it reads elsewhere (DE 6). An inquiry (DE 3 "3x": balance,
+    // statement) moves nothing and may leave it out.
+    let amount = match msg.amount_transaction() {
+        Some(amount) => amount,
+        None if processing_code[0] == b'3' => 0,
+        None => return None,
+    };
     let billing = match (
         msg.amount_cardholder_billing(),
         msg.currency_cardholder_billing(),
@@ -56,9 +66,10 @@ pub fn auth_request(msg: &Message) -> Option<AuthRequest> {
     };
     // A verification moves nothing in any currency: a DE 4 of 0 beside a DE 6 that is not
     // is a purchase whose amounts disagree (declined 30 when the card counts DE 4), not a
-    // verification free of the cap and the uses.
-    let moved = amount.max(billing.map_or(0, |(a, _)| a));
-    let kind = Kind::classify(&msg.processing_code().unwrap_or(*b"000000"), moved);
+    // verification free of the cap and the uses. DE 6 without DE 51 too: the card does
+    // not count it (its currency unsaid), but an issuer may charge it.
+    let moved = amount.max(msg.amount_cardholder_billing().unwrap_or(0));
+    let kind = Kind::classify(&processing_code, moved);
     Some(AuthRequest {
         mti: msg.mti(),
         kind,
@@ -164,7 +175,11 @@ mod tests {
                 m.set(6, de6).unwrap();
                 m.set(51, b"840").unwrap();
             }
-            auth_request(&m).unwrap().kind
+            let with_51 = auth_request(&m).unwrap().kind;
+            // Without DE 51, DE 6 still says money moves.
+            m.remove(51);
+            assert_eq!(auth_request(&m).unwrap().kind, with_51, "{de4:?} {de6:?}");
+            with_51
         };
         assert_eq!(request(b"000000000000", None), Kind::Verification);
         assert_eq!(
@@ -224,9 +239,30 @@ mod tests {
                 "{mti:?} {de3:?}"
             );
         }
-        // Nor one without a DE 4 to read.
+        // Nor one without a DE 4 to read: it is no request the cards can count (30).
         let mut no_amount = advice(b"0220", b"000000", &of(b"0100"));
         no_amount.remove(4);
-        assert_eq!(completes(&no_amount), None);
+        assert!(auth_request(&no_amount).is_none());
+    }
+
+    #[test]
+    fn a_request_that_may_move_money_without_de4_is_malformed_and_an_inquiry_is_not() {
+        // Review of stop 51: a 0100 without DE 4 read as a zero-amount verification,
+        // approved outside the cap and the uses, and forwarded.
+        let request = |mti: &[u8; 4], de3: &[u8]| {
+            let mut m = Message::new(Spec::iso87ascii(), mti).unwrap();
+            m.set(3, de3).unwrap();
+            m.set(7, b"1126143015").unwrap();
+            m.set(11, b"000001").unwrap();
+            m.set(49, b"978").unwrap();
+            auth_request(&m).map(|r| r.kind)
+        };
+        for mti in [b"0100", b"0200", b"0120", b"0220"] {
+            for de3 in [b"000000", b"010000", b"200000"] {
+                assert_eq!(request(mti, de3), None, "{mti:?} {de3:?}");
+            }
+        }
+        assert_eq!(request(b"0100", b"300000"), Some(Kind::Verification));
+        assert_eq!(request(b"0100", b"310000"), Some(Kind::Verification));
     }
 }

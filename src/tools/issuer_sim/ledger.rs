@@ -340,7 +340,12 @@ impl Ledger {
         if !luhn_valid(pan.as_bytes()) {
             return decision(b"14", None, None);
         }
-        let (Some(asked), Some(pcode)) = (req.amount_transaction(), req.processing_code()) else {
+        let Some(pcode) = req.processing_code() else {
+            return decision(b"30", None, None);
+        };
+        // An inquiry (DE 3 "3x": balance, statement) moves nothing and may leave DE 4 out.
+        let inquiry = pcode[0] == b'3';
+        let Some(asked) = req.amount_transaction().or(inquiry.then_some(0)) else {
             return decision(b"30", None, None);
         };
         let Ok(amount) = i64::try_from(billed(req).unwrap_or(asked)) else {
