@@ -4002,6 +4002,17 @@ fn a_rekeyed_copy_holds_the_same_cards_under_the_new_key_alone() {
         assert!(!bytes.windows(real.len()).any(|w| w == real.as_bytes()));
     }
 
+    // Review of stop 51: the copy's snapshot lost, a start read the copy as a new, empty
+    // store (its journal began at segment 1, empty); it is refused, as for any store.
+    let snapshot = into.join("snapshot.bin");
+    let kept = std::fs::read(&snapshot).unwrap();
+    std::fs::remove_file(&snapshot).unwrap();
+    let Err(refused) = try_open(&into, Default::default()) else {
+        panic!("the copy started without its snapshot");
+    };
+    assert!(refused.to_string().contains("or snapshot.bin"), "{refused}");
+    std::fs::write(&snapshot, kept).unwrap();
+
     let (copy, recovered) = open(&into);
     assert_eq!(
         recovered.holds_counted_as_spent, 0,

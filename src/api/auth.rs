@@ -7,7 +7,7 @@
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -77,9 +77,7 @@ pub fn load_or_create(
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             let mut file = OpenOptions::new().read(true).open(&path)?;
-            if file.metadata()?.permissions().mode() & 0o077 != 0 {
-                tracing::warn!(path = %path.display(), "the API token file is readable by group or others; it should be 0600");
-            }
+            crate::store::warn_if_open_to_others(&path, "the API token file");
             let mut text = String::new();
             file.read_to_string(&mut text)?;
             let token = text.trim();
@@ -143,6 +141,7 @@ fn bearer_credentials(value: &[u8]) -> Option<&[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn the_bearer_scheme_is_read_in_any_case() {

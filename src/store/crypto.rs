@@ -13,7 +13,7 @@
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
@@ -81,6 +81,7 @@ impl PanCipher {
 
     /// Reads the key file, or creates it (0600, 32 random bytes, synced) when absent.
     pub fn load_or_create(path: &Path) -> Result<PanCipher, StoreError> {
+        remove_stale_temporaries(path);
         // `try_exists`: a key there that cannot be reached (a directory vpan may not
         // enter) is that error, not a cue to make a new key.
         if !path
@@ -100,11 +101,7 @@ impl PanCipher {
             .read(true)
             .open(path)
             .map_err(key_file_error(path, "opening it"))?;
-        if let Ok(meta) = file.metadata()
-            && meta.permissions().mode() & 0o077 != 0
-        {
-            tracing::warn!(path = %path.display(), "the key file is readable by group or others; it should be 0600");
-        }
+        super::warn_if_open_to_others(path, "the key file for real card numbers");
         let mut bytes = Vec::with_capacity(33);
         file.read_to_end(&mut bytes)
             .map_err(key_file_error(path, "reading it"))?;
@@ -241,6 +238,40 @@ fn create_key_file(path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// How old a key file's temporary must be to be another start's leftover, not its work.
+const STALE_TEMPORARY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Removes the temporaries of the key file at `path` (`<key>.new-…`) that a start killed
+/// while it made the key left behind, a minute old or more: each is a copy of the key, or
+/// of one never linked, and would outlive the key's destruction after a rekey. Younger ones
+/// may be another start's at work (two sharing a key path), and are left to it.
+fn remove_stale_temporaries(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!("{}.new-", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age >= STALE_TEMPORARY));
+        if stale
+            && entry.file_name().to_string_lossy().starts_with(&prefix)
+            && std::fs::remove_file(entry.path()).is_ok()
+        {
+            tracing::info!(path = %entry.path().display(), "removed a key file's temporary left by a start that was killed");
+        }
+    }
+}
+
 /// A failed file operation on the key file, naming it: a start that cannot make or read
 /// it says which file, and which setting points there.
 fn key_file_error(path: &Path, what: &'static str) -> impl Fn(std::io::Error) -> StoreError {
@@ -254,6 +285,7 @@ fn key_file_error(path: &Path, what: &'static str) -> impl Fn(std::io::Error) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     /// One made-up card for the module's tests.
     fn pan() -> Pan {
@@ -336,6 +368,30 @@ mod tests {
         );
         let c2 = PanCipher::load_or_create(&path).unwrap();
         assert_eq!(c2.open(&c1.seal(&pan(), b"k"), b"k").unwrap(), pan());
+    }
+
+    #[test]
+    fn a_temporary_left_by_a_killed_start_is_removed_once_stale() {
+        // Review of stop 51: a kill between the temporary's write and its removal left a
+        // copy of the key beside it for good.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pan.key");
+        let temporary = |name: &str, age: u64| {
+            let p = dir.path().join(name);
+            let f = std::fs::File::create(&p).unwrap();
+            let then = std::time::SystemTime::now() - std::time::Duration::from_secs(age);
+            f.set_modified(then).unwrap();
+            p
+        };
+        let stale = temporary("pan.key.new-12-00ab", 120);
+        let young = temporary("pan.key.new-13-00cd", 0);
+        let other = temporary("other.key.new-14-00ef", 120);
+        PanCipher::load_or_create(&path).unwrap();
+        assert!(!stale.exists(), "a stale copy of a key is removed");
+        assert!(
+            young.exists() && other.exists(),
+            "another start's, or another key's"
+        );
     }
 
     #[test]

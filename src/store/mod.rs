@@ -135,14 +135,28 @@ pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         .create(dir)
 }
 
-/// The mode of `dir` when its group or others have any access to it: the data directory
-/// holds the journal, the snapshots and (by default) the PAN key. Each file in it is made
-/// 0600, but a directory others may list or enter still shows them; its mode is the
-/// operators' to set, so the start says so rather than change it.
-pub(crate) fn open_to_others(dir: &Path) -> Option<u32> {
+/// The mode of `path` when its group or others have any access to it: the data directory
+/// holds the journal, the snapshots and (by default) the PAN key, and the key and the API
+/// token are secrets. Each file vpan makes is 0600, but one the operators made or changed,
+/// or a directory others may list or enter, is theirs to set, so the start says so rather
+/// than change it.
+pub(crate) fn open_to_others(path: &Path) -> Option<u32> {
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(dir).ok()?.permissions().mode() & 0o777;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
     (mode & 0o077 != 0).then_some(mode)
+}
+
+/// Warns, with its mode and the command that closes it, when the secret file `path` (what
+/// it is: `what`) is open to group or others.
+pub(crate) fn warn_if_open_to_others(path: &Path, what: &str) {
+    if let Some(mode) = open_to_others(path) {
+        tracing::warn!(
+            path = %path.display(),
+            mode = %format!("{mode:04o}"),
+            "{what} is open to group or others; it should be 0600: chmod 600 {}",
+            path.display()
+        );
+    }
 }
 
 /// The `[store]` section of the configuration.

@@ -12,8 +12,11 @@ use crate::store::crypto::PanCipher;
 use crate::store::journal::Encode;
 use crate::store::segment::Segment;
 
-/// The copy's journal starts at segment 1, as a new store's does.
-const FIRST_SEGMENT: u64 = 1;
+/// The copy's journal starts at segment 2, after one it never had: a start without a
+/// snapshot reads the journal from segment 1, so the copy's snapshot lost would be refused
+/// (segment 1 missing, "or snapshot.bin") rather than the copy read as a new, empty store,
+/// as a store that has snapshotted is (its first snapshot rotates past segment 1).
+const FIRST_SEGMENT: u64 = 2;
 
 impl Cards {
     /// Writes these cards and remembered transactions into `into`, an empty directory,
