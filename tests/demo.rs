@@ -91,6 +91,69 @@ fn the_builtin_demo_passes_every_expectation_and_exits_0() {
 }
 
 #[test]
+fn a_demo_stopped_by_a_signal_stops_its_parts_and_removes_its_temporary_directory() {
+    // Review of stop 51: a Ctrl-C or SIGTERM killed the demo outright, leaving its
+    // temporary directory behind, the card key beside the numbers it seals.
+    for signal in ["INT", "TERM"] {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir_all(&tmp).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_vpan"))
+            .args(["demo", "--duration", "60s"])
+            .current_dir(dir.path())
+            .env("TMPDIR", &tmp)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Once it names its parts' addresses they are all up; a moment later its 60 s
+        // load runs, its directory full.
+        let stdout = child.stdout.take().unwrap();
+        let (said, heard) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut all = String::new();
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.contains("issuer simulator ") {
+                    let _ = said.send(());
+                }
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
+        heard
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the demo starts its parts");
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        let made: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
+        assert_eq!(made.len(), 1, "its temporary directory");
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let out = child.wait_with_output().unwrap();
+        let stdout = reader.join().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{signal}: {stdout}{stderr}");
+        assert!(
+            stdout.contains("stopped by a signal before the end"),
+            "{signal}: {stdout}"
+        );
+        assert!(
+            stderr.contains("stopped by a signal before the end"),
+            "{signal}: {stderr}"
+        );
+        let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
+        assert!(left.is_empty(), "{signal}: left behind: {left:?}");
+    }
+}
+
+#[test]
 fn a_wrong_expectation_fails_the_demo_with_exit_1_naming_the_line() {
     let dir = tempfile::tempdir().unwrap();
     let scenario = dir.path().join("scenario");

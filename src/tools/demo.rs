@@ -281,6 +281,10 @@ struct Running {
 
 /// `vpan demo`: runs the scenario, prints the report, and says whether it held.
 pub async fn run_cli(args: Args) -> Result<bool, String> {
+    // Taken over before anything is made: a Ctrl-C or SIGTERM at any moment stops the
+    // demo's parts and removes its temporary directory (its card key and sealed numbers
+    // among it), where the default action left them all behind.
+    let mut signal: Signal = Box::pin(crate::app::shutdown_signal());
     let scenario = match &args.scenario {
         Some(dir) => Scenario::load(dir)?,
         None => Scenario::builtin()?,
@@ -289,17 +293,29 @@ pub async fn run_cli(args: Args) -> Result<bool, String> {
         Some(d) => (d.clone(), false),
         None => (temp_dir()?, true),
     };
-    let result = run(&args, &scenario, &data_dir).await;
+    let result = run(&args, &scenario, &data_dir, &mut signal).await;
     if temporary {
         let _ = std::fs::remove_dir_all(&data_dir);
     }
     result
 }
 
-async fn run(args: &Args, scenario: &Scenario, data_dir: &Path) -> Result<bool, String> {
+/// What stops the demo early: Ctrl-C or SIGTERM ([`crate::app::shutdown_signal`]).
+type Signal = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+async fn run(
+    args: &Args,
+    scenario: &Scenario,
+    data_dir: &Path,
+    signal: &mut Signal,
+) -> Result<bool, String> {
+    const STOPPED: &str = "stopped by a signal before the end";
     println!("vpan demo: scenario {}", scenario.source);
     let mut cards = Cast::draw(scenario)?;
-    let running = start(scenario, &cards, data_dir).await?;
+    let running = tokio::select! {
+        running = start(scenario, &cards, data_dir) => running?,
+        () = &mut *signal => return Err(STOPPED.into()),
+    };
     println!(
         "  issuer simulator {}, switch {}, API {}, metrics {}",
         running.sim.local_addr(),
@@ -307,26 +323,38 @@ async fn run(args: &Args, scenario: &Scenario, data_dir: &Path) -> Result<bool, 
         running.api,
         running.metrics
     );
-    let outcome = drive(args, scenario, &mut cards, &running).await;
+    let outcome = tokio::select! {
+        outcome = drive(args, scenario, &mut cards, &running) => Some(outcome),
+        () = &mut *signal => None,
+    };
+    // The signal future is over once it has fired: never polled again.
+    let stopped = outcome.is_none();
     let passed = match outcome {
-        Ok(report) => {
+        Some(Ok(report)) => {
             print_report(&report);
             report.passed()
         }
-        Err(e) => {
+        Some(Err(e)) => {
             // Masked: a client error may quote a URL with a vPAN in it.
             let e = crate::pan::mask_card_numbers(&e.to_string());
             println!("the demo could not run to the end: {e}");
             false
         }
+        None => {
+            println!("{STOPPED}: stopping the switch and the issuer simulator");
+            false
+        }
     };
-    if args.keep_running {
+    if args.keep_running && !stopped {
         print_keep_running(&running);
-        crate::app::shutdown_signal().await;
+        signal.await;
     }
     running.stop.cancel();
     let app_result = running.app.await;
     running.sim.shutdown().await;
+    if stopped {
+        return Err(STOPPED.into());
+    }
     match app_result {
         Ok(Ok(())) => Ok(passed),
         Ok(Err(e)) => Err(format!("the switch stopped with an error: {e}")),
