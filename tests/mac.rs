@@ -212,3 +212,28 @@ async fn vpan_refuses_to_start_without_a_usable_mac_key_and_names_the_key_not_it
     assert!(err.contains("network.mac_key_file"), "{err}");
     assert!(!err.contains(&hex[..16]), "{err}");
 }
+
+#[tokio::test]
+async fn no_mac_field_of_the_network_reaches_the_issuer() {
+    // Round 2 of d121bb7: with a DE 64 beside the DE 128 checked, only DE 128 was removed
+    // before forwarding, and the network's DE 64 reached the issuer.
+    let (rig, key, _keys) = mac_rig(Padding::Method1).await;
+    let (card, _real) = rig.issue(|_| {}).await;
+    let mut net = Client::connect(rig.network).await;
+    let mut m = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 2_500);
+    m.set(64, b"DEADBEEFDEADBEEF").unwrap();
+    m.set(128, &[b'0'; 16]).unwrap();
+    let wire = m.pack();
+    let mac = key.compute(&wire[..wire.len() - 16]);
+    let hex: String = mac.iter().map(|b| format!("{b:02X}")).collect();
+    m.set(128, hex.as_bytes()).unwrap();
+    let m = Message::parse(Spec::iso87ascii(), m.pack()).unwrap();
+    assert_eq!(key.check(&m), MacCheck::Valid);
+    assert_eq!(code(&net.call(&m).await), "00");
+    let forwarded = rig.last_at_issuer(b"0100");
+    assert!(
+        !forwarded.message.has(64) && !forwarded.message.has(128),
+        "a MAC field of the network's forwarded"
+    );
+    rig.stop().await;
+}

@@ -745,6 +745,60 @@ async fn a_purchase_without_de4_is_a_format_error_not_a_free_verification() {
 }
 
 #[tokio::test]
+async fn an_advice_of_a_decline_without_de4_is_acknowledged_and_one_of_an_approval_is_not() {
+    // Round 2 of 932d8ae: DE 4 required for advices too, an advice of a decline without
+    // it was answered 30, and the network would send it again and again.
+    let (rig, card, _real, mut net) = one_card(|c| c.amount_limit = 1_000).await;
+    let mut declined = purchase(&mut net, b"0120", &card.vpan, &card.expiry.0, 700);
+    declined.set_response_code(b"05").unwrap();
+    declined.remove(4);
+    let answer = net.call(&declined).await;
+    assert_eq!((answer.mti(), code(&answer)), (*b"0130", "00".into()));
+    // An approval's advice without an amount to count: a format error, counting nothing.
+    let mut approved = purchase(&mut net, b"0120", &card.vpan, &card.expiry.0, 700);
+    approved.remove(4);
+    let answer = net.call(&approved).await;
+    assert_eq!((answer.mti(), code(&answer)), (*b"0130", "30".into()));
+    let view = rig.cards.get(CardKey::of(&card.vpan)).unwrap();
+    assert_eq!((view.spent, view.held, view.uses), (0, 0, 0));
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn a_frame_begun_before_a_stop_is_served_though_nothing_else_is_in_flight() {
+    // Round 2 of 667d71f: with nothing in flight, the connection closed at the stop, and
+    // the rest of a frame begun before it was dropped unanswered.
+    let rig = rig(Some(SimConfig::default()), |_| {}).await;
+    let (card, _) = rig.issue(|_| {}).await;
+    let mut numbering = Client::connect(rig.network).await;
+    let p = purchase(&mut numbering, b"0100", &card.vpan, &card.expiry.0, 100);
+    let body = p.pack();
+    let mut frame = (body.len() as u16).to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    let stream = tokio::net::TcpStream::connect(rig.network).await.unwrap();
+    let mut framed = tokio_util::codec::Framed::new(
+        stream,
+        vpan::iso8583::FrameCodec::new(vpan::iso8583::Framing::Len2, 0, 8192),
+    );
+    use tokio::io::AsyncWriteExt;
+    framed.get_mut().write_all(&frame[..20]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    rig.stop.cancel();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    framed.get_mut().write_all(&frame[20..]).await.unwrap();
+    use futures_util::StreamExt;
+    let got = tokio::time::timeout(Duration::from_secs(5), framed.next())
+        .await
+        .expect("an answer, not a wait");
+    let Some(Ok(Frame::Message { body, .. })) = got else {
+        panic!("no answer: {got:?}");
+    };
+    let answer = Message::parse(Spec::iso87ascii(), body).unwrap();
+    assert_eq!((answer.stan(), code(&answer)), (p.stan(), "00".into()));
+    rig.stop().await;
+}
+
+#[tokio::test]
 async fn a_repeat_while_the_first_is_with_the_issuer_gets_the_first_answer_when_it_comes() {
     let sim = SimConfig {
         latency: Duration::from_millis(300),

@@ -196,7 +196,13 @@ pub async fn serve<S>(
                 None => End::PeerClosed,
             };
         }
-        if drain_deadline.is_some() && in_flight.is_empty() && out.is_empty() {
+        // Not while a frame begun before the stop is still coming: it is served too (the
+        // read timeout and the drain deadline bound the wait).
+        if drain_deadline.is_some()
+            && in_flight.is_empty()
+            && out.is_empty()
+            && read_before_stop == 0
+        {
             break End::Shutdown;
         }
         // Whichever deadline applies now: a started frame or a blocked write must make

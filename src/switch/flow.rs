@@ -37,7 +37,7 @@ use crate::pan::Pan;
 use crate::store::StoreError;
 
 use super::issuer::{IssuerLink, is_known_decline};
-use super::mac::{MAC_FAILURE_CODE, MacCheck, MacKey, received_mac_field};
+use super::mac::{MAC_FAILURE_CODE, MacCheck, MacKey};
 use super::tracks;
 
 mod advice;
@@ -169,8 +169,11 @@ impl Flow {
                 );
                 return Err(self.switch_answer(&request, ResponseCode(MAC_FAILURE_CODE), received));
             }
-            // The MAC belongs to this link: the issuer link does not get the network's.
-            request.remove(received_mac_field(&request));
+            // The MAC belongs to this link: the issuer link does not get the network's, nor
+            // any other MAC field it sent (a DE 64 beside the DE 128 checked).
+            for n in [64, 128, 192] {
+                request.remove(n);
+            }
         }
         if mti[0] != b'0' && is_1987_layout(self.network_spec) {
             // An MTI of ISO 8583:1993 (1), 2003 (2) or private use (9) on a link laid out

@@ -143,7 +143,8 @@ pub fn write_load(
     let mut rng = StdRng::seed_from_u64(seed);
     let mut lines = Lines::new(out)?;
     let total: u32 = MIX.iter().map(|(_, w)| w).sum();
-    while lines.count < messages {
+    // Until a write fails: a full disk ends the run there, not after every line is made.
+    while lines.count < messages && lines.failed.is_none() {
         let mut roll = rng.random_range(0..total);
         let draw = MIX
             .iter()
@@ -417,7 +418,11 @@ fn write_file(
         out.into_inner().map_err(io::IntoInnerError::into_error)?;
         Ok(())
     });
-    written.map_err(|e| format!("cannot write {}: {e}", path.display()))
+    written.map_err(|e| {
+        // A part of a file would read as a scenario of its own.
+        let _ = std::fs::remove_file(path);
+        format!("cannot write {}: {e}", path.display())
+    })
 }
 
 #[cfg(test)]
@@ -476,6 +481,34 @@ mod tests {
         std::fs::write(&blocked, b"").unwrap();
         let err = run_cli(&args(blocked.join("x"), 100_000_000)).unwrap_err();
         assert!(err.starts_with("--out "), "{err}");
+    }
+
+    #[test]
+    fn a_write_that_fails_ends_the_file_at_once() {
+        // Round 2 of e77d145: a full disk was found only after every line was made.
+        struct Full {
+            writes: usize,
+        }
+        impl io::Write for Full {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.writes += 1;
+                if self.writes > 10 {
+                    return Err(io::Error::from(io::ErrorKind::StorageFull));
+                }
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut full = Full { writes: 0 };
+        let err = write_load(3, 100_000_000, 1, &mut full).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::StorageFull);
+        assert!(
+            full.writes < 20,
+            "{} writes after the disk was full",
+            full.writes
+        );
     }
 
     #[test]

@@ -51,10 +51,11 @@ pub fn auth_request(msg: &Message) -> Option<AuthRequest> {
     // DE 4 is what the cap counts: a request that may move money without one is malformed
     // (30), not a zero-amount verification free of the cap and the uses, forwarded for the
     // issuer to charge whatever it reads elsewhere (DE 6). An inquiry (DE 3 "3x": balance,
-    // statement) moves nothing and may leave it out.
+    // statement) moves nothing and may leave it out, and so may a stand-in's advice of a
+    // decline (recorded as one, and acknowledged, whatever its amount).
     let amount = match msg.amount_transaction() {
         Some(amount) => amount,
-        None if processing_code[0] == b'3' => 0,
+        None if processing_code[0] == b'3' || is_advice_of_decline(msg) => 0,
         None => return None,
     };
     let billing = match (
@@ -143,6 +144,14 @@ pub fn reversal_request(msg: &Message) -> Option<ReversalRequest> {
             Some(amount) => Some(amount?),
         },
     })
+}
+
+/// An 0120/0220 (or repeat) whose DE 39 reports a decline the issuer's codes know.
+fn is_advice_of_decline(msg: &Message) -> bool {
+    matches!(&msg.mti()[1..3], b"12" | b"22")
+        && msg
+            .response_code()
+            .is_some_and(crate::switch::issuer::is_known_decline)
 }
 
 fn tx_key(msg: &Message) -> Option<TxKey> {
@@ -264,5 +273,25 @@ mod tests {
         }
         assert_eq!(request(b"0100", b"300000"), Some(Kind::Verification));
         assert_eq!(request(b"0100", b"310000"), Some(Kind::Verification));
+        // Round 2: an advice of a decline moves nothing, whatever its DE 4; one of an
+        // approval without DE 4 says no amount to count.
+        let advice = |mti: &[u8; 4], de39: &[u8]| {
+            let mut m = Message::new(Spec::iso87ascii(), mti).unwrap();
+            m.set(3, b"000000").unwrap();
+            m.set(7, b"1126143015").unwrap();
+            m.set(11, b"000001").unwrap();
+            m.set(39, de39).unwrap();
+            auth_request(&m).map(|r| r.amounts.transaction)
+        };
+        for mti in [b"0120", b"0121", b"0220", b"0221"] {
+            assert_eq!(advice(mti, b"05"), Some(0), "{mti:?}");
+            assert_eq!(advice(mti, b"00"), None, "{mti:?}");
+            assert_eq!(advice(mti, b"Y1"), None, "{mti:?}");
+        }
+        assert_eq!(
+            advice(b"0100", b"05"),
+            None,
+            "a request's DE 39 says nothing"
+        );
     }
 }
