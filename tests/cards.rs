@@ -3135,12 +3135,13 @@ fn a_journal_segment_gone_missing_is_refused_not_started_without() {
     std::fs::remove_file(&first).unwrap();
     let said = refused("the first one gone");
     assert!(said.contains("or snapshot.bin"), "{said}");
-    // Accepting the loss as the error says: the file made empty, the rest starts.
+    // Accepting the loss as the error says, its touch command followed to the letter: the
+    // file made empty beside the one that accepts its loss, and the rest starts.
     assert!(
         said.contains(&format!("touch {}", first.display())),
         "{said}"
     );
-    std::fs::write(&first, b"").unwrap();
+    follow_touch(&said);
     let (cards, _) = open(dir.path());
     assert!(cards.get(keys[0]).is_none() && cards.get(keys[2]).is_some());
     drop(cards);
@@ -3160,14 +3161,34 @@ fn a_journal_segment_gone_missing_is_refused_not_started_without() {
         )),
         "{said}"
     );
+    let [a, b] = gone.map(|g| dir.path().join(g));
+    let accepted = vpan::store::journal::loss_accepted_path;
     assert!(
         said.contains(&format!(
-            "touch {} {}",
-            dir.path().join(&gone[0]).display(),
-            dir.path().join(&gone[1]).display()
+            "touch {} {} {} {}",
+            a.display(),
+            accepted(&a).display(),
+            b.display(),
+            accepted(&b).display()
         )),
         "{said}"
     );
+    follow_touch(&said);
+    let (cards, _) = open(dir.path());
+    assert!(cards.get(keys[2]).is_some());
+}
+
+/// Makes the files of the `touch` command an error gives (`(touch A B ...)`), as an
+/// operator pasting it would.
+fn follow_touch(said: &str) {
+    let command = said
+        .split("(touch ")
+        .nth(1)
+        .and_then(|rest| rest.split([')', ';']).next())
+        .unwrap_or_else(|| panic!("no touch command in: {said}"));
+    for file in command.split_whitespace() {
+        std::fs::write(file, b"").unwrap();
+    }
 }
 
 /// A card with ten approvals (over 20 records) in `dir`, and a snapshot thread that looks

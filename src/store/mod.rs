@@ -475,8 +475,20 @@ fn missing_segments_message(paths: &[PathBuf], more: u64, without_snapshot: bool
         0 => String::new(),
         n => format!(" and {n} more after them"),
     };
+    // Each with the file that accepts the loss of what it held: an empty segment before one
+    // that opens with a marker is one cut short ([`StoreError::UnclosedSegment`]).
+    let touched: Vec<String> = paths
+        .iter()
+        .map(|p| {
+            format!(
+                "{} {}",
+                p.display(),
+                journal::loss_accepted_path(p).display()
+            )
+        })
+        .collect();
     format!(
-        "{these} {}{more} {}{}; the records in {them} (cards, approvals) would be lost, so vpan will not start without {them}. Restore the data directory from a backup, or accept the loss by making {one_each} (touch {}{})",
+        "{these} {}{more} {}{}; the records in {them} (cards, approvals) would be lost, so vpan will not start without {them}. Restore the data directory from a backup, or accept the loss by making {one_each}, beside the file that says its loss is accepted (touch {}{})",
         names.join(", "),
         if names.len() == 1 && more.is_empty() {
             "is missing"
@@ -488,7 +500,7 @@ fn missing_segments_message(paths: &[PathBuf], more: u64, without_snapshot: bool
         } else {
             ""
         },
-        names.join(" "),
+        touched.join(" "),
         if more.is_empty() {
             ""
         } else {

@@ -79,7 +79,9 @@ impl Segment {
         })();
         if let Err(e) = prepared {
             drop(file);
-            let _ = std::fs::remove_file(&path);
+            // Synced gone: a power loss must not bring back an empty segment after the
+            // current one, which goes on (and is not closed, then, at its end).
+            let _ = std::fs::remove_file(&path).and_then(|()| sync_dir(dir));
             return Err(if e.kind() == io::ErrorKind::StorageFull {
                 io::Error::new(
                     e.kind(),

@@ -176,10 +176,11 @@ impl Cards {
         let marker_key = cipher.marker_key();
         check_contiguous(&dir, &segments, has_snapshot.then_some(from_segment))?;
         let mut last_segment = from_segment;
-        // The last segment read, to be closed before the next is made: where its records
-        // end, and whether it is closed already (a crash between a rotation's closing marker
+        // The last segment read: whether it ends closed, which the next one's check asks,
+        // and where its records end, to close it before the next is made when it is the
+        // last (unless it is closed already: a crash between a rotation's closing marker
         // and its new segment).
-        let mut last_read = None;
+        let mut last_read: Option<(u64, journal::ReadReport)> = None;
         for &n in &segments {
             let path = segment_path(&dir, n);
             if n < from_segment {
@@ -225,17 +226,26 @@ impl Cards {
                 }
                 .into());
             }
-            if report.opened && !report.closed && !is_last {
+            // The segment before this one was closed before this one was made, if this one
+            // opens as this vpan makes them; decided by this one's opening marker, not by
+            // that one's own, which a cut may have taken too (an emptied file). One that a
+            // vpan before 2026-12-07 made, or an empty one put in place of one missing,
+            // does not open so, and asks nothing of the one before.
+            if let Some((before, previous)) = last_read
+                && report.opened
+                && !previous.closed
+            {
+                let path = segment_path(&dir, before);
                 let accepted = journal::loss_accepted_path(&path);
                 if !accepted.exists() {
                     return Err(StoreError::UnclosedSegment {
                         path,
-                        good_bytes: report.good_bytes,
+                        good_bytes: previous.good_bytes,
                     }
                     .into());
                 }
                 tracing::warn!(
-                    segment = n,
+                    segment = before,
                     accepted = %accepted.display(),
                     "journal segment cut short, without its closing marker: going on without the records cut from it, as the operators accepted"
                 );

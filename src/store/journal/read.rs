@@ -142,15 +142,36 @@ pub fn read_segment(
         }
     };
     let mut report = read_records_from(path, 0, &mut each)?;
-    while report.bad_bytes > 0
-        && this_batchs_marker_at(path, report.good_bytes, batch_began.get(), segment, key)?
-    {
-        let after = report.good_bytes + crate::store::marker::FRAME_BYTES as u64;
+    while report.bad_bytes > 0 {
+        let Some(named) =
+            damaged_marker_at(path, report.good_bytes, batch_began.get(), segment, key)?
+        else {
+            break;
+        };
+        if named == OPENS_SEGMENT {
+            opened.set(true);
+        }
+        let after = report.good_bytes + marker::FRAME_BYTES as u64;
         at.set(after);
         batch_began.set(after);
         let rest = read_records_from(path, after, &mut each)?;
         if rest.records == 0 {
-            // Nothing reads after it: the last batch's marker, torn.
+            if named == CLOSES_SEGMENT && rest.bad_bytes == 0 {
+                // The closing marker, damaged (or torn as it was written), and nothing
+                // after it: it is written once every batch before it is durable, so it
+                // closed the segment and no record was lost.
+                tracing::warn!(
+                    segment = %path.display(),
+                    at = report.good_bytes,
+                    "a journal segment's closing marker is damaged: read as closed (no record was damaged)"
+                );
+                closed.set(true);
+                report = ReadReport {
+                    records: report.records,
+                    ..rest
+                };
+            }
+            // Else nothing reads after it: the last batch's marker, torn.
             break;
         }
         tracing::warn!(
@@ -169,23 +190,33 @@ pub fn read_segment(
     Ok(report)
 }
 
-/// True when the bytes of segment `segment` at `path`, from `at`, hold the marker of a
-/// batch begun at `batch_began`, damaged or not.
-fn this_batchs_marker_at(
+/// The batch start named by the marker that the bytes of segment `segment` at `path`,
+/// from `at`, hold, damaged or not: the one ending the batch begun at `batch_began`, the
+/// segment's opening marker (at its first byte only) or its closing one; `None` when they
+/// hold none of these.
+fn damaged_marker_at(
     path: &Path,
     at: u64,
     batch_began: u64,
     segment: u64,
     key: &MarkerKey,
-) -> Result<bool, StoreError> {
-    let mut bytes = [0u8; crate::store::marker::FRAME_BYTES];
+) -> Result<Option<u64>, StoreError> {
+    use crate::store::marker::{CLOSES_SEGMENT, FRAME_BYTES, OPENS_SEGMENT, ends_batch};
+    let mut bytes = [0u8; FRAME_BYTES];
     let read = File::open(path)
         .and_then(|mut file| {
             file.seek(SeekFrom::Start(at))?;
             read_full(&mut file, &mut bytes)
         })
         .map_err(StoreError::io("reading a journal segment"))?;
-    Ok(read == bytes.len() && crate::store::marker::ends_batch(&bytes, batch_began, segment, key))
+    if read < bytes.len() {
+        return Ok(None);
+    }
+    let opening = (at == 0).then_some(OPENS_SEGMENT);
+    Ok([Some(batch_began), opening, Some(CLOSES_SEGMENT)]
+        .into_iter()
+        .flatten()
+        .find(|&named| ends_batch(&bytes, named, segment, key)))
 }
 
 /// True when everything `r` has left to read is zero bytes.
