@@ -700,14 +700,11 @@ fn a_damaged_opening_or_closing_marker_loses_no_record_and_refuses_no_start() {
     assert_eq!((cards.get(key).unwrap().spent, rec.bytes_cut), (3_000, 0));
 }
 
-#[test]
-fn a_segment_that_a_rotation_could_not_follow_goes_on_and_starts_again() {
-    // Round 2 of 6d2624c: a rotation closes its segment, then cannot make the next (here
-    // an empty file of its name, as a power loss could bring back after a failed create);
-    // approvals go on after the closing marker. Nothing was cut: the start must not say
-    // so, nor the next one.
-    let dir = tempfile::tempdir().unwrap();
-    let (cards, _) = open(dir.path());
+/// A rotation that closes its segment, then cannot make the next (here an empty file of
+/// its name, as a power loss could bring back after a failed create), and three approvals,
+/// one before it and two after. Returns the card, the segment and its number.
+fn approvals_around_a_rotation_that_failed(dir: &Path) -> (vpan::cards::CardKey, PathBuf, u64) {
+    let (cards, _) = open(dir);
     let key = issue(&cards, &spec(100_000));
     let approve = |stan: u32| {
         let a = match cards.authorize(key, &purchase(1_000, stan), NOW) {
@@ -721,18 +718,94 @@ fn a_segment_that_a_rotation_could_not_follow_goes_on_and_starts_again() {
             .unwrap();
     };
     approve(0);
-    let n = *vpan::store::journal::list_segments(dir.path())
+    let n = *vpan::store::journal::list_segments(dir)
         .unwrap()
         .last()
         .unwrap();
-    std::fs::write(vpan::store::journal::segment_path(dir.path(), n + 1), b"").unwrap();
+    std::fs::write(vpan::store::journal::segment_path(dir, n + 1), b"").unwrap();
     assert!(cards.snapshot().is_err(), "the next segment cannot be made");
     approve(1);
+    approve(2);
     drop(cards);
+    (key, vpan::store::journal::segment_path(dir, n), n)
+}
+
+/// Where each frame of `bytes` ends, with whether it is a closing marker.
+fn frame_ends(bytes: &[u8]) -> Vec<(usize, bool)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 8 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        if len == 0 {
+            break;
+        }
+        let payload = &bytes[at + 8..at + 8 + len];
+        let closing =
+            vpan::store::marker::batch_start(payload) == Some(vpan::store::marker::CLOSES_SEGMENT);
+        at += 8 + len;
+        out.push((at, closing));
+    }
+    out
+}
+
+#[test]
+fn a_segment_that_a_rotation_could_not_follow_goes_on_and_starts_again() {
+    // Round 2 of 6d2624c: approvals go on in the segment after the failed rotation.
+    // Nothing was cut: the start must not say so, nor the next one. Round 3: and the
+    // segment is closed by them (the empty one after it read as the last, it was not), so
+    // that a cut of it later is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let (key, segment, n) = approvals_around_a_rotation_that_failed(dir.path());
     for start in 0..2 {
         let (cards, _) = try_open(dir.path(), Default::default())
             .unwrap_or_else(|e| panic!("start {start}: {e}"));
-        assert_eq!(cards.get(key).unwrap().spent, 2_000);
+        assert_eq!(cards.get(key).unwrap().spent, 3_000);
+    }
+    let whole = std::fs::read(&segment).unwrap();
+    let frames = frame_ends(&whole);
+    assert_eq!(
+        frames.iter().filter(|(_, closing)| *closing).count(),
+        1,
+        "one closing marker, its last frame: {frames:?}"
+    );
+    assert_eq!(frames.last(), Some(&(whole.len(), true)));
+    // Cut before its last approval (hold, marker, answer, marker, then the closing one).
+    let cut = frames[frames.len() - 6].0;
+    std::fs::write(&segment, &whole[..cut]).unwrap();
+    match try_open(dir.path(), Default::default()) {
+        Err(OpenError::Store(StoreError::UnclosedSegment { path, .. })) => {
+            assert_eq!(path, segment);
+        }
+        Err(e) => panic!("{e}"),
+        Ok((cards, _)) => panic!(
+            "started on segment {n} cut at {cut}: spent {}",
+            cards.get(key).unwrap().spent
+        ),
+    }
+}
+
+#[test]
+fn no_closing_marker_is_left_inside_a_segment_a_rotation_could_not_follow() {
+    // Round 3 of 6d2624c: the failed rotation's closing marker stayed inside the segment,
+    // the approvals after it, so the segment cut right after it read as closed there.
+    let dir = tempfile::tempdir().unwrap();
+    let (key, segment, n) = approvals_around_a_rotation_that_failed(dir.path());
+    std::fs::remove_file(vpan::store::journal::segment_path(dir.path(), n + 1)).unwrap();
+    assert_eq!(open(dir.path()).0.get(key).unwrap().spent, 3_000);
+    let whole = std::fs::read(&segment).unwrap();
+    let frames = frame_ends(&whole);
+    let closing: Vec<usize> = frames.iter().filter(|f| f.1).map(|f| f.0).collect();
+    assert_eq!(closing, vec![whole.len()], "{frames:?}");
+    // Every cut short of its end is refused.
+    for &(cut, _) in &frames[..frames.len() - 1] {
+        std::fs::write(&segment, &whole[..cut]).unwrap();
+        assert!(
+            matches!(
+                try_open(dir.path(), Default::default()),
+                Err(OpenError::Store(StoreError::UnclosedSegment { .. }))
+            ),
+            "cut at {cut}"
+        );
     }
 }
 

@@ -764,14 +764,18 @@ impl<R: Encode + Send + 'static> Writer<R> {
         // Closed first, so that no later segment is ever there without this one's closing
         // marker. A closing marker or a new segment that cannot be written (a disk without
         // room for an extent) fails the rotation, not the journal: the records before are
-        // durable, `create` leaves nothing behind, the current segment goes on (after its
-        // closing marker, or over a torn one: the next batch is written where it began),
-        // and the snapshot that asked tries again later.
+        // durable, `create` leaves nothing behind, the current segment goes on (its next
+        // batch written over the closing marker, or over a torn one: where it began), and
+        // the snapshot that asked tries again later.
         self.watched(|w| w.segment.seal(&w.markers))
             .map_err(StoreError::io("closing the journal segment"))?;
-        let segment = self
-            .watched(|w| Segment::create(&w.dir, next, &w.markers))
-            .map_err(StoreError::io("starting the next journal segment"))?;
+        let segment = match self.watched(|w| Segment::create(&w.dir, next, &w.markers)) {
+            Ok(segment) => segment,
+            Err(e) => {
+                self.segment.unseal();
+                return Err(StoreError::io("starting the next journal segment")(e));
+            }
+        };
         std::mem::replace(&mut self.segment, segment).close();
         self.stats.segment_bytes.store(0, Ordering::Relaxed);
         Ok(next)
@@ -1364,7 +1368,7 @@ mod tests {
     }
 
     #[test]
-    fn a_rotation_that_cannot_make_the_next_segment_goes_on_after_the_closing_marker() {
+    fn a_rotation_that_cannot_make_the_next_segment_goes_on_over_its_closing_marker() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::<Bytes>::start(dir.path(), 5, test_key()).unwrap();
         j.append(Bytes(vec![1])).wait().unwrap();
@@ -1390,6 +1394,15 @@ mod tests {
         assert_eq!(j.rotate().unwrap(), 6);
         drop(j);
         assert_eq!(read(), (vec![vec![1], vec![2]], true, true, 0));
+        // The failed rotation's closing marker was written over: only the last frame is one.
+        let closing: Vec<bool> = frames(&path)
+            .iter()
+            .map(|(_, p)| {
+                crate::store::marker::batch_start(p) == Some(crate::store::marker::CLOSES_SEGMENT)
+            })
+            .collect();
+        assert_eq!(closing.iter().filter(|&&c| c).count(), 1, "{closing:?}");
+        assert_eq!(closing.last(), Some(&true));
     }
 
     #[test]

@@ -124,11 +124,22 @@ impl Segment {
     }
 
     /// Ends the segment with its closing marker ([`marker::CLOSES_SEGMENT`]), durable,
-    /// before a later segment is made. Should that one not be made after all, records go
-    /// on after it here, and a start reads it as any marker: only a segment's last frame
-    /// closes it.
+    /// before a later segment is made. Should that one not be made after all, [`unseal`]
+    /// takes it back.
+    ///
+    /// [`unseal`]: Segment::unseal
     pub(crate) fn seal(&mut self, key: &MarkerKey) -> io::Result<()> {
         self.commit(&closing_marker(key, self.number))
+    }
+
+    /// Takes back the closing marker [`Segment::seal`] just wrote, when the later segment
+    /// could not be made and this one goes on: the next batch is written over it (a batch,
+    /// a record and its marker, is longer than it). A closing marker is thus only ever a
+    /// segment's last frame; one left inside would let a cut right after it read as a
+    /// segment that ended there. A crash before that batch leaves this segment last and
+    /// closed, which loses nothing.
+    pub(crate) fn unseal(&mut self) {
+        self.end -= marker::FRAME_BYTES as u64;
     }
 
     /// Where the records end: the next batch's first byte.

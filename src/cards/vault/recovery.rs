@@ -176,11 +176,16 @@ impl Cards {
         let marker_key = cipher.marker_key();
         check_contiguous(&dir, &segments, has_snapshot.then_some(from_segment))?;
         let mut last_segment = from_segment;
-        // The last segment read: whether it ends closed, which the next one's check asks,
-        // and where its records end, to close it before the next is made when it is the
-        // last (unless it is closed already: a crash between a rotation's closing marker
-        // and its new segment).
-        let mut last_read: Option<(u64, journal::ReadReport)> = None;
+        // The segment read before the one being read (passing over an empty one whose loss
+        // the operators accepted, put in place of one missing): whether it ends closed,
+        // which the check of the next opened segment asks.
+        let mut before: Option<(u64, journal::ReadReport)> = None;
+        // The last segment read with any frame in it, and the empty ones read since (a
+        // file a rotation could not make, left empty): where its records end, to close it
+        // before the next segment is made, unless it is closed already (a crash between a
+        // rotation's closing marker and its new segment).
+        let mut with_frames: Option<(u64, journal::ReadReport)> = None;
+        let mut empty_since = Vec::new();
         for &n in &segments {
             let path = segment_path(&dir, n);
             if n < from_segment {
@@ -229,9 +234,9 @@ impl Cards {
             // The segment before this one was closed before this one was made, if this one
             // opens as this vpan makes them; decided by this one's opening marker, not by
             // that one's own, which a cut may have taken too (an emptied file). One that a
-            // vpan before 2026-12-07 made, or an empty one put in place of one missing,
-            // does not open so, and asks nothing of the one before.
-            if let Some((before, previous)) = last_read
+            // vpan before 2026-12-07 made does not open so, and asks nothing of the one
+            // before.
+            if let Some((before, previous)) = before
                 && report.opened
                 && !previous.closed
             {
@@ -250,7 +255,16 @@ impl Cards {
                     "journal segment cut short, without its closing marker: going on without the records cut from it, as the operators accepted"
                 );
             }
-            last_read = Some((n, report));
+            let empty = report.good_bytes == 0 && report.bad_bytes == 0;
+            if !(empty && journal::loss_accepted_path(&path).exists()) {
+                before = Some((n, report));
+            }
+            if empty {
+                empty_since.push(n);
+            } else {
+                with_frames = Some((n, report));
+                empty_since.clear();
+            }
             if report.bad_bytes > 0 {
                 let later_commits =
                     crate::store::marker::later_commits(&path, n, report.good_bytes, &marker_key)
@@ -319,18 +333,38 @@ impl Cards {
         });
         ledger.rebuild_order();
 
+        // Empty segments after the last with frames hold nothing (a file a rotation could
+        // not make, left empty): removed, and their numbers made again, so that the one
+        // with frames is followed by a segment that opens with its marker, and a cut of it
+        // is refused from the next start on. Kept from the snapshot's first on, which a
+        // start requires.
+        let removed: Vec<u64> = empty_since
+            .into_iter()
+            .filter(|&n| n > from_segment)
+            .collect();
+        for &n in &removed {
+            let path = segment_path(&dir, n);
+            std::fs::remove_file(&path)
+                .map_err(StoreError::io("removing an empty journal segment"))?;
+            let _ = std::fs::remove_file(journal::loss_accepted_path(&path));
+        }
+        if let Some(&first) = removed.first() {
+            journal::sync_dir(&dir).map_err(StoreError::io("removing an empty journal segment"))?;
+            last_segment = (first - 1).max(from_segment);
+        }
         // Closed before the next one is made, so that a segment with a later one beside it
-        // always has its closing marker: one without it was cut short.
-        if let Some((n, report)) = last_read
-            && !report.closed
-        {
-            crate::store::segment::seal_file(
-                &segment_path(&dir, n),
-                n,
-                report.good_bytes,
-                &marker_key,
-            )
-            .map_err(StoreError::io("closing the last journal segment"))?;
+        // always has its closing marker: one without it was cut short. The last one kept is
+        // the last with frames, or, with none, an empty one that stays (the snapshot's
+        // first, written by a vpan before 2026-12-07).
+        let last_kept = match with_frames {
+            Some((n, report)) => Some((n, report.good_bytes, report.closed)),
+            None => segments
+                .contains(&last_segment)
+                .then_some((last_segment, 0, false)),
+        };
+        if let Some((n, records_end, false)) = last_kept {
+            crate::store::segment::seal_file(&segment_path(&dir, n), n, records_end, &marker_key)
+                .map_err(StoreError::io("closing the last journal segment"))?;
         }
 
         // A damaged snapshot can name any segment, the last number there is included.
