@@ -54,7 +54,7 @@ use super::segment::Segment;
 
 mod read;
 
-pub use read::{ReadReport, keep_tail_aside, read_records, read_segment, truncate};
+pub use read::{ReadReport, holds_nothing, keep_tail_aside, read_records, read_segment, truncate};
 
 /// Largest record accepted when reading back; anything claiming more is corruption.
 pub const MAX_RECORD_BYTES: usize = 1 << 20;

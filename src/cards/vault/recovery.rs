@@ -186,6 +186,19 @@ impl Cards {
         // rotation's closing marker and its new segment).
         let mut with_frames: Option<(u64, journal::ReadReport)> = None;
         let mut empty_since = Vec::new();
+        // The last segment that holds anything: the empty ones after it hold nothing, so a
+        // torn tail before them is the last batch's, cut as the last segment's is.
+        let mut last_holding = None;
+        for &n in segments.iter().rev() {
+            let path = segment_path(&dir, n);
+            if n <= from_segment
+                || !journal::holds_nothing(&path)
+                    .map_err(StoreError::io("reading a journal segment"))?
+            {
+                last_holding = Some(n);
+                break;
+            }
+        }
         for &n in &segments {
             let path = segment_path(&dir, n);
             if n < from_segment {
@@ -222,7 +235,7 @@ impl Cards {
                     tracing::warn!(segment = n, error = %e, "could not cut the zeros after a journal segment's records");
                 }
             }
-            let is_last = Some(&n) == segments.last();
+            let is_last = last_holding.is_none_or(|last| n >= last);
             if report.bad_bytes > 0 && !is_last {
                 return Err(StoreError::DamagedSegment {
                     path,
@@ -254,16 +267,6 @@ impl Cards {
                     accepted = %accepted.display(),
                     "journal segment cut short, without its closing marker: going on without the records cut from it, as the operators accepted"
                 );
-            }
-            let empty = report.good_bytes == 0 && report.bad_bytes == 0;
-            if !(empty && journal::loss_accepted_path(&path).exists()) {
-                before = Some((n, report));
-            }
-            if empty {
-                empty_since.push(n);
-            } else {
-                with_frames = Some((n, report));
-                empty_since.clear();
             }
             if report.bad_bytes > 0 {
                 let later_commits =
@@ -298,6 +301,18 @@ impl Cards {
                 journal::truncate(&path, report.good_bytes)?;
                 recovered.bytes_cut += report.bad_bytes;
                 recovered.intact_records_cut += intact;
+            }
+            // Empty once its torn tail is cut (a create that a crash stopped part way
+            // through its opening marker) as much as one that never held a byte.
+            let empty = report.good_bytes == 0;
+            if !(empty && journal::loss_accepted_path(&path).exists()) {
+                before = Some((n, report));
+            }
+            if empty {
+                empty_since.push(n);
+            } else {
+                with_frames = Some((n, report));
+                empty_since.clear();
             }
         }
 
@@ -338,6 +353,21 @@ impl Cards {
         // with frames is followed by a segment that opens with its marker, and a cut of it
         // is refused from the next start on. Kept from the snapshot's first on, which a
         // start requires.
+        // One empty segment after a closed one is a create that a crash or a full disk
+        // stopped; the start after removes it before it makes that number again. Two or
+        // more were followed: the first had its markers and its records, lost since.
+        let unaccepted: Vec<u64> = empty_since
+            .iter()
+            .copied()
+            .filter(|&n| !journal::loss_accepted_path(&segment_path(&dir, n)).exists())
+            .collect();
+        if with_frames.is_some_and(|(_, report)| report.closed) && unaccepted.len() > 1 {
+            return Err(StoreError::UnclosedSegment {
+                path: segment_path(&dir, unaccepted[0]),
+                good_bytes: 0,
+            }
+            .into());
+        }
         let removed: Vec<u64> = empty_since
             .into_iter()
             .filter(|&n| n > from_segment)

@@ -219,6 +219,17 @@ fn damaged_marker_at(
         .find(|&named| ends_batch(&bytes, named, segment, key)))
 }
 
+/// True when the file at `path` holds nothing: no byte, or zeros only (up to two extents:
+/// what a create that a crash or a full disk stopped leaves; a larger file is read as
+/// holding something, and read whole at the start).
+pub fn holds_nothing(path: &Path) -> io::Result<bool> {
+    let file = File::open(path)?;
+    if file.metadata()?.len() > 2 * crate::store::segment::EXTENT_BYTES {
+        return Ok(false);
+    }
+    all_zeros(&mut BufReader::new(file))
+}
+
 /// True when everything `r` has left to read is zero bytes.
 fn all_zeros(r: &mut impl Read) -> io::Result<bool> {
     let mut chunk = [0u8; 8192];
