@@ -903,3 +903,62 @@ fn a_segment_whose_opening_marker_a_crash_tore_is_removed_not_closed() {
         Err(OpenError::Store(StoreError::UnclosedSegment { .. }))
     ));
 }
+
+/// The number in a segment's file name (`journal-NNNNNNNNNN.log`).
+fn segment_number(path: &Path) -> u64 {
+    path.file_name().unwrap().to_str().unwrap()["journal-".len()..][..10]
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_start_killed_while_removing_empty_segments_leaves_no_gap() {
+    // Round 5 of 6d2624c: the empty segments at the end were removed lowest first, so a
+    // start killed after the first left a gap, and the next start refused the store as
+    // missing a segment. Here the state such a start left, removed highest first: the
+    // lower one still there, which the next start removes in turn.
+    let dir = tempfile::tempdir().unwrap();
+    let key = three_answered_approvals(dir.path(), IssuerOutcome::APPROVED);
+    let n = segment_number(&last_segment(dir.path()));
+    let path = |n| vpan::store::journal::segment_path(dir.path(), n);
+    std::fs::write(path(n + 1), b"").unwrap();
+    std::fs::write(path(n + 2), b"").unwrap();
+    let (cards, _) = try_open(dir.path(), Default::default()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cards.get(key).unwrap().spent, 3_000);
+    drop(cards);
+    // And the state the other order left: a gap, refused (what it guards against).
+    std::fs::remove_file(path(n + 1)).unwrap();
+    std::fs::write(path(n + 2), b"").unwrap();
+    assert!(matches!(
+        try_open(dir.path(), Default::default()),
+        Err(OpenError::Store(StoreError::MissingSegment { .. }))
+    ));
+}
+
+#[test]
+fn a_segment_of_zeros_longer_than_a_create_leaves_is_refused_not_removed() {
+    // Round 5 of 6d2624c: the last segment zeroed at 3 MiB (an approval in it) was cut to
+    // nothing and removed as a create's leftover, its approval with it.
+    let dir = tempfile::tempdir().unwrap();
+    let (key, _) = three_approvals_then_a_start(dir.path());
+    answered(&open(dir.path()).0, key, 3, IssuerOutcome::APPROVED);
+    let last = last_segment(dir.path());
+    for n in vpan::store::journal::list_segments(dir.path()).unwrap() {
+        if n > segment_number(&last) {
+            std::fs::remove_file(vpan::store::journal::segment_path(dir.path(), n)).unwrap();
+        }
+    }
+    std::fs::write(&last, vec![0u8; 3 << 20]).unwrap();
+    match try_open(dir.path(), Default::default()) {
+        Err(OpenError::Store(StoreError::UnclosedSegment { path, good_bytes })) => {
+            assert_eq!((path, good_bytes), (last.clone(), 0));
+        }
+        Err(e) => panic!("{e}"),
+        Ok((cards, _)) => panic!("started: spent {}", cards.get(key).unwrap().spent),
+    }
+    assert_eq!(
+        std::fs::metadata(&last).unwrap().len(),
+        3 << 20,
+        "nothing cut"
+    );
+}

@@ -54,7 +54,10 @@ use super::segment::Segment;
 
 mod read;
 
-pub use read::{ReadReport, holds_nothing, keep_tail_aside, read_records, read_segment, truncate};
+pub use read::{
+    LEFTOVER_MAX_BYTES, ReadReport, holds_nothing, keep_tail_aside, read_records, read_segment,
+    truncate,
+};
 
 /// Largest record accepted when reading back; anything claiming more is corruption.
 pub const MAX_RECORD_BYTES: usize = 1 << 20;

@@ -210,6 +210,9 @@ impl Cards {
                 continue;
             }
             last_segment = last_segment.max(n);
+            let size = std::fs::metadata(&path)
+                .map_err(StoreError::io("reading a journal segment"))?
+                .len();
             let report = parallel_replay(
                 |sink| {
                     journal::read_segment(&path, n, &marker_key, |payload| {
@@ -222,6 +225,19 @@ impl Cards {
             )
             .map_err(crate::store::naming_the_key(&key_path, &path))?;
             recovered.records += report.records;
+            // Zeros only, longer than a create leaves: a segment that held records, zeroed
+            // since (the cut of its zeros below would leave nothing to tell it by).
+            if report.good_bytes == 0
+                && report.bad_bytes == 0
+                && size > journal::LEFTOVER_MAX_BYTES
+                && !journal::loss_accepted_path(&path).exists()
+            {
+                return Err(StoreError::UnclosedSegment {
+                    path,
+                    good_bytes: 0,
+                }
+                .into());
+            }
             if report.zeros > 0 && report.bad_bytes == 0 {
                 tracing::debug!(
                     segment = n,
@@ -372,7 +388,8 @@ impl Cards {
             .into_iter()
             .filter(|&n| n > from_segment)
             .collect();
-        for &n in &removed {
+        // The highest first: a start killed part way leaves the rest at the end, not a gap.
+        for &n in removed.iter().rev() {
             let path = segment_path(&dir, n);
             std::fs::remove_file(&path)
                 .map_err(StoreError::io("removing an empty journal segment"))?;

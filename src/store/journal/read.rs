@@ -219,12 +219,16 @@ fn damaged_marker_at(
         .find(|&named| ends_batch(&bytes, named, segment, key)))
 }
 
-/// True when the file at `path` holds nothing: no byte, or zeros only (up to two extents:
-/// what a create that a crash or a full disk stopped leaves; a larger file is read as
-/// holding something, and read whole at the start).
+/// The most a segment that holds nothing can take: what a create that a crash or a full
+/// disk stopped leaves (an extent of zeros, two for the room rounding up). A segment of
+/// zeros only that is longer held records once.
+pub const LEFTOVER_MAX_BYTES: u64 = 2 * crate::store::segment::EXTENT_BYTES;
+
+/// True when the file at `path` holds nothing: no byte, or zeros only, no longer than
+/// [`LEFTOVER_MAX_BYTES`] (a longer one is read as holding something).
 pub fn holds_nothing(path: &Path) -> io::Result<bool> {
     let file = File::open(path)?;
-    if file.metadata()?.len() > 2 * crate::store::segment::EXTENT_BYTES {
+    if file.metadata()?.len() > LEFTOVER_MAX_BYTES {
         return Ok(false);
     }
     all_zeros(&mut BufReader::new(file))
