@@ -52,8 +52,10 @@ use super::StoreError;
 use super::marker::MarkerKey;
 use super::segment::Segment;
 
+mod chain;
 mod read;
 
+pub use chain::Chain;
 pub use read::{
     LEFTOVER_MAX_BYTES, ReadReport, holds_nothing, keep_tail_aside, read_records, read_segment,
     truncate,

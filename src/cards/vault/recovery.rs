@@ -176,29 +176,7 @@ impl Cards {
         let marker_key = cipher.marker_key();
         check_contiguous(&dir, &segments, has_snapshot.then_some(from_segment))?;
         let mut last_segment = from_segment;
-        // The segment read before the one being read (passing over an empty one whose loss
-        // the operators accepted, put in place of one missing): whether it ends closed,
-        // which the check of the next opened segment asks.
-        let mut before: Option<(u64, journal::ReadReport)> = None;
-        // The last segment read with any frame in it, and the empty ones read since (a
-        // file a rotation could not make, left empty): where its records end, to close it
-        // before the next segment is made, unless it is closed already (a crash between a
-        // rotation's closing marker and its new segment).
-        let mut with_frames: Option<(u64, journal::ReadReport)> = None;
-        let mut empty_since = Vec::new();
-        // The last segment that holds anything: the empty ones after it hold nothing, so a
-        // torn tail before them is the last batch's, cut as the last segment's is.
-        let mut last_holding = None;
-        for &n in segments.iter().rev() {
-            let path = segment_path(&dir, n);
-            if n <= from_segment
-                || !journal::holds_nothing(&path)
-                    .map_err(StoreError::io("reading a journal segment"))?
-            {
-                last_holding = Some(n);
-                break;
-            }
-        }
+        let mut chain = journal::Chain::new(&dir, &segments, from_segment)?;
         for &n in &segments {
             let path = segment_path(&dir, n);
             if n < from_segment {
@@ -225,19 +203,9 @@ impl Cards {
             )
             .map_err(crate::store::naming_the_key(&key_path, &path))?;
             recovered.records += report.records;
-            // Zeros only, longer than a create leaves: a segment that held records, zeroed
-            // since (the cut of its zeros below would leave nothing to tell it by).
-            if report.good_bytes == 0
-                && report.bad_bytes == 0
-                && size > journal::LEFTOVER_MAX_BYTES
-                && !journal::loss_accepted_path(&path).exists()
-            {
-                return Err(StoreError::UnclosedSegment {
-                    path,
-                    good_bytes: 0,
-                }
-                .into());
-            }
+            // Before the cut of its zeros below, which would leave nothing to tell a
+            // segment zeroed since by.
+            chain.check(n, size, &report)?;
             if report.zeros > 0 && report.bad_bytes == 0 {
                 tracing::debug!(
                     segment = n,
@@ -251,38 +219,13 @@ impl Cards {
                     tracing::warn!(segment = n, error = %e, "could not cut the zeros after a journal segment's records");
                 }
             }
-            let is_last = last_holding.is_none_or(|last| n >= last);
-            if report.bad_bytes > 0 && !is_last {
+            if report.bad_bytes > 0 && !chain.is_last(n) {
                 return Err(StoreError::DamagedSegment {
                     path,
                     good_bytes: report.good_bytes,
                     bad_bytes: report.bad_bytes,
                 }
                 .into());
-            }
-            // The segment before this one was closed before this one was made, if this one
-            // opens as this vpan makes them; decided by this one's opening marker, not by
-            // that one's own, which a cut may have taken too (an emptied file). One that a
-            // vpan before 2026-12-07 made does not open so, and asks nothing of the one
-            // before.
-            if let Some((before, previous)) = before
-                && report.opened
-                && !previous.closed
-            {
-                let path = segment_path(&dir, before);
-                let accepted = journal::loss_accepted_path(&path);
-                if !accepted.exists() {
-                    return Err(StoreError::UnclosedSegment {
-                        path,
-                        good_bytes: previous.good_bytes,
-                    }
-                    .into());
-                }
-                tracing::warn!(
-                    segment = before,
-                    accepted = %accepted.display(),
-                    "journal segment cut short, without its closing marker: going on without the records cut from it, as the operators accepted"
-                );
             }
             if report.bad_bytes > 0 {
                 let later_commits =
@@ -318,18 +261,7 @@ impl Cards {
                 recovered.bytes_cut += report.bad_bytes;
                 recovered.intact_records_cut += intact;
             }
-            // Empty once its torn tail is cut (a create that a crash stopped part way
-            // through its opening marker) as much as one that never held a byte.
-            let empty = report.good_bytes == 0;
-            if !(empty && journal::loss_accepted_path(&path).exists()) {
-                before = Some((n, report));
-            }
-            if empty {
-                empty_since.push(n);
-            } else {
-                with_frames = Some((n, report));
-                empty_since.clear();
-            }
+            chain.read(n, report);
         }
 
         // Durable holds the issuer never answered (as far as the journal knows): in doubt,
@@ -364,55 +296,7 @@ impl Cards {
         });
         ledger.rebuild_order();
 
-        // Empty segments after the last with frames hold nothing (a file a rotation could
-        // not make, left empty): removed, and their numbers made again, so that the one
-        // with frames is followed by a segment that opens with its marker, and a cut of it
-        // is refused from the next start on. Kept from the snapshot's first on, which a
-        // start requires.
-        // One empty segment after a closed one is a create that a crash or a full disk
-        // stopped; the start after removes it before it makes that number again. Two or
-        // more were followed: the first had its markers and its records, lost since.
-        let unaccepted: Vec<u64> = empty_since
-            .iter()
-            .copied()
-            .filter(|&n| !journal::loss_accepted_path(&segment_path(&dir, n)).exists())
-            .collect();
-        if with_frames.is_some_and(|(_, report)| report.closed) && unaccepted.len() > 1 {
-            return Err(StoreError::UnclosedSegment {
-                path: segment_path(&dir, unaccepted[0]),
-                good_bytes: 0,
-            }
-            .into());
-        }
-        let removed: Vec<u64> = empty_since
-            .into_iter()
-            .filter(|&n| n > from_segment)
-            .collect();
-        // The highest first: a start killed part way leaves the rest at the end, not a gap.
-        for &n in removed.iter().rev() {
-            let path = segment_path(&dir, n);
-            std::fs::remove_file(&path)
-                .map_err(StoreError::io("removing an empty journal segment"))?;
-            let _ = std::fs::remove_file(journal::loss_accepted_path(&path));
-        }
-        if let Some(&first) = removed.first() {
-            journal::sync_dir(&dir).map_err(StoreError::io("removing an empty journal segment"))?;
-            last_segment = (first - 1).max(from_segment);
-        }
-        // Closed before the next one is made, so that a segment with a later one beside it
-        // always has its closing marker: one without it was cut short. The last one kept is
-        // the last with frames, or, with none, an empty one that stays (the snapshot's
-        // first, written by a vpan before 2026-12-07).
-        let last_kept = match with_frames {
-            Some((n, report)) => Some((n, report.good_bytes, report.closed)),
-            None => segments
-                .contains(&last_segment)
-                .then_some((last_segment, 0, false)),
-        };
-        if let Some((n, records_end, false)) = last_kept {
-            crate::store::segment::seal_file(&segment_path(&dir, n), n, records_end, &marker_key)
-                .map_err(StoreError::io("closing the last journal segment"))?;
-        }
+        let last_segment = chain.finish(last_segment, &marker_key)?;
 
         // A damaged snapshot can name any segment, the last number there is included.
         let next_segment = last_segment
