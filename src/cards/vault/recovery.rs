@@ -203,9 +203,7 @@ impl Cards {
             )
             .map_err(crate::store::naming_the_key(&key_path, &path))?;
             recovered.records += report.records;
-            // Before the cut of its zeros below, which would leave nothing to tell a
-            // segment zeroed since by.
-            chain.check(n, size, &report)?;
+            chain.check_zeroed(n, size, &report)?;
             if report.zeros > 0 && report.bad_bytes == 0 {
                 tracing::debug!(
                     segment = n,
@@ -227,6 +225,7 @@ impl Cards {
                 }
                 .into());
             }
+            chain.check_before(&report)?;
             if report.bad_bytes > 0 {
                 let later_commits =
                     crate::store::marker::later_commits(&path, n, report.good_bytes, &marker_key)

@@ -12,7 +12,9 @@ use crate::store::marker::MarkerKey;
 /// What a start has read of the journal's segments, in order.
 pub struct Chain {
     dir: PathBuf,
-    /// The snapshot's first segment (1 without one): kept whatever it holds.
+    /// The segments listed at the start, ascending.
+    segments: Vec<u64>,
+    /// The snapshot's first segment (0 without a snapshot): kept whatever it holds.
     first: u64,
     /// The last segment that holds anything: the empty ones after it hold nothing, so a
     /// torn tail before them is the last batch's, cut as the last segment's is.
@@ -46,6 +48,7 @@ impl Chain {
         }
         Ok(Chain {
             dir: dir.to_path_buf(),
+            segments: segments.to_vec(),
             first,
             last_holding,
             before: None,
@@ -60,11 +63,11 @@ impl Chain {
         self.last_holding.is_none_or(|last| n >= last)
     }
 
-    /// Checks segment `n` as read, `size` bytes long before any cut: refuses a segment of
-    /// zeros longer than a create leaves (it held records, zeroed since), and the segment
-    /// before an opened one when it does not end closed (cut short since), unless their
-    /// loss is accepted.
-    pub fn check(&self, n: u64, size: u64, report: &ReadReport) -> Result<(), StoreError> {
+    /// Refuses segment `n` as read, `size` bytes long before any cut, when it is zeros
+    /// only and longer than a create leaves (it held records, zeroed since), unless its
+    /// loss is accepted. Asked before the cut of its zeros, which would leave nothing to
+    /// tell it by.
+    pub fn check_zeroed(&self, n: u64, size: u64, report: &ReadReport) -> Result<(), StoreError> {
         let path = segment_path(&self.dir, n);
         if report.good_bytes == 0
             && report.bad_bytes == 0
@@ -76,9 +79,15 @@ impl Chain {
                 good_bytes: 0,
             });
         }
-        // Decided by this one's opening marker, not by the one before's own, which a cut
-        // may have taken too (an emptied file). One that a vpan before 2026-12-07 made does
-        // not open so, and asks nothing of the one before.
+        Ok(())
+    }
+
+    /// Refuses the segment read before segment `n` when `n` opens with its marker and that
+    /// one does not end closed (cut short since), unless its loss is accepted. Decided by
+    /// this one's opening marker, not by the one before's own, which a cut may have taken
+    /// too (an emptied file). One that a vpan before 2026-12-07 made does not open so, and
+    /// asks nothing of the one before.
+    pub fn check_before(&self, report: &ReadReport) -> Result<(), StoreError> {
         if let Some((before, previous)) = self.before
             && report.opened
             && !previous.closed
@@ -116,10 +125,11 @@ impl Chain {
         }
     }
 
-    /// Ends the chain once every segment is read (`last`, the highest read, or the
-    /// snapshot's first): refuses two or more empty segments after a closed one, removes
-    /// the empty ones at the end and closes the last one kept. Returns the number of the
-    /// last one kept, after which the next segment is made.
+    /// Ends the chain once every segment is read (`last`: the highest read, or the
+    /// snapshot's first, 0 without one): refuses two or more empty segments after a closed
+    /// one, removes the empty ones at the end and closes the last one kept. Returns the
+    /// number after which the next segment is made: the last one kept, or the snapshot's
+    /// first (0 without one) when none is.
     pub fn finish(self, last: u64, key: &MarkerKey) -> Result<u64, StoreError> {
         // One empty segment after a closed one is a create that a crash or a full disk
         // stopped; the start after removes it before it makes that number again. Two or
@@ -163,9 +173,7 @@ impl Chain {
         // first, written by a vpan before 2026-12-07).
         let last_kept = match self.with_frames {
             Some((n, report)) => Some((n, report.good_bytes, report.closed)),
-            None => segment_path(&self.dir, last)
-                .exists()
-                .then_some((last, 0, false)),
+            None => self.segments.contains(&last).then_some((last, 0, false)),
         };
         if let Some((n, records_end, false)) = last_kept {
             crate::store::segment::seal_file(&segment_path(&self.dir, n), n, records_end, key)
