@@ -912,11 +912,12 @@ fn segment_number(path: &Path) -> u64 {
 }
 
 #[test]
-fn a_start_killed_while_removing_empty_segments_leaves_no_gap() {
+fn empty_segments_at_the_end_are_removed_and_a_gap_among_them_is_refused() {
     // Round 5 of 6d2624c: the empty segments at the end were removed lowest first, so a
     // start killed after the first left a gap, and the next start refused the store as
-    // missing a segment. Here the state such a start left, removed highest first: the
-    // lower one still there, which the next start removes in turn.
+    // missing a segment; they are removed highest first now. A kill between two removals
+    // is not made here: this shows that the state the new order can leave (empty ones at
+    // the end) starts, and that the gap the old order could leave is refused.
     let dir = tempfile::tempdir().unwrap();
     let key = three_answered_approvals(dir.path(), IssuerOutcome::APPROVED);
     let n = segment_number(&last_segment(dir.path()));

@@ -13,15 +13,21 @@ use std::process::{Command, Output};
 
 /// Runs `vpan demo` in `cwd`, with its temporary directory under `cwd/tmp`.
 fn demo(args: &[&str], cwd: &Path) -> Output {
+    demo_command(args, cwd).output().expect("vpan demo runs")
+}
+
+/// `vpan demo` with `args`, to run in `cwd` with its temporary directory under `cwd/tmp`
+/// (made here).
+fn demo_command(args: &[&str], cwd: &Path) -> Command {
     let tmp = cwd.join("tmp");
     std::fs::create_dir_all(&tmp).expect("a temporary directory for the demo");
-    Command::new(env!("CARGO_BIN_EXE_vpan"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_vpan"));
+    command
         .arg("demo")
         .args(args)
         .current_dir(cwd)
-        .env("TMPDIR", &tmp)
-        .output()
-        .expect("vpan demo runs")
+        .env("TMPDIR", &tmp);
+    command
 }
 
 #[test]
@@ -97,11 +103,7 @@ fn a_demo_stopped_by_a_signal_stops_its_parts_and_removes_its_temporary_director
     for signal in ["INT", "TERM"] {
         let dir = tempfile::tempdir().unwrap();
         let tmp = dir.path().join("tmp");
-        std::fs::create_dir_all(&tmp).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_vpan"))
-            .args(["demo", "--duration", "60s"])
-            .current_dir(dir.path())
-            .env("TMPDIR", &tmp)
+        let mut child = demo_command(&["--duration", "60s"], dir.path())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()

@@ -205,7 +205,7 @@ fn create_key_file(path: &Path) -> Result<(), StoreError> {
     // Unique (a PID alone repeats across containers sharing the path), and opened with
     // `create_new`, so no other start's temporary file is ever truncated.
     name.push(format!(
-        ".new-{}-{:016x}",
+        "{TEMPORARY_INFIX}{}-{:016x}",
         std::process::id(),
         rand::random::<u64>()
     ));
@@ -238,6 +238,9 @@ fn create_key_file(path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// What follows the key file's name in its temporaries' (`pan.key.new-<pid>-<random>`).
+const TEMPORARY_INFIX: &str = ".new-";
+
 /// How old a key file's temporary must be to be another start's leftover, not its work.
 const STALE_TEMPORARY: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -254,7 +257,7 @@ fn remove_stale_temporaries(path: &Path) {
     } else {
         dir
     };
-    let prefix = format!("{}.new-", name.to_string_lossy());
+    let prefix = format!("{}{TEMPORARY_INFIX}", name.to_string_lossy());
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };

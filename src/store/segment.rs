@@ -60,8 +60,7 @@ impl Segment {
     /// goes on), where it would otherwise fail the first approval and the store with it;
     /// and the file is removed rather than left behind by every attempt.
     pub(crate) fn create(dir: &Path, number: u64, key: &MarkerKey) -> io::Result<Segment> {
-        let mut opening = Vec::with_capacity(marker::FRAME_BYTES);
-        marker::push(key, number, marker::OPENS_SEGMENT, &mut opening);
+        let opening = marker_frame(key, number, marker::OPENS_SEGMENT);
         let path = segment_path(dir, number);
         let file = OpenOptions::new()
             .create_new(true)
@@ -129,7 +128,7 @@ impl Segment {
     ///
     /// [`unseal`]: Segment::unseal
     pub(crate) fn seal(&mut self, key: &MarkerKey) -> io::Result<()> {
-        self.commit(&closing_marker(key, self.number))
+        self.commit(&marker_frame(key, self.number, marker::CLOSES_SEGMENT))
     }
 
     /// Takes back the closing marker [`Segment::seal`] just wrote, when the later segment
@@ -158,11 +157,11 @@ impl Segment {
     }
 }
 
-/// Segment `number`'s closing marker, framed.
-fn closing_marker(key: &MarkerKey, number: u64) -> Vec<u8> {
-    let mut closing = Vec::with_capacity(marker::FRAME_BYTES);
-    marker::push(key, number, marker::CLOSES_SEGMENT, &mut closing);
-    closing
+/// Segment `number`'s marker naming `start` (its opening or its closing), framed.
+fn marker_frame(key: &MarkerKey, number: u64, start: u64) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(marker::FRAME_BYTES);
+    marker::push(key, number, start, &mut frame);
+    frame
 }
 
 /// Ends segment `number` at `path` with its closing marker at byte `records_end`, where its
@@ -174,7 +173,7 @@ pub(crate) fn seal_file(
     records_end: u64,
     key: &MarkerKey,
 ) -> io::Result<()> {
-    let closing = closing_marker(key, number);
+    let closing = marker_frame(key, number, marker::CLOSES_SEGMENT);
     let file = OpenOptions::new().write(true).open(path)?;
     file.write_all_at(&closing, records_end)?;
     file.set_len(records_end + closing.len() as u64)?;

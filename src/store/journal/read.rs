@@ -129,12 +129,15 @@ pub fn read_segment(
     let mut each = |payload: &[u8]| {
         let first = at.get() == 0;
         at.set(at.get() + 8 + payload.len() as u64);
-        if marker::batch_start(payload).is_some() {
+        if let Some(start) = marker::batch_start(payload) {
             markers += 1;
             batch_began.set(at.get());
-            let signed = marker::signed_start(payload, key, segment);
-            opened.set(opened.get() || (first && signed == Some(OPENS_SEGMENT)));
-            closed.set(signed == Some(CLOSES_SEGMENT));
+            // Signed only when it names the opening or the closing: a batch's marker (one
+            // per commit, thousands in a segment) needs no HMAC to be read past.
+            let signed = matches!(start, OPENS_SEGMENT | CLOSES_SEGMENT)
+                && marker::signed_start(payload, key, segment).is_some();
+            opened.set(opened.get() || (first && signed && start == OPENS_SEGMENT));
+            closed.set(signed && start == CLOSES_SEGMENT);
             Ok(())
         } else {
             closed.set(false);

@@ -58,10 +58,8 @@ pub fn auth_request(msg: &Message) -> Option<AuthRequest> {
         None if processing_code[0] == b'3' || is_advice_of_decline(msg) => 0,
         None => return None,
     };
-    let billing = match (
-        msg.amount_cardholder_billing(),
-        msg.currency_cardholder_billing(),
-    ) {
+    let de6 = msg.amount_cardholder_billing();
+    let billing = match (de6, msg.currency_cardholder_billing()) {
         (Some(a), Some(c)) => digits_u16(&c).map(|c| (a, c)),
         _ => None,
     };
@@ -69,7 +67,7 @@ pub fn auth_request(msg: &Message) -> Option<AuthRequest> {
     // is a purchase whose amounts disagree (declined 30 when the card counts DE 4), not a
     // verification free of the cap and the uses. DE 6 without DE 51 too: the card does
     // not count it (its currency unsaid), but an issuer may charge it.
-    let moved = amount.max(msg.amount_cardholder_billing().unwrap_or(0));
+    let moved = amount.max(de6.unwrap_or(0));
     let kind = Kind::classify(&processing_code, moved);
     Some(AuthRequest {
         mti: msg.mti(),
