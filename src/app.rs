@@ -19,7 +19,6 @@ use crate::cards::{Cards, OpenError, Recovered, SnapshotPolicy};
 use crate::config::{Config, decode_hex};
 use crate::iso8583::{FrameCodec, Framing, Spec, SpecError};
 use crate::metrics as m;
-use crate::store::crypto::PanCipher;
 use crate::store::owed::OwedReversals;
 use crate::switch::mac::{self, MacKey, Padding};
 use crate::switch::{ConnectionLimits, Flow, IssuerLink, IssuerSettings, server};
@@ -181,8 +180,8 @@ impl App {
         let (cards, store) = (config.cards.clone(), config.store.clone());
         let (cards, recovered, (owed, debts, stamps)) = tokio::task::spawn_blocking(move || {
             let (cards, recovered) = Cards::open(&cards, &store, cards.ledger())?;
-            // After the cards: they hold the data directory's lock, and made the key.
-            let cipher = PanCipher::load_or_create(&store.key_path())?;
+            // The cards' own: they hold the data directory's lock, and made the key.
+            let cipher = cards.cipher();
             // The STANs the issuer link changed within the hour it remembers them (and a
             // minute ahead, for a clock set back a little; later ones are dropped rather
             // than kept for ever).

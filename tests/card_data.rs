@@ -949,6 +949,32 @@ fn a_short_api_token_is_warned_of_at_start_and_never_logged() {
     }
 }
 
+/// Secret files open to group or others are each warned of once at a start, with their
+/// mode and the command that closes them: the key of the real card numbers (read by the
+/// cards and, once, handed on to the book of reversals owed) and the API token.
+#[test]
+fn secret_files_open_to_others_are_warned_of_once_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    std::fs::create_dir(&data_dir).unwrap();
+    let key_file = data_dir.join("pan.key");
+    std::fs::write(&key_file, [7u8; 32]).unwrap();
+    let token_file = data_dir.join("api-token");
+    std::fs::write(&token_file, format!("{}\n", "k".repeat(64))).unwrap();
+    for file in [&key_file, &token_file] {
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let mut serve = serve_alone(dir.path(), &data_dir);
+    serve.address_logged("API listener bound");
+    serve.terminate();
+    let log = serve.output();
+    for file in [&key_file, &token_file] {
+        let advice = format!("chmod 600 {}", file.display());
+        assert_eq!(log.matches(&advice).count(), 1, "{advice}:\n{log}");
+    }
+    assert!(log.contains("the key file for real card numbers is open to group or others"));
+}
+
 /// A card number split by a line break or a tab in what a command or its configuration
 /// could not read: the error quotes it (a tab as `\t`, the way `{:?}` writes one), and it
 /// is masked as printed, the quote's escapes counted as the gaps between its groups.

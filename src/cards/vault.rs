@@ -356,6 +356,13 @@ impl Cards {
         self.generator.in_virtual_range(pan)
     }
 
+    /// The cipher of the real card numbers, as loaded when the cards were opened: the
+    /// owed reversals' book seals under the same key, and a second read of the key file
+    /// would only say its warnings twice.
+    pub fn cipher(&self) -> PanCipher {
+        self.cipher.clone()
+    }
+
     /// True once the journal failed, or while its disk is stalled (every decision is
     /// answered 96 then): `/healthz` reports the store down.
     pub fn store_failed(&self) -> bool {
