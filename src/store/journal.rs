@@ -774,7 +774,7 @@ impl<R: Encode + Send + 'static> Writer<R> {
         // the snapshot that asked tries again later.
         self.watched(|w| w.segment.seal(&w.markers))
             .map_err(StoreError::io("closing the journal segment"))?;
-        let segment = match self.watched(|w| Segment::create(&w.dir, next, &w.markers)) {
+        let segment = match self.watched(|w| create_over_leftover(&w.dir, next, &w.markers)) {
             Ok(segment) => segment,
             Err(e) => {
                 self.segment.unseal();
@@ -784,6 +784,32 @@ impl<R: Encode + Send + 'static> Writer<R> {
         std::mem::replace(&mut self.segment, segment).close();
         self.stats.segment_bytes.store(0, Ordering::Relaxed);
         Ok(next)
+    }
+}
+
+/// Creates segment `number`, first removing an empty file under its name: what a create
+/// leaves when a power loss undoes its removal, or a file made there by hand. A start
+/// removes such leftovers too; without this, every rotation would fail on the name until
+/// a restart, and the journal grow meanwhile. A file that holds anything is left where it
+/// is, named in the error, for someone to look at.
+fn create_over_leftover(dir: &Path, number: u64, key: &MarkerKey) -> io::Result<Segment> {
+    match Segment::create(dir, number, key) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let path = segment_path(dir, number);
+            if !holds_nothing(&path)? {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{} is already there and holds something: a journal segment is never made over one; move it aside",
+                        path.display()
+                    ),
+                ));
+            }
+            tracing::warn!(path = %path.display(), "removing an empty file where the next journal segment goes");
+            std::fs::remove_file(&path)?;
+            Segment::create(dir, number, key)
+        }
+        made => made,
     }
 }
 
@@ -1381,7 +1407,14 @@ mod tests {
         // journal, and segment 5 goes on after the closing marker it was given first.
         let blocker = segment_path(dir.path(), 6);
         std::fs::write(&blocker, b"in the way").unwrap();
-        assert!(j.rotate().is_err());
+        let refused = j.rotate().unwrap_err().to_string();
+        assert!(
+            refused.contains(&format!(
+                "{} is already there and holds something",
+                blocker.display()
+            )),
+            "{refused}"
+        );
         j.append(Bytes(vec![2])).wait().unwrap();
         let path = segment_path(dir.path(), 5);
         let read = || {
@@ -1408,6 +1441,34 @@ mod tests {
             .collect();
         assert_eq!(closing.iter().filter(|&&c| c).count(), 1, "{closing:?}");
         assert_eq!(closing.last(), Some(&true));
+    }
+
+    #[test]
+    fn a_rotation_removes_an_empty_file_where_the_next_segment_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::<Bytes>::start(dir.path(), 5, test_key()).unwrap();
+        j.append(Bytes(vec![1])).wait().unwrap();
+        // A create's leftover (empty, or its extent of zeros) under each of the next two
+        // numbers: each rotation makes its segment over it.
+        std::fs::write(segment_path(dir.path(), 6), []).unwrap();
+        std::fs::write(segment_path(dir.path(), 7), vec![0; EXTENT_BYTES as usize]).unwrap();
+        assert_eq!(j.rotate().unwrap(), 6);
+        j.append(Bytes(vec![2])).wait().unwrap();
+        assert_eq!(j.rotate().unwrap(), 7);
+        j.append(Bytes(vec![3])).wait().unwrap();
+        drop(j);
+        let read = |n: u64| {
+            let mut got = Vec::new();
+            let report = read_segment(&segment_path(dir.path(), n), n, &test_key(), |p| {
+                got.push(p.to_vec());
+                Ok(())
+            })
+            .unwrap();
+            (got, report.opened, report.closed)
+        };
+        assert_eq!(read(5), (vec![vec![1]], true, true));
+        assert_eq!(read(6), (vec![vec![2]], true, true));
+        assert_eq!(read(7), (vec![vec![3]], true, false));
     }
 
     #[test]
