@@ -79,10 +79,14 @@ pub struct Addresses {
     pub api: SocketAddr,
 }
 
-/// The network side: a bound listener, or the address to dial.
+/// The network side: a bound listener, or the address to dial and the longest wait
+/// between two dials.
 enum NetworkSide {
     Listen(TcpListener),
-    Dial(String),
+    Dial {
+        addr: String,
+        reconnect_max: Duration,
+    },
 }
 
 /// A built, not yet running, switch.
@@ -218,14 +222,17 @@ impl App {
 
         let network = match network_address {
             Some(address) => NetworkSide::Listen(address.listen()?),
-            None => NetworkSide::Dial(config.network.connect.clone()),
+            None => NetworkSide::Dial {
+                addr: config.network.connect.clone(),
+                reconnect_max: Duration::from_millis(config.network.reconnect_max_ms),
+            },
         };
         let metrics = metrics_address.listen()?;
         let api = ApiServer::new(api_address.listen()?, &config.api, &config.store.data_dir)?;
         let addresses = Addresses {
             network: match &network {
                 NetworkSide::Listen(l) => l.local_addr().ok(),
-                NetworkSide::Dial(_) => None,
+                NetworkSide::Dial { .. } => None,
             },
             metrics: metrics.local_addr().map_err(|source| AppError::Bind {
                 key: "metrics.listen",
@@ -298,7 +305,9 @@ impl App {
             (NetworkSide::Listen(_), Some(addr)) => {
                 tracing::info!(%addr, "network listener bound (ISO 8583)")
             }
-            (NetworkSide::Dial(addr), _) => tracing::info!(%addr, "will dial the network"),
+            (NetworkSide::Dial { addr, .. }, _) => {
+                tracing::info!(%addr, "will dial the network")
+            }
             _ => {}
         }
         tracing::info!(addr = %self.addresses.metrics, "metrics listener bound (GET /metrics)");
@@ -426,9 +435,10 @@ impl App {
                         )
                         .await
                     }
-                    NetworkSide::Dial(addr) => {
-                        server::dial(addr, flow, limits, network_up, token).await
-                    }
+                    NetworkSide::Dial {
+                        addr,
+                        reconnect_max,
+                    } => server::dial(addr, reconnect_max, flow, limits, network_up, token).await,
                 }
             }
         });

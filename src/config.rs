@@ -80,6 +80,8 @@ pub struct NetworkConfig {
     pub listen: String,
     /// When set, vpan dials this address instead of listening, and redials on loss.
     pub connect: String,
+    /// With `connect`: longest wait between two dials (the backoff doubles up to it).
+    pub reconnect_max_ms: u64,
     /// Length header: `len2`, `len2-inclusive`, `len4-ascii` or `len2-bcd`.
     pub framing: String,
     /// Fixed header after the length (e.g. a TPDU), as hex; counted in the length, echoed.
@@ -112,6 +114,7 @@ impl Default for NetworkConfig {
         NetworkConfig {
             listen: "127.0.0.1:8583".into(),
             connect: String::new(),
+            reconnect_max_ms: 5_000,
             framing: "len2".into(),
             header_hex: String::new(),
             spec: "iso87ascii".into(),
@@ -432,6 +435,12 @@ impl Config {
             return invalid(
                 "issuer.echo_interval_ms",
                 "must be at least 100 (an 0800 every few milliseconds would flood the host)".into(),
+            );
+        }
+        if self.network.reconnect_max_ms < 100 {
+            return invalid(
+                "network.reconnect_max_ms",
+                "must be at least 100, the backoff's first step".into(),
             );
         }
         if self.issuer.reconnect_max_ms < 50 {
@@ -1145,6 +1154,10 @@ mod tests {
             (
                 "[issuer]\nreconnect_max_ms = 0\n",
                 "issuer.reconnect_max_ms",
+            ),
+            (
+                "[network]\nreconnect_max_ms = 99\n",
+                "network.reconnect_max_ms",
             ),
             (
                 "[network]\nmax_connections = 9000000000000000000\n",

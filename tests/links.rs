@@ -303,6 +303,33 @@ async fn with_network_connect_the_switch_dials_the_network_serves_it_and_redials
     sim.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_dialled_network_that_drops_every_connection_is_redialled_within_reconnect_max_ms() {
+    let sim = vpan::tools::issuer_sim::IssuerSim::start(Default::default())
+        .await
+        .unwrap();
+    let switch = Dialling::start(sim.local_addr().to_string(), |c| {
+        c.network.reconnect_max_ms = 200;
+    })
+    .await;
+    // The network takes each connection and drops it at once. Dials after 100, 200, 200,
+    // ... ms: about fifteen in 3 s. The backoff's old fixed cap of 5 s gave five (after
+    // 100, 200, 400, 800 and 1600 ms).
+    let started = tokio::time::Instant::now();
+    let mut dials = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        if let Ok(Ok((stream, _))) =
+            tokio::time::timeout(Duration::from_millis(100), switch.network.accept()).await
+        {
+            dials += 1;
+            drop(stream);
+        }
+    }
+    assert!(dials >= 9, "{dials} dials in 3 s");
+    switch.stop().await;
+    sim.shutdown().await;
+}
+
 /// The switch's side of `net` is gone, not lingering beside a new session: a first write
 /// draws a reset from it, the next one fails.
 async fn assert_closed_whole(net: &mut Client) {

@@ -83,34 +83,44 @@ pub async fn listen(
     while connections.join_next().await.is_some() {}
 }
 
-/// Dials the network at `addr` and keeps one connection up until `shutdown`; `connected`
-/// says whether it is up now (for `/healthz`). A connection the network stops sending on
+/// Dials the network at `addr` and keeps one connection up until `shutdown`, waiting up
+/// to `max_backoff` between dials; `connected` says whether it is up now (for `/healthz`). A connection the network stops sending on
 /// is redialled at once: its requests still in flight are finished (and answered, should
 /// the peer have only half-closed) on its own task, since waiting for them, up to
 /// `issuer.timeout_ms`, would keep the link down that much longer. Returns once those
 /// are finished too.
 pub async fn dial(
     addr: String,
+    max_backoff: Duration,
     flow: Arc<Flow>,
     limits: ConnectionLimits,
     connected: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
     let mut finishing = JoinSet::new();
-    keep_dialling(addr, flow, limits, connected, shutdown, &mut finishing).await;
+    keep_dialling(
+        addr,
+        max_backoff,
+        flow,
+        limits,
+        connected,
+        shutdown,
+        &mut finishing,
+    )
+    .await;
     while finishing.join_next().await.is_some() {}
 }
 
 async fn keep_dialling(
     addr: String,
+    max_backoff: Duration,
     flow: Arc<Flow>,
     limits: ConnectionLimits,
     connected: Arc<AtomicBool>,
     shutdown: CancellationToken,
     finishing: &mut JoinSet<()>,
 ) {
-    let mut backoff = Duration::from_millis(100);
-    let max_backoff = Duration::from_secs(5);
+    let mut backoff = Duration::from_millis(100).min(max_backoff);
     loop {
         let dialled = tokio::select! {
             r = super::dial(&addr) => r,
