@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{ApiServer, ApiSetupError, Health};
 use crate::cards::{Cards, OpenError, Recovered, SnapshotPolicy};
 use crate::config::{Config, decode_hex};
-use crate::iso8583::{FrameCodec, Framing, Spec, SpecError};
+use crate::iso8583::{FrameCodec, Framing, Message, Spec, SpecError};
 use crate::metrics as m;
 use crate::store::owed::OwedReversals;
 use crate::switch::mac::{self, MacKey, Padding};
@@ -127,8 +127,8 @@ pub struct App {
 impl App {
     /// Opens the store (recovering it), binds the listeners, starts dialling the issuer.
     pub async fn build(config: Config) -> Result<App, AppError> {
-        let network_spec = load_spec("network.spec", &config.network.spec)?;
-        let issuer_spec = load_spec("issuer.spec", &config.issuer.spec)?;
+        let network_spec = load_spec("network.spec", &config.network.spec, Link::Network)?;
+        let issuer_spec = load_spec("issuer.spec", &config.issuer.spec, Link::Issuer)?;
         let network_codec = codec(
             "network.framing",
             &config.network.framing,
@@ -633,8 +633,49 @@ impl Reserved {
     }
 }
 
-fn load_spec(key: &'static str, name: &str) -> Result<&'static Spec, AppError> {
-    Spec::by_name(name).map_err(|source| AppError::Spec { key, source })
+/// Which link a layout is for: each needs it to hold what vpan itself writes there.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Network,
+    Issuer,
+}
+
+/// The layout `name` (the setting `key`) for `link`, refused when it cannot hold what vpan
+/// writes of its own on that link: a STAN's six digits in DE 11 and its two-digit response
+/// codes in DE 39 (every answer it gives), and toward the issuer an 0800's DE 7 and DE 70
+/// (sign-on, echo). Loaded anyway, such a layout starts cleanly and then leaves every
+/// answer of vpan's own unsent (a DE 39 of three characters, as in some 1993 layouts).
+fn load_spec(key: &'static str, name: &str, link: Link) -> Result<&'static Spec, AppError> {
+    let spec = Spec::by_name(name).map_err(|source| AppError::Spec { key, source })?;
+    let unfit = |field: usize, what: &str| AppError::Spec {
+        key,
+        source: SpecError::BadField {
+            field: field.to_string(),
+            reason: format!("vpan writes {what} there, which this layout cannot hold"),
+        },
+    };
+    // A layout's MTI is four digits (the loader refuses any other), so these take it.
+    if let Ok(mut answer) = Message::new(spec, b"0110") {
+        answer
+            .set(11, b"000001")
+            .map_err(|_| unfit(11, "a STAN of six digits"))?;
+        for code in [b"00", b"30", b"91", b"96"] {
+            answer
+                .set_response_code(code)
+                .map_err(|_| unfit(39, "its response codes, two digits (00, 30, 91, 96, ...)"))?;
+        }
+    }
+    if link == Link::Issuer
+        && let Ok(mut request) = Message::new(spec, b"0800")
+    {
+        request
+            .set(7, b"1207081500")
+            .map_err(|_| unfit(7, "the transmission time of its 0800s, ten digits"))?;
+        request
+            .set(70, b"301")
+            .map_err(|_| unfit(70, "its 0800s' network management code, three digits"))?;
+    }
+    Ok(spec)
 }
 
 /// The network link's MAC key when `network.mac` is on; refuses to start when the key

@@ -556,3 +556,49 @@ fn the_drain_is_never_shorter_than_the_longest_a_request_can_take_to_be_answered
         Duration::from_millis(u64::MAX)
     );
 }
+
+#[test]
+fn a_layout_that_cannot_hold_what_vpan_writes_on_its_link_is_refused_at_start() {
+    use super::{Link, load_spec};
+    let dir = tempfile::tempdir().unwrap();
+    let layout = crate::iso8583::jpos::to_xml(Spec::iso87ascii());
+    let write = |name: &str, xml: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, xml).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let de39 = "<isofield id=\"39\" length=\"2\"";
+    assert!(layout.contains(de39));
+    // DE 39 of three characters, as some 1993 layouts have it: no 30, 91 or 96 fits.
+    let three = write(
+        "rc3.xml",
+        &layout.replace(de39, "<isofield id=\"39\" length=\"3\""),
+    );
+    for (key, link) in [
+        ("network.spec", Link::Network),
+        ("issuer.spec", Link::Issuer),
+    ] {
+        let err = load_spec(key, &three, link).err().unwrap().to_string();
+        assert!(
+            err.starts_with(&format!("{key}: field 39: vpan writes its response codes")),
+            "{err}"
+        );
+    }
+    // No DE 70: the network's 0800 brings its own, but the issuer link signs on and echoes.
+    let without_70 = layout
+        .lines()
+        .filter(|l| !l.contains("id=\"70\""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let without_70 = write("no70.xml", &without_70);
+    assert!(load_spec("network.spec", &without_70, Link::Network).is_ok());
+    let err = load_spec("issuer.spec", &without_70, Link::Issuer)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.starts_with("issuer.spec: field 70:"), "{err}");
+    for built_in in ["iso87ascii", "iso87binary"] {
+        assert!(load_spec("network.spec", built_in, Link::Network).is_ok());
+        assert!(load_spec("issuer.spec", built_in, Link::Issuer).is_ok());
+    }
+}

@@ -44,12 +44,12 @@ struct Element {
 
 /// Reads a GenericPackager document. `name` becomes [`Spec::name`].
 pub fn from_xml(name: &str, xml: &str) -> Result<Spec, SpecError> {
-    let top = read_elements(xml)?;
+    let (top, max_valid_field) = read_elements(xml)?;
     let mut mti: Option<FieldSpec> = None;
     let mut bitmap: Option<(BitmapEncoding, u32)> = None;
     let mut fields: Vec<(usize, Element)> = Vec::new();
     for e in top {
-        let id: usize = e.id.trim().parse().map_err(|_| SpecError::BadField {
+        let id: usize = e.id.parse().map_err(|_| SpecError::BadField {
             field: e.id.clone(),
             reason: "id is not a number".into(),
         })?;
@@ -69,6 +69,12 @@ pub fn from_xml(name: &str, xml: &str) -> Result<Spec, SpecError> {
                 mti = Some(f);
             }
             1 => bitmap = Some(bitmap_from_class(&e, &e.id)?),
+            n if max_valid_field.is_some_and(|max| n > max) => {
+                return Err(bad(
+                    &e.id,
+                    "above the file's maxValidField, a field jPOS would never read or write",
+                ));
+            }
             n if n <= MAX_FIELD => fields.push((n, e)),
             _ => return Err(bad(&e.id, "field numbers go up to 192")),
         }
@@ -110,11 +116,8 @@ fn subspec(e: &Element) -> Result<SubSpec, SpecError> {
         names: Vec::new(),
     };
     for c in &e.children {
-        let path = format!("{}.{}", e.id.trim(), c.id.trim());
-        let id: usize =
-            c.id.trim()
-                .parse()
-                .map_err(|_| bad(&path, "id is not a number"))?;
+        let path = format!("{}.{}", e.id, c.id);
+        let id: usize = c.id.parse().map_err(|_| bad(&path, "id is not a number"))?;
         if id > MAX_FIELD {
             return Err(bad(&path, "subfield numbers go up to 192"));
         }
@@ -273,25 +276,32 @@ fn field_from_class(e: &Element, path: &str) -> Result<FieldSpec, SpecError> {
 }
 
 /// Reads the `isofield` / `isofieldpackager` elements of the document, nested ones as
-/// children.
-fn read_elements(xml: &str) -> Result<Vec<Element>, SpecError> {
+/// children, and the root's `maxValidField` when it has one.
+fn read_elements(xml: &str) -> Result<(Vec<Element>, Option<usize>), SpecError> {
     let mut reader = Reader::from_str(xml);
     reader.config_mut().trim_text(true);
     let mut stack: Vec<Element> = Vec::new();
     let mut top: Vec<Element> = Vec::new();
     let mut saw_root = false;
+    let mut max_valid_field = None;
     loop {
         let ev = reader
             .read_event()
             .map_err(|e| SpecError::Xml(format!("at byte {}: {e}", reader.buffer_position())))?;
         match ev {
             Event::Start(s) => match s.local_name().as_ref() {
-                b"isopackager" => saw_root = true,
+                b"isopackager" => {
+                    saw_root = true;
+                    max_valid_field = packager_attributes(&s)?;
+                }
                 b"isofield" | b"isofieldpackager" => stack.push(element(&s)?),
                 _ => {}
             },
             Event::Empty(s) => match s.local_name().as_ref() {
-                b"isopackager" => saw_root = true,
+                b"isopackager" => {
+                    saw_root = true;
+                    max_valid_field = packager_attributes(&s)?;
+                }
                 b"isofield" | b"isofieldpackager" => {
                     let e = element(&s)?;
                     match stack.last_mut() {
@@ -321,7 +331,57 @@ fn read_elements(xml: &str) -> Result<Vec<Element>, SpecError> {
     if !stack.is_empty() {
         return Err(SpecError::Xml("unclosed <isofieldpackager>".into()));
     }
-    Ok(top)
+    Ok((top, max_valid_field))
+}
+
+/// Checks the `isopackager` element's attributes, which jPOS reads to shape the whole
+/// message: each one vpan does not follow is refused here, since a file loaded without it
+/// would read or write every message otherwise than the link does (a file with
+/// `headerLength="5"` loaded as if it had none fails every frame at its MTI). Returns
+/// `maxValidField`, if given: no field above it may be defined.
+fn packager_attributes(s: &BytesStart<'_>) -> Result<Option<usize>, SpecError> {
+    let mut max_valid_field = None;
+    for a in s.attributes() {
+        let a = a.map_err(|err| SpecError::Xml(err.to_string()))?;
+        let value = a
+            .unescape_value()
+            .map_err(|err| SpecError::Xml(err.to_string()))?
+            .into_owned();
+        let attribute = String::from_utf8_lossy(a.key.local_name().as_ref()).into_owned();
+        let v = value.trim();
+        let refused = match attribute.as_str() {
+            "headerLength" if v == "0" => None,
+            "headerLength" => Some(
+                "vpan takes a link's fixed header from its header_hex setting (network.header_hex or issuer.header_hex: the header's bytes, as hex), not from the layout: set it there and remove the attribute",
+            ),
+            "emitBitmap" if v.eq_ignore_ascii_case("true") => None,
+            "emitBitmap" => Some("vpan reads and writes messages with a bitmap only"),
+            "bitmapField" if v == "1" => None,
+            "bitmapField" => Some("vpan reads the bitmap as field 1 only"),
+            // What jPOS takes when the attribute is absent and field 1 is the bitmap.
+            "firstField" if v == "2" => None,
+            "firstField" => Some("vpan reads the fields after the bitmap from field 2"),
+            "thirdBitmapField" => Some(
+                "vpan reads a third bitmap only as part of field 1 (a bitmap of length 24), not as a field of its own",
+            ),
+            "maxValidField" => match v.parse::<usize>() {
+                Ok(max) if (1..=MAX_FIELD).contains(&max) => {
+                    max_valid_field = Some(max);
+                    None
+                }
+                _ => Some("not a field number from 1 to 192"),
+            },
+            _ => None,
+        };
+        if let Some(reason) = refused {
+            return Err(SpecError::Packager {
+                attribute,
+                value,
+                reason: reason.into(),
+            });
+        }
+    }
+    Ok(max_valid_field)
 }
 
 fn element(s: &BytesStart<'_>) -> Result<Element, SpecError> {
@@ -333,7 +393,9 @@ fn element(s: &BytesStart<'_>) -> Result<Element, SpecError> {
             .map_err(|err| SpecError::Xml(err.to_string()))?
             .into_owned();
         match a.key.local_name().as_ref() {
-            b"id" => e.id = v,
+            // Trimmed once here: a field's number and its path name it alike (the
+            // track rule of DE 35 and 36 goes by the path).
+            b"id" => e.id = v.trim().to_owned(),
             b"length" => e.length = v,
             b"class" => e.class = v,
             b"name" => e.name = v,
@@ -596,6 +658,55 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("48"), "{err}");
+    }
+
+    /// A document with `attributes` on its root, an MTI, a two-part bitmap and `fields`.
+    fn with_root(attributes: &str, fields: &str) -> String {
+        format!(
+            r#"<isopackager {attributes}><isofield id="0" length="4" class="org.jpos.iso.IFA_NUMERIC"/><isofield id="1" length="16" class="org.jpos.iso.IFA_BITMAP"/><isofield id="11" length="6" class="org.jpos.iso.IFA_NUMERIC"/>{fields}</isopackager>"#
+        )
+    }
+
+    #[test]
+    fn root_attributes_that_reshape_the_message_are_refused_by_name() {
+        for (attributes, what) in [
+            (r#"headerLength="5""#, "header_hex"),
+            (r#"emitBitmap="false""#, "with a bitmap only"),
+            (r#"bitmapField="65""#, "field 1 only"),
+            (r#"firstField="3""#, "from field 2"),
+            (r#"thirdBitmapField="65""#, "length 24"),
+            (r#"maxValidField="200""#, "1 to 192"),
+        ] {
+            let err = from_xml("t", &with_root(attributes, ""))
+                .unwrap_err()
+                .to_string();
+            let (name, value) = attributes.split_once('=').unwrap();
+            assert!(
+                err.starts_with(&format!("<isopackager {name}={value}>")) && err.contains(what),
+                "{attributes}: {err}"
+            );
+        }
+        // What jPOS takes when they are absent is accepted, written or not.
+        let defaults = r#"headerLength="0" emitBitmap="true" bitmapField="1" firstField="2" maxValidField="128""#;
+        assert!(from_xml("t", &with_root(defaults, "")).is_ok());
+        // No field above maxValidField: jPOS would never read or write it.
+        let above = r#"<isofield id="100" length="11" class="org.jpos.iso.IFA_LLNUM"/>"#;
+        let err = from_xml("t", &with_root(r#"maxValidField="64""#, above))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("field 100") && err.contains("maxValidField"),
+            "{err}"
+        );
+        assert!(from_xml("t", &with_root(r#"maxValidField="128""#, above)).is_ok());
+    }
+
+    #[test]
+    fn a_field_id_written_with_spaces_is_the_same_field() {
+        let track = r#"<isofield id=" 35 " length="37" class="org.jpos.iso.IFA_LLNUM"/>"#;
+        let spec = from_xml("t", &with_root("", track)).unwrap();
+        // Track data (z), as field 35 written without spaces: the separator is taken.
+        assert_eq!(spec.field(35).unwrap().kind, Kind::Z);
     }
 
     #[test]

@@ -422,6 +422,17 @@ pub enum SpecError {
         /// What is wrong.
         reason: String,
     },
+    /// An attribute of the `isopackager` element that vpan does not follow (jPOS reads
+    /// them to shape the whole message: a header, no bitmap, a bitmap elsewhere).
+    #[error("<isopackager {attribute}=\"{value}\">: {reason}")]
+    Packager {
+        /// The attribute's name.
+        attribute: String,
+        /// Its value, as written.
+        value: String,
+        /// Why it is refused, and what to do instead.
+        reason: String,
+    },
     /// Neither a built-in name nor an existing file.
     #[error("unknown spec {0:?}: use iso87ascii, iso87binary or a path to a jPOS XML file")]
     Unknown(String),

@@ -283,13 +283,20 @@ impl Flow {
             return None;
         };
         metrics::counter!(m::FRAMES_REJECTED_TOTAL, "reason" => "format_error").increment(1);
-        crate::logging::throttled!(warn, error = why, "malformed request answered 30");
-        answer.set_mti(&response_mti(mti)).ok()?;
         // The link's MAC is put on afresh; the request's own does not belong in the answer.
         for n in CARD_VERIFICATION_DATA.into_iter().chain([64, 128]) {
             answer.remove(n);
         }
-        answer.set_response_code(b"30").ok()?;
+        // The layout was checked at start to hold a 30 in DE 39, the MTI to be digits.
+        if answer.set_mti(&response_mti(mti)).is_err() || answer.set_response_code(b"30").is_err() {
+            crate::logging::throttled!(
+                warn,
+                error = why,
+                "malformed request not answered: its 30 could not be written"
+            );
+            return None;
+        }
+        crate::logging::throttled!(warn, error = why, "malformed request answered 30");
         Some(Answer::new(
             Box::new(answer),
             mti,
@@ -317,17 +324,23 @@ impl Flow {
     /// The answer vpan gives itself: the request's fields, the response MTI, DE 39.
     fn local_answer(&self, request: &Message, code: ResponseCode) -> Option<Msg> {
         let mut answer = Box::new(request.clone());
-        answer.set_mti(&response_mti(request.mti())).ok()?;
-        for n in CARD_VERIFICATION_DATA {
-            answer.remove(n);
-        }
-        if answer.set_response_code(&code.0).is_err() {
+        let written = answer.set_mti(&response_mti(request.mti())).is_ok() && {
+            for n in CARD_VERIFICATION_DATA {
+                answer.remove(n);
+            }
             // A replayed code the network's layout cannot write (the issuer's N7 where DE 39
             // takes digits): a known decline went out as 05 the first time, and does again.
-            if !is_known_decline(code.0) {
-                return None;
-            }
-            answer.set_response_code(b"05").ok()?;
+            answer.set_response_code(&code.0).is_ok()
+                || (is_known_decline(code.0) && answer.set_response_code(b"05").is_ok())
+        };
+        if !written {
+            crate::logging::throttled!(
+                warn,
+                mti = %String::from_utf8_lossy(&request.mti()),
+                response_code = %String::from_utf8_lossy(&code.0),
+                "answer of vpan's own not sent: the network's layout cannot write it"
+            );
+            return None;
         }
         Some(answer)
     }
