@@ -706,9 +706,11 @@ fn a_damaged_opening_or_closing_marker_loses_no_record_and_refuses_no_start() {
     assert_eq!((cards.get(key).unwrap().spent, rec.bytes_cut), (3_000, 0));
 }
 
-/// A rotation that closes its segment, then cannot make the next (here an empty file of
-/// its name, as a power loss could bring back after a failed create), and three approvals,
-/// one before it and two after. Returns the card, the segment and its number.
+/// A rotation that closes its segment, then cannot make the next (a file of its name that
+/// holds something: an empty one a rotation now makes its segment over), and three
+/// approvals, one before it and two after; the start after finds that file empty, as a
+/// power loss could bring one back after a failed create. Returns the card, the segment
+/// and its number.
 fn approvals_around_a_rotation_that_failed(dir: &Path) -> (vpan::cards::CardKey, PathBuf, u64) {
     let (cards, _) = open(dir);
     let key = issue(&cards, &spec(100_000));
@@ -718,11 +720,13 @@ fn approvals_around_a_rotation_that_failed(dir: &Path) -> (vpan::cards::CardKey,
         .unwrap()
         .last()
         .unwrap();
-    std::fs::write(vpan::store::journal::segment_path(dir, n + 1), b"").unwrap();
+    let blocker = vpan::store::journal::segment_path(dir, n + 1);
+    std::fs::write(&blocker, b"in the way").unwrap();
     assert!(cards.snapshot().is_err(), "the next segment cannot be made");
     approve(1);
     approve(2);
     drop(cards);
+    std::fs::write(&blocker, b"").unwrap();
     (key, vpan::store::journal::segment_path(dir, n), n)
 }
 
