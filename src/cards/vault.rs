@@ -39,6 +39,7 @@ use crate::ConcurrentMap;
 use crate::pan::Pan;
 use crate::store::StoreError;
 use crate::store::crypto::PanCipher;
+use crate::store::identity::StoreId;
 use crate::store::journal::{Durable, Journal};
 
 mod advices;
@@ -315,6 +316,8 @@ pub struct Cards {
     next_lsn: AtomicU64,
     /// The data directory.
     dir: PathBuf,
+    /// The data directory's identity, written into its snapshots.
+    store_id: StoreId,
     /// One snapshot at a time.
     snapshot_lock: Mutex<()>,
     /// The data directory's lock, held while open (released by the kernel on any exit).
@@ -1068,6 +1071,94 @@ mod tests {
             r[0][1] = 2;
         });
         assert_eq!(open_in(dir.path()).list(None, 10).len(), 3);
+    }
+
+    #[test]
+    fn a_snapshot_from_another_data_directory_sharing_the_key_is_refused_and_nothing_deleted() {
+        use crate::store::identity;
+        use crate::store::journal::list_segments;
+        let (a, b) = (
+            tempfile::tempdir().expect("a"),
+            tempfile::tempdir().expect("b"),
+        );
+        let now = 1_800_000_000;
+        let issue = |cards: &Cards, n: usize| {
+            for _ in 0..n {
+                let (_, durable) = cards.issue(&a_card_spec(now), now).expect("issued");
+                durable.wait().expect("durable");
+            }
+        };
+        // A: two cards in its snapshot, a third in its journal only.
+        let cards = open_in(a.path());
+        issue(&cards, 2);
+        cards.snapshot().expect("snapshot");
+        issue(&cards, 1);
+        drop(cards);
+        // B, under A's key (one key file provisioned for both): one card, two snapshots.
+        std::fs::copy(a.path().join("pan.key"), b.path().join("pan.key")).expect("key");
+        let cards = open_in(b.path());
+        issue(&cards, 1);
+        cards.snapshot().expect("snapshot");
+        cards.snapshot().expect("snapshot");
+        drop(cards);
+        let (own, foreign) = (
+            identity::read(a.path())
+                .expect("a's")
+                .expect("made at first start"),
+            identity::read(b.path())
+                .expect("b's")
+                .expect("made at first start"),
+        );
+        assert_ne!(own, foreign);
+
+        // B's snapshot restored into A by mistake: refused, naming both stores, and A's
+        // journal (its third card's only copy) left whole.
+        let segments = list_segments(a.path()).expect("list");
+        let a_snapshot = std::fs::read(a.path().join("snapshot.bin")).expect("a's snapshot");
+        std::fs::copy(b.path().join("snapshot.bin"), a.path().join("snapshot.bin"))
+            .expect("mix-up");
+        let e = open_error(a.path());
+        assert!(
+            e.contains("written in another data directory")
+                && e.contains(&format!("store {foreign}; this one is store {own}")),
+            "{e}"
+        );
+        assert_eq!(list_segments(a.path()).expect("list"), segments);
+        // Its own snapshot back, A opens with all three.
+        std::fs::write(a.path().join("snapshot.bin"), &a_snapshot).expect("put back");
+        assert_eq!(open_in(a.path()).list(None, 10).len(), 3);
+
+        // Without store.id, a snapshot that names its store is not taken on trust.
+        std::fs::remove_file(identity::path(a.path())).expect("lose store.id");
+        let e = open_error(a.path());
+        assert!(
+            e.contains(&format!("names store {own}")) && e.contains("no store.id"),
+            "{e}"
+        );
+        identity::write(a.path(), own).expect("restore store.id");
+        assert_eq!(open_in(a.path()).list(None, 10).len(), 3);
+
+        // A snapshot of a vpan before identities (version 4, no id) in a directory without
+        // one: read, and the directory given one.
+        std::fs::remove_file(identity::path(a.path())).expect("as before identities");
+        rewrite_snapshot(a.path(), |r| {
+            r[0][1] = 4;
+            let without_id = r[0].len() - 16;
+            r[0].truncate(without_id);
+        });
+        assert_eq!(open_in(a.path()).list(None, 10).len(), 3);
+        assert!(identity::read(a.path()).expect("read").is_some());
+
+        // A version this vpan does not read is named, with the file.
+        rewrite_snapshot(a.path(), |r| r[0][1] = 9);
+        let e = open_error(a.path());
+        assert!(
+            e.contains(&format!(
+                "{}: the snapshot is in format version 9",
+                a.path().join("snapshot.bin").display()
+            )),
+            "{e}"
+        );
     }
 
     #[test]

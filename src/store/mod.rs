@@ -16,6 +16,7 @@
 //!
 //! ```text
 //! pan.key                    32-byte AES key (0600), unless store.key_file points elsewhere
+//! store.id                   the data directory's identity, written into its snapshots
 //! snapshot.bin               the last complete snapshot (replaced atomically by rename)
 //! snapshot.tmp               a snapshot being written (removed if it fails, and at start)
 //! journal-0000000007.log     journal segments not yet covered by the snapshot
@@ -24,6 +25,7 @@
 //! ```
 
 pub mod crypto;
+pub mod identity;
 pub mod journal;
 pub mod marker;
 pub mod owed;
@@ -282,9 +284,64 @@ pub enum StoreError {
     /// none: cut short or damaged after it was written whole. The journal segments it
     /// stood in for are gone, so starting on it would lose cards.
     #[error(
-        "snapshot.bin is incomplete: {0}; vpan will not start on it, since the journal it replaced is gone. Restore the data directory from a backup"
+        "{}: the snapshot is incomplete: {what}; vpan will not start on it, since the journal it replaced is gone. Restore the data directory from a backup",
+        path.display()
     )]
-    SnapshotIncomplete(String),
+    SnapshotIncomplete {
+        /// The snapshot file.
+        path: PathBuf,
+        /// What does not add up.
+        what: String,
+    },
+    /// A snapshot in a format this vpan does not read (a newer vpan's, or damage that
+    /// passed the header's checksum).
+    #[error(
+        "{}: the snapshot is in format version {version}, and this vpan reads versions 2 to {newest}: a newer vpan wrote it (run that one, or restore the data directory from before the upgrade), or the file is damaged",
+        path.display()
+    )]
+    SnapshotVersion {
+        /// The snapshot file.
+        path: PathBuf,
+        /// The version its header gives.
+        version: u8,
+        /// The newest this vpan reads.
+        newest: u8,
+    },
+    /// The data directory's `store.id` does not hold an identity.
+    #[error(
+        "{}: the data directory's identity is not 32 hexadecimal digits: restore the file from a backup of this directory (or, if none is kept, write there the store named by this directory's snapshot.bin, which the next start's error gives)",
+        .0.display()
+    )]
+    BadStoreId(PathBuf),
+    /// A snapshot written in another data directory (switches that share one key file,
+    /// a restore mixed up between them): loaded, it would stand in for this directory's
+    /// cards, and the start would delete the journal segments it names as covered.
+    #[error(
+        "{}: this snapshot was written in another data directory (store {snapshot}; this one is store {own}, as {} says): loaded, it would replace this directory's cards with that one's and delete this directory's journal. Put this directory's own snapshot back (from a backup of this directory); only if this snapshot is this directory's own and store.id was replaced, write {snapshot} into {}",
+        path.display(),
+        identity::path(path.parent().unwrap_or(path)).display(),
+        identity::path(path.parent().unwrap_or(path)).display()
+    )]
+    ForeignSnapshot {
+        /// The snapshot file.
+        path: PathBuf,
+        /// The store it names.
+        snapshot: identity::StoreId,
+        /// This data directory's.
+        own: identity::StoreId,
+    },
+    /// A snapshot that names its store in a data directory without `store.id`.
+    #[error(
+        "{}: this snapshot names store {snapshot}, but the data directory has no {} to say it is this one: restore that file with the rest of the directory; only if the snapshot is this directory's own, write {snapshot} into it",
+        path.display(),
+        identity::ID_FILE
+    )]
+    MissingStoreId {
+        /// The snapshot file.
+        path: PathBuf,
+        /// The store it names.
+        snapshot: identity::StoreId,
+    },
     /// Journal segments that must be there are not: the segments since the snapshot (or
     /// since the store began, without one) are numbered without gaps, each start and each
     /// rotation taking the next number, so a gap or a late first one is a file lost (a

@@ -8,6 +8,7 @@ use crate::cards::history::{DecidedBy, HISTORY_LEN, History, RecentTx};
 use crate::cards::ledger::{PartialAnswer, TxEntry, TxState};
 use crate::cards::request::{OriginalData, ResponseCode};
 use crate::store::StoreError;
+use crate::store::identity::StoreId;
 use crate::store::journal::Encode;
 
 use super::encoding::{
@@ -39,6 +40,8 @@ pub(crate) struct SnapHeader {
     pub next_lsn: u64,
     /// Cards that follow (to pre-size the index).
     pub cards: u64,
+    /// The data directory it was written in (from version 5).
+    pub store: StoreId,
 }
 
 impl Encode for SnapHeader {
@@ -48,6 +51,7 @@ impl Encode for SnapHeader {
         out.u64(self.from_segment);
         out.u64(self.next_lsn);
         out.u64(self.cards);
+        out.extend_from_slice(&self.store.0);
     }
 }
 

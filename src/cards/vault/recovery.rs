@@ -16,6 +16,7 @@ use crate::cards::ledger::{Ledger, LedgerConfig, TxEntry, TxState};
 use crate::cards::request::OriginalData;
 use crate::cards::vpan::VpanGenerator;
 use crate::store::crypto::{self, PanCipher};
+use crate::store::identity::{self, StoreId};
 use crate::store::journal::{self, Journal, list_segments, segment_path};
 use crate::store::snapshot;
 use crate::store::{MISSING_SEGMENTS_NAMED, StoreConfig, StoreError};
@@ -112,6 +113,8 @@ impl Cards {
         let mut next_lsn = 1u64;
         let mut cards_in_snapshot = 0u64;
         let mut snapshot_version = SNAPSHOT_VERSION;
+        let mut snapshot_store = None;
+        let snapshot_path = dir.join(snapshot::SNAPSHOT_FILE);
         let first_record = snapshot::first_record(&dir)?;
         let has_snapshot = first_record.is_some();
         if let Some(first) = first_record {
@@ -122,12 +125,42 @@ impl Cards {
             }
             snapshot_version = g.u8().ok_or_else(bad)?;
             if !(2..=SNAPSHOT_VERSION).contains(&snapshot_version) {
-                return Err(StoreError::Corrupt("snapshot version").into());
+                return Err(StoreError::SnapshotVersion {
+                    path: snapshot_path,
+                    version: snapshot_version,
+                    newest: SNAPSHOT_VERSION,
+                }
+                .into());
             }
             from_segment = g.u64().ok_or_else(bad)?;
             next_lsn = g.u64().ok_or_else(bad)?;
             cards_in_snapshot = g.u64().ok_or_else(bad)?;
+            if snapshot_version >= 5 {
+                snapshot_store = Some(StoreId(g.array().ok_or_else(bad)?));
+            }
         }
+        // Before anything is read or deleted on the snapshot's word: it must be this
+        // directory's own (see `identity`).
+        let store_id = match (snapshot_store, identity::read(&dir)?) {
+            (Some(snapshot), Some(own)) if snapshot != own => {
+                return Err(StoreError::ForeignSnapshot {
+                    path: snapshot_path,
+                    snapshot,
+                    own,
+                }
+                .into());
+            }
+            (Some(snapshot), None) => {
+                return Err(StoreError::MissingStoreId {
+                    path: snapshot_path,
+                    snapshot,
+                }
+                .into());
+            }
+            (_, Some(own)) => own,
+            // A new directory, or one a vpan before identities kept: from now on.
+            (None, None) => identity::create(&dir)?,
+        };
         // The header's count only sizes the index; a damaged one that still passed its CRC
         // must not ask for more than the file could hold.
         let snapshot_bytes =
@@ -136,7 +169,7 @@ impl Cards {
             cards_in_snapshot.min(snapshot_bytes / MIN_SNAP_CARD_BYTES) as usize,
         );
         let highest_in_snapshot = AtomicU64::new(0);
-        let mut tally = SnapshotTally::default();
+        let mut tally = SnapshotTally::new(dir.join(snapshot::SNAPSHOT_FILE));
         recovered.snapshot = parallel_replay(
             |sink| {
                 snapshot::read(&dir, |payload| {
@@ -177,14 +210,14 @@ impl Cards {
         check_contiguous(&dir, &segments, has_snapshot.then_some(from_segment))?;
         let mut last_segment = from_segment;
         let mut chain = journal::Chain::new(&dir, &segments, from_segment)?;
+        // Segments the snapshot covers: a crash came between its rename and their delete.
+        // Deleted once the whole start has succeeded, not before: a start refused later on
+        // leaves the directory as it found it.
+        let mut covered = Vec::new();
         for &n in &segments {
             let path = segment_path(&dir, n);
             if n < from_segment {
-                // Already in the snapshot: a crash came between its rename and this delete,
-                // or part way through cutting it. Deleted at once, not in cuts: nothing is
-                // served yet.
-                let _ = std::fs::remove_file(&path);
-                let _ = std::fs::remove_file(journal::loss_accepted_path(&path));
+                covered.push(path);
                 continue;
             }
             last_segment = last_segment.max(n);
@@ -310,6 +343,11 @@ impl Cards {
         if let Some(last) = last {
             last.wait()?;
         }
+        // Deleted at once, not in cuts: nothing is served yet.
+        for path in covered {
+            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_file(journal::loss_accepted_path(&path));
+        }
         recovered.cards = index.len();
         recovered.elapsed_ms = started.elapsed().as_millis() as u64;
         Ok((
@@ -322,6 +360,7 @@ impl Cards {
                 cipher,
                 next_lsn: AtomicU64::new(next_lsn),
                 dir,
+                store_id,
                 snapshot_lock: Mutex::new(()),
                 _dir_lock: lock,
                 records_at_snapshot: AtomicU64::new(0),
@@ -553,8 +592,9 @@ fn lsn_after(lsn: u64) -> Result<u64, StoreError> {
 }
 
 /// What a snapshot's records add up to, read in order, against its end record.
-#[derive(Default)]
 struct SnapshotTally {
+    /// The snapshot, for the errors.
+    path: std::path::PathBuf,
     /// Card and ledger entry records read so far.
     read: event::SnapEnd,
     /// The end record, once read.
@@ -562,13 +602,26 @@ struct SnapshotTally {
 }
 
 impl SnapshotTally {
+    fn new(path: std::path::PathBuf) -> SnapshotTally {
+        SnapshotTally {
+            path,
+            read: event::SnapEnd::default(),
+            end: None,
+        }
+    }
+
+    fn incomplete(&self, what: String) -> StoreError {
+        StoreError::SnapshotIncomplete {
+            path: self.path.clone(),
+            what,
+        }
+    }
+
     /// Counts one record; `false` for the end record, which has nothing to load. Nothing
     /// may follow the end record.
     fn counts(&mut self, payload: &[u8]) -> Result<bool, StoreError> {
         if self.end.is_some() {
-            return Err(StoreError::SnapshotIncomplete(
-                "records follow its end record".into(),
-            ));
+            return Err(self.incomplete("records follow its end record".into()));
         }
         let mut g = event::Get(payload);
         match g.u8() {
@@ -590,11 +643,11 @@ impl SnapshotTally {
     fn check_complete(&self) -> Result<(), StoreError> {
         let r = self.read;
         match self.end {
-            None => Err(StoreError::SnapshotIncomplete(format!(
+            None => Err(self.incomplete(format!(
                 "it ends after {} cards and {} transactions without its end record: cut short",
                 r.cards, r.transactions
             ))),
-            Some(end) if end != r => Err(StoreError::SnapshotIncomplete(format!(
+            Some(end) if end != r => Err(self.incomplete(format!(
                 "it holds {} cards and {} transactions where its end record counts {} and {}",
                 r.cards, r.transactions, end.cards, end.transactions
             ))),

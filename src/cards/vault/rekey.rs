@@ -9,6 +9,7 @@ use crate::cards::card::CardKey;
 use crate::cards::event;
 use crate::store::StoreError;
 use crate::store::crypto::PanCipher;
+use crate::store::identity;
 use crate::store::journal::Encode;
 use crate::store::segment::Segment;
 
@@ -25,6 +26,8 @@ impl Cards {
     /// written. This store's own journal and files are not touched.
     pub fn copy_rekeyed(&self, into: &Path, cipher: &PanCipher) -> Result<(u64, u64), StoreError> {
         let _one = self.snapshot_lock.lock();
+        // The same store under another key: its snapshot names this directory's identity.
+        identity::write(into, self.store_id)?;
         // A start refuses a snapshot without the segment it names (one taken while serving
         // always has the one it rotated to), so the segment comes first.
         Segment::create(into, FIRST_SEGMENT, &cipher.marker_key())

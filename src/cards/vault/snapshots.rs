@@ -43,9 +43,10 @@ impl Default for SnapshotPolicy {
     }
 }
 
-/// Snapshot format version. 4 keeps a partial approval's amounts in its ledger entry; 3
-/// ends with a [`event::SnapEnd`] record; 2, without it, is still read.
-pub(crate) const SNAPSHOT_VERSION: u8 = 4;
+/// Snapshot format version. 5 names its data directory in its header
+/// ([`crate::store::identity`]); 4 keeps a partial approval's amounts in its ledger entry;
+/// 3 ends with a [`event::SnapEnd`] record; 2, without it, is still read.
+pub(crate) const SNAPSHOT_VERSION: u8 = 5;
 
 impl Cards {
     /// Writes a snapshot of every card and remembered transaction, then deletes the
@@ -100,6 +101,7 @@ impl Cards {
             from_segment,
             next_lsn: self.next_lsn.load(Ordering::Relaxed),
             cards: keys.len() as u64,
+            store: self.store_id,
         })?;
         let mut cards = 0;
         let mut payload = Vec::with_capacity(512);
