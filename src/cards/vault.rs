@@ -884,10 +884,12 @@ mod tests {
         assert_eq!(cards.ledger.partials_len(), 0, "not left behind");
     }
 
-    /// A card on a fresh real card number, 100.00 cap, valid a day from `now`.
+    /// A card on a fresh real card number, 100.00 cap, valid a day from `now`. Of BIN
+    /// 497010, under 4970100: never in the virtual range 4970109 a test reserves (drawn
+    /// from 497010 alone, one card in ten fell there and was refused as a vPAN).
     fn a_card_spec(now: UnixSeconds) -> CardSpec {
         let real =
-            Pan::from_digits_checked(crate::cards::vpan::random_luhn("497010", 16).as_bytes())
+            Pan::from_digits_checked(crate::cards::vpan::random_luhn("4970100", 16).as_bytes())
                 .expect("test PAN");
         crate::cards::card::test_spec(real, 10_000, now + 86_400)
     }
