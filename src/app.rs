@@ -122,6 +122,9 @@ pub struct App {
     issuer_stop: CancellationToken,
     /// The issuer link (already dialling).
     issuer: IssuerLink,
+    /// The book of reversals owed, the issuer link's: its failed writes put the store down
+    /// at `/healthz`, as the journal's do.
+    owed: Arc<OwedReversals>,
 }
 
 impl App {
@@ -253,6 +256,7 @@ impl App {
             Duration::from_millis(config.issuer.timeout_ms),
         );
         owed.publish();
+        let owed = Arc::new(owed);
         let issuer = IssuerLink::start(
             IssuerSettings {
                 connect: config.issuer.connect.clone(),
@@ -265,7 +269,7 @@ impl App {
                 reconnect_max: Duration::from_millis(config.issuer.reconnect_max_ms.max(1)),
                 sign_on: config.issuer.sign_on,
             },
-            Arc::new(owed),
+            owed.clone(),
             debts,
             stamps,
             issuer_stop.clone(),
@@ -295,6 +299,7 @@ impl App {
             shutdown,
             issuer_stop,
             issuer,
+            owed,
         };
         app.log_addresses();
         Ok(app)
@@ -350,6 +355,7 @@ impl App {
             shutdown: token,
             issuer_stop,
             issuer,
+            owed,
             ..
         } = self;
         let drain_timeout = limits.drain_timeout;
@@ -392,9 +398,12 @@ impl App {
                     let network_up = network_up.clone();
                     move || network_up.load(Ordering::Relaxed)
                 })
+                // Down too while the book of reversals owed cannot be written (a full disk
+                // reaches it first): a debt then lives in memory only, and a restart
+                // would forget it.
                 .check("store", {
                     let cards = cards.clone();
-                    move || !cards.store_failed()
+                    move || !cards.store_failed() && !owed.failing()
                 })
                 .check("issuer", {
                     let issuer = issuer.clone();

@@ -71,6 +71,12 @@ pub const ISSUER_REVERSALS_OWED: &str = "vpan_issuer_reversals_owed";
 /// issuer applies them, which their count alone cannot (a slow issuer keeps some owed all
 /// the time, each paid within seconds).
 pub const ISSUER_OLDEST_REVERSAL_OWED: &str = "vpan_issuer_oldest_reversal_owed_timestamp_seconds";
+/// Counter of the records of the book of reversals owed that could not be written: a debt
+/// (its reversal is sent, but a restart before it is paid would forget it) or a debt's
+/// paid mark (its reversal goes again at the next start, which the issuer takes for a
+/// repeat). The book fails before the journal on a full disk: the journal writes into
+/// room it reserved ahead.
+pub const ISSUER_REVERSALS_UNRECORDED_TOTAL: &str = "vpan_issuer_reversals_unrecorded_total";
 
 /// Gauge of `network.max_connections`, and the next of `issuer.timeout_ms` in seconds: the
 /// settings the alert rules compare the metrics with, so that a changed config does not
@@ -94,9 +100,10 @@ pub const CONTRACT: [&str; 9] = [
 
 /// vpan's own metrics beside the contract's: those of the reversals owed, and the settings
 /// the alerts read.
-pub const OWN: [&str; 4] = [
+pub const OWN: [&str; 5] = [
     ISSUER_REVERSALS_OWED,
     ISSUER_OLDEST_REVERSAL_OWED,
+    ISSUER_REVERSALS_UNRECORDED_TOTAL,
     NETWORK_MAX_CONNECTIONS,
     ISSUER_TIMEOUT,
 ];
@@ -212,6 +219,10 @@ fn describe() {
         Unit::Seconds,
         "When the oldest reversal owed to the issuer host was written to the book (at start for those recovered), 0 when none"
     );
+    describe_counter!(
+        ISSUER_REVERSALS_UNRECORDED_TOTAL,
+        "Reversals owed (or their paid marks) that could not be written to the book of reversals owed: sent, but a restart before they are paid forgets them"
+    );
 }
 
 /// Publishes the series known in advance at zero from the start, so a scrape (and an
@@ -225,6 +236,7 @@ fn zero() {
     metrics::gauge!(ISSUER_CONNECTED).set(0.0);
     metrics::gauge!(ISSUER_REVERSALS_OWED).set(0.0);
     metrics::gauge!(ISSUER_OLDEST_REVERSAL_OWED).set(0.0);
+    metrics::counter!(ISSUER_REVERSALS_UNRECORDED_TOTAL).absolute(0);
     metrics::gauge!(NETWORK_CONNECTIONS).set(0.0);
     for reason in REJECT_REASONS {
         metrics::counter!(FRAMES_REJECTED_TOTAL, "reason" => reason).absolute(0);

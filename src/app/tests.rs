@@ -90,6 +90,8 @@ struct Running {
     net: Framed<TcpStream, FrameCodec>,
     /// Where the network connects.
     network: std::net::SocketAddr,
+    /// Where `/metrics` and `/healthz` answer.
+    metrics: std::net::SocketAddr,
     stop: tokio_util::sync::CancellationToken,
     task: tokio::task::JoinHandle<Result<(), AppError>>,
 }
@@ -110,6 +112,7 @@ impl Running {
         config.issuer.timeout_ms = timeout_ms;
         let app = App::build(config).await.unwrap();
         let network = app.addresses().network.unwrap();
+        let metrics = app.addresses().metrics;
         let cards = app.cards();
         let issuer = app.issuer();
         let stop = tokio_util::sync::CancellationToken::new();
@@ -136,6 +139,7 @@ impl Running {
             key,
             net,
             network,
+            metrics,
             stop,
             task,
         }
@@ -408,6 +412,39 @@ async fn a_timed_out_purchase_records_its_reversal_owed_after_its_release_and_be
         r.stop().await,
         Err(AppError::StoreFailedWhileServing)
     ));
+}
+
+/// What `/healthz` says of the store.
+async fn store_health(metrics: std::net::SocketAddr) -> String {
+    let health: serde_json::Value = reqwest::get(format!("http://{metrics}/healthz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    health["checks"]["store"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reversal_owed_that_cannot_be_written_puts_the_store_down_at_healthz() {
+    let real = Pan::from_digits(crate::pan::test_pan("4970100").as_bytes()).unwrap();
+    let silent = SimConfig {
+        silent: vec![real.clone()],
+        ..SimConfig::default()
+    };
+    let mut r = Running::start_with(real, silent, 300).await;
+    assert_eq!(store_health(r.metrics).await, "up");
+    // A full disk as it comes: the journal, writing into room it reserved, is fine; the
+    // book of reversals owed is not.
+    let failing = sync_gate::set(&r.data.join(crate::store::owed::FILE), Gate::Failing);
+    let bought = r.purchase(500, b"000001");
+    send(&mut r.net, &bought).await;
+    let refused = answer(&mut r.net, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(refused.response_code(), Some(*b"91"));
+    assert!(!r.cards.store_failed());
+    assert_eq!(store_health(r.metrics).await, "down");
+    drop(failing);
+    r.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

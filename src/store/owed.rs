@@ -39,7 +39,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
@@ -100,6 +100,11 @@ pub struct OwedReversals {
     dir: PathBuf,
     /// The file's path (the tests' [`super::segment::sync_gate`] holds or fails its syncs).
     path: PathBuf,
+    /// The last write failed, and none has succeeded since (or the book takes no more
+    /// records): `/healthz` says the store is down meanwhile. The journal writes into room
+    /// it reserved ahead and the book does not, so on a full disk the book fails first,
+    /// while the journal, and so the cards, are still fine.
+    failing: AtomicBool,
 }
 
 /// Owns a commit run: one that ends other than by finishing the queue (never run, or a
@@ -174,13 +179,8 @@ impl Live {
     }
 
     /// Takes in the records of a batch just made durable (as framed by [`frame`]).
-    fn apply(&mut self, mut framed: &[u8]) {
-        while let Some((head, rest)) = framed.split_first_chunk::<8>() {
-            let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-            let Some((payload, next)) = rest.split_at_checked(len) else {
-                return;
-            };
-            framed = next;
+    fn apply(&mut self, framed: &[u8]) {
+        for payload in payloads(framed) {
             match decode(payload) {
                 // Written twice (see `paid`), it is owed since the first.
                 Ok(Record::Owed { id, sealed }) => {
@@ -205,6 +205,24 @@ impl Live {
             }
         }
     }
+}
+
+/// The payloads of the records of a batch framed by [`frame`] (here, a moment ago).
+fn payloads(mut framed: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        let (head, rest) = framed.split_first_chunk::<8>()?;
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let (payload, next) = rest.split_at_checked(len)?;
+        framed = next;
+        Some(payload)
+    })
+}
+
+/// How many of a batch's records are a debt or its paid mark (not a changed STAN).
+fn debt_records(framed: &[u8]) -> u64 {
+    payloads(framed)
+        .filter(|p| matches!(p.first(), Some(&(TAG_OWED | TAG_PAID))))
+        .count() as u64
 }
 
 /// The length at which a book of `len` bytes is next rewritten.
@@ -430,6 +448,7 @@ impl OwedReversals {
                 next_id: AtomicU64::new(last_id + 1),
                 dir: dir.to_path_buf(),
                 path,
+                failing: AtomicBool::new(false),
             },
             debts,
             stamps,
@@ -466,6 +485,12 @@ impl OwedReversals {
     /// recorder is in place; every write sets it after).
     pub fn publish(&self) {
         self.file.lock().live.publish();
+    }
+
+    /// Whether the book's last write failed, none having succeeded since (or the book
+    /// takes no more records until a restart): a debt then goes out from memory only.
+    pub fn failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
     }
 
     /// A number for a new debt.
@@ -583,9 +608,23 @@ impl OwedReversals {
         file.set_len(end)
     }
 
+    /// Writes and syncs the framed records `bytes`. A failure is said at `/healthz`
+    /// ([`OwedReversals::failing`]) and each debt or paid mark it loses is counted in
+    /// `vpan_issuer_reversals_unrecorded_total`: the callers only log it, and a debt that
+    /// stalled past their wait fails unseen by any of them.
     fn append(&self, bytes: &[u8]) -> Result<(), StoreError> {
-        let mut guard = self.file.lock();
-        let tail = &mut *guard;
+        let mut tail = self.file.lock();
+        let written = self.append_locked(&mut tail, bytes);
+        // Under the lock, so that two writes' outcomes are said in the order they ended.
+        self.failing.store(written.is_err(), Ordering::Relaxed);
+        if written.is_err() {
+            metrics::counter!(crate::metrics::ISSUER_REVERSALS_UNRECORDED_TOTAL)
+                .increment(debt_records(bytes));
+        }
+        written
+    }
+
+    fn append_locked(&self, tail: &mut Tail, bytes: &[u8]) -> Result<(), StoreError> {
         let Some(end) = tail.good else {
             return Err(StoreError::Failed);
         };
@@ -646,6 +685,7 @@ impl OwedReversals {
                 if replaced {
                     tracing::error!(error = %e, "the rewritten book of reversals owed could not be made durable in place: it takes no more records until vpan restarts (reversals are still sent, from memory)");
                     tail.good = None;
+                    self.failing.store(true, Ordering::Relaxed);
                 } else {
                     tracing::warn!(error = %e, "could not rewrite the book of reversals owed; it goes on growing, and is tried again at twice its size");
                 }
@@ -866,6 +906,38 @@ mod tests {
         let (_, debts) = reopen(dir.path());
         let ids: Vec<u64> = debts.iter().map(|d| d.id).collect();
         assert!(ids.contains(&first) && !ids.contains(&third), "{ids:?}");
+    }
+
+    /// `vpan_issuer_reversals_unrecorded_total` now (the process's recorder: other tests
+    /// may add to it meanwhile, never take from it).
+    fn unrecorded() -> u64 {
+        let page = crate::metrics::install().render();
+        page.lines()
+            .find_map(|l| l.strip_prefix("vpan_issuer_reversals_unrecorded_total "))
+            .map_or(0, |v| v.parse().unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_is_counted_and_the_book_said_failing_until_a_write_succeeds() {
+        use crate::store::segment::sync_gate::{self, Gate};
+        let dir = tempfile::tempdir().unwrap();
+        let (book, _) = reopen(dir.path());
+        let before = unrecorded();
+        // A disk full for a moment: the debt's write fails, cutting it back does not.
+        let _gate = sync_gate::set(&dir.path().join(FILE), Gate::FailingOnce);
+        let debt = book.next_id();
+        assert!(book.owe(debt, b"lost").await.is_err());
+        assert!(book.failing());
+        assert!(unrecorded() > before);
+        // Its paid mark fails too: counted as well.
+        let _gate = sync_gate::set(&dir.path().join(FILE), Gate::FailingOnce);
+        assert!(book.paid(debt).await.is_err());
+        assert!(book.failing());
+        assert!(unrecorded() >= before + 2);
+        // A later write that lands: the book is fine again.
+        let next = book.next_id();
+        book.owe(next, b"kept").await.unwrap();
+        assert!(!book.failing());
     }
 
     #[tokio::test]

@@ -259,6 +259,9 @@ pub(crate) mod sync_gate {
         Held,
         /// Fail, as a disk that lost the data would.
         Failing,
+        /// Fail the next sync only, then lift: a disk full for a moment, so that what
+        /// follows the failure (cutting a write back, the next write) goes through.
+        FailingOnce,
     }
 
     /// The gated directories, by canonical path, and the syncs held at them now.
@@ -311,6 +314,11 @@ pub(crate) mod sync_gate {
             match gates.set.iter().find(|(d, _)| *d == dir).map(|(_, g)| *g) {
                 None => break Ok(()),
                 Some(Gate::Failing) => break Err(io::Error::other("sync failed (test gate)")),
+                Some(Gate::FailingOnce) => {
+                    gates.set.retain(|(d, _)| *d != dir);
+                    CHANGED.notify_all();
+                    break Err(io::Error::other("sync failed once (test gate)"));
+                }
                 Some(Gate::Held) => {
                     if !counted {
                         gates.held.push(dir.clone());
