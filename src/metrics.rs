@@ -78,6 +78,11 @@ pub const ISSUER_OLDEST_REVERSAL_OWED: &str = "vpan_issuer_oldest_reversal_owed_
 /// room it reserved ahead.
 pub const ISSUER_REVERSALS_UNRECORDED_TOTAL: &str = "vpan_issuer_reversals_unrecorded_total";
 
+/// Gauge of each `/healthz` check, by `check` (`network`, `store`, `issuer`): 1 up, 0
+/// down, as `/healthz` judges it, at each scrape. A failed journal shows nowhere else
+/// until a request is answered 96, which a quiet hour may not bring.
+pub const UP: &str = "vpan_up";
+
 /// Gauge of `network.max_connections`, and the next of `issuer.timeout_ms` in seconds: the
 /// settings the alert rules compare the metrics with, so that a changed config does not
 /// leave them comparing with the defaults.
@@ -98,12 +103,13 @@ pub const CONTRACT: [&str; 9] = [
     STORE_COMMIT_DURATION,
 ];
 
-/// vpan's own metrics beside the contract's: those of the reversals owed, and the settings
-/// the alerts read.
-pub const OWN: [&str; 5] = [
+/// vpan's own metrics beside the contract's: those of the reversals owed, the health
+/// checks, and the settings the alerts read.
+pub const OWN: [&str; 6] = [
     ISSUER_REVERSALS_OWED,
     ISSUER_OLDEST_REVERSAL_OWED,
     ISSUER_REVERSALS_UNRECORDED_TOTAL,
+    UP,
     NETWORK_MAX_CONNECTIONS,
     ISSUER_TIMEOUT,
 ];
@@ -223,6 +229,10 @@ fn describe() {
         ISSUER_REVERSALS_UNRECORDED_TOTAL,
         "Reversals owed (or their paid marks) that could not be written to the book of reversals owed: sent, but a restart before they are paid forgets them"
     );
+    describe_gauge!(
+        UP,
+        "Each /healthz check, by check: 1 up, 0 down, as /healthz judges it when scraped"
+    );
 }
 
 /// Publishes the series known in advance at zero from the start, so a scrape (and an
@@ -290,6 +300,7 @@ pub async fn serve(
     health: Arc<Health>,
     shutdown: CancellationToken,
 ) {
+    let health_scraped = health.clone();
     let app = axum::Router::new()
         .route(
             "/healthz",
@@ -300,6 +311,7 @@ pub async fn serve(
             axum::routing::get(move || {
                 let handle = handle.clone();
                 async move {
+                    publish_health(&health_scraped);
                     handle.run_upkeep();
                     (
                         [(
@@ -312,6 +324,13 @@ pub async fn serve(
             }),
         );
     crate::api::serve_http(&mut listener, app, Some(MAX_SCRAPERS), shutdown, "metrics").await;
+}
+
+/// Sets [`UP`] from each health check, as `/healthz` would answer now.
+fn publish_health(health: &Health) {
+    for (check, up) in health.run() {
+        metrics::gauge!(UP, "check" => check).set(if up { 1.0 } else { 0.0 });
+    }
 }
 
 /// Digits in a row from which a value could be read as a card number (the shortest PAN).
@@ -392,6 +411,37 @@ mod tests {
         assert!((back - counter).abs() / counter < 1e-8);
         let fine = "x_sum 0.25\nx_count 123456789012\n".to_string();
         assert_eq!(without_long_digit_runs(fine.clone()), fine);
+    }
+
+    #[tokio::test]
+    async fn each_health_check_is_scraped_as_vpan_up() {
+        let handle = install();
+        // Checks of names no App has: the recorder is the process's, and the app tests
+        // running beside this one publish their own checks in it.
+        let health = Arc::new(
+            Health::new()
+                .check("scraped_down", || false)
+                .check("scraped_up", || true),
+        );
+        let (listener, addr) = bind("127.0.0.1:0").await.unwrap();
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, handle, health, stop.clone()));
+        let page = reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            page.contains("\nvpan_up{check=\"scraped_down\"} 0\n"),
+            "{page}"
+        );
+        assert!(
+            page.contains("\nvpan_up{check=\"scraped_up\"} 1\n"),
+            "{page}"
+        );
+        stop.cancel();
+        server.await.unwrap();
     }
 
     #[test]
