@@ -78,6 +78,57 @@ pub const ISSUER_OLDEST_REVERSAL_OWED: &str = "vpan_issuer_oldest_reversal_owed_
 /// room it reserved ahead.
 pub const ISSUER_REVERSALS_UNRECORDED_TOTAL: &str = "vpan_issuer_reversals_unrecorded_total";
 
+/// Counter of the events after which the issuer must reconcile, by `reason`
+/// ([`Reconcile`]): a real account may stay charged, or an advice stay untold, and only
+/// the log said so.
+pub const RECONCILE_REQUIRED_TOTAL: &str = "vpan_reconcile_required_total";
+
+/// Why the issuer must reconcile: the `reason` of [`RECONCILE_REQUIRED_TOTAL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reconcile {
+    /// A reversal owed since an earlier run does not read in the issuer link's layout.
+    DebtUnreadable,
+    /// The reversal of a request cannot be built.
+    ReversalUnbuildable,
+    /// A reversal does not fit the issuer link's layout, and is given up.
+    ReversalTooLarge,
+    /// The issuer host drops its connection at each try of a reversal: it may refuse it.
+    ReversalRefused,
+    /// A reversal kept in memory only was not answered before shutdown.
+    ReversalUnsentAtStop,
+    /// The issuer did not reverse its partial approval that a stand-in's advice replaces.
+    PartialApprovalNotReversed,
+}
+
+impl Reconcile {
+    /// Every reason, made at 0 at start.
+    pub const ALL: [Reconcile; 6] = [
+        Reconcile::DebtUnreadable,
+        Reconcile::ReversalUnbuildable,
+        Reconcile::ReversalTooLarge,
+        Reconcile::ReversalRefused,
+        Reconcile::ReversalUnsentAtStop,
+        Reconcile::PartialApprovalNotReversed,
+    ];
+
+    /// Its `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Reconcile::DebtUnreadable => "debt_unreadable",
+            Reconcile::ReversalUnbuildable => "reversal_unbuildable",
+            Reconcile::ReversalTooLarge => "reversal_too_large",
+            Reconcile::ReversalRefused => "reversal_refused",
+            Reconcile::ReversalUnsentAtStop => "reversal_unsent_at_stop",
+            Reconcile::PartialApprovalNotReversed => "partial_approval_not_reversed",
+        }
+    }
+
+    /// Counts one, beside the log's error that names it.
+    pub fn count(self) {
+        metrics::counter!(RECONCILE_REQUIRED_TOTAL, "reason" => self.label()).increment(1);
+    }
+}
+
 /// Gauge of each `/healthz` check, by `check` (`network`, `store`, `issuer`): 1 up, 0
 /// down, as `/healthz` judges it, at each scrape. A failed journal shows nowhere else
 /// until a request is answered 96, which a quiet hour may not bring.
@@ -104,12 +155,13 @@ pub const CONTRACT: [&str; 9] = [
 ];
 
 /// vpan's own metrics beside the contract's: those of the reversals owed, the health
-/// checks, and the settings the alerts read.
-pub const OWN: [&str; 6] = [
+/// checks, the issuer's reconciliations, and the settings the alerts read.
+pub const OWN: [&str; 7] = [
     ISSUER_REVERSALS_OWED,
     ISSUER_OLDEST_REVERSAL_OWED,
     ISSUER_REVERSALS_UNRECORDED_TOTAL,
     UP,
+    RECONCILE_REQUIRED_TOTAL,
     NETWORK_MAX_CONNECTIONS,
     ISSUER_TIMEOUT,
 ];
@@ -229,6 +281,10 @@ fn describe() {
         ISSUER_REVERSALS_UNRECORDED_TOTAL,
         "Reversals owed (or their paid marks) that could not be written to the book of reversals owed: sent, but a restart before they are paid forgets them"
     );
+    describe_counter!(
+        RECONCILE_REQUIRED_TOTAL,
+        "Events after which the issuer must reconcile (a reversal that cannot be sent or was refused, a partial approval not reversed), by reason"
+    );
     describe_gauge!(
         UP,
         "Each /healthz check, by check: 1 up, 0 down, as /healthz judges it when scraped"
@@ -247,6 +303,9 @@ fn zero() {
     metrics::gauge!(ISSUER_REVERSALS_OWED).set(0.0);
     metrics::gauge!(ISSUER_OLDEST_REVERSAL_OWED).set(0.0);
     metrics::counter!(ISSUER_REVERSALS_UNRECORDED_TOTAL).absolute(0);
+    for reason in Reconcile::ALL {
+        metrics::counter!(RECONCILE_REQUIRED_TOTAL, "reason" => reason.label()).absolute(0);
+    }
     metrics::gauge!(NETWORK_CONNECTIONS).set(0.0);
     for reason in REJECT_REASONS {
         metrics::counter!(FRAMES_REJECTED_TOTAL, "reason" => reason).absolute(0);

@@ -5,6 +5,7 @@
 use crate::cards::card::unix_now as now;
 use crate::cards::{AdviceOutcome, AuthRequest, DecidedBy, IssuerOutcome, ResponseCode};
 use crate::iso8583::Message;
+use crate::metrics::Reconcile;
 use crate::switch::issuer::{is_known_decline, reversal_for};
 
 use super::{Flow, Msg, VirtualPan, auth_request, fields_of, put_back};
@@ -224,6 +225,7 @@ impl Flow {
             .ok()
             .and_then(|prepared| reversal_for(&prepared.message).ok());
         let Some(reversal) = reversal else {
+            Reconcile::ReversalUnbuildable.count();
             tracing::error!(
                 pan = %vpan.pan.masked(),
                 "cannot build the reversal of the issuer's partial approval that a stand-in's advice replaces; the advice is not told; the issuer must reconcile"
@@ -233,6 +235,7 @@ impl Flow {
         let answer = self.issuer.reverse_now(Box::new(reversal)).await;
         let code = answer.as_ref().and_then(|a| a.response_code());
         if code.is_some_and(|c| c != *b"00") {
+            Reconcile::PartialApprovalNotReversed.count();
             tracing::error!(
                 pan = %vpan.pan.masked(),
                 code = %String::from_utf8_lossy(&code.unwrap_or_default()),

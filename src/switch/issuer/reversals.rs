@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use crate::cards::card::{transmission_time, unix_now};
 use crate::cards::request::original_data_elements;
 use crate::iso8583::{CARD_VERIFICATION_DATA, Message, Spec};
+use crate::metrics::Reconcile;
 use crate::store::journal::STALL_AFTER;
 use crate::store::owed::{Debt, OwedReversals};
 
@@ -194,11 +195,14 @@ impl IssuerLink {
                 }
                 // Written by vpan in the issuer link's layout of the time; the layout was
                 // changed since. Kept, and said at every start, until someone reconciles.
-                Err(e) => tracing::error!(
-                    debt = id,
-                    error = %e,
-                    "a reversal owed since an earlier run does not read in the issuer link's layout; the issuer must reconcile"
-                ),
+                Err(e) => {
+                    Reconcile::DebtUnreadable.count();
+                    tracing::error!(
+                        debt = id,
+                        error = %e,
+                        "a reversal owed since an earlier run does not read in the issuer link's layout; the issuer must reconcile"
+                    )
+                }
             }
         }
     }
@@ -229,6 +233,7 @@ impl IssuerLink {
             Ok(original) => reversal_or_log(&original),
             // vpan packed it itself with this very spec, so this cannot happen.
             Err(e) => {
+                Reconcile::ReversalUnbuildable.count();
                 tracing::error!(
                     error = %e,
                     "cannot read back a request sent to the issuer to reverse it; the issuer must reconcile"
@@ -442,6 +447,7 @@ impl IssuerLink {
                     // `max_frame_bytes`, and DE 90 made it longer): it never will, so it is
                     // not tried every few seconds until shutdown, nor at every start.
                     Err(IssuerError::Encode) => {
+                        Reconcile::ReversalTooLarge.count();
                         tracing::error!(
                             "the reversal of a request does not fit the issuer link's layout; the issuer must reconcile"
                         );
@@ -471,6 +477,7 @@ impl IssuerLink {
                 // (half a minute apart and more) need not hold the others back.
                 suspect = lost_in_a_row >= SUSPECT_AFTER_LOSSES && (lost_alone || was_suspect);
                 if suspect && !was_suspect {
+                    Reconcile::ReversalRefused.count();
                     tracing::error!(
                         attempt,
                         lost_in_a_row,
@@ -498,10 +505,13 @@ impl IssuerLink {
                     warn,
                     "reversal toward the issuer not answered before shutdown; it is sent again at the next start"
                 ),
-                None => crate::logging::throttled!(
-                    error,
-                    "reversal toward the issuer not answered before shutdown; the issuer must reconcile"
-                ),
+                None => {
+                    Reconcile::ReversalUnsentAtStop.count();
+                    crate::logging::throttled!(
+                        error,
+                        "reversal toward the issuer not answered before shutdown; the issuer must reconcile"
+                    )
+                }
             }
         });
     }
@@ -561,6 +571,7 @@ fn reversed_identity(reversal: &Message) -> Option<Identity> {
 pub(super) fn reversal_or_log(original: &Message) -> Option<Message> {
     reversal_for(original)
         .inspect_err(|_| {
+            Reconcile::ReversalUnbuildable.count();
             tracing::error!("cannot build the reversal of a request; the issuer must reconcile")
         })
         .ok()
@@ -662,6 +673,55 @@ mod tests {
         repeat.set_mti(b"0101").unwrap();
         let rev = reversal_for(&Message::parse(spec, repeat.pack()).unwrap()).unwrap();
         assert_eq!(&rev.text(90).unwrap().as_bytes()[..4], b"0100");
+    }
+
+    /// `vpan_reconcile_required_total{reason}` now (the process's recorder: other tests may
+    /// add to it meanwhile, never take from it).
+    fn reconciliations(reason: Reconcile) -> u64 {
+        let series = format!(
+            "vpan_reconcile_required_total{{reason=\"{}\"}} ",
+            reason.label()
+        );
+        let page = crate::metrics::install().render();
+        page.lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .map_or(0, |v| v.parse().unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_debt_of_an_earlier_run_that_does_not_read_is_counted_for_reconciling() {
+        use crate::store::crypto::PanCipher;
+        use crate::store::owed::OwedReversals;
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            let cipher = PanCipher::from_key(&[7; 32]);
+            OwedReversals::open(dir.path(), cipher, unix_now(), 3600).unwrap()
+        };
+        let (book, _, _) = open();
+        book.owe_blocking(book.next_id(), b"not a message").unwrap();
+        drop(book);
+        let (book, debts, _) = open();
+        let before = reconciliations(Reconcile::DebtUnreadable);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let _link = IssuerLink::start(
+            super::super::IssuerSettings {
+                connect: "127.0.0.1:1".into(),
+                codec: crate::iso8583::FrameCodec::new(crate::iso8583::Framing::Len2, 0, 8192),
+                header: Bytes::new(),
+                spec: Spec::iso87ascii(),
+                timeout: Duration::from_millis(100),
+                connections: 1,
+                echo_interval: Duration::from_secs(30),
+                reconnect_max: Duration::from_secs(1),
+                sign_on: false,
+            },
+            Arc::new(book),
+            debts,
+            Vec::new(),
+            stop.clone(),
+        );
+        assert!(reconciliations(Reconcile::DebtUnreadable) > before);
+        stop.cancel();
     }
 
     #[test]
