@@ -129,6 +129,10 @@ impl Reconcile {
     }
 }
 
+/// Gauge of when this process started (seconds since the Unix epoch): a restart changes
+/// it, which a service manager's `Restart=` otherwise hides between two scrapes.
+pub const START_TIME: &str = "vpan_start_time_seconds";
+
 /// Gauge of each `/healthz` check, by `check` (`network`, `store`, `issuer`): 1 up, 0
 /// down, as `/healthz` judges it, at each scrape. A failed journal shows nowhere else
 /// until a request is answered 96, which a quiet hour may not bring.
@@ -155,13 +159,15 @@ pub const CONTRACT: [&str; 9] = [
 ];
 
 /// vpan's own metrics beside the contract's: those of the reversals owed, the health
-/// checks, the issuer's reconciliations, and the settings the alerts read.
-pub const OWN: [&str; 7] = [
+/// checks, the issuer's reconciliations, the process's start, and the settings the alerts
+/// read.
+pub const OWN: [&str; 8] = [
     ISSUER_REVERSALS_OWED,
     ISSUER_OLDEST_REVERSAL_OWED,
     ISSUER_REVERSALS_UNRECORDED_TOTAL,
     UP,
     RECONCILE_REQUIRED_TOTAL,
+    START_TIME,
     NETWORK_MAX_CONNECTIONS,
     ISSUER_TIMEOUT,
 ];
@@ -220,6 +226,8 @@ pub fn install() -> PrometheusHandle {
             let _ = metrics::set_global_recorder(recorder);
             describe();
             zero();
+            // Installed once per process, as it starts serving.
+            metrics::gauge!(START_TIME).set(crate::cards::card::unix_now() as f64);
             handle
         })
         .clone()
@@ -284,6 +292,11 @@ fn describe() {
     describe_counter!(
         RECONCILE_REQUIRED_TOTAL,
         "Events after which the issuer must reconcile (a reversal that cannot be sent or was refused, a partial approval not reversed), by reason"
+    );
+    describe_gauge!(
+        START_TIME,
+        Unit::Seconds,
+        "When this vpan process started, in seconds since the Unix epoch"
     );
     describe_gauge!(
         UP,
@@ -501,6 +514,23 @@ mod tests {
         );
         stop.cancel();
         server.await.unwrap();
+    }
+
+    #[test]
+    fn the_process_start_is_exported_in_unix_seconds() {
+        let page = install().render();
+        let started: f64 = page
+            .lines()
+            .find_map(|l| l.strip_prefix("vpan_start_time_seconds "))
+            .unwrap_or_else(|| panic!("{page}"))
+            .parse()
+            .unwrap();
+        let now = crate::cards::card::unix_now() as f64;
+        // This test process started within the last hour.
+        assert!(
+            started <= now && started > now - 3600.0,
+            "{started} vs {now}"
+        );
     }
 
     #[test]
