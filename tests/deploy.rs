@@ -125,6 +125,49 @@ fn scrape_series(page: &str) -> BTreeMap<String, BTreeSet<String>> {
     series
 }
 
+/// Every `response_code` label value vpan exports: two digits, the letter codes it reads,
+/// or `other`.
+fn response_code_labels() -> Vec<String> {
+    let digits = (0..100).map(|n| format!("{n:02}"));
+    let named = vpan::switch::issuer::ALPHANUMERIC_DECLINES
+        .iter()
+        .chain(["Y1", "Y3"].iter())
+        .map(|c| c.to_string());
+    digits.chain(named).chain(["other".to_string()]).collect()
+}
+
+#[test]
+fn the_decline_share_counts_exactly_the_codes_vpan_knows_to_decline() {
+    // Every matcher on response_code in the decline alert and the dashboard's decline
+    // panel, read as Prometheus reads it (anchored at both ends).
+    let dashboard: Value = serde_json::from_str(DASHBOARD).unwrap();
+    let declines = dashboard_queries(&dashboard)
+        .into_iter()
+        .filter(|(panel, _)| panel.starts_with("Decline share"))
+        .map(|(_, expr)| expr)
+        .chain(
+            alert_exprs(ALERTS)
+                .into_iter()
+                .filter(|e| e.contains("offset 1d")),
+        )
+        .collect::<Vec<_>>();
+    let matcher = regex::Regex::new(r#"response_code(=~|!~)"([^"]*)""#).unwrap();
+    let mut seen = 0;
+    for expr in &declines {
+        for m in matcher.captures_iter(expr) {
+            let pattern = regex::Regex::new(&format!("^(?:{})$", &m[2])).unwrap();
+            let keeps = |code: &str| pattern.is_match(code) == (&m[1] == "=~");
+            for code in response_code_labels() {
+                let known = matches!(code.as_bytes(), [a, b] if vpan::switch::issuer::is_known_decline([*a, *b]));
+                assert_eq!(keeps(&code), known, "{code} in {expr}");
+            }
+            seen += 1;
+        }
+    }
+    // The panel's one, and the alert's four.
+    assert_eq!(seen, 5, "{declines:#?}");
+}
+
 #[test]
 fn the_dashboard_is_grafana_json_with_a_query_in_every_panel() {
     let dashboard: Value = serde_json::from_str(DASHBOARD).expect("the dashboard is JSON");
