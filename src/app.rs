@@ -254,6 +254,7 @@ impl App {
         m::publish_settings(
             config.network.max_connections,
             Duration::from_millis(config.issuer.timeout_ms),
+            config.issuer.connections,
         );
         owed.publish();
         let owed = Arc::new(owed);

@@ -138,12 +138,15 @@ pub const START_TIME: &str = "vpan_start_time_seconds";
 /// until a request is answered 96, which a quiet hour may not bring.
 pub const UP: &str = "vpan_up";
 
-/// Gauge of `network.max_connections`, and the next of `issuer.timeout_ms` in seconds: the
-/// settings the alert rules compare the metrics with, so that a changed config does not
-/// leave them comparing with the defaults.
+/// Gauge of `network.max_connections`, and the next two of `issuer.timeout_ms` in seconds
+/// and `issuer.connections`: the settings the alert rules compare the metrics with, so
+/// that a changed config does not leave them comparing with the defaults.
 pub const NETWORK_MAX_CONNECTIONS: &str = "vpan_network_max_connections";
 /// See [`NETWORK_MAX_CONNECTIONS`].
 pub const ISSUER_TIMEOUT: &str = "vpan_issuer_timeout_seconds";
+/// See [`NETWORK_MAX_CONNECTIONS`]: one issuer connection of two down is seen only against
+/// it.
+pub const ISSUER_CONNECTIONS_CONFIGURED: &str = "vpan_issuer_connections_configured";
 
 /// The metric names of the contract (CONTRACT.md §6).
 pub const CONTRACT: [&str; 9] = [
@@ -161,7 +164,7 @@ pub const CONTRACT: [&str; 9] = [
 /// vpan's own metrics beside the contract's: those of the reversals owed, the health
 /// checks, the issuer's reconciliations, the process's start, and the settings the alerts
 /// read.
-pub const OWN: [&str; 8] = [
+pub const OWN: [&str; 9] = [
     ISSUER_REVERSALS_OWED,
     ISSUER_OLDEST_REVERSAL_OWED,
     ISSUER_REVERSALS_UNRECORDED_TOTAL,
@@ -170,12 +173,18 @@ pub const OWN: [&str; 8] = [
     START_TIME,
     NETWORK_MAX_CONNECTIONS,
     ISSUER_TIMEOUT,
+    ISSUER_CONNECTIONS_CONFIGURED,
 ];
 
 /// Sets the gauges of the settings the alert rules compare with.
-pub fn publish_settings(max_connections: usize, issuer_timeout: std::time::Duration) {
+pub fn publish_settings(
+    max_connections: usize,
+    issuer_timeout: std::time::Duration,
+    issuer_connections: usize,
+) {
     metrics::gauge!(NETWORK_MAX_CONNECTIONS).set(max_connections as f64);
     metrics::gauge!(ISSUER_TIMEOUT).set(issuer_timeout.as_secs_f64());
+    metrics::gauge!(ISSUER_CONNECTIONS_CONFIGURED).set(issuer_connections as f64);
 }
 
 /// Every metric name vpan exports, the contract's and its own, for the tests that check
@@ -270,6 +279,10 @@ fn describe() {
         ISSUER_TIMEOUT,
         Unit::Seconds,
         "issuer.timeout_ms, in seconds: a request the issuer host has not answered by then gets 91"
+    );
+    describe_gauge!(
+        ISSUER_CONNECTIONS_CONFIGURED,
+        "issuer.connections: the connections to the issuer host vpan keeps up"
     );
     describe_histogram!(
         STORE_COMMIT_DURATION,

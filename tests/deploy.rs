@@ -266,6 +266,7 @@ async fn a_switch_that_has_served_nothing_lists_every_metric_of_the_contract() {
         &[
             ("VPAN_NETWORK_MAX_CONNECTIONS", "512"),
             ("VPAN_ISSUER_TIMEOUT_MS", "2500"),
+            ("VPAN_ISSUER_CONNECTIONS", "3"),
         ],
     )
     .await;
@@ -278,6 +279,10 @@ async fn a_switch_that_has_served_nothing_lists_every_metric_of_the_contract() {
     );
     assert!(
         page.contains("\nvpan_issuer_timeout_seconds 2.5\n"),
+        "{page}"
+    );
+    assert!(
+        page.contains("\nvpan_issuer_connections_configured 3\n"),
         "{page}"
     );
     for m in vpan::metrics::all() {
