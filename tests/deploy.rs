@@ -255,6 +255,38 @@ async fn every_metric_the_dashboard_and_alerts_query_is_in_a_real_scrape() {
 }
 
 #[tokio::test]
+async fn a_91_at_the_default_issuer_timeout_is_timed_between_1_5_and_2_s() {
+    // An issuer answering after 1.8 s: within the sign-on's own wait (5 s), past a
+    // purchase's default 1.5 s. A 0200, which no other test of this binary sends: the
+    // in-process rigs share one recorder.
+    let sim = SimConfig {
+        latency: std::time::Duration::from_millis(1_800),
+        ..SimConfig::default()
+    };
+    let rig = rig(Some(sim), |c| c.issuer.timeout_ms = 1_500).await;
+    let (card, _) = rig.issue(|_| {}).await;
+    let mut net = Client::connect(rig.network).await;
+    let bought = purchase(&mut net, b"0200", &card.vpan, &card.expiry.0, 1_000);
+    assert_eq!(code(&net.call(&bought).await), "91");
+    let page = reqwest::get(format!("http://{}/metrics", rig.metrics))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let bucket = |le: &str| {
+        let series = format!("vpan_request_duration_seconds_bucket{{mti=\"0200\",le=\"{le}\"}} ");
+        page.lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .unwrap_or_else(|| panic!("{series}absent:\n{page}"))
+            .to_string()
+    };
+    // Answered a little after the timeout, never at it: within (1.5, 2].
+    assert_eq!((bucket("1.5"), bucket("2")), ("0".into(), "1".into()));
+    rig.stop().await;
+}
+
+#[tokio::test]
 async fn a_switch_that_has_served_nothing_lists_every_metric_of_the_contract() {
     // A real process (the in-process rigs share one recorder with every other test): its
     // first scrape, before any request, has each metric of the contract, those labelled
