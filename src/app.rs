@@ -122,9 +122,6 @@ pub struct App {
     issuer_stop: CancellationToken,
     /// The issuer link (already dialling).
     issuer: IssuerLink,
-    /// The book of reversals owed, the issuer link's: its failed writes put the store down
-    /// at `/healthz`, as the journal's do.
-    owed: Arc<OwedReversals>,
 }
 
 impl App {
@@ -257,7 +254,6 @@ impl App {
             config.issuer.connections,
         );
         owed.publish();
-        let owed = Arc::new(owed);
         let issuer = IssuerLink::start(
             IssuerSettings {
                 connect: config.issuer.connect.clone(),
@@ -270,7 +266,7 @@ impl App {
                 reconnect_max: Duration::from_millis(config.issuer.reconnect_max_ms.max(1)),
                 sign_on: config.issuer.sign_on,
             },
-            owed.clone(),
+            Arc::new(owed),
             debts,
             stamps,
             issuer_stop.clone(),
@@ -300,7 +296,6 @@ impl App {
             shutdown,
             issuer_stop,
             issuer,
-            owed,
         };
         app.log_addresses();
         Ok(app)
@@ -356,7 +351,6 @@ impl App {
             shutdown: token,
             issuer_stop,
             issuer,
-            owed,
             ..
         } = self;
         let drain_timeout = limits.drain_timeout;
@@ -399,12 +393,13 @@ impl App {
                     let network_up = network_up.clone();
                     move || network_up.load(Ordering::Relaxed)
                 })
-                // Down too while the book of reversals owed cannot be written (a full disk
-                // reaches it first): a debt then lives in memory only, and a restart
-                // would forget it.
+                // The journal's alone: a book of reversals owed that cannot be written
+                // leaves debts in memory only, which a restart would forget, so it must not
+                // read as down to what restarts unhealthy processes; it has its own gauge
+                // and alert (vpan_issuer_reversals_unrecorded).
                 .check("store", {
                     let cards = cards.clone();
-                    move || !cards.store_failed() && !owed.failing()
+                    move || !cards.store_failed()
                 })
                 .check("issuer", {
                     let issuer = issuer.clone();

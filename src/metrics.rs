@@ -77,6 +77,10 @@ pub const ISSUER_OLDEST_REVERSAL_OWED: &str = "vpan_issuer_oldest_reversal_owed_
 /// repeat). The book fails before the journal on a full disk: the journal writes into
 /// room it reserved ahead.
 pub const ISSUER_REVERSALS_UNRECORDED_TOTAL: &str = "vpan_issuer_reversals_unrecorded_total";
+/// Gauge of the reversals owed in memory only: their record could not be written, no later
+/// write of it landed, and the issuer has not answered them yet. A restart now would
+/// forget them (the alert says to keep vpan running until this is 0).
+pub const ISSUER_REVERSALS_UNRECORDED: &str = "vpan_issuer_reversals_unrecorded";
 
 /// Counter of the events after which the issuer must reconcile, by `reason`
 /// ([`Reconcile`]): a real account may stay charged, or an advice stay untold, and only
@@ -164,10 +168,11 @@ pub const CONTRACT: [&str; 9] = [
 /// vpan's own metrics beside the contract's: those of the reversals owed, the health
 /// checks, the issuer's reconciliations, the process's start, and the settings the alerts
 /// read.
-pub const OWN: [&str; 9] = [
+pub const OWN: [&str; 10] = [
     ISSUER_REVERSALS_OWED,
     ISSUER_OLDEST_REVERSAL_OWED,
     ISSUER_REVERSALS_UNRECORDED_TOTAL,
+    ISSUER_REVERSALS_UNRECORDED,
     UP,
     RECONCILE_REQUIRED_TOTAL,
     START_TIME,
@@ -305,6 +310,10 @@ fn describe() {
         ISSUER_REVERSALS_UNRECORDED_TOTAL,
         "Reversals owed (or their paid marks) that could not be written to the book of reversals owed: sent, but a restart before they are paid forgets them"
     );
+    describe_gauge!(
+        ISSUER_REVERSALS_UNRECORDED,
+        "Reversals owed in memory only: their record could not be written, and the issuer has not answered them; a restart now forgets them"
+    );
     describe_counter!(
         RECONCILE_REQUIRED_TOTAL,
         "Events after which the issuer must reconcile (a reversal that cannot be sent or was refused, a partial approval not reversed), by reason"
@@ -332,6 +341,7 @@ fn zero() {
     metrics::gauge!(ISSUER_REVERSALS_OWED).set(0.0);
     metrics::gauge!(ISSUER_OLDEST_REVERSAL_OWED).set(0.0);
     metrics::counter!(ISSUER_REVERSALS_UNRECORDED_TOTAL).absolute(0);
+    metrics::gauge!(ISSUER_REVERSALS_UNRECORDED).set(0.0);
     for reason in Reconcile::ALL {
         metrics::counter!(RECONCILE_REQUIRED_TOTAL, "reason" => reason.label()).absolute(0);
     }

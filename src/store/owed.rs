@@ -39,7 +39,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
@@ -100,11 +100,11 @@ pub struct OwedReversals {
     dir: PathBuf,
     /// The file's path (the tests' [`super::segment::sync_gate`] holds or fails its syncs).
     path: PathBuf,
-    /// The last write failed, and none has succeeded since (or the book takes no more
-    /// records): `/healthz` says the store is down meanwhile. The journal writes into room
-    /// it reserved ahead and the book does not, so on a full disk the book fails first,
-    /// while the journal, and so the cards, are still fine.
-    failing: AtomicBool,
+    /// The debts whose record failed to be written, no later write of it having landed,
+    /// and not paid yet: sent from memory, but a restart before the issuer answers them
+    /// forgets them. The journal writes into room it reserved ahead and the book does
+    /// not, so on a full disk the book fails first, while the cards are still fine.
+    unrecorded: parking_lot::Mutex<Unrecorded>,
 }
 
 /// Owns a commit run: one that ends other than by finishing the queue (never run, or a
@@ -145,6 +145,49 @@ struct Tail {
     numbered_before_rewrite: u64,
     /// What the durable records say is owed: the rewrite's content.
     live: Live,
+}
+
+/// The debts in memory only ([`OwedReversals::note_debts`]).
+#[derive(Default)]
+struct Unrecorded {
+    /// Their numbers.
+    debts: std::collections::HashSet<u64>,
+    /// Debts marked paid (written or not) whose own record has not come yet: two tasks
+    /// write the two, so a paid mark can come first, and the debt's record failing after
+    /// it must not leave it here for good. At most [`PAID_AHEAD_KEPT`], the lowest
+    /// forgotten first (a debt left unrecorded on purpose never comes).
+    paid_ahead: std::collections::BTreeSet<u64>,
+}
+
+/// How many paid marks [`Unrecorded::paid_ahead`] keeps.
+const PAID_AHEAD_KEPT: usize = 4096;
+
+impl Unrecorded {
+    /// Takes in debt `id`'s record as written (`landed`) or lost.
+    fn owed(&mut self, id: u64, landed: bool) {
+        if self.paid_ahead.remove(&id) || landed {
+            self.debts.remove(&id);
+        } else {
+            self.debts.insert(id);
+        }
+    }
+
+    /// Takes in that debt `id` is paid: owed no more, whether or not its record ever
+    /// landed (a lost paid mark only sends the reversal again at the next start, as a
+    /// repeat).
+    fn paid(&mut self, id: u64) {
+        if !self.debts.remove(&id) {
+            self.paid_ahead.insert(id);
+            if self.paid_ahead.len() > PAID_AHEAD_KEPT {
+                self.paid_ahead.pop_first();
+            }
+        }
+    }
+
+    /// Sets `vpan_issuer_reversals_unrecorded` to how many there are.
+    fn publish(&self) {
+        metrics::gauge!(crate::metrics::ISSUER_REVERSALS_UNRECORDED).set(self.debts.len() as f64);
+    }
 }
 
 /// A debt still owed, as the book holds it.
@@ -448,7 +491,7 @@ impl OwedReversals {
                 next_id: AtomicU64::new(last_id + 1),
                 dir: dir.to_path_buf(),
                 path,
-                failing: AtomicBool::new(false),
+                unrecorded: parking_lot::Mutex::new(Unrecorded::default()),
             },
             debts,
             stamps,
@@ -487,10 +530,25 @@ impl OwedReversals {
         self.file.lock().live.publish();
     }
 
-    /// Whether the book's last write failed, none having succeeded since (or the book
-    /// takes no more records until a restart): a debt then goes out from memory only.
-    pub fn failing(&self) -> bool {
-        self.failing.load(Ordering::Relaxed)
+    /// Whether debt `id` is in memory only: its record failed to be written, and no
+    /// later write of it has landed.
+    pub fn is_unrecorded(&self, id: u64) -> bool {
+        self.unrecorded.lock().debts.contains(&id)
+    }
+
+    /// Notes the debts and paid marks among the framed records `framed`, written
+    /// (`landed`) or not: which debts are in memory only, in order, and how many in
+    /// `vpan_issuer_reversals_unrecorded`.
+    fn note_debts(&self, framed: &[u8], landed: bool) {
+        let mut unrecorded = self.unrecorded.lock();
+        for payload in payloads(framed) {
+            match decode(payload) {
+                Ok(Record::Owed { id, .. }) => unrecorded.owed(id, landed),
+                Ok(Record::Paid { id }) => unrecorded.paid(id),
+                _ => {}
+            }
+        }
+        unrecorded.publish();
     }
 
     /// A number for a new debt.
@@ -608,15 +666,15 @@ impl OwedReversals {
         file.set_len(end)
     }
 
-    /// Writes and syncs the framed records `bytes`. A failure is said at `/healthz`
-    /// ([`OwedReversals::failing`]) and each debt or paid mark it loses is counted in
-    /// `vpan_issuer_reversals_unrecorded_total`: the callers only log it, and a debt that
-    /// stalled past their wait fails unseen by any of them.
+    /// Writes and syncs the framed records `bytes`. The debts a failure leaves in memory
+    /// only are kept ([`OwedReversals::note_debts`]) and each debt or paid mark it loses
+    /// is counted in `vpan_issuer_reversals_unrecorded_total`: the callers only log it,
+    /// and a debt that stalled past their wait fails unseen by any of them.
     fn append(&self, bytes: &[u8]) -> Result<(), StoreError> {
         let mut tail = self.file.lock();
         let written = self.append_locked(&mut tail, bytes);
-        // Under the lock, so that two writes' outcomes are said in the order they ended.
-        self.failing.store(written.is_err(), Ordering::Relaxed);
+        // Under the lock, so that two writes' outcomes are taken in the order they ended.
+        self.note_debts(bytes, written.is_ok());
         if written.is_err() {
             metrics::counter!(crate::metrics::ISSUER_REVERSALS_UNRECORDED_TOTAL)
                 .increment(debt_records(bytes));
@@ -685,7 +743,6 @@ impl OwedReversals {
                 if replaced {
                     tracing::error!(error = %e, "the rewritten book of reversals owed could not be made durable in place: it takes no more records until vpan restarts (reversals are still sent, from memory)");
                     tail.good = None;
-                    self.failing.store(true, Ordering::Relaxed);
                 } else {
                     tracing::warn!(error = %e, "could not rewrite the book of reversals owed; it goes on growing, and is tried again at twice its size");
                 }
@@ -918,26 +975,45 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failed_write_is_counted_and_the_book_said_failing_until_a_write_succeeds() {
+    async fn a_debt_whose_record_failed_is_in_memory_only_until_paid_or_written() {
         use crate::store::segment::sync_gate::{self, Gate};
         let dir = tempfile::tempdir().unwrap();
         let (book, _) = reopen(dir.path());
+        let fail_once = || sync_gate::set(&dir.path().join(FILE), Gate::FailingOnce);
         let before = unrecorded();
-        // A disk full for a moment: the debt's write fails, cutting it back does not.
-        let _gate = sync_gate::set(&dir.path().join(FILE), Gate::FailingOnce);
-        let debt = book.next_id();
-        assert!(book.owe(debt, b"lost").await.is_err());
-        assert!(book.failing());
-        assert!(unrecorded() > before);
-        // Its paid mark fails too: counted as well.
-        let _gate = sync_gate::set(&dir.path().join(FILE), Gate::FailingOnce);
-        assert!(book.paid(debt).await.is_err());
-        assert!(book.failing());
+        // A disk full for a moment: the debt's write fails (cutting it back does not).
+        let gate = fail_once();
+        let lost = book.next_id();
+        assert!(book.owe(lost, b"lost").await.is_err());
+        drop(gate);
+        assert!(book.is_unrecorded(lost));
+        assert!(unrecorded() > before, "counted");
+        // Another debt's write lands: the lost one is still in memory only (a flag of the
+        // last write's outcome said all was well here).
+        let kept = book.next_id();
+        book.owe(kept, b"kept").await.unwrap();
+        assert!(book.is_unrecorded(lost) && !book.is_unrecorded(kept));
+        // Paid, it is owed no more, though its paid mark fails too (counted as well).
+        let gate = fail_once();
+        assert!(book.paid(lost).await.is_err());
+        drop(gate);
+        assert!(!book.is_unrecorded(lost));
         assert!(unrecorded() >= before + 2);
-        // A later write that lands: the book is fine again.
-        let next = book.next_id();
-        book.owe(next, b"kept").await.unwrap();
-        assert!(!book.failing());
+        // A debt written again after a failure (blocking, as a stop does) is on disk.
+        let again = book.next_id();
+        let gate = fail_once();
+        assert!(book.owe(again, b"again").await.is_err());
+        drop(gate);
+        book.owe_blocking(again, b"again").unwrap();
+        assert!(!book.is_unrecorded(again));
+        // Its paid mark first, then its own record failing (two tasks write them): not
+        // left in memory only for good.
+        let late = book.next_id();
+        book.paid(late).await.unwrap();
+        let gate = fail_once();
+        assert!(book.owe(late, b"late").await.is_err());
+        drop(gate);
+        assert!(!book.is_unrecorded(late));
     }
 
     #[tokio::test]

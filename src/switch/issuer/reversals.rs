@@ -501,11 +501,12 @@ impl IssuerLink {
                 }
             }
             match debt {
-                Some(_) => crate::logging::throttled!(
+                Some(id) if !link.inner.owed.is_unrecorded(id) => crate::logging::throttled!(
                     warn,
                     "reversal toward the issuer not answered before shutdown; it is sent again at the next start"
                 ),
-                None => {
+                // A debt whose record never landed: the next start does not know it.
+                _ => {
                     Reconcile::ReversalUnsentAtStop.count();
                     crate::logging::throttled!(
                         error,
