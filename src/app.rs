@@ -656,7 +656,7 @@ fn load_spec(key: &'static str, name: &str, link: Link) -> Result<&'static Spec,
         key,
         source: SpecError::BadField {
             field: field.to_string(),
-            reason: format!("vpan writes {what} there, which this layout cannot hold"),
+            reason: format!("this layout cannot hold {what}, which vpan writes there"),
         },
     };
     // A layout's MTI is four digits (the loader refuses any other), so these take it.
@@ -667,7 +667,7 @@ fn load_spec(key: &'static str, name: &str, link: Link) -> Result<&'static Spec,
         for code in [b"00", b"30", b"91", b"96"] {
             answer
                 .set_response_code(code)
-                .map_err(|_| unfit(39, "its response codes, two digits (00, 30, 91, 96, ...)"))?;
+                .map_err(|_| unfit(39, "a response code of two digits (00, 30, 91, 96, ...)"))?;
         }
     }
     if link == Link::Issuer
@@ -675,10 +675,10 @@ fn load_spec(key: &'static str, name: &str, link: Link) -> Result<&'static Spec,
     {
         request
             .set(7, b"1207081500")
-            .map_err(|_| unfit(7, "the transmission time of its 0800s, ten digits"))?;
+            .map_err(|_| unfit(7, "an 0800's transmission time, ten digits"))?;
         request
             .set(70, b"301")
-            .map_err(|_| unfit(70, "its 0800s' network management code, three digits"))?;
+            .map_err(|_| unfit(70, "an 0800's network management code, three digits"))?;
     }
     Ok(spec)
 }

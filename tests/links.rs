@@ -330,6 +330,40 @@ async fn a_dialled_network_that_drops_every_connection_is_redialled_within_recon
     sim.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_dialled_network_that_serves_a_while_each_time_is_redialled_at_once_under_a_long_cap() {
+    let sim = vpan::tools::issuer_sim::IssuerSim::start(Default::default())
+        .await
+        .unwrap();
+    let switch = Dialling::start(sim.local_addr().to_string(), |c| {
+        c.network.reconnect_max_ms = 30_000;
+    })
+    .await;
+    // Each connection holds 1.2 s, then the network drops it. Held past a second, each is
+    // redialled after the first backoff again (100 ms). Reset only after a connection that
+    // held the cap, they were redialled after 100, 200, 400 … 3,200 ms.
+    let mut gaps = Vec::new();
+    let mut stream = switch.network.accept().await.unwrap().0;
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(1_200)).await;
+        drop(stream);
+        let dropped = tokio::time::Instant::now();
+        stream = tokio::time::timeout(Duration::from_secs(10), switch.network.accept())
+            .await
+            .expect("redialled within 10 s")
+            .unwrap()
+            .0;
+        gaps.push(dropped.elapsed());
+    }
+    assert!(
+        gaps.iter().all(|&gap| gap < Duration::from_millis(1_500)),
+        "waits before each redial: {gaps:?}"
+    );
+    drop(stream);
+    switch.stop().await;
+    sim.shutdown().await;
+}
+
 /// The switch's side of `net` is gone, not lingering beside a new session: a first write
 /// draws a reset from it, the next one fails.
 async fn assert_closed_whole(net: &mut Client) {

@@ -619,7 +619,9 @@ fn a_layout_that_cannot_hold_what_vpan_writes_on_its_link_is_refused_at_start() 
     ] {
         let err = load_spec(key, &three, link).err().unwrap().to_string();
         assert!(
-            err.starts_with(&format!("{key}: field 39: vpan writes its response codes")),
+            err.starts_with(&format!(
+                "{key}: field 39: this layout cannot hold a response code"
+            )),
             "{err}"
         );
     }

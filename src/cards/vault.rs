@@ -1104,10 +1104,10 @@ mod tests {
         cards.snapshot().expect("snapshot");
         drop(cards);
         let (own, foreign) = (
-            identity::read(a.path())
+            identity::read(a.path(), None)
                 .expect("a's")
                 .expect("made at first start"),
-            identity::read(b.path())
+            identity::read(b.path(), None)
                 .expect("b's")
                 .expect("made at first start"),
         );
@@ -1149,7 +1149,7 @@ mod tests {
             r[0].truncate(without_id);
         });
         assert_eq!(open_in(a.path()).list(None, 10).len(), 3);
-        assert!(identity::read(a.path()).expect("read").is_some());
+        assert!(identity::read(a.path(), None).expect("read").is_some());
 
         // A version this vpan does not read is named, with the file.
         rewrite_snapshot(a.path(), |r| r[0][1] = 9);

@@ -34,26 +34,28 @@ pub fn path(dir: &Path) -> PathBuf {
     dir.join(ID_FILE)
 }
 
-/// The identity of the data directory `dir`; `None` when it has none yet.
-pub fn read(dir: &Path) -> Result<Option<StoreId>, StoreError> {
+/// The identity of the data directory `dir`; `None` when it has none yet. One that does
+/// not read is [`StoreError::BadStoreId`], naming `snapshot`, the store the directory's
+/// snapshot names (if it names one), as the one to write there.
+pub fn read(dir: &Path, snapshot: Option<StoreId>) -> Result<Option<StoreId>, StoreError> {
     let path = path(dir);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(StoreError::io("reading the data directory's store.id")(e)),
     };
-    parse(text.trim())
+    parse(bytes.trim_ascii())
         .map(Some)
-        .ok_or(StoreError::BadStoreId(path))
+        .ok_or(StoreError::BadStoreId { path, snapshot })
 }
 
 /// Reads 32 hexadecimal digits.
-fn parse(text: &str) -> Option<StoreId> {
+fn parse(text: &[u8]) -> Option<StoreId> {
     let mut id = [0u8; 16];
-    if text.len() != 32 || !text.is_ascii() {
+    if text.len() != 32 {
         return None;
     }
-    for (byte, pair) in id.iter_mut().zip(text.as_bytes().chunks(2)) {
+    for (byte, pair) in id.iter_mut().zip(text.chunks(2)) {
         *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
     }
     Some(StoreId(id))
@@ -88,15 +90,24 @@ mod tests {
     #[test]
     fn an_identity_is_made_once_read_back_and_a_damaged_one_refused() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(read(dir.path()).unwrap(), None);
+        assert_eq!(read(dir.path(), None).unwrap(), None);
         let id = create(dir.path()).unwrap();
-        assert_eq!(read(dir.path()).unwrap(), Some(id));
+        assert_eq!(read(dir.path(), None).unwrap(), Some(id));
         assert_eq!(id.to_string().len(), 32);
         assert_ne!(create(tempfile::tempdir().unwrap().path()).unwrap(), id);
-        for bad in ["", "xyz", &"0".repeat(31), &"g".repeat(32)] {
-            std::fs::write(path(dir.path()), bad).unwrap();
-            let err = read(dir.path()).unwrap_err().to_string();
-            assert!(err.contains("store.id"), "{bad:?}: {err}");
+        let file = path(dir.path());
+        for bad in [&b""[..], b"xyz", &[b'0'; 31], &[b'g'; 32], &[0xff; 32]] {
+            std::fs::write(&file, bad).unwrap();
+            // Named with its path, and the way out: the store the snapshot names, when it
+            // names one, or how to learn it.
+            let err = read(dir.path(), Some(id)).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&file.display().to_string())
+                    && err.contains(&format!("write {id} there")),
+                "{bad:?}: {err}"
+            );
+            let err = read(dir.path(), None).unwrap_err().to_string();
+            assert!(err.contains("move it aside"), "{bad:?}: {err}");
         }
     }
 }

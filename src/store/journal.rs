@@ -807,6 +807,12 @@ fn create_over_leftover(dir: &Path, number: u64, key: &MarkerKey) -> io::Result<
             }
             tracing::warn!(path = %path.display(), "removing an empty file where the next journal segment goes");
             std::fs::remove_file(&path)?;
+            // With the leftover's accepted loss, if one was left beside it: kept, it would
+            // accept a later cut of the segment made here.
+            match std::fs::remove_file(loss_accepted_path(&path)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
             Segment::create(dir, number, key)
         }
         made => made,
@@ -1452,7 +1458,12 @@ mod tests {
         // numbers: each rotation makes its segment over it.
         std::fs::write(segment_path(dir.path(), 6), []).unwrap();
         std::fs::write(segment_path(dir.path(), 7), vec![0; EXTENT_BYTES as usize]).unwrap();
+        // A loss accepted beside a leftover goes with it: kept, it would accept a later
+        // cut of the segment made there.
+        let accepted = loss_accepted_path(&segment_path(dir.path(), 6));
+        std::fs::write(&accepted, []).unwrap();
         assert_eq!(j.rotate().unwrap(), 6);
+        assert!(!accepted.exists());
         j.append(Bytes(vec![2])).wait().unwrap();
         assert_eq!(j.rotate().unwrap(), 7);
         j.append(Bytes(vec![3])).wait().unwrap();

@@ -161,6 +161,21 @@ pub(crate) fn warn_if_open_to_others(path: &Path, what: &str) {
     }
 }
 
+/// [`StoreError::BadStoreId`]'s message: the way out depends on whether the snapshot names
+/// a store.
+fn bad_store_id_message(path: &Path, snapshot: &Option<identity::StoreId>) -> String {
+    let fix = match snapshot {
+        Some(id) => format!(
+            "restore it from a backup of this directory, or, if this directory's snapshot.bin is its own, write {id} there (the store it names)"
+        ),
+        None => "restore it from a backup of this directory; or move it aside: the next start gives the directory a new identity (its snapshot names none)".into(),
+    };
+    format!(
+        "{}: the data directory's identity is not 32 hexadecimal digits: {fix}",
+        path.display()
+    )
+}
+
 /// The `[store]` section of the configuration.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -308,11 +323,13 @@ pub enum StoreError {
         newest: u8,
     },
     /// The data directory's `store.id` does not hold an identity.
-    #[error(
-        "{}: the data directory's identity is not 32 hexadecimal digits: restore the file from a backup of this directory (or, if none is kept, write there the store named by this directory's snapshot.bin, which the next start's error gives)",
-        .0.display()
-    )]
-    BadStoreId(PathBuf),
+    #[error("{}", bad_store_id_message(path, snapshot))]
+    BadStoreId {
+        /// The file.
+        path: PathBuf,
+        /// The store the directory's snapshot names, if it names one.
+        snapshot: Option<identity::StoreId>,
+    },
     /// A snapshot written in another data directory (switches that share one key file,
     /// a restore mixed up between them): loaded, it would stand in for this directory's
     /// cards, and the start would delete the journal segments it names as covered.

@@ -83,6 +83,9 @@ pub async fn listen(
     while connections.join_next().await.is_some() {}
 }
 
+/// How long a connection must have held for the next redial to wait the first backoff again.
+const HELD: Duration = Duration::from_secs(1);
+
 /// Dials the network at `addr` and keeps one connection up until `shutdown`, waiting up
 /// to `max_backoff` between dials; `connected` says whether it is up now (for `/healthz`). A connection the network stops sending on
 /// is redialled at once: its requests still in flight are finished (and answered, should
@@ -169,9 +172,12 @@ async fn keep_dialling(
                 while finishing.try_join_next().is_some() {}
                 tracing::warn!(network = %addr, "network connection lost; redialling");
                 // A peer that takes the connection and drops it at once is not redialled
-                // ever faster: the backoff starts again only after a connection that held.
-                if since.elapsed() >= max_backoff {
-                    backoff = Duration::from_millis(100);
+                // ever faster: the backoff starts again only after a connection that held
+                // a second (or the cap, when shorter), as the issuer link's does. Held for
+                // the cap, a cap of 30 s kept a link that served for seconds at a time
+                // waiting longer at each loss.
+                if since.elapsed() >= HELD.min(max_backoff) {
+                    backoff = Duration::from_millis(100).min(max_backoff);
                 }
             }
             Err(e) => {

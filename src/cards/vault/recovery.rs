@@ -141,7 +141,7 @@ impl Cards {
         }
         // Before anything is read or deleted on the snapshot's word: it must be this
         // directory's own (see `identity`).
-        let store_id = match (snapshot_store, identity::read(&dir)?) {
+        let store_id = match (snapshot_store, identity::read(&dir, snapshot_store)?) {
             (Some(snapshot), Some(own)) if snapshot != own => {
                 return Err(StoreError::ForeignSnapshot {
                     path: snapshot_path,
@@ -212,7 +212,7 @@ impl Cards {
         let mut chain = journal::Chain::new(&dir, &segments, from_segment)?;
         // Segments the snapshot covers: a crash came between its rename and their delete.
         // Deleted once the whole start has succeeded, not before: a start refused later on
-        // leaves the directory as it found it.
+        // deletes none of them (it may still have cut torn tails, closed a segment).
         let mut covered = Vec::new();
         for &n in &segments {
             let path = segment_path(&dir, n);
