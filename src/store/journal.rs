@@ -806,13 +806,14 @@ fn create_over_leftover(dir: &Path, number: u64, key: &MarkerKey) -> io::Result<
                 ));
             }
             tracing::warn!(path = %path.display(), "removing an empty file where the next journal segment goes");
-            std::fs::remove_file(&path)?;
-            // With the leftover's accepted loss, if one was left beside it: kept, it would
-            // accept a later cut of the segment made here.
+            // The leftover's accepted loss first, if one was left beside it: kept, it would
+            // accept a later cut of the segment made here (and a crash between the two
+            // removals must not leave it without the leftover to go with).
             match std::fs::remove_file(loss_accepted_path(&path)) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
                 _ => {}
             }
+            std::fs::remove_file(&path)?;
             Segment::create(dir, number, key)
         }
         made => made,

@@ -152,10 +152,10 @@ struct Tail {
 struct Unrecorded {
     /// Their numbers.
     debts: std::collections::HashSet<u64>,
-    /// Debts marked paid (written or not) whose own record has not come yet: two tasks
-    /// write the two, so a paid mark can come first, and the debt's record failing after
-    /// it must not leave it here for good. At most [`PAID_AHEAD_KEPT`], the lowest
-    /// forgotten first (a debt left unrecorded on purpose never comes).
+    /// Debts whose paid mark failed to be written before their own record came (two tasks
+    /// write the two): the record failing after it must not leave the debt here for good.
+    /// A paid mark written is the book's to remember ([`Live::paid`]). At most
+    /// [`PAID_AHEAD_KEPT`], the lowest forgotten first.
     paid_ahead: std::collections::BTreeSet<u64>,
 }
 
@@ -163,20 +163,29 @@ struct Unrecorded {
 const PAID_AHEAD_KEPT: usize = 4096;
 
 impl Unrecorded {
-    /// Takes in debt `id`'s record as written (`landed`) or lost.
-    fn owed(&mut self, id: u64, landed: bool) {
-        if self.paid_ahead.remove(&id) || landed {
+    /// Takes in debt `id`'s record as written (`landed`) or lost; `known` when the book
+    /// holds the debt or its paid mark already (a record written twice, or after its paid
+    /// mark), which a lost copy leaves as it is.
+    fn owed(&mut self, id: u64, landed: bool, known: bool) {
+        if self.paid_ahead.remove(&id) || landed || known {
             self.debts.remove(&id);
-        } else {
-            self.debts.insert(id);
+        } else if self.debts.insert(id) {
+            // Named here, where every loss passes: a write stalled past its caller's wait
+            // fails unseen by the caller.
+            crate::logging::throttled!(
+                error,
+                debt = id,
+                "a reversal owed to the issuer is in memory only: a restart before the issuer answers it forgets it"
+            );
         }
     }
 
-    /// Takes in that debt `id` is paid: owed no more, whether or not its record ever
-    /// landed (a lost paid mark only sends the reversal again at the next start, as a
-    /// repeat).
-    fn paid(&mut self, id: u64) {
-        if !self.debts.remove(&id) {
+    /// Takes in that debt `id` is paid, its mark written (`landed`) or not: owed no more,
+    /// whether or not its record ever landed (a lost paid mark only sends the reversal
+    /// again at the next start, as a repeat). Remembered as paid ahead of its record only
+    /// when neither is in the book (`recorded`: its record is).
+    fn paid(&mut self, id: u64, landed: bool, recorded: bool) {
+        if !self.debts.remove(&id) && !landed && !recorded {
             self.paid_ahead.insert(id);
             if self.paid_ahead.len() > PAID_AHEAD_KEPT {
                 self.paid_ahead.pop_first();
@@ -537,17 +546,35 @@ impl OwedReversals {
     }
 
     /// Notes the debts and paid marks among the framed records `framed`, written
-    /// (`landed`) or not: which debts are in memory only, in order, and how many in
-    /// `vpan_issuer_reversals_unrecorded`.
-    fn note_debts(&self, framed: &[u8], landed: bool) {
+    /// (`landed`, and taken into `live` already) or not: which debts are in memory only,
+    /// in order, and how many in `vpan_issuer_reversals_unrecorded`.
+    fn note_debts(&self, live: &Live, framed: &[u8], landed: bool) {
         let mut unrecorded = self.unrecorded.lock();
         for payload in payloads(framed) {
             match decode(payload) {
-                Ok(Record::Owed { id, .. }) => unrecorded.owed(id, landed),
-                Ok(Record::Paid { id }) => unrecorded.paid(id),
+                Ok(Record::Owed { id, .. }) => {
+                    let known = live.owed.contains_key(&id) || live.paid.contains(&id);
+                    unrecorded.owed(id, landed, known)
+                }
+                Ok(Record::Paid { id }) => unrecorded.paid(id, landed, live.owed.contains_key(&id)),
                 _ => {}
             }
         }
+        unrecorded.publish();
+    }
+
+    /// Notes debt `id` as in memory only without writing it: left unrecorded on purpose
+    /// ([`crate::switch::issuer`]'s `Owed::forget`, when the journal failed), it is as
+    /// much forgotten by a restart.
+    pub fn note_unrecorded(&self, id: u64) {
+        // The book's word on a paid mark already written, when it is free to give it (a
+        // stalled write holds it, and this must not wait on the disk).
+        let paid = self
+            .file
+            .try_lock()
+            .is_some_and(|tail| tail.live.paid.contains(&id));
+        let mut unrecorded = self.unrecorded.lock();
+        unrecorded.owed(id, false, paid);
         unrecorded.publish();
     }
 
@@ -674,7 +701,7 @@ impl OwedReversals {
         let mut tail = self.file.lock();
         let written = self.append_locked(&mut tail, bytes);
         // Under the lock, so that two writes' outcomes are taken in the order they ended.
-        self.note_debts(bytes, written.is_ok());
+        self.note_debts(&tail.live, bytes, written.is_ok());
         if written.is_err() {
             metrics::counter!(crate::metrics::ISSUER_REVERSALS_UNRECORDED_TOTAL)
                 .increment(debt_records(bytes));
@@ -1007,13 +1034,41 @@ mod tests {
         book.owe_blocking(again, b"again").unwrap();
         assert!(!book.is_unrecorded(again));
         // Its paid mark first, then its own record failing (two tasks write them): not
-        // left in memory only for good.
+        // left in memory only for good, however many debts are paid in between.
         let late = book.next_id();
         book.paid(late).await.unwrap();
+        for _ in 0..PAID_AHEAD_KEPT + 10 {
+            let other = book.next_id();
+            book.owe(other, b"other").await.unwrap();
+            book.paid(other).await.unwrap();
+        }
         let gate = fail_once();
         assert!(book.owe(late, b"late").await.is_err());
         drop(gate);
         assert!(!book.is_unrecorded(late));
+        // The same when the paid mark was lost too.
+        let both_lost = book.next_id();
+        let gate = fail_once();
+        assert!(book.paid(both_lost).await.is_err());
+        drop(gate);
+        let gate = fail_once();
+        assert!(book.owe(both_lost, b"both").await.is_err());
+        drop(gate);
+        assert!(!book.is_unrecorded(both_lost));
+        // A debt on disk whose second copy fails (a stop writing it again) is on disk.
+        let twice = book.next_id();
+        book.owe(twice, b"twice").await.unwrap();
+        let gate = fail_once();
+        assert!(book.owe_blocking(twice, b"twice").is_err());
+        drop(gate);
+        assert!(!book.is_unrecorded(twice));
+        // A debt left unrecorded on purpose (the journal failed) is in memory only too,
+        // until paid.
+        let forgotten = book.next_id();
+        book.note_unrecorded(forgotten);
+        assert!(book.is_unrecorded(forgotten));
+        book.paid(forgotten).await.unwrap();
+        assert!(!book.is_unrecorded(forgotten));
     }
 
     #[tokio::test]

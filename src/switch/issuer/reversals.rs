@@ -144,6 +144,8 @@ impl Owed {
     /// The reversal still goes out, from memory.
     pub fn forget(&mut self, why: &crate::store::StoreError) {
         self.recorded = true;
+        // In memory only, as a debt whose record failed: counted so, and a stop says so.
+        self.book.note_unrecorded(self.id);
         crate::logging::throttled!(
             error,
             debt = self.id,
@@ -506,7 +508,14 @@ impl IssuerLink {
                     "reversal toward the issuer not answered before shutdown; it is sent again at the next start"
                 ),
                 // A debt whose record never landed: the next start does not know it.
-                _ => {
+                Some(id) => {
+                    Reconcile::ReversalUnsentAtStop.count();
+                    tracing::error!(
+                        debt = id,
+                        "reversal toward the issuer not answered before shutdown, and never written to the book of reversals owed: the next start does not know it; the issuer must reconcile"
+                    )
+                }
+                None => {
                     Reconcile::ReversalUnsentAtStop.count();
                     crate::logging::throttled!(
                         error,
