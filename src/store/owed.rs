@@ -152,11 +152,25 @@ struct Tail {
 struct Unrecorded {
     /// Their numbers.
     debts: std::collections::HashSet<u64>,
-    /// Debts whose paid mark failed to be written before their own record came (two tasks
-    /// write the two): the record failing after it must not leave the debt here for good.
-    /// A paid mark written is the book's to remember ([`Live::paid`]). At most
+    /// Debts marked paid (written or not) before their own record came (two tasks write
+    /// the two), or with none to come (left unrecorded on purpose): the record failing
+    /// after it, or the debt noted unrecorded, must not leave it here for good. At most
     /// [`PAID_AHEAD_KEPT`], the lowest forgotten first.
     paid_ahead: std::collections::BTreeSet<u64>,
+    /// Reversals sent with no debt at all (the journal failed under their request, or
+    /// their request had none), out now: as much in memory only.
+    without_debt: usize,
+}
+
+/// A reversal with no debt, out: counted in memory only until dropped.
+pub struct WithoutDebt(Arc<OwedReversals>);
+
+impl Drop for WithoutDebt {
+    fn drop(&mut self) {
+        let mut unrecorded = self.0.unrecorded.lock();
+        unrecorded.without_debt -= 1;
+        unrecorded.publish();
+    }
 }
 
 /// How many paid marks [`Unrecorded::paid_ahead`] keeps.
@@ -170,22 +184,22 @@ impl Unrecorded {
         if self.paid_ahead.remove(&id) || landed || known {
             self.debts.remove(&id);
         } else if self.debts.insert(id) {
-            // Named here, where every loss passes: a write stalled past its caller's wait
-            // fails unseen by the caller.
-            crate::logging::throttled!(
-                error,
+            // Named here, where every loss passes (a write stalled past its caller's wait
+            // fails unseen by the caller), once per debt: after a crash, the log is what
+            // says which to reconcile.
+            tracing::error!(
                 debt = id,
                 "a reversal owed to the issuer is in memory only: a restart before the issuer answers it forgets it"
             );
         }
     }
 
-    /// Takes in that debt `id` is paid, its mark written (`landed`) or not: owed no more,
-    /// whether or not its record ever landed (a lost paid mark only sends the reversal
-    /// again at the next start, as a repeat). Remembered as paid ahead of its record only
-    /// when neither is in the book (`recorded`: its record is).
-    fn paid(&mut self, id: u64, landed: bool, recorded: bool) {
-        if !self.debts.remove(&id) && !landed && !recorded {
+    /// Takes in that debt `id` is paid: owed no more, whether or not its record or its
+    /// mark ever landed (a lost paid mark only sends the reversal again at the next
+    /// start, as a repeat). Remembered as paid ahead of its record unless the book held
+    /// that record before this mark (`recorded`).
+    fn paid(&mut self, id: u64, recorded: bool) {
+        if !self.debts.remove(&id) && !recorded {
             self.paid_ahead.insert(id);
             if self.paid_ahead.len() > PAID_AHEAD_KEPT {
                 self.paid_ahead.pop_first();
@@ -195,7 +209,8 @@ impl Unrecorded {
 
     /// Sets `vpan_issuer_reversals_unrecorded` to how many there are.
     fn publish(&self) {
-        metrics::gauge!(crate::metrics::ISSUER_REVERSALS_UNRECORDED).set(self.debts.len() as f64);
+        let memory_only = self.debts.len() + self.without_debt;
+        metrics::gauge!(crate::metrics::ISSUER_REVERSALS_UNRECORDED).set(memory_only as f64);
     }
 }
 
@@ -539,6 +554,12 @@ impl OwedReversals {
         self.file.lock().live.publish();
     }
 
+    /// How many reversals owed are in memory only now (what the gauge says).
+    pub fn in_memory_only(&self) -> usize {
+        let unrecorded = self.unrecorded.lock();
+        unrecorded.debts.len() + unrecorded.without_debt
+    }
+
     /// Whether debt `id` is in memory only: its record failed to be written, and no
     /// later write of it has landed.
     pub fn is_unrecorded(&self, id: u64) -> bool {
@@ -546,9 +567,10 @@ impl OwedReversals {
     }
 
     /// Notes the debts and paid marks among the framed records `framed`, written
-    /// (`landed`, and taken into `live` already) or not: which debts are in memory only,
-    /// in order, and how many in `vpan_issuer_reversals_unrecorded`.
-    fn note_debts(&self, live: &Live, framed: &[u8], landed: bool) {
+    /// (`landed`, and taken into `live` already) or not, `recorded` naming the paid marks'
+    /// debts the book held before: which debts are in memory only, in order, and how many
+    /// in `vpan_issuer_reversals_unrecorded`.
+    fn note_debts(&self, live: &Live, framed: &[u8], landed: bool, recorded: &[u64]) {
         let mut unrecorded = self.unrecorded.lock();
         for payload in payloads(framed) {
             match decode(payload) {
@@ -556,26 +578,41 @@ impl OwedReversals {
                     let known = live.owed.contains_key(&id) || live.paid.contains(&id);
                     unrecorded.owed(id, landed, known)
                 }
-                Ok(Record::Paid { id }) => unrecorded.paid(id, landed, live.owed.contains_key(&id)),
+                Ok(Record::Paid { id }) => unrecorded.paid(id, recorded.contains(&id)),
                 _ => {}
             }
         }
         unrecorded.publish();
     }
 
+    /// The debts of the paid marks among `framed` that the book holds now, before it
+    /// takes the marks in (after, it holds none of them).
+    fn recorded_before(live: &Live, framed: &[u8]) -> Vec<u64> {
+        payloads(framed)
+            .filter_map(|payload| match decode(payload) {
+                Ok(Record::Paid { id }) if live.owed.contains_key(&id) => Some(id),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Notes debt `id` as in memory only without writing it: left unrecorded on purpose
     /// ([`crate::switch::issuer`]'s `Owed::forget`, when the journal failed), it is as
-    /// much forgotten by a restart.
+    /// much forgotten by a restart. Its paid mark, if it came first, is among the paid
+    /// ahead (its record was never in the book).
     pub fn note_unrecorded(&self, id: u64) {
-        // The book's word on a paid mark already written, when it is free to give it (a
-        // stalled write holds it, and this must not wait on the disk).
-        let paid = self
-            .file
-            .try_lock()
-            .is_some_and(|tail| tail.live.paid.contains(&id));
         let mut unrecorded = self.unrecorded.lock();
-        unrecorded.owed(id, false, paid);
+        unrecorded.owed(id, false, false);
         unrecorded.publish();
+    }
+
+    /// Counts a reversal sent with no debt in `vpan_issuer_reversals_unrecorded` while the
+    /// returned guard lives (its task's life).
+    pub fn reversal_without_debt(self: &Arc<Self>) -> WithoutDebt {
+        let mut unrecorded = self.unrecorded.lock();
+        unrecorded.without_debt += 1;
+        unrecorded.publish();
+        WithoutDebt(self.clone())
     }
 
     /// A number for a new debt.
@@ -699,9 +736,10 @@ impl OwedReversals {
     /// and a debt that stalled past their wait fails unseen by any of them.
     fn append(&self, bytes: &[u8]) -> Result<(), StoreError> {
         let mut tail = self.file.lock();
+        let recorded = Self::recorded_before(&tail.live, bytes);
         let written = self.append_locked(&mut tail, bytes);
         // Under the lock, so that two writes' outcomes are taken in the order they ended.
-        self.note_debts(&tail.live, bytes, written.is_ok());
+        self.note_debts(&tail.live, bytes, written.is_ok(), &recorded);
         if written.is_err() {
             metrics::counter!(crate::metrics::ISSUER_REVERSALS_UNRECORDED_TOTAL)
                 .increment(debt_records(bytes));
@@ -1069,6 +1107,18 @@ mod tests {
         assert!(book.is_unrecorded(forgotten));
         book.paid(forgotten).await.unwrap();
         assert!(!book.is_unrecorded(forgotten));
+        // ... and paid before it is noted so (a late decline ahead of the journal's
+        // failure): not left in memory only for good.
+        let declined = book.next_id();
+        book.paid(declined).await.unwrap();
+        book.note_unrecorded(declined);
+        assert!(!book.is_unrecorded(declined));
+        // A reversal with no debt at all counts while it is out.
+        assert_eq!(book.in_memory_only(), 0);
+        let out = book.reversal_without_debt();
+        assert_eq!(book.in_memory_only(), 1);
+        drop(out);
+        assert_eq!(book.in_memory_only(), 0);
     }
 
     #[tokio::test]

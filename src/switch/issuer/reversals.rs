@@ -370,8 +370,13 @@ impl IssuerLink {
         let mut same_connection = original_conn.filter(|&i| self.slot_open(i));
         let link = self.clone();
         link.inner.reversals.fetch_add(1, Ordering::AcqRel);
+        // Counted now, with no debt in the book: a restart forgets it.
+        let without_debt = debt
+            .is_none()
+            .then(|| link.inner.owed.reversal_without_debt());
         tokio::spawn(async move {
             let _done = ReversalDone(link.clone());
+            let _without_debt = without_debt;
             let mut wait = Backoff::new(Duration::from_millis(100), REVERSAL_RETRY_MAX);
             let mut lost_in_a_row = 0u32;
             // Whether it was the only reversal out when the last of those was lost: the
