@@ -1435,6 +1435,24 @@ async fn a_repeat_of_a_partial_approval_is_told_its_amounts_even_without_de6() {
     rig.stop().await;
 }
 
+#[tokio::test]
+async fn an_answer_the_host_sends_without_de2_reaches_the_network_with_the_vpan() {
+    let (rig, mut host) = signed_on_host(3_000).await;
+    let mut net = Client::connect(rig.network).await;
+    let (card, _) = rig.issue(|c| c.amount_limit = 10_000).await;
+    let req = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 1_200);
+    net.send(&req).await;
+    let mut answer = next_message(&mut host).await;
+    answer.set_mti(b"0110").unwrap();
+    answer.set_response_code(b"00").unwrap();
+    answer.remove(2);
+    send(&mut host, &answer).await;
+    let answered = net.answer(req.stan().unwrap()).await;
+    assert_eq!(code(&answered), "00");
+    assert_eq!(answered.pan().unwrap().unwrap(), card.vpan);
+    rig.stop().await;
+}
+
 /// A purchase of `amount` on `card` that the scripted host approves (00), and the
 /// network's 0400 reversing it, not yet sent.
 async fn approved_then_reversal(

@@ -96,7 +96,9 @@ impl Flow {
                 );
             }
         }
-        if out.has(2) {
+        // Also where the host left DE 2 out (ISO 8583 lets it): the network sent one, and
+        // matches its answers on it.
+        if out.has(2) || request.has(2) {
             out.set_pan(&vpan.pan).ok()?;
         }
         if out.has(14) {
