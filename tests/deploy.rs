@@ -204,12 +204,7 @@ async fn every_metric_the_dashboard_and_alerts_query_is_in_a_real_scrape() {
     let over = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 9_000);
     assert_eq!(code(&net.call(&over).await), "61");
 
-    let page = reqwest::get(format!("http://{}/metrics", rig.metrics))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = procs::scrape(rig.metrics).await;
     let series = scrape_series(&page);
 
     let dashboard: Value = serde_json::from_str(DASHBOARD).unwrap();
@@ -268,12 +263,7 @@ async fn a_91_at_the_default_issuer_timeout_is_timed_between_1_5_and_2_s() {
     let mut net = Client::connect(rig.network).await;
     let bought = purchase(&mut net, b"0200", &card.vpan, &card.expiry.0, 1_000);
     assert_eq!(code(&net.call(&bought).await), "91");
-    let page = reqwest::get(format!("http://{}/metrics", rig.metrics))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = procs::scrape(rig.metrics).await;
     let bucket = |le: &str| {
         let series = format!("vpan_request_duration_seconds_bucket{{mti=\"0200\",le=\"{le}\"}} ");
         page.lines()

@@ -303,15 +303,24 @@ async fn with_network_connect_the_switch_dials_the_network_serves_it_and_redials
     sim.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_dialled_network_that_drops_every_connection_is_redialled_within_reconnect_max_ms() {
+/// The simulator, and a switch dialling the network with `network.reconnect_max_ms`
+/// `cap`, toward it.
+async fn dialling_with_redials_up_to(
+    cap: u64,
+) -> (vpan::tools::issuer_sim::IssuerSimHandle, Dialling) {
     let sim = vpan::tools::issuer_sim::IssuerSim::start(Default::default())
         .await
         .unwrap();
     let switch = Dialling::start(sim.local_addr().to_string(), |c| {
-        c.network.reconnect_max_ms = 200;
+        c.network.reconnect_max_ms = cap;
     })
     .await;
+    (sim, switch)
+}
+
+#[tokio::test]
+async fn a_dialled_network_that_drops_every_connection_is_redialled_within_reconnect_max_ms() {
+    let (sim, switch) = dialling_with_redials_up_to(200).await;
     // The network takes each connection and drops it at once. Dials after 100, 200, 200,
     // ... ms: about fifteen in 3 s. The backoff's old fixed cap of 5 s gave five (after
     // 100, 200, 400, 800 and 1600 ms).
@@ -332,13 +341,7 @@ async fn a_dialled_network_that_drops_every_connection_is_redialled_within_recon
 
 #[tokio::test]
 async fn a_dialled_network_that_serves_a_while_each_time_is_redialled_at_once_under_a_long_cap() {
-    let sim = vpan::tools::issuer_sim::IssuerSim::start(Default::default())
-        .await
-        .unwrap();
-    let switch = Dialling::start(sim.local_addr().to_string(), |c| {
-        c.network.reconnect_max_ms = 30_000;
-    })
-    .await;
+    let (sim, switch) = dialling_with_redials_up_to(30_000).await;
     // Each connection holds 1.2 s, then the network drops it. Held past a second, each is
     // redialled after the first backoff again (100 ms). Reset only after a connection that
     // held the cap, they were redialled after 100, 200, 400 … 3,200 ms.
