@@ -341,13 +341,7 @@ fn read_elements(xml: &str) -> Result<(Vec<Element>, Option<usize>), SpecError> 
 /// `maxValidField`, if given: no field above it may be defined.
 fn packager_attributes(s: &BytesStart<'_>) -> Result<Option<usize>, SpecError> {
     let mut max_valid_field = None;
-    for a in s.attributes() {
-        let a = a.map_err(|err| SpecError::Xml(err.to_string()))?;
-        let value = a
-            .unescape_value()
-            .map_err(|err| SpecError::Xml(err.to_string()))?
-            .into_owned();
-        let attribute = String::from_utf8_lossy(a.key.local_name().as_ref()).into_owned();
+    for (attribute, value) in attributes(s)? {
         let v = value.trim();
         let refused = match attribute.as_str() {
             "headerLength" if v == "0" => None,
@@ -384,15 +378,27 @@ fn packager_attributes(s: &BytesStart<'_>) -> Result<Option<usize>, SpecError> {
     Ok(max_valid_field)
 }
 
+/// The attributes of `s`, by local name, their values unescaped.
+fn attributes(s: &BytesStart<'_>) -> Result<Vec<(String, String)>, SpecError> {
+    s.attributes()
+        .map(|a| {
+            let a = a.map_err(|err| SpecError::Xml(err.to_string()))?;
+            let value = a
+                .unescape_value()
+                .map_err(|err| SpecError::Xml(err.to_string()))?
+                .into_owned();
+            Ok((
+                String::from_utf8_lossy(a.key.local_name().as_ref()).into_owned(),
+                value,
+            ))
+        })
+        .collect()
+}
+
 fn element(s: &BytesStart<'_>) -> Result<Element, SpecError> {
     let mut e = Element::default();
-    for a in s.attributes() {
-        let a = a.map_err(|err| SpecError::Xml(err.to_string()))?;
-        let v = a
-            .unescape_value()
-            .map_err(|err| SpecError::Xml(err.to_string()))?
-            .into_owned();
-        match a.key.local_name().as_ref() {
+    for (name, v) in attributes(s)? {
+        match name.as_bytes() {
             // Trimmed once here: a field's number and its path name it alike (the
             // track rule of DE 35 and 36 goes by the path).
             b"id" => e.id = v.trim().to_owned(),

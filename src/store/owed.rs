@@ -207,10 +207,14 @@ impl Unrecorded {
         }
     }
 
-    /// Sets `vpan_issuer_reversals_unrecorded` to how many there are.
+    /// How many reversals are in memory only: the debts, and those with none.
+    fn count(&self) -> usize {
+        self.debts.len() + self.without_debt
+    }
+
+    /// Sets `vpan_issuer_reversals_unrecorded` to [`Unrecorded::count`].
     fn publish(&self) {
-        let memory_only = self.debts.len() + self.without_debt;
-        metrics::gauge!(crate::metrics::ISSUER_REVERSALS_UNRECORDED).set(memory_only as f64);
+        metrics::gauge!(crate::metrics::ISSUER_REVERSALS_UNRECORDED).set(self.count() as f64);
     }
 }
 
@@ -556,8 +560,7 @@ impl OwedReversals {
 
     /// How many reversals owed are in memory only now (what the gauge says).
     pub fn in_memory_only(&self) -> usize {
-        let unrecorded = self.unrecorded.lock();
-        unrecorded.debts.len() + unrecorded.without_debt
+        self.unrecorded.lock().count()
     }
 
     /// Whether debt `id` is in memory only: its record failed to be written, and no
@@ -572,13 +575,17 @@ impl OwedReversals {
     /// in `vpan_issuer_reversals_unrecorded`.
     fn note_debts(&self, live: &Live, framed: &[u8], landed: bool, recorded: &[u64]) {
         let mut unrecorded = self.unrecorded.lock();
+        // A debt's record earlier in this batch came before its paid mark as much as one
+        // the book held: the mark is not ahead of it.
+        let mut before = recorded.to_vec();
         for payload in payloads(framed) {
             match decode(payload) {
                 Ok(Record::Owed { id, .. }) => {
                     let known = live.owed.contains_key(&id) || live.paid.contains(&id);
-                    unrecorded.owed(id, landed, known)
+                    unrecorded.owed(id, landed, known);
+                    before.push(id);
                 }
-                Ok(Record::Paid { id }) => unrecorded.paid(id, recorded.contains(&id)),
+                Ok(Record::Paid { id }) => unrecorded.paid(id, before.contains(&id)),
                 _ => {}
             }
         }
@@ -1119,6 +1126,46 @@ mod tests {
         assert_eq!(book.in_memory_only(), 1);
         drop(out);
         assert_eq!(book.in_memory_only(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_debt_and_its_paid_mark_in_one_batch_leave_nothing_paid_ahead() {
+        use crate::store::segment::sync_gate::{self, Gate};
+        let dir = tempfile::tempdir().unwrap();
+        let (book, _) = reopen(dir.path());
+        let path = dir.path().join(FILE);
+        // A first write held at its sync: the debt and its paid mark queue behind it and
+        // go in the next batch together, the record first.
+        let held = sync_gate::set(&path, Gate::Held);
+        let first = tokio::spawn({
+            let book = book.clone();
+            let id = book.next_id();
+            async move { book.owe(id, b"first").await }
+        });
+        let waiting = path.clone();
+        tokio::task::spawn_blocking(move || sync_gate::wait_until_one_is_held(&waiting))
+            .await
+            .unwrap();
+        let debt = book.next_id();
+        let owed = tokio::spawn({
+            let book = book.clone();
+            async move { book.owe(debt, b"together").await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let paid = tokio::spawn({
+            let book = book.clone();
+            async move { book.paid(debt).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        drop(held);
+        for written in [first, owed, paid] {
+            written.await.unwrap().unwrap();
+        }
+        assert!(!book.is_unrecorded(debt));
+        assert!(
+            book.unrecorded.lock().paid_ahead.is_empty(),
+            "a mark taken for ahead of its record"
+        );
     }
 
     #[tokio::test]
