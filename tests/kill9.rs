@@ -597,9 +597,15 @@ async fn a_reversal_owed_to_a_silent_issuer_outlives_a_kill_9_and_goes_out_at_th
     let mut net = Client::connect(serve.network).await;
     let repeat = repeat_of(&request);
     assert_eq!(code(&net.call(&repeat).await), "91");
+    // The acquirer's own reversal of the purchase: the link reverses it (its debt came
+    // back from the book), so the switch answers it, and the host gets no second
+    // reversal of the purchase under the acquirer's key.
+    let acquirers = reversal_of(&mut net, &request);
+    let answer = net.call(&acquirers).await;
+    assert_eq!((answer.mti(), code(&answer).as_str()), (*b"0410", "00"));
     assert!(
         hears_nothing(&mut host, Duration::from_millis(800)).await,
-        "the reversal goes once when answered, and the repeat does not go"
+        "the reversal goes once when answered, and neither the repeat nor the acquirer's reversal goes"
     );
     // Paid once answered (the mark is written in the background, within the wait above):
     // a later start owes nothing.

@@ -983,20 +983,84 @@ async fn an_issuer_too_slow_gets_91_and_its_late_approval_is_reversed() {
     assert_eq!((view.spent, view.held), (0, 0), "hold released");
 
     // The late approval comes in and vpan reverses it toward the issuer.
+    until("a reversal reached the issuer", || {
+        rig.sim().requests(b"0400") > 0
+    })
+    .await;
+    until("the real account is whole again", || {
+        rig.sim().balance(&real) == Some(DEFAULT_BALANCE)
+    })
+    .await;
+    rig.stop().await;
+}
+
+/// Waits (5 s at most) until `done` holds.
+async fn until(what: &str, done: impl Fn() -> bool) {
     tokio::time::timeout(Duration::from_secs(5), async {
-        while rig.sim().requests(b"0400") == 0 {
+        while !done() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await
-    .expect("a reversal reached the issuer");
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while rig.sim().balance(&real) != Some(vpan::tools::issuer_sim::DEFAULT_BALANCE) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    .unwrap_or_else(|_| panic!("{what}"));
+}
+
+#[tokio::test]
+async fn the_networks_reversal_of_a_purchase_the_link_reverses_itself_is_answered_here_and_not_sent_again()
+ {
+    let sim = SimConfig {
+        latency: Duration::from_millis(600),
+        ..SimConfig::default()
+    };
+    let rig = rig(Some(sim), |c| c.issuer.timeout_ms = 200).await;
+    let (card, real) = rig.issue(|c| c.amount_limit = 10_000).await;
+    let mut net = Client::connect(rig.network).await;
+    let reversals_at_issuer = || rig.sim().requests(b"0400") + rig.sim().requests(b"0401");
+    // The network's reversal comes before the issuer's late approval (the acquirer's
+    // timeout reversal, the usual case), then after the link's own reversal was answered.
+    for (sent, network_first) in [(1, true), (2, false)] {
+        let req = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 1_000);
+        assert_eq!(code(&net.call(&req).await), "91");
+        let reversal = reversal_of(&mut net, &req);
+        let mut answers = Vec::new();
+        if network_first {
+            answers.push(net.call(&reversal).await);
         }
-    })
-    .await
-    .expect("the real account is whole again");
+        // The late approval comes, and the link reverses it: one reversal at the issuer.
+        until("the link's reversal reached the issuer", || {
+            reversals_at_issuer() == sent
+        })
+        .await;
+        until("the real account is whole again", || {
+            rig.sim().balance(&real) == Some(DEFAULT_BALANCE)
+        })
+        .await;
+        if !network_first {
+            answers.push(net.call(&reversal).await);
+        }
+        // The network's repeat, which a lost 0410 would bring, is answered the same.
+        answers.push(net.call(&repeat_of(&reversal)).await);
+        for answer in &answers {
+            assert_eq!(answer.mti()[..3], *b"041", "{:?}", answer.mti());
+            assert_eq!(code(answer), "00");
+            assert_eq!(
+                answer.raw(90),
+                reversal.raw(90),
+                "DE 90 as the network sent it"
+            );
+        }
+        // Nothing more reaches the issuer: forwarded, the network's reversal would be a
+        // second one there under its own DE 11 and DE 7, which a host that books
+        // reversals by their own key would credit again.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            reversals_at_issuer(),
+            sent,
+            "network first: {network_first}"
+        );
+    }
+    let view = rig.cards.get(CardKey::of(&card.vpan)).unwrap();
+    assert_eq!((view.spent, view.held, view.uses), (0, 0, 0));
     rig.stop().await;
 }
 
@@ -1358,11 +1422,14 @@ async fn the_same_stan_and_time_from_two_terminals_at_once_are_each_reversed_at_
 }
 
 #[tokio::test]
-async fn a_reversal_by_its_own_key_of_a_purchase_that_got_91_names_it_toward_the_issuer() {
+async fn a_reversal_by_its_own_key_of_a_purchase_that_got_91_leaves_the_issuer_one_reversal_naming_it()
+ {
     // The issuer is slower than the switch waits: the network gets 91 and the hold is
     // released; the acquirer then reverses the purchase by its own key. vpan voids the
-    // released purchase (a stand-in's advice of it must count nothing), and still names
-    // it in DE 90 toward the issuer, which finds it so.
+    // released purchase (a stand-in's advice of it must count nothing), and answers the
+    // reversal itself: the link reverses the purchase at the issuer on its own, naming it
+    // in DE 90. (Until 2026-12-07 the acquirer's reversal and its repeat went there too:
+    // three reversals of one purchase, under two keys.)
     let sim = SimConfig {
         latency: Duration::from_millis(400),
         ..SimConfig::default()
@@ -1374,23 +1441,24 @@ async fn a_reversal_by_its_own_key_of_a_purchase_that_got_91_names_it_toward_the
     assert_eq!(code(&net.call(&original).await), "91");
     // The issuer approves it late, and the link reverses that at once, on its own: the
     // purchase is no longer in flight at the link when the acquirer's reversal comes.
-    for _ in 0..200 {
-        if rig.sim().requests(b"0400") == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(rig.sim().requests(b"0400"), 1, "the late approval reversed");
-    // (Answered 91 itself: the slow issuer answers it late too; so the acquirer repeats it.)
+    until("the late approval reversed", || {
+        rig.sim().requests(b"0400") == 1
+    })
+    .await;
     let reversal = reversal_by_own_key(&original);
     let answer = net.call(&reversal).await;
-    assert_eq!(answer.mti(), *b"0410");
+    assert_eq!((answer.mti(), code(&answer).as_str()), (*b"0410", "00"));
+    assert!(
+        !answer.has(90),
+        "no DE 90 in the answer, as in the reversal"
+    );
     let mut repeat = reversal.clone();
     repeat.set_mti(b"0401").unwrap();
     let repeat = Message::parse(Spec::iso87ascii(), repeat.pack()).unwrap();
-    assert_eq!(net.call(&repeat).await.mti(), *b"0410");
-    // The sim has both at once; the link's own reversal of the purchase (owed since its
-    // 91) names it in DE 90 as well, so count: all three must.
+    let answer = net.call(&repeat).await;
+    assert_eq!((answer.mti(), code(&answer).as_str()), (*b"0410", "00"));
+    // Only the link's own reversal of the purchase (owed since its 91) at the issuer,
+    // naming it in DE 90.
     let names_it = |r: &vpan::tools::issuer_sim::Received| {
         r.message.raw(90).is_some_and(|de90| {
             de90.starts_with(b"0100") && de90[4..10] == original.stan().unwrap()
@@ -1404,12 +1472,12 @@ async fn a_reversal_by_its_own_key_of_a_purchase_that_got_91_names_it_toward_the
             .into_iter()
             .filter(|r| r.mti()[..3] == *b"040")
             .collect();
-        if reversals.len() >= 3 {
+        if reversals.len() > 1 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(reversals.len(), 3, "{reversals:?}");
+    assert_eq!(reversals.len(), 1, "{reversals:?}");
     assert!(reversals.iter().all(names_it), "{reversals:?}");
     let view = rig.cards.get(CardKey::of(&card.vpan)).unwrap();
     assert_eq!((view.spent, view.held, view.uses), (0, 0, 0));

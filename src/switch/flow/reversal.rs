@@ -3,7 +3,7 @@
 //! heard) when the issuer does not hear it.
 
 use crate::cards::card::unix_now as now;
-use crate::cards::{DecidedBy, ReversalOutcome};
+use crate::cards::{DecidedBy, ResponseCode, ReversalOutcome};
 use crate::iso8583::Message;
 use crate::switch::issuer::{IssuerError, reversal_undone};
 
@@ -60,6 +60,15 @@ impl Flow {
             _ => false,
         }
         .then(|| toward_issuer.message.clone());
+        // Nothing of the original stands on the card: declined, or released (on vpan's own
+        // 91 among others), or voided before it came.
+        let nothing_stands = matches!(
+            outcome,
+            ReversalOutcome::Voided { .. }
+                | ReversalOutcome::NothingLeft {
+                    original_stands: false
+                }
+        );
         match outcome {
             ReversalOutcome::Reversed { durable, .. } | ReversalOutcome::Voided { durable } => {
                 if let Err(e) = durable.await {
@@ -81,6 +90,16 @@ impl Flow {
                 }
             }
             ReversalOutcome::NotFound => {}
+        }
+        if nothing_stands && self.issuer.reverses_itself(&toward_issuer.message) {
+            // Released on vpan's 91, and the link reverses it at the issuer itself (its
+            // debt on disk): answered here, so that the issuer gets one reversal of it, not
+            // two under two keys.
+            tracing::debug!(card = %vpan.pan, "reversal of a purchase the issuer link reverses itself answered by the switch");
+            return (
+                self.local_answer(&request, ResponseCode::APPROVED),
+                DecidedBy::Switch,
+            );
         }
         let sent = self
             .send_toward_issuer(toward_issuer, &request, &vpan)

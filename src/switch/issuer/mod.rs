@@ -250,6 +250,8 @@ struct Inner {
     /// own STAN), for the reversal's repeats: apart from `restamped`, which every request
     /// looks in, so that timeout reversals do not make every approval look.
     named_waiting: Restamped,
+    /// Requests the link reverses itself ([`IssuerLink::reverses_itself`]).
+    reversing: Arc<reversals::Reversing>,
     /// The network's reversals owed ([`IssuerLink::owe_reversal`]), by their identity: the
     /// debt's number.
     reversals_owed: ConcurrentMap<Identity, u64>,
@@ -303,6 +305,7 @@ impl IssuerLink {
                 pending: ConcurrentMap::default(),
                 restamped: Restamped::default(),
                 named_waiting: Restamped::default(),
+                reversing: Arc::default(),
                 reversals_owed: ConcurrentMap::default(),
                 reversals: AtomicUsize::new(0),
                 reversals_out: tokio::sync::Semaphore::new(reversals::REVERSALS_AT_ONCE),

@@ -23,7 +23,7 @@ use crate::store::journal::STALL_AFTER;
 use crate::store::owed::{Debt, OwedReversals};
 
 use super::connection::jittered;
-use super::stamps::Identity;
+use super::stamps::{Identity, Remembered};
 use super::{IssuerError, IssuerLink, Unanswered};
 
 /// Longest wait between two tries of a reversal toward an issuer that does not answer.
@@ -95,7 +95,14 @@ pub struct Owed {
     /// Set once the record is written, failed, or given up on (when this is dropped):
     /// the repeats of the request wait for it before their 91.
     written: watch::Sender<bool>,
+    /// For vpan's own reversal of a request: where the request's network identity goes
+    /// once this record is on disk (see [`IssuerLink::reverses_itself`]).
+    reverses: Option<(Arc<Reversing>, Identity)>,
 }
+
+/// The requests the link reverses itself (see [`IssuerLink::reverses_itself`]), by their
+/// network identity, from the moment that debt is on disk.
+pub(super) type Reversing = Remembered<Identity, ()>;
 
 /// The debt of a request in flight: its number in the book, and whether its record is
 /// done yet (written, failed, stalled, or skipped because the journal failed): a repeat
@@ -122,7 +129,7 @@ impl Owed {
     pub async fn record(mut self: Box<Self>) {
         let write = self.book.owe(self.id, &self.reversal);
         match tokio::time::timeout(STALL_AFTER, write).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => self.on_disk(),
             Ok(Err(e)) => tracing::error!(
                 debt = self.id,
                 error = %e,
@@ -137,6 +144,14 @@ impl Owed {
         // Only now: a record cancelled mid-write (a runtime stopping) is written again by
         // `drop`, blocking, before its repeats are let go (the book keeps one of the two).
         self.recorded = true;
+    }
+
+    /// The debt is on disk: the request it reverses, if it is vpan's own reversal, is
+    /// now one the link reverses itself whatever befalls this run.
+    fn on_disk(&self) {
+        if let Some((reversing, identity)) = &self.reverses {
+            reversing.insert(*identity, ());
+        }
     }
 
     /// Leaves the debt unrecorded, because its caller's own record of the request failed
@@ -159,10 +174,13 @@ impl Drop for Owed {
     fn drop(&mut self) {
         // Rare (a caller that went away, a runtime that is stopping): written here and now,
         // blocking, rather than by a task that a stopping runtime might never run.
-        if !self.recorded
-            && let Err(e) = self.book.owe_blocking(self.id, &self.reversal)
-        {
-            tracing::error!(debt = self.id, error = %e, "a reversal owed to the issuer could not be written");
+        if !self.recorded {
+            match self.book.owe_blocking(self.id, &self.reversal) {
+                Ok(()) => self.on_disk(),
+                Err(e) => {
+                    tracing::error!(debt = self.id, error = %e, "a reversal owed to the issuer could not be written")
+                }
+            }
         }
         self.written.send_replace(true);
     }
@@ -193,6 +211,12 @@ impl IssuerLink {
                     {
                         self.inner.reversals_owed.insert(identity, id);
                     }
+                    // On disk, and what it names is reversed by it, whoever sent it first
+                    // (under the STAN it went out with: the network's, but when the link
+                    // had to change it).
+                    if let Some(named) = reversed_identity(&reversal) {
+                        self.inner.reversing.insert(named, ());
+                    }
                     self.send_reversal(Box::new(reversal), None, Some(id));
                 }
                 // Written by vpan in the issuer link's layout of the time; the layout was
@@ -220,12 +244,49 @@ impl IssuerLink {
             reversal: without_card_verification_data(reversal),
             recorded: false,
             written,
+            reverses: None,
         };
         let held = DebtHeld {
             id,
             written: written_rx,
         };
         (held, Box::new(owed))
+    }
+
+    /// [`IssuerLink::owe`] for vpan's own `reversal` of a request it sent, which the network
+    /// sent under `network_stan`: once the debt is on disk, the link reverses that request
+    /// itself ([`IssuerLink::reverses_itself`]).
+    pub(super) fn owe_own(
+        &self,
+        reversal: &Message,
+        network_stan: Option<[u8; 6]>,
+    ) -> (DebtHeld, Box<Owed>) {
+        let (held, mut owed) = self.owe(reversal);
+        owed.reverses =
+            network_identity(reversal, network_stan).map(|id| (self.inner.reversing.clone(), id));
+        (held, owed)
+    }
+
+    /// Whether the request that a network's `reversal` names in DE 90 (as the network knows
+    /// it: under its own STAN, before [`IssuerLink::rewrite_original`]) is one the link
+    /// reverses itself: its caller got 91, and the link's own reversal of it, owed on disk,
+    /// is sent until the issuer answers it unless the issuer's late answer declined it.
+    /// Remembered for [`RESTAMPED_KEPT`](super::RESTAMPED_KEPT) from the debt's record, and through a restart
+    /// while the debt is still owed. A network's reversal of such a request that finds
+    /// nothing of it on the card is answered by the switch: forwarded, the issuer would
+    /// get two reversals of one purchase under two keys (the link's under the request's
+    /// STAN, the network's under its own), and a host that books reversals by their own
+    /// DE 11 and DE 7 rather than by DE 90 would credit the account twice.
+    pub fn reverses_itself(&self, reversal: &Message) -> bool {
+        self.inner
+            .reversing
+            .get(|| {
+                Identity::of(
+                    reversal.text(90)?.as_bytes(),
+                    reversal.terminal().as_deref(),
+                )
+            })
+            .is_some()
     }
 
     /// The reversal of a request kept as the bytes that were sent; `None`, said loudly,
@@ -580,6 +641,16 @@ fn reversal_identity(reversal: &Message) -> Option<Identity> {
 fn reversed_identity(reversal: &Message) -> Option<Identity> {
     let de90 = reversal.text(90)?;
     Identity::of(de90.as_bytes(), reversal.terminal().as_deref())
+}
+
+/// The network identity of the request that vpan's own `reversal` names in DE 90, which
+/// the network sent under `network_stan` (DE 90 names the stamp it went out under).
+fn network_identity(reversal: &Message, network_stan: Option<[u8; 6]>) -> Option<Identity> {
+    let mut de90 = reversal.text(90)?.as_bytes().to_vec();
+    if let (Some(stan), Some(named)) = (network_stan, de90.get_mut(4..10)) {
+        named.copy_from_slice(&stan);
+    }
+    Identity::of(&de90, reversal.terminal().as_deref())
 }
 
 /// [`reversal_for`], said loudly when it cannot be built.

@@ -61,7 +61,7 @@ impl IssuerLink {
             let debt = match (p.debt, p.reply.take()) {
                 (Some(debt), _) => Some(debt),
                 (None, Some(reply)) => {
-                    let (debt, owed) = self.owe(&reversal);
+                    let (debt, owed) = self.owe_own(&reversal, p.network_stan);
                     let _ = reply.send(Err(Unanswered {
                         owed: Some(owed),
                         ..IssuerError::ConnectionLost.into()
@@ -109,7 +109,7 @@ impl IssuerLink {
                         .then(|| self.reversal_of_sent(&p.sent))
                         .flatten()
                         .map(|reversal| {
-                            let (debt, owed) = self.owe(&reversal);
+                            let (debt, owed) = self.owe_own(&reversal, p.network_stan);
                             p.debt = Some(debt);
                             owed
                         });
@@ -157,6 +157,7 @@ impl IssuerLink {
             if let Some(horizon) = now.checked_sub(RESTAMPED_KEPT) {
                 self.inner.restamped.forget_before(horizon);
                 self.inner.named_waiting.forget_before(horizon);
+                self.inner.reversing.forget_before(horizon);
             }
             self.abandon(|p| now.duration_since(p.sent_at) > horizon);
         }
