@@ -169,6 +169,35 @@ fn the_decline_share_counts_exactly_the_codes_vpan_knows_to_decline() {
 }
 
 #[test]
+fn the_unknown_codes_alert_counts_exactly_the_codes_vpan_neither_declines_nor_approves() {
+    // The approvals vpan reads (any code it does not know to decline counts as one; these
+    // are the standards' own), and VpanIssuerCodesUnknown's matcher read as Prometheus
+    // reads it.
+    let approvals = ["00", "08", "10", "11", "16", "85", "87", "Y1", "Y3"];
+    let exprs: Vec<_> = alert_exprs(ALERTS)
+        .into_iter()
+        .filter(|e| e.contains(r#"decided_by="issuer""#))
+        .collect();
+    assert_eq!(exprs.len(), 1, "{exprs:#?}");
+    let matcher = regex::Regex::new(r#"response_code!~"([^"]*)""#).unwrap();
+    let excluded = &matcher.captures(&exprs[0]).expect("a response_code matcher")[1];
+    let pattern = regex::Regex::new(&format!("^(?:{excluded})$")).unwrap();
+    let mut unknown = Vec::new();
+    for code in response_code_labels() {
+        let known = approvals.contains(&code.as_str())
+            || matches!(code.as_bytes(), [a, b] if vpan::switch::issuer::is_known_decline([*a, *b]));
+        assert_eq!(pattern.is_match(&code), known, "{code}");
+        if !known {
+            unknown.push(code);
+        }
+    }
+    // Codes the standards leave undefined or to private use, "in progress", and "other".
+    for code in ["09", "32", "45", "76", "86", "99", "other"] {
+        assert!(unknown.contains(&code.to_string()), "{code}: {unknown:?}");
+    }
+}
+
+#[test]
 fn the_dashboard_is_grafana_json_with_a_query_in_every_panel() {
     let dashboard: Value = serde_json::from_str(DASHBOARD).expect("the dashboard is JSON");
     assert!(dashboard["title"].as_str().is_some_and(|t| !t.is_empty()));
