@@ -222,8 +222,9 @@ fn without_quoted_values(message: &str) -> String {
                 out.push_str("\"…\"");
             }
             // A name or a number, as serde quotes them: kept only when shaped as one of
-            // the API's field names (`max_use`) or a short number (`5`), as a card number,
-            // in whatever digits, is neither.
+            // the API's field names (`max_use`), a short number (`5`) or one punctuation
+            // mark (the `,` or `}` a JSON syntax error says it expected), as a card number,
+            // in whatever digits, is none of them.
             '`' => {
                 let name: String = chars.by_ref().take_while(|&c| c != '`').collect();
                 let short_number = !name.is_empty()
@@ -231,7 +232,8 @@ fn without_quoted_values(message: &str) -> String {
                     && name
                         .bytes()
                         .all(|b| b.is_ascii_digit() || b == b'-' || b == b'.');
-                if field_shaped(&name) || short_number {
+                let punctuation = name.len() == 1 && name.bytes().all(|b| b.is_ascii_punctuation());
+                if field_shaped(&name) || short_number || punctuation {
                     out.push('`');
                     out.push_str(&name);
                     out.push('`');
@@ -553,6 +555,18 @@ mod tests {
             without_quoted_values("unknown field `max_use`, expected `pan`"),
             "unknown field `max_use`, expected `pan`"
         );
+    }
+
+    #[test]
+    fn a_json_syntax_error_keeps_the_marks_it_expected() {
+        for message in [
+            "expected `,` or `}` at line 1 column 45",
+            "expected `,` or `]` at line 1 column 9",
+            "expected `:` at line 1 column 8",
+            "expected `\"` at line 1 column 2",
+        ] {
+            assert_eq!(without_quoted_values(message), message);
+        }
     }
 
     #[test]
