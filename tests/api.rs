@@ -795,6 +795,18 @@ async fn a_json_body_is_read_as_json_whatever_its_content_type_says() {
     let (status, body) = api.send(request).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(error_of(&body).0, "malformed");
+    assert!(
+        error_of(&body).1.starts_with("the body is not JSON"),
+        "{body}"
+    );
+    // Nor is nothing.
+    let request = api.http.post(api.url("/v1/cards")).bearer_auth(&api.token);
+    let (status, body) = api.send(request).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        error_of(&body).1.starts_with("the body is not JSON"),
+        "{body}"
+    );
     api.stop().await;
 }
 

@@ -135,6 +135,16 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                     ApiError::malformed(r.body_text())
                 }
             })?;
+        // A body that is no JSON at all (a form, nothing) is said to be so: serde's
+        // `expected value at line 1 column 1` alone does not tell a client what is wrong.
+        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body)
+            && (e.is_syntax() || e.is_eof())
+        {
+            return Err(ApiError::malformed(format!(
+                "the body is not JSON ({}): send a JSON object",
+                without_quoted_values(&e.to_string())
+            )));
+        }
         let mut json = serde_json::Deserializer::from_slice(&body);
         let value = read_strictly(&mut json)?;
         json.end().map_err(|e| ApiError::malformed(e.to_string()))?;
