@@ -356,6 +356,15 @@ async fn each_invalid_value_is_refused_with_422_naming_its_field() {
             "{change}: {message}"
         );
     }
+    // A vPAN given as the real card is the pan's fault too, and says so the same way.
+    let card = api.create(card_request(&real)).await;
+    let vpan = card["vpan"].as_str().unwrap();
+    let (status, answer) = api
+        .call(Method::POST, "/v1/cards", Some(card_request(vpan)))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    let (_, message) = error_of(&answer);
+    assert!(message.starts_with("pan:"), "{message}");
     api.assert_never_answered(&[real, bad_luhn]);
     api.stop().await;
 }

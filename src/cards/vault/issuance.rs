@@ -115,7 +115,7 @@ impl Cards {
         // the first card's controls.
         let refused = || {
             Err(IssueError::Invalid(
-                "pan is a virtual card number: give the real card's",
+                "pan: is a virtual card number: give the real card's",
             ))
         };
         if self.generator.in_virtual_range(spec.pan.as_bytes()) {
@@ -316,14 +316,14 @@ impl Cards {
 fn validate(spec: &CardSpec, now: UnixSeconds) -> Result<(), IssueError> {
     let c = &spec.controls;
     if !luhn_valid(spec.pan.as_bytes()) {
-        return Err(IssueError::Invalid("pan fails the Luhn check"));
+        return Err(IssueError::Invalid("pan: fails the Luhn check"));
     }
     if Expiry::parse(&spec.pan_expiry.0).is_none() {
-        return Err(IssueError::Invalid("pan_expiry must be YYMM"));
+        return Err(IssueError::Invalid("pan_expiry: must be YYMM"));
     }
     if !(1..=999).contains(&c.currency) {
         return Err(IssueError::Invalid(
-            "currency must be an ISO 4217 numeric code",
+            "currency: must be an ISO 4217 numeric code",
         ));
     }
     if c.amount_limit == 0 {
@@ -346,7 +346,9 @@ fn validate(spec: &CardSpec, now: UnixSeconds) -> Result<(), IssueError> {
         ));
     }
     if c.mcc_allow.iter().chain(&c.mcc_block).any(|&m| m > 9999) {
-        return Err(IssueError::Invalid("an MCC has four digits"));
+        return Err(IssueError::Invalid(
+            "mcc_allow, mcc_block: an MCC has four digits",
+        ));
     }
     Ok(())
 }
