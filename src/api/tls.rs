@@ -273,7 +273,14 @@ impl AsyncWrite for TlsConnection {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        // hyper writes through here (the TLS stream says it writes vectored): an answer
+        // being written is activity, or a large one read slowly was cut off mid-body
+        // [`IDLE_TIMEOUT`] after its request.
+        let r = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        if r.is_ready() {
+            self.active();
+        }
+        r
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -467,6 +474,55 @@ mod tests {
             per_client.counts.lock().unwrap().is_empty(),
             "no count kept for a gone client"
         );
+    }
+
+    #[tokio::test]
+    async fn an_answer_written_in_several_buffers_at_once_keeps_its_connection_from_idling() {
+        let dir = tempfile::tempdir().unwrap();
+        let pair = files("", "", dir.path()).unwrap();
+        let acceptor = TlsAcceptor::from(server_config(&pair).unwrap());
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(&pair.cert).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let client = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let (server, _client) = tokio::join!(
+            async {
+                acceptor
+                    .accept(listener.accept().await.unwrap().0)
+                    .await
+                    .unwrap()
+            },
+            async {
+                let tcp = TcpStream::connect(addr).await.unwrap();
+                connector.connect(name, tcp).await.unwrap()
+            }
+        );
+        let places = (
+            Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap(),
+            PerClient::new(1).enter(addr.ip()).unwrap(),
+        );
+        let mut connection = TlsConnection::new(server, places);
+        assert!(
+            connection.is_write_vectored(),
+            "hyper writes through poll_write_vectored"
+        );
+        let idle_until = connection.idle.deadline();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let head = [
+            std::io::IoSlice::new(b"HTTP/1.1 200 OK\r\n"),
+            std::io::IoSlice::new(b"content-length: 0\r\n\r\n"),
+        ];
+        tokio::io::AsyncWriteExt::write_vectored(&mut connection, &head)
+            .await
+            .unwrap();
+        assert!(connection.idle.deadline() > idle_until);
     }
 
     #[test]
