@@ -289,20 +289,41 @@ fn card_error(e: CardError) -> ApiError {
         // accepts nothing until a restart, which may not find the record.
         CardError::Store(e) => {
             tracing::error!(error = %e, "card change not confirmed durable");
-            let message = match e {
-                StoreError::Stalled(_) => {
+            match e {
+                StoreError::Stalled(_) => ApiError::unavailable(
+                    "store_unavailable",
                     "the change could not be confirmed durable in time (the disk is stalled): \
                      it holds now but may not survive a restart; ask again once /healthz \
-                     reports the store up"
-                }
-                _ => {
+                     reports the store up",
+                ),
+                // Only a restart mends a failed store: no `Retry-After`, which a client
+                // would obey every second until then.
+                _ => ApiError::unavailable_until_mended(
+                    "store_unavailable",
                     "the change could not be recorded (the store failed): it holds until the \
-                     switch restarts, which may lose it; ask again after the restart"
-                }
-            };
-            ApiError::unavailable("store_unavailable", message)
+                     switch restarts, which may lose it; ask again after the restart",
+                ),
+            }
         }
     }
+}
+
+/// A card that could not be made durable. The disk stalled: its record may still reach
+/// it, so "no card" is not said. The store failed: nothing is recorded until a restart.
+fn issue_store_error(e: StoreError) -> ApiError {
+    if let StoreError::Stalled(_) = e {
+        tracing::error!(error = %e, "issuance not confirmed durable");
+        return ApiError::unavailable(
+            "store_unavailable",
+            "the card could not be confirmed durable in time (the disk is stalled); it may still be recorded: list the cards before issuing again",
+        );
+    }
+    tracing::error!(error = %e, "issuance not durable");
+    // No `Retry-After`, as for a status change: only a restart mends it.
+    ApiError::unavailable_until_mended(
+        "store_unavailable",
+        "the card could not be recorded durably (the store failed); no card was issued: issue it again after the switch restarts",
+    )
 }
 
 fn card(view: &CardView) -> Json<CardBody> {
@@ -334,22 +355,7 @@ async fn create_card(
                 format!("{e}: list another range for this BIN in cards.virtual_ranges"),
             ))
         }
-        // The disk stalled: the card's record may still reach it, so "no card" is not
-        // said.
-        Err(IssueError::Store(e @ StoreError::Stalled(_))) => {
-            tracing::error!(error = %e, "issuance not confirmed durable");
-            Err(ApiError::unavailable(
-                "store_unavailable",
-                "the card could not be confirmed durable in time (the disk is stalled); it may still be recorded: list the cards before issuing again",
-            ))
-        }
-        Err(IssueError::Store(e)) => {
-            tracing::error!(error = %e, "issuance not durable");
-            Err(ApiError::unavailable(
-                "store_unavailable",
-                "the card could not be recorded durably; no card was issued",
-            ))
-        }
+        Err(IssueError::Store(e)) => Err(issue_store_error(e)),
     }
 }
 
@@ -543,6 +549,26 @@ mod tests {
             let answer = card_error(CardError::Store(e));
             assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
             assert!(answer.message.contains(says), "{}", answer.message);
+        }
+    }
+
+    /// A failed store accepts nothing until a restart: a `Retry-After: 1` beside "ask
+    /// again after the restart" had clients that obey it ask every second until then.
+    #[test]
+    fn only_a_stalled_store_is_a_503_that_asks_for_a_retry_shortly() {
+        let stalled = || StoreError::Stalled(std::time::Duration::from_secs(2));
+        for (answer, retry) in [
+            (card_error(CardError::Store(stalled())), true),
+            (issue_store_error(stalled()), true),
+            (card_error(CardError::Store(StoreError::Failed)), false),
+            (issue_store_error(StoreError::Failed), false),
+            (issue_store_error(StoreError::Backlog(10)), false),
+        ] {
+            let message = answer.message.clone();
+            let response = answer.into_response();
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            let header = response.headers().contains_key(header::RETRY_AFTER);
+            assert_eq!(header, retry, "{message}");
         }
     }
 
