@@ -21,7 +21,10 @@ use crate::pan::{Masked, Pan};
 
 /// A code given as a JSON string (`"978"`) or number (`978`).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(untagged, expecting = "a code, as digits in a string or as a number")]
+#[serde(
+    untagged,
+    expecting = "expected a code, as digits in a string or as a number"
+)]
 pub enum Code {
     /// As text: exactly the digits, leading zeros kept.
     Text(String),
@@ -34,7 +37,7 @@ pub enum Code {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(
     untagged,
-    expecting = "`none`, `first_use` or an object with only `acceptor_id`, a string"
+    expecting = "expected `none`, `first_use` or an object with only `acceptor_id`, a string"
 )]
 pub enum LockBody {
     /// `"none"` or `"first_use"`.
@@ -680,6 +683,10 @@ mod tests {
         assert!(lock.contains("`first_use`"), "{lock}");
         let currency = said(body(serde_json::json!({"currency": true})));
         assert!(currency.contains("a code, as digits"), "{currency}");
+        // Said as what was expected, as serde says it of every other type.
+        for said in [&lock, &currency] {
+            assert!(said.starts_with("expected "), "{said}");
+        }
         let listed = said(serde_json::json!([]));
         assert!(
             listed.contains("an object of the card's fields"),
