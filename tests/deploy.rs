@@ -180,7 +180,9 @@ fn the_unknown_codes_alert_counts_exactly_the_codes_vpan_neither_declines_nor_ap
         .collect();
     assert_eq!(exprs.len(), 1, "{exprs:#?}");
     let matcher = regex::Regex::new(r#"response_code!~"([^"]*)""#).unwrap();
-    let excluded = &matcher.captures(&exprs[0]).expect("a response_code matcher")[1];
+    let excluded = &matcher
+        .captures(&exprs[0])
+        .expect("a response_code matcher")[1];
     let pattern = regex::Regex::new(&format!("^(?:{excluded})$")).unwrap();
     let mut unknown = Vec::new();
     for code in response_code_labels() {

@@ -623,6 +623,21 @@ fn unreached(e: &reqwest::Error) -> String {
     root.to_string()
 }
 
+/// `--merchant-lock`'s value as the API takes it: `none` and `first-use` (or
+/// `first_use`) in any case, and around spaces, are the locks; anything else is a
+/// merchant's acceptor ID. Read exactly, `None` locked the card to a merchant called
+/// "None", which no terminal is: every purchase declined 57.
+fn merchant_lock(flag: &str) -> Value {
+    let word = flag.trim();
+    if word.eq_ignore_ascii_case("none") {
+        json!("none")
+    } else if word.eq_ignore_ascii_case("first-use") || word.eq_ignore_ascii_case("first_use") {
+        json!("first_use")
+    } else {
+        json!({"acceptor_id": flag})
+    }
+}
+
 /// An error with its sources, on one line.
 fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
@@ -651,11 +666,7 @@ fn create_body(c: CreateArgs) -> Result<Value, Failure> {
         "pan_expiry": c.pan_expiry,
         "currency": c.currency,
         "amount_limit": c.amount_limit,
-        "merchant_lock": match c.merchant_lock.as_str() {
-            "none" => json!("none"),
-            "first-use" | "first_use" => json!("first_use"),
-            id => json!({"acceptor_id": id}),
-        },
+        "merchant_lock": merchant_lock(&c.merchant_lock),
         "mcc_allow": c.mcc_allow,
         "mcc_block": c.mcc_block,
     });
@@ -902,6 +913,20 @@ mod tests {
     #[test]
     fn a_path_segment_keeps_only_letters_and_digits() {
         assert_eq!(path("4970/../10"), "497010");
+    }
+
+    #[test]
+    fn a_merchant_lock_flag_in_any_case_is_the_lock_not_a_merchant_of_that_name() {
+        for lock in ["None", "NONE", " none"] {
+            assert_eq!(merchant_lock(lock), json!("none"), "{lock:?}");
+        }
+        for lock in ["First-Use", "FIRST_USE", "first_use "] {
+            assert_eq!(merchant_lock(lock), json!("first_use"), "{lock:?}");
+        }
+        assert_eq!(
+            merchant_lock("Nonesuch"),
+            json!({"acceptor_id": "Nonesuch"})
+        );
     }
 
     #[test]

@@ -312,7 +312,7 @@ fn positive(field: &str, v: &Number) -> Result<u64, ApiError> {
         .filter(|&v| v > 0)
         .ok_or_else(|| {
             ApiError::invalid(format!(
-                "{field}: must be a whole number, at least 1 and below 2^63"
+                "{field}: must be a whole number written in digits alone (no fraction, no exponent), at least 1 and below 2^63"
             ))
         })
 }
@@ -702,7 +702,9 @@ mod tests {
             ("valid_for_seconds", serde_json::json!(1.5)),
         ] {
             let err = check(serde_json::json!({ field: value })).unwrap_err();
-            let want = format!("{field}: must be a whole number, at least 1 and below 2^63");
+            let want = format!(
+                "{field}: must be a whole number written in digits alone (no fraction, no exponent), at least 1 and below 2^63"
+            );
             assert_eq!(err.message, want);
         }
     }
