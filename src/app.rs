@@ -214,6 +214,7 @@ impl App {
             bytes_cut = recovered.bytes_cut,
             intact_records_cut = recovered.intact_records_cut,
             holds_counted_as_spent = recovered.holds_counted_as_spent,
+            records_of_unknown_cards = recovered.records_of_unknown_cards,
             elapsed_ms = recovered.elapsed_ms,
             reversals_owed = debts.len(),
             data_dir = %config.store.data_dir.display(),

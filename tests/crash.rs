@@ -560,6 +560,41 @@ fn a_damaged_segment_that_later_segments_follow_stops_the_start_and_says_how_to_
 }
 
 #[test]
+fn records_of_a_card_this_store_never_issued_are_skipped_and_counted() {
+    // A segment copied in from another data directory under the same key (segments carry
+    // no store identity; the snapshot review of stop 53): its records name a card this
+    // store never issued. Skipped, as ever, but no longer without a word.
+    let theirs = tempfile::tempdir().unwrap();
+    let key = {
+        let (cards, _) = open(theirs.path());
+        issue(&cards, &spec(100_000))
+    };
+    {
+        // A start of its own: this segment holds the card's approval, not its issuance.
+        let (cards, _) = open(theirs.path());
+        answered(&cards, key, 1, IssuerOutcome::APPROVED);
+    }
+    let approval = last_segment(theirs.path());
+    let ours = tempfile::tempdir().unwrap();
+    std::fs::copy(theirs.path().join("pan.key"), ours.path().join("pan.key")).unwrap();
+    for _ in 0..2 {
+        let (_, rec) = open(ours.path());
+        assert_eq!(rec.records_of_unknown_cards, 0, "{rec:?}");
+    }
+    std::fs::copy(&approval, ours.path().join(approval.file_name().unwrap())).unwrap();
+    let (cards, rec) = open(ours.path());
+    assert!(cards.get(key).is_none());
+    assert_eq!(
+        rec.records_of_unknown_cards, 2,
+        "the hold and its answer: {rec:?}"
+    );
+    // In its own directory the card is known.
+    let (cards, rec) = open(theirs.path());
+    assert_eq!(rec.records_of_unknown_cards, 0, "{rec:?}");
+    assert_eq!(cards.get(key).unwrap().spent, 1_000);
+}
+
+#[test]
 fn a_segment_that_later_segments_follow_cut_at_a_record_boundary_stops_the_start() {
     // Review of stop 51: nothing said how long a closed segment had been, so one cut
     // cleanly between records (a copy taken while it grew, a truncate of the wrong file)

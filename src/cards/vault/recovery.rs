@@ -39,6 +39,9 @@ pub struct Recovered {
     pub intact_records_cut: u64,
     /// Durable holds without an answer, counted as spent (in doubt: see `Event::InDoubt`).
     pub holds_counted_as_spent: u64,
+    /// Journal records of cards neither the snapshot nor the journal issued, skipped: none
+    /// in a data directory vpan wrote alone (see [`replay`]).
+    pub records_of_unknown_cards: u64,
     /// Time taken.
     pub elapsed_ms: u64,
 }
@@ -214,6 +217,7 @@ impl Cards {
         // Deleted once the whole start has succeeded, not before: a start refused later on
         // deletes none of them (it may still have cut torn tails, closed a segment).
         let mut covered = Vec::new();
+        let unknown_cards = AtomicU64::new(0);
         for &n in &segments {
             let path = segment_path(&dir, n);
             if n < from_segment {
@@ -232,7 +236,13 @@ impl Cards {
                         sink.push(ev.key().raw(), payload)
                     })
                 },
-                |payload| replay(&index, &ledger, &cipher, &Event::decode(payload)?),
+                |payload| {
+                    let ev = Event::decode(payload)?;
+                    if !replay(&index, &ledger, &cipher, &ev)? {
+                        unknown_cards.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(())
+                },
             )
             .map_err(crate::store::naming_the_key(&key_path, &path))?;
             recovered.records += report.records;
@@ -296,6 +306,14 @@ impl Cards {
             chain.read(n, report);
         }
 
+        recovered.records_of_unknown_cards = unknown_cards.into_inner();
+        if recovered.records_of_unknown_cards > 0 {
+            tracing::warn!(
+                records = recovered.records_of_unknown_cards,
+                data_dir = %dir.display(),
+                "journal records of cards the store never issued were skipped: a segment copied in from another data directory under the same key, or a snapshot from an older copy of this one; the cards they name are not known here"
+            );
+        }
         // Durable holds the issuer never answered (as far as the journal knows): in doubt,
         // counted as spent. Journaled, so that what comes after (a reversal of one finding
         // it spent) replays onto the same state at the next start.
@@ -372,12 +390,17 @@ impl Cards {
 }
 
 /// Applies one journal event during recovery, skipping what the snapshot already holds.
+/// Returns false for the event of a card neither issued before it nor in the snapshot:
+/// its card's part is skipped. A card's records replay in order on one thread after its
+/// issuance, and no card leaves the index but a new one whose issuance failed to be
+/// written (the journal then failed, and took nothing after it), so a directory vpan wrote
+/// alone has none.
 fn replay(
     index: &CardIndex,
     ledger: &Ledger,
     cipher: &PanCipher,
     ev: &Event,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let lsn = ev.lsn();
     if let Event::Issued(i) = ev {
         if !index.contains(i.key) {
@@ -392,13 +415,15 @@ fn replay(
             card.pan_nonce = crypto::nonce_of(&i.sealed_pan);
             index.put(i.key, card);
         }
-        return Ok(());
+        return Ok(true);
     }
-    index.update(ev.key(), |c| {
-        if c.lsn < lsn {
-            event::apply_card(c, ev);
-        }
-    });
+    let known = index
+        .update(ev.key(), |c| {
+            if c.lsn < lsn {
+                event::apply_card(c, ev);
+            }
+        })
+        .is_some();
     // Into the retention queues as when serving (so that a journal longer than the ledger's
     // capacity is bounded as it is read): a hold with its answer, by what the answer made
     // it. `rebuild_order` sorts them again once everything is read.
@@ -415,7 +440,7 @@ fn replay(
     if let Some((k, at)) = filed {
         ledger.remember_answered(k, at, at);
     }
-    Ok(())
+    Ok(known)
 }
 
 /// Threads that apply recovered records.
