@@ -900,6 +900,40 @@ async fn a_connection_that_cannot_be_dialled_again_gives_up_and_says_so_in_the_s
     assert!(s.to_string().contains("gave_up"), "{s}");
 }
 
+/// Review of the load tools: a target that never answers the connection (a firewall that
+/// drops it, a host that is down; here a listener whose backlog is full) held loadgen's
+/// dial for the kernel's two minutes of retries, whatever `--timeout-ms` said, with
+/// nothing printed meanwhile.
+#[tokio::test]
+async fn a_target_that_never_answers_the_connection_is_given_up_on_within_the_timeout() {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Its backlog filled, and never accepted: the kernel drops the next connection's SYN.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let dial = tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr));
+        if let Ok(Ok(s)) = dial.await {
+            held.push(s);
+        }
+    }
+    let traffic =
+        Arc::new(Traffic::load(fixture("sample.jsonl").as_ref(), Spec::iso87ascii()).unwrap());
+    let mut cfg = LoadgenConfig::new(addr.to_string(), traffic);
+    cfg.timeout = Duration::from_millis(200);
+    let err = tokio::time::timeout(Duration::from_secs(20), loadgen::run(cfg))
+        .await
+        .expect("loadgen gives up on the dial, not the kernel two minutes later")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with(&format!("cannot connect to {addr}: ")) && err.contains("1000 ms"),
+        "{err}"
+    );
+    drop((held, listener));
+}
+
 #[tokio::test]
 async fn a_run_whose_target_goes_away_exits_1_saying_it_was_cut_short() {
     let (out, summary) = target_killed_during("20s", Duration::from_millis(700), "200").await;

@@ -715,7 +715,7 @@ impl Shared {
 /// One connection's life: the first socket, then redials after losses.
 pub(super) async fn connection(mut conn: Conn, first: TcpStream) -> Stats {
     let mut stream = Some(first);
-    let redial_for = conn.shared.cfg.timeout.max(Duration::from_secs(1));
+    let redial_for = dial_for(&conn.shared.cfg);
     loop {
         let s = match stream.take() {
             Some(s) => s,
@@ -725,7 +725,8 @@ pub(super) async fn connection(mut conn: Conn, first: TcpStream) -> Stats {
                 // Not past the run's end (or a Ctrl-C) when nothing is owed any more: the
                 // run is over, and no reconnection is wanted.
                 while Instant::now() < give_up && !conn.finished() {
-                    match TcpStream::connect(&conn.shared.cfg.target).await {
+                    let left = give_up.saturating_duration_since(Instant::now());
+                    match dial(&conn.shared.cfg.target, left).await {
                         Ok(s) => {
                             dialled = Some(s);
                             break;
@@ -769,6 +770,30 @@ pub(super) async fn connection(mut conn: Conn, first: TcpStream) -> Stats {
     }
     conn.flush_record();
     conn.stats
+}
+
+/// How long a connection may take to be made, first or again: `--timeout-ms`, at least a
+/// second.
+pub(super) fn dial_for(cfg: &LoadgenConfig) -> Duration {
+    cfg.timeout.max(Duration::from_secs(1))
+}
+
+/// Connects to `target`, giving up after `within`: a target that never answers the
+/// connection (a firewall that drops it, a host that is down, a listener that accepts
+/// nothing) would otherwise hold the dial for the kernel's two minutes of retries, with
+/// nothing said meanwhile.
+pub(super) async fn dial(target: &str, within: Duration) -> std::io::Result<TcpStream> {
+    tokio::time::timeout(within, TcpStream::connect(target))
+        .await
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the connection was not answered within {} ms",
+                    within.as_millis()
+                ),
+            ))
+        })
 }
 
 /// Sleeps until `t`, or forever when there is nothing to wait for.
