@@ -232,10 +232,24 @@ const MAX_NETWORK_CONNECTIONS: usize = 1_000_000;
 /// Most persistent connections to the issuer host (`issuer.connections`).
 const MAX_ISSUER_CONNECTIONS: usize = 1024;
 
-/// A secret string (the API token): never printed by `Debug`.
-#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+/// A secret string (the API token): never printed by `Debug`, nor by an error.
+#[derive(Clone, Default, Serialize, PartialEq, Eq)]
 #[serde(transparent)]
 pub struct Secret(String);
+
+impl<'de> Deserialize<'de> for Secret {
+    /// Text only, refused without its value: serde's own "invalid type: integer `...`"
+    /// quotes it, and a token written without quotes went to the log whole.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
+        match toml::Value::deserialize(d)? {
+            toml::Value::String(s) => Ok(Secret(s)),
+            other => Err(serde::de::Error::custom(format!(
+                "must be text in quotes, not {} (its value is not shown: it is a secret)",
+                other.type_str()
+            ))),
+        }
+    }
+}
 
 impl Secret {
     /// Wraps a secret value.
@@ -1039,6 +1053,9 @@ mod tests {
                 "max_conections",
             ),
             ("[issuer]\ntimeout_ms = \"soon\"\n".to_string(), "issuer"),
+            // Review of configuration: a token written without quotes was quoted whole in
+            // serde's "invalid type" (masked only when as long as a card number).
+            ("[api]\ntoken = 98765432101\n".to_string(), "api.token"),
         ];
         for (text, names) in cases {
             let err = load(&text, &[]).unwrap_err().to_string();
@@ -1046,6 +1063,7 @@ mod tests {
             assert!(!err.ends_with('\n'), "{err:?}");
             assert!(err.contains(names), "{err}");
             assert!(!err.contains(secret), "{err}");
+            assert!(!err.contains("98765432101"), "{err}");
         }
     }
 
