@@ -427,6 +427,14 @@ impl Config {
                 ),
             );
         }
+        // A key provisioned and named, but the MAC left off: the link would run without
+        // one, and nothing would say so.
+        if self.network.mac == "none" && !self.network.mac_key_file.is_empty() {
+            return invalid(
+                "network.mac_key_file",
+                "is set while network.mac is \"none\": set network.mac = \"iso9797-1-alg3\" to MAC the link, or leave network.mac_key_file empty".into(),
+            );
+        }
         if ![1u8, 2].contains(&self.network.mac_padding) {
             return invalid(
                 "network.mac_padding",
@@ -1161,6 +1169,12 @@ mod tests {
                 "network.mac_key_file",
             ),
             ("[network]\nmac_padding = 3\n", "network.mac_padding"),
+            // Review of configuration: a MAC key named with the MAC left off ran the link
+            // without one.
+            (
+                "[network]\nmac_key_file = \"/etc/vpan/mac.key\"\n",
+                "network.mac_key_file",
+            ),
             (
                 "[network]\nread_timeout_ms = 0\n",
                 "network.read_timeout_ms",
