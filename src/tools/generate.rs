@@ -25,8 +25,8 @@ pub struct Args {
     /// Directory to write cards.json and load.jsonl into (made if absent).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
-    /// Virtual cards the approvals are spread over.
-    #[arg(long, allow_negative_numbers = true, default_value_t = 100, value_parser = super::flags::count(u64::from(u32::MAX)))]
+    /// Virtual cards the approvals are spread over (up to 10 million, some 1.4 GB).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 100, value_parser = super::flags::count(MAX_CARDS))]
     pub cards: usize,
     /// Messages in load.jsonl (up to 100 million, some 27 GB).
     #[arg(long, allow_negative_numbers = true, default_value_t = 10_000, value_parser = super::flags::count(100_000_000))]
@@ -35,6 +35,11 @@ pub struct Args {
     #[arg(long, allow_negative_numbers = true, default_value_t = 1)]
     pub seed: u64,
 }
+
+/// Most cards `--cards` writes: about 140 bytes each in `cards.json`, which `vpan demo`
+/// reads whole and issues one by one over HTTPS. Up to `u32::MAX`, a typo filled the disk
+/// (some 600 GB) before anything said so.
+const MAX_CARDS: u64 = 10_000_000;
 
 /// Largest single purchase on a load card; above it the switch answers 61.
 const PER_TRANSACTION_LIMIT: u64 = 100_000;
@@ -438,6 +443,24 @@ mod tests {
         let g = generate(20, 500, 1);
         assert_eq!(g.cards, include_str!("../../fixtures/generated/cards.json"));
         assert_eq!(g.load, include_str!("../../fixtures/generated/load.jsonl"));
+    }
+
+    #[test]
+    fn a_number_of_cards_or_messages_past_what_a_disk_takes_is_refused_naming_its_flag() {
+        use clap::Parser;
+        #[derive(Debug, Parser)]
+        struct Tool {
+            #[command(flatten)]
+            args: Args,
+        }
+        let parse = |more: &[&str]| Tool::try_parse_from([&["tool", "--out", "x"], more].concat());
+        let t = parse(&["--cards", "10000000", "--messages", "100000000"]).unwrap();
+        assert_eq!((t.args.cards, t.args.messages), (10_000_000, 100_000_000));
+        for (flag, value) in [("--cards", "10000001"), ("--messages", "100000001")] {
+            let e = parse(&[flag, value]).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "a usage error");
+            assert!(e.to_string().contains(flag), "{e}");
+        }
     }
 
     #[test]
