@@ -499,6 +499,18 @@ impl Config {
                     format!("{range:?} is not a PAN prefix of 1 to 18 digits"),
                 );
             }
+            // A vPAN keeps the real card's first `bin_length` digits and a real card
+            // inside a range is refused at issuance: a range no longer than that holds no
+            // vPAN ever, only real cards, each then declined 14 as an unknown vPAN.
+            if range.len() <= usize::from(self.cards.bin_length) {
+                return invalid(
+                    "cards.virtual_ranges",
+                    format!(
+                        "{range:?} is no longer than cards.bin_length ({}): a vPAN keeps that many digits of the real card, so the range would hold the real cards (each declined 14) and never a vPAN; reserve a longer prefix inside the BIN, such as \"{range}9\"",
+                        self.cards.bin_length
+                    ),
+                );
+            }
         }
         if self.api.tls_cert.is_empty() != self.api.tls_key.is_empty() {
             return invalid(
@@ -1157,6 +1169,16 @@ mod tests {
             ),
             (
                 "[cards]\nvirtual_ranges = [\"49x\"]\n",
+                "cards.virtual_ranges",
+            ),
+            // Review of configuration: the BIN itself as a range declined every real card
+            // of the BIN with 14, and no vPAN could be issued in it.
+            (
+                "[cards]\nvirtual_ranges = [\"4970109\", \"497010\"]\n",
+                "cards.virtual_ranges",
+            ),
+            (
+                "[cards]\nbin_length = 8\nvirtual_ranges = [\"4970109\"]\n",
                 "cards.virtual_ranges",
             ),
             ("[issuer]\ntimeout_ms = 0\n", "issuer.timeout_ms"),
