@@ -367,6 +367,7 @@ impl Config {
         check_addr("api.listen", &self.api.listen)?;
         check_addr("metrics.listen", &self.metrics.listen)?;
         self.check_listeners_apart()?;
+        self.check_issuer_is_not_vpan()?;
         for (key, framing) in [
             ("network.framing", &self.network.framing),
             ("issuer.framing", &self.issuer.framing),
@@ -576,6 +577,57 @@ impl Config {
         }
         Ok(())
     }
+}
+
+impl Config {
+    /// Refuses an `issuer.connect` that is one of vpan's own listeners (a copy of
+    /// `network.listen`, say): the issuer link would dial vpan itself, sign on to its own
+    /// network side and show up, and every authorization would then end in 91.
+    fn check_issuer_is_not_vpan(&self) -> Result<(), ConfigError> {
+        let Some((host, port)) = self.issuer.connect.rsplit_once(':') else {
+            return Ok(());
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let targets: Vec<std::net::IpAddr> = if host.eq_ignore_ascii_case("localhost") {
+            vec![[127, 0, 0, 1].into(), std::net::Ipv6Addr::LOCALHOST.into()]
+        } else {
+            host.parse().into_iter().collect()
+        };
+        let mut listeners = vec![
+            ("api.listen", &self.api.listen),
+            ("metrics.listen", &self.metrics.listen),
+        ];
+        if self.network.connect.is_empty() {
+            listeners.insert(0, ("network.listen", &self.network.listen));
+        }
+        for (key, listen) in listeners {
+            let Ok(listen) = listen.parse::<SocketAddr>() else {
+                continue;
+            };
+            let itself =
+                port.parse() == Ok(listen.port()) && targets.iter().any(|&ip| reaches(listen, ip));
+            if itself {
+                return Err(ConfigError::Invalid {
+                    key: "issuer.connect",
+                    message: format!(
+                        "{:?} is vpan's own {key} ({listen}): the issuer link would dial vpan itself; set the issuer host's address",
+                        self.issuer.connect
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// True when dialling `ip` on a listener's port reaches the listener at `listener`: the
+/// same address, a loopback address on a listener on every address, or the unspecified
+/// address (which dials this host) on a local one.
+fn reaches(listener: SocketAddr, ip: std::net::IpAddr) -> bool {
+    let (l, t) = (listener.ip().to_canonical(), ip.to_canonical());
+    let local = |ip: std::net::IpAddr| ip.is_loopback() || ip.is_unspecified();
+    listener.port() != 0
+        && (l == t || (covers(l, t) && local(t)) || (t.is_unspecified() && local(l)))
 }
 
 /// True when listeners on `a` and `b` cannot both listen: one nonzero port, on the same
@@ -1231,6 +1283,33 @@ mod tests {
         for (text, key) in cases {
             let err = load(text, &[]).unwrap_err().to_string();
             assert!(err.contains(key), "{text:?} gave {err}");
+        }
+    }
+
+    /// Review of configuration: `issuer.connect` set to vpan's own network listener was
+    /// taken; the link dialled vpan, signed on to it, showed up, and every authorization
+    /// was answered 91.
+    #[test]
+    fn the_issuer_link_may_not_dial_one_of_vpans_own_listeners() {
+        for text in [
+            "[issuer]\nconnect = \"127.0.0.1:8583\"\n",
+            "[network]\nlisten = \"0.0.0.0:18583\"\n[issuer]\nconnect = \"localhost:18583\"\n",
+            "[network]\nlisten = \"[::]:18583\"\n[issuer]\nconnect = \"127.0.0.1:18583\"\n",
+            "[issuer]\nconnect = \"127.0.0.1:9583\"\n",
+        ] {
+            let err = load(text, &[]).unwrap_err().to_string();
+            assert!(
+                err.starts_with("config key issuer.connect: "),
+                "{text:?}: {err}"
+            );
+        }
+        // An issuer host elsewhere on the port vpan listens on is another machine's.
+        for text in [
+            "[network]\nlisten = \"0.0.0.0:8583\"\n[issuer]\nconnect = \"10.0.0.10:8583\"\n",
+            "[network]\nlisten = \"127.0.0.1:0\"\n[issuer]\nconnect = \"127.0.0.1:8583\"\n",
+            "[network]\nconnect = \"10.0.0.9:8583\"\n[issuer]\nconnect = \"127.0.0.1:8583\"\n",
+        ] {
+            assert!(load(text, &[]).is_ok(), "{text:?}");
         }
     }
 
