@@ -86,7 +86,8 @@ pub struct Args {
     /// The link's framing, layout and fixed header.
     #[command(flatten)]
     pub wire: WireArgs,
-    /// A request unanswered this long counts as a timeout (1 to 3600000, an hour).
+    /// A request unanswered this long counts as a timeout (1 to 3600000, an hour); a
+    /// connection the target does not take within it (at least 1 s) is given up.
     #[arg(long, allow_negative_numbers = true, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub timeout_ms: u64,
     /// Print the summary as one JSON object.
