@@ -21,6 +21,9 @@ use crate::iso8583::{Frame, FrameCodec, Message, recover_header};
 use crate::pan::Masked;
 use crate::tools::pacer::{Pacer, PacerSlot};
 
+/// How long the accept loop waits after an accept that failed (no file descriptor left).
+const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+
 pub(super) async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
@@ -56,8 +59,14 @@ pub(super) async fn accept_loop(
                 });
             }
             Err(e) => {
-                // Out of file descriptors and the like: log and go on.
+                // Out of file descriptors and the like: log, and wait a little before the
+                // next try, which would fail at once until a connection ends (spinning, a
+                // core the load under test needs; the switch's own accept waits the same).
                 crate::logging::throttled!(warn, error = %e, "accept failed");
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(ACCEPT_RETRY) => {}
+                }
             }
         }
     }
