@@ -218,13 +218,7 @@ pub(super) fn check_new_key(key: &Path, from: &Path) -> Result<NewKey, String> {
 /// when there).
 pub(super) fn load_new_key(key: &NewKey, old_key: &Path) -> Result<PanCipher, String> {
     let said = |what: String| format!("--new-key-file {}: {what}", key.given.display());
-    let cipher = PanCipher::load(&key.resolved).map_err(|e| match e {
-        StoreError::BadKey(_) => said(format!(
-            "{e}: it holds {} bytes; a key written as hex or base64 text is not one: 32 raw bytes, as `head -c 32 /dev/urandom` makes",
-            std::fs::metadata(&key.resolved).map_or(0, |m| m.len())
-        )),
-        e => said(e.to_string()),
-    })?;
+    let cipher = PanCipher::load(&key.resolved).map_err(|e| said(e.to_string()))?;
     if old_key.exists() {
         let old = PanCipher::load(old_key).map_err(|e| e.to_string())?;
         if same_key(&old, &cipher) {

@@ -106,8 +106,12 @@ impl PanCipher {
         file.read_to_end(&mut bytes)
             .map_err(key_file_error(path, "reading it"))?;
         if bytes.len() != 32 {
+            let found = bytes.len();
             bytes.zeroize();
-            return Err(StoreError::BadKey(path.to_path_buf()));
+            return Err(StoreError::BadKey {
+                path: path.to_path_buf(),
+                found,
+            });
         }
         key.copy_from_slice(&bytes);
         bytes.zeroize();
@@ -402,9 +406,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pan.key");
         std::fs::write(&path, b"short").unwrap();
-        assert!(matches!(
-            PanCipher::load_or_create(&path),
-            Err(StoreError::BadKey(_))
-        ));
+        let err = PanCipher::load_or_create(&path).unwrap_err();
+        assert!(
+            matches!(err, StoreError::BadKey { found: 5, .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().ends_with("it holds 5 bytes"), "{err}");
+        // `openssl rand -hex 32 > pan.key`: the text of a key, and its newline.
+        std::fs::write(&path, format!("{}\n", "ab".repeat(32))).unwrap();
+        let said = PanCipher::load_or_create(&path).unwrap_err().to_string();
+        assert!(
+            said.contains(&path.display().to_string())
+                && said.contains("32 raw bytes")
+                && said
+                    .contains("it holds 65 bytes (a key written as hex or base64 text is not one"),
+            "{said}"
+        );
     }
 }

@@ -161,6 +161,17 @@ pub(crate) fn warn_if_open_to_others(path: &Path, what: &str) {
     }
 }
 
+/// What [`StoreError::BadKey`] adds for a file of `found` bytes: the length of 32 bytes
+/// written as hex (64) or base64 (44) text, a newline after or not, as `openssl rand -hex
+/// 32` writes a key (and as the MAC key file is written).
+fn key_as_text_hint(found: usize) -> &'static str {
+    if matches!(found, 44 | 45 | 64 | 65) {
+        " (a key written as hex or base64 text is not one: decode it to its 32 bytes)"
+    } else {
+        ""
+    }
+}
+
 /// [`StoreError::BadStoreId`]'s message: the way out depends on whether the snapshot names
 /// a store.
 fn bad_store_id_message(path: &Path, snapshot: &Option<identity::StoreId>) -> String {
@@ -274,8 +285,17 @@ pub enum StoreError {
         message: String,
     },
     /// The key file is not a 32-byte key.
-    #[error("the key file {0} must hold exactly 32 bytes")]
-    BadKey(PathBuf),
+    #[error(
+        "the key file {} must hold exactly 32 raw bytes, as `head -c 32 /dev/urandom` makes; it holds {found} bytes{}",
+        path.display(),
+        key_as_text_hint(*found)
+    )]
+    BadKey {
+        /// The file.
+        path: PathBuf,
+        /// How many bytes it holds.
+        found: usize,
+    },
     /// A real PAN could not be decrypted: wrong key or tampered data.
     #[error("a real card number could not be decrypted (wrong key file or damaged data)")]
     Decrypt,
