@@ -1184,6 +1184,64 @@ async fn a_reversal_too_long_for_the_issuers_frames_is_answered_30_and_gives_not
     rig.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_acquirers_reversal_goes_to_the_issuer_when_the_links_own_is_too_long_for_its_frames() {
+    // A purchase that just fits the issuer's frames (9,999 bytes) is approved there after
+    // the switch gave up waiting: the network got 91, and the link owes its own reversal,
+    // which carries the purchase's fields and a DE 90 and so does not fit; the link gives
+    // it up, for the issuer to reconcile. The acquirer's reversal, short, is then what
+    // reverses the purchase: it goes to the issuer (slow here: 91, and applied), not
+    // answered 00 by the switch as if the link's reversal would go. (Until 2026-12-07 it
+    // was, and the real account stayed charged.)
+    let sim = SimConfig {
+        framing: Framing::Len4Ascii,
+        max_frame: 9_999,
+        latency: Duration::from_millis(600),
+        ..SimConfig::default()
+    };
+    let rig = rig(Some(sim), |c| {
+        c.issuer.framing = "len4-ascii".into();
+        c.issuer.timeout_ms = 200;
+        c.network.max_frame_bytes = 65_535;
+    })
+    .await;
+    let (card, real) = rig.issue(|c| c.amount_limit = 10_000).await;
+    let mut net = Client::connect(rig.network).await;
+    let stream = TcpStream::connect(rig.network).await.unwrap();
+    let mut big = Framed::new(stream, FrameCodec::new(Framing::Len2, 0, 65_535));
+    let short = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 1_000);
+    let long = padded_to(short.clone(), 9_980);
+    let answer = call_big(&mut big, &long).await;
+    assert_eq!(code(&answer), "91");
+    let balance = || rig.sim().balance(&real);
+    until_true("the issuer approved it late", || {
+        balance() == Some(vpan::tools::issuer_sim::DEFAULT_BALANCE - 1_000)
+    })
+    .await;
+    let reversal = reversal_of(&mut net, &short);
+    let answer = net.call(&reversal).await;
+    assert_eq!(answer.mti(), *b"0410");
+    until_true("the real account is whole again", || {
+        balance() == Some(vpan::tools::issuer_sim::DEFAULT_BALANCE)
+    })
+    .await;
+    assert_eq!(rig.sim().requests(b"0400"), 1, "the acquirer's, alone");
+    let view = rig.cards.get(CardKey::of(&card.vpan)).unwrap();
+    assert_eq!((view.spent, view.held, view.uses), (0, 0, 0));
+    rig.stop().await;
+}
+
+/// Waits (5 s at most) until `done` holds.
+async fn until_true(what: &str, done: impl Fn() -> bool) {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}"));
+}
+
 /// `m` with filler in free-text fields until it packs to `len` bytes.
 fn padded_to(mut m: Message, len: usize) -> Message {
     for n in [

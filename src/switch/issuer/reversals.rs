@@ -214,7 +214,10 @@ impl IssuerLink {
                     // On disk, and what it names is reversed by it, whoever sent it first
                     // (under the STAN it went out with: the network's, but when the link
                     // had to change it).
-                    if let Some(named) = reversed_identity(&reversal) {
+                    // (Not one too long for the issuer's frames: see `owe_own`.)
+                    if let Some(named) = reversed_identity(&reversal)
+                        && self.fits(&reversal)
+                    {
                         self.inner.reversing.insert(named, ());
                     }
                     self.send_reversal(Box::new(reversal), None, Some(id));
@@ -262,8 +265,17 @@ impl IssuerLink {
         network_stan: Option<[u8; 6]>,
     ) -> (DebtHeld, Box<Owed>) {
         let (held, mut owed) = self.owe(reversal);
-        owed.reverses =
-            network_identity(reversal, network_stan).map(|id| (self.inner.reversing.clone(), id));
+        // One too long for the issuer's frames is given up on when it is sent (for the
+        // issuer to reconcile): the network's own reversal is then what reverses the
+        // request there, and goes.
+        owed.reverses = self
+            .inner
+            .settings
+            .codec
+            .fits(owed.reversal.len())
+            .then(|| network_identity(reversal, network_stan))
+            .flatten()
+            .map(|id| (self.inner.reversing.clone(), id));
         (held, owed)
     }
 
