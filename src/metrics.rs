@@ -100,18 +100,22 @@ pub enum Reconcile {
     ReversalRefused,
     /// A reversal kept in memory only was not answered before shutdown.
     ReversalUnsentAtStop,
+    /// The issuer answered a reversal the link sent on its own with a code that neither
+    /// applies it nor says there is nothing to reverse.
+    ReversalDeclined,
     /// The issuer did not reverse its partial approval that a stand-in's advice replaces.
     PartialApprovalNotReversed,
 }
 
 impl Reconcile {
     /// Every reason, made at 0 at start.
-    pub const ALL: [Reconcile; 6] = [
+    pub const ALL: [Reconcile; 7] = [
         Reconcile::DebtUnreadable,
         Reconcile::ReversalUnbuildable,
         Reconcile::ReversalTooLarge,
         Reconcile::ReversalRefused,
         Reconcile::ReversalUnsentAtStop,
+        Reconcile::ReversalDeclined,
         Reconcile::PartialApprovalNotReversed,
     ];
 
@@ -123,6 +127,7 @@ impl Reconcile {
             Reconcile::ReversalTooLarge => "reversal_too_large",
             Reconcile::ReversalRefused => "reversal_refused",
             Reconcile::ReversalUnsentAtStop => "reversal_unsent_at_stop",
+            Reconcile::ReversalDeclined => "reversal_declined",
             Reconcile::PartialApprovalNotReversed => "partial_approval_not_reversed",
         }
     }

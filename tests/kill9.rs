@@ -612,6 +612,53 @@ async fn a_reversal_owed_to_a_silent_issuer_outlives_a_kill_9_and_goes_out_at_th
     rig.stopped_then_owing_nothing(serve, host).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reversal_of_its_own_the_host_refuses_is_told_for_reconciling_and_the_acquirers_goes_to_the_host()
+ {
+    // Review of this stop's money safety: the switch answers the acquirer's reversal of a
+    // purchase the link reverses itself; should the host then refuse the link's own
+    // reversal (a format error, say), the account stays charged, where the acquirer's
+    // reversal would have reached it before. Said for the issuer to reconcile now, and the
+    // acquirer's repeat goes to the host.
+    let rig = ScriptedHost::new("300").await;
+    let (card, _) = issue_cards(&rig.data_dir, 1, 1_000_000).await.remove(0);
+    let (serve, mut host) = rig.start().await;
+    let (request, original) = refused_by_a_silent_host(&serve, &mut host, &card).await;
+    let mut net = Client::connect(serve.network).await;
+    let acquirers = reversal_of(&mut net, &request);
+    let answer = net.call(&acquirers).await;
+    assert_eq!((answer.mti(), code(&answer).as_str()), (*b"0410", "00"));
+    assert!(
+        hears_nothing(&mut host, Duration::from_millis(300)).await,
+        "answered by the switch: the link reverses the purchase"
+    );
+    let declined = r#"vpan_reconcile_required_total{reason="reversal_declined"}"#;
+    assert_eq!(gauge(&serve, declined).await, 0);
+    // The host approves the purchase late; the link reverses it, and the host refuses that.
+    host_answer(&mut host, &original, b"0110", b"00").await;
+    let own = host_message(&mut host, Duration::from_secs(5))
+        .await
+        .expect("the link reverses the late approval");
+    assert_eq!(&own.mti()[..3], b"040");
+    host_answer(&mut host, &own, b"0410", b"30").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while gauge(&serve, declined).await != 1 {
+        assert!(std::time::Instant::now() < deadline, "no reconcile counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Final: not sent again. The acquirer's repeat now reaches the host.
+    let repeat = repeat_of(&acquirers);
+    net.send(&repeat).await;
+    let forwarded = host_message(&mut host, Duration::from_secs(5))
+        .await
+        .expect("the acquirer's repeat goes to the host");
+    assert_eq!(&forwarded.mti(), b"0401");
+    assert_eq!(forwarded.raw(90), own.raw(90), "naming the purchase");
+    host_answer(&mut host, &forwarded, b"0410", b"00").await;
+    assert_eq!(code(&net.answer(repeat.stan().unwrap()).await), "00");
+    serve.stop("TERM").await;
+}
+
 /// The network's reversal the switch owes, `first` as the host got it first: it goes out
 /// (again) as a repeat naming the same original, the host applies it, and it goes no more,
 /// in this run or the next. Returns it as the host got it.

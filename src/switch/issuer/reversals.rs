@@ -518,6 +518,9 @@ impl IssuerLink {
                     // A front end answering for a host that is down (91), or a host that
                     // failed (96), has not reversed anything: asked again.
                     Ok(answer) if !reversal_undone(&answer) => {
+                        if !reversal_settled(&answer) {
+                            link.reversal_declined(&reversal, &answer);
+                        }
                         if let Some(id) = debt {
                             link.pay_reversal(id, &reversal);
                         }
@@ -604,6 +607,23 @@ impl IssuerLink {
         });
     }
 
+    /// The issuer refused `reversal`, which the link sent on its own (vpan's, or a network's
+    /// it owed), with `answer`'s code: final, so it is not sent again, but the account may
+    /// stay charged for what the card no longer counts. Said for the issuer to reconcile,
+    /// and the request it names is no longer one the link reverses itself: a network's
+    /// reversal of it, or its repeat, goes to the issuer again (see
+    /// [`IssuerLink::reverses_itself`]).
+    fn reversal_declined(&self, reversal: &Message, answer: &Message) {
+        Reconcile::ReversalDeclined.count();
+        tracing::error!(
+            code = %String::from_utf8_lossy(&answer.response_code().unwrap_or(*b"--")),
+            "the issuer refused a reversal vpan sent on its own; the real account may stay charged: the issuer must reconcile"
+        );
+        if let Some(named) = reversed_identity(reversal) {
+            self.inner.reversing.forget(&named);
+        }
+    }
+
     /// Marks debt `id`, of `reversal`, paid: [`IssuerLink::pay`], and a later telling of
     /// that reversal the issuer does not hear is owed afresh.
     fn pay_reversal(&self, id: u64, reversal: &Message) {
@@ -688,6 +708,14 @@ impl Drop for ReversalDone {
 /// it) is down or failed. Any other code is the issuer's verdict, and final.
 pub fn reversal_undone(answer: &Message) -> bool {
     matches!(answer.response_code(), Some(code) if code == *b"91" || code == *b"96")
+}
+
+/// An answer to a reversal that leaves nothing to reverse: applied (00), its original not
+/// found (25: the issuer never booked it, as for a request that never reached it), or a
+/// repeat of one applied already (94). Any other code (a format error, an invalid
+/// transaction, a decline) refuses it.
+fn reversal_settled(answer: &Message) -> bool {
+    matches!(answer.response_code(), Some(code) if matches!(&code, b"00" | b"25" | b"94"))
 }
 
 /// Authorization and financial requests (by MTI) move money at the issuer; nothing else
@@ -833,6 +861,14 @@ mod tests {
         assert!(reversal_undone(&answered(b"96")));
         for code in [b"00", b"25", b"12", b"30"] {
             assert!(!reversal_undone(&answered(code)), "{code:?}");
+        }
+        // Final, and of those, what leaves nothing to reverse; the rest refuse it (told for
+        // reconciling).
+        for code in [b"00", b"25", b"94"] {
+            assert!(reversal_settled(&answered(code)), "{code:?}");
+        }
+        for code in [b"12", b"30", b"05", b"N7"] {
+            assert!(!reversal_settled(&answered(code)), "{code:?}");
         }
     }
 

@@ -246,6 +246,13 @@ impl<K: Eq + std::hash::Hash, V: Copy> Remembered<K, V> {
         }
     }
 
+    /// Forgets what is remembered under `key`.
+    pub(super) fn forget(&self, key: &K) {
+        if self.map.remove(key).is_some() {
+            self.len.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
     /// Forgets what was remembered before `horizon`.
     pub(super) fn forget_before(&self, horizon: Instant) {
         let mut forgotten = 0;
