@@ -283,12 +283,15 @@ impl IssuerLink {
     /// it: under its own STAN, before [`IssuerLink::rewrite_original`]) is one the link
     /// reverses itself: its caller got 91, and the link's own reversal of it, owed on disk,
     /// is sent until the issuer answers it unless the issuer's late answer declined it.
-    /// Remembered for [`RESTAMPED_KEPT`](super::RESTAMPED_KEPT) from the debt's record, and through a restart
-    /// while the debt is still owed. A network's reversal of such a request that finds
-    /// nothing of it on the card is answered by the switch: forwarded, the issuer would
-    /// get two reversals of one purchase under two keys (the link's under the request's
-    /// STAN, the network's under its own), and a host that books reversals by their own
-    /// DE 11 and DE 7 rather than by DE 90 would credit the account twice.
+    /// Remembered for [`RESTAMPED_KEPT`](super::RESTAMPED_KEPT) from the debt's record,
+    /// and through a restart while the debt is still owed; forgotten when the issuer
+    /// refuses that reversal ([`IssuerLink::reversal_declined`]). A network's reversal of
+    /// such a request that finds nothing of it on the card is answered by the switch:
+    /// forwarded, the issuer would get two reversals of one purchase under two keys (the
+    /// link's under the request's STAN, the network's under its own), and a host that
+    /// books reversals by their own DE 11 and DE 7 rather than by DE 90 would credit the
+    /// account twice. One too long for the issuer's frames is not remembered (see
+    /// [`IssuerLink::owe_own`]).
     pub fn reverses_itself(&self, reversal: &Message) -> bool {
         self.inner
             .reversing
