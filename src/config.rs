@@ -309,7 +309,14 @@ impl Config {
             ),
             None => (String::new(), "defaults".to_string()),
         };
-        Config::from_toml(&text, &origin, env)
+        let config = Config::from_toml(&text, &origin, env)?;
+        // A token written in the file makes the file a secret, as the token file is.
+        if let Some(p) = path
+            && sets_token(&text)
+        {
+            crate::store::warn_if_open_to_others(p, "the config file, which holds api.token,");
+        }
+        Ok(config)
     }
 
     /// Reads `text` (the TOML of a config file; `origin` names it in errors), applies the
@@ -830,6 +837,16 @@ fn edit_distance(a: &[u8], b: &[u8]) -> usize {
         }
     }
     row[b.len()]
+}
+
+/// Whether the TOML `text` (which parses) writes an `api.token` that is not empty.
+fn sets_token(text: &str) -> bool {
+    toml::from_str::<toml::Table>(text).is_ok_and(|t| {
+        t.get("api")
+            .and_then(|api| api.get("token"))
+            .and_then(toml::Value::as_str)
+            .is_some_and(|token| !token.is_empty())
+    })
 }
 
 /// The process's `VPAN_*` variables, to pass to [`Config::load`]. Read without

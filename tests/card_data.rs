@@ -821,10 +821,15 @@ fn run_vpan(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> (bool, 
 /// `vpan serve` on `data_dir` with its listeners on port 0 and no issuer there, its
 /// output in `dir`.
 fn serve_alone(dir: &Path, data_dir: &Path) -> Proc {
+    serve_alone_with(dir, data_dir, &["serve"])
+}
+
+/// [`serve_alone`], run with `args`.
+fn serve_alone_with(dir: &Path, data_dir: &Path, args: &[&str]) -> Proc {
     Proc::spawn(
         dir,
         "serve",
-        &["serve"],
+        args,
         &[
             ("VPAN_NETWORK_LISTEN", "127.0.0.1:0"),
             ("VPAN_API_LISTEN", "127.0.0.1:0"),
@@ -973,6 +978,45 @@ fn secret_files_open_to_others_are_warned_of_once_each() {
         assert_eq!(log.matches(&advice).count(), 1, "{advice}:\n{log}");
     }
     assert!(log.contains("the key file for real card numbers is open to group or others"));
+}
+
+/// A config file that holds `api.token` is a secret file too, warned of when open to group
+/// or others (review of configuration); one without the token, or closed, is not.
+#[test]
+fn a_config_file_holding_the_token_open_to_others_is_warned_of() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let config = dir.path().join("vpan.toml");
+    let token = format!("[api]\ntoken = \"{}\"\n", "k".repeat(64));
+    for (text, mode, warned) in [
+        (token.as_str(), 0o644, true),
+        (token.as_str(), 0o600, false),
+        ("[api]\ntoken = \"\"\n", 0o644, false),
+    ] {
+        std::fs::write(&config, text).unwrap();
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(mode)).unwrap();
+        let args = ["serve", "--config", config.to_str().unwrap()];
+        let mut serve = serve_alone_with(dir.path(), &data_dir, &args);
+        serve.address_logged("API listener bound");
+        serve.terminate();
+        let log = serve.output();
+        let advice = format!("chmod 600 {}", config.display());
+        assert_eq!(
+            log.matches(&advice).count(),
+            usize::from(warned),
+            "{mode:o} {text:?}:\n{log}"
+        );
+        if warned {
+            assert!(
+                log.contains("the config file, which holds api.token, is open to group or others"),
+                "{log}"
+            );
+        }
+        assert!(
+            !log.contains(&"k".repeat(64)),
+            "the token itself is logged:\n{log}"
+        );
+    }
 }
 
 /// A card number split by a line break or a tab in what a command or its configuration
