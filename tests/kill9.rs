@@ -659,6 +659,65 @@ async fn a_reversal_of_its_own_the_host_refuses_is_told_for_reconciling_and_the_
     serve.stop("TERM").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_reversal_of_a_purchase_sent_under_a_stamp_of_the_links_own_lets_the_acquirers_through()
+ {
+    // Last review of this stop: the refusal forgot the purchase under the STAN its own
+    // reversal names (the stamp the link gave it, another terminal's purchase holding the
+    // network's STAN), where the link knew it under the network's: the acquirer's
+    // reversal was still answered by the switch, and the account stayed charged.
+    let rig = ScriptedHost::new("300").await;
+    let (card, _) = issue_cards(&rig.data_dir, 1, 1_000_000).await.remove(0);
+    let (serve, mut host) = rig.start().await;
+    let mut net = Client::connect(serve.network).await;
+    let mut other = Client::connect(serve.network).await;
+    let mine = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 500);
+    let mut theirs = purchase(&mut other, b"0100", &test_pan("497010", 16), b"2912", 700);
+    theirs.set(11, &mine.stan().unwrap()).unwrap();
+    theirs.set(41, b"TERM0002").unwrap();
+    let theirs = Message::parse(Spec::iso87ascii(), theirs.pack()).unwrap();
+    // The other terminal's purchase holds the STAN at the host; this one goes out under
+    // a stamp of the link's own. The host answers neither in time.
+    other.send(&theirs).await;
+    let theirs_at_host = host_message(&mut host, Duration::from_secs(10))
+        .await
+        .unwrap();
+    net.send(&mine).await;
+    let mine_at_host = host_message(&mut host, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_ne!(mine_at_host.stan(), mine.stan(), "restamped");
+    assert_eq!(code(&net.answer(mine.stan().unwrap()).await), "91");
+    assert_eq!(code(&other.answer(theirs.stan().unwrap()).await), "91");
+    // Late: the other declined (nothing to reverse), this one approved, which the link
+    // reverses, and the host refuses that reversal.
+    host_answer(&mut host, &theirs_at_host, b"0110", b"05").await;
+    host_answer(&mut host, &mine_at_host, b"0110", b"00").await;
+    let own = host_message(&mut host, Duration::from_secs(5))
+        .await
+        .expect("the link reverses the late approval");
+    assert_eq!(&own.mti()[..3], b"040");
+    assert_eq!(&own.raw(90).unwrap()[4..10], &mine_at_host.stan().unwrap());
+    host_answer(&mut host, &own, b"0410", b"30").await;
+    let declined = r#"vpan_reconcile_required_total{reason="reversal_declined"}"#;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while gauge(&serve, declined).await != 1 {
+        assert!(std::time::Instant::now() < deadline, "no reconcile counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The acquirer's reversal now reaches the host, naming the purchase as it booked it.
+    let acquirers = reversal_of(&mut net, &mine);
+    net.send(&acquirers).await;
+    let forwarded = host_message(&mut host, Duration::from_secs(5))
+        .await
+        .expect("the acquirer's reversal goes to the host");
+    assert_eq!(&forwarded.mti()[..3], b"040");
+    assert_eq!(forwarded.raw(90), own.raw(90), "naming the purchase");
+    host_answer(&mut host, &forwarded, b"0410", b"00").await;
+    assert_eq!(code(&net.answer(acquirers.stan().unwrap()).await), "00");
+    serve.stop("TERM").await;
+}
+
 /// The network's reversal the switch owes, `first` as the host got it first: it goes out
 /// (again) as a repeat naming the same original, the host applies it, and it goes no more,
 /// in this run or the next. Returns it as the host got it.

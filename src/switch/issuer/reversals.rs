@@ -101,8 +101,10 @@ pub struct Owed {
 }
 
 /// The requests the link reverses itself (see [`IssuerLink::reverses_itself`]), by their
-/// network identity, from the moment that debt is on disk.
-pub(super) type Reversing = Remembered<Identity, ()>;
+/// network identity, from the moment that debt is on disk, to the debt's number: a refusal
+/// of the reversal forgets them by it, as its DE 90 names the request under the stamp it
+/// went out with, which is not the network's STAN when the link had to change it.
+pub(super) type Reversing = Remembered<Identity, u64>;
 
 /// The debt of a request in flight: its number in the book, and whether its record is
 /// done yet (written, failed, stalled, or skipped because the journal failed): a repeat
@@ -150,7 +152,7 @@ impl Owed {
     /// now one the link reverses itself whatever befalls this run.
     fn on_disk(&self) {
         if let Some((reversing, identity)) = &self.reverses {
-            reversing.insert(*identity, ());
+            reversing.insert(*identity, self.id);
         }
     }
 
@@ -218,7 +220,7 @@ impl IssuerLink {
                     if let Some(named) = reversed_identity(&reversal)
                         && self.fits(&reversal)
                     {
-                        self.inner.reversing.insert(named, ());
+                        self.inner.reversing.insert(named, id);
                     }
                     self.send_reversal(Box::new(reversal), None, Some(id));
                 }
@@ -522,7 +524,7 @@ impl IssuerLink {
                     // failed (96), has not reversed anything: asked again.
                     Ok(answer) if !reversal_undone(&answer) => {
                         if !reversal_settled(&answer) {
-                            link.reversal_declined(&reversal, &answer);
+                            link.reversal_declined(debt, &answer);
                         }
                         if let Some(id) = debt {
                             link.pay_reversal(id, &reversal);
@@ -615,15 +617,17 @@ impl IssuerLink {
     /// stay charged for what the card no longer counts. Said for the issuer to reconcile,
     /// and the request it names is no longer one the link reverses itself: a network's
     /// reversal of it, or its repeat, goes to the issuer again (see
-    /// [`IssuerLink::reverses_itself`]).
-    fn reversal_declined(&self, reversal: &Message, answer: &Message) {
+    /// [`IssuerLink::reverses_itself`]). Found by its debt, `debt`: its DE 90 names the
+    /// request under the stamp it went out with, not always the network's STAN, under which
+    /// the link knows it.
+    fn reversal_declined(&self, debt: Option<u64>, answer: &Message) {
         Reconcile::ReversalDeclined.count();
         tracing::error!(
             code = %String::from_utf8_lossy(&answer.response_code().unwrap_or(*b"--")),
             "the issuer refused a reversal vpan sent on its own; the real account may stay charged: the issuer must reconcile"
         );
-        if let Some(named) = reversed_identity(reversal) {
-            self.inner.reversing.forget(&named);
+        if let Some(id) = debt {
+            self.inner.reversing.forget_where(|&owed| owed == id);
         }
     }
 

@@ -246,11 +246,16 @@ impl<K: Eq + std::hash::Hash, V: Copy> Remembered<K, V> {
         }
     }
 
-    /// Forgets what is remembered under `key`.
-    pub(super) fn forget(&self, key: &K) {
-        if self.map.remove(key).is_some() {
-            self.len.fetch_sub(1, Ordering::AcqRel);
-        }
+    /// Forgets every entry whose value `which` selects (a rare path: the whole map is
+    /// looked through).
+    pub(super) fn forget_where(&self, which: impl Fn(&V) -> bool) {
+        let mut forgotten = 0;
+        self.map.retain(|_, (value, _)| {
+            let keep = !which(value);
+            forgotten += usize::from(!keep);
+            keep
+        });
+        self.len.fetch_sub(forgotten, Ordering::AcqRel);
     }
 
     /// Forgets what was remembered before `horizon`.
