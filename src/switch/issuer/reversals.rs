@@ -100,11 +100,49 @@ pub struct Owed {
     reverses: Option<(Arc<Reversing>, Identity)>,
 }
 
-/// The requests the link reverses itself (see [`IssuerLink::reverses_itself`]), by their
-/// network identity, from the moment that debt is on disk, to the debt's number: a refusal
-/// of the reversal forgets them by it, as its DE 90 names the request under the stamp it
-/// went out with, which is not the network's STAN when the link had to change it.
-pub(super) type Reversing = Remembered<Identity, u64>;
+/// The requests the link reverses itself (see [`IssuerLink::reverses_itself`]).
+#[derive(Default)]
+pub(super) struct Reversing {
+    /// By their network identity, from the moment that debt is on disk, to the debt's
+    /// number: a refusal of the reversal forgets them by it, as its DE 90 names the
+    /// request under the stamp it went out with, which is not the network's STAN when the
+    /// link had to change it.
+    requests: Remembered<Identity, u64>,
+    /// Debts whose reversal the issuer refused: the reversal goes out before its debt's
+    /// record lands, and a refusal ahead of it must keep the record from making the
+    /// request one the link reverses itself.
+    refused: Remembered<u64, ()>,
+}
+
+impl Reversing {
+    /// Whether the link reverses the request of network identity `key` gives.
+    fn knows(&self, key: impl FnOnce() -> Option<Identity>) -> bool {
+        self.requests.get(key).is_some()
+    }
+
+    /// The request of network identity `identity` is reversed by debt `id`, now on disk,
+    /// unless the issuer refused that reversal already. Entered, then the refusals looked
+    /// at, as [`Reversing::refuse`] does the other way round: one of the two sees the other.
+    pub(super) fn insert(&self, identity: Identity, id: u64) {
+        self.requests.insert(identity, id);
+        if self.refused.holds(&id) {
+            self.requests.forget_where(|&owed| owed == id);
+        }
+    }
+
+    /// The issuer refused debt `id`'s reversal: its request is no longer one the link
+    /// reverses itself, now or once the debt's record lands.
+    fn refuse(&self, id: u64) {
+        self.refused.insert(id, ());
+        self.requests.forget_where(|&owed| owed == id);
+    }
+
+    /// Forgets what was entered before `horizon`.
+    pub(super) fn forget_before(&self, horizon: std::time::Instant) {
+        self.requests.forget_before(horizon);
+        self.refused.forget_before(horizon);
+    }
+}
 
 /// The debt of a request in flight: its number in the book, and whether its record is
 /// done yet (written, failed, stalled, or skipped because the journal failed): a repeat
@@ -295,15 +333,12 @@ impl IssuerLink {
     /// account twice. One too long for the issuer's frames is not remembered (see
     /// [`IssuerLink::owe_own`]).
     pub fn reverses_itself(&self, reversal: &Message) -> bool {
-        self.inner
-            .reversing
-            .get(|| {
-                Identity::of(
-                    reversal.text(90)?.as_bytes(),
-                    reversal.terminal().as_deref(),
-                )
-            })
-            .is_some()
+        self.inner.reversing.knows(|| {
+            Identity::of(
+                reversal.text(90)?.as_bytes(),
+                reversal.terminal().as_deref(),
+            )
+        })
     }
 
     /// The reversal of a request kept as the bytes that were sent; `None`, said loudly,
@@ -627,7 +662,7 @@ impl IssuerLink {
             "the issuer refused a reversal vpan sent on its own; the real account may stay charged: the issuer must reconcile"
         );
         if let Some(id) = debt {
-            self.inner.reversing.forget_where(|&owed| owed == id);
+            self.inner.reversing.refuse(id);
         }
     }
 
@@ -854,6 +889,67 @@ mod tests {
             stop.clone(),
         );
         assert!(reconciliations(Reconcile::DebtUnreadable) > before);
+        stop.cancel();
+    }
+
+    /// Last review of this stop: the issuer may refuse the link's own reversal before its
+    /// debt's record lands (the reversal goes out at once, the record waits for the
+    /// purchase's release): the refusal found nothing to forget, the record then made the
+    /// purchase one the link reverses itself, and the acquirer's reversal was answered by
+    /// the switch for an hour, the account left charged.
+    #[tokio::test]
+    async fn a_refusal_ahead_of_its_debts_record_leaves_the_purchase_the_acquirers_to_reverse() {
+        use crate::store::crypto::PanCipher;
+        let dir = tempfile::tempdir().unwrap();
+        let (book, debts, _) =
+            OwedReversals::open(dir.path(), PanCipher::from_key(&[7; 32]), unix_now(), 3600)
+                .unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let link = IssuerLink::start(
+            super::super::IssuerSettings {
+                connect: "127.0.0.1:1".into(),
+                codec: crate::iso8583::FrameCodec::new(crate::iso8583::Framing::Len2, 0, 8192),
+                header: Bytes::new(),
+                spec: Spec::iso87ascii(),
+                timeout: Duration::from_millis(100),
+                connections: 1,
+                echo_interval: Duration::from_secs(30),
+                reconnect_max: Duration::from_secs(1),
+                sign_on: false,
+            },
+            Arc::new(book),
+            debts,
+            Vec::new(),
+            stop.clone(),
+        );
+        let purchase = |stan: &[u8; 6]| {
+            let mut m = Message::new(Spec::iso87ascii(), b"0100").unwrap();
+            m.set(2, crate::pan::test_pan("497010").as_bytes()).unwrap();
+            m.set(4, b"000000001000").unwrap();
+            m.set(7, b"1126143015").unwrap();
+            m.set(11, stan).unwrap();
+            m.set(32, b"12345").unwrap();
+            m.set(41, b"TERM0001").unwrap();
+            reversal_for(&Message::parse(Spec::iso87ascii(), m.pack()).unwrap()).unwrap()
+        };
+        let mut refused = Message::new(Spec::iso87ascii(), b"0410").unwrap();
+        refused.set_response_code(b"30").unwrap();
+        // Recorded, then refused: the acquirer's reversal goes to the issuer.
+        let first = purchase(b"000001");
+        let (held, owed) = link.owe_own(&first, None);
+        owed.record().await;
+        assert!(link.reverses_itself(&first));
+        link.reversal_declined(Some(held.id), &refused);
+        assert!(!link.reverses_itself(&first));
+        // Refused before its record lands: the same.
+        let second = purchase(b"000002");
+        let (held, owed) = link.owe_own(&second, None);
+        link.reversal_declined(Some(held.id), &refused);
+        owed.record().await;
+        assert!(
+            !link.reverses_itself(&second),
+            "known once its record landed"
+        );
         stop.cancel();
     }
 

@@ -232,6 +232,12 @@ impl<K: Eq + std::hash::Hash, V: Copy> Remembered<K, V> {
         self.map.get(&key()?).map(|e| e.0)
     }
 
+    /// Whether anything is remembered under `key`, looked for in the map itself (not
+    /// after [`Remembered::any`]): ordered by the map's locks against a change of it.
+    pub(super) fn holds(&self, key: &K) -> bool {
+        self.map.contains_key(key)
+    }
+
     pub(super) fn insert(&self, key: K, value: V) {
         self.insert_at(key, value, Instant::now());
     }
