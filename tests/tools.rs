@@ -315,9 +315,25 @@ async fn an_unknown_card_gets_14_when_the_sim_has_no_default_balance() {
 
 /// Starts the real binary's issuer simulator on port 0 and reads its address from the log.
 async fn spawn_sim_binary(extra: &[&str]) -> (tokio::process::Child, String) {
-    let mut child = tokio::process::Command::new(VPAN)
+    let mut command = tokio::process::Command::new(VPAN);
+    command
         .args(["issuer-sim", "--listen", "127.0.0.1:0"])
-        .args(extra)
+        .args(extra);
+    let (child, addr, mut lines) = sim_started(command).await;
+    // Keep draining stderr so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr)
+}
+
+/// The lines of a simulator's log.
+type SimLog = tokio::io::Lines<BufReader<tokio::process::ChildStderr>>;
+
+/// Runs `command`, an issuer simulator on port 0: the child, the address it logged, and
+/// the rest of its log.
+async fn sim_started(
+    mut command: tokio::process::Command,
+) -> (tokio::process::Child, String, SimLog) {
+    let mut child = command
         .env("NO_COLOR", "1")
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
@@ -336,9 +352,7 @@ async fn spawn_sim_binary(extra: &[&str]) -> (tokio::process::Child, String) {
             break rest.split_whitespace().next().unwrap().to_owned();
         }
     };
-    // Keep draining stderr so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr)
+    (child, addr, lines)
 }
 
 /// Review of the load tools: out of file descriptors, the simulator's accept loop tried
@@ -347,26 +361,13 @@ async fn spawn_sim_binary(extra: &[&str]) -> (tokio::process::Child, String) {
 /// tells a spin from a wait.
 #[tokio::test]
 async fn the_sim_out_of_file_descriptors_waits_between_accepts_rather_than_spin() {
-    let mut child = tokio::process::Command::new("sh")
-        .args([
-            "-c",
-            "ulimit -n 24 && exec \"$0\" issuer-sim --listen 127.0.0.1:0",
-            VPAN,
-        ])
-        .env("NO_COLOR", "1")
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next_line().await.unwrap().expect("the sim starts");
-        if let Some((_, rest)) = line.split_once("listening on ") {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
+    let mut command = tokio::process::Command::new("sh");
+    command.args([
+        "-c",
+        "ulimit -n 24 && exec \"$0\" issuer-sim --listen 127.0.0.1:0",
+        VPAN,
+    ]);
+    let (_child, addr, mut lines) = sim_started(command).await;
     // More connections than it has descriptors left: the kernel queues the rest.
     let mut held = Vec::new();
     for _ in 0..40 {

@@ -856,22 +856,13 @@ mod tests {
             .map_or(0, |v| v.parse().unwrap())
     }
 
-    #[tokio::test]
-    async fn a_debt_of_an_earlier_run_that_does_not_read_is_counted_for_reconciling() {
-        use crate::store::crypto::PanCipher;
-        use crate::store::owed::OwedReversals;
-        let dir = tempfile::tempdir().unwrap();
-        let open = || {
-            let cipher = PanCipher::from_key(&[7; 32]);
-            OwedReversals::open(dir.path(), cipher, unix_now(), 3600).unwrap()
-        };
-        let (book, _, _) = open();
-        book.owe_blocking(book.next_id(), b"not a message").unwrap();
-        drop(book);
-        let (book, debts, _) = open();
-        let before = reconciliations(Reconcile::DebtUnreadable);
-        let stop = tokio_util::sync::CancellationToken::new();
-        let _link = IssuerLink::start(
+    /// A link on `book` (which owed `debts`) to an issuer host that is never there.
+    fn unconnected_link(
+        book: OwedReversals,
+        debts: Vec<Debt>,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> IssuerLink {
+        IssuerLink::start(
             super::super::IssuerSettings {
                 connect: "127.0.0.1:1".into(),
                 codec: crate::iso8583::FrameCodec::new(crate::iso8583::Framing::Len2, 0, 8192),
@@ -887,7 +878,24 @@ mod tests {
             debts,
             Vec::new(),
             stop.clone(),
-        );
+        )
+    }
+
+    #[tokio::test]
+    async fn a_debt_of_an_earlier_run_that_does_not_read_is_counted_for_reconciling() {
+        use crate::store::crypto::PanCipher;
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            let cipher = PanCipher::from_key(&[7; 32]);
+            OwedReversals::open(dir.path(), cipher, unix_now(), 3600).unwrap()
+        };
+        let (book, _, _) = open();
+        book.owe_blocking(book.next_id(), b"not a message").unwrap();
+        drop(book);
+        let (book, debts, _) = open();
+        let before = reconciliations(Reconcile::DebtUnreadable);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let _link = unconnected_link(book, debts, &stop);
         assert!(reconciliations(Reconcile::DebtUnreadable) > before);
         stop.cancel();
     }
@@ -905,23 +913,7 @@ mod tests {
             OwedReversals::open(dir.path(), PanCipher::from_key(&[7; 32]), unix_now(), 3600)
                 .unwrap();
         let stop = tokio_util::sync::CancellationToken::new();
-        let link = IssuerLink::start(
-            super::super::IssuerSettings {
-                connect: "127.0.0.1:1".into(),
-                codec: crate::iso8583::FrameCodec::new(crate::iso8583::Framing::Len2, 0, 8192),
-                header: Bytes::new(),
-                spec: Spec::iso87ascii(),
-                timeout: Duration::from_millis(100),
-                connections: 1,
-                echo_interval: Duration::from_secs(30),
-                reconnect_max: Duration::from_secs(1),
-                sign_on: false,
-            },
-            Arc::new(book),
-            debts,
-            Vec::new(),
-            stop.clone(),
-        );
+        let link = unconnected_link(book, debts, &stop);
         let purchase = |stan: &[u8; 6]| {
             let mut m = Message::new(Spec::iso87ascii(), b"0100").unwrap();
             m.set(2, crate::pan::test_pan("497010").as_bytes()).unwrap();
