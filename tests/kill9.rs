@@ -617,9 +617,9 @@ async fn a_reversal_of_its_own_the_host_refuses_is_told_for_reconciling_and_the_
  {
     // Review of this stop's money safety: the switch answers the acquirer's reversal of a
     // purchase the link reverses itself; should the host then refuse the link's own
-    // reversal (a format error, say), the account stays charged, where the acquirer's
-    // reversal would have reached it before. Said for the issuer to reconcile now, and the
-    // acquirer's repeat goes to the host.
+    // reversal (a format error, say), the account stayed charged, where the acquirer's
+    // reversal would have reached it before. Now the refusal is told for reconciling, the
+    // acquirer's reversal, kept, goes to the host in its place, and so does its repeat.
     let rig = ScriptedHost::new("300").await;
     let (card, _) = issue_cards(&rig.data_dir, 1, 1_000_000).await.remove(0);
     let (serve, mut host) = rig.start().await;
@@ -641,21 +641,28 @@ async fn a_reversal_of_its_own_the_host_refuses_is_told_for_reconciling_and_the_
         .expect("the link reverses the late approval");
     assert_eq!(&own.mti()[..3], b"040");
     host_answer(&mut host, &own, b"0410", b"30").await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while gauge(&serve, declined).await != 1 {
-        assert!(std::time::Instant::now() < deadline, "no reconcile counted");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // Final: not sent again. The acquirer's repeat now reaches the host.
+    // The acquirer's reversal goes to the host in its place, as a repeat under its own
+    // key, naming the purchase.
+    let in_its_place = host_message(&mut host, Duration::from_secs(5))
+        .await
+        .expect("the acquirer's reversal, kept, goes to the host");
+    assert_eq!(&in_its_place.mti(), b"0401");
+    assert_eq!(in_its_place.stan(), acquirers.stan());
+    assert_eq!(in_its_place.raw(90), own.raw(90), "naming the purchase");
+    host_answer(&mut host, &in_its_place, b"0410", b"00").await;
+    assert_eq!(gauge(&serve, declined).await, 1);
+    // Final: the link's own is not sent again. The acquirer's repeat reaches the host too,
+    // under the same key: a host that applied the first takes it for the repeat it is.
     let repeat = repeat_of(&acquirers);
     net.send(&repeat).await;
     let forwarded = host_message(&mut host, Duration::from_secs(5))
         .await
         .expect("the acquirer's repeat goes to the host");
     assert_eq!(&forwarded.mti(), b"0401");
-    assert_eq!(forwarded.raw(90), own.raw(90), "naming the purchase");
+    assert_eq!(forwarded.stan(), acquirers.stan());
     host_answer(&mut host, &forwarded, b"0410", b"00").await;
     assert_eq!(code(&net.answer(repeat.stan().unwrap()).await), "00");
+    assert!(hears_nothing(&mut host, Duration::from_millis(500)).await);
     serve.stop("TERM").await;
 }
 

@@ -91,10 +91,11 @@ impl Flow {
             }
             ReversalOutcome::NotFound => {}
         }
-        if nothing_stands && self.issuer.reverses_itself(&toward_issuer.message) {
+        if nothing_stands && self.issuer.answers_in_its_place(&toward_issuer.message) {
             // Released on vpan's 91, and the link reverses it at the issuer itself (its
             // debt on disk): answered here, so that the issuer gets one reversal of it, not
-            // two under two keys.
+            // two under two keys; kept, to go after all should the issuer refuse the
+            // link's.
             tracing::debug!(card = %vpan.pan, "reversal of a purchase the issuer link reverses itself answered by the switch");
             return (
                 self.local_answer(&request, ResponseCode::APPROVED),

@@ -252,6 +252,10 @@ struct Inner {
     named_waiting: Restamped,
     /// Requests the link reverses itself ([`IssuerLink::reverses_itself`]).
     reversing: Arc<reversals::Reversing>,
+    /// The network's reversals the switch answered in the link's place, kept in case the
+    /// issuer refuses the link's own ([`IssuerLink::answers_in_its_place`]), by the
+    /// request they name, with when.
+    in_reserve: ConcurrentMap<Identity, (Box<Message>, Instant)>,
     /// The network's reversals owed ([`IssuerLink::owe_reversal`]), by their identity: the
     /// debt's number.
     reversals_owed: ConcurrentMap<Identity, u64>,
@@ -306,6 +310,7 @@ impl IssuerLink {
                 restamped: Restamped::default(),
                 named_waiting: Restamped::default(),
                 reversing: Arc::default(),
+                in_reserve: ConcurrentMap::default(),
                 reversals_owed: ConcurrentMap::default(),
                 reversals: AtomicUsize::new(0),
                 reversals_out: tokio::sync::Semaphore::new(reversals::REVERSALS_AT_ONCE),

@@ -26,6 +26,12 @@ use super::connection::jittered;
 use super::stamps::{Identity, Remembered};
 use super::{IssuerError, IssuerLink, Unanswered};
 
+/// Most network reversals kept in reserve at once ([`IssuerLink::answers_in_its_place`]):
+/// an issuer that times out for an hour under load leaves one per purchase answered 91 and
+/// reversed by its acquirer, each a message of some hundreds of bytes. Past it, such a
+/// reversal is forwarded, as before the switch answered them.
+const IN_RESERVE_MAX: usize = 100_000;
+
 /// Longest wait between two tries of a reversal toward an issuer that does not answer.
 const REVERSAL_RETRY_MAX: Duration = Duration::from_secs(5);
 
@@ -126,15 +132,16 @@ impl Reversing {
     pub(super) fn insert(&self, identity: Identity, id: u64) {
         self.requests.insert(identity, id);
         if self.refused.holds(&id) {
-            self.requests.forget_where(|&owed| owed == id);
+            let _ = self.requests.forget_where(|&owed| owed == id);
         }
     }
 
     /// The issuer refused debt `id`'s reversal: its request is no longer one the link
-    /// reverses itself, now or once the debt's record lands.
-    fn refuse(&self, id: u64) {
+    /// reverses itself, now or once the debt's record lands. Returns the network identity
+    /// it was known by, if it was yet.
+    fn refuse(&self, id: u64) -> Vec<Identity> {
         self.refused.insert(id, ());
-        self.requests.forget_where(|&owed| owed == id);
+        self.requests.forget_where(|&owed| owed == id)
     }
 
     /// Forgets what was entered before `horizon`.
@@ -333,12 +340,38 @@ impl IssuerLink {
     /// account twice. One too long for the issuer's frames is not remembered (see
     /// [`IssuerLink::owe_own`]).
     pub fn reverses_itself(&self, reversal: &Message) -> bool {
-        self.inner.reversing.knows(|| {
-            Identity::of(
-                reversal.text(90)?.as_bytes(),
-                reversal.terminal().as_deref(),
-            )
-        })
+        self.inner.reversing.knows(|| named(reversal))
+    }
+
+    /// Whether the switch answers a network's `reversal` (toward the issuer, as it would
+    /// go) in the link's place, the request it names being one the link reverses itself
+    /// ([`IssuerLink::reverses_itself`]). Kept if so, the first telling only, in memory for
+    /// [`RESTAMPED_KEPT`](super::RESTAMPED_KEPT): should the issuer refuse the link's own
+    /// reversal, this one is owed to it in its place ([`IssuerLink::reversal_declined`]).
+    /// False, for the caller to forward it, when the link does not reverse the request,
+    /// or [`IN_RESERVE_MAX`] reversals are kept already.
+    pub fn answers_in_its_place(&self, reversal: &Message) -> bool {
+        let Some(named) = named(reversal) else {
+            return false;
+        };
+        let known = || self.inner.reversing.knows(|| Some(named));
+        if !known() || self.inner.in_reserve.len() >= IN_RESERVE_MAX {
+            return false;
+        }
+        let kept = match self.inner.in_reserve.entry(named) {
+            dashmap::Entry::Occupied(_) => false,
+            dashmap::Entry::Vacant(v) => {
+                v.insert((Box::new(reversal.clone()), std::time::Instant::now()));
+                true
+            }
+        };
+        // Kept, then looked at again, as a refusal forgets the request and then takes what
+        // is kept: one of the two sees the other. Refused meanwhile and this one not taken,
+        // it is forwarded; taken, it is owed already.
+        if kept && !known() && self.inner.in_reserve.remove(&named).is_some() {
+            return false;
+        }
+        true
     }
 
     /// The reversal of a request kept as the bytes that were sent; `None`, said loudly,
@@ -661,8 +694,20 @@ impl IssuerLink {
             code = %String::from_utf8_lossy(&answer.response_code().unwrap_or(*b"--")),
             "the issuer refused a reversal vpan sent on its own; the real account may stay charged: the issuer must reconcile"
         );
-        if let Some(id) = debt {
-            self.inner.reversing.refuse(id);
+        let Some(id) = debt else {
+            return;
+        };
+        for named in self.inner.reversing.refuse(id) {
+            // The network's reversal the switch answered meanwhile goes to the issuer in
+            // its place, owed until heard.
+            if let Some((_, (kept, _))) = self.inner.in_reserve.remove(&named) {
+                tracing::warn!(
+                    "the network's reversal of that request, answered by the switch, now goes to the issuer in its place"
+                );
+                if let Some(owed) = self.owe_reversal(kept) {
+                    tokio::spawn(owed.record());
+                }
+            }
         }
     }
 
@@ -725,6 +770,14 @@ fn network_identity(reversal: &Message, network_stan: Option<[u8; 6]>) -> Option
         named.copy_from_slice(&stan);
     }
     Identity::of(&de90, reversal.terminal().as_deref())
+}
+
+/// The network identity of the request a network's `reversal` names in its DE 90.
+fn named(reversal: &Message) -> Option<Identity> {
+    Identity::of(
+        reversal.text(90)?.as_bytes(),
+        reversal.terminal().as_deref(),
+    )
 }
 
 /// [`reversal_for`], said loudly when it cannot be built.
@@ -942,6 +995,20 @@ mod tests {
             !link.reverses_itself(&second),
             "known once its record landed"
         );
+        assert!(!link.answers_in_its_place(&second), "forwarded");
+        // Answered in the link's place and kept (its repeat kept once), then the link's
+        // own refused: the network's reversal is owed in its place, and nothing stays kept.
+        let third = purchase(b"000003");
+        let (held, owed) = link.owe_own(&third, None);
+        owed.record().await;
+        assert!(link.answers_in_its_place(&third));
+        assert!(link.answers_in_its_place(&third));
+        assert_eq!(link.inner.in_reserve.len(), 1);
+        assert!(link.inner.reversals_owed.is_empty());
+        link.reversal_declined(Some(held.id), &refused);
+        assert!(link.inner.in_reserve.is_empty());
+        assert_eq!(link.inner.reversals_owed.len(), 1, "the network's, owed");
+        assert!(!link.answers_in_its_place(&third), "forwarded from now on");
         stop.cancel();
     }
 

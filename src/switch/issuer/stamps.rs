@@ -253,15 +253,21 @@ impl<K: Eq + std::hash::Hash, V: Copy> Remembered<K, V> {
     }
 
     /// Forgets every entry whose value `which` selects (a rare path: the whole map is
-    /// looked through).
-    pub(super) fn forget_where(&self, which: impl Fn(&V) -> bool) {
-        let mut forgotten = 0;
-        self.map.retain(|_, (value, _)| {
+    /// looked through), and returns their keys.
+    pub(super) fn forget_where(&self, which: impl Fn(&V) -> bool) -> Vec<K>
+    where
+        K: Clone,
+    {
+        let mut forgotten = Vec::new();
+        self.map.retain(|key, (value, _)| {
             let keep = !which(value);
-            forgotten += usize::from(!keep);
+            if !keep {
+                forgotten.push(key.clone());
+            }
             keep
         });
-        self.len.fetch_sub(forgotten, Ordering::AcqRel);
+        self.len.fetch_sub(forgotten.len(), Ordering::AcqRel);
+        forgotten
     }
 
     /// Forgets what was remembered before `horizon`.

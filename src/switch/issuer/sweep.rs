@@ -158,6 +158,7 @@ impl IssuerLink {
                 self.inner.restamped.forget_before(horizon);
                 self.inner.named_waiting.forget_before(horizon);
                 self.inner.reversing.forget_before(horizon);
+                self.inner.in_reserve.retain(|_, (_, at)| *at >= horizon);
             }
             self.abandon(|p| now.duration_since(p.sent_at) > horizon);
         }
