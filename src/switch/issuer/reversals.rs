@@ -361,7 +361,11 @@ impl IssuerLink {
         let kept = match self.inner.in_reserve.entry(named) {
             dashmap::Entry::Occupied(_) => false,
             dashmap::Entry::Vacant(v) => {
-                v.insert((Box::new(reversal.clone()), std::time::Instant::now()));
+                // Without its card-verification data (track 2, PIN block, chip data), as
+                // a debt is kept: not held an hour, and not sent again.
+                let mut kept = Box::new(reversal.clone());
+                kept.remove_card_verification_data();
+                v.insert((kept, std::time::Instant::now()));
                 true
             }
         };
