@@ -1013,6 +1013,19 @@ mod tests {
         assert!(link.inner.in_reserve.is_empty());
         assert_eq!(link.inner.reversals_owed.len(), 1, "the network's, owed");
         assert!(!link.answers_in_its_place(&third), "forwarded from now on");
+        // Kept without its card-verification data.
+        let fourth = purchase(b"000004");
+        let (_, owed) = link.owe_own(&fourth, None);
+        owed.record().await;
+        let mut with_track = fourth.clone();
+        with_track.set(35, b"4970100000000000=2912101").unwrap();
+        assert!(link.answers_in_its_place(&with_track));
+        assert!(
+            link.inner
+                .in_reserve
+                .iter()
+                .all(|kept| !kept.value().0.has(35))
+        );
         stop.cancel();
     }
 
