@@ -241,7 +241,7 @@ impl LoadgenConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadgenError {
     /// The first connection attempt failed.
-    #[error("cannot connect to {target}: {source}")]
+    #[error("cannot connect to {target}: {source}{}", out_of_files_hint(source))]
     Connect {
         /// The target as given.
         target: String,
@@ -254,6 +254,19 @@ pub enum LoadgenError {
     /// The open loop's clock thread could not be started.
     #[error("cannot start the open loop's pacer thread: {0}")]
     Pacer(std::io::Error),
+}
+
+/// What [`LoadgenError::Connect`] adds when the process, or the system, has no file
+/// descriptor left for another connection: many `--connections` under a default limit of
+/// 1,024 open files.
+fn out_of_files_hint(e: &std::io::Error) -> &'static str {
+    use rustix::io::Errno;
+    let out = [Errno::MFILE, Errno::NFILE].map(|errno| errno.raw_os_error());
+    if e.raw_os_error().is_some_and(|code| out.contains(&code)) {
+        ": no file descriptor left for another connection; raise the limit of open files (ulimit -n) or give fewer --connections"
+    } else {
+        ""
+    }
 }
 
 /// Runs a load as configured and returns what it measured. Fails only when the first
@@ -451,6 +464,25 @@ pub async fn run_cli(args: Args) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_dial_out_of_file_descriptors_says_how_to_raise_the_limit() {
+        let said = |code| {
+            super::LoadgenError::Connect {
+                target: "127.0.0.1:8583".into(),
+                source: std::io::Error::from_raw_os_error(code),
+            }
+            .to_string()
+        };
+        let emfile = rustix::io::Errno::MFILE.raw_os_error();
+        assert!(
+            said(emfile).ends_with("(ulimit -n) or give fewer --connections"),
+            "{}",
+            said(emfile)
+        );
+        let refused = rustix::io::Errno::CONNREFUSED.raw_os_error();
+        assert!(!said(refused).contains("ulimit"), "{}", said(refused));
+    }
+
     use super::*;
 
     #[test]
