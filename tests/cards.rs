@@ -3063,6 +3063,23 @@ fn a_key_file_the_configuration_names_is_never_made_and_a_data_dir_that_cannot_b
     );
     assert!(!named.exists(), "no key made there");
     assert!(!dir.path().join("data").exists(), "nor a data directory");
+    // There, but not a key (too short, or a directory: what a process may not read does
+    // the same, which a test run as root cannot make): refused, and nothing made either.
+    for not_a_key in [&named, &dir.path().join("secrets")] {
+        if not_a_key == &named {
+            std::fs::write(&named, b"short").unwrap();
+        }
+        let err = open_with(vpan::store::StoreConfig {
+            data_dir: dir.path().join("data"),
+            key_file: not_a_key.clone(),
+            ..Default::default()
+        });
+        assert!(err.contains(&not_a_key.display().to_string()), "{err}");
+        assert!(
+            !dir.path().join("data").exists(),
+            "no data directory, nor its lock: {err}"
+        );
+    }
 
     let blocked = dir.path().join("a-file");
     std::fs::write(&blocked, b"").unwrap();

@@ -63,10 +63,13 @@ impl Cards {
         let generator = VpanGenerator::new(cards.bin_length, &cards.virtual_ranges)?;
         let dir = store.data_dir.clone();
         let key_path = store.key_path();
-        // A key file the configuration names is looked for before anything is made: a
-        // typo or an unmounted volume leaves no fresh data directory behind. A key there
-        // that cannot be reached is that error, not "not there".
-        if !store.makes_its_own_key() {
+        // A key file the configuration names is looked for, and read, before anything is
+        // made: a typo, an unmounted volume, a file vpan may not read or that holds no key
+        // leaves no fresh data directory (and its lock) behind. A key there that cannot be
+        // reached is that error, not "not there".
+        let configured_key = if store.makes_its_own_key() {
+            None
+        } else {
             let there = key_path.try_exists().map_err(|e| StoreError::KeyFile {
                 path: key_path.clone(),
                 what: "looking for it",
@@ -80,7 +83,8 @@ impl Cards {
                 }
                 .into());
             }
-        }
+            Some(PanCipher::load(&key_path)?)
+        };
         crate::store::create_private_dir(&dir).map_err(|e| StoreError::DataDir {
             path: dir.clone(),
             message: format!("creating it: {e}"),
@@ -105,7 +109,10 @@ impl Cards {
             }
             .into());
         }
-        let cipher = PanCipher::load_or_create(&key_path)?;
+        let cipher = match configured_key {
+            Some(cipher) => cipher,
+            None => PanCipher::load_or_create(&key_path)?,
+        };
         let mut recovered = Recovered::default();
 
         // The snapshot, if any: its header first (to size the index), then its records on
