@@ -906,6 +906,21 @@ fn one_line(e: &toml::de::Error, text: &str) -> String {
         .find(|l| l.starts_with("in `"))
         .map(|l| format!(" ({l})"))
         .unwrap_or_default();
+    // A duplicate key or table is named, as the file writes it: toml's span covers it. Only
+    // a bare key (letters, digits, `_`, `-`): a quoted one may hold anything.
+    let what = match e.span().and_then(|s| text.get(s)) {
+        Some(key)
+            if what == "duplicate key"
+                && !key.is_empty()
+                && key.len() <= 64
+                && key
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') =>
+        {
+            format!("duplicate key `{key}`")
+        }
+        _ => what,
+    };
     match e.span().filter(|s| s.start <= text.len()) {
         Some(span) => {
             let before = &text.as_bytes()[..span.start];
@@ -1145,6 +1160,20 @@ mod tests {
             // Review of configuration: a token written without quotes was quoted whole in
             // serde's "invalid type" (masked only when as long as a card number).
             ("[api]\ntoken = 98765432101\n".to_string(), "api.token"),
+            // A key or a section written twice is named (toml's own words did not).
+            (
+                "[issuer]\ntimeout_ms = 1\ntimeout_ms = 2\n".to_string(),
+                "line 3, column 1: duplicate key `timeout_ms`",
+            ),
+            (
+                "[network]\nmax_connections = 3\n[network]\n".to_string(),
+                "duplicate key `network`",
+            ),
+            // A quoted key may hold anything: not quoted back.
+            (
+                format!("[api]\n\"{secret}\" = 1\n\"{secret}\" = 2\n"),
+                "line 3, column 1: duplicate key",
+            ),
         ];
         for (text, names) in cases {
             let err = load(&text, &[]).unwrap_err().to_string();
