@@ -1018,7 +1018,8 @@ mod tests {
         let (_, owed) = link.owe_own(&fourth, None);
         owed.record().await;
         let mut with_track = fourth.clone();
-        with_track.set(35, b"4970100000000000=2912101").unwrap();
+        let track = format!("{}=2912101", crate::pan::test_pan("497010"));
+        with_track.set(35, track.as_bytes()).unwrap();
         assert!(link.answers_in_its_place(&with_track));
         assert!(
             link.inner
