@@ -37,7 +37,8 @@ pub(crate) async fn dial(addr: &str) -> std::io::Result<tokio::net::TcpStream> {
     dial_within(addr, DIAL_TIMEOUT).await
 }
 
-async fn dial_within(
+/// [`dial`], failing with `TimedOut` after `limit` (the load generator's `--timeout-ms`).
+pub(crate) async fn dial_within(
     addr: &str,
     limit: std::time::Duration,
 ) -> std::io::Result<tokio::net::TcpStream> {

@@ -726,7 +726,7 @@ pub(super) async fn connection(mut conn: Conn, first: TcpStream) -> Stats {
                 // run is over, and no reconnection is wanted.
                 while Instant::now() < give_up && !conn.finished() {
                     let left = give_up.saturating_duration_since(Instant::now());
-                    match dial(&conn.shared.cfg.target, left).await {
+                    match crate::switch::dial_within(&conn.shared.cfg.target, left).await {
                         Ok(s) => {
                             dialled = Some(s);
                             break;
@@ -776,24 +776,6 @@ pub(super) async fn connection(mut conn: Conn, first: TcpStream) -> Stats {
 /// second.
 pub(super) fn dial_for(cfg: &LoadgenConfig) -> Duration {
     cfg.timeout.max(Duration::from_secs(1))
-}
-
-/// Connects to `target`, giving up after `within`: a target that never answers the
-/// connection (a firewall that drops it, a host that is down, a listener that accepts
-/// nothing) would otherwise hold the dial for the kernel's two minutes of retries, with
-/// nothing said meanwhile.
-pub(super) async fn dial(target: &str, within: Duration) -> std::io::Result<TcpStream> {
-    tokio::time::timeout(within, TcpStream::connect(target))
-        .await
-        .unwrap_or_else(|_| {
-            Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!(
-                    "the connection was not answered within {} ms",
-                    within.as_millis()
-                ),
-            ))
-        })
 }
 
 /// Sleeps until `t`, or forever when there is nothing to wait for.

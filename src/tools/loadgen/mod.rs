@@ -45,7 +45,7 @@ use crate::iso8583::{FrameCodec, Framing, Spec};
 
 pub use report::{Latency, Summary};
 
-use conn::{Conn, Shared, StanHash, connection, dial, dial_for, open_record};
+use conn::{Conn, Shared, StanHash, connection, dial_for, open_record};
 use report::{Stats, summarize};
 
 /// Most requests in flight on one connection: far below the million six-digit STANs, so a
@@ -286,13 +286,12 @@ pub async fn run(mut cfg: LoadgenConfig) -> Result<Summary, LoadgenError> {
     }
     let mut streams = Vec::with_capacity(cfg.connections);
     for _ in 0..cfg.connections {
-        let s =
-            dial(&cfg.target, dial_for(&cfg))
-                .await
-                .map_err(|source| LoadgenError::Connect {
-                    target: cfg.target.clone(),
-                    source,
-                })?;
+        let s = crate::switch::dial_within(&cfg.target, dial_for(&cfg))
+            .await
+            .map_err(|source| LoadgenError::Connect {
+                target: cfg.target.clone(),
+                source,
+            })?;
         streams.push(s);
     }
     // Each connection's histogram is made before the clock starts: thousands of them take
