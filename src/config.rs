@@ -584,9 +584,7 @@ impl Config {
         }
         Ok(())
     }
-}
 
-impl Config {
     /// Refuses an `issuer.connect` that is one of vpan's own listeners (a copy of
     /// `network.listen`, say): the issuer link would dial vpan itself, sign on to its own
     /// network side and show up, and every authorization would then end in 91.

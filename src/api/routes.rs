@@ -135,21 +135,26 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                     ApiError::malformed(r.body_text())
                 }
             })?;
-        // A body that is no JSON at all (a form, nothing) is said to be so: serde's
-        // `expected value at line 1 column 1` alone does not tell a client what is wrong.
-        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body)
-            && (e.is_syntax() || e.is_eof())
-        {
-            return Err(ApiError::malformed(format!(
-                "the body is not JSON ({}): send a JSON object",
-                without_quoted_values(&e.to_string())
-            )));
-        }
         let mut json = serde_json::Deserializer::from_slice(&body);
-        let value = read_strictly(&mut json)?;
-        json.end().map_err(|e| ApiError::malformed(e.to_string()))?;
+        let value = serde_path_to_error::deserialize(&mut json).map_err(|e| {
+            if e.inner().is_syntax() || e.inner().is_eof() {
+                not_json(e.inner())
+            } else {
+                refused(e)
+            }
+        })?;
+        json.end().map_err(|e| not_json(&e))?;
         Ok(JsonBody(value))
     }
+}
+
+/// A body that is no JSON at all (a form, nothing), or not only JSON, is said to be so:
+/// serde's `expected value at line 1 column 1` alone does not tell a client what is wrong.
+fn not_json(e: &serde_json::Error) -> ApiError {
+    ApiError::malformed(format!(
+        "the body is not JSON ({}): send a JSON object",
+        without_quoted_values(&e.to_string())
+    ))
 }
 
 /// Reads a `T` from what the client sent, or a 400 that says where and why it could not,
@@ -161,12 +166,15 @@ where
     T: serde::Deserialize<'de>,
     D: serde::Deserializer<'de>,
 {
-    serde_path_to_error::deserialize(from).map_err(|e| {
-        let why = without_quoted_values(&without_unknown_key(&e.inner().to_string()));
-        ApiError::malformed(match shown_path(e.path()) {
-            Some(path) => format!("{path}: {why}"),
-            None => why,
-        })
+    serde_path_to_error::deserialize(from).map_err(refused)
+}
+
+/// [`read_strictly`]'s 400 for what serde refused.
+fn refused<E: std::fmt::Display>(e: serde_path_to_error::Error<E>) -> ApiError {
+    let why = without_quoted_values(&without_unknown_key(&e.inner().to_string()));
+    ApiError::malformed(match shown_path(e.path()) {
+        Some(path) => format!("{path}: {why}"),
+        None => why,
     })
 }
 
