@@ -1229,6 +1229,66 @@ async fn the_token_and_key_files_are_0600_and_a_restart_reuses_them_and_keeps_th
     again.stop().await;
 }
 
+/// `POST /v1/cards` of `body` under these `Idempotency-Key` values: the status, whether
+/// the answer says it was issued earlier (`Idempotent-Replayed`), and the body.
+async fn post_keyed(api: &Running, keys: &[&str], body: &Value) -> (StatusCode, bool, Value) {
+    let mut request = api
+        .http
+        .post(api.url("/v1/cards"))
+        .bearer_auth(&api.token)
+        .json(body);
+    for key in keys {
+        request = request.header("Idempotency-Key", *key);
+    }
+    let response = request.send().await.unwrap();
+    let replayed = response
+        .headers()
+        .get("idempotent-replayed")
+        .is_some_and(|v| v == "true");
+    let status = response.status();
+    (status, replayed, response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_card_request_sent_again_under_its_idempotency_key_gets_its_card_even_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = Running::start(dir.path()).await;
+    // Validity given from now: the request sent again reads it from the card's issuance.
+    let body = card_request(&pan());
+    let (status, replayed, first) = post_keyed(&api, &["order-17"], &body).await;
+    assert_eq!((status, replayed), (StatusCode::CREATED, false), "{first}");
+    let (status, replayed, again) = post_keyed(&api, &["order-17"], &body).await;
+    assert_eq!((status, replayed), (StatusCode::CREATED, true), "{again}");
+    assert_eq!(again, first, "the same card, unchanged since");
+    let (_, listed) = api.call(Method::GET, "/v1/cards", None).await;
+    assert_eq!(listed["cards"].as_array().unwrap().len(), 1, "{listed}");
+
+    // Another request under the key is refused; so are malformed keys, naming the header.
+    let mut other = body.clone();
+    other["amount_limit"] = json!(20_000);
+    let (status, _, refused) = post_keyed(&api, &["order-17"], &other).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(error_of(&refused).0, "idempotency_key_reused");
+    let too_long = "k".repeat(256);
+    for keys in [&[""][..], &[too_long.as_str()], &["a", "b"], &["caf\u{e9}"]] {
+        let (status, _, refused) = post_keyed(&api, keys, &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{keys:?}");
+        let (code, message) = error_of(&refused);
+        assert_eq!(code, "malformed");
+        assert!(message.starts_with("Idempotency-Key: "), "{message}");
+    }
+    api.stop().await;
+
+    let api = Running::start(dir.path()).await;
+    let (status, replayed, after) = post_keyed(&api, &["order-17"], &body).await;
+    assert_eq!((status, replayed), (StatusCode::CREATED, true), "{after}");
+    assert_eq!(after["vpan"], first["vpan"], "known after the restart");
+    let (status, replayed, new) = post_keyed(&api, &["order-18"], &body).await;
+    assert_eq!((status, replayed), (StatusCode::CREATED, false), "{new}");
+    assert_ne!(new["vpan"], first["vpan"], "a new key, a new card");
+    api.stop().await;
+}
+
 /// Runs `vpan card ...` against `api`; exit code, stdout, stderr.
 fn vpan_card(api: &Running, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_vpan"))

@@ -10,7 +10,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, RawQuery, Request, State};
 use axum::http::request::Parts;
-use axum::http::{Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 use serde::de::DeserializeOwned;
@@ -22,12 +22,18 @@ use super::model::{
 };
 use super::{ApiState, Health};
 use crate::cards::card::unix_now as now;
+use crate::cards::requests::{Earlier, MAX_KEY_BYTES, RequestKey};
 use crate::cards::vpan::GenerateError;
 use crate::cards::{CardError, CardKey, CardView, IssueError, StatusChange};
 use crate::store::StoreError;
 
 /// The OpenAPI 3 document of this API, served at `GET /v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// The request header that makes `POST /v1/cards` safe to send again.
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+/// The answer's header saying the card was issued by an earlier request with the key.
+const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 /// One call of the API.
 pub struct Route {
@@ -323,7 +329,7 @@ fn issue_store_error(e: StoreError) -> ApiError {
         tracing::error!(error = %e, "issuance not confirmed durable");
         return ApiError::unavailable(
             "store_unavailable",
-            "the card could not be confirmed durable in time (the disk is stalled); it may still be recorded: list the cards before issuing again",
+            "the card could not be confirmed durable in time (the disk is stalled); it may still be recorded: send the request again with the same Idempotency-Key once /healthz reports the store up (without one, list the cards before issuing again)",
         );
     }
     tracing::error!(error = %e, "issuance not durable");
@@ -339,17 +345,31 @@ fn card(view: &CardView) -> Json<CardBody> {
 }
 
 /// `POST /v1/cards`: validates, issues, waits until the card is durable, answers 201.
+/// Under an `Idempotency-Key` the card a key issued is answered again (see
+/// [`crate::cards::requests`]).
 async fn create_card(
     State(state): State<ApiState>,
+    headers: HeaderMap,
     JsonBody(request): JsonBody<CreateCard>,
 ) -> Result<Response, ApiError> {
     let now = now();
+    let key = idempotency_key(&headers)?;
+    if let Some(earlier) = key.and_then(|k| state.cards.earlier_request(&k, now)) {
+        return issued_again(&state, earlier, request).await;
+    }
+    // Kept for a twin request that takes the key first (read again as of its card's time).
+    let again = key.is_some().then(|| request.clone());
     let spec = request.into_spec(now)?;
-    match state.cards.issue_durable(&spec, now).await {
+    match state.cards.issue_durable_under(&spec, now, key).await {
         Ok(view) => {
             tracing::info!(vpan = %view.vpan, pan = %spec.pan.masked_beside_its_vpan(), "card issued");
             Ok((StatusCode::CREATED, card(&view)).into_response())
         }
+        Err(IssueError::KeyTaken(earlier)) => match again {
+            Some(request) => issued_again(&state, earlier, request).await,
+            None => Err(key_in_flight()),
+        },
+        Err(IssueError::KeyReused) => Err(key_reused()),
         Err(IssueError::Invalid(message)) => Err(ApiError::invalid(message)),
         // The card's range leaves no digit to draw, or there is none for its BIN: no retry
         // will change that.
@@ -365,6 +385,75 @@ async fn create_card(
         }
         Err(IssueError::Store(e)) => Err(issue_store_error(e)),
     }
+}
+
+/// The `Idempotency-Key` header's digest, when the request has one: 1 to 255 printable
+/// ASCII characters, once.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<RequestKey>, ApiError> {
+    let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ApiError::malformed(
+            "Idempotency-Key: is given more than once",
+        ));
+    }
+    let key = value.as_bytes();
+    if key.is_empty() || key.len() > MAX_KEY_BYTES || !key.iter().all(|b| (b' '..=b'~').contains(b))
+    {
+        return Err(ApiError::malformed(format!(
+            "Idempotency-Key: must be 1 to {MAX_KEY_BYTES} printable ASCII characters"
+        )));
+    }
+    Ok(Some(RequestKey::of(key)))
+}
+
+/// A request sent again under the key of an earlier one: the card that one issued, once
+/// durable, answered 201 again with `Idempotent-Replayed: true`.
+async fn issued_again(
+    state: &ApiState,
+    earlier: Earlier,
+    request: CreateCard,
+) -> Result<Response, ApiError> {
+    let Earlier::Issued(card_key, created_at) = earlier else {
+        return Err(key_in_flight());
+    };
+    let spec = request.into_spec(created_at)?;
+    match state.cards.issued_again(card_key, &spec).await {
+        Ok(view) => {
+            tracing::info!(vpan = %view.vpan, "card issued earlier under this Idempotency-Key answered again");
+            Ok((
+                StatusCode::CREATED,
+                [(IDEMPOTENT_REPLAYED, "true")],
+                card(&view),
+            )
+                .into_response())
+        }
+        Err(IssueError::KeyReused) => Err(key_reused()),
+        Err(IssueError::Store(e)) => {
+            tracing::error!(vpan = %card_key.pan(), error = %e, "card issued earlier under this Idempotency-Key not confirmed durable");
+            Err(ApiError::unavailable(
+                "store_unavailable",
+                "the card this Idempotency-Key issued could not be confirmed durable (the store is stalled or failed): send the request again, with the same key, once /healthz reports the store up",
+            ))
+        }
+        Err(_) => Err(key_in_flight()),
+    }
+}
+
+fn key_in_flight() -> ApiError {
+    ApiError::conflict(
+        "Idempotency-Key: a request with this key is issuing its card at this moment; send it again once that one is answered",
+    )
+}
+
+fn key_reused() -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+        "Idempotency-Key: issued a card for a different request (another card, controls or expiry); use a new key for a new card",
+    )
 }
 
 /// `GET /v1/cards/{vpan}`.

@@ -467,6 +467,10 @@ pub struct Card {
     pub mcc: Option<Box<MccRules>>,
     /// Recent decisions, allocated on the first one (cold, bounded).
     pub history: History,
+    /// The digest of the `Idempotency-Key` it was issued under, when it had one: kept in
+    /// snapshots, so that a restart within [`crate::cards::requests::KEPT_FOR`] of the
+    /// issuance still knows which card the key made.
+    pub request_key: Option<Box<crate::cards::requests::RequestKey>>,
 }
 
 /// The merchant lock without its acceptor (which sits in [`Card::acceptor`]).
@@ -548,6 +552,7 @@ impl Card {
             lsn: 0,
             mcc,
             history: History::default(),
+            request_key: None,
         }
     }
 

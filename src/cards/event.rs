@@ -16,6 +16,7 @@ use super::card::{AcceptorId, Card, CardKey, Controls, Expiry, LockKind, Status,
 use super::history::{self, DecidedBy, RecentTx};
 use super::ledger::{AuthCode, Ledger, PartialAnswer, TxEntry, TxState, advice_mti, ceil_ratio};
 use super::request::{OriginalData, ResponseCode};
+use super::requests::RequestKey;
 
 mod encoding;
 mod snapshot;
@@ -40,6 +41,8 @@ pub struct Issued {
     pub controls: Controls,
     /// When.
     pub created_at: UnixSeconds,
+    /// The digest of the `Idempotency-Key` it was asked under, if any.
+    pub request_key: Option<RequestKey>,
 }
 
 /// A transaction's effect on a card: a hold placed, answered, or an advice recorded.

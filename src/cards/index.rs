@@ -68,9 +68,10 @@ impl CardIndex {
 
     /// Runs `f` on every card, each under its shard's write lock: for recovery, before
     /// anything is served (it would stall authorizations on the shard it walks).
-    pub(crate) fn for_each_mut(&self, mut f: impl FnMut(&mut Card)) {
+    pub(crate) fn for_each_mut(&self, mut f: impl FnMut(CardKey, &mut Card)) {
         for mut c in self.map.iter_mut() {
-            f(&mut c);
+            let key = *c.key();
+            f(key, &mut c);
         }
     }
 

@@ -11,6 +11,8 @@
 //! - [`event`]: every change as a journal record, applied the same way live and on replay;
 //! - [`history`]: each card's last decisions, for the API.
 //!
+//! [`requests`] keeps which card each recent `Idempotency-Key` of the API issued.
+//!
 //! Cards are made by [`vpan`] (generation in the real card's BIN) through
 //! [`Cards::issue`]. Durability lives in [`crate::store`]; the facade's two cold rooms
 //! are `vault::recovery` ([`Cards::open`]: snapshot, journal, holds left in doubt) and
@@ -23,6 +25,7 @@ pub mod index;
 pub mod ledger;
 pub mod limits;
 pub mod request;
+pub mod requests;
 pub mod vault;
 pub mod vpan;
 

@@ -34,6 +34,7 @@ use super::ledger::{
 };
 use super::limits::{self, Verdict};
 use super::request::{Amounts, AuthRequest, Kind, OriginalData, ResponseCode};
+use super::requests::IssuanceRequests;
 use super::vpan::{RangeConfigError, VpanGenerator};
 use crate::ConcurrentMap;
 use crate::pan::Pan;
@@ -310,6 +311,8 @@ pub struct Cards {
     /// or purchases on that real card would be taken for the virtual one's. Only added
     /// to: a number left here by a card whose issuance failed costs one draw, no more.
     real_keys: ConcurrentMap<CardKey, ()>,
+    /// Which card each recent `Idempotency-Key` issued.
+    requests: IssuanceRequests,
     /// Real PAN encryption.
     cipher: PanCipher,
     /// Next log sequence number.
@@ -955,6 +958,131 @@ mod tests {
         let listed = reopened.list(None, 10);
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].vpan, vpan);
+    }
+
+    #[tokio::test]
+    async fn a_key_issues_one_card_answers_it_to_its_request_only_and_survives_restarts_and_snapshots()
+     {
+        use crate::cards::requests::{Earlier, RequestKey};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let open = || open_in(dir.path());
+        let cards = open();
+        let now = 1_800_000_000;
+        let spec = a_card_spec(now);
+        let key = RequestKey::of(b"order-17");
+        let view = cards
+            .issue_durable_under(&spec, now, Some(key))
+            .await
+            .expect("issued");
+        let card = CardKey::of(&view.vpan);
+        let issued = Earlier::Issued(card, now);
+        // The key is taken: the same request draws no second card.
+        let twin = cards.issue_durable_under(&spec, now, Some(key)).await;
+        assert_eq!(twin, Err(IssueError::KeyTaken(issued)));
+        assert_eq!(cards.len(), 1);
+        let again = cards
+            .issued_again(card, &spec)
+            .await
+            .expect("answered again");
+        assert_eq!(again.vpan, view.vpan);
+        // Another real card, cap or validity under the key is another request.
+        let mut other_cap = spec.clone();
+        other_cap.controls.amount_limit += 1;
+        let other_card = a_card_spec(now);
+        for other in [&other_cap, &other_card] {
+            let reused = cards.issued_again(card, other).await;
+            assert_eq!(reused, Err(IssueError::KeyReused));
+        }
+        // Known after a restart from the journal, then from a snapshot alone.
+        drop(cards);
+        let cards = open();
+        assert_eq!(cards.earlier_request(&key, now), Some(issued));
+        cards.snapshot().expect("snapshot");
+        drop(cards);
+        let cards = open();
+        assert_eq!(cards.earlier_request(&key, now), Some(issued));
+        assert_eq!(cards.issued_again(card, &spec).await, Ok(again));
+        // A card issued without a key carries none.
+        let (plain, durable) = cards.issue(&a_card_spec(now), now).expect("issued");
+        durable.await.expect("durable");
+        let plain = CardKey::of(&plain.vpan);
+        assert!(
+            cards
+                .index
+                .read(plain, |c| c.request_key.is_none())
+                .expect("card")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_key_is_known_a_day_across_restarts_and_given_back_by_a_failed_issuance() {
+        use crate::cards::requests::{KEPT_FOR, RequestKey};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let open = || open_in(dir.path());
+        let cards = open();
+        let now = crate::cards::card::unix_now();
+        let (old, recent) = (RequestKey::of(b"old"), RequestKey::of(b"recent"));
+        for (key, at) in [(old, now - KEPT_FOR - 1), (recent, now - KEPT_FOR + 600)] {
+            let spec = a_card_spec(now);
+            cards
+                .issue_durable_under(&spec, at, Some(key))
+                .await
+                .expect("issued");
+        }
+        drop(cards);
+        let cards = open();
+        assert_eq!(
+            cards.requests.len(),
+            1,
+            "the day-old key is not brought back"
+        );
+        assert!(cards.earlier_request(&old, now).is_none());
+        assert!(cards.earlier_request(&recent, now).is_some());
+        // The store fails: no card, and the key may be used again (after the restart
+        // every failure asks for).
+        let failing = RequestKey::of(b"failing");
+        let gate = sync_gate::set(dir.path(), Gate::Failing);
+        let failed = cards
+            .issue_durable_under(&a_card_spec(now), now, Some(failing))
+            .await;
+        assert!(matches!(failed, Err(IssueError::Store(_))), "{failed:?}");
+        assert_eq!(cards.earlier_request(&failing, now), None);
+        drop(gate);
+    }
+
+    #[tokio::test]
+    async fn a_key_whose_card_the_disk_stalled_on_gets_that_card_once_the_disk_takes_it() {
+        use crate::cards::requests::{Earlier, RequestKey};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cards = open_in(dir.path());
+        let now = 1_800_000_000;
+        let spec = a_card_spec(now);
+        let key = RequestKey::of(b"stalled");
+        let held = sync_gate::set(dir.path(), Gate::Held);
+        let stalled = cards.issue_durable_under(&spec, now, Some(key)).await;
+        assert!(
+            matches!(stalled, Err(IssueError::Store(StoreError::Stalled(_)))),
+            "{stalled:?}"
+        );
+        let Some(Earlier::Issued(card, _)) = cards.earlier_request(&key, now) else {
+            panic!("the key names the card the stall may still record");
+        };
+        // Sent again while the disk still stalls: not answered as issued, nor drawn again.
+        let early = cards.issued_again(card, &spec).await;
+        assert!(
+            matches!(early, Err(IssueError::Store(StoreError::Stalled(_)))),
+            "{early:?}"
+        );
+        // The disk answers again: the record lands, and the request gets its card.
+        drop(held);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while let Err(e) = cards.recorded_so_far().await {
+            assert!(std::time::Instant::now() < deadline, "still {e:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let again = cards.issued_again(card, &spec).await;
+        assert_eq!(again.map(|v| CardKey::of(&v.vpan)), Ok(card));
+        assert_eq!(cards.len(), 1);
     }
 
     /// A snapshot record as read back, written again as it is.

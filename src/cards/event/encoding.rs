@@ -7,6 +7,7 @@ use crate::cards::card::{AcceptorId, CardKey, Controls, Expiry, Status};
 use crate::cards::history::DecidedBy;
 use crate::cards::ledger::PartialAnswer;
 use crate::cards::request::{OriginalData, ResponseCode};
+use crate::cards::requests::RequestKey;
 use crate::store::StoreError;
 use crate::store::journal::Encode;
 
@@ -285,6 +286,10 @@ impl Encode for Event {
                 out.extend_from_slice(&i.real_expiry.0);
                 put_controls(out, &i.controls);
                 out.u64(i.created_at);
+                // Last, and only when there is one (since 2026-12-07), as a snapshot's card.
+                if let Some(key) = &i.request_key {
+                    out.extend_from_slice(&key.0);
+                }
             }
             Event::Status { lsn, key, status } => {
                 out.u8(TAG_STATUS);
@@ -414,6 +419,7 @@ impl Event {
                 real_expiry: Expiry(g.array()?),
                 controls: get_controls(&mut g)?,
                 created_at: g.u64()?,
+                request_key: g.optional_tail()?.map(RequestKey),
             })),
             TAG_STATUS => Event::Status {
                 lsn: g.u64()?,
@@ -903,6 +909,46 @@ mod tests {
         assert!(read(&other), "a refund's decline, recorded as one");
         buf[at] &= !(4 | TX_REFUND_RECORDED);
         assert!(!read(&buf), "before the flag");
+    }
+
+    #[test]
+    fn an_issuance_keeps_its_idempotency_key_and_one_written_before_keys_reads_without() {
+        let issued = |request_key| {
+            Event::Issued(Box::new(Issued {
+                lsn: 3,
+                key: key(),
+                sealed_pan: vec![7; 44],
+                real_expiry: Expiry(*b"2912"),
+                controls: crate::cards::card::test_spec(
+                    crate::pan::Pan::from_digits_checked(crate::pan::test_pan("497010").as_bytes())
+                        .unwrap(),
+                    10_000,
+                    1_800_000_000,
+                )
+                .controls,
+                created_at: 1_795_706_982,
+                request_key,
+            }))
+        };
+        let request = RequestKey::of(b"order-17");
+        let decoded_key = |event: Event| {
+            let mut buf = Vec::new();
+            event.encode(&mut buf);
+            match Event::decode(&buf) {
+                Ok(Event::Issued(i)) => (buf.len(), i.request_key),
+                other => panic!("{other:?}"),
+            }
+        };
+        let (with, read) = decoded_key(issued(Some(request)));
+        assert_eq!(read, Some(request));
+        // Without a key, the record is the one written before keys were.
+        let (without, read) = decoded_key(issued(None));
+        assert_eq!((with - without, read), (32, None));
+        // A key cut short is damage, not a record without one.
+        let mut buf = Vec::new();
+        issued(Some(request)).encode(&mut buf);
+        buf.pop();
+        assert!(Event::decode(&buf).is_err());
     }
 
     #[test]

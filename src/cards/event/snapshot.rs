@@ -7,6 +7,7 @@ use crate::cards::card::{AcceptorId, Card, CardKey, Expiry, LockKind, MccRules, 
 use crate::cards::history::{DecidedBy, HISTORY_LEN, History, RecentTx};
 use crate::cards::ledger::{PartialAnswer, TxEntry, TxState};
 use crate::cards::request::{OriginalData, ResponseCode};
+use crate::cards::requests::RequestKey;
 use crate::store::StoreError;
 use crate::store::identity::StoreId;
 use crate::store::journal::Encode;
@@ -127,6 +128,11 @@ impl Encode for SnapCard<'_> {
             out.u8(u8::from(h.decided_by == DecidedBy::Issuer) | u8::from(h.refund) << 1);
             put_acceptor(out, h.merchant);
         }
+        // Last, and only when there is one (since 2026-12-07): a vpan from before refuses
+        // the record rather than misreads it.
+        if let Some(key) = &c.request_key {
+            out.extend_from_slice(&key.0);
+        }
     }
 }
 
@@ -188,6 +194,7 @@ pub(crate) fn decode_snap_card(
             entries.push(tx);
         }
         let history = History::from_oldest_first(entries);
+        let request_key = g.optional_tail()?.map(|k| Box::new(RequestKey(k)));
         let mcc = (!allow.is_empty() || !block.is_empty()).then(|| {
             Box::new(MccRules {
                 allow: allow.into(),
@@ -214,6 +221,7 @@ pub(crate) fn decode_snap_card(
             lsn,
             mcc,
             history,
+            request_key,
         })
     })()
     .ok_or_else(bad)?;

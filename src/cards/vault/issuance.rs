@@ -9,6 +9,7 @@ use crate::cards::card::{
 };
 use crate::cards::event::{self, Event, Issued};
 use crate::cards::history::RecentTx;
+use crate::cards::requests::{Earlier, IssuanceRequests, RequestKey};
 use crate::cards::vpan::GenerateError;
 use crate::pan::{Pan, luhn_valid};
 use crate::store::StoreError;
@@ -27,6 +28,13 @@ pub enum IssueError {
     /// The issuance could not be made durable.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The idempotency key is taken: by a request drawing its card at this moment, or
+    /// by a card issued under it.
+    #[error("the idempotency key is in use")]
+    KeyTaken(Earlier),
+    /// The idempotency key issued a card for a different request.
+    #[error("the idempotency key was used for a different request")]
+    KeyReused,
 }
 
 /// Why a status change was refused (the API's 404, 409 and 503).
@@ -107,6 +115,19 @@ impl Cards {
         spec: &CardSpec,
         now: UnixSeconds,
     ) -> Result<(CardView, Durable), IssueError> {
+        self.issue_under(spec, now, None)
+    }
+
+    /// [`Cards::issue`], under the digest of a client's idempotency key when there is
+    /// one: the key is claimed before the draw and names the card from the draw on (its
+    /// record carries it), or it is given back; taken already, it is
+    /// [`IssueError::KeyTaken`], and nothing is drawn.
+    fn issue_under(
+        &self,
+        spec: &CardSpec,
+        now: UnixSeconds,
+        request: Option<RequestKey>,
+    ) -> Result<(CardView, Durable), IssueError> {
         validate(spec, now)?;
         self.generator
             .check_real(&spec.pan)
@@ -121,6 +142,11 @@ impl Cards {
         if self.generator.in_virtual_range(spec.pan.as_bytes()) {
             return refused();
         }
+        // Given back on every way out but a drawn card (when dropped unsettled).
+        let claim = match request {
+            Some(key) => Some(Claim::take(&self.requests, key, now)?),
+            None => None,
+        };
         // Known as a real card before it is looked up among the vPANs: a draw for another
         // card from then on cannot take this number (only one already made, in the same
         // microseconds, of this very number out of 10^9, could).
@@ -138,6 +164,7 @@ impl Cards {
         let lsn = self.lsn();
         let mut card = Card::new(spec, now);
         card.lsn = lsn;
+        card.request_key = request.map(Box::new);
         let mut durable = None;
         let drawn = self.generator.generate(&spec.pan, |candidate| {
             let key = CardKey::of(candidate);
@@ -155,6 +182,7 @@ impl Cards {
                         real_expiry: spec.pan_expiry,
                         controls: card.controls(),
                         created_at: now,
+                        request_key: request,
                     }))));
                     card.clone()
                 })
@@ -175,8 +203,12 @@ impl Cards {
                 return Err(e.into());
             }
         };
+        let key = CardKey::of(&vpan);
+        if let Some(claim) = claim {
+            claim.settle(key, now);
+        }
         let durable = durable.unwrap_or_else(|| Durable::ready(Err(StoreError::Failed)));
-        Ok((CardView::of(CardKey::of(&vpan), &card), durable))
+        Ok((CardView::of(key, &card), durable))
     }
 
     /// Issues a card and waits until it is durable. On a store error the card is removed
@@ -187,18 +219,64 @@ impl Cards {
         spec: &CardSpec,
         now: UnixSeconds,
     ) -> Result<CardView, IssueError> {
-        let (view, durable) = self.issue(spec, now)?;
+        self.issue_durable_under(spec, now, None).await
+    }
+
+    /// [`Cards::issue_durable`] under the digest of a client's idempotency key (see
+    /// [`Cards::issued_again`] for the key's next request).
+    pub async fn issue_durable_under(
+        &self,
+        spec: &CardSpec,
+        now: UnixSeconds,
+        request: Option<RequestKey>,
+    ) -> Result<CardView, IssueError> {
+        let (view, durable) = self.issue_under(spec, now, request)?;
         if let Err(e) = durable.await {
             // A stalled disk may still take the record: the card stays, so that its
             // number is never drawn for another card (a restart would then find two cards
             // under one number and keep the first), and the listing the caller is sent to
-            // shows it. A failed store takes no record after the failure.
+            // shows it, as its key does to a request sent again. A failed store takes no
+            // record after the failure.
             if !matches!(e, StoreError::Stalled(_)) {
-                self.index.remove(CardKey::of(&view.vpan));
+                let card = CardKey::of(&view.vpan);
+                self.index.remove(card);
+                if let Some(request) = &request {
+                    self.requests.forget(request, card);
+                }
             }
             return Err(e.into());
         }
         Ok(view)
+    }
+
+    /// What the digest of an idempotency key stands for now, if anything.
+    pub fn earlier_request(&self, request: &RequestKey, now: UnixSeconds) -> Option<Earlier> {
+        self.requests.earlier(request, now)
+    }
+
+    /// The card a key issued, for the key's request sent again: `spec` is that request
+    /// read as of the card's creation (so a `valid_for_seconds` gives the same end), and
+    /// must ask for what the card was issued with, or it is [`IssueError::KeyReused`].
+    /// Answered once the card's issuance is durable, as the first answer was.
+    pub async fn issued_again(
+        &self,
+        card: CardKey,
+        spec: &CardSpec,
+    ) -> Result<CardView, IssueError> {
+        let same = self.index.read(card, |c| {
+            c.real_pan == spec.pan
+                && c.real_expiry == spec.pan_expiry
+                && c.controls() == Card::new(spec, c.created_at).controls()
+        });
+        match same {
+            // Gone since the key was looked up: its issuance failed a moment ago.
+            None => return Err(IssueError::KeyTaken(Earlier::InFlight)),
+            Some(false) => return Err(IssueError::KeyReused),
+            Some(true) => {}
+        }
+        self.journal.barrier().await?;
+        self.get(card)
+            .ok_or(IssueError::KeyTaken(Earlier::InFlight))
     }
 
     /// The card as the API shows it.
@@ -309,6 +387,42 @@ impl Cards {
     /// Closes the card for good (46), durably.
     pub async fn close(&self, vpan: CardKey) -> Result<StatusChange, CardError> {
         self.set_status_durable(vpan, Status::Closed).await
+    }
+}
+
+/// An idempotency key claimed for one issuance: given back when dropped, unless the
+/// issuance drew its card.
+struct Claim<'a> {
+    requests: &'a IssuanceRequests,
+    key: RequestKey,
+    settled: bool,
+}
+
+impl<'a> Claim<'a> {
+    fn take(
+        requests: &'a IssuanceRequests,
+        key: RequestKey,
+        now: UnixSeconds,
+    ) -> Result<Claim<'a>, IssueError> {
+        requests.claim(key, now).map_err(IssueError::KeyTaken)?;
+        Ok(Claim {
+            requests,
+            key,
+            settled: false,
+        })
+    }
+
+    fn settle(mut self, card: CardKey, at: UnixSeconds) {
+        self.requests.settle(self.key, card, at);
+        self.settled = true;
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.requests.release(&self.key);
+        }
     }
 }
 

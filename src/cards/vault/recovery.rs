@@ -9,11 +9,12 @@ use std::time::Instant;
 use super::snapshots::SNAPSHOT_VERSION;
 use super::{Cards, CardsConfig, OpenError};
 use crate::ConcurrentMap;
-use crate::cards::card::{Card, CardKey, CardSpec};
+use crate::cards::card::{Card, CardKey, CardSpec, unix_now};
 use crate::cards::event::{self, Event};
 use crate::cards::index::CardIndex;
 use crate::cards::ledger::{Ledger, LedgerConfig, TxEntry, TxState};
 use crate::cards::request::OriginalData;
+use crate::cards::requests::IssuanceRequests;
 use crate::cards::vpan::VpanGenerator;
 use crate::store::crypto::{self, PanCipher};
 use crate::store::identity::{self, StoreId};
@@ -345,11 +346,17 @@ impl Cards {
         // One pass over the cards. No hold is open now, so no use is held (counted from
         // the journal since the snapshot, `held_uses` can only have come out too high, by
         // holds a journal of an older vpan reversed in full). And the real card behind
-        // each is noted, so that no vPAN is drawn equal to one.
+        // each is noted, so that no vPAN is drawn equal to one; and the recent
+        // idempotency keys, with the cards they issued.
         let real_keys = ConcurrentMap::with_capacity_and_hasher(index.len(), Default::default());
-        index.for_each_mut(|c| {
+        let requests = IssuanceRequests::default();
+        let now = unix_now();
+        index.for_each_mut(|key, c| {
             c.held_uses = 0;
             real_keys.insert(CardKey::of(&c.real_pan), ());
+            if let Some(request) = &c.request_key {
+                requests.recover(**request, key, c.created_at, now);
+            }
         });
         ledger.rebuild_order();
 
@@ -382,6 +389,7 @@ impl Cards {
                 generator,
                 journal,
                 real_keys,
+                requests,
                 cipher,
                 next_lsn: AtomicU64::new(next_lsn),
                 dir,
@@ -420,6 +428,7 @@ fn replay(
             let mut card = Card::new(&spec, i.created_at);
             card.lsn = lsn;
             card.pan_nonce = crypto::nonce_of(&i.sealed_pan);
+            card.request_key = i.request_key.map(Box::new);
             index.put(i.key, card);
         }
         return Ok(true);
