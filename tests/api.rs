@@ -1335,10 +1335,22 @@ async fn the_vpan_card_client_creates_shows_pauses_closes_and_lists_cards() {
         "5411, 5499",
         "--json",
     ];
-    let (code, out, err) = tokio::task::block_in_place(|| vpan_card(&api, &create));
+    let keyed: Vec<&str> = create
+        .iter()
+        .chain(&["--idempotency-key", "cli-17"])
+        .copied()
+        .collect();
+    let (code, out, err) = tokio::task::block_in_place(|| vpan_card(&api, &keyed));
     assert_eq!(code, 0, "{err}");
     let card: Value = serde_json::from_str(&out).unwrap();
     let vpan = card["vpan"].as_str().unwrap().to_string();
+    // Run again (as after a timeout), the command gets the same card.
+    let (code, again, err) = tokio::task::block_in_place(|| vpan_card(&api, &keyed));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&again).unwrap()["vpan"],
+        json!(vpan)
+    );
     assert_eq!(card["merchant_lock"], json!({"acceptor_id": "SHOP-A"}));
     assert_eq!(card["mcc_allow"], json!(["5411", "5499"]));
     assert!(!out.contains(&real));
@@ -1443,6 +1455,14 @@ async fn vpan_card_exits_1_with_the_api_error_and_2_on_a_usage_error() {
     });
     assert_eq!(code, 2);
     assert!(err.contains("an MCC is 4 digits"), "{err}");
+    let (code, _, err) = tokio::task::block_in_place(|| {
+        vpan_card(&api, &["create", "--pan", "1", "--idempotency-key", "a\tb"])
+    });
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("--idempotency-key") && err.contains("printable ASCII"),
+        "{err}"
+    );
 
     // Plain HTTP: refused before any connection is made, so the token never leaves.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -66,7 +66,7 @@ pub struct CardArgs {
 #[derive(Subcommand, Debug)]
 pub enum CardCommand {
     /// Issue a virtual card for a real card; prints the new vPAN.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// Show a card: status, remaining amount, uses, controls.
     Show {
         /// The vPAN.
@@ -145,6 +145,19 @@ pub struct CreateArgs {
     /// Never these MCCs, comma-separated.
     #[arg(long, value_name = "MCC,...", value_delimiter = ',', value_parser = mcc)]
     pub mcc_block: Vec<String>,
+    /// Makes the command safe to run again (after a timeout, say): the same key with the
+    /// same flags within 24 hours gives the card issued the first time, not a second one.
+    #[arg(long, value_name = "KEY", value_parser = idempotency_key)]
+    pub idempotency_key: Option<String>,
+}
+
+/// `--idempotency-key` as the API takes it, or a usage error told before any call.
+fn idempotency_key(text: &str) -> Result<String, String> {
+    if crate::cards::requests::well_formed(text.as_bytes()) {
+        Ok(text.to_string())
+    } else {
+        Err(format!("must be {}", crate::cards::requests::KEY_SHAPE))
+    }
 }
 
 /// One MCC of a list as people write it (`5411, 5499`): the spaces around it dropped, and
@@ -334,9 +347,15 @@ async fn run(args: CardArgs) -> Result<(), Failure> {
     let again = same_connection(&args);
     match args.command {
         CardCommand::Create(c) => {
-            let body = create_body(c)?;
+            let key = c.idempotency_key.clone();
+            let body = create_body(*c)?;
             let card = api
-                .call(reqwest::Method::POST, "/v1/cards", Some(body))
+                .call_keyed(
+                    reqwest::Method::POST,
+                    "/v1/cards",
+                    Some(body),
+                    key.as_deref(),
+                )
                 .await?;
             print_card(&card, json_out);
         }
@@ -577,10 +596,24 @@ impl ApiClient {
         path: &str,
         body: Option<Value>,
     ) -> Result<Value, String> {
+        self.call_keyed(method, path, body, None).await
+    }
+
+    /// [`ApiClient::call`] under an `Idempotency-Key`, when there is one.
+    pub async fn call_keyed(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Value, String> {
         let url = format!("{}{path}", self.base);
         let mut request = self.http.request(method, &url);
         if !self.token.is_empty() {
             request = request.bearer_auth(&self.token);
+        }
+        if let Some(key) = idempotency_key {
+            request = request.header("Idempotency-Key", key);
         }
         if let Some(body) = body {
             request = request.json(&body);
@@ -943,6 +976,7 @@ mod tests {
             merchant_lock: lock.into(),
             mcc_allow: vec![],
             mcc_block: vec![],
+            idempotency_key: None,
         };
         let body = |lock: &str| create_body(args(lock)).ok().unwrap();
         assert_eq!(body("first-use")["merchant_lock"], json!("first_use"));

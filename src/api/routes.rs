@@ -22,7 +22,7 @@ use super::model::{
 };
 use super::{ApiState, Health};
 use crate::cards::card::unix_now as now;
-use crate::cards::requests::{Earlier, MAX_KEY_BYTES, RequestKey};
+use crate::cards::requests::{self, Earlier, RequestKey};
 use crate::cards::vpan::GenerateError;
 use crate::cards::{CardError, CardKey, CardView, IssueError, StatusChange};
 use crate::store::StoreError;
@@ -400,10 +400,10 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<RequestKey>, ApiError> 
         ));
     }
     let key = value.as_bytes();
-    if key.is_empty() || key.len() > MAX_KEY_BYTES || !key.iter().all(|b| (b' '..=b'~').contains(b))
-    {
+    if !requests::well_formed(key) {
         return Err(ApiError::malformed(format!(
-            "Idempotency-Key: must be 1 to {MAX_KEY_BYTES} printable ASCII characters"
+            "Idempotency-Key: must be {}",
+            requests::KEY_SHAPE
         )));
     }
     Ok(Some(RequestKey::of(key)))

@@ -17,6 +17,14 @@ pub const KEPT_FOR: UnixSeconds = 24 * 3_600;
 /// The longest key taken, in bytes.
 pub const MAX_KEY_BYTES: usize = 255;
 
+/// What a key may be, for the errors that refuse one.
+pub const KEY_SHAPE: &str = "1 to 255 printable ASCII characters";
+
+/// True when `key` is [`KEY_SHAPE`]: a header value any client can send and log as is.
+pub fn well_formed(key: &[u8]) -> bool {
+    (1..=MAX_KEY_BYTES).contains(&key.len()) && key.iter().all(|b| (b' '..=b'~').contains(b))
+}
+
 /// The SHA-256 digest of a client's `Idempotency-Key`: fixed-size in records, and free of
 /// whatever the client put in the key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
