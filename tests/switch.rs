@@ -2104,6 +2104,46 @@ async fn an_advice_of_a_purchase_the_issuer_approved_itself_is_acknowledged_not_
     rig.stop().await;
 }
 
+#[tokio::test]
+async fn a_reversal_naming_the_stand_ins_advice_of_a_purchase_the_issuer_approved_reverses_it_there()
+ {
+    // Review of the network side: the issuer approved the purchase, the network's stand-in
+    // advice of it was acknowledged here (not sent), and the network's reversal named the
+    // advice in DE 90. It went to the issuer naming that 0120, which the issuer never
+    // had: the card was given back 30.00 while the real account stayed charged.
+    let (rig, card, real, mut net) = one_card(|_| {}).await;
+    let request = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 3_000);
+    assert_eq!(code(&net.call(&request).await), "00");
+    let advice = stand_in_advice_of(&request);
+    assert_eq!(code(&net.call(&advice).await), "00");
+    assert_eq!(rig.sim().requests(b"0120"), 0, "acknowledged here");
+    let reversal = reversal_of(&mut net, &advice);
+    let answer = net.call(&reversal).await;
+    assert_eq!((answer.mti(), code(&answer)), (*b"0410", "00".to_string()));
+    assert_eq!(
+        answer.text(90).map(|t| t.as_bytes().to_vec()),
+        reversal.text(90).map(|t| t.as_bytes().to_vec()),
+        "the network's answer names the original as its reversal did"
+    );
+    let at_issuer = rig.last_at_issuer(b"0400");
+    assert_eq!(
+        at_issuer
+            .message
+            .text(90)
+            .map(|t| t.as_bytes()[..4].to_vec()),
+        Some(b"0100".to_vec()),
+        "named as the issuer booked it"
+    );
+    let view = rig.cards.get(CardKey::of(&card.vpan)).unwrap();
+    assert_eq!((view.spent, view.held), (0, 0));
+    assert_eq!(
+        rig.sim().balance(&real),
+        Some(DEFAULT_BALANCE),
+        "the real account given back what the card was"
+    );
+    rig.stop().await;
+}
+
 /// A purchase of 60.00 sent on one connection, and 100 ms later, while the issuer (which
 /// answers after `latency_ms`) still has it, a stand-in's advice of it (its key, DE 39 00,
 /// DE 4 `advised`) on another, as a network whose own timeout ran out first sends it.

@@ -22,15 +22,14 @@ impl Cards {
             .map(|(_, e)| e.booked_as())
     }
 
-    /// The MTI of the advice the issuer booked under the key that `req`'s DE 90 names on
-    /// this card, where that is what it booked ([`TxEntry::booked_as`]: a stand-in's
-    /// advice vpan recorded after its 91 or the issuer's decline of the request DE 90
-    /// names, or one the issuer acknowledged of a purchase in doubt): a reversal naming the
-    /// request would not find it.
-    pub fn advice_booked_as(&self, card_key: CardKey, req: &ReversalRequest) -> Option<[u8; 4]> {
+    /// The MTI under which the issuer booked the transaction that `req`'s DE 90 names on
+    /// this card ([`TxEntry::booked_as`]): the request, or a stand-in's advice vpan
+    /// recorded after its 91 or the issuer's decline of the request, or one the issuer
+    /// acknowledged of a purchase in doubt. A reversal naming the other of the two would
+    /// not find it there.
+    pub fn booked_as(&self, card_key: CardKey, req: &ReversalRequest) -> Option<[u8; 4]> {
         let e = self.ledger.get(&req.original?)?;
-        let booked = e.booked_as();
-        (e.card == card_key && booked[2] == b'2' && !e.is_void()).then_some(booked)
+        (e.card == card_key && !e.is_void()).then(|| e.booked_as())
     }
 
     /// Applies a reversal (0400/0420 and repeats): finds the original by DE 90, else by the

@@ -22,12 +22,15 @@ impl Flow {
         // out under. The network's answer carries no DE 90, as its reversal had none. Read
         // before the reversal is applied, which may void the original's entry (one the
         // issuer declined, or vpan released on its 91).
-        // One that names a request in DE 90 under whose key vpan recorded a stand-in's
-        // advice instead names the advice: the issuer booked that, and the request was
-        // declined there or reversed by the link after vpan's 91.
+        // One whose DE 90 names a request or an advice where the issuer booked the other
+        // names what the issuer booked: the advice, where vpan recorded a stand-in's after
+        // the request was declined at the issuer or reversed by the link after vpan's 91;
+        // the request, where the issuer approved it itself and the stand-in's advice of it
+        // was acknowledged here, never sent.
         let original = if request.has(90) {
             self.cards
-                .advice_booked_as(vpan.key, &req)
+                .booked_as(vpan.key, &req)
+                .filter(|&booked| names_otherwise(&request, booked))
                 .map(Original::BookedAs)
         } else {
             self.cards
@@ -140,14 +143,23 @@ fn heard(sent: &OnCard) -> bool {
     }
 }
 
+/// Whether `reversal`'s DE 90 is to name its original as `booked` in place of the MTI it
+/// names: where the issuer booked an advice (MTI function 2), whatever DE 90 names; and
+/// where DE 90 names an advice of a request the issuer booked. Between a request and its
+/// repeat (0100, 0101) it goes as the network named it.
+fn names_otherwise(reversal: &Message, booked: [u8; 4]) -> bool {
+    let named = reversal.text(90).and_then(|t| t.as_bytes().get(2).copied());
+    booked[2] == b'2' || named == Some(b'2') && named != Some(booked[2])
+}
+
 /// How a reversal toward the issuer names its original (DE 90) otherwise than the network's
 /// did, and the original's MTI.
 #[derive(Clone, Copy, Debug)]
 pub(super) enum Original {
     /// The network's named none: named under the reversal's own key.
     ByOwnKey([u8; 4]),
-    /// The network's DE 90 named the request, where the issuer booked its advice: that MTI
-    /// in place of its own.
+    /// The network's DE 90 named the request where the issuer booked its advice, or the
+    /// advice where it booked the request: that MTI in place of the one named.
     BookedAs([u8; 4]),
 }
 
