@@ -429,6 +429,46 @@ mod tests {
         }
     }
 
+    /// Review of 522e2c5: a card request sent again under its `Idempotency-Key` once the
+    /// store had failed was answered `Retry-After: 1`, though only a restart mends it.
+    #[tokio::test]
+    async fn a_request_sent_again_under_its_key_after_the_store_failed_asks_for_no_retry() {
+        use crate::store::segment::sync_gate::{self, Gate};
+        let dir = tempfile::tempdir().unwrap();
+        let token = auth::Token::new(Secret::new("t"));
+        let app = router_with(state(dir.path()), token, 4);
+        let card = |pan: String| {
+            serde_json::json!({
+                "pan": pan,
+                "pan_expiry": "2912",
+                "currency": "978",
+                "amount_limit": 100
+            })
+        };
+        let keyed = card(crate::pan::test_pan("497010"));
+        let post = |body: &serde_json::Value, key: Option<&str>| {
+            let mut request = Request::post("/v1/cards").header("authorization", "Bearer t");
+            if let Some(key) = key {
+                request = request.header("idempotency-key", key);
+            }
+            app.clone()
+                .oneshot(request.body(Body::from(body.to_string())).unwrap())
+        };
+        let first = post(&keyed, Some("order-17")).await.unwrap();
+        assert_eq!(first.status(), StatusCode::CREATED);
+        // The store fails under another card's record, which the barrier of the request
+        // sent again then waits for.
+        let _gate = sync_gate::set(dir.path(), Gate::Failing);
+        let failed = post(&card(crate::pan::test_pan("497010")), None)
+            .await
+            .unwrap();
+        assert_eq!(failed.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let again = post(&keyed, Some("order-17")).await.unwrap();
+        assert_eq!(again.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!again.headers().contains_key("retry-after"));
+        assert_eq!(error_code(again).await, "store_unavailable");
+    }
+
     #[tokio::test]
     async fn under_the_cap_calls_go_through() {
         let dir = tempfile::tempdir().unwrap();

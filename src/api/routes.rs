@@ -433,13 +433,27 @@ async fn issued_again(
         Err(IssueError::KeyReused) => Err(key_reused()),
         Err(IssueError::Store(e)) => {
             tracing::error!(vpan = %card_key.pan(), error = %e, "card issued earlier under this Idempotency-Key not confirmed durable");
-            Err(ApiError::unavailable(
-                "store_unavailable",
-                "the card this Idempotency-Key issued could not be confirmed durable (the store is stalled or failed): send the request again, with the same key, once /healthz reports the store up",
-            ))
+            Err(reissue_store_error(&e))
         }
         Err(_) => Err(key_in_flight()),
     }
+}
+
+/// The card a key issued, not confirmed durable when the key's request came again. As for
+/// the first request ([`issue_store_error`]), only a stalled disk is a 503 to retry
+/// shortly: a failed store records nothing until a restart, and a `Retry-After: 1` there
+/// had clients that obey it send the request every second until then.
+fn reissue_store_error(e: &StoreError) -> ApiError {
+    if let StoreError::Stalled(_) = e {
+        return ApiError::unavailable(
+            "store_unavailable",
+            "the card this Idempotency-Key issued could not be confirmed durable in time (the disk is stalled): send the request again, with the same key, once /healthz reports the store up",
+        );
+    }
+    ApiError::unavailable_until_mended(
+        "store_unavailable",
+        "the card this Idempotency-Key issued could not be confirmed durable (the store failed): send the request again, with the same key, after the switch restarts",
+    )
 }
 
 fn key_in_flight() -> ApiError {
@@ -660,6 +674,10 @@ mod tests {
             (card_error(CardError::Store(StoreError::Failed)), false),
             (issue_store_error(StoreError::Failed), false),
             (issue_store_error(StoreError::Backlog(10)), false),
+            // A request sent again under the Idempotency-Key of a card not yet durable.
+            (reissue_store_error(&stalled()), true),
+            (reissue_store_error(&StoreError::Failed), false),
+            (reissue_store_error(&StoreError::Backlog(10)), false),
         ] {
             let message = answer.message.clone();
             let response = answer.into_response();
