@@ -156,7 +156,7 @@ fn idempotency_key(text: &str) -> Result<String, String> {
     if crate::cards::requests::well_formed(text.as_bytes()) {
         Ok(text.to_string())
     } else {
-        Err(format!("must be {}", crate::cards::requests::KEY_SHAPE))
+        Err(format!("must be {}", crate::cards::requests::key_shape()))
     }
 }
 

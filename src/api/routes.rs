@@ -403,7 +403,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<RequestKey>, ApiError> 
     if !requests::well_formed(key) {
         return Err(ApiError::malformed(format!(
             "Idempotency-Key: must be {}",
-            requests::KEY_SHAPE
+            requests::key_shape()
         )));
     }
     Ok(Some(RequestKey::of(key)))
@@ -458,7 +458,7 @@ fn reissue_store_error(e: &StoreError) -> ApiError {
 
 fn key_in_flight() -> ApiError {
     ApiError::conflict(
-        "Idempotency-Key: a request with this key is issuing its card at this moment; send it again once that one is answered",
+        "Idempotency-Key: a request with this key is issuing its card at this moment (or its issuance failed a moment ago); send it again once that one is answered",
     )
 }
 

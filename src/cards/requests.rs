@@ -18,9 +18,11 @@ pub const KEPT_FOR: UnixSeconds = 24 * 3_600;
 pub const MAX_KEY_BYTES: usize = 255;
 
 /// What a key may be, for the errors that refuse one.
-pub const KEY_SHAPE: &str = "1 to 255 printable ASCII characters";
+pub fn key_shape() -> String {
+    format!("1 to {MAX_KEY_BYTES} printable ASCII characters")
+}
 
-/// True when `key` is [`KEY_SHAPE`]: a header value any client can send and log as is.
+/// True when `key` is [`key_shape`]: a header value any client can send and log as is.
 pub fn well_formed(key: &[u8]) -> bool {
     (1..=MAX_KEY_BYTES).contains(&key.len()) && key.iter().all(|b| (b' '..=b'~').contains(b))
 }
