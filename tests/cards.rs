@@ -1461,6 +1461,34 @@ fn a_reversal_by_its_own_key_takes_back_the_purchase_that_stands_and_so_does_its
     assert_eq!((v.spent, v.held, v.uses), (0, 0, 0));
 }
 
+/// Review of the network side: a repeat is any odd last MTI digit (ISO 8583:1987: the
+/// acquirer's 1, the issuer's 3, another originator's 5), as `Message::is_repeat` says.
+/// Found by its own key, an 0403 was taken for a first reversal, and took back the
+/// purchase still standing beside the one its first had.
+#[test]
+fn a_reversal_repeated_by_another_originator_acts_on_what_its_first_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cards, _) = open(dir.path());
+    let key = issue(&cards, &spec(10_000));
+    for (mti, amount) in [(*b"0100", 3_000), (*b"0200", 1_000)] {
+        let req = request(mti, amount, 9, "SHOP-A");
+        decided(&cards, key, &req, IssuerOutcome::APPROVED);
+    }
+    let first = reversal_by_own_key(9);
+    assert_eq!(given_back(cards.reverse(key, &first, NOW)), 3_000);
+    for mti in [*b"0403", *b"0405"] {
+        let mut repeat = first.clone();
+        repeat.mti = mti;
+        assert_eq!(cards.original_mti(key, &repeat), Some(*b"0100"));
+        nothing_left(cards.reverse(key, &repeat, NOW));
+    }
+    assert_eq!(
+        cards.get(key).unwrap().spent,
+        1_000,
+        "the 0200 still stands"
+    );
+}
+
 #[test]
 fn the_repeat_of_a_reversal_by_its_own_key_acts_on_what_its_first_did_even_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();

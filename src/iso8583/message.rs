@@ -106,6 +106,11 @@ const REMOVED: u16 = u16::MAX;
 /// (PCI DSS 3.3.1), encrypted or not.
 pub const CARD_VERIFICATION_DATA: [usize; 5] = [35, 36, 45, 52, 55];
 
+/// True for the MTI of a repeat: an odd last digit (see [`Message::is_repeat`]).
+pub fn is_repeat_mti(mti: &[u8; 4]) -> bool {
+    matches!(mti[3], b'1' | b'3' | b'5' | b'7' | b'9')
+}
+
 impl Message {
     pub(crate) fn from_parts(spec: &'static Spec, buf: Bytes, layout: Layout) -> Message {
         Message {
@@ -152,7 +157,7 @@ impl Message {
     /// True for a repeat (0101, 0121, 0401 ...): an odd last MTI digit, ISO 8583:1987's
     /// repeat of the acquirer's, the issuer's or another originator's message.
     pub fn is_repeat(&self) -> bool {
-        matches!(self.mti[3], b'1' | b'3' | b'5' | b'7' | b'9')
+        is_repeat_mti(&self.mti)
     }
 
     /// Marks a message sent before as its repeat (0100 → 0101, 0420 → 0421: ISO 8583:1987's

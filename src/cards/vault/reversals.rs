@@ -113,7 +113,7 @@ impl Cards {
         card_key: CardKey,
         req: &ReversalRequest,
     ) -> Vec<(OriginalData, TxEntry)> {
-        let repeat = req.mti[3] == b'1';
+        let repeat = crate::iso8583::message::is_repeat_mti(&req.mti);
         let order = |e: &TxEntry| {
             let rank = if e.taken_back() {
                 u8::from(!repeat)
