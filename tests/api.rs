@@ -1455,14 +1455,17 @@ async fn vpan_card_exits_1_with_the_api_error_and_2_on_a_usage_error() {
     });
     assert_eq!(code, 2);
     assert!(err.contains("an MCC is 4 digits"), "{err}");
-    let (code, _, err) = tokio::task::block_in_place(|| {
-        vpan_card(&api, &["create", "--pan", "1", "--idempotency-key", "a\tb"])
-    });
-    assert_eq!(code, 2);
-    assert!(
-        err.contains("--idempotency-key") && err.contains("printable ASCII"),
-        "{err}"
-    );
+    // A space at either end too (HTTP drops it: ` k` would reach the API as `k`).
+    for key in ["a\tb", " order-17", "   "] {
+        let (code, _, err) = tokio::task::block_in_place(|| {
+            vpan_card(&api, &["create", "--pan", "1", "--idempotency-key", key])
+        });
+        assert_eq!(code, 2, "{key:?}: {err}");
+        assert!(
+            err.contains("--idempotency-key") && err.contains("printable ASCII"),
+            "{err}"
+        );
+    }
 
     // Plain HTTP: refused before any connection is made, so the token never leaves.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

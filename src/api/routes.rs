@@ -387,8 +387,8 @@ async fn create_card(
     }
 }
 
-/// The `Idempotency-Key` header's digest, when the request has one: 1 to 255 printable
-/// ASCII characters, once.
+/// The `Idempotency-Key` header's digest, when the request has one: once, and
+/// [`requests::key_shape`].
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<RequestKey>, ApiError> {
     let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
     let Some(value) = values.next() else {

@@ -19,12 +19,17 @@ pub const MAX_KEY_BYTES: usize = 255;
 
 /// What a key may be, for the errors that refuse one.
 pub fn key_shape() -> String {
-    format!("1 to {MAX_KEY_BYTES} printable ASCII characters")
+    format!("1 to {MAX_KEY_BYTES} printable ASCII characters, not starting or ending with a space")
 }
 
-/// True when `key` is [`key_shape`]: a header value any client can send and log as is.
+/// True when `key` is [`key_shape`]: a header value any client can send and log as is,
+/// and that reaches the API as it was sent (HTTP drops the spaces around a header's
+/// value, so ` k ` would arrive as `k` and name that key's card).
 pub fn well_formed(key: &[u8]) -> bool {
-    (1..=MAX_KEY_BYTES).contains(&key.len()) && key.iter().all(|b| (b' '..=b'~').contains(b))
+    (1..=MAX_KEY_BYTES).contains(&key.len())
+        && key.iter().all(|b| (b' '..=b'~').contains(b))
+        && key.first() != Some(&b' ')
+        && key.last() != Some(&b' ')
 }
 
 /// The SHA-256 digest of a client's `Idempotency-Key`: fixed-size in records, and free of
@@ -216,6 +221,30 @@ mod tests {
         requests.claim(key, KEPT_FOR).unwrap();
         requests.settle(key, late, KEPT_FOR);
         assert_eq!(requests.len(), 1);
+    }
+
+    /// Review of 522e2c5: a key with a space at either end passed `vpan card create`'s
+    /// check, but HTTP drops those spaces, so ` order-17 ` reached the API as `order-17`
+    /// and got that key's card, and a key of spaces only got a 400 saying it must be
+    /// printable ASCII, which it was.
+    #[test]
+    fn a_key_is_printable_ascii_with_no_space_at_either_end() {
+        for key in [&b"order-17"[..], b"a b", b"~", &[b'k'; MAX_KEY_BYTES]] {
+            assert!(well_formed(key), "{key:?}");
+        }
+        let too_long = [b'k'; MAX_KEY_BYTES + 1];
+        for key in [
+            &b""[..],
+            b" ",
+            b"   ",
+            b" order-17",
+            b"order-17 ",
+            b"a\tb",
+            "caf\u{e9}".as_bytes(),
+            &too_long,
+        ] {
+            assert!(!well_formed(key), "{key:?}");
+        }
     }
 
     #[test]
