@@ -864,6 +864,54 @@ async fn cards_are_listed_in_pages_in_vpan_order() {
 }
 
 #[tokio::test]
+async fn the_vpans_of_one_real_card_are_found_by_it_in_pages_and_no_answer_holds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = Running::start(dir.path()).await;
+    let (mine, other) = (pan(), pan());
+    let mut issued: Vec<String> = Vec::new();
+    for real in [&mine, &other, &mine, &mine] {
+        let card = api.create(card_request(real)).await;
+        if real == &mine {
+            issued.push(card["vpan"].as_str().unwrap().to_string());
+        }
+    }
+    issued.sort();
+    let running = &api;
+    let search = |query: &str, real: &str| {
+        let path = format!("/v1/cards/search{query}");
+        let body = json!({ "pan": real });
+        async move { running.call(Method::POST, &path, Some(body)).await }
+    };
+    // Two a page: the first two, then the last with no page after it.
+    let (status, first) = search("?limit=2", &mine).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let vpans = |page: &Value| -> Vec<String> {
+        let cards = page["cards"].as_array().unwrap();
+        cards
+            .iter()
+            .map(|c| c["vpan"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(vpans(&first), issued[..2]);
+    let after = first["next_after"].as_str().unwrap().to_string();
+    let (_, last) = search(&format!("?limit=2&after={after}"), &mine).await;
+    assert_eq!(
+        (vpans(&last), &last["next_after"]),
+        (issued[2..].to_vec(), &Value::Null)
+    );
+    // A real card with no vPAN: an empty page; a number that is none: 422 naming `pan`.
+    let (status, none) = search("", &pan()).await;
+    assert_eq!((status, vpans(&none).len()), (StatusCode::OK, 0), "{none}");
+    let (status, bad) = search("", &mine[..11]).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(error_of(&bad).1.starts_with("pan: "), "{bad}");
+    let (status, bad) = search("?limit=0", &mine).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+    api.assert_never_answered(&[mine, other]);
+    api.stop().await;
+}
+
+#[tokio::test]
 async fn a_card_past_its_validity_shows_nothing_available_though_it_stays_active() {
     let dir = tempfile::tempdir().unwrap();
     let api = Running::start(dir.path()).await;

@@ -510,6 +510,25 @@ pub struct ListQuery {
     pub after: Option<String>,
 }
 
+/// `POST /v1/cards/search`: the real card whose vPANs are listed. In the body, not the
+/// query, so that the card number stays out of request lines that proxies and access
+/// logs keep. One field, so that an array read by position cannot be misread.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an object with only `pan`")]
+pub struct SearchCards {
+    /// The real card number.
+    pub pan: String,
+}
+
+/// Masked, as [`CreateCard`]'s.
+impl fmt::Debug for SearchCards {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SearchCards")
+            .field("pan", &crate::pan::Masked(self.pan.as_bytes()))
+            .finish()
+    }
+}
+
 /// Cards per page by default.
 pub const DEFAULT_PAGE: usize = 50;
 /// Cards per page at most.

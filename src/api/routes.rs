@@ -17,14 +17,15 @@ use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 use super::model::{
-    CardBody, CardList, CreateCard, DEFAULT_PAGE, ListQuery, MAX_PAGE, TransactionBody,
-    TransactionList,
+    CardBody, CardList, CreateCard, DEFAULT_PAGE, ListQuery, MAX_PAGE, SearchCards,
+    TransactionBody, TransactionList,
 };
 use super::{ApiState, Health};
 use crate::cards::card::unix_now as now;
 use crate::cards::requests::{self, Earlier, RequestKey};
 use crate::cards::vpan::GenerateError;
 use crate::cards::{CardError, CardKey, CardView, IssueError, StatusChange};
+use crate::pan::Pan;
 use crate::store::StoreError;
 
 /// The OpenAPI 3 document of this API, served at `GET /v1/openapi.json`.
@@ -61,6 +62,7 @@ pub fn table() -> Vec<Route> {
     vec![
         route(Method::POST, "/v1/cards", true, post(create_card)),
         route(Method::GET, "/v1/cards", true, get(list_cards)),
+        route(Method::POST, "/v1/cards/search", true, post(search_cards)),
         route(Method::GET, "/v1/cards/{vpan}", true, get(show_card)),
         route(
             Method::POST,
@@ -537,7 +539,26 @@ async fn list_cards(
     State(state): State<ApiState>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<CardList>, ApiError> {
-    let query = form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes());
+    let (after, limit) = page_query(query.as_deref())?;
+    list_page(&state, after, limit, None).await
+}
+
+/// `POST /v1/cards/search?limit=&after=`: the vPANs of the real card in the body, a page
+/// at a time as `GET /v1/cards` lists them.
+async fn search_cards(
+    State(state): State<ApiState>,
+    RawQuery(query): RawQuery,
+    JsonBody(search): JsonBody<SearchCards>,
+) -> Result<Json<CardList>, ApiError> {
+    let (after, limit) = page_query(query.as_deref())?;
+    let pan = Pan::from_digits_checked(search.pan.as_bytes())
+        .map_err(|e| ApiError::invalid(format!("pan: {e}")))?;
+    list_page(&state, after, limit, Some(pan)).await
+}
+
+/// A listing's `after` and `limit`, from its query.
+fn page_query(query: Option<&str>) -> Result<(Option<CardKey>, usize), ApiError> {
+    let query = form_urlencoded::parse(query.unwrap_or("").as_bytes());
     let q: ListQuery = read_strictly(serde_urlencoded::Deserializer::new(query))?;
     let limit = match q.limit.as_deref() {
         None => DEFAULT_PAGE,
@@ -553,6 +574,16 @@ async fn list_cards(
             ApiError::invalid("after: must be a vPAN (12 to 19 digits) from the previous page")
         })?),
     };
+    Ok((after, limit))
+}
+
+/// A page of the cards (of the real card `real` alone, when given).
+async fn list_page(
+    state: &ApiState,
+    after: Option<CardKey>,
+    limit: usize,
+    real: Option<Pan>,
+) -> Result<Json<CardList>, ApiError> {
     // A page walks every card: off the runtime's threads, which the switch's connections
     // share, and one listing at a time, so that listings never hold up authorizations
     // nor fill the memory with pages at once.
@@ -567,7 +598,10 @@ async fn list_cards(
     let cards = state.cards.clone();
     let page = tokio::task::spawn_blocking(move || {
         let _one = one;
-        let views = cards.list(after, limit);
+        let views = match &real {
+            None => cards.list(after, limit),
+            Some(pan) => cards.list_of_real_card(pan, after, limit),
+        };
         let now = now();
         let next_after = (views.len() == limit)
             .then(|| views.last().map(|v| v.vpan.expose().to_string()))

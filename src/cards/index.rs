@@ -99,10 +99,20 @@ impl CardIndex {
     /// pass over the map with a bounded heap, so a page costs O(n log limit) time and
     /// O(limit) memory, and each shard lock is held only while it is walked.
     pub fn page(&self, after: Option<CardKey>, limit: usize) -> Vec<CardKey> {
+        self.page_where(after, limit, |_| true)
+    }
+
+    /// [`CardIndex::page`] of the cards `keep` keeps.
+    pub fn page_where(
+        &self,
+        after: Option<CardKey>,
+        limit: usize,
+        keep: impl Fn(&Card) -> bool,
+    ) -> Vec<CardKey> {
         let mut smallest = std::collections::BinaryHeap::with_capacity(limit.saturating_add(1));
         for e in self.map.iter() {
             let key = *e.key();
-            if after.is_some_and(|a| key <= a) {
+            if after.is_some_and(|a| key <= a) || !keep(e.value()) {
                 continue;
             }
             if smallest.len() < limit {

@@ -306,11 +306,22 @@ impl Cards {
 
     /// A page of cards in vPAN order: up to `limit` after `after` (for `GET /v1/cards`).
     pub fn list(&self, after: Option<CardKey>, limit: usize) -> Vec<CardView> {
-        self.index
-            .page(after, limit)
-            .into_iter()
-            .filter_map(|key| self.get(key))
-            .collect()
+        self.views(self.index.page(after, limit))
+    }
+
+    /// [`Cards::list`] of the cards issued for the real card `real` (for
+    /// `POST /v1/cards/search`): a walk of every card, as a page of the listing is.
+    pub fn list_of_real_card(
+        &self,
+        real: &Pan,
+        after: Option<CardKey>,
+        limit: usize,
+    ) -> Vec<CardView> {
+        self.views(self.index.page_where(after, limit, |c| c.real_pan == *real))
+    }
+
+    fn views(&self, keys: Vec<CardKey>) -> Vec<CardView> {
+        keys.into_iter().filter_map(|key| self.get(key)).collect()
     }
 
     /// Changes the holder's status. Pausing or resuming a closed card is refused; closing a
