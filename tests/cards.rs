@@ -139,10 +139,25 @@ fn code(d: &Decision) -> &'static str {
 
 fn reversal(stan: u32, remaining: Option<u64>) -> ReversalRequest {
     let orig = purchase(0, stan).key;
+    // A STAN of its own for each original and amount left, as a network gives each
+    // reversal: the same call twice is the same reversal again, and two reversals of one
+    // original leaving different amounts are two (one key for both is answered 94).
+    let own_stan = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (stan, remaining).hash(&mut h);
+        format!("{:06}", h.finish() % 1_000_000)
+    };
     ReversalRequest {
         mti: *b"0400",
-        key: vpan::cards::TxKey::new(b"0400", b"999999", b"1126160000", b"12345", b"TERM0001")
-            .unwrap(),
+        key: vpan::cards::TxKey::new(
+            b"0400",
+            own_stan.as_bytes(),
+            b"1126160000",
+            b"12345",
+            b"TERM0001",
+        )
+        .unwrap(),
         original: Some(OriginalData {
             class: 1,
             ..orig.original()
@@ -912,6 +927,70 @@ fn a_reversal_by_its_own_key_voids_what_a_crash_left_unvoided_and_finds_a_purcha
 }
 
 #[test]
+fn a_reversal_under_the_key_of_another_asking_otherwise_gives_nothing_back_live_and_after_restarts()
+{
+    // Reversals under one reversal key: the first is applied; another naming the same
+    // purchase with another amount left, or another purchase, is refused (94) and gives
+    // nothing back, as the issuer (keying reversals by their own key) applies none of
+    // them; the first again is that reversal again. The key is journaled, and kept in
+    // snapshots.
+    let dir = tempfile::tempdir().unwrap();
+    let first = reversal(1, Some(1_500));
+    let other_amount = ReversalRequest {
+        remaining: Some(500),
+        ..first.clone()
+    };
+    let full = ReversalRequest {
+        remaining: None,
+        ..first.clone()
+    };
+    let other_purchase = ReversalRequest {
+        mti: *b"0401",
+        original: reversal(2, None).original,
+        ..full.clone()
+    };
+    let key_taken = |cards: &Cards, key| {
+        for other in [&other_amount, &full, &other_purchase] {
+            assert!(
+                matches!(cards.reverse(key, other, NOW), ReversalOutcome::KeyTaken),
+                "{other:?}"
+            );
+        }
+        let v = cards.get(key).unwrap();
+        assert_eq!((v.spent, v.uses), (1_500 + 1_000, 2), "nothing given back");
+        // The first again, as its advice form: nothing more.
+        let again = ReversalRequest {
+            mti: *b"0420",
+            ..first.clone()
+        };
+        nothing_left_of(cards.reverse(key, &again, NOW), true);
+    };
+    let key = {
+        let (cards, _) = open(dir.path());
+        let key = issue(&cards, &spec(10_000));
+        approved(&cards, key, 2_000, 1);
+        approved(&cards, key, 1_000, 2);
+        assert_eq!(given_back(cards.reverse(key, &first, NOW)), 500);
+        key_taken(&cards, key);
+        key
+    };
+    // From the journal.
+    {
+        let (cards, _) = open(dir.path());
+        key_taken(&cards, key);
+        cards.snapshot().unwrap();
+    }
+    // From the snapshot.
+    let (cards, _) = open(dir.path());
+    key_taken(&cards, key);
+    // Another key is another reversal: the second purchase given back under its own.
+    assert_eq!(
+        given_back(cards.reverse(key, &reversal(2, None), NOW)),
+        1_000
+    );
+}
+
+#[test]
 fn a_reversal_before_its_original_gives_nothing_back_and_the_late_original_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let key = {
@@ -1641,6 +1720,8 @@ fn the_full_reversal_of_an_advice_counted_when_nothing_was_left_gives_its_use_ba
     // A partial one says it stands in part: its use stays.
     let mut partial = back.clone();
     partial.remaining = Some(4_000);
+    // Under a key of its own: another reversal.
+    partial.key = reversal(2, Some(4_000)).key;
     nothing_left(cards.reverse(key, &partial, NOW));
     assert_eq!(
         cards.get(key).unwrap().uses,
@@ -4222,7 +4303,8 @@ fn a_rekey_run_with_tighter_ledger_settings_keeps_every_transaction() {
     config.cards.ledger_retention_hours = 24;
     config.cards.ledger_capacity = 4;
     let done = vpan::rekey::rekey(&config, &dir.path().join("copy"), None).unwrap();
-    assert_eq!(done.transactions, 2 + 300 + 40, "{done}");
+    // Each of the 40 reversals' own keys with them.
+    assert_eq!(done.transactions, 2 + 300 + 40 + 40, "{done}");
     let (copy, _) = open(&dir.path().join("copy"));
     let mut repeat = purchase(1_000, 1);
     repeat.mti = *b"0101";

@@ -343,6 +343,73 @@ async fn a_partial_reversal_reads_the_amount_left_in_de95_and_one_it_cannot_read
 }
 
 #[tokio::test]
+async fn a_reversal_under_the_key_of_another_asking_otherwise_is_declined_94_and_gives_nothing_back()
+ {
+    // An acquirer that sends reversals under a reversal's key (DE 11, 7, 32, 41) already
+    // used: the issuer keys reversals by their own key and applies only the first, so the
+    // card must too, or it counts less than the account is charged. The same reversal
+    // again is replayed as ever.
+    let (rig, card, real, mut net) = one_card(|_| {}).await;
+    let key = CardKey::of(&card.vpan);
+    let first = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 2_000);
+    assert_eq!(code(&net.call(&first).await), "00");
+    let second = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 1_000);
+    assert_eq!(code(&net.call(&second).await), "00");
+    let reversal = reversal_of(&mut net, &first);
+    let leaving = |amount: Option<u64>, mti: &[u8; 4]| {
+        let mut rev = reversal.clone();
+        rev.set_mti(mti).unwrap();
+        if let Some(a) = amount {
+            rev.set(95, format!("{a:012}{a:012}{:018}", 0).as_bytes())
+                .unwrap();
+        }
+        Message::parse(Spec::iso87ascii(), rev.pack()).unwrap()
+    };
+    let spent = || rig.cards.get(key).unwrap().spent;
+    let leaving_1500 = leaving(Some(1_500), b"0400");
+    assert_eq!(code(&net.call(&leaving_1500).await), "00");
+    assert_eq!(spent(), 1_500 + 1_000);
+
+    // Under its key: leaving 500, then nothing, then naming the second purchase.
+    let mut naming_the_second = reversal_of(&mut net, &second);
+    naming_the_second
+        .set(11, &reversal.stan().unwrap())
+        .unwrap();
+    naming_the_second.set_mti(b"0401").unwrap();
+    let naming_the_second = Message::parse(Spec::iso87ascii(), naming_the_second.pack()).unwrap();
+    for other in [
+        leaving(Some(500), b"0400"),
+        leaving(None, b"0400"),
+        naming_the_second,
+    ] {
+        let answer = net.call(&other).await;
+        assert_eq!(
+            (answer.mti(), code(&answer)),
+            (*b"0410", "94".to_string()),
+            "{:?}",
+            other.raw(90)
+        );
+        assert_eq!(answer.pan().unwrap().unwrap(), card.vpan);
+        assert_eq!(spent(), 2_500, "nothing given back");
+    }
+    assert_eq!(rig.sim().requests(b"0400"), 1, "none went to the issuer");
+    assert_eq!(
+        rig.sim().balance(&real),
+        Some(DEFAULT_BALANCE - 2_500),
+        "the card counts what the account is charged"
+    );
+
+    // The first again, as its repeat and as its advice form: answered 00 as ever.
+    for mti in [b"0401", b"0420"] {
+        let answer = net.call(&leaving(Some(1_500), mti)).await;
+        assert_eq!(code(&answer), "00", "{mti:?}");
+        assert_eq!(spent(), 2_500);
+    }
+    assert_eq!(rig.sim().balance(&real), Some(DEFAULT_BALANCE - 2_500));
+    rig.stop().await;
+}
+
+#[tokio::test]
 async fn an_advice_is_recorded_even_over_the_cap_forwarded_and_answered() {
     let (rig, card, real, mut net) = one_card(|c| c.amount_limit = 1_000).await;
     let advice = purchase(&mut net, b"0120", &card.vpan, &card.expiry.0, 1_500);

@@ -21,7 +21,9 @@ use super::requests::RequestKey;
 mod encoding;
 mod snapshot;
 
-pub(crate) use encoding::{Get, TAG_SNAP_CARD, TAG_SNAP_END, TAG_SNAP_HEADER, TAG_SNAP_TX};
+pub(crate) use encoding::{
+    Get, TAG_REVERSAL_SEEN, TAG_SNAP_CARD, TAG_SNAP_END, TAG_SNAP_HEADER, TAG_SNAP_TX,
+};
 pub(crate) use snapshot::{
     SnapCard, SnapEnd, SnapHeader, SnapTx, decode_snap_card, decode_snap_end, decode_snap_tx,
 };
@@ -204,6 +206,21 @@ pub enum Event {
         /// released (the ledger forgets the void when it would have forgotten that).
         at: UnixSeconds,
     },
+    /// A reversal took its own key (see [`super::ledger::ReversalKeys`]): the same
+    /// reversal again is replayed, another under that key answered 94. Written before
+    /// what the reversal did, so that a journal that keeps that keeps this too.
+    ReversalSeen {
+        /// Sequence number.
+        lsn: u64,
+        /// The card it reversed on.
+        key: CardKey,
+        /// The reversal's own key (class 4).
+        reversal: OriginalData,
+        /// What it asked (`ReversalRequest::fingerprint`).
+        fingerprint: u64,
+        /// When it came.
+        at: UnixSeconds,
+    },
 }
 
 impl Event {
@@ -211,9 +228,10 @@ impl Event {
     pub fn lsn(&self) -> u64 {
         match self {
             Event::Issued(i) => i.lsn,
-            Event::Status { lsn, .. } | Event::Reversed { lsn, .. } | Event::Voided { lsn, .. } => {
-                *lsn
-            }
+            Event::Status { lsn, .. }
+            | Event::Reversed { lsn, .. }
+            | Event::Voided { lsn, .. }
+            | Event::ReversalSeen { lsn, .. } => *lsn,
             Event::Held(t) | Event::Advised(t) | Event::Restated(t) | Event::InDoubt(t) => t.lsn,
             Event::Outcome { hold, .. } | Event::Declined { tx: hold, .. } => hold.lsn,
         }
@@ -223,9 +241,10 @@ impl Event {
     pub fn key(&self) -> CardKey {
         match self {
             Event::Issued(i) => i.key,
-            Event::Status { key, .. } | Event::Reversed { key, .. } | Event::Voided { key, .. } => {
-                *key
-            }
+            Event::Status { key, .. }
+            | Event::Reversed { key, .. }
+            | Event::Voided { key, .. }
+            | Event::ReversalSeen { key, .. } => *key,
             Event::Held(t) | Event::Advised(t) | Event::Restated(t) | Event::InDoubt(t) => t.key,
             Event::Outcome { hold, .. } | Event::Declined { tx: hold, .. } => hold.key,
         }
@@ -235,8 +254,8 @@ impl Event {
 /// Applies an event's effect on its card (not `Issued`, which makes the card).
 pub fn apply_card(card: &mut Card, event: &Event) {
     match event {
-        // A voided original changes only the ledger.
-        Event::Issued(_) | Event::Voided { .. } => {}
+        // A voided original, a reversal's key, change only the ledger.
+        Event::Issued(_) | Event::Voided { .. } | Event::ReversalSeen { .. } => {}
         Event::Status { status, .. } => card.set_status = *status,
         Event::Held(t) => {
             card.held = card.held.saturating_add(t.amount);
@@ -607,6 +626,23 @@ pub fn apply_ledger(
         }
         // A stand-in's decline reported by an advice: in the card's history only.
         Event::Declined { .. } => None,
+        Event::ReversalSeen {
+            key,
+            reversal,
+            fingerprint,
+            at,
+            ..
+        } => {
+            // Live, taken already (`ReversalKeys::claim`); replaying, unless taken later.
+            let seen = super::ledger::SeenReversal {
+                card: *key,
+                fingerprint: *fingerprint,
+                at: *at,
+                lsn,
+            };
+            ledger.reversal_keys.load(*reversal, seen);
+            None
+        }
         Event::Voided {
             key, tx, mti, at, ..
         } => {

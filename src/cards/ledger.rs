@@ -34,6 +34,10 @@ use super::card::{AcceptorId, CardKey, UnixSeconds};
 use super::history::DecidedBy;
 use super::request::{OriginalData, ResponseCode};
 
+mod reversal_keys;
+
+pub use reversal_keys::{Claim, ReversalKeys, SeenReversal};
+
 /// Bounds of the ledger (`cards.ledger_capacity`, `cards.ledger_retention_hours`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LedgerConfig {
@@ -73,6 +77,12 @@ impl LedgerConfig {
     /// reverse what they did not send (an original lost on its way), so a sixteenth.
     pub fn void_capacity(&self) -> usize {
         self.capacity.div_ceil(16)
+    }
+
+    /// Most reversals' own keys remembered (see [`ReversalKeys`]): a quarter of the
+    /// capacity, as few purchases are reversed.
+    pub fn reversal_key_capacity(&self) -> usize {
+        self.capacity / 4
     }
 
     /// What the table is sized for at start: the entries the ledger holds at most, its
@@ -360,6 +370,8 @@ pub struct Ledger {
     /// What the issuer answered to the transactions it approved in part
     /// (`TxEntry::partly_approved`), forgotten with them.
     partials: ConcurrentMap<OriginalData, PartialAnswer>,
+    /// The reversals' own keys, to tell a reversal again from another under its key.
+    pub(crate) reversal_keys: ReversalKeys,
     /// Transactions that moved money forgotten for room before their retention.
     forgotten_young: AtomicU64,
     /// Bounds.
@@ -396,6 +408,7 @@ impl Ledger {
             declines: Mutex::new(Fifo::default()),
             unseen_voids: Mutex::new(Fifo::default()),
             partials: ConcurrentMap::default(),
+            reversal_keys: ReversalKeys::default(),
             forgotten_young: AtomicU64::new(0),
             config,
             replaying: AtomicBool::new(false),
@@ -636,6 +649,12 @@ impl Ledger {
             }
             self.forget_beyond_bounds(queue, &mut order, now);
         }
+        self.reversal_keys.rebuild_order(now, &self.config);
+    }
+
+    /// Notes a reversal's own key, taken at `at`, for retention (see [`ReversalKeys`]).
+    pub fn remember_reversal_key(&self, key: OriginalData, at: UnixSeconds, now: UnixSeconds) {
+        self.reversal_keys.remember(key, at, now, &self.config);
     }
 }
 

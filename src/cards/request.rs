@@ -319,6 +319,39 @@ pub struct ReversalRequest {
     pub remaining: Option<u64>,
 }
 
+impl ReversalRequest {
+    /// The reversal's own key (class 4, whatever its MTI's function: an 0400 and its
+    /// advice form 0420 and their repeats are one reversal), under which the same reversal
+    /// again is replayed and another one answered 94 (see `Ledger::reversal_keys`).
+    pub fn own_key(&self) -> OriginalData {
+        self.key.with_class(4).original()
+    }
+
+    /// A fingerprint of what the reversal asks (the original it names, what it leaves), as
+    /// [`AuthRequest::fingerprint`] is of a request's; journaled, so stable. The original
+    /// is named by its DE 11, DE 7, DE 32 and DE 41, from DE 90 or else from the
+    /// reversal's own key, not by its class: a reversal without DE 90 names an 0100 and an
+    /// 0200 alike, and is the same reversal as one whose DE 90 names either (a network
+    /// adding DE 90 to a repeat, a test of a crash between the two voids it writes).
+    pub fn fingerprint(&self, card: u64) -> u64 {
+        let named = self.original.unwrap_or_else(|| self.key.original());
+        let mut h = Fnv::new();
+        h.u64(card);
+        h.u64(u64::from(named.stan));
+        h.u64(u64::from(named.transmitted));
+        h.u64(named.acquirer);
+        h.bytes(&named.terminal);
+        match self.remaining {
+            Some(r) => {
+                h.u64(1);
+                h.u64(r);
+            }
+            None => h.u64(0),
+        }
+        h.finish()
+    }
+}
+
 /// 64-bit FNV-1a: tiny, stable, good enough to tell two requests apart.
 struct Fnv(u64);
 

@@ -256,6 +256,9 @@ pub enum ReversalOutcome {
     },
     /// The store has failed: nothing was given back or recorded (answer 96).
     NotRecorded(StoreError),
+    /// Another reversal took this one's own key, asking otherwise (another original,
+    /// another amount left) or on another card: nothing given back (answer 94).
+    KeyTaken,
 }
 
 /// What an advice did.

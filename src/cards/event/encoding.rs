@@ -22,6 +22,8 @@ const TAG_ADVISED: u8 = 6;
 const TAG_IN_DOUBT: u8 = 7;
 const TAG_DECLINED: u8 = 8;
 const TAG_VOIDED: u8 = 9;
+/// Also a snapshot's record of a reversal's key, as the journal has it.
+pub(crate) const TAG_REVERSAL_SEEN: u8 = 14;
 /// Snapshot records.
 pub(crate) const TAG_SNAP_HEADER: u8 = 10;
 pub(crate) const TAG_SNAP_CARD: u8 = 11;
@@ -389,6 +391,20 @@ impl Encode for Event {
                 out.extend_from_slice(mti);
                 out.u64(*at);
             }
+            Event::ReversalSeen {
+                lsn,
+                key,
+                reversal,
+                fingerprint,
+                at,
+            } => {
+                out.u8(TAG_REVERSAL_SEEN);
+                out.u64(*lsn);
+                out.u64(key.raw());
+                put_tx(out, reversal);
+                out.u64(*fingerprint);
+                out.u64(*at);
+            }
             Event::Declined {
                 tx,
                 code,
@@ -490,6 +506,13 @@ impl Event {
                 key: g.key()?,
                 tx: get_tx(&mut g)?,
                 mti: g.array()?,
+                at: g.u64()?,
+            },
+            TAG_REVERSAL_SEEN => Event::ReversalSeen {
+                lsn: g.u64()?,
+                key: g.key()?,
+                reversal: get_tx(&mut g)?,
+                fingerprint: g.u64()?,
                 at: g.u64()?,
             },
             TAG_DECLINED => {
@@ -697,6 +720,13 @@ mod tests {
                 lsn: 3,
                 key: key(),
                 status: Status::Paused,
+            },
+            Event::ReversalSeen {
+                lsn: 9,
+                key: key(),
+                reversal: tx_event().tx,
+                fingerprint: 0xfeed,
+                at: 7,
             },
         ];
         for e in events {

@@ -667,7 +667,8 @@ impl SnapshotTally {
         let mut g = event::Get(payload);
         match g.u8() {
             Some(event::TAG_SNAP_CARD) => self.read.cards += 1,
-            Some(event::TAG_SNAP_TX) => self.read.transactions += 1,
+            // A reversal's key counts with the ledger's entries.
+            Some(event::TAG_SNAP_TX | event::TAG_REVERSAL_SEEN) => self.read.transactions += 1,
             Some(event::TAG_SNAP_END) => {
                 self.end = Some(
                     event::decode_snap_end(&mut g).ok_or(StoreError::Corrupt("snapshot end"))?,
@@ -726,6 +727,13 @@ fn load_snapshot_record(
                 .ok_or(StoreError::Corrupt("snapshot tx"))?;
             highest_lsn.fetch_max(e.lsn, Ordering::Relaxed);
             ledger.load(k, e, partial);
+        }
+        Some(event::TAG_REVERSAL_SEEN) => {
+            // As the journal has it.
+            let seen =
+                Event::decode(payload).map_err(|_| StoreError::Corrupt("snapshot reversal key"))?;
+            highest_lsn.fetch_max(seen.lsn(), Ordering::Relaxed);
+            event::apply_ledger(ledger, &seen, true);
         }
         _ => return Err(StoreError::Corrupt("snapshot record")),
     }

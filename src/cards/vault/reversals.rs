@@ -4,7 +4,7 @@
 use super::{Cards, ReversalOutcome};
 use crate::cards::card::{CardKey, UnixSeconds};
 use crate::cards::event::{self, Event};
-use crate::cards::ledger::{TxEntry, TxState};
+use crate::cards::ledger::{Claim, TxEntry, TxState};
 use crate::cards::request::{OriginalData, ReversalRequest};
 use crate::store::StoreError;
 use crate::store::journal::Durable;
@@ -39,7 +39,75 @@ impl Cards {
     /// were it to come after all it is declined, not approved after the acquirer took it
     /// back. A partial one says the original happened, in part: it may yet come as an
     /// advice from a stand-in, which must then be counted, not refused.
+    ///
+    /// First, its own key is taken (see [`crate::cards::ledger::ReversalKeys`]): under a
+    /// key another reversal took asking otherwise, nothing is given back
+    /// ([`ReversalOutcome::KeyTaken`]); the same reversal again goes on as above, and finds
+    /// what it gave back given.
     pub fn reverse(
+        &self,
+        card_key: CardKey,
+        req: &ReversalRequest,
+        now: UnixSeconds,
+    ) -> ReversalOutcome {
+        let taken = match self.take_reversal_key(card_key, req, now) {
+            Ok(taken) => taken,
+            Err(refused) => return refused,
+        };
+        let outcome = self.reverse_under_its_key(card_key, req, now);
+        if let (ReversalOutcome::NotRecorded(_), Some(lsn)) = (&outcome, taken) {
+            // Answered 96: the network sends it again, and the key is free for it.
+            self.ledger.reversal_keys.release(&req.own_key(), lsn);
+        }
+        outcome
+    }
+
+    /// Takes `req`'s own key on this card, journaling it (before what the reversal does,
+    /// so that a journal that keeps that keeps this), under the card's lock: `Ok` with the
+    /// sequence number of the record when it was new, `Ok(None)` when the same reversal
+    /// took it before; else what to answer.
+    fn take_reversal_key(
+        &self,
+        card_key: CardKey,
+        req: &ReversalRequest,
+        now: UnixSeconds,
+    ) -> Result<Option<u64>, ReversalOutcome> {
+        let reversal = req.own_key();
+        let fingerprint = req.fingerprint(card_key.raw());
+        let taken = self.index.update(card_key, |_| {
+            if self.journal.is_failed() {
+                return Err(ReversalOutcome::NotRecorded(StoreError::Failed));
+            }
+            let (claim, lsn) =
+                self.ledger
+                    .reversal_keys
+                    .claim(reversal, card_key, fingerprint, now, || self.lsn());
+            match claim {
+                Claim::Same => Ok(None),
+                Claim::Other => Err(ReversalOutcome::KeyTaken),
+                Claim::New => {
+                    // Its durability is the outcome's (a later record) or, for a reversal
+                    // that finds nothing left, what the switch waits for before answering.
+                    self.journal.append_detached(Event::ReversalSeen {
+                        lsn,
+                        key: card_key,
+                        reversal,
+                        fingerprint,
+                        at: now,
+                    });
+                    Ok(Some(lsn))
+                }
+            }
+        });
+        let taken = taken.unwrap_or(Err(ReversalOutcome::NotFound))?;
+        if taken.is_some() {
+            self.ledger.remember_reversal_key(reversal, now, now);
+        }
+        Ok(taken)
+    }
+
+    /// [`Cards::reverse`] once its key is taken.
+    fn reverse_under_its_key(
         &self,
         card_key: CardKey,
         req: &ReversalRequest,
@@ -325,6 +393,8 @@ fn both(first: ReversalOutcome, second: ReversalOutcome) -> ReversalOutcome {
     use ReversalOutcome as R;
     match (first, second) {
         (R::NotRecorded(e), _) | (_, R::NotRecorded(e)) => R::NotRecorded(e),
+        // Voids take no key (`Cards::reverse` took it before): never here.
+        (R::KeyTaken, _) | (_, R::KeyTaken) => R::KeyTaken,
         (
             R::Reversed { returned: a, .. },
             R::Reversed {

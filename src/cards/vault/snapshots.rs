@@ -134,6 +134,17 @@ impl Cards {
                 transactions += 1;
             }
         }
+        // The reversals' keys, counted with the entries, as the journal writes them.
+        for (reversal, seen) in self.ledger.reversal_keys.entries() {
+            w.write(&event::Event::ReversalSeen {
+                lsn: seen.lsn,
+                key: seen.card,
+                reversal,
+                fingerprint: seen.fingerprint,
+                at: seen.at,
+            })?;
+            transactions += 1;
+        }
         // The snapshot stands in for the journal segments it covers only if every change it
         // read is durable there too: a change whose record failed, then found in memory by
         // the walk above, would otherwise be restored without its journal record (a card's

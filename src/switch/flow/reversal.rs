@@ -93,6 +93,19 @@ impl Flow {
                 }
             }
             ReversalOutcome::NotFound => {}
+            ReversalOutcome::KeyTaken => {
+                // As a request under a key used with other content: the acquirer's error,
+                // which the issuer, keying reversals by their own key, would not apply.
+                crate::logging::throttled!(
+                    warn,
+                    card = %vpan.pan,
+                    "a reversal under the key of another reversal, asking otherwise (another original or amount left), declined 94: nothing given back, not forwarded"
+                );
+                return (
+                    self.local_answer(&request, ResponseCode::DUPLICATE),
+                    DecidedBy::Switch,
+                );
+            }
         }
         if nothing_stands && self.issuer.answers_in_its_place(&toward_issuer.message) {
             // Released on vpan's 91, and the link reverses it at the issuer itself (its
