@@ -305,39 +305,36 @@ fn card_error(e: CardError) -> ApiError {
         // accepts nothing until a restart, which may not find the record.
         CardError::Store(e) => {
             tracing::error!(error = %e, "card change not confirmed durable");
-            match e {
-                StoreError::Stalled(_) => ApiError::unavailable(
-                    "store_unavailable",
-                    "the change could not be confirmed durable in time (the disk is stalled): \
-                     it holds now but may not survive a restart; ask again once /healthz \
-                     reports the store up",
-                ),
-                // Only a restart mends a failed store: no `Retry-After`, which a client
-                // would obey every second until then.
-                _ => ApiError::unavailable_until_mended(
-                    "store_unavailable",
-                    "the change could not be recorded (the store failed): it holds until the \
-                     switch restarts, which may lose it; ask again after the restart",
-                ),
-            }
+            store_unavailable(
+                &e,
+                "the change could not be confirmed durable in time (the disk is stalled): it \
+                 holds now but may not survive a restart; ask again once /healthz reports the \
+                 store up",
+                "the change could not be recorded (the store failed): it holds until the \
+                 switch restarts, which may lose it; ask again after the restart",
+            )
         }
+    }
+}
+
+/// `503 store_unavailable` for what could not be confirmed durable, saying `stalled` while
+/// the disk stalls (it may yet take the record: with `Retry-After`) and `failed` once the
+/// store has failed: only a restart mends that, so no `Retry-After`, which a client would
+/// obey every second until then.
+fn store_unavailable(e: &StoreError, stalled: &'static str, failed: &'static str) -> ApiError {
+    match e {
+        StoreError::Stalled(_) => ApiError::unavailable("store_unavailable", stalled),
+        _ => ApiError::unavailable_until_mended("store_unavailable", failed),
     }
 }
 
 /// A card that could not be made durable. The disk stalled: its record may still reach
 /// it, so "no card" is not said. The store failed: nothing is recorded until a restart.
 fn issue_store_error(e: StoreError) -> ApiError {
-    if let StoreError::Stalled(_) = e {
-        tracing::error!(error = %e, "issuance not confirmed durable");
-        return ApiError::unavailable(
-            "store_unavailable",
-            "the card could not be confirmed durable in time (the disk is stalled); it may still be recorded: send the request again with the same Idempotency-Key once /healthz reports the store up (without one, list the cards before issuing again)",
-        );
-    }
-    tracing::error!(error = %e, "issuance not durable");
-    // No `Retry-After`, as for a status change: only a restart mends it.
-    ApiError::unavailable_until_mended(
-        "store_unavailable",
+    tracing::error!(error = %e, "issuance not confirmed durable");
+    store_unavailable(
+        &e,
+        "the card could not be confirmed durable in time (the disk is stalled); it may still be recorded: send the request again with the same Idempotency-Key once /healthz reports the store up (without one, list the cards before issuing again)",
         "the card could not be recorded durably (the store failed); no card was issued: issue it again after the switch restarts",
     )
 }
@@ -446,14 +443,9 @@ async fn issued_again(
 /// shortly: a failed store records nothing until a restart, and a `Retry-After: 1` there
 /// had clients that obey it send the request every second until then.
 fn reissue_store_error(e: &StoreError) -> ApiError {
-    if let StoreError::Stalled(_) = e {
-        return ApiError::unavailable(
-            "store_unavailable",
-            "the card this Idempotency-Key issued could not be confirmed durable in time (the disk is stalled): send the request again, with the same key, once /healthz reports the store up",
-        );
-    }
-    ApiError::unavailable_until_mended(
-        "store_unavailable",
+    store_unavailable(
+        e,
+        "the card this Idempotency-Key issued could not be confirmed durable in time (the disk is stalled): send the request again, with the same key, once /healthz reports the store up",
         "the card this Idempotency-Key issued could not be confirmed durable (the store failed): send the request again, with the same key, after the switch restarts",
     )
 }
