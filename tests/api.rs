@@ -1339,7 +1339,12 @@ async fn a_card_request_sent_again_under_its_idempotency_key_gets_its_card_even_
 
 /// Runs `vpan card ...` against `api`; exit code, stdout, stderr.
 fn vpan_card(api: &Running, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_vpan"))
+    vpan_card_reading(api, args, "")
+}
+
+/// `vpan card` with `args`, connected to `api`, `input` on its standard input.
+fn vpan_card_reading(api: &Running, args: &[&str], input: &str) -> (i32, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vpan"))
         .arg("card")
         .args(args)
         .env("VPAN_URL", api.url(""))
@@ -1347,13 +1352,115 @@ fn vpan_card(api: &Running, args: &[&str]) -> (i32, String, String) {
         .env_remove("VPAN_TOKEN")
         .arg("--token-file")
         .arg(api.data_dir.join("api-token"))
-        .output()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vpan_card_search_lists_the_vpans_of_a_real_card_read_from_stdin_a_page_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = Running::start(dir.path()).await;
+    let (real, other) = (pan(), pan());
+    let issue = |real: &str| {
+        let args = [
+            "create",
+            "--pan",
+            "-",
+            "--pan-expiry",
+            "2912",
+            "--currency",
+            "978",
+            "--amount-limit",
+            "5000",
+            "--json",
+        ];
+        let (code, out, err) =
+            tokio::task::block_in_place(|| vpan_card_reading(&api, &args, &format!("{real}\n")));
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<Value>(&out).unwrap()["vpan"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let mut mine = [issue(&real), issue(&real)];
+    mine.sort();
+    let theirs = issue(&other);
+    let search = |args: &[&str]| {
+        let args: Vec<&str> = ["search", "--pan", "-"]
+            .iter()
+            .chain(args)
+            .copied()
+            .collect();
+        tokio::task::block_in_place(|| vpan_card_reading(&api, &args, &format!("{real}\n")))
+    };
+
+    let (code, out, err) = search(&["--all"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&mine[0]) && out.contains(&mine[1]) && !out.contains(&theirs),
+        "{out}"
+    );
+    assert!(!out.contains(&real) && !err.contains(&real));
+
+    // A page at a time: the next page's command reads the card number again, never shows
+    // it.
+    let (code, first_page, err) = search(&["--limit", "1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        first_page.contains(&mine[0]) && !first_page.contains(&mine[1]),
+        "{first_page}"
+    );
+    let hint = err
+        .lines()
+        .find_map(|l| l.strip_prefix("more: "))
+        .unwrap_or_else(|| panic!("no hint: {err}"));
+    assert!(!hint.contains(&real), "{hint}");
+    let words: Vec<&str> = hint.split_whitespace().collect();
+    assert_eq!(words[0], env!("CARGO_BIN_EXE_vpan"), "{hint}");
+    assert!(
+        hint.contains(" search --pan - --limit 1 --after "),
+        "{hint}"
+    );
+    let mut next = Command::new(words[0])
+        .args(&words[1..])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        &mut next.stdin.take().unwrap(),
+        format!("{real}\n").as_bytes(),
+    )
+    .unwrap();
+    let next = next.wait_with_output().unwrap();
+    let next_page = String::from_utf8_lossy(&next.stdout);
+    assert!(
+        next.status.success(),
+        "{}",
+        String::from_utf8_lossy(&next.stderr)
+    );
+    assert!(
+        next_page.contains(&mine[1]) && !next_page.contains(&mine[0]),
+        "{next_page}"
+    );
+
+    // A number that is none: the API's 422, naming pan, exit status 1.
+    let (code, _, err) =
+        tokio::task::block_in_place(|| vpan_card_reading(&api, &["search", "--pan", "-"], "12\n"));
+    assert_eq!(code, 1);
+    assert!(err.contains("pan"), "{err}");
+    api.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -91,17 +91,31 @@ pub enum CardCommand {
         vpan: String,
     },
     /// List cards in vPAN order, one page at a time.
-    List {
-        /// Cards per page (1 to 1000).
-        #[arg(long, allow_negative_numbers = true, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=1000))]
-        limit: u16,
-        /// Start after this vPAN (the "next" hint of the previous page).
+    List(PageArgs),
+    /// List the vPANs issued for one real card, in vPAN order, one page at a time.
+    Search {
+        /// The real card number ("-" reads it from standard input, out of the shell
+        /// history); sent in the request's body, never in its URL.
         #[arg(long)]
-        after: Option<String>,
-        /// Follow every page to the end.
-        #[arg(long)]
-        all: bool,
+        pan: String,
+        /// Which page.
+        #[command(flatten)]
+        page: PageArgs,
     },
+}
+
+/// Which page of a listing.
+#[derive(Args, Debug)]
+pub struct PageArgs {
+    /// Cards per page (1 to 1000).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    limit: u16,
+    /// Start after this vPAN (the "next" hint of the previous page).
+    #[arg(long)]
+    after: Option<String>,
+    /// Follow every page to the end.
+    #[arg(long)]
+    all: bool,
 }
 
 /// The controls of a new card.
@@ -180,7 +194,9 @@ fn check_vpans(command: &CardCommand) -> Result<(), Failure> {
         | CardCommand::Pause { vpan }
         | CardCommand::Resume { vpan }
         | CardCommand::Close { vpan } => (Some(vpan), "<VPAN>"),
-        CardCommand::List { after, .. } => (after.as_ref(), "--after"),
+        CardCommand::List(page) | CardCommand::Search { page, .. } => {
+            (page.after.as_ref(), "--after")
+        }
         CardCommand::Create(_) => (None, ""),
     };
     match vpan {
@@ -383,30 +399,66 @@ async fn run(args: CardArgs) -> Result<(), Failure> {
         CardCommand::Pause { vpan } => status(&api, &vpan, "pause", json_out).await?,
         CardCommand::Resume { vpan } => status(&api, &vpan, "resume", json_out).await?,
         CardCommand::Close { vpan } => status(&api, &vpan, "close", json_out).await?,
-        CardCommand::List { limit, after, all } => {
-            let mut after = after;
-            let mut header = !json_out;
-            loop {
-                let mut url = format!("/v1/cards?limit={limit}");
-                if let Some(a) = &after {
-                    url.push_str(&format!("&after={}", path(a)));
-                }
-                let page = api.call(reqwest::Method::GET, &url, None).await?;
-                print_page(&page, json_out, header);
-                header = false;
-                after = page["next_after"].as_str().map(str::to_string);
-                match (&after, all) {
-                    (Some(_), true) => continue,
-                    (Some(next), false) if !json_out => {
-                        eprintln!("more: {again} list --limit {limit} --after {next}");
-                    }
-                    _ => {}
-                }
-                break;
-            }
+        CardCommand::List(page) => {
+            let listing = Listing {
+                method: reqwest::Method::GET,
+                path: "/v1/cards",
+                body: None,
+                again: format!("{again} list"),
+            };
+            listing.print(&api, page, json_out).await?;
+        }
+        CardCommand::Search { pan, page } => {
+            let listing = Listing {
+                method: reqwest::Method::POST,
+                path: "/v1/cards/search",
+                body: Some(json!({ "pan": read_pan(pan)? })),
+                // Never the card number: the next page reads it again.
+                again: format!("{again} search --pan -"),
+            };
+            listing.print(&api, page, json_out).await?;
         }
     }
     Ok(())
+}
+
+/// A listing of cards the API answers a page at a time.
+struct Listing {
+    method: reqwest::Method,
+    path: &'static str,
+    body: Option<Value>,
+    /// The command for the next page, but its `--limit` and `--after`.
+    again: String,
+}
+
+impl Listing {
+    /// Prints `page`, or every page from it on with `--all`; a page that is not the last
+    /// ends with a `more:` line on stderr, the command for the next page.
+    async fn print(&self, api: &ApiClient, page: PageArgs, json_out: bool) -> Result<(), Failure> {
+        let PageArgs { limit, after, all } = page;
+        let mut after = after;
+        let mut header = !json_out;
+        loop {
+            let mut url = format!("{}?limit={limit}", self.path);
+            if let Some(a) = &after {
+                url.push_str(&format!("&after={}", path(a)));
+            }
+            let page = api
+                .call(self.method.clone(), &url, self.body.clone())
+                .await?;
+            print_page(&page, json_out, header);
+            header = false;
+            after = page["next_after"].as_str().map(str::to_string);
+            match (&after, all) {
+                (Some(_), true) => continue,
+                (Some(next), false) if !json_out => {
+                    eprintln!("more: {} --limit {limit} --after {next}", self.again);
+                }
+                _ => {}
+            }
+            return Ok(());
+        }
+    }
 }
 
 /// `vpan card` as this one was run, to paste for the next page: the program's own path and
@@ -683,17 +735,21 @@ fn chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// `--pan` as given, or for `-` the first line of standard input.
+fn read_pan(pan: String) -> Result<String, Failure> {
+    if pan != "-" {
+        return Ok(pan);
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| Failure::Usage(format!("--pan -: cannot read standard input: {e}")))?;
+    Ok(line.trim().to_string())
+}
+
 fn create_body(c: CreateArgs) -> Result<Value, Failure> {
-    let pan = if c.pan == "-" {
-        let mut line = String::new();
-        std::io::stdin()
-            .lock()
-            .read_line(&mut line)
-            .map_err(|e| Failure::Usage(format!("--pan -: cannot read standard input: {e}")))?;
-        line.trim().to_string()
-    } else {
-        c.pan
-    };
+    let pan = read_pan(c.pan)?;
     let mut body = json!({
         "pan": pan,
         "pan_expiry": c.pan_expiry,
