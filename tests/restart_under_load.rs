@@ -491,6 +491,15 @@ async fn sigterm_answers_every_purchase_still_with_the_issuer_before_the_process
     net.send(&unseen).await;
     assert_eq!(rig::code(&net.answer(unseen.stan().unwrap()).await), "91");
     assert_eq!(sim.requests(b"0101"), 0);
+    // One on the card that cannot be read (no DE 4) is no new work: 30 at once, as when
+    // open, not a 91 that the network would take to another switch.
+    let mut malformed = rig::purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 100);
+    malformed.remove(4);
+    net.send(&malformed).await;
+    assert_eq!(
+        rig::code(&net.answer(malformed.stan().unwrap()).await),
+        "30"
+    );
     // On a card vpan did not issue, a purchase is refused the same, but a repeat goes to
     // the issuer, whose books answer it (vpan keeps none of those).
     let other = rig::test_pan("541275", 16);

@@ -186,9 +186,11 @@ impl Flow {
     /// An authorization or financial request (any origin, repeat or not) off the cards vpan
     /// issued that would be new work: one that is no repeat (vpan keeps nothing of those,
     /// and a repeat's first request may have been approved by the issuer, which answers
-    /// the repeat from its own books), or one the cards cannot read. On a card vpan
-    /// issued, whether the cards hold its transaction is asked under the card's lock, by
-    /// [`Cards::authorize_admitting`]: asked here, the ledger could forget it before then.
+    /// the repeat from its own books). On a card vpan issued, whether the cards hold its
+    /// transaction is asked under the card's lock, by [`Cards::authorize_admitting`]:
+    /// asked here, the ledger could forget it before then. One on such a card that the
+    /// cards cannot read is no work: answered 30 at once, as when open (until 2026-12-07 it
+    /// got 91 once a stop began, and the network sent the same error on elsewhere).
     fn new_purchase(&self, request: &Message) -> bool {
         let mti = request.mti();
         if !(matches!(mti[1], b'1' | b'2') && mti[2] == b'0') {
@@ -197,7 +199,7 @@ impl Flow {
         match self.on_card(request, auth_request) {
             Ok(_) => false,
             Err(NotOnCard::NotIssued) => !request.is_repeat(),
-            Err(NotOnCard::Malformed) => true,
+            Err(NotOnCard::Malformed) => false,
         }
     }
 
