@@ -253,6 +253,7 @@ impl App {
             config.network.max_connections,
             Duration::from_millis(config.issuer.timeout_ms),
             config.issuer.connections,
+            api.certificate_expires(),
         );
         owed.publish();
         let issuer = IssuerLink::start(

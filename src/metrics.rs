@@ -157,6 +157,10 @@ pub const ISSUER_TIMEOUT: &str = "vpan_issuer_timeout_seconds";
 /// it.
 pub const ISSUER_CONNECTIONS_CONFIGURED: &str = "vpan_issuer_connections_configured";
 
+/// Gauge of when the API's TLS certificate stops being valid (its `notAfter`), Unix seconds:
+/// it is read at start only, so a renewal needs a restart.
+pub const API_CERTIFICATE_EXPIRY: &str = "vpan_api_certificate_expiry_timestamp_seconds";
+
 /// The metric names of the contract (CONTRACT.md §6).
 pub const CONTRACT: [&str; 9] = [
     REQUESTS_TOTAL,
@@ -172,8 +176,8 @@ pub const CONTRACT: [&str; 9] = [
 
 /// vpan's own metrics beside the contract's: those of the reversals owed, the health
 /// checks, the issuer's reconciliations, the process's start, and the settings the alerts
-/// read.
-pub const OWN: [&str; 10] = [
+/// read, and the API certificate's expiry.
+pub const OWN: [&str; 11] = [
     ISSUER_REVERSALS_OWED,
     ISSUER_OLDEST_REVERSAL_OWED,
     ISSUER_REVERSALS_UNRECORDED_TOTAL,
@@ -184,14 +188,18 @@ pub const OWN: [&str; 10] = [
     NETWORK_MAX_CONNECTIONS,
     ISSUER_TIMEOUT,
     ISSUER_CONNECTIONS_CONFIGURED,
+    API_CERTIFICATE_EXPIRY,
 ];
 
-/// Sets the gauges of the settings the alert rules compare with.
+/// Sets the gauges of the settings the alert rules compare with, and of the API
+/// certificate's expiry (Unix seconds).
 pub fn publish_settings(
     max_connections: usize,
     issuer_timeout: std::time::Duration,
     issuer_connections: usize,
+    api_certificate_expires: u64,
 ) {
+    metrics::gauge!(API_CERTIFICATE_EXPIRY).set(api_certificate_expires as f64);
     metrics::gauge!(NETWORK_MAX_CONNECTIONS).set(max_connections as f64);
     metrics::gauge!(ISSUER_TIMEOUT).set(issuer_timeout.as_secs_f64());
     metrics::gauge!(ISSUER_CONNECTIONS_CONFIGURED).set(issuer_connections as f64);
@@ -322,6 +330,11 @@ fn describe() {
     describe_counter!(
         RECONCILE_REQUIRED_TOTAL,
         "Events after which the issuer must reconcile (a reversal that cannot be sent or was refused, a partial approval not reversed), by reason"
+    );
+    describe_gauge!(
+        API_CERTIFICATE_EXPIRY,
+        Unit::Seconds,
+        "When the API's TLS certificate stops being valid (its notAfter), in seconds since the Unix epoch; read at start"
     );
     describe_gauge!(
         START_TIME,

@@ -353,6 +353,48 @@ async fn a_switch_that_has_served_nothing_lists_every_metric_of_the_contract() {
     drop(serve);
 }
 
+#[tokio::test]
+async fn the_api_certificates_expiry_is_a_gauge_and_one_near_it_is_said_at_start() {
+    // A certificate past its notAfter still serves (rustls does not judge its own): the
+    // network side does not need the API. The gauge is what VpanApiCertificateExpiring
+    // reads, and the start says it in the log.
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+    params.not_after = rcgen::date_time_ymd(2026, 1, 1);
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_file, key_file) = (
+        dir.path().join("api-cert.pem"),
+        dir.path().join("api-key.pem"),
+    );
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let data = dir.path().join("data");
+    let mut serve = procs::start_serve(
+        &data,
+        "127.0.0.1:1",
+        &[
+            ("VPAN_API_TLS_CERT", cert_file.to_str().unwrap()),
+            ("VPAN_API_TLS_KEY", key_file.to_str().unwrap()),
+        ],
+    )
+    .await;
+    serve
+        .wait_log(
+            "the API certificate expires within 30 days, or has: renew it and restart vpan, which reads it only at start",
+            1,
+            std::time::Duration::from_secs(10),
+        )
+        .await;
+    let page = procs::scrape(serve.metrics).await;
+    // 2026-01-01T00:00:00Z.
+    assert!(
+        page.contains("\nvpan_api_certificate_expiry_timestamp_seconds 1767225600\n"),
+        "{page}"
+    );
+    drop(serve);
+}
+
 const DOCKERFILE: &str = include_str!("../deploy/Dockerfile");
 const MANIFEST: &str = include_str!("../Cargo.toml");
 

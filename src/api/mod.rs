@@ -131,7 +131,12 @@ pub struct ApiServer {
     token: auth::Token,
     /// Where the certificate is (to tell operators what to trust).
     files: tls::TlsFiles,
+    /// When the certificate stops being valid, Unix seconds.
+    certificate_expires: u64,
 }
+
+/// A certificate that expires within this is said at start: it is read only then.
+const CERTIFICATE_WARNING_SECS: u64 = 30 * 86_400;
 
 impl ApiServer {
     /// Loads or makes the certificate and the token (in `data_dir` when not configured)
@@ -143,6 +148,16 @@ impl ApiServer {
     ) -> Result<ApiServer, ApiSetupError> {
         let files = tls::files(&config.tls_cert, &config.tls_key, data_dir)?;
         let tls = tls::server_config(&files)?;
+        let certificate_expires = tls::not_after(&files)?;
+        if certificate_expires < crate::cards::card::unix_now() + CERTIFICATE_WARNING_SECS {
+            // Not refused: the network side does not need the API, and a front end that
+            // refuses the certificate says so itself.
+            tracing::warn!(
+                cert = %files.cert.display(),
+                not_after = %crate::cards::card::format_rfc3339(certificate_expires),
+                "the API certificate expires within 30 days, or has: renew it and restart vpan, which reads it only at start"
+            );
+        }
         if files.generated {
             tracing::info!(cert = %files.cert.display(), key = %files.key.display(), "made a self-signed API certificate for localhost, 127.0.0.1 and ::1; clients trust the cert file");
         }
@@ -164,7 +179,13 @@ impl ApiServer {
             tls,
             token: auth::Token::new(secret),
             files,
+            certificate_expires,
         })
+    }
+
+    /// When the certificate served stops being valid, Unix seconds.
+    pub fn certificate_expires(&self) -> u64 {
+        self.certificate_expires
     }
 
     /// The bound address.

@@ -161,6 +161,23 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
     })
 }
 
+/// When the certificate `files` serves (the first of its chain) stops being valid, in
+/// seconds since the Unix epoch (its `notAfter`); 0 for one that ended before 1970.
+pub fn not_after(files: &TlsFiles) -> Result<u64, TlsError> {
+    let unreadable = |message: String| TlsError::Pem {
+        path: files.cert.clone(),
+        message,
+    };
+    let first = CertificateDer::pem_file_iter(&files.cert)
+        .map_err(|e| unreadable(e.to_string()))?
+        .next()
+        .ok_or_else(|| unreadable("holds no certificate".into()))?
+        .map_err(|e| unreadable(e.to_string()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&first)
+        .map_err(|e| unreadable(format!("its certificate does not read as X.509: {e}")))?;
+    Ok(u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0))
+}
+
 /// A rustls server configuration (ring provider, TLS 1.2 and 1.3, HTTP/1.1) from PEM files.
 pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     let pem_err = |path: &Path| {
@@ -545,6 +562,36 @@ mod tests {
         let again = files("", "", dir.path()).unwrap();
         assert!(!again.generated);
         assert_eq!(std::fs::read(&again.cert).unwrap(), cert);
+    }
+
+    #[test]
+    fn the_expiry_read_is_the_certificates_not_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(2031, 3, 4);
+        let cert = params.self_signed(&key).unwrap();
+        let f = TlsFiles {
+            cert: dir.path().join("c.pem"),
+            key: dir.path().join("k.pem"),
+            generated: false,
+        };
+        std::fs::write(&f.cert, cert.pem()).unwrap();
+        std::fs::write(&f.key, key.serialize_pem()).unwrap();
+        server_config(&f).unwrap();
+        // 2031-03-04T00:00:00Z.
+        assert_eq!(not_after(&f).unwrap(), 1_930_348_800);
+        // One made here lasts (rcgen's default, the year 4096): no alert to renew it.
+        let made = files("", "", dir.path()).unwrap();
+        assert!(not_after(&made).unwrap() > 4_000_000_000);
+        // Not a certificate: named.
+        std::fs::write(
+            &f.cert,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let err = not_after(&f).unwrap_err().to_string();
+        assert!(err.contains("c.pem"), "{err}");
     }
 
     #[test]
