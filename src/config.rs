@@ -332,6 +332,15 @@ impl Config {
             origin: origin.clone(),
             message: one_line(&e, text),
         })?;
+        if let Some(section) = section_written_as_a_list(&table) {
+            // Typed, it reads "invalid type: map, expected a string (in `network`)".
+            return Err(ConfigError::Parse {
+                origin,
+                message: format!(
+                    "[[{section}]] makes a list of {section} tables; vpan takes one: write [{section}]"
+                ),
+            });
+        }
         // Deserialize once first so that a bad file is reported against the file, not
         // against an environment variable that happens to be set too.
         toml::Value::Table(table.clone())
@@ -684,6 +693,17 @@ pub fn is_host_port_to_dial(s: &str) -> bool {
     })
 }
 
+/// A section of ours written `[[section]]`, a list of tables, where vpan takes one table.
+fn section_written_as_a_list(table: &toml::Table) -> Option<&str> {
+    let sections = toml::Table::try_from(Config::default()).ok()?;
+    table.iter().find_map(|(name, value)| {
+        let list_of_tables =
+            matches!(value, toml::Value::Array(items) if items.iter().all(toml::Value::is_table));
+        (list_of_tables && sections.get(name).is_some_and(toml::Value::is_table))
+            .then_some(name.as_str())
+    })
+}
+
 /// Applies `VPAN_<SECTION>_<KEY>` variables to the parsed file. Variables whose section is
 /// not a config section (such as `VPAN_TOKEN` of the `vpan card` client) are not ours.
 /// Returns the variable that set each key (`section.key`).
@@ -1023,6 +1043,25 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("max_conections"), "{err}");
+    }
+
+    #[test]
+    fn a_section_written_as_a_list_of_tables_is_told_so() {
+        for section in ["network", "issuer", "store"] {
+            let err = load(&format!("[[{section}]]\n"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("[[{section}]] makes a list"))
+                    && err.contains(&format!("write [{section}]")),
+                "{err}"
+            );
+        }
+        // A list where a key takes one stays the key's error.
+        let err = load("[cards]\nvirtual_ranges = 5\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("virtual_ranges"), "{err}");
     }
 
     #[test]

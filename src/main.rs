@@ -49,7 +49,7 @@ enum Command {
     /// Writes a scenario of any size (cards.json: the cards to issue; load.jsonl) for `vpan
     /// demo --scenario`, which issues them and writes their numbers for `vpan loadgen --cards`.
     Traffic(tools::generate::Args),
-    /// A client of the HTTPS issuance API: create, show, pause, resume, close, list.
+    /// A client of the HTTPS issuance API: create, show, pause, resume, close, list, search.
     #[command(arg_required_else_help = false)]
     Card(Box<vpan::api::client::CardArgs>),
     /// Copies the data directory under a new PAN key, into a new directory, with the

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 use crate::pan::mask_card_numbers;
 
-/// `vpan card ...`: create, show, pause, resume, close, list.
+/// `vpan card ...`: create, show, pause, resume, close, list, search.
 #[derive(Args, Debug)]
 pub struct CardArgs {
     /// What to do.
