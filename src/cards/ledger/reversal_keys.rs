@@ -70,10 +70,24 @@ impl ReversalKeys {
         at: UnixSeconds,
         lsn: impl FnOnce() -> u64,
     ) -> (Claim, u64) {
+        self.claim_as(key, card, fingerprint, |f| f == fingerprint, at, lsn)
+    }
+
+    /// [`ReversalKeys::claim`], `same` telling whether a fingerprint taken before asked
+    /// the same.
+    pub fn claim_as(
+        &self,
+        key: OriginalData,
+        card: CardKey,
+        fingerprint: u64,
+        same: impl FnOnce(u64) -> bool,
+        at: UnixSeconds,
+        lsn: impl FnOnce() -> u64,
+    ) -> (Claim, u64) {
         match self.seen.entry(key) {
             dashmap::Entry::Occupied(taken) => {
                 let seen = taken.get();
-                let same = seen.card == card && seen.fingerprint == fingerprint;
+                let same = seen.card == card && same(seen.fingerprint);
                 (if same { Claim::Same } else { Claim::Other }, seen.lsn)
             }
             dashmap::Entry::Vacant(slot) => {

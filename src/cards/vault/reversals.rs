@@ -78,10 +78,14 @@ impl Cards {
             if self.journal.is_failed() {
                 return Err(ReversalOutcome::NotRecorded(StoreError::Failed));
             }
-            let (claim, lsn) =
-                self.ledger
-                    .reversal_keys
-                    .claim(reversal, card_key, fingerprint, now, || self.lsn());
+            let (claim, lsn) = self.ledger.reversal_keys.claim_as(
+                reversal,
+                card_key,
+                fingerprint,
+                |f| req.is_same(card_key.raw(), f),
+                now,
+                || self.lsn(),
+            );
             match claim {
                 Claim::Same => Ok(None),
                 Claim::Other => Err(ReversalOutcome::KeyTaken),

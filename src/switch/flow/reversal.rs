@@ -92,7 +92,14 @@ impl Flow {
                     return self.fail_closed(&request, &vpan, &e, "reversal repeat");
                 }
             }
-            ReversalOutcome::NotFound => {}
+            ReversalOutcome::NotFound => {
+                // Nothing of it on the card, but its key was taken (journaled before):
+                // forwarded, the issuer takes the key too, so the key must be on disk
+                // first, or a crash frees it for another reversal the issuer ignores.
+                if let Err(e) = self.cards.recorded_so_far().await {
+                    return self.fail_closed(&request, &vpan, &e, "reversal key");
+                }
+            }
             ReversalOutcome::KeyTaken => {
                 // As a request under a key used with other content: the acquirer's error,
                 // which the issuer, keying reversals by their own key, would not apply.
