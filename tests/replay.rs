@@ -96,6 +96,9 @@ fn run(ops: &[Op]) {
     let mut partly: Vec<(CardKey, AuthRequest)> = Vec::new();
     let mut advised = [0u64; 3];
     let mut last: Option<Durable> = None;
+    // Each reversal under a STAN of its own, as a network sends them: under one key, all
+    // but the first would ask otherwise and be refused (94), and give nothing back.
+    let mut reversal_stan = 900_000u32;
     for op in ops {
         match *op {
             Op::Authorize {
@@ -152,10 +155,18 @@ fn run(ops: &[Op]) {
                 remaining,
             } => {
                 let orig = request(*b"0100", 0, stan, "SHOP-A").key;
+                reversal_stan += 1;
+                let own_stan = format!("{reversal_stan:06}");
                 let req = ReversalRequest {
                     mti: *b"0400",
-                    key: TxKey::new(b"0400", b"999999", b"1126160000", b"12345", b"TERM0001")
-                        .unwrap(),
+                    key: TxKey::new(
+                        b"0400",
+                        own_stan.as_bytes(),
+                        b"1126160000",
+                        b"12345",
+                        b"TERM0001",
+                    )
+                    .unwrap(),
                     original: Some(OriginalData {
                         class: 1,
                         ..orig.original()

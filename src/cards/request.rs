@@ -330,52 +330,40 @@ impl ReversalRequest {
     /// A fingerprint of what the reversal asks (the original it names, what it leaves), as
     /// [`AuthRequest::fingerprint`] is of a request's; journaled, so stable. The original
     /// is named by its DE 11, DE 7, DE 32 and DE 41, from DE 90 or else from the
-    /// reversal's own key, not by its class: a reversal without DE 90 names an 0100 and an
-    /// 0200 alike, and is the same reversal as one whose DE 90 names either (a network
-    /// adding DE 90 to a repeat, a test of a crash between the two voids it writes).
-    ///
-    /// A reversal whose DE 90 names its original also hashes the class DE 90 names (an
-    /// 0100 and an 0200 may share DE 11, 7, 32, 41): see [`ReversalRequest::is_same`],
-    /// which accepts the class-less one too.
+    /// reversal's own key, and by the class DE 90 names when there is one (an 0100 and an
+    /// 0200 may share the rest). DE 95 leaving 0 is a full reversal, as none is.
     pub fn fingerprint(&self, card: u64) -> u64 {
-        // DE 95 leaving 0 is a full reversal, as none is: one fingerprint for both.
-        let remaining = self.remaining.filter(|&r| r != 0);
-        self.fingerprint_as(card, self.original.map(|o| o.class), remaining)
+        self.fingerprint_naming(card, self.original.map(|o| o.class))
     }
 
     /// Whether a reversal that took this one's key with `fingerprint` on `card` asked the
-    /// same: the same original and amount left, the class named alike or named by one of
-    /// the two only (no DE 90, or a record from before the class was hashed).
+    /// same: the same original and amount left, its class named alike or by one of the two
+    /// only. A reversal without DE 90 names an 0100 and an 0200 alike, and is the same
+    /// reversal as one whose DE 90 names either (a network adding DE 90 to a repeat; a
+    /// crash between the two voids such a reversal writes, then its repeat).
     pub fn is_same(&self, card: u64, fingerprint: u64) -> bool {
-        let classes: &[Option<u8>] = match self.original {
-            Some(o) => &[None, Some(o.class)],
+        let classes: &[Option<u8>] = match &self.original {
+            Some(o) => &[Some(o.class), None],
             None => &[None, Some(1), Some(2)],
         };
-        // A full reversal, with DE 95 of 0 or without: the same (a record from before
-        // hashed DE 95 of 0 apart).
-        let remaining: &[Option<u64>] = match self.remaining {
-            None | Some(0) => &[None, Some(0)],
-            Some(_) => std::slice::from_ref(&self.remaining),
-        };
-        classes.iter().any(|&c| {
-            remaining
-                .iter()
-                .any(|&r| self.fingerprint_as(card, c, r) == fingerprint)
-        })
+        classes
+            .iter()
+            .any(|&class| self.fingerprint_naming(card, class) == fingerprint)
     }
 
-    fn fingerprint_as(&self, card: u64, class: Option<u8>, remaining: Option<u64>) -> u64 {
+    /// The fingerprint, naming the original's class `class` (none: by its other fields).
+    fn fingerprint_naming(&self, card: u64, class: Option<u8>) -> u64 {
         let named = self.original.unwrap_or_else(|| self.key.original());
         let mut h = Fnv::new();
-        if let Some(class) = class {
-            h.u64(0xc1a5);
-            h.u64(u64::from(class));
-        }
         h.u64(card);
+        if let Some(class) = class {
+            h.u64(u64::from(class) + 1);
+        }
         h.u64(u64::from(named.stan));
         h.u64(u64::from(named.transmitted));
         h.u64(named.acquirer);
         h.bytes(&named.terminal);
+        let remaining = self.remaining.filter(|&r| r != 0);
         match remaining {
             Some(r) => {
                 h.u64(1);

@@ -61,21 +61,10 @@ impl Default for ReversalKeys {
 impl ReversalKeys {
     /// Takes `key` for a reversal asking `fingerprint` on `card`, numbered by `lsn` when
     /// it is new (called only then, under the key's lock, so that two reversals under one
-    /// key, on one card or two, are decided one after the other).
+    /// key, on one card or two, are decided one after the other); `same` tells whether the
+    /// fingerprint of the reversal that took it before asked the same
+    /// (`ReversalRequest::is_same`).
     pub fn claim(
-        &self,
-        key: OriginalData,
-        card: CardKey,
-        fingerprint: u64,
-        at: UnixSeconds,
-        lsn: impl FnOnce() -> u64,
-    ) -> (Claim, u64) {
-        self.claim_as(key, card, fingerprint, |f| f == fingerprint, at, lsn)
-    }
-
-    /// [`ReversalKeys::claim`], `same` telling whether a fingerprint taken before asked
-    /// the same.
-    pub fn claim_as(
         &self,
         key: OriginalData,
         card: CardKey,
@@ -224,29 +213,35 @@ mod tests {
             next += 1;
             next
         };
-        assert_eq!(keys.claim(key(1), card, 42, 100, &mut lsn), (Claim::New, 8));
         assert_eq!(
-            keys.claim(key(1), card, 42, 101, &mut lsn),
+            keys.claim(key(1), card, 42, |f| f == 42, 100, &mut lsn),
+            (Claim::New, 8)
+        );
+        assert_eq!(
+            keys.claim(key(1), card, 42, |f| f == 42, 101, &mut lsn),
             (Claim::Same, 8)
         );
         assert_eq!(
-            keys.claim(key(1), card, 43, 102, &mut lsn),
+            keys.claim(key(1), card, 43, |f| f == 43, 102, &mut lsn),
             (Claim::Other, 8)
         );
         let other_card =
             CardKey::from_digits(crate::pan::test_pan("497011").as_bytes()).expect("a card key");
         assert_eq!(
-            keys.claim(key(1), other_card, 42, 103, &mut lsn),
+            keys.claim(key(1), other_card, 42, |f| f == 42, 103, &mut lsn),
             (Claim::Other, 8)
         );
         // Another key is another reversal.
-        assert_eq!(keys.claim(key(2), card, 43, 104, &mut lsn), (Claim::New, 9));
+        assert_eq!(
+            keys.claim(key(2), card, 43, |f| f == 43, 104, &mut lsn),
+            (Claim::New, 9)
+        );
         // Freed only by the taking that failed to be written.
         keys.release(&key(1), 9);
         assert!(keys.get(&key(1)).is_some());
         keys.release(&key(1), 8);
         assert_eq!(
-            keys.claim(key(1), card, 43, 105, &mut lsn),
+            keys.claim(key(1), card, 43, |f| f == 43, 105, &mut lsn),
             (Claim::New, 10)
         );
     }
@@ -261,12 +256,12 @@ mod tests {
         let card = card();
         for stan in 0..3 {
             let at = 100 + u64::from(stan);
-            keys.claim(key(stan), card, 1, at, || u64::from(stan));
+            keys.claim(key(stan), card, 1, |f| f == 1, at, || u64::from(stan));
             keys.remember(key(stan), at, at, &config);
         }
         assert_eq!(keys.len(), 2, "a quarter of 8");
         assert!(keys.get(&key(0)).is_none());
-        keys.claim(key(9), card, 1, 1102, || 9);
+        keys.claim(key(9), card, 1, |f| f == 1, 1102, || 9);
         keys.remember(key(9), 1102, 1102, &config);
         assert_eq!(keys.get(&key(1)), None, "older than the retention");
         assert!(keys.get(&key(2)).is_some());

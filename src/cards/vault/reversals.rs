@@ -78,7 +78,7 @@ impl Cards {
             if self.journal.is_failed() {
                 return Err(ReversalOutcome::NotRecorded(StoreError::Failed));
             }
-            let (claim, lsn) = self.ledger.reversal_keys.claim_as(
+            let (claim, lsn) = self.ledger.reversal_keys.claim(
                 reversal,
                 card_key,
                 fingerprint,
