@@ -2446,3 +2446,44 @@ async fn a_full_reversal_and_its_advice_with_a_de95_of_zeros_are_one_reversal() 
     assert_eq!(rig.sim().balance(&real), Some(DEFAULT_BALANCE));
     rig.stop().await;
 }
+
+#[tokio::test]
+async fn a_repeat_adding_de90_to_a_reversal_by_its_own_key_gives_back_nothing_more() {
+    // An 0100 and an 0200 under one key; a reversal without DE 90 under that key takes
+    // back one of them (vpan names it to the issuer in DE 90). Its repeat, sent again with
+    // a DE 90 naming the other, is that reversal again: the issuer, keying reversals by
+    // their own key, gives nothing more back for it, so neither may the card.
+    let (rig, card, real, mut net) = one_card(|_| {}).await;
+    let key = CardKey::of(&card.vpan);
+    let auth = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 1_000);
+    assert_eq!(code(&net.call(&auth).await), "00");
+    let mut financial = auth.clone();
+    financial.set_mti(b"0200").unwrap();
+    financial
+        .set(4, format!("{:012}", 2_000).as_bytes())
+        .unwrap();
+    let financial = Message::parse(Spec::iso87ascii(), financial.pack()).unwrap();
+    assert_eq!(code(&net.call(&financial).await), "00");
+    let first = reversal_by_own_key(&auth);
+    assert_eq!(code(&net.call(&first).await), "00");
+    let spent = rig.cards.get(key).unwrap().spent;
+    let balance = rig.sim().balance(&real);
+    assert_eq!(
+        Some(DEFAULT_BALANCE - spent as i64),
+        balance,
+        "the card and the account agree"
+    );
+    let mut repeat = reversal_of(&mut net, &financial);
+    repeat.set(11, &first.stan().unwrap()).unwrap();
+    repeat.set_mti(b"0401").unwrap();
+    let repeat = Message::parse(Spec::iso87ascii(), repeat.pack()).unwrap();
+    let answer = net.call(&repeat).await;
+    let after = rig.cards.get(key).unwrap().spent;
+    assert_eq!(
+        (after, rig.sim().balance(&real)),
+        (spent, balance),
+        "answered {}: nothing more given back, on the card or at the issuer",
+        code(&answer)
+    );
+    rig.stop().await;
+}

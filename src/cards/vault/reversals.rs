@@ -54,7 +54,27 @@ impl Cards {
             Ok(taken) => taken,
             Err(refused) => return refused,
         };
-        let outcome = self.reverse_under_its_key(card_key, req, now);
+        // The same reversal again, now with a DE 90, where the first named its original by
+        // its own key (the DE 90 matched what it asked only by leaving out the class): the
+        // first may have taken back the other of an 0100 and an 0200 under that key, and
+        // the issuer gives nothing more back for it, so it is done as the first was, by its
+        // own key (a repeat then finds what the first took back).
+        let first_had_no_de90 = taken.is_none()
+            && req.original.is_some()
+            && self
+                .ledger
+                .reversal_keys
+                .get(&req.own_key())
+                .is_some_and(|seen| seen.fingerprint != req.fingerprint(card_key.raw()));
+        let outcome = if first_had_no_de90 {
+            let by_own_key = ReversalRequest {
+                original: None,
+                ..req.clone()
+            };
+            self.reverse_under_its_key(card_key, &by_own_key, now)
+        } else {
+            self.reverse_under_its_key(card_key, req, now)
+        };
         if let (ReversalOutcome::NotRecorded(_), Some(lsn)) = (&outcome, taken) {
             // Answered 96: the network sends it again, and the key is free for it.
             self.ledger.reversal_keys.release(&req.own_key(), lsn);
