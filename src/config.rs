@@ -332,14 +332,8 @@ impl Config {
             origin: origin.clone(),
             message: one_line(&e, text),
         })?;
-        if let Some(section) = section_written_as_a_list(&table) {
-            // Typed, it reads "invalid type: map, expected a string (in `network`)".
-            return Err(ConfigError::Parse {
-                origin,
-                message: format!(
-                    "[[{section}]] makes a list of {section} tables; vpan takes one: write [{section}]"
-                ),
-            });
+        if let Some(message) = section_written_as_a_list(&table) {
+            return Err(ConfigError::Parse { origin, message });
         }
         // Deserialize once first so that a bad file is reported against the file, not
         // against an environment variable that happens to be set too.
@@ -693,14 +687,25 @@ pub fn is_host_port_to_dial(s: &str) -> bool {
     })
 }
 
-/// A section of ours written `[[section]]`, a list of tables, where vpan takes one table.
-fn section_written_as_a_list(table: &toml::Table) -> Option<&str> {
+/// What is wrong with a section of ours written as a list, where vpan takes one table:
+/// `[[section]]`, typed, reads "invalid type: map, expected a string (in `network`)", and
+/// `network = []` passed as all defaults.
+fn section_written_as_a_list(table: &toml::Table) -> Option<String> {
     let sections = toml::Table::try_from(Config::default()).ok()?;
     table.iter().find_map(|(name, value)| {
-        let list_of_tables =
-            matches!(value, toml::Value::Array(items) if items.iter().all(toml::Value::is_table));
-        (list_of_tables && sections.get(name).is_some_and(toml::Value::is_table))
-            .then_some(name.as_str())
+        let toml::Value::Array(items) = value else {
+            return None;
+        };
+        if !sections.get(name).is_some_and(toml::Value::is_table) {
+            return None;
+        }
+        Some(
+            if !items.is_empty() && items.iter().all(toml::Value::is_table) {
+                format!("[[{name}]] makes a list of {name} tables; vpan takes one: write [{name}]")
+            } else {
+                format!("{name} is a list; vpan takes one [{name}] table")
+            },
+        )
     })
 }
 
@@ -1057,7 +1062,13 @@ mod tests {
                 "{err}"
             );
         }
-        // A list where a key takes one stays the key's error.
+        // Nor any other list (an empty one read as all defaults).
+        let err = load("network = []\n", &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("network is a list; vpan takes one [network] table"),
+            "{err}"
+        );
+        // A key of the wrong type stays the key's error.
         let err = load("[cards]\nvirtual_ranges = 5\n", &[])
             .unwrap_err()
             .to_string();

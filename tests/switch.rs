@@ -2447,15 +2447,13 @@ async fn a_full_reversal_and_its_advice_with_a_de95_of_zeros_are_one_reversal() 
     rig.stop().await;
 }
 
-#[tokio::test]
-async fn a_repeat_adding_de90_to_a_reversal_by_its_own_key_gives_back_nothing_more() {
-    // An 0100 and an 0200 under one key; a reversal without DE 90 under that key takes
-    // back one of them (vpan names it to the issuer in DE 90). Its repeat, sent again with
-    // a DE 90 naming the other, is that reversal again: the issuer, keying reversals by
-    // their own key, gives nothing more back for it, so neither may the card.
-    let (rig, card, real, mut net) = one_card(|_| {}).await;
-    let key = CardKey::of(&card.vpan);
-    let auth = purchase(&mut net, b"0100", &card.vpan, &card.expiry.0, 1_000);
+/// An 0100 of 1,000 and an 0200 of 2,000 under one key (DE 11, 7, 32, 41), both approved.
+#[allow(clippy::unwrap_used)] // a test's helper: a panic is the verdict
+async fn two_purchases_under_one_key(
+    net: &mut Client,
+    card: &vpan::cards::CardView,
+) -> (Message, Message) {
+    let auth = purchase(net, b"0100", &card.vpan, &card.expiry.0, 1_000);
     assert_eq!(code(&net.call(&auth).await), "00");
     let mut financial = auth.clone();
     financial.set_mti(b"0200").unwrap();
@@ -2464,6 +2462,46 @@ async fn a_repeat_adding_de90_to_a_reversal_by_its_own_key_gives_back_nothing_mo
         .unwrap();
     let financial = Message::parse(Spec::iso87ascii(), financial.pack()).unwrap();
     assert_eq!(code(&net.call(&financial).await), "00");
+    (auth, financial)
+}
+
+#[tokio::test]
+async fn the_same_reversal_by_its_own_key_again_takes_back_no_second_purchase_under_that_key() {
+    // An 0100 and an 0200 under one key; a reversal without DE 90 takes back one, then
+    // comes again as its advice (0420, not marked a repeat): the same reversal, which the
+    // issuer applied once, so it acts on what it took back, as a repeat does (until
+    // 2026-12-07 it took back the other too: the card counted 0 against 2,000.00 charged).
+    let (rig, card, real, mut net) = one_card(|_| {}).await;
+    let key = CardKey::of(&card.vpan);
+    let (auth, _) = two_purchases_under_one_key(&mut net, &card).await;
+    let first = reversal_by_own_key(&auth);
+    assert_eq!(code(&net.call(&first).await), "00");
+    let spent = rig.cards.get(key).unwrap().spent;
+    assert_eq!(spent, 2_000);
+    assert_eq!(rig.sim().balance(&real), Some(DEFAULT_BALANCE - 2_000));
+    let mut advice = first.clone();
+    advice.set_mti(b"0420").unwrap();
+    let advice = Message::parse(Spec::iso87ascii(), advice.pack()).unwrap();
+    let answer = net.call(&advice).await;
+    assert_eq!(answer.mti(), *b"0430");
+    assert_eq!(
+        rig.cards.get(key).unwrap().spent,
+        2_000,
+        "nothing more given back"
+    );
+    assert_eq!(rig.sim().balance(&real), Some(DEFAULT_BALANCE - 2_000));
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn a_repeat_adding_de90_to_a_reversal_by_its_own_key_gives_back_nothing_more() {
+    // An 0100 and an 0200 under one key; a reversal without DE 90 under that key takes
+    // back one of them (vpan names it to the issuer in DE 90). Its repeat, sent again with
+    // a DE 90 naming the other, is that reversal again: the issuer, keying reversals by
+    // their own key, gives nothing more back for it, so neither may the card.
+    let (rig, card, real, mut net) = one_card(|_| {}).await;
+    let key = CardKey::of(&card.vpan);
+    let (auth, financial) = two_purchases_under_one_key(&mut net, &card).await;
     let first = reversal_by_own_key(&auth);
     assert_eq!(code(&net.call(&first).await), "00");
     let spent = rig.cards.get(key).unwrap().spent;

@@ -652,9 +652,16 @@ impl Ledger {
         self.reversal_keys.rebuild_order(now, &self.config);
     }
 
-    /// Notes a reversal's own key, taken at `at`, for retention (see [`ReversalKeys`]).
-    pub fn remember_reversal_key(&self, key: OriginalData, at: UnixSeconds, now: UnixSeconds) {
-        self.reversal_keys.remember(key, at, now, &self.config);
+    /// Notes a reversal's own key, taken at `at` by the taking numbered `lsn`, for
+    /// retention (see [`ReversalKeys`]).
+    pub fn remember_reversal_key(
+        &self,
+        key: OriginalData,
+        at: UnixSeconds,
+        lsn: u64,
+        now: UnixSeconds,
+    ) {
+        self.reversal_keys.remember(key, at, lsn, now, &self.config);
     }
 }
 

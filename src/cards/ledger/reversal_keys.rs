@@ -46,8 +46,13 @@ pub enum Claim {
 /// The reversals' keys, with their retention queue.
 pub struct ReversalKeys {
     seen: ConcurrentMap<OriginalData, SeenReversal>,
-    order: Mutex<Fifo<(UnixSeconds, OriginalData)>>,
+    /// When each key was taken, by which taking (its record's sequence number).
+    order: Mutex<Fifo<Taking>>,
 }
+
+/// A key taken at a time, by the taking numbered so: the queue's item, which forgets that
+/// taking only (a key freed by a failed store and taken again in the same second stays).
+type Taking = (UnixSeconds, OriginalData, u64);
 
 impl Default for ReversalKeys {
     fn default() -> ReversalKeys {
@@ -117,38 +122,39 @@ impl ReversalKeys {
         }
     }
 
-    /// Notes `key`, taken at `at`, for retention, and forgets what falls out of the
-    /// bounds. Never call with a guard of this map held.
+    /// Notes `key`, taken at `at` by the taking numbered `lsn`, for retention, and forgets
+    /// what falls out of the bounds. Never call with a guard of this map held.
     pub fn remember(
         &self,
         key: OriginalData,
         at: UnixSeconds,
+        lsn: u64,
         now: UnixSeconds,
         config: &LedgerConfig,
     ) {
         let Ok(mut order) = self.order.lock() else {
             return;
         };
-        order.push_back((at, key));
+        order.push_back((at, key, lsn));
         self.forget_beyond_bounds(&mut order, now, config);
     }
 
     /// Forgets, oldest first, the keys past the capacity or the retention.
     fn forget_beyond_bounds(
         &self,
-        order: &mut Fifo<(UnixSeconds, OriginalData)>,
+        order: &mut Fifo<Taking>,
         now: UnixSeconds,
         config: &LedgerConfig,
     ) {
         let capacity = config.reversal_key_capacity();
         let horizon = now.saturating_sub(config.retention_secs);
-        while let Some(&(at, key)) = order.front() {
+        while let Some(&(at, key, lsn)) = order.front() {
             if order.len() <= capacity && at >= horizon {
                 break;
             }
             order.pop_front();
             // Only the taking this item stands for: not the key taken again since.
-            self.seen.remove_if(&key, |_, s| s.at <= at);
+            self.seen.remove_if(&key, |_, s| s.lsn == lsn);
         }
     }
 
@@ -163,8 +169,8 @@ impl ReversalKeys {
             return;
         };
         *order = Fifo::default();
-        for (at, _, key) in all {
-            order.push_back((at, key));
+        for (at, lsn, key) in all {
+            order.push_back((at, key, lsn));
         }
         self.forget_beyond_bounds(&mut order, now, config);
     }
@@ -257,21 +263,41 @@ mod tests {
         for stan in 0..3 {
             let at = 100 + u64::from(stan);
             keys.claim(key(stan), card, 1, |f| f == 1, at, || u64::from(stan));
-            keys.remember(key(stan), at, at, &config);
+            keys.remember(key(stan), at, u64::from(stan), at, &config);
         }
         assert_eq!(keys.len(), 2, "a quarter of 8");
         assert!(keys.get(&key(0)).is_none());
         keys.claim(key(9), card, 1, |f| f == 1, 1102, || 9);
-        keys.remember(key(9), 1102, 1102, &config);
+        keys.remember(key(9), 1102, 9, 1102, &config);
         assert_eq!(keys.get(&key(1)), None, "older than the retention");
         assert!(keys.get(&key(2)).is_some());
         assert!(keys.get(&key(9)).is_some());
     }
 
     #[test]
-    fn a_key_kept_takes_64_bytes_in_the_map_and_40_in_the_queue_as_the_readme_says() {
+    fn a_key_kept_takes_64_bytes_in_the_map_and_48_in_the_queue_as_the_readme_says() {
         assert_eq!(size_of::<(OriginalData, SeenReversal)>(), 64);
-        assert_eq!(size_of::<(UnixSeconds, OriginalData)>(), 40);
+        assert_eq!(size_of::<Taking>(), 48);
+    }
+
+    #[test]
+    fn a_key_freed_and_taken_again_in_the_same_second_outlives_its_first_taking() {
+        // Room for two keys.
+        let config = LedgerConfig {
+            capacity: 8,
+            retention_secs: 1000,
+        };
+        let keys = ReversalKeys::default();
+        let card = card();
+        keys.claim(key(1), card, 1, |f| f == 1, 100, || 5);
+        keys.remember(key(1), 100, 5, 100, &config);
+        keys.release(&key(1), 5);
+        keys.claim(key(1), card, 2, |f| f == 2, 100, || 6);
+        keys.remember(key(1), 100, 6, 100, &config);
+        // The first taking's item goes for room: the second taking stays.
+        keys.claim(key(2), card, 1, |f| f == 1, 101, || 7);
+        keys.remember(key(2), 101, 7, 101, &config);
+        assert_eq!(keys.get(&key(1)).map(|s| s.lsn), Some(6));
     }
 
     #[test]

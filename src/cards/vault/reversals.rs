@@ -14,7 +14,15 @@ impl Cards {
     /// on this card (the one [`Cards::reverse`] takes back), for naming it toward the
     /// issuer.
     pub fn original_mti(&self, card_key: CardKey, req: &ReversalRequest) -> Option<[u8; 4]> {
-        self.under_own_key(card_key, req)
+        // Asked before `Cards::reverse` takes the key: taken now, by this reversal before.
+        let again = self
+            .ledger
+            .reversal_keys
+            .get(&req.own_key())
+            .is_some_and(|seen| {
+                seen.card == card_key && req.is_same(card_key.raw(), seen.fingerprint)
+            });
+        self.under_own_key(card_key, req, again)
             .into_iter()
             // Not a void made before the original came, which records the reversal that
             // made it; one that replaced a purchase vpan saw keeps the purchase's MTI.
@@ -54,12 +62,14 @@ impl Cards {
             Ok(taken) => taken,
             Err(refused) => return refused,
         };
-        // The same reversal again, now with a DE 90, where the first named its original by
-        // its own key (the DE 90 matched what it asked only by leaving out the class): the
-        // first may have taken back the other of an 0100 and an 0200 under that key, and
-        // the issuer gives nothing more back for it, so it is done as the first was, by its
-        // own key (a repeat then finds what the first took back).
-        let first_had_no_de90 = taken.is_none()
+        // The same reversal again (its key taken by it before): by its own key, it acts on
+        // what it took back, as a repeat does, not on another purchase under that key.
+        let again = taken.is_none();
+        // Again, now with a DE 90, where the first named its original by its own key (the
+        // DE 90 matched what it asked only by leaving out the class): the first may have
+        // taken back the other of an 0100 and an 0200 under that key, and the issuer gives
+        // nothing more back for it, so it is done as the first was, by its own key.
+        let first_had_no_de90 = again
             && req.original.is_some()
             && self
                 .ledger
@@ -71,9 +81,9 @@ impl Cards {
                 original: None,
                 ..req.clone()
             };
-            self.reverse_under_its_key(card_key, &by_own_key, now)
+            self.reverse_under_its_key(card_key, &by_own_key, now, again)
         } else {
-            self.reverse_under_its_key(card_key, req, now)
+            self.reverse_under_its_key(card_key, req, now, again)
         };
         if let (ReversalOutcome::NotRecorded(_), Some(lsn)) = (&outcome, taken) {
             // Answered 96: the network sends it again, and the key is free for it.
@@ -124,21 +134,22 @@ impl Cards {
             }
         });
         let taken = taken.unwrap_or(Err(ReversalOutcome::NotFound))?;
-        if taken.is_some() {
-            self.ledger.remember_reversal_key(reversal, now, now);
+        if let Some(lsn) = taken {
+            self.ledger.remember_reversal_key(reversal, now, lsn, now);
         }
         Ok(taken)
     }
 
-    /// [`Cards::reverse`] once its key is taken.
+    /// [`Cards::reverse`] once its key is taken; `again` when this reversal took it before.
     fn reverse_under_its_key(
         &self,
         card_key: CardKey,
         req: &ReversalRequest,
         now: UnixSeconds,
+        again: bool,
     ) -> ReversalOutcome {
         let Some(original) = req.original else {
-            return self.reverse_by_own_key(card_key, req, now);
+            return self.reverse_by_own_key(card_key, req, now, again);
         };
         if self
             .ledger
@@ -154,14 +165,15 @@ impl Cards {
     }
 
     /// A reversal without DE 90, which names its original by its own key (DE 11, 7, 32,
-    /// 41): an 0100's or an 0200's alike.
+    /// 41): an 0100's or an 0200's alike; `again` when it took its key before.
     fn reverse_by_own_key(
         &self,
         card_key: CardKey,
         req: &ReversalRequest,
         now: UnixSeconds,
+        again: bool,
     ) -> ReversalOutcome {
-        let found = self.under_own_key(card_key, req);
+        let found = self.under_own_key(card_key, req, again);
         match found.first() {
             Some((tx, e)) if !e.is_void() => return self.give_back(card_key, *tx, req, now),
             // A purchase this reversal (or its first) voided: done already.
@@ -194,9 +206,10 @@ impl Cards {
     /// one it acts on first. Two transactions under one key are told apart only by DE 90,
     /// so the order guesses as an acquirer means it: a reversal takes back a purchase that
     /// stands (holds or spends something, or counts a use), before one a reversal took
-    /// back already, the latest first (a reversal sent again without being marked a
-    /// repeat); a repeat (0401, 0421) acts on what a reversal took back, the latest first,
-    /// before one that stands, so that it never takes back a second purchase. Then, for
+    /// back already, the latest first (one another reversal took back, by DE 90); a repeat
+    /// (0401, 0421), or the same reversal again (`again`: its key taken by it before,
+    /// whatever its MTI), acts on what a reversal took back, the latest first, before one
+    /// that stands, so that it never takes back a second purchase. Then, for
     /// both, one that never stood (declined or released), then a void made before its
     /// original came; an 0100 before an 0200 among equals. The same order for what is
     /// given back and for what is named to the issuer.
@@ -204,8 +217,9 @@ impl Cards {
         &self,
         card_key: CardKey,
         req: &ReversalRequest,
+        again: bool,
     ) -> Vec<(OriginalData, TxEntry)> {
-        let repeat = crate::iso8583::message::is_repeat_mti(&req.mti);
+        let repeat = again || crate::iso8583::message::is_repeat_mti(&req.mti);
         let order = |e: &TxEntry| {
             let rank = if e.taken_back() {
                 u8::from(!repeat)
