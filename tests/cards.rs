@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use common::*;
 use vpan::cards::{
     AcceptorId, Admit, AdviceOutcome, Amounts, Approval, CardError, CardKey, CardSpec, Cards,
-    DecidedBy, Decision, Hold, IssuerOutcome, Kind, MerchantLock, OriginalData, PartialAnswer,
-    Replay, ResponseCode, ReversalOutcome, ReversalRequest, Status,
+    DecidedBy, Decision, Hold, IssuerOutcome, Kind, MerchantLock, PartialAnswer, Replay,
+    ResponseCode, ReversalOutcome, ReversalRequest, Status,
 };
 
 fn approve(cards: &Cards, key: CardKey, amount: u64, stan: u32) -> Approval {
@@ -145,31 +145,15 @@ thread_local! {
 }
 
 fn reversal(stan: u32, remaining: Option<u64>) -> ReversalRequest {
-    let orig = purchase(0, stan).key;
     // A STAN of its own for each original and amount left, as a network gives each
     // reversal: the same call twice is the same reversal again, and two reversals of one
     // original leaving different amounts are two (one key for both is answered 94).
     let own_stan = REVERSAL_STANS.with(|stans| {
         let mut stans = stans.borrow_mut();
         let next = 900_000 + stans.len() as u32;
-        format!("{:06}", *stans.entry((stan, remaining)).or_insert(next))
+        *stans.entry((stan, remaining)).or_insert(next)
     });
-    ReversalRequest {
-        mti: *b"0400",
-        key: vpan::cards::TxKey::new(
-            b"0400",
-            own_stan.as_bytes(),
-            b"1126160000",
-            b"12345",
-            b"TERM0001",
-        )
-        .unwrap(),
-        original: Some(OriginalData {
-            class: 1,
-            ..orig.original()
-        }),
-        remaining,
-    }
+    reversal_under(own_stan, stan, remaining)
 }
 
 #[test]
@@ -4278,22 +4262,7 @@ fn a_rekey_run_with_tighter_ledger_settings_keeps_every_transaction() {
             );
         }
         for stan in 0..40 {
-            let never_seen = ReversalRequest {
-                mti: *b"0400",
-                key: vpan::cards::TxKey::new(
-                    b"0400",
-                    format!("{:06}", 500_000 + stan).as_bytes(),
-                    b"1126160000",
-                    b"12345",
-                    b"TERM0001",
-                )
-                .unwrap(),
-                original: Some(OriginalData {
-                    class: 1,
-                    ..purchase(0, 600_000 + stan).key.original()
-                }),
-                remaining: None,
-            };
+            let never_seen = reversal_under(500_000 + stan, 600_000 + stan, None);
             cards.reverse(key, &never_seen, NOW);
         }
         // Three days apart: within the switch's week, past a day.

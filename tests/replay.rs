@@ -10,7 +10,7 @@ use common::*;
 use proptest::prelude::*;
 use vpan::cards::{
     AdviceOutcome, Amounts, AuthRequest, CardKey, Cards, Decision, Durable, Hold, IssuerOutcome,
-    Kind, OriginalData, RecentTx, ResponseCode, ReversalOutcome, ReversalRequest, Status, TxKey,
+    Kind, RecentTx, ResponseCode, ReversalOutcome, Status,
 };
 
 #[derive(Clone, Debug)]
@@ -154,25 +154,8 @@ fn run(ops: &[Op]) {
                 stan,
                 remaining,
             } => {
-                let orig = request(*b"0100", 0, stan, "SHOP-A").key;
                 reversal_stan += 1;
-                let own_stan = format!("{reversal_stan:06}");
-                let req = ReversalRequest {
-                    mti: *b"0400",
-                    key: TxKey::new(
-                        b"0400",
-                        own_stan.as_bytes(),
-                        b"1126160000",
-                        b"12345",
-                        b"TERM0001",
-                    )
-                    .unwrap(),
-                    original: Some(OriginalData {
-                        class: 1,
-                        ..orig.original()
-                    }),
-                    remaining,
-                };
+                let req = reversal_under(reversal_stan, stan, remaining);
                 if let ReversalOutcome::Reversed { durable, .. } =
                     cards.reverse(keys[card], &req, NOW)
                 {

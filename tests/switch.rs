@@ -2447,11 +2447,15 @@ async fn a_full_reversal_and_its_advice_with_a_de95_of_zeros_are_one_reversal() 
     rig.stop().await;
 }
 
-/// An 0100 of 1,000 and an 0200 of 2,000 under one key (DE 11, 7, 32, 41), both approved.
+/// An 0100 of 1,000 and an 0200 of 2,000 under one key (DE 11, 7, 32, 41), both approved,
+/// then a reversal without DE 90 under that key, which takes back the 0100: the card and
+/// the account agree on the 2,000.00 that stand. The 0200 and that reversal.
 #[allow(clippy::unwrap_used)] // a test's helper: a panic is the verdict
-async fn two_purchases_under_one_key(
+async fn two_purchases_under_one_key_the_first_reversed_by_that_key(
+    rig: &Rig,
     net: &mut Client,
     card: &vpan::cards::CardView,
+    real: &Pan,
 ) -> (Message, Message) {
     let auth = purchase(net, b"0100", &card.vpan, &card.expiry.0, 1_000);
     assert_eq!(code(&net.call(&auth).await), "00");
@@ -2462,7 +2466,16 @@ async fn two_purchases_under_one_key(
         .unwrap();
     let financial = Message::parse(Spec::iso87ascii(), financial.pack()).unwrap();
     assert_eq!(code(&net.call(&financial).await), "00");
-    (auth, financial)
+    let first = reversal_by_own_key(&auth);
+    assert_eq!(code(&net.call(&first).await), "00");
+    let spent = rig.cards.get(CardKey::of(&card.vpan)).unwrap().spent;
+    assert_eq!(spent, 2_000);
+    assert_eq!(
+        Some(DEFAULT_BALANCE - spent as i64),
+        rig.sim().balance(real),
+        "the card and the account agree"
+    );
+    (financial, first)
 }
 
 #[tokio::test]
@@ -2473,12 +2486,9 @@ async fn the_same_reversal_by_its_own_key_again_takes_back_no_second_purchase_un
     // 2026-12-07 it took back the other too: the card counted 0 against 2,000.00 charged).
     let (rig, card, real, mut net) = one_card(|_| {}).await;
     let key = CardKey::of(&card.vpan);
-    let (auth, _) = two_purchases_under_one_key(&mut net, &card).await;
-    let first = reversal_by_own_key(&auth);
-    assert_eq!(code(&net.call(&first).await), "00");
-    let spent = rig.cards.get(key).unwrap().spent;
-    assert_eq!(spent, 2_000);
-    assert_eq!(rig.sim().balance(&real), Some(DEFAULT_BALANCE - 2_000));
+    let (_, first) =
+        two_purchases_under_one_key_the_first_reversed_by_that_key(&rig, &mut net, &card, &real)
+            .await;
     let mut advice = first.clone();
     advice.set_mti(b"0420").unwrap();
     let advice = Message::parse(Spec::iso87ascii(), advice.pack()).unwrap();
@@ -2501,16 +2511,11 @@ async fn a_repeat_adding_de90_to_a_reversal_by_its_own_key_gives_back_nothing_mo
     // their own key, gives nothing more back for it, so neither may the card.
     let (rig, card, real, mut net) = one_card(|_| {}).await;
     let key = CardKey::of(&card.vpan);
-    let (auth, financial) = two_purchases_under_one_key(&mut net, &card).await;
-    let first = reversal_by_own_key(&auth);
-    assert_eq!(code(&net.call(&first).await), "00");
+    let (financial, first) =
+        two_purchases_under_one_key_the_first_reversed_by_that_key(&rig, &mut net, &card, &real)
+            .await;
     let spent = rig.cards.get(key).unwrap().spent;
     let balance = rig.sim().balance(&real);
-    assert_eq!(
-        Some(DEFAULT_BALANCE - spent as i64),
-        balance,
-        "the card and the account agree"
-    );
     let mut repeat = reversal_of(&mut net, &financial);
     repeat.set(11, &first.stan().unwrap()).unwrap();
     repeat.set_mti(b"0401").unwrap();

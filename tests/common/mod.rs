@@ -7,7 +7,7 @@ use std::path::Path;
 use vpan::cards::vpan::random_luhn;
 use vpan::cards::{
     AcceptorId, Amounts, AuthRequest, CardKey, CardSpec, Cards, CardsConfig, Controls, Expiry,
-    Kind, LedgerConfig, MerchantLock, OpenError, Recovered, TxKey,
+    Kind, LedgerConfig, MerchantLock, OpenError, OriginalData, Recovered, ReversalRequest, TxKey,
 };
 use vpan::pan::Pan;
 use vpan::store::{StoreConfig, StoreError};
@@ -129,6 +129,29 @@ pub fn request(mti: [u8; 4], amount: u64, stan: u32, shop: &str) -> AuthRequest 
         acceptor: AcceptorId::new(shop.as_bytes()),
         key: TxKey::new(&mti, stan.as_bytes(), b"1126152942", b"12345", b"TERM0001").unwrap(),
         completes: None,
+    }
+}
+
+/// A reversal (0400, under STAN `own_stan`, its DE 7, 32 and 41 the purchase's terminal's)
+/// of the [`purchase`] under STAN `stan`, named in DE 90, leaving `remaining` (none: in
+/// full).
+pub fn reversal_under(own_stan: u32, stan: u32, remaining: Option<u64>) -> ReversalRequest {
+    let own_stan = format!("{own_stan:06}");
+    ReversalRequest {
+        mti: *b"0400",
+        key: TxKey::new(
+            b"0400",
+            own_stan.as_bytes(),
+            b"1126160000",
+            b"12345",
+            b"TERM0001",
+        )
+        .unwrap(),
+        original: Some(OriginalData {
+            class: 1,
+            ..purchase(0, stan).key.original()
+        }),
+        remaining,
     }
 }
 

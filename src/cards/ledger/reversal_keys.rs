@@ -37,8 +37,12 @@ pub struct SeenReversal {
 pub enum Claim {
     /// Not taken before: now it is, under the sequence number given.
     New,
-    /// Taken by a reversal that asked the same: this one is it again.
-    Same,
+    /// Taken by a reversal that asked the same: this one is it again; `exactly` when its
+    /// fingerprint is this one's (not only `same` by the caller's reading).
+    Same {
+        /// The two fingerprints are one.
+        exactly: bool,
+    },
     /// Taken by a reversal that asked otherwise (or on another card): 94.
     Other,
 }
@@ -82,7 +86,14 @@ impl ReversalKeys {
             dashmap::Entry::Occupied(taken) => {
                 let seen = taken.get();
                 let same = seen.card == card && same(seen.fingerprint);
-                (if same { Claim::Same } else { Claim::Other }, seen.lsn)
+                let claim = if same {
+                    Claim::Same {
+                        exactly: seen.fingerprint == fingerprint,
+                    }
+                } else {
+                    Claim::Other
+                };
+                (claim, seen.lsn)
             }
             dashmap::Entry::Vacant(slot) => {
                 let lsn = lsn();
@@ -225,7 +236,7 @@ mod tests {
         );
         assert_eq!(
             keys.claim(key(1), card, 42, |f| f == 42, 101, &mut lsn),
-            (Claim::Same, 8)
+            (Claim::Same { exactly: true }, 8)
         );
         assert_eq!(
             keys.claim(key(1), card, 43, |f| f == 43, 102, &mut lsn),

@@ -58,24 +58,18 @@ impl Cards {
         req: &ReversalRequest,
         now: UnixSeconds,
     ) -> ReversalOutcome {
-        let taken = match self.take_reversal_key(card_key, req, now) {
+        let (claim, lsn) = match self.take_reversal_key(card_key, req, now) {
             Ok(taken) => taken,
             Err(refused) => return refused,
         };
         // The same reversal again (its key taken by it before): by its own key, it acts on
         // what it took back, as a repeat does, not on another purchase under that key.
-        let again = taken.is_none();
+        let again = claim != Claim::New;
         // Again, now with a DE 90, where the first named its original by its own key (the
         // DE 90 matched what it asked only by leaving out the class): the first may have
         // taken back the other of an 0100 and an 0200 under that key, and the issuer gives
         // nothing more back for it, so it is done as the first was, by its own key.
-        let first_had_no_de90 = again
-            && req.original.is_some()
-            && self
-                .ledger
-                .reversal_keys
-                .get(&req.own_key())
-                .is_some_and(|seen| seen.fingerprint != req.fingerprint(card_key.raw()));
+        let first_had_no_de90 = claim == (Claim::Same { exactly: false }) && req.original.is_some();
         let outcome = if first_had_no_de90 {
             let by_own_key = ReversalRequest {
                 original: None,
@@ -85,7 +79,7 @@ impl Cards {
         } else {
             self.reverse_under_its_key(card_key, req, now, again)
         };
-        if let (ReversalOutcome::NotRecorded(_), Some(lsn)) = (&outcome, taken) {
+        if let (ReversalOutcome::NotRecorded(_), Claim::New) = (&outcome, claim) {
             // Answered 96: the network sends it again, and the key is free for it.
             self.ledger.reversal_keys.release(&req.own_key(), lsn);
         }
@@ -93,15 +87,15 @@ impl Cards {
     }
 
     /// Takes `req`'s own key on this card, journaling it (before what the reversal does,
-    /// so that a journal that keeps that keeps this), under the card's lock: `Ok` with the
-    /// sequence number of the record when it was new, `Ok(None)` when the same reversal
-    /// took it before; else what to answer.
+    /// so that a journal that keeps that keeps this), under the card's lock: `Ok` with
+    /// [`Claim::New`] and the sequence number of its record, or [`Claim::Same`] when the
+    /// same reversal took it before; else what to answer.
     fn take_reversal_key(
         &self,
         card_key: CardKey,
         req: &ReversalRequest,
         now: UnixSeconds,
-    ) -> Result<Option<u64>, ReversalOutcome> {
+    ) -> Result<(Claim, u64), ReversalOutcome> {
         let reversal = req.own_key();
         let fingerprint = req.fingerprint(card_key.raw());
         let taken = self.index.update(card_key, |_| {
@@ -117,7 +111,7 @@ impl Cards {
                 || self.lsn(),
             );
             match claim {
-                Claim::Same => Ok(None),
+                Claim::Same { .. } => Ok((claim, lsn)),
                 Claim::Other => Err(ReversalOutcome::KeyTaken),
                 Claim::New => {
                     // Its durability is the outcome's (a later record) or, for a reversal
@@ -129,15 +123,15 @@ impl Cards {
                         fingerprint,
                         at: now,
                     });
-                    Ok(Some(lsn))
+                    Ok((claim, lsn))
                 }
             }
         });
-        let taken = taken.unwrap_or(Err(ReversalOutcome::NotFound))?;
-        if let Some(lsn) = taken {
+        let (claim, lsn) = taken.unwrap_or(Err(ReversalOutcome::NotFound))?;
+        if claim == Claim::New {
             self.ledger.remember_reversal_key(reversal, now, lsn, now);
         }
-        Ok(taken)
+        Ok((claim, lsn))
     }
 
     /// [`Cards::reverse`] once its key is taken; `again` when this reversal took it before.

@@ -106,7 +106,7 @@ impl Flow {
                 crate::logging::throttled!(
                     warn,
                     card = %vpan.pan,
-                    "a reversal under the key of another reversal, asking otherwise (another original or amount left), declined 94: nothing given back, not forwarded"
+                    "a reversal under the key of another reversal, asking otherwise (another original or amount left, or another card), declined 94: nothing given back, not forwarded"
                 );
                 return (
                     self.local_answer(&request, ResponseCode::DUPLICATE),
